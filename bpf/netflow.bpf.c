@@ -1,0 +1,497 @@
+// SPDX-License-Identifier: GPL-2.0
+/* netflow: per-connection TCP and UDP statistics without kprobes.
+ *
+ * Hooks (all available where CONFIG_KPROBES is off):
+ *   tp_btf/sock_send_length, tp_btf/sock_recv_length  bytes per socket call
+ *       (net/socket.c fires them from sock_sendmsg_nosec/sock_recvmsg_nosec,
+ *       which read, write, the send and recv calls, sendfile and splice to a socket pass)
+ *   tp_btf/inet_sock_set_state   TCP handshake, listen and close
+ *   tp_btf/tcp_retransmit_skb    retransmitted segments
+ *   syscalls sendto/sendmsg/recvfrom/recvmsg/bind   the peer of unconnected
+ *       UDP sockets, which the sock does not hold, and explicitly bound ports
+ *
+ * Cumulative stats live in the `conns` hash map, read by user space each
+ * interval; a closed TCP connection is removed from the map and its final
+ * totals go out on the `closed` ring buffer, so it is counted exactly once.
+ */
+#include "vmlinux/x86/vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "include/netflow.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define IPPROTO_UDP 17
+#define MSG_PEEK 2
+
+/* TCP states, include/net/tcp_states.h */
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* knobs, set by user space between open and load */
+const volatile __u8 ipv6_disabled = 0;
+const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct nf_conn_key);
+	__type(value, struct nf_conn_stats);
+} conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 22);
+} closed SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct nf_port_key);
+	__type(value, __u8);
+} bound_ports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NF_DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} drops SEC(".maps");
+
+/* per-thread syscall arguments of unconnected UDP calls */
+struct udp_call {
+	__u64 uaddr;  /* user pointer: struct sockaddr * or struct user_msghdr * */
+	__u64 sk;     /* recv: the socket, set by sock_recv_length */
+	__s32 len;    /* recv: bytes received */
+	__u8 is_msg;  /* uaddr points to a msghdr */
+	__u8 is_bind;
+	__u16 bind_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct udp_call);
+} udp_calls SEC(".maps");
+
+static __always_inline void count_drop(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&drops, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline __u32 current_tgid(void)
+{
+	return bpf_get_current_pid_tgid() >> 32;
+}
+
+static __always_inline int is_v4_mapped(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+	return w[0] == 0 && w[1] == 0 && w[2] == bpf_htonl(0x0000ffff);
+}
+
+/* Copy an address into a 16-byte slot, IPv4 (and v4-mapped v6) in the first
+ * four bytes. Returns the family to report (4 or 6). */
+static __always_inline __u8 put_addr(__u8 *dst, const __u8 *v6, __u32 v4, int is_v6)
+{
+	if (is_v6 && !is_v4_mapped(v6)) {
+		__builtin_memcpy(dst, v6, 16);
+		return 6;
+	}
+	__u32 *w = (__u32 *)dst;
+	w[0] = is_v6 ? ((const __u32 *)v6)[3] : v4;
+	w[1] = w[2] = w[3] = 0;
+	return 4;
+}
+
+struct sock_tuple {
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport, rport;
+	__u8 family;
+	__u8 proto;
+};
+
+/* Read family, protocol and addresses of a socket. Returns 0 when the socket
+ * is not an IPv4/IPv6 TCP or UDP socket we report. */
+static __always_inline int read_tuple(const struct sock *sk, struct sock_tuple *t)
+{
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 type = BPF_CORE_READ(sk, sk_type);
+	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+
+	if (fam != AF_INET && fam != AF_INET6)
+		return 0;
+	if (fam == AF_INET6 && ipv6_disabled)
+		return 0;
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
+		return 0;
+	if ((proto == IPPROTO_TCP && type != 1 /* SOCK_STREAM */) ||
+	    (proto == IPPROTO_UDP && type != 2 /* SOCK_DGRAM */))
+		return 0;
+	t->proto = proto;
+	t->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (fam == AF_INET6) {
+		__u8 l[16], r[16];
+		BPF_CORE_READ_INTO(&l, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&r, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		t->family = put_addr(t->laddr, l, 0, 1);
+		put_addr(t->raddr, r, 0, 1);
+	} else {
+		t->family = put_addr(t->laddr, 0, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr), 0);
+		put_addr(t->raddr, 0, BPF_CORE_READ(sk, __sk_common.skc_daddr), 0);
+	}
+	return 1;
+}
+
+/* Peer of an unconnected UDP call, from the user's struct sockaddr. */
+static __always_inline int read_user_peer(const struct udp_call *c, struct sock_tuple *t)
+{
+	__u64 uaddr = c->uaddr;
+	if (c->is_msg) {
+		void *name = 0;
+		if (bpf_probe_read_user(&name, sizeof(name), (void *)uaddr))
+			return 0; /* user_msghdr.msg_name is its first member */
+		uaddr = (__u64)name;
+	}
+	if (!uaddr)
+		return 0;
+	struct sockaddr_in6 sa = {};
+	if (bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr) &&
+	    bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), (void *)uaddr))
+		return 0;
+	if (sa.sin6_family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
+		put_addr(t->raddr, 0, s4->sin_addr.s_addr, 0);
+		t->rport = bpf_ntohs(s4->sin_port);
+		return 1;
+	}
+	if (sa.sin6_family == AF_INET6) {
+		if (ipv6_disabled)
+			return 0;
+		put_addr(t->raddr, sa.sin6_addr.in6_u.u6_addr8, 0, 1);
+		t->rport = bpf_ntohs(sa.sin6_port);
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline __u8 port_direction(__u16 lport, __u8 proto)
+{
+	struct nf_port_key pk = {.port = lport, .proto = proto};
+	return bpf_map_lookup_elem(&bound_ports, &pk) ? NF_DIR_INCOMING : NF_DIR_OUTGOING;
+}
+
+/* Fill pid and process name from the current task: only called from process
+ * context (syscalls, connect, close), never from softirq state changes where
+ * the current task is whoever was interrupted. */
+static __always_inline void set_owner(struct nf_conn_stats *s)
+{
+	__u32 tgid = current_tgid();
+	if (s->pid || !tgid)
+		return;
+	s->pid = tgid;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&s->comm, task, group_leader, comm);
+}
+
+static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats *s)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
+	if (srtt) {
+		s->rtt_us = srtt >> 3;
+		s->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	}
+}
+
+/* Find or create the entry of a flow. Returns NULL when the map is full. */
+static __always_inline struct nf_conn_stats *
+get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *key, __u8 direction)
+{
+	__builtin_memset(key, 0, sizeof(*key));
+	key->sk = (__u64)sk;
+	__builtin_memcpy(key->raddr, t->raddr, 16);
+	key->rport = t->rport;
+
+	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, key);
+	if (s) {
+		/* connect() moves to SYN_SENT before it picks the local port */
+		if (!s->lport && t->lport) {
+			s->lport = t->lport;
+			__builtin_memcpy(s->laddr, t->laddr, 16);
+		}
+		return s;
+	}
+
+	struct nf_conn_stats init = {};
+	init.ts_first = init.ts_last = bpf_ktime_get_ns();
+	__builtin_memcpy(init.laddr, t->laddr, 16);
+	init.lport = t->lport;
+	init.family = t->family;
+	init.proto = t->proto;
+	init.direction = direction ? direction : port_direction(t->lport, t->proto);
+	if (bpf_map_update_elem(&conns, key, &init, BPF_NOEXIST) && bpf_map_lookup_elem(&conns, key) == 0) {
+		count_drop(NF_DROP_CONNS);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&conns, key);
+}
+
+static __always_inline void account(const struct sock *sk, struct sock_tuple *t, __s64 sent, __s64 recv)
+{
+	struct nf_conn_key key;
+	struct nf_conn_stats *s = get_conn(sk, t, &key, 0);
+	if (!s)
+		return;
+	set_owner(s);
+	s->ts_last = bpf_ktime_get_ns();
+	if (sent > 0)
+		__sync_fetch_and_add(&s->bytes_sent, sent);
+	if (recv > 0)
+		__sync_fetch_and_add(&s->bytes_recv, recv);
+	if (t->proto == IPPROTO_TCP)
+		read_rtt(sk, s);
+}
+
+static __always_inline int unconnected_udp(const struct sock_tuple *t)
+{
+	const __u32 *w = (const __u32 *)t->raddr;
+	return t->proto == IPPROTO_UDP && t->rport == 0 && (w[0] | w[1] | w[2] | w[3]) == 0;
+}
+
+static __always_inline int skip_self(void)
+{
+	return self_tgid && current_tgid() == self_tgid;
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
+{
+	struct sock_tuple t = {};
+	if (ret <= 0 || skip_self() || !read_tuple(sk, &t))
+		return 0;
+	if (unconnected_udp(&t)) {
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
+		if (!c || !read_user_peer(c, &t))
+			return 0;
+	}
+	account(sk, &t, ret, 0);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
+{
+	struct sock_tuple t = {};
+	if (ret <= 0 || (flags & MSG_PEEK) || skip_self() || !read_tuple(sk, &t))
+		return 0;
+	if (unconnected_udp(&t)) {
+		/* the peer address reaches the user's buffer only after this
+		 * returns: finish in the syscall's exit */
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
+		if (c) {
+			c->sk = (__u64)sk;
+			c->len = ret;
+		}
+		return 0;
+	}
+	account(sk, &t, 0, ret);
+	return 0;
+}
+
+static __always_inline int stash_call(__u64 uaddr, __u8 is_msg)
+{
+	if (!uaddr)
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct udp_call c = {.uaddr = uaddr, .is_msg = is_msg};
+	bpf_map_update_elem(&udp_calls, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+static __always_inline int drop_call(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	bpf_map_delete_elem(&udp_calls, &tid);
+	return 0;
+}
+
+static __always_inline int finish_recv(void)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
+	if (!c)
+		return 0;
+	if (c->sk && c->len > 0) {
+		const struct sock *sk = (const struct sock *)c->sk;
+		struct sock_tuple t = {};
+		if (read_tuple(sk, &t) && read_user_peer(c, &t))
+			account(sk, &t, 0, c->len);
+	}
+	bpf_map_delete_elem(&udp_calls, &tid);
+	return 0;
+}
+
+/* sendto(fd, buf, len, flags, addr, addrlen) */
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[4], 0); }
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(void *ctx) { return drop_call(); }
+/* sendmsg(fd, msg, flags) */
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[1], 1); }
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int exit_sendmsg(void *ctx) { return drop_call(); }
+/* recvfrom(fd, buf, len, flags, addr, addrlen) */
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[4], 0); }
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(void *ctx) { return finish_recv(); }
+/* recvmsg(fd, msg, flags) */
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[1], 1); }
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(void *ctx) { return finish_recv(); }
+
+/* bind(fd, addr, addrlen): an explicitly bound UDP port serves peers, so
+ * flows on it are incoming. The protocol is not known from the fd here; the
+ * port is recorded for UDP, TCP learns its listening ports from state
+ * changes. */
+SEC("tracepoint/syscalls/sys_enter_bind")
+int enter_bind(struct trace_event_raw_sys_enter *ctx)
+{
+	struct sockaddr_in sa = {};
+	if (bpf_probe_read_user(&sa, sizeof(sa), (void *)ctx->args[1]))
+		return 0;
+	if (sa.sin_family != AF_INET && sa.sin_family != AF_INET6)
+		return 0;
+	__u16 port = bpf_ntohs(sa.sin_port);
+	if (!port)
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct udp_call c = {.is_bind = 1, .bind_port = port};
+	bpf_map_update_elem(&udp_calls, &tid, &c, BPF_ANY);
+	return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_bind")
+int exit_bind(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
+	if (!c)
+		return 0;
+	if (c->is_bind && ctx->ret == 0) {
+		struct nf_port_key pk = {.port = c->bind_port, .proto = IPPROTO_UDP};
+		__u8 one = 1;
+		if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
+			count_drop(NF_DROP_BOUND);
+	}
+	bpf_map_delete_elem(&udp_calls, &tid);
+	return 0;
+}
+
+static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf_conn_stats *s)
+{
+	struct nf_conn_event *ev = bpf_ringbuf_reserve(&closed, sizeof(*ev), 0);
+	if (!ev) {
+		count_drop(NF_DROP_RING);
+		return;
+	}
+	ev->key = *key;
+	ev->stats = *s;
+	ev->stats.flags |= NF_F_CLOSED;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
+{
+	struct sock_tuple t = {};
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !read_tuple(sk, &t))
+		return 0;
+
+	if (newstate == TCP_LISTEN || oldstate == TCP_LISTEN) {
+		struct nf_port_key pk = {.port = t.lport, .proto = IPPROTO_TCP};
+		__u8 one = 1;
+		if (newstate == TCP_LISTEN) {
+			if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
+				count_drop(NF_DROP_BOUND);
+		} else if (newstate == TCP_CLOSE) {
+			bpf_map_delete_elem(&bound_ports, &pk);
+		}
+		return 0;
+	}
+
+	struct nf_conn_key key;
+	struct nf_conn_stats *s;
+	if (newstate == TCP_SYN_SENT) {
+		/* connect() runs in the caller's context: the owner is known */
+		if (skip_self())
+			return 0;
+		s = get_conn(sk, &t, &key, NF_DIR_OUTGOING);
+		if (s)
+			set_owner(s);
+		return 0;
+	}
+	if (newstate == TCP_ESTABLISHED) {
+		/* runs in softirq: the current task is not the owner */
+		s = get_conn(sk, &t, &key, oldstate == TCP_SYN_RECV ? NF_DIR_INCOMING : NF_DIR_OUTGOING);
+		if (s) {
+			s->flags |= NF_F_ESTABLISHED;
+			s->ts_last = bpf_ktime_get_ns();
+			read_rtt(sk, s);
+		}
+		return 0;
+	}
+
+	__builtin_memset(&key, 0, sizeof(key));
+	key.sk = (__u64)sk;
+	__builtin_memcpy(key.raddr, t.raddr, 16);
+	key.rport = t.rport;
+	s = bpf_map_lookup_elem(&conns, &key);
+	if (!s)
+		return 0;
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK)
+		set_owner(s); /* close() by the owner, in process context */
+	if (newstate != TCP_CLOSE)
+		return 0;
+	read_rtt(sk, s);
+	s->ts_last = bpf_ktime_get_ns();
+	/* a connect() that never completed and moved no data is not a flow */
+	if ((s->flags & NF_F_ESTABLISHED) || s->bytes_sent || s->bytes_recv)
+		emit_closed(&key, s);
+	bpf_map_delete_elem(&conns, &key);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(on_retransmit, const struct sock *sk)
+{
+	struct sock_tuple t = {};
+	struct nf_conn_key key;
+	if (!read_tuple(sk, &t))
+		return 0;
+	struct nf_conn_stats *s = get_conn(sk, &t, &key, 0);
+	if (s)
+		__sync_fetch_and_add(&s->retransmits, 1);
+	return 0;
+}

@@ -1,0 +1,537 @@
+"""Cython binding of libbpf: open an object, set ``const volatile`` knobs,
+load, attach, read maps and ring buffers into numpy.
+
+Error handling has one choke point, ``_check``: libbpf's negative errno (or
+NULL + errno) becomes a ``KernelError`` whose message names the operation,
+the object and libbpf's own last words (the verifier log tail on a failed
+load). C callbacks never raise; they only count.
+"""
+from libc.errno cimport errno
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memcpy, memset, strerror
+from libc.stdint cimport uint32_t, uint64_t
+
+import os
+
+import numpy as np
+cimport numpy as cnp
+
+from libbpf cimport *
+from dkebpf.errors import KernelError
+
+cnp.import_array()
+
+BPF_MAP_TYPE_PERCPU_HASH = 5
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_PERCPU_HASH = 10
+_PERCPU_TYPES = (BPF_MAP_TYPE_PERCPU_HASH, BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_LRU_PERCPU_HASH)
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+dk_log_install(1 if os.environ.get("DKEBPF_LIBBPF_DEBUG") else 0)
+
+
+def libbpf_log_tail(int nlines=8):
+    """The last lines libbpf printed (warnings, verifier log)."""
+    text = dk_log_text().decode("utf-8", "replace").strip()
+    return "\n".join(text.splitlines()[-nlines:])
+
+
+cdef int _check(int rc, str what) except -1:
+    """Turn a libbpf return code into a KernelError naming the operation."""
+    if rc >= 0:
+        return rc
+    err = -rc
+    tail = libbpf_log_tail()
+    msg = f"{what}: {strerror(err).decode()} (errno {err})"
+    if tail:
+        msg += "\nlibbpf: " + tail.replace("\n", "\nlibbpf: ")
+    raise KernelError(msg, err)
+
+
+cdef int _check_ptr(const void *p, str what) except -1:
+    if p == NULL:
+        _check(-(errno if errno else 22), what)
+    return 0
+
+
+cdef class Link:
+    """An attached program. Detached by close() or when collected."""
+    cdef bpf_link *link
+    cdef readonly str name
+
+    def __cinit__(self):
+        self.link = NULL
+
+    def close(self):
+        if self.link != NULL:
+            bpf_link__destroy(self.link)
+            self.link = NULL
+
+    def __dealloc__(self):
+        if self.link != NULL:
+            bpf_link__destroy(self.link)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+cdef Link _wrap_link(bpf_link *l, str name):
+    cdef Link link = Link.__new__(Link)
+    link.link = l
+    link.name = name
+    return link
+
+
+cdef class Map:
+    """A map of a loaded object. Keys and values are bytes-like (numpy
+    records, bytes); batch operations work on numpy arrays of records."""
+    cdef bpf_map *map
+    cdef BpfObject owner  # keeps the object (and its fds) alive
+    cdef readonly str name
+    cdef readonly int map_type
+    cdef readonly uint32_t key_size, value_size, max_entries
+    cdef readonly int ncpus
+
+    @property
+    def fd(self):
+        self.owner._require_loaded()
+        return bpf_map__fd(self.map)
+
+    cdef Py_ssize_t _stride(self):
+        # per-CPU maps hand over one 8-byte-aligned value per possible CPU
+        if self.map_type in _PERCPU_TYPES:
+            return ((self.value_size + 7) // 8) * 8 * self.ncpus
+        return self.value_size
+
+    def set_max_entries(self, uint32_t n):
+        _check(bpf_map__set_max_entries(self.map, n), f"resize map {self.name}")
+        self.max_entries = n
+
+    def lookup(self, key):
+        """Value bytes for key, or None when absent."""
+        cdef const unsigned char[::1] k = memoryview(key).cast("B")
+        buf = bytearray(self._stride())
+        cdef unsigned char[::1] v = buf
+        rc = bpf_map_lookup_elem(self.fd, &k[0], &v[0])
+        if rc == -2:  # ENOENT
+            return None
+        _check(rc, f"lookup in map {self.name}")
+        return bytes(buf)
+
+    def update(self, key, value, uint64_t flags=BPF_ANY):
+        cdef const unsigned char[::1] k = memoryview(key).cast("B")
+        cdef const unsigned char[::1] v = memoryview(value).cast("B")
+        if len(k) != self.key_size or len(v) != self._stride():
+            raise ValueError(f"map {self.name}: key/value of {len(k)}/{len(v)} bytes, "
+                             f"expected {self.key_size}/{self._stride()}")
+        _check(bpf_map_update_elem(self.fd, &k[0], &v[0], flags), f"update map {self.name}")
+
+    def delete(self, key):
+        """Delete key; returns False when it was absent."""
+        cdef const unsigned char[::1] k = memoryview(key).cast("B")
+        rc = bpf_map_delete_elem(self.fd, &k[0])
+        if rc == -2:
+            return False
+        _check(rc, f"delete from map {self.name}")
+        return True
+
+    def dump(self, key_dtype, value_dtype=None):
+        """All entries as (keys, values) numpy arrays, read with the batch
+        lookup (one syscall per few thousand entries, no Python object per
+        entry); falls back to get_next_key on kernels without batch ops.
+        Hash maps change while being read: an entry inserted meanwhile may
+        be missed until the next dump, none is returned twice."""
+        cdef Py_ssize_t stride = self._stride()
+        key_dtype = np.dtype(key_dtype)
+        if key_dtype.itemsize != self.key_size:
+            raise ValueError(f"map {self.name}: key dtype of {key_dtype.itemsize} bytes, key is {self.key_size}")
+        cdef Py_ssize_t cap = self.max_entries
+        keys = np.empty(cap, dtype=key_dtype)
+        vals = np.empty(cap * stride, dtype=np.uint8)
+        cdef char *kp = <char *>cnp.PyArray_DATA(keys)
+        cdef char *vp = <char *>cnp.PyArray_DATA(vals)
+        cdef uint64_t out_batch = 0
+        cdef uint32_t count
+        cdef Py_ssize_t n = 0
+        cdef int rc = 0, fd = self.fd
+        cdef bpf_map_batch_opts opts
+        memset(&opts, 0, sizeof(opts))
+        opts.sz = sizeof(opts)
+        cdef void *in_batch = NULL
+        with nogil:
+            while n < cap:
+                count = <uint32_t>(cap - n)
+                rc = bpf_map_lookup_batch(fd, in_batch, &out_batch, kp + n * self.key_size,
+                                          vp + n * stride, &count, &opts)
+                n += count
+                if rc < 0:
+                    break
+                in_batch = &out_batch
+        if rc == -22 or rc == -95:  # EINVAL/EOPNOTSUPP: no batch ops here
+            n = self._dump_iter(keys, vals, stride)
+        elif rc < 0 and rc != -2:  # ENOENT marks the end
+            _check(rc, f"batch dump of map {self.name}")
+        vals = vals[: n * stride]
+        keys = keys[:n]
+        if value_dtype is not None:
+            vals = vals.view(np.dtype(value_dtype)) if self.map_type not in _PERCPU_TYPES else vals
+        return keys, vals
+
+    cdef Py_ssize_t _dump_iter(self, keys, vals, Py_ssize_t stride):
+        cdef char *kp = <char *>cnp.PyArray_DATA(keys)
+        cdef char *vp = <char *>cnp.PyArray_DATA(vals)
+        cdef Py_ssize_t n = 0, cap = self.max_entries
+        cdef int fd = self.fd
+        cdef void *prev = NULL
+        with nogil:
+            while n < cap and bpf_map_get_next_key(fd, prev, kp + n * self.key_size) == 0:
+                if bpf_map_lookup_elem(fd, kp + n * self.key_size, vp + n * stride) == 0:
+                    prev = kp + n * self.key_size
+                    n += 1
+        return n
+
+    def delete_many(self, keys):
+        """Delete the records of a numpy key array; returns how many existed."""
+        keys = np.ascontiguousarray(keys)
+        if len(keys) == 0:
+            return 0
+        cdef char *kp = <char *>cnp.PyArray_DATA(keys)
+        cdef Py_ssize_t i, n = len(keys), deleted = 0
+        cdef int fd = self.fd
+        with nogil:
+            for i in range(n):
+                if bpf_map_delete_elem(fd, kp + i * self.key_size) == 0:
+                    deleted += 1
+        return deleted
+
+    def percpu_sums(self):
+        """For a per-CPU array of u64 counters: the sum over CPUs per index."""
+        if self.map_type != BPF_MAP_TYPE_PERCPU_ARRAY or self.value_size != 8:
+            raise ValueError(f"map {self.name} is not a per-CPU array of u64")
+        out = np.zeros(self.max_entries, dtype=np.uint64)
+        cdef uint32_t i
+        for i in range(self.max_entries):
+            v = self.lookup(np.uint32(i).tobytes())
+            if v is not None:
+                out[i] = np.frombuffer(v, dtype=np.uint64).sum()
+        return out
+
+
+cdef class Program:
+    cdef bpf_program *prog
+    cdef BpfObject owner
+    cdef readonly str name, section
+
+    def set_autoload(self, bint on):
+        _check(bpf_program__set_autoload(self.prog, on), f"set autoload of {self.name}")
+
+    @property
+    def autoload(self):
+        return bool(bpf_program__autoload(self.prog))
+
+    def attach(self):
+        """Attach by section name (tracepoint/, tp_btf/, raw_tp/, ...)."""
+        self.owner._require_loaded()
+        dk_log_clear()
+        cdef bpf_link *l = bpf_program__attach(self.prog)
+        _check_ptr(l, f"attach {self.name} ({self.section})")
+        return _wrap_link(l, self.name)
+
+    def attach_uprobe(self, str binary, str func_name, bint retprobe=False, int pid=-1,
+                      size_t offset=0):
+        """Attach a uprobe (or uretprobe) to func_name in binary, in every
+        process (pid -1) or one process."""
+        self.owner._require_loaded()
+        cdef bpf_uprobe_opts opts
+        memset(&opts, 0, sizeof(opts))
+        opts.sz = sizeof(opts)
+        opts.retprobe = retprobe
+        cdef bytes bfunc = func_name.encode() if func_name else b""
+        if bfunc:
+            opts.func_name = bfunc
+        bbin = binary.encode()
+        dk_log_clear()
+        cdef bpf_link *l = bpf_program__attach_uprobe_opts(self.prog, pid, bbin, offset, &opts)
+        _check_ptr(l, f"attach {'uretprobe' if retprobe else 'uprobe'} {self.name} to {binary}:{func_name}")
+        return _wrap_link(l, f"{self.name}@{binary}")
+
+
+cdef class BpfObject:
+    """A BPF object file: open() -> set knobs -> load() -> attach.
+
+    Use as a context manager or call close(); links returned by attach
+    should be closed first (close() here closes the ones it made)."""
+    cdef bpf_object *obj
+    cdef readonly str path
+    cdef bint loaded
+    cdef list _links
+
+    def __cinit__(self, str path):
+        self.obj = NULL
+        self.loaded = False
+        self._links = []
+        self.path = path
+        if not os.path.exists(path):
+            raise KernelError(f"BPF object {path} not found (was the package built with clang?)", 2)
+        dk_log_clear()
+        bpath = path.encode()
+        self.obj = bpf_object__open_file(bpath, NULL)
+        _check_ptr(self.obj, f"open BPF object {path}")
+
+    def __dealloc__(self):
+        if self.obj != NULL:
+            bpf_object__close(self.obj)
+
+    def close(self):
+        for link in self._links:
+            link.close()
+        self._links = []
+        if self.obj != NULL:
+            bpf_object__close(self.obj)
+            self.obj = NULL
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef _require_open(self):
+        if self.obj == NULL:
+            raise KernelError(f"BPF object {self.path} is closed", 9)
+
+    cdef _require_loaded(self):
+        self._require_open()
+        if not self.loaded:
+            raise KernelError(f"BPF object {self.path} is not loaded yet", 22)
+
+    def set_knobs(self, **values):
+        """Set ``const volatile`` globals (.rodata) before load. Each value is
+        an int or bytes, written with the variable's own size."""
+        self._require_open()
+        if self.loaded:
+            raise KernelError("knobs must be set before load", 22)
+        cdef bpf_map *m = NULL
+        cdef bpf_map *rodata = NULL
+        while True:
+            m = bpf_object__next_map(self.obj, m)
+            if m == NULL:
+                break
+            if bpf_map__name(m).decode().endswith(".rodata"):
+                rodata = m
+                break
+        if rodata == NULL:
+            raise KernelError(f"{self.path} has no .rodata section (no const volatile knobs)", 2)
+        cdef const btf *b = bpf_object__btf(self.obj)
+        cdef int sec_id = btf__find_by_name_kind(b, b".rodata", BTF_KIND_DATASEC)
+        _check(sec_id, f"find .rodata in BTF of {self.path}")
+        cdef const btf_type *sec = btf__type_by_id(b, sec_id)
+        cdef btf_var_secinfo *vs = btf_var_secinfos(sec)
+        cdef size_t size = 0
+        cdef char *data = <char *>bpf_map__initial_value(rodata, &size)
+        offsets = {}
+        cdef Py_ssize_t off_c
+        cdef int i
+        for i in range(btf_vlen(sec)):
+            name = btf__name_by_offset(b, btf__type_by_id(b, vs[i].type).name_off).decode()
+            offsets[name] = (vs[i].offset, vs[i].size)
+        for name, value in values.items():
+            if name not in offsets:
+                raise KernelError(f"{self.path} has no knob {name!r} (has: {', '.join(sorted(offsets))})", 2)
+            off, sz = offsets[name]
+            off_c = off
+            raw = value if isinstance(value, bytes) else int(value).to_bytes(sz, "little", signed=int(value) < 0)
+            if len(raw) > sz:
+                raise ValueError(f"knob {name}: {len(raw)} bytes given, it holds {sz}")
+            memcpy(data + off_c, <char *>raw, len(raw))
+
+    def load(self):
+        self._require_open()
+        dk_log_clear()
+        _check(bpf_object__load(self.obj), f"load BPF object {self.path}")
+        self.loaded = True
+
+    def program(self, str name):
+        self._require_open()
+        cdef bpf_program *p = bpf_object__find_program_by_name(self.obj, name.encode())
+        if p == NULL:
+            raise KernelError(f"{self.path} has no program {name!r}", 2)
+        return self._wrap_prog(p)
+
+    cdef Program _wrap_prog(self, bpf_program *p):
+        cdef Program prog = Program.__new__(Program)
+        prog.prog = p
+        prog.owner = self
+        prog.name = bpf_program__name(p).decode()
+        prog.section = bpf_program__section_name(p).decode()
+        return prog
+
+    def programs(self):
+        self._require_open()
+        out = []
+        cdef bpf_program *p = NULL
+        while True:
+            p = bpf_object__next_program(self.obj, p)
+            if p == NULL:
+                return out
+            out.append(self._wrap_prog(p))
+
+    def map(self, str name):
+        self._require_open()
+        cdef bpf_map *m = bpf_object__find_map_by_name(self.obj, name.encode())
+        if m == NULL:
+            raise KernelError(f"{self.path} has no map {name!r}", 2)
+        cdef Map mp = Map.__new__(Map)
+        mp.map = m
+        mp.owner = self
+        mp.name = name
+        mp.map_type = bpf_map__type(m)
+        mp.key_size = bpf_map__key_size(m)
+        mp.value_size = bpf_map__value_size(m)
+        mp.max_entries = bpf_map__max_entries(m)
+        mp.ncpus = libbpf_num_possible_cpus()
+        return mp
+
+    def attach_all(self):
+        """Attach every autoloaded program by its section; on failure the
+        ones already attached are detached again. Returns the links."""
+        links = []
+        try:
+            for p in self.programs():
+                if p.autoload:
+                    links.append(p.attach())
+        except BaseException:
+            for l in links:
+                l.close()
+            raise
+        self._links.extend(links)
+        return links
+
+
+# --- ring buffers ----------------------------------------------------------
+
+cdef struct ring_sink:
+    char *buf          # records, packed at record_size
+    size_t record_size
+    size_t n           # records held
+    size_t cap         # records allocated
+    size_t max_records # growth limit: beyond it records are counted as lost
+    uint64_t received
+    uint64_t lost      # over max_records
+    uint64_t bad_size  # a record of another size (a bug on one side)
+
+
+cdef int _on_sample(void *ctx, void *data, size_t size) noexcept nogil:
+    # Called by libbpf for each record. It must not fail: libbpf consumes a
+    # record even when the callback returns an error, so growing the buffer
+    # here (plain C, no GIL) is the only way not to lose it.
+    cdef ring_sink *s = <ring_sink *>ctx
+    cdef size_t ncap
+    cdef char *nbuf
+    s.received += 1
+    if size < s.record_size:
+        s.bad_size += 1
+        return 0
+    if s.n == s.cap:
+        if s.cap >= s.max_records:
+            s.lost += 1
+            return 0
+        ncap = s.cap * 2
+        if ncap > s.max_records:
+            ncap = s.max_records
+        nbuf = <char *>realloc(s.buf, ncap * s.record_size)
+        if nbuf == NULL:
+            s.lost += 1
+            return 0
+        s.buf = nbuf
+        s.cap = ncap
+    memcpy(s.buf + s.n * s.record_size, data, s.record_size)
+    s.n += 1
+    return 0
+
+
+cdef class RingReader:
+    """Reads a BPF ring buffer of fixed-size records into numpy.
+
+    poll() releases the GIL while libbpf waits and copies records into a C
+    buffer; take() hands them over as one structured array."""
+    cdef ring_buffer *rb
+    cdef ring_sink sink
+    cdef readonly object dtype
+    cdef readonly str name
+    cdef object _map  # keeps the owning object alive
+
+    def __cinit__(self, Map ring_map, dtype, size_t initial=4096, size_t max_records=1 << 20):
+        self.rb = NULL
+        self.sink.buf = NULL
+        self.dtype = np.dtype(dtype)
+        self.name = ring_map.name
+        self._map = ring_map
+        self.sink.record_size = self.dtype.itemsize
+        self.sink.n = 0
+        self.sink.cap = max(initial, 1)
+        self.sink.max_records = max(max_records, self.sink.cap)
+        self.sink.received = self.sink.lost = self.sink.bad_size = 0
+        self.sink.buf = <char *>malloc(self.sink.cap * self.sink.record_size)
+        if self.sink.buf == NULL:
+            raise MemoryError()
+        dk_log_clear()
+        self.rb = ring_buffer__new(ring_map.fd, _on_sample, &self.sink, NULL)
+        _check_ptr(self.rb, f"open ring buffer {self.name}")
+
+    def __dealloc__(self):
+        if self.rb != NULL:
+            ring_buffer__free(self.rb)
+        free(self.sink.buf)
+
+    def close(self):
+        if self.rb != NULL:
+            ring_buffer__free(self.rb)
+            self.rb = NULL
+
+    def fileno(self):
+        """An epoll fd that is readable when records wait (for selectors)."""
+        return ring_buffer__epoll_fd(self.rb)
+
+    def poll(self, int timeout_ms=0):
+        """Wait up to timeout_ms for records and read all that are there.
+        Returns the number of records now held."""
+        cdef int rc
+        if self.rb == NULL:
+            raise KernelError(f"ring buffer {self.name} is closed", 9)
+        with nogil:
+            rc = ring_buffer__poll(self.rb, timeout_ms)
+        if rc == -4:  # EINTR: a signal; the caller's loop goes on
+            return self.sink.n
+        _check(rc, f"poll ring buffer {self.name}")
+        return self.sink.n
+
+    def consume(self):
+        """Read what is there without waiting."""
+        cdef int rc
+        with nogil:
+            rc = ring_buffer__consume(self.rb)
+        _check(rc, f"consume ring buffer {self.name}")
+        return self.sink.n
+
+    def take(self):
+        """The records read so far, as a structured array; the reader is
+        emptied."""
+        cdef Py_ssize_t n = self.sink.n
+        out = np.empty(n, dtype=self.dtype)
+        if n:
+            memcpy(cnp.PyArray_DATA(out), self.sink.buf, n * self.sink.record_size)
+        self.sink.n = 0
+        return out
+
+    @property
+    def held(self):
+        return self.sink.n
+
+    def counters(self):
+        return {"received": self.sink.received, "lost": self.sink.lost, "bad_size": self.sink.bad_size}

@@ -1,0 +1,76 @@
+"""numpy dtypes of the kernel records, derived from the C structs in
+bpf/include/*.h (sizeof and member offsets taken from the compiler), so the
+BPF side and the user side can never disagree about a layout."""
+import numpy as np
+
+from netflow cimport *
+
+cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
+    return <const char *>member - <const char *>base
+
+
+def _dtype(name, fields, Py_ssize_t itemsize):
+    """Build a dtype from (name, format, offset) and check that members lie
+    in order, do not overlap and fit in sizeof(struct)."""
+    names, formats, offsets = zip(*fields)
+    dt = np.dtype({"names": list(names), "formats": list(formats),
+                   "offsets": list(offsets), "itemsize": itemsize})
+    end = 0
+    for n, off in zip(names, offsets):
+        if off < end:
+            raise ImportError(f"{name}.{n}: offset {off} overlaps the previous member")
+        end = off + dt.fields[n][0].itemsize
+    if end > itemsize:
+        raise ImportError(f"{name}: members end at {end}, past sizeof {itemsize}")
+    return dt
+
+
+cdef nf_conn_key _k
+cdef nf_conn_stats _s
+cdef nf_conn_event _e
+cdef nf_port_key _p
+
+KEY_DTYPE = _dtype("nf_conn_key", [
+    ("sk", "<u8", _off(&_k, &_k.sk)),
+    ("raddr", "V16", _off(&_k, &_k.raddr)),
+    ("rport", "<u2", _off(&_k, &_k.rport)),
+], sizeof(nf_conn_key))
+
+STATS_DTYPE = _dtype("nf_conn_stats", [
+    ("ts_first", "<u8", _off(&_s, &_s.ts_first)),
+    ("ts_last", "<u8", _off(&_s, &_s.ts_last)),
+    ("bytes_sent", "<u8", _off(&_s, &_s.bytes_sent)),
+    ("bytes_recv", "<u8", _off(&_s, &_s.bytes_recv)),
+    ("laddr", "V16", _off(&_s, &_s.laddr)),
+    ("pid", "<u4", _off(&_s, &_s.pid)),
+    ("retransmits", "<u4", _off(&_s, &_s.retransmits)),
+    ("rtt_us", "<u4", _off(&_s, &_s.rtt_us)),
+    ("rtt_var_us", "<u4", _off(&_s, &_s.rtt_var_us)),
+    ("lport", "<u2", _off(&_s, &_s.lport)),
+    ("family", "u1", _off(&_s, &_s.family)),
+    ("proto", "u1", _off(&_s, &_s.proto)),
+    ("direction", "u1", _off(&_s, &_s.direction)),
+    ("flags", "u1", _off(&_s, &_s.flags)),
+    ("comm", "S16", _off(&_s, &_s.comm)),
+], sizeof(nf_conn_stats))
+
+EVENT_DTYPE = _dtype("nf_conn_event", [
+    ("key", KEY_DTYPE, _off(&_e, &_e.key)),
+    ("stats", STATS_DTYPE, _off(&_e, &_e.stats)),
+], sizeof(nf_conn_event))
+
+PORT_KEY_DTYPE = _dtype("nf_port_key", [
+    ("port", "<u2", _off(&_p, &_p.port)),
+    ("proto", "u1", _off(&_p, &_p.proto)),
+], sizeof(nf_port_key))
+
+DIR_UNKNOWN = NF_DIR_UNKNOWN
+DIR_OUTGOING = NF_DIR_OUTGOING
+DIR_INCOMING = NF_DIR_INCOMING
+F_ESTABLISHED = NF_F_ESTABLISHED
+F_CLOSED = NF_F_CLOSED
+DROP_RING = NF_DROP_RING
+DROP_CONNS = NF_DROP_CONNS
+DROP_BOUND = NF_DROP_BOUND
+DROP_NAMES = {NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
+              NF_DROP_BOUND: "bound_ports_map_full"}
