@@ -5,7 +5,8 @@
  *   tp_btf/sock_send_length, tp_btf/sock_recv_length  bytes per socket call
  *       (net/socket.c fires them from sock_sendmsg_nosec/sock_recvmsg_nosec,
  *       which read, write, the send and recv calls, sendfile and splice to a socket pass)
- *   tp_btf/inet_sock_set_state   TCP handshake, listen and close
+ *   tp_btf/inet_sock_set_state   TCP handshake and listen
+ *   tp_btf/tcp_destroy_sock      the end of a TCP socket
  *   tp_btf/tcp_retransmit_skb    retransmitted segments
  *   syscalls sendto/sendmsg/recvfrom/recvmsg/bind   the peer of unconnected
  *       UDP sockets, which the sock does not hold, and explicitly bound ports
@@ -256,7 +257,10 @@ get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *
 static __always_inline void account(const struct sock *sk, struct sock_tuple *t, __s64 sent, __s64 recv)
 {
 	struct nf_conn_key key;
-	struct nf_conn_stats *s = get_conn(sk, t, &key, 0);
+	/* a UDP flow that starts with a datagram received was initiated by
+	 * the peer (a server socket, whatever port it bound) */
+	__u8 dir = (t->proto == IPPROTO_UDP && recv > 0) ? NF_DIR_INCOMING : 0;
+	struct nf_conn_stats *s = get_conn(sk, t, &key, dir);
 	if (!s)
 		return;
 	set_owner(s);
@@ -463,16 +467,34 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 
-	__builtin_memset(&key, 0, sizeof(key));
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
+		/* close() by the owner, in process context */
+		__builtin_memset(&key, 0, sizeof(key));
+		key.sk = (__u64)sk;
+		__builtin_memcpy(key.raddr, t.raddr, 16);
+		key.rport = t.rport;
+		s = bpf_map_lookup_elem(&conns, &key);
+		if (s)
+			set_owner(s);
+	}
+	return 0;
+}
+
+/* The end of a TCP socket. Not TCP_CLOSE: a socket reaches CLOSE (e.g. via
+ * TIME_WAIT when the peer's FIN arrives) while its owner may still be
+ * reading queued data; tcp_destroy_sock fires once, after the last read. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy, struct sock *sk)
+{
+	struct sock_tuple t = {};
+	if (!read_tuple(sk, &t))
+		return 0;
+	struct nf_conn_key key = {};
 	key.sk = (__u64)sk;
 	__builtin_memcpy(key.raddr, t.raddr, 16);
 	key.rport = t.rport;
-	s = bpf_map_lookup_elem(&conns, &key);
+	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, &key);
 	if (!s)
-		return 0;
-	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK)
-		set_owner(s); /* close() by the owner, in process context */
-	if (newstate != TCP_CLOSE)
 		return 0;
 	read_rtt(sk, s);
 	s->ts_last = bpf_ktime_get_ns();

@@ -1,0 +1,165 @@
+"""The collector's lifecycle: prepare the kernel, start plugins, one event
+loop over their file descriptors, a flush each interval, clean shutdown on
+SIGTERM/SIGINT (detach, flush the last interval, exit 0)."""
+import logging
+import os
+import selectors
+import signal
+import socket
+import time
+
+from . import kernel
+from .errors import DkebpfError, UnsupportedError
+from .output.sink import open_sink
+from .plugins.base import PluginContext
+
+log = logging.getLogger("dkebpf")
+
+IMPLEMENTED = ("ebpf-net",)
+SHUTDOWN_FLUSH_DEADLINE_S = 10.0
+
+
+def build_plugins(cfg, ctx):
+    """Plugin objects for cfg.enabled_plugins; refuses what is not built yet."""
+    missing = [p for p in cfg.enabled_plugins if p not in IMPLEMENTED]
+    if missing:
+        raise UnsupportedError(
+            f"plugin{'s' if len(missing) > 1 else ''} {', '.join(missing)} not implemented in this "
+            f"version of dkebpf (available: {', '.join(IMPLEMENTED)}); remove "
+            f"{'them' if len(missing) > 1 else 'it'} from --enabled / enabled_plugins")
+    plugins = []
+    if "ebpf-net" in cfg.enabled_plugins:
+        from .plugins.netflow import NetflowPlugin
+        plugins.append(NetflowPlugin(ctx))
+        if cfg.l7net_enabled:
+            log.warning("ebpf-net: %s not implemented in this version; collecting netflow only",
+                        ", ".join(cfg.l7net_enabled))
+    return plugins
+
+
+class Pidfile:
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        if not self.path:
+            return self
+        try:
+            with open(self.path) as f:
+                old = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            old = 0
+        if old and old != os.getpid() and os.path.exists(f"/proc/{old}"):
+            raise DkebpfError(f"another collector is running (pid {old} in {self.path})")
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        with open(self.path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        return self
+
+    def __exit__(self, *exc):
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+class Agent:
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.stopping = False
+        self.plugins = []
+        self.sink = None
+        self.global_tags = {"host": cfg.hostname, "service": cfg.service, **cfg.tags}
+        self.flushes = 0
+
+    def _on_signal(self, signum, frame):
+        self.stopping = True
+
+    def run(self):
+        from ._lineproto import encode_batch  # noqa: F401  (fail early on a broken build)
+
+        with Pidfile(self.cfg.pidfile):
+            kernel.ensure_mounts()
+            kernel.raise_memlock()
+            ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
+            self.plugins = build_plugins(self.cfg, ctx)
+            self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, logger=logging.getLogger("dkebpf.output"))
+            wake_r, wake_w = socket.socketpair()
+            wake_r.setblocking(False)
+            wake_w.setblocking(False)
+            old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
+            old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+            try:
+                for p in self.plugins:
+                    p.start()
+                log.info("dkebpf started: plugins %s, interval %gs, output %s",
+                         ", ".join(p.name for p in self.plugins), self.cfg.interval,
+                         self.cfg.output or self.cfg.datakit_apiserver or "-")
+                self._loop(wake_r)
+                self.flush()  # the last, partial interval
+            finally:
+                for p in self.plugins:
+                    try:
+                        p.stop()
+                    except Exception as exc:  # detaching must go on for the others
+                        log.error("stopping %s: %s", p.name, exc)
+                self.sink.close(SHUTDOWN_FLUSH_DEADLINE_S)
+                signal.set_wakeup_fd(old_wakeup)
+                for s, h in old_handlers.items():
+                    signal.signal(s, h)
+                wake_r.close()
+                wake_w.close()
+        log.info("dkebpf stopped")
+        return 0
+
+    def _loop(self, wake_r):
+        sel = selectors.DefaultSelector()
+        sel.register(wake_r, selectors.EVENT_READ, None)
+        for p in self.plugins:
+            for f in p.fileobjs():
+                sel.register(f, selectors.EVENT_READ, p)
+        interval = self.cfg.interval
+        next_flush = time.monotonic() + interval
+        try:
+            while not self.stopping:
+                timeout = max(0.0, next_flush - time.monotonic())
+                for key, _ in sel.select(timeout):
+                    if key.data is None:
+                        try:
+                            wake_r.recv(512)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    key.data.on_readable(key.fileobj)
+                now = time.monotonic()
+                if now >= next_flush:
+                    self.flush()
+                    next_flush += interval
+                    if next_flush <= now:  # a flush took longer than an interval
+                        next_flush = now + interval
+        finally:
+            sel.close()
+
+    def flush(self):
+        from ._lineproto import encode_batch
+
+        now_ns = time.time_ns()
+        for p in self.plugins:
+            try:
+                batches = p.collect(now_ns)
+            except DkebpfError as exc:
+                log.error("%s: collect failed: %s", p.name, exc)
+                continue
+            for b in batches:
+                if b.batch.num_rows == 0:
+                    continue
+                tags = {**self.global_tags, **b.const_tags}
+                body, skipped = encode_batch(b.measurement, b.batch, b.tags, b.fields, tags, now_ns,
+                                             b.timestamp_column)
+                self.sink.submit(b.category, b.input_name, body, b.batch.num_rows - skipped)
+        self.flushes += 1
+        self.sink.log_drops_once()
+        if log.isEnabledFor(logging.DEBUG):
+            for p in self.plugins:
+                log.debug("%s counters: %s", p.name, p.counters())

@@ -1,0 +1,58 @@
+"""Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
+`dkebpf check`, `dkebpf version`. Errors are one line on stderr and a
+non-zero exit status, never a traceback."""
+import logging
+import sys
+
+from . import __version__
+from .errors import DkebpfError
+
+USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
+       dkebpf check            what this kernel and these privileges can run
+       dkebpf version"""
+
+
+def setup_logging(path, level):
+    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("dkebpf")
+    root.handlers[:] = [handler]
+    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+    root.propagate = False
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    try:
+        if cmd == "version" or cmd == "--version":
+            print(f"dkebpf {__version__}")
+            return 0
+        if cmd == "check":
+            from .check import run_check
+            return run_check(sys.stdout)
+        if cmd == "run":
+            from .config import load_config
+            if "-h" in rest or "--help" in rest:
+                from .config import build_run_parser
+                build_run_parser().print_help()
+                return 0
+            cfg = load_config(rest)
+            setup_logging(cfg.log, cfg.log_level)
+            from .agent import Agent
+            return Agent(cfg).run()
+        sys.stderr.write(f"dkebpf: unknown command {cmd!r}\n{USAGE}\n")
+        return 2
+    except DkebpfError as exc:
+        sys.stderr.write(f"dkebpf: error: {exc}\n")
+        logging.getLogger("dkebpf").error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""What every plugin provides to the agent."""
+from dataclasses import dataclass, field
+from typing import List
+
+import pyarrow as pa
+
+
+@dataclass
+class PointBatch:
+    """Points of one measurement, ready for the line-protocol encoder: the
+    columns named in ``tags`` and ``fields`` of ``batch``; one row, one point."""
+
+    measurement: str
+    category: str      # DataKit /v1/write/<category>
+    input_name: str    # ?input=<input_name>
+    batch: pa.RecordBatch
+    tags: List[str]
+    fields: List[str]
+    const_tags: dict = field(default_factory=dict)  # same on every point, e.g. source
+    timestamp_column: str = None
+
+
+@dataclass
+class PluginContext:
+    """What the agent hands to plugins."""
+
+    cfg: object
+    logger: object
+    self_pid: int
+    stats: dict = field(default_factory=dict)
+
+
+class Plugin:
+    """Lifecycle: start() loads and attaches; the agent watches fileobjs()
+    and calls on_readable(); collect() once per interval returns
+    PointBatches; stop() detaches everything. None of these may block for
+    long; errors are DkebpfError subclasses with user-facing text."""
+
+    name = "?"
+
+    def start(self):
+        raise NotImplementedError
+
+    def fileobjs(self):
+        return []
+
+    def on_readable(self, fileobj):
+        pass
+
+    def collect(self, now_ns):
+        return []
+
+    def counters(self):
+        return {}
+
+    def stop(self):
+        pass

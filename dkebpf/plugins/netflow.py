@@ -1,0 +1,216 @@
+"""ebpf-net / netflow: TCP and UDP connection statistics.
+
+Kernel side: bpf/netflow.bpf.c keeps cumulative counters per flow instance
+in the `conns` map and sends final totals of closed TCP connections on the
+`closed` ring. Each interval: dump the map, drain the ring, merge with the
+previous snapshot in Cython (dkebpf._conntable.merge) to get per-interval
+deltas, then aggregate per netflow key with pyarrow."""
+import os
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import kernel
+from ..enrich.addr import LocalAddressResolver, format_addrs, ip_types
+from ..errors import BuildError
+from .base import Plugin, PointBatch
+
+try:
+    from .. import _conntable, _libbpf, _records
+except ImportError as exc:  # pragma: no cover - a broken install
+    raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
+
+NETFLOW_TAGS = ["pid", "process_name", "src_ip", "src_port", "dst_ip", "dst_port",
+                "client_ip", "client_port", "server_ip", "server_port",
+                "src_ip_type", "dst_ip_type", "client_ip_type", "server_ip_type",
+                "family", "transport", "direction"]
+NETFLOW_FIELDS = ["bytes_read", "bytes_written", "retransmits", "rtt", "rtt_var",
+                  "tcp_closed", "tcp_established"]
+GROUP_KEYS = ["pid", "process_name", "src_ip", "src_port", "dst_ip", "dst_port",
+              "client_ip", "client_port", "server_ip", "server_port",
+              "family", "transport", "direction"]
+
+TCP_LISTEN_STATE = 0x0A
+UDP_UNCONNECTED_STATE = 0x07
+
+
+def bpf_object_path(name):
+    path = os.path.join(BPF_DIR, f"{name}.bpf.o")
+    if not os.path.exists(path):
+        raise BuildError(f"BPF object {path} is missing: the package was built without clang; "
+                         "reinstall after apt-get install clang libbpf-dev")
+    return path
+
+
+def listening_ports(proc, ephemeral_start):
+    """Ports that make a flow incoming, from before the collector started:
+    listening TCP sockets, and unconnected UDP sockets on ports the kernel
+    does not hand out to clients."""
+    out = []
+    for name in ("tcp", "tcp6"):
+        for lport, _r, _rp, st in kernel.read_socket_table(os.path.join(proc, "net", name)):
+            if st == TCP_LISTEN_STATE:
+                out.append((lport, 6))
+    for name in ("udp", "udp6"):
+        for lport, rhex, rport, st in kernel.read_socket_table(os.path.join(proc, "net", name)):
+            if st == UDP_UNCONNECTED_STATE and rport == 0 and lport < ephemeral_start:
+                out.append((lport, 17))
+    return sorted(set(out))
+
+
+class NetflowPlugin(Plugin):
+    name = "ebpf-net/netflow"
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.log = ctx.logger
+        self.obj = None
+        self.links = []
+        self.ring = None
+        self.prev_keys = np.empty(0, _records.KEY_DTYPE)
+        self.prev_stats = np.empty(0, _records.STATS_DTYPE)
+        self.resolver = LocalAddressResolver()
+        self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
+        # a flow untouched this long leaves the kernel map (it comes back,
+        # as a new instance, when it moves data again)
+        self.idle_ns = int(max(2 * self.cfg.interval, 120) * 1e9)
+        self.totals = {"connections_merged": 0, "idle_evicted": 0, "points": 0}
+
+    def start(self):
+        obj = _libbpf.BpfObject(bpf_object_path("netflow"))
+        try:
+            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.ctx.self_pid)
+            obj.load()
+            self._seed_ports(obj.map("bound_ports"))
+            self.links = obj.attach_all()
+            self.ring = _libbpf.RingReader(obj.map("closed"), _records.EVENT_DTYPE)
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        self.conns = obj.map("conns")
+        self.drops = obj.map("drops")
+        self.log.info("netflow: %d programs attached, ephemeral ports from %d",
+                      len(self.links), self.ephemeral_port)
+
+    def _seed_ports(self, bound):
+        ports = listening_ports(self.cfg.host_proc, self.ephemeral_port)
+        if not ports:
+            return
+        keys = np.zeros(len(ports), _records.PORT_KEY_DTYPE)
+        keys["port"] = [p for p, _ in ports]
+        keys["proto"] = [pr for _, pr in ports]
+        one = b"\x01"
+        for k in keys:
+            bound.update(k.tobytes(), one)
+
+    def fileobjs(self):
+        return [self.ring] if self.ring else []
+
+    def on_readable(self, fileobj):
+        # records are copied into the reader's C buffer; no Python per record
+        self.ring.poll(0)
+
+    def collect(self, now_ns):
+        keys, vals = self.conns.dump(_records.KEY_DTYPE)
+        stats = vals.view(_records.STATS_DTYPE)
+        self.ring.consume()
+        closed = self.ring.take()
+        idle_before = time.monotonic_ns() - self.idle_ns
+        delta, self.prev_keys, self.prev_stats, idle = _conntable.merge(
+            self.prev_keys, self.prev_stats, keys, stats, closed, idle_before)
+        if len(idle):
+            self.totals["idle_evicted"] += self.conns.delete_many(idle)
+        self.totals["connections_merged"] += len(delta)
+        if len(delta) == 0:
+            return []
+        batch = self.aggregate(_conntable.delta_to_arrow(delta))
+        self.totals["points"] += batch.num_rows
+        return [PointBatch("netflow", "network", "ebpf-net/netflow", batch,
+                           NETFLOW_TAGS, NETFLOW_FIELDS, const_tags={"source": "netflow"})]
+
+    def aggregate(self, rb):
+        """Per-connection deltas -> one row per netflow key."""
+        fam = rb.column("family").to_numpy(zero_copy_only=False)
+        laddr = np.frombuffer(rb.column("laddr").buffers()[1], dtype="V16",
+                              count=len(rb) + rb.column("laddr").offset)[rb.column("laddr").offset:]
+        raddr = np.frombuffer(rb.column("raddr").buffers()[1], dtype="V16",
+                              count=len(rb) + rb.column("raddr").offset)[rb.column("raddr").offset:]
+        dst_ip = format_addrs(raddr, fam)
+        src_ip = self.resolver.fill_unspecified(format_addrs(laddr, fam), dst_ip, fam)
+        outgoing = pc.not_equal(rb.column("direction"), pa.scalar(_records.DIR_INCOMING, pa.uint8()))
+        src_port = rb.column("lport")
+        dst_port = rb.column("rport")
+        # the client's port is ephemeral noise: it becomes '*'
+        client_port_num = pc.if_else(outgoing, src_port, dst_port)
+        eph = pc.greater_equal(client_port_num, pa.scalar(self.ephemeral_port, pa.uint16()))
+        star = pa.scalar("*")
+        src_port_s = pc.if_else(pc.and_(outgoing, eph), star, pc.cast(src_port, pa.string()))
+        dst_port_s = pc.if_else(pc.and_(pc.invert(outgoing), eph), star, pc.cast(dst_port, pa.string()))
+        is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
+        rtt = rb.column("rtt_us")
+        has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
+        null_u32 = pa.scalar(None, pa.uint32())
+        table = pa.table({
+            "pid": pc.cast(rb.column("pid"), pa.string()),
+            "process_name": rb.column("comm"),
+            "src_ip": src_ip,
+            "src_port": src_port_s,
+            "dst_ip": dst_ip,
+            "dst_port": dst_port_s,
+            "client_ip": pc.if_else(outgoing, src_ip, dst_ip),
+            "client_port": pc.if_else(outgoing, src_port_s, dst_port_s),
+            "server_ip": pc.if_else(outgoing, dst_ip, src_ip),
+            "server_port": pc.if_else(outgoing, dst_port_s, src_port_s),
+            "family": pc.if_else(pc.equal(rb.column("family"), pa.scalar(6, pa.uint8())),
+                                 pa.scalar("IPv6"), pa.scalar("IPv4")),
+            "transport": pc.if_else(is_tcp, pa.scalar("tcp"), pa.scalar("udp")),
+            "direction": pc.if_else(outgoing, pa.scalar("outgoing"), pa.scalar("incoming")),
+            "bytes_read": rb.column("bytes_recv"),
+            "bytes_written": rb.column("bytes_sent"),
+            "retransmits": rb.column("retransmits"),
+            "rtt": pc.if_else(has_rtt, rtt, null_u32),
+            "rtt_var": pc.if_else(has_rtt, rb.column("rtt_var_us"), null_u32),
+            "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
+            "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
+        })
+        agg = table.group_by(GROUP_KEYS, use_threads=False).aggregate([
+            ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
+            ("rtt", "mean"), ("rtt_var", "mean"), ("tcp_closed", "sum"), ("tcp_established", "sum"),
+        ])
+        cols = {k: agg.column(k) for k in GROUP_KEYS}
+        for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
+            cols[f] = pc.cast(agg.column(f + "_sum"), pa.int64())
+        for f in ("rtt", "rtt_var"):
+            cols[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
+        for side in ("src", "dst", "client", "server"):
+            cols[f"{side}_ip_type"] = ip_types(agg.column(f"{side}_ip").combine_chunks())
+        out = pa.table(cols).combine_chunks()
+        return out.to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
+
+    def counters(self):
+        c = dict(self.totals)
+        if self.ring is not None:
+            rc = self.ring.counters()
+            c["ring_closed_received"] = rc["received"]
+            c["ring_closed_lost_userspace"] = rc["lost"]
+        if self.obj is not None:
+            sums = self.drops.percpu_sums()
+            for idx, name in _records.DROP_NAMES.items():
+                c[f"kernel_drop_{name}"] = int(sums[idx])
+        return c
+
+    def stop(self):
+        for link in self.links:
+            link.close()
+        self.links = []
+        if self.ring is not None:
+            self.ring.close()
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None

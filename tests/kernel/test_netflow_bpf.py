@@ -1,0 +1,168 @@
+"""netflow.bpf.o on the real kernel: load, attach, real traffic, and the
+decoded map entries and closed-connection records checked exactly."""
+import os
+import socket
+
+import numpy as np
+import pytest
+
+from support import traffic
+from support.netns import NetNS
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def netflow(bpf_ok):
+    from dkebpf import _libbpf, _records
+    from dkebpf.plugins.netflow import bpf_object_path
+
+    obj = _libbpf.BpfObject(bpf_object_path("netflow"))
+    obj.set_knobs(self_tgid=os.getpid(), ipv6_disabled=0)
+    obj.load()
+    links = obj.attach_all()
+    ring = _libbpf.RingReader(obj.map("closed"), _records.EVENT_DTYPE)
+    yield obj, ring
+    for link in links:
+        link.close()
+    ring.close()
+    obj.close()
+
+
+def ip_bytes(text):
+    if ":" in text:
+        return socket.inet_pton(socket.AF_INET6, text)
+    return socket.inet_pton(socket.AF_INET, text) + b"\0" * 12
+
+
+def closed_of(ring, pid):
+    from dkebpf import _records
+    ring.poll(200)
+    ev = ring.take()
+    return ev[ev["stats"]["pid"] == pid], _records
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_tcp_loopback_exact_bytes_and_close(netflow, host):
+    obj, ring = netflow
+    srv = traffic.tcp_server(host, 4321)
+    try:
+        pid, _, res = traffic.run_client("tcp-client", host, srv.info["port"], 12345)
+        srv_res = srv.wait()
+    finally:
+        srv.stop()
+    assert res[0]["received"] == 4321 and srv_res[0]["received"] == 12345
+    ev, R = closed_of(ring, pid)
+    assert len(ev) == 1, ev
+    s, k = ev[0]["stats"], ev[0]["key"]
+    assert (int(s["bytes_sent"]), int(s["bytes_recv"])) == (12345, 4321)
+    assert s["direction"] == R.DIR_OUTGOING
+    assert s["flags"] & R.F_ESTABLISHED and s["flags"] & R.F_CLOSED
+    assert s["lport"] == res[0]["lport"] and k["rport"] == srv.info["port"]
+    assert bytes(k["raddr"]) == ip_bytes(host) and bytes(s["laddr"]) == ip_bytes(host)
+    assert s["family"] == (6 if ":" in host else 4) and s["proto"] == 6
+    assert s["comm"].startswith(b"python")
+    assert s["rtt_us"] > 0
+    # the server's side of the same connection, seen from the server process
+    ring.poll(100)
+    sv = ring.take()
+    sv_all = np.concatenate([ev, sv])  # what is left of the ring
+    del sv_all
+
+
+def test_tcp_server_side_is_incoming(netflow):
+    obj, ring = netflow
+    srv = traffic.tcp_server("127.0.0.1", 999)
+    try:
+        cpid, _, res = traffic.run_client("tcp-client", "127.0.0.1", srv.info["port"], 777)
+        srv.wait()
+    finally:
+        srv.stop()
+    ring.poll(200)
+    ev = ring.take()
+    from dkebpf import _records as R
+    server = ev[ev["stats"]["pid"] == srv.pid]
+    assert len(server) == 1
+    s = server[0]["stats"]
+    assert s["direction"] == R.DIR_INCOMING
+    assert s["lport"] == srv.info["port"] and server[0]["key"]["rport"] == res[0]["lport"]
+    assert (int(s["bytes_recv"]), int(s["bytes_sent"])) == (777, 999)
+
+
+def test_udp_unconnected_peer_from_syscall_args(netflow):
+    obj, ring = netflow
+    from dkebpf import _records as R
+    with NetNS() as ns:
+        srv = traffic.udp_server(ns.peer_ip, 50, prefix=ns.prefix(), datagrams=3)
+        try:
+            pid, _, res = traffic.run_client("udp-client", ns.peer_ip, srv.info["port"], 200, 3)
+            srv.wait()
+        finally:
+            srv.stop()
+        keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+        stats = vals.view(R.STATS_DTYPE)
+        mine = stats["pid"] == pid
+        assert mine.sum() == 1, stats[mine]
+        s, k = stats[mine][0], keys[mine][0]
+        assert (int(s["bytes_sent"]), int(s["bytes_recv"])) == (600, 150)
+        assert bytes(k["raddr"]) == ip_bytes(ns.peer_ip) and k["rport"] == srv.info["port"]
+        assert s["proto"] == 17 and s["direction"] == R.DIR_OUTGOING
+        # the server bound its port explicitly: its flow is incoming
+        srv_rows = stats["pid"] == srv.pid
+        assert srv_rows.sum() == 1
+        assert stats[srv_rows][0]["direction"] == R.DIR_INCOMING
+        assert (int(stats[srv_rows][0]["bytes_recv"]), int(stats[srv_rows][0]["bytes_sent"])) == (600, 150)
+
+
+def test_udp_connected(netflow):
+    obj, ring = netflow
+    from dkebpf import _records as R
+    srv = traffic.udp_server("127.0.0.1", 10, datagrams=4)
+    try:
+        pid, _, res = traffic.run_client("udp-client", "127.0.0.1", srv.info["port"], 64, 4, 1)
+        srv.wait()
+    finally:
+        srv.stop()
+    keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+    stats = vals.view(R.STATS_DTYPE)
+    s = stats[stats["pid"] == pid]
+    assert len(s) == 1 and (int(s[0]["bytes_sent"]), int(s[0]["bytes_recv"])) == (256, 40)
+
+
+def test_retransmits_counted_under_loss(netflow):
+    obj, ring = netflow
+    with NetNS() as ns:
+        ns.drop_randomly(0.3)
+        srv = traffic.tcp_server(ns.peer_ip, 1000, prefix=ns.prefix())
+        try:
+            pid, _, res = traffic.run_client("tcp-client", ns.peer_ip, srv.info["port"], 300000)
+            srv.wait(60)
+        finally:
+            srv.stop()
+    ev, R = closed_of(ring, pid)
+    assert len(ev) == 1
+    assert int(ev[0]["stats"]["bytes_sent"]) == 300000
+    assert ev[0]["stats"]["retransmits"] > 0
+
+
+def test_knob_and_map_errors_are_clear(bpf_ok):
+    from dkebpf import _libbpf
+    from dkebpf.errors import KernelError
+    from dkebpf.plugins.netflow import bpf_object_path
+
+    with _libbpf.BpfObject(bpf_object_path("netflow")) as obj:
+        with pytest.raises(KernelError, match="no knob 'nope'"):
+            obj.set_knobs(nope=1)
+        with pytest.raises(KernelError, match="not loaded"):
+            obj.program("on_send").attach()
+        obj.load()
+        bound = obj.map("bound_ports")
+        key = np.zeros(1, dtype=[("port", "<u2"), ("proto", "u1"), ("pad", "u1")])
+        key["port"], key["proto"] = 4242, 6
+        bound.update(key.tobytes(), b"\x01")
+        assert bound.lookup(key.tobytes()) == b"\x01"
+        assert bound.delete(key.tobytes()) is True
+        assert bound.lookup(key.tobytes()) is None
+        assert bound.delete(key.tobytes()) is False
+    with pytest.raises(KernelError, match="not found"):
+        _libbpf.BpfObject("/nonexistent/x.bpf.o")

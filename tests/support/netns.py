@@ -1,0 +1,58 @@
+"""Test hosts: a network namespace joined to the host by a veth pair, with
+addresses that exist only on this pair. Tests send traffic only to these
+addresses and to loopback."""
+import os
+import subprocess
+import uuid
+
+
+def sh(*args, check=True):
+    return subprocess.run(args, check=check, capture_output=True, text=True)
+
+
+class NetNS:
+    """`with NetNS() as ns:` host side ns.host_ip / ns.host_ip6, namespace
+    side ns.peer_ip / ns.peer_ip6; ns.run([...]) runs a command inside."""
+
+    def __init__(self, index=None):
+        tag = uuid.uuid4().hex[:6]
+        self.name = f"dkt-{tag}"
+        self.veth_host = f"dkh{tag}"
+        self.veth_peer = f"dkp{tag}"
+        n = index if index is not None else (os.getpid() % 200) + 20
+        self.host_ip, self.peer_ip = f"10.213.{n}.1", f"10.213.{n}.2"
+        self.host_ip6, self.peer_ip6 = f"fd00:d4eb:{n:x}::1", f"fd00:d4eb:{n:x}::2"
+
+    def __enter__(self):
+        sh("ip", "netns", "add", self.name)
+        try:
+            sh("ip", "link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_peer)
+            sh("ip", "link", "set", self.veth_peer, "netns", self.name)
+            sh("ip", "addr", "add", f"{self.host_ip}/24", "dev", self.veth_host)
+            sh("ip", "-6", "addr", "add", f"{self.host_ip6}/64", "dev", self.veth_host, "nodad")
+            sh("ip", "link", "set", self.veth_host, "up")
+            self.exec("ip", "addr", "add", f"{self.peer_ip}/24", "dev", self.veth_peer)
+            self.exec("ip", "-6", "addr", "add", f"{self.peer_ip6}/64", "dev", self.veth_peer, "nodad")
+            self.exec("ip", "link", "set", self.veth_peer, "up")
+            self.exec("ip", "link", "set", "lo", "up")
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def exec(self, *args, check=True):
+        return sh("ip", "netns", "exec", self.name, *args, check=check)
+
+    def prefix(self):
+        """Command prefix that runs a program inside the namespace."""
+        return ["ip", "netns", "exec", self.name]
+
+    def drop_randomly(self, probability):
+        """Drop that fraction of the TCP segments entering the namespace
+        (iptables statistic match: works on kernels built without netem)."""
+        self.exec("iptables", "-A", "INPUT", "-p", "tcp", "-m", "statistic", "--mode", "random",
+                  "--probability", str(probability), "-j", "DROP")
+
+    def __exit__(self, *exc):
+        sh("ip", "link", "del", self.veth_host, check=False)
+        sh("ip", "netns", "del", self.name, check=False)

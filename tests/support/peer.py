@@ -1,0 +1,97 @@
+"""A test peer process: `peer.py MODE ARGS`. Prints one JSON line when
+ready ({"pid", "port"}), then one JSON line of results per connection or
+exchange. Moves exactly the bytes it is told to."""
+import json
+import os
+import socket
+import sys
+import time
+
+
+def out(**kw):
+    sys.stdout.write(json.dumps(kw) + "\n")
+    sys.stdout.flush()
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def recv_all(s):
+    n = 0
+    while True:
+        d = s.recv(65536)
+        if not d:
+            return n
+        n += len(d)
+
+
+def send_exact(s, n, chunks=1, pause=0.0):
+    per = [n // chunks + (1 if i < n % chunks else 0) for i in range(chunks)]
+    for i, size in enumerate(per):
+        s.sendall(b"x" * size)
+        if pause and i < chunks - 1:
+            time.sleep(pause)
+
+
+def tcp_server(host, reply, conns):
+    srv = socket.socket(family(host), socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, 0))
+    srv.listen(64)
+    out(pid=os.getpid(), port=srv.getsockname()[1])
+    for _ in range(int(conns)):
+        c, addr = srv.accept()
+        got = recv_all(c)
+        send_exact(c, int(reply))
+        c.close()
+        out(received=got, sent=int(reply), peer_port=addr[1])
+
+
+def tcp_client(host, port, size, chunks="1", pause="0"):
+    out(pid=os.getpid())
+    s = socket.socket(family(host), socket.SOCK_STREAM)
+    s.connect((host, int(port)))
+    lport = s.getsockname()[1]
+    send_exact(s, int(size), int(chunks), float(pause))
+    s.shutdown(socket.SHUT_WR)
+    got = recv_all(s)
+    s.close()
+    out(sent=int(size), received=got, lport=lport)
+
+
+def udp_server(host, reply, datagrams):
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    out(pid=os.getpid(), port=s.getsockname()[1])
+    got = 0
+    for _ in range(int(datagrams)):
+        d, addr = s.recvfrom(65536)
+        got += len(d)
+        s.sendto(b"y" * int(reply), addr)
+    out(received=got)
+
+
+def udp_client(host, port, size, count="1", connected="0"):
+    out(pid=os.getpid())
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    dest = (host, int(port))
+    if connected == "1":
+        s.connect(dest)
+    got = 0
+    for _ in range(int(count)):
+        if connected == "1":
+            s.send(b"z" * int(size))
+            got += len(s.recv(65536))
+        else:
+            s.sendto(b"z" * int(size), dest)
+            got += len(s.recvfrom(65536)[0])
+    out(sent=int(size) * int(count), received=got, lport=s.getsockname()[1])
+    s.close()
+
+
+MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
+         "udp-server": udp_server, "udp-client": udp_client}
+
+if __name__ == "__main__":
+    MODES[sys.argv[1]](*sys.argv[2:])

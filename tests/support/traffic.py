@@ -1,0 +1,62 @@
+"""Real servers and clients as separate processes (so each has its own pid
+in the collected points) that move exactly the bytes they are told to."""
+import json
+import os
+import subprocess
+import sys
+import time
+
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer.py")
+
+
+class Proc:
+    """A peer process; .info is the JSON line it printed once ready."""
+
+    def __init__(self, args, prefix=()):
+        self.p = subprocess.Popen([*prefix, sys.executable, PEER, *map(str, args)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"peer {args} failed: {self.p.stderr.read()}")
+        self.info = json.loads(line)
+        self.pid = self.info["pid"]
+
+    def wait(self, timeout=30):
+        out, err = self.p.communicate(timeout=timeout)
+        if self.p.returncode != 0:
+            raise RuntimeError(f"peer failed ({self.p.returncode}): {err}")
+        return [json.loads(x) for x in out.splitlines() if x.strip()]
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(5)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def tcp_server(host, reply_bytes, prefix=(), conns=1):
+    """Accepts `conns` connections; reads until the client shuts down its
+    side, then sends reply_bytes and closes."""
+    return Proc(["tcp-server", host, reply_bytes, conns], prefix)
+
+
+def udp_server(host, reply_bytes, prefix=(), datagrams=1):
+    return Proc(["udp-server", host, reply_bytes, datagrams], prefix)
+
+
+def run_client(kind, host, port, send_bytes, *extra, prefix=()):
+    c = Proc([kind, host, port, send_bytes, *extra], prefix)
+    results = c.wait()
+    return c.pid, c.info, results
+
+
+def wait_until(pred, timeout, step=0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    return pred()
