@@ -1,0 +1,173 @@
+"""The whole collector against real traffic: exact byte counts, directions,
+ports, established/closed counts and rtt in the points DataKit receives,
+every point checked against the netflow schema."""
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from support import traffic
+from support.netns import NetNS
+from support.schema import check_point
+
+pytestmark = pytest.mark.e2e
+
+
+def flows(receiver, pid):
+    return [p for p in receiver.points(measurement="netflow") if p.tags.get("pid") == str(pid)]
+
+
+def total(points, field):
+    return sum(p.fields.get(field, 0) for p in points)
+
+
+def wait_totals(receiver, pid, written, read, timeout=30):
+    def done():
+        pts = flows(receiver, pid)
+        return pts if total(pts, "bytes_written") >= written and total(pts, "bytes_read") >= read else None
+    return traffic.wait_until(done, timeout) or flows(receiver, pid)
+
+
+def check_all(receiver):
+    pts = receiver.points(measurement="netflow")
+    assert pts, "no netflow point at all"
+    for p in pts:
+        check_point("netflow", p)
+        assert p.tags["host"] == "e2e-host" and p.tags["service"] == "ebpf"
+        assert p.tags["team"] == "net" and p.tags["env"] == "test" and p.tags["source"] == "netflow"
+    inputs = {i for (_c, i, _p) in receiver.records}
+    assert inputs == {"ebpf-net/netflow"}
+
+
+def test_tcp_and_udp_with_a_namespace_host(collector, receiver):
+    collector.start()
+    with NetNS() as ns:
+        srv = traffic.tcp_server(ns.peer_ip, 5000, prefix=ns.prefix(), conns=2)
+        usrv = traffic.udp_server(ns.peer_ip, 40, prefix=ns.prefix(), datagrams=5)
+        try:
+            short_pid, _, short = traffic.run_client("tcp-client", ns.peer_ip, srv.info["port"], 20000)
+            # long-lived: 4 chunks 1.5 s apart, across several 2 s intervals
+            long_pid, _, lng = traffic.run_client("tcp-client", ns.peer_ip, srv.info["port"], 40000, 4, 1.5)
+            udp_pid, _, ures = traffic.run_client("udp-client", ns.peer_ip, usrv.info["port"], 300, 5)
+            srv.wait()
+            usrv.wait()
+        finally:
+            srv.stop()
+            usrv.stop()
+        port = str(srv.info["port"])
+
+        pts = wait_totals(receiver, short_pid, 20000, 5000)
+        assert total(pts, "bytes_written") == 20000 and total(pts, "bytes_read") == 5000
+        assert total(pts, "tcp_established") == 1 and total(pts, "tcp_closed") == 1
+        for p in pts:
+            t = p.tags
+            assert (t["direction"], t["transport"], t["family"]) == ("outgoing", "tcp", "IPv4")
+            assert (t["src_ip"], t["dst_ip"], t["dst_port"]) == (ns.host_ip, ns.peer_ip, port)
+            assert t["src_port"] == "*" and t["client_port"] == "*"  # ephemeral client port
+            assert (t["client_ip"], t["server_ip"], t["server_port"]) == (ns.host_ip, ns.peer_ip, port)
+            assert t["process_name"].startswith("python")
+            assert t["src_ip_type"] == "private" and t["dst_ip_type"] == "private"
+        assert any(p.fields.get("rtt", 0) > 0 for p in pts)
+
+        pts = wait_totals(receiver, long_pid, 40000, 5000)
+        assert total(pts, "bytes_written") == 40000 and total(pts, "bytes_read") == 5000
+        assert len(pts) >= 2, "a connection open across intervals reports in each of them"
+        assert total(pts, "tcp_established") == 1 and total(pts, "tcp_closed") == 1
+
+        # the server inside the namespace sees both connections as incoming
+        pts = wait_totals(receiver, srv.pid, 10000, 60000)
+        assert total(pts, "bytes_read") == 60000 and total(pts, "bytes_written") == 10000
+        assert total(pts, "tcp_established") == 2 and total(pts, "tcp_closed") == 2
+        for p in pts:
+            assert p.tags["direction"] == "incoming"
+            assert (p.tags["src_ip"], p.tags["src_port"]) == (ns.peer_ip, port)
+            assert p.tags["dst_port"] == "*" and p.tags["server_port"] == port
+
+        pts = wait_totals(receiver, udp_pid, 1500, 200)
+        assert total(pts, "bytes_written") == 1500 and total(pts, "bytes_read") == 200
+        assert {p.tags["transport"] for p in pts} == {"udp"}
+        assert {p.tags["dst_port"] for p in pts} == {str(usrv.info["port"])}
+        assert {p.tags["src_ip"] for p in pts} == {ns.host_ip}
+        assert total(pts, "tcp_established") == 0
+
+        pts = wait_totals(receiver, usrv.pid, 200, 1500)
+        assert {p.tags["direction"] for p in pts} == {"incoming"}
+        assert total(pts, "bytes_read") == 1500 and total(pts, "bytes_written") == 200
+    check_all(receiver)
+
+
+def test_loopback_ipv6_and_sigterm_flushes_last_interval(collector, receiver):
+    # a long interval: the only flush is the one SIGTERM triggers
+    collector.start(interval="10m")
+    srv = traffic.tcp_server("::1", 777)
+    try:
+        pid, _, res = traffic.run_client("tcp-client", "::1", srv.info["port"], 3333)
+        srv.wait()
+    finally:
+        srv.stop()
+    assert collector.stop(signal.SIGTERM) == 0
+    pts = flows(receiver, pid)
+    assert total(pts, "bytes_written") == 3333 and total(pts, "bytes_read") == 777
+    assert {(p.tags["family"], p.tags["dst_ip"], p.tags["dst_ip_type"]) for p in pts} == {("IPv6", "::1", "loopback")}
+    assert total(pts, "tcp_established") == 1 and total(pts, "tcp_closed") == 1
+    assert "dkebpf stopped" in collector.log_text()
+    assert not collector.pidfile.exists()
+    check_all(receiver)
+
+
+def test_retransmits_reported(collector, receiver):
+    collector.start()
+    with NetNS() as ns:
+        ns.drop_randomly(0.25)
+        srv = traffic.tcp_server(ns.peer_ip, 100, prefix=ns.prefix())
+        try:
+            pid, _, res = traffic.run_client("tcp-client", ns.peer_ip, srv.info["port"], 400000)
+            srv.wait(60)
+        finally:
+            srv.stop()
+    pts = wait_totals(receiver, pid, 400000, 100)
+    assert total(pts, "bytes_written") == 400000
+    assert total(pts, "retransmits") > 0
+    check_all(receiver)
+
+
+def test_stdout_output_is_line_protocol(collector, tmp_path):
+    from support.lineproto_parser import parse
+    out = tmp_path / "points.txt"
+    with open(out, "w") as f:
+        collector.start(interval="1s", output="-", stdout=f)
+        srv = traffic.tcp_server("127.0.0.1", 10)
+        try:
+            pid, _, _ = traffic.run_client("tcp-client", "127.0.0.1", srv.info["port"], 1234)
+            srv.wait()
+        finally:
+            srv.stop()
+        assert collector.stop(signal.SIGINT) == 0
+    pts = [p for p in parse(out.read_text()) if p.measurement == "netflow" and p.tags.get("pid") == str(pid)]
+    assert total(pts, "bytes_written") == 1234 and total(pts, "bytes_read") == 10
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--interval", "500ms"], "interval"),
+    (["--enabled", "ebpf-nope"], "ebpf-nope"),
+    (["--enabled", "ebpf-bash"], "not implemented"),
+    (["--res-mem", "lots"], "lots"),
+    (["--sampling-rate", "0.5", "--sampling-rate-ptsperminute", "100"], "exclusive"),
+])
+def test_bad_input_is_one_clear_line(bpf_ok, tmp_path, args, needle):
+    p = subprocess.run([sys.executable, "-m", "dkebpf", "run", *args, "--output", "-"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0
+    err = p.stderr.strip()
+    assert needle in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1, err
+
+
+def test_check_reports_netflow_runs(bpf_ok, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "dkebpf", "check"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "ebpf-net: yes" in p.stdout
+    assert "ebpf-bash: no" in p.stdout and "not implemented" in p.stdout
