@@ -415,123 +415,95 @@ cdef class BpfObject:
 
 # --- ring buffers ----------------------------------------------------------
 
-cdef struct ring_sink:
-    char *buf          # records, packed at record_size
-    size_t record_size
-    size_t n           # records held
-    size_t cap         # records allocated
-    size_t max_records # growth limit: beyond it records are counted as lost
-    uint64_t received
-    uint64_t lost      # over max_records
-    uint64_t bad_size  # a record of another size (a bug on one side)
-
-
-cdef int _on_sample(void *ctx, void *data, size_t size) noexcept nogil:
-    # Called by libbpf for each record. It must not fail: libbpf consumes a
-    # record even when the callback returns an error, so growing the buffer
-    # here (plain C, no GIL) is the only way not to lose it.
-    cdef ring_sink *s = <ring_sink *>ctx
-    cdef size_t ncap
-    cdef char *nbuf
-    s.received += 1
-    if size < s.record_size:
-        s.bad_size += 1
-        return 0
-    if s.n == s.cap:
-        if s.cap >= s.max_records:
-            s.lost += 1
-            return 0
-        ncap = s.cap * 2
-        if ncap > s.max_records:
-            ncap = s.max_records
-        nbuf = <char *>realloc(s.buf, ncap * s.record_size)
-        if nbuf == NULL:
-            s.lost += 1
-            return 0
-        s.buf = nbuf
-        s.cap = ncap
-    memcpy(s.buf + s.n * s.record_size, data, s.record_size)
-    s.n += 1
-    return 0
+cdef extern from "poll.h" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
 
 
 cdef class RingReader:
     """Reads a BPF ring buffer of fixed-size records into numpy.
 
-    poll() releases the GIL while libbpf waits and copies records into a C
-    buffer; take() hands them over as one structured array."""
-    cdef ring_buffer *rb
-    cdef ring_sink sink
+    The ring is mmap'd and walked in C (ext/includes/dk_ringbuf.h) with the
+    GIL released; records land in a C buffer that grows up to max_records
+    (beyond it they are counted as lost, never silently); take() hands them
+    over as one structured array."""
+    cdef dk_ring ring
+    cdef bint opened
     cdef readonly object dtype
     cdef readonly str name
-    cdef object _map  # keeps the owning object alive
+    cdef object _map  # keeps the owning object (and the map fd) alive
 
     def __cinit__(self, Map ring_map, dtype, size_t initial=4096, size_t max_records=1 << 20):
-        self.rb = NULL
-        self.sink.buf = NULL
+        self.opened = False
         self.dtype = np.dtype(dtype)
         self.name = ring_map.name
         self._map = ring_map
-        self.sink.record_size = self.dtype.itemsize
-        self.sink.n = 0
-        self.sink.cap = max(initial, 1)
-        self.sink.max_records = max(max_records, self.sink.cap)
-        self.sink.received = self.sink.lost = self.sink.bad_size = 0
-        self.sink.buf = <char *>malloc(self.sink.cap * self.sink.record_size)
-        if self.sink.buf == NULL:
-            raise MemoryError()
-        dk_log_clear()
-        self.rb = ring_buffer__new(ring_map.fd, _on_sample, &self.sink, NULL)
-        _check_ptr(self.rb, f"open ring buffer {self.name}")
+        _check(dk_ring_open(&self.ring, ring_map.fd, self.dtype.itemsize, initial, max_records),
+               f"map ring buffer {self.name}")
+        self.opened = True
 
     def __dealloc__(self):
-        if self.rb != NULL:
-            ring_buffer__free(self.rb)
-        free(self.sink.buf)
+        if self.opened:
+            dk_ring_close(&self.ring)
 
     def close(self):
-        if self.rb != NULL:
-            ring_buffer__free(self.rb)
-            self.rb = NULL
+        if self.opened:
+            dk_ring_close(&self.ring)
+            self.opened = False
 
     def fileno(self):
-        """An epoll fd that is readable when records wait (for selectors)."""
-        return ring_buffer__epoll_fd(self.rb)
+        """The ring's map fd: readable (poll/epoll) when records wait."""
+        return self.ring.map_fd
 
     def poll(self, int timeout_ms=0):
         """Wait up to timeout_ms for records and read all that are there.
         Returns the number of records now held."""
-        cdef int rc
-        if self.rb == NULL:
+        cdef pollfd p
+        if not self.opened:
             raise KernelError(f"ring buffer {self.name} is closed", 9)
+        p.fd = self.ring.map_fd
+        p.events = POLLIN
         with nogil:
-            rc = ring_buffer__poll(self.rb, timeout_ms)
-        if rc == -4:  # EINTR: a signal; the caller's loop goes on
-            return self.sink.n
-        _check(rc, f"poll ring buffer {self.name}")
-        return self.sink.n
+            if timeout_ms != 0:
+                poll(&p, 1, timeout_ms)
+            dk_ring_consume(&self.ring)
+        return self.ring.n
 
     def consume(self):
         """Read what is there without waiting."""
-        cdef int rc
+        if not self.opened:
+            raise KernelError(f"ring buffer {self.name} is closed", 9)
         with nogil:
-            rc = ring_buffer__consume(self.rb)
-        _check(rc, f"consume ring buffer {self.name}")
-        return self.sink.n
+            dk_ring_consume(&self.ring)
+        return self.ring.n
 
     def take(self):
-        """The records read so far, as a structured array; the reader is
-        emptied."""
-        cdef Py_ssize_t n = self.sink.n
-        out = np.empty(n, dtype=self.dtype)
-        if n:
-            memcpy(cnp.PyArray_DATA(out), self.sink.buf, n * self.sink.record_size)
-        self.sink.n = 0
-        return out
+        """All records: those held from earlier polls, then whatever waits
+        in the ring, read straight into the returned structured array (one
+        copy from the ring). The reader is left empty."""
+        cdef Py_ssize_t held = self.ring.n
+        cdef size_t rec = self.ring.record_size
+        # each record takes at least its size plus the 8-byte header
+        cdef size_t bound = dk_ring_pending_bytes(&self.ring) // (((rec + 8 + 7) // 8) * 8)
+        out = np.empty(held + bound, dtype=self.dtype)
+        cdef char *dest = <char *>cnp.PyArray_DATA(out)
+        cdef size_t got = 0
+        if held:
+            memcpy(dest, self.ring.buf, held * rec)
+            self.ring.n = 0
+        if bound:
+            with nogil:
+                got = dk_ring_consume_to(&self.ring, dest + held * rec, bound)
+        return out if got == bound else out[: held + got]
 
     @property
     def held(self):
-        return self.sink.n
+        return self.ring.n
 
     def counters(self):
-        return {"received": self.sink.received, "lost": self.sink.lost, "bad_size": self.sink.bad_size}
+        return {"received": self.ring.received, "lost": self.ring.lost, "bad_size": self.ring.bad_size}

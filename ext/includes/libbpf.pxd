@@ -7,10 +7,7 @@ cdef extern from "bpf/libbpf.h" nogil:
     struct bpf_program
     struct bpf_map
     struct bpf_link
-    struct ring_buffer
     struct btf
-
-    ctypedef int (*ring_buffer_sample_fn)(void *ctx, void *data, size_t size) noexcept nogil
 
     bpf_object *bpf_object__open_file(const char *path, const void *opts)
     int bpf_object__load(bpf_object *obj)
@@ -49,12 +46,6 @@ cdef extern from "bpf/libbpf.h" nogil:
     int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)
     const void *bpf_map__initial_value(bpf_map *map, size_t *psize)
 
-    ring_buffer *ring_buffer__new(int map_fd, ring_buffer_sample_fn sample_cb, void *ctx,
-                                  const void *opts)
-    void ring_buffer__free(ring_buffer *rb)
-    int ring_buffer__poll(ring_buffer *rb, int timeout_ms)
-    int ring_buffer__consume(ring_buffer *rb)
-    int ring_buffer__epoll_fd(const ring_buffer *rb)
 
     int libbpf_num_possible_cpus()
     int libbpf_strerror(int err, char *buf, size_t size)
@@ -94,3 +85,15 @@ cdef extern from "dk_libbpf_log.h" nogil:
     void dk_log_install(int verbose)
     void dk_log_clear()
     const char *dk_log_text()
+
+cdef extern from "dk_ringbuf.h" nogil:
+    struct dk_ring:
+        int map_fd
+        char *buf
+        size_t record_size, n, cap, max_records
+        uint64_t received, lost, bad_size
+    int dk_ring_open(dk_ring *r, int map_fd, size_t record_size, size_t initial, size_t max_records)
+    void dk_ring_close(dk_ring *r)
+    size_t dk_ring_consume(dk_ring *r)
+    size_t dk_ring_pending_bytes(const dk_ring *r)
+    size_t dk_ring_consume_to(dk_ring *r, char *dest, size_t cap)

@@ -1,0 +1,804 @@
+"""InfluxDB line-protocol encoder over Arrow record batches.
+
+This is the last data-plane stage: an enriched ``pyarrow.RecordBatch`` goes
+in, the body of one ``POST /v1/write/<category>?precision=ns`` to DataKit
+comes out. The per-row loop reads the Arrow buffers directly (validity
+bitmaps, string offsets and data, fixed-width values) and writes into one
+malloc'ed buffer with the GIL released; no Python object is made per row or
+per cell.
+
+Public API::
+
+    encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
+                 timestamp_column=None) -> bytes
+    encode_batch_stats() -> dict    # counters of the last call in this thread
+
+Output rules (the unit tests and ``tests/reference/lineproto_ref.py`` pin
+them byte for byte):
+
+* One line per row: ``measurement,tag=v,... field=v,... timestamp\\n``,
+  timestamps in nanoseconds.
+* Tags: the point's tag columns in the order given, then the global tags in
+  dict order, except those whose key is also a tag or field column of the
+  batch (the point's own value wins -- even on a row where that column is
+  null). Integer tag columns are written in decimal. A null or empty tag
+  value drops that tag from that row: line protocol has no empty tag value.
+* Fields: signed and unsigned integers -> ``12i`` (DataKit wants int; an
+  unsigned value above 2**63-1 saturates to 9223372036854775807, since an
+  out-of-range ``i`` makes DataKit reject the whole request); floats ->
+  the shortest repr that round-trips, exactly Python's ``repr(float)``;
+  bools -> ``true``/``false``; strings -> ``"..."``. A null field, or a NaN
+  or infinite float (line protocol has no spelling for them), is left out
+  of that row. A row left with no field at all is not written: line
+  protocol requires at least one field.
+* Escaping follows the parser DataKit really runs (InfluxDB 1.x
+  ``models``; see the 1.x ``unescapeTag``/``scanTagValue``):
+
+  - measurement: ``,`` and space are backslash-escaped;
+  - tag keys, tag values, field keys: ``,``, ``=`` and space are
+    backslash-escaped;
+  - in those tokens ``\\n`` and ``\\r`` become a space: the body is split
+    into lines on ``\\n`` before any unescaping, and tag values have no
+    escape for a newline, so a space is the closest value that survives;
+  - in those tokens a *trailing* backslash also becomes a space: the 1.x
+    scanner treats any delimiter preceded by ``\\`` as escaped (it tests
+    ``buf[i-1] != '\\\\'``), so ``v\\`` followed by ``,`` would swallow the
+    next tag and fail the whole request. Other backslashes are literal.
+  - string field values: ``\\`` -> ``\\\\`` and ``"`` -> ``\\"`` (the
+    standard escapes), and newline / carriage return -> the two characters
+    ``\\n`` / ``\\r`` so a line never breaks. DataKit keeps those two
+    characters as they are (it only unescapes ``\\\\`` and ``\\"``); our
+    test parser decodes them back.
+
+* ``timestamp_column`` (int64 nanoseconds or an Arrow timestamp) overrides
+  ``timestamp_ns`` per row; a null in it falls back to ``timestamp_ns``.
+
+Accepted column types: tags -- string, large_string, string_view, any
+integer, dictionary of those, or null-typed (all null); fields -- any
+integer, float16/32/64, bool, string, large_string, string_view,
+dictionary of strings, or null-typed. ``batch`` may also be a
+``pyarrow.Table`` (each chunk is encoded in turn). Columns may be slices
+with a non-zero offset.
+
+Skipped rows and other counters are reported by ``encode_batch_stats()``
+rather than in the return value, so that the body is plain ``bytes``; the
+counters are kept per thread, because encoding runs without the GIL and
+several senders may encode at once.
+"""
+
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from libc.math cimport isfinite, signbit
+from libc.stdint cimport (INT64_MAX, int8_t, int16_t, int32_t, int64_t, uint8_t,
+                          uint16_t, uint32_t, uint64_t, uintptr_t)
+from libc.stdio cimport snprintf
+from libc.stdlib cimport free, malloc, realloc, strtod
+from libc.string cimport memcpy, memset
+
+import threading
+
+import pyarrow as pa
+import pyarrow.types as pat
+
+__all__ = ["encode_batch", "encode_batch_stats"]
+
+cdef enum:
+    K_NONE = 0     # null-typed column: every value is null
+    K_STR32 = 1    # string: int32 offsets
+    K_STR64 = 2    # large_string: int64 offsets
+    K_INT = 3
+    K_UINT = 4
+    K_FLOAT = 5    # float64
+    K_BOOL = 6     # bit-packed
+
+# Byte classes for keys and tag values (see module docstring).
+cdef enum:
+    C_PLAIN = 0
+    C_ESC = 1      # written as backslash + itself
+    C_SPACE = 2    # newline/CR: written as an escaped space
+    C_BSLASH = 3   # literal, unless it is the last byte of the token
+
+ctypedef struct Col:
+    int kind
+    int width              # bytes per value, integers only
+    int64_t off            # the array's slice offset
+    const uint8_t* valid   # validity bitmap, NULL when there is no null
+    const uint8_t* data
+    const uint8_t* offsets
+    const char* key        # ",<escaped key>=" (fields skip the comma when first)
+    Py_ssize_t keylen
+
+ctypedef struct Out:
+    char* p
+    size_t n
+    size_t cap
+
+ctypedef struct Stats:
+    int64_t lines
+    int64_t skipped
+    int64_t nonfinite
+    int64_t saturated
+
+cdef uint8_t TAG_CLASS[256]
+cdef uint8_t MEAS_CLASS[256]
+cdef char DIGITS2[200]
+
+
+cdef void _init_tables() noexcept:
+    cdef int i
+    memset(TAG_CLASS, C_PLAIN, 256)
+    TAG_CLASS[ord(',')] = C_ESC
+    TAG_CLASS[ord('=')] = C_ESC
+    TAG_CLASS[ord(' ')] = C_ESC
+    TAG_CLASS[ord('\n')] = C_SPACE
+    TAG_CLASS[ord('\r')] = C_SPACE
+    TAG_CLASS[ord('\\')] = C_BSLASH
+    memcpy(MEAS_CLASS, TAG_CLASS, 256)
+    # the 1.x parser unescapes only "\," and "\ " in a measurement
+    MEAS_CLASS[ord('=')] = C_PLAIN
+    for i in range(100):
+        DIGITS2[2 * i] = <char>(48 + i // 10)
+        DIGITS2[2 * i + 1] = <char>(48 + i % 10)
+
+
+_init_tables()
+
+
+# ---------------------------------------------------------------- output
+
+cdef int _grow(Out* o, size_t need) noexcept nogil:
+    cdef size_t cap = o.cap * 2 if o.cap else 65536
+    cdef char* p
+    while cap < o.n + need:
+        cap *= 2
+    p = <char*>realloc(o.p, cap)
+    if p == NULL:
+        return -1
+    o.p = p
+    o.cap = cap
+    return 0
+
+
+cdef inline int _reserve(Out* o, size_t need) noexcept nogil:
+    if o.n + need <= o.cap:
+        return 0
+    return _grow(o, need)
+
+
+cdef inline void _put(Out* o, const char* s, size_t n) noexcept nogil:
+    memcpy(o.p + o.n, s, n)
+    o.n += n
+
+
+# ------------------------------------------------------------- escaping
+
+cdef size_t _esc_token(const uint8_t* s, size_t n, char* out,
+                       const uint8_t* cls) noexcept nogil:
+    """Escape a measurement / key / tag value; ``out`` has room for 2*n."""
+    cdef size_t i, k = 0
+    cdef uint8_t c, t
+    for i in range(n):
+        c = s[i]
+        t = cls[c]
+        if t == C_PLAIN:
+            out[k] = <char>c
+            k += 1
+        elif t == C_ESC:
+            out[k] = b'\\'
+            out[k + 1] = <char>c
+            k += 2
+        elif t == C_SPACE or i + 1 == n:   # newline, or the trailing backslash
+            out[k] = b'\\'
+            out[k + 1] = b' '
+            k += 2
+        else:                              # a backslash inside the token
+            out[k] = b'\\'
+            k += 1
+    return k
+
+
+cdef size_t _esc_string(const uint8_t* s, size_t n, char* out) noexcept nogil:
+    """Escape a string field value; ``out`` has room for 2*n."""
+    cdef size_t i, k = 0
+    cdef uint8_t c
+    for i in range(n):
+        c = s[i]
+        if c == b'"' or c == b'\\':
+            out[k] = b'\\'
+            out[k + 1] = <char>c
+            k += 2
+        elif c == b'\n':
+            out[k] = b'\\'
+            out[k + 1] = b'n'
+            k += 2
+        elif c == b'\r':
+            out[k] = b'\\'
+            out[k + 1] = b'r'
+            k += 2
+        else:
+            out[k] = <char>c
+            k += 1
+    return k
+
+
+cdef bytes _escape_py(str s, const uint8_t* cls):
+    """Escape a token once, with the GIL (keys, measurement, global tags)."""
+    cdef bytes raw = s.encode("utf-8")
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(raw)
+    cdef char* buf = <char*>malloc(2 * n + 1)
+    cdef size_t k
+    if buf == NULL:
+        raise MemoryError()
+    try:
+        k = _esc_token(<const uint8_t*>PyBytes_AS_STRING(raw), n, buf, cls)
+        return PyBytes_FromStringAndSize(buf, k)
+    finally:
+        free(buf)
+
+
+# ------------------------------------------------------------- numbers
+
+cdef inline size_t _fmt_u64(uint64_t v, char* out) noexcept nogil:
+    cdef char tmp[24]
+    cdef int i = 24
+    cdef uint64_t q
+    cdef size_t n
+    while v >= 100:
+        q = v // 100
+        i -= 2
+        memcpy(tmp + i, DIGITS2 + 2 * (v - q * 100), 2)
+        v = q
+    if v >= 10:
+        i -= 2
+        memcpy(tmp + i, DIGITS2 + 2 * v, 2)
+    else:
+        i -= 1
+        tmp[i] = <char>(48 + v)
+    n = 24 - i
+    memcpy(out, tmp + i, n)
+    return n
+
+
+cdef inline size_t _fmt_i64(int64_t v, char* out) noexcept nogil:
+    if v < 0:
+        out[0] = b'-'
+        return 1 + _fmt_u64(<uint64_t>0 - <uint64_t>v, out + 1)
+    return _fmt_u64(<uint64_t>v, out)
+
+
+cdef int _split_e(const char* buf, char* dg, int* exp10) noexcept nogil:
+    """Digits and exponent of printf's ``%.Ne`` output (v > 0). Whatever
+    sits between the first digit and the next one is the locale's radix
+    character; it is skipped, so LC_NUMERIC does not matter."""
+    cdef int i = 0, nd = 0, e = 0, neg = 0
+    while buf[i] != 0 and buf[i] != b'e' and buf[i] != b'E':
+        if b'0' <= buf[i] <= b'9':
+            dg[nd] = buf[i]
+            nd += 1
+        i += 1
+    if buf[i] != 0:
+        i += 1
+        if buf[i] == b'-':
+            neg = 1
+            i += 1
+        elif buf[i] == b'+':
+            i += 1
+        while b'0' <= buf[i] <= b'9':
+            e = e * 10 + (buf[i] - 48)
+            i += 1
+    exp10[0] = -e if neg else e
+    return nd
+
+
+cdef int _try_neighbour(double v, const char* buf, char* dg, int nd, int* exp10,
+                        bint up) noexcept nogil:
+    """Replace dg (p digits, the nearest p-digit decimal, which does not read
+    back as v) by the next p-digit decimal on the other side of v and return
+    1 if that one reads back as v. Happens only where the rounding interval
+    of v is lopsided (v a power of two): the farther candidate can then be
+    inside it while the nearer one is not."""
+    cdef char cand[32]
+    cdef char nb[80]
+    cdef int i, e = exp10[0], k = 0, r
+    memcpy(cand, dg, nd)
+    if up:
+        i = nd - 1
+        while i >= 0 and cand[i] == b'9':
+            cand[i] = b'0'
+            i -= 1
+        if i < 0:
+            cand[0] = b'1'
+            e += 1
+        else:
+            cand[i] += 1
+    else:
+        i = nd - 1
+        while i >= 0 and cand[i] == b'0':
+            cand[i] = b'9'
+            i -= 1
+        cand[i] -= 1          # dg is non-zero, so i >= 0
+        if cand[0] == b'0':   # 10^e - one unit: p nines one decade down
+            memset(cand, b'9', nd)
+            e -= 1
+    # rebuild "d<radix>ddd" + "e<exp>" with the radix printf used
+    nb[k] = cand[0]
+    k += 1
+    i = 1
+    while buf[i] != 0 and not (b'0' <= buf[i] <= b'9'):
+        nb[k] = buf[i]
+        k += 1
+        i += 1
+    memcpy(nb + k, cand + 1, nd - 1)
+    k += nd - 1
+    snprintf(nb + k, 16, "e%d", e)
+    if strtod(nb, NULL) != v:
+        return 0
+    memcpy(dg, cand, nd)
+    exp10[0] = e
+    return 1
+
+
+cdef int _shortest(double v, char* dg, int* exp10) noexcept nogil:
+    """Shortest decimal digits that read back as v (v > 0, finite), with
+    ties to the nearest -- what David Gay's dtoa mode 0 gives, hence what
+    Python's repr prints. Returns the digit count, trailing zeros removed.
+
+    For a normal double, any decimal of <= 15 significant digits that reads
+    back as v is also the nearest 15-digit decimal to v (15-digit spacing is
+    >= 1e-15 relative, half an ulp <= 1.1e-16), so trying 15, 16 and 17
+    digits and stripping zeros is exact. Subnormals have fewer significant
+    bits, so for them every length is tried."""
+    cdef char buf[64]
+    cdef int p, nd = 0, first = 15
+    cdef double back
+    if v < 2.2250738585072014e-308:
+        first = 1
+    for p in range(first, 18):
+        snprintf(buf, 64, "%.*e", p - 1, v)
+        nd = _split_e(buf, dg, exp10)
+        back = strtod(buf, NULL)
+        if back == v:
+            break
+        if p < 17 and _try_neighbour(v, buf, dg, nd, exp10, back < v):
+            break
+    while nd > 1 and dg[nd - 1] == b'0':
+        nd -= 1
+    return nd
+
+
+cdef size_t _fmt_double(double v, char* out) noexcept nogil:
+    """repr(v) for finite v: fixed notation when -4 <= exponent < 16 (with
+    '.0' for integral values), else d.ddde+XX -- CPython's 'r' format."""
+    cdef char dg[32]
+    cdef int nd, e, i
+    cdef size_t k = 0
+    if signbit(v):
+        out[0] = b'-'
+        k = 1
+        v = -v
+    if v == 0.0:
+        memcpy(out + k, b"0.0", 3)
+        return k + 3
+    nd = _shortest(v, dg, &e)
+    if -4 <= e < 16:
+        if e >= 0:
+            if nd <= e + 1:
+                memcpy(out + k, dg, nd)
+                k += nd
+                for i in range(e + 1 - nd):
+                    out[k] = b'0'
+                    k += 1
+                memcpy(out + k, b".0", 2)
+                k += 2
+            else:
+                memcpy(out + k, dg, e + 1)
+                k += e + 1
+                out[k] = b'.'
+                k += 1
+                memcpy(out + k, dg + e + 1, nd - e - 1)
+                k += nd - e - 1
+        else:
+            memcpy(out + k, b"0.", 2)
+            k += 2
+            for i in range(-e - 1):
+                out[k] = b'0'
+                k += 1
+            memcpy(out + k, dg, nd)
+            k += nd
+    else:
+        out[k] = dg[0]
+        k += 1
+        if nd > 1:
+            out[k] = b'.'
+            k += 1
+            memcpy(out + k, dg + 1, nd - 1)
+            k += nd - 1
+        out[k] = b'e'
+        out[k + 1] = b'-' if e < 0 else b'+'
+        k += 2
+        if e < 0:
+            e = -e
+        if e < 10:
+            out[k] = b'0'
+            k += 1
+        k += _fmt_u64(<uint64_t>e, out + k)
+    return k
+
+
+# --------------------------------------------------------- column access
+
+cdef inline bint _is_valid(const Col* c, int64_t j) noexcept nogil:
+    if c.kind == K_NONE:
+        return False
+    if c.valid == NULL:
+        return True
+    return (c.valid[j >> 3] >> (j & 7)) & 1
+
+
+cdef inline int64_t _get_int(const Col* c, int64_t j) noexcept nogil:
+    if c.width == 8:
+        return (<const int64_t*>c.data)[j]
+    if c.width == 4:
+        return (<const int32_t*>c.data)[j]
+    if c.width == 2:
+        return (<const int16_t*>c.data)[j]
+    return (<const int8_t*>c.data)[j]
+
+
+cdef inline uint64_t _get_uint(const Col* c, int64_t j) noexcept nogil:
+    if c.width == 8:
+        return (<const uint64_t*>c.data)[j]
+    if c.width == 4:
+        return (<const uint32_t*>c.data)[j]
+    if c.width == 2:
+        return (<const uint16_t*>c.data)[j]
+    return (<const uint8_t*>c.data)[j]
+
+
+cdef inline void _str_span(const Col* c, int64_t j, int64_t* a, int64_t* b) noexcept nogil:
+    if c.kind == K_STR32:
+        a[0] = (<const int32_t*>c.offsets)[j]
+        b[0] = (<const int32_t*>c.offsets)[j + 1]
+    else:
+        a[0] = (<const int64_t*>c.offsets)[j]
+        b[0] = (<const int64_t*>c.offsets)[j + 1]
+
+
+cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t meas_len,
+                      const char* glob, size_t glob_len, Col* tags, int ntags,
+                      Col* fields, int nfields, Col* ts, int64_t ts_default) noexcept nogil:
+    """The per-row loop. Returns -1 when out of memory."""
+    cdef int64_t i, j, a, b, ts_val
+    cdef size_t row_start
+    cdef int t
+    cdef bint first
+    cdef const Col* c
+    cdef double dv
+    cdef uint64_t uv
+    for i in range(nrows):
+        row_start = o.n
+        if _reserve(o, meas_len + glob_len + 1) < 0:
+            return -1
+        _put(o, meas, meas_len)
+        for t in range(ntags):
+            c = &tags[t]
+            j = c.off + i
+            if not _is_valid(c, j):
+                continue
+            if c.kind == K_STR32 or c.kind == K_STR64:
+                _str_span(c, j, &a, &b)
+                if b == a:
+                    continue
+                if _reserve(o, c.keylen + 2 * <size_t>(b - a)) < 0:
+                    return -1
+                _put(o, c.key, c.keylen)
+                o.n += _esc_token(c.data + a, <size_t>(b - a), o.p + o.n, TAG_CLASS)
+            else:
+                if _reserve(o, c.keylen + 24) < 0:
+                    return -1
+                _put(o, c.key, c.keylen)
+                if c.kind == K_INT:
+                    o.n += _fmt_i64(_get_int(c, j), o.p + o.n)
+                else:
+                    o.n += _fmt_u64(_get_uint(c, j), o.p + o.n)
+        if _reserve(o, glob_len + 1) < 0:
+            return -1
+        _put(o, glob, glob_len)
+        o.p[o.n] = b' '
+        o.n += 1
+        first = True
+        for t in range(nfields):
+            c = &fields[t]
+            j = c.off + i
+            if not _is_valid(c, j):
+                continue
+            if c.kind == K_FLOAT:
+                dv = (<const double*>c.data)[j]
+                if not isfinite(dv):
+                    st.nonfinite += 1
+                    continue
+                if _reserve(o, c.keylen + 40) < 0:
+                    return -1
+                if first:
+                    _put(o, c.key + 1, c.keylen - 1)
+                else:
+                    _put(o, c.key, c.keylen)
+                o.n += _fmt_double(dv, o.p + o.n)
+            elif c.kind == K_STR32 or c.kind == K_STR64:
+                _str_span(c, j, &a, &b)
+                if _reserve(o, c.keylen + 2 * <size_t>(b - a) + 2) < 0:
+                    return -1
+                if first:
+                    _put(o, c.key + 1, c.keylen - 1)
+                else:
+                    _put(o, c.key, c.keylen)
+                o.p[o.n] = b'"'
+                o.n += 1
+                o.n += _esc_string(c.data + a, <size_t>(b - a), o.p + o.n)
+                o.p[o.n] = b'"'
+                o.n += 1
+            else:
+                if _reserve(o, c.keylen + 24) < 0:
+                    return -1
+                if first:
+                    _put(o, c.key + 1, c.keylen - 1)
+                else:
+                    _put(o, c.key, c.keylen)
+                if c.kind == K_INT:
+                    o.n += _fmt_i64(_get_int(c, j), o.p + o.n)
+                    o.p[o.n] = b'i'
+                    o.n += 1
+                elif c.kind == K_UINT:
+                    uv = _get_uint(c, j)
+                    if uv > <uint64_t>INT64_MAX:
+                        uv = <uint64_t>INT64_MAX
+                        st.saturated += 1
+                    o.n += _fmt_u64(uv, o.p + o.n)
+                    o.p[o.n] = b'i'
+                    o.n += 1
+                elif (c.data[j >> 3] >> (j & 7)) & 1:
+                    _put(o, "true", 4)
+                else:
+                    _put(o, "false", 5)
+            first = False
+        if first:                      # no field left: line protocol forbids it
+            o.n = row_start
+            st.skipped += 1
+            continue
+        ts_val = ts_default
+        if ts != NULL:
+            j = ts.off + i
+            if _is_valid(ts, j):
+                ts_val = (<const int64_t*>ts.data)[j]
+        if _reserve(o, 24) < 0:
+            return -1
+        o.p[o.n] = b' '
+        o.n += 1
+        o.n += _fmt_i64(ts_val, o.p + o.n)
+        o.p[o.n] = b'\n'
+        o.n += 1
+        st.lines += 1
+    return 0
+
+
+# ------------------------------------------------------ Python-level glue
+
+_tls = threading.local()
+
+_STAT_KEYS = ("rows", "lines", "skipped_rows", "nonfinite_floats", "saturated_uints", "bytes")
+
+
+def encode_batch_stats():
+    """Counters of the last ``encode_batch`` call made by this thread:
+
+    ``rows`` (rows in the batch), ``lines`` (lines written),
+    ``skipped_rows`` (rows not written because no field was left),
+    ``nonfinite_floats`` (NaN/inf float cells left out),
+    ``saturated_uints`` (unsigned values clamped to 2**63-1),
+    ``bytes`` (length of the body).
+    """
+    return dict(getattr(_tls, "stats", None) or dict.fromkeys(_STAT_KEYS, 0))
+
+
+cdef const uint8_t* _ptr(object buf) except? NULL:
+    """Address of an Arrow buffer's bytes (zero copy); the caller keeps the
+    Array, hence the buffer, alive while the pointer is in use."""
+    if buf is None or buf.size == 0:
+        return NULL
+    if not buf.is_cpu:
+        raise ValueError("Arrow buffer is not in CPU memory")
+    return <const uint8_t*><uintptr_t>buf.address
+
+
+def _column(batch, str name, str role):
+    idx = batch.schema.get_all_field_indices(name)
+    if len(idx) == 0:
+        raise ValueError(f"{role} column {name!r} is not in the batch "
+                         f"(columns: {', '.join(batch.schema.names)})")
+    if len(idx) > 1:
+        raise ValueError(f"{role} column {name!r} appears {len(idx)} times in the batch")
+    return batch.column(idx[0])
+
+
+def _normalise(arr, str name, str role):
+    """Cast the few types the loop does not read directly (once per column)."""
+    t = arr.type
+    if pat.is_dictionary(t):
+        arr = arr.dictionary_decode()
+        t = arr.type
+    if pat.is_string_view(t):
+        arr = arr.cast(pa.large_string())
+    elif role == "field" and (pat.is_float16(t) or pat.is_float32(t)):
+        arr = arr.cast(pa.float64())
+    t = arr.type
+    ok = (pat.is_string(t) or pat.is_large_string(t) or pat.is_integer(t) or pat.is_null(t))
+    if role == "field":
+        ok = ok or pat.is_float64(t) or pat.is_boolean(t)
+    if not ok:
+        raise TypeError(f"{role} column {name!r} has type {t}, which line protocol "
+                        f"encoding does not support")
+    return arr
+
+
+cdef void _fill_col(Col* c, object arr, list keep) except *:
+    t = arr.type
+    bufs = arr.buffers()
+    keep.append(bufs)
+    c.off = arr.offset
+    c.valid = NULL
+    c.data = NULL
+    c.offsets = NULL
+    c.width = 0
+    if pat.is_null(t):
+        c.kind = K_NONE
+        return
+    if arr.null_count > 0:
+        c.valid = _ptr(bufs[0])
+    if pat.is_string(t) or pat.is_large_string(t):
+        c.kind = K_STR32 if pat.is_string(t) else K_STR64
+        c.offsets = _ptr(bufs[1])
+        c.data = _ptr(bufs[2])
+    elif pat.is_boolean(t):
+        c.kind = K_BOOL
+        c.data = _ptr(bufs[1])
+    elif pat.is_float64(t):
+        c.kind = K_FLOAT
+        c.data = _ptr(bufs[1])
+    else:
+        c.kind = K_UINT if pat.is_unsigned_integer(t) else K_INT
+        c.width = t.bit_width // 8
+        c.data = _ptr(bufs[1])
+    if len(arr) > 0 and c.data == NULL and c.kind != K_STR32 and c.kind != K_STR64:
+        raise ValueError("column has no data buffer")
+
+
+def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
+                 timestamp_column=None):
+    """Encode ``batch`` as InfluxDB line protocol for DataKit.
+
+    :param measurement: measurement name (``str``, not empty).
+    :param batch: ``pyarrow.RecordBatch`` (or ``Table``).
+    :param tags: names of the tag columns, written in this order.
+    :param fields: names of the field columns, written in this order.
+    :param global_tags: ``{key: value}`` added to every line after the
+        point's tags, unless the batch has a tag or field column of that
+        name (the point's own value wins); empty values are left out.
+    :param timestamp_ns: timestamp of every line, in ns since the epoch.
+    :param timestamp_column: optional int64-ns (or timestamp) column whose
+        non-null values override ``timestamp_ns`` per row.
+    :returns: the body, ``bytes``, one ``\\n``-terminated line per row that
+        kept at least one field. Rows skipped because no field was left (and
+        other counters) are reported by ``encode_batch_stats()`` for the
+        calling thread.
+
+    See the module docstring for the exact escaping rules.
+    """
+    if isinstance(batch, pa.Table):
+        total = dict.fromkeys(_STAT_KEYS, 0)
+        parts = []
+        for rb in batch.to_batches():
+            parts.append(encode_batch(measurement, rb, tags, fields, global_tags,
+                                      timestamp_ns, timestamp_column))
+            for name, count in encode_batch_stats().items():
+                total[name] += count
+        body = b"".join(parts)
+        total["rows"] = batch.num_rows
+        total["bytes"] = len(body)
+        _tls.stats = total
+        return body
+    if not isinstance(batch, pa.RecordBatch):
+        raise TypeError(f"batch must be a pyarrow.RecordBatch or Table, not {type(batch).__name__}")
+    if not isinstance(measurement, str) or not measurement:
+        raise ValueError("measurement must be a non-empty str")
+    if measurement[0] == "#":
+        raise ValueError(f"measurement {measurement!r} starts with '#': line protocol "
+                         f"reads that line as a comment")
+    tags = list(tags)
+    fields = list(fields)
+    if not fields:
+        raise ValueError("at least one field column is required: line protocol "
+                         "has no point without a field")
+    for role, names in (("tag", tags), ("field", fields)):
+        for name in names:
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"{role} column names must be non-empty str, got {name!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate {role} column in {names!r}")
+    both = set(tags) & set(fields)
+    if both:
+        raise ValueError(f"columns {sorted(both)!r} are given as both tags and fields")
+    cdef int64_t ts_default = timestamp_ns
+
+    # pre-format everything that is the same on every row
+    cdef bytes meas_b = _escape_py(measurement, MEAS_CLASS)
+    glob_parts = []
+    for gkey, gval in dict(global_tags or {}).items():
+        if not isinstance(gkey, str) or not isinstance(gval, str):
+            raise TypeError(f"global tag {gkey!r}={gval!r}: keys and values must be str")
+        if not gkey:
+            raise ValueError("global tag with an empty key")
+        if gkey in tags or gkey in fields or not gval:
+            continue
+        glob_parts.append(b"," + _escape_py(gkey, TAG_CLASS) + b"=" + _escape_py(gval, TAG_CLASS))
+    cdef bytes glob_b = b"".join(glob_parts)
+
+    cdef int ntags = len(tags)
+    cdef int nfields = len(fields)
+    cdef int64_t nrows = batch.num_rows
+    cdef list keep = []
+    cdef Col* cols = NULL
+    cdef Col ts_col
+    cdef Col* ts_ptr = NULL
+    cdef Out o
+    cdef Stats st
+    cdef int rc, ci
+    cdef size_t est
+    cdef bytes key
+    cdef const char* meas_p = PyBytes_AS_STRING(meas_b)
+    cdef size_t meas_len = PyBytes_GET_SIZE(meas_b)
+    cdef const char* glob_p = PyBytes_AS_STRING(glob_b)
+    cdef size_t glob_len = PyBytes_GET_SIZE(glob_b)
+
+    o.p = NULL
+    o.n = 0
+    o.cap = 0
+    memset(&st, 0, sizeof(Stats))
+    cols = <Col*>malloc((ntags + nfields) * sizeof(Col))
+    if cols == NULL:
+        raise MemoryError()
+    try:
+        est = meas_len + glob_len + 24
+        for ci, name in enumerate(tags + fields):
+            role = "tag" if ci < ntags else "field"
+            arr = _normalise(_column(batch, name, role), name, role)
+            _fill_col(&cols[ci], arr, keep)
+            key = b"," + _escape_py(name, TAG_CLASS) + b"="
+            keep.append(key)
+            cols[ci].key = PyBytes_AS_STRING(key)
+            cols[ci].keylen = PyBytes_GET_SIZE(key)
+            est += cols[ci].keylen + 12
+        if timestamp_column is not None:
+            arr = _column(batch, timestamp_column, "timestamp")
+            if pat.is_timestamp(arr.type):
+                arr = arr.cast(pa.timestamp("ns")).cast(pa.int64())
+            if not pat.is_int64(arr.type):
+                raise TypeError(f"timestamp column {timestamp_column!r} has type {arr.type}; "
+                                f"int64 nanoseconds or timestamp expected")
+            _fill_col(&ts_col, arr, keep)
+            ts_ptr = &ts_col
+        # first guess of the body size; capped, the buffer grows as needed
+        est = min(est * <size_t>nrows, <size_t>(64 << 20))
+        if nrows > 0 and _grow(&o, est) < 0:
+            raise MemoryError()
+        with nogil:
+            rc = _encode_rows(&o, &st, nrows, meas_p, meas_len, glob_p, glob_len,
+                              cols, ntags, cols + ntags, nfields, ts_ptr, ts_default)
+        if rc < 0:
+            raise MemoryError(f"out of memory encoding {nrows} rows of {measurement!r}")
+        body = PyBytes_FromStringAndSize(o.p, o.n)
+    finally:
+        free(cols)
+        free(o.p)
+    _tls.stats = {"rows": nrows, "lines": st.lines, "skipped_rows": st.skipped,
+                  "nonfinite_floats": st.nonfinite, "saturated_uints": st.saturated,
+                  "bytes": len(body)}
+    return body
