@@ -151,6 +151,9 @@ class Agent:
             except DkebpfError as exc:
                 log.error("%s: collect failed: %s", p.name, exc)
                 continue
+            except Exception:  # a bug in one plugin must not lose the others' data
+                log.exception("%s: collect failed", p.name)
+                continue
             for b in batches:
                 if b.batch.num_rows == 0:
                     continue

@@ -52,6 +52,10 @@ def main(argv=None):
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+        logging.getLogger("dkebpf").exception("internal error")
+        sys.stderr.write(f"dkebpf: internal error: {type(exc).__name__}: {exc}\n")
+        return 70  # EX_SOFTWARE
 
 
 if __name__ == "__main__":
