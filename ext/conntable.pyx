@@ -20,12 +20,14 @@ Snapshot order (what `merge` returns and prefers to receive back as `prev`):
 ascending (sk, raddr[0:8] and raddr[8:16] as native u64, rport, ts_first).
 A `prev` in any other order is accepted and sorted first.
 """
+import threading
+
 import numpy as np
 import pyarrow as pa
 
 cimport numpy as cnp
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 from netflow cimport *
@@ -33,6 +35,23 @@ from netflow cimport *
 from dkebpf._records import EVENT_DTYPE, KEY_DTYPE, STATS_DTYPE, _dtype
 
 cnp.import_array()
+
+cdef extern from *:
+    """
+    #define DK_PREFETCH(p) __builtin_prefetch((const void *)(p))
+    """
+    void DK_PREFETCH(const void *p) nogil
+
+# The dump is in hash order, so the merge visits its rows in random order:
+# ask for the rows this many entries ahead, so the cache misses overlap.
+cdef enum:
+    PREFETCH_AHEAD = 16
+    # radix digit: 2048 buckets, their counters and write streams stay cached
+    RADIX_BITS = 11
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+    int __builtin_clzll(unsigned long long) nogil
 
 
 # One delta row. Packed so the numpy dtype below is exactly these bytes; the
@@ -208,15 +227,18 @@ cdef void merge_sort(sent_t *a, sent_t *tmp, Py_ssize_t n) noexcept nogil:
 cdef void sort_entries(sent_t *a, sent_t *tmp, Py_ssize_t n) noexcept nogil:
     """Sort by full_cmp. tmp holds n entries.
 
-    LSD radix sort on sk, one byte per pass, skipping bytes that are equal in
-    every entry (kernel socket pointers share their top bytes, so usually 4-5
-    passes remain); then each run of equal sk -- an unconnected UDP socket
-    with several peers, or reused sockets -- is sorted on the rest."""
-    cdef size_t hist[8 * 256]
+    LSD radix sort on sk over just the bits that differ between entries
+    (kernel socket pointers share their top bits, and slab objects are
+    aligned: some 25-30 bits vary), in digits of at most RADIX_BITS, so
+    usually 3 passes; then each run of equal sk -- an unconnected UDP socket
+    with several peers, or duplicates -- is sorted on the rest."""
+    cdef size_t *hist
+    cdef size_t *h
     cdef size_t c, total
     cdef Py_ssize_t i, j
-    cdef int b, shift, d
-    cdef uint64_t v
+    cdef int p, npass, lo, bits, width, shift
+    cdef uint64_t v, all_and = <uint64_t>-1, any_or = 0, diff, mask
+    cdef Py_ssize_t d, nb
     cdef sent_t *src = a
     cdef sent_t *dst = tmp
     cdef sent_t *sw
@@ -225,29 +247,45 @@ cdef void sort_entries(sent_t *a, sent_t *tmp, Py_ssize_t n) noexcept nogil:
     if n <= 64:
         merge_sort(a, tmp, n)
         return
-    memset(hist, 0, sizeof(hist))
     for i in range(n):
-        v = a[i].sk
-        for b in range(8):
-            hist[b * 256 + ((v >> (8 * b)) & 0xff)] += 1
-    for b in range(8):
-        shift = 8 * b
-        if hist[b * 256 + ((src[0].sk >> shift) & 0xff)] == <size_t>n:
-            continue
-        total = 0
-        for d in range(256):
-            c = hist[b * 256 + d]
-            hist[b * 256 + d] = total
-            total += c
+        all_and &= a[i].sk
+        any_or |= a[i].sk
+    diff = all_and ^ any_or  # the bits that vary
+    if diff != 0:
+        lo = __builtin_ctzll(diff)
+        bits = 64 - __builtin_clzll(diff) - lo
+        npass = (bits + RADIX_BITS - 1) // RADIX_BITS
+        width = (bits + npass - 1) // npass
+        nb = (<Py_ssize_t>1) << width
+        mask = <uint64_t>(nb - 1)
+        hist = <size_t *>calloc(npass * nb, sizeof(size_t))
+        if hist == NULL:
+            merge_sort(a, tmp, n)  # no memory for buckets: slower, still right
+            return
         for i in range(n):
-            d = (src[i].sk >> shift) & 0xff
-            dst[hist[b * 256 + d]] = src[i]
-            hist[b * 256 + d] += 1
-        sw = src
-        src = dst
-        dst = sw
-    if src != a:
-        memcpy(a, src, n * sizeof(sent_t))
+            v = a[i].sk >> lo
+            for p in range(npass):
+                hist[p * nb + ((v >> (p * width)) & mask)] += 1
+        for p in range(npass):
+            h = hist + p * nb
+            shift = lo + p * width
+            if h[(src[0].sk >> shift) & mask] == <size_t>n:
+                continue  # one bucket holds all: nothing to do
+            total = 0
+            for d in range(nb):
+                c = h[d]
+                h[d] = total
+                total += c
+            for i in range(n):
+                d = <Py_ssize_t>((src[i].sk >> shift) & mask)
+                dst[h[d]] = src[i]
+                h[d] += 1
+            sw = src
+            src = dst
+            dst = sw
+        free(hist)
+        if src != a:
+            memcpy(a, src, n * sizeof(sent_t))
     i = 0
     while i < n:
         j = i + 1
@@ -366,9 +404,13 @@ cdef void merge_join(const sent_t *P, Py_ssize_t nP, const sent_t *C, Py_ssize_t
     cdef const sent_t *c
     cdef const sent_t *x
     while j < nC or k < nX:
+        if j + PREFETCH_AHEAD < nC:
+            DK_PREFETCH(&cur_keys[C[j + PREFETCH_AHEAD].idx])
+            DK_PREFETCH(&cur_stats[C[j + PREFETCH_AHEAD].idx])
+            DK_PREFETCH(<const char *>&cur_stats[C[j + PREFETCH_AHEAD].idx] + 64)
         # the smallest head among the inputs that can still produce output;
-        # prev-only instances (vanished from the map without a closed record:
-        # handshake never completed, ring full, idle-deleted) yield nothing
+        # prev-only instances (gone from the map without a closed record:
+        # the handshake never completed, or the ring was full) yield nothing
         m = NULL
         if j < nC:
             m = &C[j]
@@ -378,7 +420,7 @@ cdef void merge_join(const sent_t *P, Py_ssize_t nP, const sent_t *C, Py_ssize_t
             i += 1
         p = NULL
         while i < nP and inst_cmp(&P[i], m) == 0:
-            if p == NULL: p = &P[i]
+            p = &P[i]
             i += 1
         c = NULL
         while j < nC and inst_cmp(&C[j], m) == 0:
@@ -396,6 +438,32 @@ cdef void merge_join(const sent_t *P, Py_ssize_t nP, const sent_t *C, Py_ssize_t
                       idle_before, out)
 
 
+cdef class _Scratch:
+    """Sort entries, kept from one merge to the next: a fresh 30 MB malloc
+    per interval (200k flows) is mmap'ed and page-faulted anew every time,
+    which cost as much as the sort."""
+    cdef sent_t *buf
+    cdef Py_ssize_t cap
+
+    def __dealloc__(self):
+        free(self.buf)
+
+    cdef sent_t *reserve(self, Py_ssize_t n) except NULL:
+        cdef sent_t *p
+        n = max(n, 64)
+        if n > self.cap or n * 4 < self.cap:  # grow, or give back after a burst
+            p = <sent_t *>realloc(self.buf, n * sizeof(sent_t))
+            if p == NULL:
+                raise MemoryError(f"merge: cannot allocate sort entries for {n} rows")
+            self.buf = p
+            self.cap = n
+        return self.buf
+
+
+cdef _Scratch _scratch = _Scratch()
+_scratch_lock = threading.Lock()
+
+
 cdef cnp.ndarray _checked(object arr, object dtype, str name):
     if not isinstance(arr, np.ndarray) or arr.ndim != 1:
         raise TypeError(f"merge: {name} must be a 1-d numpy structured array, got {type(arr).__name__}")
@@ -404,7 +472,12 @@ cdef cnp.ndarray _checked(object arr, object dtype, str name):
                         f"(use the dtypes from dkebpf._records)")
     if arr.shape[0] >= 0xffffffff:
         raise ValueError(f"merge: {name} has {arr.shape[0]} rows, more than 2**32 - 1")
-    return np.ascontiguousarray(arr)
+    if not arr.flags.c_contiguous:
+        # copy whole rows, padding included: numpy's own copy of a structured
+        # array writes only the named fields, and the kernel compares map
+        # keys (returned as idle_keys) bytewise
+        arr = np.ascontiguousarray(arr.view(np.dtype((np.void, dtype.itemsize)))).view(dtype)
+    return arr
 
 
 def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
@@ -458,18 +531,21 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
     out.idle_keys = <nf_conn_key *>cnp.PyArray_DATA(idle_keys)
     out.n_delta = out.n_next = out.n_idle = 0
 
-    cdef Py_ssize_t ntmp = max(nP, nC, nX, 1)
-    cdef sent_t *ents = <sent_t *>malloc((nP + nC + nX + 1) * sizeof(sent_t))
-    cdef sent_t *tmp = <sent_t *>malloc(ntmp * sizeof(sent_t))
-    cdef sent_t *P = ents
-    cdef sent_t *C = ents + nP
-    cdef sent_t *X = ents + nP + nC
+    # entries of the three inputs, then nmax more for the sort's scratch
+    cdef Py_ssize_t nmax = max(nP, nC, nX)
+    cdef _Scratch scratch
+    cdef bint shared = _scratch_lock.acquire(False)
+    scratch = _scratch if shared else _Scratch()  # a concurrent call gets its own
+    cdef sent_t *P
+    cdef sent_t *C
+    cdef sent_t *X
+    cdef sent_t *tmp
     cdef Py_ssize_t i
-    if ents == NULL or tmp == NULL:
-        free(ents)
-        free(tmp)
-        raise MemoryError(f"merge: cannot allocate sort entries for {nP + nC + nX} rows")
     try:
+        P = scratch.reserve(nP + nC + nX + nmax)
+        C = P + nP
+        X = C + nC
+        tmp = X + nX
         with nogil:
             for i in range(nP):
                 fill_entry(&P[i], &PK[i], &PS[i], <uint32_t>i)
@@ -484,8 +560,8 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
             sort_entries(X, tmp, nX)
             merge_join(P, nP, C, nC, X, nX, PS, CK, CS, CE, idle_before, &out)
     finally:
-        free(ents)
-        free(tmp)
+        if shared:
+            _scratch_lock.release()
 
     # shrink in place (realloc); nothing else references these new arrays
     delta.resize((out.n_delta,), refcheck=False)
