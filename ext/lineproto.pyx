@@ -3,15 +3,17 @@
 This is the last data-plane stage: an enriched ``pyarrow.RecordBatch`` goes
 in, the body of one ``POST /v1/write/<category>?precision=ns`` to DataKit
 comes out. The per-row loop reads the Arrow buffers directly (validity
-bitmaps, string offsets and data, fixed-width values) and writes into one
-malloc'ed buffer with the GIL released; no Python object is made per row or
-per cell.
+bitmaps, string offsets and data, fixed-width values, found through
+``Array.buffers()``) and writes, with the GIL released, into one buffer
+sized before the loop from an upper bound of the output (that buffer is the
+returned ``bytes`` object, shrunk to fit: no growth, no final copy); no
+Python object is made per row or per cell.
 
 Public API::
 
     encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
-                 timestamp_column=None) -> bytes
-    encode_batch_stats() -> dict    # counters of the last call in this thread
+                 timestamp_column=None) -> (body: bytes, skipped_rows: int)
+    encode_batch_stats() -> dict    # all counters of the last call in this thread
 
 Output rules (the unit tests and ``tests/reference/lineproto_ref.py`` pin
 them byte for byte):
@@ -60,18 +62,22 @@ dictionary of strings, or null-typed. ``batch`` may also be a
 ``pyarrow.Table`` (each chunk is encoded in turn). Columns may be slices
 with a non-zero offset.
 
-Skipped rows and other counters are reported by ``encode_batch_stats()``
-rather than in the return value, so that the body is plain ``bytes``; the
-counters are kept per thread, because encoding runs without the GIL and
-several senders may encode at once.
+The number of rows skipped (no field left) comes back with the body, as
+``(body, skipped_rows)``: a sender needs it to count the points it posts
+(``num_rows - skipped_rows``). The other counters are in
+``encode_batch_stats()``, kept per thread because encoding runs without the
+GIL and several senders may encode at once.
 """
 
-from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE,
+                            _PyBytes_Resize)
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from libc.math cimport isfinite, signbit
 from libc.stdint cimport (INT64_MAX, int8_t, int16_t, int32_t, int64_t, uint8_t,
                           uint16_t, uint32_t, uint64_t, uintptr_t)
 from libc.stdio cimport snprintf
-from libc.stdlib cimport free, malloc, realloc, strtod
+from libc.stdlib cimport free, malloc, strtod
 from libc.string cimport memcpy, memset
 
 import threading
@@ -145,23 +151,12 @@ _init_tables()
 
 # ---------------------------------------------------------------- output
 
-cdef int _grow(Out* o, size_t need) noexcept nogil:
-    cdef size_t cap = o.cap * 2 if o.cap else 65536
-    cdef char* p
-    while cap < o.n + need:
-        cap *= 2
-    p = <char*>realloc(o.p, cap)
-    if p == NULL:
-        return -1
-    o.p = p
-    o.cap = cap
-    return 0
-
-
 cdef inline int _reserve(Out* o, size_t need) noexcept nogil:
+    """The output is sized from an upper bound computed before the loop
+    (see _bound), so this never fails; it guards memory all the same."""
     if o.n + need <= o.cap:
         return 0
-    return _grow(o, need)
+    return -1
 
 
 cdef inline void _put(Out* o, const char* s, size_t n) noexcept nogil:
@@ -176,7 +171,15 @@ cdef size_t _esc_token(const uint8_t* s, size_t n, char* out,
     """Escape a measurement / key / tag value; ``out`` has room for 2*n."""
     cdef size_t i, k = 0
     cdef uint8_t c, t
-    for i in range(n):
+    for i in range(n):                 # most values need no escaping
+        if cls[s[i]] != C_PLAIN:
+            break
+    else:
+        memcpy(out, s, n)
+        return n
+    memcpy(out, s, i)
+    k = i
+    for i in range(i, n):
         c = s[i]
         t = cls[c]
         if t == C_PLAIN:
@@ -201,6 +204,15 @@ cdef size_t _esc_string(const uint8_t* s, size_t n, char* out) noexcept nogil:
     cdef size_t i, k = 0
     cdef uint8_t c
     for i in range(n):
+        c = s[i]
+        if c == b'"' or c == b'\\' or c == b'\n' or c == b'\r':
+            break
+    else:
+        memcpy(out, s, n)
+        return n
+    memcpy(out, s, i)
+    k = i
+    for i in range(i, n):
         c = s[i]
         if c == b'"' or c == b'\\':
             out[k] = b'\\'
@@ -454,6 +466,12 @@ cdef inline uint64_t _get_uint(const Col* c, int64_t j) noexcept nogil:
     return (<const uint8_t*>c.data)[j]
 
 
+cdef inline int64_t _str_end(const Col* c, int64_t j) noexcept nogil:
+    if c.kind == K_STR32:
+        return (<const int32_t*>c.offsets)[j]
+    return (<const int64_t*>c.offsets)[j]
+
+
 cdef inline void _str_span(const Col* c, int64_t j, int64_t* a, int64_t* b) noexcept nogil:
     if c.kind == K_STR32:
         a[0] = (<const int32_t*>c.offsets)[j]
@@ -463,10 +481,31 @@ cdef inline void _str_span(const Col* c, int64_t j, int64_t* a, int64_t* b) noex
         b[0] = (<const int64_t*>c.offsets)[j + 1]
 
 
+cdef size_t _bound(const Col* c, int64_t nrows, bint field) noexcept:
+    """Most bytes column c can add to nrows lines: the key on every row plus
+    the longest text of each value (escaping at most doubles a string)."""
+    cdef size_t per_row = c.keylen, total = 0
+    cdef int64_t a, b
+    if c.kind == K_NONE or nrows == 0:
+        return 0
+    if c.kind == K_STR32 or c.kind == K_STR64:
+        _str_span(c, c.off, &a, &b)
+        total = 2 * <size_t>(_str_end(c, c.off + nrows) - a)
+        if field:
+            per_row += 2               # the quotes
+    elif c.kind == K_FLOAT:
+        per_row += 24                  # repr: at most "-1.2345678901234567e-308"
+    elif c.kind == K_BOOL:
+        per_row += 5
+    else:
+        per_row += 21                  # "-9223372036854775808", or 20 digits, + "i"
+    return total + per_row * <size_t>nrows
+
+
 cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t meas_len,
                       const char* glob, size_t glob_len, Col* tags, int ntags,
                       Col* fields, int nfields, Col* ts, int64_t ts_default) noexcept nogil:
-    """The per-row loop. Returns -1 when out of memory."""
+    """The per-row loop. Returns -1 if the output bound was too small."""
     cdef int64_t i, j, a, b, ts_val
     cdef size_t row_start
     cdef int t
@@ -476,7 +515,8 @@ cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t
     cdef uint64_t uv
     for i in range(nrows):
         row_start = o.n
-        if _reserve(o, meas_len + glob_len + 1) < 0:
+        # every reservation below stays within what _bound counted
+        if _reserve(o, meas_len) < 0:
             return -1
         _put(o, meas, meas_len)
         for t in range(ntags):
@@ -493,7 +533,7 @@ cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t
                 _put(o, c.key, c.keylen)
                 o.n += _esc_token(c.data + a, <size_t>(b - a), o.p + o.n, TAG_CLASS)
             else:
-                if _reserve(o, c.keylen + 24) < 0:
+                if _reserve(o, c.keylen + 20) < 0:
                     return -1
                 _put(o, c.key, c.keylen)
                 if c.kind == K_INT:
@@ -516,7 +556,7 @@ cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t
                 if not isfinite(dv):
                     st.nonfinite += 1
                     continue
-                if _reserve(o, c.keylen + 40) < 0:
+                if _reserve(o, c.keylen + 24) < 0:
                     return -1
                 if first:
                     _put(o, c.key + 1, c.keylen - 1)
@@ -537,7 +577,7 @@ cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t
                 o.p[o.n] = b'"'
                 o.n += 1
             else:
-                if _reserve(o, c.keylen + 24) < 0:
+                if _reserve(o, c.keylen + (5 if c.kind == K_BOOL else 21)) < 0:
                     return -1
                 if first:
                     _put(o, c.key + 1, c.keylen - 1)
@@ -569,7 +609,7 @@ cdef int _encode_rows(Out* o, Stats* st, int64_t nrows, const char* meas, size_t
             j = ts.off + i
             if _is_valid(ts, j):
                 ts_val = (<const int64_t*>ts.data)[j]
-        if _reserve(o, 24) < 0:
+        if _reserve(o, 22) < 0:
             return -1
         o.p[o.n] = b' '
         o.n += 1
@@ -685,10 +725,11 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
     :param timestamp_ns: timestamp of every line, in ns since the epoch.
     :param timestamp_column: optional int64-ns (or timestamp) column whose
         non-null values override ``timestamp_ns`` per row.
-    :returns: the body, ``bytes``, one ``\\n``-terminated line per row that
-        kept at least one field. Rows skipped because no field was left (and
-        other counters) are reported by ``encode_batch_stats()`` for the
-        calling thread.
+    :returns: ``(body, skipped_rows)``: the body, ``bytes``, with one
+        ``\\n``-terminated line per row that kept at least one field, and
+        the number of rows not written because no field was left (so the
+        body holds ``batch.num_rows - skipped_rows`` points). More counters
+        of this call: ``encode_batch_stats()``, in the calling thread.
 
     See the module docstring for the exact escaping rules.
     """
@@ -697,14 +738,14 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
         parts = []
         for rb in batch.to_batches():
             parts.append(encode_batch(measurement, rb, tags, fields, global_tags,
-                                      timestamp_ns, timestamp_column))
+                                      timestamp_ns, timestamp_column)[0])
             for name, count in encode_batch_stats().items():
                 total[name] += count
         body = b"".join(parts)
         total["rows"] = batch.num_rows
         total["bytes"] = len(body)
         _tls.stats = total
-        return body
+        return body, total["skipped_rows"]
     if not isinstance(batch, pa.RecordBatch):
         raise TypeError(f"batch must be a pyarrow.RecordBatch or Table, not {type(batch).__name__}")
     if not isinstance(measurement, str) or not measurement:
@@ -751,8 +792,9 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
     cdef Out o
     cdef Stats st
     cdef int rc, ci
-    cdef size_t est
+    cdef size_t bound
     cdef bytes key
+    cdef PyObject* raw
     cdef const char* meas_p = PyBytes_AS_STRING(meas_b)
     cdef size_t meas_len = PyBytes_GET_SIZE(meas_b)
     cdef const char* glob_p = PyBytes_AS_STRING(glob_b)
@@ -761,12 +803,16 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
     o.p = NULL
     o.n = 0
     o.cap = 0
+    if nrows == 0:
+        _tls.stats = dict.fromkeys(_STAT_KEYS, 0)
+        return b"", 0
     memset(&st, 0, sizeof(Stats))
     cols = <Col*>malloc((ntags + nfields) * sizeof(Col))
     if cols == NULL:
         raise MemoryError()
     try:
-        est = meas_len + glob_len + 24
+        # meas, globals, two spaces, a 20-character timestamp and "\n"
+        bound = (meas_len + glob_len + 23) * <size_t>nrows
         for ci, name in enumerate(tags + fields):
             role = "tag" if ci < ntags else "field"
             arr = _normalise(_column(batch, name, role), name, role)
@@ -775,7 +821,7 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
             keep.append(key)
             cols[ci].key = PyBytes_AS_STRING(key)
             cols[ci].keylen = PyBytes_GET_SIZE(key)
-            est += cols[ci].keylen + 12
+            bound += _bound(&cols[ci], nrows, ci >= ntags)
         if timestamp_column is not None:
             arr = _column(batch, timestamp_column, "timestamp")
             if pat.is_timestamp(arr.type):
@@ -785,20 +831,28 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
                                 f"int64 nanoseconds or timestamp expected")
             _fill_col(&ts_col, arr, keep)
             ts_ptr = &ts_col
-        # first guess of the body size; capped, the buffer grows as needed
-        est = min(est * <size_t>nrows, <size_t>(64 << 20))
-        if nrows > 0 and _grow(&o, est) < 0:
-            raise MemoryError()
+        # Write straight into a bytes object sized from the upper bound and
+        # shrink it at the end: no copy of the body, no growth in the loop.
+        # Pages past the real length are never touched, so the slack costs
+        # address space only.
+        body = PyBytes_FromStringAndSize(NULL, bound)
+        o.p = PyBytes_AS_STRING(body)
+        o.cap = bound
         with nogil:
             rc = _encode_rows(&o, &st, nrows, meas_p, meas_len, glob_p, glob_len,
                               cols, ntags, cols + ntags, nfields, ts_ptr, ts_default)
         if rc < 0:
-            raise MemoryError(f"out of memory encoding {nrows} rows of {measurement!r}")
-        body = PyBytes_FromStringAndSize(o.p, o.n)
+            raise RuntimeError(f"lineproto: output bound {bound} too small for {nrows} rows "
+                               f"of {measurement!r} (a bug in _bound)")
+        raw = <PyObject*>body
+        Py_INCREF(body)
+        body = None                       # raw now holds the only reference,
+        _PyBytes_Resize(&raw, o.n)        # as _PyBytes_Resize requires
+        body = <object>raw
+        Py_DECREF(body)
     finally:
         free(cols)
-        free(o.p)
     _tls.stats = {"rows": nrows, "lines": st.lines, "skipped_rows": st.skipped,
                   "nonfinite_floats": st.nonfinite, "saturated_uints": st.saturated,
                   "bytes": len(body)}
-    return body
+    return body, st.skipped

@@ -1,0 +1,108 @@
+"""Measurement schemas, and a checker for points received in tests.
+
+The schemas come from ``dkebpf/spec/measurements.json`` -- the project's
+own copy of the DataKit eBPF collector's documented measurements
+(``tests/unit/test_spec_copy.py`` keeps it equal to the shared spec).
+
+What a point may carry, per the spec's ``_about`` and the DataKit contract:
+
+* the measurement's documented tags and fields;
+* the global tags: ``host`` (always required), ``service`` (the
+  ``--service`` flag, default ``ebpf``) and whatever the caller passes as
+  ``extra_tags`` (``[inputs.ebpf.tags]``, ``--tags``, k8s workload labels);
+* logging measurements also the tag ``source``.
+
+Field types: ``int`` fields must be written as signed integers (``12i``;
+``12u`` is a different type in line protocol and DataKit expects int),
+``float`` as floats, ``bool`` as booleans, ``string`` as quoted strings.
+"""
+import json
+import os
+from functools import lru_cache
+
+__all__ = ["SPEC_PATH", "GLOBAL_TAGS", "REQUIRED_TAGS", "load_schemas", "schema",
+           "check_point", "check_record"]
+
+SPEC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
+                         "dkebpf", "spec", "measurements.json")
+SPEC_PATH = os.path.normpath(SPEC_PATH)
+GLOBAL_TAGS = frozenset({"host", "service"})
+REQUIRED_TAGS = ("host",)
+
+
+@lru_cache(maxsize=None)
+def load_schemas(path=SPEC_PATH):
+    """``{measurement: {"category", "tags", "fields": {name: {"type", ...}}, "inputs"}}``."""
+    with open(path, encoding="utf-8") as fh:
+        data = json.load(fh)
+    return {name: spec for name, spec in data.items() if not name.startswith("_")}
+
+
+def schema(measurement):
+    schemas = load_schemas()
+    if measurement not in schemas:
+        raise AssertionError(f"measurement {measurement!r} is not in the spec "
+                             f"(known: {', '.join(sorted(schemas))})")
+    return schemas[measurement]
+
+
+def _type_of(value):
+    from .lineproto_parser import UInt  # the parser marks u-suffixed integers
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, UInt):
+        return "uint"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    return type(value).__name__
+
+
+def check_point(measurement, point, extra_tags=()):
+    """Raise AssertionError listing every way ``point`` breaks the schema of
+    ``measurement``: unknown tags or fields, wrongly typed fields, missing
+    required global tags. ``extra_tags`` are tag keys allowed on top of the
+    schema (user-configured global tags)."""
+    spec = schema(measurement)
+    problems = []
+    if point.measurement != measurement:
+        problems.append(f"measurement is {point.measurement!r}, expected {measurement!r}")
+    allowed = set(spec["tags"]) | GLOBAL_TAGS | set(extra_tags)
+    if spec.get("category") == "logging":
+        allowed.add("source")
+    for tag in point.tags:
+        if tag not in allowed:
+            problems.append(f"tag {tag!r} is not in the schema")
+    for tag in REQUIRED_TAGS:
+        if tag not in point.tags:
+            problems.append(f"required global tag {tag!r} is missing")
+    for name, value in point.fields.items():
+        fspec = spec["fields"].get(name)
+        if fspec is None:
+            problems.append(f"field {name!r} is not in the schema")
+            continue
+        got = _type_of(value)
+        if got != fspec["type"]:
+            problems.append(f"field {name!r} = {value!r} is {got}, schema says {fspec['type']}")
+    if problems:
+        raise AssertionError(f"{measurement} point breaks the schema: " + "; ".join(problems)
+                             + f" -- point: {point!r}")
+
+
+def check_record(record, extra_tags=()):
+    """Like check_point, for a receiver ``Record``: also checks that the
+    point came to the category and input the spec lists for it."""
+    point = record.point
+    spec = schema(point.measurement)
+    problems = []
+    category = spec["category"].split()[0]
+    if record.category != category:
+        problems.append(f"posted to category {record.category!r}, spec says {category!r}")
+    if record.input not in spec.get("inputs", []):
+        problems.append(f"posted with input {record.input!r}, spec lists {spec.get('inputs')}")
+    if problems:
+        raise AssertionError(f"{point.measurement} point: " + "; ".join(problems))
+    check_point(point.measurement, point, extra_tags)
