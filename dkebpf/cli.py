@@ -21,6 +21,10 @@ def setup_logging(path, level):
     root.propagate = False
 
 
+def _logs_to_file():
+    return any(isinstance(h, logging.FileHandler) for h in logging.getLogger("dkebpf").handlers)
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -48,12 +52,14 @@ def main(argv=None):
         return 2
     except DkebpfError as exc:
         sys.stderr.write(f"dkebpf: error: {exc}\n")
-        logging.getLogger("dkebpf").error("%s", exc)
+        if _logs_to_file():  # also into --log (stderr already has it)
+            logging.getLogger("dkebpf").error("%s", exc)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: one line for the user, the traceback in the log
-        logging.getLogger("dkebpf").exception("internal error")
+        if _logs_to_file():
+            logging.getLogger("dkebpf").exception("internal error")
         sys.stderr.write(f"dkebpf: internal error: {type(exc).__name__}: {exc}\n")
         return 70  # EX_SOFTWARE
 

@@ -34,7 +34,7 @@ def check_all(receiver):
     pts = receiver.points(measurement="netflow")
     assert pts, "no netflow point at all"
     for p in pts:
-        check_point("netflow", p)
+        check_point("netflow", p, extra_tags=("team", "env"))
         assert p.tags["host"] == "e2e-host" and p.tags["service"] == "ebpf"
         assert p.tags["team"] == "net" and p.tags["env"] == "test" and p.tags["source"] == "netflow"
     inputs = {i for (_c, i, _p) in receiver.records}
