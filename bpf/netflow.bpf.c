@@ -221,15 +221,19 @@ static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats
 	}
 }
 
-/* Find or create the entry of a flow. Returns NULL when the map is full. */
-static __always_inline struct nf_conn_stats *
-get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *key, __u8 direction)
+static __always_inline void make_key(struct nf_conn_key *key, const struct sock *sk, const struct sock_tuple *t)
 {
 	__builtin_memset(key, 0, sizeof(*key));
 	key->sk = (__u64)sk;
 	__builtin_memcpy(key->raddr, t->raddr, 16);
 	key->rport = t->rport;
+}
 
+/* Find or create the entry of a flow. Returns NULL when the map is full. */
+static __always_inline struct nf_conn_stats *
+get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *key, __u8 direction)
+{
+	make_key(key, sk, t);
 	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, key);
 	if (s) {
 		/* connect() moves to SYN_SENT before it picks the local port */
@@ -469,10 +473,7 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 
 	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
 		/* close() by the owner, in process context */
-		__builtin_memset(&key, 0, sizeof(key));
-		key.sk = (__u64)sk;
-		__builtin_memcpy(key.raddr, t.raddr, 16);
-		key.rport = t.rport;
+		make_key(&key, sk, &t);
 		s = bpf_map_lookup_elem(&conns, &key);
 		if (s)
 			set_owner(s);
@@ -489,10 +490,8 @@ int BPF_PROG(on_destroy, struct sock *sk)
 	struct sock_tuple t = {};
 	if (!read_tuple(sk, &t))
 		return 0;
-	struct nf_conn_key key = {};
-	key.sk = (__u64)sk;
-	__builtin_memcpy(key.raddr, t.raddr, 16);
-	key.rport = t.rport;
+	struct nf_conn_key key;
+	make_key(&key, sk, &t);
 	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, &key);
 	if (!s)
 		return 0;

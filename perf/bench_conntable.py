@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from timing import best_of
+
 from dkebpf._conntable import delta_to_arrow, merge
 from dkebpf._records import EVENT_DTYPE, F_CLOSED, F_ESTABLISHED, KEY_DTYPE, STATS_DTYPE
 
@@ -84,13 +86,6 @@ def make_pair(n, rng):
     return prev_k, prev_s, cur_k, cur_s, ev
 
 
-def best_of(fn, reps):
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main():

@@ -8,9 +8,10 @@ Both encoders must produce identical bodies. Prints `name: value` lines.
 """
 import os
 import sys
-import time
 
 import numpy as np
+
+from timing import best_of
 import pyarrow as pa
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -60,13 +61,6 @@ def netflow_batch(n, seed=7):
     return pa.record_batch(cols)
 
 
-def best_of(fn, repeat):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():

@@ -16,6 +16,8 @@ import time
 
 import numpy as np
 
+from timing import best_of
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
@@ -28,13 +30,6 @@ def build_producer(out_dir):
     return obj
 
 
-def best_of(fn, repeat=5):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def main():
