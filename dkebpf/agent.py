@@ -10,13 +10,16 @@ import time
 
 from . import kernel
 from .errors import DkebpfError, UnsupportedError
+from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
 from .plugins.base import PluginContext
+from .sampling import Sampler
 
 log = logging.getLogger("dkebpf")
 
 IMPLEMENTED = ("ebpf-net",)
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
+LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
 
 def build_plugins(cfg, ctx):
@@ -72,6 +75,9 @@ class Agent:
         self.sink = None
         self.global_tags = {"host": cfg.hostname, "service": cfg.service, **cfg.tags}
         self.flushes = 0
+        self.sampler = Sampler(cfg.sampling_rate, cfg.sampling_rate_pts_per_min)
+        self.limits = LimitChecker(cfg.cpu_limit, cfg.mem_limit, cfg.net_limit, proc=cfg.host_proc)
+        self.limit_error = None
 
     def _on_signal(self, signum, frame):
         self.stopping = True
@@ -97,7 +103,7 @@ class Agent:
                          ", ".join(p.name for p in self.plugins), self.cfg.interval,
                          self.cfg.output or self.cfg.datakit_apiserver or "-")
                 self._loop(wake_r)
-                self.flush()  # the last, partial interval
+                self.flush()  # the last, partial interval (also when a limit was exceeded)
             finally:
                 for p in self.plugins:
                     try:
@@ -110,6 +116,8 @@ class Agent:
                     signal.signal(s, h)
                 wake_r.close()
                 wake_w.close()
+        if self.limit_error is not None:
+            raise self.limit_error  # after the flush and the detach: exits with its own status
         log.info("dkebpf stopped")
         return 0
 
@@ -121,9 +129,19 @@ class Agent:
                 sel.register(f, selectors.EVENT_READ, p)
         interval = self.cfg.interval
         next_flush = time.monotonic() + interval
+        next_limit_check = time.monotonic()
         try:
             while not self.stopping:
-                timeout = max(0.0, next_flush - time.monotonic())
+                if self.limits.enabled and time.monotonic() >= next_limit_check:
+                    next_limit_check += LIMIT_CHECK_S
+                    try:
+                        self.limits.check()
+                    except ResourceLimitExceeded as exc:
+                        log.error("%s: flushing, detaching and exiting", exc)
+                        self.limit_error = exc
+                        return
+                wake_at = min(next_flush, next_limit_check) if self.limits.enabled else next_flush
+                timeout = max(0.0, wake_at - time.monotonic())
                 for key, _ in sel.select(timeout):
                     if key.data is None:
                         try:
@@ -155,6 +173,11 @@ class Agent:
                 log.exception("%s: collect failed", p.name)
                 continue
             for b in batches:
+                try:
+                    # keyed on the tags: a flow is kept or dropped as a whole within an interval
+                    b.batch = self.sampler.apply(b.measurement, b.batch, b.tags, self.flushes)
+                except DkebpfError as exc:
+                    log.error("%s: sampling failed, sending unsampled: %s", p.name, exc)
                 if b.batch.num_rows == 0:
                     continue
                 tags = {**self.global_tags, **b.const_tags}

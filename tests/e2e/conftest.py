@@ -25,13 +25,15 @@ class Collector:
         self.pidfile = tmp_path / "dkebpf.pid"
         self.proc = None
 
-    def start(self, *extra, interval="2s", output=None, stdout=subprocess.DEVNULL):
+    def start(self, *extra, interval="2s", output=None, stdout=subprocess.DEVNULL, wait_started=True):
         args = [*dkebpf_cmd(), "run", "--enabled", "ebpf-net", "--interval", interval,
                 "--hostname", "e2e-host", "--tags", "team=net;env=test",
                 "--log", str(self.log), "--log-level", "debug", "--pidfile", str(self.pidfile)]
         args += ["--output", output] if output else ["--datakit-apiserver", self.receiver.apiserver]
         args += list(extra)
         self.proc = subprocess.Popen(args, cwd=self.tmp, stdout=stdout, stderr=subprocess.PIPE, text=True)
+        if not wait_started:
+            return self
         end = time.monotonic() + 30
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -171,3 +171,15 @@ def test_check_reports_netflow_runs(bpf_ok, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "ebpf-net: yes" in p.stdout
     assert "ebpf-bash: no" in p.stdout and "not implemented" in p.stdout
+
+
+def test_memory_limit_below_footprint_exits_with_its_status(collector, receiver):
+    # RSS of the running collector is tens of MiB: 1 MiB is exceeded at the first check
+    collector.start("--res-mem", "1MiB", wait_started=False)
+    rc = collector.proc.wait(30)
+    err = collector.proc.stderr.read()
+    assert rc == 4, (rc, err)
+    assert "mem_limit exceeded" in err and "Traceback" not in err
+    assert "dkebpf started" in collector.log_text()  # it ran, then hit the limit
+    assert "flushing, detaching and exiting" in collector.log_text()
+    assert not collector.pidfile.exists()
