@@ -183,3 +183,17 @@ def test_memory_limit_below_footprint_exits_with_its_status(collector, receiver)
     assert "dkebpf started" in collector.log_text()  # it ran, then hit the limit
     assert "flushing, detaching and exiting" in collector.log_text()
     assert not collector.pidfile.exists()
+
+
+@pytest.mark.parametrize("rate,tolerance", [(0.5, 0.1), (0.1, 0.05)])
+def test_sampling_keeps_the_fraction(collector, receiver, rate, tolerance):
+    # 400 distinct flows (one datagram to each of 400 loopback ports), one
+    # interval ended by SIGTERM; binomial sd is 2.5% (0.5) and 1.5% (0.1)
+    flows_n = 400
+    collector.start("--sampling-rate", str(rate), interval="10m")
+    pid, _, _ = traffic.run_client("udp-fanout", "127.0.0.1", 20000, flows_n, 10)
+    assert collector.stop() == 0
+    pts = flows(receiver, pid)
+    assert all(p.fields["bytes_written"] == 10 for p in pts)
+    kept = len(pts) / flows_n
+    assert abs(kept - rate) <= tolerance, f"kept {len(pts)} of {flows_n} at rate {rate}"

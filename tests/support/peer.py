@@ -90,8 +90,18 @@ def udp_client(host, port, size, count="1", connected="0"):
     s.close()
 
 
+def udp_fanout(host, first_port, count, size):
+    """One datagram to each of `count` ports: as many distinct flows."""
+    out(pid=os.getpid())
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    for port in range(int(first_port), int(first_port) + int(count)):
+        s.sendto(b"f" * int(size), (host, port))
+    s.close()
+    out(sent=int(count) * int(size))
+
+
 MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
-         "udp-server": udp_server, "udp-client": udp_client}
+         "udp-server": udp_server, "udp-client": udp_client, "udp-fanout": udp_fanout}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])

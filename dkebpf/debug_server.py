@@ -1,0 +1,216 @@
+"""A small HTTP debug endpoint: Prometheus metrics and Python thread stacks.
+
+    GET /               short index
+    GET /metrics        Prometheus text exposition format 0.0.4
+    GET /debug/stacks   every Python thread's current stack, as plain text
+
+The server runs in a daemon thread. A failing ``collect_metrics`` answers
+500 and never stops the server.
+"""
+import logging
+import math
+import os
+import re
+import sys
+import threading
+import traceback
+from collections import namedtuple
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from dkebpf.errors import ConfigError
+
+Metric = namedtuple("Metric", "name kind help samples")
+
+PREFIX = "dkebpf_"
+METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
+
+INDEX = ("dkebpf debug server\n"
+         "  /metrics       Prometheus metrics\n"
+         "  /debug/stacks  Python thread stacks\n")
+
+_BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
+_BAD_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
+
+
+def _metric_name(name):
+    name = _BAD_NAME_CHARS.sub("_", str(name))
+    if not name.startswith(PREFIX):
+        name = PREFIX + name
+    return name
+
+
+def _label_name(name):
+    name = _BAD_LABEL_CHARS.sub("_", str(name))
+    if not name or name[0].isdigit():
+        name = "_" + name
+    return name
+
+
+def _escape_label_value(value):
+    return (str(value).replace("\\", "\\\\")
+            .replace("\"", "\\\"")
+            .replace("\n", "\\n"))
+
+
+def _escape_help(text):
+    return str(text).replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _format_value(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, int):
+        return str(value)
+    value = float(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(value)
+
+
+def render_metrics(metrics):
+    """Metrics (an iterable of Metric) as exposition format 0.0.4 text."""
+    lines = []
+    for metric in metrics:
+        name = _metric_name(metric.name)
+        kind = metric.kind if metric.kind in ("counter", "gauge") else "untyped"
+        lines.append("# HELP %s %s" % (name, _escape_help(metric.help or "")))
+        lines.append("# TYPE %s %s" % (name, kind))
+        for labels, value in metric.samples:
+            if labels:
+                text = ",".join('%s="%s"' % (_label_name(k), _escape_label_value(v))
+                                for k, v in sorted(labels.items()))
+                lines.append("%s{%s} %s" % (name, text, _format_value(value)))
+            else:
+                lines.append("%s %s" % (name, _format_value(value)))
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _resident_memory_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    parts = line.split()
+                    unit = parts[2].lower() if len(parts) > 2 else "kb"
+                    scale = {"kb": 1024, "mb": 1024 * 1024, "b": 1}.get(unit, 1024)
+                    return int(parts[1]) * scale
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def process_metrics():
+    """Metrics about this process, always served."""
+    out = []
+    rss = _resident_memory_bytes()
+    if rss is not None:
+        out.append(Metric("dkebpf_process_resident_memory_bytes", "gauge",
+                          "Resident memory size in bytes.", [({}, rss)]))
+    times = os.times()
+    out.append(Metric("dkebpf_process_cpu_seconds_total", "counter",
+                      "Total user and system CPU time spent in seconds.",
+                      [({}, times.user + times.system)]))
+    out.append(Metric("dkebpf_threads", "gauge",
+                      "Number of live Python threads.",
+                      [({}, threading.active_count())]))
+    return out
+
+
+def format_stacks():
+    """A plain-text dump of every Python thread's current stack."""
+    threads = {t.ident: t for t in threading.enumerate()}
+    parts = []
+    for ident, frame in sorted(sys._current_frames().items()):
+        thread = threads.get(ident)
+        name = thread.name if thread is not None else "<unknown>"
+        daemon = " daemon" if thread is not None and thread.daemon else ""
+        parts.append("Thread %s (id %d%s):\n%s" % (
+            name, ident, daemon, "".join(traceback.format_stack(frame))))
+    return "\n".join(parts)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server_version = "dkebpf-debug"
+    protocol_version = "HTTP/1.0"
+
+    def do_GET(self):
+        path = self.path.split("?", 1)[0]
+        debug = self.server.debug_server
+        if path == "/":
+            self._reply(200, TEXT_CONTENT_TYPE, INDEX)
+        elif path == "/metrics":
+            try:
+                metrics = list(debug.collect_metrics()) + process_metrics()
+                body = render_metrics(metrics)
+            except Exception as e:  # noqa: BLE001 - any failure is a 500
+                debug.logger.warning("debug server: collecting metrics failed: %r", e)
+                message = " ".join(("collecting metrics failed: %s: %s"
+                                    % (type(e).__name__, e)).split())
+                self._reply(500, TEXT_CONTENT_TYPE, message + "\n")
+                return
+            self._reply(200, METRICS_CONTENT_TYPE, body)
+        elif path == "/debug/stacks":
+            self._reply(200, TEXT_CONTENT_TYPE, format_stacks())
+        else:
+            self._reply(404, TEXT_CONTENT_TYPE, "not found: %s\n" % path)
+
+    def _reply(self, code, content_type, text):
+        body = text.encode("utf-8")
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format, *args):
+        self.server.debug_server.logger.debug(
+            "debug server: %s %s", self.address_string(), format % args)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        self.debug_server.logger.debug(
+            "debug server: error serving %s", client_address, exc_info=True)
+
+
+class DebugServer:
+    def __init__(self, host, port, collect_metrics, logger=None):
+        self.host = host
+        self.port = port
+        self.collect_metrics = collect_metrics
+        self.logger = logger or logging.getLogger(__name__)
+        self._server = None
+        self._thread = None
+
+    def start(self):
+        if self._server is not None:
+            return
+        try:
+            server = _Server((self.host, self.port), _Handler)
+        except (OSError, OverflowError, TypeError, ValueError) as e:
+            reason = getattr(e, "strerror", None) or str(e)
+            raise ConfigError('invalid pprof_port "%s": cannot listen on %s:%s: %s'
+                              % (self.port, self.host, self.port, reason)) from None
+        server.debug_server = self
+        self._server = server
+        self.port = server.server_address[1]
+        self._thread = threading.Thread(target=server.serve_forever,
+                                        kwargs={"poll_interval": 0.2},
+                                        name="dkebpf-debug-server", daemon=True)
+        self._thread.start()
+        self.logger.debug("debug server listening on %s:%d", self.host, self.port)
+
+    def close(self):
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
