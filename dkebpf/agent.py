@@ -9,6 +9,7 @@ import socket
 import time
 
 from . import kernel
+from .debug_server import DebugServer, Metric
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
@@ -91,12 +92,16 @@ class Agent:
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
             self.plugins = build_plugins(self.cfg, ctx)
             self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, logger=logging.getLogger("dkebpf.output"))
+            debug = None
             wake_r, wake_w = socket.socketpair()
             wake_r.setblocking(False)
             wake_w.setblocking(False)
             old_wakeup = signal.set_wakeup_fd(wake_w.fileno())
             old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
             try:
+                if self.cfg.pprof_port:  # off unless a port is configured
+                    debug = DebugServer(self.cfg.pprof_host, self.cfg.pprof_port, self.metrics, logger=log)
+                    debug.start()
                 for p in self.plugins:
                     p.start()
                 log.info("dkebpf started: plugins %s, interval %gs, output %s",
@@ -111,6 +116,8 @@ class Agent:
                     except Exception as exc:  # detaching must go on for the others
                         log.error("stopping %s: %s", p.name, exc)
                 self.sink.close(SHUTDOWN_FLUSH_DEADLINE_S)
+                if debug is not None:
+                    debug.close()
                 signal.set_wakeup_fd(old_wakeup)
                 for s, h in old_handlers.items():
                     signal.signal(s, h)
@@ -158,6 +165,23 @@ class Agent:
                         next_flush = now + interval
         finally:
             sel.close()
+
+    def metrics(self):
+        """The collector's own metrics for the debug endpoint."""
+        out = [Metric("flushes_total", "counter", "intervals flushed", [({}, self.flushes)]),
+               Metric("sampling_rate", "gauge", "fraction of points kept", [({}, self.sampler.rate())])]
+        for p in self.plugins:
+            for name, value in sorted(p.counters().items()):
+                out.append(Metric(f"plugin_{name}", "counter", f"{name} of a plugin",
+                                  [({"plugin": p.name}, value)]))
+        if self.sink is not None:
+            for name, value in sorted(self.sink.stats().items()):
+                kind = "gauge" if name in ("points_queued", "bytes_queued") else "counter"
+                out.append(Metric(f"output_{name}", kind, f"output {name.replace('_', ' ')}", [({}, value)]))
+        for name, value in self.limits.sample().items():
+            if value is not None:
+                out.append(Metric(f"limit_measured_{name}", "gauge", f"last measured {name}", [({}, value)]))
+        return out
 
     def flush(self):
         from ._lineproto import encode_batch

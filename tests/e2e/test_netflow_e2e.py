@@ -197,3 +197,36 @@ def test_sampling_keeps_the_fraction(collector, receiver, rate, tolerance):
     assert all(p.fields["bytes_written"] == 10 for p in pts)
     kept = len(pts) / flows_n
     assert abs(kept - rate) <= tolerance, f"kept {len(pts)} of {flows_n} at rate {rate}"
+
+
+def test_metrics_endpoint_scrapes_as_prometheus_text(collector, receiver):
+    import socket as _socket
+
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with _socket.socket() as s:  # a free loopback port
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    collector.start("--pprof-port", str(port), interval="1s")
+    srv = traffic.tcp_server("127.0.0.1", 10)
+    try:
+        traffic.run_client("tcp-client", "127.0.0.1", srv.info["port"], 100)
+        srv.wait()
+    finally:
+        srv.stop()
+    assert traffic.wait_until(lambda: receiver.points(measurement="netflow"), 15)
+
+    def scrape():
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        sent = fams.get("dkebpf_output_points_sent")
+        return fams if sent and sent.samples[0].value > 0 else None
+    fams = traffic.wait_until(scrape, 15)
+    assert fams, "points_sent never became positive"
+    assert fams["dkebpf_process_resident_memory_bytes"].samples[0].value > 1 << 20
+    merged = fams["dkebpf_plugin_connections_merged"].samples[0]
+    assert merged.labels == {"plugin": "ebpf-net/netflow"} and merged.value > 0
+    assert "dkebpf_plugin_kernel_drop_conns_map_full" in fams
+    stacks = requests.get(f"http://127.0.0.1:{port}/debug/stacks", timeout=5).text
+    assert "MainThread" in stacks
