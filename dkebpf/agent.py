@@ -91,7 +91,8 @@ class Agent:
             kernel.raise_memlock()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
             self.plugins = build_plugins(self.cfg, ctx)
-            self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, logger=logging.getLogger("dkebpf.output"))
+            self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, spool_dir=self.cfg.spool_dir,
+                                  spool_max_bytes=self.cfg.spool_max_bytes, logger=logging.getLogger("dkebpf.output"))
             debug = None
             wake_r, wake_w = socket.socketpair()
             wake_r.setblocking(False)

@@ -21,6 +21,21 @@ successful request. Any other non-2xx answer means DataKit refuses the
 content itself (bad line protocol, unknown category): retrying cannot help,
 the batch is dropped and DataKit's answer is logged.
 
+With ``spool_dir`` (HTTP only) the queue overflows to disk instead of
+dropping: batches that would be evicted are written there, one file per
+batch named ``<seq:020d>.<category>.<input>.<npoints>.lp`` (category and
+input %-quoted, "." included), written under a temporary name and renamed.
+``seq`` is the submission sequence number of the batch's first body, so the
+sender always sends the oldest pending data first, spooled or in memory.
+Spooled files are deleted after a 2xx (or a 4xx, counted as rejected). When
+the spool exceeds ``spool_max_bytes`` its oldest files are deleted and their
+points counted as dropped ("spool full"). ``close`` writes what is still in
+memory to the spool, and a new sink on the same directory picks up and sends
+the files of a previous run (counted in ``points_recovered``, then in
+``points_sent`` / ``points_dropped`` like any other point). Delivery of a
+spooled batch is at-least-once in one corner case: a request still in flight
+when close() gives up may have been accepted by DataKit and is spooled too.
+
 The original collector sends with no buffer, no retry and no timeout, so a
 DataKit restart loses data (see shared/reference/datakit-contract.md); this
 module is where we do better. It works per batch, never per kernel event.
@@ -37,7 +52,7 @@ import sys
 import threading
 import time
 from typing import Deque, Dict, List, Optional, Tuple
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from dkebpf.errors import ConfigError
 
@@ -62,12 +77,21 @@ QUEUE_FULL = "queue full"
 REJECTED = "rejected by DataKit (4xx)"
 SHUTDOWN = "shutdown"
 WRITE_ERROR = "write error"
+SPOOL_FULL = "spool full"
 _REASON_STAT = {
     QUEUE_FULL: "points_dropped_queue_full",
     REJECTED: "points_dropped_rejected",
     SHUTDOWN: "points_dropped_shutdown",
     WRITE_ERROR: "points_dropped_write_error",
+    SPOOL_FULL: "points_dropped_spool_full",
 }
+
+_SPOOL_SUFFIX = ".lp"
+_SPOOL_TMP = ".tmp-"
+
+
+def _spool_quote(s: str) -> str:
+    return quote(s, safe="").replace(".", "%2E")
 
 
 def _as_bytes(body) -> bytes:
@@ -102,6 +126,11 @@ class Sink:
             "retries": 0,
             "http_errors": 0,
             "connection_errors": 0,
+            # spool (HttpSink with spool_dir): points/bytes currently on
+            # disk, and points found on disk from a previous run at start.
+            "points_spooled": 0,
+            "spool_bytes": 0,
+            "points_recovered": 0,
         }
         for key in _REASON_STAT.values():
             self._st[key] = 0
@@ -137,8 +166,11 @@ class Sink:
         self.log_drops_once()
 
     def stats(self) -> Dict[str, int]:
-        """Counters; always points_submitted == points_sent + points_dropped
-        + points_queued."""
+        """Counters; always points_submitted + points_recovered ==
+        points_sent + points_dropped + points_queued + points_spooled.
+        points_recovered (points found in the spool of a previous run at
+        start-up) and points_spooled are 0 without a spool, so then
+        points_submitted == points_sent + points_dropped + points_queued."""
         with self._lock:
             return dict(self._st)
 
@@ -280,6 +312,20 @@ class _Batch:
         self.encoded: Optional[Tuple[bytes, bool]] = None
 
 
+class _SpoolFile:
+    """One batch on disk. ``sending``: the sender is posting it."""
+
+    __slots__ = ("seq", "key", "npoints", "nbytes", "path", "sending")
+
+    def __init__(self, seq, key, npoints, nbytes, path):
+        self.seq = seq
+        self.key = key
+        self.npoints = npoints
+        self.nbytes = nbytes
+        self.path = path
+        self.sending = False
+
+
 class HttpSink(Sink):
     """Posts batches to ``<apiserver>/v1/write/<category>`` from one thread."""
 
@@ -291,6 +337,8 @@ class HttpSink(Sink):
         max_queue_bytes: int = 64 << 20,
         gzip_min_bytes: int = 1024,
         max_batch_bytes: int = MAX_BATCH_BYTES,
+        spool_dir: Optional[str] = None,
+        spool_max_bytes: int = 256 << 20,
         logger=None,
     ):
         super().__init__(logger)
@@ -324,6 +372,16 @@ class HttpSink(Sink):
         self._fail_last_log = 0.0
         self._qfull_last_log: Optional[float] = None
         self._answers_logged: set = set()
+        self._spool_err_last_log: Optional[float] = None
+        # spool: files ordered by seq (oldest first)
+        self._spool_dir: Optional[str] = None
+        self._spool_max = int(spool_max_bytes)
+        self._spool: List[_SpoolFile] = []
+        if spool_dir:
+            if self._spool_max <= 0:
+                raise ConfigError(f"--spool-max-bytes must be > 0, got {spool_max_bytes!r}")
+            self._spool_dir = str(spool_dir)
+            self._open_spool()
 
         self._thread = threading.Thread(target=self._run, name="dkebpf-sink", daemon=True)
         self._thread.start()
@@ -344,8 +402,12 @@ class HttpSink(Sink):
                 return
             if size > self._max_queue:
                 # Cannot be held without breaking the memory bound.
-                self._count_drop(QUEUE_FULL, npoints)
-                log_qfull = self._qfull_log_due()
+                self._seq += 1
+                if self._spool_dir is None or not self._spool_write(
+                    self._seq, (category, input_name), body, npoints
+                ):
+                    self._count_drop(QUEUE_FULL, npoints)
+                    log_qfull = self._qfull_log_due()
             else:
                 if self._make_room(size):
                     log_qfull = self._qfull_log_due()
@@ -385,7 +447,8 @@ class HttpSink(Sink):
         return False
 
     def _make_room(self, size: int) -> bool:
-        """Drop the oldest queued bodies until ``size`` more bytes fit.
+        """Drop (or, with a spool, spill to disk) the oldest queued bodies
+        until ``size`` more bytes fit. Returns True if points were dropped.
         The batch inside an HTTP request cannot be dropped: the queue may
         then exceed its bound by that one batch until the request returns
         (the sender trims again after a failure). Lock held."""
@@ -396,6 +459,9 @@ class HttpSink(Sink):
             if idx >= len(q):
                 break
             b = q[idx]
+            if self._spool_dir is not None and self._spill(b):
+                del q[idx]
+                continue
             body, n, _seq = b.parts.popleft()
             b.nbytes -= len(body)
             b.npoints -= n
@@ -418,14 +484,141 @@ class HttpSink(Sink):
         self._st["bytes_queued"] -= b.nbytes
         self._cv.notify_all()
 
+    # -- spool ----------------------------------------------------------------
+
+    def _open_spool(self) -> None:
+        """Create/check the directory and pick up a previous run's files."""
+        d = self._spool_dir
+        try:
+            os.makedirs(d, exist_ok=True)
+            probe = os.path.join(d, f"{_SPOOL_TMP}probe-{os.getpid()}")
+            with open(probe, "wb") as f:
+                f.write(b"x")
+            os.unlink(probe)
+            names = sorted(os.listdir(d))
+        except OSError as e:
+            raise ConfigError(
+                f"--spool-dir {d!r}: cannot create or write the directory: "
+                f"{e.strerror or e}; give a writable directory or drop --spool-dir"
+            ) from None
+        found = []
+        for name in names:
+            path = os.path.join(d, name)
+            if name.startswith(_SPOOL_TMP):
+                try:  # an interrupted write: incomplete, never renamed
+                    os.unlink(path)
+                except OSError:
+                    pass
+                continue
+            entry = self._parse_spool_name(name, path)
+            if entry is not None:
+                found.append(entry)
+        found.sort(key=lambda e: e.seq)
+        self._spool = found
+        n = sum(e.npoints for e in found)
+        self._st["points_recovered"] += n
+        self._st["points_spooled"] += n
+        self._st["spool_bytes"] += sum(e.nbytes for e in found)
+        if found:
+            self._seq = max(self._seq, found[-1].seq)
+            self._log.info(
+                "spool %s: %d points in %d files from a previous run will be sent", d, n, len(found)
+            )
+        self._trim_spool()
+
+    @staticmethod
+    def _parse_spool_name(name: str, path: str) -> Optional[_SpoolFile]:
+        if not name.endswith(_SPOOL_SUFFIX):
+            return None
+        parts = name[: -len(_SPOOL_SUFFIX)].split(".")
+        if len(parts) != 4 or len(parts[0]) != 20 or not parts[0].isdigit() or not parts[3].isdigit():
+            return None
+        try:
+            size = os.stat(path).st_size
+        except OSError:
+            return None
+        key = (unquote(parts[1]), unquote(parts[2]))
+        return _SpoolFile(int(parts[0]), key, int(parts[3]), size, path)
+
+    def _spool_write(self, seq: int, key: Tuple[str, str], body: bytes, npoints: int) -> bool:
+        """Write one batch to the spool (lock held). False: not written
+        (the caller drops it); spool_full drops are counted here."""
+        if len(body) > self._spool_max:
+            self._count_drop(SPOOL_FULL, npoints)
+            return True
+        name = "%020d.%s.%s.%d%s" % (seq, _spool_quote(key[0]), _spool_quote(key[1]), npoints, _SPOOL_SUFFIX)
+        path = os.path.join(self._spool_dir, name)
+        tmp = os.path.join(self._spool_dir, _SPOOL_TMP + name)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(body)
+            os.replace(tmp, path)
+        except OSError as e:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            now = time.monotonic()
+            if self._spool_err_last_log is None or now - self._spool_err_last_log >= LOG_EVERY_S:
+                self._spool_err_last_log = now
+                self._log.warning("cannot write to spool %s: %s; dropping points instead", self._spool_dir, e)
+            return False
+        entry = _SpoolFile(seq, key, npoints, len(body), path)
+        # Almost always the newest; a head batch spilled late sorts before.
+        i = len(self._spool)
+        while i > 0 and self._spool[i - 1].seq > seq:
+            i -= 1
+        self._spool.insert(i, entry)
+        self._st["points_spooled"] += npoints
+        self._st["spool_bytes"] += len(body)
+        self._trim_spool()
+        self._cv.notify_all()
+        return True
+
+    def _spool_forget(self, e: _SpoolFile) -> None:
+        # Lock held: take e off the spool list and the disk.
+        try:
+            self._spool.remove(e)
+        except ValueError:
+            return
+        self._st["points_spooled"] -= e.npoints
+        self._st["spool_bytes"] -= e.nbytes
+        try:
+            os.unlink(e.path)
+        except OSError:
+            pass
+        self._cv.notify_all()
+
+    def _trim_spool(self) -> None:
+        """Delete the oldest files (not the one being sent) over the cap."""
+        i = 0
+        while self._st["spool_bytes"] > self._spool_max and i < len(self._spool):
+            e = self._spool[i]
+            if e.sending:
+                i += 1
+                continue
+            self._spool_forget(e)
+            self._count_drop(SPOOL_FULL, e.npoints)
+
+    def _spill(self, b: _Batch) -> bool:
+        """Move a whole (not sending) batch from memory to the spool."""
+        body = b"".join(p[0] for p in b.parts)
+        if not self._spool_write(b.parts[0][2], b.key, body, b.npoints):
+            return False
+        self._st["points_queued"] -= b.npoints
+        self._st["bytes_queued"] -= b.nbytes
+        return True
+
     def flush(self, deadline_s: float) -> bool:
         end = time.monotonic() + max(0.0, deadline_s)
         with self._cv:
             target = self._seq
             while True:
-                # The queue is ordered by seq: its head holds the oldest
-                # pending body.
-                if not self._q or self._q[0].parts[0][2] > target:
+                # The queue and the spool are ordered by seq: their heads
+                # hold the oldest pending bodies.
+                if (not self._q or self._q[0].parts[0][2] > target) and (
+                    not self._spool or self._spool[0].seq > target
+                ):
                     return True
                 remaining = end - time.monotonic()
                 if remaining <= 0 or self._stop:
@@ -434,8 +627,9 @@ class HttpSink(Sink):
 
     def close(self, deadline_s: float = 5.0) -> None:
         """Deliver what can be delivered within ``deadline_s``, then stop.
-        Whatever is left (including a request still in flight, whose outcome
-        we no longer wait for) is counted as dropped and logged once."""
+        Whatever is left in memory (including a request still in flight,
+        whose outcome we no longer wait for) is written to the spool if one
+        is configured, else counted as dropped; drops are logged once."""
         end = time.monotonic() + max(0.0, deadline_s)
         with self._cv:
             if self._closed:
@@ -459,6 +653,9 @@ class HttpSink(Sink):
             n = 0
             while self._q:
                 b = self._q.popleft()
+                b.sending = False
+                if self._spool_dir is not None and b.parts and self._spill(b):
+                    continue
                 n += b.npoints
             if n:
                 self._count_drop(SHUTDOWN, n)
@@ -481,9 +678,18 @@ class HttpSink(Sink):
             self._urls[key] = url
         return url
 
+    def _release(self, b) -> None:
+        # Lock held: b was delivered or rejected.
+        if isinstance(b, _SpoolFile):
+            self._spool_forget(b)
+        else:
+            self._remove_head(b)
+
     def _encode(self, b: _Batch) -> Tuple[bytes, bool]:
         # Runs outside the lock: parts are frozen while b.sending is set.
-        raw = b"".join(p[0] for p in b.parts)
+        return self._encode_raw(b"".join(p[0] for p in b.parts))
+
+    def _encode_raw(self, raw: bytes) -> Tuple[bytes, bool]:
         if len(raw) > self._gzip_min:
             # Level 1: line protocol compresses ~10x even so, and the CPU
             # of this host is what the collector must spare.
@@ -509,17 +715,37 @@ class HttpSink(Sink):
         failures = 0  # consecutive failed attempts, drives the backoff
         while True:
             with self._cv:
-                while not self._q and not self._stop:
+                while not self._q and not self._spool and not self._stop:
                     self._cv.wait()
                 if self._stop or self._abandoned:
                     return
-                b = self._q[0]
+                # Oldest first: the spool holds what overflowed memory, but
+                # a batch kept in memory (in flight when the rest spilled)
+                # may be older.
+                if self._spool and (not self._q or self._spool[0].seq < self._q[0].parts[0][2]):
+                    b = self._spool[0]
+                    encoded = None
+                else:
+                    b = self._q[0]
+                    encoded = b.encoded
                 b.sending = True
-                encoded = b.encoded
                 timeout = self._timeout
                 if self._close_deadline is not None:
                     timeout = max(0.05, min(timeout, self._close_deadline - time.monotonic()))
-            if encoded is None:
+            spooled = isinstance(b, _SpoolFile)
+            if spooled:
+                try:
+                    encoded = self._encode_raw(_read_file(b.path))
+                except OSError as e:
+                    with self._cv:
+                        b.sending = False
+                        if self._abandoned:
+                            return
+                        self._spool_forget(b)
+                        self._count_drop(WRITE_ERROR, b.npoints)
+                    self._log.warning("cannot read spool file %s, dropping it: %s", b.path, e)
+                    continue
+            elif encoded is None:
                 encoded = self._encode(b)
             outcome, detail = self._post(session, b.key, encoded, timeout)
 
@@ -528,11 +754,12 @@ class HttpSink(Sink):
                 b.sending = False
                 if self._abandoned:
                     return
-                b.encoded = encoded
+                if not spooled:
+                    b.encoded = encoded
                 self._st["requests"] += 1
                 if outcome == "sent":
                     self._count_sent(b.npoints, b.nbytes)
-                    self._remove_head(b)
+                    self._release(b)
                     if self._fail_since is not None:
                         log_lines.append(
                             (
@@ -548,7 +775,7 @@ class HttpSink(Sink):
                     status, answer = detail
                     self._st["http_errors"] += 1
                     self._count_drop(REJECTED, b.npoints)
-                    self._remove_head(b)
+                    self._release(b)
                     sig = (status, answer)
                     if sig not in self._answers_logged and len(self._answers_logged) < _MAX_DISTINCT_ANSWERS:
                         self._answers_logged.add(sig)
@@ -568,8 +795,11 @@ class HttpSink(Sink):
                         self._st["http_errors"] += 1
                     else:
                         self._st["connection_errors"] += 1
-                    # The batch may have held the queue over its bound.
+                    # The batch may have held the queue (or the spool)
+                    # over its bound.
                     self._make_room(0)
+                    if self._spool_dir is not None:
+                        self._trim_spool()
                     now = time.monotonic()
                     self._fail_count += 1
                     if self._fail_since is None:
@@ -652,6 +882,11 @@ class HttpSink(Sink):
             resp.close()
 
 
+def _read_file(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def _short_error(e: Exception) -> str:
     # requests wraps urllib3 wraps socket errors; the innermost text
     # ("[Errno 111] Connection refused") is what a user can act on.
@@ -689,10 +924,13 @@ def open_sink(
     timeout: float = 10.0,
     max_queue_bytes: int = 64 << 20,
     gzip_min_bytes: int = 1024,
+    spool_dir: Optional[str] = None,
+    spool_max_bytes: int = 256 << 20,
     logger: Optional[logging.Logger] = None,
 ) -> Sink:
     """``output`` "-" -> stdout, a path -> that file (appended), else
-    ``datakit_apiserver`` -> HTTP; neither given -> stdout."""
+    ``datakit_apiserver`` -> HTTP; neither given -> stdout. ``spool_dir``
+    (an on-disk overflow of the queue) is used by the HTTP sink only."""
     if output == "-":
         return StdoutSink(logger)
     if output:
@@ -703,6 +941,8 @@ def open_sink(
             timeout=timeout,
             max_queue_bytes=max_queue_bytes,
             gzip_min_bytes=gzip_min_bytes,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
             logger=logger,
         )
     return StdoutSink(logger)

@@ -230,3 +230,36 @@ def test_metrics_endpoint_scrapes_as_prometheus_text(collector, receiver):
     assert "dkebpf_plugin_kernel_drop_conns_map_full" in fams
     stacks = requests.get(f"http://127.0.0.1:{port}/debug/stacks", timeout=5).text
     assert "MainThread" in stacks
+
+
+def test_datakit_restart_loses_nothing_with_a_spool(collector, receiver, tmp_path):
+    import time as _time
+    spool = tmp_path / "spool"
+    collector.start("--spool-dir", str(spool), interval="1s")
+    receiver.stop()  # DataKit goes away for 30 s while traffic goes on
+    pids = []
+    down_until = _time.monotonic() + 30
+    srv = traffic.tcp_server("127.0.0.1", 50, conns=6)
+    try:
+        for _ in range(6):
+            pid, _, _ = traffic.run_client("tcp-client", "127.0.0.1", srv.info["port"], 1000)
+            pids.append(pid)
+            _time.sleep(4)
+        srv.wait()
+    finally:
+        srv.stop()
+    # the collector itself restarts while DataKit is still away: what it
+    # could not deliver goes to the spool on shutdown, the next run sends it
+    assert collector.stop() == 0
+    assert [f for f in spool.iterdir() if f.suffix == ".lp"], "nothing spooled on shutdown"
+    collector.start("--spool-dir", str(spool), interval="1s")
+    _time.sleep(max(0.0, down_until - _time.monotonic()))
+    receiver.start()
+    for pid in pids:
+        pts = wait_totals(receiver, pid, 1000, 50, timeout=60)
+        assert total(pts, "bytes_written") == 1000 and total(pts, "bytes_read") == 50
+        assert total(pts, "tcp_established") == 1 and total(pts, "tcp_closed") == 1
+    assert traffic.wait_until(lambda: not [f for f in spool.iterdir() if f.suffix == ".lp"], 20), \
+        "spool not emptied"
+    assert collector.stop() == 0
+    assert "dropped" not in collector.log_text()

@@ -144,7 +144,12 @@ def lines(prefix, n, start=0, pad=0):
 
 
 def check_accounting(st):
-    assert st["points_submitted"] == st["points_sent"] + st["points_dropped"] + st["points_queued"]
+    assert (
+        st["points_submitted"] + st["points_recovered"]
+        == st["points_sent"] + st["points_dropped"] + st["points_queued"] + st["points_spooled"]
+    )
+    if not st["points_recovered"] and not st["points_spooled"]:
+        assert st["points_submitted"] == st["points_sent"] + st["points_dropped"] + st["points_queued"]
 
 
 # -- request format ------------------------------------------------------------
@@ -587,3 +592,128 @@ def test_apiserver_forms():
         assert s.base_url == "https://127.0.0.1:9"
     finally:
         s.close(0)
+
+
+# -- on-disk spool ---------------------------------------------------------------
+
+
+def _fixed_bodies(prefix, n):
+    bodies = [f"m,id={prefix}{i:03d} f={i:03d}i,pad=\"{'x' * 40}\" {1700000000000000000 + i}\n".encode() for i in range(n)]
+    assert len({len(b) for b in bodies}) == 1
+    return bodies
+
+
+def _spool_files(d):
+    return sorted(n for n in os.listdir(d) if n.endswith(".lp"))
+
+
+def test_spool_keeps_everything_while_server_is_down(server, sinks, tmp_path):
+    spool = tmp_path / "spool"
+    bodies = _fixed_bodies("s", 40)
+    size = len(bodies[0])
+    sink = open_sink(None, server.address, max_queue_bytes=3 * size + size // 2, spool_dir=str(spool))
+    sinks.append(sink)
+    server.stop()
+    sink.submit("network", "ebpf-net/netflow", bodies[0], 1)
+    assert wait_until(lambda: sink.stats()["retries"] >= 1)
+    for body in bodies[1:]:
+        sink.submit("network", "ebpf-net/netflow", body, 1)
+
+    st = sink.stats()
+    assert st["points_dropped"] == 0
+    assert st["points_queued"] <= 3 and st["points_spooled"] == 40 - st["points_queued"]
+    names = _spool_files(spool)
+    assert names and st["spool_bytes"] == sum(os.path.getsize(spool / n) for n in names)
+    seq, cat, inp, npts, ext = names[0].split(".")
+    assert len(seq) == 20 and cat == "network" and inp == "ebpf-net%2Fnetflow" and ext == "lp"
+    assert sum(int(n.split(".")[3]) for n in names) == st["points_spooled"]
+    assert not sink.flush(0.1)
+    check_accounting(st)
+
+    server.start()
+    assert sink.flush(10.0)
+    assert server.delivered() == b"".join(bodies)  # each once, in order
+    st = sink.stats()
+    assert st["points_sent"] == 40 and st["points_dropped"] == 0
+    assert st["points_spooled"] == st["spool_bytes"] == st["points_queued"] == 0
+    assert os.listdir(spool) == []
+    check_accounting(st)
+
+
+def test_spool_limit_drops_oldest(server, sinks, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    spool = tmp_path / "spool"
+    bodies = _fixed_bodies("t", 40)
+    size = len(bodies[0])
+    sink = open_sink(
+        None, server.address, max_queue_bytes=2 * size, spool_dir=str(spool), spool_max_bytes=6 * size
+    )
+    sinks.append(sink)
+    server.stop()
+    sink.submit("network", "n", bodies[0], 1)
+    assert wait_until(lambda: sink.stats()["retries"] >= 1)
+    for body in bodies[1:]:
+        sink.submit("network", "n", body, 1)
+    st = sink.stats()
+    assert st["spool_bytes"] <= 6 * size
+    assert st["points_dropped"] == st["points_dropped_spool_full"] > 0
+    assert st["points_spooled"] + st["points_queued"] + st["points_dropped"] == 40
+    check_accounting(st)
+
+    server.start()
+    assert sink.flush(10.0)
+    got = server.delivered()
+    st = sink.stats()
+    kept = 40 - st["points_dropped"]
+    assert got == b"".join(bodies[-kept:])  # the newest, in order
+    assert st["points_sent"] == kept and os.listdir(spool) == []
+    check_accounting(st)
+    sink.log_drops_once()
+    assert any("spool full" in r.getMessage() for r in caplog.records)
+
+
+def test_close_spools_memory_and_next_run_sends_it(server, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    spool = tmp_path / "spool"
+    bodies = _fixed_bodies("c", 10)
+    server.stop()
+    sink = open_sink(None, server.address, spool_dir=str(spool))
+    for body in bodies[:5]:
+        sink.submit("network", "ebpf-net/netflow", body, 1)
+    for body in bodies[5:]:
+        sink.submit("logging", "ebpf-bash", body, 1)
+    sink.close(0.5)
+    st = sink.stats()
+    assert st["points_dropped"] == 0 and st["points_queued"] == 0 and st["points_spooled"] == 10
+    check_accounting(st)
+    assert len(_spool_files(spool)) == 2
+    assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+
+    server.start()
+    sink2 = open_sink(None, server.address, spool_dir=str(spool))
+    try:
+        assert sink2.flush(10.0)
+        sink2.submit("network", "ebpf-net/netflow", b"new f=1i 1\n", 1)
+        assert sink2.flush(5.0)
+        assert server.delivered() == b"".join(bodies) + b"new f=1i 1\n"
+        ok = [r for r in server.requests if r.status == 204]
+        assert [r.path for r in ok] == ["/v1/write/network", "/v1/write/logging", "/v1/write/network"]
+        assert parse_qs(ok[0].query)["input"] == ["ebpf-net/netflow"]
+        st = sink2.stats()
+        assert st["points_recovered"] == 10 and st["points_submitted"] == 1
+        assert st["points_sent"] == 11 and st["points_spooled"] == 0
+        check_accounting(st)
+        assert os.listdir(spool) == []
+    finally:
+        sink2.close(0.5)
+
+
+def test_spool_dir_not_writable(tmp_path):
+    f = tmp_path / "file"
+    f.write_bytes(b"")
+    bad = str(f / "spool")
+    with pytest.raises(ConfigError, match="--spool-dir") as ei:
+        open_sink(None, "127.0.0.1:9", spool_dir=bad)
+    assert bad in str(ei.value)
+    # stdout / file outputs ignore the spool
+    assert isinstance(open_sink("-", None, spool_dir=bad), StdoutSink)
