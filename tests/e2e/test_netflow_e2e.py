@@ -263,3 +263,19 @@ def test_datakit_restart_loses_nothing_with_a_spool(collector, receiver, tmp_pat
         "spool not emptied"
     assert collector.stop() == 0
     assert "dropped" not in collector.log_text()
+
+
+def test_cpu_limit_exceeded_under_generated_load(collector, receiver):
+    # 0.02 cores over the 10 s window: an idle collector stays far below,
+    # merging and encoding thousands of new flows every second does not
+    import time as _time
+    collector.start("--res-cpu", "0.02", interval="1s")
+    end = _time.monotonic() + 60
+    base = 1024
+    while collector.proc.poll() is None and _time.monotonic() < end:
+        traffic.run_client("udp-fanout", "127.0.0.1", base, 3000, 10)
+        base = 1024 if base > 20000 else base + 3000
+    rc = collector.proc.wait(30)
+    err = collector.proc.stderr.read()
+    assert rc == 4, (rc, err)
+    assert "cpu_limit exceeded" in err and "cores" in err and "Traceback" not in err
