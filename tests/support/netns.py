@@ -49,7 +49,10 @@ class NetNS:
 
     def drop_randomly(self, probability):
         """Drop that fraction of the TCP segments entering the namespace
-        (iptables statistic match: works on kernels built without netem)."""
+        (iptables statistic match: works on kernels built without netem).
+        GSO is turned off on the host side so that the drop applies to each
+        MSS-sized segment, not to a few 64 KiB super-packets."""
+        sh("ip", "link", "set", "dev", self.veth_host, "gso_max_size", "1500", "gso_max_segs", "1")
         self.exec("iptables", "-A", "INPUT", "-p", "tcp", "-m", "statistic", "--mode", "random",
                   "--probability", str(probability), "-j", "DROP")
 
