@@ -18,13 +18,25 @@ from .sampling import Sampler
 
 log = logging.getLogger("dkebpf")
 
-IMPLEMENTED = ("ebpf-net",)
+# plugin name -> [(module under dkebpf.plugins, class)]; ebpf-net's layer-7
+# parts are chosen by l7net_enabled and built in build_plugins
+IMPLEMENTED = {
+    "ebpf-net": [("netflow", "NetflowPlugin")],
+}
+L7NET_IMPLEMENTED = {}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
 
+def _plugin_class(module, cls):
+    import importlib
+    return getattr(importlib.import_module(f".plugins.{module}", __package__), cls)
+
+
 def build_plugins(cfg, ctx):
-    """Plugin objects for cfg.enabled_plugins; refuses what is not built yet."""
+    """Plugin objects for cfg.enabled_plugins; refuses what is not built yet.
+    Order matters: sources of enrichment (conntrack, DNS) come before the
+    plugins whose points they enrich, so one interval sees fresh data."""
     missing = [p for p in cfg.enabled_plugins if p not in IMPLEMENTED]
     if missing:
         raise UnsupportedError(
@@ -32,12 +44,16 @@ def build_plugins(cfg, ctx):
             f"version of dkebpf (available: {', '.join(IMPLEMENTED)}); remove "
             f"{'them' if len(missing) > 1 else 'it'} from --enabled / enabled_plugins")
     plugins = []
-    if "ebpf-net" in cfg.enabled_plugins:
-        from .plugins.netflow import NetflowPlugin
-        plugins.append(NetflowPlugin(ctx))
-        if cfg.l7net_enabled:
-            log.warning("ebpf-net: %s not implemented in this version; collecting netflow only",
-                        ", ".join(cfg.l7net_enabled))
+    for name, parts in IMPLEMENTED.items():
+        if name in cfg.enabled_plugins:
+            plugins.extend(_plugin_class(module, cls)(ctx) for module, cls in parts)
+        if name == "ebpf-net" and name in cfg.enabled_plugins:
+            l7_missing = [k for k in cfg.l7net_enabled if k not in L7NET_IMPLEMENTED]
+            if l7_missing:
+                log.warning("ebpf-net: %s not implemented in this version", ", ".join(l7_missing))
+            for kind, (module, cls) in L7NET_IMPLEMENTED.items():
+                if kind in cfg.l7net_enabled:
+                    plugins.append(_plugin_class(module, cls)(ctx))
     return plugins
 
 

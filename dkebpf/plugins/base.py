@@ -28,6 +28,10 @@ class PluginContext:
     logger: object
     self_pid: int
     stats: dict = field(default_factory=dict)
+    # enrichment shared between plugins, filled by the plugin that owns the
+    # source (None when that plugin is not enabled):
+    domains: object = None   # IP -> domain from DNS answers (dnsflow)
+    nat: object = None       # connection -> DNAT destination (ebpf-conntrack)
 
 
 class Plugin:

@@ -25,8 +25,9 @@ class Collector:
         self.pidfile = tmp_path / "dkebpf.pid"
         self.proc = None
 
-    def start(self, *extra, interval="2s", output=None, stdout=subprocess.DEVNULL, wait_started=True):
-        args = [*dkebpf_cmd(), "run", "--enabled", "ebpf-net", "--interval", interval,
+    def start(self, *extra, interval="2s", output=None, stdout=subprocess.DEVNULL, wait_started=True,
+              enabled="ebpf-net"):
+        args = [*dkebpf_cmd(), "run", "--enabled", enabled, "--interval", interval,
                 "--hostname", "e2e-host", "--tags", "team=net;env=test",
                 "--log", str(self.log), "--log-level", "debug", "--pidfile", str(self.pidfile)]
         args += ["--output", output] if output else ["--datakit-apiserver", self.receiver.apiserver]
