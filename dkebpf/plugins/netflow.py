@@ -13,7 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import kernel
-from ..enrich.addr import LocalAddressResolver, format_addrs, ip_types
+from ..enrich.addr import LocalAddressResolver
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -24,16 +25,9 @@ except ImportError as exc:  # pragma: no cover - a broken install
 
 BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
 
-NETFLOW_TAGS = ["pid", "process_name", "src_ip", "src_port", "dst_ip", "dst_port",
-                "client_ip", "client_port", "server_ip", "server_port",
-                "src_ip_type", "dst_ip_type", "client_ip_type", "server_ip_type",
-                "family", "transport", "direction"]
+NETFLOW_TAGS = CONNECTION_TAGS + IP_TYPE_TAGS
 NETFLOW_FIELDS = ["bytes_read", "bytes_written", "retransmits", "rtt", "rtt_var",
                   "tcp_closed", "tcp_established"]
-GROUP_KEYS = ["pid", "process_name", "src_ip", "src_port", "dst_ip", "dst_port",
-              "client_ip", "client_port", "server_ip", "server_port",
-              "family", "transport", "direction"]
-
 TCP_LISTEN_STATE = 0x0A
 UDP_UNCONNECTED_STATE = 0x07
 
@@ -136,41 +130,17 @@ class NetflowPlugin(Plugin):
 
     def aggregate(self, rb):
         """Per-connection deltas -> one row per netflow key."""
-        fam = rb.column("family").to_numpy(zero_copy_only=False)
-        laddr = np.frombuffer(rb.column("laddr").buffers()[1], dtype="V16",
-                              count=len(rb) + rb.column("laddr").offset)[rb.column("laddr").offset:]
-        raddr = np.frombuffer(rb.column("raddr").buffers()[1], dtype="V16",
-                              count=len(rb) + rb.column("raddr").offset)[rb.column("raddr").offset:]
-        dst_ip = format_addrs(raddr, fam)
-        src_ip = self.resolver.fill_unspecified(format_addrs(laddr, fam), dst_ip, fam)
-        outgoing = pc.not_equal(rb.column("direction"), pa.scalar(_records.DIR_INCOMING, pa.uint8()))
-        src_port = rb.column("lport")
-        dst_port = rb.column("rport")
-        # the client's port is ephemeral noise: it becomes '*'
-        client_port_num = pc.if_else(outgoing, src_port, dst_port)
-        eph = pc.greater_equal(client_port_num, pa.scalar(self.ephemeral_port, pa.uint16()))
-        star = pa.scalar("*")
-        src_port_s = pc.if_else(pc.and_(outgoing, eph), star, pc.cast(src_port, pa.string()))
-        dst_port_s = pc.if_else(pc.and_(pc.invert(outgoing), eph), star, pc.cast(dst_port, pa.string()))
         is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
         rtt = rb.column("rtt_us")
         has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
         null_u32 = pa.scalar(None, pa.uint32())
-        table = pa.table({
-            "pid": pc.cast(rb.column("pid"), pa.string()),
-            "process_name": rb.column("comm"),
-            "src_ip": src_ip,
-            "src_port": src_port_s,
-            "dst_ip": dst_ip,
-            "dst_port": dst_port_s,
-            "client_ip": pc.if_else(outgoing, src_ip, dst_ip),
-            "client_port": pc.if_else(outgoing, src_port_s, dst_port_s),
-            "server_ip": pc.if_else(outgoing, dst_ip, src_ip),
-            "server_port": pc.if_else(outgoing, dst_port_s, src_port_s),
-            "family": pc.if_else(pc.equal(rb.column("family"), pa.scalar(6, pa.uint8())),
-                                 pa.scalar("IPv6"), pa.scalar("IPv4")),
-            "transport": pc.if_else(is_tcp, pa.scalar("tcp"), pa.scalar("udp")),
-            "direction": pc.if_else(outgoing, pa.scalar("outgoing"), pa.scalar("incoming")),
+        cols = connection_tags(
+            pid=rb.column("pid"), comm=rb.column("comm"), family=rb.column("family"),
+            proto=rb.column("proto"), laddr=rb.column("laddr"), lport=rb.column("lport"),
+            raddr=rb.column("raddr"), rport=rb.column("rport"), direction=rb.column("direction"),
+            ephemeral_port=self.ephemeral_port, resolver=self.resolver,
+            domains=self.ctx.domains, nat=self.ctx.nat)
+        cols.update({
             "bytes_read": rb.column("bytes_recv"),
             "bytes_written": rb.column("bytes_sent"),
             "retransmits": rb.column("retransmits"),
@@ -179,19 +149,18 @@ class NetflowPlugin(Plugin):
             "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
             "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
         })
-        agg = table.group_by(GROUP_KEYS, use_threads=False).aggregate([
+        agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
             ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
             ("rtt", "mean"), ("rtt_var", "mean"), ("tcp_closed", "sum"), ("tcp_established", "sum"),
         ])
-        cols = {k: agg.column(k) for k in GROUP_KEYS}
+        out = {k: agg.column(k) for k in CONNECTION_TAGS}
         for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
-            cols[f] = pc.cast(agg.column(f + "_sum"), pa.int64())
+            out[f] = pc.cast(agg.column(f + "_sum"), pa.int64())
         for f in ("rtt", "rtt_var"):
-            cols[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
-        for side in ("src", "dst", "client", "server"):
-            cols[f"{side}_ip_type"] = ip_types(agg.column(f"{side}_ip").combine_chunks())
-        out = pa.table(cols).combine_chunks()
-        return out.to_batches()[0] if out.num_rows else pa.RecordBatch.from_pylist([], schema=out.schema)
+            out[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
+        add_ip_types(out)
+        table = pa.table(out).combine_chunks()
+        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 
     def counters(self):
         c = dict(self.totals)
