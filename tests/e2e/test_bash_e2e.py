@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -155,3 +156,14 @@ def test_user_names_from_host_root(collector, receiver, tmp_path, monkeypatch):
     by_pid = {(p.fields["pid"], p.fields["cmd"]): p.fields["user"] for p in pts}
     assert by_pid == {(str(pid), "echo from the host"): "hostroot", (str(pid), "exit"): "hostroot",
                       (str(nobody), "id -u"): "65534", (str(nobody), "exit"): "65534"}
+
+
+def test_check_reports_the_bash_binaries(bpf_ok, tmp_path):
+    p = subprocess.run([sys.executable, "-m", "dkebpf", "check"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    block = p.stdout.split("ebpf-bash: ", 1)[1].split("\nebpf-", 1)[0]
+    assert block.startswith("yes\n"), p.stdout
+    # /bin/bash and /usr/bin/bash are one file here: named once
+    usual = re.findall(r"^  - uretprobe on readline attaches to (/usr)?/bin/bash$", block, re.M)
+    assert len(usual) == 1, block
