@@ -22,6 +22,7 @@ log = logging.getLogger("dkebpf")
 # parts are chosen by l7net_enabled and built in build_plugins
 IMPLEMENTED = {
     "ebpf-net": [("netflow", "NetflowPlugin")],
+    "ebpf-bash": [("bash", "BashPlugin")],
 }
 L7NET_IMPLEMENTED = {}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
@@ -173,7 +174,8 @@ class Agent:
                         except BlockingIOError:
                             pass
                         continue
-                    key.data.on_readable(key.fileobj)
+                    if key.data.on_readable(key.fileobj):  # the plugin asks to be flushed now
+                        self.flush(only=key.data)
                 now = time.monotonic()
                 if now >= next_flush:
                     self.flush()
@@ -200,11 +202,14 @@ class Agent:
                 out.append(Metric(f"limit_measured_{name}", "gauge", f"last measured {name}", [({}, value)]))
         return out
 
-    def flush(self):
+    def flush(self, only=None):
+        """Collect, sample, encode and submit every plugin's points; with
+        ``only``, just that plugin's (an early flush it asked for), which
+        does not end the interval."""
         from ._lineproto import encode_batch
 
         now_ns = time.time_ns()
-        for p in self.plugins:
+        for p in (self.plugins if only is None else [only]):
             try:
                 batches = p.collect(now_ns)
             except DkebpfError as exc:
@@ -225,6 +230,8 @@ class Agent:
                 body, skipped = encode_batch(b.measurement, b.batch, b.tags, b.fields, tags, now_ns,
                                              b.timestamp_column)
                 self.sink.submit(b.category, b.input_name, body, b.batch.num_rows - skipped)
+        if only is not None:
+            return
         self.flushes += 1
         self.sink.log_drops_once()
         if log.isEnabledFor(logging.DEBUG):

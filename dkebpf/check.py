@@ -50,6 +50,35 @@ def check_netflow():
                   "httpflow, dnsflow: not implemented in this version"]
 
 
+def check_bash(host_root="", proc="/proc"):
+    """Whether the readline uretprobe attaches, and to which bash binaries."""
+    reasons = _common()
+    if reasons:
+        return False, reasons
+    try:
+        from . import _libbpf
+        from .plugins.bash import READLINE, find_bash_binaries
+        from .plugins.netflow import bpf_object_path
+        binaries = find_bash_binaries(host_root, proc)
+        if not binaries:
+            return False, ["no bash binary found (/bin/bash, /usr/bin/bash, running processes)"]
+        ok, failed = [], []
+        with _libbpf.BpfObject(bpf_object_path("bash")) as obj:
+            obj.load()
+            prog = obj.program("bash_readline")
+            for path in sorted(binaries.values()):
+                try:
+                    prog.attach_uprobe(path, READLINE, retprobe=True).close()
+                    ok.append(path)
+                except DkebpfError as exc:
+                    failed.append(f"{path}: {str(exc).splitlines()[0]}")
+    except (DkebpfError, ImportError) as exc:
+        return False, [str(exc).splitlines()[0]]
+    why = [f"uretprobe on readline attaches to {p}" for p in ok]
+    why += [f"cannot attach to {f}" for f in failed]
+    return bool(ok), why
+
+
 def check_conntrack():
     have = os.path.exists("/proc/net/nf_conntrack") or os.path.isdir("/sys/module/nf_conntrack")
     reasons = ["not implemented in this version"]
@@ -63,6 +92,11 @@ def run_check(out):
     for name in PLUGINS:
         if name == "ebpf-net":
             ok, why = check_netflow()
+        elif name == "ebpf-bash":
+            # `check` takes no options: the host root comes from the
+            # environment, as for `run` (see config.py host_root/host_proc)
+            root = os.environ.get("HOST_ROOT", "").rstrip("/")
+            ok, why = check_bash(root, os.environ.get("HOST_PROC") or (root + "/proc" if root else "/proc"))
         elif name == "ebpf-conntrack":
             ok, why = check_conntrack()
         else:

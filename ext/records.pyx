@@ -4,6 +4,7 @@ BPF side and the user side can never disagree about a layout."""
 import numpy as np
 
 from netflow cimport *
+from bash cimport *
 
 cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
     return <const char *>member - <const char *>base
@@ -74,3 +75,26 @@ DROP_CONNS = NF_DROP_CONNS
 DROP_BOUND = NF_DROP_BOUND
 DROP_NAMES = {NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
               NF_DROP_BOUND: "bound_ports_map_full"}
+
+
+cdef bash_line _b
+
+BASH_LINE_DTYPE = _dtype("bash_line", [
+    ("ts", "<u8", _off(&_b, &_b.ts)),
+    ("pid", "<u4", _off(&_b, &_b.pid)),
+    ("uid", "<u4", _off(&_b, &_b.uid)),
+    ("line_len", "<u4", _off(&_b, &_b.line_len)),
+    ("captured", "<u2", _off(&_b, &_b.captured)),
+    ("flags", "u1", _off(&_b, &_b.flags)),
+    ("line", f"V{BASH_LINE_MAX + 1}", _off(&_b, &_b.line)),
+], sizeof(bash_line))
+
+if sizeof(_b.line) != BASH_LINE_MAX + 1:
+    raise ImportError(f"bash_line.line: {sizeof(_b.line)} bytes in C, ext/includes/bash.pxd says {BASH_LINE_MAX + 1}")
+
+BASH_CAPTURE_MAX = BASH_LINE_MAX  # bytes of a line a record holds
+# the longest line whose length the BPF program measures exactly
+BASH_LEN_SCAN_MAX = BASH_LINE_MAX + (BASH_LEN_CHUNK - 1) * BASH_LEN_CHUNKS
+BASH_TRUNCATED = BASH_F_TRUNCATED
+BASH_LEN_AT_LEAST = BASH_F_LEN_AT_LEAST
+BASH_DROP_NAMES = {BASH_DROP_RING: "lines_ring_full", BASH_DROP_READ: "line_unreadable"}

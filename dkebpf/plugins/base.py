@@ -38,7 +38,12 @@ class Plugin:
     """Lifecycle: start() loads and attaches; the agent watches fileobjs()
     and calls on_readable(); collect() once per interval returns
     PointBatches; stop() detaches everything. None of these may block for
-    long; errors are DkebpfError subclasses with user-facing text."""
+    long; errors are DkebpfError subclasses with user-facing text.
+
+    Early flush: when on_readable() returns True the agent calls this
+    plugin's collect() right away and sends its points, without waiting
+    for the interval to end (e.g. ebpf-bash once 128 lines wait). The
+    interval's own flush still comes on time."""
 
     name = "?"
 
@@ -49,7 +54,8 @@ class Plugin:
         return []
 
     def on_readable(self, fileobj):
-        pass
+        """Read what the fileobj has; return True to be flushed now."""
+        return False
 
     def collect(self, now_ns):
         return []

@@ -152,7 +152,7 @@ def test_stdout_output_is_line_protocol(collector, tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["--interval", "500ms"], "interval"),
     (["--enabled", "ebpf-nope"], "ebpf-nope"),
-    (["--enabled", "ebpf-bash"], "not implemented"),
+    (["--enabled", "bpf-netlog"], "not implemented"),
     (["--res-mem", "lots"], "lots"),
     (["--sampling-rate", "0.5", "--sampling-rate-ptsperminute", "100"], "exclusive"),
 ])
@@ -170,7 +170,7 @@ def test_check_reports_netflow_runs(bpf_ok, tmp_path):
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "ebpf-net: yes" in p.stdout
-    assert "ebpf-bash: no" in p.stdout and "not implemented" in p.stdout
+    assert "bpf-netlog: no" in p.stdout and "not implemented" in p.stdout
 
 
 def test_memory_limit_below_footprint_exits_with_its_status(collector, receiver):

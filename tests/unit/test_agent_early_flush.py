@@ -1,0 +1,77 @@
+"""The agent's early flush: a plugin whose on_readable() returns True is
+collected and sent at once, alone, without ending the interval."""
+import socket
+import threading
+import time
+
+import pyarrow as pa
+
+from dkebpf.agent import Agent
+from dkebpf.config import load_config
+from dkebpf.plugins.base import Plugin, PointBatch
+from support.lineproto_parser import parse
+
+
+class Sink:
+    def __init__(self):
+        self.sent = []
+
+    def submit(self, category, input_name, body, npoints):
+        self.sent.append((category, input_name, [p.fields["n"] for p in parse(body)]))
+
+    def log_drops_once(self):
+        pass
+
+
+class Source(Plugin):
+    """Reads bytes from a socket; asks for a flush once it holds `every` of them."""
+
+    def __init__(self, name, every):
+        self.name = name
+        self.every = every
+        self.r, self.w = socket.socketpair()
+        self.held = []
+        self.collects = 0
+
+    def fileobjs(self):
+        return [self.r]
+
+    def on_readable(self, fileobj):
+        self.held.extend(fileobj.recv(100))
+        return len(self.held) >= self.every
+
+    def collect(self, now_ns):
+        self.collects += 1
+        rows, self.held = self.held, []
+        if not rows:
+            return []
+        batch = pa.RecordBatch.from_arrays([pa.array(rows, pa.int64())], names=["n"])
+        return [PointBatch("m", "logging", self.name, batch, [], ["n"])]
+
+
+def test_on_readable_true_flushes_that_plugin_only():
+    agent = Agent(load_config(["--enabled", "ebpf-net", "--interval", "10m", "--output", "-"]))
+    agent.sink = Sink()
+    eager, lazy = Source("eager", every=3), Source("lazy", every=10**9)
+    agent.plugins = [eager, lazy]
+    wake_r, wake_w = socket.socketpair()
+
+    def feed():
+        lazy.w.send(b"\x07")
+        for b in (1, 2, 3, 4):
+            eager.w.send(bytes([b]))
+            time.sleep(0.05)
+        time.sleep(0.2)
+        agent.stopping = True
+        wake_w.send(b"x")
+
+    t = threading.Thread(target=feed)
+    t.start()
+    agent._loop(wake_r)
+    t.join()
+    # 3 bytes held -> eager flushed alone; the 4th and lazy's byte wait for the interval
+    assert agent.sink.sent == [("logging", "eager", [1, 2, 3])]
+    assert (eager.collects, lazy.collects, agent.flushes) == (1, 0, 0)
+    agent.flush()
+    assert agent.sink.sent[1:] == [("logging", "eager", [4]), ("logging", "lazy", [7])]
+    assert agent.flushes == 1
