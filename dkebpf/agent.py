@@ -221,7 +221,8 @@ class Agent:
             for b in batches:
                 try:
                     # keyed on the tags: a flow is kept or dropped as a whole within an interval
-                    b.batch = self.sampler.apply(b.measurement, b.batch, b.tags, self.flushes)
+                    # (logs such as bash have no tag columns: each line is its own key)
+                    b.batch = self.sampler.apply(b.measurement, b.batch, b.tags or b.fields, self.flushes)
                 except DkebpfError as exc:
                     log.error("%s: sampling failed, sending unsampled: %s", p.name, exc)
                 if b.batch.num_rows == 0:
