@@ -109,8 +109,9 @@ class NatTable:
         """Apply the buffered events: the last event of each original tuple
         decides. A translated NEW/UPDATE/DUMP makes the entry live, a
         translated DESTROY starts its grace period (inserting it when the
-        connection came and went within one batch), an untranslated live
-        event removes the key (the tuple now belongs to another connection).
+        connection came and went within one batch), an untranslated event
+        removes the key (the tuple has since belonged to an untranslated
+        connection: a conntrack's reply tuple never changes).
         A dump row does not revive an entry destroyed under the same
         conntrack id (the dump was taken before the destroy event)."""
         if not self._pending:
@@ -160,11 +161,12 @@ class NatTable:
         revive = upd & f_live
         self._destroyed[fpos[revive]] = 0
         kill = upd & f_destroy
-        was_live = self._destroyed[fpos[kill]] == 0
+        # a destroy of another connection on the tuple starts a new grace period
+        was_live = (self._destroyed[fpos[kill]] == 0) | ~same_id[kill]
         self.totals["destroyed"] += int(was_live.sum())
         self._destroyed[fpos[kill]] = np.where(was_live, now, self._destroyed[fpos[kill]])
         drop = np.zeros(n, bool)
-        drop[fpos[~f_tr & f_live]] = True
+        drop[fpos[~f_tr]] = True
         self.totals["untranslated_replaced"] += int(drop.sum())
 
         # new entries

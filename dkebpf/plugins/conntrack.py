@@ -187,7 +187,12 @@ class ConntrackPlugin(Plugin):
                 self.log.warning("conntrack: event socket overflowed (ENOBUFS), resynchronising with a dump")
                 self._request_dump()
         elif fileobj is self.dump:
+            # a batch of its own: a dump row must meet the table as the events
+            # before it left it (a row of an entry destroyed meanwhile, under
+            # the same conntrack id, does not revive it)
+            self.table.apply()
             self.table.add(self.dump_reader.drain())
+            self.table.apply()
             done, errors, err = self.dump_reader.take_done()
             if (done or errors) and self.dump_started is not None:
                 started, self.dump_started = self.dump_started, None
