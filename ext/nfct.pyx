@@ -398,9 +398,11 @@ cdef class NetlinkReader:
         free(self.buf)
         free(self.rows)
 
-    def drain(self, size_t max_datagrams=4096):
-        """Receive until the socket is empty (or max_datagrams); returns the
-        rows of this call as an EVENT_DTYPE array."""
+    def drain(self, size_t max_datagrams=4096, size_t max_rows=65536):
+        """Receive until the socket is empty, or max_datagrams were read, or
+        max_rows rows were made (a dump of a big table arrives over several
+        calls, memory stays bounded; the socket stays readable for the
+        rest). Returns the rows of this call as an EVENT_DTYPE array."""
         cdef ssize_t got
         cdef size_t n, i = 0, need
         cdef int err = 0
@@ -409,7 +411,7 @@ cdef class NetlinkReader:
         cdef nfct_event *grown
         self.nrows = 0
         with nogil:
-            while i < max_datagrams:
+            while i < max_datagrams and self.nrows < max_rows:
                 alen = sizeof(addr)
                 got = recvfrom(self.fd, self.buf, self.bufsize, MSG_DONTWAIT | MSG_TRUNC,
                                <sockaddr *>&addr, &alen)
