@@ -75,6 +75,7 @@ class NatTable:
         self._destroyed = np.empty(0, np.int64)     # 0: live; else when it was destroyed
         self._seen = np.empty(0, np.int64)          # last event or dump row applied
         self._next_born = 0
+        self._wild = None  # (sorted keys with the source zeroed, their rows); built when needed
         self._pending = []
         self._pending_rows = 0
         self.totals = dict(events=0, events_translated=0, inserted=0, destroyed=0, expired=0,
@@ -102,6 +103,7 @@ class NatTable:
                 self._born, self._destroyed, self._seen)
 
     def _set_columns(self, cols):
+        self._wild = None
         (self._keys, self._nat_addr, self._nat_port, self._family, self._ct_id,
          self._born, self._destroyed, self._seen) = cols
 
@@ -233,6 +235,17 @@ class NatTable:
         pos = np.searchsorted(self._keys, q)
         hit = pos < len(self._keys)
         hit[hit] = self._keys[pos[hit]] == q[hit]
+        # an unconnected UDP socket bound to the wildcard address does not
+        # know its source address (netflow reports 0.0.0.0 / ::): match such
+        # rows on everything else
+        wild = ~hit & ~q.view(np.uint8).reshape(-1, KEY_DTYPE.itemsize)[:, :16].any(axis=1)
+        if wild.any():
+            wkeys, wrows = self._wild_index()
+            wpos = np.searchsorted(wkeys, q[wild])
+            whit = wpos < len(wkeys)
+            whit[whit] = wkeys[wpos[whit]] == q[wild][whit]
+            pos[np.flatnonzero(wild)[whit]] = wrows[wpos[whit]]
+            hit[np.flatnonzero(wild)[whit]] = True
         nhit = int(hit.sum())
         self.totals["lookup_hits"] += nhit
         if nhit == 0:
@@ -242,6 +255,18 @@ class NatTable:
         ports = pa.array(self._nat_port[rows]).cast(pa.string())
         take = pa.array(np.cumsum(hit, dtype=np.int32) - 1, mask=~hit)
         return ips.take(take), ports.take(take)
+
+    def _wild_index(self):
+        """The keys with their source address zeroed, sorted, and the row
+        each comes from (when several local addresses share the rest of a
+        tuple, one of them answers)."""
+        if self._wild is None:
+            raw = self._keys.view(np.uint8).reshape(-1, KEY_DTYPE.itemsize).copy()
+            raw[:, :16] = 0
+            wkeys = raw.view(KEY_VOID).ravel()
+            order = np.argsort(wkeys, kind="stable")
+            self._wild = (wkeys[order], order)
+        return self._wild
 
     def counters(self):
         c = dict(self.totals)

@@ -134,3 +134,29 @@ def test_check_reports_conntrack(bpf_ok, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     assert "ebpf-conntrack: yes" in p.stdout
     assert "nf_conntrack is available" in p.stdout and "event groups joined" in p.stdout
+
+
+def test_unconnected_udp_through_dnat(collector, receiver):
+    """sendto() from an unbound socket: netflow knows the local address as
+    the wildcard; the NAT tags still come (matched on the rest of the tuple)."""
+    collector.start(enabled="ebpf-conntrack,ebpf-net")
+    with NetNS() as ns:
+        svc = service_ip(ns)
+        usrv = traffic.udp_server(ns.peer_ip, 40, prefix=ns.prefix(), datagrams=3)
+        try:
+            with dnat_rule(svc, 5300, ns.peer_ip, usrv.info["port"], proto="udp"):
+                pid, _, res = traffic.run_client("udp-client", svc, 5300, 100, 3)
+                usrv.wait()
+        finally:
+            usrv.stop()
+        assert res[-1]["received"] == 120  # the answers came back through the rule
+        pts = traffic.wait_until(lambda: (lambda x: x if total(x, "bytes_read") >= 120 else None)(
+            flows(receiver, pid)), 30) or flows(receiver, pid)
+        assert total(pts, "bytes_written") == 300 and total(pts, "bytes_read") == 120
+        for p in pts:
+            t = p.tags
+            assert (t["transport"], t["dst_ip"], t["dst_port"]) == ("udp", svc, "5300")
+            assert (t["dst_nat_ip"], t["dst_nat_port"]) == (ns.peer_ip, str(usrv.info["port"])), t
+    assert collector.stop() == 0
+    for p in receiver.points(measurement="netflow"):
+        check_point("netflow", p, extra_tags=("team", "env"))

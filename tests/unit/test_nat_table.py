@@ -155,6 +155,20 @@ def test_sweep_retires_entries_a_resync_dump_did_not_confirm():
     assert look(t, C_SVC, ("10.0.0.1", 40001, "10.96.0.10", 80)) == [None, ("10.244.1.7", "8080")]
 
 
+def test_wildcard_local_address_matches_on_the_rest_of_the_tuple():
+    """Unconnected UDP: netflow knows 0.0.0.0 / :: as the local address."""
+    t = NatTable()
+    t.add(events((EV_NEW, ("10.0.0.1", "10.96.0.10", 5353, 53), "10.244.0.5", 5353, 1, 17),
+                 (EV_NEW, ("fd00::1", "fd00:96::a", 5353, 53), "fd00:244::5", 53, 2, 17),
+                 (EV_NEW, ("10.0.0.1", "10.96.0.10", 40000, 80), "10.244.1.7", 8080)))
+    assert look(t, ("0.0.0.0", 5353, "10.96.0.10", 53), ("::", 5353, "fd00:96::a", 53),
+                ("0.0.0.0", 5354, "10.96.0.10", 53), ("10.0.0.2", 5353, "10.96.0.10", 53),
+                proto=17) == [("10.244.0.5", "5353"), ("fd00:244::5", "53"), None, None]
+    assert look(t, ("0.0.0.0", 40000, "10.96.0.10", 80)) == [("10.244.1.7", "8080")]
+    t.add(events((EV_NEW, ("10.0.0.1", "10.96.0.10", 40001, 80), "10.244.1.8", 8080)))
+    assert look(t, ("0.0.0.0", 40001, "10.96.0.10", 80)) == [("10.244.1.8", "8080")]  # index rebuilt
+
+
 def test_empty_inputs():
     t = NatTable()
     ip, port = t.lookup(np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(0, "V16"),
