@@ -31,6 +31,7 @@ from libc.string cimport memcpy, memset
 from netlink cimport *
 
 from dkebpf._records import _dtype
+from dkebpf.errors import KernelError
 
 cnp.import_array()
 
@@ -444,7 +445,7 @@ cdef class NetlinkReader:
                     self.caprows = 2 * need
                 parse_buffer(self.buf, n, self.rows, &self.nrows, &self.st)
         if err:
-            raise OSError(err, f"netlink recv: {os.strerror(err)}")
+            raise KernelError(f"conntrack netlink socket: recv failed: {os.strerror(err)}", err)
         out = np.empty(self.nrows, EVENT_DTYPE)
         if self.nrows:
             memcpy(cnp.PyArray_DATA(out), self.rows, self.nrows * sizeof(nfct_event))
