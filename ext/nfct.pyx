@@ -110,6 +110,7 @@ cdef struct parse_stats:
     size_t done        # NLMSG_DONE: a dump finished
     size_t errors      # NLMSG_ERROR with a non-zero error
     int last_errno     # the error of the last such NLMSG_ERROR
+    uint32_t last_end_seq  # nlmsg_seq of the last NLMSG_DONE or NLMSG_ERROR: which request ended
 
 
 cdef struct tuple_t:
@@ -290,6 +291,7 @@ cdef void parse_buffer(const uint8_t *p, size_t n, nfct_event *out, size_t *nout
         if mtype < NLMSG_MIN_TYPE:
             if mtype == NLMSG_DONE:
                 st.done += 1
+                st.last_end_seq = rd32(p + off + 8)
             elif mtype == NLMSG_ERROR:
                 if mlen < 20:
                     st.malformed += 1
@@ -298,6 +300,7 @@ cdef void parse_buffer(const uint8_t *p, size_t n, nfct_event *out, size_t *nout
                     if err != 0:  # 0 is an acknowledgement
                         st.errors += 1
                         st.last_errno = -err
+                        st.last_end_seq = rd32(p + off + 8)
             else:
                 st.ignored += 1
         elif (mtype >> 8) != NFNL_SUBSYS_CTNETLINK:
@@ -345,7 +348,7 @@ cdef void parse_buffer(const uint8_t *p, size_t n, nfct_event *out, size_t *nout
 cdef dict _stats_dict(parse_stats *st):
     return {"messages": st.messages, "events": st.events, "malformed": st.malformed,
             "ignored": st.ignored, "done": st.done, "errors": st.errors,
-            "last_errno": st.last_errno}
+            "last_errno": st.last_errno, "last_end_seq": st.last_end_seq}
 
 
 def parse(const unsigned char[::1] buf):
@@ -459,16 +462,17 @@ cdef class NetlinkReader:
 
     def take_done(self):
         """(NLMSG_DONE messages, NLMSG_ERROR errors) seen since the last
-        call, and the last error's errno."""
+        call, the last error's errno, and the sequence number of the request
+        the last of them ended."""
         d = self.st.done - self.done_seen
         e = self.st.errors - self.errors_seen
         self.done_seen = self.st.done
         self.errors_seen = self.st.errors
-        return d, e, self.st.last_errno
+        return d, e, self.st.last_errno, self.st.last_end_seq
 
     def counters(self):
         c = _stats_dict(&self.st)
-        del c["last_errno"]
+        del c["last_errno"], c["last_end_seq"]
         c.update(datagrams=self.datagrams, enobufs=self.enobufs, foreign=self.foreign,
                  truncated=self.truncated)
         return c

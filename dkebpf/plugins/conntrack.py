@@ -192,7 +192,9 @@ class ConntrackPlugin(Plugin):
             self.table.add(self.ev_reader.drain())
             if self.ev_reader.take_overrun():
                 self.totals["resyncs"] += 1
-                self.log.warning("conntrack: event socket overflowed (ENOBUFS), resynchronising with a dump")
+                if self.dump_started is None:  # once per dump, not per overflow
+                    self.log.warning("conntrack: event socket overflowed (ENOBUFS), "
+                                     "resynchronising with a dump")
                 self._request_dump()
         elif fileobj is self.dump:
             # a batch of its own: a dump row must meet the table as the events
@@ -201,8 +203,11 @@ class ConntrackPlugin(Plugin):
             self.table.apply()
             self.table.add(self.dump_reader.drain())
             self.table.apply()
-            done, errors, err = self.dump_reader.take_done()
-            if (done or errors) and self.dump_started is not None:
+            done, errors, err, seq = self.dump_reader.take_done()
+            # the end of the dump in flight (the kernel runs one dump per
+            # socket at a time and ends it with NLMSG_DONE, or NLMSG_ERROR,
+            # under the request's sequence number)
+            if (done or errors) and self.dump_started is not None and seq == self.seq:
                 started, self.dump_started = self.dump_started, None
                 if errors:
                     self.totals["dumps_failed"] += 1

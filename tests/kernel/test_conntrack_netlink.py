@@ -116,14 +116,17 @@ def test_dnat_connection_entry_then_destroy_and_grace(plugin, family):
         assert c["events_malformed"] == 0 and c["dump_malformed"] == 0
         assert c["events_enobufs"] == 0
 
-        # the kernel removes the entry (as when it times out): DESTROY event
+        # the kernel removes the entry (as when it times out). Its DESTROY
+        # event is queued on our socket before the kernel acknowledges the
+        # delete. (Entries of earlier runs, from the start-up dump, may be
+        # destroyed meanwhile too: the count only goes up by at least one.)
         destroyed_before = c["nat_destroyed"]
-        fam_orig = (local, svc, 6, nat_conn[1], 8080)
-        assert delete_entry(family, fam_orig) == 0
-        traffic.wait_until(lambda: p.collect(0) == [] and p.counters()["nat_destroyed"] > destroyed_before, 5)
-        assert p.counters()["nat_destroyed"] == destroyed_before + 1
+        assert delete_entry(family, (local, svc, 6, nat_conn[1], 8080)) == 0
+        p.collect(0)
+        assert p.counters()["nat_destroyed"] >= destroyed_before + 1
         # within the grace period netflow's last point still gets its tags
         assert lookup(p, [nat_conn]) == [(peer, srv.info["port"])]
+        # after it, the entry is gone (a live one would not expire)
         p.table.grace_ns = 0
         p.collect(0)
         assert lookup(p, [nat_conn]) == [None]

@@ -95,11 +95,11 @@ def parse_ct(buf, fam):
 
 def parse(buf):
     buf = bytes(buf)
-    st = dict(messages=0, events=0, malformed=0, ignored=0, done=0, errors=0, last_errno=0)
+    st = dict(messages=0, events=0, malformed=0, ignored=0, done=0, errors=0, last_errno=0, last_end_seq=0)
     rows = []
     off, n = 0, len(buf)
     while n - off >= 16:
-        mlen, mtype, mflags = struct.unpack_from("=IHH", buf, off)
+        mlen, mtype, mflags, seq = struct.unpack_from("=IHHI", buf, off)
         if mlen < 16 or mlen > n - off:
             st["malformed"] += 1
             return rows, st
@@ -108,6 +108,7 @@ def parse(buf):
         if mtype < NLMSG_MIN_TYPE:
             if mtype == NLMSG_DONE:
                 st["done"] += 1
+                st["last_end_seq"] = seq
             elif mtype == NLMSG_ERROR:
                 if len(body) < 4:
                     st["malformed"] += 1
@@ -116,6 +117,7 @@ def parse(buf):
                     if err != 0:
                         st["errors"] += 1
                         st["last_errno"] = -err
+                        st["last_end_seq"] = seq
             else:
                 st["ignored"] += 1
         elif mtype >> 8 != NFNL_SUBSYS_CTNETLINK or (mtype & 0xFF) not in (IPCTNL_MSG_CT_NEW,

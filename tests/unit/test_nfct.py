@@ -53,8 +53,8 @@ def test_kinds_ipv6_and_control_messages_in_one_buffer():
            + ctn.ct_message("dump", 6, o6, r6)
            + ctn.ct_message("new", 4, ("10.0.0.1", "10.0.0.2", 1, None, None),
                             ("10.0.0.2", "10.0.0.1", 1, None, None))  # ICMP: no ports
-           + ctn.nlmsg(3, ctn.NLM_F_MULTI, struct.pack("=i", 0))           # NLMSG_DONE
-           + ctn.nlmsg(2, 0, struct.pack("=i", -16) + bytes(16))           # NLMSG_ERROR EBUSY
+           + ctn.nlmsg(3, ctn.NLM_F_MULTI, struct.pack("=i", 0), seq=7)    # NLMSG_DONE
+           + ctn.nlmsg(2, 0, struct.pack("=i", -16) + bytes(16), seq=9)    # NLMSG_ERROR EBUSY
            + ctn.nlmsg(2, 0, struct.pack("=i", 0) + bytes(16))             # an ack
            + ctn.nlmsg((2 << 8) | 0, 0, bytes(4)))                         # expectation subsystem
     out, st_ = both(buf)
@@ -62,7 +62,8 @@ def test_kinds_ipv6_and_control_messages_in_one_buffer():
     assert list(out["family"]) == [6, 6, 6, 4]
     assert bytes(out[0]["reply_src"]) == V6("fd00::b") and out[0]["reply_sport"] == 53
     assert out[3]["proto"] == 1 and out[3]["orig_sport"] == 0
-    assert st_ == dict(messages=8, events=4, malformed=0, ignored=1, done=1, errors=1, last_errno=16)
+    assert st_ == dict(messages=8, events=4, malformed=0, ignored=1, done=1, errors=1, last_errno=16,
+                       last_end_seq=9)
 
 
 def test_missing_tuple_and_wrong_sizes_are_malformed():
