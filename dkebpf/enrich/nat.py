@@ -23,9 +23,9 @@ import time
 import numpy as np
 import pyarrow as pa
 
+from .._nfct import EV_DESTROY, EV_DUMP
 from .addr import format_addrs
 
-EV_NEW, EV_UPDATE, EV_DESTROY, EV_DUMP = 1, 2, 3, 4  # dkebpf._nfct event types
 
 # original tuple as a byte string: sorts and compares with memcmp as numpy
 # void; IPv4 addresses in the first 4 bytes, the rest zero

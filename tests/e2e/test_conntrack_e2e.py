@@ -7,7 +7,6 @@ connections carry dst_nat_ip/dst_nat_port = the server's real address and
 port, while dst_ip/dst_port stay what the client's socket connected to (the
 service); untranslated connections and the server's own (incoming) points
 carry none."""
-import socket
 import subprocess
 import sys
 import time

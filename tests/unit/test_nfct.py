@@ -2,7 +2,6 @@
 nfct_ref.py): exact rows for kernel-shaped messages, hypothesis property
 tests over well-formed, mutated and random buffers, and a random-bytes fuzz
 (no crash, no hang, malformed input counted)."""
-import os
 import socket
 import struct
 import time
