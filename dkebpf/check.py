@@ -80,10 +80,28 @@ def check_bash(host_root="", proc="/proc"):
 
 
 def check_conntrack():
-    have = os.path.exists("/proc/net/nf_conntrack") or os.path.isdir("/sys/module/nf_conntrack")
-    reasons = ["not implemented in this version"]
-    reasons.append("nf_conntrack is loaded" if have else "nf_conntrack is not loaded (modprobe nf_conntrack)")
-    return False, reasons
+    """nf_conntrack present, events on, and a ctnetlink socket that joins the
+    event groups and answers a request (the global entry count)."""
+    from .plugins import conntrack
+    present, events = conntrack.conntrack_status()
+    if not present:
+        return False, ["nf_conntrack is not available (no /proc/sys/net/netfilter/nf_conntrack_max): "
+                       "modprobe nf_conntrack"]
+    if not events:
+        return False, ["nf_conntrack is available but sends no events "
+                       "(net.netfilter.nf_conntrack_events = 0): set it to 2"]
+    try:
+        sock = conntrack.open_event_socket()
+    except DkebpfError as exc:
+        return False, ["nf_conntrack is available", str(exc)]
+    try:
+        entries = conntrack.query_entry_count()
+    except DkebpfError as exc:
+        return False, ["nf_conntrack is available", str(exc)]
+    finally:
+        sock.close()
+    return True, ["nf_conntrack is available; ctnetlink event groups joined "
+                  f"(NEW, DESTROY), {entries} connections tracked now"]
 
 
 def run_check(out):

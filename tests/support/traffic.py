@@ -9,13 +9,26 @@ import time
 PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer.py")
 
 
+def _first_line(f):
+    """One line read from the pipe's file descriptor a byte at a time: a
+    buffered readline could swallow the lines after it, which communicate()
+    (reading the descriptor) would then never see."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        ch = os.read(f.fileno(), 1)
+        if not ch:
+            break
+        buf += ch
+    return buf.decode()
+
+
 class Proc:
     """A peer process; .info is the JSON line it printed once ready."""
 
     def __init__(self, args, prefix=()):
         self.p = subprocess.Popen([*prefix, sys.executable, PEER, *map(str, args)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.p.stdout.readline()
+        line = _first_line(self.p.stdout)
         if not line:
             raise RuntimeError(f"peer {args} failed: {self.p.stderr.read()}")
         self.info = json.loads(line)
