@@ -21,7 +21,8 @@ log = logging.getLogger("dkebpf")
 # plugin name -> [(module under dkebpf.plugins, class)]; ebpf-net's layer-7
 # parts are chosen by l7net_enabled and built in build_plugins
 IMPLEMENTED = {
-    "ebpf-net": [("netflow", "NetflowPlugin")],
+    # dnsflow first: its answers fill ctx.domains before netflow is collected
+    "ebpf-net": [("dnsflow", "DnsflowPlugin"), ("netflow", "NetflowPlugin")],
 }
 L7NET_IMPLEMENTED = {}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
