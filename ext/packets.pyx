@@ -112,7 +112,8 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         if ulen < 8:
             return TRUNCATED
         # the smaller of what UDP and IP say (a jumbogram or a lie)
-        out.payload_wire = ulen - 8 if ulen - 8 < plen else (plen - 8 if plen >= 8 else 0)
+        plen = plen - 8 if plen >= 8 else 0
+        out.payload_wire = ulen - 8 if ulen - 8 < plen else plen
         off += 8
     elif proto == 6:
         if n < off + 20:
