@@ -340,6 +340,42 @@ def name_text(bytes wire):
     return names_to_arrow(arr["qname"], arr["qname_len"])[0].as_py()
 
 
+cdef Py_ssize_t _name_text(const uint8_t *w, uint32_t L, uint8_t *d) noexcept nogil:
+    """Text of one wire name into d (when not NULL); returns its length."""
+    cdef Py_ssize_t total = 0
+    cdef uint32_t p = 0, j, c
+    cdef uint8_t ch
+    if L > 256:
+        L = 256
+    if L <= 1:
+        if d != NULL:
+            d[0] = 46   # '.'
+        return 1
+    while p < L and w[p] != 0:
+        c = w[p]
+        if p > 0:
+            if d != NULL:
+                d[total] = 46
+            total += 1
+        for j in range(c):
+            if p + 1 + j >= L:
+                break
+            ch = w[p + 1 + j]
+            if 0x21 <= ch <= 0x7E and ch != 46 and ch != 92:
+                if d != NULL:
+                    d[total] = ch
+                total += 1
+            else:
+                if d != NULL:
+                    d[total] = 92
+                    d[total + 1] = 48 + ch // 100
+                    d[total + 2] = 48 + (ch // 10) % 10
+                    d[total + 3] = 48 + ch % 10
+                total += 4
+        p += 1 + c
+    return total
+
+
 def names_to_arrow(names, lens):
     """Wire-format names ('V256' rows + lengths) -> pa.StringArray, built
     from one offsets and one data buffer. Labels are joined with '.', no
@@ -355,42 +391,19 @@ def names_to_arrow(names, lens):
     if stride != 256 or len(lens) != n:
         raise ValueError("names must be 'V256' rows with one length each")
     offsets = np.empty(n + 1, np.int32)
-    data = np.empty(n * 1024 + 1, np.uint8)   # every byte may become \DDD
     cdef cnp.int32_t *off = <cnp.int32_t *>cnp.PyArray_DATA(offsets)
+    cdef Py_ssize_t size = 0
+    with nogil:   # first pass: the exact size of the text
+        for i in range(n):
+            size += _name_text(src + i * stride, ln[i], NULL)
+    data = np.empty(size + 1, np.uint8)
     cdef uint8_t *d = <uint8_t *>cnp.PyArray_DATA(data)
-    cdef const uint8_t *w
-    cdef uint32_t p, L, j, c
-    cdef uint8_t ch
     with nogil:
         for i in range(n):
             off[i] = total
-            w = src + i * stride
-            L = ln[i] if ln[i] <= 256 else 256
-            p = 0
-            if L <= 1:
-                d[total] = 46   # '.'
-                total += 1
-            while p < L and w[p] != 0:
-                c = w[p]
-                if p > 0:
-                    d[total] = 46
-                    total += 1
-                for j in range(c):
-                    if p + 1 + j >= L:
-                        break
-                    ch = w[p + 1 + j]
-                    if 0x21 <= ch <= 0x7E and ch != 46 and ch != 92:
-                        d[total] = ch
-                        total += 1
-                    else:
-                        d[total] = 92
-                        d[total + 1] = 48 + ch // 100
-                        d[total + 2] = 48 + (ch // 10) % 10
-                        d[total + 3] = 48 + ch % 10
-                        total += 4
-                p += 1 + c
+            total += _name_text(src + i * stride, ln[i], d + total)
         off[n] = total
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data[:total].copy()))
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 # ---------------------------------------------------------------- pairing
