@@ -630,5 +630,5 @@ cdef class PairTable:
     def counters(self):
         return {"queries": self.queries, "answers": self.answers, "paired": self.paired,
                 "duplicate_queries": self.duplicates, "unmatched_answers": self.unmatched,
-                "pending_full_dropped": self.dropped_full, "timeouts": self.timeouts,
+                "pending_full": self.dropped_full, "timeouts": self.timeouts,
                 "other_opcode": self.other_opcode, "pending": self.used}

@@ -186,7 +186,7 @@ class PairRef:
         self.pending = {}
         self.out = []
         self.counts = dict(queries=0, answers=0, paired=0, duplicate_queries=0, unmatched_answers=0,
-                           pending_full_dropped=0, timeouts=0, other_opcode=0)
+                           pending_full=0, timeouts=0, other_opcode=0)
 
     def add(self, msgs):
         """msgs: dicts with ts_ns id qr opcode rcode family proto saddr daddr
@@ -203,7 +203,7 @@ class PairRef:
                 if key in self.pending:
                     self.counts["duplicate_queries"] += 1
                 elif len(self.pending) >= self.capacity:
-                    self.counts["pending_full_dropped"] += 1
+                    self.counts["pending_full"] += 1
                 else:
                     self.pending[key] = m
             else:
