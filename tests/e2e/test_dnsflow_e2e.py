@@ -145,3 +145,11 @@ def test_dnsflow_counts_latency_timeouts_and_domains(collector, receiver):
     for p in receiver.points(measurement="netflow"):
         if p.tags.get("pid") == str(web_pid):
             assert p.tags.get("server_domain") == web
+
+
+def test_check_reports_dnsflow(bpf_ok, tmp_path):
+    import sys
+    p = subprocess.run([sys.executable, "-m", "dkebpf", "check"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "dnsflow: packet socket opens" in p.stdout
