@@ -17,11 +17,11 @@ pytestmark = pytest.mark.e2e
 
 
 class Dnsmasq:
-    """dnsmasq on port 53 of `listen` addresses inside ns, with only the
-    given records."""
+    """dnsmasq on port 53 of `listen` addresses inside ns (None: the host
+    namespace), with only the given records."""
 
     def __init__(self, ns, listen, records):
-        self.args = [*ns.prefix(), "/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv",
+        self.args = [*(ns.prefix() if ns else ()), "/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv",
                      "--no-hosts", "--conf-file=/dev/null", "--bind-interfaces", "--port=53",
                      "--user=root", "--pid-file=", "--local-ttl=300", "--log-facility=-",
                      *[f"--listen-address={a}" for a in listen], *records]
@@ -38,9 +38,9 @@ class Dnsmasq:
         self.p.wait(5)
 
 
-def dig(server, name, qtype="A", tcp=False):
+def dig(server, name, qtype="A", tcp=False, prefix=()):
     """One query (no retry), answers as (rcode text, [answer lines])."""
-    args = ["dig", f"@{server}", "-p", "53", name, qtype, "+tries=1", "+time=2", "+noall",
+    args = [*prefix, "dig", f"@{server}", "-p", "53", name, qtype, "+tries=1", "+time=2", "+noall",
             "+comments", "+answer"]
     if tcp:
         args.append("+tcp")
@@ -145,6 +145,27 @@ def test_dnsflow_counts_latency_timeouts_and_domains(collector, receiver):
     for p in receiver.points(measurement="netflow"):
         if p.tags.get("pid") == str(web_pid):
             assert p.tags.get("server_domain") == web
+
+
+def test_queries_this_host_answers_are_incoming(collector, receiver):
+    tag = uuid.uuid4().hex[:8]
+    name = f"here.{tag}.test"
+    collector.start(interval="1s")
+    with NetNS() as ns:
+        # the resolver on the host side of the veth, the client in the namespace
+        with Dnsmasq(None, [ns.host_ip], [f"--host-record={name},10.1.2.3"]):
+            for tcp in (False, False, True):
+                assert dig(ns.host_ip, name, tcp=tcp, prefix=ns.prefix())[0] == "NOERROR"
+            got = traffic.wait_until(
+                lambda: sum(p.fields["count"] for p in mine(receiver, {ns.host_ip})) >= 3 or None, 15)
+            pts = mine(receiver, {ns.host_ip})
+    assert got and tally(pts) == {(name, 0, "udp", "IPv4"): 2, (name, 0, "tcp", "IPv4"): 1}
+    for p in pts:
+        check_point("dnsflow", p, extra_tags=("team", "env"))
+        t = p.tags
+        assert (t["direction"], t["src_ip"], t["src_port"]) == ("incoming", ns.host_ip, "53")
+        assert (t["dst_ip"], t["dst_port"]) == (ns.peer_ip, "*")
+        assert p.fields["latency"] > 0
 
 
 def test_check_reports_dnsflow(bpf_ok, tmp_path):
