@@ -447,20 +447,25 @@ cdef class PairTable:
     and port, server address and port), as the original collector does.
     A query whose key is already pending (a retransmission) keeps the
     first one's time; an answer with no pending query is counted and
-    dropped; a query still unanswered `timeout` after it was sent leaves
-    as rcode -1 (expire()). At most `capacity` queries wait; beyond that
+    dropped; a query still unanswered `timeout_ns` after it was sent
+    leaves as rcode -1 with latency 0 -- at expire(), or when its answer
+    comes that late (the answer may still fill the domain cache). At most `capacity` queries wait; beyond that
     new ones are counted in dropped_full. Open addressing with linear
     probing over 2 x capacity slots, rebuilt when deletions pile up."""
     cdef slot *slots
     cdef uint32_t nslots, mask, capacity, used, deleted
+    cdef uint64_t timeout_ns
     cdef object out
     cdef Py_ssize_t n_out
     cdef readonly uint64_t queries, answers, paired, duplicates, unmatched, dropped_full, timeouts, other_opcode
 
-    def __cinit__(self, uint32_t capacity=16384):
+    def __cinit__(self, uint32_t capacity=16384, uint64_t timeout_ns=6_000_000_000):
         if capacity < 1 or capacity > (1 << 24):
             raise ValueError("capacity must be 1..16M")
+        if timeout_ns == 0:
+            raise ValueError("timeout_ns must be positive")
         self.capacity = capacity
+        self.timeout_ns = timeout_ns
         self.nslots = 4
         while self.nslots < 2 * capacity:
             self.nslots <<= 1
@@ -545,6 +550,7 @@ cdef class PairTable:
         cdef dk_dns_pair *out = <dk_dns_pair *>cnp.PyArray_DATA(self.out)
         cdef pkey k
         cdef slot *s
+        cdef uint64_t latency
         with nogil:
             for i in range(n):
                 if m[i].opcode != 0:      # NOTIFY, UPDATE...: not a lookup
@@ -591,18 +597,23 @@ cdef class PairTable:
                     if s == NULL:
                         self.unmatched += 1
                         continue
-                    self._emit(&out[self.n_out], s,
-                               m[i].ts_ns - s.ts_ns if m[i].ts_ns > s.ts_ns else 0, m[i].rcode)
+                    latency = m[i].ts_ns - s.ts_ns if m[i].ts_ns > s.ts_ns else 0
+                    if latency >= self.timeout_ns:
+                        self._emit(&out[self.n_out], s, 0, RCODE_TIMEOUT)
+                        self.timeouts += 1
+                    else:
+                        self._emit(&out[self.n_out], s, latency, m[i].rcode)
+                        self.paired += 1
                     self.n_out += 1
                     s.state = DELETED
                     self.used -= 1
                     self.deleted += 1
-                    self.paired += 1
                     done[i] = 1
         return completed
 
-    def expire(self, uint64_t now_ns, uint64_t timeout_ns):
-        """Queries sent at or before now - timeout leave with rcode -1."""
+    def expire(self, uint64_t now_ns):
+        """Queries sent at or before now - timeout_ns leave with rcode -1."""
+        cdef uint64_t timeout_ns = self.timeout_ns
         self._reserve(self.used)
         cdef dk_dns_pair *out = <dk_dns_pair *>cnp.PyArray_DATA(self.out)
         cdef uint32_t i

@@ -7,7 +7,8 @@ Packets are read from the TPACKET_V3 ring and decoded in Cython
 (dkebpf._packets), parsed and paired in Cython (dkebpf._dns): a query and
 its answer share (transaction id, transport, client ip:port, server
 ip:port); latency is the time between their capture timestamps; a query
-unanswered for 6 s counts with rcode -1 and latency 0 (as the original).
+unanswered for 6 s (at collect time, or by its answer's timestamp) counts
+with rcode -1 and latency 0 (as the original).
 A/AAAA answers to queries seen fill the IP -> domain cache (ctx.domains)
 that netflow and httpflow read. Each interval the finished exchanges are
 aggregated with pyarrow."""
@@ -41,7 +42,7 @@ class DnsflowPlugin(Plugin):
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.ring = None
-        self.table = _dns.PairTable(pending_max)
+        self.table = _dns.PairTable(pending_max, DNS_TIMEOUT_NS)
         # entries outlive short TTLs by two intervals: a connection to the
         # address is reported up to one interval after the lookup
         self.cache = DnsCache(min_ttl_s=max(300, 2 * self.cfg.interval))
@@ -91,7 +92,7 @@ class DnsflowPlugin(Plugin):
     def collect(self, now_ns):
         if self.ring is not None:
             self.drain()
-        self.table.expire(now_ns, DNS_TIMEOUT_NS)
+        self.table.expire(now_ns)
         self.cache.purge()
         pairs = self.table.take()
         if len(pairs) == 0:

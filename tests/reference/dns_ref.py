@@ -181,8 +181,9 @@ def decode_network(p, ethertype):
 class PairRef:
     """Same rules as dkebpf._dns.PairTable, with a dict."""
 
-    def __init__(self, capacity):
+    def __init__(self, capacity, timeout_ns=6_000_000_000):
         self.capacity = capacity
+        self.timeout_ns = timeout_ns
         self.pending = {}
         self.out = []
         self.counts = dict(queries=0, answers=0, paired=0, duplicate_queries=0, unmatched_answers=0,
@@ -213,8 +214,13 @@ class PairRef:
                 if q is None:
                     self.counts["unmatched_answers"] += 1
                     continue
-                self.out.append(self._pair(q, max(m["ts_ns"] - q["ts_ns"], 0), m["rcode"]))
-                self.counts["paired"] += 1
+                latency = max(m["ts_ns"] - q["ts_ns"], 0)
+                if latency >= self.timeout_ns:   # answered too late: a timeout
+                    self.out.append(self._pair(q, 0, -1))
+                    self.counts["timeouts"] += 1
+                else:
+                    self.out.append(self._pair(q, latency, m["rcode"]))
+                    self.counts["paired"] += 1
                 done[-1] = 1
         return done
 
@@ -224,8 +230,8 @@ class PairRef:
                     cport=q["sport"], sport=q["dport"], family=q["family"], proto=q["proto"],
                     qtype=q["qtype"], rcode=rcode, outgoing=q["outgoing"], qname=q["qname"])
 
-    def expire(self, now_ns, timeout_ns):
-        gone = [k for k, q in self.pending.items() if q["ts_ns"] + timeout_ns <= now_ns]
+    def expire(self, now_ns):
+        gone = [k for k, q in self.pending.items() if q["ts_ns"] + self.timeout_ns <= now_ns]
         for k in gone:
             self.out.append(self._pair(self.pending.pop(k), 0, -1))
         self.counts["timeouts"] += len(gone)

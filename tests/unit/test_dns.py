@@ -388,7 +388,7 @@ def test_pairing_agrees_with_reference(ops, capacity):
     table, model = _dns.PairTable(capacity), ref.PairRef(capacity)
     for kind, arg in ops:
         if kind == "expire":
-            assert table.expire(arg, 6_000_000_000) == model.expire(arg, 6_000_000_000)
+            assert table.expire(arg) == model.expire(arg)
         else:
             assert list(table.add(msg_rows(arg))) == model.add(arg)
         assert canon(table.take()) == canon(model.take())
@@ -402,14 +402,26 @@ def test_timeout_after_six_seconds_with_a_fake_clock():
     q = dict(ts_ns=1_000, id=7, qr=0, opcode=0, rcode=0, family=4, proto=17, qtype=1, qname=b"\x01q\x00",
              saddr=CLIENTS[0], daddr=SERVERS[0], sport=40000, dport=53, outgoing=True)
     table.add(msg_rows([q]))
-    assert table.expire(1_000 + 5_999_999_999, 6_000_000_000) == 0 and len(table.take()) == 0
-    assert table.expire(1_000 + 6_000_000_000, 6_000_000_000) == 1
+    assert table.expire(1_000 + 5_999_999_999) == 0 and len(table.take()) == 0
+    assert table.expire(1_000 + 6_000_000_000) == 1
     (row,) = table.take()
     assert (int(row["rcode"]), int(row["latency_ns"]), int(row["outgoing"])) == (-1, 0, 1)
     # the answer arriving later has nothing to pair with
     a = dict(q, qr=1, saddr=SERVERS[0], daddr=CLIENTS[0], sport=53, dport=40000, ts_ns=7_000_000_000)
     assert list(table.add(msg_rows([a]))) == [0]
     assert table.counters()["unmatched_answers"] == 1
+
+
+def test_an_answer_later_than_the_timeout_counts_as_a_timeout():
+    table = _dns.PairTable(16)
+    q = dict(ts_ns=0, id=7, qr=0, opcode=0, rcode=0, family=4, proto=17, qtype=1, qname=b"\x01q\x00",
+             saddr=CLIENTS[0], daddr=SERVERS[0], sport=40000, dport=53, outgoing=True)
+    a = dict(q, qr=1, rcode=0, saddr=SERVERS[0], daddr=CLIENTS[0], sport=53, dport=40000)
+    late, in_time = dict(a, ts_ns=6_000_000_000), dict(a, id=8, ts_ns=5_999_999_999)
+    assert list(table.add(msg_rows([q, dict(q, id=8), late, in_time]))) == [0, 0, 1, 1]
+    got = sorted((int(r["rcode"]), int(r["latency_ns"])) for r in table.take())
+    assert got == [(-1, 0), (0, 5_999_999_999)]
+    assert table.counters()["timeouts"] == 1 and table.counters()["paired"] == 1
 
 
 def test_pairing_many_entries_survives_rebuilds():
