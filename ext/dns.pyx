@@ -436,7 +436,7 @@ cdef inline uint64_t _hash(const pkey *k) noexcept nogil:
     # FNV-1a over the 40 key bytes
     cdef const uint8_t *b = <const uint8_t *>k
     cdef uint64_t h = 14695981039346656037ULL
-    cdef int i
+    cdef size_t i
     for i in range(sizeof(pkey)):
         h = (h ^ b[i]) * 1099511628211ULL
     return h ^ (h >> 29)

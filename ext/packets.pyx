@@ -287,9 +287,9 @@ cdef class PacketRing:
                     self.packets += 1
                     if h.tp_snaplen < h.tp_len:
                         self.truncated += 1
-                    if h.tp_net >= h.tp_mac and h.tp_net - h.tp_mac <= h.tp_snaplen and \
+                    if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
                             hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
-                        rc = decode_network(frame + h.tp_net, h.tp_snaplen - (h.tp_net - h.tp_mac),
+                        rc = decode_network(frame + h.tp_net, h.tp_snaplen - <uint32_t>(h.tp_net - h.tp_mac),
                                             ntohs(sll.sll_protocol), &out[got], &l4)
                     else:
                         rc = NOT_IP
