@@ -21,9 +21,10 @@ log = logging.getLogger("dkebpf")
 # plugin name -> [(module under dkebpf.plugins, class)]; ebpf-net's layer-7
 # parts are chosen by l7net_enabled and built in build_plugins
 IMPLEMENTED = {
-    # first: its NAT table must be filled before ebpf-net's points look it up
+    # conntrack first: its NAT table must be filled before ebpf-net's points
+    # look it up; dnsflow before netflow: its answers fill ctx.domains
     "ebpf-conntrack": [("conntrack", "ConntrackPlugin")],
-    "ebpf-net": [("netflow", "NetflowPlugin")],
+    "ebpf-net": [("dnsflow", "DnsflowPlugin"), ("netflow", "NetflowPlugin")],
     "ebpf-bash": [("bash", "BashPlugin")],
 }
 L7NET_IMPLEMENTED = {}

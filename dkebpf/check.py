@@ -47,7 +47,21 @@ def check_netflow():
     return True, [f"netflow: {len(links)} programs load and attach "
                   "(tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/tcp_retransmit_skb, "
                   "syscall tracepoints)",
-                  "httpflow, dnsflow: not implemented in this version"]
+                  check_dnsflow(),
+                  "httpflow: not implemented in this version"]
+
+
+def check_dnsflow():
+    """dnsflow needs only a packet socket (no BPF object): open one with the
+    port-53 filter and its ring, then close it."""
+    try:
+        from . import _packets
+        from .packetfilter import port_filter
+        with _packets.PacketRing(port_filter(53), block_nr=2):
+            pass
+    except (DkebpfError, ImportError) as exc:
+        return f"dnsflow: no: {str(exc).splitlines()[0]}"
+    return "dnsflow: packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"
 
 
 def check_bash(host_root="", proc="/proc"):

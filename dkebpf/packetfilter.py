@@ -1,0 +1,86 @@
+"""Classic BPF socket filters for packet-socket capture (SO_ATTACH_FILTER).
+
+Loads use the kernel's ancillary offsets (Documentation/networking/filter.rst,
+include/uapi/linux/filter.h): SKF_AD_PROTOCOL gives skb->protocol and
+SKF_NET_OFF-relative loads read from the network header, so one program
+serves every link type (ethernet, loopback, tun, no link header at all)."""
+import struct
+
+# opcodes (include/uapi/linux/bpf_common.h)
+LD, LDX, JMP, RET, MISC = 0x00, 0x01, 0x05, 0x06, 0x07
+W, H, B = 0x00, 0x08, 0x10
+ABS, IND, MSH, K = 0x20, 0x40, 0xA0, 0x00
+JEQ, JSET = 0x10, 0x40
+
+SKF_AD_OFF = -0x1000
+SKF_AD_PROTOCOL, SKF_AD_PKTTYPE, SKF_AD_HATYPE = 0, 4, 28
+SKF_NET_OFF = -0x100000
+PACKET_OUTGOING = 4
+ARPHRD_LOOPBACK = 772
+ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+SNAPLEN = 0x40000  # whole packets: TCP DNS answers on loopback come as one 64 KiB segment
+
+
+def assemble(program):
+    """program: list of (label or None, code, k, jt label, jf label); jumps
+    are forward only, as classic BPF requires. Returns the packed
+    struct sock_filter array."""
+    where = {lab: i for i, (lab, *_rest) in enumerate(program) if lab}
+    out = []
+    for i, (_lab, code, k, jt, jf) in enumerate(program):
+        def rel(target):
+            if target is None:
+                return 0
+            off = where[target] - i - 1
+            if not 0 <= off <= 255:
+                raise ValueError(f"jump to {target} out of range")
+            return off
+        out.append(struct.pack("=HBBI", code, rel(jt), rel(jf), k & 0xFFFFFFFF))
+    return b"".join(out)
+
+
+def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP)):
+    """IPv4 and IPv6 packets of the given transports from or to `port`.
+
+    A packet sent on the loopback device reaches packet sockets twice, once
+    on transmit (PACKET_OUTGOING) and once on receive (PACKET_HOST); the
+    transmit copy is dropped here so each message is seen once. Not
+    followed: IPv6 extension headers and non-first IPv4 fragments (they
+    carry no transport header)."""
+    net = SKF_NET_OFF
+
+    def proto_checks(label_ok):
+        rows = []
+        for n, pr in enumerate(protos):
+            last = n == len(protos) - 1
+            rows.append((None, JMP | JEQ | K, pr, label_ok, "drop" if last else None))
+        return rows
+
+    prog = [
+        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE, None, None),
+        (None, JMP | JEQ | K, PACKET_OUTGOING, None, "proto"),
+        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_HATYPE, None, None),
+        (None, JMP | JEQ | K, ARPHRD_LOOPBACK, "drop", None),
+        ("proto", LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
+        (None, JMP | JEQ | K, ETH_P_IP, "v4", None),
+        (None, JMP | JEQ | K, ETH_P_IPV6, "v6", "drop"),
+        ("v4", LD | B | ABS, net + 9, None, None),
+        *proto_checks("v4frag"),
+        ("v4frag", LD | H | ABS, net + 6, None, None),
+        (None, JMP | JSET | K, 0x1FFF, "drop", None),
+        (None, LDX | B | MSH, net, None, None),        # X = IPv4 header length
+        (None, LD | H | IND, net, None, None),         # source port
+        (None, JMP | JEQ | K, port, "accept", None),
+        (None, LD | H | IND, net + 2, None, None),     # destination port
+        (None, JMP | JEQ | K, port, "accept", "drop"),
+        ("v6", LD | B | ABS, net + 6, None, None),
+        *proto_checks("v6ports"),
+        ("v6ports", LD | H | ABS, net + 40, None, None),
+        (None, JMP | JEQ | K, port, "accept", None),
+        (None, LD | H | ABS, net + 42, None, None),
+        (None, JMP | JEQ | K, port, "accept", "drop"),
+        ("accept", RET | K, SNAPLEN, None, None),
+        ("drop", RET | K, 0, None, None),
+    ]
+    return assemble(prog)

@@ -1,0 +1,155 @@
+"""ebpf-net / dnsflow: DNS queries and answers of this host, from a packet
+socket (no BPF object to load: an AF_PACKET socket with a classic BPF
+filter for port 53, UDP and TCP, IPv4 and IPv6, in the collector's network
+namespace).
+
+Packets are read from the TPACKET_V3 ring and decoded in Cython
+(dkebpf._packets), parsed and paired in Cython (dkebpf._dns): a query and
+its answer share (transaction id, transport, client ip:port, server
+ip:port); latency is the time between their capture timestamps; a query
+unanswered for 6 s (at collect time, or by its answer's timestamp) counts
+with rcode -1 and latency 0 (as the original).
+A/AAAA answers to queries seen fill the IP -> domain cache (ctx.domains)
+that netflow and httpflow read. Each interval the finished exchanges are
+aggregated with pyarrow."""
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import kernel
+from ..enrich.addr import format_addrs, ip_types
+from ..enrich.dns_cache import DnsCache
+from ..errors import BuildError
+from ..packetfilter import port_filter
+from .base import Plugin, PointBatch
+
+try:
+    from .. import _dns, _packets
+except ImportError as exc:  # pragma: no cover - a broken install
+    raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
+
+DNS_TIMEOUT_NS = 6_000_000_000
+KEY_TAGS = ["src_ip", "src_port", "dst_ip", "dst_port", "family", "transport", "direction", "dst_domain"]
+DNSFLOW_TAGS = KEY_TAGS + ["src_ip_type", "dst_ip_type"]
+DNSFLOW_FIELDS = ["count", "latency", "latency_max", "rcode"]
+
+
+class DnsflowPlugin(Plugin):
+    name = "ebpf-net/dnsflow"
+
+    def __init__(self, ctx, pending_max=16384):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.log = ctx.logger
+        self.ring = None
+        self.table = _dns.PairTable(pending_max, DNS_TIMEOUT_NS)
+        # entries outlive short TTLs by two intervals: a connection to the
+        # address is reported up to one interval after the lookup
+        self.cache = DnsCache(min_ttl_s=max(300, 2 * self.cfg.interval))
+        ctx.domains = self.cache
+        self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
+        self.totals = {"messages": 0, "malformed": 0, "tcp_partial": 0, "truncated": 0,
+                       "cache_updates": 0, "points": 0}
+
+    def start(self):
+        self.ring = _packets.PacketRing(port_filter(_dns.DNS_PORT))
+        self.log.info("dnsflow: packet socket open (udp/tcp port 53, all interfaces)")
+
+    def fileobjs(self):
+        return [self.ring] if self.ring else []
+
+    def on_readable(self, fileobj):
+        self.drain()
+
+    def drain(self):
+        """Everything the ring holds: parse, pair, fill the domain cache."""
+        while True:
+            pkts, payload, more = self.ring.read()
+            if len(pkts):
+                msgs, addrs, counts = _dns.parse_packets(pkts, payload)
+                for k in ("malformed", "tcp_partial", "truncated"):
+                    self.totals[k] += counts[k]
+                self.totals["messages"] += len(msgs)
+                completed = self.table.add(msgs)
+                if len(addrs):
+                    self._fill_cache(msgs, addrs, completed)
+            if not more:
+                return
+
+    def _fill_cache(self, msgs, addrs, completed):
+        # only answers to queries this host saw: an unsolicited answer
+        # must not rename addresses
+        trusted = completed[addrs["msg"]].astype(bool)
+        if not trusted.any():
+            return
+        rows = addrs[trusted]
+        mi, inverse = np.unique(rows["msg"], return_inverse=True)
+        names = _dns.names_to_arrow(msgs["qname"][mi], msgs["qname_len"][mi])
+        self.cache.update(rows["family"], rows["addr"], rows["ttl"],
+                          names.take(pa.array(inverse.ravel().astype(np.int32))))
+        self.totals["cache_updates"] += len(rows)
+
+    def collect(self, now_ns):
+        if self.ring is not None:
+            self.drain()
+        self.table.expire(now_ns)
+        self.cache.purge()
+        pairs = self.table.take()
+        if len(pairs) == 0:
+            return []
+        batch = aggregate(pairs, self.ephemeral_port)
+        self.totals["points"] += batch.num_rows
+        return [PointBatch("dnsflow", "network", "ebpf-net/dnsflow", batch, DNSFLOW_TAGS, DNSFLOW_FIELDS,
+                           const_tags={"source": "dnsflow"})]
+
+    def counters(self):
+        c = dict(self.totals)
+        c.update({f"pairs_{k}": v for k, v in self.table.counters().items()})
+        c["domain_cache_entries"] = len(self.cache)
+        c["domain_cache_evicted"] = self.cache.evicted
+        if self.ring is not None:
+            c.update({f"ring_{k}": v for k, v in self.ring.counters().items()})
+        return c
+
+    def stop(self):
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+
+
+def aggregate(pairs, ephemeral_port):
+    """PAIR_DTYPE rows -> one row per (tags, rcode): count, mean and max
+    latency. src is this host's end, as in netflow: the client for an
+    outgoing query, the server for one this host answered; the client's
+    port becomes '*' when ephemeral."""
+    fam = pairs["family"]
+    outgoing = pa.array(pairs["outgoing"].astype(bool))
+    client_ip = format_addrs(pairs["caddr"], fam)
+    server_ip = format_addrs(pairs["saddr"], fam)
+    cport = pa.array(pairs["cport"])
+    client_port = pc.if_else(pc.greater_equal(cport, pa.scalar(ephemeral_port, pa.uint16())),
+                             pa.scalar("*"), pc.cast(cport, pa.string()))
+    server_port = pc.cast(pa.array(pairs["sport"]), pa.string())
+    cols = {
+        "src_ip": pc.if_else(outgoing, client_ip, server_ip),
+        "src_port": pc.if_else(outgoing, client_port, server_port),
+        "dst_ip": pc.if_else(outgoing, server_ip, client_ip),
+        "dst_port": pc.if_else(outgoing, server_port, client_port),
+        "family": pc.if_else(pa.array(fam == 6), pa.scalar("IPv6"), pa.scalar("IPv4")),
+        "transport": pc.if_else(pa.array(pairs["proto"] == 6), pa.scalar("tcp"), pa.scalar("udp")),
+        "direction": pc.if_else(outgoing, pa.scalar("outgoing"), pa.scalar("incoming")),
+        "dst_domain": _dns.names_to_arrow(pairs["qname"], pairs["qname_len"]),
+        "rcode": pa.array(pairs["rcode"].astype(np.int64)),
+        "latency": pa.array(pairs["latency_ns"].astype(np.int64)),
+    }
+    agg = pa.table(cols).group_by(KEY_TAGS + ["rcode"], use_threads=False).aggregate([
+        ("latency", "count"), ("latency", "mean"), ("latency", "max")])
+    out = {k: agg.column(k).combine_chunks() for k in KEY_TAGS}
+    out["src_ip_type"] = ip_types(out["src_ip"])
+    out["dst_ip_type"] = ip_types(out["dst_ip"])
+    out["count"] = pc.cast(agg.column("latency_count"), pa.int64())
+    out["latency"] = pc.cast(pc.round(agg.column("latency_mean")), pa.int64())
+    out["latency_max"] = agg.column("latency_max")
+    out["rcode"] = agg.column("rcode")
+    table = pa.table(out).combine_chunks()
+    return table.to_batches()[0]

@@ -1,0 +1,124 @@
+# Declarations for AF_PACKET capture: sys/socket.h, linux/if_packet.h,
+# linux/filter.h, sys/mman.h, poll.h. Declarations only; the binding is
+# ext/packets.pyx.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        pass
+    enum:
+        AF_PACKET
+        SOCK_RAW
+        SOCK_CLOEXEC
+        SOCK_NONBLOCK
+        SOL_SOCKET
+        SO_ATTACH_FILTER
+        SOL_PACKET
+    int socket(int domain, int type, int protocol)
+    int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int bind(int fd, const sockaddr *addr, socklen_t len)
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+
+cdef extern from "<arpa/inet.h>" nogil:
+    uint16_t htons(uint16_t)
+    uint16_t ntohs(uint16_t)
+
+cdef extern from "<linux/if_ether.h>" nogil:
+    enum:
+        ETH_P_ALL
+        ETH_P_IP
+        ETH_P_IPV6
+
+cdef extern from "<linux/if_arp.h>" nogil:
+    enum:
+        ARPHRD_LOOPBACK
+
+cdef extern from "<linux/filter.h>" nogil:
+    struct sock_filter:
+        uint16_t code
+        uint8_t jt
+        uint8_t jf
+        uint32_t k
+    struct sock_fprog:
+        unsigned short len
+        sock_filter *filter
+
+cdef extern from "<linux/if_packet.h>" nogil:
+    struct sockaddr_ll:
+        unsigned short sll_family
+        unsigned short sll_protocol
+        int sll_ifindex
+        unsigned short sll_hatype
+        unsigned char sll_pkttype
+        unsigned char sll_halen
+        unsigned char sll_addr[8]
+    enum:
+        PACKET_RX_RING
+        PACKET_VERSION
+        PACKET_STATISTICS
+        TPACKET_V3
+        TP_STATUS_KERNEL
+        TP_STATUS_USER
+        PACKET_HOST
+        PACKET_OUTGOING
+    struct tpacket_req3:
+        unsigned int tp_block_size
+        unsigned int tp_block_nr
+        unsigned int tp_frame_size
+        unsigned int tp_frame_nr
+        unsigned int tp_retire_blk_tov
+        unsigned int tp_sizeof_priv
+        unsigned int tp_feature_req_word
+    struct tpacket_stats_v3:
+        unsigned int tp_packets
+        unsigned int tp_drops
+        unsigned int tp_freeze_q_cnt
+    struct tpacket_hdr_v1:
+        uint32_t block_status
+        uint32_t num_pkts
+        uint32_t offset_to_first_pkt
+        uint32_t blk_len
+    union tpacket_bd_header_u:
+        tpacket_hdr_v1 bh1
+    struct tpacket_block_desc:
+        uint32_t version
+        uint32_t offset_to_priv
+        tpacket_bd_header_u hdr
+    struct tpacket3_hdr:
+        uint32_t tp_next_offset
+        uint32_t tp_sec
+        uint32_t tp_nsec
+        uint32_t tp_snaplen
+        uint32_t tp_len
+        uint32_t tp_status
+        uint16_t tp_mac
+        uint16_t tp_net
+    size_t TPACKET_ALIGN(size_t x)
+
+cdef extern from "<sys/mman.h>" nogil:
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_SHARED
+        MAP_LOCKED
+    void *MAP_FAILED
+    void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)
+    int munmap(void *addr, size_t len)
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    enum:
+        POLLIN
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+
+cdef extern from * nogil:
+    # full barrier: the block status is read before the frames and written
+    # back after them (Documentation/networking/packet_mmap.rst)
+    void __sync_synchronize()

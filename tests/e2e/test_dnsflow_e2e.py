@@ -1,0 +1,176 @@
+"""dnsflow end to end: dnsmasq inside a test namespace answers fixed
+records (no query leaves the machine: --no-resolv, every name local), dig
+in the host namespace asks over UDP and TCP, IPv4 and IPv6; the points
+must count exactly what dig did, per domain, rcode and transport. And the
+A answers name the addresses in netflow points (dst_domain)."""
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from support import traffic
+from support.netns import NetNS
+from support.schema import check_point
+
+pytestmark = pytest.mark.e2e
+
+
+class Dnsmasq:
+    """dnsmasq on port 53 of `listen` addresses inside ns (None: the host
+    namespace), with only the given records."""
+
+    def __init__(self, ns, listen, records):
+        self.args = [*(ns.prefix() if ns else ()), "/usr/sbin/dnsmasq", "--keep-in-foreground", "--no-resolv",
+                     "--no-hosts", "--conf-file=/dev/null", "--bind-interfaces", "--port=53",
+                     "--user=root", "--pid-file=", "--local-ttl=300", "--log-facility=-",
+                     *[f"--listen-address={a}" for a in listen], *records]
+
+    def __enter__(self):
+        self.p = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(0.5)
+        if self.p.poll() is not None:
+            raise RuntimeError(f"dnsmasq exited: {self.p.stdout.read()}")
+        return self
+
+    def __exit__(self, *exc):
+        self.p.terminate()
+        self.p.wait(5)
+
+
+def dig(server, name, qtype="A", tcp=False, prefix=()):
+    """One query (no retry), answers as (rcode text, [answer lines])."""
+    args = [*prefix, "dig", f"@{server}", "-p", "53", name, qtype, "+tries=1", "+time=2", "+noall",
+            "+comments", "+answer"]
+    if tcp:
+        args.append("+tcp")
+    out = subprocess.run(args, capture_output=True, text=True, timeout=20).stdout
+    status = None
+    for line in out.splitlines():
+        if "status:" in line:
+            status = line.split("status:")[1].split(",")[0].strip()
+    answers = [ln.split() for ln in out.splitlines() if ln and not ln.startswith(";")]
+    return status, answers
+
+
+def mine(receiver, servers):
+    return [p for p in receiver.points(measurement="dnsflow")
+            if p.tags.get("dst_ip") in servers or p.tags.get("src_ip") in servers]
+
+
+def tally(points):
+    """(domain, rcode, transport, family) -> count, and the points."""
+    out = {}
+    for p in points:
+        k = (p.tags["dst_domain"], p.fields["rcode"], p.tags["transport"], p.tags["family"])
+        out[k] = out.get(k, 0) + p.fields["count"]
+    return out
+
+
+def test_dnsflow_counts_latency_timeouts_and_domains(collector, receiver):
+    tag = uuid.uuid4().hex[:8]
+    web, alias, mid, target, nx, lost = (f"{x}.{tag}.test" for x in
+                                         ("web", "alias", "mid", "target", "nx", "lost"))
+    collector.start(interval="2s")
+    with NetNS() as ns:
+        base = ns.peer_ip.rsplit(".", 1)[0]
+        blackhole, web_ip, target_ip = f"{base}.3", f"{base}.5", f"{base}.6"
+        for a in (blackhole, web_ip, target_ip):
+            ns.exec("ip", "addr", "add", f"{a}/24", "dev", ns.veth_peer)
+        # queries to the blackhole address vanish: the timeout case
+        ns.exec("iptables", "-A", "INPUT", "-d", blackhole, "-p", "udp", "--dport", "53", "-j", "DROP")
+        records = [f"--host-record={web},{web_ip},{ns.peer_ip6}", f"--host-record={target},{target_ip}",
+                   f"--cname={mid},{target}", f"--cname={alias},{mid}", f"--address=/{nx}/"]
+        with Dnsmasq(ns, [ns.peer_ip, ns.peer_ip6], records):
+            expect = {}
+
+            def ask(server, name, rcode, transport="udp", family="IPv4", **kw):
+                status, answers = dig(server, name, tcp=transport == "tcp", **kw)
+                assert status == {0: "NOERROR", 3: "NXDOMAIN", -1: None}[rcode], (name, status)
+                key = (name, rcode, transport, family)
+                expect[key] = expect.get(key, 0) + 1
+                return answers
+
+            for _ in range(3):
+                ans = ask(ns.peer_ip, web, 0)
+                assert ans[0][-1] == web_ip
+            for _ in range(2):
+                ask(ns.peer_ip, web, 0, "tcp")
+            ask(ns.peer_ip, nx, 3)
+            ask(ns.peer_ip, nx, 3, "tcp")
+            chain = ask(ns.peer_ip, alias, 0)
+            assert [a[3] for a in chain] == ["CNAME", "CNAME", "A"] and chain[-1][-1] == target_ip
+            ask(ns.peer_ip6, web, 0, "udp", "IPv6", qtype="AAAA")
+            ask(blackhole, lost, -1)
+
+            # connections to the addresses just resolved carry their names
+            srv = traffic.tcp_server(web_ip, 10, prefix=ns.prefix(), conns=1)
+            srv2 = traffic.tcp_server(target_ip, 10, prefix=ns.prefix(), conns=1)
+            try:
+                web_pid, _, _ = traffic.run_client("tcp-client", web_ip, srv.info["port"], 100)
+                tgt_pid, _, _ = traffic.run_client("tcp-client", target_ip, srv2.info["port"], 100)
+                srv.wait()
+                srv2.wait()
+            finally:
+                srv.stop()
+                srv2.stop()
+
+            servers = {ns.peer_ip, ns.peer_ip6, blackhole}
+            # the timeout needs 6 s and one more flush
+            got = traffic.wait_until(lambda: tally(mine(receiver, servers)) == expect or None, 25)
+            pts = mine(receiver, servers)
+            assert tally(pts) == expect
+
+    for p in pts:
+        check_point("dnsflow", p, extra_tags=("team", "env"))
+        t = p.tags
+        assert t["source"] == "dnsflow" and t["host"] == "e2e-host"
+        assert t["direction"] == "outgoing" and t["src_port"] == "*" and t["dst_port"] == "53"
+        assert t["src_ip"] in (ns.host_ip, ns.host_ip6)
+        assert t["src_ip_type"] == "private" and t["dst_ip_type"] == "private"
+        if p.fields["rcode"] == -1:
+            assert p.fields["latency"] == 0 and p.fields["latency_max"] == 0
+            assert t["dst_ip"] == blackhole and t["dst_domain"] == lost
+        else:
+            assert p.fields["latency"] > 0 and p.fields["latency_max"] >= p.fields["latency"]
+    assert {(p.tags["family"], p.tags["dst_ip"]) for p in pts if p.tags["family"] == "IPv6"} == \
+        {("IPv6", ns.peer_ip6)}
+
+    def netflow_domains(pid):
+        return {p.tags.get("dst_domain") for p in receiver.points(measurement="netflow")
+                if p.tags.get("pid") == str(pid)}
+    assert traffic.wait_until(lambda: netflow_domains(web_pid) == {web}, 10), netflow_domains(web_pid)
+    # through the two CNAMEs: the name the client asked for
+    assert traffic.wait_until(lambda: netflow_domains(tgt_pid) == {alias}, 10), netflow_domains(tgt_pid)
+    for p in receiver.points(measurement="netflow"):
+        if p.tags.get("pid") == str(web_pid):
+            assert p.tags.get("server_domain") == web
+
+
+def test_queries_this_host_answers_are_incoming(collector, receiver):
+    tag = uuid.uuid4().hex[:8]
+    name = f"here.{tag}.test"
+    collector.start(interval="1s")
+    with NetNS() as ns:
+        # the resolver on the host side of the veth, the client in the namespace
+        with Dnsmasq(None, [ns.host_ip], [f"--host-record={name},10.1.2.3"]):
+            for tcp in (False, False, True):
+                assert dig(ns.host_ip, name, tcp=tcp, prefix=ns.prefix())[0] == "NOERROR"
+            got = traffic.wait_until(
+                lambda: sum(p.fields["count"] for p in mine(receiver, {ns.host_ip})) >= 3 or None, 15)
+            pts = mine(receiver, {ns.host_ip})
+    assert got and tally(pts) == {(name, 0, "udp", "IPv4"): 2, (name, 0, "tcp", "IPv4"): 1}
+    for p in pts:
+        check_point("dnsflow", p, extra_tags=("team", "env"))
+        t = p.tags
+        assert (t["direction"], t["src_ip"], t["src_port"]) == ("incoming", ns.host_ip, "53")
+        assert (t["dst_ip"], t["dst_port"]) == (ns.peer_ip, "*")
+        assert p.fields["latency"] > 0
+
+
+def test_check_reports_dnsflow(bpf_ok, tmp_path):
+    import sys
+    p = subprocess.run([sys.executable, "-m", "dkebpf", "check"], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "dnsflow: packet socket opens" in p.stdout

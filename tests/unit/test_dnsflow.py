@@ -1,0 +1,127 @@
+"""The IP -> domain cache (TTL and size bounds, fake clock) and the
+dnsflow per-interval aggregation (exact counts, latency mean/max, '*'
+ports, direction)."""
+import types
+
+import numpy as np
+import pyarrow as pa
+
+from dkebpf import _dns
+from dkebpf.enrich.dns_cache import DnsCache
+from dkebpf.plugins.dnsflow import DNSFLOW_FIELDS, DNSFLOW_TAGS, aggregate
+
+S = 1_000_000_000
+
+
+class Clock:
+    def __init__(self):
+        self.t = 0
+
+    def __call__(self):
+        return self.t
+
+
+def v16(*addrs):
+    out = np.zeros(len(addrs), "V16")
+    for i, a in enumerate(addrs):
+        out[i] = a + bytes(16 - len(a))
+    return out
+
+
+IP1, IP2, IP3 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes([10, 0, 0, 3])
+IP6 = bytes.fromhex("fd000000000000000000000000000001")
+
+
+def test_lookup_hits_misses_and_families():
+    c = DnsCache(clock=Clock())
+    c.update(np.array([4, 6], np.uint8), v16(IP1, IP6), np.array([60, 60]), ["a.test", "six.test"])
+    got = c.lookup(np.array([4, 4, 6, 6, 4], np.uint8), v16(IP1, IP2, IP6, IP1, IP1))
+    # the same 16 bytes under another family is another key
+    assert got.to_pylist() == ["a.test", None, "six.test", None, "a.test"]
+    assert c.lookup(np.array([], np.uint8), v16()).to_pylist() == []
+
+
+def test_ttl_is_clamped_and_entries_expire():
+    clock = Clock()
+    c = DnsCache(min_ttl_s=300, max_ttl_s=3600, clock=clock)
+    c.update(np.array([4, 4, 4], np.uint8), v16(IP1, IP2, IP3), np.array([0, 1000, 10 ** 9]),
+             pa.array(["zero.test", "k.test", "long.test"]))
+    fam = np.array([4, 4, 4], np.uint8)
+    addrs = v16(IP1, IP2, IP3)
+    clock.t = 299 * S
+    assert c.lookup(fam, addrs).to_pylist() == ["zero.test", "k.test", "long.test"]
+    clock.t = 300 * S       # TTL 0 lives min_ttl
+    assert c.lookup(fam, addrs).to_pylist() == [None, "k.test", "long.test"]
+    clock.t = 1000 * S
+    assert c.lookup(fam, addrs).to_pylist() == [None, None, "long.test"]
+    clock.t = 3600 * S      # a huge TTL lives max_ttl
+    assert c.lookup(fam, addrs).to_pylist() == [None, None, None]
+    assert c.purge() == 3 and len(c) == 0
+
+
+def test_size_bound_evicts_oldest_and_refresh_moves_to_the_end():
+    c = DnsCache(max_entries=2, clock=Clock())
+    fam = np.array([4], np.uint8)
+    c.update(fam, v16(IP1), np.array([60]), ["one"])
+    c.update(fam, v16(IP2), np.array([60]), ["two"])
+    c.update(fam, v16(IP1), np.array([60]), ["one-again"])    # refreshed: now the newest
+    c.update(fam, v16(IP3), np.array([60]), ["three"])
+    got = c.lookup(np.array([4, 4, 4], np.uint8), v16(IP1, IP2, IP3)).to_pylist()
+    assert got == ["one-again", None, "three"] and len(c) == 2 and c.evicted == 1
+
+
+def test_last_row_wins_within_one_update():
+    c = DnsCache(clock=Clock())
+    c.update(np.array([4, 4], np.uint8), v16(IP1, IP1), np.array([60, 60]), ["first", "second"])
+    assert c.lookup(np.array([4], np.uint8), v16(IP1)).to_pylist() == ["second"]
+
+
+def pairs(rows):
+    arr = np.zeros(len(rows), _dns.PAIR_DTYPE)
+    for i, r in enumerate(rows):
+        for k, v in r.items():
+            if k == "qname":
+                arr[i]["qname"] = v + bytes(256 - len(v))
+                arr[i]["qname_len"] = len(v)
+            elif k in ("caddr", "saddr"):
+                arr[i][k] = v + bytes(16 - len(v))
+            else:
+                arr[i][k] = v
+    return arr
+
+
+def test_aggregate_counts_latency_and_tags():
+    www = b"\x03www\x04test\x00"
+    base = dict(caddr=IP1, saddr=IP2, cport=45000, sport=53, family=4, proto=17, outgoing=1, qname=www)
+    rows = [dict(base, rcode=0, latency_ns=100), dict(base, rcode=0, latency_ns=301),
+            dict(base, rcode=3, latency_ns=50), dict(base, rcode=-1, latency_ns=0),
+            dict(base, proto=6, rcode=0, latency_ns=7),
+            # this host answered: src is the server, the client's port is ephemeral
+            dict(base, caddr=IP3, saddr=IP1, outgoing=0, rcode=0, latency_ns=9),
+            dict(base, cport=1000, rcode=0, latency_ns=5)]
+    b = aggregate(pairs(rows), 32768)
+    assert set(DNSFLOW_TAGS + DNSFLOW_FIELDS) <= set(b.schema.names)
+    got = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["transport"], r["direction"],
+            r["rcode"]): (r["count"], r["latency"], r["latency_max"]) for r in b.to_pylist()}
+    assert got == {
+        ("10.0.0.1", "*", "10.0.0.2", "53", "udp", "outgoing", 0): (2, 200, 301),
+        ("10.0.0.1", "*", "10.0.0.2", "53", "udp", "outgoing", 3): (1, 50, 50),
+        ("10.0.0.1", "*", "10.0.0.2", "53", "udp", "outgoing", -1): (1, 0, 0),
+        ("10.0.0.1", "*", "10.0.0.2", "53", "tcp", "outgoing", 0): (1, 7, 7),
+        ("10.0.0.1", "53", "10.0.0.3", "*", "udp", "incoming", 0): (1, 9, 9),
+        ("10.0.0.1", "1000", "10.0.0.2", "53", "udp", "outgoing", 0): (1, 5, 5),
+    }
+    assert set(b.column("dst_domain").to_pylist()) == {"www.test"}
+    assert set(b.column("family").to_pylist()) == {"IPv4"}
+    assert set(b.column("src_ip_type").to_pylist()) == {"private"}
+    for f in DNSFLOW_FIELDS:
+        assert b.schema.field(f).type == pa.int64()
+
+
+def test_plugin_sets_the_shared_cache():
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.dnsflow import DnsflowPlugin
+    cfg = types.SimpleNamespace(interval=10.0, ephemeral_port=32768, host_proc="/proc")
+    ctx = PluginContext(cfg=cfg, logger=None, self_pid=1)
+    p = DnsflowPlugin(ctx)
+    assert ctx.domains is p.cache and p.collect(0) == []
