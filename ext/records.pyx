@@ -4,6 +4,7 @@ BPF side and the user side can never disagree about a layout."""
 import numpy as np
 
 from netflow cimport *
+from l7 cimport *
 
 cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
     return <const char *>member - <const char *>base
@@ -74,3 +75,38 @@ DROP_CONNS = NF_DROP_CONNS
 DROP_BOUND = NF_DROP_BOUND
 DROP_NAMES = {NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
               NF_DROP_BOUND: "bound_ports_map_full"}
+
+
+cdef l7_event _l7
+
+L7_EVENT_DTYPE = _dtype("l7_event", [
+    ("ts_ns", "<u8", _off(&_l7, &_l7.ts_ns)),
+    ("sk", "<u8", _off(&_l7, &_l7.sk)),
+    ("laddr", "V16", _off(&_l7, &_l7.laddr)),
+    ("raddr", "V16", _off(&_l7, &_l7.raddr)),
+    ("lport", "<u2", _off(&_l7, &_l7.lport)),
+    ("rport", "<u2", _off(&_l7, &_l7.rport)),
+    ("pid", "<u4", _off(&_l7, &_l7.pid)),
+    ("tid", "<u4", _off(&_l7, &_l7.tid)),
+    ("bytes", "<u4", _off(&_l7, &_l7.bytes)),
+    ("cap_len", "<u2", _off(&_l7, &_l7.cap_len)),
+    ("family", "u1", _off(&_l7, &_l7.family)),
+    ("proto", "u1", _off(&_l7, &_l7.proto)),
+    ("op", "u1", _off(&_l7, &_l7.op)),
+    ("source", "u1", _off(&_l7, &_l7.source)),
+    ("direction", "u1", _off(&_l7, &_l7.direction)),
+    ("flags", "u1", _off(&_l7, &_l7.flags)),
+    ("comm", "S16", _off(&_l7, &_l7.comm)),
+    ("sk_sent", "<u8", _off(&_l7, &_l7.sk_sent)),
+    ("sk_recv", "<u8", _off(&_l7, &_l7.sk_recv)),
+    ("ts_other_ns", "<u8", _off(&_l7, &_l7.ts_other_ns)),
+    ("payload", f"V{L7_PAYLOAD_MAX}", _off(&_l7, &_l7.payload)),
+], sizeof(l7_event))
+
+L7_PAYLOAD_LEN = L7_PAYLOAD_MAX
+L7_SEND = L7_OP_SEND
+L7_RECV = L7_OP_RECV
+L7_CLOSE = L7_OP_CLOSE
+L7_SYSCALL = L7_SRC_SYSCALL
+L7_SSL = L7_SRC_SSL
+L7_COUNTED = L7_F_COUNTED
