@@ -598,9 +598,14 @@ def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=No
                         if m[j].kind == K_REQUEST:
                             reqs[nreq] = <int32_t>j
                             nreq += 1
-                        else:
+                        elif nresp < nreq:
                             resps[nresp] = <int32_t>j
                             nresp += 1
+                        else:
+                            # no request waiting: it answers one sent before
+                            # we watched (a request is always read or written
+                            # before its response, in time order here)
+                            st.unmatched_responses += 1
                     j += 1
                 if nreq or nresp:
                     _segment(ev, m, reqs, nreq, resps, nresp, 0, 0, 0, ksent, krecv,
