@@ -105,6 +105,7 @@ L7_EVENT_DTYPE = _dtype("l7_event", [
 ], sizeof(l7_event))
 
 L7_PAYLOAD_LEN = L7_PAYLOAD_MAX
+L7_MIN_SIZE = L7_EVENT_MIN_SIZE  # a record ends after its valid payload
 L7_SEND = L7_OP_SEND
 L7_RECV = L7_OP_RECV
 L7_CLOSE = L7_OP_CLOSE

@@ -26,7 +26,7 @@ def http_bpf(bpf_ok):
     obj.set_knobs(self_tgid=os.getpid(), ipv6_disabled=0)
     obj.load()
     links = obj.attach_all()
-    ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE)
+    ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE, min_size=_records.L7_MIN_SIZE)
     yield obj, ring
     for link in links:
         link.close()
