@@ -73,6 +73,7 @@ def run_with_collector(tmp, port, extra):
         c0 = cpu_seconds(proc.pid)
         rps, lat, total = wrk(port)
         cpu = cpu_seconds(proc.pid) - c0
+        misses = recursion_misses()
         time.sleep(4)  # two more intervals: every pair settled and reported
         m = metrics(mport)
     finally:
@@ -83,7 +84,15 @@ def run_with_collector(tmp, port, extra):
         for line in open(out):
             if line.startswith("httpflow,") and f"server_port={port}," in line:
                 reported += int(re.search(r"count=(\d+)i", line).group(1))
-    return rps, lat, total, cpu, m, reported
+    return rps, lat, total, cpu, m, reported, misses
+
+
+def recursion_misses():
+    """Runs of our tracepoint programs the kernel skipped because another
+    BPF program was active on that CPU (bpftool shows the count when > 0)."""
+    import json
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
+    return sum(p.get("recursion_misses", 0) for p in progs if p.get("name", "").startswith(("enter_", "exit_")))
 
 
 def main():
@@ -95,7 +104,7 @@ def main():
             print(f"off_requests_per_s: {base_rps:.0f}")
             print(f"off_latency_ms: {base_lat * 1e3:.3f}")
             for name, extra in (("netflow_only", ["--l7net-disabled", "httpflow"]), ("httpflow", [])):
-                rps, lat, total, cpu, m, reported = run_with_collector(tmp, ngx.port, extra)
+                rps, lat, total, cpu, m, reported, misses = run_with_collector(tmp, ngx.port, extra)
                 print(f"{name}_requests_per_s: {rps:.0f}")
                 print(f"{name}_throughput_ratio: {rps / base_rps:.3f}")
                 print(f"{name}_latency_ratio: {lat / base_lat:.3f}")
@@ -107,6 +116,7 @@ def main():
                     print(f"httpflow_wrk_requests: {total}")
                     print(f"httpflow_requests_reported_each_side: {reported / 2:.0f}")
                     print(f"httpflow_records_received: {int(m.get((h, 'ring_events_received'), 0))}")
+                    print(f"httpflow_bpf_recursion_misses: {misses}")
                     print(f"httpflow_events_lost: {sum(lost.values())} {lost}")
                     print("httpflow_pipeline: " + " ".join(f"{k[5:]}={int(v)}" for (p, k), v in sorted(m.items())
                                                          if p == h and k.startswith("http_")))
