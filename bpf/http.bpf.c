@@ -352,8 +352,10 @@ static __always_inline int exit_call(long ret)
 		else
 			first = v.iov_base;
 	}
-	if (ret < (long)sizeof(head) || !first || bpf_probe_read_user(head, sizeof(head), first) ||
-	    !looks_like_http(head)) {
+	int unread = ret >= (long)sizeof(head) && first && bpf_probe_read_user(head, sizeof(head), first);
+	if (unread)
+		count_drop(HTTP_DROP_READ);
+	if (ret < (long)sizeof(head) || !first || unread || !looks_like_http(head)) {
 		if (hc) /* a continuation: counted, no record */
 			count_bytes(hc, c.op, ret, ts);
 		return 0;

@@ -125,4 +125,4 @@ HTTP_CONN_DTYPE = _dtype("http_conn", [
 ], sizeof(http_conn))
 
 HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
-                   HTTP_DROP_CONNS: "http_conns_map_full"}
+                   HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}
