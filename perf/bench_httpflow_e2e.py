@@ -56,10 +56,12 @@ def metrics(port):
     return out
 
 
-def run_with_collector(tmp, port, extra):
+def run_with_collector(tmp, port, name, extra):
     mport = free_port()
-    out = os.path.join(tmp, "points.lp")
-    log = os.path.join(tmp, "dkebpf.log")
+    # files of their own per run: a "started" line of an earlier run must
+    # not start the load before this collector is attached
+    out = os.path.join(tmp, f"points-{name}.lp")
+    log = os.path.join(tmp, f"dkebpf-{name}.log")
     env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-net", "--interval", "2s",
                              "--output", out, "--log", log, "--pprof-port", str(mport), *extra],
@@ -104,7 +106,7 @@ def main():
             print(f"off_requests_per_s: {base_rps:.0f}")
             print(f"off_latency_ms: {base_lat * 1e3:.3f}")
             for name, extra in (("netflow_only", ["--l7net-disabled", "httpflow"]), ("httpflow", [])):
-                rps, lat, total, cpu, m, reported, misses = run_with_collector(tmp, ngx.port, extra)
+                rps, lat, total, cpu, m, reported, misses = run_with_collector(tmp, ngx.port, name, extra)
                 print(f"{name}_requests_per_s: {rps:.0f}")
                 print(f"{name}_throughput_ratio: {rps / base_rps:.3f}")
                 print(f"{name}_latency_ratio: {lat / base_lat:.3f}")
