@@ -297,6 +297,7 @@ class HttpflowPlugin(Plugin):
             rc = r.counters()
             c[f"ring_{r.name}_received"] = rc["received"]
             c[f"ring_{r.name}_lost_userspace"] = rc["lost"]
+            c[f"ring_{r.name}_bad_size"] = rc["bad_size"]
         if self.obj is not None:
             sums = self.drops.percpu_sums()
             for idx, name in _records.HTTP_DROP_NAMES.items():
