@@ -48,7 +48,7 @@ def check_netflow():
                   "(tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/tcp_retransmit_skb, "
                   "syscall tracepoints)",
                   check_dnsflow(),
-                  "httpflow: not implemented in this version"]
+                  check_httpflow()]
 
 
 def check_dnsflow():
@@ -91,6 +91,22 @@ def check_bash(host_root="", proc="/proc"):
     why = [f"uretprobe on readline attaches to {p}" for p in ok]
     why += [f"cannot attach to {f}" for f in failed]
     return bool(ok), why
+
+
+def check_httpflow():
+    """One line: does the HTTP capture object load and attach here."""
+    try:
+        from . import _libbpf
+        from .plugins.netflow import bpf_object_path
+        with _libbpf.BpfObject(bpf_object_path("http")) as obj:
+            obj.load()
+            links = obj.attach_all()
+            for link in links:
+                link.close()
+    except (DkebpfError, ImportError) as exc:
+        return f"httpflow: no: {str(exc).splitlines()[0]}"
+    return (f"httpflow: {len(links)} programs load and attach (syscall tracepoints read/write/"
+            "readv/writev/sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)")
 
 
 def check_conntrack():

@@ -5,6 +5,8 @@ import numpy as np
 
 from netflow cimport *
 from bash cimport *
+from l7 cimport *
+from http_maps cimport *
 
 cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
     return <const char *>member - <const char *>base
@@ -98,3 +100,52 @@ BASH_LEN_SCAN_MAX = BASH_LINE_MAX + (BASH_LEN_CHUNK - 1) * BASH_LEN_CHUNKS
 BASH_TRUNCATED = BASH_F_TRUNCATED
 BASH_LEN_AT_LEAST = BASH_F_LEN_AT_LEAST
 BASH_DROP_NAMES = {BASH_DROP_RING: "lines_ring_full", BASH_DROP_READ: "line_unreadable"}
+
+cdef l7_event _l7
+
+L7_EVENT_DTYPE = _dtype("l7_event", [
+    ("ts_ns", "<u8", _off(&_l7, &_l7.ts_ns)),
+    ("sk", "<u8", _off(&_l7, &_l7.sk)),
+    ("laddr", "V16", _off(&_l7, &_l7.laddr)),
+    ("raddr", "V16", _off(&_l7, &_l7.raddr)),
+    ("lport", "<u2", _off(&_l7, &_l7.lport)),
+    ("rport", "<u2", _off(&_l7, &_l7.rport)),
+    ("pid", "<u4", _off(&_l7, &_l7.pid)),
+    ("tid", "<u4", _off(&_l7, &_l7.tid)),
+    ("bytes", "<u4", _off(&_l7, &_l7.bytes)),
+    ("cap_len", "<u2", _off(&_l7, &_l7.cap_len)),
+    ("family", "u1", _off(&_l7, &_l7.family)),
+    ("proto", "u1", _off(&_l7, &_l7.proto)),
+    ("op", "u1", _off(&_l7, &_l7.op)),
+    ("source", "u1", _off(&_l7, &_l7.source)),
+    ("direction", "u1", _off(&_l7, &_l7.direction)),
+    ("flags", "u1", _off(&_l7, &_l7.flags)),
+    ("comm", "S16", _off(&_l7, &_l7.comm)),
+    ("sk_sent", "<u8", _off(&_l7, &_l7.sk_sent)),
+    ("sk_recv", "<u8", _off(&_l7, &_l7.sk_recv)),
+    ("ts_other_ns", "<u8", _off(&_l7, &_l7.ts_other_ns)),
+    ("payload", f"V{L7_PAYLOAD_MAX}", _off(&_l7, &_l7.payload)),
+], sizeof(l7_event))
+
+L7_PAYLOAD_LEN = L7_PAYLOAD_MAX
+L7_MIN_SIZE = L7_EVENT_MIN_SIZE  # a record ends after its valid payload
+L7_SEND = L7_OP_SEND
+L7_RECV = L7_OP_RECV
+L7_CLOSE = L7_OP_CLOSE
+L7_SYSCALL = L7_SRC_SYSCALL
+L7_SSL = L7_SRC_SSL
+L7_COUNTED = L7_F_COUNTED
+
+cdef http_conn _hc
+
+HTTP_CONN_DTYPE = _dtype("http_conn", [
+    ("sent", "<u8", _off(&_hc, &_hc.sent)),
+    ("recv", "<u8", _off(&_hc, &_hc.recv)),
+    ("ts_last_send", "<u8", _off(&_hc, &_hc.ts_last_send)),
+    ("ts_last_recv", "<u8", _off(&_hc, &_hc.ts_last_recv)),
+    ("pid", "<u4", _off(&_hc, &_hc.pid)),
+    ("direction", "u1", _off(&_hc, &_hc.direction)),
+], sizeof(http_conn))
+
+HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
+                   HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}

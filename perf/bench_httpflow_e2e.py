@@ -1,214 +1,128 @@
-"""End-to-end cost of httpflow on a busy HTTP server: nginx on loopback
-loaded by wrk, with the collector off and on, in alternating rounds in this
-one process (the machine's noise hits both sides alike).
+"""End-to-end cost of httpflow: nginx + wrk on loopback with the collector
+off, with ebpf-net minus httpflow (netflow only), and with ebpf-net
+including httpflow. Needs root, nginx and wrk.
 
-Prints, per round and as the median over rounds:
-  - requests/s with the collector on / off (1.0 = no cost),
-  - mean latency on / off,
-  - collector CPU (cores) per 10k requests/s served,
-  - requests lost: requests wrk completed minus requests counted in the
-    httpflow points of the server side (must be 0), and the collector's own
-    kernel/ring drop counters.
-Needs root, nginx and wrk (Debian packages nginx-light, wrk).
+Reports, per collector mode, wrk's requests/s and mean latency as ratios
+against the run without the collector, the collector's CPU (user + system,
+from /proc/<pid>/stat) per 10k requests/s, and for httpflow the records the
+kernel sent, the requests reported in the points, and every loss counter
+(kernel ring full, user-space buffer full).
 
-    sudo .venv/bin/python perf/bench_httpflow_e2e.py [--rounds 3] [--seconds 10] [--connections 16]
+    python3 perf/bench_httpflow_e2e.py        (BENCH_SECONDS=10 by default)
+
+Prints `name: value` lines.
 """
-import argparse
 import os
 import re
-import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ root {tmp}/www; }}
-    }}
-}}
-"""
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from support.nginx import Nginx, free_port  # noqa: E402
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
+CONNS = int(os.environ.get("BENCH_CONNS", 32))
+TICK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-# loopback only: never through a proxy from the environment
-OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def wait_http(url, timeout=10):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            OPENER.open(url, timeout=1).read()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer")
-
-
-def start_nginx(tmp):
-    port = free_port()
-    os.chmod(tmp, 0o755)  # nginx's worker runs unprivileged and reads www/
-    os.makedirs(os.path.join(tmp, "www"), exist_ok=True)
-    with open(os.path.join(tmp, "www", "index.html"), "w") as f:
-        f.write("hello from nginx\n" * 8)
-    conf = os.path.join(tmp, "nginx.conf")
-    with open(conf, "w") as f:
-        f.write(NGINX_CONF.format(tmp=tmp, port=port))
-    proc = subprocess.Popen(["nginx", "-c", conf, "-p", tmp], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{port}/index.html")
-    return proc, port
-
-
-WRK_REQS = re.compile(r"(\d+) requests in")
-WRK_RPS = re.compile(r"Requests/sec:\s+([\d.]+)")
-WRK_LAT = re.compile(r"Latency\s+([\d.]+)(us|ms|s)")
-
-
-def run_wrk(port, seconds, connections):
-    out = subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s",
-                          f"http://127.0.0.1:{port}/index.html"],
+def wrk(port):
+    out = subprocess.run(["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", f"http://127.0.0.1:{port}/ok"],
                          capture_output=True, text=True, check=True).stdout
-    lat, unit = WRK_LAT.search(out).groups()
-    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit]
-    return int(WRK_REQS.search(out).group(1)), float(WRK_RPS.search(out).group(1)), float(lat) * scale
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat, unit = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out).groups()
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, float(lat) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit], total
 
 
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / TICK
 
 
-def scrape(port):
-    text = OPENER.open(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def metrics(port):
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     out = {}
     for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, _, value = line.rpartition(" ")
-        out[name] = float(value)
+        m = re.match(r'dkebpf_plugin_(\w+)\{plugin="([^"]+)"\} ([\d.e+]+)', line)
+        if m:
+            out[(m.group(2), m.group(1))] = float(m.group(3))
     return out
 
 
-class Collector:
-    def __init__(self, tmp):
-        self.tmp = tmp
-        self.out = os.path.join(tmp, "points.lp")
-        self.log = os.path.join(tmp, "dkebpf.log")
-        self.pprof = free_port()
-        self.proc = None
-
-    def start(self):
-        for p in (self.out, self.log):
-            if os.path.exists(p):
-                os.unlink(p)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-net", "--l7net-enabled", "httpflow",
-             "--interval", "2s", "--output", self.out, "--log", self.log, "--log-level", "info",
-             "--pprof-port", str(self.pprof)], cwd=self.tmp, stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE, text=True)
+def run_with_collector(tmp, port, name, extra):
+    mport = free_port()
+    # files of their own per run: a "started" line of an earlier run must
+    # not start the load before this collector is attached
+    out = os.path.join(tmp, f"points-{name}.lp")
+    log = os.path.join(tmp, f"dkebpf-{name}.log")
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-net", "--interval", "2s",
+                             "--output", out, "--log", log, "--pprof-port", str(mport), *extra],
+                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
         end = time.monotonic() + 30
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dkebpf exited {self.proc.returncode}: {self.proc.stderr.read()}")
-            if os.path.exists(self.log) and "dkebpf started" in open(self.log).read():
-                return
+        while "dkebpf started" not in (open(log).read() if os.path.exists(log) else ""):
+            if proc.poll() is not None or time.monotonic() > end:
+                raise SystemExit(f"collector did not start: {open(log).read() if os.path.exists(log) else ''}")
             time.sleep(0.1)
-        raise RuntimeError("dkebpf did not start")
-
-    def stop(self):
-        metrics = scrape(self.pprof)
-        self.proc.send_signal(signal.SIGTERM)
-        self.proc.wait(30)
-        return metrics
-
-    def server_requests(self, port):
-        """Requests counted on the server side (nginx, incoming) of our port."""
-        total = 0
-        with open(self.out) as f:
-            for line in f:
-                if not line.startswith("httpflow,"):
-                    continue
-                head = line.split(" ", 1)[0]
-                if "direction=incoming" in head and f"src_port={port}," in head + ",":
-                    total += int(re.search(r"\bcount=(\d+)i", line).group(1))
-        return total
+        c0 = cpu_seconds(proc.pid)
+        rps, lat, total = wrk(port)
+        cpu = cpu_seconds(proc.pid) - c0
+        misses = recursion_misses()
+        time.sleep(4)  # two more intervals: every pair settled and reported
+        m = metrics(mport)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    reported = 0
+    if os.path.exists(out):
+        for line in open(out):
+            if line.startswith("httpflow,") and f"server_port={port}," in line:
+                reported += int(re.search(r"count=(\d+)i", line).group(1))
+    return rps, lat, total, cpu, m, reported, misses
 
 
-def lost_counters(metrics):
-    return {k: v for k, v in metrics.items()
-            if ("drop" in k or "lost" in k) and "httpflow" in k and v}
+def recursion_misses():
+    """Runs of our tracepoint programs the kernel skipped because another
+    BPF program was active on that CPU (bpftool shows the count when > 0)."""
+    import json
+    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
+    return sum(p.get("recursion_misses", 0) for p in progs if p.get("name", "").startswith(("enter_", "exit_")))
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=10)
-    ap.add_argument("--connections", type=int, default=16)
-    args = ap.parse_args()
-    for tool in ("nginx", "wrk"):
-        if not shutil.which(tool):
-            sys.exit(f"{tool} not found: apt-get install nginx-light wrk")
-    rps_ratio, lat_ratio, cpu_per_10k, lost_total = [], [], [], 0
     with tempfile.TemporaryDirectory() as tmp:
-        nginx, port = start_nginx(tmp)
-        col = Collector(tmp)
-        try:
-            run_wrk(port, 2, args.connections)  # warm-up
-            for r in range(args.rounds):
-                _, rps_off, lat_off = run_wrk(port, args.seconds, args.connections)
-                col.start()
-                time.sleep(1)
-                cpu0, t0 = cpu_seconds(col.proc.pid), time.monotonic()
-                reqs_on, rps_on, lat_on = run_wrk(port, args.seconds, args.connections)
-                cores = (cpu_seconds(col.proc.pid) - cpu0) / (time.monotonic() - t0)
-                time.sleep(3)  # let the last interval with wrk's requests flush
-                metrics = col.stop()
-                counted = col.server_requests(port)
-                lost = reqs_on - counted
-                lost_total += max(lost, 0)
-                rps_ratio.append(rps_on / rps_off)
-                lat_ratio.append(lat_on / lat_off)
-                cpu_per_10k.append(cores / (rps_on / 10_000))
-                print(f"round {r + 1}: off {rps_off:.0f} req/s {lat_off * 1e6:.0f} us | "
-                      f"on {rps_on:.0f} req/s {lat_on * 1e6:.0f} us, collector {cores:.3f} cores | "
-                      f"wrk {reqs_on} requests, httpflow counted {counted} (lost {lost}) "
-                      f"drop counters {lost_counters(metrics) or 0}", flush=True)
-        finally:
-            if col.proc is not None and col.proc.poll() is None:
-                col.proc.kill()
-            nginx.send_signal(signal.SIGQUIT)
-            nginx.wait(10)
-    print(f"requests/s on/off (median): {statistics.median(rps_ratio):.3f}")
-    print(f"latency on/off (median): {statistics.median(lat_ratio):.3f}")
-    print(f"collector cores per 10k req/s (median): {statistics.median(cpu_per_10k):.3f}")
-    print(f"requests lost (all rounds): {lost_total}")
-    return 1 if lost_total else 0
+        with Nginx(tmp) as ngx:
+            wrk(ngx.port)  # warm-up
+            base_rps, base_lat, _ = wrk(ngx.port)
+            print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback")
+            print(f"off_requests_per_s: {base_rps:.0f}")
+            print(f"off_latency_ms: {base_lat * 1e3:.3f}")
+            for name, extra in (("netflow_only", ["--l7net-disabled", "httpflow"]), ("httpflow", [])):
+                rps, lat, total, cpu, m, reported, misses = run_with_collector(tmp, ngx.port, name, extra)
+                print(f"{name}_requests_per_s: {rps:.0f}")
+                print(f"{name}_throughput_ratio: {rps / base_rps:.3f}")
+                print(f"{name}_latency_ratio: {lat / base_lat:.3f}")
+                print(f"{name}_collector_cpu_cores: {cpu / SECONDS:.3f}")
+                print(f"{name}_collector_cpu_per_10k_rps: {cpu / SECONDS / (rps / 1e4):.3f}")
+                if name == "httpflow":
+                    h = "ebpf-net/httpflow"
+                    lost = {k: int(v) for (p, k), v in m.items() if p == h and ("lost" in k or "kernel_drop" in k)}
+                    print(f"httpflow_wrk_requests: {total}")
+                    print(f"httpflow_requests_reported_each_side: {reported / 2:.0f}")
+                    print(f"httpflow_records_received: {int(m.get((h, 'ring_events_received'), 0))}")
+                    print(f"httpflow_bpf_recursion_misses: {misses}")
+                    print(f"httpflow_events_lost: {sum(lost.values())} {lost}")
+                    print("httpflow_pipeline: " + " ".join(f"{k[5:]}={int(v)}" for (p, k), v in sorted(m.items())
+                                                         if p == h and k.startswith("http_")))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -11,6 +11,13 @@
 
 #ifndef __VMLINUX_H__
 #include <linux/types.h>
+/* A record on a ring may end right after cap_len payload bytes: its size
+ * is at least L7_EVENT_MIN_SIZE (everything before the payload) and at most
+ * sizeof(struct l7_event). Readers copy what there is into a full-size slot
+ * (ext/libbpf.pyx RingReader(min_size=...)); payload bytes past cap_len are
+ * then unspecified. */
+#define L7_EVENT_MIN_SIZE __builtin_offsetof(struct l7_event, payload)
+
 #endif
 
 #include "netflow.h"
@@ -23,6 +30,11 @@
 /* l7_event.op */
 #define L7_OP_SEND 1 /* write/send/SSL_write: bytes leaving the local socket */
 #define L7_OP_RECV 2 /* read/recv/SSL_read: bytes arriving */
+#define L7_OP_CLOSE 3 /* the connection ended: sk_sent/sk_recv are its final
+                       * totals, no payload (bytes, cap_len 0) */
+
+/* l7_event.flags */
+#define L7_F_COUNTED 1 /* sk_sent/sk_recv/ts_other_ns are kept by the source */
 
 /* l7_event.source */
 #define L7_SRC_SYSCALL 1
@@ -44,9 +56,26 @@ struct l7_event {
 	__u8 op;        /* L7_OP_* */
 	__u8 source;    /* L7_SRC_* */
 	__u8 direction; /* NF_DIR_* of the connection when known */
-	__u8 _pad;
+	__u8 flags;     /* L7_F_* */
 	char comm[NF_COMM_LEN];
+	/* Per-connection accounting, so that bytes per request/response and
+	 * the time to first byte come out right without a record per chunk:
+	 * a source that keeps them (L7_F_COUNTED) sends a record only where a
+	 * message starts, and counts the calls in between in a map. A
+	 * message's size is the difference of these counters between its
+	 * start and the next message's start (or the close record). */
+	__u64 sk_sent;     /* bytes sent on the connection before this call */
+	__u64 sk_recv;     /* bytes received on the connection before this call */
+	__u64 ts_other_ns; /* last call of the other op (send vs recv) before this
+	                    * one: the last request byte for a response; 0 unknown */
 	__u8 payload[L7_PAYLOAD_MAX];
 };
+
+/* A record on a ring may end right after cap_len payload bytes: its size
+ * is at least L7_EVENT_MIN_SIZE (everything before the payload) and at most
+ * sizeof(struct l7_event). Readers copy what there is into a full-size slot
+ * (ext/libbpf.pyx RingReader(min_size=...)); payload bytes past cap_len are
+ * then unspecified. */
+#define L7_EVENT_MIN_SIZE __builtin_offsetof(struct l7_event, payload)
 
 #endif
