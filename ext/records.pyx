@@ -5,6 +5,7 @@ import numpy as np
 
 from netflow cimport *
 from l7 cimport *
+from tls cimport *
 
 cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
     return <const char *>member - <const char *>base
@@ -110,3 +111,7 @@ L7_CLOSE = L7_OP_CLOSE
 L7_SYSCALL = L7_SRC_SYSCALL
 L7_SSL = L7_SRC_SSL
 L7_COUNTED = L7_F_COUNTED
+
+# httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
+TLS_DROP_NAMES = {TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",
+                  TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable"}

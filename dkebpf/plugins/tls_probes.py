@@ -1,0 +1,254 @@
+"""httpflow-tls: OpenSSL uprobes that hand the plaintext of TLS connections
+to httpflow as struct l7_event records (source L7_SRC_SSL).
+
+Kernel side: bpf/tls.bpf.c. A uprobe belongs to a file (the kernel keys it
+by inode), not to a process: attached with pid -1 it fires in every process
+that maps that file, including processes started later. So the probes are
+attached once per distinct libssl file (device + inode), found
+
+  * at start in the host's library directories (the distribution's
+    libssl, used by most processes, covered before they start), and
+  * in /proc/<pid>/maps of running processes, now and at every rescan:
+    containers and bundled copies are other files. A process in another
+    mount namespace is reached through /proc/<pid>/root/<path>.
+
+OpenSSL's libssl is libssl.so.<N> (libssl.so.3, libssl.so.1.1); NSS's
+libssl3.so is another library and is left alone. Statically linked OpenSSL
+(no libssl in the maps) is not found.
+"""
+import os
+import re
+import time
+
+from ..errors import KernelError
+from .netflow import bpf_object_path
+
+try:
+    from .. import _libbpf, _records
+except ImportError:  # pragma: no cover - reported by the netflow import first
+    _libbpf = _records = None
+
+# OpenSSL's soname: libssl.so.3, libssl.so.1.1 (not libssl3.so, NSS)
+LIBSSL_NAME = re.compile(r"^libssl\.so\.\d+(\.\d+)*$")
+# (function, entry program); every function's return goes to ssl_leave.
+# SSL_do_handshake (SSL_connect/SSL_accept call it) is probed only so that
+# the socket of an SSL object is known before its first read.
+REQUIRED_FUNCS = (("SSL_read", "ssl_read_enter"), ("SSL_write", "ssl_write_enter"))
+OPTIONAL_FUNCS = (("SSL_read_ex", "ssl_read_ex_enter"),      # OpenSSL >= 1.1.1
+                  ("SSL_write_ex", "ssl_write_ex_enter"),
+                  ("SSL_do_handshake", "ssl_handshake_enter"))
+RETURN_PROG = "ssl_leave"
+SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv")
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
+                "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
+RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
+RING_BYTES = 1 << 23    # 8 MiB: ~13k records between two drains
+
+
+def libssl_in_maps(maps_text):
+    """Paths of OpenSSL libssl files in the text of a /proc/<pid>/maps."""
+    out = set()
+    for line in maps_text.splitlines():
+        if "libssl.so." not in line:
+            continue
+        parts = line.split(None, 5)
+        if len(parts) < 6:
+            continue
+        path = parts[5]
+        if path.endswith(" (deleted)"):
+            continue  # replaced on disk: the running copy has no path left to attach to
+        if path.startswith("/") and LIBSSL_NAME.match(os.path.basename(path)):
+            out.add(path)
+    return out
+
+
+def libssl_in_dirs(root):
+    """libssl files in the usual library directories under root."""
+    out = []
+    for d in LIBRARY_DIRS:
+        full = os.path.join(root, d.lstrip("/"))
+        try:
+            names = os.listdir(full)
+        except OSError:
+            continue
+        out.extend(os.path.join(full, n) for n in sorted(names) if LIBSSL_NAME.match(n))
+    return out
+
+
+def file_id(path):
+    """(device, inode) of the file a path names (links followed), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class LibsslScanner:
+    """Finds libssl files: ``scan()`` returns {(dev, ino): path usable from
+    here}. Reading every /proc/<pid>/maps costs about a millisecond per 10
+    processes (measured in tests/kernel/test_tls_bpf.py's scan test)."""
+
+    def __init__(self, host_proc="/proc", host_root=""):
+        self.proc = host_proc
+        # the host's file system: host_root when the collector runs in a
+        # container with the host mounted there (as for host_proc), else ours
+        self.root = host_root or "/"
+        self.self_pid = os.getpid()
+        self.pids_scanned = 0
+
+    def scan_dirs(self):
+        found = {}
+        for path in libssl_in_dirs(self.root):
+            fid = file_id(path)
+            if fid is not None:
+                found.setdefault(fid, path)
+        return found
+
+    def scan_procs(self):
+        found = {}
+        try:
+            pids = [p for p in os.listdir(self.proc) if p.isdigit()]
+        except OSError:
+            return found
+        for pid in pids:
+            try:
+                with open(os.path.join(self.proc, pid, "maps")) as f:
+                    paths = libssl_in_maps(f.read())
+            except OSError:  # exited, or a kernel thread
+                continue
+            self.pids_scanned += 1
+            for path in paths:
+                # the path as the process sees it, from here: its root
+                via_root = os.path.join(self.proc, pid, "root", path.lstrip("/"))
+                fid = file_id(via_root)
+                if fid is None or fid in found:
+                    continue
+                # the same file under the host's root is a stabler name (it
+                # outlives the process)
+                on_host = os.path.join(self.root, path.lstrip("/"))
+                found[fid] = on_host if file_id(on_host) == fid else via_root
+        return found
+
+
+class TlsProbes:
+    """The OpenSSL capture source that HttpflowPlugin reads from.
+
+    start() loads tls.bpf.o, attaches the socket tracepoints and the uprobes
+    on every libssl found; ``ring`` is then a RingReader of struct l7_event
+    records; rescan() (called from the plugin's periodic hooks, cheap when
+    not due) covers libssl files that appeared since; counters(); stop()."""
+
+    def __init__(self, cfg, logger, self_pid, rescan_s=RESCAN_S):
+        self.cfg = cfg
+        self.log = logger
+        self.self_pid = self_pid
+        self.rescan_s = rescan_s
+        self.scanner = LibsslScanner(cfg.host_proc, getattr(cfg, "host_root", ""))
+        self.obj = None
+        self.ring = None
+        self.links = []        # socket tracepoints
+        self.libraries = {}    # (dev, ino) -> (path, [links])
+        self.failed = {}       # (dev, ino) -> (path, reason): not retried
+        self.next_scan = 0.0
+        self.totals = {"tls_rescans": 0, "tls_attach_failures": 0, "tls_scan_seconds": 0.0}
+
+    def start(self):
+        obj = _libbpf.BpfObject(bpf_object_path("tls"))
+        try:
+            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.self_pid)
+            obj.map("events").set_max_entries(RING_BYTES)
+            obj.load()
+            self.obj = obj
+            self.links = [obj.program(name).attach() for name in SOCKET_PROGS]
+            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE)
+            self._attach_new(self.scanner.scan_dirs())
+            self.rescan(force=True)
+        except BaseException:
+            self.stop()
+            raise
+        self.drops = obj.map("drops")
+        self.log.info("httpflow-tls: uprobes on %d libssl file(s): %s", len(self.libraries),
+                      ", ".join(p for p, _ in self.libraries.values()) or "none yet")
+
+    def rescan(self, force=False):
+        """Attach to libssl files mapped by processes since the last scan."""
+        now = time.monotonic()
+        if self.obj is None or (not force and now < self.next_scan):
+            return 0
+        self.next_scan = now + self.rescan_s
+        t0 = time.perf_counter()
+        found = self.scanner.scan_procs()
+        self.totals["tls_rescans"] += 1
+        n = self._attach_new(found)
+        self.totals["tls_scan_seconds"] += time.perf_counter() - t0
+        return n
+
+    def _attach_new(self, found):
+        n = 0
+        for fid, path in found.items():
+            if fid in self.libraries or fid in self.failed:
+                continue
+            try:
+                links = self._attach_library(path)
+            except KernelError as exc:
+                self.failed[fid] = (path, str(exc).splitlines()[0])
+                self.totals["tls_attach_failures"] += 1
+                self.log.warning("httpflow-tls: cannot probe %s: %s", path, str(exc).splitlines()[0])
+                continue
+            self.libraries[fid] = (path, links)
+            self.log.info("httpflow-tls: attached %d uprobes to %s", len(links), path)
+            n += 1
+        return n
+
+    def _attach_library(self, path):
+        leave = self.obj.program(RETURN_PROG)
+        links = []
+        try:
+            for i, (func, prog) in enumerate(REQUIRED_FUNCS + OPTIONAL_FUNCS):
+                try:
+                    entry = self.obj.program(prog).attach_uprobe(path, func)
+                except KernelError:
+                    if i < len(REQUIRED_FUNCS):
+                        raise
+                    continue  # an older OpenSSL without the _ex functions
+                links.append(entry)
+                links.append(leave.attach_uprobe(path, func, retprobe=True))
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+        return links
+
+    def counters(self):
+        c = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}
+        c["tls_libraries_attached"] = len(self.libraries)
+        c["tls_uprobes_attached"] = sum(len(links) for _, links in self.libraries.values())
+        if self.ring is not None:
+            rc = self.ring.counters()
+            c["ring_tls_received"] = rc["received"]
+            c["ring_tls_lost_userspace"] = rc["lost"]
+        if self.obj is not None and getattr(self, "drops", None) is not None:
+            sums = self.drops.percpu_sums()
+            for idx, name in _records.TLS_DROP_NAMES.items():
+                c[f"kernel_drop_tls_{name}"] = int(sums[idx])
+        return c
+
+    def attached_paths(self):
+        return sorted(p for p, _ in self.libraries.values())
+
+    def stop(self):
+        for _, links in self.libraries.values():
+            for link in links:
+                link.close()
+        self.libraries = {}
+        for link in self.links:
+            link.close()
+        self.links = []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        self.drops = None
