@@ -23,7 +23,7 @@ log = logging.getLogger("dkebpf")
 IMPLEMENTED = {
     "ebpf-net": [("netflow", "NetflowPlugin")],
 }
-L7NET_IMPLEMENTED = {}
+L7NET_IMPLEMENTED = {"httpflow": [("httpflow", "HttpflowPlugin")]}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
@@ -51,9 +51,9 @@ def build_plugins(cfg, ctx):
             l7_missing = [k for k in cfg.l7net_enabled if k not in L7NET_IMPLEMENTED]
             if l7_missing:
                 log.warning("ebpf-net: %s not implemented in this version", ", ".join(l7_missing))
-            for kind, (module, cls) in L7NET_IMPLEMENTED.items():
+            for kind, parts in L7NET_IMPLEMENTED.items():
                 if kind in cfg.l7net_enabled:
-                    plugins.append(_plugin_class(module, cls)(ctx))
+                    plugins.extend(_plugin_class(module, cls)(ctx) for module, cls in parts)
     return plugins
 
 

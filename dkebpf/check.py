@@ -47,7 +47,24 @@ def check_netflow():
     return True, [f"netflow: {len(links)} programs load and attach "
                   "(tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/tcp_retransmit_skb, "
                   "syscall tracepoints)",
-                  "httpflow, dnsflow: not implemented in this version"]
+                  check_httpflow(),
+                  "dnsflow: not implemented in this version"]
+
+
+def check_httpflow():
+    """One line: does the HTTP capture object load and attach here."""
+    try:
+        from . import _libbpf
+        from .plugins.netflow import bpf_object_path
+        with _libbpf.BpfObject(bpf_object_path("http")) as obj:
+            obj.load()
+            links = obj.attach_all()
+            for link in links:
+                link.close()
+    except (DkebpfError, ImportError) as exc:
+        return f"httpflow: no: {str(exc).splitlines()[0]}"
+    return (f"httpflow: {len(links)} programs load and attach (syscall tracepoints read/write/"
+            "readv/writev/sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)")
 
 
 def check_conntrack():

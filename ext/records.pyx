@@ -5,6 +5,7 @@ import numpy as np
 
 from netflow cimport *
 from l7 cimport *
+from http_maps cimport *
 from tls cimport *
 
 cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
@@ -111,6 +112,20 @@ L7_CLOSE = L7_OP_CLOSE
 L7_SYSCALL = L7_SRC_SYSCALL
 L7_SSL = L7_SRC_SSL
 L7_COUNTED = L7_F_COUNTED
+
+cdef http_conn _hc
+
+HTTP_CONN_DTYPE = _dtype("http_conn", [
+    ("sent", "<u8", _off(&_hc, &_hc.sent)),
+    ("recv", "<u8", _off(&_hc, &_hc.recv)),
+    ("ts_last_send", "<u8", _off(&_hc, &_hc.ts_last_send)),
+    ("ts_last_recv", "<u8", _off(&_hc, &_hc.ts_last_recv)),
+    ("pid", "<u4", _off(&_hc, &_hc.pid)),
+    ("direction", "u1", _off(&_hc, &_hc.direction)),
+], sizeof(http_conn))
+
+HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
+                   HTTP_DROP_CONNS: "http_conns_map_full"}
 
 # httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
 TLS_DROP_NAMES = {TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",

@@ -1,0 +1,470 @@
+// SPDX-License-Identifier: GPL-2.0
+/* httpflow: HTTP/1.x message starts on TCP sockets, from syscall
+ * tracepoints only (no kprobes, no fentry on this kernel).
+ *
+ * sys_enter_{read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg}:
+ *     resolve fd -> struct file -> struct socket -> struct sock through the
+ *     task's file table; a call on anything but an IPv4/IPv6 TCP socket is
+ *     dropped right there (one hash update per socket call, nothing for
+ *     files and pipes). The user buffer and the entry time are kept by tid.
+ * sys_exit_*: with the return value (bytes moved) read the first 8 bytes:
+ *   - an HTTP/1.x request line ("GET ", "POST", ...) or status line
+ *     ("HTTP/1.") starts a message: the socket enters the `http_conns` LRU
+ *     map and one struct l7_event with the payload prefix (up to
+ *     L7_PAYLOAD_MAX bytes, across up to HTTP_MAX_IOV iovecs) goes to the
+ *     `events` ring, with the connection's byte counters before the call;
+ *   - anything else on a socket in `http_conns` is a continuation (headers
+ *     or body in more calls): only its bytes are added to the counters, no
+ *     record;
+ *   - anything else on another socket costs the 8-byte peek and one map
+ *     lookup, nothing more.
+ * sys_{enter,exit}_{sendfile64,splice}: bytes only (a file body sent with
+ *     sendfile, as nginx does), added to the counters of a known socket.
+ * tp_btf/tcp_destroy_sock: the end of a known socket: an L7_OP_CLOSE record
+ *     with the final counters closes the last response in user space.
+ *
+ * So user space gets one record per message start (plus one per closed
+ * HTTP connection) and computes a message's size as the difference of the
+ * counters between its start and the next message start of the same kind.
+ */
+#include "vmlinux/x86/vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "include/netflow.h"
+#include "include/l7.h"
+#include "include/http.h"
+
+#define MSG_PEEK 2
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_STREAM 1
+#define HTTP_MAX_IOV 8
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* knobs, set by user space between open and load */
+const volatile __u8 ipv6_disabled = 0;
+const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
+
+#include "include/sock_tuple.h" /* uses ipv6_disabled */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 24);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct http_conn);
+} http_conns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, HTTP_DROP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} http_drops SEC(".maps");
+
+/* how a call passes its data */
+#define CALL_BUF 0   /* (buf, len) */
+#define CALL_IOV 1   /* (struct iovec *, iovcnt) */
+#define CALL_MSG 2   /* struct user_msghdr * */
+#define CALL_BYTES 3 /* sendfile/splice: bytes only */
+
+/* a socket call between its enter and exit, keyed by tid */
+struct sock_call {
+	__u64 sk;
+	__u64 ptr;   /* buf, iovec array or msghdr (user pointers) */
+	__u64 ts;    /* entry time */
+	__u32 count; /* iovcnt */
+	__u8 op;     /* L7_OP_SEND / L7_OP_RECV */
+	__u8 kind;   /* CALL_* */
+	__u16 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct sock_call);
+} calls SEC(".maps");
+
+/* The record under construction, with room after the payload so that a
+ * copy starting anywhere below L7_PAYLOAD_MAX with a length up to
+ * L7_PAYLOAD_MAX stays inside (the verifier cannot relate offset and
+ * length; the slack makes every such copy provably in bounds). */
+struct scratch {
+	struct l7_event ev;
+	__u8 slack[L7_PAYLOAD_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_buf SEC(".maps");
+
+static __always_inline void count_drop(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&http_drops, &idx);
+	if (v)
+		*v += 1;
+}
+
+/* fd of the current task -> its TCP sock, or NULL. The inode mode tells a
+ * socket (S_IFSOCK, set by sock_alloc in net/socket.c); for a socket file
+ * private_data is the struct socket (sock_alloc_file). */
+static __always_inline struct sock *fd_tcp_sock(int fd)
+{
+	if (fd < 0)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
+		return 0;
+	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+		return 0;
+	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (fam != AF_INET && (fam != AF_INET6 || ipv6_disabled))
+		return 0;
+	return sk;
+}
+
+static __always_inline int enter_call(int fd, __u64 ptr, __u32 count, __u8 op, __u8 kind)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	if (self_tgid && (id >> 32) == self_tgid)
+		return 0;
+	struct sock *sk = fd_tcp_sock(fd);
+	if (!sk)
+		return 0;
+	__u32 tid = (__u32)id;
+	struct sock_call c = {.sk = (__u64)sk, .ptr = ptr, .ts = bpf_ktime_get_ns(),
+			      .count = count, .op = op, .kind = kind};
+	if (bpf_map_update_elem(&calls, &tid, &c, BPF_ANY))
+		count_drop(HTTP_DROP_CALLS);
+	return 0;
+}
+
+/* The first user buffer of a call and the array of iovecs (or NULL). */
+static __always_inline int call_buffers(const struct sock_call *c, struct iovec **iov, __u32 *iovcnt)
+{
+	*iov = 0;
+	*iovcnt = 0;
+	if (c->kind == CALL_IOV) {
+		*iov = (struct iovec *)c->ptr;
+		*iovcnt = c->count;
+	} else if (c->kind == CALL_MSG) {
+		struct user_msghdr m = {};
+		if (bpf_probe_read_user(&m, sizeof(m), (void *)c->ptr))
+			return -1;
+		*iov = m.msg_iov;
+		*iovcnt = (__u32)m.msg_iovlen;
+	}
+	return 0;
+}
+
+/* Does the buffer start like an HTTP/1.x request or status line? Four
+ * bytes cover every method of RFC 9110 section 9 and PATCH (RFC 5789);
+ * user space parses the whole line and treats anything else as payload. */
+static __always_inline int looks_like_http(const __u8 *p)
+{
+	__u32 w = (__u32)p[0] | (__u32)p[1] << 8 | (__u32)p[2] << 16 | (__u32)p[3] << 24;
+#define W(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
+	if (w == W('H', 'T', 'T', 'P'))
+		return p[4] == '/' && p[5] == '1' && p[6] == '.';
+	return w == W('G', 'E', 'T', ' ') || w == W('P', 'O', 'S', 'T') || w == W('P', 'U', 'T', ' ') ||
+	       w == W('H', 'E', 'A', 'D') || w == W('D', 'E', 'L', 'E') || w == W('O', 'P', 'T', 'I') ||
+	       w == W('P', 'A', 'T', 'C') || w == W('C', 'O', 'N', 'N') || w == W('T', 'R', 'A', 'C');
+#undef W
+}
+
+static __always_inline void count_bytes(struct http_conn *hc, __u8 op, __s64 n, __u64 ts)
+{
+	if (op == L7_OP_SEND) {
+		__sync_fetch_and_add(&hc->sent, n);
+		hc->ts_last_send = ts;
+	} else {
+		__sync_fetch_and_add(&hc->recv, n);
+		hc->ts_last_recv = ts;
+	}
+}
+
+/* Copy up to L7_PAYLOAD_MAX of the ret bytes the call moved. */
+static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_call *c,
+					  struct iovec *iov, __u32 iovcnt, __u64 ret)
+{
+	if (!iov) {
+		__u32 n = ret < L7_PAYLOAD_MAX ? ret : L7_PAYLOAD_MAX;
+		if (bpf_probe_read_user(s->ev.payload, n & (2 * L7_PAYLOAD_MAX - 1), (void *)c->ptr))
+			return 0;
+		return n;
+	}
+	__u32 off = 0;
+	__u64 left = ret;
+#pragma unroll
+	for (int i = 0; i < HTTP_MAX_IOV; i++) {
+		if (i >= iovcnt || !left || off >= L7_PAYLOAD_MAX)
+			break;
+		struct iovec v = {};
+		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
+			break;
+		__u64 n = v.iov_len < left ? v.iov_len : left;
+		left -= n;
+		if (n > L7_PAYLOAD_MAX)
+			n = L7_PAYLOAD_MAX;
+		if (!n)
+			continue;
+		/* off < L7_PAYLOAD_MAX, n <= L7_PAYLOAD_MAX: inside payload + slack.
+		 * The masks restate that for the verifier; the barriers keep
+		 * clang from dropping them as redundant. */
+		__u32 o = off, len = n;
+		asm volatile("" : "+r"(o), "+r"(len));
+		o &= L7_PAYLOAD_MAX - 1;
+		len &= 2 * L7_PAYLOAD_MAX - 1;
+		if (bpf_probe_read_user(&s->ev.payload[o], len, v.iov_base))
+			break;
+		off += n;
+	}
+	return off < L7_PAYLOAD_MAX ? off : L7_PAYLOAD_MAX;
+}
+
+static __always_inline int exit_call(long ret)
+{
+	__u64 id = bpf_get_current_pid_tgid();
+	__u32 tid = (__u32)id;
+	struct sock_call *cp = bpf_map_lookup_elem(&calls, &tid);
+	if (!cp)
+		return 0;
+	struct sock_call c = *cp;
+	bpf_map_delete_elem(&calls, &tid);
+	if (ret <= 0)
+		return 0;
+	/* a send is timed at its entry, a receive when the data is there */
+	__u64 ts = c.op == L7_OP_SEND ? c.ts : bpf_ktime_get_ns();
+	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &c.sk);
+	if (c.kind == CALL_BYTES) {
+		if (hc)
+			count_bytes(hc, c.op, ret, ts);
+		return 0;
+	}
+
+	struct iovec *iov;
+	__u32 iovcnt;
+	if (call_buffers(&c, &iov, &iovcnt))
+		return 0;
+	__u8 head[8] = {};
+	void *first = (void *)c.ptr;
+	if (iov) {
+		struct iovec v = {};
+		if (!iovcnt || bpf_probe_read_user(&v, sizeof(v), iov) || v.iov_len < sizeof(head))
+			first = 0;
+		else
+			first = v.iov_base;
+	}
+	if (ret < (long)sizeof(head) || !first || bpf_probe_read_user(head, sizeof(head), first) ||
+	    !looks_like_http(head)) {
+		if (hc) /* a continuation: counted, no record */
+			count_bytes(hc, c.op, ret, ts);
+		return 0;
+	}
+
+	/* a message starts */
+	struct sock *sk = (struct sock *)c.sk;
+	struct sock_tuple t = {};
+	if (!read_tuple(sk, &t))
+		return 0;
+	if (!hc) {
+		/* the side that sends the first request is the client */
+		int is_request = head[0] != 'H' || head[1] != 'T';
+		struct http_conn init = {.pid = id >> 32};
+		init.direction = (is_request == (c.op == L7_OP_SEND)) ? NF_DIR_OUTGOING : NF_DIR_INCOMING;
+		if (bpf_map_update_elem(&http_conns, &c.sk, &init, BPF_NOEXIST) &&
+		    !bpf_map_lookup_elem(&http_conns, &c.sk)) {
+			count_drop(HTTP_DROP_CONNS);
+			return 0;
+		}
+		hc = bpf_map_lookup_elem(&http_conns, &c.sk);
+		if (!hc) {
+			count_drop(HTTP_DROP_CONNS);
+			return 0;
+		}
+	}
+
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (!s)
+		return 0;
+	struct l7_event *ev = &s->ev;
+	ev->cap_len = copy_payload(s, &c, iov, iovcnt, ret);
+	ev->ts_ns = ts;
+	ev->sk = c.sk;
+	__builtin_memcpy(ev->laddr, t.laddr, 16);
+	__builtin_memcpy(ev->raddr, t.raddr, 16);
+	ev->lport = t.lport;
+	ev->rport = t.rport;
+	ev->pid = id >> 32;
+	ev->tid = tid;
+	ev->bytes = ret;
+	ev->family = t.family;
+	ev->proto = t.proto;
+	ev->op = c.op;
+	ev->source = L7_SRC_SYSCALL;
+	ev->direction = hc->direction;
+	ev->flags = L7_F_COUNTED;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
+	ev->sk_sent = hc->sent;
+	ev->sk_recv = hc->recv;
+	ev->ts_other_ns = c.op == L7_OP_SEND ? hc->ts_last_recv : hc->ts_last_send;
+	count_bytes(hc, c.op, ret, ts);
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+		count_drop(HTTP_DROP_RING);
+	return 0;
+}
+
+/* read(fd, buf, count) / write(fd, buf, count) */
+SEC("tracepoint/syscalls/sys_enter_read")
+int enter_read(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], ctx->args[1], 0, L7_OP_RECV, CALL_BUF);
+}
+SEC("tracepoint/syscalls/sys_exit_read")
+int exit_read(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_enter_write")
+int enter_write(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], ctx->args[1], 0, L7_OP_SEND, CALL_BUF);
+}
+SEC("tracepoint/syscalls/sys_exit_write")
+int exit_write(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+/* readv/writev(fd, iov, iovcnt) */
+SEC("tracepoint/syscalls/sys_enter_readv")
+int enter_readv(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], ctx->args[1], ctx->args[2], L7_OP_RECV, CALL_IOV);
+}
+SEC("tracepoint/syscalls/sys_exit_readv")
+int exit_readv(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_enter_writev")
+int enter_writev(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], ctx->args[1], ctx->args[2], L7_OP_SEND, CALL_IOV);
+}
+SEC("tracepoint/syscalls/sys_exit_writev")
+int exit_writev(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+/* sendto(fd, buf, len, flags, addr, addrlen) / recvfrom(same) */
+SEC("tracepoint/syscalls/sys_enter_sendto")
+int enter_sendto(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], ctx->args[1], 0, L7_OP_SEND, CALL_BUF);
+}
+SEC("tracepoint/syscalls/sys_exit_sendto")
+int exit_sendto(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_enter_recvfrom")
+int enter_recvfrom(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[3] & MSG_PEEK) /* the data stays queued: read again later */
+		return 0;
+	return enter_call(ctx->args[0], ctx->args[1], 0, L7_OP_RECV, CALL_BUF);
+}
+SEC("tracepoint/syscalls/sys_exit_recvfrom")
+int exit_recvfrom(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+/* sendmsg/recvmsg(fd, msg, flags) */
+SEC("tracepoint/syscalls/sys_enter_sendmsg")
+int enter_sendmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], ctx->args[1], 0, L7_OP_SEND, CALL_MSG);
+}
+SEC("tracepoint/syscalls/sys_exit_sendmsg")
+int exit_sendmsg(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+SEC("tracepoint/syscalls/sys_enter_recvmsg")
+int enter_recvmsg(struct trace_event_raw_sys_enter *ctx)
+{
+	if (ctx->args[2] & MSG_PEEK)
+		return 0;
+	return enter_call(ctx->args[0], ctx->args[1], 0, L7_OP_RECV, CALL_MSG);
+}
+SEC("tracepoint/syscalls/sys_exit_recvmsg")
+int exit_recvmsg(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+/* sendfile64(out_fd, in_fd, offset, count): bytes to a socket */
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int enter_sendfile(struct trace_event_raw_sys_enter *ctx)
+{
+	return enter_call(ctx->args[0], 0, 0, L7_OP_SEND, CALL_BYTES);
+}
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int exit_sendfile(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+/* splice(fd_in, off_in, fd_out, off_out, len, flags): a socket on either end */
+SEC("tracepoint/syscalls/sys_enter_splice")
+int enter_splice(struct trace_event_raw_sys_enter *ctx)
+{
+	if (fd_tcp_sock(ctx->args[2]))
+		return enter_call(ctx->args[2], 0, 0, L7_OP_SEND, CALL_BYTES);
+	return enter_call(ctx->args[0], 0, 0, L7_OP_RECV, CALL_BYTES);
+}
+SEC("tracepoint/syscalls/sys_exit_splice")
+int exit_splice(struct trace_event_raw_sys_exit *ctx) { return exit_call(ctx->ret); }
+
+/* The end of a TCP socket (fires once, after the owner's last read; see
+ * netflow.bpf.c): final counters of an HTTP connection. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(on_destroy, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
+	if (!hc)
+		return 0;
+	struct sock_tuple t = {};
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (s && read_tuple(sk, &t)) {
+		struct l7_event *ev = &s->ev;
+		ev->ts_ns = bpf_ktime_get_ns();
+		ev->sk = key;
+		__builtin_memcpy(ev->laddr, t.laddr, 16);
+		__builtin_memcpy(ev->raddr, t.raddr, 16);
+		ev->lport = t.lport;
+		ev->rport = t.rport;
+		ev->pid = hc->pid;
+		ev->tid = 0;
+		ev->bytes = 0;
+		ev->cap_len = 0;
+		ev->family = t.family;
+		ev->proto = t.proto;
+		ev->op = L7_OP_CLOSE;
+		ev->source = L7_SRC_SYSCALL;
+		ev->direction = hc->direction;
+		ev->flags = L7_F_COUNTED;
+		ev->comm[0] = 0; /* softirq context possibly: no owner task here */
+		ev->sk_sent = hc->sent;
+		ev->sk_recv = hc->recv;
+		ev->ts_other_ns = 0;
+		if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+			count_drop(HTTP_DROP_RING);
+	}
+	bpf_map_delete_elem(&http_conns, &key);
+	return 0;
+}

@@ -1,0 +1,276 @@
+"""ebpf-net / httpflow: HTTP/1.x requests per connection, path, method and
+status, from socket payload prefixes.
+
+Kernel side: bpf/http.bpf.c sends one struct l7_event per HTTP message start
+(and one per closed HTTP connection) and counts the bytes in between in its
+`http_conns` map. Any other source of the same record (bpf/tls.bpf.c's
+OpenSSL uprobes) feeds the same pipeline through HttpPipeline.add_ring.
+
+Each interval (HttpPipeline.collect): take the records of every ring,
+parse the first lines in Cython (dkebpf._http.parse_events), pair the k-th
+response of a connection with its k-th request (dkebpf._http.pair; what is
+not answered yet, and a last response that may still grow, is carried to
+the next interval), then aggregate per connection tags, method, path,
+status and version with pyarrow."""
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .. import kernel
+from ..enrich.addr import LocalAddressResolver
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..errors import BuildError
+from .base import Plugin, PointBatch
+from .netflow import bpf_object_path
+
+try:
+    from .. import _http, _libbpf, _records
+except ImportError as exc:  # pragma: no cover - a broken install
+    raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
+
+HTTPFLOW_TAGS = CONNECTION_TAGS + IP_TYPE_TAGS
+HTTPFLOW_FIELDS = ["count", "latency", "method", "path", "http_version", "status_code",
+                   "bytes_read", "bytes_written", "truncated"]
+# what a point is keyed by beyond the connection tags (fields in DataKit's
+# schema, but one point per distinct value)
+REQUEST_KEYS = ["method", "path", "status_code", "http_version", "truncated"]
+
+_METHODS = pa.array(_http.METHODS, pa.string())
+_VERSIONS = pa.array([None] * 10 + ["1.0", "1.1"], pa.string())
+
+
+def _empty_events():
+    return np.empty(0, _records.L7_EVENT_DTYPE)
+
+
+class HttpPipeline:
+    """l7_event batches from any number of rings -> one row per answered
+    request (pyarrow table). Sources register with add_ring(); a source
+    that can tell a connection's current byte totals passes totals_fn
+    (numpy array of sk -> _http.TOTALS_DTYPE rows), used for a last response
+    that has been quiet for settle_ns."""
+
+    def __init__(self, settle_ns=1_000_000_000, expire_ns=60_000_000_000, max_carried=200_000):
+        self.rings = []
+        self.totals_fns = []
+        self.settle_ns = settle_ns
+        self.expire_ns = expire_ns
+        self.max_carried = max_carried
+        self.carried_events = _empty_events()
+        self.carried_msgs = np.empty(0, _http.MSG_DTYPE)
+        self.stats = {"events": 0, "messages": 0, "events_without_message": 0, "pairs": 0,
+                      "unmatched_responses": 0, "unanswered_closed": 0, "expired_requests": 0,
+                      "carried_dropped": 0}
+
+    def add_ring(self, ring, totals_fn=None):
+        """ring: a RingReader of _records.L7_EVENT_DTYPE records."""
+        if ring.dtype != _records.L7_EVENT_DTYPE:
+            raise ValueError(f"ring {ring.name}: records are {ring.dtype}, not l7_event")
+        self.rings.append(ring)
+        if totals_fn is not None:
+            self.totals_fns.append(totals_fn)
+
+    def fileobjs(self):
+        return list(self.rings)
+
+    def drain(self, ring=None):
+        for r in ([ring] if ring is not None else self.rings):
+            r.poll(0)
+
+    def take_events(self):
+        batches = []
+        for r in self.rings:
+            r.consume()
+            batches.append(r.take())
+        batches = [b for b in batches if len(b)]
+        if not batches:
+            return _empty_events()
+        return batches[0] if len(batches) == 1 else np.concatenate(batches)
+
+    def _totals(self, msgs):
+        """Current totals of connections whose last response was carried."""
+        if not self.totals_fns or not len(msgs):
+            return None
+        sks = np.unique(msgs["sk"][msgs["kind"] == _http.KIND_RESPONSE])
+        if not len(sks):
+            return None
+        parts = [fn(sks) for fn in self.totals_fns]
+        parts = [p for p in parts if p is not None and len(p)]
+        if not parts:
+            return None
+        tot = np.concatenate(parts)
+        return tot[np.argsort(tot["sk"], kind="stable")]
+
+    def process(self, new_events, now_mono_ns):
+        """Pair what is carried plus new_events; returns (events, msgs,
+        pairs) for the answered requests."""
+        self.stats["events"] += len(new_events)
+        new_msgs, unparsed = _http.parse_events(new_events)
+        self.stats["events_without_message"] += unparsed
+        self.stats["messages"] += len(new_msgs)
+        totals = self._totals(self.carried_msgs)
+        base = len(self.carried_events)
+        if base:
+            new_msgs["ev"] += base
+            events = np.concatenate([self.carried_events, new_events])
+            msgs = np.concatenate([self.carried_msgs, new_msgs])
+        else:
+            events, msgs = new_events, new_msgs
+        order = np.lexsort((msgs["off"], msgs["ev"], msgs["ts"], msgs["pid"], msgs["sk"]))
+        msgs = msgs[order]
+        pairs, carry, st = _http.pair(events, msgs, max(0, now_mono_ns - self.settle_ns),
+                                      max(0, now_mono_ns - self.expire_ns), totals)
+        for k, v in st.items():
+            self.stats[k] += v
+        self.stats["pairs"] += len(pairs)
+        self._carry(events, msgs[carry])
+        return events, msgs, pairs
+
+    def _carry(self, events, kept):
+        if len(kept) > self.max_carried:  # bounded memory: the oldest go
+            self.stats["carried_dropped"] += len(kept) - self.max_carried
+            kept = kept[np.argsort(kept["ts"], kind="stable")[-self.max_carried:]]
+        ev_idx = np.unique(kept["ev"])
+        self.carried_events = events[ev_idx]
+        kept = kept.copy()
+        kept["ev"] = np.searchsorted(ev_idx, kept["ev"])
+        self.carried_msgs = kept
+
+    def collect(self, now_mono_ns=None):
+        """One row per answered request since the last call (pyarrow table)."""
+        now = time.monotonic_ns() if now_mono_ns is None else now_mono_ns
+        events, msgs, pairs = self.process(self.take_events(), now)
+        return self.rows(events, msgs, pairs)
+
+    @staticmethod
+    def rows(events, msgs, pairs):
+        """Per-pair columns: the connection (from the request's record),
+        method, path, version, status, bytes each way, latency."""
+        req = msgs[pairs["req"]]
+        resp = msgs[pairs["resp"]]
+        rev = events[req["ev"]]
+        version = np.where(req["version"] != 0, req["version"], resp["version"])
+        sent_req = rev["op"] == _records.L7_SEND  # the client side sends the request
+        return {
+            "rev": rev,
+            "method": _METHODS.take(pa.array(req["method"])),
+            "path": _http.paths_to_arrow(events, msgs, pairs["req"]),
+            "http_version": _VERSIONS.take(pa.array(version)),
+            "status_code": pa.array(resp["status"].astype(np.int64)),
+            "truncated": pa.array(req["truncated"].astype(bool)),
+            "bytes_written": pa.array(np.where(sent_req, pairs["req_bytes"], pairs["resp_bytes"]).astype(np.int64)),
+            "bytes_read": pa.array(np.where(sent_req, pairs["resp_bytes"], pairs["req_bytes"]).astype(np.int64)),
+            "latency": pa.array(pairs["latency"]),
+        }
+
+
+class HttpflowPlugin(Plugin):
+    name = "ebpf-net/httpflow"
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.cfg = ctx.cfg
+        self.log = ctx.logger
+        self.obj = None
+        self.links = []
+        self.ring = None
+        self.resolver = LocalAddressResolver()
+        self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
+        self.pipeline = HttpPipeline(expire_ns=int(max(2 * self.cfg.interval, 60) * 1e9))
+        self.points = 0
+
+    def start(self):
+        obj = _libbpf.BpfObject(bpf_object_path("http"))
+        try:
+            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.ctx.self_pid)
+            obj.load()
+            self.links = obj.attach_all()
+            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE)
+        except BaseException:
+            obj.close()
+            raise
+        self.obj = obj
+        self.conns = obj.map("http_conns")
+        self.drops = obj.map("http_drops")
+        self.pipeline.add_ring(self.ring, self.kernel_totals)
+        self.log.info("httpflow: %d programs attached", len(self.links))
+
+    def kernel_totals(self, sks):
+        """Byte totals of still-open HTTP sockets from the http_conns map.
+        One lookup per connection whose last response is pending, not per
+        event."""
+        out = np.zeros(len(sks), _http.TOTALS_DTYPE)
+        n = 0
+        for sk in sks:
+            v = self.conns.lookup(np.uint64(sk).tobytes())
+            if v is None:
+                continue
+            hc = np.frombuffer(v, _records.HTTP_CONN_DTYPE, 1)[0]
+            out[n] = (sk, hc["sent"], hc["recv"])
+            n += 1
+        return out[:n]
+
+    def fileobjs(self):
+        return self.pipeline.fileobjs()
+
+    def on_readable(self, fileobj):
+        # records are copied into the reader's C buffer; no Python per record
+        self.pipeline.drain(fileobj)
+
+    def collect(self, now_ns):
+        rows = self.pipeline.collect()
+        if len(rows["latency"]) == 0:
+            return []
+        batch = self.aggregate(rows)
+        self.points += batch.num_rows
+        return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
+                           HTTPFLOW_TAGS, HTTPFLOW_FIELDS, const_tags={"source": "httpflow"})]
+
+    def aggregate(self, rows):
+        """One row per answered request -> one point per connection tags,
+        pid, method, path, status and version: count, mean latency, bytes."""
+        rev = rows["rev"]
+        cols = connection_tags(
+            pid=rev["pid"], comm=pa.array(np.char.decode(rev["comm"], "utf-8", "replace")),
+            family=rev["family"], proto=rev["proto"], laddr=rev["laddr"], lport=rev["lport"],
+            raddr=rev["raddr"], rport=rev["rport"], direction=rev["direction"],
+            ephemeral_port=self.ephemeral_port, resolver=self.resolver,
+            domains=self.ctx.domains, nat=self.ctx.nat)
+        for k in REQUEST_KEYS + ["latency", "bytes_read", "bytes_written"]:
+            cols[k] = rows[k]
+        keys = CONNECTION_TAGS + REQUEST_KEYS
+        agg = pa.table(cols).group_by(keys, use_threads=False).aggregate([
+            ("latency", "count"), ("latency", "mean"), ("bytes_read", "sum"), ("bytes_written", "sum")])
+        out = {k: agg.column(k) for k in keys}
+        out["count"] = pc.cast(agg.column("latency_count"), pa.int64())
+        out["latency"] = pc.cast(pc.round(agg.column("latency_mean")), pa.int64())
+        out["bytes_read"] = pc.cast(agg.column("bytes_read_sum"), pa.int64())
+        out["bytes_written"] = pc.cast(agg.column("bytes_written_sum"), pa.int64())
+        add_ip_types(out)
+        table = pa.table(out).combine_chunks()
+        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+    def counters(self):
+        c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}
+        c["points"] = self.points
+        for r in self.pipeline.rings:
+            rc = r.counters()
+            c[f"ring_{r.name}_received"] = rc["received"]
+            c[f"ring_{r.name}_lost_userspace"] = rc["lost"]
+        if self.obj is not None:
+            sums = self.drops.percpu_sums()
+            for idx, name in _records.HTTP_DROP_NAMES.items():
+                c[f"kernel_drop_{name}"] = int(sums[idx])
+        return c
+
+    def stop(self):
+        for link in self.links:
+            link.close()
+        self.links = []
+        if self.ring is not None:
+            self.ring.close()
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None

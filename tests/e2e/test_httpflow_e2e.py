@@ -1,0 +1,190 @@
+"""The whole collector against real HTTP programs on loopback: nginx and a
+Python http.server as servers; curl, http.client with keep-alive and a raw
+socket sending pipelined requests as clients. The httpflow points must say
+exactly what the clients did: request counts per path and status, seen from
+both ends (the clients' outgoing points and the servers' incoming points),
+equal bytes on both ends, latency > 0, truncated paths. Every point is
+checked against the schema. Only points of our own server ports count."""
+import http.client
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from support import traffic
+from support.nginx import LONG_PREFIX, Nginx, free_port
+from support.schema import check_point
+
+pytestmark = pytest.mark.e2e
+
+LONG_PATH = LONG_PREFIX + "x" * 600  # longer than the 512-byte capture
+
+
+def http_points(receiver, port):
+    return [p for p in receiver.points(measurement="httpflow") if p.tags.get("server_port") == str(port)]
+
+
+def counts(points, direction):
+    c = Counter()
+    for p in points:
+        if p.tags["direction"] == direction:
+            c[(p.fields["method"], p.fields["path"], p.fields["status_code"])] += p.fields["count"]
+    return c
+
+
+def sums(points, direction, field):
+    c = Counter()
+    for p in points:
+        if p.tags["direction"] == direction:
+            c[(p.fields["path"], p.fields["status_code"])] += p.fields[field]
+    return c
+
+
+def wait_counts(receiver, port, want, timeout=40):
+    def done():
+        pts = http_points(receiver, port)
+        return pts if counts(pts, "outgoing") == want and counts(pts, "incoming") == want else None
+    return traffic.wait_until(done, timeout) or http_points(receiver, port)
+
+
+def curl(url, n=1):
+    for _ in range(n):
+        subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True, timeout=20)
+
+
+def pipelined(host, port, paths):
+    """One sendall with several requests, then every response read."""
+    reqs = b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in paths)
+    with socket.create_connection((host, port)) as s:
+        s.sendall(reqs)
+        # let every response arrive first, so that each read starts where a
+        # response starts (a capture of call prefixes cannot see a response
+        # line that begins in the middle of a read)
+        time.sleep(0.5)
+        data = b""
+        while data.count(b"HTTP/1.1 ") < len(paths) or not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+    return len(reqs)
+
+
+PIPELINED_CLIENT = """
+import os, sys
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(%r))))
+from e2e.test_httpflow_e2e import pipelined
+print(os.getpid(), pipelined("127.0.0.1", int(sys.argv[1]), ["/ok", "/missing", "/ok"]))
+""" % __file__
+
+
+def keep_alive(host, port, paths):
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    statuses = []
+    for p in paths:
+        conn.request("GET", p)
+        r = conn.getresponse()
+        r.read()
+        statuses.append(r.status)
+    conn.close()
+    return statuses
+
+
+def check_schema(receiver):
+    pts = receiver.points(measurement="httpflow")
+    assert pts, "no httpflow point at all"
+    for p in pts:
+        check_point("httpflow", p, extra_tags=("team", "env"))
+        assert p.tags["source"] == "httpflow" and p.tags["host"] == "e2e-host"
+        assert p.fields["latency"] > 0
+    assert {i for (_c, i, _p) in receiver.records if "httpflow" in i} == {"ebpf-net/httpflow"}
+
+
+def test_nginx_with_curl_keep_alive_and_pipelining(collector, receiver, tmp_path):
+    collector.start()
+    with Nginx(tmp_path) as ngx:
+        base = f"http://127.0.0.1:{ngx.port}"
+        curl(base + "/ok", 3)
+        curl(base + "/missing", 2)
+        curl(base + "/boom")
+        curl(base + LONG_PATH)
+        assert keep_alive("127.0.0.1", ngx.port, ["/ok?i=1", "/boom", "/ok?i=2", "/boom", "/ok"]) == \
+            [200, 500, 200, 500, 200]
+        # in a process of its own, to check its bytes alone
+        out = subprocess.run([sys.executable, "-c", PIPELINED_CLIENT, str(ngx.port)], capture_output=True,
+                             text=True, timeout=30, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        assert out.returncode == 0, out.stderr
+        pipe_pid, pipe_sent = map(int, out.stdout.split())
+        long_path = LONG_PATH[:512 - len("GET ")]
+        want = Counter({("GET", "/ok", 200): 3 + 3 + 2, ("GET", "/missing", 404): 2 + 1,
+                        ("GET", "/boom", 500): 1 + 2, ("GET", long_path, 200): 1})
+        pts = wait_counts(receiver, ngx.port, want)
+        assert counts(pts, "outgoing") == want
+        assert counts(pts, "incoming") == want
+    # both ends of each connection moved the same bytes
+    for a, b in (("bytes_written", "bytes_read"), ("bytes_read", "bytes_written")):
+        assert sums(pts, "outgoing", a) == sums(pts, "incoming", b)
+    assert all(v > 0 for v in sums(pts, "outgoing", "bytes_read").values())
+    for p in pts:
+        assert p.fields["truncated"] is (p.fields["path"] == long_path)
+        assert p.fields["http_version"] == "1.1"
+        t = p.tags
+        assert (t["server_ip"], t["client_ip"], t["transport"], t["family"]) == \
+            ("127.0.0.1", "127.0.0.1", "tcp", "IPv4")
+        if t["direction"] == "incoming":
+            assert t["process_name"] == "nginx" and t["src_port"] == str(ngx.port)
+        else:
+            assert t["dst_port"] == str(ngx.port) and t["client_port"] == "*"
+    procs = Counter(p.tags["process_name"] for p in pts if p.tags["direction"] == "outgoing")
+    assert set(procs) == {"curl", os.path.basename(sys.executable)[:15]}
+    # the pipelined client's bytes: exactly what it sent, three requests
+    mine = [p for p in pts if p.tags["pid"] == str(pipe_pid)]
+    assert sum(p.fields["count"] for p in mine) == 3
+    assert sum(p.fields["bytes_written"] for p in mine) == pipe_sent
+    check_schema(receiver)
+
+
+def test_python_http_server_both_sides(collector, receiver, tmp_path):
+    collector.start()
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "index.html").write_text("<p>hello</p>\n" * 100)
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-m", "http.server", "--bind", "127.0.0.1", str(port)],
+                           cwd=tmp_path / "www", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        traffic.wait_until(lambda: subprocess.run(["curl", "-s", "-o", "/dev/null", "--head",
+                                                   f"http://127.0.0.1:{port}/ready-probe"]).returncode == 0, 10)
+        base = f"http://127.0.0.1:{port}"
+        curl(base + "/index.html", 2)
+        curl(base + "/nope")
+        # HEAD probes: 1 or more until the server answered; counted below
+        want = Counter({("GET", "/index.html", 200): 2, ("GET", "/nope", 404): 1})
+        pts = wait_counts_get(receiver, port, want)
+    finally:
+        srv.terminate()
+        srv.wait(10)
+    assert gets(pts, "outgoing") == want and gets(pts, "incoming") == want
+    for a, b in (("bytes_written", "bytes_read"), ("bytes_read", "bytes_written")):
+        assert sums(pts, "outgoing", a) == sums(pts, "incoming", b)
+    idx = [p for p in pts if p.fields["path"] == "/index.html" and p.tags["direction"] == "outgoing"]
+    # the body plus the headers of two responses
+    assert sum(p.fields["bytes_read"] for p in idx) > 2 * len("<p>hello</p>\n" * 100)
+    for p in pts:
+        assert p.fields["http_version"] == "1.1"  # the request's version (the server answers 1.0)
+        if p.tags["direction"] == "incoming":
+            assert p.tags["process_name"].startswith("python")
+    check_schema(receiver)
+
+
+def gets(points, direction):
+    return Counter({k: v for k, v in counts(points, direction).items() if k[0] == "GET"})
+
+
+def wait_counts_get(receiver, port, want, timeout=40):
+    def done():
+        pts = http_points(receiver, port)
+        return pts if gets(pts, "outgoing") == want and gets(pts, "incoming") == want else None
+    return traffic.wait_until(done, timeout) or http_points(receiver, port)
