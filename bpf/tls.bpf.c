@@ -18,19 +18,32 @@
  *       is remembered per (process, SSL *) for later calls that are served
  *       from OpenSSL's own buffer and make no socket call at all.
  *
- * The tracepoints fire only for socket I/O, so the cost outside TLS is one
- * hash lookup per socket call; syscall tracepoints on read/write would
- * fire for every file and pipe as well.
+ *   tp_btf/tcp_destroy_sock: the end of a connection that carried HTTP:
+ *       an L7_OP_CLOSE record with its final plaintext byte counters.
  *
- * A record whose socket is still unknown is dropped and counted
- * (TLS_DROP_NO_SOCK): its connection tags could not be filled.
+ * The socket tracepoints fire only for socket I/O, so the cost outside TLS
+ * is one hash lookup per socket call; syscall tracepoints on read/write
+ * would fire for every file and pipe as well.
+ *
+ * Records follow bpf/http.bpf.c's scheme (include/http_msg.h): one record
+ * per HTTP/1.x message start, the plaintext bytes of every call counted in
+ * the connection's struct http_conn (`tls_conns`, keyed by struct sock *),
+ * so sizes and latency come out right without a record per chunk. The
+ * ciphertext on the same socket never looks like HTTP to bpf/http.bpf.c,
+ * so each request is reported once, from here.
+ *
+ * A data call whose socket is still unknown is dropped and counted
+ * (TLS_DROP_NO_SOCK): neither its tags nor its counters have a connection.
  */
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include "include/netflow.h"
 #include "include/l7.h"
+#include "include/http.h"
+#include "include/http_msg.h"
 #include "include/tls.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -86,6 +99,15 @@ struct {
 	__type(key, struct ssl_key);
 	__type(value, __u64);
 } ssl_socks SEC(".maps");
+
+/* Plaintext counters of connections that carried an HTTP message (the
+ * struct of bpf/http.bpf.c's http_conns, read by user space the same way). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct http_conn);
+} tls_conns SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -152,6 +174,18 @@ int BPF_PROG(tls_sock_recv, struct sock *sk, int ret, int flags)
 	return 0;
 }
 
+static __always_inline void fill_tuple(struct l7_event *ev, const struct sock_tuple *t)
+{
+	__builtin_memcpy(ev->laddr, t->laddr, 16);
+	__builtin_memcpy(ev->raddr, t->raddr, 16);
+	ev->lport = t->lport;
+	ev->rport = t->rport;
+	ev->family = t->family;
+	ev->proto = t->proto;
+	ev->source = L7_SRC_SSL;
+	ev->flags = L7_F_COUNTED;
+}
+
 static __always_inline int leave(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -187,34 +221,54 @@ static __always_inline int leave(long ret)
 		count_drop(TLS_DROP_NO_SOCK);
 		return 0;
 	}
+
+	__u8 op = (c.kind == CALL_READ || c.kind == CALL_READ_EX) ? L7_OP_RECV : L7_OP_SEND;
+	/* same clock convention as the syscall source: send at entry, recv at exit */
+	__u64 ts = op == L7_OP_SEND ? c.ts_ns : bpf_ktime_get_ns();
+	struct http_conn *hc = bpf_map_lookup_elem(&tls_conns, &sk);
+	__u8 head[8] = {};
+	if (bytes < (__s64)sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)c.buf) ||
+	    !looks_like_http(head)) {
+		if (hc) /* a continuation: counted, no record */
+			count_bytes(hc, op, bytes, ts);
+		return 0;
+	}
+
+	/* a message starts */
 	struct sock_tuple t = {};
 	if (!read_tuple((const struct sock *)sk, &t) || t.proto != IPPROTO_TCP) {
 		count_drop(TLS_DROP_NOT_TCP);
 		return 0;
 	}
+	if (!hc) {
+		/* the side that sends the first request is the client */
+		int is_request = head[0] != 'H' || head[1] != 'T';
+		struct http_conn init = {.pid = id >> 32};
+		init.direction = (is_request == (op == L7_OP_SEND)) ? NF_DIR_OUTGOING : NF_DIR_INCOMING;
+		bpf_map_update_elem(&tls_conns, &sk, &init, BPF_NOEXIST);
+		hc = bpf_map_lookup_elem(&tls_conns, &sk);
+		if (!hc)
+			return 0; /* LRU: cannot fail but for a race with its eviction */
+	}
+	struct http_conn before = *hc;
+	count_bytes(hc, op, bytes, ts);
 
 	struct l7_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(TLS_DROP_RING);
 		return 0;
 	}
-	__u8 is_read = c.kind == CALL_READ || c.kind == CALL_READ_EX;
-	/* same clock convention as the syscall source: send at entry, recv at exit */
-	ev->ts_ns = is_read ? bpf_ktime_get_ns() : c.ts_ns;
+	fill_tuple(ev, &t);
+	ev->ts_ns = ts;
 	ev->sk = sk;
-	__builtin_memcpy(ev->laddr, t.laddr, 16);
-	__builtin_memcpy(ev->raddr, t.raddr, 16);
-	ev->lport = t.lport;
-	ev->rport = t.rport;
 	ev->pid = id >> 32;
 	ev->tid = tid;
 	ev->bytes = bytes > 0xffffffffLL ? 0xffffffffU : (__u32)bytes;
-	ev->family = t.family;
-	ev->proto = t.proto;
-	ev->op = is_read ? L7_OP_RECV : L7_OP_SEND;
-	ev->source = L7_SRC_SSL;
-	ev->direction = NF_DIR_UNKNOWN;
-	ev->flags = 0;
+	ev->op = op;
+	ev->direction = before.direction;
+	ev->sk_sent = before.sent;
+	ev->sk_recv = before.recv;
+	ev->ts_other_ns = op == L7_OP_SEND ? before.ts_last_recv : before.ts_last_send;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
 
@@ -227,6 +281,42 @@ static __always_inline int leave(long ret)
 	}
 	ev->cap_len = cap;
 	bpf_ringbuf_submit(ev, 0);
+	return 0;
+}
+
+/* The end of a TCP socket (fires once, after the owner's last read; see
+ * netflow.bpf.c): final plaintext counters of a connection that carried
+ * HTTP, which close its last response in user space. */
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(tls_sock_destroy, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct http_conn *hc = bpf_map_lookup_elem(&tls_conns, &key);
+	if (!hc)
+		return 0;
+	struct sock_tuple t = {};
+	if (read_tuple(sk, &t)) {
+		struct l7_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+		if (ev) {
+			fill_tuple(ev, &t);
+			ev->ts_ns = bpf_ktime_get_ns();
+			ev->sk = key;
+			ev->pid = hc->pid;
+			ev->tid = 0;
+			ev->bytes = 0;
+			ev->cap_len = 0;
+			ev->op = L7_OP_CLOSE;
+			ev->direction = hc->direction;
+			ev->comm[0] = 0; /* softirq context possibly: no owner task here */
+			ev->sk_sent = hc->sent;
+			ev->sk_recv = hc->recv;
+			ev->ts_other_ns = 0;
+			bpf_ringbuf_submit(ev, 0);
+		} else {
+			count_drop(TLS_DROP_RING);
+		}
+	}
+	bpf_map_delete_elem(&tls_conns, &key);
 	return 0;
 }
 

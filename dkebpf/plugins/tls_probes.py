@@ -38,7 +38,7 @@ OPTIONAL_FUNCS = (("SSL_read_ex", "ssl_read_ex_enter"),      # OpenSSL >= 1.1.1
                   ("SSL_write_ex", "ssl_write_ex_enter"),
                   ("SSL_do_handshake", "ssl_handshake_enter"))
 RETURN_PROG = "ssl_leave"
-SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv")
+SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
 RESCAN_S = 10.0         # how often /proc is scanned for new libssl files

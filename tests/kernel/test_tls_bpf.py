@@ -114,10 +114,19 @@ def test_curl_and_nginx_plaintext_both_ends(probes, nginx, host):
     assert c["lport"] == s["rport"] and c["lport"] > 0
     assert bytes(c["raddr"]) == bytes(c["laddr"]) == ip_bytes(host) == bytes(s["laddr"])
     assert len({int(e["sk"]) for e in of(cpid, R.L7_SEND) + of(cpid, R.L7_RECV)}) == 1
-    assert {int(e["tid"]) for e in ev if e["pid"] == cpid} == {cpid}  # curl is single-threaded
+    # curl is single-threaded; the close record has no thread
+    assert {int(e["tid"]) for e in ev if e["pid"] == cpid and e["op"] != R.L7_CLOSE} == {cpid}
     assert c["comm"] == b"curl" and s["comm"] == b"nginx"
     # the same bytes of a request, counted at both ends
     assert [int(e["bytes"]) for e in of(cpid, R.L7_SEND)] == [int(e["bytes"]) for e in of(srv.worker, R.L7_RECV)]
+    # the connection's end: plaintext totals, equal seen from both ends
+    cc, sc = of(cpid, R.L7_CLOSE), of(srv.worker, R.L7_CLOSE)
+    assert len(cc) == len(sc) == 1
+    assert (int(cc[0]["sk_sent"]), int(cc[0]["sk_recv"])) == (int(sc[0]["sk_recv"]), int(sc[0]["sk_sent"]))
+    assert int(cc[0]["sk_sent"]) == sum(int(e["bytes"]) for e in of(cpid, R.L7_SEND))
+    # each response start knows when the last request byte arrived
+    for e in of(srv.worker, R.L7_SEND):
+        assert 0 < int(e["ts_other_ns"]) <= int(e["ts_ns"])
     counters = probes.counters()
     assert counters["kernel_drop_tls_events_ring_full"] == 0
 
@@ -139,23 +148,33 @@ PY_CLIENT = textwrap.dedent("""
             if not chunk:
                 break
             got += chunk
-    print(len(req), got.split(b"\\r\\n")[0].decode())
+    print(len(req), len(got), got.split(b"\\r\\n")[0].decode())
 """)
 
 
-def test_python_ssl_ex_functions_and_truncation(probes, nginx):
+def test_python_ssl_ex_functions_truncation_and_totals(probes, nginx):
     """Python's ssl module calls SSL_write_ex/SSL_read_ex: the byte count
     comes from *written/*readbytes; a write longer than L7_PAYLOAD_MAX is
-    captured up to it and counted in full."""
+    captured up to it and counted in full. nginx reads the request in
+    pieces (header buffer, then body): one record for the message start,
+    the rest counted; the close records carry the plaintext totals of both
+    ends, which agree."""
     from dkebpf import _records as R
 
     srv = nginx()
     proc, out = run_python(PY_CLIENT, "127.0.0.1", srv.port, 3000)
-    req_len = int(out.split()[0])
+    req_len, resp_len = int(out.split()[0]), int(out.split()[1])
     ev = records(probes, [proc.pid, srv.worker])
     server = [e for e in ev if e["pid"] == srv.worker and e["op"] == R.L7_RECV]
-    assert sum(int(e["bytes"]) for e in server) == req_len
+    assert len(server) == 1 and int(server[0]["sk_recv"]) == 0
     assert payload(server[0]).startswith(b"POST /tls/created HTTP/1.1\r\n")
+    assert server[0]["direction"] == R.DIR_INCOMING
+    closes = {int(e["pid"]): e for e in ev if e["op"] == R.L7_CLOSE}
+    assert set(closes) == {proc.pid, srv.worker}
+    c, s = closes[proc.pid], closes[srv.worker]
+    assert (int(c["sk_sent"]), int(c["sk_recv"])) == (req_len, resp_len)
+    assert (int(s["sk_recv"]), int(s["sk_sent"])) == (req_len, resp_len)
+    assert c["direction"] == R.DIR_OUTGOING and c["flags"] == R.L7_COUNTED
     ev = ev[ev["pid"] == proc.pid]
     sends = [e for e in ev if e["op"] == R.L7_SEND]
     assert len(sends) == 1
