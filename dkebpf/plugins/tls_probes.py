@@ -224,10 +224,6 @@ class TlsProbes:
         c = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}
         c["tls_libraries_attached"] = len(self.libraries)
         c["tls_uprobes_attached"] = sum(len(links) for _, links in self.libraries.values())
-        if self.ring is not None:
-            rc = self.ring.counters()
-            c["ring_tls_received"] = rc["received"]
-            c["ring_tls_lost_userspace"] = rc["lost"]
         if self.obj is not None and getattr(self, "drops", None) is not None:
             sums = self.drops.percpu_sums()
             for idx, name in _records.TLS_DROP_NAMES.items():
@@ -252,3 +248,27 @@ class TlsProbes:
             self.obj.close()
             self.obj = None
         self.drops = None
+
+
+def check_line(host_proc="/proc", host_root=""):
+    """`dkebpf check`: load tls.bpf.o, attach to every libssl found (then
+    detach); one line saying where libssl is and whether the probes attach."""
+    from types import SimpleNamespace
+    import logging
+
+    cfg = SimpleNamespace(host_proc=host_proc, host_root=host_root, ipv6_disabled=False)
+    probes = TlsProbes(cfg, logging.getLogger("dkebpf.check"), os.getpid())
+    try:
+        probes.start()
+        paths = probes.attached_paths()
+        failed = [f"{p} ({why})" for p, why in probes.failed.values()]
+        nprobes = probes.counters()["tls_uprobes_attached"]
+    finally:
+        probes.stop()
+    if not paths and not failed:
+        return ("httpflow-tls: no OpenSSL libssl.so.N in the library directories or in any "
+                "process; programs started later are found by the periodic rescan")
+    line = f"httpflow-tls: {nprobes} uprobes attach to {len(paths)} libssl file(s): {', '.join(paths) or '-'}"
+    if failed:
+        line += "; cannot probe: " + ", ".join(failed)
+    return line

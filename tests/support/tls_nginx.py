@@ -7,6 +7,8 @@ import socket
 import subprocess
 import time
 
+from support.nginx import free_port
+
 # path -> (status, body); `return` needs no files, so the worker never
 # touches the disk
 ROUTES = {
@@ -39,13 +41,6 @@ http {{
     }}
 }}
 """
-
-
-def free_port(host="127.0.0.1"):
-    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def make_cert(tmp):
