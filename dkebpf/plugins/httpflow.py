@@ -62,7 +62,7 @@ class HttpPipeline:
         self.carried_msgs = np.empty(0, _http.MSG_DTYPE)
         self.stats = {"events": 0, "messages": 0, "events_without_message": 0, "pairs": 0,
                       "unmatched_responses": 0, "unanswered_closed": 0, "expired_requests": 0,
-                      "carried_dropped": 0}
+                      "carried_evicted": 0}
 
     def add_ring(self, ring, totals_fn=None):
         """ring: a RingReader of _records.L7_EVENT_DTYPE records."""
@@ -130,7 +130,7 @@ class HttpPipeline:
 
     def _carry(self, events, kept):
         if len(kept) > self.max_carried:  # bounded memory: the oldest go
-            self.stats["carried_dropped"] += len(kept) - self.max_carried
+            self.stats["carried_evicted"] += len(kept) - self.max_carried
             kept = kept[np.argsort(kept["ts"], kind="stable")[-self.max_carried:]]
         ev_idx = np.unique(kept["ev"])
         self.carried_events = events[ev_idx]

@@ -5,9 +5,7 @@ exactly what the clients did: request counts per path and status, seen from
 both ends (the clients' outgoing points and the servers' incoming points),
 equal bytes on both ends, latency > 0, truncated paths. Every point is
 checked against the schema. Only points of our own server ports count."""
-import http.client
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +13,8 @@ from collections import Counter
 
 import pytest
 
-from support import traffic
+from support import http_clients, traffic
+from support.http_clients import keep_alive
 from support.nginx import LONG_PREFIX, Nginx, free_port
 from support.schema import check_point
 
@@ -56,43 +55,6 @@ def curl(url, n=1):
         subprocess.run(["curl", "-s", "-o", "/dev/null", url], check=True, timeout=20)
 
 
-def pipelined(host, port, paths):
-    """One sendall with several requests, then every response read."""
-    reqs = b"".join(f"GET {p} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for p in paths)
-    with socket.create_connection((host, port)) as s:
-        s.sendall(reqs)
-        # let every response arrive first, so that each read starts where a
-        # response starts (a capture of call prefixes cannot see a response
-        # line that begins in the middle of a read)
-        time.sleep(0.5)
-        data = b""
-        while data.count(b"HTTP/1.1 ") < len(paths) or not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            assert chunk, data
-            data += chunk
-    return len(reqs)
-
-
-PIPELINED_CLIENT = """
-import os, sys
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(%r))))
-from e2e.test_httpflow_e2e import pipelined
-print(os.getpid(), pipelined("127.0.0.1", int(sys.argv[1]), ["/ok", "/missing", "/ok"]))
-""" % __file__
-
-
-def keep_alive(host, port, paths):
-    conn = http.client.HTTPConnection(host, port, timeout=10)
-    statuses = []
-    for p in paths:
-        conn.request("GET", p)
-        r = conn.getresponse()
-        r.read()
-        statuses.append(r.status)
-    conn.close()
-    return statuses
-
-
 def check_schema(receiver):
     pts = receiver.points(measurement="httpflow")
     assert pts, "no httpflow point at all"
@@ -114,8 +76,8 @@ def test_nginx_with_curl_keep_alive_and_pipelining(collector, receiver, tmp_path
         assert keep_alive("127.0.0.1", ngx.port, ["/ok?i=1", "/boom", "/ok?i=2", "/boom", "/ok"]) == \
             [200, 500, 200, 500, 200]
         # in a process of its own, to check its bytes alone
-        out = subprocess.run([sys.executable, "-c", PIPELINED_CLIENT, str(ngx.port)], capture_output=True,
-                             text=True, timeout=30, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+        out = subprocess.run([sys.executable, http_clients.__file__, "pipelined", "127.0.0.1", str(ngx.port),
+                              "/ok", "/missing", "/ok"], capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         pipe_pid, pipe_sent = map(int, out.stdout.split())
         long_path = LONG_PATH[:512 - len("GET ")]

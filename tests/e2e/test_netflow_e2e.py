@@ -37,7 +37,7 @@ def check_all(receiver):
         check_point("netflow", p, extra_tags=("team", "env"))
         assert p.tags["host"] == "e2e-host" and p.tags["service"] == "ebpf"
         assert p.tags["team"] == "net" and p.tags["env"] == "test" and p.tags["source"] == "netflow"
-    inputs = {i for (_c, i, _p) in receiver.records}
+    inputs = {i for (_c, i, p) in receiver.records if p.measurement == "netflow"}
     assert inputs == {"ebpf-net/netflow"}
 
 
