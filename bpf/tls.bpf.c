@@ -52,6 +52,8 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u8 ipv6_disabled = 0;
 /* the collector's own TLS (e.g. an https DataKit address) is not reported */
 const volatile __u32 self_tgid = 0;
+/* wake the reader once this much waits in the ring (see submit_flags) */
+const volatile __u32 wakeup_bytes = 1 << 19;
 
 #include "include/sock_tuple.h" /* uses ipv6_disabled */
 
@@ -126,6 +128,18 @@ static __always_inline void count_drop(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&drops, &idx);
 	if (v)
 		*v += 1;
+}
+
+/* Batch the reader's wakeups: by default a commit wakes the reader whenever
+ * it had caught up (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), i.e. once per
+ * record when records come slower than it drains, one trip through the
+ * collector's event loop each. A reader that is not asleep still sees the
+ * records (the ring's poll reports any available data), and the interval's
+ * collect takes everything, so only the wakeup is deferred. */
+static __always_inline __u64 submit_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
+									      : BPF_RB_NO_WAKEUP;
 }
 
 static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
@@ -280,7 +294,7 @@ static __always_inline int leave(long ret)
 		count_drop(TLS_DROP_PAYLOAD);
 	}
 	ev->cap_len = cap;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, submit_flags());
 	return 0;
 }
 
@@ -311,7 +325,7 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 			ev->sk_sent = hc->sent;
 			ev->sk_recv = hc->recv;
 			ev->ts_other_ns = 0;
-			bpf_ringbuf_submit(ev, 0);
+			bpf_ringbuf_submit(ev, submit_flags());
 		} else {
 			count_drop(TLS_DROP_RING);
 		}

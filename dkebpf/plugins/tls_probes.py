@@ -42,7 +42,8 @@ SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
 RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
-RING_BYTES = 1 << 23    # 8 MiB: ~13k records between two drains
+RING_BYTES = 1 << 24    # 16 MiB: ~27k records between two drains
+WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per ~800 records, not per record
 
 
 def libssl_in_maps(maps_text):
@@ -156,7 +157,8 @@ class TlsProbes:
     def start(self):
         obj = _libbpf.BpfObject(bpf_object_path("tls"))
         try:
-            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.self_pid)
+            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.self_pid,
+                          wakeup_bytes=WAKEUP_BYTES)
             obj.map("events").set_max_entries(RING_BYTES)
             obj.load()
             self.obj = obj
