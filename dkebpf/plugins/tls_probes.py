@@ -18,6 +18,7 @@ libssl3.so is another library and is left alone. Statically linked OpenSSL
 """
 import os
 import re
+import struct
 import time
 
 from ..errors import KernelError
@@ -34,9 +35,9 @@ LIBSSL_NAME = re.compile(r"^libssl\.so\.\d+(\.\d+)*$")
 # SSL_do_handshake (SSL_connect/SSL_accept call it) is probed only so that
 # the socket of an SSL object is known before its first read.
 REQUIRED_FUNCS = (("SSL_read", "ssl_read_enter"), ("SSL_write", "ssl_write_enter"))
+HANDSHAKE_FUNCS = (("SSL_do_handshake", "ssl_handshake_enter"),)
 OPTIONAL_FUNCS = (("SSL_read_ex", "ssl_read_ex_enter"),      # OpenSSL >= 1.1.1
-                  ("SSL_write_ex", "ssl_write_ex_enter"),
-                  ("SSL_do_handshake", "ssl_handshake_enter"))
+                  ("SSL_write_ex", "ssl_write_ex_enter")) + HANDSHAKE_FUNCS
 RETURN_PROG = "ssl_leave"
 SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
@@ -44,6 +45,102 @@ LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib6
 RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
 RING_BYTES = 1 << 24    # 16 MiB: ~27k records between two drains
 WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per ~800 records, not per record
+
+
+# --- where to put the probes -------------------------------------------------
+#
+# A uprobe traps twice when the kernel must single-step the probed
+# instruction out of line, once when it can emulate it (push, call, jmp,
+# nop: arch/x86/kernel/uprobes.c). The exported SSL_read/SSL_write start with
+# `sub $n,%rsp` (single-stepped); on a KVM guest each trap is microseconds
+# (perf/bench_tls_uprobe.py: 10.5 us vs 1.2 us per entry probe). In OpenSSL
+# 1.1.1 and 3.x SSL_read, SSL_read_ex (and SSL_write, SSL_write_ex) are thin
+# wrappers around ssl_read_internal(s, buf, num, size_t *readbytes) (and
+# ssl_write_internal), which begin with `push`: probing those covers both
+# wrappers with the _ex semantics at a third of the cost. They are local
+# symbols, found by decoding SSL_read_ex = `sub $n,%rsp; call <internal>`,
+# and used only when SSL_read/SSL_write call the same function (not inlined
+# there) and it starts with a push; otherwise the exported functions are
+# probed.
+
+def _elf_dynsyms(data):
+    """{name: (vaddr, size)} of the dynamic symbols, and the PT_LOAD
+    segments [(vaddr, offset, filesz)], of a little-endian ELF64 image."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return {}, []
+    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 0x20)
+    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", data, 0x36)
+    loads = []
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type == 1:  # PT_LOAD
+            loads.append((p_vaddr, p_offset, p_filesz))
+    shdrs = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    syms = {}
+    for sh in shdrs:
+        if sh[1] != 11:  # SHT_DYNSYM
+            continue
+        _n, _t, _f, _a, off, size, link, _i, _al, entsize = sh
+        str_off = shdrs[link][4]
+        for j in range(size // (entsize or 24)):
+            st_name, _info, _other, _shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, off + j * 24)
+            if not st_value:
+                continue
+            end = data.index(b"\0", str_off + st_name)
+            syms[data[str_off + st_name:end].decode("ascii", "replace")] = (st_value, st_size)
+    return syms, loads
+
+
+def _file_offset(loads, vaddr):
+    for v, off, size in loads:
+        if v <= vaddr < v + size:
+            return vaddr - v + off
+    return None
+
+
+def _starts_with_push(code):
+    """push %reg (50+r) or push %r8-%r15 (41 50+r): emulated by x86 uprobes."""
+    return (0x50 <= code[0] <= 0x57) or (code[0] == 0x41 and 0x50 <= code[1] <= 0x57)
+
+
+def internal_entries(path):
+    """File offsets {"read": off, "write": off} of ssl_read_internal and
+    ssl_write_internal in a libssl file, or {} when its code does not have
+    the expected shape (then the exported functions are probed)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        syms, loads = _elf_dynsyms(data)
+    except (OSError, struct.error, ValueError, IndexError):
+        return {}
+    out = {}
+    for kind, wrapper_ex, wrapper in (("read", "SSL_read_ex", "SSL_read"), ("write", "SSL_write_ex", "SSL_write")):
+        if wrapper_ex not in syms or wrapper not in syms:
+            return {}
+        va = syms[wrapper_ex][0]
+        off = _file_offset(loads, va)
+        if off is None:
+            return {}
+        code = data[off:off + 9]
+        # 48 83 ec XX = sub $XX,%rsp; e8 rel32 = call
+        if len(code) < 9 or code[:3] != b"\x48\x83\xec" or code[4] != 0xE8:
+            return {}
+        target = va + 9 + struct.unpack_from("<i", code, 5)[0]
+        t_off = _file_offset(loads, target)
+        if t_off is None or not _starts_with_push(data[t_off:t_off + 2]):
+            return {}
+        # the plain wrapper must call the same function (not an inlined copy)
+        wv, wsize = syms[wrapper]
+        w_off = _file_offset(loads, wv)
+        if w_off is None:
+            return {}
+        body = data[w_off:w_off + max(wsize, 16)]
+        if not any(body[i] == 0xE8 and wv + i + 5 + struct.unpack_from("<i", body, i + 1)[0] == target
+                   for i in range(len(body) - 4)):
+            return {}
+        out[kind] = t_off
+    return out
 
 
 def libssl_in_maps(maps_text):
@@ -192,26 +289,37 @@ class TlsProbes:
             if fid in self.libraries or fid in self.failed:
                 continue
             try:
-                links = self._attach_library(path)
+                links, where = self._attach_library(path)
             except KernelError as exc:
                 self.failed[fid] = (path, str(exc).splitlines()[0])
                 self.totals["tls_attach_failures"] += 1
                 self.log.warning("httpflow-tls: cannot probe %s: %s", path, str(exc).splitlines()[0])
                 continue
             self.libraries[fid] = (path, links)
-            self.log.info("httpflow-tls: attached %d uprobes to %s", len(links), path)
+            self.log.info("httpflow-tls: attached %d uprobes to %s (%s)", len(links), path, where)
             n += 1
         return n
 
     def _attach_library(self, path):
+        """Returns (links, which functions carry the probes)."""
         leave = self.obj.program(RETURN_PROG)
         links = []
+        internal = internal_entries(path)
+        where = "ssl_read_internal, ssl_write_internal" if internal else "SSL_read, SSL_write and _ex"
         try:
-            for i, (func, prog) in enumerate(REQUIRED_FUNCS + OPTIONAL_FUNCS):
+            if internal:
+                # the _ex programs: the internal functions have their signature
+                for kind, prog in (("read", "ssl_read_ex_enter"), ("write", "ssl_write_ex_enter")):
+                    links.append(self.obj.program(prog).attach_uprobe(path, "", offset=internal[kind]))
+                    links.append(leave.attach_uprobe(path, "", retprobe=True, offset=internal[kind]))
+                funcs = HANDSHAKE_FUNCS
+            else:
+                funcs = REQUIRED_FUNCS + OPTIONAL_FUNCS
+            for i, (func, prog) in enumerate(funcs):
                 try:
                     entry = self.obj.program(prog).attach_uprobe(path, func)
                 except KernelError:
-                    if i < len(REQUIRED_FUNCS):
+                    if funcs is not HANDSHAKE_FUNCS and i < len(REQUIRED_FUNCS):
                         raise
                     continue  # an older OpenSSL without the _ex functions
                 links.append(entry)
@@ -220,7 +328,7 @@ class TlsProbes:
             for link in links:
                 link.close()
             raise
-        return links
+        return links, where
 
     def counters(self):
         c = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}

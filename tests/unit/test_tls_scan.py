@@ -82,3 +82,61 @@ def test_random_text_never_crashes():
             assert path.startswith("/") and LIBSSL_NAME.match(os.path.basename(path))
 
     check()
+
+
+SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+
+
+def test_internal_entries_of_the_system_libssl():
+    """Debian 12's OpenSSL 3.0: SSL_read_ex/SSL_write_ex are `sub; call
+    <internal>`, SSL_read/SSL_write call the same functions, which start
+    with a push (emulated by uprobes)."""
+    import pytest
+    from dkebpf.plugins.tls_probes import _elf_dynsyms, _file_offset, internal_entries
+
+    if not os.path.exists(SYSTEM_LIBSSL):
+        pytest.skip("no libssl.so.3 here")
+    got = internal_entries(SYSTEM_LIBSSL)
+    assert set(got) == {"read", "write"} and got["read"] != got["write"]
+    data = open(SYSTEM_LIBSSL, "rb").read()
+    syms, loads = _elf_dynsyms(data)
+    for off in got.values():
+        assert data[off] in range(0x50, 0x58) or (data[off] == 0x41 and data[off + 1] in range(0x50, 0x58))
+    # the exported wrappers are elsewhere
+    assert _file_offset(loads, syms["SSL_read"][0]) not in got.values()
+
+
+def test_internal_entries_fall_back_on_anything_else(tmp_path):
+    from dkebpf.plugins.tls_probes import internal_entries
+
+    assert internal_entries(str(tmp_path / "missing.so")) == {}
+    junk = tmp_path / "libssl.so.3"
+    junk.write_bytes(b"\x7fELF\x02\x01" + os.urandom(4000))
+    assert internal_entries(str(junk)) == {}
+    junk.write_bytes(b"not an elf")
+    assert internal_entries(str(junk)) == {}
+    if os.path.exists(SYSTEM_LIBSSL):
+        # the same library with SSL_read_ex's first instruction changed
+        from dkebpf.plugins.tls_probes import _elf_dynsyms, _file_offset
+        data = bytearray(open(SYSTEM_LIBSSL, "rb").read())
+        syms, loads = _elf_dynsyms(bytes(data))
+        off = _file_offset(loads, syms["SSL_read_ex"][0])
+        data[off:off + 4] = b"\x90\x90\x90\x90"
+        patched = tmp_path / "patched.so.3"
+        patched.write_bytes(bytes(data))
+        assert internal_entries(str(patched)) == {}
+
+
+def test_internal_entries_random_bytes_never_crash(tmp_path):
+    from hypothesis import given, settings, strategies as st
+    from dkebpf.plugins.tls_probes import internal_entries
+
+    f = tmp_path / "x.so"
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.binary(max_size=512))
+    def check(tail):
+        f.write_bytes(b"\x7fELF\x02\x01" + tail)
+        assert internal_entries(str(f)) == {}
+
+    check()
