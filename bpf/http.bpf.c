@@ -51,9 +51,17 @@ const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
 
 #include "include/sock_tuple.h" /* uses ipv6_disabled */
 
+#define EVENTS_RING_BYTES (1 << 25)
+/* Wake the reader only once this much waits: user space processes records
+ * once per interval anyway (and takes what waits then), so a wakeup per
+ * record (the default) would only cost a context switch and a pass of the
+ * agent's loop per HTTP message, which at 100k messages/s is more than the
+ * reader can take. */
+#define EVENTS_WAKE_BYTES (EVENTS_RING_BYTES / 16)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 24);
+	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
 struct {
@@ -115,6 +123,12 @@ static __always_inline void count_drop(__u32 idx)
 	__u64 *v = bpf_map_lookup_elem(&http_drops, &idx);
 	if (v)
 		*v += 1;
+}
+
+static __always_inline __u64 wake_flag(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
+										 : BPF_RB_NO_WAKEUP;
 }
 
 /* fd of the current task -> its TCP sock, or NULL. The inode mode tells a
@@ -217,6 +231,57 @@ static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_c
 	return off < L7_PAYLOAD_MAX ? off : L7_PAYLOAD_MAX;
 }
 
+/* A socket's first message start: its entry in http_conns, with the tuple
+ * and the process name read once. NULL when not reportable or no room. */
+static __always_inline struct http_conn *new_conn(__u64 skp, const __u8 *head, __u8 op, __u32 tgid)
+{
+	struct sock_tuple t = {};
+	if (!read_tuple((struct sock *)skp, &t))
+		return 0;
+	struct http_conn init = {.pid = tgid, .family = t.family, .proto = t.proto,
+				 .lport = t.lport, .rport = t.rport};
+	__builtin_memcpy(init.laddr, t.laddr, 16);
+	__builtin_memcpy(init.raddr, t.raddr, 16);
+	/* the side that sends the first request is the client */
+	int is_request = head[0] != 'H' || head[1] != 'T';
+	init.direction = (is_request == (op == L7_OP_SEND)) ? NF_DIR_OUTGOING : NF_DIR_INCOMING;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&init.comm, task, group_leader, comm);
+	if (bpf_map_update_elem(&http_conns, &skp, &init, BPF_NOEXIST) && !bpf_map_lookup_elem(&http_conns, &skp)) {
+		count_drop(HTTP_DROP_CONNS);
+		return 0;
+	}
+	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &skp);
+	if (!hc)
+		count_drop(HTTP_DROP_CONNS);
+	return hc;
+}
+
+/* Everything but the payload, from the connection entry and the call. */
+static __always_inline void fill_event(struct l7_event *ev, const struct http_conn *hc, const struct sock_call *c,
+				       __u64 id, long ret, __u64 ts)
+{
+	ev->ts_ns = ts;
+	ev->sk = c->sk;
+	__builtin_memcpy(ev->laddr, hc->laddr, 16);
+	__builtin_memcpy(ev->raddr, hc->raddr, 16);
+	ev->lport = hc->lport;
+	ev->rport = hc->rport;
+	ev->pid = id >> 32;
+	ev->tid = (__u32)id;
+	ev->bytes = ret;
+	ev->family = hc->family;
+	ev->proto = hc->proto;
+	ev->op = c->op;
+	ev->source = L7_SRC_SYSCALL;
+	ev->direction = hc->direction;
+	ev->flags = L7_F_COUNTED;
+	__builtin_memcpy(ev->comm, hc->comm, NF_COMM_LEN);
+	ev->sk_sent = hc->sent;
+	ev->sk_recv = hc->recv;
+	ev->ts_other_ns = c->op == L7_OP_SEND ? hc->ts_last_recv : hc->ts_last_send;
+}
+
 static __always_inline int exit_call(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
@@ -258,55 +323,43 @@ static __always_inline int exit_call(long ret)
 	}
 
 	/* a message starts */
-	struct sock *sk = (struct sock *)c.sk;
-	struct sock_tuple t = {};
-	if (!read_tuple(sk, &t))
-		return 0;
 	if (!hc) {
-		/* the side that sends the first request is the client */
-		int is_request = head[0] != 'H' || head[1] != 'T';
-		struct http_conn init = {.pid = id >> 32};
-		init.direction = (is_request == (c.op == L7_OP_SEND)) ? NF_DIR_OUTGOING : NF_DIR_INCOMING;
-		if (bpf_map_update_elem(&http_conns, &c.sk, &init, BPF_NOEXIST) &&
-		    !bpf_map_lookup_elem(&http_conns, &c.sk)) {
-			count_drop(HTTP_DROP_CONNS);
+		hc = new_conn(c.sk, head, c.op, id >> 32);
+		if (!hc)
 			return 0;
-		}
-		hc = bpf_map_lookup_elem(&http_conns, &c.sk);
-		if (!hc) {
-			count_drop(HTTP_DROP_CONNS);
-			return 0;
-		}
 	}
-
+	__u64 flags = wake_flag();
+	struct l7_event *ev;
+	if (!iov) {
+		/* one buffer: straight into the ring, no staging copy */
+		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+		if (!ev) {
+			count_drop(HTTP_DROP_RING);
+			count_bytes(hc, c.op, ret, ts);
+			return 0;
+		}
+		__u32 n = ret < L7_PAYLOAD_MAX ? ret : L7_PAYLOAD_MAX;
+		asm volatile("" : "+r"(n)); /* keep the bound below for the verifier */
+		if (n > L7_PAYLOAD_MAX)
+			n = L7_PAYLOAD_MAX;
+		if (bpf_probe_read_user(ev->payload, n, (void *)c.ptr))
+			n = 0;
+		ev->cap_len = n;
+		fill_event(ev, hc, &c, id, ret, ts);
+		count_bytes(hc, c.op, ret, ts);
+		bpf_ringbuf_submit(ev, flags);
+		return 0;
+	}
+	/* iovecs: gathered in the per-CPU scratch record, then copied */
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
 	if (!s)
 		return 0;
-	struct l7_event *ev = &s->ev;
+	ev = &s->ev;
 	ev->cap_len = copy_payload(s, &c, iov, iovcnt, ret);
-	ev->ts_ns = ts;
-	ev->sk = c.sk;
-	__builtin_memcpy(ev->laddr, t.laddr, 16);
-	__builtin_memcpy(ev->raddr, t.raddr, 16);
-	ev->lport = t.lport;
-	ev->rport = t.rport;
-	ev->pid = id >> 32;
-	ev->tid = tid;
-	ev->bytes = ret;
-	ev->family = t.family;
-	ev->proto = t.proto;
-	ev->op = c.op;
-	ev->source = L7_SRC_SYSCALL;
-	ev->direction = hc->direction;
-	ev->flags = L7_F_COUNTED;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
-	ev->sk_sent = hc->sent;
-	ev->sk_recv = hc->recv;
-	ev->ts_other_ns = c.op == L7_OP_SEND ? hc->ts_last_recv : hc->ts_last_send;
+	fill_event(ev, hc, &c, id, ret, ts);
 	count_bytes(hc, c.op, ret, ts);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
+	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), flags))
 		count_drop(HTTP_DROP_RING);
 	return 0;
 }
@@ -412,33 +465,17 @@ int BPF_PROG(on_destroy, struct sock *sk)
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
 	if (!hc)
 		return 0;
-	struct sock_tuple t = {};
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
-	if (s && read_tuple(sk, &t)) {
-		struct l7_event *ev = &s->ev;
-		ev->ts_ns = bpf_ktime_get_ns();
-		ev->sk = key;
-		__builtin_memcpy(ev->laddr, t.laddr, 16);
-		__builtin_memcpy(ev->raddr, t.raddr, 16);
-		ev->lport = t.lport;
-		ev->rport = t.rport;
-		ev->pid = hc->pid;
-		ev->tid = 0;
-		ev->bytes = 0;
+	struct l7_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (ev) {
+		/* softirq context possibly: the tuple and owner come from the
+		 * entry (the local port is already released here) */
+		struct sock_call c = {.sk = key, .op = L7_OP_CLOSE};
+		fill_event(ev, hc, &c, (__u64)hc->pid << 32, 0, bpf_ktime_get_ns());
 		ev->cap_len = 0;
-		ev->family = t.family;
-		ev->proto = t.proto;
-		ev->op = L7_OP_CLOSE;
-		ev->source = L7_SRC_SYSCALL;
-		ev->direction = hc->direction;
-		ev->flags = L7_F_COUNTED;
-		ev->comm[0] = 0; /* softirq context possibly: no owner task here */
-		ev->sk_sent = hc->sent;
-		ev->sk_recv = hc->recv;
 		ev->ts_other_ns = 0;
-		if (bpf_ringbuf_output(&events, ev, sizeof(*ev), 0))
-			count_drop(HTTP_DROP_RING);
+		bpf_ringbuf_submit(ev, wake_flag());
+	} else {
+		count_drop(HTTP_DROP_RING);
 	}
 	bpf_map_delete_elem(&http_conns, &key);
 	return 0;

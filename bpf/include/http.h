@@ -7,6 +7,8 @@
 #include <linux/types.h>
 #endif
 
+#include "netflow.h"
+
 /* index into the per-CPU `http_drops` array map */
 #define HTTP_DROP_RING 0  /* events ring buffer full: a message start was lost */
 #define HTTP_DROP_CALLS 1 /* calls map full: a socket call went unseen */
@@ -15,7 +17,8 @@
 
 /* Value of the `http_conns` LRU map, keyed by struct sock * (u64): a TCP
  * socket that has carried an HTTP/1.x message start. Every call on it is
- * counted here, only message starts are sent as records. */
+ * counted here, only message starts are sent as records. The tuple and the
+ * process name are read once, when the socket enters the map. */
 struct http_conn {
 	__u64 sent;         /* bytes sent since the first message start */
 	__u64 recv;
@@ -23,7 +26,15 @@ struct http_conn {
 	__u64 ts_last_recv; /* exit of the last recv call */
 	__u32 pid;          /* tgid that sent or received the first message */
 	__u8 direction;     /* NF_DIR_*: outgoing when this side sent the first request */
-	__u8 _pad[3];
+	__u8 family;
+	__u8 proto;
+	__u8 _pad;
+	__u8 laddr[16];
+	__u8 raddr[16];
+	__u16 lport;
+	__u16 rport;
+	__u32 _pad2;
+	char comm[NF_COMM_LEN];
 };
 
 #endif

@@ -142,19 +142,28 @@ class HttpPipeline:
         """One row per answered request since the last call (pyarrow table)."""
         now = time.monotonic_ns() if now_mono_ns is None else now_mono_ns
         events, msgs, pairs = self.process(self.take_events(), now)
-        return self.rows(events, msgs, pairs)
+        # the agent's loop is busy here: empty the kernel rings into the
+        # readers' buffers between the steps, so they do not fill meanwhile
+        self.drain()
+        rows = self.rows(events, msgs, pairs)
+        self.drain()
+        return rows
 
     @staticmethod
     def rows(events, msgs, pairs):
-        """Per-pair columns: the connection (from the request's record),
-        method, path, version, status, bytes each way, latency."""
+        """Per-pair columns: the connection (from the request's record:
+        integers and 16-byte addresses, no strings yet), method, path,
+        version, status, bytes each way, latency. Only the needed columns
+        of the records are gathered, not whole 600-byte records."""
         req = msgs[pairs["req"]]
         resp = msgs[pairs["resp"]]
-        rev = events[req["ev"]]
+        ri = req["ev"]
         version = np.where(req["version"] != 0, req["version"], resp["version"])
-        sent_req = rev["op"] == _records.L7_SEND  # the client side sends the request
-        return {
-            "rev": rev,
+        sent_req = events["op"][ri] == _records.L7_SEND  # the client side sends the request
+        cols = {k: pa.array(events[k][ri]) for k in CONN_INT_COLUMNS}
+        for k in CONN_BYTES_COLUMNS:
+            cols[k] = _fixed16(events[k][ri])
+        cols.update({
             "method": _METHODS.take(pa.array(req["method"])),
             "path": _http.paths_to_arrow(events, msgs, pairs["req"]),
             "http_version": _VERSIONS.take(pa.array(version)),
@@ -163,7 +172,18 @@ class HttpPipeline:
             "bytes_written": pa.array(np.where(sent_req, pairs["req_bytes"], pairs["resp_bytes"]).astype(np.int64)),
             "bytes_read": pa.array(np.where(sent_req, pairs["resp_bytes"], pairs["req_bytes"]).astype(np.int64)),
             "latency": pa.array(pairs["latency"]),
-        }
+        })
+        return pa.table(cols)
+
+
+CONN_INT_COLUMNS = ["pid", "family", "proto", "lport", "rport", "direction"]
+CONN_BYTES_COLUMNS = ["laddr", "raddr", "comm"]  # 16 bytes each
+
+
+def _fixed16(a):
+    """A numpy V16/S16 column as arrow fixed_size_binary(16), no copy per row."""
+    a = np.ascontiguousarray(a)
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(16), len(a), [None, pa.py_buffer(a.view(np.uint8))])
 
 
 class HttpflowPlugin(Plugin):
@@ -221,33 +241,43 @@ class HttpflowPlugin(Plugin):
 
     def collect(self, now_ns):
         rows = self.pipeline.collect()
-        if len(rows["latency"]) == 0:
+        if rows.num_rows == 0:
             return []
         batch = self.aggregate(rows)
+        self.pipeline.drain()
         self.points += batch.num_rows
         return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
                            HTTPFLOW_TAGS, HTTPFLOW_FIELDS, const_tags={"source": "httpflow"})]
 
     def aggregate(self, rows):
         """One row per answered request -> one point per connection tags,
-        pid, method, path, status and version: count, mean latency, bytes."""
-        rev = rows["rev"]
+        pid, method, path, status and version: count, mean latency, bytes.
+        Grouped twice: first on the raw connection columns (integers,
+        16-byte addresses), so that strings and tags are made for a few
+        rows only; then on the tags (ephemeral client ports fold into '*')."""
+        raw_keys = CONN_INT_COLUMNS + CONN_BYTES_COLUMNS + REQUEST_KEYS
+        g = rows.group_by(raw_keys, use_threads=False).aggregate([
+            ("latency", "count"), ("latency", "sum"), ("bytes_read", "sum"), ("bytes_written", "sum")])
+        comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
         cols = connection_tags(
-            pid=rev["pid"], comm=pa.array(np.char.decode(rev["comm"], "utf-8", "replace")),
-            family=rev["family"], proto=rev["proto"], laddr=rev["laddr"], lport=rev["lport"],
-            raddr=rev["raddr"], rport=rev["rport"], direction=rev["direction"],
-            ephemeral_port=self.ephemeral_port, resolver=self.resolver,
+            pid=g.column("pid"), comm=pa.array(np.char.decode(comm, "utf-8", "replace")),
+            family=g.column("family"), proto=g.column("proto"), laddr=g.column("laddr"),
+            lport=g.column("lport"), raddr=g.column("raddr"), rport=g.column("rport"),
+            direction=g.column("direction"), ephemeral_port=self.ephemeral_port, resolver=self.resolver,
             domains=self.ctx.domains, nat=self.ctx.nat)
-        for k in REQUEST_KEYS + ["latency", "bytes_read", "bytes_written"]:
-            cols[k] = rows[k]
+        for k in REQUEST_KEYS + ["latency_count", "latency_sum", "bytes_read_sum", "bytes_written_sum"]:
+            cols[k] = g.column(k)
         keys = CONNECTION_TAGS + REQUEST_KEYS
         agg = pa.table(cols).group_by(keys, use_threads=False).aggregate([
-            ("latency", "count"), ("latency", "mean"), ("bytes_read", "sum"), ("bytes_written", "sum")])
+            ("latency_count", "sum"), ("latency_sum", "sum"), ("bytes_read_sum", "sum"),
+            ("bytes_written_sum", "sum")])
         out = {k: agg.column(k) for k in keys}
-        out["count"] = pc.cast(agg.column("latency_count"), pa.int64())
-        out["latency"] = pc.cast(pc.round(agg.column("latency_mean")), pa.int64())
-        out["bytes_read"] = pc.cast(agg.column("bytes_read_sum"), pa.int64())
-        out["bytes_written"] = pc.cast(agg.column("bytes_written_sum"), pa.int64())
+        count = pc.cast(agg.column("latency_count_sum"), pa.int64())
+        out["count"] = count
+        out["latency"] = pc.cast(pc.round(pc.divide(pc.cast(agg.column("latency_sum_sum"), pa.float64()), count)),
+                                 pa.int64())
+        out["bytes_read"] = pc.cast(agg.column("bytes_read_sum_sum"), pa.int64())
+        out["bytes_written"] = pc.cast(agg.column("bytes_written_sum_sum"), pa.int64())
         add_ip_types(out)
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

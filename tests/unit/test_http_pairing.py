@@ -35,9 +35,9 @@ def run(pipe, events, now):
     events = np.concatenate(events) if events else np.empty(0, _records.L7_EVENT_DTYPE)
     e, m, p = pipe.process(events, now)
     rows = pipe.rows(e, m, p)
-    return [(rows["method"][i].as_py(), rows["path"][i].as_py(), rows["status_code"][i].as_py(),
-             rows["bytes_written"][i].as_py(), rows["bytes_read"][i].as_py(), rows["latency"][i].as_py())
-            for i in range(len(p))]
+    r = rows.to_pydict()
+    return [(r["method"][i], r["path"][i], r["status_code"][i], r["bytes_written"][i], r["bytes_read"][i],
+             r["latency"][i]) for i in range(len(p))]
 
 
 def test_keep_alive_client_with_continuations_and_close():

@@ -136,6 +136,6 @@ def test_random_records_through_the_pipeline():
         ev = _random_events(rng, int(rng.integers(0, 300)))
         events, msgs, pairs = pipe.process(ev, int(rng.integers(0, 2**63)))
         rows = pipe.rows(events, msgs, pairs)
-        assert len(rows["path"]) == len(pairs)
-        assert all(len(p) <= 512 for p in rows["path"].to_pylist())
+        assert rows.num_rows == len(pairs)
+        assert all(len(p) <= 512 for p in rows.column("path").to_pylist())
     assert pipe.stats["events"] > 0
