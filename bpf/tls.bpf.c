@@ -113,7 +113,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 23); /* resized by user space */
+	__uint(max_entries, 1 << 25); /* resized by user space (RING_BYTES) */
 } events SEC(".maps");
 
 struct {

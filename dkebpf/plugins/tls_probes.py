@@ -43,8 +43,10 @@ SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
 RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
-RING_BYTES = 1 << 24    # 16 MiB: ~27k records between two drains
-WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per ~800 records, not per record
+# 32 MiB: ~54k records, 0.4 s of 35k HTTPS requests/s seen at both ends
+# (4 records each) while the agent's loop is busy in a collect
+RING_BYTES = 1 << 25
+WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per ~1700 records, not per record
 
 
 # --- where to put the probes -------------------------------------------------
