@@ -4,9 +4,11 @@
  * Hooks:
  *   uprobe/uretprobe SSL_read, SSL_write, SSL_read_ex, SSL_write_ex
  *       (libssl.so.3 and libssl.so.1.1; user space attaches them once per
- *       library file): the entry saves the SSL object and the plaintext
- *       buffer per thread, the return copies the first L7_PAYLOAD_MAX bytes
- *       of what was really read or written into a struct l7_event
+ *       library file, on ssl_read_internal/ssl_write_internal with the _ex
+ *       programs where it can: dkebpf/plugins/tls_probes.py says why): the
+ *       entry saves the SSL object and the plaintext buffer per thread, the
+ *       return copies the first L7_PAYLOAD_MAX bytes of what was really
+ *       read or written into a struct l7_event
  *   uprobe/uretprobe SSL_do_handshake (SSL_connect and SSL_accept call it):
  *       only to learn the socket of an SSL object before its first read
  *   tp_btf/sock_send_length, tp_btf/sock_recv_length: the socket. OpenSSL
@@ -17,7 +19,6 @@
  *       call that touches a socket thus names the SSL object's socket, which
  *       is remembered per (process, SSL *) for later calls that are served
  *       from OpenSSL's own buffer and make no socket call at all.
- *
  *   tp_btf/tcp_destroy_sock: the end of a connection that carried HTTP:
  *       an L7_OP_CLOSE record with its final plaintext byte counters.
  *
@@ -334,6 +335,9 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 	return 0;
 }
 
+/* The entry programs. libbpf 1.1 (Debian 12) has no BPF_UPROBE: BPF_KPROBE
+ * reads the same pt_regs argument registers. */
+
 /* int SSL_read(SSL *ssl, void *buf, int num) */
 SEC("uprobe")
 int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf, int num)
@@ -369,8 +373,6 @@ int BPF_KPROBE(ssl_handshake_enter, void *ssl)
 	return enter(ssl, 0, 0, CALL_HANDSHAKE);
 }
 
-/* libbpf 1.1 (Debian 12) has no BPF_UPROBE: BPF_KPROBE reads the same
- * pt_regs argument registers. */
 /* One return probe serves every function: the entry recorded the kind. */
 SEC("uretprobe")
 int BPF_KRETPROBE(ssl_leave, long ret)
