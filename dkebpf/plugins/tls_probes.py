@@ -250,6 +250,7 @@ class TlsProbes:
         self.links = []        # socket tracepoints
         self.libraries = {}    # (dev, ino) -> (path, [links])
         self.failed = {}       # (dev, ino) -> (path, reason): not retried
+        self.sites = {}        # path -> which functions carry the probes
         self.next_scan = 0.0
         self.totals = {"tls_rescans": 0, "tls_attach_failures": 0, "tls_scan_seconds": 0.0}
 
@@ -298,6 +299,7 @@ class TlsProbes:
                 self.log.warning("httpflow-tls: cannot probe %s: %s", path, str(exc).splitlines()[0])
                 continue
             self.libraries[fid] = (path, links)
+            self.sites[path] = where
             self.log.info("httpflow-tls: attached %d uprobes to %s (%s)", len(links), path, where)
             n += 1
         return n
@@ -372,7 +374,7 @@ def check_line(host_proc="/proc", host_root=""):
     probes = TlsProbes(cfg, logging.getLogger("dkebpf.check"), os.getpid())
     try:
         probes.start()
-        paths = probes.attached_paths()
+        paths = [f"{p} ({probes.sites[p]})" for p in probes.attached_paths()]
         failed = [f"{p} ({why})" for p, why in probes.failed.values()]
         nprobes = probes.counters()["tls_uprobes_attached"]
     finally:
