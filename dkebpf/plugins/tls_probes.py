@@ -112,10 +112,13 @@ def internal_entries(path):
     the expected shape (then the exported functions are probed)."""
     try:
         with open(path, "rb") as f:
-            data = f.read()
-        syms, loads = _elf_dynsyms(data)
-    except (OSError, struct.error, ValueError, IndexError):
-        return {}
+            return _internal_entries(f.read())
+    except (OSError, struct.error, ValueError, IndexError, OverflowError):
+        return {}  # unreadable or malformed: the exported functions are probed
+
+
+def _internal_entries(data):
+    syms, loads = _elf_dynsyms(data)
     out = {}
     for kind, wrapper_ex, wrapper in (("read", "SSL_read_ex", "SSL_read"), ("write", "SSL_write_ex", "SSL_write")):
         if wrapper_ex not in syms or wrapper not in syms:
