@@ -131,6 +131,18 @@ static __always_inline __u64 wake_flag(void)
 										 : BPF_RB_NO_WAKEUP;
 }
 
+/* A record ends after its valid payload bytes (l7.h: L7_EVENT_MIN_SIZE):
+ * a typical request or status line with its headers is a fraction of
+ * L7_PAYLOAD_MAX, so the ring holds several times more records. */
+static __always_inline void emit(struct l7_event *ev)
+{
+	/* cap_len <= L7_PAYLOAD_MAX; the mask is for the verifier: the source
+	 * is the scratch record, which has L7_PAYLOAD_MAX bytes of slack */
+	__u32 size = L7_EVENT_MIN_SIZE + (ev->cap_len & (2 * L7_PAYLOAD_MAX - 1));
+	if (bpf_ringbuf_output(&events, ev, size, wake_flag()))
+		count_drop(HTTP_DROP_RING);
+}
+
 /* fd of the current task -> its TCP sock, or NULL. The inode mode tells a
  * socket (S_IFSOCK, set by sock_alloc in net/socket.c); for a socket file
  * private_data is the struct socket (sock_alloc_file). */
@@ -315,8 +327,10 @@ static __always_inline int exit_call(long ret)
 		else
 			first = v.iov_base;
 	}
-	if (ret < (long)sizeof(head) || !first || bpf_probe_read_user(head, sizeof(head), first) ||
-	    !looks_like_http(head)) {
+	int unread = ret >= (long)sizeof(head) && first && bpf_probe_read_user(head, sizeof(head), first);
+	if (unread)
+		count_drop(HTTP_DROP_READ);
+	if (ret < (long)sizeof(head) || !first || unread || !looks_like_http(head)) {
 		if (hc) /* a continuation: counted, no record */
 			count_bytes(hc, c.op, ret, ts);
 		return 0;
@@ -328,39 +342,15 @@ static __always_inline int exit_call(long ret)
 		if (!hc)
 			return 0;
 	}
-	__u64 flags = wake_flag();
-	struct l7_event *ev;
-	if (!iov) {
-		/* one buffer: straight into the ring, no staging copy */
-		ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-		if (!ev) {
-			count_drop(HTTP_DROP_RING);
-			count_bytes(hc, c.op, ret, ts);
-			return 0;
-		}
-		__u32 n = ret < L7_PAYLOAD_MAX ? ret : L7_PAYLOAD_MAX;
-		asm volatile("" : "+r"(n)); /* keep the bound below for the verifier */
-		if (n > L7_PAYLOAD_MAX)
-			n = L7_PAYLOAD_MAX;
-		if (bpf_probe_read_user(ev->payload, n, (void *)c.ptr))
-			n = 0;
-		ev->cap_len = n;
-		fill_event(ev, hc, &c, id, ret, ts);
-		count_bytes(hc, c.op, ret, ts);
-		bpf_ringbuf_submit(ev, flags);
-		return 0;
-	}
-	/* iovecs: gathered in the per-CPU scratch record, then copied */
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
 	if (!s)
 		return 0;
-	ev = &s->ev;
+	struct l7_event *ev = &s->ev;
 	ev->cap_len = copy_payload(s, &c, iov, iovcnt, ret);
 	fill_event(ev, hc, &c, id, ret, ts);
 	count_bytes(hc, c.op, ret, ts);
-	if (bpf_ringbuf_output(&events, ev, sizeof(*ev), flags))
-		count_drop(HTTP_DROP_RING);
+	emit(ev);
 	return 0;
 }
 
@@ -465,7 +455,7 @@ int BPF_PROG(on_destroy, struct sock *sk)
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
 	if (!hc)
 		return 0;
-	struct l7_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	struct l7_event *ev = bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0);
 	if (ev) {
 		/* softirq context possibly: the tuple and owner come from the
 		 * entry (the local port is already released here) */

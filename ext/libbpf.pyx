@@ -438,13 +438,20 @@ cdef class RingReader:
     cdef readonly str name
     cdef object _map  # keeps the owning object (and the map fd) alive
 
-    def __cinit__(self, Map ring_map, dtype, size_t initial=4096, size_t max_records=1 << 20):
+    def __cinit__(self, Map ring_map, dtype, size_t initial=4096, size_t max_records=1 << 20,
+                  size_t min_size=0):
         self.opened = False
         self.dtype = np.dtype(dtype)
         self.name = ring_map.name
         self._map = ring_map
+        if min_size > <size_t>self.dtype.itemsize:
+            raise ValueError(f"ring {self.name}: min_size {min_size} > record size {self.dtype.itemsize}")
         _check(dk_ring_open(&self.ring, ring_map.fd, self.dtype.itemsize, initial, max_records),
                f"map ring buffer {self.name}")
+        if min_size:
+            # variable-length records (a header, then only the valid part of
+            # a payload): the tail of each numpy row is then unspecified
+            self.ring.min_size = min_size
         self.opened = True
 
     def __dealloc__(self):
@@ -488,8 +495,8 @@ cdef class RingReader:
         copy from the ring). The reader is left empty."""
         cdef Py_ssize_t held = self.ring.n
         cdef size_t rec = self.ring.record_size
-        # each record takes at least its size plus the 8-byte header
-        cdef size_t bound = dk_ring_pending_bytes(&self.ring) // (((rec + 8 + 7) // 8) * 8)
+        # each record takes at least its (minimum) size plus the 8-byte header
+        cdef size_t bound = dk_ring_pending_bytes(&self.ring) // (((self.ring.min_size + 8 + 7) // 8) * 8)
         out = np.empty(held + bound, dtype=self.dtype)
         cdef char *dest = <char *>cnp.PyArray_DATA(out)
         cdef size_t got = 0

@@ -106,6 +106,7 @@ L7_EVENT_DTYPE = _dtype("l7_event", [
 ], sizeof(l7_event))
 
 L7_PAYLOAD_LEN = L7_PAYLOAD_MAX
+L7_MIN_SIZE = L7_EVENT_MIN_SIZE  # a record ends after its valid payload
 L7_SEND = L7_OP_SEND
 L7_RECV = L7_OP_RECV
 L7_CLOSE = L7_OP_CLOSE
@@ -125,7 +126,7 @@ HTTP_CONN_DTYPE = _dtype("http_conn", [
 ], sizeof(http_conn))
 
 HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
-                   HTTP_DROP_CONNS: "http_conns_map_full"}
+                   HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}
 
 # httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
 TLS_DROP_NAMES = {TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",

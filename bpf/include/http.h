@@ -13,6 +13,7 @@
 #define HTTP_DROP_RING 0  /* events ring buffer full: a message start was lost */
 #define HTTP_DROP_CALLS 1 /* calls map full: a socket call went unseen */
 #define HTTP_DROP_CONNS 2 /* http_conns map update failed */
+#define HTTP_DROP_READ 3  /* the first bytes of a call's buffer could not be read */
 #define HTTP_DROP_MAX 4
 
 /* Value of the `http_conns` LRU map, keyed by struct sock * (u64): a TCP

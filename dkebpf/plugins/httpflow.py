@@ -200,6 +200,7 @@ class HttpflowPlugin(Plugin):
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.pipeline = HttpPipeline(expire_ns=int(max(2 * self.cfg.interval, 60) * 1e9))
         self.points = 0
+        self.wakeups = 0
 
     def start(self):
         obj = _libbpf.BpfObject(bpf_object_path("http"))
@@ -207,7 +208,8 @@ class HttpflowPlugin(Plugin):
             obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.ctx.self_pid)
             obj.load()
             self.links = obj.attach_all()
-            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE)
+            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE,
+                                           min_size=_records.L7_MIN_SIZE)
         except BaseException:
             obj.close()
             raise
@@ -238,14 +240,18 @@ class HttpflowPlugin(Plugin):
     def on_readable(self, fileobj):
         # records are copied into the reader's C buffer; no Python per record
         self.pipeline.drain(fileobj)
+        self.wakeups += 1
 
     def collect(self, now_ns):
+        t0 = time.monotonic()
         rows = self.pipeline.collect()
         if rows.num_rows == 0:
             return []
         batch = self.aggregate(rows)
         self.pipeline.drain()
         self.points += batch.num_rows
+        self.log.debug("httpflow: %d requests, %d points in %.3f s (%d ring wakeups so far)",
+                       rows.num_rows, batch.num_rows, time.monotonic() - t0, self.wakeups)
         return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
                            HTTPFLOW_TAGS, HTTPFLOW_FIELDS, const_tags={"source": "httpflow"})]
 

@@ -26,6 +26,10 @@ struct dk_ring {
 	/* where records go */
 	char *buf;
 	size_t record_size, n, cap, max_records;
+	/* records may be shorter than record_size down to min_size (a fixed
+	 * header plus a variable payload): the slot's tail is then left as
+	 * it was; the record says how much of it is valid */
+	size_t min_size;
 	uint64_t received, lost, bad_size;
 };
 
@@ -56,6 +60,7 @@ static int dk_ring_open(struct dk_ring *r, int map_fd, size_t record_size, size_
 	r->producer_pos = tmp;
 	r->data = (char *)tmp + r->page_size;
 	r->record_size = record_size;
+	r->min_size = record_size;
 	r->cap = initial ? initial : 1;
 	r->max_records = max_records > r->cap ? max_records : r->cap;
 	r->buf = malloc(r->cap * record_size);
@@ -105,12 +110,13 @@ static size_t dk_ring_consume(struct dk_ring *r)
 			break; /* reserved, not yet submitted: records after it wait */
 		if (!(raw & BPF_RINGBUF_DISCARD_BIT)) {
 			r->received++;
-			if (len < r->record_size)
+			if (len < r->min_size)
 				r->bad_size++;
 			else if (!dk_ring_reserve(r))
 				r->lost++;
 			else
-				memcpy(r->buf + r->n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ, r->record_size);
+				memcpy(r->buf + r->n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ,
+				       len < r->record_size ? len : r->record_size);
 			got++;
 		}
 		cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
@@ -143,10 +149,11 @@ static size_t dk_ring_consume_to(struct dk_ring *r, char *dest, size_t cap)
 			break;
 		if (!(raw & BPF_RINGBUF_DISCARD_BIT)) {
 			r->received++;
-			if (len < r->record_size)
+			if (len < r->min_size)
 				r->bad_size++;
 			else
-				memcpy(dest + n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ, r->record_size);
+				memcpy(dest + n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ,
+				       len < r->record_size ? len : r->record_size);
 		}
 		cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
 	}

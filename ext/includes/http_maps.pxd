@@ -4,6 +4,7 @@ cdef extern from "include/http.h" nogil:
         HTTP_DROP_RING
         HTTP_DROP_CALLS
         HTTP_DROP_CONNS
+        HTTP_DROP_READ
         HTTP_DROP_MAX
 
     cdef struct http_conn:

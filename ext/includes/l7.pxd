@@ -8,6 +8,7 @@ cdef extern from "include/l7.h" nogil:
         L7_SRC_SYSCALL
         L7_SRC_SSL
         L7_F_COUNTED
+        L7_EVENT_MIN_SIZE
 
     cdef struct l7_event:
         unsigned long long ts_ns
