@@ -117,6 +117,16 @@ struct {
 	__uint(max_entries, 1 << 25); /* resized by user space (RING_BYTES) */
 } events SEC(".maps");
 
+/* The record under construction: it goes on the ring cut after its valid
+ * payload (include/l7.h, L7_EVENT_MIN_SIZE), which a fixed-size reservation
+ * cannot do; too big for the BPF stack. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l7_event);
+} scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, TLS_DROP_MAX);
@@ -268,11 +278,10 @@ static __always_inline int leave(long ret)
 	struct http_conn before = *hc;
 	count_bytes(hc, op, bytes, ts);
 
-	struct l7_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_drop(TLS_DROP_RING);
+	__u32 zero = 0;
+	struct l7_event *ev = bpf_map_lookup_elem(&scratch, &zero);
+	if (!ev)
 		return 0;
-	}
 	fill_tuple(ev, &t);
 	ev->ts_ns = ts;
 	ev->sk = sk;
@@ -288,6 +297,9 @@ static __always_inline int leave(long ret)
 	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
 
 	__u32 cap = bytes < L7_PAYLOAD_MAX ? (__u32)bytes : L7_PAYLOAD_MAX;
+	asm volatile("" : "+r"(cap)); /* keep the bound below for the verifier */
+	if (cap > L7_PAYLOAD_MAX)
+		cap = L7_PAYLOAD_MAX;
 	/* after a read the buffer holds what SSL_read returned; after a write
 	 * it still holds what the caller passed in */
 	if (bpf_probe_read_user(ev->payload, cap, (void *)c.buf)) {
@@ -295,7 +307,8 @@ static __always_inline int leave(long ret)
 		count_drop(TLS_DROP_PAYLOAD);
 	}
 	ev->cap_len = cap;
-	bpf_ringbuf_submit(ev, submit_flags());
+	if (bpf_ringbuf_output(&events, ev, L7_EVENT_MIN_SIZE + cap, submit_flags()))
+		count_drop(TLS_DROP_RING);
 	return 0;
 }
 
@@ -311,7 +324,7 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 		return 0;
 	struct sock_tuple t = {};
 	if (read_tuple(sk, &t)) {
-		struct l7_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+		struct l7_event *ev = bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0);
 		if (ev) {
 			fill_tuple(ev, &t);
 			ev->ts_ns = bpf_ktime_get_ns();

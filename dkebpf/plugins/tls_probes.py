@@ -43,10 +43,11 @@ SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
 RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
-# 32 MiB: ~54k records, 0.4 s of 35k HTTPS requests/s seen at both ends
-# (4 records each) while the agent's loop is busy in a collect
+# 32 MiB: records end after their payload (~250 bytes for a request or
+# status line with headers): ~130k records, about a second of 35k HTTPS
+# requests/s seen at both ends (4 records each) while the loop is busy
 RING_BYTES = 1 << 25
-WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per ~1700 records, not per record
+WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per 1 MiB of records, not per record
 
 
 # --- where to put the probes -------------------------------------------------
@@ -266,7 +267,8 @@ class TlsProbes:
             obj.load()
             self.obj = obj
             self.links = [obj.program(name).attach() for name in SOCKET_PROGS]
-            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE)
+            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE,
+                                           min_size=_records.L7_MIN_SIZE)
             self._attach_new(self.scanner.scan_dirs())
             self.rescan(force=True)
         except BaseException:
