@@ -118,8 +118,10 @@ class HttpPipeline:
             msgs = np.concatenate([self.carried_msgs, new_msgs])
         else:
             events, msgs = new_events, new_msgs
+        self.drain()
         order = np.lexsort((msgs["off"], msgs["ev"], msgs["ts"], msgs["pid"], msgs["sk"]))
         msgs = msgs[order]
+        self.drain()
         pairs, carry, st = _http.pair(events, msgs, max(0, now_mono_ns - self.settle_ns),
                                       max(0, now_mono_ns - self.expire_ns), totals)
         for k, v in st.items():
