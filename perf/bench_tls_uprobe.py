@@ -101,20 +101,18 @@ LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
 
 def call_at_plus4(func):
-    """True when func in LIBSSL is `sub $imm8,%rsp` (48 83 ec xx) then a call."""
-    import re
-    import shutil
-    objdump = shutil.which("objdump") or shutil.which("llvm-objdump")
-    if not objdump or not os.path.exists(LIBSSL):
+    """True when func in LIBSSL is `sub $imm8,%rsp` (48 83 ec xx) then a call (e8)."""
+    from dkebpf.plugins.tls_probes import _elf_dynsyms, _file_offset
+
+    if not os.path.exists(LIBSSL):
         return False
-    syms = subprocess.run(["nm", "-D", LIBSSL], capture_output=True, text=True).stdout
-    m = re.search(rf"^([0-9a-f]+) T {func}@@", syms, re.M)
-    if not m:
+    with open(LIBSSL, "rb") as f:
+        data = f.read()
+    syms, loads = _elf_dynsyms(data)
+    if func not in syms:
         return False
-    start = int(m.group(1), 16)
-    dis = subprocess.run([objdump, "-d", f"--start-address={start}", f"--stop-address={start + 9}", LIBSSL],
-                         capture_output=True, text=True).stdout
-    return bool(re.search(r"48 83 ec [0-9a-f]{2}\s+sub", dis)) and "call" in dis
+    off = _file_offset(loads, syms[func][0])
+    return off is not None and data[off:off + 3] == b"\x48\x83\xec" and data[off + 4] == 0xE8
 
 
 def entry_probe_split(cert, key, off):
