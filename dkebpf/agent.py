@@ -27,7 +27,8 @@ IMPLEMENTED = {
     "ebpf-net": [("dnsflow", "DnsflowPlugin"), ("netflow", "NetflowPlugin")],
     "ebpf-bash": [("bash", "BashPlugin")],
 }
-L7NET_IMPLEMENTED = {"httpflow": [("httpflow", "HttpflowPlugin")]}
+L7NET_IMPLEMENTED = {"httpflow": [("httpflow", "HttpflowPlugin")],
+                     "httpflow-tls": [("httpflow_tls", "HttpflowTlsPlugin")]}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 

@@ -48,7 +48,8 @@ def check_netflow():
                   "(tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/tcp_retransmit_skb, "
                   "syscall tracepoints)",
                   check_dnsflow(),
-                  check_httpflow()]
+                  check_httpflow(),
+                  check_httpflow_tls()]
 
 
 def check_dnsflow():
@@ -107,6 +108,15 @@ def check_httpflow():
         return f"httpflow: no: {str(exc).splitlines()[0]}"
     return (f"httpflow: {len(links)} programs load and attach (syscall tracepoints read/write/"
             "readv/writev/sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)")
+
+
+def check_httpflow_tls():
+    """One line: where libssl is, and do the OpenSSL uprobes attach."""
+    try:
+        from .plugins.tls_probes import check_line
+        return check_line()
+    except (DkebpfError, ImportError) as exc:
+        return f"httpflow-tls: no: {str(exc).splitlines()[0]}"
 
 
 def check_conntrack():

@@ -7,6 +7,7 @@ from netflow cimport *
 from bash cimport *
 from l7 cimport *
 from http_maps cimport *
+from tls cimport *
 
 cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
     return <const char *>member - <const char *>base
@@ -149,3 +150,7 @@ HTTP_CONN_DTYPE = _dtype("http_conn", [
 
 HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
                    HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}
+
+# httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
+TLS_DROP_NAMES = {TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",
+                  TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable"}

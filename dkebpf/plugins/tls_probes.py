@@ -1,0 +1,393 @@
+"""httpflow-tls: OpenSSL uprobes that hand the plaintext of TLS connections
+to httpflow as struct l7_event records (source L7_SRC_SSL).
+
+Kernel side: bpf/tls.bpf.c. A uprobe belongs to a file (the kernel keys it
+by inode), not to a process: attached with pid -1 it fires in every process
+that maps that file, including processes started later. So the probes are
+attached once per distinct libssl file (device + inode), found
+
+  * at start in the host's library directories (the distribution's
+    libssl, used by most processes, covered before they start), and
+  * in /proc/<pid>/maps of running processes, now and at every rescan:
+    containers and bundled copies are other files. A process in another
+    mount namespace is reached through /proc/<pid>/root/<path>.
+
+OpenSSL's libssl is libssl.so.<N> (libssl.so.3, libssl.so.1.1); NSS's
+libssl3.so is another library and is left alone. Statically linked OpenSSL
+(no libssl in the maps) is not found.
+"""
+import os
+import re
+import struct
+import time
+
+from ..errors import KernelError
+from .netflow import bpf_object_path
+
+try:
+    from .. import _libbpf, _records
+except ImportError:  # pragma: no cover - reported by the netflow import first
+    _libbpf = _records = None
+
+# OpenSSL's soname: libssl.so.3, libssl.so.1.1 (not libssl3.so, NSS)
+LIBSSL_NAME = re.compile(r"^libssl\.so\.\d+(\.\d+)*$")
+# (function, entry program); every function's return goes to ssl_leave.
+# SSL_do_handshake (SSL_connect/SSL_accept call it) is probed only so that
+# the socket of an SSL object is known before its first read.
+REQUIRED_FUNCS = (("SSL_read", "ssl_read_enter"), ("SSL_write", "ssl_write_enter"))
+HANDSHAKE_FUNCS = (("SSL_do_handshake", "ssl_handshake_enter"),)
+OPTIONAL_FUNCS = (("SSL_read_ex", "ssl_read_ex_enter"),      # OpenSSL >= 1.1.1
+                  ("SSL_write_ex", "ssl_write_ex_enter")) + HANDSHAKE_FUNCS
+RETURN_PROG = "ssl_leave"
+SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
+LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
+                "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
+RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
+# 32 MiB: records end after their payload (~250 bytes for a request or
+# status line with headers): ~130k records, about a second of 35k HTTPS
+# requests/s seen at both ends (4 records each) while the loop is busy
+RING_BYTES = 1 << 25
+WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per 1 MiB of records, not per record
+
+
+# --- where to put the probes -------------------------------------------------
+#
+# A uprobe traps twice when the kernel must single-step the probed
+# instruction out of line, once when it can emulate it (push, call, jmp,
+# nop: arch/x86/kernel/uprobes.c). The exported SSL_read/SSL_write start with
+# `sub $n,%rsp` (single-stepped); on a KVM guest each trap is microseconds
+# (perf/bench_tls_uprobe.py: 10.5 us vs 1.2 us per entry probe). In OpenSSL
+# 1.1.1 and 3.x SSL_read, SSL_read_ex (and SSL_write, SSL_write_ex) are thin
+# wrappers around ssl_read_internal(s, buf, num, size_t *readbytes) (and
+# ssl_write_internal), which begin with `push`: probing those covers both
+# wrappers with the _ex semantics at a third of the cost. They are local
+# symbols, found by decoding SSL_read_ex = `sub $n,%rsp; call <internal>`,
+# and used only when SSL_read/SSL_write call the same function (not inlined
+# there) and it starts with a push; otherwise the exported functions are
+# probed.
+
+def _elf_dynsyms(data):
+    """{name: (vaddr, size)} of the dynamic symbols, and the PT_LOAD
+    segments [(vaddr, offset, filesz)], of a little-endian ELF64 image."""
+    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+        return {}, []
+    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 0x20)
+    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", data, 0x36)
+    loads = []
+    for i in range(e_phnum):
+        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
+            "<IIQQQQ", data, e_phoff + i * e_phentsize)
+        if p_type == 1:  # PT_LOAD
+            loads.append((p_vaddr, p_offset, p_filesz))
+    shdrs = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
+    syms = {}
+    for sh in shdrs:
+        if sh[1] != 11:  # SHT_DYNSYM
+            continue
+        _n, _t, _f, _a, off, size, link, _i, _al, entsize = sh
+        str_off = shdrs[link][4]
+        for j in range(size // (entsize or 24)):
+            st_name, _info, _other, _shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, off + j * 24)
+            if not st_value:
+                continue
+            end = data.index(b"\0", str_off + st_name)
+            syms[data[str_off + st_name:end].decode("ascii", "replace")] = (st_value, st_size)
+    return syms, loads
+
+
+def _file_offset(loads, vaddr):
+    for v, off, size in loads:
+        if v <= vaddr < v + size:
+            return vaddr - v + off
+    return None
+
+
+def _starts_with_push(code):
+    """push %reg (50+r) or push %r8-%r15 (41 50+r): emulated by x86 uprobes."""
+    return (0x50 <= code[0] <= 0x57) or (code[0] == 0x41 and 0x50 <= code[1] <= 0x57)
+
+
+def internal_entries(path):
+    """File offsets {"read": off, "write": off} of ssl_read_internal and
+    ssl_write_internal in a libssl file, or {} when its code does not have
+    the expected shape (then the exported functions are probed)."""
+    try:
+        with open(path, "rb") as f:
+            return _internal_entries(f.read())
+    except (OSError, struct.error, ValueError, IndexError, OverflowError):
+        return {}  # unreadable or malformed: the exported functions are probed
+
+
+def _internal_entries(data):
+    syms, loads = _elf_dynsyms(data)
+    out = {}
+    for kind, wrapper_ex, wrapper in (("read", "SSL_read_ex", "SSL_read"), ("write", "SSL_write_ex", "SSL_write")):
+        if wrapper_ex not in syms or wrapper not in syms:
+            return {}
+        va = syms[wrapper_ex][0]
+        off = _file_offset(loads, va)
+        if off is None:
+            return {}
+        code = data[off:off + 9]
+        # 48 83 ec XX = sub $XX,%rsp; e8 rel32 = call
+        if len(code) < 9 or code[:3] != b"\x48\x83\xec" or code[4] != 0xE8:
+            return {}
+        target = va + 9 + struct.unpack_from("<i", code, 5)[0]
+        t_off = _file_offset(loads, target)
+        if t_off is None or not _starts_with_push(data[t_off:t_off + 2]):
+            return {}
+        # the plain wrapper must call the same function (not an inlined copy)
+        wv, wsize = syms[wrapper]
+        w_off = _file_offset(loads, wv)
+        if w_off is None:
+            return {}
+        body = data[w_off:w_off + max(wsize, 16)]
+        if not any(body[i] == 0xE8 and wv + i + 5 + struct.unpack_from("<i", body, i + 1)[0] == target
+                   for i in range(len(body) - 4)):
+            return {}
+        out[kind] = t_off
+    return out
+
+
+def libssl_in_maps(maps_text):
+    """Paths of OpenSSL libssl files in the text of a /proc/<pid>/maps."""
+    out = set()
+    for line in maps_text.splitlines():
+        if "libssl.so." not in line:
+            continue
+        parts = line.split(None, 5)
+        if len(parts) < 6:
+            continue
+        path = parts[5]
+        if path.endswith(" (deleted)"):
+            continue  # replaced on disk: the running copy has no path left to attach to
+        if path.startswith("/") and LIBSSL_NAME.match(os.path.basename(path)):
+            out.add(path)
+    return out
+
+
+def libssl_in_dirs(root):
+    """libssl files in the usual library directories under root."""
+    out = []
+    for d in LIBRARY_DIRS:
+        full = os.path.join(root, d.lstrip("/"))
+        try:
+            names = os.listdir(full)
+        except OSError:
+            continue
+        out.extend(os.path.join(full, n) for n in sorted(names) if LIBSSL_NAME.match(n))
+    return out
+
+
+def file_id(path):
+    """(device, inode) of the file a path names (links followed), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+class LibsslScanner:
+    """Finds libssl files: ``scan()`` returns {(dev, ino): path usable from
+    here}. Reading every /proc/<pid>/maps costs about a millisecond per 10
+    processes (measured in tests/kernel/test_tls_bpf.py's scan test)."""
+
+    def __init__(self, host_proc="/proc", host_root=""):
+        self.proc = host_proc
+        # the host's file system: host_root when the collector runs in a
+        # container with the host mounted there (as for host_proc), else ours
+        self.root = host_root or "/"
+        self.self_pid = os.getpid()
+        self.pids_scanned = 0
+
+    def scan_dirs(self):
+        found = {}
+        for path in libssl_in_dirs(self.root):
+            fid = file_id(path)
+            if fid is not None:
+                found.setdefault(fid, path)
+        return found
+
+    def scan_procs(self):
+        found = {}
+        try:
+            pids = [p for p in os.listdir(self.proc) if p.isdigit()]
+        except OSError:
+            return found
+        for pid in pids:
+            try:
+                with open(os.path.join(self.proc, pid, "maps")) as f:
+                    paths = libssl_in_maps(f.read())
+            except OSError:  # exited, or a kernel thread
+                continue
+            self.pids_scanned += 1
+            for path in paths:
+                # the path as the process sees it, from here: its root
+                via_root = os.path.join(self.proc, pid, "root", path.lstrip("/"))
+                fid = file_id(via_root)
+                if fid is None or fid in found:
+                    continue
+                # the same file under the host's root is a stabler name (it
+                # outlives the process)
+                on_host = os.path.join(self.root, path.lstrip("/"))
+                found[fid] = on_host if file_id(on_host) == fid else via_root
+        return found
+
+
+class TlsProbes:
+    """The OpenSSL capture source that HttpflowPlugin reads from.
+
+    start() loads tls.bpf.o, attaches the socket tracepoints and the uprobes
+    on every libssl found; ``ring`` is then a RingReader of struct l7_event
+    records; rescan() (called from the plugin's periodic hooks, cheap when
+    not due) covers libssl files that appeared since; counters(); stop()."""
+
+    def __init__(self, cfg, logger, self_pid, rescan_s=RESCAN_S):
+        self.cfg = cfg
+        self.log = logger
+        self.self_pid = self_pid
+        self.rescan_s = rescan_s
+        self.scanner = LibsslScanner(cfg.host_proc, getattr(cfg, "host_root", ""))
+        self.obj = None
+        self.ring = None
+        self.links = []        # socket tracepoints
+        self.libraries = {}    # (dev, ino) -> (path, [links])
+        self.failed = {}       # (dev, ino) -> (path, reason): not retried
+        self.sites = {}        # path -> which functions carry the probes
+        self.next_scan = 0.0
+        self.totals = {"tls_rescans": 0, "tls_attach_failures": 0, "tls_scan_seconds": 0.0}
+
+    def start(self):
+        obj = _libbpf.BpfObject(bpf_object_path("tls"))
+        try:
+            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.self_pid,
+                          wakeup_bytes=WAKEUP_BYTES)
+            obj.map("events").set_max_entries(RING_BYTES)
+            obj.load()
+            self.obj = obj
+            self.links = [obj.program(name).attach() for name in SOCKET_PROGS]
+            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE,
+                                           min_size=_records.L7_MIN_SIZE)
+            self._attach_new(self.scanner.scan_dirs())
+            self.rescan(force=True)
+        except BaseException:
+            self.stop()
+            raise
+        self.drops = obj.map("drops")
+        self.log.info("httpflow-tls: uprobes on %d libssl file(s): %s", len(self.libraries),
+                      ", ".join(p for p, _ in self.libraries.values()) or "none yet")
+
+    def rescan(self, force=False):
+        """Attach to libssl files mapped by processes since the last scan."""
+        now = time.monotonic()
+        if self.obj is None or (not force and now < self.next_scan):
+            return 0
+        self.next_scan = now + self.rescan_s
+        t0 = time.perf_counter()
+        found = self.scanner.scan_procs()
+        self.totals["tls_rescans"] += 1
+        n = self._attach_new(found)
+        self.totals["tls_scan_seconds"] += time.perf_counter() - t0
+        return n
+
+    def _attach_new(self, found):
+        n = 0
+        for fid, path in found.items():
+            if fid in self.libraries or fid in self.failed:
+                continue
+            try:
+                links, where = self._attach_library(path)
+            except KernelError as exc:
+                self.failed[fid] = (path, str(exc).splitlines()[0])
+                self.totals["tls_attach_failures"] += 1
+                self.log.warning("httpflow-tls: cannot probe %s: %s", path, str(exc).splitlines()[0])
+                continue
+            self.libraries[fid] = (path, links)
+            self.sites[path] = where
+            self.log.info("httpflow-tls: attached %d uprobes to %s (%s)", len(links), path, where)
+            n += 1
+        return n
+
+    def _attach_library(self, path):
+        """Returns (links, which functions carry the probes)."""
+        leave = self.obj.program(RETURN_PROG)
+        links = []
+        internal = internal_entries(path)
+        where = "ssl_read_internal, ssl_write_internal" if internal else "SSL_read, SSL_write and _ex"
+        try:
+            if internal:
+                # the _ex programs: the internal functions have their signature
+                for kind, prog in (("read", "ssl_read_ex_enter"), ("write", "ssl_write_ex_enter")):
+                    links.append(self.obj.program(prog).attach_uprobe(path, "", offset=internal[kind]))
+                    links.append(leave.attach_uprobe(path, "", retprobe=True, offset=internal[kind]))
+                funcs = HANDSHAKE_FUNCS
+            else:
+                funcs = REQUIRED_FUNCS + OPTIONAL_FUNCS
+            for i, (func, prog) in enumerate(funcs):
+                try:
+                    entry = self.obj.program(prog).attach_uprobe(path, func)
+                except KernelError:
+                    if funcs is not HANDSHAKE_FUNCS and i < len(REQUIRED_FUNCS):
+                        raise
+                    continue  # an older OpenSSL without the _ex functions
+                links.append(entry)
+                links.append(leave.attach_uprobe(path, func, retprobe=True))
+        except BaseException:
+            for link in links:
+                link.close()
+            raise
+        return links, where
+
+    def counters(self):
+        c = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}
+        c["tls_libraries_attached"] = len(self.libraries)
+        c["tls_uprobes_attached"] = sum(len(links) for _, links in self.libraries.values())
+        if self.obj is not None and getattr(self, "drops", None) is not None:
+            sums = self.drops.percpu_sums()
+            for idx, name in _records.TLS_DROP_NAMES.items():
+                c[f"kernel_drop_tls_{name}"] = int(sums[idx])
+        return c
+
+    def attached_paths(self):
+        return sorted(p for p, _ in self.libraries.values())
+
+    def stop(self):
+        for _, links in self.libraries.values():
+            for link in links:
+                link.close()
+        self.libraries = {}
+        for link in self.links:
+            link.close()
+        self.links = []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+        self.drops = None
+
+
+def check_line(host_proc="/proc", host_root=""):
+    """`dkebpf check`: load tls.bpf.o, attach to every libssl found (then
+    detach); one line saying where libssl is and whether the probes attach."""
+    from types import SimpleNamespace
+    import logging
+
+    cfg = SimpleNamespace(host_proc=host_proc, host_root=host_root, ipv6_disabled=False)
+    probes = TlsProbes(cfg, logging.getLogger("dkebpf.check"), os.getpid())
+    try:
+        probes.start()
+        paths = [f"{p} ({probes.sites[p]})" for p in probes.attached_paths()]
+        failed = [f"{p} ({why})" for p, why in probes.failed.values()]
+        nprobes = probes.counters()["tls_uprobes_attached"]
+    finally:
+        probes.stop()
+    if not paths and not failed:
+        return ("httpflow-tls: no OpenSSL libssl.so.N in the library directories or in any "
+                "process; programs started later are found by the periodic rescan")
+    line = f"httpflow-tls: {nprobes} uprobes attach to {len(paths)} libssl file(s): {', '.join(paths) or '-'}"
+    if failed:
+        line += "; cannot probe: " + ", ".join(failed)
+    return line
