@@ -29,6 +29,10 @@ def flows(receiver, pid):
     return [p for p in receiver.points(measurement="netflow") if p.tags.get("pid") == str(pid)]
 
 
+def requests(receiver, pid):
+    return [p for p in receiver.points(measurement="httpflow") if p.tags.get("pid") == str(pid)]
+
+
 def total(points, field):
     return sum(p.fields.get(field, 0) for p in points)
 
@@ -110,6 +114,19 @@ def test_dnat_connections_carry_the_translated_destination(collector, receiver):
                 assert (p.tags["dst_ip"], p.tags["dst_port"]) == (ns.peer_ip, str(port))
                 assert "dst_nat_ip" not in p.tags and "dst_nat_port" not in p.tags, p.tags
 
+        # httpflow points of the same curl runs: the same NAT tags, or none
+        for pid, nat in ((curl_nat, (ns.peer_ip, str(HTTP_PORT))), (curl_direct, None)):
+            pts = traffic.wait_until(lambda: requests(receiver, pid), 30)
+            assert total(pts, "count") == 1, pts
+            for p in pts:
+                t = p.tags
+                assert t["direction"] == "outgoing" and p.fields["status_code"] == 200
+                if nat:
+                    assert (t["dst_ip"], t["dst_port"]) == (svc, str(SVC_HTTP_PORT))
+                    assert (t["dst_nat_ip"], t["dst_nat_port"]) == nat, t
+                else:
+                    assert "dst_nat_ip" not in t and "dst_nat_port" not in t, t
+
         # the server sees its incoming connections untranslated (from the host's address)
         pts = traffic.wait_until(lambda: (lambda x: x if total(x, "tcp_closed") >= 2 else None)(
             flows(receiver, srv.pid)), 30) or flows(receiver, srv.pid)
@@ -124,7 +141,12 @@ def test_dnat_connections_carry_the_translated_destination(collector, receiver):
     log = collector.log_text()
     assert "ebpf-conntrack" in log and "conntrack: subscribed" in log
     assert "Traceback" not in log and "collect failed" not in log
-    assert {i for (_c, i, _p) in receiver.records} == {"ebpf-net/netflow"}  # conntrack sends no points
+    for p in receiver.points(measurement="httpflow"):
+        check_point("httpflow", p, extra_tags=("team", "env"))
+    # conntrack sends no points of its own (dnsflow: whatever DNS the host did meanwhile)
+    inputs = {i for (_c, i, _p) in receiver.records}
+    assert {"ebpf-net/netflow", "ebpf-net/httpflow"} <= inputs
+    assert inputs <= {"ebpf-net/netflow", "ebpf-net/httpflow", "ebpf-net/dnsflow"}
 
 
 def test_check_reports_conntrack(bpf_ok, tmp_path):
