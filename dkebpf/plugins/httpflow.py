@@ -75,6 +75,10 @@ class HttpPipeline:
     def fileobjs(self):
         return list(self.rings)
 
+    def held(self):
+        """Records waiting in the readers' buffers."""
+        return sum(r.held for r in self.rings)
+
     def drain(self, ring=None):
         for r in ([ring] if ring is not None else self.rings):
             r.poll(0)
@@ -180,6 +184,11 @@ class HttpPipeline:
 
 CONN_INT_COLUMNS = ["pid", "family", "proto", "lport", "rport", "direction"]
 CONN_BYTES_COLUMNS = ["laddr", "raddr", "comm"]  # 16 bytes each
+RAW_KEYS = CONN_INT_COLUMNS + CONN_BYTES_COLUMNS + REQUEST_KEYS
+PARTIAL_SUMS = ["latency_count", "latency_sum", "bytes_read_sum", "bytes_written_sum"]
+# records the ring readers may hold before they are paired, ahead of the
+# interval's end (~40 MB of l7_event records)
+STEP_RECORDS = 65536
 
 
 def _fixed16(a):
@@ -203,6 +212,8 @@ class HttpflowPlugin(Plugin):
         self.pipeline = HttpPipeline(expire_ns=int(max(2 * self.cfg.interval, 60) * 1e9))
         self.points = 0
         self.wakeups = 0
+        self.early_steps = 0
+        self.partials = []  # pre-aggregated parts of this interval (partial())
 
     def start(self):
         obj = _libbpf.BpfObject(bpf_object_path("http"))
@@ -243,29 +254,54 @@ class HttpflowPlugin(Plugin):
         # records are copied into the reader's C buffer; no Python per record
         self.pipeline.drain(fileobj)
         self.wakeups += 1
+        self._step_if_full()
+
+    def _step_if_full(self):
+        """Pair and pre-aggregate what the readers hold once it is many
+        records, instead of holding ~600-byte records for a whole interval
+        (at 60 s and tens of thousands of requests/s that would be GBs, and
+        the readers' cap would lose records)."""
+        if self.pipeline.held() >= STEP_RECORDS:
+            rows = self.pipeline.collect()
+            if rows.num_rows:
+                self.partials.append(self.partial(rows))
+            self.early_steps += 1
 
     def collect(self, now_ns):
         t0 = time.monotonic()
         rows = self.pipeline.collect()
-        if rows.num_rows == 0:
+        partials, self.partials = self.partials, []
+        if rows.num_rows:
+            partials.append(self.partial(rows))
+        if not partials:
             return []
-        batch = self.aggregate(rows)
+        batch = self.aggregate(partials)
         self.pipeline.drain()
         self.points += batch.num_rows
-        self.log.debug("httpflow: %d requests, %d points in %.3f s (%d ring wakeups so far)",
-                       rows.num_rows, batch.num_rows, time.monotonic() - t0, self.wakeups)
+        self.log.debug("httpflow: %d points in %.3f s (%d ring wakeups, %d early steps so far)",
+                       batch.num_rows, time.monotonic() - t0, self.wakeups, self.early_steps)
         return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
                            HTTPFLOW_TAGS, HTTPFLOW_FIELDS, const_tags={"source": "httpflow"})]
 
-    def aggregate(self, rows):
-        """One row per answered request -> one point per connection tags,
-        pid, method, path, status and version: count, mean latency, bytes.
-        Grouped twice: first on the raw connection columns (integers,
-        16-byte addresses), so that strings and tags are made for a few
-        rows only; then on the tags (ephemeral client ports fold into '*')."""
-        raw_keys = CONN_INT_COLUMNS + CONN_BYTES_COLUMNS + REQUEST_KEYS
-        g = rows.group_by(raw_keys, use_threads=False).aggregate([
+    @staticmethod
+    def partial(rows):
+        """One row per answered request -> one row per raw connection
+        columns (integers, 16-byte addresses) and request keys, with
+        count and sums: small, and summable again."""
+        g = rows.group_by(RAW_KEYS, use_threads=False).aggregate([
             ("latency", "count"), ("latency", "sum"), ("bytes_read", "sum"), ("bytes_written", "sum")])
+        return g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
+
+    def aggregate(self, partials):
+        """Partial sums of an interval -> one point per connection tags,
+        pid, method, path, status and version: count, mean latency, bytes.
+        Grouped on the raw connection columns first, so that strings and
+        tags are made for a few rows only; then on the tags (ephemeral
+        client ports fold into '*')."""
+        g = pa.concat_tables(partials)
+        if len(partials) > 1:
+            g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+            g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
         comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
         cols = connection_tags(
             pid=g.column("pid"), comm=pa.array(np.char.decode(comm, "utf-8", "replace")),
@@ -273,7 +309,7 @@ class HttpflowPlugin(Plugin):
             lport=g.column("lport"), raddr=g.column("raddr"), rport=g.column("rport"),
             direction=g.column("direction"), ephemeral_port=self.ephemeral_port, resolver=self.resolver,
             domains=self.ctx.domains, nat=self.ctx.nat)
-        for k in REQUEST_KEYS + ["latency_count", "latency_sum", "bytes_read_sum", "bytes_written_sum"]:
+        for k in REQUEST_KEYS + PARTIAL_SUMS:
             cols[k] = g.column(k)
         keys = CONNECTION_TAGS + REQUEST_KEYS
         agg = pa.table(cols).group_by(keys, use_threads=False).aggregate([
@@ -293,6 +329,7 @@ class HttpflowPlugin(Plugin):
     def counters(self):
         c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}
         c["points"] = self.points
+        c["early_steps"] = self.early_steps
         for r in self.pipeline.rings:
             rc = r.counters()
             c[f"ring_{r.name}_received"] = rc["received"]

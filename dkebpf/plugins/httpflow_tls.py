@@ -90,7 +90,7 @@ class HttpflowTlsPlugin(HttpflowPlugin):
             self.timer.consume()
             self.tls.rescan(force=True)
         else:
-            self.pipeline.drain(fileobj)
+            super().on_readable(fileobj)
 
     def counters(self):
         c = super().counters()  # pipeline and ring (no http.bpf.o here)
