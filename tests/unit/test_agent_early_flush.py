@@ -75,3 +75,17 @@ def test_on_readable_true_flushes_that_plugin_only():
     agent.flush()
     assert agent.sink.sent[1:] == [("logging", "eager", [4]), ("logging", "lazy", [7])]
     assert agent.flushes == 1
+
+
+def test_a_batch_without_tags_is_sampled_per_row():
+    """Logs (bash) have no tag columns: sampling keys each row on its
+    fields, so a fraction of the lines is kept, not all or none."""
+    agent = Agent(load_config(["--enabled", "ebpf-net", "--interval", "10m", "--output", "-",
+                               "--sampling-rate", "0.5"]))
+    agent.sink = Sink()
+    src = Source("logs", every=10**9)
+    src.held = list(range(2000))
+    agent.plugins = [src]
+    agent.flush()
+    (_cat, _inp, kept), = agent.sink.sent
+    assert 800 < len(kept) < 1200 and len(set(kept)) == len(kept)
