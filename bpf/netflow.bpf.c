@@ -150,11 +150,11 @@ static __always_inline void set_owner(struct nf_conn_stats *s)
 
 static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats *s)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
+	const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+	__u32 srtt = tp->srtt_us;
 	if (srtt) {
 		s->rtt_us = srtt >> 3;
-		s->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+		s->rtt_var_us = tp->mdev_us >> 2;
 	}
 }
 
