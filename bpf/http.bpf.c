@@ -39,6 +39,7 @@
 #include "include/l7.h"
 #include "include/http.h"
 #include "include/http_msg.h"
+#include "include/ring_wake.h"
 
 #define MSG_PEEK 2
 #define S_IFMT 00170000
@@ -117,7 +118,7 @@ struct {
 struct scratch {
 	struct l7_event ev;
 	__u8 slack[L7_PAYLOAD_MAX];
-	__u32 unqueried; /* bytes this CPU put in the ring since its last ring query */
+	__u32 unqueried; /* include/ring_wake.h */
 };
 
 struct {
@@ -134,22 +135,9 @@ static __always_inline void count_drop(__u32 idx)
 		*v += 1;
 }
 
-/* Whether to wake the reader: when EVENTS_WAKE_BYTES wait. Each CPU asks
- * the ring (bpf_ringbuf_query) only once per WAKE_CHECK_BYTES it wrote: the
- * query reads the consumer position, a cache line the reader keeps
- * writing, and cost ~350 ns per record (perf/bench_bpf_cost.py: exit_write
- * 742 -> 381 ns without it). The reader is then woken at most
- * ncpus * WAKE_CHECK_BYTES later than exactly at EVENTS_WAKE_BYTES. */
-#define WAKE_CHECK_BYTES (EVENTS_WAKE_BYTES / 16)
-
 static __always_inline __u64 wake_flag(struct scratch *s, __u32 size)
 {
-	s->unqueried += size;
-	if (s->unqueried < WAKE_CHECK_BYTES)
-		return BPF_RB_NO_WAKEUP;
-	s->unqueried = 0;
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
-										 : BPF_RB_NO_WAKEUP;
+	return ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
 }
 
 /* A record ends after its valid payload bytes (l7.h: L7_EVENT_MIN_SIZE):
