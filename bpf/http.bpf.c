@@ -205,29 +205,48 @@ static __always_inline int enter_call(int fd, __u64 ptr, __u32 count, __u8 op, _
 	return 0;
 }
 
-/* The first user buffer of a call and the array of iovecs (or NULL). */
-static __always_inline int call_buffers(const struct sock_call *c, struct iovec **iov, __u32 *iovcnt)
+/* The user iovecs of a call, read once (up to HTTP_MAX_IOV) into `vs`:
+ * both the 8-byte peek and the payload copy use them, where reading each
+ * iovec from user memory again per use cost a bpf_probe_read_user each.
+ * Returns how many were read (0 for a plain buffer), IOV_NO_MSG when the
+ * msghdr is unreadable (the call is dropped, as before), IOV_NONE when no
+ * iovec is (its bytes still count as a continuation). */
+#define IOV_NO_MSG (-1)
+#define IOV_NONE (-2)
+static __always_inline int call_iovecs(const struct sock_call *c, struct iovec *vs)
 {
-	*iov = 0;
-	*iovcnt = 0;
+	struct iovec *iov = 0;
+	__u32 iovcnt = 0;
 	if (c->kind == CALL_IOV) {
-		*iov = (struct iovec *)c->ptr;
-		*iovcnt = c->count;
+		iov = (struct iovec *)c->ptr;
+		iovcnt = c->count;
 	} else if (c->kind == CALL_MSG) {
 		struct user_msghdr m = {};
 		if (bpf_probe_read_user(&m, sizeof(m), (void *)c->ptr))
-			return -1;
-		*iov = m.msg_iov;
-		*iovcnt = (__u32)m.msg_iovlen;
+			return IOV_NO_MSG;
+		iov = m.msg_iov;
+		iovcnt = (__u32)m.msg_iovlen;
+	} else {
+		return 0;
 	}
-	return 0;
+	if (!iovcnt)
+		return IOV_NONE;
+	if (iovcnt > HTTP_MAX_IOV)
+		iovcnt = HTTP_MAX_IOV;
+	/* the barrier keeps clang from checking the bound on another copy of
+	 * the size than the one passed (the verifier needs it on that one) */
+	__u64 size = (__u64)iovcnt * sizeof(*vs);
+	asm volatile("" : "+r"(size));
+	if (size > HTTP_MAX_IOV * sizeof(*vs) || bpf_probe_read_user(vs, size, iov))
+		return IOV_NONE;
+	return iovcnt;
 }
 
 /* Copy up to L7_PAYLOAD_MAX of the ret bytes the call moved. */
 static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_call *c,
-					  struct iovec *iov, __u32 iovcnt, __u64 ret)
+					  const struct iovec *vs, int iovcnt, __u64 ret)
 {
-	if (!iov) {
+	if (!iovcnt) {
 		__u32 n = ret < L7_PAYLOAD_MAX ? ret : L7_PAYLOAD_MAX;
 		if (bpf_probe_read_user(s->ev.payload, n & (2 * L7_PAYLOAD_MAX - 1), (void *)c->ptr))
 			return 0;
@@ -239,10 +258,7 @@ static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_c
 	for (int i = 0; i < HTTP_MAX_IOV; i++) {
 		if (i >= iovcnt || !left || off >= L7_PAYLOAD_MAX)
 			break;
-		struct iovec v = {};
-		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
-			break;
-		__u64 n = v.iov_len < left ? v.iov_len : left;
+		__u64 n = vs[i].iov_len < left ? vs[i].iov_len : left;
 		left -= n;
 		if (n > L7_PAYLOAD_MAX)
 			n = L7_PAYLOAD_MAX;
@@ -255,7 +271,7 @@ static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_c
 		asm volatile("" : "+r"(o), "+r"(len));
 		o &= L7_PAYLOAD_MAX - 1;
 		len &= 2 * L7_PAYLOAD_MAX - 1;
-		if (bpf_probe_read_user(&s->ev.payload[o], len, v.iov_base))
+		if (bpf_probe_read_user(&s->ev.payload[o], len, vs[i].iov_base))
 			break;
 		off += n;
 	}
@@ -332,19 +348,16 @@ static __always_inline int exit_call(long ret)
 		return 0;
 	}
 
-	struct iovec *iov;
-	__u32 iovcnt;
-	if (call_buffers(&c, &iov, &iovcnt))
+	struct iovec vs[HTTP_MAX_IOV] = {};
+	int iovcnt = call_iovecs(&c, vs);
+	if (iovcnt == IOV_NO_MSG)
 		return 0;
 	__u8 head[8] = {};
 	void *first = (void *)c.ptr;
-	if (iov) {
-		struct iovec v = {};
-		if (!iovcnt || bpf_probe_read_user(&v, sizeof(v), iov) || v.iov_len < sizeof(head))
-			first = 0;
-		else
-			first = v.iov_base;
-	}
+	if (iovcnt == IOV_NONE)
+		first = 0;
+	else if (iovcnt)
+		first = vs[0].iov_len < sizeof(head) ? 0 : vs[0].iov_base;
 	int unread = ret >= (long)sizeof(head) && first && bpf_probe_read_user(head, sizeof(head), first);
 	if (unread)
 		count_drop(HTTP_DROP_READ);
@@ -365,7 +378,7 @@ static __always_inline int exit_call(long ret)
 	if (!s)
 		return 0;
 	struct l7_event *ev = &s->ev;
-	ev->cap_len = copy_payload(s, &c, iov, iovcnt, ret);
+	ev->cap_len = copy_payload(s, &c, vs, iovcnt, ret);
 	fill_event(ev, hc, &c, id, ret, ts);
 	count_bytes(hc, c.op, ret, ts);
 	emit(s);
