@@ -4,10 +4,13 @@
  *
  * sys_enter_{read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg}:
  *     resolve fd -> struct file -> struct socket -> struct sock through the
- *     task's file table; a call on anything but an IPv4/IPv6 TCP socket is
- *     dropped right there (one hash update per socket call, nothing for
- *     files and pipes). The user buffer and the entry time are kept by tid.
- * sys_exit_*: with the return value (bytes moved) read the first 8 bytes:
+ *     task's file table (plain loads via bpf_rdonly_cast); a call on
+ *     anything but an IPv4/IPv6 TCP socket is dropped right there (nothing
+ *     is stored for files and pipes). The user buffer (and a send's entry
+ *     time) go to the task's storage (`calls`).
+ * sys_exit_*: with the return value (bytes moved) copy the first buffer's
+ *   bytes (up to L7_PAYLOAD_MAX) into the record under construction and
+ *   look at the first 8:
  *   - an HTTP/1.x request line ("GET ", "POST", ...) or status line
  *     ("HTTP/1.") starts a message: the socket enters the `http_conns` LRU
  *     map and one struct l7_event with the payload prefix (up to
@@ -16,8 +19,8 @@
  *   - anything else on a socket in `http_conns` is a continuation (headers
  *     or body in more calls): only its bytes are added to the counters, no
  *     record;
- *   - anything else on another socket costs the 8-byte peek and one map
- *     lookup, nothing more.
+ *   - anything else on another socket costs that copy and one map lookup,
+ *     nothing more.
  * sys_{enter,exit}_{sendfile64,splice}: bytes only (a file body sent with
  *     sendfile, as nginx does), added to the counters of a known socket.
  * tp_btf/tcp_destroy_sock: the end of a known socket: an L7_OP_CLOSE record
