@@ -4,10 +4,13 @@
  *
  * sys_enter_{read,write,readv,writev,sendto,recvfrom,sendmsg,recvmsg}:
  *     resolve fd -> struct file -> struct socket -> struct sock through the
- *     task's file table; a call on anything but an IPv4/IPv6 TCP socket is
- *     dropped right there (one hash update per socket call, nothing for
- *     files and pipes). The user buffer and the entry time are kept by tid.
- * sys_exit_*: with the return value (bytes moved) read the first 8 bytes:
+ *     task's file table (plain loads via bpf_rdonly_cast); a call on
+ *     anything but an IPv4/IPv6 TCP socket is dropped right there (nothing
+ *     is stored for files and pipes). The user buffer (and a send's entry
+ *     time) go to the task's storage (`calls`).
+ * sys_exit_*: with the return value (bytes moved) copy the first buffer's
+ *   bytes (up to L7_PAYLOAD_MAX) into the record under construction and
+ *   look at the first 8:
  *   - an HTTP/1.x request line ("GET ", "POST", ...) or status line
  *     ("HTTP/1.") starts a message: the socket enters the `http_conns` LRU
  *     map and one struct l7_event with the payload prefix (up to
@@ -16,8 +19,8 @@
  *   - anything else on a socket in `http_conns` is a continuation (headers
  *     or body in more calls): only its bytes are added to the counters, no
  *     record;
- *   - anything else on another socket costs the 8-byte peek and one map
- *     lookup, nothing more.
+ *   - anything else on another socket costs that copy and one map lookup,
+ *     nothing more.
  * sys_{enter,exit}_{sendfile64,splice}: bytes only (a file body sent with
  *     sendfile, as nginx does), added to the counters of a known socket.
  * tp_btf/tcp_destroy_sock: the end of a known socket: an L7_OP_CLOSE record
@@ -39,6 +42,7 @@
 #include "include/l7.h"
 #include "include/http.h"
 #include "include/http_msg.h"
+#include "include/ring_wake.h"
 
 #define MSG_PEEK 2
 #define S_IFMT 00170000
@@ -87,21 +91,26 @@ struct {
 #define CALL_MSG 2   /* struct user_msghdr * */
 #define CALL_BYTES 3 /* sendfile/splice: bytes only */
 
-/* a socket call between its enter and exit, keyed by tid */
+/* a socket call between its enter and exit, in the calling task's storage */
 struct sock_call {
-	__u64 sk;
+	__u64 sk;    /* 0: no call under way */
 	__u64 ptr;   /* buf, iovec array or msghdr (user pointers) */
-	__u64 ts;    /* entry time */
+	__u64 ts;    /* entry time (sends only: a receive is timed at its exit) */
 	__u32 count; /* iovcnt */
 	__u8 op;     /* L7_OP_SEND / L7_OP_RECV */
 	__u8 kind;   /* CALL_* */
 	__u16 _pad;
 };
 
+/* Task-local storage, not a hash keyed by tid: the entry lives in the task
+ * (found through task->bpf_storage's cache, no hashing, no lock, no
+ * element allocation per call) and goes away with the task; a hash map
+ * update + lookup + delete per socket call cost ~3x more (measured with
+ * perf/bench_bpf_cost.py). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sock_call);
 } calls SEC(".maps");
 
@@ -112,6 +121,7 @@ struct {
 struct scratch {
 	struct l7_event ev;
 	__u8 slack[L7_PAYLOAD_MAX];
+	__u32 unqueried; /* include/ring_wake.h */
 };
 
 struct {
@@ -128,46 +138,48 @@ static __always_inline void count_drop(__u32 idx)
 		*v += 1;
 }
 
-static __always_inline __u64 wake_flag(void)
+static __always_inline __u64 wake_flag(struct scratch *s, __u32 size)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= EVENTS_WAKE_BYTES ? BPF_RB_FORCE_WAKEUP
-										 : BPF_RB_NO_WAKEUP;
+	return ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
 }
 
 /* A record ends after its valid payload bytes (l7.h: L7_EVENT_MIN_SIZE):
  * a typical request or status line with its headers is a fraction of
  * L7_PAYLOAD_MAX, so the ring holds several times more records. */
-static __always_inline void emit(struct l7_event *ev)
+static __always_inline void emit(struct scratch *s)
 {
 	/* cap_len <= L7_PAYLOAD_MAX; the mask is for the verifier: the source
 	 * is the scratch record, which has L7_PAYLOAD_MAX bytes of slack */
-	__u32 size = L7_EVENT_MIN_SIZE + (ev->cap_len & (2 * L7_PAYLOAD_MAX - 1));
-	if (bpf_ringbuf_output(&events, ev, size, wake_flag()))
+	__u32 size = L7_EVENT_MIN_SIZE + (s->ev.cap_len & (2 * L7_PAYLOAD_MAX - 1));
+	if (bpf_ringbuf_output(&events, &s->ev, size, wake_flag(s, size)))
 		count_drop(HTTP_DROP_RING);
 }
 
 /* fd of the current task -> its TCP sock, or NULL. The inode mode tells a
  * socket (S_IFSOCK, set by sock_alloc in net/socket.c); for a socket file
- * private_data is the struct socket (sock_alloc_file). */
+ * private_data is the struct socket (sock_alloc_file). The walk uses plain
+ * loads through bpf_rdonly_cast (sock_tuple.h) but for the fd array slot,
+ * which takes a variable index (one bpf_probe_read_kernel). */
 static __always_inline struct sock *fd_tcp_sock(int fd)
 {
 	if (fd < 0)
 		return 0;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if (!fdt || (unsigned int)fd >= BPF_CORE_READ(fdt, max_fds))
+	struct task_struct *task = KERNEL_CAST(struct task_struct, bpf_get_current_task());
+	struct fdtable *fdt = task->files->fdt;
+	if (!fdt || (unsigned int)fd >= fdt->max_fds)
 		return 0;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file **fds = fdt->fd;
 	struct file *f = 0;
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]) || !f)
 		return 0;
-	if ((BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+	f = KERNEL_CAST(struct file, f);
+	if ((f->f_inode->i_mode & S_IFMT) != S_IFSOCK)
 		return 0;
-	struct socket *sock = BPF_CORE_READ(f, private_data);
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || BPF_CORE_READ(sk, sk_type) != SOCK_STREAM)
+	struct socket *sock = KERNEL_CAST(struct socket, f->private_data);
+	struct sock *sk = sock->sk;
+	if (!sk || sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM)
 		return 0;
-	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 fam = sk->__sk_common.skc_family;
 	if (fam != AF_INET && (fam != AF_INET6 || ipv6_disabled))
 		return 0;
 	return sk;
@@ -181,52 +193,68 @@ static __always_inline int enter_call(int fd, __u64 ptr, __u32 count, __u8 op, _
 	struct sock *sk = fd_tcp_sock(fd);
 	if (!sk)
 		return 0;
-	__u32 tid = (__u32)id;
-	struct sock_call c = {.sk = (__u64)sk, .ptr = ptr, .ts = bpf_ktime_get_ns(),
-			      .count = count, .op = op, .kind = kind};
-	if (bpf_map_update_elem(&calls, &tid, &c, BPF_ANY))
+	struct sock_call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c) {
 		count_drop(HTTP_DROP_CALLS);
+		return 0;
+	}
+	c->sk = (__u64)sk;
+	c->ptr = ptr;
+	c->ts = op == L7_OP_SEND ? bpf_ktime_get_ns() : 0;
+	c->count = count;
+	c->op = op;
+	c->kind = kind;
 	return 0;
 }
 
-/* The first user buffer of a call and the array of iovecs (or NULL). */
-static __always_inline int call_buffers(const struct sock_call *c, struct iovec **iov, __u32 *iovcnt)
+/* The user iovecs of a call, read once (up to HTTP_MAX_IOV) into `vs`:
+ * both the 8-byte peek and the payload copy use them, where reading each
+ * iovec from user memory again per use cost a bpf_probe_read_user each.
+ * Returns how many were read (0 for a plain buffer), IOV_NO_MSG when the
+ * msghdr is unreadable (the call is dropped, as before), IOV_NONE when no
+ * iovec is (its bytes still count as a continuation). */
+#define IOV_NO_MSG (-1)
+#define IOV_NONE (-2)
+static __always_inline int call_iovecs(const struct sock_call *c, struct iovec *vs)
 {
-	*iov = 0;
-	*iovcnt = 0;
+	struct iovec *iov = 0;
+	__u32 iovcnt = 0;
 	if (c->kind == CALL_IOV) {
-		*iov = (struct iovec *)c->ptr;
-		*iovcnt = c->count;
+		iov = (struct iovec *)c->ptr;
+		iovcnt = c->count;
 	} else if (c->kind == CALL_MSG) {
 		struct user_msghdr m = {};
 		if (bpf_probe_read_user(&m, sizeof(m), (void *)c->ptr))
-			return -1;
-		*iov = m.msg_iov;
-		*iovcnt = (__u32)m.msg_iovlen;
+			return IOV_NO_MSG;
+		iov = m.msg_iov;
+		iovcnt = (__u32)m.msg_iovlen;
+	} else {
+		return 0;
 	}
-	return 0;
+	if (!iovcnt)
+		return IOV_NONE;
+	if (iovcnt > HTTP_MAX_IOV)
+		iovcnt = HTTP_MAX_IOV;
+	/* the barrier keeps clang from checking the bound on another copy of
+	 * the size than the one passed (the verifier needs it on that one) */
+	__u64 size = (__u64)iovcnt * sizeof(*vs);
+	asm volatile("" : "+r"(size));
+	if (size > HTTP_MAX_IOV * sizeof(*vs) || bpf_probe_read_user(vs, size, iov))
+		return IOV_NONE;
+	return iovcnt;
 }
 
-/* Copy up to L7_PAYLOAD_MAX of the ret bytes the call moved. */
-static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_call *c,
-					  struct iovec *iov, __u32 iovcnt, __u64 ret)
+/* Append the bytes of iovecs 1.. (the first one is already in the payload,
+ * `off` bytes of it) up to L7_PAYLOAD_MAX; `left` of the call's bytes are
+ * in them. Returns the payload length. */
+static __always_inline __u32 copy_rest(struct scratch *s, const struct iovec *vs, int iovcnt, __u32 off, __u64 left)
 {
-	if (!iov) {
-		__u32 n = ret < L7_PAYLOAD_MAX ? ret : L7_PAYLOAD_MAX;
-		if (bpf_probe_read_user(s->ev.payload, n & (2 * L7_PAYLOAD_MAX - 1), (void *)c->ptr))
-			return 0;
-		return n;
-	}
-	__u32 off = 0;
-	__u64 left = ret;
 #pragma unroll
-	for (int i = 0; i < HTTP_MAX_IOV; i++) {
+	for (int i = 1; i < HTTP_MAX_IOV; i++) {
 		if (i >= iovcnt || !left || off >= L7_PAYLOAD_MAX)
 			break;
-		struct iovec v = {};
-		if (bpf_probe_read_user(&v, sizeof(v), &iov[i]))
-			break;
-		__u64 n = v.iov_len < left ? v.iov_len : left;
+		__u64 n = vs[i].iov_len < left ? vs[i].iov_len : left;
 		left -= n;
 		if (n > L7_PAYLOAD_MAX)
 			n = L7_PAYLOAD_MAX;
@@ -239,7 +267,7 @@ static __always_inline __u32 copy_payload(struct scratch *s, const struct sock_c
 		asm volatile("" : "+r"(o), "+r"(len));
 		o &= L7_PAYLOAD_MAX - 1;
 		len &= 2 * L7_PAYLOAD_MAX - 1;
-		if (bpf_probe_read_user(&s->ev.payload[o], len, v.iov_base))
+		if (bpf_probe_read_user(&s->ev.payload[o], len, vs[i].iov_base))
 			break;
 		off += n;
 	}
@@ -299,15 +327,14 @@ static __always_inline void fill_event(struct l7_event *ev, const struct http_co
 
 static __always_inline int exit_call(long ret)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
-	struct sock_call *cp = bpf_map_lookup_elem(&calls, &tid);
-	if (!cp)
+	struct sock_call *cp = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0, 0);
+	if (!cp || !cp->sk)
 		return 0;
 	struct sock_call c = *cp;
-	bpf_map_delete_elem(&calls, &tid);
+	cp->sk = 0; /* the call is over */
 	if (ret <= 0)
 		return 0;
+	__u64 id = bpf_get_current_pid_tgid();
 	/* a send is timed at its entry, a receive when the data is there */
 	__u64 ts = c.op == L7_OP_SEND ? c.ts : bpf_ktime_get_ns();
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &c.sk);
@@ -317,23 +344,35 @@ static __always_inline int exit_call(long ret)
 		return 0;
 	}
 
-	struct iovec *iov;
-	__u32 iovcnt;
-	if (call_buffers(&c, &iov, &iovcnt))
+	struct iovec vs[HTTP_MAX_IOV] = {};
+	int iovcnt = call_iovecs(&c, vs);
+	if (iovcnt == IOV_NO_MSG)
 		return 0;
-	__u8 head[8] = {};
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (!s)
+		return 0;
+	/* The first buffer's bytes (up to L7_PAYLOAD_MAX) go straight into the
+	 * record's payload: its first 8 bytes tell a message start, and for a
+	 * start they need not be read again (one bpf_probe_read_user less per
+	 * message; a continuation copies up to L7_PAYLOAD_MAX instead of 8
+	 * bytes, which costs little more: the call's fixed cost dominates). */
 	void *first = (void *)c.ptr;
-	if (iov) {
-		struct iovec v = {};
-		if (!iovcnt || bpf_probe_read_user(&v, sizeof(v), iov) || v.iov_len < sizeof(head))
-			first = 0;
-		else
-			first = v.iov_base;
+	__u64 len0 = ret;
+	if (iovcnt == IOV_NONE) {
+		first = 0;
+	} else if (iovcnt) {
+		first = vs[0].iov_base;
+		len0 = vs[0].iov_len < (__u64)ret ? vs[0].iov_len : (__u64)ret;
 	}
-	int unread = ret >= (long)sizeof(head) && first && bpf_probe_read_user(head, sizeof(head), first);
-	if (unread)
-		count_drop(HTTP_DROP_READ);
-	if (ret < (long)sizeof(head) || !first || unread || !looks_like_http(head)) {
+	__u32 n0 = len0 < L7_PAYLOAD_MAX ? len0 : L7_PAYLOAD_MAX;
+	int unread = 0;
+	if (first && n0 >= 8) {
+		unread = bpf_probe_read_user(s->ev.payload, n0 & (2 * L7_PAYLOAD_MAX - 1), first) != 0;
+		if (unread)
+			count_drop(HTTP_DROP_READ);
+	}
+	if (!first || n0 < 8 || unread || !looks_like_http(s->ev.payload)) {
 		if (hc) /* a continuation: counted, no record */
 			count_bytes(hc, c.op, ret, ts);
 		return 0;
@@ -341,19 +380,15 @@ static __always_inline int exit_call(long ret)
 
 	/* a message starts */
 	if (!hc) {
-		hc = new_conn(c.sk, head, c.op, id >> 32);
+		hc = new_conn(c.sk, s->ev.payload, c.op, id >> 32);
 		if (!hc)
 			return 0;
 	}
-	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
-	if (!s)
-		return 0;
 	struct l7_event *ev = &s->ev;
-	ev->cap_len = copy_payload(s, &c, iov, iovcnt, ret);
+	ev->cap_len = copy_rest(s, vs, iovcnt, n0, ret - len0);
 	fill_event(ev, hc, &c, id, ret, ts);
 	count_bytes(hc, c.op, ret, ts);
-	emit(ev);
+	emit(s);
 	return 0;
 }
 
@@ -458,7 +493,9 @@ int BPF_PROG(on_destroy, struct sock *sk)
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
 	if (!hc)
 		return 0;
-	struct l7_event *ev = bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0);
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct l7_event *ev = s ? bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0) : 0;
 	if (ev) {
 		/* softirq context possibly: the tuple and owner come from the
 		 * entry (the local port is already released here) */
@@ -466,7 +503,7 @@ int BPF_PROG(on_destroy, struct sock *sk)
 		fill_event(ev, hc, &c, (__u64)hc->pid << 32, 0, bpf_ktime_get_ns());
 		ev->cap_len = 0;
 		ev->ts_other_ns = 0;
-		bpf_ringbuf_submit(ev, wake_flag());
+		bpf_ringbuf_submit(ev, wake_flag(s, L7_EVENT_MIN_SIZE));
 	} else {
 		count_drop(HTTP_DROP_RING);
 	}

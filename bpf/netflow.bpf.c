@@ -68,7 +68,8 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
-/* per-thread syscall arguments of unconnected UDP calls */
+/* per-thread syscall arguments of unconnected UDP calls; uaddr (a send or
+ * receive with an address) or is_bind (a bind) set while one is under way */
 struct udp_call {
 	__u64 uaddr;  /* user pointer: struct sockaddr * or struct user_msghdr * */
 	__u64 sk;     /* recv: the socket, set by sock_recv_length */
@@ -78,12 +79,30 @@ struct udp_call {
 	__u16 bind_port;
 };
 
+/* Task-local storage, not a hash keyed by tid: found through the task (no
+ * hashing, no element allocation per call), gone with the task. The exit of
+ * every recvfrom/recvmsg/sendto/sendmsg looks here, most of them (TCP, or
+ * no address) to find nothing: a miss costs less than a hash lookup, a
+ * stash less than a hash update (perf/bench_bpf_cost.py). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct udp_call);
 } udp_calls SEC(".maps");
+
+static __always_inline struct udp_call *current_udp_call(__u64 create)
+{
+	return bpf_task_storage_get(&udp_calls, bpf_get_current_task_btf(), 0, create);
+}
+
+static __always_inline void end_udp_call(struct udp_call *c)
+{
+	c->uaddr = 0;
+	c->sk = 0;
+	c->len = 0;
+	c->is_bind = 0;
+}
 
 static __always_inline void count_drop(__u32 idx)
 {
@@ -150,11 +169,11 @@ static __always_inline void set_owner(struct nf_conn_stats *s)
 
 static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats *s)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u32 srtt = BPF_CORE_READ(tp, srtt_us);
+	const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+	__u32 srtt = tp->srtt_us;
 	if (srtt) {
 		s->rtt_us = srtt >> 3;
-		s->rtt_var_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+		s->rtt_var_us = tp->mdev_us >> 2;
 	}
 }
 
@@ -232,8 +251,7 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 	if (ret <= 0 || skip_self() || !read_tuple(sk, &t))
 		return 0;
 	if (unconnected_udp(&t)) {
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-		struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
+		struct udp_call *c = current_udp_call(0);
 		if (!c || !read_user_peer(c, &t))
 			return 0;
 	}
@@ -250,9 +268,8 @@ int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 	if (unconnected_udp(&t)) {
 		/* the peer address reaches the user's buffer only after this
 		 * returns: finish in the syscall's exit */
-		__u32 tid = (__u32)bpf_get_current_pid_tgid();
-		struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
-		if (c) {
+		struct udp_call *c = current_udp_call(0);
+		if (c && c->uaddr) {
 			c->sk = (__u64)sk;
 			c->len = ret;
 		}
@@ -266,24 +283,27 @@ static __always_inline int stash_call(__u64 uaddr, __u8 is_msg)
 {
 	if (!uaddr)
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct udp_call c = {.uaddr = uaddr, .is_msg = is_msg};
-	bpf_map_update_elem(&udp_calls, &tid, &c, BPF_ANY);
+	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c)
+		return 0;
+	end_udp_call(c);
+	c->uaddr = uaddr;
+	c->is_msg = is_msg;
 	return 0;
 }
 
 static __always_inline int drop_call(void)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	bpf_map_delete_elem(&udp_calls, &tid);
+	struct udp_call *c = current_udp_call(0);
+	if (c)
+		end_udp_call(c);
 	return 0;
 }
 
 static __always_inline int finish_recv(void)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
-	if (!c)
+	struct udp_call *c = current_udp_call(0);
+	if (!c || !c->uaddr)
 		return 0;
 	if (c->sk && c->len > 0) {
 		const struct sock *sk = (const struct sock *)c->sk;
@@ -291,7 +311,7 @@ static __always_inline int finish_recv(void)
 		if (read_tuple(sk, &t) && read_user_peer(c, &t))
 			account(sk, &t, 0, c->len);
 	}
-	bpf_map_delete_elem(&udp_calls, &tid);
+	end_udp_call(c);
 	return 0;
 }
 
@@ -331,26 +351,28 @@ int enter_bind(struct trace_event_raw_sys_enter *ctx)
 	__u16 port = bpf_ntohs(sa.sin_port);
 	if (!port)
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct udp_call c = {.is_bind = 1, .bind_port = port};
-	bpf_map_update_elem(&udp_calls, &tid, &c, BPF_ANY);
+	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c)
+		return 0;
+	end_udp_call(c);
+	c->is_bind = 1;
+	c->bind_port = port;
 	return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_bind")
 int exit_bind(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct udp_call *c = bpf_map_lookup_elem(&udp_calls, &tid);
-	if (!c)
+	struct udp_call *c = current_udp_call(0);
+	if (!c || !c->is_bind)
 		return 0;
-	if (c->is_bind && ctx->ret == 0) {
+	if (ctx->ret == 0) {
 		struct nf_port_key pk = {.port = c->bind_port, .proto = IPPROTO_UDP};
 		__u8 one = 1;
 		if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
 			count_drop(NF_DROP_BOUND);
 	}
-	bpf_map_delete_elem(&udp_calls, &tid);
+	end_udp_call(c);
 	return 0;
 }
 

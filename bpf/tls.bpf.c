@@ -46,6 +46,7 @@
 #include "include/http.h"
 #include "include/http_msg.h"
 #include "include/tls.h"
+#include "include/ring_wake.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -117,6 +118,11 @@ struct {
 	__uint(max_entries, 1 << 25); /* resized by user space (RING_BYTES) */
 } events SEC(".maps");
 
+struct tls_scratch {
+	struct l7_event ev;
+	__u32 unqueried; /* include/ring_wake.h */
+};
+
 /* The record under construction: it goes on the ring cut after its valid
  * payload (include/l7.h, L7_EVENT_MIN_SIZE), which a fixed-size reservation
  * cannot do; too big for the BPF stack. */
@@ -124,7 +130,7 @@ struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct l7_event);
+	__type(value, struct tls_scratch);
 } scratch SEC(".maps");
 
 struct {
@@ -146,11 +152,11 @@ static __always_inline void count_drop(__u32 idx)
  * record when records come slower than it drains, one trip through the
  * collector's event loop each. A reader that is not asleep still sees the
  * records (the ring's poll reports any available data), and the interval's
- * collect takes everything, so only the wakeup is deferred. */
-static __always_inline __u64 submit_flags(void)
+ * collect takes everything, so only the wakeup is deferred (ring_wake.h:
+ * without a ring query per record). */
+static __always_inline __u64 submit_flags(struct tls_scratch *s, __u32 size)
 {
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes ? BPF_RB_FORCE_WAKEUP
-									      : BPF_RB_NO_WAKEUP;
+	return ring_wake_flag(&events, &s->unqueried, size, wakeup_bytes);
 }
 
 static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
@@ -279,9 +285,10 @@ static __always_inline int leave(long ret)
 	count_bytes(hc, op, bytes, ts);
 
 	__u32 zero = 0;
-	struct l7_event *ev = bpf_map_lookup_elem(&scratch, &zero);
-	if (!ev)
+	struct tls_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+	if (!s)
 		return 0;
+	struct l7_event *ev = &s->ev;
 	fill_tuple(ev, &t);
 	ev->ts_ns = ts;
 	ev->sk = sk;
@@ -307,7 +314,7 @@ static __always_inline int leave(long ret)
 		count_drop(TLS_DROP_PAYLOAD);
 	}
 	ev->cap_len = cap;
-	if (bpf_ringbuf_output(&events, ev, L7_EVENT_MIN_SIZE + cap, submit_flags()))
+	if (bpf_ringbuf_output(&events, ev, L7_EVENT_MIN_SIZE + cap, submit_flags(s, L7_EVENT_MIN_SIZE + cap)))
 		count_drop(TLS_DROP_RING);
 	return 0;
 }
@@ -324,7 +331,9 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 		return 0;
 	struct sock_tuple t = {};
 	if (read_tuple(sk, &t)) {
-		struct l7_event *ev = bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0);
+		__u32 zero = 0;
+		struct tls_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
+		struct l7_event *ev = s ? bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0) : 0;
 		if (ev) {
 			fill_tuple(ev, &t);
 			ev->ts_ns = bpf_ktime_get_ns();
@@ -339,7 +348,7 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 			ev->sk_sent = hc->sent;
 			ev->sk_recv = hc->recv;
 			ev->ts_other_ns = 0;
-			bpf_ringbuf_submit(ev, submit_flags());
+			bpf_ringbuf_submit(ev, submit_flags(s, L7_EVENT_MIN_SIZE));
 		} else {
 			count_drop(TLS_DROP_RING);
 		}

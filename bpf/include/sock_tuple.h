@@ -39,13 +39,24 @@ struct sock_tuple {
 	__u8 proto;
 };
 
+/* bpf_rdonly_cast (kernel >= 6.2, a kfunc every program type may call):
+ * the verifier then knows the pointer as the given kernel type and lets the
+ * program read its fields with plain loads (each JITed as one load with an
+ * exception-table fixup: a bad pointer reads as 0, like a failed
+ * bpf_probe_read_kernel). The call itself is rewritten by the verifier into
+ * a register move, so it costs nothing, where a bpf_probe_read_kernel call
+ * per field (BPF_CORE_READ) costs ~30-50 ns on a KVM guest. */
+extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define KERNEL_CAST(type, ptr) ((type *)bpf_rdonly_cast((const void *)(ptr), bpf_core_type_id_kernel(type)))
+
 /* Read family, protocol and addresses of a socket. Returns 0 when the socket
  * is not an IPv4/IPv6 TCP or UDP socket we report. */
-static __always_inline int read_tuple(const struct sock *sk, struct sock_tuple *t)
+static __always_inline int read_tuple(const struct sock *sk_any, struct sock_tuple *t)
 {
-	__u16 fam = BPF_CORE_READ(sk, __sk_common.skc_family);
-	__u16 type = BPF_CORE_READ(sk, sk_type);
-	__u16 proto = BPF_CORE_READ(sk, sk_protocol);
+	const struct sock *sk = KERNEL_CAST(struct sock, sk_any);
+	__u16 fam = sk->__sk_common.skc_family;
+	__u16 type = sk->sk_type;
+	__u16 proto = sk->sk_protocol;
 
 	if (fam != AF_INET && fam != AF_INET6)
 		return 0;
@@ -57,17 +68,17 @@ static __always_inline int read_tuple(const struct sock *sk, struct sock_tuple *
 	    (proto == IPPROTO_UDP && type != 2 /* SOCK_DGRAM */))
 		return 0;
 	t->proto = proto;
-	t->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	t->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	t->lport = sk->__sk_common.skc_num;
+	t->rport = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (fam == AF_INET6) {
 		__u8 l[16], r[16];
-		BPF_CORE_READ_INTO(&l, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&r, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		__builtin_memcpy(l, sk->__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8, 16);
+		__builtin_memcpy(r, sk->__sk_common.skc_v6_daddr.in6_u.u6_addr8, 16);
 		t->family = put_addr(t->laddr, l, 0, 1);
 		put_addr(t->raddr, r, 0, 1);
 	} else {
-		t->family = put_addr(t->laddr, 0, BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr), 0);
-		put_addr(t->raddr, 0, BPF_CORE_READ(sk, __sk_common.skc_daddr), 0);
+		t->family = put_addr(t->laddr, 0, sk->__sk_common.skc_rcv_saddr, 0);
+		put_addr(t->raddr, 0, sk->__sk_common.skc_daddr, 0);
 	}
 	return 1;
 }
