@@ -23,6 +23,19 @@ def _common():
     return reasons
 
 
+def load_and_attach(name):
+    """Load bpf/<name>.bpf.o, attach every program, detach again; returns
+    how many programs attached (raises what loading or attaching raised)."""
+    from . import _libbpf
+    from .plugins.netflow import bpf_object_path
+    with _libbpf.BpfObject(bpf_object_path(name)) as obj:
+        obj.load()
+        links = obj.attach_all()
+        for link in links:
+            link.close()
+    return len(links)
+
+
 def check_netflow():
     reasons = _common()
     if reasons:
@@ -35,16 +48,10 @@ def check_netflow():
     if missing:
         return False, ["missing tracepoints: " + ", ".join(missing)]
     try:
-        from . import _libbpf
-        from .plugins.netflow import bpf_object_path
-        with _libbpf.BpfObject(bpf_object_path("netflow")) as obj:
-            obj.load()
-            links = obj.attach_all()
-            for link in links:
-                link.close()
+        nlinks = load_and_attach("netflow")
     except (DkebpfError, ImportError) as exc:
         return False, [str(exc).splitlines()[0]]
-    return True, [f"netflow: {len(links)} programs load and attach "
+    return True, [f"netflow: {nlinks} programs load and attach "
                   "(tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/tcp_retransmit_skb, "
                   "syscall tracepoints)",
                   check_dnsflow(),
@@ -97,16 +104,10 @@ def check_bash(host_root="", proc="/proc"):
 def check_httpflow():
     """One line: does the HTTP capture object load and attach here."""
     try:
-        from . import _libbpf
-        from .plugins.netflow import bpf_object_path
-        with _libbpf.BpfObject(bpf_object_path("http")) as obj:
-            obj.load()
-            links = obj.attach_all()
-            for link in links:
-                link.close()
+        nlinks = load_and_attach("http")
     except (DkebpfError, ImportError) as exc:
         return f"httpflow: no: {str(exc).splitlines()[0]}"
-    return (f"httpflow: {len(links)} programs load and attach (syscall tracepoints read/write/"
+    return (f"httpflow: {nlinks} programs load and attach (syscall tracepoints read/write/"
             "readv/writev/sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)")
 
 

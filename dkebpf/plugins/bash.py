@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import BuildError, KernelError
-from .base import Plugin, PointBatch
+from .base import Plugin, PointBatch, close_bpf, kernel_drop_counters, ring_counters
 from .netflow import bpf_object_path
 
 try:
@@ -269,13 +269,9 @@ class BashPlugin(Plugin):
     def counters(self):
         c = dict(self.totals)
         if self.ring is not None:
-            rc = self.ring.counters()
-            c["ring_lines_received"] = rc["received"]
-            c["ring_lines_lost_userspace"] = rc["lost"]
+            c.update(ring_counters([self.ring]))
         if self.obj is not None:
-            sums = self.drops.percpu_sums()
-            for idx, name in _records.BASH_DROP_NAMES.items():
-                c[f"kernel_drop_{name}"] = int(sums[idx])
+            c.update(kernel_drop_counters(self.drops, _records.BASH_DROP_NAMES))
         return c
 
     def attached(self):
@@ -283,13 +279,5 @@ class BashPlugin(Plugin):
         return sorted(self.paths.values())
 
     def stop(self):
-        for link in self.links.values():
-            link.close()
-        self.links = {}
-        self.paths = {}
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
+        close_bpf(self.links.values(), [self.ring], self.obj)
+        self.links, self.paths, self.ring, self.obj = {}, {}, None, None

@@ -22,7 +22,7 @@ from .. import kernel
 from ..enrich.addr import LocalAddressResolver
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..errors import BuildError
-from .base import Plugin, PointBatch
+from .base import Plugin, PointBatch, close_bpf, kernel_drop_counters, ring_counters
 from .netflow import bpf_object_path
 
 try:
@@ -330,23 +330,11 @@ class HttpflowPlugin(Plugin):
         c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}
         c["points"] = self.points
         c["early_steps"] = self.early_steps
-        for r in self.pipeline.rings:
-            rc = r.counters()
-            c[f"ring_{r.name}_received"] = rc["received"]
-            c[f"ring_{r.name}_lost_userspace"] = rc["lost"]
-            c[f"ring_{r.name}_bad_size"] = rc["bad_size"]
+        c.update(ring_counters(self.pipeline.rings))
         if self.obj is not None:
-            sums = self.drops.percpu_sums()
-            for idx, name in _records.HTTP_DROP_NAMES.items():
-                c[f"kernel_drop_{name}"] = int(sums[idx])
+            c.update(kernel_drop_counters(self.drops, _records.HTTP_DROP_NAMES))
         return c
 
     def stop(self):
-        for link in self.links:
-            link.close()
-        self.links = []
-        if self.ring is not None:
-            self.ring.close()
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
+        close_bpf(self.links, [self.ring], self.obj)
+        self.links, self.ring, self.obj = [], None, None

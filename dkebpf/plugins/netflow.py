@@ -16,7 +16,7 @@ from .. import kernel
 from ..enrich.addr import LocalAddressResolver
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..errors import BuildError
-from .base import Plugin, PointBatch
+from .base import Plugin, PointBatch, close_bpf, kernel_drop_counters, ring_counters
 
 try:
     from .. import _conntable, _libbpf, _records
@@ -165,21 +165,11 @@ class NetflowPlugin(Plugin):
     def counters(self):
         c = dict(self.totals)
         if self.ring is not None:
-            rc = self.ring.counters()
-            c["ring_closed_received"] = rc["received"]
-            c["ring_closed_lost_userspace"] = rc["lost"]
+            c.update(ring_counters([self.ring]))
         if self.obj is not None:
-            sums = self.drops.percpu_sums()
-            for idx, name in _records.DROP_NAMES.items():
-                c[f"kernel_drop_{name}"] = int(sums[idx])
+            c.update(kernel_drop_counters(self.drops, _records.DROP_NAMES))
         return c
 
     def stop(self):
-        for link in self.links:
-            link.close()
-        self.links = []
-        if self.ring is not None:
-            self.ring.close()
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
+        close_bpf(self.links, [self.ring], self.obj)
+        self.links, self.ring, self.obj = [], None, None
