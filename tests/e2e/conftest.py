@@ -1,6 +1,5 @@
 """Run the dkebpf command as a user would, against a DataKit-compatible
 receiver on loopback."""
-import os
 import signal
 import subprocess
 import sys

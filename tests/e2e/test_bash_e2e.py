@@ -5,7 +5,6 @@ the bash pid, the user's name, the command as typed (quotes, separators,
 unicode, control characters, lines past the capture limit) and the time
 it was entered. Points are picked by the pids of the bash processes this
 test started: other tests may run bash on this machine at the same time."""
-import os
 import re
 import signal
 import subprocess

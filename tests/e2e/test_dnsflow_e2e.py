@@ -117,7 +117,7 @@ def test_dnsflow_counts_latency_timeouts_and_domains(collector, receiver):
 
             servers = {ns.peer_ip, ns.peer_ip6, blackhole}
             # the timeout needs 6 s and one more flush
-            got = traffic.wait_until(lambda: tally(mine(receiver, servers)) == expect or None, 25)
+            traffic.wait_until(lambda: tally(mine(receiver, servers)) == expect or None, 25)
             pts = mine(receiver, servers)
             assert tally(pts) == expect
 

@@ -8,12 +8,12 @@ checked against the schema. Only points of our own server ports count."""
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 
 import pytest
 
 from support import http_clients, traffic
+from support.httpflow_points import counts, http_points, sums, wait_counts
 from support.http_clients import keep_alive
 from support.nginx import LONG_PREFIX, Nginx, free_port
 from support.schema import check_point
@@ -21,33 +21,6 @@ from support.schema import check_point
 pytestmark = pytest.mark.e2e
 
 LONG_PATH = LONG_PREFIX + "x" * 600  # longer than the 512-byte capture
-
-
-def http_points(receiver, port):
-    return [p for p in receiver.points(measurement="httpflow") if p.tags.get("server_port") == str(port)]
-
-
-def counts(points, direction):
-    c = Counter()
-    for p in points:
-        if p.tags["direction"] == direction:
-            c[(p.fields["method"], p.fields["path"], p.fields["status_code"])] += p.fields["count"]
-    return c
-
-
-def sums(points, direction, field):
-    c = Counter()
-    for p in points:
-        if p.tags["direction"] == direction:
-            c[(p.fields["path"], p.fields["status_code"])] += p.fields[field]
-    return c
-
-
-def wait_counts(receiver, port, want, timeout=40):
-    def done():
-        pts = http_points(receiver, port)
-        return pts if counts(pts, "outgoing") == want and counts(pts, "incoming") == want else None
-    return traffic.wait_until(done, timeout) or http_points(receiver, port)
 
 
 def curl(url, n=1):

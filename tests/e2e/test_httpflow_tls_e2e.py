@@ -16,6 +16,7 @@ from collections import Counter
 import pytest
 
 from support import traffic
+from support.httpflow_points import counts, http_points, sums, wait_counts
 from support.nginx import Nginx
 from support.schema import check_point
 from support.tls_nginx import ROUTES, TlsNginx, curl, private_libssl
@@ -23,33 +24,6 @@ from support.tls_nginx import ROUTES, TlsNginx, curl, private_libssl
 pytestmark = pytest.mark.e2e
 
 L7 = ("--l7net-enabled", "httpflow,httpflow-tls")
-
-
-def points_of(receiver, port):
-    return [p for p in receiver.points(measurement="httpflow") if p.tags.get("server_port") == str(port)]
-
-
-def counts(points, direction):
-    c = Counter()
-    for p in points:
-        if p.tags["direction"] == direction:
-            c[(p.fields["method"], p.fields["path"], p.fields["status_code"])] += p.fields["count"]
-    return c
-
-
-def sums(points, direction, field):
-    c = Counter()
-    for p in points:
-        if p.tags["direction"] == direction:
-            c[(p.fields["path"], p.fields["status_code"])] += p.fields[field]
-    return c
-
-
-def wait_counts(receiver, port, want, timeout=40):
-    def done():
-        pts = points_of(receiver, port)
-        return pts if counts(pts, "outgoing") == want and counts(pts, "incoming") == want else None
-    return traffic.wait_until(done, timeout) or points_of(receiver, port)
 
 
 def check_points(receiver, pts, port):
@@ -131,8 +105,8 @@ def test_https_nginx_started_after_collector(collector, receiver, tmp_path):
     assert sum(p.fields["bytes_written"] for p in mine) == py_sent
     # nothing more arrives later (no late duplicates, e.g. from the syscall capture)
     time.sleep(3)
-    assert counts(points_of(receiver, srv.port), "outgoing") == want
-    assert counts(points_of(receiver, srv.port), "incoming") == want
+    assert counts(http_points(receiver, srv.port), "outgoing") == want
+    assert counts(http_points(receiver, srv.port), "incoming") == want
     assert "httpflow-tls: uprobes on" in collector.log_text()
 
 
@@ -172,5 +146,5 @@ def test_without_tls_the_ciphertext_makes_no_point(collector, receiver, tmp_path
     finally:
         srv.stop()
     time.sleep(3)  # one more interval
-    assert points_of(receiver, srv.port) == []
+    assert http_points(receiver, srv.port) == []
     assert "httpflow-tls" not in collector.log_text()

@@ -1,7 +1,6 @@
 """The whole collector against real traffic: exact byte counts, directions,
 ports, established/closed counts and rtt in the points DataKit receives,
 every point checked against the netflow schema."""
-import os
 import signal
 import subprocess
 import sys

@@ -2,13 +2,11 @@
 TPACKET_V3 ring walk and the decode, with DNS messages sent over loopback
 (each must be seen exactly once although loopback hands packet sockets
 two copies) and over a veth into a test namespace (seen on transmit)."""
-import os
 import random
 import socket
 import struct
 import time
 
-import numpy as np
 import pytest
 
 from support.netns import NetNS
