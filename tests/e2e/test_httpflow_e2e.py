@@ -12,13 +12,15 @@ from collections import Counter
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import http_clients, traffic
 from support.httpflow_points import counts, http_points, sums, wait_counts
 from support.http_clients import keep_alive
 from support.nginx import LONG_PREFIX, Nginx, free_port
 from support.schema import check_point
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 
 LONG_PATH = LONG_PREFIX + "x" * 600  # longer than the 512-byte capture
 

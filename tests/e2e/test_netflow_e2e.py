@@ -7,11 +7,13 @@ import sys
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import traffic
 from support.netns import NetNS
 from support.schema import check_point
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 
 
 def flows(receiver, pid):

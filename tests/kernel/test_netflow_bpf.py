@@ -9,7 +9,8 @@ import pytest
 from support import traffic
 from support.netns import NetNS
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage")]
 
 
 @pytest.fixture
