@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Callable, Optional, Tuple
 
 from . import kernel
+from .errors import DkebpfError
 
 __all__ = ["Feature", "FEATURES", "feature", "missing", "kernel_version", "btf_names"]
 
@@ -81,8 +82,10 @@ def _tracepoints(*names):
     def probe():
         try:
             kernel.ensure_mounts()
-        except OSError as exc:
+        except (OSError, DkebpfError) as exc:  # not root: tracefs cannot be mounted
             return f"tracefs not available: {exc}"
+        if os.path.isdir(kernel.TRACEFS) and not os.access(kernel.TRACEFS, os.R_OK | os.X_OK):
+            return f"cannot read the tracepoints in {kernel.TRACEFS} (needs root)"
         absent = [n for n in names if not kernel.tracepoint_exists(*n.split(":"))]
         if absent:
             return "no tracepoint " + ", ".join(absent)
