@@ -23,7 +23,9 @@ from typing import Optional, Tuple
 
 PLUGIN = "plugin"   # selected by --enabled / enabled_plugins
 L7NET = "l7net"     # an ebpf-net L7 protocol, selected by --l7net-enabled
-CONTEXT_SLOTS = ("domains", "nat", "k8s")  # PluginContext attributes shared between plugins
+# PluginContext attributes one plugin fills for others (k8s: the Kubernetes
+# enrichment to come; until then a need nobody provides)
+CONTEXT_SLOTS = ("domains", "nat", "k8s")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,7 @@ class PluginRow:
 
     @property
     def label(self):
-        """How the README table and `dkebpf check` name the row."""
+        """How the README table names the row."""
         if self.kind == L7NET:
             return f"`ebpf-net` {self.name}"
         return f"`{self.name}` {self.part}".rstrip()
