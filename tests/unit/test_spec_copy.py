@@ -83,3 +83,10 @@ def test_check_point_extra_tags_and_unknown_measurement():
     (bash,) = parse(b'bash,host=h,src_ip=1 message="x" 5\n')
     with pytest.raises(AssertionError, match="tag 'src_ip' is not in the schema"):
         schema.check_point("bash", bash)
+
+
+def test_only_a_flow_without_process_may_lack_its_name():
+    tags = {k: v for k, v in netflow_point().tags.items() if k != "process_name"}
+    schema.check_point("netflow", netflow_point(tags={**tags, "pid": "0"}))
+    with pytest.raises(AssertionError, match="required tag 'process_name' is missing"):
+        schema.check_point("netflow", netflow_point(tags={**tags, "pid": "42"}))
