@@ -14,6 +14,12 @@ from .errors import DkebpfError
 from .plugins import L7NET, PLUGIN, PLUGINS, names
 
 
+# What this host refused (the kernel's errno, a missing file, no privilege)
+# or a broken install: reported as a "no". A bug (RuntimeError, LookupError)
+# is not caught, and ends as an internal error with its traceback.
+HOST_REFUSED = (DkebpfError, OSError, ImportError)
+
+
 def _not_root():
     """The one reason no BPF object loads, whatever the kernel has."""
     if not kernel.is_root():
@@ -44,7 +50,7 @@ def check_netflow():
         return False, reasons
     try:
         nlinks = load_and_attach("netflow")
-    except (DkebpfError, ImportError) as exc:
+    except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
     return True, [f"{nlinks} programs load and attach (tp_btf sock_send_length/sock_recv_length/"
                   "inet_sock_set_state/tcp_retransmit_skb/tcp_destroy_sock, syscall tracepoints)"]
@@ -58,7 +64,7 @@ def check_dnsflow():
         from .packetfilter import port_filter
         with _packets.PacketRing(port_filter(53), block_nr=2):
             pass
-    except (DkebpfError, ImportError) as exc:
+    except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
     return True, ["packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"]
 
@@ -87,9 +93,9 @@ def check_bash():
                 try:
                     prog.attach_uprobe(path, READLINE, retprobe=True).close()
                     ok.append(path)
-                except DkebpfError as exc:
+                except HOST_REFUSED as exc:
                     failed.append(f"{path}: {_first_line(exc)}")
-    except (DkebpfError, ImportError) as exc:
+    except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
     why = [f"uretprobe on readline attaches to {p}" for p in ok]
     why += [f"cannot attach to {f}" for f in failed]
@@ -102,7 +108,7 @@ def check_httpflow():
         return False, reasons
     try:
         nlinks = load_and_attach("http")
-    except (DkebpfError, ImportError) as exc:
+    except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
     return True, [f"{nlinks} programs load and attach (syscall tracepoints read/write/readv/writev/"
                   "sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)"]
@@ -116,7 +122,7 @@ def check_httpflow_tls():
     try:
         from .plugins.tls_probes import check_line
         return True, [check_line().removeprefix("httpflow-tls: ")]
-    except (DkebpfError, ImportError) as exc:
+    except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
 
 
@@ -127,11 +133,11 @@ def check_conntrack():
     from .plugins import conntrack
     try:
         sock = conntrack.open_event_socket()
-    except DkebpfError as exc:
+    except HOST_REFUSED as exc:
         return False, ["nf_conntrack is available", str(exc)]
     try:
         entries = conntrack.query_entry_count()
-    except DkebpfError as exc:
+    except HOST_REFUSED as exc:
         return False, ["nf_conntrack is available", str(exc)]
     finally:
         sock.close()
