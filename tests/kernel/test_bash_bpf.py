@@ -12,7 +12,7 @@ import pytest
 
 from support.bashpty import BashSession
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf")]
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from support import http_peer as hp
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "rdonly_cast", "task_storage")]
 PEER = hp.__file__
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from support.tls_nginx import ROUTES, TlsNginx, curl, private_libssl
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "libssl")]
 
 SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
