@@ -77,7 +77,7 @@ DROP_RING = NF_DROP_RING
 DROP_CONNS = NF_DROP_CONNS
 DROP_BOUND = NF_DROP_BOUND
 DROP_NAMES = {NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
-              NF_DROP_BOUND: "bound_ports_map_full"}
+              NF_DROP_BOUND: "bound_ports_map_full", NF_DROP_CALLS: "udp_calls_storage_failed"}
 
 
 cdef bash_line _b
@@ -153,4 +153,6 @@ HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_m
 
 # httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
 TLS_DROP_NAMES = {TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",
-                  TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable"}
+                  TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable",
+                  TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full",
+                  TLS_DROP_CONNS: "tls_conns_map_full"}
