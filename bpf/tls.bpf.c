@@ -295,6 +295,9 @@ static __always_inline int leave(long ret)
 	ev->sk_recv = before.recv;
 	ev->ts_other_ns = op == L7_OP_SEND ? before.ts_last_recv : before.ts_last_send;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	/* the scratch record is reused: a shorter name must not keep the tail
+	 * of the previous one (the string read does not pad) */
+	__builtin_memset(ev->comm, 0, NF_COMM_LEN);
 	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
 
 	__u32 cap = bytes < L7_PAYLOAD_MAX ? (__u32)bytes : L7_PAYLOAD_MAX;
