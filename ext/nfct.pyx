@@ -37,17 +37,12 @@ from dkebpf.errors import KernelError
 
 cnp.import_array()
 
-# event types of a row
-EV_NEW = 1      # IPCTNL_MSG_CT_NEW with NLM_F_CREATE: a new (confirmed) connection
-EV_UPDATE = 2   # IPCTNL_MSG_CT_NEW without NLM_F_CREATE: a state change
-EV_DESTROY = 3  # IPCTNL_MSG_CT_DELETE: the entry left the table
-EV_DUMP = 4     # IPCTNL_MSG_CT_NEW with NLM_F_MULTI: one entry of a dump
-
 cdef enum:
-    _EV_NEW = 1
-    _EV_UPDATE = 2
-    _EV_DESTROY = 3
-    _EV_DUMP = 4
+    # event types of a row (nfct_event.type, EV_* for Python)
+    _EV_NEW = 1      # IPCTNL_MSG_CT_NEW with NLM_F_CREATE: a new (confirmed) connection
+    _EV_UPDATE = 2   # IPCTNL_MSG_CT_NEW without NLM_F_CREATE: a state change
+    _EV_DESTROY = 3  # IPCTNL_MSG_CT_DELETE: the entry left the table
+    _EV_DUMP = 4     # IPCTNL_MSG_CT_NEW with NLM_F_MULTI: one entry of a dump
     # nlmsghdr (16) + nfgenmsg (4): no shorter message gives a row, so a
     # buffer of n bytes gives at most n / 20 rows
     MIN_ROW_MSG = 20
@@ -55,6 +50,8 @@ cdef enum:
     HAVE_DST = 2
     HAVE_PROTO = 4
     HAVE_ALL = 7
+
+EV_NEW, EV_UPDATE, EV_DESTROY, EV_DUMP = _EV_NEW, _EV_UPDATE, _EV_DESTROY, _EV_DUMP
 
 
 # One row. Packed, explicit padding: the numpy dtype below is these bytes.
