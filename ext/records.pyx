@@ -33,6 +33,16 @@ def _dtype(name, fields, Py_ssize_t itemsize):
     return dt
 
 
+
+def _drop_names(program, names, Py_ssize_t count):
+    """A BPF program's drop counters, index -> name, checked: every index
+    of its drops map (0 .. *_DROP_MAX - 1) has a name, so no counter is
+    kept in the kernel and never reported."""
+    if sorted(names) != list(range(count)):
+        raise ImportError(f"{program}: drop counters named {sorted(names)}, its map has {count}")
+    return names
+
+
 cdef nf_conn_key _k
 cdef nf_conn_stats _s
 cdef nf_conn_event _e
@@ -80,8 +90,9 @@ F_CLOSED = NF_F_CLOSED
 DROP_RING = NF_DROP_RING
 DROP_CONNS = NF_DROP_CONNS
 DROP_BOUND = NF_DROP_BOUND
-DROP_NAMES = {NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
-              NF_DROP_BOUND: "bound_ports_map_full", NF_DROP_CALLS: "udp_calls_storage_failed"}
+DROP_NAMES = _drop_names("netflow.bpf.c", {
+    NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
+    NF_DROP_BOUND: "bound_ports_map_full", NF_DROP_CALLS: "udp_calls_storage_failed"}, NF_DROP_MAX)
 
 
 cdef bash_line _b
@@ -104,7 +115,8 @@ BASH_CAPTURE_MAX = BASH_LINE_MAX  # bytes of a line a record holds
 BASH_LEN_SCAN_MAX = BASH_LINE_MAX + (BASH_LEN_CHUNK - 1) * BASH_LEN_CHUNKS
 BASH_TRUNCATED = BASH_F_TRUNCATED
 BASH_LEN_AT_LEAST = BASH_F_LEN_AT_LEAST
-BASH_DROP_NAMES = {BASH_DROP_RING: "lines_ring_full", BASH_DROP_READ: "line_unreadable"}
+BASH_DROP_NAMES = _drop_names("bash.bpf.c", {
+    BASH_DROP_RING: "lines_ring_full", BASH_DROP_READ: "line_unreadable"}, BASH_DROP_MAX)
 
 cdef l7_event _l7
 
@@ -152,14 +164,16 @@ HTTP_CONN_DTYPE = _dtype("http_conn", [
     ("direction", "u1", offset_of(&_hc, &_hc.direction)),
 ], sizeof(http_conn))
 
-HTTP_DROP_NAMES = {HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
-                   HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}
+HTTP_DROP_NAMES = _drop_names("http.bpf.c", {
+    HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
+    HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}, HTTP_DROP_MAX)
 
 # httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
-TLS_DROP_NAMES = {TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",
-                  TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable",
-                  TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full",
-                  TLS_DROP_CONNS: "tls_conns_map_full"}
+TLS_DROP_NAMES = _drop_names("tls.bpf.c", {
+    TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",
+    TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable",
+    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full",
+    TLS_DROP_CONNS: "tls_conns_map_full"}, TLS_DROP_MAX)
 
 
 def comm_to_arrow(comm):
