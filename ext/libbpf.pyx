@@ -17,6 +17,7 @@ import numpy as np
 cimport numpy as cnp
 
 from libbpf cimport *
+from sysio cimport POLLIN, poll, pollfd
 from dkebpf.errors import KernelError
 
 cnp.import_array()
@@ -414,16 +415,6 @@ cdef class BpfObject:
 
 
 # --- ring buffers ----------------------------------------------------------
-
-cdef extern from "poll.h" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum:
-        POLLIN
-
 
 cdef class RingReader:
     """Reads a BPF ring buffer of fixed-size records into numpy.

@@ -304,7 +304,7 @@ class HttpflowPlugin(Plugin):
             g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
         comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
         cols = connection_tags(
-            pid=g.column("pid"), comm=pa.array(np.char.decode(comm, "utf-8", "replace")),
+            pid=g.column("pid"), comm=_records.comm_to_arrow(comm),
             family=g.column("family"), proto=g.column("proto"), laddr=g.column("laddr"),
             lport=g.column("lport"), raddr=g.column("raddr"), rport=g.column("rport"),
             direction=g.column("direction"), ephemeral_port=self.ephemeral_port, resolver=self.resolver,

@@ -5,7 +5,7 @@ The same record (struct l7_event), parser, pairing and aggregation as
 httpflow: this is an HttpflowPlugin whose only source is the OpenSSL ring.
 It runs with or without "httpflow". Nothing is counted twice: the syscall
 capture of httpflow sees only the ciphertext of these connections, which
-never starts like an HTTP/1.x message (bpf/include/http_msg.h), so it sends
+never starts like an HTTP/1.x message (bpf/include/http_msg.bpf.h), so it sends
 no record for them.
 
 A timer fd in the agent's loop triggers the libssl rescan (new processes
