@@ -78,8 +78,8 @@ class HttpflowTlsPlugin(HttpflowPlugin):
         self.tls.start()
         # HttpflowPlugin.kernel_totals reads self.conns: here the plaintext
         # counters of tls.bpf.c (the same struct http_conn)
-        self.conns = self.tls.obj.map("tls_conns")
-        self.pipeline.add_ring(self.tls.ring, self.kernel_totals)
+        self.conns = self.tls.bpf.maps.tls_conns
+        self.pipeline.add_ring(self.tls.bpf.rings.events, self.kernel_totals)
         self.timer = PeriodicTimer(self.tls.rescan_s)
 
     def fileobjs(self):
@@ -93,8 +93,8 @@ class HttpflowTlsPlugin(HttpflowPlugin):
             super().on_readable(fileobj)
 
     def counters(self):
-        c = super().counters()  # pipeline and ring (no http.bpf.o here)
-        c.update(self.tls.counters())
+        c = super().counters()  # the pipeline's (no http.bpf.o here)
+        c.update(self.tls.counters())  # tls.bpf.o's ring and drops, libssl files
         return c
 
     def stop(self):
