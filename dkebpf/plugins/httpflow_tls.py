@@ -14,7 +14,7 @@ the flush interval."""
 import ctypes
 import os
 
-from ..errors import KernelError
+from ..errors import kernel_error
 from .httpflow import HttpflowPlugin
 from .tls_probes import TlsProbes
 
@@ -39,15 +39,14 @@ class PeriodicTimer:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
         if fd < 0:
-            err = ctypes.get_errno()
-            raise KernelError(f"timerfd_create: {os.strerror(err)}", err)
+            raise kernel_error("timerfd_create", ctypes.get_errno())
         sec = int(period_s)
         ts = _timespec(sec, int((period_s - sec) * 1e9))
         spec = _itimerspec(ts, ts)
         if libc.timerfd_settime(fd, 0, ctypes.byref(spec), None) != 0:
             err = ctypes.get_errno()
             os.close(fd)
-            raise KernelError(f"timerfd_settime: {os.strerror(err)}", err)
+            raise kernel_error("timerfd_settime", err)
         self.fd = fd
 
     def fileno(self):
