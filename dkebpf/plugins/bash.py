@@ -191,6 +191,7 @@ class BashPlugin(Plugin):
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.bpf = None
+        self.ring = None  # bpf.rings.lines once started
         self.links = {}       # (st_dev, st_ino) -> Link
         self.paths = {}       # (st_dev, st_ino) -> path it was attached through
         self.failed = {}      # (st_dev, st_ino) -> why attaching failed (not retried)

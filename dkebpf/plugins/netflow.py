@@ -55,6 +55,7 @@ class NetflowPlugin(Plugin):
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.bpf = None
+        self.ring = None  # bpf.rings.closed once started
         self.prev_keys = np.empty(0, _records.KEY_DTYPE)
         self.prev_stats = np.empty(0, _records.STATS_DTYPE)
         self.resolver = LocalAddressResolver()

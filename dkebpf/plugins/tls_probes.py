@@ -230,8 +230,9 @@ class TlsProbes:
 
     start() loads tls.bpf.o (``bpf``, a BpfSkeleton of bpf_objects.TLS),
     attaches the socket tracepoints and the uprobes on every libssl found;
-    ``bpf.rings.events`` is the RingReader of struct l7_event records; rescan() (called from the plugin's periodic hooks, cheap when
-    not due) covers libssl files that appeared since; counters(); stop()."""
+    ``bpf.rings.events`` is the RingReader of struct l7_event records;
+    rescan() (called from the plugin's periodic hooks, cheap when not due)
+    covers libssl files that appeared since; counters(); stop()."""
 
     def __init__(self, cfg, logger, self_pid, rescan_s=RESCAN_S):
         self.cfg = cfg
@@ -251,13 +252,18 @@ class TlsProbes:
         try:
             self.bpf.start(knobs={"ipv6_disabled": int(bool(self.cfg.ipv6_disabled)),
                                   "self_tgid": self.self_pid, "wakeup_bytes": WAKEUP_BYTES},
-                           setup=lambda bpf: (self._attach_new(self.scanner.scan_dirs()),
-                                              self.rescan(force=True)))
+                           setup=self._probe_libraries)
         except BaseException:
             self.stop()
             raise
         self.log.info("httpflow-tls: uprobes on %d libssl file(s): %s", len(self.libraries),
                       ", ".join(p for p, _ in self.libraries.values()) or "none yet")
+
+    def _probe_libraries(self, bpf):
+        """Start's last step: uprobes on the libssl files of the library
+        directories, then on those running processes map."""
+        self._attach_new(self.scanner.scan_dirs())
+        self.rescan(force=True)
 
     def rescan(self, force=False):
         """Attach to libssl files mapped by processes since the last scan."""
