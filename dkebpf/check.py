@@ -32,16 +32,12 @@ def _first_line(exc):
 
 
 def load_and_attach(name):
-    """Load bpf/<name>.bpf.o, attach every program, detach again; returns
-    how many programs attached (raises what loading or attaching raised)."""
-    from . import _libbpf
-    from .plugins.netflow import bpf_object_path
-    with _libbpf.BpfObject(bpf_object_path(name)) as obj:
-        obj.load()
-        links = obj.attach_all()
-        for link in links:
-            link.close()
-    return len(links)
+    """Load bpf/<name>.bpf.o, attach the programs its spec attaches at start,
+    detach again; returns how many attached (raises what loading or
+    attaching raised)."""
+    from .bpf_objects import OBJECTS, BpfSkeleton
+    with BpfSkeleton(OBJECTS[name]).start() as bpf:
+        return len(bpf.links)
 
 
 def check_netflow():
@@ -79,19 +75,16 @@ def check_bash():
     host_root = os.environ.get("HOST_ROOT", "").rstrip("/")
     proc = os.environ.get("HOST_PROC") or (host_root + "/proc" if host_root else "/proc")
     try:
-        from . import _libbpf
+        from .bpf_objects import BASH, BpfSkeleton
         from .plugins.bash import READLINE, find_bash_binaries
-        from .plugins.netflow import bpf_object_path
         binaries = find_bash_binaries(host_root, proc)
         if not binaries:
             return False, ["no bash binary found (/bin/bash, /usr/bin/bash, running processes)"]
         ok, failed = [], []
-        with _libbpf.BpfObject(bpf_object_path("bash")) as obj:
-            obj.load()
-            prog = obj.program("bash_readline")
+        with BpfSkeleton(BASH).start() as bpf:
             for path in sorted(binaries.values()):
                 try:
-                    prog.attach_uprobe(path, READLINE, retprobe=True).close()
+                    bpf.attach_uprobe("bash_readline", path, READLINE, retprobe=True).close()
                     ok.append(path)
                 except HOST_REFUSED as exc:
                     failed.append(f"{path}: {_first_line(exc)}")

@@ -50,8 +50,8 @@ def records(tp, pids, settle=0.3):
     """All records of the given processes now in the ring (records of other
     processes on this machine are left out)."""
     time.sleep(settle)
-    tp.ring.poll(100)
-    ev = tp.ring.take()
+    tp.bpf.rings.events.poll(100)
+    ev = tp.bpf.rings.events.take()
     keep = ev["pid"] == -1
     for p in pids:
         keep |= ev["pid"] == p
