@@ -177,6 +177,9 @@ class Agent:
             for name, value in sorted(p.counters().items()):
                 out.append(Metric(f"plugin_{name}", "counter", f"{name} of a plugin",
                                   [({"plugin": p.name}, value)]))
+        held = [({"plugin": p.name, "holder": k}, v) for p in self.plugins for k, v in sorted(p.memory().items())]
+        if held:
+            out.append(Metric("plugin_memory_bytes", "gauge", "bytes a plugin holds in user space", held))
         if self.sink is not None:
             for name, value in sorted(self.sink.stats().items()):
                 kind = "gauge" if name in ("points_queued", "bytes_queued") else "counter"

@@ -63,5 +63,10 @@ class Plugin:
     def counters(self):
         return {}
 
+    def memory(self):
+        """{holder: bytes} this plugin keeps in user space (reader buffers,
+        records carried to the next interval, caches), for /metrics."""
+        return {}
+
     def stop(self):
         pass

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
-from ..bpf_objects import HTTP, BpfSkeleton
+from ..bpf_objects import HTTP, READER_BUFFER_BYTES, BpfSkeleton
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -36,6 +36,11 @@ HTTPFLOW_FIELDS = ["count", "latency", "method", "path", "http_version", "status
 # what a point is keyed by beyond the connection tags (fields in DataKit's
 # schema, but one point per distinct value)
 REQUEST_KEYS = ["method", "path", "status_code", "http_version", "truncated"]
+
+# requests (or last responses) waiting for their other half across
+# intervals, at most: one per open HTTP connection is the usual case
+# (~10 MB of l7_event records); the oldest go first, counted
+MAX_CARRIED = 16384
 
 _METHODS = pa.array(_http.METHODS, pa.string())
 _VERSIONS = pa.array([None] * 10 + ["1.0", "1.1"], pa.string())
@@ -52,7 +57,7 @@ class HttpPipeline:
     (numpy array of sk -> _http.TOTALS_DTYPE rows), used for a last response
     that has been quiet for settle_ns."""
 
-    def __init__(self, settle_ns=1_000_000_000, expire_ns=60_000_000_000, max_carried=200_000):
+    def __init__(self, settle_ns=1_000_000_000, expire_ns=60_000_000_000, max_carried=MAX_CARRIED):
         self.rings = []
         self.totals_fns = []
         self.settle_ns = settle_ns
@@ -78,6 +83,10 @@ class HttpPipeline:
     def held(self):
         """Records waiting in the readers' buffers."""
         return sum(r.held for r in self.rings)
+
+    def memory(self):
+        """Bytes of records carried to the next interval."""
+        return {"carried_records": self.carried_events.nbytes + self.carried_msgs.nbytes}
 
     def drain(self, ring=None):
         for r in ([ring] if ring is not None else self.rings):
@@ -186,9 +195,9 @@ CONN_INT_COLUMNS = ["pid", "family", "proto", "lport", "rport", "direction"]
 CONN_BYTES_COLUMNS = ["laddr", "raddr", "comm"]  # 16 bytes each
 RAW_KEYS = CONN_INT_COLUMNS + CONN_BYTES_COLUMNS + REQUEST_KEYS
 PARTIAL_SUMS = ["latency_count", "latency_sum", "bytes_read_sum", "bytes_written_sum"]
-# records the ring readers may hold before they are paired, ahead of the
-# interval's end (~40 MB of l7_event records)
-STEP_RECORDS = 65536
+# records the ring readers hold before they are paired, ahead of the
+# interval's end: half of a reader's fixed budget (~13k records, 8 MB)
+STEP_RECORDS = READER_BUFFER_BYTES // 2 // _records.L7_EVENT_DTYPE.itemsize
 
 
 def _fixed16(a):
@@ -245,10 +254,10 @@ class HttpflowPlugin(Plugin):
         self._step_if_full()
 
     def _step_if_full(self):
-        """Pair and pre-aggregate what the readers hold once it is many
-        records, instead of holding ~600-byte records for a whole interval
-        (at 60 s and tens of thousands of requests/s that would be GBs, and
-        the readers' cap would lose records)."""
+        """Pair and pre-aggregate what the readers hold once it is half of
+        their fixed budget, instead of holding ~600-byte records for a whole
+        interval: memory stays the same at any rate and interval, and the
+        readers do not reach their cap under a steady load."""
         if self.pipeline.held() >= STEP_RECORDS:
             rows = self.pipeline.collect()
             if rows.num_rows:
@@ -313,6 +322,13 @@ class HttpflowPlugin(Plugin):
         add_ip_types(out)
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+    def memory(self):
+        m = self.pipeline.memory()
+        m["partial_aggregates"] = sum(t.nbytes for t in self.partials)
+        for r in self.pipeline.rings:
+            m[f"ring_{r.name}_buffer"] = r.buffer_bytes
+        return m
 
     def counters(self):
         c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}

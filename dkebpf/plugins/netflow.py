@@ -144,6 +144,12 @@ class NetflowPlugin(Plugin):
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 
+    def memory(self):
+        m = {"previous_snapshot": self.prev_keys.nbytes + self.prev_stats.nbytes}
+        if self.bpf is not None:
+            m.update(self.bpf.memory())
+        return m
+
     def counters(self):
         c = dict(self.totals)
         if self.bpf is not None:
