@@ -198,6 +198,9 @@ PARTIAL_SUMS = ["latency_count", "latency_sum", "bytes_read_sum", "bytes_written
 # records the ring readers hold before they are paired, ahead of the
 # interval's end: half of a reader's fixed budget (~13k records, 8 MB)
 STEP_RECORDS = READER_BUFFER_BYTES // 2 // _records.L7_EVENT_DTYPE.itemsize
+# partial aggregates kept before they are summed into one (a long interval
+# at full speed makes hundreds of steps)
+MERGE_PARTIALS = 16
 
 
 def _fixed16(a):
@@ -262,6 +265,8 @@ class HttpflowPlugin(Plugin):
             rows = self.pipeline.collect()
             if rows.num_rows:
                 self.partials.append(self.partial(rows))
+            if len(self.partials) >= MERGE_PARTIALS:  # nothing grows with the interval's length
+                self.partials = [self.merge(self.partials)]
             self.early_steps += 1
 
     def collect(self, now_ns):
@@ -289,16 +294,22 @@ class HttpflowPlugin(Plugin):
             ("latency", "count"), ("latency", "sum"), ("bytes_read", "sum"), ("bytes_written", "sum")])
         return g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
 
+    @staticmethod
+    def merge(partials):
+        """Partial sums -> one table of them, one row per raw key."""
+        g = pa.concat_tables(partials)
+        if len(partials) > 1:
+            g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+            g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
+        return g
+
     def aggregate(self, partials):
         """Partial sums of an interval -> one point per connection tags,
         pid, method, path, status and version: count, mean latency, bytes.
         Grouped on the raw connection columns first, so that strings and
         tags are made for a few rows only; then on the tags (ephemeral
         client ports fold into '*')."""
-        g = pa.concat_tables(partials)
-        if len(partials) > 1:
-            g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
-            g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
+        g = self.merge(partials)
         comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
         cols = connection_tags(
             pid=g.column("pid"), comm=_records.comm_to_arrow(comm),
