@@ -156,6 +156,29 @@ def memory_breakdown(path="/proc/self/smaps"):
     return out
 
 
+def bpf_kernel_bytes(pid="self"):
+    """Kernel memory of the BPF maps this process holds (ring buffers
+    included): the `memlock` of each bpf-map fd's fdinfo. Not in RSS (only
+    the rings, which are also mapped), but charged to the process's memory
+    cgroup."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-map":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("memlock:"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # closed meanwhile
+    return total
+
+
 def process_metrics():
     """Metrics about this process, always served."""
     out = []
@@ -165,10 +188,12 @@ def process_metrics():
     holders = memory_breakdown()
     if "pyarrow" in sys.modules:  # never imported for this
         holders["arrow_pool"] = sys.modules["pyarrow"].total_allocated_bytes()
-    if holders:
-        out.append(Metric("memory_bytes", "gauge",
-                          "Resident bytes by holder (smaps mappings; arrow_pool: pyarrow's allocations, "
-                          "part of anonymous).", [({"holder": k}, v) for k, v in sorted(holders.items())]))
+    holders["bpf_kernel"] = bpf_kernel_bytes()
+    out.append(Metric("memory_bytes", "gauge",
+                      "Resident bytes by holder (mappings of /proc/self/smaps; arrow_pool: pyarrow's "
+                      "allocations, part of anonymous; bpf_kernel: kernel memory of the BPF maps and "
+                      "rings, outside RSS but charged to the cgroup).",
+                      [({"holder": k}, v) for k, v in sorted(holders.items())]))
     times = os.times()
     out.append(Metric("dkebpf_process_cpu_seconds_total", "counter",
                       "Total user and system CPU time spent in seconds.",

@@ -260,6 +260,7 @@ def test_metrics_endpoint_scrapes_as_prometheus_text(collector, receiver):
     held = {s.labels["holder"]: s.value for s in fams["dkebpf_memory_bytes"].samples}
     assert held["bpf_ring_buffers"] >= 2 * ((4 << 20) + (16 << 20)), held
     assert held["anonymous"] > 1 << 20 and held["lib_pyarrow"] > 1 << 20, held
+    assert held["bpf_kernel"] >= (4 << 20) + (16 << 20), held  # the rings, once, plus the maps
     buffers = {(s.labels["plugin"], s.labels["holder"]): s.value for s in fams["dkebpf_plugin_memory_bytes"].samples}
     assert 0 < buffers[("ebpf-net/netflow", "ring_closed_buffer")] <= 16 << 20, buffers
     assert 0 < buffers[("ebpf-net/httpflow", "ring_events_buffer")] <= 16 << 20, buffers

@@ -79,6 +79,7 @@ def test_metrics_parse_with_prometheus_client(server):
     held = {s.labels["holder"]: s.value for s in families["dkebpf_memory_bytes"].samples}
     assert held["anonymous"] > 0 and held["lib_python"] > 0
     assert held["arrow_pool"] >= 0  # served once pyarrow is imported, as it is above
+    assert held["bpf_kernel"] == 0  # this process holds no BPF map
 
 
 SMAPS = """\
