@@ -1,12 +1,15 @@
 """The collector's lifecycle: prepare the kernel, start plugins, one event
 loop over their file descriptors, a flush each interval, clean shutdown on
 SIGTERM/SIGINT (detach, flush the last interval, exit 0)."""
+import ctypes
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
+
+import pyarrow as pa
 
 from . import kernel
 from .debug_server import DebugServer, Metric
@@ -19,8 +22,20 @@ from .sampling import Sampler
 
 log = logging.getLogger("dkebpf")
 
+# glibc's; absent elsewhere (musl), where nothing is trimmed
+_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
+
+
+def release_free_memory():
+    """After a flush the interval's transient arrays are freed, but both
+    allocators keep freed memory for reuse: pyarrow's pool (mimalloc) and
+    glibc's heap. Hand it back to the kernel, so that anonymous memory
+    follows what is held, not the largest interval seen so far."""
+    pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def build_plugins(cfg, ctx):
@@ -189,6 +204,16 @@ class Agent:
                 out.append(Metric(f"limit_measured_{name}", "gauge", f"last measured {name}", [({}, value)]))
         return out
 
+    def _drain(self):
+        """Between the plugins' steps of a flush, the loop does not watch
+        their rings: let each empty its kernel rings into its (bounded)
+        buffers, so a fast source does not fill its ring meanwhile."""
+        for p in self.plugins:
+            try:
+                p.drain()
+            except Exception:  # as in collect: one plugin's bug must not stop the flush
+                log.exception("%s: drain failed", p.name)
+
     def flush(self, only=None):
         """Collect, sample, encode and submit every plugin's points; with
         ``only``, just that plugin's (an early flush it asked for), which
@@ -218,8 +243,10 @@ class Agent:
                 body, skipped = encode_batch(b.measurement, b.batch, b.tags, b.fields, tags, now_ns,
                                              b.timestamp_column)
                 self.sink.submit(b.category, b.input_name, body, b.batch.num_rows - skipped)
+            self._drain()
         if only is not None:
             return
+        release_free_memory()
         self.flushes += 1
         self.sink.log_drops_once()
         if log.isEnabledFor(logging.DEBUG):

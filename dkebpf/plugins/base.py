@@ -60,6 +60,10 @@ class Plugin:
     def collect(self, now_ns):
         return []
 
+    def drain(self):
+        """Move what waits in the kernel into this plugin's own bounded
+        buffers, quickly (the agent calls it between the steps of a flush)."""
+
     def counters(self):
         return {}
 

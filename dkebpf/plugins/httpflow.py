@@ -203,6 +203,16 @@ STEP_RECORDS = READER_BUFFER_BYTES // 2 // _records.L7_EVENT_DTYPE.itemsize
 MERGE_PARTIALS = 16
 
 
+def merge_partials(partials):
+    """Partial sums (HttpflowPlugin.partial) -> one table of them, one row
+    per raw key."""
+    g = pa.concat_tables(partials)
+    if len(partials) > 1:
+        g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+        g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
+    return g
+
+
 def _fixed16(a):
     """A numpy V16/S16 column as arrow fixed_size_binary(16), no copy per row."""
     a = np.ascontiguousarray(a)
@@ -266,8 +276,11 @@ class HttpflowPlugin(Plugin):
             if rows.num_rows:
                 self.partials.append(self.partial(rows))
             if len(self.partials) >= MERGE_PARTIALS:  # nothing grows with the interval's length
-                self.partials = [self.merge(self.partials)]
+                self.partials = [merge_partials(self.partials)]
             self.early_steps += 1
+
+    def drain(self):
+        self.pipeline.drain()
 
     def collect(self, now_ns):
         t0 = time.monotonic()
@@ -294,22 +307,13 @@ class HttpflowPlugin(Plugin):
             ("latency", "count"), ("latency", "sum"), ("bytes_read", "sum"), ("bytes_written", "sum")])
         return g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
 
-    @staticmethod
-    def merge(partials):
-        """Partial sums -> one table of them, one row per raw key."""
-        g = pa.concat_tables(partials)
-        if len(partials) > 1:
-            g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
-            g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
-        return g
-
     def aggregate(self, partials):
         """Partial sums of an interval -> one point per connection tags,
         pid, method, path, status and version: count, mean latency, bytes.
         Grouped on the raw connection columns first, so that strings and
         tags are made for a few rows only; then on the tags (ephemeral
         client ports fold into '*')."""
-        g = self.merge(partials)
+        g = merge_partials(partials)
         comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
         cols = connection_tags(
             pid=g.column("pid"), comm=_records.comm_to_arrow(comm),

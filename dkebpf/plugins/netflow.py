@@ -89,8 +89,12 @@ class NetflowPlugin(Plugin):
         return [self.ring] if self.bpf else []
 
     def on_readable(self, fileobj):
+        self.drain()
+
+    def drain(self):
         # records are copied into the reader's C buffer; no Python per record
-        self.ring.poll(0)
+        if self.bpf is not None:
+            self.ring.poll(0)
 
     def collect(self, now_ns):
         keys, vals = self.conns.dump(_records.KEY_DTYPE)
