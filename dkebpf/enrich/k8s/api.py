@@ -1,0 +1,160 @@
+"""The few Kubernetes API calls the enrichment needs, over ``requests``:
+a paged list and a watch stream, authenticated with a bearer token and
+with the server's certificate verified against the cluster's CA.
+
+Facts relied on (Kubernetes API concepts, "Efficient detection of
+changes" and "Retrieving large results sets in chunks"):
+- a list returns ``metadata.resourceVersion``; a watch from it sends every
+  later change as one JSON object per line ``{"type", "object"}``, type
+  ADDED, MODIFIED, DELETED, BOOKMARK (with ``allowWatchBookmarks=true``:
+  only ``metadata.resourceVersion`` is meaningful) or ERROR (object is a
+  ``Status``; code 410 when the version is too old);
+- the server ends a watch after ``timeoutSeconds``; it is resumed from the
+  last version seen, so nothing is lost between two watches;
+- a list is paged with ``limit`` and ``continue``; an expired continue
+  token answers 410 too;
+- a token mounted from a projected service-account volume is rotated in
+  place (the kubelet swaps the file), so it is read again when it changes."""
+import json
+import os
+
+import requests
+
+from ...errors import DkebpfError
+
+LIST_PAGE = 500
+WATCH_TIMEOUT_S = 300        # the server ends the watch; we resume from the last version
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = WATCH_TIMEOUT_S + 30  # bookmarks and the server's own timeout come earlier
+
+
+class ApiError(DkebpfError):
+    """An answer from the API server that is not what was asked for, or no
+    answer. ``status`` is the HTTP status (0 when the server was not
+    reached)."""
+
+    def __init__(self, message, status=0):
+        super().__init__(message)
+        self.status = status
+
+
+class Gone(ApiError):
+    """410: the resource version asked for is no longer kept; list again."""
+
+    def __init__(self, message):
+        super().__init__(message, 410)
+
+
+class Token:
+    """The bearer token: a fixed string, or a file read again whenever its
+    inode, size or mtime change."""
+
+    def __init__(self, path="", string=""):
+        self.path = path
+        self.string = string.strip()
+        self._stamp = None
+        self._value = ""
+
+    def value(self):
+        if self.string or not self.path:
+            return self.string
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise ApiError(f"cannot read the Kubernetes token file {self.path}: {exc.strerror}") from None
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if stamp != self._stamp:
+            with open(self.path) as f:
+                self._value = f.read().strip()
+            self._stamp = stamp
+        return self._value
+
+
+class KubeApi:
+    def __init__(self, url, token, ca_path="", verify=True, session=None):
+        self.url = url.rstrip("/")
+        self.token = token
+        self.session = session or requests.Session()
+        # requests verifies against its bundle with True, against a file with its path
+        self.verify = (ca_path or True) if verify else False
+        if verify and ca_path and not os.path.exists(ca_path):
+            raise ApiError(f"the Kubernetes CA file {ca_path} does not exist; set kubernetes_ca "
+                           "(--k8s-ca) or, to skip verification, kubernetes_insecure_skip_verify")
+        if not verify:
+            import urllib3
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+
+    def _get(self, path, params, stream=False):
+        headers = {"Accept": "application/json"}
+        tok = self.token.value()
+        if tok:
+            headers["Authorization"] = f"Bearer {tok}"
+        try:
+            r = self.session.get(self.url + path, params=params, headers=headers, verify=self.verify,
+                                 stream=stream, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
+        except requests.exceptions.SSLError as exc:
+            raise ApiError(f"TLS with {self.url} failed: {_reason(exc)}") from None
+        except requests.exceptions.RequestException as exc:
+            raise ApiError(f"{self.url} not reachable: {_reason(exc)}") from None
+        if r.status_code != 200:
+            msg = _status_message(r)
+            r.close()
+            if r.status_code == 410:
+                raise Gone(f"GET {path}: {msg}")
+            raise ApiError(f"GET {path}: HTTP {r.status_code}: {msg}", r.status_code)
+        return r
+
+    def list(self, path, params=None):
+        """Every item and the list's resourceVersion, fetched in pages."""
+        params = dict(params or {}, limit=LIST_PAGE)
+        items = []
+        while True:
+            r = self._get(path, params)
+            try:
+                body = r.json()
+            except ValueError:
+                raise ApiError(f"GET {path}: the answer is not JSON") from None
+            items.extend(body.get("items") or ())
+            meta = body.get("metadata") or {}
+            if not meta.get("continue"):
+                return items, meta.get("resourceVersion", "")
+            params["continue"] = meta["continue"]
+
+    def watch(self, path, resource_version, params=None):
+        """Changes after ``resource_version`` as (type, object), until the
+        server ends the stream. Raises Gone when the version is too old."""
+        params = dict(params or {}, watch="true", allowWatchBookmarks="true",
+                      resourceVersion=resource_version, timeoutSeconds=WATCH_TIMEOUT_S)
+        r = self._get(path, params, stream=True)
+        with r:
+            try:
+                for line in r.iter_lines():
+                    if not line:
+                        continue
+                    try:
+                        ev = json.loads(line)
+                        typ, obj = ev["type"], ev["object"]
+                    except (ValueError, KeyError, TypeError):
+                        raise ApiError(f"watch {path}: a line that is not a watch event") from None
+                    if typ == "ERROR":
+                        if obj.get("code") == 410:
+                            raise Gone(f"watch {path}: {obj.get('message', 'gone')}")
+                        raise ApiError(f"watch {path}: {obj.get('message', obj)}", obj.get("code", 0))
+                    yield typ, obj
+            except requests.exceptions.RequestException as exc:
+                raise ApiError(f"watch {path} broke off: {_reason(exc)}") from None
+
+
+def _status_message(r):
+    try:
+        return r.json().get("message") or r.reason
+    except ValueError:
+        return r.reason or "no message"
+
+
+def _reason(exc):
+    # requests nests urllib3's reason several levels deep; the innermost says it best
+    while exc.__context__ is not None and exc.args and not isinstance(exc.args[0], str):
+        exc = exc.__context__
+    text = str(exc)
+    return text if len(text) < 300 else text[:297] + "..."
