@@ -35,6 +35,17 @@ SIDE_TAGS = ("k8s_namespace", "k8s_pod_name", "k8s_service_name", "k8s_deploymen
 SYNC_WAIT_S = 10.0  # at start, how long the first lists may take before plugins start anyway
 
 
+def add_k8s_tags(k8s, cols, client_server=True):
+    """The enrich step as the plugins call it: nothing when Kubernetes
+    enrichment is off (``k8s`` None)."""
+    if k8s is not None:
+        k8s.add_tags(cols, client_server)
+
+
+def k8s_tag_names(k8s, client_server=True):
+    return k8s.tag_names(client_server) if k8s is not None else []
+
+
 def resources(node):
     """(kind, scope, API path, params) of every list + watch."""
     return [
@@ -114,6 +125,7 @@ class K8sEnrichment:
         """Adds tag_names(client_server) to ``cols`` (dict of string
         columns with src_ip, dst_ip, dst_port, transport, direction and,
         when known, pid, dst_nat_ip, dst_nat_port)."""
+        cols.update({k: _array(cols[k]) for k in _INPUTS if k in cols})
         n = len(cols["src_ip"])
         src_row = np.full(n, -1, np.int64)
         if "pid" in cols:
@@ -205,6 +217,13 @@ class K8sEnrichment:
         out.update({f"label:{k}": pa.array(v, pa.string()).take(take) for k, v in labels.items()})
         out["_hit"] = np.asarray(hit, bool)[inv.ravel()] if n else np.zeros(0, bool)
         return out
+
+
+_INPUTS = ("pid", "src_ip", "dst_ip", "dst_port", "transport", "direction", "dst_nat_ip", "dst_nat_port")
+
+
+def _array(col):
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
 
 
 def _per_unique(col, fn):
