@@ -44,12 +44,12 @@ def setup(tmp_path):
     e = K8sEnrichment(None, NODE, host_proc=proc, label_keys=("app", "missing"),
                       label_prefix="k8s_workload_label_")
     st = e.store
-    st.replace("Pod", "local", [web, agent])
-    st.replace("Pod", "remote", [db, cli])
-    st.replace("Service", "", [svc, web_svc])
-    st.replace("EndpointSlice", "", [ks.endpoint_slice(svc, [db], [(5432, "TCP")]),
-                                     ks.endpoint_slice(web_svc, [web], [(8080, "TCP")])])
-    st.replace("ReplicaSet", "", [rs])
+    st.replace("Pod", "local", [[web, agent]])
+    st.replace("Pod", "remote", [[db, cli]])
+    st.replace("Service", "", [[svc, web_svc]])
+    st.replace("EndpointSlice", "", [[ks.endpoint_slice(svc, [db], [(5432, "TCP")]),
+                                      ks.endpoint_slice(web_svc, [web], [(8080, "TCP")])]])
+    st.replace("ReplicaSet", "", [[rs]])
     return e
 
 

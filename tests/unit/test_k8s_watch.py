@@ -164,10 +164,10 @@ def test_tls_is_verified(server, token_file, tmp_path):
     other_ca, _ = ks.make_ca(str(other))  # a CA that did not sign the server's certificate
     api = KubeApi(server.url, Token(str(token_file)), ca_path=other_ca)
     with pytest.raises(ApiError, match="TLS with https://127.0.0.1"):
-        api.list("/api/v1/pods")
+        list(api.list("/api/v1/pods"))
     # the user can turn verification off (as the original always did)
-    items, rv = KubeApi(server.url, Token(str(token_file)), verify=False).list("/api/v1/pods")
-    assert items == [] and rv
+    pages = KubeApi(server.url, Token(str(token_file)), verify=False).list("/api/v1/pods")
+    assert list(pages) == [[]] and pages.resource_version
     with pytest.raises(ApiError, match="CA file /nonexistent/ca.crt does not exist"):
         KubeApi(server.url, Token(str(token_file)), ca_path="/nonexistent/ca.crt")
 
@@ -176,8 +176,9 @@ def test_paged_list(server, token_file):
     for i in range(1203):
         server.add(ks.pod(f"p{i}", "ns", "node-b", f"10.245.{i // 250}.{i % 250 + 1}"))
     api = KubeApi(server.url, Token(str(token_file)), ca_path=server.cert)
-    items, rv = api.list("/api/v1/pods", {"fieldSelector": "spec.nodeName!=x"})
-    assert len(items) == 1203 and len({i["metadata"]["uid"] for i in items}) == 1203
+    pages = api.list("/api/v1/pods", {"fieldSelector": "spec.nodeName!=x"})
+    items = [i for page in pages for i in page]
+    assert pages.resource_version and len(items) == 1203 and len({i["metadata"]["uid"] for i in items}) == 1203
     assert len(server.list_requests("Pod")) == 3  # pages of 500
 
 

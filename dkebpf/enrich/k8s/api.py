@@ -105,20 +105,10 @@ class KubeApi:
         return r
 
     def list(self, path, params=None):
-        """Every item and the list's resourceVersion, fetched in pages."""
-        params = dict(params or {}, limit=LIST_PAGE)
-        items = []
-        while True:
-            r = self._get(path, params)
-            try:
-                body = r.json()
-            except ValueError:
-                raise ApiError(f"GET {path}: the answer is not JSON") from None
-            items.extend(body.get("items") or ())
-            meta = body.get("metadata") or {}
-            if not meta.get("continue"):
-                return items, meta.get("resourceVersion", "")
-            params["continue"] = meta["continue"]
+        """The items, a page at a time (a cluster's pods at once would be
+        gigabytes of parsed JSON); the list's resourceVersion is in the
+        returned object's ``resource_version`` once every page is read."""
+        return ListPages(self, path, params)
 
     def watch(self, path, resource_version, params=None):
         """Changes after ``resource_version`` as (type, object), until the
@@ -143,6 +133,28 @@ class KubeApi:
                     yield typ, obj
             except requests.exceptions.RequestException as exc:
                 raise ApiError(f"watch {path} broke off: {_reason(exc)}") from None
+
+
+class ListPages:
+    def __init__(self, api, path, params):
+        self.api, self.path = api, path
+        self.params = dict(params or {}, limit=LIST_PAGE)
+        self.resource_version = None
+
+    def __iter__(self):
+        params = dict(self.params)
+        while True:
+            r = self.api._get(self.path, params)
+            try:
+                body = r.json()
+            except ValueError:
+                raise ApiError(f"GET {self.path}: the answer is not JSON") from None
+            yield body.get("items") or []
+            meta = body.get("metadata") or {}
+            if not meta.get("continue"):
+                self.resource_version = meta.get("resourceVersion", "")
+                return
+            params["continue"] = meta["continue"]
 
 
 def _status_message(r):

@@ -57,11 +57,15 @@ def svc_key(ip, port, proto):
 
 
 class Strings:
-    """Interned strings: id <-> str; id 0 is ''."""
+    """Strings by integer id; id 0 is ''. Names many objects share
+    (namespaces, ReplicaSets, services) are interned; a pod's own name is
+    owned by its row (no lookup dict: one per pod would cost more than the
+    name) and its id is reused once the pod is gone."""
 
     def __init__(self):
         self.ids = {"": 0}
         self.strs = [""]
+        self.free = []
 
     def id(self, s):
         i = self.ids.get(s)
@@ -70,8 +74,20 @@ class Strings:
             self.strs.append(s)
         return i
 
+    def own(self, s):
+        if self.free:
+            i = self.free.pop()
+            self.strs[i] = s
+            return i
+        self.strs.append(s)
+        return len(self.strs) - 1
+
+    def release(self, i):
+        self.strs[i] = None
+        self.free.append(i)
+
     def __len__(self):
-        return len(self.strs)
+        return len(self.strs) - len(self.free)
 
 
 class _SortedIndex:
@@ -119,23 +135,34 @@ class ClusterStore:
         self._dirty = {"ip", "svc", "ep"}
 
     # ---------------------------------------------------------------- feeding
-    def replace(self, kind, scope, items):
+    def replace(self, kind, scope, pages):
         """The whole list of ``kind`` (for pods: of ``scope``, "local" or
-        "remote"): what is not in it any more goes."""
+        "remote"), as pages of items: each page is stored as it comes
+        (lookups go on meanwhile), then what was not listed goes. Returns
+        the number of items."""
+        keep = set()
+        local = scope == "local"
+        for items in pages:
+            with self.lock:
+                for o in items:
+                    if kind == "Pod":
+                        keep.add(_uid(o))
+                        self._put_pod(o, local)
+                    else:
+                        keep.add(self._key(kind, o))
+                        self._put(kind, o)
+                self._dirty.update(("ip", "svc", "ep"))
         with self.lock:
             if kind == "Pod":
-                keep = {_uid(o) for o in items}
-                local = scope == "local"
                 for uid, row in list(self.row_of_uid.items()):
                     if bool(self.pods["flags"][row] & LOCAL) == local and uid not in keep:
                         self._del_pod(uid)
-                for o in items:
-                    self._put_pod(o, local)
             else:
-                self._table(kind).clear()
-                for o in items:
-                    self._put(kind, o)
+                table = self._table(kind)
+                for k in [k for k in table if k not in keep]:
+                    del table[k]
             self._dirty.update(("ip", "svc", "ep"))
+        return len(keep)
 
     def apply(self, kind, scope, typ, obj):
         with self.lock:
@@ -146,12 +173,7 @@ class ClusterStore:
                     self._put_pod(obj, scope == "local")
                 self._dirty.add("ip")
             elif typ == "DELETED":
-                if kind in self.owners:
-                    meta = obj.get("metadata") or {}
-                    key = (self.strings.id(meta.get("namespace", "")), self.strings.id(meta.get("name", "")))
-                    self.owners[kind].pop(key, None)
-                else:
-                    self._table(kind).pop(_uid(obj), None)
+                self._table(kind).pop(self._key(kind, obj), None)
                 self._dirty.update(("svc", "ep"))
             else:
                 self._put(kind, obj)
@@ -159,6 +181,14 @@ class ClusterStore:
 
     def _table(self, kind):
         return {"Service": self.services, "EndpointSlice": self.slices, **self.owners}[kind]
+
+    def _key(self, kind, o):
+        """Services and slices by uid; ReplicaSets and Jobs by the
+        (namespace, name) that their pods' ownerReferences give."""
+        if kind in self.owners:
+            meta = o.get("metadata") or {}
+            return self.strings.id(meta.get("namespace", "")), self.strings.id(meta.get("name", ""))
+        return _uid(o)
 
     def _put(self, kind, o):
         meta = o.get("metadata") or {}
@@ -168,18 +198,17 @@ class ClusterStore:
             ips = spec.get("clusterIPs") or [spec.get("clusterIP")]
             keys = [svc_key(ip, p.get("port", 0), PROTOS.get(str(p.get("protocol", "TCP")).upper(), 0))
                     for ip in ips if ip and ip != "None" for p in spec.get("ports") or ()]
-            self.services[_uid(o)] = (ns, self.strings.id(meta.get("name", "")), [k for k in keys if k])
+            self.services[_uid(o)] = (ns, self.strings.id(meta.get("name", "")), b"".join(k for k in keys if k))
         elif kind == "EndpointSlice":
             svc = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
             if not svc:
                 return
             keys = [ip_key(a) for ep in o.get("endpoints") or () for a in ep.get("addresses") or ()]
-            self.slices[_uid(o)] = (ns, self.strings.id(svc), [k for k in keys if k])
+            self.slices[_uid(o)] = (ns, self.strings.id(svc), b"".join(k for k in keys if k))
         else:  # ReplicaSet, Job: only the owner above them matters
             parent = _controller(meta)
             if parent and parent.get("kind") in ("Deployment", "CronJob"):
-                self.owners[kind][(ns, self.strings.id(meta.get("name", "")))] = \
-                    self.strings.id(parent.get("name", ""))
+                self.owners[kind][self._key(kind, o)] = self.strings.id(parent.get("name", ""))
 
     def _put_pod(self, o, local):
         meta, spec, status = o.get("metadata") or {}, o.get("spec") or {}, o.get("status") or {}
@@ -188,11 +217,14 @@ class ClusterStore:
         if row is None:
             row = self._new_row()
             self.row_of_uid[uid] = row
+        else:
+            self.strings.release(self.pods["name"][row])
         owner = _controller(meta) or {}
         kind = _KIND.get(owner.get("kind"), 1)
-        self.pods[row] = (self.strings.id(meta.get("namespace", "")),
-                          self.strings.id(meta.get("name", "")),
-                          self.strings.id(owner.get("name", "") if kind != 1 else meta.get("name", "")),
+        name = self.strings.own(meta.get("name", ""))
+        # a bare pod is its own workload
+        self.pods[row] = (self.strings.id(meta.get("namespace", "")), name,
+                          self.strings.id(owner.get("name", "")) if kind != 1 else name,
                           kind, (LOCAL if local else 0) | (HOST_NETWORK if spec.get("hostNetwork") else 0))
         ips = [ip_key(p.get("ip", "")) for p in status.get("podIPs") or ()] or [ip_key(status.get("podIP", ""))]
         ips = [k for k in ips if k][:2]
@@ -214,6 +246,7 @@ class ClusterStore:
         if row is None:
             return
         self._drop_local(row)
+        self.strings.release(self.pods["name"][row])
         self.pods[row] = 0
         self.pod_ips[row] = b""
         self.free.append(row)
@@ -247,18 +280,11 @@ class ClusterStore:
             # host-network pods share the node's IP: they are found by pid only
             self._ip_index.build(flat[keep], rr[keep])
         if "svc" in self._dirty:
-            keys, vals = [], []
             self._svcs = list(self.services.values())
-            for i, (_, _, ks) in enumerate(self._svcs):
-                keys.extend(ks)
-                vals.extend([i] * len(ks))
-            self._svc_index.build(keys, vals)
+            self._svc_index.build(*_joined(self._svcs, SVC_KEY, range(len(self._svcs))))
         if "ep" in self._dirty:
-            keys, vals = [], []
-            for ns, name, ks in self.slices.values():
-                keys.extend(ks)
-                vals.extend([name] * len(ks))
-            self._ep_index.build(keys, vals)
+            slices = list(self.slices.values())
+            self._ep_index.build(*_joined(slices, IP_KEY, [name for _, name, _ in slices]))
         self._dirty.clear()
 
     def pod_rows_by_ip(self, ip_keys):
@@ -311,6 +337,13 @@ class ClusterStore:
                     "services": len(self.services), "endpointslices": len(self.slices),
                     "replicasets_owned": len(self.owners["ReplicaSet"]), "jobs_owned": len(self.owners["Job"]),
                     "strings": len(self.strings)}
+
+
+def _joined(entries, dtype, vals):
+    """(ns, name, concatenated keys) entries -> (keys, one value per key)."""
+    size = np.dtype(dtype).itemsize
+    keys = np.frombuffer(b"".join(k for _, _, k in entries), dtype)
+    return keys, np.repeat(np.asarray(list(vals), np.int32), [len(k) // size for _, _, k in entries])
 
 
 def _uid(o):
