@@ -123,6 +123,9 @@ def test_pod_service_and_workload_tags_for_both_sides(collector, receiver, apise
                     p = popen_in(cg, [sys.executable, "-c", CLIENT, url], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True)
                     procs.append((p, int(p.stdout.readline())))
+                # a short-lived process of the pod, gone long before the interval ends
+                short = popen_in(cg1, ["curl", "-sS", "-o", "/dev/null", "--max-time", "10", f"http://{svc_ip}/"])
+                assert short.wait(15) == 0
                 # a host process: the node's IP is not the host-network pod's by itself
                 host_pid = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "--max-time", "10",
                                              f"http://{ns.peer_ip}:{HTTP_PORT}/"]).pid
@@ -154,6 +157,10 @@ def test_pod_service_and_workload_tags_for_both_sides(collector, receiver, apise
             assert t["sub_source"] == "K8s" and t[PREFIX + "app"] == "netagent"
         for p in flows2:  # the pod's other container
             assert side(p.tags, "src") == agent_tags and side(p.tags, "dst") == db_tags, p.tags
+        gone = wait_points(receiver, "netflow", lambda p: p.tags.get("pid") == str(short.pid))
+        assert gone
+        for p in gone:
+            assert side(p.tags, "src") == agent_tags and side(p.tags, "dst") == db_tags, p.tags
 
         host = wait_points(receiver, "netflow", lambda p: p.tags.get("pid") == str(host_pid))
         assert host
@@ -179,7 +186,7 @@ def test_pod_service_and_workload_tags_for_both_sides(collector, receiver, apise
                                       "deployment"), t
             assert t[PREFIX + "app"] == "checkout"
 
-        for m, pts in (("netflow", flows1 + flows2 + host + incoming), ("httpflow", http1), ("dnsflow", dns)):
+        for m, pts in (("netflow", flows1 + flows2 + gone + host + incoming), ("httpflow", http1), ("dnsflow", dns)):
             for p in pts:
                 check_point(m, p, extra_tags=EXTRA_TAGS)
 

@@ -61,3 +61,35 @@ def test_resolver_reads_host_proc_and_keeps_exited_pids(tmp_path):
 def test_resolver_on_this_machine():
     cid, uid = CgroupResolver().lookup(os.getpid())  # not in a container here: a plain answer, no error
     assert cid is None or len(cid) == 64
+
+
+def test_process_events_catch_a_process_that_is_gone(bpf_ok, tmp_path):
+    """The kernel's process-events connector (root): a process started in a
+    containerd-shaped cgroup and exited is still known."""
+    import logging
+    import subprocess
+    import time
+
+    from dkebpf.enrich.k8s.cgroup import ProcessEvents
+    from support.cgroups import containerd_cgroup, popen_in
+
+    r = CgroupResolver()
+    ev = ProcessEvents(r, logging.getLogger("test"))
+    assert ev.start()
+    try:
+        with containerd_cgroup(UID, CID) as cg:
+            p = popen_in(cg, ["true"])
+            p.wait(10)
+            end = time.monotonic() + 5
+            while p.pid not in r.cache and time.monotonic() < end:
+                time.sleep(0.01)
+        assert not os.path.exists(f"/proc/{p.pid}")
+        assert r.lookup(p.pid) == (CID, UID)
+        assert ev.events > 0
+        # host processes are not kept
+        q = subprocess.Popen(["true"])
+        q.wait(10)
+        time.sleep(0.2)
+        assert q.pid not in r.cache
+    finally:
+        ev.stop()

@@ -19,13 +19,14 @@ share the node's IP and are found by pid only."""
 import logging
 import os
 import socket
+import time
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .api import ApiError, KubeApi, Token
-from .cgroup import CgroupResolver
+from .cgroup import CgroupResolver, ProcessEvents
 from .reflector import Reflector
 from .store import ClusterStore, PROTOS, ip_key, svc_key
 
@@ -65,6 +66,7 @@ class K8sEnrichment:
         self.node = node
         self.store = ClusterStore(label_keys)
         self.cgroups = CgroupResolver(host_proc)
+        self.process_events = ProcessEvents(self.cgroups, self.log)
         self.label_tags = [label_prefix + k for k in label_keys]
         self.label_keys = tuple(label_keys)
         self.stats = {"lookups_hit": 0, "lookups_missed": 0}
@@ -93,12 +95,14 @@ class K8sEnrichment:
         return cls(api, node, cfg.host_proc, cfg.workload_labels, cfg.workload_label_prefix, logger)
 
     def start(self, wait_s=SYNC_WAIT_S):
+        self.process_events.start()
         for r in self.reflectors:
             r.start()
         # the first interval's points get tags when the API answers quickly;
         # a slow or absent server delays nothing beyond this
+        end = time.monotonic() + wait_s
         for r in self.reflectors:
-            if not r.synced.wait(wait_s / len(self.reflectors)):
+            if not r.synced.wait(max(0.0, end - time.monotonic())):
                 self.log.warning("kubernetes: %s not listed yet (%s); points have no Kubernetes tags "
                                  "until it is", r.name, r.last_error or "no answer")
                 break
@@ -107,6 +111,7 @@ class K8sEnrichment:
                           ", ".join(f"{k} {v}" for k, v in self.store.object_counts().items()))
 
     def stop(self):
+        self.process_events.stop()
         for r in self.reflectors:
             r.stop()
 
@@ -114,6 +119,7 @@ class K8sEnrichment:
         c = {f"objects_{k}": v for k, v in self.store.object_counts().items()}
         c.update(self.reflector_stats)
         c.update(self.stats)
+        c["process_events"] = self.process_events.events
         return c
 
     # ------------------------------------------------------------ the step

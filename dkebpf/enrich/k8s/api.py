@@ -17,6 +17,7 @@ changes" and "Retrieving large results sets in chunks"):
   place (the kubelet swaps the file), so it is read again when it changes."""
 import json
 import os
+import threading
 
 import requests
 
@@ -71,10 +72,10 @@ class Token:
 
 
 class KubeApi:
-    def __init__(self, url, token, ca_path="", verify=True, session=None):
+    def __init__(self, url, token, ca_path="", verify=True):
         self.url = url.rstrip("/")
         self.token = token
-        self.session = session or requests.Session()
+        self._local = threading.local()  # a Session per reflector thread: Sessions are not thread-safe
         # requests verifies against its bundle with True, against a file with its path
         self.verify = (ca_path or True) if verify else False
         if verify and ca_path and not os.path.exists(ca_path):
@@ -89,8 +90,11 @@ class KubeApi:
         tok = self.token.value()
         if tok:
             headers["Authorization"] = f"Bearer {tok}"
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
         try:
-            r = self.session.get(self.url + path, params=params, headers=headers, verify=self.verify,
+            r = session.get(self.url + path, params=params, headers=headers, verify=self.verify,
                                  stream=stream, timeout=(CONNECT_TIMEOUT_S, READ_TIMEOUT_S))
         except requests.exceptions.SSLError as exc:
             raise ApiError(f"TLS with {self.url} failed: {_reason(exc)}") from None

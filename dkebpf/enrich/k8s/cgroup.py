@@ -13,8 +13,16 @@ cgroup path (v2: the ``0::`` line; v1: any hierarchy line):
   Podman                       .../libpod-<id>.scope
 
 <id> is the 64-hex container id that ``status.containerStatuses[].
-containerID`` carries after its ``<runtime>://`` scheme."""
+containerID`` carries after its ``<runtime>://`` scheme.
+
+A process may be gone by the time its connections are reported (curl in a
+container); the kernel's process-events connector (``ProcessEvents``)
+tells of every fork and exec as it happens, and the cgroup is read then."""
+import os
 import re
+import socket
+import struct
+import threading
 
 _CONTAINER = re.compile(r"^(?:(?:cri-containerd|crio|docker|libpod)-)?([0-9a-f]{64})(?:\.scope)?$")
 # kubelet names the pod's cgroup pod<uid> (cgroupfs) or ...-pod<uid with _ for ->.slice (systemd)
@@ -50,21 +58,102 @@ def parse_cgroup(text):
 class CgroupResolver:
     """pid -> (container id, pod UID), re-read at every lookup so a pid
     reused by another process is seen; a pid that has exited keeps its last
-    answer (its connections are reported after it is gone), in a cache
-    bounded to ``max_pids``."""
+    container answer (its connections are reported after it is gone), in a
+    cache bounded to ``max_pids``. Called from the collect path and from
+    the ProcessEvents thread."""
 
     def __init__(self, host_proc="/proc", max_pids=65536):
         self.proc = host_proc
         self.max_pids = max_pids
         self.cache = {}
+        self.lock = threading.Lock()
 
     def lookup(self, pid):
+        pid = int(pid)
         try:
-            with open(f"{self.proc}/{int(pid)}/cgroup") as f:
+            with open(f"{self.proc}/{pid}/cgroup") as f:
                 found = parse_cgroup(f.read())
         except (OSError, ValueError):
-            return self.cache.get(pid, (None, None))
-        if pid not in self.cache and len(self.cache) >= self.max_pids:
-            self.cache.pop(next(iter(self.cache)))  # the oldest
-        self.cache[pid] = found
+            with self.lock:
+                return self.cache.get(pid, (None, None))
+        with self.lock:
+            if found == (None, None):  # not in a container: nothing worth keeping
+                self.cache.pop(pid, None)
+            else:
+                if pid not in self.cache and len(self.cache) >= self.max_pids:
+                    self.cache.pop(next(iter(self.cache)))  # the oldest
+                self.cache[pid] = found
         return found
+
+
+# linux/netlink.h, connector.h, cn_proc.h
+NETLINK_CONNECTOR = 11
+CN_IDX_PROC = CN_VAL_PROC = 1
+PROC_CN_MCAST_LISTEN = 1
+PROC_EVENT_FORK, PROC_EVENT_EXEC = 1, 2
+_NLMSG = struct.Struct("=IHHII")        # nlmsghdr
+_CN_MSG = struct.Struct("=IIIIHH")      # cn_msg: id.idx, id.val, seq, ack, len, flags
+_EVENT = struct.Struct("=IIQ")          # proc_event: what, cpu, timestamp_ns; event_data follows
+_FORK = struct.Struct("=IIII")          # parent_pid, parent_tgid, child_pid, child_tgid
+_EXEC = struct.Struct("=II")            # process_pid, process_tgid
+
+
+class ProcessEvents:
+    """Reads the cgroup of every process as it forks or execs, from the
+    kernel's process-events connector (needs CAP_NET_ADMIN and the host's
+    pid namespace, as a DaemonSet with hostPID has), so that short-lived
+    processes are known when their connections are reported. Threads (a
+    fork with pid != tgid) are skipped: they share their process's cgroup."""
+
+    def __init__(self, resolver, logger):
+        self.resolver = resolver
+        self.log = logger
+        self.sock = None
+        self.events = 0
+
+    def start(self):
+        try:
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+            s.bind((os.getpid(), CN_IDX_PROC))
+            op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+            cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+            s.send(_NLMSG.pack(_NLMSG.size + len(cn), 3, 0, 0, os.getpid()) + cn)  # type NLMSG_DONE
+        except OSError as exc:
+            self.log.warning("kubernetes: process events unavailable (%s): a process that exits before its "
+                             "connections are reported is matched to its pod by IP only", exc.strerror)
+            return False
+        self.sock = s
+        threading.Thread(target=self._run, name="k8s-proc-events", daemon=True).start()
+        return True
+
+    def stop(self):
+        if self.sock is not None:
+            self.sock.close()  # ends the thread's recv
+            self.sock = None
+
+    def _run(self):
+        sock = self.sock
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:  # closed by stop(), or ENOBUFS after a burst: collect-time reads remain
+                if self.sock is None:
+                    return
+                continue
+            off = 0
+            while off + _NLMSG.size <= len(data):
+                length = _NLMSG.unpack_from(data, off)[0]
+                if length < _NLMSG.size:
+                    break
+                ev = off + _NLMSG.size + _CN_MSG.size
+                if ev + _EVENT.size + _FORK.size <= off + length:  # the kernel sends the whole union
+                    what = _EVENT.unpack_from(data, ev)[0]
+                    pid = 0
+                    if what == PROC_EVENT_EXEC:
+                        pid, tgid = _EXEC.unpack_from(data, ev + _EVENT.size)
+                    elif what == PROC_EVENT_FORK:
+                        pid, tgid = _FORK.unpack_from(data, ev + _EVENT.size)[2:]
+                    if pid and pid == tgid:
+                        self.events += 1
+                        self.resolver.lookup(pid)
+                off += (length + 3) & ~3
