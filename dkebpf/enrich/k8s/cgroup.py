@@ -90,20 +90,22 @@ class CgroupResolver:
 NETLINK_CONNECTOR = 11
 CN_IDX_PROC = CN_VAL_PROC = 1
 PROC_CN_MCAST_LISTEN = 1
-PROC_EVENT_FORK, PROC_EVENT_EXEC = 1, 2
+PROC_EVENT_EXEC = 2
 _NLMSG = struct.Struct("=IHHII")        # nlmsghdr
 _CN_MSG = struct.Struct("=IIIIHH")      # cn_msg: id.idx, id.val, seq, ack, len, flags
 _EVENT = struct.Struct("=IIQ")          # proc_event: what, cpu, timestamp_ns; event_data follows
-_FORK = struct.Struct("=IIII")          # parent_pid, parent_tgid, child_pid, child_tgid
 _EXEC = struct.Struct("=II")            # process_pid, process_tgid
+_UNION = 24                             # sizeof(event_data), the largest member's
 
 
 class ProcessEvents:
-    """Reads the cgroup of every process as it forks or execs, from the
-    kernel's process-events connector (needs CAP_NET_ADMIN and the host's
-    pid namespace, as a DaemonSet with hostPID has), so that short-lived
-    processes are known when their connections are reported. Threads (a
-    fork with pid != tgid) are skipped: they share their process's cgroup."""
+    """Reads the cgroup of every process as it execs, from the kernel's
+    process-events connector (needs CAP_NET_ADMIN and the host's pid
+    namespace, as a DaemonSet with hostPID has), so that short-lived
+    processes are known when their connections are reported. Forks are not
+    followed: a child that never execs is mostly a long-lived worker, which
+    the read at collect time finds (and each event costs ~100 us of CPU,
+    perf/bench_k8s_store.py)."""
 
     def __init__(self, resolver, logger):
         self.resolver = resolver
@@ -146,14 +148,10 @@ class ProcessEvents:
                 if length < _NLMSG.size:
                     break
                 ev = off + _NLMSG.size + _CN_MSG.size
-                if ev + _EVENT.size + _FORK.size <= off + length:  # the kernel sends the whole union
-                    what = _EVENT.unpack_from(data, ev)[0]
-                    pid = 0
-                    if what == PROC_EVENT_EXEC:
-                        pid, tgid = _EXEC.unpack_from(data, ev + _EVENT.size)
-                    elif what == PROC_EVENT_FORK:
-                        pid, tgid = _FORK.unpack_from(data, ev + _EVENT.size)[2:]
-                    if pid and pid == tgid:
+                if ev + _EVENT.size + _UNION <= off + length and \
+                        _EVENT.unpack_from(data, ev)[0] == PROC_EVENT_EXEC:
+                    pid, tgid = _EXEC.unpack_from(data, ev + _EVENT.size)
+                    if pid == tgid:  # a thread's exec replaces its whole process
                         self.events += 1
                         self.resolver.lookup(pid)
                 off += (length + 3) & ~3
