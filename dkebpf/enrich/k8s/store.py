@@ -33,6 +33,7 @@ _PARENT_KIND = {3: 2, 7: 6}  # ReplicaSet's owner Deployment, Job's owner CronJo
 WORKLOAD_KIND = {3: "ReplicaSet", 7: "Job"}
 PROTOS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+COMPACT_AFTER_DELETIONS = 10000
 
 LOCAL, HOST_NETWORK = 1, 2
 POD_DTYPE = np.dtype([("ns", "i4"), ("name", "i4"), ("owner", "i4"), ("kind", "u1"), ("flags", "u1")])
@@ -132,6 +133,7 @@ class ClusterStore:
         self._svc_index = _SortedIndex(SVC_KEY)
         self._ep_index = _SortedIndex(IP_KEY)
         self._svcs = []
+        self._deleted = 0        # deletions since the string table was last compacted
         self._dirty = {"ip", "svc", "ep"}
 
     # ---------------------------------------------------------------- feeding
@@ -166,6 +168,10 @@ class ClusterStore:
 
     def apply(self, kind, scope, typ, obj):
         with self.lock:
+            if typ == "DELETED":
+                self._deleted += 1
+                if self._deleted >= COMPACT_AFTER_DELETIONS:
+                    self._compact_strings()
             if kind == "Pod":
                 if typ == "DELETED":
                     self._del_pod(_uid(obj))
@@ -257,6 +263,37 @@ class ClusterStore:
             for cid in old[0] + (old[2],):
                 if self.row_of_container.get(cid) == row:
                     del self.row_of_container[cid]
+
+    def _compact_strings(self):
+        """Drop the interned names nothing refers to any more (every
+        CronJob run leaves a Job name, every rollout a ReplicaSet name) and
+        renumber the rest (under the lock)."""
+        old = self.strings
+        live = np.zeros(len(old.strs), bool)
+        live[0] = True
+        for col in ("ns", "name", "owner"):
+            live[self.pods[col][:self.n_rows]] = True
+        for ns, name, _ in list(self.services.values()) + list(self.slices.values()):
+            live[[ns, name]] = True
+        for table in self.owners.values():
+            for (ns, name), parent in table.items():
+                live[[ns, name, parent]] = True
+        interned = np.zeros(len(old.strs), bool)
+        interned[list(old.ids.values())] = True
+        remap = (np.cumsum(live) - 1).astype(np.int32)
+        r = remap.tolist()
+        new = Strings()
+        new.strs = [old.strs[i] for i in np.nonzero(live)[0]]
+        new.ids = {old.strs[i]: r[i] for i in np.nonzero(live & interned)[0]}
+        for col in ("ns", "name", "owner"):
+            self.pods[col] = remap[self.pods[col]]  # free rows hold 0, which stays 0
+        self.services = {k: (r[ns], r[name], keys) for k, (ns, name, keys) in self.services.items()}
+        self.slices = {k: (r[ns], r[name], keys) for k, (ns, name, keys) in self.slices.items()}
+        self.owners = {kind: {(r[ns], r[name]): r[p] for (ns, name), p in table.items()}
+                       for kind, table in self.owners.items()}
+        self.strings = new
+        self._deleted = 0
+        self._dirty.update(("svc", "ep"))
 
     def _new_row(self):
         if self.free:
