@@ -70,10 +70,8 @@ class K8sEnrichment:
         self.label_tags = [label_prefix + k for k in label_keys]
         self.label_keys = tuple(label_keys)
         self.stats = {"lookups_hit": 0, "lookups_missed": 0}
-        self.reflector_stats = {}
         kw = {"backoff": backoff} if backoff else {}
-        self.reflectors = [Reflector(api, self.store, kind, path, scope, params, self.log,
-                                     self.reflector_stats, **kw)
+        self.reflectors = [Reflector(api, self.store, kind, path, scope, params, self.log, **kw)
                            for kind, scope, path, params in resources(node)]
 
     @classmethod
@@ -117,7 +115,9 @@ class K8sEnrichment:
 
     def counters(self):
         c = {f"objects_{k}": v for k, v in self.store.object_counts().items()}
-        c.update(self.reflector_stats)
+        for r in self.reflectors:  # each thread counts its own; summed here
+            for k, v in r.stats.items():
+                c[k] = c.get(k, 0) + v
         c.update(self.stats)
         c["process_events"] = self.process_events.events
         return c

@@ -169,8 +169,10 @@ def _status_message(r):
 
 
 def _reason(exc):
-    # requests nests urllib3's reason several levels deep; the innermost says it best
-    while exc.__context__ is not None and exc.args and not isinstance(exc.args[0], str):
-        exc = exc.__context__
-    text = str(exc)
+    """The cause of a requests error without urllib3's wrapping: requests'
+    error holds urllib3's MaxRetryError, whose ``reason`` is the real one,
+    written "HTTPSConnection(host=..., port=...): <what happened>"."""
+    inner = exc.args[0] if exc.args and isinstance(exc.args[0], Exception) else exc
+    inner = getattr(inner, "reason", None) or inner
+    text = str(inner).split("): ", 1)[-1]
     return text if len(text) < 300 else text[:297] + "..."

@@ -29,15 +29,13 @@ def _trim_heap():
 
 
 class Reflector:
-    def __init__(self, api, store, kind, path, scope="", params=None, logger=None, stats=None,
+    def __init__(self, api, store, kind, path, scope="", params=None, logger=None,
                  backoff=(BACKOFF_MIN_S, BACKOFF_MAX_S)):
         self.api, self.store, self.kind, self.path = api, store, kind, path
         self.scope = scope
         self.params = params or {}
         self.log = logger
-        self.stats = stats if stats is not None else {}
-        for k in ("lists", "watch_restarts", "relists_gone", "api_errors", "events"):
-            self.stats.setdefault(k, 0)
+        self.stats = dict.fromkeys(("lists", "watch_restarts", "relists_gone", "api_errors", "events"), 0)
         self.backoff_min, self.backoff_max = backoff
         self.synced = threading.Event()
         self.last_error = None
