@@ -98,6 +98,22 @@ _EXEC = struct.Struct("=II")            # process_pid, process_tgid
 _UNION = 24                             # sizeof(event_data), the largest member's
 
 
+def open_process_events():
+    """A netlink socket subscribed to the kernel's process events (the
+    ``cn_proc`` connector); OSError when the kernel or our privileges do
+    not allow it (CONFIG_PROC_EVENTS, CAP_NET_ADMIN)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
+    try:
+        s.bind((os.getpid(), CN_IDX_PROC))
+        op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
+        cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
+        s.send(_NLMSG.pack(_NLMSG.size + len(cn), 3, 0, 0, os.getpid()) + cn)  # type NLMSG_DONE
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
 class ProcessEvents:
     """Reads the cgroup of every process as it execs, from the kernel's
     process-events connector (needs CAP_NET_ADMIN and the host's pid
@@ -115,11 +131,7 @@ class ProcessEvents:
 
     def start(self):
         try:
-            s = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_CONNECTOR)
-            s.bind((os.getpid(), CN_IDX_PROC))
-            op = struct.pack("=I", PROC_CN_MCAST_LISTEN)
-            cn = _CN_MSG.pack(CN_IDX_PROC, CN_VAL_PROC, 0, 0, len(op), 0) + op
-            s.send(_NLMSG.pack(_NLMSG.size + len(cn), 3, 0, 0, os.getpid()) + cn)  # type NLMSG_DONE
+            s = open_process_events()
         except OSError as exc:
             self.log.warning("kubernetes: process events unavailable (%s): a process that exits before its "
                              "connections are reported is matched to its pod by IP only", exc.strerror)
