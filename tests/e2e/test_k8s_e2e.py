@@ -21,6 +21,8 @@ import uuid
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import kube_apiserver as ks
 from support import traffic
 from support.cgroups import containerd_cgroup, popen_in
@@ -29,7 +31,7 @@ from support.netns import NetNS
 from support.schema import check_point
 from support.servers import Dnsmasq, HttpServer, dig
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-conntrack", "ebpf-net"), ("httpflow",)))]
 
 NODE = "e2e-node"
 HTTP_PORT = 8000
@@ -82,6 +84,7 @@ def wait_points(receiver, measurement, pred, timeout=30):
                               timeout) or []
 
 
+@pytest.mark.requires("proc_events", "cgroup2")
 def test_pod_service_and_workload_tags_for_both_sides(collector, receiver, apiserver, monkeypatch):
     monkeypatch.setenv("DKE_K8S_WORKLOAD_LABELS", "app")
     monkeypatch.setenv("K8S_WORKLOAD_LABEL_PREFIX", PREFIX)  # the name DataKit really passes

@@ -63,7 +63,8 @@ def test_resolver_on_this_machine():
     assert cid is None or len(cid) == 64
 
 
-def test_process_events_catch_a_process_that_is_gone(bpf_ok, tmp_path):
+@pytest.mark.requires("proc_events", "cgroup2")
+def test_process_events_catch_a_process_that_is_gone(tmp_path):
     """The kernel's process-events connector (root): a process started in a
     containerd-shaped cgroup and exited is still known."""
     import logging
