@@ -10,7 +10,7 @@ part or an L7 protocol gets its lines prefixed with that name."""
 import os
 
 from . import features, kernel
-from .errors import DkebpfError
+from .errors import PRIVILEGE_HINT, DkebpfError
 from .plugins import L7NET, PLUGIN, PLUGINS, names
 
 
@@ -23,7 +23,7 @@ HOST_REFUSED = (DkebpfError, OSError, ImportError)
 def _not_root():
     """The one reason no BPF object loads, whatever the kernel has."""
     if not kernel.is_root():
-        return ["not root (loading BPF programs needs root or CAP_BPF+CAP_PERFMON)"]
+        return [f"not root: {PRIVILEGE_HINT}"]
     return []
 
 
