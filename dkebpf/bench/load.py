@@ -1,0 +1,113 @@
+"""The built-in load: the epoll server and client of ``dkebpf._loadgen``
+driven from Python threads (their loops release the GIL)."""
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._loadgen import HIST_BUCKETS, KINDS, Server, bucket_upper_us, run_client
+
+LOAD_KINDS = tuple(KINDS)  # http, conn, udp, dns
+UNITS = {"http": "requests/s", "conn": "connections/s", "udp": "flows/s", "dns": "queries/s"}
+# operations in flight: enough to reach the machine's rate unpaced, few
+# enough that a paced level does not open thousands of sockets at once
+SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8}
+
+
+class LoadServer:
+    """``with LoadServer() as srv:`` HTTP, UDP echo and DNS on loopback,
+    ``srv.ports[kind]`` the port a kind of load goes to."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.host = host
+        self._srv = Server(host)
+        self.ports = {"http": self._srv.ports["http"], "conn": self._srv.ports["http"],
+                      "udp": self._srv.ports["udp"], "dns": self._srv.ports["dns"]}
+        self._thread = threading.Thread(target=self._srv.serve, name="bench-server", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def counters(self):
+        return self._srv.counters()
+
+    def __exit__(self, *exc):
+        self._srv.stop()
+        self._thread.join(10)
+        if not self._thread.is_alive():
+            self._srv.close()
+
+
+@dataclass
+class LoadResult:
+    kind: str
+    target_rate: float      # 0: unpaced
+    seconds: float
+    done: int
+    errors: int
+    timeouts: int
+    latency_mean_s: float
+    latency_p50_s: float
+    latency_p99_s: float
+    first_error: str
+
+    @property
+    def rate(self):
+        return self.done / self.seconds if self.seconds > 0 else 0.0
+
+
+def _percentile(hist, q):
+    total = int(hist.sum())
+    if total == 0:
+        return float("nan")
+    idx = int(np.searchsorted(np.cumsum(hist), q * total))
+    return float(bucket_upper_us(np.array([min(idx, HIST_BUCKETS - 1)]))[0]) * 1e-6
+
+
+class Drive:
+    """One load level in ``threads`` client threads: ``start()``, then
+    ``alive()`` while it runs, then ``result()``."""
+
+    def __init__(self, kind, host, port, rate, seconds, slots=None, threads=1):
+        self.kind = kind
+        self.rate = rate
+        self.seconds = seconds
+        slots = slots or SLOTS[kind]
+        self._results = [None] * threads
+        self._threads = [threading.Thread(target=self._run, name=f"bench-{kind}-{i}", daemon=True,
+                                          args=(i, kind, host, port, max(1, slots // threads),
+                                                rate / threads, seconds))
+                         for i in range(threads)]
+
+    def _run(self, i, *args):
+        self._results[i] = run_client(*args)
+
+    def start(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def alive(self):
+        return any(t.is_alive() for t in self._threads)
+
+    def join(self, timeout=None):
+        for t in self._threads:
+            t.join(timeout)
+
+    def result(self):
+        self.join()
+        rs = [r for r in self._results if r is not None]
+        hist = sum((r["hist"] for r in rs), np.zeros(HIST_BUCKETS, dtype=np.uint64))
+        done = sum(r["done"] for r in rs)
+        elapsed = max((r["elapsed_s"] for r in rs), default=self.seconds)
+        lat_sum = sum(r["latency_sum_s"] for r in rs)
+        return LoadResult(self.kind, self.rate, elapsed, done, sum(r["errors"] for r in rs),
+                          sum(r["timeouts"] for r in rs), lat_sum / done if done else float("nan"),
+                          _percentile(hist, 0.5), _percentile(hist, 0.99),
+                          next((r["first_error"] for r in rs if r["first_error"]), ""))
+
+
+def drive(kind, host, port, rate, seconds, slots=None, threads=1):
+    """Run one level to its end and return its LoadResult."""
+    return Drive(kind, host, port, rate, seconds, slots, threads).start().result()
