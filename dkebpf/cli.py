@@ -1,5 +1,5 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf version`. Errors are one line on stderr and a
+`dkebpf check`, `dkebpf bench`, `dkebpf version`. Errors are one line on stderr and a
 non-zero exit status, never a traceback."""
 import logging
 import sys
@@ -9,6 +9,7 @@ from .errors import DkebpfError
 
 USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf check            what this kernel and these privileges can run
+       dkebpf bench [flags]    what the collector costs here, per load (see dkebpf bench --help)
        dkebpf version"""
 
 
@@ -38,6 +39,9 @@ def main(argv=None):
         if cmd == "check":
             from .check import run_check
             return run_check(sys.stdout)
+        if cmd == "bench":
+            from .bench import main as bench_main
+            return bench_main(rest)
         if cmd == "run":
             from .config import load_config
             if "-h" in rest or "--help" in rest:

@@ -1,5 +1,7 @@
 """The built-in load: the epoll server and client of ``dkebpf._loadgen``
 driven from Python threads (their loops release the GIL)."""
+import errno
+import os
 import threading
 from dataclasses import dataclass
 
@@ -15,14 +17,29 @@ SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8}
 
 
 class LoadServer:
-    """``with LoadServer() as srv:`` HTTP, UDP echo and DNS on loopback,
-    ``srv.ports[kind]`` the port a kind of load goes to."""
+    """``with LoadServer() as srv:`` HTTP, UDP echo and DNS on loopback;
+    ``srv.addr[kind]`` is the (host, port) a kind of load goes to.
+
+    DNS answers on port 53, where dnsflow captures, of an address of
+    127.0.0.0/8 (all of it is loopback) other than 127.0.0.1, so that a
+    resolver already on 127.0.0.1:53 is neither disturbed nor in the way."""
 
     def __init__(self, host="127.0.0.1"):
         self.host = host
-        self._srv = Server(host)
-        self.ports = {"http": self._srv.ports["http"], "conn": self._srv.ports["http"],
-                      "udp": self._srv.ports["udp"], "dns": self._srv.ports["dns"]}
+        self._srv = None
+        for i in range(1, 40):
+            dns_host = f"127.53.{(os.getpid() + i) % 250 + 1}.{i}"
+            try:
+                self._srv = Server(host, dns_host=dns_host, dns_port=53)
+                break
+            except OSError as exc:
+                if exc.errno != errno.EADDRINUSE:
+                    raise
+        if self._srv is None:
+            raise OSError(errno.EADDRINUSE, "bench server: no free 127.53.x.y:53 for the DNS responder")
+        ports = self._srv.ports
+        self.addr = {"http": (host, ports["http"]), "conn": (host, ports["http"]),
+                     "udp": (host, ports["udp"]), "dns": (dns_host, ports["dns"])}
         self._thread = threading.Thread(target=self._srv.serve, name="bench-server", daemon=True)
 
     def __enter__(self):
