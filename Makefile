@@ -20,7 +20,7 @@ $(PY):
 venv: deps $(PY)
 
 install: venv
-	$(PY) -m pip install -q ".[test]"
+	$(PY) -m pip install -q ".[test,bench]"
 
 run: install
 	$(VENV)/bin/dkebpf run $(ARGS)

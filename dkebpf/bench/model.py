@@ -105,7 +105,12 @@ class Sizing:
 def size_for(peak: Dict[str, float], cpu: Fit, rss: Fit) -> Sizing:
     cores = cpu.predict(peak)
     mem = rss.predict(peak)
-    res_cpu = math.ceil(max(cores + cpu.max_abs_residual, CPU_STEP) * HEADROOM / CPU_STEP) * CPU_STEP
-    res_mem = math.ceil(max(mem + rss.max_abs_residual, MiB) * HEADROOM / MiB)
+    res_cpu = _round_up(max(cores + cpu.max_abs_residual, CPU_STEP) * HEADROOM, CPU_STEP)
+    res_mem = int(_round_up(max(mem + rss.max_abs_residual, MiB) * HEADROOM / MiB, 1))
     beyond = sorted(k for k, v in peak.items() if v > cpu.max_load.get(k, 0.0) * (1 + RANGE_SLACK))
     return Sizing(cores, mem, round(res_cpu, 2), res_mem, beyond)
+
+
+def _round_up(x, step):
+    """x up to a multiple of step; a float a hair above one (0.15000000000000002) stays on it."""
+    return math.ceil(x / step - 1e-9) * step
