@@ -114,7 +114,7 @@ class Collector:
     """``dkebpf run <flags>`` started for one level: ``start()`` returns once
     it logged "dkebpf started"; ``cpu()``/``rss()`` read /proc;
     ``metrics()`` scrapes /metrics; ``stop()`` sends SIGTERM (the collector
-    flushes its last interval) and waits."""
+    flushes its last interval) and waits, leaving ``usage``."""
 
     def __init__(self, flags, apiserver, workdir, name):
         self.flags = list(flags)
@@ -122,6 +122,7 @@ class Collector:
         self.log_path = os.path.join(workdir, f"collector-{name}.log")
         self.metrics_port = _free_port()
         self.proc = None
+        self.usage = None
 
     def start(self):
         argv = [sys.executable, "-m", "dkebpf", "run", *self.flags,
@@ -178,13 +179,23 @@ class Collector:
             return parse_metrics(r.read().decode())
 
     def stop(self):
-        """Returns the exit status (None if it had to be killed)."""
+        """SIGTERM, then wait for the exit (killed after STOP_TIMEOUT_S);
+        returns the exit status, None if it had to be killed. ``usage`` is
+        then the collector's whole resource usage (wait4): its CPU includes
+        the final flush, which /proc no longer shows once it is reaped."""
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None
         self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return None
+        end = time.monotonic() + STOP_TIMEOUT_S
+        killed = False
+        while True:
+            pid, status, usage = os.wait4(self.proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > end and not killed:
+                self.proc.kill()
+                killed = True
+            time.sleep(0.05)
+        self.usage = usage
+        self.proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        return None if killed else self.proc.returncode

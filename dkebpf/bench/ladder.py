@@ -155,8 +155,8 @@ class Runner:
     def _level(self, i, level):
         off = self._drive(level, "off")
         col = Collector(self.flags, self.receiver.apiserver, self.workdir, f"{i:02d}-{level.kind}-{level.label}")
-        col.start()
         try:
+            col.start()
             time.sleep(SETTLE_S)
             points0 = self.receiver.points
             rss = [col.rss()]
@@ -168,7 +168,7 @@ class Runner:
 
             on = self._drive(level, "on", sample)
             col.check_alive()
-            cpu1, t1 = col.cpu(), time.monotonic()
+            t1 = time.monotonic()
             rss.append(col.rss())
             metrics = col.metrics()
         finally:
@@ -176,6 +176,10 @@ class Runner:
         points = self.receiver.points - points0
         kernel, user = losses(metrics)
         wall = t1 - t0
+        # CPU from the hold's start to the exit: the final flush handles what
+        # the hold brought (with a long --interval it is most of the work)
+        cpu1 = (col.usage.ru_utime, col.usage.ru_stime)
+        rss.append(col.usage.ru_maxrss * 1024)  # the peak, also during that flush
         row = {
             "kind": level.kind, "target_rate": float(level.rate), "hold_s": self.hold_s,
             "off_rate": off.rate, "on_rate": on.rate,
