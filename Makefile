@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?= --enabled ebpf-net --interval 10s --output -
-DEBIAN_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config python3-dev python3-venv \
+DEBIAN_PACKAGES := clang llvm libbpf-dev libelf-dev libssl-dev zlib1g-dev pkg-config python3-dev python3-venv \
 	iproute2 iptables kmod curl nginx-light procps \
 	dnsmasq-base dnsutils openssl wrk passwd
 

@@ -11,6 +11,9 @@ Kinds of load (``KIND_*``):
         port), one datagram, its echo, close
   dns   DNS A queries over UDP, one in flight per socket, to the server's
         tiny responder (every A question gets 127.0.0.1)
+  https HTTP/1.1 keep-alive requests inside TLS (OpenSSL; the server's
+        certificate is self-signed at start, the client does not verify it:
+        loopback, and the handshake cost is not what is measured)
 
 The client is open loop at a target rate (0 = as fast as the connections
 go): an operation starts when the schedule says so and a slot is free; a
@@ -20,7 +23,7 @@ the start of an operation (connect included for conn/udp) to its complete
 answer, kept as a sum (exact mean) and a log histogram (percentiles, ~6 %
 wide buckets).
 """
-from libc.errno cimport errno, EAGAIN, EINPROGRESS
+from libc.errno cimport errno, EAGAIN, EINPROGRESS, ENOMEM, EPROTO
 from libc.math cimport log, exp, ceil
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -30,6 +33,7 @@ import numpy as np
 cimport numpy as cnp
 
 from sockio cimport *
+from openssl cimport *
 
 cnp.import_array()
 
@@ -38,7 +42,8 @@ cdef enum:
     KIND_CONN = 1
     KIND_UDP = 2
     KIND_DNS = 3
-KINDS = {"http": KIND_HTTP, "conn": KIND_CONN, "udp": KIND_UDP, "dns": KIND_DNS}
+    KIND_HTTPS = 4
+KINDS = {"http": KIND_HTTP, "conn": KIND_CONN, "udp": KIND_UDP, "dns": KIND_DNS, "https": KIND_HTTPS}
 
 cdef enum:
     NBUCKETS = 256
@@ -87,9 +92,11 @@ cdef enum:
     SLOT_IDLE = 0
     SLOT_CONNECTING = 1
     SLOT_WAITING = 2
+    SLOT_HANDSHAKE = 3
 
 cdef struct slot_t:
     int fd
+    SSL *ssl
     int state
     uint64_t t0
     int got
@@ -104,6 +111,7 @@ cdef struct client_t:
     double rate
     uint64_t duration_ns
     int epfd
+    SSL_CTX *tls
     slot_t *slots
     int *free_stack
     int nfree
@@ -118,7 +126,11 @@ cdef struct client_t:
 
 
 cdef inline bint persistent(int kind) noexcept nogil:
-    return kind == KIND_HTTP or kind == KIND_DNS
+    return kind == KIND_HTTP or kind == KIND_DNS or kind == KIND_HTTPS
+
+
+cdef inline bint over_tcp(int kind) noexcept nogil:
+    return kind == KIND_HTTP or kind == KIND_CONN or kind == KIND_HTTPS
 
 
 cdef inline void note_errno(client_t *c, int err) noexcept nogil:
@@ -127,6 +139,9 @@ cdef inline void note_errno(client_t *c, int err) noexcept nogil:
 
 
 cdef void slot_close(client_t *c, slot_t *s) noexcept nogil:
+    if s.ssl != NULL:
+        SSL_free(s.ssl)
+        s.ssl = NULL
     if s.fd >= 0:
         close(s.fd)  # also leaves the epoll set
         s.fd = -1
@@ -169,7 +184,7 @@ cdef int slot_send(client_t *c, int i) noexcept nogil:
     cdef size_t n
     cdef uint8_t q[DNS_QUERY_LEN]
     cdef uint8_t payload[UDP_PAYLOAD_LEN]
-    if c.kind == KIND_HTTP:
+    if c.kind == KIND_HTTP or c.kind == KIND_HTTPS:
         req = HTTP_KEEPALIVE_REQ
         n = cstrlen(req)
     elif c.kind == KIND_CONN:
@@ -188,16 +203,64 @@ cdef int slot_send(client_t *c, int i) noexcept nogil:
         n = UDP_PAYLOAD_LEN
     s.got = 0
     s.need = -1
-    if send(s.fd, req, n, MSG_NOSIGNAL) != <ssize_t>n:
+    if s.ssl != NULL:  # a small record on an idle connection: written at once
+        if SSL_write(s.ssl, req, <int>n) != <int>n:
+            return EPROTO
+    elif send(s.fd, req, n, MSG_NOSIGNAL) != <ssize_t>n:
         return errno if errno else EAGAIN
     s.state = SLOT_WAITING
     return 0
 
 
+cdef void set_events(client_t *c, int i, uint32_t events) noexcept nogil:
+    cdef epoll_event ev
+    ev.events = events
+    ev.data.u64 = <uint64_t>i
+    epoll_ctl(c.epfd, EPOLL_CTL_MOD, c.slots[i].fd, &ev)
+
+
+cdef void tls_step(client_t *c, int i) noexcept nogil:
+    """Advance the client handshake; once done, send the request."""
+    cdef slot_t *s = &c.slots[i]
+    cdef int rc = SSL_do_handshake(s.ssl), err
+    if rc == 1:
+        set_events(c, i, EPOLLIN)
+        err = slot_send(c, i)
+        if err != 0:
+            slot_fail(c, i, err)
+        return
+    err = SSL_get_error(s.ssl, rc)
+    if err == SSL_ERROR_WANT_READ:
+        set_events(c, i, EPOLLIN)
+    elif err == SSL_ERROR_WANT_WRITE:
+        set_events(c, i, EPOLLOUT)
+    else:
+        slot_fail(c, i, EPROTO)
+
+
+cdef void connected(client_t *c, int i) noexcept nogil:
+    """The socket is connected: start TLS, or send the request."""
+    cdef slot_t *s = &c.slots[i]
+    cdef int err
+    if c.kind == KIND_HTTPS:
+        s.ssl = SSL_new(c.tls)
+        if s.ssl == NULL or SSL_set_fd(s.ssl, s.fd) != 1:
+            slot_fail(c, i, ENOMEM)
+            return
+        SSL_set_connect_state(s.ssl)
+        s.state = SLOT_HANDSHAKE
+        tls_step(c, i)
+        return
+    set_events(c, i, EPOLLIN)
+    err = slot_send(c, i)
+    if err != 0:
+        slot_fail(c, i, err)
+
+
 cdef int slot_open(client_t *c, slot_t *s) noexcept nogil:
     """A new nonblocking socket connecting to the server, in the epoll set
     with the slot's index; 0 (connected) or EINPROGRESS, or an errno."""
-    cdef int stype = SOCK_STREAM if (c.kind == KIND_HTTP or c.kind == KIND_CONN) else SOCK_DGRAM
+    cdef int stype = SOCK_STREAM if over_tcp(c.kind) else SOCK_DGRAM
     cdef int one = 1
     cdef epoll_event ev
     s.fd = socket(AF_INET, stype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0)
@@ -232,10 +295,11 @@ cdef void start_op(client_t *c, uint64_t t) noexcept nogil:
         err = slot_open(c, s)
         if err == EINPROGRESS:
             s.state = SLOT_CONNECTING
-            return
-        if err != 0:
+        elif err != 0:
             slot_fail(c, i, err)
-            return
+        else:
+            connected(c, i)
+        return
     err = slot_send(c, i)
     if err != 0:
         slot_fail(c, i, err)
@@ -270,36 +334,54 @@ cdef int http_need(const char *b, int n) noexcept nogil:
     return h + 4 + clen
 
 
+cdef ssize_t tls_recv(SSL *ssl, void *buf, int n) noexcept nogil:
+    """SSL_read with recv()'s contract: bytes, 0 at the peer's close, or -1
+    with errno (EAGAIN: nothing more for now)."""
+    cdef int r = SSL_read(ssl, buf, n), err
+    if r > 0:
+        return r
+    err = SSL_get_error(ssl, r)
+    if err == SSL_ERROR_WANT_READ or err == SSL_ERROR_WANT_WRITE:
+        errno = EAGAIN
+        return -1
+    if err == SSL_ERROR_ZERO_RETURN:
+        return 0
+    errno = EPROTO
+    return -1
+
+
 cdef void on_event(client_t *c, int i, uint32_t events, uint64_t t) noexcept nogil:
     cdef slot_t *s = &c.slots[i]
     cdef int err = 0
     cdef socklen_t elen = sizeof(err)
-    cdef epoll_event ev
     cdef ssize_t r
     cdef char scratch[RESP_BUF]
     if s.state == SLOT_CONNECTING:
         getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &elen)
         if err != 0:
             slot_fail(c, i, err)
-            return
-        ev.events = EPOLLIN
-        ev.data.u64 = <uint64_t>i
-        epoll_ctl(c.epfd, EPOLL_CTL_MOD, s.fd, &ev)
-        err = slot_send(c, i)
-        if err != 0:
-            slot_fail(c, i, err)
+        else:
+            connected(c, i)
         return
-    if s.state == SLOT_IDLE:  # a kept-alive peer closed or reset: reopen on the next op
-        r = recv(s.fd, scratch, RESP_BUF, 0)
-        if r <= 0 and not (r < 0 and errno == EAGAIN):
+    if s.state == SLOT_HANDSHAKE:
+        tls_step(c, i)
+        return
+    if s.state == SLOT_IDLE:
+        # a kept-alive peer closed or reset: reopen on the next op (TLS:
+        # also session tickets arriving after the handshake, read and dropped)
+        r = tls_recv(s.ssl, scratch, RESP_BUF) if s.ssl != NULL else recv(s.fd, scratch, RESP_BUF, 0)
+        if r == 0 or (r < 0 and errno != EAGAIN):
             slot_close(c, s)
         return
     while True:
-        if c.kind == KIND_HTTP:
+        if c.kind == KIND_HTTP or c.kind == KIND_HTTPS:
             if s.got >= RESP_BUF:
                 slot_fail(c, i, 0)
                 return
-            r = recv(s.fd, s.buf + s.got, RESP_BUF - s.got, 0)
+            if s.ssl != NULL:
+                r = tls_recv(s.ssl, s.buf + s.got, RESP_BUF - s.got)
+            else:
+                r = recv(s.fd, s.buf + s.got, RESP_BUF - s.got, 0)
         else:
             r = recv(s.fd, scratch, RESP_BUF, 0)
         if r < 0:
@@ -313,7 +395,7 @@ cdef void on_event(client_t *c, int i, uint32_t events, uint64_t t) noexcept nog
             else:
                 slot_fail(c, i, 0)
             return
-        if c.kind == KIND_HTTP:
+        if c.kind == KIND_HTTP or c.kind == KIND_HTTPS:
             s.got += r
             if s.need < 0:
                 s.need = http_need(s.buf, s.got)
@@ -420,6 +502,11 @@ def run_client(kind, str host, int port, int conns, double rate, double seconds)
         c.epfd = epoll_create1(EPOLL_CLOEXEC)
         if c.epfd < 0:
             raise OSError(errno, strerror(errno).decode())
+        if k == KIND_HTTPS:
+            c.tls = SSL_CTX_new(TLS_client_method())
+            if c.tls == NULL:
+                raise MemoryError()
+            SSL_CTX_set_verify(c.tls, SSL_VERIFY_NONE, NULL)
         with nogil:
             client_loop(c)
         hist = np.empty(NBUCKETS, dtype=np.uint64)
@@ -431,10 +518,11 @@ def run_client(kind, str host, int port, int conns, double rate, double seconds)
     finally:
         if c.slots != NULL:
             for i in range(c.nslots):
-                if c.slots[i].fd >= 0:
-                    close(c.slots[i].fd)
+                slot_close(c, &c.slots[i])
         if c.epfd > 0:
             close(c.epfd)
+        if c.tls != NULL:
+            SSL_CTX_free(c.tls)
         free(c.slots)
         free(c.free_stack)
         free(c)
@@ -451,6 +539,7 @@ cdef const uint8_t *DNS_ANSWER = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\
 
 
 cdef struct srv_conn_t:
+    SSL *ssl    # NULL: plain HTTP
     int len
     char buf[SRV_BUF]
 
@@ -461,8 +550,11 @@ cdef struct server_t:
     int tcp_fd
     int udp_fd
     int dns_fd
+    int tls_fd
+    SSL_CTX *tls
     srv_conn_t **conns   # by fd
     uint64_t http_requests
+    uint64_t tls_handshakes
     uint64_t tcp_accepted
     uint64_t udp_echoed
     uint64_t dns_answered
@@ -483,16 +575,18 @@ cdef bint has_close(const char *b, int n) noexcept nogil:
 
 
 cdef void srv_close(server_t *s, int fd) noexcept nogil:
+    if s.conns[fd].ssl != NULL:
+        SSL_free(s.conns[fd].ssl)
     free(s.conns[fd])
     s.conns[fd] = NULL
     close(fd)
 
 
-cdef void srv_accept(server_t *s) noexcept nogil:
+cdef void srv_accept(server_t *s, int listen_fd) noexcept nogil:
     cdef int fd, one = 1
     cdef epoll_event ev
     while True:
-        fd = accept4(s.tcp_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        fd = accept4(listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
         if fd < 0:
             return
         if fd >= SRV_MAXFD:
@@ -504,6 +598,13 @@ cdef void srv_accept(server_t *s) noexcept nogil:
             close(fd)
             continue
         s.conns[fd].len = 0
+        s.conns[fd].ssl = NULL
+        if listen_fd == s.tls_fd:
+            s.conns[fd].ssl = SSL_new(s.tls)
+            if s.conns[fd].ssl == NULL or SSL_set_fd(s.conns[fd].ssl, fd) != 1:
+                srv_close(s, fd)
+                continue
+            SSL_set_accept_state(s.conns[fd].ssl)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         ev.events = EPOLLIN
         ev.data.u64 = <uint64_t>fd
@@ -516,12 +617,25 @@ cdef void srv_http(server_t *s, int fd) noexcept nogil:
     cdef ssize_t r
     cdef int i, end
     cdef bint closing
+    cdef const char *answer
     while True:
         if c.len >= SRV_BUF:  # a request head larger than the buffer: not ours
             s.bad += 1
             srv_close(s, fd)
             return
-        r = recv(fd, c.buf + c.len, SRV_BUF - c.len, 0)
+        if c.ssl != NULL:
+            if not SSL_is_init_finished(c.ssl):
+                r = SSL_do_handshake(c.ssl)
+                if r != 1:
+                    r = SSL_get_error(c.ssl, <int>r)
+                    if r != SSL_ERROR_WANT_READ and r != SSL_ERROR_WANT_WRITE:
+                        s.bad += 1
+                        srv_close(s, fd)
+                    return
+                s.tls_handshakes += 1
+            r = tls_recv(c.ssl, c.buf + c.len, SRV_BUF - c.len)
+        else:
+            r = recv(fd, c.buf + c.len, SRV_BUF - c.len, 0)
         if r < 0 and errno == EAGAIN:
             return
         if r <= 0:
@@ -537,10 +651,11 @@ cdef void srv_http(server_t *s, int fd) noexcept nogil:
             if end < 0:
                 break
             closing = has_close(c.buf, end)
-            if closing:
-                send(fd, HTTP_OK_CLOSE, cstrlen(HTTP_OK_CLOSE), MSG_NOSIGNAL)
+            answer = HTTP_OK_CLOSE if closing else HTTP_OK
+            if c.ssl != NULL:
+                SSL_write(c.ssl, answer, cstrlen(answer))
             else:
-                send(fd, HTTP_OK, cstrlen(HTTP_OK), MSG_NOSIGNAL)
+                send(fd, answer, cstrlen(answer), MSG_NOSIGNAL)
             s.http_requests += 1
             if closing:
                 srv_close(s, fd)
@@ -623,8 +738,8 @@ cdef void server_loop(server_t *s) noexcept nogil:
             if fd == s.stop_fd:
                 read(s.stop_fd, &v, 8)
                 return
-            elif fd == s.tcp_fd:
-                srv_accept(s)
+            elif fd == s.tcp_fd or fd == s.tls_fd:
+                srv_accept(s, fd)
             elif fd == s.udp_fd:
                 srv_udp_echo(s)
             elif fd == s.dns_fd:
@@ -633,34 +748,68 @@ cdef void server_loop(server_t *s) noexcept nogil:
                 srv_http(s, fd)
 
 
+cdef SSL_CTX *tls_server_context() except NULL:
+    """A server context with a fresh P-256 key and a self-signed certificate
+    for CN=dkebpf-bench, valid for a day."""
+    cdef EVP_PKEY *key = EVP_EC_gen(b"P-256")
+    cdef X509 *cert = X509_new()
+    cdef SSL_CTX *ctx = SSL_CTX_new(TLS_server_method())
+    cdef X509_NAME *name
+    cdef bint ok = key != NULL and cert != NULL and ctx != NULL
+    if ok:
+        X509_set_version(cert, 2)
+        ASN1_INTEGER_set(X509_get_serialNumber(cert), 1)
+        X509_gmtime_adj(X509_getm_notBefore(cert), -3600)
+        X509_gmtime_adj(X509_getm_notAfter(cert), 86400)
+        name = X509_get_subject_name(cert)
+        ok = (X509_set_pubkey(cert, key) == 1
+              and X509_NAME_add_entry_by_txt(name, b"CN", MBSTRING_ASC, <const unsigned char *>b"dkebpf-bench",
+                                             -1, -1, 0) == 1
+              and X509_set_issuer_name(cert, name) == 1 and X509_sign(cert, key, EVP_sha256()) > 0
+              and SSL_CTX_use_certificate(ctx, cert) == 1 and SSL_CTX_use_PrivateKey(ctx, key) == 1)
+    EVP_PKEY_free(key)  # the context holds its own references
+    X509_free(cert)
+    if not ok:
+        if ctx != NULL:
+            SSL_CTX_free(ctx)
+        raise OSError("bench server: OpenSSL could not make the HTTPS key and certificate")
+    return ctx
+
+
 cdef class Server:
-    """HTTP (keep-alive and Connection: close), UDP echo and DNS on
-    ``host``, on the given ports or free ones (``ports``). ``serve()`` runs
+    """HTTP (keep-alive and Connection: close), HTTPS, UDP echo and DNS on
+    ``host`` (DNS on ``dns_host`` when given), on the given ports or free
+    ones (``ports``). ``serve()`` runs
     the loop in the calling thread with the GIL released until ``stop()``
     is called from another thread; ``close()`` frees everything."""
 
     cdef server_t *s
     cdef readonly dict ports
 
-    def __cinit__(self, str host="127.0.0.1", int http_port=0, int udp_port=0, int dns_port=0):
+    def __cinit__(self, str host="127.0.0.1", int http_port=0, int udp_port=0, int dns_port=0,
+                  str dns_host=None, int https_port=0):
         self.s = <server_t *>calloc(1, sizeof(server_t))
         if self.s == NULL:
             raise MemoryError()
-        self.s.epfd = self.s.stop_fd = self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = -1
+        self.s.epfd = self.s.stop_fd = self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = self.s.tls_fd = -1
         self.s.conns = <srv_conn_t **>calloc(SRV_MAXFD, sizeof(srv_conn_t *))
         if self.s.conns == NULL:
             raise MemoryError()
-        cdef sockaddr_in addr
+        cdef sockaddr_in addr, dns_addr
         parse_addr(host, 0, &addr)
+        parse_addr(dns_host or host, 0, &dns_addr)
         self.s.epfd = self._check(epoll_create1(EPOLL_CLOEXEC), "epoll_create1")
         self.s.stop_fd = self._check(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd")
         self._watch(self.s.stop_fd)
         self.s.tcp_fd = self._bind(&addr, SOCK_STREAM, http_port, "HTTP")
         self._check(listen(self.s.tcp_fd, 4096), "listen")
         self.s.udp_fd = self._bind(&addr, SOCK_DGRAM, udp_port, "UDP echo")
-        self.s.dns_fd = self._bind(&addr, SOCK_DGRAM, dns_port, "DNS")
+        self.s.dns_fd = self._bind(&dns_addr, SOCK_DGRAM, dns_port, "DNS")
+        self.s.tls = tls_server_context()
+        self.s.tls_fd = self._bind(&addr, SOCK_STREAM, https_port, "HTTPS")
+        self._check(listen(self.s.tls_fd, 4096), "listen")
         self.ports = {"http": self._port(self.s.tcp_fd), "udp": self._port(self.s.udp_fd),
-                      "dns": self._port(self.s.dns_fd)}
+                      "dns": self._port(self.s.dns_fd), "https": self._port(self.s.tls_fd)}
 
     cdef int _check(self, int rc, str what) except -1:
         if rc < 0:
@@ -706,6 +855,7 @@ cdef class Server:
 
     def counters(self):
         return {"http_requests": self.s.http_requests, "tcp_accepted": self.s.tcp_accepted,
+                "tls_handshakes": self.s.tls_handshakes,
                 "udp_echoed": self.s.udp_echoed, "dns_answered": self.s.dns_answered,
                 "bad_requests": self.s.bad}
 
@@ -717,10 +867,13 @@ cdef class Server:
         for fd in range(SRV_MAXFD):
             if self.s.conns[fd] != NULL:
                 srv_close(self.s, fd)
-        for fd in (self.s.tcp_fd, self.s.udp_fd, self.s.dns_fd, self.s.stop_fd, self.s.epfd):
+        for fd in (self.s.tcp_fd, self.s.udp_fd, self.s.dns_fd, self.s.tls_fd, self.s.stop_fd, self.s.epfd):
             if fd >= 0:
                 close(fd)
-        self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = self.s.stop_fd = self.s.epfd = -1
+        self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = self.s.tls_fd = self.s.stop_fd = self.s.epfd = -1
+        if self.s.tls != NULL:
+            SSL_CTX_free(self.s.tls)
+            self.s.tls = NULL
 
     def __dealloc__(self):
         if self.s != NULL:

@@ -12,11 +12,13 @@ from .load import LOAD_KINDS, Drive
 
 # operations/s per level; 0 is "as fast as it goes" (written max)
 FULL_LADDER = {"http": [2000, 5000, 10000, 20000, 0], "conn": [250, 500, 1000, 2000, 0],
-               "udp": [500, 1000, 2000, 4000], "dns": [500, 1000, 2000, 5000]}
+               "udp": [500, 1000, 2000, 4000], "dns": [500, 1000, 2000, 5000],
+               "https": [1000, 2000, 5000, 0]}
 FULL_HOLD_S = 10.0
-# --quick: two levels a kind, 4 s each way: about 2 minutes on 2 cores
-QUICK_LADDER = {"http": [1000, 4000], "conn": [200, 800], "udp": [200, 800], "dns": [200, 800]}
-QUICK_HOLD_S = 4.0
+# --quick: two levels a kind, 3 s each way: about 2 minutes on 2 cores
+QUICK_LADDER = {"http": [1000, 4000], "conn": [200, 800], "udp": [200, 800], "dns": [200, 800],
+                "https": [500, 2000]}
+QUICK_HOLD_S = 3.0
 SETTLE_S = 0.5        # after the collector started: its first drain done
 SAMPLE_S = 0.5        # RSS and progress while a level runs
 OVERHEAD_GUESS_S = 6  # collector start + stop, until measured

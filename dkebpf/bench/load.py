@@ -9,15 +9,16 @@ import numpy as np
 
 from .._loadgen import HIST_BUCKETS, KINDS, Server, bucket_upper_us, run_client
 
-LOAD_KINDS = tuple(KINDS)  # http, conn, udp, dns
-UNITS = {"http": "requests/s", "conn": "connections/s", "udp": "flows/s", "dns": "queries/s"}
+LOAD_KINDS = tuple(KINDS)  # http, conn, udp, dns, https
+UNITS = {"http": "requests/s", "conn": "connections/s", "udp": "flows/s", "dns": "queries/s",
+         "https": "requests/s"}
 # operations in flight: enough to reach the machine's rate unpaced, few
 # enough that a paced level does not open thousands of sockets at once
-SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8}
+SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8, "https": 32}
 
 
 class LoadServer:
-    """``with LoadServer() as srv:`` HTTP, UDP echo and DNS on loopback;
+    """``with LoadServer() as srv:`` HTTP, HTTPS, UDP echo and DNS on loopback;
     ``srv.addr[kind]`` is the (host, port) a kind of load goes to.
 
     DNS answers on port 53, where dnsflow captures, of an address of
@@ -39,7 +40,8 @@ class LoadServer:
             raise OSError(errno.EADDRINUSE, "bench server: no free 127.53.x.y:53 for the DNS responder")
         ports = self._srv.ports
         self.addr = {"http": (host, ports["http"]), "conn": (host, ports["http"]),
-                     "udp": (host, ports["udp"]), "dns": (dns_host, ports["dns"])}
+                     "udp": (host, ports["udp"]), "dns": (dns_host, ports["dns"]),
+                     "https": (host, ports["https"])}
         self._thread = threading.Thread(target=self._srv.serve, name="bench-server", daemon=True)
 
     def __enter__(self):

@@ -76,7 +76,9 @@ def _plots(out, rows, old_rows, cpu, rss):
     models = {"cpu_cores": cpu, "rss_mib": rss}
     for name, (col, label) in PLOTS.items():
         scale = 1 / 2**20 if col == "rss_mib" else 1.0
-        fig, axes = plt.subplots(2, 2, figsize=(PLOT_PX[0] / PLOT_DPI, PLOT_PX[1] / PLOT_DPI), dpi=PLOT_DPI)
+        fig, axes = plt.subplots(2, 3, figsize=(PLOT_PX[0] / PLOT_DPI, PLOT_PX[1] / PLOT_DPI), dpi=PLOT_DPI)
+        for ax in axes.flat[len(LOAD_KINDS):]:
+            ax.set_visible(False)
         for ax, kind in zip(axes.flat, LOAD_KINDS):
             pts = sorted((r["on_rate"], _value(r, col)) for r in rows if r["kind"] == kind)
             if pts:

@@ -91,7 +91,7 @@ def test_options_check_bench_and_collector_flags():
     opts, flags, levels, hold, peak, old, out = _options(["--quick", "--kinds", "http,dns", "--enabled",
                                                           "ebpf-net", "--interval", "5s"])
     assert flags == ["--enabled", "ebpf-net", "--interval", "5s"]
-    assert [lv.kind for lv in levels] == ["http", "http", "dns", "dns"] and hold == 4.0
+    assert [lv.kind for lv in levels] == ["http", "http", "dns", "dns"] and hold == 3.0
     with pytest.raises(ConfigError, match='--interval "x"'):
         _options(["--interval", "x"])
     with pytest.raises(ConfigError, match="--pprof-port is set by dkebpf bench"):

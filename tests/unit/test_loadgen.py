@@ -1,8 +1,9 @@
 """dkebpf._loadgen, the load of `dkebpf bench`: its server answers real
-clients (http.client, dnspython, a UDP socket) correctly, and its client
+clients (http.client over TCP and TLS, dnspython, a UDP socket) correctly, and its client
 keeps the asked rate and counts what the server counts. Loopback only."""
 import http.client
 import socket
+import ssl
 import threading
 
 import dns.message
@@ -39,6 +40,22 @@ def test_http_keepalive_and_close(server):
     assert c["http_requests"] == 4 and c["tcp_accepted"] == 1
 
 
+def test_https_keepalive(server):
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the bench server's own self-signed certificate
+    conn = http.client.HTTPSConnection("127.0.0.1", server.ports["https"], context=ctx, timeout=5)
+    for _ in range(3):
+        conn.request("GET", "/")
+        r = conn.getresponse()
+        assert (r.status, r.read()) == (200, b"ok\n")
+    cert = ssl.DER_cert_to_PEM_cert(conn.sock.getpeercert(binary_form=True))
+    assert "BEGIN CERTIFICATE" in cert
+    conn.close()
+    c = server.counters()
+    assert c["http_requests"] == 3 and c["tls_handshakes"] == 1
+
+
 def test_dns_answers_a_and_nothing_else(server):
     port = server.ports["dns"]
     q = dns.message.make_query("bench.example.", "A")
@@ -64,7 +81,8 @@ def test_udp_echo(server):
         assert s.recv(2048) == b"x" * 100
 
 
-@pytest.mark.parametrize("kind,port", [("http", "http"), ("conn", "http"), ("udp", "udp"), ("dns", "dns")])
+@pytest.mark.parametrize("kind,port", [("http", "http"), ("conn", "http"), ("udp", "udp"), ("dns", "dns"),
+                                       ("https", "https")])
 def test_client_keeps_the_rate_and_the_server_agrees(server, kind, port):
     before = server.counters()
     r = run_client(kind, "127.0.0.1", server.ports[port], 16, 400, 1.0)
@@ -74,10 +92,13 @@ def test_client_keeps_the_rate_and_the_server_agrees(server, kind, port):
     # paced: never ahead of the schedule; behind only on a starved machine
     assert 0.8 * 400 <= r["started"] <= 401, seen
     assert r["started"] - 16 <= r["done"] <= r["started"]  # at most a round in flight at the end
-    served = {"http": "http_requests", "conn": "http_requests", "udp": "udp_echoed", "dns": "dns_answered"}[kind]
+    served = {"http": "http_requests", "conn": "http_requests", "udp": "udp_echoed", "dns": "dns_answered",
+              "https": "http_requests"}[kind]
     assert r["done"] <= after[served] - before[served] <= r["started"], (seen, before, after)
     if kind == "conn":
         assert after["tcp_accepted"] - before["tcp_accepted"] >= r["done"]
+    if kind == "https":  # kept alive: at most one handshake per slot
+        assert 1 <= after["tls_handshakes"] - before["tls_handshakes"] <= 16
     assert r["hist"].sum() == r["done"] and 0 < r["latency_sum_s"] < r["done"]
 
 
