@@ -1,6 +1,6 @@
 """`dkebpf bench`: what the collector costs on this node, per load.
 
-    dkebpf bench [--quick] [--hold S] [--kinds http,conn,udp,dns] [--levels KIND=R,R,max ...]
+    dkebpf bench [--quick] [--hold S] [--kinds http,conn,udp,dns,https] [--levels KIND=R,R,max ...]
                  [--peak 'http=50000,conn=2000,dns=500'] [--compare OLD_DIR] [--out DIR]
                  [collector flags of `dkebpf run`, or --config FILE]
 
@@ -95,10 +95,17 @@ def main(argv):
     from .ladder import Runner
     from .load import LoadServer
     from .report import run_meta, write_report
-    os.makedirs(out, exist_ok=True)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f'invalid --out "{out}": {exc.strerror}')
     meta = run_meta(collector_flags, hold, len(levels), __version__, opts.peak)
     sys.stderr.write(f"dkebpf bench: {len(levels)} levels, {hold:g} s each way, report in {out}\n")
-    with LoadServer() as server, PointReceiver() as receiver:
+    try:
+        server = LoadServer()
+    except OSError as exc:
+        raise DkebpfError(f"cannot start the bench's load server: {exc}")
+    with server, PointReceiver() as receiver:
         rows, loss_rows, stopped = Runner(levels, hold, server, receiver, collector_flags, out).run()
     meta["stopped_early"] = stopped
     path = write_report(out, rows, loss_rows, meta, peak, old_rows, opts.compare)

@@ -153,12 +153,11 @@ def _loss_onset(rows, loss_rows):
     return lines
 
 
-def _model_lines(f: Fit, unit, scale):
-    terms = " + ".join(f"{v * scale * 1000:.4g} × {k}/1000" for k, v in sorted(f.slopes.items()))
-    return [f"    {f.target} = {f.intercept * scale:.4g}{unit} + {terms}" if terms else
-            f"    {f.target} = {f.intercept * scale:.4g}{unit}",
-            f"    residuals over {f.points} levels: rms {f.rms_residual * scale:.3g}{unit}, "
-            f"largest {f.max_abs_residual * scale:.3g}{unit}"]
+def _model_lines(f: Fit, label, unit, scale):
+    terms = "".join(f" + {v * scale * 1000:.4g} per 1000 {k}/s" for k, v in sorted(f.slopes.items()))
+    return [f"    {label} = {f.intercept * scale:.4g}{terms}",
+            f"    residuals over {f.points} levels: rms {f.rms_residual * scale:.3g} {unit}, "
+            f"largest {f.max_abs_residual * scale:.3g} {unit}"]
 
 
 def write_report(out, rows, loss_rows, meta, peak=None, old_rows=None, old_dir=None):
@@ -197,7 +196,8 @@ def write_report(out, rows, loss_rows, meta, peak=None, old_rows=None, old_dir=N
            "## Sizing model", ""]
     if cpu:
         md += ["Least squares over the levels measured with the collector (loads as achieved):", "",
-               *_model_lines(cpu, " cores", 1.0), *_model_lines(rss, " MiB", 1 / 2**20), "",
+               *_model_lines(cpu, "cores", "cores", 1.0), "",
+               *_model_lines(rss, "RSS (MiB)", "MiB", 1 / 2**20), "",
                "Every measured level is within the largest residual of its model's prediction."]
     else:
         md.append("No level was measured: no model.")
