@@ -46,9 +46,10 @@ def main():
             w.append(wrk(ngx.port))
             g.append(ours("127.0.0.1", ngx.port))
         print(f"setup: nginx 1 worker, loopback, -t{THREADS} -c{CONNS}, {ROUNDS} x {SECONDS:g} s alternated")
-        print(f"wrk_requests_per_s: {max(w):.0f}")
-        print(f"loadgen_requests_per_s: {max(g):.0f}")
-        print(f"loadgen_over_wrk: {max(g) / max(w):.3f}")
+        ratios = sorted(b / a for a, b in zip(w, g))
+        print(f"wrk_requests_per_s: {' '.join(f'{x:.0f}' for x in w)}")
+        print(f"loadgen_requests_per_s: {' '.join(f'{x:.0f}' for x in g)}")
+        print(f"loadgen_over_wrk: {ratios[len(ratios) // 2]:.3f} (median of the rounds' ratios)")
     with LoadServer() as srv:
         print(f"loadgen_vs_own_server_requests_per_s: {ours(*srv.addr['http']):.0f}")
 
