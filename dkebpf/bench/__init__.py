@@ -11,6 +11,8 @@ import argparse
 import datetime
 import os
 import sys
+from dataclasses import dataclass
+from typing import List, Optional
 
 from ..errors import ConfigError, DkebpfError
 
@@ -45,13 +47,26 @@ def build_parser():
     return p
 
 
-def _options(argv):
+@dataclass
+class Plan:
+    """What one `dkebpf bench` run will do, from its flags."""
+    collector_flags: List[str]
+    levels: list
+    hold: float
+    out: str
+    peak: Optional[dict] = None
+    peak_text: Optional[str] = None
+    old_rows: Optional[list] = None   # --compare: the earlier report's levels
+    old_dir: Optional[str] = None
+    flags_from_compare: bool = False
+
+
+def _options(argv) -> Plan:
     from . import ladder
     from .load import LOAD_KINDS
     from .model import parse_peak
-    from .report import load_rows
-    parser = build_parser()
-    opts, collector_flags = parser.parse_known_args(argv)
+    from .report import load_report
+    opts, collector_flags = build_parser().parse_known_args(argv)
     for flag in collector_flags:
         if flag.split("=", 1)[0] in BENCH_OWNED_FLAGS:
             raise ConfigError(f"{flag.split('=', 1)[0]} is set by dkebpf bench on the collector it starts; "
@@ -59,32 +74,35 @@ def _options(argv):
     from ..config import load_config
     load_config(collector_flags)  # the collector's flags: a bad one stops here, named
     kinds = [k.strip() for k in opts.kinds.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in LOAD_KINDS]
-    if bad or not kinds:
+    if not kinds or any(k not in LOAD_KINDS for k in kinds):
         raise ConfigError(f'invalid --kinds "{opts.kinds}": choose among {",".join(LOAD_KINDS)}')
     if opts.hold is not None and not 1 <= opts.hold <= 3600:
         raise ConfigError(f'invalid --hold "{opts.hold:g}": seconds between 1 and 3600')
-    hold = opts.hold or (ladder.QUICK_HOLD_S if opts.quick else ladder.FULL_HOLD_S)
+    plan = Plan(collector_flags, [], opts.hold or (ladder.QUICK_HOLD_S if opts.quick else ladder.FULL_HOLD_S),
+                opts.out or f"dkebpf-bench-{datetime.datetime.now():%Y%m%d-%H%M%S}",
+                parse_peak(opts.peak) if opts.peak else None, opts.peak)
     steps = dict(ladder.QUICK_LADDER if opts.quick else ladder.FULL_LADDER)
     steps.update(ladder.parse_levels(opts.levels))
-    old_rows = None
-    if opts.compare:
-        old_rows = load_rows(opts.compare)
-        steps = {}  # the earlier report's ladder, level for level
-        for r in old_rows:
+    if opts.compare:  # the earlier report's ladder, level for level, and hold
+        plan.old_rows, old_meta = load_report(opts.compare)
+        plan.old_dir = opts.compare
+        steps = {}
+        for r in plan.old_rows:
             steps.setdefault(r["kind"], []).append(r["target_rate"])
         kinds = [k for k in LOAD_KINDS if k in steps]
-        if opts.hold is None and old_rows:
-            hold = old_rows[0]["hold_s"]
-    peak = parse_peak(opts.peak) if opts.peak else None
-    out = opts.out or f"dkebpf-bench-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    return opts, collector_flags, ladder.plan(steps, kinds), hold, peak, old_rows, out
+        if opts.hold is None and plan.old_rows:
+            plan.hold = plan.old_rows[0]["hold_s"]
+        if not collector_flags:  # a regression check: the same collector options as before
+            plan.collector_flags = list(old_meta.get("collector_flags", []))
+            plan.flags_from_compare = True
+    plan.levels = ladder.plan(steps, kinds)
+    return plan
 
 
 def main(argv):
     """Exit status: 0 done, 2 bad flags or not root, 1 the collector failed,
     130 interrupted (partial report written)."""
-    opts, collector_flags, levels, hold, peak, old_rows, out = _options(argv)
+    plan = _options(argv)
     if os.geteuid() != 0:
         raise NeedsRoot("dkebpf bench needs root: it starts the collector, which loads and attaches BPF "
                         "programs and opens packet sockets (CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN, "
@@ -96,19 +114,20 @@ def main(argv):
     from .load import LoadServer
     from .report import run_meta, write_report
     try:
-        os.makedirs(out, exist_ok=True)
+        os.makedirs(plan.out, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f'invalid --out "{out}": {exc.strerror}')
-    meta = run_meta(collector_flags, hold, len(levels), __version__, opts.peak)
-    sys.stderr.write(f"dkebpf bench: {len(levels)} levels, {hold:g} s each way, report in {out}\n")
+        raise ConfigError(f'invalid --out "{plan.out}": {exc.strerror}')
+    meta = run_meta(plan, __version__)
+    sys.stderr.write(f"dkebpf bench: {len(plan.levels)} levels, {plan.hold:g} s each way, report in {plan.out}\n")
     try:
         server = LoadServer()
     except OSError as exc:
         raise DkebpfError(f"cannot start the bench's load server: {exc}")
     with server, PointReceiver() as receiver:
-        rows, loss_rows, stopped = Runner(levels, hold, server, receiver, collector_flags, out).run()
+        rows, loss_rows, stopped = Runner(plan.levels, plan.hold, server, receiver, plan.collector_flags,
+                                          plan.out).run()
     meta["stopped_early"] = stopped
-    path = write_report(out, rows, loss_rows, meta, peak, old_rows, opts.compare)
+    path = write_report(plan, rows, loss_rows, meta)
     sys.stderr.write(f"dkebpf bench: report {path}\n")
     if stopped and "Ctrl-C" in stopped:
         return 130

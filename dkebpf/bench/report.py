@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from ..errors import ConfigError
 from .load import LOAD_KINDS, UNITS
 from .model import Fit, fit, size_for
 
@@ -34,14 +35,17 @@ COMPARE_PNG = "compare.png"
 COMPARED = ("cpu_cores", "rss_mib", "throughput_ratio", "latency_ratio")
 
 
-def load_rows(directory):
-    """The result rows of an earlier report (for --compare)."""
-    path = os.path.join(directory, "results.parquet")
+def load_report(directory):
+    """(result rows, run meta) of an earlier report, for --compare."""
     try:
-        return pq.read_table(path).to_pylist()
-    except (OSError, pa.ArrowInvalid) as exc:
-        from ..errors import ConfigError
-        raise ConfigError(f'invalid --compare "{directory}": no readable results.parquet there ({exc})')
+        rows = pq.read_table(os.path.join(directory, "results.parquet")).to_pylist()
+        with open(os.path.join(directory, "model.json")) as f:
+            meta = json.load(f).get("meta") or {}
+    except (OSError, ValueError, pa.ArrowInvalid) as exc:
+        raise ConfigError(f'invalid --compare "{directory}": not a dkebpf bench report ({exc})')
+    if rows and not {"kind", "target_rate", "hold_s"} <= set(rows[0]):
+        raise ConfigError(f'invalid --compare "{directory}": its results.parquet is not a dkebpf bench table')
+    return rows, meta
 
 
 def _table(rows, empty_schema):
@@ -98,10 +102,11 @@ def _plots(out, rows, old_rows, cpu, rss):
         plt.close(fig)
         written.append(name)
     if old_rows is not None:
-        fig, axes = plt.subplots(len(COMPARED), len(LOAD_KINDS),
+        both = [k for k in LOAD_KINDS if any(r["kind"] == k for r in rows + old_rows)] or ["http"]
+        fig, axes = plt.subplots(len(COMPARED), len(both), squeeze=False,
                                  figsize=(PLOT_PX[0] / PLOT_DPI, PLOT_PX[1] / PLOT_DPI), dpi=PLOT_DPI)
         for i, col in enumerate(COMPARED):
-            for j, kind in enumerate(LOAD_KINDS):
+            for j, kind in enumerate(both):
                 ax = axes[i][j]
                 for label, rs, style in (("old", old_rows, "s--"), ("new", rows, "o-")):
                     pts = sorted((r["target_rate"], _value(r, col)) for r in rs if r["kind"] == kind)
@@ -160,8 +165,10 @@ def _model_lines(f: Fit, label, unit, scale):
             f"largest {f.max_abs_residual * scale:.3g} {unit}"]
 
 
-def write_report(out, rows, loss_rows, meta, peak=None, old_rows=None, old_dir=None):
-    """Write every file; returns the summary's path."""
+def write_report(plan, rows, loss_rows, meta):
+    """Write every file of the report on ``plan`` (bench.Plan); returns the
+    summary's path."""
+    out, peak, old_rows, old_dir = plan.out, plan.peak, plan.old_rows, plan.old_dir
     os.makedirs(out, exist_ok=True)
     _write(out, "results", _table(rows, pa.schema([("kind", pa.string())])))
     _write(out, "losses", _table(loss_rows, pa.schema([("kind", pa.string()), ("target_rate", pa.float64()),
@@ -177,7 +184,9 @@ def write_report(out, rows, loss_rows, meta, peak=None, old_rows=None, old_dir=N
 
     md = [f"# dkebpf bench — {meta['host']}", "",
           f"{meta['started']}, kernel {meta['kernel']}, {meta['cpus']} CPUs, dkebpf {meta['version']}.",
-          f"Collector: `dkebpf run {' '.join(meta['collector_flags'])}`; each level held {meta['hold_s']:g} s "
+          f"Collector: `dkebpf run {' '.join(meta['collector_flags']) or '(defaults)'}`"
+          f"{' (the flags of the compared report)' if meta.get('flags_from_compare') else ''}; "
+          f"each level held {meta['hold_s']:g} s "
           "without it, then with a collector started for that level.", ""]
     if meta.get("stopped_early"):
         md += [f"**Partial report**: the ladder stopped early — {meta['stopped_early']}. "
@@ -199,6 +208,9 @@ def write_report(out, rows, loss_rows, meta, peak=None, old_rows=None, old_dir=N
                *_model_lines(cpu, "cores", "cores", 1.0), "",
                *_model_lines(rss, "RSS (MiB)", "MiB", 1 / 2**20), "",
                "Every measured level is within the largest residual of its model's prediction."]
+        if cpu.points <= 1 + len(cpu.slopes):
+            md.append(f"**Exact fit**: {cpu.points} levels for {1 + len(cpu.slopes)} coefficients, so the "
+                      "residuals say nothing about the model; measure at least two levels per kind.")
     else:
         md.append("No level was measured: no model.")
     if sizing:
@@ -240,8 +252,9 @@ def _delta(old, new):
     return f"{(new - old) / old * 100:+.0f} %"
 
 
-def run_meta(collector_flags, hold_s, levels_planned, version, peak_text):
+def run_meta(plan, version):
     return {"host": platform.node(), "kernel": platform.release(), "cpus": os.cpu_count(),
             "version": version, "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "collector_flags": list(collector_flags), "hold_s": hold_s, "levels_planned": levels_planned,
-            "peak_text": peak_text, "stopped_early": None}
+            "collector_flags": list(plan.collector_flags), "flags_from_compare": plan.flags_from_compare,
+            "hold_s": plan.hold, "levels_planned": len(plan.levels), "peak_text": plan.peak_text,
+            "stopped_early": None}

@@ -88,7 +88,8 @@ def test_quick_end_to_end(bpf_ok, tmp_path):
 
 def test_ctrl_c_writes_the_partial_report_and_compare(bpf_ok, tmp_path):
     first = tmp_path / "first"
-    p = bench(tmp_path, "--kinds", "dns", "--levels", "dns=200,300,400", "--hold", "1", "--out", str(first))
+    p = bench(tmp_path, "--kinds", "dns", "--levels", "dns=200,300,400", "--hold", "1", "--out", str(first),
+              "--enabled", "ebpf-net")
     end = time.monotonic() + 60
     line = ""
     while "[2/3] dns 300/s collector on" not in line and time.monotonic() < end:
@@ -112,4 +113,5 @@ def test_ctrl_c_writes_the_partial_report_and_compare(bpf_ok, tmp_path):
         [(r["kind"], r["target_rate"], r["hold_s"]) for r in rows]
     summary = (second / "summary.md").read_text()
     assert f"## Compared with {first}" in summary and "| dns | 200 |" in summary.split("## Compared")[1]
+    assert "`dkebpf run --enabled ebpf-net` (the flags of the compared report)" in summary
     assert png_size(second / "compare.png") == tuple(json.loads((second / "model.json").read_text())["plot_px"])

@@ -88,10 +88,11 @@ def test_parse_levels():
 
 
 def test_options_check_bench_and_collector_flags():
-    opts, flags, levels, hold, peak, old, out = _options(["--quick", "--kinds", "http,dns", "--enabled",
-                                                          "ebpf-net", "--interval", "5s"])
-    assert flags == ["--enabled", "ebpf-net", "--interval", "5s"]
-    assert [lv.kind for lv in levels] == ["http", "http", "dns", "dns"] and hold == 3.0
+    plan = _options(["--quick", "--kinds", "http,dns", "--enabled", "ebpf-net", "--interval", "5s",
+                     "--peak", "dns=10"])
+    assert plan.collector_flags == ["--enabled", "ebpf-net", "--interval", "5s"]
+    assert [lv.kind for lv in plan.levels] == ["http", "http", "dns", "dns"] and plan.hold == 3.0
+    assert plan.peak == {"dns": 10.0} and plan.old_rows is None
     with pytest.raises(ConfigError, match='--interval "x"'):
         _options(["--interval", "x"])
     with pytest.raises(ConfigError, match="--pprof-port is set by dkebpf bench"):
