@@ -1,13 +1,14 @@
 """`dkebpf bench`: what the collector costs on this node, per load.
 
     dkebpf bench [--quick] [--hold S] [--kinds http,conn,udp,dns,https] [--levels KIND=R,R,max ...]
-                 [--peak 'http=50000,conn=2000,dns=500'] [--compare OLD_DIR] [--out DIR]
+                 [--peak 'http=50000,conn=2000,dns=500'] [--compare OLD_DIR] [--veth] [--out DIR]
                  [collector flags of `dkebpf run`, or --config FILE]
 
 Built-in load (dkebpf._loadgen) on loopback; the collector under test is
 `dkebpf run` with the remaining flags (ladder.Runner); the report is
 written by report.write_report, also on Ctrl-C (partial)."""
 import argparse
+import contextlib
 import datetime
 import os
 import sys
@@ -43,6 +44,9 @@ def build_parser():
     p.add_argument("--peak", metavar="KIND=RATE,...",
                    help="a peak load to size --res-cpu/--res-mem for, e.g. 'http=50000,conn=2000,dns=500'")
     p.add_argument("--compare", metavar="OLD_DIR", help="run the ladder of an earlier report and compare")
+    p.add_argument("--veth", action="store_true",
+                   help="serve the load from a network namespace the bench creates (and removes), through "
+                        "a veth pair: the path of a real device instead of loopback")
     p.add_argument("--out", metavar="DIR", help="report directory (default ./dkebpf-bench-<time>)")
     return p
 
@@ -59,6 +63,7 @@ class Plan:
     old_rows: Optional[list] = None   # --compare: the earlier report's levels
     old_dir: Optional[str] = None
     flags_from_compare: bool = False
+    veth: bool = False
 
 
 def _options(argv) -> Plan:
@@ -80,7 +85,7 @@ def _options(argv) -> Plan:
         raise ConfigError(f'invalid --hold "{opts.hold:g}": seconds between 1 and 3600')
     plan = Plan(collector_flags, [], opts.hold or (ladder.QUICK_HOLD_S if opts.quick else ladder.FULL_HOLD_S),
                 opts.out or f"dkebpf-bench-{datetime.datetime.now():%Y%m%d-%H%M%S}",
-                parse_peak(opts.peak) if opts.peak else None, opts.peak)
+                parse_peak(opts.peak) if opts.peak else None, opts.peak, veth=opts.veth)
     steps = dict(ladder.QUICK_LADDER if opts.quick else ladder.FULL_LADDER)
     steps.update(ladder.parse_levels(opts.levels))
     if opts.compare:  # the earlier report's ladder, level for level, and hold
@@ -112,6 +117,7 @@ def main(argv):
     from .collector import PointReceiver
     from .ladder import Runner
     from .load import LoadServer
+    from .netns import VethNamespace
     from .report import run_meta, write_report
     try:
         os.makedirs(plan.out, exist_ok=True)
@@ -119,11 +125,14 @@ def main(argv):
         raise ConfigError(f'invalid --out "{plan.out}": {exc.strerror}')
     meta = run_meta(plan, __version__)
     sys.stderr.write(f"dkebpf bench: {len(plan.levels)} levels, {plan.hold:g} s each way, report in {plan.out}\n")
-    try:
-        server = LoadServer()
-    except OSError as exc:
-        raise DkebpfError(f"cannot start the bench's load server: {exc}")
-    with server, PointReceiver() as receiver:
+    with contextlib.ExitStack() as stack:
+        netns = stack.enter_context(VethNamespace()) if plan.veth else None
+        try:
+            server = stack.enter_context(LoadServer(netns))
+        except OSError as exc:
+            raise DkebpfError(f"cannot start the bench's load server: {exc}")
+        receiver = stack.enter_context(PointReceiver())
+        meta["network"] = server.where
         rows, loss_rows, stopped = Runner(plan.levels, plan.hold, server, receiver, plan.collector_flags,
                                           plan.out).run()
     meta["stopped_early"] = stopped

@@ -18,44 +18,73 @@ SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8, "https": 32}
 
 
 class LoadServer:
-    """``with LoadServer() as srv:`` HTTP, HTTPS, UDP echo and DNS on loopback;
-    ``srv.addr[kind]`` is the (host, port) a kind of load goes to.
+    """``with LoadServer() as srv:`` HTTP, HTTPS, UDP echo and DNS, served by
+    one thread; ``srv.addr[kind]`` is the (host, port) a kind of load goes to.
 
-    DNS answers on port 53, where dnsflow captures, of an address of
-    127.0.0.0/8 (all of it is loopback) other than 127.0.0.1, so that a
-    resolver already on 127.0.0.1:53 is neither disturbed nor in the way."""
+    On loopback (the default) DNS answers on port 53, where dnsflow
+    captures, of an address of 127.0.0.0/8 (all of it is loopback) other
+    than 127.0.0.1, so that a resolver already on 127.0.0.1:53 is neither
+    disturbed nor in the way. With ``netns`` (a netns.VethNamespace) the
+    server thread enters that namespace first and everything listens on
+    its side of the veth pair."""
 
-    def __init__(self, host="127.0.0.1"):
-        self.host = host
+    def __init__(self, netns=None):
+        self.netns = netns
+        self.where = f"veth pair to network namespace {netns.name}" if netns else "loopback"
+        self.addr = None
         self._srv = None
-        for i in range(1, 40):
-            dns_host = f"127.53.{(os.getpid() + i) % 250 + 1}.{i}"
-            try:
+        self._error = None
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="bench-server", daemon=True)
+
+    def _serve(self):
+        try:
+            if self.netns is not None:
+                self.netns.enter_thread()  # this thread only; its sockets live there
+                host = dns_host = self.netns.peer_ip
                 self._srv = Server(host, dns_host=dns_host, dns_port=53)
-                break
-            except OSError as exc:
-                if exc.errno != errno.EADDRINUSE:
-                    raise
-        if self._srv is None:
-            raise OSError(errno.EADDRINUSE, "bench server: no free 127.53.x.y:53 for the DNS responder")
-        ports = self._srv.ports
-        self.addr = {"http": (host, ports["http"]), "conn": (host, ports["http"]),
-                     "udp": (host, ports["udp"]), "dns": (dns_host, ports["dns"]),
-                     "https": (host, ports["https"])}
-        self._thread = threading.Thread(target=self._srv.serve, name="bench-server", daemon=True)
+            else:
+                host = "127.0.0.1"
+                self._srv, dns_host = _loopback_server(host)
+            ports = self._srv.ports
+            self.addr = {"http": (host, ports["http"]), "conn": (host, ports["http"]),
+                         "udp": (host, ports["udp"]), "dns": (dns_host, ports["dns"]),
+                         "https": (host, ports["https"])}
+        except Exception as exc:  # re-raised by __enter__ in the caller's thread
+            self._error = exc
+            return
+        finally:
+            self._ready.set()
+        self._srv.serve()
 
     def __enter__(self):
         self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
         return self
 
     def counters(self):
         return self._srv.counters()
 
     def __exit__(self, *exc):
+        if self._srv is None:
+            return
         self._srv.stop()
         self._thread.join(10)
         if not self._thread.is_alive():
             self._srv.close()
+
+
+def _loopback_server(host):
+    for i in range(1, 40):
+        dns_host = f"127.53.{(os.getpid() + i) % 250 + 1}.{i}"
+        try:
+            return Server(host, dns_host=dns_host, dns_port=53), dns_host
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, "bench server: no free 127.53.x.y:53 for the DNS responder")
 
 
 @dataclass

@@ -186,7 +186,7 @@ def write_report(plan, rows, loss_rows, meta):
           f"{meta['started']}, kernel {meta['kernel']}, {meta['cpus']} CPUs, dkebpf {meta['version']}.",
           f"Collector: `dkebpf run {' '.join(meta['collector_flags']) or '(defaults)'}`"
           f"{' (the flags of the compared report)' if meta.get('flags_from_compare') else ''}; "
-          f"each level held {meta['hold_s']:g} s "
+          f"load over {meta.get('network', 'loopback')}; each level held {meta['hold_s']:g} s "
           "without it, then with a collector started for that level.", ""]
     if meta.get("stopped_early"):
         md += [f"**Partial report**: the ladder stopped early — {meta['stopped_early']}. "

@@ -4,6 +4,7 @@ sizing model reproduces every measured level within its stated residual,
 no losses at the quick levels, within 3 minutes), Ctrl-C leaving a partial
 report, and --compare against an earlier report."""
 import json
+import re
 import signal
 import struct
 import subprocess
@@ -115,3 +116,19 @@ def test_ctrl_c_writes_the_partial_report_and_compare(bpf_ok, tmp_path):
     assert f"## Compared with {first}" in summary and "| dns | 200 |" in summary.split("## Compared")[1]
     assert "`dkebpf run --enabled ebpf-net` (the flags of the compared report)" in summary
     assert png_size(second / "compare.png") == tuple(json.loads((second / "model.json").read_text())["plot_px"])
+
+
+def test_veth_namespace_is_made_and_removed(bpf_ok, tmp_path):
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    out = tmp_path / "veth"
+    p = bench(tmp_path, "--veth", "--kinds", "http,dns", "--levels", "http=500", "--levels", "dns=200",
+              "--hold", "1", "--out", str(out), "--enabled", "ebpf-net")
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    summary = (out / "summary.md").read_text()
+    ns = re.search(r"load over veth pair to network namespace (dkb-[0-9a-f]{6})", summary).group(1)
+    assert ns not in before
+    assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert f"dkbh{ns[4:]}" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    for r in pq.read_table(out / "results.parquet").to_pylist():
+        assert r["on_rate"] >= 0.7 * r["target_rate"] and r["on_errors"] == 0 and r["points"] > 0, r
