@@ -14,6 +14,8 @@ Kinds of load (``KIND_*``):
   https HTTP/1.1 keep-alive requests inside TLS (OpenSSL; the server's
         certificate is self-signed at start, the client does not verify it:
         loopback, and the handshake cost is not what is measured)
+  pkt   one-way UDP datagrams (packets/s) to a discard socket, from one
+        connected socket per slot; an operation is one send
 
 The client is open loop at a target rate (0 = as fast as the connections
 go): an operation starts when the schedule says so and a slot is free; a
@@ -43,7 +45,9 @@ cdef enum:
     KIND_UDP = 2
     KIND_DNS = 3
     KIND_HTTPS = 4
-KINDS = {"http": KIND_HTTP, "conn": KIND_CONN, "udp": KIND_UDP, "dns": KIND_DNS, "https": KIND_HTTPS}
+    KIND_PKT = 5
+KINDS = {"http": KIND_HTTP, "conn": KIND_CONN, "udp": KIND_UDP, "dns": KIND_DNS, "https": KIND_HTTPS,
+         "pkt": KIND_PKT}
 
 cdef enum:
     NBUCKETS = 256
@@ -126,7 +130,7 @@ cdef struct client_t:
 
 
 cdef inline bint persistent(int kind) noexcept nogil:
-    return kind == KIND_HTTP or kind == KIND_DNS or kind == KIND_HTTPS
+    return kind == KIND_HTTP or kind == KIND_DNS or kind == KIND_HTTPS or kind == KIND_PKT
 
 
 cdef inline bint over_tcp(int kind) noexcept nogil:
@@ -238,6 +242,14 @@ cdef void tls_step(client_t *c, int i) noexcept nogil:
         slot_fail(c, i, EPROTO)
 
 
+cdef void sent(client_t *c, int i, int err) noexcept nogil:
+    """After slot_send: a failure, or for pkt the whole operation."""
+    if err != 0:
+        slot_fail(c, i, err)
+    elif c.kind == KIND_PKT:
+        slot_done(c, i, now_ns())
+
+
 cdef void connected(client_t *c, int i) noexcept nogil:
     """The socket is connected: start TLS, or send the request."""
     cdef slot_t *s = &c.slots[i]
@@ -252,9 +264,7 @@ cdef void connected(client_t *c, int i) noexcept nogil:
         tls_step(c, i)
         return
     set_events(c, i, EPOLLIN)
-    err = slot_send(c, i)
-    if err != 0:
-        slot_fail(c, i, err)
+    sent(c, i, slot_send(c, i))
 
 
 cdef int slot_open(client_t *c, slot_t *s) noexcept nogil:
@@ -300,9 +310,7 @@ cdef void start_op(client_t *c, uint64_t t) noexcept nogil:
         else:
             connected(c, i)
         return
-    err = slot_send(c, i)
-    if err != 0:
-        slot_fail(c, i, err)
+    sent(c, i, slot_send(c, i))
 
 
 cdef int http_need(const char *b, int n) noexcept nogil:
@@ -425,7 +433,7 @@ cdef void client_loop(client_t *c) noexcept nogil:
     cdef epoll_event events[MAX_EVENTS]
     cdef uint64_t start = now_ns(), t, next_expire = start + 100000000
     cdef uint64_t end = start + c.duration_ns
-    cdef int64_t allowed
+    cdef int64_t allowed, backlog
     cdef double due
     cdef int n, k, wait_ms
     while True:
@@ -433,16 +441,19 @@ cdef void client_loop(client_t *c) noexcept nogil:
         if t >= end:
             break
         if c.rate > 0:
+            # behind by more than a round of slots or 10 ms of the schedule,
+            # whichever is more: forget the backlog
+            backlog = max(c.nslots, <int64_t>(c.rate / 100))
             allowed = <int64_t>(c.rate * (t - start) / 1e9) - <int64_t>c.started
-            if allowed > c.nslots:  # behind by more than a round: forget the backlog
-                c.started += allowed - c.nslots
-                allowed = c.nslots
+            if allowed > backlog:
+                c.started += allowed - backlog
+                allowed = backlog
         else:
-            allowed = c.nfree
+            allowed = MAX_EVENTS  # then a look at the events, as when paced
         while c.nfree > 0 and allowed > 0:
             start_op(c, t)
             allowed -= 1
-        wait_ms = 10
+        wait_ms = 0 if c.rate == 0 and c.nfree > 0 else 10
         if c.rate > 0 and c.nfree > 0:
             due = (c.started + 1) / c.rate * 1e9 - (t - start)
             wait_ms = <int>ceil(due / 1e6)
@@ -551,12 +562,14 @@ cdef struct server_t:
     int udp_fd
     int dns_fd
     int tls_fd
+    int discard_fd
     SSL_CTX *tls
     srv_conn_t **conns   # by fd
     uint64_t http_requests
     uint64_t tls_handshakes
     uint64_t tcp_accepted
     uint64_t udp_echoed
+    uint64_t discarded
     uint64_t dns_answered
     uint64_t bad
 
@@ -678,6 +691,12 @@ cdef void srv_udp_echo(server_t *s) noexcept nogil:
         s.udp_echoed += 1
 
 
+cdef void srv_discard(server_t *s) noexcept nogil:
+    cdef char buf[2048]
+    while recv(s.discard_fd, buf, sizeof(buf), 0) >= 0:
+        s.discarded += 1
+
+
 cdef int dns_answer(const uint8_t *q, int n, uint8_t *out) noexcept nogil:
     """The answer to query q[:n] in out (at least n + 16 bytes), or -1 when
     it is not a one-question query (RFC 1035 4.1)."""
@@ -742,6 +761,8 @@ cdef void server_loop(server_t *s) noexcept nogil:
                 srv_accept(s, fd)
             elif fd == s.udp_fd:
                 srv_udp_echo(s)
+            elif fd == s.discard_fd:
+                srv_discard(s)
             elif fd == s.dns_fd:
                 srv_dns(s)
             elif s.conns[fd] != NULL:
@@ -777,7 +798,7 @@ cdef SSL_CTX *tls_server_context() except NULL:
 
 
 cdef class Server:
-    """HTTP (keep-alive and Connection: close), HTTPS, UDP echo and DNS on
+    """HTTP (keep-alive and Connection: close), HTTPS, UDP echo, UDP discard and DNS on
     ``host`` (DNS on ``dns_host`` when given), on the given ports or free
     ones (``ports``). ``serve()`` runs
     the loop in the calling thread with the GIL released until ``stop()``
@@ -787,11 +808,12 @@ cdef class Server:
     cdef readonly dict ports
 
     def __cinit__(self, str host="127.0.0.1", int http_port=0, int udp_port=0, int dns_port=0,
-                  str dns_host=None, int https_port=0):
+                  str dns_host=None, int https_port=0, int pkt_port=0):
         self.s = <server_t *>calloc(1, sizeof(server_t))
         if self.s == NULL:
             raise MemoryError()
         self.s.epfd = self.s.stop_fd = self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = self.s.tls_fd = -1
+        self.s.discard_fd = -1
         self.s.conns = <srv_conn_t **>calloc(SRV_MAXFD, sizeof(srv_conn_t *))
         if self.s.conns == NULL:
             raise MemoryError()
@@ -808,8 +830,10 @@ cdef class Server:
         self.s.tls = tls_server_context()
         self.s.tls_fd = self._bind(&addr, SOCK_STREAM, https_port, "HTTPS")
         self._check(listen(self.s.tls_fd, 4096), "listen")
+        self.s.discard_fd = self._bind(&addr, SOCK_DGRAM, pkt_port, "UDP discard")
         self.ports = {"http": self._port(self.s.tcp_fd), "udp": self._port(self.s.udp_fd),
-                      "dns": self._port(self.s.dns_fd), "https": self._port(self.s.tls_fd)}
+                      "dns": self._port(self.s.dns_fd), "https": self._port(self.s.tls_fd),
+                      "pkt": self._port(self.s.discard_fd)}
 
     cdef int _check(self, int rc, str what) except -1:
         if rc < 0:
@@ -856,7 +880,8 @@ cdef class Server:
     def counters(self):
         return {"http_requests": self.s.http_requests, "tcp_accepted": self.s.tcp_accepted,
                 "tls_handshakes": self.s.tls_handshakes,
-                "udp_echoed": self.s.udp_echoed, "dns_answered": self.s.dns_answered,
+                "udp_echoed": self.s.udp_echoed, "udp_discarded": self.s.discarded,
+                "dns_answered": self.s.dns_answered,
                 "bad_requests": self.s.bad}
 
     def close(self):
@@ -867,10 +892,12 @@ cdef class Server:
         for fd in range(SRV_MAXFD):
             if self.s.conns[fd] != NULL:
                 srv_close(self.s, fd)
-        for fd in (self.s.tcp_fd, self.s.udp_fd, self.s.dns_fd, self.s.tls_fd, self.s.stop_fd, self.s.epfd):
+        for fd in (self.s.tcp_fd, self.s.udp_fd, self.s.dns_fd, self.s.tls_fd, self.s.discard_fd,
+                   self.s.stop_fd, self.s.epfd):
             if fd >= 0:
                 close(fd)
-        self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = self.s.tls_fd = self.s.stop_fd = self.s.epfd = -1
+        self.s.tcp_fd = self.s.udp_fd = self.s.dns_fd = self.s.tls_fd = self.s.discard_fd = -1
+        self.s.stop_fd = self.s.epfd = -1
         if self.s.tls != NULL:
             SSL_CTX_free(self.s.tls)
             self.s.tls = NULL

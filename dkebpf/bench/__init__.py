@@ -1,10 +1,10 @@
 """`dkebpf bench`: what the collector costs on this node, per load.
 
-    dkebpf bench [--quick] [--hold S] [--kinds http,conn,udp,dns,https] [--levels KIND=R,R,max ...]
+    dkebpf bench [--quick] [--hold S] [--kinds http,conn,udp,dns,https,pkt] [--levels KIND=R,R,max ...]
                  [--peak 'http=50000,conn=2000,dns=500'] [--compare OLD_DIR] [--veth] [--out DIR]
                  [collector flags of `dkebpf run`, or --config FILE]
 
-Built-in load (dkebpf._loadgen) on loopback; the collector under test is
+Built-in load (dkebpf._loadgen) on loopback or through a veth pair; the collector under test is
 `dkebpf run` with the remaining flags (ladder.Runner); the report is
 written by report.write_report, also on Ctrl-C (partial)."""
 import argparse

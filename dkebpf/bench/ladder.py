@@ -13,9 +13,10 @@ from .load import LOAD_KINDS, Drive
 # operations/s per level; 0 is "as fast as it goes" (written max)
 FULL_LADDER = {"http": [2000, 5000, 10000, 20000, 0], "conn": [250, 500, 1000, 2000, 0],
                "udp": [500, 1000, 2000, 4000], "dns": [500, 1000, 2000, 5000],
-               "https": [1000, 2000, 5000, 0]}
+               "https": [1000, 2000, 5000, 0], "pkt": [10000, 50000, 100000, 0]}
 FULL_HOLD_S = 10.0
-# --quick: two levels a kind, 3 s each way: about 2 minutes on 2 cores
+# --quick: two levels a kind (pkt left out: it needs --veth to mean much),
+# 3 s each way: about 2 minutes on 2 cores
 QUICK_LADDER = {"http": [1000, 4000], "conn": [200, 800], "udp": [200, 800], "dns": [200, 800],
                 "https": [500, 2000]}
 QUICK_HOLD_S = 3.0

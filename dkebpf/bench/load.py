@@ -9,16 +9,16 @@ import numpy as np
 
 from .._loadgen import HIST_BUCKETS, KINDS, Server, bucket_upper_us, run_client
 
-LOAD_KINDS = tuple(KINDS)  # http, conn, udp, dns, https
+LOAD_KINDS = tuple(KINDS)  # http, conn, udp, dns, https, pkt
 UNITS = {"http": "requests/s", "conn": "connections/s", "udp": "flows/s", "dns": "queries/s",
-         "https": "requests/s"}
+         "https": "requests/s", "pkt": "packets/s"}
 # operations in flight: enough to reach the machine's rate unpaced, few
 # enough that a paced level does not open thousands of sockets at once
-SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8, "https": 32}
+SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8, "https": 32, "pkt": 4}
 
 
 class LoadServer:
-    """``with LoadServer() as srv:`` HTTP, HTTPS, UDP echo and DNS, served by
+    """``with LoadServer() as srv:`` HTTP, HTTPS, UDP echo and discard, DNS, served by
     one thread; ``srv.addr[kind]`` is the (host, port) a kind of load goes to.
 
     On loopback (the default) DNS answers on port 53, where dnsflow
@@ -49,7 +49,7 @@ class LoadServer:
             ports = self._srv.ports
             self.addr = {"http": (host, ports["http"]), "conn": (host, ports["http"]),
                          "udp": (host, ports["udp"]), "dns": (dns_host, ports["dns"]),
-                         "https": (host, ports["https"])}
+                         "https": (host, ports["https"]), "pkt": (host, ports["pkt"])}
         except Exception as exc:  # re-raised by __enter__ in the caller's thread
             self._error = exc
             return
