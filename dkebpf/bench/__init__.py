@@ -34,7 +34,7 @@ def build_parser():
                     "collector; writes a report (tables, plots, sizing model). Flags not listed here "
                     "go to the collector, as for `dkebpf run` (e.g. --enabled, --config).")
     p.add_argument("--quick", action="store_true",
-                   help=f"two levels per kind, {QUICK_HOLD_S:g} s each way (about 2 minutes)")
+                   help=f"two levels of each kind but pkt, {QUICK_HOLD_S:g} s each way (about 2 minutes)")
     p.add_argument("--hold", type=float, metavar="SECONDS",
                    help=f"seconds each level is held, each way (default {FULL_HOLD_S:g}, --quick {QUICK_HOLD_S:g})")
     p.add_argument("--kinds", default=",".join(LOAD_KINDS),
