@@ -17,7 +17,8 @@ Kinds of load (``KIND_*``):
   pkt   one-way UDP datagrams (packets/s) to a discard socket, from one
         connected socket per slot; an operation is one send
 
-The client is open loop at a target rate (0 = as fast as the connections
+HTTP responses must carry a Content-Length (ours and nginx's do; no
+chunked bodies). The client is open loop at a target rate (0 = as fast as the connections
 go): an operation starts when the schedule says so and a slot is free; a
 backlog larger than one round of slots is forgotten, so a stalled server
 shows as a lower achieved rate, not as a burst afterwards. Latency is from
@@ -25,7 +26,7 @@ the start of an operation (connect included for conn/udp) to its complete
 answer, kept as a sum (exact mean) and a log histogram (percentiles, ~6 %
 wide buckets).
 """
-from libc.errno cimport errno, EAGAIN, EINPROGRESS, ENOMEM, EPROTO
+from libc.errno cimport errno, EAGAIN, ECONNRESET, EINPROGRESS, EMSGSIZE, ENOMEM, EPROTO
 from libc.math cimport log, exp, ceil
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc
@@ -358,7 +359,7 @@ cdef ssize_t tls_recv(SSL *ssl, void *buf, int n) noexcept nogil:
     return -1
 
 
-cdef void on_event(client_t *c, int i, uint32_t events, uint64_t t) noexcept nogil:
+cdef void on_event(client_t *c, int i, uint64_t t) noexcept nogil:
     cdef slot_t *s = &c.slots[i]
     cdef int err = 0
     cdef socklen_t elen = sizeof(err)
@@ -384,7 +385,7 @@ cdef void on_event(client_t *c, int i, uint32_t events, uint64_t t) noexcept nog
     while True:
         if c.kind == KIND_HTTP or c.kind == KIND_HTTPS:
             if s.got >= RESP_BUF:
-                slot_fail(c, i, 0)
+                slot_fail(c, i, EMSGSIZE)
                 return
             if s.ssl != NULL:
                 r = tls_recv(s.ssl, s.buf + s.got, RESP_BUF - s.got)
@@ -401,7 +402,7 @@ cdef void on_event(client_t *c, int i, uint32_t events, uint64_t t) noexcept nog
             if c.kind == KIND_CONN:
                 slot_done(c, i, t)
             else:
-                slot_fail(c, i, 0)
+                slot_fail(c, i, ECONNRESET)
             return
         if c.kind == KIND_HTTP or c.kind == KIND_HTTPS:
             s.got += r
@@ -466,7 +467,7 @@ cdef void client_loop(client_t *c) noexcept nogil:
         n = epoll_wait(c.epfd, events, MAX_EVENTS, wait_ms)
         t = now_ns()
         for k in range(n):
-            on_event(c, <int>events[k].data.u64, events[k].events, t)
+            on_event(c, <int>events[k].data.u64, t)
         if t >= next_expire:
             expire(c, t)
             next_expire = t + 100000000
