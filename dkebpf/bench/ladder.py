@@ -143,6 +143,7 @@ class Runner:
 
     def _drive(self, level, phase, on_sample=None):
         host, port = self.server.addr[level.kind]
+        served0 = self.server.served(level.kind)
         d = Drive(level.kind, host, port, level.rate, self.hold_s).start()
         t0 = time.monotonic()
         try:
@@ -153,10 +154,10 @@ class Runner:
                 d.join(SAMPLE_S)
         finally:
             d.join()  # a Ctrl-C waits for the level's end (at most hold_s)
-        return d.result()
+        return d.result(), self.server.served(level.kind) - served0
 
     def _level(self, i, level):
-        off = self._drive(level, "off")
+        off, off_served = self._drive(level, "off")
         col = Collector(self.flags, self.receiver.apiserver, self.workdir, f"{i:02d}-{level.kind}-{level.label}")
         try:
             col.start()
@@ -169,7 +170,7 @@ class Runner:
                 col.check_alive()
                 rss.append(col.rss())
 
-            on = self._drive(level, "on", sample)
+            on, on_served = self._drive(level, "on", sample)
             col.check_alive()
             t1 = time.monotonic()
             rss.append(col.rss())
@@ -186,6 +187,8 @@ class Runner:
         row = {
             "kind": level.kind, "target_rate": float(level.rate), "hold_s": self.hold_s,
             "off_rate": off.rate, "on_rate": on.rate,
+            # the server's own count: the client's rates are not taken on trust
+            "off_served": off_served, "on_served": on_served, "on_done": on.done,
             "throughput_ratio": on.rate / off.rate if off.rate else float("nan"),
             "off_latency_ms": off.latency_mean_s * 1e3, "on_latency_ms": on.latency_mean_s * 1e3,
             "latency_ratio": on.latency_mean_s / off.latency_mean_s if off.latency_mean_s else float("nan"),

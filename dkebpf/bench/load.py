@@ -15,6 +15,9 @@ UNITS = {"http": "requests/s", "conn": "connections/s", "udp": "flows/s", "dns":
 # operations in flight: enough to reach the machine's rate unpaced, few
 # enough that a paced level does not open thousands of sockets at once
 SLOTS = {"http": 32, "conn": 16, "udp": 16, "dns": 8, "https": 32, "pkt": 4}
+# the server's counter of each kind's operations (a second, independent count)
+SERVED = {"http": "http_requests", "conn": "http_requests", "udp": "udp_echoed", "dns": "dns_answered",
+          "https": "http_requests", "pkt": "udp_discarded"}
 
 
 class LoadServer:
@@ -66,6 +69,10 @@ class LoadServer:
 
     def counters(self):
         return self._srv.counters()
+
+    def served(self, kind):
+        """Operations of ``kind`` the server has handled so far."""
+        return self._srv.counters()[SERVED[kind]]
 
     def __exit__(self, *exc):
         if self._srv is None:

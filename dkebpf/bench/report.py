@@ -75,6 +75,16 @@ def _plots(out, rows, old_rows, cpu, rss):
         import matplotlib.pyplot as plt
     except ImportError:
         return [], "matplotlib is not installed: no plots (pip install 'dkebpf[bench]' adds it)"
+    written = _kind_plots(plt, out, rows, cpu, rss)
+    if old_rows is not None:
+        _compare_plot(plt, out, rows, old_rows)
+        written.append(COMPARE_PNG)
+    return written, None
+
+
+def _kind_plots(plt, out, rows, cpu, rss):
+    """One PNG per PLOTS entry: a panel per load kind, the measured levels
+    against the achieved load, and the sizing model for CPU and RSS."""
     kinds = [k for k in LOAD_KINDS if any(r["kind"] == k for r in rows)]
     written = []
     models = {"cpu_cores": cpu, "rss_mib": rss}
@@ -101,28 +111,32 @@ def _plots(out, rows, old_rows, cpu, rss):
         fig.savefig(os.path.join(out, name), dpi=PLOT_DPI)
         plt.close(fig)
         written.append(name)
-    if old_rows is not None:
-        both = [k for k in LOAD_KINDS if any(r["kind"] == k for r in rows + old_rows)] or ["http"]
-        fig, axes = plt.subplots(len(COMPARED), len(both), squeeze=False,
-                                 figsize=(PLOT_PX[0] / PLOT_DPI, PLOT_PX[1] / PLOT_DPI), dpi=PLOT_DPI)
-        for i, col in enumerate(COMPARED):
-            for j, kind in enumerate(both):
-                ax = axes[i][j]
-                for label, rs, style in (("old", old_rows, "s--"), ("new", rows, "o-")):
-                    pts = sorted((r["target_rate"], _value(r, col)) for r in rs if r["kind"] == kind)
-                    if pts:
-                        ax.plot(range(len(pts)), [p[1] for p in pts], style, label=label)
-                        ax.set_xticks(range(len(pts)), ["max" if p[0] == 0 else f"{p[0]:g}" for p in pts],
-                                      fontsize=6)
-                ax.set_title(f"{kind}: {col}", fontsize=8)
-                ax.tick_params(labelsize=6)
-                if i == 0 and j == 0:
-                    ax.legend(fontsize=6)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out, COMPARE_PNG), dpi=PLOT_DPI)
-        plt.close(fig)
-        written.append(COMPARE_PNG)
-    return written, None
+    return written
+
+
+def _compare_plot(plt, out, rows, old_rows):
+    """COMPARE_PNG: per compared column and kind, old and new level by level."""
+    both = [k for k in LOAD_KINDS if any(r["kind"] == k for r in rows + old_rows)] or ["http"]
+    fig, axes = plt.subplots(len(COMPARED), len(both), squeeze=False,
+                             figsize=(PLOT_PX[0] / PLOT_DPI, PLOT_PX[1] / PLOT_DPI), dpi=PLOT_DPI)
+    for i, col in enumerate(COMPARED):
+        for j, kind in enumerate(both):
+            ax = axes[i][j]
+            for label, rs, style in (("old", old_rows, "s--"), ("new", rows, "o-")):
+                # the ladder's order: paced levels up, then max (target 0)
+                pts = sorted(((r["target_rate"] == 0, r["target_rate"]), _value(r, col))
+                             for r in rs if r["kind"] == kind)
+                if pts:
+                    ax.plot(range(len(pts)), [p[1] for p in pts], style, label=label)
+                    ax.set_xticks(range(len(pts)), ["max" if p[0][0] else f"{p[0][1]:g}" for p in pts],
+                                  fontsize=6)
+            ax.set_title(f"{kind}: {col}", fontsize=8)
+            ax.tick_params(labelsize=6)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, COMPARE_PNG), dpi=PLOT_DPI)
+    plt.close(fig)
 
 
 def _value(row, col):
