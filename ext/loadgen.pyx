@@ -35,8 +35,12 @@ from libc.string cimport memcpy, memmove, memset, strerror
 import numpy as np
 cimport numpy as cnp
 
-from sockio cimport *
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport close, read, write
+
+from dk_common cimport be16
 from openssl cimport *
+from sysio cimport *
 
 cnp.import_array()
 
@@ -415,7 +419,7 @@ cdef void on_event(client_t *c, int i, uint64_t t) noexcept nogil:
             slot_done(c, i, t)
             return
         elif c.kind == KIND_DNS:
-            if r >= 12 and (<uint8_t>scratch[0] << 8 | <uint8_t>scratch[1]) == s.dns_id:
+            if r >= 12 and be16(<const uint8_t *>scratch) == s.dns_id:
                 slot_done(c, i, t)
                 return
         # KIND_CONN: read on until EOF

@@ -1,6 +1,6 @@
 # Declarations for OpenSSL 3 (libssl, libcrypto): the TLS of the bench's
 # HTTPS load and a self-signed certificate made at start. Declarations only;
-# the binding is ext/loadgen.pyx.
+# the binding is ext/loadgen.pyx (sockets and epoll: sysio.pxd).
 
 cdef extern from "<openssl/ssl.h>" nogil:
     ctypedef struct SSL_CTX:

@@ -15,10 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from dkebpf.bench.model import Fit
+from dkebpf.plugins import requirements
 
 from .conftest import dkebpf_cmd
 
-pytestmark = pytest.mark.e2e
+# the collector under test runs ebpf-net as `dkebpf run --enabled ebpf-net` does
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 PEAK = "http=50000,conn=2000,dns=500"
 
 

@@ -1,26 +1,31 @@
-# Declarations for the load generator and server (epoll, sockets): sys/socket.h,
-# netinet/in.h, sys/epoll.h, sys/eventfd.h, time.h. Declarations only; the
-# binding is ext/loadgen.pyx.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+# The one declaration of each system header the extensions share beyond
+# Cython's own libc/posix .pxd files: sockets (AF_PACKET capture in
+# packets.pyx, netlink in nfct.pyx, TCP/UDP in loadgen.pyx), byte order,
+# poll (rings and capture), epoll and eventfd (loadgen.pyx).
+from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
-    ctypedef long ssize_t
     struct sockaddr:
         pass
     enum:
         AF_INET
+        AF_INET6
+        AF_PACKET
+        SOCK_RAW
         SOCK_STREAM
         SOCK_DGRAM
-        SOCK_NONBLOCK
         SOCK_CLOEXEC
+        SOCK_NONBLOCK
         SOL_SOCKET
+        SO_ATTACH_FILTER
         SO_REUSEADDR
         SO_ERROR
         SO_RCVBUF
-        SO_SNDBUF
-        MSG_NOSIGNAL
+        SOL_PACKET
         MSG_DONTWAIT
+        MSG_TRUNC
+        MSG_NOSIGNAL
     int socket(int domain, int type, int protocol)
     int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
@@ -32,7 +37,7 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t recv(int fd, void *buf, size_t n, int flags)
     ssize_t sendto(int fd, const void *buf, size_t n, int flags, const sockaddr *addr, socklen_t len)
-    ssize_t recvfrom(int fd, void *buf, size_t n, int flags, sockaddr *addr, socklen_t *len)
+    ssize_t recvfrom(int fd, void *buf, size_t n, int flags, sockaddr *addr, socklen_t *addrlen)
 
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:
@@ -41,8 +46,6 @@ cdef extern from "<netinet/in.h>" nogil:
         unsigned short sin_family
         uint16_t sin_port
         in_addr sin_addr
-    struct sockaddr_storage:
-        pass
     enum:
         IPPROTO_TCP
 
@@ -53,12 +56,17 @@ cdef extern from "<netinet/tcp.h>" nogil:
 cdef extern from "<arpa/inet.h>" nogil:
     uint16_t htons(uint16_t)
     uint16_t ntohs(uint16_t)
+    uint32_t ntohl(uint32_t)
     int inet_pton(int af, const char *src, void *dst)
 
-cdef extern from "<unistd.h>" nogil:
-    int close(int fd)
-    ssize_t read(int fd, void *buf, size_t n)
-    ssize_t write(int fd, const void *buf, size_t n)
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    enum:
+        POLLIN
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
 
 cdef extern from "<sys/epoll.h>" nogil:
     union epoll_data_t:
@@ -72,12 +80,8 @@ cdef extern from "<sys/epoll.h>" nogil:
     enum:
         EPOLLIN
         EPOLLOUT
-        EPOLLERR
-        EPOLLHUP
-        EPOLLRDHUP
         EPOLL_CTL_ADD
         EPOLL_CTL_MOD
-        EPOLL_CTL_DEL
         EPOLL_CLOEXEC
     int epoll_create1(int flags)
     int epoll_ctl(int epfd, int op, int fd, epoll_event *ev)
@@ -88,11 +92,3 @@ cdef extern from "<sys/eventfd.h>" nogil:
         EFD_NONBLOCK
         EFD_CLOEXEC
     int eventfd(unsigned int initval, int flags)
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    enum:
-        CLOCK_MONOTONIC
-    int clock_gettime(int clk, timespec *ts)
