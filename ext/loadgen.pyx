@@ -35,6 +35,8 @@ from libc.string cimport memcpy, memmove, memset, strerror
 import numpy as np
 cimport numpy as cnp
 
+from dkebpf.errors import DkebpfError, kernel_error
+
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 
@@ -517,7 +519,7 @@ def run_client(kind, str host, int port, int conns, double rate, double seconds)
         c.nfree = conns
         c.epfd = epoll_create1(EPOLL_CLOEXEC)
         if c.epfd < 0:
-            raise OSError(errno, strerror(errno).decode())
+            raise kernel_error("bench client: epoll_create1", errno)
         if k == KIND_HTTPS:
             c.tls = SSL_CTX_new(TLS_client_method())
             if c.tls == NULL:
@@ -798,7 +800,7 @@ cdef SSL_CTX *tls_server_context() except NULL:
     if not ok:
         if ctx != NULL:
             SSL_CTX_free(ctx)
-        raise OSError("bench server: OpenSSL could not make the HTTPS key and certificate")
+        raise DkebpfError("bench server: OpenSSL could not make the HTTPS key and certificate")
     return ctx
 
 
@@ -842,7 +844,7 @@ cdef class Server:
 
     cdef int _check(self, int rc, str what) except -1:
         if rc < 0:
-            raise OSError(errno, f"bench server: {what}: {strerror(errno).decode()}")
+            raise kernel_error(f"bench server: {what}", errno)
         return rc
 
     cdef void _watch(self, int fd):
@@ -861,7 +863,7 @@ cdef class Server:
         if bind(fd, <sockaddr *>addr, sizeof(sockaddr_in)) != 0:
             err = errno
             close(fd)
-            raise OSError(err, f"bench server: cannot bind the {what} port {port}: {strerror(err).decode()}")
+            raise kernel_error(f"bench server: bind the {what} port {port}", err)
         self._watch(fd)
         return fd
 

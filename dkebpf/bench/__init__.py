@@ -127,10 +127,7 @@ def main(argv):
     sys.stderr.write(f"dkebpf bench: {len(plan.levels)} levels, {plan.hold:g} s each way, report in {plan.out}\n")
     with contextlib.ExitStack() as stack:
         netns = stack.enter_context(VethNamespace()) if plan.veth else None
-        try:
-            server = stack.enter_context(LoadServer(netns))
-        except OSError as exc:
-            raise DkebpfError(f"cannot start the bench's load server: {exc}")
+        server = stack.enter_context(LoadServer(netns))
         receiver = stack.enter_context(PointReceiver())
         meta["network"] = server.where
         rows, loss_rows, stopped = Runner(plan.levels, plan.hold, server, receiver, plan.collector_flags,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import KernelError, kernel_error
 from .._loadgen import HIST_BUCKETS, KINDS, Server, bucket_upper_us, run_client
 
 LOAD_KINDS = tuple(KINDS)  # http, conn, udp, dns, https, pkt
@@ -88,10 +89,10 @@ def _loopback_server(host):
         dns_host = f"127.53.{(os.getpid() + i) % 250 + 1}.{i}"
         try:
             return Server(host, dns_host=dns_host, dns_port=53), dns_host
-        except OSError as exc:
+        except KernelError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-    raise OSError(errno.EADDRINUSE, "bench server: no free 127.53.x.y:53 for the DNS responder")
+    raise kernel_error("bench server: no free 127.53.x.y:53 for the DNS responder", errno.EADDRINUSE)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import uuid
 
-from ..errors import DkebpfError
+from ..errors import DkebpfError, kernel_error
 
 CLONE_NEWNET = 0x40000000
 
@@ -71,8 +71,7 @@ class VethNamespace:
         fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
             if libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise NetnsError(f"setns into {self.name}: {os.strerror(err)}")
+                raise kernel_error(f"setns into network namespace {self.name}", ctypes.get_errno())
         finally:
             os.close(fd)
 
