@@ -23,10 +23,23 @@ from .sampling import Sampler
 
 log = logging.getLogger("dkebpf")
 
-# glibc's; absent elsewhere (musl), where nothing is trimmed
-_malloc_trim = getattr(ctypes.CDLL(None), "malloc_trim", None)
+# glibc's; absent elsewhere (musl), where nothing is tuned or trimmed
+_LIBC = ctypes.CDLL(None)
+_malloc_trim = getattr(_LIBC, "malloc_trim", None)
+_mallopt = getattr(_LIBC, "mallopt", None)
+M_MMAP_THRESHOLD = -3  # malloc.h
+MMAP_THRESHOLD_BYTES = 256 << 10
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
+
+
+def fix_mmap_threshold():
+    """glibc raises its mmap threshold (up to 32 MiB) each time a large
+    block is freed; from then on an interval's arrays come from the heap
+    and stay there, fragmented. A fixed threshold keeps every block above
+    it in a mapping of its own, returned to the kernel when freed."""
+    if _mallopt is not None:
+        _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
 
 
 def release_free_memory():
@@ -107,6 +120,7 @@ class Agent:
         with Pidfile(self.cfg.pidfile):
             kernel.ensure_mounts()
             kernel.raise_memlock()
+            fix_mmap_threshold()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
             self.plugins = build_plugins(self.cfg, ctx)
             # the API is watched only when a plugin's points carry Kubernetes tags
