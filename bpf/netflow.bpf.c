@@ -61,6 +61,18 @@ struct {
 	__type(value, __u8);
 } bound_ports SEC(".maps");
 
+/* Sockets of the collector itself (its posts to DataKit, its debug server):
+ * marked in process context when it connects or listens. Their handshake
+ * and close run in softirq, where the current task tells nothing, so the
+ * mark travels with the socket; BPF_F_CLONE copies a listener's mark to
+ * the sockets it accepts (sk_clone_lock -> bpf_sk_storage_clone). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, __u8);
+} own_socks SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NF_DROP_MAX);
@@ -244,6 +256,19 @@ static __always_inline int skip_self(void)
 	return self_tgid && current_tgid() == self_tgid;
 }
 
+/* Mark a socket the collector connects or listens with (process context). */
+static __always_inline void mark_own(const struct sock *sk)
+{
+	__u8 *v = bpf_sk_storage_get(&own_socks, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (v)
+		*v = 1;
+}
+
+static __always_inline int own_socket(const struct sock *sk)
+{
+	return self_tgid && bpf_sk_storage_get(&own_socks, (struct sock *)sk, 0, 0) != 0;
+}
+
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 {
@@ -395,6 +420,12 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 	struct sock_tuple t = {};
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !read_tuple(sk, &t))
 		return 0;
+	if ((newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) && skip_self()) {
+		mark_own(sk);
+		return 0;
+	}
+	if (own_socket(sk))
+		return 0;
 
 	if (newstate == TCP_LISTEN || oldstate == TCP_LISTEN) {
 		struct nf_port_key pk = {.port = t.lport, .proto = IPPROTO_TCP};
@@ -412,8 +443,6 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 	struct nf_conn_stats *s;
 	if (newstate == TCP_SYN_SENT) {
 		/* connect() runs in the caller's context: the owner is known */
-		if (skip_self())
-			return 0;
 		s = get_conn(sk, &t, &key, NF_DIR_OUTGOING);
 		if (s)
 			set_owner(s);
@@ -468,7 +497,7 @@ int BPF_PROG(on_retransmit, const struct sock *sk)
 {
 	struct sock_tuple t = {};
 	struct nf_conn_key key;
-	if (!read_tuple(sk, &t))
+	if (own_socket(sk) || !read_tuple(sk, &t))
 		return 0;
 	struct nf_conn_stats *s = get_conn(sk, &t, &key, 0);
 	if (s)

@@ -145,6 +145,76 @@ def test_retransmits_counted_under_loss(netflow):
     assert ev[0]["stats"]["retransmits"] > 0
 
 
+def _snapshot(obj, ring):
+    """(map entries, closed records) as they are now."""
+    from dkebpf import _records as R
+    ring.poll(200)
+    keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+    return (keys, vals.view(R.STATS_DTYPE)), ring.take()
+
+
+def _between(snap, lport, rport):
+    """Map entries and closed records of the socket lport -> rport."""
+    (keys, stats), ev = snap
+    return (stats[(stats["lport"] == lport) & (keys["rport"] == rport)],
+            ev[(ev["stats"]["lport"] == lport) & (ev["key"]["rport"] == rport)])
+
+
+def test_own_connections_are_not_flows(netflow):
+    """The collector's own sockets (self_tgid, here this test process): its
+    outgoing connections (posts to DataKit) and the ones its listener
+    accepts (debug server) leave nothing, though their handshakes and
+    closes run in softirq; the peers in other processes are reported."""
+    import threading
+    obj, ring = netflow
+    # outgoing: this process connects to a server in another process
+    srv = traffic.tcp_server("127.0.0.1", 300)
+    try:
+        c = socket.create_connection(("127.0.0.1", srv.info["port"]))
+        my_port = c.getsockname()[1]
+        c.sendall(b"p" * 500)
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+        c.close()
+        srv.wait()
+    finally:
+        srv.stop()
+    snap = _snapshot(obj, ring)
+    mine, mine_closed = _between(snap, my_port, srv.info["port"])
+    assert len(mine) == 0 and len(mine_closed) == 0, (mine, mine_closed)
+    _, theirs = _between(snap, srv.info["port"], my_port)
+    assert len(theirs) == 1 and theirs[0]["stats"]["pid"] == srv.pid
+    assert int(theirs[0]["stats"]["bytes_recv"]) == 500
+
+    # incoming: a client in another process connects to this process's listener
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    port = lst.getsockname()[1]
+    accepted = []
+
+    def serve():
+        a, _ = lst.accept()
+        while a.recv(65536):
+            pass
+        a.sendall(b"q" * 200)
+        a.close()
+        accepted.append(1)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    cpid, _, res = traffic.run_client("tcp-client", "127.0.0.1", port, 700)
+    t.join(10)
+    lst.close()
+    assert accepted and res[0]["received"] == 200
+    snap = _snapshot(obj, ring)
+    mine, mine_closed = _between(snap, port, res[0]["lport"])
+    assert len(mine) == 0 and len(mine_closed) == 0, (mine, mine_closed)
+    _, theirs = _between(snap, res[0]["lport"], port)
+    assert len(theirs) == 1 and theirs[0]["stats"]["pid"] == cpid
+
+
 def test_knob_and_map_errors_are_clear(bpf_ok):
     from dkebpf import _libbpf
     from dkebpf.errors import KernelError
