@@ -128,7 +128,12 @@ static __always_inline __u32 current_tgid(void)
 	return bpf_get_current_pid_tgid() >> 32;
 }
 
-/* Peer of an unconnected UDP call, from the user's struct sockaddr. */
+/* Peer of an unconnected UDP call, from the user's struct sockaddr. The
+ * peer's family decides the flow's: a dual-stack socket (AF_INET6 on `::`
+ * without IPV6_V6ONLY) talks to IPv4 peers as sockaddr_in or v4-mapped
+ * sockaddr_in6. Its local address is then `::`, all zeros, which already
+ * reads as 0.0.0.0; a socket bound to a specific IPv6 address cannot reach
+ * IPv4 peers, and one bound to a v4-mapped address is IPv4 already. */
 static __always_inline int read_user_peer(const struct udp_call *c, struct sock_tuple *t)
 {
 	__u64 uaddr = c->uaddr;
@@ -146,14 +151,14 @@ static __always_inline int read_user_peer(const struct udp_call *c, struct sock_
 		return 0;
 	if (sa.sin6_family == AF_INET) {
 		struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
-		put_addr(t->raddr, 0, s4->sin_addr.s_addr, 0);
+		t->family = put_addr(t->raddr, 0, s4->sin_addr.s_addr, 0);
 		t->rport = bpf_ntohs(s4->sin_port);
 		return 1;
 	}
 	if (sa.sin6_family == AF_INET6) {
 		if (ipv6_disabled)
 			return 0;
-		put_addr(t->raddr, sa.sin6_addr.in6_u.u6_addr8, 0, 1);
+		t->family = put_addr(t->raddr, sa.sin6_addr.in6_u.u6_addr8, 0, 1);
 		t->rport = bpf_ntohs(sa.sin6_port);
 		return 1;
 	}

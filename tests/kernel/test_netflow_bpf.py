@@ -114,6 +114,40 @@ def test_udp_unconnected_peer_from_syscall_args(netflow):
         assert (int(stats[srv_rows][0]["bytes_recv"]), int(stats[srv_rows][0]["bytes_sent"])) == (600, 150)
 
 
+def test_dual_stack_servers_report_each_peer_in_its_family(netflow):
+    """A UDP server on `::` without IPV6_V6ONLY (CoreDNS, Go, Java, Node)
+    and a TCP one: an IPv4 client is an IPv4 flow with its own address, an
+    IPv6 client an IPv6 flow."""
+    obj, ring = netflow
+    from dkebpf import _records as R
+    usrv = traffic.udp_server("::", 30, datagrams=4)
+    tsrv = traffic.tcp_server("::", 40, conns=2)
+    try:
+        clients = {}
+        for host in ("127.0.0.1", "::1"):
+            pid, _, res = traffic.run_client("udp-client", host, usrv.info["port"], 100, 2)
+            clients[host] = res[0]["lport"]
+            traffic.run_client("tcp-client", host, tsrv.info["port"], 50)
+        usrv.wait()
+        tsrv.wait()
+    finally:
+        usrv.stop()
+        tsrv.stop()
+    keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+    stats = vals.view(R.STATS_DTYPE)
+    mine = stats["pid"] == usrv.pid
+    got = sorted((int(s["family"]), bytes(k["raddr"]), int(k["rport"]), int(s["bytes_recv"]), int(s["bytes_sent"]))
+                 for k, s in zip(keys[mine], stats[mine]))
+    assert got == sorted([(4, ip_bytes("127.0.0.1"), clients["127.0.0.1"], 200, 60),
+                          (6, ip_bytes("::1"), clients["::1"], 200, 60)])
+    assert all(s["direction"] == R.DIR_INCOMING for s in stats[mine])
+    ring.poll(200)
+    ev = ring.take()
+    tcp = ev[ev["stats"]["pid"] == tsrv.pid]
+    assert sorted((int(e["stats"]["family"]), bytes(e["key"]["raddr"]), bytes(e["stats"]["laddr"])) for e in tcp) == \
+        sorted([(4, ip_bytes("127.0.0.1"), ip_bytes("127.0.0.1")), (6, ip_bytes("::1"), ip_bytes("::1"))])
+
+
 def test_udp_connected(netflow):
     obj, ring = netflow
     from dkebpf import _records as R

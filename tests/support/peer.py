@@ -17,6 +17,15 @@ def family(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def server_socket(host, kind):
+    """A socket bound to host, port 0; on `::` a dual-stack one (IPv4 peers
+    too, as v4-mapped addresses), whatever net.ipv6.bindv6only says."""
+    s = socket.socket(family(host), kind)
+    if host == "::":
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return s
+
+
 def recv_all(s):
     n = 0
     while True:
@@ -35,7 +44,7 @@ def send_exact(s, n, chunks=1, pause=0.0):
 
 
 def tcp_server(host, reply, conns):
-    srv = socket.socket(family(host), socket.SOCK_STREAM)
+    srv = server_socket(host, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, 0))
     srv.listen(64)
@@ -61,7 +70,7 @@ def tcp_client(host, port, size, chunks="1", pause="0"):
 
 
 def udp_server(host, reply, datagrams):
-    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s = server_socket(host, socket.SOCK_DGRAM)
     s.bind((host, 0))
     out(pid=os.getpid(), port=s.getsockname()[1])
     got = 0
