@@ -8,8 +8,8 @@
  *   tp_btf/inet_sock_set_state   TCP handshake and listen
  *   tp_btf/tcp_destroy_sock      the end of a TCP socket
  *   tp_btf/tcp_retransmit_skb    retransmitted segments
- *   syscalls sendto/sendmsg/recvfrom/recvmsg/bind   the peer of unconnected
- *       UDP sockets, which the sock does not hold, and explicitly bound ports
+ *   syscalls sendto/sendmsg/recvfrom/recvmsg   the peer of unconnected UDP
+ *       sockets, which the sock does not hold
  *
  * Cumulative stats live in the `conns` hash map, read by user space each
  * interval; a closed TCP connection is removed from the map and its final
@@ -80,15 +80,13 @@ struct {
 	__type(value, __u64);
 } drops SEC(".maps");
 
-/* per-thread syscall arguments of unconnected UDP calls; uaddr (a send or
- * receive with an address) or is_bind (a bind) set while one is under way */
+/* per-thread syscall arguments of unconnected UDP calls; uaddr set while a
+ * send or receive with an address is under way */
 struct udp_call {
 	__u64 uaddr;  /* user pointer: struct sockaddr * or struct user_msghdr * */
 	__u64 sk;     /* recv: the socket, set by sock_recv_length */
 	__s32 len;    /* recv: bytes received */
 	__u8 is_msg;  /* uaddr points to a msghdr */
-	__u8 is_bind;
-	__u16 bind_port;
 };
 
 /* Task-local storage, not a hash keyed by tid: found through the task (no
@@ -113,7 +111,6 @@ static __always_inline void end_udp_call(struct udp_call *c)
 	c->uaddr = 0;
 	c->sk = 0;
 	c->len = 0;
-	c->is_bind = 0;
 }
 
 static __always_inline void count_drop(__u32 idx)
@@ -234,8 +231,12 @@ get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *
 static __always_inline void account(const struct sock *sk, struct sock_tuple *t, __s64 sent, __s64 recv)
 {
 	struct nf_conn_key key;
-	/* a UDP flow that starts with a datagram received was initiated by
-	 * the peer (a server socket, whatever port it bound) */
+	/* A UDP flow's first datagram tells who began it, whatever port the
+	 * socket bound: DNS forwarders and resolvers (dnsmasq, unbound) bind
+	 * random source ports for their upstream queries. bound_ports only
+	 * holds UDP servers' ports from before the collector started (user
+	 * space seeds them for its first interval), whose first datagrams it
+	 * missed. */
 	__u8 dir = (t->proto == IPPROTO_UDP && recv > 0) ? NF_DIR_INCOMING : 0;
 	struct nf_conn_stats *s = get_conn(sk, t, &key, dir);
 	if (!s)
@@ -365,46 +366,6 @@ SEC("tracepoint/syscalls/sys_enter_recvmsg")
 int enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[1], 1); }
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int exit_recvmsg(void *ctx) { return finish_recv(); }
-
-/* bind(fd, addr, addrlen): an explicitly bound UDP port serves peers, so
- * flows on it are incoming. The protocol is not known from the fd here; the
- * port is recorded for UDP, TCP learns its listening ports from state
- * changes. */
-SEC("tracepoint/syscalls/sys_enter_bind")
-int enter_bind(struct trace_event_raw_sys_enter *ctx)
-{
-	struct sockaddr_in sa = {};
-	if (bpf_probe_read_user(&sa, sizeof(sa), (void *)ctx->args[1]))
-		return 0;
-	if (sa.sin_family != AF_INET && sa.sin_family != AF_INET6)
-		return 0;
-	__u16 port = bpf_ntohs(sa.sin_port);
-	if (!port)
-		return 0;
-	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c)
-		return 0;
-	end_udp_call(c);
-	c->is_bind = 1;
-	c->bind_port = port;
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_bind")
-int exit_bind(struct trace_event_raw_sys_exit *ctx)
-{
-	struct udp_call *c = current_udp_call(0);
-	if (!c || !c->is_bind)
-		return 0;
-	if (ctx->ret == 0) {
-		struct nf_port_key pk = {.port = c->bind_port, .proto = IPPROTO_UDP};
-		__u8 one = 1;
-		if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
-			count_drop(NF_DROP_BOUND);
-	}
-	end_udp_call(c);
-	return 0;
-}
 
 static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf_conn_stats *s)
 {

@@ -9,8 +9,7 @@ from .errors import DkebpfError
 PLUGINS = ("ebpf-net", "ebpf-bash", "ebpf-conntrack", "ebpf-trace", "bpf-netlog")
 NETFLOW_TRACEPOINTS = (("sock", "sock_send_length"), ("sock", "sock_recv_length"),
                        ("sock", "inet_sock_set_state"), ("tcp", "tcp_retransmit_skb"),
-                       ("syscalls", "sys_enter_sendto"), ("syscalls", "sys_exit_recvmsg"),
-                       ("syscalls", "sys_enter_bind"))
+                       ("syscalls", "sys_enter_sendto"), ("syscalls", "sys_exit_recvmsg"))
 
 
 def _common():

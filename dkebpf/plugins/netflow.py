@@ -43,7 +43,8 @@ def bpf_object_path(name):
 def listening_ports(proc, ephemeral_start):
     """Ports that make a flow incoming, from before the collector started:
     listening TCP sockets, and unconnected UDP sockets on ports the kernel
-    does not hand out to clients."""
+    does not hand out to clients (their flows under way at start may show
+    a reply first)."""
     out = []
     for name in ("tcp", "tcp6"):
         for lport, _r, _rp, st in kernel.read_socket_table(os.path.join(proc, "net", name)):
@@ -74,13 +75,15 @@ class NetflowPlugin(Plugin):
         # as a new instance, when it moves data again)
         self.idle_ns = int(max(2 * self.cfg.interval, 120) * 1e9)
         self.totals = {"connections_merged": 0, "idle_evicted": 0, "points": 0}
+        self.udp_seeds = []  # bound_ports keys of UDP servers found at start
 
     def start(self):
         obj = _libbpf.BpfObject(bpf_object_path("netflow"))
         try:
             obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.ctx.self_pid)
             obj.load()
-            self._seed_ports(obj.map("bound_ports"))
+            self.bound = obj.map("bound_ports")
+            self._seed_ports()
             self.links = obj.attach_all()
             self.ring = _libbpf.RingReader(obj.map("closed"), _records.EVENT_DTYPE)
         except BaseException:
@@ -92,7 +95,7 @@ class NetflowPlugin(Plugin):
         self.log.info("netflow: %d programs attached, ephemeral ports from %d",
                       len(self.links), self.ephemeral_port)
 
-    def _seed_ports(self, bound):
+    def _seed_ports(self):
         ports = listening_ports(self.cfg.host_proc, self.ephemeral_port)
         if not ports:
             return
@@ -101,7 +104,17 @@ class NetflowPlugin(Plugin):
         keys["proto"] = [pr for _, pr in ports]
         one = b"\x01"
         for k in keys:
-            bound.update(k.tobytes(), one)
+            self.bound.update(k.tobytes(), one)
+        self.udp_seeds = [k.tobytes() for k in keys if k["proto"] == 17]
+
+    def _drop_udp_seeds(self):
+        """After the first interval every UDP flow under way at start has
+        shown its first datagram; from then on that datagram alone says who
+        began a flow, and a seeded port may have gone to a client (a DNS
+        forwarder's random upstream port)."""
+        for k in self.udp_seeds:
+            self.bound.delete(k)
+        self.udp_seeds = []
 
     def fileobjs(self):
         return [self.ring] if self.ring else []
@@ -120,6 +133,7 @@ class NetflowPlugin(Plugin):
             self.prev_keys, self.prev_stats, keys, stats, closed, idle_before)
         if len(idle):
             self.totals["idle_evicted"] += self.conns.delete_many(idle)
+        self._drop_udp_seeds()
         self.totals["connections_merged"] += len(delta)
         if len(delta) == 0:
             return []
