@@ -316,6 +316,12 @@ cdef struct merge_out:
     Py_ssize_t n_idle
 
 
+cdef inline bint _tcp_flow(const nf_conn_stats *st) noexcept nogil:
+    """A TCP instance the kernel reports when it closes (on_destroy's rule):
+    established while watched, or moved bytes."""
+    return st.proto == 6 and ((st.flags & NF_F_ESTABLISHED) != 0 or st.bytes_sent != 0 or st.bytes_recv != 0)
+
+
 cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur_key,
                                const nf_conn_stats *cur_st, const nf_conn_key *clo_key,
                                const nf_conn_stats *clo_st, uint64_t idle_before,
@@ -358,16 +364,22 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
 
     if not is_closed:
         # No send/recv/state change since the last dump and older than the
-        # threshold: the caller deletes it from the kernel map.
-        if base != NULL and st.ts_last == base.ts_last and st.ts_last < idle_before:
+        # threshold: the caller takes it out of the kernel map and hands its
+        # final record back as a closed one next time (bytes that came in
+        # between are counted then), so it stays in the snapshot as the base.
+        # A TCP connection that is a flow ends only at its close, which the
+        # kernel reports once however long it was idle.
+        if (base != NULL and st.ts_last == base.ts_last and st.ts_last < idle_before
+                and not _tcp_flow(st)):
             out.idle_keys[out.n_idle] = cur_key[0]
             out.n_idle += 1
-        else:
-            out.next_keys[out.n_next] = cur_key[0]
-            out.next_stats[out.n_next] = cur_st[0]
-            out.n_next += 1
+        out.next_keys[out.n_next] = cur_key[0]
+        out.next_stats[out.n_next] = cur_st[0]
+        out.n_next += 1
 
-    if d_sent == 0 and d_recv == 0 and d_retr == 0 and not est and not is_closed:
+    # a closed TCP flow counts in tcp_closed even when nothing else moved; an
+    # evicted UDP flow (or failed connect) that did not move adds nothing
+    if d_sent == 0 and d_recv == 0 and d_retr == 0 and not est and not (is_closed and _tcp_flow(st)):
         return
     row = &out.delta[out.n_delta]
     out.n_delta += 1
@@ -386,7 +398,7 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
     row.proto = st.proto
     row.direction = st.direction
     row.established = est
-    row.closed = is_closed
+    row.closed = is_closed and _tcp_flow(st)
     memcpy(row.comm, st.comm, 16)
 
 
@@ -492,8 +504,11 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
 
     Returns (delta, next_keys, next_stats, idle_keys): delta rows
     (DELTA_DTYPE) of instances that moved, opened or closed; the snapshot to
-    pass back as prev next time (sorted, closed and idle instances removed);
-    the keys of idle instances, to be deleted from the kernel map.
+    pass back as prev next time (sorted, closed instances removed); the keys
+    of idle instances, to be taken out of the kernel map, whose final
+    records the caller passes as `closed` next time (they stay in the
+    snapshot as the base). TCP flows are never idle: they end at their
+    close.
     """
     cdef cnp.ndarray pk = _checked(prev_keys, KEY_DTYPE, "prev_keys")
     cdef cnp.ndarray ps = _checked(prev_stats, STATS_DTYPE, "prev_stats")

@@ -76,6 +76,9 @@ class NetflowPlugin(Plugin):
         self.idle_ns = int(max(2 * self.cfg.interval, 120) * 1e9)
         self.totals = {"connections_merged": 0, "idle_evicted": 0, "points": 0}
         self.udp_seeds = []  # bound_ports keys of UDP servers found at start
+        # final records of idle flows taken out of the map: merged next
+        # interval like closed ones (what moved after the dump is counted)
+        self.evicted = np.empty(0, _records.EVENT_DTYPE)
 
     def start(self):
         obj = _libbpf.BpfObject(bpf_object_path("netflow"))
@@ -116,6 +119,20 @@ class NetflowPlugin(Plugin):
             self.bound.delete(k)
         self.udp_seeds = []
 
+    def _take_idle(self, idle):
+        """Take idle flows out of the kernel map (the map stays bounded: UDP
+        flows have no close); their final records, for the next merge."""
+        if not len(idle):
+            return self.evicted[:0]
+        keys, vals = self.conns.take_many(idle)
+        self.totals["idle_evicted"] += len(keys)
+        ev = np.zeros(len(keys), _records.EVENT_DTYPE)
+        raw = ev.view(np.uint8).reshape(len(keys), -1)
+        ksz = _records.KEY_DTYPE.itemsize
+        raw[:, :ksz] = keys.view(np.uint8).reshape(len(keys), -1)
+        raw[:, ksz:ksz + vals.dtype.itemsize] = vals.view(np.uint8).reshape(len(keys), -1)
+        return ev
+
     def fileobjs(self):
         return [self.ring] if self.ring else []
 
@@ -128,11 +145,13 @@ class NetflowPlugin(Plugin):
         stats = vals.view(_records.STATS_DTYPE)
         self.ring.consume()
         closed = self.ring.take()
+        if len(self.evicted):  # whole rows, padding included
+            raw = np.dtype((np.void, _records.EVENT_DTYPE.itemsize))
+            closed = np.concatenate([closed.view(raw), self.evicted.view(raw)]).view(_records.EVENT_DTYPE)
         idle_before = time.monotonic_ns() - self.idle_ns
         delta, self.prev_keys, self.prev_stats, idle = _conntable.merge(
             self.prev_keys, self.prev_stats, keys, stats, closed, idle_before)
-        if len(idle):
-            self.totals["idle_evicted"] += self.conns.delete_many(idle)
+        self.evicted = self._take_idle(idle)
         self._drop_udp_seeds()
         self.totals["connections_merged"] += len(delta)
         if len(delta) == 0:

@@ -57,12 +57,15 @@ def tcp_server(host, reply, conns):
         out(received=got, sent=int(reply), peer_port=addr[1])
 
 
-def tcp_client(host, port, size, chunks="1", pause="0"):
+def tcp_client(host, port, size, chunks="1", pause="0", idle="0"):
+    """Connects, sends size bytes (in chunks, pause seconds apart), stays
+    idle `idle` seconds, shuts down its side and reads the reply."""
     out(pid=os.getpid())
     s = socket.socket(family(host), socket.SOCK_STREAM)
     s.connect((host, int(port)))
     lport = s.getsockname()[1]
     send_exact(s, int(size), int(chunks), float(pause))
+    time.sleep(float(idle))
     s.shutdown(socket.SHUT_WR)
     got = recv_all(s)
     s.close()
