@@ -21,6 +21,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
+#include "include/ring_wake.h"
 
 #define MSG_PEEK 2
 
@@ -49,10 +50,25 @@ struct {
 	__type(value, struct nf_conn_stats);
 } conns SEC(".maps");
 
+#define CLOSED_RING_BYTES (1 << 22)
+/* Wake the reader once this much waits, not per closed connection: it
+ * merges closed records in steps of thousands (plugins/netflow.py), and a
+ * wakeup per record would cost a loop pass per connection (20k/s and more
+ * on a busy proxy). A sixteenth of the ring is ~2000 records. */
+#define CLOSED_WAKE_BYTES (CLOSED_RING_BYTES / 16)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
+	__uint(max_entries, CLOSED_RING_BYTES);
 } closed SEC(".maps");
+
+/* per-CPU bytes written since the ring was last asked (include/ring_wake.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} closed_unqueried SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -369,6 +385,10 @@ int exit_recvmsg(void *ctx) { return finish_recv(); }
 
 static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf_conn_stats *s)
 {
+	__u32 zero = 0;
+	__u32 *unqueried = bpf_map_lookup_elem(&closed_unqueried, &zero);
+	if (!unqueried)
+		return;
 	struct nf_conn_event *ev = bpf_ringbuf_reserve(&closed, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(NF_DROP_RING);
@@ -377,7 +397,7 @@ static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf
 	ev->key = *key;
 	ev->stats = *s;
 	ev->stats.flags |= NF_F_CLOSED;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, ring_wake_flag(&closed, unqueried, sizeof(*ev), CLOSED_WAKE_BYTES));
 }
 
 SEC("tp_btf/inet_sock_set_state")

@@ -72,6 +72,22 @@ def tcp_client(host, port, size, chunks="1", pause="0", idle="0"):
     out(sent=int(size), received=got, lport=lport)
 
 
+def tcp_many(host, port, count, size, pause="0"):
+    """count connections one after the other (pause seconds apart), each
+    sending size bytes and reading the reply until the server closes."""
+    out(pid=os.getpid())
+    for i in range(int(count)):
+        if i:
+            time.sleep(float(pause))
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.connect((host, int(port)))
+        send_exact(s, int(size))
+        s.shutdown(socket.SHUT_WR)
+        recv_all(s)
+        s.close()
+    out(sent=int(count) * int(size))
+
+
 def udp_server(host, reply, datagrams):
     s = server_socket(host, socket.SOCK_DGRAM)
     s.bind((host, 0))
@@ -112,7 +128,7 @@ def udp_fanout(host, first_port, count, size):
     out(sent=int(count) * int(size))
 
 
-MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
+MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-many": tcp_many,
          "udp-server": udp_server, "udp-client": udp_client, "udp-fanout": udp_fanout}
 
 if __name__ == "__main__":

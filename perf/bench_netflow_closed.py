@@ -1,0 +1,91 @@
+"""netflow under many short TCP connections: nginx + wrk with
+`Connection: close` on loopback (every request its own connection) for
+BENCH_SECONDS (60 by default) with the collector's interval as long
+(--interval 60s, httpflow off). Closed-connection records are merged in
+steps during the interval, so the collector's memory must not grow with
+the interval or the rate, and nothing may be lost.
+
+    python3 perf/bench_netflow_closed.py     (BENCH_SECONDS=60, BENCH_CONNS=64)
+
+Prints `name: value` lines: connections/s wrk made, tcp_closed the points
+report on each side against the connections wrk made, every loss counter,
+the collector's RSS growth (max during the run minus after start), and its
+CPU per 10k connections/s.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, HERE)
+from bench_httpflow_e2e import cpu_seconds, metrics  # noqa: E402
+from support.nginx import Nginx, free_port  # noqa: E402
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", 60))
+CONNS = int(os.environ.get("BENCH_CONNS", 64))
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return int(re.search(r"VmRSS:\s+(\d+) kB", f.read()).group(1)) / 1024
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp, Nginx(tmp, workers=2) as ngx:
+        out, log, mport = os.path.join(tmp, "points.lp"), os.path.join(tmp, "dkebpf.log"), free_port()
+        env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-net",
+                                 "--l7net-disabled", "httpflow", "--interval", f"{SECONDS}s", "--output", out,
+                                 "--log", log, "--pprof-port", str(mport)],
+                                cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            end = time.monotonic() + 30
+            while "dkebpf started" not in (open(log).read() if os.path.exists(log) else ""):
+                if proc.poll() is not None or time.monotonic() > end:
+                    raise SystemExit(f"collector did not start: {open(log).read() if os.path.exists(log) else ''}")
+                time.sleep(0.1)
+            rss0, c0 = rss_mb(proc.pid), cpu_seconds(proc.pid)
+            wrk = subprocess.Popen(["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", "-H", "Connection: close",
+                                    f"http://127.0.0.1:{ngx.port}/ok"], stdout=subprocess.PIPE, text=True)
+            rss_max = rss0
+            while wrk.poll() is None:
+                rss_max = max(rss_max, rss_mb(proc.pid))
+                time.sleep(0.5)
+            text = wrk.stdout.read()
+            cpu = cpu_seconds(proc.pid) - c0
+            total = int(re.search(r"(\d+) requests in", text).group(1))
+            errors = re.search(r"Socket errors: (.*)", text)
+            m = metrics(mport)
+        finally:
+            proc.send_signal(signal.SIGTERM)  # flushes the interval
+            proc.wait(60)
+        closed = {"outgoing": 0, "incoming": 0}
+        for line in open(out):
+            if line.startswith("netflow,") and (f"dst_port={ngx.port}," in line or f"src_port={ngx.port},"
+                                                in line):
+                d = re.search(r"direction=(\w+)", line).group(1)
+                closed[d] += int(re.search(r"tcp_closed=(\d+)i", line).group(1))
+        lost = {k: int(v) for (p, k), v in m.items()
+                if p == "ebpf-net/netflow" and ("lost" in k or "kernel_drop" in k)}
+        print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, Connection: close, nginx 2 workers, loopback; "
+              f"collector --interval {SECONDS}s")
+        print(f"connections: {total}" + (f" (wrk socket errors: {errors.group(1)})" if errors else ""))
+        print(f"closed_connections_per_s: {total / SECONDS:.0f}")
+        print(f"tcp_closed_reported_client_side: {closed['outgoing']}")
+        print(f"tcp_closed_reported_server_side: {closed['incoming']}")
+        print(f"events_lost: {sum(lost.values())} {lost}")
+        print(f"early_steps: {int(m.get(('ebpf-net/netflow', 'early_steps'), 0))}")
+        print(f"collector_rss_start_mb: {rss0:.1f}")
+        print(f"collector_rss_growth_mb: {rss_max - rss0:.1f}")
+        print(f"collector_cpu_cores: {cpu / SECONDS:.3f}")
+        print(f"collector_cpu_per_10k_conns_per_s: {cpu / SECONDS / (total / SECONDS / 1e4):.3f}")
+
+
+if __name__ == "__main__":
+    main()
