@@ -333,7 +333,7 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
     cdef const nf_conn_stats *st
     cdef nf_conn_delta *row
     cdef uint64_t d_sent, d_recv, d_retr
-    cdef uint8_t est, is_closed
+    cdef uint8_t est, is_closed, tcp_closed
     if clo_st != NULL:
         # final totals: the partial dump record (if any) is superseded
         key = clo_key
@@ -377,9 +377,11 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
         out.next_stats[out.n_next] = cur_st[0]
         out.n_next += 1
 
-    # a closed TCP flow counts in tcp_closed even when nothing else moved; an
-    # evicted UDP flow (or failed connect) that did not move adds nothing
-    if d_sent == 0 and d_recv == 0 and d_retr == 0 and not est and not (is_closed and _tcp_flow(st)):
+    # a TCP flow the kernel closed (a ring record) counts in tcp_closed even
+    # when nothing else moved; a final record of an evicted flow (a map
+    # record, no NF_F_CLOSED) only adds what moved
+    tcp_closed = is_closed and (st.flags & NF_F_CLOSED) != 0 and _tcp_flow(st)
+    if d_sent == 0 and d_recv == 0 and d_retr == 0 and not est and not tcp_closed:
         return
     row = &out.delta[out.n_delta]
     out.n_delta += 1
@@ -398,7 +400,7 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
     row.proto = st.proto
     row.direction = st.direction
     row.established = est
-    row.closed = is_closed and _tcp_flow(st)
+    row.closed = tcp_closed
     memcpy(row.comm, st.comm, 16)
 
 

@@ -9,8 +9,8 @@ the interval or the rate, and nothing may be lost.
 
 Prints `name: value` lines: connections/s wrk made, tcp_closed the points
 report on each side against the connections wrk made, every loss counter,
-the collector's RSS growth (max during the run minus after start), and its
-CPU per 10k connections/s.
+the collector's RSS growth (max during the run minus after start, and at
+each quarter of the run), and its CPU per 10k connections/s.
 """
 import os
 import re
@@ -53,10 +53,11 @@ def main():
             rss0, c0 = rss_mb(proc.pid), cpu_seconds(proc.pid)
             wrk = subprocess.Popen(["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", "-H", "Connection: close",
                                     f"http://127.0.0.1:{ngx.port}/ok"], stdout=subprocess.PIPE, text=True)
-            rss_max = rss0
+            samples = []  # RSS every 0.5 s while wrk runs
             while wrk.poll() is None:
-                rss_max = max(rss_max, rss_mb(proc.pid))
+                samples.append(rss_mb(proc.pid))
                 time.sleep(0.5)
+            rss_max = max([rss0] + samples)
             text = wrk.stdout.read()
             cpu = cpu_seconds(proc.pid) - c0
             total = int(re.search(r"(\d+) requests in", text).group(1))
@@ -83,6 +84,9 @@ def main():
         print(f"early_steps: {int(m.get(('ebpf-net/netflow', 'early_steps'), 0))}")
         print(f"collector_rss_start_mb: {rss0:.1f}")
         print(f"collector_rss_growth_mb: {rss_max - rss0:.1f}")
+        # flat once the first steps ran: the growth does not follow the interval
+        quarters = [samples[min(len(samples) - 1, len(samples) * q // 4)] - rss0 for q in (1, 2, 3, 4)]
+        print("collector_rss_growth_mb_at_25_50_75_100pct: " + " ".join(f"{g:.1f}" for g in quarters))
         print(f"collector_cpu_cores: {cpu / SECONDS:.3f}")
         print(f"collector_cpu_per_10k_conns_per_s: {cpu / SECONDS / (total / SECONDS / 1e4):.3f}")
 

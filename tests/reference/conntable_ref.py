@@ -8,7 +8,7 @@ snapshot comes back in input order rather than sorted.
 """
 import numpy as np
 
-from dkebpf._records import F_ESTABLISHED
+from dkebpf._records import F_CLOSED, F_ESTABLISHED
 
 COUNTERS = ("bytes_sent", "bytes_recv", "retransmits")
 
@@ -66,7 +66,10 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
                 idle_idx.append(idx)
             next_idx.append(idx)
 
-        if any(d.values()) or established or (is_closed and _tcp_flow(st)):
+        # ring records (NF_F_CLOSED) of TCP flows count in tcp_closed;
+        # final map records of evicted flows only add what moved
+        tcp_closed = is_closed and bool(st["flags"] & F_CLOSED) and _tcp_flow(st)
+        if any(d.values()) or established or tcp_closed:
             deltas.append({
                 "d_bytes_sent": d["bytes_sent"], "d_bytes_recv": d["bytes_recv"],
                 "d_retransmits": d["retransmits"],
@@ -74,7 +77,7 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
                 "pid": st["pid"], "rtt_us": st["rtt_us"], "rtt_var_us": st["rtt_var_us"],
                 "lport": st["lport"], "rport": key["rport"],
                 "family": st["family"], "proto": st["proto"], "direction": st["direction"],
-                "established": int(established), "closed": int(is_closed and _tcp_flow(st)),
+                "established": int(established), "closed": int(tcp_closed),
                 "comm": st["comm"],
             })
 
