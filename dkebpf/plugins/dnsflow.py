@@ -58,7 +58,7 @@ class DnsflowPlugin(Plugin):
         ctx.domains = self.cache
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.totals = {"messages": 0, "malformed": 0, "tcp_partial": 0, "truncated": 0,
-                       "cache_updates": 0, "points": 0, "early_steps": 0, "exchanges_dropped_keys_full": 0}
+                       "cache_updates": 0, "points": 0, "early_steps": 0, "exchanges_lost_points_full": 0}
         self.sums = None  # this interval's per-point sums (partial())
 
     def start(self):
@@ -98,7 +98,7 @@ class DnsflowPlugin(Plugin):
         part = partial(pairs, self.ephemeral_port)
         merged = part if self.sums is None else combine([self.sums, part])
         if merged.num_rows > MAX_KEYS:
-            self.totals["exchanges_dropped_keys_full"] += len(pairs)
+            self.totals["exchanges_lost_points_full"] += len(pairs)
             return
         self.sums = merged
 

@@ -215,4 +215,4 @@ def test_points_per_interval_are_bounded_and_what_does_not_fit_is_counted(monkey
     p.ring = None
     points = p.collect(0)[0].batch.to_pylist()
     assert sorted((r["dst_domain"], r["count"]) for r in points) == [("a.test", 6), ("b.test", 2)]
-    assert p.counters()["exchanges_dropped_keys_full"] == 4
+    assert p.counters()["exchanges_lost_points_full"] == 4
