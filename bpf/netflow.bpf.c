@@ -18,12 +18,12 @@
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "include/drops.bpf.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
-#include "include/ring_wake.h"
+#include "include/ring_wake.bpf.h"
 
-#define MSG_PEEK 2
 
 /* TCP states, include/net/tcp_states.h */
 #define TCP_ESTABLISHED 1
@@ -41,7 +41,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u8 ipv6_disabled = 0;
 const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
 
-#include "include/sock_tuple.h" /* uses ipv6_disabled */
+#include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -62,7 +62,7 @@ struct {
 	__uint(max_entries, CLOSED_RING_BYTES);
 } closed SEC(".maps");
 
-/* per-CPU bytes written since the ring was last asked (include/ring_wake.h) */
+/* per-CPU bytes written since the ring was last asked (include/ring_wake.bpf.h) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -89,12 +89,7 @@ struct {
 	__type(value, __u8);
 } own_socks SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NF_DROP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} drops SEC(".maps");
+DROP_COUNTERS(drops, NF_DROP_MAX);
 
 /* per-thread syscall arguments of unconnected UDP calls; uaddr set while a
  * send or receive with an address is under way */
@@ -127,13 +122,6 @@ static __always_inline void end_udp_call(struct udp_call *c)
 	c->uaddr = 0;
 	c->sk = 0;
 	c->len = 0;
-}
-
-static __always_inline void count_drop(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&drops, &idx);
-	if (v)
-		*v += 1;
 }
 
 static __always_inline __u32 current_tgid(void)
@@ -238,7 +226,7 @@ get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *
 	init.proto = t->proto;
 	init.direction = direction ? direction : port_direction(t->lport, t->proto);
 	if (bpf_map_update_elem(&conns, key, &init, BPF_NOEXIST) && bpf_map_lookup_elem(&conns, key) == 0) {
-		count_drop(NF_DROP_CONNS);
+		count_drop(&drops, NF_DROP_CONNS);
 		return 0;
 	}
 	return bpf_map_lookup_elem(&conns, key);
@@ -331,8 +319,10 @@ static __always_inline int stash_call(__u64 uaddr, __u8 is_msg)
 	if (!uaddr)
 		return 0;
 	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c)
+	if (!c) {
+		count_drop(&drops, NF_DROP_CALLS);
 		return 0;
+	}
 	end_udp_call(c);
 	c->uaddr = uaddr;
 	c->is_msg = is_msg;
@@ -391,7 +381,7 @@ static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf
 		return;
 	struct nf_conn_event *ev = bpf_ringbuf_reserve(&closed, sizeof(*ev), 0);
 	if (!ev) {
-		count_drop(NF_DROP_RING);
+		count_drop(&drops, NF_DROP_RING);
 		return;
 	}
 	ev->key = *key;
@@ -418,7 +408,7 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		__u8 one = 1;
 		if (newstate == TCP_LISTEN) {
 			if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
-				count_drop(NF_DROP_BOUND);
+				count_drop(&drops, NF_DROP_BOUND);
 		} else if (newstate == TCP_CLOSE) {
 			bpf_map_delete_elem(&bound_ports, &pk);
 		}
