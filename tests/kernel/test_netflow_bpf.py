@@ -119,7 +119,7 @@ def test_dual_stack_servers_report_each_peer_in_its_family(netflow):
     """A UDP server on `::` without IPV6_V6ONLY (CoreDNS, Go, Java, Node)
     and a TCP one: an IPv4 client is an IPv4 flow with its own address, an
     IPv6 client an IPv6 flow."""
-    obj, ring = netflow
+    bpf, ring = netflow
     from dkebpf import _records as R
     usrv = traffic.udp_server("::", 30, datagrams=4)
     tsrv = traffic.tcp_server("::", 40, conns=2)
@@ -134,7 +134,7 @@ def test_dual_stack_servers_report_each_peer_in_its_family(netflow):
     finally:
         usrv.stop()
         tsrv.stop()
-    keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
     stats = vals.view(R.STATS_DTYPE)
     mine = stats["pid"] == usrv.pid
     got = sorted((int(s["family"]), bytes(k["raddr"]), int(k["rport"]), int(s["bytes_recv"]), int(s["bytes_sent"]))
@@ -180,11 +180,11 @@ def test_retransmits_counted_under_loss(netflow):
     assert ev[0]["stats"]["retransmits"] > 0
 
 
-def _snapshot(obj, ring):
+def _snapshot(bpf, ring):
     """(map entries, closed records) as they are now."""
     from dkebpf import _records as R
     ring.poll(200)
-    keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
     return (keys, vals.view(R.STATS_DTYPE)), ring.take()
 
 
@@ -201,7 +201,7 @@ def test_own_connections_are_not_flows(netflow):
     accepts (debug server) leave nothing, though their handshakes and
     closes run in softirq; the peers in other processes are reported."""
     import threading
-    obj, ring = netflow
+    bpf, ring = netflow
     # outgoing: this process connects to a server in another process
     srv = traffic.tcp_server("127.0.0.1", 300)
     try:
@@ -215,7 +215,7 @@ def test_own_connections_are_not_flows(netflow):
         srv.wait()
     finally:
         srv.stop()
-    snap = _snapshot(obj, ring)
+    snap = _snapshot(bpf, ring)
     mine, mine_closed = _between(snap, my_port, srv.info["port"])
     assert len(mine) == 0 and len(mine_closed) == 0, (mine, mine_closed)
     _, theirs = _between(snap, srv.info["port"], my_port)
@@ -243,7 +243,7 @@ def test_own_connections_are_not_flows(netflow):
     t.join(10)
     lst.close()
     assert accepted and res[0]["received"] == 200
-    snap = _snapshot(obj, ring)
+    snap = _snapshot(bpf, ring)
     mine, mine_closed = _between(snap, port, res[0]["lport"])
     assert len(mine) == 0 and len(mine_closed) == 0, (mine, mine_closed)
     _, theirs = _between(snap, res[0]["lport"], port)
