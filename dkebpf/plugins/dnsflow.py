@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from .. import kernel
 from ..enrich.addr import format_addrs, ip_types
 from ..enrich.dns_cache import DnsCache
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from ..packetfilter import port_filter
 from .base import Plugin, PointBatch
@@ -124,9 +125,10 @@ class DnsflowPlugin(Plugin):
         sums, self.sums = self.sums, None
         if sums is None:
             return []
-        batch = finish(sums)
+        batch = finish(sums, self.ctx.k8s)
         self.totals["points"] += batch.num_rows
-        return [PointBatch("dnsflow", "network", "ebpf-net/dnsflow", batch, DNSFLOW_TAGS, DNSFLOW_FIELDS,
+        return [PointBatch("dnsflow", "network", "ebpf-net/dnsflow", batch,
+                           DNSFLOW_TAGS + k8s_tag_names(self.ctx.k8s, client_server=False), DNSFLOW_FIELDS,
                            const_tags={"source": "dnsflow"})]
 
     def counters(self):
@@ -181,9 +183,10 @@ def combine(parts):
     return g.rename_columns(GROUP_KEYS + PARTIAL_SUMS)
 
 
-def finish(sums):
+def finish(sums, k8s=None):
     """An interval's per-point sums -> the points: count, mean and max
-    latency, address types."""
+    latency, address types, Kubernetes tags (k8s: the shared index, or
+    None)."""
     out = {k: sums.column(k).combine_chunks() for k in KEY_TAGS}
     out["src_ip_type"] = ip_types(out["src_ip"])
     out["dst_ip_type"] = ip_types(out["dst_ip"])
@@ -193,5 +196,7 @@ def finish(sums):
                                                 pc.cast(count, pa.float64()))), pa.int64())
     out["latency_max"] = pc.cast(sums.column("latency_max"), pa.int64())
     out["rcode"] = sums.column("rcode")
+    # dnsflow has no pid (packets) and no client/server tags: the local side is found by IP
+    add_k8s_tags(k8s, out, client_server=False)
     table = pa.table(out).combine_chunks()
     return table.to_batches()[0]

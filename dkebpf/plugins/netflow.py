@@ -14,8 +14,9 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
-from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..bpf_objects import NETFLOW, BpfSkeleton
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -171,7 +172,8 @@ class NetflowPlugin(Plugin):
         batch = self.finish(partials)
         self.totals["points"] += batch.num_rows
         return [PointBatch("netflow", "network", "ebpf-net/netflow", batch,
-                           NETFLOW_TAGS, NETFLOW_FIELDS, const_tags={"source": "netflow"})]
+                           NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
+                           const_tags={"source": "netflow"})]
 
     def partial(self, rb):
         """Per-connection deltas -> per netflow key sums (PARTIAL_SUMS):
@@ -202,8 +204,7 @@ class NetflowPlugin(Plugin):
         ])
         return agg.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
 
-    @staticmethod
-    def finish(partials):
+    def finish(self, partials):
         """An interval's partial sums -> one point per netflow key."""
         g = pa.concat_tables(partials)
         if len(partials) > 1:
@@ -219,6 +220,7 @@ class NetflowPlugin(Plugin):
             mean = pc.divide(pc.cast(g.column(col), pa.float64()), pc.cast(count, pa.float64()))
             out[f] = pc.cast(pc.round(mean), pa.int64())
         add_ip_types(out)
+        add_k8s_tags(self.ctx.k8s, out)
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 

@@ -17,6 +17,7 @@ from support import traffic
 from support.dnsmasq import Dnsmasq, dig
 from support.netns import NetNS
 from support.schema import check_point
+from support.servers import Dnsmasq, dig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 
