@@ -1,5 +1,5 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf version`. Errors are one line on stderr and a
+`dkebpf check`, `dkebpf netlog-filter`, `dkebpf version`. Errors are one line on stderr and a
 non-zero exit status, never a traceback."""
 import logging
 import sys
@@ -9,6 +9,8 @@ from .errors import DkebpfError
 
 USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf check            what this kernel and these privileges can run
+       dkebpf netlog-filter RULES [--match field=value ...]
+                               check a netlog_blacklist rule, try it on a connection
        dkebpf version"""
 
 
@@ -38,6 +40,9 @@ def main(argv=None):
         if cmd == "check":
             from .check import run_check
             return run_check(sys.stdout)
+        if cmd == "netlog-filter":
+            from .netlog.filter_cli import main as netlog_filter
+            return netlog_filter(rest)
         if cmd == "run":
             from .config import load_config
             if "-h" in rest or "--help" in rest:
