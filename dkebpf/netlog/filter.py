@@ -426,7 +426,7 @@ class _Parser:
             self.fail(tok, f"a line cannot start with '{tok.text}': end the previous line with it, "
                            "or put the statement in parentheses")
         what = {"EOF": "end of the rule", "NL": "end of line", "SEMI": "';'",
-                "STR": f"string {tok.text}", "INT": f"number {tok.text}"}.get(
+                "STR": "string", "INT": f"number {tok.text}"}.get(
                     tok.kind, f"'{tok.text}'")
         self.fail(tok, f"unexpected {what}, expected {wanted}")
 
@@ -634,12 +634,17 @@ class _Checker:
 # Printer
 # --------------------------------------------------------------------------
 
+_NAMED_ESCAPES = {v: k for k, v in _SIMPLE_ESCAPES.items() if k not in "'\"\\"}
+
+
 def _quote(value: bytes) -> str:
     out = []
     for b in value:
         ch = chr(b)
         if ch in '"\\':
             out.append("\\" + ch)
+        elif b in _NAMED_ESCAPES:
+            out.append("\\" + _NAMED_ESCAPES[b])
         elif 0x20 <= b < 0x7F:
             out.append(ch)
         else:

@@ -80,7 +80,8 @@ def _connection(pairs):
     return conn, names
 
 
-def main(argv, out=sys.stdout, err=sys.stderr):
+def main(argv, out=None, err=None):
+    out, err = out or sys.stdout, err or sys.stderr
     parser = argparse.ArgumentParser(prog="dkebpf netlog-filter", usage=USAGE, description=(
         "Check a netlog_blacklist rule (RULES, or - to read it from stdin) and print it with "
         "explicit parentheses; with --match, whether a connection with these fields is dropped."))
