@@ -4,7 +4,9 @@
    with options, IPv6, VXLAN over either) sent on a veth pair inside a
    namespace the test creates; the program attached to one packet socket
    per end (the sending end sees the frames as outgoing, the other as
-   received) keeps exactly what the pure-Python reference says.
+   received) keeps exactly what the pure-Python reference says, and the
+   per-connection Cython evaluator gives the reference's verdicts on the
+   same connections.
 2. Real TCP connections into a test namespace: the filtered TPACKET_V3
    ring has none of the matching connection's packets and, packet for
    packet, the same others as an unfiltered ring beside it."""
@@ -21,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference.netlog_filter_ref import KEEP, REJECT, decode_frame, first_match
-from support.netlog_filter_gen import connection, ethernet, frame_for, ip_packet, rules_text
+from support.netlog_filter_gen import conn_record, connection, ethernet, frame_for, ip_packet, rules_text
 from support.netns import NetNS, call_in_netns, sh
 
 pytestmark = pytest.mark.kernel
@@ -115,8 +117,11 @@ def exchange(lab, frames):
     return got
 
 
-def expected(lab, statements, frames, dev):
-    keep = set()
+def expected(statements, frames, dev):
+    """Indexes of the frames the reference keeps on dev; on the way, the
+    per-connection Cython evaluator must reach the reference's verdicts."""
+    from dkebpf import _netlog_filter as nf
+    keep, conns, verdicts = set(), [], []
     for i, frame in enumerate(frames):
         conn = decode_frame(frame, outgoing=dev == "eth0")
         if conn == REJECT:
@@ -125,8 +130,13 @@ def expected(lab, statements, frames, dev):
             keep.add(i)
             continue
         conn["nic_name"] = dev.encode()
-        if first_match(statements, conn) < 0:
+        conns.append(conn)
+        verdicts.append(first_match(statements, conn))
+        if verdicts[-1] < 0:
             keep.add(i)
+    if conns:
+        arr, names = conn_record(conns, nf)
+        assert nf.ConnFilter(statements).verdicts(arr, names).tolist() == verdicts
     return keep
 
 
@@ -178,7 +188,7 @@ def check(lab, text, batch):
         attach(s, placed[dev].program)
     got = exchange(lab, batch)
     for dev in lab.socks:
-        want = expected(lab, placed[dev].in_kernel, batch, dev)
+        want = expected(placed[dev].in_kernel, batch, dev)
         assert got[dev] == want, (dev, text, placed[dev].length)
     return placed
 
