@@ -15,13 +15,11 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcmp, memcpy, strlen
 
-import ipaddress
 import numpy as np
 cimport numpy as cnp
 
 from dkebpf._records import _dtype
-from dkebpf.netlog.filter import (ADDRESS_FIELDS, Binary, Call, Field, Lit, Not,
-                                  parse_network)
+from dkebpf.netlog.filter import Call, Field, Lit, Not, network_contains, parse_network
 
 cnp.import_array()
 
@@ -308,16 +306,10 @@ cdef class ConnFilter:
         elif isinstance(node, Call):
             a, b = node.args
             if node.name == "ipnet_contains":
-                fam, net, prefix = parse_network(a.value)
                 if isinstance(b, Lit):   # a constant: decided now
-                    try:
-                        ip = ipaddress.ip_address(b.value.decode("ascii"))
-                        hit = ip.version == fam and ip in ipaddress.ip_network((net, prefix))
-                    except (ValueError, UnicodeDecodeError):
-                        hit = False
-                    self._const(hit)
+                    self._const(network_contains(a.value, b.value))
                 else:
-                    self._nets.append((fam, net, prefix))
+                    self._nets.append(parse_network(a.value))
                     self._emit(OP_IPNET, len(self._nets) - 1, _STR_FIELDS[b.name])
             else:
                 op = OP_PREFIX if node.name == "has_prefix" else OP_SUFFIX

@@ -544,6 +544,17 @@ def parse_network(text: bytes):
     return net.version, net.network_address.packed, net.prefixlen
 
 
+def network_contains(network: bytes, address: bytes) -> bool:
+    """ipnet_contains on two constants: an address that does not parse is
+    in no network; IPv4 networks hold IPv4 addresses, IPv6 ones IPv6."""
+    fam, net, prefix = parse_network(network)
+    try:
+        ip = ipaddress.ip_address(address.decode("ascii"))
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return ip.version == fam and ip in ipaddress.ip_network((net, prefix))
+
+
 class _Checker:
     def __init__(self, src: _Source, warnings: List[str]):
         self.src, self.warnings = src, warnings

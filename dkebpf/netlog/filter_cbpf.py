@@ -24,23 +24,21 @@ kernel allows (BPF_MAXINSNS). ``nic_name`` is a constant for a socket bound
 to one interface, so it is folded in when the program is built."""
 from __future__ import annotations
 
-import ipaddress
 import itertools
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from ..packetfilter import (ABS, ADD, ALU, AND, B, BPF_MAXINSNS, BPF_MEMWORDS, ETH_P_IP,
                             ETH_P_IPV6, H, IMM, IND, IPPROTO_TCP, IPPROTO_UDP, JA, JEQ, JGE,
-                            JGT, JMP, JSET, K, LD, LDX, LSH, MEM, MISC, PACKET_OUTGOING, RET, RSH,
-                            SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_PROTOCOL, SKF_NET_OFF, ST, STX,
-                            TAX, TXA, W, X, assemble)
-from .filter import (ADDRESS_FIELDS, BOOL, INT, Binary, Call, Field, FIELDS, Lit, Not, Rules,
-                     Statement, canonical_address, parse_network)
+                            JGT, JMP, JSET, K, LD, LDX, LSH, MEM, MISC, PACKET_OUTGOING, RET,
+                            RSH, SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_PROTOCOL, SKF_NET_OFF,
+                            SNAPLEN, ST, TAX, TXA, W, X, assemble)
+from .filter import (ADDRESS_FIELDS, BOOL, INT, Call, Field, FIELDS, Lit, Not, Rules,
+                     Statement, canonical_address, network_contains, parse_network)
 
 VXLAN_PORTS = (4789, 8472)   # IANA, and Linux's (flannel's) historical default
 # IPv6 extension headers (RFC 8200 4.1, and ESP/AH): decoded in user space
 IPV6_EXTENSION_HEADERS = (0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254)
-SNAPLEN = 0x40000
 
 # scratch memory words
 (M_FAMILY, M_PROTO, M_VNI, M_L4, M_SRC, M_DST, M_SPORT, M_DPORT,
@@ -305,10 +303,10 @@ class _Codegen:
     def call(self, node, t, f):
         a, b = node.args
         if node.name == "ipnet_contains":
-            fam, net, prefix = parse_network(a.value)
             addr = self.const(b)
             if addr is not None:
-                return self.jump(t if _contains_const(fam, net, prefix, addr) else f)
+                return self.jump(t if network_contains(a.value, addr) else f)
+            fam, net, prefix = parse_network(a.value)
             if ADDRESS_FIELDS[b.name] != fam:
                 return self.jump(f)
             bits = [max(0, min(32, prefix - 32 * i)) for i in range(len(net) // 4)]
@@ -330,14 +328,6 @@ def _kind(node) -> str:
 
 def _int_op(op, a, b) -> bool:
     return {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
-
-
-def _contains_const(fam, net, prefix, addr: bytes) -> bool:
-    try:
-        ip = ipaddress.ip_address(addr.decode("ascii"))
-    except (ValueError, UnicodeDecodeError):
-        return False
-    return ip.version == fam and ip in ipaddress.ip_network((net, prefix))
 
 
 def socket_filter(rules: Optional[Rules], nic_name: str = "", snaplen: int = SNAPLEN) -> SocketFilter:

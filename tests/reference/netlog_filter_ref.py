@@ -9,7 +9,7 @@ RFC 791 / 8200 / 768 / 793 / 7348, sharing no code with the compiled paths.
 import ipaddress
 import struct
 
-from dkebpf.netlog.filter import Binary, Call, Field, Lit, Not
+from dkebpf.netlog.filter import Call, Field, Lit, Not
 
 VXLAN_PORTS = (4789, 8472)
 IPV6_EXTENSION_HEADERS = {0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254}

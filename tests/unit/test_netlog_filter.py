@@ -116,12 +116,14 @@ def test_error_messages(text, want):
     ('ip_saddr < "1"', "'<' compares integers; here str and str"),
     ("has_prefix(k8s_src_pod)", 'has_prefix takes 2 arguments, got 1: has_prefix(k8s_src_pod, "datakit-")'),
     ('has_prefix(k8s_src_pod, 1)', "argument 2 of has_prefix must be str; this is int"),
-    ('regex(k8s_src_pod, "a")', 'unknown function "regex"; functions: ipnet_contains, has_prefix, has_suffix'),
+    ('regex(k8s_src_pod, "a")',
+     'unknown function "regex"; functions: ipnet_contains, has_prefix, has_suffix'),
     ('has_prfix(k8s_src_pod, "a")', 'unknown function "has_prfix"; did you mean has_prefix?'),
     ('ipnet_contains("10.0.0.0/33", ip_saddr)', "not a network: '10.0.0.0/33' does not appear to be an "
                                                  "IPv4 or IPv6 network"),
     ('ipnet_contains("10.0.0.1", ip_saddr)', "not a network: needs a prefix length, e.g. 10.0.0.0/8"),
-    ('ipnet_contains(k8s_src_pod, ip_saddr)', 'the network of ipnet_contains must be a string such as "10.0.0.0/8"'),
+    ('ipnet_contains(k8s_src_pod, ip_saddr)',
+     'the network of ipnet_contains must be a string such as "10.0.0.0/8"'),
     ('ipnet_contains("10.0.0.0/8", k8s_src_pod)', "the address of ipnet_contains must be one of ip_saddr, "
                                                    "ip_daddr, ip6_saddr, ip6_daddr or a string"),
     ("dst_port == 99999999999999999999", "integer 99999999999999999999 does not fit in 64 bits"),
