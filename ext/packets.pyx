@@ -50,8 +50,8 @@ ARPHRD_LOOPBACK_TYPE = ARPHRD_LOOPBACK
 cdef enum:  # decode_network() results
     DECODED = 0
     NOT_IP = -1          # neither IPv4 nor IPv6, or a bad version/header length
-    NOT_TCP_UDP = -2     # another transport, or IPv6 extension headers
-    FRAGMENT = -3        # a non-first IPv4 fragment: no transport header
+    NOT_TCP_UDP = -2     # another transport (also ESP, or more than 8 IPv6 extension headers)
+    FRAGMENT = -3        # a non-first IPv4 or IPv6 fragment: no transport header
     TRUNCATED = -4       # headers cut by the capture length
 DECODE_STATUS = {DECODED: "decoded", NOT_IP: "not_ip", NOT_TCP_UDP: "not_tcp_udp",
                  FRAGMENT: "fragment", TRUNCATED: "truncated"}
@@ -61,6 +61,42 @@ cdef inline uint16_t _be16(const uint8_t *p) noexcept nogil:
     return (p[0] << 8) | p[1]
 
 
+cdef enum:
+    IPV6_EXTENSIONS_MAX = 8   # more is an attack or a bug, not traffic
+
+
+cdef int skip_ipv6_extensions(const uint8_t *p, uint32_t n, uint8_t *proto, uint32_t *off,
+                              uint32_t *plen) noexcept nogil:
+    """Walk the IPv6 extension headers after the fixed header (RFC 8200
+    4.1-4.6; AH's length is in 4-byte units, RFC 4302): *proto becomes the
+    transport's, *off where its header starts, *plen what is left of the
+    payload. A fragment header with a non-zero offset means no transport
+    header follows."""
+    cdef uint32_t hlen
+    cdef int i
+    for i in range(IPV6_EXTENSIONS_MAX + 1):
+        if proto[0] not in (0, 43, 44, 51, 60, 135, 139, 140):
+            return DECODED
+        if i == IPV6_EXTENSIONS_MAX or n < off[0] + 2:
+            return NOT_TCP_UDP if i == IPV6_EXTENSIONS_MAX else TRUNCATED
+        if proto[0] == 44:                            # fragment
+            if n < off[0] + 8:
+                return TRUNCATED
+            if _be16(p + off[0] + 2) & 0xFFF8:
+                return FRAGMENT
+            hlen = 8
+        elif proto[0] == 51:                          # authentication header
+            hlen = (<uint32_t>p[off[0] + 1] + 2) * 4
+        else:   # hop-by-hop, routing, destination options, mobility, HIP, shim6
+            hlen = (<uint32_t>p[off[0] + 1] + 1) * 8
+        if n < off[0] + hlen or plen[0] < hlen:
+            return TRUNCATED
+        proto[0] = p[off[0]]
+        off[0] += hlen
+        plen[0] -= hlen
+    return NOT_TCP_UDP
+
+
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
                         uint32_t *l4_off) noexcept nogil:
     """IPv4/IPv6 then UDP/TCP headers at p (n captured bytes). Fills the
@@ -68,6 +104,7 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     the transport payload starts. Never reads past p + n."""
     cdef uint32_t ihl, tot, off, plen, doff, ulen
     cdef uint8_t proto
+    cdef int rc
     memset(out.saddr, 0, 16)
     memset(out.daddr, 0, 16)
     if ethertype == ETH_P_IP:
@@ -94,11 +131,14 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         if n < 40 or (p[0] >> 4) != 6:
             return NOT_IP
         plen = _be16(p + 4)
-        proto = p[6]   # extension headers are not followed (see the filter)
+        proto = p[6]
         memcpy(out.saddr, p + 8, 16)
         memcpy(out.daddr, p + 24, 16)
         out.family = 6
         off = 40
+        rc = skip_ipv6_extensions(p, n, &proto, &off, &plen)
+        if rc != DECODED:
+            return rc
     else:
         return NOT_IP
     out.proto = proto

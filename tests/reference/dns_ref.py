@@ -152,6 +152,25 @@ def decode_network(p, ethertype):
         plen, proto, fam = struct.unpack_from("!H", p, 4)[0], p[6], 6
         saddr, daddr = p[8:24], p[24:40]
         off = 40
+        for _ in range(8):   # extension headers, RFC 8200 4.1-4.6 and AH (RFC 4302)
+            if proto not in (0, 43, 60, 135, 139, 140, 44, 51):
+                break
+            if len(p) < off + (8 if proto == 44 else 2):
+                return "truncated"
+            if proto == 44:
+                if struct.unpack_from("!H", p, off + 2)[0] >> 3:
+                    return "fragment"
+                hlen = 8
+            elif proto == 51:
+                hlen = (p[off + 1] + 2) * 4
+            else:
+                hlen = (p[off + 1] + 1) * 8
+            if len(p) < off + hlen or plen < hlen:
+                return "truncated"
+            proto, off, plen = p[off], off + hlen, plen - hlen
+        else:
+            if proto in (0, 43, 60, 135, 139, 140, 44, 51):
+                return "not_tcp_udp"
     else:
         return "not_ip"
     if proto == 17:
