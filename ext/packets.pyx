@@ -41,6 +41,12 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("proto", "u1", _off(&_p, &_p.proto)),
     ("pkttype", "u1", _off(&_p, &_p.pkttype)),
     ("tcp_flags", "u1", _off(&_p, &_p.tcp_flags)),
+    ("seq", "<u4", _off(&_p, &_p.seq)),
+    ("ack", "<u4", _off(&_p, &_p.ack)),
+    ("vni", "<u4", _off(&_p, &_p.vni)),
+    ("window", "<u2", _off(&_p, &_p.window)),
+    ("vlan", "<u2", _off(&_p, &_p.vlan)),
+    ("vxlan", "u1", _off(&_p, &_p.vxlan)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
@@ -59,6 +65,10 @@ DECODE_STATUS = {DECODED: "decoded", NOT_IP: "not_ip", NOT_TCP_UDP: "not_tcp_udp
 
 cdef inline uint16_t _be16(const uint8_t *p) noexcept nogil:
     return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t _be32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef enum:
@@ -143,6 +153,8 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         return NOT_IP
     out.proto = proto
     out.tcp_flags = 0
+    out.seq = out.ack = out.vni = 0
+    out.window = out.vlan = out.vxlan = 0
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
@@ -162,6 +174,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         out.dport = _be16(p + off + 2)
         doff = (p[off + 12] >> 4) * 4
         out.tcp_flags = p[off + 13]
+        out.seq = _be32(p + off + 4)
+        out.ack = _be32(p + off + 8)
+        out.window = _be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
         out.payload_wire = plen - doff
@@ -173,14 +188,105 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     return DECODED
 
 
+cdef enum:
+    VLAN_TAGS_MAX = 2   # 802.1ad + 802.1Q (QinQ)
+    VXLAN_PORT = 4789   # IANA (RFC 7348)
+    VXLAN_PORT_LINUX = 8472   # Linux's historical default, flannel's
+
+
+cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethertype,
+                   uint16_t *vlan) noexcept nogil:
+    """The Ethernet header and up to two VLAN tags: where the network
+    header starts, its type, and the outermost VLAN id (0: none)."""
+    cdef int i
+    if n < 14:
+        return TRUNCATED
+    ethertype[0] = _be16(p + 12)
+    off[0] = 14
+    vlan[0] = 0
+    for i in range(VLAN_TAGS_MAX):
+        if ethertype[0] != ETH_P_8021Q and ethertype[0] != ETH_P_8021AD and ethertype[0] != ETH_P_QINQ1:
+            break
+        if n < off[0] + 4:
+            return TRUNCATED
+        if i == 0:
+            vlan[0] = _be16(p + off[0]) & 0x0FFF
+        ethertype[0] = _be16(p + off[0] + 2)
+        off[0] += 4
+    return DECODED
+
+
+cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t net_off,
+                      uint16_t link_proto, dk_pkt *out, uint32_t *l4_off) noexcept nogil:
+    """A captured frame of n bytes at p: Ethernet with its VLAN tags when
+    the device's hatype is ARPHRD_ETHER, else the network header at net_off
+    with link_proto as its type (tun, cooked, ...). A UDP datagram from or
+    to the VXLAN ports with the I flag (RFC 7348 5) is opened and the inner
+    Ethernet frame decoded in its place: out then holds the inner packet,
+    vxlan = 1 and vni. *l4_off is relative to p."""
+    cdef uint32_t off, inner, inner_off, end
+    cdef uint16_t ethertype, vlan, inner_vlan
+    cdef uint32_t vni
+    cdef int rc
+    if hatype == ARPHRD_ETHER:
+        rc = _ethernet(p, n, &off, &ethertype, &vlan)
+        if rc != DECODED:
+            return rc
+    else:
+        if net_off > n:
+            return TRUNCATED
+        off, ethertype, vlan = net_off, link_proto, 0
+    rc = decode_network(p + off, n - off, ethertype, out, l4_off)
+    if rc != DECODED:
+        return rc
+    l4_off[0] += off
+    out.vlan = vlan
+    if out.proto != 17 or out.payload_len < 8 or not (p[l4_off[0]] & 0x08) or not (
+            out.sport == VXLAN_PORT or out.dport == VXLAN_PORT or
+            out.sport == VXLAN_PORT_LINUX or out.dport == VXLAN_PORT_LINUX):
+        return DECODED
+    vni = _be32(p + l4_off[0] + 4) >> 8
+    end = l4_off[0] + out.payload_len   # the inner frame ends with the datagram
+    inner = l4_off[0] + 8
+    rc = _ethernet(p + inner, end - inner, &inner_off, &ethertype, &inner_vlan)
+    if rc != DECODED:
+        return rc
+    inner += inner_off
+    rc = decode_network(p + inner, end - inner, ethertype, out, l4_off)
+    if rc != DECODED:
+        return rc
+    l4_off[0] += inner
+    out.vlan = vlan
+    out.vni = vni
+    out.vxlan = 1
+    return DECODED
+
+
 def decode_packets(bytes data, offsets, lengths, ethertypes):
     """Decode network-layer packets laid end to end in data (for tests and
     benchmarks; the ring does the same per frame). Returns (pkts, payload,
     status) where status[i] is DECODED or the reason packet i was not."""
+    n = len(offsets)
+    return _decode_batch(data, offsets, lengths, np.zeros(n), np.zeros(n), ethertypes, False)
+
+
+def decode_frames(bytes data, offsets, lengths, hatypes, net_offsets=None, link_protos=None):
+    """decode_frame over frames laid end to end in data (tests, benchmarks);
+    net_offsets and link_protos matter for devices that are not Ethernet.
+    Returns (pkts, payload, status) as decode_packets does."""
+    n = len(offsets)
+    return _decode_batch(data, offsets, lengths, hatypes,
+                         np.zeros(n) if net_offsets is None else net_offsets,
+                         np.zeros(n) if link_protos is None else link_protos, True)
+
+
+def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_protos, bint frames):
     cdef Py_ssize_t n = len(offsets), i, got = 0
     cdef cnp.int64_t[:] offs = np.ascontiguousarray(offsets, dtype=np.int64)
     cdef cnp.int64_t[:] lens = np.ascontiguousarray(lengths, dtype=np.int64)
-    cdef cnp.int64_t[:] eths = np.ascontiguousarray(ethertypes, dtype=np.int64)
+    cdef cnp.int64_t[:] hats = np.ascontiguousarray(hatypes, dtype=np.int64)
+    cdef cnp.int64_t[:] nets = np.ascontiguousarray(net_offsets, dtype=np.int64)
+    cdef cnp.int64_t[:] links = np.ascontiguousarray(link_protos, dtype=np.int64)
     pkts = np.zeros(n, PKT_DTYPE)
     payload = np.empty(len(data), np.uint8)
     status = np.empty(n, np.int8)
@@ -192,11 +298,15 @@ def decode_packets(bytes data, offsets, lengths, ethertypes):
     cdef uint32_t l4, used = 0
     cdef int rc
     for i in range(n):
-        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total:
+        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total or nets[i] < 0:
             raise ValueError(f"packet {i} lies outside data")
     with nogil:
         for i in range(n):
-            rc = decode_network(base + offs[i], <uint32_t>lens[i], <uint16_t>eths[i], &out[got], &l4)
+            if frames:
+                rc = decode_frame(base + offs[i], <uint32_t>lens[i], <uint16_t>hats[i],
+                                  <uint32_t>nets[i], <uint16_t>links[i], &out[got], &l4)
+            else:
+                rc = decode_network(base + offs[i], <uint32_t>lens[i], <uint16_t>links[i], &out[got], &l4)
             st[i] = rc
             if rc == DECODED:
                 memcpy(pay + used, base + offs[i] + l4, out[got].payload_len)

@@ -32,9 +32,13 @@ cdef extern from "<linux/if_ether.h>" nogil:
         ETH_P_ALL
         ETH_P_IP
         ETH_P_IPV6
+        ETH_P_8021Q
+        ETH_P_8021AD
+        ETH_P_QINQ1
 
 cdef extern from "<linux/if_arp.h>" nogil:
     enum:
+        ARPHRD_ETHER
         ARPHRD_LOOPBACK
 
 cdef extern from "<linux/filter.h>" nogil:

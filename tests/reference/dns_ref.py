@@ -179,12 +179,14 @@ def decode_network(p, ethertype):
         sport, dport, ulen = struct.unpack_from("!HHH", p, off)
         if ulen < 8:
             return "truncated"
+        seq = ack = window = 0
         wire = min(ulen - 8, max(plen - 8, 0))
         off += 8
     elif proto == 6:
         if len(p) < off + 20:
             return "truncated"
-        sport, dport = struct.unpack_from("!HH", p, off)
+        sport, dport, seq, ack = struct.unpack_from("!HHII", p, off)
+        window = struct.unpack_from("!H", p, off + 14)[0]
         doff = (p[off + 12] >> 4) * 4
         if doff < 20 or len(p) < off + doff or plen < doff:
             return "truncated"
@@ -194,7 +196,8 @@ def decode_network(p, ethertype):
         return "not_tcp_udp"
     payload = p[off:off + wire]
     return {"family": fam, "proto": proto, "saddr": saddr, "daddr": daddr, "sport": sport,
-            "dport": dport, "payload_wire": wire}, payload
+            "dport": dport, "payload_wire": wire, "seq": seq, "ack": ack, "window": window,
+            "vni": 0, "vlan": 0, "vxlan": 0}, payload
 
 
 class PairRef:
