@@ -318,11 +318,11 @@ def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_proto
 
 cdef class PacketRing:
     """An AF_PACKET socket receiving what ``filter_code`` (classic BPF,
-    packed ``struct sock_filter`` array) accepts, on every interface of the
-    caller's network namespace, through a TPACKET_V3 ring of block_nr
-    blocks of block_size bytes. fileno() is readable when a block is
-    ready; read() copies ready blocks into numpy and hands them back to
-    the kernel at once."""
+    packed ``struct sock_filter`` array) accepts, on interface ``ifindex``
+    (0: every interface) of the caller's network namespace, through a
+    TPACKET_V3 ring of block_nr blocks of block_size bytes. fileno() is
+    readable when a block is ready; read() decodes ready blocks
+    (decode_frame) into numpy and hands them back to the kernel at once."""
     cdef int fd
     cdef uint8_t *ring
     cdef size_t ring_len
@@ -331,7 +331,7 @@ cdef class PacketRing:
     cdef readonly uint64_t kernel_packets, kernel_drops, kernel_freezes
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
-                  uint32_t retire_ms=100):
+                  uint32_t retire_ms=100, int ifindex=0):
         self.fd = -1
         self.ring = NULL
         self.cur = 0
@@ -370,7 +370,7 @@ cdef class PacketRing:
         memset(&sll, 0, sizeof(sll))
         sll.sll_family = AF_PACKET
         sll.sll_protocol = htons(ETH_P_ALL)
-        sll.sll_ifindex = 0   # every interface
+        sll.sll_ifindex = ifindex
         if bind(self.fd, <sockaddr *>&sll, sizeof(sll)) < 0:
             self._fail("bind(AF_PACKET, ETH_P_ALL)")
 
@@ -439,8 +439,11 @@ cdef class PacketRing:
                         self.truncated += 1
                     if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
                             hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
-                        rc = decode_network(frame + h.tp_net, h.tp_snaplen - <uint32_t>(h.tp_net - h.tp_mac),
-                                            ntohs(sll.sll_protocol), &out[got], &l4)
+                        rc = decode_frame(frame + h.tp_mac, h.tp_snaplen, sll.sll_hatype,
+                                          h.tp_net - h.tp_mac, ntohs(sll.sll_protocol), &out[got], &l4)
+                        l4 += h.tp_mac
+                        if rc == DECODED and out[got].vlan == 0 and h.tp_status & TP_STATUS_VLAN_VALID:
+                            out[got].vlan = h.hv1.tp_vlan_tci & 0x0FFF   # the tag the device took off
                     else:
                         rc = NOT_IP
                     if rc == DECODED:
@@ -449,7 +452,7 @@ cdef class PacketRing:
                         out[got].hatype = sll.sll_hatype
                         out[got].pkttype = sll.sll_pkttype
                         out[got].payload_off = used
-                        memcpy(pay + used, frame + h.tp_net + l4, out[got].payload_len)
+                        memcpy(pay + used, frame + l4, out[got].payload_len)
                         used += out[got].payload_len
                         self.bytes_copied += out[got].payload_len
                         got += 1

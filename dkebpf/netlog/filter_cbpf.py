@@ -7,7 +7,7 @@ The program first decodes the headers into scratch memory (classic BPF has
 16 words of it), then tests each statement against those words:
 
 - network header found through the kernel's SKF_NET_OFF loads and
-  SKF_AD_PROTOCOL (any link type, VLAN tags already taken off on receive);
+  SKF_AD_PROTOCOL (any link type); VLAN tags: see the prologue;
 - IPv4: a non-first fragment has no transport header: kept for user space,
   which counts it; IPv6 with extension headers: kept for user space, which
   walks them; anything but TCP and UDP: not captured;
@@ -28,8 +28,8 @@ import itertools
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from ..packetfilter import (ABS, ADD, ALU, AND, B, BPF_MAXINSNS, BPF_MEMWORDS, ETH_P_IP,
-                            ETH_P_IPV6, H, IMM, IND, IPPROTO_TCP, IPPROTO_UDP, JA, JEQ, JGE,
+from ..packetfilter import (ABS, ADD, ALU, AND, B, BPF_MAXINSNS, BPF_MEMWORDS, ETH_P_8021AD,
+                            ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, H, IMM, IND, IPPROTO_TCP, IPPROTO_UDP, JA, JEQ, JGE,
                             JGT, JMP, JSET, K, LD, LDX, LSH, MEM, MISC, PACKET_OUTGOING, RET,
                             RSH, SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_PROTOCOL, SKF_NET_OFF,
                             SNAPLEN, ST, TAX, TXA, W, X, assemble)
@@ -70,7 +70,7 @@ def _decode(tag: str, net: int = SKF_NET_OFF) -> List[tuple]:
     `reject`; stores family, protocol, address offsets, ports, L4 offset."""
     return [
         # on entry A holds the ethertype
-        (None, JMP | JEQ | K, ETH_P_IP, f"v4{tag}", None),
+        (f"ip{tag}", JMP | JEQ | K, ETH_P_IP, f"v4{tag}", None),
         (None, JMP | JEQ | K, ETH_P_IPV6, f"v6{tag}", "reject"),
         (f"v4{tag}", LD | H | IND, net + 6, None, None),
         (None, JMP | JSET | K, 0x1FFF, "keep", None),            # JSET: fragment offset
@@ -120,6 +120,25 @@ def _prologue() -> List[tuple]:
         (None, ST, M_VNI, None, None),
         (None, LDX | IMM, 0, None, None),
         (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
+        # VLAN tags left in the frame. Sent: the network header is already
+        # past them (packet_parse_headers, vlan_insert_tag), the protocol
+        # still says VLAN: the IP version tells. Received: the kernel took
+        # the first tag off and left the network header at the second
+        # (skb_vlan_untag): skip it.
+        (None, JMP | JEQ | K, ETH_P_8021Q, "tagged", None),
+        (None, JMP | JEQ | K, ETH_P_8021AD, "tagged", "ipo"),
+        ("tagged", LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE, None, None),
+        (None, JMP | JEQ | K, PACKET_OUTGOING, None, "inner_tag"),
+        (None, LD | B | ABS, net, None, None),
+        (None, ALU | RSH | K, 4, None, None),
+        (None, JMP | JEQ | K, 4, "sent4", None),
+        (None, JMP | JEQ | K, 6, "sent6", "reject"),
+        ("sent4", LD | IMM, ETH_P_IP, None, None),
+        (None, JMP | JA, "ipo", None, None),
+        ("sent6", LD | IMM, ETH_P_IPV6, None, None),
+        (None, JMP | JA, "ipo", None, None),
+        ("inner_tag", LD | H | ABS, net + 2, None, None),
+        (None, LDX | IMM, 4, None, None),
         *_decode("o"),
         (None, LD | MEM, M_PROTO, None, None),
         (None, JMP | JEQ | K, IPPROTO_UDP, None, "orient"),

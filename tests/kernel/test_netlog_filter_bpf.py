@@ -1,7 +1,7 @@
 """netlog_blacklist's classic BPF program on the real kernel.
 
 1. Property test: generated header-field rules and frames (TCP/UDP, IPv4
-   with options, IPv6, VXLAN over either) sent on a veth pair inside a
+   with options, IPv6, VXLAN over either, up to two VLAN tags) sent on a veth pair inside a
    namespace the test creates; the program attached to one packet socket
    per end (the sending end sees the frames as outgoing, the other as
    received) keeps exactly what the pure-Python reference says, and the
@@ -150,7 +150,9 @@ def frames(draw):
         frame = frame_for(conn, True, payload, b"\x02" * 6, b"\x04" * 6,
                           vxlan=(4 if kind == "vxlan4" else 6, draw(st.sampled_from((0, 42, 16777215))))
                           if kind.startswith("vxlan") else None,
-                          ip_options=b"\x01" * 4 * draw(st.integers(1, 10)) if kind == "options" else b"")
+                          ip_options=b"\x01" * 4 * draw(st.integers(1, 10)) if kind == "options" else b"",
+                          tags=draw(st.lists(st.tuples(st.sampled_from((0x8100, 0x88A8)),
+                                                       st.integers(1, 4094)), max_size=2)))
         out.append(frame)
     return out
 

@@ -12,6 +12,7 @@ import struct
 from dkebpf.netlog.filter import Call, Field, Lit, Not
 
 VXLAN_PORTS = (4789, 8472)
+VLAN_TPIDS = (0x8100, 0x88A8)
 IPV6_EXTENSION_HEADERS = {0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254}
 
 
@@ -129,8 +130,22 @@ def _ip(data, ethertype, outgoing):
 def decode_frame(frame, outgoing):
     """What the kernel program does with an Ethernet frame before any
     statement: REJECT (not captured), KEEP (captured for user space, no
-    statement applies) or the connection dict the statements see."""
-    got = _ip(frame[14:], struct.unpack("!H", frame[12:14])[0], outgoing)
+    statement applies) or the connection dict the statements see. VLAN
+    tags: on a sent frame the kernel puts the network header past all of
+    them (the IP version then names the protocol); on a received one it
+    takes the first off and the program skips one more."""
+    ethertype, off = struct.unpack("!H", frame[12:14])[0], 14
+    if outgoing and ethertype in VLAN_TPIDS:
+        for _ in range(8):   # VLAN_MAX_DEPTH
+            if ethertype not in VLAN_TPIDS:
+                break
+            ethertype, off = struct.unpack("!H", frame[off + 2:off + 4])[0], off + 4
+        ethertype = {4: 0x0800, 6: 0x86DD}.get(frame[off] >> 4, 0)
+    elif not outgoing:
+        for _ in range(2):
+            if ethertype in VLAN_TPIDS:
+                ethertype, off = struct.unpack("!H", frame[off + 2:off + 4])[0], off + 4
+    got = _ip(frame[off:], ethertype, outgoing)
     if got in (REJECT, KEEP):
         return got
     conn, l4 = got

@@ -130,11 +130,15 @@ def ip_packet(family, proto, src, dst, sport, dport, payload, ip_options=b"", fr
     return struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, src, dst) + l4
 
 
-def ethernet(dst_mac, src_mac, ethertype, body):
-    return dst_mac + src_mac + struct.pack("!H", ethertype) + body
+def ethernet(dst_mac, src_mac, ethertype, body, tags=()):
+    """tags: (TPID, VLAN id) pairs, outermost first."""
+    head = dst_mac + src_mac
+    for tpid, vid in tags:
+        head += struct.pack("!HH", tpid, vid)
+    return head + struct.pack("!H", ethertype) + body
 
 
-def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=b""):
+def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=b"", tags=()):
     """An Ethernet frame of the connection seen from its local end: sent
     when outgoing (source = local), received otherwise. vxlan: None, or
     (outer family, vni) to wrap it in UDP 4789 between two fixed hosts."""
@@ -146,13 +150,13 @@ def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=
     inner = ip_packet(conn["family"], conn["proto"], src, dst, sport, dport, payload,
                       ip_options if conn["family"] == 4 else b"")
     if vxlan is None:
-        return ethernet(dst_mac, src_mac, et, inner)
+        return ethernet(dst_mac, src_mac, et, inner, tags)
     ofam, vni = vxlan
     body = struct.pack("!II", 0x08000000, vni << 8) + ethernet(b"\x02" * 6, b"\x04" * 6, et, inner)
     a, b = (_packed(4, "192.0.2.1"), _packed(4, "192.0.2.2")) if ofam == 4 else \
         (_packed(6, "2001:db8:ff::1"), _packed(6, "2001:db8:ff::2"))
     outer = ip_packet(ofam, 17, a, b, 40000, 4789, body)
-    return ethernet(dst_mac, src_mac, 0x0800 if ofam == 4 else 0x86DD, outer)
+    return ethernet(dst_mac, src_mac, 0x0800 if ofam == 4 else 0x86DD, outer, tags)
 
 
 # ---- parser fuzz ----
