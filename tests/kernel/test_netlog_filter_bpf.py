@@ -7,9 +7,10 @@
    received) keeps exactly what the pure-Python reference says, and the
    per-connection Cython evaluator gives the reference's verdicts on the
    same connections.
-2. Real TCP connections into a test namespace: the filtered TPACKET_V3
-   ring has none of the matching connection's packets and, packet for
-   packet, the same others as an unfiltered ring beside it."""
+2. Real TCP connections into a test namespace, and over a VXLAN between
+   two test namespaces: the filtered TPACKET_V3 ring has none of the
+   matching connection's packets and, packet for packet, the same others
+   as an unfiltered ring beside it."""
 import ctypes
 import os
 import socket
@@ -256,17 +257,6 @@ def serve(listener, stop):
                 c.sendall(data)
 
 
-def drain(ring, seconds=1.0):
-    rows = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        ring.wait(50)
-        pkts, _payload, _more = ring.read()
-        rows += [(int(p["family"]), int(p["sport"]), int(p["dport"]), int(p["payload_wire"]),
-                  int(p["tcp_flags"])) for p in pkts]
-    return rows
-
-
 def test_tcp_connections_in_a_namespace(bpf_ok):
     from dkebpf import _packets
     from dkebpf.netlog.filter import parse_rules
@@ -304,8 +294,8 @@ def test_tcp_connections_in_a_namespace(bpf_ok):
                             got = 0
                             while got < n:
                                 got += len(c.recv(65536))
-            all_rows = drain(unfiltered)
-            kept = drain(filtered, 0.3)
+            all_rows = drain_rows(unfiltered)
+            kept = drain_rows(filtered, 0.3)
         finally:
             stop.set()
             for s in listeners:
@@ -314,8 +304,110 @@ def test_tcp_connections_in_a_namespace(bpf_ok):
             unfiltered.close()
         # the namespace side: IPv4 to ports[0] dropped (statement 1), IPv6
         # entirely (statement 2: the host's IPv6 address is the remote end)
-        want = [r for r in all_rows if r[0] == 4 and ports[1] in r[1:3]]
         for fam in (4, 6):
             for port in ports:
-                assert sum(1 for r in all_rows if r[0] == fam and port in r[1:3]) >= 10, (fam, port)
-        assert kept == want
+                mine = (all_rows["family"] == fam) & ((all_rows["sport"] == port) | (all_rows["dport"] == port))
+                assert mine.sum() >= 10, (fam, port)
+        want = all_rows[(all_rows["family"] == 4) &
+                        ((all_rows["sport"] == ports[1]) | (all_rows["dport"] == ports[1]))]
+        assert packet_keys(kept) == packet_keys(want)
+
+
+def test_vxlan_between_namespaces(bpf_ok):
+    """Two namespaces joined by a veth pair carrying a VXLAN (VNI 42, UDP
+    4789); TCP over the VXLAN. Rings on the underlay veth of the server's
+    namespace: the unfiltered one decodes the inner packets (vxlan, vni,
+    inner addresses and ports); the filtered one drops the connection the
+    rule names and keeps the other, packet for packet."""
+    from dkebpf import _packets
+    from dkebpf.netlog.filter import parse_rules
+    from dkebpf.netlog.filter_cbpf import socket_filter
+    tag = uuid.uuid4().hex[:6]
+    ns_a, ns_b = f"dkt-nla{tag}", f"dkt-nlb{tag}"
+    n = os.getpid() % 200 + 20
+    under = (f"10.215.{n}.1", f"10.215.{n}.2")
+    over = (f"192.168.{n}.1", f"192.168.{n}.2")
+    ports = (18090, 18091)
+    try:
+        for ns in (ns_a, ns_b):
+            sh("ip", "netns", "add", ns)
+        sh("ip", "netns", "exec", ns_a, "ip", "link", "add", "ua", "type", "veth", "peer", "name", "ub",
+           "netns", ns_b)
+        for ns, dev, me, peer, mine in ((ns_a, "ua", under[0], under[1], over[0]),
+                                        (ns_b, "ub", under[1], under[0], over[1])):
+            run = ["ip", "netns", "exec", ns]
+            sh(*run, "ip", "addr", "add", f"{me}/24", "dev", dev)
+            sh(*run, "ip", "link", "set", dev, "up")
+            sh(*run, "ip", "link", "add", "vx42", "type", "vxlan", "id", "42", "local", me, "remote", peer,
+               "dstport", "4789", "dev", dev)
+            sh(*run, "ip", "addr", "add", f"{mine}/24", "dev", "vx42")
+            sh(*run, "ip", "link", "set", "vx42", "up")
+        rule = f"vni == 42 && src_port == {ports[0]} && ipv4"
+
+        def open_in_b():
+            listeners = []
+            for port in ports:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.bind((over[1], port))
+                s.listen()
+                listeners.append(s)
+            ifindex = socket.if_nametoindex("ub")
+            placed = socket_filter(parse_rules(rule), "ub")
+            assert [s.index for s in placed.in_kernel] == [0]
+            return (listeners, _packets.PacketRing(placed.program, retire_ms=10, ifindex=ifindex),
+                    _packets.PacketRing(socket_filter(None, "ub").program, retire_ms=10, ifindex=ifindex))
+
+        listeners, filtered, unfiltered = call_in_netns(ns_b, open_in_b)
+        stop = threading.Event()
+        for s in listeners:
+            threading.Thread(target=serve, args=(s, stop), daemon=True).start()
+        try:
+            clients = call_in_netns(ns_a, lambda: [socket.create_connection((over[1], p), timeout=5)
+                                                   for p in ports])
+            for c in clients:
+                with c:
+                    for size in (1, 1000, 20000):
+                        c.sendall(b"v" * size)
+                        got = 0
+                        while got < size:
+                            got += len(c.recv(65536))
+            time.sleep(0.2)
+            pkts_all = drain_rows(unfiltered)
+            pkts_kept = drain_rows(filtered, 0.3)
+        finally:
+            stop.set()
+            for s in listeners:
+                s.close()
+            filtered.close()
+            unfiltered.close()
+        tcp = pkts_all[pkts_all["proto"] == 6]
+        assert len(tcp) >= 20 and set(tcp["vxlan"].tolist()) == {1} and set(tcp["vni"].tolist()) == {42}
+        addrs = {socket.inet_ntoa(bytes(a)[:4]) for a in tcp["saddr"]} | \
+            {socket.inet_ntoa(bytes(a)[:4]) for a in tcp["daddr"]}
+        assert addrs == set(over)
+        for port in ports:
+            assert ((tcp["sport"] == port) | (tcp["dport"] == port)).sum() >= 10, port
+        want = tcp[(tcp["sport"] == ports[1]) | (tcp["dport"] == ports[1])]
+        assert packet_keys(pkts_kept[pkts_kept["proto"] == 6]) == packet_keys(want)
+    finally:
+        for ns in (ns_a, ns_b):
+            sh("ip", "netns", "del", ns, check=False)
+
+
+def packet_keys(rows):
+    return [(int(r["family"]), int(r["sport"]), int(r["dport"]), int(r["seq"]), int(r["ack"]),
+             int(r["payload_wire"]), int(r["tcp_flags"])) for r in rows]
+
+
+def drain_rows(ring, seconds=1.0):
+    """Every decoded row the ring yields in that time, as one array."""
+    import numpy as np
+    from dkebpf._packets import PKT_DTYPE
+    parts = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        ring.wait(50)
+        pkts, _payload, _more = ring.read()
+        if len(pkts):
+            parts.append(pkts.copy())
+    return np.concatenate(parts) if parts else np.zeros(0, PKT_DTYPE)
