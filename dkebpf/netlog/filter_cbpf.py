@@ -152,12 +152,7 @@ def _prologue() -> List[tuple]:
         (None, LD | W | IND, net + 12, None, None),
         (None, ALU | RSH | K, 8, None, None),
         (None, ST, M_VNI, None, None),
-        (None, LD | H | IND, net + 16 + 12, None, None),          # inner Ethernet type
-        (None, ST, M_TMP, None, None),
-        (None, MISC | TXA, 0, None, None),
-        (None, ALU | ADD | K, 16 + 14, None, None),
-        (None, MISC | TAX, 0, None, None),
-        (None, LD | MEM, M_TMP, None, None),
+        *_inner_ethernet(net),
         *_decode("i"),
         ("orient", LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE, None, None),
         (None, JMP | JEQ | K, PACKET_OUTGOING, None, "received"),
@@ -167,6 +162,27 @@ def _prologue() -> List[tuple]:
         (None, ST, M_LPORT, None, None),
         *_copy([(M_SPORT, M_RPORT), (M_DST, M_LADDR), (M_SRC, M_RADDR)]),
     ]
+
+
+def _inner_ethernet(net: int) -> List[tuple]:
+    """The Ethernet header VXLAN carries (at UDP + 16, X = UDP's offset)
+    with up to two VLAN tags, as user space reads it: leaves A = its type
+    and X = where the inner IP header starts."""
+    rows = []
+    for tags in range(3):
+        at = 16 + 12 + 4 * tags   # the type field after `tags` tags
+        rows.append((f"tags{tags}", LD | H | IND, net + at, None, None))
+        if tags < 2:
+            rows += [(None, JMP | JEQ | K, ETH_P_8021Q, f"tags{tags + 1}", None),
+                     (None, JMP | JEQ | K, ETH_P_8021AD, f"tags{tags + 1}", None)]
+        rows += [(None, ST, M_TMP, None, None),
+                 (None, MISC | TXA, 0, None, None),
+                 (None, ALU | ADD | K, at + 2, None, None),
+                 (None, MISC | TAX, 0, None, None),
+                 (None, LD | MEM, M_TMP, None, None)]
+        if tags < 2:
+            rows.append((None, JMP | JA, "ipi", None, None))
+    return rows
 
 
 def _copy(pairs) -> List[tuple]:

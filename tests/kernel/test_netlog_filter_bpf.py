@@ -141,6 +141,9 @@ def expected(statements, frames, dev):
     return keep
 
 
+vlan_tags = st.lists(st.tuples(st.sampled_from((0x8100, 0x88A8)), st.integers(1, 4094)), max_size=2)
+
+
 @st.composite
 def frames(draw):
     out = []
@@ -152,8 +155,7 @@ def frames(draw):
                           vxlan=(4 if kind == "vxlan4" else 6, draw(st.sampled_from((0, 42, 16777215))))
                           if kind.startswith("vxlan") else None,
                           ip_options=b"\x01" * 4 * draw(st.integers(1, 10)) if kind == "options" else b"",
-                          tags=draw(st.lists(st.tuples(st.sampled_from((0x8100, 0x88A8)),
-                                                       st.integers(1, 4094)), max_size=2)))
+                          tags=draw(vlan_tags), inner_tags=draw(vlan_tags))
         out.append(frame)
     return out
 

@@ -155,10 +155,17 @@ def decode_frame(frame, outgoing):
             return REJECT
         if not l4[8] & 0x08:
             return conn
-        inner = l4[16:]
+        inner, off = l4[16:], 14
         if len(inner) < 14:
             return REJECT
-        got = _ip(inner[14:], struct.unpack("!H", inner[12:14])[0], outgoing)
+        ethertype = struct.unpack("!H", inner[12:14])[0]
+        for _ in range(2):   # VLAN tags inside, as user space reads them
+            if ethertype not in VLAN_TPIDS:
+                break
+            if len(inner) < off + 4:
+                return REJECT
+            ethertype, off = struct.unpack("!H", inner[off + 2:off + 4])[0], off + 4
+        got = _ip(inner[off:], ethertype, outgoing)
         if got in (REJECT, KEEP):
             return got
         conn = got[0]

@@ -138,10 +138,13 @@ def ethernet(dst_mac, src_mac, ethertype, body, tags=()):
     return head + struct.pack("!H", ethertype) + body
 
 
-def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=b"", tags=()):
+def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=b"", tags=(),
+              inner_tags=()):
     """An Ethernet frame of the connection seen from its local end: sent
     when outgoing (source = local), received otherwise. vxlan: None, or
-    (outer family, vni) to wrap it in UDP 4789 between two fixed hosts."""
+    (outer family, vni) to wrap it in UDP 4789 between two fixed hosts;
+    tags and inner_tags: VLAN (TPID, id) pairs of the frame and of the
+    frame inside VXLAN."""
     if outgoing:
         src, dst, sport, dport = conn["laddr"], conn["raddr"], conn["lport"], conn["rport"]
     else:
@@ -152,7 +155,8 @@ def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=
     if vxlan is None:
         return ethernet(dst_mac, src_mac, et, inner, tags)
     ofam, vni = vxlan
-    body = struct.pack("!II", 0x08000000, vni << 8) + ethernet(b"\x02" * 6, b"\x04" * 6, et, inner)
+    body = struct.pack("!II", 0x08000000, vni << 8) + ethernet(b"\x02" * 6, b"\x04" * 6, et, inner,
+                                                               inner_tags)
     a, b = (_packed(4, "192.0.2.1"), _packed(4, "192.0.2.2")) if ofam == 4 else \
         (_packed(6, "2001:db8:ff::1"), _packed(6, "2001:db8:ff::2"))
     outer = ip_packet(ofam, 17, a, b, 40000, 4789, body)
