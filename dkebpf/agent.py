@@ -13,53 +13,33 @@ from .debug_server import DebugServer, Metric
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
+from .plugins import L7NET, PLUGIN, names, rows_for
 from .plugins.base import PluginContext
 from .sampling import Sampler
 
 log = logging.getLogger("dkebpf")
 
-# plugin name -> [(module under dkebpf.plugins, class)]; ebpf-net's layer-7
-# parts are chosen by l7net_enabled and built in build_plugins
-IMPLEMENTED = {
-    # conntrack first: its NAT table must be filled before ebpf-net's points
-    # look it up; dnsflow before netflow: its answers fill ctx.domains
-    "ebpf-conntrack": [("conntrack", "ConntrackPlugin")],
-    "ebpf-net": [("dnsflow", "DnsflowPlugin"), ("netflow", "NetflowPlugin")],
-    "ebpf-bash": [("bash", "BashPlugin")],
-}
-L7NET_IMPLEMENTED = {"httpflow": [("httpflow", "HttpflowPlugin")],
-                     "httpflow-tls": [("httpflow_tls", "HttpflowTlsPlugin")]}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
 
-def _plugin_class(module, cls):
-    import importlib
-    return getattr(importlib.import_module(f".plugins.{module}", __package__), cls)
-
-
 def build_plugins(cfg, ctx):
-    """Plugin objects for cfg.enabled_plugins; refuses what is not built yet.
-    Order matters: sources of enrichment (conntrack, DNS) come before the
-    plugins whose points they enrich, so one interval sees fresh data."""
-    missing = [p for p in cfg.enabled_plugins if p not in IMPLEMENTED]
+    """Plugin objects for cfg.enabled_plugins / cfg.l7net_enabled, from the
+    plugin table, in its start order (sources of enrichment -- conntrack,
+    DNS -- before the plugins whose points they enrich, so one interval sees
+    fresh data); refuses a plugin that is not built yet."""
+    available = names(PLUGIN, implemented_only=True)
+    missing = [n for n in cfg.enabled_plugins if n not in available]
     if missing:
         raise UnsupportedError(
             f"plugin{'s' if len(missing) > 1 else ''} {', '.join(missing)} not implemented in this "
-            f"version of dkebpf (available: {', '.join(IMPLEMENTED)}); remove "
+            f"version of dkebpf (available: {', '.join(available)}); remove "
             f"{'them' if len(missing) > 1 else 'it'} from --enabled / enabled_plugins")
-    plugins = []
-    for name, parts in IMPLEMENTED.items():
-        if name in cfg.enabled_plugins:
-            plugins.extend(_plugin_class(module, cls)(ctx) for module, cls in parts)
-        if name == "ebpf-net" and name in cfg.enabled_plugins:
-            l7_missing = [k for k in cfg.l7net_enabled if k not in L7NET_IMPLEMENTED]
-            if l7_missing:
-                log.warning("ebpf-net: %s not implemented in this version", ", ".join(l7_missing))
-            for kind, parts in L7NET_IMPLEMENTED.items():
-                if kind in cfg.l7net_enabled:
-                    plugins.extend(_plugin_class(module, cls)(ctx) for module, cls in parts)
-    return plugins
+    if "ebpf-net" in cfg.enabled_plugins:
+        l7_missing = [n for n in cfg.l7net_enabled if n not in names(L7NET, implemented_only=True)]
+        if l7_missing:
+            log.warning("ebpf-net: %s not implemented in this version", ", ".join(l7_missing))
+    return [row.plugin_class()(ctx) for row in rows_for(cfg.enabled_plugins, cfg.l7net_enabled)]
 
 
 class Pidfile:

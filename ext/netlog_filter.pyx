@@ -18,17 +18,12 @@ from libc.string cimport memcmp, memcpy, strlen
 import numpy as np
 cimport numpy as cnp
 
+from sysio cimport AF_INET, AF_INET6, INET6_ADDRSTRLEN, inet_ntop
+from dk_common cimport offset_of
 from dkebpf._records import _dtype
 from dkebpf.netlog.filter import Call, Field, Lit, Not, network_contains, parse_network
 
 cnp.import_array()
-
-cdef extern from "arpa/inet.h" nogil:
-    const char *inet_ntop(int af, const void *src, char *dst, uint32_t size)
-    enum:
-        AF_INET
-        AF_INET6
-        INET6_ADDRSTRLEN
 
 cdef struct nf_conn:
     uint8_t laddr[16]      # local address (first 4 bytes for IPv4)
@@ -44,23 +39,20 @@ cdef struct nf_conn:
     uint8_t family         # 4 or 6
     uint8_t proto          # 6 (TCP) or 17 (UDP)
 
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
-
 cdef nf_conn _c
 CONN_DTYPE = _dtype("nf_conn", [
-    ("laddr", "V16", _off(&_c, &_c.laddr)),
-    ("raddr", "V16", _off(&_c, &_c.raddr)),
-    ("vni", "<u4", _off(&_c, &_c.vni)),
-    ("nic", "<u4", _off(&_c, &_c.nic)),
-    ("src_pod", "<u4", _off(&_c, &_c.src_pod)),
-    ("dst_pod", "<u4", _off(&_c, &_c.dst_pod)),
-    ("src_ns", "<u4", _off(&_c, &_c.src_ns)),
-    ("dst_ns", "<u4", _off(&_c, &_c.dst_ns)),
-    ("lport", "<u2", _off(&_c, &_c.lport)),
-    ("rport", "<u2", _off(&_c, &_c.rport)),
-    ("family", "u1", _off(&_c, &_c.family)),
-    ("proto", "u1", _off(&_c, &_c.proto)),
+    ("laddr", "V16", offset_of(&_c, &_c.laddr)),
+    ("raddr", "V16", offset_of(&_c, &_c.raddr)),
+    ("vni", "<u4", offset_of(&_c, &_c.vni)),
+    ("nic", "<u4", offset_of(&_c, &_c.nic)),
+    ("src_pod", "<u4", offset_of(&_c, &_c.src_pod)),
+    ("dst_pod", "<u4", offset_of(&_c, &_c.dst_pod)),
+    ("src_ns", "<u4", offset_of(&_c, &_c.src_ns)),
+    ("dst_ns", "<u4", offset_of(&_c, &_c.dst_ns)),
+    ("lport", "<u2", offset_of(&_c, &_c.lport)),
+    ("rport", "<u2", offset_of(&_c, &_c.rport)),
+    ("family", "u1", offset_of(&_c, &_c.family)),
+    ("proto", "u1", offset_of(&_c, &_c.proto)),
 ], sizeof(nf_conn))
 
 # the CONN_DTYPE column holding each name field's StringTable id

@@ -16,59 +16,45 @@ import numpy as np
 cimport numpy as cnp
 
 from packet cimport *
+from sysio cimport *
 from dk_packet cimport *
+from dk_common cimport offset_of, be16, be32
 from dkebpf._records import _dtype
 from dkebpf.errors import KernelError
 
 cnp.import_array()
 
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
-
 cdef dk_pkt _p
 PKT_DTYPE = _dtype("dk_pkt", [
-    ("ts_ns", "<u8", _off(&_p, &_p.ts_ns)),
-    ("saddr", "V16", _off(&_p, &_p.saddr)),
-    ("daddr", "V16", _off(&_p, &_p.daddr)),
-    ("payload_off", "<u4", _off(&_p, &_p.payload_off)),
-    ("payload_len", "<u4", _off(&_p, &_p.payload_len)),
-    ("payload_wire", "<u4", _off(&_p, &_p.payload_wire)),
-    ("ifindex", "<i4", _off(&_p, &_p.ifindex)),
-    ("hatype", "<u2", _off(&_p, &_p.hatype)),
-    ("sport", "<u2", _off(&_p, &_p.sport)),
-    ("dport", "<u2", _off(&_p, &_p.dport)),
-    ("family", "u1", _off(&_p, &_p.family)),
-    ("proto", "u1", _off(&_p, &_p.proto)),
-    ("pkttype", "u1", _off(&_p, &_p.pkttype)),
-    ("tcp_flags", "u1", _off(&_p, &_p.tcp_flags)),
-    ("seq", "<u4", _off(&_p, &_p.seq)),
-    ("ack", "<u4", _off(&_p, &_p.ack)),
-    ("vni", "<u4", _off(&_p, &_p.vni)),
-    ("window", "<u2", _off(&_p, &_p.window)),
-    ("vlan", "<u2", _off(&_p, &_p.vlan)),
-    ("vxlan", "u1", _off(&_p, &_p.vxlan)),
+    ("ts_ns", "<u8", offset_of(&_p, &_p.ts_ns)),
+    ("saddr", "V16", offset_of(&_p, &_p.saddr)),
+    ("daddr", "V16", offset_of(&_p, &_p.daddr)),
+    ("payload_off", "<u4", offset_of(&_p, &_p.payload_off)),
+    ("payload_len", "<u4", offset_of(&_p, &_p.payload_len)),
+    ("payload_wire", "<u4", offset_of(&_p, &_p.payload_wire)),
+    ("ifindex", "<i4", offset_of(&_p, &_p.ifindex)),
+    ("hatype", "<u2", offset_of(&_p, &_p.hatype)),
+    ("sport", "<u2", offset_of(&_p, &_p.sport)),
+    ("dport", "<u2", offset_of(&_p, &_p.dport)),
+    ("family", "u1", offset_of(&_p, &_p.family)),
+    ("proto", "u1", offset_of(&_p, &_p.proto)),
+    ("pkttype", "u1", offset_of(&_p, &_p.pkttype)),
+    ("tcp_flags", "u1", offset_of(&_p, &_p.tcp_flags)),
+    ("seq", "<u4", offset_of(&_p, &_p.seq)),
+    ("ack", "<u4", offset_of(&_p, &_p.ack)),
+    ("vni", "<u4", offset_of(&_p, &_p.vni)),
+    ("window", "<u2", offset_of(&_p, &_p.window)),
+    ("vlan", "<u2", offset_of(&_p, &_p.vlan)),
+    ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
 PACKET_OUTGOING_TYPE = PACKET_OUTGOING
 ARPHRD_LOOPBACK_TYPE = ARPHRD_LOOPBACK
 
-cdef enum:  # decode_network() results
-    DECODED = 0
-    NOT_IP = -1          # neither IPv4 nor IPv6, or a bad version/header length
-    NOT_TCP_UDP = -2     # another transport (also ESP, or more than 8 IPv6 extension headers)
-    FRAGMENT = -3        # a non-first IPv4 or IPv6 fragment: no transport header
-    TRUNCATED = -4       # headers cut by the capture length
+# decode_network() results: the module's .pxd (ext/includes/dkebpf/_packets.pxd)
 DECODE_STATUS = {DECODED: "decoded", NOT_IP: "not_ip", NOT_TCP_UDP: "not_tcp_udp",
                  FRAGMENT: "fragment", TRUNCATED: "truncated"}
-
-
-cdef inline uint16_t _be16(const uint8_t *p) noexcept nogil:
-    return (p[0] << 8) | p[1]
-
-
-cdef inline uint32_t _be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef enum:
@@ -92,7 +78,7 @@ cdef int skip_ipv6_extensions(const uint8_t *p, uint32_t n, uint8_t *proto, uint
         if proto[0] == 44:                            # fragment
             if n < off[0] + 8:
                 return TRUNCATED
-            if _be16(p + off[0] + 2) & 0xFFF8:
+            if be16(p + off[0] + 2) & 0xFFF8:
                 return FRAGMENT
             hlen = 8
         elif proto[0] == 51:                          # authentication header
@@ -125,9 +111,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
             return NOT_IP
         if n < ihl:
             return TRUNCATED
-        if _be16(p + 6) & 0x1FFF:   # fragment offset: RFC 791
+        if be16(p + 6) & 0x1FFF:   # fragment offset: RFC 791
             return FRAGMENT
-        tot = _be16(p + 2)
+        tot = be16(p + 2)
         if tot < ihl:
             return NOT_IP
         # trailing link padding (short ethernet frames) is not payload
@@ -140,7 +126,7 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     elif ethertype == ETH_P_IPV6:
         if n < 40 or (p[0] >> 4) != 6:
             return NOT_IP
-        plen = _be16(p + 4)
+        plen = be16(p + 4)
         proto = p[6]
         memcpy(out.saddr, p + 8, 16)
         memcpy(out.daddr, p + 24, 16)
@@ -158,9 +144,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
-        out.sport = _be16(p + off)
-        out.dport = _be16(p + off + 2)
-        ulen = _be16(p + off + 4)
+        out.sport = be16(p + off)
+        out.dport = be16(p + off + 2)
+        ulen = be16(p + off + 4)
         if ulen < 8:
             return TRUNCATED
         # the smaller of what UDP and IP say (a jumbogram or a lie)
@@ -170,13 +156,13 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     elif proto == 6:
         if n < off + 20:
             return TRUNCATED
-        out.sport = _be16(p + off)
-        out.dport = _be16(p + off + 2)
+        out.sport = be16(p + off)
+        out.dport = be16(p + off + 2)
         doff = (p[off + 12] >> 4) * 4
         out.tcp_flags = p[off + 13]
-        out.seq = _be32(p + off + 4)
-        out.ack = _be32(p + off + 8)
-        out.window = _be16(p + off + 14)
+        out.seq = be32(p + off + 4)
+        out.ack = be32(p + off + 8)
+        out.window = be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
         out.payload_wire = plen - doff
@@ -201,7 +187,7 @@ cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethert
     cdef int i
     if n < 14:
         return TRUNCATED
-    ethertype[0] = _be16(p + 12)
+    ethertype[0] = be16(p + 12)
     off[0] = 14
     vlan[0] = 0
     for i in range(VLAN_TAGS_MAX):
@@ -210,8 +196,8 @@ cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethert
         if n < off[0] + 4:
             return TRUNCATED
         if i == 0:
-            vlan[0] = _be16(p + off[0]) & 0x0FFF
-        ethertype[0] = _be16(p + off[0] + 2)
+            vlan[0] = be16(p + off[0]) & 0x0FFF
+        ethertype[0] = be16(p + off[0] + 2)
         off[0] += 4
     return DECODED
 
@@ -245,7 +231,7 @@ cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t ne
             out.sport == VXLAN_PORT or out.dport == VXLAN_PORT or
             out.sport == VXLAN_PORT_LINUX or out.dport == VXLAN_PORT_LINUX):
         return DECODED
-    vni = _be32(p + l4_off[0] + 4) >> 8
+    vni = be32(p + l4_off[0] + 4) >> 8
     end = l4_off[0] + out.payload_len   # the inner frame ends with the datagram
     inner = l4_off[0] + 8
     rc = _ethernet(p + inner, end - inner, &inner_off, &ethertype, &inner_vlan)

@@ -101,7 +101,10 @@ def capture_bench(pairs=5000, rounds=3):
     r.answer.append(dns.rrset.from_text("bench.example.com.", 60, "IN", "A", "10.0.0.1"))
     qw, rw = bytearray(q.to_wire()), bytearray(r.to_wire())
     best = float("inf")
-    with _packets.PacketRing(port_filter(53), retire_ms=5) as ring, \
+    # blocks retire when full or after 100 ms: the ring's 16 blocks hold a
+    # round however slowly a busy machine sends it (at 5 ms a block each,
+    # a round taking > 80 ms to send overran the ring)
+    with _packets.PacketRing(port_filter(53), retire_ms=100) as ring, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as srv, \
             socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cli:
         srv.bind((addr, 53))

@@ -27,7 +27,7 @@ from reference.netlog_filter_ref import KEEP, REJECT, decode_frame, first_match
 from support.netlog_filter_gen import conn_record, connection, ethernet, frame_for, ip_packet, rules_text
 from support.netns import NetNS, call_in_netns, sh
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 
 ETH_P_ALL = 0x0003
 SO_ATTACH_FILTER = 26
@@ -75,7 +75,7 @@ class VethLab:
 
 
 @pytest.fixture(scope="module")
-def lab(bpf_ok):
+def lab():
     lab = VethLab()
     yield lab
     lab.close()
@@ -259,7 +259,7 @@ def serve(listener, stop):
                 c.sendall(data)
 
 
-def test_tcp_connections_in_a_namespace(bpf_ok):
+def test_tcp_connections_in_a_namespace():
     from dkebpf import _packets
     from dkebpf.netlog.filter import parse_rules
     from dkebpf.netlog.filter_cbpf import socket_filter
@@ -315,7 +315,8 @@ def test_tcp_connections_in_a_namespace(bpf_ok):
         assert packet_keys(kept) == packet_keys(want)
 
 
-def test_vxlan_between_namespaces(bpf_ok):
+@pytest.mark.requires("vxlan")
+def test_vxlan_between_namespaces():
     """Two namespaces joined by a veth pair carrying a VXLAN (VNI 42, UDP
     4789); TCP over the VXLAN. Rings on the underlay veth of the server's
     namespace: the unfiltered one decodes the inner packets (vxlan, vni,
