@@ -178,6 +178,7 @@ cdef enum:
     VLAN_TAGS_MAX = 2   # 802.1ad + 802.1Q (QinQ)
     VXLAN_PORT = 4789   # IANA (RFC 7348)
     VXLAN_PORT_LINUX = 8472   # Linux's historical default, flannel's
+VXLAN_PORTS = (VXLAN_PORT, VXLAN_PORT_LINUX)   # also the socket program's (netlog.filter_cbpf)
 
 
 cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethertype,

@@ -28,15 +28,15 @@ import itertools
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
+from .._packets import VXLAN_PORTS
 from ..packetfilter import (ABS, ADD, ALU, AND, B, BPF_MAXINSNS, BPF_MEMWORDS, ETH_P_8021AD,
-                            ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, H, IMM, IND, IPPROTO_TCP, IPPROTO_UDP, JA, JEQ, JGE,
-                            JGT, JMP, JSET, K, LD, LDX, LSH, MEM, MISC, PACKET_OUTGOING, RET,
-                            RSH, SKF_AD_OFF, SKF_AD_PKTTYPE, SKF_AD_PROTOCOL, SKF_NET_OFF,
-                            SNAPLEN, ST, TAX, TXA, W, X, assemble)
+                            ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, H, IMM, IND, IPPROTO_TCP,
+                            IPPROTO_UDP, JA, JEQ, JGE, JGT, JMP, JSET, K, LD, LDX, LSH, MEM, MISC,
+                            PACKET_OUTGOING, RET, RSH, SKF_AD_OFF, SKF_AD_PKTTYPE,
+                            SKF_AD_PROTOCOL, SKF_NET_OFF, SNAPLEN, ST, TAX, TXA, W, X, assemble)
 from .filter import (ADDRESS_FIELDS, BOOL, INT, Call, Field, FIELDS, Lit, Not, Rules,
                      Statement, canonical_address, network_contains, parse_network)
 
-VXLAN_PORTS = (4789, 8472)   # IANA, and Linux's (flannel's) historical default
 # IPv6 extension headers (RFC 8200 4.1, and ESP/AH): decoded in user space
 IPV6_EXTENSION_HEADERS = (0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254)
 
@@ -65,9 +65,9 @@ class SocketFilter:
 
 
 def _decode(tag: str, net: int = SKF_NET_OFF) -> List[tuple]:
-    """Header decode of one IP packet whose header starts at X (relative
-    to the network header). Ends at `done`, `keep` (for user space) or
-    `reject`; stores family, protocol, address offsets, ports, L4 offset."""
+    """Header decode of one IP packet of type A whose header starts at X
+    (relative to `net`): stores family, protocol, address offsets, L4
+    offset and ports, or ends at `keep` (for user space) or `reject`."""
     return [
         # on entry A holds the ethertype
         (f"ip{tag}", JMP | JEQ | K, ETH_P_IP, f"v4{tag}", None),

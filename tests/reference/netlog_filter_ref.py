@@ -10,9 +10,9 @@ import ipaddress
 import struct
 
 from dkebpf.netlog.filter import Call, Field, Lit, Not
+from reference.packets_ref import VXLAN_PORTS
 
-VXLAN_PORTS = (4789, 8472)
-VLAN_TPIDS = (0x8100, 0x88A8)
+VLAN_TPIDS = (0x8100, 0x88A8)   # what skb_vlan_untag takes off (802.1Q, 802.1ad)
 IPV6_EXTENSION_HEADERS = {0, 43, 44, 50, 51, 60, 135, 139, 140, 253, 254}
 
 
