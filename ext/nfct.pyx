@@ -18,7 +18,6 @@ attribute that does not fit, or a required attribute with the wrong size, is
 counted as malformed and produces no row (tests/reference/nfct_ref.py states
 the same rules in plain Python).
 """
-import os
 
 import numpy as np
 
@@ -33,7 +32,7 @@ from sysio cimport AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, ntohl, ntohs, rec
 from dk_common cimport offset_of
 
 from dkebpf._records import _dtype
-from dkebpf.errors import KernelError
+from dkebpf.errors import kernel_error
 
 cnp.import_array()
 
@@ -438,7 +437,7 @@ cdef class NetlinkReader:
                     self.caprows = 2 * need
                 parse_buffer(self.buf, n, self.rows, &self.nrows, &self.st)
         if err:
-            raise KernelError(f"conntrack netlink socket: recv failed: {os.strerror(err)}", err)
+            raise kernel_error("conntrack netlink socket: recv", err)
         out = np.empty(self.nrows, EVENT_DTYPE)
         if self.nrows:
             memcpy(cnp.PyArray_DATA(out), self.rows, self.nrows * sizeof(nfct_event))

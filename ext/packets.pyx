@@ -9,7 +9,7 @@ capture), the kernel tells where the network header starts (tpacket3_hdr
 so no link header is parsed here. Used by dnsflow; built to be reused by
 bpf-netlog (one ring per network namespace and interface)."""
 from libc.errno cimport errno
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 import numpy as np
@@ -20,7 +20,7 @@ from sysio cimport *
 from dk_packet cimport *
 from dk_common cimport offset_of, be16, be32
 from dkebpf._records import _dtype
-from dkebpf.errors import KernelError
+from dkebpf.errors import kernel_error
 
 cnp.import_array()
 
@@ -364,8 +364,7 @@ cdef class PacketRing:
     cdef _fail(self, what):
         err = errno
         self.close()
-        hint = " (needs root or CAP_NET_RAW)" if err in (1, 13) else ""
-        raise KernelError(f"packet socket: {what}: {strerror(err).decode()} (errno {err}){hint}", err)
+        raise kernel_error(f"packet socket: {what}", err)
 
     def fileno(self):
         return self.fd
@@ -391,7 +390,7 @@ cdef class PacketRing:
         """Copy up to max_blocks ready blocks: returns (pkts, payload, more)
         with ``more`` true when further blocks may be waiting."""
         if self.ring == NULL:
-            raise KernelError("packet ring is closed", 9)
+            raise RuntimeError("packet ring used after close()")
         # a block holds at most block_size / 48 frames (tpacket3_hdr +
         # sockaddr_ll, aligned, is more than that)
         cdef Py_ssize_t cap_pkts = (self.block_size // 48 + 1) * max_blocks

@@ -38,7 +38,7 @@ def problems(spec):
                 out.append(f"drops {spec.drops} is not a per-CPU array of u64")
             if sorted(spec.drop_names) != list(range(len(spec.drop_names))):
                 out.append(f"drop counter indexes {sorted(spec.drop_names)} have gaps")
-            if len(spec.drop_names) > drops.max_entries:
+            if len(spec.drop_names) != drops.max_entries:
                 out.append(f"{len(spec.drop_names)} drop counters named, {spec.drops} holds "
                            f"{drops.max_entries}")
     return out
@@ -58,8 +58,10 @@ def test_a_typo_is_caught():
     netflow = OBJECTS["netflow"]
     typo = dataclasses.replace(netflow, knobs=("self_tgidd",), maps=("bound_port",),
                                drop_names={**netflow.drop_names, 9: "x"})
+    n = len(netflow.drop_names)
     assert problems(typo) == ["map bound_port", "knob self_tgidd",
-                              f"drop counter indexes {sorted(typo.drop_names)} have gaps"]
+                              f"drop counter indexes {sorted(typo.drop_names)} have gaps",
+                              f"{n + 1} drop counters named, drops holds {n}"]
     tls = OBJECTS["tls"]
     assert problems(dataclasses.replace(tls, programs=tls.programs + ("ssl_reed_enter",))) == \
         ["program ssl_reed_enter"]
