@@ -12,10 +12,9 @@ import os
 import random
 import sys
 
-from timing import best_of
+from timing import TESTS_DIR, best_of
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+sys.path.insert(0, TESTS_DIR)   # reference/ and support/ as packages (no dkebpf there to shadow)
 
 from dkebpf import _netlog_filter as nf  # noqa: E402
 from dkebpf.netlog.filter import parse_rules  # noqa: E402

@@ -8,13 +8,13 @@ caret line. Anything else is reported with the input and exits 1.
     .venv/bin/python perf/fuzz_netlog_filter.py [N] [SEED]
 
 Prints `name: value` lines like the benchmarks."""
-import os
 import random
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+from timing import TESTS_DIR
+
+sys.path.insert(0, TESTS_DIR)   # reference/ and support/ as packages (no dkebpf there to shadow)
 
 from dkebpf import _netlog_filter  # noqa: E402
 from dkebpf.errors import FilterError  # noqa: E402
