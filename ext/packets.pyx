@@ -192,8 +192,8 @@ cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethert
     off[0] = 14
     vlan[0] = 0
     for i in range(VLAN_TAGS_MAX):
-        if ethertype[0] != ETH_P_8021Q and ethertype[0] != ETH_P_8021AD and ethertype[0] != ETH_P_QINQ1:
-            break
+        if ethertype[0] != ETH_P_8021Q and ethertype[0] != ETH_P_8021AD:
+            break   # 0x9100 (pre-802.1ad QinQ) is not a tag to the kernel either
         if n < off[0] + 4:
             return TRUNCATED
         if i == 0:

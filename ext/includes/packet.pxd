@@ -13,7 +13,6 @@ cdef extern from "<linux/if_ether.h>" nogil:
         ETH_P_IPV6
         ETH_P_8021Q
         ETH_P_8021AD
-        ETH_P_QINQ1
 
 cdef extern from "<linux/if_arp.h>" nogil:
     enum:

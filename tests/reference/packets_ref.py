@@ -6,7 +6,7 @@ import struct
 from reference.dns_ref import decode_network
 
 ARPHRD_ETHER = 1
-VLAN_TPIDS = (0x8100, 0x88A8, 0x9100)
+VLAN_TPIDS = (0x8100, 0x88A8)   # 802.1Q, 802.1ad; 0x9100 is not a tag
 VXLAN_PORTS = (4789, 8472)
 
 
