@@ -1,7 +1,10 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf version`. Errors are one line on stderr and a
-non-zero exit status, never a traceback."""
+`dkebpf check`, `dkebpf install-datakit`, `dkebpf version`. Errors are one
+line on stderr (and in the log file, when there is one) and a non-zero exit
+status, never a traceback."""
 import logging
+import logging.handlers
+import os
 import sys
 
 from . import __version__
@@ -9,11 +12,24 @@ from .errors import DkebpfError
 
 USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf check            what this kernel and these privileges can run
+       dkebpf install-datakit  put this collector in a DataKit's externals (see --help)
        dkebpf version"""
+# DataKit never rotates its children's logs: ours stays under
+# LOG_MAX_BYTES * (LOG_BACKUPS + 1)
+LOG_MAX_BYTES = 32 << 20
+LOG_BACKUPS = 2
 
 
 def setup_logging(path, level):
-    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    if path:
+        try:
+            handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES,
+                                                           backupCount=LOG_BACKUPS)
+        except OSError as exc:
+            from .errors import ConfigError
+            raise ConfigError(f'invalid --log "{path}": cannot open it: {exc.strerror or exc}') from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("dkebpf")
     root.handlers[:] = [handler]
@@ -26,6 +42,7 @@ def _logs_to_file():
 
 
 def main(argv=None):
+    argv_is_ours = argv is None  # sys.argv[0] names the program only then
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -38,14 +55,23 @@ def main(argv=None):
         if cmd == "check":
             from .check import run_check
             return run_check(sys.stdout)
+        if cmd == "install-datakit":
+            from .install_datakit import main as install_main
+            return install_main(rest)
         if cmd == "run":
-            from .config import load_config
+            from .config import LAUNCHER_NAME, launcher_directory, load_config
             if "-h" in rest or "--help" in rest:
                 from .config import build_run_parser
                 build_run_parser().print_help()
                 return 0
-            cfg = load_config(rest)
+            program = sys.argv[0] if argv_is_ours else None
+            home = launcher_directory(program)
+            if home:  # started by DataKit: even a bad flag must reach the log file
+                setup_logging(os.path.join(home, LAUNCHER_NAME + ".log"), "info")
+            cfg = load_config(rest, program=program)
             setup_logging(cfg.log, cfg.log_level)
+            for warning in cfg.warnings:
+                logging.getLogger("dkebpf").warning("%s", warning)
             from .agent import Agent
             return Agent(cfg).run()
         sys.stderr.write(f"dkebpf: unknown command {cmd!r}\n{USAGE}\n")
