@@ -157,7 +157,8 @@ class Agent:
             raise (UnsupportedError if unsupported else DkebpfError)(f"no plugin could start: {failed}")
         inert = options_without_effect(self.cfg, {r.name.split("/")[0] for r in running})
         if inert:
-            log.warning("options without effect in this build or with these plugins: %s", ", ".join(inert))
+            log.warning("options without effect in this build or with these plugins: %s",
+                        ", ".join(inert))
         log.info("dkebpf started: plugins %s, interval %gs, output %s",
                  ", ".join(r.name for r in running), self.cfg.interval,
                  self.cfg.output or self.cfg.datakit_apiserver or "-")
@@ -228,7 +229,7 @@ class Agent:
                    [({"plugin": r.name}, int(not r.alive)) for r in self.runners]),
             Metric("plugin_restarts_total", "counter", "restarts after a failure",
                    [({"plugin": r.name}, r.restarts) for r in self.runners]),
-            Metric("plugin_failures_total", "counter", "failures of a plugin's start, on_readable or collect",
+            Metric("plugin_failures_total", "counter", "failures in a plugin's start, on_readable or collect",
                    [({"plugin": r.name, "stage": stage}, n) for r in self.runners
                     for stage, n in sorted(r.failures_by_stage.items())]),
             Metric("errors_total", "counter", "failures outside the plugins (limit checks, encoding/sending)",
