@@ -38,6 +38,8 @@ IMPLEMENTED = {
 L7NET_IMPLEMENTED = {"httpflow": [("httpflow", "HttpflowPlugin")],
                      "httpflow-tls": [("httpflow_tls", "HttpflowTlsPlugin")]}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
+# a predecessor may still be in its shutdown flush: wait that long for it
+PIDFILE_WAIT_S = SHUTDOWN_FLUSH_DEADLINE_S + 5.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
 
@@ -101,7 +103,7 @@ class Agent:
     def run(self):
         from ._lineproto import encode_batch  # noqa: F401  (fail early on a broken build)
 
-        with Pidfile(self.cfg.pidfile, log):
+        with Pidfile(self.cfg.pidfile, log, wait_s=PIDFILE_WAIT_S):
             kernel.ensure_mounts()
             kernel.raise_memlock()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())

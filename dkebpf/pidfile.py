@@ -2,8 +2,12 @@
 for the old one to be gone, and two collectors count every flow twice; a
 pid in a stale pidfile may meanwhile belong to another program, which must
 not block the start. So the old pid counts only while its command line is
-a collector's (dkebpf, datakit-ebpf: ours or the original)."""
+a collector's (dkebpf, datakit-ebpf: ours or the original). An old
+collector may still be flushing its last interval after DataKit restarted
+(DataKit does not wait for it), so the new one waits ``wait_s`` for it to
+exit before refusing: DataKit starts its child once and does not retry."""
 import os
+import time
 
 from .errors import DkebpfError
 
@@ -26,12 +30,13 @@ def collector_cmdline(pid, proc="/proc"):
 
 class Pidfile:
     """Context manager: refuses to start while the pid in ``path`` is a
-    running collector, else writes ours (atomically) and removes it on exit.
-    A ``path`` of None does nothing."""
+    running collector (after waiting ``wait_s`` for it to exit), else writes
+    ours (atomically) and removes it on exit. A ``path`` of None does nothing."""
 
-    def __init__(self, path, logger=None):
+    def __init__(self, path, logger=None, wait_s=0.0):
         self.path = path
         self.logger = logger
+        self.wait_s = wait_s
         self.written = False
 
     def __enter__(self):
@@ -44,6 +49,13 @@ class Pidfile:
             old = 0
         if old and old != os.getpid():
             cmdline = collector_cmdline(old)
+            deadline = time.monotonic() + self.wait_s
+            if cmdline is not None and self.wait_s > 0 and self.logger is not None:
+                self.logger.info("pidfile %s: waiting up to %gs for collector pid %d to exit",
+                                 self.path, self.wait_s, old)
+            while cmdline is not None and time.monotonic() < deadline:
+                time.sleep(0.2)
+                cmdline = collector_cmdline(old)
             if cmdline is not None:
                 raise DkebpfError(f"another collector is running (pid {old} in {self.path}: "
                                   f"{cmdline}); not starting a second one")

@@ -2,8 +2,10 @@
 got the old pid."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -41,6 +43,17 @@ def test_a_running_collector_blocks_the_start(tmp_path, sleeper):
     with pytest.raises(DkebpfError, match=f"another collector is running \\(pid {pid} in {path}"):
         Pidfile(str(path)).__enter__()
     assert path.read_text() == f"{pid}\n"
+
+
+def test_a_collector_on_its_way_out_is_waited_for(tmp_path, sleeper):
+    path = tmp_path / "datakit-ebpf.pid"
+    pid = sleeper("dkebpf")
+    path.write_text(f"{pid}\n")
+    threading.Timer(0.5, os.kill, (pid, signal.SIGTERM)).start()
+    start = time.monotonic()
+    with Pidfile(str(path), wait_s=10):
+        assert 0.4 < time.monotonic() - start < 5
+        assert path.read_text() == f"{os.getpid()}\n"
 
 
 def test_a_reused_pid_of_another_program_does_not(tmp_path, sleeper):
