@@ -14,8 +14,8 @@ import socket
 import time
 
 from . import kernel
-from .debug_server import DebugServer, Metric
 from .config import options_without_effect
+from .debug_server import DebugServer, Metric
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
