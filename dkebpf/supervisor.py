@@ -141,8 +141,8 @@ class PluginRunner:
     def _failed(self, stage, exc, permanent=False):
         self.failures_by_stage[stage] = self.failures_by_stage.get(stage, 0) + 1
         now = self.clock()
-        if self.started_at is not None and now - self.started_at >= RESET_AFTER_S:
-            self.failures = 0  # it had been healthy for long: a new series
+        if stage != "start" and now - self.started_at >= RESET_AFTER_S:
+            self.failures = 0  # it had run well for long: a new series
         self.failures += 1
         bug = not isinstance(exc, DkebpfError)  # then the traceback goes to the log too
         text = f"{type(exc).__name__}: {exc}" if bug else str(exc)

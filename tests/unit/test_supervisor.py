@@ -212,3 +212,25 @@ def test_a_failing_limit_check_is_counted_and_the_loop_goes_on(agent):
     assert agent.errors["limit_check"] == 1 and agent.exit_error is None
     agent.flush()
     assert agent.sink.sent == [("src", [1])]
+
+
+def test_a_long_healthy_run_starts_a_new_series_of_failures(agent, monkeypatch):
+    clock = [1000.0]
+    attempts = []
+
+    def factory():
+        attempts.append(1)
+        # the first instance runs; every restart fails to start
+        return Source("p") if len(attempts) == 1 else Source("p", fail_start=DkebpfError("busy"))
+    r = supervisor.PluginRunner("p", factory, agent.selector, lambda *_: None, clock=lambda: clock[0])
+    assert r.start()
+    clock[0] += supervisor.RESET_AFTER_S + 1
+    newest("p").w.send(b"\xff")
+    time.sleep(0.05)
+    r.on_readable(newest("p").r)
+    assert (r.state, r.failures) == (supervisor.WAITING, 1)
+    while r.alive:  # failing starts count on: disabled after MAX_FAILURES in a row
+        clock[0] = r.retry_at
+        assert r.restart_due(clock[0]) and not r.start()
+    assert r.failures == supervisor.MAX_FAILURES and r.failures_by_stage == {
+        "on_readable": 1, "start": supervisor.MAX_FAILURES - 1}
