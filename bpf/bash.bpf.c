@@ -14,6 +14,7 @@
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "include/drops.bpf.h"
 #include "include/bash.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -23,12 +24,7 @@ struct {
 	__uint(max_entries, 1 << 20); /* 2048 records: minutes of the fastest typing */
 } lines SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, BASH_DROP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} drops SEC(".maps");
+DROP_COUNTERS(drops, BASH_DROP_MAX);
 
 /* where the rest of a long line is read to measure its length */
 struct scratch {
@@ -41,13 +37,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch SEC(".maps");
-
-static __always_inline void count_drop(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&drops, &idx);
-	if (v)
-		*v += 1;
-}
 
 /* Length of the part of the line past line[]: read on until the NUL, at
  * most BASH_LEN_CHUNKS pieces. Sets *at_least when it stopped early. */
@@ -85,13 +74,13 @@ int BPF_KRETPROBE(bash_readline, const char *ret)
 		return 0;
 	rec = bpf_ringbuf_reserve(&lines, sizeof(*rec), 0);
 	if (!rec) {
-		count_drop(BASH_DROP_RING);
+		count_drop(&drops, BASH_DROP_RING);
 		return 0;
 	}
 	/* copies up to BASH_LINE_MAX bytes and a NUL; returns bytes incl. the NUL */
 	n = bpf_probe_read_user_str(rec->line, sizeof(rec->line), ret);
 	if (n <= 0) {
-		count_drop(BASH_DROP_READ);
+		count_drop(&drops, BASH_DROP_READ);
 		bpf_ringbuf_discard(rec, 0);
 		return 0;
 	}

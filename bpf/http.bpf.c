@@ -36,18 +36,17 @@
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "include/drops.bpf.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
 #include "include/l7.h"
 #include "include/http.h"
-#include "include/http_msg.h"
-#include "include/ring_wake.h"
+#include "include/http_msg.bpf.h"
+#include "include/ring_wake.bpf.h"
 
-#define MSG_PEEK 2
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
-#define SOCK_STREAM 1
 #define HTTP_MAX_IOV 8
 
 char LICENSE[] SEC("license") = "GPL";
@@ -56,7 +55,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u8 ipv6_disabled = 0;
 const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
 
-#include "include/sock_tuple.h" /* uses ipv6_disabled */
+#include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 
 #define EVENTS_RING_BYTES (1 << 25)
 /* Wake the reader only once this much waits: user space processes records
@@ -78,12 +77,7 @@ struct {
 	__type(value, struct http_conn);
 } http_conns SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, HTTP_DROP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} http_drops SEC(".maps");
+DROP_COUNTERS(http_drops, HTTP_DROP_MAX);
 
 /* how a call passes its data */
 #define CALL_BUF 0   /* (buf, len) */
@@ -121,7 +115,7 @@ struct {
 struct scratch {
 	struct l7_event ev;
 	__u8 slack[L7_PAYLOAD_MAX];
-	__u32 unqueried; /* include/ring_wake.h */
+	__u32 unqueried; /* include/ring_wake.bpf.h */
 };
 
 struct {
@@ -130,13 +124,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct scratch);
 } scratch_buf SEC(".maps");
-
-static __always_inline void count_drop(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&http_drops, &idx);
-	if (v)
-		*v += 1;
-}
 
 static __always_inline __u64 wake_flag(struct scratch *s, __u32 size)
 {
@@ -152,13 +139,13 @@ static __always_inline void emit(struct scratch *s)
 	 * is the scratch record, which has L7_PAYLOAD_MAX bytes of slack */
 	__u32 size = L7_EVENT_MIN_SIZE + (s->ev.cap_len & (2 * L7_PAYLOAD_MAX - 1));
 	if (bpf_ringbuf_output(&events, &s->ev, size, wake_flag(s, size)))
-		count_drop(HTTP_DROP_RING);
+		count_drop(&http_drops, HTTP_DROP_RING);
 }
 
 /* fd of the current task -> its TCP sock, or NULL. The inode mode tells a
  * socket (S_IFSOCK, set by sock_alloc in net/socket.c); for a socket file
  * private_data is the struct socket (sock_alloc_file). The walk uses plain
- * loads through bpf_rdonly_cast (sock_tuple.h) but for the fd array slot,
+ * loads through bpf_rdonly_cast (sock_tuple.bpf.h) but for the fd array slot,
  * which takes a variable index (one bpf_probe_read_kernel). */
 static __always_inline struct sock *fd_tcp_sock(int fd)
 {
@@ -196,7 +183,7 @@ static __always_inline int enter_call(int fd, __u64 ptr, __u32 count, __u8 op, _
 	struct sock_call *c = bpf_task_storage_get(&calls, bpf_get_current_task_btf(), 0,
 						   BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!c) {
-		count_drop(HTTP_DROP_CALLS);
+		count_drop(&http_drops, HTTP_DROP_CALLS);
 		return 0;
 	}
 	c->sk = (__u64)sk;
@@ -291,12 +278,12 @@ static __always_inline struct http_conn *new_conn(__u64 skp, const __u8 *head, _
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 	BPF_CORE_READ_STR_INTO(&init.comm, task, group_leader, comm);
 	if (bpf_map_update_elem(&http_conns, &skp, &init, BPF_NOEXIST) && !bpf_map_lookup_elem(&http_conns, &skp)) {
-		count_drop(HTTP_DROP_CONNS);
+		count_drop(&http_drops, HTTP_DROP_CONNS);
 		return 0;
 	}
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &skp);
 	if (!hc)
-		count_drop(HTTP_DROP_CONNS);
+		count_drop(&http_drops, HTTP_DROP_CONNS);
 	return hc;
 }
 
@@ -370,7 +357,7 @@ static __always_inline int exit_call(long ret)
 	if (first && n0 >= 8) {
 		unread = bpf_probe_read_user(s->ev.payload, n0 & (2 * L7_PAYLOAD_MAX - 1), first) != 0;
 		if (unread)
-			count_drop(HTTP_DROP_READ);
+			count_drop(&http_drops, HTTP_DROP_READ);
 	}
 	if (!first || n0 < 8 || unread || !looks_like_http(s->ev.payload)) {
 		if (hc) /* a continuation: counted, no record */
@@ -505,7 +492,7 @@ int BPF_PROG(on_destroy, struct sock *sk)
 		ev->ts_other_ns = 0;
 		bpf_ringbuf_submit(ev, wake_flag(s, L7_EVENT_MIN_SIZE));
 	} else {
-		count_drop(HTTP_DROP_RING);
+		count_drop(&http_drops, HTTP_DROP_RING);
 	}
 	bpf_map_delete_elem(&http_conns, &key);
 	return 0;

@@ -18,11 +18,11 @@
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "include/drops.bpf.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
 
-#define MSG_PEEK 2
 
 /* TCP states, include/net/tcp_states.h */
 #define TCP_ESTABLISHED 1
@@ -40,7 +40,7 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u8 ipv6_disabled = 0;
 const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
 
-#include "include/sock_tuple.h" /* uses ipv6_disabled */
+#include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -61,12 +61,7 @@ struct {
 	__type(value, __u8);
 } bound_ports SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NF_DROP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} drops SEC(".maps");
+DROP_COUNTERS(drops, NF_DROP_MAX);
 
 /* per-thread syscall arguments of unconnected UDP calls; uaddr (a send or
  * receive with an address) or is_bind (a bind) set while one is under way */
@@ -102,13 +97,6 @@ static __always_inline void end_udp_call(struct udp_call *c)
 	c->sk = 0;
 	c->len = 0;
 	c->is_bind = 0;
-}
-
-static __always_inline void count_drop(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&drops, &idx);
-	if (v)
-		*v += 1;
 }
 
 static __always_inline __u32 current_tgid(void)
@@ -208,7 +196,7 @@ get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *
 	init.proto = t->proto;
 	init.direction = direction ? direction : port_direction(t->lport, t->proto);
 	if (bpf_map_update_elem(&conns, key, &init, BPF_NOEXIST) && bpf_map_lookup_elem(&conns, key) == 0) {
-		count_drop(NF_DROP_CONNS);
+		count_drop(&drops, NF_DROP_CONNS);
 		return 0;
 	}
 	return bpf_map_lookup_elem(&conns, key);
@@ -284,8 +272,10 @@ static __always_inline int stash_call(__u64 uaddr, __u8 is_msg)
 	if (!uaddr)
 		return 0;
 	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c)
+	if (!c) {
+		count_drop(&drops, NF_DROP_CALLS);
 		return 0;
+	}
 	end_udp_call(c);
 	c->uaddr = uaddr;
 	c->is_msg = is_msg;
@@ -352,8 +342,10 @@ int enter_bind(struct trace_event_raw_sys_enter *ctx)
 	if (!port)
 		return 0;
 	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c)
+	if (!c) {
+		count_drop(&drops, NF_DROP_CALLS);
 		return 0;
+	}
 	end_udp_call(c);
 	c->is_bind = 1;
 	c->bind_port = port;
@@ -370,7 +362,7 @@ int exit_bind(struct trace_event_raw_sys_exit *ctx)
 		struct nf_port_key pk = {.port = c->bind_port, .proto = IPPROTO_UDP};
 		__u8 one = 1;
 		if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
-			count_drop(NF_DROP_BOUND);
+			count_drop(&drops, NF_DROP_BOUND);
 	}
 	end_udp_call(c);
 	return 0;
@@ -380,7 +372,7 @@ static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf
 {
 	struct nf_conn_event *ev = bpf_ringbuf_reserve(&closed, sizeof(*ev), 0);
 	if (!ev) {
-		count_drop(NF_DROP_RING);
+		count_drop(&drops, NF_DROP_RING);
 		return;
 	}
 	ev->key = *key;
@@ -401,7 +393,7 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		__u8 one = 1;
 		if (newstate == TCP_LISTEN) {
 			if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
-				count_drop(NF_DROP_BOUND);
+				count_drop(&drops, NF_DROP_BOUND);
 		} else if (newstate == TCP_CLOSE) {
 			bpf_map_delete_elem(&bound_ports, &pk);
 		}

@@ -26,7 +26,7 @@
  * is one hash lookup per socket call; syscall tracepoints on read/write
  * would fire for every file and pipe as well.
  *
- * Records follow bpf/http.bpf.c's scheme (include/http_msg.h): one record
+ * Records follow bpf/http.bpf.c's scheme (include/http_msg.bpf.h): one record
  * per HTTP/1.x message start, the plaintext bytes of every call counted in
  * the connection's struct http_conn (`tls_conns`, keyed by struct sock *),
  * so sizes and latency come out right without a record per chunk. The
@@ -39,14 +39,15 @@
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
+#include "include/drops.bpf.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
 #include "include/l7.h"
 #include "include/http.h"
-#include "include/http_msg.h"
+#include "include/http_msg.bpf.h"
 #include "include/tls.h"
-#include "include/ring_wake.h"
+#include "include/ring_wake.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -57,7 +58,7 @@ const volatile __u32 self_tgid = 0;
 /* wake the reader once this much waits in the ring (see submit_flags) */
 const volatile __u32 wakeup_bytes = 1 << 19;
 
-#include "include/sock_tuple.h" /* uses ipv6_disabled */
+#include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 
 /* ssl_call.kind */
 #define CALL_READ 1
@@ -120,7 +121,7 @@ struct {
 
 struct tls_scratch {
 	struct l7_event ev;
-	__u32 unqueried; /* include/ring_wake.h */
+	__u32 unqueried; /* include/ring_wake.bpf.h */
 };
 
 /* The record under construction: it goes on the ring cut after its valid
@@ -133,26 +134,14 @@ struct {
 	__type(value, struct tls_scratch);
 } scratch SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, TLS_DROP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} drops SEC(".maps");
-
-static __always_inline void count_drop(__u32 idx)
-{
-	__u64 *v = bpf_map_lookup_elem(&drops, &idx);
-	if (v)
-		*v += 1;
-}
+DROP_COUNTERS(drops, TLS_DROP_MAX);
 
 /* Batch the reader's wakeups: by default a commit wakes the reader whenever
  * it had caught up (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), i.e. once per
  * record when records come slower than it drains, one trip through the
  * collector's event loop each. A reader that is not asleep still sees the
  * records (the ring's poll reports any available data), and the interval's
- * collect takes everything, so only the wakeup is deferred (ring_wake.h:
+ * collect takes everything, so only the wakeup is deferred (ring_wake.bpf.h:
  * without a ring query per record). */
 static __always_inline __u64 submit_flags(struct tls_scratch *s, __u32 size)
 {
@@ -172,7 +161,8 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 		.ts_ns = bpf_ktime_get_ns(),
 		.kind = kind,
 	};
-	bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY);
+	if (bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY))
+		count_drop(&drops, TLS_DROP_CALLS);
 	return 0;
 }
 
@@ -188,7 +178,8 @@ static __always_inline void learn_sock(struct sock *sk)
 	c->sk = (__u64)sk;
 	struct ssl_key k = {.ssl = c->ssl, .tgid = id >> 32};
 	__u64 v = (__u64)sk;
-	bpf_map_update_elem(&ssl_socks, &k, &v, BPF_ANY);
+	if (bpf_map_update_elem(&ssl_socks, &k, &v, BPF_ANY))
+		count_drop(&drops, TLS_DROP_SOCKS);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -249,7 +240,7 @@ static __always_inline int leave(long ret)
 			sk = *v;
 	}
 	if (!sk) {
-		count_drop(TLS_DROP_NO_SOCK);
+		count_drop(&drops, TLS_DROP_NO_SOCK);
 		return 0;
 	}
 
@@ -268,7 +259,7 @@ static __always_inline int leave(long ret)
 	/* a message starts */
 	struct sock_tuple t = {};
 	if (!read_tuple((const struct sock *)sk, &t) || t.proto != IPPROTO_TCP) {
-		count_drop(TLS_DROP_NOT_TCP);
+		count_drop(&drops, TLS_DROP_NOT_TCP);
 		return 0;
 	}
 	if (!hc) {
@@ -278,8 +269,11 @@ static __always_inline int leave(long ret)
 		init.direction = (is_request == (op == L7_OP_SEND)) ? NF_DIR_OUTGOING : NF_DIR_INCOMING;
 		bpf_map_update_elem(&tls_conns, &sk, &init, BPF_NOEXIST);
 		hc = bpf_map_lookup_elem(&tls_conns, &sk);
-		if (!hc)
-			return 0; /* LRU: cannot fail but for a race with its eviction */
+		if (!hc) {
+			/* LRU: fails on memory pressure or a race with its eviction */
+			count_drop(&drops, TLS_DROP_CONNS);
+			return 0;
+		}
 	}
 	struct http_conn before = *hc;
 	count_bytes(hc, op, bytes, ts);
@@ -301,6 +295,9 @@ static __always_inline int leave(long ret)
 	ev->sk_recv = before.recv;
 	ev->ts_other_ns = op == L7_OP_SEND ? before.ts_last_recv : before.ts_last_send;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	/* the scratch record is reused: a shorter name must not keep the tail
+	 * of the previous one (the string read does not pad) */
+	__builtin_memset(ev->comm, 0, NF_COMM_LEN);
 	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
 
 	__u32 cap = bytes < L7_PAYLOAD_MAX ? (__u32)bytes : L7_PAYLOAD_MAX;
@@ -311,11 +308,11 @@ static __always_inline int leave(long ret)
 	 * it still holds what the caller passed in */
 	if (bpf_probe_read_user(ev->payload, cap, (void *)c.buf)) {
 		cap = 0;
-		count_drop(TLS_DROP_PAYLOAD);
+		count_drop(&drops, TLS_DROP_PAYLOAD);
 	}
 	ev->cap_len = cap;
 	if (bpf_ringbuf_output(&events, ev, L7_EVENT_MIN_SIZE + cap, submit_flags(s, L7_EVENT_MIN_SIZE + cap)))
-		count_drop(TLS_DROP_RING);
+		count_drop(&drops, TLS_DROP_RING);
 	return 0;
 }
 
@@ -350,7 +347,7 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 			ev->ts_other_ns = 0;
 			bpf_ringbuf_submit(ev, submit_flags(s, L7_EVENT_MIN_SIZE));
 		} else {
-			count_drop(TLS_DROP_RING);
+			count_drop(&drops, TLS_DROP_RING);
 		}
 	}
 	bpf_map_delete_elem(&tls_conns, &key);

@@ -20,61 +20,41 @@ from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
 from .pidfile import Pidfile
+from .plugins import L7NET, PLUGIN, names, rows_for
 from .plugins.base import PluginContext
 from .sampling import Sampler
 from .supervisor import WAITING, PluginRunner
 
 log = logging.getLogger("dkebpf")
 
-# plugin name -> [(module under dkebpf.plugins, class)]; ebpf-net's layer-7
-# parts are chosen by l7net_enabled and built in build_plugins
-IMPLEMENTED = {
-    # conntrack first: its NAT table must be filled before ebpf-net's points
-    # look it up; dnsflow before netflow: its answers fill ctx.domains
-    "ebpf-conntrack": [("conntrack", "ConntrackPlugin")],
-    "ebpf-net": [("dnsflow", "DnsflowPlugin"), ("netflow", "NetflowPlugin")],
-    "ebpf-bash": [("bash", "BashPlugin")],
-}
-L7NET_IMPLEMENTED = {"httpflow": [("httpflow", "HttpflowPlugin")],
-                     "httpflow-tls": [("httpflow_tls", "HttpflowTlsPlugin")]}
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 # a predecessor may still be in its shutdown flush: wait that long for it
 PIDFILE_WAIT_S = SHUTDOWN_FLUSH_DEADLINE_S + 5.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
 
-def _plugin_class(module, cls):
-    import importlib
-    return getattr(importlib.import_module(f".plugins.{module}", __package__), cls)
-
-
 def plugin_factories(cfg, ctx):
-    """[(name, factory)] of the enabled plugins this build has, in start
-    order, and a note for each enabled one it has not. Order matters:
-    sources of enrichment (conntrack, DNS) come before the plugins whose
-    points they enrich, so one interval sees fresh data."""
-    notes = [f"{p}: not implemented in this version of dkebpf (available: {', '.join(IMPLEMENTED)})"
-             for p in cfg.enabled_plugins if p not in IMPLEMENTED]
-    parts = []
-    for name, plugin_parts in IMPLEMENTED.items():
-        if name in cfg.enabled_plugins:
-            parts += plugin_parts
-        if name == "ebpf-net" and name in cfg.enabled_plugins:
-            notes += [f"ebpf-net: {k} not implemented in this version of dkebpf"
-                      for k in cfg.l7net_enabled if k not in L7NET_IMPLEMENTED]
-            for kind, l7_parts in L7NET_IMPLEMENTED.items():
-                if kind in cfg.l7net_enabled:
-                    parts += l7_parts
-    return [_factory(module, cls, ctx) for module, cls in parts], notes
+    """[(name, factory)] of the plugin-table rows these settings run, in the
+    table's start order (sources of enrichment -- conntrack, DNS -- before
+    the plugins whose points they enrich, so one interval sees fresh data),
+    and a note for each enabled name this version does not build."""
+    available = names(PLUGIN, implemented_only=True)
+    notes = [f"{n}: not implemented in this version of dkebpf (available: {', '.join(available)})"
+             for n in cfg.enabled_plugins if n not in available]
+    if "ebpf-net" in cfg.enabled_plugins:
+        l7_available = names(L7NET, implemented_only=True)
+        notes += [f"ebpf-net: {n} not implemented in this version of dkebpf"
+                  for n in cfg.l7net_enabled if n not in l7_available]
+    return [_factory(row, ctx) for row in rows_for(cfg.enabled_plugins, cfg.l7net_enabled)], notes
 
 
-def _factory(module, cls, ctx):
+def _factory(row, ctx):
     try:
-        plugin_class = _plugin_class(module, cls)
+        plugin_class = row.plugin_class()
     except DkebpfError as exc:  # a broken install: that plugin fails to start, alone
         def broken():
             raise exc
-        return module, broken
+        return row.label.strip("`"), broken
     return plugin_class.name, lambda: plugin_class(ctx)
 
 

@@ -1,62 +1,61 @@
 """`dkebpf check`: per plugin, can this kernel with these privileges run it,
-and if not, why. Checks by doing: the BPF object is loaded and attached,
-then detached again."""
+and if not, why. Table-driven (dkebpf/plugins/__init__.py): for each row,
+first the named feature probes it requires (dkebpf/features.py, shared with
+the tests), then its check function, which checks by doing -- the BPF
+object is loaded and attached, then detached again; the socket is opened,
+then closed.
+
+A check function takes no arguments and returns (ok, [lines]); a row with a
+part or an L7 protocol gets its lines prefixed with that name."""
 import os
 
-from . import kernel
-from .errors import DkebpfError
-
-PLUGINS = ("ebpf-net", "ebpf-bash", "ebpf-conntrack", "ebpf-trace", "bpf-netlog")
-NETFLOW_TRACEPOINTS = (("sock", "sock_send_length"), ("sock", "sock_recv_length"),
-                       ("sock", "inet_sock_set_state"), ("tcp", "tcp_retransmit_skb"),
-                       ("syscalls", "sys_enter_sendto"), ("syscalls", "sys_exit_recvmsg"),
-                       ("syscalls", "sys_enter_bind"))
+from . import features, kernel
+from .errors import PRIVILEGE_HINT, DkebpfError
+from .plugins import L7NET, PLUGIN, PLUGINS, names
 
 
-def _common():
-    """Reasons no BPF plugin can run, shared by all."""
-    reasons = []
+# What this host refused (the kernel's errno, a missing file, no privilege)
+# or a broken install: reported as a "no". A bug (RuntimeError, LookupError)
+# is not caught, and ends as an internal error with its traceback.
+HOST_REFUSED = (DkebpfError, OSError, ImportError)
+
+
+def _not_root():
+    """The one reason no BPF object loads, whatever the kernel has."""
     if not kernel.is_root():
-        reasons.append("not root (loading BPF programs needs root or CAP_BPF+CAP_PERFMON)")
-    if not kernel.btf_available():
-        reasons.append(f"no kernel BTF ({kernel.BTF_VMLINUX}): CO-RE programs cannot be relocated")
-    return reasons
+        return [f"not root: {PRIVILEGE_HINT}"]
+    return []
+
+
+def _first_line(exc):
+    return str(exc).splitlines()[0]
 
 
 def load_and_attach(name):
-    """Load bpf/<name>.bpf.o, attach every program, detach again; returns
-    how many programs attached (raises what loading or attaching raised)."""
-    from . import _libbpf
-    from .plugins.netflow import bpf_object_path
-    with _libbpf.BpfObject(bpf_object_path(name)) as obj:
-        obj.load()
-        links = obj.attach_all()
-        for link in links:
-            link.close()
-    return len(links)
+    """Load bpf/<name>.bpf.o, attach the programs its spec attaches at start,
+    detach again; returns how many attached (raises what loading or
+    attaching raised)."""
+    from .bpf_objects import OBJECTS, BpfSkeleton
+    with BpfSkeleton(OBJECTS[name]).start() as bpf:
+        return len(bpf.links)
 
 
-def check_netflow():
-    reasons = _common()
+def _check_object(name, hooks):
+    """A BPF object's check: load and attach it (then detach); the line says
+    how many programs attached to which hooks, or what the host refused."""
+    reasons = _not_root()
     if reasons:
         return False, reasons
     try:
-        kernel.ensure_mounts()
-    except DkebpfError as exc:
-        return False, [f"tracefs not available: {exc}"]
-    missing = [f"{c}:{n}" for c, n in NETFLOW_TRACEPOINTS if not kernel.tracepoint_exists(c, n)]
-    if missing:
-        return False, ["missing tracepoints: " + ", ".join(missing)]
-    try:
-        nlinks = load_and_attach("netflow")
-    except (DkebpfError, ImportError) as exc:
-        return False, [str(exc).splitlines()[0]]
-    return True, [f"netflow: {nlinks} programs load and attach "
-                  "(tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/tcp_retransmit_skb, "
-                  "syscall tracepoints)",
-                  check_dnsflow(),
-                  check_httpflow(),
-                  check_httpflow_tls()]
+        nlinks = load_and_attach(name)
+    except HOST_REFUSED as exc:
+        return False, [_first_line(exc)]
+    return True, [f"{nlinks} programs load and attach ({hooks})"]
+
+
+def check_netflow():
+    return _check_object("netflow", "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/"
+                         "tcp_retransmit_skb/tcp_destroy_sock, syscall tracepoints")
 
 
 def check_dnsflow():
@@ -67,77 +66,70 @@ def check_dnsflow():
         from .packetfilter import port_filter
         with _packets.PacketRing(port_filter(53), block_nr=2):
             pass
-    except (DkebpfError, ImportError) as exc:
-        return f"dnsflow: no: {str(exc).splitlines()[0]}"
-    return "dnsflow: packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"
+    except HOST_REFUSED as exc:
+        return False, [_first_line(exc)]
+    return True, ["packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"]
 
 
-def check_bash(host_root="", proc="/proc"):
-    """Whether the readline uretprobe attaches, and to which bash binaries."""
-    reasons = _common()
+def check_bash():
+    """Whether the readline uretprobe attaches, and to which bash binaries.
+    `check` takes no options: the host root comes from the environment, as
+    for `run` (see config.py host_root/host_proc)."""
+    reasons = _not_root()
     if reasons:
         return False, reasons
+    host_root = os.environ.get("HOST_ROOT", "").rstrip("/")
+    proc = os.environ.get("HOST_PROC") or (host_root + "/proc" if host_root else "/proc")
     try:
-        from . import _libbpf
+        from .bpf_objects import BASH, BpfSkeleton
         from .plugins.bash import READLINE, find_bash_binaries
-        from .plugins.netflow import bpf_object_path
         binaries = find_bash_binaries(host_root, proc)
         if not binaries:
             return False, ["no bash binary found (/bin/bash, /usr/bin/bash, running processes)"]
         ok, failed = [], []
-        with _libbpf.BpfObject(bpf_object_path("bash")) as obj:
-            obj.load()
-            prog = obj.program("bash_readline")
+        with BpfSkeleton(BASH).start() as bpf:
             for path in sorted(binaries.values()):
                 try:
-                    prog.attach_uprobe(path, READLINE, retprobe=True).close()
+                    bpf.attach_uprobe("bash_readline", path, READLINE, retprobe=True).close()
                     ok.append(path)
-                except DkebpfError as exc:
-                    failed.append(f"{path}: {str(exc).splitlines()[0]}")
-    except (DkebpfError, ImportError) as exc:
-        return False, [str(exc).splitlines()[0]]
+                except HOST_REFUSED as exc:
+                    failed.append(f"{path}: {_first_line(exc)}")
+    except HOST_REFUSED as exc:
+        return False, [_first_line(exc)]
     why = [f"uretprobe on readline attaches to {p}" for p in ok]
     why += [f"cannot attach to {f}" for f in failed]
     return bool(ok), why
 
 
 def check_httpflow():
-    """One line: does the HTTP capture object load and attach here."""
-    try:
-        nlinks = load_and_attach("http")
-    except (DkebpfError, ImportError) as exc:
-        return f"httpflow: no: {str(exc).splitlines()[0]}"
-    return (f"httpflow: {nlinks} programs load and attach (syscall tracepoints read/write/"
-            "readv/writev/sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)")
+    return _check_object("http", "syscall tracepoints read/write/readv/writev/sendto/recvfrom/"
+                         "sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock")
 
 
 def check_httpflow_tls():
-    """One line: where libssl is, and do the OpenSSL uprobes attach."""
+    """Where libssl is, and do the OpenSSL uprobes attach."""
+    reasons = _not_root()
+    if reasons:
+        return False, reasons
     try:
         from .plugins.tls_probes import check_line
-        return check_line()
-    except (DkebpfError, ImportError) as exc:
-        return f"httpflow-tls: no: {str(exc).splitlines()[0]}"
+        return True, [check_line().removeprefix("httpflow-tls: ")]
+    except HOST_REFUSED as exc:
+        return False, [_first_line(exc)]
 
 
 def check_conntrack():
-    """nf_conntrack present, events on, and a ctnetlink socket that joins the
-    event groups and answers a request (the global entry count)."""
+    """A ctnetlink socket that joins the event groups and answers a request
+    (the global entry count); the ctnetlink_events probe said nf_conntrack
+    is there with events on."""
     from .plugins import conntrack
-    present, events = conntrack.conntrack_status()
-    if not present:
-        return False, ["nf_conntrack is not available (no /proc/sys/net/netfilter/nf_conntrack_max): "
-                       "modprobe nf_conntrack"]
-    if not events:
-        return False, ["nf_conntrack is available but sends no events "
-                       "(net.netfilter.nf_conntrack_events = 0): set it to 2"]
     try:
         sock = conntrack.open_event_socket()
-    except DkebpfError as exc:
+    except HOST_REFUSED as exc:
         return False, ["nf_conntrack is available", str(exc)]
     try:
         entries = conntrack.query_entry_count()
-    except DkebpfError as exc:
+    except HOST_REFUSED as exc:
         return False, ["nf_conntrack is available", str(exc)]
     finally:
         sock.close()
@@ -145,24 +137,54 @@ def check_conntrack():
                   f"(NEW, DESTROY), {entries} connections tracked now"]
 
 
+def missing_features(row):
+    """One line per feature probe of the row that fails here, saying which
+    kernel brought it when this one is older."""
+    this = features.kernel_version()
+    out = []
+    for name in row.requires:
+        why = features.missing(name)
+        if why is None:
+            continue
+        need = features.feature(name).min_kernel
+        if need is not None and this < need:
+            why += f" (needs kernel {need[0]}.{need[1]} or later; this is {os.uname().release})"
+        out.append(why)
+    return out
+
+
+def check_row(row):
+    """(ok, [lines]) for one row of the plugin table."""
+    if not row.implemented:
+        return False, ["not implemented in this version"]
+    missing = missing_features(row)
+    if missing:
+        return False, missing
+    return globals()[row.check]()
+
+
 def run_check(out):
-    """Print one block per plugin; returns 0 when ebpf-net can run."""
+    """Print one block per plugin (ebpf-net's L7 protocols in its block);
+    returns 0 when ebpf-net can run. A plugin runs when every one of its
+    rows does; an L7 protocol that cannot run is reported and does not
+    count, as it can be left out (--l7net-disabled)."""
     results = {}
-    for name in PLUGINS:
+    for name in names(PLUGIN):
+        rows = [r for r in PLUGINS if r.kind == PLUGIN and r.name == name]
         if name == "ebpf-net":
-            ok, why = check_netflow()
-        elif name == "ebpf-bash":
-            # `check` takes no options: the host root comes from the
-            # environment, as for `run` (see config.py host_root/host_proc)
-            root = os.environ.get("HOST_ROOT", "").rstrip("/")
-            ok, why = check_bash(root, os.environ.get("HOST_PROC") or (root + "/proc" if root else "/proc"))
-        elif name == "ebpf-conntrack":
-            ok, why = check_conntrack()
-        else:
-            ok, why = False, ["not implemented in this version"]
+            rows += [r for r in PLUGINS if r.kind == L7NET]
+        ok, lines = True, []
+        for row in rows:
+            row_ok, why = check_row(row)
+            tag = row.part or (row.name if row.kind == L7NET else "")
+            if row.kind == PLUGIN:
+                ok = ok and row_ok
+            if tag:
+                why = [f"{tag}: {'' if row_ok else 'no: '}{line}" for line in why]
+            lines += why
         results[name] = ok
         out.write(f"{name}: {'yes' if ok else 'no'}\n")
-        for line in why:
+        for line in lines:
             out.write(f"  - {line}\n")
     out.write(f"kernel: {os.uname().release}, BTF: {'yes' if kernel.btf_available() else 'no'}, "
               f"root: {'yes' if kernel.is_root() else 'no'}\n")

@@ -1,7 +1,10 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf install-datakit`, `dkebpf version`. Errors are one
-line on stderr (and in the log file, when there is one) and a non-zero exit
-status, never a traceback."""
+`dkebpf check`, `dkebpf install-datakit`, `dkebpf version`. A DkebpfError
+(bad input, the kernel refused) is one line on stderr (and in the log file,
+when there is one) and its exit status, never a traceback. Any other
+exception is a bug (e.g. LookupError/RuntimeError from misusing a BPF
+object): exit 70 (EX_SOFTWARE) with the traceback in the log (--log, else
+stderr) and one line on stderr."""
 import logging
 import logging.handlers
 import os
@@ -83,10 +86,13 @@ def main(argv=None):
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # a bug: one line for the user, the traceback in the log
+    except Exception as exc:  # a bug: the traceback in the log, one line for the user
+        summary = f"internal error: {type(exc).__name__}: {exc}"
+        # without handlers (before --log is read, or `check`) logging's
+        # last resort writes it to stderr
+        logging.getLogger("dkebpf").exception(summary)
         if _logs_to_file():
-            logging.getLogger("dkebpf").exception("internal error")
-        sys.stderr.write(f"dkebpf: internal error: {type(exc).__name__}: {exc}\n")
+            sys.stderr.write(f"dkebpf: {summary}\n")
         return 70  # EX_SOFTWARE
 
 

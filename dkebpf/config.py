@@ -50,6 +50,7 @@ else:  # pragma: no cover - exercised on Python < 3.11 only
     import tomli as tomllib
 
 from .errors import ConfigError
+from .plugins import L7NET, PLUGIN, names as _plugin_names
 
 __all__ = [
     "Config",
@@ -67,8 +68,11 @@ __all__ = [
     "parse_rate",
 ]
 
-PLUGINS = ("ebpf-net", "ebpf-bash", "ebpf-conntrack", "ebpf-trace", "bpf-netlog")
-L7NET_PROTOCOLS = ("httpflow", "httpflow-tls")
+# the names --enabled and --l7net-enabled accept, from the plugin table
+# (dkebpf/plugins/__init__.py), implemented or not: the agent warns about a
+# known plugin that is not built yet and runs the others
+PLUGINS = _plugin_names(PLUGIN)
+L7NET_PROTOCOLS = _plugin_names(L7NET)
 LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning",
               "warning": "warning", "error": "error"}
 # The original hard-codes these two as never traced (doc: "do not need to be

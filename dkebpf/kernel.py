@@ -7,7 +7,7 @@ import errno
 import os
 import resource
 
-from .errors import KernelError
+from .errors import kernel_error
 
 TRACEFS = "/sys/kernel/tracing"
 DEBUGFS = "/sys/kernel/debug"
@@ -28,7 +28,7 @@ def _mount(source, target, fstype):
     if _libc.mount(source.encode(), target.encode(), fstype.encode(), 0, None) != 0:
         err = ctypes.get_errno()
         if err != errno.EBUSY:  # already mounted there
-            raise KernelError(f"mount {fstype} on {target}: {os.strerror(err)}", err)
+            raise kernel_error(f"mount {fstype} on {target}", err)
 
 
 def mounted_types():

@@ -9,9 +9,9 @@ guarantees it. Per record, with the GIL released:
   the capture limit: an incomplete last sequence -- a lead byte
   0xC2..0xF4 followed, within the last four bytes, by fewer continuation
   bytes (0x80..0xBF) than it announces -- is dropped;
-* what is left is decoded like Python's ``bytes.decode("utf-8",
-  "replace")``: each maximal ill-formed subpart (Unicode 15, section 3.9,
-  "U+FFFD Substitution of Maximal Subparts") becomes one U+FFFD.
+* what is left is made valid by the project's one UTF-8 policy
+  (ext/includes/utf8.pxd): like Python's ``bytes.decode("utf-8",
+  "replace")``, each maximal ill-formed subpart becomes one U+FFFD.
 
 ``tests/reference/bashline_ref.py`` holds the same rules in plain Python;
 the hypothesis tests in ``tests/unit/test_bashline.py`` hold both equal.
@@ -30,26 +30,11 @@ import pyarrow as pa
 cimport numpy as cnp
 
 from bash cimport bash_line, BASH_LINE_MAX, BASH_F_TRUNCATED
+from utf8 cimport utf8_replace_invalid, utf8_seq_len
 
 cnp.import_array()
 
 __all__ = ["decode_lines"]
-
-
-cdef inline int _seq_len(uint8_t lead) noexcept nogil:
-    """Bytes a well-formed sequence starting with lead has; 0 when lead can
-    start none (a continuation byte, 0xC0, 0xC1, 0xF5..0xFF)."""
-    if lead < 0x80:
-        return 1
-    if lead < 0xC2:
-        return 0
-    if lead < 0xE0:
-        return 2
-    if lead < 0xF0:
-        return 3
-    if lead < 0xF5:
-        return 4
-    return 0
 
 
 cdef inline Py_ssize_t _cut(const uint8_t *p, Py_ssize_t n) noexcept nogil:
@@ -58,56 +43,9 @@ cdef inline Py_ssize_t _cut(const uint8_t *p, Py_ssize_t n) noexcept nogil:
     while k >= 0 and k >= n - 3 and (p[k] & 0xC0) == 0x80:
         k -= 1
     if k >= 0 and k >= n - 4:
-        if _seq_len(p[k]) > n - k:
+        if utf8_seq_len(p[k]) > n - k:
             return k
     return n
-
-
-cdef inline bint _cont_ok(uint8_t lead, Py_ssize_t pos, uint8_t b) noexcept nogil:
-    """May b stand at position pos (1..3) of a sequence led by lead? The
-    second byte's range is narrower after E0, ED, F0 and F4 (no overlong
-    forms, no surrogates, nothing above U+10FFFF: Unicode Table 3-7)."""
-    if pos == 1:
-        if lead == 0xE0:
-            return 0xA0 <= b <= 0xBF
-        if lead == 0xED:
-            return 0x80 <= b <= 0x9F
-        if lead == 0xF0:
-            return 0x90 <= b <= 0xBF
-        if lead == 0xF4:
-            return 0x80 <= b <= 0x8F
-    return 0x80 <= b <= 0xBF
-
-
-cdef Py_ssize_t _decode(const uint8_t *p, Py_ssize_t n, uint8_t *out) noexcept nogil:
-    """Write p[:n] as valid UTF-8 to out (room for 3 * n); returns the length."""
-    cdef Py_ssize_t i = 0, o = 0, need, j
-    cdef uint8_t lead
-    while i < n:
-        lead = p[i]
-        if lead < 0x80:
-            out[o] = lead
-            o += 1
-            i += 1
-            continue
-        need = _seq_len(lead)
-        j = 1
-        while j < need and i + j < n and _cont_ok(lead, j, p[i + j]):
-            j += 1
-        if need and j == need:
-            while j > 0:
-                out[o] = p[i]
-                o += 1
-                i += 1
-                j -= 1
-        else:
-            # the maximal subpart p[i:i+j] (at least the lead) -> U+FFFD
-            out[o] = 0xEF
-            out[o + 1] = 0xBF
-            out[o + 2] = 0xBD
-            o += 3
-            i += j
-    return o
 
 
 def decode_lines(records):
@@ -135,7 +73,7 @@ def decode_lines(records):
     with nogil:
         for i in range(n):
             ov[i] = <int32_t>o
-            o += _decode(<const uint8_t *>recs[i].line, kv[i], dp + o)
+            o += utf8_replace_invalid(<const uint8_t *>recs[i].line, kv[i], dp + o)
         ov[n] = <int32_t>o
     cmd = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data[:o]))
     return cmd, kept

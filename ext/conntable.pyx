@@ -31,8 +31,9 @@ from libc.stdlib cimport calloc, free, realloc
 from libc.string cimport memcpy, memset
 
 from netflow cimport *
+from dk_common cimport offset_of
 
-from dkebpf._records import EVENT_DTYPE, KEY_DTYPE, STATS_DTYPE, _dtype
+from dkebpf._records import EVENT_DTYPE, KEY_DTYPE, STATS_DTYPE, _dtype, comm_to_arrow
 
 cnp.import_array()
 
@@ -76,30 +77,25 @@ cdef packed struct nf_conn_delta:
     char comm[16]
     uint8_t _pad[3]
 
-
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
-
-
 cdef nf_conn_delta _d
 
 DELTA_DTYPE = _dtype("nf_conn_delta", [
-    ("d_bytes_sent", "<u8", _off(&_d, &_d.d_bytes_sent)),
-    ("d_bytes_recv", "<u8", _off(&_d, &_d.d_bytes_recv)),
-    ("d_retransmits", "<u8", _off(&_d, &_d.d_retransmits)),
-    ("laddr", "V16", _off(&_d, &_d.laddr)),
-    ("raddr", "V16", _off(&_d, &_d.raddr)),
-    ("pid", "<u4", _off(&_d, &_d.pid)),
-    ("rtt_us", "<u4", _off(&_d, &_d.rtt_us)),
-    ("rtt_var_us", "<u4", _off(&_d, &_d.rtt_var_us)),
-    ("lport", "<u2", _off(&_d, &_d.lport)),
-    ("rport", "<u2", _off(&_d, &_d.rport)),
-    ("family", "u1", _off(&_d, &_d.family)),
-    ("proto", "u1", _off(&_d, &_d.proto)),
-    ("direction", "u1", _off(&_d, &_d.direction)),
-    ("established", "u1", _off(&_d, &_d.established)),
-    ("closed", "u1", _off(&_d, &_d.closed)),
-    ("comm", "S16", _off(&_d, &_d.comm)),
+    ("d_bytes_sent", "<u8", offset_of(&_d, &_d.d_bytes_sent)),
+    ("d_bytes_recv", "<u8", offset_of(&_d, &_d.d_bytes_recv)),
+    ("d_retransmits", "<u8", offset_of(&_d, &_d.d_retransmits)),
+    ("laddr", "V16", offset_of(&_d, &_d.laddr)),
+    ("raddr", "V16", offset_of(&_d, &_d.raddr)),
+    ("pid", "<u4", offset_of(&_d, &_d.pid)),
+    ("rtt_us", "<u4", offset_of(&_d, &_d.rtt_us)),
+    ("rtt_var_us", "<u4", offset_of(&_d, &_d.rtt_var_us)),
+    ("lport", "<u2", offset_of(&_d, &_d.lport)),
+    ("rport", "<u2", offset_of(&_d, &_d.rport)),
+    ("family", "u1", offset_of(&_d, &_d.family)),
+    ("proto", "u1", offset_of(&_d, &_d.proto)),
+    ("direction", "u1", offset_of(&_d, &_d.direction)),
+    ("established", "u1", offset_of(&_d, &_d.established)),
+    ("closed", "u1", offset_of(&_d, &_d.closed)),
+    ("comm", "S16", offset_of(&_d, &_d.comm)),
 ], sizeof(nf_conn_delta))
 
 # The merge reads the input rows through the C structs: the dtypes must
@@ -573,80 +569,15 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
 
 # ------------------------------------------------------------------ arrow
 
-cdef inline int utf8_seq_len(const uint8_t *s, Py_ssize_t n) noexcept nogil:
-    """Length of the valid UTF-8 sequence at s (RFC 3629: no overlongs, no
-    surrogates, max U+10FFFF), 0 if invalid."""
-    cdef uint8_t c = s[0]
-    cdef int need, k
-    cdef uint8_t lo = 0x80, hi = 0xbf
-    if c < 0x80:
-        return 1
-    if 0xc2 <= c <= 0xdf:
-        need = 1
-    elif 0xe0 <= c <= 0xef:
-        need = 2
-        if c == 0xe0:
-            lo = 0xa0
-        elif c == 0xed:
-            hi = 0x9f
-    elif 0xf0 <= c <= 0xf4:
-        need = 3
-        if c == 0xf0:
-            lo = 0x90
-        elif c == 0xf4:
-            hi = 0x8f
-    else:
-        return 0
-    if need >= n:
-        return 0
-    if s[1] < lo or s[1] > hi:
-        return 0
-    for k in range(2, need + 1):
-        if s[k] < 0x80 or s[k] > 0xbf:
-            return 0
-    return need + 1
-
-
-cdef inline void sanitize_utf8(uint8_t *s, Py_ssize_t n) noexcept nogil:
-    """The kernel's comm is whatever bytes the process set (prctl
-    PR_SET_NAME, truncated to 15 bytes, possibly mid-character): replace each
-    byte that does not start a valid UTF-8 sequence with '?', so the column is
-    valid Arrow utf8 and keeps its length."""
-    cdef Py_ssize_t i = 0
-    cdef int L
-    while i < n:
-        L = utf8_seq_len(s + i, n - i)
-        if L == 0:
-            s[i] = 63  # '?'
-            i += 1
-        else:
-            i += L
-
-
 def delta_to_arrow(delta):
     """DELTA_DTYPE rows -> pyarrow.RecordBatch with DELTA_SCHEMA (columns
-    copied out of the rows by numpy, comm built in C; no Python object per
-    row)."""
+    copied out of the rows by numpy, comm by _records.comm_to_arrow; no
+    Python object per row)."""
     if not isinstance(delta, np.ndarray) or delta.ndim != 1 or delta.dtype != DELTA_DTYPE:
         raise TypeError("delta_to_arrow: expected the 1-d DELTA_DTYPE array returned by merge()")
     cdef cnp.ndarray d = np.ascontiguousarray(delta)
-    cdef Py_ssize_t n = d.shape[0], i, L, pos = 0
-    cdef const nf_conn_delta *D = <const nf_conn_delta *>cnp.PyArray_DATA(d)
-    cdef cnp.ndarray offsets = np.empty(n + 1, np.int32)
-    cdef cnp.ndarray data = np.empty(max(n * 16, 1), np.uint8)
-    cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offsets)
-    cdef uint8_t *B = <uint8_t *>cnp.PyArray_DATA(data)
-    with nogil:
-        for i in range(n):
-            O[i] = <int32_t>pos
-            L = 0
-            while L < 16 and D[i].comm[L] != 0:
-                L += 1
-            memcpy(B + pos, D[i].comm, L)
-            sanitize_utf8(B + pos, L)
-            pos += L
-        O[n] = <int32_t>pos
-    comm = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data[:pos]))
+    cdef Py_ssize_t n = d.shape[0]
+    comm = comm_to_arrow(d["comm"])
 
     def col(name):
         return pa.array(np.ascontiguousarray(d[name]))

@@ -16,61 +16,59 @@ import pyarrow as pa
 cimport numpy as cnp
 
 from dk_packet cimport *
+from dk_common cimport offset_of, be16
 from dkebpf._records import _dtype
 from dkebpf._packets import PKT_DTYPE
 
 cnp.import_array()
-
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
 
 cdef dk_dns_msg _m
 cdef dk_dns_addr _a
 cdef dk_dns_pair _r
 
 MSG_DTYPE = _dtype("dk_dns_msg", [
-    ("ts_ns", "<u8", _off(&_m, &_m.ts_ns)),
-    ("saddr", "V16", _off(&_m, &_m.saddr)),
-    ("daddr", "V16", _off(&_m, &_m.daddr)),
-    ("ifindex", "<i4", _off(&_m, &_m.ifindex)),
-    ("answers_off", "<u4", _off(&_m, &_m.answers_off)),
-    ("answers_n", "<u2", _off(&_m, &_m.answers_n)),
-    ("hatype", "<u2", _off(&_m, &_m.hatype)),
-    ("sport", "<u2", _off(&_m, &_m.sport)),
-    ("dport", "<u2", _off(&_m, &_m.dport)),
-    ("id", "<u2", _off(&_m, &_m.id)),
-    ("qtype", "<u2", _off(&_m, &_m.qtype)),
-    ("qname_len", "<u2", _off(&_m, &_m.qname_len)),
-    ("family", "u1", _off(&_m, &_m.family)),
-    ("proto", "u1", _off(&_m, &_m.proto)),
-    ("pkttype", "u1", _off(&_m, &_m.pkttype)),
-    ("qr", "u1", _off(&_m, &_m.qr)),
-    ("opcode", "u1", _off(&_m, &_m.opcode)),
-    ("rcode", "u1", _off(&_m, &_m.rcode)),
-    ("qname", "V256", _off(&_m, &_m.qname)),
+    ("ts_ns", "<u8", offset_of(&_m, &_m.ts_ns)),
+    ("saddr", "V16", offset_of(&_m, &_m.saddr)),
+    ("daddr", "V16", offset_of(&_m, &_m.daddr)),
+    ("ifindex", "<i4", offset_of(&_m, &_m.ifindex)),
+    ("answers_off", "<u4", offset_of(&_m, &_m.answers_off)),
+    ("answers_n", "<u2", offset_of(&_m, &_m.answers_n)),
+    ("hatype", "<u2", offset_of(&_m, &_m.hatype)),
+    ("sport", "<u2", offset_of(&_m, &_m.sport)),
+    ("dport", "<u2", offset_of(&_m, &_m.dport)),
+    ("id", "<u2", offset_of(&_m, &_m.id)),
+    ("qtype", "<u2", offset_of(&_m, &_m.qtype)),
+    ("qname_len", "<u2", offset_of(&_m, &_m.qname_len)),
+    ("family", "u1", offset_of(&_m, &_m.family)),
+    ("proto", "u1", offset_of(&_m, &_m.proto)),
+    ("pkttype", "u1", offset_of(&_m, &_m.pkttype)),
+    ("qr", "u1", offset_of(&_m, &_m.qr)),
+    ("opcode", "u1", offset_of(&_m, &_m.opcode)),
+    ("rcode", "u1", offset_of(&_m, &_m.rcode)),
+    ("qname", "V256", offset_of(&_m, &_m.qname)),
 ], sizeof(dk_dns_msg))
 
 ADDR_DTYPE = _dtype("dk_dns_addr", [
-    ("msg", "<u4", _off(&_a, &_a.msg)),
-    ("ttl", "<u4", _off(&_a, &_a.ttl)),
-    ("family", "u1", _off(&_a, &_a.family)),
-    ("addr", "V16", _off(&_a, &_a.addr)),
+    ("msg", "<u4", offset_of(&_a, &_a.msg)),
+    ("ttl", "<u4", offset_of(&_a, &_a.ttl)),
+    ("family", "u1", offset_of(&_a, &_a.family)),
+    ("addr", "V16", offset_of(&_a, &_a.addr)),
 ], sizeof(dk_dns_addr))
 
 PAIR_DTYPE = _dtype("dk_dns_pair", [
-    ("ts_ns", "<u8", _off(&_r, &_r.ts_ns)),
-    ("latency_ns", "<u8", _off(&_r, &_r.latency_ns)),
-    ("caddr", "V16", _off(&_r, &_r.caddr)),
-    ("saddr", "V16", _off(&_r, &_r.saddr)),
-    ("cport", "<u2", _off(&_r, &_r.cport)),
-    ("sport", "<u2", _off(&_r, &_r.sport)),
-    ("qtype", "<u2", _off(&_r, &_r.qtype)),
-    ("qname_len", "<u2", _off(&_r, &_r.qname_len)),
-    ("rcode", "<i2", _off(&_r, &_r.rcode)),
-    ("family", "u1", _off(&_r, &_r.family)),
-    ("proto", "u1", _off(&_r, &_r.proto)),
-    ("outgoing", "u1", _off(&_r, &_r.outgoing)),
-    ("qname", "V256", _off(&_r, &_r.qname)),
+    ("ts_ns", "<u8", offset_of(&_r, &_r.ts_ns)),
+    ("latency_ns", "<u8", offset_of(&_r, &_r.latency_ns)),
+    ("caddr", "V16", offset_of(&_r, &_r.caddr)),
+    ("saddr", "V16", offset_of(&_r, &_r.saddr)),
+    ("cport", "<u2", offset_of(&_r, &_r.cport)),
+    ("sport", "<u2", offset_of(&_r, &_r.sport)),
+    ("qtype", "<u2", offset_of(&_r, &_r.qtype)),
+    ("qname_len", "<u2", offset_of(&_r, &_r.qname_len)),
+    ("rcode", "<i2", offset_of(&_r, &_r.rcode)),
+    ("family", "u1", offset_of(&_r, &_r.family)),
+    ("proto", "u1", offset_of(&_r, &_r.proto)),
+    ("outgoing", "u1", offset_of(&_r, &_r.outgoing)),
+    ("qname", "V256", offset_of(&_r, &_r.qname)),
 ], sizeof(dk_dns_pair))
 
 cdef enum:
@@ -85,10 +83,6 @@ cdef enum:
     IPPROTO_TCP_T = 6
 DNS_PORT = 53
 TIMEOUT_RCODE = RCODE_TIMEOUT
-
-
-cdef inline uint16_t _be16(const uint8_t *p) noexcept nogil:
-    return (p[0] << 8) | p[1]
 
 
 cdef inline uint32_t _be32(const uint8_t *p) noexcept nogil:
@@ -160,13 +154,13 @@ cdef int parse_message(const uint8_t *m, uint32_t n, dk_dns_msg *msg, dk_dns_add
     n_ans[0] = 0
     if n < 12:
         return -1
-    msg.id = _be16(m)
-    flags = _be16(m + 2)
+    msg.id = be16(m)
+    flags = be16(m + 2)
     msg.qr = flags >> 15
     msg.opcode = (flags >> 11) & 0x0F
     msg.rcode = flags & 0x0F
-    qd = _be16(m + 4)
-    an = _be16(m + 6)
+    qd = be16(m + 4)
+    an = be16(m + 6)
     if qd == 0:
         return -1
     if read_name(m, n, 12, msg.qname, &msg.qname_len, &after) < 0:
@@ -174,7 +168,7 @@ cdef int parse_message(const uint8_t *m, uint32_t n, dk_dns_msg *msg, dk_dns_add
     pos = after
     if pos + 4 > n:
         return -1
-    msg.qtype = _be16(m + pos)
+    msg.qtype = be16(m + pos)
     pos += 4
     for i in range(1, qd):
         if read_name(m, n, pos, tmp, &tmp_len, &after) < 0 or after + 4 > n:
@@ -188,10 +182,10 @@ cdef int parse_message(const uint8_t *m, uint32_t n, dk_dns_msg *msg, dk_dns_add
         pos = after
         if pos + 10 > n:
             return -1
-        typ = _be16(m + pos)
-        cls = _be16(m + pos + 2)
+        typ = be16(m + pos)
+        cls = be16(m + pos + 2)
         ttl = _be32(m + pos + 4)
-        rdlen = _be16(m + pos + 8)
+        rdlen = be16(m + pos + 8)
         pos += 10
         if pos + rdlen > n:
             return -1
@@ -300,7 +294,7 @@ def parse_packets(pkts, payload):
                     if pos + 2 > seglen:
                         tcp_partial += 1
                         break
-                    mlen = _be16(seg + pos)
+                    mlen = be16(seg + pos)
                     pos += 2
                     if pos + mlen > seglen:
                         tcp_partial += 1

@@ -20,14 +20,13 @@ cimport numpy as cnp
 import pyarrow as pa
 
 from l7 cimport *
+from dk_common cimport offset_of
 from dkebpf._records import L7_EVENT_DTYPE, _dtype
 
 cnp.import_array()
 
-# message kinds
-DEF K_REQUEST = 1
-DEF K_RESPONSE = 2
-DEF K_CLOSE = 3
+# message kinds (K_*: the module's .pxd, ext/includes/dkebpf/_http.pxd, with
+# http_msg and the functions other Cython modules cimport)
 KIND_REQUEST = K_REQUEST
 KIND_RESPONSE = K_RESPONSE
 KIND_CLOSE = K_CLOSE
@@ -41,23 +40,8 @@ cdef int _METHOD_LENS[10]
 _METHOD_LENS[:] = [0, 3, 4, 3, 6, 4, 7, 5, 7, 5]
 VERSIONS = {10: "1.0", 11: "1.1"}
 # a 512-byte prefix holds at most this many minimal messages ("GET / HTTP/1.1\r\n\r\n")
-DEF MAX_MSGS_PER_EVENT = 32
-
-
-cdef struct http_msg:
-    uint64_t sk
-    uint64_t ts
-    uint32_t pid
-    uint32_t ev        # index of the event in the batch
-    uint32_t seg_len   # bytes of this message within its call (next message or the call's end)
-    uint16_t off       # where the message starts in the payload
-    uint16_t path_off  # request path (without query) within the payload
-    uint16_t path_len
-    uint16_t status
-    uint8_t kind       # K_*
-    uint8_t method
-    uint8_t version    # 10, 11; 0 unknown (line cut by the capture limit)
-    uint8_t truncated  # the path ran into the capture limit
+cdef enum:
+    MAX_MSGS_PER_EVENT = 32
 
 
 cdef struct http_pair:
@@ -71,33 +55,28 @@ cdef struct http_pair:
 cdef http_msg _m
 cdef http_pair _p
 
-
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
-
-
 MSG_DTYPE = _dtype("http_msg", [
-    ("sk", "<u8", _off(&_m, &_m.sk)),
-    ("ts", "<u8", _off(&_m, &_m.ts)),
-    ("pid", "<u4", _off(&_m, &_m.pid)),
-    ("ev", "<u4", _off(&_m, &_m.ev)),
-    ("seg_len", "<u4", _off(&_m, &_m.seg_len)),
-    ("off", "<u2", _off(&_m, &_m.off)),
-    ("path_off", "<u2", _off(&_m, &_m.path_off)),
-    ("path_len", "<u2", _off(&_m, &_m.path_len)),
-    ("status", "<u2", _off(&_m, &_m.status)),
-    ("kind", "u1", _off(&_m, &_m.kind)),
-    ("method", "u1", _off(&_m, &_m.method)),
-    ("version", "u1", _off(&_m, &_m.version)),
-    ("truncated", "u1", _off(&_m, &_m.truncated)),
+    ("sk", "<u8", offset_of(&_m, &_m.sk)),
+    ("ts", "<u8", offset_of(&_m, &_m.ts)),
+    ("pid", "<u4", offset_of(&_m, &_m.pid)),
+    ("ev", "<u4", offset_of(&_m, &_m.ev)),
+    ("seg_len", "<u4", offset_of(&_m, &_m.seg_len)),
+    ("off", "<u2", offset_of(&_m, &_m.off)),
+    ("path_off", "<u2", offset_of(&_m, &_m.path_off)),
+    ("path_len", "<u2", offset_of(&_m, &_m.path_len)),
+    ("status", "<u2", offset_of(&_m, &_m.status)),
+    ("kind", "u1", offset_of(&_m, &_m.kind)),
+    ("method", "u1", offset_of(&_m, &_m.method)),
+    ("version", "u1", offset_of(&_m, &_m.version)),
+    ("truncated", "u1", offset_of(&_m, &_m.truncated)),
 ], sizeof(http_msg))
 
 PAIR_DTYPE = _dtype("http_pair", [
-    ("req", "<i4", _off(&_p, &_p.req)),
-    ("resp", "<i4", _off(&_p, &_p.resp)),
-    ("req_bytes", "<u8", _off(&_p, &_p.req_bytes)),
-    ("resp_bytes", "<u8", _off(&_p, &_p.resp_bytes)),
-    ("latency", "<i8", _off(&_p, &_p.latency)),
+    ("req", "<i4", offset_of(&_p, &_p.req)),
+    ("resp", "<i4", offset_of(&_p, &_p.resp)),
+    ("req_bytes", "<u8", offset_of(&_p, &_p.req_bytes)),
+    ("resp_bytes", "<u8", offset_of(&_p, &_p.resp_bytes)),
+    ("latency", "<i8", offset_of(&_p, &_p.latency)),
 ], sizeof(http_pair))
 
 TOTALS_DTYPE = np.dtype([("sk", "<u8"), ("sent", "<u8"), ("recv", "<u8")])

@@ -2,13 +2,16 @@
 load, attach, read maps and ring buffers into numpy.
 
 Error handling has one choke point, ``_check``: libbpf's negative errno (or
-NULL + errno) becomes a ``KernelError`` whose message names the operation,
-the object and libbpf's own last words (the verifier log tail on a failed
-load). C callbacks never raise; they only count.
+NULL + errno) becomes a ``KernelError`` (errors.kernel_error) whose message
+names the operation, the object and libbpf's own last words (the verifier
+log tail on a failed load). Misuse by the caller (a name the object does not
+have, an object used before load or after close) raises LookupError or
+RuntimeError: a bug, not the kernel's refusal. C callbacks never raise;
+they only count.
 """
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint32_t, uint64_t
 
 import os
@@ -17,7 +20,8 @@ import numpy as np
 cimport numpy as cnp
 
 from libbpf cimport *
-from dkebpf.errors import KernelError
+from sysio cimport POLLIN, poll, pollfd
+from dkebpf.errors import kernel_error
 
 cnp.import_array()
 
@@ -42,12 +46,8 @@ cdef int _check(int rc, str what) except -1:
     """Turn a libbpf return code into a KernelError naming the operation."""
     if rc >= 0:
         return rc
-    err = -rc
     tail = libbpf_log_tail()
-    msg = f"{what}: {strerror(err).decode()} (errno {err})"
-    if tail:
-        msg += "\nlibbpf: " + tail.replace("\n", "\nlibbpf: ")
-    raise KernelError(msg, err)
+    raise kernel_error(what, -rc, ("libbpf: " + tail.replace("\n", "\nlibbpf: ")) if tail else "")
 
 
 cdef int _check_ptr(const void *p, str what) except -1:
@@ -227,9 +227,6 @@ cdef class Program:
     cdef BpfObject owner
     cdef readonly str name, section
 
-    def set_autoload(self, bint on):
-        _check(bpf_program__set_autoload(self.prog, on), f"set autoload of {self.name}")
-
     @property
     def autoload(self):
         return bool(bpf_program__autoload(self.prog))
@@ -277,7 +274,7 @@ cdef class BpfObject:
         self._links = []
         self.path = path
         if not os.path.exists(path):
-            raise KernelError(f"BPF object {path} not found (was the package built with clang?)", 2)
+            raise kernel_error(f"open BPF object {path}", 2)
         dk_log_clear()
         bpath = path.encode()
         self.obj = bpf_object__open_file(bpath, NULL)
@@ -303,46 +300,57 @@ cdef class BpfObject:
 
     cdef _require_open(self):
         if self.obj == NULL:
-            raise KernelError(f"BPF object {self.path} is closed", 9)
+            raise RuntimeError(f"BPF object {self.path} is closed")
 
     cdef _require_loaded(self):
         self._require_open()
         if not self.loaded:
-            raise KernelError(f"BPF object {self.path} is not loaded yet", 22)
+            raise RuntimeError(f"BPF object {self.path} is not loaded yet")
+
+    cdef char *_rodata(self, size_t *size) except? NULL:
+        """The initial value of .rodata (the ``const volatile`` knobs), or
+        NULL with size 0 when the object has none."""
+        cdef bpf_map *m = NULL
+        size[0] = 0
+        while True:
+            m = bpf_object__next_map(self.obj, m)
+            if m == NULL:
+                return NULL
+            if bpf_map__name(m).decode().endswith(".rodata"):
+                return <char *>bpf_map__initial_value(m, size)
+
+    def knobs(self):
+        """{name: (offset, size)} of the ``const volatile`` globals (.rodata),
+        read from the object's BTF; no load needed."""
+        self._require_open()
+        cdef size_t size = 0
+        if self._rodata(&size) == NULL:
+            return {}
+        cdef const btf *b = bpf_object__btf(self.obj)
+        cdef int sec_id = btf__find_by_name_kind(b, b".rodata", BTF_KIND_DATASEC)
+        _check(sec_id, f"find .rodata in BTF of {self.path}")
+        cdef const btf_type *sec = btf__type_by_id(b, sec_id)
+        cdef btf_var_secinfo *vs = btf_var_secinfos(sec)
+        out = {}
+        cdef int i
+        for i in range(btf_vlen(sec)):
+            name = btf__name_by_offset(b, btf__type_by_id(b, vs[i].type).name_off).decode()
+            out[name] = (vs[i].offset, vs[i].size)
+        return out
 
     def set_knobs(self, **values):
         """Set ``const volatile`` globals (.rodata) before load. Each value is
         an int or bytes, written with the variable's own size."""
         self._require_open()
         if self.loaded:
-            raise KernelError("knobs must be set before load", 22)
-        cdef bpf_map *m = NULL
-        cdef bpf_map *rodata = NULL
-        while True:
-            m = bpf_object__next_map(self.obj, m)
-            if m == NULL:
-                break
-            if bpf_map__name(m).decode().endswith(".rodata"):
-                rodata = m
-                break
-        if rodata == NULL:
-            raise KernelError(f"{self.path} has no .rodata section (no const volatile knobs)", 2)
-        cdef const btf *b = bpf_object__btf(self.obj)
-        cdef int sec_id = btf__find_by_name_kind(b, b".rodata", BTF_KIND_DATASEC)
-        _check(sec_id, f"find .rodata in BTF of {self.path}")
-        cdef const btf_type *sec = btf__type_by_id(b, sec_id)
-        cdef btf_var_secinfo *vs = btf_var_secinfos(sec)
+            raise RuntimeError(f"{self.path}: knobs must be set before load")
+        offsets = self.knobs()
         cdef size_t size = 0
-        cdef char *data = <char *>bpf_map__initial_value(rodata, &size)
-        offsets = {}
+        cdef char *data = self._rodata(&size)
         cdef Py_ssize_t off_c
-        cdef int i
-        for i in range(btf_vlen(sec)):
-            name = btf__name_by_offset(b, btf__type_by_id(b, vs[i].type).name_off).decode()
-            offsets[name] = (vs[i].offset, vs[i].size)
         for name, value in values.items():
             if name not in offsets:
-                raise KernelError(f"{self.path} has no knob {name!r} (has: {', '.join(sorted(offsets))})", 2)
+                raise LookupError(f"{self.path} has no knob {name!r} (has: {', '.join(sorted(offsets))})")
             off, sz = offsets[name]
             off_c = off
             raw = value if isinstance(value, bytes) else int(value).to_bytes(sz, "little", signed=int(value) < 0)
@@ -360,7 +368,7 @@ cdef class BpfObject:
         self._require_open()
         cdef bpf_program *p = bpf_object__find_program_by_name(self.obj, name.encode())
         if p == NULL:
-            raise KernelError(f"{self.path} has no program {name!r}", 2)
+            raise LookupError(f"{self.path} has no program {name!r}")
         return self._wrap_prog(p)
 
     cdef Program _wrap_prog(self, bpf_program *p):
@@ -385,7 +393,7 @@ cdef class BpfObject:
         self._require_open()
         cdef bpf_map *m = bpf_object__find_map_by_name(self.obj, name.encode())
         if m == NULL:
-            raise KernelError(f"{self.path} has no map {name!r}", 2)
+            raise LookupError(f"{self.path} has no map {name!r}")
         cdef Map mp = Map.__new__(Map)
         mp.map = m
         mp.owner = self
@@ -414,16 +422,6 @@ cdef class BpfObject:
 
 
 # --- ring buffers ----------------------------------------------------------
-
-cdef extern from "poll.h" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    enum:
-        POLLIN
-
 
 cdef class RingReader:
     """Reads a BPF ring buffer of fixed-size records into numpy.
@@ -472,7 +470,7 @@ cdef class RingReader:
         Returns the number of records now held."""
         cdef pollfd p
         if not self.opened:
-            raise KernelError(f"ring buffer {self.name} is closed", 9)
+            raise RuntimeError(f"ring buffer {self.name} is closed")
         p.fd = self.ring.map_fd
         p.events = POLLIN
         with nogil:
@@ -484,7 +482,7 @@ cdef class RingReader:
     def consume(self):
         """Read what is there without waiting."""
         if not self.opened:
-            raise KernelError(f"ring buffer {self.name} is closed", 9)
+            raise RuntimeError(f"ring buffer {self.name} is closed")
         with nogil:
             dk_ring_consume(&self.ring)
         return self.ring.n

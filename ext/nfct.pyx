@@ -18,7 +18,6 @@ attribute that does not fit, or a required attribute with the wrong size, is
 counted as malformed and produces no row (tests/reference/nfct_ref.py states
 the same rules in plain Python).
 """
-import os
 
 import numpy as np
 
@@ -29,27 +28,20 @@ from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy, memset
 
 from netlink cimport *
+from sysio cimport AF_INET, AF_INET6, MSG_DONTWAIT, MSG_TRUNC, ntohl, ntohs, recvfrom, sockaddr, socklen_t
+from dk_common cimport offset_of
 
 from dkebpf._records import _dtype
-from dkebpf.errors import KernelError
+from dkebpf.errors import kernel_error
 
 cnp.import_array()
 
-cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t ntohs(uint16_t)
-    uint32_t ntohl(uint32_t)
-
-# event types of a row
-EV_NEW = 1      # IPCTNL_MSG_CT_NEW with NLM_F_CREATE: a new (confirmed) connection
-EV_UPDATE = 2   # IPCTNL_MSG_CT_NEW without NLM_F_CREATE: a state change
-EV_DESTROY = 3  # IPCTNL_MSG_CT_DELETE: the entry left the table
-EV_DUMP = 4     # IPCTNL_MSG_CT_NEW with NLM_F_MULTI: one entry of a dump
-
 cdef enum:
-    _EV_NEW = 1
-    _EV_UPDATE = 2
-    _EV_DESTROY = 3
-    _EV_DUMP = 4
+    # event types of a row (nfct_event.type, EV_* for Python)
+    _EV_NEW = 1      # IPCTNL_MSG_CT_NEW with NLM_F_CREATE: a new (confirmed) connection
+    _EV_UPDATE = 2   # IPCTNL_MSG_CT_NEW without NLM_F_CREATE: a state change
+    _EV_DESTROY = 3  # IPCTNL_MSG_CT_DELETE: the entry left the table
+    _EV_DUMP = 4     # IPCTNL_MSG_CT_NEW with NLM_F_MULTI: one entry of a dump
     # nlmsghdr (16) + nfgenmsg (4): no shorter message gives a row, so a
     # buffer of n bytes gives at most n / 20 rows
     MIN_ROW_MSG = 20
@@ -57,6 +49,8 @@ cdef enum:
     HAVE_DST = 2
     HAVE_PROTO = 4
     HAVE_ALL = 7
+
+EV_NEW, EV_UPDATE, EV_DESTROY, EV_DUMP = _EV_NEW, _EV_UPDATE, _EV_DESTROY, _EV_DUMP
 
 
 # One row. Packed, explicit padding: the numpy dtype below is these bytes.
@@ -76,27 +70,22 @@ cdef packed struct nfct_event:
     uint8_t proto         # IPPROTO_*
     uint8_t _pad[5]
 
-
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
-
-
 cdef nfct_event _e
 
 EVENT_DTYPE = _dtype("nfct_event", [
-    ("orig_src", "V16", _off(&_e, &_e.orig_src)),
-    ("orig_dst", "V16", _off(&_e, &_e.orig_dst)),
-    ("reply_src", "V16", _off(&_e, &_e.reply_src)),
-    ("reply_dst", "V16", _off(&_e, &_e.reply_dst)),
-    ("status", "<u4", _off(&_e, &_e.status)),
-    ("ct_id", "<u4", _off(&_e, &_e.ct_id)),
-    ("orig_sport", "<u2", _off(&_e, &_e.orig_sport)),
-    ("orig_dport", "<u2", _off(&_e, &_e.orig_dport)),
-    ("reply_sport", "<u2", _off(&_e, &_e.reply_sport)),
-    ("reply_dport", "<u2", _off(&_e, &_e.reply_dport)),
-    ("type", "u1", _off(&_e, &_e.type)),
-    ("family", "u1", _off(&_e, &_e.family)),
-    ("proto", "u1", _off(&_e, &_e.proto)),
+    ("orig_src", "V16", offset_of(&_e, &_e.orig_src)),
+    ("orig_dst", "V16", offset_of(&_e, &_e.orig_dst)),
+    ("reply_src", "V16", offset_of(&_e, &_e.reply_src)),
+    ("reply_dst", "V16", offset_of(&_e, &_e.reply_dst)),
+    ("status", "<u4", offset_of(&_e, &_e.status)),
+    ("ct_id", "<u4", offset_of(&_e, &_e.ct_id)),
+    ("orig_sport", "<u2", offset_of(&_e, &_e.orig_sport)),
+    ("orig_dport", "<u2", offset_of(&_e, &_e.orig_dport)),
+    ("reply_sport", "<u2", offset_of(&_e, &_e.reply_sport)),
+    ("reply_dport", "<u2", offset_of(&_e, &_e.reply_dport)),
+    ("type", "u1", offset_of(&_e, &_e.type)),
+    ("family", "u1", offset_of(&_e, &_e.family)),
+    ("proto", "u1", offset_of(&_e, &_e.proto)),
 ], sizeof(nfct_event))
 
 # counters of a parse, in this order in parse_stats
@@ -448,7 +437,7 @@ cdef class NetlinkReader:
                     self.caprows = 2 * need
                 parse_buffer(self.buf, n, self.rows, &self.nrows, &self.st)
         if err:
-            raise KernelError(f"conntrack netlink socket: recv failed: {os.strerror(err)}", err)
+            raise kernel_error("conntrack netlink socket: recv", err)
         out = np.empty(self.nrows, EVENT_DTYPE)
         if self.nrows:
             memcpy(cnp.PyArray_DATA(out), self.rows, self.nrows * sizeof(nfct_event))

@@ -9,56 +9,46 @@ capture), the kernel tells where the network header starts (tpacket3_hdr
 so no link header is parsed here. Used by dnsflow; built to be reused by
 bpf-netlog (one ring per network namespace and interface)."""
 from libc.errno cimport errno
-from libc.string cimport memcpy, memset, strerror
+from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 import numpy as np
 cimport numpy as cnp
 
 from packet cimport *
+from sysio cimport *
 from dk_packet cimport *
+from dk_common cimport offset_of, be16
 from dkebpf._records import _dtype
-from dkebpf.errors import KernelError
+from dkebpf.errors import kernel_error
 
 cnp.import_array()
 
-cdef Py_ssize_t _off(const void *base, const void *member) noexcept:
-    return <const char *>member - <const char *>base
-
 cdef dk_pkt _p
 PKT_DTYPE = _dtype("dk_pkt", [
-    ("ts_ns", "<u8", _off(&_p, &_p.ts_ns)),
-    ("saddr", "V16", _off(&_p, &_p.saddr)),
-    ("daddr", "V16", _off(&_p, &_p.daddr)),
-    ("payload_off", "<u4", _off(&_p, &_p.payload_off)),
-    ("payload_len", "<u4", _off(&_p, &_p.payload_len)),
-    ("payload_wire", "<u4", _off(&_p, &_p.payload_wire)),
-    ("ifindex", "<i4", _off(&_p, &_p.ifindex)),
-    ("hatype", "<u2", _off(&_p, &_p.hatype)),
-    ("sport", "<u2", _off(&_p, &_p.sport)),
-    ("dport", "<u2", _off(&_p, &_p.dport)),
-    ("family", "u1", _off(&_p, &_p.family)),
-    ("proto", "u1", _off(&_p, &_p.proto)),
-    ("pkttype", "u1", _off(&_p, &_p.pkttype)),
-    ("tcp_flags", "u1", _off(&_p, &_p.tcp_flags)),
+    ("ts_ns", "<u8", offset_of(&_p, &_p.ts_ns)),
+    ("saddr", "V16", offset_of(&_p, &_p.saddr)),
+    ("daddr", "V16", offset_of(&_p, &_p.daddr)),
+    ("payload_off", "<u4", offset_of(&_p, &_p.payload_off)),
+    ("payload_len", "<u4", offset_of(&_p, &_p.payload_len)),
+    ("payload_wire", "<u4", offset_of(&_p, &_p.payload_wire)),
+    ("ifindex", "<i4", offset_of(&_p, &_p.ifindex)),
+    ("hatype", "<u2", offset_of(&_p, &_p.hatype)),
+    ("sport", "<u2", offset_of(&_p, &_p.sport)),
+    ("dport", "<u2", offset_of(&_p, &_p.dport)),
+    ("family", "u1", offset_of(&_p, &_p.family)),
+    ("proto", "u1", offset_of(&_p, &_p.proto)),
+    ("pkttype", "u1", offset_of(&_p, &_p.pkttype)),
+    ("tcp_flags", "u1", offset_of(&_p, &_p.tcp_flags)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
 PACKET_OUTGOING_TYPE = PACKET_OUTGOING
 ARPHRD_LOOPBACK_TYPE = ARPHRD_LOOPBACK
 
-cdef enum:  # decode_network() results
-    DECODED = 0
-    NOT_IP = -1          # neither IPv4 nor IPv6, or a bad version/header length
-    NOT_TCP_UDP = -2     # another transport, or IPv6 extension headers
-    FRAGMENT = -3        # a non-first IPv4 fragment: no transport header
-    TRUNCATED = -4       # headers cut by the capture length
+# decode_network() results: the module's .pxd (ext/includes/dkebpf/_packets.pxd)
 DECODE_STATUS = {DECODED: "decoded", NOT_IP: "not_ip", NOT_TCP_UDP: "not_tcp_udp",
                  FRAGMENT: "fragment", TRUNCATED: "truncated"}
-
-
-cdef inline uint16_t _be16(const uint8_t *p) noexcept nogil:
-    return (p[0] << 8) | p[1]
 
 
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
@@ -78,9 +68,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
             return NOT_IP
         if n < ihl:
             return TRUNCATED
-        if _be16(p + 6) & 0x1FFF:   # fragment offset: RFC 791
+        if be16(p + 6) & 0x1FFF:   # fragment offset: RFC 791
             return FRAGMENT
-        tot = _be16(p + 2)
+        tot = be16(p + 2)
         if tot < ihl:
             return NOT_IP
         # trailing link padding (short ethernet frames) is not payload
@@ -93,7 +83,7 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     elif ethertype == ETH_P_IPV6:
         if n < 40 or (p[0] >> 4) != 6:
             return NOT_IP
-        plen = _be16(p + 4)
+        plen = be16(p + 4)
         proto = p[6]   # extension headers are not followed (see the filter)
         memcpy(out.saddr, p + 8, 16)
         memcpy(out.daddr, p + 24, 16)
@@ -106,9 +96,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
-        out.sport = _be16(p + off)
-        out.dport = _be16(p + off + 2)
-        ulen = _be16(p + off + 4)
+        out.sport = be16(p + off)
+        out.dport = be16(p + off + 2)
+        ulen = be16(p + off + 4)
         if ulen < 8:
             return TRUNCATED
         # the smaller of what UDP and IP say (a jumbogram or a lie)
@@ -118,8 +108,8 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     elif proto == 6:
         if n < off + 20:
             return TRUNCATED
-        out.sport = _be16(p + off)
-        out.dport = _be16(p + off + 2)
+        out.sport = be16(p + off)
+        out.dport = be16(p + off + 2)
         doff = (p[off + 12] >> 4) * 4
         out.tcp_flags = p[off + 13]
         if doff < 20 or n < off + doff or plen < doff:
@@ -227,8 +217,7 @@ cdef class PacketRing:
     cdef _fail(self, what):
         err = errno
         self.close()
-        hint = " (needs root or CAP_NET_RAW)" if err in (1, 13) else ""
-        raise KernelError(f"packet socket: {what}: {strerror(err).decode()} (errno {err}){hint}", err)
+        raise kernel_error(f"packet socket: {what}", err)
 
     def fileno(self):
         return self.fd
@@ -254,7 +243,7 @@ cdef class PacketRing:
         """Copy up to max_blocks ready blocks: returns (pkts, payload, more)
         with ``more`` true when further blocks may be waiting."""
         if self.ring == NULL:
-            raise KernelError("packet ring is closed", 9)
+            raise RuntimeError("packet ring used after close()")
         # a block holds at most block_size / 48 frames (tpacket3_hdr +
         # sockaddr_ll, aligned, is more than that)
         cdef Py_ssize_t cap_pkts = (self.block_size // 48 + 1) * max_blocks

@@ -13,18 +13,12 @@ Needs root, nginx, wrk, bpftool.
 """
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, HERE)
-from support.nginx import Nginx, free_port  # noqa: E402
-from bench_httpflow_e2e import wrk  # noqa: E402
+from bench_httpflow_e2e import wrk
+from collector import Collector
+from support.nginx import Nginx
 
 MODES = {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": []}
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
@@ -32,21 +26,6 @@ STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
 def bpftool(*args):
     return json.loads(subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True, check=True).stdout)
-
-
-def prog_fds(pid):
-    """{prog_id: (run_cnt, run_time_ns)} of the BPF programs whose fds pid
-    holds (fdinfo of a bpf-prog fd carries the kernel's counters)."""
-    out = {}
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
-                continue
-            info = dict(line.split(":", 1) for line in open(f"/proc/{pid}/fdinfo/{fd}").read().splitlines())
-        except OSError:
-            continue
-        out[int(info["prog_id"])] = (int(info["run_cnt"]), int(info["run_time_ns"]))
-    return out
 
 
 def prog_names(ids):
@@ -62,28 +41,14 @@ def prog_names(ids):
 
 
 def run(tmp, port, mode):
-    log = os.path.join(tmp, f"dkebpf-{mode}.log")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-net", "--interval", "2s",
-                             "--output", os.path.join(tmp, f"points-{mode}.lp"), "--log", log,
-                             "--pprof-port", str(free_port()), *MODES[mode]],
-                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        end = time.monotonic() + 30
-        while "dkebpf started" not in (open(log).read() if os.path.exists(log) else ""):
-            if proc.poll() is not None or time.monotonic() > end:
-                raise SystemExit(f"collector did not start: {open(log).read() if os.path.exists(log) else ''}")
-            time.sleep(0.1)
-        before = prog_fds(proc.pid)
+    with Collector(tmp, mode, ["--enabled", "ebpf-net", *MODES[mode]]) as c:
+        before = c.prog_stats()
         rps, _, total = wrk(port)
-        after = prog_fds(proc.pid)
+        after = c.prog_stats()
         names = prog_names(set(after))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
     rows = []
-    for pid_, (cnt, ns) in after.items():
-        c0, n0 = before.get(pid_, (0, 0))
+    for pid_, (cnt, ns, _) in after.items():
+        c0, n0, _ = before.get(pid_, (0, 0, 0))
         rows.append((names.get(pid_, str(pid_)), cnt - c0, ns - n0))
     return rps, total, rows
 

@@ -13,88 +13,29 @@ kernel sent, the requests reported in the points, and every loss counter
 Prints `name: value` lines.
 """
 import os
-import re
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-from support.nginx import Nginx, free_port  # noqa: E402
+from collector import Collector, wrk as wrk_url
+from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 CONNS = int(os.environ.get("BENCH_CONNS", 32))
-TICK = os.sysconf("SC_CLK_TCK")
 
 
 def wrk(port):
-    out = subprocess.run(["wrk", "-t2", f"-c{CONNS}", f"-d{SECONDS}s", f"http://127.0.0.1:{port}/ok"],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    lat, unit = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out).groups()
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    return rps, float(lat) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit], total
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def metrics(port):
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for line in text.splitlines():
-        m = re.match(r'dkebpf_plugin_(\w+)\{plugin="([^"]+)"\} ([\d.e+]+)', line)
-        if m:
-            out[(m.group(2), m.group(1))] = float(m.group(3))
-    return out
+    return wrk_url(f"http://127.0.0.1:{port}/ok", SECONDS, CONNS)
 
 
 def run_with_collector(tmp, port, name, extra):
-    mport = free_port()
-    # files of their own per run: a "started" line of an earlier run must
-    # not start the load before this collector is attached
-    out = os.path.join(tmp, f"points-{name}.lp")
-    log = os.path.join(tmp, f"dkebpf-{name}.log")
-    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-net", "--interval", "2s",
-                             "--output", out, "--log", log, "--pprof-port", str(mport), *extra],
-                            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        end = time.monotonic() + 30
-        while "dkebpf started" not in (open(log).read() if os.path.exists(log) else ""):
-            if proc.poll() is not None or time.monotonic() > end:
-                raise SystemExit(f"collector did not start: {open(log).read() if os.path.exists(log) else ''}")
-            time.sleep(0.1)
-        c0 = cpu_seconds(proc.pid)
+    with Collector(tmp, name, ["--enabled", "ebpf-net", *extra]) as c:
+        c0, before = c.cpu_seconds(), c.prog_stats()
         rps, lat, total = wrk(port)
-        cpu = cpu_seconds(proc.pid) - c0
-        misses = recursion_misses()
+        cpu = c.cpu_seconds() - c0
+        misses = sum(st[2] - before.get(i, (0, 0, 0))[2] for i, st in c.prog_stats().items())
         time.sleep(4)  # two more intervals: every pair settled and reported
-        m = metrics(mport)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(30)
-    reported = 0
-    if os.path.exists(out):
-        for line in open(out):
-            if line.startswith("httpflow,") and f"server_port={port}," in line:
-                reported += int(re.search(r"count=(\d+)i", line).group(1))
-    return rps, lat, total, cpu, m, reported, misses
-
-
-def recursion_misses():
-    """Runs of our tracepoint programs the kernel skipped because another
-    BPF program was active on that CPU (bpftool shows the count when > 0)."""
-    import json
-    progs = json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True).stdout)
-    return sum(p.get("recursion_misses", 0) for p in progs if p.get("name", "").startswith(("enter_", "exit_")))
+        m = c.metrics()
+    return rps, lat, total, cpu, m, c.reported_requests(port), misses
 
 
 def main():

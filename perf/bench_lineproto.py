@@ -14,9 +14,9 @@ import numpy as np
 from timing import best_of
 import pyarrow as pa
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path[:0] = [ROOT, os.path.join(ROOT, "tests")]
+# tests/ for the reference encoder; never the repository root, whose
+# dkebpf/ has no compiled extension (the installed package is measured)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from dkebpf._lineproto import encode_batch  # noqa: E402
 from reference import lineproto_ref  # noqa: E402

@@ -33,16 +33,15 @@ def build_producer(out_dir):
 
 
 def main():
-    from dkebpf import _libbpf, _records, kernel
+    from dkebpf import _records, kernel
+    from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec, Ring
     kernel.ensure_mounts()
     n_target = 400_000
+    producer = ObjectSpec("ringbench", knobs=("target_tgid", "per_call"), rings=(Ring("ring", _records.EVENT_DTYPE),))
     with tempfile.TemporaryDirectory() as tmp:
-        obj = _libbpf.BpfObject(build_producer(tmp))
-        obj.set_knobs(target_tgid=os.getpid(), per_call=64)
-        obj.load()
-        links = obj.attach_all()
-        reader = _libbpf.RingReader(obj.map("ring"), _records.EVENT_DTYPE, initial=n_target,
-                                    max_records=n_target * 2)
+        bpf = BpfSkeleton(producer, path=build_producer(tmp)).start(
+            knobs={"target_tgid": os.getpid(), "per_call": 64})
+        reader = bpf.rings.ring
         times = []
         for _ in range(5):
             for _ in range(n_target // 64):
@@ -50,8 +49,7 @@ def main():
             t = time.perf_counter()
             recs = reader.take()
             times.append(time.perf_counter() - t)
-        for link in links:
-            link.close()
+        bpf.close()
         n = len(recs)
         assert n == n_target, (n, reader.counters())
         assert int(recs["stats"]["bytes_sent"][5]) == 15
@@ -67,7 +65,6 @@ def main():
         py_n = min(n, 100_000)
         py_raw = raw[: py_n * fmt.size]
         py_s = best_of(lambda: [fmt.unpack_from(py_raw, i * fmt.size) for i in range(py_n)], 3) * (n / py_n)
-        obj.close()
     print(f"ring_records: {n}")
     print(f"ring_record_bytes: {_records.EVENT_DTYPE.itemsize}")
     print(f"ring_decode_records_per_s: {n / ring_s:.0f}")

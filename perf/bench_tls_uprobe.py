@@ -20,9 +20,6 @@ import sys
 import tempfile
 from types import SimpleNamespace
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 50000))
 
 CHILD = r"""
@@ -117,17 +114,14 @@ def call_at_plus4(func):
 
 def entry_probe_split(cert, key, off):
     """One entry uprobe on SSL_write_ex, single-stepped vs emulated."""
-    from dkebpf import _libbpf
-    from dkebpf.plugins.netflow import bpf_object_path
+    from dkebpf.bpf_objects import TLS, BpfSkeleton
 
     if not call_at_plus4("SSL_write_ex"):
         return []
     out = []
-    with _libbpf.BpfObject(bpf_object_path("tls")) as obj:
-        obj.load()
-        prog = obj.program("ssl_write_ex_enter")
+    with BpfSkeleton(TLS).start() as bpf:
         for name, offset in (("entry_uprobe_single_stepped_us", 0), ("entry_uprobe_emulated_us", 4)):
-            link = prog.attach_uprobe(LIBSSL, "SSL_write_ex", offset=offset)
+            link = bpf.attach_uprobe("ssl_write_ex_enter", LIBSSL, "SSL_write_ex", offset=offset)
             try:
                 out.append((name, (min(round_time(cert, key) for _ in range(2)) - off) * 1e6))
             finally:

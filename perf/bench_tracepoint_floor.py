@@ -8,17 +8,18 @@ by number. Rounds alternate; prints requests/s per mode and round.
 """
 import os
 import subprocess
-import sys
 import tempfile
+
+from bench_httpflow_e2e import wrk
+from support.nginx import Nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-sys.path.insert(0, HERE)
-from support.nginx import Nginx  # noqa: E402
-from bench_httpflow_e2e import wrk  # noqa: E402
-
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
+CALLS = ("read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg")  # EMPTY_PAIR()s
+# the programs each mode attaches (all are loaded)
+MODES = {"syscall_tracepoints": tuple(f"tp_{d}_{c}" for c in CALLS for d in ("enter", "exit")),
+         "raw_sys_pair": ("raw_enter", "raw_exit")}
 
 
 def build(out_dir):
@@ -29,13 +30,8 @@ def build(out_dir):
 
 
 def attached(path, mode):
-    from dkebpf import _libbpf
-    obj = _libbpf.BpfObject(path)
-    for p in obj.programs():
-        p.set_autoload(p.name.startswith("raw_") if mode == "raw_sys_pair" else p.name.startswith("tp_"))
-    obj.load()
-    obj.attach_all()
-    return obj
+    from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec
+    return BpfSkeleton(ObjectSpec("tpfloor", attach=MODES[mode]), path=path).start()
 
 
 def main():
@@ -45,13 +41,13 @@ def main():
         path = build(tmp)
         wrk(ngx.port)
         for r in range(ROUNDS):
-            for mode in ("none", "syscall_tracepoints", "raw_sys_pair"):
-                obj = attached(path, mode) if mode != "none" else None
+            for mode in ("none", *MODES):
+                bpf = attached(path, mode) if mode != "none" else None
                 try:
                     rps, _, _ = wrk(ngx.port)
                 finally:
-                    if obj is not None:
-                        obj.close()
+                    if bpf is not None:
+                        bpf.close()
                 print(f"round {r} {mode}: {rps:.0f} req/s", flush=True)
 
 

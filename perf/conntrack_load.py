@@ -8,14 +8,13 @@ host's traffic, as it does on any host with NAT rules (kube-proxy); it is
 deleted again at the end. Run with the collector's groups as configured in
 dkebpf/plugins/conntrack.py:
 
-    sudo PYTHONPATH=. python3 perf/conntrack_load.py [seconds]
+    python3 perf/conntrack_load.py [seconds]     (as root, after make install)
 
 Prints `name: value` lines: connections/s, conntrack events/s received, the
 collector's CPU (cores) and CPU per 1000 connections/s, ENOBUFS and resyncs.
 """
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -23,14 +22,10 @@ import tempfile
 import threading
 import time
 
+from collector import Collector
+
 RULE = ["-d", "10.213.250.100/32", "-p", "tcp", "--dport", "1", "-m", "comment", "--comment",
         f"dkebpf-perf-{os.getpid()}", "-j", "DNAT", "--to-destination", "10.213.250.2:1"]
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def churn(seconds):
@@ -58,27 +53,17 @@ def churn(seconds):
 def main():
     seconds = float(sys.argv[1]) if len(sys.argv) > 1 else 10.0
     subprocess.run(["iptables", "-w", "10", "-t", "nat", "-A", "OUTPUT", *RULE], check=True)
-    tmp = tempfile.mkdtemp(prefix="dkebpf-ctload-")
-    log = os.path.join(tmp, "log")
-    proc = None
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--enabled", "ebpf-conntrack",
-                                 "--output", os.devnull, "--interval", "2s", "--log", log,
-                                 "--log-level", "debug", "--pidfile", os.path.join(tmp, "pid")], cwd=tmp)
-        end = time.monotonic() + 30
-        while time.monotonic() < end and not (os.path.exists(log) and "dkebpf started" in open(log).read()):
-            time.sleep(0.1)
-        time.sleep(1)
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
-        conns = churn(seconds)
-        time.sleep(2.5)  # one more flush, so the counters below include the churn
-        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="dkebpf-ctload-") as tmp:
+            with Collector(tmp, "conntrack", ["--enabled", "ebpf-conntrack", "--log-level", "debug"]) as c:
+                time.sleep(1)
+                c0, t0 = c.cpu_seconds(), time.monotonic()
+                conns = churn(seconds)
+                time.sleep(2.5)  # one more flush, so the counters below include the churn
+                c1, t1 = c.cpu_seconds(), time.monotonic()
+            last = [ln for ln in open(c.log) if "ebpf-conntrack counters" in ln][-1]
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(30)
         subprocess.run(["iptables", "-w", "10", "-t", "nat", "-D", "OUTPUT", *RULE], check=True)
-    last = [ln for ln in open(log) if "ebpf-conntrack counters" in ln][-1]
     counter = lambda name: int(re.search(rf"'{name}': (\d+)", last).group(1))  # noqa: E731
     rate = conns / seconds
     cores = (c1 - c0) / (t1 - t0)

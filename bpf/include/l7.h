@@ -11,13 +11,6 @@
 
 #ifndef __VMLINUX_H__
 #include <linux/types.h>
-/* A record on a ring may end right after cap_len payload bytes: its size
- * is at least L7_EVENT_MIN_SIZE (everything before the payload) and at most
- * sizeof(struct l7_event). Readers copy what there is into a full-size slot
- * (ext/libbpf.pyx RingReader(min_size=...)); payload bytes past cap_len are
- * then unspecified. */
-#define L7_EVENT_MIN_SIZE __builtin_offsetof(struct l7_event, payload)
-
 #endif
 
 #include "netflow.h"

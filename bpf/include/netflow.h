@@ -27,6 +27,8 @@
 #define NF_DROP_RING 0   /* closed-connection ring buffer full */
 #define NF_DROP_CONNS 1  /* conns hash map full: a connection went uncounted */
 #define NF_DROP_BOUND 2  /* bound_ports map full */
+#define NF_DROP_CALLS 3  /* udp_calls task storage not created: an unconnected
+                          * UDP call or a bind went unseen */
 #define NF_DROP_MAX 4
 
 /* Identity of a flow while it lives: the kernel socket, plus the remote end

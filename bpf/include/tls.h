@@ -11,6 +11,9 @@
                              * (a unix socket, or IPv6 with ipv6_disabled) */
 #define TLS_DROP_PAYLOAD 3  /* plaintext buffer unreadable: record sent
                              * with cap_len 0 (counted, not lost) */
-#define TLS_DROP_MAX 4
+#define TLS_DROP_CALLS 4    /* ssl_calls update failed: an SSL call went unseen */
+#define TLS_DROP_SOCKS 5    /* ssl_socks update failed: a socket stays unknown */
+#define TLS_DROP_CONNS 6    /* tls_conns update failed: a message went uncounted */
+#define TLS_DROP_MAX 7
 
 #endif

@@ -65,33 +65,3 @@ class Plugin:
 
     def stop(self):
         pass
-
-
-def ring_counters(rings):
-    """Counters of RingReaders: records received, lost in user space (the
-    reader's buffer was full), of a wrong size."""
-    c = {}
-    for r in rings:
-        rc = r.counters()
-        c[f"ring_{r.name}_received"] = rc["received"]
-        c[f"ring_{r.name}_lost_userspace"] = rc["lost"]
-        if "bad_size" in rc:
-            c[f"ring_{r.name}_bad_size"] = rc["bad_size"]
-    return c
-
-
-def kernel_drop_counters(drops_map, names):
-    """The per-CPU drop counters a BPF object keeps (index -> name), summed."""
-    sums = drops_map.percpu_sums()
-    return {f"kernel_drop_{name}": int(sums[idx]) for idx, name in names.items()}
-
-
-def close_bpf(links, rings, obj):
-    """Detach links, close rings, then the object (its maps and programs)."""
-    for link in links:
-        link.close()
-    for r in rings:
-        if r is not None:
-            r.close()
-    if obj is not None:
-        obj.close()

@@ -26,12 +26,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..bpf_objects import BASH, BpfSkeleton
 from ..errors import BuildError, KernelError
-from .base import Plugin, PointBatch, close_bpf, kernel_drop_counters, ring_counters
-from .netflow import bpf_object_path
+from .base import Plugin, PointBatch
 
 try:
-    from .. import _bashline, _libbpf, _records
+    from .. import _bashline, _records
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -190,9 +190,8 @@ class BashPlugin(Plugin):
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.log = ctx.logger
-        self.obj = None
-        self.prog = None
-        self.ring = None
+        self.bpf = None
+        self.ring = None  # bpf.rings.lines once started
         self.links = {}       # (st_dev, st_ino) -> Link
         self.paths = {}       # (st_dev, st_ino) -> path it was attached through
         self.failed = {}      # (st_dev, st_ino) -> why attaching failed (not retried)
@@ -202,18 +201,13 @@ class BashPlugin(Plugin):
                        "binaries_failed": 0}
 
     def start(self):
-        obj = _libbpf.BpfObject(bpf_object_path("bash"))
+        self.bpf = BpfSkeleton(BASH)
         try:
-            obj.load()
-            self.prog = obj.program("bash_readline")
-            self.ring = _libbpf.RingReader(obj.map("lines"), _records.BASH_LINE_DTYPE)
-            self.obj = obj
-            self.drops = obj.map("drops")
-            self.rescan()
+            self.bpf.start(setup=lambda bpf: self.rescan())
         except BaseException:
             self.stop()
-            obj.close()
             raise
+        self.ring = self.bpf.rings.lines
         if self.failed and not self.links:
             why = "; ".join(self.failed.values())
             self.stop()
@@ -232,7 +226,7 @@ class BashPlugin(Plugin):
             if key in self.links or key in self.failed:
                 continue
             try:
-                self.links[key] = self.prog.attach_uprobe(path, READLINE, retprobe=True)
+                self.links[key] = self.bpf.attach_uprobe("bash_readline", path, READLINE, retprobe=True)
             except KernelError as exc:
                 self.failed[key] = f"{path}: {str(exc).splitlines()[0]}"
                 self.totals["binaries_failed"] += 1
@@ -244,7 +238,7 @@ class BashPlugin(Plugin):
                 self.log.info("bash: readline uretprobe on %s", path)
 
     def fileobjs(self):
-        return [self.ring] if self.ring else []
+        return [self.ring] if self.bpf else []
 
     def on_readable(self, fileobj):
         # records are copied into the reader's C buffer; no Python per record
@@ -268,10 +262,8 @@ class BashPlugin(Plugin):
 
     def counters(self):
         c = dict(self.totals)
-        if self.ring is not None:
-            c.update(ring_counters([self.ring]))
-        if self.obj is not None:
-            c.update(kernel_drop_counters(self.drops, _records.BASH_DROP_NAMES))
+        if self.bpf is not None:
+            c.update(self.bpf.counters())
         return c
 
     def attached(self):
@@ -279,5 +271,7 @@ class BashPlugin(Plugin):
         return sorted(self.paths.values())
 
     def stop(self):
-        close_bpf(self.links.values(), [self.ring], self.obj)
-        self.links, self.paths, self.ring, self.obj = {}, {}, None, None
+        if self.bpf is not None:
+            self.bpf.close()  # its uprobe links too
+            self.bpf = None
+        self.links, self.paths = {}, {}

@@ -15,13 +15,14 @@ Both are drained by dkebpf._nfct.NetlinkReader (C, GIL released) into
 numpy rows that dkebpf.enrich.nat.NatTable applies vectorised. The table is
 ctx.nat: netflow and httpflow look their connections up in it. This plugin
 emits no points of its own."""
+import errno
 import os
 import socket
 import struct
 import time
 
 from ..enrich.nat import DEFAULT_MAX_ENTRIES, NatTable
-from ..errors import BuildError, KernelError, UnsupportedError
+from ..errors import BuildError, KernelError, UnsupportedError, kernel_error
 from .base import Plugin
 
 try:
@@ -73,13 +74,14 @@ def query_entry_count():
         try:
             msg = s.recv(65536)
         except OSError as exc:
-            raise KernelError(f"ebpf-conntrack: no answer from ctnetlink: {exc}", exc.errno or 0) from exc
+            # a timeout has no errno of its own
+            raise kernel_error("ebpf-conntrack: no answer from ctnetlink", exc.errno or errno.ETIMEDOUT) from exc
     if len(msg) < 20:
         raise KernelError("ebpf-conntrack: short answer from ctnetlink")
     mlen, mtype = struct.unpack_from("=IH", msg)
     if mtype == 2:  # NLMSG_ERROR
         err = -struct.unpack_from("=i", msg, 16)[0]
-        raise KernelError(f"ebpf-conntrack: ctnetlink refused the stats request: {os.strerror(err)}", err)
+        raise kernel_error("ebpf-conntrack: ctnetlink refused the stats request", err)
     off = 20
     while off + 4 <= min(mlen, len(msg)):
         alen, atype = struct.unpack_from("=HH", msg, off)
@@ -119,9 +121,7 @@ def open_event_socket():
             s.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
     except OSError as exc:
         s.close()
-        hint = " (needs root or CAP_NET_ADMIN)" if exc.errno in (1, 13) else ""
-        raise KernelError(f"ebpf-conntrack: cannot subscribe to conntrack events: {exc.strerror}{hint}",
-                          exc.errno or 0) from exc
+        raise kernel_error("ebpf-conntrack: cannot subscribe to conntrack events", exc.errno) from exc
     return s
 
 
@@ -179,8 +179,7 @@ class ConntrackPlugin(Plugin):
         try:
             self.dump.send(dump_request(self.seq))
         except OSError as exc:
-            raise KernelError(f"ebpf-conntrack: conntrack dump request failed: {exc.strerror}",
-                              exc.errno or 0) from exc
+            raise kernel_error("ebpf-conntrack: conntrack dump request failed", exc.errno) from exc
         self.dump_started = now
         self.totals["dumps"] += 1
 

@@ -21,12 +21,12 @@ import pyarrow.compute as pc
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..bpf_objects import HTTP, BpfSkeleton
 from ..errors import BuildError
-from .base import Plugin, PointBatch, close_bpf, kernel_drop_counters, ring_counters
-from .netflow import bpf_object_path
+from .base import Plugin, PointBatch
 
 try:
-    from .. import _http, _libbpf, _records
+    from .. import _http, _records
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -204,9 +204,7 @@ class HttpflowPlugin(Plugin):
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.log = ctx.logger
-        self.obj = None
-        self.links = []
-        self.ring = None
+        self.bpf = None  # the capture object: http.bpf.o here, tls.bpf.o for httpflow-tls
         self.resolver = LocalAddressResolver()
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.pipeline = HttpPipeline(expire_ns=int(max(2 * self.cfg.interval, 60) * 1e9))
@@ -216,21 +214,11 @@ class HttpflowPlugin(Plugin):
         self.partials = []  # pre-aggregated parts of this interval (partial())
 
     def start(self):
-        obj = _libbpf.BpfObject(bpf_object_path("http"))
-        try:
-            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.ctx.self_pid)
-            obj.load()
-            self.links = obj.attach_all()
-            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE,
-                                           min_size=_records.L7_MIN_SIZE)
-        except BaseException:
-            obj.close()
-            raise
-        self.obj = obj
-        self.conns = obj.map("http_conns")
-        self.drops = obj.map("http_drops")
-        self.pipeline.add_ring(self.ring, self.kernel_totals)
-        self.log.info("httpflow: %d programs attached", len(self.links))
+        self.bpf = BpfSkeleton(HTTP).start(
+            knobs={"ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid})
+        self.conns = self.bpf.maps.http_conns
+        self.pipeline.add_ring(self.bpf.rings.events, self.kernel_totals)
+        self.log.info("httpflow: %d programs attached", len(self.bpf.links))
 
     def kernel_totals(self, sks):
         """Byte totals of still-open HTTP sockets from the http_conns map.
@@ -304,7 +292,7 @@ class HttpflowPlugin(Plugin):
             g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
         comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
         cols = connection_tags(
-            pid=g.column("pid"), comm=pa.array(np.char.decode(comm, "utf-8", "replace")),
+            pid=g.column("pid"), comm=_records.comm_to_arrow(comm),
             family=g.column("family"), proto=g.column("proto"), laddr=g.column("laddr"),
             lport=g.column("lport"), raddr=g.column("raddr"), rport=g.column("rport"),
             direction=g.column("direction"), ephemeral_port=self.ephemeral_port, resolver=self.resolver,
@@ -330,11 +318,11 @@ class HttpflowPlugin(Plugin):
         c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}
         c["points"] = self.points
         c["early_steps"] = self.early_steps
-        c.update(ring_counters(self.pipeline.rings))
-        if self.obj is not None:
-            c.update(kernel_drop_counters(self.drops, _records.HTTP_DROP_NAMES))
+        if self.bpf is not None:
+            c.update(self.bpf.counters())
         return c
 
     def stop(self):
-        close_bpf(self.links, [self.ring], self.obj)
-        self.links, self.ring, self.obj = [], None, None
+        if self.bpf is not None:
+            self.bpf.close()
+            self.bpf = None

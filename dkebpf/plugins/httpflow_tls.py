@@ -5,7 +5,7 @@ The same record (struct l7_event), parser, pairing and aggregation as
 httpflow: this is an HttpflowPlugin whose only source is the OpenSSL ring.
 It runs with or without "httpflow". Nothing is counted twice: the syscall
 capture of httpflow sees only the ciphertext of these connections, which
-never starts like an HTTP/1.x message (bpf/include/http_msg.h), so it sends
+never starts like an HTTP/1.x message (bpf/include/http_msg.bpf.h), so it sends
 no record for them.
 
 A timer fd in the agent's loop triggers the libssl rescan (new processes
@@ -14,7 +14,7 @@ the flush interval."""
 import ctypes
 import os
 
-from ..errors import KernelError
+from ..errors import kernel_error
 from .httpflow import HttpflowPlugin
 from .tls_probes import TlsProbes
 
@@ -39,15 +39,14 @@ class PeriodicTimer:
         libc = ctypes.CDLL(None, use_errno=True)
         fd = libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
         if fd < 0:
-            err = ctypes.get_errno()
-            raise KernelError(f"timerfd_create: {os.strerror(err)}", err)
+            raise kernel_error("timerfd_create", ctypes.get_errno())
         sec = int(period_s)
         ts = _timespec(sec, int((period_s - sec) * 1e9))
         spec = _itimerspec(ts, ts)
         if libc.timerfd_settime(fd, 0, ctypes.byref(spec), None) != 0:
             err = ctypes.get_errno()
             os.close(fd)
-            raise KernelError(f"timerfd_settime: {os.strerror(err)}", err)
+            raise kernel_error("timerfd_settime", err)
         self.fd = fd
 
     def fileno(self):
@@ -78,8 +77,8 @@ class HttpflowTlsPlugin(HttpflowPlugin):
         self.tls.start()
         # HttpflowPlugin.kernel_totals reads self.conns: here the plaintext
         # counters of tls.bpf.c (the same struct http_conn)
-        self.conns = self.tls.obj.map("tls_conns")
-        self.pipeline.add_ring(self.tls.ring, self.kernel_totals)
+        self.conns = self.tls.bpf.maps.tls_conns
+        self.pipeline.add_ring(self.tls.bpf.rings.events, self.kernel_totals)
         self.timer = PeriodicTimer(self.tls.rescan_s)
 
     def fileobjs(self):
@@ -93,8 +92,8 @@ class HttpflowTlsPlugin(HttpflowPlugin):
             super().on_readable(fileobj)
 
     def counters(self):
-        c = super().counters()  # pipeline and ring (no http.bpf.o here)
-        c.update(self.tls.counters())
+        c = super().counters()  # the pipeline's (no http.bpf.o here)
+        c.update(self.tls.counters())  # tls.bpf.o's ring and drops, libssl files
         return c
 
     def stop(self):

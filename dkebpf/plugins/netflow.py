@@ -15,29 +15,20 @@ import pyarrow.compute as pc
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..bpf_objects import NETFLOW, BpfSkeleton
 from ..errors import BuildError
-from .base import Plugin, PointBatch, close_bpf, kernel_drop_counters, ring_counters
+from .base import Plugin, PointBatch
 
 try:
-    from .. import _conntable, _libbpf, _records
+    from .. import _conntable, _records
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
-
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bpf")
 
 NETFLOW_TAGS = CONNECTION_TAGS + IP_TYPE_TAGS
 NETFLOW_FIELDS = ["bytes_read", "bytes_written", "retransmits", "rtt", "rtt_var",
                   "tcp_closed", "tcp_established"]
 TCP_LISTEN_STATE = 0x0A
 UDP_UNCONNECTED_STATE = 0x07
-
-
-def bpf_object_path(name):
-    path = os.path.join(BPF_DIR, f"{name}.bpf.o")
-    if not os.path.exists(path):
-        raise BuildError(f"BPF object {path} is missing: the package was built without clang; "
-                         "reinstall after apt-get install clang libbpf-dev")
-    return path
 
 
 def listening_ports(proc, ephemeral_start):
@@ -63,9 +54,8 @@ class NetflowPlugin(Plugin):
         self.ctx = ctx
         self.cfg = ctx.cfg
         self.log = ctx.logger
-        self.obj = None
-        self.links = []
-        self.ring = None
+        self.bpf = None
+        self.ring = None  # bpf.rings.closed once started
         self.prev_keys = np.empty(0, _records.KEY_DTYPE)
         self.prev_stats = np.empty(0, _records.STATS_DTYPE)
         self.resolver = LocalAddressResolver()
@@ -76,21 +66,13 @@ class NetflowPlugin(Plugin):
         self.totals = {"connections_merged": 0, "idle_evicted": 0, "points": 0}
 
     def start(self):
-        obj = _libbpf.BpfObject(bpf_object_path("netflow"))
-        try:
-            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.ctx.self_pid)
-            obj.load()
-            self._seed_ports(obj.map("bound_ports"))
-            self.links = obj.attach_all()
-            self.ring = _libbpf.RingReader(obj.map("closed"), _records.EVENT_DTYPE)
-        except BaseException:
-            obj.close()
-            raise
-        self.obj = obj
-        self.conns = obj.map("conns")
-        self.drops = obj.map("drops")
+        self.bpf = BpfSkeleton(NETFLOW).start(
+            knobs={"ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid},
+            setup=lambda bpf: self._seed_ports(bpf.maps.bound_ports))
+        self.ring = self.bpf.rings.closed
+        self.conns = self.bpf.maps.conns
         self.log.info("netflow: %d programs attached, ephemeral ports from %d",
-                      len(self.links), self.ephemeral_port)
+                      len(self.bpf.links), self.ephemeral_port)
 
     def _seed_ports(self, bound):
         ports = listening_ports(self.cfg.host_proc, self.ephemeral_port)
@@ -104,7 +86,7 @@ class NetflowPlugin(Plugin):
             bound.update(k.tobytes(), one)
 
     def fileobjs(self):
-        return [self.ring] if self.ring else []
+        return [self.ring] if self.bpf else []
 
     def on_readable(self, fileobj):
         # records are copied into the reader's C buffer; no Python per record
@@ -164,12 +146,11 @@ class NetflowPlugin(Plugin):
 
     def counters(self):
         c = dict(self.totals)
-        if self.ring is not None:
-            c.update(ring_counters([self.ring]))
-        if self.obj is not None:
-            c.update(kernel_drop_counters(self.drops, _records.DROP_NAMES))
+        if self.bpf is not None:
+            c.update(self.bpf.counters())
         return c
 
     def stop(self):
-        close_bpf(self.links, [self.ring], self.obj)
-        self.links, self.ring, self.obj = [], None, None
+        if self.bpf is not None:
+            self.bpf.close()
+            self.bpf = None

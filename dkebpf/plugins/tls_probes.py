@@ -21,17 +21,12 @@ import re
 import struct
 import time
 
+from ..bpf_objects import TLS, TLS_RING_BYTES, BpfSkeleton
 from ..errors import KernelError
-from .netflow import bpf_object_path
-
-try:
-    from .. import _libbpf, _records
-except ImportError:  # pragma: no cover - reported by the netflow import first
-    _libbpf = _records = None
 
 # OpenSSL's soname: libssl.so.3, libssl.so.1.1 (not libssl3.so, NSS)
 LIBSSL_NAME = re.compile(r"^libssl\.so\.\d+(\.\d+)*$")
-# (function, entry program); every function's return goes to ssl_leave.
+# (function, entry program of bpf_objects.TLS); every function's return goes to ssl_leave.
 # SSL_do_handshake (SSL_connect/SSL_accept call it) is probed only so that
 # the socket of an SSL object is known before its first read.
 REQUIRED_FUNCS = (("SSL_read", "ssl_read_enter"), ("SSL_write", "ssl_write_enter"))
@@ -39,15 +34,10 @@ HANDSHAKE_FUNCS = (("SSL_do_handshake", "ssl_handshake_enter"),)
 OPTIONAL_FUNCS = (("SSL_read_ex", "ssl_read_ex_enter"),      # OpenSSL >= 1.1.1
                   ("SSL_write_ex", "ssl_write_ex_enter")) + HANDSHAKE_FUNCS
 RETURN_PROG = "ssl_leave"
-SOCKET_PROGS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 LIBRARY_DIRS = ("/usr/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
                 "/usr/lib", "/lib", "/usr/local/lib64", "/usr/local/lib")
 RESCAN_S = 10.0         # how often /proc is scanned for new libssl files
-# 32 MiB: records end after their payload (~250 bytes for a request or
-# status line with headers): ~130k records, about a second of 35k HTTPS
-# requests/s seen at both ends (4 records each) while the loop is busy
-RING_BYTES = 1 << 25
-WAKEUP_BYTES = RING_BYTES // 32  # the reader is woken per 1 MiB of records, not per record
+WAKEUP_BYTES = TLS_RING_BYTES // 32  # the reader is woken per 1 MiB of records, not per record
 
 
 # --- where to put the probes -------------------------------------------------
@@ -238,10 +228,11 @@ class LibsslScanner:
 class TlsProbes:
     """The OpenSSL capture source that HttpflowPlugin reads from.
 
-    start() loads tls.bpf.o, attaches the socket tracepoints and the uprobes
-    on every libssl found; ``ring`` is then a RingReader of struct l7_event
-    records; rescan() (called from the plugin's periodic hooks, cheap when
-    not due) covers libssl files that appeared since; counters(); stop()."""
+    start() loads tls.bpf.o (``bpf``, a BpfSkeleton of bpf_objects.TLS),
+    attaches the socket tracepoints and the uprobes on every libssl found;
+    ``bpf.rings.events`` is the RingReader of struct l7_event records;
+    rescan() (called from the plugin's periodic hooks, cheap when not due)
+    covers libssl files that appeared since; counters(); stop()."""
 
     def __init__(self, cfg, logger, self_pid, rescan_s=RESCAN_S):
         self.cfg = cfg
@@ -249,9 +240,7 @@ class TlsProbes:
         self.self_pid = self_pid
         self.rescan_s = rescan_s
         self.scanner = LibsslScanner(cfg.host_proc, getattr(cfg, "host_root", ""))
-        self.obj = None
-        self.ring = None
-        self.links = []        # socket tracepoints
+        self.bpf = None
         self.libraries = {}    # (dev, ino) -> (path, [links])
         self.failed = {}       # (dev, ino) -> (path, reason): not retried
         self.sites = {}        # path -> which functions carry the probes
@@ -259,29 +248,27 @@ class TlsProbes:
         self.totals = {"tls_rescans": 0, "tls_attach_failures": 0, "tls_scan_seconds": 0.0}
 
     def start(self):
-        obj = _libbpf.BpfObject(bpf_object_path("tls"))
+        self.bpf = BpfSkeleton(TLS)
         try:
-            obj.set_knobs(ipv6_disabled=int(bool(self.cfg.ipv6_disabled)), self_tgid=self.self_pid,
-                          wakeup_bytes=WAKEUP_BYTES)
-            obj.map("events").set_max_entries(RING_BYTES)
-            obj.load()
-            self.obj = obj
-            self.links = [obj.program(name).attach() for name in SOCKET_PROGS]
-            self.ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE,
-                                           min_size=_records.L7_MIN_SIZE)
-            self._attach_new(self.scanner.scan_dirs())
-            self.rescan(force=True)
+            self.bpf.start(knobs={"ipv6_disabled": int(bool(self.cfg.ipv6_disabled)),
+                                  "self_tgid": self.self_pid, "wakeup_bytes": WAKEUP_BYTES},
+                           setup=self._probe_libraries)
         except BaseException:
             self.stop()
             raise
-        self.drops = obj.map("drops")
         self.log.info("httpflow-tls: uprobes on %d libssl file(s): %s", len(self.libraries),
                       ", ".join(p for p, _ in self.libraries.values()) or "none yet")
+
+    def _probe_libraries(self, bpf):
+        """Start's last step: uprobes on the libssl files of the library
+        directories, then on those running processes map."""
+        self._attach_new(self.scanner.scan_dirs())
+        self.rescan(force=True)
 
     def rescan(self, force=False):
         """Attach to libssl files mapped by processes since the last scan."""
         now = time.monotonic()
-        if self.obj is None or (not force and now < self.next_scan):
+        if self.bpf is None or (not force and now < self.next_scan):
             return 0
         self.next_scan = now + self.rescan_s
         t0 = time.perf_counter()
@@ -311,7 +298,6 @@ class TlsProbes:
 
     def _attach_library(self, path):
         """Returns (links, which functions carry the probes)."""
-        leave = self.obj.program(RETURN_PROG)
         links = []
         internal = internal_entries(path)
         where = "ssl_read_internal, ssl_write_internal" if internal else "SSL_read, SSL_write and _ex"
@@ -319,20 +305,21 @@ class TlsProbes:
             if internal:
                 # the _ex programs: the internal functions have their signature
                 for kind, prog in (("read", "ssl_read_ex_enter"), ("write", "ssl_write_ex_enter")):
-                    links.append(self.obj.program(prog).attach_uprobe(path, "", offset=internal[kind]))
-                    links.append(leave.attach_uprobe(path, "", retprobe=True, offset=internal[kind]))
+                    links.append(self.bpf.attach_uprobe(prog, path, "", offset=internal[kind]))
+                    links.append(self.bpf.attach_uprobe(RETURN_PROG, path, "", retprobe=True,
+                                                        offset=internal[kind]))
                 funcs = HANDSHAKE_FUNCS
             else:
                 funcs = REQUIRED_FUNCS + OPTIONAL_FUNCS
             for i, (func, prog) in enumerate(funcs):
                 try:
-                    entry = self.obj.program(prog).attach_uprobe(path, func)
+                    entry = self.bpf.attach_uprobe(prog, path, func)
                 except KernelError:
                     if funcs is not HANDSHAKE_FUNCS and i < len(REQUIRED_FUNCS):
                         raise
                     continue  # an older OpenSSL without the _ex functions
                 links.append(entry)
-                links.append(leave.attach_uprobe(path, func, retprobe=True))
+                links.append(self.bpf.attach_uprobe(RETURN_PROG, path, func, retprobe=True))
         except BaseException:
             for link in links:
                 link.close()
@@ -343,30 +330,18 @@ class TlsProbes:
         c = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}
         c["tls_libraries_attached"] = len(self.libraries)
         c["tls_uprobes_attached"] = sum(len(links) for _, links in self.libraries.values())
-        if self.obj is not None and getattr(self, "drops", None) is not None:
-            sums = self.drops.percpu_sums()
-            for idx, name in _records.TLS_DROP_NAMES.items():
-                c[f"kernel_drop_tls_{name}"] = int(sums[idx])
+        if self.bpf is not None:
+            c.update(self.bpf.counters())
         return c
 
     def attached_paths(self):
         return sorted(p for p, _ in self.libraries.values())
 
     def stop(self):
-        for _, links in self.libraries.values():
-            for link in links:
-                link.close()
+        if self.bpf is not None:
+            self.bpf.close()  # the uprobe links too
+            self.bpf = None
         self.libraries = {}
-        for link in self.links:
-            link.close()
-        self.links = []
-        if self.ring is not None:
-            self.ring.close()
-            self.ring = None
-        if self.obj is not None:
-            self.obj.close()
-            self.obj = None
-        self.drops = None
 
 
 def check_line(host_proc="/proc", host_root=""):

@@ -12,16 +12,13 @@ cdef extern from "bpf/libbpf.h" nogil:
     bpf_object *bpf_object__open_file(const char *path, const void *opts)
     int bpf_object__load(bpf_object *obj)
     void bpf_object__close(bpf_object *obj)
-    const char *bpf_object__name(const bpf_object *obj)
     btf *bpf_object__btf(const bpf_object *obj)
 
     bpf_program *bpf_object__next_program(const bpf_object *obj, bpf_program *prog)
     bpf_program *bpf_object__find_program_by_name(const bpf_object *obj, const char *name)
     const char *bpf_program__name(const bpf_program *prog)
     const char *bpf_program__section_name(const bpf_program *prog)
-    int bpf_program__set_autoload(bpf_program *prog, bint autoload)
     bint bpf_program__autoload(const bpf_program *prog)
-    int bpf_program__fd(const bpf_program *prog)
     bpf_link *bpf_program__attach(const bpf_program *prog)
 
     struct bpf_uprobe_opts:
@@ -46,9 +43,7 @@ cdef extern from "bpf/libbpf.h" nogil:
     int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)
     const void *bpf_map__initial_value(bpf_map *map, size_t *psize)
 
-
     int libbpf_num_possible_cpus()
-    int libbpf_strerror(int err, char *buf, size_t size)
 
 cdef extern from "bpf/bpf.h" nogil:
     struct bpf_map_batch_opts:
@@ -61,8 +56,6 @@ cdef extern from "bpf/bpf.h" nogil:
     int bpf_map_get_next_key(int fd, const void *key, void *next_key)
     int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys,
                              void *values, uint32_t *count, const bpf_map_batch_opts *opts)
-    int bpf_map_delete_batch(int fd, const void *keys, uint32_t *count,
-                             const bpf_map_batch_opts *opts)
 
 cdef extern from "bpf/btf.h" nogil:
     struct btf_type:

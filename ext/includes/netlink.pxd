@@ -1,16 +1,5 @@
-# Declarations of the kernel's netlink and ctnetlink UAPI headers and of the
-# socket calls the conntrack reader uses (declarations only).
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct sockaddr:
-        pass
-    ssize_t recvfrom(int fd, void *buf, size_t n, int flags, sockaddr *addr, socklen_t *addrlen)
-    enum:
-        MSG_DONTWAIT
-        MSG_TRUNC
-        AF_INET
-        AF_INET6
+# Declarations of the kernel's netlink and ctnetlink UAPI headers (socket
+# calls: sysio.pxd).
 
 cdef extern from "<linux/netlink.h>" nogil:
     struct sockaddr_nl:

@@ -1,31 +1,10 @@
-# Declarations for AF_PACKET capture: sys/socket.h, linux/if_packet.h,
-# linux/filter.h, sys/mman.h, poll.h. Declarations only; the binding is
-# ext/packets.pyx.
+# Declarations for AF_PACKET capture: linux/if_packet.h, linux/filter.h,
+# sys/mman.h (sockets and poll: sysio.pxd). Declarations only; the binding
+# is ext/packets.pyx.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-
-cdef extern from "<sys/socket.h>" nogil:
-    ctypedef unsigned int socklen_t
-    struct sockaddr:
-        pass
-    enum:
-        AF_PACKET
-        SOCK_RAW
-        SOCK_CLOEXEC
-        SOCK_NONBLOCK
-        SOL_SOCKET
-        SO_ATTACH_FILTER
-        SOL_PACKET
-    int socket(int domain, int type, int protocol)
-    int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
-    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
-    int bind(int fd, const sockaddr *addr, socklen_t len)
 
 cdef extern from "<unistd.h>" nogil:
     int close(int fd)
-
-cdef extern from "<arpa/inet.h>" nogil:
-    uint16_t htons(uint16_t)
-    uint16_t ntohs(uint16_t)
 
 cdef extern from "<linux/if_ether.h>" nogil:
     enum:
@@ -108,15 +87,6 @@ cdef extern from "<sys/mman.h>" nogil:
     void *MAP_FAILED
     void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)
     int munmap(void *addr, size_t len)
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    enum:
-        POLLIN
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
 
 cdef extern from * nogil:
     # full barrier: the block status is read before the frames and written

@@ -5,4 +5,7 @@ cdef extern from "include/tls.h" nogil:
         TLS_DROP_NO_SOCK
         TLS_DROP_NOT_TCP
         TLS_DROP_PAYLOAD
+        TLS_DROP_CALLS
+        TLS_DROP_SOCKS
+        TLS_DROP_CONNS
         TLS_DROP_MAX

@@ -15,11 +15,13 @@ from datetime import datetime
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import traffic
 from support.bashpty import BashSession
 from support.schema import check_record
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-bash",)))]
 
 CAPTURE = 480  # BASH_LINE_MAX in bpf/include/bash.h
 MESSAGE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:Z|[+-]\d\d:\d\d)) pid:`(\d+)` user:`([^`]*)` cmd:`(.*)`"

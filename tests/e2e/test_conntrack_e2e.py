@@ -13,12 +13,15 @@ import time
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import traffic
 from support.dnat import dnat_rule, service_ip
 from support.netns import NetNS
 from support.schema import check_point
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.requires(*requirements(("ebpf-conntrack", "ebpf-net"), ("httpflow",)))]
 
 HTTP_PORT = 8000     # inside our own namespace only
 SVC_HTTP_PORT = 80

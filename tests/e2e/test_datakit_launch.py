@@ -16,16 +16,15 @@ import time
 
 import pytest
 
-from dkebpf.agent import IMPLEMENTED
-from dkebpf.config import PLUGINS
+from dkebpf.plugins import PLUGINS, requirements
 from support import datakit_launch, traffic
 from support.datakit_receiver import DataKitReceiver
 from support.schema import check_point
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NOT_IMPLEMENTED = [p for p in PLUGINS if p not in IMPLEMENTED]
+NOT_IMPLEMENTED = [r.name for r in PLUGINS if not r.implemented]
 # what every Debian/Ubuntu host has (libc6, and zlib1g: Priority required, dpkg needs it);
 # anything else must come with the wheel
 BASE_LIBS = ("linux-vdso.so", "libc.so", "libm.so", "libpthread.so", "libdl.so", "librt.so", "ld-linux",

@@ -3,17 +3,21 @@ records (no query leaves the machine: --no-resolv, every name local), dig
 in the host namespace asks over UDP and TCP, IPv4 and IPv6; the points
 must count exactly what dig did, per domain, rcode and transport. And the
 A answers name the addresses in netflow points (dst_domain)."""
+import socket
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import traffic
 from support.netns import NetNS
 from support.schema import check_point
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 
 
 class Dnsmasq:
@@ -147,6 +151,58 @@ def test_dnsflow_counts_latency_timeouts_and_domains(collector, receiver):
             assert p.tags.get("server_domain") == web
 
 
+# A resolver that answers every query NOERROR with no records, DELAY seconds
+# after it came: header with QR and RA set, the question echoed back.
+SLOW_RESOLVER = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    q, peer = s.recvfrom(512)
+    time.sleep(float(sys.argv[2]))
+    s.sendto(q[:2] + bytes([0x81, 0x80]) + q[4:6] + bytes(6) + q[12:], peer)
+"""
+
+
+def dns_query(qid, name):
+    labels = b"".join(bytes([len(x)]) + x.encode() for x in name.split("."))
+    return qid.to_bytes(2, "big") + b"\x01\x00\x00\x01" + bytes(6) + labels + b"\x00\x00\x01\x00\x01"
+
+
+def test_latency_lies_within_the_clients_own_timings(collector, receiver):
+    """latency is in ns: at least the 50 ms the resolver waits (in µs or ms
+    it would be far less), at most the time the client measured from sending
+    the query to receiving the answer."""
+    delay_s = 0.05
+    name = f"slow.{uuid.uuid4().hex[:8]}.test"
+    collector.start(interval="1s")
+    with NetNS() as ns:
+        resolver = subprocess.Popen([*ns.prefix(), sys.executable, "-c", SLOW_RESOLVER, ns.peer_ip, str(delay_s)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert resolver.stdout.readline().strip() == "ready", resolver.stderr.read()
+            measured = []
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.settimeout(5)
+                for qid in (0x1001, 0x1002, 0x1003):
+                    t0 = time.monotonic_ns()
+                    c.sendto(dns_query(qid, name), (ns.peer_ip, 53))
+                    answer = c.recv(512)
+                    measured.append(time.monotonic_ns() - t0)
+                    assert answer[:2] == qid.to_bytes(2, "big") and answer[3] & 0x0F == 0
+        finally:
+            resolver.kill()
+            resolver.wait()
+        got = traffic.wait_until(
+            lambda: sum(p.fields["count"] for p in mine(receiver, {ns.peer_ip})) >= 3 or None, 15)
+        pts = mine(receiver, {ns.peer_ip})
+    assert got and tally(pts) == {(name, 0, "udp", "IPv4"): 3}
+    for p in pts:
+        assert delay_s * 1e9 <= p.fields["latency"] <= p.fields["latency_max"] <= max(measured), \
+            (p, measured)
+
+
 def test_queries_this_host_answers_are_incoming(collector, receiver):
     tag = uuid.uuid4().hex[:8]
     name = f"here.{tag}.test"
@@ -169,7 +225,6 @@ def test_queries_this_host_answers_are_incoming(collector, receiver):
 
 
 def test_check_reports_dnsflow(bpf_ok, tmp_path):
-    import sys
     p = subprocess.run([sys.executable, "-m", "dkebpf", "check"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr

@@ -12,13 +12,16 @@ from collections import Counter
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import http_clients, traffic
 from support.httpflow_points import counts, http_points, sums, wait_counts
 from support.http_clients import keep_alive
 from support.nginx import LONG_PREFIX, Nginx, free_port
 from support.schema import check_point
+from support.timed_exchange import timed_exchanges
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 
 LONG_PATH = LONG_PREFIX + "x" * 600  # longer than the 512-byte capture
 
@@ -127,3 +130,21 @@ def wait_counts_get(receiver, port, want, timeout=40):
         pts = http_points(receiver, port)
         return pts if gets(pts, "outgoing") == want and gets(pts, "incoming") == want else None
     return traffic.wait_until(done, timeout) or http_points(receiver, port)
+
+
+def test_latency_lies_within_the_clients_own_timings(collector, receiver):
+    """latency is in ns: at least the 50 ms the server waits before it
+    answers (in µs or ms it would be far less), at most what the client
+    measured from sending the request to the answer's first byte; from
+    both ends."""
+    delay_s = 0.05
+    collector.start()
+    request = b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n"
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    port, timings = timed_exchanges(request, response, n=3, delay_s=delay_s)
+    want = Counter({("GET", "/slow", 200): 3})
+    pts = wait_counts(receiver, port, want)
+    assert counts(pts, "outgoing") == want and counts(pts, "incoming") == want
+    longest = max(t.answer_ns for t in timings)
+    for p in pts:
+        assert delay_s * 1e9 <= p.fields["latency"] <= longest, (p, longest)

@@ -15,13 +15,16 @@ from collections import Counter
 
 import pytest
 
+from dkebpf.plugins import requirements
+
 from support import traffic
 from support.httpflow_points import counts, http_points, sums, wait_counts
 from support.nginx import Nginx
 from support.schema import check_point
 from support.tls_nginx import ROUTES, TlsNginx, curl, private_libssl
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow", "httpflow-tls")), "libssl")]
 
 L7 = ("--l7net-enabled", "httpflow,httpflow-tls")
 

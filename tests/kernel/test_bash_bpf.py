@@ -12,25 +12,20 @@ import pytest
 
 from support.bashpty import BashSession
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf")]
 
 
 @pytest.fixture
 def probe(bpf_ok):
-    from dkebpf import _libbpf, _records
+    from dkebpf.bpf_objects import BASH, BpfSkeleton
     from dkebpf.plugins.bash import READLINE, find_bash_binaries
-    from dkebpf.plugins.netflow import bpf_object_path
 
-    obj = _libbpf.BpfObject(bpf_object_path("bash"))
-    obj.load()
-    prog = obj.program("bash_readline")
-    links = [prog.attach_uprobe(p, READLINE, retprobe=True) for p in find_bash_binaries().values()]
-    ring = _libbpf.RingReader(obj.map("lines"), _records.BASH_LINE_DTYPE)
-    yield obj, ring
-    for link in links:
-        link.close()
-    ring.close()
-    obj.close()
+    def attach(bpf):
+        for path in find_bash_binaries().values():
+            bpf.attach_uprobe("bash_readline", path, READLINE, retprobe=True)
+
+    with BpfSkeleton(BASH).start(setup=attach) as bpf:
+        yield bpf, bpf.rings.lines
 
 
 def records_of(ring, pid):
@@ -45,7 +40,7 @@ def line_bytes(rec):
 
 def test_lines_exactly_as_typed(probe):
     from dkebpf._records import BASH_CAPTURE_MAX, BASH_TRUNCATED
-    obj, ring = probe
+    bpf, ring = probe
     exact = "echo " + "e" * (BASH_CAPTURE_MAX - 5)
     lines = ["echo hello", "", "   ", "x='a b',y=\"c=d\" \\\\ # é 世界 🎉", exact, exact + "f",
              "echo " + "L" * 5000]
@@ -64,7 +59,7 @@ def test_lines_exactly_as_typed(probe):
     assert set(recs["uid"].tolist()) == {0}
     ts = recs["ts"].astype(np.int64)
     assert (np.diff(ts) > 0).all() and t0 < ts[0] and ts[-1] < t1
-    assert obj.map("drops").percpu_sums().tolist() == [0, 0]
+    assert bpf.maps.drops.percpu_sums().tolist() == [0, 0]
 
 
 def test_real_uid_of_another_user(probe):

@@ -19,19 +19,7 @@ from support.ctnetlink import delete_entry
 from support.dnat import dnat_rule, service_ip
 from support.netns import NetNS
 
-pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture
-def conntrack_ok(bpf_ok):
-    from dkebpf.plugins.conntrack import conntrack_status
-    present, events = conntrack_status()
-    if not (present and events):
-        reason = "nf_conntrack not available" if not present else "nf_conntrack_events = 0"
-        if os.environ.get("DKEBPF_REQUIRE_BPF") == "1":
-            pytest.fail(f"DKEBPF_REQUIRE_BPF=1 but {reason}")
-        pytest.skip(reason)
-    return True
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("ctnetlink_events")]
 
 
 def make_plugin():
@@ -45,7 +33,7 @@ def make_plugin():
 
 
 @pytest.fixture
-def plugin(conntrack_ok):
+def plugin(bpf_ok):
     p = make_plugin()
     p.start()
     finish_dump(p)
@@ -132,7 +120,7 @@ def test_dnat_connection_entry_then_destroy_and_grace(plugin, family):
         assert lookup(p, [nat_conn]) == [None]
 
 
-def test_connections_from_before_the_start_come_from_the_dump(conntrack_ok):
+def test_connections_from_before_the_start_come_from_the_dump(bpf_ok):
     with NetNS() as ns:
         svc = service_ip(ns)
         srv = traffic.tcp_server(ns.peer_ip, 10, prefix=ns.prefix())

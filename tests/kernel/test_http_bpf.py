@@ -13,25 +13,16 @@ import pytest
 
 from support import http_peer as hp
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "rdonly_cast", "task_storage")]
 PEER = hp.__file__
 
 
 @pytest.fixture
 def http_bpf(bpf_ok):
-    from dkebpf import _libbpf, _records
-    from dkebpf.plugins.netflow import bpf_object_path
+    from dkebpf.bpf_objects import HTTP, BpfSkeleton
 
-    obj = _libbpf.BpfObject(bpf_object_path("http"))
-    obj.set_knobs(self_tgid=os.getpid(), ipv6_disabled=0)
-    obj.load()
-    links = obj.attach_all()
-    ring = _libbpf.RingReader(obj.map("events"), _records.L7_EVENT_DTYPE, min_size=_records.L7_MIN_SIZE)
-    yield obj, ring
-    for link in links:
-        link.close()
-    ring.close()
-    obj.close()
+    with BpfSkeleton(HTTP).start(knobs={"self_tgid": os.getpid(), "ipv6_disabled": 0}) as bpf:
+        yield bpf, bpf.rings.events
 
 
 def exchange(host, plain=False):
@@ -73,7 +64,7 @@ def records_of(ring, pids, want_closes, timeout=5.0):
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_exchange_records_exact(http_bpf, host):
     from dkebpf import _records as R
-    obj, ring = http_bpf
+    bpf, ring = http_bpf
     srv, cli = exchange(host)
     ev = records_of(ring, [srv["pid"], cli["pid"]], want_closes=2)
     c = ev[ev["pid"] == cli["pid"]]
@@ -115,8 +106,8 @@ def test_exchange_records_exact(http_bpf, host):
 
 
 def test_plain_tcp_sends_nothing(http_bpf):
-    obj, ring = http_bpf
+    bpf, ring = http_bpf
     srv, cli = exchange("127.0.0.1", plain=True)
     ev = records_of(ring, [srv["pid"], cli["pid"]], want_closes=1, timeout=1.0)
     assert len(ev) == 0
-    assert obj.map("http_drops").percpu_sums().tolist()[:4] == [0, 0, 0, 0]
+    assert bpf.maps.http_drops.percpu_sums().tolist()[:4] == [0, 0, 0, 0]

@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "rdonly_cast", "task_storage")]
 
 REQUESTS = 240
 CURLS = 8

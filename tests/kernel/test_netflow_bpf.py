@@ -9,24 +9,16 @@ import pytest
 from support import traffic
 from support.netns import NetNS
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel,
+              pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage")]
 
 
 @pytest.fixture
 def netflow(bpf_ok):
-    from dkebpf import _libbpf, _records
-    from dkebpf.plugins.netflow import bpf_object_path
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton
 
-    obj = _libbpf.BpfObject(bpf_object_path("netflow"))
-    obj.set_knobs(self_tgid=os.getpid(), ipv6_disabled=0)
-    obj.load()
-    links = obj.attach_all()
-    ring = _libbpf.RingReader(obj.map("closed"), _records.EVENT_DTYPE)
-    yield obj, ring
-    for link in links:
-        link.close()
-    ring.close()
-    obj.close()
+    with BpfSkeleton(NETFLOW).start(knobs={"self_tgid": os.getpid(), "ipv6_disabled": 0}) as bpf:
+        yield bpf, bpf.rings.closed
 
 
 def ip_bytes(text):
@@ -44,7 +36,8 @@ def closed_of(ring, pid):
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_tcp_loopback_exact_bytes_and_close(netflow, host):
-    obj, ring = netflow
+    bpf, ring = netflow
+    from dkebpf import _records as R
     srv = traffic.tcp_server(host, 4321)
     try:
         pid, _, res = traffic.run_client("tcp-client", host, srv.info["port"], 12345)
@@ -52,7 +45,9 @@ def test_tcp_loopback_exact_bytes_and_close(netflow, host):
     finally:
         srv.stop()
     assert res[0]["received"] == 4321 and srv_res[0]["received"] == 12345
-    ev, R = closed_of(ring, pid)
+    ring.poll(200)
+    everything = ring.take()  # both ends' records: taken once, split by process
+    ev = everything[everything["stats"]["pid"] == pid]
     assert len(ev) == 1, ev
     s, k = ev[0]["stats"], ev[0]["key"]
     assert (int(s["bytes_sent"]), int(s["bytes_recv"])) == (12345, 4321)
@@ -63,15 +58,21 @@ def test_tcp_loopback_exact_bytes_and_close(netflow, host):
     assert s["family"] == (6 if ":" in host else 4) and s["proto"] == 6
     assert s["comm"].startswith(b"python")
     assert s["rtt_us"] > 0
-    # the server's side of the same connection, seen from the server process
-    ring.poll(100)
-    sv = ring.take()
-    sv_all = np.concatenate([ev, sv])  # what is left of the ring
-    del sv_all
+    # the server's side of the same connection, seen from the server process:
+    # the mirror image of the client's
+    sv = everything[everything["stats"]["pid"] == srv.pid]
+    assert len(sv) == 1, sv
+    ss, sk = sv[0]["stats"], sv[0]["key"]
+    assert (int(ss["bytes_sent"]), int(ss["bytes_recv"])) == (4321, 12345)
+    assert ss["direction"] == R.DIR_INCOMING
+    assert ss["flags"] & R.F_CLOSED
+    assert ss["lport"] == srv.info["port"] and sk["rport"] == res[0]["lport"]
+    assert bytes(sk["raddr"]) == ip_bytes(host) and bytes(ss["laddr"]) == ip_bytes(host)
+    assert ss["family"] == s["family"] and ss["proto"] == 6
 
 
 def test_tcp_server_side_is_incoming(netflow):
-    obj, ring = netflow
+    bpf, ring = netflow
     srv = traffic.tcp_server("127.0.0.1", 999)
     try:
         cpid, _, res = traffic.run_client("tcp-client", "127.0.0.1", srv.info["port"], 777)
@@ -90,7 +91,7 @@ def test_tcp_server_side_is_incoming(netflow):
 
 
 def test_udp_unconnected_peer_from_syscall_args(netflow):
-    obj, ring = netflow
+    bpf, ring = netflow
     from dkebpf import _records as R
     with NetNS() as ns:
         srv = traffic.udp_server(ns.peer_ip, 50, prefix=ns.prefix(), datagrams=3)
@@ -99,7 +100,7 @@ def test_udp_unconnected_peer_from_syscall_args(netflow):
             srv.wait()
         finally:
             srv.stop()
-        keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+        keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
         stats = vals.view(R.STATS_DTYPE)
         mine = stats["pid"] == pid
         assert mine.sum() == 1, stats[mine]
@@ -115,7 +116,7 @@ def test_udp_unconnected_peer_from_syscall_args(netflow):
 
 
 def test_udp_connected(netflow):
-    obj, ring = netflow
+    bpf, ring = netflow
     from dkebpf import _records as R
     srv = traffic.udp_server("127.0.0.1", 10, datagrams=4)
     try:
@@ -123,14 +124,14 @@ def test_udp_connected(netflow):
         srv.wait()
     finally:
         srv.stop()
-    keys, vals = obj.map("conns").dump(R.KEY_DTYPE)
+    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
     stats = vals.view(R.STATS_DTYPE)
     s = stats[stats["pid"] == pid]
     assert len(s) == 1 and (int(s[0]["bytes_sent"]), int(s[0]["bytes_recv"])) == (256, 40)
 
 
 def test_retransmits_counted_under_loss(netflow):
-    obj, ring = netflow
+    bpf, ring = netflow
     with NetNS() as ns:
         ns.drop_randomly(0.3)
         srv = traffic.tcp_server(ns.peer_ip, 1000, prefix=ns.prefix())
@@ -146,16 +147,24 @@ def test_retransmits_counted_under_loss(netflow):
 
 
 def test_knob_and_map_errors_are_clear(bpf_ok):
+    """Misuse is a bug (LookupError, RuntimeError); the kernel's refusal is
+    a KernelError, an OSError keeping the errno."""
+    import errno
+
     from dkebpf import _libbpf
+    from dkebpf.bpf_objects import bpf_object_path
     from dkebpf.errors import KernelError
-    from dkebpf.plugins.netflow import bpf_object_path
 
     with _libbpf.BpfObject(bpf_object_path("netflow")) as obj:
-        with pytest.raises(KernelError, match="no knob 'nope'"):
+        with pytest.raises(LookupError, match="no knob 'nope'"):
             obj.set_knobs(nope=1)
-        with pytest.raises(KernelError, match="not loaded"):
+        with pytest.raises(LookupError, match="no map 'nope'"):
+            obj.map("nope")
+        with pytest.raises(RuntimeError, match="not loaded"):
             obj.program("on_send").attach()
         obj.load()
+        with pytest.raises(RuntimeError, match="before load"):
+            obj.set_knobs(self_tgid=1)
         bound = obj.map("bound_ports")
         key = np.zeros(1, dtype=[("port", "<u2"), ("proto", "u1"), ("pad", "u1")])
         key["port"], key["proto"] = 4242, 6
@@ -164,5 +173,14 @@ def test_knob_and_map_errors_are_clear(bpf_ok):
         assert bound.delete(key.tobytes()) is True
         assert bound.lookup(key.tobytes()) is None
         assert bound.delete(key.tobytes()) is False
-    with pytest.raises(KernelError, match="not found"):
+        # a full map: the kernel says E2BIG, kept as the OSError's errno
+        with pytest.raises(KernelError, match="update map bound_ports") as full:
+            for port in range(bound.max_entries + 1):
+                key["port"] = port
+                bound.update(key.tobytes(), b"\x01", _libbpf.BPF_NOEXIST)
+        assert isinstance(full.value, OSError) and full.value.errno == errno.E2BIG
+    with pytest.raises(RuntimeError, match="closed"):
+        obj.map("bound_ports")
+    with pytest.raises(KernelError, match="No such file") as missing:
         _libbpf.BpfObject("/nonexistent/x.bpf.o")
+    assert missing.value.errno == errno.ENOENT

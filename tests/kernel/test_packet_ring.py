@@ -11,7 +11,7 @@ import pytest
 
 from support.netns import NetNS
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 
 
 def query(qid, name=b"\x04ring\x04test\x00"):

@@ -15,7 +15,7 @@ import pytest
 
 from support.tls_nginx import ROUTES, TlsNginx, curl, private_libssl
 
-pytestmark = pytest.mark.kernel
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "libssl")]
 
 SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
@@ -50,8 +50,8 @@ def records(tp, pids, settle=0.3):
     """All records of the given processes now in the ring (records of other
     processes on this machine are left out)."""
     time.sleep(settle)
-    tp.ring.poll(100)
-    ev = tp.ring.take()
+    tp.bpf.rings.events.poll(100)
+    ev = tp.bpf.rings.events.take()
     keep = ev["pid"] == -1
     for p in pids:
         keep |= ev["pid"] == p

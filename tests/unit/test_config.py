@@ -22,19 +22,11 @@ from dkebpf.config import (
     parse_rate,
 )
 from dkebpf.errors import ConfigError
+from support.shared_docs import IN_CI, find_shared, shared_or_skip
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "conf" / "ebpf.conf.sample"
 SPEC = REPO / "dkebpf" / "spec" / "config.json"
-SHARED_CANDIDATES = [Path("/work/shared"), REPO.parent / "shared"]
-
-
-def shared(rel):
-    for base in SHARED_CANDIDATES:
-        p = base / rel
-        if p.exists():
-            return p
-    return None
 
 
 def load(argv=(), env=None):
@@ -195,9 +187,7 @@ def test_flag_aliases_and_our_own_flags(tmp_path):
 
 
 def test_every_contract_flag_is_a_run_flag():
-    contract = shared("reference/datakit-contract.md")
-    if contract is None:
-        pytest.skip("shared reference not present")
+    contract = shared_or_skip("reference/datakit-contract.md")
     text = contract.read_text(encoding="utf-8")
     table = "\n".join(line for line in text.splitlines() if line.startswith("| `--"))
     flags = set(re.findall(r"--[a-z0-9][a-z0-9_-]*", table))
@@ -656,7 +646,8 @@ ipv6_disabled = false
 
 
 def doc_sample_text():
-    doc = shared("reference/datakit-ebpf-collector-doc.txt")
+    # outside CI a checkout without shared/ compares with the copy below
+    doc = (shared_or_skip if IN_CI else find_shared)("reference/datakit-ebpf-collector-doc.txt")
     if doc is None:
         return DOC_SAMPLE_FALLBACK
     text = doc.read_text(encoding="utf-8")
@@ -900,9 +891,7 @@ def test_every_spec_option_has_a_table_entry():
 
 
 def test_project_spec_copy_equals_shared_spec():
-    shared_spec = shared("spec/config.json")
-    if shared_spec is None:
-        pytest.skip("no shared spec beside the repository")
+    shared_spec = shared_or_skip("spec/config.json")
     assert SPEC.read_bytes() == shared_spec.read_bytes()
 
 

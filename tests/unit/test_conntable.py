@@ -344,7 +344,7 @@ def test_delta_to_arrow():
     assert (r["bytes_sent"], r["bytes_recv"], r["retransmits"]) == (10, 20, 2)
     assert (r["rtt_us"], r["rtt_var_us"], r["established"], r["closed"]) == (123, 45, 1, 0)
     r = rows[43]
-    assert r["comm"] == "café???" and r["raddr"] == V6 and r["proto"] == 17 and r["family"] == 6
+    assert r["comm"] == "café\ufffd\ufffd" and r["raddr"] == V6 and r["proto"] == 17 and r["family"] == 6
     assert rows[1]["comm"] == "x" * 16
     for name, typ in zip(DELTA_SCHEMA.names, DELTA_SCHEMA.types):
         assert batch.column(name).type == typ

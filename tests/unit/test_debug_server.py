@@ -49,7 +49,7 @@ def test_metrics_text(server):
 
 
 def test_metrics_parse_with_prometheus_client(server):
-    parser = pytest.importorskip("prometheus_client.parser")
+    from prometheus_client import parser  # a test dependency: missing is a failure, not a skip
     text = requests.get(url(server, "/metrics"), timeout=5).text
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
 

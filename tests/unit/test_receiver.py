@@ -11,7 +11,7 @@ import requests
 
 from dkebpf._lineproto import encode_batch
 from support.datakit_receiver import DataKitReceiver
-from support.schema import check_point, check_record
+from support.schema import check_point, check_record, required_tags
 
 BODY = (b"netflow,host=h1,src_ip=10.0.0.1,transport=tcp bytes_read=10i,rtt=5i 1000\n"
         b"netflow,host=h1,src_ip=10.0.0.2,transport=udp bytes_read=7i 2000\n")
@@ -58,7 +58,9 @@ def test_plain_and_gzip_bodies_are_stored(dk):
     assert (rec.category, rec.input) == ("network", "ebpf-net/netflow")
     category, input_name, point = rec          # records unpack as 3-tuples
     assert (category, input_name, point) == ("network", "ebpf-net/netflow", flows[0])
-    check_record(rec)
+    # posted where the spec says (else that would be the complaint), but partial
+    with pytest.raises(AssertionError, match="required tag 'dst_ip' is missing"):
+        check_record(rec)
 
 
 def test_url_escaped_input_and_other_precisions(dk):
@@ -143,26 +145,32 @@ def test_chunked_body(dk):
 
 
 def test_encoder_output_through_receiver_matches_schema(dk):
-    """What encode_batch writes is accepted, and matches the netflow schema."""
+    """What encode_batch writes is accepted, and matches the netflow schema;
+    a row whose tag is null or empty lacks that tag, which the checker names."""
+    others = sorted(required_tags("netflow") - {"host", "src_ip", "src_port", "process_name"})
     batch = pa.record_batch({
         "src_ip": ["10.0.0.1", "10.0.0.2", None],
         "dst_ip": ["10.0.0.9", "10.0.0.9", "10.0.0.9"],
         "src_port": pa.array([40000, 40001, 40002], pa.uint16()),
         "process_name": ["curl x", "a,b=c", ""],
+        **{t: [f"{t}-v"] * 3 for t in others if t != "dst_ip"},
         "bytes_read": pa.array([1, 2, 3], pa.uint64()),
         "bytes_written": pa.array([4, None, 6], pa.int64()),
         "rtt": pa.array([100, 200, None], pa.uint32()),
     })
-    body, skipped = encode_batch("netflow", batch,
-                                 ["src_ip", "dst_ip", "src_port", "process_name"],
-                                 ["bytes_read", "bytes_written", "rtt"],
+    tags = ["src_ip", "src_port", "process_name", *others]
+    body, skipped = encode_batch("netflow", batch, tags, ["bytes_read", "bytes_written", "rtt"],
                                  {"host": "node-1", "service": "ebpf"}, 1_700_000_000_000_000_000)
     assert skipped == 0
     assert post(dk, body, gzip_it=True).status_code == 200
     points = dk.points("netflow", input="ebpf-net/netflow")
     assert len(points) == 3
-    for rec in dk.records:
+    full, partial = dk.records[:2], dk.records[2]
+    for rec in full:
         check_record(rec)
+    with pytest.raises(AssertionError, match="required tag 'process_name' is missing; "
+                                             "required tag 'src_ip' is missing"):
+        check_record(partial)
     assert [p.tags.get("process_name") for p in points] == ["curl x", "a,b=c", None]
     assert [p.fields.get("bytes_written") for p in points] == [4, None, 6]
     assert points[1].tags["src_port"] == "40001"

@@ -1,5 +1,5 @@
-/* Socket helpers shared by the BPF programs (netflow.bpf.c, http.bpf.c):
- * the address tuple of a struct sock, read with CO-RE.
+/* Socket constants and helpers shared by the BPF programs (netflow.bpf.c,
+ * http.bpf.c, tls.bpf.c): the address tuple of a struct sock, read with CO-RE.
  *
  * BPF side only (needs vmlinux.h and bpf_core_read.h). The including
  * program defines the knob `const volatile __u8 ipv6_disabled` first. */
@@ -10,6 +10,9 @@
 #define AF_INET6 10
 #define IPPROTO_TCP 6
 #define IPPROTO_UDP 17
+#define SOCK_STREAM 1
+#define SOCK_DGRAM 2
+#define MSG_PEEK 2
 
 static __always_inline int is_v4_mapped(const __u8 *a)
 {
@@ -64,8 +67,8 @@ static __always_inline int read_tuple(const struct sock *sk_any, struct sock_tup
 		return 0;
 	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP)
 		return 0;
-	if ((proto == IPPROTO_TCP && type != 1 /* SOCK_STREAM */) ||
-	    (proto == IPPROTO_UDP && type != 2 /* SOCK_DGRAM */))
+	if ((proto == IPPROTO_TCP && type != SOCK_STREAM) ||
+	    (proto == IPPROTO_UDP && type != SOCK_DGRAM))
 		return 0;
 	t->proto = proto;
 	t->lport = sk->__sk_common.skc_num;

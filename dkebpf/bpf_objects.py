@@ -1,0 +1,213 @@
+"""The BPF objects the collector loads, each declared once, and the one
+runtime that starts and stops them (in the spirit of libbpf's generated
+skeleton and cilium's loadBpfObjects).
+
+An ObjectSpec names, for one ``bpf/<name>.bpf.c``: the ``const volatile``
+knobs user space sets, the programs and maps it uses by name, the ring
+buffers with the numpy dtype of their records, and the per-CPU drop counter
+array with index -> name. tests/unit/test_bpf_objects.py opens every
+compiled object (no privileges needed) and checks each declared name
+against it, so a typo fails there and not at run time.
+
+BpfSkeleton(spec).start(...) does open -> knobs -> ring sizes -> load ->
+attach -> rings -> the caller's setup, and on any failure undoes what was
+done before re-raising: a half start is rolled back here and only here.
+close() detaches every link (also uprobes attached later through it),
+closes the rings, then the object."""
+import os
+from dataclasses import dataclass, field
+from types import MappingProxyType, SimpleNamespace
+from typing import Optional, Tuple
+
+from .errors import BuildError
+
+try:
+    from . import _libbpf, _records
+except ImportError as exc:  # pragma: no cover - a broken install
+    raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
+
+BPF_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf")
+ATTACH_ALL = "all"  # ObjectSpec.attach: every autoloaded program, by its section
+
+
+def bpf_object_path(name):
+    """Path of the compiled bpf/<name>.bpf.c shipped in the package."""
+    path = os.path.join(BPF_DIR, f"{name}.bpf.o")
+    if not os.path.exists(path):
+        raise BuildError(f"BPF object {path} is missing: the package was built without clang; "
+                         "reinstall after apt-get install clang libbpf-dev")
+    return path
+
+
+@dataclass(frozen=True)
+class Ring:
+    """A BPF_MAP_TYPE_RINGBUF map read by a RingReader."""
+
+    map: str
+    dtype: object                 # numpy dtype of one record
+    min_size: int = 0             # records may end early (after their valid payload)
+    max_bytes: Optional[int] = None  # resize before load; None: as the .bpf.c declares
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """What user space knows of one BPF object, by name."""
+
+    name: str                                 # bpf/<name>.bpf.c
+    knobs: Tuple[str, ...] = ()               # const volatile globals set before load
+    attach: object = ATTACH_ALL               # ATTACH_ALL, or programs attached by section at start
+    programs: Tuple[str, ...] = ()            # programs attached by hand (uprobes), as bpf.progs.<name>
+    maps: Tuple[str, ...] = ()                # maps read or written, as bpf.maps.<name>
+    rings: Tuple[Ring, ...] = ()              # as bpf.rings.<map name>
+    drops: Optional[str] = None               # per-CPU u64 array of drop counters
+    drop_names: dict = field(default_factory=dict)  # its index -> counter name
+    drop_prefix: str = "kernel_drop_"         # counter name = prefix + name
+
+    @property
+    def path(self):
+        return bpf_object_path(self.name)
+
+    def program_names(self):
+        """Every program name declared (attached at start or by hand)."""
+        return (() if self.attach == ATTACH_ALL else tuple(self.attach)) + tuple(self.programs)
+
+    def map_names(self):
+        """Every map name declared."""
+        return tuple(self.maps) + tuple(r.map for r in self.rings) + ((self.drops,) if self.drops else ())
+
+
+NETFLOW = ObjectSpec(
+    "netflow", knobs=("ipv6_disabled", "self_tgid"), maps=("conns", "bound_ports"),
+    rings=(Ring("closed", _records.EVENT_DTYPE),),
+    drops="drops", drop_names=MappingProxyType(_records.DROP_NAMES))
+
+HTTP = ObjectSpec(
+    "http", knobs=("ipv6_disabled", "self_tgid"), maps=("http_conns",),
+    rings=(Ring("events", _records.L7_EVENT_DTYPE, min_size=_records.L7_MIN_SIZE),),
+    drops="http_drops", drop_names=MappingProxyType(_records.HTTP_DROP_NAMES))
+
+BASH = ObjectSpec(
+    "bash", attach=(), programs=("bash_readline",),
+    rings=(Ring("lines", _records.BASH_LINE_DTYPE),),
+    drops="drops", drop_names=MappingProxyType(_records.BASH_DROP_NAMES))
+
+# 32 MiB: records end after their payload (~250 bytes for a request or
+# status line with headers): ~130k records, about a second of 35k HTTPS
+# requests/s seen at both ends (4 records each) while the loop is busy
+TLS_RING_BYTES = 1 << 25
+TLS = ObjectSpec(
+    "tls", knobs=("ipv6_disabled", "self_tgid", "wakeup_bytes"),
+    attach=("tls_sock_send", "tls_sock_recv", "tls_sock_destroy"),
+    programs=("ssl_read_enter", "ssl_write_enter", "ssl_read_ex_enter", "ssl_write_ex_enter",
+              "ssl_handshake_enter", "ssl_leave"),
+    maps=("tls_conns",),
+    rings=(Ring("events", _records.L7_EVENT_DTYPE, min_size=_records.L7_MIN_SIZE,
+                max_bytes=TLS_RING_BYTES),),
+    drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_tls_")
+
+OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS)}
+
+
+def ring_counters(rings):
+    """Counters of RingReaders: records received, lost in user space (the
+    reader's buffer was full), of a wrong size."""
+    c = {}
+    for r in rings:
+        rc = r.counters()
+        c[f"ring_{r.name}_received"] = rc["received"]
+        c[f"ring_{r.name}_lost_userspace"] = rc["lost"]
+        if "bad_size" in rc:
+            c[f"ring_{r.name}_bad_size"] = rc["bad_size"]
+    return c
+
+
+class BpfSkeleton:
+    """One BPF object at run time, shaped by its ObjectSpec: ``maps``,
+    ``progs`` and ``rings`` are namespaces of exactly the declared names
+    (``bpf.maps.conns``, ``bpf.rings.closed``); ``links`` are the attached
+    programs. Use start() then close(), or ``with BpfSkeleton(s).start():``."""
+
+    def __init__(self, spec, path=None):
+        self.spec = spec
+        self.path = path or spec.path
+        self.obj = None
+        self.links = []
+        self.maps = SimpleNamespace()
+        self.progs = SimpleNamespace()
+        self.rings = SimpleNamespace()
+
+    def start(self, knobs=None, setup=None):
+        """Open, set knobs, load, attach, open the rings, then setup(self)
+        (e.g. seed a map, attach uprobes). Returns self. On any failure all
+        of it is undone and the error raised."""
+        spec = self.spec
+        unknown = sorted(set(knobs or ()) - set(spec.knobs))
+        if unknown:
+            raise LookupError(f"{spec.name}.bpf.o: knobs {unknown} are not declared in its ObjectSpec")
+        try:
+            self.obj = obj = _libbpf.BpfObject(self.path)
+            if knobs:
+                obj.set_knobs(**knobs)
+            for ring in spec.rings:
+                if ring.max_bytes:
+                    obj.map(ring.map).set_max_entries(ring.max_bytes)
+            obj.load()
+            for name in spec.map_names():
+                setattr(self.maps, name, obj.map(name))
+            for name in spec.programs:
+                setattr(self.progs, name, obj.program(name))
+            if spec.attach == ATTACH_ALL:
+                self.links.extend(obj.attach_all())
+            else:
+                for name in spec.attach:
+                    self.links.append(obj.program(name).attach())
+            for ring in spec.rings:
+                setattr(self.rings, ring.map, _libbpf.RingReader(
+                    getattr(self.maps, ring.map), ring.dtype, min_size=ring.min_size))
+            if setup is not None:
+                setup(self)
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def attach_uprobe(self, prog, binary, func_name, retprobe=False, offset=0):
+        """Attach a declared program as a uprobe on binary:func_name (or at
+        a file offset) in every process. The link is closed by close() (or
+        earlier by the caller)."""
+        link = getattr(self.progs, prog).attach_uprobe(binary, func_name, retprobe=retprobe, offset=offset)
+        self.links.append(link)
+        return link
+
+    def ring_readers(self):
+        return list(vars(self.rings).values())
+
+    def counters(self):
+        """Ring counters and the kernel's drop counters (summed over CPUs)."""
+        c = ring_counters(self.ring_readers())
+        if self.spec.drops and self.obj is not None:
+            sums = getattr(self.maps, self.spec.drops).percpu_sums()
+            for idx, name in self.spec.drop_names.items():
+                c[f"{self.spec.drop_prefix}{name}"] = int(sums[idx])
+        return c
+
+    def close(self):
+        """Detach links, close rings, then the object (its maps and programs).
+        Safe to call more than once and on a half-started skeleton."""
+        for link in self.links:
+            link.close()
+        self.links = []
+        for ring in self.ring_readers():
+            ring.close()
+        self.rings = SimpleNamespace()
+        self.maps = SimpleNamespace()
+        self.progs = SimpleNamespace()
+        if self.obj is not None:
+            self.obj.close()
+            self.obj = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

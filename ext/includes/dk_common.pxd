@@ -1,0 +1,14 @@
+# Small inline helpers shared by the extensions (compiled into each module
+# that cimports them; no runtime module).
+from libc.stdint cimport uint8_t, uint16_t
+
+
+cdef inline Py_ssize_t offset_of(const void *base, const void *member) noexcept nogil:
+    """offsetof(), from a struct variable and a pointer to one of its
+    members: the numpy dtypes are built from these (records._dtype)."""
+    return <const char *>member - <const char *>base
+
+
+cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
+    """A big-endian (network order) 16-bit field at any alignment."""
+    return (p[0] << 8) | p[1]

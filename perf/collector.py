@@ -1,0 +1,121 @@
+"""The one way the benchmarks run the collector and load it: the installed
+`dkebpf run` (the venv's, `make install` builds it) in a directory of its
+own, so the source tree, where no extension is built, is never imported.
+Also the load generators and readings they share: wrk, CPU seconds of a
+process, the plugin counters from /metrics. (Benches run as
+`python3 perf/bench_*.py`, so this directory is on sys.path.)"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+# tests/support (servers, namespaces), never the source tree's dkebpf
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from support.nginx import free_port  # noqa: E402
+
+START_TIMEOUT_S = 30
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid):
+    """User + system CPU seconds of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def prog_stats(pid):
+    """{prog_id: (run_cnt, run_time_ns, recursion_misses)} of the BPF
+    programs whose fds pid holds: the fdinfo of a bpf-prog fd carries the
+    kernel's counters (run_* with kernel.bpf_stats_enabled=1)."""
+    out = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f.read().splitlines())
+        except OSError:
+            continue
+        out[int(info["prog_id"])] = (int(info["run_cnt"]), int(info["run_time_ns"]),
+                                     int(info.get("recursion_misses", 0)))
+    return out
+
+
+def wrk(url, seconds, conns=32):
+    """wrk -t2 against url: (requests/s, mean latency in s, requests)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat, unit = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out).groups()
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    return rps, float(lat) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit], total
+
+
+class Collector:
+    """``with Collector(tmp, "name", ["--enabled", "ebpf-net"]) as c:`` runs
+    `dkebpf run` with those flags, a 2 s interval, points to ``c.out``, log
+    to ``c.log`` and the debug server on a free port, and returns once the
+    log says "dkebpf started" (SystemExit with the log when it does not).
+    Stopped with SIGTERM on leaving."""
+
+    def __init__(self, tmp, name, args, interval="2s"):
+        # files of their own per run: a "started" line of an earlier run
+        # must not start the load before this collector is attached
+        self.out = os.path.join(tmp, f"points-{name}.lp")
+        self.log = os.path.join(tmp, f"dkebpf-{name}.log")
+        self.metrics_port = free_port()
+        self.cmd = [sys.executable, "-m", "dkebpf", "run", "--interval", interval, "--output", self.out,
+                    "--log", self.log, "--pprof-port", str(self.metrics_port), *args]
+        self.cwd = tmp
+        self.proc = None
+
+    def log_text(self):
+        return open(self.log).read() if os.path.exists(self.log) else ""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        end = time.monotonic() + START_TIMEOUT_S
+        while "dkebpf started" not in self.log_text():
+            if self.proc.poll() is not None or time.monotonic() > end:
+                self.__exit__()
+                raise SystemExit(f"collector did not start: {self.log_text()}")
+            time.sleep(0.1)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def cpu_seconds(self):
+        return cpu_seconds(self.proc.pid)
+
+    def prog_stats(self):
+        return prog_stats(self.proc.pid)
+
+    def metrics(self):
+        """{(plugin, counter): value} from the debug server's /metrics."""
+        text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
+        out = {}
+        for line in text.splitlines():
+            m = re.match(r'dkebpf_plugin_(\w+)\{plugin="([^"]+)"\} ([\d.e+]+)', line)
+            if m:
+                out[(m.group(2), m.group(1))] = float(m.group(3))
+        return out
+
+    def reported_requests(self, server_port):
+        """Requests counted in the httpflow points of a server port."""
+        n = 0
+        if os.path.exists(self.out):
+            for line in open(self.out):
+                if line.startswith("httpflow,") and f"server_port={server_port}," in line:
+                    n += int(re.search(r"count=(\d+)i", line).group(1))
+        return n
+
+    def __exit__(self, *exc):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(30)

@@ -1,0 +1,62 @@
+"""The C-level parsers are reachable from other Cython modules: a test-only
+module (cimport/cimport_probe.pyx) cimports parse_first_line, message_end
+and decode_network through ext/includes/dkebpf/_{http,packets}.pxd, is
+built here with Cython and the C compiler, and its calls go into the
+installed dkebpf._http / dkebpf._packets (their C-API capsules, whose
+signatures Cython checks at import against the .pxd)."""
+import importlib.util
+import os
+import struct
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dkebpf import _http, _packets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cimport")
+    setup = textwrap.dedent(f"""
+        from setuptools import Extension, setup
+        from Cython.Build import cythonize
+        ext = Extension("cimport_probe", [{os.path.join(HERE, "cimport", "cimport_probe.pyx")!r}],
+                        include_dirs=[{os.path.join(ROOT, "ext", "includes")!r}, {os.path.join(ROOT, "bpf")!r}])
+        setup(ext_modules=cythonize([ext], include_path=[{os.path.join(ROOT, "ext", "includes")!r}],
+                                    build_dir={str(out / "c")!r},
+                                    compiler_directives={{"language_level": 3}}),
+              script_args=["build_ext", "--build-lib", {str(out)!r}, "--build-temp", {str(out / "tmp")!r}])
+    """)
+    r = subprocess.run([sys.executable, "-c", setup], cwd=out, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    path = next(str(out / f) for f in os.listdir(out) if f.startswith("cimport_probe") and f.endswith(".so"))
+    spec = importlib.util.spec_from_file_location("cimport_probe", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_http_first_line_and_message_end(probe):
+    req = b"GET /api/v1?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+    pipelined = req + b"GET / HTTP/1.1\r\n"
+    assert probe.first_line(pipelined) == (1, "request", _http.METHODS.index("GET"), b"/api/v1", 0, 11, len(req))
+    resp = b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+    assert probe.first_line(resp) == (1, "response", 0, b"", 404, 10, len(resp))
+    assert probe.first_line(b"\x16\x03\x01 not http")[0] == 0
+
+
+def test_packet_decode(probe):
+    payload = b"dns?"
+    udp = struct.pack("!HHHH", 5353, 53, 8 + len(payload), 0)
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp) + len(payload), 1, 0, 64, 17, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    pkt = ip + udp + payload + b"\0" * 6  # ethernet padding is not payload
+    assert probe.decode(pkt, 0x0800) == (True, 4, 17, 5353, 53, len(payload), 28)
+    assert probe.decode(pkt[:24], 0x0800)[0] is False    # UDP header cut: truncated
+    assert probe.decode(pkt, 0x86DD)[0] is False         # not an IPv6 header
+    assert _packets.DECODE_STATUS[0] == "decoded"
