@@ -16,6 +16,7 @@ import time
 from . import kernel
 from .config import options_without_effect
 from .debug_server import DebugServer, Metric
+from .enrich.k8s import K8sEnrichment
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
@@ -71,6 +72,7 @@ class Agent:
         self.limits = LimitChecker(cfg.cpu_limit, cfg.mem_limit, cfg.net_limit, proc=cfg.host_proc)
         self.exit_error = None  # raised after the last flush and the detach
         self.errors = {"limit_check": 0, "submit": 0}  # failures outside any plugin
+        self.k8s = None
 
     def _on_signal(self, signum, frame):
         self.stopping = True
@@ -93,6 +95,9 @@ class Agent:
             for note in not_built:
                 log.warning("%s; the other plugins run", note)
             self.runners = [self.runner(name, factory) for name, factory in factories]
+            # the API is watched only when a plugin's points carry Kubernetes tags
+            if any("k8s" in row.needs for row in rows_for(self.cfg.enabled_plugins, self.cfg.l7net_enabled)):
+                ctx.k8s = self.k8s = K8sEnrichment.from_config(self.cfg, log)
             self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, spool_dir=self.cfg.spool_dir,
                                   spool_max_bytes=self.cfg.spool_max_bytes, logger=logging.getLogger("dkebpf.output"))
             debug = None
@@ -109,12 +114,20 @@ class Agent:
                     except DkebpfError as exc:  # a debugging aid must not cost the data
                         log.warning("%s; running without the debug server", exc)
                         debug = None
+                if self.k8s is not None:
+                    try:
+                        self.k8s.start()
+                    except Exception as exc:  # tags are an extra: the points go on without them
+                        log.warning("kubernetes: no pod, service or workload tags: start failed: %s: %s",
+                                    type(exc).__name__, exc)
+                        self._stop_k8s(ctx)
                 self._start_plugins()
                 self._loop(wake_r)
             finally:
                 self._last_flush()  # on every way out: signal, limit, error, no plugin left
                 for r in self.runners:
                     r.stop()
+                self._stop_k8s(ctx)
                 self.sink.close(SHUTDOWN_FLUSH_DEADLINE_S)
                 if debug is not None:
                     debug.close()
@@ -137,13 +150,22 @@ class Agent:
             failed = "; ".join(f"{r.name}: {r.reason}" for r in self.runners)
             unsupported = not any(r.alive for r in self.runners)
             raise (UnsupportedError if unsupported else DkebpfError)(f"no plugin could start: {failed}")
-        inert = options_without_effect(self.cfg, {r.name.split("/")[0] for r in running})
+        active = {r.name.split("/")[0] for r in running} | ({"kubernetes"} if self.k8s is not None else set())
+        inert = options_without_effect(self.cfg, active)
         if inert:
             log.warning("options without effect in this build or with these plugins: %s",
                         ", ".join(inert))
         log.info("dkebpf started: plugins %s, interval %gs, output %s",
                  ", ".join(r.name for r in running), self.cfg.interval,
                  self.cfg.output or self.cfg.datakit_apiserver or "-")
+
+    def _stop_k8s(self, ctx):
+        if self.k8s is not None:
+            try:
+                self.k8s.stop()
+            except Exception as exc:
+                log.error("stopping the kubernetes watch: %s", exc)
+            ctx.k8s = self.k8s = None
 
     def _last_flush(self):
         try:
@@ -221,6 +243,10 @@ class Agent:
             for name, value in sorted(r.counters().items()):
                 out.append(Metric(f"plugin_{name}", "counter", f"{name} of a plugin",
                                   [({"plugin": r.name}, value)]))
+        if self.k8s is not None:
+            for name, value in sorted(self.k8s.counters().items()):
+                kind = "gauge" if name.startswith("objects_") else "counter"
+                out.append(Metric(f"k8s_{name}", kind, f"kubernetes {name.replace('_', ' ')}", [({}, value)]))
         if self.sink is not None:
             for name, value in sorted(self.sink.stats().items()):
                 kind = "gauge" if name in ("points_queued", "bytes_queued") else "counter"
