@@ -361,6 +361,18 @@ def p_block(raw: Any) -> str:
     return raw.strip()
 
 
+def p_regex(raw: Any) -> Optional[str]:
+    """A regular expression (Python syntax); None when blank."""
+    text = _text(raw)
+    if not text:
+        return None
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise _Bad(f"a regular expression ({exc})") from None
+    return text
+
+
 def p_duration_min(minimum_s: float) -> Callable[[Any], float]:
     def parse(raw: Any) -> float:
         ns = _duration_ns(raw)
@@ -525,6 +537,7 @@ class Config:
     netlog_log: bool = False
     netlog_protocols: Tuple[str, ...] = ("http",)
     netlog_blacklist: str = ""
+    netlog_interfaces: Optional[str] = None     # regex on interface names; None: the defaults
     trace_env_list: Tuple[str, ...] = ()
     trace_name_list: Tuple[str, ...] = ()
     trace_env_blacklist: Tuple[str, ...] = ()
@@ -668,6 +681,9 @@ OPTIONS: Tuple[Option, ...] = (
          metavar="LIST", help="bpf-netlog L7 protocols"),
     _opt("netlog_blacklist", p_block, [],
          ["DKE_NETLOG_NET_FILTER", E + "NETLOG_BLACKLIST", "ENV_NETLOG_BLACKLIST"]),
+    _opt("netlog_interfaces", p_regex, ["--netlog-interfaces"], [E + "NETLOG_INTERFACES"], metavar="REGEX",
+         help="bpf-netlog: capture on interfaces whose name matches (default: physical NICs of the "
+              "host, every UP interface but lo in other namespaces)"),
     _opt("trace_env_list", p_list(), ["--trace-env-list"], [E + "TRACE_ENV_LIST"],
          kind="list", metavar="LIST", help="trace processes having any of these env vars"),
     _opt("trace_name_list", p_list(), ["--trace-name-list"], [E + "TRACE_NAME_LIST"],

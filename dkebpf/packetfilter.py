@@ -17,7 +17,7 @@ SKF_AD_PROTOCOL, SKF_AD_PKTTYPE, SKF_AD_HATYPE = 0, 4, 28
 SKF_NET_OFF = -0x100000
 PACKET_OUTGOING = 4
 ARPHRD_LOOPBACK = 772
-ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SNAPLEN = 0x40000  # whole packets: TCP DNS answers on loopback come as one 64 KiB segment
 
@@ -84,3 +84,19 @@ def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP)):
         ("drop", RET | K, 0, None, None),
     ]
     return assemble(prog)
+
+
+def netlog_filter(snaplen=4096):
+    """bpf-netlog's capture: every IPv4 and IPv6 packet, VLAN-tagged ones
+    included (the decoder skips the tags), cut at snaplen bytes (enough for
+    HTTP/1 headers; counts come from the headers, not from what was cut).
+    Transports are chosen by the decoder, so fragments are counted too."""
+    return assemble([
+        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
+        (None, JMP | JEQ | K, ETH_P_IP, "accept", None),
+        (None, JMP | JEQ | K, ETH_P_IPV6, "accept", None),
+        (None, JMP | JEQ | K, ETH_P_8021Q, "accept", None),
+        (None, JMP | JEQ | K, ETH_P_8021AD, "accept", "drop"),
+        ("accept", RET | K, snaplen, None, None),
+        ("drop", RET | K, 0, None, None),
+    ])

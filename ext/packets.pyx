@@ -18,7 +18,7 @@ cimport numpy as cnp
 from packet cimport *
 from sysio cimport *
 from dk_packet cimport *
-from dk_common cimport offset_of, be16
+from dk_common cimport offset_of, be16, be32
 from dkebpf._records import _dtype
 from dkebpf.errors import kernel_error
 
@@ -40,6 +40,14 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("proto", "u1", offset_of(&_p, &_p.proto)),
     ("pkttype", "u1", offset_of(&_p, &_p.pkttype)),
     ("tcp_flags", "u1", offset_of(&_p, &_p.tcp_flags)),
+    ("tcp_seq", "<u4", offset_of(&_p, &_p.tcp_seq)),
+    ("tcp_ack", "<u4", offset_of(&_p, &_p.tcp_ack)),
+    ("tcp_win", "<u2", offset_of(&_p, &_p.tcp_win)),
+    ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
+    ("link_ok", "u1", offset_of(&_p, &_p.link_ok)),
+    ("vni", "<u4", offset_of(&_p, &_p.vni)),
+    ("smac", "V6", offset_of(&_p, &_p.smac)),
+    ("dmac", "V6", offset_of(&_p, &_p.dmac)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
@@ -56,8 +64,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     """IPv4/IPv6 then UDP/TCP headers at p (n captured bytes). Fills the
     addresses, ports, protocol and payload sizes of out; *l4_off is where
     the transport payload starts. Never reads past p + n."""
-    cdef uint32_t ihl, tot, off, plen, doff, ulen
+    cdef uint32_t ihl, tot, off, plen, doff, ulen, ext
     cdef uint8_t proto
+    cdef int hops
     memset(out.saddr, 0, 16)
     memset(out.daddr, 0, 16)
     if ethertype == ETH_P_IP:
@@ -84,15 +93,38 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         if n < 40 or (p[0] >> 4) != 6:
             return NOT_IP
         plen = be16(p + 4)
-        proto = p[6]   # extension headers are not followed (see the filter)
+        proto = p[6]
         memcpy(out.saddr, p + 8, 16)
         memcpy(out.daddr, p + 24, 16)
         out.family = 6
         off = 40
+        # extension headers (RFC 8200 4.1): hop-by-hop, routing, fragment,
+        # destination options, AH (RFC 4302: length in 4-byte units)
+        for hops in range(8):
+            if proto != 0 and proto != 43 and proto != 44 and proto != 60 and proto != 51:
+                break
+            if n < off + 8:
+                return TRUNCATED
+            if proto == 44:
+                ext = 8
+                if be16(p + off + 2) & 0xFFF8:   # not the first fragment
+                    return FRAGMENT
+            elif proto == 51:
+                ext = (p[off + 1] + 2) * 4
+            else:
+                ext = (p[off + 1] + 1) * 8
+            if plen < ext:
+                return TRUNCATED
+            proto = p[off]
+            plen -= ext
+            off += ext
     else:
         return NOT_IP
     out.proto = proto
     out.tcp_flags = 0
+    out.tcp_seq = 0
+    out.tcp_ack = 0
+    out.tcp_win = 0
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
@@ -112,6 +144,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         out.dport = be16(p + off + 2)
         doff = (p[off + 12] >> 4) * 4
         out.tcp_flags = p[off + 13]
+        out.tcp_seq = be32(p + off + 4)
+        out.tcp_ack = be32(p + off + 8)
+        out.tcp_win = be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
         out.payload_wire = plen - doff
@@ -121,6 +156,82 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     out.payload_len = n - off if n - off < out.payload_wire else out.payload_wire
     l4_off[0] = off
     return DECODED
+
+
+cdef int decode_link(const uint8_t *f, uint32_t n, bint decap_vxlan, dk_pkt *out,
+                     uint32_t *l4_off) noexcept nogil:
+    """An Ethernet frame at f (n captured bytes): MAC addresses, up to two
+    802.1Q/802.1ad tags (QinQ) skipped, then decode_network(). With
+    decap_vxlan, UDP to or from port 4789 (IANA, RFC 7348) or 8472 (Linux's
+    default, flannel) carrying VXLAN is replaced by the packet inside it:
+    out describes the inner packet (vxlan=1, vni) and *l4_off is relative
+    to f."""
+    cdef uint32_t off = 14, l4, vni
+    cdef uint16_t et
+    cdef int rc, tags = 0
+    if n < 14:
+        return NOT_IP
+    et = be16(f + 12)
+    while (et == 0x8100 or et == 0x88A8) and tags < 2:
+        if n < off + 4:
+            return TRUNCATED
+        et = be16(f + off + 2)
+        off += 4
+        tags += 1
+    rc = decode_network(f + off, n - off, et, out, &l4)
+    if rc != DECODED:
+        return rc
+    memcpy(out.smac, f + 6, 6)
+    memcpy(out.dmac, f, 6)
+    out.link_ok = 1
+    out.vxlan = 0
+    out.vni = 0
+    l4_off[0] = off + l4
+    if decap_vxlan and out.proto == 17 and (out.dport == 4789 or out.dport == 8472 or
+                                            out.sport == 4789 or out.sport == 8472):
+        # RFC 7348 5: flags byte with the I bit, 24-bit VNI at bytes 4..6
+        off = off + l4
+        if out.payload_len < 8 + 14 or not (f[off] & 0x08):
+            return DECODED   # plain UDP on that port
+        vni = (<uint32_t>f[off + 4] << 16) | (<uint32_t>f[off + 5] << 8) | f[off + 6]
+        rc = decode_link(f + off + 8, n - off - 8, False, out, &l4)
+        if rc != DECODED:
+            return rc
+        out.vxlan = 1
+        out.vni = vni
+        l4_off[0] = off + 8 + l4
+    return DECODED
+
+
+def decode_frames(bytes data, offsets, lengths, bint decap_vxlan=True):
+    """Decode Ethernet frames laid end to end in data (recorded rings, pcap
+    files, tests and benchmarks): as decode_packets, through decode_link."""
+    cdef Py_ssize_t n = len(offsets), i, got = 0
+    cdef cnp.int64_t[:] offs = np.ascontiguousarray(offsets, dtype=np.int64)
+    cdef cnp.int64_t[:] lens = np.ascontiguousarray(lengths, dtype=np.int64)
+    pkts = np.zeros(n, PKT_DTYPE)
+    payload = np.empty(len(data), np.uint8)
+    status = np.empty(n, np.int8)
+    cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(pkts)
+    cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(payload)
+    cdef cnp.int8_t[:] st = status
+    cdef const uint8_t *base = <const uint8_t *>data
+    cdef Py_ssize_t total = len(data)
+    cdef uint32_t l4, used = 0
+    cdef int rc
+    for i in range(n):
+        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total:
+            raise ValueError(f"frame {i} lies outside data")
+    with nogil:
+        for i in range(n):
+            rc = decode_link(base + offs[i], <uint32_t>lens[i], decap_vxlan, &out[got], &l4)
+            st[i] = rc
+            if rc == DECODED:
+                memcpy(pay + used, base + offs[i] + l4, out[got].payload_len)
+                out[got].payload_off = used
+                used += out[got].payload_len
+                got += 1
+    return pkts[:got], payload[:used], status
 
 
 def decode_packets(bytes data, offsets, lengths, ethertypes):
@@ -159,8 +270,10 @@ def decode_packets(bytes data, offsets, lengths, ethertypes):
 cdef class PacketRing:
     """An AF_PACKET socket receiving what ``filter_code`` (classic BPF,
     packed ``struct sock_filter`` array) accepts, on every interface of the
-    caller's network namespace, through a TPACKET_V3 ring of block_nr
-    blocks of block_size bytes. fileno() is readable when a block is
+    caller's network namespace (or only on ``ifindex``), through a
+    TPACKET_V3 ring of block_nr blocks of block_size bytes. Ethernet frames
+    are decoded from their link header (MACs, VLAN tags; VXLAN with
+    ``decap_vxlan``), other devices from the network header. fileno() is readable when a block is
     ready; read() copies ready blocks into numpy and hands them back to
     the kernel at once."""
     cdef int fd
@@ -169,14 +282,18 @@ cdef class PacketRing:
     cdef uint32_t block_size, block_nr, cur
     cdef readonly uint64_t packets, bytes_copied, not_ip, not_tcp_udp, fragments, truncated
     cdef readonly uint64_t kernel_packets, kernel_drops, kernel_freezes
+    cdef readonly int ifindex
+    cdef bint decap_vxlan
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
-                  uint32_t retire_ms=100):
+                  uint32_t retire_ms=100, int ifindex=0, bint decap_vxlan=False):
         self.fd = -1
         self.ring = NULL
         self.cur = 0
         self.block_size = block_size
         self.block_nr = block_nr
+        self.ifindex = ifindex
+        self.decap_vxlan = decap_vxlan
         if len(filter_code) == 0 or len(filter_code) % 8 or len(filter_code) // 8 > 4096:
             raise ValueError("filter_code must be 1..4096 packed struct sock_filter (8 bytes each)")
         cdef sock_fprog prog
@@ -210,7 +327,7 @@ cdef class PacketRing:
         memset(&sll, 0, sizeof(sll))
         sll.sll_family = AF_PACKET
         sll.sll_protocol = htons(ETH_P_ALL)
-        sll.sll_ifindex = 0   # every interface
+        sll.sll_ifindex = ifindex   # 0: every interface
         if bind(self.fd, <sockaddr *>&sll, sizeof(sll)) < 0:
             self._fail("bind(AF_PACKET, ETH_P_ALL)")
 
@@ -278,8 +395,15 @@ cdef class PacketRing:
                         self.truncated += 1
                     if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
                             hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
-                        rc = decode_network(frame + h.tp_net, h.tp_snaplen - <uint32_t>(h.tp_net - h.tp_mac),
-                                            ntohs(sll.sll_protocol), &out[got], &l4)
+                        if sll.sll_hatype == ARPHRD_ETHER:
+                            rc = decode_link(frame + h.tp_mac, h.tp_snaplen, self.decap_vxlan, &out[got], &l4)
+                        else:
+                            out[got].link_ok = 0
+                            out[got].vxlan = 0
+                            out[got].vni = 0
+                            rc = decode_network(frame + h.tp_net, h.tp_snaplen - <uint32_t>(h.tp_net - h.tp_mac),
+                                                ntohs(sll.sll_protocol), &out[got], &l4)
+                            l4 += <uint32_t>(h.tp_net - h.tp_mac)   # from the frame's start, as decode_link
                     else:
                         rc = NOT_IP
                     if rc == DECODED:
@@ -288,7 +412,7 @@ cdef class PacketRing:
                         out[got].hatype = sll.sll_hatype
                         out[got].pkttype = sll.sll_pkttype
                         out[got].payload_off = used
-                        memcpy(pay + used, frame + h.tp_net + l4, out[got].payload_len)
+                        memcpy(pay + used, frame + h.tp_mac + l4, out[got].payload_len)
                         used += out[got].payload_len
                         self.bytes_copied += out[got].payload_len
                         got += 1

@@ -15,6 +15,7 @@ cdef extern from "<linux/if_ether.h>" nogil:
 cdef extern from "<linux/if_arp.h>" nogil:
     enum:
         ARPHRD_LOOPBACK
+        ARPHRD_ETHER
 
 cdef extern from "<linux/filter.h>" nogil:
     struct sock_filter:

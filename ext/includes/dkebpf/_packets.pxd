@@ -19,3 +19,9 @@ cdef enum:  # decode_network() results
 # is where the transport payload starts. Never reads past p + n.
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
                         uint32_t *l4_off) noexcept nogil
+
+# An Ethernet frame at f (n captured bytes): MACs, up to two VLAN tags,
+# decode_network(); with decap_vxlan the packet inside VXLAN (UDP 4789 or
+# 8472) instead of the tunnel's. *l4_off is relative to f.
+cdef int decode_link(const uint8_t *f, uint32_t n, bint decap_vxlan, dk_pkt *out,
+                     uint32_t *l4_off) noexcept nogil
