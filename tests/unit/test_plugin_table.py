@@ -58,7 +58,7 @@ def test_config_accepts_exactly_the_table_names():
     assert config.PLUGINS == names(PLUGIN) == ("ebpf-net", "ebpf-bash", "ebpf-conntrack",
                                                "ebpf-trace", "bpf-netlog")
     assert config.L7NET_PROTOCOLS == names(L7NET) == ("httpflow", "httpflow-tls")
-    assert names(PLUGIN, implemented_only=True) == ("ebpf-net", "ebpf-bash", "ebpf-conntrack")
+    assert names(PLUGIN, implemented_only=True) == ("ebpf-net", "ebpf-bash", "ebpf-conntrack", "bpf-netlog")
 
 
 def labels(rows):
