@@ -234,3 +234,50 @@ def test_udp_flow_counts_equal_tcpdump(ns, tmp_path):
     assert int(mine["tx_packets"].sum()) == 50 and int(mine["rx_packets"].sum()) == 50
     assert int(mine["tx_bytes"].sum()) == sum(len(p[3].data) for p in tx)
     assert int(mine["rx_bytes"].sum()) == sum(len(p[3].data) for p in rx)
+
+
+def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
+    """The plugin as the agent runs it: a namespace created after start()
+    (found through the server process living in it), its connection as a
+    bpf_net_l4_log point with the interface's tags, then the namespace
+    deleted: its socket is flushed and closed at the next scan."""
+    import logging
+
+    from dkebpf.config import load_config
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    with NetNS() as ns:
+        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
+                          environ={})
+        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        plugin.start()
+        try:
+            assert plugin.captures == {}   # no process lives in the namespace yet
+            srv = tcp_server(ns, reply_bytes=5000)
+            plugin.rescan()
+            assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
+            c = socket.create_connection((ns.peer_ip, PORT))
+            c.sendall(b"x" * 20000)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+            c.close()
+            assert srv.wait(10) == 0
+            time.sleep(0.2)   # the ring hands over a block within retire_ms (64)
+            plugin.rescan()   # the server exited: no process holds the namespace any more
+            assert plugin.captures == {}
+            assert plugin.totals["closed"] == 1
+            batches = plugin.collect(time.time_ns())
+        finally:
+            plugin.stop()
+    assert len(batches) == 1 and batches[0].measurement == "bpf_net_l4_log"
+    rows = [r for r in batches[0].batch.to_pylist() if r["src_port"] == str(PORT)]
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["src_ip"], r["dst_ip"], r["nic_name"], r["l4_proto"]) == (ns.peer_ip, ns.host_ip, ns.veth_peer, "tcp")
+    assert (r["direction"], r["conn_side"], r["server_port"], r["client_ip"]) == (
+        "incoming", "server", str(PORT), ns.host_ip)
+    assert r["rx_bytes"] == 20000 and r["tx_bytes"] == 5000
+    assert r["chunk_syn"] and r["chunk_fin"] and r["chunk_id"] == 1
+    assert r["host_network"] == "false" and r["virtual_nic"] == "true" and r["vxlan_packet"] == "false"
+    assert len(r["inner_traceid"]) == 32 and r["tcp_3whs_cost"] > 0
