@@ -30,6 +30,7 @@ cimport numpy as cnp
 
 from dk_packet cimport dk_pkt
 from dk_common cimport offset_of
+from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
 from dkebpf._packets import PKT_DTYPE
 from dkebpf._records import _dtype
 
@@ -77,8 +78,38 @@ cdef struct l4_chunk:
     uint8_t seq_seen         # bit 0: tx range set, bit 1: rx range set
 
 
+cdef enum:
+    PATH_MAX = 128           # bytes of the request path kept
+    TRACEPARENT_LEN = 55     # "00-<32 hex>-<16 hex>-<2 hex>" (W3C Trace Context 3.2)
+
+
+cdef struct l7_exchange:
+    uint64_t req_ts          # first and last request segment, first and last response segment
+    uint64_t req_last_ts
+    uint64_t resp_ts
+    uint64_t resp_last_ts
+    uint64_t inner_hi, inner_lo
+    uint64_t tx_bytes, rx_bytes
+    uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
+    uint32_t req_seq, resp_seq  # raw seq of the segments starting the request line and the status line
+    uint32_t vni
+    uint32_t first_chunk, last_chunk
+    uint8_t laddr[16]
+    uint8_t raddr[16]
+    uint16_t lport, rport
+    uint16_t status
+    uint16_t path_len
+    uint8_t family, vxlan, method, version
+    uint8_t incoming         # the request came in on this interface
+    uint8_t has_resp
+    uint8_t has_traceparent
+    uint8_t path[PATH_MAX]
+    uint8_t traceparent[TRACEPARENT_LEN]
+
+
 cdef struct conn_t:
     l4_chunk c               # the chunk being filled (key and ids included)
+    l7_exchange x            # the HTTP exchange in progress (x.req_ts 0: none)
     uint64_t last_ts
     uint64_t syn_ts, synack_ts, fin_ts
     uint64_t rtt_sent_ts
@@ -128,6 +159,69 @@ CHUNK_DTYPE = _dtype("l4_chunk", [
 ], sizeof(l4_chunk))
 DIRECTIONS = ("unknown", "incoming", "outgoing")
 
+cdef l7_exchange _x
+L7_DTYPE = _dtype("l7_exchange", [
+    ("req_ts", "<u8", offset_of(&_x, &_x.req_ts)),
+    ("req_last_ts", "<u8", offset_of(&_x, &_x.req_last_ts)),
+    ("resp_ts", "<u8", offset_of(&_x, &_x.resp_ts)),
+    ("resp_last_ts", "<u8", offset_of(&_x, &_x.resp_last_ts)),
+    ("inner_hi", "<u8", offset_of(&_x, &_x.inner_hi)),
+    ("inner_lo", "<u8", offset_of(&_x, &_x.inner_lo)),
+    ("tx_bytes", "<u8", offset_of(&_x, &_x.tx_bytes)),
+    ("rx_bytes", "<u8", offset_of(&_x, &_x.rx_bytes)),
+    ("tx_packets", "<u4", offset_of(&_x, &_x.tx_packets)),
+    ("rx_packets", "<u4", offset_of(&_x, &_x.rx_packets)),
+    ("tx_retrans", "<u4", offset_of(&_x, &_x.tx_retrans)),
+    ("rx_retrans", "<u4", offset_of(&_x, &_x.rx_retrans)),
+    ("req_seq", "<u4", offset_of(&_x, &_x.req_seq)),
+    ("resp_seq", "<u4", offset_of(&_x, &_x.resp_seq)),
+    ("vni", "<u4", offset_of(&_x, &_x.vni)),
+    ("first_chunk", "<u4", offset_of(&_x, &_x.first_chunk)),
+    ("last_chunk", "<u4", offset_of(&_x, &_x.last_chunk)),
+    ("laddr", "V16", offset_of(&_x, &_x.laddr)),
+    ("raddr", "V16", offset_of(&_x, &_x.raddr)),
+    ("lport", "<u2", offset_of(&_x, &_x.lport)),
+    ("rport", "<u2", offset_of(&_x, &_x.rport)),
+    ("status", "<u2", offset_of(&_x, &_x.status)),
+    ("path_len", "<u2", offset_of(&_x, &_x.path_len)),
+    ("family", "u1", offset_of(&_x, &_x.family)),
+    ("vxlan", "u1", offset_of(&_x, &_x.vxlan)),
+    ("method", "u1", offset_of(&_x, &_x.method)),
+    ("version", "u1", offset_of(&_x, &_x.version)),
+    ("incoming", "u1", offset_of(&_x, &_x.incoming)),
+    ("has_resp", "u1", offset_of(&_x, &_x.has_resp)),
+    ("has_traceparent", "u1", offset_of(&_x, &_x.has_traceparent)),
+    ("path", f"S{PATH_MAX}", offset_of(&_x, &_x.path)),
+    ("traceparent", f"S{TRACEPARENT_LEN}", offset_of(&_x, &_x.traceparent)),
+], sizeof(l7_exchange))
+
+
+cdef int find_traceparent(const uint8_t *p, uint32_t n, uint8_t *out) noexcept nogil:
+    """The value of a traceparent header within the captured headers at
+    p[0:n] (name case-insensitive, RFC 9110 5.1), copied to out; 1 if found
+    whole."""
+    cdef const char *name = b"traceparent:"
+    cdef uint32_t i, j, k
+    if n < 14:
+        return 0
+    for i in range(1, n - 12):
+        if p[i - 1] != 0x0A:
+            continue
+        for j in range(12):
+            if (p[i + j] | 0x20) != <uint8_t>name[j]:   # ASCII lower case; ':' is unchanged
+                break
+        else:
+            k = i + 12
+            while k < n and (p[k] == 0x20 or p[k] == 0x09):
+                k += 1
+            if k + TRACEPARENT_LEN > n:
+                return 0
+            memcpy(out, p + k, TRACEPARENT_LEN)
+            return 1
+        if p[i] == 0x0D or p[i] == 0x0A:
+            return 0   # the empty line: end of the headers
+    return 0
+
 
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
     """a before b in sequence space (RFC 1982 serial arithmetic)."""
@@ -168,8 +262,10 @@ cdef class ConnTable:
     cdef uint32_t n, cap, nslots
     cdef l4_chunk *done
     cdef uint32_t ndone, done_cap
+    cdef l7_exchange *xdone
+    cdef uint32_t nxdone, xdone_cap
     cdef uint64_t idle_ns, rng
-    cdef readonly uint64_t packets, table_full, not_tcp_udp, new_conns
+    cdef readonly uint64_t packets, table_full, not_tcp_udp, new_conns, l7_lost
 
     def __cinit__(self, uint32_t max_conns=65536, uint64_t idle_ns=120_000_000_000, uint64_t seed=0):
         if max_conns == 0:
@@ -182,7 +278,9 @@ cdef class ConnTable:
         self.slots = <int32_t *>malloc(self.nslots * sizeof(int32_t))
         self.done_cap = 1024
         self.done = <l4_chunk *>malloc(self.done_cap * sizeof(l4_chunk))
-        if self.conns == NULL or self.slots == NULL or self.done == NULL:
+        self.xdone_cap = 256
+        self.xdone = <l7_exchange *>malloc(self.xdone_cap * sizeof(l7_exchange))
+        if self.conns == NULL or self.slots == NULL or self.done == NULL or self.xdone == NULL:
             raise MemoryError()
         memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
         self.idle_ns = idle_ns
@@ -192,6 +290,7 @@ cdef class ConnTable:
         free(self.conns)
         free(self.slots)
         free(self.done)
+        free(self.xdone)
 
     def __len__(self):
         return self.n
@@ -260,7 +359,66 @@ cdef class ConnTable:
         c.c.seq_seen = 0
         c.c.tx_seq_min = c.c.tx_seq_max = c.c.rx_seq_min = c.c.rx_seq_max = 0
 
-    cdef void _track(self, conn_t *c, const dk_pkt *p, bint tx) noexcept nogil:
+    cdef void _emit_exchange(self, conn_t *c) noexcept nogil:
+        cdef l7_exchange *grown
+        if self.nxdone == self.xdone_cap:
+            grown = <l7_exchange *>realloc(self.xdone, 2 * self.xdone_cap * sizeof(l7_exchange))
+            if grown == NULL:
+                self.l7_lost += 1
+                c.x.req_ts = 0
+                return
+            self.xdone = grown
+            self.xdone_cap *= 2
+        memcpy(&self.xdone[self.nxdone], &c.x, sizeof(l7_exchange))
+        self.nxdone += 1
+        c.x.req_ts = 0
+
+    cdef void _l7(self, conn_t *c, const dk_pkt *p, const uint8_t *data, bint tx) noexcept nogil:
+        """HTTP/1.x: a segment starting a request line opens an exchange
+        (closing the previous one), the first status line going the other
+        way is its response; other segments move the last-seen times."""
+        cdef http_msg m
+        cdef int n = p.payload_len if p.payload_len < 65535 else 65535
+        cdef bint resp_dir = c.x.req_ts != 0 and tx == c.x.incoming
+        if parse_first_line(data, n, &m):
+            if m.kind == K_REQUEST:
+                if c.x.req_ts:
+                    self._emit_exchange(c)
+                memset(&c.x, 0, sizeof(l7_exchange))
+                memcpy(c.x.laddr, c.c.laddr, 16)
+                memcpy(c.x.raddr, c.c.raddr, 16)
+                c.x.lport = c.c.lport
+                c.x.rport = c.c.rport
+                c.x.family = c.c.family
+                c.x.vxlan = c.c.vxlan
+                c.x.vni = c.c.vni
+                c.x.inner_hi = c.c.inner_hi
+                c.x.inner_lo = c.c.inner_lo
+                c.x.req_ts = c.x.req_last_ts = p.ts_ns
+                c.x.req_seq = p.tcp_seq
+                c.x.method = m.method
+                c.x.version = m.version
+                c.x.incoming = not tx
+                c.x.first_chunk = c.c.chunk_id
+                c.x.path_len = m.path_len if m.path_len < PATH_MAX else PATH_MAX
+                memcpy(c.x.path, data + m.path_off, c.x.path_len)
+                c.x.has_traceparent = find_traceparent(data, n, c.x.traceparent)
+                return
+            if m.kind == K_RESPONSE and resp_dir and not c.x.has_resp:
+                c.x.has_resp = 1
+                c.x.resp_seq = p.tcp_seq
+                c.x.status = m.status
+                c.x.resp_ts = c.x.resp_last_ts = p.ts_ns
+                return
+        if c.x.req_ts == 0:
+            return
+        if resp_dir:
+            if c.x.has_resp:
+                c.x.resp_last_ts = p.ts_ns
+        elif not c.x.has_resp:
+            c.x.req_last_ts = p.ts_ns
+
+    cdef bint _track(self, conn_t *c, const dk_pkt *p, bint tx) noexcept nogil:
         cdef int d = 0 if tx else 1
         cdef uint8_t f = p.tcp_flags
         cdef uint32_t span, end, seq = p.tcp_seq
@@ -278,7 +436,7 @@ cdef class ConnTable:
             c.c.rx_packets += 1
             c.c.rx_bytes += p.payload_wire
         if p.proto != 6:
-            return
+            return False
         # seq ranges: a packet's own seq in its direction, its ack in the other
         seq_widen(&c.c.tx_seq_min if tx else &c.c.rx_seq_min, &c.c.tx_seq_max if tx else &c.c.rx_seq_max,
                   seq, not (c.c.seq_seen & (1 << d)))
@@ -349,15 +507,24 @@ cdef class ConnTable:
             c.rtt_armed = 0
             c.c.rtt_sum_ns += p.ts_ns - c.rtt_sent_ts
             c.c.rtt_samples += 1
+        return retrans
 
-    def add(self, pkts):
-        """Fold PKT_DTYPE rows (in capture order) into the table."""
+    def add(self, pkts, payload=None):
+        """Fold PKT_DTYPE rows (in capture order) into the table; with their
+        payload bytes (as PacketRing.read returns them), HTTP/1.x exchanges
+        are followed too."""
         pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
         cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
         cdef Py_ssize_t i, n = len(pkts)
         cdef conn_t *c
-        cdef bint tx
+        cdef bint tx, retrans
         cdef uint32_t limit
+        cdef const uint8_t *pay = NULL
+        cdef Py_ssize_t pay_len = 0
+        if payload is not None:
+            payload = np.ascontiguousarray(payload, dtype=np.uint8)
+            pay = <const uint8_t *>cnp.PyArray_DATA(payload)
+            pay_len = len(payload)
         with nogil:
             for i in range(n):
                 self.packets += 1
@@ -371,8 +538,23 @@ cdef class ConnTable:
                 if (c.rst or c.fin_dir == 3) and (p[i].tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN:
                     # the closed port pair is reused by a new connection: a new record
                     self._close_chunk(c)
+                    if c.x.req_ts:
+                        self._emit_exchange(c)
                     self._restart(c, &p[i])
-                self._track(c, &p[i], tx)
+                retrans = self._track(c, &p[i], tx)
+                if pay != NULL and p[i].proto == 6 and p[i].payload_len and not retrans \
+                        and <Py_ssize_t>p[i].payload_off + p[i].payload_len <= pay_len:
+                    self._l7(c, &p[i], pay + p[i].payload_off, tx)
+                if c.x.req_ts:
+                    c.x.last_chunk = c.c.chunk_id
+                    if tx:
+                        c.x.tx_packets += 1
+                        c.x.tx_bytes += p[i].payload_wire
+                        c.x.tx_retrans += retrans
+                    else:
+                        c.x.rx_packets += 1
+                        c.x.rx_bytes += p[i].payload_wire
+                        c.x.rx_retrans += retrans
                 limit = CHUNK_PACKETS_CLOSING if c.c.chunk_fin else CHUNK_PACKETS
                 if c.c.tx_packets + c.c.rx_packets >= limit:
                     self._close_chunk(c)
@@ -394,17 +576,22 @@ cdef class ConnTable:
         self.new_conns += 1
 
     def collect(self, uint64_t now_ns, bint flush_all=False):
-        """The chunks finished since the last call plus every chunk being
-        filled; connections closed, idle for idle_ns, or all of them with
-        flush_all (the interface went away) are forgotten."""
+        """(chunks, exchanges): the chunks finished since the last call plus
+        every chunk being filled (CHUNK_DTYPE), and the HTTP exchanges that
+        got their response or whose connection ends (L7_DTYPE). Connections
+        closed, idle for idle_ns, or all of them with flush_all (the
+        interface went away) are forgotten."""
         cdef uint32_t i, kept = 0, s
         cdef conn_t *c
+        cdef bint gone
         with nogil:
             for i in range(self.n):
-                self._close_chunk(&self.conns[i])
-            for i in range(self.n):
                 c = &self.conns[i]
-                if flush_all or c.rst or c.fin_dir == 3 or c.last_ts + self.idle_ns <= now_ns:
+                self._close_chunk(c)
+                gone = flush_all or c.rst or c.fin_dir == 3 or c.last_ts + self.idle_ns <= now_ns
+                if c.x.req_ts and (gone or c.x.has_resp):
+                    self._emit_exchange(c)
+                if gone:
                     continue
                 if kept != i:
                     memcpy(&self.conns[kept], c, sizeof(conn_t))
@@ -421,11 +608,15 @@ cdef class ConnTable:
         if self.ndone:
             memcpy(cnp.PyArray_DATA(out), self.done, self.ndone * sizeof(l4_chunk))
         self.ndone = 0
-        return out
+        xs = np.empty(self.nxdone, L7_DTYPE)
+        if self.nxdone:
+            memcpy(cnp.PyArray_DATA(xs), self.xdone, self.nxdone * sizeof(l7_exchange))
+        self.nxdone = 0
+        return out, xs
 
     def counters(self):
         return {"packets": self.packets, "connections": self.n, "new_connections": self.new_conns,
-                "table_full": self.table_full}
+                "table_full": self.table_full, "l7_lost": self.l7_lost}
 
 
 cdef extern from "<sched.h>" nogil:

@@ -37,7 +37,7 @@ from ..packetfilter import netlog_filter
 from .base import Plugin, PointBatch
 
 try:
-    from .. import _netlog, _packets
+    from .. import _http, _netlog, _packets
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -51,6 +51,10 @@ HOST_BLOCKS, OTHER_BLOCKS = 64, 8
 L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "nic_mac", "netns",
            "vni_id", "vxlan_packet", "host_network", "virtual_nic", "inner_traceid", "direction",
            "conn_side", "client_ip", "client_port", "server_ip", "server_port", "l7_proto"]
+L7_TAGS = L4_TAGS[:-1] + ["l7_proto", "l7_traceid", "trace_id", "parent_id"]
+L7_FIELDS = ["http_method", "http_path", "http_status_code", "req_seq", "resp_seq", "tx_seq", "rx_seq",
+             "cost_req_sent", "cost_resp_wait", "cost_cnt_dl", "tx_packets", "rx_packets", "tx_bytes",
+             "rx_bytes", "tx_retrans", "rx_retrans"]
 L4_FIELDS = ["chunk_id", "tx_seq_min", "tx_seq_max", "rx_seq_min", "rx_seq_max", "chunk_syn", "chunk_fin",
              "tcp_3whs_cost", "tcp_4whs_cost", "tcp_rtt", "tx_packets", "rx_packets", "tx_bytes", "rx_bytes",
              "tx_retrans", "rx_retrans", "tcp_syn_retrans"]
@@ -130,27 +134,28 @@ def choose_nics(nics, host_network, pattern, virtual_names):
 class NicCapture:
     """One interface of one namespace: its packet ring and connections."""
 
-    def __init__(self, ring, nic, netns, host_network):
+    def __init__(self, ring, nic, netns, host_network, follow_http):
         self.ring = ring
+        self.follow_http = follow_http
         self.nic = nic
         self.netns = netns
         self.host_network = host_network
         self.conns = _netlog.ConnTable()
 
     @classmethod
-    def open(cls, netns_path, netns, nic, host_network, filter_code):
+    def open(cls, netns_path, netns, nic, host_network, filter_code, follow_http=True):
         with in_netns(netns_path):
             ifindex = socket.if_nametoindex(nic.name)
             ring = _packets.PacketRing(filter_code, block_size=BLOCK_SIZE,
                                        block_nr=HOST_BLOCKS if host_network else OTHER_BLOCKS,
                                        retire_ms=64, ifindex=ifindex, decap_vxlan=True)
-        return cls(ring, nic, netns, host_network)
+        return cls(ring, nic, netns, host_network, follow_http)
 
     def drain(self):
         while True:
-            pkts, _payload, more = self.ring.read()
+            pkts, payload, more = self.ring.read()
             if len(pkts):
-                self.conns.add(pkts)
+                self.conns.add(pkts, payload if self.follow_http else None)
             if not more:
                 return
 
@@ -167,12 +172,13 @@ class NetlogPlugin(Plugin):
         self.log = ctx.logger
         self.proc = self.cfg.host_proc
         self.filter_code = netlog_filter()
+        self.follow_http = "http" in self.cfg.netlog_protocols
         self.captures = {}          # (netns inode, nic name) -> NicCapture
         self.epoll = select.epoll()
         self.by_fd = {}
         self.own_netns = netns_inode("/proc/self/ns/net")
         self.next_scan = 0.0
-        self.closed_chunks = []     # of captures closed since the last collect
+        self.closed_parts = []      # (capture, chunks, exchanges) of captures closed since the last collect
         self.totals = {"opened": 0, "closed": 0, "open_errors": 0}
         self._tick_r, self._tick_w = socket.socketpair()
         self._tick_r.setblocking(False)
@@ -247,7 +253,7 @@ class NetlogPlugin(Plugin):
             if key in self.captures:
                 continue
             try:
-                cap = NicCapture.open(path, key[0], nic, host, self.filter_code)
+                cap = NicCapture.open(path, key[0], nic, host, self.filter_code, self.follow_http)
             except OSError as exc:
                 self.totals["open_errors"] += 1
                 self.log.warning("netlog: cannot capture on %s in netns %s: %s", nic.name, key[0], exc)
@@ -264,23 +270,28 @@ class NetlogPlugin(Plugin):
         self.epoll.unregister(fd)
         del self.by_fd[fd]
         cap.drain()
-        self.closed_chunks.append((cap, cap.conns.collect(time.time_ns(), True)))
+        self.closed_parts.append((cap, *cap.conns.collect(time.time_ns(), True)))
         cap.close()
         self.totals["closed"] += 1
 
     def collect(self, now_ns):
-        parts = self.closed_chunks
-        self.closed_chunks = []
+        parts = self.closed_parts
+        self.closed_parts = []
         for cap in self.captures.values():
             cap.drain()
-            parts.append((cap, cap.conns.collect(now_ns)))
+            parts.append((cap, *cap.conns.collect(now_ns)))
         if not self.cfg.netlog_log:
             return []
-        batch = l4_batch([(c, ch) for c, ch in parts if len(ch)])
-        if batch is None:
-            return []
-        return [PointBatch("bpf_net_l4_log", "logging", "bpf-netlog/netlog", batch, L4_TAGS, L4_FIELDS,
-                           const_tags={"source": "bpf_net_l4_log"}, timestamp_column="time")]
+        out = []
+        l4 = l4_batch([(c, chunks) for c, chunks, _x in parts])
+        if l4 is not None:
+            out.append(PointBatch("bpf_net_l4_log", "logging", "bpf-netlog/netlog", l4, L4_TAGS, L4_FIELDS,
+                                  const_tags={"source": "bpf_net_l4_log"}, timestamp_column="time"))
+        l7 = l7_batch([(c, x) for c, _chunks, x in parts])
+        if l7 is not None:
+            out.append(PointBatch("bpf_net_l7_log", "logging", "bpf-netlog/netlog", l7, L7_TAGS, L7_FIELDS,
+                                  const_tags={"source": "bpf_net_l7_log"}, timestamp_column="time"))
+        return out
 
     def counters(self):
         c = dict(self.totals)
@@ -304,49 +315,59 @@ class NetlogPlugin(Plugin):
 
 
 def _ms(ns):
-    return pc.divide(pa.array(ns.astype(np.float64)), 1e6)
+    return pc.divide(pa.array(np.asarray(ns, dtype=np.float64)), 1e6)
+
+
+def _strings(values, index):
+    return pa.array(np.array(values, dtype=object)[index], pa.string())
+
+
+def common_columns(parts, incoming):
+    """The tags every L4 and L7 point carries (the reference's
+    buildCommTags), from rows of CHUNK_DTYPE or L7_DTYPE (same key
+    members) of several captures: [(NicCapture, rows)]; incoming: per row,
+    whether the connection (or the request) came in."""
+    rows = np.concatenate([p[1] for p in parts])
+    caps = [p[0] for p in parts]
+    which = np.repeat(np.arange(len(caps)), [len(p[1]) for p in parts])
+    fam = rows["family"]
+    local_ip = format_addrs(rows["laddr"], fam)
+    remote_ip = format_addrs(rows["raddr"], fam)
+    lport = pc.cast(pa.array(rows["lport"]), pa.string())
+    rport = pc.cast(pa.array(rows["rport"]), pa.string())
+    inc = pa.array(incoming)
+    inner = np.char.add(np.char.mod("%016x", rows["inner_hi"]), np.char.mod("%016x", rows["inner_lo"]))
+    return rows, {
+        "src_ip": local_ip, "dst_ip": remote_ip, "src_port": lport, "dst_port": rport,
+        "nic_name": _strings([c.nic.name for c in caps], which),
+        "nic_mac": _strings([c.nic.mac for c in caps], which),
+        "netns": _strings([str(c.netns) for c in caps], which),
+        "host_network": _strings(["true" if c.host_network else "false" for c in caps], which),
+        "virtual_nic": _strings(["false" if c.host_network else "true" for c in caps], which),
+        "vni_id": pc.cast(pa.array(rows["vni"]), pa.string()),
+        "vxlan_packet": pa.array(np.where(rows["vxlan"] == 1, "true", "false")),
+        "inner_traceid": pa.array(inner.astype(str)),
+        # the client is the local end unless the connection came in
+        "client_ip": pc.if_else(inc, remote_ip, local_ip),
+        "client_port": pc.if_else(inc, rport, lport),
+        "server_ip": pc.if_else(inc, local_ip, remote_ip),
+        "server_port": pc.if_else(inc, lport, rport),
+    }
 
 
 def l4_batch(parts):
     """[(NicCapture, CHUNK_DTYPE rows)] -> one RecordBatch of bpf_net_l4_log
     points, or None when there are none."""
+    parts = [p for p in parts if len(p[1])]
     if not parts:
         return None
-    ch = np.concatenate([p[1] for p in parts])
-    caps = [p[0] for p in parts]
-    reps = [len(p[1]) for p in parts]
-
-    def per_nic(fn):
-        return pa.array(np.repeat(np.array([fn(c) for c in caps], dtype=object), reps), pa.string())
-
-    fam = ch["family"]
-    local_ip = format_addrs(ch["laddr"], fam)
-    remote_ip = format_addrs(ch["raddr"], fam)
-    lport = pc.cast(pa.array(ch["lport"]), pa.string())
-    rport = pc.cast(pa.array(ch["rport"]), pa.string())
-    incoming = pa.array(ch["direction"] == 1)
-    inner = np.char.add(np.char.mod("%016x", ch["inner_hi"]), np.char.mod("%016x", ch["inner_lo"]))
+    ch, cols = common_columns(parts, np.concatenate([p[1]["direction"] for p in parts]) == 1)
     rtt = np.where(ch["rtt_samples"] > 0, ch["rtt_sum_ns"] / np.maximum(ch["rtt_samples"], 1), 0.0)
-    cols = {
+    cols.update({
         "time": pa.array(ch["ts_ns"].astype(np.int64)),
-        "src_ip": local_ip, "dst_ip": remote_ip, "src_port": lport, "dst_port": rport,
         "l4_proto": pa.array(np.where(ch["proto"] == 6, "tcp", "udp")),
-        "nic_name": per_nic(lambda c: c.nic.name),
-        "nic_mac": per_nic(lambda c: c.nic.mac),
-        "netns": per_nic(lambda c: str(c.netns)),
-        "vni_id": pc.cast(pa.array(ch["vni"]), pa.string()),
-        "vxlan_packet": pa.array(np.where(ch["vxlan"] == 1, "true", "false")),
-        "host_network": per_nic(lambda c: "true" if c.host_network else "false"),
-        "virtual_nic": per_nic(lambda c: "false" if c.host_network else "true"),
-        "inner_traceid": pa.array(inner.astype(str)),
-        "direction": pa.array(np.array(_netlog.DIRECTIONS, dtype=object)[ch["direction"]], pa.string()),
-        "conn_side": pa.array(np.array(("unknown", "server", "client"), dtype=object)[ch["direction"]],
-                              pa.string()),
-        # the client is the local end unless the connection came in
-        "client_ip": pc.if_else(incoming, remote_ip, local_ip),
-        "client_port": pc.if_else(incoming, rport, lport),
-        "server_ip": pc.if_else(incoming, local_ip, remote_ip),
-        "server_port": pc.if_else(incoming, lport, rport),
+        "direction": _strings(_netlog.DIRECTIONS, ch["direction"]),
+        "conn_side": _strings(("unknown", "server", "client"), ch["direction"]),
         "l7_proto": pa.array(np.full(len(ch), "unknown", dtype=object), pa.string()),
         "chunk_id": pa.array(ch["chunk_id"].astype(np.int64)),
         "chunk_syn": pa.array(ch["chunk_syn"].astype(bool)),
@@ -355,8 +376,55 @@ def l4_batch(parts):
         "tcp_4whs_cost": _ms(np.maximum(ch["close_cost_ns"], 0)),
         "tcp_rtt": _ms(rtt),
         "tcp_syn_retrans": pa.array(ch["syn_retrans"].astype(np.int64)),
-    }
+    })
     for k in ("tx_seq_min", "tx_seq_max", "rx_seq_min", "rx_seq_max", "tx_packets", "rx_packets",
               "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
         cols[k] = pa.array(ch[k].astype(np.int64))
+    return pa.RecordBatch.from_pydict(cols)
+
+
+def _traceparent_part(values, has, index):
+    """trace_id (index 1) or parent_id (2) of W3C traceparent values, "" when absent."""
+    parts = [v.decode("ascii", "replace").split("-") if h else [] for v, h in zip(values, has)]
+    return pa.array([p[index] if len(p) == 4 else "" for p in parts], pa.string())
+
+
+def l7_batch(parts):
+    """[(NicCapture, L7_DTYPE rows)] -> one RecordBatch of bpf_net_l7_log
+    points, or None. Costs in ms: cost_req_sent from the request's first to
+    last segment, cost_resp_wait from the request's last segment to the
+    response's first, cost_cnt_dl from the response's first to last
+    segment (the original swaps the first and the last)."""
+    parts = [p for p in parts if len(p[1])]
+    if not parts:
+        return None
+    x, cols = common_columns(parts, np.concatenate([p[1]["incoming"] for p in parts]) == 1)
+    inc = x["incoming"] == 1
+    has_resp = x["has_resp"] == 1
+    resp_seq = np.where(has_resp, x["resp_seq"], 0).astype(np.int64)
+    req_seq = x["req_seq"].astype(np.int64)
+    paths = [bytes(p[:n]).decode("utf-8", "replace") for p, n in zip(x["path"], x["path_len"])]
+    cols.update({
+        "time": pa.array(x["req_ts"].astype(np.int64)),
+        "l4_proto": pa.array(np.full(len(x), "tcp", dtype=object), pa.string()),
+        "l7_proto": pa.array(np.full(len(x), "http", dtype=object), pa.string()),
+        "direction": pa.array(np.where(inc, "incoming", "outgoing")),
+        "conn_side": pa.array(np.where(inc, "server", "client")),
+        "l7_traceid": pa.array(np.char.add(np.char.add(req_seq.astype(str), "_"), resp_seq.astype(str))),
+        "trace_id": _traceparent_part(x["traceparent"], x["has_traceparent"], 1),
+        "parent_id": _traceparent_part(x["traceparent"], x["has_traceparent"], 2),
+        "http_method": _strings(_http.METHODS, x["method"]),
+        "http_path": pa.array(paths, pa.string()),
+        "http_status_code": pa.array(np.where(has_resp, x["status"], 0).astype(np.int64)),
+        "req_seq": pc.cast(pa.array(req_seq), pa.string()),
+        "resp_seq": pc.cast(pa.array(resp_seq), pa.string()),
+        # tx: what this interface sent (the response when the request came in)
+        "tx_seq": pa.array(np.where(inc, resp_seq, req_seq)),
+        "rx_seq": pa.array(np.where(inc, req_seq, resp_seq)),
+        "cost_req_sent": _ms(x["req_last_ts"] - x["req_ts"]),
+        "cost_resp_wait": _ms(np.where(has_resp, x["resp_ts"].astype(np.int64) - x["req_last_ts"].astype(np.int64), 0)),
+        "cost_cnt_dl": _ms(np.where(has_resp, x["resp_last_ts"] - x["resp_ts"], 0)),
+    })
+    for k in ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
+        cols[k] = pa.array(x[k].astype(np.int64))
     return pa.RecordBatch.from_pydict(cols)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import types
 
 import pytest
 
@@ -162,7 +163,7 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
         drain_until_quiet(cap)
         pkts = dump.stop()
         drain_until_quiet(cap, 0.3)
-        chunks = cap.conns.collect(time.time_ns(), True)
+        chunks, _exchanges = cap.conns.collect(time.time_ns(), True)
     finally:
         cap.close()
     exp, syn, synack = expected_from_pcap(pkts, peer, PORT)
@@ -224,7 +225,7 @@ def test_udp_flow_counts_equal_tcpdump(ns, tmp_path):
         drain_until_quiet(cap)
         pkts = dump.stop()
         drain_until_quiet(cap, 0.3)
-        chunks = cap.conns.collect(time.time_ns(), True)
+        chunks, _exchanges = cap.conns.collect(time.time_ns(), True)
     finally:
         cap.close()
     tx = [p for p in pkts if isinstance(p[3], dpkt.udp.UDP) and p[3].sport == PORT]
@@ -281,3 +282,70 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
     assert r["chunk_syn"] and r["chunk_fin"] and r["chunk_id"] == 1
     assert r["host_network"] == "false" and r["virtual_nic"] == "true" and r["vxlan_packet"] == "false"
     assert len(r["inner_traceid"]) == 32 and r["tcp_3whs_cost"] > 0
+
+
+HTTP_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"z" * int(self.path.split("/")[-1].split("?")[0])
+        self.send_response(404 if self.path.startswith("/missing") else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
+    """Keep-alive HTTP/1.1 through the veth: one exchange per request, its
+    l7_traceid the raw sequence numbers of the segments tcpdump saw start
+    the request line and the status line; traceparent split into ids."""
+    import http.client
+
+    import dpkt
+    cap = capture(ns)
+    dump = Tcpdump(ns, tmp_path / "h.pcap")
+    srv = subprocess.Popen(ns.prefix() + ["python3", "-c", HTTP_SERVER, ns.peer_ip, str(PORT)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        conn = http.client.HTTPConnection(ns.peer_ip, PORT, timeout=5)
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        sizes = [10, 70000, 5, 3]
+        for i, size in enumerate(sizes):
+            path = f"/missing/{size}" if i == 2 else f"/a/b/{size}?q=1"
+            conn.request("GET", path, headers={"traceparent": tp} if i == 1 else {})
+            r = conn.getresponse()
+            assert len(r.read()) == size
+        conn.close()
+        drain_until_quiet(cap)
+        pkts = dump.stop()
+        drain_until_quiet(cap, 0.3)
+        _chunks, xs = cap.conns.collect(time.time_ns(), True)
+    finally:
+        srv.kill()
+        srv.wait()
+        cap.close()
+    reqs = [p[3].seq for p in pkts if isinstance(p[3], dpkt.tcp.TCP) and p[3].dport == PORT
+            and p[3].data.startswith(b"GET ")]
+    resps = [p[3].seq for p in pkts if isinstance(p[3], dpkt.tcp.TCP) and p[3].sport == PORT
+             and p[3].data.startswith(b"HTTP/1.")]
+    assert len(reqs) == len(resps) == 4
+    from dkebpf.plugins.netlog import l7_batch
+    nic = types.SimpleNamespace(name=ns.veth_peer, mac="00:00:00:00:00:00")
+    rows = l7_batch([(types.SimpleNamespace(nic=nic, netns=1, host_network=False), xs)]).to_pylist()
+    assert [r["l7_traceid"] for r in rows] == [f"{a}_{b}" for a, b in zip(reqs, resps)]
+    assert [r["http_status_code"] for r in rows] == [200, 200, 404, 200]
+    assert [r["http_path"] for r in rows] == ["/a/b/10", "/a/b/70000", "/missing/5", "/a/b/3"]
+    assert {r["http_method"] for r in rows} == {"GET"} and {r["direction"] for r in rows} == {"incoming"}
+    assert (rows[1]["trace_id"], rows[1]["parent_id"]) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert rows[0]["trace_id"] == ""
+    assert rows[1]["tx_bytes"] > 70000 and rows[1]["cost_cnt_dl"] >= 0 and rows[1]["cost_resp_wait"] > 0
+    assert (rows[1]["tx_seq"], rows[1]["rx_seq"]) == (resps[1], reqs[1])
+    assert len({r["inner_traceid"] for r in rows}) == 1
