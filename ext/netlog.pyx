@@ -158,6 +158,7 @@ CHUNK_DTYPE = _dtype("l4_chunk", [
     ("closed", "u1", offset_of(&_c, &_c.closed)),
 ], sizeof(l4_chunk))
 DIRECTIONS = ("unknown", "incoming", "outgoing")
+HTTP_PATH_MAX = PATH_MAX
 
 cdef l7_exchange _x
 L7_DTYPE = _dtype("l7_exchange", [

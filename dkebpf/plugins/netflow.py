@@ -112,37 +112,7 @@ class NetflowPlugin(Plugin):
 
     def aggregate(self, rb):
         """Per-connection deltas -> one row per netflow key."""
-        is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
-        rtt = rb.column("rtt_us")
-        has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
-        null_u32 = pa.scalar(None, pa.uint32())
-        cols = connection_tags(
-            pid=rb.column("pid"), comm=rb.column("comm"), family=rb.column("family"),
-            proto=rb.column("proto"), laddr=rb.column("laddr"), lport=rb.column("lport"),
-            raddr=rb.column("raddr"), rport=rb.column("rport"), direction=rb.column("direction"),
-            ephemeral_port=self.ephemeral_port, resolver=self.resolver,
-            domains=self.ctx.domains, nat=self.ctx.nat)
-        cols.update({
-            "bytes_read": rb.column("bytes_recv"),
-            "bytes_written": rb.column("bytes_sent"),
-            "retransmits": rb.column("retransmits"),
-            "rtt": pc.if_else(has_rtt, rtt, null_u32),
-            "rtt_var": pc.if_else(has_rtt, rb.column("rtt_var_us"), null_u32),
-            "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
-            "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
-        })
-        agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
-            ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
-            ("rtt", "mean"), ("rtt_var", "mean"), ("tcp_closed", "sum"), ("tcp_established", "sum"),
-        ])
-        out = {k: agg.column(k) for k in CONNECTION_TAGS}
-        for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
-            out[f] = pc.cast(agg.column(f + "_sum"), pa.int64())
-        for f in ("rtt", "rtt_var"):
-            out[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
-        add_ip_types(out)
-        table = pa.table(out).combine_chunks()
-        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+        return aggregate_connections(rb, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat)
 
     def counters(self):
         c = dict(self.totals)
@@ -154,3 +124,40 @@ class NetflowPlugin(Plugin):
         if self.bpf is not None:
             self.bpf.close()
             self.bpf = None
+
+
+def aggregate_connections(rb, ephemeral_port, resolver, domains, nat):
+    """Per-connection deltas -> one row per netflow key. rb columns: pid,
+    comm, family, proto, laddr, lport, raddr, rport, direction (NF_DIR_*),
+    bytes_recv, bytes_sent, retransmits, rtt_us, rtt_var_us (0: no
+    sample), closed, established. Also bpf-netlog's netflow from packets."""
+    is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
+    rtt = rb.column("rtt_us")
+    has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
+    null_u32 = pa.scalar(None, pa.uint32())
+    cols = connection_tags(
+        pid=rb.column("pid"), comm=rb.column("comm"), family=rb.column("family"),
+        proto=rb.column("proto"), laddr=rb.column("laddr"), lport=rb.column("lport"),
+        raddr=rb.column("raddr"), rport=rb.column("rport"), direction=rb.column("direction"),
+        ephemeral_port=ephemeral_port, resolver=resolver, domains=domains, nat=nat)
+    cols.update({
+        "bytes_read": rb.column("bytes_recv"),
+        "bytes_written": rb.column("bytes_sent"),
+        "retransmits": rb.column("retransmits"),
+        "rtt": pc.if_else(has_rtt, rtt, null_u32),
+        "rtt_var": pc.if_else(has_rtt, rb.column("rtt_var_us"), null_u32),
+        "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
+        "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
+    })
+    agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
+        ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
+        ("rtt", "mean"), ("rtt_var", "mean"), ("tcp_closed", "sum"), ("tcp_established", "sum"),
+    ])
+    out = {k: agg.column(k) for k in CONNECTION_TAGS}
+    for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
+        out[f] = pc.cast(agg.column(f + "_sum"), pa.int64())
+    for f in ("rtt", "rtt_var"):
+        out[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
+    add_ip_types(out)
+    table = pa.table(out).combine_chunks()
+    return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

@@ -31,10 +31,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..enrich.addr import format_addrs
+from .. import kernel
+from ..enrich.addr import LocalAddressResolver, format_addrs
 from ..errors import BuildError
 from ..packetfilter import netlog_filter
 from .base import Plugin, PointBatch
+from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
+                       aggregate_requests)
+from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, aggregate_connections
 
 try:
     from .. import _http, _netlog, _packets
@@ -173,6 +177,8 @@ class NetlogPlugin(Plugin):
         self.proc = self.cfg.host_proc
         self.filter_code = netlog_filter()
         self.follow_http = "http" in self.cfg.netlog_protocols
+        self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
+        self.resolver = LocalAddressResolver()   # never asked: packets always carry both addresses
         self.captures = {}          # (netns inode, nic name) -> NicCapture
         self.epoll = select.epoll()
         self.by_fd = {}
@@ -280,9 +286,11 @@ class NetlogPlugin(Plugin):
         for cap in self.captures.values():
             cap.drain()
             parts.append((cap, *cap.conns.collect(now_ns)))
-        if not self.cfg.netlog_log:
-            return []
         out = []
+        if self.cfg.netlog_metric:
+            out += self.metrics(parts)
+        if not self.cfg.netlog_log:
+            return out
         l4 = l4_batch([(c, chunks) for c, chunks, _x in parts])
         if l4 is not None:
             out.append(PointBatch("bpf_net_l4_log", "logging", "bpf-netlog/netlog", l4, L4_TAGS, L4_FIELDS,
@@ -291,6 +299,25 @@ class NetlogPlugin(Plugin):
         if l7 is not None:
             out.append(PointBatch("bpf_net_l7_log", "logging", "bpf-netlog/netlog", l7, L7_TAGS, L7_FIELDS,
                                   const_tags={"source": "bpf_net_l7_log"}, timestamp_column="time"))
+        return out
+
+    def metrics(self, parts):
+        """netflow and httpflow of this interval, from packets: inputs
+        bpf-netlog/netflow and bpf-netlog/httpflow."""
+        out = []
+        chunks = [ch for _c, ch, _x in parts if len(ch)]
+        if chunks:
+            nf = aggregate_connections(connection_rows(np.concatenate(chunks)), self.ephemeral_port,
+                                       self.resolver, self.ctx.domains, None)
+            out.append(PointBatch("netflow", "network", "bpf-netlog/netflow", nf, NETFLOW_TAGS, NETFLOW_FIELDS,
+                                  const_tags={"source": "netflow"}))
+        xs = [x[x["has_resp"] == 1] for _c, _ch, x in parts]
+        xs = [x for x in xs if len(x)]
+        if xs:
+            hf = aggregate_requests(request_rows(np.concatenate(xs)), self.ephemeral_port, self.resolver,
+                                    self.ctx.domains, None)
+            out.append(PointBatch("httpflow", "network", "bpf-netlog/httpflow", hf, HTTPFLOW_TAGS,
+                                  HTTPFLOW_FIELDS, const_tags={"source": "httpflow"}))
         return out
 
     def counters(self):
@@ -428,3 +455,59 @@ def l7_batch(parts):
     for k in ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
         cols[k] = pa.array(x[k].astype(np.int64))
     return pa.RecordBatch.from_pydict(cols)
+
+
+NF_DIR_OUTGOING, NF_DIR_INCOMING = 1, 2   # bpf/include/netflow.h, what connection_tags() reads
+
+
+def _conn_columns(rows, incoming):
+    n = len(rows)
+    return {
+        "pid": pa.array(np.zeros(n, np.uint32)),
+        "family": pa.array(rows["family"]),
+        "proto": pa.array(rows["proto"] if "proto" in rows.dtype.names else np.full(n, 6, np.uint8)),
+        "laddr": _fixed16(rows["laddr"]),
+        "raddr": _fixed16(rows["raddr"]),
+        "lport": pa.array(rows["lport"]),
+        "rport": pa.array(rows["rport"]),
+        "direction": pa.array(np.where(incoming, NF_DIR_INCOMING, NF_DIR_OUTGOING).astype(np.uint8)),
+    }
+
+
+def connection_rows(ch):
+    """CHUNK_DTYPE rows -> the per-connection columns netflow's aggregation
+    reads (no process: packets carry none, pid 0)."""
+    cols = _conn_columns(ch, ch["direction"] == 1)
+    rtt_us = np.where(ch["rtt_samples"] > 0, ch["rtt_sum_ns"] // np.maximum(ch["rtt_samples"], 1) // 1000, 0)
+    cols.update({
+        "comm": pa.array([""] * len(ch), pa.string()),
+        "bytes_recv": pa.array(ch["rx_bytes"]),
+        "bytes_sent": pa.array(ch["tx_bytes"]),
+        "retransmits": pa.array((ch["tx_retrans"] + ch["rx_retrans"]).astype(np.uint32)),
+        "rtt_us": pa.array(np.maximum(rtt_us, (ch["rtt_samples"] > 0).astype(np.uint64)).astype(np.uint32)),
+        "rtt_var_us": pa.array(np.zeros(len(ch), np.uint32)),
+        "closed": pa.array(ch["closed"]),
+        "established": pa.array(((ch["chunk_syn"] == 1) & (ch["hs_cost_ns"] >= 0)).astype(np.uint8)),
+    })
+    return pa.RecordBatch.from_pydict(cols)
+
+
+def request_rows(x):
+    """L7_DTYPE rows (answered exchanges) -> RAW_KEYS + PARTIAL_SUMS, one
+    row per exchange, as httpflow's aggregation reads them."""
+    cols = _conn_columns(x, x["incoming"] == 1)
+    n = len(x)
+    cols.update({
+        "comm": _fixed16(np.zeros(n, "V16")),
+        "method": _METHODS.take(pa.array(x["method"])),
+        "path": pa.array([bytes(p[:k]).decode("utf-8", "replace") for p, k in zip(x["path"], x["path_len"])],
+                         pa.string()),
+        "status_code": pa.array(x["status"].astype(np.int64)),
+        "http_version": _VERSIONS.take(pa.array(x["version"])),
+        "truncated": pa.array(x["path_len"] >= _netlog.HTTP_PATH_MAX),
+        "latency_count": pa.array(np.ones(n, np.int64)),
+        "latency_sum": pa.array((x["resp_ts"].astype(np.int64) - x["req_last_ts"].astype(np.int64))),
+        "bytes_read_sum": pa.array(x["rx_bytes"].astype(np.int64)),
+        "bytes_written_sum": pa.array(x["tx_bytes"].astype(np.int64)),
+    })
+    return pa.table({k: cols[k] for k in RAW_KEYS + PARTIAL_SUMS})

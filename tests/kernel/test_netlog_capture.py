@@ -248,8 +248,8 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
     from dkebpf.plugins.base import PluginContext
     from dkebpf.plugins.netlog import NetlogPlugin
     with NetNS() as ns:
-        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
-                          environ={})
+        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-metric",
+                           "--netlog-interfaces", f"^{ns.veth_peer}$"], environ={})
         plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
         plugin.start()
         try:
@@ -271,8 +271,17 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
             batches = plugin.collect(time.time_ns())
         finally:
             plugin.stop()
-    assert len(batches) == 1 and batches[0].measurement == "bpf_net_l4_log"
-    rows = [r for r in batches[0].batch.to_pylist() if r["src_port"] == str(PORT)]
+    by_name = {b.measurement: b for b in batches}
+    assert sorted(by_name) == ["bpf_net_l4_log", "netflow"]   # no HTTP here: no bpf_net_l7_log, no httpflow
+    nf = [r for r in by_name["netflow"].batch.to_pylist() if r["src_port"] == str(PORT)]
+    assert by_name["netflow"].input_name == "bpf-netlog/netflow"
+    assert len(nf) == 1
+    assert (nf[0]["src_ip"], nf[0]["dst_ip"], nf[0]["dst_port"], nf[0]["direction"], nf[0]["transport"]) == (
+        ns.peer_ip, ns.host_ip, "*", "incoming", "tcp")
+    assert (nf[0]["bytes_read"], nf[0]["bytes_written"], nf[0]["tcp_established"], nf[0]["tcp_closed"],
+            nf[0]["retransmits"]) == (20000, 5000, 1, 1, 0)
+    assert nf[0]["rtt"] > 0
+    rows = [r for r in by_name["bpf_net_l4_log"].batch.to_pylist() if r["src_port"] == str(PORT)]
     assert len(rows) == 1
     r = rows[0]
     assert (r["src_ip"], r["dst_ip"], r["nic_name"], r["l4_proto"]) == (ns.peer_ip, ns.host_ip, ns.veth_peer, "tcp")
@@ -349,3 +358,13 @@ def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
     assert rows[1]["tx_bytes"] > 70000 and rows[1]["cost_cnt_dl"] >= 0 and rows[1]["cost_resp_wait"] > 0
     assert (rows[1]["tx_seq"], rows[1]["rx_seq"]) == (resps[1], reqs[1])
     assert len({r["inner_traceid"] for r in rows}) == 1
+    # httpflow from the same exchanges (what the plugin sends as bpf-netlog/httpflow)
+    from dkebpf.enrich.addr import LocalAddressResolver
+    from dkebpf.plugins.httpflow import aggregate_requests
+    from dkebpf.plugins.netlog import request_rows
+    hf = aggregate_requests(request_rows(xs), 32768, LocalAddressResolver(), None, None).to_pylist()
+    assert sorted((r["path"], r["status_code"], r["count"]) for r in hf) == [
+        ("/a/b/10", 200, 1), ("/a/b/3", 200, 1), ("/a/b/70000", 200, 1), ("/missing/5", 404, 1)]
+    assert all(r["method"] == "GET" and r["http_version"] == "1.1" and r["latency"] > 0 for r in hf)
+    assert all(r["direction"] == "incoming" and r["src_port"] == str(PORT) for r in hf)
+    assert next(r for r in hf if r["path"] == "/a/b/70000")["bytes_written"] > 70000
