@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from support.netns import NetNS
+from support.netns import NetNS, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 
@@ -88,6 +88,17 @@ def drain_until_quiet(cap, seconds=1.0):
         cap.drain()
 
 
+def tcp_payload_len(ip, tcp):
+    """TCP payload bytes as the headers say (as tcpdump prints "length"):
+    a GSO packet tunnelled through VXLAN is captured with outer lengths of
+    one segment, so the bytes dpkt slices can be fewer than the inner
+    headers describe."""
+    import dpkt
+    if isinstance(ip, dpkt.ip6.IP6):
+        return ip.plen - tcp.off * 4
+    return ip.len - ip.hl * 4 - tcp.off * 4
+
+
 def expected_from_pcap(pkts, local_ip, local_port):
     """Per-direction packets and payload bytes of the TCP connection to
     local_ip:local_port, as tcpdump saw them; and the client's SYN seq and
@@ -104,7 +115,7 @@ def expected_from_pcap(pkts, local_ip, local_port):
             continue
         d = "tx" if tx else "rx"
         e[f"{d}_packets"] += 1
-        e[f"{d}_bytes"] += len(tcp.data)
+        e[f"{d}_bytes"] += tcp_payload_len(ip, tcp)
         if tcp.flags & dpkt.tcp.TH_SYN:
             if tcp.flags & dpkt.tcp.TH_ACK:
                 synack = tcp.seq
@@ -124,7 +135,7 @@ def retransmits_from_pcap(pkts, local_port):
             continue
         d = "tx" if tcp.sport == local_port else "rx"
         syn, fin = bool(tcp.flags & dpkt.tcp.TH_SYN), bool(tcp.flags & dpkt.tcp.TH_FIN)
-        span = len(tcp.data) + syn + fin
+        span = tcp_payload_len(_ip, tcp) + syn + fin
         if not span:
             continue
         end = (tcp.seq + span) & 0xFFFFFFFF
@@ -368,3 +379,60 @@ def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
     assert all(r["method"] == "GET" and r["http_version"] == "1.1" and r["latency"] > 0 for r in hf)
     assert all(r["direction"] == "incoming" and r["src_port"] == str(PORT) for r in hf)
     assert next(r for r in hf if r["path"] == "/a/b/70000")["bytes_written"] > 70000
+
+
+@pytest.mark.parametrize("port", [4789, 8472])
+def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
+    """A VXLAN device at each end of the veth (VNI 42): the socket on the
+    veth sees the tunnel and reports the inner connection (vxlan, vni,
+    inner addresses), counted exactly as tcpdump's inner packets."""
+    import dpkt
+    n = ns.host_ip.split(".")[2]
+    vx_host, vx_peer = f"dkx{ns.veth_host[3:]}", "vx0"
+    inner_host, inner_peer = f"10.214.{n}.1", f"10.214.{n}.2"
+    sh("ip", "link", "add", vx_host, "type", "vxlan", "id", "42", "local", ns.host_ip, "remote", ns.peer_ip,
+       "dstport", str(port))
+    try:
+        sh("ip", "addr", "add", f"{inner_host}/24", "dev", vx_host)
+        sh("ip", "link", "set", vx_host, "up")
+        ns.exec("ip", "link", "add", vx_peer, "type", "vxlan", "id", "42", "local", ns.peer_ip, "remote",
+                ns.host_ip, "dstport", str(port))
+        ns.exec("ip", "addr", "add", f"{inner_peer}/24", "dev", vx_peer)
+        ns.exec("ip", "link", "set", vx_peer, "up")
+        cap = capture(ns)
+        dump = Tcpdump(ns, tmp_path / "v.pcap")
+        try:
+            code = (f"import socket;s=socket.socket();s.bind(('{inner_peer}',{PORT}));s.listen();"
+                    f"print('ready',flush=True);c,_=s.accept();n=0\n"
+                    f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
+                    f"c.sendall(b'y'*3000);c.close()")
+            srv = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+            assert srv.stdout.readline().strip() == "ready"
+            c = socket.create_connection((inner_peer, PORT), timeout=5)
+            c.sendall(b"x" * 50000)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+            c.close()
+            assert srv.wait(10) == 0
+            drain_until_quiet(cap)
+            pkts = dump.stop()
+            drain_until_quiet(cap, 0.3)
+            chunks, _x = cap.conns.collect(time.time_ns(), True)
+        finally:
+            cap.close()
+    finally:
+        sh("ip", "link", "del", vx_host, check=False)
+    inner = []
+    for ts, eth, ip, udp in pkts:
+        if isinstance(udp, dpkt.udp.UDP) and udp.dport == port:
+            e = dpkt.ethernet.Ethernet(bytes(udp.data)[8:])
+            if isinstance(e.data, dpkt.ip.IP) and isinstance(e.data.data, dpkt.tcp.TCP):
+                inner.append((ts, e, e.data, e.data.data))
+    exp, syn, synack = expected_from_pcap(inner, inner_peer, PORT)
+    mine = chunks[(chunks["lport"] == PORT) & (chunks["vxlan"] == 1)]
+    assert len(mine) >= 1 and set(mine["vni"]) == {42}
+    assert {k: int(mine[k].sum()) for k in exp} == exp
+    assert exp["rx_bytes"] == 50000 and exp["tx_bytes"] == 3000
+    assert socket.inet_ntoa(bytes(mine[0]["laddr"])[:4]) == inner_peer
+    assert int(mine[0]["rx_seq_min"]) == syn and int(mine[0]["tx_seq_min"]) == synack
