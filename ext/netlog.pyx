@@ -76,6 +76,7 @@ cdef struct l4_chunk:
     uint8_t family, proto, vxlan, direction
     uint8_t chunk_syn, chunk_fin, closed
     uint8_t seq_seen         # bit 0: tx range set, bit 1: rx range set
+    uint8_t l7_http          # an HTTP request was seen on the connection
 
 
 cdef enum:
@@ -156,6 +157,7 @@ CHUNK_DTYPE = _dtype("l4_chunk", [
     ("chunk_syn", "u1", offset_of(&_c, &_c.chunk_syn)),
     ("chunk_fin", "u1", offset_of(&_c, &_c.chunk_fin)),
     ("closed", "u1", offset_of(&_c, &_c.closed)),
+    ("l7_http", "u1", offset_of(&_c, &_c.l7_http)),
 ], sizeof(l4_chunk))
 DIRECTIONS = ("unknown", "incoming", "outgoing")
 HTTP_PATH_MAX = PATH_MAX
@@ -396,6 +398,7 @@ cdef class ConnTable:
                 c.x.inner_hi = c.c.inner_hi
                 c.x.inner_lo = c.c.inner_lo
                 c.x.req_ts = c.x.req_last_ts = p.ts_ns
+                c.c.l7_http = 1
                 c.x.req_seq = p.tcp_seq
                 c.x.method = m.method
                 c.x.version = m.version

@@ -17,6 +17,7 @@ IPv6 extension headers, TCP, UDP, VXLAN) and folded into per-connection
 chunks (dkebpf._netlog.ConnTable); each interval the chunks become
 points."""
 import fcntl
+import json
 import os
 import re
 import select
@@ -58,10 +59,11 @@ L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "
 L7_TAGS = L4_TAGS[:-1] + ["l7_proto", "l7_traceid", "trace_id", "parent_id"]
 L7_FIELDS = ["http_method", "http_path", "http_status_code", "req_seq", "resp_seq", "tx_seq", "rx_seq",
              "cost_req_sent", "cost_resp_wait", "cost_cnt_dl", "tx_packets", "rx_packets", "tx_bytes",
-             "rx_bytes", "tx_retrans", "rx_retrans"]
+             "rx_bytes", "tx_retrans", "rx_retrans", "message"]
 L4_FIELDS = ["chunk_id", "tx_seq_min", "tx_seq_max", "rx_seq_min", "rx_seq_max", "chunk_syn", "chunk_fin",
              "tcp_3whs_cost", "tcp_4whs_cost", "tcp_rtt", "tx_packets", "rx_packets", "tx_bytes", "rx_bytes",
-             "tx_retrans", "rx_retrans", "tcp_syn_retrans"]
+             "tx_retrans", "rx_retrans", "tcp_syn_retrans", "message"]
+COUNTS = ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans")
 
 
 @dataclass(frozen=True)
@@ -395,7 +397,7 @@ def l4_batch(parts):
         "l4_proto": pa.array(np.where(ch["proto"] == 6, "tcp", "udp")),
         "direction": _strings(_netlog.DIRECTIONS, ch["direction"]),
         "conn_side": _strings(("unknown", "server", "client"), ch["direction"]),
-        "l7_proto": pa.array(np.full(len(ch), "unknown", dtype=object), pa.string()),
+        "l7_proto": pa.array(np.where(ch["l7_http"] == 1, "http", "unknown")),
         "chunk_id": pa.array(ch["chunk_id"].astype(np.int64)),
         "chunk_syn": pa.array(ch["chunk_syn"].astype(bool)),
         "chunk_fin": pa.array(ch["chunk_fin"].astype(bool)),
@@ -404,9 +406,13 @@ def l4_batch(parts):
         "tcp_rtt": _ms(rtt),
         "tcp_syn_retrans": pa.array(ch["syn_retrans"].astype(np.int64)),
     })
-    for k in ("tx_seq_min", "tx_seq_max", "rx_seq_min", "rx_seq_max", "tx_packets", "rx_packets",
-              "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
+    for k in ("tx_seq_min", "tx_seq_max", "rx_seq_min", "rx_seq_max") + COUNTS:
         cols[k] = pa.array(ch[k].astype(np.int64))
+    # the original's message without its per-packet series (not built yet)
+    proto = cols["l4_proto"].to_pylist()
+    counts = [ch[k].tolist() for k in ("chunk_id",) + COUNTS]
+    cols["message"] = pa.array([json.dumps({"l4_proto": p, p: dict(zip(("chunk_id",) + COUNTS, row))})
+                                for p, row in zip(proto, zip(*counts))], pa.string())
     return pa.RecordBatch.from_pydict(cols)
 
 
@@ -452,8 +458,17 @@ def l7_batch(parts):
         "cost_resp_wait": _ms(np.where(has_resp, x["resp_ts"].astype(np.int64) - x["req_last_ts"].astype(np.int64), 0)),
         "cost_cnt_dl": _ms(np.where(has_resp, x["resp_last_ts"] - x["resp_ts"], 0)),
     })
-    for k in ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
+    for k in COUNTS:
         cols[k] = pa.array(x[k].astype(np.int64))
+    http = zip(cols["direction"].to_pylist(), x["first_chunk"].tolist(), x["last_chunk"].tolist(),
+               cols["trace_id"].to_pylist(), cols["parent_id"].to_pylist(), paths,
+               cols["http_method"].to_pylist(), cols["http_status_code"].to_pylist())
+    counts = zip(*[x[k].tolist() for k in COUNTS])
+    cols["message"] = pa.array([json.dumps({
+        "l4_proto": "tcp", "l7_proto": "http",
+        "http": {"direction": d, "pkt_chunk_range": [a, b], "trace_id": t, "parent_id": pid, "path": path,
+                 "method": m, "status_code": st},
+        "tcp": dict(zip(COUNTS, c))}) for (d, a, b, t, pid, path, m, st), c in zip(http, counts)], pa.string())
     return pa.RecordBatch.from_pydict(cols)
 
 

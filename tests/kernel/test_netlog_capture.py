@@ -301,7 +301,12 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
     assert r["rx_bytes"] == 20000 and r["tx_bytes"] == 5000
     assert r["chunk_syn"] and r["chunk_fin"] and r["chunk_id"] == 1
     assert r["host_network"] == "false" and r["virtual_nic"] == "true" and r["vxlan_packet"] == "false"
+    assert r["l7_proto"] == "unknown"   # not HTTP
     assert len(r["inner_traceid"]) == 32 and r["tcp_3whs_cost"] > 0
+    import json
+    assert json.loads(r["message"]) == {"l4_proto": "tcp", "tcp": {
+        "chunk_id": 1, "tx_bytes": 5000, "rx_bytes": 20000, "tx_packets": r["tx_packets"],
+        "rx_packets": r["rx_packets"], "tx_retrans": 0, "rx_retrans": 0}}
 
 
 HTTP_SERVER = """
@@ -347,7 +352,7 @@ def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
         drain_until_quiet(cap)
         pkts = dump.stop()
         drain_until_quiet(cap, 0.3)
-        _chunks, xs = cap.conns.collect(time.time_ns(), True)
+        chunks, xs = cap.conns.collect(time.time_ns(), True)
     finally:
         srv.kill()
         srv.wait()
@@ -357,6 +362,7 @@ def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
     resps = [p[3].seq for p in pkts if isinstance(p[3], dpkt.tcp.TCP) and p[3].sport == PORT
              and p[3].data.startswith(b"HTTP/1.")]
     assert len(reqs) == len(resps) == 4
+    assert set(chunks[chunks["lport"] == PORT]["l7_http"]) == {1}
     from dkebpf.plugins.netlog import l7_batch
     nic = types.SimpleNamespace(name=ns.veth_peer, mac="00:00:00:00:00:00")
     rows = l7_batch([(types.SimpleNamespace(nic=nic, netns=1, host_network=False), xs)]).to_pylist()
@@ -369,6 +375,10 @@ def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
     assert rows[1]["tx_bytes"] > 70000 and rows[1]["cost_cnt_dl"] >= 0 and rows[1]["cost_resp_wait"] > 0
     assert (rows[1]["tx_seq"], rows[1]["rx_seq"]) == (resps[1], reqs[1])
     assert len({r["inner_traceid"] for r in rows}) == 1
+    import json
+    assert json.loads(rows[1]["message"])["http"] == {
+        "direction": "incoming", "pkt_chunk_range": [1, 1], "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "parent_id": "b7ad6b7169203331", "path": "/a/b/70000", "method": "GET", "status_code": 200}
     # httpflow from the same exchanges (what the plugin sends as bpf-netlog/httpflow)
     from dkebpf.enrich.addr import LocalAddressResolver
     from dkebpf.plugins.httpflow import aggregate_requests
