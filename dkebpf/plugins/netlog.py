@@ -194,13 +194,18 @@ class NetlogPlugin(Plugin):
         self._ticker = None
 
     def set_filter(self, rules):
-        """The hook for netlog_blacklist: ``rules`` is the compiled filter
-        object (dkebpf/netlog/filter*). Its classic BPF program replaces
-        the capture filter on every socket opened from now on (sockets are
-        reopened at the next scan), and its per-connection evaluator will
-        be asked about each new connection. Not wired yet: the filter API
-        lands with the filter language."""
-        raise NotImplementedError("netlog_blacklist is not wired into bpf-netlog yet")
+        """The hook for netlog_blacklist (issue 12's filter language, built
+        apart): ``rules`` is the compiled filter; its ``socket_filter`` is
+        the packed classic BPF program (struct sock_filter array, returning
+        0 for a packet to drop, the snap length otherwise) that replaces the
+        capture filter. Every open socket is flushed and reopened with it,
+        so from the return on no dropped packet reaches user space. The
+        per-connection evaluator (pod and namespace fields) is not wired
+        yet: ConnTable would ask it once per new connection."""
+        self.filter_code = rules.socket_filter
+        for key in list(self.captures):
+            self._close(key)
+        self.rescan()
 
     def start(self):
         self.epoll.register(self._tick_r.fileno(), select.EPOLLIN)

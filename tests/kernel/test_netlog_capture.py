@@ -446,3 +446,67 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
     assert exp["rx_bytes"] == 50000 and exp["tx_bytes"] == 3000
     assert socket.inet_ntoa(bytes(mine[0]["laddr"])[:4]) == inner_peer
     assert int(mine[0]["rx_seq_min"]) == syn and int(mine[0]["tx_seq_min"]) == synack
+
+
+def test_set_filter_drops_matching_traffic_in_the_kernel(bpf_ok):
+    """The netlog_blacklist hook: a classic BPF program dropping TCP port
+    PORT + 1 (what the filter compiler will hand over) replaces the capture
+    filter; that connection never reaches user space, the other one is
+    counted exactly."""
+    import logging
+
+    from dkebpf.config import load_config
+    from dkebpf.packetfilter import (ABS, B, ETH_P_IP, H, IND, JEQ, JMP, K, LD, LDX, MSH, RET, SKF_AD_OFF,
+                                     SKF_AD_PROTOCOL, SKF_NET_OFF, W, assemble)
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    blocked = PORT + 1
+    drop_port = assemble([
+        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
+        (None, JMP | JEQ | K, ETH_P_IP, None, "accept"),
+        (None, LD | B | ABS, SKF_NET_OFF + 9, None, None),
+        (None, JMP | JEQ | K, 6, None, "accept"),
+        (None, LDX | B | MSH, SKF_NET_OFF, None, None),
+        (None, LD | H | IND, SKF_NET_OFF, None, None),
+        (None, JMP | JEQ | K, blocked, "drop", None),
+        (None, LD | H | IND, SKF_NET_OFF + 2, None, None),
+        (None, JMP | JEQ | K, blocked, "drop", "accept"),
+        ("accept", RET | K, 4096, None, None),
+        ("drop", RET | K, 0, None, None),
+    ])
+    with NetNS() as ns:
+        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
+                          environ={})
+        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        servers = [tcp_server_on(ns, port) for port in (PORT, blocked)]
+        plugin.start()
+        try:
+            plugin.set_filter(types.SimpleNamespace(socket_filter=drop_port))
+            assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
+            for port in (PORT, blocked):
+                c = socket.create_connection((ns.peer_ip, port))
+                c.sendall(b"x" * 7000)
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(65536):
+                    pass
+                c.close()
+            assert all(s.wait(10) == 0 for s in servers)
+            time.sleep(0.3)
+            for f in plugin.fileobjs():
+                plugin.on_readable(f)
+            batches = plugin.collect(time.time_ns())
+        finally:
+            plugin.stop()
+    rows = next(b for b in batches if b.measurement == "bpf_net_l4_log").batch.to_pylist()
+    ports = {r["src_port"] for r in rows}
+    assert str(PORT) in ports and str(blocked) not in ports
+    assert sum(r["rx_bytes"] for r in rows if r["src_port"] == str(PORT)) == 7000
+
+
+def tcp_server_on(ns, port):
+    code = (f"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+            f"s.bind(('{ns.peer_ip}',{port}));s.listen();print('ready',flush=True);c,_=s.accept()\n"
+            f"while c.recv(65536): pass\nc.sendall(b'y'*100);c.close()")
+    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
