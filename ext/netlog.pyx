@@ -18,8 +18,6 @@ never count; a keep-alive probe (RFC 9293 3.8.4: seq = next - 1, at most
 one byte) does not count either. On the receiving side a segment filling a
 hole left by a lost one is counted in rx_retrans: it is the retransmission
 as this interface sees it."""
-import os
-
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
@@ -33,6 +31,7 @@ from dk_common cimport offset_of
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
 from dkebpf._packets import PKT_DTYPE
 from dkebpf._records import _dtype
+from dkebpf.errors import kernel_error
 
 cnp.import_array()
 
@@ -629,10 +628,9 @@ cdef extern from "<sched.h>" nogil:
     int setns(int fd, int nstype)
 
 
-def enter_netns(int fd):
+def enter_netns(int fd, what="network namespace"):
     """Move the calling thread into the network namespace open at fd
     (setns(2) changes only this thread: sockets created now belong to that
-    namespace and stay there). Raises OSError."""
+    namespace and stay there). Errors through errors.kernel_error."""
     if setns(fd, CLONE_NEWNET) != 0:
-        err = errno
-        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
+        raise kernel_error(f"setns into {what}", errno)

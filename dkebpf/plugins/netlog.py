@@ -101,13 +101,13 @@ def in_netns(path):
     try:
         target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _netlog.enter_netns(target)
+            _netlog.enter_netns(target, f"the network namespace of {path}")
         finally:
             os.close(target)
         try:
             yield
         finally:
-            _netlog.enter_netns(own)
+            _netlog.enter_netns(own, "the collector's own network namespace")
     finally:
         os.close(own)
 
