@@ -328,14 +328,16 @@ class NetlogPlugin(Plugin):
         return out
 
     def counters(self):
+        """Totals, and per socket (``<netns>/<interface>``) the ring's and
+        the connection table's counters: tp_drops is per socket."""
         c = dict(self.totals)
         c["sockets"] = len(self.captures)
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "not_ip", "not_tcp_udp"):
-                c[f"{k}"] = c.get(k, 0) + rc[k]
-            c["connections"] = c.get("connections", 0) + len(cap.conns)
-            c["conn_table_full"] = c.get("conn_table_full", 0) + cap.conns.table_full
+                c[f"{ino}/{name}_{k}"] = rc[k]
+            for k, v in cap.conns.counters().items():
+                c[f"{ino}/{name}_conn_{k}"] = v
         return c
 
     def stop(self):

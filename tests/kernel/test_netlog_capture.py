@@ -483,6 +483,7 @@ def test_set_filter_drops_matching_traffic_in_the_kernel(bpf_ok):
         try:
             plugin.set_filter(types.SimpleNamespace(socket_filter=drop_port))
             assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
+            ino = next(iter(plugin.captures))[0]
             for port in (PORT, blocked):
                 c = socket.create_connection((ns.peer_ip, port))
                 c.sendall(b"x" * 7000)
@@ -495,8 +496,11 @@ def test_set_filter_drops_matching_traffic_in_the_kernel(bpf_ok):
             for f in plugin.fileobjs():
                 plugin.on_readable(f)
             batches = plugin.collect(time.time_ns())
+            counters = plugin.counters()
         finally:
             plugin.stop()
+    assert counters[f"{ino}/{ns.veth_peer}_kernel_drops"] == 0
+    assert counters[f"{ino}/{ns.veth_peer}_conn_new_connections"] == 1   # the blocked one never came
     rows = next(b for b in batches if b.measurement == "bpf_net_l4_log").batch.to_pylist()
     ports = {r["src_port"] for r in rows}
     assert str(PORT) in ports and str(blocked) not in ports
