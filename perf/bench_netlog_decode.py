@@ -76,7 +76,7 @@ def recording(n):
 
 def main():
     data, offsets, lengths = recording(N)
-    pkts, _payload, status = _packets.decode_frames(data, offsets, lengths)
+    pkts, payload, status = _packets.decode_frames(data, offsets, lengths)
     assert (status == 0).all() and len(pkts) == N
     # a recording has no direction: every other frame is "outgoing"
     pkts["pkttype"][::2] = 4
@@ -88,13 +88,13 @@ def main():
         _packets.decode_frames(data, offsets, lengths)
 
     def l4():
-        _netlog.ConnTable(max_conns=4096).add(pkts)
+        _netlog.ConnTable(max_conns=4096).add(pkts, payload)
 
     def both():
-        p, _pl, _st = _packets.decode_frames(data, offsets, lengths)
+        p, pl, _st = _packets.decode_frames(data, offsets, lengths)
         p["pkttype"][::2] = 4
         t = _netlog.ConnTable(max_conns=4096)
-        t.add(p)
+        t.add(p, pl)   # with payload: the HTTP first-line check runs on every data segment
         t.collect(0, True)
 
     t_copy, t_dec, t_l4, t_both = (best_of(f, 3) for f in (memcpy, decode, l4, both))
