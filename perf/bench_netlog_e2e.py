@@ -55,6 +55,7 @@ def main():
     print(f"packets: {counters['packets']}")
     print(f"packets_per_s: {pps:.0f}")
     print(f"socket_drops: {counters['kernel_drops']}")
+    print(f"ring_queue_freezes: {counters['kernel_queue_freezes']}")
     print(f"collector_cpu_percent_per_100k_pps: {100 * cpu / (t1 - t0) / (pps / 1e5):.1f}")
 
 
