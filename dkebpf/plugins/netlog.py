@@ -52,6 +52,7 @@ SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
 # ring sizes as the original: 64 blocks for host NICs, 8 for container NICs
 BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 8
+RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
 
 L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "nic_mac", "netns",
            "vni_id", "vxlan_packet", "host_network", "virtual_nic", "inner_traceid", "direction",
@@ -154,7 +155,7 @@ class NicCapture:
             ifindex = socket.if_nametoindex(nic.name)
             ring = _packets.PacketRing(filter_code, block_size=BLOCK_SIZE,
                                        block_nr=HOST_BLOCKS if host_network else OTHER_BLOCKS,
-                                       retire_ms=64, ifindex=ifindex, decap_vxlan=True)
+                                       retire_ms=RETIRE_MS, ifindex=ifindex, decap_vxlan=True)
         return cls(ring, nic, netns, host_network, follow_http)
 
     def drain(self):
@@ -164,6 +165,13 @@ class NicCapture:
                 self.conns.add(pkts, payload if self.follow_http else None)
             if not more:
                 return
+
+    def flush(self):
+        """Everything the socket holds, the partly filled block included:
+        the kernel hands it over at the block timeout (RETIRE_MS)."""
+        self.drain()
+        if self.ring.wait(2 * RETIRE_MS):
+            self.drain()
 
     def close(self):
         self.ring.close()
@@ -282,7 +290,7 @@ class NetlogPlugin(Plugin):
         fd = cap.ring.fileno()
         self.epoll.unregister(fd)
         del self.by_fd[fd]
-        cap.drain()
+        cap.flush()
         self.closed_parts.append((cap, *cap.conns.collect(time.time_ns(), True)))
         cap.close()
         self.totals["closed"] += 1
