@@ -20,8 +20,9 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
-from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..bpf_objects import HTTP, BpfSkeleton
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -269,7 +270,8 @@ class HttpflowPlugin(Plugin):
         self.log.debug("httpflow: %d points in %.3f s (%d ring wakeups, %d early steps so far)",
                        batch.num_rows, time.monotonic() - t0, self.wakeups, self.early_steps)
         return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
-                           HTTPFLOW_TAGS, HTTPFLOW_FIELDS, const_tags={"source": "httpflow"})]
+                           HTTPFLOW_TAGS + k8s_tag_names(self.ctx.k8s), HTTPFLOW_FIELDS,
+                           const_tags={"source": "httpflow"})]
 
     @staticmethod
     def partial(rows):
@@ -290,7 +292,8 @@ class HttpflowPlugin(Plugin):
         if len(partials) > 1:
             g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
             g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
-        return aggregate_requests(g, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat)
+        return aggregate_requests(g, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat,
+                                  self.ctx.k8s)
 
     def counters(self):
         c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}
@@ -306,10 +309,11 @@ class HttpflowPlugin(Plugin):
             self.bpf = None
 
 
-def aggregate_requests(g, ephemeral_port, resolver, domains, nat):
+def aggregate_requests(g, ephemeral_port, resolver, domains, nat, k8s):
     """One row per connection and request key (RAW_KEYS, comm as 16 bytes)
     with PARTIAL_SUMS -> httpflow points: count, mean latency, bytes, tags.
-    Also bpf-netlog's httpflow from packets."""
+    k8s: the Kubernetes enrichment or None. Also bpf-netlog's httpflow from
+    packets."""
     comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
     cols = connection_tags(
         pid=g.column("pid"), comm=_records.comm_to_arrow(comm),
@@ -331,5 +335,6 @@ def aggregate_requests(g, ephemeral_port, resolver, domains, nat):
     out["bytes_read"] = pc.cast(agg.column("bytes_read_sum_sum"), pa.int64())
     out["bytes_written"] = pc.cast(agg.column("bytes_written_sum_sum"), pa.int64())
     add_ip_types(out)
+    add_k8s_tags(k8s, out)
     table = pa.table(out).combine_chunks()
     return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

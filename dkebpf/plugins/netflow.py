@@ -14,8 +14,9 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
-from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..bpf_objects import NETFLOW, BpfSkeleton
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -108,11 +109,13 @@ class NetflowPlugin(Plugin):
         batch = self.aggregate(_conntable.delta_to_arrow(delta))
         self.totals["points"] += batch.num_rows
         return [PointBatch("netflow", "network", "ebpf-net/netflow", batch,
-                           NETFLOW_TAGS, NETFLOW_FIELDS, const_tags={"source": "netflow"})]
+                           NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
+                           const_tags={"source": "netflow"})]
 
     def aggregate(self, rb):
         """Per-connection deltas -> one row per netflow key."""
-        return aggregate_connections(rb, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat)
+        return aggregate_connections(rb, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat,
+                                     self.ctx.k8s)
 
     def counters(self):
         c = dict(self.totals)
@@ -126,11 +129,12 @@ class NetflowPlugin(Plugin):
             self.bpf = None
 
 
-def aggregate_connections(rb, ephemeral_port, resolver, domains, nat):
+def aggregate_connections(rb, ephemeral_port, resolver, domains, nat, k8s):
     """Per-connection deltas -> one row per netflow key. rb columns: pid,
     comm, family, proto, laddr, lport, raddr, rport, direction (NF_DIR_*),
     bytes_recv, bytes_sent, retransmits, rtt_us, rtt_var_us (0: no
-    sample), closed, established. Also bpf-netlog's netflow from packets."""
+    sample), closed, established. k8s: the Kubernetes enrichment or None.
+    Also bpf-netlog's netflow from packets."""
     is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
     rtt = rb.column("rtt_us")
     has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
@@ -159,5 +163,6 @@ def aggregate_connections(rb, ephemeral_port, resolver, domains, nat):
     for f in ("rtt", "rtt_var"):
         out[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
     add_ip_types(out)
+    add_k8s_tags(k8s, out)
     table = pa.table(out).combine_chunks()
     return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver, format_addrs
+from ..enrich.k8s import k8s_tag_names
 from ..errors import BuildError
 from ..packetfilter import netlog_filter
 from .base import Plugin, PointBatch
@@ -323,16 +324,18 @@ class NetlogPlugin(Plugin):
         chunks = [ch for _c, ch, _x in parts if len(ch)]
         if chunks:
             nf = aggregate_connections(connection_rows(np.concatenate(chunks)), self.ephemeral_port,
-                                       self.resolver, self.ctx.domains, None)
-            out.append(PointBatch("netflow", "network", "bpf-netlog/netflow", nf, NETFLOW_TAGS, NETFLOW_FIELDS,
+                                       self.resolver, self.ctx.domains, None, self.ctx.k8s)
+            out.append(PointBatch("netflow", "network", "bpf-netlog/netflow", nf,
+                                  NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
                                   const_tags={"source": "netflow"}))
         xs = [x[x["has_resp"] == 1] for _c, _ch, x in parts]
         xs = [x for x in xs if len(x)]
         if xs:
             hf = aggregate_requests(request_rows(np.concatenate(xs)), self.ephemeral_port, self.resolver,
-                                    self.ctx.domains, None)
-            out.append(PointBatch("httpflow", "network", "bpf-netlog/httpflow", hf, HTTPFLOW_TAGS,
-                                  HTTPFLOW_FIELDS, const_tags={"source": "httpflow"}))
+                                    self.ctx.domains, None, self.ctx.k8s)
+            out.append(PointBatch("httpflow", "network", "bpf-netlog/httpflow", hf,
+                                  HTTPFLOW_TAGS + k8s_tag_names(self.ctx.k8s), HTTPFLOW_FIELDS,
+                                  const_tags={"source": "httpflow"}))
         return out
 
     def counters(self):

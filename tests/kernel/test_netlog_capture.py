@@ -392,7 +392,7 @@ def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
     from dkebpf.enrich.addr import LocalAddressResolver
     from dkebpf.plugins.httpflow import aggregate_requests
     from dkebpf.plugins.netlog import request_rows
-    hf = aggregate_requests(request_rows(xs), 32768, LocalAddressResolver(), None, None).to_pylist()
+    hf = aggregate_requests(request_rows(xs), 32768, LocalAddressResolver(), None, None, None).to_pylist()
     assert sorted((r["path"], r["status_code"], r["count"]) for r in hf) == [
         ("/a/b/10", 200, 1), ("/a/b/3", 200, 1), ("/a/b/70000", 200, 1), ("/missing/5", 404, 1)]
     assert all(r["method"] == "GET" and r["http_version"] == "1.1" and r["latency"] > 0 for r in hf)
