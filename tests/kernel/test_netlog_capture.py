@@ -408,7 +408,7 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
     import dpkt
     n = ns.host_ip.split(".")[2]
     vx_host, vx_peer = f"dkx{ns.veth_host[3:]}", "vx0"
-    inner_host, inner_peer = f"10.214.{n}.1", f"10.214.{n}.2"
+    inner_host, inner_peer = f"10.215.{n}.1", f"10.215.{n}.2"   # 10.214 is the bench's veth range
     sh("ip", "link", "add", vx_host, "type", "vxlan", "id", "42", "local", ns.host_ip, "remote", ns.peer_ip,
        "dstport", str(port))
     try:
