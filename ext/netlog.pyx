@@ -398,7 +398,7 @@ cdef class ConnTable:
                 c.x.inner_lo = c.c.inner_lo
                 c.x.req_ts = c.x.req_last_ts = p.ts_ns
                 c.c.l7_http = 1
-                c.x.req_seq = p.tcp_seq
+                c.x.req_seq = p.seq
                 c.x.method = m.method
                 c.x.version = m.version
                 c.x.incoming = not tx
@@ -409,7 +409,7 @@ cdef class ConnTable:
                 return
             if m.kind == K_RESPONSE and resp_dir and not c.x.has_resp:
                 c.x.has_resp = 1
-                c.x.resp_seq = p.tcp_seq
+                c.x.resp_seq = p.seq
                 c.x.status = m.status
                 c.x.resp_ts = c.x.resp_last_ts = p.ts_ns
                 return
@@ -424,7 +424,7 @@ cdef class ConnTable:
     cdef bint _track(self, conn_t *c, const dk_pkt *p, bint tx) noexcept nogil:
         cdef int d = 0 if tx else 1
         cdef uint8_t f = p.tcp_flags
-        cdef uint32_t span, end, seq = p.tcp_seq
+        cdef uint32_t span, end, seq = p.seq
         cdef bint retrans = False
         if c.c.tx_packets + c.c.rx_packets == 0:
             c.c.chunk_id += 1
@@ -446,7 +446,7 @@ cdef class ConnTable:
         c.c.seq_seen |= 1 << d
         if f & TH_ACK:
             seq_widen(&c.c.rx_seq_min if tx else &c.c.tx_seq_min, &c.c.rx_seq_max if tx else &c.c.tx_seq_max,
-                      p.tcp_ack, not (c.c.seq_seen & (1 << (1 - d))))
+                      p.ack, not (c.c.seq_seen & (1 << (1 - d))))
             c.c.seq_seen |= 1 << (1 - d)
         # handshake
         if f & TH_SYN:
@@ -506,7 +506,7 @@ cdef class ConnTable:
             c.rtt_armed = 1
             c.rtt_expect = seq + span
             c.rtt_sent_ts = p.ts_ns
-        elif not tx and c.rtt_armed and (f & TH_ACK) and not seq_lt(p.tcp_ack, c.rtt_expect):
+        elif not tx and c.rtt_armed and (f & TH_ACK) and not seq_lt(p.ack, c.rtt_expect):
             c.rtt_armed = 0
             c.c.rtt_sum_ns += p.ts_ns - c.rtt_sent_ts
             c.c.rtt_samples += 1

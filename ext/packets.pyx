@@ -40,14 +40,12 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("proto", "u1", offset_of(&_p, &_p.proto)),
     ("pkttype", "u1", offset_of(&_p, &_p.pkttype)),
     ("tcp_flags", "u1", offset_of(&_p, &_p.tcp_flags)),
-    ("tcp_seq", "<u4", offset_of(&_p, &_p.tcp_seq)),
-    ("tcp_ack", "<u4", offset_of(&_p, &_p.tcp_ack)),
-    ("tcp_win", "<u2", offset_of(&_p, &_p.tcp_win)),
-    ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
-    ("link_ok", "u1", offset_of(&_p, &_p.link_ok)),
+    ("seq", "<u4", offset_of(&_p, &_p.seq)),
+    ("ack", "<u4", offset_of(&_p, &_p.ack)),
     ("vni", "<u4", offset_of(&_p, &_p.vni)),
-    ("smac", "V6", offset_of(&_p, &_p.smac)),
-    ("dmac", "V6", offset_of(&_p, &_p.dmac)),
+    ("window", "<u2", offset_of(&_p, &_p.window)),
+    ("vlan", "<u2", offset_of(&_p, &_p.vlan)),
+    ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
@@ -59,14 +57,50 @@ DECODE_STATUS = {DECODED: "decoded", NOT_IP: "not_ip", NOT_TCP_UDP: "not_tcp_udp
                  FRAGMENT: "fragment", TRUNCATED: "truncated"}
 
 
+cdef enum:
+    IPV6_EXTENSIONS_MAX = 8   # more is an attack or a bug, not traffic
+
+
+cdef int skip_ipv6_extensions(const uint8_t *p, uint32_t n, uint8_t *proto, uint32_t *off,
+                              uint32_t *plen) noexcept nogil:
+    """Walk the IPv6 extension headers after the fixed header (RFC 8200
+    4.1-4.6; AH's length is in 4-byte units, RFC 4302): *proto becomes the
+    transport's, *off where its header starts, *plen what is left of the
+    payload. A fragment header with a non-zero offset means no transport
+    header follows."""
+    cdef uint32_t hlen
+    cdef int i
+    for i in range(IPV6_EXTENSIONS_MAX + 1):
+        if proto[0] not in (0, 43, 44, 51, 60, 135, 139, 140):
+            return DECODED
+        if i == IPV6_EXTENSIONS_MAX or n < off[0] + 2:
+            return NOT_TCP_UDP if i == IPV6_EXTENSIONS_MAX else TRUNCATED
+        if proto[0] == 44:                            # fragment
+            if n < off[0] + 8:
+                return TRUNCATED
+            if be16(p + off[0] + 2) & 0xFFF8:
+                return FRAGMENT
+            hlen = 8
+        elif proto[0] == 51:                          # authentication header
+            hlen = (<uint32_t>p[off[0] + 1] + 2) * 4
+        else:   # hop-by-hop, routing, destination options, mobility, HIP, shim6
+            hlen = (<uint32_t>p[off[0] + 1] + 1) * 8
+        if n < off[0] + hlen or plen[0] < hlen:
+            return TRUNCATED
+        proto[0] = p[off[0]]
+        off[0] += hlen
+        plen[0] -= hlen
+    return NOT_TCP_UDP
+
+
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
                         uint32_t *l4_off) noexcept nogil:
     """IPv4/IPv6 then UDP/TCP headers at p (n captured bytes). Fills the
     addresses, ports, protocol and payload sizes of out; *l4_off is where
     the transport payload starts. Never reads past p + n."""
-    cdef uint32_t ihl, tot, off, plen, doff, ulen, ext
+    cdef uint32_t ihl, tot, off, plen, doff, ulen
     cdef uint8_t proto
-    cdef int hops
+    cdef int rc
     memset(out.saddr, 0, 16)
     memset(out.daddr, 0, 16)
     if ethertype == ETH_P_IP:
@@ -98,33 +132,15 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         memcpy(out.daddr, p + 24, 16)
         out.family = 6
         off = 40
-        # extension headers (RFC 8200 4.1): hop-by-hop, routing, fragment,
-        # destination options, AH (RFC 4302: length in 4-byte units)
-        for hops in range(8):
-            if proto != 0 and proto != 43 and proto != 44 and proto != 60 and proto != 51:
-                break
-            if n < off + 8:
-                return TRUNCATED
-            if proto == 44:
-                ext = 8
-                if be16(p + off + 2) & 0xFFF8:   # not the first fragment
-                    return FRAGMENT
-            elif proto == 51:
-                ext = (p[off + 1] + 2) * 4
-            else:
-                ext = (p[off + 1] + 1) * 8
-            if plen < ext:
-                return TRUNCATED
-            proto = p[off]
-            plen -= ext
-            off += ext
+        rc = skip_ipv6_extensions(p, n, &proto, &off, &plen)
+        if rc != DECODED:
+            return rc
     else:
         return NOT_IP
     out.proto = proto
     out.tcp_flags = 0
-    out.tcp_seq = 0
-    out.tcp_ack = 0
-    out.tcp_win = 0
+    out.seq = out.ack = out.vni = 0
+    out.window = out.vlan = out.vxlan = 0
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
@@ -144,9 +160,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         out.dport = be16(p + off + 2)
         doff = (p[off + 12] >> 4) * 4
         out.tcp_flags = p[off + 13]
-        out.tcp_seq = be32(p + off + 4)
-        out.tcp_ack = be32(p + off + 8)
-        out.tcp_win = be16(p + off + 14)
+        out.seq = be32(p + off + 4)
+        out.ack = be32(p + off + 8)
+        out.window = be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
         out.payload_wire = plen - doff
@@ -158,90 +174,106 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     return DECODED
 
 
-cdef int decode_link(const uint8_t *f, uint32_t n, bint decap_vxlan, dk_pkt *out,
-                     uint32_t *l4_off) noexcept nogil:
-    """An Ethernet frame at f (n captured bytes): MAC addresses, up to two
-    802.1Q/802.1ad tags (QinQ) skipped, then decode_network(). With
-    decap_vxlan, UDP to or from port 4789 (IANA, RFC 7348) or 8472 (Linux's
-    default, flannel) carrying VXLAN is replaced by the packet inside it:
-    out describes the inner packet (vxlan=1, vni) and *l4_off is relative
-    to f."""
-    cdef uint32_t off = 14, l4, vni
-    cdef uint16_t et
-    cdef int rc, tags = 0
+cdef enum:
+    VLAN_TAGS_MAX = 2   # 802.1ad + 802.1Q (QinQ)
+    VXLAN_PORT = 4789   # IANA (RFC 7348)
+    VXLAN_PORT_LINUX = 8472   # Linux's historical default, flannel's
+VXLAN_PORTS = (VXLAN_PORT, VXLAN_PORT_LINUX)   # also the socket program's (netlog.filter_cbpf)
+
+
+cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethertype,
+                   uint16_t *vlan) noexcept nogil:
+    """The Ethernet header and up to two VLAN tags: where the network
+    header starts, its type, and the outermost VLAN id (0: none)."""
+    cdef int i
     if n < 14:
-        return NOT_IP
-    et = be16(f + 12)
-    while (et == 0x8100 or et == 0x88A8) and tags < 2:
-        if n < off + 4:
+        return TRUNCATED
+    ethertype[0] = be16(p + 12)
+    off[0] = 14
+    vlan[0] = 0
+    for i in range(VLAN_TAGS_MAX):
+        if ethertype[0] != ETH_P_8021Q and ethertype[0] != ETH_P_8021AD:
+            break   # 0x9100 (pre-802.1ad QinQ) is not a tag to the kernel either
+        if n < off[0] + 4:
             return TRUNCATED
-        et = be16(f + off + 2)
-        off += 4
-        tags += 1
-    rc = decode_network(f + off, n - off, et, out, &l4)
-    if rc != DECODED:
-        return rc
-    memcpy(out.smac, f + 6, 6)
-    memcpy(out.dmac, f, 6)
-    out.link_ok = 1
-    out.vxlan = 0
-    out.vni = 0
-    l4_off[0] = off + l4
-    if decap_vxlan and out.proto == 17 and (out.dport == 4789 or out.dport == 8472 or
-                                            out.sport == 4789 or out.sport == 8472):
-        # RFC 7348 5: flags byte with the I bit, 24-bit VNI at bytes 4..6
-        off = off + l4
-        if out.payload_len < 8 + 14 or not (f[off] & 0x08):
-            return DECODED   # plain UDP on that port
-        vni = (<uint32_t>f[off + 4] << 16) | (<uint32_t>f[off + 5] << 8) | f[off + 6]
-        rc = decode_link(f + off + 8, n - off - 8, False, out, &l4)
-        if rc != DECODED:
-            return rc
-        out.vxlan = 1
-        out.vni = vni
-        l4_off[0] = off + 8 + l4
+        if i == 0:
+            vlan[0] = be16(p + off[0]) & 0x0FFF
+        ethertype[0] = be16(p + off[0] + 2)
+        off[0] += 4
     return DECODED
 
 
-def decode_frames(bytes data, offsets, lengths, bint decap_vxlan=True):
-    """Decode Ethernet frames laid end to end in data (recorded rings, pcap
-    files, tests and benchmarks): as decode_packets, through decode_link."""
-    cdef Py_ssize_t n = len(offsets), i, got = 0
-    cdef cnp.int64_t[:] offs = np.ascontiguousarray(offsets, dtype=np.int64)
-    cdef cnp.int64_t[:] lens = np.ascontiguousarray(lengths, dtype=np.int64)
-    pkts = np.zeros(n, PKT_DTYPE)
-    payload = np.empty(len(data), np.uint8)
-    status = np.empty(n, np.int8)
-    cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(pkts)
-    cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(payload)
-    cdef cnp.int8_t[:] st = status
-    cdef const uint8_t *base = <const uint8_t *>data
-    cdef Py_ssize_t total = len(data)
-    cdef uint32_t l4, used = 0
+cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t net_off,
+                      uint16_t link_proto, dk_pkt *out, uint32_t *l4_off) noexcept nogil:
+    """A captured frame of n bytes at p: Ethernet with its VLAN tags when
+    the device's hatype is ARPHRD_ETHER, else the network header at net_off
+    with link_proto as its type (tun, cooked, ...). A UDP datagram from or
+    to the VXLAN ports with the I flag (RFC 7348 5) is opened and the inner
+    Ethernet frame decoded in its place: out then holds the inner packet,
+    vxlan = 1 and vni. *l4_off is relative to p."""
+    cdef uint32_t off, inner, inner_off, end
+    cdef uint16_t ethertype, vlan, inner_vlan
+    cdef uint32_t vni
     cdef int rc
-    for i in range(n):
-        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total:
-            raise ValueError(f"frame {i} lies outside data")
-    with nogil:
-        for i in range(n):
-            rc = decode_link(base + offs[i], <uint32_t>lens[i], decap_vxlan, &out[got], &l4)
-            st[i] = rc
-            if rc == DECODED:
-                memcpy(pay + used, base + offs[i] + l4, out[got].payload_len)
-                out[got].payload_off = used
-                used += out[got].payload_len
-                got += 1
-    return pkts[:got], payload[:used], status
+    if hatype == ARPHRD_ETHER:
+        rc = _ethernet(p, n, &off, &ethertype, &vlan)
+        if rc != DECODED:
+            return rc
+    else:
+        if net_off > n:
+            return TRUNCATED
+        off, ethertype, vlan = net_off, link_proto, 0
+    rc = decode_network(p + off, n - off, ethertype, out, l4_off)
+    if rc != DECODED:
+        return rc
+    l4_off[0] += off
+    out.vlan = vlan
+    if out.proto != 17 or out.payload_len < 8 or not (p[l4_off[0]] & 0x08) or not (
+            out.sport == VXLAN_PORT or out.dport == VXLAN_PORT or
+            out.sport == VXLAN_PORT_LINUX or out.dport == VXLAN_PORT_LINUX):
+        return DECODED
+    vni = be32(p + l4_off[0] + 4) >> 8
+    end = l4_off[0] + out.payload_len   # the inner frame ends with the datagram
+    inner = l4_off[0] + 8
+    rc = _ethernet(p + inner, end - inner, &inner_off, &ethertype, &inner_vlan)
+    if rc != DECODED:
+        return rc
+    inner += inner_off
+    rc = decode_network(p + inner, end - inner, ethertype, out, l4_off)
+    if rc != DECODED:
+        return rc
+    l4_off[0] += inner
+    out.vlan = vlan
+    out.vni = vni
+    out.vxlan = 1
+    return DECODED
 
 
 def decode_packets(bytes data, offsets, lengths, ethertypes):
     """Decode network-layer packets laid end to end in data (for tests and
     benchmarks; the ring does the same per frame). Returns (pkts, payload,
     status) where status[i] is DECODED or the reason packet i was not."""
+    n = len(offsets)
+    return _decode_batch(data, offsets, lengths, np.zeros(n), np.zeros(n), ethertypes, False)
+
+
+def decode_frames(bytes data, offsets, lengths, hatypes, net_offsets=None, link_protos=None):
+    """decode_frame over frames laid end to end in data (tests, benchmarks);
+    net_offsets and link_protos matter for devices that are not Ethernet.
+    Returns (pkts, payload, status) as decode_packets does."""
+    n = len(offsets)
+    return _decode_batch(data, offsets, lengths, hatypes,
+                         np.zeros(n) if net_offsets is None else net_offsets,
+                         np.zeros(n) if link_protos is None else link_protos, True)
+
+
+def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_protos, bint frames):
     cdef Py_ssize_t n = len(offsets), i, got = 0
     cdef cnp.int64_t[:] offs = np.ascontiguousarray(offsets, dtype=np.int64)
     cdef cnp.int64_t[:] lens = np.ascontiguousarray(lengths, dtype=np.int64)
-    cdef cnp.int64_t[:] eths = np.ascontiguousarray(ethertypes, dtype=np.int64)
+    cdef cnp.int64_t[:] hats = np.ascontiguousarray(hatypes, dtype=np.int64)
+    cdef cnp.int64_t[:] nets = np.ascontiguousarray(net_offsets, dtype=np.int64)
+    cdef cnp.int64_t[:] links = np.ascontiguousarray(link_protos, dtype=np.int64)
     pkts = np.zeros(n, PKT_DTYPE)
     payload = np.empty(len(data), np.uint8)
     status = np.empty(n, np.int8)
@@ -253,11 +285,15 @@ def decode_packets(bytes data, offsets, lengths, ethertypes):
     cdef uint32_t l4, used = 0
     cdef int rc
     for i in range(n):
-        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total:
+        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total or nets[i] < 0:
             raise ValueError(f"packet {i} lies outside data")
     with nogil:
         for i in range(n):
-            rc = decode_network(base + offs[i], <uint32_t>lens[i], <uint16_t>eths[i], &out[got], &l4)
+            if frames:
+                rc = decode_frame(base + offs[i], <uint32_t>lens[i], <uint16_t>hats[i],
+                                  <uint32_t>nets[i], <uint16_t>links[i], &out[got], &l4)
+            else:
+                rc = decode_network(base + offs[i], <uint32_t>lens[i], <uint16_t>links[i], &out[got], &l4)
             st[i] = rc
             if rc == DECODED:
                 memcpy(pay + used, base + offs[i] + l4, out[got].payload_len)
@@ -269,31 +305,25 @@ def decode_packets(bytes data, offsets, lengths, ethertypes):
 
 cdef class PacketRing:
     """An AF_PACKET socket receiving what ``filter_code`` (classic BPF,
-    packed ``struct sock_filter`` array) accepts, on every interface of the
-    caller's network namespace (or only on ``ifindex``), through a
-    TPACKET_V3 ring of block_nr blocks of block_size bytes. Ethernet frames
-    are decoded from their link header (MACs, VLAN tags; VXLAN with
-    ``decap_vxlan``), other devices from the network header. fileno() is readable when a block is
-    ready; read() copies ready blocks into numpy and hands them back to
-    the kernel at once."""
+    packed ``struct sock_filter`` array) accepts, on interface ``ifindex``
+    (0: every interface) of the caller's network namespace, through a
+    TPACKET_V3 ring of block_nr blocks of block_size bytes. fileno() is
+    readable when a block is ready; read() decodes ready blocks
+    (decode_frame) into numpy and hands them back to the kernel at once."""
     cdef int fd
     cdef uint8_t *ring
     cdef size_t ring_len
     cdef uint32_t block_size, block_nr, cur
     cdef readonly uint64_t packets, bytes_copied, not_ip, not_tcp_udp, fragments, truncated
     cdef readonly uint64_t kernel_packets, kernel_drops, kernel_freezes
-    cdef readonly int ifindex
-    cdef bint decap_vxlan
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
-                  uint32_t retire_ms=100, int ifindex=0, bint decap_vxlan=False):
+                  uint32_t retire_ms=100, int ifindex=0):
         self.fd = -1
         self.ring = NULL
         self.cur = 0
         self.block_size = block_size
         self.block_nr = block_nr
-        self.ifindex = ifindex
-        self.decap_vxlan = decap_vxlan
         if len(filter_code) == 0 or len(filter_code) % 8 or len(filter_code) // 8 > 4096:
             raise ValueError("filter_code must be 1..4096 packed struct sock_filter (8 bytes each)")
         cdef sock_fprog prog
@@ -327,7 +357,7 @@ cdef class PacketRing:
         memset(&sll, 0, sizeof(sll))
         sll.sll_family = AF_PACKET
         sll.sll_protocol = htons(ETH_P_ALL)
-        sll.sll_ifindex = ifindex   # 0: every interface
+        sll.sll_ifindex = ifindex
         if bind(self.fd, <sockaddr *>&sll, sizeof(sll)) < 0:
             self._fail("bind(AF_PACKET, ETH_P_ALL)")
 
@@ -395,15 +425,11 @@ cdef class PacketRing:
                         self.truncated += 1
                     if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
                             hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
-                        if sll.sll_hatype == ARPHRD_ETHER:
-                            rc = decode_link(frame + h.tp_mac, h.tp_snaplen, self.decap_vxlan, &out[got], &l4)
-                        else:
-                            out[got].link_ok = 0
-                            out[got].vxlan = 0
-                            out[got].vni = 0
-                            rc = decode_network(frame + h.tp_net, h.tp_snaplen - <uint32_t>(h.tp_net - h.tp_mac),
-                                                ntohs(sll.sll_protocol), &out[got], &l4)
-                            l4 += <uint32_t>(h.tp_net - h.tp_mac)   # from the frame's start, as decode_link
+                        rc = decode_frame(frame + h.tp_mac, h.tp_snaplen, sll.sll_hatype,
+                                          h.tp_net - h.tp_mac, ntohs(sll.sll_protocol), &out[got], &l4)
+                        l4 += h.tp_mac
+                        if rc == DECODED and out[got].vlan == 0 and h.tp_status & TP_STATUS_VLAN_VALID:
+                            out[got].vlan = h.hv1.tp_vlan_tci & 0x0FFF   # the tag the device took off
                     else:
                         rc = NOT_IP
                     if rc == DECODED:
@@ -412,7 +438,7 @@ cdef class PacketRing:
                         out[got].hatype = sll.sll_hatype
                         out[got].pkttype = sll.sll_pkttype
                         out[got].payload_off = used
-                        memcpy(pay + used, frame + h.tp_mac + l4, out[got].payload_len)
+                        memcpy(pay + used, frame + l4, out[got].payload_len)
                         used += out[got].payload_len
                         self.bytes_copied += out[got].payload_len
                         got += 1

@@ -76,7 +76,8 @@ def recording(n):
 
 def main():
     data, offsets, lengths = recording(N)
-    pkts, payload, status = _packets.decode_frames(data, offsets, lengths)
+    ether = np.ones(N, np.int64)   # ARPHRD_ETHER
+    pkts, payload, status = _packets.decode_frames(data, offsets, lengths, ether)
     assert (status == 0).all() and len(pkts) == N
     # a recording has no direction: every other frame is "outgoing"
     pkts["pkttype"][::2] = 4
@@ -85,13 +86,13 @@ def main():
         np.frombuffer(data, np.uint8).copy()
 
     def decode():
-        _packets.decode_frames(data, offsets, lengths)
+        _packets.decode_frames(data, offsets, lengths, ether)
 
     def l4():
         _netlog.ConnTable(max_conns=4096).add(pkts, payload)
 
     def both():
-        p, pl, _st = _packets.decode_frames(data, offsets, lengths)
+        p, pl, _st = _packets.decode_frames(data, offsets, lengths, ether)
         p["pkttype"][::2] = 4
         t = _netlog.ConnTable(max_conns=4096)
         t.add(p, pl)   # with payload: the HTTP first-line check runs on every data segment

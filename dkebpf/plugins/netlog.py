@@ -40,7 +40,7 @@ from ..packetfilter import netlog_filter
 from .base import Plugin, PointBatch
 from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
                        aggregate_requests)
-from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, aggregate_connections
+from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, NetflowPlugin
 
 try:
     from .. import _http, _netlog, _packets
@@ -156,7 +156,7 @@ class NicCapture:
             ifindex = socket.if_nametoindex(nic.name)
             ring = _packets.PacketRing(filter_code, block_size=BLOCK_SIZE,
                                        block_nr=HOST_BLOCKS if host_network else OTHER_BLOCKS,
-                                       retire_ms=RETIRE_MS, ifindex=ifindex, decap_vxlan=True)
+                                       retire_ms=RETIRE_MS, ifindex=ifindex)
         return cls(ring, nic, netns, host_network, follow_http)
 
     def drain(self):
@@ -323,8 +323,8 @@ class NetlogPlugin(Plugin):
         out = []
         chunks = [ch for _c, ch, _x in parts if len(ch)]
         if chunks:
-            nf = aggregate_connections(connection_rows(np.concatenate(chunks)), self.ephemeral_port,
-                                       self.resolver, self.ctx.domains, None, self.ctx.k8s)
+            # netflow's own aggregation: it reads only ephemeral_port, resolver and ctx, which this has
+            nf = NetflowPlugin.finish(self, [NetflowPlugin.partial(self, connection_rows(np.concatenate(chunks)))])
             out.append(PointBatch("netflow", "network", "bpf-netlog/netflow", nf,
                                   NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
                                   const_tags={"source": "netflow"}))

@@ -15,5 +15,5 @@ cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
 
 
 cdef inline uint32_t be32(const uint8_t *p) noexcept nogil:
-    """A big-endian 32-bit field at any alignment."""
+    """A big-endian (network order) 32-bit field at any alignment."""
     return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]

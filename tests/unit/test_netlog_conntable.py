@@ -45,7 +45,7 @@ def build(draws, base):
         a[i]["sport"], a[i]["dport"] = p["sport"], p["dport"]
         a[i]["pkttype"] = PACKET_OUTGOING if p["tx"] else 0
         a[i]["tcp_flags"] = p["flags"]
-        a[i]["tcp_seq"] = p["seq"]
+        a[i]["seq"] = p["seq"]
         a[i]["payload_wire"] = p["length"]
         a[i]["saddr"] = bytes([10, 0, 0, 1 if p["tx"] else 2]) + bytes(12)
         a[i]["daddr"] = bytes([10, 0, 0, 2 if p["tx"] else 1]) + bytes(12)
