@@ -101,7 +101,7 @@ def test_agent_warns_about_what_the_table_marks_unimplemented_and_runs_the_rest(
     factories, notes = plugin_factories(cfg, ctx)
     assert [name for name, _ in factories] == ["ebpf-net/dnsflow", "ebpf-net/netflow"]
     assert notes == [f"{n}: not implemented in this version of dkebpf "
-                     "(available: ebpf-net, ebpf-bash, ebpf-conntrack)" for n in unimplemented]
+                     "(available: ebpf-net, ebpf-bash, ebpf-conntrack, bpf-netlog)" for n in unimplemented]
 
 
 def test_check_reports_an_unimplemented_row_and_missing_features(monkeypatch):
