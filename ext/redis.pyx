@@ -34,11 +34,12 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t
 import numpy as np
 cimport numpy as cnp
 
-from payloads cimport payload_view, view_payloads, payload_start
+from payloads cimport parse_rows
+from dk_common cimport offset_of
 
 cnp.import_array()
 
-__all__ = ["parse", "ROW_FIELDS"]
+__all__ = ["parse", "ROW_FIELDS", "ROW_DTYPE"]
 
 ROW_FIELDS = ("ev", "off", "length", "complete", "valid", "error", "nargs", "word_off", "word_len")
 
@@ -48,7 +49,7 @@ ROW_FIELDS = ("ev", "off", "length", "complete", "valid", "error", "nargs", "wor
 DEF MAX_OWED = 1 << 24
 
 cdef struct row_t:
-    uint32_t off, length, nargs, word_off, word_len
+    uint32_t ev, off, length, nargs, word_off, word_len
     uint8_t complete, valid, error
 
 
@@ -174,72 +175,40 @@ cdef int64_t _message(const uint8_t *p, int64_t i, int64_t n, bint request, row_
     return i
 
 
+cdef Py_ssize_t _payload(const uint8_t *p, int64_t n, uint8_t request, char *rows, Py_ssize_t room) noexcept nogil:
+    """The messages of one payload -> rows (payload_parser of payloads.pxd)."""
+    cdef row_t *out = <row_t *>rows
+    cdef Py_ssize_t used = 0
+    cdef int64_t k = 0, nxt
+    while k < n:
+        if used == room:
+            return -1
+        nxt = _message(p, k, n, request, &out[used])
+        out[used].off = <uint32_t>k
+        if nxt >= 0:
+            out[used].length = <uint32_t>(nxt - k)
+            out[used].complete = 1
+            out[used].valid = 1
+            k = nxt
+        else:
+            out[used].valid = nxt == -1
+            k = n
+        used += 1
+    return used
+
+
+cdef row_t _r
+ROW_DTYPE = np.dtype({
+    "names": list(ROW_FIELDS),
+    "formats": ["<u4", "<u4", "<u4", "u1", "u1", "u1", "<u4", "<u4", "<u4"],
+    "offsets": [offset_of(&_r, &_r.ev), offset_of(&_r, &_r.off), offset_of(&_r, &_r.length),
+                offset_of(&_r, &_r.complete), offset_of(&_r, &_r.valid), offset_of(&_r, &_r.error),
+                offset_of(&_r, &_r.nargs), offset_of(&_r, &_r.word_off), offset_of(&_r, &_r.word_len)],
+    "itemsize": sizeof(row_t)})
+
+
 def parse(payloads, requests):
-    """Rows (dict of numpy columns, ROW_FIELDS) of the messages in
+    """Rows (numpy structured array of ROW_DTYPE) of the messages in
     ``payloads`` (a pyarrow Binary/LargeBinary array); ``requests`` (bool
-    per payload, numpy) tells requests from replies."""
-    cdef payload_view pv = view_payloads(payloads)
-    cdef const uint8_t[::1] req = np.ascontiguousarray(requests, dtype=np.uint8)
-    if req.shape[0] != pv.n:
-        raise ValueError(f"{pv.n} payloads but {req.shape[0]} direction flags")
-    cdef Py_ssize_t cap = pv.n * 2 + 16, rows = 0, k
-    cdef int64_t j, a, b, nxt
-    cdef row_t *out
-    cdef bytearray buf = bytearray(cap * sizeof(row_t))
-    ev = np.empty(cap, np.uint32)
-    cdef uint32_t[::1] evv = ev
-    j = 0
-    while j < pv.n:
-        out = <row_t *><char *>buf
-        with nogil:
-            while j < pv.n and rows < cap:
-                a = payload_start(&pv, j)
-                b = payload_start(&pv, j + 1)
-                k = a
-                while k < b and rows < cap:
-                    nxt = _message(pv.data + a, k - a, b - a, req[j], &out[rows])
-                    out[rows].off = <uint32_t>(k - a)
-                    evv[rows] = <uint32_t>j
-                    if nxt >= 0:
-                        out[rows].length = <uint32_t>(nxt - (k - a))
-                        out[rows].complete = 1
-                        out[rows].valid = 1
-                        k = a + nxt
-                    else:
-                        out[rows].length = 0
-                        out[rows].complete = 0
-                        out[rows].valid = nxt == -1
-                        k = b
-                    rows += 1
-                if k < b:  # the rows ran out inside this payload: redo it whole
-                    while rows > 0 and evv[rows - 1] == j:
-                        rows -= 1
-                    break
-                j += 1
-        if j < pv.n:
-            cap *= 2
-            buf.extend(bytes(len(buf)))
-            ev = np.resize(ev, cap)
-            evv = ev
-    return _columns(<row_t *><char *>buf, rows, ev)
-
-
-cdef dict _columns(const row_t *r, Py_ssize_t rows, ev):
-    cols = {name: np.empty(rows, np.uint32 if name in ("off", "length", "nargs", "word_off", "word_len")
-                           else np.uint8) for name in ROW_FIELDS[1:]}
-    cdef uint32_t[::1] off = cols["off"], length = cols["length"], nargs = cols["nargs"]
-    cdef uint32_t[::1] word_off = cols["word_off"], word_len = cols["word_len"]
-    cdef uint8_t[::1] complete = cols["complete"], valid = cols["valid"], error = cols["error"]
-    cdef Py_ssize_t i
-    with nogil:
-        for i in range(rows):
-            off[i] = r[i].off
-            length[i] = r[i].length
-            nargs[i] = r[i].nargs
-            word_off[i] = r[i].word_off
-            word_len[i] = r[i].word_len
-            complete[i] = r[i].complete
-            valid[i] = r[i].valid
-            error[i] = r[i].error
-    cols["ev"] = ev[:rows].copy()
-    return cols
+    per payload) tells requests from replies."""
+    return parse_rows(payloads, requests, _payload, ROW_DTYPE)
