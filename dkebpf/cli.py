@@ -12,6 +12,7 @@ from .errors import DkebpfError
 
 USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf check            what this kernel and these privileges can run
+       dkebpf linker [flags]   link spans of many collectors into traces (see --help)
        dkebpf version"""
 
 
@@ -51,6 +52,10 @@ def main(argv=None):
             setup_logging(cfg.log, cfg.log_level)
             from .agent import Agent
             return Agent(cfg).run()
+        if cmd == "linker":
+            setup_logging(None, "info")
+            from .linker.server import main as linker_main
+            return linker_main(rest)
         sys.stderr.write(f"dkebpf: unknown command {cmd!r}\n{USAGE}\n")
         return 2
     except DkebpfError as exc:
