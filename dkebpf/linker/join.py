@@ -13,9 +13,10 @@ the windows before it (``History``), whose ids are final. Links:
   -- the TCP sequence numbers of the first request and response bytes,
   equal on both ends of a connection -- and, unless ``match_addresses`` is
   off (NAT between the hosts), mirrored addresses: the client's local
-  ip:port is the server's remote one and the other way round. Sequence
-  numbers are 32-bit, so unrelated connections do collide; the addresses
-  keep such collisions from joining them.
+  ip:port is the server's remote one and the other way round (compared as
+  64-bit hashes, dkebpf._spanhash). Sequence numbers are 32-bit, so
+  unrelated connections do collide; the addresses keep such collisions
+  from joining them.
 
 Then: the root of every span (following parents; a cycle, which only
 hostile input makes, is cut and its spans start traces), the eBPF trace id (from the
@@ -27,6 +28,9 @@ the same trace id is kept or dropped in every window and by every linker).
 """
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from .._spanhash import hash_strings
 
 __all__ = ["History", "link", "hex_column", "JOIN_COLUMNS"]
 
@@ -73,46 +77,51 @@ def hex_column(values, digits=16, zero_as="0"):
 
 class History:
     """Linked spans still able to be parents of later ones: what link()
-    needs of them, as columns; older windows are pruned by the caller."""
+    needs of them, as columns (app trace ids as one Arrow string array);
+    older windows are pruned by the caller."""
 
-    COLS = ("span_id", "incoming", "ttid", "req_seq", "resp_seq", "local", "remote", "trace_hi", "trace_lo",
-            "app_owner_trace", "app_dec", "keep", "window")
+    NUMERIC = {"span_id": U64, "incoming": bool, "ttid": np.int64, "req_seq": np.int64, "resp_seq": np.int64,
+               "local": U64, "remote": U64, "trace_hi": U64, "trace_lo": U64, "app_dec": np.int8, "keep": bool,
+               "window": np.int64}
 
     def __init__(self):
-        self.cols = {c: np.zeros(0, self._dtype(c)) for c in self.COLS}
-
-    @staticmethod
-    def _dtype(c):
-        return {"incoming": bool, "keep": bool, "app_dec": np.int8, "local": object, "remote": object,
-                "app_owner_trace": object, "ttid": np.int64, "req_seq": np.int64, "resp_seq": np.int64,
-                "window": np.int64}.get(c, np.uint64)
+        self.cols = {c: np.zeros(0, t) for c, t in self.NUMERIC.items()}
+        self.app_trace = pa.array([], pa.string())  # the app trace id each span's trace took ("" none)
 
     def __len__(self):
         return len(self.cols["span_id"])
 
     def add(self, cols):
-        self.cols = {c: np.concatenate([self.cols[c], np.asarray(cols[c], self._dtype(c))]) for c in self.COLS}
+        self.cols = {c: np.concatenate([self.cols[c], np.asarray(cols[c], t)]) for c, t in self.NUMERIC.items()}
+        self.app_trace = pa.concat_arrays([self.app_trace, cols["app_trace"]])
 
     def prune(self, before_window):
         keep = self.cols["window"] >= before_window
         if not keep.all():
             self.cols = {c: v[keep] for c, v in self.cols.items()}
+            self.app_trace = self.app_trace.filter(pa.array(keep))
 
 
-def _col(table, name, dtype, fill):
+def _ints(table, name, dtype, fill):
     if name not in table.column_names:
         return np.full(table.num_rows, fill, dtype)
-    arr = table.column(name)
-    if dtype is object:
-        return np.asarray(arr.cast(pa.string()).fill_null(fill).to_numpy(zero_copy_only=False), object)
     wide = pa.uint64() if dtype is U64 else pa.int64()
-    return arr.cast(wide).fill_null(fill).to_numpy().astype(dtype)
+    return table.column(name).cast(wide).fill_null(fill).to_numpy().astype(dtype)
+
+
+def _strings(table, name):
+    """The column as one Arrow string array, nulls as ""."""
+    if name not in table.column_names:
+        return pa.array(np.full(table.num_rows, ""), pa.string())
+    return pc.fill_null(table.column(name).cast(pa.string()), "").combine_chunks()
 
 
 def _addresses(table):
-    """local and remote ip:port of the process's socket, as strings."""
-    s = {c: _col(table, c, object, "") for c in ("src_ip", "src_port", "dst_ip", "dst_port")}
-    return s["src_ip"] + ":" + s["src_port"], s["dst_ip"] + ":" + s["dst_port"]
+    """Hashes of the local and remote ip:port of the process's socket."""
+    h = {c: hash_strings(_strings(table, c)) for c in ("src_ip", "src_port", "dst_ip", "dst_port")}
+    with np.errstate(over="ignore"):
+        return (h["src_ip"] ^ mix64(h["src_port"] + U64(0x9E3779B97F4A7C15)),
+                h["dst_ip"] ^ mix64(h["dst_port"] + U64(0x9E3779B97F4A7C15)))
 
 
 def _match(keys_from, keys_to):
@@ -148,33 +157,30 @@ def _roots(parent):
 def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_trace_id=True, window=0):
     """Link the spans of `table` (pyarrow Table with JOIN_COLUMNS, some
     may be absent) among themselves and to `history`. Returns (columns,
-    stats): columns are the output id columns (pyarrow arrays, one per
-    span: span_id, ebpf_trace_id, ebpf_parent_id, trace_id, parent_id)
-    and ``keep`` (numpy bool, the sampling decision), plus ``history``:
-    what to History.add(); stats: counts of orphans."""
+    keep, history_rows, stats): the id columns of each span (pyarrow
+    arrays: span_id, ebpf_trace_id, ebpf_parent_id, trace_id, parent_id),
+    the sampling decision (numpy bool), what to History.add(), and the
+    count of orphans (exits without the entry of their thread)."""
     n = table.num_rows
     h = history.cols
     m = len(history)
-    span_id = _col(table, "span_id", U64, 0)
-    incoming = _col(table, "direction", object, "") == "incoming"
-    ttid = _col(table, "thread_trace_id", np.int64, 0)
-    req = _col(table, "req_seq", np.int64, -1)
-    resp = _col(table, "resp_seq", np.int64, -1)
+    span_id = _ints(table, "span_id", U64, 0)
+    incoming = pc.equal(_strings(table, "direction"), "incoming").to_numpy(zero_copy_only=False)
+    ttid = _ints(table, "thread_trace_id", np.int64, 0)
+    req = _ints(table, "req_seq", np.int64, -1)
+    resp = _ints(table, "resp_seq", np.int64, -1)
     local, remote = _addresses(table)
-    app_trace = _col(table, "app_trace_id", object, "")
-    app_parent = _col(table, "app_parent_id", object, "")
-    app_dec = _col(table, "app_span_sampled", np.int8, 0)
-    has_app = app_trace != ""
+    app_trace = _strings(table, "app_trace_id")
+    has_app = pc.not_equal(app_trace, "").to_numpy(zero_copy_only=False)
+    app_dec = _ints(table, "app_span_sampled", np.int8, 0)
 
     # the union: new spans 0..n-1, history n..n+m-1
     all_in = np.concatenate([incoming, h["incoming"]])
     all_ttid = np.concatenate([ttid, h["ttid"]])
     all_req = np.concatenate([req, h["req_seq"]])
     all_resp = np.concatenate([resp, h["resp_seq"]])
-    codes = pa.compute.dictionary_encode(pa.array(np.concatenate([local, remote, h["local"], h["remote"]]),
-                                                  pa.string())).indices.to_numpy().astype(np.uint64)
-    all_local = np.concatenate([codes[:n], codes[2 * n:2 * n + m]])
-    all_remote = np.concatenate([codes[n:2 * n], codes[2 * n + m:]])
+    all_local = np.concatenate([local, h["local"]])
+    all_remote = np.concatenate([remote, h["remote"]])
     parent = np.full(n + m, -1, np.int64)
 
     new = np.arange(n)
@@ -187,14 +193,16 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
     # across hosts: entry -> exit of the same exchange
     exits = np.flatnonzero(~all_in & (all_req >= 0))
     entries_new = new[incoming & (req >= 0)]
-    with np.errstate(over="ignore"):
-        def key(r, s, a, b):
+
+    def key(r, s, a, b):
+        with np.errstate(over="ignore"):
             k = mix64(r.astype(U64)) ^ mix64(s.astype(U64) + U64(0x9E3779B97F4A7C15))
             if match_addresses:
-                k = k ^ mix64(a * U64(0xD6E8FEB86659FD93) + U64(1)) ^ mix64(b * U64(0xA0761D6478BD642F) + U64(2))
+                k = k ^ mix64(a * U64(0xD6E8FEB86659FD93)) ^ mix64(b * U64(0xA0761D6478BD642F) + U64(2))
             return k
-        got = _match(key(all_req[entries_new], all_resp[entries_new], all_remote[entries_new], all_local[entries_new]),
-                     key(all_req[exits], all_resp[exits], all_local[exits], all_remote[exits]))
+
+    got = _match(key(all_req[entries_new], all_resp[entries_new], all_remote[entries_new], all_local[entries_new]),
+                 key(all_req[exits], all_resp[exits], all_local[exits], all_remote[exits]))
     ok = got >= 0
     cand = exits[np.where(ok, got, 0)] if len(exits) else np.zeros(len(got), np.int64)
     ok &= (all_req[cand] == all_req[entries_new]) & (all_resp[cand] == all_resp[entries_new])
@@ -207,55 +215,51 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
     root_new = root[:n]
     # trace id: history roots keep theirs; new roots derive one from the span id
     sid_all = np.concatenate([span_id, h["span_id"]])
-    hi_all = np.concatenate([mix64(span_id), h["trace_hi"]])
-    lo_all = np.concatenate([span_id, h["trace_lo"]])
-    trace_hi, trace_lo = hi_all[root_new], lo_all[root_new]
+    trace_hi = np.concatenate([mix64(span_id), h["trace_hi"]])[root_new]
+    trace_lo = np.concatenate([span_id, h["trace_lo"]])[root_new]
 
-    # app trace: nearest span on the way to the root that has one
-    all_has_app = np.concatenate([has_app, h["app_owner_trace"] != ""])
-    owner = np.where(all_has_app, np.arange(n + m), np.where(parent >= 0, parent, -1))
+    # app trace: the nearest span on the way to the root that carried one
+    # (history spans stand for their whole trace: they are roots here)
+    all_app = np.concatenate([has_app, pc.not_equal(history.app_trace, "").to_numpy(zero_copy_only=False)])
     sentinel = n + m
-    owner = np.where(owner < 0, sentinel, owner)
-    owner_ext = np.append(owner, sentinel)
-    has_ext = np.append(all_has_app, True)
-    for _ in range(64):
-        step = np.where(has_ext[owner_ext], owner_ext, owner_ext[owner_ext])
-        if np.array_equal(step, owner_ext):
+    owner = np.append(np.where(all_app, np.arange(n + m), np.where(parent >= 0, parent, sentinel)), sentinel)
+    settled = np.append(all_app, True)
+    for _ in range(65):
+        step = np.where(settled[owner], owner, owner[owner])
+        if np.array_equal(step, owner):
             break
-        owner_ext = step
-    own = owner_ext[:n]
-    all_app_trace = np.concatenate([app_trace, h["app_owner_trace"], [""]])
-    all_app_dec = np.concatenate([app_dec, h["app_dec"], [0]])
-    own_trace = all_app_trace[own]
-    own_dec = all_app_dec[own]
+        owner = step
+    own = owner[:n]
+    own_has = own < sentinel
+    all_app_trace = pa.concat_arrays([app_trace, history.app_trace, pa.array([""], pa.string())])
+    own_trace = all_app_trace.take(pa.array(own))
+    own_dec = np.concatenate([app_dec, h["app_dec"], [0]]).astype(np.int8)[own]
 
-    # sampling per trace: history decided already; else app, else hash
-    all_keep_hist = np.concatenate([np.zeros(n, bool), h["keep"].astype(bool)])
-    from_history = root_new >= n
+    # sampling per trace: the app's decision, else the history's, else a hash
     with np.errstate(over="ignore"):
         hashed = (trace_lo + trace_hi) * KNUTH
-    keep_hash = np.ones(n, bool) if sampling_rate >= 1 else hashed < U64(min(sampling_rate, 1.0) * 2.0**64 - 1) \
-        if sampling_rate > 0 else np.zeros(n, bool)
-    keep = np.where(own_dec != 0, own_dec > 0, keep_hash)
-    keep = np.where(from_history & (own_dec == 0), all_keep_hist[root_new], keep)
+    if sampling_rate >= 1:
+        keep = np.ones(n, bool)
+    elif sampling_rate <= 0:
+        keep = np.zeros(n, bool)
+    else:
+        keep = hashed < U64(sampling_rate * 2.0**64)
+    from_history = root_new >= n
+    keep = np.where(from_history, np.concatenate([np.zeros(n, bool), h["keep"]])[root_new], keep)
+    keep = np.where(own_dec != 0, own_dec > 0, keep)
 
     parent_new = parent[:n]
     ebpf_parent = np.where(parent_new >= 0, sid_all[np.maximum(parent_new, 0)], U64(0)).astype(U64)
     ebpf_trace_id = hex_column((trace_hi, trace_lo), 32, None)
     ebpf_parent_id = hex_column(ebpf_parent)
-    span_hex = hex_column(span_id, 16, None)
     if use_app_trace_id:
-        trace_id = pa.array(np.where(own_trace != "", own_trace, np.asarray(ebpf_trace_id.to_numpy(
-            zero_copy_only=False), object)), pa.string())
-        parent_id = pa.array(np.where(has_app, app_parent, np.asarray(ebpf_parent_id.to_numpy(
-            zero_copy_only=False), object)), pa.string())
+        trace_id = pc.if_else(pa.array(own_has), own_trace, ebpf_trace_id)
+        parent_id = pc.if_else(pa.array(has_app), _strings(table, "app_parent_id"), ebpf_parent_id)
     else:
         trace_id, parent_id = ebpf_trace_id, ebpf_parent_id
-    out = {"span_id": span_hex, "ebpf_trace_id": ebpf_trace_id, "ebpf_parent_id": ebpf_parent_id,
-           "trace_id": trace_id, "parent_id": parent_id}
+    out = {"span_id": hex_column(span_id, 16, None), "ebpf_trace_id": ebpf_trace_id,
+           "ebpf_parent_id": ebpf_parent_id, "trace_id": trace_id, "parent_id": parent_id}
     hist = {"span_id": span_id, "incoming": incoming, "ttid": ttid, "req_seq": req, "resp_seq": resp,
-            "local": local, "remote": remote, "trace_hi": trace_hi,
-            "trace_lo": trace_lo, "app_owner_trace": own_trace, "app_dec": own_dec, "keep": keep,
-            "window": np.full(n, window, np.int64)}
+            "local": local, "remote": remote, "trace_hi": trace_hi, "trace_lo": trace_lo, "app_trace": own_trace,
+            "app_dec": own_dec, "keep": keep, "window": np.full(n, window, np.int64)}
     return out, keep, hist, {"orphan": orphans}
-
