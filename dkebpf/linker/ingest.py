@@ -1,5 +1,8 @@
-"""Spans posted to ``/v1/bpftracing`` (InfluxDB line protocol, as
-collectors post them to DataKit's ebpftrace input) -> a pyarrow Table.
+"""Spans posted to ``/v1/bpftracing`` -> a pyarrow Table: InfluxDB line
+protocol, as collectors post them to DataKit's ebpftrace input, or an
+Arrow IPC stream (``Content-Type: application/vnd.apache.arrow.stream``),
+the same columns without a parse: line protocol is read in Python, about
+10k spans/s, an Arrow stream at memory speed.
 
 Every point must carry what DataKit's ebpftrace input requires (string
 ``ebpf_span_type`` and ``direction``, integer ``req_seq``, ``resp_seq``,
@@ -11,7 +14,9 @@ forever because of one bad span would lose everything after it).
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["parse_spans", "REQUIRED"]
+__all__ = ["parse_spans", "read_arrow", "REQUIRED", "ARROW_STREAM"]
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
 
 REQUIRED = {"ebpf_span_type": str, "direction": str, "req_seq": int, "resp_seq": int, "thread_trace_id": int}
 
@@ -145,3 +150,31 @@ def parse_spans(body, now_ns):
     if "start" not in table.column_names:  # event time: the span's start, µs
         table = table.append_column("start", pa.array(np.asarray(table.column("time")) // 1000))
     return table, rejected, first_error
+
+
+def read_arrow(body, now_ns):
+    """(Table, rejected, first error or None) of an Arrow IPC stream of
+    spans; rows missing a REQUIRED value are rejected."""
+    import pyarrow.compute as pc
+    import pyarrow.ipc as ipc
+
+    try:
+        table = ipc.open_stream(pa.py_buffer(bytes(body))).read_all()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"not an Arrow IPC stream: {exc}") from None
+    for name, kind in REQUIRED.items():
+        if name not in table.column_names:
+            raise ValueError(f"column {name} missing")
+        t = table.schema.field(name).type
+        if not (pa.types.is_string(t) or pa.types.is_large_string(t)) if kind is str else not pa.types.is_integer(t):
+            raise ValueError(f"column {name} is {t}, not {'string' if kind is str else 'integer'}")
+    valid = np.ones(table.num_rows, bool)
+    for name in REQUIRED:
+        valid &= pc.is_valid(table.column(name)).to_numpy(zero_copy_only=False)
+    good = table.filter(pa.array(valid))
+    rejected = table.num_rows - good.num_rows
+    if "time" not in good.column_names:
+        good = good.append_column("time", pa.array(np.full(good.num_rows, now_ns, np.int64)))
+    if "start" not in good.column_names:
+        good = good.append_column("start", pc.divide(good.column("time").cast(pa.int64()), 1000))
+    return good, rejected, (f"{rejected} rows without a required value" if rejected else None)

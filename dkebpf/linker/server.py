@@ -1,7 +1,8 @@
 """``dkebpf linker``: the HTTP front of the span linker.
 
-    POST /v1/bpftracing   spans from any number of collectors (line protocol,
-                          optionally gzip), answered once they are on disk
+    POST /v1/bpftracing   spans from any number of collectors (line protocol
+                          or an Arrow IPC stream, optionally gzip), answered
+                          once they are on disk
     GET  /metrics         Prometheus counters (received, rejected, late,
                           orphan, dropped, sampled out, written, ...)
 
@@ -20,7 +21,7 @@ from urllib.parse import urlsplit
 
 from ..debug_server import METRICS_CONTENT_TYPE, Metric, process_metrics, render_metrics
 from ..errors import ConfigError
-from .ingest import parse_spans
+from .ingest import ARROW_STREAM, parse_spans, read_arrow
 from .windows import Windows
 
 __all__ = ["Linker", "main"]
@@ -77,7 +78,8 @@ class _Handler(BaseHTTPRequestHandler):
             except (OSError, EOFError) as exc:
                 self._answer(400, json.dumps({"error": f"bad gzip body: {exc}"}))
                 return
-        code, answer = self.server.linker.ingest(body)
+        arrow = self.headers.get("Content-Type", "").startswith(ARROW_STREAM)
+        code, answer = self.server.linker.ingest(body, arrow)
         self._answer(code, json.dumps(answer))
 
 
@@ -107,10 +109,10 @@ class Linker:
                                      timestamp_column="time" if "time" in table.column_names else None)
         self.sink.submit("tracing", "ebpf-tracing", body, table.num_rows - skipped)
 
-    def ingest(self, body):
+    def ingest(self, body, arrow=False):
         try:
-            table, rejected, error = parse_spans(body, time.time_ns())
-        except Exception as exc:  # pyarrow refusing mixed column types, mostly
+            table, rejected, error = (read_arrow if arrow else parse_spans)(body, time.time_ns())
+        except Exception as exc:  # not Arrow, or pyarrow refusing mixed column types
             with self.windows.lock:
                 self.windows.counters["rejected"] += 1
             return 400, {"error": f"spans not understood: {exc}"}

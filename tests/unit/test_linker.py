@@ -207,3 +207,22 @@ def test_bad_flags_are_config_errors(tmp_path):
         build(["--sampling-rate", "2", "--data-dir", str(tmp_path)], sink=object())
     with pytest.raises(ConfigError, match="not a duration"):
         build(["--window", "soon", "--data-dir", str(tmp_path)], sink=object())
+
+
+def test_arrow_stream_ingest(stack):
+    import pyarrow.ipc as ipc
+    from dkebpf.linker.ingest import parse_spans
+    linker, dk, url = stack
+    host1, host2 = chain(BASE_US)
+    table, _, _ = parse_spans("\n".join(host1 + host2), 0)
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    r = requests.post(url + "/v1/bpftracing", data=sink.getvalue().to_pybytes(),
+                      headers={"Content-Type": "application/vnd.apache.arrow.stream"}, timeout=5)
+    assert r.json() == {"accepted": 5, "rejected": 0}
+    got = spans_by_service(dk, 5)
+    assert len({f["ebpf_trace_id"] for _, f in got}) == 1
+    bad = requests.post(url + "/v1/bpftracing", data=b"not arrow",
+                        headers={"Content-Type": "application/vnd.apache.arrow.stream"}, timeout=5)
+    assert bad.status_code == 400 and "not an Arrow IPC stream" in bad.json()["error"]
