@@ -128,7 +128,7 @@ class Windows:
             self.cached += part.num_rows
             self.pending[w] = cache
         else:
-            if cache:
+            if cache is not None:  # this window leaves memory
                 self.cached -= sum(t.num_rows for t in cache)
                 self.counters["spilled_windows"] += 1
             self.pending[w] = None  # read back from disk when linked

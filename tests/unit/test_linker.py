@@ -226,3 +226,26 @@ def test_arrow_stream_ingest(stack):
     bad = requests.post(url + "/v1/bpftracing", data=b"not arrow",
                         headers={"Content-Type": "application/vnd.apache.arrow.stream"}, timeout=5)
     assert bad.status_code == 400 and "not an Arrow IPC stream" in bad.json()["error"]
+
+
+def test_memory_bound_spills_to_disk_and_disk_budget_answers_503(tmp_path):
+    with DataKitReceiver() as dk:
+        linker = build(["--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "spans"), "--window", "1s",
+                        "--lateness", "600s", "--memory-spans", "3", "--max-disk-bytes", "20000"],
+                       sink=HttpSink(dk.apiserver))
+        linker.start()
+        url = f"http://127.0.0.1:{linker.port}"
+        try:
+            host1, host2 = chain(BASE_US)
+            assert post(url, host1).status_code == 200  # 4 spans > 3 in memory: spilled
+            assert post(url, host2).status_code == 200
+            r = post(url, [span("big", "incoming", 1, 1, 2, ("10.0.0.1", 80), ("10.0.0.2", 9), BASE_US,
+                                resource="x" * 30000)])
+            assert r.status_code == 503 and "disk budget" in r.json()["error"]
+            metrics = requests.get(url + "/metrics", timeout=5).text
+            assert "dkebpf_linker_spilled_windows_total 1" in metrics
+            assert "dkebpf_linker_spans_dropped_total 1" in metrics
+        finally:
+            linker.close()  # links the spilled window, read back from disk
+        got = spans_by_service(dk, 5)
+        assert len(got) == 5 and len({f["ebpf_trace_id"] for _, f in got}) == 1
