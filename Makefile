@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?= --enabled ebpf-net --interval 10s --output -
-DEBIAN_PACKAGES := clang llvm libbpf-dev libelf-dev zlib1g-dev pkg-config python3-dev python3-venv \
+DEBIAN_PACKAGES := clang llvm libbpf-dev libelf-dev libssl-dev zlib1g-dev pkg-config python3-dev python3-venv \
 	iproute2 iptables kmod curl nginx-light procps \
 	dnsmasq-base dnsutils openssl wrk passwd bpftool
 # what the installed package is built from: a change to any of these
@@ -34,7 +34,7 @@ $(BUILD_REQUIRES): pyproject.toml | $(PY)
 	touch $@
 
 $(INSTALLED): $(SOURCES) $(BUILD_REQUIRES)
-	$(PY) -m pip install -q --no-build-isolation ".[test]"
+	$(PY) -m pip install -q --no-build-isolation ".[test,bench]"
 	touch $@
 
 install: deps $(INSTALLED)

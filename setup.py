@@ -34,6 +34,14 @@ def libbpf_flags():
     return [f[2:] for f in libs if f.startswith("-l")]
 
 
+def openssl_libs():
+    """The bench's HTTPS load links OpenSSL 3."""
+    if not os.path.exists("/usr/include/openssl/ssl.h"):
+        fail("OpenSSL headers not found (/usr/include/openssl/ssl.h); install them with: "
+             "apt-get install libssl-dev")
+    return ["ssl", "crypto"]
+
+
 def compile_bpf(out_dir):
     clang = shutil.which(os.environ.get("CLANG", "clang"))
     if not clang:
@@ -77,7 +85,7 @@ def extensions():
         name = os.path.basename(pyx)[:-4]
         if wanted and name not in wanted:
             continue
-        libs = libbpf_flags() if name == "libbpf" else []
+        libs = libbpf_flags() if name == "libbpf" else openssl_libs() if name == "loadgen" else []
         exts.append(Extension(f"dkebpf._{name}", [pyx], include_dirs=include, libraries=libs,
                               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
                               extra_compile_args=["-O2"]))

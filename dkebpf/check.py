@@ -40,16 +40,22 @@ def load_and_attach(name):
         return len(bpf.links)
 
 
-def check_netflow():
+def _check_object(name, hooks):
+    """A BPF object's check: load and attach it (then detach); the line says
+    how many programs attached to which hooks, or what the host refused."""
     reasons = _not_root()
     if reasons:
         return False, reasons
     try:
-        nlinks = load_and_attach("netflow")
+        nlinks = load_and_attach(name)
     except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
-    return True, [f"{nlinks} programs load and attach (tp_btf sock_send_length/sock_recv_length/"
-                  "inet_sock_set_state/tcp_retransmit_skb/tcp_destroy_sock, syscall tracepoints)"]
+    return True, [f"{nlinks} programs load and attach ({hooks})"]
+
+
+def check_netflow():
+    return _check_object("netflow", "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/"
+                         "tcp_retransmit_skb/tcp_destroy_sock, syscall tracepoints")
 
 
 def check_dnsflow():
@@ -96,15 +102,8 @@ def check_bash():
 
 
 def check_httpflow():
-    reasons = _not_root()
-    if reasons:
-        return False, reasons
-    try:
-        nlinks = load_and_attach("http")
-    except HOST_REFUSED as exc:
-        return False, [_first_line(exc)]
-    return True, [f"{nlinks} programs load and attach (syscall tracepoints read/write/readv/writev/"
-                  "sendto/recvfrom/sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock)"]
+    return _check_object("http", "syscall tracepoints read/write/readv/writev/sendto/recvfrom/"
+                         "sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock")
 
 
 def check_httpflow_tls():

@@ -1,5 +1,5 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf version`. A DkebpfError (bad input, the kernel
+`dkebpf check`, `dkebpf bench`, `dkebpf linker`, `dkebpf version`. A DkebpfError (bad input, the kernel
 refused) is one line on stderr and its exit status, never a traceback. Any
 other exception is a bug (e.g. LookupError/RuntimeError from misusing a BPF
 object): exit 70 (EX_SOFTWARE) with the traceback in the log (--log, else
@@ -12,6 +12,7 @@ from .errors import DkebpfError
 
 USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf check            what this kernel and these privileges can run
+       dkebpf bench [flags]    what the collector costs here, per load (see dkebpf bench --help)
        dkebpf linker [flags]   link spans of many collectors into traces (see --help)
        dkebpf version"""
 
@@ -42,6 +43,9 @@ def main(argv=None):
         if cmd == "check":
             from .check import run_check
             return run_check(sys.stdout)
+        if cmd == "bench":
+            from .bench import main as bench_main
+            return bench_main(rest)
         if cmd == "run":
             from .config import load_config
             if "-h" in rest or "--help" in rest:

@@ -9,28 +9,17 @@ truncated at the 480-byte capture.
 
 Prints `name: value` lines.
 """
-import importlib.util
 import os
 
 import numpy as np
 
-from timing import best_of
+from timing import best_of, load_reference
 
 from dkebpf._bashline import decode_lines
 from dkebpf._records import BASH_CAPTURE_MAX, BASH_LINE_DTYPE, BASH_TRUNCATED
 from dkebpf.plugins.bash import UserNames, build_batch
 
 N = int(os.environ.get("BENCH_BASHLINE_N", 20_000))
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_reference():
-    # by path: putting the repository on sys.path would shadow an installed dkebpf
-    path = os.path.join(HERE, "..", "tests", "reference", "bashline_ref.py")
-    spec = importlib.util.spec_from_file_location("bashline_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_records(n, rng):
@@ -52,7 +41,7 @@ def make_records(n, rng):
 
 
 def main():
-    ref = load_reference()
+    ref = load_reference("bashline_ref")
     recs = make_records(N, np.random.default_rng(1))
     t_cy = best_of(lambda: decode_lines(recs), 9)
     t_py = best_of(lambda: ref.decode_lines(recs), 3)

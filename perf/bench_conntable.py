@@ -10,28 +10,17 @@ drain).
 
 Prints `name: value` lines.
 """
-import importlib.util
 import os
 import time
 
 import numpy as np
 
-from timing import best_of
+from timing import best_of, load_reference
 
 from dkebpf._conntable import delta_to_arrow, merge
 from dkebpf._records import EVENT_DTYPE, F_CLOSED, F_ESTABLISHED, KEY_DTYPE, STATS_DTYPE
 
 N = int(os.environ.get("BENCH_CONNTABLE_N", 200_000))
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_reference():
-    # by path: putting the repository on sys.path would shadow an installed dkebpf
-    path = os.path.join(HERE, "..", "tests", "reference", "conntable_ref.py")
-    spec = importlib.util.spec_from_file_location("conntable_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def rawtake(arr, idx):
@@ -97,7 +86,7 @@ def main():
     out = merge(*args)
     t_cy = best_of(lambda: merge(*args), 9)
 
-    ref = load_reference()
+    ref = load_reference("conntable_ref")
     t0 = time.perf_counter()
     exp = ref.merge(*args)
     t_py = time.perf_counter() - t0

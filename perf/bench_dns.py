@@ -14,13 +14,12 @@ cost per packet; the kernel's sending is not timed).
 
 Prints `name: value` lines.
 """
-import importlib.util
 import os
 import random
 
 import numpy as np
 
-from timing import best_of
+from timing import best_of, load_reference
 
 import dns.message
 import dns.rrset
@@ -29,15 +28,6 @@ from dkebpf import _dns
 from dkebpf._packets import PKT_DTYPE
 
 N = int(os.environ.get("BENCH_DNS_N", 20_000))
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-def load_reference():
-    path = os.path.join(HERE, "..", "tests", "reference", "dns_ref.py")
-    spec = importlib.util.spec_from_file_location("dns_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def messages(n):
@@ -58,7 +48,7 @@ def messages(n):
 
 def main():
     msgs = messages(N)
-    ref = load_reference()
+    ref = load_reference("dns_ref")
     assert _dns.parse_many(msgs) == len(msgs)
     # the same answers from both parsers (spot check)
     for m in msgs[:200]:

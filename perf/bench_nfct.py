@@ -12,7 +12,6 @@ N lookups of which 20% hit.
 
 Prints `name: value` lines.
 """
-import importlib.util
 import os
 import struct
 import sys
@@ -20,7 +19,7 @@ import time
 
 import numpy as np
 
-from timing import best_of
+from timing import best_of, load_reference
 
 from dkebpf._nfct import EVENT_DTYPE, parse
 from dkebpf.enrich.nat import NatTable
@@ -29,15 +28,6 @@ N = int(os.environ.get("BENCH_NFCT_N", 100_000))
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))  # support/ctnetlink.py (message builder)
 from support import ctnetlink as ctn  # noqa: E402
-
-
-def load_reference():
-    # by path: putting the repository on sys.path would shadow an installed dkebpf
-    path = os.path.join(HERE, "..", "tests", "reference", "nfct_ref.py")
-    spec = importlib.util.spec_from_file_location("nfct_ref", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def make_messages(n, rng):
@@ -71,7 +61,7 @@ def main():
         raise SystemExit(f"bench_nfct: parse gave {st}")
     t_cy = best_of(lambda: parse(buf), 7)
 
-    ref = load_reference()
+    ref = load_reference("nfct_ref")
     t0 = time.perf_counter()
     exp, st_ref = ref.parse(buf)
     t_py = time.perf_counter() - t0
