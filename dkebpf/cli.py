@@ -1,9 +1,9 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
 `dkebpf check`, `dkebpf bench`, `dkebpf linker`, `dkebpf version`. A
 DkebpfError (bad input, the kernel refused) is one line on stderr and its
-exit status, never a traceback. Any other exception is a bug (e.g. LookupError/RuntimeError from misusing a BPF
-object): exit 70 (EX_SOFTWARE) with the traceback in the log (--log, else
-stderr) and one line on stderr."""
+exit status, never a traceback. Any other exception is a bug (e.g.
+LookupError/RuntimeError from misusing a BPF object): exit 70 (EX_SOFTWARE)
+with the traceback in the log (--log, else stderr) and one line on stderr."""
 import logging
 import sys
 

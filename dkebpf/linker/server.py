@@ -191,13 +191,15 @@ def build(argv, sink=None):
         raise
     if not 0 <= a.sampling_rate <= 1:
         raise ConfigError(f"linker: --sampling-rate must be within 0..1, got {a.sampling_rate}")
-    if sink is None:
+    opts = dict(window_s=_seconds(a.window), lateness_s=_seconds(a.lateness), horizon_s=_seconds(a.horizon),
+                sampling_rate=a.sampling_rate, memory_spans=a.memory_spans, max_disk_bytes=a.max_disk_bytes,
+                match_addresses=not a.no_address_check, use_app_trace_id=not a.no_app_trace_id)
+    if opts["window_s"] <= 0:
+        raise ConfigError(f"linker: --window must be > 0, got {a.window!r}")
+    if sink is None:  # after every check: a refused command line leaves no files behind
         from ..output.sink import HttpSink
         sink = HttpSink(a.datakit, spool_dir=a.data_dir.rstrip("/") + "-out")
-    return Linker(a.listen, sink, a.data_dir, window_s=_seconds(a.window), lateness_s=_seconds(a.lateness),
-                  horizon_s=_seconds(a.horizon), sampling_rate=a.sampling_rate, memory_spans=a.memory_spans,
-                  max_disk_bytes=a.max_disk_bytes, match_addresses=not a.no_address_check,
-                  use_app_trace_id=not a.no_app_trace_id)
+    return Linker(a.listen, sink, a.data_dir, **opts)
 
 
 def main(argv):

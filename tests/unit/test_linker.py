@@ -249,3 +249,41 @@ def test_memory_bound_spills_to_disk_and_disk_budget_answers_503(tmp_path):
             linker.close()  # links the spilled window, read back from disk
         got = spans_by_service(dk, 5)
         assert len(got) == 5 and len({f["ebpf_trace_id"] for _, f in got}) == 1
+
+
+def test_the_command_links_and_flushes_on_interrupt(tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with DataKitReceiver() as dk:
+        proc = subprocess.Popen([sys.executable, "-m", "dkebpf", "linker", "--listen", f"127.0.0.1:{port}",
+                                 "--datakit", dk.apiserver, "--data-dir", str(tmp_path / "spans"),
+                                 "--lateness", "600s"], stderr=subprocess.PIPE, text=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    requests.get(url + "/metrics", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+                    time.sleep(0.1)
+            host1, host2 = chain(BASE_US)
+            assert post(url, host1 + host2).json() == {"accepted": 5, "rejected": 0}
+            proc.send_signal(signal.SIGINT)  # links what is pending, hands it to DataKit, exits
+            assert proc.wait(timeout=20) == 130
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        got = spans_by_service(dk, 5)
+        assert len({f["ebpf_trace_id"] for _, f in got}) == 1
+    bad = subprocess.run([sys.executable, "-m", "dkebpf", "linker", "--window", "0s", "--data-dir",
+                          str(tmp_path / "x")], capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--window must be > 0" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "x-out").exists()
