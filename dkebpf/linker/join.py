@@ -32,11 +32,7 @@ import pyarrow.compute as pc
 
 from .._spanhash import hash_strings
 
-__all__ = ["History", "link", "hex_column", "JOIN_COLUMNS"]
-
-# the columns link() reads (others travel along untouched)
-JOIN_COLUMNS = ("span_id", "direction", "thread_trace_id", "req_seq", "resp_seq", "src_ip", "src_port",
-                "dst_ip", "dst_port", "app_trace_id", "app_parent_id", "app_span_sampled")
+__all__ = ["History", "link", "hex_column"]
 
 KNUTH = np.uint64(1111111111111111111)  # Datadog's sampler constant (dd-agent sampler.go)
 U64 = np.uint64
@@ -155,9 +151,11 @@ def _roots(parent):
 
 
 def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_trace_id=True, window=0):
-    """Link the spans of `table` (pyarrow Table with JOIN_COLUMNS, some
-    may be absent) among themselves and to `history`. Returns (columns,
-    keep, history_rows, stats): the id columns of each span (pyarrow
+    """Link the spans of `table` among themselves and to `history`.
+    `table`: a pyarrow Table of dketrace columns; the join reads span_id,
+    direction, thread_trace_id, req_seq, resp_seq, the addresses and ports
+    and the app_* ids, any of which may be absent. Returns (columns, keep,
+    history_rows, stats): the id columns of each span (pyarrow
     arrays: span_id, ebpf_trace_id, ebpf_parent_id, trace_id, parent_id),
     the sampling decision (numpy bool), what to History.add(), and the
     count of orphans (exits without the entry of their thread)."""
