@@ -2,8 +2,10 @@
 columns, and the trace/parent id strings spans carry, without a Python
 object per request.
 
-Headers are the lines after the request line, up to the empty line or the
-end of the capture; a line without ``:`` ends them (a cut or non-HTTP
+The payload must start with an HTTP/1.x request line, as httpflow's parser
+reads it (``parse_first_line``, cimported through
+ext/includes/dkebpf/_http.pxd: one parser for both). Headers are the lines
+after it, up to the empty line or the end of the capture; a line without ``:`` ends them (a cut or non-HTTP
 payload). Header names match case-insensitively (RFC 9110 5.1: Go and
 Java send ``Traceparent``, which the original missed); the first
 occurrence of a name wins. Formats, in this order of precedence (the first
@@ -38,6 +40,7 @@ import pyarrow as pa
 cimport numpy as cnp
 
 from payloads cimport payload_view, view_payloads, payload_start
+from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST
 
 cnp.import_array()
 
@@ -193,11 +196,14 @@ cdef void _extract(const uint8_t *p, int64_t n, ctx_t *c) noexcept nogil:
     cdef int64_t voff[9]
     cdef int vlen[9]
     cdef uint64_t flags
+    cdef http_msg m
     for h in range(H_COUNT):
         vlen[h] = -1
     c.hi = c.lo = c.parent = 0
     c.sampled = 0
     c.source = 0
+    if not parse_first_line(p, <int>(n if n < 0x7fffffff else 0x7fffffff), &m) or m.kind != K_REQUEST:
+        return
     while i < n and p[i] != 10:  # skip the request line
         i += 1
     i += 1

@@ -10,6 +10,7 @@ Prints `name: value` lines.
 import importlib.util
 import os
 import struct
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -23,12 +24,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_reference(name):
-    # by path: putting the repository on sys.path would shadow an installed dkebpf
-    path = os.path.join(HERE, "..", "tests", "reference", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    # tests/reference as the package `reference` (its modules import each
+    # other), by path: the repository on sys.path would shadow an installed dkebpf
+    if "reference" not in sys.modules:
+        folder = os.path.join(HERE, "..", "tests", "reference")
+        spec = importlib.util.spec_from_file_location("reference", os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        sys.modules["reference"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["reference"])
+    return importlib.import_module(f"reference.{name}")
 
 
 def mysql_packet(seq, body):

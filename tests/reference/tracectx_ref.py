@@ -4,6 +4,8 @@ import re
 
 import numpy as np
 
+from . import http_ref
+
 SRC_W3C, SRC_B3, SRC_B3_64, SRC_DATADOG = 1, 2, 3, 4
 HEX = re.compile(rb"[0-9a-fA-F]+\Z")
 NAMES = (b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled", b"x-b3-flags",
@@ -86,6 +88,9 @@ def b3_single(v):
 
 
 def extract_one(p):
+    line = http_ref.first_line(p)
+    if line is None or line["kind"] != http_ref.REQUEST:
+        return NONE
     h = headers(p)
     if b"traceparent" in h and (r := traceparent(h[b"traceparent"])):
         return r

@@ -76,6 +76,13 @@ def test_precedence_first_name_wins_and_header_end():
     assert ids[0].to_pylist()[1] == "0af7651916cd43dd8448eb211c80319c"
 
 
+def test_only_http_requests_count():
+    rows, _, _ = extract(b"HTTP/1.1 200 OK\r\ntraceparent: " + W3C + b"\r\n\r\n",
+                         b"BREW /pot HTTP/1.1\r\ntraceparent: " + W3C + b"\r\n\r\n",
+                         b"POST /x HTTP/1.0\r\ntraceparent: " + W3C + b"\r\n\r\n")
+    assert [r["source"] for r in rows] == [0, 0, tc.SRC_W3C]
+
+
 def test_empty_and_bad_input():
     import pytest
     assert tc.extract(pa.array([], pa.binary()))["source"].tolist() == []
@@ -101,4 +108,4 @@ def test_agrees_with_reference(reqs, cut):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=200), max_size=6))
 def test_fuzz_random_bytes(payloads):
-    extract(*payloads, *(b"GET / HTTP/1.1\r\n" + p for p in payloads))
+    extract(*payloads, *(b"GET / HTTP/1.1\r\n" + p for p in payloads), *(b"GET /" + p for p in payloads))
