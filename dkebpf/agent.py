@@ -10,6 +10,7 @@ import time
 
 from . import kernel
 from .debug_server import DebugServer, Metric
+from .enrich.k8s import K8sEnrichment
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
@@ -80,6 +81,7 @@ class Agent:
         self.sampler = Sampler(cfg.sampling_rate, cfg.sampling_rate_pts_per_min)
         self.limits = LimitChecker(cfg.cpu_limit, cfg.mem_limit, cfg.net_limit, proc=cfg.host_proc)
         self.limit_error = None
+        self.k8s = None
 
     def _on_signal(self, signum, frame):
         self.stopping = True
@@ -92,6 +94,9 @@ class Agent:
             kernel.raise_memlock()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
             self.plugins = build_plugins(self.cfg, ctx)
+            # the API is watched only when a plugin's points carry Kubernetes tags
+            if any("k8s" in row.needs for row in rows_for(self.cfg.enabled_plugins, self.cfg.l7net_enabled)):
+                ctx.k8s = self.k8s = K8sEnrichment.from_config(self.cfg, log)
             self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, spool_dir=self.cfg.spool_dir,
                                   spool_max_bytes=self.cfg.spool_max_bytes, logger=logging.getLogger("dkebpf.output"))
             debug = None
@@ -104,6 +109,8 @@ class Agent:
                 if self.cfg.pprof_port:  # off unless a port is configured
                     debug = DebugServer(self.cfg.pprof_host, self.cfg.pprof_port, self.metrics, logger=log)
                     debug.start()
+                if self.k8s is not None:
+                    self.k8s.start()
                 for p in self.plugins:
                     p.start()
                 log.info("dkebpf started: plugins %s, interval %gs, output %s",
@@ -117,6 +124,8 @@ class Agent:
                         p.stop()
                     except Exception as exc:  # detaching must go on for the others
                         log.error("stopping %s: %s", p.name, exc)
+                if self.k8s is not None:
+                    self.k8s.stop()
                 self.sink.close(SHUTDOWN_FLUSH_DEADLINE_S)
                 if debug is not None:
                     debug.close()
@@ -177,6 +186,10 @@ class Agent:
             for name, value in sorted(p.counters().items()):
                 out.append(Metric(f"plugin_{name}", "counter", f"{name} of a plugin",
                                   [({"plugin": p.name}, value)]))
+        if self.k8s is not None:
+            for name, value in sorted(self.k8s.counters().items()):
+                kind = "gauge" if name.startswith("objects_") else "counter"
+                out.append(Metric(f"k8s_{name}", kind, f"kubernetes {name.replace('_', ' ')}", [({}, value)]))
         if self.sink is not None:
             for name, value in sorted(self.sink.stats().items()):
                 kind = "gauge" if name in ("points_queued", "bytes_queued") else "counter"

@@ -78,6 +78,7 @@ LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning",
 # set"); we put them in the tuple so consumers need no second rule.
 ALWAYS_UNTRACED = ("datakit", "datakit-ebpf")
 DEFAULT_SA_TOKEN = "/run/secrets/kubernetes.io/serviceaccount/token"
+DEFAULT_SA_CA = "/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
 class InvalidValue(ConfigError, ValueError):
@@ -543,6 +544,9 @@ class Config:
     kubernetes_url: str = "https://kubernetes.default:443"
     bearer_token: str = DEFAULT_SA_TOKEN        # "" when only bearer_token_string is set
     bearer_token_string: str = ""
+    kubernetes_ca: str = DEFAULT_SA_CA          # the API server's certificate is checked against it
+    kubernetes_insecure_skip_verify: bool = False
+    node_name: str = ""                         # "": the host name
     container_endpoints: Tuple[str, ...] = ()
     host_root: str = ""
     host_proc: str = "/proc"
@@ -704,9 +708,23 @@ OPTIONS: Tuple[Option, ...] = (
          ["DKE_K8S_WORKLOAD_LABEL_PREFIX", "K8S_WORKLOAD_LABEL_PREFIX",
           E + "WORKLOAD_LABEL_PREFIX"]),
     # K8S_* are the names older datakit-ebpf releases read.
-    _opt("kubernetes_url", p_url("https"), [], ["DKE_K8S_URL", "K8S_URL"]),
-    _opt("bearer_token", _text, [], ["DKE_K8S_BEARER_TOKEN_PATH", "K8S_BEARER_TOKEN_PATH"]),
-    _opt("bearer_token_string", _text, [], ["DKE_K8S_BEARER_TOKEN", "K8S_BEARER_TOKEN_STRING"]),
+    _opt("kubernetes_url", p_url("https"), ["--k8s-url"], ["DKE_K8S_URL", "K8S_URL", E + "KUBERNETES_URL"],
+         metavar="URL",
+         help="Kubernetes API server (default https://kubernetes.default:443)"),
+    _opt("bearer_token", _text, ["--k8s-bearer-token-path"],
+         ["DKE_K8S_BEARER_TOKEN_PATH", "K8S_BEARER_TOKEN_PATH", E + "BEARER_TOKEN"], metavar="PATH",
+         help="file holding the API token, re-read when it changes (default: the service account's)"),
+    _opt("bearer_token_string", _text, ["--k8s-bearer-token"],
+         ["DKE_K8S_BEARER_TOKEN", "K8S_BEARER_TOKEN_STRING", E + "BEARER_TOKEN_STRING"], metavar="TOKEN",
+         help="the API token itself, instead of a file"),
+    _opt("kubernetes_ca", _text, ["--k8s-ca"], ["DKE_K8S_CA", E + "KUBERNETES_CA"], metavar="PATH",
+         help="CA certificate the API server's is verified against (default: the service account's)"),
+    _opt("kubernetes_insecure_skip_verify", _bool, ["--k8s-insecure-skip-verify"],
+         ["DKE_K8S_INSECURE_SKIP_VERIFY", E + "KUBERNETES_INSECURE_SKIP_VERIFY"], kind="bool",
+         help="do not verify the API server's certificate (as the original did)"),
+    _opt("node_name", _text, ["--k8s-node-name"], ["NODE_NAME", "DKE_K8S_NODE_NAME", E + "NODE_NAME"],
+         metavar="NAME",
+         help="this node's name in Kubernetes (default: the host name)"),
     _opt("container_endpoints", p_list(), ["--container-endpoints"], kind="list",
          metavar="LIST", help="container runtime sockets"),
     _opt("host_root", p_host_root, [], ["HOST_ROOT"]),

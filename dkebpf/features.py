@@ -116,6 +116,21 @@ def _ctnetlink_events():
     return None
 
 
+def _proc_events():
+    from .enrich.k8s.cgroup import open_process_events
+    try:
+        open_process_events().close()
+    except OSError as exc:
+        return f"cannot subscribe to process events (netlink connector): {exc.strerror or exc}"
+    return None
+
+
+def _cgroup2():
+    if not any(t == "cgroup2" for t in kernel.mounted_types().values()):
+        return "no cgroup v2 hierarchy mounted (/proc/self/mounts)"
+    return None
+
+
 def _libssl():
     from .plugins.tls_probes import libssl_in_dirs
     root = os.environ.get("HOST_ROOT", "").rstrip("/") or "/"
@@ -136,6 +151,9 @@ FEATURES = {f.name: f for f in (
             (3, 2), _packet_socket),
     Feature("ctnetlink_events", "conntrack netlink events (nf_conntrack loaded, events on)",
             (2, 6), _ctnetlink_events),
+    Feature("proc_events", "process events from the netlink connector (CONFIG_PROC_EVENTS, CAP_NET_ADMIN), "
+            "so Kubernetes tags find short-lived processes", (2, 6), _proc_events),
+    Feature("cgroup2", "a cgroup v2 hierarchy (on hybrid hosts /sys/fs/cgroup/unified)", (4, 5), _cgroup2),
     Feature("libssl", "OpenSSL's libssl.so.N on the host (a library, not a kernel feature)",
             None, _libssl),
 )}

@@ -24,7 +24,8 @@ from typing import Optional, Tuple
 PLUGIN = "plugin"   # selected by --enabled / enabled_plugins
 L7NET = "l7net"     # an ebpf-net L7 protocol, selected by --l7net-enabled
 # PluginContext attributes one plugin fills for others (k8s: the Kubernetes
-# enrichment to come; until then a need nobody provides)
+# enrichment, dkebpf/enrich/k8s, which the agent runs itself when a chosen
+# row needs it and an API server is configured)
 CONTEXT_SLOTS = ("domains", "nat", "k8s")
 
 

@@ -32,6 +32,7 @@ class PluginContext:
     # source (None when that plugin is not enabled):
     domains: object = None   # IP -> domain from DNS answers (dnsflow)
     nat: object = None       # connection -> DNAT destination (ebpf-conntrack)
+    k8s: object = None       # Kubernetes tags (enrich.k8s.K8sEnrichment), when an API server is configured
 
 
 class Plugin:

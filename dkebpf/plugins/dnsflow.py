@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from .. import kernel
 from ..enrich.addr import format_addrs, ip_types
 from ..enrich.dns_cache import DnsCache
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from ..packetfilter import port_filter
 from .base import Plugin, PointBatch
@@ -97,9 +98,10 @@ class DnsflowPlugin(Plugin):
         pairs = self.table.take()
         if len(pairs) == 0:
             return []
-        batch = aggregate(pairs, self.ephemeral_port)
+        batch = aggregate(pairs, self.ephemeral_port, self.ctx.k8s)
         self.totals["points"] += batch.num_rows
-        return [PointBatch("dnsflow", "network", "ebpf-net/dnsflow", batch, DNSFLOW_TAGS, DNSFLOW_FIELDS,
+        return [PointBatch("dnsflow", "network", "ebpf-net/dnsflow", batch,
+                           DNSFLOW_TAGS + k8s_tag_names(self.ctx.k8s, client_server=False), DNSFLOW_FIELDS,
                            const_tags={"source": "dnsflow"})]
 
     def counters(self):
@@ -117,7 +119,7 @@ class DnsflowPlugin(Plugin):
             self.ring = None
 
 
-def aggregate(pairs, ephemeral_port):
+def aggregate(pairs, ephemeral_port, k8s=None):
     """PAIR_DTYPE rows -> one row per (tags, rcode): count, mean and max
     latency. src is this host's end, as in netflow: the client for an
     outgoing query, the server for one this host answered; the client's
@@ -151,5 +153,7 @@ def aggregate(pairs, ephemeral_port):
     out["latency"] = pc.cast(pc.round(agg.column("latency_mean")), pa.int64())
     out["latency_max"] = agg.column("latency_max")
     out["rcode"] = agg.column("rcode")
+    # dnsflow has no pid (packets) and no client/server tags: the local side is found by IP
+    add_k8s_tags(k8s, out, client_server=False)
     table = pa.table(out).combine_chunks()
     return table.to_batches()[0]

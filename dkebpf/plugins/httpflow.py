@@ -20,8 +20,9 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
-from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..bpf_objects import HTTP, BpfSkeleton
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -269,7 +270,8 @@ class HttpflowPlugin(Plugin):
         self.log.debug("httpflow: %d points in %.3f s (%d ring wakeups, %d early steps so far)",
                        batch.num_rows, time.monotonic() - t0, self.wakeups, self.early_steps)
         return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
-                           HTTPFLOW_TAGS, HTTPFLOW_FIELDS, const_tags={"source": "httpflow"})]
+                           HTTPFLOW_TAGS + k8s_tag_names(self.ctx.k8s), HTTPFLOW_FIELDS,
+                           const_tags={"source": "httpflow"})]
 
     @staticmethod
     def partial(rows):
@@ -311,6 +313,7 @@ class HttpflowPlugin(Plugin):
         out["bytes_read"] = pc.cast(agg.column("bytes_read_sum_sum"), pa.int64())
         out["bytes_written"] = pc.cast(agg.column("bytes_written_sum_sum"), pa.int64())
         add_ip_types(out)
+        add_k8s_tags(self.ctx.k8s, out)
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 

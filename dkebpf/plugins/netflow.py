@@ -14,8 +14,9 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
-from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..bpf_objects import NETFLOW, BpfSkeleton
+from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
+from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
 from .base import Plugin, PointBatch
 
@@ -108,7 +109,8 @@ class NetflowPlugin(Plugin):
         batch = self.aggregate(_conntable.delta_to_arrow(delta))
         self.totals["points"] += batch.num_rows
         return [PointBatch("netflow", "network", "ebpf-net/netflow", batch,
-                           NETFLOW_TAGS, NETFLOW_FIELDS, const_tags={"source": "netflow"})]
+                           NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
+                           const_tags={"source": "netflow"})]
 
     def aggregate(self, rb):
         """Per-connection deltas -> one row per netflow key."""
@@ -141,6 +143,7 @@ class NetflowPlugin(Plugin):
         for f in ("rtt", "rtt_var"):
             out[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
         add_ip_types(out)
+        add_k8s_tags(self.ctx.k8s, out)
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
 

@@ -9,7 +9,6 @@ service); untranslated connections and the server's own (incoming) points
 carry none."""
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -19,6 +18,7 @@ from support import traffic
 from support.dnat import dnat_rule, service_ip
 from support.netns import NetNS
 from support.schema import check_point
+from support.servers import HttpServer
 
 pytestmark = [pytest.mark.e2e,
               pytest.mark.requires(*requirements(("ebpf-conntrack", "ebpf-net"), ("httpflow",)))]
@@ -44,27 +44,6 @@ def wait_closed(receiver, pid, timeout=30):
     """The points of a client process once its connection's close was reported."""
     return traffic.wait_until(lambda: (lambda pts: pts if total(pts, "tcp_closed") >= 1 else None)(
         flows(receiver, pid)), timeout) or flows(receiver, pid)
-
-
-class HttpServer:
-    """python3 -m http.server inside the namespace, ready once it accepts."""
-
-    def __init__(self, ns, host, port):
-        self.p = subprocess.Popen([*ns.prefix(), sys.executable, "-m", "http.server", str(port),
-                                   "--bind", host], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        end = time.monotonic() + 15
-        while time.monotonic() < end:
-            if ns.exec("python3", "-c", f"import socket; socket.create_connection(('{host}', {port}), 1)",
-                       check=False).returncode == 0:
-                return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("http.server did not start")
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            self.p.wait(5)
 
 
 def curl(url):

@@ -31,9 +31,9 @@ COMMS = [
 
 
 def stand_in():
-    """What aggregate() reads from its plugin: no DNS, no NAT."""
+    """What aggregate() reads from its plugin: no DNS, no NAT, no Kubernetes."""
     return types.SimpleNamespace(ephemeral_port=32768, resolver=LocalAddressResolver(),
-                                 ctx=types.SimpleNamespace(domains=None, nat=None))
+                                 ctx=types.SimpleNamespace(domains=None, nat=None, k8s=None))
 
 
 def rows_common(i):
