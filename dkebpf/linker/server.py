@@ -36,7 +36,8 @@ HELP = {"received": "Spans accepted and stored.", "rejected": "Points refused (n
         "orphan": "Outgoing spans without the incoming span of their thread (roots of their own).",
         "dropped": "Spans refused because the disk budget was full (the poster got 503).",
         "sampled_out": "Spans of traces the sampling dropped.", "written": "Linked spans handed to DataKit.",
-        "windows_linked": "Event-time windows linked.", "spilled_windows": "Windows evicted from memory to disk."}
+        "windows_linked": "Event-time windows linked.", "spilled_windows": "Windows evicted from memory to disk.",
+        "quarantined_windows": "Windows whose linking failed, kept in <data-dir>/failed."}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -129,7 +130,7 @@ class Linker:
         with self.windows.lock:
             counters = dict(self.windows.counters)
             pending = len(self.windows.pending)
-        out = [Metric(f"dkebpf_linker_spans_{k}_total" if k not in ("windows_linked", "spilled_windows")
+        out = [Metric(f"dkebpf_linker_spans_{k}_total" if k not in ("windows_linked", "spilled_windows", "quarantined_windows")
                       else f"dkebpf_linker_{k}_total", "counter", HELP[k], [({}, v)]) for k, v in counters.items()]
         out.append(Metric("dkebpf_linker_pending_windows", "gauge", "Windows waiting to be linked.", [({}, pending)]))
         return out + process_metrics()

@@ -14,7 +14,8 @@ join history for ``horizon`` so later windows' spans find their parents
 there: traces may be as long as the horizon, not two windows.
 
 A span arriving for a window already linked is late: linked at once
-against the history and counted.
+against the history and counted. A window whose linking fails (a bug) is
+moved to ``<data_dir>/failed/`` and counted; later windows go on.
 """
 import logging
 import os
@@ -59,7 +60,7 @@ class Windows:
         self.last_arrival = clock()
         self.history = History()
         self.counters = dict.fromkeys(("received", "rejected", "late", "orphan", "dropped", "sampled_out",
-                                       "written", "windows_linked", "spilled_windows"), 0)
+                                       "written", "windows_linked", "spilled_windows", "quarantined_windows"), 0)
         os.makedirs(data_dir, exist_ok=True)
         self._recover()
 
@@ -146,9 +147,25 @@ class Windows:
                 if not idle and (self.max_event_us is None
                                  or (w + 1) * self.window_us > self.max_event_us - self.lateness_us):
                     break
-                self._link_window(w)
+                try:
+                    self._link_window(w)
+                except Exception:  # a bug: keep the spans for a look, let later windows go on
+                    self._quarantine(w)
                 done += 1
         return done
+
+    def _quarantine(self, w):
+        log.exception("linking window %d failed; its spans are kept in %s", w, os.path.join(self.dir, "failed"))
+        cache = self.pending.pop(w, None)
+        if cache:
+            self.cached -= sum(t.num_rows for t in cache)
+        wdir = os.path.join(self.dir, str(w))
+        if os.path.isdir(wdir):
+            size = sum(os.path.getsize(os.path.join(wdir, f)) for f in os.listdir(wdir))
+            os.makedirs(os.path.join(self.dir, "failed"), exist_ok=True)
+            os.replace(wdir, os.path.join(self.dir, "failed", str(w)))
+            self.disk_bytes -= size
+        self.counters["quarantined_windows"] += 1
 
     def _load(self, w):
         cache = self.pending.pop(w)

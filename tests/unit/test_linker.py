@@ -317,3 +317,25 @@ def test_ingest_reads_what_the_project_encoder_writes(rows):
     assert table.column("req_seq").to_pylist() == [r[2] for r in rows]
     assert table.column("flag").to_pylist() == [r[3] for r in rows]
     assert table.num_rows == n
+
+
+def test_a_window_that_fails_to_link_is_quarantined_and_later_ones_go_on(stack, monkeypatch):
+    import dkebpf.linker.windows as windows_mod
+    linker, dk, url = stack
+    real = windows_mod.link
+
+    def failing_once(table, history, **kw):
+        if kw.get("window") == BASE_US // 1_000_000:
+            raise RuntimeError("injected")
+        return real(table, history, **kw)
+
+    monkeypatch.setattr(windows_mod, "link", failing_once)
+    host1, _ = chain(BASE_US)
+    later, _ = chain(BASE_US + 3_000_000, seq=1)
+    assert post(url, host1 + later).status_code == 200
+    got = spans_by_service(dk, 4)  # the later chain only, linked whole
+    assert {f["req_seq"] for _, f in got} == {7001, 1001, 3001}
+    assert len(got) == 4 and len({f["ebpf_trace_id"] for _, f in got}) == 1
+    assert "dkebpf_linker_quarantined_windows_total 1" in requests.get(url + "/metrics", timeout=5).text
+    failed = os.path.join(linker.windows.dir, "failed", str(BASE_US // 1_000_000))
+    assert os.listdir(failed)
