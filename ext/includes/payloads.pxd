@@ -1,5 +1,5 @@
 # Captured payloads handed to the protocol parsers (ext/redis.pyx,
-# ext/mysql.pyx, ext/pgsql.pyx, ...) as one pyarrow Binary or LargeBinary array: one data
+# ext/mysql.pyx, ext/pgsql.pyx, ext/http2.pyx, ...) as one pyarrow Binary or LargeBinary array: one data
 # buffer and n+1 offsets, read in place with the GIL released. The view
 # borrows the array's buffers: the caller keeps the array alive.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t
