@@ -1,9 +1,10 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf bench`, `dkebpf linker`, `dkebpf version`. A
-DkebpfError (bad input, the kernel refused) is one line on stderr and its
-exit status, never a traceback. Any other exception is a bug (e.g.
-LookupError/RuntimeError from misusing a BPF object): exit 70 (EX_SOFTWARE)
-with the traceback in the log (--log, else stderr) and one line on stderr."""
+`dkebpf check`, `dkebpf bench`, `dkebpf netlog-filter`, `dkebpf linker`,
+`dkebpf version`. A DkebpfError (bad input, the kernel refused) is one line
+on stderr and its exit status, never a traceback. Any other exception is a
+bug (e.g. LookupError/RuntimeError from misusing a BPF object): exit 70
+(EX_SOFTWARE) with the traceback in the log (--log, else stderr) and one
+line on stderr."""
 import logging
 import sys
 
@@ -13,6 +14,8 @@ from .errors import DkebpfError
 USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf check            what this kernel and these privileges can run
        dkebpf bench [flags]    what the collector costs here, per load (see dkebpf bench --help)
+       dkebpf netlog-filter RULES [--match field=value ...]
+                               check a netlog_blacklist rule, try it on a connection
        dkebpf linker [flags]   link spans of many collectors into traces (see --help)
        dkebpf version"""
 
@@ -46,6 +49,9 @@ def main(argv=None):
         if cmd == "bench":
             from .bench import main as bench_main
             return bench_main(rest)
+        if cmd == "netlog-filter":
+            from .netlog.filter_cli import main as netlog_filter
+            return netlog_filter(rest)
         if cmd == "run":
             from .config import load_config
             if "-h" in rest or "--help" in rest:

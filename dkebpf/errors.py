@@ -61,3 +61,13 @@ def kernel_error(what, err, detail=""):
     if detail:
         msg += "\n" + detail
     return KernelError(msg, err)
+
+
+class FilterError(ConfigError):
+    """A netlog_blacklist rule that does not lex, parse or type-check. The
+    message has the position, the rule line and a caret under the problem;
+    ``line``/``col`` (1-based) and ``reason`` are kept for callers."""
+
+    def __init__(self, message, line, col, reason):
+        super().__init__(message)
+        self.line, self.col, self.reason = line, col, reason

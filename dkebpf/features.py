@@ -105,6 +105,22 @@ def _packet_socket():
     return None
 
 
+def _vxlan():
+    """The vxlan driver loaded, built in, or there to be loaded (creating a
+    device loads it): bpf-netlog's VXLAN tests need VXLAN devices."""
+    if os.path.isdir("/sys/module/vxlan"):
+        return None
+    base = f"/lib/modules/{os.uname().release}"
+    for index in ("modules.builtin", "modules.dep"):
+        try:
+            with open(os.path.join(base, index)) as f:
+                if any("/vxlan.ko" in line for line in f):
+                    return None
+        except OSError:
+            continue
+    return f"no vxlan driver (not in /sys/module, {base}/modules.builtin or modules.dep)"
+
+
 def _ctnetlink_events():
     from .plugins.conntrack import conntrack_status
     present, events = conntrack_status()
@@ -149,6 +165,7 @@ FEATURES = {f.name: f for f in (
             _btf_has("BPF_MAP_TYPE_TASK_STORAGE", "map type added in 5.11")),
     Feature("packet_socket", "AF_PACKET sockets with TPACKET_V3 rings (root or CAP_NET_RAW)",
             (3, 2), _packet_socket),
+    Feature("vxlan", "VXLAN network devices (the vxlan driver)", (3, 7), _vxlan),
     Feature("ctnetlink_events", "conntrack netlink events (nf_conntrack loaded, events on)",
             (2, 6), _ctnetlink_events),
     Feature("proc_events", "process events from the netlink connector (CONFIG_PROC_EVENTS, CAP_NET_ADMIN), "

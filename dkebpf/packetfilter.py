@@ -4,38 +4,82 @@ Loads use the kernel's ancillary offsets (Documentation/networking/filter.rst,
 include/uapi/linux/filter.h): SKF_AD_PROTOCOL gives skb->protocol and
 SKF_NET_OFF-relative loads read from the network header, so one program
 serves every link type (ethernet, loopback, tun, no link header at all)."""
+import itertools
 import struct
 
 # opcodes (include/uapi/linux/bpf_common.h)
-LD, LDX, JMP, RET, MISC = 0x00, 0x01, 0x05, 0x06, 0x07
+LD, LDX, ST, ALU, JMP, RET, MISC = 0x00, 0x01, 0x02, 0x04, 0x05, 0x06, 0x07
 W, H, B = 0x00, 0x08, 0x10
-ABS, IND, MSH, K = 0x20, 0x40, 0xA0, 0x00
-JEQ, JSET = 0x10, 0x40
+IMM, ABS, IND, MEM, MSH = 0x00, 0x20, 0x40, 0x60, 0xA0
+K, X = 0x00, 0x08                     # jump / ALU operand: the constant k or register X
+JEQ, JGT, JGE, JSET = 0x10, 0x20, 0x30, 0x40
+ADD, AND, LSH, RSH = 0x00, 0x50, 0x60, 0x70
+TAX, TXA = 0x00, 0x80                 # with MISC
 
 SKF_AD_OFF = -0x1000
 SKF_AD_PROTOCOL, SKF_AD_PKTTYPE, SKF_AD_HATYPE = 0, 4, 28
 SKF_NET_OFF = -0x100000
 PACKET_OUTGOING = 4
 ARPHRD_LOOPBACK = 772
-ETH_P_IP, ETH_P_IPV6 = 0x0800, 0x86DD
+ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q, ETH_P_8021AD = 0x0800, 0x86DD, 0x8100, 0x88A8
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 SNAPLEN = 0x40000  # whole packets: TCP DNS answers on loopback come as one 64 KiB segment
 
 
+BPF_MAXINSNS = 4096   # include/uapi/linux/bpf_common.h
+BPF_MEMWORDS = 16     # scratch memory M[0..15]
+JA = 0x00
+
+
+def _labels(lab):
+    return () if lab is None else (lab,) if isinstance(lab, str) else tuple(lab)
+
+
+def _relax(program):
+    """Conditional jumps reach at most 255 instructions ahead; a farther
+    target is reached through an unconditional jump (32-bit offset) put
+    right behind the conditional one. Each pass relays every jump that is
+    too far; passes repeat until all fit (a relay pushes others apart)."""
+    rows = [(_labels(lab), code, k, jt, jf) for lab, code, k, jt, jf in program]
+    fresh = itertools.count()
+    while True:
+        where = {lab: i for i, row in enumerate(rows) for lab in row[0]}
+        far_at = [i for i, (_l, code, _k, jt, jf) in enumerate(rows)
+                  if code & 0x07 == JMP and code & 0xF0 != JA
+                  and any(t is not None and where[t] - i - 1 > 255 for t in (jt, jf))]
+        if not far_at:
+            return rows
+        for i in reversed(far_at):   # from the end: earlier indices stay valid
+            labs, code, k, jt, jf = rows[i]
+            far = next(t for t in (jt, jf) if t is not None and where[t] - i - 1 > 255)
+            n = next(fresh)
+            hop, after = f".hop{n}", f".after{n}"
+            if jt is None or jf is None:   # the fall-through now has to skip the hop
+                nxt = rows[i + 1]
+                rows[i + 1] = (nxt[0] + (after,), *nxt[1:])
+            jt, jf = [hop if t == far else (after if t is None else t) for t in (jt, jf)]
+            rows[i] = (labs, code, k, jt, jf)
+            rows.insert(i + 1, ((hop,), JMP | JA, far, None, None))
+
+
 def assemble(program):
-    """program: list of (label or None, code, k, jt label, jf label); jumps
-    are forward only, as classic BPF requires. Returns the packed
-    struct sock_filter array."""
-    where = {lab: i for i, (lab, *_rest) in enumerate(program) if lab}
+    """program: list of (label(s) or None, code, k, jt label, jf label);
+    an unconditional jump (JMP|JA) takes its target label as k. Jumps are
+    forward only, as classic BPF requires; far conditional jumps are
+    relayed (see _relax). Returns the packed struct sock_filter array."""
+    rows = _relax(program)
+    where = {lab: i for i, row in enumerate(rows) for lab in row[0]}
     out = []
-    for i, (_lab, code, k, jt, jf) in enumerate(program):
+    for i, (_labs, code, k, jt, jf) in enumerate(rows):
         def rel(target):
             if target is None:
                 return 0
             off = where[target] - i - 1
-            if not 0 <= off <= 255:
-                raise ValueError(f"jump to {target} out of range")
+            if off < 0:
+                raise ValueError(f"jump to {target} goes backwards")
             return off
+        if code & 0x07 == JMP and code & 0xF0 == JA and isinstance(k, str):
+            k = rel(k)
         out.append(struct.pack("=HBBI", code, rel(jt), rel(jf), k & 0xFFFFFFFF))
     return b"".join(out)
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 cimport numpy as cnp
 
 from dk_packet cimport *
-from dk_common cimport offset_of, be16
+from dk_common cimport offset_of, be16, be32
 from dkebpf._records import _dtype
 from dkebpf._packets import PKT_DTYPE
 
@@ -83,10 +83,6 @@ cdef enum:
     IPPROTO_TCP_T = 6
 DNS_PORT = 53
 TIMEOUT_RCODE = RCODE_TIMEOUT
-
-
-cdef inline uint32_t _be32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
 
 
 cdef int read_name(const uint8_t *m, uint32_t n, uint32_t pos, uint8_t *out, uint16_t *out_len,
@@ -184,7 +180,7 @@ cdef int parse_message(const uint8_t *m, uint32_t n, dk_dns_msg *msg, dk_dns_add
             return -1
         typ = be16(m + pos)
         cls = be16(m + pos + 2)
-        ttl = _be32(m + pos + 4)
+        ttl = be32(m + pos + 4)
         rdlen = be16(m + pos + 8)
         pos += 10
         if pos + rdlen > n:

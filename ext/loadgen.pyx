@@ -20,11 +20,11 @@ Kinds of load (``KIND_*``):
 HTTP responses must carry a Content-Length (ours and nginx's do; no
 chunked bodies). The client is open loop at a target rate (0 = as fast as the connections
 go): an operation starts when the schedule says so and a slot is free; a
-backlog larger than one round of slots is forgotten, so a stalled server
-shows as a lower achieved rate, not as a burst afterwards. Latency is from
-the start of an operation (connect included for conn/udp) to its complete
-answer, kept as a sum (exact mean) and a log histogram (percentiles, ~6 %
-wide buckets).
+backlog larger than one round of slots is forgotten (counted as skipped,
+not started), so a stalled server shows as a lower achieved rate, not as a
+burst afterwards. Latency is from the start of an operation (connect
+included for conn/udp) to its complete answer, kept as a sum (exact mean)
+and a log histogram (percentiles, ~6 % wide buckets).
 """
 from libc.errno cimport errno, EAGAIN, ECONNRESET, EINPROGRESS, EMSGSIZE, ENOMEM, EPROTO
 from libc.math cimport log, exp, ceil
@@ -126,7 +126,8 @@ cdef struct client_t:
     slot_t *slots
     int *free_stack
     int nfree
-    uint64_t started
+    uint64_t started    # operations begun: each is then done, an error, a timeout or in flight
+    uint64_t skipped    # operations of the schedule forgotten, never begun (the client was behind)
     uint64_t done
     uint64_t errors
     uint64_t timeouts
@@ -449,11 +450,12 @@ cdef void client_loop(client_t *c) noexcept nogil:
             break
         if c.rate > 0:
             # behind by more than a round of slots or 10 ms of the schedule,
-            # whichever is more: forget the backlog
+            # whichever is more: forget the backlog (skipped, not started:
+            # no socket ever carried those operations)
             backlog = max(c.nslots, <int64_t>(c.rate / 100))
-            allowed = <int64_t>(c.rate * (t - start) / 1e9) - <int64_t>c.started
+            allowed = <int64_t>(c.rate * (t - start) / 1e9) - <int64_t>(c.started + c.skipped)
             if allowed > backlog:
-                c.started += allowed - backlog
+                c.skipped += allowed - backlog
                 allowed = backlog
         else:
             allowed = MAX_EVENTS  # then a look at the events, as when paced
@@ -462,7 +464,7 @@ cdef void client_loop(client_t *c) noexcept nogil:
             allowed -= 1
         wait_ms = 0 if c.rate == 0 and c.nfree > 0 else 10
         if c.rate > 0 and c.nfree > 0:
-            due = (c.started + 1) / c.rate * 1e9 - (t - start)
+            due = (c.started + c.skipped + 1) / c.rate * 1e9 - (t - start)
             wait_ms = <int>ceil(due / 1e6)
             if wait_ms < 0:
                 wait_ms = 0
@@ -492,7 +494,12 @@ cdef int parse_addr(str host, int port, sockaddr_in *out) except -1:
 def run_client(kind, str host, int port, int conns, double rate, double seconds):
     """Drive one kind of load at ``rate`` operations/s (0: unpaced) with
     ``conns`` slots for ``seconds``; returns a dict of counts, the latency
-    sum and histogram. Blocks (GIL released) for ``seconds``."""
+    sum and histogram. Blocks (GIL released) for ``seconds``.
+
+    Counts: ``started`` = ``done`` + ``errors`` + ``timeouts`` +
+    ``in_flight`` (unanswered when the time was up, at most one per slot);
+    ``skipped`` operations of the schedule were never started because the
+    client was behind it by more than the backlog it keeps."""
     cdef int k = KINDS[kind] if isinstance(kind, str) else int(kind)
     if conns < 1 or conns > 60000:
         raise ValueError(f"conns must be 1..60000, got {conns}")
@@ -530,7 +537,8 @@ def run_client(kind, str host, int port, int conns, double rate, double seconds)
         hist = np.empty(NBUCKETS, dtype=np.uint64)
         for i in range(NBUCKETS):
             hist[i] = c.hist[i]
-        return {"started": c.started, "done": c.done, "errors": c.errors, "timeouts": c.timeouts,
+        return {"started": c.started, "skipped": c.skipped, "in_flight": c.nslots - c.nfree, "done": c.done,
+                "errors": c.errors, "timeouts": c.timeouts,
                 "elapsed_s": c.elapsed_ns / 1e9, "latency_sum_s": c.lat_sum_ns / 1e9, "hist": hist,
                 "first_error": strerror(c.first_errno).decode() if c.first_errno else ""}
     finally:

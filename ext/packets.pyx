@@ -18,7 +18,7 @@ cimport numpy as cnp
 from packet cimport *
 from sysio cimport *
 from dk_packet cimport *
-from dk_common cimport offset_of, be16
+from dk_common cimport offset_of, be16, be32
 from dkebpf._records import _dtype
 from dkebpf.errors import kernel_error
 
@@ -40,6 +40,12 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("proto", "u1", offset_of(&_p, &_p.proto)),
     ("pkttype", "u1", offset_of(&_p, &_p.pkttype)),
     ("tcp_flags", "u1", offset_of(&_p, &_p.tcp_flags)),
+    ("seq", "<u4", offset_of(&_p, &_p.seq)),
+    ("ack", "<u4", offset_of(&_p, &_p.ack)),
+    ("vni", "<u4", offset_of(&_p, &_p.vni)),
+    ("window", "<u2", offset_of(&_p, &_p.window)),
+    ("vlan", "<u2", offset_of(&_p, &_p.vlan)),
+    ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
@@ -51,6 +57,42 @@ DECODE_STATUS = {DECODED: "decoded", NOT_IP: "not_ip", NOT_TCP_UDP: "not_tcp_udp
                  FRAGMENT: "fragment", TRUNCATED: "truncated"}
 
 
+cdef enum:
+    IPV6_EXTENSIONS_MAX = 8   # more is an attack or a bug, not traffic
+
+
+cdef int skip_ipv6_extensions(const uint8_t *p, uint32_t n, uint8_t *proto, uint32_t *off,
+                              uint32_t *plen) noexcept nogil:
+    """Walk the IPv6 extension headers after the fixed header (RFC 8200
+    4.1-4.6; AH's length is in 4-byte units, RFC 4302): *proto becomes the
+    transport's, *off where its header starts, *plen what is left of the
+    payload. A fragment header with a non-zero offset means no transport
+    header follows."""
+    cdef uint32_t hlen
+    cdef int i
+    for i in range(IPV6_EXTENSIONS_MAX + 1):
+        if proto[0] not in (0, 43, 44, 51, 60, 135, 139, 140):
+            return DECODED
+        if i == IPV6_EXTENSIONS_MAX or n < off[0] + 2:
+            return NOT_TCP_UDP if i == IPV6_EXTENSIONS_MAX else TRUNCATED
+        if proto[0] == 44:                            # fragment
+            if n < off[0] + 8:
+                return TRUNCATED
+            if be16(p + off[0] + 2) & 0xFFF8:
+                return FRAGMENT
+            hlen = 8
+        elif proto[0] == 51:                          # authentication header
+            hlen = (<uint32_t>p[off[0] + 1] + 2) * 4
+        else:   # hop-by-hop, routing, destination options, mobility, HIP, shim6
+            hlen = (<uint32_t>p[off[0] + 1] + 1) * 8
+        if n < off[0] + hlen or plen[0] < hlen:
+            return TRUNCATED
+        proto[0] = p[off[0]]
+        off[0] += hlen
+        plen[0] -= hlen
+    return NOT_TCP_UDP
+
+
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
                         uint32_t *l4_off) noexcept nogil:
     """IPv4/IPv6 then UDP/TCP headers at p (n captured bytes). Fills the
@@ -58,6 +100,7 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     the transport payload starts. Never reads past p + n."""
     cdef uint32_t ihl, tot, off, plen, doff, ulen
     cdef uint8_t proto
+    cdef int rc
     memset(out.saddr, 0, 16)
     memset(out.daddr, 0, 16)
     if ethertype == ETH_P_IP:
@@ -84,15 +127,20 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         if n < 40 or (p[0] >> 4) != 6:
             return NOT_IP
         plen = be16(p + 4)
-        proto = p[6]   # extension headers are not followed (see the filter)
+        proto = p[6]
         memcpy(out.saddr, p + 8, 16)
         memcpy(out.daddr, p + 24, 16)
         out.family = 6
         off = 40
+        rc = skip_ipv6_extensions(p, n, &proto, &off, &plen)
+        if rc != DECODED:
+            return rc
     else:
         return NOT_IP
     out.proto = proto
     out.tcp_flags = 0
+    out.seq = out.ack = out.vni = 0
+    out.window = out.vlan = out.vxlan = 0
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
@@ -112,6 +160,9 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         out.dport = be16(p + off + 2)
         doff = (p[off + 12] >> 4) * 4
         out.tcp_flags = p[off + 13]
+        out.seq = be32(p + off + 4)
+        out.ack = be32(p + off + 8)
+        out.window = be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
         out.payload_wire = plen - doff
@@ -123,14 +174,106 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     return DECODED
 
 
+cdef enum:
+    VLAN_TAGS_MAX = 2   # 802.1ad + 802.1Q (QinQ)
+    VXLAN_PORT = 4789   # IANA (RFC 7348)
+    VXLAN_PORT_LINUX = 8472   # Linux's historical default, flannel's
+VXLAN_PORTS = (VXLAN_PORT, VXLAN_PORT_LINUX)   # also the socket program's (netlog.filter_cbpf)
+
+
+cdef int _ethernet(const uint8_t *p, uint32_t n, uint32_t *off, uint16_t *ethertype,
+                   uint16_t *vlan) noexcept nogil:
+    """The Ethernet header and up to two VLAN tags: where the network
+    header starts, its type, and the outermost VLAN id (0: none)."""
+    cdef int i
+    if n < 14:
+        return TRUNCATED
+    ethertype[0] = be16(p + 12)
+    off[0] = 14
+    vlan[0] = 0
+    for i in range(VLAN_TAGS_MAX):
+        if ethertype[0] != ETH_P_8021Q and ethertype[0] != ETH_P_8021AD:
+            break   # 0x9100 (pre-802.1ad QinQ) is not a tag to the kernel either
+        if n < off[0] + 4:
+            return TRUNCATED
+        if i == 0:
+            vlan[0] = be16(p + off[0]) & 0x0FFF
+        ethertype[0] = be16(p + off[0] + 2)
+        off[0] += 4
+    return DECODED
+
+
+cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t net_off,
+                      uint16_t link_proto, dk_pkt *out, uint32_t *l4_off) noexcept nogil:
+    """A captured frame of n bytes at p: Ethernet with its VLAN tags when
+    the device's hatype is ARPHRD_ETHER, else the network header at net_off
+    with link_proto as its type (tun, cooked, ...). A UDP datagram from or
+    to the VXLAN ports with the I flag (RFC 7348 5) is opened and the inner
+    Ethernet frame decoded in its place: out then holds the inner packet,
+    vxlan = 1 and vni. *l4_off is relative to p."""
+    cdef uint32_t off, inner, inner_off, end
+    cdef uint16_t ethertype, vlan, inner_vlan
+    cdef uint32_t vni
+    cdef int rc
+    if hatype == ARPHRD_ETHER:
+        rc = _ethernet(p, n, &off, &ethertype, &vlan)
+        if rc != DECODED:
+            return rc
+    else:
+        if net_off > n:
+            return TRUNCATED
+        off, ethertype, vlan = net_off, link_proto, 0
+    rc = decode_network(p + off, n - off, ethertype, out, l4_off)
+    if rc != DECODED:
+        return rc
+    l4_off[0] += off
+    out.vlan = vlan
+    if out.proto != 17 or out.payload_len < 8 or not (p[l4_off[0]] & 0x08) or not (
+            out.sport == VXLAN_PORT or out.dport == VXLAN_PORT or
+            out.sport == VXLAN_PORT_LINUX or out.dport == VXLAN_PORT_LINUX):
+        return DECODED
+    vni = be32(p + l4_off[0] + 4) >> 8
+    end = l4_off[0] + out.payload_len   # the inner frame ends with the datagram
+    inner = l4_off[0] + 8
+    rc = _ethernet(p + inner, end - inner, &inner_off, &ethertype, &inner_vlan)
+    if rc != DECODED:
+        return rc
+    inner += inner_off
+    rc = decode_network(p + inner, end - inner, ethertype, out, l4_off)
+    if rc != DECODED:
+        return rc
+    l4_off[0] += inner
+    out.vlan = vlan
+    out.vni = vni
+    out.vxlan = 1
+    return DECODED
+
+
 def decode_packets(bytes data, offsets, lengths, ethertypes):
     """Decode network-layer packets laid end to end in data (for tests and
     benchmarks; the ring does the same per frame). Returns (pkts, payload,
     status) where status[i] is DECODED or the reason packet i was not."""
+    n = len(offsets)
+    return _decode_batch(data, offsets, lengths, np.zeros(n), np.zeros(n), ethertypes, False)
+
+
+def decode_frames(bytes data, offsets, lengths, hatypes, net_offsets=None, link_protos=None):
+    """decode_frame over frames laid end to end in data (tests, benchmarks);
+    net_offsets and link_protos matter for devices that are not Ethernet.
+    Returns (pkts, payload, status) as decode_packets does."""
+    n = len(offsets)
+    return _decode_batch(data, offsets, lengths, hatypes,
+                         np.zeros(n) if net_offsets is None else net_offsets,
+                         np.zeros(n) if link_protos is None else link_protos, True)
+
+
+def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_protos, bint frames):
     cdef Py_ssize_t n = len(offsets), i, got = 0
     cdef cnp.int64_t[:] offs = np.ascontiguousarray(offsets, dtype=np.int64)
     cdef cnp.int64_t[:] lens = np.ascontiguousarray(lengths, dtype=np.int64)
-    cdef cnp.int64_t[:] eths = np.ascontiguousarray(ethertypes, dtype=np.int64)
+    cdef cnp.int64_t[:] hats = np.ascontiguousarray(hatypes, dtype=np.int64)
+    cdef cnp.int64_t[:] nets = np.ascontiguousarray(net_offsets, dtype=np.int64)
+    cdef cnp.int64_t[:] links = np.ascontiguousarray(link_protos, dtype=np.int64)
     pkts = np.zeros(n, PKT_DTYPE)
     payload = np.empty(len(data), np.uint8)
     status = np.empty(n, np.int8)
@@ -142,11 +285,15 @@ def decode_packets(bytes data, offsets, lengths, ethertypes):
     cdef uint32_t l4, used = 0
     cdef int rc
     for i in range(n):
-        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total:
+        if offs[i] < 0 or lens[i] < 0 or offs[i] + lens[i] > total or nets[i] < 0:
             raise ValueError(f"packet {i} lies outside data")
     with nogil:
         for i in range(n):
-            rc = decode_network(base + offs[i], <uint32_t>lens[i], <uint16_t>eths[i], &out[got], &l4)
+            if frames:
+                rc = decode_frame(base + offs[i], <uint32_t>lens[i], <uint16_t>hats[i],
+                                  <uint32_t>nets[i], <uint16_t>links[i], &out[got], &l4)
+            else:
+                rc = decode_network(base + offs[i], <uint32_t>lens[i], <uint16_t>links[i], &out[got], &l4)
             st[i] = rc
             if rc == DECODED:
                 memcpy(pay + used, base + offs[i] + l4, out[got].payload_len)
@@ -158,11 +305,11 @@ def decode_packets(bytes data, offsets, lengths, ethertypes):
 
 cdef class PacketRing:
     """An AF_PACKET socket receiving what ``filter_code`` (classic BPF,
-    packed ``struct sock_filter`` array) accepts, on every interface of the
-    caller's network namespace, through a TPACKET_V3 ring of block_nr
-    blocks of block_size bytes. fileno() is readable when a block is
-    ready; read() copies ready blocks into numpy and hands them back to
-    the kernel at once."""
+    packed ``struct sock_filter`` array) accepts, on interface ``ifindex``
+    (0: every interface) of the caller's network namespace, through a
+    TPACKET_V3 ring of block_nr blocks of block_size bytes. fileno() is
+    readable when a block is ready; read() decodes ready blocks
+    (decode_frame) into numpy and hands them back to the kernel at once."""
     cdef int fd
     cdef uint8_t *ring
     cdef size_t ring_len
@@ -171,7 +318,7 @@ cdef class PacketRing:
     cdef readonly uint64_t kernel_packets, kernel_drops, kernel_freezes
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
-                  uint32_t retire_ms=100):
+                  uint32_t retire_ms=100, int ifindex=0):
         self.fd = -1
         self.ring = NULL
         self.cur = 0
@@ -210,7 +357,7 @@ cdef class PacketRing:
         memset(&sll, 0, sizeof(sll))
         sll.sll_family = AF_PACKET
         sll.sll_protocol = htons(ETH_P_ALL)
-        sll.sll_ifindex = 0   # every interface
+        sll.sll_ifindex = ifindex
         if bind(self.fd, <sockaddr *>&sll, sizeof(sll)) < 0:
             self._fail("bind(AF_PACKET, ETH_P_ALL)")
 
@@ -278,8 +425,11 @@ cdef class PacketRing:
                         self.truncated += 1
                     if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
                             hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
-                        rc = decode_network(frame + h.tp_net, h.tp_snaplen - <uint32_t>(h.tp_net - h.tp_mac),
-                                            ntohs(sll.sll_protocol), &out[got], &l4)
+                        rc = decode_frame(frame + h.tp_mac, h.tp_snaplen, sll.sll_hatype,
+                                          h.tp_net - h.tp_mac, ntohs(sll.sll_protocol), &out[got], &l4)
+                        l4 += h.tp_mac
+                        if rc == DECODED and out[got].vlan == 0 and h.tp_status & TP_STATUS_VLAN_VALID:
+                            out[got].vlan = h.hv1.tp_vlan_tci & 0x0FFF   # the tag the device took off
                     else:
                         rc = NOT_IP
                     if rc == DECODED:
@@ -288,7 +438,7 @@ cdef class PacketRing:
                         out[got].hatype = sll.sll_hatype
                         out[got].pkttype = sll.sll_pkttype
                         out[got].payload_off = used
-                        memcpy(pay + used, frame + h.tp_net + l4, out[got].payload_len)
+                        memcpy(pay + used, frame + l4, out[got].payload_len)
                         used += out[got].payload_len
                         self.bytes_copied += out[got].payload_len
                         got += 1

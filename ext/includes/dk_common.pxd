@@ -1,6 +1,6 @@
 # Small inline helpers shared by the extensions (compiled into each module
 # that cimports them; no runtime module).
-from libc.stdint cimport uint8_t, uint16_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
 
 cdef inline Py_ssize_t offset_of(const void *base, const void *member) noexcept nogil:
@@ -12,3 +12,8 @@ cdef inline Py_ssize_t offset_of(const void *base, const void *member) noexcept 
 cdef inline uint16_t be16(const uint8_t *p) noexcept nogil:
     """A big-endian (network order) 16-bit field at any alignment."""
     return (p[0] << 8) | p[1]
+
+
+cdef inline uint32_t be32(const uint8_t *p) noexcept nogil:
+    """A big-endian (network order) 32-bit field at any alignment."""
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]

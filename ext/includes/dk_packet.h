@@ -24,6 +24,12 @@ struct dk_pkt {
 	uint8_t proto;         /* IPPROTO_TCP / IPPROTO_UDP */
 	uint8_t pkttype;       /* PACKET_HOST, PACKET_OUTGOING, ... */
 	uint8_t tcp_flags;
+	uint32_t seq;          /* TCP: raw sequence and acknowledgment numbers */
+	uint32_t ack;
+	uint32_t vni;          /* VXLAN network identifier when vxlan is 1 */
+	uint16_t window;       /* TCP: the window field, not scaled */
+	uint16_t vlan;         /* outermost 802.1Q/802.1ad VLAN id in the frame, 0 for none */
+	uint8_t vxlan;         /* 1: addresses, ports and payload are the VXLAN-inner packet's */
 };
 
 /* One DNS message: header, first question; its A/AAAA answers (those on

@@ -20,6 +20,12 @@ cdef extern from "dk_packet.h" nogil:
         uint8_t proto
         uint8_t pkttype
         uint8_t tcp_flags
+        uint32_t seq
+        uint32_t ack
+        uint32_t vni
+        uint16_t window
+        uint16_t vlan
+        uint8_t vxlan
 
     struct dk_dns_msg:
         uint64_t ts_ns

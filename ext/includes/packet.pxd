@@ -11,9 +11,12 @@ cdef extern from "<linux/if_ether.h>" nogil:
         ETH_P_ALL
         ETH_P_IP
         ETH_P_IPV6
+        ETH_P_8021Q
+        ETH_P_8021AD
 
 cdef extern from "<linux/if_arp.h>" nogil:
     enum:
+        ARPHRD_ETHER
         ARPHRD_LOOPBACK
 
 cdef extern from "<linux/filter.h>" nogil:
@@ -42,6 +45,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         TPACKET_V3
         TP_STATUS_KERNEL
         TP_STATUS_USER
+        TP_STATUS_VLAN_VALID
         PACKET_HOST
         PACKET_OUTGOING
     struct tpacket_req3:
@@ -67,6 +71,10 @@ cdef extern from "<linux/if_packet.h>" nogil:
         uint32_t version
         uint32_t offset_to_priv
         tpacket_bd_header_u hdr
+    struct tpacket_hdr_variant1:
+        uint32_t tp_rxhash
+        uint32_t tp_vlan_tci
+        uint16_t tp_vlan_tpid
     struct tpacket3_hdr:
         uint32_t tp_next_offset
         uint32_t tp_sec
@@ -76,6 +84,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         uint32_t tp_status
         uint16_t tp_mac
         uint16_t tp_net
+        tpacket_hdr_variant1 hv1   # in an anonymous union in the header
     size_t TPACKET_ALIGN(size_t x)
 
 cdef extern from "<sys/mman.h>" nogil:

@@ -1,7 +1,7 @@
 # The one declaration of each system header the extensions share beyond
 # Cython's own libc/posix .pxd files: sockets (AF_PACKET capture in
-# packets.pyx, netlink in nfct.pyx, TCP/UDP in loadgen.pyx), byte order,
-# poll (rings and capture), epoll and eventfd (loadgen.pyx).
+# packets.pyx, netlink in nfct.pyx, TCP/UDP in loadgen.pyx), byte order
+# and address text, poll (rings and capture), epoll and eventfd (loadgen.pyx).
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
 cdef extern from "<sys/socket.h>" nogil:
@@ -54,10 +54,13 @@ cdef extern from "<netinet/tcp.h>" nogil:
         TCP_NODELAY
 
 cdef extern from "<arpa/inet.h>" nogil:
+    enum:
+        INET6_ADDRSTRLEN
     uint16_t htons(uint16_t)
     uint16_t ntohs(uint16_t)
     uint32_t ntohl(uint32_t)
     int inet_pton(int af, const char *src, void *dst)
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
 
 cdef extern from "<poll.h>" nogil:
     struct pollfd:

@@ -152,6 +152,25 @@ def decode_network(p, ethertype):
         plen, proto, fam = struct.unpack_from("!H", p, 4)[0], p[6], 6
         saddr, daddr = p[8:24], p[24:40]
         off = 40
+        for _ in range(8):   # extension headers, RFC 8200 4.1-4.6 and AH (RFC 4302)
+            if proto not in (0, 43, 60, 135, 139, 140, 44, 51):
+                break
+            if len(p) < off + (8 if proto == 44 else 2):
+                return "truncated"
+            if proto == 44:
+                if struct.unpack_from("!H", p, off + 2)[0] >> 3:
+                    return "fragment"
+                hlen = 8
+            elif proto == 51:
+                hlen = (p[off + 1] + 2) * 4
+            else:
+                hlen = (p[off + 1] + 1) * 8
+            if len(p) < off + hlen or plen < hlen:
+                return "truncated"
+            proto, off, plen = p[off], off + hlen, plen - hlen
+        else:
+            if proto in (0, 43, 60, 135, 139, 140, 44, 51):
+                return "not_tcp_udp"
     else:
         return "not_ip"
     if proto == 17:
@@ -160,12 +179,14 @@ def decode_network(p, ethertype):
         sport, dport, ulen = struct.unpack_from("!HHH", p, off)
         if ulen < 8:
             return "truncated"
+        seq = ack = window = 0
         wire = min(ulen - 8, max(plen - 8, 0))
         off += 8
     elif proto == 6:
         if len(p) < off + 20:
             return "truncated"
-        sport, dport = struct.unpack_from("!HH", p, off)
+        sport, dport, seq, ack = struct.unpack_from("!HHII", p, off)
+        window = struct.unpack_from("!H", p, off + 14)[0]
         doff = (p[off + 12] >> 4) * 4
         if doff < 20 or len(p) < off + doff or plen < doff:
             return "truncated"
@@ -175,7 +196,8 @@ def decode_network(p, ethertype):
         return "not_tcp_udp"
     payload = p[off:off + wire]
     return {"family": fam, "proto": proto, "saddr": saddr, "daddr": daddr, "sport": sport,
-            "dport": dport, "payload_wire": wire}, payload
+            "dport": dport, "payload_wire": wire, "seq": seq, "ack": ack, "window": window,
+            "vni": 0, "vlan": 0, "vxlan": 0}, payload
 
 
 class PairRef:

@@ -59,3 +59,29 @@ class NetNS:
     def __exit__(self, *exc):
         sh("ip", "link", "del", self.veth_host, check=False)
         sh("ip", "netns", "del", self.name, check=False)
+
+
+def call_in_netns(name, fn, *args):
+    """fn(*args) on a thread that joined network namespace `name` (setns(2)
+    moves only the calling thread): sockets it opens live in that namespace
+    and keep working from any thread afterwards."""
+    import ctypes
+    import threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    result = {}
+
+    def body():
+        try:
+            with open(f"/var/run/netns/{name}") as ns:
+                if libc.setns(ns.fileno(), 0x40000000) != 0:   # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), f"setns to {name}")
+            result["value"] = fn(*args)
+        except BaseException as exc:  # handed to the caller's thread
+            result["error"] = exc
+
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]

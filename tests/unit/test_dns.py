@@ -218,8 +218,18 @@ def ip4(proto, l4, src=b"\x0a\x00\x00\x01", dst=b"\x0a\x00\x00\x02", frag=0, pad
     return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag, 64, proto, 0, src, dst) + l4 + pad
 
 
-def ip6(proto, l4, src=b"\xfd" + bytes(14) + b"\x01", dst=b"\xfd" + bytes(14) + b"\x02"):
-    return struct.pack("!IHBB16s16s", 0x60000000, len(l4), proto, 64, src, dst) + l4
+def ip6(proto, l4, src=b"\xfd" + bytes(14) + b"\x01", dst=b"\xfd" + bytes(14) + b"\x02", ext=()):
+    """ext: extension headers as (type, length field, fragment offset)."""
+    body = l4
+    for kind, n, frag in reversed(ext):
+        if kind == 44:
+            hdr = struct.pack("!BBHI", proto, 0, frag << 3, 7)
+        elif kind == 51:
+            hdr = struct.pack("!BB", proto, n) + bytes((n + 2) * 4 - 2)
+        else:
+            hdr = struct.pack("!BB", proto, n) + bytes((n + 1) * 8 - 2)
+        body, proto = hdr + body, kind
+    return struct.pack("!IHBB16s16s", 0x60000000, len(body), proto, 64, src, dst) + body
 
 
 def udp(sport, dport, data):
@@ -242,7 +252,9 @@ def packet(draw):
     l4 = draw(st.sampled_from([udp, tcp]))(draw(st.integers(0, 65535)), draw(st.integers(0, 65535)), data)
     proto = draw(st.sampled_from([6, 17, 1]))
     if draw(st.booleans()):
-        p, eth = ip6(proto, l4), 0x86DD
+        ext = draw(st.lists(st.tuples(st.sampled_from([0, 43, 60, 44, 51, 135]), st.integers(0, 3),
+                                      st.sampled_from([0, 0, 1, 185])), max_size=9))
+        p, eth = ip6(proto, l4, ext=ext), 0x86DD
     else:
         p, eth = ip4(proto, l4, frag=draw(st.sampled_from([0, 0, 0x2000, 5])),
                      pad=draw(st.binary(max_size=6))), 0x0800
@@ -255,6 +267,15 @@ def packet(draw):
             else:
                 p[i] = draw(st.integers(0, 255))
     return bytes(p), draw(st.sampled_from([eth, eth, 0x0806]))
+
+
+@pytest.mark.parametrize("count, want", [(8, "decoded"), (9, "not_tcp_udp")])
+def test_ipv6_extension_headers_are_followed_up_to_eight(count, want):
+    p = ip6(17, udp(5353, 53, b"q"), ext=[(60, 0, 0)] * count)
+    _pkts, _payload, status = decode([(p, 0x86DD)])
+    assert _packets.DECODE_STATUS[status[0]] == want
+    got = ref.decode_network(p, 0x86DD)
+    assert (got if isinstance(got, str) else "decoded") == want
 
 
 @SETTINGS
