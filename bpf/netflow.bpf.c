@@ -8,8 +8,8 @@
  *   tp_btf/inet_sock_set_state   TCP handshake and listen
  *   tp_btf/tcp_destroy_sock      the end of a TCP socket
  *   tp_btf/tcp_retransmit_skb    retransmitted segments
- *   syscalls sendto/sendmsg/recvfrom/recvmsg/bind   the peer of unconnected
- *       UDP sockets, which the sock does not hold, and explicitly bound ports
+ *   syscalls sendto/sendmsg/recvfrom/recvmsg   the peer of unconnected UDP
+ *       sockets, which the sock does not hold
  *
  * Cumulative stats live in the `conns` hash map, read by user space each
  * interval; a closed TCP connection is removed from the map and its final
@@ -22,6 +22,7 @@
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
+#include "include/ring_wake.bpf.h"
 
 
 /* TCP states, include/net/tcp_states.h */
@@ -49,10 +50,25 @@ struct {
 	__type(value, struct nf_conn_stats);
 } conns SEC(".maps");
 
+#define CLOSED_RING_BYTES (1 << 22)
+/* Wake the reader once this much waits, not per closed connection: it
+ * merges closed records in steps of thousands (plugins/netflow.py), and a
+ * wakeup per record would cost a loop pass per connection (20k/s and more
+ * on a busy proxy). A sixteenth of the ring is ~2000 records. */
+#define CLOSED_WAKE_BYTES (CLOSED_RING_BYTES / 16)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 22);
+	__uint(max_entries, CLOSED_RING_BYTES);
 } closed SEC(".maps");
+
+/* per-CPU bytes written since the ring was last asked (include/ring_wake.bpf.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} closed_unqueried SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -61,17 +77,27 @@ struct {
 	__type(value, __u8);
 } bound_ports SEC(".maps");
 
+/* Sockets of the collector itself (its posts to DataKit, its debug server):
+ * marked in process context when it connects or listens. Their handshake
+ * and close run in softirq, where the current task tells nothing, so the
+ * mark travels with the socket; BPF_F_CLONE copies a listener's mark to
+ * the sockets it accepts (sk_clone_lock -> bpf_sk_storage_clone). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
+	__type(key, int);
+	__type(value, __u8);
+} own_socks SEC(".maps");
+
 DROP_COUNTERS(drops, NF_DROP_MAX);
 
-/* per-thread syscall arguments of unconnected UDP calls; uaddr (a send or
- * receive with an address) or is_bind (a bind) set while one is under way */
+/* per-thread syscall arguments of unconnected UDP calls; uaddr set while a
+ * send or receive with an address is under way */
 struct udp_call {
 	__u64 uaddr;  /* user pointer: struct sockaddr * or struct user_msghdr * */
 	__u64 sk;     /* recv: the socket, set by sock_recv_length */
 	__s32 len;    /* recv: bytes received */
 	__u8 is_msg;  /* uaddr points to a msghdr */
-	__u8 is_bind;
-	__u16 bind_port;
 };
 
 /* Task-local storage, not a hash keyed by tid: found through the task (no
@@ -96,7 +122,6 @@ static __always_inline void end_udp_call(struct udp_call *c)
 	c->uaddr = 0;
 	c->sk = 0;
 	c->len = 0;
-	c->is_bind = 0;
 }
 
 static __always_inline __u32 current_tgid(void)
@@ -104,7 +129,12 @@ static __always_inline __u32 current_tgid(void)
 	return bpf_get_current_pid_tgid() >> 32;
 }
 
-/* Peer of an unconnected UDP call, from the user's struct sockaddr. */
+/* Peer of an unconnected UDP call, from the user's struct sockaddr. The
+ * peer's family decides the flow's: a dual-stack socket (AF_INET6 on `::`
+ * without IPV6_V6ONLY) talks to IPv4 peers as sockaddr_in or v4-mapped
+ * sockaddr_in6. Its local address is then `::`, all zeros, which already
+ * reads as 0.0.0.0; a socket bound to a specific IPv6 address cannot reach
+ * IPv4 peers, and one bound to a v4-mapped address is IPv4 already. */
 static __always_inline int read_user_peer(const struct udp_call *c, struct sock_tuple *t)
 {
 	__u64 uaddr = c->uaddr;
@@ -122,14 +152,14 @@ static __always_inline int read_user_peer(const struct udp_call *c, struct sock_
 		return 0;
 	if (sa.sin6_family == AF_INET) {
 		struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
-		put_addr(t->raddr, 0, s4->sin_addr.s_addr, 0);
+		t->family = put_addr(t->raddr, 0, s4->sin_addr.s_addr, 0);
 		t->rport = bpf_ntohs(s4->sin_port);
 		return 1;
 	}
 	if (sa.sin6_family == AF_INET6) {
 		if (ipv6_disabled)
 			return 0;
-		put_addr(t->raddr, sa.sin6_addr.in6_u.u6_addr8, 0, 1);
+		t->family = put_addr(t->raddr, sa.sin6_addr.in6_u.u6_addr8, 0, 1);
 		t->rport = bpf_ntohs(sa.sin6_port);
 		return 1;
 	}
@@ -205,8 +235,12 @@ get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *
 static __always_inline void account(const struct sock *sk, struct sock_tuple *t, __s64 sent, __s64 recv)
 {
 	struct nf_conn_key key;
-	/* a UDP flow that starts with a datagram received was initiated by
-	 * the peer (a server socket, whatever port it bound) */
+	/* A UDP flow's first datagram tells who began it, whatever port the
+	 * socket bound: DNS forwarders and resolvers (dnsmasq, unbound) bind
+	 * random source ports for their upstream queries. bound_ports only
+	 * holds UDP servers' ports from before the collector started (user
+	 * space seeds them for its first interval), whose first datagrams it
+	 * missed. */
 	__u8 dir = (t->proto == IPPROTO_UDP && recv > 0) ? NF_DIR_INCOMING : 0;
 	struct nf_conn_stats *s = get_conn(sk, t, &key, dir);
 	if (!s)
@@ -230,6 +264,19 @@ static __always_inline int unconnected_udp(const struct sock_tuple *t)
 static __always_inline int skip_self(void)
 {
 	return self_tgid && current_tgid() == self_tgid;
+}
+
+/* Mark a socket the collector connects or listens with (process context). */
+static __always_inline void mark_own(const struct sock *sk)
+{
+	__u8 *v = bpf_sk_storage_get(&own_socks, (struct sock *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+	if (v)
+		*v = 1;
+}
+
+static __always_inline int own_socket(const struct sock *sk)
+{
+	return self_tgid && bpf_sk_storage_get(&own_socks, (struct sock *)sk, 0, 0) != 0;
 }
 
 SEC("tp_btf/sock_send_length")
@@ -326,50 +373,12 @@ int enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx
 SEC("tracepoint/syscalls/sys_exit_recvmsg")
 int exit_recvmsg(void *ctx) { return finish_recv(); }
 
-/* bind(fd, addr, addrlen): an explicitly bound UDP port serves peers, so
- * flows on it are incoming. The protocol is not known from the fd here; the
- * port is recorded for UDP, TCP learns its listening ports from state
- * changes. */
-SEC("tracepoint/syscalls/sys_enter_bind")
-int enter_bind(struct trace_event_raw_sys_enter *ctx)
-{
-	struct sockaddr_in sa = {};
-	if (bpf_probe_read_user(&sa, sizeof(sa), (void *)ctx->args[1]))
-		return 0;
-	if (sa.sin_family != AF_INET && sa.sin_family != AF_INET6)
-		return 0;
-	__u16 port = bpf_ntohs(sa.sin_port);
-	if (!port)
-		return 0;
-	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(&drops, NF_DROP_CALLS);
-		return 0;
-	}
-	end_udp_call(c);
-	c->is_bind = 1;
-	c->bind_port = port;
-	return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_bind")
-int exit_bind(struct trace_event_raw_sys_exit *ctx)
-{
-	struct udp_call *c = current_udp_call(0);
-	if (!c || !c->is_bind)
-		return 0;
-	if (ctx->ret == 0) {
-		struct nf_port_key pk = {.port = c->bind_port, .proto = IPPROTO_UDP};
-		__u8 one = 1;
-		if (bpf_map_update_elem(&bound_ports, &pk, &one, BPF_ANY))
-			count_drop(&drops, NF_DROP_BOUND);
-	}
-	end_udp_call(c);
-	return 0;
-}
-
 static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf_conn_stats *s)
 {
+	__u32 zero = 0;
+	__u32 *unqueried = bpf_map_lookup_elem(&closed_unqueried, &zero);
+	if (!unqueried)
+		return;
 	struct nf_conn_event *ev = bpf_ringbuf_reserve(&closed, sizeof(*ev), 0);
 	if (!ev) {
 		count_drop(&drops, NF_DROP_RING);
@@ -378,7 +387,7 @@ static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf
 	ev->key = *key;
 	ev->stats = *s;
 	ev->stats.flags |= NF_F_CLOSED;
-	bpf_ringbuf_submit(ev, 0);
+	bpf_ringbuf_submit(ev, ring_wake_flag(&closed, unqueried, sizeof(*ev), CLOSED_WAKE_BYTES));
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -386,6 +395,12 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 {
 	struct sock_tuple t = {};
 	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !read_tuple(sk, &t))
+		return 0;
+	if ((newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) && skip_self()) {
+		mark_own(sk);
+		return 0;
+	}
+	if (own_socket(sk))
 		return 0;
 
 	if (newstate == TCP_LISTEN || oldstate == TCP_LISTEN) {
@@ -404,8 +419,6 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 	struct nf_conn_stats *s;
 	if (newstate == TCP_SYN_SENT) {
 		/* connect() runs in the caller's context: the owner is known */
-		if (skip_self())
-			return 0;
 		s = get_conn(sk, &t, &key, NF_DIR_OUTGOING);
 		if (s)
 			set_owner(s);
@@ -460,7 +473,7 @@ int BPF_PROG(on_retransmit, const struct sock *sk)
 {
 	struct sock_tuple t = {};
 	struct nf_conn_key key;
-	if (!read_tuple(sk, &t))
+	if (own_socket(sk) || !read_tuple(sk, &t))
 		return 0;
 	struct nf_conn_stats *s = get_conn(sk, &t, &key, 0);
 	if (s)

@@ -1,6 +1,11 @@
 """The collector's lifecycle: prepare the kernel, start plugins, one event
 loop over their file descriptors, a flush each interval, clean shutdown on
-SIGTERM/SIGINT (detach, flush the last interval, exit 0)."""
+SIGTERM/SIGINT (detach, flush the last interval, exit 0).
+
+Every call into a plugin goes through its PluginRunner (supervisor.py): a
+plugin that fails is restarted or disabled alone. The collector exits
+non-zero only when no plugin runs, and flushes the last interval on every
+way out."""
 import logging
 import os
 import selectors
@@ -9,91 +14,87 @@ import socket
 import time
 
 from . import kernel
+from .config import options_without_effect
 from .debug_server import DebugServer, Metric
 from .enrich.k8s import K8sEnrichment
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
+from .pidfile import Pidfile
 from .plugins import L7NET, PLUGIN, names, rows_for
 from .plugins.base import PluginContext
 from .sampling import Sampler
+from .supervisor import WAITING, PluginRunner
 
 log = logging.getLogger("dkebpf")
 
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
+# a predecessor may still be in its shutdown flush: wait that long for it
+PIDFILE_WAIT_S = SHUTDOWN_FLUSH_DEADLINE_S + 5.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
 
 
-def build_plugins(cfg, ctx):
-    """Plugin objects for cfg.enabled_plugins / cfg.l7net_enabled, from the
-    plugin table, in its start order (sources of enrichment -- conntrack,
-    DNS -- before the plugins whose points they enrich, so one interval sees
-    fresh data); refuses a plugin that is not built yet."""
+def plugin_factories(cfg, ctx):
+    """[(name, factory)] of the plugin-table rows these settings run, in the
+    table's start order (sources of enrichment -- conntrack, DNS -- before
+    the plugins whose points they enrich, so one interval sees fresh data),
+    and a note for each enabled name this version does not build."""
     available = names(PLUGIN, implemented_only=True)
-    missing = [n for n in cfg.enabled_plugins if n not in available]
-    if missing:
-        raise UnsupportedError(
-            f"plugin{'s' if len(missing) > 1 else ''} {', '.join(missing)} not implemented in this "
-            f"version of dkebpf (available: {', '.join(available)}); remove "
-            f"{'them' if len(missing) > 1 else 'it'} from --enabled / enabled_plugins")
+    notes = [f"{n}: not implemented in this version of dkebpf (available: {', '.join(available)})"
+             for n in cfg.enabled_plugins if n not in available]
     if "ebpf-net" in cfg.enabled_plugins:
-        l7_missing = [n for n in cfg.l7net_enabled if n not in names(L7NET, implemented_only=True)]
-        if l7_missing:
-            log.warning("ebpf-net: %s not implemented in this version", ", ".join(l7_missing))
-    return [row.plugin_class()(ctx) for row in rows_for(cfg.enabled_plugins, cfg.l7net_enabled)]
+        l7_available = names(L7NET, implemented_only=True)
+        notes += [f"ebpf-net: {n} not implemented in this version of dkebpf"
+                  for n in cfg.l7net_enabled if n not in l7_available]
+    return [_factory(row, ctx) for row in rows_for(cfg.enabled_plugins, cfg.l7net_enabled)], notes
 
 
-class Pidfile:
-    def __init__(self, path):
-        self.path = path
-
-    def __enter__(self):
-        if not self.path:
-            return self
-        try:
-            with open(self.path) as f:
-                old = int(f.read().strip() or 0)
-        except (OSError, ValueError):
-            old = 0
-        if old and old != os.getpid() and os.path.exists(f"/proc/{old}"):
-            raise DkebpfError(f"another collector is running (pid {old} in {self.path})")
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        with open(self.path, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        return self
-
-    def __exit__(self, *exc):
-        if self.path:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+def _factory(row, ctx):
+    try:
+        plugin_class = row.plugin_class()
+    except DkebpfError as exc:  # a broken install: that plugin fails to start, alone
+        def broken():
+            raise exc
+        return row.label.strip("`"), broken
+    return plugin_class.name, lambda: plugin_class(ctx)
 
 
 class Agent:
     def __init__(self, cfg):
         self.cfg = cfg
         self.stopping = False
-        self.plugins = []
+        self.selector = selectors.DefaultSelector()
+        self.runners = []
         self.sink = None
         self.global_tags = {"host": cfg.hostname, "service": cfg.service, **cfg.tags}
         self.flushes = 0
         self.sampler = Sampler(cfg.sampling_rate, cfg.sampling_rate_pts_per_min)
         self.limits = LimitChecker(cfg.cpu_limit, cfg.mem_limit, cfg.net_limit, proc=cfg.host_proc)
-        self.limit_error = None
+        self.exit_error = None  # raised after the last flush and the detach
+        self.errors = {"limit_check": 0, "submit": 0}  # failures outside any plugin
         self.k8s = None
 
     def _on_signal(self, signum, frame):
         self.stopping = True
 
+    def runner(self, name, factory):
+        """A PluginRunner on this agent's selector, salvaging into its sink."""
+        return PluginRunner(name, factory, self.selector,
+                            lambda r, batches: self._submit(r, batches, time.time_ns()), logger=log)
+
     def run(self):
         from ._lineproto import encode_batch  # noqa: F401  (fail early on a broken build)
 
-        with Pidfile(self.cfg.pidfile):
+        with Pidfile(self.cfg.pidfile, log, wait_s=PIDFILE_WAIT_S):
             kernel.ensure_mounts()
             kernel.raise_memlock()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
-            self.plugins = build_plugins(self.cfg, ctx)
+            factories, not_built = plugin_factories(self.cfg, ctx)
+            if not factories:
+                raise UnsupportedError("nothing to run: " + "; ".join(not_built))
+            for note in not_built:
+                log.warning("%s; the other plugins run", note)
+            self.runners = [self.runner(name, factory) for name, factory in factories]
             # the API is watched only when a plugin's points carry Kubernetes tags
             if any("k8s" in row.needs for row in rows_for(self.cfg.enabled_plugins, self.cfg.l7net_enabled)):
                 ctx.k8s = self.k8s = K8sEnrichment.from_config(self.cfg, log)
@@ -108,24 +109,25 @@ class Agent:
             try:
                 if self.cfg.pprof_port:  # off unless a port is configured
                     debug = DebugServer(self.cfg.pprof_host, self.cfg.pprof_port, self.metrics, logger=log)
-                    debug.start()
-                if self.k8s is not None:
-                    self.k8s.start()
-                for p in self.plugins:
-                    p.start()
-                log.info("dkebpf started: plugins %s, interval %gs, output %s",
-                         ", ".join(p.name for p in self.plugins), self.cfg.interval,
-                         self.cfg.output or self.cfg.datakit_apiserver or "-")
-                self._loop(wake_r)
-                self.flush()  # the last, partial interval (also when a limit was exceeded)
-            finally:
-                for p in self.plugins:
                     try:
-                        p.stop()
-                    except Exception as exc:  # detaching must go on for the others
-                        log.error("stopping %s: %s", p.name, exc)
+                        debug.start()
+                    except DkebpfError as exc:  # a debugging aid must not cost the data
+                        log.warning("%s; running without the debug server", exc)
+                        debug = None
                 if self.k8s is not None:
-                    self.k8s.stop()
+                    try:
+                        self.k8s.start()
+                    except Exception as exc:  # tags are an extra: the points go on without them
+                        log.warning("kubernetes: no pod, service or workload tags: start failed: %s: %s",
+                                    type(exc).__name__, exc)
+                        self._stop_k8s(ctx)
+                self._start_plugins()
+                self._loop(wake_r)
+            finally:
+                self._last_flush()  # on every way out: signal, limit, error, no plugin left
+                for r in self.runners:
+                    r.stop()
+                self._stop_k8s(ctx)
                 self.sink.close(SHUTDOWN_FLUSH_DEADLINE_S)
                 if debug is not None:
                     debug.close()
@@ -134,31 +136,73 @@ class Agent:
                     signal.signal(s, h)
                 wake_r.close()
                 wake_w.close()
-        if self.limit_error is not None:
-            raise self.limit_error  # after the flush and the detach: exits with its own status
+                self.selector.close()
+        if self.exit_error is not None:
+            raise self.exit_error  # after the flush and the detach: exits with its own status
         log.info("dkebpf stopped")
         return 0
 
+    def _start_plugins(self):
+        for r in self.runners:
+            r.start()
+        running = [r for r in self.runners if r.running]
+        if not running:
+            failed = "; ".join(f"{r.name}: {r.reason}" for r in self.runners)
+            unsupported = not any(r.alive for r in self.runners)
+            raise (UnsupportedError if unsupported else DkebpfError)(f"no plugin could start: {failed}")
+        active = {r.name.split("/")[0] for r in running} | ({"kubernetes"} if self.k8s is not None else set())
+        inert = options_without_effect(self.cfg, active)
+        if inert:
+            log.warning("options without effect in this build or with these plugins: %s",
+                        ", ".join(inert))
+        log.info("dkebpf started: plugins %s, interval %gs, output %s",
+                 ", ".join(r.name for r in running), self.cfg.interval,
+                 self.cfg.output or self.cfg.datakit_apiserver or "-")
+
+    def _stop_k8s(self, ctx):
+        if self.k8s is not None:
+            try:
+                self.k8s.stop()
+            except Exception as exc:
+                log.error("stopping the kubernetes watch: %s", exc)
+            ctx.k8s = self.k8s = None
+
+    def _last_flush(self):
+        try:
+            self.flush()
+        except Exception:  # what can still go out must not wait on a bug here
+            log.exception("flushing the last interval failed")
+
     def _loop(self, wake_r):
-        sel = selectors.DefaultSelector()
+        sel = self.selector
         sel.register(wake_r, selectors.EVENT_READ, None)
-        for p in self.plugins:
-            for f in p.fileobjs():
-                sel.register(f, selectors.EVENT_READ, p)
         interval = self.cfg.interval
         next_flush = time.monotonic() + interval
         next_limit_check = time.monotonic()
         try:
             while not self.stopping:
-                if self.limits.enabled and time.monotonic() >= next_limit_check:
+                now = time.monotonic()
+                for r in self.runners:
+                    if r.restart_due(now):
+                        r.start()
+                if not any(r.alive for r in self.runners):
+                    self.exit_error = DkebpfError("every plugin failed and was disabled: " + "; ".join(
+                        f"{r.name}: {r.reason}" for r in self.runners))
+                    log.error("%s; exiting", self.exit_error)
+                    return
+                if self.limits.enabled and now >= next_limit_check:
                     next_limit_check += LIMIT_CHECK_S
                     try:
                         self.limits.check()
                     except ResourceLimitExceeded as exc:
                         log.error("%s: flushing, detaching and exiting", exc)
-                        self.limit_error = exc
+                        self.exit_error = exc
                         return
-                wake_at = min(next_flush, next_limit_check) if self.limits.enabled else next_flush
+                    except Exception as exc:  # a /proc read failed: measured again next time
+                        self.errors["limit_check"] += 1
+                        log.warning("resource limit check failed: %s: %s", type(exc).__name__, exc)
+                wake_at = min([next_flush] + [r.retry_at for r in self.runners if r.state == WAITING]
+                              + ([next_limit_check] if self.limits.enabled else []))
                 timeout = max(0.0, wake_at - time.monotonic())
                 for key, _ in sel.select(timeout):
                     if key.data is None:
@@ -176,16 +220,29 @@ class Agent:
                     if next_flush <= now:  # a flush took longer than an interval
                         next_flush = now + interval
         finally:
-            sel.close()
+            sel.unregister(wake_r)
 
     def metrics(self):
         """The collector's own metrics for the debug endpoint."""
         out = [Metric("flushes_total", "counter", "intervals flushed", [({}, self.flushes)]),
                Metric("sampling_rate", "gauge", "fraction of points kept", [({}, self.sampler.rate())])]
-        for p in self.plugins:
-            for name, value in sorted(p.counters().items()):
+        out += [
+            Metric("plugin_running", "gauge", "1 while the plugin runs",
+                   [({"plugin": r.name}, int(r.running)) for r in self.runners]),
+            Metric("plugin_disabled", "gauge", "1 once the plugin was given up on",
+                   [({"plugin": r.name}, int(not r.alive)) for r in self.runners]),
+            Metric("plugin_restarts_total", "counter", "restarts after a failure",
+                   [({"plugin": r.name}, r.restarts) for r in self.runners]),
+            Metric("plugin_failures_total", "counter", "failures in a plugin's start, on_readable or collect",
+                   [({"plugin": r.name, "stage": stage}, n) for r in self.runners
+                    for stage, n in sorted(r.failures_by_stage.items())]),
+            Metric("errors_total", "counter", "failures outside the plugins (limit checks, encoding/sending)",
+                   [({"stage": k}, v) for k, v in sorted(self.errors.items())]),
+        ]
+        for r in self.runners:
+            for name, value in sorted(r.counters().items()):
                 out.append(Metric(f"plugin_{name}", "counter", f"{name} of a plugin",
-                                  [({"plugin": p.name}, value)]))
+                                  [({"plugin": r.name}, value)]))
         if self.k8s is not None:
             for name, value in sorted(self.k8s.counters().items()):
                 kind = "gauge" if name.startswith("objects_") else "counter"
@@ -201,37 +258,38 @@ class Agent:
 
     def flush(self, only=None):
         """Collect, sample, encode and submit every plugin's points; with
-        ``only``, just that plugin's (an early flush it asked for), which
-        does not end the interval."""
+        ``only`` (a runner), just that plugin's (an early flush it asked
+        for), which does not end the interval."""
+        now_ns = time.time_ns()
+        for r in (self.runners if only is None else [only]):
+            self._submit(r, r.collect(now_ns), now_ns)
+        if only is not None:
+            return
+        self.flushes += 1
+        self.sink.log_drops_once()
+        if log.isEnabledFor(logging.DEBUG):
+            for r in self.runners:
+                log.debug("%s counters: %s", r.name, r.counters())
+
+    def _submit(self, runner, batches, now_ns):
+        """Sample, encode and hand one plugin's PointBatches to the sink;
+        a batch that fails is logged and counted, the others still go."""
         from ._lineproto import encode_batch
 
-        now_ns = time.time_ns()
-        for p in (self.plugins if only is None else [only]):
+        for b in batches:
             try:
-                batches = p.collect(now_ns)
-            except DkebpfError as exc:
-                log.error("%s: collect failed: %s", p.name, exc)
-                continue
-            except Exception:  # a bug in one plugin must not lose the others' data
-                log.exception("%s: collect failed", p.name)
-                continue
-            for b in batches:
                 try:
                     # keyed on the tags: a flow is kept or dropped as a whole within an interval
                     # (logs such as bash have no tag columns: each line is its own key)
                     b.batch = self.sampler.apply(b.measurement, b.batch, b.tags or b.fields, self.flushes)
                 except DkebpfError as exc:
-                    log.error("%s: sampling failed, sending unsampled: %s", p.name, exc)
+                    log.error("%s: sampling failed, sending unsampled: %s", runner.name, exc)
                 if b.batch.num_rows == 0:
                     continue
                 tags = {**self.global_tags, **b.const_tags}
                 body, skipped = encode_batch(b.measurement, b.batch, b.tags, b.fields, tags, now_ns,
                                              b.timestamp_column)
                 self.sink.submit(b.category, b.input_name, body, b.batch.num_rows - skipped)
-        if only is not None:
-            return
-        self.flushes += 1
-        self.sink.log_drops_once()
-        if log.isEnabledFor(logging.DEBUG):
-            for p in self.plugins:
-                log.debug("%s counters: %s", p.name, p.counters())
+            except Exception:
+                self.errors["submit"] += 1
+                log.exception("%s: encoding or sending %s points failed", runner.name, b.measurement)

@@ -1,11 +1,13 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
-`dkebpf check`, `dkebpf bench`, `dkebpf netlog-filter`, `dkebpf linker`,
-`dkebpf version`. A DkebpfError (bad input, the kernel refused) is one line
-on stderr and its exit status, never a traceback. Any other exception is a
-bug (e.g. LookupError/RuntimeError from misusing a BPF object): exit 70
-(EX_SOFTWARE) with the traceback in the log (--log, else stderr) and one
-line on stderr."""
+`dkebpf check`, `dkebpf bench`, `dkebpf netlog-filter`, `dkebpf install-datakit`,
+`dkebpf linker`, `dkebpf version`. A DkebpfError (bad input, the kernel
+refused) is one line on stderr (and in the log file, when there is one) and
+its exit status, never a traceback. Any other exception is a bug (e.g.
+LookupError/RuntimeError from misusing a BPF object): exit 70 (EX_SOFTWARE)
+with the traceback in the log (--log, else stderr) and one line on stderr."""
 import logging
+import logging.handlers
+import os
 import sys
 
 from . import __version__
@@ -16,12 +18,25 @@ USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf bench [flags]    what the collector costs here, per load (see dkebpf bench --help)
        dkebpf netlog-filter RULES [--match field=value ...]
                                check a netlog_blacklist rule, try it on a connection
+       dkebpf install-datakit  put this collector in a DataKit's externals (see --help)
        dkebpf linker [flags]   link spans of many collectors into traces (see --help)
        dkebpf version"""
+# DataKit never rotates its children's logs: ours stays under
+# LOG_MAX_BYTES * (LOG_BACKUPS + 1)
+LOG_MAX_BYTES = 32 << 20
+LOG_BACKUPS = 2
 
 
 def setup_logging(path, level):
-    handler = logging.FileHandler(path) if path else logging.StreamHandler(sys.stderr)
+    if path:
+        try:
+            handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES,
+                                                           backupCount=LOG_BACKUPS)
+        except OSError as exc:
+            from .errors import ConfigError
+            raise ConfigError(f'invalid --log "{path}": cannot open it: {exc.strerror or exc}') from None
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("dkebpf")
     root.handlers[:] = [handler]
@@ -34,6 +49,7 @@ def _logs_to_file():
 
 
 def main(argv=None):
+    argv_is_ours = argv is None  # sys.argv[0] names the program only then
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE)
@@ -52,14 +68,23 @@ def main(argv=None):
         if cmd == "netlog-filter":
             from .netlog.filter_cli import main as netlog_filter
             return netlog_filter(rest)
+        if cmd == "install-datakit":
+            from .install_datakit import main as install_main
+            return install_main(rest)
         if cmd == "run":
-            from .config import load_config
+            from .config import LAUNCHER_NAME, launcher_directory, load_config
             if "-h" in rest or "--help" in rest:
                 from .config import build_run_parser
                 build_run_parser().print_help()
                 return 0
-            cfg = load_config(rest)
+            program = sys.argv[0] if argv_is_ours else None
+            home = launcher_directory(program)
+            if home:  # started by DataKit: even a bad flag must reach the log file
+                setup_logging(os.path.join(home, LAUNCHER_NAME + ".log"), "info")
+            cfg = load_config(rest, program=program)
             setup_logging(cfg.log, cfg.log_level)
+            for warning in cfg.warnings:
+                logging.getLogger("dkebpf").warning("%s", warning)
             from .agent import Agent
             return Agent(cfg).run()
         if cmd == "linker":

@@ -62,14 +62,15 @@ __all__ = [
     "add_run_arguments",
     "build_run_parser",
     "load_config",
+    "options_without_effect",
     "parse_bytes",
     "parse_duration",
     "parse_rate",
 ]
 
 # the names --enabled and --l7net-enabled accept, from the plugin table
-# (dkebpf/plugins/__init__.py), implemented or not: a known plugin that is
-# not built yet is refused by the agent with its own exit status
+# (dkebpf/plugins/__init__.py), implemented or not: the agent warns about a
+# known plugin that is not built yet and runs the others
 PLUGINS = _plugin_names(PLUGIN)
 L7NET_PROTOCOLS = _plugin_names(L7NET)
 LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning",
@@ -79,6 +80,16 @@ LOG_LEVELS = {"debug": "debug", "info": "info", "warn": "warning",
 ALWAYS_UNTRACED = ("datakit", "datakit-ebpf")
 DEFAULT_SA_TOKEN = "/run/secrets/kubernetes.io/serviceaccount/token"
 DEFAULT_SA_CA = "/run/secrets/kubernetes.io/serviceaccount/ca.crt"
+# The original's default; DataKit relies on it when its args have no apiserver.
+DEFAULT_APISERVER = "http://0.0.0.0:9529"
+# DataKit starts <install>/externals/datakit-ebpf; started under that name the
+# collector keeps its log and pidfile beside it, as the original does.
+LAUNCHER_NAME = "datakit-ebpf"
+# Flags other DataKit versions pass to datakit-ebpf that this build has no use
+# for: accepted with the value that follows, if any, and named in the start-up
+# warning. A name ending in "-" stands for a family of flags.
+FOREIGN_FLAGS = ("--netlog-fallback-", "--netlog-shared-blocks", "--netlog-l7log-",
+                 "--network-path-", "--trace-uprobe", "--kubeconfig", "--operator-url")
 
 
 class InvalidValue(ConfigError, ValueError):
@@ -465,35 +476,50 @@ def p_host_root(raw: Any) -> str:
     return s.rstrip("/") if s else ""
 
 
-def p_tags(raw: Any) -> Dict[str, str]:
-    """``k=v,k2=v2`` or ``k=v;k2=v2`` (DataKit joins with ';'), a TOML table
-    or an array of ``k=v`` strings."""
-    allowed_pairs = 'key=value pairs separated by "," or ";"'
-    out: Dict[str, str] = {}
+class Tags(dict):
+    """Parsed tags, plus the items that were dropped and why (one warning
+    each: a bad tag must not stop the collector DataKit starts)."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.dropped: List[str] = []
+
+
+def p_tags(raw: Any) -> Tags:
+    """``k=v,k2=v2`` or ``k=v;k2=v2``, a TOML table or an array of ``k=v``
+    strings. DataKit joins its tags with ';' and a value may hold ',': text
+    with a ';' is split on ';' only. Items without '=' or with an empty key
+    or value are dropped (``Tags.dropped``), never fatal."""
+    out = Tags()
+
+    def add(item: str, key: str, val: str) -> None:
+        if key and val:
+            out[key] = val
+        else:
+            out.dropped.append(f'"{item}": needs a non-empty key and value')
+
     if isinstance(raw, dict):
         for k, v in raw.items():
             if isinstance(v, (dict, list)):
-                raise _Bad(f'tag "{k}" needs a string value')
-            val = _show_plain(v).strip()
-            key = str(k).strip()
-            if not key or not val:
-                raise _Bad(f'tag "{k}" needs a non-empty key and value')
-            out[key] = val
+                out.dropped.append(f'"{k}": needs a string value')
+            else:
+                add(f"{k}={_show_plain(v)}", str(k).strip(), _show_plain(v).strip())
         return out
     if isinstance(raw, (list, tuple)) and all(isinstance(x, str) for x in raw):
-        raw = ",".join(raw)
-    if not isinstance(raw, str):
-        raise _Bad(allowed_pairs)
-    for part in re.split(r"[;,]", raw):
+        items = list(raw)
+    elif isinstance(raw, str):
+        items = raw.split(";") if ";" in raw else raw.split(",")
+    else:
+        raise _Bad('key=value pairs separated by "," or ";"')
+    for part in items:
         part = part.strip()
         if not part:
             continue
         if "=" not in part:
-            raise _Bad(f'"{part}" has no "="; tags are {allowed_pairs}')
+            out.dropped.append(f'"{part}": has no "="')
+            continue
         key, val = (x.strip() for x in part.split("=", 1))
-        if not key or not val:
-            raise _Bad(f'"{part}" needs a non-empty key and value; tags are {allowed_pairs}')
-        out[key] = val
+        add(part, key, val)
     return out
 
 
@@ -509,14 +535,14 @@ class Config:
     enabled_plugins: Tuple[str, ...] = ("ebpf-net",)
     l7net_enabled: Tuple[str, ...] = ("httpflow",)
     interval: float = 60.0
-    datakit_apiserver: Optional[str] = None     # None: points go to `output`/stdout
+    datakit_apiserver: Optional[str] = DEFAULT_APISERVER  # None when only --output is given
     trace_server: Optional[str] = None
     output: Optional[str] = None                # "-" stdout, else a file to append to
     hostname: str = field(default_factory=socket.gethostname)
     service: str = "ebpf"
     tags: Dict[str, str] = field(default_factory=dict)  # never holds host/service
-    pidfile: Optional[str] = None
-    log: Optional[str] = None                   # None: stderr
+    pidfile: Optional[str] = None               # started as <dir>/datakit-ebpf: <dir>/datakit-ebpf.pid
+    log: Optional[str] = None                   # None: stderr; as datakit-ebpf: <dir>/datakit-ebpf.log
     log_level: str = "info"
     ipv6_disabled: bool = False
     ephemeral_port: Optional[int] = None        # None: from the kernel, at load
@@ -553,6 +579,10 @@ class Config:
     spool_dir: Optional[str] = None
     spool_max_bytes: int = 256 * 1024 * 1024
     config_file: Optional[str] = None
+    # flags other DataKit versions pass that this build has no use for, as given
+    foreign_options: Tuple[str, ...] = field(default=(), compare=False)
+    # what start-up should log as warnings (dropped tags, unknown plugin names)
+    warnings: Tuple[str, ...] = field(default=(), compare=False, repr=False)
     # option name -> where its value came from ("default", "--interval",
     # "ENV_INPUT_EBPF_INTERVAL", "interval (/etc/ebpf.conf)"); for logs.
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -561,7 +591,7 @@ class Config:
         """Plain JSON-able dict of the options (no ``sources``)."""
         out: Dict[str, Any] = {}
         for f in fields(self):
-            if f.name == "sources":
+            if f.name in ("sources", "warnings"):
                 continue
             v = getattr(self, f.name)
             if isinstance(v, tuple):
@@ -597,6 +627,9 @@ class Option:
     help: str = ""
     metavar: Optional[str] = None
     internal_default: Any = None           # only for options that are not Config fields
+    # the plugin (or "kubernetes") the option is for: given while that does
+    # not run, the option has no effect (options_without_effect)
+    feature: Optional[str] = None
 
     @property
     def is_field(self) -> bool:
@@ -616,29 +649,30 @@ class Option:
 
 
 def _opt(name, parse, flags=(), envs=(), keys=(), kind="value", help="", metavar=None,
-         internal_default=None) -> Option:
+         internal_default=None, feature=None) -> Option:
     return Option(name, parse, tuple(flags), tuple(envs), tuple(keys), kind, help,
-                  metavar, internal_default)
+                  metavar, internal_default, feature)
 
 
 E = "ENV_INPUT_EBPF_"
 OPTIONS: Tuple[Option, ...] = (
-    _opt("enabled_plugins", p_list(PLUGINS, "plugin"), ["--enabled"],
+    _opt("enabled_plugins", p_list(lower=True), ["--enabled"],
          [E + "ENABLED_PLUGINS"], kind="list", metavar="LIST",
          help="plugins to run: " + ", ".join(PLUGINS)),
-    _opt("l7net_enabled", p_list(L7NET_PROTOCOLS, "l7net protocol"), ["--l7net-enabled"],
+    _opt("l7net_enabled", p_list(lower=True), ["--l7net-enabled"],
          [E + "L7NET_ENABLED"], kind="list", metavar="LIST",
          help="ebpf-net L7 protocols: httpflow, httpflow-tls"),
-    _opt("l7net_disabled", p_list(L7NET_PROTOCOLS, "l7net protocol"), ["--l7net-disabled"],
+    _opt("l7net_disabled", p_list(lower=True), ["--l7net-disabled"],
          kind="list", metavar="LIST", internal_default=(),
          help="removed from the l7net_enabled list"),
     _opt("interval", p_duration_min(1.0), ["--interval"], [E + "INTERVAL"], metavar="DUR",
          help="aggregation and flush interval, Go duration (1m30s), at least 1s"),
     _opt("datakit_apiserver", p_url("http"), ["--datakit-apiserver"], metavar="HOST:PORT",
-         help="DataKit to post points to (DataKit passes 0.0.0.0:9529); "
-              "unset: print points to --output or stdout"),
+         help="DataKit to post points to (default 0.0.0.0:9529, as the original; "
+              "not used when only --output is given)"),
     _opt("trace_server", p_url("http"), ["--trace-server"], [E + "TRACE_SERVER"],
-         metavar="HOST:PORT", help="where ebpf-trace spans go (POST /v1/bpftracing)"),
+         metavar="HOST:PORT", help="where ebpf-trace spans go (POST /v1/bpftracing)",
+         feature="ebpf-trace"),
     _opt("output", p_text, ["--output"], ["DKE_OUTPUT"], metavar="PATH",
          help="write points as line protocol to PATH (append) or - for stdout"),
     _opt("hostname", p_text, ["--hostname"], metavar="NAME",
@@ -647,8 +681,11 @@ OPTIONS: Tuple[Option, ...] = (
     _opt("tags", p_tags, ["--tags"], kind="tags", metavar="K=V[,K=V]",
          help='global tags, pairs separated by "," or ";"'),
     _opt("pidfile", p_text, ["--pidfile"], metavar="PATH",
-         help="write our pid there (none by default)"),
-    _opt("log", p_text, ["--log"], metavar="PATH", help="log file (default stderr)"),
+         help="write our pid there (default: none; <dir>/datakit-ebpf.pid when started "
+              "as <dir>/datakit-ebpf)"),
+    _opt("log", p_text, ["--log"], metavar="PATH",
+         help="log file, size-bounded and rotated (default: stderr; <dir>/datakit-ebpf.log "
+              "when started as <dir>/datakit-ebpf)"),
     _opt("log_level", p_log_level, ["--log-level"], metavar="LEVEL",
          help="debug, info, warn, error"),
     _opt("ipv6_disabled", _bool, ["--ipv6-disabled"], [E + "IPV6_DISABLED"], kind="bool",
@@ -662,34 +699,36 @@ OPTIONS: Tuple[Option, ...] = (
          help="port of the debug HTTP server (off unless set)"),
     _opt("netlog_metric", _bool, ["--netlog-metric"],
          [E + "NETLOG_METRIC", "ENV_NETLOG_METRIC"], kind="bool",
-         help="bpf-netlog: netflow/httpflow metrics from packets"),
+         help="bpf-netlog: netflow/httpflow metrics from packets", feature="bpf-netlog"),
     _opt("netlog_log", _bool, ["--netlog-log"], [E + "NETLOG_LOG", "ENV_NETLOG_LOG"],
-         kind="bool", help="bpf-netlog: bpf_net_l4_log/bpf_net_l7_log"),
+         kind="bool", help="bpf-netlog: bpf_net_l4_log/bpf_net_l7_log", feature="bpf-netlog"),
     # DataKit's older key: netlog_metric_only = false means "logs too".
     _opt("netlog_metric_only", _bool, [], [E + "NETLOG_METRIC_ONLY", "ENV_NETLOG_METRIC_ONLY"],
-         kind="bool", internal_default=None),
+         kind="bool", internal_default=None, feature="bpf-netlog"),
     _opt("netlog_protocols", p_list(lower=True), ["--netlog-protocols"], kind="list",
-         metavar="LIST", help="bpf-netlog L7 protocols"),
+         metavar="LIST", help="bpf-netlog L7 protocols", feature="bpf-netlog"),
     _opt("netlog_blacklist", p_block, [],
-         ["DKE_NETLOG_NET_FILTER", E + "NETLOG_BLACKLIST", "ENV_NETLOG_BLACKLIST"]),
+         ["DKE_NETLOG_NET_FILTER", E + "NETLOG_BLACKLIST", "ENV_NETLOG_BLACKLIST"], feature="bpf-netlog"),
     _opt("trace_env_list", p_list(), ["--trace-env-list"], [E + "TRACE_ENV_LIST"],
-         kind="list", metavar="LIST", help="trace processes having any of these env vars"),
+         kind="list", metavar="LIST", help="trace processes having any of these env vars",
+         feature="ebpf-trace"),
     _opt("trace_name_list", p_list(), ["--trace-name-list"], [E + "TRACE_NAME_LIST"],
-         kind="list", metavar="LIST", help="trace processes with these names"),
+         kind="list", metavar="LIST", help="trace processes with these names", feature="ebpf-trace"),
     _opt("trace_env_blacklist", p_list(), ["--trace-env-blacklist"],
          [E + "TRACE_ENV_BLACKLIST"], kind="list", metavar="LIST",
-         help="never trace processes having any of these env vars"),
+         help="never trace processes having any of these env vars", feature="ebpf-trace"),
     _opt("trace_name_blacklist", p_list(), ["--trace-name-blacklist"],
          [E + "TRACE_NAME_BLACKLIST"], kind="list", metavar="LIST",
-         help="never trace processes with these names (datakit, datakit-ebpf always)"),
+         help="never trace processes with these names (datakit, datakit-ebpf always)",
+         feature="ebpf-trace"),
     _opt("trace_protos", p_list(lower=True), ["--trace-protos"], kind="list", metavar="LIST",
-         help="protocols ebpf-trace follows"),
+         help="protocols ebpf-trace follows", feature="ebpf-trace"),
     _opt("trace_protos_blacklist", p_list(lower=True), ["--trace-protos-blacklist"],
-         kind="list", metavar="LIST", help="protocols ebpf-trace ignores"),
+         kind="list", metavar="LIST", help="protocols ebpf-trace ignores", feature="ebpf-trace"),
     _opt("conv_to_ddtrace", _bool, ["--conv-to-ddtrace"], [E + "CONV_TO_DDTRACE"],
-         kind="bool", help="app trace ids as decimal 64-bit (ddtrace)"),
+         kind="bool", help="app trace ids as decimal 64-bit (ddtrace)", feature="ebpf-trace"),
     _opt("trace_allprocess", _bool, ["--trace-allprocess"], [E + "TRACE_ALL_PROCESS"],
-         keys=["trace_all_process"], kind="bool", help="trace every process"),
+         keys=["trace_all_process"], kind="bool", help="trace every process", feature="ebpf-trace"),
     _opt("cpu_limit", p_cpu, ["--res-cpu"], [E + "CPU_LIMIT"], metavar="CORES",
          help="exit when using more CPU cores than this"),
     _opt("mem_limit", p_size(zero_means_none=True), ["--res-mem"], [E + "MEM_LIMIT"],
@@ -702,31 +741,37 @@ OPTIONS: Tuple[Option, ...] = (
          [E + "SAMPLING_RATE_PTSPERMIN"], metavar="N",
          help="adapt the sampling rate to about N points per minute"),
     _opt("workload_labels", p_list(), [], ["DKE_K8S_WORKLOAD_LABELS", E + "WORKLOAD_LABELS"],
-         kind="list"),
+         kind="list", feature="kubernetes"),
     # DataKit 1.84 passes K8S_WORKLOAD_LABEL_PREFIX (no DKE_): accept both.
     _opt("workload_label_prefix", _text, [],
          ["DKE_K8S_WORKLOAD_LABEL_PREFIX", "K8S_WORKLOAD_LABEL_PREFIX",
-          E + "WORKLOAD_LABEL_PREFIX"]),
+          E + "WORKLOAD_LABEL_PREFIX"], feature="kubernetes"),
     # K8S_* are the names older datakit-ebpf releases read.
     _opt("kubernetes_url", p_url("https"), ["--k8s-url"], ["DKE_K8S_URL", "K8S_URL", E + "KUBERNETES_URL"],
          metavar="URL",
-         help="Kubernetes API server (default https://kubernetes.default:443)"),
+         help="Kubernetes API server (default https://kubernetes.default:443)",
+         feature="kubernetes"),
     _opt("bearer_token", _text, ["--k8s-bearer-token-path"],
          ["DKE_K8S_BEARER_TOKEN_PATH", "K8S_BEARER_TOKEN_PATH", E + "BEARER_TOKEN"], metavar="PATH",
-         help="file holding the API token, re-read when it changes (default: the service account's)"),
+         help="file holding the API token, re-read when it changes (default: the service account's)",
+         feature="kubernetes"),
     _opt("bearer_token_string", _text, ["--k8s-bearer-token"],
          ["DKE_K8S_BEARER_TOKEN", "K8S_BEARER_TOKEN_STRING", E + "BEARER_TOKEN_STRING"], metavar="TOKEN",
-         help="the API token itself, instead of a file"),
+         help="the API token itself, instead of a file",
+         feature="kubernetes"),
     _opt("kubernetes_ca", _text, ["--k8s-ca"], ["DKE_K8S_CA", E + "KUBERNETES_CA"], metavar="PATH",
-         help="CA certificate the API server's is verified against (default: the service account's)"),
+         help="CA certificate the API server's is verified against (default: the service account's)",
+         feature="kubernetes"),
     _opt("kubernetes_insecure_skip_verify", _bool, ["--k8s-insecure-skip-verify"],
          ["DKE_K8S_INSECURE_SKIP_VERIFY", E + "KUBERNETES_INSECURE_SKIP_VERIFY"], kind="bool",
-         help="do not verify the API server's certificate (as the original did)"),
+         help="do not verify the API server's certificate (as the original did)",
+         feature="kubernetes"),
     _opt("node_name", _text, ["--k8s-node-name"], ["NODE_NAME", "DKE_K8S_NODE_NAME", E + "NODE_NAME"],
          metavar="NAME",
-         help="this node's name in Kubernetes (default: the host name)"),
+         help="this node's name in Kubernetes (default: the host name)",
+         feature="kubernetes"),
     _opt("container_endpoints", p_list(), ["--container-endpoints"], kind="list",
-         metavar="LIST", help="container runtime sockets"),
+         metavar="LIST", help="container runtime sockets", feature="bpf-netlog"),
     _opt("host_root", p_host_root, [], ["HOST_ROOT"]),
     _opt("host_proc", _text, [], ["HOST_PROC"]),
     _opt("spool_dir", p_text, ["--spool-dir"], metavar="DIR",
@@ -931,12 +976,35 @@ def _keys_layer(table: Mapping[str, Any], path: str, where: str,
     return layer
 
 
-def _args_layer(args: Any, path: str) -> Layer:
+def _is_foreign(token: str) -> bool:
+    name = token.split("=", 1)[0]
+    return any(name.startswith(f) if f.endswith("-") else name == f for f in FOREIGN_FLAGS)
+
+
+def _split_foreign(argv: Sequence[str], foreign: List[str], where: str = "") -> List[str]:
+    """argv without the FOREIGN_FLAGS (and the value after one, when the
+    next word is not a flag); their names go to ``foreign``."""
+    rest: List[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--") and _is_foreign(token):
+            foreign.append(token.split("=", 1)[0] + where)
+            takes_next = "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("-")
+            i += 2 if takes_next else 1
+            continue
+        rest.append(token)
+        i += 1
+    return rest
+
+
+def _args_layer(args: Any, path: str, foreign: List[str]) -> Layer:
     where = f" (args in {path})"
     if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise _invalid(f"args ({path})", args, "a list of command-line flags (strings)")
     if args[:1] == ["run"]:
         args = args[1:]
+    args = _split_foreign(args, foreign, where)
     try:
         ns = build_run_parser().parse_args(args)
     except ConfigError as exc:
@@ -947,7 +1015,7 @@ def _args_layer(args: Any, path: str) -> Layer:
     return _namespace_layer(ns, where)
 
 
-def _file_layers(path: str) -> List[Layer]:
+def _file_layers(path: str, foreign: List[str]) -> List[Layer]:
     """Lowest first: [args of [[inputs.ebpf]]], keys."""
     doc = _read_toml(path)
     if "inputs" not in doc:
@@ -974,7 +1042,7 @@ def _file_layers(path: str) -> List[Layer]:
     table = dict(tables[0])
     layers: List[Layer] = []
     if "args" in table:
-        layers.append(_args_layer(table.pop("args"), path))
+        layers.append(_args_layer(table.pop("args"), path, foreign))
     layers.append(_keys_layer(table, path, "in [[inputs.ebpf]]", datakit=True))
     return layers
 
@@ -996,7 +1064,7 @@ def _is_blank(o: Option, raw: Any) -> bool:
     return o.kind in ("value", "bool") and isinstance(raw, str) and not raw.strip()
 
 
-def _resolve(o: Option, layers: Sequence[Layer]) -> Tuple[Any, Optional[str]]:
+def _resolve(o: Option, layers: Sequence[Layer], warnings: List[str]) -> Tuple[Any, Optional[str]]:
     """Value and the label of the source that set it (None: default).
     A higher layer replaces a lower one, except tags, merged key by key.
     Within the flags layer a repeated list flag accumulates (pflag's
@@ -1012,7 +1080,8 @@ def _resolve(o: Option, layers: Sequence[Layer]) -> Tuple[Any, Optional[str]]:
         parsed = [(lab, _parse_entry(o, lab, raw)) for lab, raw in entries]
         label = parsed[-1][0]
         if o.kind == "tags":
-            for _, v in parsed:
+            for lab, v in parsed:
+                warnings.extend(f"{lab}: tag {why}; dropped" for why in v.dropped)
                 merged.update(v)
             value = dict(merged)
         elif o.kind == "list":
@@ -1027,36 +1096,63 @@ def _resolve(o: Option, layers: Sequence[Layer]) -> Tuple[Any, Optional[str]]:
     return value, label
 
 
+def launcher_directory(program: Optional[str]) -> Optional[str]:
+    """The directory of the program when it was started as datakit-ebpf
+    (DataKit's <install>/externals), else None."""
+    if program and os.path.basename(program) == LAUNCHER_NAME:
+        return os.path.dirname(os.path.abspath(program))
+    return None
+
+
 def load_config(argv: Union[Sequence[str], argparse.Namespace],
-                environ: Optional[Mapping[str, str]] = None) -> Config:
+                environ: Optional[Mapping[str, str]] = None,
+                program: Optional[str] = None) -> Config:
     """Parse ``dkebpf run`` arguments (the words after ``run``, or a
     namespace from a parser built with ``add_run_arguments``), the
-    environment and the ``--config`` file into a ``Config``."""
+    environment and the ``--config`` file into a ``Config``. ``program``
+    is argv[0]: started as ``<dir>/datakit-ebpf``, the log and the pidfile
+    default to that directory."""
     if environ is None:
         environ = os.environ
+    foreign: List[str] = []
+    warnings: List[str] = []
     if isinstance(argv, argparse.Namespace):
         ns = argv
     else:
-        ns = build_run_parser().parse_args(list(argv))
+        ns = build_run_parser().parse_args(_split_foreign(list(argv), foreign))
     config_entries = getattr(ns, _DEST + "config", None) or []
     config_file = None
     if config_entries and config_entries[-1][1].strip():
         config_file = config_entries[-1][1].strip()
     layers: List[Layer] = []
     if config_file:
-        layers += _file_layers(config_file)
+        layers += _file_layers(config_file, foreign)
     layers.append(_env_layer(environ))
     layers.append(_namespace_layer(ns))
 
     values: Dict[str, Any] = {}
     sources: Dict[str, str] = {}
     for o in OPTIONS:
-        values[o.name], src = _resolve(o, layers)
+        values[o.name], src = _resolve(o, layers, warnings)
         sources[o.name] = src or "default"
 
     def given(name: str) -> bool:
         return sources[name] != "default"
 
+    # Names this collector does not know (a newer DataKit's) are warned
+    # about and left out: the others run.
+    for name, known, what in (("enabled_plugins", PLUGINS, "plugin"),
+                              ("l7net_enabled", L7NET_PROTOCOLS, "l7net protocol"),
+                              ("l7net_disabled", L7NET_PROTOCOLS, "l7net protocol")):
+        unknown = [p for p in values[name] if p not in known]
+        if not unknown:
+            continue
+        values[name] = tuple(p for p in values[name] if p in known)
+        if name == "enabled_plugins" and not values[name]:
+            raise _invalid(sources[name], ",".join(unknown), f"no {what} this collector knows; "
+                           f"{what}s: {', '.join(known)}")
+        warnings.append(f'{sources[name]}: unknown {what}{"s" if len(unknown) > 1 else ""} '
+                        f'{", ".join(unknown)} ignored ({what}s: {", ".join(known)})')
     # l7net: the enabled list (default httpflow) minus the disabled list.
     disabled = values.pop("l7net_disabled")
     values["l7net_enabled"] = tuple(p for p in values["l7net_enabled"] if p not in disabled)
@@ -1097,6 +1193,27 @@ def load_config(argv: Union[Sequence[str], argparse.Namespace],
     if values["bearer_token_string"] and not given("bearer_token"):
         values["bearer_token"] = ""
 
+    # Points go to DataKit unless only --output is given.
+    if given("output") and not given("datakit_apiserver"):
+        values["datakit_apiserver"] = None
+    home = launcher_directory(program)
+    if home:
+        for name, suffix in (("log", ".log"), ("pidfile", ".pid")):
+            if not given(name):
+                values[name] = os.path.join(home, LAUNCHER_NAME + suffix)
+                sources[name] = f"beside {os.path.join(home, LAUNCHER_NAME)}"
+
     values["config_file"] = config_file
     sources["config_file"] = "--config" if config_file else "default"
-    return Config(sources=sources, **values)
+    return Config(sources=sources, foreign_options=tuple(dict.fromkeys(foreign)),
+                  warnings=tuple(warnings), **values)
+
+
+def options_without_effect(cfg: Config, running: Sequence[str]) -> List[str]:
+    """The options given (as the user wrote them) that change nothing: their
+    plugin or feature is not in ``running``, or this build has no use for
+    them at all (FOREIGN_FLAGS)."""
+    out = [f"{cfg.sources[o.name]} ({o.feature} not running)" for o in OPTIONS
+           if o.feature and o.feature not in running
+           and cfg.sources.get(o.name, "default") != "default"]
+    return out + [f"{flag} (not used by this collector)" for flag in cfg.foreign_options]

@@ -8,9 +8,9 @@ than configured (cfg.cpu_limit / mem_limit / net_limit).
     window, not the lifetime average. Until a window has passed, no CPU
     figure (and no CPU verdict).
   * memory: VmRSS of /proc/<pid>/status.
-  * network: rx/tx bytes per interface of <proc>/net/dev (lo skipped),
-    bytes/s between consecutive checks; any interface over the limit in
-    either direction trips it.
+  * network: rx/tx bytes per interface of <proc>/net/dev except
+    UNMETERED_INTERFACES, bytes/s between consecutive checks; any interface
+    over the limit in either direction trips it.
 and raises ResourceLimitExceeded naming the limit, the measured value and
 the limit. With no limit set, check() does nothing.
 """
@@ -24,6 +24,10 @@ from typing import Callable, Dict, Optional, Tuple
 from .errors import DkebpfError
 
 MiB = 1024 * 1024
+# loopback traffic never leaves the host and uses no link's bandwidth; a busy
+# local service (or a DataKit on 127.0.0.1) must not stop the collector.
+# The README's "Keeping the node safe" names these too.
+UNMETERED_INTERFACES = ("lo",)
 
 
 class ResourceLimitExceeded(DkebpfError):
@@ -90,7 +94,7 @@ class LimitChecker:
                 name, _, fields = line.partition(":")
                 name = name.strip()
                 vals = fields.split()
-                if name == "lo" or len(vals) < 9:
+                if name in UNMETERED_INTERFACES or len(vals) < 9:
                     continue
                 out[name] = (int(vals[0]), int(vals[8]))
         return out

@@ -312,6 +312,12 @@ cdef struct merge_out:
     Py_ssize_t n_idle
 
 
+cdef inline bint _tcp_flow(const nf_conn_stats *st) noexcept nogil:
+    """A TCP instance the kernel reports when it closes (on_destroy's rule):
+    established while watched, or moved bytes."""
+    return st.proto == 6 and ((st.flags & NF_F_ESTABLISHED) != 0 or st.bytes_sent != 0 or st.bytes_recv != 0)
+
+
 cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur_key,
                                const nf_conn_stats *cur_st, const nf_conn_key *clo_key,
                                const nf_conn_stats *clo_st, uint64_t idle_before,
@@ -323,7 +329,7 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
     cdef const nf_conn_stats *st
     cdef nf_conn_delta *row
     cdef uint64_t d_sent, d_recv, d_retr
-    cdef uint8_t est, is_closed
+    cdef uint8_t est, is_closed, tcp_closed
     if clo_st != NULL:
         # final totals: the partial dump record (if any) is superseded
         key = clo_key
@@ -354,16 +360,24 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
 
     if not is_closed:
         # No send/recv/state change since the last dump and older than the
-        # threshold: the caller deletes it from the kernel map.
-        if base != NULL and st.ts_last == base.ts_last and st.ts_last < idle_before:
+        # threshold: the caller takes it out of the kernel map and hands its
+        # final record back as a closed one next time (bytes that came in
+        # between are counted then), so it stays in the snapshot as the base.
+        # A TCP connection that is a flow ends only at its close, which the
+        # kernel reports once however long it was idle.
+        if (base != NULL and st.ts_last == base.ts_last and st.ts_last < idle_before
+                and not _tcp_flow(st)):
             out.idle_keys[out.n_idle] = cur_key[0]
             out.n_idle += 1
-        else:
-            out.next_keys[out.n_next] = cur_key[0]
-            out.next_stats[out.n_next] = cur_st[0]
-            out.n_next += 1
+        out.next_keys[out.n_next] = cur_key[0]
+        out.next_stats[out.n_next] = cur_st[0]
+        out.n_next += 1
 
-    if d_sent == 0 and d_recv == 0 and d_retr == 0 and not est and not is_closed:
+    # a TCP flow the kernel closed (a ring record) counts in tcp_closed even
+    # when nothing else moved; a final record of an evicted flow (a map
+    # record, no NF_F_CLOSED) only adds what moved
+    tcp_closed = is_closed and (st.flags & NF_F_CLOSED) != 0 and _tcp_flow(st)
+    if d_sent == 0 and d_recv == 0 and d_retr == 0 and not est and not tcp_closed:
         return
     row = &out.delta[out.n_delta]
     out.n_delta += 1
@@ -382,7 +396,7 @@ cdef inline void emit_instance(const nf_conn_stats *base, const nf_conn_key *cur
     row.proto = st.proto
     row.direction = st.direction
     row.established = est
-    row.closed = is_closed
+    row.closed = tcp_closed
     memcpy(row.comm, st.comm, 16)
 
 
@@ -488,8 +502,11 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
 
     Returns (delta, next_keys, next_stats, idle_keys): delta rows
     (DELTA_DTYPE) of instances that moved, opened or closed; the snapshot to
-    pass back as prev next time (sorted, closed and idle instances removed);
-    the keys of idle instances, to be deleted from the kernel map.
+    pass back as prev next time (sorted, closed instances removed); the keys
+    of idle instances, to be taken out of the kernel map, whose final
+    records the caller passes as `closed` next time (they stay in the
+    snapshot as the base). TCP flows are never idle: they end at their
+    close.
     """
     cdef cnp.ndarray pk = _checked(prev_keys, KEY_DTYPE, "prev_keys")
     cdef cnp.ndarray ps = _checked(prev_stats, STATS_DTYPE, "prev_stats")

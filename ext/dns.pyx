@@ -473,6 +473,11 @@ cdef class PairTable:
     def pending(self):
         return self.used
 
+    @property
+    def finished(self):
+        """Finished exchanges waiting for take()."""
+        return self.n_out
+
     cdef void _reserve(self, Py_ssize_t more):
         if self.n_out + more > len(self.out):
             grown = np.empty(max(2 * len(self.out), self.n_out + more), PAIR_DTYPE)

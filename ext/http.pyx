@@ -7,9 +7,12 @@ the GIL released; no Python object is made per event or per message.
 parse_events(events) -> MSG_DTYPE array, one row per message start found
     in the payload prefixes (several when pipelined messages share a call
     and fit in the prefix), one row per close record.
-pair(events, msgs, ...) -> PAIR_DTYPE array + carry mask: the k-th response
-    on a connection (sk, pid) answers its k-th request (HTTP/1.1 keeps
-    responses in request order, RFC 9112 section 9.3.2).
+pair(events, msgs, ...) -> PAIR_DTYPE array + carry mask: the k-th final
+    response on a connection (sk, pid) answers its k-th request (HTTP/1.1
+    keeps responses in request order, RFC 9112 section 9.3.2). Interim 1xx
+    responses other than 101 (100 Continue, 102, 103) precede the final one
+    of the same request (RFC 9110 section 15.2): they count toward its bytes
+    but are not pairing targets.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free
@@ -434,16 +437,25 @@ cdef void _emit(http_pair *pairs, pair_state *st, int32_t req, int32_t resp, uin
     st.npairs += 1
 
 
+cdef inline bint _interim(const http_msg *m) noexcept nogil:
+    """An interim response: 1xx except 101, whose exchange continues on the
+    same protocol (RFC 9110 section 15.2)."""
+    return m.kind == K_RESPONSE and m.status < 200 and m.status != 101
+
+
 cdef void _segment(const l7_event *ev, const http_msg *msgs, int32_t *reqs, Py_ssize_t nreq,
-                   int32_t *resps, Py_ssize_t nresp, bint has_final, uint64_t fsent, uint64_t frecv,
+                   int32_t *resps, int32_t *froms, Py_ssize_t nresp, bint has_final, uint64_t fsent,
+                   uint64_t frecv,
                    uint64_t ksent, uint64_t krecv, uint64_t settle_before, uint64_t expire_before,
                    http_pair *pairs, uint8_t *carry, pair_state *st) noexcept nogil:
     """Pair the requests and responses of one connection instance (in
-    order). has_final: the connection closed with totals fsent/frecv;
-    ksent/krecv: the latest totals known otherwise (for a last response
-    left alone long enough to be complete)."""
+    order). resps are the final responses; froms[k] is where the k-th
+    response's bytes start (its first interim response, else itself).
+    has_final: the connection closed with totals fsent/frecv; ksent/krecv:
+    the latest totals known otherwise (for a last response left alone long
+    enough to be complete)."""
     cdef Py_ssize_t skip = 0, i, k
-    cdef int32_t q, s
+    cdef int32_t q, s, f
     cdef const l7_event *qe
     cdef const l7_event *se
     cdef uint64_t rb, sb, qend, send_
@@ -455,11 +467,13 @@ cdef void _segment(const l7_event *ev, const http_msg *msgs, int32_t *reqs, Py_s
     for i in range(npair):
         q = reqs[i]
         s = resps[i + skip]
+        f = froms[i + skip]
         qe = &ev[msgs[q].ev]
-        se = &ev[msgs[s].ev]
+        se = &ev[msgs[f].ev]
         counted = (qe.flags & L7_F_COUNTED) and (se.flags & L7_F_COUNTED)
         if not counted:
-            _emit(pairs, st, q, s, msgs[q].seg_len, msgs[s].seg_len, ev, msgs)
+            _emit(pairs, st, q, s, msgs[q].seg_len,
+                  msgs[s].seg_len + (msgs[f].seg_len if f != s else 0), ev, msgs)
             continue
         settled = has_final or msgs[s].ts < settle_before
         if i + 1 < nreq:
@@ -471,7 +485,7 @@ cdef void _segment(const l7_event *ev, const http_msg *msgs, int32_t *reqs, Py_s
         else:
             qend = 0
         if i + skip + 1 < nresp:
-            send_ = _pos(&ev[msgs[resps[i + skip + 1]].ev], &msgs[resps[i + skip + 1]])
+            send_ = _pos(&ev[msgs[froms[i + skip + 1]].ev], &msgs[froms[i + skip + 1]])
         elif has_final:
             send_ = _final(se, fsent, frecv)
         elif settled:
@@ -483,9 +497,10 @@ cdef void _segment(const l7_event *ev, const http_msg *msgs, int32_t *reqs, Py_s
                 carry[reqs[k]] = 1
             for k in range(i + skip, nresp):
                 carry[resps[k]] = 1
+                carry[froms[k]] = 1
             return
         rb = qend - _pos(qe, &msgs[q]) if qend > _pos(qe, &msgs[q]) else msgs[q].seg_len
-        sb = send_ - _pos(se, &msgs[s]) if send_ > _pos(se, &msgs[s]) else msgs[s].seg_len
+        sb = send_ - _pos(se, &msgs[f]) if send_ > _pos(se, &msgs[f]) else msgs[s].seg_len
         _emit(pairs, st, q, s, rb, sb, ev, msgs)
     for i in range(npair, nreq):  # not answered (yet)
         q = reqs[i]
@@ -528,11 +543,14 @@ def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=No
     st.unmatched_responses = st.unanswered_closed = st.expired_requests = 0
     cdef int32_t *reqs = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
     cdef int32_t *resps = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
-    if reqs == NULL or resps == NULL:
+    cdef int32_t *froms = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
+    if reqs == NULL or resps == NULL or froms == NULL:
         free(reqs)
         free(resps)
+        free(froms)
         raise MemoryError()
-    cdef Py_ssize_t i = 0, j, nreq, nresp, lo, hi, mid
+    cdef Py_ssize_t i = 0, j, k, nreq, nresp, lo, hi, mid
+    cdef int32_t interim  # first interim response of the request being answered; -1 none
     cdef uint64_t sk, ksent, krecv, v
     cdef uint32_t pid
     cdef const l7_event *e
@@ -542,6 +560,7 @@ def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=No
                 sk = m[i].sk
                 pid = m[i].pid
                 nreq = nresp = 0
+                interim = -1
                 ksent = krecv = 0
                 # the kernel's totals of this socket, if given
                 lo = 0
@@ -559,9 +578,10 @@ def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=No
                 while j < n and m[j].sk == sk and m[j].pid == pid:
                     e = &ev[m[j].ev]
                     if m[j].kind == K_CLOSE:
-                        _segment(ev, m, reqs, nreq, resps, nresp, 1, e.sk_sent, e.sk_recv, 0, 0,
+                        _segment(ev, m, reqs, nreq, resps, froms, nresp, 1, e.sk_sent, e.sk_recv, 0, 0,
                                  settle_before, expire_before, pp, cp, &st)
                         nreq = nresp = 0
+                        interim = -1
                         ksent = krecv = 0
                     else:
                         # latest totals seen in the records themselves
@@ -577,8 +597,15 @@ def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=No
                         if m[j].kind == K_REQUEST:
                             reqs[nreq] = <int32_t>j
                             nreq += 1
+                        elif _interim(&m[j]):
+                            # its request's exchange goes on; one with no
+                            # request waiting is ignored like its request
+                            if nresp < nreq and interim < 0:
+                                interim = <int32_t>j
                         elif nresp < nreq:
                             resps[nresp] = <int32_t>j
+                            froms[nresp] = interim if interim >= 0 else <int32_t>j
+                            interim = -1
                             nresp += 1
                         else:
                             # no request waiting: it answers one sent before
@@ -587,12 +614,18 @@ def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=No
                             st.unmatched_responses += 1
                     j += 1
                 if nreq or nresp:
-                    _segment(ev, m, reqs, nreq, resps, nresp, 0, 0, 0, ksent, krecv,
+                    _segment(ev, m, reqs, nreq, resps, froms, nresp, 0, 0, 0, ksent, krecv,
                              settle_before, expire_before, pp, cp, &st)
+                    # interim responses wait with the request they belong to
+                    if interim >= 0 and cp[reqs[nresp]]:
+                        for k in range(interim, j):
+                            if _interim(&m[k]):
+                                cp[k] = 1
                 i = j
     finally:
         free(reqs)
         free(resps)
+        free(froms)
     stats = {"unmatched_responses": st.unmatched_responses, "unanswered_closed": st.unanswered_closed,
              "expired_requests": st.expired_requests}
     return pairs[:st.npairs], carry.view(bool), stats

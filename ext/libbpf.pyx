@@ -195,19 +195,26 @@ cdef class Map:
                     n += 1
         return n
 
-    def delete_many(self, keys):
-        """Delete the records of a numpy key array; returns how many existed."""
+    def take_many(self, keys):
+        """Look up and delete, each in one step, the records of a numpy key
+        array (a hash map, kernel 5.14+): nothing written between the
+        lookup and the delete is lost. Returns (keys, values) of those that
+        existed; values as raw bytes rows (np.void of value_size)."""
         keys = np.ascontiguousarray(keys)
+        vals = np.zeros(len(keys), np.dtype((np.void, self.value_size)))
+        found = np.zeros(len(keys), np.bool_)
         if len(keys) == 0:
-            return 0
+            return keys, vals
         cdef char *kp = <char *>cnp.PyArray_DATA(keys)
-        cdef Py_ssize_t i, n = len(keys), deleted = 0
+        cdef char *vp = <char *>cnp.PyArray_DATA(vals)
+        cdef unsigned char[::1] f = found.view(np.uint8)
+        cdef Py_ssize_t i, n = len(keys)
         cdef int fd = self.fd
         with nogil:
             for i in range(n):
-                if bpf_map_delete_elem(fd, kp + i * self.key_size) == 0:
-                    deleted += 1
-        return deleted
+                f[i] = bpf_map_lookup_and_delete_elem(fd, kp + i * self.key_size,
+                                                      vp + i * self.value_size) == 0
+        return keys[found], vals[found]
 
     def percpu_sums(self):
         """For a per-CPU array of u64 counters: the sum over CPUs per index."""

@@ -69,8 +69,10 @@ struct nf_conn_event {
 	struct nf_conn_stats stats;
 };
 
-/* Key of the bound_ports map: local ports of listening TCP sockets and of
- * explicitly bound UDP sockets; a flow on such a port is incoming. */
+/* Key of the bound_ports map: local ports of listening TCP sockets (added
+ * on listen, removed when the listener closes) and, for the collector's
+ * first interval, of UDP servers found at start; a flow on such a port is
+ * incoming. */
 struct nf_port_key {
 	__u16 port;
 	__u8 proto;

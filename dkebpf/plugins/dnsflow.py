@@ -10,8 +10,11 @@ ip:port); latency is the time between their capture timestamps; a query
 unanswered for 6 s (at collect time, or by its answer's timestamp) counts
 with rcode -1 and latency 0 (as the original).
 A/AAAA answers to queries seen fill the IP -> domain cache (ctx.domains)
-that netflow and httpflow read. Each interval the finished exchanges are
-aggregated with pyarrow."""
+that netflow and httpflow read. Finished exchanges are folded into
+per-point sums whenever STEP_PAIRS of them wait (partial()), and those
+sums into the interval's points (finish()) with pyarrow: memory does not
+depend on the interval length; at most MAX_KEYS distinct points are kept
+per interval, and exchanges beyond them are counted, not reported."""
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,6 +36,12 @@ DNS_TIMEOUT_NS = 6_000_000_000
 KEY_TAGS = ["src_ip", "src_port", "dst_ip", "dst_port", "family", "transport", "direction", "dst_domain"]
 DNSFLOW_TAGS = KEY_TAGS + ["src_ip_type", "dst_ip_type"]
 DNSFLOW_FIELDS = ["count", "latency", "latency_max", "rcode"]
+GROUP_KEYS = KEY_TAGS + ["rcode"]
+PARTIAL_SUMS = ["count", "latency_sum", "latency_max"]
+# finished exchanges (~330 B each) held before they are folded into sums
+STEP_PAIRS = 8192
+# distinct points (tags + rcode) one interval may hold (~200 B each)
+MAX_KEYS = 100_000
 
 
 class DnsflowPlugin(Plugin):
@@ -50,7 +59,8 @@ class DnsflowPlugin(Plugin):
         ctx.domains = self.cache
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.totals = {"messages": 0, "malformed": 0, "tcp_partial": 0, "truncated": 0,
-                       "cache_updates": 0, "points": 0}
+                       "cache_updates": 0, "points": 0, "early_steps": 0, "exchanges_lost_points_full": 0}
+        self.sums = None  # this interval's per-point sums (partial())
 
     def start(self):
         self.ring = _packets.PacketRing(port_filter(_dns.DNS_PORT))
@@ -74,8 +84,24 @@ class DnsflowPlugin(Plugin):
                 completed = self.table.add(msgs)
                 if len(addrs):
                     self._fill_cache(msgs, addrs, completed)
+                if self.table.finished >= STEP_PAIRS:
+                    self._fold(self.table.take())
+                    self.totals["early_steps"] += 1
             if not more:
                 return
+
+    def _fold(self, pairs):
+        """Add finished exchanges to the interval's per-point sums, keeping
+        at most MAX_KEYS points: a step that would pass it is dropped whole
+        and counted."""
+        if not len(pairs):
+            return
+        part = partial(pairs, self.ephemeral_port)
+        merged = part if self.sums is None else combine([self.sums, part])
+        if merged.num_rows > MAX_KEYS:
+            self.totals["exchanges_lost_points_full"] += len(pairs)
+            return
+        self.sums = merged
 
     def _fill_cache(self, msgs, addrs, completed):
         # only answers to queries this host saw: an unsolicited answer
@@ -95,10 +121,11 @@ class DnsflowPlugin(Plugin):
             self.drain()
         self.table.expire(now_ns)
         self.cache.purge()
-        pairs = self.table.take()
-        if len(pairs) == 0:
+        self._fold(self.table.take())
+        sums, self.sums = self.sums, None
+        if sums is None:
             return []
-        batch = aggregate(pairs, self.ephemeral_port, self.ctx.k8s)
+        batch = finish(sums, self.ctx.k8s)
         self.totals["points"] += batch.num_rows
         return [PointBatch("dnsflow", "network", "ebpf-net/dnsflow", batch,
                            DNSFLOW_TAGS + k8s_tag_names(self.ctx.k8s, client_server=False), DNSFLOW_FIELDS,
@@ -119,11 +146,11 @@ class DnsflowPlugin(Plugin):
             self.ring = None
 
 
-def aggregate(pairs, ephemeral_port, k8s=None):
-    """PAIR_DTYPE rows -> one row per (tags, rcode): count, mean and max
-    latency. src is this host's end, as in netflow: the client for an
-    outgoing query, the server for one this host answered; the client's
-    port becomes '*' when ephemeral."""
+def partial(pairs, ephemeral_port):
+    """PAIR_DTYPE rows -> one row per (tags, rcode): count, latency sum and
+    max (summable with other steps, combine()). src is this host's end, as
+    in netflow: the client for an outgoing query, the server for one this
+    host answered; the client's port becomes '*' when ephemeral."""
     fam = pairs["family"]
     outgoing = pa.array(pairs["outgoing"].astype(bool))
     client_ip = format_addrs(pairs["caddr"], fam)
@@ -144,15 +171,31 @@ def aggregate(pairs, ephemeral_port, k8s=None):
         "rcode": pa.array(pairs["rcode"].astype(np.int64)),
         "latency": pa.array(pairs["latency_ns"].astype(np.int64)),
     }
-    agg = pa.table(cols).group_by(KEY_TAGS + ["rcode"], use_threads=False).aggregate([
-        ("latency", "count"), ("latency", "mean"), ("latency", "max")])
-    out = {k: agg.column(k).combine_chunks() for k in KEY_TAGS}
+    agg = pa.table(cols).group_by(GROUP_KEYS, use_threads=False).aggregate([
+        ("latency", "count"), ("latency", "sum"), ("latency", "max")])
+    return agg.rename_columns(GROUP_KEYS + PARTIAL_SUMS)
+
+
+def combine(parts):
+    """Per-point sums of several steps -> one row per point."""
+    g = pa.concat_tables(parts).group_by(GROUP_KEYS, use_threads=False).aggregate([
+        ("count", "sum"), ("latency_sum", "sum"), ("latency_max", "max")])
+    return g.rename_columns(GROUP_KEYS + PARTIAL_SUMS)
+
+
+def finish(sums, k8s=None):
+    """An interval's per-point sums -> the points: count, mean and max
+    latency, address types, Kubernetes tags (k8s: the shared index, or
+    None)."""
+    out = {k: sums.column(k).combine_chunks() for k in KEY_TAGS}
     out["src_ip_type"] = ip_types(out["src_ip"])
     out["dst_ip_type"] = ip_types(out["dst_ip"])
-    out["count"] = pc.cast(agg.column("latency_count"), pa.int64())
-    out["latency"] = pc.cast(pc.round(agg.column("latency_mean")), pa.int64())
-    out["latency_max"] = agg.column("latency_max")
-    out["rcode"] = agg.column("rcode")
+    count = pc.cast(sums.column("count"), pa.int64())
+    out["count"] = count
+    out["latency"] = pc.cast(pc.round(pc.divide(pc.cast(sums.column("latency_sum"), pa.float64()),
+                                                pc.cast(count, pa.float64()))), pa.int64())
+    out["latency_max"] = pc.cast(sums.column("latency_max"), pa.int64())
+    out["rcode"] = sums.column("rcode")
     # dnsflow has no pid (packets) and no client/server tags: the local side is found by IP
     add_k8s_tags(k8s, out, client_server=False)
     table = pa.table(out).combine_chunks()

@@ -30,12 +30,21 @@ NETFLOW_FIELDS = ["bytes_read", "bytes_written", "retransmits", "rtt", "rtt_var"
                   "tcp_closed", "tcp_established"]
 TCP_LISTEN_STATE = 0x0A
 UDP_UNCONNECTED_STATE = 0x07
+# closed-connection records the ring reader may hold before they are merged
+# and aggregated, ahead of the interval's end (~1 MB of 120-byte records):
+# memory does not grow with the interval or the rate of closes
+STEP_RECORDS = 8192
+# per-netflow-key sums an interval's steps add up; rtt and rtt_var are
+# averaged over the connections that had one at the end
+PARTIAL_SUMS = ["bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established",
+                "rtt_sum", "rtt_count", "rtt_var_sum"]
 
 
 def listening_ports(proc, ephemeral_start):
     """Ports that make a flow incoming, from before the collector started:
     listening TCP sockets, and unconnected UDP sockets on ports the kernel
-    does not hand out to clients."""
+    does not hand out to clients (their flows under way at start may show
+    a reply first)."""
     out = []
     for name in ("tcp", "tcp6"):
         for lport, _r, _rp, st in kernel.read_socket_table(os.path.join(proc, "net", name)):
@@ -65,6 +74,12 @@ class NetflowPlugin(Plugin):
         # as a new instance, when it moves data again)
         self.idle_ns = int(max(2 * self.cfg.interval, 120) * 1e9)
         self.totals = {"connections_merged": 0, "idle_evicted": 0, "points": 0}
+        self.udp_seeds = []  # bound_ports keys of UDP servers found at start
+        # final records of idle flows taken out of the map: merged next
+        # interval like closed ones (what moved after the dump is counted)
+        self.evicted = np.empty(0, _records.EVENT_DTYPE)
+        self.partials = []  # per-key sums of this interval's steps (partial())
+        self.early_steps = 0
 
     def start(self):
         self.bpf = BpfSkeleton(NETFLOW).start(
@@ -72,6 +87,7 @@ class NetflowPlugin(Plugin):
             setup=lambda bpf: self._seed_ports(bpf.maps.bound_ports))
         self.ring = self.bpf.rings.closed
         self.conns = self.bpf.maps.conns
+        self.bound = self.bpf.maps.bound_ports
         self.log.info("netflow: %d programs attached, ephemeral ports from %d",
                       len(self.bpf.links), self.ephemeral_port)
 
@@ -85,6 +101,30 @@ class NetflowPlugin(Plugin):
         one = b"\x01"
         for k in keys:
             bound.update(k.tobytes(), one)
+        self.udp_seeds = [k.tobytes() for k in keys if k["proto"] == 17]
+
+    def _drop_udp_seeds(self):
+        """After the first interval every UDP flow under way at start has
+        shown its first datagram; from then on that datagram alone says who
+        began a flow, and a seeded port may have gone to a client (a DNS
+        forwarder's random upstream port)."""
+        for k in self.udp_seeds:
+            self.bound.delete(k)
+        self.udp_seeds = []
+
+    def _take_idle(self, idle):
+        """Take idle flows out of the kernel map (the map stays bounded: UDP
+        flows have no close); their final records, for the next merge."""
+        if not len(idle):
+            return self.evicted[:0]
+        keys, vals = self.conns.take_many(idle)
+        self.totals["idle_evicted"] += len(keys)
+        ev = np.zeros(len(keys), _records.EVENT_DTYPE)
+        raw = ev.view(np.uint8).reshape(len(keys), -1)
+        ksz = _records.KEY_DTYPE.itemsize
+        raw[:, :ksz] = keys.view(np.uint8).reshape(len(keys), -1)
+        raw[:, ksz:ksz + vals.dtype.itemsize] = vals.view(np.uint8).reshape(len(keys), -1)
+        return ev
 
     def fileobjs(self):
         return [self.ring] if self.bpf else []
@@ -92,28 +132,52 @@ class NetflowPlugin(Plugin):
     def on_readable(self, fileobj):
         # records are copied into the reader's C buffer; no Python per record
         self.ring.poll(0)
+        if self.ring.held >= STEP_RECORDS:
+            self._step()
+
+    def _step(self):
+        """Merge the closed records the reader holds against the snapshot
+        and fold them into per-key sums now, instead of holding one record
+        per closed connection for the whole interval. The snapshot stands
+        in for the dump: instances in it that did not close stay as they
+        are, closed ones leave it with their last delta."""
+        closed = self.ring.take()
+        delta, self.prev_keys, self.prev_stats, _ = _conntable.merge(
+            self.prev_keys, self.prev_stats, self.prev_keys, self.prev_stats, closed, 0)
+        self._add(delta)
+        self.early_steps += 1
+
+    def _add(self, delta):
+        self.totals["connections_merged"] += len(delta)
+        if len(delta):
+            self.partials.append(self.partial(_conntable.delta_to_arrow(delta)))
 
     def collect(self, now_ns):
         keys, vals = self.conns.dump(_records.KEY_DTYPE)
         stats = vals.view(_records.STATS_DTYPE)
         self.ring.consume()
         closed = self.ring.take()
+        if len(self.evicted):  # whole rows, padding included
+            raw = np.dtype((np.void, _records.EVENT_DTYPE.itemsize))
+            closed = np.concatenate([closed.view(raw), self.evicted.view(raw)]).view(_records.EVENT_DTYPE)
         idle_before = time.monotonic_ns() - self.idle_ns
         delta, self.prev_keys, self.prev_stats, idle = _conntable.merge(
             self.prev_keys, self.prev_stats, keys, stats, closed, idle_before)
-        if len(idle):
-            self.totals["idle_evicted"] += self.conns.delete_many(idle)
-        self.totals["connections_merged"] += len(delta)
-        if len(delta) == 0:
+        self.evicted = self._take_idle(idle)
+        self._drop_udp_seeds()
+        self._add(delta)
+        partials, self.partials = self.partials, []
+        if not partials:
             return []
-        batch = self.aggregate(_conntable.delta_to_arrow(delta))
+        batch = self.finish(partials)
         self.totals["points"] += batch.num_rows
         return [PointBatch("netflow", "network", "ebpf-net/netflow", batch,
                            NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
                            const_tags={"source": "netflow"})]
 
-    def aggregate(self, rb):
-        """Per-connection deltas -> one row per netflow key."""
+    def partial(self, rb):
+        """Per-connection deltas -> per netflow key sums (PARTIAL_SUMS):
+        few rows, summable with the other steps of the interval."""
         is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
         rtt = rb.column("rtt_us")
         has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
@@ -135,13 +199,26 @@ class NetflowPlugin(Plugin):
         })
         agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
             ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
-            ("rtt", "mean"), ("rtt_var", "mean"), ("tcp_closed", "sum"), ("tcp_established", "sum"),
+            ("tcp_closed", "sum"), ("tcp_established", "sum"),
+            ("rtt", "sum"), ("rtt", "count"), ("rtt_var", "sum"),
         ])
-        out = {k: agg.column(k) for k in CONNECTION_TAGS}
+        return agg.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
+
+    def finish(self, partials):
+        """An interval's partial sums -> one point per netflow key."""
+        g = pa.concat_tables(partials)
+        if len(partials) > 1:
+            g = g.group_by(CONNECTION_TAGS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+            g = g.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
+        out = {k: g.column(k) for k in CONNECTION_TAGS}
         for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
-            out[f] = pc.cast(agg.column(f + "_sum"), pa.int64())
-        for f in ("rtt", "rtt_var"):
-            out[f] = pc.cast(pc.round(agg.column(f + "_mean")), pa.int64())
+            out[f] = pc.cast(g.column(f), pa.int64())
+        # no rtt in any connection of the key: null (0 / 0), not a 0 rtt
+        count = pc.if_else(pc.equal(g.column("rtt_count"), 0), pa.scalar(None, pa.int64()),
+                           pc.cast(g.column("rtt_count"), pa.int64()))
+        for f, col in (("rtt", "rtt_sum"), ("rtt_var", "rtt_var_sum")):
+            mean = pc.divide(pc.cast(g.column(col), pa.float64()), pc.cast(count, pa.float64()))
+            out[f] = pc.cast(pc.round(mean), pa.int64())
         add_ip_types(out)
         add_k8s_tags(self.ctx.k8s, out)
         table = pa.table(out).combine_chunks()
@@ -149,6 +226,7 @@ class NetflowPlugin(Plugin):
 
     def counters(self):
         c = dict(self.totals)
+        c["early_steps"] = self.early_steps
         if self.bpf is not None:
             c.update(self.bpf.counters())
         return c

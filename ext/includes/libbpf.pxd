@@ -53,6 +53,7 @@ cdef extern from "bpf/bpf.h" nogil:
     int bpf_map_lookup_elem(int fd, const void *key, void *value)
     int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags)
     int bpf_map_delete_elem(int fd, const void *key)
+    int bpf_map_lookup_and_delete_elem(int fd, const void *key, void *value)
     int bpf_map_get_next_key(int fd, const void *key, void *next_key)
     int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys,
                              void *values, uint32_t *count, const bpf_map_batch_opts *opts)

@@ -14,6 +14,7 @@ import pytest
 from dkebpf.plugins import requirements
 
 from support import traffic
+from support.dnsmasq import Dnsmasq, dig
 from support.netns import NetNS
 from support.schema import check_point
 from support.servers import Dnsmasq, dig

@@ -89,6 +89,31 @@ def test_nginx_with_curl_keep_alive_and_pipelining(collector, receiver, tmp_path
     check_schema(receiver)
 
 
+def test_expect_100_continue_pairs_with_the_final_response(collector, receiver, tmp_path):
+    """curl posting 64 KiB with Expect: 100-continue: nginx answers 100,
+    reads the body, then 200. The request pairs with the 200; the 100 is
+    no point of its own and no response is left unmatched."""
+    collector.start()
+    body = tmp_path / "body"
+    body.write_bytes(b"x" * 65536)
+    with Nginx(tmp_path) as ngx:
+        out = subprocess.run(["curl", "-sv", "-o", "/dev/null", "-H", "Expect: 100-continue",
+                              "--data-binary", f"@{body}", f"http://127.0.0.1:{ngx.port}/upload"],
+                             capture_output=True, text=True, timeout=20)
+        assert out.returncode == 0 and "< HTTP/1.1 100 Continue" in out.stderr, out.stderr
+        want = Counter({("POST", "/upload", 200): 1, ("POST", "/ok", 200): 1})  # nginx proxies to /ok
+        pts = wait_counts(receiver, ngx.port, want)
+        assert counts(pts, "outgoing") == want and counts(pts, "incoming") == want
+    up = {p.tags["direction"]: p for p in pts if p.fields["path"] == "/upload"}
+    assert up["outgoing"].tags["process_name"] == "curl" and up["incoming"].tags["process_name"] == "nginx"
+    assert up["outgoing"].fields["bytes_written"] > 65536
+    # the response bytes include the interim "HTTP/1.1 100 Continue\r\n\r\n"
+    assert up["outgoing"].fields["bytes_read"] > len(b"HTTP/1.1 100 Continue\r\n\r\n")
+    for a, b in (("bytes_written", "bytes_read"), ("bytes_read", "bytes_written")):
+        assert up["outgoing"].fields[a] == up["incoming"].fields[b]
+    check_schema(receiver)
+
+
 def test_python_http_server_both_sides(collector, receiver, tmp_path):
     collector.start()
     (tmp_path / "www").mkdir()

@@ -5,12 +5,14 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import pytest
 
 from dkebpf.plugins import PLUGINS, requirements
 
 from support import traffic
+from support.dnsmasq import Dnsmasq, dig
 from support.netns import NetNS
 from support.schema import check_point
 from support.timed_exchange import timed_exchanges
@@ -305,3 +307,29 @@ def test_cpu_limit_exceeded_under_generated_load(collector, receiver):
     err = collector.proc.stderr.read()
     assert rc == 4, (rc, err)
     assert "cpu_limit exceeded" in err and "cores" in err and "Traceback" not in err
+
+
+def test_dns_forwarders_upstream_queries_are_outgoing(collector, receiver):
+    """dnsmasq on the host forwards to an upstream dnsmasq inside a test
+    namespace, from random source ports it binds explicitly (with a port
+    range set, as unbound does by default; below the ephemeral range): its
+    upstream flows began with a datagram it sent, so they are outgoing;
+    the queries it answers began with one it received: incoming."""
+    collector.start(interval="1s")
+    names = [f"n{i}.{uuid.uuid4().hex[:8]}.test" for i in range(3)]
+    with NetNS() as ns:
+        with Dnsmasq(ns, [ns.peer_ip], [f"--host-record={n},10.9.8.{i}" for i, n in enumerate(names)]), \
+                Dnsmasq(None, [ns.host_ip], [f"--server={ns.peer_ip}", "--min-port=20000", "--max-port=30000"]) as fwd:
+            for n in names:
+                assert dig(ns.host_ip, n)[0] == "NOERROR"
+
+            def upstream():
+                return [p for p in flows(receiver, fwd.p.pid)
+                        if p.tags["dst_ip"] == ns.peer_ip and p.tags["dst_port"] == "53"]
+            traffic.wait_until(lambda: sum(p.fields["bytes_read"] for p in upstream()) > 0, 15)
+            up = upstream()
+            answered = [p for p in flows(receiver, fwd.p.pid) if p.tags["src_port"] == "53"]
+    assert up and {p.tags["direction"] for p in up} == {"outgoing"}, [p.tags for p in up]
+    assert all(p.tags["transport"] == "udp" and p.tags["src_ip"] == ns.host_ip for p in up)
+    assert answered and {p.tags["direction"] for p in answered} == {"incoming"}
+    check_all(receiver)

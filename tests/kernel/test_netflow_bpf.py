@@ -115,6 +115,40 @@ def test_udp_unconnected_peer_from_syscall_args(netflow):
         assert (int(stats[srv_rows][0]["bytes_recv"]), int(stats[srv_rows][0]["bytes_sent"])) == (600, 150)
 
 
+def test_dual_stack_servers_report_each_peer_in_its_family(netflow):
+    """A UDP server on `::` without IPV6_V6ONLY (CoreDNS, Go, Java, Node)
+    and a TCP one: an IPv4 client is an IPv4 flow with its own address, an
+    IPv6 client an IPv6 flow."""
+    bpf, ring = netflow
+    from dkebpf import _records as R
+    usrv = traffic.udp_server("::", 30, datagrams=4)
+    tsrv = traffic.tcp_server("::", 40, conns=2)
+    try:
+        clients = {}
+        for host in ("127.0.0.1", "::1"):
+            pid, _, res = traffic.run_client("udp-client", host, usrv.info["port"], 100, 2)
+            clients[host] = res[0]["lport"]
+            traffic.run_client("tcp-client", host, tsrv.info["port"], 50)
+        usrv.wait()
+        tsrv.wait()
+    finally:
+        usrv.stop()
+        tsrv.stop()
+    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
+    stats = vals.view(R.STATS_DTYPE)
+    mine = stats["pid"] == usrv.pid
+    got = sorted((int(s["family"]), bytes(k["raddr"]), int(k["rport"]), int(s["bytes_recv"]), int(s["bytes_sent"]))
+                 for k, s in zip(keys[mine], stats[mine]))
+    assert got == sorted([(4, ip_bytes("127.0.0.1"), clients["127.0.0.1"], 200, 60),
+                          (6, ip_bytes("::1"), clients["::1"], 200, 60)])
+    assert all(s["direction"] == R.DIR_INCOMING for s in stats[mine])
+    ring.poll(200)
+    ev = ring.take()
+    tcp = ev[ev["stats"]["pid"] == tsrv.pid]
+    assert sorted((int(e["stats"]["family"]), bytes(e["key"]["raddr"]), bytes(e["stats"]["laddr"])) for e in tcp) == \
+        sorted([(4, ip_bytes("127.0.0.1"), ip_bytes("127.0.0.1")), (6, ip_bytes("::1"), ip_bytes("::1"))])
+
+
 def test_udp_connected(netflow):
     bpf, ring = netflow
     from dkebpf import _records as R
@@ -144,6 +178,76 @@ def test_retransmits_counted_under_loss(netflow):
     assert len(ev) == 1
     assert int(ev[0]["stats"]["bytes_sent"]) == 300000
     assert ev[0]["stats"]["retransmits"] > 0
+
+
+def _snapshot(bpf, ring):
+    """(map entries, closed records) as they are now."""
+    from dkebpf import _records as R
+    ring.poll(200)
+    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
+    return (keys, vals.view(R.STATS_DTYPE)), ring.take()
+
+
+def _between(snap, lport, rport):
+    """Map entries and closed records of the socket lport -> rport."""
+    (keys, stats), ev = snap
+    return (stats[(stats["lport"] == lport) & (keys["rport"] == rport)],
+            ev[(ev["stats"]["lport"] == lport) & (ev["key"]["rport"] == rport)])
+
+
+def test_own_connections_are_not_flows(netflow):
+    """The collector's own sockets (self_tgid, here this test process): its
+    outgoing connections (posts to DataKit) and the ones its listener
+    accepts (debug server) leave nothing, though their handshakes and
+    closes run in softirq; the peers in other processes are reported."""
+    import threading
+    bpf, ring = netflow
+    # outgoing: this process connects to a server in another process
+    srv = traffic.tcp_server("127.0.0.1", 300)
+    try:
+        c = socket.create_connection(("127.0.0.1", srv.info["port"]))
+        my_port = c.getsockname()[1]
+        c.sendall(b"p" * 500)
+        c.shutdown(socket.SHUT_WR)
+        while c.recv(65536):
+            pass
+        c.close()
+        srv.wait()
+    finally:
+        srv.stop()
+    snap = _snapshot(bpf, ring)
+    mine, mine_closed = _between(snap, my_port, srv.info["port"])
+    assert len(mine) == 0 and len(mine_closed) == 0, (mine, mine_closed)
+    _, theirs = _between(snap, srv.info["port"], my_port)
+    assert len(theirs) == 1 and theirs[0]["stats"]["pid"] == srv.pid
+    assert int(theirs[0]["stats"]["bytes_recv"]) == 500
+
+    # incoming: a client in another process connects to this process's listener
+    lst = socket.socket()
+    lst.bind(("127.0.0.1", 0))
+    lst.listen(4)
+    port = lst.getsockname()[1]
+    accepted = []
+
+    def serve():
+        a, _ = lst.accept()
+        while a.recv(65536):
+            pass
+        a.sendall(b"q" * 200)
+        a.close()
+        accepted.append(1)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    cpid, _, res = traffic.run_client("tcp-client", "127.0.0.1", port, 700)
+    t.join(10)
+    lst.close()
+    assert accepted and res[0]["received"] == 200
+    snap = _snapshot(bpf, ring)
+    mine, mine_closed = _between(snap, port, res[0]["lport"])
+    assert len(mine) == 0 and len(mine_closed) == 0, (mine, mine_closed)
+    _, theirs = _between(snap, res[0]["lport"], port)
+    assert len(theirs) == 1 and theirs[0]["stats"]["pid"] == cpid
 
 
 def test_knob_and_map_errors_are_clear(bpf_ok):

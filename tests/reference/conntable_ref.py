@@ -8,7 +8,7 @@ snapshot comes back in input order rather than sorted.
 """
 import numpy as np
 
-from dkebpf._records import F_ESTABLISHED
+from dkebpf._records import F_CLOSED, F_ESTABLISHED
 
 COUNTERS = ("bytes_sent", "bytes_recv", "retransmits")
 
@@ -18,6 +18,11 @@ def _rows(keys, stats):
     kn, sn = keys.dtype.names, stats.dtype.names
     return [(i, dict(zip(kn, k)), dict(zip(sn, s)))
             for i, (k, s) in enumerate(zip(keys.tolist(), stats.tolist()))]
+
+
+def _tcp_flow(st):
+    """TCP, and established or moved bytes: the kernel reports its close."""
+    return st["proto"] == 6 and bool(st["flags"] & F_ESTABLISHED or st["bytes_sent"] or st["bytes_recv"])
 
 
 def _instance(key, stats):
@@ -54,13 +59,17 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
 
         if not is_closed:
             idx = cur[iid][0]
+            # idle: taken out of the map, its final record comes back as a
+            # closed one; it stays the base until then. TCP flows end at close.
             if (base is not None and st["ts_last"] == base["ts_last"]
-                    and st["ts_last"] < idle_before_ns):
+                    and st["ts_last"] < idle_before_ns and not _tcp_flow(st)):
                 idle_idx.append(idx)
-            else:
-                next_idx.append(idx)
+            next_idx.append(idx)
 
-        if any(d.values()) or established or is_closed:
+        # ring records (NF_F_CLOSED) of TCP flows count in tcp_closed;
+        # final map records of evicted flows only add what moved
+        tcp_closed = is_closed and bool(st["flags"] & F_CLOSED) and _tcp_flow(st)
+        if any(d.values()) or established or tcp_closed:
             deltas.append({
                 "d_bytes_sent": d["bytes_sent"], "d_bytes_recv": d["bytes_recv"],
                 "d_retransmits": d["retransmits"],
@@ -68,7 +77,7 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
                 "pid": st["pid"], "rtt_us": st["rtt_us"], "rtt_var_us": st["rtt_var_us"],
                 "lport": st["lport"], "rport": key["rport"],
                 "family": st["family"], "proto": st["proto"], "direction": st["direction"],
-                "established": int(established), "closed": int(is_closed),
+                "established": int(established), "closed": int(tcp_closed),
                 "comm": st["comm"],
             })
 

@@ -123,3 +123,42 @@ def parse_payload(payload, nbytes=0):
         m["seg_len"] = end
         off += end
     return out
+
+
+def is_interim(status):
+    """1xx other than 101 precedes the final response of the same request
+    (RFC 9110 section 15.2); 101 ends the HTTP exchange."""
+    return 100 <= status < 200 and status != 101
+
+
+def pair_closed(msgs, total_sent, total_recv):
+    """Pairing on one client connection that closed (dkebpf._http.pair with
+    a close record). msgs: dicts with kind, status, pos (stream offset in
+    its direction), ts, ts_other (the last call the other way before it),
+    in time order. The k-th final response answers the k-th request; its
+    bytes start at its first interim response. Returns (pairs, unmatched):
+    pairs as (request index, final response index, request bytes, response
+    bytes, latency)."""
+    reqs = [i for i, m in enumerate(msgs) if m["kind"] == REQUEST]
+    answers, first, waiting, unmatched = [], None, 0, 0
+    for i, m in enumerate(msgs):
+        if m["kind"] == REQUEST:
+            waiting += 1
+        elif len(answers) == waiting:  # answers a request sent before we watched
+            unmatched += 0 if is_interim(m["status"]) else 1
+        elif is_interim(m["status"]):
+            first = i if first is None else first
+        else:
+            answers.append((i if first is None else first, i))
+            first = None
+    pairs = []
+    for k, (start, final) in enumerate(answers):
+        q = msgs[reqs[k]]
+        req_end = msgs[reqs[k + 1]]["pos"] if k + 1 < len(reqs) else total_sent
+        resp_end = msgs[answers[k + 1][0]]["pos"] if k + 1 < len(answers) else total_recv
+        last_req = q["ts"]
+        if q["ts"] < msgs[final]["ts_other"] <= msgs[final]["ts"]:
+            last_req = msgs[final]["ts_other"]
+        pairs.append((reqs[k], final, req_end - q["pos"], resp_end - msgs[start]["pos"],
+                      msgs[final]["ts"] - last_req))
+    return pairs, unmatched

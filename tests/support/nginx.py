@@ -39,6 +39,10 @@ http {{
         location = /missing {{ return 404 "missing\\n"; }}
         location = /boom {{ return 500 "boom\\n"; }}
         location {long} {{ return 200 "long\\n"; }}
+        # reads the request body (to pass it on), so it answers
+        # "Expect: 100-continue" with an interim 100 before the final status;
+        # in memory: the workers may not write to a test's private tmp dir
+        location = /upload {{ client_body_buffer_size 128k; proxy_pass http://{host}:{port}/ok; }}
     }}
 }}
 """

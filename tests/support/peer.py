@@ -17,6 +17,15 @@ def family(host):
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+def server_socket(host, kind):
+    """A socket bound to host, port 0; on `::` a dual-stack one (IPv4 peers
+    too, as v4-mapped addresses), whatever net.ipv6.bindv6only says."""
+    s = socket.socket(family(host), kind)
+    if host == "::":
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    return s
+
+
 def recv_all(s):
     n = 0
     while True:
@@ -35,7 +44,7 @@ def send_exact(s, n, chunks=1, pause=0.0):
 
 
 def tcp_server(host, reply, conns):
-    srv = socket.socket(family(host), socket.SOCK_STREAM)
+    srv = server_socket(host, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     srv.bind((host, 0))
     srv.listen(64)
@@ -48,20 +57,39 @@ def tcp_server(host, reply, conns):
         out(received=got, sent=int(reply), peer_port=addr[1])
 
 
-def tcp_client(host, port, size, chunks="1", pause="0"):
+def tcp_client(host, port, size, chunks="1", pause="0", idle="0"):
+    """Connects, sends size bytes (in chunks, pause seconds apart), stays
+    idle `idle` seconds, shuts down its side and reads the reply."""
     out(pid=os.getpid())
     s = socket.socket(family(host), socket.SOCK_STREAM)
     s.connect((host, int(port)))
     lport = s.getsockname()[1]
     send_exact(s, int(size), int(chunks), float(pause))
+    time.sleep(float(idle))
     s.shutdown(socket.SHUT_WR)
     got = recv_all(s)
     s.close()
     out(sent=int(size), received=got, lport=lport)
 
 
+def tcp_many(host, port, count, size, pause="0"):
+    """count connections one after the other (pause seconds apart), each
+    sending size bytes and reading the reply until the server closes."""
+    out(pid=os.getpid())
+    for i in range(int(count)):
+        if i:
+            time.sleep(float(pause))
+        s = socket.socket(family(host), socket.SOCK_STREAM)
+        s.connect((host, int(port)))
+        send_exact(s, int(size))
+        s.shutdown(socket.SHUT_WR)
+        recv_all(s)
+        s.close()
+    out(sent=int(count) * int(size))
+
+
 def udp_server(host, reply, datagrams):
-    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s = server_socket(host, socket.SOCK_DGRAM)
     s.bind((host, 0))
     out(pid=os.getpid(), port=s.getsockname()[1])
     got = 0
@@ -100,7 +128,7 @@ def udp_fanout(host, first_port, count, size):
     out(sent=int(count) * int(size))
 
 
-MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client,
+MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-many": tcp_many,
          "udp-server": udp_server, "udp-client": udp_client, "udp-fanout": udp_fanout}
 
 if __name__ == "__main__":

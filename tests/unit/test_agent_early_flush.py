@@ -33,6 +33,9 @@ class Source(Plugin):
         self.held = []
         self.collects = 0
 
+    def start(self):
+        pass
+
     def fileobjs(self):
         return [self.r]
 
@@ -53,7 +56,8 @@ def test_on_readable_true_flushes_that_plugin_only():
     agent = Agent(load_config(["--enabled", "ebpf-net", "--interval", "10m", "--output", "-"]))
     agent.sink = Sink()
     eager, lazy = Source("eager", every=3), Source("lazy", every=10**9)
-    agent.plugins = [eager, lazy]
+    agent.runners = [agent.runner(p.name, lambda p=p: p) for p in (eager, lazy)]
+    assert all(r.start() for r in agent.runners)
     wake_r, wake_w = socket.socketpair()
 
     def feed():
@@ -85,7 +89,8 @@ def test_a_batch_without_tags_is_sampled_per_row():
     agent.sink = Sink()
     src = Source("logs", every=10**9)
     src.held = list(range(2000))
-    agent.plugins = [src]
+    agent.runners = [agent.runner(src.name, lambda: src)]
+    assert agent.runners[0].start()
     agent.flush()
     (_cat, _inp, kept), = agent.sink.sent
     assert 800 < len(kept) < 1200 and len(set(kept)) == len(kept)

@@ -54,7 +54,7 @@ def test_defaults():
     assert c.enabled_plugins == ("ebpf-net",)
     assert c.l7net_enabled == ("httpflow",)
     assert c.interval == 60.0
-    assert c.datakit_apiserver is None and c.trace_server is None and c.output is None
+    assert c.datakit_apiserver == "http://0.0.0.0:9529" and c.trace_server is None and c.output is None
     assert c.hostname == socket.gethostname()
     assert c.service == "ebpf" and c.tags == {}
     assert c.pidfile is None and c.log is None and c.log_level == "info"
@@ -362,7 +362,8 @@ def test_zero_resource_limit_means_no_limit():
 @pytest.mark.parametrize("text,tags", [
     ("a=1,b=2", {"a": "1", "b": "2"}),
     ("a=1;b=2", {"a": "1", "b": "2"}),
-    ("a=1;b=2,c=3", {"a": "1", "b": "2", "c": "3"}),
+    ("a=1;b=2,c=3", {"a": "1", "b": "2,c=3"}),  # DataKit joins with ';', a value may hold ','
+    ("team=a,b;x=", {"team": "a,b"}),
     (" a = 1 ; ", {"a": "1"}),
     ("url=http://x/?q=1", {"url": "http://x/?q=1"}),
     ("", {}),
@@ -371,11 +372,25 @@ def test_tags(text, tags):
     assert load(["--tags", text]).tags == tags
 
 
-@pytest.mark.parametrize("text,bad", [("a", '"a" has no "="'), ("a=1;b", '"b" has no "="'),
-                                      ("=1", "non-empty key"), ("a=", "non-empty key")])
-def test_bad_tags(text, bad):
-    msg = error_of(["--tags", text])
-    assert msg.startswith(f'invalid --tags "{text}": ') and bad in msg
+@pytest.mark.parametrize("text,tags,warnings", [
+    ("a", {}, ['--tags: tag "a": has no "="; dropped']),
+    ("a=1;b", {"a": "1"}, ['--tags: tag "b": has no "="; dropped']),
+    ("=1,a=2", {"a": "2"}, ['--tags: tag "=1": needs a non-empty key and value; dropped']),
+    ("team=a,b;x=;y", {"team": "a,b"}, ['--tags: tag "x=": needs a non-empty key and value; dropped',
+                                       '--tags: tag "y": has no "="; dropped']),
+])
+def test_bad_tags_are_dropped_with_one_warning_each(text, tags, warnings):
+    c = load(["--tags", text])
+    assert c.tags == tags and list(c.warnings) == warnings
+
+
+def test_bad_tags_in_files_are_dropped_too(tmp_path):
+    conf = write(tmp_path, '[[inputs.ebpf]]\n[inputs.ebpf.tags]\nx = [1]\ny = ""\nz = "1"\n')
+    c = load(["--config", conf])
+    assert c.tags == {"z": "1"}
+    assert list(c.warnings) == [f'[inputs.ebpf.tags] ({conf}): tag "x": needs a string value; dropped',
+                                f'[inputs.ebpf.tags] ({conf}): tag "y=": needs a non-empty key and value; '
+                                "dropped"]
 
 
 def test_host_and_service_tags_fold_into_their_fields():
@@ -664,8 +679,8 @@ def test_doc_sample_with_every_option_uncommented(tmp_path):
 
 def test_project_sample_loads_cleanly():
     c = load(["--config", str(SAMPLE)])
-    assert dataclasses.replace(c, datakit_apiserver=None, config_file=None) == Config()
-    assert c.datakit_apiserver == "http://0.0.0.0:9529"
+    assert dataclasses.replace(c, config_file=None) == Config()
+    assert c.datakit_apiserver == "http://0.0.0.0:9529" and not c.warnings
 
 
 def test_project_sample_documents_every_option(tmp_path):
@@ -737,9 +752,6 @@ def test_bad_values_in_files_name_key_and_file(tmp_path):
     conf = write(tmp_path, '[[inputs.ebpf]]\nmem_limit = "4 gigs"\n')
     msg = error_of(["--config", conf])
     assert msg.startswith(f'invalid mem_limit ({conf}) "4 gigs": a size such as')
-    conf = write(tmp_path, '[[inputs.ebpf]]\n[inputs.ebpf.tags]\nx = [1]\n')
-    assert error_of(["--config", conf]).startswith(
-        f'invalid [inputs.ebpf.tags] ({conf}) "x=[1]": tag "x" needs a string value')
     conf = write(tmp_path, '[[inputs.ebpf]]\nenabled_plugins = ["ebpf-net", 3]\n')
     assert error_of(["--config", conf]).startswith(
         f'invalid enabled_plugins ({conf}) "ebpf-net,3": a comma-separated list')
@@ -752,11 +764,9 @@ def test_bad_values_in_files_name_key_and_file(tmp_path):
 
 BAD_INPUTS = [
     # (argv, env, option as written, value)
-    (["--enabled", "ebpf-net,ebpf-foo"], {}, "--enabled", "ebpf-net,ebpf-foo"),
+    (["--enabled", "ebpf-foo,ebpf-bar"], {}, "--enabled", "ebpf-foo,ebpf-bar"),
     (["--enabled", ""], {}, "--enabled", ""),
     ([], {"ENV_INPUT_EBPF_ENABLED_PLUGINS": "nope"}, "ENV_INPUT_EBPF_ENABLED_PLUGINS", "nope"),
-    (["--l7net-enabled", "grpc"], {}, "--l7net-enabled", "grpc"),
-    (["--l7net-disabled", "dns"], {}, "--l7net-disabled", "dns"),
     (["--interval", "60"], {"ENV_INPUT_EBPF_INTERVAL": "1m30"}, "ENV_INPUT_EBPF_INTERVAL",
      "1m30"),
     (["--interval", "soon"], {}, "--interval", "soon"),
@@ -786,7 +796,6 @@ BAD_INPUTS = [
     (["--sampling-rate", "half"], {}, "--sampling-rate", "half"),
     (["--sampling-rate-ptsperminute", "0"], {}, "--sampling-rate-ptsperminute", "0"),
     (["--sampling-rate-ptsperminute", "1e3"], {}, "--sampling-rate-ptsperminute", "1e3"),
-    (["--tags", "novalue"], {}, "--tags", "novalue"),
     (["--spool-max-bytes", "0"], {}, "--spool-max-bytes", "0"),
     (["--spool-max-bytes", "big"], {}, "--spool-max-bytes", "big"),
     (["--trace-name-list", 'a"b'], {}, None, None),  # any name is fine
@@ -889,6 +898,60 @@ def test_project_spec_copy_equals_shared_spec():
 def test_table_covers_every_config_field_once():
     field_names = {f.name for f in dataclasses.fields(Config)}
     table = {o.name for o in cfgmod.OPTIONS if o.is_field}
-    assert field_names - table == {"config_file", "sources"}
+    assert field_names - table == {"config_file", "sources", "foreign_options", "warnings"}
     assert len(cfgmod.OPTIONS) == len(cfgmod.OPTION)
     assert len(cfgmod.ALL_FLAGS) == len(set(cfgmod.ALL_FLAGS))
+
+
+# ------------------------------------------------ as DataKit starts datakit-ebpf
+
+def test_unknown_plugin_names_are_warned_about_and_left_out():
+    c = load(["--enabled", "ebpf-net,ebpf-future", "--l7net-enabled", "httpflow,grpc"])
+    assert c.enabled_plugins == ("ebpf-net",) and c.l7net_enabled == ("httpflow",)
+    assert list(c.warnings) == [
+        "--enabled: unknown plugin ebpf-future ignored (plugins: " + ", ".join(cfgmod.PLUGINS) + ")",
+        "--l7net-enabled: unknown l7net protocol grpc ignored (l7net protocols: httpflow, httpflow-tls)"]
+
+
+def test_flags_of_other_datakit_versions_are_accepted_and_named():
+    argv = ["--enabled", "ebpf-net", "--netlog-fallback-sockets", "2", "--netlog-fallback-blocks=4",
+            "--network-path-enabled", "--network-path-api", "http://127.0.0.1:9529/v1/netpath",
+            "--trace-uprobe", "--kubeconfig", "/root/.kube/config", "--operator-url", "http://op:1",
+            "--interval", "10s"]
+    c = load(argv)
+    assert c.interval == 10.0 and c.enabled_plugins == ("ebpf-net",)
+    assert c.foreign_options == ("--netlog-fallback-sockets", "--netlog-fallback-blocks",
+                                 "--network-path-enabled", "--network-path-api", "--trace-uprobe",
+                                 "--kubeconfig", "--operator-url")
+    # a typo is still refused
+    assert "did you mean --interval?" in error_of(["--intervall", "1s"])
+
+
+def test_options_without_effect_name_what_the_user_wrote(tmp_path):
+    conf = write(tmp_path, '[[inputs.ebpf]]\nargs = ["--trace-uprobe"]\nworkload_labels = ["app"]\n')
+    c = load(["--config", conf, "--trace-server", "127.0.0.1:9529", "--netlog-metric",
+              "--network-path-enabled"], {"DKE_K8S_URL": "https://127.0.0.1:6443"})
+    assert cfgmod.options_without_effect(c, {"ebpf-net"}) == [
+        "--trace-server (ebpf-trace not running)", "--netlog-metric (bpf-netlog not running)",
+        f"workload_labels ({conf}) (kubernetes not running)", "DKE_K8S_URL (kubernetes not running)",
+        "--network-path-enabled (not used by this collector)",
+        f"--trace-uprobe (args in {conf}) (not used by this collector)"]
+    assert cfgmod.options_without_effect(load(["--enabled", "ebpf-net"]), {"ebpf-net"}) == []
+
+
+def test_started_as_datakit_ebpf_logs_and_locks_beside_itself(tmp_path):
+    program = str(tmp_path / "externals" / "datakit-ebpf")
+    c = load_config(["--enabled", "ebpf-net"], {}, program=program)
+    assert c.log == str(tmp_path / "externals" / "datakit-ebpf.log")
+    assert c.pidfile == str(tmp_path / "externals" / "datakit-ebpf.pid")
+    c = load_config(["--log", "/x.log", "--pidfile", "/x.pid"], {}, program=program)
+    assert (c.log, c.pidfile) == ("/x.log", "/x.pid")
+    c = load_config([], {}, program="/usr/bin/dkebpf")
+    assert c.log is None and c.pidfile is None
+
+
+def test_points_go_to_datakit_unless_only_output_is_given():
+    assert load([]).datakit_apiserver == "http://0.0.0.0:9529"
+    assert load(["--output", "-"]).datakit_apiserver is None
+    c = load(["--output", "-", "--datakit-apiserver", "127.0.0.1:1"])
+    assert c.datakit_apiserver == "http://127.0.0.1:1"

@@ -172,24 +172,65 @@ def test_unchanged_instance_emits_nothing():
     assert len(delta) == 0 and len(nk) == 1 and len(idle) == 0
 
 
-def test_idle_instance_is_returned_and_dropped():
-    key = (0x1000, V4, 80)
-    s = stats_row(ts_first=10, ts_last=20, sent=100, flags=F_ESTABLISHED)
+def test_idle_instance_is_returned_and_kept_as_base():
+    key = (0x1000, V4, 5353)
+    s = stats_row(ts_first=10, ts_last=20, sent=100, proto=17)
     # ts_last == idle_before is not older than it
     delta, nk, _, idle = run(make([(key, s)]), make([(key, s)]), EMPTY_X, idle_before=20)
     assert len(nk) == 1 and len(idle) == 0
-    delta, nk, _, idle = run(make([(key, s)]), make([(key, s)]), EMPTY_X, idle_before=21)
-    assert len(delta) == 0 and len(nk) == 0 and idle.tolist() == [(0x1000, V4, 80)]
+    # idle: returned to be taken out of the map, and kept in the snapshot as
+    # the base of its final record, which comes back as a closed one
+    delta, nk, ns, idle = run(make([(key, s)]), make([(key, s)]), EMPTY_X, idle_before=21)
+    assert len(delta) == 0 and idle.tolist() == [(0x1000, V4, 5353)]
+    assert nk.tolist() == [(0x1000, V4, 5353)] and ns["bytes_sent"].tolist() == [100]
     # new in this dump: never idle, whatever its age
     delta, nk, _, idle = run((EMPTY_K, EMPTY_S), make([(key, s)]), EMPTY_X, idle_before=10**9)
     assert len(nk) == 1 and len(idle) == 0 and len(delta) == 1
     # retransmits do not move ts_last (tcp_retransmit_skb): idle, yet counted
     s2 = dict(s, retransmits=3)
     delta, nk, _, idle = run(make([(key, s)]), make([(key, s2)]), EMPTY_X, idle_before=21)
-    assert len(nk) == 0 and len(idle) == 1 and delta["d_retransmits"].tolist() == [3]
+    assert len(nk) == 1 and len(idle) == 1 and delta["d_retransmits"].tolist() == [3]
     # a closed instance is never idle: its key may already belong to another
     delta, nk, _, idle = run(make([(key, s)]), make([(key, s)]), make_closed([(key, s)]), 21)
-    assert len(idle) == 0 and len(nk) == 0 and delta["closed"].tolist() == [1]
+    assert len(idle) == 0 and len(nk) == 0 and len(delta) == 0
+
+
+def test_evicted_flow_counts_what_moved_between_dump_and_take():
+    """The final record of an idle UDP flow, taken out of the map after the
+    dump, comes back as a closed record: the bytes of a datagram in between
+    are counted, once; nothing moved, nothing is reported."""
+    key = (0x1000, V4, 5353)
+    s = stats_row(ts_first=10, ts_last=20, sent=100, recv=50, proto=17)
+    _, nk, ns, idle = run(make([(key, s)]), make([(key, s)]), EMPTY_X, idle_before=21)
+    assert len(idle) == 1
+    late = dict(s, ts_last=40, bytes_recv=80)  # one more datagram before the take
+    delta, nk2, _, idle2 = run((nk, ns), (EMPTY_K, EMPTY_S), make_closed([(key, late)]))
+    assert delta[["d_bytes_sent", "d_bytes_recv"]].tolist() == [(0, 30)]
+    assert len(nk2) == 0 and len(idle2) == 0
+    delta, nk2, _, _ = run((nk, ns), (EMPTY_K, EMPTY_S), make_closed([(key, s)]))
+    assert len(delta) == 0 and len(nk2) == 0
+
+
+def test_tcp_flow_is_never_idle_and_closes_once():
+    """A TCP connection idle for longer than any threshold stays in the map
+    and in the snapshot; its close, however late, is one closed row. A
+    connect that never completed and moved nothing is evicted and adds
+    nothing."""
+    key = (0x2000, V4, 5432)
+    s = stats_row(ts_first=10, ts_last=20, sent=300, recv=900, flags=F_ESTABLISHED)
+    prev = make([(key, s)])
+    for _ in range(3):
+        delta, nk, ns, idle = run(prev, make([(key, s)]), EMPTY_X, idle_before=10**12)
+        assert len(delta) == 0 and len(idle) == 0 and len(nk) == 1
+        prev = (nk, ns)
+    delta, nk, _, _ = run(prev, (EMPTY_K, EMPTY_S), make_closed([(key, dict(s, ts_last=10**13))]))
+    assert delta[["d_bytes_sent", "d_bytes_recv", "closed", "established"]].tolist() == [(0, 0, 1, 0)]
+    assert len(nk) == 0
+    failed = stats_row(ts_first=10, ts_last=20)  # SYN_SENT, no handshake, no bytes
+    _, nk, ns, idle = run(make([(key, failed)]), make([(key, failed)]), EMPTY_X, idle_before=21)
+    assert len(idle) == 1
+    delta, _, _, _ = run((nk, ns), (EMPTY_K, EMPTY_S), make_closed([(key, failed)]))
+    assert len(delta) == 0
 
 
 def test_counters_going_backwards_count_as_new_instance():
@@ -290,7 +331,7 @@ def test_large_unordered_dump_matches_reference():
         seen.add(key)
         rows.append((key, stats_row(ts_first=rnd.randrange(1, 1000), ts_last=2000,
                                     sent=rnd.randrange(100), recv=rnd.randrange(100),
-                                    flags=rnd.choice([0, F_ESTABLISHED]), pid=i)))
+                                    flags=rnd.choice([0, F_ESTABLISHED]), pid=i, proto=rnd.choice([6, 17]))))
     keys, stats = make(rows)
     nk, ns = merge(EMPTY_K, EMPTY_S, keys, stats, EMPTY_X, 0)[1:3]
     order = snapshot_order(nk, ns)
@@ -414,9 +455,18 @@ class Kernel:
         ring, self.ring = self.ring, []
         return make_closed(ring)
 
-    def delete(self, keys):
+    def take(self, keys):
+        """The collector takes idle flows out (lookup and delete): their
+        final records, handed back to the next merge as closed ones."""
+        rows = []
         for k in keys.tolist():
-            self.live.pop(tuple(k), None)
+            s = self.live.pop(tuple(k), None)
+            if s is not None:
+                rows.append((tuple(k), s))
+                self.final[s["pid"]] = s
+        ev = make_closed(rows)
+        ev["stats"]["flags"] &= 0xFF ^ F_CLOSED  # map records, not ring records
+        return ev
 
 
 op_st = st.tuples(
@@ -438,17 +488,18 @@ def test_simulated_history(history, rnd):
     prev_cy = prev_ref = (EMPTY_K, EMPTY_S)
     observed = {}  # pid -> (counters, flags, closed) of the last record user space saw
     sums = defaultdict(lambda: [0, 0, 0, 0, 0])  # pid -> deltas, established, closed
+    taken = EMPTY_X
     # a last interval without activity shows the final state of live instances
-    for phase_a, phase_b, timeout in history + [([], [], 10**9)]:
+    for phase_a, phase_b, timeout in history + [([], [], 10**9), ([], [], 10**9)]:
         for op in phase_a:
             k.apply(op)
         cur = k.dump(rnd)  # the map is dumped first ...
         for op in phase_b:
             k.apply(op)
-        closed = k.drain()  # ... then the ring drained
+        closed = np.frombuffer(k.drain().tobytes() + taken.tobytes(), EVENT_DTYPE)  # ... then the ring
         for s in cur[1].tolist() + closed["stats"].tolist():
             s = dict(zip(STATS_DTYPE.names, s))
-            observed[s["pid"]] = (counters(s), s["flags"])
+            observed[s["pid"]] = (counters(s), s["flags"], s["proto"])
         idle_before = k.clock - timeout
 
         out = merge(*prev_cy, *cur, closed, idle_before)
@@ -466,15 +517,18 @@ def test_simulated_history(history, rnd):
             acc[2] += r["d_retransmits"]
             acc[3] += r["established"]
             acc[4] += r["closed"]
-        k.delete(out[3])  # the collector deletes idle keys from the map
+        taken = k.take(out[3])  # after the merge: a datagram may come in between
+        for op in phase_b[:1]:
+            k.apply(op)
 
     # exactly once: per instance, the deltas add up to the last record seen
     assert set(sums) <= set(observed)
-    for pid, (cnt, flags) in observed.items():
+    for pid, (cnt, flags, proto) in observed.items():
         acc = sums[pid]
         assert tuple(acc[:3]) == cnt, pid
         assert acc[3] == (1 if flags & F_ESTABLISHED else 0), pid
-        assert acc[4] == (1 if flags & F_CLOSED else 0), pid
+        # tcp_closed: TCP only
+        assert acc[4] == (1 if flags & F_CLOSED and proto == 6 else 0), pid
     # ... which is the true final count of every closed or still live instance
     for pid, s in list(k.final.items()) + [(s["pid"], s) for s in k.live.values()]:
         assert tuple(sums[pid][:3]) == counters(s), pid

@@ -1,14 +1,17 @@
 """The IP -> domain cache (TTL and size bounds, fake clock) and the
 dnsflow per-interval aggregation (exact counts, latency mean/max, '*'
-ports, direction)."""
+ports, direction), in steps during the interval, bounded."""
+import struct
 import types
 
 import numpy as np
 import pyarrow as pa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dkebpf import _dns
+from dkebpf import _dns, _packets
 from dkebpf.enrich.dns_cache import DnsCache
-from dkebpf.plugins.dnsflow import DNSFLOW_FIELDS, DNSFLOW_TAGS, aggregate
+from dkebpf.plugins.dnsflow import DNSFLOW_FIELDS, DNSFLOW_TAGS, combine, finish, partial
 
 S = 1_000_000_000
 
@@ -99,7 +102,7 @@ def test_aggregate_counts_latency_and_tags():
             # this host answered: src is the server, the client's port is ephemeral
             dict(base, caddr=IP3, saddr=IP1, outgoing=0, rcode=0, latency_ns=9),
             dict(base, cport=1000, rcode=0, latency_ns=5)]
-    b = aggregate(pairs(rows), 32768)
+    b = finish(partial(pairs(rows), 32768))
     assert set(DNSFLOW_TAGS + DNSFLOW_FIELDS) <= set(b.schema.names)
     got = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["transport"], r["direction"],
             r["rcode"]): (r["count"], r["latency"], r["latency_max"]) for r in b.to_pylist()}
@@ -125,3 +128,91 @@ def test_plugin_sets_the_shared_cache():
     ctx = PluginContext(cfg=cfg, logger=None, self_pid=1)
     p = DnsflowPlugin(ctx)
     assert ctx.domains is p.cache and p.collect(0) == []
+
+
+ROW = st.fixed_dictionaries(dict(
+    caddr=st.sampled_from([IP1, IP3]), saddr=st.just(IP2), cport=st.sampled_from([1000, 45000, 45001]),
+    sport=st.just(53), family=st.just(4), proto=st.sampled_from([6, 17]), outgoing=st.integers(0, 1),
+    qname=st.sampled_from([b"\x01a\x04test\x00", b"\x01b\x04test\x00"]), rcode=st.sampled_from([-1, 0, 3]),
+    latency_ns=st.integers(0, 10**9)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(ROW, min_size=1, max_size=40), cuts=st.lists(st.integers(0, 40), max_size=4))
+def test_steps_add_up_to_one_aggregate(rows, cuts):
+    """Folding exchanges in steps (partial, combine) gives the points one
+    pass over all of them gives."""
+    arr = pairs(rows)
+    bounds = sorted({0, len(arr), *[min(c, len(arr)) for c in cuts]})
+    parts = [partial(arr[a:b], 32768) for a, b in zip(bounds, bounds[1:]) if b > a]
+    whole = finish(partial(arr, 32768)).to_pylist()
+    stepped = finish(combine(parts)).to_pylist()
+    assert sorted(map(repr, stepped)) == sorted(map(repr, whole))
+
+
+def dns_packets(n, names):
+    """n query/answer packets (UDP, 10.0.0.1:40000+i -> 10.0.0.2:53), as
+    the packet ring hands them over."""
+    out = []
+    for i in range(n):
+        name = names[i % len(names)]
+        qname = b"".join(bytes([len(p)]) + p for p in name.split(b".")) + b"\x00"
+        q = struct.pack("!HHHHHH", i, 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+        a = struct.pack("!HHHHHH", i, 0x8180, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+        for sport, dport, src, dst, body in ((40000 + i, 53, IP1, IP2, q), (53, 40000 + i, IP2, IP1, a)):
+            l4 = struct.pack("!HHHH", sport, dport, 8 + len(body), 0) + body
+            out.append(struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, 0, 64, 17, 0, src, dst) + l4)
+    data = b"".join(out)
+    offs = np.cumsum([0] + [len(p) for p in out[:-1]])
+    pkts, payload, _ = _packets.decode_packets(data, offs, [len(p) for p in out], [0x0800] * len(out))
+    pkts["ts_ns"] = np.arange(len(pkts)) * 1000
+    return pkts, payload
+
+
+class FakeRing:
+    """Hands over prepared batches of packets, one per read()."""
+
+    def __init__(self, batches):
+        self.batches = list(batches)
+
+    def read(self):
+        pkts, payload = self.batches.pop(0)
+        return pkts, payload, False
+
+
+def dnsflow_plugin():
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.dnsflow import DnsflowPlugin
+    cfg = types.SimpleNamespace(interval=60.0, ephemeral_port=32768, host_proc="/proc")
+    return DnsflowPlugin(PluginContext(cfg=cfg, logger=None, self_pid=1))
+
+
+def test_finished_exchanges_are_folded_as_they_complete(monkeypatch):
+    """The plugin never holds more than a step of finished exchanges,
+    however long the interval; the interval's points count every one."""
+    from dkebpf.plugins import dnsflow
+    monkeypatch.setattr(dnsflow, "STEP_PAIRS", 10)
+    p = dnsflow_plugin()
+    p.ring = FakeRing(dns_packets(12, [b"a.test", b"b.test"]) for _ in range(5))
+    for _ in range(5):
+        p.on_readable(p.ring)
+        assert p.table.finished < 10
+    assert p.totals["early_steps"] == 5
+    p.ring = None
+    points = p.collect(0)[0].batch.to_pylist()
+    assert sorted((r["dst_domain"], r["count"]) for r in points) == [("a.test", 30), ("b.test", 30)]
+
+
+def test_points_per_interval_are_bounded_and_what_does_not_fit_is_counted(monkeypatch):
+    from dkebpf.plugins import dnsflow
+    monkeypatch.setattr(dnsflow, "STEP_PAIRS", 4)
+    monkeypatch.setattr(dnsflow, "MAX_KEYS", 3)
+    p = dnsflow_plugin()
+    p.ring = FakeRing([dns_packets(4, [b"a.test", b"b.test"]), dns_packets(4, [b"c.test", b"d.test"]),
+                       dns_packets(4, [b"a.test"])])
+    for _ in range(3):
+        p.on_readable(p.ring)
+    p.ring = None
+    points = p.collect(0)[0].batch.to_pylist()
+    assert sorted((r["dst_domain"], r["count"]) for r in points) == [("a.test", 6), ("b.test", 2)]
+    assert p.counters()["exchanges_lost_points_full"] == 4

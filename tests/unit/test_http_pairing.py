@@ -2,9 +2,12 @@
 hand-made l7_event records: keep-alive, pipelining, both sides, carry-over
 between intervals, close totals, kernel totals, drops."""
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dkebpf import _http, _records
 from dkebpf.plugins.httpflow import HttpPipeline
+from reference import http_ref
 
 SEND, RECV, CLOSE = _records.L7_SEND, _records.L7_RECV, _records.L7_CLOSE
 S = 10**9  # settle/expire scale
@@ -151,3 +154,109 @@ def test_uncounted_source_uses_the_calls_own_bytes():
         ev(10, RECV, 180, 0, 0, 900, b"HTTP/1.1 200 OK\r\nContent-Length: 863\r\n\r\nbody", counted=False),
     ], now=200)
     assert got == [("GET", "/tls", 200, len(req("/tls")), 900, 80)]
+
+
+def interim(code=100):
+    return f"HTTP/1.1 {code} Continue\r\n\r\n".encode()
+
+
+def test_interim_responses_are_not_pairing_targets():
+    """Expect: 100-continue: the request gets the final status; latency runs
+    from the body's last byte to the final response; the response's bytes
+    include the interim one (RFC 9110 section 15.2)."""
+    pipe = HttpPipeline(settle_ns=S, expire_ns=60 * S)
+    head = req("/up", "POST", b"Content-Length: 1000\r\nExpect: 100-continue\r\n")
+    i100, final = interim(100), resp(201)
+    got = run(pipe, [
+        ev(11, SEND, 100, 0, 0, len(head), head),
+        ev(11, RECV, 200, len(head), 0, len(i100), i100, ts_other=100),
+        # the body went out as a continuation (map only) at 300
+        ev(11, RECV, 450, len(head) + 1000, len(i100), len(final), final, ts_other=300),
+        ev(11, SEND, 500, len(head) + 1000, len(i100) + len(final), 0, req("/next")),
+        ev(11, RECV, 560, len(head) + 1000 + len(req("/next")), len(i100) + len(final), len(final), final,
+           ts_other=500),
+        ev(11, CLOSE, 600, len(head) + 1000 + len(req("/next")), len(i100) + 2 * len(final)),
+    ], now=700)
+    assert got == [("POST", "/up", 201, len(head) + 1000, len(i100) + len(final), 150),
+                   ("GET", "/next", 201, len(req("/next")), len(final), 60)]
+    assert pipe.stats["unmatched_responses"] == 0
+
+
+def test_interim_and_final_response_in_one_read_and_101_is_final():
+    pipe = HttpPipeline(settle_ns=S, expire_ns=60 * S)
+    both = interim(103) + resp(200)
+    up = req("/ws", extra=b"Upgrade: websocket\r\nConnection: Upgrade\r\n")
+    got = run(pipe, [
+        ev(12, SEND, 100, 0, 0, 20, req("/hint")),
+        ev(12, RECV, 200, 20, 0, len(both), both, ts_other=100),
+        ev(12, SEND, 300, 20, len(both), len(up), up),
+        ev(12, RECV, 400, 20 + len(up), len(both), 40, interim(101), ts_other=300),
+        ev(12, CLOSE, 500, 20 + len(up), len(both) + 40),
+    ], now=600)
+    assert got == [("GET", "/hint", 200, 20, len(both), 100), ("GET", "/ws", 101, len(up), 40, 100)]
+
+
+def test_interim_response_waits_with_its_request_across_intervals():
+    pipe = HttpPipeline(settle_ns=S, expire_ns=60 * S)
+    head = req("/slow", "PUT", b"Expect: 100-continue\r\n")
+    i100 = interim(100)
+    assert run(pipe, [ev(13, SEND, 100, 0, 0, len(head), head),
+                      ev(13, RECV, 200, len(head), 0, len(i100), i100, ts_other=100)], now=300) == []
+    got = run(pipe, [ev(13, RECV, 5000, len(head) + 64, len(i100), 40, resp(204), ts_other=4000),
+                     ev(13, CLOSE, 6000, len(head) + 64, len(i100) + 40)], now=7000)
+    assert got == [("PUT", "/slow", 204, len(head) + 64, len(i100) + 40, 1000)]
+
+
+FINAL_CODES = [101, 200, 204, 404, 500]
+INTERIM_CODES = [100, 102, 103]
+exchange = st.tuples(st.integers(20, 300), st.lists(st.sampled_from(INTERIM_CODES), max_size=2),
+                     st.sampled_from(FINAL_CODES), st.integers(30, 400), st.integers(0, 2000),
+                     st.booleans())
+
+
+@settings(max_examples=200, deadline=None)
+@given(stray=st.lists(st.sampled_from(INTERIM_CODES + FINAL_CODES), max_size=2),
+       exchanges=st.lists(exchange, min_size=1, max_size=6))
+def test_pairing_agrees_with_the_reference(stray, exchanges):
+    """Client side of a connection that closes: responses to requests
+    before we watched, then exchanges with interim responses, bodies sent
+    after them, some requests unanswered at the end."""
+    msgs, events = [], []
+    sent = recv = 0
+    ts = last_send = 0
+
+    def add(kind, op, payload, nbytes, status=0):
+        nonlocal sent, recv, ts, last_send
+        ts += 100
+        pos = sent if op == SEND else recv
+        msgs.append({"kind": kind, "status": status, "pos": pos, "ts": ts, "ts_other": last_send})
+        events.append(ev(20, op, ts, sent, recv, nbytes, payload, ts_other=0 if op == SEND else last_send))
+        if op == SEND:
+            sent += nbytes
+            last_send = ts
+        else:
+            recv += nbytes
+
+    for code in stray:
+        add(http_ref.RESPONSE, RECV, resp(code), 60, code)
+    for qlen, interims, code, rlen, body, answered in exchanges:
+        add(http_ref.REQUEST, SEND, req("/e"), qlen)
+        for c in interims:
+            add(http_ref.RESPONSE, RECV, interim(c), 30, c)
+        if body:  # the body goes out as a continuation: counters only
+            ts += 100
+            sent += body
+            last_send = ts
+        if answered:
+            add(http_ref.RESPONSE, RECV, resp(code), rlen, code)
+    events.append(ev(20, CLOSE, ts + 100, sent, recv))
+    want, unmatched = http_ref.pair_closed(msgs, sent, recv)
+
+    pipe = HttpPipeline(settle_ns=S, expire_ns=60 * S)
+    e, m, p = pipe.process(np.concatenate(events), ts + 200)
+    # msgs are sorted by time like the reference's list; map rows back by ts
+    order = {msg["ts"]: i for i, msg in enumerate(msgs)}
+    got = [(order[int(m["ts"][r["req"]])], order[int(m["ts"][r["resp"]])], int(r["req_bytes"]),
+            int(r["resp_bytes"]), int(r["latency"])) for r in p]
+    assert got == want
+    assert pipe.stats["unmatched_responses"] == unmatched

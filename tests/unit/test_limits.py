@@ -3,8 +3,10 @@ import os
 import pytest
 
 from dkebpf.errors import DkebpfError
-from dkebpf.limits import LimitChecker, ResourceLimitExceeded
+from dkebpf.limits import UNMETERED_INTERFACES, LimitChecker, ResourceLimitExceeded
 
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      "README.md")
 TCK = os.sysconf("SC_CLK_TCK")
 PID = 4242
 MiB = 1024 * 1024
@@ -182,3 +184,15 @@ def test_real_proc_self_tiny_mem_limit():
     c = LimitChecker(cpu_limit=None, mem_limit=1024, net_limit=None)
     with pytest.raises(ResourceLimitExceeded, match=r"^mem_limit exceeded: RSS .* MiB > limit"):
         c.check()
+
+
+def test_readme_names_the_interfaces_the_net_limit_ignores():
+    """The README's limit paragraph must say which interfaces do not count
+    and why, as the code does (UNMETERED_INTERFACES)."""
+    with open(README) as f:
+        text = f.read()
+    para = text[text.index("--res-net"):text.index("exits with status 4")]
+    para = " ".join(para.split())
+    for name in UNMETERED_INTERFACES:
+        assert f"except `{name}`" in para, para
+    assert "bandwidth" in para

@@ -10,8 +10,7 @@ import types
 import pytest
 
 from dkebpf import check, config, features
-from dkebpf.agent import build_plugins
-from dkebpf.errors import UnsupportedError
+from dkebpf.agent import plugin_factories
 from dkebpf.plugins import (CONTEXT_SLOTS, L7NET, PLUGIN, PLUGINS, PluginRow, names, requirements,
                             rows_for, start_order)
 from dkebpf.plugins.base import Plugin, PluginContext
@@ -95,14 +94,14 @@ def test_requirements_follow_the_rows():
     assert "ctnetlink_events" in requirements(("ebpf-conntrack",))
 
 
-def test_agent_refuses_what_the_table_marks_unimplemented():
+def test_agent_warns_about_what_the_table_marks_unimplemented_and_runs_the_rest():
     unimplemented = [r.name for r in PLUGINS if not r.implemented]
     cfg = types.SimpleNamespace(enabled_plugins=("ebpf-net", *unimplemented), l7net_enabled=())
     ctx = PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=os.getpid())
-    with pytest.raises(UnsupportedError) as err:
-        build_plugins(cfg, ctx)
-    assert all(n in str(err.value) for n in unimplemented)
-    assert "available: ebpf-net, ebpf-bash, ebpf-conntrack" in str(err.value)
+    factories, notes = plugin_factories(cfg, ctx)
+    assert [name for name, _ in factories] == ["ebpf-net/dnsflow", "ebpf-net/netflow"]
+    assert notes == [f"{n}: not implemented in this version of dkebpf "
+                     "(available: ebpf-net, ebpf-bash, ebpf-conntrack)" for n in unimplemented]
 
 
 def test_check_reports_an_unimplemented_row_and_missing_features(monkeypatch):

@@ -31,7 +31,7 @@ COMMS = [
 
 
 def stand_in():
-    """What aggregate() reads from its plugin: no DNS, no NAT, no Kubernetes."""
+    """What partial() reads from its plugin: no DNS, no NAT, no Kubernetes."""
     return types.SimpleNamespace(ephemeral_port=32768, resolver=LocalAddressResolver(),
                                  ctx=types.SimpleNamespace(domains=None, nat=None, k8s=None))
 
@@ -48,7 +48,8 @@ def netflow_names():
             d[i][k] = v
         d[i]["comm"] = comm
         d[i]["d_bytes_sent"] = 1
-    batch = NetflowPlugin.aggregate(stand_in(), delta_to_arrow(d))
+    plugin = stand_in()
+    batch = NetflowPlugin.finish(plugin, [NetflowPlugin.partial(plugin, delta_to_arrow(d))])
     return dict(zip(batch.column("pid").to_pylist(), batch.column("process_name").to_pylist()))
 
 
