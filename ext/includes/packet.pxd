@@ -18,7 +18,6 @@ cdef extern from "<linux/if_arp.h>" nogil:
     enum:
         ARPHRD_ETHER
         ARPHRD_LOOPBACK
-        ARPHRD_ETHER
 
 cdef extern from "<linux/filter.h>" nogil:
     struct sock_filter:
