@@ -71,6 +71,21 @@ def check_dnsflow():
     return True, ["packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"]
 
 
+def check_netlog():
+    """bpf-netlog needs packet sockets opened inside other namespaces:
+    enter this process's own namespace (the same setns(2)), open a ring
+    with the capture filter there, close it."""
+    try:
+        from . import _packets
+        from .packetfilter import netlog_filter
+        from .plugins.netlog import in_netns
+        with in_netns("/proc/self/ns/net"), _packets.PacketRing(netlog_filter(), block_nr=2):
+            pass
+    except HOST_REFUSED as exc:
+        return False, [_first_line(exc)]
+    return True, ["packet socket opens inside a namespace (setns, AF_PACKET TPACKET_V3 ring)"]
+
+
 def check_bash():
     """Whether the readline uretprobe attaches, and to which bash binaries.
     `check` takes no options: the host root comes from the environment, as

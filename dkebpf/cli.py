@@ -1,10 +1,10 @@
 """Command line: `dkebpf run [flags]` (also as DataKit's `datakit-ebpf run`),
 `dkebpf check`, `dkebpf bench`, `dkebpf netlog-filter`, `dkebpf install-datakit`,
-`dkebpf version`. A DkebpfError (bad input, the kernel refused) is one line
-on stderr (and in the log file, when there is one) and its exit status,
-never a traceback. Any other exception is a bug (e.g. LookupError/RuntimeError from misusing a BPF
-object): exit 70 (EX_SOFTWARE) with the traceback in the log (--log, else
-stderr) and one line on stderr."""
+`dkebpf linker`, `dkebpf version`. A DkebpfError (bad input, the kernel
+refused) is one line on stderr (and in the log file, when there is one) and
+its exit status, never a traceback. Any other exception is a bug (e.g.
+LookupError/RuntimeError from misusing a BPF object): exit 70 (EX_SOFTWARE)
+with the traceback in the log (--log, else stderr) and one line on stderr."""
 import logging
 import logging.handlers
 import os
@@ -19,6 +19,7 @@ USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
        dkebpf netlog-filter RULES [--match field=value ...]
                                check a netlog_blacklist rule, try it on a connection
        dkebpf install-datakit  put this collector in a DataKit's externals (see --help)
+       dkebpf linker [flags]   link spans of many collectors into traces (see --help)
        dkebpf version"""
 # DataKit never rotates its children's logs: ours stays under
 # LOG_MAX_BYTES * (LOG_BACKUPS + 1)
@@ -86,6 +87,10 @@ def main(argv=None):
                 logging.getLogger("dkebpf").warning("%s", warning)
             from .agent import Agent
             return Agent(cfg).run()
+        if cmd == "linker":
+            setup_logging(None, "info")
+            from .linker.server import main as linker_main
+            return linker_main(rest)
         sys.stderr.write(f"dkebpf: unknown command {cmd!r}\n{USAGE}\n")
         return 2
     except DkebpfError as exc:

@@ -373,6 +373,18 @@ def p_block(raw: Any) -> str:
     return raw.strip()
 
 
+def p_regex(raw: Any) -> Optional[str]:
+    """A regular expression (Python syntax); None when blank."""
+    text = _text(raw)
+    if not text:
+        return None
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise _Bad(f"a regular expression ({exc})") from None
+    return text
+
+
 def p_duration_min(minimum_s: float) -> Callable[[Any], float]:
     def parse(raw: Any) -> float:
         ns = _duration_ns(raw)
@@ -552,6 +564,7 @@ class Config:
     netlog_log: bool = False
     netlog_protocols: Tuple[str, ...] = ("http",)
     netlog_blacklist: str = ""
+    netlog_interfaces: Optional[str] = None     # regex on interface names; None: the defaults
     trace_env_list: Tuple[str, ...] = ()
     trace_name_list: Tuple[str, ...] = ()
     trace_env_blacklist: Tuple[str, ...] = ()
@@ -709,6 +722,9 @@ OPTIONS: Tuple[Option, ...] = (
          metavar="LIST", help="bpf-netlog L7 protocols", feature="bpf-netlog"),
     _opt("netlog_blacklist", p_block, [],
          ["DKE_NETLOG_NET_FILTER", E + "NETLOG_BLACKLIST", "ENV_NETLOG_BLACKLIST"], feature="bpf-netlog"),
+    _opt("netlog_interfaces", p_regex, ["--netlog-interfaces"], [E + "NETLOG_INTERFACES"], metavar="REGEX",
+         help="bpf-netlog: capture on interfaces whose name matches (default: physical NICs of the "
+              "host, every UP interface but lo in other namespaces)", feature="bpf-netlog"),
     _opt("trace_env_list", p_list(), ["--trace-env-list"], [E + "TRACE_ENV_LIST"],
          kind="list", metavar="LIST", help="trace processes having any of these env vars",
          feature="ebpf-trace"),

@@ -128,3 +128,19 @@ def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP)):
         ("drop", RET | K, 0, None, None),
     ]
     return assemble(prog)
+
+
+def netlog_filter(snaplen=4096):
+    """bpf-netlog's capture: every IPv4 and IPv6 packet, VLAN-tagged ones
+    included (the decoder skips the tags), cut at snaplen bytes (enough for
+    HTTP/1 headers; counts come from the headers, not from what was cut).
+    Transports are chosen by the decoder, so fragments are counted too."""
+    return assemble([
+        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
+        (None, JMP | JEQ | K, ETH_P_IP, "accept", None),
+        (None, JMP | JEQ | K, ETH_P_IPV6, "accept", None),
+        (None, JMP | JEQ | K, ETH_P_8021Q, "accept", None),
+        (None, JMP | JEQ | K, ETH_P_8021AD, "accept", "drop"),
+        ("accept", RET | K, snaplen, None, None),
+        ("drop", RET | K, 0, None, None),
+    ])

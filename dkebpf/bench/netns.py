@@ -5,15 +5,12 @@ veth xmit, GRO) instead of loopback; removed at the end, Ctrl-C included.
 Made with iproute2's `ip`, the tool every node has. Addresses are
 10.214.<n>.1 (this side) and .2 (the server's side), <n> chosen among the
 /24s no interface here uses."""
-import ctypes
 import os
 import shutil
 import subprocess
 import uuid
 
-from ..errors import DkebpfError, kernel_error
-
-CLONE_NEWNET = 0x40000000
+from ..errors import DkebpfError
 
 
 class NetnsError(DkebpfError):
@@ -67,11 +64,10 @@ class VethNamespace:
         return self
 
     def enter_thread(self):
-        libc = ctypes.CDLL(None, use_errno=True)
+        from .. import _netlog   # the one setns(2) binding (bpf-netlog opens its sockets with it)
         fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise kernel_error(f"setns into network namespace {self.name}", ctypes.get_errno())
+            _netlog.enter_netns(fd, f"network namespace {self.name}")
         finally:
             os.close(fd)
 

@@ -70,7 +70,8 @@ PLUGINS = (
     PluginRow("ebpf-conntrack", PLUGIN, "", "conntrack:ConntrackPlugin", "check_conntrack",
               requires=("ctnetlink_events",), provides=("nat",)),
     PluginRow("ebpf-trace", PLUGIN),
-    PluginRow("bpf-netlog", PLUGIN),
+    PluginRow("bpf-netlog", PLUGIN, "", "netlog:NetlogPlugin", "check_netlog", requires=("packet_socket",),
+              needs=("domains", "k8s")),
 )
 
 

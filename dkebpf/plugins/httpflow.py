@@ -315,31 +315,8 @@ class HttpflowPlugin(Plugin):
         Grouped on the raw connection columns first, so that strings and
         tags are made for a few rows only; then on the tags (ephemeral
         client ports fold into '*')."""
-        g = merge_partials(partials)
-        comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
-        cols = connection_tags(
-            pid=g.column("pid"), comm=_records.comm_to_arrow(comm),
-            family=g.column("family"), proto=g.column("proto"), laddr=g.column("laddr"),
-            lport=g.column("lport"), raddr=g.column("raddr"), rport=g.column("rport"),
-            direction=g.column("direction"), ephemeral_port=self.ephemeral_port, resolver=self.resolver,
-            domains=self.ctx.domains, nat=self.ctx.nat)
-        for k in REQUEST_KEYS + PARTIAL_SUMS:
-            cols[k] = g.column(k)
-        keys = CONNECTION_TAGS + REQUEST_KEYS
-        agg = pa.table(cols).group_by(keys, use_threads=False).aggregate([
-            ("latency_count", "sum"), ("latency_sum", "sum"), ("bytes_read_sum", "sum"),
-            ("bytes_written_sum", "sum")])
-        out = {k: agg.column(k) for k in keys}
-        count = pc.cast(agg.column("latency_count_sum"), pa.int64())
-        out["count"] = count
-        out["latency"] = pc.cast(pc.round(pc.divide(pc.cast(agg.column("latency_sum_sum"), pa.float64()), count)),
-                                 pa.int64())
-        out["bytes_read"] = pc.cast(agg.column("bytes_read_sum_sum"), pa.int64())
-        out["bytes_written"] = pc.cast(agg.column("bytes_written_sum_sum"), pa.int64())
-        add_ip_types(out)
-        add_k8s_tags(self.ctx.k8s, out)
-        table = pa.table(out).combine_chunks()
-        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+        return aggregate_requests(merge_partials(partials), self.ephemeral_port, self.resolver, self.ctx.domains,
+                                  self.ctx.nat, self.ctx.k8s)
 
     def memory(self):
         m = self.pipeline.memory()
@@ -360,3 +337,34 @@ class HttpflowPlugin(Plugin):
         if self.bpf is not None:
             self.bpf.close()
             self.bpf = None
+
+
+def aggregate_requests(g, ephemeral_port, resolver, domains, nat, k8s):
+    """One row per connection and request key (RAW_KEYS, comm as 16 bytes)
+    with PARTIAL_SUMS -> httpflow points: count, mean latency, bytes, tags.
+    k8s: the Kubernetes enrichment or None. Also bpf-netlog's httpflow from
+    packets."""
+    comm = np.frombuffer(g.column("comm").combine_chunks().buffers()[1], "S16", g.num_rows)
+    cols = connection_tags(
+        pid=g.column("pid"), comm=_records.comm_to_arrow(comm),
+        family=g.column("family"), proto=g.column("proto"), laddr=g.column("laddr"),
+        lport=g.column("lport"), raddr=g.column("raddr"), rport=g.column("rport"),
+        direction=g.column("direction"), ephemeral_port=ephemeral_port, resolver=resolver,
+        domains=domains, nat=nat)
+    for k in REQUEST_KEYS + PARTIAL_SUMS:
+        cols[k] = g.column(k)
+    keys = CONNECTION_TAGS + REQUEST_KEYS
+    agg = pa.table(cols).group_by(keys, use_threads=False).aggregate([
+        ("latency_count", "sum"), ("latency_sum", "sum"), ("bytes_read_sum", "sum"),
+        ("bytes_written_sum", "sum")])
+    out = {k: agg.column(k) for k in keys}
+    count = pc.cast(agg.column("latency_count_sum"), pa.int64())
+    out["count"] = count
+    out["latency"] = pc.cast(pc.round(pc.divide(pc.cast(agg.column("latency_sum_sum"), pa.float64()), count)),
+                             pa.int64())
+    out["bytes_read"] = pc.cast(agg.column("bytes_read_sum_sum"), pa.int64())
+    out["bytes_written"] = pc.cast(agg.column("bytes_written_sum_sum"), pa.int64())
+    add_ip_types(out)
+    add_k8s_tags(k8s, out)
+    table = pa.table(out).combine_chunks()
+    return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

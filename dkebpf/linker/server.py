@@ -1,0 +1,214 @@
+"""``dkebpf linker``: the HTTP front of the span linker.
+
+    POST /v1/bpftracing   spans from any number of collectors (line protocol
+                          or an Arrow IPC stream, optionally gzip), answered
+                          once they are on disk
+    GET  /metrics         Prometheus counters (received, rejected, late,
+                          orphan, dropped, sampled out, written, ...)
+
+Linked spans go to DataKit as tracing data (``/v1/write/tracing``,
+measurement ``dketrace``) through the project's HTTP sink, with its queue,
+retries and spool.
+"""
+import argparse
+import gzip
+import json
+import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlsplit
+
+from ..debug_server import METRICS_CONTENT_TYPE, Metric, process_metrics, render_metrics
+from ..errors import ConfigError
+from .ingest import ARROW_STREAM, parse_spans, read_arrow
+from .windows import Windows
+
+__all__ = ["Linker", "main"]
+
+log = logging.getLogger("dkebpf.linker")
+
+# dketrace tags (shared/spec/measurements.json); every other column is a field
+TAGS = ("host", "service", "src_ip", "src_port", "dst_ip", "dst_port")
+MAX_BODY = 64 << 20
+HELP = {"received": "Spans accepted and stored.", "rejected": "Points refused (not a span or not line protocol).",
+        "late": "Spans that arrived after their window was linked (linked against the history).",
+        "orphan": "Outgoing spans without the incoming span of their thread (roots of their own).",
+        "dropped": "Spans refused because the disk budget was full (the poster got 503).",
+        "sampled_out": "Spans of traces the sampling dropped.", "written": "Linked spans handed to DataKit.",
+        "windows_linked": "Event-time windows linked.", "spilled_windows": "Windows evicted from memory to disk.",
+        "quarantined_windows": "Windows whose linking failed, kept in <data-dir>/failed."}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        log.debug(fmt, *args)
+
+    def _answer(self, code, body, ctype="application/json"):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if urlsplit(self.path).path == "/metrics":
+            self._answer(200, render_metrics(self.server.linker.metrics()), METRICS_CONTENT_TYPE)
+        else:
+            self._answer(404, '{"error": "not found"}')
+
+    def do_POST(self):
+        if urlsplit(self.path).path != "/v1/bpftracing":
+            self._answer(404, '{"error": "not found; spans go to /v1/bpftracing"}')
+            return
+        try:
+            size = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._answer(411, '{"error": "Content-Length required"}')
+            return
+        if size > MAX_BODY:
+            self._answer(413, json.dumps({"error": f"body of {size} bytes, at most {MAX_BODY}"}))
+            return
+        body = self.rfile.read(size)
+        if self.headers.get("Content-Encoding", "").lower() == "gzip":
+            try:
+                body = gzip.decompress(body)
+            except (OSError, EOFError) as exc:
+                self._answer(400, json.dumps({"error": f"bad gzip body: {exc}"}))
+                return
+        arrow = self.headers.get("Content-Type", "").startswith(ARROW_STREAM)
+        code, answer = self.server.linker.ingest(body, arrow)
+        self._answer(code, json.dumps(answer))
+
+
+class Linker:
+    """The linker: HTTP server, event-time windows, output to DataKit."""
+
+    def __init__(self, listen, sink, data_dir, **window_opts):
+        host, _, port = listen.rpartition(":")
+        self.sink = sink
+        self.windows = Windows(data_dir, self._emit, **window_opts)
+        try:
+            self.server = ThreadingHTTPServer((host or "0.0.0.0", int(port)), _Handler)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"linker: cannot listen on {listen!r}: {exc}") from None
+        self.server.daemon_threads = True
+        self.server.linker = self
+        self.port = self.server.server_address[1]
+        self._stop = threading.Event()
+        self._threads = []
+
+    def _emit(self, table):
+        from .._lineproto import encode_batch
+
+        fields = [c for c in table.column_names if c not in TAGS and c != "time"]
+        tags = [c for c in TAGS if c in table.column_names]
+        body, skipped = encode_batch("dketrace", table, tags, fields, {}, time.time_ns(),
+                                     timestamp_column="time" if "time" in table.column_names else None)
+        self.sink.submit("tracing", "ebpf-tracing", body, table.num_rows - skipped)
+
+    def ingest(self, body, arrow=False):
+        try:
+            table, rejected, error = (read_arrow if arrow else parse_spans)(body, time.time_ns())
+        except Exception as exc:  # not Arrow, or pyarrow refusing mixed column types
+            with self.windows.lock:
+                self.windows.counters["rejected"] += 1
+            return 400, {"error": f"spans not understood: {exc}"}
+        with self.windows.lock:
+            self.windows.counters["rejected"] += rejected
+        if not self.windows.add(table):
+            return 503, {"error": "linker disk budget full, retry later", "rejected": rejected}
+        answer = {"accepted": table.num_rows, "rejected": rejected}
+        if error:
+            answer["first_error"] = error
+        return (400 if rejected and not table.num_rows else 200), answer
+
+    def metrics(self):
+        with self.windows.lock:
+            counters = dict(self.windows.counters)
+            pending = len(self.windows.pending)
+        out = [Metric(f"dkebpf_linker_spans_{k}_total" if k not in ("windows_linked", "spilled_windows", "quarantined_windows")
+                      else f"dkebpf_linker_{k}_total", "counter", HELP[k], [({}, v)]) for k, v in counters.items()]
+        out.append(Metric("dkebpf_linker_pending_windows", "gauge", "Windows waiting to be linked.", [({}, pending)]))
+        return out + process_metrics()
+
+    def start(self):
+        for target, name in ((self.server.serve_forever, "linker-http"), (self._ticker, "linker-tick")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _ticker(self):
+        while not self._stop.wait(0.2):
+            try:
+                self.windows.tick()
+            except Exception:  # a bug: logged, the linker keeps serving
+                log.exception("linking failed")
+
+    def close(self, deadline_s=5.0):
+        self._stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.windows.flush()
+        self.sink.close(deadline_s)
+
+
+def _seconds(text):
+    units = {"ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    for u in sorted(units, key=len, reverse=True):
+        if text.endswith(u) and text[:-len(u)].replace(".", "", 1).isdigit():
+            return float(text[:-len(u)]) * units[u]
+    if text.replace(".", "", 1).isdigit():
+        return float(text)
+    raise ConfigError(f"linker: not a duration: {text!r} (e.g. 20s, 500ms, 10m)")
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="dkebpf linker", description="Link eBPF spans of many collectors into traces.")
+    p.add_argument("--listen", default="0.0.0.0:9530", help="host:port for /v1/bpftracing and /metrics")
+    p.add_argument("--datakit", default="http://127.0.0.1:9529", help="where linked spans go (tracing)")
+    p.add_argument("--data-dir", default="/var/lib/dkebpf/linker", help="spans waiting to be linked")
+    p.add_argument("--window", default="20s", help="event-time window")
+    p.add_argument("--lateness", default="20s", help="how far behind the newest span a window is linked")
+    p.add_argument("--horizon", default="10m", help="how long linked spans stay joinable (longest trace)")
+    p.add_argument("--sampling-rate", type=float, default=1.0, help="share of traces kept (0..1), default all")
+    p.add_argument("--memory-spans", type=int, default=1_000_000, help="spans held in memory before spilling")
+    p.add_argument("--max-disk-bytes", type=int, default=1 << 30, help="disk budget of --data-dir")
+    p.add_argument("--no-address-check", action="store_true",
+                   help="join across hosts on sequence numbers only (NAT between the hosts)")
+    p.add_argument("--no-app-trace-id", action="store_true", help="trace_id is always the eBPF one")
+    return p
+
+
+def build(argv, sink=None):
+    try:
+        a = parser().parse_args(argv)
+    except SystemExit as exc:
+        if exc.code:
+            raise ConfigError("linker: bad arguments (see dkebpf linker --help)") from None
+        raise
+    if not 0 <= a.sampling_rate <= 1:
+        raise ConfigError(f"linker: --sampling-rate must be within 0..1, got {a.sampling_rate}")
+    opts = dict(window_s=_seconds(a.window), lateness_s=_seconds(a.lateness), horizon_s=_seconds(a.horizon),
+                sampling_rate=a.sampling_rate, memory_spans=a.memory_spans, max_disk_bytes=a.max_disk_bytes,
+                match_addresses=not a.no_address_check, use_app_trace_id=not a.no_app_trace_id)
+    if opts["window_s"] <= 0:
+        raise ConfigError(f"linker: --window must be > 0, got {a.window!r}")
+    if sink is None:  # after every check: a refused command line leaves no files behind
+        from ..output.sink import HttpSink
+        sink = HttpSink(a.datakit, spool_dir=a.data_dir.rstrip("/") + "-out")
+    return Linker(a.listen, sink, a.data_dir, **opts)
+
+
+def main(argv):
+    linker = build(argv)
+    linker.start()
+    log.info("linker listening on port %d", linker.port)
+    try:
+        threading.Event().wait()
+    finally:
+        linker.close()
+    return 0

@@ -1,0 +1,132 @@
+"""HTTP/2 frames (RFC 9113 section 4) in captured payloads -> one row per
+frame, without a Python object per frame; the header blocks they carry go
+to the connection's HPACK decoder (dkebpf._hpack) in the span builder.
+
+A frame is a 9-byte header (24-bit length, type, flags, 31-bit stream id)
+and its payload. A payload that starts with the client connection preface
+(``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``) gets a row of type PREFACE
+first. For HEADERS (1), PUSH_PROMISE (5) and CONTINUATION (9) the row
+points at the header block fragment: without padding (flag PADDED 0x8:
+one pad-length byte first, that many bytes at the end), without the
+priority fields (HEADERS flag PRIORITY 0x20: 5 bytes), without the promised
+stream id (PUSH_PROMISE: 4 bytes). Unknown frame types are rows too (a
+receiver ignores them, RFC 9113 5.5).
+
+A frame header that breaks what senders must do is taken as not HTTP/2:
+the reserved stream bit set, a type above 0x10 (the registered ones), a
+stream frame (DATA, HEADERS, PRIORITY, RST_STREAM, PUSH_PROMISE,
+CONTINUATION) on stream 0, a SETTINGS/PING/GOAWAY on another stream, or
+padding longer than the frame. One row with ``valid`` 0 ends the payload (a connection seen
+mid-stream, whose payload starts inside a frame, lands here until the span
+builder finds a frame start).
+
+Row fields: ``ev``, ``off``, ``length`` (frame with header), ``complete``,
+``valid``, ``type``, ``flags``, ``stream``, ``block_off``/``block_len``
+(header block fragment within the payload; cut by the capture when not
+complete).
+
+``tests/reference/http2_ref.py`` holds the same rules in plain Python.
+"""
+from libc.stdint cimport int64_t, uint8_t, uint32_t
+from libc.string cimport memcmp
+
+import numpy as np
+cimport numpy as cnp
+
+from payloads cimport parse_rows
+from dk_common cimport offset_of
+
+cnp.import_array()
+
+__all__ = ["parse", "ROW_DTYPE", "PREFACE", "HEADERS", "CONTINUATION", "DATA"]
+
+PREFACE, DATA, HEADERS, PUSH_PROMISE, CONTINUATION = 0xFF, 0, 1, 5, 9
+cdef const char *MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+cdef struct row_t:
+    uint32_t ev, off, length, stream, block_off, block_len
+    uint8_t complete, valid, type, flags
+
+
+cdef Py_ssize_t _payload(const uint8_t *p, int64_t n, uint8_t unused, char *rows, Py_ssize_t room) noexcept nogil:
+    cdef row_t *r
+    cdef Py_ssize_t used = 0
+    cdef int64_t k = 0, flen, body, end, a, b, pad
+    if n >= 24 and memcmp(p, MAGIC, 24) == 0:
+        if room == 0:
+            return -1
+        r = <row_t *>rows
+        r.type = 0xFF
+        r.length = 24
+        r.complete = 1
+        r.valid = 1
+        used = 1
+        k = 24
+    while k < n:
+        if used == room:
+            return -1
+        r = <row_t *>rows + used
+        used += 1
+        r.off = <uint32_t>k
+        if n - k < 9:
+            r.valid = 1
+            return used
+        flen = (<int64_t>p[k] << 16) | (p[k + 1] << 8) | p[k + 2]
+        r.type = p[k + 3]
+        r.flags = p[k + 4]
+        r.stream = ((<uint32_t>p[k + 5] & 0x7F) << 24) | (p[k + 6] << 16) | (p[k + 7] << 8) | p[k + 8]
+        if ((p[k + 5] & 0x80) or r.type > 0x10
+                or (r.stream == 0 and (r.type <= 3 or r.type == 5 or r.type == 9))
+                or (r.stream != 0 and (r.type == 4 or r.type == 6 or r.type == 7))):
+            r.valid = 0
+            return used
+        r.valid = 1
+        r.length = <uint32_t>(flen + 9)
+        body = k + 9
+        r.complete = body + flen <= n
+        end = body + flen if r.complete else n
+        if r.type == 1 or r.type == 5 or r.type == 9:
+            a = body
+            b = body + flen
+            pad = 0
+            if r.type != 9 and r.flags & 0x8:
+                if a >= end:
+                    r.valid = 0
+                    return used
+                pad = p[a]
+                a += 1
+            if r.type == 1 and r.flags & 0x20:
+                a += 5
+            if r.type == 5:
+                a += 4
+            b -= pad
+            if a > b:
+                r.valid = 0
+                return used
+            if b > end:
+                b = end
+            if a > end:
+                a = end
+            r.block_off = <uint32_t>a
+            r.block_len = <uint32_t>(b - a if b > a else 0)
+        if not r.complete:
+            return used
+        k = body + flen
+    return used
+
+
+cdef row_t _r
+ROW_DTYPE = np.dtype({
+    "names": ["ev", "off", "length", "complete", "valid", "type", "flags", "stream", "block_off", "block_len"],
+    "formats": ["<u4", "<u4", "<u4", "u1", "u1", "u1", "u1", "<u4", "<u4", "<u4"],
+    "offsets": [offset_of(&_r, &_r.ev), offset_of(&_r, &_r.off), offset_of(&_r, &_r.length),
+                offset_of(&_r, &_r.complete), offset_of(&_r, &_r.valid), offset_of(&_r, &_r.type),
+                offset_of(&_r, &_r.flags), offset_of(&_r, &_r.stream), offset_of(&_r, &_r.block_off),
+                offset_of(&_r, &_r.block_len)],
+    "itemsize": sizeof(row_t)})
+
+
+def parse(payloads):
+    """Rows (numpy structured array of ROW_DTYPE) of the frames in
+    ``payloads`` (a pyarrow binary array)."""
+    return parse_rows(payloads, np.zeros(len(payloads), np.uint8), _payload, ROW_DTYPE)

@@ -1,0 +1,636 @@
+"""bpf-netlog's data plane: packets captured on one interface (PKT_DTYPE
+rows from dkebpf._packets, link layer and VXLAN already decoded) folded
+into per-connection state, cut into ``bpf_net_l4_log`` chunks (CHUNK_DTYPE
+rows). A C loop with the GIL released; no Python object per packet.
+
+Connections are keyed (local address, remote address, local port, remote
+port, transport, VNI): an outgoing packet's source is local, any other
+packet's destination is (AF_PACKET pkttype, as the original). A chunk
+closes after CHUNK_PACKETS packets (CHUNK_PACKETS_CLOSING once it holds a
+FIN or RST, so a close is not split from its handshake), and at every
+collect(); chunk_id counts the chunks of one connection record from 1.
+
+Retransmits: per direction the next expected sequence number (the highest
+seq + length seen, RFC 1982 serial arithmetic); a segment occupying
+sequence space (payload, SYN or FIN) that ends at or before it, or starts
+before it, is a retransmission. Pure ACKs occupy none, so duplicate ACKs
+never count; a keep-alive probe (RFC 9293 3.8.4: seq = next - 1, at most
+one byte) does not count either. On the receiving side a segment filling a
+hole left by a lost one is counted in rx_retrans: it is the retransmission
+as this interface sees it."""
+from libc.errno cimport errno
+from libc.stdlib cimport malloc, calloc, realloc, free
+from libc.string cimport memcpy, memset, memcmp
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+
+import numpy as np
+cimport numpy as cnp
+
+from dk_packet cimport dk_pkt
+from dk_common cimport offset_of
+from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
+from dkebpf._packets import PKT_DTYPE
+from dkebpf._records import _dtype
+from dkebpf.errors import kernel_error
+
+cnp.import_array()
+
+cdef enum:   # TCP header flags (RFC 9293 3.1)
+    TH_FIN = 0x01
+    TH_SYN = 0x02
+    TH_RST = 0x04
+    TH_ACK = 0x10
+
+cdef extern from "<linux/if_packet.h>":
+    enum:
+        PACKET_OUTGOING
+
+cdef enum:   # packets per chunk (the original's tcpPktLimitPerChunk and its close allowance)
+    CHUNK_PACKETS = 256
+    CHUNK_PACKETS_CLOSING = 320
+
+cdef enum:   # l4_chunk.direction (who opened the connection)
+    DIR_UNKNOWN = 0
+    DIR_INCOMING = 1
+    DIR_OUTGOING = 2
+
+
+cdef struct l4_chunk:
+    uint64_t ts_ns           # first packet of the chunk
+    uint64_t inner_hi        # inner_traceid: ms timestamp << 16 | random, then 64 random bits
+    uint64_t inner_lo
+    int64_t hs_cost_ns       # tcp_3whs_cost; -1 when the chunk has no SYN
+    int64_t close_cost_ns    # tcp_4whs_cost; -1 when the chunk has no FIN/RST
+    uint64_t rtt_sum_ns      # tcp_rtt = rtt_sum_ns / rtt_samples
+    uint64_t tx_bytes, rx_bytes
+    uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
+    uint32_t tx_seq_min, tx_seq_max, rx_seq_min, rx_seq_max
+    uint32_t syn_retrans     # connection total so far
+    uint32_t chunk_id
+    uint32_t rtt_samples
+    uint32_t vni
+    uint8_t laddr[16]
+    uint8_t raddr[16]
+    uint16_t lport, rport
+    uint8_t family, proto, vxlan, direction
+    uint8_t chunk_syn, chunk_fin, closed
+    uint8_t seq_seen         # bit 0: tx range set, bit 1: rx range set
+    uint8_t l7_http          # an HTTP request was seen on the connection
+
+
+cdef enum:
+    PATH_MAX = 128           # bytes of the request path kept
+    TRACEPARENT_LEN = 55     # "00-<32 hex>-<16 hex>-<2 hex>" (W3C Trace Context 3.2)
+
+
+cdef struct l7_exchange:
+    uint64_t req_ts          # first and last request segment, first and last response segment
+    uint64_t req_last_ts
+    uint64_t resp_ts
+    uint64_t resp_last_ts
+    uint64_t inner_hi, inner_lo
+    uint64_t tx_bytes, rx_bytes
+    uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
+    uint32_t req_seq, resp_seq  # raw seq of the segments starting the request line and the status line
+    uint32_t vni
+    uint32_t first_chunk, last_chunk
+    uint8_t laddr[16]
+    uint8_t raddr[16]
+    uint16_t lport, rport
+    uint16_t status
+    uint16_t path_len
+    uint8_t family, vxlan, method, version
+    uint8_t incoming         # the request came in on this interface
+    uint8_t has_resp
+    uint8_t has_traceparent
+    uint8_t path[PATH_MAX]
+    uint8_t traceparent[TRACEPARENT_LEN]
+
+
+cdef struct conn_t:
+    l4_chunk c               # the chunk being filled (key and ids included)
+    l7_exchange x            # the HTTP exchange in progress (x.req_ts 0: none)
+    uint64_t last_ts
+    uint64_t syn_ts, synack_ts, fin_ts
+    uint64_t rtt_sent_ts
+    uint32_t rtt_expect
+    uint32_t next_seq[2]     # per direction (0 tx, 1 rx): highest seq + len seen
+    uint8_t next_set[2]
+    uint8_t syn_seen[2]      # SYN (0), SYN|ACK (1): bit per direction it was seen in
+    uint8_t fin_dir          # bit per direction a FIN went
+    uint8_t rtt_armed
+    uint8_t handshake_done
+    uint8_t rst
+
+
+cdef l4_chunk _c
+CHUNK_DTYPE = _dtype("l4_chunk", [
+    ("ts_ns", "<u8", offset_of(&_c, &_c.ts_ns)),
+    ("inner_hi", "<u8", offset_of(&_c, &_c.inner_hi)),
+    ("inner_lo", "<u8", offset_of(&_c, &_c.inner_lo)),
+    ("hs_cost_ns", "<i8", offset_of(&_c, &_c.hs_cost_ns)),
+    ("close_cost_ns", "<i8", offset_of(&_c, &_c.close_cost_ns)),
+    ("rtt_sum_ns", "<u8", offset_of(&_c, &_c.rtt_sum_ns)),
+    ("tx_bytes", "<u8", offset_of(&_c, &_c.tx_bytes)),
+    ("rx_bytes", "<u8", offset_of(&_c, &_c.rx_bytes)),
+    ("tx_packets", "<u4", offset_of(&_c, &_c.tx_packets)),
+    ("rx_packets", "<u4", offset_of(&_c, &_c.rx_packets)),
+    ("tx_retrans", "<u4", offset_of(&_c, &_c.tx_retrans)),
+    ("rx_retrans", "<u4", offset_of(&_c, &_c.rx_retrans)),
+    ("tx_seq_min", "<u4", offset_of(&_c, &_c.tx_seq_min)),
+    ("tx_seq_max", "<u4", offset_of(&_c, &_c.tx_seq_max)),
+    ("rx_seq_min", "<u4", offset_of(&_c, &_c.rx_seq_min)),
+    ("rx_seq_max", "<u4", offset_of(&_c, &_c.rx_seq_max)),
+    ("syn_retrans", "<u4", offset_of(&_c, &_c.syn_retrans)),
+    ("chunk_id", "<u4", offset_of(&_c, &_c.chunk_id)),
+    ("rtt_samples", "<u4", offset_of(&_c, &_c.rtt_samples)),
+    ("vni", "<u4", offset_of(&_c, &_c.vni)),
+    ("laddr", "V16", offset_of(&_c, &_c.laddr)),
+    ("raddr", "V16", offset_of(&_c, &_c.raddr)),
+    ("lport", "<u2", offset_of(&_c, &_c.lport)),
+    ("rport", "<u2", offset_of(&_c, &_c.rport)),
+    ("family", "u1", offset_of(&_c, &_c.family)),
+    ("proto", "u1", offset_of(&_c, &_c.proto)),
+    ("vxlan", "u1", offset_of(&_c, &_c.vxlan)),
+    ("direction", "u1", offset_of(&_c, &_c.direction)),
+    ("chunk_syn", "u1", offset_of(&_c, &_c.chunk_syn)),
+    ("chunk_fin", "u1", offset_of(&_c, &_c.chunk_fin)),
+    ("closed", "u1", offset_of(&_c, &_c.closed)),
+    ("l7_http", "u1", offset_of(&_c, &_c.l7_http)),
+], sizeof(l4_chunk))
+DIRECTIONS = ("unknown", "incoming", "outgoing")
+HTTP_PATH_MAX = PATH_MAX
+
+cdef l7_exchange _x
+L7_DTYPE = _dtype("l7_exchange", [
+    ("req_ts", "<u8", offset_of(&_x, &_x.req_ts)),
+    ("req_last_ts", "<u8", offset_of(&_x, &_x.req_last_ts)),
+    ("resp_ts", "<u8", offset_of(&_x, &_x.resp_ts)),
+    ("resp_last_ts", "<u8", offset_of(&_x, &_x.resp_last_ts)),
+    ("inner_hi", "<u8", offset_of(&_x, &_x.inner_hi)),
+    ("inner_lo", "<u8", offset_of(&_x, &_x.inner_lo)),
+    ("tx_bytes", "<u8", offset_of(&_x, &_x.tx_bytes)),
+    ("rx_bytes", "<u8", offset_of(&_x, &_x.rx_bytes)),
+    ("tx_packets", "<u4", offset_of(&_x, &_x.tx_packets)),
+    ("rx_packets", "<u4", offset_of(&_x, &_x.rx_packets)),
+    ("tx_retrans", "<u4", offset_of(&_x, &_x.tx_retrans)),
+    ("rx_retrans", "<u4", offset_of(&_x, &_x.rx_retrans)),
+    ("req_seq", "<u4", offset_of(&_x, &_x.req_seq)),
+    ("resp_seq", "<u4", offset_of(&_x, &_x.resp_seq)),
+    ("vni", "<u4", offset_of(&_x, &_x.vni)),
+    ("first_chunk", "<u4", offset_of(&_x, &_x.first_chunk)),
+    ("last_chunk", "<u4", offset_of(&_x, &_x.last_chunk)),
+    ("laddr", "V16", offset_of(&_x, &_x.laddr)),
+    ("raddr", "V16", offset_of(&_x, &_x.raddr)),
+    ("lport", "<u2", offset_of(&_x, &_x.lport)),
+    ("rport", "<u2", offset_of(&_x, &_x.rport)),
+    ("status", "<u2", offset_of(&_x, &_x.status)),
+    ("path_len", "<u2", offset_of(&_x, &_x.path_len)),
+    ("family", "u1", offset_of(&_x, &_x.family)),
+    ("vxlan", "u1", offset_of(&_x, &_x.vxlan)),
+    ("method", "u1", offset_of(&_x, &_x.method)),
+    ("version", "u1", offset_of(&_x, &_x.version)),
+    ("incoming", "u1", offset_of(&_x, &_x.incoming)),
+    ("has_resp", "u1", offset_of(&_x, &_x.has_resp)),
+    ("has_traceparent", "u1", offset_of(&_x, &_x.has_traceparent)),
+    ("path", f"S{PATH_MAX}", offset_of(&_x, &_x.path)),
+    ("traceparent", f"S{TRACEPARENT_LEN}", offset_of(&_x, &_x.traceparent)),
+], sizeof(l7_exchange))
+
+
+cdef int find_traceparent(const uint8_t *p, uint32_t n, uint8_t *out) noexcept nogil:
+    """The value of a traceparent header within the captured headers at
+    p[0:n] (name case-insensitive, RFC 9110 5.1), copied to out; 1 if found
+    whole."""
+    cdef const char *name = b"traceparent:"
+    cdef uint32_t i, j, k
+    if n < 14:
+        return 0
+    for i in range(1, n - 12):
+        if p[i - 1] != 0x0A:
+            continue
+        for j in range(12):
+            if (p[i + j] | 0x20) != <uint8_t>name[j]:   # ASCII lower case; ':' is unchanged
+                break
+        else:
+            k = i + 12
+            while k < n and (p[k] == 0x20 or p[k] == 0x09):
+                k += 1
+            if k + TRACEPARENT_LEN > n:
+                return 0
+            memcpy(out, p + k, TRACEPARENT_LEN)
+            return 1
+        if p[i] == 0x0D or p[i] == 0x0A:
+            return 0   # the empty line: end of the headers
+    return 0
+
+
+cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
+    """a before b in sequence space (RFC 1982 serial arithmetic)."""
+    return <int32_t>(a - b) < 0
+
+
+cdef inline void seq_widen(uint32_t *lo, uint32_t *hi, uint32_t s, bint first) noexcept nogil:
+    if first:
+        lo[0] = s
+        hi[0] = s
+    elif seq_lt(s, lo[0]):
+        lo[0] = s
+    elif seq_lt(hi[0], s):
+        hi[0] = s
+
+
+cdef inline uint64_t key_hash(const uint8_t *la, const uint8_t *ra, uint16_t lp, uint16_t rp,
+                              uint8_t proto, uint32_t vni) noexcept nogil:
+    # FNV-1a over the key
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef int i
+    for i in range(16):
+        h = (h ^ la[i]) * 1099511628211ULL
+        h = (h ^ ra[i]) * 1099511628211ULL
+    h = (h ^ (<uint64_t>lp << 16 | rp)) * 1099511628211ULL
+    h = (h ^ (<uint64_t>vni << 8 | proto)) * 1099511628211ULL
+    return h ^ (h >> 29)
+
+
+cdef class ConnTable:
+    """Connections seen on one interface. add() folds a batch of packets
+    in; collect() returns the finished chunks (CHUNK_DTYPE) and forgets
+    connections that closed or stayed idle idle_ns; at most max_conns
+    connections are tracked (a packet of a new connection beyond that is
+    counted in ``table_full``, not tracked)."""
+    cdef conn_t *conns
+    cdef int32_t *slots
+    cdef uint32_t n, cap, nslots
+    cdef l4_chunk *done
+    cdef uint32_t ndone, done_cap
+    cdef l7_exchange *xdone
+    cdef uint32_t nxdone, xdone_cap
+    cdef uint64_t idle_ns, rng
+    cdef readonly uint64_t packets, table_full, not_tcp_udp, new_conns, l7_lost
+
+    def __cinit__(self, uint32_t max_conns=65536, uint64_t idle_ns=120_000_000_000, uint64_t seed=0):
+        if max_conns == 0:
+            raise ValueError("max_conns must be positive")
+        self.cap = max_conns
+        self.nslots = 1
+        while self.nslots < 2 * max_conns:
+            self.nslots <<= 1
+        self.conns = <conn_t *>calloc(max_conns, sizeof(conn_t))
+        self.slots = <int32_t *>malloc(self.nslots * sizeof(int32_t))
+        self.done_cap = 1024
+        self.done = <l4_chunk *>malloc(self.done_cap * sizeof(l4_chunk))
+        self.xdone_cap = 256
+        self.xdone = <l7_exchange *>malloc(self.xdone_cap * sizeof(l7_exchange))
+        if self.conns == NULL or self.slots == NULL or self.done == NULL or self.xdone == NULL:
+            raise MemoryError()
+        memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
+        self.idle_ns = idle_ns
+        self.rng = seed or <uint64_t>id(self) * 6364136223846793005ULL + 1442695040888963407ULL
+
+    def __dealloc__(self):
+        free(self.conns)
+        free(self.slots)
+        free(self.done)
+        free(self.xdone)
+
+    def __len__(self):
+        return self.n
+
+    cdef uint64_t _rand(self) noexcept nogil:
+        # xorshift64*: ids need to be unique, not secret
+        self.rng ^= self.rng >> 12
+        self.rng ^= self.rng << 25
+        self.rng ^= self.rng >> 27
+        return self.rng * 2685821657736338717ULL
+
+    cdef conn_t *_lookup(self, const dk_pkt *p, bint tx) noexcept nogil:
+        cdef const uint8_t *la = &p.saddr[0] if tx else &p.daddr[0]
+        cdef const uint8_t *ra = &p.daddr[0] if tx else &p.saddr[0]
+        cdef uint16_t lp = p.sport if tx else p.dport
+        cdef uint16_t rp = p.dport if tx else p.sport
+        cdef uint32_t vni = p.vni if p.vxlan else 0
+        cdef uint32_t s = key_hash(la, ra, lp, rp, p.proto, vni) & (self.nslots - 1)
+        cdef conn_t *c
+        while self.slots[s] >= 0:
+            c = &self.conns[self.slots[s]]
+            if c.c.lport == lp and c.c.rport == rp and c.c.proto == p.proto and c.c.vni == vni \
+                    and c.c.vxlan == p.vxlan and memcmp(c.c.laddr, la, 16) == 0 \
+                    and memcmp(c.c.raddr, ra, 16) == 0:
+                return c
+            s = (s + 1) & (self.nslots - 1)
+        if self.n == self.cap:
+            self.table_full += 1
+            return NULL
+        self.slots[s] = self.n
+        c = &self.conns[self.n]
+        self.n += 1
+        self.new_conns += 1
+        memset(c, 0, sizeof(conn_t))
+        memcpy(c.c.laddr, la, 16)
+        memcpy(c.c.raddr, ra, 16)
+        c.c.lport = lp
+        c.c.rport = rp
+        c.c.proto = p.proto
+        c.c.family = p.family
+        c.c.vxlan = p.vxlan
+        c.c.vni = vni
+        c.c.inner_hi = (p.ts_ns // 1000000) << 16 | (self._rand() & 0xFFFF)
+        c.c.inner_lo = self._rand()
+        return c
+
+    cdef void _close_chunk(self, conn_t *c) noexcept nogil:
+        """Move the chunk being filled to the finished list; the next packet
+        starts chunk_id + 1."""
+        cdef l4_chunk *grown
+        if c.c.tx_packets + c.c.rx_packets == 0:
+            return
+        if self.ndone == self.done_cap:
+            grown = <l4_chunk *>realloc(self.done, 2 * self.done_cap * sizeof(l4_chunk))
+            if grown == NULL:
+                return   # keep filling this chunk: nothing is lost, it is only longer
+            self.done = grown
+            self.done_cap *= 2
+        c.c.closed = c.rst or c.fin_dir == 3
+        memcpy(&self.done[self.ndone], &c.c, sizeof(l4_chunk))
+        self.ndone += 1
+        c.c.tx_packets = c.c.rx_packets = c.c.tx_retrans = c.c.rx_retrans = 0
+        c.c.tx_bytes = c.c.rx_bytes = c.c.rtt_sum_ns = 0
+        c.c.rtt_samples = 0
+        c.c.chunk_syn = c.c.chunk_fin = 0
+        c.c.seq_seen = 0
+        c.c.tx_seq_min = c.c.tx_seq_max = c.c.rx_seq_min = c.c.rx_seq_max = 0
+
+    cdef void _emit_exchange(self, conn_t *c) noexcept nogil:
+        cdef l7_exchange *grown
+        if self.nxdone == self.xdone_cap:
+            grown = <l7_exchange *>realloc(self.xdone, 2 * self.xdone_cap * sizeof(l7_exchange))
+            if grown == NULL:
+                self.l7_lost += 1
+                c.x.req_ts = 0
+                return
+            self.xdone = grown
+            self.xdone_cap *= 2
+        memcpy(&self.xdone[self.nxdone], &c.x, sizeof(l7_exchange))
+        self.nxdone += 1
+        c.x.req_ts = 0
+
+    cdef void _l7(self, conn_t *c, const dk_pkt *p, const uint8_t *data, bint tx) noexcept nogil:
+        """HTTP/1.x: a segment starting a request line opens an exchange
+        (closing the previous one), the first status line going the other
+        way is its response; other segments move the last-seen times."""
+        cdef http_msg m
+        cdef int n = p.payload_len if p.payload_len < 65535 else 65535
+        cdef bint resp_dir = c.x.req_ts != 0 and tx == c.x.incoming
+        if parse_first_line(data, n, &m):
+            if m.kind == K_REQUEST:
+                if c.x.req_ts:
+                    self._emit_exchange(c)
+                memset(&c.x, 0, sizeof(l7_exchange))
+                memcpy(c.x.laddr, c.c.laddr, 16)
+                memcpy(c.x.raddr, c.c.raddr, 16)
+                c.x.lport = c.c.lport
+                c.x.rport = c.c.rport
+                c.x.family = c.c.family
+                c.x.vxlan = c.c.vxlan
+                c.x.vni = c.c.vni
+                c.x.inner_hi = c.c.inner_hi
+                c.x.inner_lo = c.c.inner_lo
+                c.x.req_ts = c.x.req_last_ts = p.ts_ns
+                c.c.l7_http = 1
+                c.x.req_seq = p.seq
+                c.x.method = m.method
+                c.x.version = m.version
+                c.x.incoming = not tx
+                c.x.first_chunk = c.c.chunk_id
+                c.x.path_len = m.path_len if m.path_len < PATH_MAX else PATH_MAX
+                memcpy(c.x.path, data + m.path_off, c.x.path_len)
+                c.x.has_traceparent = find_traceparent(data, n, c.x.traceparent)
+                return
+            if m.kind == K_RESPONSE and resp_dir and not c.x.has_resp:
+                c.x.has_resp = 1
+                c.x.resp_seq = p.seq
+                c.x.status = m.status
+                c.x.resp_ts = c.x.resp_last_ts = p.ts_ns
+                return
+        if c.x.req_ts == 0:
+            return
+        if resp_dir:
+            if c.x.has_resp:
+                c.x.resp_last_ts = p.ts_ns
+        elif not c.x.has_resp:
+            c.x.req_last_ts = p.ts_ns
+
+    cdef bint _track(self, conn_t *c, const dk_pkt *p, bint tx) noexcept nogil:
+        cdef int d = 0 if tx else 1
+        cdef uint8_t f = p.tcp_flags
+        cdef uint32_t span, end, seq = p.seq
+        cdef bint retrans = False
+        if c.c.tx_packets + c.c.rx_packets == 0:
+            c.c.chunk_id += 1
+            c.c.ts_ns = p.ts_ns
+            c.c.hs_cost_ns = -1
+            c.c.close_cost_ns = -1
+        c.last_ts = p.ts_ns
+        if tx:
+            c.c.tx_packets += 1
+            c.c.tx_bytes += p.payload_wire
+        else:
+            c.c.rx_packets += 1
+            c.c.rx_bytes += p.payload_wire
+        if p.proto != 6:
+            return False
+        # seq ranges: a packet's own seq in its direction, its ack in the other
+        seq_widen(&c.c.tx_seq_min if tx else &c.c.rx_seq_min, &c.c.tx_seq_max if tx else &c.c.rx_seq_max,
+                  seq, not (c.c.seq_seen & (1 << d)))
+        c.c.seq_seen |= 1 << d
+        if f & TH_ACK:
+            seq_widen(&c.c.rx_seq_min if tx else &c.c.tx_seq_min, &c.c.rx_seq_max if tx else &c.c.tx_seq_max,
+                      p.ack, not (c.c.seq_seen & (1 << (1 - d))))
+            c.c.seq_seen |= 1 << (1 - d)
+        # handshake
+        if f & TH_SYN:
+            c.c.chunk_syn = 1
+            if not (f & TH_ACK):
+                if c.syn_ts == 0:
+                    c.syn_ts = p.ts_ns
+                    c.c.direction = DIR_OUTGOING if tx else DIR_INCOMING
+                elif c.syn_seen[0] & (1 << d):
+                    c.c.syn_retrans += 1
+                c.syn_seen[0] |= 1 << d
+            else:
+                if c.synack_ts == 0:
+                    c.synack_ts = p.ts_ns
+                elif c.syn_seen[1] & (1 << d):
+                    c.c.syn_retrans += 1
+                c.syn_seen[1] |= 1 << d
+                if c.syn_ts:
+                    c.c.hs_cost_ns = p.ts_ns - c.syn_ts
+        elif (f & TH_ACK) and c.synack_ts and not c.handshake_done:
+            c.handshake_done = 1
+            if c.syn_ts:
+                c.c.hs_cost_ns = p.ts_ns - c.syn_ts
+        # close: first FIN or RST to the last packet of the closing exchange
+        if f & (TH_FIN | TH_RST):
+            c.c.chunk_fin = 1
+            if c.fin_ts == 0:
+                c.fin_ts = p.ts_ns
+            if f & TH_FIN:
+                c.fin_dir |= 1 << d
+            if f & TH_RST:
+                c.rst = 1
+        if c.fin_ts and c.c.chunk_fin:
+            c.c.close_cost_ns = p.ts_ns - c.fin_ts
+        # retransmits: only segments that occupy sequence space
+        span = p.payload_wire + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)
+        if span and not (f & TH_SYN):
+            end = seq + span
+            if c.next_set[d]:
+                if not seq_lt(c.next_seq[d], end):      # nothing new in it
+                    retrans = not (span <= 1 and seq == c.next_seq[d] - 1 and not (f & TH_FIN))
+                elif seq_lt(seq, c.next_seq[d]):        # starts inside what was sent
+                    retrans = True
+            if retrans:
+                if tx:
+                    c.c.tx_retrans += 1
+                else:
+                    c.c.rx_retrans += 1
+        if span:
+            end = seq + span
+            if not c.next_set[d] or seq_lt(c.next_seq[d], end):
+                c.next_seq[d] = end
+                c.next_set[d] = 1
+        # rtt: a sent segment that occupies sequence space (never a pure ACK)
+        # to the first acknowledgement covering it
+        if tx and span and not retrans and not c.rtt_armed:
+            c.rtt_armed = 1
+            c.rtt_expect = seq + span
+            c.rtt_sent_ts = p.ts_ns
+        elif not tx and c.rtt_armed and (f & TH_ACK) and not seq_lt(p.ack, c.rtt_expect):
+            c.rtt_armed = 0
+            c.c.rtt_sum_ns += p.ts_ns - c.rtt_sent_ts
+            c.c.rtt_samples += 1
+        return retrans
+
+    def add(self, pkts, payload=None):
+        """Fold PKT_DTYPE rows (in capture order) into the table; with their
+        payload bytes (as PacketRing.read returns them), HTTP/1.x exchanges
+        are followed too."""
+        pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
+        cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
+        cdef Py_ssize_t i, n = len(pkts)
+        cdef conn_t *c
+        cdef bint tx, retrans
+        cdef uint32_t limit
+        cdef const uint8_t *pay = NULL
+        cdef Py_ssize_t pay_len = 0
+        if payload is not None:
+            payload = np.ascontiguousarray(payload, dtype=np.uint8)
+            pay = <const uint8_t *>cnp.PyArray_DATA(payload)
+            pay_len = len(payload)
+        with nogil:
+            for i in range(n):
+                self.packets += 1
+                if p[i].proto != 6 and p[i].proto != 17:
+                    self.not_tcp_udp += 1
+                    continue
+                tx = p[i].pkttype == PACKET_OUTGOING
+                c = self._lookup(&p[i], tx)
+                if c == NULL:
+                    continue
+                if (c.rst or c.fin_dir == 3) and (p[i].tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN:
+                    # the closed port pair is reused by a new connection: a new record
+                    self._close_chunk(c)
+                    if c.x.req_ts:
+                        self._emit_exchange(c)
+                    self._restart(c, &p[i])
+                retrans = self._track(c, &p[i], tx)
+                if pay != NULL and p[i].proto == 6 and p[i].payload_len and not retrans \
+                        and <Py_ssize_t>p[i].payload_off + p[i].payload_len <= pay_len:
+                    self._l7(c, &p[i], pay + p[i].payload_off, tx)
+                if c.x.req_ts:
+                    c.x.last_chunk = c.c.chunk_id
+                    if tx:
+                        c.x.tx_packets += 1
+                        c.x.tx_bytes += p[i].payload_wire
+                        c.x.tx_retrans += retrans
+                    else:
+                        c.x.rx_packets += 1
+                        c.x.rx_bytes += p[i].payload_wire
+                        c.x.rx_retrans += retrans
+                limit = CHUNK_PACKETS_CLOSING if c.c.chunk_fin else CHUNK_PACKETS
+                if c.c.tx_packets + c.c.rx_packets >= limit:
+                    self._close_chunk(c)
+
+    cdef void _restart(self, conn_t *c, const dk_pkt *p) noexcept nogil:
+        cdef l4_chunk key
+        memcpy(&key, &c.c, sizeof(l4_chunk))
+        memset(c, 0, sizeof(conn_t))
+        memcpy(c.c.laddr, key.laddr, 16)
+        memcpy(c.c.raddr, key.raddr, 16)
+        c.c.lport = key.lport
+        c.c.rport = key.rport
+        c.c.proto = key.proto
+        c.c.family = key.family
+        c.c.vxlan = key.vxlan
+        c.c.vni = key.vni
+        c.c.inner_hi = (p.ts_ns // 1000000) << 16 | (self._rand() & 0xFFFF)
+        c.c.inner_lo = self._rand()
+        self.new_conns += 1
+
+    def collect(self, uint64_t now_ns, bint flush_all=False):
+        """(chunks, exchanges): the chunks finished since the last call plus
+        every chunk being filled (CHUNK_DTYPE), and the HTTP exchanges that
+        got their response or whose connection ends (L7_DTYPE). Connections
+        closed, idle for idle_ns, or all of them with flush_all (the
+        interface went away) are forgotten."""
+        cdef uint32_t i, kept = 0, s
+        cdef conn_t *c
+        cdef bint gone
+        with nogil:
+            for i in range(self.n):
+                c = &self.conns[i]
+                self._close_chunk(c)
+                gone = flush_all or c.rst or c.fin_dir == 3 or c.last_ts + self.idle_ns <= now_ns
+                if c.x.req_ts and (gone or c.x.has_resp):
+                    self._emit_exchange(c)
+                if gone:
+                    continue
+                if kept != i:
+                    memcpy(&self.conns[kept], c, sizeof(conn_t))
+                kept += 1
+            self.n = kept
+            memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
+            for i in range(kept):
+                c = &self.conns[i]
+                s = key_hash(c.c.laddr, c.c.raddr, c.c.lport, c.c.rport, c.c.proto, c.c.vni) & (self.nslots - 1)
+                while self.slots[s] >= 0:
+                    s = (s + 1) & (self.nslots - 1)
+                self.slots[s] = i
+        out = np.empty(self.ndone, CHUNK_DTYPE)
+        if self.ndone:
+            memcpy(cnp.PyArray_DATA(out), self.done, self.ndone * sizeof(l4_chunk))
+        self.ndone = 0
+        xs = np.empty(self.nxdone, L7_DTYPE)
+        if self.nxdone:
+            memcpy(cnp.PyArray_DATA(xs), self.xdone, self.nxdone * sizeof(l7_exchange))
+        self.nxdone = 0
+        return out, xs
+
+    def counters(self):
+        return {"packets": self.packets, "connections": self.n, "new_connections": self.new_conns,
+                "table_full": self.table_full, "l7_lost": self.l7_lost}
+
+
+cdef extern from "<sched.h>" nogil:
+    enum:
+        CLONE_NEWNET
+    int setns(int fd, int nstype)
+
+
+def enter_netns(int fd, what="network namespace"):
+    """Move the calling thread into the network namespace open at fd
+    (setns(2) changes only this thread: sockets created now belong to that
+    namespace and stay there). Errors through errors.kernel_error."""
+    if setns(fd, CLONE_NEWNET) != 0:
+        raise kernel_error(f"setns into {what}", errno)

@@ -1,0 +1,66 @@
+"""dkebpf linker speed, single core: joining spans (dkebpf.linker.join.link,
+in-process and cross-host joins, roots, ids, sampling) on a window of A ->
+B -> C chains (5 spans each) with a history of the same size, and the
+ingest of posted line protocol (dkebpf.linker.ingest.parse_spans).
+Target: the join >= 500k spans/s.
+
+Prints `name: value` lines.
+"""
+import os
+
+import numpy as np
+import pyarrow as pa
+
+from timing import best_of
+
+from dkebpf.linker.ingest import parse_spans
+from dkebpf.linker.join import History, link
+
+N_CHAINS = int(os.environ.get("BENCH_LINKER_CHAINS", 100_000))
+
+
+def chains(n, rng):
+    """Columns of n A->B->C chains: spans A.in, A.out, B.in, B.out, C.in."""
+    i = np.arange(n, dtype=np.int64)
+    k = 5 * n
+    direction = np.tile(np.array(["incoming", "outgoing", "incoming", "outgoing", "incoming"], object), n)
+    ttid = np.repeat(i * 3, 5) + np.tile(np.array([0, 0, 1, 1, 2]), n)
+    s1, s2 = rng.integers(0, 2**32, n), rng.integers(0, 2**32, n)
+    req = np.stack([rng.integers(0, 2**32, n), s1, s1, s2, s2], 1).ravel()
+    resp = req + 1000
+    port1, port2 = 10000 + i % 50000, 20000 + i % 40000
+    src_ip = np.tile(np.array(["10.0.0.1", "10.0.0.1", "10.0.0.2", "10.0.0.2", "10.0.0.3"], object), n)
+    dst_ip = np.tile(np.array(["192.168.0.9", "10.0.0.2", "10.0.0.1", "10.0.0.3", "10.0.0.2"], object), n)
+    src_port = np.stack([np.full(n, 80), port1, np.full(n, 8081), port2, np.full(n, 8082)], 1).ravel().astype(str)
+    dst_port = np.stack([port1 + 30000, np.full(n, 8081), port1, np.full(n, 8082), port2], 1).ravel().astype(str)
+    return pa.table({"span_id": pa.array(rng.integers(1, 2**63, k).astype(np.uint64)),
+                     "direction": direction.astype(str), "thread_trace_id": ttid, "req_seq": req, "resp_seq": resp,
+                     "src_ip": src_ip.astype(str), "src_port": src_port, "dst_ip": dst_ip.astype(str),
+                     "dst_port": dst_port})
+
+
+def main():
+    rng = np.random.default_rng(7)
+    window, older = chains(N_CHAINS, rng), chains(N_CHAINS, rng)
+    history = History()
+    _, _, hist, _ = link(older, History())
+    history.add(hist)
+    n = window.num_rows
+    out = {}
+    t_join = best_of(lambda: out.update(r=link(window, history)), 3)
+    trees = len(set(out["r"][0]["ebpf_trace_id"].to_pylist()))
+    lines = "\n".join(
+        f'dketrace,service=b,src_ip=10.0.0.2,src_port=8081,dst_ip=10.0.0.1,dst_port={40000 + j % 20000} '
+        f'ebpf_span_type="entry",direction="incoming",thread_trace_id={j}i,req_seq={j * 7}i,resp_seq={j * 7 + 1}i,'
+        f'start={1764000000000000 + j}i,duration=100i,pid="42",process_name="python3" {1764000000000000000 + j}'
+        for j in range(50_000))
+    t_ingest = best_of(lambda: parse_spans(lines, 0), 3)
+    print(f"linker_window_spans: {n}")
+    print(f"linker_history_spans: {len(history)}")
+    print(f"linker_traces_found: {trees} (expected {N_CHAINS})")
+    print(f"linker_join_spans_per_s: {n / t_join:.0f}")
+    print(f"linker_ingest_line_protocol_spans_per_s: {50_000 / t_ingest:.0f}")
+
+
+if __name__ == "__main__":
+    main()

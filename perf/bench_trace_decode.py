@@ -1,0 +1,120 @@
+"""ebpf-trace span decode speed, per protocol, single core: the Cython
+parsers (dkebpf._redis, _mysql, _pgsql, _http2, _hpack, _tracectx,
+_sqlnorm) against their
+pure-Python references in tests/reference/, on realistic captured payloads
+(one request or response per payload, as one read/write call carries).
+Target: >= 1 M spans/s per core for each parser (a span is a request
+payload plus a response payload; figures are per payload).
+
+Prints `name: value` lines.
+"""
+import importlib.util
+import os
+import struct
+import sys
+
+import numpy as np
+import pyarrow as pa
+
+from timing import best_of
+
+from dkebpf import _http2, _mysql, _pgsql, _redis, _sqlnorm, _tracectx
+from dkebpf._hpack import HpackDecoder
+
+N = int(os.environ.get("BENCH_TRACE_N", 100_000))
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def load_reference(name):
+    # tests/reference as the package `reference` (its modules import each
+    # other), by path: the repository on sys.path would shadow an installed dkebpf
+    if "reference" not in sys.modules:
+        folder = os.path.join(HERE, "..", "tests", "reference")
+        spec = importlib.util.spec_from_file_location("reference", os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+        sys.modules["reference"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["reference"])
+    return importlib.import_module(f"reference.{name}")
+
+
+def mysql_packet(seq, body):
+    return struct.pack("<I", len(body))[:3] + bytes([seq]) + body
+
+
+def pg_msg(t, body):
+    return t + struct.pack(">I", len(body) + 4) + body
+
+
+def h2_frame(t, flags, stream, body):
+    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
+
+
+# a gRPC call after the first on its connection: header blocks use the dynamic table
+H2_REQUEST = (h2_frame(1, 0x4, 3, bytes.fromhex("8386be") + b"\x04\x0c/pkg.Svc/Get")
+              + h2_frame(0, 0x1, 3, b"\0\0\0\0\x05hello"))
+H2_RESPONSE = h2_frame(1, 0x4, 3, b"\x88") + h2_frame(0, 0, 3, b"\0\0\0\0\x02ok") + h2_frame(
+    1, 0x5, 3, b"\x00\x0bgrpc-status\x010")
+HPACK_BLOCK = bytes.fromhex("828684418cf1e3c2e5f23a6ba0ab90f4ff")  # RFC 7541 C.4.1 (Huffman, indexes one)
+
+
+def workloads(n):
+    half = n // 2
+    redis_req = b"*3\r\n$3\r\nSET\r\n$12\r\nsession:1234\r\n$20\r\n" + b"v" * 20 + b"\r\n"
+    redis_resp = b"+OK\r\n"
+    sql = b"SELECT id, name, email FROM users WHERE id = 42 AND status = 'active' LIMIT 10"
+    my_req = mysql_packet(0, b"\x03" + sql)
+    my_resp = mysql_packet(1, b"\x00\x01\x00\x02\x00\x00\x00")
+    pg_req = pg_msg(b"Q", sql + b"\0")
+    pg_resp = pg_msg(b"T", b"\0\1id\0" + bytes(18)) + pg_msg(b"D", b"\0\1\0\0\0\00242") + pg_msg(
+        b"C", b"SELECT 1\0") + pg_msg(b"Z", b"I")
+    http_req = (b"GET /api/v1/users/42 HTTP/1.1\r\nHost: svc-b:8080\r\nUser-Agent: python-requests/2.31\r\n"
+                b"Accept: */*\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
+    flags = np.tile(np.array([1, 0], np.uint8), half)
+    return {
+        "redis": ([redis_req, redis_resp] * half, flags),
+        "mysql": ([my_req, my_resp] * half, flags),
+        "pgsql": ([pg_req, pg_resp] * half, flags),
+        "tracectx": ([http_req] * n, None),
+        "http2": ([H2_REQUEST, H2_RESPONSE] * half, None),
+        "sqlnorm": ([sql] * n, None),
+    }
+
+
+def main():
+    refs = {m: load_reference(f"{m}_ref") for m in ("redis", "mysql", "pgsql", "tracectx", "sqlnorm")}
+    refs["http2"] = load_reference("http2_ref")
+    refs["hpack"] = load_reference("hpack_ref")
+    cy = {"redis": _redis.parse, "mysql": _mysql.parse, "pgsql": _pgsql.parse}
+    for name, (payloads, flags) in workloads(N).items():
+        arr = pa.array(payloads, pa.binary())
+        small = payloads[:N // 20]
+        if name in cy:
+            t_cy = best_of(lambda: cy[name](arr, flags), 5)
+            t_py = best_of(lambda: refs[name].parse(small, flags[:len(small)].tolist()), 2) * 20
+        elif name == "http2":
+            t_cy = best_of(lambda: _http2.parse(arr), 5)
+            t_py = best_of(lambda: refs[name].parse(small), 2) * 20
+        elif name == "tracectx":
+            t_cy = best_of(lambda: _tracectx.extract(arr), 5)
+            t_py = best_of(lambda: refs[name].extract(small), 2) * 20
+        else:
+            rows = np.arange(N, dtype=np.uint32)
+            zeros, lens = np.zeros(N, np.uint32), np.full(N, len(payloads[0]), np.uint32)
+            t_cy = best_of(lambda: _sqlnorm.normalize(arr, rows, zeros, lens), 5)
+            t_py = best_of(lambda: refs[name].normalize(small, range(len(small)), [0] * len(small),
+                                                        [len(payloads[0])] * len(small)), 2) * 20
+        print(f"{name}_payloads_per_s: {N / t_cy:.0f}")
+        print(f"{name}_python_ref_payloads_per_s: {N / t_py:.0f}")
+        print(f"{name}_speedup_vs_python_ref: {t_py / t_cy:.1f}")
+    # HPACK: one header block per request, decoded on the connection's table
+    blocks = 20_000
+    d, r = HpackDecoder(), refs["hpack"].Decoder()
+    t_cy = best_of(lambda: [d.decode(HPACK_BLOCK) for _ in range(blocks)], 3)
+    t_py = best_of(lambda: [r.decode(HPACK_BLOCK) for _ in range(blocks // 20)], 2) * 20
+    print(f"hpack_blocks_per_s: {blocks / t_cy:.0f}")
+    print(f"hpack_python_ref_blocks_per_s: {blocks / t_py:.0f}")
+    print(f"hpack_speedup_vs_python_ref: {t_py / t_cy:.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,525 @@
+"""bpf-netlog's capture on the real kernel: a packet socket opened inside a
+test namespace on its veth, real TCP and UDP traffic through the pair, and
+every count compared with what tcpdump captured on the same interface in
+the same run (the pcap read with dpkt, not by hand)."""
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import types
+
+import pytest
+
+from support.netns import NetNS, sh
+
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
+
+PORT = 18080
+
+
+@pytest.fixture
+def ns(bpf_ok):
+    if shutil.which("tcpdump") is None:
+        pytest.fail("tcpdump is needed (apt-get install tcpdump)")
+    with NetNS() as n:
+        yield n
+
+
+class Tcpdump:
+    """tcpdump -w on an interface of the namespace, started before the
+    traffic (it says "listening on" once its socket is bound)."""
+
+    def __init__(self, ns, path):
+        self.path = path
+        self.proc = subprocess.Popen(ns.prefix() + ["tcpdump", "-i", ns.veth_peer, "-U", "-n", "-s", "0",
+                                                    "-w", str(path), "ip or ip6"],
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()
+        assert "listening on" in line, line
+
+    def stop(self):
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        err = self.proc.communicate(timeout=10)[1]
+        assert "\n0 packets dropped by kernel" in "\n" + err, err
+        return read_pcap(self.path)
+
+
+def read_pcap(path):
+    import dpkt
+    out = []
+    with open(path, "rb") as f:
+        for ts, frame in dpkt.pcap.Reader(f):
+            eth = dpkt.ethernet.Ethernet(frame)
+            ip = eth.data
+            if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+                continue
+            out.append((ts, eth, ip, ip.data))
+    return out
+
+
+def capture(ns):
+    from dkebpf.plugins.netlog import NicCapture, list_nics, in_netns
+    from dkebpf.packetfilter import netlog_filter
+    path = f"/var/run/netns/{ns.name}"
+    with in_netns(path):
+        nic = next(n for n in list_nics() if n.name == ns.veth_peer)
+    return NicCapture.open(path, 1, nic, False, netlog_filter())
+
+
+def tcp_server(ns, reply_bytes):
+    """A server in the namespace: reads until the client shuts down its
+    side, answers reply_bytes, closes."""
+    code = (f"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+            f"s.bind(('{ns.peer_ip}',{PORT}));s.listen();print('ready',flush=True);c,_=s.accept();n=0\n"
+            f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
+            f"c.sendall(b'y'*{reply_bytes});c.close();print(n,flush=True)")
+    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def drain_until_quiet(cap, seconds=1.0):
+    """Drain for a while, then until every packet the kernel put in the
+    ring (PACKET_STATISTICS tp_packets, drops excluded) has been walked:
+    a loaded machine may hand the last block over late."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        cap.ring.wait(50)
+        cap.drain()
+    end = time.monotonic() + 20
+    while time.monotonic() < end:
+        c = cap.ring.counters()
+        if c["kernel_packets"] - c["kernel_drops"] == c["packets"]:
+            return
+        cap.ring.wait(50)
+        cap.drain()
+
+
+def tcp_payload_len(ip, tcp):
+    """TCP payload bytes as the headers say (as tcpdump prints "length"):
+    a GSO packet tunnelled through VXLAN is captured with outer lengths of
+    one segment, so the bytes dpkt slices can be fewer than the inner
+    headers describe."""
+    import dpkt
+    if isinstance(ip, dpkt.ip6.IP6):
+        return ip.plen - tcp.off * 4
+    return ip.len - ip.hl * 4 - tcp.off * 4
+
+
+def expected_from_pcap(pkts, local_ip, local_port):
+    """Per-direction packets and payload bytes of the TCP connection to
+    local_ip:local_port, as tcpdump saw them; and the client's SYN seq and
+    the server's SYN|ACK seq."""
+    import dpkt
+    e = {"tx_packets": 0, "rx_packets": 0, "tx_bytes": 0, "rx_bytes": 0}
+    syn = synack = None
+    for _ts, _eth, ip, tcp in pkts:
+        if not isinstance(tcp, dpkt.tcp.TCP):
+            continue
+        src = socket.inet_ntop(socket.AF_INET6 if isinstance(ip, dpkt.ip6.IP6) else socket.AF_INET, ip.src)
+        tx = src == local_ip and tcp.sport == local_port
+        if not tx and tcp.dport != local_port:
+            continue
+        d = "tx" if tx else "rx"
+        e[f"{d}_packets"] += 1
+        e[f"{d}_bytes"] += tcp_payload_len(ip, tcp)
+        if tcp.flags & dpkt.tcp.TH_SYN:
+            if tcp.flags & dpkt.tcp.TH_ACK:
+                synack = tcp.seq
+            else:
+                syn = tcp.seq
+    return e, syn, synack
+
+
+def retransmits_from_pcap(pkts, local_port):
+    """The reference rule on tcpdump's packets: per direction, a segment
+    occupying sequence space that starts before the highest end seen so
+    far is a retransmission (keep-alive probes excepted)."""
+    import dpkt
+    nxt, count = {}, {"tx": 0, "rx": 0}
+    for _ts, _eth, _ip, tcp in pkts:
+        if not isinstance(tcp, dpkt.tcp.TCP) or local_port not in (tcp.sport, tcp.dport):
+            continue
+        d = "tx" if tcp.sport == local_port else "rx"
+        syn, fin = bool(tcp.flags & dpkt.tcp.TH_SYN), bool(tcp.flags & dpkt.tcp.TH_FIN)
+        span = tcp_payload_len(_ip, tcp) + syn + fin
+        if not span:
+            continue
+        end = (tcp.seq + span) & 0xFFFFFFFF
+        if d in nxt and not syn:
+            before = ((tcp.seq - nxt[d]) & 0xFFFFFFFF) >= 0x80000000
+            keepalive = span <= 1 and not fin and tcp.seq == (nxt[d] - 1) & 0xFFFFFFFF
+            if before and not keepalive:
+                count[d] += 1
+        if d not in nxt or ((nxt[d] - end) & 0xFFFFFFFF) >= 0x80000000:
+            nxt[d] = end
+    return count
+
+
+@pytest.mark.parametrize("family,loss", [(4, 0), (6, 0), (4, 0.03)])
+def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
+    if loss:
+        ns.drop_randomly(loss)   # also cuts the host side's GSO: MSS-sized packets, many chunks
+    cap = capture(ns)
+    dump = Tcpdump(ns, tmp_path / "t.pcap")
+    try:
+        srv = tcp_server_any(ns, family, reply_bytes=300_000)
+        peer = ns.peer_ip if family == 4 else ns.peer_ip6
+        c = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6)
+        c.connect((peer, PORT))
+        c.sendall(b"x" * 1_000_000)
+        c.shutdown(socket.SHUT_WR)
+        got = 0
+        while True:
+            b = c.recv(65536)
+            if not b:
+                break
+            got += len(b)
+        c.close()
+        assert got == 300_000
+        assert srv.wait(10) == 0
+        drain_until_quiet(cap)
+        pkts = dump.stop()
+        drain_until_quiet(cap, 0.3)
+        chunks, _exchanges = cap.conns.collect(time.time_ns(), True)
+    finally:
+        cap.close()
+    exp, syn, synack = expected_from_pcap(pkts, peer, PORT)
+    mine = chunks[(chunks["lport"] == PORT) & (chunks["proto"] == 6)]
+    assert len(mine) >= 1
+    got_counts = {k: int(mine[k].sum()) for k in exp}
+    assert got_counts == exp
+    # retransmitted payload counts again, as on the wire
+    assert (exp["rx_bytes"] == 1_000_000) if not loss else (exp["rx_bytes"] > 1_000_000)
+    assert exp["tx_bytes"] >= 300_000
+    assert list(mine["chunk_id"]) == list(range(1, len(mine) + 1))
+    # more than one chunk: 256 packets each unless the close is in it
+    assert all(int(r["tx_packets"] + r["rx_packets"]) == 256 for r in mine[:-1] if not r["chunk_fin"])
+    if loss:
+        assert len(mine) > 3
+    first, last = mine[0], mine[-1]
+    assert first["chunk_syn"] == 1 and first["direction"] == 1   # the client came in
+    assert int(first["rx_seq_min"]) == syn and int(first["tx_seq_min"]) == synack
+    assert first["hs_cost_ns"] > 0 and last["chunk_fin"] == 1 and last["closed"] == 1
+    assert last["close_cost_ns"] >= 0
+    retrans = retransmits_from_pcap(pkts, PORT)
+    assert int(mine["tx_retrans"].sum()) == retrans["tx"] and int(mine["rx_retrans"].sum()) == retrans["rx"]
+    assert (retrans["rx"] > 0) == bool(loss)
+    assert int(mine["syn_retrans"].max()) == 0
+    assert mine["rtt_samples"].sum() >= 1
+    assert len({(int(r["inner_hi"]), int(r["inner_lo"])) for r in mine}) == 1
+    rc = cap.ring.counters()
+    assert rc["kernel_drops"] == 0
+
+
+def tcp_server_any(ns, family, reply_bytes):
+    if family == 4:
+        return tcp_server(ns, reply_bytes)
+    code = (f"import socket;s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+            f"s.bind(('{ns.peer_ip6}',{PORT}));s.listen();print('ready',flush=True);c,_=s.accept();n=0\n"
+            f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
+            f"c.sendall(b'y'*{reply_bytes});c.close();print(n,flush=True)")
+    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def test_udp_flow_counts_equal_tcpdump(ns, tmp_path):
+    import dpkt
+    cap = capture(ns)
+    dump = Tcpdump(ns, tmp_path / "u.pcap")
+    try:
+        echo = subprocess.Popen(ns.prefix() + ["python3", "-c", (
+            f"import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('{ns.peer_ip}',{PORT}));"
+            f"print('ready',flush=True)\nfor i in range(50):\n d,a=s.recvfrom(2000);s.sendto(d[:100],a)")],
+            stdout=subprocess.PIPE, text=True)
+        assert echo.stdout.readline().strip() == "ready"
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.settimeout(5)
+        for i in range(50):
+            u.sendto(bytes(700 + i), (ns.peer_ip, PORT))
+            u.recvfrom(2000)
+        assert echo.wait(10) == 0
+        drain_until_quiet(cap)
+        pkts = dump.stop()
+        drain_until_quiet(cap, 0.3)
+        chunks, _exchanges = cap.conns.collect(time.time_ns(), True)
+    finally:
+        cap.close()
+    tx = [p for p in pkts if isinstance(p[3], dpkt.udp.UDP) and p[3].sport == PORT]
+    rx = [p for p in pkts if isinstance(p[3], dpkt.udp.UDP) and p[3].dport == PORT]
+    mine = chunks[(chunks["lport"] == PORT) & (chunks["proto"] == 17)]
+    assert len(tx) == len(rx) == 50
+    assert int(mine["tx_packets"].sum()) == 50 and int(mine["rx_packets"].sum()) == 50
+    assert int(mine["tx_bytes"].sum()) == sum(len(p[3].data) for p in tx)
+    assert int(mine["rx_bytes"].sum()) == sum(len(p[3].data) for p in rx)
+
+
+def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
+    """The plugin as the agent runs it: a namespace created after start()
+    (found through the server process living in it), its connection as a
+    bpf_net_l4_log point with the interface's tags, then the namespace
+    deleted: its socket is flushed and closed at the next scan."""
+    import logging
+
+    from dkebpf.config import load_config
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    with NetNS() as ns:
+        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-metric",
+                           "--netlog-interfaces", f"^{ns.veth_peer}$"], environ={})
+        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        plugin.start()
+        try:
+            assert plugin.captures == {}   # no process lives in the namespace yet
+            srv = tcp_server(ns, reply_bytes=5000)
+            plugin.rescan()
+            assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
+            c = socket.create_connection((ns.peer_ip, PORT))
+            c.sendall(b"x" * 20000)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+            c.close()
+            assert srv.wait(10) == 0
+            plugin.rescan()   # the server exited: no process holds the namespace any more
+            assert plugin.captures == {}
+            assert plugin.totals["closed"] == 1
+            batches = plugin.collect(time.time_ns())
+        finally:
+            plugin.stop()
+    by_name = {b.measurement: b for b in batches}
+    assert sorted(by_name) == ["bpf_net_l4_log", "netflow"]   # no HTTP here: no bpf_net_l7_log, no httpflow
+    nf = [r for r in by_name["netflow"].batch.to_pylist() if r["src_port"] == str(PORT)]
+    assert by_name["netflow"].input_name == "bpf-netlog/netflow"
+    assert len(nf) == 1
+    assert (nf[0]["src_ip"], nf[0]["dst_ip"], nf[0]["dst_port"], nf[0]["direction"], nf[0]["transport"]) == (
+        ns.peer_ip, ns.host_ip, "*", "incoming", "tcp")
+    assert (nf[0]["bytes_read"], nf[0]["bytes_written"], nf[0]["tcp_established"], nf[0]["tcp_closed"],
+            nf[0]["retransmits"]) == (20000, 5000, 1, 1, 0)
+    assert nf[0]["rtt"] > 0
+    rows = [r for r in by_name["bpf_net_l4_log"].batch.to_pylist() if r["src_port"] == str(PORT)]
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["src_ip"], r["dst_ip"], r["nic_name"], r["l4_proto"]) == (ns.peer_ip, ns.host_ip, ns.veth_peer, "tcp")
+    assert (r["direction"], r["conn_side"], r["server_port"], r["client_ip"]) == (
+        "incoming", "server", str(PORT), ns.host_ip)
+    assert r["rx_bytes"] == 20000 and r["tx_bytes"] == 5000
+    assert r["chunk_syn"] and r["chunk_fin"] and r["chunk_id"] == 1
+    assert r["host_network"] == "false" and r["virtual_nic"] == "true" and r["vxlan_packet"] == "false"
+    assert r["l7_proto"] == "unknown"   # not HTTP
+    assert len(r["inner_traceid"]) == 32 and r["tcp_3whs_cost"] > 0
+    import json
+    assert json.loads(r["message"]) == {"l4_proto": "tcp", "tcp": {
+        "chunk_id": 1, "tx_bytes": 5000, "rx_bytes": 20000, "tx_packets": r["tx_packets"],
+        "rx_packets": r["rx_packets"], "tx_retrans": 0, "rx_retrans": 0}}
+
+
+HTTP_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"z" * int(self.path.split("/")[-1].split("?")[0])
+        self.send_response(404 if self.path.startswith("/missing") else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+def test_http_exchanges_l7_traceid_equal_tcpdump_seqs(ns, tmp_path):
+    """Keep-alive HTTP/1.1 through the veth: one exchange per request, its
+    l7_traceid the raw sequence numbers of the segments tcpdump saw start
+    the request line and the status line; traceparent split into ids."""
+    import http.client
+
+    import dpkt
+    cap = capture(ns)
+    dump = Tcpdump(ns, tmp_path / "h.pcap")
+    srv = subprocess.Popen(ns.prefix() + ["python3", "-c", HTTP_SERVER, ns.peer_ip, str(PORT)],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        conn = http.client.HTTPConnection(ns.peer_ip, PORT, timeout=5)
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        sizes = [10, 70000, 5, 3]
+        for i, size in enumerate(sizes):
+            path = f"/missing/{size}" if i == 2 else f"/a/b/{size}?q=1"
+            conn.request("GET", path, headers={"traceparent": tp} if i == 1 else {})
+            r = conn.getresponse()
+            assert len(r.read()) == size
+        conn.close()
+        drain_until_quiet(cap)
+        pkts = dump.stop()
+        drain_until_quiet(cap, 0.3)
+        chunks, xs = cap.conns.collect(time.time_ns(), True)
+    finally:
+        srv.kill()
+        srv.wait()
+        cap.close()
+    reqs = [p[3].seq for p in pkts if isinstance(p[3], dpkt.tcp.TCP) and p[3].dport == PORT
+            and p[3].data.startswith(b"GET ")]
+    resps = [p[3].seq for p in pkts if isinstance(p[3], dpkt.tcp.TCP) and p[3].sport == PORT
+             and p[3].data.startswith(b"HTTP/1.")]
+    assert len(reqs) == len(resps) == 4
+    assert set(chunks[chunks["lport"] == PORT]["l7_http"]) == {1}
+    from dkebpf.plugins.netlog import l7_batch
+    nic = types.SimpleNamespace(name=ns.veth_peer, mac="00:00:00:00:00:00")
+    rows = l7_batch([(types.SimpleNamespace(nic=nic, netns=1, host_network=False), xs)]).to_pylist()
+    assert [r["l7_traceid"] for r in rows] == [f"{a}_{b}" for a, b in zip(reqs, resps)]
+    assert [r["http_status_code"] for r in rows] == [200, 200, 404, 200]
+    assert [r["http_path"] for r in rows] == ["/a/b/10", "/a/b/70000", "/missing/5", "/a/b/3"]
+    assert {r["http_method"] for r in rows} == {"GET"} and {r["direction"] for r in rows} == {"incoming"}
+    assert (rows[1]["trace_id"], rows[1]["parent_id"]) == ("0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331")
+    assert rows[0]["trace_id"] == ""
+    assert rows[1]["tx_bytes"] > 70000 and rows[1]["cost_cnt_dl"] >= 0 and rows[1]["cost_resp_wait"] > 0
+    assert (rows[1]["tx_seq"], rows[1]["rx_seq"]) == (resps[1], reqs[1])
+    assert len({r["inner_traceid"] for r in rows}) == 1
+    import json
+    assert json.loads(rows[1]["message"])["http"] == {
+        "direction": "incoming", "pkt_chunk_range": [1, 1], "trace_id": "0af7651916cd43dd8448eb211c80319c",
+        "parent_id": "b7ad6b7169203331", "path": "/a/b/70000", "method": "GET", "status_code": 200}
+    # httpflow from the same exchanges (what the plugin sends as bpf-netlog/httpflow)
+    from dkebpf.enrich.addr import LocalAddressResolver
+    from dkebpf.plugins.httpflow import aggregate_requests
+    from dkebpf.plugins.netlog import request_rows
+    hf = aggregate_requests(request_rows(xs), 32768, LocalAddressResolver(), None, None, None).to_pylist()
+    assert sorted((r["path"], r["status_code"], r["count"]) for r in hf) == [
+        ("/a/b/10", 200, 1), ("/a/b/3", 200, 1), ("/a/b/70000", 200, 1), ("/missing/5", 404, 1)]
+    assert all(r["method"] == "GET" and r["http_version"] == "1.1" and r["latency"] > 0 for r in hf)
+    assert all(r["direction"] == "incoming" and r["src_port"] == str(PORT) for r in hf)
+    assert next(r for r in hf if r["path"] == "/a/b/70000")["bytes_written"] > 70000
+
+
+@pytest.mark.parametrize("port", [4789, 8472])
+def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
+    """A VXLAN device at each end of the veth (VNI 42): the socket on the
+    veth sees the tunnel and reports the inner connection (vxlan, vni,
+    inner addresses), counted exactly as tcpdump's inner packets."""
+    import dpkt
+    n = ns.host_ip.split(".")[2]
+    vx_host, vx_peer = f"dkx{ns.veth_host[3:]}", "vx0"
+    inner_host, inner_peer = f"10.215.{n}.1", f"10.215.{n}.2"   # 10.214 is the bench's veth range
+    sh("ip", "link", "add", vx_host, "type", "vxlan", "id", "42", "local", ns.host_ip, "remote", ns.peer_ip,
+       "dstport", str(port))
+    try:
+        sh("ip", "addr", "add", f"{inner_host}/24", "dev", vx_host)
+        sh("ip", "link", "set", vx_host, "up")
+        ns.exec("ip", "link", "add", vx_peer, "type", "vxlan", "id", "42", "local", ns.peer_ip, "remote",
+                ns.host_ip, "dstport", str(port))
+        ns.exec("ip", "addr", "add", f"{inner_peer}/24", "dev", vx_peer)
+        ns.exec("ip", "link", "set", vx_peer, "up")
+        cap = capture(ns)
+        dump = Tcpdump(ns, tmp_path / "v.pcap")
+        try:
+            code = (f"import socket;s=socket.socket();s.bind(('{inner_peer}',{PORT}));s.listen();"
+                    f"print('ready',flush=True);c,_=s.accept();n=0\n"
+                    f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
+                    f"c.sendall(b'y'*3000);c.close()")
+            srv = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+            assert srv.stdout.readline().strip() == "ready"
+            c = socket.create_connection((inner_peer, PORT), timeout=5)
+            c.sendall(b"x" * 50000)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+            c.close()
+            assert srv.wait(10) == 0
+            drain_until_quiet(cap)
+            pkts = dump.stop()
+            drain_until_quiet(cap, 0.3)
+            chunks, _x = cap.conns.collect(time.time_ns(), True)
+        finally:
+            cap.close()
+    finally:
+        sh("ip", "link", "del", vx_host, check=False)
+    inner = []
+    for ts, eth, ip, udp in pkts:
+        if isinstance(udp, dpkt.udp.UDP) and udp.dport == port:
+            e = dpkt.ethernet.Ethernet(bytes(udp.data)[8:])
+            if isinstance(e.data, dpkt.ip.IP) and isinstance(e.data.data, dpkt.tcp.TCP):
+                inner.append((ts, e, e.data, e.data.data))
+    exp, syn, synack = expected_from_pcap(inner, inner_peer, PORT)
+    mine = chunks[(chunks["lport"] == PORT) & (chunks["vxlan"] == 1)]
+    assert len(mine) >= 1 and set(mine["vni"]) == {42}
+    assert {k: int(mine[k].sum()) for k in exp} == exp
+    assert exp["rx_bytes"] == 50000 and exp["tx_bytes"] == 3000
+    assert socket.inet_ntoa(bytes(mine[0]["laddr"])[:4]) == inner_peer
+    assert int(mine[0]["rx_seq_min"]) == syn and int(mine[0]["tx_seq_min"]) == synack
+
+
+def test_set_filter_drops_matching_traffic_in_the_kernel(bpf_ok):
+    """The netlog_blacklist hook: a classic BPF program dropping TCP port
+    PORT + 1 (what the filter compiler will hand over) replaces the capture
+    filter; that connection never reaches user space, the other one is
+    counted exactly."""
+    import logging
+
+    from dkebpf.config import load_config
+    from dkebpf.packetfilter import (ABS, B, ETH_P_IP, H, IND, JEQ, JMP, K, LD, LDX, MSH, RET, SKF_AD_OFF,
+                                     SKF_AD_PROTOCOL, SKF_NET_OFF, W, assemble)
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    blocked = PORT + 1
+    drop_port = assemble([
+        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
+        (None, JMP | JEQ | K, ETH_P_IP, None, "accept"),
+        (None, LD | B | ABS, SKF_NET_OFF + 9, None, None),
+        (None, JMP | JEQ | K, 6, None, "accept"),
+        (None, LDX | B | MSH, SKF_NET_OFF, None, None),
+        (None, LD | H | IND, SKF_NET_OFF, None, None),
+        (None, JMP | JEQ | K, blocked, "drop", None),
+        (None, LD | H | IND, SKF_NET_OFF + 2, None, None),
+        (None, JMP | JEQ | K, blocked, "drop", "accept"),
+        ("accept", RET | K, 4096, None, None),
+        ("drop", RET | K, 0, None, None),
+    ])
+    with NetNS() as ns:
+        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
+                          environ={})
+        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        servers = [tcp_server_on(ns, port) for port in (PORT, blocked)]
+        plugin.start()
+        try:
+            plugin.set_filter(types.SimpleNamespace(socket_filter=drop_port))
+            assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
+            ino = next(iter(plugin.captures))[0]
+            for port in (PORT, blocked):
+                c = socket.create_connection((ns.peer_ip, port))
+                c.sendall(b"x" * 7000)
+                c.shutdown(socket.SHUT_WR)
+                while c.recv(65536):
+                    pass
+                c.close()
+            assert all(s.wait(10) == 0 for s in servers)
+            time.sleep(0.3)
+            for f in plugin.fileobjs():
+                plugin.on_readable(f)
+            batches = plugin.collect(time.time_ns())
+            counters = plugin.counters()
+        finally:
+            plugin.stop()
+    assert counters[f"{ino}/{ns.veth_peer}_kernel_drops"] == 0
+    assert counters[f"{ino}/{ns.veth_peer}_conn_new_connections"] == 1   # the blocked one never came
+    rows = next(b for b in batches if b.measurement == "bpf_net_l4_log").batch.to_pylist()
+    ports = {r["src_port"] for r in rows}
+    assert str(PORT) in ports and str(blocked) not in ports
+    assert sum(r["rx_bytes"] for r in rows if r["src_port"] == str(PORT)) == 7000
+
+
+def tcp_server_on(ns, port):
+    code = (f"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
+            f"s.bind(('{ns.peer_ip}',{port}));s.listen();print('ready',flush=True);c,_=s.accept()\n"
+            f"while c.recv(65536): pass\nc.sendall(b'y'*100);c.close()")
+    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
