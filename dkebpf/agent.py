@@ -6,12 +6,15 @@ Every call into a plugin goes through its PluginRunner (supervisor.py): a
 plugin that fails is restarted or disabled alone. The collector exits
 non-zero only when no plugin runs, and flushes the last interval on every
 way out."""
+import ctypes
 import logging
 import os
 import selectors
 import signal
 import socket
 import time
+
+import pyarrow as pa
 
 from . import kernel
 from .config import options_without_effect
@@ -28,10 +31,35 @@ from .supervisor import WAITING, PluginRunner
 
 log = logging.getLogger("dkebpf")
 
+# glibc's; absent elsewhere (musl), where nothing is tuned or trimmed
+_LIBC = ctypes.CDLL(None)
+_malloc_trim = getattr(_LIBC, "malloc_trim", None)
+_mallopt = getattr(_LIBC, "mallopt", None)
+M_MMAP_THRESHOLD = -3  # malloc.h
+MMAP_THRESHOLD_BYTES = 256 << 10
 SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 # a predecessor may still be in its shutdown flush: wait that long for it
 PIDFILE_WAIT_S = SHUTDOWN_FLUSH_DEADLINE_S + 5.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
+
+
+def fix_mmap_threshold():
+    """glibc raises its mmap threshold (up to 32 MiB) each time a large
+    block is freed; from then on an interval's arrays come from the heap
+    and stay there, fragmented. A fixed threshold keeps every block above
+    it in a mapping of its own, returned to the kernel when freed."""
+    if _mallopt is not None:
+        _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def release_free_memory():
+    """After a flush the interval's transient arrays are freed, but both
+    allocators keep freed memory for reuse: pyarrow's pool (mimalloc) and
+    glibc's heap. Hand it back to the kernel, so that anonymous memory
+    follows what is held, not the largest interval seen so far."""
+    pa.default_memory_pool().release_unused()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def plugin_factories(cfg, ctx):
@@ -88,6 +116,7 @@ class Agent:
         with Pidfile(self.cfg.pidfile, log, wait_s=PIDFILE_WAIT_S):
             kernel.ensure_mounts()
             kernel.raise_memlock()
+            fix_mmap_threshold()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
             factories, not_built = plugin_factories(self.cfg, ctx)
             if not factories:
@@ -243,6 +272,9 @@ class Agent:
             for name, value in sorted(r.counters().items()):
                 out.append(Metric(f"plugin_{name}", "counter", f"{name} of a plugin",
                                   [({"plugin": r.name}, value)]))
+        held = [({"plugin": r.name, "holder": k}, v) for r in self.runners for k, v in sorted(r.memory().items())]
+        if held:
+            out.append(Metric("plugin_memory_bytes", "gauge", "bytes a plugin holds in user space", held))
         if self.k8s is not None:
             for name, value in sorted(self.k8s.counters().items()):
                 kind = "gauge" if name.startswith("objects_") else "counter"
@@ -263,8 +295,14 @@ class Agent:
         now_ns = time.time_ns()
         for r in (self.runners if only is None else [only]):
             self._submit(r, r.collect(now_ns), now_ns)
+            # the loop does not watch the rings meanwhile: let each plugin
+            # empty its kernel rings into its bounded buffers, so a fast
+            # source does not fill its ring during a long flush
+            for other in self.runners:
+                other.drain()
         if only is not None:
             return
+        release_free_memory()
         self.flushes += 1
         self.sink.log_drops_once()
         if log.isEnabledFor(logging.DEBUG):

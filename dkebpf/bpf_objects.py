@@ -39,6 +39,12 @@ def bpf_object_path(name):
     return path
 
 
+# what a RingReader may hold between two takes (its C buffer, grown on
+# demand): a fixed budget, never the event rate times the interval; beyond
+# it records wait in the kernel ring, whose drops the BPF program counts
+READER_BUFFER_BYTES = 16 << 20
+
+
 @dataclass(frozen=True)
 class Ring:
     """A BPF_MAP_TYPE_RINGBUF map read by a RingReader."""
@@ -47,6 +53,11 @@ class Ring:
     dtype: object                 # numpy dtype of one record
     min_size: int = 0             # records may end early (after their valid payload)
     max_bytes: Optional[int] = None  # resize before load; None: as the .bpf.c declares
+    buffer_bytes: int = READER_BUFFER_BYTES  # the reader's budget in user space
+
+    @property
+    def max_records(self):
+        return max(1, self.buffer_bytes // self.dtype.itemsize)
 
 
 @dataclass(frozen=True)
@@ -81,9 +92,13 @@ NETFLOW = ObjectSpec(
     rings=(Ring("closed", _records.EVENT_DTYPE),),
     drops="drops", drop_names=MappingProxyType(_records.DROP_NAMES))
 
+# 16 MiB instead of the 32 the .bpf.c declares: a ring's data is mapped
+# twice (resident size 2x), and the reader is woken every 2 MiB
+# (EVENTS_WAKE_BYTES in bpf/http.bpf.c)
+HTTP_RING_BYTES = 1 << 24
 HTTP = ObjectSpec(
     "http", knobs=("ipv6_disabled", "self_tgid"), maps=("http_conns",),
-    rings=(Ring("events", _records.L7_EVENT_DTYPE, min_size=_records.L7_MIN_SIZE),),
+    rings=(Ring("events", _records.L7_EVENT_DTYPE, min_size=_records.L7_MIN_SIZE, max_bytes=HTTP_RING_BYTES),),
     drops="http_drops", drop_names=MappingProxyType(_records.HTTP_DROP_NAMES))
 
 BASH = ObjectSpec(
@@ -109,15 +124,14 @@ OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS)}
 
 
 def ring_counters(rings):
-    """Counters of RingReaders: records received, lost in user space (the
-    reader's buffer was full), of a wrong size."""
+    """Counters of RingReaders: records received, of a wrong size. (A
+    full reader leaves records in the kernel ring: what is lost is counted
+    by the BPF program, as kernel_drop_*ring_full.)"""
     c = {}
     for r in rings:
         rc = r.counters()
         c[f"ring_{r.name}_received"] = rc["received"]
-        c[f"ring_{r.name}_lost_userspace"] = rc["lost"]
-        if "bad_size" in rc:
-            c[f"ring_{r.name}_bad_size"] = rc["bad_size"]
+        c[f"ring_{r.name}_bad_size"] = rc["bad_size"]
     return c
 
 
@@ -163,7 +177,8 @@ class BpfSkeleton:
                     self.links.append(obj.program(name).attach())
             for ring in spec.rings:
                 setattr(self.rings, ring.map, _libbpf.RingReader(
-                    getattr(self.maps, ring.map), ring.dtype, min_size=ring.min_size))
+                    getattr(self.maps, ring.map), ring.dtype, min_size=ring.min_size,
+                    max_records=ring.max_records))
             if setup is not None:
                 setup(self)
         except BaseException:
@@ -190,6 +205,11 @@ class BpfSkeleton:
             for idx, name in self.spec.drop_names.items():
                 c[f"{self.spec.drop_prefix}{name}"] = int(sums[idx])
         return c
+
+    def memory(self):
+        """Bytes of the ring readers' buffers (the kernel rings themselves
+        are in /proc/self/smaps)."""
+        return {f"ring_{r.name}_buffer": r.buffer_bytes for r in self.ring_readers()}
 
     def close(self):
         """Detach links, close rings, then the object (its maps and programs).

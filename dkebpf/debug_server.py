@@ -88,27 +88,112 @@ def render_metrics(metrics):
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _resident_memory_bytes():
+# /proc/self/status lines -> process metrics (name, help)
+_STATUS_METRICS = {
+    "VmRSS": ("process_resident_memory_bytes", "Resident memory size in bytes."),
+    "VmHWM": ("process_resident_memory_peak_bytes", "Peak resident memory size in bytes."),
+    "RssAnon": ("process_anonymous_memory_bytes",
+                "Resident anonymous memory in bytes (heap, buffers; not shared with other processes)."),
+}
+
+
+def _status_bytes(path="/proc/self/status"):
+    """{VmRSS|VmHWM|RssAnon: bytes} of this process (kB in the file)."""
+    out = {}
     try:
-        with open("/proc/self/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    parts = line.split()
-                    unit = parts[2].lower() if len(parts) > 2 else "kb"
-                    scale = {"kb": 1024, "mb": 1024 * 1024, "b": 1}.get(unit, 1024)
-                    return int(parts[1]) * scale
+                key, _, rest = line.partition(":")
+                if key in _STATUS_METRICS:
+                    out[key] = int(rest.split()[0]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return out
+
+
+def _mapping_holder(perms, name):
+    """What a mapping of /proc/self/smaps holds, from its permissions and
+    pathname."""
+    if name.startswith("anon_inode:bpf"):
+        # a ring buffer's data is mapped read-only, twice in a row (so a
+        # record never wraps): resident here twice its size, in memory once
+        # (kernel/bpf/ringbuf.c); writable: consumer pages, mmapable arrays
+        return "bpf_ring_buffers" if perms.startswith("r--") else "bpf_maps"
+    if name.startswith("socket:"):
+        return "packet_rings"  # TPACKET_V3 rings of packet sockets
+    if not name or name.startswith("[heap]") or name.startswith("[anon"):
+        return "anonymous"  # Python objects, numpy/arrow buffers, reader buffers
+    if name.startswith("["):
+        return "stack_and_kernel"  # [stack], [vvar], [vdso]
+    if "/pyarrow/" in name or "libarrow" in name or "libparquet" in name:
+        return "lib_pyarrow"
+    if "/numpy" in name:
+        return "lib_numpy"
+    if "/dkebpf/" in name:
+        return "lib_dkebpf"
+    if "python3" in name:
+        return "lib_python"
+    return "lib_other"
+
+
+def memory_breakdown(path="/proc/self/smaps"):
+    """{holder: resident bytes} over the mappings of /proc/self/smaps: BPF
+    ring buffers and maps (mmap'd by libbpf), packet rings, anonymous
+    memory, and the shared libraries by package (their resident pages)."""
+    out = {}
+    holder = None
+    try:
+        with open(path) as f:
+            for line in f:
+                first = line.split(None, 1)[0]
+                if first == "Rss:":
+                    out[holder] = out.get(holder, 0) + int(line.split()[1]) * 1024
+                elif not first.endswith(":"):  # a mapping: "addr-addr perms offset dev inode [path]"
+                    parts = line.split(None, 5)
+                    holder = _mapping_holder(parts[1], parts[5].strip() if len(parts) > 5 else "")
+    except (OSError, ValueError, IndexError):
+        return {}
+    return out
+
+
+def bpf_kernel_bytes(pid="self"):
+    """Kernel memory of the BPF maps this process holds (ring buffers
+    included): the `memlock` of each bpf-map fd's fdinfo. Not in RSS (only
+    the rings, which are also mapped), but charged to the process's memory
+    cgroup."""
+    total = 0
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-map":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("memlock:"):
+                        total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # closed meanwhile
+    return total
 
 
 def process_metrics():
     """Metrics about this process, always served."""
     out = []
-    rss = _resident_memory_bytes()
-    if rss is not None:
-        out.append(Metric("dkebpf_process_resident_memory_bytes", "gauge",
-                          "Resident memory size in bytes.", [({}, rss)]))
+    for key, value in _status_bytes().items():
+        name, text = _STATUS_METRICS[key]
+        out.append(Metric(name, "gauge", text, [({}, value)]))
+    holders = memory_breakdown()
+    if "pyarrow" in sys.modules:  # never imported for this
+        holders["arrow_pool"] = sys.modules["pyarrow"].total_allocated_bytes()
+    holders["bpf_kernel"] = bpf_kernel_bytes()
+    out.append(Metric("memory_bytes", "gauge",
+                      "Resident bytes by holder (mappings of /proc/self/smaps; arrow_pool: pyarrow's "
+                      "allocations, part of anonymous; bpf_kernel: kernel memory of the BPF maps and "
+                      "rings, outside RSS but charged to the cgroup).",
+                      [({"holder": k}, v) for k, v in sorted(holders.items())]))
     times = os.times()
     out.append(Metric("dkebpf_process_cpu_seconds_total", "counter",
                       "Total user and system CPU time spent in seconds.",
@@ -116,6 +201,7 @@ def process_metrics():
     out.append(Metric("dkebpf_threads", "gauge",
                       "Number of live Python threads.",
                       [({}, threading.active_count())]))
+    out.append(Metric("python_modules", "gauge", "Python modules imported.", [({}, len(sys.modules))]))
     return out
 
 

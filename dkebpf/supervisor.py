@@ -112,6 +112,15 @@ class PluginRunner:
             self._fail_running("collect", exc, salvage=False)
             return []
 
+    def drain(self):
+        """The plugin's drain (between the steps of a flush)."""
+        if self.plugin is None:
+            return
+        try:
+            self.plugin.drain()
+        except Exception as exc:
+            self._fail_running("drain", exc)
+
     def counters(self):
         if self.plugin is None:
             return {}
@@ -119,6 +128,15 @@ class PluginRunner:
             return dict(self.plugin.counters())
         except Exception as exc:  # a metrics read must not end anything
             self.log.warning("%s: reading counters failed: %s", self.name, exc)
+            return {}
+
+    def memory(self):
+        if self.plugin is None:
+            return {}
+        try:
+            return dict(self.plugin.memory())
+        except Exception as exc:  # a metrics read must not end anything
+            self.log.warning("%s: reading memory failed: %s", self.name, exc)
             return {}
 
     def fileobjs(self):

@@ -435,7 +435,8 @@ cdef class RingReader:
 
     The ring is mmap'd and walked in C (ext/includes/dk_ringbuf.h) with the
     GIL released; records land in a C buffer that grows up to max_records
-    (beyond it they are counted as lost, never silently); take() hands them
+    (beyond it they stay in the kernel ring until take() or a consume after
+    the buffer was emptied; never dropped here); take() hands them
     over as one structured array."""
     cdef dk_ring ring
     cdef bint opened
@@ -495,13 +496,15 @@ cdef class RingReader:
         return self.ring.n
 
     def take(self):
-        """All records: those held from earlier polls, then whatever waits
-        in the ring, read straight into the returned structured array (one
-        copy from the ring). The reader is left empty."""
+        """The records held from earlier polls, then what waits in the ring
+        up to max_records in all, read straight into the returned structured
+        array (one copy from the ring). The reader is left empty."""
         cdef Py_ssize_t held = self.ring.n
         cdef size_t rec = self.ring.record_size
         # each record takes at least its (minimum) size plus the 8-byte header
         cdef size_t bound = dk_ring_pending_bytes(&self.ring) // (((self.ring.min_size + 8 + 7) // 8) * 8)
+        # no more than the reader's budget in all: the rest waits in the ring
+        bound = min(bound, self.ring.max_records - held if self.ring.max_records > <size_t>held else 0)
         out = np.empty(held + bound, dtype=self.dtype)
         cdef char *dest = <char *>cnp.PyArray_DATA(out)
         cdef size_t got = 0
@@ -517,5 +520,10 @@ cdef class RingReader:
     def held(self):
         return self.ring.n
 
+    @property
+    def buffer_bytes(self):
+        """Size of the C buffer records wait in (it grows, never shrinks)."""
+        return self.ring.cap * self.ring.record_size
+
     def counters(self):
-        return {"received": self.ring.received, "lost": self.ring.lost, "bad_size": self.ring.bad_size}
+        return {"received": self.ring.received, "bad_size": self.ring.bad_size}

@@ -21,10 +21,11 @@ STOP_TIMEOUT_S = 30
 
 # Which /metrics counters are losses. Kernel: a BPF map or ring was full or
 # a read failed (kernel_drop_*), a packet ring dropped (ring_kernel_drops).
-# User space: a ring reader's buffer was full (*_lost_userspace), points the
-# output gave up on (output_points_dropped, the total of its reasons).
+# User space: points the output gave up on (output_points_dropped, the total
+# of its reasons). (A full ring reader leaves records in the kernel ring, so
+# they count as kernel_drop_* if that fills.)
 KERNEL_LOSS = re.compile(r"kernel_drop|ring_kernel_drops$")
-USER_LOSS = re.compile(r"lost_userspace$|^output_points_dropped$")
+USER_LOSS = re.compile(r"^output_points_dropped$")
 _SAMPLE = re.compile(r'^dkebpf_(\w+?)(?:\{plugin="([^"]*)"\})? ([-+0-9.eE]+|NaN)$')
 
 

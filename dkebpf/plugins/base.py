@@ -61,7 +61,16 @@ class Plugin:
     def collect(self, now_ns):
         return []
 
+    def drain(self):
+        """Move what waits in the kernel into this plugin's own bounded
+        buffers, quickly (the agent calls it between the steps of a flush)."""
+
     def counters(self):
+        return {}
+
+    def memory(self):
+        """{holder: bytes} this plugin keeps in user space (reader buffers,
+        records carried to the next interval, caches), for /metrics."""
         return {}
 
     def stop(self):

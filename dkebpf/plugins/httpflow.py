@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver
-from ..bpf_objects import HTTP, BpfSkeleton
+from ..bpf_objects import HTTP, READER_BUFFER_BYTES, BpfSkeleton
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
@@ -38,6 +38,11 @@ HTTPFLOW_FIELDS = ["count", "latency", "method", "path", "http_version", "status
 # schema, but one point per distinct value)
 REQUEST_KEYS = ["method", "path", "status_code", "http_version", "truncated"]
 
+# requests (or last responses) waiting for their other half across
+# intervals, at most: one per open HTTP connection is the usual case
+# (~10 MB of l7_event records); the oldest go first, counted
+MAX_CARRIED = 16384
+
 _METHODS = pa.array(_http.METHODS, pa.string())
 _VERSIONS = pa.array([None] * 10 + ["1.0", "1.1"], pa.string())
 
@@ -53,7 +58,7 @@ class HttpPipeline:
     (numpy array of sk -> _http.TOTALS_DTYPE rows), used for a last response
     that has been quiet for settle_ns."""
 
-    def __init__(self, settle_ns=1_000_000_000, expire_ns=60_000_000_000, max_carried=200_000):
+    def __init__(self, settle_ns=1_000_000_000, expire_ns=60_000_000_000, max_carried=MAX_CARRIED):
         self.rings = []
         self.totals_fns = []
         self.settle_ns = settle_ns
@@ -79,6 +84,10 @@ class HttpPipeline:
     def held(self):
         """Records waiting in the readers' buffers."""
         return sum(r.held for r in self.rings)
+
+    def memory(self):
+        """Bytes of records carried to the next interval."""
+        return {"carried_records": self.carried_events.nbytes + self.carried_msgs.nbytes}
 
     def drain(self, ring=None):
         for r in ([ring] if ring is not None else self.rings):
@@ -187,9 +196,22 @@ CONN_INT_COLUMNS = ["pid", "family", "proto", "lport", "rport", "direction"]
 CONN_BYTES_COLUMNS = ["laddr", "raddr", "comm"]  # 16 bytes each
 RAW_KEYS = CONN_INT_COLUMNS + CONN_BYTES_COLUMNS + REQUEST_KEYS
 PARTIAL_SUMS = ["latency_count", "latency_sum", "bytes_read_sum", "bytes_written_sum"]
-# records the ring readers may hold before they are paired, ahead of the
-# interval's end (~40 MB of l7_event records)
-STEP_RECORDS = 65536
+# records the ring readers hold before they are paired, ahead of the
+# interval's end: half of a reader's fixed budget (~13k records, 8 MB)
+STEP_RECORDS = READER_BUFFER_BYTES // 2 // _records.L7_EVENT_DTYPE.itemsize
+# partial aggregates kept before they are summed into one (a long interval
+# at full speed makes hundreds of steps)
+MERGE_PARTIALS = 16
+
+
+def merge_partials(partials):
+    """Partial sums (HttpflowPlugin.partial) -> one table of them, one row
+    per raw key."""
+    g = pa.concat_tables(partials)
+    if len(partials) > 1:
+        g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+        g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
+    return g
 
 
 def _fixed16(a):
@@ -246,15 +268,20 @@ class HttpflowPlugin(Plugin):
         self._step_if_full()
 
     def _step_if_full(self):
-        """Pair and pre-aggregate what the readers hold once it is many
-        records, instead of holding ~600-byte records for a whole interval
-        (at 60 s and tens of thousands of requests/s that would be GBs, and
-        the readers' cap would lose records)."""
+        """Pair and pre-aggregate what the readers hold once it is half of
+        their fixed budget, instead of holding ~600-byte records for a whole
+        interval: memory stays the same at any rate and interval, and the
+        readers do not reach their cap under a steady load."""
         if self.pipeline.held() >= STEP_RECORDS:
             rows = self.pipeline.collect()
             if rows.num_rows:
                 self.partials.append(self.partial(rows))
+            if len(self.partials) >= MERGE_PARTIALS:  # nothing grows with the interval's length
+                self.partials = [merge_partials(self.partials)]
             self.early_steps += 1
+
+    def drain(self):
+        self.pipeline.drain()
 
     def collect(self, now_ns):
         t0 = time.monotonic()
@@ -288,12 +315,15 @@ class HttpflowPlugin(Plugin):
         Grouped on the raw connection columns first, so that strings and
         tags are made for a few rows only; then on the tags (ephemeral
         client ports fold into '*')."""
-        g = pa.concat_tables(partials)
-        if len(partials) > 1:
-            g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
-            g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
-        return aggregate_requests(g, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat,
-                                  self.ctx.k8s)
+        return aggregate_requests(merge_partials(partials), self.ephemeral_port, self.resolver, self.ctx.domains,
+                                  self.ctx.nat, self.ctx.k8s)
+
+    def memory(self):
+        m = self.pipeline.memory()
+        m["partial_aggregates"] = sum(t.nbytes for t in self.partials)
+        for r in self.pipeline.rings:
+            m[f"ring_{r.name}_buffer"] = r.buffer_bytes
+        return m
 
     def counters(self):
         c = {f"http_{k}": v for k, v in self.pipeline.stats.items()}

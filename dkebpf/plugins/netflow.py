@@ -130,6 +130,9 @@ class NetflowPlugin(Plugin):
         return [self.ring] if self.bpf else []
 
     def on_readable(self, fileobj):
+        self.drain()
+
+    def drain(self):
         # records are copied into the reader's C buffer; no Python per record
         self.ring.poll(0)
         if self.ring.held >= STEP_RECORDS:
@@ -223,6 +226,13 @@ class NetflowPlugin(Plugin):
         add_k8s_tags(self.ctx.k8s, out)
         table = pa.table(out).combine_chunks()
         return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+    def memory(self):
+        m = {"previous_snapshot": self.prev_keys.nbytes + self.prev_stats.nbytes,
+             "partial_aggregates": sum(t.nbytes for t in self.partials)}
+        if self.bpf is not None:
+            m.update(self.bpf.memory())
+        return m
 
     def counters(self):
         c = dict(self.totals)

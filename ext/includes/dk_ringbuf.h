@@ -30,7 +30,7 @@ struct dk_ring {
 	 * header plus a variable payload): the slot's tail is then left as
 	 * it was; the record says how much of it is valid */
 	size_t min_size;
-	uint64_t received, lost, bad_size;
+	uint64_t received, bad_size;
 };
 
 static int dk_ring_open(struct dk_ring *r, int map_fd, size_t record_size, size_t initial, size_t max_records)
@@ -62,6 +62,8 @@ static int dk_ring_open(struct dk_ring *r, int map_fd, size_t record_size, size_
 	r->record_size = record_size;
 	r->min_size = record_size;
 	r->cap = initial ? initial : 1;
+	if (max_records && r->cap > max_records)
+		r->cap = max_records; /* the budget wins over the first size */
 	r->max_records = max_records > r->cap ? max_records : r->cap;
 	r->buf = malloc(r->cap * record_size);
 	return r->buf ? 0 : -ENOMEM;
@@ -109,11 +111,15 @@ static size_t dk_ring_consume(struct dk_ring *r)
 		if (raw & BPF_RINGBUF_BUSY_BIT)
 			break; /* reserved, not yet submitted: records after it wait */
 		if (!(raw & BPF_RINGBUF_DISCARD_BIT)) {
+			/* the buffer is at its budget: this record and the rest wait
+			 * in the kernel ring (for take(), or a consume once the owner
+			 * has emptied the buffer); if that fills, the BPF program
+			 * counts what it cannot submit -- one place where drops happen */
+			if (len >= r->min_size && !dk_ring_reserve(r))
+				break;
 			r->received++;
 			if (len < r->min_size)
 				r->bad_size++;
-			else if (!dk_ring_reserve(r))
-				r->lost++;
 			else
 				memcpy(r->buf + r->n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ,
 				       len < r->record_size ? len : r->record_size);

@@ -85,7 +85,7 @@ cdef extern from "dk_ringbuf.h" nogil:
         int map_fd
         char *buf
         size_t record_size, n, cap, max_records, min_size
-        uint64_t received, lost, bad_size
+        uint64_t received, bad_size
     int dk_ring_open(dk_ring *r, int map_fd, size_t record_size, size_t initial, size_t max_records)
     void dk_ring_close(dk_ring *r)
     size_t dk_ring_consume(dk_ring *r)

@@ -65,3 +65,39 @@ def test_undeclared_knob_is_a_bug_not_a_kernel_error(bpf_ok):
     with pytest.raises(LookupError, match="wakeup_bytes"):
         BpfSkeleton(HTTP).start(knobs={"wakeup_bytes": 1})
     assert bpf_fds() == before
+
+
+@pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage")
+def test_a_full_reader_leaves_records_in_the_ring(bpf_ok):
+    """A reader holds at most its budget (Ring.buffer_bytes): what does not
+    fit stays in the kernel ring and comes with the next take(), none lost."""
+    import socket
+
+    from dkebpf import _records
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton, Ring
+
+    budget = 8
+    spec = dataclasses.replace(NETFLOW, rings=(
+        Ring("closed", _records.EVENT_DTYPE, buffer_bytes=budget * _records.EVENT_DTYPE.itemsize),))
+    conns = 20
+    with BpfSkeleton(spec).start(knobs={"self_tgid": 0}) as bpf, socket.socket() as lsn:
+        ring = bpf.rings.closed
+        lsn.bind(("127.0.0.1", 0))
+        lsn.listen(conns)
+        port = lsn.getsockname()[1]
+        for _ in range(conns):  # both ends of each connection close: two records
+            with socket.create_connection(("127.0.0.1", port)) as c, lsn.accept()[0] as s:
+                c.sendall(b"x")
+                s.recv(1)
+        assert ring.poll(200) == budget
+        takes = []  # (records, records of this test's connections) per take
+        for _ in range(100):  # other processes' connections may close meanwhile
+            ev = ring.take()
+            if not len(ev):
+                break
+            ours = (ev["stats"]["lport"] == port) | (ev["key"]["rport"] == port)
+            takes.append((len(ev), int(ours.sum())))
+        counters = bpf.counters()
+    assert all(n <= budget for n, _ in takes), takes
+    assert sum(mine for _, mine in takes) == 2 * conns, takes
+    assert counters["kernel_drop_closed_ring_full"] == 0, counters

@@ -49,6 +49,7 @@ def test_metrics_text(server):
 
 
 def test_metrics_parse_with_prometheus_client(server):
+    import pyarrow  # noqa: F401  (the collector's arrow pool is served once pyarrow is loaded)
     from prometheus_client import parser  # a test dependency: missing is a failure, not a skip
     text = requests.get(url(server, "/metrics"), timeout=5).text
     families = {f.name: f for f in parser.text_string_to_metric_families(text)}
@@ -73,6 +74,52 @@ def test_metrics_parse_with_prometheus_client(server):
     assert cpu.type == "counter" and cpu.samples[0].value >= 0
     threads = families["dkebpf_threads"]
     assert threads.type == "gauge" and threads.samples[0].value >= 2
+    peak = families["dkebpf_process_resident_memory_peak_bytes"].samples[0].value
+    assert peak >= rss.samples[0].value
+    held = {s.labels["holder"]: s.value for s in families["dkebpf_memory_bytes"].samples}
+    assert held["anonymous"] > 0 and held["lib_python"] > 0
+    assert held["arrow_pool"] >= 0  # served once pyarrow is imported, as it is above
+    assert held["bpf_kernel"] == 0  # this process holds no BPF map
+
+
+SMAPS = """\
+55d0c0000000-55d0c0021000 rw-p 00000000 00:00 0                          [heap]
+Size:                132 kB
+Rss:                 100 kB
+7f0000000000-7f0000001000 rw-s 00000000 00:0e 1066                       anon_inode:bpf-map
+Rss:                   4 kB
+7f0000001000-7f0002002000 r--s 00001000 00:0e 1066                       anon_inode:bpf-map
+Rss:               32772 kB
+7f1000000000-7f1000400000 rw-s 00000000 00:08 5638042                    socket:[5638042]
+Rss:                4096 kB
+7f2000000000-7f2000100000 r-xp 00000000 fe:01 42  /venv/lib/python3.11/site-packages/pyarrow/libarrow.so.2600
+Rss:                1000 kB
+7f2000100000-7f2000200000 r-xp 00000000 fe:01 43  /venv/lib/python3.11/site-packages/numpy/_core/x.so
+Rss:                  20 kB
+7f2000200000-7f2000300000 r-xp 00000000 fe:01 44  /venv/lib/python3.11/site-packages/dkebpf/_http.so
+Rss:                  12 kB
+7f2000300000-7f2000400000 r-xp 00000000 fe:01 45  /usr/lib/libpython3.11.so.1.0
+Rss:                 300 kB
+7f2000400000-7f2000500000 r-xp 00000000 fe:01 46  /usr/lib/x86_64-linux-gnu/libc.so.6
+Rss:                 200 kB
+7f3000000000-7f3000100000 rw-p 00000000 00:00 0
+Rss:                  50 kB
+7ffc00000000-7ffc00021000 rw-p 00000000 00:00 0                          [stack]
+Rss:                   8 kB
+"""
+
+
+def test_memory_breakdown_by_holder(tmp_path):
+    from dkebpf.debug_server import memory_breakdown
+
+    path = tmp_path / "smaps"
+    path.write_text(SMAPS)
+    assert memory_breakdown(str(path)) == {
+        "anonymous": 150 * 1024, "bpf_maps": 4 * 1024, "bpf_ring_buffers": 32772 * 1024,
+        "packet_rings": 4096 * 1024, "lib_pyarrow": 1000 * 1024, "lib_numpy": 20 * 1024,
+        "lib_dkebpf": 12 * 1024, "lib_python": 300 * 1024, "lib_other": 200 * 1024,
+        "stack_and_kernel": 8 * 1024}
+    assert memory_breakdown(str(tmp_path / "missing")) == {}
 
 
 def test_stacks(server):
