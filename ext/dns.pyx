@@ -64,6 +64,7 @@ PAIR_DTYPE = _dtype("dk_dns_pair", [
     ("sport", "<u2", offset_of(&_r, &_r.sport)),
     ("qtype", "<u2", offset_of(&_r, &_r.qtype)),
     ("qname_len", "<u2", offset_of(&_r, &_r.qname_len)),
+    ("id", "<u2", offset_of(&_r, &_r.id)),
     ("rcode", "<i2", offset_of(&_r, &_r.rcode)),
     ("family", "u1", offset_of(&_r, &_r.family)),
     ("proto", "u1", offset_of(&_r, &_r.proto)),
@@ -523,6 +524,7 @@ cdef class PairTable:
         memcpy(r.saddr, s.key.saddr, 16)
         r.cport = s.key.cport
         r.sport = s.key.sport
+        r.id = s.key.id
         r.family = s.key.family
         r.proto = s.key.proto
         r.qtype = s.qtype

@@ -73,6 +73,7 @@ struct dk_dns_pair {
 	uint16_t sport;
 	uint16_t qtype;
 	uint16_t qname_len;
+	uint16_t id;           /* DNS transaction id: joins a DNATed query's two copies */
 	int16_t rcode;
 	uint8_t family;
 	uint8_t proto;
