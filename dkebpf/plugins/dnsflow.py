@@ -63,9 +63,6 @@ class DnsflowPlugin(Plugin):
         self.totals = {"messages": 0, "malformed": 0, "tcp_partial": 0, "truncated": 0,
                        "cache_updates": 0, "points": 0, "early_steps": 0, "exchanges_lost_points_full": 0}
         self.sums = None  # this interval's per-point sums (partial())
-        # this namespace's addresses, re-read each interval: they decide
-        # who asked and who answered
-        self.local = local_address_keys()
 
     def start(self):
         self.ring = _packets.PacketRing(port_filter(_dns.DNS_PORT))
@@ -101,7 +98,10 @@ class DnsflowPlugin(Plugin):
         and counted."""
         if not len(pairs):
             return
-        part = partial(pairs, self.ephemeral_port, self.local)
+        # this namespace's addresses decide who asked and who answered:
+        # re-read at each fold (a few syscalls), so that an address added
+        # during the interval counts
+        part = partial(pairs, self.ephemeral_port, local_address_keys())
         merged = part if self.sums is None else combine([self.sums, part])
         if merged.num_rows > MAX_KEYS:
             self.totals["exchanges_lost_points_full"] += len(pairs)
@@ -127,7 +127,6 @@ class DnsflowPlugin(Plugin):
         self.table.expire(now_ns)
         self.cache.purge()
         self._fold(self.table.take())
-        self.local = local_address_keys()
         sums, self.sums = self.sums, None
         if sums is None:
             return []
