@@ -77,7 +77,6 @@ struct dk_dns_pair {
 	int16_t rcode;
 	uint8_t family;
 	uint8_t proto;
-	uint8_t outgoing;      /* the query left this host (we are the client) */
 	uint8_t qname[DK_NAME_MAX];
 };
 #endif

@@ -67,5 +67,4 @@ cdef extern from "dk_packet.h" nogil:
         int16_t rcode
         uint8_t family
         uint8_t proto
-        uint8_t outgoing
         uint8_t qname[256]

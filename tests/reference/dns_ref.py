@@ -213,7 +213,7 @@ class PairRef:
 
     def add(self, msgs):
         """msgs: dicts with ts_ns id qr opcode rcode family proto saddr daddr
-        sport dport qname qtype outgoing. Returns completed flags."""
+        sport dport qname qtype. Returns completed flags."""
         done = []
         for m in msgs:
             done.append(0)
@@ -250,7 +250,7 @@ class PairRef:
     def _pair(q, latency, rcode):
         return dict(ts_ns=q["ts_ns"], latency_ns=latency, id=q["id"], caddr=q["saddr"], saddr=q["daddr"],
                     cport=q["sport"], sport=q["dport"], family=q["family"], proto=q["proto"],
-                    qtype=q["qtype"], rcode=rcode, outgoing=q["outgoing"], qname=q["qname"])
+                    qtype=q["qtype"], rcode=rcode, qname=q["qname"])
 
     def expire(self, now_ns):
         gone = [k for k, q in self.pending.items() if q["ts_ns"] + self.timeout_ns <= now_ns]

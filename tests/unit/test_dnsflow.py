@@ -101,12 +101,12 @@ def pairs(rows):
 
 def test_aggregate_counts_latency_and_tags():
     www = b"\x03www\x04test\x00"
-    base = dict(caddr=IP1, saddr=IP2, cport=45000, sport=53, family=4, proto=17, outgoing=1, qname=www)
+    base = dict(caddr=IP1, saddr=IP2, cport=45000, sport=53, family=4, proto=17, qname=www)
     rows = [dict(base, rcode=0, latency_ns=100), dict(base, rcode=0, latency_ns=301),
             dict(base, rcode=3, latency_ns=50), dict(base, rcode=-1, latency_ns=0),
             dict(base, proto=6, rcode=0, latency_ns=7),
             # this host answered: src is the server, the client's port is ephemeral
-            dict(base, caddr=IP3, saddr=IP1, outgoing=0, rcode=0, latency_ns=9),
+            dict(base, caddr=IP3, saddr=IP1, rcode=0, latency_ns=9),
             dict(base, cport=1000, rcode=0, latency_ns=5)]
     b = finish(partial(pairs(rows), 32768, LOCAL_KEYS))
     assert set(DNSFLOW_TAGS + DNSFLOW_FIELDS) <= set(b.schema.names)
@@ -139,7 +139,7 @@ def test_plugin_sets_the_shared_cache():
 
 ROW = st.fixed_dictionaries(dict(
     caddr=st.sampled_from([IP1, IP3]), saddr=st.just(IP2), cport=st.sampled_from([1000, 45000, 45001]),
-    sport=st.just(53), family=st.just(4), proto=st.sampled_from([6, 17]), outgoing=st.integers(0, 1),
+    sport=st.just(53), family=st.just(4), proto=st.sampled_from([6, 17]),
     qname=st.sampled_from([b"\x01a\x04test\x00", b"\x01b\x04test\x00"]), rcode=st.sampled_from([-1, 0, 3]),
     latency_ns=st.integers(0, 10**9)))
 
@@ -230,7 +230,7 @@ EXCHANGE = st.fixed_dictionaries(dict(
     ts_ns=st.integers(0, 10**6), id=st.sampled_from([7, 8]), family=st.just(4), proto=st.sampled_from([6, 17]),
     caddr=st.sampled_from([IP1, IP2, IP3]), cport=st.sampled_from([45000, 45001]),
     saddr=st.sampled_from([IP1, IP2, IP3]), sport=st.just(53), rcode=st.sampled_from([0, 3]),
-    latency_ns=st.integers(0, 1000), qname=st.just(b"\x01a\x04test\x00"), outgoing=st.just(0)))
+    latency_ns=st.integers(0, 1000), qname=st.just(b"\x01a\x04test\x00")))
 
 
 @settings(max_examples=200, deadline=None)
@@ -259,7 +259,7 @@ def test_dnat_copies_of_one_forwarded_query_are_one_point():
     """A pod (IP2) asks a service address (IP3); the host DNATs it to the
     server (10.0.0.4): paired twice, reported once, as the client asked."""
     base = dict(id=77, family=4, proto=17, caddr=IP2, cport=45000, sport=53, rcode=0, latency_ns=10,
-                qname=b"\x01a\x04test\x00", outgoing=0)
+                qname=b"\x01a\x04test\x00")
     rows = [dict(base, ts_ns=1, saddr=IP3), dict(base, ts_ns=2, saddr=bytes([10, 0, 0, 4]))]
     got = finish(partial(pairs(rows), 32768, LOCAL_KEYS)).to_pylist()
     assert [(r["src_ip"], r["dst_ip"], r["direction"], r["forwarded"], r["count"]) for r in got] == [
