@@ -64,10 +64,10 @@ PAIR_DTYPE = _dtype("dk_dns_pair", [
     ("sport", "<u2", offset_of(&_r, &_r.sport)),
     ("qtype", "<u2", offset_of(&_r, &_r.qtype)),
     ("qname_len", "<u2", offset_of(&_r, &_r.qname_len)),
+    ("id", "<u2", offset_of(&_r, &_r.id)),
     ("rcode", "<i2", offset_of(&_r, &_r.rcode)),
     ("family", "u1", offset_of(&_r, &_r.family)),
     ("proto", "u1", offset_of(&_r, &_r.proto)),
-    ("outgoing", "u1", offset_of(&_r, &_r.outgoing)),
     ("qname", "V256", offset_of(&_r, &_r.qname)),
 ], sizeof(dk_dns_pair))
 
@@ -78,8 +78,6 @@ cdef enum:
     CHAIN_MAX = 8        # CNAME hops followed from the question name
     MAX_JUMPS = 127      # a 255-byte name has at most 127 labels, so at most 127 pointers
     RCODE_TIMEOUT = -1
-    PACKET_OUTGOING_T = 4
-    ARPHRD_LOOPBACK_T = 772
     IPPROTO_TCP_T = 6
 DNS_PORT = 53
 TIMEOUT_RCODE = RCODE_TIMEOUT
@@ -413,7 +411,6 @@ cdef struct slot:
     uint16_t qtype
     uint16_t qname_len
     uint8_t state          # 0 empty, 1 used, 2 deleted
-    uint8_t outgoing
     uint8_t qname[256]
 
 cdef enum:
@@ -523,11 +520,11 @@ cdef class PairTable:
         memcpy(r.saddr, s.key.saddr, 16)
         r.cport = s.key.cport
         r.sport = s.key.sport
+        r.id = s.key.id
         r.family = s.key.family
         r.proto = s.key.proto
         r.qtype = s.qtype
         r.rcode = rcode
-        r.outgoing = s.outgoing
         r.qname_len = s.qname_len
         memcpy(r.qname, s.qname, s.qname_len)
         memset(r.qname + s.qname_len, 0, 256 - s.qname_len)
@@ -578,9 +575,6 @@ cdef class PairTable:
                     s.qtype = m[i].qtype
                     s.qname_len = m[i].qname_len
                     memcpy(s.qname, m[i].qname, m[i].qname_len)
-                    # sent by this host: captured on transmit, or on the
-                    # loopback device (whose transmit copy the filter drops)
-                    s.outgoing = m[i].pkttype == PACKET_OUTGOING_T or m[i].hatype == ARPHRD_LOOPBACK_T
                     self.used += 1
                 else:
                     self.answers += 1

@@ -1,7 +1,7 @@
 """ebpf-net / dnsflow: DNS queries and answers of this host, from a packet
 socket (no BPF object to load: an AF_PACKET socket with a classic BPF
 filter for port 53, UDP and TCP, IPv4 and IPv6, in the collector's network
-namespace).
+namespace), asked or answered by this host, or forwarded through it.
 
 Packets are read from the TPACKET_V3 ring and decoded in Cython
 (dkebpf._packets), parsed and paired in Cython (dkebpf._dns): a query and
@@ -23,6 +23,7 @@ from .. import kernel
 from ..enrich.addr import format_addrs, ip_types
 from ..enrich.dns_cache import DnsCache
 from ..enrich.k8s import add_k8s_tags, k8s_tag_names
+from ..enrich.local_addrs import address_keys, local_address_keys
 from ..errors import BuildError
 from ..packetfilter import port_filter
 from .base import Plugin, PointBatch
@@ -33,7 +34,8 @@ except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
 DNS_TIMEOUT_NS = 6_000_000_000
-KEY_TAGS = ["src_ip", "src_port", "dst_ip", "dst_port", "family", "transport", "direction", "dst_domain"]
+KEY_TAGS = ["src_ip", "src_port", "dst_ip", "dst_port", "family", "transport", "direction", "forwarded",
+            "dst_domain"]
 DNSFLOW_TAGS = KEY_TAGS + ["src_ip_type", "dst_ip_type"]
 DNSFLOW_FIELDS = ["count", "latency", "latency_max", "rcode"]
 GROUP_KEYS = KEY_TAGS + ["rcode"]
@@ -96,7 +98,10 @@ class DnsflowPlugin(Plugin):
         and counted."""
         if not len(pairs):
             return
-        part = partial(pairs, self.ephemeral_port)
+        # this namespace's addresses decide who asked and who answered:
+        # re-read at each fold (a few syscalls), so that an address added
+        # during the interval counts
+        part = partial(pairs, self.ephemeral_port, local_address_keys())
         merged = part if self.sums is None else combine([self.sums, part])
         if merged.num_rows > MAX_KEYS:
             self.totals["exchanges_lost_points_full"] += len(pairs)
@@ -146,13 +151,44 @@ class DnsflowPlugin(Plugin):
             self.ring = None
 
 
-def partial(pairs, ephemeral_port):
-    """PAIR_DTYPE rows -> one row per (tags, rcode): count, latency sum and
-    max (summable with other steps, combine()). src is this host's end, as
-    in netflow: the client for an outgoing query, the server for one this
-    host answered; the client's port becomes '*' when ephemeral."""
+def forwarded_once(pairs, local):
+    """PAIR_DTYPE rows and this namespace's address keys -> (client_local,
+    forwarded, keep) boolean arrays. An exchange whose client and server
+    are both elsewhere was forwarded through this host (a pod's query to
+    CoreDNS); a DNATed one was paired twice, before DNAT (to the service
+    address) and after (to the real server): the same DNS id, transport
+    and client ip:port; only the first seen is kept."""
     fam = pairs["family"]
-    outgoing = pa.array(pairs["outgoing"].astype(bool))
+    client_local = np.isin(address_keys(fam, pairs["caddr"]), local)
+    forwarded = ~client_local & ~np.isin(address_keys(fam, pairs["saddr"]), local)
+    keep = np.ones(len(pairs), bool)
+    fwd = np.flatnonzero(forwarded)
+    if len(fwd):
+        fwd = fwd[np.argsort(pairs["ts_ns"][fwd], kind="stable")]
+        ident = np.empty((len(fwd), 22), np.uint8)
+        ident[:, 0] = fam[fwd]
+        ident[:, 1] = pairs["proto"][fwd]
+        ident[:, 2:4] = pairs["id"][fwd].astype("<u2").view(np.uint8).reshape(-1, 2)
+        ident[:, 4:6] = pairs["cport"][fwd].astype("<u2").view(np.uint8).reshape(-1, 2)
+        ident[:, 6:] = np.ascontiguousarray(pairs["caddr"][fwd]).view(np.uint8).reshape(-1, 16)
+        _, first = np.unique(ident.view("S22").ravel(), return_index=True)
+        keep[fwd] = False
+        keep[fwd[first]] = True
+    return client_local, forwarded, keep
+
+
+def partial(pairs, ephemeral_port, local):
+    """PAIR_DTYPE rows -> one row per (tags, rcode): count, latency sum and
+    max (summable with other steps, combine()). local: this namespace's
+    address keys (local_address_keys()). src is this host's end, as in
+    netflow: the client when this host asked (outgoing), the server when it
+    answered (incoming); for a forwarded exchange, the client (outgoing: the
+    doc's direction is seen from src, and src initiated), tagged
+    forwarded=true. The client's port becomes '*' when ephemeral."""
+    client_local, forwarded, keep = forwarded_once(pairs, local)
+    pairs, client_local, forwarded = pairs[keep], client_local[keep], forwarded[keep]
+    fam = pairs["family"]
+    outgoing = pa.array(client_local | forwarded)
     client_ip = format_addrs(pairs["caddr"], fam)
     server_ip = format_addrs(pairs["saddr"], fam)
     cport = pa.array(pairs["cport"])
@@ -167,6 +203,7 @@ def partial(pairs, ephemeral_port):
         "family": pc.if_else(pa.array(fam == 6), pa.scalar("IPv6"), pa.scalar("IPv4")),
         "transport": pc.if_else(pa.array(pairs["proto"] == 6), pa.scalar("tcp"), pa.scalar("udp")),
         "direction": pc.if_else(outgoing, pa.scalar("outgoing"), pa.scalar("incoming")),
+        "forwarded": pc.if_else(pa.array(forwarded), pa.scalar("true"), pa.scalar("false")),
         "dst_domain": _dns.names_to_arrow(pairs["qname"], pairs["qname_len"]),
         "rcode": pa.array(pairs["rcode"].astype(np.int64)),
         "latency": pa.array(pairs["latency_ns"].astype(np.int64)),

@@ -73,10 +73,10 @@ struct dk_dns_pair {
 	uint16_t sport;
 	uint16_t qtype;
 	uint16_t qname_len;
+	uint16_t id;           /* DNS transaction id: joins a DNATed query's two copies */
 	int16_t rcode;
 	uint8_t family;
 	uint8_t proto;
-	uint8_t outgoing;      /* the query left this host (we are the client) */
 	uint8_t qname[DK_NAME_MAX];
 };
 #endif

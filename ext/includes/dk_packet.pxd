@@ -63,8 +63,8 @@ cdef extern from "dk_packet.h" nogil:
         uint16_t sport
         uint16_t qtype
         uint16_t qname_len
+        uint16_t id
         int16_t rcode
         uint8_t family
         uint8_t proto
-        uint8_t outgoing
         uint8_t qname[256]

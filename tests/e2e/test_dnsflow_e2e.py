@@ -3,6 +3,7 @@ records (no query leaves the machine: --no-resolv, every name local), dig
 in the host namespace asks over UDP and TCP, IPv4 and IPv6; the points
 must count exactly what dig did, per domain, rcode and transport. And the
 A answers name the addresses in netflow points (dst_domain)."""
+import os
 import socket
 import subprocess
 import sys
@@ -15,7 +16,8 @@ from dkebpf.plugins import requirements
 
 from support import traffic
 from support.dnsmasq import Dnsmasq, dig
-from support.netns import NetNS
+from support.dnat import dnat_rule, service_ip
+from support.netns import NetNS, routed_through_host
 from support.schema import check_point
 from support.servers import Dnsmasq, dig
 
@@ -184,9 +186,47 @@ def test_queries_this_host_answers_are_incoming(collector, receiver):
     for p in pts:
         check_point("dnsflow", p, extra_tags=("team", "env"))
         t = p.tags
-        assert (t["direction"], t["src_ip"], t["src_port"]) == ("incoming", ns.host_ip, "53")
+        assert (t["direction"], t["forwarded"], t["src_ip"], t["src_port"]) == ("incoming", "false", ns.host_ip, "53")
         assert (t["dst_ip"], t["dst_port"]) == (ns.peer_ip, "*")
         assert p.fields["latency"] > 0
+
+
+def test_forwarded_queries_are_reported_once_and_tagged(collector, receiver):
+    """A client namespace reaches a dnsmasq namespace through the host
+    (routes via the veths, ip_forward on): the host neither asked nor
+    answered, so the exchange is forwarded=true, src = the client,
+    direction outgoing (src initiated), one point per query -- also when
+    the host DNATs a service address to the server (a kube-proxy ClusterIP
+    in front of CoreDNS), which the host sees before and after DNAT. The
+    host's own dig to the same server stays outgoing, forwarded=false."""
+    tag = uuid.uuid4().hex[:8]
+    direct, via_svc, own = (f"{x}.{tag}.test" for x in ("direct", "svc", "own"))
+    n = 220 + (os.getpid() % 17) * 2     # two subnets apart from NetNS's default range
+    collector.start(interval="1s")
+    with NetNS(index=n) as client, NetNS(index=n + 1) as server, routed_through_host(client, server):
+        svc = service_ip(server)
+        records = [f"--host-record={name},10.1.2.3" for name in (direct, via_svc, own)]
+        with Dnsmasq(server, [server.peer_ip], records), \
+                dnat_rule(svc, 53, server.peer_ip, 53, proto="udp", chain="PREROUTING"):
+            for _ in range(3):
+                assert dig(server.peer_ip, direct, prefix=client.prefix())[0] == "NOERROR"
+            for _ in range(2):
+                assert dig(svc, via_svc, prefix=client.prefix())[0] == "NOERROR"
+            assert dig(server.peer_ip, own)[0] == "NOERROR"
+            expect = {(direct, 0, "udp", "IPv4"): 3, (via_svc, 0, "udp", "IPv4"): 2, (own, 0, "udp", "IPv4"): 1}
+            servers = {server.peer_ip, svc}
+            traffic.wait_until(lambda: tally(mine(receiver, servers)) == expect or None, 15)
+            time.sleep(2)      # a second copy of a DNATed query would come in the next interval at the latest
+            pts = mine(receiver, servers)
+    assert tally(pts) == expect
+    got = {}
+    for p in pts:
+        check_point("dnsflow", p, extra_tags=("team", "env"))
+        t = p.tags
+        got[t["dst_domain"]] = (t["src_ip"], t["dst_ip"], t["direction"], t["forwarded"])
+    assert got == {direct: (client.peer_ip, server.peer_ip, "outgoing", "true"),
+                   via_svc: (client.peer_ip, svc, "outgoing", "true"),
+                   own: (server.host_ip, server.peer_ip, "outgoing", "false")}
 
 
 def test_check_reports_dnsflow(bpf_ok, tmp_path):

@@ -213,7 +213,7 @@ class PairRef:
 
     def add(self, msgs):
         """msgs: dicts with ts_ns id qr opcode rcode family proto saddr daddr
-        sport dport qname qtype outgoing. Returns completed flags."""
+        sport dport qname qtype. Returns completed flags."""
         done = []
         for m in msgs:
             done.append(0)
@@ -248,9 +248,9 @@ class PairRef:
 
     @staticmethod
     def _pair(q, latency, rcode):
-        return dict(ts_ns=q["ts_ns"], latency_ns=latency, caddr=q["saddr"], saddr=q["daddr"],
+        return dict(ts_ns=q["ts_ns"], latency_ns=latency, id=q["id"], caddr=q["saddr"], saddr=q["daddr"],
                     cport=q["sport"], sport=q["dport"], family=q["family"], proto=q["proto"],
-                    qtype=q["qtype"], rcode=rcode, outgoing=q["outgoing"], qname=q["qname"])
+                    qtype=q["qtype"], rcode=rcode, qname=q["qname"])
 
     def expire(self, now_ns):
         gone = [k for k, q in self.pending.items() if q["ts_ns"] + self.timeout_ns <= now_ns]
@@ -262,3 +262,25 @@ class PairRef:
     def take(self):
         out, self.out = self.out, []
         return out
+
+
+def classify(pairs, local):
+    """Who asked and who answered, from this namespace's addresses `local`
+    ({(family, 16-byte addr)}): PairRef pairs -> (pair, direction,
+    forwarded) for each exchange reported. This host asked: outgoing; it
+    answered: incoming; neither end is here: forwarded, seen from the client
+    (outgoing), and reported once -- a DNATed query's copies before and
+    after DNAT share DNS id, transport and client ip:port; the first seen
+    (earliest query time) stays."""
+    out, seen = [], set()
+    for p in sorted(pairs, key=lambda p: p["ts_ns"]):
+        client_local = (p["family"], p["caddr"]) in local
+        server_local = (p["family"], p["saddr"]) in local
+        forwarded = not client_local and not server_local
+        if forwarded:
+            ident = (p["id"], p["family"], p["proto"], p["caddr"], p["cport"])
+            if ident in seen:
+                continue
+            seen.add(ident)
+        out.append((p, "outgoing" if client_local or forwarded else "incoming", forwarded))
+    return out

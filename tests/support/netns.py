@@ -1,6 +1,7 @@
 """Test hosts: a network namespace joined to the host by a veth pair, with
 addresses that exist only on this pair. Tests send traffic only to these
 addresses and to loopback."""
+import contextlib
 import os
 import subprocess
 import uuid
@@ -85,3 +86,23 @@ def call_in_netns(name, fn, *args):
     if "error" in result:
         raise result["error"]
     return result["value"]
+
+
+@contextlib.contextmanager
+def routed_through_host(a, b):
+    """Namespaces a and b reach each other's subnets (IPv4) through the
+    host: routes via the host side of each veth, net.ipv4.ip_forward on.
+    ip_forward is set back to what it was; the routes go with the
+    namespaces."""
+    a.exec("ip", "route", "add", b.peer_ip.rsplit(".", 1)[0] + ".0/24", "via", a.host_ip)
+    b.exec("ip", "route", "add", a.peer_ip.rsplit(".", 1)[0] + ".0/24", "via", b.host_ip)
+    path = "/proc/sys/net/ipv4/ip_forward"
+    with open(path) as fh:
+        before = fh.read().strip()
+    with open(path, "w") as fh:
+        fh.write("1")
+    try:
+        yield
+    finally:
+        with open(path, "w") as fh:
+            fh.write(before)

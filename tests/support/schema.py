@@ -10,7 +10,9 @@ What a point may carry, per the spec's ``_about`` and the DataKit contract:
 * the global tags: ``host`` (always required), ``service`` (the
   ``--service`` flag, default ``ebpf``) and whatever the caller passes as
   ``extra_tags`` (``[inputs.ebpf.tags]``, ``--tags``, k8s workload labels);
-* logging measurements also the tag ``source``.
+* logging measurements also the tag ``source``;
+* the project's documented extensions to a measurement (``PROJECT_TAGS``:
+  tags the README describes and the shared spec copy does not have).
 
 What a point must carry: ``host``, and every tag the spec documents for
 its measurement except the Kubernetes ones (no cluster here) and those the
@@ -25,7 +27,7 @@ import json
 import os
 from functools import lru_cache
 
-__all__ = ["SPEC_PATH", "GLOBAL_TAGS", "REQUIRED_TAGS", "CONDITIONAL_TAGS", "load_schemas",
+__all__ = ["SPEC_PATH", "GLOBAL_TAGS", "REQUIRED_TAGS", "CONDITIONAL_TAGS", "PROJECT_TAGS", "load_schemas",
            "schema", "required_tags", "check_point", "check_record"]
 
 SPEC_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, os.pardir,
@@ -41,6 +43,11 @@ _CONNECTION_CONDITIONAL = {
     "dst_nat_ip": "only on outgoing connections the kernel DNATed",
     "dst_nat_port": "only on outgoing connections the kernel DNATed",
     "sub_source": "a classification such as K8s traffic",
+}
+# Tags this project adds to a measurement, on every point, with the README
+# section that documents them (the spec copy stays equal to the shared one)
+PROJECT_TAGS = {
+    "dnsflow": {"forwarded": "README, dnsflow: asked, answered, forwarded"},
 }
 CONDITIONAL_TAGS = {
     "netflow": _CONNECTION_CONDITIONAL,
@@ -90,7 +97,7 @@ def required_tags(measurement):
     """The tags every point of ``measurement`` must carry."""
     conditional = CONDITIONAL_TAGS.get(measurement, {})
     documented = {t for t in schema(measurement)["tags"] if "k8s" not in t and t not in conditional}
-    return documented | set(REQUIRED_TAGS)
+    return documented | set(REQUIRED_TAGS) | set(PROJECT_TAGS.get(measurement, ()))
 
 
 def _type_of(value):
@@ -117,7 +124,7 @@ def check_point(measurement, point, extra_tags=()):
     problems = []
     if point.measurement != measurement:
         problems.append(f"measurement is {point.measurement!r}, expected {measurement!r}")
-    allowed = set(spec["tags"]) | GLOBAL_TAGS | set(extra_tags)
+    allowed = set(spec["tags"]) | GLOBAL_TAGS | set(PROJECT_TAGS.get(measurement, ())) | set(extra_tags)
     if spec.get("category") == "logging":
         allowed.add("source")
     for tag in point.tags:

@@ -1,6 +1,7 @@
 """The IP -> domain cache (TTL and size bounds, fake clock) and the
 dnsflow per-interval aggregation (exact counts, latency mean/max, '*'
-ports, direction), in steps during the interval, bounded."""
+ports, direction and forwarded exchanges against the reference rule), in
+steps during the interval, bounded."""
 import struct
 import types
 
@@ -11,7 +12,9 @@ from hypothesis import strategies as st
 
 from dkebpf import _dns, _packets
 from dkebpf.enrich.dns_cache import DnsCache
+from dkebpf.enrich.local_addrs import address_keys
 from dkebpf.plugins.dnsflow import DNSFLOW_FIELDS, DNSFLOW_TAGS, combine, finish, partial
+from reference import dns_ref as ref
 
 S = 1_000_000_000
 
@@ -33,6 +36,9 @@ def v16(*addrs):
 
 IP1, IP2, IP3 = bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), bytes([10, 0, 0, 3])
 IP6 = bytes.fromhex("fd000000000000000000000000000001")
+# this host's addresses in these tests
+LOCAL = {(4, IP1 + bytes(12))}
+LOCAL_KEYS = np.unique(address_keys(np.array([4], np.uint8), v16(IP1)))
 
 
 def test_lookup_hits_misses_and_families():
@@ -95,17 +101,18 @@ def pairs(rows):
 
 def test_aggregate_counts_latency_and_tags():
     www = b"\x03www\x04test\x00"
-    base = dict(caddr=IP1, saddr=IP2, cport=45000, sport=53, family=4, proto=17, outgoing=1, qname=www)
+    base = dict(caddr=IP1, saddr=IP2, cport=45000, sport=53, family=4, proto=17, qname=www)
     rows = [dict(base, rcode=0, latency_ns=100), dict(base, rcode=0, latency_ns=301),
             dict(base, rcode=3, latency_ns=50), dict(base, rcode=-1, latency_ns=0),
             dict(base, proto=6, rcode=0, latency_ns=7),
             # this host answered: src is the server, the client's port is ephemeral
-            dict(base, caddr=IP3, saddr=IP1, outgoing=0, rcode=0, latency_ns=9),
+            dict(base, caddr=IP3, saddr=IP1, rcode=0, latency_ns=9),
             dict(base, cport=1000, rcode=0, latency_ns=5)]
-    b = finish(partial(pairs(rows), 32768))
+    b = finish(partial(pairs(rows), 32768, LOCAL_KEYS))
     assert set(DNSFLOW_TAGS + DNSFLOW_FIELDS) <= set(b.schema.names)
     got = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["transport"], r["direction"],
             r["rcode"]): (r["count"], r["latency"], r["latency_max"]) for r in b.to_pylist()}
+    assert set(b.column("forwarded").to_pylist()) == {"false"}
     assert got == {
         ("10.0.0.1", "*", "10.0.0.2", "53", "udp", "outgoing", 0): (2, 200, 301),
         ("10.0.0.1", "*", "10.0.0.2", "53", "udp", "outgoing", 3): (1, 50, 50),
@@ -132,7 +139,7 @@ def test_plugin_sets_the_shared_cache():
 
 ROW = st.fixed_dictionaries(dict(
     caddr=st.sampled_from([IP1, IP3]), saddr=st.just(IP2), cport=st.sampled_from([1000, 45000, 45001]),
-    sport=st.just(53), family=st.just(4), proto=st.sampled_from([6, 17]), outgoing=st.integers(0, 1),
+    sport=st.just(53), family=st.just(4), proto=st.sampled_from([6, 17]),
     qname=st.sampled_from([b"\x01a\x04test\x00", b"\x01b\x04test\x00"]), rcode=st.sampled_from([-1, 0, 3]),
     latency_ns=st.integers(0, 10**9)))
 
@@ -142,10 +149,11 @@ ROW = st.fixed_dictionaries(dict(
 def test_steps_add_up_to_one_aggregate(rows, cuts):
     """Folding exchanges in steps (partial, combine) gives the points one
     pass over all of them gives."""
-    arr = pairs(rows)
+    # distinct DNS ids: no forwarded copy to merge across steps
+    arr = pairs([dict(r, id=i) for i, r in enumerate(rows)])
     bounds = sorted({0, len(arr), *[min(c, len(arr)) for c in cuts]})
-    parts = [partial(arr[a:b], 32768) for a, b in zip(bounds, bounds[1:]) if b > a]
-    whole = finish(partial(arr, 32768)).to_pylist()
+    parts = [partial(arr[a:b], 32768, LOCAL_KEYS) for a, b in zip(bounds, bounds[1:]) if b > a]
+    whole = finish(partial(arr, 32768, LOCAL_KEYS)).to_pylist()
     stepped = finish(combine(parts)).to_pylist()
     assert sorted(map(repr, stepped)) == sorted(map(repr, whole))
 
@@ -216,3 +224,43 @@ def test_points_per_interval_are_bounded_and_what_does_not_fit_is_counted(monkey
     points = p.collect(0)[0].batch.to_pylist()
     assert sorted((r["dst_domain"], r["count"]) for r in points) == [("a.test", 6), ("b.test", 2)]
     assert p.counters()["exchanges_lost_points_full"] == 4
+
+
+EXCHANGE = st.fixed_dictionaries(dict(
+    ts_ns=st.integers(0, 10**6), id=st.sampled_from([7, 8]), family=st.just(4), proto=st.sampled_from([6, 17]),
+    caddr=st.sampled_from([IP1, IP2, IP3]), cport=st.sampled_from([45000, 45001]),
+    saddr=st.sampled_from([IP1, IP2, IP3]), sport=st.just(53), rcode=st.sampled_from([0, 3]),
+    latency_ns=st.integers(0, 1000), qname=st.just(b"\x01a\x04test\x00")))
+
+
+@settings(max_examples=200, deadline=None)
+@given(rows=st.lists(EXCHANGE, min_size=1, max_size=30))
+def test_direction_forwarded_and_dnat_copies_follow_the_reference(rows):
+    """Who asked and who answered comes from this host's addresses (IP1),
+    not from the packet type; exchanges between two other hosts are
+    forwarded, reported once per DNS id + transport + client ip:port (a
+    DNATed query's two copies), as tests/reference/dns_ref.classify says."""
+    rows = [dict(r, caddr=r["caddr"] + bytes(12), saddr=r["saddr"] + bytes(12)) for r in rows]
+    want = {}
+    for p, direction, forwarded in ref.classify(rows, LOCAL):
+        server = ("10.0.0." + str(p["saddr"][3]), str(p["sport"]))
+        client = ("10.0.0." + str(p["caddr"][3]), "*")     # ephemeral cport
+        src, dst = (server, client) if direction == "incoming" else (client, server)
+        key = (*src, *dst, {6: "tcp", 17: "udp"}[p["proto"]], direction, "true" if forwarded else "false",
+               p["rcode"])
+        want[key] = want.get(key, 0) + 1
+    b = finish(partial(pairs(rows), 32768, LOCAL_KEYS))
+    got = {(r["src_ip"], r["src_port"], r["dst_ip"], r["dst_port"], r["transport"], r["direction"],
+            r["forwarded"], r["rcode"]): r["count"] for r in b.to_pylist()}
+    assert got == want
+
+
+def test_dnat_copies_of_one_forwarded_query_are_one_point():
+    """A pod (IP2) asks a service address (IP3); the host DNATs it to the
+    server (10.0.0.4): paired twice, reported once, as the client asked."""
+    base = dict(id=77, family=4, proto=17, caddr=IP2, cport=45000, sport=53, rcode=0, latency_ns=10,
+                qname=b"\x01a\x04test\x00")
+    rows = [dict(base, ts_ns=1, saddr=IP3), dict(base, ts_ns=2, saddr=bytes([10, 0, 0, 4]))]
+    got = finish(partial(pairs(rows), 32768, LOCAL_KEYS)).to_pylist()
+    assert [(r["src_ip"], r["dst_ip"], r["direction"], r["forwarded"], r["count"]) for r in got] == [
+        ("10.0.0.2", "10.0.0.3", "outgoing", "true", 1)]
