@@ -170,9 +170,20 @@ class ConnFilter:
         self.names = _netlog_filter.StringTable()
         self.nic_id = self.names.intern(nic_name)
         self.empty_id = self.names.intern("")
+        self.packets = 0        # dropped
+        self.connections = 0    # dropped, each counted once while it keeps sending
+        self._dropped = set()   # keys of the dropped connections seen this interval
+        self._dropped_before = set()
+
+    def interval(self):
+        """A connection dropped in neither this interval nor the last one
+        is forgotten (the set stays as small as the dropped traffic)."""
+        self._dropped_before, self._dropped = self._dropped, set()
 
     def keep(self, pkts):
-        """Per packet, True when no statement drops its connection."""
+        """Per packet, True when no statement drops its connection; counts
+        the packets and connections dropped (one Python object per distinct
+        connection of a batch, not per packet)."""
         tx = pkts["pkttype"] == _packets.PACKET_OUTGOING_TYPE
         conns = np.zeros(len(pkts), _netlog_filter.CONN_DTYPE)
         conns["laddr"] = np.where(tx, pkts["saddr"], pkts["daddr"])
@@ -185,7 +196,15 @@ class ConnFilter:
         conns["nic"] = self.nic_id
         for col in ("src_pod", "dst_pod", "src_ns", "dst_ns"):
             conns[col] = self.empty_id
-        return self.evaluator.verdicts(conns, self.names) < 0
+        keep = self.evaluator.verdicts(conns, self.names) < 0
+        dropped = conns[~keep]
+        if len(dropped):
+            self.packets += len(dropped)
+            for key in np.unique(dropped.view(np.dtype((np.void, dropped.dtype.itemsize)))).tolist():
+                if key not in self._dropped and key not in self._dropped_before:
+                    self.connections += 1
+                self._dropped.add(key)
+        return keep
 
 
 class NicCapture:
@@ -199,7 +218,6 @@ class NicCapture:
         self.host_network = host_network
         self.conns = _netlog.ConnTable()
         self.conn_filter = conn_filter
-        self.filtered_packets = 0
 
     @classmethod
     def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True):
@@ -224,9 +242,7 @@ class NicCapture:
         while True:
             pkts, payload, more = self.ring.read()
             if len(pkts) and self.conn_filter is not None:
-                kept = self.conn_filter.keep(pkts)
-                self.filtered_packets += len(pkts) - int(np.count_nonzero(kept))
-                pkts = pkts[kept]   # payload_off still indexes payload: it is left as is
+                pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
                 self.conns.add(pkts, payload if self.follow_http else None)
             if not more:
@@ -264,8 +280,10 @@ class NetlogPlugin(Plugin):
         self.own_netns = netns_inode("/proc/self/ns/net")
         self.next_scan = 0.0
         self.closed_parts = []      # (capture, chunks, exchanges) of captures closed since the last collect
-        self.totals = {"opened": 0, "closed": 0, "open_errors": 0}
-        self.filtered_packets = 0   # of captures closed since start (open ones count their own)
+        # filter_*: dropped in user space by netlog_blacklist, of the captures closed so far (open
+        # ones are added in counters()); what the socket programs drop in the kernel is never seen
+        self.totals = {"opened": 0, "closed": 0, "open_errors": 0,
+                       "filter_dropped_packets": 0, "filter_dropped_connections": 0}
         self._tick_r, self._tick_w = socket.socketpair()
         self._tick_r.setblocking(False)
         self._stop = threading.Event()
@@ -350,7 +368,9 @@ class NetlogPlugin(Plugin):
         self.closed_parts.append((cap, *cap.conns.collect(time.time_ns(), True)))
         cap.close()
         self.totals["closed"] += 1
-        self.filtered_packets += cap.filtered_packets
+        if cap.conn_filter is not None:
+            self.totals["filter_dropped_packets"] += cap.conn_filter.packets
+            self.totals["filter_dropped_connections"] += cap.conn_filter.connections
 
     def collect(self, now_ns):
         parts = self.closed_parts
@@ -358,6 +378,8 @@ class NetlogPlugin(Plugin):
         for cap in self.captures.values():
             cap.drain()
             parts.append((cap, *cap.conns.collect(now_ns)))
+            if cap.conn_filter is not None:
+                cap.conn_filter.interval()
         out = []
         if self.cfg.netlog_metric:
             out += self.metrics(parts)
@@ -399,8 +421,10 @@ class NetlogPlugin(Plugin):
         the connection table's counters: tp_drops is per socket."""
         c = dict(self.totals)
         c["sockets"] = len(self.captures)
-        c["filter_dropped_packets"] = self.filtered_packets + sum(cap.filtered_packets
-                                                                  for cap in self.captures.values())
+        for cap in self.captures.values():
+            if cap.conn_filter is not None:
+                c["filter_dropped_packets"] += cap.conn_filter.packets
+                c["filter_dropped_connections"] += cap.conn_filter.connections
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "not_ip", "not_tcp_udp"):

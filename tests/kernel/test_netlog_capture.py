@@ -499,9 +499,9 @@ def test_netlog_blacklist_drops_one_port(bpf_ok, where):
     assert counters[f"{ino}/{ns.veth_peer}_kernel_drops"] == 0
     assert counters[f"{ino}/{ns.veth_peer}_conn_new_connections"] == 1   # the blocked one never came
     if where == "kernel":   # never copied to user space
-        assert counters["filter_dropped_packets"] == 0
+        assert counters["filter_dropped_packets"] == counters["filter_dropped_connections"] == 0
     else:   # SYN, SYN-ACK, data, FIN, ACKs: every packet of the blocked connection, counted
-        assert counters["filter_dropped_packets"] >= 6
+        assert counters["filter_dropped_packets"] >= 6 and counters["filter_dropped_connections"] == 1
     rows = next(b for b in batches if b.measurement == "bpf_net_l4_log").batch.to_pylist()
     ports = {r["src_port"] for r in rows}
     assert str(PORT) in ports and str(blocked) not in ports

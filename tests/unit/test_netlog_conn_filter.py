@@ -49,6 +49,21 @@ def test_per_connection_statements_and_nic_name():
     assert not ConnFilter(rules, "other").keep(pkts).any()
 
 
+def test_dropped_packets_and_connections_counted():
+    pkts = two_connections()
+    flt = ConnFilter(parse_rules("src_port == 81").statements, "eth0")
+    flt.keep(pkts[:6])
+    flt.keep(pkts[6:])                      # the same connection in the next batch: not again
+    assert (flt.packets, flt.connections) == (4, 1)
+    flt.interval()
+    flt.keep(pkts[4:])                      # still sending one interval later: not again
+    assert (flt.packets, flt.connections) == (8, 1)
+    flt.interval()
+    flt.interval()                          # silent for a whole interval: forgotten
+    flt.keep(pkts[4:])
+    assert (flt.packets, flt.connections) == (12, 2)
+
+
 def test_kubernetes_fields_are_empty_names():
     pkts = two_connections()
     assert ConnFilter(parse_rules("k8s_src_pod != ''").statements, "eth0").keep(pkts).all()
