@@ -48,7 +48,7 @@ from ..enrich.k8s import k8s_tag_names
 from ..errors import BuildError
 from ..netlog.filter import parse_rules
 from ..netlog.filter_cbpf import socket_filter
-from ..packetfilter import netlog_filter
+from ..packetfilter import NETLOG_SNAPLEN, netlog_filter
 from .base import Plugin, PointBatch
 from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
                        aggregate_requests)
@@ -151,19 +151,17 @@ def choose_nics(nics, host_network, pattern, virtual_names):
     return [n for n in nics if n.up and n.name != "lo"]
 
 
-CAPTURE_SNAPLEN = 4096   # as netlog_filter: enough for HTTP/1 headers; counts come from headers
-
-
 class ConnFilter:
-    """The per-connection netlog_blacklist statements of one interface,
-    run by the Cython evaluator over a batch of packets (one CONN_DTYPE row
-    per packet, built with numpy: no Python object per packet).
+    """netlog_blacklist in user space for one interface: the Cython
+    evaluator over a batch of packets (one CONN_DTYPE row per packet, built
+    with numpy: no Python object per packet), before the connection table.
 
-    bpf-netlog has no Kubernetes data of its own (packets carry addresses
-    only and ctx.k8s resolves no pod from them here), so k8s_src_pod,
-    k8s_dst_pod, k8s_src_namespace and k8s_dst_namespace are evaluated as
-    empty names: a statement needing a pod or namespace to match never
-    drops. Being evaluated per batch, a verdict can never go stale."""
+    k8s_src_pod, k8s_dst_pod, k8s_src_namespace and k8s_dst_namespace are
+    evaluated as empty names: bpf-netlog does not look the packets'
+    addresses up in ctx.k8s yet (its ClusterStore.pod_rows_by_ip would
+    serve), so a statement needing a pod or namespace name to match never
+    drops. Evaluated per batch, not cached per connection: a verdict cannot
+    go stale when Kubernetes data changes."""
 
     def __init__(self, statements, nic_name):
         self.evaluator = _netlog_filter.ConnFilter(statements)
@@ -226,7 +224,7 @@ class NicCapture:
         if rules is None:
             code = netlog_filter()
         else:
-            code = socket_filter(rules, nic.name, CAPTURE_SNAPLEN).program
+            code = socket_filter(rules, nic.name, NETLOG_SNAPLEN).program
             if rules.statements:
                 # every statement, not only those the program left over: the program also hands
                 # over, untested, IPv4 fragments after the first and IPv6 with extension headers

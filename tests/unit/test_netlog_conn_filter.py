@@ -44,7 +44,7 @@ def test_statements_see_the_local_end_as_src_in_both_directions():
 
 def test_per_connection_statements_and_nic_name():
     pkts = two_connections()
-    rules = parse_rules(f"has_suffix(ip_daddr, '.1') && src_port == 80\nnic_name == 'other'").statements
+    rules = parse_rules("has_suffix(ip_daddr, '.1') && src_port == 80\nnic_name == 'other'").statements
     assert ConnFilter(rules, "eth0").keep(pkts).tolist() == [False] * 4 + [True] * 4
     assert not ConnFilter(rules, "other").keep(pkts).any()
 
