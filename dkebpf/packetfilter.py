@@ -130,7 +130,10 @@ def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP)):
     return assemble(prog)
 
 
-def netlog_filter(snaplen=4096):
+NETLOG_SNAPLEN = 4096   # bpf-netlog: enough for HTTP/1 headers; counts come from the headers
+
+
+def netlog_filter(snaplen=NETLOG_SNAPLEN):
     """bpf-netlog's capture: every IPv4 and IPv6 packet, VLAN-tagged ones
     included (the decoder skips the tags), cut at snaplen bytes (enough for
     HTTP/1 headers; counts come from the headers, not from what was cut).

@@ -8,13 +8,14 @@ collected is handed to ``salvage`` (no data lost), and a fresh instance is
 started again after a backoff (1 s, 2 s, 4 s ... RESTART_BACKOFF_MAX_S).
 After MAX_FAILURES failures in a row (a run of RESET_AFTER_S without one
 clears the count) the plugin is disabled. A plugin the build or the kernel
-cannot run (UnsupportedError at start) is disabled at once: retrying
+cannot run (UnsupportedError at start), or a bad option (ConfigError at
+start: a netlog_blacklist rule that does not parse), is disabled at once: retrying
 cannot help. stop() errors are logged: detaching goes on for the others."""
 import logging
 import selectors
 import time
 
-from .errors import DkebpfError, UnsupportedError
+from .errors import ConfigError, DkebpfError, UnsupportedError
 
 MAX_FAILURES = 5
 RESTART_BACKOFF_S = 1.0
@@ -68,7 +69,8 @@ class PluginRunner:
             self._unregister()
             if plugin is not None:
                 self._stop_plugin(plugin)
-            self._failed("start", exc, permanent=isinstance(exc, UnsupportedError))
+            # a bad option (a netlog_blacklist rule) stays bad until the config changes: no retry either
+            self._failed("start", exc, permanent=isinstance(exc, (UnsupportedError, ConfigError)))
             return False
         if self.started_at is not None:
             self.restarts += 1

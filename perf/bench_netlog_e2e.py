@@ -16,7 +16,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 
 from support.netns import NetNS  # noqa: E402
 
-from dkebpf.packetfilter import netlog_filter  # noqa: E402
 from dkebpf.plugins.netlog import NicCapture, in_netns, list_nics  # noqa: E402
 
 PORT = 18090
@@ -32,7 +31,7 @@ def main():
         path = f"/var/run/netns/{ns.name}"
         with in_netns(path):
             nic = next(n for n in list_nics() if n.name == ns.veth_peer)
-        cap = NicCapture.open(path, 0, nic, False, netlog_filter())
+        cap = NicCapture.open(path, 0, nic, False)
         sink = subprocess.Popen(ns.prefix() + ["python3", "-c", (
             f"import socket;s=socket.socket();s.bind(('{ns.peer_ip}',{PORT}));s.listen();print('ready',flush=True)\n"
             f"c,_=s.accept()\nwhile c.recv(1<<20): pass")], stdout=subprocess.PIPE, text=True)

@@ -1,8 +1,18 @@
 """bpf-netlog: packet-level connection logs (``bpf_net_l4_log``) from
 AF_PACKET sockets, one per (network namespace, interface), opened inside
 each namespace. No BPF object to load: TPACKET_V3 rings with a classic BPF
-filter (dkebpf.packetfilter.netlog_filter, or the netlog_blacklist
-program once attached through ``set_filter``).
+filter: dkebpf.packetfilter.netlog_filter, or, when netlog_blacklist is
+set, the program dkebpf.netlog.filter_cbpf compiles for each socket's own
+interface (the header-field statements drop packets in the kernel).
+
+netlog_blacklist is parsed when the plugin is built: a bad rule raises
+FilterError (line, column, caret), which keeps bpf-netlog from starting
+while the other plugins run. The statements classic BPF cannot run (pod
+and namespace fields, text functions on addresses, what did not fit), and
+the others for the packets the program passes untested, are evaluated in
+user space by the Cython ConnFilter on each batch of packets before they
+reach the connection table, so a dropped connection is in no log and no
+netflow/httpflow point.
 
 Namespaces are every distinct ``/proc/<pid>/ns/net`` under HOST_PROC
 (whatever started the process: no container runtime is asked), rescanned
@@ -36,14 +46,16 @@ from .. import kernel
 from ..enrich.addr import LocalAddressResolver, format_addrs
 from ..enrich.k8s import k8s_tag_names
 from ..errors import BuildError
-from ..packetfilter import netlog_filter
+from ..netlog.filter import parse_rules
+from ..netlog.filter_cbpf import socket_filter
+from ..packetfilter import NETLOG_SNAPLEN, netlog_filter
 from .base import Plugin, PointBatch
 from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
                        aggregate_requests)
 from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, NetflowPlugin
 
 try:
-    from .. import _http, _netlog, _packets
+    from .. import _http, _netlog, _netlog_filter, _packets
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -139,29 +151,96 @@ def choose_nics(nics, host_network, pattern, virtual_names):
     return [n for n in nics if n.up and n.name != "lo"]
 
 
+class ConnFilter:
+    """netlog_blacklist in user space for one interface: the Cython
+    evaluator over a batch of packets (one CONN_DTYPE row per packet, built
+    with numpy: no Python object per packet), before the connection table.
+
+    k8s_src_pod, k8s_dst_pod, k8s_src_namespace and k8s_dst_namespace are
+    evaluated as empty names: bpf-netlog does not look the packets'
+    addresses up in ctx.k8s yet (its ClusterStore.pod_rows_by_ip would
+    serve), so a statement needing a pod or namespace name to match never
+    drops. Evaluated per batch, not cached per connection: a verdict cannot
+    go stale when Kubernetes data changes."""
+
+    def __init__(self, statements, nic_name):
+        self.evaluator = _netlog_filter.ConnFilter(statements)
+        self.names = _netlog_filter.StringTable()
+        self.nic_id = self.names.intern(nic_name)
+        self.empty_id = self.names.intern("")
+        self.packets = 0        # dropped
+        self.connections = 0    # dropped, each counted once while it keeps sending
+        self._dropped = set()   # keys of the dropped connections seen this interval
+        self._dropped_before = set()
+
+    def interval(self):
+        """A connection dropped in neither this interval nor the last one
+        is forgotten (the set stays as small as the dropped traffic)."""
+        self._dropped_before, self._dropped = self._dropped, set()
+
+    def keep(self, pkts):
+        """Per packet, True when no statement drops its connection; counts
+        the packets and connections dropped (one Python object per distinct
+        connection of a batch, not per packet)."""
+        tx = pkts["pkttype"] == _packets.PACKET_OUTGOING_TYPE
+        conns = np.zeros(len(pkts), _netlog_filter.CONN_DTYPE)
+        conns["laddr"] = np.where(tx, pkts["saddr"], pkts["daddr"])
+        conns["raddr"] = np.where(tx, pkts["daddr"], pkts["saddr"])
+        conns["lport"] = np.where(tx, pkts["sport"], pkts["dport"])
+        conns["rport"] = np.where(tx, pkts["dport"], pkts["sport"])
+        conns["vni"] = np.where(pkts["vxlan"] == 1, pkts["vni"], 0)
+        conns["family"] = pkts["family"]
+        conns["proto"] = pkts["proto"]
+        conns["nic"] = self.nic_id
+        for col in ("src_pod", "dst_pod", "src_ns", "dst_ns"):
+            conns[col] = self.empty_id
+        keep = self.evaluator.verdicts(conns, self.names) < 0
+        dropped = conns[~keep]
+        if len(dropped):
+            self.packets += len(dropped)
+            for key in np.unique(dropped.view(np.dtype((np.void, dropped.dtype.itemsize)))).tolist():
+                if key not in self._dropped and key not in self._dropped_before:
+                    self.connections += 1
+                self._dropped.add(key)
+        return keep
+
+
 class NicCapture:
     """One interface of one namespace: its packet ring and connections."""
 
-    def __init__(self, ring, nic, netns, host_network, follow_http):
+    def __init__(self, ring, nic, netns, host_network, follow_http, conn_filter=None):
         self.ring = ring
         self.follow_http = follow_http
         self.nic = nic
         self.netns = netns
         self.host_network = host_network
         self.conns = _netlog.ConnTable()
+        self.conn_filter = conn_filter
 
     @classmethod
-    def open(cls, netns_path, netns, nic, host_network, filter_code, follow_http=True):
+    def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True):
+        """rules: the parsed netlog_blacklist, or None for no filter."""
+        conn_filter = None
+        if rules is None:
+            code = netlog_filter()
+        else:
+            code = socket_filter(rules, nic.name, NETLOG_SNAPLEN).program
+            if rules.statements:
+                # every statement, not only those the program left over: the program also hands
+                # over, untested, IPv4 fragments after the first and IPv6 with extension headers
+                conn_filter = ConnFilter(rules.statements, nic.name)
         with in_netns(netns_path):
             ifindex = socket.if_nametoindex(nic.name)
-            ring = _packets.PacketRing(filter_code, block_size=BLOCK_SIZE,
+            ring = _packets.PacketRing(code, block_size=BLOCK_SIZE,
                                        block_nr=HOST_BLOCKS if host_network else OTHER_BLOCKS,
                                        retire_ms=RETIRE_MS, ifindex=ifindex)
-        return cls(ring, nic, netns, host_network, follow_http)
+        return cls(ring, nic, netns, host_network, follow_http, conn_filter)
 
     def drain(self):
         while True:
             pkts, payload, more = self.ring.read()
+            if len(pkts) and self.conn_filter is not None:
+                pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
                 self.conns.add(pkts, payload if self.follow_http else None)
             if not more:
@@ -186,7 +265,10 @@ class NetlogPlugin(Plugin):
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.proc = self.cfg.host_proc
-        self.filter_code = netlog_filter()
+        # a bad rule raises FilterError here: bpf-netlog does not start, the message has its position
+        self.rules = parse_rules(self.cfg.netlog_blacklist) if self.cfg.netlog_blacklist.strip() else None
+        for warning in self.rules.warnings if self.rules else ():
+            self.log.warning("netlog_blacklist: %s", warning)
         self.follow_http = "http" in self.cfg.netlog_protocols
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.resolver = LocalAddressResolver()   # never asked: packets always carry both addresses
@@ -196,25 +278,14 @@ class NetlogPlugin(Plugin):
         self.own_netns = netns_inode("/proc/self/ns/net")
         self.next_scan = 0.0
         self.closed_parts = []      # (capture, chunks, exchanges) of captures closed since the last collect
-        self.totals = {"opened": 0, "closed": 0, "open_errors": 0}
+        # filter_*: dropped in user space by netlog_blacklist, of the captures closed so far (open
+        # ones are added in counters()); what the socket programs drop in the kernel is never seen
+        self.totals = {"opened": 0, "closed": 0, "open_errors": 0,
+                       "filter_dropped_packets": 0, "filter_dropped_connections": 0}
         self._tick_r, self._tick_w = socket.socketpair()
         self._tick_r.setblocking(False)
         self._stop = threading.Event()
         self._ticker = None
-
-    def set_filter(self, rules):
-        """The hook for netlog_blacklist (issue 12's filter language, built
-        apart): ``rules`` is the compiled filter; its ``socket_filter`` is
-        the packed classic BPF program (struct sock_filter array, returning
-        0 for a packet to drop, the snap length otherwise) that replaces the
-        capture filter. Every open socket is flushed and reopened with it,
-        so from the return on no dropped packet reaches user space. The
-        per-connection evaluator (pod and namespace fields) is not wired
-        yet: ConnTable would ask it once per new connection."""
-        self.filter_code = rules.socket_filter
-        for key in list(self.captures):
-            self._close(key)
-        self.rescan()
 
     def start(self):
         self.epoll.register(self._tick_r.fileno(), select.EPOLLIN)
@@ -275,7 +346,7 @@ class NetlogPlugin(Plugin):
             if key in self.captures:
                 continue
             try:
-                cap = NicCapture.open(path, key[0], nic, host, self.filter_code, self.follow_http)
+                cap = NicCapture.open(path, key[0], nic, host, self.rules, self.follow_http)
             except OSError as exc:
                 self.totals["open_errors"] += 1
                 self.log.warning("netlog: cannot capture on %s in netns %s: %s", nic.name, key[0], exc)
@@ -295,6 +366,9 @@ class NetlogPlugin(Plugin):
         self.closed_parts.append((cap, *cap.conns.collect(time.time_ns(), True)))
         cap.close()
         self.totals["closed"] += 1
+        if cap.conn_filter is not None:
+            self.totals["filter_dropped_packets"] += cap.conn_filter.packets
+            self.totals["filter_dropped_connections"] += cap.conn_filter.connections
 
     def collect(self, now_ns):
         parts = self.closed_parts
@@ -302,6 +376,8 @@ class NetlogPlugin(Plugin):
         for cap in self.captures.values():
             cap.drain()
             parts.append((cap, *cap.conns.collect(now_ns)))
+            if cap.conn_filter is not None:
+                cap.conn_filter.interval()
         out = []
         if self.cfg.netlog_metric:
             out += self.metrics(parts)
@@ -343,6 +419,10 @@ class NetlogPlugin(Plugin):
         the connection table's counters: tp_drops is per socket."""
         c = dict(self.totals)
         c["sockets"] = len(self.captures)
+        for cap in self.captures.values():
+            if cap.conn_filter is not None:
+                c["filter_dropped_packets"] += cap.conn_filter.packets
+                c["filter_dropped_connections"] += cap.conn_filter.connections
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "not_ip", "not_tcp_udp"):

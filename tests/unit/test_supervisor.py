@@ -1,6 +1,7 @@
 """Plugin isolation: a plugin that fails in start, on_readable or collect is
 logged, counted, restarted with backoff and finally disabled, alone; data it
 had collected still goes out; the agent ends only when no plugin is left."""
+import logging
 import socket
 import threading
 import time
@@ -163,6 +164,27 @@ def test_start_failures_cost_only_that_plugin(agent):
     nat, flows = agent.runners
     assert not nat.alive and nat.reason == "no conntrack"   # unsupported: not retried
     assert flows.running
+
+
+def test_a_bad_netlog_blacklist_disables_bpf_netlog_alone(agent, caplog):
+    """The real plugin built from a config with a rule that does not parse:
+    disabled at once (no retry can fix a config), the message positioned,
+    no traceback; the other plugin runs."""
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    cfg = load_config(["--enabled", "bpf-netlog"], environ={"DKE_NETLOG_NET_FILTER": "tcp ;\n udp && 5"})
+    ctx = PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0)
+    agent.runners = [agent.runner("bpf-netlog", lambda: NetlogPlugin(ctx)),
+                     agent.runner("flows", lambda: Source("flows"))]
+    with caplog.at_level("ERROR"):
+        agent._start_plugins()
+    netlog, flows = agent.runners
+    assert not netlog.alive and flows.running
+    assert netlog.reason.startswith("netlog_blacklist:2:") and netlog.reason.endswith("^")
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].exc_info is None
+    assert "bpf-netlog: start failed: netlog_blacklist:2:" in errors[0].getMessage()
+    assert errors[0].getMessage().endswith("; disabled")
 
 
 def test_no_plugin_able_to_start_is_an_error(agent):
