@@ -205,7 +205,18 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
     assert first["hs_cost_ns"] > 0 and last["chunk_fin"] == 1 and last["closed"] == 1
     assert last["close_cost_ns"] >= 0
     retrans = retransmits_from_pcap(pkts, PORT)
-    assert int(mine["tx_retrans"].sum()) == retrans["tx"] and int(mine["rx_retrans"].sum()) == retrans["rx"]
+    got_retrans = {"tx": int(mine["tx_retrans"].sum()), "rx": int(mine["rx_retrans"].sum())}
+    if not loss:
+        assert got_retrans == retrans
+    else:
+        # Two packet sockets (ours and tcpdump's) each get every packet, but
+        # packets softirq'd on different CPUs can reach them interleaved
+        # differently; under loss a retransmission and the segment it fills
+        # in can then swap places in one of the two streams, which moves one
+        # "before the highest sequence seen" verdict. Seen: 26 vs 25 once in
+        # ~10 runs. Counts and bytes above stay exact; allow that one swap.
+        for d in ("tx", "rx"):
+            assert abs(got_retrans[d] - retrans[d]) <= 1, (got_retrans, retrans)
     assert (retrans["rx"] > 0) == bool(loss)
     assert int(mine["syn_retrans"].max()) == 0
     assert mine["rtt_samples"].sum() >= 1
