@@ -206,18 +206,17 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
     assert last["close_cost_ns"] >= 0
     retrans = retransmits_from_pcap(pkts, PORT)
     got_retrans = {"tx": int(mine["tx_retrans"].sum()), "rx": int(mine["rx_retrans"].sum())}
-    if not loss:
-        assert got_retrans == retrans
-    else:
-        # Two packet sockets (ours and tcpdump's) each get every packet, but
-        # packets softirq'd on different CPUs can reach them interleaved
-        # differently; under loss a retransmission and the segment it fills
-        # in can then swap places in one of the two streams, which moves one
-        # "before the highest sequence seen" verdict. Seen: 26 vs 25 once in
-        # ~10 runs. Counts and bytes above stay exact; allow that one swap.
-        for d in ("tx", "rx"):
-            assert abs(got_retrans[d] - retrans[d]) <= 1, (got_retrans, retrans)
-    assert (retrans["rx"] > 0) == bool(loss)
+    # Two packet sockets (ours and tcpdump's) each get every packet, but
+    # packets softirq'd on different CPUs can reach them interleaved
+    # differently, so a segment can come "before the highest sequence seen"
+    # in one stream and not in the other: one verdict moves (seen 26 vs 25
+    # under loss, 1 vs 0 without, about once in ten runs). The plugin counts
+    # such a reordered segment as a retransmit: a known error of the
+    # "below the highest sequence" rule (a gap-aware rule would not), left
+    # for the rest of issue 12. Counts and bytes above stay exact.
+    for d in ("tx", "rx"):
+        assert abs(got_retrans[d] - retrans[d]) <= 1, (got_retrans, retrans)
+    assert retrans["rx"] > 0 if loss else retrans["rx"] <= 1  # <= 1: the reordering above
     assert int(mine["syn_retrans"].max()) == 0
     assert mine["rtt_samples"].sum() >= 1
     assert len({(int(r["inner_hi"]), int(r["inner_lo"])) for r in mine}) == 1
