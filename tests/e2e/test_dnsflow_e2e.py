@@ -19,7 +19,6 @@ from support.dnsmasq import Dnsmasq, dig
 from support.dnat import dnat_rule, service_ip
 from support.netns import NetNS, routed_through_host
 from support.schema import check_point
-from support.servers import Dnsmasq, dig
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-net",), ("httpflow",)))]
 

@@ -29,7 +29,8 @@ from support.cgroups import containerd_cgroup, popen_in
 from support.dnat import dnat_rule, service_ip
 from support.netns import NetNS
 from support.schema import check_point
-from support.servers import Dnsmasq, HttpServer, dig
+from support.dnsmasq import Dnsmasq, dig
+from support.servers import HttpServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("ebpf-conntrack", "ebpf-net"), ("httpflow",)))]
 
