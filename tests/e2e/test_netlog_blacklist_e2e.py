@@ -13,33 +13,17 @@ import pytest
 from dkebpf.plugins import requirements
 from support import traffic
 from support.netns import NetNS
+from support.servers import OK_SERVER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("bpf-netlog",), ("ebpf-net",)))]
 
 KEPT, DROPPED = 18083, 18084
-SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
-print("ready", flush=True)
-s.serve_forever()
-"""
-
 
 def wait_log(collector, text, timeout=15):
     end = time.monotonic() + timeout
     while text not in collector.log_text():
         assert time.monotonic() < end, collector.log_text()
         time.sleep(0.1)
-
 
 @pytest.mark.parametrize("rule", [
     f"src_port == {DROPPED}",                                  # classic BPF on the socket
@@ -48,7 +32,7 @@ def wait_log(collector, text, timeout=15):
 def test_blacklisted_port_absent_the_rest_exact(collector, receiver, monkeypatch, rule):
     monkeypatch.setenv("DKE_NETLOG_NET_FILTER", rule)
     with NetNS() as ns:
-        servers = [subprocess.Popen(ns.prefix() + ["python3", "-c", SERVER, ns.peer_ip, str(port)],
+        servers = [subprocess.Popen(ns.prefix() + ["python3", "-c", OK_SERVER, ns.peer_ip, str(port)],
                                     stdout=subprocess.PIPE, text=True) for port in (KEPT, DROPPED)]
         try:
             assert all(s.stdout.readline().strip() == "ready" for s in servers)
@@ -86,7 +70,6 @@ def test_blacklisted_port_absent_the_rest_exact(collector, receiver, monkeypatch
     assert sum(p.fields["rx_bytes"] for p in l4) == requests
     assert sum(p.fields["tx_bytes"] for p in l4) == sum(p.fields["bytes_written"] for p in kept["netflow"])
     assert sum(p.fields["rx_bytes"] for p in l4) == sum(p.fields["bytes_read"] for p in kept["netflow"])
-
 
 def test_bad_rule_keeps_netlog_off_with_its_position_ebpf_net_runs(collector, receiver, monkeypatch):
     monkeypatch.setenv("DKE_NETLOG_NET_FILTER", "tcp &&\n  src_port == 'x'")

@@ -10,31 +10,16 @@ import pytest
 
 from dkebpf.plugins import requirements
 from support.netns import NetNS
+from support.servers import OK_SERVER
 from support.schema import check_record
 
 pytestmark = [pytest.mark.e2e, pytest.mark.requires(*requirements(("bpf-netlog",)))]
 
 PORT = 18081
-SERVER = """
-import http.server, sys
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-    def log_message(self, *a):
-        pass
-s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
-print("ready", flush=True)
-s.serve_forever()
-"""
-
 
 def test_l4_l7_logs_and_metrics_from_packets(collector, receiver):
     with NetNS() as ns:
-        srv = subprocess.Popen(ns.prefix() + ["python3", "-c", SERVER, ns.peer_ip, str(PORT)],
+        srv = subprocess.Popen(ns.prefix() + ["python3", "-c", OK_SERVER, ns.peer_ip, str(PORT)],
                                stdout=subprocess.PIPE, text=True)
         try:
             assert srv.stdout.readline().strip() == "ready"

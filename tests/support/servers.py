@@ -24,3 +24,23 @@ class HttpServer:
         if self.p.poll() is None:
             self.p.terminate()
             self.p.wait(5)
+
+
+# A keep-alive HTTP/1.1 server answering every GET with "ok", as a script
+# (`python3 -c OK_SERVER HOST PORT`, prints "ready"): for tests that start it
+# inside a namespace and read its output.
+OK_SERVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *a):
+        pass
+s = http.server.HTTPServer((sys.argv[1], int(sys.argv[2])), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
