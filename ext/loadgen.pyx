@@ -692,18 +692,34 @@ cdef void srv_http(server_t *s, int fd) noexcept nogil:
             c.len -= end
 
 
-cdef void srv_udp_echo(server_t *s) noexcept nogil:
-    cdef char buf[2048]
+ctypedef int (*udp_answer_fn)(const uint8_t *q, int n, uint8_t *out) noexcept nogil
+
+
+cdef int echo_answer(const uint8_t *q, int n, uint8_t *out) noexcept nogil:
+    memcpy(out, q, n)
+    return n
+
+
+cdef void srv_udp(int fd, udp_answer_fn answer, uint64_t *answered, uint64_t *bad) noexcept nogil:
+    """Answer every datagram waiting on fd (non-blocking) with answer(); a
+    datagram it refuses (-1) is counted in bad."""
+    cdef uint8_t q[2048]
+    cdef uint8_t a[2048 + DNS_ANSWER_LEN]
     cdef sockaddr_in peer
     cdef socklen_t plen
     cdef ssize_t r
+    cdef int alen
     while True:
         plen = sizeof(peer)
-        r = recvfrom(s.udp_fd, buf, sizeof(buf), 0, <sockaddr *>&peer, &plen)
+        r = recvfrom(fd, q, sizeof(q), 0, <sockaddr *>&peer, &plen)
         if r < 0:
             return
-        sendto(s.udp_fd, buf, r, 0, <sockaddr *>&peer, plen)
-        s.udp_echoed += 1
+        alen = answer(q, <int>r, a)
+        if alen < 0:
+            bad[0] += 1
+            continue
+        sendto(fd, a, alen, 0, <sockaddr *>&peer, plen)
+        answered[0] += 1
 
 
 cdef void srv_discard(server_t *s) noexcept nogil:
@@ -741,26 +757,6 @@ cdef int dns_answer(const uint8_t *q, int n, uint8_t *out) noexcept nogil:
     return pos
 
 
-cdef void srv_dns(server_t *s) noexcept nogil:
-    cdef uint8_t q[512]
-    cdef uint8_t a[512 + DNS_ANSWER_LEN]
-    cdef sockaddr_in peer
-    cdef socklen_t plen
-    cdef ssize_t r
-    cdef int alen
-    while True:
-        plen = sizeof(peer)
-        r = recvfrom(s.dns_fd, q, sizeof(q), 0, <sockaddr *>&peer, &plen)
-        if r < 0:
-            return
-        alen = dns_answer(q, <int>r, a)
-        if alen < 0:
-            s.bad += 1
-            continue
-        sendto(s.dns_fd, a, alen, 0, <sockaddr *>&peer, plen)
-        s.dns_answered += 1
-
-
 cdef void server_loop(server_t *s) noexcept nogil:
     cdef epoll_event events[MAX_EVENTS]
     cdef int n, k, fd
@@ -775,11 +771,11 @@ cdef void server_loop(server_t *s) noexcept nogil:
             elif fd == s.tcp_fd or fd == s.tls_fd:
                 srv_accept(s, fd)
             elif fd == s.udp_fd:
-                srv_udp_echo(s)
+                srv_udp(fd, echo_answer, &s.udp_echoed, &s.bad)
             elif fd == s.discard_fd:
                 srv_discard(s)
             elif fd == s.dns_fd:
-                srv_dns(s)
+                srv_udp(fd, dns_answer, &s.dns_answered, &s.bad)
             elif s.conns[fd] != NULL:
                 srv_http(s, fd)
 
