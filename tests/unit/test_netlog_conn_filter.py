@@ -1,14 +1,19 @@
-"""bpf-netlog's user-space netlog_blacklist path (plugins.netlog.ConnFilter):
+"""bpf-netlog's user-space netlog_blacklist path (dkebpf.netlog.conn_filter):
 PKT_DTYPE rows as the ring hands them, local/remote taken from the packet's
-direction, the Cython evaluator's verdict per packet; then through the
-connection table: a dropped connection leaves no chunk."""
+direction, one verdict per connection (cached, judged again when the pods
+change) applied to every packet; then through the connection table: a
+dropped connection leaves no chunk. The k8s_* fields from a real
+K8sEnrichment store (fed as the reflectors feed it) and a HOST_PROC tree."""
 import socket
 
 import numpy as np
 
 from dkebpf import _netlog, _packets
 from dkebpf.netlog.filter import parse_rules
-from dkebpf.plugins.netlog import ConnFilter
+from dkebpf.enrich.k8s import K8sEnrichment
+from dkebpf.netlog.conn_filter import IDLE_NS, ConnFilter
+from dkebpf.netlog.k8s import NetlogK8s
+from support import kube_apiserver as ks
 
 LOCAL, REMOTE = "10.1.0.2", "10.1.0.1"
 
@@ -49,25 +54,85 @@ def test_per_connection_statements_and_nic_name():
     assert not ConnFilter(rules, "other").keep(pkts).any()
 
 
-def test_dropped_packets_and_connections_counted():
+def test_dropped_packets_and_connections_counted_each_connection_judged_once():
     pkts = two_connections()
+    last = int(pkts["ts_ns"].max())
     flt = ConnFilter(parse_rules("src_port == 81").statements, "eth0")
     flt.keep(pkts[:6])
     flt.keep(pkts[6:])                      # the same connection in the next batch: not again
     assert (flt.packets, flt.connections) == (4, 1)
-    flt.interval()
-    flt.keep(pkts[4:])                      # still sending one interval later: not again
-    assert (flt.packets, flt.connections) == (8, 1)
-    flt.interval()
-    flt.interval()                          # silent for a whole interval: forgotten
+    assert flt.cache.evaluations == 2       # two connections, eight packets
+    flt.interval(last + IDLE_NS // 2)       # still sending: not forgotten, not judged again
     flt.keep(pkts[4:])
-    assert (flt.packets, flt.connections) == (12, 2)
+    assert (flt.packets, flt.connections, flt.cache.evaluations) == (8, 1, 2)
+    flt.interval(last + IDLE_NS + 1)        # silent for IDLE_NS: forgotten
+    assert len(flt.cache) == 0
+    flt.keep(pkts[4:])
+    assert (flt.packets, flt.connections, flt.cache.evaluations) == (12, 2, 3)
 
 
-def test_kubernetes_fields_are_empty_names():
+def test_without_kubernetes_data_the_pod_fields_are_empty():
     pkts = two_connections()
-    assert ConnFilter(parse_rules("k8s_src_pod != ''").statements, "eth0").keep(pkts).all()
-    assert not ConnFilter(parse_rules("k8s_dst_namespace == ''").statements, "eth0").keep(pkts).any()
+    pods = NetlogK8s(None)
+    assert ConnFilter(parse_rules("k8s_src_pod != ''").statements, "eth0", pods).keep(pkts).all()
+    assert not ConnFilter(parse_rules("k8s_dst_namespace == ''").statements, "eth0", pods).keep(pkts).any()
+
+
+NODE = "node-a"
+CID = "a1" * 32
+
+
+def cluster(tmp_path):
+    """A store as the reflectors leave it: web-0 (this node, container CID) and
+    client-1 (another node) at REMOTE; a HOST_PROC where pid 100 runs in
+    container CID inside the network namespace 'pod-netns' (its inode)."""
+    web = ks.pod("web-0", "shop", NODE, "10.244.1.5", container_ids=[CID])
+    client = ks.pod("client-1", "front", "node-b", REMOTE)
+    uid = web["metadata"]["uid"].replace("-", "_")
+    (tmp_path / "100" / "ns").mkdir(parents=True)
+    (tmp_path / "100" / "cgroup").write_text(
+        f"0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid}.slice/"
+        f"cri-containerd-{CID}.scope\n")
+    (tmp_path / "100" / "ns" / "net").write_text("")
+    (tmp_path / "200" / "ns").mkdir(parents=True)   # a process of the namespace outside any pod
+    (tmp_path / "200" / "cgroup").write_text("0::/system.slice/sshd.service\n")
+    (tmp_path / "200" / "ns" / "net").write_text("")
+    e = K8sEnrichment(None, NODE, host_proc=str(tmp_path))
+    e.store.replace("Pod", "local", [[web]])
+    e.store.replace("Pod", "remote", [[client]])
+    netns = (tmp_path / "100" / "ns" / "net").stat().st_ino
+    return e, client, NetlogK8s(e, str(tmp_path)), netns
+
+
+def test_pod_fields_local_by_the_namespace_remote_by_address(tmp_path):
+    e, _client, pods, netns = cluster(tmp_path)
+    pkts = two_connections()
+    rule = "k8s_src_pod == 'web-0' && k8s_dst_namespace == 'front' && src_port == 81"
+    in_pod = ConnFilter(parse_rules(rule).statements, "eth0", pods, netns, host_network=False)
+    assert in_pod.keep(pkts).tolist() == [True] * 4 + [False] * 4
+    # on the host's side the local address (10.1.0.2) is no pod's: nothing matches
+    on_host = ConnFilter(parse_rules(rule).statements, "eth0", pods, netns, host_network=True)
+    assert on_host.keep(pkts).all()
+    # without a pod process the namespace is no pod's either
+    other = (tmp_path / "200" / "ns" / "net").stat().st_ino
+    assert ConnFilter(parse_rules(rule).statements, "eth0", pods, other, host_network=False).keep(pkts).all()
+
+
+def test_verdicts_judged_again_when_the_pods_change(tmp_path):
+    e, client, pods, netns = cluster(tmp_path)
+    pkts = two_connections()
+    flt = ConnFilter(parse_rules("k8s_dst_pod == 'blocked-1'").statements, "eth0", pods, netns, False)
+    assert flt.keep(pkts).all()
+    assert flt.keep(pkts).all() and flt.cache.evaluations == 2   # cached: not judged again
+    # the remote address now belongs to another pod (a watch event)
+    e.store.apply("Pod", "remote", "DELETED", client)
+    blocked = ks.pod("blocked-1", "front", "node-b", REMOTE)
+    e.store.apply("Pod", "remote", "ADDED", blocked)
+    assert not flt.keep(pkts).any()
+    assert (flt.cache.evaluations, flt.connections, flt.packets) == (4, 2, 8)
+    assert not flt.keep(pkts).any() and flt.cache.evaluations == 4
+    e.store.apply("Pod", "remote", "DELETED", blocked)
+    assert flt.keep(pkts).all() and flt.cache.evaluations == 6
 
 
 def test_a_dropped_connection_leaves_no_chunk():
