@@ -22,7 +22,7 @@ import numpy as np
 cimport numpy as cnp
 
 from sysio cimport AF_INET, AF_INET6, INET6_ADDRSTRLEN, inet_ntop
-from dk_common cimport offset_of
+from dk_common cimport conn_key_hash, offset_of
 from dk_packet cimport dk_pkt
 from dkebpf._packets import PACKET_OUTGOING_TYPE, PKT_DTYPE
 from dkebpf._records import _dtype
@@ -453,15 +453,7 @@ cdef struct cache_entry:
 
 
 cdef inline uint64_t conn_hash(const nf_conn *c) noexcept nogil:
-    # FNV-1a over the key members
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef int i
-    for i in range(16):
-        h = (h ^ c.laddr[i]) * 1099511628211ULL
-        h = (h ^ c.raddr[i]) * 1099511628211ULL
-    h = (h ^ (<uint64_t>c.lport << 16 | c.rport)) * 1099511628211ULL
-    h = (h ^ (<uint64_t>c.vni << 16 | <uint64_t>c.proto << 8 | c.family)) * 1099511628211ULL
-    return h ^ (h >> 29)
+    return conn_key_hash(c.laddr, c.raddr, c.lport, c.rport, c.proto, c.vni)
 
 
 cdef inline bint same_conn(const nf_conn *a, const nf_conn *b) noexcept nogil:
