@@ -4,16 +4,21 @@ direction, one verdict per connection (cached, judged again when the pods
 change) applied to every packet; then through the connection table: a
 dropped connection leaves no chunk. The k8s_* fields from a real
 K8sEnrichment store (fed as the reflectors feed it) and a HOST_PROC tree."""
+import random
 import socket
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from dkebpf import _netlog, _packets
+from dkebpf import _netlog, _netlog_filter as nf, _packets
 from dkebpf.netlog.filter import parse_rules
 from dkebpf.enrich.k8s import K8sEnrichment
 from dkebpf.netlog.conn_filter import IDLE_NS, ConnFilter
 from dkebpf.netlog.k8s import NetlogK8s
+from reference.netlog_filter_ref import first_match
 from support import kube_apiserver as ks
+from support.netlog_filter_gen import connection, rules_text
 
 LOCAL, REMOTE = "10.1.0.2", "10.1.0.1"
 
@@ -145,3 +150,67 @@ def test_a_dropped_connection_leaves_no_chunk():
     assert chunks["lport"].tolist() == [80]
     assert int(chunks["rx_bytes"][0]) == 100
     assert table.counters()["new_connections"] == 1
+
+
+class _NamesByKey:
+    """A pods view (NetlogK8s's fill_names and generation) over a dict
+    connection key -> names, changed by the test as watch events would."""
+
+    def __init__(self):
+        self.generation = 0
+        self.names = {}
+
+    def fill_names(self, conns, names, netns, host_network):
+        for row in conns:
+            key = (bytes(row["laddr"]), bytes(row["raddr"]), int(row["lport"]), int(row["rport"]),
+                   int(row["proto"]), int(row["vni"]))
+            got = self.names.get(key, {})
+            for field, column in nf.NAME_COLUMNS.items():
+                if field != "nic_name":
+                    row[column] = names.intern(got.get(field, b""))
+
+
+def _packets_of(conns, rng):
+    """Both directions of every connection, interleaved, as PKT_DTYPE rows."""
+    rows = []
+    for c in conns:
+        for tx in (True, False, rng.random() < 0.5):
+            la, ra = c["laddr"].ljust(16, b"\0"), c["raddr"].ljust(16, b"\0")
+            rows.append((c, tx, la, ra))
+    rng.shuffle(rows)
+    pkts = np.zeros(len(rows), _packets.PKT_DTYPE)
+    for i, (c, tx, la, ra) in enumerate(rows):
+        pkts[i]["saddr"], pkts[i]["daddr"] = (la, ra) if tx else (ra, la)
+        pkts[i]["sport"], pkts[i]["dport"] = (c["lport"], c["rport"]) if tx else (c["rport"], c["lport"])
+        pkts[i]["family"], pkts[i]["proto"], pkts[i]["ts_ns"] = c["family"], c["proto"], i + 1
+        pkts[i]["vni"], pkts[i]["vxlan"] = c["vni"], 1 if c["vni"] else 0
+        pkts[i]["pkttype"] = _packets.PACKET_OUTGOING_TYPE if tx else 0
+    return pkts, [r[0] for r in rows]
+
+
+@settings(max_examples=200, deadline=None)
+@given(rules_text(), st.lists(connection(), min_size=1, max_size=12), st.integers(0, 2**32 - 1))
+def test_cached_verdicts_equal_the_reference_per_packet_as_names_change(text, conns, seed):
+    rng = random.Random(seed)
+    statements = parse_rules(text).statements
+    pods = _NamesByKey()
+    by_key = {}
+    for c in conns:
+        by_key.setdefault((c["laddr"].ljust(16, b"\0"), c["raddr"].ljust(16, b"\0"), c["lport"], c["rport"],
+                           c["proto"], c["vni"]), c)
+    conns = list(by_key.values())
+    flt = ConnFilter(statements, "eth0", pods)
+    for step in range(3):
+        # the names of some connections change (a pod deleted, another at its address)
+        if step:
+            pods.generation += 1
+            for c in conns:
+                if rng.random() < 0.5:
+                    for n in ("k8s_src_pod", "k8s_dst_pod", "k8s_src_namespace", "k8s_dst_namespace"):
+                        c[n] = rng.choice((b"", b"web-0", b"kube-system", b"datakit-x"))
+        pods.names = {k: dict(c) for k, c in by_key.items()}
+        pkts, order = _packets_of(conns, rng)
+        cut = rng.randrange(len(pkts) + 1)
+        got = np.concatenate([flt.keep(pkts[:cut]), flt.keep(pkts[cut:])])
+        want = [first_match(statements, dict(c, nic_name=b"eth0")) < 0 for c in order]
+        assert got.tolist() == want
