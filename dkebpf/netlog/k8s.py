@@ -13,9 +13,10 @@ share the node's IP: never found by address (the store's rule).
 Logs (``bpf_net_l4_log``, ``bpf_net_l7_log``) get the tags netflow gets
 (dkebpf.enrich.k8s: src/dst/client/server pod, namespace, service,
 workload, ``sub_source``), computed per distinct connection key of the
-batch, and, from ``--container-endpoints`` (dkebpf.enrich.containers),
-``k8s_namespace``/``k8s_pod_name``/``k8s_container_name`` of the
-interface's namespace.
+batch, and ``k8s_namespace``/``k8s_pod_name``/``k8s_container_name`` of
+the interface's namespace (the original's tags of a container NIC): from
+``--container-endpoints`` (dkebpf.enrich.containers), else the pod and
+namespace of the namespace's pod.
 
 ``generation`` changes whenever the answer for some connection may have:
 the store's pod generation plus a count of changes of a namespace's pod.
@@ -126,8 +127,23 @@ class NetlogK8s:
 
     # ------------------------------------------------------------ the logs' tags
     def tag_names(self):
-        names = self.k8s.tag_names() if self.k8s is not None else []
-        return names + (list(RUNTIME_TAGS) if self.runtimes is not None else [])
+        """The tags log_tags() adds (none without Kubernetes data or runtimes)."""
+        if self.k8s is None and self.runtimes is None:
+            return []
+        return (self.k8s.tag_names() if self.k8s is not None else []) + list(RUNTIME_TAGS)
+
+    def interface_names(self, inode):
+        """k8s_namespace, k8s_pod_name, k8s_container_name of an interface in
+        the network namespace inode (not the host's): what a container
+        runtime says, else the namespace's pod as the API says (no container
+        name then: a pod's containers share the namespace)."""
+        got = self.runtimes.names(inode) if self.runtimes is not None else {}
+        if "k8s_pod_name" not in got and self.k8s is not None:
+            row = self.netns_pod(inode)[1]
+            if row >= 0:
+                ns, pod = self.k8s.store.names(np.array([row]))[0]
+                got = dict(got, k8s_namespace=ns, k8s_pod_name=pod)
+        return got
 
     def log_tags(self, batch):
         """A bpf_net_l4_log or bpf_net_l7_log RecordBatch (as l4_batch and
@@ -153,10 +169,9 @@ class NetlogK8s:
             }
             self.k8s.add_tags(tagged)
             cols.update({k: tagged[k] for k in self.k8s.tag_names()})
-        if self.runtimes is not None:
-            per_ns = [self.runtimes.names(int(ns)) if ns not in host else {} for ns in uniq.to_pylist()]
-            for tag in RUNTIME_TAGS:
-                cols[tag] = pa.array([n.get(tag) for n in per_ns], pa.string()).take(at)
+        per_ns = [self.interface_names(int(ns)) if ns not in host else {} for ns in uniq.to_pylist()]
+        for tag in RUNTIME_TAGS:
+            cols[tag] = pa.array([n.get(tag) for n in per_ns], pa.string()).take(at)
         for name, col in cols.items():
             batch = batch.append_column(name, col)
         return batch

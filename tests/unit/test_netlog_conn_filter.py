@@ -214,3 +214,28 @@ def test_cached_verdicts_equal_the_reference_per_packet_as_names_change(text, co
         got = np.concatenate([flt.keep(pkts[:cut]), flt.keep(pkts[cut:])])
         want = [first_match(statements, dict(c, nic_name=b"eth0")) < 0 for c in order]
         assert got.tolist() == want
+
+
+def test_log_tags_local_pod_by_namespace_remote_by_address(tmp_path):
+    import pyarrow as pa
+    _e, _client, pods, netns = cluster(tmp_path)
+    rows = [  # (netns, host_network, local ip, remote ip, remote port, direction)
+        (str(netns), "false", LOCAL, REMOTE, "40000", "incoming"),
+        (str(netns), "false", LOCAL, REMOTE, "80", "unknown"),
+        ("4026531840", "true", LOCAL, REMOTE, "80", "outgoing"),   # the host's: local by address, none
+    ]
+    cols = dict(zip(("netns", "host_network", "src_ip", "dst_ip", "dst_port", "direction"), zip(*rows)))
+    batch = pa.RecordBatch.from_pydict({**{k: pa.array(v, pa.string()) for k, v in cols.items()},
+                                        "l4_proto": pa.array(["tcp"] * 3), "chunk_id": pa.array([1, 2, 3])})
+    out = pods.log_tags(batch).to_pydict()
+    assert set(pods.tag_names()) <= set(out)
+    assert out["src_k8s_pod_name"] == ["web-0", "web-0", "N/A"]
+    assert out["dst_k8s_pod_name"] == ["client-1"] * 3 and out["dst_k8s_namespace"] == ["front"] * 3
+    assert out["server_k8s_pod_name"] == ["web-0", "client-1", "client-1"]   # unknown: local is the client
+    assert out["client_k8s_pod_name"] == ["client-1", "web-0", "N/A"]
+    assert out["sub_source"] == ["K8s"] * 3
+    # the interface's own pod (no runtime socket: from the API, no container name)
+    assert out["k8s_pod_name"] == ["web-0", "web-0", None] and out["k8s_namespace"] == ["shop", "shop", None]
+    assert out["k8s_container_name"] == [None] * 3
+    assert out["chunk_id"] == [1, 2, 3]
+    assert NetlogK8s(None).log_tags(batch) is batch and NetlogK8s(None).tag_names() == []
