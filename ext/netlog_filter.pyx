@@ -470,26 +470,40 @@ cdef class VerdictCache:
     however many packets it has in the batch); after ``settle`` gives
     their verdicts, ``keep`` says per packet whether it stays and counts
     what is dropped. ``expire`` forgets connections idle for idle_ns.
-    Holds at most ``capacity`` connections: a batch that would not fit
-    empties the cache first (counted in ``resets``; the connections are
-    judged again)."""
+    Holds at most ``capacity`` connections, in tables that start small and
+    double as connections come (an interface of a quiet pod costs a few
+    KiB): a batch that would not fit in ``capacity`` empties the cache first
+    (counted in ``resets``; the connections are judged again)."""
     cdef cache_entry *entries
     cdef int32_t *slots
-    cdef uint32_t n, cap, nslots
+    cdef uint32_t n, cap, max_cap, nslots
     cdef readonly uint64_t evaluations, resets, dropped_packets, dropped_connections
 
-    def __cinit__(self, uint32_t capacity=65536):
+    def __cinit__(self, uint32_t capacity=65536, uint32_t initial=256):
         if capacity == 0:
             raise ValueError("capacity must be positive")
-        self.cap = capacity
-        self.nslots = 1
-        while self.nslots < 2 * capacity:
-            self.nslots <<= 1
-        self.entries = <cache_entry *>malloc(capacity * sizeof(cache_entry))
-        self.slots = <int32_t *>malloc(self.nslots * sizeof(int32_t))
-        if self.entries == NULL or self.slots == NULL:
+        self.max_cap = capacity
+        self.entries = NULL
+        self.slots = NULL
+        self.n = 0
+        self._grow(min(initial, capacity))
+
+    cdef int _grow(self, uint32_t cap) except -1:
+        """Tables for cap entries (2 slots or more each), entries kept."""
+        cdef uint32_t nslots = 1
+        while nslots < 2 * cap:
+            nslots <<= 1
+        cdef void *e = realloc(self.entries, cap * sizeof(cache_entry))
+        if e == NULL:
             raise MemoryError()
-        self._clear()
+        self.entries = <cache_entry *>e
+        cdef void *sl = realloc(self.slots, nslots * sizeof(int32_t))
+        if sl == NULL:
+            raise MemoryError()
+        self.slots = <int32_t *>sl
+        self.cap, self.nslots = cap, nslots
+        self._reindex()
+        return 0
 
     def __dealloc__(self):
         free(self.entries)
@@ -515,11 +529,14 @@ cdef class VerdictCache:
         """(entry per packet, entries to evaluate), both int32 arrays."""
         pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
         cdef Py_ssize_t i, n = len(pkts)
-        if n > self.cap:
-            raise ValueError(f"a batch of {n} packets is more than the cache holds ({self.cap})")
+        if n > self.max_cap:
+            raise ValueError(f"a batch of {n} packets is more than the cache holds ({self.max_cap})")
         if self.n + n > self.cap:
-            self.resets += 1
-            self._clear()
+            if self.n + n <= self.max_cap:
+                self._grow(min(self.max_cap, max(2 * self.cap, <uint32_t>(self.n + n))))
+            else:
+                self.resets += 1
+                self._clear()
         cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
         slots_out = np.empty(n, np.int32)
         todo_out = np.empty(n, np.int32)
