@@ -472,8 +472,9 @@ cdef class VerdictCache:
     what is dropped. ``expire`` forgets connections idle for idle_ns.
     Holds at most ``capacity`` connections, in tables that start small and
     double as connections come (an interface of a quiet pod costs a few
-    KiB): a batch that would not fit in ``capacity`` empties the cache first
-    (counted in ``resets``; the connections are judged again)."""
+    KiB): a batch that might not fit (cached connections + its packets >
+    ``capacity``) empties the cache first (counted in ``resets``; the
+    connections are judged again)."""
     cdef cache_entry *entries
     cdef int32_t *slots
     cdef uint32_t n, cap, max_cap, nslots

@@ -239,3 +239,19 @@ def test_log_tags_local_pod_by_namespace_remote_by_address(tmp_path):
     assert out["k8s_container_name"] == [None] * 3
     assert out["chunk_id"] == [1, 2, 3]
     assert NetlogK8s(None).log_tags(batch) is batch and NetlogK8s(None).tag_names() == []
+
+
+def test_cache_grows_then_starts_anew_when_full():
+    pkts = np.zeros(12, _packets.PKT_DTYPE)
+    for i in range(12):   # twelve connections, one packet each
+        packet(pkts, i, True, 1000 + i, 80, 0x10, 1, 1)
+    statements = parse_rules("src_port >= 1006").statements
+    flt = ConnFilter(statements, "eth0", capacity=8)
+    assert flt.keep(pkts[:2]).all() and len(flt.cache) == 2
+    assert flt.keep(pkts[2:7]).tolist() == [True] * 4 + [False]    # grown from 2 to 7 entries
+    assert (len(flt.cache), flt.cache.resets, flt.cache.evaluations) == (7, 0, 7)
+    # 7 cached + 2 packets might be 9 connections, more than 8: emptied first
+    assert flt.keep(pkts[7:9]).tolist() == [False] * 2
+    assert (len(flt.cache), flt.cache.resets) == (2, 1)
+    # a batch longer than the capacity is judged in parts, every packet still
+    assert flt.keep(pkts).tolist() == [True] * 6 + [False] * 6
