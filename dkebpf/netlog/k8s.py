@@ -44,6 +44,7 @@ class NetlogK8s:
         self.runtimes = runtimes
         self._netns = {}      # inode -> (pid, pod row, store generation, monotonic time checked)
         self._epoch = 0       # +1 when a namespace's pod changed
+        self._scan = None     # (monotonic time, {netns inode: [pids]})
 
     def start(self):
         if self.runtimes is not None:
@@ -93,17 +94,24 @@ class NetlogK8s:
             row = self._pod_of_pid(last_pid)
             if row >= 0:
                 return last_pid, row
-        tried = 0
-        for pid in _pids(self.proc):
-            if pid == last_pid or _netns_of(self.proc, pid) != inode:
-                continue
+        for pid in self._processes().get(inode, ())[:SCAN_MAX_PIDS]:
             row = self._pod_of_pid(pid)
             if row >= 0:
                 return pid, row
-            tried += 1
-            if tried >= SCAN_MAX_PIDS:
-                break
         return 0, -1
+
+    def _processes(self):
+        """{netns inode: [pids]} of every process under HOST_PROC, one walk
+        shared by all namespaces, at most every NETNS_RECHECK_S."""
+        now = time.monotonic()
+        if self._scan is None or now - self._scan[0] >= NETNS_RECHECK_S:
+            found = {}
+            for pid in _pids(self.proc):
+                ino = _netns_of(self.proc, pid)
+                if ino is not None:
+                    found.setdefault(ino, []).append(pid)
+            self._scan = (now, found)
+        return self._scan[1]
 
     # ------------------------------------------------------------ the filter's names
     def fill_names(self, conns, names, netns, host_network):
