@@ -17,6 +17,7 @@ counter stays at a few per connection); the missing endpoint is one
 warning."""
 import http.client
 import re
+import socket
 import subprocess
 import time
 import urllib.request
@@ -42,6 +43,12 @@ k8s_dst_pod == 'blocked-1'   # anything from that pod"""
 SIDE = ("k8s_namespace", "k8s_pod_name")
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def metrics(port):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     values = {}
@@ -59,7 +66,7 @@ def test_pod_tags_runtime_names_and_per_connection_verdicts(collector, receiver,
     cid = uuid.uuid4().hex * 2
     sock = str(tmp_path / "docker.sock")
     missing = f"unix://{tmp_path}/absent/containerd.sock"
-    metrics_port = 19000 + uuid.uuid4().int % 1000
+    metrics_port = free_port()
     with NetNS() as ns, ks.for_collector(tmp_path) as api:
         web = api.add(ks.pod("web-0", "shop", NODE, ns.peer_ip, container_ids=[cid]))
         client = api.add(ks.pod("client-1", "front", "other-node", ns.host_ip))
