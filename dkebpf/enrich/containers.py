@@ -186,7 +186,7 @@ class ContainerRuntimes:
         return cls(endpoints, cfg.host_proc, logger=logger)
 
     def start(self):
-        self.refresh()
+        # the first answer on the thread too: a socket that hangs delays no start-up
         self._thread = threading.Thread(target=self._run, name="container-runtimes", daemon=True)
         self._thread.start()
 
@@ -196,8 +196,10 @@ class ContainerRuntimes:
             self._thread.join(TIMEOUT_S * 3)
 
     def _run(self):
-        while not self._stop.wait(self.refresh_s):
+        while True:
             self.refresh()
+            if self._stop.wait(self.refresh_s):
+                return
 
     def refresh(self, now=None):
         now = time.monotonic() if now is None else now

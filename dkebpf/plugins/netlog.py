@@ -60,7 +60,7 @@ from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PART
 from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, NetflowPlugin
 
 try:
-    from .. import _http, _netlog, _netlog_filter, _packets
+    from .. import _http, _netlog, _packets
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
