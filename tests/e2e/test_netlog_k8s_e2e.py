@@ -136,6 +136,13 @@ def test_pod_tags_runtime_names_and_per_connection_verdicts(collector, receiver,
         assert (t["k8s_namespace"], t["k8s_pod_name"], t["k8s_container_name"]) == ("shop", "web-0", "web"), t
         extra = [k for k in t if re.match(r"(client|server)_k8s_|(src|dst)_k8s_workload_", k)] + ["team", "env"]
         check_record(r, extra_tags=extra)
+    # bpf-netlog's netflow and httpflow: the same pods, by address
+    flows = [r.point for r in receiver.records if r.input in ("bpf-netlog/netflow", "bpf-netlog/httpflow")
+             and r.point.tags.get("server_port") == str(KEPT)]
+    assert {p.measurement for p in flows} == {"netflow", "httpflow"}
+    for p in flows:
+        assert tuple(p.tags.get(f"server_{k}") for k in SIDE) == ("shop", "web-0"), p.tags
+        assert tuple(p.tags.get(f"client_{k}") for k in SIDE) == ("front", "client-1"), p.tags
     # per connection, not per packet: three connections judged once, the keep-alive one once more
     # when the pods changed (the DROPPED one dropped in user space, so counted)
     assert metric(values, "filter_evaluations") <= 5, values
