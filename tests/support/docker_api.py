@@ -4,9 +4,10 @@ AF_UNIX) answering the subset the collector asks for, with objects shaped
 like the Docker Engine API reference's (v1.43: ContainerSummary of
 GET /containers/json, ContainerInspectResponse of GET
 /containers/{id}/json; unversioned paths, as the daemon serves them).
-No Docker daemon can run on this VM (no images can be pulled), so the
-stand-in serves the running containers the test describes, whose Pid are
-real processes."""
+No runtime can start a container on the test VM (Debian's Podman 4.3.1
+installs, but crun's setrlimit fails without CAP_SYS_RESOURCE; no image can
+be pulled either), so the stand-in serves the running containers the test
+describes, whose Pid are real processes."""
 import json
 import os
 import re
