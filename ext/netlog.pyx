@@ -27,7 +27,7 @@ import numpy as np
 cimport numpy as cnp
 
 from dk_packet cimport dk_pkt
-from dk_common cimport offset_of
+from dk_common cimport offset_of, conn_key_hash as key_hash
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
 from dkebpf._packets import PKT_DTYPE
 from dkebpf._records import _dtype
@@ -238,19 +238,6 @@ cdef inline void seq_widen(uint32_t *lo, uint32_t *hi, uint32_t s, bint first) n
         lo[0] = s
     elif seq_lt(hi[0], s):
         hi[0] = s
-
-
-cdef inline uint64_t key_hash(const uint8_t *la, const uint8_t *ra, uint16_t lp, uint16_t rp,
-                              uint8_t proto, uint32_t vni) noexcept nogil:
-    # FNV-1a over the key
-    cdef uint64_t h = 1469598103934665603ULL
-    cdef int i
-    for i in range(16):
-        h = (h ^ la[i]) * 1099511628211ULL
-        h = (h ^ ra[i]) * 1099511628211ULL
-    h = (h ^ (<uint64_t>lp << 16 | rp)) * 1099511628211ULL
-    h = (h ^ (<uint64_t>vni << 8 | proto)) * 1099511628211ULL
-    return h ^ (h >> 29)
 
 
 cdef class ConnTable:

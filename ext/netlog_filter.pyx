@@ -9,17 +9,22 @@ the first statement that is true, or -1. Strings never sit on the stack:
 the checker only lets fields and literals be strings, so string operations
 name their operands directly. Names (interface, pods, namespaces) are ids
 into a ``StringTable``, interned once per distinct name, not per packet.
-The verdict is meant to be cached on the connection and recomputed when
-the Kubernetes data behind its ids changes."""
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, int32_t, int64_t
+
+``VerdictCache`` keeps the verdict per connection of one interface: a
+packet of a connection whose verdict was computed at the current
+Kubernetes generation costs one hash lookup; only new connections, and
+those whose verdict predates a change of the pods, are evaluated again."""
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcmp, memcpy, strlen
+from libc.string cimport memcmp, memcpy, memset, strlen
 
 import numpy as np
 cimport numpy as cnp
 
 from sysio cimport AF_INET, AF_INET6, INET6_ADDRSTRLEN, inet_ntop
-from dk_common cimport offset_of
+from dk_common cimport conn_key_hash, offset_of
+from dk_packet cimport dk_pkt
+from dkebpf._packets import PACKET_OUTGOING_TYPE, PKT_DTYPE
 from dkebpf._records import _dtype
 from dkebpf.netlog.filter import Call, Field, Lit, Not, network_contains, parse_network
 
@@ -433,3 +438,217 @@ cdef class ConnFilter:
         finally:
             free(stack)
         return out
+
+
+cdef enum:
+    GEN_QUEUED = 0xFFFFFFFF  # cache_entry.gen while lookup() has listed it for evaluation
+    GEN_MASK = 0x7FFFFFFF    # generations given are taken modulo 2**31 (never GEN_QUEUED)
+
+
+cdef struct cache_entry:
+    nf_conn conn             # the key (addresses, ports, proto, family, vni) and the names it was judged with
+    uint64_t last_ns         # capture time of its last packet
+    uint32_t gen             # the Kubernetes generation of the verdict (GEN_QUEUED: being evaluated)
+    int32_t verdict          # first true statement, -1 keep (also before the first evaluation)
+
+
+cdef inline uint64_t conn_hash(const nf_conn *c) noexcept nogil:
+    return conn_key_hash(c.laddr, c.raddr, c.lport, c.rport, c.proto, c.vni)
+
+
+cdef inline bint same_conn(const nf_conn *a, const nf_conn *b) noexcept nogil:
+    return a.lport == b.lport and a.rport == b.rport and a.proto == b.proto and a.family == b.family \
+        and a.vni == b.vni and memcmp(a.laddr, b.laddr, 16) == 0 and memcmp(a.raddr, b.raddr, 16) == 0
+
+
+cdef class VerdictCache:
+    """Verdicts per connection of one interface, keyed as the connection
+    table keys them (local/remote by the packet's direction, VNI).
+
+    ``lookup(pkts, generation)`` gives each packet its entry and lists the
+    entries to evaluate (new, or judged at another generation; each once
+    however many packets it has in the batch); after ``settle`` gives
+    their verdicts, ``keep`` says per packet whether it stays and counts
+    what is dropped. ``expire`` forgets connections idle for idle_ns.
+    Holds at most ``capacity`` connections, in tables that start small and
+    double as connections come (an interface of a quiet pod costs a few
+    KiB): a batch that might not fit (cached connections + its packets >
+    ``capacity``) empties the cache first (counted in ``resets``; the
+    connections are judged again)."""
+    cdef cache_entry *entries
+    cdef int32_t *slots
+    cdef uint32_t n, cap, max_cap, nslots
+    cdef readonly uint64_t evaluations, resets, dropped_packets, dropped_connections
+
+    def __cinit__(self, uint32_t capacity=65536, uint32_t initial=256):
+        if capacity == 0:
+            raise ValueError("capacity must be positive")
+        self.max_cap = capacity
+        self.entries = NULL
+        self.slots = NULL
+        self.n = 0
+        self._grow(min(initial, capacity))
+
+    cdef int _grow(self, uint32_t cap) except -1:
+        """Tables for cap entries (2 slots or more each), entries kept."""
+        cdef uint32_t nslots = 1
+        while nslots < 2 * cap:
+            nslots <<= 1
+        cdef void *e = realloc(self.entries, cap * sizeof(cache_entry))
+        if e == NULL:
+            raise MemoryError()
+        self.entries = <cache_entry *>e
+        cdef void *sl = realloc(self.slots, nslots * sizeof(int32_t))
+        if sl == NULL:
+            raise MemoryError()
+        self.slots = <int32_t *>sl
+        self.cap, self.nslots = cap, nslots
+        self._reindex()
+        return 0
+
+    def __dealloc__(self):
+        free(self.entries)
+        free(self.slots)
+
+    def __len__(self):
+        return self.n
+
+    cdef void _clear(self) noexcept nogil:
+        self.n = 0
+        memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
+
+    cdef void _reindex(self) noexcept nogil:
+        cdef uint32_t i, s
+        memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
+        for i in range(self.n):
+            s = conn_hash(&self.entries[i].conn) & (self.nslots - 1)
+            while self.slots[s] >= 0:
+                s = (s + 1) & (self.nslots - 1)
+            self.slots[s] = i
+
+    def lookup(self, pkts, uint32_t generation):
+        """(entry per packet, entries to evaluate), both int32 arrays."""
+        pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
+        cdef Py_ssize_t i, n = len(pkts)
+        if n > self.max_cap:
+            raise ValueError(f"a batch of {n} packets is more than the cache holds ({self.max_cap})")
+        if self.n + n > self.cap:
+            if self.n + n <= self.max_cap:
+                self._grow(min(self.max_cap, max(2 * self.cap, <uint32_t>(self.n + n))))
+            else:
+                self.resets += 1
+                self._clear()
+        cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
+        slots_out = np.empty(n, np.int32)
+        todo_out = np.empty(n, np.int32)
+        cdef int32_t[::1] slot_of = slots_out
+        cdef int32_t[::1] todo = todo_out
+        cdef Py_ssize_t ntodo = 0
+        cdef nf_conn key
+        cdef cache_entry *e
+        cdef bint tx
+        cdef uint32_t s
+        cdef uint8_t out_type = PACKET_OUTGOING_TYPE
+        generation &= GEN_MASK
+        with nogil:
+            for i in range(n):
+                tx = p[i].pkttype == out_type
+                memset(&key, 0, sizeof(nf_conn))
+                memcpy(key.laddr, &p[i].saddr[0] if tx else &p[i].daddr[0], 16)
+                memcpy(key.raddr, &p[i].daddr[0] if tx else &p[i].saddr[0], 16)
+                key.lport = p[i].sport if tx else p[i].dport
+                key.rport = p[i].dport if tx else p[i].sport
+                key.vni = p[i].vni if p[i].vxlan else 0
+                key.family = p[i].family
+                key.proto = p[i].proto
+                s = conn_hash(&key) & (self.nslots - 1)
+                while self.slots[s] >= 0 and not same_conn(&self.entries[self.slots[s]].conn, &key):
+                    s = (s + 1) & (self.nslots - 1)
+                if self.slots[s] < 0:
+                    self.slots[s] = self.n
+                    e = &self.entries[self.n]
+                    self.n += 1
+                    memcpy(&e.conn, &key, sizeof(nf_conn))
+                    e.verdict = -1
+                    e.gen = GEN_QUEUED
+                    e.last_ns = 0
+                    todo[ntodo] = self.slots[s]
+                    ntodo += 1
+                else:
+                    e = &self.entries[self.slots[s]]
+                slot_of[i] = self.slots[s]
+                if e.last_ns < p[i].ts_ns:
+                    e.last_ns = p[i].ts_ns
+                if e.gen != generation and e.gen != GEN_QUEUED:
+                    # judged before the pods last changed: again (its verdict stays until settle())
+                    e.gen = GEN_QUEUED
+                    todo[ntodo] = self.slots[s]
+                    ntodo += 1
+        return slots_out, todo_out[:ntodo].copy()
+
+    def connections(self, entries):
+        """CONN_DTYPE rows of these entries, to fill names in and evaluate."""
+        cdef int32_t[::1] idx = np.ascontiguousarray(entries, np.int32)
+        out = np.empty(len(idx), CONN_DTYPE)
+        cdef nf_conn *dst = <nf_conn *>cnp.PyArray_DATA(out)
+        cdef Py_ssize_t i
+        for i in range(len(idx)):
+            if not 0 <= idx[i] < self.n:
+                raise IndexError(idx[i])
+            memcpy(&dst[i], &self.entries[idx[i]].conn, sizeof(nf_conn))
+        return out
+
+    def settle(self, entries, conns, verdicts, uint32_t generation):
+        """Store the verdicts of the entries lookup() listed (conns: their
+        rows with the names they were judged with); a connection that
+        starts being dropped counts in dropped_connections."""
+        cdef int32_t[::1] idx = np.ascontiguousarray(entries, np.int32)
+        cdef int32_t[::1] v = np.ascontiguousarray(verdicts, np.int32)
+        conns = np.ascontiguousarray(conns, CONN_DTYPE)
+        cdef const nf_conn *cs = <const nf_conn *>cnp.PyArray_DATA(conns)
+        cdef Py_ssize_t i
+        cdef cache_entry *e
+        if len(idx) != len(v) or len(idx) != len(conns):
+            raise ValueError("entries, conns and verdicts differ in length")
+        for i in range(len(idx)):
+            if not 0 <= idx[i] < self.n:
+                raise IndexError(idx[i])
+            e = &self.entries[idx[i]]
+            if v[i] >= 0 and e.verdict < 0:
+                self.dropped_connections += 1
+            memcpy(&e.conn, &cs[i], sizeof(nf_conn))
+            e.verdict = v[i]
+            e.gen = generation & GEN_MASK
+        self.evaluations += len(idx)
+
+    def keep(self, slots):
+        """Per packet (its entry from lookup()), True unless its connection
+        is dropped; counts the dropped packets."""
+        cdef int32_t[::1] s = np.ascontiguousarray(slots, np.int32)
+        out = np.empty(len(s), np.bool_)
+        cdef cnp.npy_bool[::1] k = out
+        cdef Py_ssize_t i
+        cdef uint64_t dropped = 0
+        cdef int32_t verdict
+        for i in range(len(s)):
+            if not 0 <= s[i] < self.n:
+                raise IndexError(s[i])
+        with nogil:
+            for i in range(len(s)):
+                verdict = self.entries[s[i]].verdict
+                k[i] = verdict < 0
+                dropped += verdict >= 0
+        self.dropped_packets += dropped
+        return out
+
+    def expire(self, uint64_t now_ns, uint64_t idle_ns):
+        """Forget the connections without a packet for idle_ns."""
+        cdef uint32_t i, kept = 0
+        with nogil:
+            for i in range(self.n):
+                if self.entries[i].last_ns + idle_ns > now_ns:
+                    if kept != i:
+                        memcpy(&self.entries[kept], &self.entries[i], sizeof(cache_entry))
+                    kept += 1
+            self.n = kept
+            self._reindex()

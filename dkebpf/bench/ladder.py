@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Dict, List
 
 from ..errors import ConfigError
+from ..pairs import parse_pairs
 from .collector import Collector, CollectorError, losses
 from .load import LOAD_KINDS, Drive
 
@@ -38,12 +39,8 @@ class Level:
 def parse_levels(specs: List[str]) -> Dict[str, List[float]]:
     """['http=1000,5000,max', 'dns=500'] -> {kind: [rates]}."""
     out = {}
-    for spec in specs:
-        kind, sep, rates = spec.partition("=")
-        kind = kind.strip()
-        if not sep or kind not in LOAD_KINDS:
-            raise ConfigError(f'invalid --levels "{spec}": write KIND=RATE,RATE,... with KIND one of '
-                              f'{", ".join(LOAD_KINDS)}')
+    for kind, rates in parse_pairs(specs, "--levels", LOAD_KINDS, "KIND=RATE,RATE,...").items():
+        spec = f"{kind}={rates}"
         vals = []
         for r in filter(None, (x.strip() for x in rates.split(","))):
             try:

@@ -15,6 +15,7 @@ from typing import Dict, List
 import numpy as np
 
 from ..errors import ConfigError
+from ..pairs import parse_pairs
 
 MiB = 1024 * 1024
 # --res-cpu / --res-mem for a peak: the prediction plus the largest residual,
@@ -70,12 +71,8 @@ def parse_peak(text: str) -> Dict[str, float]:
     """'http=50000,conn=2000,dns=500' -> {kind: operations/s}."""
     from .load import LOAD_KINDS
     out = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        kind, sep, value = part.partition("=")
-        kind = kind.strip()
-        if not sep or kind not in LOAD_KINDS:
-            raise ConfigError(f'invalid --peak "{text}": each item is KIND=RATE with KIND one of '
-                              f'{", ".join(LOAD_KINDS)} (got "{part}")')
+    parts = filter(None, (p.strip() for p in text.split(",")))
+    for kind, value in parse_pairs(parts, "--peak", LOAD_KINDS, "KIND=RATE", quote_whole=text).items():
         try:
             rate = float(value)
         except ValueError:

@@ -70,7 +70,7 @@ FIELDS = {f.name: f for f in (
     FieldSpec("ip6_daddr", STR, HEADER, 'remote IPv6 address, "" on IPv4'),
     FieldSpec("vni", INT, HEADER, "VXLAN network identifier, 0 when not VXLAN"),
     FieldSpec("nic_name", STR, SOCKET, "name of the interface the packet was captured on"),
-    FieldSpec("k8s_src_pod", STR, CONN, "pod whose IP is the local address"),
+    FieldSpec("k8s_src_pod", STR, CONN, "pod owning the interface's network namespace, else the local address"),
     FieldSpec("k8s_dst_pod", STR, CONN, "pod whose IP is the remote address"),
     FieldSpec("k8s_src_namespace", STR, CONN, "namespace of k8s_src_pod"),
     FieldSpec("k8s_dst_namespace", STR, CONN, "namespace of k8s_dst_pod"),

@@ -7,6 +7,7 @@ import ipaddress
 import sys
 
 from ..errors import ConfigError
+from ..pairs import parse_pairs
 from .filter import ADDRESS_FIELDS, BOOL, FIELDS, INT, parse_rules
 from .filter_cbpf import socket_filter
 
@@ -20,16 +21,7 @@ def _connection(pairs):
     from .. import _netlog_filter as nf
     import numpy as np
 
-    given = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        name = name.strip()
-        if not sep or name not in FIELDS:
-            raise ConfigError(f'invalid --match "{pair}": field=value with a field among '
-                              f'{", ".join(FIELDS)}')
-        if name in given:
-            raise ConfigError(f'invalid --match "{pair}": {name} given twice')
-        given[name] = value
+    given = parse_pairs(pairs, "--match", FIELDS, "FIELD=VALUE")
     conn = np.zeros(1, nf.CONN_DTYPE)
     names = nf.StringTable()
 

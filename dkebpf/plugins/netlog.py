@@ -10,9 +10,11 @@ FilterError (line, column, caret), which keeps bpf-netlog from starting
 while the other plugins run. The statements classic BPF cannot run (pod
 and namespace fields, text functions on addresses, what did not fit), and
 the others for the packets the program passes untested, are evaluated in
-user space by the Cython ConnFilter on each batch of packets before they
-reach the connection table, so a dropped connection is in no log and no
-netflow/httpflow point.
+user space once per connection (dkebpf/netlog/conn_filter.py, the verdict
+cached and judged again when the pods change) before the packets reach the
+connection table, so a dropped connection is in no log and no
+netflow/httpflow point. Pods and containers (log tags, k8s_* fields):
+dkebpf/netlog/k8s.py.
 
 Namespaces are every distinct ``/proc/<pid>/ns/net`` under HOST_PROC
 (whatever started the process: no container runtime is asked), rescanned
@@ -44,10 +46,13 @@ import pyarrow.compute as pc
 
 from .. import kernel
 from ..enrich.addr import LocalAddressResolver, format_addrs
+from ..enrich.containers import ContainerRuntimes
 from ..enrich.k8s import k8s_tag_names
 from ..errors import BuildError
+from ..netlog.conn_filter import ConnFilter
 from ..netlog.filter import parse_rules
 from ..netlog.filter_cbpf import socket_filter
+from ..netlog.k8s import NetlogK8s
 from ..packetfilter import NETLOG_SNAPLEN, netlog_filter
 from .base import Plugin, PointBatch
 from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
@@ -55,7 +60,7 @@ from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PART
 from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, NetflowPlugin
 
 try:
-    from .. import _http, _netlog, _netlog_filter, _packets
+    from .. import _http, _netlog, _packets
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -151,60 +156,6 @@ def choose_nics(nics, host_network, pattern, virtual_names):
     return [n for n in nics if n.up and n.name != "lo"]
 
 
-class ConnFilter:
-    """netlog_blacklist in user space for one interface: the Cython
-    evaluator over a batch of packets (one CONN_DTYPE row per packet, built
-    with numpy: no Python object per packet), before the connection table.
-
-    k8s_src_pod, k8s_dst_pod, k8s_src_namespace and k8s_dst_namespace are
-    evaluated as empty names: bpf-netlog does not look the packets'
-    addresses up in ctx.k8s yet (its ClusterStore.pod_rows_by_ip would
-    serve), so a statement needing a pod or namespace name to match never
-    drops. Evaluated per batch, not cached per connection: a verdict cannot
-    go stale when Kubernetes data changes."""
-
-    def __init__(self, statements, nic_name):
-        self.evaluator = _netlog_filter.ConnFilter(statements)
-        self.names = _netlog_filter.StringTable()
-        self.nic_id = self.names.intern(nic_name)
-        self.empty_id = self.names.intern("")
-        self.packets = 0        # dropped
-        self.connections = 0    # dropped, each counted once while it keeps sending
-        self._dropped = set()   # keys of the dropped connections seen this interval
-        self._dropped_before = set()
-
-    def interval(self):
-        """A connection dropped in neither this interval nor the last one
-        is forgotten (the set stays as small as the dropped traffic)."""
-        self._dropped_before, self._dropped = self._dropped, set()
-
-    def keep(self, pkts):
-        """Per packet, True when no statement drops its connection; counts
-        the packets and connections dropped (one Python object per distinct
-        connection of a batch, not per packet)."""
-        tx = pkts["pkttype"] == _packets.PACKET_OUTGOING_TYPE
-        conns = np.zeros(len(pkts), _netlog_filter.CONN_DTYPE)
-        conns["laddr"] = np.where(tx, pkts["saddr"], pkts["daddr"])
-        conns["raddr"] = np.where(tx, pkts["daddr"], pkts["saddr"])
-        conns["lport"] = np.where(tx, pkts["sport"], pkts["dport"])
-        conns["rport"] = np.where(tx, pkts["dport"], pkts["sport"])
-        conns["vni"] = np.where(pkts["vxlan"] == 1, pkts["vni"], 0)
-        conns["family"] = pkts["family"]
-        conns["proto"] = pkts["proto"]
-        conns["nic"] = self.nic_id
-        for col in ("src_pod", "dst_pod", "src_ns", "dst_ns"):
-            conns[col] = self.empty_id
-        keep = self.evaluator.verdicts(conns, self.names) < 0
-        dropped = conns[~keep]
-        if len(dropped):
-            self.packets += len(dropped)
-            for key in np.unique(dropped.view(np.dtype((np.void, dropped.dtype.itemsize)))).tolist():
-                if key not in self._dropped and key not in self._dropped_before:
-                    self.connections += 1
-                self._dropped.add(key)
-        return keep
-
-
 class NicCapture:
     """One interface of one namespace: its packet ring and connections."""
 
@@ -218,8 +169,9 @@ class NicCapture:
         self.conn_filter = conn_filter
 
     @classmethod
-    def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True):
-        """rules: the parsed netlog_blacklist, or None for no filter."""
+    def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None):
+        """rules: the parsed netlog_blacklist, or None for no filter; pods:
+        the NetlogK8s its k8s_* fields are looked up in."""
         conn_filter = None
         if rules is None:
             code = netlog_filter()
@@ -228,7 +180,7 @@ class NicCapture:
             if rules.statements:
                 # every statement, not only those the program left over: the program also hands
                 # over, untested, IPv4 fragments after the first and IPv6 with extension headers
-                conn_filter = ConnFilter(rules.statements, nic.name)
+                conn_filter = ConnFilter(rules.statements, nic.name, pods, netns, host_network)
         with in_netns(netns_path):
             ifindex = socket.if_nametoindex(nic.name)
             ring = _packets.PacketRing(code, block_size=BLOCK_SIZE,
@@ -272,6 +224,8 @@ class NetlogPlugin(Plugin):
         self.follow_http = "http" in self.cfg.netlog_protocols
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.resolver = LocalAddressResolver()   # never asked: packets always carry both addresses
+        # pods and containers: tags of the logs, the filter's k8s_* fields (dkebpf/netlog/k8s.py)
+        self.pods = NetlogK8s(ctx.k8s, self.proc, ContainerRuntimes.from_config(self.cfg, self.log))
         self.captures = {}          # (netns inode, nic name) -> NicCapture
         self.epoll = select.epoll()
         self.by_fd = {}
@@ -289,6 +243,7 @@ class NetlogPlugin(Plugin):
 
     def start(self):
         self.epoll.register(self._tick_r.fileno(), select.EPOLLIN)
+        self.pods.start()
         self.rescan()
         self._ticker = threading.Thread(target=self._tick, name="netlog-rescan", daemon=True)
         self._ticker.start()
@@ -342,11 +297,12 @@ class NetlogPlugin(Plugin):
                 wanted[(ino, nic.name)] = (path, nic, host)
         for key in [k for k in self.captures if k not in wanted]:
             self._close(key)
+        self.pods.forget({ino for ino, _nic in wanted})
         for key, (path, nic, host) in wanted.items():
             if key in self.captures:
                 continue
             try:
-                cap = NicCapture.open(path, key[0], nic, host, self.rules, self.follow_http)
+                cap = NicCapture.open(path, key[0], nic, host, self.rules, self.follow_http, self.pods)
             except OSError as exc:
                 self.totals["open_errors"] += 1
                 self.log.warning("netlog: cannot capture on %s in netns %s: %s", nic.name, key[0], exc)
@@ -383,13 +339,15 @@ class NetlogPlugin(Plugin):
             out += self.metrics(parts)
         if not self.cfg.netlog_log:
             return out
-        l4 = l4_batch([(c, chunks) for c, chunks, _x in parts])
+        l4 = self.pods.log_tags(l4_batch([(c, chunks) for c, chunks, _x in parts]))
         if l4 is not None:
-            out.append(PointBatch("bpf_net_l4_log", "logging", "bpf-netlog/netlog", l4, L4_TAGS, L4_FIELDS,
+            out.append(PointBatch("bpf_net_l4_log", "logging", "bpf-netlog/netlog", l4,
+                                  L4_TAGS + self.pods.tag_names(), L4_FIELDS,
                                   const_tags={"source": "bpf_net_l4_log"}, timestamp_column="time"))
-        l7 = l7_batch([(c, x) for c, _chunks, x in parts])
+        l7 = self.pods.log_tags(l7_batch([(c, x) for c, _chunks, x in parts]))
         if l7 is not None:
-            out.append(PointBatch("bpf_net_l7_log", "logging", "bpf-netlog/netlog", l7, L7_TAGS, L7_FIELDS,
+            out.append(PointBatch("bpf_net_l7_log", "logging", "bpf-netlog/netlog", l7,
+                                  L7_TAGS + self.pods.tag_names(), L7_FIELDS,
                                   const_tags={"source": "bpf_net_l7_log"}, timestamp_column="time"))
         return out
 
@@ -419,10 +377,13 @@ class NetlogPlugin(Plugin):
         the connection table's counters: tp_drops is per socket."""
         c = dict(self.totals)
         c["sockets"] = len(self.captures)
+        c.update(self.pods.counters())
         for cap in self.captures.values():
             if cap.conn_filter is not None:
                 c["filter_dropped_packets"] += cap.conn_filter.packets
                 c["filter_dropped_connections"] += cap.conn_filter.connections
+                for k, v in cap.conn_filter.counters().items():
+                    c[k] = c.get(k, 0) + v
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "not_ip", "not_tcp_udp"):
@@ -433,6 +394,7 @@ class NetlogPlugin(Plugin):
 
     def stop(self):
         self._stop.set()
+        self.pods.stop()
         for key in list(self.captures):
             cap = self.captures.pop(key)
             cap.close()

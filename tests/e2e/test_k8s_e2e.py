@@ -66,18 +66,12 @@ def free_port():
 
 @pytest.fixture
 def apiserver(tmp_path):
-    d = tmp_path / "api"
-    d.mkdir()
-    s = ks.KubeApiServer(d, token="e2e-token")
-    s.token_path = d / "token"
-    s.token_path.write_text("e2e-token\n")
-    yield s
-    s.close()
+    with ks.for_collector(tmp_path) as s:
+        yield s
 
 
 def k8s_args(api):
-    return ["--k8s-url", api.url, "--k8s-bearer-token-path", str(api.token_path),
-            "--k8s-ca", api.cert, "--k8s-node-name", NODE]
+    return ks.collector_args(api, NODE)
 
 
 def wait_points(receiver, measurement, pred, timeout=30):

@@ -14,6 +14,7 @@ token answers 401 with a Status body. The test drives it: add/modify/
 delete objects, compact() the history, end_watches(), restart(),
 set the token."""
 import base64
+import contextlib
 import copy
 import itertools
 import json
@@ -162,6 +163,28 @@ def _node_filter(selector):
                 return lambda o: (o.get("spec") or {}).get("nodeName", "") == value
             return lambda o: (o.get("spec") or {}).get("nodeName", "") != value
     raise ValueError(selector)
+
+
+@contextlib.contextmanager
+def for_collector(tmpdir, token="e2e-token"):
+    """A stand-in whose token is also in a file (.token_path), as a
+    collector reads it; closed after the block."""
+    d = os.path.join(str(tmpdir), "api")
+    os.makedirs(d, exist_ok=True)
+    s = KubeApiServer(d, token=token)
+    s.token_path = os.path.join(d, "token")
+    with open(s.token_path, "w") as f:
+        f.write(token + "\n")
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def collector_args(api, node):
+    """The flags that point a collector at the stand-in as that node."""
+    return ["--k8s-url", api.url, "--k8s-bearer-token-path", str(api.token_path), "--k8s-ca", api.cert,
+            "--k8s-node-name", node]
 
 
 class KubeApiServer:

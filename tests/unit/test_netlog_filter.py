@@ -259,7 +259,7 @@ def test_cli_prints_and_matches():
     (("ip_src == 1",), 'netlog_blacklist:1:1: unknown field "ip_src"; did you mean ip_saddr?'),
     (("tcp", "--match", "dst_port=abc"), 'invalid --match "dst_port=abc": an integer'),
     (("tcp", "--match", "dst_port=70000"), 'invalid --match "dst_port=70000": 0..65535'),
-    (("tcp", "--match", "port=1"), 'invalid --match "port=1": field=value with a field among tcp,'),
+    (("tcp", "--match", "port=1"), 'invalid --match "port=1": write FIELD=VALUE with FIELD one of tcp,'),
     (("tcp", "--match", "ip6_saddr=::1", "--match", "ipv4=true"),
      "invalid --match: the fields given ask for both IPv4 and IPv6"),
     (("tcp", "--match", "ip_saddr=::1"), 'invalid --match "ip_saddr=::1": an IPv4 address'),

@@ -135,6 +135,9 @@ class ClusterStore:
         self._svcs = []
         self._deleted = 0        # deletions since the string table was last compacted
         self._dirty = {"ip", "svc", "ep"}
+        # +1 at every change of the pods (names, namespaces, IPs, containers): what was
+        # derived from them (bpf-netlog's per-connection filter verdicts) is stale when it moved
+        self.generation = 0
 
     # ---------------------------------------------------------------- feeding
     def replace(self, kind, scope, pages):
@@ -154,11 +157,13 @@ class ClusterStore:
                         keep.add(self._key(kind, o))
                         self._put(kind, o)
                 self._dirty.update(("ip", "svc", "ep"))
+                self.generation += kind == "Pod"
         with self.lock:
             if kind == "Pod":
                 for uid, row in list(self.row_of_uid.items()):
                     if bool(self.pods["flags"][row] & LOCAL) == local and uid not in keep:
                         self._del_pod(uid)
+                        self.generation += 1
             else:
                 table = self._table(kind)
                 for k in [k for k in table if k not in keep]:
@@ -178,6 +183,7 @@ class ClusterStore:
                 else:
                     self._put_pod(obj, scope == "local")
                 self._dirty.add("ip")
+                self.generation += 1
             elif typ == "DELETED":
                 self._table(kind).pop(self._key(kind, obj), None)
                 self._dirty.update(("svc", "ep"))
@@ -343,6 +349,15 @@ class ClusterStore:
             if row < 0 and pod_uid:
                 row = self.row_of_container.get(pod_uid, -1)
             return row
+
+    def names(self, rows):
+        """(namespace, pod name) of each pod row, ("", "") for -1: what the
+        netlog_blacklist fields need, without describe()'s service and
+        workload lookups."""
+        with self.lock:
+            s = self.strings.strs
+            pods = self.pods
+            return [(s[pods["ns"][r]], s[pods["name"][r]]) if r >= 0 else ("", "") for r in rows.tolist()]
 
     def describe(self, rows):
         """For pod rows: [(namespace, pod name, service name, workload name,

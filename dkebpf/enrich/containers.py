@@ -1,0 +1,227 @@
+"""Container names from container runtime sockets (``--container-endpoints``):
+which container, and which pod by the kubelet's labels, owns each network
+namespace. bpf-netlog tags the points of an interface in that namespace
+with ``k8s_namespace``, ``k8s_pod_name`` and ``k8s_container_name``.
+
+Only adds names: bpf-netlog finds namespaces through /proc without any
+runtime, and pods through the Kubernetes API. An endpoint is asked every
+REFRESH_S seconds on a thread of its own, never on the packet path.
+
+Spoken: the Docker Engine API (HTTP/JSON over a unix socket; Docker,
+cri-dockerd's Docker, Podman's compatible service), the subset
+  GET /containers/json              running containers: Id, Names, Labels, Created
+  GET /containers/{id}/json         State.Pid, Name, Config.Labels
+(https://docs.docker.com/reference/api/engine/, unversioned paths: the
+daemon's own API version). The kubelet's labels ``io.kubernetes.pod.name``,
+``io.kubernetes.pod.namespace``, ``io.kubernetes.container.name`` (value
+``POD`` for the sandbox, which is skipped when the pod has other
+containers) name the pod; a container without them is named by its Docker
+name. containerd's and CRI-O's CRI is gRPC, not spoken here: such a socket
+is reported once as not answering the Docker API.
+
+An endpoint that does not answer: one warning, then asked again every
+RETRY_S seconds quietly (an info line when it answers again); the other
+endpoints and all other data are unaffected. Default (option empty): the
+Docker socket under HOST_ROOT when it exists."""
+import http.client
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+REFRESH_S = 10.0
+RETRY_S = 60.0
+TIMEOUT_S = 2.0
+DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+POD_NAME, POD_NAMESPACE, CONTAINER_NAME = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace",
+                                           "io.kubernetes.container.name")
+SANDBOX = "POD"
+TAGS = ("k8s_namespace", "k8s_pod_name", "k8s_container_name")
+
+
+class EndpointError(Exception):
+    """An endpoint that cannot be asked, with the reason."""
+
+
+@dataclass(frozen=True)
+class Container:
+    id: str
+    name: str                 # the container's name in its pod, else its Docker name
+    pod: str                  # "" when the runtime did not start it for Kubernetes
+    namespace: str
+    pid: int                  # its main process on the host (0: not running)
+    created: int
+    sandbox: bool
+
+
+def socket_path(endpoint, host_root=""):
+    """unix:///path or /path -> the path (under host_root when given)."""
+    path = endpoint[len("unix://"):] if endpoint.startswith("unix://") else endpoint
+    if not path.startswith("/"):
+        raise ValueError(f'container endpoint "{endpoint}": give unix:///path/to/socket')
+    return os.path.join(host_root, path.lstrip("/")) if host_root else path
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path, timeout):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self.path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+class DockerEndpoint:
+    """One Docker-Engine-API socket."""
+
+    def __init__(self, endpoint, path, timeout=TIMEOUT_S):
+        self.endpoint = endpoint
+        self.path = path
+        self.timeout = timeout
+
+    def _get(self, url):
+        conn = _UnixHTTPConnection(self.path, self.timeout)
+        try:
+            conn.request("GET", url, headers={"Accept": "application/json"})
+            resp = conn.getresponse()
+            body = resp.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise EndpointError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+        finally:
+            conn.close()
+        if resp.status != 200:
+            raise EndpointError(f"GET {url}: HTTP {resp.status} {body[:200].decode('utf-8', 'replace')!r}")
+        try:
+            return json.loads(body)
+        except ValueError:
+            raise EndpointError(f"GET {url}: the answer is not JSON (not the Docker Engine API?)") from None
+
+    def containers(self):
+        listed = self._get("/containers/json")
+        if not isinstance(listed, list):
+            raise EndpointError("GET /containers/json: not a list of containers (not the Docker Engine API?)")
+        out = []
+        for item in listed:
+            cid = item.get("Id") if isinstance(item, dict) else None
+            if not isinstance(cid, str) or not cid:
+                continue
+            try:
+                info = self._get(f"/containers/{cid}/json")
+            except EndpointError:
+                continue   # gone between the list and this (404)
+            out.append(_container(cid, item, info))
+        return out
+
+
+def _container(cid, item, info):
+    config = info.get("Config") or {}
+    labels = config.get("Labels") or item.get("Labels") or {}
+    state = info.get("State") or {}
+    docker_name = (info.get("Name") or (item.get("Names") or [""])[0] or "").lstrip("/")
+    name = labels.get(CONTAINER_NAME) or docker_name
+    pid = state.get("Pid") if state.get("Running", True) else 0
+    return Container(cid, str(name), str(labels.get(POD_NAME, "")), str(labels.get(POD_NAMESPACE, "")),
+                     int(pid or 0), int(item.get("Created") or 0), labels.get(CONTAINER_NAME) == SANDBOX)
+
+
+def netns_names(containers, host_proc="/proc"):
+    """{network namespace inode: {tag: value}} for the running containers:
+    several containers of one pod share one namespace, the first created
+    that is not the pod's sandbox names it; a namespace shared with the
+    host (host-network containers) is left out by the caller."""
+    found: Dict[int, Container] = {}
+    for c in sorted(containers, key=lambda c: (c.sandbox, c.created, c.id)):
+        if c.pid <= 0:
+            continue
+        try:
+            ino = os.stat(f"{host_proc}/{c.pid}/ns/net").st_ino
+        except OSError:
+            continue
+        found.setdefault(ino, c)
+    return {ino: {k: v for k, v in zip(TAGS, (c.namespace, c.pod, c.name)) if v} for ino, c in found.items()}
+
+
+class ContainerRuntimes:
+    """The endpoints, asked every REFRESH_S on one thread; ``by_netns``
+    is the last answer of all of them together."""
+
+    def __init__(self, endpoints, host_proc="/proc", logger=None,
+                 refresh_s=REFRESH_S, retry_s=RETRY_S):
+        self.log = logger or logging.getLogger("dkebpf")
+        self.host_proc = host_proc
+        self.refresh_s, self.retry_s = refresh_s, retry_s
+        self.endpoints = []
+        for e in endpoints:
+            try:
+                self.endpoints.append(DockerEndpoint(e, socket_path(e)))
+            except ValueError as exc:
+                self.log.warning("container endpoints: %s; left out", exc)
+        self.by_netns: Dict[int, Dict[str, str]] = {}
+        self.stats = {"runtime_queries": 0, "runtime_errors": 0, "runtime_containers": 0}
+        self._failing: Dict[str, float] = {}    # endpoint -> when to ask again
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @classmethod
+    def from_config(cls, cfg, logger):
+        """The runtimes --container-endpoints names, or by default the
+        Docker socket when there is one; None when there is nothing to ask."""
+        endpoints = list(cfg.container_endpoints)
+        if not endpoints:
+            default = socket_path("unix://" + DEFAULT_DOCKER_SOCKET, cfg.host_root)
+            if not os.path.exists(default):
+                return None
+            endpoints = ["unix://" + default]
+        return cls(endpoints, cfg.host_proc, logger=logger)
+
+    def start(self):
+        # the first answer on the thread too: a socket that hangs delays no start-up
+        self._thread = threading.Thread(target=self._run, name="container-runtimes", daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(TIMEOUT_S * 3)
+
+    def _run(self):
+        while True:
+            self.refresh()
+            if self._stop.wait(self.refresh_s):
+                return
+
+    def refresh(self, now=None):
+        now = time.monotonic() if now is None else now
+        found = []
+        for ep in self.endpoints:
+            if self._failing.get(ep.endpoint, 0.0) > now:
+                continue
+            self.stats["runtime_queries"] += 1
+            try:
+                found += ep.containers()
+            except EndpointError as exc:
+                self.stats["runtime_errors"] += 1
+                if ep.endpoint not in self._failing:
+                    self.log.warning("container endpoint %s does not answer the Docker Engine API (%s): no "
+                                     "container names from it; asked again every %.0f s", ep.endpoint, exc,
+                                     self.retry_s)
+                self._failing[ep.endpoint] = now + self.retry_s
+                continue
+            if self._failing.pop(ep.endpoint, None) is not None:
+                self.log.info("container endpoint %s answers again", ep.endpoint)
+        self.stats["runtime_containers"] = len(found)
+        self.by_netns = netns_names(found, self.host_proc)
+
+    def names(self, netns_inode):
+        return self.by_netns.get(netns_inode, {})
