@@ -1003,6 +1003,8 @@ ctypedef struct Reader:
     RErr errors[MAX_ERRORS]
     int nerrors
     int nomem
+    int required[16]            # columns of the required keys
+    int nrequired
 
 
 cdef inline int _rb_reserve(RBuf* b, int64_t more) noexcept nogil:
@@ -1113,38 +1115,69 @@ cdef inline void _text(Reader* r, const uint8_t** s, int64_t* n) noexcept nogil:
     r.scratch.n += n[0]
 
 
-cdef int64_t _token(Reader* r, const uint8_t* s, int64_t i, int64_t n, uint8_t stop1, uint8_t stop2,
-                    uint8_t bad1, uint8_t bad2, bint meas, const uint8_t** out, int64_t* outlen,
-                    uint8_t* badch) noexcept nogil:
-    """An escaped token from s[i] up to an unescaped stop1/stop2 (0: none)
-    -> out/outlen (in place when it has no escape, else unescaped into the
-    scratch); returns where it stopped, or -1 at an unescaped bad1/bad2
-    (then badch, i its place: returned as -2 - i)."""
+cdef enum:  # byte classes of the token scanner
+    T_PLAIN = 0
+    T_BACKSLASH = 1
+    T_STOP = 2
+    T_BAD = 3      # may not stand unescaped in the token
+    T_HIGH = 4     # >= 0x80: the token's UTF-8 is checked
+
+cdef uint8_t T_MEAS[256]     # measurement: stops at ',' ' '
+cdef uint8_t T_KEY[256]      # tag or field key: stops at '=', ',' and ' ' bad
+cdef uint8_t T_TAGVAL[256]   # tag value: stops at ',' ' ', '=' bad
+
+
+cdef void _init_reader_tables() noexcept:
+    cdef int c
+    for c in range(256):
+        T_MEAS[c] = T_KEY[c] = T_TAGVAL[c] = T_HIGH if c >= 0x80 else T_PLAIN
+    T_MEAS[92] = T_KEY[92] = T_TAGVAL[92] = T_BACKSLASH
+    T_MEAS[44] = T_MEAS[32] = T_STOP
+    T_KEY[61] = T_STOP
+    T_KEY[44] = T_KEY[32] = T_BAD
+    T_TAGVAL[44] = T_TAGVAL[32] = T_STOP
+    T_TAGVAL[61] = T_BAD
+
+
+_init_reader_tables()
+
+
+cdef int64_t _token(Reader* r, const uint8_t* s, int64_t i, int64_t n, const uint8_t* cls, bint meas,
+                    const uint8_t** out, int64_t* outlen, uint8_t* badch, bint* high) noexcept nogil:
+    """An escaped token from s[i] up to an unescaped T_STOP byte of cls ->
+    out/outlen (in place when it has no escape, else unescaped into the
+    scratch); returns where it stopped, or -2 - i at an unescaped T_BAD
+    byte s[i] (then badch). high: a byte >= 0x80 was met."""
     cdef int64_t a = i, k
-    cdef uint8_t c, e
+    cdef uint8_t c, e, t
     cdef uint8_t* o
     cdef bint escaped = False
     while i < n:
-        c = s[i]
-        if c == 92 and i + 1 < n:  # backslash
-            e = s[i + 1]
-            if e == 44 or e == 32 or (e == 61 and not meas):
-                escaped = True
-                i += 2
-                continue
-        if c == stop1 or (stop2 and c == stop2):
+        t = cls[s[i]]
+        if t == T_PLAIN:
+            i += 1
+        elif t == T_HIGH:
+            high[0] = True
+            i += 1
+        elif t == T_BACKSLASH:
+            if i + 1 < n:
+                e = s[i + 1]
+                if e == 44 or e == 32 or (e == 61 and not meas):
+                    escaped = True
+                    i += 2
+                    continue
+            i += 1
+        elif t == T_STOP:
             break
-        if (bad1 and c == bad1) or (bad2 and c == bad2):
-            badch[0] = c
+        else:
+            badch[0] = s[i]
             return -2 - i
-        i += 1
     if not escaped:
         out[0] = s + a
         outlen[0] = i - a
         return i
     o = r.scratch.p + r.scratch.n
     k = 0
-    e = 0
     while a < i:
         c = s[a]
         if c == 92 and a + 1 < i and (s[a + 1] == 44 or s[a + 1] == 32 or (s[a + 1] == 61 and not meas)):
@@ -1190,7 +1223,7 @@ cdef int64_t _parse_int(const uint8_t* p, int64_t n, bint allow_neg, uint64_t li
     """Decimal digits (optionally signed) -> out; 1 ok, 0 not a number,
     -1 out of range."""
     cdef int64_t i = 0
-    cdef bint neg = False
+    cdef bint neg = False, over = False
     cdef uint64_t v = 0, d
     if n > 0 and p[0] == 45 and allow_neg:
         neg = True
@@ -1198,24 +1231,16 @@ cdef int64_t _parse_int(const uint8_t* p, int64_t n, bint allow_neg, uint64_t li
     if i == n:
         return 0
     while i < n:
-        if not 48 <= p[i] <= 57:
+        d = <uint64_t>p[i] - 48
+        if d > 9:
             return 0
-        i += 1
-    i = 1 if neg else 0
-    while i < n:
-        d = p[i] - 48
-        if v > (0xFFFFFFFFFFFFFFFFULL - d) // 10:
-            return -1
+        if v > 1844674407370955161ULL or (v == 1844674407370955161ULL and d > 5):  # v * 10 + d > 2**64 - 1
+            over = True
         v = v * 10 + d
         i += 1
-    if neg:
-        if v > limit_neg:
-            return -1
-        out[0] = <int64_t>(0 - v)
-    else:
-        if v > limit_pos:
-            return -1
-        out[0] = <int64_t>v
+    if over or v > (limit_neg if neg else limit_pos):
+        return -1
+    out[0] = <int64_t>(0 - v) if neg else <int64_t>v
     return 1
 
 
@@ -1246,19 +1271,20 @@ cdef int _float_text(const uint8_t* p, int64_t n) noexcept nogil:
 
 
 cdef inline bint _word(const uint8_t* p, int64_t n, const char* w) noexcept nogil:
-    cdef int64_t k = strlen(w)
-    return n == k and memcmp(p, w, k) == 0
+    return n == <int64_t>strlen(w) and memcmp(p, w, n) == 0
 
 
 cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept nogil:
     """Read one line (no '\\n'); 1 accepted, 0 rejected, -1 out of memory."""
     cdef int64_t i = 0, j, a, res, ts = r.ts_default, v, kstart
+    cdef const uint8_t* nl
     cdef const uint8_t* key = NULL
     cdef int64_t keylen = 0
     cdef const uint8_t* val
     cdef int64_t vlen
     cdef uint8_t ch = 0, c
     cdef int nkeys = 0, kind
+    cdef bint high = False  # a byte >= 0x80 in the line: strings get their UTF-8 checked
     cdef double dv
     cdef char num[72]
     cdef char* numbuf
@@ -1269,7 +1295,7 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
     while i < n and (s[i] == 32 or s[i] == 9):
         i += 1
     # measurement (checked, not kept)
-    res = _token(r, s, i, n, 44, 32, 0, 0, True, &val, &vlen, &ch)
+    res = _token(r, s, i, n, T_MEAS, True, &val, &vlen, &ch, &high)
     if vlen == 0:
         _fail(r, R_MEAS, lineno, s, n, res, NULL, 0, NULL, 0, 0, 0, 0)
         return 0
@@ -1277,7 +1303,7 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
     # tags
     while i < n and s[i] == 44:
         kstart = i + 1
-        res = _token(r, s, i + 1, n, 61, 0, 44, 32, False, &key, &keylen, &ch)
+        res = _token(r, s, i + 1, n, T_KEY, False, &key, &keylen, &ch, &high)
         if res < -1:
             _fail(r, R_UNESC_TAGKEY, lineno, s, n, -2 - res, NULL, 0, NULL, 0, ch, 0, 0)
             return 0
@@ -1288,7 +1314,7 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
         if i >= n:
             _fail(r, R_TAG_NOEQ, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
             return 0
-        res = _token(r, s, i + 1, n, 44, 32, 61, 0, False, &val, &vlen, &ch)
+        res = _token(r, s, i + 1, n, T_TAGVAL, False, &val, &vlen, &ch, &high)
         if res < -1:
             _fail(r, R_UNESC_TAGVAL, lineno, s, n, -2 - res, key, keylen, NULL, 0, ch, 0, 0)
             return 0
@@ -1296,7 +1322,7 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
         if vlen == 0:
             _fail(r, R_TAGVAL_EMPTY, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
             return 0
-        if _add_value(r, key, keylen, nkeys, RK_STR, 0, val, vlen, kstart, lineno, s, n) <= 0:
+        if _add_value(r, key, keylen, nkeys, RK_STR, 0, val, vlen, kstart, lineno, s, n, high) <= 0:
             return 0 if not r.nomem else -1
         nkeys += 1
     if i >= n or s[i] != 32:
@@ -1307,7 +1333,7 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
     # fields
     while True:
         kstart = i
-        res = _token(r, s, i, n, 61, 0, 44, 32, False, &key, &keylen, &ch)
+        res = _token(r, s, i, n, T_KEY, False, &key, &keylen, &ch, &high)
         if res < -1:
             _fail(r, R_UNESC_FIELDKEY, lineno, s, n, -2 - res, NULL, 0, NULL, 0, ch, 0, 0)
             return 0
@@ -1321,26 +1347,40 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
         i += 1
         if i < n and s[i] == 34:  # a string
             a = i
-            j = i + 1
-            vlen = 0
-            val = r.scratch.p + r.scratch.n
-            while j < n:
-                c = s[j]
-                if c == 92 and j + 1 < n and (s[j + 1] == 34 or s[j + 1] == 92 or s[j + 1] == 110 or s[j + 1] == 114):
-                    c = s[j + 1]
-                    (<uint8_t*>val)[vlen] = 10 if c == 110 else 13 if c == 114 else c
+            # most strings have no backslash before their closing quote: read in place
+            nl = <const uint8_t*>memchr(s + i + 1, 34, n - i - 1)
+            if nl != NULL and memchr(s + i + 1, 92, nl - s - i - 1) == NULL:
+                val = s + i + 1
+                vlen = nl - val
+                j = nl - s
+                for v in range(vlen):
+                    if val[v] >= 0x80:
+                        high = True
+                        break
+            else:
+                j = i + 1
+                vlen = 0
+                val = r.scratch.p + r.scratch.n
+                while j < n:
+                    c = s[j]
+                    if c == 92 and j + 1 < n and (s[j + 1] == 34 or s[j + 1] == 92 or s[j + 1] == 110
+                                                  or s[j + 1] == 114):
+                        c = s[j + 1]
+                        (<uint8_t*>val)[vlen] = 10 if c == 110 else 13 if c == 114 else c
+                        vlen += 1
+                        j += 2
+                        continue
+                    if c == 34:
+                        break
+                    if c >= 0x80:
+                        high = True
+                    (<uint8_t*>val)[vlen] = c
                     vlen += 1
-                    j += 2
-                    continue
-                if c == 34:
-                    break
-                (<uint8_t*>val)[vlen] = c
-                vlen += 1
-                j += 1
-            if j >= n:
-                _fail(r, R_UNTERMINATED, lineno, s, n, a, key, keylen, NULL, 0, 0, 0, 0)
-                return 0
-            r.scratch.n += vlen
+                    j += 1
+                if j >= n:
+                    _fail(r, R_UNTERMINATED, lineno, s, n, a, key, keylen, NULL, 0, 0, 0, 0)
+                    return 0
+                r.scratch.n += vlen
             i = j + 1
             kind = RK_STR
             v = 0
@@ -1354,11 +1394,13 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
                 _fail(r, R_MISSING_VALUE, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
                 return 0
             kind = RK_BOOL
-            if (_word(val, vlen, "t") or _word(val, vlen, "T") or _word(val, vlen, "true")
-                    or _word(val, vlen, "True") or _word(val, vlen, "TRUE")):
+            c = val[0]
+            if (c == 116 or c == 84) and (_word(val, vlen, "t") or _word(val, vlen, "T") or _word(val, vlen, "true")
+                                          or _word(val, vlen, "True") or _word(val, vlen, "TRUE")):
                 v = 1
-            elif (_word(val, vlen, "f") or _word(val, vlen, "F") or _word(val, vlen, "false")
-                    or _word(val, vlen, "False") or _word(val, vlen, "FALSE")):
+            elif (c == 102 or c == 70) and (_word(val, vlen, "f") or _word(val, vlen, "F")
+                                            or _word(val, vlen, "false") or _word(val, vlen, "False")
+                                            or _word(val, vlen, "FALSE")):
                 v = 0
             elif val[vlen - 1] == 105 or val[vlen - 1] == 117:  # 12i, 12u
                 kind = RK_INT
@@ -1386,7 +1428,7 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
                 _fail(r, R_BAD_VALUE, lineno, s, n, i, key, keylen, val, vlen, 0, 0, 0)
                 return 0
             i = j
-        if _add_value(r, key, keylen, nkeys, kind, v, val, vlen, kstart, lineno, s, n) <= 0:
+        if _add_value(r, key, keylen, nkeys, kind, v, val, vlen, kstart, lineno, s, n, high) <= 0:
             return 0 if not r.nomem else -1
         nkeys += 1
         if i < n and s[i] == 44:
@@ -1417,12 +1459,13 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
 
 cdef int _add_value(Reader* r, const uint8_t* key, int64_t keylen, int position, int kind, int64_t iv,
                     const uint8_t* val, int64_t vlen, int64_t pos, int64_t lineno,
-                    const uint8_t* line, int64_t linelen) noexcept nogil:
+                    const uint8_t* line, int64_t linelen, bint high) noexcept nogil:
     """Note a value of the line; 1, or 0 after a _fail (r.nomem: out of memory)."""
     cdef int col
     cdef RVal* rv
     cdef RVal* grown
-    _text(r, &key, &keylen)
+    if high:
+        _text(r, &key, &keylen)
     col = _key_column(r, key, keylen, position)
     if col == -2:
         r.nomem = 1
@@ -1449,7 +1492,7 @@ cdef int _add_value(Reader* r, const uint8_t* key, int64_t keylen, int position,
     rv.s = val
     rv.slen = vlen
     rv.pos = pos
-    if kind == RK_STR:
+    if kind == RK_STR and high:
         _text(r, &rv.s, &rv.slen)
     return 1
 
@@ -1469,9 +1512,9 @@ cdef int _commit(Reader* r, int64_t lineno, const uint8_t* line, int64_t linelen
             _fail(r, R_REQUIRED_TYPE if col.required else R_TYPE, lineno, line, linelen, rv.pos,
                   r.keys.p + col.key_off, col.keylen, NULL, 0, 0, rv.kind, want)
             return 0
-    for k in range(r.ncols):
-        col = &r.cols[k]
-        if col.required and col.line_seen != lineno:
+    for k in range(r.nrequired):
+        col = &r.cols[r.required[k]]
+        if col.line_seen != lineno:
             _fail(r, R_REQUIRED_MISSING, lineno, line, linelen, 0, r.keys.p + col.key_off, col.keylen,
                   NULL, 0, 0, 0, col.required)
             return 0
@@ -1587,6 +1630,11 @@ def read_points(body, required=None, int64_t timestamp_ns=0):
             c = _key_column(r, <const uint8_t*><const char*>key, len(key), 1 << 30)
             if c < 0:
                 raise MemoryError()
+            if r.cols[c].required == 0:
+                if r.nrequired == 16:
+                    raise ValueError("read_points: at most 16 required keys")
+                r.required[r.nrequired] = c
+                r.nrequired += 1
             r.cols[c].required = READ_KINDS[kind]
         with nogil:
             _read_body(r)

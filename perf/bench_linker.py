@@ -1,22 +1,27 @@
 """dkebpf linker speed, single core: joining spans (dkebpf.linker.join.link,
 in-process and cross-host joins, roots, ids, sampling) on a window of A ->
 B -> C chains (5 spans each) with a history of the same size, and the
-ingest of posted line protocol (dkebpf.linker.ingest.parse_spans).
-Target: the join >= 500k spans/s.
+ingest of posted line protocol (dkebpf.linker.ingest.parse_spans, on
+dkebpf._lineproto.read_points) against the pure-Python reading of the same
+body (the independent test parser, tests/support/lineproto_parser.py, and
+pa.Table.from_pylist: what the linker did before), in the same run.
+Targets: the join >= 500k spans/s, the reader >= 1 M spans/s.
 
 Prints `name: value` lines.
 """
 import os
+import sys
 
 import numpy as np
 import pyarrow as pa
 
-from timing import best_of
+from timing import TESTS_DIR, best_of
 
 from dkebpf.linker.ingest import parse_spans
 from dkebpf.linker.join import History, link
 
 N_CHAINS = int(os.environ.get("BENCH_LINKER_CHAINS", 100_000))
+N_LINES = int(os.environ.get("BENCH_LINKER_LINES", 200_000))
 
 
 def chains(n, rng):
@@ -52,14 +57,29 @@ def main():
     lines = "\n".join(
         f'dketrace,service=b,src_ip=10.0.0.2,src_port=8081,dst_ip=10.0.0.1,dst_port={40000 + j % 20000} '
         f'ebpf_span_type="entry",direction="incoming",thread_trace_id={j}i,req_seq={j * 7}i,resp_seq={j * 7 + 1}i,'
-        f'start={1764000000000000 + j}i,duration=100i,pid="42",process_name="python3" {1764000000000000000 + j}'
-        for j in range(50_000))
-    t_ingest = best_of(lambda: parse_spans(lines, 0), 3)
+        f'start={1764000000000000 + j}i,duration=100i,pid="42",process_name="python3",'
+        f'resource="GET /api/v1/users/{j % 1000}",status_code=200i {1764000000000000000 + j}'
+        for j in range(N_LINES)).encode()
+    table, rejected, _ = parse_spans(lines, 0)
+    assert (table.num_rows, rejected) == (N_LINES, 0)
+    t_ingest = best_of(lambda: parse_spans(lines, 0), 5)
+    sys.path.insert(0, TESTS_DIR)
+    from support.lineproto_parser import parse
+
+    def python_reading(body):
+        return pa.Table.from_pylist([{**p.tags, **p.fields, "time": p.timestamp} for p in parse(body)])
+
+    small = lines[:lines.index(b"\n", len(lines) // 20)]
+    t_py = best_of(lambda: python_reading(small), 2) * N_LINES / (small.count(b"\n") + 1)
     print(f"linker_window_spans: {n}")
     print(f"linker_history_spans: {len(history)}")
     print(f"linker_traces_found: {trees} (expected {N_CHAINS})")
     print(f"linker_join_spans_per_s: {n / t_join:.0f}")
-    print(f"linker_ingest_line_protocol_spans_per_s: {50_000 / t_ingest:.0f}")
+    print(f"linker_ingest_lines: {N_LINES} ({len(lines) / N_LINES:.0f} bytes each)")
+    print(f"linker_ingest_line_protocol_spans_per_s: {N_LINES / t_ingest:.0f}")
+    print(f"linker_ingest_line_protocol_mb_per_s: {len(lines) / t_ingest / 1e6:.0f}")
+    print(f"linker_ingest_python_spans_per_s: {N_LINES / t_py:.0f}")
+    print(f"linker_ingest_speedup_vs_python: {t_py / t_ingest:.1f}")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ class Linker:
 
     def ingest(self, body, arrow=False):
         try:
-            table, rejected, error = (read_arrow if arrow else parse_spans)(body, time.time_ns())
+            table, rejected, errors = (read_arrow if arrow else parse_spans)(body, time.time_ns())
         except Exception as exc:  # not Arrow, or pyarrow refusing mixed column types
             with self.windows.lock:
                 self.windows.counters["rejected"] += 1
@@ -122,8 +122,8 @@ class Linker:
         if not self.windows.add(table):
             return 503, {"error": "linker disk budget full, retry later", "rejected": rejected}
         answer = {"accepted": table.num_rows, "rejected": rejected}
-        if error:
-            answer["first_error"] = error
+        if errors:  # the first few; every rejected line is counted
+            answer["first_error"], answer["errors"] = errors[0], errors
         return (400 if rejected and not table.num_rows else 200), answer
 
     def metrics(self):

@@ -140,7 +140,9 @@ def test_bad_points_are_rejected_by_line_good_ones_kept(stack):
     r = post(url, [good, "dketrace,service=a direction=\"incoming\" 1", "not line protocol at all"])
     assert r.status_code == 200
     assert r.json()["accepted"] == 1 and r.json()["rejected"] == 2
-    assert r.json()["first_error"].startswith("line 2: field ebpf_span_type")
+    assert r.json()["first_error"] == ("line 2, column 1: required field 'ebpf_span_type' (a string) missing: "
+                                       "'dketrace,service=a direction=\"incoming\" 1'")
+    assert r.json()["errors"][1].startswith("line 3, column 9: unescaped ' ' in field key")
     r = post(url, ["garbage"])
     assert r.status_code == 400 and r.json()["rejected"] == 1
     assert requests.post(url + "/v1/other", data=b"x", timeout=5).status_code == 404
@@ -299,7 +301,7 @@ texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), m
                 max_size=5))
 def test_ingest_reads_what_the_project_encoder_writes(rows):
     """Line protocol written by dkebpf._lineproto (escapes, quotes, spaces
-    in strings) reads back the same, on both of the reader's paths."""
+    in strings) reads back the same."""
     from dkebpf._lineproto import encode_batch
     from dkebpf.linker.ingest import parse_spans
     n = len(rows)
