@@ -34,6 +34,7 @@ TAGS = ("host", "service", "src_ip", "src_port", "dst_ip", "dst_port")
 MAX_BODY = 64 << 20          # as posted
 MAX_INFLATED = 256 << 20     # after gzip
 READ_TIMEOUT_S = 30          # a client that stops sending its body loses the connection
+BODIES_AT_ONCE = 4           # posts inflated and parsed at the same time; more wait: memory stays bounded
 HELP = {"received": "Spans accepted and stored.", "rejected": "Points refused (not a span or not line protocol).",
         "late": "Spans that arrived after their window was linked (linked against the history).",
         "orphan": "Outgoing spans without the incoming span of their thread (roots of their own).",
@@ -99,34 +100,33 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the body is not read: the connection cannot go on
             self._answer(413, json.dumps({"error": f"body of {size} bytes, at most {MAX_BODY}"}))
             return
-        parts, got = [], 0
+        parts, got, deadline = [], 0, time.monotonic() + READ_TIMEOUT_S
         try:
-            while got < size:
+            while got < size and time.monotonic() < deadline:
                 part = self.rfile.read1(size - got)
                 if not part:
                     break  # the client closed the connection
                 parts.append(part)
                 got += len(part)
-        except OSError:  # the read timed out or the connection broke
+        except OSError:  # a read timed out or the connection broke
             pass
-        body = b"".join(parts)
-        if len(body) < size:
+        if got < size:
             self.close_connection = True
-            self._answer(408, json.dumps({"error": f"body cut: {len(body)} of {size} bytes within "
-                                                   f"{READ_TIMEOUT_S}s"}))
+            self._answer(408, json.dumps({"error": f"body cut: {got} of {size} bytes within {READ_TIMEOUT_S}s"}))
             return
+        with self.server.linker.bodies:  # inflating and parsing take memory: a few at a time
+            code, answer = self._ingest(b"".join(parts))
+        self._answer(code, json.dumps(answer))
+
+    def _ingest(self, body):
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
                 body = _gunzip(body)
             except OverflowError as exc:
-                self._answer(413, json.dumps({"error": str(exc)}))
-                return
+                return 413, {"error": str(exc)}
             except zlib.error as exc:
-                self._answer(400, json.dumps({"error": f"bad gzip body: {exc}"}))
-                return
-        arrow = self.headers.get("Content-Type", "").startswith(ARROW_STREAM)
-        code, answer = self.server.linker.ingest(body, arrow)
-        self._answer(code, json.dumps(answer))
+                return 400, {"error": f"bad gzip body: {exc}"}
+        return self.server.linker.ingest(body, self.headers.get("Content-Type", "").startswith(ARROW_STREAM))
 
 
 class Linker:
@@ -143,6 +143,7 @@ class Linker:
         self.server.daemon_threads = True
         self.server.linker = self
         self.port = self.server.server_address[1]
+        self.bodies = threading.BoundedSemaphore(BODIES_AT_ONCE)
         self._stop = threading.Event()
         self._threads = []
 
