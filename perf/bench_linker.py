@@ -5,6 +5,10 @@ ingest of posted line protocol (dkebpf.linker.ingest.parse_spans, on
 dkebpf._lineproto.read_points) against the pure-Python reading of the same
 body (the independent test parser, tests/support/lineproto_parser.py, and
 pa.Table.from_pylist: what the linker did before), in the same run.
+And the whole linker, `dkebpf linker` as it runs (HTTP on loopback, the
+reader, fsynced storage, event-time windows, the join, line protocol out
+to a sink that counts): spans posted by 4 collector threads per second,
+and until all of them are linked and written.
 Targets: the join >= 500k spans/s, the reader >= 1 M spans/s.
 
 Prints `name: value` lines.
@@ -44,6 +48,59 @@ def chains(n, rng):
                      "dst_port": dst_port})
 
 
+class CountingSink:
+    """Where the linked spans go in the end-to-end run: counted, not sent."""
+
+    def __init__(self):
+        self.points = 0
+
+    def submit(self, category, input_name, body, npoints):
+        self.points += npoints
+
+    def close(self, deadline_s):
+        pass
+
+
+def end_to_end(bodies, total, collectors=4):
+    """(posting seconds, seconds until every span is written) of `bodies`
+    posted by `collectors` threads to a running linker."""
+    import http.client
+    import tempfile
+    import threading
+    import time
+
+    from dkebpf.linker.server import build
+
+    sink = CountingSink()
+    with tempfile.TemporaryDirectory() as tmp:
+        linker = build(["--listen", "127.0.0.1:0", "--data-dir", tmp + "/spans", "--window", "1s", "--lateness",
+                        "1s"], sink=sink)
+        linker.start()
+        try:
+            def collector(mine):
+                conn = http.client.HTTPConnection("127.0.0.1", linker.port, timeout=60)
+                for body in mine:
+                    conn.request("POST", "/v1/bpftracing", body)
+                    answer = conn.getresponse()
+                    assert answer.status == 200, answer.read()
+                    answer.read()
+                conn.close()
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=collector, args=(bodies[k::collectors],)) for k in range(collectors)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            t_post = time.perf_counter() - t0
+            while sink.points < total:  # the windows link once the posts stop for --lateness
+                assert time.perf_counter() - t0 < 600, (sink.points, total)
+                time.sleep(0.05)
+            return t_post, time.perf_counter() - t0
+        finally:
+            linker.close()
+
+
 def main():
     rng = np.random.default_rng(7)
     window, older = chains(N_CHAINS, rng), chains(N_CHAINS, rng)
@@ -80,6 +137,14 @@ def main():
     print(f"linker_ingest_line_protocol_mb_per_s: {len(lines) / t_ingest / 1e6:.0f}")
     print(f"linker_ingest_python_spans_per_s: {N_LINES / t_py:.0f}")
     print(f"linker_ingest_speedup_vs_python: {t_py / t_ingest:.1f}")
+    per_body = 20_000
+    offsets = np.flatnonzero(np.frombuffer(lines, np.uint8) == 10) + 1
+    cuts = [0, *offsets[per_body - 1::per_body].tolist()]
+    bodies = [lines[a:b] for a, b in zip(cuts, cuts[1:] + [len(lines)]) if b > a]
+    t_post, t_done = end_to_end(bodies, N_LINES)
+    print(f"linker_end_to_end_spans: {N_LINES} in {len(bodies)} posts by 4 collectors")
+    print(f"linker_end_to_end_posted_spans_per_s: {N_LINES / t_post:.0f}")
+    print(f"linker_end_to_end_linked_spans_per_s: {N_LINES / t_done:.0f} (with --lateness 1s of waiting)")
 
 
 if __name__ == "__main__":

@@ -104,8 +104,9 @@ class Windows:
             top = int(start.max())
             self.max_event_us = top if self.max_event_us is None else max(self.max_event_us, top)
             late_rows = []
-            for w in np.unique(windows).tolist():
-                part = table.filter(pa.array(windows == w))
+            distinct = np.unique(windows).tolist()
+            for w in distinct:  # (a post usually lands in one window: no copy then)
+                part = table if len(distinct) == 1 else table.filter(pa.array(windows == w))
                 if self.last_linked is not None and w <= self.last_linked:
                     late_rows.append(part)
                     continue
@@ -202,7 +203,9 @@ class Windows:
                 table = table.drop_columns([name])
             table = table.append_column(name, col)
         drop = [c for c in ("app_trace_id_l", "app_trace_id_h", "app_parent_id_l") if c in table.column_names]
-        table = table.drop_columns(drop).filter(pa.array(keep))
+        table = table.drop_columns(drop)
+        if not keep.all():
+            table = table.filter(pa.array(keep))
         self.counters["sampled_out"] += int((~keep).sum())
         if table.num_rows:
             self.emit(table)
