@@ -48,6 +48,7 @@ cimport numpy as cnp
 
 from payloads cimport payload_view, view_payloads, payload_start
 from dk_common cimport offset_of
+from bytebuf cimport bytebuf, bytebuf_reserve
 from dkebpf._tracectx cimport ctx_t, CTX_HEADERS, ctx_header, ctx_from_values
 
 cnp.import_array()
@@ -217,25 +218,6 @@ _init_huffman()
 
 # ------------------------------------------------------------------- state
 
-cdef struct buf_t:
-    uint8_t *p
-    int64_t n, cap
-
-
-cdef int _reserve(buf_t *b, int64_t more) noexcept nogil:
-    cdef int64_t cap
-    cdef uint8_t *p
-    if b.n + more <= b.cap:
-        return 0
-    cap = b.cap * 2 if b.cap * 2 > b.n + more else b.n + more + 256
-    p = <uint8_t *>realloc(b.p, cap)
-    if p == NULL:
-        return -1
-    b.p = p
-    b.cap = cap
-    return 0
-
-
 cdef struct entry_t:
     uint8_t *blob  # name then value
     int nlen, vlen
@@ -249,8 +231,8 @@ cdef struct hstate_t:
     int error             # the error that broke the table; 0 while it is known
     int64_t err_a, err_b  # details for the message
     bint pending          # a HEADERS block waits for its CONTINUATIONs in frag
-    buf_t frag
-    buf_t hname, hvalue   # Huffman-decoded strings of the current header
+    bytebuf frag
+    bytebuf hname, hvalue   # Huffman-decoded strings of the current header
 
 
 cdef void _evict(hstate_t *s) noexcept nogil:
@@ -328,15 +310,28 @@ cdef int64_t _int(const uint8_t *b, int64_t i, int64_t n, int prefix, int64_t *o
     return i
 
 
-cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, buf_t *tmp,
+cdef inline int _huff_nibble(int state, uint8_t nibble, uint8_t *out, int64_t *k) noexcept nogil:
+    """One step of the Huffman state machine: the next state, the symbol
+    it completes (if any) appended at out[k]; -E_* on EOS or no code."""
+    cdef int t = state * 16 + nibble
+    cdef int16_t sym = HUFF_SYM[t]
+    if sym >= 0:
+        if sym == 256:
+            return -E_HUFF_EOS
+        out[k[0]] = <uint8_t>sym
+        k[0] += 1
+    elif sym == -2:
+        return -E_HUFF_CODE
+    return HUFF_NEXT[t]
+
+
+cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, bytebuf *tmp,
                      const uint8_t **out, int *outlen) noexcept nogil:
     """The string literal at b[i] (5.2) -> out (into b, or tmp when Huffman
     coded); the index after it, or -E_*."""
     cdef bint huff
     cdef int64_t length, k, e
-    cdef int state = 0, t
-    cdef int16_t sym
-    cdef uint8_t c
+    cdef int state = 0
     if i >= n:
         return -E_STR_MISSING
     huff = b[i] & 0x80
@@ -352,32 +347,16 @@ cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, buf_t 
         outlen[0] = <int>length
         return i + length
     tmp.n = 0
-    if _reserve(tmp, length * 8 // 5 + 1) < 0:
+    if bytebuf_reserve(tmp, length * 8 // 5 + 1) < 0:
         return -E_NOMEM
     k = 0
     e = i + length
     while i < e:
-        c = b[i]
-        t = state * 16 + (c >> 4)
-        sym = HUFF_SYM[t]
-        if sym >= 0:
-            if sym == 256:
-                return -E_HUFF_EOS
-            tmp.p[k] = <uint8_t>sym
-            k += 1
-        elif sym == -2:
-            return -E_HUFF_CODE
-        state = HUFF_NEXT[t]
-        t = state * 16 + (c & 15)
-        sym = HUFF_SYM[t]
-        if sym >= 0:
-            if sym == 256:
-                return -E_HUFF_EOS
-            tmp.p[k] = <uint8_t>sym
-            k += 1
-        elif sym == -2:
-            return -E_HUFF_CODE
-        state = HUFF_NEXT[t]
+        state = _huff_nibble(state, b[i] >> 4, tmp.p, &k)
+        if state >= 0:
+            state = _huff_nibble(state, b[i] & 15, tmp.p, &k)
+        if state < 0:
+            return state
         i += 1
     if not HUFF_PAD_OK[state]:  # padding: fewer than 8 bits, all ones
         return -E_HUFF_PAD
@@ -390,11 +369,11 @@ cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, buf_t 
 
 cdef struct sink_t:
     bint every            # every header into all/offs (decode), else the fields into rec
-    buf_t all
-    buf_t offs            # int32 offsets
+    bytebuf all
+    bytebuf offs            # int32 offsets
     hdr_t *rec
     uint32_t seen         # bit f: field f met in this block (the first one wins)
-    buf_t *arena
+    bytebuf *arena
     uint8_t ctx_val[CTX_HEADERS * CTX_CAP]
     int ctx_len[CTX_HEADERS]
 
@@ -403,7 +382,7 @@ cdef int _emit(sink_t *k, uint8_t field, const uint8_t *name, int nlen, const ui
     cdef hdr_t *r
     cdef int h, v, d
     if k.every:
-        if _reserve(&k.all, nlen + vlen) < 0 or _reserve(&k.offs, 8) < 0:
+        if bytebuf_reserve(&k.all, nlen + vlen) < 0 or bytebuf_reserve(&k.offs, 8) < 0:
             return E_NOMEM
         memcpy(k.all.p + k.all.n, name, nlen)
         k.all.n += nlen
@@ -420,7 +399,7 @@ cdef int _emit(sink_t *k, uint8_t field, const uint8_t *name, int nlen, const ui
         return 0
     k.seen |= 1u << field
     if field < N_STR_FIELDS:
-        if _reserve(k.arena, vlen) < 0:
+        if bytebuf_reserve(k.arena, vlen) < 0:
             return E_NOMEM
         r.str_off[field] = <uint32_t>k.arena.n
         r.str_len[field] = <uint32_t>vlen
@@ -590,7 +569,7 @@ cdef class HpackDecoder:
         k.offs.p = NULL
         k.offs.n = k.offs.cap = 0
         try:
-            if _reserve(&k.offs, 4) < 0:
+            if bytebuf_reserve(&k.offs, 4) < 0:
                 raise MemoryError()
             (<int32_t *>k.offs.p)[0] = 0
             k.offs.n = 4
@@ -651,7 +630,7 @@ def decode_headers(payloads, rows, which, decoders):
         raise ValueError("decode_headers: a row's ev is past the payloads")
     cdef hstate_t **states = <hstate_t **>malloc((nd + 1) * sizeof(hstate_t *))
     cdef sink_t *k = <sink_t *>malloc(sizeof(sink_t))
-    cdef buf_t arena
+    cdef bytebuf arena
     cdef hstate_t *s
     cdef const uint8_t *p
     cdef int64_t plen
@@ -697,7 +676,7 @@ def decode_headers(payloads, rows, which, decoders):
                 else:
                     if typ[j] != 9:
                         s.frag.n = 0
-                    if _reserve(&s.frag, blen[j]) < 0:
+                    if bytebuf_reserve(&s.frag, blen[j]) < 0:
                         err = E_NOMEM
                     else:
                         memcpy(s.frag.p + s.frag.n, p, blen[j])

@@ -885,6 +885,7 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
 from libc.stdlib cimport calloc, realloc
 from libc.string cimport memchr, memcmp, strlen
 from utf8 cimport utf8_seq_len, utf8_cont_ok, utf8_replace_invalid
+from bytebuf cimport bytebuf, bytebuf_reserve
 
 cdef enum:  # reader column kinds; RK_NONE: no accepted line had it yet
     RK_NONE = 0
@@ -900,6 +901,7 @@ cdef enum:
     MAX_KEYS = 1024       # distinct keys a body may use
     HASH_SLOTS = 4096     # open addressing, a power of two > 2 * MAX_KEYS
     MAX_ERRORS = 3        # error messages kept (all are counted)
+    MAX_LINE = 1 << 20    # longer lines are rejected (the line's scratch is 4x its length)
 
 cdef enum:  # reader errors (messages in _READ_ERRORS, formatted after the pass)
     R_MEAS = 1
@@ -925,6 +927,7 @@ cdef enum:  # reader errors (messages in _READ_ERRORS, formatted after the pass)
     R_REQUIRED_TYPE
     R_REQUIRED_MISSING
     R_TOO_MANY_KEYS
+    R_LINE_TOO_LONG
 
 _READ_ERRORS = {
     R_MEAS: "missing measurement", R_TAGKEY_EMPTY: "empty tag key",
@@ -945,12 +948,8 @@ _READ_ERRORS = {
     R_REQUIRED_TYPE: "{key!r} is {kind}, {want} is required",
     R_REQUIRED_MISSING: "required field {key!r} ({want}) missing",
     R_TOO_MANY_KEYS: "more than {max_keys} distinct keys in one body",
+    R_LINE_TOO_LONG: "line longer than {max_line} bytes",
 }
-
-ctypedef struct RBuf:
-    uint8_t* p
-    int64_t n
-    int64_t cap
 
 ctypedef struct RCol:
     int64_t key_off        # unescaped key in the reader's key store
@@ -963,7 +962,7 @@ ctypedef struct RCol:
     int64_t* vals          # int64 / float64 bits / bool per row
     int32_t* offs          # strings: rows + 1 offsets into data
     int64_t filled         # offs written for rows < filled
-    RBuf data
+    bytebuf data
 
 ctypedef struct RVal:      # one value of the line being read
     int col
@@ -995,30 +994,16 @@ ctypedef struct Reader:
     int32_t slots[HASH_SLOTS]   # column + 1; 0 empty
     int* pred                   # column of the k-th key of the last accepted line
     int npred
-    RBuf keys
+    bytebuf keys
     RVal* vals
     int nvals, capvals
-    RBuf scratch                # unescaped / repaired text of the current line
+    bytebuf scratch                # unescaped / repaired text of the current line
     int64_t rejected
     RErr errors[MAX_ERRORS]
     int nerrors
     int nomem
     int required[16]            # columns of the required keys
     int nrequired
-
-
-cdef inline int _rb_reserve(RBuf* b, int64_t more) noexcept nogil:
-    cdef int64_t cap
-    cdef uint8_t* p
-    if b.n + more <= b.cap:
-        return 0
-    cap = 2 * b.cap if 2 * b.cap > b.n + more else b.n + more + 4096
-    p = <uint8_t*>realloc(b.p, cap)
-    if p == NULL:
-        return -1
-    b.p = p
-    b.cap = cap
-    return 0
 
 
 cdef inline uint64_t _fnv(const uint8_t* p, int64_t n) noexcept nogil:
@@ -1052,7 +1037,7 @@ cdef int _key_column(Reader* r, const uint8_t* key, int64_t n, int position) noe
         slot = (slot + 1) & (HASH_SLOTS - 1)
     if r.ncols == MAX_KEYS:
         return -1
-    if _rb_reserve(&r.keys, n + 1) < 0:
+    if bytebuf_reserve(&r.keys, n + 1) < 0:
         return -2
     c = r.ncols
     r.ncols += 1
@@ -1274,6 +1259,23 @@ cdef inline bint _word(const uint8_t* p, int64_t n, const char* w) noexcept nogi
     return n == <int64_t>strlen(w) and memcmp(p, w, n) == 0
 
 
+cdef int64_t _key(Reader* r, const uint8_t* s, int64_t i, int64_t n, int64_t lineno, bint tag,
+                  const uint8_t** key, int64_t* keylen, bint* high) noexcept nogil:
+    """The tag or field key from s[i] up to its '=' -> key; where the '='
+    is, or -1 after a _fail."""
+    cdef uint8_t ch = 0
+    cdef int64_t res = _token(r, s, i, n, T_KEY, False, key, keylen, &ch, high)
+    if res < -1:
+        _fail(r, R_UNESC_TAGKEY if tag else R_UNESC_FIELDKEY, lineno, s, n, -2 - res, NULL, 0, NULL, 0, ch, 0, 0)
+    elif keylen[0] == 0:
+        _fail(r, R_TAGKEY_EMPTY if tag else R_FIELDKEY_EMPTY, lineno, s, n, res, NULL, 0, NULL, 0, 0, 0, 0)
+    elif res >= n:
+        _fail(r, R_TAG_NOEQ if tag else R_FIELD_NOEQ, lineno, s, n, res, key[0], keylen[0], NULL, 0, 0, 0, 0)
+    else:
+        return res
+    return -1
+
+
 cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept nogil:
     """Read one line (no '\\n'); 1 accepted, 0 rejected, -1 out of memory."""
     cdef int64_t i = 0, j, a, res, ts = r.ts_default, v, kstart
@@ -1288,8 +1290,11 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
     cdef double dv
     cdef char num[72]
     cdef char* numbuf
+    if n > MAX_LINE:
+        _fail(r, R_LINE_TOO_LONG, lineno, s, 200, 0, NULL, 0, NULL, 0, 0, 0, 0)
+        return 0
     r.scratch.n = 0  # unescaped tokens (<= n in all) and their UTF-8 repairs (<= 3 n)
-    if _rb_reserve(&r.scratch, 4 * n + 80) < 0:
+    if bytebuf_reserve(&r.scratch, 4 * n + 80) < 0:
         return -1
     r.nvals = 0
     while i < n and (s[i] == 32 or s[i] == 9):
@@ -1303,16 +1308,8 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
     # tags
     while i < n and s[i] == 44:
         kstart = i + 1
-        res = _token(r, s, i + 1, n, T_KEY, False, &key, &keylen, &ch, &high)
-        if res < -1:
-            _fail(r, R_UNESC_TAGKEY, lineno, s, n, -2 - res, NULL, 0, NULL, 0, ch, 0, 0)
-            return 0
-        i = res
-        if keylen == 0:
-            _fail(r, R_TAGKEY_EMPTY, lineno, s, n, i, NULL, 0, NULL, 0, 0, 0, 0)
-            return 0
-        if i >= n:
-            _fail(r, R_TAG_NOEQ, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
+        i = _key(r, s, i + 1, n, lineno, True, &key, &keylen, &high)
+        if i < 0:
             return 0
         res = _token(r, s, i + 1, n, T_TAGVAL, False, &val, &vlen, &ch, &high)
         if res < -1:
@@ -1333,16 +1330,8 @@ cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept 
     # fields
     while True:
         kstart = i
-        res = _token(r, s, i, n, T_KEY, False, &key, &keylen, &ch, &high)
-        if res < -1:
-            _fail(r, R_UNESC_FIELDKEY, lineno, s, n, -2 - res, NULL, 0, NULL, 0, ch, 0, 0)
-            return 0
-        i = res
-        if keylen == 0:
-            _fail(r, R_FIELDKEY_EMPTY, lineno, s, n, i, NULL, 0, NULL, 0, 0, 0, 0)
-            return 0
-        if i >= n:
-            _fail(r, R_FIELD_NOEQ, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
+        i = _key(r, s, i, n, lineno, False, &key, &keylen, &high)
+        if i < 0:
             return 0
         i += 1
         if i < n and s[i] == 34:  # a string
@@ -1525,7 +1514,7 @@ cdef int _commit(Reader* r, int64_t lineno, const uint8_t* line, int64_t linelen
             return -1
         col.valid[row] = 1
         if rv.kind == RK_STR:
-            if _rb_reserve(&col.data, rv.slen) < 0:
+            if bytebuf_reserve(&col.data, rv.slen) < 0:
                 return -1
             q = col.data.n
             while col.filled <= row:  # rows without this key: empty
@@ -1575,7 +1564,7 @@ cdef str _error_text(RErr* e, body):
     key = e.key[:e.key_len].decode("utf-8", "replace")
     tok = e.tok[:e.tok_len].decode("utf-8", "replace")
     msg = _READ_ERRORS[e.code].format(key=key, tok=tok, ch=chr(e.ch), kind=_KIND_TEXT[e.kind],
-                                      want=_KIND_TEXT[e.want], max_keys=MAX_KEYS)
+                                      want=_KIND_TEXT[e.want], max_keys=MAX_KEYS, max_line=MAX_LINE)
     snippet = line if len(line) <= 200 else line[:200] + "..."
     return f"line {e.lineno}, column {e.col + 1}: {msg}: {snippet!r}"
 
