@@ -15,6 +15,7 @@ Prints `name: value` lines.
 """
 import os
 import sys
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -48,17 +49,6 @@ def chains(n, rng):
                      "dst_port": dst_port})
 
 
-def cpu_best_of(fn, repeat):
-    """best_of in CPU seconds of this process (the reader is one thread)."""
-    import time
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.process_time()
-        fn()
-        best = min(best, time.process_time() - t)
-    return best
-
-
 class CountingSink:
     """Where the linked spans go in the end-to-end run: counted, not sent."""
 
@@ -78,7 +68,6 @@ def end_to_end(bodies, total, collectors=4):
     import http.client
     import tempfile
     import threading
-    import time
 
     from dkebpf.linker.server import build
 
@@ -131,7 +120,7 @@ def main():
     table, rejected, _ = parse_spans(lines, 0)
     assert (table.num_rows, rejected) == (N_LINES, 0)
     t_ingest = best_of(lambda: parse_spans(lines, 0), 5)
-    t_ingest_cpu = cpu_best_of(lambda: parse_spans(lines, 0), 5)
+    t_ingest_cpu = best_of(lambda: parse_spans(lines, 0), 5, time.process_time)
     sys.path.insert(0, TESTS_DIR)
     from support.lineproto_parser import parse
 
