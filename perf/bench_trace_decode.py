@@ -188,7 +188,7 @@ def main():
     recs, _ = cython()
     assert (recs["state"] == 1).sum() == blocks and recs["source"][recs["state"] == 1].tolist().count(1) == calls
     t_cy = best_of(cython, 5)
-    t_cy_cpu = best_of(cython, 5, time.process_time)
+    t_cy_cpu = best_of(cython, 5, time.thread_time)
     t_frames = best_of(cython_with_frames, 5)
     t_py = best_of(python, 2) * blocks / len(py_blocks)
     print(f"hpack_blocks: {blocks}")

@@ -9,8 +9,8 @@ TESTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "test
 
 def best_of(fn, repeat=5, clock=time.perf_counter):
     """The fastest of `repeat` runs, in seconds: the least disturbed by
-    whatever else this noisy machine is doing. clock=time.process_time:
-    in CPU seconds of this process (what one core does for a one-thread
+    whatever else this noisy machine is doing. clock=time.thread_time: in
+    CPU seconds of the calling thread (what one core does for a one-thread
     kernel while other processes share the machine)."""
     best = float("inf")
     for _ in range(repeat):
