@@ -629,3 +629,12 @@ def test_reader_empty_and_comment_bodies():
     for body in (b"", b"\n\n", b"# only a comment\n  \t\n"):
         table, rejected, errors = read_points(body, SPAN_REQUIRED, 0)
         assert (table.num_rows, rejected, errors) == (0, 0, [])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=120), st.booleans())
+def test_reader_fuzz_random_bytes_give_valid_columns(body, required):
+    table, rejected, errors = read_points(body, {"a": "int"} if required else None, 5)
+    table.validate(full=True)  # offsets, bitmaps, UTF-8 of every string
+    lines = [ln for ln in body.split(b"\n") if ln.lstrip(b" \t") and not ln.lstrip(b" \t").startswith(b"#")]
+    assert table.num_rows + rejected == len(lines) and len(errors) == min(3, rejected)
