@@ -1,29 +1,59 @@
 """HPACK (RFC 7541) header block decoding for HTTP/2 spans: one decoder per
 connection and direction, since each end keeps its own dynamic table.
 
-A block decodes into one bytes object and one offsets array (names and
-values alternating), not a Python object per header. Representations:
-indexed (static table 1..61, dynamic 62..), literal with incremental
-indexing, without indexing, never indexed, and dynamic table size updates
-(up to ``max_table_size``, the largest the decoder accepts). Strings may be
-Huffman coded (Appendix B; the code is canonical, so decoding walks code
-lengths with one first-code and count per length). Tables:
-ext/includes/hpack_tables.h.
+Two ways out of one decoding loop (``_decode_block``):
 
-A decoding error raises ValueError naming it; the connection's table is
-then unknown, so the span builder stops decoding that connection (a
-connection seen mid-stream is in that state from the start: its indexed
-headers refer to entries it never saw).
+* ``decode_headers(payloads, rows, which, decoders)``, the span builder's:
+  the header blocks of the HTTP/2 frame rows of ``dkebpf._http2.parse``
+  (HEADERS / PUSH_PROMISE and their CONTINUATIONs put together), each on
+  the decoder of its connection and direction, with the GIL released and
+  no Python object per block or header. What a span needs lands in one
+  record per frame row (``HEADERS_DTYPE``): ``:method``, ``:path``,
+  ``:authority``, ``content-type``, ``grpc-message`` (offset and length in
+  the returned byte arena), ``:status`` and ``grpc-status`` as numbers, and
+  the app trace context of the trace-context headers ext/tracectx.pyx knows
+  (``traceparent``, B3, Datadog: the same rules, through its C interface,
+  ext/includes/dkebpf/_tracectx.pxd). The first occurrence of a header
+  wins.
+* ``HpackDecoder.decode(block)``: every header of one block, as one bytes
+  object and an offsets array (names and values alternating), for tests
+  and tools.
+
+Representations: indexed (static table 1..61, dynamic 62..), literal with
+incremental indexing, without indexing, never indexed, and dynamic table
+size updates (up to ``max_table_size``, the largest the decoder accepts).
+The dynamic table is C memory (a ring of entries, each remembering which
+span field its name is, so an indexed header costs no name comparison).
+Huffman strings (Appendix B) are decoded four bits at a time by a state
+machine built at import from the code table (ext/includes/hpack_tables.h):
+one table step per nibble, at most one symbol each (the shortest code has
+five bits).
+
+A decoding error (ValueError naming it from ``decode``; an error code in
+the record from ``decode_headers``) leaves the connection's table unknown:
+the decoder is then broken and refuses later blocks (``E_BROKEN``), so a
+connection seen mid-stream, whose indexed headers refer to entries it never
+saw, stops at its first such block instead of reporting wrong headers. A
+header block cut by the capture, or a CONTINUATION without its HEADERS,
+breaks it the same way.
 
 ``tests/reference/hpack_ref.py`` holds the same rules in plain Python.
 """
-from libc.stdint cimport int64_t, uint8_t, uint32_t
-from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, strlen
+from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memcmp, memcpy, strlen
 
 import numpy as np
+cimport numpy as cnp
 
-__all__ = ["HpackDecoder"]
+from payloads cimport payload_view, view_payloads, payload_start
+from dk_common cimport offset_of
+from bytebuf cimport bytebuf, bytebuf_reserve
+from dkebpf._tracectx cimport ctx_t, CTX_HEADERS, ctx_header, ctx_from_values
+
+cnp.import_array()
+
+__all__ = ["HpackDecoder", "decode_headers", "HEADERS_DTYPE", "ERRORS", "strings"]
 
 cdef extern from "hpack_tables.h":
     const uint32_t HPACK_HUFFMAN_CODE[257]
@@ -31,168 +61,246 @@ cdef extern from "hpack_tables.h":
     const char *const HPACK_STATIC_NAME[62]
     const char *const HPACK_STATIC_VALUE[62]
 
-# canonical Huffman decoding tables, per code length 1..30
-cdef uint32_t FIRST[31]
-cdef uint32_t COUNT[31]
-cdef uint32_t START[31]
-cdef uint32_t SYMS[257]
+# ------------------------------------------------------------------ errors
+
+cdef enum:
+    E_INDEX = 1
+    E_INT_CUT
+    E_INT_BIG
+    E_STR_MISSING
+    E_STR_CUT
+    E_HUFF_CODE
+    E_HUFF_EOS
+    E_HUFF_PAD
+    E_SIZE
+    E_NOMEM
+    E_CUT_FRAME
+    E_CONTINUATION
+    E_BROKEN
+
+ERRORS = ("", "index not in the tables", "integer cut", "integer too large", "string missing",
+          "string longer than the block", "bad Huffman code", "EOS inside a Huffman string",
+          "bad Huffman padding", "table size update above the limit", "out of memory",
+          "header block cut by the capture", "CONTINUATION without the HEADERS it continues",
+          "an earlier block of this connection failed: its table is unknown")
+
+# ------------------------------------------------------------ span fields
+
+cdef enum:  # which span field a header name is; F_CTX + h: tracectx's header h
+    F_METHOD = 0
+    F_PATH
+    F_AUTHORITY
+    F_CTYPE
+    F_GRPC_MESSAGE
+    F_STATUS
+    F_GRPC_STATUS
+    F_CTX
+    F_NONE = 255
+cdef enum:
+    N_STR_FIELDS = 5  # F_METHOD..F_GRPC_MESSAGE: strings in the arena
+    CTX_CAP = 256     # tracectx reads at most this much of a value
+
+STRING_FIELDS = ("method", "path", "authority", "content_type", "grpc_message")
+
+cdef struct hdr_t:
+    uint64_t trace_hi, trace_lo, parent
+    uint32_t str_off[5]   # STRING_FIELDS in the arena
+    uint32_t str_len[5]   # 0xFFFFFFFF: header absent
+    uint16_t status       # :status, 0 absent or not 3 digits
+    int16_t grpc_status   # -1 absent or not a number
+    int8_t sampled
+    uint8_t source
+    uint8_t state         # 0 no block ends at this row, 1 decoded, 2 error
+    uint8_t error         # E_* (ERRORS[error])
+    uint16_t nheaders
+
+
+cdef hdr_t _h
+HEADERS_DTYPE = np.dtype({
+    "names": ["trace_hi", "trace_lo", "parent", "str_off", "str_len", "status", "grpc_status", "sampled",
+              "source", "state", "error", "nheaders"],
+    "formats": ["<u8", "<u8", "<u8", ("<u4", 5), ("<u4", 5), "<u2", "<i2", "i1", "u1", "u1", "u1", "<u2"],
+    "offsets": [offset_of(&_h, &_h.trace_hi), offset_of(&_h, &_h.trace_lo), offset_of(&_h, &_h.parent),
+                offset_of(&_h, &_h.str_off), offset_of(&_h, &_h.str_len), offset_of(&_h, &_h.status),
+                offset_of(&_h, &_h.grpc_status), offset_of(&_h, &_h.sampled), offset_of(&_h, &_h.source),
+                offset_of(&_h, &_h.state), offset_of(&_h, &_h.error), offset_of(&_h, &_h.nheaders)],
+    "itemsize": sizeof(hdr_t)})
+
+
+cdef uint8_t _field_of(const uint8_t *p, int n) noexcept nogil:
+    cdef int h
+    if n == 7 and memcmp(p, b":method", 7) == 0:
+        return F_METHOD
+    if n == 5 and memcmp(p, b":path", 5) == 0:
+        return F_PATH
+    if n == 10 and memcmp(p, b":authority", 10) == 0:
+        return F_AUTHORITY
+    if n == 12 and memcmp(p, b"content-type", 12) == 0:
+        return F_CTYPE
+    if n == 12 and memcmp(p, b"grpc-message", 12) == 0:
+        return F_GRPC_MESSAGE
+    if n == 7 and memcmp(p, b":status", 7) == 0:
+        return F_STATUS
+    if n == 11 and memcmp(p, b"grpc-status", 11) == 0:
+        return F_GRPC_STATUS
+    h = ctx_header(p, n)
+    return F_NONE if h < 0 else <uint8_t>(F_CTX + h)
+
+
+cdef uint8_t STATIC_FIELD[62]
+cdef int STATIC_NLEN[62]
+cdef int STATIC_VLEN[62]
+
+
+def _init_static():
+    for i in range(1, 62):
+        STATIC_NLEN[i] = strlen(HPACK_STATIC_NAME[i])
+        STATIC_VLEN[i] = strlen(HPACK_STATIC_VALUE[i])
+        STATIC_FIELD[i] = _field_of(<const uint8_t *>HPACK_STATIC_NAME[i], STATIC_NLEN[i])
+
+
+_init_static()
+
+# ----------------------------------------------------------------- Huffman
+
+# state machine: state = an inner node of the code tree (0 the root);
+# HUFF_NEXT/HUFF_SYM[state * 16 + nibble]: the node after those four bits,
+# and the symbol completed on the way (-1 none, 256 EOS, -2 no such code)
+cdef uint8_t HUFF_NEXT[256 * 16]
+cdef int16_t HUFF_SYM[256 * 16]
+cdef uint8_t HUFF_PAD_OK[256]  # padding may end here: the root, or up to 7 one bits below it
 
 
 def _init_huffman():
-    order = sorted(range(257), key=lambda s: (HPACK_HUFFMAN_BITS[s], HPACK_HUFFMAN_CODE[s]))
-    cdef int i, n = 0, length
-    for length in range(31):
-        COUNT[length] = 0
-        FIRST[length] = 0
-        START[length] = 0
-    for i, s in enumerate(order):
-        SYMS[i] = s
-        length = HPACK_HUFFMAN_BITS[s]
-        if COUNT[length] == 0:
-            FIRST[length] = HPACK_HUFFMAN_CODE[s]
-            START[length] = i
-        elif HPACK_HUFFMAN_CODE[s] != FIRST[length] + COUNT[length]:
-            raise ImportError("hpack_tables.h: the Huffman code is not canonical")
-        COUNT[length] += 1
+    children = [[-1, -1]]  # inner nodes; a child >= 0 an inner node, <= -2 the leaf of symbol -2 - child
+    for s in range(257):
+        code, bits, node = HPACK_HUFFMAN_CODE[s], HPACK_HUFFMAN_BITS[s], 0
+        for k in range(bits - 1, -1, -1):
+            b = (code >> k) & 1
+            if k == 0:
+                if children[node][b] != -1:
+                    raise ImportError("hpack_tables.h: the Huffman code is not a prefix code")
+                children[node][b] = -2 - s
+            else:
+                if children[node][b] == -1:
+                    children.append([-1, -1])
+                    children[node][b] = len(children) - 1
+                node = children[node][b]
+                if node < 0:
+                    raise ImportError("hpack_tables.h: the Huffman code is not a prefix code")
+    if len(children) > 256:
+        raise ImportError(f"hpack_tables.h: {len(children)} inner nodes, the state machine holds 256")
+    for state in range(len(children)):
+        HUFF_PAD_OK[state] = 0
+        for nib in range(16):
+            node, sym = state, -1
+            for k in (3, 2, 1, 0):
+                c = children[node][(nib >> k) & 1]
+                if c == -1:
+                    sym, node = -2, 0
+                    break
+                if c <= -2:
+                    sym, node = -2 - c, 0
+                    if sym == 256:
+                        break
+                else:
+                    node = c
+            HUFF_NEXT[state * 16 + nib] = node
+            HUFF_SYM[state * 16 + nib] = sym
+    node = 0
+    for depth in range(8):  # the all-ones path: EOS's first bits
+        HUFF_PAD_OK[node] = 1
+        node = children[node][1]
 
 
 _init_huffman()
 
 
+# ------------------------------------------------------------------- state
+
 cdef struct entry_t:
-    char *blob  # name then value
+    uint8_t *blob  # name then value
     int nlen, vlen
+    uint8_t field
 
 
-cdef class HpackDecoder:
-    cdef entry_t *ring
-    cdef int cap, head, count  # head: slot of the newest entry
-    cdef Py_ssize_t size, max_size, limit
-    cdef bytearray out
+cdef struct hstate_t:
+    entry_t *ring
+    int cap, head, count  # head: slot of the newest entry
+    int64_t size, max_size, limit
+    int error             # the error that broke the table; 0 while it is known
+    int64_t err_a, err_b  # details for the message
+    bint pending          # a HEADERS block waits for its CONTINUATIONs in frag
+    bytebuf frag
+    bytebuf hname, hvalue   # Huffman-decoded strings of the current header
 
-    def __cinit__(self, Py_ssize_t max_table_size=65536):
-        self.limit = max_table_size
-        self.max_size = min(4096, max_table_size)  # SETTINGS_HEADER_TABLE_SIZE's initial value
-        self.cap = max_table_size // 32 + 1
-        self.ring = <entry_t *>malloc(self.cap * sizeof(entry_t))
-        if self.ring == NULL:
-            raise MemoryError()
-        self.head = 0
-        self.count = 0
-        self.size = 0
 
-    def __dealloc__(self):
-        if self.ring != NULL:
-            while self.count:
-                self._evict()
-            free(self.ring)
+cdef void _evict(hstate_t *s) noexcept nogil:
+    cdef int oldest = (s.head - s.count + 1 + s.cap) % s.cap
+    s.size -= s.ring[oldest].nlen + s.ring[oldest].vlen + 32
+    free(s.ring[oldest].blob)
+    s.count -= 1
 
-    @property
-    def table_size(self):
-        """Bytes the dynamic table holds (RFC 7541 4.1: name + value + 32 each)."""
-        return self.size
 
-    cdef void _evict(self) noexcept:
-        cdef int oldest = (self.head - self.count + 1 + self.cap) % self.cap
-        self.size -= self.ring[oldest].nlen + self.ring[oldest].vlen + 32
-        free(self.ring[oldest].blob)
-        self.count -= 1
-
-    cdef int _add(self, const char *name, int nlen, const char *value, int vlen) except -1:
-        cdef Py_ssize_t need = nlen + vlen + 32
-        while self.count and self.size + need > self.max_size:
-            self._evict()
-        if need > self.max_size:
-            return 0  # larger than the table: it empties it and is not added (4.4)
-        cdef char *blob = <char *>malloc(nlen + vlen + 1)
+cdef int _add(hstate_t *s, const uint8_t *name, int nlen, const uint8_t *value, int vlen, uint8_t field) noexcept nogil:
+    cdef int64_t need = <int64_t>nlen + vlen + 32
+    cdef uint8_t *blob = NULL
+    if need <= s.max_size:
+        # copied before evicting: the name may be an entry's that goes (4.4)
+        blob = <uint8_t *>malloc(nlen + vlen + 1)
         if blob == NULL:
-            raise MemoryError()
+            return E_NOMEM
         memcpy(blob, name, nlen)
         memcpy(blob + nlen, value, vlen)
-        self.head = (self.head + 1) % self.cap
-        self.ring[self.head].blob = blob
-        self.ring[self.head].nlen = nlen
-        self.ring[self.head].vlen = vlen
-        self.count += 1
-        self.size += need
+    while s.count and s.size + need > s.max_size:
+        _evict(s)
+    if blob == NULL:
+        return 0  # larger than the table: it empties it and is not added (4.4)
+    s.head = (s.head + 1) % s.cap
+    s.ring[s.head].blob = blob
+    s.ring[s.head].nlen = nlen
+    s.ring[s.head].vlen = vlen
+    s.ring[s.head].field = field
+    s.count += 1
+    s.size += need
+    return 0
+
+
+cdef int _lookup(hstate_t *s, int64_t index, const uint8_t **name, int *nlen, const uint8_t **value, int *vlen,
+                 uint8_t *field) noexcept nogil:
+    cdef int slot
+    if 1 <= index <= 61:
+        name[0] = <const uint8_t *>HPACK_STATIC_NAME[index]
+        nlen[0] = STATIC_NLEN[index]
+        value[0] = <const uint8_t *>HPACK_STATIC_VALUE[index]
+        vlen[0] = STATIC_VLEN[index]
+        field[0] = STATIC_FIELD[index]
         return 0
-
-    cdef int _lookup(self, int64_t index, const char **name, int *nlen, const char **value, int *vlen) except -1:
-        cdef int slot
-        if 1 <= index <= 61:
-            name[0] = HPACK_STATIC_NAME[index]
-            nlen[0] = strlen(name[0])
-            value[0] = HPACK_STATIC_VALUE[index]
-            vlen[0] = strlen(value[0])
-            return 0
-        if index < 1 or index - 62 >= self.count:
-            raise ValueError(f"hpack: index {index} not in the tables (dynamic table has {self.count} entries)")
-        slot = (self.head - <int>(index - 62) + self.cap) % self.cap
-        name[0] = self.ring[slot].blob
-        nlen[0] = self.ring[slot].nlen
-        value[0] = self.ring[slot].blob + self.ring[slot].nlen
-        vlen[0] = self.ring[slot].vlen
-        return 0
-
-    def decode(self, block):
-        """(data bytes, offsets int32 array of 2k+1) of the k headers of one
-        header block: header i's name is data[off[2i]:off[2i+1]], its value
-        data[off[2i+1]:off[2i+2]]."""
-        cdef const uint8_t[::1] b = memoryview(bytes(block)).cast("B") if len(block) else memoryview(b"\0")
-        cdef Py_ssize_t n = len(block), i = 0
-        cdef int64_t index
-        cdef uint8_t c
-        cdef const char *name
-        cdef const char *value
-        cdef int nlen, vlen
-        cdef bytes nbuf, vbuf
-        self.out = bytearray()
-        offsets = [0]
-        while i < n:
-            c = b[i]
-            if c & 0x80:  # indexed
-                i = _int(b, i, n, 7, &index)
-                self._lookup(index, &name, &nlen, &value, &vlen)
-                self._emit(name[:nlen], value[:vlen], offsets)
-            elif (c & 0xE0) == 0x20:  # size update
-                i = _int(b, i, n, 5, &index)
-                if index > self.limit:
-                    raise ValueError(f"hpack: table size update to {index}, above {self.limit}")
-                self.max_size = index
-                while self.count and self.size > self.max_size:
-                    self._evict()
-            else:
-                prefix = 6 if (c & 0xC0) == 0x40 else 4
-                i = _int(b, i, n, prefix, &index)
-                if index:
-                    self._lookup(index, &name, &nlen, &value, &vlen)
-                    nbuf = name[:nlen]
-                else:
-                    i, nbuf = _string(b, i, n)
-                i, vbuf = _string(b, i, n)
-                if prefix == 6:
-                    self._add(nbuf, len(nbuf), vbuf, len(vbuf))
-                self._emit(nbuf, vbuf, offsets)
-        return bytes(self.out), np.array(offsets, np.int32)
-
-    cdef _emit(self, bytes name, bytes value, list offsets):
-        self.out += name
-        offsets.append(len(self.out))
-        self.out += value
-        offsets.append(len(self.out))
+    if index < 1 or index - 62 >= s.count:
+        s.err_a = index
+        s.err_b = s.count
+        return E_INDEX
+    slot = (s.head - <int>(index - 62) + s.cap) % s.cap
+    name[0] = s.ring[slot].blob
+    nlen[0] = s.ring[slot].nlen
+    value[0] = s.ring[slot].blob + s.ring[slot].nlen
+    vlen[0] = s.ring[slot].vlen
+    field[0] = s.ring[slot].field
+    return 0
 
 
-cdef Py_ssize_t _int(const uint8_t[::1] b, Py_ssize_t i, Py_ssize_t n, int prefix, int64_t *out) except -1:
-    """The integer with an N-bit prefix at b[i] (5.1) -> out; the index after it."""
+cdef int64_t _int(const uint8_t *b, int64_t i, int64_t n, int prefix, int64_t *out) noexcept nogil:
+    """The integer with an N-bit prefix at b[i] (5.1) -> out; the index after
+    it, or -E_* on an error."""
     cdef int64_t mask = (1 << prefix) - 1, v = b[i] & mask
     cdef int shift = 0
     i += 1
     if v == mask:
         while True:
             if i >= n:
-                raise ValueError("hpack: integer cut")
+                return -E_INT_CUT
             if shift > 28:
-                raise ValueError("hpack: integer too large")
+                return -E_INT_BIG
             v += <int64_t>(b[i] & 0x7F) << shift
             shift += 7
             i += 1
@@ -202,40 +310,412 @@ cdef Py_ssize_t _int(const uint8_t[::1] b, Py_ssize_t i, Py_ssize_t n, int prefi
     return i
 
 
-cdef tuple _string(const uint8_t[::1] b, Py_ssize_t i, Py_ssize_t n):
-    """(index after, bytes) of the string literal at b[i] (5.2)."""
+cdef inline int _huff_nibble(int state, uint8_t nibble, uint8_t *out, int64_t *k) noexcept nogil:
+    """One step of the Huffman state machine: the next state, the symbol
+    it completes (if any) appended at out[k]; -E_* on EOS or no code."""
+    cdef int t = state * 16 + nibble
+    cdef int16_t sym = HUFF_SYM[t]
+    if sym >= 0:
+        if sym == 256:
+            return -E_HUFF_EOS
+        out[k[0]] = <uint8_t>sym
+        k[0] += 1
+    elif sym == -2:
+        return -E_HUFF_CODE
+    return HUFF_NEXT[t]
+
+
+cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, bytebuf *tmp,
+                     const uint8_t **out, int *outlen) noexcept nogil:
+    """The string literal at b[i] (5.2) -> out (into b, or tmp when Huffman
+    coded); the index after it, or -E_*."""
+    cdef bint huff
+    cdef int64_t length, k, e
+    cdef int state = 0
     if i >= n:
-        raise ValueError("hpack: string missing")
-    cdef bint huff = b[i] & 0x80
-    cdef int64_t length
+        return -E_STR_MISSING
+    huff = b[i] & 0x80
     i = _int(b, i, n, 7, &length)
+    if i < 0:
+        return i
     if length > n - i:
-        raise ValueError(f"hpack: string of {length} bytes, {n - i} left in the block")
+        s.err_a = length
+        s.err_b = n - i
+        return -E_STR_CUT
     if not huff:
-        return i + length, bytes(b[i:i + length])
-    return i + length, _huffman(b, i, i + length)
+        out[0] = b + i
+        outlen[0] = <int>length
+        return i + length
+    tmp.n = 0
+    if bytebuf_reserve(tmp, length * 8 // 5 + 1) < 0:
+        return -E_NOMEM
+    k = 0
+    e = i + length
+    while i < e:
+        state = _huff_nibble(state, b[i] >> 4, tmp.p, &k)
+        if state >= 0:
+            state = _huff_nibble(state, b[i] & 15, tmp.p, &k)
+        if state < 0:
+            return state
+        i += 1
+    if not HUFF_PAD_OK[state]:  # padding: fewer than 8 bits, all ones
+        return -E_HUFF_PAD
+    out[0] = tmp.p
+    outlen[0] = <int>k
+    return e
 
 
-cdef bytes _huffman(const uint8_t[::1] b, Py_ssize_t a, Py_ssize_t e):
-    cdef bytearray out = bytearray()
-    cdef uint32_t code = 0
-    cdef int length = 0, bit
-    cdef uint32_t sym
-    cdef Py_ssize_t i
-    for i in range(a, e):
-        for bit in range(7, -1, -1):
-            code = (code << 1) | ((b[i] >> bit) & 1)
-            length += 1
-            if length > 30:
-                raise ValueError("hpack: bad Huffman code")
-            if COUNT[length] and code - FIRST[length] < COUNT[length] and code >= FIRST[length]:
-                sym = SYMS[START[length] + code - FIRST[length]]
-                if sym == 256:
-                    raise ValueError("hpack: EOS inside a Huffman string")
-                out.append(sym)
-                code = 0
-                length = 0
-    # padding: fewer than 8 bits, all ones (the most significant bits of EOS)
-    if length > 7 or code != (1u << length) - 1:
-        raise ValueError("hpack: bad Huffman padding")
-    return bytes(out)
+# ------------------------------------------------------ where headers go
+
+cdef struct sink_t:
+    bint every            # every header into all/offs (decode), else the fields into rec
+    bytebuf all
+    bytebuf offs            # int32 offsets
+    hdr_t *rec
+    uint32_t seen         # bit f: field f met in this block (the first one wins)
+    bytebuf *arena
+    uint8_t ctx_val[CTX_HEADERS * CTX_CAP]
+    int ctx_len[CTX_HEADERS]
+
+
+cdef int _emit(sink_t *k, uint8_t field, const uint8_t *name, int nlen, const uint8_t *value, int vlen) noexcept nogil:
+    cdef hdr_t *r
+    cdef int h, v, d
+    if k.every:
+        if bytebuf_reserve(&k.all, nlen + vlen) < 0 or bytebuf_reserve(&k.offs, 8) < 0:
+            return E_NOMEM
+        memcpy(k.all.p + k.all.n, name, nlen)
+        k.all.n += nlen
+        (<int32_t *>(k.offs.p + k.offs.n))[0] = <int32_t>k.all.n
+        memcpy(k.all.p + k.all.n, value, vlen)
+        k.all.n += vlen
+        (<int32_t *>(k.offs.p + k.offs.n))[1] = <int32_t>k.all.n
+        k.offs.n += 8
+        return 0
+    r = k.rec
+    if r.nheaders < 0xFFFF:
+        r.nheaders += 1
+    if field == F_NONE or k.seen & (1u << field):
+        return 0
+    k.seen |= 1u << field
+    if field < N_STR_FIELDS:
+        if bytebuf_reserve(k.arena, vlen) < 0:
+            return E_NOMEM
+        r.str_off[field] = <uint32_t>k.arena.n
+        r.str_len[field] = <uint32_t>vlen
+        memcpy(k.arena.p + k.arena.n, value, vlen)
+        k.arena.n += vlen
+    elif field == F_STATUS:
+        if vlen == 3 and 48 <= value[0] <= 57 and 48 <= value[1] <= 57 and 48 <= value[2] <= 57:
+            r.status = (value[0] - 48) * 100 + (value[1] - 48) * 10 + value[2] - 48
+    elif field == F_GRPC_STATUS:
+        if 1 <= vlen <= 4:
+            v = 0
+            for d in range(vlen):
+                if not 48 <= value[d] <= 57:
+                    return 0
+                v = v * 10 + value[d] - 48
+            r.grpc_status = <int16_t>v
+    else:
+        h = field - F_CTX
+        k.ctx_len[h] = vlen if vlen < CTX_CAP else CTX_CAP
+        memcpy(k.ctx_val + h * CTX_CAP, value, k.ctx_len[h])
+    return 0
+
+
+cdef void _rec_start(sink_t *k) noexcept nogil:
+    cdef hdr_t *r = k.rec
+    cdef int f
+    r.trace_hi = r.trace_lo = r.parent = 0
+    for f in range(N_STR_FIELDS):
+        r.str_off[f] = 0
+        r.str_len[f] = 0xFFFFFFFF
+    r.status = 0
+    r.grpc_status = -1
+    r.sampled = 0
+    r.source = 0
+    r.state = 0
+    r.error = 0
+    r.nheaders = 0
+    k.seen = 0
+    for f in range(CTX_HEADERS):
+        k.ctx_len[f] = -1
+
+
+cdef void _rec_end(sink_t *k) noexcept nogil:
+    cdef const uint8_t *val[CTX_HEADERS]
+    cdef ctx_t c
+    cdef int h
+    for h in range(CTX_HEADERS):
+        val[h] = k.ctx_val + h * CTX_CAP
+    ctx_from_values(val, k.ctx_len, &c)
+    k.rec.trace_hi = c.hi
+    k.rec.trace_lo = c.lo
+    k.rec.parent = c.parent
+    k.rec.sampled = c.sampled
+    k.rec.source = c.source
+
+
+# ------------------------------------------------------------ the decoder
+
+cdef int _decode_block(hstate_t *s, const uint8_t *b, int64_t n, sink_t *k) noexcept nogil:
+    """One header block on the table of s -> the headers into k; 0 or E_*
+    (then s is broken)."""
+    cdef int64_t i = 0, index
+    cdef uint8_t c, field
+    cdef const uint8_t *name
+    cdef const uint8_t *value
+    cdef int nlen, vlen, err = 0
+    cdef bint incremental
+    if s.error:
+        return E_BROKEN
+    while i < n:
+        c = b[i]
+        if c & 0x80:  # indexed
+            i = _int(b, i, n, 7, &index)
+            if i < 0:
+                err = <int>-i
+                break
+            err = _lookup(s, index, &name, &nlen, &value, &vlen, &field)
+            if err:
+                break
+            err = _emit(k, field, name, nlen, value, vlen)
+        elif (c & 0xE0) == 0x20:  # size update
+            i = _int(b, i, n, 5, &index)
+            if i < 0:
+                err = <int>-i
+                break
+            if index > s.limit:
+                s.err_a = index
+                s.err_b = s.limit
+                err = E_SIZE
+                break
+            s.max_size = index
+            while s.count and s.size > s.max_size:
+                _evict(s)
+        else:
+            incremental = (c & 0xC0) == 0x40
+            i = _int(b, i, n, 6 if incremental else 4, &index)
+            if i < 0:
+                err = <int>-i
+                break
+            if index:
+                err = _lookup(s, index, &name, &nlen, &value, &vlen, &field)
+                if err:
+                    break
+            else:
+                i = _string(s, b, i, n, &s.hname, &name, &nlen)
+                if i < 0:
+                    err = <int>-i
+                    break
+                field = _field_of(name, nlen)
+            i = _string(s, b, i, n, &s.hvalue, &value, &vlen)
+            if i < 0:
+                err = <int>-i
+                break
+            err = _emit(k, field, name, nlen, value, vlen)  # before _add, which may evict the name
+            if incremental and not err:
+                err = _add(s, name, nlen, value, vlen, field)
+        if err:
+            break
+    if err:
+        s.error = err
+    return err
+
+
+cdef class HpackDecoder:
+    """The HPACK state of one connection and direction."""
+    cdef hstate_t s
+
+    def __cinit__(self, Py_ssize_t max_table_size=65536):
+        self.s.limit = max_table_size
+        self.s.max_size = min(4096, max_table_size)  # SETTINGS_HEADER_TABLE_SIZE's initial value
+        self.s.cap = max_table_size // 32 + 1
+        self.s.ring = <entry_t *>malloc(self.s.cap * sizeof(entry_t))
+        if self.s.ring == NULL:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self.s.ring != NULL:
+            while self.s.count:
+                _evict(&self.s)
+            free(self.s.ring)
+        free(self.s.frag.p)
+        free(self.s.hname.p)
+        free(self.s.hvalue.p)
+
+    @property
+    def table_size(self):
+        """Bytes the dynamic table holds (RFC 7541 4.1: name + value + 32 each)."""
+        return self.s.size
+
+    @property
+    def error(self):
+        """The message of the error that broke this decoder, else None."""
+        return _message(&self.s, self.s.error) if self.s.error else None
+
+    def decode(self, block):
+        """(data bytes, offsets int32 array of 2k+1) of the k headers of one
+        header block: header i's name is data[off[2i]:off[2i+1]], its value
+        data[off[2i+1]:off[2i+2]]. ValueError on a decoding error."""
+        cdef const uint8_t[::1] b = memoryview(bytes(block)).cast("B") if len(block) else memoryview(b"\0")
+        cdef sink_t *k = <sink_t *>malloc(sizeof(sink_t))
+        cdef int err
+        if k == NULL:
+            raise MemoryError()
+        k.every = True
+        k.all.p = NULL
+        k.all.n = k.all.cap = 0
+        k.offs.p = NULL
+        k.offs.n = k.offs.cap = 0
+        try:
+            if bytebuf_reserve(&k.offs, 4) < 0:
+                raise MemoryError()
+            (<int32_t *>k.offs.p)[0] = 0
+            k.offs.n = 4
+            err = _decode_block(&self.s, &b[0], len(block), k)
+            if err:
+                raise ValueError(f"hpack: {_message(&self.s, err)}")
+            data = (<char *>k.all.p)[:k.all.n] if k.all.n else b""
+            offsets = np.frombuffer((<char *>k.offs.p)[:k.offs.n], np.int32).copy()
+            return data, offsets
+        finally:
+            free(k.all.p)
+            free(k.offs.p)
+            free(k)
+
+
+cdef str _message(hstate_t *s, int err):
+    if err == E_INDEX:
+        return f"index {s.err_a} not in the tables (dynamic table has {s.err_b} entries)"
+    if err == E_STR_CUT:
+        return f"string of {s.err_a} bytes, {s.err_b} left in the block"
+    if err == E_SIZE:
+        return f"table size update to {s.err_a}, above {s.err_b}"
+    return ERRORS[err]
+
+
+def decode_headers(payloads, rows, which, decoders):
+    """Header blocks of HTTP/2 frames -> (records, arena).
+
+    ``payloads``: the pyarrow binary array ``dkebpf._http2.parse`` read;
+    ``rows``: its frame rows; ``which[i]``: the index in ``decoders`` (a
+    sequence of HpackDecoder, one per connection and direction) of row i's
+    connection, or -1 to skip the row. Rows go in capture order per
+    connection: a HEADERS or PUSH_PROMISE frame starts a block, its
+    CONTINUATIONs add to it, the frame with END_HEADERS (0x4) ends it.
+
+    ``records``: HEADERS_DTYPE, one per row; ``state`` 1 where a block ended
+    and was decoded, 2 where decoding failed (``error``: an index into
+    ERRORS; the decoder is broken from then on), 0 elsewhere. String fields
+    (STRING_FIELDS, ``str_off``/``str_len`` in that order) are bytes of
+    ``arena`` (numpy uint8), length 0xFFFFFFFF when the header is absent.
+    """
+    cdef payload_view pv = view_payloads(payloads)
+    cdef Py_ssize_t nrows = len(rows), nd = len(decoders), j, a
+    if len(which) != nrows:
+        raise ValueError(f"decode_headers: {len(which)} connection indexes for {nrows} rows")
+    if nrows and rows.dtype.names is None:
+        raise TypeError("decode_headers: rows must be the frame rows of dkebpf._http2.parse")
+    ev_a = np.ascontiguousarray(rows["ev"], np.uint32)
+    cdef const uint32_t[::1] ev = ev_a
+    cdef const uint32_t[::1] boff = np.ascontiguousarray(rows["block_off"], np.uint32)
+    cdef const uint32_t[::1] blen = np.ascontiguousarray(rows["block_len"], np.uint32)
+    cdef const uint8_t[::1] typ = np.ascontiguousarray(rows["type"], np.uint8)
+    cdef const uint8_t[::1] flags = np.ascontiguousarray(rows["flags"], np.uint8)
+    cdef const uint8_t[::1] valid = np.ascontiguousarray(rows["valid"], np.uint8)
+    cdef const uint8_t[::1] complete = np.ascontiguousarray(rows["complete"], np.uint8)
+    cdef const int32_t[::1] conn = np.ascontiguousarray(which, np.int32)
+    if nrows and (ev_a.max() >= pv.n):
+        raise ValueError("decode_headers: a row's ev is past the payloads")
+    cdef hstate_t **states = <hstate_t **>malloc((nd + 1) * sizeof(hstate_t *))
+    cdef sink_t *k = <sink_t *>malloc(sizeof(sink_t))
+    cdef bytebuf arena
+    cdef hstate_t *s
+    cdef const uint8_t *p
+    cdef int64_t plen
+    cdef int err
+    cdef int32_t w
+    arena.p = NULL
+    arena.n = arena.cap = 0
+    out = np.zeros(nrows, HEADERS_DTYPE)
+    out["str_len"] = 0xFFFFFFFF  # rows without a block: every header absent
+    out["grpc_status"] = -1
+    cdef hdr_t *recs = <hdr_t *>cnp.PyArray_DATA(out)
+    try:
+        if states == NULL or k == NULL:
+            raise MemoryError()
+        for j in range(nd):
+            states[j] = &(<HpackDecoder?>decoders[j]).s
+        k.every = False
+        k.arena = &arena
+        with nogil:
+            for j in range(nrows):
+                w = conn[j]
+                if w < 0 or w >= nd or not valid[j] or not (typ[j] == 1 or typ[j] == 5 or typ[j] == 9):
+                    continue
+                s = states[w]
+                k.rec = &recs[j]
+                _rec_start(k)
+                err = 0
+                a = payload_start(&pv, ev[j])
+                plen = payload_start(&pv, ev[j] + 1) - a
+                p = pv.data + a + boff[j]
+                if s.error:
+                    if not (flags[j] & 0x4):
+                        continue  # a broken connection's block is reported once, where it ends
+                    err = E_BROKEN
+                elif not complete[j] or <int64_t>boff[j] + blen[j] > plen:
+                    err = E_CUT_FRAME
+                elif typ[j] == 9 and not s.pending:
+                    err = E_CONTINUATION
+                elif flags[j] & 0x4 and typ[j] != 9:  # a whole block in one frame: decoded in place
+                    s.pending = False
+                    err = _decode_block(s, p, blen[j], k)
+                    recs[j].state = 1
+                else:
+                    if typ[j] != 9:
+                        s.frag.n = 0
+                    if bytebuf_reserve(&s.frag, blen[j]) < 0:
+                        err = E_NOMEM
+                    else:
+                        memcpy(s.frag.p + s.frag.n, p, blen[j])
+                        s.frag.n += blen[j]
+                        s.pending = not (flags[j] & 0x4)
+                        if not s.pending:
+                            err = _decode_block(s, s.frag.p, s.frag.n, k)
+                            recs[j].state = 1
+                if err:
+                    if not s.error:
+                        s.error = err
+                    s.pending = False
+                    recs[j].state = 2
+                    recs[j].error = err
+                elif recs[j].state == 1:
+                    _rec_end(k)
+        data = np.frombuffer((<char *>arena.p)[:arena.n], np.uint8).copy() if arena.n else np.zeros(0, np.uint8)
+        return out, data
+    finally:
+        free(states)
+        free(k)
+        free(arena.p)
+
+
+def strings(records, arena, field):
+    """Column ``field`` (one of STRING_FIELDS) of ``decode_headers``'s
+    records as a pyarrow large_binary array, null where the header was
+    absent (numpy gathers, no Python object per row)."""
+    import pyarrow as pa
+    f = STRING_FIELDS.index(field)
+    off = np.ascontiguousarray(records["str_off"][:, f], np.int64)
+    ln = np.ascontiguousarray(records["str_len"][:, f], np.int64)
+    absent = ln == 0xFFFFFFFF
+    ln = np.where(absent, 0, ln)
+    offsets = np.zeros(len(ln) + 1, np.int64)
+    np.cumsum(ln, out=offsets[1:])
+    total = int(offsets[len(ln)])
+    # gather arena[off:off+len] for every row, in one pass
+    idx = np.repeat(off - offsets[:len(ln)], ln) + np.arange(total)
+    data = np.asarray(arena, np.uint8)[idx]
+    mask = pa.array(~absent).buffers()[1] if absent.any() else None
+    return pa.Array.from_buffers(pa.large_binary(), len(ln), [mask, pa.py_buffer(offsets), pa.py_buffer(data)])

@@ -85,7 +85,7 @@ import threading
 import pyarrow as pa
 import pyarrow.types as pat
 
-__all__ = ["encode_batch", "encode_batch_stats"]
+__all__ = ["encode_batch", "encode_batch_stats", "read_points"]
 
 cdef enum:
     K_NONE = 0     # null-typed column: every value is null
@@ -856,3 +856,820 @@ def encode_batch(measurement, batch, tags, fields, global_tags, timestamp_ns,
                   "nonfinite_floats": st.nonfinite, "saturated_uints": st.saturated,
                   "bytes": len(body)}
     return body, st.skipped
+
+
+# ================================================================= reading
+#
+# read_points(body, required, timestamp_ns) -> (table, rejected, errors):
+# the points of a line-protocol body as Arrow columns, one per tag or field
+# key met (in order of first appearance), plus ``time``. The rules are those
+# of the independent test parser (tests/support/lineproto_parser.py), which
+# the unit tests hold it to, with what a columnar form adds:
+#
+# * a tag is a string column; a field's column takes the type of the first
+#   accepted line that has it: int64 (``12i``, and ``12u`` up to 2**63-1),
+#   float64, bool or string; a later line whose value is of another type is
+#   rejected (naming both types), as is a line with a key both as tag and as
+#   field;
+# * ``required`` ({key: "string" | "int" | "float" | "bool"}): a line
+#   without one of them, or with another type, is rejected;
+# * strings that are not valid UTF-8 are repaired the project's one way
+#   (utf8.pxd: U+FFFD per maximal ill-formed subpart), never rejected;
+# * the measurement is checked, not kept (the caller knows what it reads).
+#
+# A bad line is counted and skipped, the rest of the body kept; the first
+# few errors come back as "line N, column C: what: 'the line'". One pass
+# over the body with the GIL released, values written straight into column
+# buffers: no Python object per line or value.
+
+from libc.stdlib cimport calloc, realloc
+from libc.string cimport memchr, memcmp, strlen
+from utf8 cimport utf8_seq_len, utf8_cont_ok, utf8_replace_invalid
+from bytebuf cimport bytebuf, bytebuf_reserve
+
+cdef enum:  # reader column kinds; RK_NONE: no accepted line had it yet
+    RK_NONE = 0
+    RK_STR = 1
+    RK_INT = 2
+    RK_FLOAT = 3
+    RK_BOOL = 4
+
+READ_KINDS = {"string": RK_STR, "int": RK_INT, "float": RK_FLOAT, "bool": RK_BOOL}
+_KIND_TEXT = ("", "a string", "an integer", "a float", "a boolean")
+
+cdef enum:
+    MAX_KEYS = 1024       # distinct keys a body may use
+    HASH_SLOTS = 4096     # open addressing, a power of two > 2 * MAX_KEYS
+    MAX_ERRORS = 3        # error messages kept (all are counted)
+    MAX_LINE = 1 << 20    # longer lines are rejected (the line's scratch is 4x its length)
+
+cdef enum:  # reader errors (messages in _READ_ERRORS, formatted after the pass)
+    R_MEAS = 1
+    R_TAGKEY_EMPTY
+    R_TAG_NOEQ
+    R_TAGVAL_EMPTY
+    R_UNESC_TAGKEY
+    R_UNESC_TAGVAL
+    R_UNESC_FIELDKEY
+    R_NOSPACE
+    R_FIELDKEY_EMPTY
+    R_FIELD_NOEQ
+    R_UNTERMINATED
+    R_MISSING_VALUE
+    R_BAD_VALUE
+    R_INT_RANGE
+    R_FLOAT_RANGE
+    R_AFTER_VALUE
+    R_TIMESTAMP
+    R_TIMESTAMP_RANGE
+    R_DUPLICATE
+    R_TYPE
+    R_REQUIRED_TYPE
+    R_REQUIRED_MISSING
+    R_TOO_MANY_KEYS
+    R_LINE_TOO_LONG
+
+_READ_ERRORS = {
+    R_MEAS: "missing measurement", R_TAGKEY_EMPTY: "empty tag key",
+    R_TAG_NOEQ: "tag {key!r} has no '=' and value", R_TAGVAL_EMPTY: "empty value of tag {key!r}",
+    R_UNESC_TAGKEY: "unescaped {ch!r} in tag key", R_UNESC_TAGVAL: "unescaped {ch!r} in value of tag {key!r}",
+    R_UNESC_FIELDKEY: "unescaped {ch!r} in field key", R_NOSPACE: "expected a space and the field set",
+    R_FIELDKEY_EMPTY: "empty field key", R_FIELD_NOEQ: "field {key!r} has no '=' and value",
+    R_UNTERMINATED: "unterminated string value of field {key!r}",
+    R_MISSING_VALUE: "missing value of field {key!r}",
+    R_BAD_VALUE: "invalid value {tok!r} of field {key!r} (expected a quoted string, an integer with i or u, "
+                 "a float or a boolean)",
+    R_INT_RANGE: "integer {tok!r} of field {key!r} is out of the int64 range",
+    R_FLOAT_RANGE: "float {tok!r} of field {key!r} is out of range",
+    R_AFTER_VALUE: "unexpected {ch!r} after the value of field {key!r}",
+    R_TIMESTAMP: "invalid timestamp {tok!r}", R_TIMESTAMP_RANGE: "timestamp {tok!r} is out of the int64 range",
+    R_DUPLICATE: "duplicate key {key!r} (tag and field keys of a line are one set)",
+    R_TYPE: "{key!r} is {kind} here and {want} on earlier lines",
+    R_REQUIRED_TYPE: "{key!r} is {kind}, {want} is required",
+    R_REQUIRED_MISSING: "required field {key!r} ({want}) missing",
+    R_TOO_MANY_KEYS: "more than {max_keys} distinct keys in one body",
+    R_LINE_TOO_LONG: "line longer than {max_line} bytes",
+}
+
+ctypedef struct RCol:
+    int64_t key_off        # unescaped key in the reader's key store
+    int keylen
+    uint64_t hash
+    int kind               # RK_*; RK_NONE until an accepted line types it
+    int required           # the kind a required key must have, else 0
+    int64_t line_seen      # the last line naming it (duplicate check)
+    uint8_t* valid         # a byte per row
+    int64_t* vals          # int64 / float64 bits / bool per row
+    int32_t* offs          # strings: rows + 1 offsets into data
+    int64_t filled         # offs written for rows < filled
+    bytebuf data
+
+ctypedef struct RVal:      # one value of the line being read
+    int col
+    int kind
+    int64_t iv             # int, bool, or the bits of a float
+    const uint8_t* s       # string
+    int64_t slen
+    int64_t pos            # where it starts in the line (errors)
+
+ctypedef struct RErr:
+    int code
+    int64_t lineno, col    # 1-based line, 0-based column
+    int64_t line_off, line_len
+    char key[120]          # the key and the value in question, cut
+    int key_len, tok_len
+    char tok[120]
+    uint8_t ch
+    int kind, want
+
+ctypedef struct Reader:
+    const uint8_t* body
+    int64_t n
+    int64_t max_rows
+    int64_t rows
+    int64_t* times
+    int64_t ts_default
+    RCol* cols
+    int ncols
+    int32_t slots[HASH_SLOTS]   # column + 1; 0 empty
+    int* pred                   # column of the k-th key of the last accepted line
+    int npred
+    bytebuf keys
+    RVal* vals
+    int nvals, capvals
+    bytebuf scratch                # unescaped / repaired text of the current line
+    int64_t rejected
+    RErr errors[MAX_ERRORS]
+    int nerrors
+    int nomem
+    int required[16]            # columns of the required keys
+    int nrequired
+
+
+cdef inline uint64_t _fnv(const uint8_t* p, int64_t n) noexcept nogil:
+    cdef uint64_t h = 1469598103934665603ULL
+    cdef int64_t i
+    for i in range(n):
+        h = (h ^ p[i]) * 1099511628211ULL
+    return h
+
+
+cdef int _key_column(Reader* r, const uint8_t* key, int64_t n, int position) noexcept nogil:
+    """Index of the column named key[0:n], made if new; -1 when there are
+    MAX_KEYS already, -2 out of memory. position: the key's place in the
+    line, to try the previous line's key there first."""
+    cdef int c
+    cdef uint64_t h
+    cdef uint32_t slot
+    cdef RCol* col
+    if position < r.npred:
+        c = r.pred[position]
+        col = &r.cols[c]
+        if col.keylen == n and memcmp(r.keys.p + col.key_off, key, n) == 0:
+            return c
+    h = _fnv(key, n)
+    slot = <uint32_t>(h & (HASH_SLOTS - 1))
+    while r.slots[slot]:
+        c = r.slots[slot] - 1
+        col = &r.cols[c]
+        if col.hash == h and col.keylen == n and memcmp(r.keys.p + col.key_off, key, n) == 0:
+            return c
+        slot = (slot + 1) & (HASH_SLOTS - 1)
+    if r.ncols == MAX_KEYS:
+        return -1
+    if bytebuf_reserve(&r.keys, n + 1) < 0:
+        return -2
+    c = r.ncols
+    r.ncols += 1
+    col = &r.cols[c]
+    memset(col, 0, sizeof(RCol))
+    col.key_off = r.keys.n
+    col.keylen = <int>n
+    col.hash = h
+    col.line_seen = -1
+    memcpy(r.keys.p + r.keys.n, key, n)
+    r.keys.n += n
+    r.slots[slot] = c + 1
+    return c
+
+
+cdef int _type_column(Reader* r, RCol* col, int kind) noexcept nogil:
+    col.kind = kind
+    col.valid = <uint8_t*>calloc(r.max_rows + 1, 1)
+    if col.valid == NULL:
+        return -1
+    if kind == RK_STR:
+        col.offs = <int32_t*>calloc(r.max_rows + 1, sizeof(int32_t))
+        return 0 if col.offs != NULL else -1
+    col.vals = <int64_t*>calloc(r.max_rows + 1, sizeof(int64_t))
+    return 0 if col.vals != NULL else -1
+
+
+cdef bint _utf8_ok(const uint8_t* p, int64_t n) noexcept nogil:
+    cdef int64_t i = 0
+    cdef int k, need
+    cdef uint8_t lead
+    while i < n:
+        lead = p[i]
+        if lead < 0x80:
+            i += 1
+            continue
+        need = utf8_seq_len(lead)
+        if need == 0 or i + need > n:
+            return False
+        for k in range(1, need):
+            if not utf8_cont_ok(lead, k, p[i + k]):
+                return False
+        i += need
+    return True
+
+
+cdef inline void _text(Reader* r, const uint8_t** s, int64_t* n) noexcept nogil:
+    """Repair invalid UTF-8 in s[0:n] (into the line's scratch)."""
+    cdef int64_t i
+    cdef uint8_t* out = r.scratch.p + r.scratch.n
+    for i in range(n[0]):
+        if s[0][i] >= 0x80:
+            break
+    else:
+        return
+    if _utf8_ok(s[0], n[0]):
+        return
+    n[0] = utf8_replace_invalid(s[0], n[0], out)
+    s[0] = out
+    r.scratch.n += n[0]
+
+
+cdef enum:  # byte classes of the token scanner
+    T_PLAIN = 0
+    T_BACKSLASH = 1
+    T_STOP = 2
+    T_BAD = 3      # may not stand unescaped in the token
+    T_HIGH = 4     # >= 0x80: the token's UTF-8 is checked
+
+cdef uint8_t T_MEAS[256]     # measurement: stops at ',' ' '
+cdef uint8_t T_KEY[256]      # tag or field key: stops at '=', ',' and ' ' bad
+cdef uint8_t T_TAGVAL[256]   # tag value: stops at ',' ' ', '=' bad
+
+
+cdef void _init_reader_tables() noexcept:
+    cdef int c
+    for c in range(256):
+        T_MEAS[c] = T_KEY[c] = T_TAGVAL[c] = T_HIGH if c >= 0x80 else T_PLAIN
+    T_MEAS[92] = T_KEY[92] = T_TAGVAL[92] = T_BACKSLASH
+    T_MEAS[44] = T_MEAS[32] = T_STOP
+    T_KEY[61] = T_STOP
+    T_KEY[44] = T_KEY[32] = T_BAD
+    T_TAGVAL[44] = T_TAGVAL[32] = T_STOP
+    T_TAGVAL[61] = T_BAD
+
+
+_init_reader_tables()
+
+
+cdef int64_t _token(Reader* r, const uint8_t* s, int64_t i, int64_t n, const uint8_t* cls, bint meas,
+                    const uint8_t** out, int64_t* outlen, uint8_t* badch, bint* high) noexcept nogil:
+    """An escaped token from s[i] up to an unescaped T_STOP byte of cls ->
+    out/outlen (in place when it has no escape, else unescaped into the
+    scratch); returns where it stopped, or -2 - i at an unescaped T_BAD
+    byte s[i] (then badch). high: a byte >= 0x80 was met."""
+    cdef int64_t a = i, k
+    cdef uint8_t c, e, t
+    cdef uint8_t* o
+    cdef bint escaped = False
+    while i < n:
+        t = cls[s[i]]
+        if t == T_PLAIN:
+            i += 1
+        elif t == T_HIGH:
+            high[0] = True
+            i += 1
+        elif t == T_BACKSLASH:
+            if i + 1 < n:
+                e = s[i + 1]
+                if e == 44 or e == 32 or (e == 61 and not meas):
+                    escaped = True
+                    i += 2
+                    continue
+            i += 1
+        elif t == T_STOP:
+            break
+        else:
+            badch[0] = s[i]
+            return -2 - i
+    if not escaped:
+        out[0] = s + a
+        outlen[0] = i - a
+        return i
+    o = r.scratch.p + r.scratch.n
+    k = 0
+    while a < i:
+        c = s[a]
+        if c == 92 and a + 1 < i and (s[a + 1] == 44 or s[a + 1] == 32 or (s[a + 1] == 61 and not meas)):
+            o[k] = s[a + 1]
+            a += 2
+        else:
+            o[k] = c
+            a += 1
+        k += 1
+    out[0] = o
+    outlen[0] = k
+    r.scratch.n += k
+    return i
+
+
+cdef void _fail(Reader* r, int code, int64_t lineno, const uint8_t* line, int64_t linelen, int64_t col,
+                const uint8_t* key, int64_t keylen, const uint8_t* tok, int64_t toklen, uint8_t ch,
+                int kind, int want) noexcept nogil:
+    cdef RErr* e
+    r.rejected += 1
+    if r.nerrors == MAX_ERRORS:
+        return
+    e = &r.errors[r.nerrors]
+    r.nerrors += 1
+    e.code = code
+    e.lineno = lineno
+    e.col = col
+    e.line_off = line - r.body
+    e.line_len = linelen
+    e.key_len = <int>(keylen if keylen < 120 else 120) if key != NULL else 0
+    e.tok_len = <int>(toklen if toklen < 120 else 120) if tok != NULL else 0
+    if e.key_len:
+        memcpy(e.key, key, e.key_len)
+    if e.tok_len:
+        memcpy(e.tok, tok, e.tok_len)
+    e.ch = ch
+    e.kind = kind
+    e.want = want
+
+
+cdef int64_t _parse_int(const uint8_t* p, int64_t n, bint allow_neg, uint64_t limit_pos, uint64_t limit_neg,
+                        int64_t* out) noexcept nogil:
+    """Decimal digits (optionally signed) -> out; 1 ok, 0 not a number,
+    -1 out of range."""
+    cdef int64_t i = 0
+    cdef bint neg = False, over = False
+    cdef uint64_t v = 0, d
+    if n > 0 and p[0] == 45 and allow_neg:
+        neg = True
+        i = 1
+    if i == n:
+        return 0
+    while i < n:
+        d = <uint64_t>p[i] - 48
+        if d > 9:
+            return 0
+        if v > 1844674407370955161ULL or (v == 1844674407370955161ULL and d > 5):  # v * 10 + d > 2**64 - 1
+            over = True
+        v = v * 10 + d
+        i += 1
+    if over or v > (limit_neg if neg else limit_pos):
+        return -1
+    out[0] = <int64_t>(0 - v) if neg else <int64_t>v
+    return 1
+
+
+cdef int _float_text(const uint8_t* p, int64_t n) noexcept nogil:
+    """Does p[0:n] match -?(digits[.digits*] | .digits)([eE][-+]?digits)?"""
+    cdef int64_t i = 0, d = 0
+    if i < n and p[i] == 45:
+        i += 1
+    while i < n and 48 <= p[i] <= 57:
+        i += 1
+        d += 1
+    if i < n and p[i] == 46:
+        i += 1
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+            d += 1
+    if d == 0:
+        return 0
+    if i < n and (p[i] == 101 or p[i] == 69):
+        i += 1
+        if i < n and (p[i] == 43 or p[i] == 45):
+            i += 1
+        if i == n or not 48 <= p[i] <= 57:
+            return 0
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+    return i == n
+
+
+cdef inline bint _word(const uint8_t* p, int64_t n, const char* w) noexcept nogil:
+    return n == <int64_t>strlen(w) and memcmp(p, w, n) == 0
+
+
+cdef int64_t _key(Reader* r, const uint8_t* s, int64_t i, int64_t n, int64_t lineno, bint tag,
+                  const uint8_t** key, int64_t* keylen, bint* high) noexcept nogil:
+    """The tag or field key from s[i] up to its '=' -> key; where the '='
+    is, or -1 after a _fail."""
+    cdef uint8_t ch = 0
+    cdef int64_t res = _token(r, s, i, n, T_KEY, False, key, keylen, &ch, high)
+    if res < -1:
+        _fail(r, R_UNESC_TAGKEY if tag else R_UNESC_FIELDKEY, lineno, s, n, -2 - res, NULL, 0, NULL, 0, ch, 0, 0)
+    elif keylen[0] == 0:
+        _fail(r, R_TAGKEY_EMPTY if tag else R_FIELDKEY_EMPTY, lineno, s, n, res, NULL, 0, NULL, 0, 0, 0, 0)
+    elif res >= n:
+        _fail(r, R_TAG_NOEQ if tag else R_FIELD_NOEQ, lineno, s, n, res, key[0], keylen[0], NULL, 0, 0, 0, 0)
+    else:
+        return res
+    return -1
+
+
+cdef int _line(Reader* r, const uint8_t* s, int64_t n, int64_t lineno) noexcept nogil:
+    """Read one line (no '\\n'); 1 accepted, 0 rejected, -1 out of memory."""
+    cdef int64_t i = 0, j, a, res, ts = r.ts_default, v, kstart
+    cdef const uint8_t* nl
+    cdef const uint8_t* key = NULL
+    cdef int64_t keylen = 0
+    cdef const uint8_t* val
+    cdef int64_t vlen
+    cdef uint8_t ch = 0, c
+    cdef int nkeys = 0, kind
+    cdef bint high = False  # a byte >= 0x80 in the line: strings get their UTF-8 checked
+    cdef double dv
+    cdef char num[72]
+    cdef char* numbuf
+    if n > MAX_LINE:
+        _fail(r, R_LINE_TOO_LONG, lineno, s, 200, 0, NULL, 0, NULL, 0, 0, 0, 0)
+        return 0
+    r.scratch.n = 0  # unescaped tokens (<= n in all) and their UTF-8 repairs (<= 3 n)
+    if bytebuf_reserve(&r.scratch, 4 * n + 80) < 0:
+        return -1
+    r.nvals = 0
+    while i < n and (s[i] == 32 or s[i] == 9):
+        i += 1
+    # measurement (checked, not kept)
+    res = _token(r, s, i, n, T_MEAS, True, &val, &vlen, &ch, &high)
+    if vlen == 0:
+        _fail(r, R_MEAS, lineno, s, n, res, NULL, 0, NULL, 0, 0, 0, 0)
+        return 0
+    i = res
+    # tags
+    while i < n and s[i] == 44:
+        kstart = i + 1
+        i = _key(r, s, i + 1, n, lineno, True, &key, &keylen, &high)
+        if i < 0:
+            return 0
+        res = _token(r, s, i + 1, n, T_TAGVAL, False, &val, &vlen, &ch, &high)
+        if res < -1:
+            _fail(r, R_UNESC_TAGVAL, lineno, s, n, -2 - res, key, keylen, NULL, 0, ch, 0, 0)
+            return 0
+        i = res
+        if vlen == 0:
+            _fail(r, R_TAGVAL_EMPTY, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
+            return 0
+        if _add_value(r, key, keylen, nkeys, RK_STR, 0, val, vlen, kstart, lineno, s, n, high) <= 0:
+            return 0 if not r.nomem else -1
+        nkeys += 1
+    if i >= n or s[i] != 32:
+        _fail(r, R_NOSPACE, lineno, s, n, i, NULL, 0, NULL, 0, 0, 0, 0)
+        return 0
+    while i < n and s[i] == 32:
+        i += 1
+    # fields
+    while True:
+        kstart = i
+        i = _key(r, s, i, n, lineno, False, &key, &keylen, &high)
+        if i < 0:
+            return 0
+        i += 1
+        if i < n and s[i] == 34:  # a string
+            a = i
+            # most strings have no backslash before their closing quote: read in place
+            nl = <const uint8_t*>memchr(s + i + 1, 34, n - i - 1)
+            if nl != NULL and memchr(s + i + 1, 92, nl - s - i - 1) == NULL:
+                val = s + i + 1
+                vlen = nl - val
+                j = nl - s
+                for v in range(vlen):
+                    if val[v] >= 0x80:
+                        high = True
+                        break
+            else:
+                j = i + 1
+                vlen = 0
+                val = r.scratch.p + r.scratch.n
+                while j < n:
+                    c = s[j]
+                    if c == 92 and j + 1 < n and (s[j + 1] == 34 or s[j + 1] == 92 or s[j + 1] == 110
+                                                  or s[j + 1] == 114):
+                        c = s[j + 1]
+                        (<uint8_t*>val)[vlen] = 10 if c == 110 else 13 if c == 114 else c
+                        vlen += 1
+                        j += 2
+                        continue
+                    if c == 34:
+                        break
+                    if c >= 0x80:
+                        high = True
+                    (<uint8_t*>val)[vlen] = c
+                    vlen += 1
+                    j += 1
+                if j >= n:
+                    _fail(r, R_UNTERMINATED, lineno, s, n, a, key, keylen, NULL, 0, 0, 0, 0)
+                    return 0
+                r.scratch.n += vlen
+            i = j + 1
+            kind = RK_STR
+            v = 0
+        else:
+            j = i
+            while j < n and s[j] != 44 and s[j] != 32:
+                j += 1
+            val = s + i
+            vlen = j - i
+            if vlen == 0:
+                _fail(r, R_MISSING_VALUE, lineno, s, n, i, key, keylen, NULL, 0, 0, 0, 0)
+                return 0
+            kind = RK_BOOL
+            c = val[0]
+            if (c == 116 or c == 84) and (_word(val, vlen, "t") or _word(val, vlen, "T") or _word(val, vlen, "true")
+                                          or _word(val, vlen, "True") or _word(val, vlen, "TRUE")):
+                v = 1
+            elif (c == 102 or c == 70) and (_word(val, vlen, "f") or _word(val, vlen, "F")
+                                            or _word(val, vlen, "false") or _word(val, vlen, "False")
+                                            or _word(val, vlen, "FALSE")):
+                v = 0
+            elif val[vlen - 1] == 105 or val[vlen - 1] == 117:  # 12i, 12u
+                kind = RK_INT
+                res = _parse_int(val, vlen - 1, val[vlen - 1] == 105, 0x7FFFFFFFFFFFFFFFULL,
+                                 0x8000000000000000ULL, &v)
+                if res == 0:
+                    _fail(r, R_BAD_VALUE, lineno, s, n, i, key, keylen, val, vlen, 0, 0, 0)
+                    return 0
+                if res < 0:
+                    _fail(r, R_INT_RANGE, lineno, s, n, i, key, keylen, val, vlen, 0, 0, 0)
+                    return 0
+            elif _float_text(val, vlen):
+                kind = RK_FLOAT
+                numbuf = num
+                if vlen >= 72:
+                    numbuf = <char*>(r.scratch.p + r.scratch.n)
+                memcpy(numbuf, val, vlen)
+                numbuf[vlen] = 0
+                dv = strtod(numbuf, NULL)
+                if not isfinite(dv):
+                    _fail(r, R_FLOAT_RANGE, lineno, s, n, i, key, keylen, val, vlen, 0, 0, 0)
+                    return 0
+                memcpy(&v, &dv, 8)
+            else:
+                _fail(r, R_BAD_VALUE, lineno, s, n, i, key, keylen, val, vlen, 0, 0, 0)
+                return 0
+            i = j
+        if _add_value(r, key, keylen, nkeys, kind, v, val, vlen, kstart, lineno, s, n, high) <= 0:
+            return 0 if not r.nomem else -1
+        nkeys += 1
+        if i < n and s[i] == 44:
+            i += 1
+            continue
+        break
+    # timestamp
+    if i < n:
+        if s[i] != 32:
+            _fail(r, R_AFTER_VALUE, lineno, s, n, i, key, keylen, NULL, 0, s[i], 0, 0)
+            return 0
+        a = i
+        while a < n and (s[a] == 32 or s[a] == 9):
+            a += 1
+        j = n
+        while j > a and (s[j - 1] == 32 or s[j - 1] == 9):
+            j -= 1
+        if j > a:
+            res = _parse_int(s + a, j - a, True, 0x7FFFFFFFFFFFFFFFULL, 0x8000000000000000ULL, &ts)
+            if res == 0:
+                _fail(r, R_TIMESTAMP, lineno, s, n, i + 1, NULL, 0, s + a, j - a, 0, 0, 0)
+                return 0
+            if res < 0:
+                _fail(r, R_TIMESTAMP_RANGE, lineno, s, n, i + 1, NULL, 0, s + a, j - a, 0, 0, 0)
+                return 0
+    return _commit(r, lineno, s, n, nkeys, ts)
+
+
+cdef int _add_value(Reader* r, const uint8_t* key, int64_t keylen, int position, int kind, int64_t iv,
+                    const uint8_t* val, int64_t vlen, int64_t pos, int64_t lineno,
+                    const uint8_t* line, int64_t linelen, bint high) noexcept nogil:
+    """Note a value of the line; 1, or 0 after a _fail (r.nomem: out of memory)."""
+    cdef int col
+    cdef RVal* rv
+    cdef RVal* grown
+    if high:
+        _text(r, &key, &keylen)
+    col = _key_column(r, key, keylen, position)
+    if col == -2:
+        r.nomem = 1
+        return 0
+    if col == -1:
+        _fail(r, R_TOO_MANY_KEYS, lineno, line, linelen, pos, NULL, 0, NULL, 0, 0, 0, 0)
+        return 0
+    if r.cols[col].line_seen == lineno:
+        _fail(r, R_DUPLICATE, lineno, line, linelen, pos, key, keylen, NULL, 0, 0, 0, 0)
+        return 0
+    r.cols[col].line_seen = lineno
+    if r.nvals == r.capvals:
+        grown = <RVal*>realloc(r.vals, (2 * r.capvals + 16) * sizeof(RVal))
+        if grown == NULL:
+            r.nomem = 1
+            return 0
+        r.vals = grown
+        r.capvals = 2 * r.capvals + 16
+    rv = &r.vals[r.nvals]
+    r.nvals += 1
+    rv.col = col
+    rv.kind = kind
+    rv.iv = iv
+    rv.s = val
+    rv.slen = vlen
+    rv.pos = pos
+    if kind == RK_STR and high:
+        _text(r, &rv.s, &rv.slen)
+    return 1
+
+
+cdef int _commit(Reader* r, int64_t lineno, const uint8_t* line, int64_t linelen, int nkeys,
+                 int64_t ts) noexcept nogil:
+    cdef int k, want
+    cdef RVal* rv
+    cdef RCol* col
+    cdef int64_t row = r.rows, q
+    cdef int* grown
+    for k in range(r.nvals):
+        rv = &r.vals[k]
+        col = &r.cols[rv.col]
+        want = col.required if col.required else col.kind
+        if want and want != rv.kind:
+            _fail(r, R_REQUIRED_TYPE if col.required else R_TYPE, lineno, line, linelen, rv.pos,
+                  r.keys.p + col.key_off, col.keylen, NULL, 0, 0, rv.kind, want)
+            return 0
+    for k in range(r.nrequired):
+        col = &r.cols[r.required[k]]
+        if col.line_seen != lineno:
+            _fail(r, R_REQUIRED_MISSING, lineno, line, linelen, 0, r.keys.p + col.key_off, col.keylen,
+                  NULL, 0, 0, 0, col.required)
+            return 0
+    for k in range(r.nvals):
+        rv = &r.vals[k]
+        col = &r.cols[rv.col]
+        if col.valid == NULL and _type_column(r, col, rv.kind) < 0:
+            return -1
+        col.valid[row] = 1
+        if rv.kind == RK_STR:
+            if bytebuf_reserve(&col.data, rv.slen) < 0:
+                return -1
+            q = col.data.n
+            while col.filled <= row:  # rows without this key: empty
+                col.offs[col.filled] = <int32_t>q
+                col.filled += 1
+            memcpy(col.data.p + q, rv.s, rv.slen)
+            col.data.n += rv.slen
+            col.offs[row + 1] = <int32_t>col.data.n
+            col.filled = row + 1
+        else:
+            col.vals[row] = rv.iv
+    r.times[row] = ts
+    r.rows += 1
+    if r.nvals > r.npred:
+        grown = <int*>realloc(r.pred, r.nvals * sizeof(int))
+        if grown == NULL:
+            return -1
+        r.pred = grown
+    for k in range(r.nvals):
+        r.pred[k] = r.vals[k].col
+    r.npred = r.nvals
+    return 1
+
+
+cdef void _read_body(Reader* r) noexcept nogil:
+    cdef int64_t i = 0, e, a, lineno = 0
+    cdef const uint8_t* nl
+    cdef int rc
+    while i <= r.n and not r.nomem:
+        nl = <const uint8_t*>memchr(r.body + i, 10, r.n - i) if i < r.n else NULL
+        e = (nl - r.body) if nl != NULL else r.n
+        lineno += 1
+        a = i
+        while a < e and (r.body[a] == 32 or r.body[a] == 9):
+            a += 1
+        if a < e and r.body[a] != 35:  # not blank, not a comment
+            rc = _line(r, r.body + i, e - i, lineno)
+            if rc < 0:
+                r.nomem = 1
+        if nl == NULL:
+            break
+        i = e + 1
+
+
+cdef str _error_text(RErr* e, body):
+    line = bytes(body[e.line_off:e.line_off + e.line_len]).decode("utf-8", "replace")
+    key = e.key[:e.key_len].decode("utf-8", "replace")
+    tok = e.tok[:e.tok_len].decode("utf-8", "replace")
+    msg = _READ_ERRORS[e.code].format(key=key, tok=tok, ch=chr(e.ch), kind=_KIND_TEXT[e.kind],
+                                      want=_KIND_TEXT[e.want], max_keys=MAX_KEYS, max_line=MAX_LINE)
+    snippet = line if len(line) <= 200 else line[:200] + "..."
+    return f"line {e.lineno}, column {e.col + 1}: {msg}: {snippet!r}"
+
+
+def read_points(body, required=None, int64_t timestamp_ns=0):
+    """The points of a line-protocol body as columns (see the comment above).
+
+    :param body: bytes-like (read in place).
+    :param required: {key: "string" | "int" | "float" | "bool"}: lines
+        without those keys, or with values of another type, are rejected.
+    :param timestamp_ns: ``time`` of points without a timestamp.
+    :returns: ``(table, rejected, errors)``: a pyarrow Table of the
+        accepted points (a column per key, tags as strings, and ``time``,
+        int64 ns), the count of rejected lines, and the messages of the
+        first few of them.
+    """
+    import numpy as np
+
+    cdef const uint8_t[::1] view = memoryview(body).cast("B") if len(body) else memoryview(b"\n").cast("B")
+    cdef Reader* r = <Reader*>calloc(1, sizeof(Reader))
+    cdef int64_t k, nlines = 0
+    cdef int c
+    cdef RCol* col
+    cdef const uint8_t* nl
+    cdef bytes key
+    if r == NULL:
+        raise MemoryError()
+    r.body = &view[0]
+    r.n = len(body)
+    if r.n > 0x7FFFFFFF // 3:
+        free(r)
+        raise ValueError(f"line-protocol body of {r.n} bytes: at most {0x7FFFFFFF // 3} are read at once")
+    r.ts_default = timestamp_ns
+    try:
+        with nogil:
+            nl = r.body
+            while True:
+                nl = <const uint8_t*>memchr(nl, 10, r.body + r.n - nl)
+                nlines += 1
+                if nl == NULL:
+                    break
+                nl += 1
+        r.max_rows = nlines
+        r.times = <int64_t*>malloc((nlines + 1) * sizeof(int64_t))
+        r.cols = <RCol*>calloc(MAX_KEYS, sizeof(RCol))
+        if r.times == NULL or r.cols == NULL:
+            raise MemoryError()
+        for name, kind in dict(required or {}).items():
+            if kind not in READ_KINDS:
+                raise ValueError(f"read_points: required kind {kind!r} of {name!r} is not one of {sorted(READ_KINDS)}")
+            key = name.encode()
+            c = _key_column(r, <const uint8_t*><const char*>key, len(key), 1 << 30)
+            if c < 0:
+                raise MemoryError()
+            if r.cols[c].required == 0:
+                if r.nrequired == 16:
+                    raise ValueError("read_points: at most 16 required keys")
+                r.required[r.nrequired] = c
+                r.nrequired += 1
+            r.cols[c].required = READ_KINDS[kind]
+        with nogil:
+            _read_body(r)
+        if r.nomem:
+            raise MemoryError("line-protocol reader: out of memory")
+        n = r.rows
+        names, arrays = [], []
+        for c in range(r.ncols):
+            col = &r.cols[c]
+            if col.valid == NULL:
+                continue  # only rejected lines had it
+            valid = np.frombuffer((<char*>col.valid)[:n], np.uint8).astype(bool) if n else np.zeros(0, bool)
+            mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+            if col.kind == RK_STR:
+                while col.filled <= n:
+                    col.offs[col.filled] = <int32_t>col.data.n
+                    col.filled += 1
+                offs = pa.py_buffer((<char*>col.offs)[:4 * (n + 1)])
+                data = pa.py_buffer((<char*>col.data.p)[:col.data.n] if col.data.n else b"")
+                arr = pa.Array.from_buffers(pa.string(), n, [mask, offs, data])
+            elif col.kind == RK_BOOL:
+                bits = np.packbits(np.frombuffer((<char*>col.vals)[:8 * n], np.int64) != 0, bitorder="little")
+                arr = pa.Array.from_buffers(pa.bool_(), n, [mask, pa.py_buffer(bits)])
+            else:
+                arr = pa.Array.from_buffers(pa.int64() if col.kind == RK_INT else pa.float64(), n,
+                                            [mask, pa.py_buffer((<char*>col.vals)[:8 * n])])
+            names.append((<char*>r.keys.p)[col.key_off:col.key_off + col.keylen].decode())
+            arrays.append(arr)
+        names.append("time")
+        arrays.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer((<char*>r.times)[:8 * n])]))
+        if "time" in names[:-1]:  # a key named time: the point's timestamp wins the name
+            k = names.index("time")
+            del names[k]
+            del arrays[k]
+        errors = [_error_text(&r.errors[k], view) for k in range(r.nerrors)]
+        return pa.Table.from_arrays(arrays, names), r.rejected, errors
+    finally:
+        for c in range(r.ncols):
+            free(r.cols[c].valid)
+            free(r.cols[c].vals)
+            free(r.cols[c].offs)
+            free(r.cols[c].data.p)
+        free(r.cols)
+        free(r.times)
+        free(r.pred)
+        free(r.vals)
+        free(r.keys.p)
+        free(r.scratch.p)
+        free(r)

@@ -41,6 +41,7 @@ cimport numpy as cnp
 
 from payloads cimport payload_view, view_payloads, payload_start
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST
+# ctx_t, CTX_HEADERS, ctx_header, ctx_from_values: declared in ext/includes/dkebpf/_tracectx.pxd
 
 cnp.import_array()
 
@@ -56,17 +57,11 @@ SRC_W3C, SRC_B3, SRC_B3_64, SRC_DATADOG = C_SRC_W3C, C_SRC_B3, C_SRC_B3_64, C_SR
 cdef enum:
     H_TRACEPARENT, H_B3, H_B3_TRACE, H_B3_SPAN, H_B3_SAMPLED, H_B3_FLAGS, H_DD_TRACE, H_DD_PARENT, H_DD_PRIO, H_COUNT
 
-cdef const char *NAMES[9]
+cdef const char *NAMES[CTX_HEADERS]
 NAMES[:] = [b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled", b"x-b3-flags",
             b"x-datadog-trace-id", b"x-datadog-parent-id", b"x-datadog-sampling-priority"]
 
 cdef const char *HEX = b"0123456789abcdef"
-
-cdef struct ctx_t:
-    uint64_t hi, lo, parent
-    int8_t sampled
-    uint8_t source
-
 
 cdef inline int _hexval(uint8_t c) noexcept nogil:
     if 48 <= c <= 57:
@@ -190,12 +185,19 @@ cdef bint _b3_single(const uint8_t *v, int n, ctx_t *c) noexcept nogil:
     return True
 
 
+cdef int ctx_header(const uint8_t *p, int n) noexcept nogil:
+    cdef int h
+    for h in range(H_COUNT):
+        if _name_is(p, n, NAMES[h]):
+            return h
+    return -1
+
+
 cdef void _extract(const uint8_t *p, int64_t n, ctx_t *c) noexcept nogil:
     cdef int64_t i = 0, eol, colon, vs, ve
     cdef int h
-    cdef int64_t voff[9]
-    cdef int vlen[9]
-    cdef uint64_t flags
+    cdef const uint8_t *val[CTX_HEADERS]
+    cdef int vlen[CTX_HEADERS]
     cdef http_msg m
     for h in range(H_COUNT):
         vlen[h] = -1
@@ -228,32 +230,43 @@ cdef void _extract(const uint8_t *p, int64_t n, ctx_t *c) noexcept nogil:
         if eol < n:
             while ve > vs and (p[ve - 1] == 32 or p[ve - 1] == 9):
                 ve -= 1
-            for h in range(H_COUNT):
-                if vlen[h] < 0 and _name_is(p + i, <int>(colon - i), NAMES[h]):
-                    voff[h] = vs
-                    vlen[h] = <int>(ve - vs) if ve - vs < 256 else 256
-                    break
+            h = ctx_header(p + i, <int>(colon - i))
+            if h >= 0 and vlen[h] < 0:
+                val[h] = p + vs
+                vlen[h] = <int>(ve - vs)
         i = eol + 1
-    if vlen[H_TRACEPARENT] >= 0 and _traceparent(p + voff[H_TRACEPARENT], vlen[H_TRACEPARENT], c):
+    ctx_from_values(val, vlen, c)
+
+
+cdef void ctx_from_values(const uint8_t **val, const int *vlen, ctx_t *c) noexcept nogil:
+    cdef int h
+    cdef int n[CTX_HEADERS]
+    cdef uint64_t flags
+    for h in range(H_COUNT):
+        n[h] = vlen[h] if vlen[h] < 256 else 256
+    c.hi = c.lo = c.parent = 0
+    c.sampled = 0
+    c.source = 0
+    if n[H_TRACEPARENT] >= 0 and _traceparent(val[H_TRACEPARENT], n[H_TRACEPARENT], c):
         return
-    if vlen[H_B3] >= 0 and _b3_single(p + voff[H_B3], vlen[H_B3], c):
+    if n[H_B3] >= 0 and _b3_single(val[H_B3], n[H_B3], c):
         return
-    if vlen[H_B3_TRACE] >= 0 and vlen[H_B3_SPAN] >= 0 and _b3_trace(p + voff[H_B3_TRACE], vlen[H_B3_TRACE], c) \
-            and _hex(p + voff[H_B3_SPAN], vlen[H_B3_SPAN], &c.parent) and vlen[H_B3_SPAN] == 16 and c.parent:
+    if n[H_B3_TRACE] >= 0 and n[H_B3_SPAN] >= 0 and _b3_trace(val[H_B3_TRACE], n[H_B3_TRACE], c) \
+            and _hex(val[H_B3_SPAN], n[H_B3_SPAN], &c.parent) and n[H_B3_SPAN] == 16 and c.parent:
         c.sampled = 0
-        if vlen[H_B3_SAMPLED] >= 0:
-            c.sampled = _b3_sampling(p + voff[H_B3_SAMPLED], vlen[H_B3_SAMPLED])
-        if vlen[H_B3_FLAGS] == 1 and p[voff[H_B3_FLAGS]] == 49:
+        if n[H_B3_SAMPLED] >= 0:
+            c.sampled = _b3_sampling(val[H_B3_SAMPLED], n[H_B3_SAMPLED])
+        if n[H_B3_FLAGS] == 1 and val[H_B3_FLAGS][0] == 49:
             c.sampled = 1
         return
     c.hi = c.lo = c.parent = 0
     c.source = 0
-    if vlen[H_DD_TRACE] >= 0 and vlen[H_DD_PARENT] >= 0 \
-            and _dec(p + voff[H_DD_TRACE], vlen[H_DD_TRACE], &c.lo) and c.lo \
-            and _dec(p + voff[H_DD_PARENT], vlen[H_DD_PARENT], &c.parent) and c.parent:
+    if n[H_DD_TRACE] >= 0 and n[H_DD_PARENT] >= 0 \
+            and _dec(val[H_DD_TRACE], n[H_DD_TRACE], &c.lo) and c.lo \
+            and _dec(val[H_DD_PARENT], n[H_DD_PARENT], &c.parent) and c.parent:
         c.source = C_SRC_DATADOG
         c.sampled = 0
-        if vlen[H_DD_PRIO] >= 0 and _dec(p + voff[H_DD_PRIO], vlen[H_DD_PRIO], &flags):
+        if n[H_DD_PRIO] >= 0 and _dec(val[H_DD_PRIO], n[H_DD_PRIO], &flags):
             c.sampled = 1 if <int64_t>flags > 0 else -1
         return
     c.hi = c.lo = c.parent = 0

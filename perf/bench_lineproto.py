@@ -2,7 +2,10 @@
 pure-Python reference (tests/reference/lineproto_ref.py) on the same
 100k-row netflow-like batch (15 string tags, 7 int fields, host/service
 global tags), plus a plain copy of the output bytes (the memcpy limit).
-Both encoders must produce identical bodies. Prints `name: value` lines.
+Both encoders must produce identical bodies. And the reading back of that
+body: dkebpf._lineproto.read_points against the independent Python parser
+(tests/support/lineproto_parser.py), which must agree on every value.
+Prints `name: value` lines.
 
     python3 perf/bench_lineproto.py [rows]
 """
@@ -18,8 +21,9 @@ import pyarrow as pa
 # dkebpf/ has no compiled extension (the installed package is measured)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
-from dkebpf._lineproto import encode_batch  # noqa: E402
+from dkebpf._lineproto import encode_batch, read_points  # noqa: E402
 from reference import lineproto_ref  # noqa: E402
+from support.lineproto_parser import parse  # noqa: E402
 
 TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "direction", "family", "transport",
         "process_name", "pid", "src_ip_type", "dst_ip_type", "source", "sub_source",
@@ -77,6 +81,14 @@ def main():
     dst = np.empty_like(src)
     t_copy = best_of(lambda: np.copyto(dst, src), 20)
 
+    table, rejected, _ = read_points(body)
+    small = body[:body.index(b"\n", len(body) // 20) + 1]
+    points = parse(small)
+    rows = [{k: v for k, v in row.items() if v is not None} for row in table.slice(0, len(points)).to_pylist()]
+    assert rejected == 0 and rows == [{**p.tags, **p.fields, "time": p.timestamp} for p in points], "readers disagree"
+    t_read = best_of(lambda: read_points(body), 10)
+    t_read_py = best_of(lambda: parse(small), 2) * n / len(points)
+
     mb = len(body) / 1e6
     print(f"lineproto_rows: {n}")
     print(f"lineproto_body_bytes_per_row: {len(body) / n:.1f}")
@@ -86,6 +98,10 @@ def main():
     print(f"memcpy_mb_per_s: {mb / t_copy:.1f}")
     print(f"lineproto_fraction_of_memcpy: {t_copy / t_c:.4f}")
     print(f"lineproto_speedup_vs_python: {t_py / t_c:.1f}")
+    print(f"lineproto_read_rows_per_s: {n / t_read:.0f}")
+    print(f"lineproto_read_mb_per_s: {mb / t_read:.1f}")
+    print(f"lineproto_read_python_rows_per_s: {n / t_read_py:.0f}")
+    print(f"lineproto_read_speedup_vs_python: {t_read_py / t_read:.1f}")
 
 
 if __name__ == "__main__":

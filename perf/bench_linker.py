@@ -1,22 +1,32 @@
 """dkebpf linker speed, single core: joining spans (dkebpf.linker.join.link,
 in-process and cross-host joins, roots, ids, sampling) on a window of A ->
 B -> C chains (5 spans each) with a history of the same size, and the
-ingest of posted line protocol (dkebpf.linker.ingest.parse_spans).
-Target: the join >= 500k spans/s.
+ingest of posted line protocol (dkebpf.linker.ingest.parse_spans, on
+dkebpf._lineproto.read_points) against the pure-Python reading of the same
+body (the independent test parser, tests/support/lineproto_parser.py, and
+pa.Table.from_pylist: what the linker did before), in the same run.
+And the whole linker, `dkebpf linker` as it runs (HTTP on loopback, the
+reader, fsynced storage, event-time windows, the join, line protocol out
+to a sink that counts): spans posted by 4 collector threads per second,
+and until all of them are linked and written.
+Targets: the join >= 500k spans/s, the reader >= 1 M spans/s.
 
 Prints `name: value` lines.
 """
 import os
+import sys
+import time
 
 import numpy as np
 import pyarrow as pa
 
-from timing import best_of
+from timing import TESTS_DIR, best_of
 
 from dkebpf.linker.ingest import parse_spans
 from dkebpf.linker.join import History, link
 
 N_CHAINS = int(os.environ.get("BENCH_LINKER_CHAINS", 100_000))
+N_LINES = int(os.environ.get("BENCH_LINKER_LINES", 200_000))
 
 
 def chains(n, rng):
@@ -39,6 +49,58 @@ def chains(n, rng):
                      "dst_port": dst_port})
 
 
+class CountingSink:
+    """Where the linked spans go in the end-to-end run: counted, not sent."""
+
+    def __init__(self):
+        self.points = 0
+
+    def submit(self, category, input_name, body, npoints):
+        self.points += npoints
+
+    def close(self, deadline_s):
+        pass
+
+
+def end_to_end(bodies, total, collectors=4):
+    """(posting seconds, seconds until every span is written) of `bodies`
+    posted by `collectors` threads to a running linker."""
+    import http.client
+    import tempfile
+    import threading
+
+    from dkebpf.linker.server import build
+
+    sink = CountingSink()
+    with tempfile.TemporaryDirectory() as tmp:
+        linker = build(["--listen", "127.0.0.1:0", "--data-dir", tmp + "/spans", "--window", "1s", "--lateness",
+                        "1s"], sink=sink)
+        linker.start()
+        try:
+            def collector(mine):
+                conn = http.client.HTTPConnection("127.0.0.1", linker.port, timeout=60)
+                for body in mine:
+                    conn.request("POST", "/v1/bpftracing", body)
+                    answer = conn.getresponse()
+                    assert answer.status == 200, answer.read()
+                    answer.read()
+                conn.close()
+
+            t0 = time.perf_counter()
+            threads = [threading.Thread(target=collector, args=(bodies[k::collectors],)) for k in range(collectors)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            t_post = time.perf_counter() - t0
+            while sink.points < total:  # the windows link once the posts stop for --lateness
+                assert time.perf_counter() - t0 < 600, (sink.points, total)
+                time.sleep(0.05)
+            return t_post, time.perf_counter() - t0
+        finally:
+            linker.close()
+
+
 def main():
     rng = np.random.default_rng(7)
     window, older = chains(N_CHAINS, rng), chains(N_CHAINS, rng)
@@ -52,14 +114,40 @@ def main():
     lines = "\n".join(
         f'dketrace,service=b,src_ip=10.0.0.2,src_port=8081,dst_ip=10.0.0.1,dst_port={40000 + j % 20000} '
         f'ebpf_span_type="entry",direction="incoming",thread_trace_id={j}i,req_seq={j * 7}i,resp_seq={j * 7 + 1}i,'
-        f'start={1764000000000000 + j}i,duration=100i,pid="42",process_name="python3" {1764000000000000000 + j}'
-        for j in range(50_000))
-    t_ingest = best_of(lambda: parse_spans(lines, 0), 3)
+        f'start={1764000000000000 + j}i,duration=100i,pid="42",process_name="python3",'
+        f'resource="GET /api/v1/users/{j % 1000}",status_code=200i {1764000000000000000 + j}'
+        for j in range(N_LINES)).encode()
+    table, rejected, _ = parse_spans(lines, 0)
+    assert (table.num_rows, rejected) == (N_LINES, 0)
+    t_ingest = best_of(lambda: parse_spans(lines, 0), 5)
+    t_ingest_cpu = best_of(lambda: parse_spans(lines, 0), 5, time.thread_time)
+    sys.path.insert(0, TESTS_DIR)
+    from support.lineproto_parser import parse
+
+    def python_reading(body):
+        return pa.Table.from_pylist([{**p.tags, **p.fields, "time": p.timestamp} for p in parse(body)])
+
+    small = lines[:lines.index(b"\n", len(lines) // 20)]
+    t_py = best_of(lambda: python_reading(small), 2) * N_LINES / (small.count(b"\n") + 1)
     print(f"linker_window_spans: {n}")
     print(f"linker_history_spans: {len(history)}")
     print(f"linker_traces_found: {trees} (expected {N_CHAINS})")
     print(f"linker_join_spans_per_s: {n / t_join:.0f}")
-    print(f"linker_ingest_line_protocol_spans_per_s: {50_000 / t_ingest:.0f}")
+    print(f"linker_ingest_lines: {N_LINES} ({len(lines) / N_LINES:.0f} bytes each)")
+    print(f"linker_ingest_line_protocol_spans_per_s: {N_LINES / t_ingest:.0f}")
+    print(f"linker_ingest_line_protocol_mb_per_s: {len(lines) / t_ingest / 1e6:.0f}")
+    print(f"linker_ingest_line_protocol_spans_per_cpu_s: {N_LINES / t_ingest_cpu:.0f} (CPU time of the reading "
+          f"thread: what one core does while others share the machine)")
+    print(f"linker_ingest_python_spans_per_s: {N_LINES / t_py:.0f}")
+    print(f"linker_ingest_speedup_vs_python: {t_py / t_ingest:.1f}")
+    per_body = 20_000
+    offsets = np.flatnonzero(np.frombuffer(lines, np.uint8) == 10) + 1
+    cuts = [0, *offsets[per_body - 1::per_body].tolist()]
+    bodies = [lines[a:b] for a, b in zip(cuts, cuts[1:] + [len(lines)]) if b > a]
+    t_post, t_done = end_to_end(bodies, N_LINES)
+    print(f"linker_end_to_end_spans: {N_LINES} in {len(bodies)} posts by 4 collectors")
+    print(f"linker_end_to_end_posted_spans_per_s: {N_LINES / t_post:.0f}")
+    print(f"linker_end_to_end_linked_spans_per_s: {N_LINES / t_done:.0f} (with --lateness 1s of waiting)")
 
 
 if __name__ == "__main__":

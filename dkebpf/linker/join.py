@@ -91,11 +91,21 @@ class History:
         self.cols = {c: np.concatenate([self.cols[c], np.asarray(cols[c], t)]) for c, t in self.NUMERIC.items()}
         self.app_trace = pa.concat_arrays([self.app_trace, cols["app_trace"]])
 
-    def prune(self, before_window):
+    def prune(self, before_window, max_spans=None):
+        """Forget the spans of windows before `before_window`, then the
+        oldest beyond `max_spans` (the memory bound); returns how many of
+        the latter went (their late children will be orphans)."""
         keep = self.cols["window"] >= before_window
+        evicted = 0
+        if max_spans is not None and len(keep) > max_spans:
+            # spans are added window after window (late ones with the last
+            # window linked): the oldest come first
+            keep[:len(keep) - max_spans] = False
+            evicted = int((self.cols["window"][:len(keep) - max_spans] >= before_window).sum())
         if not keep.all():
             self.cols = {c: v[keep] for c, v in self.cols.items()}
             self.app_trace = self.app_trace.filter(pa.array(keep))
+        return evicted
 
 
 def _ints(table, name, dtype, fill):

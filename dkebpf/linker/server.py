@@ -11,11 +11,12 @@ measurement ``dketrace``) through the project's HTTP sink, with its queue,
 retries and spool.
 """
 import argparse
-import gzip
 import json
 import logging
+import signal
 import threading
 import time
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -30,18 +31,40 @@ log = logging.getLogger("dkebpf.linker")
 
 # dketrace tags (shared/spec/measurements.json); every other column is a field
 TAGS = ("host", "service", "src_ip", "src_port", "dst_ip", "dst_port")
-MAX_BODY = 64 << 20
+MAX_BODY = 64 << 20          # as posted
+MAX_INFLATED = 256 << 20     # after gzip
+READ_TIMEOUT_S = 30          # a client that stops sending its body loses the connection
+BODIES_AT_ONCE = 4           # posts inflated and parsed at the same time; more wait: memory stays bounded
 HELP = {"received": "Spans accepted and stored.", "rejected": "Points refused (not a span or not line protocol).",
         "late": "Spans that arrived after their window was linked (linked against the history).",
         "orphan": "Outgoing spans without the incoming span of their thread (roots of their own).",
         "dropped": "Spans refused because the disk budget was full (the poster got 503).",
         "sampled_out": "Spans of traces the sampling dropped.", "written": "Linked spans handed to DataKit.",
         "windows_linked": "Event-time windows linked.", "spilled_windows": "Windows evicted from memory to disk.",
-        "quarantined_windows": "Windows whose linking failed, kept in <data-dir>/failed."}
+        "quarantined_windows": "Windows whose linking failed, kept in <data-dir>/failed.",
+        "history_evicted": "Linked spans forgotten before their horizon to bound memory (--history-spans)."}
+GAUGES = {"pending_windows": "Windows waiting to be linked.",
+          "memory_spans": "Spans of pending windows held in memory (bounded by --memory-spans).",
+          "history_spans": "Linked spans kept joinable (bounded by --history-spans).",
+          "disk_bytes": "Bytes of acknowledged spans in --data-dir."}
+COUNTER_NAMES = {"windows_linked", "spilled_windows", "quarantined_windows", "history_evicted"}
+
+
+def _gunzip(body):
+    """The inflated body, at most MAX_INFLATED bytes (a small gzip bomb
+    must not take the linker's memory)."""
+    d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    out = d.decompress(body, MAX_INFLATED)
+    if d.unconsumed_tail:
+        raise OverflowError(f"body inflates to more than {MAX_INFLATED} bytes")
+    if not d.eof:
+        raise zlib.error("truncated gzip stream")
+    return out
 
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    timeout = READ_TIMEOUT_S
 
     def log_message(self, fmt, *args):
         log.debug(fmt, *args)
@@ -69,19 +92,41 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._answer(411, '{"error": "Content-Length required"}')
             return
+        if size < 0:
+            self.close_connection = True
+            self._answer(400, json.dumps({"error": f"Content-Length {size} is negative"}))
+            return
         if size > MAX_BODY:
+            self.close_connection = True  # the body is not read: the connection cannot go on
             self._answer(413, json.dumps({"error": f"body of {size} bytes, at most {MAX_BODY}"}))
             return
-        body = self.rfile.read(size)
+        parts, got, deadline = [], 0, time.monotonic() + READ_TIMEOUT_S
+        try:
+            while got < size and time.monotonic() < deadline:
+                part = self.rfile.read1(size - got)
+                if not part:
+                    break  # the client closed the connection
+                parts.append(part)
+                got += len(part)
+        except OSError:  # a read timed out or the connection broke
+            pass
+        if got < size:
+            self.close_connection = True
+            self._answer(408, json.dumps({"error": f"body cut: {got} of {size} bytes within {READ_TIMEOUT_S}s"}))
+            return
+        with self.server.linker.bodies:  # inflating and parsing take memory: a few at a time
+            code, answer = self._ingest(b"".join(parts))
+        self._answer(code, json.dumps(answer))
+
+    def _ingest(self, body):
         if self.headers.get("Content-Encoding", "").lower() == "gzip":
             try:
-                body = gzip.decompress(body)
-            except (OSError, EOFError) as exc:
-                self._answer(400, json.dumps({"error": f"bad gzip body: {exc}"}))
-                return
-        arrow = self.headers.get("Content-Type", "").startswith(ARROW_STREAM)
-        code, answer = self.server.linker.ingest(body, arrow)
-        self._answer(code, json.dumps(answer))
+                body = _gunzip(body)
+            except OverflowError as exc:
+                return 413, {"error": str(exc)}
+            except zlib.error as exc:
+                return 400, {"error": f"bad gzip body: {exc}"}
+        return self.server.linker.ingest(body, self.headers.get("Content-Type", "").startswith(ARROW_STREAM))
 
 
 class Linker:
@@ -98,6 +143,7 @@ class Linker:
         self.server.daemon_threads = True
         self.server.linker = self
         self.port = self.server.server_address[1]
+        self.bodies = threading.BoundedSemaphore(BODIES_AT_ONCE)
         self._stop = threading.Event()
         self._threads = []
 
@@ -112,7 +158,7 @@ class Linker:
 
     def ingest(self, body, arrow=False):
         try:
-            table, rejected, error = (read_arrow if arrow else parse_spans)(body, time.time_ns())
+            table, rejected, errors = (read_arrow if arrow else parse_spans)(body, time.time_ns())
         except Exception as exc:  # not Arrow, or pyarrow refusing mixed column types
             with self.windows.lock:
                 self.windows.counters["rejected"] += 1
@@ -122,17 +168,16 @@ class Linker:
         if not self.windows.add(table):
             return 503, {"error": "linker disk budget full, retry later", "rejected": rejected}
         answer = {"accepted": table.num_rows, "rejected": rejected}
-        if error:
-            answer["first_error"] = error
+        if errors:  # the first few; every rejected line is counted
+            answer["first_error"], answer["errors"] = errors[0], errors
         return (400 if rejected and not table.num_rows else 200), answer
 
     def metrics(self):
         with self.windows.lock:
             counters = dict(self.windows.counters)
-            pending = len(self.windows.pending)
-        out = [Metric(f"dkebpf_linker_spans_{k}_total" if k not in ("windows_linked", "spilled_windows", "quarantined_windows")
-                      else f"dkebpf_linker_{k}_total", "counter", HELP[k], [({}, v)]) for k, v in counters.items()]
-        out.append(Metric("dkebpf_linker_pending_windows", "gauge", "Windows waiting to be linked.", [({}, pending)]))
+        out = [Metric(f"dkebpf_linker_{k}_total" if k in COUNTER_NAMES else f"dkebpf_linker_spans_{k}_total",
+                      "counter", HELP[k], [({}, v)]) for k, v in counters.items()]
+        out += [Metric(f"dkebpf_linker_{k}", "gauge", GAUGES[k], [({}, v)]) for k, v in self.windows.gauges().items()]
         return out + process_metrics()
 
     def start(self):
@@ -176,6 +221,8 @@ def parser():
     p.add_argument("--horizon", default="10m", help="how long linked spans stay joinable (longest trace)")
     p.add_argument("--sampling-rate", type=float, default=1.0, help="share of traces kept (0..1), default all")
     p.add_argument("--memory-spans", type=int, default=1_000_000, help="spans held in memory before spilling")
+    p.add_argument("--history-spans", type=int, default=2_000_000,
+                   help="linked spans kept joinable at most (the oldest go first; ~100 bytes each)")
     p.add_argument("--max-disk-bytes", type=int, default=1 << 30, help="disk budget of --data-dir")
     p.add_argument("--no-address-check", action="store_true",
                    help="join across hosts on sequence numbers only (NAT between the hosts)")
@@ -192,8 +239,12 @@ def build(argv, sink=None):
         raise
     if not 0 <= a.sampling_rate <= 1:
         raise ConfigError(f"linker: --sampling-rate must be within 0..1, got {a.sampling_rate}")
+    for flag in ("memory_spans", "history_spans", "max_disk_bytes"):
+        if getattr(a, flag) < 0:
+            raise ConfigError(f"linker: --{flag.replace('_', '-')} must be >= 0, got {getattr(a, flag)}")
     opts = dict(window_s=_seconds(a.window), lateness_s=_seconds(a.lateness), horizon_s=_seconds(a.horizon),
-                sampling_rate=a.sampling_rate, memory_spans=a.memory_spans, max_disk_bytes=a.max_disk_bytes,
+                sampling_rate=a.sampling_rate, memory_spans=a.memory_spans, history_spans=a.history_spans,
+                max_disk_bytes=a.max_disk_bytes,
                 match_addresses=not a.no_address_check, use_app_trace_id=not a.no_app_trace_id)
     if opts["window_s"] <= 0:
         raise ConfigError(f"linker: --window must be > 0, got {a.window!r}")
@@ -204,11 +255,20 @@ def build(argv, sink=None):
 
 
 def main(argv):
+    """Serve until SIGTERM or SIGINT, then stop accepting, link every
+    pending window, hand the spans to DataKit (what the sink cannot deliver
+    in time goes to its spool) and exit 0."""
     linker = build(argv)
+    stop = threading.Event()
+    old = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
     linker.start()
     log.info("linker listening on port %d", linker.port)
     try:
-        threading.Event().wait()
+        while not stop.wait(0.5):
+            pass
+        log.info("linker stopping: linking the pending windows")
     finally:
         linker.close()
+        for s, handler in old.items():
+            signal.signal(s, handler)
     return 0

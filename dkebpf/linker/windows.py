@@ -11,7 +11,9 @@ disk). A window is linked once the watermark -- the newest event time seen
 minus ``lateness`` -- has passed its end, or when no span arrived for
 ``lateness`` (then everything pending is linked). Linked spans stay in the
 join history for ``horizon`` so later windows' spans find their parents
-there: traces may be as long as the horizon, not two windows.
+there: traces may be as long as the horizon, not two windows. That history
+is bounded too (``history_spans``): past it the oldest linked spans are
+forgotten first (counted; a child arriving for one later is an orphan).
 
 A span arriving for a window already linked is late: linked at once
 against the history and counted. A window whose linking fails (a bug) is
@@ -37,8 +39,8 @@ log = logging.getLogger("dkebpf.linker")
 
 class Windows:
     def __init__(self, data_dir, emit, *, window_s=20.0, lateness_s=20.0, horizon_s=600.0, memory_spans=1_000_000,
-                 max_disk_bytes=1 << 30, sampling_rate=1.0, match_addresses=True, use_app_trace_id=True,
-                 clock=time.monotonic):
+                 history_spans=2_000_000, max_disk_bytes=1 << 30, sampling_rate=1.0, match_addresses=True,
+                 use_app_trace_id=True, clock=time.monotonic):
         self.dir = data_dir
         self.emit = emit  # emit(table of linked, kept spans)
         self.window_us = int(window_s * 1e6)
@@ -46,6 +48,7 @@ class Windows:
         self.horizon_windows = max(1, int(horizon_s / window_s))
         self.lateness_s = lateness_s
         self.memory_spans = memory_spans
+        self.history_spans = history_spans
         self.max_disk = max_disk_bytes
         self.opts = dict(sampling_rate=sampling_rate, match_addresses=match_addresses,
                          use_app_trace_id=use_app_trace_id)
@@ -60,7 +63,8 @@ class Windows:
         self.last_arrival = clock()
         self.history = History()
         self.counters = dict.fromkeys(("received", "rejected", "late", "orphan", "dropped", "sampled_out",
-                                       "written", "windows_linked", "spilled_windows", "quarantined_windows"), 0)
+                                       "written", "windows_linked", "spilled_windows", "quarantined_windows",
+                                       "history_evicted"), 0)
         os.makedirs(data_dir, exist_ok=True)
         self._recover()
 
@@ -100,8 +104,9 @@ class Windows:
             top = int(start.max())
             self.max_event_us = top if self.max_event_us is None else max(self.max_event_us, top)
             late_rows = []
-            for w in np.unique(windows).tolist():
-                part = table.filter(pa.array(windows == w))
+            distinct = np.unique(windows).tolist()
+            for w in distinct:  # (a post usually lands in one window: no copy then)
+                part = table if len(distinct) == 1 else table.filter(pa.array(windows == w))
                 if self.last_linked is not None and w <= self.last_linked:
                     late_rows.append(part)
                     continue
@@ -187,7 +192,7 @@ class Windows:
         size = sum(os.path.getsize(os.path.join(wdir, f)) for f in os.listdir(wdir))
         shutil.rmtree(wdir)
         self.disk_bytes -= size
-        self.history.prune(w - self.horizon_windows)
+        self.counters["history_evicted"] += self.history.prune(w - self.horizon_windows, self.history_spans)
 
     def _link(self, table, w):
         out, keep, hist, stats = link(table, self.history, window=w, **self.opts)
@@ -198,14 +203,28 @@ class Windows:
                 table = table.drop_columns([name])
             table = table.append_column(name, col)
         drop = [c for c in ("app_trace_id_l", "app_trace_id_h", "app_parent_id_l") if c in table.column_names]
-        table = table.drop_columns(drop).filter(pa.array(keep))
+        table = table.drop_columns(drop)
+        if not keep.all():
+            table = table.filter(pa.array(keep))
         self.counters["sampled_out"] += int((~keep).sum())
         if table.num_rows:
             self.emit(table)
             self.counters["written"] += table.num_rows
 
     def flush(self):
-        """Link everything pending (at shutdown)."""
+        """Link everything pending (at shutdown); a window that fails is
+        quarantined as in tick()."""
         with self.lock:
             while self.pending:
-                self._link_window(self.pending.peekitem(0)[0])
+                w = self.pending.peekitem(0)[0]
+                try:
+                    self._link_window(w)
+                except Exception:
+                    self._quarantine(w)
+
+    def gauges(self):
+        """What the linker holds now: spans in memory waiting, linked spans
+        kept joinable, bytes on disk, windows pending."""
+        with self.lock:
+            return {"pending_windows": len(self.pending), "memory_spans": self.cached,
+                    "history_spans": len(self.history), "disk_bytes": self.disk_bytes}

@@ -144,3 +144,35 @@ def encode_int(v, prefix, flags):
 def encode_str(s, huff):
     data = huffman_encode(s) if huff else s
     return encode_int(len(data), 7, 0x80 if huff else 0) + data
+
+
+STRING_FIELDS = {b":method": "method", b":path": "path", b":authority": "authority", b"content-type": "content_type",
+                 b"grpc-message": "grpc_message"}
+
+
+def span_fields(headers):
+    """What dkebpf._hpack.decode_headers keeps of a block's headers: the
+    first of each; :status / grpc-status as numbers (0 / -1 when absent or
+    not a number); the app trace context by tracectx's rules."""
+    from . import tracectx_ref
+
+    out = {f: None for f in STRING_FIELDS.values()}
+    out.update(status=0, grpc_status=-1, nheaders=min(len(headers), 0xFFFF))
+    ctx = {}
+    for name, value in headers:
+        if name in STRING_FIELDS and out[STRING_FIELDS[name]] is None:
+            out[STRING_FIELDS[name]] = value
+        elif name == b":status" and "status_seen" not in out:
+            out["status_seen"] = True
+            if len(value) == 3 and value.isdigit():
+                out["status"] = int(value)
+        elif name == b"grpc-status" and "grpc_seen" not in out:
+            out["grpc_seen"] = True
+            if 1 <= len(value) <= 4 and value.isdigit():
+                out["grpc_status"] = int(value)
+        elif name.lower() in tracectx_ref.NAMES and name.lower() not in ctx:
+            ctx[name.lower()] = value
+    out.pop("status_seen", None)
+    out.pop("grpc_seen", None)
+    out.update(zip(("trace_hi", "trace_lo", "parent", "sampled", "source"), tracectx_ref.from_headers(ctx)))
+    return out

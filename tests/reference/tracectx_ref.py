@@ -91,7 +91,13 @@ def extract_one(p):
     line = http_ref.first_line(p)
     if line is None or line["kind"] != http_ref.REQUEST:
         return NONE
-    h = headers(p)
+    return from_headers(headers(p))
+
+
+def from_headers(h):
+    """The context of trace-context header values {lowercase name: value}
+    (values cut at 256 bytes, as the extension reads them)."""
+    h = {k: v[:256] for k, v in h.items()}
     if b"traceparent" in h and (r := traceparent(h[b"traceparent"])):
         return r
     if b"b3" in h and (r := b3_single(h[b"b3"])):

@@ -1,12 +1,20 @@
-"""dkebpf._hpack.HpackDecoder: RFC 7541 Appendix C examples, and against
+"""dkebpf._hpack: RFC 7541 Appendix C examples, and against
 tests/reference/hpack_ref.py (hypothesis: random representations over a
-connection's successive blocks; fuzz: random bytes fail alike)."""
+connection's successive blocks; fuzz: random bytes fail alike); the span
+fields of decode_headers over HTTP/2 frames (blocks split over
+CONTINUATIONs) against the reference's headers and tracectx's rules."""
+import struct
+
+import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dkebpf._hpack import HpackDecoder
+from dkebpf import _http2
+from dkebpf._hpack import ERRORS, STRING_FIELDS, HpackDecoder, decode_headers, strings
 from reference import hpack_ref as ref
+from reference import tracectx_ref
 
 
 def headers(dec, block):
@@ -86,3 +94,121 @@ def test_agrees_with_reference(blocks, limit):
 @given(st.lists(st.binary(max_size=40), max_size=4))
 def test_fuzz_random_bytes(blocks):
     same(blocks)
+
+
+# -- decode_headers: the span fields of HTTP/2 frames' header blocks, no Python object per header
+
+def frame(t, flags, stream, body):
+    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
+
+
+def frames_of(block, cuts, stream=1):
+    """HEADERS + CONTINUATIONs carrying `block` cut at `cuts`, END_HEADERS on the last."""
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(block)), len(block)]
+    parts = [block[a:b] for a, b in zip(bounds, bounds[1:])]
+    return b"".join(frame(1 if k == 0 else 9, 0x4 if k == len(parts) - 1 else 0, stream, part)
+                    for k, part in enumerate(parts))
+
+
+def records(payloads, which_of=lambda rows: np.zeros(len(rows), np.int32), decoders=None):
+    arr = pa.array(payloads, pa.binary())
+    rows = _http2.parse(arr)
+    decoders = decoders or [HpackDecoder()]
+    recs, arena = decode_headers(arr, rows, which_of(rows), decoders)
+    return rows, recs, arena
+
+
+def field_dicts(recs, arena, where):
+    cols = {f: strings(recs, arena, f).to_pylist() for f in STRING_FIELDS}
+    out = []
+    for i in np.flatnonzero(where):
+        d = {f: cols[f][i] for f in STRING_FIELDS}
+        d.update({k: int(recs[k][i]) for k in ("status", "grpc_status", "nheaders", "trace_hi", "trace_lo", "parent",
+                                                 "sampled", "source")})
+        out.append(d)
+    return out
+
+
+def lit(name, value, huff=True, flags=0):  # literal, new name: without indexing (0), incremental (0x40)
+    prefix = 6 if flags == 0x40 else 4
+    return ref.encode_int(0, prefix, flags) + ref.encode_str(name, huff) + ref.encode_str(value, huff)
+
+
+TRACEPARENT = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_decode_headers_grpc_call_request_response_trailers():
+    request = (b"\x83\x86" + lit(b":path", b"/pkg.Svc/Get", flags=0x40) + lit(b":authority", b"svc-b:50051", flags=0x40)
+               + lit(b"content-type", b"application/grpc", flags=0x40) + lit(b"te", b"trailers")
+               + lit(b"Traceparent", TRACEPARENT))
+    again = b"\x83\x86\xc0\xbf\xbe" + lit(b"x-datadog-trace-id", b"123") + lit(b"x-datadog-parent-id", b"456")
+    response = b"\x88" + lit(b"content-type", b"application/grpc")
+    trailers = lit(b"grpc-status", b"5") + lit(b"grpc-message", b"not found") + lit(b"grpc-status", b"0")
+    client = frames_of(request, [3, 20]) + frames_of(again, [], stream=3)
+    server = frames_of(response, []) + frames_of(trailers, [7])
+    rows, recs, arena = records([client, server], lambda rows: rows["ev"].astype(np.int32),
+                                [HpackDecoder(), HpackDecoder()])
+    ends = recs["state"] == 1
+    assert (recs["state"] != 2).all()
+    assert rows["type"][ends].tolist() == [9, 1, 1, 9]  # the frames with END_HEADERS
+    got = field_dicts(recs, arena, ends)
+    assert [g["method"] for g in got] == [b"POST", b"POST", None, None]
+    assert [g["path"] for g in got] == [b"/pkg.Svc/Get", b"/pkg.Svc/Get", None, None]
+    assert got[1]["authority"] == b"svc-b:50051" and got[1]["content_type"] == b"application/grpc"
+    assert (got[0]["trace_hi"], got[0]["trace_lo"], got[0]["parent"], got[0]["sampled"], got[0]["source"]) == (
+        0x0af7651916cd43dd, 0x8448eb211c80319c, 0xb7ad6b7169203331, 1, 1)
+    assert (got[1]["trace_lo"], got[1]["parent"], got[1]["source"]) == (123, 456, 4)
+    assert (got[2]["status"], got[2]["grpc_status"], got[2]["content_type"]) == (200, -1, b"application/grpc")
+    assert (got[3]["grpc_status"], got[3]["grpc_message"], got[3]["nheaders"]) == (5, b"not found", 3)
+
+
+def test_decode_headers_broken_connections_stop():
+    # mid-stream: an index the table never got; then every later block refuses
+    ok = frames_of(b"\x82", [])
+    rows, recs, _ = records([frames_of(bytes([0x80 | 70]), []) + ok, ok])
+    assert recs["state"].tolist() == [2, 2, 2]
+    assert [ERRORS[e] for e in recs["error"]] == ["index not in the tables"] + [ERRORS[-1]] * 2
+    # a CONTINUATION first (its HEADERS was not captured); a block cut by the capture
+    rows, recs, _ = records([frame(9, 0x4, 1, b"\x82")])
+    assert ERRORS[recs["error"][0]] == "CONTINUATION without the HEADERS it continues"
+    rows, recs, _ = records([frame(1, 0x4, 1, b"\x82\x84\x86")[:11]])
+    assert ERRORS[recs["error"][0]] == "header block cut by the capture"
+    # decode() says it too
+    d = HpackDecoder()
+    with pytest.raises(ValueError, match="index 70"):
+        d.decode(bytes([0x80 | 70]))
+    assert d.error.startswith("index 70")
+    with pytest.raises(ValueError, match="earlier block"):
+        d.decode(b"\x82")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.lists(reps, max_size=8), st.lists(st.integers(1, 60), max_size=3)), max_size=5),
+       st.sampled_from([4096, 300, 65536]), st.integers(1, 3))
+def test_decode_headers_agrees_with_reference(blocks, limit, per_payload):
+    raw = [b"".join(encode(x) for x in block) for block, _ in blocks]
+    r, want, broken = ref.Decoder(max_table_size=limit), [], False
+    for block in raw:
+        try:
+            assert not broken
+            want.append(ref.span_fields(r.decode(block)))
+        except (ValueError, AssertionError):
+            want.append("error")
+            broken = True
+    framed = [frames_of(block, cuts, stream=2 * k + 1) for k, (block, (_, cuts)) in enumerate(zip(raw, blocks))]
+    payloads = [b"".join(framed[i:i + per_payload]) for i in range(0, len(framed), per_payload)]
+    rows, recs, arena = records(payloads, decoders=[HpackDecoder(max_table_size=limit)])
+    ends = recs["state"] != 0
+    got = field_dicts(recs, arena, ends)
+    got = ["error" if s == 2 else g for s, g in zip(recs["state"][ends], got)]
+    assert got == want
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.just(TRACEPARENT), st.binary(max_size=60)), min_size=1, max_size=6),
+       st.lists(st.sampled_from(tracectx_ref.NAMES), min_size=1, max_size=6))
+def test_decode_headers_trace_context_as_tracectx(values, names):
+    headers = list(zip(names, values))
+    block = b"".join(lit(n, v) for n, v in headers)
+    _, recs, arena = records([frames_of(block, [])])
+    assert field_dicts(recs, arena, recs["state"] == 1)[0] == ref.span_fields(headers)

@@ -514,3 +514,127 @@ def test_parser_rejects_raw_newline_in_string_and_bad_utf8():
     with pytest.raises(ValueError, match="not valid UTF-8"):
         parse(b"m v=1i \xff\n")
 
+
+
+# ------------------------------------------------------------ the reader
+
+from dkebpf._lineproto import read_points  # noqa: E402
+from support.lineproto_parser import parse as strict_parse  # noqa: E402
+
+SPAN_REQUIRED = {"ebpf_span_type": "string", "direction": "string", "thread_trace_id": "int", "req_seq": "int",
+                 "resp_seq": "int"}
+
+
+def rows_of(table):
+    return [{k: v for k, v in row.items() if v is not None} for row in table.to_pylist()]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batches())
+def test_reader_reads_what_the_encoder_writes(case):
+    measurement, batch, tags, fields, global_tags, ts, kinds = case
+    body, _ = encode_batch(measurement, batch, tags, fields, global_tags, ts)
+    table, rejected, errors = read_points(body, timestamp_ns=1)
+    points = parse(body)
+    # a global tag named as a field (after escaping): one key twice, which the columns refuse
+    both = [p for p in points if set(p.tags) & set(p.fields)]
+    assert rejected == len(both) and all("duplicate key" in e for e in errors)
+    want = [{**p.tags, **{k: int(v) if isinstance(v, UInt) else v for k, v in p.fields.items()}, "time": ts}
+            for p in points if p not in both]
+    assert rows_of(table) == want
+
+
+KINDS_OF = {bool: "bool", int: "int", float: "float", str: "string"}
+
+
+def columnar_oracle(body):
+    """read_points' rules on top of the strict parser, line by line."""
+    kinds, rows, rejected = {}, [], 0
+    for line in body.split("\n"):
+        if not line.lstrip(" \t") or line.lstrip(" \t").startswith("#"):
+            continue
+        try:
+            (p,) = strict_parse(line)
+        except ValueError:
+            rejected += 1
+            continue
+        values = {**p.tags, **p.fields}
+        if (set(p.tags) & set(p.fields) or any(isinstance(v, UInt) and v >= 2**63 for v in p.fields.values())
+                or any(kinds.get(k, KINDS_OF[type(v) if not isinstance(v, UInt) else int]) !=
+                       KINDS_OF[type(v) if not isinstance(v, UInt) else int] for k, v in values.items())):
+            rejected += 1
+            continue
+        for k, v in values.items():
+            kinds.setdefault(k, KINDS_OF[int if isinstance(v, UInt) else type(v)])
+        rows.append({**{k: int(v) if isinstance(v, UInt) else v for k, v in values.items()},
+                     "time": p.timestamp if p.timestamp is not None else 7})
+    return rows, rejected
+
+
+line_parts = st.sampled_from(["m", "m,t=a", "m,t=b,u=c", "m,t=", "m,=x", "m,t=a=b", " m", "#m", "m\\ x",
+                              " ", ",", "=", "\\", '"', "v=1i", "v=1u", "v=18446744073709551615u", "v=-1i",
+                              "v=1.5", "v=1e400", "v=.5", "v=t", "v=FALSE", 'v="s"', 'v="a\\"b', "w=2i", "t=1i",
+                              'v="x\\ny"', " 12", " -5", " 9223372036854775808", " 1 2", "i", "u", "e5", "\t"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(st.one_of(line_parts, st.text(max_size=4)), max_size=8).map("".join), max_size=8))
+def test_reader_accepts_and_rejects_lines_as_the_strict_parser(lines):
+    body = "\n".join(lines)
+    table, rejected, errors = read_points(body.encode(), timestamp_ns=7)
+    want_rows, want_rejected = columnar_oracle(body)
+    assert rejected == want_rejected and len(errors) == min(3, rejected)
+    got = rows_of(table)
+    assert [{k: v for k, v in r.items() if k != "time"} for r in got] == [
+        {k: v for k, v in r.items() if k != "time"} for r in want_rows]
+    assert [r["time"] for r in got] == [r.get("time") for r in want_rows] or "time" in "".join(lines)
+
+
+def test_reader_errors_name_the_line_and_keep_the_rest():
+    good = 'dketrace,host=a ebpf_span_type="entry",direction="incoming",thread_trace_id=1i,req_seq=2i,resp_seq=3i'
+    str_seq, no_resp = good.replace("req_seq=2i", 'req_seq="2"'), good.replace(",resp_seq=3i", "")
+    body = "\n".join([good + " 10", "not line protocol", str_seq, no_resp, good + ',duration=1.5',
+                      good + ",duration=2i", "", good + " 20"]).encode()
+    table, rejected, errors = read_points(body, SPAN_REQUIRED, 0)
+    assert table.column("time").to_pylist() == [10, 0, 20]
+    assert table.column("duration").to_pylist() == [None, 1.5, None]
+    assert rejected == 4
+    assert errors == [
+        "line 2, column 9: unescaped ' ' in field key: 'not line protocol'",
+        f"line 3, column 80: 'req_seq' is a string, an integer is required: {str_seq!r}",
+        f"line 4, column 1: required field 'resp_seq' (an integer) missing: {no_resp!r}",
+    ]
+    _, _, errors = read_points(body[body.index(b"\n" + good.encode() + b",duration=2i") + 1:], None, 0)
+    assert errors == []  # the type conflict is with an earlier line of the same body only
+    with pytest.raises(ValueError, match="required kind 'text'"):
+        read_points(b"", {"a": "text"})
+
+
+def test_reader_repairs_invalid_utf8_and_unescapes():
+    table, rejected, _ = read_points(b'm,k=a\xffb,s\\ p\\,c\\=e=x f="q\\"\\\\\\n\xc3" 5\r\n', timestamp_ns=0)
+    assert rejected == 1  # "5\r": CR is no part of line protocol (the strict parser says the same)
+    table, rejected, _ = read_points(b'm,k=a\xffb,s\\ p\\,c\\=e=x f="q\\"\\\\\\n\xc3" 5\n', timestamp_ns=0)
+    assert rejected == 0
+    assert rows_of(table) == [{"k": "a\ufffdb", "s p,c=e": "x", "f": 'q"\\\n\ufffd', "time": 5}]
+
+
+def test_reader_rejects_huge_lines_keeps_the_rest():
+    body = b"m v=1i 1\nm s=\"" + b"x" * (1 << 20) + b"\" 2\nm v=3i 3\n"
+    table, rejected, errors = read_points(body)
+    assert table.column("v").to_pylist() == [1, 3] and rejected == 1
+    assert errors[0].startswith("line 2, column 1: line longer than 1048576 bytes: 'm s=\"xxx")
+
+
+def test_reader_empty_and_comment_bodies():
+    for body in (b"", b"\n\n", b"# only a comment\n  \t\n"):
+        table, rejected, errors = read_points(body, SPAN_REQUIRED, 0)
+        assert (table.num_rows, rejected, errors) == (0, 0, [])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=120), st.booleans())
+def test_reader_fuzz_random_bytes_give_valid_columns(body, required):
+    table, rejected, errors = read_points(body, {"a": "int"} if required else None, 5)
+    table.validate(full=True)  # offsets, bitmaps, UTF-8 of every string
+    lines = [ln for ln in body.split(b"\n") if ln.lstrip(b" \t") and not ln.lstrip(b" \t").startswith(b"#")]
+    assert table.num_rows + rejected == len(lines) and len(errors) == min(3, rejected)

@@ -140,7 +140,9 @@ def test_bad_points_are_rejected_by_line_good_ones_kept(stack):
     r = post(url, [good, "dketrace,service=a direction=\"incoming\" 1", "not line protocol at all"])
     assert r.status_code == 200
     assert r.json()["accepted"] == 1 and r.json()["rejected"] == 2
-    assert r.json()["first_error"].startswith("line 2: field ebpf_span_type")
+    assert r.json()["first_error"] == ("line 2, column 1: required field 'ebpf_span_type' (a string) missing: "
+                                       "'dketrace,service=a direction=\"incoming\" 1'")
+    assert r.json()["errors"][1].startswith("line 3, column 9: unescaped ' ' in field key")
     r = post(url, ["garbage"])
     assert r.status_code == 400 and r.json()["rejected"] == 1
     assert requests.post(url + "/v1/other", data=b"x", timeout=5).status_code == 404
@@ -253,7 +255,7 @@ def test_memory_bound_spills_to_disk_and_disk_budget_answers_503(tmp_path):
         assert len(got) == 5 and len({f["ebpf_trace_id"] for _, f in got}) == 1
 
 
-def test_the_command_links_and_flushes_on_interrupt(tmp_path):
+def test_the_command_links_and_flushes_on_sigterm(tmp_path):
     import signal
     import socket
     import subprocess
@@ -277,8 +279,9 @@ def test_the_command_links_and_flushes_on_interrupt(tmp_path):
                     time.sleep(0.1)
             host1, host2 = chain(BASE_US)
             assert post(url, host1 + host2).json() == {"accepted": 5, "rejected": 0}
-            proc.send_signal(signal.SIGINT)  # links what is pending, hands it to DataKit, exits
-            assert proc.wait(timeout=20) == 130
+            proc.send_signal(signal.SIGTERM)  # links what is pending, hands it to DataKit, exits
+            assert proc.wait(timeout=20) == 0
+            assert "Traceback" not in proc.stderr.read()
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -299,7 +302,7 @@ texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), m
                 max_size=5))
 def test_ingest_reads_what_the_project_encoder_writes(rows):
     """Line protocol written by dkebpf._lineproto (escapes, quotes, spaces
-    in strings) reads back the same, on both of the reader's paths."""
+    in strings) reads back the same."""
     from dkebpf._lineproto import encode_batch
     from dkebpf.linker.ingest import parse_spans
     n = len(rows)
@@ -339,3 +342,58 @@ def test_a_window_that_fails_to_link_is_quarantined_and_later_ones_go_on(stack, 
     assert "dkebpf_linker_quarantined_windows_total 1" in requests.get(url + "/metrics", timeout=5).text
     failed = os.path.join(linker.windows.dir, "failed", str(BASE_US // 1_000_000))
     assert os.listdir(failed)
+
+
+def test_bad_requests_get_clear_answers_and_the_linker_serves_on(stack, monkeypatch):
+    import socket
+
+    from dkebpf.linker import server
+    linker, dk, url = stack
+    port = linker.port
+
+    def raw(request, wait=5):
+        with socket.create_connection(("127.0.0.1", port), timeout=wait) as s:
+            s.sendall(request)
+            answer = b""
+            while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < int(
+                    answer.split(b"Content-Length: ")[1].split(b"\r")[0]):
+                answer += s.recv(65536)
+            return answer.decode()
+
+    assert raw(b"POST /v1/bpftracing HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n").startswith("HTTP/1.1 400")
+    monkeypatch.setattr(server._Handler, "timeout", 0.5)
+    monkeypatch.setattr(server, "READ_TIMEOUT_S", 0.5)
+    answer = raw(b"POST /v1/bpftracing HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly this")
+    assert answer.startswith("HTTP/1.1 408") and "body cut: 9 of 100 bytes" in answer
+    monkeypatch.setattr(server, "MAX_INFLATED", 1 << 20)
+    bomb = gzip.compress(b"\n" * (4 << 20))  # 4 MiB of nothing in a few KiB
+    r = requests.post(url + "/v1/bpftracing", data=bomb, headers={"Content-Encoding": "gzip"}, timeout=5)
+    assert r.status_code == 413 and "inflates to more than 1048576 bytes" in r.json()["error"]
+    cut = gzip.compress(b"x" * 1000)[:-10]
+    r = requests.post(url + "/v1/bpftracing", data=cut, headers={"Content-Encoding": "gzip"}, timeout=5)
+    assert r.status_code == 400 and "bad gzip body" in r.json()["error"]
+    # and it still links what is good
+    host1, host2 = chain(BASE_US)
+    assert post(url, host1 + host2, gz=True).json() == {"accepted": 5, "rejected": 0}
+    assert len({f["ebpf_trace_id"] for _, f in spans_by_service(dk, 5)}) == 1
+    metrics = requests.get(url + "/metrics", timeout=5).text
+    for gauge in ("pending_windows", "memory_spans", "history_spans", "disk_bytes"):
+        assert f"\ndkebpf_linker_{gauge} " in metrics
+
+
+def test_history_is_bounded_oldest_spans_go_first(tmp_path):
+    from dkebpf.linker.ingest import parse_spans
+    from dkebpf.linker.windows import Windows
+
+    out = []
+    w = Windows(str(tmp_path), out.append, window_s=1, lateness_s=1, history_spans=6)
+    for k in range(3):  # three windows of one chain (5 spans) each
+        host1, host2 = chain(BASE_US + k * 1_000_000, seq=k)
+        assert w.add(parse_spans("\n".join(host1 + host2), 0)[0])
+    w.flush()
+    assert w.gauges()["history_spans"] == 6 and w.counters["history_evicted"] == 15 - 6
+    assert w.counters["written"] == 15 and w.counters["orphan"] == 0
+    # a late exit whose entry was forgotten: linked as an orphan, not lost
+    late = span("b", "outgoing", 200, 1, 2, ("10.0.0.2", 1), ("10.0.0.3", 2), BASE_US + 30)
+    assert w.add(parse_spans(late, 0)[0])
+    assert w.counters["late"] == 1 and w.counters["orphan"] == 1 and w.counters["written"] == 16
