@@ -680,11 +680,11 @@ cdef void srv_http(server_t *s, int fd) noexcept nogil:
                 break
             closing = has_close(c.buf, end)
             answer = HTTP_OK_CLOSE if closing else HTTP_OK
+            s.http_requests += 1  # before the answer: see srv_udp
             if c.ssl != NULL:
                 SSL_write(c.ssl, answer, cstrlen(answer))
             else:
                 send(fd, answer, cstrlen(answer), MSG_NOSIGNAL)
-            s.http_requests += 1
             if closing:
                 srv_close(s, fd)
                 return
@@ -718,8 +718,10 @@ cdef void srv_udp(int fd, udp_answer_fn answer, uint64_t *answered, uint64_t *ba
         if alen < 0:
             bad[0] += 1
             continue
-        sendto(fd, a, alen, 0, <sockaddr *>&peer, plen)
+        # counted before the answer leaves: a client that reads the
+        # counters after its answer must see it
         answered[0] += 1
+        sendto(fd, a, alen, 0, <sockaddr *>&peer, plen)
 
 
 cdef void srv_discard(server_t *s) noexcept nogil:
