@@ -27,9 +27,11 @@
 #define NF_DROP_RING 0   /* closed-connection ring buffer full */
 #define NF_DROP_CONNS 1  /* conns hash map full: a connection went uncounted */
 #define NF_DROP_BOUND 2  /* bound_ports map full */
-#define NF_DROP_CALLS 3  /* udp_calls task storage not created: an unconnected
-                          * UDP call or a bind went unseen */
-#define NF_DROP_MAX 4
+#define NF_DROP_UDP_PEER 3  /* a datagram of an unconnected UDP socket whose
+                             * peer no cgroup hook gave: not counted (see
+                             * take_peer in netflow.bpf.c) */
+#define NF_DROP_PEERS_MAP 4 /* udp_peers map update failed */
+#define NF_DROP_MAX 5
 
 /* Identity of a flow while it lives: the kernel socket, plus the remote end
  * for unconnected UDP sockets, which talk to many peers through one socket.

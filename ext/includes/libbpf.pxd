@@ -30,6 +30,7 @@ cdef extern from "bpf/libbpf.h" nogil:
     bpf_link *bpf_program__attach_uprobe_opts(const bpf_program *prog, int pid,
                                               const char *binary_path, size_t func_offset,
                                               const bpf_uprobe_opts *opts)
+    bpf_link *bpf_program__attach_cgroup(const bpf_program *prog, int cgroup_fd)
     int bpf_link__destroy(bpf_link *link)
 
     bpf_map *bpf_object__next_map(const bpf_object *obj, const bpf_map *map)

@@ -10,7 +10,7 @@ from support import traffic
 from support.netns import NetNS
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage")]
+              pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "cgroup2")]
 
 
 @pytest.fixture
