@@ -187,7 +187,10 @@ static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats
 static __always_inline void make_key(struct nf_conn_key *key, const struct sock *sk, const struct sock_tuple *t)
 {
 	__builtin_memset(key, 0, sizeof(*key));
-	key->sk = (__u64)sk;
+	/* the socket's cookie, not its address: a UDP socket has no end we
+	 * see, and the next socket allocated at the same address (a DNS
+	 * client's next query) would add to its flow under its process */
+	key->sk = bpf_get_socket_cookie((void *)sk);
 	__builtin_memcpy(key->raddr, t->raddr, 16);
 	key->rport = t->rport;
 }

@@ -238,6 +238,11 @@ cdef class Program:
     def autoload(self):
         return bool(bpf_program__autoload(self.prog))
 
+    @property
+    def fd(self):
+        """The loaded program's file descriptor (-1 before load)."""
+        return bpf_program__fd(self.prog)
+
     def attach(self):
         """Attach by section name (tracepoint/, tp_btf/, raw_tp/, ...)."""
         self.owner._require_loaded()

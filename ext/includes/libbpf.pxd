@@ -37,6 +37,7 @@ cdef extern from "bpf/libbpf.h" nogil:
     bpf_map *bpf_object__find_map_by_name(const bpf_object *obj, const char *name)
     const char *bpf_map__name(const bpf_map *map)
     int bpf_map__fd(const bpf_map *map)
+    int bpf_program__fd(const bpf_program *prog)
     int bpf_map__type(const bpf_map *map)
     uint32_t bpf_map__key_size(const bpf_map *map)
     uint32_t bpf_map__value_size(const bpf_map *map)
