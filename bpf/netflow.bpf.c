@@ -102,13 +102,16 @@ DROP_COUNTERS(drops, NF_DROP_MAX);
  * send; udp_recvmsg after the copy, when the caller asked for the source
  * address), the tracepoint when the protocol returns
  * (sock_sendmsg_nosec / sock_recvmsg_nosec), so the two meet in one
- * thread with nothing of that thread in between; sendmmsg, recvmmsg and
- * io_uring pass the same way, one datagram at a time.
+ * thread with nothing of that thread in between; sendmmsg and recvmmsg
+ * pass the same way, one datagram at a time (tested), and so do io_uring's
+ * socket calls, which reach the same protocol functions in the submitting
+ * thread or an io-wq worker (not tested).
  *
  * Keyed by thread, not by socket: threads sharing one socket (a server's
  * worker pool) do not overwrite each other's peer. An LRU hash, not task
- * storage: the cgroup programs of kernels before 6.16 cannot reach task
- * storage, and the LRU bounds what threads that exit leave behind. An entry
+ * storage: only recent kernels let cgroup programs reach task storage (it
+ * loads on 6.18, where bpf_base_func_proto offers it), and the LRU bounds
+ * what threads that exit leave behind. An entry
  * is rewritten in place and emptied (sk = 0) when taken: no element
  * allocated or freed per datagram. */
 struct udp_peer {
