@@ -62,7 +62,7 @@ def ensure_mounts():
 CGROUP2_MOUNT = "/run/dkebpf/cgroup2"
 
 
-def cgroup2_root():
+def cgroup2_root(mountinfo="/proc/self/mountinfo"):
     """A mount of the whole cgroup v2 hierarchy (as this cgroup namespace
     sees it), where cgroup programs attach to reach every task: from
     /proc/self/mountinfo (a mount of the hierarchy's root, not a bind mount
@@ -70,7 +70,7 @@ def cgroup2_root():
     /sys/fs/cgroup/unified on hybrid ones), else mounted at CGROUP2_MOUNT
     (needs root)."""
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open(mountinfo) as f:
         for line in f:
             # id parent major:minor root mountpoint options... - fstype source superoptions
             left, _, right = line.partition(" - ")

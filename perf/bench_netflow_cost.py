@@ -11,7 +11,11 @@ the kernel side alone (objects loaded and attached, nothing read):
   bpf_old  that older object (attached by its sections, e.g. with its
            syscall tracepoints).
 Per round the requests/s and mean latency of each mode as ratios against
-that round's `off`; then the medians, the collector's CPU and the
+that round's `off`, and the CPU the traffic itself used per request (nginx's
+processes and wrk, user + system, from /proc/<pid>/task/*/schedstat and
+wait4's rusage: what the hooks add to every socket call, slow syscall
+paths included, whatever else runs on the box, which on a shared machine
+moves requests/s far more than the hooks do) as a ratio against `off`; then the medians, the collector's CPU and the
 load average. The UDP side (the cgroup hooks' cost) is
 perf/bench_bpf_cost_udp.py.
 
@@ -20,6 +24,7 @@ perf/bench_bpf_cost_udp.py.
 Prints `name: value` lines.
 """
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -45,52 +50,91 @@ def build_floor(out_dir):
     return obj
 
 
-def run_mode(mode, tmp, floor_obj, port, rnd):
-    """(requests/s, mean latency s, collector CPU s or None)"""
+def family_of(pid):
+    """pid and its descendants (nginx's master and workers)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def on_cpu_ns(pids):
+    """Nanoseconds on CPU of every thread of pids (schedstat's first field)."""
+    total = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
+
+
+def measured_wrk(port, server_pids):
+    """wrk's (requests/s, mean latency s, CPU s per request of nginx + wrk)."""
+    ru0, ns0 = resource.getrusage(resource.RUSAGE_CHILDREN), on_cpu_ns(server_pids)
+    rps, lat, total = wrk(port)
+    ru1, ns1 = resource.getrusage(resource.RUSAGE_CHILDREN), on_cpu_ns(server_pids)
+    wrk_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return rps, lat, (wrk_cpu + (ns1 - ns0) / 1e9) / total
+
+
+def run_mode(mode, tmp, floor_obj, port, server_pids, rnd):
+    """(requests/s, mean latency s, app CPU s per request, collector CPU s or None)"""
     if mode == "off":
-        rps, lat, _ = wrk(port)
-        return rps, lat, None
+        return (*measured_wrk(port, server_pids), None)
     if mode == "floor":
         from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec
         with BpfSkeleton(ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), path=floor_obj).start():
-            rps, lat, _ = wrk(port)
-        return rps, lat, None
+            return (*measured_wrk(port, server_pids), None)
     if mode in ("bpf_new", "bpf_old"):
         from dkebpf.bpf_objects import NETFLOW, ObjectSpec, BpfSkeleton
         spec = NETFLOW if mode == "bpf_new" else ObjectSpec("netflow", knobs=("self_tgid",))
         path = None if mode == "bpf_new" else COMPARE_OBJ
         with BpfSkeleton(spec, path=path).start(knobs={"self_tgid": os.getpid()}):
-            rps, lat, _ = wrk(port)
-        return rps, lat, None
+            return (*measured_wrk(port, server_pids), None)
     with Collector(tmp, f"netflow-{rnd}", ["--enabled", "ebpf-net", "--l7net-disabled", "httpflow"]) as c:
         c0 = c.cpu_seconds()
-        rps, lat, _ = wrk(port)
-        return rps, lat, c.cpu_seconds() - c0
+        got = measured_wrk(port, server_pids)
+        return (*got, c.cpu_seconds() - c0)
 
 
 def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
-    ratios = {m: {"rps": [], "lat": []} for m in MODES[1:]}
+    ratios = {m: {"rps": [], "lat": [], "cpu": []} for m in MODES[1:]}
     cpu = []
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
         floor_obj = build_floor(tmp)
+        server_pids = family_of(ngx.proc.pid)
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c32 -d{SECONDS}s, nginx 1 worker, loopback, {ROUNDS} rounds", flush=True)
         for r in range(ROUNDS):
             order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-            got = {m: run_mode(m, tmp, floor_obj, ngx.port, r) for m in order}
-            base_rps, base_lat, _ = got["off"]
+            got = {m: run_mode(m, tmp, floor_obj, ngx.port, server_pids, r) for m in order}
+            base_rps, base_lat, base_cpu, _ = got["off"]
             for m in MODES[1:]:
                 ratios[m]["rps"].append(got[m][0] / base_rps)
                 ratios[m]["lat"].append(got[m][1] / base_lat)
-            cpu.append(got["netflow"][2] / SECONDS / (got["netflow"][0] / 1e4))
+                ratios[m]["cpu"].append(got[m][2] / base_cpu)
+            cpu.append(got["netflow"][3] / SECONDS / (got["netflow"][0] / 1e4))
             print(f"round {r} ({' '.join(order)}): " + ", ".join(
-                f"{m} {got[m][0]:.0f} req/s {got[m][1] * 1e3:.3f} ms" for m in MODES), flush=True)
+                f"{m} {got[m][0]:.0f} req/s {got[m][1] * 1e3:.3f} ms {got[m][2] * 1e6:.2f} us cpu/req"
+                for m in MODES), flush=True)
     for m in MODES[1:]:
         print(f"{m}_throughput_ratio_median: {statistics.median(ratios[m]['rps']):.3f}")
         print(f"{m}_throughput_ratios: {' '.join(f'{x:.3f}' for x in ratios[m]['rps'])}")
         print(f"{m}_latency_ratio_median: {statistics.median(ratios[m]['lat']):.3f}")
+        print(f"{m}_app_cpu_per_request_ratio_median: {statistics.median(ratios[m]['cpu']):.3f}")
+        print(f"{m}_app_cpu_per_request_ratios: {' '.join(f'{x:.3f}' for x in ratios[m]['cpu'])}")
     print(f"netflow_collector_cpu_per_10k_rps_median: {statistics.median(cpu):.4f}")
     print(f"load_average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
