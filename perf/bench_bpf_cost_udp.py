@@ -34,7 +34,7 @@ def attach(mode):
     from dkebpf.bpf_objects import NETFLOW, BpfSkeleton, ObjectSpec
     if mode == "netflow":
         return BpfSkeleton(NETFLOW).start(knobs={"self_tgid": 0})
-    return BpfSkeleton(ObjectSpec("netflow", knobs=("self_tgid",)), path=COMPARE_OBJ).start(
+    return BpfSkeleton(ObjectSpec("netflow", knobs=("self_tgid",), maps=("conns",)), path=COMPARE_OBJ).start(
         knobs={"self_tgid": 0})
 
 
