@@ -169,8 +169,10 @@ static __always_inline __u8 port_direction(__u16 lport, __u8 proto)
  * the current task is whoever was interrupted. */
 static __always_inline void set_owner(struct nf_conn_stats *s)
 {
+	if (s->pid)
+		return; /* the common case, on every call: no helper call */
 	__u32 tgid = current_tgid();
-	if (s->pid || !tgid)
+	if (!tgid)
 		return;
 	s->pid = tgid;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -241,7 +243,11 @@ static __always_inline void account(const struct sock *sk, struct sock_tuple *t,
 	if (!s)
 		return;
 	set_owner(s);
-	s->ts_last = bpf_ktime_get_ns();
+	/* ts_last tells idle flows, which leave the map: UDP ones. A TCP flow
+	 * stays until tcp_destroy_sock (ext/conntable.pyx, _tcp_flow), so its
+	 * calls skip the clock read (the state changes still stamp it). */
+	if (t->proto != IPPROTO_TCP)
+		s->ts_last = bpf_ktime_get_ns();
 	if (sent > 0)
 		__sync_fetch_and_add(&s->bytes_sent, sent);
 	if (recv > 0)

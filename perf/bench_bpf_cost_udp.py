@@ -20,22 +20,22 @@ import socket
 import statistics
 import time
 
+from bench_netflow_cost import compare_spec
 from collector import prog_stats
 
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
 N = int(os.environ.get("BENCH_N", 50000))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
-COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")
+COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")  # read by compare_spec too
 MODES = ("off", "netflow") + (("netflow_old",) if COMPARE_OBJ else ())
 SIZE = 32
 
 
 def attach(mode):
-    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton, ObjectSpec
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton
     if mode == "netflow":
         return BpfSkeleton(NETFLOW).start(knobs={"self_tgid": 0})
-    return BpfSkeleton(ObjectSpec("netflow", knobs=("self_tgid",), maps=("conns",)), path=COMPARE_OBJ).start(
-        knobs={"self_tgid": 0})
+    return BpfSkeleton(compare_spec(), path=COMPARE_OBJ).start(knobs={"self_tgid": 0})
 
 
 def check_flows(bpf, ports):

@@ -21,6 +21,18 @@ perf/bench_bpf_cost_udp.py.
 
     python3 perf/bench_netflow_cost.py   (BENCH_SECONDS=10, BENCH_ROUNDS=5; root, nginx, wrk)
 
+BENCH_PART=calls measures instead what the hooks add to one socket call,
+less exposed to the other load on a shared box: one thread ping-pongs a
+small message over a loopback TCP connection (4 socket calls per round
+trip, loopback delivery inline), timed in CPU time of that thread (time
+spent waiting for a CPU does not count), in short slices whose modes
+rotate (off, floor, bpf_new, bpf_old: the objects are loaded once,
+attached and detached per slice; self_tgid 0, so this process's calls are
+the programs' work). Prints per mode the median CPU ns per round trip and
+the median of per-slice ratios against the `off` slice next to it.
+
+    BENCH_PART=calls python3 perf/bench_netflow_cost.py   (BENCH_SLICES=60, BENCH_TRIPS=2000)
+
 Prints `name: value` lines.
 """
 import os
@@ -40,6 +52,17 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")
 MODES = ("off", "floor", "netflow") + (("bpf_new", "bpf_old") if COMPARE_OBJ else ())
 FLOOR_CGROUP = ("floor_sendmsg4", "floor_sendmsg6", "floor_recvmsg4", "floor_recvmsg6")
+
+
+def compare_spec():
+    """The ObjectSpec of BENCH_COMPARE_OBJ, an older netflow.bpf.o: the
+    cgroup programs it has (none before issue 17) attach to the cgroup."""
+    from dkebpf import _libbpf
+    from dkebpf.bpf_objects import NETFLOW, ObjectSpec
+    with _libbpf.BpfObject(COMPARE_OBJ) as obj:
+        names = {p.name for p in obj.programs()}
+    return ObjectSpec("netflow", knobs=("self_tgid",), maps=("conns",),
+                      cgroup=tuple(n for n in NETFLOW.cgroup if n in names))
 
 
 def build_floor(out_dir):
@@ -97,7 +120,7 @@ def run_mode(mode, tmp, floor_obj, port, server_pids, rnd):
             return (*measured_wrk(port, server_pids), None)
     if mode in ("bpf_new", "bpf_old"):
         from dkebpf.bpf_objects import NETFLOW, ObjectSpec, BpfSkeleton
-        spec = NETFLOW if mode == "bpf_new" else ObjectSpec("netflow", knobs=("self_tgid",))
+        spec = NETFLOW if mode == "bpf_new" else compare_spec()
         path = None if mode == "bpf_new" else COMPARE_OBJ
         with BpfSkeleton(spec, path=path).start(knobs={"self_tgid": os.getpid()}):
             return (*measured_wrk(port, server_pids), None)
@@ -107,7 +130,88 @@ def run_mode(mode, tmp, floor_obj, port, server_pids, rnd):
         return (*got, c.cpu_seconds() - c0)
 
 
+def _attach(bpf):
+    """(Re-)attach a started, detached skeleton's programs."""
+    from dkebpf import kernel
+    bpf.links = bpf.obj.attach_all(skip=bpf.spec.cgroup)
+    for name in bpf.spec.cgroup:
+        bpf.links.append(bpf.obj.program(name).attach_cgroup(kernel.cgroup2_root()))
+
+
+def _detach(bpf):
+    for link in bpf.links:
+        link.close()
+    bpf.links = []
+
+
+def calls_part():
+    import socket
+    import time
+    from dkebpf import kernel
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton, ObjectSpec
+    kernel.ensure_mounts()
+    slices, trips = int(os.environ.get("BENCH_SLICES", 60)), int(os.environ.get("BENCH_TRIPS", 2000))
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = {"floor": (ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), build_floor(tmp), None),
+                 "bpf_new": (NETFLOW, None, {"self_tgid": 0})}
+        if COMPARE_OBJ:
+            specs["bpf_old"] = (compare_spec(), COMPARE_OBJ, {"self_tgid": 0})
+        objs = {}
+        try:
+            for m, (spec, path, knobs) in specs.items():
+                objs[m] = BpfSkeleton(spec, path=path).start(knobs=knobs)
+                _detach(objs[m])
+            lst = socket.create_server(("127.0.0.1", 0))
+            a = socket.create_connection(lst.getsockname())
+            b, _ = lst.accept()
+            for s_ in (a, b):
+                s_.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            msg = b"x" * 64
+
+            def slice_ns():
+                t0 = time.thread_time_ns()
+                for _ in range(trips):
+                    a.send(msg)
+                    b.recv(256)
+                    b.send(msg)
+                    a.recv(256)
+                return (time.thread_time_ns() - t0) / trips
+
+            modes = ("off", *objs)
+            per = {m: [] for m in modes}
+            ratio = {m: [] for m in objs}
+            slice_ns()  # warm-up
+            for k in range(slices):
+                got = {}
+                for m in modes[k % len(modes):] + modes[:k % len(modes)]:
+                    if m != "off":
+                        _attach(objs[m])
+                    try:
+                        got[m] = slice_ns()
+                    finally:
+                        if m != "off":
+                            _detach(objs[m])
+                for m in modes:
+                    per[m].append(got[m])
+                for m in objs:
+                    ratio[m].append(got[m] / got["off"])
+            a.close()
+            b.close()
+            lst.close()
+        finally:
+            for bpf in objs.values():
+                bpf.close()
+    print(f"loopback TCP ping-pong, 64 bytes, {slices} slices of {trips} round trips per mode")
+    for m in modes:
+        print(f"{m}_cpu_ns_per_round_trip_median: {statistics.median(per[m]):.0f}")
+    for m in objs:
+        print(f"{m}_cpu_per_call_ratio_median: {statistics.median(ratio[m]):.3f}")
+    print(f"load_average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
 def main():
+    if os.environ.get("BENCH_PART") == "calls":
+        return calls_part()
     from dkebpf import kernel
     kernel.ensure_mounts()
     ratios = {m: {"rps": [], "lat": [], "cpu": []} for m in MODES[1:]}
