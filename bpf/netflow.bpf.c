@@ -8,8 +8,13 @@
  *   tp_btf/inet_sock_set_state   TCP handshake and listen
  *   tp_btf/tcp_destroy_sock      the end of a TCP socket
  *   tp_btf/tcp_retransmit_skb    retransmitted segments
- *   syscalls sendto/sendmsg/recvfrom/recvmsg   the peer of unconnected UDP
- *       sockets, which the sock does not hold
+ *   cgroup/sendmsg4/6, cgroup/recvmsg4/6 on the root cgroup v2   the peer
+ *       of each datagram of an unconnected UDP socket, which the sock does
+ *       not hold (attached as links: multi-attach, gone with the collector)
+ *
+ * No syscall tracepoint: one of those moves every syscall of every task to
+ * the slow path (DESIGN.md, "What hooks cost"). The cgroup hooks run only
+ * inside udp_sendmsg/udp_recvmsg for datagrams that carry an address.
  *
  * Cumulative stats live in the `conns` hash map, read by user space each
  * interval; a closed TCP connection is removed from the map and its final
@@ -91,79 +96,66 @@ struct {
 
 DROP_COUNTERS(drops, NF_DROP_MAX);
 
-/* per-thread syscall arguments of unconnected UDP calls; uaddr set while a
- * send or receive with an address is under way */
-struct udp_call {
-	__u64 uaddr;  /* user pointer: struct sockaddr * or struct user_msghdr * */
-	__u64 sk;     /* recv: the socket, set by sock_recv_length */
-	__s32 len;    /* recv: bytes received */
-	__u8 is_msg;  /* uaddr points to a msghdr */
+/* The peer of an unconnected UDP socket's datagram, handed from the cgroup
+ * sock_addr hook to the sock_*_length tracepoint that follows it in the
+ * same thread. The hooks run inside the protocol (udp_sendmsg before the
+ * send; udp_recvmsg after the copy, when the caller asked for the source
+ * address), the tracepoint when the protocol returns
+ * (sock_sendmsg_nosec / sock_recvmsg_nosec), so the two meet in one
+ * thread with nothing of that thread in between; sendmmsg and recvmmsg
+ * pass the same way, one datagram at a time (tested), and so do io_uring's
+ * socket calls, which reach the same protocol functions in the submitting
+ * thread or an io-wq worker (not tested).
+ *
+ * Keyed by thread, not by socket: threads sharing one socket (a server's
+ * worker pool) do not overwrite each other's peer. An LRU hash, not task
+ * storage: only recent kernels let cgroup programs reach task storage (it
+ * loads on 6.18, where bpf_base_func_proto offers it), and the LRU bounds
+ * what threads that exit leave behind. An entry
+ * is rewritten in place and emptied (sk = 0) when taken: no element
+ * allocated or freed per datagram. */
+struct udp_peer {
+	__u64 sk;       /* the socket the hook ran for; 0 once taken */
+	__u8 addr[16];  /* as sock_tuple.raddr */
+	__u16 port;     /* host byte order */
+	__u8 family;    /* 4 or 6 */
+	__u8 _pad[5];
 };
 
-/* Task-local storage, not a hash keyed by tid: found through the task (no
- * hashing, no element allocation per call), gone with the task. The exit of
- * every recvfrom/recvmsg/sendto/sendmsg looks here, most of them (TCP, or
- * no address) to find nothing: a miss costs less than a hash lookup, a
- * stash less than a hash update (perf/bench_bpf_cost.py). */
 struct {
-	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct udp_call);
-} udp_calls SEC(".maps");
-
-static __always_inline struct udp_call *current_udp_call(__u64 create)
-{
-	return bpf_task_storage_get(&udp_calls, bpf_get_current_task_btf(), 0, create);
-}
-
-static __always_inline void end_udp_call(struct udp_call *c)
-{
-	c->uaddr = 0;
-	c->sk = 0;
-	c->len = 0;
-}
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64); /* bpf_get_current_pid_tgid() */
+	__type(value, struct udp_peer);
+} udp_peers SEC(".maps");
 
 static __always_inline __u32 current_tgid(void)
 {
 	return bpf_get_current_pid_tgid() >> 32;
 }
 
-/* Peer of an unconnected UDP call, from the user's struct sockaddr. The
- * peer's family decides the flow's: a dual-stack socket (AF_INET6 on `::`
- * without IPV6_V6ONLY) talks to IPv4 peers as sockaddr_in or v4-mapped
- * sockaddr_in6. Its local address is then `::`, all zeros, which already
- * reads as 0.0.0.0; a socket bound to a specific IPv6 address cannot reach
- * IPv4 peers, and one bound to a v4-mapped address is IPv4 already. */
-static __always_inline int read_user_peer(const struct udp_call *c, struct sock_tuple *t)
+/* The peer the cgroup hook left for this thread's datagram on sk, taken.
+ * The peer's family decides the flow's: a dual-stack socket (AF_INET6 on
+ * `::` without IPV6_V6ONLY) talks to IPv4 peers through v4-mapped
+ * addresses, which the hook folded to IPv4. Its local address is then `::`,
+ * all zeros, which already reads as 0.0.0.0; a socket bound to a specific
+ * IPv6 address cannot reach IPv4 peers, and one bound to a v4-mapped
+ * address is IPv4 already. No peer (the caller did not ask for the source
+ * address, or the socket's cgroup is outside the hierarchy the hooks are
+ * attached to): counted, the datagram is not. */
+static __always_inline int take_peer(const struct sock *sk, struct sock_tuple *t)
 {
-	__u64 uaddr = c->uaddr;
-	if (c->is_msg) {
-		void *name = 0;
-		if (bpf_probe_read_user(&name, sizeof(name), (void *)uaddr))
-			return 0; /* user_msghdr.msg_name is its first member */
-		uaddr = (__u64)name;
-	}
-	if (!uaddr)
+	__u64 tid = bpf_get_current_pid_tgid();
+	struct udp_peer *p = bpf_map_lookup_elem(&udp_peers, &tid);
+	if (!p || p->sk != (__u64)sk) {
+		count_drop(&drops, NF_DROP_UDP_PEER);
 		return 0;
-	struct sockaddr_in6 sa = {};
-	if (bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr) &&
-	    bpf_probe_read_user(&sa, sizeof(struct sockaddr_in), (void *)uaddr))
-		return 0;
-	if (sa.sin6_family == AF_INET) {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
-		t->family = put_addr(t->raddr, 0, s4->sin_addr.s_addr, 0);
-		t->rport = bpf_ntohs(s4->sin_port);
-		return 1;
 	}
-	if (sa.sin6_family == AF_INET6) {
-		if (ipv6_disabled)
-			return 0;
-		t->family = put_addr(t->raddr, sa.sin6_addr.in6_u.u6_addr8, 0, 1);
-		t->rport = bpf_ntohs(sa.sin6_port);
-		return 1;
-	}
-	return 0;
+	__builtin_memcpy(t->raddr, p->addr, 16);
+	t->rport = p->port;
+	t->family = p->family;
+	p->sk = 0;
+	return 1;
 }
 
 static __always_inline __u8 port_direction(__u16 lport, __u8 proto)
@@ -177,8 +169,10 @@ static __always_inline __u8 port_direction(__u16 lport, __u8 proto)
  * the current task is whoever was interrupted. */
 static __always_inline void set_owner(struct nf_conn_stats *s)
 {
+	if (s->pid)
+		return; /* the common case, on every call: no helper call */
 	__u32 tgid = current_tgid();
-	if (s->pid || !tgid)
+	if (!tgid)
 		return;
 	s->pid = tgid;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
@@ -198,7 +192,10 @@ static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats
 static __always_inline void make_key(struct nf_conn_key *key, const struct sock *sk, const struct sock_tuple *t)
 {
 	__builtin_memset(key, 0, sizeof(*key));
-	key->sk = (__u64)sk;
+	/* the socket's cookie, not its address: a UDP socket has no end we
+	 * see, and the next socket allocated at the same address (a DNS
+	 * client's next query) would add to its flow under its process */
+	key->sk = bpf_get_socket_cookie((void *)sk);
 	__builtin_memcpy(key->raddr, t->raddr, 16);
 	key->rport = t->rport;
 }
@@ -246,7 +243,11 @@ static __always_inline void account(const struct sock *sk, struct sock_tuple *t,
 	if (!s)
 		return;
 	set_owner(s);
-	s->ts_last = bpf_ktime_get_ns();
+	/* ts_last tells idle flows, which leave the map: UDP ones. A TCP flow
+	 * stays until tcp_destroy_sock (ext/conntable.pyx, _tcp_flow), so its
+	 * calls skip the clock read (the state changes still stamp it). */
+	if (t->proto != IPPROTO_TCP)
+		s->ts_last = bpf_ktime_get_ns();
 	if (sent > 0)
 		__sync_fetch_and_add(&s->bytes_sent, sent);
 	if (recv > 0)
@@ -285,11 +286,8 @@ int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 	struct sock_tuple t = {};
 	if (ret <= 0 || skip_self() || !read_tuple(sk, &t))
 		return 0;
-	if (unconnected_udp(&t)) {
-		struct udp_call *c = current_udp_call(0);
-		if (!c || !read_user_peer(c, &t))
-			return 0;
-	}
+	if (unconnected_udp(&t) && !take_peer(sk, &t))
+		return 0;
 	account(sk, &t, ret, 0);
 	return 0;
 }
@@ -298,80 +296,68 @@ SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
 	struct sock_tuple t = {};
-	if (ret <= 0 || (flags & MSG_PEEK) || skip_self() || !read_tuple(sk, &t))
+	/* a peek is read again; the error queue holds no peer's bytes */
+	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || skip_self() || !read_tuple(sk, &t))
 		return 0;
-	if (unconnected_udp(&t)) {
-		/* the peer address reaches the user's buffer only after this
-		 * returns: finish in the syscall's exit */
-		struct udp_call *c = current_udp_call(0);
-		if (c && c->uaddr) {
-			c->sk = (__u64)sk;
-			c->len = ret;
-		}
+	if (unconnected_udp(&t) && !take_peer(sk, &t))
 		return 0;
-	}
 	account(sk, &t, 0, ret);
 	return 0;
 }
 
-static __always_inline int stash_call(__u64 uaddr, __u8 is_msg)
+/* The cgroup hooks: the peer of the datagram under way, for the tracepoint
+ * that follows. They never change the address and always allow (return
+ * 1): other programs on the hierarchy (a service mesh's socket load
+ * balancer) run as before. ctx->user_port is in network byte order. */
+static __always_inline void stash_peer(struct bpf_sock_addr *ctx, const __u8 *v6, __u32 v4, int is_v6)
 {
-	if (!uaddr)
-		return 0;
-	struct udp_call *c = current_udp_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
-	if (!c) {
-		count_drop(&drops, NF_DROP_CALLS);
-		return 0;
+	struct bpf_sock *sk = ctx->sk;
+	if (!sk || skip_self())
+		return;
+	__u64 tid = bpf_get_current_pid_tgid();
+	struct udp_peer *p = bpf_map_lookup_elem(&udp_peers, &tid);
+	if (p) {
+		p->family = put_addr(p->addr, v6, v4, is_v6);
+		if (p->family == 6 && ipv6_disabled) {
+			p->sk = 0;
+			return;
+		}
+		p->port = bpf_ntohs((__u16)ctx->user_port);
+		p->sk = (__u64)sk;
+		return;
 	}
-	end_udp_call(c);
-	c->uaddr = uaddr;
-	c->is_msg = is_msg;
-	return 0;
+	struct udp_peer init = {};
+	init.family = put_addr(init.addr, v6, v4, is_v6);
+	if (init.family == 6 && ipv6_disabled)
+		return;
+	init.port = bpf_ntohs((__u16)ctx->user_port);
+	init.sk = (__u64)sk;
+	if (bpf_map_update_elem(&udp_peers, &tid, &init, BPF_ANY))
+		count_drop(&drops, NF_DROP_PEERS_MAP);
 }
 
-static __always_inline int drop_call(void)
+static __always_inline int peer4(struct bpf_sock_addr *ctx)
 {
-	struct udp_call *c = current_udp_call(0);
-	if (c)
-		end_udp_call(c);
-	return 0;
+	stash_peer(ctx, 0, ctx->user_ip4, 0);
+	return 1;
 }
 
-static __always_inline int finish_recv(void)
+static __always_inline int peer6(struct bpf_sock_addr *ctx)
 {
-	struct udp_call *c = current_udp_call(0);
-	if (!c || !c->uaddr)
-		return 0;
-	if (c->sk && c->len > 0) {
-		const struct sock *sk = (const struct sock *)c->sk;
-		struct sock_tuple t = {};
-		if (read_tuple(sk, &t) && read_user_peer(c, &t))
-			account(sk, &t, 0, c->len);
-	}
-	end_udp_call(c);
-	return 0;
+	/* the context allows 4-byte loads of user_ip6 */
+	__u32 a[4] = {ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2], ctx->user_ip6[3]};
+	stash_peer(ctx, (const __u8 *)a, 0, 1);
+	return 1;
 }
 
-/* sendto(fd, buf, len, flags, addr, addrlen) */
-SEC("tracepoint/syscalls/sys_enter_sendto")
-int enter_sendto(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[4], 0); }
-SEC("tracepoint/syscalls/sys_exit_sendto")
-int exit_sendto(void *ctx) { return drop_call(); }
-/* sendmsg(fd, msg, flags) */
-SEC("tracepoint/syscalls/sys_enter_sendmsg")
-int enter_sendmsg(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[1], 1); }
-SEC("tracepoint/syscalls/sys_exit_sendmsg")
-int exit_sendmsg(void *ctx) { return drop_call(); }
-/* recvfrom(fd, buf, len, flags, addr, addrlen) */
-SEC("tracepoint/syscalls/sys_enter_recvfrom")
-int enter_recvfrom(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[4], 0); }
-SEC("tracepoint/syscalls/sys_exit_recvfrom")
-int exit_recvfrom(void *ctx) { return finish_recv(); }
-/* recvmsg(fd, msg, flags) */
-SEC("tracepoint/syscalls/sys_enter_recvmsg")
-int enter_recvmsg(struct trace_event_raw_sys_enter *ctx) { return stash_call(ctx->args[1], 1); }
-SEC("tracepoint/syscalls/sys_exit_recvmsg")
-int exit_recvmsg(void *ctx) { return finish_recv(); }
+SEC("cgroup/sendmsg4")
+int peer_sendmsg4(struct bpf_sock_addr *ctx) { return peer4(ctx); }
+SEC("cgroup/sendmsg6")
+int peer_sendmsg6(struct bpf_sock_addr *ctx) { return peer6(ctx); }
+SEC("cgroup/recvmsg4")
+int peer_recvmsg4(struct bpf_sock_addr *ctx) { return peer4(ctx); }
+SEC("cgroup/recvmsg6")
+int peer_recvmsg6(struct bpf_sock_addr *ctx) { return peer6(ctx); }
 
 static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf_conn_stats *s)
 {

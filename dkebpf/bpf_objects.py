@@ -10,7 +10,8 @@ compiled object (no privileges needed) and checks each declared name
 against it, so a typo fails there and not at run time.
 
 BpfSkeleton(spec).start(...) does open -> knobs -> ring sizes -> load ->
-attach -> rings -> the caller's setup, and on any failure undoes what was
+attach (tracepoints by section, cgroup programs to the root cgroup v2) ->
+rings -> the caller's setup, and on any failure undoes what was
 done before re-raising: a half start is rolled back here and only here.
 close() detaches every link (also uprobes attached later through it),
 closes the rings, then the object."""
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType, SimpleNamespace
 from typing import Optional, Tuple
 
+from . import kernel
 from .errors import BuildError
 
 try:
@@ -68,6 +70,7 @@ class ObjectSpec:
     knobs: Tuple[str, ...] = ()               # const volatile globals set before load
     attach: object = ATTACH_ALL               # ATTACH_ALL, or programs attached by section at start
     programs: Tuple[str, ...] = ()            # programs attached by hand (uprobes), as bpf.progs.<name>
+    cgroup: Tuple[str, ...] = ()              # attached at start to the root cgroup v2 (kernel.cgroup2_root)
     maps: Tuple[str, ...] = ()                # maps read or written, as bpf.maps.<name>
     rings: Tuple[Ring, ...] = ()              # as bpf.rings.<map name>
     drops: Optional[str] = None               # per-CPU u64 array of drop counters
@@ -80,7 +83,8 @@ class ObjectSpec:
 
     def program_names(self):
         """Every program name declared (attached at start or by hand)."""
-        return (() if self.attach == ATTACH_ALL else tuple(self.attach)) + tuple(self.programs)
+        return ((() if self.attach == ATTACH_ALL else tuple(self.attach)) + tuple(self.programs)
+                + tuple(self.cgroup))
 
     def map_names(self):
         """Every map name declared."""
@@ -89,6 +93,7 @@ class ObjectSpec:
 
 NETFLOW = ObjectSpec(
     "netflow", knobs=("ipv6_disabled", "self_tgid"), maps=("conns", "bound_ports"),
+    cgroup=("peer_sendmsg4", "peer_sendmsg6", "peer_recvmsg4", "peer_recvmsg6"),
     rings=(Ring("closed", _records.EVENT_DTYPE),),
     drops="drops", drop_names=MappingProxyType(_records.DROP_NAMES))
 
@@ -171,10 +176,14 @@ class BpfSkeleton:
             for name in spec.programs:
                 setattr(self.progs, name, obj.program(name))
             if spec.attach == ATTACH_ALL:
-                self.links.extend(obj.attach_all())
+                self.links.extend(obj.attach_all(skip=spec.cgroup))
             else:
                 for name in spec.attach:
                     self.links.append(obj.program(name).attach())
+            if spec.cgroup:
+                root = kernel.cgroup2_root()
+                for name in spec.cgroup:
+                    self.links.append(obj.program(name).attach_cgroup(root))
             for ring in spec.rings:
                 setattr(self.rings, ring.map, _libbpf.RingReader(
                     getattr(self.maps, ring.map), ring.dtype, min_size=ring.min_size,

@@ -54,8 +54,14 @@ def _check_object(name, hooks):
 
 
 def check_netflow():
-    return _check_object("netflow", "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/"
-                         "tcp_retransmit_skb/tcp_destroy_sock, syscall tracepoints")
+    ok, lines = _check_object("netflow", "tp_btf sock_send_length/sock_recv_length/inet_sock_set_state/"
+                              "tcp_retransmit_skb/tcp_destroy_sock; cgroup sendmsg4/sendmsg6/recvmsg4/"
+                              "recvmsg6 on the root cgroup v2; no syscall tracepoint")
+    if ok:
+        lines.append("not covered: datagrams of unconnected UDP sockets received without asking for the "
+                     "source address (recv/read), and sockets of cgroups outside the hierarchy the "
+                     "collector sees (counted as kernel_drop_udp_peer_unknown)")
+    return ok, lines
 
 
 def check_dnsflow():

@@ -57,6 +57,33 @@ def ensure_mounts():
     return done
 
 
+# where the collector mounts cgroup v2 when the host has not (a private
+# mount point: the host's /sys/fs/cgroup layout is left as it is)
+CGROUP2_MOUNT = "/run/dkebpf/cgroup2"
+
+
+def cgroup2_root(mountinfo="/proc/self/mountinfo"):
+    """A mount of the whole cgroup v2 hierarchy (as this cgroup namespace
+    sees it), where cgroup programs attach to reach every task: from
+    /proc/self/mountinfo (a mount of the hierarchy's root, not a bind mount
+    of a subtree as containers have; /sys/fs/cgroup on unified hosts,
+    /sys/fs/cgroup/unified on hybrid ones), else mounted at CGROUP2_MOUNT
+    (needs root)."""
+    found = []
+    with open(mountinfo) as f:
+        for line in f:
+            # id parent major:minor root mountpoint options... - fstype source superoptions
+            left, _, right = line.partition(" - ")
+            parts, rparts = left.split(), right.split()
+            if len(parts) >= 5 and rparts and rparts[0] == "cgroup2" and parts[3] == "/":
+                found.append(parts[4].replace("\\040", " "))
+    if found:
+        return min(found, key=len)
+    os.makedirs(CGROUP2_MOUNT, exist_ok=True)
+    _mount("cgroup2", CGROUP2_MOUNT, "cgroup2")
+    return CGROUP2_MOUNT
+
+
 def raise_memlock():
     """Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; lift it."""
     try:

@@ -238,6 +238,11 @@ cdef class Program:
     def autoload(self):
         return bool(bpf_program__autoload(self.prog))
 
+    @property
+    def fd(self):
+        """The loaded program's file descriptor (-1 before load)."""
+        return bpf_program__fd(self.prog)
+
     def attach(self):
         """Attach by section name (tracepoint/, tp_btf/, raw_tp/, ...)."""
         self.owner._require_loaded()
@@ -245,6 +250,23 @@ cdef class Program:
         cdef bpf_link *l = bpf_program__attach(self.prog)
         _check_ptr(l, f"attach {self.name} ({self.section})")
         return _wrap_link(l, self.name)
+
+    def attach_cgroup(self, str cgroup_dir):
+        """Attach a cgroup program (cgroup/sendmsg4, ...) to the cgroup v2
+        directory cgroup_dir and every cgroup below it. A BPF link: the
+        kernel attaches links in multi mode (as BPF_F_ALLOW_MULTI), so other
+        programs on the hierarchy stay, and the link goes away with close()
+        or with this process, never left behind."""
+        self.owner._require_loaded()
+        cdef int fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY)
+        cdef bpf_link *l
+        try:
+            dk_log_clear()
+            l = bpf_program__attach_cgroup(self.prog, fd)
+            _check_ptr(l, f"attach {self.name} ({self.section}) to cgroup {cgroup_dir}")
+        finally:
+            os.close(fd)  # the link holds the cgroup
+        return _wrap_link(l, f"{self.name}@{cgroup_dir}")
 
     def attach_uprobe(self, str binary, str func_name, bint retprobe=False, int pid=-1,
                       size_t offset=0):
@@ -412,13 +434,14 @@ cdef class BpfObject:
         mp.ncpus = libbpf_num_possible_cpus()
         return mp
 
-    def attach_all(self):
-        """Attach every autoloaded program by its section; on failure the
-        ones already attached are detached again. Returns the links."""
+    def attach_all(self, skip=()):
+        """Attach every autoloaded program by its section, but those named
+        in skip (attached otherwise, e.g. to a cgroup); on failure the ones
+        already attached are detached again. Returns the links."""
         links = []
         try:
             for p in self.programs():
-                if p.autoload:
+                if p.autoload and p.name not in skip:
                     links.append(p.attach())
         except BaseException:
             for l in links:

@@ -92,7 +92,8 @@ DROP_CONNS = NF_DROP_CONNS
 DROP_BOUND = NF_DROP_BOUND
 DROP_NAMES = _drop_names("netflow.bpf.c", {
     NF_DROP_RING: "closed_ring_full", NF_DROP_CONNS: "conns_map_full",
-    NF_DROP_BOUND: "bound_ports_map_full", NF_DROP_CALLS: "udp_calls_storage_failed"}, NF_DROP_MAX)
+    NF_DROP_BOUND: "bound_ports_map_full", NF_DROP_UDP_PEER: "udp_peer_unknown",
+    NF_DROP_PEERS_MAP: "udp_peers_map_failed"}, NF_DROP_MAX)
 
 
 cdef bash_line _b

@@ -27,16 +27,19 @@
 #define NF_DROP_RING 0   /* closed-connection ring buffer full */
 #define NF_DROP_CONNS 1  /* conns hash map full: a connection went uncounted */
 #define NF_DROP_BOUND 2  /* bound_ports map full */
-#define NF_DROP_CALLS 3  /* udp_calls task storage not created: an unconnected
-                          * UDP call or a bind went unseen */
-#define NF_DROP_MAX 4
+#define NF_DROP_UDP_PEER 3  /* a datagram of an unconnected UDP socket whose
+                             * peer no cgroup hook gave: not counted (see
+                             * take_peer in netflow.bpf.c) */
+#define NF_DROP_PEERS_MAP 4 /* udp_peers map update failed */
+#define NF_DROP_MAX 5
 
 /* Identity of a flow while it lives: the kernel socket, plus the remote end
  * for unconnected UDP sockets, which talk to many peers through one socket.
- * A socket address can be reused after close; nf_conn_stats.ts_first tells
- * such instances apart. */
+ * The socket is its cookie (bpf_get_socket_cookie), never reused while the
+ * host runs; nf_conn_stats.ts_first tells instances of one key apart (a
+ * flow taken out of the map idle that moves data again). */
 struct nf_conn_key {
-	__u64 sk;
+	__u64 sk;       /* socket cookie */
 	__u8 raddr[16]; /* IPv4 in the first 4 bytes; v4-mapped v6 folded to v4 */
 	__u16 rport;    /* host byte order */
 	__u16 _pad0;

@@ -13,6 +13,7 @@
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
 #define MSG_PEEK 2
+#define MSG_ERRQUEUE 0x2000
 
 static __always_inline int is_v4_mapped(const __u8 *a)
 {

@@ -58,7 +58,7 @@ class PluginRow:
 
 PLUGINS = (
     PluginRow("ebpf-net", PLUGIN, "netflow", "netflow:NetflowPlugin", "check_netflow",
-              requires=("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage"),
+              requires=("btf", "sock_length_tracepoints", "rdonly_cast", "cgroup2"),
               needs=("domains", "nat", "k8s")),
     PluginRow("ebpf-net", PLUGIN, "dnsflow", "dnsflow:DnsflowPlugin", "check_dnsflow",
               requires=("packet_socket",), provides=("domains",), needs=("k8s",)),

@@ -179,53 +179,10 @@ class NetflowPlugin(Plugin):
                            const_tags={"source": "netflow"})]
 
     def partial(self, rb):
-        """Per-connection deltas -> per netflow key sums (PARTIAL_SUMS):
-        few rows, summable with the other steps of the interval."""
-        is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
-        rtt = rb.column("rtt_us")
-        has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
-        null_u32 = pa.scalar(None, pa.uint32())
-        cols = connection_tags(
-            pid=rb.column("pid"), comm=rb.column("comm"), family=rb.column("family"),
-            proto=rb.column("proto"), laddr=rb.column("laddr"), lport=rb.column("lport"),
-            raddr=rb.column("raddr"), rport=rb.column("rport"), direction=rb.column("direction"),
-            ephemeral_port=self.ephemeral_port, resolver=self.resolver,
-            domains=self.ctx.domains, nat=self.ctx.nat)
-        cols.update({
-            "bytes_read": rb.column("bytes_recv"),
-            "bytes_written": rb.column("bytes_sent"),
-            "retransmits": rb.column("retransmits"),
-            "rtt": pc.if_else(has_rtt, rtt, null_u32),
-            "rtt_var": pc.if_else(has_rtt, rb.column("rtt_var_us"), null_u32),
-            "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
-            "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
-        })
-        agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
-            ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
-            ("tcp_closed", "sum"), ("tcp_established", "sum"),
-            ("rtt", "sum"), ("rtt", "count"), ("rtt_var", "sum"),
-        ])
-        return agg.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
+        return netflow_partial(rb, self.ephemeral_port, self.resolver, self.ctx.domains, self.ctx.nat)
 
     def finish(self, partials):
-        """An interval's partial sums -> one point per netflow key."""
-        g = pa.concat_tables(partials)
-        if len(partials) > 1:
-            g = g.group_by(CONNECTION_TAGS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
-            g = g.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
-        out = {k: g.column(k) for k in CONNECTION_TAGS}
-        for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
-            out[f] = pc.cast(g.column(f), pa.int64())
-        # no rtt in any connection of the key: null (0 / 0), not a 0 rtt
-        count = pc.if_else(pc.equal(g.column("rtt_count"), 0), pa.scalar(None, pa.int64()),
-                           pc.cast(g.column("rtt_count"), pa.int64()))
-        for f, col in (("rtt", "rtt_sum"), ("rtt_var", "rtt_var_sum")):
-            mean = pc.divide(pc.cast(g.column(col), pa.float64()), pc.cast(count, pa.float64()))
-            out[f] = pc.cast(pc.round(mean), pa.int64())
-        add_ip_types(out)
-        add_k8s_tags(self.ctx.k8s, out)
-        table = pa.table(out).combine_chunks()
-        return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)
+        return netflow_finish(partials, self.ctx.k8s)
 
     def memory(self):
         m = {"previous_snapshot": self.prev_keys.nbytes + self.prev_stats.nbytes,
@@ -245,3 +202,55 @@ class NetflowPlugin(Plugin):
         if self.bpf is not None:
             self.bpf.close()
             self.bpf = None
+
+
+def netflow_partial(rb, ephemeral_port, resolver, domains, nat):
+    """Per-connection deltas (the columns of _conntable.delta_to_arrow) ->
+    per netflow key sums (PARTIAL_SUMS): few rows, summable with the other
+    steps of the interval. Shared with bpf-netlog, whose connections come
+    from packets."""
+    is_tcp = pc.equal(rb.column("proto"), pa.scalar(6, pa.uint8()))
+    rtt = rb.column("rtt_us")
+    has_rtt = pc.and_(is_tcp, pc.greater(rtt, pa.scalar(0, pa.uint32())))
+    null_u32 = pa.scalar(None, pa.uint32())
+    cols = connection_tags(
+        pid=rb.column("pid"), comm=rb.column("comm"), family=rb.column("family"),
+        proto=rb.column("proto"), laddr=rb.column("laddr"), lport=rb.column("lport"),
+        raddr=rb.column("raddr"), rport=rb.column("rport"), direction=rb.column("direction"),
+        ephemeral_port=ephemeral_port, resolver=resolver, domains=domains, nat=nat)
+    cols.update({
+        "bytes_read": rb.column("bytes_recv"),
+        "bytes_written": rb.column("bytes_sent"),
+        "retransmits": rb.column("retransmits"),
+        "rtt": pc.if_else(has_rtt, rtt, null_u32),
+        "rtt_var": pc.if_else(has_rtt, rb.column("rtt_var_us"), null_u32),
+        "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
+        "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
+    })
+    agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
+        ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
+        ("tcp_closed", "sum"), ("tcp_established", "sum"),
+        ("rtt", "sum"), ("rtt", "count"), ("rtt_var", "sum"),
+    ])
+    return agg.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
+
+
+def netflow_finish(partials, k8s):
+    """An interval's partial sums (netflow_partial) -> one point per netflow key."""
+    g = pa.concat_tables(partials)
+    if len(partials) > 1:
+        g = g.group_by(CONNECTION_TAGS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+        g = g.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
+    out = {k: g.column(k) for k in CONNECTION_TAGS}
+    for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):
+        out[f] = pc.cast(g.column(f), pa.int64())
+    # no rtt in any connection of the key: null (0 / 0), not a 0 rtt
+    count = pc.if_else(pc.equal(g.column("rtt_count"), 0), pa.scalar(None, pa.int64()),
+                       pc.cast(g.column("rtt_count"), pa.int64()))
+    for f, col in (("rtt", "rtt_sum"), ("rtt_var", "rtt_var_sum")):
+        mean = pc.divide(pc.cast(g.column(col), pa.float64()), pc.cast(count, pa.float64()))
+        out[f] = pc.cast(pc.round(mean), pa.int64())
+    add_ip_types(out)
+    add_k8s_tags(k8s, out)
+    table = pa.table(out).combine_chunks()
+    return table.to_batches()[0] if table.num_rows else pa.RecordBatch.from_pylist([], schema=table.schema)

@@ -57,7 +57,7 @@ from ..packetfilter import NETLOG_SNAPLEN, netlog_filter
 from .base import Plugin, PointBatch
 from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
                        aggregate_requests)
-from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, NetflowPlugin
+from .netflow import NETFLOW_FIELDS, NETFLOW_TAGS, netflow_finish, netflow_partial
 
 try:
     from .. import _http, _netlog, _packets
@@ -357,8 +357,9 @@ class NetlogPlugin(Plugin):
         out = []
         chunks = [ch for _c, ch, _x in parts if len(ch)]
         if chunks:
-            # netflow's own aggregation: it reads only ephemeral_port, resolver and ctx, which this has
-            nf = NetflowPlugin.finish(self, [NetflowPlugin.partial(self, connection_rows(np.concatenate(chunks)))])
+            rows = connection_rows(np.concatenate(chunks))
+            nf = netflow_finish([netflow_partial(rows, self.ephemeral_port, self.resolver, self.ctx.domains,
+                                                 self.ctx.nat)], self.ctx.k8s)
             out.append(PointBatch("netflow", "network", "bpf-netlog/netflow", nf,
                                   NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
                                   const_tags={"source": "netflow"}))

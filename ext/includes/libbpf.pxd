@@ -30,12 +30,14 @@ cdef extern from "bpf/libbpf.h" nogil:
     bpf_link *bpf_program__attach_uprobe_opts(const bpf_program *prog, int pid,
                                               const char *binary_path, size_t func_offset,
                                               const bpf_uprobe_opts *opts)
+    bpf_link *bpf_program__attach_cgroup(const bpf_program *prog, int cgroup_fd)
     int bpf_link__destroy(bpf_link *link)
 
     bpf_map *bpf_object__next_map(const bpf_object *obj, const bpf_map *map)
     bpf_map *bpf_object__find_map_by_name(const bpf_object *obj, const char *name)
     const char *bpf_map__name(const bpf_map *map)
     int bpf_map__fd(const bpf_map *map)
+    int bpf_program__fd(const bpf_program *prog)
     int bpf_map__type(const bpf_map *map)
     uint32_t bpf_map__key_size(const bpf_map *map)
     uint32_t bpf_map__value_size(const bpf_map *map)

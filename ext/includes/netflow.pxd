@@ -10,7 +10,8 @@ cdef extern from "include/netflow.h" nogil:
         NF_DROP_RING
         NF_DROP_CONNS
         NF_DROP_BOUND
-        NF_DROP_CALLS
+        NF_DROP_UDP_PEER
+        NF_DROP_PEERS_MAP
         NF_DROP_MAX
 
     cdef struct nf_conn_key:

@@ -67,7 +67,7 @@ def test_undeclared_knob_is_a_bug_not_a_kernel_error(bpf_ok):
     assert bpf_fds() == before
 
 
-@pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage")
+@pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "cgroup2")
 def test_a_full_reader_leaves_records_in_the_ring(bpf_ok):
     """A reader holds at most its budget (Ring.buffer_bytes): what does not
     fit stays in the kernel ring and comes with the next take(), none lost."""

@@ -1,7 +1,10 @@
 """netflow.bpf.o on the real kernel: load, attach, real traffic, and the
 decoded map entries and closed-connection records checked exactly."""
+import json
 import os
+import shutil
 import socket
+import subprocess
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ from support import traffic
 from support.netns import NetNS
 
 pytestmark = [pytest.mark.kernel,
-              pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "task_storage")]
+              pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "cgroup2")]
 
 
 @pytest.fixture
@@ -90,7 +93,7 @@ def test_tcp_server_side_is_incoming(netflow):
     assert (int(s["bytes_recv"]), int(s["bytes_sent"])) == (777, 999)
 
 
-def test_udp_unconnected_peer_from_syscall_args(netflow):
+def test_udp_unconnected_peer_from_the_cgroup_hooks(netflow):
     bpf, ring = netflow
     from dkebpf import _records as R
     with NetNS() as ns:
@@ -113,6 +116,122 @@ def test_udp_unconnected_peer_from_syscall_args(netflow):
         assert srv_rows.sum() == 1
         assert stats[srv_rows][0]["direction"] == R.DIR_INCOMING
         assert (int(stats[srv_rows][0]["bytes_recv"]), int(stats[srv_rows][0]["bytes_sent"])) == (600, 150)
+
+
+def udp_flows(bpf, pid):
+    """{(family, remote address, remote port): (bytes_recv, bytes_sent,
+    direction)} of the map entries of process pid."""
+    from dkebpf import _records as R
+    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
+    stats = vals.view(R.STATS_DTYPE)
+    mine = stats["pid"] == pid
+    return {(int(s["family"]), bytes(k["raddr"]), int(k["rport"])):
+            (int(s["bytes_recv"]), int(s["bytes_sent"]), int(s["direction"]))
+            for k, s in zip(keys[mine], stats[mine])}
+
+
+def drop_count(bpf, name):
+    return bpf.counters()[f"kernel_drop_{name}"]
+
+
+def prog_id(fd):
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("prog_id:"))
+
+
+def cgroup_programs(path):
+    """{program id: (attach type, attach flags)} on the cgroup at path (bpftool)."""
+    out = subprocess.run(["bpftool", "-j", "cgroup", "show", path], capture_output=True, text=True,
+                         check=True).stdout
+    return {p["id"]: (p["attach_type"], p["attach_flags"]) for p in json.loads(out.strip() or "[]")}
+
+
+def test_peer_hooks_attach_to_the_root_cgroup_in_multi_mode_and_leave_on_close(bpf_ok):
+    from dkebpf import kernel
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton
+
+    root = kernel.cgroup2_root()
+    with open("/proc/self/mountinfo") as f:
+        assert any(f" {root} " in line and " - cgroup2 " in line for line in f)
+    bpf = BpfSkeleton(NETFLOW).start(knobs={"self_tgid": os.getpid()})
+    try:
+        ids = {prog_id(bpf.obj.program(name).fd): name for name in NETFLOW.cgroup}
+        on_root = cgroup_programs(root)
+        assert {on_root.get(i) for i in ids} == {
+            ("cgroup_udp4_sendmsg", "multi"), ("cgroup_udp6_sendmsg", "multi"),
+            ("cgroup_udp4_recvmsg", "multi"), ("cgroup_udp6_recvmsg", "multi")}
+    finally:
+        bpf.close()
+    assert not set(ids) & set(cgroup_programs(root))
+
+
+def test_threads_sharing_one_socket_each_get_their_datagrams_peer(netflow):
+    """Four threads of a server on one unconnected socket, recvmsg and
+    sendmsg (msghdr calls), two clients at once: each client's datagrams
+    go to its own flow, exactly."""
+    bpf, ring = netflow
+    srv = traffic.Proc(["udp-threads-server", "127.0.0.1", 30, 40, 4])
+    try:
+        clients = [traffic.Proc(["udp-client", "127.0.0.1", srv.info["port"], 100, 20]) for _ in range(2)]
+        results = [c.wait()[0] for c in clients]
+        assert srv.wait()[0]["received"] == 4000
+    finally:
+        srv.stop()
+    lo = ip_bytes("127.0.0.1")
+    assert udp_flows(bpf, srv.pid) == {(4, lo, r["lport"]): (2000, 600, 2) for r in results}
+    for c, r in zip(clients, results):
+        assert udp_flows(bpf, c.pid) == {(4, lo, srv.info["port"]): (600, 2000, 1)}
+
+
+@pytest.fixture(scope="module")
+def udp_mmsg(tmp_path_factory):
+    """tests/support/udp_mmsg.c, built with the system's C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "no C compiler (apt-get install gcc)"
+    exe = str(tmp_path_factory.mktemp("udp_mmsg") / "udp_mmsg")
+    src = os.path.join(os.path.dirname(traffic.__file__), "udp_mmsg.c")
+    subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", exe, src], check=True)
+    return (exe,)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_sendmmsg_and_recvmmsg_datagrams_each_find_their_peer(netflow, udp_mmsg, host):
+    """Several datagrams per call (sendmmsg/recvmmsg), both ends, from a C
+    program: the cgroup hooks run once per datagram, so every datagram has
+    its peer, which no syscall's registers could tell."""
+    bpf, ring = netflow
+    srv = traffic.Proc(["server", host, 7, 12], program=udp_mmsg)
+    try:
+        clients = [traffic.Proc(["client", host, srv.info["port"], 50, n], program=udp_mmsg) for n in (8, 4)]
+        results = [c.wait()[0] for c in clients]
+        assert srv.wait()[0]["received"] == 600
+    finally:
+        srv.stop()
+    fam, addr = (6 if ":" in host else 4), ip_bytes(host)
+    assert [(r["sent"], r["received"]) for r in results] == [(400, 56), (200, 28)]
+    assert udp_flows(bpf, srv.pid) == {(fam, addr, results[0]["lport"]): (400, 56, 2),
+                                       (fam, addr, results[1]["lport"]): (200, 28, 2)}
+    for c, r in zip(clients, results):
+        assert udp_flows(bpf, c.pid) == {(fam, addr, srv.info["port"]): (r["received"], r["sent"], 1)}
+
+
+def test_datagrams_received_without_source_address_are_counted_not_misread(netflow):
+    """recv() on an unconnected socket asks for no source address: no hook
+    runs, the peer is unknown. Those datagrams make no flow (never one with
+    a guessed peer) and are counted in udp_peer_unknown."""
+    bpf, ring = netflow
+    before = drop_count(bpf, "udp_peer_unknown")
+    srv = traffic.Proc(["udp-recv-noaddr", "127.0.0.1", 3])
+    try:
+        senders = [traffic.run_client("udp-fanout", "127.0.0.1", srv.info["port"], 1, 25) for _ in range(3)]
+        assert srv.wait()[0]["received"] == 75
+    finally:
+        srv.stop()
+    assert udp_flows(bpf, srv.pid) == {}
+    for pid, _, _ in senders:  # the senders' side has its peer (sendto)
+        assert udp_flows(bpf, pid) == {(4, ip_bytes("127.0.0.1"), srv.info["port"]): (0, 25, 1)}
+    # other processes' datagrams may count too (the counter is system-wide)
+    assert drop_count(bpf, "udp_peer_unknown") - before >= 3
 
 
 def test_dual_stack_servers_report_each_peer_in_its_family(netflow):

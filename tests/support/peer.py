@@ -128,8 +128,43 @@ def udp_fanout(host, first_port, count, size):
     out(sent=int(count) * int(size))
 
 
+def udp_threads_server(host, reply, datagrams, threads):
+    """`threads` threads on one unconnected socket, each receiving
+    datagrams/threads datagrams with recvmsg and answering each with
+    sendmsg to its source: threads sharing a socket, msghdr calls."""
+    import threading
+    s = server_socket(host, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    out(pid=os.getpid(), port=s.getsockname()[1])
+    got = []
+
+    def serve(n):
+        for _ in range(n):
+            d, _anc, _flags, addr = s.recvmsg(65536)
+            got.append(len(d))
+            s.sendmsg([b"y" * int(reply)], [], 0, addr)
+
+    ts = [threading.Thread(target=serve, args=(int(datagrams) // int(threads),)) for _ in range(int(threads))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    out(received=sum(got))
+
+
+def udp_recv_noaddr(host, datagrams):
+    """Receives `datagrams` datagrams on an unconnected socket with recv(),
+    never asking for their source address."""
+    s = server_socket(host, socket.SOCK_DGRAM)
+    s.bind((host, 0))
+    out(pid=os.getpid(), port=s.getsockname()[1])
+    got = sum(len(s.recv(65536)) for _ in range(int(datagrams)))
+    out(received=got)
+
+
 MODES = {"tcp-server": tcp_server, "tcp-client": tcp_client, "tcp-many": tcp_many,
-         "udp-server": udp_server, "udp-client": udp_client, "udp-fanout": udp_fanout}
+         "udp-server": udp_server, "udp-client": udp_client, "udp-fanout": udp_fanout,
+         "udp-threads-server": udp_threads_server, "udp-recv-noaddr": udp_recv_noaddr}
 
 if __name__ == "__main__":
     MODES[sys.argv[1]](*sys.argv[2:])

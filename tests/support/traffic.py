@@ -23,10 +23,11 @@ def _first_line(f):
 
 
 class Proc:
-    """A peer process; .info is the JSON line it printed once ready."""
+    """A peer process (peer.py, or another `program` speaking its JSON
+    lines); .info is the JSON line it printed once ready."""
 
-    def __init__(self, args, prefix=()):
-        self.p = subprocess.Popen([*prefix, sys.executable, PEER, *map(str, args)],
+    def __init__(self, args, prefix=(), program=(sys.executable, PEER)):
+        self.p = subprocess.Popen([*prefix, *program, *map(str, args)],
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = _first_line(self.p.stdout)
         if not line:

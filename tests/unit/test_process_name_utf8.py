@@ -14,7 +14,7 @@ from dkebpf import _records
 from dkebpf._conntable import DELTA_DTYPE, delta_to_arrow
 from dkebpf.enrich.addr import LocalAddressResolver
 from dkebpf.plugins.httpflow import HttpflowPlugin
-from dkebpf.plugins.netflow import NetflowPlugin
+from dkebpf.plugins.netflow import netflow_finish, netflow_partial
 
 # comm as the kernel keeps it: at most 15 bytes and a NUL, any bytes
 COMMS = [
@@ -49,7 +49,8 @@ def netflow_names():
         d[i]["comm"] = comm
         d[i]["d_bytes_sent"] = 1
     plugin = stand_in()
-    batch = NetflowPlugin.finish(plugin, [NetflowPlugin.partial(plugin, delta_to_arrow(d))])
+    batch = netflow_finish([netflow_partial(delta_to_arrow(d), plugin.ephemeral_port, plugin.resolver,
+                                            plugin.ctx.domains, plugin.ctx.nat)], plugin.ctx.k8s)
     return dict(zip(batch.column("pid").to_pylist(), batch.column("process_name").to_pylist()))
 
 

@@ -1,0 +1,247 @@
+"""What netflow costs the traffic it watches: nginx (1 worker) + wrk -t2
+-c32 on loopback, in rounds, each round running, in a rotating order:
+  off      nothing attached;
+  floor    empty programs on exactly netflow's hooks (perf/netflow_floor.bpf.c:
+           five tp_btf, four cgroup sock_addr on the root cgroup v2);
+  netflow  the installed collector, `dkebpf run --enabled ebpf-net
+           --l7net-disabled httpflow` (netflow, and dnsflow's packet socket).
+With BENCH_COMPARE_OBJ=<an older netflow.bpf.o> two more modes compare
+the kernel side alone (objects loaded and attached, nothing read):
+  bpf_new  the installed package's netflow.bpf.o;
+  bpf_old  that older object (attached by its sections, e.g. with its
+           syscall tracepoints).
+Per round the requests/s and mean latency of each mode as ratios against
+that round's `off`, and the CPU the traffic itself used per request (nginx's
+processes and wrk, user + system, from /proc/<pid>/task/*/schedstat and
+wait4's rusage: what the hooks add to every socket call, slow syscall
+paths included, whatever else runs on the box, which on a shared machine
+moves requests/s far more than the hooks do) as a ratio against `off`; then the medians, the collector's CPU and the
+load average. The UDP side (the cgroup hooks' cost) is
+perf/bench_bpf_cost_udp.py.
+
+    python3 perf/bench_netflow_cost.py   (BENCH_SECONDS=10, BENCH_ROUNDS=5; root, nginx, wrk)
+
+BENCH_PART=calls measures instead what the hooks add to one socket call,
+less exposed to the other load on a shared box: one thread ping-pongs a
+small message over a loopback TCP connection (4 socket calls per round
+trip, loopback delivery inline), timed in CPU time of that thread (time
+spent waiting for a CPU does not count), in short slices whose modes
+rotate (off, floor, bpf_new, bpf_old: the objects are loaded once,
+attached and detached per slice; self_tgid 0, so this process's calls are
+the programs' work). Prints per mode the median CPU ns per round trip and
+the median of per-slice ratios against the `off` slice next to it.
+
+    BENCH_PART=calls python3 perf/bench_netflow_cost.py   (BENCH_SLICES=60, BENCH_TRIPS=2000)
+
+Prints `name: value` lines.
+"""
+import os
+import resource
+import statistics
+import subprocess
+import tempfile
+
+from collector import Collector
+from bench_httpflow_e2e import wrk
+from support.nginx import Nginx
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
+COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")
+MODES = ("off", "floor", "netflow") + (("bpf_new", "bpf_old") if COMPARE_OBJ else ())
+FLOOR_CGROUP = ("floor_sendmsg4", "floor_sendmsg6", "floor_recvmsg4", "floor_recvmsg6")
+
+
+def compare_spec():
+    """The ObjectSpec of BENCH_COMPARE_OBJ, an older netflow.bpf.o: the
+    cgroup programs it has (none before issue 17) attach to the cgroup."""
+    from dkebpf import _libbpf
+    from dkebpf.bpf_objects import NETFLOW, ObjectSpec
+    with _libbpf.BpfObject(COMPARE_OBJ) as obj:
+        names = {p.name for p in obj.programs()}
+    return ObjectSpec("netflow", knobs=("self_tgid",), maps=("conns",),
+                      cgroup=tuple(n for n in NETFLOW.cgroup if n in names))
+
+
+def build_floor(out_dir):
+    obj = os.path.join(out_dir, "netflow_floor.bpf.o")
+    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
+                           "-I", os.path.join(ROOT, "bpf"), "-c", os.path.join(HERE, "netflow_floor.bpf.c"),
+                           "-o", obj])
+    return obj
+
+
+def family_of(pid):
+    """pid and its descendants (nginx's master and workers)."""
+    parent = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                pass
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo += [c for c, pp in parent.items() if pp == p]
+    return out
+
+
+def on_cpu_ns(pids):
+    """Nanoseconds on CPU of every thread of pids (schedstat's first field)."""
+    total = 0
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+    return total
+
+
+def measured_wrk(port, server_pids):
+    """wrk's (requests/s, mean latency s, CPU s per request of nginx + wrk)."""
+    ru0, ns0 = resource.getrusage(resource.RUSAGE_CHILDREN), on_cpu_ns(server_pids)
+    rps, lat, total = wrk(port)
+    ru1, ns1 = resource.getrusage(resource.RUSAGE_CHILDREN), on_cpu_ns(server_pids)
+    wrk_cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    return rps, lat, (wrk_cpu + (ns1 - ns0) / 1e9) / total
+
+
+def run_mode(mode, tmp, floor_obj, port, server_pids, rnd):
+    """(requests/s, mean latency s, app CPU s per request, collector CPU s or None)"""
+    if mode == "off":
+        return (*measured_wrk(port, server_pids), None)
+    if mode == "floor":
+        from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec
+        with BpfSkeleton(ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), path=floor_obj).start():
+            return (*measured_wrk(port, server_pids), None)
+    if mode in ("bpf_new", "bpf_old"):
+        from dkebpf.bpf_objects import NETFLOW, ObjectSpec, BpfSkeleton
+        spec = NETFLOW if mode == "bpf_new" else compare_spec()
+        path = None if mode == "bpf_new" else COMPARE_OBJ
+        with BpfSkeleton(spec, path=path).start(knobs={"self_tgid": os.getpid()}):
+            return (*measured_wrk(port, server_pids), None)
+    with Collector(tmp, f"netflow-{rnd}", ["--enabled", "ebpf-net", "--l7net-disabled", "httpflow"]) as c:
+        c0 = c.cpu_seconds()
+        got = measured_wrk(port, server_pids)
+        return (*got, c.cpu_seconds() - c0)
+
+
+def _attach(bpf):
+    """(Re-)attach a started, detached skeleton's programs."""
+    from dkebpf import kernel
+    bpf.links = bpf.obj.attach_all(skip=bpf.spec.cgroup)
+    for name in bpf.spec.cgroup:
+        bpf.links.append(bpf.obj.program(name).attach_cgroup(kernel.cgroup2_root()))
+
+
+def _detach(bpf):
+    for link in bpf.links:
+        link.close()
+    bpf.links = []
+
+
+def calls_part():
+    import socket
+    import time
+    from dkebpf import kernel
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton, ObjectSpec
+    kernel.ensure_mounts()
+    slices, trips = int(os.environ.get("BENCH_SLICES", 60)), int(os.environ.get("BENCH_TRIPS", 2000))
+    with tempfile.TemporaryDirectory() as tmp:
+        specs = {"floor": (ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), build_floor(tmp), None),
+                 "bpf_new": (NETFLOW, None, {"self_tgid": 0})}
+        if COMPARE_OBJ:
+            specs["bpf_old"] = (compare_spec(), COMPARE_OBJ, {"self_tgid": 0})
+        objs = {}
+        try:
+            for m, (spec, path, knobs) in specs.items():
+                objs[m] = BpfSkeleton(spec, path=path).start(knobs=knobs)
+                _detach(objs[m])
+            lst = socket.create_server(("127.0.0.1", 0))
+            a = socket.create_connection(lst.getsockname())
+            b, _ = lst.accept()
+            for s_ in (a, b):
+                s_.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            msg = b"x" * 64
+
+            def slice_ns():
+                t0 = time.thread_time_ns()
+                for _ in range(trips):
+                    a.send(msg)
+                    b.recv(256)
+                    b.send(msg)
+                    a.recv(256)
+                return (time.thread_time_ns() - t0) / trips
+
+            modes = ("off", *objs)
+            per = {m: [] for m in modes}
+            ratio = {m: [] for m in objs}
+            slice_ns()  # warm-up
+            for k in range(slices):
+                got = {}
+                for m in modes[k % len(modes):] + modes[:k % len(modes)]:
+                    if m != "off":
+                        _attach(objs[m])
+                    try:
+                        got[m] = slice_ns()
+                    finally:
+                        if m != "off":
+                            _detach(objs[m])
+                for m in modes:
+                    per[m].append(got[m])
+                for m in objs:
+                    ratio[m].append(got[m] / got["off"])
+            a.close()
+            b.close()
+            lst.close()
+        finally:
+            for bpf in objs.values():
+                bpf.close()
+    print(f"loopback TCP ping-pong, 64 bytes, {slices} slices of {trips} round trips per mode")
+    for m in modes:
+        print(f"{m}_cpu_ns_per_round_trip_median: {statistics.median(per[m]):.0f}")
+    for m in objs:
+        print(f"{m}_cpu_per_call_ratio_median: {statistics.median(ratio[m]):.3f}")
+    print(f"load_average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+def main():
+    if os.environ.get("BENCH_PART") == "calls":
+        return calls_part()
+    from dkebpf import kernel
+    kernel.ensure_mounts()
+    ratios = {m: {"rps": [], "lat": [], "cpu": []} for m in MODES[1:]}
+    cpu = []
+    with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
+        floor_obj = build_floor(tmp)
+        server_pids = family_of(ngx.proc.pid)
+        wrk(ngx.port)  # warm-up
+        print(f"wrk: -t2 -c32 -d{SECONDS}s, nginx 1 worker, loopback, {ROUNDS} rounds", flush=True)
+        for r in range(ROUNDS):
+            order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
+            got = {m: run_mode(m, tmp, floor_obj, ngx.port, server_pids, r) for m in order}
+            base_rps, base_lat, base_cpu, _ = got["off"]
+            for m in MODES[1:]:
+                ratios[m]["rps"].append(got[m][0] / base_rps)
+                ratios[m]["lat"].append(got[m][1] / base_lat)
+                ratios[m]["cpu"].append(got[m][2] / base_cpu)
+            cpu.append(got["netflow"][3] / SECONDS / (got["netflow"][0] / 1e4))
+            print(f"round {r} ({' '.join(order)}): " + ", ".join(
+                f"{m} {got[m][0]:.0f} req/s {got[m][1] * 1e3:.3f} ms {got[m][2] * 1e6:.2f} us cpu/req"
+                for m in MODES), flush=True)
+    for m in MODES[1:]:
+        print(f"{m}_throughput_ratio_median: {statistics.median(ratios[m]['rps']):.3f}")
+        print(f"{m}_throughput_ratios: {' '.join(f'{x:.3f}' for x in ratios[m]['rps'])}")
+        print(f"{m}_latency_ratio_median: {statistics.median(ratios[m]['lat']):.3f}")
+        print(f"{m}_app_cpu_per_request_ratio_median: {statistics.median(ratios[m]['cpu']):.3f}")
+        print(f"{m}_app_cpu_per_request_ratios: {' '.join(f'{x:.3f}' for x in ratios[m]['cpu'])}")
+    print(f"netflow_collector_cpu_per_10k_rps_median: {statistics.median(cpu):.4f}")
+    print(f"load_average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()
