@@ -238,7 +238,8 @@ class NicCapture:
 
     def drain(self):
         while True:
-            pkts, payload, more = self.ring.read()
+            # views of the ring's own buffers: folded into the table before the next read
+            pkts, payload, more = self.ring.read(copy=False)
             if len(pkts) and self.conn_filter is not None:
                 pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
