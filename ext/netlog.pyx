@@ -10,14 +10,16 @@ closes after CHUNK_PACKETS packets (CHUNK_PACKETS_CLOSING once it holds a
 FIN or RST, so a close is not split from its handshake), and at every
 collect(); chunk_id counts the chunks of one connection record from 1.
 
-Retransmits: per direction the next expected sequence number (the highest
-seq + length seen, RFC 1982 serial arithmetic); a segment occupying
-sequence space (payload, SYN or FIN) that ends at or before it, or starts
-before it, is a retransmission. Pure ACKs occupy none, so duplicate ACKs
-never count; a keep-alive probe (RFC 9293 3.8.4: seq = next - 1, at most
-one byte) does not count either. On the receiving side a segment filling a
-hole left by a lost one is counted in rx_retrans: it is the retransmission
-as this interface sees it."""
+Retransmits: per direction the sequence ranges this interface has seen
+(RFC 1982 serial arithmetic, at most SEQ_RANGES disjoint ranges: past
+that the two oldest merge, forgetting the hole between them); a segment
+occupying sequence space (payload, SYN or FIN) is a retransmission when
+any of its sequence numbers was seen before. A segment arriving out of
+order into a hole is not one, wherever the highest sequence is. Pure ACKs
+occupy none, so duplicate ACKs never count; a keep-alive probe (RFC 9293
+3.8.4: seq = next - 1, at most one byte) does not count either. A
+retransmission of bytes this interface never saw (lost before it) fills a
+hole: not counted, as nothing shows it was sent twice."""
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
@@ -107,8 +109,21 @@ cdef struct l7_exchange:
     uint8_t traceparent[TRACEPARENT_LEN]
 
 
+cdef enum:
+    SEQ_RANGES = 8           # disjoint sequence ranges kept per direction
+    SEQ_SPAN_MAX = 1 << 30   # bytes remembered below the highest end (serial arithmetic
+                             # compares correctly only within 2^31)
+
+
+cdef struct seq_ranges:      # [start, end) sequence ranges seen in one direction, oldest first
+    uint32_t start[SEQ_RANGES + 1]   # + 1: room for an insert before the two oldest merge
+    uint32_t end[SEQ_RANGES + 1]
+    uint8_t n
+
+
 cdef struct conn_t:
     l4_chunk c               # the chunk being filled (key and ids included)
+    seq_ranges seen[2]       # per direction (0 tx, 1 rx): what was on the wire already
     l7_exchange x            # the HTTP exchange in progress (x.req_ts 0: none)
     uint64_t last_ts
     uint64_t syn_ts, synack_ts, fin_ts
@@ -238,6 +253,60 @@ cdef inline void seq_widen(uint32_t *lo, uint32_t *hi, uint32_t s, bint first) n
         lo[0] = s
     elif seq_lt(hi[0], s):
         hi[0] = s
+
+
+cdef bint seq_cover(seq_ranges *r, uint32_t s, uint32_t e) noexcept nogil:
+    """Add [s, e) to r; True when some of it was in r already. Ranges stay
+    disjoint, non-adjacent and ordered; past SEQ_RANGES the two oldest
+    merge (the hole between them counts as seen); what lies more than
+    SEQ_SPAN_MAX below the highest end is forgotten."""
+    cdef int i, j, first = -1, last = -1
+    cdef bint seen = False
+    cdef uint32_t ns = s, ne = e, top
+    for i in range(r.n):
+        if seq_lt(s, r.end[i]) and seq_lt(r.start[i], e):
+            seen = True
+        if not seq_lt(e, r.start[i]) and not seq_lt(r.end[i], s):   # overlapping or adjacent
+            if first < 0:
+                first = i
+            last = i
+            if seq_lt(r.start[i], ns):
+                ns = r.start[i]
+            if seq_lt(ne, r.end[i]):
+                ne = r.end[i]
+    if first >= 0:   # ranges first..last and the new one become one
+        r.start[first] = ns
+        r.end[first] = ne
+        j = first + 1
+        for i in range(last + 1, r.n):
+            r.start[j] = r.start[i]
+            r.end[j] = r.end[i]
+            j += 1
+        r.n = j
+    else:
+        i = r.n
+        while i > 0 and seq_lt(s, r.start[i - 1]):
+            r.start[i] = r.start[i - 1]
+            r.end[i] = r.end[i - 1]
+            i -= 1
+        r.start[i] = s
+        r.end[i] = e
+        r.n += 1
+        if r.n > SEQ_RANGES:   # the two oldest become one
+            r.end[0] = r.end[1]
+            for i in range(1, r.n - 1):
+                r.start[i] = r.start[i + 1]
+                r.end[i] = r.end[i + 1]
+            r.n -= 1
+    top = r.end[r.n - 1]
+    while r.n > 1 and <uint32_t>(top - r.end[0]) > SEQ_SPAN_MAX:
+        for i in range(r.n - 1):
+            r.start[i] = r.start[i + 1]
+            r.end[i] = r.end[i + 1]
+        r.n -= 1
+    if <uint32_t>(top - r.start[0]) > SEQ_SPAN_MAX:
+        r.start[0] = top - SEQ_SPAN_MAX
+    return seen
 
 
 cdef inline uint64_t key_hash(const uint8_t *la, const uint8_t *ra, uint16_t lp, uint16_t rp,
@@ -425,7 +494,7 @@ cdef class ConnTable:
         cdef int d = 0 if tx else 1
         cdef uint8_t f = p.tcp_flags
         cdef uint32_t span, end, seq = p.seq
-        cdef bint retrans = False
+        cdef bint retrans = False, keepalive
         if c.c.tx_packets + c.c.rx_packets == 0:
             c.c.chunk_id += 1
             c.c.ts_ns = p.ts_ns
@@ -481,22 +550,17 @@ cdef class ConnTable:
                 c.rst = 1
         if c.fin_ts and c.c.chunk_fin:
             c.c.close_cost_ns = p.ts_ns - c.fin_ts
-        # retransmits: only segments that occupy sequence space
+        # retransmits: segments that occupy sequence space already seen
         span = p.payload_wire + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)
-        if span and not (f & TH_SYN):
+        if span:
             end = seq + span
-            if c.next_set[d]:
-                if not seq_lt(c.next_seq[d], end):      # nothing new in it
-                    retrans = not (span <= 1 and seq == c.next_seq[d] - 1 and not (f & TH_FIN))
-                elif seq_lt(seq, c.next_seq[d]):        # starts inside what was sent
-                    retrans = True
-            if retrans:
+            keepalive = c.next_set[d] and span <= 1 and seq == c.next_seq[d] - 1 and not (f & TH_FIN)
+            if seq_cover(&c.seen[d], seq, end) and not (f & TH_SYN) and not keepalive:
+                retrans = True
                 if tx:
                     c.c.tx_retrans += 1
                 else:
                     c.c.rx_retrans += 1
-        if span:
-            end = seq + span
             if not c.next_set[d] or seq_lt(c.next_seq[d], end):
                 c.next_seq[d] = end
                 c.next_set[d] = 1

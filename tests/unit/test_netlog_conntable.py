@@ -80,3 +80,34 @@ def test_duplicate_acks_and_keepalives_are_not_retransmits():
     t.add(pkts)
     chunks, _x = t.collect(0, True)
     assert (int(chunks[0]["tx_packets"]), int(chunks[0]["tx_retrans"])) == (5, 0)
+
+
+def test_reordered_segment_is_not_a_retransmit_a_resent_one_is():
+    # segments 1000+0..3 sent as 0, 2, 1 (reordered: 1 fills a hole below the highest seq), 3,
+    # then 2 again (its bytes were seen: a retransmission), then a piece overlapping 3's end
+    def seg(seq, length=100):
+        return dict(tx=False, conn=0, proto=6, flags=0x18, seq_step=0, length=length, seq=seq)
+    draws = [seg(1000), seg(1200), seg(1100), seg(1300), seg(1200), seg(1350, 100)]
+    pkts, _ = build([dict(d, seq_step=0) for d in draws], 0)
+    pkts["seq"] = [d["seq"] for d in draws]
+    t = _netlog.ConnTable()
+    t.add(pkts)
+    chunks, _x = t.collect(0, True)
+    assert (int(chunks[0]["rx_packets"]), int(chunks[0]["rx_retrans"])) == (6, 2)
+
+
+def test_many_holes_are_bounded():
+    # 20 segments each leaving a hole: the oldest holes merge (count as seen), the newest stay holes
+    seqs = [5000 + 200 * i for i in range(20)]
+    holes = [s + 100 for s in seqs]
+    draws = [dict(tx=True, conn=0, proto=6, flags=0x18, seq_step=0, length=100)] * (len(seqs) + 2)
+    pkts, refs = build(draws, 0)
+    pkts["seq"] = seqs + [holes[-1], holes[0]]
+    for r, s in zip(refs, pkts["seq"]):
+        r["seq"] = int(s)
+    t = _netlog.ConnTable()
+    t.add(pkts)
+    chunks, _x = t.collect(0, True)
+    # the newest hole filled: new bytes; the oldest one: merged away, so counted
+    assert int(chunks[0]["tx_retrans"]) == 1
+    assert int(chunks[0]["tx_retrans"]) == netlog_ref.chunks(refs)[0][1]["tx_retrans"]
