@@ -68,6 +68,7 @@ cdef struct l4_chunk:
     uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
     uint32_t tx_seq_min, tx_seq_max, rx_seq_min, rx_seq_max
     uint32_t syn_retrans     # connection total so far
+    uint32_t syn_seq, synack_seq   # nic_traceid: raw seq of the first SYN and SYN|ACK (0: not seen)
     uint32_t chunk_id
     uint32_t rtt_samples
     uint32_t vni
@@ -94,6 +95,7 @@ cdef struct l7_exchange:
     uint64_t tx_bytes, rx_bytes
     uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
     uint32_t req_seq, resp_seq  # raw seq of the segments starting the request line and the status line
+    uint32_t syn_seq, synack_seq   # the connection's (nic_traceid)
     uint32_t vni
     uint32_t first_chunk, last_chunk
     uint8_t laddr[16]
@@ -157,6 +159,8 @@ CHUNK_DTYPE = _dtype("l4_chunk", [
     ("rx_seq_min", "<u4", offset_of(&_c, &_c.rx_seq_min)),
     ("rx_seq_max", "<u4", offset_of(&_c, &_c.rx_seq_max)),
     ("syn_retrans", "<u4", offset_of(&_c, &_c.syn_retrans)),
+    ("syn_seq", "<u4", offset_of(&_c, &_c.syn_seq)),
+    ("synack_seq", "<u4", offset_of(&_c, &_c.synack_seq)),
     ("chunk_id", "<u4", offset_of(&_c, &_c.chunk_id)),
     ("rtt_samples", "<u4", offset_of(&_c, &_c.rtt_samples)),
     ("vni", "<u4", offset_of(&_c, &_c.vni)),
@@ -192,6 +196,8 @@ L7_DTYPE = _dtype("l7_exchange", [
     ("rx_retrans", "<u4", offset_of(&_x, &_x.rx_retrans)),
     ("req_seq", "<u4", offset_of(&_x, &_x.req_seq)),
     ("resp_seq", "<u4", offset_of(&_x, &_x.resp_seq)),
+    ("syn_seq", "<u4", offset_of(&_x, &_x.syn_seq)),
+    ("synack_seq", "<u4", offset_of(&_x, &_x.synack_seq)),
     ("vni", "<u4", offset_of(&_x, &_x.vni)),
     ("first_chunk", "<u4", offset_of(&_x, &_x.first_chunk)),
     ("last_chunk", "<u4", offset_of(&_x, &_x.last_chunk)),
@@ -468,6 +474,10 @@ cdef class ConnTable:
                 c.x.req_ts = c.x.req_last_ts = p.ts_ns
                 c.c.l7_http = 1
                 c.x.req_seq = p.seq
+                c.x.syn_seq = c.c.syn_seq
+                c.x.synack_seq = c.c.synack_seq
+                if c.c.direction == DIR_UNKNOWN:   # seen mid-stream: the first request tells
+                    c.c.direction = DIR_OUTGOING if tx else DIR_INCOMING
                 c.x.method = m.method
                 c.x.version = m.version
                 c.x.incoming = not tx
@@ -523,6 +533,7 @@ cdef class ConnTable:
             if not (f & TH_ACK):
                 if c.syn_ts == 0:
                     c.syn_ts = p.ts_ns
+                    c.c.syn_seq = seq
                     c.c.direction = DIR_OUTGOING if tx else DIR_INCOMING
                 elif c.syn_seen[0] & (1 << d):
                     c.c.syn_retrans += 1
@@ -530,6 +541,9 @@ cdef class ConnTable:
             else:
                 if c.synack_ts == 0:
                     c.synack_ts = p.ts_ns
+                    c.c.synack_seq = seq
+                    if c.c.direction == DIR_UNKNOWN:   # its SYN was not seen: who answered it tells
+                        c.c.direction = DIR_INCOMING if tx else DIR_OUTGOING
                 elif c.syn_seen[1] & (1 << d):
                     c.c.syn_retrans += 1
                 c.syn_seen[1] |= 1 << d

@@ -202,6 +202,7 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
     first, last = mine[0], mine[-1]
     assert first["chunk_syn"] == 1 and first["direction"] == 1   # the client came in
     assert int(first["rx_seq_min"]) == syn and int(first["tx_seq_min"]) == synack
+    assert (int(first["syn_seq"]), int(first["synack_seq"])) == (syn, synack)   # nic_traceid
     assert first["hs_cost_ns"] > 0 and last["chunk_fin"] == 1 and last["closed"] == 1
     assert last["close_cost_ns"] >= 0
     retrans = retransmits_from_pcap(pkts, PORT)
