@@ -84,6 +84,7 @@ cdef struct l4_chunk:
 cdef enum:
     PATH_MAX = 128           # bytes of the request path kept
     TRACEPARENT_LEN = 55     # "00-<32 hex>-<16 hex>-<2 hex>" (W3C Trace Context 3.2)
+    HEADERS_MAX = 4096       # request headers reassembled over segments, at most
 
 
 cdef struct l7_exchange:
@@ -138,6 +139,14 @@ cdef struct conn_t:
     uint8_t rtt_armed
     uint8_t handshake_done
     uint8_t rst
+    # request headers split over segments: what came so far (malloc'ed
+    # HEADERS_MAX bytes while a request's headers are incomplete, else NULL)
+    # and the seq the next in-order segment starts at
+    uint8_t *hdr
+    uint32_t hdr_len, hdr_next
+    # for the per-connection netlog_blacklist verdict and Kubernetes tag
+    # id that h12k8s caches on the connection (0: not computed)
+    uint32_t filter_slot
 
 
 cdef l4_chunk _c
@@ -244,6 +253,15 @@ cdef int find_traceparent(const uint8_t *p, uint32_t n, uint8_t *out) noexcept n
         if p[i] == 0x0D or p[i] == 0x0A:
             return 0   # the empty line: end of the headers
     return 0
+
+
+cdef bint headers_end(const uint8_t *p, uint32_t n) noexcept nogil:
+    """The empty line ending HTTP/1 headers (RFC 9112 2.1) is in p[0:n]."""
+    cdef uint32_t i
+    for i in range(3, n):
+        if p[i] == 0x0A and p[i - 1] == 0x0D and p[i - 2] == 0x0A and p[i - 3] == 0x0D:
+            return True
+    return False
 
 
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
@@ -364,6 +382,10 @@ cdef class ConnTable:
         self.rng = seed or <uint64_t>id(self) * 6364136223846793005ULL + 1442695040888963407ULL
 
     def __dealloc__(self):
+        cdef uint32_t i
+        if self.conns != NULL:
+            for i in range(self.n):
+                free(self.conns[i].hdr)
         free(self.conns)
         free(self.slots)
         free(self.done)
@@ -438,6 +460,7 @@ cdef class ConnTable:
 
     cdef void _emit_exchange(self, conn_t *c) noexcept nogil:
         cdef l7_exchange *grown
+        self._headers_done(c)
         if self.nxdone == self.xdone_cap:
             grown = <l7_exchange *>realloc(self.xdone, 2 * self.xdone_cap * sizeof(l7_exchange))
             if grown == NULL:
@@ -450,15 +473,45 @@ cdef class ConnTable:
         self.nxdone += 1
         c.x.req_ts = 0
 
+    cdef void _headers_done(self, conn_t *c) noexcept nogil:
+        """The request headers gathered over segments are complete (or can
+        grow no more): look for traceparent in them, free the buffer."""
+        if c.hdr == NULL:
+            return
+        if not c.x.has_traceparent:
+            c.x.has_traceparent = find_traceparent(c.hdr, c.hdr_len, c.x.traceparent)
+        free(c.hdr)
+        c.hdr = NULL
+
+    cdef void _headers_more(self, conn_t *c, const dk_pkt *p, const uint8_t *data, uint32_t n) noexcept nogil:
+        """A segment of the request's direction while its headers are
+        incomplete: appended when it is the next in order, whole; the
+        headers are done at their empty line, at HEADERS_MAX, or at a gap
+        (a segment lost or cut by the socket program's snap length)."""
+        cdef uint32_t k
+        if p.seq != c.hdr_next:
+            if seq_lt(p.seq, c.hdr_next):
+                return   # bytes already gathered, sent again
+            self._headers_done(c)
+            return
+        k = n if n < HEADERS_MAX - c.hdr_len else HEADERS_MAX - c.hdr_len
+        memcpy(c.hdr + c.hdr_len, data, k)
+        c.hdr_len += k
+        c.hdr_next = p.seq + p.payload_wire
+        if n < p.payload_wire or c.hdr_len == HEADERS_MAX or headers_end(c.hdr, c.hdr_len):
+            self._headers_done(c)
+
     cdef void _l7(self, conn_t *c, const dk_pkt *p, const uint8_t *data, bint tx) noexcept nogil:
         """HTTP/1.x: a segment starting a request line opens an exchange
         (closing the previous one), the first status line going the other
-        way is its response; other segments move the last-seen times."""
+        way is its response; other segments move the last-seen times, and
+        while the request's headers are incomplete, add to them."""
         cdef http_msg m
         cdef int n = p.payload_len if p.payload_len < 65535 else 65535
         cdef bint resp_dir = c.x.req_ts != 0 and tx == c.x.incoming
         if parse_first_line(data, n, &m):
             if m.kind == K_REQUEST:
+                self._headers_done(c)
                 if c.x.req_ts:
                     self._emit_exchange(c)
                 memset(&c.x, 0, sizeof(l7_exchange))
@@ -485,8 +538,15 @@ cdef class ConnTable:
                 c.x.path_len = m.path_len if m.path_len < PATH_MAX else PATH_MAX
                 memcpy(c.x.path, data + m.path_off, c.x.path_len)
                 c.x.has_traceparent = find_traceparent(data, n, c.x.traceparent)
+                if not c.x.has_traceparent and <uint32_t>n == p.payload_wire and not headers_end(data, n):
+                    c.hdr = <uint8_t *>malloc(HEADERS_MAX)   # NULL: looked for in this segment only
+                    if c.hdr != NULL:
+                        c.hdr_len = n if n < HEADERS_MAX else HEADERS_MAX
+                        memcpy(c.hdr, data, c.hdr_len)
+                        c.hdr_next = p.seq + p.payload_wire
                 return
             if m.kind == K_RESPONSE and resp_dir and not c.x.has_resp:
+                self._headers_done(c)
                 c.x.has_resp = 1
                 c.x.resp_seq = p.seq
                 c.x.status = m.status
@@ -494,6 +554,8 @@ cdef class ConnTable:
                 return
         if c.x.req_ts == 0:
             return
+        if c.hdr != NULL and not resp_dir:
+            self._headers_more(c, p, data, n)
         if resp_dir:
             if c.x.has_resp:
                 c.x.resp_last_ts = p.ts_ns
@@ -643,6 +705,7 @@ cdef class ConnTable:
     cdef void _restart(self, conn_t *c, const dk_pkt *p) noexcept nogil:
         cdef l4_chunk key
         memcpy(&key, &c.c, sizeof(l4_chunk))
+        free(c.hdr)
         memset(c, 0, sizeof(conn_t))
         memcpy(c.c.laddr, key.laddr, 16)
         memcpy(c.c.raddr, key.raddr, 16)
@@ -673,6 +736,7 @@ cdef class ConnTable:
                 if c.x.req_ts and (gone or c.x.has_resp):
                     self._emit_exchange(c)
                 if gone:
+                    free(c.hdr)
                     continue
                 if kept != i:
                     memcpy(&self.conns[kept], c, sizeof(conn_t))

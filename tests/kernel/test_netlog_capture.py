@@ -521,3 +521,46 @@ def tcp_server_on(ns, port):
     p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "ready"
     return p
+
+
+def answer(sock, body):
+    got = b""
+    while not got.endswith(b"\r\n\r\n" + body):
+        more = sock.recv(65536)
+        assert more, got
+        got += more
+
+
+def test_traceparent_in_a_later_segment_of_the_request_headers(ns):
+    """Request headers split over segments: by two writes (TCP_NODELAY,
+    traceparent in the second: found only by reassembling), and by their
+    size (2.2 KB of headers, traceparent past the first 1448 bytes; the
+    veth may carry them as one GSO packet): the ids found."""
+    cap = capture(ns)
+    srv = subprocess.Popen(ns.prefix() + ["python3", "-c", HTTP_SERVER, ns.peer_ip, str(PORT)],
+                           stdout=subprocess.PIPE, text=True)
+    tps = ["00-11111111111111111111111111111111-2222222222222222-01",
+           "00-33333333333333333333333333333333-4444444444444444-01"]
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        c = socket.create_connection((ns.peer_ip, PORT), timeout=5)
+        c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        c.sendall(b"GET /split/4 HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.2)
+        c.sendall(f"traceparent: {tps[0]}\r\n\r\n".encode())
+        answer(c, b"zzzz")
+        c.sendall(f"GET /big/5 HTTP/1.1\r\nHost: x\r\nX-Pad: {'p' * 2000}\r\ntraceparent: {tps[1]}\r\n\r\n".encode())
+        answer(c, b"zzzzz")
+        c.close()
+        drain_until_quiet(cap)
+        _chunks, xs = cap.conns.collect(time.time_ns(), True)
+    finally:
+        srv.kill()
+        srv.wait()
+        cap.close()
+    xs = xs[xs["lport"] == PORT]
+    from dkebpf.plugins.netlog import l7_batch
+    nic = types.SimpleNamespace(name=ns.veth_peer, mac="00:00:00:00:00:00")
+    rows = l7_batch([(types.SimpleNamespace(nic=nic, netns=1, host_network=False), xs)]).to_pylist()
+    assert [r["http_path"] for r in rows] == ["/split/4", "/big/5"]
+    assert [(r["trace_id"], r["parent_id"]) for r in rows] == [tuple(tp.split("-")[1:3]) for tp in tps]
