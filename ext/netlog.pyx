@@ -10,14 +10,16 @@ closes after CHUNK_PACKETS packets (CHUNK_PACKETS_CLOSING once it holds a
 FIN or RST, so a close is not split from its handshake), and at every
 collect(); chunk_id counts the chunks of one connection record from 1.
 
-Retransmits: per direction the next expected sequence number (the highest
-seq + length seen, RFC 1982 serial arithmetic); a segment occupying
-sequence space (payload, SYN or FIN) that ends at or before it, or starts
-before it, is a retransmission. Pure ACKs occupy none, so duplicate ACKs
-never count; a keep-alive probe (RFC 9293 3.8.4: seq = next - 1, at most
-one byte) does not count either. On the receiving side a segment filling a
-hole left by a lost one is counted in rx_retrans: it is the retransmission
-as this interface sees it."""
+Retransmits: per direction the sequence ranges this interface has seen
+(RFC 1982 serial arithmetic, at most SEQ_RANGES disjoint ranges: past
+that the two oldest merge, forgetting the hole between them); a segment
+occupying sequence space (payload, SYN or FIN) is a retransmission when
+any of its sequence numbers was seen before. A segment arriving out of
+order into a hole is not one, wherever the highest sequence is. Pure ACKs
+occupy none, so duplicate ACKs never count; a keep-alive probe (RFC 9293
+3.8.4: seq = next - 1, at most one byte) does not count either. A
+retransmission of bytes this interface never saw (lost before it) fills a
+hole: not counted, as nothing shows it was sent twice."""
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
@@ -66,6 +68,7 @@ cdef struct l4_chunk:
     uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
     uint32_t tx_seq_min, tx_seq_max, rx_seq_min, rx_seq_max
     uint32_t syn_retrans     # connection total so far
+    uint32_t syn_seq, synack_seq   # nic_traceid: raw seq of the first SYN and SYN|ACK (0: not seen)
     uint32_t chunk_id
     uint32_t rtt_samples
     uint32_t vni
@@ -81,6 +84,7 @@ cdef struct l4_chunk:
 cdef enum:
     PATH_MAX = 128           # bytes of the request path kept
     TRACEPARENT_LEN = 55     # "00-<32 hex>-<16 hex>-<2 hex>" (W3C Trace Context 3.2)
+    HEADERS_MAX = 4096       # request headers reassembled over segments, at most
 
 
 cdef struct l7_exchange:
@@ -92,6 +96,7 @@ cdef struct l7_exchange:
     uint64_t tx_bytes, rx_bytes
     uint32_t tx_packets, rx_packets, tx_retrans, rx_retrans
     uint32_t req_seq, resp_seq  # raw seq of the segments starting the request line and the status line
+    uint32_t syn_seq, synack_seq   # the connection's (nic_traceid)
     uint32_t vni
     uint32_t first_chunk, last_chunk
     uint8_t laddr[16]
@@ -107,8 +112,21 @@ cdef struct l7_exchange:
     uint8_t traceparent[TRACEPARENT_LEN]
 
 
+cdef enum:
+    SEQ_RANGES = 8           # disjoint sequence ranges kept per direction
+    SEQ_SPAN_MAX = 1 << 30   # bytes remembered below the highest end (serial arithmetic
+                             # compares correctly only within 2^31)
+
+
+cdef struct seq_ranges:      # [start, end) sequence ranges seen in one direction, oldest first
+    uint32_t start[SEQ_RANGES + 1]   # + 1: room for an insert before the two oldest merge
+    uint32_t end[SEQ_RANGES + 1]
+    uint8_t n
+
+
 cdef struct conn_t:
     l4_chunk c               # the chunk being filled (key and ids included)
+    seq_ranges seen[2]       # per direction (0 tx, 1 rx): what was on the wire already
     l7_exchange x            # the HTTP exchange in progress (x.req_ts 0: none)
     uint64_t last_ts
     uint64_t syn_ts, synack_ts, fin_ts
@@ -121,6 +139,14 @@ cdef struct conn_t:
     uint8_t rtt_armed
     uint8_t handshake_done
     uint8_t rst
+    # request headers split over segments: what came so far (malloc'ed
+    # HEADERS_MAX bytes while a request's headers are incomplete, else NULL)
+    # and the seq the next in-order segment starts at
+    uint8_t *hdr
+    uint32_t hdr_len, hdr_next
+    # for the per-connection netlog_blacklist verdict and Kubernetes tag
+    # id that h12k8s caches on the connection (0: not computed)
+    uint32_t filter_slot
 
 
 cdef l4_chunk _c
@@ -142,6 +168,8 @@ CHUNK_DTYPE = _dtype("l4_chunk", [
     ("rx_seq_min", "<u4", offset_of(&_c, &_c.rx_seq_min)),
     ("rx_seq_max", "<u4", offset_of(&_c, &_c.rx_seq_max)),
     ("syn_retrans", "<u4", offset_of(&_c, &_c.syn_retrans)),
+    ("syn_seq", "<u4", offset_of(&_c, &_c.syn_seq)),
+    ("synack_seq", "<u4", offset_of(&_c, &_c.synack_seq)),
     ("chunk_id", "<u4", offset_of(&_c, &_c.chunk_id)),
     ("rtt_samples", "<u4", offset_of(&_c, &_c.rtt_samples)),
     ("vni", "<u4", offset_of(&_c, &_c.vni)),
@@ -177,6 +205,8 @@ L7_DTYPE = _dtype("l7_exchange", [
     ("rx_retrans", "<u4", offset_of(&_x, &_x.rx_retrans)),
     ("req_seq", "<u4", offset_of(&_x, &_x.req_seq)),
     ("resp_seq", "<u4", offset_of(&_x, &_x.resp_seq)),
+    ("syn_seq", "<u4", offset_of(&_x, &_x.syn_seq)),
+    ("synack_seq", "<u4", offset_of(&_x, &_x.synack_seq)),
     ("vni", "<u4", offset_of(&_x, &_x.vni)),
     ("first_chunk", "<u4", offset_of(&_x, &_x.first_chunk)),
     ("last_chunk", "<u4", offset_of(&_x, &_x.last_chunk)),
@@ -225,6 +255,15 @@ cdef int find_traceparent(const uint8_t *p, uint32_t n, uint8_t *out) noexcept n
     return 0
 
 
+cdef bint headers_end(const uint8_t *p, uint32_t n) noexcept nogil:
+    """The empty line ending HTTP/1 headers (RFC 9112 2.1) is in p[0:n]."""
+    cdef uint32_t i
+    for i in range(3, n):
+        if p[i] == 0x0A and p[i - 1] == 0x0D and p[i - 2] == 0x0A and p[i - 3] == 0x0D:
+            return True
+    return False
+
+
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
     """a before b in sequence space (RFC 1982 serial arithmetic)."""
     return <int32_t>(a - b) < 0
@@ -238,6 +277,60 @@ cdef inline void seq_widen(uint32_t *lo, uint32_t *hi, uint32_t s, bint first) n
         lo[0] = s
     elif seq_lt(hi[0], s):
         hi[0] = s
+
+
+cdef bint seq_cover(seq_ranges *r, uint32_t s, uint32_t e) noexcept nogil:
+    """Add [s, e) to r; True when some of it was in r already. Ranges stay
+    disjoint, non-adjacent and ordered; past SEQ_RANGES the two oldest
+    merge (the hole between them counts as seen); what lies more than
+    SEQ_SPAN_MAX below the highest end is forgotten."""
+    cdef int i, j, first = -1, last = -1
+    cdef bint seen = False
+    cdef uint32_t ns = s, ne = e, top
+    for i in range(r.n):
+        if seq_lt(s, r.end[i]) and seq_lt(r.start[i], e):
+            seen = True
+        if not seq_lt(e, r.start[i]) and not seq_lt(r.end[i], s):   # overlapping or adjacent
+            if first < 0:
+                first = i
+            last = i
+            if seq_lt(r.start[i], ns):
+                ns = r.start[i]
+            if seq_lt(ne, r.end[i]):
+                ne = r.end[i]
+    if first >= 0:   # ranges first..last and the new one become one
+        r.start[first] = ns
+        r.end[first] = ne
+        j = first + 1
+        for i in range(last + 1, r.n):
+            r.start[j] = r.start[i]
+            r.end[j] = r.end[i]
+            j += 1
+        r.n = j
+    else:
+        i = r.n
+        while i > 0 and seq_lt(s, r.start[i - 1]):
+            r.start[i] = r.start[i - 1]
+            r.end[i] = r.end[i - 1]
+            i -= 1
+        r.start[i] = s
+        r.end[i] = e
+        r.n += 1
+        if r.n > SEQ_RANGES:   # the two oldest become one
+            r.end[0] = r.end[1]
+            for i in range(1, r.n - 1):
+                r.start[i] = r.start[i + 1]
+                r.end[i] = r.end[i + 1]
+            r.n -= 1
+    top = r.end[r.n - 1]
+    while r.n > 1 and <uint32_t>(top - r.end[0]) > SEQ_SPAN_MAX:
+        for i in range(r.n - 1):
+            r.start[i] = r.start[i + 1]
+            r.end[i] = r.end[i + 1]
+        r.n -= 1
+    if <uint32_t>(top - r.start[0]) > SEQ_SPAN_MAX:
+        r.start[0] = top - SEQ_SPAN_MAX
+    return seen
 
 
 cdef class ConnTable:
@@ -276,6 +369,10 @@ cdef class ConnTable:
         self.rng = seed or <uint64_t>id(self) * 6364136223846793005ULL + 1442695040888963407ULL
 
     def __dealloc__(self):
+        cdef uint32_t i
+        if self.conns != NULL:
+            for i in range(self.n):
+                free(self.conns[i].hdr)
         free(self.conns)
         free(self.slots)
         free(self.done)
@@ -350,6 +447,7 @@ cdef class ConnTable:
 
     cdef void _emit_exchange(self, conn_t *c) noexcept nogil:
         cdef l7_exchange *grown
+        self._headers_done(c)
         if self.nxdone == self.xdone_cap:
             grown = <l7_exchange *>realloc(self.xdone, 2 * self.xdone_cap * sizeof(l7_exchange))
             if grown == NULL:
@@ -362,15 +460,45 @@ cdef class ConnTable:
         self.nxdone += 1
         c.x.req_ts = 0
 
+    cdef void _headers_done(self, conn_t *c) noexcept nogil:
+        """The request headers gathered over segments are complete (or can
+        grow no more): look for traceparent in them, free the buffer."""
+        if c.hdr == NULL:
+            return
+        if not c.x.has_traceparent:
+            c.x.has_traceparent = find_traceparent(c.hdr, c.hdr_len, c.x.traceparent)
+        free(c.hdr)
+        c.hdr = NULL
+
+    cdef void _headers_more(self, conn_t *c, const dk_pkt *p, const uint8_t *data, uint32_t n) noexcept nogil:
+        """A segment of the request's direction while its headers are
+        incomplete: appended when it is the next in order, whole; the
+        headers are done at their empty line, at HEADERS_MAX, or at a gap
+        (a segment lost or cut by the socket program's snap length)."""
+        cdef uint32_t k
+        if p.seq != c.hdr_next:
+            if seq_lt(p.seq, c.hdr_next):
+                return   # bytes already gathered, sent again
+            self._headers_done(c)
+            return
+        k = n if n < HEADERS_MAX - c.hdr_len else HEADERS_MAX - c.hdr_len
+        memcpy(c.hdr + c.hdr_len, data, k)
+        c.hdr_len += k
+        c.hdr_next = p.seq + p.payload_wire
+        if n < p.payload_wire or c.hdr_len == HEADERS_MAX or headers_end(c.hdr, c.hdr_len):
+            self._headers_done(c)
+
     cdef void _l7(self, conn_t *c, const dk_pkt *p, const uint8_t *data, bint tx) noexcept nogil:
         """HTTP/1.x: a segment starting a request line opens an exchange
         (closing the previous one), the first status line going the other
-        way is its response; other segments move the last-seen times."""
+        way is its response; other segments move the last-seen times, and
+        while the request's headers are incomplete, add to them."""
         cdef http_msg m
         cdef int n = p.payload_len if p.payload_len < 65535 else 65535
         cdef bint resp_dir = c.x.req_ts != 0 and tx == c.x.incoming
         if parse_first_line(data, n, &m):
             if m.kind == K_REQUEST:
+                self._headers_done(c)
                 if c.x.req_ts:
                     self._emit_exchange(c)
                 memset(&c.x, 0, sizeof(l7_exchange))
@@ -386,6 +514,10 @@ cdef class ConnTable:
                 c.x.req_ts = c.x.req_last_ts = p.ts_ns
                 c.c.l7_http = 1
                 c.x.req_seq = p.seq
+                c.x.syn_seq = c.c.syn_seq
+                c.x.synack_seq = c.c.synack_seq
+                if c.c.direction == DIR_UNKNOWN:   # seen mid-stream: the first request tells
+                    c.c.direction = DIR_OUTGOING if tx else DIR_INCOMING
                 c.x.method = m.method
                 c.x.version = m.version
                 c.x.incoming = not tx
@@ -393,8 +525,15 @@ cdef class ConnTable:
                 c.x.path_len = m.path_len if m.path_len < PATH_MAX else PATH_MAX
                 memcpy(c.x.path, data + m.path_off, c.x.path_len)
                 c.x.has_traceparent = find_traceparent(data, n, c.x.traceparent)
+                if not c.x.has_traceparent and <uint32_t>n == p.payload_wire and not headers_end(data, n):
+                    c.hdr = <uint8_t *>malloc(HEADERS_MAX)   # NULL: looked for in this segment only
+                    if c.hdr != NULL:
+                        c.hdr_len = n if n < HEADERS_MAX else HEADERS_MAX
+                        memcpy(c.hdr, data, c.hdr_len)
+                        c.hdr_next = p.seq + p.payload_wire
                 return
             if m.kind == K_RESPONSE and resp_dir and not c.x.has_resp:
+                self._headers_done(c)
                 c.x.has_resp = 1
                 c.x.resp_seq = p.seq
                 c.x.status = m.status
@@ -402,6 +541,8 @@ cdef class ConnTable:
                 return
         if c.x.req_ts == 0:
             return
+        if c.hdr != NULL and not resp_dir:
+            self._headers_more(c, p, data, n)
         if resp_dir:
             if c.x.has_resp:
                 c.x.resp_last_ts = p.ts_ns
@@ -412,7 +553,7 @@ cdef class ConnTable:
         cdef int d = 0 if tx else 1
         cdef uint8_t f = p.tcp_flags
         cdef uint32_t span, end, seq = p.seq
-        cdef bint retrans = False
+        cdef bint retrans = False, keepalive
         if c.c.tx_packets + c.c.rx_packets == 0:
             c.c.chunk_id += 1
             c.c.ts_ns = p.ts_ns
@@ -441,6 +582,7 @@ cdef class ConnTable:
             if not (f & TH_ACK):
                 if c.syn_ts == 0:
                     c.syn_ts = p.ts_ns
+                    c.c.syn_seq = seq
                     c.c.direction = DIR_OUTGOING if tx else DIR_INCOMING
                 elif c.syn_seen[0] & (1 << d):
                     c.c.syn_retrans += 1
@@ -448,6 +590,9 @@ cdef class ConnTable:
             else:
                 if c.synack_ts == 0:
                     c.synack_ts = p.ts_ns
+                    c.c.synack_seq = seq
+                    if c.c.direction == DIR_UNKNOWN:   # its SYN was not seen: who answered it tells
+                        c.c.direction = DIR_INCOMING if tx else DIR_OUTGOING
                 elif c.syn_seen[1] & (1 << d):
                     c.c.syn_retrans += 1
                 c.syn_seen[1] |= 1 << d
@@ -468,22 +613,17 @@ cdef class ConnTable:
                 c.rst = 1
         if c.fin_ts and c.c.chunk_fin:
             c.c.close_cost_ns = p.ts_ns - c.fin_ts
-        # retransmits: only segments that occupy sequence space
+        # retransmits: segments that occupy sequence space already seen
         span = p.payload_wire + (1 if f & TH_SYN else 0) + (1 if f & TH_FIN else 0)
-        if span and not (f & TH_SYN):
+        if span:
             end = seq + span
-            if c.next_set[d]:
-                if not seq_lt(c.next_seq[d], end):      # nothing new in it
-                    retrans = not (span <= 1 and seq == c.next_seq[d] - 1 and not (f & TH_FIN))
-                elif seq_lt(seq, c.next_seq[d]):        # starts inside what was sent
-                    retrans = True
-            if retrans:
+            keepalive = c.next_set[d] and span <= 1 and seq == c.next_seq[d] - 1 and not (f & TH_FIN)
+            if seq_cover(&c.seen[d], seq, end) and not (f & TH_SYN) and not keepalive:
+                retrans = True
                 if tx:
                     c.c.tx_retrans += 1
                 else:
                     c.c.rx_retrans += 1
-        if span:
-            end = seq + span
             if not c.next_set[d] or seq_lt(c.next_seq[d], end):
                 c.next_seq[d] = end
                 c.next_set[d] = 1
@@ -552,6 +692,7 @@ cdef class ConnTable:
     cdef void _restart(self, conn_t *c, const dk_pkt *p) noexcept nogil:
         cdef l4_chunk key
         memcpy(&key, &c.c, sizeof(l4_chunk))
+        free(c.hdr)
         memset(c, 0, sizeof(conn_t))
         memcpy(c.c.laddr, key.laddr, 16)
         memcpy(c.c.raddr, key.raddr, 16)
@@ -582,6 +723,7 @@ cdef class ConnTable:
                 if c.x.req_ts and (gone or c.x.has_resp):
                     self._emit_exchange(c)
                 if gone:
+                    free(c.hdr)
                     continue
                 if kept != i:
                     memcpy(&self.conns[kept], c, sizeof(conn_t))

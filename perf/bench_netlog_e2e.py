@@ -1,16 +1,36 @@
-"""bpf-netlog end to end (root): a bulk TCP transfer through a veth pair
-into a test namespace, GSO off on both sides so every MSS-sized segment is
-a packet, captured by the plugin's socket inside the namespace (ring,
-decode, L4 state), while this process drains it as the agent would.
+"""bpf-netlog end to end (root): traffic through a veth pair into a test
+namespace, captured by the plugin's socket inside the namespace (ring,
+socket program, decode, L4 state) while this process drains it as the
+agent does; each round runs the same traffic with capture off first (the
+baseline, same run) and then on.
 
-Prints `name: value` lines: packets per second captured, socket drops
-(tp_drops, must be 0), and this process's CPU (user + system) per
-100k packets/s. The sender and receiver are other processes."""
+Two loads, each the most packets/s this machine makes of its kind:
+  bulk: one TCP transfer, GSO/GRO off on both sides so every MSS-sized
+        segment is a packet (the socket program cuts them after their
+        headers: packetfilter.netlog_keep);
+  udp:  BENCH_SENDERS C senders (perf/netlog_udpflood.c, sendmmsg) of
+        32-byte datagrams to a socket in the namespace.
+Then the bulk load once more with the real collector (`dkebpf run
+--enabled bpf-netlog --netlog-log --netlog-metric`, 2 s interval, points
+encoded and written each interval as in production): its socket drops and
+CPU (from /proc) per 100k packets/s.
+
+    python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2)
+
+Prints `name: value` lines per load, medians of the rounds: packets/s
+delivered to the namespace with capture off and on and their ratio,
+packets/s captured, socket drops (tp_drops, must be 0; summed over the
+rounds), this process's CPU (user + system, which includes softirq work
+the kernel happens to run on its time slices) per 100k packets/s, and the
+load average."""
 import os
-import socket
+import re
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 
@@ -18,44 +38,129 @@ from support.netns import NetNS  # noqa: E402
 
 from dkebpf.plugins.netlog import NicCapture, in_netns, list_nics  # noqa: E402
 
+HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 18090
-SECONDS = 8
+SECONDS = float(os.environ.get("BENCH_SECONDS", 5))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
+SENDERS = int(os.environ.get("BENCH_SENDERS", 2))
+
+SINK_TCP = ("import socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+            "s.bind((sys.argv[1],int(sys.argv[2])));s.listen();print('ready',flush=True)\n"
+            "c,_=s.accept()\nwhile c.recv(1<<20): pass")
+SEND_TCP = ("import socket,sys,time;c=socket.create_connection((sys.argv[1],int(sys.argv[2])));b=bytes(1<<20)\n"
+            "end=time.monotonic()+float(sys.argv[3])\nwhile time.monotonic()<end: c.sendall(b)\nc.close()")
+# a bound UDP socket nobody reads: datagrams are delivered (and dropped at its full buffer), no ICMP
+SINK_UDP = ("import socket,sys,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            "s.bind((sys.argv[1],int(sys.argv[2])));print('ready',flush=True);time.sleep(3600)")
+
+
+def rx_packets(ns):
+    return int(ns.exec("cat", f"/sys/class/net/{ns.veth_peer}/statistics/rx_packets").stdout)
+
+
+def started(cmd):
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    return p
+
+
+def run(ns, load, flood, capture):
+    """One run of `load`: (delivered packets/s, captured packets/s, drops, CPU s)."""
+    path = f"/var/run/netns/{ns.name}"
+    cap = None
+    if capture:
+        with in_netns(path):
+            nic = next(n for n in list_nics() if n.name == ns.veth_peer)
+        cap = NicCapture.open(path, 0, nic, False)
+    sink = started(ns.prefix() + ["python3", "-c", SINK_TCP if load == "bulk" else SINK_UDP, ns.peer_ip, str(PORT)])
+    try:
+        r0, t0, c0 = rx_packets(ns), time.monotonic(), os.times()
+        if load == "bulk":
+            senders = [subprocess.Popen([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS)])]
+        else:
+            senders = [subprocess.Popen([flood, ns.peer_ip, str(PORT), str(SECONDS), "32"], stdout=subprocess.DEVNULL)
+                       for _ in range(SENDERS)]
+        while any(s.poll() is None for s in senders):
+            if cap is not None:
+                cap.ring.wait(20)
+                cap.drain()
+            else:
+                time.sleep(0.02)
+        t1 = time.monotonic()
+        delivered = rx_packets(ns) - r0
+        if cap is not None:
+            cap.flush()
+        c1 = os.times()
+    finally:
+        sink.kill()
+        sink.wait()
+    if cap is None:
+        return delivered / (t1 - t0), 0, 0, 0.0
+    rc = cap.ring.counters()
+    cap.close()
+    return delivered / (t1 - t0), rc["packets"] / (t1 - t0), rc["kernel_drops"], \
+        (c1.user - c0.user) + (c1.system - c0.system)
+
+
+def agent_run(tmp, ns):
+    """The bulk load with `dkebpf run` capturing on the namespace's veth:
+    (captured packets/s, socket drops, collector CPU s, seconds)."""
+    from collector import Collector
+    sink = started(ns.prefix() + ["python3", "-c", SINK_TCP, ns.peer_ip, str(PORT)])
+    try:
+        with Collector(tmp, "netlog", ["--enabled", "bpf-netlog", "--netlog-log", "--netlog-metric",
+                                       "--netlog-interfaces", f"^{ns.veth_peer}$"]) as c:
+            end = time.monotonic() + 30
+            while f"capturing on {ns.veth_peer}" not in c.log_text():
+                if time.monotonic() > end:
+                    raise SystemExit(f"collector never captured: {c.log_text()}")
+                time.sleep(0.1)
+            cpu0, t0 = c.cpu_seconds(), time.monotonic()
+            subprocess.run([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS)], check=True)
+            t1 = time.monotonic()
+            time.sleep(0.5)
+            cpu1 = c.cpu_seconds()
+            text = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
+    finally:
+        sink.kill()
+        sink.wait()
+
+    def total(counter):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
+        rx = re.compile(r'\w*plugin_\d+_[^_{]+_' + counter + r'\{plugin="bpf-netlog"\} (\S+)$')
+        return sum(float(m.group(1)) for m in map(rx.match, text.splitlines()) if m)
+    return total("packets") / (t1 - t0), total("kernel_drops"), cpu1 - cpu0, t1 - t0
 
 
 def main():
-    with NetNS() as ns:
+    with tempfile.TemporaryDirectory() as tmp, NetNS() as ns:
+        flood = os.path.join(tmp, "udpflood")
+        subprocess.run(["cc", "-O2", "-o", flood, os.path.join(HERE, "netlog_udpflood.c")], check=True)
         for side in (["ip", "link", "set", "dev", ns.veth_host], ns.prefix() + ["ip", "link", "set", "dev",
                                                                                  ns.veth_peer]):
             subprocess.run(side + ["gso_max_size", "1500", "gso_max_segs", "1"], check=True)
         subprocess.run(ns.prefix() + ["ethtool", "-K", ns.veth_peer, "gro", "off"], capture_output=True)
-        path = f"/var/run/netns/{ns.name}"
-        with in_netns(path):
-            nic = next(n for n in list_nics() if n.name == ns.veth_peer)
-        cap = NicCapture.open(path, 0, nic, False)
-        sink = subprocess.Popen(ns.prefix() + ["python3", "-c", (
-            f"import socket;s=socket.socket();s.bind(('{ns.peer_ip}',{PORT}));s.listen();print('ready',flush=True)\n"
-            f"c,_=s.accept()\nwhile c.recv(1<<20): pass")], stdout=subprocess.PIPE, text=True)
-        assert sink.stdout.readline().strip() == "ready"
-        sender = subprocess.Popen([sys.executable, "-c", (
-            f"import socket,time;c=socket.create_connection(('{ns.peer_ip}',{PORT}));b=bytes(1<<20)\n"
-            f"end=time.monotonic()+{SECONDS}\nwhile time.monotonic()<end: c.sendall(b)\nc.close()")])
-        t0, c0 = time.monotonic(), os.times()
-        while sender.poll() is None:
-            cap.ring.wait(20)
-            cap.drain()
-        sink.wait(10)
-        cap.ring.wait(200)
-        cap.drain()
-        t1, c1 = time.monotonic(), os.times()
-        counters = cap.ring.counters()
-        cap.close()
-    pps = counters["packets"] / (t1 - t0)
-    cpu = (c1.user - c0.user) + (c1.system - c0.system)
-    print(f"packets: {counters['packets']}")
-    print(f"packets_per_s: {pps:.0f}")
-    print(f"socket_drops: {counters['kernel_drops']}")
-    print(f"ring_queue_freezes: {counters['kernel_queue_freezes']}")
-    print(f"collector_cpu_percent_per_100k_pps: {100 * cpu / (t1 - t0) / (pps / 1e5):.1f}")
+        print(f"setup: veth into a test namespace, {ROUNDS} rounds x {SECONDS:g} s per load, capture off then on")
+        for load in ("bulk", "udp"):
+            off, on, got, drops, cpu = [], [], [], 0, []
+            for _ in range(ROUNDS):
+                off.append(run(ns, load, flood, False)[0])
+                d, c, dr, s = run(ns, load, flood, True)
+                on.append(d)
+                got.append(c)
+                drops += dr
+                cpu.append(100 * s / SECONDS / (c / 1e5) if c else 0.0)
+            med = statistics.median
+            print(f"{load}_packets_per_s_capture_off: {med(off):.0f}")
+            print(f"{load}_packets_per_s_capture_on: {med(on):.0f}")
+            print(f"{load}_ratio_on_over_off: {med(b / a for a, b in zip(off, on)):.3f}")
+            print(f"{load}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
+            print(f"{load}_socket_drops: {drops}")
+            print(f"{load}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
+        pps, drops, cpu, secs = agent_run(tmp, ns)
+        print(f"agent_bulk_captured_packets_per_s: {pps:.0f}")
+        print(f"agent_bulk_socket_drops: {drops:.0f}")
+        print(f"agent_bulk_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (pps / 1e5) if pps else 0:.1f}")
+        print(f"load_average: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

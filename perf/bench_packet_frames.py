@@ -10,7 +10,6 @@ IPv6 (10 %), TCP inside VXLAN over IPv4 (15 %), VLAN-tagged TCP (5 %).
 Prints `name: value` lines."""
 import random
 import socket
-import struct
 import sys
 
 import numpy as np
@@ -21,9 +20,8 @@ sys.path.insert(0, TESTS_DIR)   # reference/ and support/ as packages (no dkebpf
 
 from dkebpf import _packets  # noqa: E402
 from reference import packets_ref  # noqa: E402
-from support.netlog_filter_gen import ethernet, ip_packet  # noqa: E402
+from support.packets import ethernet, ip_packet, vxlan  # noqa: E402
 
-MAC_A, MAC_B = b"\x02" * 6, b"\x04" * 6
 V4 = (socket.inet_aton("10.244.1.7"), socket.inet_aton("10.244.2.9"))
 V6 = (socket.inet_pton(socket.AF_INET6, "fd00::7"), socket.inet_pton(socket.AF_INET6, "fd00::9"))
 
@@ -39,13 +37,11 @@ def frames(n, seed=12):
         pkt = ip_packet(fam, 6, src, dst, rng.randrange(32768, 61000), 8080, payload)
         et = 0x86DD if fam == 6 else 0x0800
         if kind >= 0.95:
-            out.append(ethernet(MAC_A, MAC_B, et, pkt, ((0x8100, 100),)))
+            out.append(ethernet(et, pkt, ((0x8100, 100),)))
         elif kind >= 0.80:
-            inner = ethernet(MAC_A, MAC_B, et, pkt)
-            vx = struct.pack("!II", 0x08000000, 42 << 8) + inner
-            out.append(ethernet(MAC_A, MAC_B, 0x0800, ip_packet(4, 17, *V4, 40000, 4789, vx)))
+            out.append(ethernet(0x0800, ip_packet(4, 17, *V4, 40000, 4789, vxlan(42, ethernet(et, pkt)))))
         else:
-            out.append(ethernet(MAC_A, MAC_B, et, pkt))
+            out.append(ethernet(et, pkt))
     return out
 
 

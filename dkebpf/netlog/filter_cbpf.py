@@ -33,7 +33,7 @@ from ..packetfilter import (ABS, ADD, ALU, AND, B, BPF_MAXINSNS, BPF_MEMWORDS, E
                             ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, H, IMM, IND, IPPROTO_TCP,
                             IPPROTO_UDP, JA, JEQ, JGE, JGT, JMP, JSET, K, LD, LDX, LSH, MEM, MISC,
                             PACKET_OUTGOING, RET, RSH, SKF_AD_OFF, SKF_AD_PKTTYPE,
-                            SKF_AD_PROTOCOL, SKF_NET_OFF, SNAPLEN, ST, TAX, TXA, W, X, assemble)
+                            SKF_AD_PROTOCOL, SKF_NET_OFF, SNAPLEN, ST, TAX, TXA, W, X, assemble, netlog_keep)
 from .filter import (ADDRESS_FIELDS, BOOL, INT, Call, Field, FIELDS, Lit, Not, Rules,
                      Statement, canonical_address, network_contains, parse_network)
 
@@ -391,7 +391,7 @@ def socket_filter(rules: Optional[Rules], nic_name: str = "", snaplen: int = SNA
             rows.append(((*pending, *(first[0] or ())), *first[1:]))
             rows += body[1:]
             pending = left
-        return assemble(rows + [((*pending, "keep"), RET | K, snaplen, None, None),
+        return assemble(rows + [*netlog_keep((*pending, "keep"), snaplen),
                                 (("reject", "drop"), RET | K, 0, None, None)])
 
     fits, code = len(compiled), program(len(compiled))

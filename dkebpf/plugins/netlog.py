@@ -72,7 +72,7 @@ BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 8
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
 
-L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "nic_mac", "netns",
+L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "nic_mac", "nic_traceid", "netns",
            "vni_id", "vxlan_packet", "host_network", "virtual_nic", "inner_traceid", "direction",
            "conn_side", "client_ip", "client_port", "server_ip", "server_port", "l7_proto"]
 L7_TAGS = L4_TAGS[:-1] + ["l7_proto", "l7_traceid", "trace_id", "parent_id"]
@@ -146,6 +146,38 @@ def list_nics():
     return out
 
 
+def listening_ports():
+    """TCP ports listening in the calling thread's namespace (state 0A in
+    /proc/thread-self/net/tcp and tcp6, every line read: the original
+    stopped at the first socket not listening)."""
+    ports = set()
+    for name in ("tcp", "tcp6"):
+        try:
+            with open(f"/proc/thread-self/net/{name}") as f:
+                next(f, None)
+                for line in f:
+                    parts = line.split(None, 4)
+                    if len(parts) > 3 and parts[3] == "0A":
+                        ports.add(int(parts[1].rsplit(":", 1)[1], 16))
+        except OSError:
+            continue
+    return ports
+
+
+def settle_direction(chunks, listening, ephemeral_port):
+    """Connections seen mid-stream (no SYN, SYN|ACK or HTTP request told
+    who opened them: direction 0): the reference's port rule, a local port
+    listening in the namespace means incoming; else a local port in the
+    ephemeral range talking to one below it means outgoing; else unknown."""
+    unknown = chunks["direction"] == 0
+    if not unknown.any():
+        return
+    lport, rport = chunks["lport"], chunks["rport"]
+    listen = np.isin(lport, np.fromiter(listening, np.uint16, len(listening)))
+    client = (lport >= ephemeral_port) & (rport < ephemeral_port)
+    chunks["direction"] = np.where(unknown & listen, 1, np.where(unknown & client, 2, chunks["direction"]))
+
+
 def choose_nics(nics, host_network, pattern, virtual_names):
     """The interfaces to capture on (see the module docstring)."""
     if pattern is not None:
@@ -167,6 +199,7 @@ class NicCapture:
         self.host_network = host_network
         self.conns = _netlog.ConnTable()
         self.conn_filter = conn_filter
+        self.listening = set()   # TCP ports listening in the namespace, refreshed at each rescan
 
     @classmethod
     def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None):
@@ -190,13 +223,21 @@ class NicCapture:
 
     def drain(self):
         while True:
-            pkts, payload, more = self.ring.read()
+            # views of the ring's own buffers: folded into the table before the next read
+            pkts, payload, more = self.ring.read(copy=False)
             if len(pkts) and self.conn_filter is not None:
                 pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
                 self.conns.add(pkts, payload if self.follow_http else None)
             if not more:
                 return
+
+    def collect(self, now_ns, ephemeral_port, flush_all=False):
+        """(self, chunks, exchanges) of ConnTable.collect, the direction of
+        connections seen mid-stream settled (settle_direction)."""
+        chunks, exchanges = self.conns.collect(now_ns, flush_all)
+        settle_direction(chunks, self.listening, ephemeral_port)
+        return self, chunks, exchanges
 
     def flush(self):
         """Everything the socket holds, the partly filled block included:
@@ -286,6 +327,7 @@ class NetlogPlugin(Plugin):
             try:
                 with in_netns(path):
                     nics = list_nics()
+                    listening = listening_ports()
             except OSError as exc:
                 self.log.debug("netlog: namespace %s: %s", ino, exc)
                 continue
@@ -294,12 +336,13 @@ class NetlogPlugin(Plugin):
             else:
                 names = virtual
             for nic in choose_nics(nics, host, self.cfg.netlog_interfaces, names):
-                wanted[(ino, nic.name)] = (path, nic, host)
+                wanted[(ino, nic.name)] = (path, nic, host, listening)
         for key in [k for k in self.captures if k not in wanted]:
             self._close(key)
         self.pods.forget({ino for ino, _nic in wanted})
-        for key, (path, nic, host) in wanted.items():
+        for key, (path, nic, host, listening) in wanted.items():
             if key in self.captures:
+                self.captures[key].listening = listening
                 continue
             try:
                 cap = NicCapture.open(path, key[0], nic, host, self.rules, self.follow_http, self.pods)
@@ -307,6 +350,7 @@ class NetlogPlugin(Plugin):
                 self.totals["open_errors"] += 1
                 self.log.warning("netlog: cannot capture on %s in netns %s: %s", nic.name, key[0], exc)
                 continue
+            cap.listening = listening
             self.captures[key] = cap
             self.by_fd[cap.ring.fileno()] = cap
             self.epoll.register(cap.ring.fileno(), select.EPOLLIN)
@@ -319,7 +363,7 @@ class NetlogPlugin(Plugin):
         self.epoll.unregister(fd)
         del self.by_fd[fd]
         cap.flush()
-        self.closed_parts.append((cap, *cap.conns.collect(time.time_ns(), True)))
+        self.closed_parts.append(cap.collect(time.time_ns(), self.ephemeral_port, True))
         cap.close()
         self.totals["closed"] += 1
         if cap.conn_filter is not None:
@@ -331,7 +375,7 @@ class NetlogPlugin(Plugin):
         self.closed_parts = []
         for cap in self.captures.values():
             cap.drain()
-            parts.append((cap, *cap.conns.collect(now_ns)))
+            parts.append(cap.collect(now_ns, self.ephemeral_port))
             if cap.conn_filter is not None:
                 cap.conn_filter.interval()
         out = []
@@ -437,6 +481,9 @@ def common_columns(parts, incoming):
         "vni_id": pc.cast(pa.array(rows["vni"]), pa.string()),
         "vxlan_packet": pa.array(np.where(rows["vxlan"] == 1, "true", "false")),
         "inner_traceid": pa.array(inner.astype(str)),
+        # the original's undocumented tag: "<SYN seq>_<SYN|ACK seq>", 0 for what was not seen
+        "nic_traceid": pa.array(np.char.add(np.char.add(rows["syn_seq"].astype(str), "_"),
+                                            rows["synack_seq"].astype(str))),
         # the client is the local end unless the connection came in
         "client_ip": pc.if_else(inc, remote_ip, local_ip),
         "client_port": pc.if_else(inc, rport, lport),

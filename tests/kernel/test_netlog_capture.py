@@ -13,6 +13,7 @@ import types
 import pytest
 
 from support.netns import NetNS, sh
+from support.traffic import tcp_server
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 
@@ -66,18 +67,6 @@ def capture(ns):
     with in_netns(path):
         nic = next(n for n in list_nics() if n.name == ns.veth_peer)
     return NicCapture.open(path, 1, nic, False)
-
-
-def tcp_server(ns, reply_bytes):
-    """A server in the namespace: reads until the client shuts down its
-    side, answers reply_bytes, closes."""
-    code = (f"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-            f"s.bind(('{ns.peer_ip}',{PORT}));s.listen();print('ready',flush=True);c,_=s.accept();n=0\n"
-            f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
-            f"c.sendall(b'y'*{reply_bytes});c.close();print(n,flush=True)")
-    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
-    return p
 
 
 def drain_until_quiet(cap, seconds=1.0):
@@ -134,11 +123,13 @@ def expected_from_pcap(pkts, local_ip, local_port):
 
 
 def retransmits_from_pcap(pkts, local_port):
-    """The reference rule on tcpdump's packets: per direction, a segment
-    occupying sequence space that starts before the highest end seen so
-    far is a retransmission (keep-alive probes excepted)."""
+    """The reference rule (tests/reference/netlog_ref.py) on tcpdump's
+    packets: per direction, a segment occupying sequence space of which
+    some was seen before is a retransmission (keep-alive probes excepted)."""
     import dpkt
-    nxt, count = {}, {"tx": 0, "rx": 0}
+
+    from reference.netlog_ref import _cover
+    nxt, seen, count = {}, {"tx": [], "rx": []}, {"tx": 0, "rx": 0}
     for _ts, _eth, _ip, tcp in pkts:
         if not isinstance(tcp, dpkt.tcp.TCP) or local_port not in (tcp.sport, tcp.dport):
             continue
@@ -148,11 +139,9 @@ def retransmits_from_pcap(pkts, local_port):
         if not span:
             continue
         end = (tcp.seq + span) & 0xFFFFFFFF
-        if d in nxt and not syn:
-            before = ((tcp.seq - nxt[d]) & 0xFFFFFFFF) >= 0x80000000
-            keepalive = span <= 1 and not fin and tcp.seq == (nxt[d] - 1) & 0xFFFFFFFF
-            if before and not keepalive:
-                count[d] += 1
+        keepalive = d in nxt and span <= 1 and not fin and tcp.seq == (nxt[d] - 1) & 0xFFFFFFFF
+        if _cover(seen[d], tcp.seq, end) and not syn and not keepalive:
+            count[d] += 1
         if d not in nxt or ((nxt[d] - end) & 0xFFFFFFFF) >= 0x80000000:
             nxt[d] = end
     return count
@@ -165,10 +154,11 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
     cap = capture(ns)
     dump = Tcpdump(ns, tmp_path / "t.pcap")
     try:
-        srv = tcp_server_any(ns, family, reply_bytes=300_000)
         peer = ns.peer_ip if family == 4 else ns.peer_ip6
+        srv = tcp_server(peer, 300_000, prefix=ns.prefix())
+        port = srv.info["port"]
         c = socket.socket(socket.AF_INET if family == 4 else socket.AF_INET6)
-        c.connect((peer, PORT))
+        c.connect((peer, port))
         c.sendall(b"x" * 1_000_000)
         c.shutdown(socket.SHUT_WR)
         got = 0
@@ -179,15 +169,15 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
             got += len(b)
         c.close()
         assert got == 300_000
-        assert srv.wait(10) == 0
+        srv.wait(10)
         drain_until_quiet(cap)
         pkts = dump.stop()
         drain_until_quiet(cap, 0.3)
         chunks, _exchanges = cap.conns.collect(time.time_ns(), True)
     finally:
         cap.close()
-    exp, syn, synack = expected_from_pcap(pkts, peer, PORT)
-    mine = chunks[(chunks["lport"] == PORT) & (chunks["proto"] == 6)]
+    exp, syn, synack = expected_from_pcap(pkts, peer, port)
+    mine = chunks[(chunks["lport"] == port) & (chunks["proto"] == 6)]
     assert len(mine) >= 1
     got_counts = {k: int(mine[k].sum()) for k in exp}
     assert got_counts == exp
@@ -202,38 +192,25 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
     first, last = mine[0], mine[-1]
     assert first["chunk_syn"] == 1 and first["direction"] == 1   # the client came in
     assert int(first["rx_seq_min"]) == syn and int(first["tx_seq_min"]) == synack
+    assert (int(first["syn_seq"]), int(first["synack_seq"])) == (syn, synack)   # nic_traceid
     assert first["hs_cost_ns"] > 0 and last["chunk_fin"] == 1 and last["closed"] == 1
     assert last["close_cost_ns"] >= 0
-    retrans = retransmits_from_pcap(pkts, PORT)
+    retrans = retransmits_from_pcap(pkts, port)
     got_retrans = {"tx": int(mine["tx_retrans"].sum()), "rx": int(mine["rx_retrans"].sum())}
-    # Two packet sockets (ours and tcpdump's) each get every packet, but
-    # packets softirq'd on different CPUs can reach them interleaved
-    # differently, so a segment can come "before the highest sequence seen"
-    # in one stream and not in the other: one verdict moves (seen 26 vs 25
-    # under loss, 1 vs 0 without, about once in ten runs). The plugin counts
-    # such a reordered segment as a retransmit: a known error of the
-    # "below the highest sequence" rule (a gap-aware rule would not), left
-    # for the rest of issue 12. Counts and bytes above stay exact.
-    for d in ("tx", "rx"):
-        assert abs(got_retrans[d] - retrans[d]) <= 1, (got_retrans, retrans)
-    assert retrans["rx"] > 0 if loss else retrans["rx"] <= 1  # <= 1: the reordering above
+    # exact: a segment reordered between the two packet sockets (ours and
+    # tcpdump's see packets of different CPUs interleaved differently) fills
+    # a hole in both streams, so it is no retransmission in either
+    assert got_retrans == retrans
+    if loss:
+        assert retrans["rx"] > 0
     assert int(mine["syn_retrans"].max()) == 0
     assert mine["rtt_samples"].sum() >= 1
     assert len({(int(r["inner_hi"]), int(r["inner_lo"])) for r in mine}) == 1
     rc = cap.ring.counters()
     assert rc["kernel_drops"] == 0
-
-
-def tcp_server_any(ns, family, reply_bytes):
-    if family == 4:
-        return tcp_server(ns, reply_bytes)
-    code = (f"import socket;s=socket.socket(socket.AF_INET6);s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-            f"s.bind(('{ns.peer_ip6}',{PORT}));s.listen();print('ready',flush=True);c,_=s.accept();n=0\n"
-            f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
-            f"c.sendall(b'y'*{reply_bytes});c.close();print(n,flush=True)")
-    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
-    return p
+    # the socket program cut the bulk segments after their headers (packetfilter.netlog_keep):
+    # the counts above came from the headers, a few dozen bytes of each segment reached user space
+    assert rc["truncated"] > 0 and rc["payload_bytes"] < exp["rx_bytes"] // 10
 
 
 def test_udp_flow_counts_equal_tcpdump(ns, tmp_path):
@@ -284,16 +261,17 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
         plugin.start()
         try:
             assert plugin.captures == {}   # no process lives in the namespace yet
-            srv = tcp_server(ns, reply_bytes=5000)
+            srv = tcp_server(ns.peer_ip, 5000, prefix=ns.prefix())
+            port = srv.info["port"]
             plugin.rescan()
             assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
-            c = socket.create_connection((ns.peer_ip, PORT))
+            c = socket.create_connection((ns.peer_ip, port))
             c.sendall(b"x" * 20000)
             c.shutdown(socket.SHUT_WR)
             while c.recv(65536):
                 pass
             c.close()
-            assert srv.wait(10) == 0
+            srv.wait(10)
             plugin.rescan()   # the server exited: no process holds the namespace any more
             assert plugin.captures == {}
             assert plugin.totals["closed"] == 1
@@ -302,7 +280,7 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
             plugin.stop()
     by_name = {b.measurement: b for b in batches}
     assert sorted(by_name) == ["bpf_net_l4_log", "netflow"]   # no HTTP here: no bpf_net_l7_log, no httpflow
-    nf = [r for r in by_name["netflow"].batch.to_pylist() if r["src_port"] == str(PORT)]
+    nf = [r for r in by_name["netflow"].batch.to_pylist() if r["src_port"] == str(port)]
     assert by_name["netflow"].input_name == "bpf-netlog/netflow"
     assert len(nf) == 1
     assert (nf[0]["src_ip"], nf[0]["dst_ip"], nf[0]["dst_port"], nf[0]["direction"], nf[0]["transport"]) == (
@@ -310,12 +288,12 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
     assert (nf[0]["bytes_read"], nf[0]["bytes_written"], nf[0]["tcp_established"], nf[0]["tcp_closed"],
             nf[0]["retransmits"]) == (20000, 5000, 1, 1, 0)
     assert nf[0]["rtt"] > 0
-    rows = [r for r in by_name["bpf_net_l4_log"].batch.to_pylist() if r["src_port"] == str(PORT)]
+    rows = [r for r in by_name["bpf_net_l4_log"].batch.to_pylist() if r["src_port"] == str(port)]
     assert len(rows) == 1
     r = rows[0]
     assert (r["src_ip"], r["dst_ip"], r["nic_name"], r["l4_proto"]) == (ns.peer_ip, ns.host_ip, ns.veth_peer, "tcp")
     assert (r["direction"], r["conn_side"], r["server_port"], r["client_ip"]) == (
-        "incoming", "server", str(PORT), ns.host_ip)
+        "incoming", "server", str(port), ns.host_ip)
     assert r["rx_bytes"] == 20000 and r["tx_bytes"] == 5000
     assert r["chunk_syn"] and r["chunk_fin"] and r["chunk_id"] == 1
     assert r["host_network"] == "false" and r["virtual_nic"] == "true" and r["vxlan_packet"] == "false"
@@ -430,19 +408,15 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
         cap = capture(ns)
         dump = Tcpdump(ns, tmp_path / "v.pcap")
         try:
-            code = (f"import socket;s=socket.socket();s.bind(('{inner_peer}',{PORT}));s.listen();"
-                    f"print('ready',flush=True);c,_=s.accept();n=0\n"
-                    f"while True:\n b=c.recv(65536)\n if not b: break\n n+=len(b)\n"
-                    f"c.sendall(b'y'*3000);c.close()")
-            srv = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
-            assert srv.stdout.readline().strip() == "ready"
-            c = socket.create_connection((inner_peer, PORT), timeout=5)
+            srv = tcp_server(inner_peer, 3000, prefix=ns.prefix())
+            srv_port = srv.info["port"]
+            c = socket.create_connection((inner_peer, srv_port), timeout=5)
             c.sendall(b"x" * 50000)
             c.shutdown(socket.SHUT_WR)
             while c.recv(65536):
                 pass
             c.close()
-            assert srv.wait(10) == 0
+            srv.wait(10)
             drain_until_quiet(cap)
             pkts = dump.stop()
             drain_until_quiet(cap, 0.3)
@@ -457,8 +431,8 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
             e = dpkt.ethernet.Ethernet(bytes(udp.data)[8:])
             if isinstance(e.data, dpkt.ip.IP) and isinstance(e.data.data, dpkt.tcp.TCP):
                 inner.append((ts, e, e.data, e.data.data))
-    exp, syn, synack = expected_from_pcap(inner, inner_peer, PORT)
-    mine = chunks[(chunks["lport"] == PORT) & (chunks["vxlan"] == 1)]
+    exp, syn, synack = expected_from_pcap(inner, inner_peer, srv_port)
+    mine = chunks[(chunks["lport"] == srv_port) & (chunks["vxlan"] == 1)]
     assert len(mine) >= 1 and set(mine["vni"]) == {42}
     assert {k: int(mine[k].sum()) for k in exp} == exp
     assert exp["rx_bytes"] == 50000 and exp["tx_bytes"] == 3000
@@ -468,8 +442,8 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
 
 @pytest.mark.parametrize("where", ["kernel", "connection"])
 def test_netlog_blacklist_drops_one_port(bpf_ok, where):
-    """netlog_blacklist from the environment, as a user sets it: TCP port
-    PORT + 1 dropped, either by the socket's classic BPF program (a header
+    """netlog_blacklist from the environment, as a user sets it: the TCP
+    port of the second server dropped, either by the socket's classic BPF program (a header
     field: the packets never reach user space) or by the Cython evaluator
     per connection (has_prefix on an address cannot run in classic BPF);
     the other connection is counted exactly."""
@@ -478,27 +452,28 @@ def test_netlog_blacklist_drops_one_port(bpf_ok, where):
     from dkebpf.config import load_config
     from dkebpf.plugins.base import PluginContext
     from dkebpf.plugins.netlog import NetlogPlugin
-    blocked = PORT + 1
     with NetNS() as ns:
+        servers = [tcp_server(ns.peer_ip, 100, prefix=ns.prefix()) for _ in range(2)]
+        kept, blocked = (s.info["port"] for s in servers)
         # on the namespace's interface the server is the local end: src_port is its port
         rule = {"kernel": f"tcp && src_port == {blocked}",
                 "connection": f"# per connection\nhas_prefix(ip_saddr, '{ns.peer_ip}') &&\n  src_port == {blocked}"}[where]
         cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
                           environ={"DKE_NETLOG_NET_FILTER": rule})
         plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
-        servers = [tcp_server_on(ns, port) for port in (PORT, blocked)]
         plugin.start()
         try:
             assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
             ino = next(iter(plugin.captures))[0]
-            for port in (PORT, blocked):
+            for port in (kept, blocked):
                 c = socket.create_connection((ns.peer_ip, port))
                 c.sendall(b"x" * 7000)
                 c.shutdown(socket.SHUT_WR)
                 while c.recv(65536):
                     pass
                 c.close()
-            assert all(s.wait(10) == 0 for s in servers)
+            for s in servers:
+                s.wait(10)
             time.sleep(0.3)
             for f in plugin.fileobjs():
                 plugin.on_readable(f)
@@ -514,14 +489,5 @@ def test_netlog_blacklist_drops_one_port(bpf_ok, where):
         assert counters["filter_dropped_packets"] >= 6 and counters["filter_dropped_connections"] == 1
     rows = next(b for b in batches if b.measurement == "bpf_net_l4_log").batch.to_pylist()
     ports = {r["src_port"] for r in rows}
-    assert str(PORT) in ports and str(blocked) not in ports
-    assert sum(r["rx_bytes"] for r in rows if r["src_port"] == str(PORT)) == 7000
-
-
-def tcp_server_on(ns, port):
-    code = (f"import socket;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);"
-            f"s.bind(('{ns.peer_ip}',{port}));s.listen();print('ready',flush=True);c,_=s.accept()\n"
-            f"while c.recv(65536): pass\nc.sendall(b'y'*100);c.close()")
-    p = subprocess.Popen(ns.prefix() + ["python3", "-c", code], stdout=subprocess.PIPE, text=True)
-    assert p.stdout.readline().strip() == "ready"
-    return p
+    assert str(kept) in ports and str(blocked) not in ports
+    assert sum(r["rx_bytes"] for r in rows if r["src_port"] == str(kept)) == 7000

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reference.netlog_filter_ref import KEEP, REJECT, decode_frame, first_match
-from support.netlog_filter_gen import conn_record, connection, ethernet, frame_for, ip_packet, rules_text
+from support.netlog_filter_gen import conn_record, connection, frame_for, rules_text
+from support.packets import ethernet, ip_packet, vxlan
 from support.netns import NetNS, call_in_netns, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
@@ -86,7 +87,7 @@ def sentinel(lab, nonce):
     counts fragments), so it marks the end of a batch on each socket."""
     ip = ip_packet(4, 17, bytes(4), bytes(4), 0, 0, b"", frag=1)[:20] + MARK + nonce + b"END!"
     ip = ip[:2] + struct.pack("!H", len(ip)) + ip[4:]
-    return ethernet(lab.mac["veth1"], lab.mac["eth0"], 0x0800, ip)
+    return ethernet(0x0800, ip, dst=lab.mac["veth1"], src=lab.mac["eth0"])
 
 
 def exchange(lab, frames):
@@ -175,12 +176,10 @@ def special_frames(lab):
                    socket.inet_pton(socket.AF_INET6, "fd00::2"), 1, 2, payload)
     hbh = v6[:6] + b"\x00" + v6[7:40] + b"\x11\x00\x01\x04\x00\x00\x00\x00" + v6[40:]
     hbh = hbh[:4] + struct.pack("!H", len(hbh) - 40) + hbh[6:]
-    vx_arp = ip_packet(4, 17, a, b, 40000, 4789, struct.pack("!II", 0x08000000, 7 << 8)
-                       + ethernet(b"\x02" * 6, b"\x04" * 6, 0x0806, arp))
+    vx_arp = ip_packet(4, 17, a, b, 40000, 4789, vxlan(7, ethernet(0x0806, arp)))
     not_vx = ip_packet(4, 17, a, b, 40000, 4789, b"\0" * 8 + payload)
-    return [ethernet(mac_d, mac_s, 0x0800, icmp), ethernet(mac_d, mac_s, 0x0806, arp),
-            ethernet(mac_d, mac_s, 0x86DD, hbh), ethernet(mac_d, mac_s, 0x0800, vx_arp),
-            ethernet(mac_d, mac_s, 0x0800, not_vx)]
+    return [ethernet(et, body, dst=mac_d, src=mac_s)
+            for et, body in ((0x0800, icmp), (0x0806, arp), (0x86DD, hbh), (0x0800, vx_arp), (0x0800, not_vx))]
 
 
 def check(lab, text, batch):

@@ -1,14 +1,41 @@
 """Pure-Python reference of dkebpf._netlog.ConnTable's L4 rules, for
 property tests only: per connection (local end = source of outgoing
 packets), packets and payload bytes per direction, retransmits (a segment
-occupying sequence space that starts before the highest end seen that way,
-keep-alive probes excepted), SYN retransmits, chunk cuts."""
+occupying sequence space of which some was seen before that way, keep-alive
+probes excepted; at most SEQ_RANGES ranges remembered, the two oldest
+merged past that), SYN retransmits, chunk cuts."""
 TH_FIN, TH_SYN, TH_RST, TH_ACK = 0x01, 0x02, 0x04, 0x10
 CHUNK_PACKETS, CHUNK_PACKETS_CLOSING = 256, 320
+SEQ_RANGES, SEQ_SPAN_MAX = 8, 1 << 30
 
 
 def _before(a, b):
     return ((a - b) & 0xFFFFFFFF) >= 0x80000000
+
+
+def _cover(ranges, s, e):
+    """Add [s, e) to ranges (ordered, disjoint [start, end) pairs, serial
+    arithmetic); True when some of it was there already."""
+    def off(x):   # position relative to the new range's start, -2^31..2^31
+        return ((x - s + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+    n = off(e)
+    seen = any(off(a) < n and off(b) > 0 for a, b in ranges)
+    touching = [i for i, (a, b) in enumerate(ranges) if off(a) <= n and off(b) >= 0]
+    if touching:
+        lo = min([0] + [off(ranges[i][0]) for i in touching])
+        hi = max([n] + [off(ranges[i][1]) for i in touching])
+        ranges[touching[0]:touching[-1] + 1] = [[(s + lo) & 0xFFFFFFFF, (s + hi) & 0xFFFFFFFF]]
+    else:
+        at = sum(1 for a, _b in ranges if off(a) < 0)
+        ranges.insert(at, [s, e])
+        if len(ranges) > SEQ_RANGES:
+            ranges[0:2] = [[ranges[0][0], ranges[1][1]]]
+    top = ranges[-1][1]
+    while len(ranges) > 1 and (top - ranges[0][1]) & 0xFFFFFFFF > SEQ_SPAN_MAX:
+        del ranges[0]
+    if (top - ranges[0][0]) & 0xFFFFFFFF > SEQ_SPAN_MAX:
+        ranges[0][0] = (top - SEQ_SPAN_MAX) & 0xFFFFFFFF
+    return seen
 
 
 def chunks(packets):
@@ -26,7 +53,8 @@ def chunks(packets):
                 out.append((key, c["cur"]))
             c = None
         if c is None:
-            c = conns[key] = {"chunk_id": 0, "cur": None, "next": {}, "syn_seen": set(), "syn_retrans": 0,
+            c = conns[key] = {"chunk_id": 0, "cur": None, "next": {}, "seen": {"tx": [], "rx": []},
+                              "syn_seen": set(), "syn_retrans": 0,
                               "rst": False, "fin_dirs": set()}
         if c["cur"] is None:
             c["chunk_id"] += 1
@@ -53,11 +81,10 @@ def chunks(packets):
             if span:
                 end = (p["seq"] + span) & 0xFFFFFFFF
                 nxt = c["next"].get(d)
-                if nxt is not None and not f & TH_SYN:
-                    old = not _before(nxt, end)
-                    keepalive = span <= 1 and not f & TH_FIN and p["seq"] == (nxt - 1) & 0xFFFFFFFF
-                    if (old and not keepalive) or (not old and _before(p["seq"], nxt)):
-                        ch[f"{d}_retrans"] += 1
+                keepalive = nxt is not None and span <= 1 and not f & TH_FIN and \
+                    p["seq"] == (nxt - 1) & 0xFFFFFFFF
+                if _cover(c["seen"][d], p["seq"], end) and not f & TH_SYN and not keepalive:
+                    ch[f"{d}_retrans"] += 1
                 if nxt is None or _before(nxt, end):
                     c["next"][d] = end
         ch["syn_retrans"] = c["syn_retrans"]

@@ -3,9 +3,11 @@
 token soup for the parser fuzz."""
 import random
 import socket
-import struct
 
 from hypothesis import strategies as st
+
+from .packets import ethernet, ip_packet  # noqa: F401  (ip_packet: for importers of this module)
+from .packets import vxlan as vxlan_header
 
 
 INT_FIELDS = ("src_port", "dst_port", "vni")
@@ -107,37 +109,6 @@ def conn_record(conns, nf):
 
 # ---- frames ----
 
-def _csum(data):
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def ip_packet(family, proto, src, dst, sport, dport, payload, ip_options=b"", frag=0):
-    if proto == 6:
-        l4 = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x18, 65535, 0, 0) + payload
-    else:
-        l4 = struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload
-    if family == 4:
-        ihl = 5 + len(ip_options) // 4
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x40 | ihl, 0, ihl * 4 + len(l4), 1, frag, 64, proto, 0,
-                          src, dst) + ip_options
-        hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
-        return hdr + l4
-    return struct.pack("!IHBB16s16s", 6 << 28, len(l4), proto, 64, src, dst) + l4
-
-
-def ethernet(dst_mac, src_mac, ethertype, body, tags=()):
-    """tags: (TPID, VLAN id) pairs, outermost first."""
-    head = dst_mac + src_mac
-    for tpid, vid in tags:
-        head += struct.pack("!HH", tpid, vid)
-    return head + struct.pack("!H", ethertype) + body
-
-
 def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=b"", tags=(),
               inner_tags=()):
     """An Ethernet frame of the connection seen from its local end: sent
@@ -153,14 +124,13 @@ def frame_for(conn, outgoing, payload, dst_mac, src_mac, vxlan=None, ip_options=
     inner = ip_packet(conn["family"], conn["proto"], src, dst, sport, dport, payload,
                       ip_options if conn["family"] == 4 else b"")
     if vxlan is None:
-        return ethernet(dst_mac, src_mac, et, inner, tags)
+        return ethernet(et, inner, tags, dst=dst_mac, src=src_mac)
     ofam, vni = vxlan
-    body = struct.pack("!II", 0x08000000, vni << 8) + ethernet(b"\x02" * 6, b"\x04" * 6, et, inner,
-                                                               inner_tags)
+    body = vxlan_header(vni, ethernet(et, inner, inner_tags))
     a, b = (_packed(4, "192.0.2.1"), _packed(4, "192.0.2.2")) if ofam == 4 else \
         (_packed(6, "2001:db8:ff::1"), _packed(6, "2001:db8:ff::2"))
     outer = ip_packet(ofam, 17, a, b, 40000, 4789, body)
-    return ethernet(dst_mac, src_mac, 0x0800 if ofam == 4 else 0x86DD, outer, tags)
+    return ethernet(0x0800 if ofam == 4 else 0x86DD, outer, tags, dst=dst_mac, src=src_mac)
 
 
 # ---- parser fuzz ----

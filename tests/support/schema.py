@@ -48,6 +48,8 @@ _CONNECTION_CONDITIONAL = {
 # section that documents them (the spec copy stays equal to the shared one)
 PROJECT_TAGS = {
     "dnsflow": {"forwarded": "README, dnsflow: asked, answered, forwarded"},
+    "bpf_net_l4_log": {"nic_traceid": "README, bpf-netlog: the original's undocumented tag"},
+    "bpf_net_l7_log": {"nic_traceid": "README, bpf-netlog: the original's undocumented tag"},
 }
 CONDITIONAL_TAGS = {
     "netflow": _CONNECTION_CONDITIONAL,

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from dkebpf import _dns, _packets
 from reference import dns_ref as ref
+from support.packets import ip4, ip6, tcp, udp
 
 # DKEBPF_HYPOTHESIS_EXAMPLES=20000 for a long run
 SETTINGS = settings(max_examples=int(os.environ.get("DKEBPF_HYPOTHESIS_EXAMPLES", 400)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -213,32 +214,6 @@ def test_names_as_text_escapes():
 
 
 # ------------------------------------------------------------ packets
-
-def ip4(proto, l4, src=b"\x0a\x00\x00\x01", dst=b"\x0a\x00\x00\x02", frag=0, pad=b""):
-    return struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 0, frag, 64, proto, 0, src, dst) + l4 + pad
-
-
-def ip6(proto, l4, src=b"\xfd" + bytes(14) + b"\x01", dst=b"\xfd" + bytes(14) + b"\x02", ext=()):
-    """ext: extension headers as (type, length field, fragment offset)."""
-    body = l4
-    for kind, n, frag in reversed(ext):
-        if kind == 44:
-            hdr = struct.pack("!BBHI", proto, 0, frag << 3, 7)
-        elif kind == 51:
-            hdr = struct.pack("!BB", proto, n) + bytes((n + 2) * 4 - 2)
-        else:
-            hdr = struct.pack("!BB", proto, n) + bytes((n + 1) * 8 - 2)
-        body, proto = hdr + body, kind
-    return struct.pack("!IHBB16s16s", 0x60000000, len(body), proto, 64, src, dst) + body
-
-
-def udp(sport, dport, data):
-    return struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
-
-
-def tcp(sport, dport, data, flags=0x18):
-    return struct.pack("!HHIIBBHHH", sport, dport, 1, 1, 5 << 4, flags, 65535, 0, 0) + data
-
 
 def decode(packets):
     data = b"".join(p for p, _ in packets)

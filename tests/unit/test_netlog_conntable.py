@@ -80,3 +80,58 @@ def test_duplicate_acks_and_keepalives_are_not_retransmits():
     t.add(pkts)
     chunks, _x = t.collect(0, True)
     assert (int(chunks[0]["tx_packets"]), int(chunks[0]["tx_retrans"])) == (5, 0)
+
+
+def test_reordered_segment_is_not_a_retransmit_a_resent_one_is():
+    # segments 1000+0..3 sent as 0, 2, 1 (reordered: 1 fills a hole below the highest seq), 3,
+    # then 2 again (its bytes were seen: a retransmission), then a piece overlapping 3's end
+    def seg(seq, length=100):
+        return dict(tx=False, conn=0, proto=6, flags=0x18, seq_step=0, length=length, seq=seq)
+    draws = [seg(1000), seg(1200), seg(1100), seg(1300), seg(1200), seg(1350, 100)]
+    pkts, _ = build([dict(d, seq_step=0) for d in draws], 0)
+    pkts["seq"] = [d["seq"] for d in draws]
+    t = _netlog.ConnTable()
+    t.add(pkts)
+    chunks, _x = t.collect(0, True)
+    assert (int(chunks[0]["rx_packets"]), int(chunks[0]["rx_retrans"])) == (6, 2)
+
+
+def test_many_holes_are_bounded():
+    # 20 segments each leaving a hole: the oldest holes merge (count as seen), the newest stay holes
+    seqs = [5000 + 200 * i for i in range(20)]
+    holes = [s + 100 for s in seqs]
+    draws = [dict(tx=True, conn=0, proto=6, flags=0x18, seq_step=0, length=100)] * (len(seqs) + 2)
+    pkts, refs = build(draws, 0)
+    pkts["seq"] = seqs + [holes[-1], holes[0]]
+    for r, s in zip(refs, pkts["seq"]):
+        r["seq"] = int(s)
+    t = _netlog.ConnTable()
+    t.add(pkts)
+    chunks, _x = t.collect(0, True)
+    # the newest hole filled: new bytes; the oldest one: merged away, so counted
+    assert int(chunks[0]["tx_retrans"]) == 1
+    assert int(chunks[0]["tx_retrans"]) == netlog_ref.chunks(refs)[0][1]["tx_retrans"]
+
+
+def test_direction_of_connections_seen_mid_stream():
+    """No SYN seen: a SYN|ACK tells who answered, else the first HTTP
+    request, else the port rule (settle_direction: a listening local port
+    is incoming, an ephemeral local port to a lower remote one outgoing)."""
+    from dkebpf.plugins.netlog import settle_direction
+    draws = [dict(tx=True, conn=0, proto=6, flags=0x12, seq_step=0, length=0),    # we answer: incoming
+             dict(tx=True, conn=1, proto=6, flags=0x18, seq_step=0, length=18),   # we send a request: outgoing
+             dict(tx=False, conn=2, proto=6, flags=0x10, seq_step=0, length=0)]   # nothing tells
+    pkts, _ = build(draws, 0)
+    payload = np.frombuffer(b"GET / HTTP/1.1\r\n\r\n", np.uint8)
+    pkts["payload_len"] = [0, 18, 0]
+    t = _netlog.ConnTable()
+    t.add(pkts, payload)
+    chunks, _x = t.collect(0, True)
+    chunks = np.sort(chunks, order="lport")
+    assert list(chunks["direction"]) == [1, 2, 0]
+    listened, ephemeral = chunks.copy(), chunks.copy()
+    settle_direction(listened, {40002}, 32768)
+    settle_direction(ephemeral, set(), 32768)
+    assert (int(listened["direction"][2]), int(ephemeral["direction"][2])) == (1, 2)
+    settle_direction(chunks, set(), 50000)   # 40002 is no ephemeral port then: stays unknown
+    assert int(chunks["direction"][2]) == 0

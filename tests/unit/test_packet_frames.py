@@ -10,23 +10,13 @@ from hypothesis import strategies as st
 
 from dkebpf import _packets
 from reference import packets_ref as ref
-from support.netlog_filter_gen import ip_packet
-
-V4 = (bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
-V6 = (b"\xfd" + bytes(14) + b"\x01", b"\xfd" + bytes(14) + b"\x02")
+from support.packets import V4, V6, ethernet, ip_packet, vxlan
 
 
 def decode(frames):
     data = b"".join(f for f, _h in frames)
     offs = np.cumsum([0] + [len(f) for f, _h in frames[:-1]]) if frames else []
     return _packets.decode_frames(data, offs, [len(f) for f, _h in frames], [h for _f, h in frames])
-
-
-def ethernet(ethertype, body, tags=()):
-    head = b"\x02" * 6 + b"\x04" * 6
-    for tpid, vid in tags:
-        head += struct.pack("!HH", tpid, vid)
-    return head + struct.pack("!H", ethertype) + body
 
 
 @st.composite
@@ -53,7 +43,7 @@ def frame(draw):
     body = ethernet(ethertype, pkt, draw(tags))
     if draw(st.booleans()):   # wrap in VXLAN
         flags = draw(st.sampled_from((0x08000000, 0x08000000, 0)))
-        vx = struct.pack("!II", flags, draw(st.integers(0, 2**24 - 1)) << 8) + body
+        vx = vxlan(draw(st.integers(0, 2**24 - 1)), body, flags)
         fam = draw(st.sampled_from((4, 6)))
         src, dst = V4 if fam == 4 else V6
         outer = ip_packet(fam, 17, src, dst, 40000, draw(st.sampled_from((4789, 8472, 4790))), vx)
@@ -92,8 +82,7 @@ def test_frame_decode_agrees_with_reference(frames):
 
 
 def test_vxlan_inner_packet_with_qinq_outside():
-    inner = ethernet(0x0800, ip_packet(4, 6, *V4, 1234, 80, b"GET / HTTP/1.1\r\n"))
-    vx = struct.pack("!II", 0x08000000, 4242 << 8) + inner
+    vx = vxlan(4242, ethernet(0x0800, ip_packet(4, 6, *V4, 1234, 80, b"GET / HTTP/1.1\r\n")))
     outer = ethernet(0x86DD, ip_packet(6, 17, *V6, 40000, 8472, vx), ((0x88A8, 7), (0x8100, 100)))
     pkts, payload, status = decode([(outer, 1)])
     assert status.tolist() == [0]
