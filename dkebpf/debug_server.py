@@ -115,9 +115,9 @@ def _mapping_holder(perms, name):
     """What a mapping of /proc/self/smaps holds, from its permissions and
     pathname."""
     if name.startswith("anon_inode:bpf"):
-        # a ring buffer's data is mapped read-only, twice in a row (so a
-        # record never wraps): resident here twice its size, in memory once
-        # (kernel/bpf/ringbuf.c); writable: consumer pages, mmapable arrays
+        # a ring buffer's producer page and data, read-only (mapped once by
+        # RingReader: ext/includes/dk_ringbuf.h); writable: consumer pages,
+        # mmapable arrays
         return "bpf_ring_buffers" if perms.startswith("r--") else "bpf_maps"
     if name.startswith("socket:"):
         return "packet_rings"  # TPACKET_V3 rings of packet sockets
