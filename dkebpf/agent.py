@@ -19,7 +19,6 @@ import pyarrow as pa
 from . import kernel
 from .config import options_without_effect
 from .debug_server import DebugServer, Metric
-from .enrich.k8s import K8sEnrichment
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
@@ -126,6 +125,8 @@ class Agent:
             self.runners = [self.runner(name, factory) for name, factory in factories]
             # the API is watched only when a plugin's points carry Kubernetes tags
             if any("k8s" in row.needs for row in rows_for(self.cfg.enabled_plugins, self.cfg.l7net_enabled)):
+                # imported only then: requests, urllib3 and the API client are ~15 MiB of RSS
+                from .enrich.k8s import K8sEnrichment
                 ctx.k8s = self.k8s = K8sEnrichment.from_config(self.cfg, log)
             self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, spool_dir=self.cfg.spool_dir,
                                   spool_max_bytes=self.cfg.spool_max_bytes, logger=logging.getLogger("dkebpf.output"))
