@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import collections
 import gzip
-import http.client
 import logging
 import os
 import random
@@ -846,6 +845,7 @@ class HttpSink(Sink):
 
     def _post(self, conn, key, encoded, timeout):
         """One request. Returns ("sent"|"rejected"|"retry"|"http_error", detail)."""
+        import http.client  # here: a file or stdout sink does not load it (nor ssl)
         body, gzipped = encoded
         headers = {
             "Content-Type": "text/plain; charset=utf-8",
@@ -882,6 +882,7 @@ class _Connection:
 
     def post(self, path: str, body: bytes, headers: Dict[str, str], timeout: float) -> Tuple[int, bytes]:
         """(status, the answer's first bytes); raises OSError or HTTPException."""
+        import http.client
         if self._conn is None:
             cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
             self._conn = cls(self._host, self._port, timeout=timeout)

@@ -215,11 +215,3 @@ def test_bad_requests_get_an_answer_and_the_server_goes_on(server):
     reply = raw_request(server, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
     assert reply.startswith(b"HTTP/1.0 200 OK\r\n") and b"dkebpf_flows_total" in reply
 
-
-def test_the_debug_server_imports_no_http_or_ssl_module():
-    """http.server pulls in http.client, email and ssl (~7 MiB of RSS)."""
-    import subprocess
-    import sys
-    code = ("import sys, dkebpf.debug_server; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('http', 'ssl', 'email')))")
-    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"

@@ -718,12 +718,3 @@ def test_spool_dir_not_writable(tmp_path):
     # stdout / file outputs ignore the spool
     assert isinstance(open_sink("-", None, spool_dir=bad), StdoutSink)
 
-
-def test_http_sink_imports_no_requests():
-    """http.client instead of requests + urllib3 (~8 MiB of RSS)."""
-    import subprocess
-    import sys
-    code = ("import sys; from dkebpf.output.sink import open_sink; "
-            "s = open_sink(None, '127.0.0.1:9'); s.close(0.1); "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('requests', 'urllib3')))")
-    assert subprocess.check_output([sys.executable, "-c", code], text=True).strip() == "[]"
