@@ -534,6 +534,13 @@ cdef class RingReader:
             raise RuntimeError(f"ring buffer {self.name} is closed")
         # no more than the reader's budget in all: the rest waits in the ring
         bound = min(bound, self.ring.max_records - held if self.ring.max_records > held else 0)
+        if not held:  # nothing held: straight from the ring into the array
+            out = np.empty(bound, dtype=self.dtype)
+            nbuf = <char *>cnp.PyArray_DATA(out)
+            if bound:
+                with nogil:
+                    got = dk_ring_consume_to(&self.ring, nbuf, bound)
+            return out if got == bound else out[:got]
         if bound:
             if held + bound > self.ring.cap:
                 nbuf = <char *>realloc(self.ring.buf, (held + bound) * rec)
