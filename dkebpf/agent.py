@@ -19,7 +19,6 @@ import pyarrow as pa
 from . import kernel
 from .config import options_without_effect
 from .debug_server import DebugServer, Metric
-from .enrich.k8s import K8sEnrichment
 from .errors import DkebpfError, UnsupportedError
 from .limits import LimitChecker, ResourceLimitExceeded
 from .output.sink import open_sink
@@ -50,6 +49,15 @@ def fix_mmap_threshold():
     it in a mapping of its own, returned to the kernel when freed."""
     if _mallopt is not None:
         _mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def use_system_allocator():
+    """Arrow buffers from glibc's malloc instead of pyarrow's default
+    mimalloc, which reserves ~10 MiB of anonymous memory at its first
+    allocation and keeps it; with the fixed mmap threshold the interval's
+    large buffers are returned to the kernel when freed. As fast on the
+    collector's compute kernels: perf/bench_arrow_pool.py."""
+    pa.set_memory_pool(pa.system_memory_pool())
 
 
 def release_free_memory():
@@ -117,6 +125,7 @@ class Agent:
             kernel.ensure_mounts()
             kernel.raise_memlock()
             fix_mmap_threshold()
+            use_system_allocator()
             ctx = PluginContext(cfg=self.cfg, logger=log, self_pid=os.getpid())
             factories, not_built = plugin_factories(self.cfg, ctx)
             if not factories:
@@ -126,6 +135,8 @@ class Agent:
             self.runners = [self.runner(name, factory) for name, factory in factories]
             # the API is watched only when a plugin's points carry Kubernetes tags
             if any("k8s" in row.needs for row in rows_for(self.cfg.enabled_plugins, self.cfg.l7net_enabled)):
+                # imported only then: requests, urllib3 and the API client are ~15 MiB of RSS
+                from .enrich.k8s import K8sEnrichment
                 ctx.k8s = self.k8s = K8sEnrichment.from_config(self.cfg, log)
             self.sink = open_sink(self.cfg.output, self.cfg.datakit_apiserver, spool_dir=self.cfg.spool_dir,
                                   spool_max_bytes=self.cfg.spool_max_bytes, logger=logging.getLogger("dkebpf.output"))

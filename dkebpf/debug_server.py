@@ -5,7 +5,9 @@
     GET /debug/stacks   every Python thread's current stack, as plain text
 
 The server runs in a daemon thread. A failing ``collect_metrics`` answers
-500 and never stops the server.
+500 and never stops the server. It speaks just enough HTTP/1.0 for these
+GETs on socketserver: http.server would import http.client, email and ssl
+(OpenSSL's libcrypto), ~7 MiB of RSS for a debugging aid.
 """
 import logging
 import math
@@ -15,7 +17,7 @@ import sys
 import threading
 import traceback
 from collections import namedtuple
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import StreamRequestHandler, ThreadingTCPServer
 
 from dkebpf.errors import ConfigError
 
@@ -28,6 +30,12 @@ TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 INDEX = ("dkebpf debug server\n"
          "  /metrics       Prometheus metrics\n"
          "  /debug/stacks  Python thread stacks\n")
+
+REQUEST_TIMEOUT_S = 10
+MAX_HEADER_LINES = 100
+MAX_LINE_BYTES = 8192
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           500: "Internal Server Error"}
 
 _BAD_NAME_CHARS = re.compile(r"[^a-zA-Z0-9_:]")
 _BAD_LABEL_CHARS = re.compile(r"[^a-zA-Z0-9_]")
@@ -115,9 +123,9 @@ def _mapping_holder(perms, name):
     """What a mapping of /proc/self/smaps holds, from its permissions and
     pathname."""
     if name.startswith("anon_inode:bpf"):
-        # a ring buffer's data is mapped read-only, twice in a row (so a
-        # record never wraps): resident here twice its size, in memory once
-        # (kernel/bpf/ringbuf.c); writable: consumer pages, mmapable arrays
+        # a ring buffer's producer page and data, read-only (mapped once by
+        # RingReader: ext/includes/dk_ringbuf.h); writable: consumer pages,
+        # mmapable arrays
         return "bpf_ring_buffers" if perms.startswith("r--") else "bpf_maps"
     if name.startswith("socket:"):
         return "packet_rings"  # TPACKET_V3 rings of packet sockets
@@ -218,13 +226,27 @@ def format_stacks():
     return "\n".join(parts)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server_version = "dkebpf-debug"
-    protocol_version = "HTTP/1.0"
+class _Handler(StreamRequestHandler):
+    timeout = REQUEST_TIMEOUT_S  # a client that sends nothing does not hold a thread
 
-    def do_GET(self):
-        path = self.path.split("?", 1)[0]
+    def handle(self):
+        try:
+            request = self.rfile.readline(MAX_LINE_BYTES + 1).decode("latin-1").split()
+            for _ in range(MAX_HEADER_LINES):  # the headers: not needed, read to their end
+                if self.rfile.readline(MAX_LINE_BYTES + 1) in (b"\r\n", b"\n", b""):
+                    break
+        except OSError:  # timeout, reset: nothing to answer
+            return
+        if len(request) != 3 or not request[2].startswith("HTTP/"):
+            self._reply(400, TEXT_CONTENT_TYPE, "bad request line\n")
+        elif request[0] != "GET":
+            self._reply(405, TEXT_CONTENT_TYPE, "only GET\n")
+        else:
+            self._get(request[1].split("?", 1)[0])
+
+    def _get(self, path):
         debug = self.server.debug_server
+        debug.logger.debug("debug server: %s GET %s", self.client_address[0], path)
         if path == "/":
             self._reply(200, TEXT_CONTENT_TYPE, INDEX)
         elif path == "/metrics":
@@ -245,19 +267,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _reply(self, code, content_type, text):
         body = text.encode("utf-8")
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):
-        self.server.debug_server.logger.debug(
-            "debug server: %s %s", self.address_string(), format % args)
+        head = ("HTTP/1.0 %d %s\r\nServer: dkebpf-debug\r\nContent-Type: %s\r\n"
+                "Content-Length: %d\r\nConnection: close\r\n\r\n"
+                % (code, REASONS[code], content_type, len(body)))
+        try:
+            self.wfile.write(head.encode("latin-1") + body)
+        except OSError:  # the client left
+            pass
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(ThreadingTCPServer):
     daemon_threads = True
+    allow_reuse_address = True
 
     def handle_error(self, request, client_address):
         self.debug_server.logger.debug(

@@ -20,9 +20,11 @@ With neither set, ``apply`` returns the batch unchanged.
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Callable, Dict, List, Optional
+
+# hashlib would load OpenSSL's libcrypto (~3 MiB of RSS) for a hash it takes from _blake2
+from _blake2 import blake2b
 
 import numpy as np
 import pyarrow as pa
@@ -58,7 +60,7 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def _bytes_hash(b: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little")
+    return int.from_bytes(blake2b(b, digest_size=8).digest(), "little")
 
 
 def _hash_values(values: pa.Array) -> np.ndarray:

@@ -453,6 +453,25 @@ cdef class BpfObject:
 
 # --- ring buffers ----------------------------------------------------------
 
+from cpython.buffer cimport PyBuffer_FillInfo
+
+
+cdef class _RecordBlock:
+    """A reader's C buffer handed over to numpy by take() (no copy): freed
+    with the last array that views it."""
+    cdef char *ptr
+    cdef Py_ssize_t size
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        PyBuffer_FillInfo(view, self, self.ptr, self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *view):
+        pass
+
+    def __dealloc__(self):
+        free(self.ptr)
+
+
 cdef class RingReader:
     """Reads a BPF ring buffer of fixed-size records into numpy.
 
@@ -460,8 +479,12 @@ cdef class RingReader:
     GIL released; records land in a C buffer that grows up to max_records
     (beyond it they stay in the kernel ring until take() or a consume after
     the buffer was emptied; never dropped here); take() hands them
-    over as one structured array."""
+    over as one structured array: the buffer itself when it is large (no
+    second copy of up to max_records at the moment memory peaks), and the
+    reader starts again from its first size, so an idle reader does not
+    keep the largest buffer it ever needed."""
     cdef dk_ring ring
+    cdef size_t initial
     cdef bint opened
     cdef readonly object dtype
     cdef readonly str name
@@ -481,6 +504,7 @@ cdef class RingReader:
             # variable-length records (a header, then only the valid part of
             # a payload): the tail of each numpy row is then unspecified
             self.ring.min_size = min_size
+        self.initial = self.ring.cap
         self.opened = True
 
     def __dealloc__(self):
@@ -519,25 +543,59 @@ cdef class RingReader:
         return self.ring.n
 
     def take(self):
-        """The records held from earlier polls, then what waits in the ring
-        up to max_records in all, read straight into the returned structured
-        array (one copy from the ring). The reader is left empty."""
-        cdef Py_ssize_t held = self.ring.n
+        """The records held from earlier polls, then what waits in the ring,
+        up to max_records in all. The reader is left empty."""
         cdef size_t rec = self.ring.record_size
+        cdef size_t held = self.ring.n
         # each record takes at least its (minimum) size plus the 8-byte header
         cdef size_t bound = dk_ring_pending_bytes(&self.ring) // (((self.ring.min_size + 8 + 7) // 8) * 8)
-        # no more than the reader's budget in all: the rest waits in the ring
-        bound = min(bound, self.ring.max_records - held if self.ring.max_records > <size_t>held else 0)
-        out = np.empty(held + bound, dtype=self.dtype)
-        cdef char *dest = <char *>cnp.PyArray_DATA(out)
         cdef size_t got = 0
-        if held:
-            memcpy(dest, self.ring.buf, held * rec)
-            self.ring.n = 0
+        cdef size_t n
+        cdef char *nbuf
+        cdef _RecordBlock block
+        if not self.opened:
+            raise RuntimeError(f"ring buffer {self.name} is closed")
+        # no more than the reader's budget in all: the rest waits in the ring
+        bound = min(bound, self.ring.max_records - held if self.ring.max_records > held else 0)
+        if not held:  # nothing held: straight from the ring into the array
+            out = np.empty(bound, dtype=self.dtype)
+            nbuf = <char *>cnp.PyArray_DATA(out)
+            if bound:
+                with nogil:
+                    got = dk_ring_consume_to(&self.ring, nbuf, bound)
+            return out if got == bound else out[:got]
         if bound:
+            if held + bound > self.ring.cap:
+                nbuf = <char *>realloc(self.ring.buf, (held + bound) * rec)
+                if nbuf == NULL:
+                    raise MemoryError(f"ring buffer {self.name}: {(held + bound) * rec} bytes")
+                self.ring.buf = nbuf
+                self.ring.cap = held + bound
             with nogil:
-                got = dk_ring_consume_to(&self.ring, dest + held * rec, bound)
-        return out if got == bound else out[: held + got]
+                got = dk_ring_consume_to(&self.ring, self.ring.buf + held * rec, bound)
+            self.ring.n = held + got
+        n = self.ring.n
+        if n <= self.initial:  # small: one short copy, the buffer back to its first size
+            out = np.empty(n, dtype=self.dtype)
+            memcpy(<char *>cnp.PyArray_DATA(out), self.ring.buf, n * rec)
+            self.ring.n = 0
+            if self.ring.cap > self.initial:
+                nbuf = <char *>realloc(self.ring.buf, self.initial * rec)
+                if nbuf != NULL:
+                    self.ring.buf = nbuf
+                    self.ring.cap = self.initial
+            return out
+        nbuf = <char *>malloc(self.initial * rec)
+        if nbuf == NULL:
+            raise MemoryError(f"ring buffer {self.name}: {self.initial * rec} bytes")
+        block = _RecordBlock.__new__(_RecordBlock)
+        # trimmed to what it holds (in place; an mmap'd block shrinks by mremap)
+        block.ptr = <char *>realloc(self.ring.buf, n * rec) or self.ring.buf
+        block.size = n * rec
+        self.ring.buf = nbuf
+        self.ring.cap = self.initial
+        self.ring.n = 0
+        return np.frombuffer(block, dtype=self.dtype, count=n)
 
     @property
     def held(self):
@@ -545,7 +603,8 @@ cdef class RingReader:
 
     @property
     def buffer_bytes(self):
-        """Size of the C buffer records wait in (it grows, never shrinks)."""
+        """Size of the C buffer records wait in (it grows up to max_records
+        between two take()s)."""
         return self.ring.cap * self.ring.record_size
 
     def counters(self):

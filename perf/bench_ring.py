@@ -37,7 +37,9 @@ def main():
     from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec, Ring
     kernel.ensure_mounts()
     n_target = 400_000
-    producer = ObjectSpec("ringbench", knobs=("target_tgid", "per_call"), rings=(Ring("ring", _records.EVENT_DTYPE),))
+    # a reader budget for all of them: take() drains the ring in one call
+    ring = Ring("ring", _records.EVENT_DTYPE, buffer_bytes=n_target * _records.EVENT_DTYPE.itemsize)
+    producer = ObjectSpec("ringbench", knobs=("target_tgid", "per_call"), rings=(ring,))
     with tempfile.TemporaryDirectory() as tmp:
         bpf = BpfSkeleton(producer, path=build_producer(tmp)).start(
             knobs={"target_tgid": os.getpid(), "per_call": 64})

@@ -1,10 +1,16 @@
 /* A BPF ring buffer consumer that copies fixed-size records straight into a
  * growable C array: the same protocol as libbpf's ring_buffer__consume
  * (kernel/bpf/ringbuf.c: 8-byte header {u32 len | BUSY | DISCARD, u32
- * pg_off}, records 8-byte aligned, data pages mapped twice so a record never
- * wraps), without an indirect call per record, and publishing the consumer
- * position once per batch instead of once per record (the producer only
- * needs it to reclaim space). Plain C, called without the GIL. */
+ * pg_off}, records 8-byte aligned), without an indirect call per record, and
+ * publishing the consumer position once per batch instead of once per record
+ * (the producer only needs it to reclaim space). Plain C, called without the
+ * GIL.
+ *
+ * The kernel offers the data pages twice in a row so that a record never
+ * wraps; libbpf maps both copies, which puts every data page in the
+ * process's RSS twice (the mapping is populated at mmap time). We map the
+ * data once and copy a record that wraps in two pieces: a header never wraps
+ * (8-byte aligned, the size a multiple of the page size). */
 #ifndef DK_RINGBUF_H
 #define DK_RINGBUF_H
 #include <errno.h>
@@ -21,8 +27,9 @@ struct dk_ring {
 	size_t page_size;
 	size_t mask;                 /* data size - 1 */
 	unsigned long *consumer_pos; /* rw page */
-	unsigned long *producer_pos; /* ro page, followed by the data twice */
+	unsigned long *producer_pos; /* ro page, followed by the data once */
 	char *data;
+	size_t map_len;              /* of the producer page + data mapping */
 	/* where records go */
 	char *buf;
 	size_t record_size, n, cap, max_records;
@@ -51,7 +58,8 @@ static int dk_ring_open(struct dk_ring *r, int map_fd, size_t record_size, size_
 	if (tmp == MAP_FAILED)
 		return -errno;
 	r->consumer_pos = tmp;
-	tmp = mmap(NULL, r->page_size + 2 * (size_t)info.max_entries, PROT_READ, MAP_SHARED, map_fd, r->page_size);
+	r->map_len = r->page_size + (size_t)info.max_entries;
+	tmp = mmap(NULL, r->map_len, PROT_READ, MAP_SHARED, map_fd, r->page_size);
 	if (tmp == MAP_FAILED) {
 		int err = -errno;
 		munmap(r->consumer_pos, r->page_size);
@@ -74,7 +82,7 @@ static void dk_ring_close(struct dk_ring *r)
 	if (r->consumer_pos)
 		munmap(r->consumer_pos, r->page_size);
 	if (r->producer_pos)
-		munmap(r->producer_pos, r->page_size + 2 * (r->mask + 1));
+		munmap(r->producer_pos, r->map_len);
 	free(r->buf);
 	r->consumer_pos = NULL;
 	r->producer_pos = NULL;
@@ -96,6 +104,20 @@ static inline int dk_ring_reserve(struct dk_ring *r)
 	r->buf = nbuf;
 	r->cap = ncap;
 	return 1;
+}
+
+/* Copy n bytes of the record whose header is at ring offset off into dst,
+ * wrapping at the end of the (single) data mapping. */
+static inline void dk_ring_copy(const struct dk_ring *r, char *dst, size_t off, size_t n)
+{
+	size_t start = (off + BPF_RINGBUF_HDR_SZ) & r->mask;
+	size_t first = r->mask + 1 - start;
+	if (n <= first) {
+		memcpy(dst, r->data + start, n);
+	} else {
+		memcpy(dst, r->data + start, first);
+		memcpy(dst + first, r->data, n - first);
+	}
 }
 
 /* Copy every committed record out of the ring. Returns how many were read. */
@@ -121,8 +143,8 @@ static size_t dk_ring_consume(struct dk_ring *r)
 			if (len < r->min_size)
 				r->bad_size++;
 			else
-				memcpy(r->buf + r->n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ,
-				       len < r->record_size ? len : r->record_size);
+				dk_ring_copy(r, r->buf + r->n++ * r->record_size, cons & r->mask,
+					     len < r->record_size ? len : r->record_size);
 			got++;
 		}
 		cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
@@ -158,8 +180,8 @@ static size_t dk_ring_consume_to(struct dk_ring *r, char *dest, size_t cap)
 			if (len < r->min_size)
 				r->bad_size++;
 			else
-				memcpy(dest + n++ * r->record_size, (char *)hdr + BPF_RINGBUF_HDR_SZ,
-				       len < r->record_size ? len : r->record_size);
+				dk_ring_copy(r, dest + n++ * r->record_size, cons & r->mask,
+					     len < r->record_size ? len : r->record_size);
 		}
 		cons += (len + BPF_RINGBUF_HDR_SZ + 7) & ~7UL;
 	}

@@ -194,3 +194,24 @@ def test_render_special_values():
                                                     ({"a": "1"}, float("nan"))])])
     assert "dkebpf_x +Inf\n" in text
     assert 'dkebpf_x{a="1"} NaN\n' in text
+
+
+def raw_request(server, data):
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as c:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                return out
+            out += chunk
+
+
+def test_bad_requests_get_an_answer_and_the_server_goes_on(server):
+    assert raw_request(server, b"hello\r\n\r\n").startswith(b"HTTP/1.0 400 ")
+    assert raw_request(server, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").startswith(b"HTTP/1.0 405 ")
+    assert raw_request(server, b"").startswith(b"HTTP/1.0 400 ")
+    reply = raw_request(server, b"GET /metrics?x=1 HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.0 200 OK\r\n") and b"dkebpf_flows_total" in reply
+

@@ -717,3 +717,4 @@ def test_spool_dir_not_writable(tmp_path):
     assert bad in str(ei.value)
     # stdout / file outputs ignore the spool
     assert isinstance(open_sink("-", None, spool_dir=bad), StdoutSink)
+

@@ -25,9 +25,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .api import ApiError, KubeApi, Token
 from .cgroup import CgroupResolver, ProcessEvents
-from .reflector import Reflector
 from .store import ClusterStore, PROTOS, ip_key, svc_key
 
 NA = "N/A"
@@ -71,6 +69,7 @@ class K8sEnrichment:
         self.label_keys = tuple(label_keys)
         self.stats = {"lookups_hit": 0, "lookups_missed": 0}
         kw = {"backoff": backoff} if backoff else {}
+        from .reflector import Reflector  # imports the API client (requests) only when watched
         self.reflectors = [Reflector(api, self.store, kind, path, scope, params, self.log, **kw)
                            for kind, scope, path, params in resources(node)]
 
@@ -78,6 +77,7 @@ class K8sEnrichment:
     def from_config(cls, cfg, logger):
         """The enrichment the configuration asks for, or None, having said
         why there will be no Kubernetes tags."""
+        from .api import ApiError, KubeApi, Token  # requests + urllib3, ~8 MiB: only when watched
         token_path = cfg.bearer_token
         if not cfg.bearer_token_string and not (token_path and os.path.exists(token_path)):
             logger.info("kubernetes: no pod, service or workload tags: no token (bearer_token %s does not "
