@@ -1,0 +1,69 @@
+"""What ebpf-trace costs an HTTP server: nginx (1 worker) + wrk on loopback
+with the collector off and with `dkebpf run --enabled ebpf-trace` (every
+process traced, the default: nginx's and wrk's spans both), in the same
+run, alternating, BENCH_ROUNDS rounds; medians. Needs root, nginx and wrk.
+
+Prints `name: value` lines: throughput and latency ratios (on / off), the
+collector's CPU per 10k requests/s, spans reported per wrk request (both
+ends: ~2) and every loss counter.
+
+    python3 perf/bench_trace_overhead.py   (BENCH_SECONDS=10, BENCH_ROUNDS=3, BENCH_CONNS=32)
+"""
+import os
+import statistics
+import tempfile
+import time
+
+from collector import Collector, wrk as wrk_url
+from support.nginx import Nginx
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
+CONNS = int(os.environ.get("BENCH_CONNS", 32))
+
+
+def wrk(port):
+    return wrk_url(f"http://127.0.0.1:{port}/ok", SECONDS, CONNS)
+
+
+def spans_in(path):
+    if not os.path.exists(path):
+        return 0
+    with open(path, "rb") as f:
+        return sum(1 for line in f if line.startswith(b"dketrace"))
+
+
+def main():
+    off, on, lat_off, lat_on, cpu, per_req, lost = [], [], [], [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        with Nginx(tmp) as ngx:
+            wrk(ngx.port)  # warm-up
+            for r in range(ROUNDS):
+                rps, lat, _ = wrk(ngx.port)
+                off.append(rps)
+                lat_off.append(lat)
+                with Collector(tmp, f"trace{r}", ["--enabled", "ebpf-trace"]) as c:
+                    c0 = c.cpu_seconds()
+                    rps, lat, total = wrk(ngx.port)
+                    cpu.append((c.cpu_seconds() - c0) / SECONDS / (rps / 1e4))
+                    time.sleep(5)  # the last responses settle and are reported
+                    m = c.metrics()
+                    out = c.out
+                on.append(rps)
+                lat_on.append(lat)
+                per_req.append(spans_in(out) / max(total, 1))
+                lost.append({k: int(v) for (p, k), v in m.items()
+                             if p == "ebpf-trace" and ("kernel_drop" in k or "evicted" in k or "expired" in k)})
+    print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"off_requests_per_s: {statistics.median(off):.0f} {[round(x) for x in off]}")
+    print(f"trace_requests_per_s: {statistics.median(on):.0f} {[round(x) for x in on]}")
+    print(f"trace_throughput_ratio: {statistics.median([a / b for a, b in zip(on, off)]):.3f}")
+    print(f"trace_latency_ratio: {statistics.median([a / b for a, b in zip(lat_on, lat_off)]):.3f}")
+    print(f"trace_collector_cpu_per_10k_rps: {statistics.median(cpu):.3f}")
+    print(f"trace_spans_per_request: {statistics.median(per_req):.3f} {[round(x, 3) for x in per_req]}")
+    print(f"trace_losses: {lost}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""ebpf-trace over the real trace.bpf.o: a threaded Python HTTP server that
+calls a real redis-server on every request, asked by curl, all three
+traced (chosen by an env variable of this test in trace_env_list, so other
+engineers' processes are not). Every request gives a server span with two
+Redis child spans on its thread, the redis-server's own spans and curl's
+client span, whose sequence numbers meet the server's."""
+import logging
+import os
+import time
+import types
+
+import pytest
+
+from support.trace_apps import TracedApps
+
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast")]
+
+MARK = "DKEBPF_TRACE_TEST_%d" % os.getpid()
+
+
+def make_cfg(**over):
+    cfg = dict(ipv6_disabled=False, host_proc="/proc", trace_name_list=(), trace_env_list=(MARK,),
+               trace_name_blacklist=("datakit", "datakit-ebpf"), trace_env_blacklist=(), trace_protos=(),
+               trace_protos_blacklist=(), conv_to_ddtrace=False, trace_server=None, datakit_apiserver=None,
+               spool_dir=None, hostname="h", tags={})
+    cfg.update(over)
+    return types.SimpleNamespace(**cfg)
+
+
+@pytest.fixture
+def apps():
+    a = TracedApps(MARK)
+    yield a
+    a.stop()
+
+
+@pytest.fixture
+def plugin(bpf_ok, apps):
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    p = TracePlugin(PluginContext(cfg=make_cfg(), logger=logging.getLogger("test"), self_pid=os.getpid()))
+    p.start()
+    yield p
+    p.stop()
+
+
+def spans_until(plugin, pred, timeout=15):
+    rows = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for pb in plugin.collect(time.time_ns()):
+            rows += pb.batch.to_pylist()
+        if pred(rows):
+            break
+        time.sleep(0.3)
+    return rows
+
+
+def test_http_server_with_redis_children_and_peers(plugin, apps):
+    paths = [f"/item/k{i}" for i in range(4)] + ["/missing"]
+    curl_pid = apps.curl(*paths, headers=["traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"])
+    web, redis = str(apps.web.pid), str(apps.redis.pid)
+
+    def done(rows):
+        return sum(r["pid"] == redis for r in rows) >= 8 and sum(r["pid"] == str(curl_pid) for r in rows) >= 5
+
+    rows = spans_until(plugin, done)
+    mine = [r for r in rows if r["pid"] in (web, redis, str(curl_pid))]
+    server = sorted((r for r in mine if r["pid"] == web and r["direction"] == "incoming"), key=lambda r: r["ktime"])
+    calls = [r for r in mine if r["pid"] == web and r["direction"] == "outgoing"]
+    at_redis = [r for r in mine if r["pid"] == redis]
+    at_curl = [r for r in mine if r["pid"] == str(curl_pid)]
+
+    assert [r["http_route"] for r in server] == paths
+    assert [r["http_status_code"] for r in server] == ["200"] * 4 + ["404"]
+    assert [r["status"] for r in server] == ["ok"] * 4 + ["warning"]
+    for r in server:
+        assert (r["service"], r["ebpf_span_type"], r["src_port"], r["operation"]) == \
+            ("web-test", "entry", str(apps.web_port), "HTTP")
+        assert r["app_trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+        assert r["bytes_read"] > 0 and r["bytes_written"] > 0 and r["duration"] >= 0
+    # every served request's Redis calls are its children: same thread id,
+    # made by the thread that received it, between its start and its end
+    assert len(calls) == 8
+    for s in server[:4]:
+        kids = sorted((c for c in calls if c["thread_trace_id"] == s["thread_trace_id"]), key=lambda r: r["ktime"])
+        assert [k["resource"] for k in kids] == ["SET", "GET"]
+        for k in kids:
+            assert (k["ebpf_span_type"], k["dst_port"], k["tid"], k["status"]) == \
+                ("exit", str(apps.redis_port), s["tid"], "ok")
+            assert s["ktime"] <= k["ktime"] <= s["ktime"] + s["duration"] * 1000 + 1000
+    assert len({s["thread_trace_id"] for s in server}) == 5
+    # the other end of each exchange carries the same sequence numbers
+    assert sorted((r["req_seq"], r["resp_seq"]) for r in at_redis) == \
+        sorted((c["req_seq"], c["resp_seq"]) for c in calls)
+    assert all(r["service"] == "redis-test" and r["direction"] == "incoming" for r in at_redis)
+    assert sorted((r["req_seq"], r["resp_seq"], r["http_route"]) for r in at_curl) == \
+        sorted((r["req_seq"], r["resp_seq"], r["http_route"]) for r in server)
+    assert {r["direction"] for r in at_curl} == {"outgoing"}
+    c = plugin.counters()
+    assert c["kernel_drop_trace_events_ring_full"] == 0
+
+
+def test_untraced_processes_give_no_spans(bpf_ok, apps):
+    """With a name list that names none of them, the same traffic gives
+    no span of these processes (filtered in the kernel: not even records)."""
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    p = TracePlugin(PluginContext(cfg=make_cfg(trace_env_list=(), trace_name_list=("no-such-process",)),
+                                  logger=logging.getLogger("test"), self_pid=os.getpid()))
+    p.start()
+    try:
+        apps.curl("/item/x")
+        time.sleep(1.5)
+        msgs = p.take()
+        pids = {apps.web.pid, apps.redis.pid}
+        assert not any(int(x) in pids for x in msgs["pid"])
+        assert p.kernel_pids == {}
+    finally:
+        p.stop()

@@ -1,0 +1,121 @@
+"""Real programs for the ebpf-trace tests: redis-server, and a threaded
+Python HTTP server that calls it on every request (one span per request
+with Redis child spans on the same thread). Loopback only."""
+import os
+import socket
+import subprocess
+import sys
+import time
+
+# GET /item/<key>: SET <key> <n>, GET <key> on redis (a connection per
+# handler thread, kept), then 200 with the value; GET /missing: 404.
+# argv: port redis_port; prints "ready".
+WEB_REDIS_SERVER = r"""
+import http.server, socket, sys, threading
+port, rport = int(sys.argv[1]), int(sys.argv[2])
+local = threading.local()
+
+def resp(*words):
+    out = b"*%d\r\n" % len(words)
+    for w in words:
+        out += b"$%d\r\n%s\r\n" % (len(w), w)
+    return out
+
+def call(*words):
+    s = getattr(local, "s", None)
+    if s is None:
+        s = local.s = socket.create_connection(("127.0.0.1", rport))
+        local.f = s.makefile("rb")
+    s.sendall(resp(*words))
+    line = local.f.readline()
+    if line[:1] == b"$":
+        n = int(line[1:])
+        return local.f.read(n + 2)[:-2] if n >= 0 else None
+    return line.rstrip(b"\r\n")
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if not self.path.startswith("/item/"):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        key = self.path[len("/item/"):].encode()
+        call(b"SET", key, b"v-" + key)
+        body = call(b"GET", key) or b""
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+s = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+print("ready", flush=True)
+s.serve_forever()
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, proc, what, timeout=15):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port}")
+
+
+class TracedApps:
+    """redis-server and the web server, each with its own service name in
+    its environment plus `mark` (the test's process-list variable)."""
+
+    def __init__(self, mark, web_service="web-test", redis_service="redis-test"):
+        self.redis_port, self.web_port = free_port(), free_port()
+        env = dict(os.environ, **{mark: "1"})
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--protected-mode", "no"],
+            env=dict(env, DKE_SERVICE=redis_service), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.web = None
+        try:
+            wait_port(self.redis_port, self.redis, "redis-server")
+            self.web = subprocess.Popen([sys.executable, "-c", WEB_REDIS_SERVER, str(self.web_port),
+                                         str(self.redis_port)], env=dict(env, DKE_SERVICE=web_service),
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            wait_port(self.web_port, self.web, "web server")
+        except BaseException:
+            self.stop()
+            raise
+        self.env = env
+
+    def curl(self, *paths, headers=()):
+        """One curl process (its env carries the mark: traced too) asking
+        for every path on one keep-alive connection; returns its pid."""
+        args = ["curl", "-s", "-o", "/dev/null"]
+        for h in headers:
+            args += ["-H", h]
+        for p in paths:
+            args.append(f"http://127.0.0.1:{self.web_port}{p}")
+        p = subprocess.Popen(args, env=self.env)
+        p.wait(30)
+        return p.pid
+
+    def stop(self):
+        for p in (self.web, self.redis):
+            if p is not None and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(5)
+                except subprocess.TimeoutExpired:
+                    p.kill()

@@ -1,0 +1,151 @@
+"""ebpf-trace's span builder (ext/trace.pyx pair/link_threads, and the
+SpanBuilder columns) on hand-made span_msg records; and agreement with the
+plain-Python reference (tests/reference/trace_ref.py) on generated ones."""
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dkebpf import _trace
+from dkebpf.plugins.trace import SpanBuilder
+from reference import trace_ref
+
+SEND, RECV, CLOSE = _trace.OP_SEND, _trace.OP_RECV, _trace.OP_CLOSE
+S = 10**9
+
+
+def msg(sk, op, ts, payload=b"", sent=0, recv=0, last_send=0, last_recv=0, pid=100, tid=100, seq=0, nbytes=0):
+    m = np.zeros(1, _trace.MSG_DTYPE)
+    m["sk"], m["op"], m["ts"], m["pid"], m["tid"], m["seq"] = sk, op, ts, pid, tid, seq
+    m["sk_sent"], m["sk_recv"], m["ts_last_send"], m["ts_last_recv"] = sent, recv, last_send, last_recv
+    m["bytes"] = nbytes or len(payload)
+    m["cap_len"] = min(len(payload), _trace.PAYLOAD_MAX)
+    m["payload"] = payload[:_trace.PAYLOAD_MAX].ljust(_trace.PAYLOAD_MAX, b"\0")
+    m["family"], m["lport"], m["rport"] = 4, 8080, 40000
+    m["laddr"] = b"\x7f\0\0\x01" + b"\0" * 12
+    m["raddr"] = b"\x7f\0\0\x01" + b"\0" * 12
+    m["comm"] = b"worker"
+    return m
+
+
+def redis_cmd(*words):
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+
+class Names:
+    """A selector stand-in: fixed names per pid (the real one reads /proc)."""
+
+    def names(self, pids):
+        import pyarrow as pa
+        n = len(pids)
+        return pa.array(["srv"] * n), pa.array(["svc"] * n)
+
+
+def build(records, now=100 * S):
+    b = SpanBuilder(Names())
+    msgs, spans = b.step(np.concatenate(records), now)
+    return b, msgs, spans, b.table(msgs, spans, 0).to_pylist()
+
+
+def test_server_span_with_redis_children_on_its_thread():
+    """A server thread receives GET /item/a, calls redis twice on its own
+    connection, answers: one entry span, two exit spans sharing its
+    thread_trace_id; seqs, bytes, durations from the records."""
+    req = b"GET /item/a?x=1 HTTP/1.1\r\nHost: t\r\ntraceparent: 00-0af7651916cd43dd8448eb211c80319c-" \
+          b"b7ad6b7169203331-01\r\n\r\n"
+    rows = build([
+        msg(1, RECV, 1000, req, seq=5000, tid=7),
+        msg(2, SEND, 1100, redis_cmd(b"SET", b"a", b"1"), seq=9000, tid=7),
+        msg(2, RECV, 1200, b"+OK\r\n", sent=30, last_send=1100, tid=7, seq=7000),
+        msg(2, SEND, 1300, redis_cmd(b"GET", b"a"), sent=30, recv=5, last_send=1100, last_recv=1200, tid=7,
+            seq=9030),
+        msg(2, RECV, 1400, b"-ERR wrong\r\n", sent=50, recv=5, last_send=1300, last_recv=1200, tid=7, seq=7005),
+        msg(1, SEND, 1500, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1", recv=len(req), last_recv=1000,
+            tid=7, seq=3000),
+        msg(1, CLOSE, 1600, sent=80, recv=len(req), last_send=1550, last_recv=1000),
+        msg(2, CLOSE, 1700, sent=50, recv=17, last_send=1300, last_recv=1450),
+    ])[3]
+    server = [r for r in rows if r["direction"] == "incoming"]
+    redis = sorted((r for r in rows if r["direction"] == "outgoing"), key=lambda r: r["ktime"])
+    assert len(server) == 1 and len(redis) == 2
+    s = server[0]
+    assert (s["http_method"], s["http_route"], s["http_status_code"], s["status"]) == ("GET", "/item/a", "200", "ok")
+    assert (s["resource"], s["operation"], s["ebpf_span_type"]) == ("GET /item/a", "HTTP", "entry")
+    assert (s["req_seq"], s["resp_seq"], s["bytes_read"], s["bytes_written"]) == (5000, 3000, len(req), 80)
+    assert s["duration"] == 0 and s["ktime"] == 1000  # µs: 1550-1000 ns
+    assert s["app_trace_id"] == "0af7651916cd43dd8448eb211c80319c" and s["app_parent_id"] == "b7ad6b7169203331"
+    assert [r["resource"] for r in redis] == ["SET", "GET"]
+    assert [r["operation"] for r in redis] == ["Redis SET", "Redis GET"]
+    assert [r["status"] for r in redis] == ["ok", "error"]
+    assert redis[1]["err_msg"] == "ERR wrong" and redis[0]["status_msg"] == "OK"
+    assert [(r["req_seq"], r["resp_seq"]) for r in redis] == [(9000, 7000), (9030, 7005)]
+    assert [(r["bytes_written"], r["bytes_read"]) for r in redis] == [(30, 5), (20, 12)]
+    assert {r["thread_trace_id"] for r in rows} == {s["thread_trace_id"]} and s["thread_trace_id"] > 0
+    assert {r["thread_name"] for r in rows} == {"worker"}
+
+
+def test_open_response_waits_then_settles_and_requests_carry():
+    """A response nothing followed yet is carried until it has been quiet
+    for the settle time; an unanswered request is carried; the thread id
+    assigned before carrying is kept."""
+    b = SpanBuilder(Names(), settle_ns=S)
+    msgs, spans = b.step(np.concatenate([msg(1, RECV, 10 * S, b"GET /a HTTP/1.1\r\n\r\n"),
+                                         msg(1, SEND, 10 * S + 5, b"HTTP/1.1 204 No\r\n\r\n"),
+                                         msg(3, SEND, 10 * S + 7, redis_cmd(b"PING"))]), 10 * S + 10)
+    assert len(spans) == 0 and len(b.carried) == 3
+    ttid = int(msgs["user"][msgs["sk"] == 3][0])
+    assert ttid == int(msgs["user"][msgs["sk"] == 1][0])
+    msgs, spans = b.step(msg(3, RECV, 12 * S, b"+PONG\r\n"), 12 * S + 1)
+    assert len(spans) == 1 and len(b.carried) == 2  # the PONG is not quiet for long enough yet
+    rows = b.table(msgs, spans, 0).to_pylist()
+    msgs, spans = b.step(np.zeros(0, _trace.MSG_DTYPE), 13 * S + 1)
+    rows += b.table(msgs, spans, 0).to_pylist()
+    assert sorted(r["resource"] for r in rows) == ["GET /a", "PING"]
+    assert {r["thread_trace_id"] for r in rows} == {ttid}
+    assert len(b.carried) == 0 and b.stats["spans"] == 2
+
+
+def test_client_side_connection_and_undetected_protocol():
+    """A client that sends first: outgoing; a connection speaking nothing
+    known is given up after a few message starts."""
+    rows = build([msg(5, SEND, 100, b"POST /p HTTP/1.1\r\n\r\n", tid=9),
+                  msg(5, RECV, 300, b"HTTP/1.1 503 X\r\n\r\n", sent=20, last_send=100),
+                  msg(5, CLOSE, 400, sent=20, recv=18, last_recv=350)]
+                 + [msg(6, SEND if i % 2 else RECV, 100 + i, b"\x00\x01junk") for i in range(6)])[3]
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["direction"], r["ebpf_span_type"], r["status"], r["http_status_code"]) == \
+        ("outgoing", "exit", "error", "503")
+
+
+def _gen_msgs():
+    payloads = st.sampled_from([b"GET /a HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n", redis_cmd(b"GET", b"k"),
+                                b"+OK\r\n", b"junk....", b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b""])
+    one = st.tuples(st.integers(1, 4), st.sampled_from([SEND, RECV, RECV, SEND, CLOSE]), st.integers(0, 50),
+                    payloads, st.integers(1, 3), st.integers(0, 1000), st.integers(0, 1000))
+    return st.lists(one, max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_gen_msgs(), st.integers(0, 60), st.integers(0, 60))
+def test_pair_and_threads_agree_with_reference(items, settle, expire):
+    recs = [msg(sk, op, ts, p, tid=tid, sent=a, recv=b_, last_send=a // 2, last_recv=b_ // 2, seq=ts)
+            for sk, op, ts, p, tid, a, b_ in items]
+    M = np.concatenate(recs) if recs else np.zeros(0, _trace.MSG_DTYPE)
+    M = M[np.lexsort((M["ts"], M["sk"]))]
+    role, spans, carry, seen, _ = _trace.pair(M, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
+    dicts = [{k: (bytes(m[k]) if k == "payload" else int(m[k])) for k in ("sk", "op", "ts", "sk_sent", "sk_recv",
+              "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user")} for m in M]
+    rrole, rspans, rcarry, rseen = trace_ref.pair(dicts, {}, settle, expire)
+    assert role.tolist() == rrole and carry.tolist() == rcarry
+    assert [{k: int(s[k]) for k in rspans[0]} for s in spans] == rspans if rspans else len(spans) == 0
+    assert {int(c["sk"]): (int(c["proto"]), int(c["req_op"]), int(c["closed"])) for c in seen} == \
+        {k: (v["proto"], v["req_op"], v["closed"]) for k, v in rseen.items()}
+    _trace.link_threads(M, role, np.zeros(0, _trace.THREAD_DTYPE), 0)
+    owner = trace_ref.link_threads(dicts, rrole, {})
+    entry_ids = {int(M["user"][k]) for k, o in owner.items() if o == ("msg", k)}
+    for i, (kind, j) in owner.items():
+        assert M["user"][i] > 0
+        if kind == "msg":
+            assert M["user"][i] == M["user"][j]
+        else:  # a root of its own: shares its id with no entry
+            assert int(M["user"][i]) not in entry_ids
