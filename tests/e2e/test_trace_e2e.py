@@ -38,14 +38,18 @@ def linker(tmp_path, receiver):
 def test_linked_traces_from_real_programs(collector, receiver, linker):
     apps = TracedApps(MARK)
     try:
-        collector.start("--trace-server", linker, "--trace-env-list", MARK, enabled="ebpf-trace", interval="1s")
+        collector.start("--trace-server", linker, "--trace-env-list", MARK,
+                        # redis-server overwrites its environment with its title: by name
+                        "--trace-name-list", "redis-server", enabled="ebpf-trace", interval="1s")
         time.sleep(1.5)  # the collector attaches, then requests come
         n = 3
         pids = {"web": str(apps.web.pid), "redis": str(apps.redis.pid)}
         curl_pids = set()
         for i in range(n):
             parent = "%016x" % (0x1000 + i)
-            curl_pids.add(str(apps.curl(f"/item/e{i}", headers=[f"traceparent: 00-{W3C_TRACE}-{parent}-01"])))
+            curl = apps.curl(f"/item/e{i}", headers=[f"traceparent: 00-{W3C_TRACE}-{parent}-01"])
+            assert curl.wait(30) == 0
+            curl_pids.add(str(curl.pid))
         want = {str(p) for p in pids.values()} | curl_pids
 
         def mine():
@@ -71,7 +75,7 @@ def test_linked_traces_from_real_programs(collector, receiver, linker):
         at_redis = [s for s in members if s["pid"] == pids["redis"]]
         assert len(web_in) == 1 and len(web_out) == 2 and len(at_redis) == 2
         assert web_in[0]["ebpf_parent_id"] == roots[0]["span_id"]
-        assert (web_in[0]["service"], at_redis[0]["service"]) == ("web-test", "redis-test")
+        assert (web_in[0]["service"], at_redis[0]["service"]) == ("web-test", "redis-server")
         assert sorted(s["resource"] for s in web_out) == ["GET", "SET"]
         for s in web_out:
             assert s["ebpf_parent_id"] == web_in[0]["span_id"]

@@ -99,17 +99,19 @@ class TracedApps:
             raise
         self.env = env
 
-    def curl(self, *paths, headers=()):
-        """One curl process (its env carries the mark: traced too) asking
-        for every path on one keep-alive connection; returns its pid."""
+    def curl(self, *paths, headers=(), delay=2.5):
+        """One curl process asking for every path on one keep-alive
+        connection, started (not waited for). Its environment carries the
+        mark, and it first waits `delay` seconds as a shell, which exec()s
+        curl (same pid): a collector choosing processes by environment
+        learns of it from /proc meanwhile, so curl's side is traced too.
+        Returns the Popen."""
         args = ["curl", "-s", "-o", "/dev/null"]
         for h in headers:
             args += ["-H", h]
         for p in paths:
             args.append(f"http://127.0.0.1:{self.web_port}{p}")
-        p = subprocess.Popen(args, env=self.env)
-        p.wait(30)
-        return p.pid
+        return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args], env=self.env)
 
     def stop(self):
         for p in (self.web, self.redis):
