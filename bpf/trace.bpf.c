@@ -202,6 +202,8 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			ev->family = t.family;
 			ev->op = op;
 			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
 			ev->cap_len = copy_payload(s, ret);
 			__u32 size = SPAN_MSG_MIN_SIZE + (ev->cap_len & (2 * TRACE_PAYLOAD_MAX - 1));
 			__u64 flag = ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);

@@ -57,6 +57,9 @@ struct span_msg {
 	__u8 family;        /* 4 or 6 */
 	__u8 op;            /* TRACE_OP_* */
 	char comm[16];      /* the calling thread's name */
+	char pcomm[16];     /* its process's name (the group leader's comm), read
+	                     * here: a short-lived process may be gone, or have
+	                     * exec'd, before user space looks at /proc */
 	__u8 payload[TRACE_PAYLOAD_MAX];
 };
 

@@ -48,6 +48,7 @@ THREAD_MEMORY_NS = 600_000_000_000  # the original keeps thread entries 10 min
 CONN_MEMORY_NS = 600_000_000_000
 MAX_CARRIED = 16384                 # records waiting for their other half, at most
 RESCAN_S = 1.0                      # /proc rescans for new processes, at most this often
+GONE_KEEP_S = 60.0                  # what is known of exited processes is kept this long
 
 _METHODS = pa.array(_http.METHODS, pa.string())
 _VERSIONS = pa.array([None] * 10 + ["1.0", "1.1"], pa.string())
@@ -68,8 +69,8 @@ class ProcessSelector:
     ``trace_env_blacklist`` (any listed variable set) exclude; (3) when
     ``trace_name_list`` or ``trace_env_list`` is given, only processes
     named in it or having one of its variables; (4) else every process.
-    A process's name is its comm (/proc/<pid>/comm); its service the first
-    of SERVICE_ENV in its environment, else its name. Each process is read
+    A process's name is its comm (the group leader's); its service the
+    first of SERVICE_ENV in its environment, else its name. Each process is read
     once (per pid and start time), not per span."""
 
     def __init__(self, cfg, self_pid, proc="/proc"):
@@ -81,6 +82,7 @@ class ProcessSelector:
         self.env_black = tuple(cfg.trace_env_blacklist or ())
         self.whitelist = bool(self.name_list or self.env_list)
         self.procs = {}  # pid -> (start, name, service, traced)
+        self.gone = {}   # pid -> when a scan first missed it
 
     def _env(self, pid):
         raw = _read(f"{self.proc}/{pid}/environ")
@@ -104,41 +106,45 @@ class ProcessSelector:
         stat = _read(f"{self.proc}/{pid}/stat", 4096)
         if not stat:
             return None
-        start = stat[stat.rfind(b")") + 2:].split(b" ")[19]  # starttime, field 22
+        close = stat.rfind(b")")
+        name = stat[stat.find(b"(") + 1:close].decode("utf-8", "replace")  # comm
+        start = stat[close + 2:].split(b" ")[19]  # starttime, field 22
         known = self.procs.get(pid)
-        if known and known[0] == start:
+        if known and known[0] == start and known[1] == name:  # same process, not exec'd since
+            self.gone.pop(pid, None)
             return known
-        name = (_read(f"{self.proc}/{pid}/comm", 64) or b"").rstrip(b"\n").decode("utf-8", "replace")
         env = self._env(pid)
-        service = next((env[k] for k in SERVICE_ENV if env.get(k)), "") or name
+        service = next((env[k] for k in SERVICE_ENV if env.get(k)), "")
         info = (start, name, service, self.decide(pid, name, env))
         self.procs[pid] = info
+        self.gone.pop(pid, None)
         return info
 
     def scan(self):
-        """Re-read /proc: {pid: traced} of every process now (new ones
-        read, gone ones forgotten)."""
+        """Re-read /proc: {pid: traced} of every process now (new and
+        exec'd ones read; gone ones kept for GONE_KEEP_S, for the spans
+        still to come from them)."""
         out = {}
         for entry in os.listdir(self.proc):
             if entry.isdigit():
                 info = self._look(int(entry))
                 if info is not None:
                     out[int(entry)] = info[3]
+        now = time.monotonic()
         for pid in set(self.procs) - set(out):
-            del self.procs[pid]
+            if now - self.gone.setdefault(pid, now) > GONE_KEEP_S:
+                del self.procs[pid], self.gone[pid]
         return out
 
-    def names(self, pids):
-        """(process_name, service) pyarrow string arrays for a pid column,
-        one /proc read per unseen process."""
+    def services(self, pids):
+        """The service its environment names ("" none) for a pid column
+        (pyarrow strings), one /proc read per unseen process."""
         uniq, inv = np.unique(np.asarray(pids), return_inverse=True)
-        names, services = [], []
+        services = []
         for pid in uniq.tolist():
             info = self.procs.get(pid) or self._look(pid)
-            names.append(info[1] if info else "")
             services.append(info[2] if info else "")
-        take = pa.array(inv.ravel().astype(np.int32))
-        return pa.array(names, pa.string()).take(take), pa.array(services, pa.string()).take(take)
+        return pa.array(services, pa.string()).take(pa.array(inv.ravel().astype(np.int32)))
 
 
 class TraceSink(HttpSink):
@@ -217,7 +223,11 @@ class SpanBuilder:
         kind = pa.array(np.where(incoming, "entry", "exit"), pa.string())
         fam = req["family"]
         start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
-        names, services = self.selector.names(req["pid"])
+        # the process name from the record (right even for a process gone
+        # or exec'd since); the service its environment names, else that name
+        names = _records.comm_to_arrow(req["pcomm"])
+        services = self.selector.services(req["pid"])
+        services = pc.if_else(pc.equal(services, ""), names, services)
         cols = {
             "ebpf_span_type": kind, "span_type": kind,
             "direction": pa.array(np.where(incoming, "incoming", "outgoing"), pa.string()),
@@ -406,12 +416,26 @@ class TracePlugin(Plugin):
         pb = PointBatch(MEASUREMENT, "bpftracing", INPUT, batch, SPAN_TAGS, fields, timestamp_column="time")
         if self.sink is None:
             return [pb]  # --output: spans go where the other points go
+        self.post(batch, fields, now_ns)
+        return []
+
+    def post(self, batch, fields, now_ns):
+        """Spans as line protocol to the trace server, one body per set of
+        fields present: every line of a body has the same keys, so a
+        reader that takes its first line's keys as the schema (as dkebpf
+        linker's line-protocol reader does today) loses none. (The sink's
+        batch key keeps the sets apart; its URL is the same for all.)"""
         from .._lineproto import encode_batch
 
-        tags = {"host": self.cfg.hostname, **self.cfg.tags}
-        body, skipped = encode_batch(MEASUREMENT, batch, SPAN_TAGS, fields, tags, now_ns, "time")
-        self.sink.submit("bpftracing", INPUT, body, batch.num_rows - skipped)
-        return []
+        tags = {"host": self.cfg.hostname}  # the spec's tags; global tags would reach the linker's fields
+        valid = np.stack([batch.column(f).is_valid().to_numpy(zero_copy_only=False) for f in fields], axis=1)
+        shapes, which = np.unique(np.packbits(valid, axis=1), axis=0, return_inverse=True)
+        which = which.ravel()
+        for k, shape in enumerate(shapes):
+            rows = batch.filter(pa.array(which == k))
+            present = [f for f, ok in zip(fields, np.unpackbits(shape)[:len(fields)]) if ok]
+            body, skipped = encode_batch(MEASUREMENT, rows, SPAN_TAGS, present, tags, now_ns, "time")
+            self.sink.submit("bpftracing", f"{INPUT}#{shape.tobytes().hex()}", body, rows.num_rows - skipped)
 
     def memory(self):
         m = self.builder.memory()

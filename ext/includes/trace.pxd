@@ -35,4 +35,5 @@ cdef extern from "include/trace.h" nogil:
         unsigned char family
         unsigned char op
         char comm[16]
+        char pcomm[16]
         unsigned char payload[TRACE_PAYLOAD_MAX]

@@ -24,6 +24,7 @@ def msg(sk, op, ts, payload=b"", sent=0, recv=0, last_send=0, last_recv=0, pid=1
     m["laddr"] = b"\x7f\0\0\x01" + b"\0" * 12
     m["raddr"] = b"\x7f\0\0\x01" + b"\0" * 12
     m["comm"] = b"worker"
+    m["pcomm"] = b"srv"
     return m
 
 
@@ -32,12 +33,11 @@ def redis_cmd(*words):
 
 
 class Names:
-    """A selector stand-in: fixed names per pid (the real one reads /proc)."""
+    """A selector stand-in: a fixed service per pid (the real one reads /proc)."""
 
-    def names(self, pids):
+    def services(self, pids):
         import pyarrow as pa
-        n = len(pids)
-        return pa.array(["srv"] * n), pa.array(["svc"] * n)
+        return pa.array(["svc" if p == 100 else "" for p in pids.tolist()])
 
 
 def build(records, now=100 * S):
@@ -81,6 +81,7 @@ def test_server_span_with_redis_children_on_its_thread():
     assert [(r["bytes_written"], r["bytes_read"]) for r in redis] == [(30, 5), (20, 12)]
     assert {r["thread_trace_id"] for r in rows} == {s["thread_trace_id"]} and s["thread_trace_id"] > 0
     assert {r["thread_name"] for r in rows} == {"worker"}
+    assert {(r["process_name"], r["service"]) for r in rows} == {("srv", "svc")}
 
 
 def test_open_response_waits_then_settles_and_requests_carry():
