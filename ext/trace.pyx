@@ -475,22 +475,24 @@ def http_lines(msgs, idx):
     return out
 
 
-def slices(data, starts, lengths):
+def slices(data, starts, lengths, valid):
     """Strings cut out of a BinaryArray's rows: row k gives
     data[k][starts[k]:starts[k]+lengths[k]] (clamped to the row), made valid
-    UTF-8 by the project's one policy; null where lengths[k] < 0."""
+    UTF-8 by the project's one policy; null where not valid[k]."""
     cdef payload_view pv = view_payloads(data)
     cdef Py_ssize_t n = pv.n, k
     cdef const int32_t[::1] St = np.ascontiguousarray(starts, np.int32)
-    cdef const int32_t[::1] Ln = np.ascontiguousarray(lengths, np.int32)
+    valid = np.ascontiguousarray(valid, bool)
+    cdef const int32_t[::1] Ln = np.where(valid, np.asarray(lengths, np.int64), 0).astype(np.int32)
     if St.shape[0] != n or Ln.shape[0] != n:
         raise ValueError(f"slices: {n} rows but {St.shape[0]} starts and {Ln.shape[0]} lengths")
+    if valid.shape[0] != n:
+        raise ValueError(f"slices: {n} rows but {valid.shape[0]} valid flags")
     cdef cnp.ndarray offs = np.empty(n + 1, np.int32)
     cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offs)
-    total = int(np.maximum(np.asarray(lengths, np.int64), 0).sum()) if n else 0
+    total = int(np.maximum(np.asarray(Ln), 0).sum()) if n else 0
     cdef cnp.ndarray out = np.empty(max(3 * total, 1), np.uint8)
     cdef uint8_t *B = <uint8_t *>cnp.PyArray_DATA(out)
-    valid = np.asarray(lengths) >= 0
     cdef int64_t a, b, row_end
     cdef int32_t pos = 0
     with nogil:

@@ -30,11 +30,13 @@ from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
 
 try:
-    from .. import _http, _records, _redis, _trace, _tracectx
+    from .. import _http, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
 MEASUREMENT = "dketrace"
+REPORTED = ("http", "redis", "postgresql")  # protocols spans are made of (of _trace.PROTO)
+KEEP = "_keep"  # a per-protocol column: False for an exchange that is no span
 INPUT = "ebpf-net/bpftracing"
 # spans.json's tags; everything else is a field (the linker reads both)
 SPAN_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "service"]
@@ -215,7 +217,7 @@ class SpanBuilder:
         """dketrace columns of the spans (one row each)."""
         if self.protos is not None:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
-        spans = spans[np.isin(spans["proto"], [_trace.PROTO["http"], _trace.PROTO["redis"]])]
+        spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
         n = len(spans)
         req = msgs[spans["req"]]
         resp = msgs[spans["resp"]]
@@ -250,7 +252,8 @@ class SpanBuilder:
             "time": pa.array(start_ns),
         }
         per = {}
-        for proto, fn in ((_trace.PROTO["http"], self._http), (_trace.PROTO["redis"], self._redis)):
+        for proto, fn in ((_trace.PROTO["http"], self._http), (_trace.PROTO["redis"], self._redis),
+                          (_trace.PROTO["postgresql"], self._pgsql)):
             sel = np.flatnonzero(spans["proto"] == proto)
             if len(sel):
                 per[proto] = (sel, fn(msgs, spans[sel]))
@@ -266,7 +269,10 @@ class SpanBuilder:
             take = np.full(n, len(full) - 1, np.int64)
             take[pos] = np.arange(len(pos))
             cols[name] = full.take(pa.array(take))
-        return pa.table(cols)
+        table = pa.table(cols)
+        if KEEP in cols:  # exchanges that are no span (a PostgreSQL startup, a Sync alone)
+            table = table.filter(pc.fill_null(cols[KEEP], True)).drop_columns([KEEP])
+        return table
 
     def _http(self, msgs, spans):
         req_p = _trace.payloads(msgs, spans["req"])
@@ -274,7 +280,7 @@ class SpanBuilder:
         r = _trace.http_lines(msgs, spans["resp"])
         ok = (q["kind"] == 1) & (r["kind"] == 2)
         method = _METHODS.take(pa.array(q["method"]))
-        path = _trace.slices(req_p, q["path_off"], np.where(q["kind"] == 1, q["path_len"], -1))
+        path = _trace.slices(req_p, q["path_off"], q["path_len"], q["kind"] == 1)
         status = r["status"].astype(np.int64)
         cols = {
             "http_method": method, "http_route": path,
@@ -308,9 +314,9 @@ class SpanBuilder:
         resp_p = _trace.payloads(msgs, spans["resp"])
         q = _first_rows(_redis.parse(req_p, np.ones(n, bool)), n)
         r = _first_rows(_redis.parse(resp_p, np.zeros(n, bool)), n)
-        cmd = pc.utf8_upper(_trace.slices(req_p, q["word_off"], np.where(q["valid"] == 1, q["word_len"], -1)))
+        cmd = pc.utf8_upper(_trace.slices(req_p, q["word_off"], q["word_len"], q["valid"] == 1))
         err = (r["valid"] == 1) & (r["error"] == 1)
-        text = _trace.slices(resp_p, r["word_off"], np.where(r["valid"] == 1, r["word_len"], -1))
+        text = _trace.slices(resp_p, r["word_off"], r["word_len"], r["valid"] == 1)
         none = pa.nulls(n, pa.string())
         return {
             "resource": cmd, "resource_type": cmd,
@@ -320,6 +326,46 @@ class SpanBuilder:
             "err_msg": pc.if_else(pa.array(err), text, none),
             "status_msg": pc.if_else(pa.array(err), none, text),
         }
+
+
+    def _pgsql(self, msgs, spans):
+        """PostgreSQL: the query of a simple (Q) or extended (P) request,
+        normalized; CommandComplete's tag, ErrorResponse's message. Other
+        exchanges (startup, authentication, Sync alone) are no span."""
+        n = len(spans)
+        req_p = _trace.payloads(msgs, spans["req"])
+        resp_p = _trace.payloads(msgs, spans["resp"])
+        q = _pick_rows(_pgsql.parse(req_p, np.ones(n, bool)), n, lambda r: np.isin(r["type"], [ord("Q"), ord("P")]))
+        r = _pgsql.parse(resp_p, np.zeros(n, bool))
+        err = _pick_rows(r, n, lambda x: x["type"] == ord("E"))
+        done = _pick_rows(r, n, lambda x: x["type"] == ord("C"))
+        has_q, has_err, has_done = q["type"] != 0, err["type"] != 0, done["type"] != 0
+        sql = _sqlnorm.normalize(req_p, np.arange(n), q["text_off"], np.where(has_q, q["text_len"], 0))
+        tag = _trace.slices(resp_p, done["text_off"], done["text_len"], has_done)
+        first = pc.utf8_upper(pc.fill_null(pc.list_element(pc.split_pattern(sql, " ", max_splits=1), 0), ""))
+        affected = pc.cast(pc.if_else(pc.match_substring_regex(tag, r" [0-9]+$"),
+                                      pc.replace_substring_regex(tag, r"^.* ", ""),
+                                      pa.scalar(None, pa.string())), pa.int64())
+        none = pa.nulls(n, pa.string())
+        return {
+            KEEP: pa.array(has_q), "resource": sql, "resource_type": first,
+            "operation": pa.array(np.full(n, "PostgreSQL"), pa.string()),
+            "status": pa.array(np.where(has_err, "error", "ok"), pa.string()),
+            "pgsql_err_msg": pc.if_else(pa.array(has_err),
+                                        _trace.slices(resp_p, err["text_off"], err["text_len"], has_err),
+                                        none),
+            "pgsql_msg": tag, "pgsql_affected_row": affected,
+        }
+
+
+def _fields(batch):
+    return [c for c in batch.schema.names if c not in SPAN_TAGS and c != "time"]
+
+
+def _pick_rows(rows, n, want):
+    """The first parser row of each payload 0..n-1 that `want` accepts
+    (zeroed where none)."""
+    return _first_rows(rows[want(rows)] if len(rows) else rows, n)
 
 
 def _first_rows(rows, n):
@@ -350,12 +396,15 @@ class TracePlugin(Plugin):
         self.last_scan = 0.0
         self.kernel_pids = {}  # pid -> value written to trace_pids
         self.points = 0
+        self.early_steps = 0
+        self.kept = []  # span batches of early steps, for the interval's output (no trace server)
 
     def start(self):
         self.bpf = BpfSkeleton(TRACE).start(knobs={
             "ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid,
             "trace_all": int(not self.selector.whitelist)})
         self.ring = self.bpf.rings.events
+        self.step_records = max(1, TRACE.rings[0].max_records // 2)
         self.rescan(force=True)
         server = self.cfg.trace_server or self.cfg.datakit_apiserver
         if server:
@@ -391,35 +440,47 @@ class TracePlugin(Plugin):
         return [self.ring]
 
     def on_readable(self, fileobj):
-        self.ring.poll(0)
+        self.drain()
         self.rescan()
 
     def drain(self):
+        """Records into the reader's buffer; once it holds half its fixed
+        budget, make spans of them now (posted at once, or kept for the
+        interval's --output), instead of letting the kernel ring fill
+        until the interval ends: memory stays the same at any rate."""
         self.ring.poll(0)
+        if self.ring.held >= self.step_records:
+            self.early_steps += 1
+            self._step(time.time_ns())
 
     def take(self):
         self.ring.poll(0)
         self.ring.consume()
         return self.ring.take()
 
-    def collect(self, now_ns):
-        self.rescan()
+    def _step(self, now_ns):
         msgs, spans = self.builder.step(self.take(), time.monotonic_ns())
         if not len(spans):
-            return []
+            return
         table = self.builder.table(msgs, spans, time.time_ns() - time.monotonic_ns())
         if not table.num_rows:
-            return []
+            return
         batch = table.combine_chunks().to_batches()[0]
-        fields = [c for c in batch.schema.names if c not in SPAN_TAGS and c != "time"]
         self.points += batch.num_rows
-        pb = PointBatch(MEASUREMENT, "bpftracing", INPUT, batch, SPAN_TAGS, fields, timestamp_column="time")
-        if self.sink is None:
-            return [pb]  # --output: spans go where the other points go
-        self.post(batch, fields, now_ns)
-        return []
+        if self.sink is not None:
+            self.post(batch, now_ns)
+        else:
+            self.kept.append(batch)
 
-    def post(self, batch, fields, now_ns):
+    def collect(self, now_ns):
+        self.rescan()
+        self._step(now_ns)
+        kept, self.kept = self.kept, []
+        # --output: spans go where the other points go (one PointBatch per step's columns)
+        return [PointBatch(MEASUREMENT, "bpftracing", INPUT, b, SPAN_TAGS, _fields(b), timestamp_column="time")
+                for b in kept]
+
+    def post(self, batch, now_ns):
         """Spans as line protocol to the trace server, one body per set of
         fields present: every line of a body has the same keys, so a
         reader that takes its first line's keys as the schema (as dkebpf
@@ -428,6 +489,7 @@ class TracePlugin(Plugin):
         from .._lineproto import encode_batch
 
         tags = {"host": self.cfg.hostname}  # the spec's tags; global tags would reach the linker's fields
+        fields = _fields(batch)
         valid = np.stack([batch.column(f).is_valid().to_numpy(zero_copy_only=False) for f in fields], axis=1)
         shapes, which = np.unique(np.packbits(valid, axis=1), axis=0, return_inverse=True)
         which = which.ravel()
@@ -440,11 +502,13 @@ class TracePlugin(Plugin):
     def memory(self):
         m = self.builder.memory()
         m["ring_events_buffer"] = self.ring.buffer_bytes if self.bpf else 0
+        m["kept_spans"] = sum(b.nbytes for b in self.kept)
         return m
 
     def counters(self):
         c = {f"trace_{k}": v for k, v in self.builder.stats.items()}
         c["points"] = self.points
+        c["early_steps"] = self.early_steps
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
             c.update(self.bpf.counters())

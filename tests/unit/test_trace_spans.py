@@ -150,3 +150,25 @@ def test_pair_and_threads_agree_with_reference(items, settle, expire):
             assert M["user"][i] == M["user"][j]
         else:  # a root of its own: shares its id with no entry
             assert int(M["user"][i]) not in entry_ids
+
+
+def pg(t, body):
+    return t + (len(body) + 4).to_bytes(4, "big") + body
+
+
+def test_postgresql_queries_errors_and_startup_left_out():
+    startup = (8 + 14 + 1 + 4).to_bytes(4, "big")
+    startup = (len(b"user\0postgres\0\0") + 8).to_bytes(4, "big") + (196608).to_bytes(4, "big") + b"user\0postgres\0\0"
+    ok_z = pg(b"R", b"\0\0\0\0") + pg(b"Z", b"I")
+    q1 = pg(b"Q", b"select * from t where id = 42 and name = 'x'\0")
+    r1 = pg(b"T", b"\0\0") + pg(b"D", b"\0\0") + pg(b"C", b"SELECT 1\0") + pg(b"Z", b"I")
+    q2 = pg(b"Q", b"delete from nope\0")
+    r2 = pg(b"E", b"SERROR\0C42P01\0Mrelation \"nope\" does not exist\0\0") + pg(b"Z", b"I")
+    rows = build([msg(9, SEND, 10, startup), msg(9, RECV, 20, ok_z), msg(9, SEND, 30, q1), msg(9, RECV, 40, r1),
+                  msg(9, SEND, 50, q2), msg(9, RECV, 60, r2), msg(9, CLOSE, 70)])[3]
+    assert [(r["resource"], r["resource_type"], r["status"], r["operation"]) for r in rows] == [
+        ("select * from t where id = ? and name = ?", "SELECT", "ok", "PostgreSQL"),
+        ("delete from nope", "DELETE", "error", "PostgreSQL")]
+    assert (rows[0]["pgsql_msg"], rows[0]["pgsql_affected_row"], rows[0]["pgsql_err_msg"]) == ("SELECT 1", 1, None)
+    assert rows[1]["pgsql_err_msg"] == 'relation "nope" does not exist'
+    assert {r["direction"] for r in rows} == {"outgoing"}
