@@ -125,3 +125,41 @@ def test_untraced_processes_give_no_spans(bpf_ok, apps):
         assert p.kernel_pids == {}
     finally:
         p.stop()
+
+
+def test_postgresql_client_and_server_spans(bpf_ok):
+    """psql against a real PostgreSQL: one span per query on each side
+    (the startup and SSL negotiation are no span), SQL normalized, the
+    error's message; the backend (forked by the traced postmaster, so
+    traced from its first call) and psql meet on the sequence numbers."""
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    from support.trace_apps import Postgres
+
+    pg = Postgres()
+    p = TracePlugin(PluginContext(cfg=make_cfg(trace_name_list=("postgres",)), logger=logging.getLogger("test"),
+                                  self_pid=os.getpid()))
+    p.start()
+    try:
+        psql = pg.psql("select 1 where 2 = 2", "select * from nope", env=dict(os.environ, **{MARK: "1"}))
+        port = str(pg.port)
+
+        def done(rows):
+            return sum(r["src_port"] == port or r["dst_port"] == port for r in rows) >= 4
+
+        rows = spans_until(p, done)
+        assert psql.wait(15) != 0  # the second statement fails
+    finally:
+        p.stop()
+        pg.stop()
+    client = sorted((r for r in rows if r["pid"] == str(psql.pid)), key=lambda r: r["ktime"])
+    server = sorted((r for r in rows if r["src_port"] == port and r["direction"] == "incoming"),
+                    key=lambda r: r["ktime"])
+    assert [(r["resource"], r["status"], r["direction"]) for r in client] == [
+        ("select ? where ? = ?", "ok", "outgoing"), ("select * from nope", "error", "outgoing")]
+    assert client[0]["pgsql_msg"] == "SELECT 1" and client[0]["pgsql_affected_row"] == 1
+    assert client[1]["pgsql_err_msg"] == 'relation "nope" does not exist'
+    assert [(r["resource"], r["operation"], r["process_name"]) for r in server] == [
+        ("select ? where ? = ?", "PostgreSQL", "postgres"), ("select * from nope", "PostgreSQL", "postgres")]
+    assert [(r["req_seq"], r["resp_seq"]) for r in server] == [(r["req_seq"], r["resp_seq"]) for r in client]

@@ -121,3 +121,55 @@ class TracedApps:
                     p.wait(5)
                 except subprocess.TimeoutExpired:
                     p.kill()
+
+
+class Postgres:
+    """A throw-away PostgreSQL cluster (Debian's server, trust auth) on a
+    free loopback port, run as the postgres user."""
+
+    def __init__(self):
+        import glob
+        import pwd
+        import shutil
+        import tempfile
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        if not bins:
+            raise RuntimeError("PostgreSQL server not installed (apt-get install postgresql)")
+        bindir = os.path.dirname(bins[-1])
+        pw = pwd.getpwnam("postgres")
+        self.dir = tempfile.mkdtemp(prefix="dkebpf-pg-")
+        self._rm = shutil.rmtree
+        os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        data = os.path.join(self.dir, "data")
+        subprocess.run([os.path.join(bindir, "initdb"), "-D", data, "-A", "trust", "-U", "postgres"],
+                       user=pw.pw_uid, group=pw.pw_gid, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, cwd=self.dir)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [os.path.join(bindir, "postgres"), "-D", data, "-p", str(self.port), "-k", self.dir,
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "ssl=off"],
+            user=pw.pw_uid, group=pw.pw_gid, cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, self.proc, "postgres", timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+
+    def psql(self, *sql, env=None, delay=2.5):
+        """psql over TCP running each statement (-c), started through a
+        shell that waits `delay` s first (see TracedApps.curl)."""
+        args = ["psql", "-X", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
+        for q in sql:
+            args += ["-c", q]
+        return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args],
+                                env=dict(env or os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._rm(self.dir, ignore_errors=True)
