@@ -235,8 +235,10 @@ cdef void _finish(span_t *s, const span_msg *M, int64_t req, int64_t resp, int64
             s.resp_bytes = end
 
 
-def pair(msgs, conns, uint64_t settle_before, uint64_t expire_before):
-    """msgs: MSG_DTYPE records sorted by (sk, ts), what was carried first;
+def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
+    """msgs: MSG_DTYPE records; order: their indices sorted by (sk, ts)
+    (what was carried before the new at equal keys: records are large,
+    so they are not moved);
     conns: CONN_DTYPE, sorted by sk (the connections' state so far).
     Returns (role, spans, carry, conns_seen, stats): role per message
     (ROLE_*), SPAN_DTYPE rows of the finished exchanges, a bool per message
@@ -258,17 +260,21 @@ def pair(msgs, conns, uint64_t settle_before, uint64_t expire_before):
     cdef uint8_t[::1] K = carry.view(np.uint8)
     cdef span_t *S = <span_t *>cnp.PyArray_DATA(spans)
     cdef conn_t *O = <conn_t *>cnp.PyArray_DATA(seen)
-    cdef Py_ssize_t i = 0, j, ns = 0, no = 0
+    cdef const int64_t[::1] Ord = np.ascontiguousarray(order, np.int64)
+    if Ord.shape[0] != n:
+        raise ValueError(f"pair: {n} records but {Ord.shape[0]} in order")
+    cdef Py_ssize_t i, k = 0, j, ns = 0, no = 0
     cdef int64_t pq, pr, at
     cdef conn_t st
     cdef uint8_t op, rop
     cdef int proto
     cdef int64_t unanswered = 0, orphan_responses = 0, expired = 0, undetected = 0
     with nogil:
-        while i < n:
-            # one connection: [i, j)
-            j = i
-            while j < n and M[j].sk == M[i].sk:
+        while k < n:
+            # one connection: order[k:j]
+            i = Ord[k]
+            j = k
+            while j < n and M[Ord[j]].sk == M[i].sk:
                 j += 1
             at = _find(&csk[0], nc, M[i].sk) if nc else -1
             if at >= 0:
@@ -280,7 +286,8 @@ def pair(msgs, conns, uint64_t settle_before, uint64_t expire_before):
                 st.tries = 0
                 st.closed = 0
             pq = pr = -1
-            while i < j:
+            while k < j:
+                i = Ord[k]
                 op = M[i].op
                 st.last_ts = M[i].ts_ns
                 if op == TRACE_OP_CLOSE:
@@ -291,7 +298,7 @@ def pair(msgs, conns, uint64_t settle_before, uint64_t expire_before):
                         unanswered += 1
                     pq = pr = -1
                     st.closed = 1
-                    i += 1
+                    k += 1
                     continue
                 if st.proto == P_UNKNOWN:
                     proto = detect(&M[i], &rop)
@@ -300,12 +307,12 @@ def pair(msgs, conns, uint64_t settle_before, uint64_t expire_before):
                         if st.tries >= DETECT_TRIES:
                             st.proto = P_NONE
                             undetected += 1
-                        i += 1
+                        k += 1
                         continue
                     st.proto = proto
                     st.req_op = rop
                 if st.proto == P_NONE or st.proto == P_HTTP2:
-                    i += 1
+                    k += 1
                     continue
                 if op == st.req_op:
                     R[i] = R_REQUEST
@@ -322,7 +329,7 @@ def pair(msgs, conns, uint64_t settle_before, uint64_t expire_before):
                         pr = i
                     else:
                         orphan_responses += 1
-                i += 1
+                k += 1
             # what is still open at the end of the batch
             if pr >= 0:
                 if M[pr].ts_ns < settle_before:

@@ -192,8 +192,8 @@ class SpanBuilder:
         """Pair what is carried plus new_msgs; returns (msgs, spans)."""
         self.stats["messages"] += len(new_msgs)
         msgs = np.concatenate([self.carried, new_msgs]) if len(self.carried) else new_msgs
-        msgs = msgs[np.lexsort((msgs["ts"], msgs["sk"]))]  # a contiguous copy: user ids are written into it
-        role, spans, carry, seen, st = _trace.pair(msgs, self.conns, max(0, now_mono_ns - self.settle_ns),
+        order = np.lexsort((msgs["ts"], msgs["sk"]))  # records stay in place (~1.2 kB each)
+        role, spans, carry, seen, st = _trace.pair(msgs, order, self.conns, max(0, now_mono_ns - self.settle_ns),
                                                    max(0, now_mono_ns - self.expire_ns))
         for k, v in st.items():
             self.stats[k] += v
@@ -219,10 +219,11 @@ class SpanBuilder:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
         spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
         n = len(spans)
-        req = msgs[spans["req"]]
-        resp = msgs[spans["resp"]]
+        # the columns needed, gathered one by one (not whole ~1.2 kB records)
+        req = _Gather(msgs, spans["req"])
+        resp = _Gather(msgs, spans["resp"])
         incoming = spans["incoming"].astype(bool)
-        kind = pa.array(np.where(incoming, "entry", "exit"), pa.string())
+        kind = _choose(incoming, "exit", "entry")
         fam = req["family"]
         start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
         # the process name from the record (right even for a process gone
@@ -232,13 +233,13 @@ class SpanBuilder:
         services = pc.if_else(pc.equal(services, ""), names, services)
         cols = {
             "ebpf_span_type": kind, "span_type": kind,
-            "direction": pa.array(np.where(incoming, "incoming", "outgoing"), pa.string()),
+            "direction": _choose(incoming, "outgoing", "incoming"),
             "req_seq": pa.array(req["seq"].astype(np.int64)),
             "resp_seq": pa.array(resp["seq"].astype(np.int64)),
             "thread_trace_id": pa.array(req["user"].astype(np.int64)),
             "tid": pa.array(req["tid"].astype(np.int64)),
             "ktime": pa.array(spans["start_ns"].astype(np.int64)),
-            "source_type": pa.array(np.full(n, "ebpf"), pa.string()),
+            "source_type": _choose(np.zeros(n, bool), "ebpf"),
             "process_name": names, "service": services,
             "thread_name": _records.comm_to_arrow(req["comm"]),
             "pid": pc.cast(pa.array(req["pid"]), pa.string()),
@@ -287,9 +288,9 @@ class SpanBuilder:
             "http_version": _VERSIONS.take(pa.array(np.where(q["version"] != 0, q["version"], r["version"]))),
             "http_status_code": pc.if_else(pa.array(r["kind"] == 2), pc.cast(pa.array(status), pa.string()),
                                            pa.nulls(len(r), pa.string())),
-            "status": pa.array(np.where(~ok, "unknown", np.where(status >= 500, "error",
-                                                                 np.where(status >= 400, "warning", "ok")))),
-            "operation": pa.array(np.full(len(spans), "HTTP"), pa.string()),
+            "status": _choose(np.where(~ok, 3, (status >= 400).astype(np.int8) + (status >= 500)),
+                              "ok", "warning", "error", "unknown"),
+            "operation": _choose(np.zeros(len(spans), np.int8), "HTTP"),
             "resource": pc.binary_join_element_wise(method, pc.fill_null(path, ""), " "),
         }
         ctx = _tracectx.extract(req_p)
@@ -320,8 +321,8 @@ class SpanBuilder:
         none = pa.nulls(n, pa.string())
         return {
             "resource": cmd, "resource_type": cmd,
-            "operation": pc.binary_join_element_wise(pa.array(np.full(n, "Redis"), pa.string()), cmd, " "),
-            "status": pa.array(np.where(err, "error", "ok"), pa.string()),
+            "operation": pc.binary_join_element_wise(_choose(np.zeros(n, np.int8), "Redis"), cmd, " "),
+            "status": _choose(err, "ok", "error"),
             "status_code": pa.array(np.where(err, 201, 200).astype(np.int64)),
             "err_msg": pc.if_else(pa.array(err), text, none),
             "status_msg": pc.if_else(pa.array(err), none, text),
@@ -349,13 +350,29 @@ class SpanBuilder:
         none = pa.nulls(n, pa.string())
         return {
             KEEP: pa.array(has_q), "resource": sql, "resource_type": first,
-            "operation": pa.array(np.full(n, "PostgreSQL"), pa.string()),
-            "status": pa.array(np.where(has_err, "error", "ok"), pa.string()),
+            "operation": _choose(np.zeros(n, np.int8), "PostgreSQL"),
+            "status": _choose(has_err, "ok", "error"),
             "pgsql_err_msg": pc.if_else(pa.array(has_err),
                                         _trace.slices(resp_p, err["text_off"], err["text_len"], has_err),
                                         none),
             "pgsql_msg": tag, "pgsql_affected_row": affected,
         }
+
+
+class _Gather:
+    """msgs[field][idx] on demand: a span needs a few fields of its
+    request and response records, not the whole records."""
+
+    def __init__(self, msgs, idx):
+        self.msgs, self.idx = msgs, idx
+
+    def __getitem__(self, field):
+        return self.msgs[field][self.idx]
+
+
+def _choose(which, *strings):
+    """pyarrow strings: strings[which[i]] per row (bool or small int)."""
+    return pa.array(strings, pa.string()).take(pa.array(np.asarray(which).astype(np.int8)))
 
 
 def _fields(batch):

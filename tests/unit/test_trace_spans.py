@@ -132,17 +132,24 @@ def test_pair_and_threads_agree_with_reference(items, settle, expire):
     recs = [msg(sk, op, ts, p, tid=tid, sent=a, recv=b_, last_send=a // 2, last_recv=b_ // 2, seq=ts)
             for sk, op, ts, p, tid, a, b_ in items]
     M = np.concatenate(recs) if recs else np.zeros(0, _trace.MSG_DTYPE)
-    M = M[np.lexsort((M["ts"], M["sk"]))]
-    role, spans, carry, seen, _ = _trace.pair(M, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
+    rng = np.random.default_rng(len(M))
+    M = M[rng.permutation(len(M))]  # pair() takes the order, the records stay where they are
+    order = np.lexsort((M["ts"], M["sk"]))
+    role, spans, carry, seen, _ = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
     dicts = [{k: (bytes(m[k]) if k == "payload" else int(m[k])) for k in ("sk", "op", "ts", "sk_sent", "sk_recv",
-              "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user")} for m in M]
+              "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user")} for m in M[order]]
     rrole, rspans, rcarry, rseen = trace_ref.pair(dicts, {}, settle, expire)
-    assert role.tolist() == rrole and carry.tolist() == rcarry
+    # the reference walks the sorted records: its indices are positions in order
+    for sp in rspans:
+        sp["req"], sp["resp"] = int(order[sp["req"]]), int(order[sp["resp"]])
+        sp["nxt"] = int(order[sp["nxt"]]) if sp["nxt"] >= 0 else -1
+    assert role[order].tolist() == rrole and carry[order].tolist() == rcarry
     assert [{k: int(s[k]) for k in rspans[0]} for s in spans] == rspans if rspans else len(spans) == 0
     assert {int(c["sk"]): (int(c["proto"]), int(c["req_op"]), int(c["closed"])) for c in seen} == \
         {k: (v["proto"], v["req_op"], v["closed"]) for k, v in rseen.items()}
     _trace.link_threads(M, role, np.zeros(0, _trace.THREAD_DTYPE), 0)
-    owner = trace_ref.link_threads(dicts, rrole, {})
+    owner = {int(order[i]): (kind, int(order[j]) if kind != "table" else j)
+             for i, (kind, j) in trace_ref.link_threads(dicts, rrole, {}).items()}
     entry_ids = {int(M["user"][k]) for k, o in owner.items() if o == ("msg", k)}
     for i, (kind, j) in owner.items():
         assert M["user"][i] > 0
