@@ -163,3 +163,48 @@ def test_postgresql_client_and_server_spans(bpf_ok):
     assert [(r["resource"], r["operation"], r["process_name"]) for r in server] == [
         ("select ? where ? = ?", "PostgreSQL", "postgres"), ("select * from nope", "PostgreSQL", "postgres")]
     assert [(r["req_seq"], r["resp_seq"]) for r in server] == [(r["req_seq"], r["resp_seq"]) for r in client]
+
+
+def test_go_http_server_spans_per_connection(bpf_ok, apps, tmp_path):
+    """Debian's Go, net/http: each request's server span (route, status,
+    sequence numbers meeting curl's) and each Redis call's client span
+    (meeting redis-server's) are right per connection. (Goroutines move
+    between threads: their parentage is not asserted; see README.)"""
+    import subprocess
+
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    from support.trace_apps import GO_WEB_REDIS_SERVER, build_go, free_port, wait_port
+
+    exe = build_go(GO_WEB_REDIS_SERVER, str(tmp_path))
+    port = free_port()
+    go = subprocess.Popen([exe, str(port), str(apps.redis_port)], env=apps.env, stdout=subprocess.DEVNULL)
+    p = None
+    try:
+        wait_port(port, go, "go server")
+        p = TracePlugin(PluginContext(cfg=make_cfg(), logger=logging.getLogger("test"), self_pid=os.getpid()))
+        p.start()
+        paths = [f"/item/g{i}" for i in range(3)]
+        curl = apps.curl(*paths, port=port)
+        gp, rp = str(go.pid), str(apps.redis.pid)
+
+        def done(rows):
+            return sum(r["pid"] == rp for r in rows) >= 6 and sum(r["pid"] == str(curl.pid) for r in rows) >= 3
+
+        rows = spans_until(p, done)
+        assert curl.wait(10) == 0
+    finally:
+        if p is not None:
+            p.stop()
+        go.terminate()
+        go.wait(5)
+    server = sorted((r for r in rows if r["pid"] == gp and r["direction"] == "incoming"), key=lambda r: r["ktime"])
+    calls = [r for r in rows if r["pid"] == gp and r["direction"] == "outgoing"]
+    at_curl = [r for r in rows if r["pid"] == str(curl.pid)]
+    at_redis = [r for r in rows if r["pid"] == rp]
+    assert [(r["http_route"], r["http_status_code"], r["process_name"]) for r in server] == \
+        [(x, "200", "goweb") for x in paths]
+    assert sorted(r["resource"] for r in calls) == ["GET"] * 3 + ["SET"] * 3
+    assert sorted((r["req_seq"], r["resp_seq"]) for r in at_curl) == sorted((r["req_seq"], r["resp_seq"]) for r in server)
+    assert sorted((r["req_seq"], r["resp_seq"]) for r in at_redis) == sorted((r["req_seq"], r["resp_seq"]) for r in calls)

@@ -99,7 +99,7 @@ class TracedApps:
             raise
         self.env = env
 
-    def curl(self, *paths, headers=(), delay=2.5):
+    def curl(self, *paths, headers=(), delay=2.5, port=None):
         """One curl process asking for every path on one keep-alive
         connection, started (not waited for). Its environment carries the
         mark, and it first waits `delay` seconds as a shell, which exec()s
@@ -110,7 +110,7 @@ class TracedApps:
         for h in headers:
             args += ["-H", h]
         for p in paths:
-            args.append(f"http://127.0.0.1:{self.web_port}{p}")
+            args.append(f"http://127.0.0.1:{port or self.web_port}{p}")
         return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args], env=self.env)
 
     def stop(self):
@@ -173,3 +173,73 @@ class Postgres:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
         self._rm(self.dir, ignore_errors=True)
+
+
+# The same service in Go (net/http; Redis over a plain TCP connection per
+# request): argv port redis_port; prints "ready".
+GO_WEB_REDIS_SERVER = r"""
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+)
+
+func call(c net.Conn, r *bufio.Reader, words ...string) string {
+	msg := fmt.Sprintf("*%d\r\n", len(words))
+	for _, w := range words {
+		msg += fmt.Sprintf("$%d\r\n%s\r\n", len(w), w)
+	}
+	c.Write([]byte(msg))
+	line, _ := r.ReadString('\n')
+	if strings.HasPrefix(line, "$") {
+		var n int
+		fmt.Sscanf(line, "$%d", &n)
+		if n < 0 {
+			return ""
+		}
+		buf := make([]byte, n+2)
+		_, _ = r.Read(buf)
+		return string(buf[:n])
+	}
+	return strings.TrimSpace(line)
+}
+
+func main() {
+	rport := os.Args[2]
+	http.HandleFunc("/item/", func(w http.ResponseWriter, req *http.Request) {
+		c, err := net.Dial("tcp", "127.0.0.1:"+rport)
+		if err != nil {
+			w.WriteHeader(502)
+			return
+		}
+		defer c.Close()
+		r := bufio.NewReader(c)
+		key := strings.TrimPrefix(req.URL.Path, "/item/")
+		call(c, r, "SET", key, "v-"+key)
+		w.Write([]byte(call(c, r, "GET", key)))
+	})
+	l, err := net.Listen("tcp", "127.0.0.1:"+os.Args[1])
+	if err != nil {
+		panic(err)
+	}
+	fmt.Println("ready")
+	http.Serve(l, nil)
+}
+"""
+
+
+def build_go(source, out_dir):
+    """`go build` of one main package (standard library only, no network)."""
+    src = os.path.join(out_dir, "main.go")
+    with open(src, "w") as f:
+        f.write(source)
+    exe = os.path.join(out_dir, "goweb")
+    env = dict(os.environ, GOCACHE=os.path.join(out_dir, "gocache"), GOPATH=os.path.join(out_dir, "gopath"),
+               GO111MODULE="off", GOFLAGS="", GOTOOLCHAIN="local")
+    subprocess.run(["go", "build", "-o", exe, src], env=env, cwd=out_dir, check=True, capture_output=True)
+    return exe
