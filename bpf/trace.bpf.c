@@ -18,7 +18,9 @@
  *   The same numbers on both ends of a connection: the sender's write_seq
  *   and the receiver's copied_seq count the same byte stream, which is how
  *   the linker joins a client span to the server span across hosts.
- *   Other calls of the run only add to the socket's counters (trace_conns).
+ *   Other calls of the run only add to the socket's counters (trace_conns),
+ *   but for the second when the first was shorter than TRACE_SHORT_START
+ *   (include/trace.h: span_msg.more).
  * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
  *   ends the last message of the socket.
  * tp_btf/sched_process_fork: a new process inherits its parent's entry in
@@ -177,7 +179,8 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			return;
 		}
 	}
-	if (tc->last_op != op) { /* a message starts */
+	int start = tc->last_op != op;
+	if (start || tc->short_start) { /* a message starts, or its short start goes on */
 		__u32 zero = 0;
 		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
 		struct sock_tuple t = {};
@@ -201,6 +204,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			ev->rport = t.rport;
 			ev->family = t.family;
 			ev->op = op;
+			ev->more = !start;
 			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
@@ -211,6 +215,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 				count_drop(&drops, TRACE_DROP_RING);
 		}
 		tc->last_op = op;
+		tc->short_start = start && ret < TRACE_SHORT_START;
 	}
 	if (op == TRACE_OP_SEND) {
 		__sync_fetch_and_add(&tc->sent, ret);

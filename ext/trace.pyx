@@ -26,7 +26,7 @@ finishes after the client calls it made while serving.
 ``tests/reference/trace_ref.py`` holds the pairing rules in plain Python.
 """
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcmp
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 import pyarrow as pa
@@ -89,6 +89,7 @@ MSG_DTYPE = _records._dtype("span_msg", [
     ("cap_len", "<u2", offset_of(&_m, &_m.cap_len)),
     ("family", "u1", offset_of(&_m, &_m.family)),
     ("op", "u1", offset_of(&_m, &_m.op)),
+    ("more", "u1", offset_of(&_m, &_m.more)),
     ("comm", "S16", offset_of(&_m, &_m.comm)),
     ("pcomm", "S16", offset_of(&_m, &_m.pcomm)),
     ("payload", f"V{TRACE_PAYLOAD_MAX}", offset_of(&_m, &_m.payload)),
@@ -244,11 +245,14 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     (ROLE_*), SPAN_DTYPE rows of the finished exchanges, a bool per message
     to carry to the next batch (a request not answered yet, a response
     still open), the new state of the connections in msgs (sorted by sk;
-    closed ones flagged), and counters."""
-    cdef cnp.ndarray M_arr = np.ascontiguousarray(msgs, dtype=MSG_DTYPE)
+    closed ones flagged), and counters. A record that continues a short
+    start (``more``) has its payload appended to the start's, in msgs."""
+    cdef cnp.ndarray M_arr = msgs
+    if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous or not M_arr.flags.writeable:
+        raise TypeError("pair: msgs must be a writable contiguous MSG_DTYPE array (continuations are merged into it)")
     cdef cnp.ndarray C_arr = np.ascontiguousarray(conns, dtype=CONN_DTYPE)
     cdef Py_ssize_t n = len(M_arr), nc = len(C_arr)
-    cdef const span_msg *M = <const span_msg *>cnp.PyArray_DATA(M_arr) if n else NULL
+    cdef span_msg *M = <span_msg *>cnp.PyArray_DATA(M_arr) if n else NULL
     cdef const conn_t *C = <const conn_t *>cnp.PyArray_DATA(C_arr) if nc else NULL
     ck = np.ascontiguousarray(C_arr["sk"]) if nc else np.zeros(0, np.uint64)
     cdef const uint64_t[::1] csk = ck
@@ -269,7 +273,20 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     cdef uint8_t op, rop
     cdef int proto
     cdef int64_t unanswered = 0, orphan_responses = 0, expired = 0, undetected = 0
+    cdef int64_t prev
+    cdef int take
     with nogil:
+        # a short message start's next call continues its payload (span_msg.more)
+        for k in range(1, n):
+            i = Ord[k]
+            prev = Ord[k - 1]
+            if M[i].more and M[prev].sk == M[i].sk and M[prev].cap_len < TRACE_PAYLOAD_MAX:
+                take = M[i].cap_len
+                if take > TRACE_PAYLOAD_MAX - M[prev].cap_len:
+                    take = TRACE_PAYLOAD_MAX - M[prev].cap_len
+                memcpy(&M[prev].payload[M[prev].cap_len], M[i].payload, take)
+                M[prev].cap_len += take
+        k = 0
         while k < n:
             # one connection: order[k:j]
             i = Ord[k]
@@ -289,6 +306,9 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
             while k < j:
                 i = Ord[k]
                 op = M[i].op
+                if M[i].more:  # merged above
+                    k += 1
+                    continue
                 st.last_ts = M[i].ts_ns
                 if op == TRACE_OP_CLOSE:
                     if pr >= 0:
@@ -297,9 +317,15 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
                     elif pq >= 0:
                         unanswered += 1
                     pq = pr = -1
+                    # the socket is gone; its memory (the key) may carry a
+                    # new connection of any protocol and side right after
                     st.closed = 1
+                    st.req_op = 0
+                    st.proto = P_UNKNOWN
+                    st.tries = 0
                     k += 1
                     continue
+                st.closed = 0
                 if st.proto == P_UNKNOWN:
                     proto = detect(&M[i], &rop)
                     if proto == P_UNKNOWN:

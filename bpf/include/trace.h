@@ -18,6 +18,13 @@
 #define TRACE_OP_RECV 2  /* the first call of a run of receives */
 #define TRACE_OP_CLOSE 3 /* the socket ended: counters are its final totals */
 
+/* span_msg.more: this record is not a message start but the second call
+ * of a run whose first call moved fewer than TRACE_SHORT_START bytes: its
+ * payload continues the start's (Go's net/http server reads one byte
+ * ahead to notice a closed connection, so a request's first read is 1
+ * byte and its request line comes with the second). */
+#define TRACE_SHORT_START 16
+
 /* trace_pids values (key: tgid) */
 #define TRACE_PID_TRACED 1
 #define TRACE_PID_EXCLUDED 2
@@ -56,6 +63,7 @@ struct span_msg {
 	__u16 cap_len;      /* valid payload bytes */
 	__u8 family;        /* 4 or 6 */
 	__u8 op;            /* TRACE_OP_* */
+	__u8 more;          /* 1: continues the previous record's payload (above) */
 	char comm[16];      /* the calling thread's name */
 	char pcomm[16];     /* its process's name (the group leader's comm), read
 	                     * here: a short-lived process may be gone, or have
@@ -72,7 +80,8 @@ struct trace_conn {
 	__u64 ts_last_send;
 	__u64 ts_last_recv;
 	__u8 last_op; /* TRACE_OP_SEND / TRACE_OP_RECV of the current run */
-	__u8 _pad[7];
+	__u8 short_start; /* the run's first call was short: send the next one too */
+	__u8 _pad[6];
 };
 
 #endif

@@ -191,7 +191,7 @@ class SpanBuilder:
     def step(self, new_msgs, now_mono_ns):
         """Pair what is carried plus new_msgs; returns (msgs, spans)."""
         self.stats["messages"] += len(new_msgs)
-        msgs = np.concatenate([self.carried, new_msgs]) if len(self.carried) else new_msgs
+        msgs = _records_of(self.carried, new_msgs)
         order = np.lexsort((msgs["ts"], msgs["sk"]))  # records stay in place (~1.2 kB each)
         role, spans, carry, seen, st = _trace.pair(msgs, order, self.conns, max(0, now_mono_ns - self.settle_ns),
                                                    max(0, now_mono_ns - self.expire_ns))
@@ -357,6 +357,21 @@ class SpanBuilder:
                                         none),
             "pgsql_msg": tag, "pgsql_affected_row": affected,
         }
+
+
+_RECORD = np.dtype((np.void, _trace.MSG_DTYPE.itemsize))
+
+
+def _records_of(*parts):
+    """One writable MSG_DTYPE array of the parts (pair() merges payloads
+    in it), concatenated as raw records: numpy's structured concatenate
+    would repack the dtype and go field by field."""
+    parts = [np.ascontiguousarray(p.astype(_trace.MSG_DTYPE, copy=False)) for p in parts if len(p)]
+    if len(parts) == 1 and parts[0].flags.writeable:
+        return parts[0]
+    if not parts:
+        return np.zeros(0, _trace.MSG_DTYPE)
+    return np.concatenate([p.view(_RECORD) for p in parts]).view(_trace.MSG_DTYPE)
 
 
 class _Gather:

@@ -14,6 +14,7 @@ cdef extern from "include/trace.h" nogil:
         TRACE_DROP_PIDS
         TRACE_DROP_MAX
         SPAN_MSG_MIN_SIZE
+        TRACE_SHORT_START
 
     cdef struct span_msg:
         unsigned long long ts_ns
@@ -34,6 +35,7 @@ cdef extern from "include/trace.h" nogil:
         unsigned short cap_len
         unsigned char family
         unsigned char op
+        unsigned char more
         char comm[16]
         char pcomm[16]
         unsigned char payload[TRACE_PAYLOAD_MAX]

@@ -204,7 +204,7 @@ def test_go_http_server_spans_per_connection(bpf_ok, apps, tmp_path):
     at_curl = [r for r in rows if r["pid"] == str(curl.pid)]
     at_redis = [r for r in rows if r["pid"] == rp]
     assert [(r["http_route"], r["http_status_code"], r["process_name"]) for r in server] == \
-        [(x, "200", "goweb") for x in paths]
+        [(x, "200", "goweb") for x in paths], [(r["src_port"], r["dst_port"], r["resource"]) for r in server]
     assert sorted(r["resource"] for r in calls) == ["GET"] * 3 + ["SET"] * 3
     assert sorted((r["req_seq"], r["resp_seq"]) for r in at_curl) == sorted((r["req_seq"], r["resp_seq"]) for r in server)
     assert sorted((r["req_seq"], r["resp_seq"]) for r in at_redis) == sorted((r["req_seq"], r["resp_seq"]) for r in calls)

@@ -6,6 +6,7 @@ from . import http_ref
 SEND, RECV, CLOSE = 1, 2, 3
 UNKNOWN, HTTP, REDIS, MYSQL, PGSQL, HTTP2, NONE = 0, 1, 2, 3, 4, 5, 255
 DETECT_TRIES = 4
+PAYLOAD_MAX = 1024
 MASK63 = (1 << 63) - 1
 M64 = (1 << 64) - 1
 
@@ -57,6 +58,12 @@ def pair(M, conns, settle_before, expire_before):
     """M sorted by (sk, ts); conns: {sk: state dict}. Returns (role,
     spans, carry, seen)."""
     role, carry, spans, seen = [0] * len(M), [False] * len(M), [], {}
+    for i in range(1, len(M)):  # a short start's continuation joins its payload
+        m, p = M[i], M[i - 1]
+        if m.get("more") and p["sk"] == m["sk"] and p["cap_len"] < PAYLOAD_MAX:
+            add = m["payload"][: min(m["cap_len"], PAYLOAD_MAX - p["cap_len"])]
+            p["payload"] = p["payload"][: p["cap_len"]] + add
+            p["cap_len"] += len(add)
     i = 0
     while i < len(M):
         sk = M[i]["sk"]
@@ -64,13 +71,17 @@ def pair(M, conns, settle_before, expire_before):
         pq = pr = -1
         while i < len(M) and M[i]["sk"] == sk:
             m = M[i]
+            if m.get("more"):
+                i += 1
+                continue
             if m["op"] == CLOSE:
                 if pr >= 0:
                     spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"]))
                 pq = pr = -1
-                st["closed"] = 1
+                st.update(closed=1, req_op=0, proto=UNKNOWN, tries=0)  # the key may be reused at once
                 i += 1
                 continue
+            st["closed"] = 0
             if st["proto"] == UNKNOWN:
                 proto, rop = detect(m)
                 if proto == UNKNOWN:

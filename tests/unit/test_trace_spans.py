@@ -6,15 +6,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dkebpf import _trace
-from dkebpf.plugins.trace import SpanBuilder
+from dkebpf.plugins.trace import SpanBuilder, _records_of
 from reference import trace_ref
 
 SEND, RECV, CLOSE = _trace.OP_SEND, _trace.OP_RECV, _trace.OP_CLOSE
 S = 10**9
 
 
-def msg(sk, op, ts, payload=b"", sent=0, recv=0, last_send=0, last_recv=0, pid=100, tid=100, seq=0, nbytes=0):
+def msg(sk, op, ts, payload=b"", sent=0, recv=0, last_send=0, last_recv=0, pid=100, tid=100, seq=0, nbytes=0,
+        more=0):
     m = np.zeros(1, _trace.MSG_DTYPE)
+    m["more"] = more
     m["sk"], m["op"], m["ts"], m["pid"], m["tid"], m["seq"] = sk, op, ts, pid, tid, seq
     m["sk_sent"], m["sk_recv"], m["ts_last_send"], m["ts_last_recv"] = sent, recv, last_send, last_recv
     m["bytes"] = nbytes or len(payload)
@@ -122,23 +124,26 @@ def _gen_msgs():
     payloads = st.sampled_from([b"GET /a HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n", redis_cmd(b"GET", b"k"),
                                 b"+OK\r\n", b"junk....", b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b""])
     one = st.tuples(st.integers(1, 4), st.sampled_from([SEND, RECV, RECV, SEND, CLOSE]), st.integers(0, 50),
-                    payloads, st.integers(1, 3), st.integers(0, 1000), st.integers(0, 1000))
+                    payloads, st.integers(1, 3), st.integers(0, 1000), st.integers(0, 1000), st.booleans())
     return st.lists(one, max_size=40)
 
 
 @settings(max_examples=300, deadline=None)
 @given(_gen_msgs(), st.integers(0, 60), st.integers(0, 60))
 def test_pair_and_threads_agree_with_reference(items, settle, expire):
-    recs = [msg(sk, op, ts, p, tid=tid, sent=a, recv=b_, last_send=a // 2, last_recv=b_ // 2, seq=ts)
-            for sk, op, ts, p, tid, a, b_ in items]
-    M = np.concatenate(recs) if recs else np.zeros(0, _trace.MSG_DTYPE)
+    recs = [msg(sk, op, ts, p, tid=tid, sent=a, recv=b_, last_send=a // 2, last_recv=b_ // 2, seq=ts,
+                more=int(more and op != CLOSE)) for sk, op, ts, p, tid, a, b_, more in items]
+    M = _records_of(*recs)
     rng = np.random.default_rng(len(M))
-    M = M[rng.permutation(len(M))]  # pair() takes the order, the records stay where they are
+    M = _records_of(M[rng.permutation(len(M))])  # pair() takes the order, the records stay where they are
     order = np.lexsort((M["ts"], M["sk"]))
-    role, spans, carry, seen, _ = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
     dicts = [{k: (bytes(m[k]) if k == "payload" else int(m[k])) for k in ("sk", "op", "ts", "sk_sent", "sk_recv",
-              "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user")} for m in M[order]]
+              "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user", "more")}
+             for m in M[order]]
+    role, spans, carry, seen, _ = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
     rrole, rspans, rcarry, rseen = trace_ref.pair(dicts, {}, settle, expire)
+    assert [(d["cap_len"], d["payload"][:d["cap_len"]]) for d in dicts] == \
+        [(int(m["cap_len"]), bytes(m["payload"])[:m["cap_len"]]) for m in M[order]]
     # the reference walks the sorted records: its indices are positions in order
     for sp in rspans:
         sp["req"], sp["resp"] = int(order[sp["req"]]), int(order[sp["resp"]])
@@ -179,3 +184,23 @@ def test_postgresql_queries_errors_and_startup_left_out():
     assert (rows[0]["pgsql_msg"], rows[0]["pgsql_affected_row"], rows[0]["pgsql_err_msg"]) == ("SELECT 1", 1, None)
     assert rows[1]["pgsql_err_msg"] == 'relation "nope" does not exist'
     assert {r["direction"] for r in rows} == {"outgoing"}
+
+
+def test_short_start_continued_by_the_next_call():
+    """Go's net/http reads a request's first byte alone: the next call's
+    record (more=1) completes the request line."""
+    rows = build([msg(4, RECV, 100, b"G"), msg(4, RECV, 110, b"ET /go HTTP/1.1\r\n\r\n", more=1),
+                  msg(4, SEND, 200, b"HTTP/1.1 200 OK\r\n\r\n", recv=20, last_recv=110),
+                  msg(4, CLOSE, 300, sent=19, recv=20, last_send=200)])[3]
+    assert [(r["http_route"], r["http_status_code"], r["bytes_read"]) for r in rows] == [("/go", "200", 20)]
+
+
+def test_socket_reused_after_close_starts_afresh():
+    """A struct sock freed (close record) and reused at once by a
+    connection of the other side: the new one's direction is its own."""
+    rows = build([msg(7, RECV, 10, redis_cmd(b"GET", b"k"), pid=1), msg(7, SEND, 20, b"$-1\r\n", pid=1),
+                  msg(7, CLOSE, 30),
+                  msg(7, SEND, 40, redis_cmd(b"SET", b"k", b"v"), pid=2), msg(7, RECV, 50, b"+OK\r\n", pid=2),
+                  msg(7, CLOSE, 60)])[3]
+    assert [(r["pid"], r["direction"], r["resource"]) for r in rows] == [("1", "incoming", "GET"),
+                                                                          ("2", "outgoing", "SET")]
