@@ -204,3 +204,44 @@ def test_socket_reused_after_close_starts_afresh():
                   msg(7, CLOSE, 60)])[3]
     assert [(r["pid"], r["direction"], r["resource"]) for r in rows] == [("1", "incoming", "GET"),
                                                                           ("2", "outgoing", "SET")]
+
+
+def fake_proc(tmp_path, procs):
+    """A /proc with stat, comm and environ of the given {pid: (name, env)}."""
+    for pid, (name, env) in procs.items():
+        d = tmp_path / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_text(f"{pid} ({name}) S 1 1 1 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 {pid * 7} 0 0\n")
+        (d / "comm").write_text(name + "\n")
+        (d / "environ").write_bytes(b"".join(f"{k}={v}".encode() + b"\0" for k, v in env.items()))
+    return str(tmp_path)
+
+
+def selector(tmp_path, procs, **lists):
+    import types
+
+    from dkebpf.plugins.trace import ProcessSelector
+    cfg = types.SimpleNamespace(trace_name_list=(), trace_env_list=(), trace_name_blacklist=("datakit",),
+                                trace_env_blacklist=())
+    for k, v in lists.items():
+        setattr(cfg, k, v)
+    return ProcessSelector(cfg, self_pid=99, proc=fake_proc(tmp_path, procs))
+
+
+PROCS = {10: ("nginx", {}), 11: ("python3", {"DKE_SERVICE": "shop", "TEAM": "a"}), 12: ("datakit", {}),
+         13: ("datakit-ebpf", {}), 99: ("dkebpf", {}), 14: ("redis-server", {"OTEL_SERVICE_NAME": "cache"})}
+
+
+def test_process_lists_blacklists_win(tmp_path):
+    # default: every process but the collector and datakit*
+    assert selector(tmp_path / "a", PROCS).scan() == {10: True, 11: True, 12: False, 13: False, 99: False, 14: True}
+    # a name list: only those; an env list adds the processes having a listed variable
+    s = selector(tmp_path / "b", PROCS, trace_name_list=("nginx", "datakit"), trace_env_list=("TEAM",))
+    assert s.scan() == {10: True, 11: True, 12: False, 13: False, 99: False, 14: False}
+    # blacklists win over the lists
+    s = selector(tmp_path / "c", PROCS, trace_name_list=("nginx", "python3"), trace_name_blacklist=("nginx",),
+                 trace_env_blacklist=("TEAM",))
+    assert s.scan() == {10: False, 11: False, 12: False, 13: False, 99: False, 14: False}
+    # the service its environment names (first of DKE_SERVICE, ..., OTEL_SERVICE_NAME), else "" (the name then)
+    assert selector(tmp_path / "d", PROCS).services(np.array([11, 14, 10, 11])).to_pylist() == \
+        ["shop", "cache", "", "shop"]
