@@ -50,7 +50,7 @@ const volatile __u8 trace_all = 0;  /* 1: every process but TRACE_PID_EXCLUDED o
 #define EVENTS_RING_BYTES (1 << 24)
 /* user space takes records once per interval: wake it only when this much
  * waits (include/ring_wake.bpf.h) */
-#define EVENTS_WAKE_BYTES (EVENTS_RING_BYTES / 8)
+#define EVENTS_WAKE_BYTES (EVENTS_RING_BYTES / 16)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

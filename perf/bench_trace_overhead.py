@@ -1,5 +1,6 @@
 """What ebpf-trace costs an HTTP server: nginx (1 worker) + wrk on loopback
-with the collector off and with `dkebpf run --enabled ebpf-trace` (every
+with the collector off, with `dkebpf run --enabled ebpf-net` (httpflow, the
+capture ebpf-trace is compared with) and with `--enabled ebpf-trace` (every
 process traced, the default: nginx's and wrk's spans both), in the same
 run, alternating, BENCH_ROUNDS rounds; medians. Needs root, nginx and wrk.
 
@@ -34,7 +35,7 @@ def spans_in(path):
 
 
 def main():
-    off, on, lat_off, lat_on, cpu, per_req, lost = [], [], [], [], [], [], []
+    off, on, lat_off, lat_on, cpu, per_req, lost, http = [], [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         with Nginx(tmp) as ngx:
             wrk(ngx.port)  # warm-up
@@ -42,6 +43,8 @@ def main():
                 rps, lat, _ = wrk(ngx.port)
                 off.append(rps)
                 lat_off.append(lat)
+                with Collector(tmp, f"httpflow{r}", ["--enabled", "ebpf-net"]):
+                    http.append(wrk(ngx.port)[0])
                 with Collector(tmp, f"trace{r}", ["--enabled", "ebpf-trace"]) as c:
                     c0 = c.cpu_seconds()
                     rps, lat, total = wrk(ngx.port)
@@ -58,7 +61,10 @@ def main():
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"off_requests_per_s: {statistics.median(off):.0f} {[round(x) for x in off]}")
     print(f"trace_requests_per_s: {statistics.median(on):.0f} {[round(x) for x in on]}")
+    print(f"httpflow_requests_per_s: {statistics.median(http):.0f} {[round(x) for x in http]}")
+    print(f"httpflow_throughput_ratio: {statistics.median([a / b for a, b in zip(http, off)]):.3f}")
     print(f"trace_throughput_ratio: {statistics.median([a / b for a, b in zip(on, off)]):.3f}")
+    print(f"trace_vs_httpflow_ratio: {statistics.median([a / b for a, b in zip(on, http)]):.3f}")
     print(f"trace_latency_ratio: {statistics.median([a / b for a, b in zip(lat_on, lat_off)]):.3f}")
     print(f"trace_collector_cpu_per_10k_rps: {statistics.median(cpu):.3f}")
     print(f"trace_spans_per_request: {statistics.median(per_req):.3f} {[round(x, 3) for x in per_req]}")
