@@ -1,7 +1,9 @@
 """What ebpf-trace costs an HTTP server: nginx (1 worker) + wrk on loopback
 with the collector off, with `dkebpf run --enabled ebpf-net` (httpflow, the
-capture ebpf-trace is compared with) and with `--enabled ebpf-trace` (every
-process traced, the default: nginx's and wrk's spans both), in the same
+capture ebpf-trace is compared with) and with `--enabled ebpf-trace`
+tracing nginx and wrk (`--trace-name-list`: on a shared machine every
+process's traffic would be measured too; BENCH_TRACE_ALL=1 traces all,
+the default of the collector), in the same
 run, alternating, BENCH_ROUNDS rounds; medians. Needs root, nginx and wrk.
 
 Prints `name: value` lines: throughput and latency ratios (on / off), the
@@ -21,6 +23,7 @@ from support.nginx import Nginx
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 CONNS = int(os.environ.get("BENCH_CONNS", 32))
+TRACE_ARGS = [] if os.environ.get("BENCH_TRACE_ALL") == "1" else ["--trace-name-list", "nginx,wrk"]
 
 
 def wrk(port):
@@ -45,7 +48,7 @@ def main():
                 lat_off.append(lat)
                 with Collector(tmp, f"httpflow{r}", ["--enabled", "ebpf-net"]):
                     http.append(wrk(ngx.port)[0])
-                with Collector(tmp, f"trace{r}", ["--enabled", "ebpf-trace"]) as c:
+                with Collector(tmp, f"trace{r}", ["--enabled", "ebpf-trace", *TRACE_ARGS]) as c:
                     c0 = c.cpu_seconds()
                     rps, lat, total = wrk(ngx.port)
                     cpu.append((c.cpu_seconds() - c0) / SECONDS / (rps / 1e4))
@@ -57,7 +60,8 @@ def main():
                 per_req.append(spans_in(out) / max(total, 1))
                 lost.append({k: int(v) for (p, k), v in m.items()
                              if p == "ebpf-trace" and ("kernel_drop" in k or "evicted" in k or "expired" in k)})
-    print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds; "
+    print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds; traced: "
+          f"{' '.join(TRACE_ARGS) or 'all'}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"off_requests_per_s: {statistics.median(off):.0f} {[round(x) for x in off]}")
     print(f"trace_requests_per_s: {statistics.median(on):.0f} {[round(x) for x in on]}")
