@@ -454,14 +454,19 @@ class TracePlugin(Plugin):
         if not force and now - self.last_scan < RESCAN_S:
             return
         self.last_scan = now
+        m = self.bpf.maps.trace_pids
+        # the kernel's entries first, /proc then: a process forked in
+        # between has an entry not in `keys`, which is left alone
+        keys = m.dump(np.uint32)[0]
         want = {}
-        for pid, traced in self.selector.scan().items():
+        alive = self.selector.scan()
+        for pid, traced in alive.items():
             if self.selector.whitelist and traced:
                 want[pid] = _trace.PID_TRACED
             elif not self.selector.whitelist and not traced:
                 want[pid] = _trace.PID_EXCLUDED
-        m = self.bpf.maps.trace_pids
-        for pid in set(self.kernel_pids) - set(want):
+        # with entries the kernel made at fork for processes gone since
+        for pid in (set(self.kernel_pids) - set(want)) | set(keys[~np.isin(keys, list(alive))].tolist()):
             m.delete(np.uint32(pid).tobytes())
         for pid, v in want.items():
             if self.kernel_pids.get(pid) != v:
