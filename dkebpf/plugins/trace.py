@@ -30,12 +30,12 @@ from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
 
 try:
-    from .. import _http, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
+    from .. import _http, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
 MEASUREMENT = "dketrace"
-REPORTED = ("http", "redis", "postgresql")  # protocols spans are made of (of _trace.PROTO)
+REPORTED = ("http", "redis", "postgresql", "mysql")  # protocols spans are made of (of _trace.PROTO)
 KEEP = "_keep"  # a per-protocol column: False for an exchange that is no span
 INPUT = "ebpf-net/bpftracing"
 # spans.json's tags; everything else is a field (the linker reads both)
@@ -254,7 +254,7 @@ class SpanBuilder:
         }
         per = {}
         for proto, fn in ((_trace.PROTO["http"], self._http), (_trace.PROTO["redis"], self._redis),
-                          (_trace.PROTO["postgresql"], self._pgsql)):
+                          (_trace.PROTO["postgresql"], self._pgsql), (_trace.PROTO["mysql"], self._mysql)):
             sel = np.flatnonzero(spans["proto"] == proto)
             if len(sel):
                 per[proto] = (sel, fn(msgs, spans[sel]))
@@ -329,6 +329,29 @@ class SpanBuilder:
         }
 
 
+    def _mysql(self, msgs, spans):
+        """MySQL: COM_QUERY and COM_STMT_PREPARE text normalized; OK, ERR
+        with code and message. The handshake and other commands (a
+        prepared statement's execution too, for now) are no span."""
+        n = len(spans)
+        req_p = _trace.payloads(msgs, spans["req"])
+        resp_p = _trace.payloads(msgs, spans["resp"])
+        q = _pick_rows(_mysql.parse(req_p, np.ones(n, bool)), n,
+                       lambda r: (r["seq"] == 0) & np.isin(r["kind"], [_mysql.COM_QUERY, _mysql.COM_STMT_PREPARE]))
+        r = _first_rows(_mysql.parse(resp_p, np.zeros(n, bool)), n)
+        has_q = q["valid"] == 1
+        err = (r["valid"] == 1) & (r["kind"] == _mysql.RESP_ERR)
+        sql, first = _sql_columns(req_p, has_q, q["sql_off"], q["sql_len"])
+        none = pa.nulls(n, pa.string())
+        return {
+            KEEP: pa.array(has_q), "resource": sql, "resource_type": first,
+            "operation": _choose(np.zeros(n, np.int8), "MySQL"),
+            "status": _choose(err, "ok", "error"),
+            "status_code": pa.array(np.where(err, r["err_code"], 0).astype(np.int64)),
+            "err_code": pc.if_else(pa.array(err), pa.array(r["err_code"].astype(np.int64)), pa.nulls(n, pa.int64())),
+            "err_msg": pc.if_else(pa.array(err), _trace.slices(resp_p, r["msg_off"], r["msg_len"], err), none),
+        }
+
     def _pgsql(self, msgs, spans):
         """PostgreSQL: the query of a simple (Q) or extended (P) request,
         normalized; CommandComplete's tag, ErrorResponse's message. Other
@@ -341,9 +364,8 @@ class SpanBuilder:
         err = _pick_rows(r, n, lambda x: x["type"] == ord("E"))
         done = _pick_rows(r, n, lambda x: x["type"] == ord("C"))
         has_q, has_err, has_done = q["type"] != 0, err["type"] != 0, done["type"] != 0
-        sql = _sqlnorm.normalize(req_p, np.arange(n), q["text_off"], np.where(has_q, q["text_len"], 0))
+        sql, first = _sql_columns(req_p, has_q, q["text_off"], q["text_len"])
         tag = _trace.slices(resp_p, done["text_off"], done["text_len"], has_done)
-        first = pc.utf8_upper(pc.fill_null(pc.list_element(pc.split_pattern(sql, " ", max_splits=1), 0), ""))
         affected = pc.cast(pc.if_else(pc.match_substring_regex(tag, r" [0-9]+$"),
                                       pc.replace_substring_regex(tag, r"^.* ", ""),
                                       pa.scalar(None, pa.string())), pa.int64())
@@ -388,6 +410,14 @@ class _Gather:
 def _choose(which, *strings):
     """pyarrow strings: strings[which[i]] per row (bool or small int)."""
     return pa.array(strings, pa.string()).take(pa.array(np.asarray(which).astype(np.int8)))
+
+
+def _sql_columns(req_p, has_sql, sql_off, sql_len):
+    """resource (normalized SQL) and resource_type (its first word)."""
+    n = len(has_sql)
+    sql = _sqlnorm.normalize(req_p, np.arange(n), sql_off, np.where(has_sql, sql_len, 0))
+    first = pc.utf8_upper(pc.fill_null(pc.list_element(pc.split_pattern(sql, " ", max_splits=1), 0), ""))
+    return sql, first
 
 
 def _fields(batch):

@@ -245,3 +245,24 @@ def test_process_lists_blacklists_win(tmp_path):
     # the service its environment names (first of DKE_SERVICE, ..., OTEL_SERVICE_NAME), else "" (the name then)
     assert selector(tmp_path / "d", PROCS).services(np.array([11, 14, 10, 11])).to_pylist() == \
         ["shop", "cache", "", "shop"]
+
+
+def my(seq, body):
+    return len(body).to_bytes(3, "little") + bytes([seq]) + body
+
+
+def test_mysql_queries_errors_and_handshake_left_out():
+    greeting = my(0, b"\x0a5.5.5-10.11.6-MariaDB\x00" + b"\x01\x00\x00\x00" + b"x" * 40)
+    login = my(1, b"\x85\xa6\xff\x01" + b"\x00" * 28 + b"root\x00")
+    ok = my(2, b"\x00\x00\x00\x02\x00\x00\x00")
+    q1 = my(0, b"\x03select * from t where id = 7")
+    r1 = my(1, b"\x01") + my(2, b"\x03def")
+    q2 = my(0, b"\x03drop table nope")
+    r2 = my(1, b"\xff\x33\x04#42S02Unknown table 'nope'")
+    rows = build([msg(3, RECV, 10, greeting), msg(3, SEND, 20, login), msg(3, RECV, 30, ok),
+                  msg(3, SEND, 40, q1), msg(3, RECV, 50, r1), msg(3, SEND, 60, q2), msg(3, RECV, 70, r2),
+                  msg(3, CLOSE, 80)])[3]
+    assert [(r["resource"], r["resource_type"], r["status"], r["operation"], r["direction"]) for r in rows] == [
+        ("select * from t where id = ?", "SELECT", "ok", "MySQL", "outgoing"),
+        ("drop table nope", "DROP", "error", "MySQL", "outgoing")]
+    assert (rows[1]["err_code"], rows[1]["err_msg"]) == (1075, "Unknown table 'nope'")
