@@ -243,3 +243,50 @@ def build_go(source, out_dir):
                GO111MODULE="off", GOFLAGS="", GOTOOLCHAIN="local")
     subprocess.run(["go", "build", "-o", exe, src], env=env, cwd=out_dir, check=True, capture_output=True)
     return exe
+
+
+class MariaDB:
+    """A throw-away MariaDB server (Debian's mariadb-server) on a free
+    loopback port, without grant tables (no password), run as mysql."""
+
+    def __init__(self):
+        import pwd
+        import shutil
+        import tempfile
+
+        pw = pwd.getpwnam("mysql")
+        self.dir = tempfile.mkdtemp(prefix="dkebpf-maria-")
+        self._rm = shutil.rmtree
+        os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        data = os.path.join(self.dir, "data")
+        subprocess.run(["mariadb-install-db", f"--datadir={data}", "--user=mysql", "--skip-test-db",
+                        "--auth-root-authentication-method=normal"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.dir)
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["mariadbd", "--no-defaults", f"--datadir={data}", f"--port={self.port}", "--bind-address=127.0.0.1",
+             f"--socket={self.dir}/sock", f"--pid-file={self.dir}/pid", "--user=mysql", "--skip-grant-tables",
+             "--skip-ssl"],
+            cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, self.proc, "mariadbd", timeout=60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def client(self, sql, env=None, delay=2.5):
+        """The mariadb client over TCP, started through a waiting shell
+        (see TracedApps.curl)."""
+        args = ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(self.port), "-u", "root", "--skip-ssl",
+                "-e", sql]
+        return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args],
+                                env=dict(env or os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self._rm(self.dir, ignore_errors=True)
