@@ -206,8 +206,11 @@ def test_go_http_server_spans_per_connection(bpf_ok, apps, tmp_path):
     assert [(r["http_route"], r["http_status_code"], r["process_name"]) for r in server] == \
         [(x, "200", "goweb") for x in paths], [(r["src_port"], r["dst_port"], r["resource"]) for r in server]
     assert sorted(r["resource"] for r in calls) == ["GET"] * 3 + ["SET"] * 3
-    assert sorted((r["req_seq"], r["resp_seq"]) for r in at_curl) == sorted((r["req_seq"], r["resp_seq"]) for r in server)
-    assert sorted((r["req_seq"], r["resp_seq"]) for r in at_redis) == sorted((r["req_seq"], r["resp_seq"]) for r in calls)
+    def seqs(spans):
+        return sorted((r["req_seq"], r["resp_seq"]) for r in spans)
+
+    assert seqs(at_curl) == seqs(server)
+    assert seqs(at_redis) == seqs(calls)
 
 
 def test_mysql_client_and_server_spans(bpf_ok):
