@@ -266,3 +266,24 @@ def test_mysql_queries_errors_and_handshake_left_out():
         ("select * from t where id = ?", "SELECT", "ok", "MySQL", "outgoing"),
         ("drop table nope", "DROP", "error", "MySQL", "outgoing")]
     assert (rows[1]["err_code"], rows[1]["err_msg"]) == (1075, "Unknown table 'nope'")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3), st.sampled_from([SEND, RECV, CLOSE]), st.integers(0, 100),
+                          st.one_of(st.sampled_from([b"GET /a HTTP/1.1\r\n", b"HTTP/1.1 500 X\r\n",
+                                                     redis_cmd(b"GET", b"k"), b"-ERR x\r\n",
+                                                     my(0, b"\x03select 1"), my(1, b"\xff\x01\x00#HY000oops"),
+                                                     pg(b"Q", b"select 1\0"), pg(b"E", b"Mbad\0\0")]),
+                                    st.binary(max_size=64)),
+                          st.binary(max_size=32), st.booleans()), max_size=30))
+def test_any_payloads_make_spans_without_error(items):
+    """Bytes of any kind after a protocol's first message (a hostile or
+    broken peer): spans or none, never an exception, the required fields
+    always there."""
+    recs = [msg(sk, op, ts, head + tail, more=int(more and op != CLOSE)) for sk, op, ts, head, tail, more in items]
+    b = SpanBuilder(Names())
+    msgs, spans = b.step(_records_of(*recs), 10**12)
+    for r in b.table(msgs, spans, 0).to_pylist():
+        assert r["ebpf_span_type"] in ("entry", "exit") and r["direction"] in ("incoming", "outgoing")
+        assert r["thread_trace_id"] > 0 and isinstance(r["req_seq"], int) and isinstance(r["resp_seq"], int)
+        assert r["status"] and r["operation"]
