@@ -24,7 +24,7 @@ from . import kernel
 from .errors import BuildError
 
 try:
-    from . import _libbpf, _records
+    from . import _libbpf, _records, _trace
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -128,7 +128,15 @@ TLS = ObjectSpec(
                 max_bytes=TLS_RING_BYTES),),
     drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_tls_")
 
-OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS)}
+# ebpf-trace (bpf/trace.bpf.c): one record per message start of a traced
+# process, ending after its payload. The record's dtype and the drop names
+# live with the span builder (ext/trace.pyx), the one module reading them.
+TRACE = ObjectSpec(
+    "trace", knobs=("ipv6_disabled", "self_tgid", "trace_all"), maps=("trace_pids", "trace_conns"),
+    rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE),),
+    drops="drops", drop_names=MappingProxyType(_trace.DROP_NAMES), drop_prefix="kernel_drop_trace_")
+
+OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE)}
 
 
 def ring_counters(rings):

@@ -139,6 +139,10 @@ def check_httpflow_tls():
         return False, [_first_line(exc)]
 
 
+def check_trace():
+    return _check_object("trace", "tp_btf sock_send_length/sock_recv_length/tcp_destroy_sock/sched_process_fork")
+
+
 def check_conntrack():
     """A ctnetlink socket that joins the event groups and answers a request
     (the global entry count); the ctnetlink_events probe said nf_conntrack

@@ -69,7 +69,8 @@ PLUGINS = (
     PluginRow("ebpf-bash", PLUGIN, "", "bash:BashPlugin", "check_bash", requires=("btf",)),
     PluginRow("ebpf-conntrack", PLUGIN, "", "conntrack:ConntrackPlugin", "check_conntrack",
               requires=("ctnetlink_events",), provides=("nat",)),
-    PluginRow("ebpf-trace", PLUGIN),
+    PluginRow("ebpf-trace", PLUGIN, "", "trace:TracePlugin", "check_trace",
+              requires=("btf", "sock_length_tracepoints", "rdonly_cast")),
     PluginRow("bpf-netlog", PLUGIN, "", "netlog:NetlogPlugin", "check_netlog", requires=("packet_socket",),
               needs=("domains", "k8s")),
 )

@@ -57,7 +57,8 @@ def test_config_accepts_exactly_the_table_names():
     assert config.PLUGINS == names(PLUGIN) == ("ebpf-net", "ebpf-bash", "ebpf-conntrack",
                                                "ebpf-trace", "bpf-netlog")
     assert config.L7NET_PROTOCOLS == names(L7NET) == ("httpflow", "httpflow-tls")
-    assert names(PLUGIN, implemented_only=True) == ("ebpf-net", "ebpf-bash", "ebpf-conntrack", "bpf-netlog")
+    assert names(PLUGIN, implemented_only=True) == ("ebpf-net", "ebpf-bash", "ebpf-conntrack", "ebpf-trace",
+                                                    "bpf-netlog")
 
 
 def labels(rows):
@@ -101,11 +102,12 @@ def test_agent_warns_about_what_the_table_marks_unimplemented_and_runs_the_rest(
     factories, notes = plugin_factories(cfg, ctx)
     assert [name for name, _ in factories] == ["ebpf-net/dnsflow", "ebpf-net/netflow"]
     assert notes == [f"{n}: not implemented in this version of dkebpf "
-                     "(available: ebpf-net, ebpf-bash, ebpf-conntrack, bpf-netlog)" for n in unimplemented]
+                     "(available: ebpf-net, ebpf-bash, ebpf-conntrack, ebpf-trace, bpf-netlog)"
+                     for n in unimplemented]
 
 
 def test_check_reports_an_unimplemented_row_and_missing_features(monkeypatch):
-    row = next(r for r in PLUGINS if not r.implemented)
+    row = next((r for r in PLUGINS if not r.implemented), PluginRow("not-built", PLUGIN))
     assert check.check_row(row) == (False, ["not implemented in this version"])
     netflow = next(r for r in PLUGINS if r.part == "netflow")
     monkeypatch.setattr(features, "missing",

@@ -1,0 +1,87 @@
+/* Records and maps of bpf/trace.bpf.c (ebpf-trace) that user space reads:
+ * struct span_msg (one message start) on the `events` ring (ext/trace.pyx builds the numpy
+ * dtype from this struct), the per-process filter `trace_pids` and the drop
+ * counter indices. */
+#ifndef DKEBPF_TRACE_H
+#define DKEBPF_TRACE_H
+
+#ifndef __VMLINUX_H__
+#include <linux/types.h>
+#endif
+
+/* Payload bytes copied per message start: a request line with its headers
+ * (traceparent and friends sit among them), a Redis command, a SQL text. */
+#define TRACE_PAYLOAD_MAX 1024
+
+/* trace_event.op */
+#define TRACE_OP_SEND 1  /* the first call of a run of sends on the socket */
+#define TRACE_OP_RECV 2  /* the first call of a run of receives */
+#define TRACE_OP_CLOSE 3 /* the socket ended: counters are its final totals */
+
+/* span_msg.more: this record is not a message start but the second call
+ * of a run whose first call moved fewer than TRACE_SHORT_START bytes: its
+ * payload continues the start's (Go's net/http server reads one byte
+ * ahead to notice a closed connection, so a request's first read is 1
+ * byte and its request line comes with the second). */
+#define TRACE_SHORT_START 16
+
+/* trace_pids values (key: tgid) */
+#define TRACE_PID_TRACED 1
+#define TRACE_PID_EXCLUDED 2
+
+/* index into the per-CPU `drops` array */
+#define TRACE_DROP_RING 0  /* events ring full: a message start was lost */
+#define TRACE_DROP_CONNS 1 /* trace_conns update failed */
+#define TRACE_DROP_READ 2  /* the call's user buffer could not be read */
+#define TRACE_DROP_PIDS 3  /* trace_pids full: a forked child is not followed */
+#define TRACE_DROP_MAX 4
+
+/* One message start: the first call of a run of calls in one direction on
+ * a TCP socket of a traced process (a request or a response: which one is
+ * for user space to tell, by protocol). The calls in between are only
+ * counted (trace_conns); the counters and times of the run before this one
+ * travel in this record, so user space knows where the previous message
+ * ended without a record per call. */
+struct span_msg {
+	__u64 ts_ns;        /* bpf_ktime_get_ns() when the call had moved its data */
+	__u64 sk;           /* struct sock * */
+	__u64 sk_sent;      /* bytes sent on the socket before this call */
+	__u64 sk_recv;      /* bytes received before this call */
+	__u64 ts_last_send; /* the last send call before this one; 0 none */
+	__u64 ts_last_recv; /* the last receive call before this one; 0 none */
+	__u64 user;         /* 0 from the kernel; user space keeps the record's
+	                     * thread_trace_id here while it is carried */
+	__u8 laddr[16];     /* IPv4 in the first 4 bytes */
+	__u8 raddr[16];
+	__u32 pid;          /* tgid */
+	__u32 tid;
+	__u32 seq;          /* TCP sequence number of the first byte of this call:
+	                     * send: write_seq - ret, receive: copied_seq - ret */
+	__u32 bytes;        /* bytes the call moved */
+	__u16 lport;        /* host byte order */
+	__u16 rport;
+	__u16 cap_len;      /* valid payload bytes */
+	__u8 family;        /* 4 or 6 */
+	__u8 op;            /* TRACE_OP_* */
+	__u8 more;          /* 1: continues the previous record's payload (above) */
+	char comm[16];      /* the calling thread's name */
+	char pcomm[16];     /* its process's name (the group leader's comm), read
+	                     * here: a short-lived process may be gone, or have
+	                     * exec'd, before user space looks at /proc */
+	__u8 payload[TRACE_PAYLOAD_MAX];
+};
+
+#define SPAN_MSG_MIN_SIZE __builtin_offsetof(struct span_msg, payload)
+
+/* Value of the `trace_conns` LRU map, keyed by struct sock *. */
+struct trace_conn {
+	__u64 sent;
+	__u64 recv;
+	__u64 ts_last_send;
+	__u64 ts_last_recv;
+	__u8 last_op; /* TRACE_OP_SEND / TRACE_OP_RECV of the current run */
+	__u8 short_start; /* the run's first call was short: send the next one too */
+	__u8 _pad[6];
+};
+
+#endif

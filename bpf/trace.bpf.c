@@ -1,0 +1,287 @@
+// SPDX-License-Identifier: GPL-2.0
+/* ebpf-trace: message starts on the TCP sockets of traced processes, with
+ * the TCP sequence number of their first byte, from two tp_btf hooks and
+ * no syscall tracepoint.
+ *
+ * tp_btf/sock_send_length, tp_btf/sock_recv_length (sock_sendmsg_nosec /
+ *   sock_recvmsg_nosec, right after the protocol moved the data): for a
+ *   process in `trace_pids` (or every process but the excluded ones when
+ *   `trace_all` is set), a TCP socket's calls form runs in one direction;
+ *   the first call of a run is a message start (a request or a response):
+ *   one struct span_msg with the first TRACE_PAYLOAD_MAX bytes of the
+ *   call (the user buffer from the task's saved registers,
+ *   include/syscall_io.bpf.h), the thread, the time, and `seq`:
+ *     send:    tcp_sock.write_seq - ret (tcp_sendmsg has advanced write_seq
+ *              by every byte it queued, so this is the first byte's number)
+ *     receive: tcp_sock.copied_seq - ret (tcp_recvmsg advanced copied_seq
+ *              past the bytes it copied)
+ *   The same numbers on both ends of a connection: the sender's write_seq
+ *   and the receiver's copied_seq count the same byte stream, which is how
+ *   the linker joins a client span to the server span across hosts.
+ *   Other calls of the run only add to the socket's counters (trace_conns),
+ *   but for the second when the first was shorter than TRACE_SHORT_START
+ *   (include/trace.h: span_msg.more).
+ * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
+ *   ends the last message of the socket.
+ * tp_btf/sched_process_fork: a new process inherits its parent's entry in
+ *   trace_pids (a server's forked workers, a shell's children), so it is
+ *   traced from its first call, before user space rescans /proc.
+ */
+#include "vmlinux/x86/vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "include/drops.bpf.h"
+#include "include/trace.h"
+#include "include/syscall_io.bpf.h"
+#include "include/ring_wake.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* knobs, set by user space between open and load */
+const volatile __u8 ipv6_disabled = 0;
+const volatile __u32 self_tgid = 0; /* the collector itself is never traced */
+const volatile __u8 trace_all = 0;  /* 1: every process but TRACE_PID_EXCLUDED ones */
+
+#include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
+
+#define TRACE_MAX_IOV 4
+#define EVENTS_RING_BYTES (1 << 24)
+/* user space takes records once per interval: wake it only when this much
+ * waits (include/ring_wake.bpf.h) */
+#define EVENTS_WAKE_BYTES (EVENTS_RING_BYTES / 16)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_BYTES);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);  /* tgid */
+	__type(value, __u8); /* TRACE_PID_* */
+} trace_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct trace_conn);
+} trace_conns SEC(".maps");
+
+DROP_COUNTERS(drops, TRACE_DROP_MAX);
+
+/* the record under construction, with slack after the payload so that any
+ * copy starting below TRACE_PAYLOAD_MAX of at most TRACE_PAYLOAD_MAX bytes
+ * stays inside (what the verifier can prove) */
+struct scratch {
+	struct span_msg ev;
+	__u8 slack[TRACE_PAYLOAD_MAX];
+	__u32 unqueried; /* include/ring_wake.bpf.h */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} scratch_buf SEC(".maps");
+
+static __always_inline int traced(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return 0;
+	__u8 *v = bpf_map_lookup_elem(&trace_pids, &tgid);
+	if (trace_all)
+		return !v || *v != TRACE_PID_EXCLUDED;
+	return v && *v == TRACE_PID_TRACED;
+}
+
+/* Copy up to TRACE_PAYLOAD_MAX - off bytes from src at payload[off]. */
+static __always_inline int copy_at(struct scratch *s, __u32 off, const void *src, __u64 n)
+{
+	if (off >= TRACE_PAYLOAD_MAX || !n)
+		return 0;
+	if (n > TRACE_PAYLOAD_MAX - off)
+		n = TRACE_PAYLOAD_MAX - off;
+	/* off < MAX and n <= MAX: inside payload + slack; the masks restate it
+	 * for the verifier, the barrier keeps clang from dropping them */
+	__u32 o = off, len = n;
+	asm volatile("" : "+r"(o), "+r"(len));
+	o &= TRACE_PAYLOAD_MAX - 1;
+	len &= 2 * TRACE_PAYLOAD_MAX - 1;
+	if (bpf_probe_read_user(&s->ev.payload[o], len, src))
+		return -1;
+	return len;
+}
+
+/* The call's first bytes (up to TRACE_PAYLOAD_MAX of the `ret` it moved)
+ * into the record. Returns the bytes copied. */
+static __always_inline __u32 copy_payload(struct scratch *s, long ret)
+{
+	struct syscall_io io = {};
+	int kind = syscall_io_get(&io);
+	if (kind == SYSIO_BUF) {
+		int got = copy_at(s, 0, (void *)io.ptr, ret);
+		if (got < 0)
+			count_drop(&drops, TRACE_DROP_READ);
+		return got > 0 ? got : 0;
+	}
+	if (kind != SYSIO_IOV && kind != SYSIO_MSG)
+		return 0;
+	struct iovec vs[TRACE_MAX_IOV] = {};
+	int n = syscall_io_iovecs(&io, vs, TRACE_MAX_IOV);
+	if (n <= 0)
+		return 0;
+	__u32 off = 0;
+	__u64 left = ret;
+#pragma unroll
+	for (int i = 0; i < TRACE_MAX_IOV; i++) {
+		if (i >= n || !left || off >= TRACE_PAYLOAD_MAX)
+			break;
+		__u64 len = vs[i].iov_len < left ? vs[i].iov_len : left;
+		left -= len;
+		int got = copy_at(s, off, vs[i].iov_base, len);
+		if (got < 0) {
+			count_drop(&drops, TRACE_DROP_READ);
+			break;
+		}
+		off += got;
+	}
+	return off < TRACE_PAYLOAD_MAX ? off : TRACE_PAYLOAD_MAX;
+}
+
+static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
+{
+	if (ret <= 0)
+		return;
+	__u64 id = bpf_get_current_pid_tgid();
+	if (!traced(id >> 32))
+		return;
+	const struct sock *s_ro = KERNEL_CAST(struct sock, sk);
+	if (s_ro->sk_protocol != IPPROTO_TCP || s_ro->sk_type != SOCK_STREAM)
+		return;
+	__u64 key = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
+	if (!tc) {
+		struct trace_conn init = {};
+		if (bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST) &&
+		    !bpf_map_lookup_elem(&trace_conns, &key)) {
+			count_drop(&drops, TRACE_DROP_CONNS);
+			return;
+		}
+		tc = bpf_map_lookup_elem(&trace_conns, &key);
+		if (!tc) {
+			count_drop(&drops, TRACE_DROP_CONNS);
+			return;
+		}
+	}
+	int start = tc->last_op != op;
+	if (start || tc->short_start) { /* a message starts, or its short start goes on */
+		__u32 zero = 0;
+		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+		struct sock_tuple t = {};
+		if (s && read_tuple(sk, &t)) {
+			struct span_msg *ev = &s->ev;
+			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+			ev->ts_ns = now;
+			ev->sk = key;
+			ev->sk_sent = tc->sent;
+			ev->sk_recv = tc->recv;
+			ev->ts_last_send = tc->ts_last_send;
+			ev->ts_last_recv = tc->ts_last_recv;
+			ev->user = 0;
+			__builtin_memcpy(ev->laddr, t.laddr, 16);
+			__builtin_memcpy(ev->raddr, t.raddr, 16);
+			ev->pid = id >> 32;
+			ev->tid = (__u32)id;
+			ev->seq = (op == TRACE_OP_SEND ? tp->write_seq : tp->copied_seq) - (__u32)ret;
+			ev->bytes = ret;
+			ev->lport = t.lport;
+			ev->rport = t.rport;
+			ev->family = t.family;
+			ev->op = op;
+			ev->more = !start;
+			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
+			ev->cap_len = copy_payload(s, ret);
+			__u32 size = SPAN_MSG_MIN_SIZE + (ev->cap_len & (2 * TRACE_PAYLOAD_MAX - 1));
+			__u64 flag = ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
+			if (bpf_ringbuf_output(&events, ev, size, flag))
+				count_drop(&drops, TRACE_DROP_RING);
+		}
+		tc->last_op = op;
+		tc->short_start = start && ret < TRACE_SHORT_START;
+	}
+	if (op == TRACE_OP_SEND) {
+		__sync_fetch_and_add(&tc->sent, ret);
+		tc->ts_last_send = now;
+	} else {
+		__sync_fetch_and_add(&tc->recv, ret);
+		tc->ts_last_recv = now;
+	}
+}
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(trace_send, struct sock *sk, int ret, int flags)
+{
+	on_call(sk, ret, TRACE_OP_SEND);
+	return 0;
+}
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(trace_recv, struct sock *sk, int ret, int flags)
+{
+	if (flags & MSG_PEEK) /* the data stays queued: it is read again */
+		return 0;
+	on_call(sk, ret, TRACE_OP_RECV);
+	return 0;
+}
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(trace_destroy, struct sock *sk)
+{
+	__u64 key = (__u64)sk;
+	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
+	if (!tc)
+		return 0;
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct span_msg *ev = s ? bpf_ringbuf_reserve(&events, SPAN_MSG_MIN_SIZE, 0) : 0;
+	if (ev) {
+		/* possibly softirq context: no process, no tuple (user space
+		 * knows the socket by sk from its earlier records) */
+		__builtin_memset(ev, 0, SPAN_MSG_MIN_SIZE);
+		ev->ts_ns = bpf_ktime_get_ns();
+		ev->sk = key;
+		ev->sk_sent = tc->sent;
+		ev->sk_recv = tc->recv;
+		ev->ts_last_send = tc->ts_last_send;
+		ev->ts_last_recv = tc->ts_last_recv;
+		ev->op = TRACE_OP_CLOSE;
+		bpf_ringbuf_submit(ev, ring_wake_flag(&events, &s->unqueried, SPAN_MSG_MIN_SIZE, EVENTS_WAKE_BYTES));
+	} else {
+		count_drop(&drops, TRACE_DROP_RING);
+	}
+	bpf_map_delete_elem(&trace_conns, &key);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(trace_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	if (ptgid == ctgid) /* a new thread: its process is already known */
+		return 0;
+	__u8 *v = bpf_map_lookup_elem(&trace_pids, &ptgid);
+	if (!v)
+		return 0;
+	__u8 val = *v;
+	if (bpf_map_update_elem(&trace_pids, &ctgid, &val, BPF_ANY))
+		count_drop(&drops, TRACE_DROP_PIDS);
+	return 0;
+}

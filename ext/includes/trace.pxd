@@ -1,0 +1,41 @@
+# Declarations of bpf/include/trace.h (the one definition of ebpf-trace's
+# kernel record).
+cdef extern from "include/trace.h" nogil:
+    enum:
+        TRACE_PAYLOAD_MAX
+        TRACE_OP_SEND
+        TRACE_OP_RECV
+        TRACE_OP_CLOSE
+        TRACE_PID_TRACED
+        TRACE_PID_EXCLUDED
+        TRACE_DROP_RING
+        TRACE_DROP_CONNS
+        TRACE_DROP_READ
+        TRACE_DROP_PIDS
+        TRACE_DROP_MAX
+        SPAN_MSG_MIN_SIZE
+        TRACE_SHORT_START
+
+    cdef struct span_msg:
+        unsigned long long ts_ns
+        unsigned long long sk
+        unsigned long long sk_sent
+        unsigned long long sk_recv
+        unsigned long long ts_last_send
+        unsigned long long ts_last_recv
+        unsigned long long user
+        unsigned char laddr[16]
+        unsigned char raddr[16]
+        unsigned int pid
+        unsigned int tid
+        unsigned int seq
+        unsigned int bytes
+        unsigned short lport
+        unsigned short rport
+        unsigned short cap_len
+        unsigned char family
+        unsigned char op
+        unsigned char more
+        char comm[16]
+        char pcomm[16]
+        unsigned char payload[TRACE_PAYLOAD_MAX]

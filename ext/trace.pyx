@@ -1,0 +1,545 @@
+"""ebpf-trace's span builder: message starts of bpf/trace.bpf.c (struct
+span_msg, one per run of calls in one direction on a socket) -> spans, one
+per request/response exchange, without a Python object per message.
+
+``pair()`` walks each connection's messages in time order (records sorted
+by socket, then time; what an earlier batch left unanswered comes first,
+carried by the caller). A connection's protocol and which way its requests
+go are told once, from the first message that says so (an HTTP/1.x request
+or status line, a Redis command array, a PostgreSQL startup packet, a
+MySQL server greeting: ``detect``); a connection that does not say within
+DETECT_TRIES message starts is not traced (as the original, which turns
+the protocol off for it). Then every message start in the request
+direction is a request and the next one back its response; the one after
+that (the next request, or the socket's close record) tells where the
+response ended: its ``ts_last_*`` and byte counters. A response nothing
+followed yet is reported once it has been quiet for the settle time, ended
+at its own first call.
+
+``link_threads()`` gives every request its ``thread_trace_id``: a request a
+process received (an entry span) a new id; a request it sent (an exit
+span) the id of the latest request received by the same thread before it
+(the original's rule, comm.go ThreadTrace), else an id of its own. Done
+on message starts, not on finished spans, because a server's span
+finishes after the client calls it made while serving.
+
+``tests/reference/trace_ref.py`` holds the pairing rules in plain Python.
+"""
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcmp, memcpy
+
+import numpy as np
+import pyarrow as pa
+cimport numpy as cnp
+
+from trace cimport *
+from dk_common cimport offset_of, be32
+from utf8 cimport utf8_replace_invalid
+from payloads cimport payload_view, view_payloads, payload_start
+from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
+
+from dkebpf import _records
+
+cnp.import_array()
+
+__all__ = ["MSG_DTYPE", "MSG_MIN_SIZE", "DROP_NAMES", "SPAN_DTYPE", "CONN_DTYPE", "THREAD_DTYPE",
+           "pair", "link_threads", "payloads", "http_lines", "slices", "PROTO_NAMES"]
+
+OP_SEND = TRACE_OP_SEND
+OP_RECV = TRACE_OP_RECV
+OP_CLOSE = TRACE_OP_CLOSE
+PID_TRACED = TRACE_PID_TRACED
+PID_EXCLUDED = TRACE_PID_EXCLUDED
+PAYLOAD_MAX = TRACE_PAYLOAD_MAX
+MSG_MIN_SIZE = SPAN_MSG_MIN_SIZE
+
+# connection protocols (CONN_DTYPE.proto, SPAN_DTYPE.proto)
+cdef enum:
+    P_UNKNOWN = 0
+    P_HTTP = 1
+    P_REDIS = 2
+    P_MYSQL = 3
+    P_PGSQL = 4
+    P_HTTP2 = 5   # told apart, not paired: streams interleave (see README)
+    P_NONE = 255  # not a protocol we trace: nothing more is looked at
+
+PROTO_NAMES = {P_HTTP: "http", P_REDIS: "redis", P_MYSQL: "mysql", P_PGSQL: "postgresql", P_HTTP2: "http2"}
+PROTO = {v: k for k, v in PROTO_NAMES.items()}
+
+# message starts a connection gets to say what it speaks
+DEF DETECT_TRIES = 4
+
+cdef span_msg _m
+MSG_DTYPE = _records._dtype("span_msg", [
+    ("ts", "<u8", offset_of(&_m, &_m.ts_ns)),
+    ("sk", "<u8", offset_of(&_m, &_m.sk)),
+    ("sk_sent", "<u8", offset_of(&_m, &_m.sk_sent)),
+    ("sk_recv", "<u8", offset_of(&_m, &_m.sk_recv)),
+    ("ts_last_send", "<u8", offset_of(&_m, &_m.ts_last_send)),
+    ("ts_last_recv", "<u8", offset_of(&_m, &_m.ts_last_recv)),
+    ("user", "<u8", offset_of(&_m, &_m.user)),
+    ("laddr", "V16", offset_of(&_m, &_m.laddr)),
+    ("raddr", "V16", offset_of(&_m, &_m.raddr)),
+    ("pid", "<u4", offset_of(&_m, &_m.pid)),
+    ("tid", "<u4", offset_of(&_m, &_m.tid)),
+    ("seq", "<u4", offset_of(&_m, &_m.seq)),
+    ("bytes", "<u4", offset_of(&_m, &_m.bytes)),
+    ("lport", "<u2", offset_of(&_m, &_m.lport)),
+    ("rport", "<u2", offset_of(&_m, &_m.rport)),
+    ("cap_len", "<u2", offset_of(&_m, &_m.cap_len)),
+    ("family", "u1", offset_of(&_m, &_m.family)),
+    ("op", "u1", offset_of(&_m, &_m.op)),
+    ("more", "u1", offset_of(&_m, &_m.more)),
+    ("comm", "S16", offset_of(&_m, &_m.comm)),
+    ("pcomm", "S16", offset_of(&_m, &_m.pcomm)),
+    ("payload", f"V{TRACE_PAYLOAD_MAX}", offset_of(&_m, &_m.payload)),
+], sizeof(span_msg))
+
+DROP_NAMES = _records._drop_names("trace.bpf.c", {
+    TRACE_DROP_RING: "events_ring_full", TRACE_DROP_CONNS: "trace_conns_map_full",
+    TRACE_DROP_READ: "payload_unreadable", TRACE_DROP_PIDS: "trace_pids_map_full"}, TRACE_DROP_MAX)
+
+
+cdef struct span_t:
+    int64_t req       # index of the request's message start
+    int64_t resp      # of the response's
+    int64_t nxt       # of what followed the response (next request, close); -1 none
+    uint64_t start_ns  # request's first call (ktime)
+    uint64_t end_ns    # response's last call (ktime)
+    uint64_t req_bytes
+    uint64_t resp_bytes
+    uint8_t proto
+    uint8_t incoming   # the process received the request (an entry span)
+
+cdef span_t _s
+SPAN_DTYPE = np.dtype({
+    "names": ["req", "resp", "nxt", "start_ns", "end_ns", "req_bytes", "resp_bytes", "proto", "incoming"],
+    "formats": ["<i8", "<i8", "<i8", "<u8", "<u8", "<u8", "<u8", "u1", "u1"],
+    "offsets": [offset_of(&_s, &_s.req), offset_of(&_s, &_s.resp), offset_of(&_s, &_s.nxt),
+                offset_of(&_s, &_s.start_ns), offset_of(&_s, &_s.end_ns), offset_of(&_s, &_s.req_bytes),
+                offset_of(&_s, &_s.resp_bytes), offset_of(&_s, &_s.proto), offset_of(&_s, &_s.incoming)],
+    "itemsize": sizeof(span_t)})
+
+
+cdef struct conn_t:
+    uint64_t sk
+    uint64_t last_ts
+    uint8_t req_op     # TRACE_OP_* requests travel in; 0 not told yet
+    uint8_t proto
+    uint8_t tries      # message starts looked at without telling
+    uint8_t closed
+
+cdef conn_t _c
+CONN_DTYPE = np.dtype({
+    "names": ["sk", "last_ts", "req_op", "proto", "tries", "closed"],
+    "formats": ["<u8", "<u8", "u1", "u1", "u1", "u1"],
+    "offsets": [offset_of(&_c, &_c.sk), offset_of(&_c, &_c.last_ts), offset_of(&_c, &_c.req_op),
+                offset_of(&_c, &_c.proto), offset_of(&_c, &_c.tries), offset_of(&_c, &_c.closed)],
+    "itemsize": sizeof(conn_t)})
+
+# the latest request each thread received (link_threads' memory between batches)
+THREAD_DTYPE = np.dtype([("key", "<u8"), ("ts", "<u8"), ("ttid", "<i8")])
+
+# role of a message start (pair()'s first result)
+cdef enum:
+    R_OTHER = 0
+    R_REQUEST = 1
+    R_RESPONSE = 2
+ROLE_OTHER, ROLE_REQUEST, ROLE_RESPONSE = R_OTHER, R_REQUEST, R_RESPONSE
+
+
+cdef inline uint8_t _other(uint8_t op) noexcept nogil:
+    return TRACE_OP_RECV if op == TRACE_OP_SEND else TRACE_OP_SEND
+
+
+cdef bint _redis_command(const uint8_t *p, int n) noexcept nogil:
+    """A RESP command: an array of bulk strings, ``*<n>\\r\\n$``."""
+    cdef int i = 1
+    if n < 5 or p[0] != 42:  # '*'
+        return False
+    while i < n and 48 <= p[i] <= 57:
+        i += 1
+    return i > 1 and i + 2 < n and p[i] == 13 and p[i + 1] == 10 and p[i + 2] == 36
+
+
+cdef int detect(const span_msg *m, uint8_t *req_op) noexcept nogil:
+    """The protocol a message start shows and which way requests go
+    (*req_op); P_UNKNOWN when it does not tell."""
+    cdef const uint8_t *p = m.payload
+    cdef int n = m.cap_len
+    cdef http_msg h
+    if n > TRACE_PAYLOAD_MAX:
+        n = TRACE_PAYLOAD_MAX
+    if n >= 24 and memcmp(p, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24) == 0:
+        req_op[0] = m.op
+        return P_HTTP2
+    if n >= 8 and parse_first_line(p, n, &h):
+        req_op[0] = m.op if h.kind == K_REQUEST else _other(m.op)
+        return P_HTTP
+    if _redis_command(p, n):
+        req_op[0] = m.op
+        return P_REDIS
+    # PostgreSQL StartupMessage (protocol 3.0) or SSLRequest: length, then
+    # 196608 or 80877103, from the client
+    if n >= 8 and be32(p) == <uint32_t>n and (be32(p + 4) == 196608 or be32(p + 4) == 80877103):
+        req_op[0] = m.op
+        return P_PGSQL
+    # MySQL server greeting: 3-byte length, sequence 0, protocol version 10
+    if n >= 5 and p[3] == 0 and p[4] == 10 and (p[0] | (p[1] << 8) | (p[2] << 16)) + 4 == m.bytes:
+        req_op[0] = _other(m.op)
+        return P_MYSQL
+    return P_UNKNOWN
+
+
+cdef inline int64_t _find(const uint64_t *keys, int64_t n, uint64_t k) noexcept nogil:
+    cdef int64_t lo = 0, hi = n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if keys[mid] < k:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < n and keys[lo] == k else -1
+
+
+cdef inline uint64_t _sub(uint64_t a, uint64_t b) noexcept nogil:
+    return a - b if a > b else 0
+
+
+cdef void _finish(span_t *s, const span_msg *M, int64_t req, int64_t resp, int64_t nxt, uint8_t req_op,
+                  uint8_t proto) noexcept nogil:
+    """A span from its request, response and what followed (or -1)."""
+    cdef const span_msg *q = &M[req]
+    cdef const span_msg *r = &M[resp]
+    cdef const span_msg *x
+    cdef uint64_t end
+    s.req = req
+    s.resp = resp
+    s.nxt = nxt
+    s.proto = proto
+    s.incoming = req_op == TRACE_OP_RECV
+    s.start_ns = q.ts_ns
+    # the request's bytes: the counter of its direction from its start to
+    # the response's start (kept by the kernel across the calls between)
+    s.req_bytes = _sub(r.sk_sent, q.sk_sent) if req_op == TRACE_OP_SEND else _sub(r.sk_recv, q.sk_recv)
+    if s.req_bytes == 0:
+        s.req_bytes = q.bytes
+    s.end_ns = r.ts_ns
+    s.resp_bytes = r.bytes
+    if nxt >= 0:
+        x = &M[nxt]
+        end = x.ts_last_recv if req_op == TRACE_OP_SEND else x.ts_last_send
+        if end > s.end_ns:
+            s.end_ns = end
+        end = _sub(x.sk_recv, r.sk_recv) if req_op == TRACE_OP_SEND else _sub(x.sk_sent, r.sk_sent)
+        if end > s.resp_bytes:
+            s.resp_bytes = end
+
+
+def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
+    """msgs: MSG_DTYPE records; order: their indices sorted by (sk, ts)
+    (what was carried before the new at equal keys: records are large,
+    so they are not moved);
+    conns: CONN_DTYPE, sorted by sk (the connections' state so far).
+    Returns (role, spans, carry, conns_seen, stats): role per message
+    (ROLE_*), SPAN_DTYPE rows of the finished exchanges, a bool per message
+    to carry to the next batch (a request not answered yet, a response
+    still open), the new state of the connections in msgs (sorted by sk;
+    closed ones flagged), and counters. A record that continues a short
+    start (``more``) has its payload appended to the start's, in msgs."""
+    cdef cnp.ndarray M_arr = msgs
+    if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous or not M_arr.flags.writeable:
+        raise TypeError("pair: msgs must be a writable contiguous MSG_DTYPE array (continuations are merged into it)")
+    cdef cnp.ndarray C_arr = np.ascontiguousarray(conns, dtype=CONN_DTYPE)
+    cdef Py_ssize_t n = len(M_arr), nc = len(C_arr)
+    cdef span_msg *M = <span_msg *>cnp.PyArray_DATA(M_arr) if n else NULL
+    cdef const conn_t *C = <const conn_t *>cnp.PyArray_DATA(C_arr) if nc else NULL
+    ck = np.ascontiguousarray(C_arr["sk"]) if nc else np.zeros(0, np.uint64)
+    cdef const uint64_t[::1] csk = ck
+    role = np.zeros(n, np.uint8)
+    carry = np.zeros(n, bool)
+    spans = np.zeros(n // 2 + 1, SPAN_DTYPE)
+    seen = np.zeros(n, CONN_DTYPE)
+    cdef uint8_t[::1] R = role
+    cdef uint8_t[::1] K = carry.view(np.uint8)
+    cdef span_t *S = <span_t *>cnp.PyArray_DATA(spans)
+    cdef conn_t *O = <conn_t *>cnp.PyArray_DATA(seen)
+    cdef const int64_t[::1] Ord = np.ascontiguousarray(order, np.int64)
+    if Ord.shape[0] != n:
+        raise ValueError(f"pair: {n} records but {Ord.shape[0]} in order")
+    cdef Py_ssize_t i, k = 0, j, ns = 0, no = 0
+    cdef int64_t pq, pr, at
+    cdef conn_t st
+    cdef uint8_t op, rop
+    cdef int proto
+    cdef int64_t unanswered = 0, orphan_responses = 0, expired = 0, undetected = 0
+    cdef int64_t prev
+    cdef int take
+    with nogil:
+        # a short message start's next call continues its payload (span_msg.more)
+        for k in range(1, n):
+            i = Ord[k]
+            prev = Ord[k - 1]
+            if M[i].more and M[prev].sk == M[i].sk and M[prev].cap_len < TRACE_PAYLOAD_MAX:
+                take = M[i].cap_len
+                if take > TRACE_PAYLOAD_MAX - M[prev].cap_len:
+                    take = TRACE_PAYLOAD_MAX - M[prev].cap_len
+                memcpy(&M[prev].payload[M[prev].cap_len], M[i].payload, take)
+                M[prev].cap_len += take
+        k = 0
+        while k < n:
+            # one connection: order[k:j]
+            i = Ord[k]
+            j = k
+            while j < n and M[Ord[j]].sk == M[i].sk:
+                j += 1
+            at = _find(&csk[0], nc, M[i].sk) if nc else -1
+            if at >= 0:
+                st = C[at]
+            else:
+                st.sk = M[i].sk
+                st.req_op = 0
+                st.proto = P_UNKNOWN
+                st.tries = 0
+                st.closed = 0
+            pq = pr = -1
+            while k < j:
+                i = Ord[k]
+                op = M[i].op
+                if M[i].more:  # merged above
+                    k += 1
+                    continue
+                st.last_ts = M[i].ts_ns
+                if op == TRACE_OP_CLOSE:
+                    if pr >= 0:
+                        _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto)
+                        ns += 1
+                    elif pq >= 0:
+                        unanswered += 1
+                    pq = pr = -1
+                    # the socket is gone; its memory (the key) may carry a
+                    # new connection of any protocol and side right after
+                    st.closed = 1
+                    st.req_op = 0
+                    st.proto = P_UNKNOWN
+                    st.tries = 0
+                    k += 1
+                    continue
+                st.closed = 0
+                if st.proto == P_UNKNOWN:
+                    proto = detect(&M[i], &rop)
+                    if proto == P_UNKNOWN:
+                        st.tries += 1
+                        if st.tries >= DETECT_TRIES:
+                            st.proto = P_NONE
+                            undetected += 1
+                        k += 1
+                        continue
+                    st.proto = proto
+                    st.req_op = rop
+                if st.proto == P_NONE or st.proto == P_HTTP2:
+                    k += 1
+                    continue
+                if op == st.req_op:
+                    R[i] = R_REQUEST
+                    if pr >= 0:
+                        _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto)
+                        ns += 1
+                    elif pq >= 0:
+                        unanswered += 1
+                    pq = i
+                    pr = -1
+                else:
+                    R[i] = R_RESPONSE
+                    if pq >= 0 and pr < 0:
+                        pr = i
+                    else:
+                        orphan_responses += 1
+                k += 1
+            # what is still open at the end of the batch
+            if pr >= 0:
+                if M[pr].ts_ns < settle_before:
+                    _finish(&S[ns], M, pq, pr, -1, st.req_op, st.proto)
+                    ns += 1
+                else:
+                    K[pq] = 1
+                    K[pr] = 1
+            elif pq >= 0:
+                if M[pq].ts_ns < expire_before:
+                    expired += 1
+                else:
+                    K[pq] = 1
+            O[no] = st
+            no += 1
+    stats = {"unanswered": unanswered, "orphan_responses": orphan_responses, "expired_requests": expired,
+             "undetected_connections": undetected}
+    return role, spans[:ns], carry, seen[:no], stats
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer: ids from record fields, well spread."""
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+def link_threads(msgs, role, threads, uint64_t forget_before):
+    """Give every request of msgs without one (msgs['user'] == 0) its
+    thread_trace_id, in msgs['user'] (as uint64 of a positive int64).
+    threads: THREAD_DTYPE, the latest received request per thread so far.
+    Returns the new threads table (entries older than forget_before go)."""
+    cdef cnp.ndarray M_arr = msgs
+    if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous:
+        raise TypeError("link_threads: msgs must be a contiguous MSG_DTYPE array (it is written)")
+    cdef span_msg *M = <span_msg *>cnp.PyArray_DATA(M_arr)
+    cdef const uint8_t[::1] R = np.ascontiguousarray(role, np.uint8)
+    idx = np.flatnonzero((np.asarray(role) == ROLE_REQUEST) & (msgs["user"] == 0))
+    # time order over all connections: a thread's requests in the order it made them
+    idx = idx[np.argsort(msgs["ts"][idx], kind="stable")]
+    T = np.ascontiguousarray(threads, THREAD_DTYPE)
+    tk = np.concatenate([T["key"], (msgs["pid"][idx].astype(np.uint64) << 32) | msgs["tid"][idx]])
+    tt = np.concatenate([T["ts"], msgs["ts"][idx]])
+    tid = np.concatenate([T["ttid"], np.zeros(len(idx), np.int64)])
+    cdef const int64_t[::1] I = idx.astype(np.int64)
+    cdef Py_ssize_t base = len(T), k, n = len(idx), total = len(tk)
+    # per thread key, in time order: the running latest entry (key order,
+    # then time; entries of the table first at equal keys, they are older)
+    order = np.lexsort((np.arange(total), tt, tk)).astype(np.int64)
+    cdef const int64_t[::1] Ord = order
+    cdef const uint64_t[::1] Key = tk
+    cdef int64_t[::1] Tid = tid
+    cdef uint64_t last_key = 0, id_
+    cdef int64_t last_ttid = 0, pos
+    cdef bint have = False
+    cdef span_msg *m
+    with nogil:
+        for k in range(total):
+            pos = Ord[k]
+            if not have or Key[pos] != last_key:
+                last_key = Key[pos]
+                have = True
+                last_ttid = 0
+            if pos < base:
+                last_ttid = Tid[pos]
+                continue
+            m = &M[I[pos - base]]
+            if m.op == TRACE_OP_RECV:  # an entry: a new id, the thread's latest
+                id_ = mix64(m.sk ^ mix64(m.ts_ns) ^ (<uint64_t>m.tid << 32)) & 0x7fffffffffffffffULL
+                if id_ == 0:
+                    id_ = 1
+                last_ttid = <int64_t>id_
+                Tid[pos] = last_ttid
+            elif last_ttid != 0:  # an exit inside the latest entry's thread
+                id_ = <uint64_t>last_ttid
+            else:  # an exit of a thread that served nothing: its own root
+                id_ = mix64(m.sk ^ mix64(m.ts_ns + 1)) & 0x7fffffffffffffffULL
+                if id_ == 0:
+                    id_ = 1
+            m.user = id_
+    # the table: the latest entry per thread
+    entry = np.concatenate([np.ones(base, bool), msgs["op"][idx] == TRACE_OP_RECV])
+    keep = entry & (tt >= forget_before)
+    ek, et, ei = tk[keep], tt[keep], tid[keep]
+    o = np.lexsort((et, ek))
+    ek, et, ei = ek[o], et[o], ei[o]
+    last = np.ones(len(ek), bool)
+    last[:len(ek) - 1] = ek[1:] != ek[:len(ek) - 1]
+    out = np.zeros(int(last.sum()), THREAD_DTYPE)
+    out["key"], out["ts"], out["ttid"] = ek[last], et[last], ei[last]
+    return out
+
+
+def payloads(msgs, idx):
+    """The captured payloads of msgs[idx] as one pyarrow BinaryArray (for
+    the protocol parsers), copied in one pass."""
+    cdef cnp.ndarray M_arr = np.ascontiguousarray(msgs, dtype=MSG_DTYPE)
+    cdef const span_msg *M = <const span_msg *>cnp.PyArray_DATA(M_arr) if len(M_arr) else NULL
+    cdef const int64_t[::1] I = np.ascontiguousarray(idx, np.int64)
+    cdef Py_ssize_t n = I.shape[0], k
+    cdef cnp.ndarray offsets = np.empty(n + 1, np.int32)
+    cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offsets)
+    cdef int32_t pos = 0
+    cdef int L
+    with nogil:
+        for k in range(n):
+            O[k] = pos
+            L = M[I[k]].cap_len
+            pos += L if L < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
+        O[n] = pos
+    cdef cnp.ndarray data = np.empty(max(pos, 1), np.uint8)
+    cdef uint8_t *D = <uint8_t *>cnp.PyArray_DATA(data)
+    with nogil:
+        for k in range(n):
+            for L in range(O[k + 1] - O[k]):
+                D[O[k] + L] = M[I[k]].payload[L]
+    return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data[:pos])])
+
+
+cdef http_msg _h
+HTTP_LINE_DTYPE = np.dtype({
+    "names": ["kind", "method", "version", "status", "path_off", "path_len", "truncated"],
+    "formats": ["u1", "u1", "u1", "<u2", "<u2", "<u2", "u1"],
+    "offsets": [offset_of(&_h, &_h.kind), offset_of(&_h, &_h.method), offset_of(&_h, &_h.version),
+                offset_of(&_h, &_h.status), offset_of(&_h, &_h.path_off), offset_of(&_h, &_h.path_len),
+                offset_of(&_h, &_h.truncated)],
+    "itemsize": sizeof(http_msg)})
+
+
+def http_lines(msgs, idx):
+    """HTTP/1.x first line of each msgs[idx] (httpflow's parser,
+    dkebpf._http): HTTP_LINE_DTYPE rows (kind 0 where none)."""
+    cdef cnp.ndarray M_arr = np.ascontiguousarray(msgs, dtype=MSG_DTYPE)
+    cdef const span_msg *M = <const span_msg *>cnp.PyArray_DATA(M_arr) if len(M_arr) else NULL
+    cdef const int64_t[::1] I = np.ascontiguousarray(idx, np.int64)
+    cdef Py_ssize_t n = I.shape[0], k
+    out = np.zeros(n, HTTP_LINE_DTYPE)
+    cdef http_msg *H = <http_msg *>cnp.PyArray_DATA(out)
+    cdef int L
+    with nogil:
+        for k in range(n):
+            L = M[I[k]].cap_len
+            if L > TRACE_PAYLOAD_MAX:
+                L = TRACE_PAYLOAD_MAX
+            if not parse_first_line(M[I[k]].payload, L, &H[k]):
+                H[k].kind = 0
+    return out
+
+
+def slices(data, starts, lengths, valid):
+    """Strings cut out of a BinaryArray's rows: row k gives
+    data[k][starts[k]:starts[k]+lengths[k]] (clamped to the row), made valid
+    UTF-8 by the project's one policy; null where not valid[k]."""
+    cdef payload_view pv = view_payloads(data)
+    cdef Py_ssize_t n = pv.n, k
+    cdef const int32_t[::1] St = np.ascontiguousarray(starts, np.int32)
+    valid = np.ascontiguousarray(valid, bool)
+    cdef const int32_t[::1] Ln = np.where(valid, np.asarray(lengths, np.int64), 0).astype(np.int32)
+    if St.shape[0] != n or Ln.shape[0] != n:
+        raise ValueError(f"slices: {n} rows but {St.shape[0]} starts and {Ln.shape[0]} lengths")
+    if valid.shape[0] != n:
+        raise ValueError(f"slices: {n} rows but {valid.shape[0]} valid flags")
+    cdef cnp.ndarray offs = np.empty(n + 1, np.int32)
+    cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offs)
+    total = int(np.maximum(np.asarray(Ln), 0).sum()) if n else 0
+    cdef cnp.ndarray out = np.empty(max(3 * total, 1), np.uint8)
+    cdef uint8_t *B = <uint8_t *>cnp.PyArray_DATA(out)
+    cdef int64_t a, b, row_end
+    cdef int32_t pos = 0
+    with nogil:
+        for k in range(n):
+            O[k] = pos
+            if Ln[k] <= 0 or pv.data == NULL:
+                continue
+            a = payload_start(&pv, k) + St[k]
+            b = a + Ln[k]
+            row_end = payload_start(&pv, k + 1)
+            if b > row_end:
+                b = row_end
+            if a < b:
+                pos += utf8_replace_invalid(pv.data + a, b - a, B + pos)
+        O[n] = pos
+    mask = None if valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offs), pa.py_buffer(out[:pos]), mask)

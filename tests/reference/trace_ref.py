@@ -1,0 +1,133 @@
+"""Plain-Python reference of ext/trace.pyx's span builder (pair,
+link_threads), for property tests only. Messages are dicts with the
+MSG_DTYPE field names; payload as bytes."""
+from . import http_ref
+
+SEND, RECV, CLOSE = 1, 2, 3
+UNKNOWN, HTTP, REDIS, MYSQL, PGSQL, HTTP2, NONE = 0, 1, 2, 3, 4, 5, 255
+DETECT_TRIES = 4
+PAYLOAD_MAX = 1024
+MASK63 = (1 << 63) - 1
+M64 = (1 << 64) - 1
+
+
+def other(op):
+    return RECV if op == SEND else SEND
+
+
+def detect(m):
+    p = m["payload"][: m["cap_len"]]
+    n = len(p)
+    if p.startswith(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"):
+        return HTTP2, m["op"]
+    if n >= 8:
+        fl = http_ref.first_line(p)
+        if fl is not None:
+            return HTTP, (m["op"] if fl["kind"] == 1 else other(m["op"]))
+    if n >= 5 and p[0:1] == b"*":
+        i = 1
+        while i < n and 48 <= p[i] <= 57:
+            i += 1
+        if i > 1 and i + 2 < n and p[i:i + 3] == b"\r\n$":
+            return REDIS, m["op"]
+    if n >= 8 and int.from_bytes(p[:4], "big") == n and int.from_bytes(p[4:8], "big") in (196608, 80877103):
+        return PGSQL, m["op"]
+    if n >= 5 and p[3] == 0 and p[4] == 10 and int.from_bytes(p[:3], "little") + 4 == m["bytes"]:
+        return MYSQL, other(m["op"])
+    return UNKNOWN, 0
+
+
+def finish(M, q, r, x, req_op, proto):
+    Q, R = M[q], M[r]
+    sub = lambda a, b: a - b if a > b else 0  # noqa: E731
+    s = {"req": q, "resp": r, "nxt": x, "proto": proto, "incoming": int(req_op == RECV), "start_ns": Q["ts"]}
+    s["req_bytes"] = sub(R["sk_sent"], Q["sk_sent"]) if req_op == SEND else sub(R["sk_recv"], Q["sk_recv"])
+    if s["req_bytes"] == 0:
+        s["req_bytes"] = Q["bytes"]
+    s["end_ns"], s["resp_bytes"] = R["ts"], R["bytes"]
+    if x >= 0:
+        X = M[x]
+        end = X["ts_last_recv"] if req_op == SEND else X["ts_last_send"]
+        s["end_ns"] = max(s["end_ns"], end)
+        b = sub(X["sk_recv"], R["sk_recv"]) if req_op == SEND else sub(X["sk_sent"], R["sk_sent"])
+        s["resp_bytes"] = max(s["resp_bytes"], b)
+    return s
+
+
+def pair(M, conns, settle_before, expire_before):
+    """M sorted by (sk, ts); conns: {sk: state dict}. Returns (role,
+    spans, carry, seen)."""
+    role, carry, spans, seen = [0] * len(M), [False] * len(M), [], {}
+    for i in range(1, len(M)):  # a short start's continuation joins its payload
+        m, p = M[i], M[i - 1]
+        if m.get("more") and p["sk"] == m["sk"] and p["cap_len"] < PAYLOAD_MAX:
+            add = m["payload"][: min(m["cap_len"], PAYLOAD_MAX - p["cap_len"])]
+            p["payload"] = p["payload"][: p["cap_len"]] + add
+            p["cap_len"] += len(add)
+    i = 0
+    while i < len(M):
+        sk = M[i]["sk"]
+        st = dict(conns.get(sk) or {"req_op": 0, "proto": UNKNOWN, "tries": 0, "closed": 0})
+        pq = pr = -1
+        while i < len(M) and M[i]["sk"] == sk:
+            m = M[i]
+            if m.get("more"):
+                i += 1
+                continue
+            if m["op"] == CLOSE:
+                if pr >= 0:
+                    spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"]))
+                pq = pr = -1
+                st.update(closed=1, req_op=0, proto=UNKNOWN, tries=0)  # the key may be reused at once
+                i += 1
+                continue
+            st["closed"] = 0
+            if st["proto"] == UNKNOWN:
+                proto, rop = detect(m)
+                if proto == UNKNOWN:
+                    st["tries"] += 1
+                    if st["tries"] >= DETECT_TRIES:
+                        st["proto"] = NONE
+                    i += 1
+                    continue
+                st["proto"], st["req_op"] = proto, rop
+            if st["proto"] in (NONE, HTTP2):
+                i += 1
+                continue
+            if m["op"] == st["req_op"]:
+                role[i] = 1
+                if pr >= 0:
+                    spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"]))
+                pq, pr = i, -1
+            else:
+                role[i] = 2
+                if pq >= 0 and pr < 0:
+                    pr = i
+            i += 1
+        if pr >= 0:
+            if M[pr]["ts"] < settle_before:
+                spans.append(finish(M, pq, pr, -1, st["req_op"], st["proto"]))
+            else:
+                carry[pq] = carry[pr] = True
+        elif pq >= 0 and M[pq]["ts"] >= expire_before:
+            carry[pq] = True
+        seen[sk] = st
+    return role, spans, carry, seen
+
+
+def link_threads(M, role, threads):
+    """threads: {(pid, tid): ttid of the latest received request}. Fills
+    m['user'] of new requests; which ids are equal is what matters (the
+    id values are hashes): returns, per request index, the index of the
+    request (or table key) whose id it shares."""
+    idx = sorted((i for i, r in enumerate(role) if r == 1 and M[i]["user"] == 0), key=lambda i: M[i]["ts"])
+    latest = {k: ("table", k) for k in threads}
+    owner = {}
+    for i in idx:
+        key = (M[i]["pid"], M[i]["tid"])
+        if M[i]["op"] == RECV:
+            latest[key] = ("msg", i)
+            owner[i] = ("msg", i)
+        else:
+            owner[i] = latest.get(key, ("own", i))
+    return owner
