@@ -105,6 +105,7 @@ class HttpPipeline:
             x, method, version, truncated = x[ok], method[ok], version[ok], truncated[ok]
             path = path.filter(pa.array(ok))
         version = np.where(version != 0, version, x["resp_version"])
+        version[(version != 10) & (version != 11)] = 0  # unknown: no http_version
         client = x["direction"] == _records.DIR_OUTGOING  # the client side writes the request
         cols = {k: pa.array(x[k]) for k in CONN_INT_COLUMNS}
         for k in CONN_BYTES_COLUMNS:
