@@ -1,8 +1,8 @@
 """Fixed cost of attach points, without any work in the programs: nginx
 (1 worker) + wrk -t2 -c32 on loopback with nothing attached, with empty
 programs on the 16 syscall tracepoints httpflow uses (perf/tpfloor.bpf.c),
-and with one tp_btf/sys_enter + sys_exit pair that filters the same calls
-by number. Rounds alternate; prints requests/s per mode and round.
+with one tp_btf/sys_enter + sys_exit pair that filters the same calls
+by number, and with empty programs on the hooks httpflow uses now. Rounds alternate; prints requests/s per mode and round.
 
     python3 perf/bench_tracepoint_floor.py    (BENCH_SECONDS=5, BENCH_ROUNDS=2)
 """
@@ -19,7 +19,8 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
 CALLS = ("read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg")  # EMPTY_PAIR()s
 # the programs each mode attaches (all are loaded)
 MODES = {"syscall_tracepoints": tuple(f"tp_{d}_{c}" for c in CALLS for d in ("enter", "exit")),
-         "raw_sys_pair": ("raw_enter", "raw_exit")}
+         "raw_sys_pair": ("raw_enter", "raw_exit"),
+         "httpflow_hooks": ("sock_send", "sock_recv", "sock_destroy")}
 
 
 def build(out_dir):
