@@ -10,7 +10,7 @@ import os
 import subprocess
 import tempfile
 
-from bench_httpflow_e2e import wrk
+from collector import wrk as wrk_url
 from support.nginx import Nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,6 +21,10 @@ CALLS = ("read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "r
 MODES = {"syscall_tracepoints": tuple(f"tp_{d}_{c}" for c in CALLS for d in ("enter", "exit")),
          "raw_sys_pair": ("raw_enter", "raw_exit"),
          "httpflow_hooks": ("sock_send", "sock_recv", "sock_destroy")}
+
+
+def wrk(port):
+    return wrk_url(f"http://127.0.0.1:{port}/ok", int(os.environ.get("BENCH_SECONDS", 5)))
 
 
 def build(out_dir):
