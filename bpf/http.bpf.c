@@ -86,7 +86,8 @@ struct {
 	__type(value, struct scratch);
 } scratch_buf SEC(".maps");
 
-#define HTTP_OUT {.ring = &events, .drops = &http_drops, .wake_bytes = EVENTS_WAKE_BYTES, .source = HTTP_SRC_SYSCALL}
+#define HTTP_OUT(sc) {.ring = &events, .drops = &http_drops, .unqueried = &(sc)->h.unqueried, \
+		      .wake_bytes = EVENTS_WAKE_BYTES, .source = HTTP_SRC_SYSCALL}
 
 /* Append the bytes of iovecs 1.. (the first is in buf already, `off`
  * bytes of it) up to HTTP_SCAN_MAX; `left` of the call's bytes are in
@@ -123,7 +124,11 @@ struct flush_ctx {
 
 static long settle_one(void *map, __u64 *key, struct http_conn *hc, struct flush_ctx *c)
 {
-	struct http_out o = HTTP_OUT;
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (!sc)
+		return 1;
+	struct http_out o = HTTP_OUT(sc);
 	http_settle(hc, *key, c->now, settle_ns, &o);
 	return 0;
 }
@@ -196,7 +201,7 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 		return 0;
 	}
 	__u32 cap = copy_rest(s, vs, iovcnt, n0, ret - len0);
-	struct http_out o = HTTP_OUT;
+	struct http_out o = HTTP_OUT(sc);
 	if (!hc) {
 		hc = http_conn_new(&http_conns, &http_drops, key, !is_response(s->buf), op, id >> 32, &sc->init);
 		if (!hc)
@@ -225,9 +230,11 @@ int BPF_PROG(http_destroy, struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
-	if (!hc)
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (!hc || !sc)
 		return 0;
-	struct http_out o = HTTP_OUT;
+	struct http_out o = HTTP_OUT(sc);
 	http_close(hc, key, &o);
 	bpf_map_delete_elem(&http_conns, &key);
 	return 0;

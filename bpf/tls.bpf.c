@@ -140,7 +140,8 @@ struct {
 
 DROP_COUNTERS(drops, TLS_DROP_MAX);
 
-#define TLS_OUT {.ring = &events, .drops = &drops, .wake_bytes = wakeup_bytes, .source = HTTP_SRC_SSL}
+#define TLS_OUT(sc) {.ring = &events, .drops = &drops, .unqueried = &(sc)->h.unqueried, \
+		     .wake_bytes = wakeup_bytes, .source = HTTP_SRC_SSL}
 
 struct flush_ctx {
 	__u64 now;
@@ -148,7 +149,11 @@ struct flush_ctx {
 
 static long settle_one(void *map, __u64 *key, struct http_conn *hc, struct flush_ctx *c)
 {
-	struct http_out o = TLS_OUT;
+	__u32 zero = 0;
+	struct tls_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return 1;
+	struct http_out o = TLS_OUT(sc);
 	http_settle(hc, *key, c->now, settle_ns, &o);
 	return 0;
 }
@@ -264,7 +269,7 @@ static __always_inline int leave(long ret)
 	asm volatile("" : "+r"(cap)); /* keep the bound below for the verifier */
 	if (cap > HTTP_SCAN_MAX)
 		cap = HTTP_SCAN_MAX;
-	struct http_out o = TLS_OUT;
+	struct http_out o = TLS_OUT(sc);
 	if (bpf_probe_read_user(s->buf, cap, (void *)c.buf)) {
 		count_drop(&drops, HTTP_DROP_READ);
 		if (hc)
@@ -289,9 +294,11 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&tls_conns, &key);
-	if (!hc)
+	__u32 zero = 0;
+	struct tls_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!hc || !sc)
 		return 0;
-	struct http_out o = TLS_OUT;
+	struct http_out o = TLS_OUT(sc);
 	http_close(hc, key, &o);
 	bpf_map_delete_elem(&tls_conns, &key);
 	return 0;

@@ -12,7 +12,7 @@ exchange_columns(records) -> method, version, truncated codes and the
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 cimport numpy as cnp
@@ -361,3 +361,137 @@ def exchange_columns(records):
             off[i + 1] = <int32_t>total
     path = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data[:max(total, 1)]))
     return method, version, truncated, path
+
+
+cdef struct xrow:
+    uint64_t hash
+    uint16_t path_off
+    uint16_t path_len
+    uint8_t method
+    uint8_t version
+    uint8_t truncated
+
+
+cdef inline uint64_t _fnv(uint64_t h, const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t k
+    for k in range(n):
+        h = (h ^ p[k]) * 1099511628211ULL
+    return h
+
+
+cdef inline uint64_t _fnv_u64(uint64_t h, uint64_t v) noexcept nogil:
+    return _fnv(h, <const uint8_t *>&v, 8)
+
+
+cdef inline bint _same(const http_exchange *a, const xrow *ka, const http_exchange *b, const xrow *kb) noexcept nogil:
+    return (ka.hash == kb.hash and a.pid == b.pid and a.lport == b.lport and a.rport == b.rport
+            and a.family == b.family and a.proto == b.proto and a.direction == b.direction
+            and a.status == b.status and ka.method == kb.method and ka.version == kb.version
+            and ka.truncated == kb.truncated and ka.path_len == kb.path_len
+            and memcmp(a.laddr, b.laddr, 16) == 0 and memcmp(a.raddr, b.raddr, 16) == 0
+            and memcmp(a.comm, b.comm, 16) == 0
+            and memcmp(a.head + ka.path_off, b.head + kb.path_off, ka.path_len) == 0)
+
+
+def exchange_groups(records):
+    """HTTP_EXCHANGE_DTYPE records -> one group per connection (pid, tuple,
+    direction, process name) and request key (method, path, status,
+    version, truncated), summed in one pass over the records with a hash
+    table (no Python object, no sort): returns a dict of numpy arrays,
+    `rep` (the index of a record of each group), `method`, `version`
+    (request's, else the response's; 0 unknown), `truncated`, `count`,
+    `latency_sum`, `req_bytes_sum`, `resp_bytes_sum`, and `path` (pyarrow
+    strings), plus `not_request`: records whose head is no request line
+    (left out)."""
+    records = np.ascontiguousarray(records)
+    if records.dtype != HTTP_EXCHANGE_DTYPE:
+        raise TypeError(f"expected HTTP_EXCHANGE_DTYPE records, got {records.dtype}")
+    cdef Py_ssize_t n = len(records), i, g, j, ng = 0, cap = 16, not_request = 0, total = 0
+    while cap < 2 * n:
+        cap *= 2
+    cdef Py_ssize_t mask = cap - 1
+    keys = np.empty(max(n, 1) * sizeof(xrow), np.uint8)
+    table = np.full(cap, -1, np.int64)
+    rep = np.empty(max(n, 1), np.int64)
+    count = np.zeros(max(n, 1), np.int64)
+    lat = np.zeros(max(n, 1), np.int64)
+    reqb = np.zeros(max(n, 1), np.int64)
+    respb = np.zeros(max(n, 1), np.int64)
+    cdef const http_exchange *x = <const http_exchange *>cnp.PyArray_DATA(records)
+    cdef xrow *k = <xrow *>cnp.PyArray_DATA(keys)
+    cdef int64_t *T = <int64_t *>cnp.PyArray_DATA(table)
+    cdef int64_t *R = <int64_t *>cnp.PyArray_DATA(rep)
+    cdef int64_t *C = <int64_t *>cnp.PyArray_DATA(count)
+    cdef int64_t *L = <int64_t *>cnp.PyArray_DATA(lat)
+    cdef int64_t *Q = <int64_t *>cnp.PyArray_DATA(reqb)
+    cdef int64_t *S = <int64_t *>cnp.PyArray_DATA(respb)
+    cdef http_msg m
+    cdef int hl
+    cdef uint64_t h
+    cdef uint8_t v
+    with nogil:
+        for i in range(n):
+            hl = x[i].head_len if x[i].head_len <= HTTP_HEAD_MAX else HTTP_HEAD_MAX
+            if not parse_first_line(x[i].head, hl, &m) or m.kind != K_REQUEST:
+                not_request += 1
+                continue
+            v = m.version if m.version else x[i].resp_version
+            if v != 10 and v != 11:
+                v = 0
+            k[i].method = m.method
+            k[i].version = v
+            k[i].truncated = m.truncated
+            k[i].path_off = m.path_off
+            k[i].path_len = m.path_len
+            h = 14695981039346656037ULL
+            h = _fnv(h, x[i].laddr, 16)
+            h = _fnv(h, x[i].raddr, 16)
+            h = _fnv(h, <const uint8_t *>x[i].comm, 16)
+            h = _fnv_u64(h, (<uint64_t>x[i].pid << 32) | (<uint64_t>x[i].lport << 16) | x[i].rport)
+            h = _fnv_u64(h, (<uint64_t>x[i].family << 56) | (<uint64_t>x[i].proto << 48)
+                         | (<uint64_t>x[i].direction << 40) | (<uint64_t>x[i].status << 24)
+                         | (<uint64_t>m.method << 16) | (<uint64_t>v << 8) | m.truncated)
+            h = _fnv(h, x[i].head + m.path_off, m.path_len)
+            k[i].hash = h
+            j = <Py_ssize_t>(h & mask)
+            while True:
+                g = T[j]
+                if g < 0:
+                    g = ng
+                    T[j] = g
+                    R[g] = i
+                    ng += 1
+                    total += m.path_len
+                    break
+                if _same(&x[i], &k[i], &x[R[g]], &k[R[g]]):
+                    break
+                j = (j + 1) & mask
+            C[g] += 1
+            L[g] += <int64_t>x[i].latency_ns
+            Q[g] += <int64_t>x[i].req_bytes
+            S[g] += <int64_t>x[i].resp_bytes
+    offsets = np.empty(ng + 1, np.int32)
+    data = np.empty(max(total, 1), np.uint8)
+    method = np.empty(ng, np.uint8)
+    version = np.empty(ng, np.uint8)
+    truncated = np.empty(ng, np.uint8)
+    cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offsets)
+    cdef uint8_t *D = <uint8_t *>cnp.PyArray_DATA(data)
+    cdef uint8_t *me = <uint8_t *>cnp.PyArray_DATA(method)
+    cdef uint8_t *ve = <uint8_t *>cnp.PyArray_DATA(version)
+    cdef uint8_t *tr = <uint8_t *>cnp.PyArray_DATA(truncated)
+    cdef Py_ssize_t pos = 0
+    with nogil:
+        O[0] = 0
+        for g in range(ng):
+            i = R[g]
+            me[g] = k[i].method
+            ve[g] = k[i].version
+            tr[g] = k[i].truncated
+            memcpy(D + pos, x[i].head + k[i].path_off, k[i].path_len)
+            pos += k[i].path_len
+            O[g + 1] = <int32_t>pos
+    path = pa.StringArray.from_buffers(ng, pa.py_buffer(offsets), pa.py_buffer(data[:max(pos, 1)]))
+    return {"rep": rep[:ng], "method": method, "version": version, "truncated": truncated, "path": path,
+            "count": count[:ng], "latency_sum": lat[:ng], "req_bytes_sum": reqb[:ng],
+            "resp_bytes_sum": respb[:ng], "not_request": not_request}

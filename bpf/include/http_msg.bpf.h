@@ -66,7 +66,8 @@ static __always_inline __u16 status_line(const __u8 *p, __u8 *version)
 struct http_scratch {
 	__u8 buf[HTTP_SCAN_MAX + HTTP_HEAD_MAX];
 	struct http_exchange x;
-	__u32 unqueried; /* include/ring_wake.bpf.h */
+	__u32 unqueried; /* include/ring_wake.bpf.h (also counts what the
+			  * reserved records of the CPU add) */
 };
 
 /* &s->buf[off] for an off the caller checked to be < HTTP_SCAN_MAX: the
@@ -82,6 +83,7 @@ static __always_inline const __u8 *buf_at(const struct http_scratch *s, __u32 of
 struct http_out {
 	void *ring;
 	void *drops;
+	__u32 *unqueried; /* the CPU's count for ring_wake_flag (its scratch memory) */
 	__u64 wake_bytes;
 	__u8 source; /* HTTP_SRC_* */
 };
@@ -194,8 +196,7 @@ static __always_inline void http_finish(struct http_conn *hc, __u64 sk, __u64 re
 		__u32 size = HTTP_EXCHANGE_MIN_SIZE + (x->head_len & (2 * HTTP_HEAD_MAX - 1));
 		if (size > sizeof(*x))
 			size = sizeof(*x);
-		if (bpf_ringbuf_output(o->ring, x, size,
-				       ring_wake_flag(o->ring, &s->unqueried, size, o->wake_bytes)))
+		if (bpf_ringbuf_output(o->ring, x, size, ring_wake_flag(o->ring, o->unqueried, size, o->wake_bytes)))
 			count_drop(o->drops, HTTP_DROP_RING);
 	}
 	hc->head++;
@@ -213,7 +214,9 @@ static __always_inline void http_report_reserved(const struct http_conn *hc, __u
 		return;
 	}
 	http_fill(x, hc, sk, resp_end, flags, o->source);
-	bpf_ringbuf_submit(x, 0);
+	/* woken like the other records: a load of short connections reports
+	 * every exchange from here */
+	bpf_ringbuf_submit(x, ring_wake_flag(o->ring, o->unqueried, sizeof(*x), o->wake_bytes));
 }
 
 /* The socket ends: its last response is complete; requests still waiting

@@ -88,39 +88,37 @@ class HttpPipeline:
         return batches[0] if len(batches) == 1 else np.concatenate(batches)
 
     def collect(self):
-        """One row per exchange reported since the last call."""
-        return self.rows(self.take())
+        """The exchanges reported since the last call, summed (partial())."""
+        return self.partial(self.take())
 
-    def rows(self, x):
-        """Per-exchange columns: the connection (integers and 16-byte
-        addresses, no strings yet), method, path, version, status, bytes
-        each way, latency. A record whose head is no request line (the
-        kernel saw a request start the parser refuses) is counted, not
+    def partial(self, x):
+        """http_exchange records -> one row per raw connection columns
+        (integers, 16-byte addresses: no strings yet) and request key
+        (method, path, status, version, truncated) with PARTIAL_SUMS:
+        grouped in Cython in one pass (dkebpf._http.exchange_groups), so
+        only the groups reach arrow. A record whose head is no request line
+        (the kernel saw a request start the parser refuses) is counted, not
         reported."""
         self.stats["exchanges"] += len(x)
-        method, version, truncated, path = _http.exchange_columns(x)
-        ok = method != 0
-        if not ok.all():
-            self.stats["exchanges_not_request"] += int((~ok).sum())
-            x, method, version, truncated = x[ok], method[ok], version[ok], truncated[ok]
-            path = path.filter(pa.array(ok))
-        version = np.where(version != 0, version, x["resp_version"])
-        version[(version != 10) & (version != 11)] = 0  # unknown: no http_version
-        client = x["direction"] == _records.DIR_OUTGOING  # the client side writes the request
-        cols = {k: pa.array(x[k]) for k in CONN_INT_COLUMNS}
+        g = _http.exchange_groups(x)
+        self.stats["exchanges_not_request"] += g["not_request"]
+        r = x[g["rep"]]
+        client = r["direction"] == _records.DIR_OUTGOING  # the client side writes the request
+        cols = {k: pa.array(r[k]) for k in CONN_INT_COLUMNS}
         for k in CONN_BYTES_COLUMNS:
-            cols[k] = _fixed16(x[k])
+            cols[k] = _fixed16(r[k])
         cols.update({
-            "method": _METHODS.take(pa.array(method)),
-            "path": path,
-            "http_version": _VERSIONS.take(pa.array(version)),
-            "status_code": pa.array(x["status"].astype(np.int64)),
-            "truncated": pa.array(truncated.astype(bool)),
-            "bytes_written": pa.array(np.where(client, x["req_bytes"], x["resp_bytes"]).astype(np.int64)),
-            "bytes_read": pa.array(np.where(client, x["resp_bytes"], x["req_bytes"]).astype(np.int64)),
-            "latency": pa.array(x["latency"].astype(np.int64)),
+            "method": _METHODS.take(pa.array(g["method"])),
+            "path": g["path"],
+            "status_code": pa.array(r["status"].astype(np.int64)),
+            "http_version": _VERSIONS.take(pa.array(g["version"])),
+            "truncated": pa.array(g["truncated"].astype(bool)),
+            "latency_count": pa.array(g["count"]),
+            "latency_sum": pa.array(g["latency_sum"]),
+            "bytes_read_sum": pa.array(np.where(client, g["resp_bytes_sum"], g["req_bytes_sum"])),
+            "bytes_written_sum": pa.array(np.where(client, g["req_bytes_sum"], g["resp_bytes_sum"])),
         })
-        return pa.table(cols)
+        return pa.table({k: cols[k] for k in RAW_KEYS + PARTIAL_SUMS})
 
 
 CONN_INT_COLUMNS = ["pid", "family", "proto", "lport", "rport", "direction"]
@@ -209,14 +207,13 @@ class HttpflowPlugin(Plugin):
         self._step_if_full()
 
     def _step_if_full(self):
-        """Pair and pre-aggregate what the readers hold once it is half of
-        their fixed budget, instead of holding ~600-byte records for a whole
-        interval: memory stays the same at any rate and interval, and the
+        """Sum what the readers hold once it is half of their fixed budget,
+        instead of holding the records for a whole interval: memory stays the same at any rate and interval, and the
         readers do not reach their cap under a steady load."""
         if self.pipeline.held() >= STEP_RECORDS:
-            rows = self.pipeline.collect()
-            if rows.num_rows:
-                self.partials.append(self.partial(rows))
+            part = self.pipeline.collect()
+            if part.num_rows:
+                self.partials.append(part)
             if len(self.partials) >= MERGE_PARTIALS:  # nothing grows with the interval's length
                 self.partials = [merge_partials(self.partials)]
             self.early_steps += 1
@@ -228,10 +225,10 @@ class HttpflowPlugin(Plugin):
         t0 = time.monotonic()
         self.flush_idle()
         self.pipeline.drain()
-        rows = self.pipeline.collect()
+        part = self.pipeline.collect()
         partials, self.partials = self.partials, []
-        if rows.num_rows:
-            partials.append(self.partial(rows))
+        if part.num_rows:
+            partials.append(part)
         if not partials:
             return []
         batch = self.aggregate(partials)
@@ -241,15 +238,6 @@ class HttpflowPlugin(Plugin):
         return [PointBatch("httpflow", "network", "ebpf-net/httpflow", batch,
                            HTTPFLOW_TAGS + k8s_tag_names(self.ctx.k8s), HTTPFLOW_FIELDS,
                            const_tags={"source": "httpflow"})]
-
-    @staticmethod
-    def partial(rows):
-        """One row per answered request -> one row per raw connection
-        columns (integers, 16-byte addresses) and request keys, with
-        count and sums: small, and summable again."""
-        g = rows.group_by(RAW_KEYS, use_threads=False).aggregate([
-            ("latency", "count"), ("latency", "sum"), ("bytes_read", "sum"), ("bytes_written", "sum")])
-        return g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
 
     def aggregate(self, partials):
         """Partial sums of an interval -> one point per connection tags,

@@ -106,3 +106,53 @@ def test_plain_tcp_sends_nothing(http_bpf):
     assert len(ev) == 0
     drops = dict(zip(R.HTTP_DROP_NAMES.values(), bpf.maps.http_drops.percpu_sums().tolist()))
     assert drops["events_ring_full"] == drops["http_conns_map_full"] == drops["payload_unreadable"] == 0
+
+
+KEEP_OPEN = """
+import socket, sys, time
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0))
+ls.listen(1)
+c = socket.create_connection(ls.getsockname())
+s, _ = ls.accept()
+c.sendall(b"GET /idle HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+s.recv(100)
+s.sendall(b"HTTP/1.1 204 No Content\\r\\n\\r\\n")
+c.recv(100)
+print("done", flush=True)
+sys.stdin.readline()  # the connection stays open until the test says
+c.close()
+s.close()
+"""
+
+
+def test_idle_flush_reports_a_quiet_response_once(http_bpf):
+    """A keep-alive connection that stays open after its exchange: nothing
+    until the collector's flush (a 13-byte AF_UNIX send by self_tgid) finds
+    the response quiet for settle_ns; then one record per end, flagged
+    settled, and the connection's end reports nothing more."""
+    import socket as so
+    from dkebpf import _records as R
+    bpf, ring = http_bpf
+    p = subprocess.Popen([sys.executable, "-c", KEEP_OPEN], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "done"
+        a, b = so.socketpair(so.AF_UNIX, so.SOCK_DGRAM)
+        a.send(b"\0" * R.HTTP_FLUSH_LEN)  # too early: not quiet for 1 s yet
+        assert len(records_of(ring, [p.pid], want=1, timeout=0.3)) == 0
+        time.sleep(1.1)
+        a.send(b"\0" * R.HTTP_FLUSH_LEN)
+        ev = records_of(ring, [p.pid], want=2, timeout=2)
+        assert len(ev) == 2
+        assert sorted(ev["direction"].tolist()) == [R.DIR_OUTGOING, R.DIR_INCOMING]
+        assert set(ev["flags"].tolist()) == {R.HTTP_SETTLED} and set(ev["status"].tolist()) == {204}
+        assert set(ev["resp_bytes"].tolist()) == {len(b"HTTP/1.1 204 No Content\r\n\r\n")}
+        p.stdin.write("\n")
+        p.stdin.flush()
+        assert p.wait(10) == 0
+        assert len(records_of(ring, [p.pid], want=1, timeout=1.5)) == 0  # not reported twice
+        a.close()
+        b.close()
+    finally:
+        if p.poll() is None:
+            p.kill()

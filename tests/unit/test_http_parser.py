@@ -128,7 +128,7 @@ def _random_exchanges(rng, n):
 
 def test_random_exchange_records_through_the_pipeline():
     """Kernel records with garbage anywhere: the request heads are parsed
-    as the reference parses them, rows only for request lines, nothing
+    as the reference parses them, sums only of request lines, nothing
     longer than the head."""
     rng = np.random.default_rng(7)
     pipe = HttpPipeline()
@@ -144,8 +144,44 @@ def test_random_exchange_records_through_the_pipeline():
         assert [ref.METHODS[k] if k else None for k in method.tolist()] == \
             [_http.METHODS[m["method"]] if m else None for m in want]
         assert [p for p, m in zip(path.to_pylist(), want) if m] == [m["path"].decode() for m in want if m]
-        rows = pipe.rows(x)
-        assert rows.num_rows == sum(1 for m in want if m)
-        assert all(len(p) <= _records.HTTP_HEAD_LEN for p in rows.column("path").to_pylist())
+        part = pipe.partial(x)
+        assert sum(part.column("latency_count").to_pylist()) == sum(1 for m in want if m)
+        assert all(len(p) <= _records.HTTP_HEAD_LEN for p in part.column("path").to_pylist())
         total += len(x)
     assert pipe.stats["exchanges"] == total
+
+
+def test_exchange_groups_sum_like_a_group_by():
+    """The one-pass Cython grouping of kernel records gives what a pyarrow
+    group_by over one row per record gives: same keys, counts, sums."""
+    import pyarrow as pa
+    rng = np.random.default_rng(3)
+    n = 5000
+    x = np.zeros(n, _records.HTTP_EXCHANGE_DTYPE)
+    paths = [b"/a", b"/b?x=1", b"/c/d", b"/" + b"e" * 300]
+    for i in range(n):
+        h = (b"GET " + paths[i % 4] + b" HTTP/1.%d\r\n\r\n" % (i % 2))[:_records.HTTP_HEAD_LEN]
+        x["head"][i] = h.ljust(_records.HTTP_HEAD_LEN, b"\0")
+        x["head_len"][i] = len(h)
+    x["pid"] = rng.integers(1, 4, n)
+    x["lport"] = rng.integers(1, 3, n)
+    x["status"] = rng.choice([200, 404], n)
+    x["direction"] = rng.integers(1, 3, n)
+    x["laddr"] = [bytes([int(v)]) * 16 for v in rng.integers(0, 2, n)]
+    x["latency"] = rng.integers(1, 10**6, n)
+    x["req_bytes"] = rng.integers(1, 1000, n)
+    x["resp_bytes"] = rng.integers(1, 1000, n)
+    got = HttpPipeline().partial(x)
+    method, version, truncated, path = _http.exchange_columns(x)
+    client = x["direction"] == _records.DIR_OUTGOING
+    want = pa.table({"pid": x["pid"], "lport": x["lport"], "direction": x["direction"],
+                     "laddr": x["laddr"].view("S16"), "status": x["status"], "path": path,
+                     "version": version, "lat": x["latency"].astype(np.int64),
+                     "w": np.where(client, x["req_bytes"], x["resp_bytes"]).astype(np.int64)})
+    want = want.group_by(["pid", "lport", "direction", "laddr", "status", "path", "version"]).aggregate(
+        [("lat", "count"), ("lat", "sum"), ("w", "sum")])
+    assert got.num_rows == want.num_rows
+    assert sum(got.column("latency_sum").to_pylist()) == int(x["latency"].sum())
+    key = lambda t, cols: sorted(zip(*(t.column(c).to_pylist() for c in cols)))  # noqa: E731
+    assert key(got, ["latency_count", "latency_sum", "bytes_written_sum"]) == \
+        key(want, ["lat_count", "lat_sum", "w_sum"])
