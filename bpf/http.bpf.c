@@ -48,7 +48,6 @@ const volatile __u64 settle_ns = 1000000000; /* the idle flush reports responses
 #include "include/ring_wake.bpf.h"
 #include "include/http_msg.bpf.h"
 
-#define AF_UNIX 1
 #define HTTP_MAX_IOV 8
 
 #define EVENTS_RING_BYTES (1 << 24)
@@ -118,20 +117,7 @@ static __always_inline __u32 copy_rest(struct http_scratch *s, const struct iove
 	return off < HTTP_SCAN_MAX ? off : HTTP_SCAN_MAX;
 }
 
-struct flush_ctx {
-	__u64 now;
-};
-
-static long settle_one(void *map, __u64 *key, struct http_conn *hc, struct flush_ctx *c)
-{
-	__u32 zero = 0;
-	struct scratch *sc = bpf_map_lookup_elem(&scratch_buf, &zero);
-	if (!sc)
-		return 1;
-	struct http_out o = HTTP_OUT(sc);
-	http_settle(hc, *key, c->now, settle_ns, &o);
-	return 0;
-}
+HTTP_IDLE_FLUSH(http_conns, scratch_buf, scratch, HTTP_OUT)
 
 static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 {
@@ -140,10 +126,8 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u16 fam = sk->__sk_common.skc_family;
 	if (self_tgid && (id >> 32) == self_tgid) {
-		if (op == HTTP_OP_SEND && fam == AF_UNIX && ret == HTTP_FLUSH_BYTES) {
-			struct flush_ctx c = {.now = bpf_ktime_get_ns()};
-			bpf_for_each_map_elem(&http_conns, settle_one, &c, 0);
-		}
+		if (op == HTTP_OP_SEND)
+			http_idle_flush(sk, ret);
 		return 0;
 	}
 	if (sk->sk_protocol != IPPROTO_TCP || sk->sk_type != SOCK_STREAM)

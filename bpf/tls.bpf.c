@@ -63,7 +63,6 @@ const volatile __u64 settle_ns = 1000000000;
 #include "include/ring_wake.bpf.h"
 #include "include/http_msg.bpf.h"
 
-#define AF_UNIX 1
 
 /* ssl_call.kind */
 #define CALL_READ 1
@@ -143,20 +142,7 @@ DROP_COUNTERS(drops, TLS_DROP_MAX);
 #define TLS_OUT(sc) {.ring = &events, .drops = &drops, .unqueried = &(sc)->h.unqueried, \
 		     .wake_bytes = wakeup_bytes, .source = HTTP_SRC_SSL}
 
-struct flush_ctx {
-	__u64 now;
-};
-
-static long settle_one(void *map, __u64 *key, struct http_conn *hc, struct flush_ctx *c)
-{
-	__u32 zero = 0;
-	struct tls_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
-	if (!sc)
-		return 1;
-	struct http_out o = TLS_OUT(sc);
-	http_settle(hc, *key, c->now, settle_ns, &o);
-	return 0;
-}
+HTTP_IDLE_FLUSH(tls_conns, scratch, tls_scratch, TLS_OUT)
 
 static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 {
@@ -196,10 +182,7 @@ SEC("tp_btf/sock_send_length")
 int BPF_PROG(tls_sock_send, struct sock *sk, int ret, int flags)
 {
 	if (self_tgid && (bpf_get_current_pid_tgid() >> 32) == self_tgid) {
-		if (sk->__sk_common.skc_family == AF_UNIX && ret == HTTP_FLUSH_BYTES) {
-			struct flush_ctx c = {.now = bpf_ktime_get_ns()};
-			bpf_for_each_map_elem(&tls_conns, settle_one, &c, 0);
-		}
+		http_idle_flush(sk, ret);
 		return 0;
 	}
 	learn_sock(sk);

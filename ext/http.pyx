@@ -326,10 +326,37 @@ def first_lines(payloads, lengths):
 
 # --- exchanges paired in the kernel --------------------------------------------
 
+cdef struct xrow:  # a record's request key
+    uint64_t hash
+    uint16_t path_off
+    uint16_t path_len
+    uint8_t method
+    uint8_t version    # the request's, else the response's; 0 unknown
+    uint8_t truncated
+
+
+cdef inline bint _request_key(const http_exchange *x, xrow *k) noexcept nogil:
+    """The request line of a record's head -> k (all but hash); 0 when the
+    head is no request line."""
+    cdef http_msg m
+    cdef int hl = x.head_len if x.head_len <= HTTP_HEAD_MAX else HTTP_HEAD_MAX
+    if not parse_first_line(x.head, hl, &m) or m.kind != K_REQUEST:
+        return 0
+    k.method = m.method
+    k.version = m.version if m.version else x.resp_version
+    if k.version != 10 and k.version != 11:
+        k.version = 0
+    k.truncated = m.truncated
+    k.path_off = m.path_off
+    k.path_len = m.path_len
+    return 1
+
+
 def exchange_columns(records):
     """The request heads of HTTP_EXCHANGE_DTYPE records, parsed: (method
     codes (index into METHODS, 0: the head is no request line), version
-    (10, 11, 0 unknown), truncated (0/1), path: pyarrow string array, the
+    (the request's, else the response's: 10, 11, 0 unknown), truncated
+    (0/1), path: pyarrow string array, the
     path without query, ASCII as the parser accepts only visible ASCII)."""
     records = np.ascontiguousarray(records)
     if records.dtype != HTTP_EXCHANGE_DTYPE:
@@ -346,30 +373,19 @@ def exchange_columns(records):
     cdef uint8_t *tr = <uint8_t *>cnp.PyArray_DATA(truncated)
     cdef int32_t *off = <int32_t *>cnp.PyArray_DATA(offsets)
     cdef uint8_t *d = <uint8_t *>cnp.PyArray_DATA(data)
-    cdef http_msg m
-    cdef int hl
+    cdef xrow k
     with nogil:
         off[0] = 0
         for i in range(n):
-            hl = x[i].head_len if x[i].head_len <= HTTP_HEAD_MAX else HTTP_HEAD_MAX
-            if parse_first_line(x[i].head, hl, &m) and m.kind == K_REQUEST:
-                me[i] = m.method
-                ve[i] = m.version
-                tr[i] = m.truncated
-                memcpy(d + total, x[i].head + m.path_off, m.path_len)
-                total += m.path_len
+            if _request_key(&x[i], &k):
+                me[i] = k.method
+                ve[i] = k.version
+                tr[i] = k.truncated
+                memcpy(d + total, x[i].head + k.path_off, k.path_len)
+                total += k.path_len
             off[i + 1] = <int32_t>total
     path = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data[:max(total, 1)]))
     return method, version, truncated, path
-
-
-cdef struct xrow:
-    uint64_t hash
-    uint16_t path_off
-    uint16_t path_len
-    uint8_t method
-    uint8_t version
-    uint8_t truncated
 
 
 cdef inline uint64_t _mix(uint64_t h, uint64_t w) noexcept nogil:
@@ -435,32 +451,20 @@ def exchange_groups(records):
     cdef int64_t *L = <int64_t *>cnp.PyArray_DATA(lat)
     cdef int64_t *Q = <int64_t *>cnp.PyArray_DATA(reqb)
     cdef int64_t *S = <int64_t *>cnp.PyArray_DATA(respb)
-    cdef http_msg m
-    cdef int hl
     cdef uint64_t h
-    cdef uint8_t v
     with nogil:
         for i in range(n):
-            hl = x[i].head_len if x[i].head_len <= HTTP_HEAD_MAX else HTTP_HEAD_MAX
-            if not parse_first_line(x[i].head, hl, &m) or m.kind != K_REQUEST:
+            if not _request_key(&x[i], &k[i]):
                 not_request += 1
                 continue
-            v = m.version if m.version else x[i].resp_version
-            if v != 10 and v != 11:
-                v = 0
-            k[i].method = m.method
-            k[i].version = v
-            k[i].truncated = m.truncated
-            k[i].path_off = m.path_off
-            k[i].path_len = m.path_len
             h = _mix_bytes(0, x[i].laddr, 16)
             h = _mix_bytes(h, x[i].raddr, 16)
             h = _mix_bytes(h, <const uint8_t *>x[i].comm, 16)
             h = _mix(h, (<uint64_t>x[i].pid << 32) | (<uint64_t>x[i].lport << 16) | x[i].rport)
             h = _mix(h, (<uint64_t>x[i].family << 56) | (<uint64_t>x[i].proto << 48)
                      | (<uint64_t>x[i].direction << 40) | (<uint64_t>x[i].status << 24)
-                     | (<uint64_t>m.method << 16) | (<uint64_t>v << 8) | m.truncated)
-            h = _mix_bytes(h, x[i].head + m.path_off, m.path_len)
+                     | (<uint64_t>k[i].method << 16) | (<uint64_t>k[i].version << 8) | k[i].truncated)
+            h = _mix_bytes(h, x[i].head + k[i].path_off, k[i].path_len)
             k[i].hash = h
             j = <Py_ssize_t>(h & mask)
             while True:
@@ -470,7 +474,7 @@ def exchange_groups(records):
                     T[j] = g
                     R[g] = i
                     ng += 1
-                    total += m.path_len
+                    total += k[i].path_len
                     break
                 if _same(&x[i], &k[i], &x[R[g]], &k[R[g]]):
                     break

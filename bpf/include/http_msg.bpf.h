@@ -251,6 +251,35 @@ static __always_inline void http_settle(struct http_conn *hc, __u64 sk, __u64 no
 	http_report_reserved(hc, sk, resp_counter(hc), HTTP_X_SETTLED, o);
 }
 
+/* The idle flush of a program: its connection map `conns`, its per-CPU
+ * scratch map `scratch` of `struct scratch_type`, `OUT(sc)` its struct
+ * http_out. Defines http_settle_one (the callback) and
+ * http_idle_flush(sk, ret), which runs it when the collector itself sent
+ * HTTP_FLUSH_BYTES on an AF_UNIX socket (include/http.h). */
+struct http_flush_ctx {
+	__u64 now;
+};
+
+#define HTTP_IDLE_FLUSH(conns, scratch, scratch_type, OUT)                                                        \
+	static long http_settle_one(void *map, __u64 *key, struct http_conn *hc, struct http_flush_ctx *c) \
+	{                                                                                           \
+		__u32 zero = 0;                                                                     \
+		struct scratch_type *sc = bpf_map_lookup_elem(&scratch, &zero);                     \
+		if (!sc)                                                                            \
+			return 1;                                                                   \
+		struct http_out o = OUT(sc);                                                        \
+		http_settle(hc, *key, c->now, settle_ns, &o);                                       \
+		return 0;                                                                           \
+	}                                                                                           \
+	static __always_inline int http_idle_flush(const struct sock *sk, int ret)                 \
+	{                                                                                           \
+		if (sk->__sk_common.skc_family != 1 /* AF_UNIX */ || ret != HTTP_FLUSH_BYTES)      \
+			return 0;                                                                   \
+		struct http_flush_ctx c = {.now = bpf_ktime_get_ns()};                              \
+		bpf_for_each_map_elem(&conns, http_settle_one, &c, 0);                              \
+		return 1;                                                                           \
+	}
+
 /* A request starts at s->buf[off], stream offset pos. */
 static __always_inline void on_request(struct http_conn *hc, struct http_scratch *s, __u32 off, __u32 cap, __u64 pos,
 				       __u64 ts, __u32 tid, const struct http_out *o)
