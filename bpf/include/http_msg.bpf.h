@@ -337,17 +337,30 @@ struct http_scan {
 	__u32 from;
 	__u32 cap;
 	__u32 found; /* offset, 0: none */
+	__u32 pos;   /* scan_header_end: where the next step looks */
 };
 
-/* Offset just past a CRLF CRLF: the end of a header block. */
+/* Offset just past a CRLF CRLF: the end of a header block. The scan
+ * moves 8 bytes at a time over words without LF (most of a header line),
+ * one byte at a time through a word with one. */
 static long scan_header_end(__u32 i, struct http_scan *c)
 {
-	__u32 at = c->from + i;
-	if (at + 4 > c->cap || at >= HTTP_SCAN_MAX)
+	__u32 at = c->pos;
+	if (at >= c->cap || at >= HTTP_SCAN_MAX)
 		return 1;
+	/* buf has HTTP_HEAD_MAX bytes of slack past HTTP_SCAN_MAX */
 	const __u8 *p = buf_at(c->s, at);
-	if (p[0] == '\r' && p[1] == '\n' && p[2] == '\r' && p[3] == '\n') {
-		c->found = at + 4;
+	__u64 x = *(const __u64 *)p ^ 0x0a0a0a0a0a0a0a0aULL; /* a zero byte where there is '\n' */
+	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) {
+		c->pos = at + 8;
+		return 0;
+	}
+	c->pos = at + 1;
+	if (p[0] != '\n' || at < c->from + 3)
+		return 0;
+	const __u8 *q = buf_at(c->s, at - 3);
+	if (q[0] == '\r' && q[1] == '\n' && q[2] == '\r') {
+		c->found = at + 1;
 		return 1;
 	}
 	return 0;
@@ -370,7 +383,7 @@ static long scan_status_line(__u32 i, struct http_scan *c)
 
 static __always_inline __u32 header_end(const struct http_scratch *s, __u32 from, __u32 cap)
 {
-	struct http_scan c = {.s = s, .from = from, .cap = cap};
+	struct http_scan c = {.s = s, .from = from, .cap = cap, .pos = from};
 	if (from < cap)
 		bpf_loop(cap - from, scan_header_end, &c, 0);
 	return c.found;
