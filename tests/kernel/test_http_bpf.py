@@ -15,7 +15,7 @@ import pytest
 
 from support import http_peer as hp
 
-pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "rdonly_cast", "task_storage")]
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast")]
 PEER = hp.__file__
 
 

@@ -13,7 +13,7 @@ import types
 
 import pytest
 
-pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "rdonly_cast", "task_storage")]
+pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast")]
 
 REQUESTS = 240
 CURLS = 8
