@@ -16,7 +16,14 @@
  *     other syscall whose registers do not describe this buffer;
  *   - the source address of recvfrom/recvmsg: the kernel copies it to user
  *     memory only after the protocol returns (see cgroup/recvmsg4/6);
- *   - sendfile/splice: bytes only (SYSIO_BYTES), no user buffer.
+ *   - sendfile/splice: bytes only (SYSIO_BYTES), no user buffer;
+ *   - a socket call the kernel makes inside another syscall of the task
+ *     (NFS/iSCSI in a file read, ...): the registers describe that other
+ *     call. syscall_io_fd_is() tells it: check before interpreting bytes.
+ *
+ * Verified on the kernel by bpf/http.bpf.c's tests (tests/kernel/
+ * test_http_bpf.py: sendto, recvfrom, writev, sendmsg with two iovecs,
+ * recvmsg, readv, write, sendfile, both ends, IPv4 and IPv6).
  *
  * x86_64 only (vmlinux/x86): syscall numbers and registers below.
  * BPF side only; needs vmlinux.h, bpf_tracing.h, bpf_core_read.h. */
