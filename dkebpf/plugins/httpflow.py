@@ -70,9 +70,6 @@ class HttpPipeline:
         """Records waiting in the readers' buffers."""
         return sum(r.held for r in self.rings)
 
-    def memory(self):
-        return {}
-
     def drain(self, ring=None):
         for r in ([ring] if ring is not None else self.rings):
             r.poll(0)
