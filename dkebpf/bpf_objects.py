@@ -73,6 +73,10 @@ class ObjectSpec:
     drops: Optional[str] = None               # per-CPU u64 array of drop counters
     drop_names: dict = field(default_factory=dict)  # its index -> counter name
     drop_prefix: str = "kernel_drop_"         # counter name = prefix + name
+    # names in the drops map that count facts, not losses (dkebpf bench
+    # sums kernel_drop_* as losses): reported as count_prefix + name
+    not_losses: frozenset = frozenset()
+    count_prefix: str = "kernel_"
 
     @property
     def path(self):
@@ -100,7 +104,8 @@ HTTP = ObjectSpec(
     "http", knobs=("ipv6_disabled", "self_tgid", "settle_ns"), maps=("http_conns",),
     rings=(Ring("events", _records.HTTP_EXCHANGE_DTYPE, min_size=_records.HTTP_EXCHANGE_MIN,
                 max_bytes=HTTP_RING_BYTES),),
-    drops="http_drops", drop_names=MappingProxyType(_records.HTTP_DROP_NAMES))
+    drops="http_drops", drop_names=MappingProxyType(_records.HTTP_DROP_NAMES),
+    not_losses=_records.HTTP_NOT_LOSSES)
 
 BASH = ObjectSpec(
     "bash", attach=(), programs=("bash_readline",),
@@ -117,7 +122,8 @@ TLS = ObjectSpec(
     maps=("tls_conns",),
     rings=(Ring("events", _records.HTTP_EXCHANGE_DTYPE, min_size=_records.HTTP_EXCHANGE_MIN,
                 max_bytes=TLS_RING_BYTES),),
-    drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_tls_")
+    drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_tls_",
+    not_losses=_records.HTTP_NOT_LOSSES, count_prefix="kernel_tls_")
 
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS)}
 
@@ -202,7 +208,8 @@ class BpfSkeleton:
         if self.spec.drops and self.obj is not None:
             sums = getattr(self.maps, self.spec.drops).percpu_sums()
             for idx, name in self.spec.drop_names.items():
-                c[f"{self.spec.drop_prefix}{name}"] = int(sums[idx])
+                prefix = self.spec.count_prefix if name in self.spec.not_losses else self.spec.drop_prefix
+                c[f"{prefix}{name}"] = int(sums[idx])
         return c
 
     def memory(self):

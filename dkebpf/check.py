@@ -119,7 +119,7 @@ def check_bash():
 def check_httpflow():
     return _check_object("http", "tp_btf sock_send_length/sock_recv_length with the task's syscall registers "
                          "(read/write/readv/writev/sendto/recvfrom/sendmsg/recvmsg; sendfile/splice bytes "
-                         "only), tp_btf tcp_destroy_sock; not covered, counted in kernel_drop_calls_not_covered: "
+                         "only), tp_btf tcp_destroy_sock; not covered, counted in kernel_calls_not_covered: "
                          "io_uring, sendmmsg/recvmmsg, kernel threads")
 
 

@@ -158,6 +158,9 @@ _HTTP_DROPS = {
     HTTP_DROP_FIFO_FULL: "pipelined_requests_over_limit", HTTP_DROP_UNMATCHED: "unmatched_responses",
     HTTP_DROP_UNANSWERED: "unanswered_requests_closed"}
 HTTP_DROP_NAMES = _drop_names("http.bpf.c", _HTTP_DROPS, HTTP_DROP_MAX)
+# what the pairing counts that is no loss of a record (bpf_objects: reported
+# as kernel_<name>, not kernel_drop_<name>)
+HTTP_NOT_LOSSES = frozenset({"calls_not_covered", "unmatched_responses", "unanswered_requests_closed"})
 
 # httpflow-tls (bpf/tls.bpf.c): the pairing's counters, then its own
 TLS_DROP_NAMES = _drop_names("tls.bpf.c", {

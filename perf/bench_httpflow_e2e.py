@@ -73,7 +73,7 @@ def with_collector(tmp, port, name, extra, interval):
             while time.monotonic() < deadline and reported_each_end(c, port, total) != (total, total):
                 time.sleep(0.5)
             m = c.metrics()
-            extra_m.update({k: int(v) for (p, k), v in m.items() if p == H and k.startswith("kernel_drop_")})
+            extra_m.update({k: int(v) for (p, k), v in m.items() if p == H and k.startswith("kernel_")})
             extra_m["reported_incoming"], extra_m["reported_outgoing"] = reported_each_end(c, port, total)
             extra_m["records"] = int(m.get((H, "ring_events_received"), 0))
     return rps, lat, total, user, system, extra_m

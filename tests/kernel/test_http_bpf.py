@@ -94,8 +94,9 @@ def test_exchange_records_exact(http_bpf, host):
     assert (c["lport"] == cli["lport"]).all() and (c["rport"] == srv["port"]).all()
     assert (s["lport"] == srv["port"]).all() and (s["rport"] == cli["lport"]).all()
     assert set(c["tid"].tolist()) == {cli["pid"]}  # single-threaded client
-    drops = dict(zip(R.HTTP_DROP_NAMES.values(), bpf.maps.http_drops.percpu_sums().tolist()))
-    assert drops["events_ring_full"] == drops["http_conns_map_full"] == drops["payload_unreadable"] == 0
+    c = bpf.counters()
+    assert c["kernel_drop_events_ring_full"] == c["kernel_drop_http_conns_map_full"] == \
+        c["kernel_drop_payload_unreadable"] == 0
 
 
 def test_plain_tcp_sends_nothing(http_bpf):
@@ -104,8 +105,9 @@ def test_plain_tcp_sends_nothing(http_bpf):
     srv, cli = exchange("127.0.0.1", plain=True)
     ev = records_of(ring, [srv["pid"], cli["pid"]], want=1, timeout=1.0)
     assert len(ev) == 0
-    drops = dict(zip(R.HTTP_DROP_NAMES.values(), bpf.maps.http_drops.percpu_sums().tolist()))
-    assert drops["events_ring_full"] == drops["http_conns_map_full"] == drops["payload_unreadable"] == 0
+    c = bpf.counters()
+    assert c["kernel_drop_events_ring_full"] == c["kernel_drop_http_conns_map_full"] == \
+        c["kernel_drop_payload_unreadable"] == 0
 
 
 KEEP_OPEN = """
@@ -197,10 +199,8 @@ def test_sendmmsg_is_counted_not_covered_never_misread(http_bpf):
     exchange; the sending end, which never saw its request, reports none."""
     from dkebpf import _records as R
     bpf, ring = http_bpf
-    names = list(R.HTTP_DROP_NAMES.values())
-
     def not_covered():
-        return int(bpf.maps.http_drops.percpu_sums()[names.index("calls_not_covered")])
+        return bpf.counters()["kernel_calls_not_covered"]
 
     before = not_covered()
     p = subprocess.Popen([sys.executable, "-c", SENDMMSG], stderr=subprocess.PIPE, text=True)
