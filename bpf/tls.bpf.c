@@ -7,8 +7,8 @@
  *       library file, on ssl_read_internal/ssl_write_internal with the _ex
  *       programs where it can: dkebpf/plugins/tls_probes.py says why): the
  *       entry saves the SSL object and the plaintext buffer per thread, the
- *       return copies the first L7_PAYLOAD_MAX bytes of what was really
- *       read or written into a struct l7_event
+ *       return hands what was really read or written to the pairing
+ *       (include/http_msg.bpf.h)
  *   uprobe/uretprobe SSL_do_handshake (SSL_connect and SSL_accept call it):
  *       only to learn the socket of an SSL object before its first read
  *   tp_btf/sock_send_length, tp_btf/sock_recv_length: the socket. OpenSSL
@@ -19,17 +19,19 @@
  *       call that touches a socket thus names the SSL object's socket, which
  *       is remembered per (process, SSL *) for later calls that are served
  *       from OpenSSL's own buffer and make no socket call at all.
+ *       A send of HTTP_FLUSH_BYTES on an AF_UNIX socket by the collector
+ *       itself runs the idle flush over `tls_conns` (include/http.h).
  *   tp_btf/tcp_destroy_sock: the end of a connection that carried HTTP:
- *       an L7_OP_CLOSE record with its final plaintext byte counters.
+ *       its last exchange is reported with the final plaintext counters.
  *
  * The socket tracepoints fire only for socket I/O, so the cost outside TLS
  * is one hash lookup per socket call; syscall tracepoints on read/write
  * would fire for every file and pipe as well.
  *
- * Records follow bpf/http.bpf.c's scheme (include/http_msg.bpf.h): one record
- * per HTTP/1.x message start, the plaintext bytes of every call counted in
- * the connection's struct http_conn (`tls_conns`, keyed by struct sock *),
- * so sizes and latency come out right without a record per chunk. The
+ * Pairing is bpf/http.bpf.c's (include/http_msg.bpf.h): the plaintext of
+ * every call goes through the connection's struct http_conn (`tls_conns`,
+ * keyed by struct sock *), one struct http_exchange per finished exchange
+ * goes to the ring. The
  * ciphertext on the same socket never looks like HTTP to bpf/http.bpf.c,
  * so each request is reported once, from here.
  *
@@ -39,15 +41,11 @@
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
-#include "include/drops.bpf.h"
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
 #include "include/netflow.h"
-#include "include/l7.h"
 #include "include/http.h"
-#include "include/http_msg.bpf.h"
 #include "include/tls.h"
-#include "include/ring_wake.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -55,10 +53,16 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u8 ipv6_disabled = 0;
 /* the collector's own TLS (e.g. an https DataKit address) is not reported */
 const volatile __u32 self_tgid = 0;
-/* wake the reader once this much waits in the ring (see submit_flags) */
+/* wake the reader once this much waits in the ring (include/ring_wake.bpf.h) */
 const volatile __u32 wakeup_bytes = 1 << 19;
+/* the idle flush reports responses quiet this long */
+const volatile __u64 settle_ns = 1000000000;
 
 #include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
+#include "include/drops.bpf.h"
+#include "include/ring_wake.bpf.h"
+#include "include/http_msg.bpf.h"
+
 
 /* ssl_call.kind */
 #define CALL_READ 1
@@ -105,10 +109,12 @@ struct {
 	__type(value, __u64);
 } ssl_socks SEC(".maps");
 
-/* Plaintext counters of connections that carried an HTTP message (the
- * struct of bpf/http.bpf.c's http_conns, read by user space the same way). */
+/* Pairing state of connections that carried an HTTP message (the struct
+ * of bpf/http.bpf.c's http_conns); not preallocated, removed at
+ * tcp_destroy_sock. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct http_conn);
@@ -120,13 +126,10 @@ struct {
 } events SEC(".maps");
 
 struct tls_scratch {
-	struct l7_event ev;
-	__u32 unqueried; /* include/ring_wake.bpf.h */
+	struct http_scratch h;
+	struct http_conn init; /* a new entry, too big for the stack */
 };
 
-/* The record under construction: it goes on the ring cut after its valid
- * payload (include/l7.h, L7_EVENT_MIN_SIZE), which a fixed-size reservation
- * cannot do; too big for the BPF stack. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -136,17 +139,10 @@ struct {
 
 DROP_COUNTERS(drops, TLS_DROP_MAX);
 
-/* Batch the reader's wakeups: by default a commit wakes the reader whenever
- * it had caught up (kernel/bpf/ringbuf.c, bpf_ringbuf_commit), i.e. once per
- * record when records come slower than it drains, one trip through the
- * collector's event loop each. A reader that is not asleep still sees the
- * records (the ring's poll reports any available data), and the interval's
- * collect takes everything, so only the wakeup is deferred (ring_wake.bpf.h:
- * without a ring query per record). */
-static __always_inline __u64 submit_flags(struct tls_scratch *s, __u32 size)
-{
-	return ring_wake_flag(&events, &s->unqueried, size, wakeup_bytes);
-}
+#define TLS_OUT(sc) {.ring = &events, .drops = &drops, .unqueried = &(sc)->h.unqueried, \
+		     .wake_bytes = wakeup_bytes, .source = HTTP_SRC_SSL}
+
+HTTP_IDLE_FLUSH(tls_conns, scratch, tls_scratch, TLS_OUT)
 
 static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 {
@@ -185,6 +181,10 @@ static __always_inline void learn_sock(struct sock *sk)
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(tls_sock_send, struct sock *sk, int ret, int flags)
 {
+	if (self_tgid && (bpf_get_current_pid_tgid() >> 32) == self_tgid) {
+		http_idle_flush(sk, ret);
+		return 0;
+	}
 	learn_sock(sk);
 	return 0;
 }
@@ -194,18 +194,6 @@ int BPF_PROG(tls_sock_recv, struct sock *sk, int ret, int flags)
 {
 	learn_sock(sk);
 	return 0;
-}
-
-static __always_inline void fill_tuple(struct l7_event *ev, const struct sock_tuple *t)
-{
-	__builtin_memcpy(ev->laddr, t->laddr, 16);
-	__builtin_memcpy(ev->raddr, t->raddr, 16);
-	ev->lport = t->lport;
-	ev->rport = t->rport;
-	ev->family = t->family;
-	ev->proto = t->proto;
-	ev->source = L7_SRC_SSL;
-	ev->flags = L7_F_COUNTED;
 }
 
 static __always_inline int leave(long ret)
@@ -244,112 +232,57 @@ static __always_inline int leave(long ret)
 		return 0;
 	}
 
-	__u8 op = (c.kind == CALL_READ || c.kind == CALL_READ_EX) ? L7_OP_RECV : L7_OP_SEND;
-	/* same clock convention as the syscall source: send at entry, recv at exit */
-	__u64 ts = op == L7_OP_SEND ? c.ts_ns : bpf_ktime_get_ns();
+	__u8 op = (c.kind == CALL_READ || c.kind == CALL_READ_EX) ? HTTP_OP_RECV : HTTP_OP_SEND;
+	__u64 ts = bpf_ktime_get_ns();
 	struct http_conn *hc = bpf_map_lookup_elem(&tls_conns, &sk);
-	__u8 head[8] = {};
-	if (bytes < (__s64)sizeof(head) || bpf_probe_read_user(head, sizeof(head), (void *)c.buf) ||
-	    !looks_like_http(head)) {
-		if (hc) /* a continuation: counted, no record */
-			count_bytes(hc, op, bytes, ts);
+	__u32 zero = 0;
+	struct tls_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!sc)
+		return 0;
+	struct http_scratch *s = &sc->h;
+	/* after a read the buffer holds what SSL_read returned; after a write
+	 * it still holds what the caller passed in. 8 bytes tell a message
+	 * start; everything else is a continuation. */
+	if (bytes < 8 || bpf_probe_read_user(s->buf, 8, (void *)c.buf) || !looks_like_http(s->buf)) {
+		if (hc)
+			http_count(hc, op, bytes, ts);
 		return 0;
 	}
-
-	/* a message starts */
-	struct sock_tuple t = {};
-	if (!read_tuple((const struct sock *)sk, &t) || t.proto != IPPROTO_TCP) {
-		count_drop(&drops, TLS_DROP_NOT_TCP);
+	__u32 cap = bytes < HTTP_SCAN_MAX ? (__u32)bytes : HTTP_SCAN_MAX;
+	asm volatile("" : "+r"(cap)); /* keep the bound below for the verifier */
+	if (cap > HTTP_SCAN_MAX)
+		cap = HTTP_SCAN_MAX;
+	struct http_out o = TLS_OUT(sc);
+	if (bpf_probe_read_user(s->buf, cap, (void *)c.buf)) {
+		count_drop(&drops, HTTP_DROP_READ);
+		if (hc)
+			http_count(hc, op, bytes, ts);
 		return 0;
 	}
 	if (!hc) {
-		/* the side that sends the first request is the client */
-		int is_request = head[0] != 'H' || head[1] != 'T';
-		struct http_conn init = {.pid = id >> 32};
-		init.direction = (is_request == (op == L7_OP_SEND)) ? NF_DIR_OUTGOING : NF_DIR_INCOMING;
-		bpf_map_update_elem(&tls_conns, &sk, &init, BPF_NOEXIST);
-		hc = bpf_map_lookup_elem(&tls_conns, &sk);
+		hc = http_conn_new(&tls_conns, &drops, sk, !is_response(s->buf), op, id >> 32, &sc->init);
 		if (!hc) {
-			/* LRU: fails on memory pressure or a race with its eviction */
-			count_drop(&drops, TLS_DROP_CONNS);
+			count_drop(&drops, TLS_DROP_NOT_TCP);
 			return 0;
 		}
 	}
-	struct http_conn before = *hc;
-	count_bytes(hc, op, bytes, ts);
-
-	__u32 zero = 0;
-	struct tls_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-	if (!s)
-		return 0;
-	struct l7_event *ev = &s->ev;
-	fill_tuple(ev, &t);
-	ev->ts_ns = ts;
-	ev->sk = sk;
-	ev->pid = id >> 32;
-	ev->tid = tid;
-	ev->bytes = bytes > 0xffffffffLL ? 0xffffffffU : (__u32)bytes;
-	ev->op = op;
-	ev->direction = before.direction;
-	ev->sk_sent = before.sent;
-	ev->sk_recv = before.recv;
-	ev->ts_other_ns = op == L7_OP_SEND ? before.ts_last_recv : before.ts_last_send;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	/* the scratch record is reused: a shorter name must not keep the tail
-	 * of the previous one (the string read does not pad) */
-	__builtin_memset(ev->comm, 0, NF_COMM_LEN);
-	BPF_CORE_READ_STR_INTO(&ev->comm, task, group_leader, comm);
-
-	__u32 cap = bytes < L7_PAYLOAD_MAX ? (__u32)bytes : L7_PAYLOAD_MAX;
-	asm volatile("" : "+r"(cap)); /* keep the bound below for the verifier */
-	if (cap > L7_PAYLOAD_MAX)
-		cap = L7_PAYLOAD_MAX;
-	/* after a read the buffer holds what SSL_read returned; after a write
-	 * it still holds what the caller passed in */
-	if (bpf_probe_read_user(ev->payload, cap, (void *)c.buf)) {
-		cap = 0;
-		count_drop(&drops, TLS_DROP_PAYLOAD);
-	}
-	ev->cap_len = cap;
-	if (bpf_ringbuf_output(&events, ev, L7_EVENT_MIN_SIZE + cap, submit_flags(s, L7_EVENT_MIN_SIZE + cap)))
-		count_drop(&drops, TLS_DROP_RING);
+	http_messages(hc, sk, s, cap, op, bytes, ts, tid, &o);
 	return 0;
 }
 
 /* The end of a TCP socket (fires once, after the owner's last read; see
- * netflow.bpf.c): final plaintext counters of a connection that carried
- * HTTP, which close its last response in user space. */
+ * netflow.bpf.c): its last exchange is complete. */
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tls_sock_destroy, struct sock *sk)
 {
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&tls_conns, &key);
-	if (!hc)
+	__u32 zero = 0;
+	struct tls_scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	if (!hc || !sc)
 		return 0;
-	struct sock_tuple t = {};
-	if (read_tuple(sk, &t)) {
-		__u32 zero = 0;
-		struct tls_scratch *s = bpf_map_lookup_elem(&scratch, &zero);
-		struct l7_event *ev = s ? bpf_ringbuf_reserve(&events, L7_EVENT_MIN_SIZE, 0) : 0;
-		if (ev) {
-			fill_tuple(ev, &t);
-			ev->ts_ns = bpf_ktime_get_ns();
-			ev->sk = key;
-			ev->pid = hc->pid;
-			ev->tid = 0;
-			ev->bytes = 0;
-			ev->cap_len = 0;
-			ev->op = L7_OP_CLOSE;
-			ev->direction = hc->direction;
-			ev->comm[0] = 0; /* softirq context possibly: no owner task here */
-			ev->sk_sent = hc->sent;
-			ev->sk_recv = hc->recv;
-			ev->ts_other_ns = 0;
-			bpf_ringbuf_submit(ev, submit_flags(s, L7_EVENT_MIN_SIZE));
-		} else {
-			count_drop(&drops, TLS_DROP_RING);
-		}
-	}
+	struct http_out o = TLS_OUT(sc);
+	http_close(hc, key, &o);
 	bpf_map_delete_elem(&tls_conns, &key);
 	return 0;
 }

@@ -123,8 +123,10 @@ def check_bash():
 
 
 def check_httpflow():
-    return _check_object("http", "syscall tracepoints read/write/readv/writev/sendto/recvfrom/"
-                         "sendmsg/recvmsg/sendfile64/splice, tp_btf tcp_destroy_sock")
+    return _check_object("http", "tp_btf sock_send_length/sock_recv_length with the task's syscall registers "
+                         "(read/write/readv/writev/sendto/recvfrom/sendmsg/recvmsg; sendfile/splice bytes "
+                         "only), tp_btf tcp_destroy_sock; not covered, counted in kernel_calls_not_covered: "
+                         "io_uring, sendmmsg/recvmmsg, kernel threads")
 
 
 def check_httpflow_tls():

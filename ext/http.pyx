@@ -1,30 +1,26 @@
-"""HTTP/1.x over batches of struct l7_event (bpf/include/l7.h): first-line
-parsing, request/response pairing per connection, path strings for arrow.
+"""HTTP/1.x request and status lines, and the exchanges the kernel paired
+(struct http_exchange, bpf/include/http.h) turned into columns.
 
 Everything here works on numpy structured arrays through C pointers with
-the GIL released; no Python object is made per event or per message.
+the GIL released; no Python object is made per record.
 
-parse_events(events) -> MSG_DTYPE array, one row per message start found
-    in the payload prefixes (several when pipelined messages share a call
-    and fit in the prefix), one row per close record.
-pair(events, msgs, ...) -> PAIR_DTYPE array + carry mask: the k-th final
-    response on a connection (sk, pid) answers its k-th request (HTTP/1.1
-    keeps responses in request order, RFC 9112 section 9.3.2). Interim 1xx
-    responses other than 101 (100 Continue, 102, 103) precede the final one
-    of the same request (RFC 9110 section 15.2): they count toward its bytes
-    but are not pairing targets.
+parse_first_line / message_end (C, cimported by bpf-netlog and ebpf-trace
+through ext/includes/dkebpf/_http.pxd): one request or status line, where a
+message ends.
+exchange_columns(records) -> method, version, truncated codes and the
+    path strings (pyarrow) of each record's request head.
 """
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from libc.stdlib cimport malloc, free
-from libc.string cimport memcpy
+from libc.string cimport memcmp, memcpy
 
 import numpy as np
 cimport numpy as cnp
 import pyarrow as pa
 
-from l7 cimport *
+from http_maps cimport http_exchange, HTTP_HEAD_MAX
 from dk_common cimport offset_of
-from dkebpf._records import L7_EVENT_DTYPE, _dtype
+from dkebpf._records import HTTP_EXCHANGE_DTYPE, _dtype
 
 cnp.import_array()
 
@@ -47,16 +43,7 @@ cdef enum:
     MAX_MSGS_PER_EVENT = 32
 
 
-cdef struct http_pair:
-    int32_t req        # index into msgs
-    int32_t resp
-    uint64_t req_bytes
-    uint64_t resp_bytes
-    int64_t latency    # ns: first response byte - last request byte
-
-
 cdef http_msg _m
-cdef http_pair _p
 
 MSG_DTYPE = _dtype("http_msg", [
     ("sk", "<u8", offset_of(&_m, &_m.sk)),
@@ -74,18 +61,8 @@ MSG_DTYPE = _dtype("http_msg", [
     ("truncated", "u1", offset_of(&_m, &_m.truncated)),
 ], sizeof(http_msg))
 
-PAIR_DTYPE = _dtype("http_pair", [
-    ("req", "<i4", offset_of(&_p, &_p.req)),
-    ("resp", "<i4", offset_of(&_p, &_p.resp)),
-    ("req_bytes", "<u8", offset_of(&_p, &_p.req_bytes)),
-    ("resp_bytes", "<u8", offset_of(&_p, &_p.resp_bytes)),
-    ("latency", "<i8", offset_of(&_p, &_p.latency)),
-], sizeof(http_pair))
-
-TOTALS_DTYPE = np.dtype([("sk", "<u8"), ("sent", "<u8"), ("recv", "<u8")])
-
-if L7_EVENT_DTYPE.itemsize != sizeof(l7_event):
-    raise ImportError("l7_event layout differs between dkebpf._records and dkebpf._http")
+if HTTP_EXCHANGE_DTYPE.itemsize != sizeof(http_exchange):
+    raise ImportError("http_exchange layout differs between dkebpf._records and dkebpf._http")
 
 
 # --- first-line parser --------------------------------------------------------
@@ -284,42 +261,25 @@ cdef int message_end(const uint8_t *p, int n, const http_msg *m) noexcept nogil:
     return -1  # the body runs until the connection closes
 
 
-cdef Py_ssize_t _parse_event(const l7_event *e, uint32_t ev, http_msg *out) noexcept nogil:
-    """Message starts in one event's payload; returns how many were written."""
+cdef Py_ssize_t _parse_messages(const uint8_t *p, int n, uint32_t nbytes, http_msg *out) noexcept nogil:
+    """Message starts in one call's first n bytes (nbytes moved in all);
+    returns how many were written."""
     cdef Py_ssize_t cnt = 0
-    cdef int off = 0, n = e.cap_len, end
+    cdef int off = 0, end
     cdef http_msg *m
-    if e.op == L7_OP_CLOSE:
-        m = &out[0]
-        m.kind = K_CLOSE
-        m.method = 0
-        m.version = 0
-        m.status = 0
-        m.truncated = 0
-        m.path_off = 0
-        m.path_len = 0
-        m.off = 0
-        m.seg_len = 0
-        m.ev = ev
-        m.sk = e.sk
-        m.pid = e.pid
-        m.ts = e.ts_ns
-        return 1
-    if n > L7_PAYLOAD_MAX:
-        n = L7_PAYLOAD_MAX
     while cnt < MAX_MSGS_PER_EVENT and off < n:
         m = &out[cnt]
-        if not parse_first_line(e.payload + off, n - off, m):
+        if not parse_first_line(p + off, n - off, m):
             break
         m.off = off
         m.path_off += off
-        m.ev = ev
-        m.sk = e.sk
-        m.pid = e.pid
-        m.ts = e.ts_ns
-        m.seg_len = e.bytes - off if e.bytes > <uint32_t>off else 0
+        m.ev = 0
+        m.sk = 0
+        m.pid = 0
+        m.ts = 0
+        m.seg_len = nbytes - off if nbytes > <uint32_t>off else 0
         cnt += 1
-        end = message_end(e.payload + off, n - off, m)
+        end = message_end(p + off, n - off, m)
         if end <= 0:
             break
         m.seg_len = end
@@ -327,51 +287,14 @@ cdef Py_ssize_t _parse_event(const l7_event *e, uint32_t ev, http_msg *out) noex
     return cnt
 
 
-def parse_events(events):
-    """One MSG_DTYPE row per message start (and per close record) of an
-    L7_EVENT_DTYPE array; returns (msgs, events without a message start)."""
-    events = np.ascontiguousarray(events)
-    if events.dtype != L7_EVENT_DTYPE:
-        raise TypeError(f"expected L7_EVENT_DTYPE records, got {events.dtype}")
-    cdef Py_ssize_t n = len(events), i, cnt = 0, got, unparsed = 0
-    out = np.empty(max(n, 1) * 2, dtype=MSG_DTYPE)
-    cdef const l7_event *ev = <const l7_event *>cnp.PyArray_DATA(events)
-    cdef http_msg tmp[MAX_MSGS_PER_EVENT]
-    cdef http_msg *o = <http_msg *>cnp.PyArray_DATA(out)
-    cdef Py_ssize_t cap = len(out)
-    i = 0
-    while i < n:
-        with nogil:
-            while i < n:
-                got = _parse_event(&ev[i], <uint32_t>i, tmp)
-                if got == 0:
-                    unparsed += 1
-                if cnt + got > cap:
-                    break
-                memcpy(&o[cnt], tmp, got * sizeof(http_msg))
-                cnt += got
-                i += 1
-        if i < n:  # grow (many pipelined messages per call)
-            out = np.concatenate([out[:cnt], np.empty(cap + got + n, dtype=MSG_DTYPE)])
-            o = <http_msg *>cnp.PyArray_DATA(out)
-            cap = len(out)
-            memcpy(&o[cnt], tmp, got * sizeof(http_msg))
-            cnt += got
-            i += 1
-    return out[:cnt], unparsed
-
-
 def parse_payload(bytes payload, unsigned int nbytes=0):
     """Messages in one payload (tests and benchmarks): list of dicts."""
-    ev = np.zeros(1, dtype=L7_EVENT_DTYPE)
-    cap = min(len(payload), L7_PAYLOAD_MAX)
-    ev["payload"] = payload[:cap].ljust(L7_PAYLOAD_MAX, b"\0")
-    ev["cap_len"] = cap
-    ev["bytes"] = nbytes or len(payload)
-    ev["op"] = L7_OP_SEND
-    msgs, _ = parse_events(ev)
+    cdef http_msg tmp[MAX_MSGS_PER_EVENT]
+    cdef const uint8_t *p = payload
+    cdef Py_ssize_t got = _parse_messages(p, min(len(payload), 512), nbytes or len(payload), tmp)
     out = []
-    for m in msgs:
+    for i in range(got):
+        m = <dict>tmp[i]
         d = {k: int(m[k]) for k in ("off", "kind", "method", "version", "status", "truncated", "seg_len")}
         d["path"] = payload[m["path_off"]: m["path_off"] + m["path_len"]] if m["kind"] == K_REQUEST else b""
         out.append(d)
@@ -401,257 +324,187 @@ def first_lines(payloads, lengths):
     return kind, method, status, plen
 
 
-# --- pairing ------------------------------------------------------------------
+# --- exchanges paired in the kernel --------------------------------------------
 
-cdef inline uint64_t _pos(const l7_event *e, const http_msg *m) noexcept nogil:
-    """Stream offset of a message: the connection's counter for the call's
-    direction before the call, plus where the message starts in it."""
-    return (e.sk_sent if e.op == L7_OP_SEND else e.sk_recv) + m.off
-
-
-cdef inline uint64_t _final(const l7_event *e, uint64_t sent, uint64_t recv) noexcept nogil:
-    return sent if e.op == L7_OP_SEND else recv
-
-
-cdef struct pair_state:
-    Py_ssize_t npairs
-    uint64_t unmatched_responses, unanswered_closed, expired_requests
+cdef struct xrow:  # a record's request key
+    uint64_t hash
+    uint16_t path_off
+    uint16_t path_len
+    uint8_t method
+    uint8_t version    # the request's, else the response's; 0 unknown
+    uint8_t truncated
 
 
-cdef void _emit(http_pair *pairs, pair_state *st, int32_t req, int32_t resp, uint64_t rb, uint64_t sb,
-                const l7_event *ev, const http_msg *msgs) noexcept nogil:
-    cdef const http_msg *q = &msgs[req]
-    cdef const http_msg *s = &msgs[resp]
-    cdef const l7_event *se = &ev[s.ev]
-    cdef uint64_t last_req = q.ts
-    # the last request byte: the response's view of the last call the other
-    # way, when it is not older than the request itself
-    if (se.flags & L7_F_COUNTED) and se.ts_other_ns > last_req and se.ts_other_ns <= s.ts:
-        last_req = se.ts_other_ns
-    cdef http_pair *p = &pairs[st.npairs]
-    p.req = req
-    p.resp = resp
-    p.req_bytes = rb
-    p.resp_bytes = sb
-    p.latency = <int64_t>s.ts - <int64_t>last_req
-    st.npairs += 1
+cdef inline bint _request_key(const http_exchange *x, xrow *k) noexcept nogil:
+    """The request line of a record's head -> k (all but hash); 0 when the
+    head is no request line."""
+    cdef http_msg m
+    cdef int hl = x.head_len if x.head_len <= HTTP_HEAD_MAX else HTTP_HEAD_MAX
+    if not parse_first_line(x.head, hl, &m) or m.kind != K_REQUEST:
+        return 0
+    k.method = m.method
+    k.version = m.version if m.version else x.resp_version
+    if k.version != 10 and k.version != 11:
+        k.version = 0
+    k.truncated = m.truncated
+    k.path_off = m.path_off
+    k.path_len = m.path_len
+    return 1
 
 
-cdef inline bint _interim(const http_msg *m) noexcept nogil:
-    """An interim response: 1xx except 101, whose exchange continues on the
-    same protocol (RFC 9110 section 15.2)."""
-    return m.kind == K_RESPONSE and m.status < 200 and m.status != 101
-
-
-cdef void _segment(const l7_event *ev, const http_msg *msgs, int32_t *reqs, Py_ssize_t nreq,
-                   int32_t *resps, int32_t *froms, Py_ssize_t nresp, bint has_final, uint64_t fsent,
-                   uint64_t frecv,
-                   uint64_t ksent, uint64_t krecv, uint64_t settle_before, uint64_t expire_before,
-                   http_pair *pairs, uint8_t *carry, pair_state *st) noexcept nogil:
-    """Pair the requests and responses of one connection instance (in
-    order). resps are the final responses; froms[k] is where the k-th
-    response's bytes start (its first interim response, else itself).
-    has_final: the connection closed with totals fsent/frecv; ksent/krecv:
-    the latest totals known otherwise (for a last response left alone long
-    enough to be complete)."""
-    cdef Py_ssize_t skip = 0, i, k
-    cdef int32_t q, s, f
-    cdef const l7_event *qe
-    cdef const l7_event *se
-    cdef uint64_t rb, sb, qend, send_
-    cdef bint counted, settled
-    if nresp > nreq:  # answers to requests sent before we watched
-        skip = nresp - nreq
-        st.unmatched_responses += skip
-    cdef Py_ssize_t npair = nresp - skip
-    for i in range(npair):
-        q = reqs[i]
-        s = resps[i + skip]
-        f = froms[i + skip]
-        qe = &ev[msgs[q].ev]
-        se = &ev[msgs[f].ev]
-        counted = (qe.flags & L7_F_COUNTED) and (se.flags & L7_F_COUNTED)
-        if not counted:
-            _emit(pairs, st, q, s, msgs[q].seg_len,
-                  msgs[s].seg_len + (msgs[f].seg_len if f != s else 0), ev, msgs)
-            continue
-        settled = has_final or msgs[s].ts < settle_before
-        if i + 1 < nreq:
-            qend = _pos(&ev[msgs[reqs[i + 1]].ev], &msgs[reqs[i + 1]])
-        elif has_final:
-            qend = _final(qe, fsent, frecv)
-        elif settled:
-            qend = _final(qe, ksent, krecv)
-        else:
-            qend = 0
-        if i + skip + 1 < nresp:
-            send_ = _pos(&ev[msgs[froms[i + skip + 1]].ev], &msgs[froms[i + skip + 1]])
-        elif has_final:
-            send_ = _final(se, fsent, frecv)
-        elif settled:
-            send_ = _final(se, ksent, krecv)
-        else:
-            # the response may still be arriving: keep this pair and what
-            # follows for the next round
-            for k in range(i, nreq):
-                carry[reqs[k]] = 1
-            for k in range(i + skip, nresp):
-                carry[resps[k]] = 1
-                carry[froms[k]] = 1
-            return
-        rb = qend - _pos(qe, &msgs[q]) if qend > _pos(qe, &msgs[q]) else msgs[q].seg_len
-        sb = send_ - _pos(se, &msgs[f]) if send_ > _pos(se, &msgs[f]) else msgs[s].seg_len
-        _emit(pairs, st, q, s, rb, sb, ev, msgs)
-    for i in range(npair, nreq):  # not answered (yet)
-        q = reqs[i]
-        if has_final:
-            st.unanswered_closed += 1
-        elif msgs[q].ts < expire_before:
-            st.expired_requests += 1
-        else:
-            carry[q] = 1
-
-
-def pair(events, msgs, uint64_t settle_before, uint64_t expire_before, totals=None):
-    """Pair requests with responses.
-
-    msgs must be sorted by (sk, pid, ts) (close rows last among equal ts);
-    events are the records msgs point into. A last response that started
-    before settle_before (monotonic ns) is complete: its size comes from the
-    connection's latest totals (totals: TOTALS_DTYPE sorted by sk, e.g.
-    read from the kernel map, or the latest counters seen in events).
-    Requests unanswered since before expire_before are dropped.
-
-    Returns (pairs, carry, stats): carry marks the msgs to hand in again
-    with the next batch (unanswered requests, a last response that may
-    still grow)."""
-    events = np.ascontiguousarray(events)
-    msgs = np.ascontiguousarray(msgs)
-    if totals is None:
-        totals = np.empty(0, TOTALS_DTYPE)
-    totals = np.ascontiguousarray(totals, dtype=TOTALS_DTYPE)
-    cdef Py_ssize_t n = len(msgs), nt = len(totals)
-    pairs = np.empty(n, dtype=PAIR_DTYPE)
-    carry = np.zeros(n, dtype=np.uint8)
-    cdef const l7_event *ev = <const l7_event *>cnp.PyArray_DATA(events)
-    cdef const http_msg *m = <const http_msg *>cnp.PyArray_DATA(msgs)
-    cdef http_pair *pp = <http_pair *>cnp.PyArray_DATA(pairs)
-    cdef uint8_t *cp = <uint8_t *>cnp.PyArray_DATA(carry)
-    cdef const uint64_t[:, ::1] tot = totals.view(np.uint64).reshape(-1, 3) if nt else np.zeros((1, 3), np.uint64)
-    cdef pair_state st
-    st.npairs = 0
-    st.unmatched_responses = st.unanswered_closed = st.expired_requests = 0
-    cdef int32_t *reqs = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
-    cdef int32_t *resps = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
-    cdef int32_t *froms = <int32_t *>malloc(max(n, 1) * sizeof(int32_t))
-    if reqs == NULL or resps == NULL or froms == NULL:
-        free(reqs)
-        free(resps)
-        free(froms)
-        raise MemoryError()
-    cdef Py_ssize_t i = 0, j, k, nreq, nresp, lo, hi, mid
-    cdef int32_t interim  # first interim response of the request being answered; -1 none
-    cdef uint64_t sk, ksent, krecv, v
-    cdef uint32_t pid
-    cdef const l7_event *e
-    try:
-        with nogil:
-            while i < n:
-                sk = m[i].sk
-                pid = m[i].pid
-                nreq = nresp = 0
-                interim = -1
-                ksent = krecv = 0
-                # the kernel's totals of this socket, if given
-                lo = 0
-                hi = nt
-                while lo < hi:
-                    mid = (lo + hi) // 2
-                    if tot[mid, 0] < sk:
-                        lo = mid + 1
-                    else:
-                        hi = mid
-                if lo < nt and tot[lo, 0] == sk:
-                    ksent = tot[lo, 1]
-                    krecv = tot[lo, 2]
-                j = i
-                while j < n and m[j].sk == sk and m[j].pid == pid:
-                    e = &ev[m[j].ev]
-                    if m[j].kind == K_CLOSE:
-                        _segment(ev, m, reqs, nreq, resps, froms, nresp, 1, e.sk_sent, e.sk_recv, 0, 0,
-                                 settle_before, expire_before, pp, cp, &st)
-                        nreq = nresp = 0
-                        interim = -1
-                        ksent = krecv = 0
-                    else:
-                        # latest totals seen in the records themselves
-                        if e.flags & L7_F_COUNTED:
-                            v = e.sk_sent + (e.bytes if e.op == L7_OP_SEND else 0)
-                            if v > ksent:
-                                ksent = v
-                            v = e.sk_recv + (e.bytes if e.op == L7_OP_RECV else 0)
-                            if v > krecv:
-                                krecv = v
-                        # a request travels the other way from its response;
-                        # which way is which depends on the side we are on
-                        if m[j].kind == K_REQUEST:
-                            reqs[nreq] = <int32_t>j
-                            nreq += 1
-                        elif _interim(&m[j]):
-                            # its request's exchange goes on; one with no
-                            # request waiting is ignored like its request
-                            if nresp < nreq and interim < 0:
-                                interim = <int32_t>j
-                        elif nresp < nreq:
-                            resps[nresp] = <int32_t>j
-                            froms[nresp] = interim if interim >= 0 else <int32_t>j
-                            interim = -1
-                            nresp += 1
-                        else:
-                            # no request waiting: it answers one sent before
-                            # we watched (a request is always read or written
-                            # before its response, in time order here)
-                            st.unmatched_responses += 1
-                    j += 1
-                if nreq or nresp:
-                    _segment(ev, m, reqs, nreq, resps, froms, nresp, 0, 0, 0, ksent, krecv,
-                             settle_before, expire_before, pp, cp, &st)
-                    # interim responses wait with the request they belong to
-                    if interim >= 0 and cp[reqs[nresp]]:
-                        for k in range(interim, j):
-                            if _interim(&m[k]):
-                                cp[k] = 1
-                i = j
-    finally:
-        free(reqs)
-        free(resps)
-        free(froms)
-    stats = {"unmatched_responses": st.unmatched_responses, "unanswered_closed": st.unanswered_closed,
-             "expired_requests": st.expired_requests}
-    return pairs[:st.npairs], carry.view(bool), stats
-
-
-def paths_to_arrow(events, msgs, idx):
-    """The request paths of msgs[idx] as a pyarrow string array (ASCII: the
-    parser accepts only visible ASCII in a request target)."""
-    events = np.ascontiguousarray(events)
-    msgs = np.ascontiguousarray(msgs)
-    idx = np.ascontiguousarray(idx, dtype=np.int32)
-    cdef Py_ssize_t n = len(idx), i, total = 0
-    cdef const l7_event *ev = <const l7_event *>cnp.PyArray_DATA(events)
-    cdef const http_msg *m = <const http_msg *>cnp.PyArray_DATA(msgs)
-    cdef const int32_t[::1] ix = idx
-    offsets = np.empty(n + 1, dtype=np.int32)
-    cdef int32_t[::1] off = offsets
-    off[0] = 0
-    for i in range(n):
-        total += m[ix[i]].path_len
-        off[i + 1] = <int32_t>total
-    data = np.empty(max(total, 1), dtype=np.uint8)
+def exchange_columns(records):
+    """The request heads of HTTP_EXCHANGE_DTYPE records, parsed: (method
+    codes (index into METHODS, 0: the head is no request line), version
+    (the request's, else the response's: 10, 11, 0 unknown), truncated
+    (0/1), path: pyarrow string array, the
+    path without query, ASCII as the parser accepts only visible ASCII)."""
+    records = np.ascontiguousarray(records)
+    if records.dtype != HTTP_EXCHANGE_DTYPE:
+        raise TypeError(f"expected HTTP_EXCHANGE_DTYPE records, got {records.dtype}")
+    cdef Py_ssize_t n = len(records), i, total = 0
+    method = np.zeros(n, np.uint8)
+    version = np.zeros(n, np.uint8)
+    truncated = np.zeros(n, np.uint8)
+    offsets = np.empty(n + 1, np.int32)
+    data = np.empty(max(n * HTTP_HEAD_MAX, 1), np.uint8)
+    cdef const http_exchange *x = <const http_exchange *>cnp.PyArray_DATA(records)
+    cdef uint8_t *me = <uint8_t *>cnp.PyArray_DATA(method)
+    cdef uint8_t *ve = <uint8_t *>cnp.PyArray_DATA(version)
+    cdef uint8_t *tr = <uint8_t *>cnp.PyArray_DATA(truncated)
+    cdef int32_t *off = <int32_t *>cnp.PyArray_DATA(offsets)
     cdef uint8_t *d = <uint8_t *>cnp.PyArray_DATA(data)
-    cdef const http_msg *q
+    cdef xrow k
+    with nogil:
+        off[0] = 0
+        for i in range(n):
+            if _request_key(&x[i], &k):
+                me[i] = k.method
+                ve[i] = k.version
+                tr[i] = k.truncated
+                memcpy(d + total, x[i].head + k.path_off, k.path_len)
+                total += k.path_len
+            off[i + 1] = <int32_t>total
+    path = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data[:max(total, 1)]))
+    return method, version, truncated, path
+
+
+cdef inline uint64_t _mix(uint64_t h, uint64_t w) noexcept nogil:
+    # one multiply-xorshift round per 8 bytes (a hash for a table, not for
+    # adversaries: a collision costs a comparison, never a wrong sum)
+    h = (h ^ w) * 0x9E3779B97F4A7C15ULL
+    return h ^ (h >> 29)
+
+
+cdef inline uint64_t _mix_bytes(uint64_t h, const uint8_t *p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t w
+    cdef Py_ssize_t k = 0
+    while k + 8 <= n:
+        memcpy(&w, p + k, 8)
+        h = _mix(h, w)
+        k += 8
+    if k < n:
+        w = 0
+        memcpy(&w, p + k, n - k)
+        h = _mix(h, w ^ (<uint64_t>(n - k) << 56))
+    return h
+
+
+cdef inline bint _same(const http_exchange *a, const xrow *ka, const http_exchange *b, const xrow *kb) noexcept nogil:
+    return (ka.hash == kb.hash and a.pid == b.pid and a.lport == b.lport and a.rport == b.rport
+            and a.family == b.family and a.proto == b.proto and a.direction == b.direction
+            and a.status == b.status and ka.method == kb.method and ka.version == kb.version
+            and ka.truncated == kb.truncated and ka.path_len == kb.path_len
+            and memcmp(a.laddr, b.laddr, 16) == 0 and memcmp(a.raddr, b.raddr, 16) == 0
+            and memcmp(a.comm, b.comm, 16) == 0
+            and memcmp(a.head + ka.path_off, b.head + kb.path_off, ka.path_len) == 0)
+
+
+def exchange_groups(records):
+    """HTTP_EXCHANGE_DTYPE records -> one group per connection (pid, tuple,
+    direction, process name) and request key (method, path, status,
+    version, truncated), summed in one pass over the records with a hash
+    table (no Python object, no sort): returns a dict of numpy arrays,
+    `rep` (the index of a record of each group), `method`, `version`
+    (request's, else the response's; 0 unknown), `truncated`, `count`,
+    `latency_sum`, `req_bytes_sum`, `resp_bytes_sum`, and `path` (pyarrow
+    strings), plus `not_request`: records whose head is no request line
+    (left out)."""
+    records = np.ascontiguousarray(records)
+    if records.dtype != HTTP_EXCHANGE_DTYPE:
+        raise TypeError(f"expected HTTP_EXCHANGE_DTYPE records, got {records.dtype}")
+    cdef Py_ssize_t n = len(records), i, g, j, ng = 0, cap = 16, not_request = 0, total = 0
+    while cap < 2 * n:
+        cap *= 2
+    cdef Py_ssize_t mask = cap - 1
+    keys = np.empty(max(n, 1) * sizeof(xrow), np.uint8)
+    table = np.full(cap, -1, np.int64)
+    rep = np.empty(max(n, 1), np.int64)
+    count = np.zeros(max(n, 1), np.int64)
+    lat = np.zeros(max(n, 1), np.int64)
+    reqb = np.zeros(max(n, 1), np.int64)
+    respb = np.zeros(max(n, 1), np.int64)
+    cdef const http_exchange *x = <const http_exchange *>cnp.PyArray_DATA(records)
+    cdef xrow *k = <xrow *>cnp.PyArray_DATA(keys)
+    cdef int64_t *T = <int64_t *>cnp.PyArray_DATA(table)
+    cdef int64_t *R = <int64_t *>cnp.PyArray_DATA(rep)
+    cdef int64_t *C = <int64_t *>cnp.PyArray_DATA(count)
+    cdef int64_t *L = <int64_t *>cnp.PyArray_DATA(lat)
+    cdef int64_t *Q = <int64_t *>cnp.PyArray_DATA(reqb)
+    cdef int64_t *S = <int64_t *>cnp.PyArray_DATA(respb)
+    cdef uint64_t h
     with nogil:
         for i in range(n):
-            q = &m[ix[i]]
-            memcpy(d + off[i], ev[q.ev].payload + q.path_off, q.path_len)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data))
+            if not _request_key(&x[i], &k[i]):
+                not_request += 1
+                continue
+            h = _mix_bytes(0, x[i].laddr, 16)
+            h = _mix_bytes(h, x[i].raddr, 16)
+            h = _mix_bytes(h, <const uint8_t *>x[i].comm, 16)
+            h = _mix(h, (<uint64_t>x[i].pid << 32) | (<uint64_t>x[i].lport << 16) | x[i].rport)
+            h = _mix(h, (<uint64_t>x[i].family << 56) | (<uint64_t>x[i].proto << 48)
+                     | (<uint64_t>x[i].direction << 40) | (<uint64_t>x[i].status << 24)
+                     | (<uint64_t>k[i].method << 16) | (<uint64_t>k[i].version << 8) | k[i].truncated)
+            h = _mix_bytes(h, x[i].head + k[i].path_off, k[i].path_len)
+            k[i].hash = h
+            j = <Py_ssize_t>(h & mask)
+            while True:
+                g = T[j]
+                if g < 0:
+                    g = ng
+                    T[j] = g
+                    R[g] = i
+                    ng += 1
+                    total += k[i].path_len
+                    break
+                if _same(&x[i], &k[i], &x[R[g]], &k[R[g]]):
+                    break
+                j = (j + 1) & mask
+            C[g] += 1
+            L[g] += <int64_t>x[i].latency_ns
+            Q[g] += <int64_t>x[i].req_bytes
+            S[g] += <int64_t>x[i].resp_bytes
+    offsets = np.empty(ng + 1, np.int32)
+    data = np.empty(max(total, 1), np.uint8)
+    method = np.empty(ng, np.uint8)
+    version = np.empty(ng, np.uint8)
+    truncated = np.empty(ng, np.uint8)
+    cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offsets)
+    cdef uint8_t *D = <uint8_t *>cnp.PyArray_DATA(data)
+    cdef uint8_t *me = <uint8_t *>cnp.PyArray_DATA(method)
+    cdef uint8_t *ve = <uint8_t *>cnp.PyArray_DATA(version)
+    cdef uint8_t *tr = <uint8_t *>cnp.PyArray_DATA(truncated)
+    cdef Py_ssize_t pos = 0
+    with nogil:
+        O[0] = 0
+        for g in range(ng):
+            i = R[g]
+            me[g] = k[i].method
+            ve[g] = k[i].version
+            tr[g] = k[i].truncated
+            memcpy(D + pos, x[i].head + k[i].path_off, k[i].path_len)
+            pos += k[i].path_len
+            O[g + 1] = <int32_t>pos
+    path = pa.StringArray.from_buffers(ng, pa.py_buffer(offsets), pa.py_buffer(data[:max(pos, 1)]))
+    return {"rep": rep[:ng], "method": method, "version": version, "truncated": truncated, "path": path,
+            "count": count[:ng], "latency_sum": lat[:ng], "req_bytes_sum": reqb[:ng],
+            "resp_bytes_sum": respb[:ng], "not_request": not_request}

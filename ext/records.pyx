@@ -9,7 +9,6 @@ cimport numpy as cnp
 
 from netflow cimport *
 from bash cimport *
-from l7 cimport *
 from http_maps cimport *
 from tls cimport *
 from dk_common cimport offset_of
@@ -119,62 +118,55 @@ BASH_LEN_AT_LEAST = BASH_F_LEN_AT_LEAST
 BASH_DROP_NAMES = _drop_names("bash.bpf.c", {
     BASH_DROP_RING: "lines_ring_full", BASH_DROP_READ: "line_unreadable"}, BASH_DROP_MAX)
 
-cdef l7_event _l7
+cdef http_exchange _hx
 
-L7_EVENT_DTYPE = _dtype("l7_event", [
-    ("ts_ns", "<u8", offset_of(&_l7, &_l7.ts_ns)),
-    ("sk", "<u8", offset_of(&_l7, &_l7.sk)),
-    ("laddr", "V16", offset_of(&_l7, &_l7.laddr)),
-    ("raddr", "V16", offset_of(&_l7, &_l7.raddr)),
-    ("lport", "<u2", offset_of(&_l7, &_l7.lport)),
-    ("rport", "<u2", offset_of(&_l7, &_l7.rport)),
-    ("pid", "<u4", offset_of(&_l7, &_l7.pid)),
-    ("tid", "<u4", offset_of(&_l7, &_l7.tid)),
-    ("bytes", "<u4", offset_of(&_l7, &_l7.bytes)),
-    ("cap_len", "<u2", offset_of(&_l7, &_l7.cap_len)),
-    ("family", "u1", offset_of(&_l7, &_l7.family)),
-    ("proto", "u1", offset_of(&_l7, &_l7.proto)),
-    ("op", "u1", offset_of(&_l7, &_l7.op)),
-    ("source", "u1", offset_of(&_l7, &_l7.source)),
-    ("direction", "u1", offset_of(&_l7, &_l7.direction)),
-    ("flags", "u1", offset_of(&_l7, &_l7.flags)),
-    ("comm", "S16", offset_of(&_l7, &_l7.comm)),
-    ("sk_sent", "<u8", offset_of(&_l7, &_l7.sk_sent)),
-    ("sk_recv", "<u8", offset_of(&_l7, &_l7.sk_recv)),
-    ("ts_other_ns", "<u8", offset_of(&_l7, &_l7.ts_other_ns)),
-    ("payload", f"V{L7_PAYLOAD_MAX}", offset_of(&_l7, &_l7.payload)),
-], sizeof(l7_event))
+HTTP_EXCHANGE_DTYPE = _dtype("http_exchange", [
+    ("sk", "<u8", offset_of(&_hx, &_hx.sk)),
+    ("ts_req", "<u8", offset_of(&_hx, &_hx.ts_req)),
+    ("ts_resp", "<u8", offset_of(&_hx, &_hx.ts_resp)),
+    ("latency", "<u8", offset_of(&_hx, &_hx.latency_ns)),
+    ("req_bytes", "<u8", offset_of(&_hx, &_hx.req_bytes)),
+    ("resp_bytes", "<u8", offset_of(&_hx, &_hx.resp_bytes)),
+    ("laddr", "V16", offset_of(&_hx, &_hx.laddr)),
+    ("raddr", "V16", offset_of(&_hx, &_hx.raddr)),
+    ("lport", "<u2", offset_of(&_hx, &_hx.lport)),
+    ("rport", "<u2", offset_of(&_hx, &_hx.rport)),
+    ("pid", "<u4", offset_of(&_hx, &_hx.pid)),
+    ("tid", "<u4", offset_of(&_hx, &_hx.tid)),
+    ("status", "<u2", offset_of(&_hx, &_hx.status)),
+    ("head_len", "<u2", offset_of(&_hx, &_hx.head_len)),
+    ("family", "u1", offset_of(&_hx, &_hx.family)),
+    ("proto", "u1", offset_of(&_hx, &_hx.proto)),
+    ("direction", "u1", offset_of(&_hx, &_hx.direction)),
+    ("source", "u1", offset_of(&_hx, &_hx.source)),
+    ("resp_version", "u1", offset_of(&_hx, &_hx.resp_version)),
+    ("flags", "u1", offset_of(&_hx, &_hx.flags)),
+    ("comm", "S16", offset_of(&_hx, &_hx.comm)),
+    ("head", f"V{HTTP_HEAD_MAX}", offset_of(&_hx, &_hx.head)),
+], sizeof(http_exchange))
 
-L7_PAYLOAD_LEN = L7_PAYLOAD_MAX
-L7_MIN_SIZE = L7_EVENT_MIN_SIZE  # a record ends after its valid payload
-L7_SEND = L7_OP_SEND
-L7_RECV = L7_OP_RECV
-L7_CLOSE = L7_OP_CLOSE
-L7_SYSCALL = L7_SRC_SYSCALL
-L7_SSL = L7_SRC_SSL
-L7_COUNTED = L7_F_COUNTED
+HTTP_HEAD_LEN = HTTP_HEAD_MAX          # bytes of a request a record holds
+HTTP_EXCHANGE_MIN = HTTP_EXCHANGE_MIN_SIZE  # a record ends after its head bytes
+HTTP_CLOSED = HTTP_X_CLOSED
+HTTP_SETTLED = HTTP_X_SETTLED
+HTTP_SYSCALL = HTTP_SRC_SYSCALL
+HTTP_SSL = HTTP_SRC_SSL
+HTTP_FLUSH_LEN = HTTP_FLUSH_BYTES
 
-cdef http_conn _hc
+_HTTP_DROPS = {
+    HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CONNS: "http_conns_map_full",
+    HTTP_DROP_READ: "payload_unreadable", HTTP_DROP_NOT_COVERED: "calls_not_covered",
+    HTTP_DROP_FIFO_FULL: "pipelined_requests_over_limit", HTTP_DROP_UNMATCHED: "unmatched_responses",
+    HTTP_DROP_UNANSWERED: "unanswered_requests_closed"}
+HTTP_DROP_NAMES = _drop_names("http.bpf.c", _HTTP_DROPS, HTTP_DROP_MAX)
+# what the pairing counts that is no loss of a record (bpf_objects: reported
+# as kernel_<name>, not kernel_drop_<name>)
+HTTP_NOT_LOSSES = frozenset({"calls_not_covered", "unmatched_responses", "unanswered_requests_closed"})
 
-HTTP_CONN_DTYPE = _dtype("http_conn", [
-    ("sent", "<u8", offset_of(&_hc, &_hc.sent)),
-    ("recv", "<u8", offset_of(&_hc, &_hc.recv)),
-    ("ts_last_send", "<u8", offset_of(&_hc, &_hc.ts_last_send)),
-    ("ts_last_recv", "<u8", offset_of(&_hc, &_hc.ts_last_recv)),
-    ("pid", "<u4", offset_of(&_hc, &_hc.pid)),
-    ("direction", "u1", offset_of(&_hc, &_hc.direction)),
-], sizeof(http_conn))
-
-HTTP_DROP_NAMES = _drop_names("http.bpf.c", {
-    HTTP_DROP_RING: "events_ring_full", HTTP_DROP_CALLS: "calls_map_full",
-    HTTP_DROP_CONNS: "http_conns_map_full", HTTP_DROP_READ: "payload_unreadable"}, HTTP_DROP_MAX)
-
-# httpflow-tls (bpf/tls.bpf.c): index -> name of its per-CPU drop counters
+# httpflow-tls (bpf/tls.bpf.c): the pairing's counters, then its own
 TLS_DROP_NAMES = _drop_names("tls.bpf.c", {
-    TLS_DROP_RING: "events_ring_full", TLS_DROP_NO_SOCK: "socket_unknown",
-    TLS_DROP_NOT_TCP: "not_tcp", TLS_DROP_PAYLOAD: "payload_unreadable",
-    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full",
-    TLS_DROP_CONNS: "tls_conns_map_full"}, TLS_DROP_MAX)
+    **_HTTP_DROPS, TLS_DROP_NO_SOCK: "socket_unknown", TLS_DROP_NOT_TCP: "not_tcp",
+    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full"}, TLS_DROP_MAX)
 
 
 def comm_to_arrow(comm):

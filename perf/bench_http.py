@@ -11,8 +11,11 @@ every payload:
   httptools   per payload: a parser object, feed_data, the url callback,
               parse_url for the path (what a Python user of httptools does)
   first_lines dkebpf._http.first_lines over a (N, 512) byte array
-  parse_events dkebpf._http.parse_events over l7_event records (what the
-              plugin runs: also finds pipelined messages and header ends)
+  exchanges   HttpPipeline.partial over http_exchange records (what the
+              plugin runs per record the kernel paired: request line parsed,
+              summed per connection and request key in one Cython pass),
+              against the same records through exchange_columns + a pyarrow
+              group_by (the way before it)
 
 Prints `name: value` lines.
 """
@@ -20,10 +23,12 @@ import os
 
 import httptools
 import numpy as np
+import pyarrow as pa
 
 from timing import best_of
 
 from dkebpf import _http, _records
+from dkebpf.plugins.httpflow import HttpPipeline
 
 N = int(os.environ.get("BENCH_HTTP_N", 100_000))
 
@@ -80,11 +85,16 @@ def main():
     for i, p in enumerate(payloads):
         arr[i, :len(p)] = np.frombuffer(p, np.uint8)
         lens[i] = len(p)
-    events = np.zeros(N, _records.L7_EVENT_DTYPE)
-    events["payload"] = arr.view("V512").ravel()
-    events["cap_len"] = lens
-    events["bytes"] = lens
-    events["op"] = _records.L7_SEND
+    # 200 distinct request lines (a service's routes), each many times
+    distinct = [p[:_records.HTTP_HEAD_LEN] for p in payloads if not p.startswith(b"HTTP")][:200]
+    reqs = [distinct[i] for i in rng.integers(0, len(distinct), N // 2)]
+    x = np.zeros(len(reqs), _records.HTTP_EXCHANGE_DTYPE)
+    x["head"] = [r.ljust(_records.HTTP_HEAD_LEN, b"\0") for r in reqs]
+    x["head_len"] = [len(r) for r in reqs]
+    x["pid"] = rng.integers(1, 50, len(x))  # 50 processes, 2 directions, 2 statuses
+    x["direction"] = rng.integers(1, 3, len(x))
+    x["status"] = rng.choice([200, 404], len(x))
+    x["latency"] = rng.integers(1, 10**6, len(x))
 
     # same answers first
     ref = with_httptools(payloads[:2000])
@@ -97,13 +107,30 @@ def main():
 
     t_ht = best_of(lambda: with_httptools(payloads), 3)
     t_fl = best_of(lambda: _http.first_lines(arr, lens), 5)
-    t_pe = best_of(lambda: _http.parse_events(events), 5)
+    pipe = HttpPipeline()
+    t_x = best_of(lambda: pipe.partial(x), 5)
+    t_gb = best_of(lambda: group_by_partial(x), 5)
     print(f"payloads: {N}")
     print(f"httptools_per_s: {N / t_ht:.0f}")
     print(f"first_lines_per_s: {N / t_fl:.0f}")
-    print(f"parse_events_per_s: {N / t_pe:.0f}")
     print(f"first_lines_vs_httptools: {t_ht / t_fl:.1f}")
-    print(f"parse_events_vs_httptools: {t_ht / t_pe:.1f}")
+    print(f"exchange_records: {len(x)} in {pipe.partial(x).num_rows} groups")
+    print(f"exchanges_ns_per_record: {t_x / len(x) * 1e9:.0f}")
+    print(f"exchanges_vs_arrow_group_by: {t_gb / t_x:.1f}")
+
+
+def group_by_partial(x):
+    """The same sums with one arrow row per record and a group_by."""
+    method, version, truncated, path = _http.exchange_columns(x)
+    t = pa.table({"pid": x["pid"], "direction": x["direction"], "laddr": x["laddr"].view("S16"),
+                  "raddr": x["raddr"].view("S16"), "lport": x["lport"], "rport": x["rport"],
+                  "comm": x["comm"], "status": x["status"], "method": method, "path": path,
+                  "version": version, "truncated": truncated, "latency": x["latency"].astype(np.int64),
+                  "req": x["req_bytes"].astype(np.int64), "resp": x["resp_bytes"].astype(np.int64)})
+    keys = ["pid", "direction", "laddr", "raddr", "lport", "rport", "comm", "status", "method", "path",
+            "version", "truncated"]
+    return t.group_by(keys, use_threads=False).aggregate(
+        [("latency", "count"), ("latency", "sum"), ("req", "sum"), ("resp", "sum")])
 
 
 if __name__ == "__main__":

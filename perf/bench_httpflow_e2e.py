@@ -1,68 +1,134 @@
-"""End-to-end cost of httpflow: nginx + wrk on loopback with the collector
-off, with ebpf-net minus httpflow (netflow only), and with ebpf-net
-including httpflow. Needs root, nginx and wrk.
+"""End-to-end cost of httpflow: nginx (1 worker) + wrk -t2 on loopback, in
+the same run, rounds alternating between the modes:
+  off           no collector
+  floor         empty BPF programs on the hooks httpflow uses (tp_btf
+                sock_send_length, sock_recv_length, tcp_destroy_sock;
+                perf/tpfloor.bpf.c), no collector
+  netflow_only  the collector, ebpf-net without httpflow
+  httpflow      the collector, ebpf-net with httpflow
+Needs root, nginx and wrk.
 
-Reports, per collector mode, wrk's requests/s and mean latency as ratios
-against the run without the collector, the collector's CPU (user + system,
-from /proc/<pid>/stat) per 10k requests/s, and for httpflow the records the
-kernel sent, the requests reported in the points, and every loss counter
-(kernel ring full, user-space buffer full).
+Prints, per mode, the median over rounds of wrk's requests/s and mean
+latency as ratios against `off` of the same round, the collector's CPU
+(user and system, /proc/<pid>/stat) per 10k requests/s and per request; for
+httpflow every kernel drop counter, and the requests reported in the points
+of each end against wrk's own count (exact: both ends report every request
+wrk made, since wrk's connections close at its end).
 
-    python3 perf/bench_httpflow_e2e.py        (BENCH_SECONDS=10 by default)
+    python3 perf/bench_httpflow_e2e.py
+    BENCH_SECONDS=10 BENCH_ROUNDS=3 BENCH_CONNS=32 BENCH_INTERVALS=10s,60s
 
 Prints `name: value` lines.
 """
 import os
+import statistics
 import tempfile
 import time
 
+from bench_tracepoint_floor import attached, build
 from collector import Collector, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 CONNS = int(os.environ.get("BENCH_CONNS", 32))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
+INTERVALS = os.environ.get("BENCH_INTERVALS", "10s,60s").split(",")
+H = "ebpf-net/httpflow"
+LOST = ("kernel_drop_events_ring_full", "kernel_drop_http_conns_map_full", "kernel_drop_payload_unreadable")
 
 
 def wrk(port):
     return wrk_url(f"http://127.0.0.1:{port}/ok", SECONDS, CONNS)
 
 
-def run_with_collector(tmp, port, name, extra):
-    with Collector(tmp, name, ["--enabled", "ebpf-net", *extra]) as c:
-        c0, before = c.cpu_seconds(), c.prog_stats()
+def reported_each_end(c, port, total):
+    """Requests in the points of the server's and the client's end (every
+    httpflow point of nginx's port: server_port is nginx's on both ends)."""
+    inc = out = 0
+    if os.path.exists(c.out):
+        for line in open(c.out):
+            if line.startswith("httpflow,") and f"server_port={port}," in line:
+                n = int(line.split("count=")[1].split("i")[0])
+                if "direction=incoming" in line:
+                    inc += n
+                else:
+                    out += n
+    return inc, out
+
+
+def with_collector(tmp, port, name, extra, interval):
+    with Collector(tmp, name, ["--enabled", "ebpf-net", *extra], interval=interval) as c:
+        time.sleep(1)
+        r0 = c.metrics().get((H, "ring_events_received"), 0)
+        c0 = c.cpu_times()
         rps, lat, total = wrk(port)
-        cpu = c.cpu_seconds() - c0
-        misses = sum(st[2] - before.get(i, (0, 0, 0))[2] for i, st in c.prog_stats().items())
-        time.sleep(4)  # two more intervals: every pair settled and reported
-        m = c.metrics()
-    return rps, lat, total, cpu, m, c.reported_requests(port), misses
+        user, system = (b - a for a, b in zip(c0, c.cpu_times()))
+        # the rings are system-wide: the records of the wrk window include
+        # other HTTP load on this machine, so CPU is also given per record
+        extra_m = {"window_records": int(c.metrics().get((H, "ring_events_received"), 0) - r0)}
+        if name.startswith("httpflow"):
+            # the last exchanges come with the connections' ends; the next
+            # flush reports them
+            deadline = time.monotonic() + float(interval.rstrip("s")) + 5
+            while time.monotonic() < deadline and reported_each_end(c, port, total) != (total, total):
+                time.sleep(0.5)
+            m = c.metrics()
+            extra_m.update({k: int(v) for (p, k), v in m.items() if p == H and k.startswith("kernel_")})
+            extra_m["reported_incoming"], extra_m["reported_outgoing"] = reported_each_end(c, port, total)
+            extra_m["records"] = int(m.get((H, "ring_events_received"), 0))
+    return rps, lat, total, user, system, extra_m
 
 
 def main():
-    with tempfile.TemporaryDirectory() as tmp:
-        with Nginx(tmp) as ngx:
-            wrk(ngx.port)  # warm-up
-            base_rps, base_lat, _ = wrk(ngx.port)
-            print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback")
-            print(f"off_requests_per_s: {base_rps:.0f}")
-            print(f"off_latency_ms: {base_lat * 1e3:.3f}")
-            for name, extra in (("netflow_only", ["--l7net-disabled", "httpflow"]), ("httpflow", [])):
-                rps, lat, total, cpu, m, reported, misses = run_with_collector(tmp, ngx.port, name, extra)
-                print(f"{name}_requests_per_s: {rps:.0f}")
-                print(f"{name}_throughput_ratio: {rps / base_rps:.3f}")
-                print(f"{name}_latency_ratio: {lat / base_lat:.3f}")
-                print(f"{name}_collector_cpu_cores: {cpu / SECONDS:.3f}")
-                print(f"{name}_collector_cpu_per_10k_rps: {cpu / SECONDS / (rps / 1e4):.3f}")
-                if name == "httpflow":
-                    h = "ebpf-net/httpflow"
-                    lost = {k: int(v) for (p, k), v in m.items() if p == h and ("lost" in k or "kernel_drop" in k)}
-                    print(f"httpflow_wrk_requests: {total}")
-                    print(f"httpflow_requests_reported_each_side: {reported / 2:.0f}")
-                    print(f"httpflow_records_received: {int(m.get((h, 'ring_events_received'), 0))}")
-                    print(f"httpflow_bpf_recursion_misses: {misses}")
-                    print(f"httpflow_events_lost: {sum(lost.values())} {lost}")
-                    print("httpflow_pipeline: " + " ".join(f"{k[5:]}={int(v)}" for (p, k), v in sorted(m.items())
-                                                         if p == h and k.startswith("http_")))
+    from dkebpf import kernel
+    kernel.ensure_mounts()
+    res = {}
+    with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
+        floor_obj = build(tmp)
+        wrk(ngx.port)  # warm-up
+        print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
+        modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]
+        modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
+        for r in range(ROUNDS):
+            off = wrk(ngx.port)
+            res.setdefault("off", []).append((off[0], off[1], off[2], 0, 0, {}))
+            for name, extra, iv in modes:
+                if name == "floor":
+                    bpf = attached(floor_obj, "httpflow_hooks")
+                    try:
+                        got = (*wrk(ngx.port), 0, 0, {})
+                    finally:
+                        bpf.close()
+                else:
+                    got = with_collector(tmp, ngx.port, f"{name}-{r}", extra, iv)
+                res.setdefault(name, []).append(got)
+                rps, lat, total, user, system, m = got
+                print(f"round {r} {name}: {rps:.0f} req/s ({rps / off[0]:.3f}), latency {lat / off[1]:.3f}, "
+                      f"user {user:.2f} s sys {system:.2f} s {m}", flush=True)
+    off = res["off"]
+    print(f"off_requests_per_s: {statistics.median(x[0] for x in off):.0f}")
+    print(f"off_latency_ms: {statistics.median(x[1] for x in off) * 1e3:.3f}")
+    for name, runs in res.items():
+        if name == "off":
+            continue
+        print(f"{name}_throughput_ratio: {statistics.median(x[0] / o[0] for x, o in zip(runs, off)):.3f}")
+        print(f"{name}_latency_ratio: {statistics.median(x[1] / o[1] for x, o in zip(runs, off)):.3f}")
+        if name != "floor":
+            user = statistics.median(x[3] / SECONDS / (x[0] / 1e4) for x in runs)
+            cpu = statistics.median((x[3] + x[4]) / SECONDS / (x[0] / 1e4) for x in runs)
+            print(f"{name}_collector_user_cpu_per_10k_rps: {user:.4f}")
+            print(f"{name}_collector_cpu_per_10k_rps: {cpu:.4f}")
+            print(f"{name}_user_us_per_request: {statistics.median(x[3] / x[2] * 1e6 for x in runs):.3f}")
+            if name.startswith("httpflow"):
+                # each request is two records (both ends on this host)
+                print(f"{name}_user_us_per_record: "
+                      f"{statistics.median(x[3] / max(x[5]['window_records'], 1) * 1e6 for x in runs):.3f}")
+        if name.startswith("httpflow"):
+            for x in runs:
+                m = x[5]
+                print(f"{name}_wrk_requests: {x[2]} reported incoming {m.get('reported_incoming')} "
+                      f"outgoing {m.get('reported_outgoing')} lost {sum(m.get(k, 0) for k in LOST)} {m}")
+    print(f"load_average: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Fixed cost of attach points, without any work in the programs: nginx
 (1 worker) + wrk -t2 -c32 on loopback with nothing attached, with empty
 programs on the 16 syscall tracepoints httpflow uses (perf/tpfloor.bpf.c),
-and with one tp_btf/sys_enter + sys_exit pair that filters the same calls
-by number. Rounds alternate; prints requests/s per mode and round.
+with one tp_btf/sys_enter + sys_exit pair that filters the same calls
+by number, and with empty programs on the hooks httpflow uses now. Rounds alternate; prints requests/s per mode and round.
 
     python3 perf/bench_tracepoint_floor.py    (BENCH_SECONDS=5, BENCH_ROUNDS=2)
 """
@@ -10,7 +10,7 @@ import os
 import subprocess
 import tempfile
 
-from bench_httpflow_e2e import wrk
+from collector import wrk as wrk_url
 from support.nginx import Nginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -19,7 +19,12 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
 CALLS = ("read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg")  # EMPTY_PAIR()s
 # the programs each mode attaches (all are loaded)
 MODES = {"syscall_tracepoints": tuple(f"tp_{d}_{c}" for c in CALLS for d in ("enter", "exit")),
-         "raw_sys_pair": ("raw_enter", "raw_exit")}
+         "raw_sys_pair": ("raw_enter", "raw_exit"),
+         "httpflow_hooks": ("sock_send", "sock_recv", "sock_destroy")}
+
+
+def wrk(port):
+    return wrk_url(f"http://127.0.0.1:{port}/ok", int(os.environ.get("BENCH_SECONDS", 5)))
 
 
 def build(out_dir):

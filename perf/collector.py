@@ -27,6 +27,13 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK
 
 
+def cpu_times(pid):
+    """(user, system) CPU seconds of a process, from /proc/<pid>/stat."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) / TICK, int(fields[12]) / TICK
+
+
 def prog_stats(pid):
     """{prog_id: (run_cnt, run_time_ns, recursion_misses)} of the BPF
     programs whose fds pid holds: the fdinfo of a bpf-prog fd carries the
@@ -92,6 +99,9 @@ class Collector:
 
     def cpu_seconds(self):
         return cpu_seconds(self.proc.pid)
+
+    def cpu_times(self):
+        return cpu_times(self.proc.pid)
 
     def prog_stats(self):
         return prog_stats(self.proc.pid)

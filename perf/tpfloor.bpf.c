@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Empty programs for perf/bench_tracepoint_floor.py: the fixed cost of the
- * attach points httpflow uses (syscall tracepoints, one per call and
- * direction) versus one raw syscall tracepoint pair (tp_btf/sys_enter,
- * sys_exit) that filters the syscall number itself. */
+ * attach points httpflow used (syscall tracepoints, one per call and
+ * direction), one raw syscall tracepoint pair (tp_btf/sys_enter, sys_exit)
+ * that filters the syscall number itself, and the hooks httpflow uses now
+ * (tp_btf sock_send_length, sock_recv_length, tcp_destroy_sock: the floor
+ * of perf/bench_httpflow_e2e.py). */
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
@@ -48,3 +50,12 @@ int BPF_PROG(raw_exit, struct pt_regs *regs, long ret)
 		__sync_fetch_and_add(&hits, 1);
 	return 0;
 }
+
+SEC("tp_btf/sock_send_length")
+int BPF_PROG(sock_send, struct sock *sk, int ret, int flags) { return 0; }
+
+SEC("tp_btf/sock_recv_length")
+int BPF_PROG(sock_recv, struct sock *sk, int ret, int flags) { return 0; }
+
+SEC("tp_btf/tcp_destroy_sock")
+int BPF_PROG(sock_destroy, struct sock *sk) { return 0; }

@@ -16,7 +16,14 @@
  *     other syscall whose registers do not describe this buffer;
  *   - the source address of recvfrom/recvmsg: the kernel copies it to user
  *     memory only after the protocol returns (see cgroup/recvmsg4/6);
- *   - sendfile/splice: bytes only (SYSIO_BYTES), no user buffer.
+ *   - sendfile/splice: bytes only (SYSIO_BYTES), no user buffer;
+ *   - a socket call the kernel makes inside another syscall of the task
+ *     (NFS/iSCSI in a file read, ...): the registers describe that other
+ *     call. syscall_io_fd_is() tells it: check before interpreting bytes.
+ *
+ * Verified on the kernel by bpf/http.bpf.c's tests (tests/kernel/
+ * test_http_bpf.py: sendto, recvfrom, writev, sendmsg with two iovecs,
+ * recvmsg, readv, write, sendfile, both ends, IPv4 and IPv6).
  *
  * x86_64 only (vmlinux/x86): syscall numbers and registers below.
  * BPF side only; needs vmlinux.h, bpf_tracing.h, bpf_core_read.h. */
@@ -55,6 +62,7 @@ struct syscall_io {
 	__u32 count; /* iovcnt (SYSIO_IOV), buffer length (SYSIO_BUF) */
 	__u32 addrlen;
 	__u32 flags; /* MSG_* flags of the call (0 where it has none) */
+	__s32 fd;    /* the call's file descriptor (first argument; out fd of sendfile/splice: see below) */
 	__u16 nr;    /* syscall number */
 	__u8 kind;   /* SYSIO_* */
 	__u8 _pad;
@@ -73,6 +81,7 @@ static __always_inline int syscall_io_get(struct syscall_io *io)
 	io->addr = 0;
 	io->addrlen = 0;
 	io->flags = 0;
+	io->fd = (__s32)regs->di;
 	/* x86_64 syscall arguments: di, si, dx, r10, r8, r9 */
 	__u64 a1 = regs->si, a2 = regs->dx;
 	switch (nr) {
@@ -111,6 +120,32 @@ static __always_inline int syscall_io_get(struct syscall_io *io)
 	io->ptr = a1;
 	io->count = (__u32)a2;
 	return io->kind;
+}
+
+/* Is the call's file descriptor this socket? The tracepoints also fire
+ * for socket calls the kernel makes inside another syscall of the task
+ * (an NFS or iSCSI transfer in a read() of a file, a splice): then the
+ * registers describe another buffer. One fd table walk, so a caller does
+ * it only before it interprets the bytes (a message start), not per call.
+ * For sendfile/splice the fd is not the socket's in general: SYSIO_BYTES
+ * callers count bytes only and need not ask. */
+static __always_inline int syscall_io_fd_is(const struct syscall_io *io, struct sock *sk_any)
+{
+	if (io->fd < 0)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = task->files->fdt;
+	if ((unsigned int)io->fd >= fdt->max_fds)
+		return 0;
+	struct file *f = 0;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fdt->fd[io->fd]) || !f)
+		return 0;
+	/* a socket file's private_data is its struct socket (sock_alloc_file) */
+	void *priv = 0;
+	if (bpf_probe_read_kernel(&priv, sizeof(priv), &f->private_data))
+		return 0;
+	struct socket *sock = BPF_CORE_READ(sk_any, sk_socket);
+	return sock && priv == (void *)sock;
 }
 
 /* The user iovecs of an IOV or MSG call, up to `max` of them, read once

@@ -63,7 +63,7 @@ PLUGINS = (
     PluginRow("ebpf-net", PLUGIN, "dnsflow", "dnsflow:DnsflowPlugin", "check_dnsflow",
               requires=("packet_socket",), provides=("domains",), needs=("k8s",)),
     PluginRow("httpflow", L7NET, "", "httpflow:HttpflowPlugin", "check_httpflow",
-              requires=("btf", "rdonly_cast", "task_storage"), needs=("domains", "nat", "k8s")),
+              requires=("btf", "sock_length_tracepoints", "rdonly_cast"), needs=("domains", "nat", "k8s")),
     PluginRow("httpflow-tls", L7NET, "", "httpflow_tls:HttpflowTlsPlugin", "check_httpflow_tls",
               requires=("btf", "sock_length_tracepoints", "rdonly_cast"), needs=("domains", "nat", "k8s")),
     PluginRow("ebpf-bash", PLUGIN, "", "bash:BashPlugin", "check_bash", requires=("btf",)),

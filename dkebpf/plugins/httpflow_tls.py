@@ -1,12 +1,12 @@
 """ebpf-net / httpflow-tls: httpflow points for HTTPS served or fetched
 through OpenSSL, from the plaintext at SSL_read/SSL_write (TlsProbes).
 
-The same record (struct l7_event), parser, pairing and aggregation as
-httpflow: this is an HttpflowPlugin whose only source is the OpenSSL ring.
-It runs with or without "httpflow". Nothing is counted twice: the syscall
-capture of httpflow sees only the ciphertext of these connections, which
-never starts like an HTTP/1.x message (bpf/include/http_msg.bpf.h), so it sends
-no record for them.
+The same record (struct http_exchange), in-kernel pairing
+(bpf/include/http_msg.bpf.h) and aggregation as httpflow: this is an
+HttpflowPlugin whose only source is the OpenSSL ring. It runs with or
+without "httpflow". Nothing is counted twice: the socket capture of httpflow
+sees only the ciphertext of these connections, which never starts like an
+HTTP/1.x message, so it reports nothing for them.
 
 A timer fd in the agent's loop triggers the libssl rescan (new processes
 with a libssl file not probed yet) every RESCAN_S seconds, independent of
@@ -74,11 +74,10 @@ class HttpflowTlsPlugin(HttpflowPlugin):
         self.timer = None
 
     def start(self):
-        self.tls.start()
-        # HttpflowPlugin.kernel_totals reads self.conns: here the plaintext
-        # counters of tls.bpf.c (the same struct http_conn)
-        self.conns = self.tls.bpf.maps.tls_conns
-        self.pipeline.add_ring(self.tls.bpf.rings.events, self.kernel_totals)
+        self.tls.start(settle_ns=self.knobs()["settle_ns"])
+        self.bpf = None  # tls.bpf.o is TlsProbes'; its counters come from there
+        self.pipeline.add_ring(self.tls.bpf.rings.events)
+        self.open_flush()
         self.timer = PeriodicTimer(self.tls.rescan_s)
 
     def fileobjs(self):
@@ -100,4 +99,5 @@ class HttpflowTlsPlugin(HttpflowPlugin):
         if self.timer is not None:
             self.timer.close()
             self.timer = None
+        super().stop()
         self.tls.stop()

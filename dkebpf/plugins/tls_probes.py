@@ -1,5 +1,6 @@
 """httpflow-tls: OpenSSL uprobes that hand the plaintext of TLS connections
-to httpflow as struct l7_event records (source L7_SRC_SSL).
+to httpflow as struct http_exchange records (source HTTP_SRC_SSL), paired
+in the kernel.
 
 Kernel side: bpf/tls.bpf.c. A uprobe belongs to a file (the kernel keys it
 by inode), not to a process: attached with pid -1 it fires in every process
@@ -230,7 +231,7 @@ class TlsProbes:
 
     start() loads tls.bpf.o (``bpf``, a BpfSkeleton of bpf_objects.TLS),
     attaches the socket tracepoints and the uprobes on every libssl found;
-    ``bpf.rings.events`` is the RingReader of struct l7_event records;
+    ``bpf.rings.events`` is the RingReader of struct http_exchange records;
     rescan() (called from the plugin's periodic hooks, cheap when not due)
     covers libssl files that appeared since; counters(); stop()."""
 
@@ -247,11 +248,14 @@ class TlsProbes:
         self.next_scan = 0.0
         self.totals = {"tls_rescans": 0, "tls_attach_failures": 0, "tls_scan_seconds": 0.0}
 
-    def start(self):
+    def start(self, settle_ns=1_000_000_000):
+        """settle_ns: the idle flush reports responses quiet this long
+        (bpf/include/http.h)."""
         self.bpf = BpfSkeleton(TLS)
         try:
             self.bpf.start(knobs={"ipv6_disabled": int(bool(self.cfg.ipv6_disabled)),
-                                  "self_tgid": self.self_pid, "wakeup_bytes": WAKEUP_BYTES},
+                                  "self_tgid": self.self_pid, "wakeup_bytes": WAKEUP_BYTES,
+                                  "settle_ns": settle_ns},
                            setup=self._probe_libraries)
         except BaseException:
             self.stop()

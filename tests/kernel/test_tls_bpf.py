@@ -1,7 +1,7 @@
 """tls.bpf.o on the real kernel: uprobes on the real libssl, real nginx and
 curl (and Python's ssl, which calls the _ex functions) over TLS on loopback;
-the raw l7_event records checked exactly: plaintext, byte counts, tuple,
-process."""
+the exchange records paired in the kernel checked exactly: request heads,
+status, plaintext byte counts each way, tuple, process."""
 import logging
 import os
 import socket
@@ -11,6 +11,7 @@ import textwrap
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from support.tls_nginx import ROUTES, TlsNginx, curl, private_libssl
@@ -46,16 +47,21 @@ def nginx(tmp_path):
         s.stop()
 
 
-def records(tp, pids, settle=0.3):
-    """All records of the given processes now in the ring (records of other
-    processes on this machine are left out)."""
-    time.sleep(settle)
-    tp.bpf.rings.events.poll(100)
-    ev = tp.bpf.rings.events.take()
-    keep = ev["pid"] == -1
-    for p in pids:
-        keep |= ev["pid"] == p
-    return ev[keep]
+def records(tp, pids, want=0, timeout=5.0):
+    """The records of the given processes now in the ring (records of other
+    processes on this machine are left out), waiting up to timeout for
+    `want` of them (the last exchange of a connection comes with its end)."""
+    got = []
+    end = time.monotonic() + timeout
+    while True:
+        tp.bpf.rings.events.poll(100)
+        ev = tp.bpf.rings.events.take()
+        got.append(ev[np.isin(ev["pid"], pids)])
+        n = sum(len(g) for g in got)
+        if (want and n >= want) or time.monotonic() > end or (not want and time.monotonic() > end - timeout + 0.3):
+            break
+    ev = np.concatenate(got)
+    return ev[np.argsort(ev["ts_req"], kind="stable")]
 
 
 def run_python(script, *args):
@@ -72,8 +78,8 @@ def run_python(script, *args):
     return p, out
 
 
-def payload(e):
-    return bytes(e["payload"])[: int(e["cap_len"])]
+def head(e):
+    return bytes(e["head"])[: int(e["head_len"])]
 
 
 def ip_bytes(text):
@@ -90,43 +96,30 @@ def test_curl_and_nginx_plaintext_both_ends(probes, nginx, host):
     paths = ["/tls/ok", "/tls/missing", "/tls/created", "/tls/ok", "/tls/broken"]
     cpid, codes = curl([srv.url(p) for p in paths])
     assert codes == [ROUTES[p][0] for p in paths]
-    ev = records(probes, [cpid, srv.worker])
-    assert (ev["source"] == R.L7_SSL).all() and (ev["proto"] == 6).all()
+    ev = records(probes, [cpid, srv.worker], want=2 * len(paths))
+    assert (ev["source"] == R.HTTP_SSL).all() and (ev["proto"] == 6).all()
     assert (ev["family"] == (6 if ":" in host else 4)).all()
-
-    def of(pid, op):
-        return [e for e in ev if e["pid"] == pid and e["op"] == op]
-
-    # requests: curl writes each request line once, nginx reads it once
-    for pid in (cpid, srv.worker):
-        reqs = of(pid, R.L7_SEND if pid == cpid else R.L7_RECV)
-        assert [payload(e).split(b"\r\n")[0] for e in reqs] == \
-            [f"GET {p} HTTP/1.1".encode() for p in paths]
-        assert all(int(e["bytes"]) == int(e["cap_len"]) == len(payload(e)) for e in reqs)
-    # responses: nginx writes one status line per request; curl reads them
-    for pid in (srv.worker, cpid):
-        resp = of(pid, R.L7_RECV if pid == cpid else R.L7_SEND)
-        status = [payload(e)[:12] for e in resp if payload(e).startswith(b"HTTP/1.1 ")]
-        assert status == [f"HTTP/1.1 {ROUTES[p][0]}".encode() for p in paths]
+    c, s = ev[ev["pid"] == cpid], ev[ev["pid"] == srv.worker]
+    # one exchange per request, seen from both ends, in order
+    for x in (c, s):
+        assert [head(e).split(b"\r\n")[0] for e in x] == [f"GET {p} HTTP/1.1".encode() for p in paths]
+        assert x["status"].tolist() == [ROUTES[p][0] for p in paths]
+        assert (x["latency"] > 0).all()
+        # the last one finished by the connection's end
+        assert x["flags"].tolist() == [0] * (len(paths) - 1) + [R.HTTP_CLOSED]
+    assert set(c["direction"].tolist()) == {R.DIR_OUTGOING}
+    assert set(s["direction"].tolist()) == {R.DIR_INCOMING}
+    # the same plaintext bytes each way, counted at both ends
+    assert c["req_bytes"].tolist() == s["req_bytes"].tolist()
+    assert c["resp_bytes"].tolist() == s["resp_bytes"].tolist()
+    assert all(int(e["req_bytes"]) == int(e["head_len"]) == len(head(e)) for e in c)
     # one connection, seen from both ends
-    c, s = of(cpid, R.L7_SEND)[0], of(srv.worker, R.L7_RECV)[0]
-    assert c["rport"] == s["lport"] == srv.port
-    assert c["lport"] == s["rport"] and c["lport"] > 0
-    assert bytes(c["raddr"]) == bytes(c["laddr"]) == ip_bytes(host) == bytes(s["laddr"])
-    assert len({int(e["sk"]) for e in of(cpid, R.L7_SEND) + of(cpid, R.L7_RECV)}) == 1
-    # curl is single-threaded; the close record has no thread
-    assert {int(e["tid"]) for e in ev if e["pid"] == cpid and e["op"] != R.L7_CLOSE} == {cpid}
-    assert c["comm"] == b"curl" and s["comm"] == b"nginx"
-    # the same bytes of a request, counted at both ends
-    assert [int(e["bytes"]) for e in of(cpid, R.L7_SEND)] == [int(e["bytes"]) for e in of(srv.worker, R.L7_RECV)]
-    # the connection's end: plaintext totals, equal seen from both ends
-    cc, sc = of(cpid, R.L7_CLOSE), of(srv.worker, R.L7_CLOSE)
-    assert len(cc) == len(sc) == 1
-    assert (int(cc[0]["sk_sent"]), int(cc[0]["sk_recv"])) == (int(sc[0]["sk_recv"]), int(sc[0]["sk_sent"]))
-    assert int(cc[0]["sk_sent"]) == sum(int(e["bytes"]) for e in of(cpid, R.L7_SEND))
-    # each response start knows when the last request byte arrived
-    for e in of(srv.worker, R.L7_SEND):
-        assert 0 < int(e["ts_other_ns"]) <= int(e["ts_ns"])
+    assert (c["rport"] == srv.port).all() and (s["lport"] == srv.port).all()
+    assert (c["lport"] == s["rport"]).all() and c["lport"][0] > 0
+    assert bytes(c["raddr"][0]) == bytes(c["laddr"][0]) == ip_bytes(host) == bytes(s["laddr"][0])
+    assert len({int(e["sk"]) for e in c}) == 1
+    assert set(c["tid"].tolist()) == {cpid}  # curl is single-threaded
+    assert set(c["comm"].tolist()) == {b"curl"} and set(s["comm"].tolist()) == {b"nginx"}
     counters = probes.counters()
     assert counters["kernel_drop_tls_events_ring_full"] == 0
 
@@ -154,38 +147,25 @@ PY_CLIENT = textwrap.dedent("""
 
 def test_python_ssl_ex_functions_truncation_and_totals(probes, nginx):
     """Python's ssl module calls SSL_write_ex/SSL_read_ex: the byte count
-    comes from *written/*readbytes; a write longer than L7_PAYLOAD_MAX is
-    captured up to it and counted in full. nginx reads the request in
-    pieces (header buffer, then body): one record for the message start,
-    the rest counted; the close records carry the plaintext totals of both
-    ends, which agree."""
+    comes from *written/*readbytes; a request longer than the head kept is
+    reported with its first HTTP_HEAD_MAX bytes and counted in full. nginx
+    reads the request in pieces (header buffer, then body): the pieces
+    count toward the one exchange; both ends agree on the bytes."""
     from dkebpf import _records as R
 
     srv = nginx()
     proc, out = run_python(PY_CLIENT, "127.0.0.1", srv.port, 3000)
     req_len, resp_len = int(out.split()[0]), int(out.split()[1])
-    ev = records(probes, [proc.pid, srv.worker])
-    server = [e for e in ev if e["pid"] == srv.worker and e["op"] == R.L7_RECV]
-    assert len(server) == 1 and int(server[0]["sk_recv"]) == 0
-    assert payload(server[0]).startswith(b"POST /tls/created HTTP/1.1\r\n")
-    assert server[0]["direction"] == R.DIR_INCOMING
-    closes = {int(e["pid"]): e for e in ev if e["op"] == R.L7_CLOSE}
-    assert set(closes) == {proc.pid, srv.worker}
-    c, s = closes[proc.pid], closes[srv.worker]
-    assert (int(c["sk_sent"]), int(c["sk_recv"])) == (req_len, resp_len)
-    assert (int(s["sk_recv"]), int(s["sk_sent"])) == (req_len, resp_len)
-    assert c["direction"] == R.DIR_OUTGOING and c["flags"] == R.L7_COUNTED
-    ev = ev[ev["pid"] == proc.pid]
-    sends = [e for e in ev if e["op"] == R.L7_SEND]
-    assert len(sends) == 1
-    e = sends[0]
-    assert int(e["bytes"]) == req_len > R.L7_PAYLOAD_LEN
-    assert int(e["cap_len"]) == R.L7_PAYLOAD_LEN
-    assert payload(e).startswith(b"POST /tls/created HTTP/1.1\r\n")
-    assert payload(e).endswith(b"x" * 100)
-    recv = [x for x in ev if x["op"] == R.L7_RECV]
-    assert payload(recv[0]).startswith(b"HTTP/1.1 201 Created\r\n")
-    assert e["rport"] == srv.port
+    ev = records(probes, [proc.pid, srv.worker], want=2)
+    assert len(ev) == 2
+    c, s = ev[ev["pid"] == proc.pid][0], ev[ev["pid"] == srv.worker][0]
+    for e in (c, s):
+        assert head(e).startswith(b"POST /tls/created HTTP/1.1\r\n")
+        assert int(e["head_len"]) == R.HTTP_HEAD_LEN
+        assert (int(e["req_bytes"]), int(e["resp_bytes"])) == (req_len, resp_len)
+        assert int(e["status"]) == 201 and int(e["flags"]) == R.HTTP_CLOSED
+    assert c["direction"] == R.DIR_OUTGOING and s["direction"] == R.DIR_INCOMING
+    assert c["rport"] == srv.port
 
 
 def test_late_library_found_by_rescan(probes, nginx, tmp_path):
@@ -200,20 +180,18 @@ def test_late_library_found_by_rescan(probes, nginx, tmp_path):
     assert copy not in probes.attached_paths()
     cpid, codes = curl([srv.url("/tls/ok")])
     assert codes == [200]
-    ev = records(probes, [cpid, srv.worker])
+    ev = records(probes, [cpid, srv.worker], want=1)
     # curl uses the system libssl (attached), nginx the copy (not yet)
-    assert sorted(e["pid"] for e in ev if e["op"] == R.L7_SEND) == [cpid]
-    assert not any(e["pid"] == srv.worker for e in ev)
+    assert ev["pid"].tolist() == [cpid]
 
     assert probes.rescan(force=True) == 1
     assert copy in probes.attached_paths()
     cpid, codes = curl([srv.url("/tls/ok"), srv.url("/tls/missing")])
     assert codes == [200, 404]
-    ev = records(probes, [cpid, srv.worker])
-    got = [payload(e).split(b"\r\n")[0] for e in ev if e["pid"] == srv.worker and e["op"] == R.L7_RECV]
-    assert got == [b"GET /tls/ok HTTP/1.1", b"GET /tls/missing HTTP/1.1"]
-    sent = [payload(e)[:12] for e in ev if e["pid"] == srv.worker and e["op"] == R.L7_SEND]
-    assert sent == [b"HTTP/1.1 200", b"HTTP/1.1 404"]
+    ev = records(probes, [cpid, srv.worker], want=4)
+    s = ev[ev["pid"] == srv.worker]
+    assert [head(e).split(b"\r\n")[0] for e in s] == [b"GET /tls/ok HTTP/1.1", b"GET /tls/missing HTTP/1.1"]
+    assert s["status"].tolist() == [200, 404]
     # a second rescan finds nothing new
     assert probes.rescan(force=True) == 0
 

@@ -113,29 +113,75 @@ def test_random_bytes_agree_with_reference(data):
     both(b"HTTP/1.1 200 OK\r\n" + data)
 
 
-def _random_events(rng, n):
-    raw = rng.integers(0, 256, size=n * _records.L7_EVENT_DTYPE.itemsize, dtype=np.uint8)
-    ev = raw.view(_records.L7_EVENT_DTYPE).copy()
-    # a few real starts among the noise, on a handful of sockets
-    starts = [b"GET /x HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
-    for i in range(0, n, 3):
-        p = starts[i % 2]
-        buf = bytearray(bytes(ev["payload"][i]))
-        buf[:len(p)] = p
-        ev["payload"][i] = bytes(buf)
-    ev["sk"] %= 7
-    ev["pid"] %= 3
-    ev["op"] %= 4
-    return ev
+def _random_exchanges(rng, n):
+    raw = rng.integers(0, 256, size=n * _records.HTTP_EXCHANGE_DTYPE.itemsize, dtype=np.uint8)
+    x = raw.view(_records.HTTP_EXCHANGE_DTYPE).copy()
+    # real request heads among the noise, some cut by the head limit
+    heads = [b"GET /x?q=1 HTTP/1.1\r\nHost: t\r\n\r\n", b"POST /a/b HTTP/1.0\r\n", b"GET /" + b"y" * 300]
+    for i in range(0, n, 2):
+        h = heads[i % 3][:_records.HTTP_HEAD_LEN]
+        x["head"][i] = h.ljust(_records.HTTP_HEAD_LEN, b"\0")
+        x["head_len"][i] = len(h)
+    x["direction"] %= 3
+    return x
 
 
-def test_random_records_through_the_pipeline():
+def test_random_exchange_records_through_the_pipeline():
+    """Kernel records with garbage anywhere: the request heads are parsed
+    as the reference parses them, sums only of request lines, nothing
+    longer than the head."""
     rng = np.random.default_rng(7)
-    pipe = HttpPipeline(settle_ns=10, expire_ns=1000)
-    for round_ in range(40):
-        ev = _random_events(rng, int(rng.integers(0, 300)))
-        events, msgs, pairs = pipe.process(ev, int(rng.integers(0, 2**63)))
-        rows = pipe.rows(events, msgs, pairs)
-        assert rows.num_rows == len(pairs)
-        assert all(len(p) <= 512 for p in rows.column("path").to_pylist())
-    assert pipe.stats["events"] > 0
+    pipe = HttpPipeline()
+    total = 0
+    for _ in range(40):
+        x = _random_exchanges(rng, int(rng.integers(0, 300)))
+        method, version, truncated, path = _http.exchange_columns(x)
+        want = []
+        for e in x:
+            h = bytes(e["head"])[:min(int(e["head_len"]), _records.HTTP_HEAD_LEN)]
+            m = ref.first_line(h)
+            want.append(m if m and m["kind"] == ref.REQUEST else None)
+        assert [ref.METHODS[k] if k else None for k in method.tolist()] == \
+            [_http.METHODS[m["method"]] if m else None for m in want]
+        assert [p for p, m in zip(path.to_pylist(), want) if m] == [m["path"].decode() for m in want if m]
+        part = pipe.partial(x)
+        assert sum(part.column("latency_count").to_pylist()) == sum(1 for m in want if m)
+        assert all(len(p) <= _records.HTTP_HEAD_LEN for p in part.column("path").to_pylist())
+        total += len(x)
+    assert pipe.stats["exchanges"] == total
+
+
+def test_exchange_groups_sum_like_a_group_by():
+    """The one-pass Cython grouping of kernel records gives what a pyarrow
+    group_by over one row per record gives: same keys, counts, sums."""
+    import pyarrow as pa
+    rng = np.random.default_rng(3)
+    n = 5000
+    x = np.zeros(n, _records.HTTP_EXCHANGE_DTYPE)
+    paths = [b"/a", b"/b?x=1", b"/c/d", b"/" + b"e" * 300]
+    for i in range(n):
+        h = (b"GET " + paths[i % 4] + b" HTTP/1.%d\r\n\r\n" % (i % 2))[:_records.HTTP_HEAD_LEN]
+        x["head"][i] = h.ljust(_records.HTTP_HEAD_LEN, b"\0")
+        x["head_len"][i] = len(h)
+    x["pid"] = rng.integers(1, 4, n)
+    x["lport"] = rng.integers(1, 3, n)
+    x["status"] = rng.choice([200, 404], n)
+    x["direction"] = rng.integers(1, 3, n)
+    x["laddr"] = [bytes([int(v)]) * 16 for v in rng.integers(0, 2, n)]
+    x["latency"] = rng.integers(1, 10**6, n)
+    x["req_bytes"] = rng.integers(1, 1000, n)
+    x["resp_bytes"] = rng.integers(1, 1000, n)
+    got = HttpPipeline().partial(x)
+    method, version, truncated, path = _http.exchange_columns(x)
+    client = x["direction"] == _records.DIR_OUTGOING
+    want = pa.table({"pid": x["pid"], "lport": x["lport"], "direction": x["direction"],
+                     "laddr": x["laddr"].view("S16"), "status": x["status"], "path": path,
+                     "version": version, "lat": x["latency"].astype(np.int64),
+                     "w": np.where(client, x["req_bytes"], x["resp_bytes"]).astype(np.int64)})
+    want = want.group_by(["pid", "lport", "direction", "laddr", "status", "path", "version"]).aggregate(
+        [("lat", "count"), ("lat", "sum"), ("w", "sum")])
+    assert got.num_rows == want.num_rows
+    assert sum(got.column("latency_sum").to_pylist()) == int(x["latency"].sum())
+    key = lambda t, cols: sorted(zip(*(t.column(c).to_pylist() for c in cols)))  # noqa: E731
+    assert key(got, ["latency_count", "latency_sum", "bytes_written_sum"]) == \
+        key(want, ["lat_count", "lat_sum", "w_sum"])

@@ -63,9 +63,9 @@ def httpflow_names():
     rows["comm"] = pa.array([c.ljust(16, b"\0") for c in COMMS], pa.binary(16))
     rows.update(method=pa.array(["GET"] * n), path=pa.array(["/"] * n), status_code=pa.array([200] * n),
                 http_version=pa.array(["1.1"] * n), truncated=pa.array([False] * n),
-                bytes_written=pa.array([10] * n), bytes_read=pa.array([20] * n),
-                latency=pa.array([1000] * n))
-    batch = HttpflowPlugin.aggregate(stand_in(), [HttpflowPlugin.partial(pa.table(rows))])
+                latency_count=pa.array([1] * n), latency_sum=pa.array([1000] * n),
+                bytes_read_sum=pa.array([20] * n), bytes_written_sum=pa.array([10] * n))
+    batch = HttpflowPlugin.aggregate(stand_in(), [pa.table(rows)])
     return dict(zip(batch.column("pid").to_pylist(), batch.column("process_name").to_pylist()))
 
 
