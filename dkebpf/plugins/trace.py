@@ -321,7 +321,10 @@ class SpanBuilder:
         none = pa.nulls(n, pa.string())
         return {
             "resource": cmd, "resource_type": cmd,
-            "operation": pc.binary_join_element_wise(_choose(np.zeros(n, np.int8), "Redis"), cmd, " "),
+            # a request that is not RESP (a broken or hostile peer) has no
+            # command: the operation is then "Redis" alone, never null
+            "operation": pc.binary_join_element_wise(_choose(np.zeros(n, np.int8), "Redis"), cmd, " ",
+                                                     null_handling="skip"),
             "status": _choose(err, "ok", "error"),
             "status_code": pa.array(np.where(err, 201, 200).astype(np.int64)),
             "err_msg": pc.if_else(pa.array(err), text, none),
