@@ -161,8 +161,6 @@ FEATURES = {f.name: f for f in (
             (6, 3), _tracepoints("sock:sock_send_length", "sock:sock_recv_length")),
     Feature("rdonly_cast", "the bpf_rdonly_cast kfunc (typed loads through a kernel pointer)",
             (6, 2), _btf_has("bpf_rdonly_cast", "kfunc added in 6.2")),
-    Feature("task_storage", "BPF task local storage maps", (5, 11),
-            _btf_has("BPF_MAP_TYPE_TASK_STORAGE", "map type added in 5.11")),
     Feature("packet_socket", "AF_PACKET sockets with TPACKET_V3 rings (root or CAP_NET_RAW)",
             (3, 2), _packet_socket),
     Feature("vxlan", "VXLAN network devices (the vxlan driver)", (3, 7), _vxlan),

@@ -3,7 +3,7 @@ root and BPF: where this machine cannot give them they skip with the
 reason, except under DKEBPF_REQUIRE_BPF=1 (CI), where a skip would hide a
 failure and so fails.
 
-``@pytest.mark.requires("task_storage", ...)`` names feature probes of
+``@pytest.mark.requires("cgroup2", ...)`` names feature probes of
 dkebpf/features.py (the same ones `dkebpf check` runs). A missing feature
 skips the test; it fails instead under DKEBPF_REQUIRE_BPF=1, or when the
 running kernel is at least the feature's minimum kernel -- there the probe

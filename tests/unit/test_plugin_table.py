@@ -91,7 +91,7 @@ def test_start_order_is_stable_and_refuses_a_cycle():
 def test_requirements_follow_the_rows():
     assert requirements(("ebpf-bash",)) == ("btf",)
     net = requirements(("ebpf-net",), ("httpflow",))
-    assert {"btf", "sock_length_tracepoints", "rdonly_cast", "task_storage", "cgroup2", "packet_socket"} == set(net)
+    assert {"btf", "sock_length_tracepoints", "rdonly_cast", "cgroup2", "packet_socket"} == set(net)
     assert "ctnetlink_events" in requirements(("ebpf-conntrack",))
 
 
