@@ -76,6 +76,24 @@ def wait_port(port, proc, what, timeout=15):
     raise RuntimeError(f"{what} did not listen on {port}")
 
 
+def start_after(delay, args, env, **popen_kw):
+    """Start `args` through a shell that waits `delay` s and then exec()s
+    it (same pid): a collector choosing processes by name or environment
+    learns of it from /proc meanwhile, so the program is traced from its
+    first call. Returns the Popen."""
+    return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args], env=env, **popen_kw)
+
+
+def stop_process(proc, timeout):
+    """SIGTERM, then SIGKILL after `timeout` s; nothing if it has ended."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 class TracedApps:
     """redis-server and the web server, each with its own service name in
     its environment plus `mark` (the test's process-list variable)."""
@@ -111,16 +129,11 @@ class TracedApps:
             args += ["-H", h]
         for p in paths:
             args.append(f"http://127.0.0.1:{port or self.web_port}{p}")
-        return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args], env=self.env)
+        return start_after(delay, args, self.env)
 
     def stop(self):
         for p in (self.web, self.redis):
-            if p is not None and p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(5)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+            stop_process(p, 5)
 
 
 class Postgres:
@@ -162,16 +175,11 @@ class Postgres:
         args = ["psql", "-X", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres"]
         for q in sql:
             args += ["-c", q]
-        return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args],
-                                env=dict(env or os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start_after(delay, args, dict(env or os.environ),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 15)
         self._rm(self.dir, ignore_errors=True)
 
 
@@ -279,14 +287,9 @@ class MariaDB:
         (see TracedApps.curl)."""
         args = ["mariadb", "--no-defaults", "-h", "127.0.0.1", "-P", str(self.port), "-u", "root", "--skip-ssl",
                 "-e", sql]
-        return subprocess.Popen(["/bin/sh", "-c", f'sleep {delay}; exec "$@"', "sh", *args],
-                                env=dict(env or os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start_after(delay, args, dict(env or os.environ),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 30)
         self._rm(self.dir, ignore_errors=True)
