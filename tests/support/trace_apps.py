@@ -1,6 +1,7 @@
 """Real programs for the ebpf-trace tests: redis-server, and a threaded
 Python HTTP server that calls it on every request (one span per request
 with Redis child spans on the same thread). Loopback only."""
+import contextlib
 import os
 import socket
 import subprocess
@@ -63,13 +64,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, proc, what, timeout=15):
+def wait_port(port, proc, what, timeout=15, host="127.0.0.1"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            socket.create_connection((host, port), 0.5).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -134,6 +135,102 @@ class TracedApps:
     def stop(self):
         for p in (self.web, self.redis):
             stop_process(p, 5)
+
+
+# A link of a service chain: GET /chain/<x> -> (when argv has a next URL)
+# GET <next>/chain/<x> on a new connection from the handler's thread, else
+# a pause of `sleep` s (so that concurrent requests overlap in every link),
+# then 200 with "<name>(<what next answered>)". Thread per connection.
+# argv: bind_ip port name sleep [next_base_url]
+CHAIN_SERVER = r"""
+import http.client, http.server, sys, time, urllib.parse
+ip, port, name, sleep = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), float(sys.argv[4])
+nxt = urllib.parse.urlsplit(sys.argv[5]) if len(sys.argv) > 5 else None
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = name
+        if nxt is not None:
+            c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=20)
+            c.request("GET", self.path)
+            r = c.getresponse()
+            body += b"(" + r.read() + b")"
+            c.close()
+        else:
+            time.sleep(sleep)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+http.server.ThreadingHTTPServer((ip, port), H).serve_forever()
+"""
+
+
+class ServiceChain:
+    """A -> B -> C: three threaded Python HTTP servers (CHAIN_SERVER), each
+    in its own network namespace (`hosts`: three entered NetNS, the chain's
+    hosts; A calls B and B calls C at their namespace addresses, so the
+    namespaces must be routed to each other), each with its own
+    DKE_SERVICE (`services`) and the variables of `envs[i]` (the test's
+    process-list marks). C answers after `sleep` s."""
+
+    PORT = 8080
+
+    def __init__(self, hosts, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0):
+        self.hosts, self.services = hosts, services
+        self.procs = []
+        try:
+            for i in reversed(range(3)):  # C first: each link calls one that listens
+                nxt = [f"http://{hosts[i + 1].peer_ip}:{self.PORT}"] if i < 2 else []
+                env = dict(os.environ, **envs[i], DKE_SERVICE=services[i])
+                p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, hosts[i].peer_ip,
+                                      str(self.PORT), services[i], str(sleep), *nxt],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                self.procs.insert(0, p)
+                wait_port(self.PORT, p, services[i], host=hosts[i].peer_ip)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pids(self):
+        """pid of A, B and C (`ip netns exec` exec()s the server: same pid)."""
+        return [str(p.pid) for p in self.procs]
+
+    def url(self, path):
+        return f"http://{self.hosts[0].peer_ip}:{self.PORT}{path}"
+
+    def curl(self, path, env, headers=(), delay=2.5):
+        """curl (from the host's namespace) asking A for `path`, started
+        through a waiting shell (see TracedApps.curl); stdout is piped."""
+        args = ["curl", "-s", "--max-time", "30"]
+        for h in headers:
+            args += ["-H", h]
+        return start_after(delay, [*args, self.url(path)], dict(os.environ, **env), stdout=subprocess.PIPE)
+
+    def stop(self):
+        for p in self.procs:
+            stop_process(p, 5)
+
+
+@contextlib.contextmanager
+def running_linker(cmd, data_dir, datakit_url, cwd):
+    """`cmd linker` (cmd: how the test runs dkebpf) on a free loopback port
+    with 1 s windows and 2 s lateness, writing to `datakit_url`; yields its
+    URL, SIGTERMs it after."""
+    port = free_port()
+    p = subprocess.Popen([*cmd, "linker", "--listen", f"127.0.0.1:{port}", "--datakit", datakit_url,
+                          "--data-dir", str(data_dir), "--window", "1s", "--lateness", "2s"],
+                         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, p, "dkebpf linker")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(p, 15)
 
 
 class Postgres:

@@ -1,0 +1,186 @@
+"""ebpf-trace across services and hosts, end to end: a Python threaded
+chain A -> B -> C over HTTP, each service a real threaded HTTP server in its
+own network namespace (a test host; veth pairs, routed through the host, no
+NAT) with its own DKE_SERVICE, called by curl from the host. Through the
+real pipeline: `dkebpf run --enabled ebpf-trace` -> `dkebpf linker` -> the
+DataKit stand-in.
+
+Every request must become exactly one trace of six spans -- curl's exit,
+A's entry and exit, B's entry and exit, C's entry -- each parented to the
+one before it (in-process joins by thread, cross-host joins by sequence
+numbers and mirrored addresses), with the services from DKE_SERVICE and
+the app's traceparent as trace_id where curl sent one (else the eBPF trace
+id), also when several requests run through the chain at once.
+
+Cross host: two collectors at once, one tracing only curl and A, the other
+only B and C (by --trace-env-list), posting to one linker: the same traces.
+"""
+import os
+import time
+
+import pytest
+
+from support.netns import NetNS, routed_through_host
+from support.trace_apps import ServiceChain, running_linker
+
+from .conftest import Collector, dkebpf_cmd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast")]
+
+MARK_A = "DKEBPF_CHAIN_A_%d" % os.getpid()
+MARK_BC = "DKEBPF_CHAIN_BC_%d" % os.getpid()
+SPANS_PER_REQUEST = 6  # curl out, A in, A out, B in, B out, C in
+# (path, traceparent trace id or None); the last four run at once
+SEQUENTIAL = [("/chain/seq-tp", "0af7651916cd43dd8448eb211c80319c"), ("/chain/seq-plain", None)]
+CONCURRENT = [("/chain/con-tp1", "11111111111111111111111111111111"),
+              ("/chain/con-tp2", "22222222222222222222222222222222"),
+              ("/chain/con-plain1", None), ("/chain/con-plain2", None)]
+
+
+@pytest.fixture
+def hosts():
+    """Three namespaces A, B, C; A reaches B and B reaches C through the
+    host. Subnets 10.213.221-253.x: away from NetNS's default range used by
+    other tests."""
+    base = 221 + (os.getpid() % 11) * 3
+    with NetNS(base) as a, NetNS(base + 1) as b, NetNS(base + 2) as c:
+        with routed_through_host(a, b), routed_through_host(b, c):
+            yield a, b, c
+
+
+@pytest.fixture
+def linker(tmp_path, receiver):
+    with running_linker(dkebpf_cmd(), tmp_path / "spans", receiver.apiserver, tmp_path) as url:
+        yield url
+
+
+def run_requests(chain, receiver, env, collectors):
+    """curl each request (SEQUENTIAL one after the other, then CONCURRENT at
+    once) and wait for their spans; returns ({curl pid: (path, trace id)},
+    spans as dicts of the chain's and the curls' processes)."""
+    requests = {}
+    for path, trace in SEQUENTIAL:
+        curl = chain.curl(path, env, headers=_traceparent(trace))
+        assert curl.wait(40) == 0
+        assert curl.stdout.read() == b"chain-a(chain-b(chain-c))"
+        requests[str(curl.pid)] = (path, trace)
+    curls = [(chain.curl(path, env, headers=_traceparent(trace)), path, trace) for path, trace in CONCURRENT]
+    for curl, path, trace in curls:
+        assert curl.wait(40) == 0
+        assert curl.stdout.read() == b"chain-a(chain-b(chain-c))"
+        requests[str(curl.pid)] = (path, trace)
+    want = set(requests) | set(chain.pids)
+
+    def mine():
+        return [{**p.fields, **p.tags} for p in receiver.points("dketrace") if p.fields.get("pid") in want]
+
+    total = SPANS_PER_REQUEST * len(requests)
+    assert receiver.wait_for(lambda: len(mine()) >= total, timeout=60), \
+        (len(mine()), [c.log_text()[-3000:] for c in collectors])
+    time.sleep(2)  # a span too many (a second trace of one request) would arrive by now
+    return requests, mine()
+
+
+def _traceparent(trace):
+    return [f"traceparent: 00-{trace}-00f067aa0ba902b7-01"] if trace else []
+
+
+def check_traces(requests, spans, pids):
+    """Every request one trace of six spans parented curl -> A -> A -> B ->
+    B -> C, all about its own path; services from DKE_SERVICE; trace_id the
+    app's where curl sent a traceparent. Returns the traces' shape for
+    comparison: {path: [(service, direction, parent's service and
+    direction)]}."""
+    a, b, c = pids
+    assert len(spans) == SPANS_PER_REQUEST * len(requests), sorted((s["pid"], s["direction"]) for s in spans)
+    by_id = {s["span_id"]: s for s in spans}
+    assert len(by_id) == len(spans)
+    traces = {}
+    for s in spans:
+        traces.setdefault(s["ebpf_trace_id"], []).append(s)
+    assert len(traces) == len(requests)
+    shapes = {}
+    for members in traces.values():
+        curl = [s for s in members if s["pid"] in requests]
+        assert len(curl) == 1 and curl[0]["direction"] == "outgoing", members
+        path, trace = requests[curl[0]["pid"]]
+
+        def one(pid, direction):
+            found = [s for s in members if s["pid"] == pid and s["direction"] == direction]
+            assert len(found) == 1, (path, pid, direction, members)
+            return found[0]
+
+        chain = [curl[0], one(a, "incoming"), one(a, "outgoing"), one(b, "incoming"), one(b, "outgoing"),
+                 one(c, "incoming")]
+        assert chain[0]["ebpf_parent_id"] == "0"
+        for parent, child in zip(chain, chain[1:]):
+            assert child["ebpf_parent_id"] == parent["span_id"], (path, child, parent)
+        assert [s["ebpf_span_type"] for s in chain] == ["exit", "entry", "exit", "entry", "exit", "entry"]
+        assert [s["service"] for s in chain] == ["curl", "chain-a", "chain-a", "chain-b", "chain-b", "chain-c"]
+        for s in chain:  # the request's own path at every hop: no crossed wires between concurrent requests
+            assert s["resource"] == f"GET {path}", (path, s)
+            assert s["http_status_code"] == 200
+        assert {s["trace_id"] for s in chain} == {trace or chain[0]["ebpf_trace_id"]}, (path, chain)
+        shapes[path] = [(s["service"], s["direction"], by_id[s["ebpf_parent_id"]]["service"] if
+                         s["ebpf_parent_id"] != "0" else None) for s in chain]
+    # the concurrent requests did overlap (in C, which holds each 0.5 s)
+    c_spans = sorted((s for s in spans if s["pid"] == c and requests[_curl_of(s, by_id)][0] in dict(CONCURRENT)),
+                     key=lambda s: s["start"])
+    assert c_spans[-1]["start"] < c_spans[0]["start"] + c_spans[0]["duration"]
+    return shapes
+
+
+def _curl_of(span, by_id):
+    while span["ebpf_parent_id"] != "0":
+        span = by_id[span["ebpf_parent_id"]]
+    return span["pid"]
+
+
+EXPECTED_SHAPE = [("curl", "outgoing", None), ("chain-a", "incoming", "curl"), ("chain-a", "outgoing", "chain-a"),
+                  ("chain-b", "incoming", "chain-a"), ("chain-b", "outgoing", "chain-b"),
+                  ("chain-c", "incoming", "chain-b")]
+
+
+def test_chain_one_collector(collector, receiver, linker, hosts):
+    env = {MARK_A: "1"}
+    chain = ServiceChain(hosts, [env, env, env], sleep=0.5)
+    try:
+        collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
+        time.sleep(1.5)  # attached, the chain's processes found
+        requests, spans = run_requests(chain, receiver, env, [collector])
+    finally:
+        chain.stop()
+    shapes = check_traces(requests, spans, chain.pids)
+    assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    assert "Traceback" not in collector.log_text()
+
+
+def test_chain_two_collectors_cross_host(bpf_ok, tmp_path, receiver, linker, hosts):
+    """Collector 1 sees curl and A (their mark), collector 2 B and C: each
+    side of the A -> B hop comes from another collector, joined by the
+    linker alone."""
+    env_a, env_bc = {MARK_A: "1"}, {MARK_BC: "1"}
+    chain = ServiceChain(hosts, [env_a, env_bc, env_bc], sleep=0.5)
+    collectors = []
+    try:
+        for name, mark in (("one", MARK_A), ("two", MARK_BC)):
+            (tmp_path / name).mkdir()
+            c = Collector(tmp_path / name, receiver)
+            collectors.append(c)
+            c.start("--trace-server", linker, "--trace-env-list", mark, "--hostname", f"host-{name}",
+                    enabled="ebpf-trace", interval="1s")
+        time.sleep(1.5)
+        requests, spans = run_requests(chain, receiver, env_a, collectors)
+    finally:
+        chain.stop()
+        for c in collectors:
+            c.stop()
+    shapes = check_traces(requests, spans, chain.pids)
+    assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    # each side came from its own collector (its host tag): the A -> B hop
+    # was joined across the two
+    a, b, c = chain.pids
+    for s in spans:
+        assert s["host"] == ("host-two" if s["pid"] in (b, c) else "host-one"), s
+    for collector in collectors:
+        assert "Traceback" not in collector.log_text()
