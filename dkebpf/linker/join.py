@@ -46,8 +46,11 @@ def mix64(x):
         return x ^ (x >> U64(31))
 
 
-# "00".."ff" as little-endian uint16 pairs of ASCII digits: hex by one gather
-_HEX_PAIRS = np.frombuffer(bytes.fromhex("".join(f"{b:02x}".encode().hex() for b in range(256))), "<u2")
+# every byte pair's four hex digits, as the little-endian uint32 of their
+# ASCII codes: an array of big-endian bytes viewed as uint16 becomes its
+# hex text in one gather
+_HEX_QUADS = np.frombuffer(bytes.fromhex("".join(f"{b & 0xff:02x}{b >> 8:02x}".encode().hex() for b in range(65536))),
+                           "<u4")
 
 
 def hex_column(values, digits=16, zero_as="0"):
@@ -62,7 +65,7 @@ def hex_column(values, digits=16, zero_as="0"):
         raw = np.asarray(values).astype(">u8")
         zero = raw == 0
     n = len(zero)
-    text = _HEX_PAIRS[raw.view(np.uint8)].view(np.uint8).reshape(n, digits)
+    text = _HEX_QUADS[raw.view("<u2")].view(np.uint8).reshape(n, digits)
     if zero_as is None or not zero.any():
         offsets = np.arange(n + 1, dtype=np.int32) * digits
         return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
@@ -106,24 +109,34 @@ def _sorted_index(keys, rows):
 
 class History:
     """Linked spans still able to be parents of later ones: what link()
-    needs of them, as columns (app trace ids as one Arrow string array),
-    and their join indexes (the keys of each join, sorted, with their rows),
-    kept sorted as windows come (a merge of two sorted runs) and go, so
-    that a window's join sorts only its own spans however long the
-    history; older windows are pruned by the caller."""
+    needs of them, as columns (``cols``: numpy views; app trace ids as one
+    chunked Arrow string array), and their join indexes (the keys of each
+    join, sorted, with their rows), kept sorted as windows come (a merge of
+    two sorted runs), so that a window's join sorts only its own spans
+    however long the history. Rows live in buffers with room to grow:
+    adding a window writes its rows only, and pruning the oldest (the
+    caller prunes by window, and windows come in order) moves the start.
+    Costs per window follow the window's size, not the history's (but for
+    the renumbering of the indexes and an occasional compaction)."""
 
     NUMERIC = {"span_id": U64, "incoming": bool, "ttid": np.int64, "req_seq": np.int64, "resp_seq": np.int64,
                "local": U64, "remote": U64, "trace_hi": U64, "trace_lo": U64, "app_dec": np.int8, "keep": bool,
                "has_app": bool, "window": np.int64}
 
     def __init__(self):
-        self.cols = {c: np.zeros(0, t) for c, t in self.NUMERIC.items()}
-        self.app_trace = pa.array([], pa.string())  # the app trace id each span's trace took ("" none)
+        self._buf = {c: np.zeros(0, t) for c, t in self.NUMERIC.items()}
+        self._start = self._end = 0
+        self.cols = {c: b[:0] for c, b in self._buf.items()}
+        # the app trace id each span's trace took ("" none)
+        self.app_trace = pa.chunked_array([], pa.string())
         self.with_app = 0  # spans whose trace took an app trace id
         self.indexes = {}  # join name -> (sorted keys, rows)
 
     def __len__(self):
-        return len(self.cols["span_id"])
+        return self._end - self._start
+
+    def _views(self):
+        self.cols = {c: b[self._start:self._end] for c, b in self._buf.items()}
 
     def index(self, name):
         """The sorted (keys, rows) of join `name`, built on first use."""
@@ -134,14 +147,24 @@ class History:
     def add(self, cols):
         """Append link()'s history rows; their join indexes (in cols
         ["indexes"], rows counted from 0) merge into the history's."""
-        base = len(self)
+        base, k = len(self), len(cols["span_id"])
         for name, (keys, rows) in cols["indexes"].items():
             if name in self.indexes or not base:
                 old_keys, old_rows = self.indexes.get(name, (keys[:0], rows[:0]))
                 self.indexes[name] = _sorted_index(np.concatenate([old_keys, keys]),
                                                    np.concatenate([old_rows, rows + base]))
-        self.cols = {c: np.concatenate([self.cols[c], np.asarray(cols[c], t)]) for c, t in self.NUMERIC.items()}
-        self.app_trace = pa.concat_arrays([self.app_trace, cols["app_trace"]])
+        if self._end + k > len(self._buf["span_id"]):  # full: compact, with room for as many again
+            room = max(2 * (base + k), 4096)
+            for c, b in self._buf.items():
+                grown = np.empty(room, b.dtype)
+                grown[:base] = b[self._start:self._end]
+                self._buf[c] = grown
+            self._start, self._end = 0, base
+        for c, t in self.NUMERIC.items():
+            self._buf[c][self._end:self._end + k] = cols[c]
+        self._end += k
+        self._views()
+        self.app_trace = pa.chunked_array([*self.app_trace.chunks, cols["app_trace"]], pa.string())
         self.with_app += int(np.count_nonzero(cols["has_app"]))
 
     def prune(self, before_window, max_spans=None):
@@ -155,14 +178,26 @@ class History:
             # window linked): the oldest come first
             keep[:len(keep) - max_spans] = False
             evicted = int((self.cols["window"][:len(keep) - max_spans] >= before_window).sum())
-        if not keep.all():
-            self.cols = {c: v[keep] for c, v in self.cols.items()}
+        if keep.all():
+            return evicted
+        self.with_app -= int(np.count_nonzero(self.cols["has_app"][~keep]))
+        cut = int(np.argmax(keep)) if keep.any() else len(keep)
+        if keep[cut:].all():  # the oldest rows: the start moves
+            self._start += cut
+            self.app_trace = self.app_trace.slice(cut)
+            for name, (keys, rows) in self.indexes.items():
+                kept = rows >= cut
+                self.indexes[name] = keys[kept], rows[kept] - cut
+        else:  # (not how windows prune; kept right all the same)
+            for c, b in self._buf.items():
+                b[:int(keep.sum())] = b[self._start:self._end][keep]
+            self._start, self._end = 0, int(keep.sum())
             self.app_trace = self.app_trace.filter(pa.array(keep))
-            self.with_app = int(np.count_nonzero(self.cols["has_app"]))
             renumber = np.cumsum(keep) - 1
             for name, (keys, rows) in self.indexes.items():
                 kept = keep[rows]
                 self.indexes[name] = keys[kept], renumber[rows[kept]]
+        self._views()
         return evicted
 
 
@@ -318,7 +353,7 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
                 break
             owner[walking] = owner[owner[walking]]
         own_has = owner < sentinel
-        own_trace = pa.chunked_array([app_trace, history.app_trace, pa.array([""], pa.string())],
+        own_trace = pa.chunked_array([app_trace, *history.app_trace.chunks, pa.array([""], pa.string())],
                                      pa.string()).take(pa.array(owner)).combine_chunks()
         own_dec = np.zeros(n, np.int8)
         own_dec[own_has] = _either(app_dec, h["app_dec"], owner[own_has], n)
@@ -343,9 +378,10 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
     ebpf_parent[linked] = _either(span_id, h["span_id"], parent[linked], n)
     ebpf_trace_id = hex_column((trace_hi, trace_lo), 32, None)
     ebpf_parent_id = hex_column(ebpf_parent)
-    if use_app_trace_id:
-        trace_id = pc.if_else(pa.array(own_has), own_trace, ebpf_trace_id)
-        parent_id = pc.if_else(pa.array(has_app), _strings(table, "app_parent_id"), ebpf_parent_id)
+    if use_app_trace_id:  # (no string work where no span has an app id)
+        trace_id = pc.if_else(pa.array(own_has), own_trace, ebpf_trace_id) if own_has.any() else ebpf_trace_id
+        parent_id = (pc.if_else(pa.array(has_app), _strings(table, "app_parent_id"), ebpf_parent_id)
+                     if has_app.any() else ebpf_parent_id)
     else:
         trace_id, parent_id = ebpf_trace_id, ebpf_parent_id
     out = {"span_id": hex_column(span_id, 16, None), "ebpf_trace_id": ebpf_trace_id,
