@@ -38,6 +38,10 @@ from dkebpf.linker.join import link
 N_CHAINS = int(os.environ.get("BENCH_LINKER_CHAINS", 100_000))
 N_LINES = int(os.environ.get("BENCH_LINKER_LINES", 200_000))
 ROUNDS = int(os.environ.get("BENCH_LINKER_ROUNDS", 5))
+# the long-history case: a window of N_CHAINS / 5 chains against a history
+# of this many such windows (the linker's defaults, --window 20s and
+# --horizon 10m, keep up to 30)
+LONG_HISTORY_WINDOWS = int(os.environ.get("BENCH_LINKER_LONG_HISTORY", 10))
 
 
 def join_module_at(revision):
@@ -149,6 +153,9 @@ def main():
         modules["baseline"] = join_module_at(baseline_rev)
     times = {name: [] for name in modules}
     cpu = {name: [] for name in modules}
+    long_cpu = {name: [] for name in modules}
+    short_window = chains(N_CHAINS // 5, rng)
+    long_history = chains(N_CHAINS // 5 * LONG_HISTORY_WINDOWS, rng)
     for _ in range(ROUNDS):  # alternating: both see the same load
         for name, mod in modules.items():
             t, c, out = join_seconds(mod, window, older)
@@ -156,6 +163,7 @@ def main():
             cpu[name].append(c)
             if name == "current":
                 trees = len(set(out[0]["ebpf_trace_id"].to_pylist()))
+            long_cpu[name].append(join_seconds(mod, short_window, long_history)[1])
     t_join = statistics.median(times["current"])
     lines = "\n".join(
         f'dketrace,service=b,src_ip=10.0.0.2,src_port=8081,dst_ip=10.0.0.1,dst_port={40000 + j % 20000} '
@@ -189,7 +197,15 @@ def main():
               f"rounds {rounds(times[name])} M)")
         print(f"linker_join{label}_spans_per_cpu_s: {n / statistics.median(cpu[name]):.0f} (CPU time of the "
               f"joining thread; rounds {rounds(cpu[name])} M)")
+    for name, label in (("current", ""), ("baseline", f"_baseline")):
+        if name in modules:
+            print(f"linker_join{label}_long_history_spans_per_cpu_s: "
+                  f"{short_window.num_rows / statistics.median(long_cpu[name]):.0f} (a window of {short_window.num_rows} spans, "
+                  f"history {long_history.num_rows}; rounds "
+                  f"{', '.join(f'{short_window.num_rows / t / 1e6:.2f}' for t in long_cpu[name])} M)")
     if baseline_rev:
+        print(f"linker_join_long_history_speedup_vs_baseline: "
+              f"{statistics.median(long_cpu['baseline']) / statistics.median(long_cpu['current']):.2f} (CPU)")
         print(f"linker_join_speedup_vs_baseline: {statistics.median(times['baseline']) / t_join:.2f} (wall), "
               f"{statistics.median(cpu['baseline']) / statistics.median(cpu['current']):.2f} (CPU)")
     print(f"linker_ingest_lines: {N_LINES} ({len(lines) / N_LINES:.0f} bytes each)")

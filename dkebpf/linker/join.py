@@ -226,7 +226,8 @@ def _addresses(table):
 
 def _match(queries, *indexes):
     """For each query key, the row of the first equal key in the first of
-    `indexes` ((sorted keys, rows) pairs) that has one, else -1. The queries
+    `indexes` ((sorted keys, rows, added to rows) triples) that has one,
+    else -1. The queries
     are sorted first: searches in key order walk the index forward, several
     times faster than random ones into a large index."""
     found = np.full(len(queries), -1, np.int64)
@@ -235,12 +236,12 @@ def _match(queries, *indexes):
     order = np.argsort(queries)
     q = queries[order]
     got = np.full(len(q), -1, np.int64)
-    for keys, rows in reversed(indexes):  # the first index's hits written last: they win
+    for keys, rows, base in reversed(indexes):  # the first index's hits written last: they win
         if not len(keys):
             continue
         pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
         hit = keys[pos] == q
-        got[hit] = rows[pos[hit]]
+        got[hit] = rows[pos[hit]] + base
     found[order] = got
     return found
 
@@ -307,7 +308,7 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
         the history's, its rows counted from n."""
         indexes[name] = _sorted_index(*_join_keys(new, name))
         keys, rows = history.index(name)
-        return indexes[name], (keys, rows + n)
+        return (*indexes[name], 0), (keys, rows, n)
 
     # inside a process: exit -> entry with its thread_trace_id
     exits_new = np.flatnonzero(~incoming)
