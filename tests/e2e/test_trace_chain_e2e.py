@@ -123,10 +123,11 @@ def check_traces(requests, spans, pids):
         assert {s["trace_id"] for s in chain} == {trace or chain[0]["ebpf_trace_id"]}, (path, chain)
         shapes[path] = [(s["service"], s["direction"], by_id[s["ebpf_parent_id"]]["service"] if
                          s["ebpf_parent_id"] != "0" else None) for s in chain]
-    # the concurrent requests did overlap (in C, which holds each 0.5 s)
-    c_spans = sorted((s for s in spans if s["pid"] == c and requests[_curl_of(s, by_id)][0] in dict(CONCURRENT)),
-                     key=lambda s: s["start"])
-    assert c_spans[-1]["start"] < c_spans[0]["start"] + c_spans[0]["duration"]
+    # the concurrent requests did overlap (in A, whose requests all wait
+    # for C's 0.5 s)
+    a_spans = sorted((s for s in spans if s["pid"] == a and s["direction"] == "incoming"
+                      and requests[_curl_of(s, by_id)][0] in dict(CONCURRENT)), key=lambda s: s["start"])
+    assert a_spans[-1]["start"] < a_spans[0]["start"] + a_spans[0]["duration"]
     return shapes
 
 
@@ -152,6 +153,26 @@ def test_chain_one_collector(collector, receiver, linker, hosts):
         chain.stop()
     shapes = check_traces(requests, spans, chain.pids)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    assert "Traceback" not in collector.log_text()
+
+
+def test_chain_over_pooled_connections(collector, receiver, linker, hosts):
+    """A and B call the next link over one kept-alive connection that all
+    their threads share: B serves every request of A on one connection
+    (one thread), C every request of B; each request still its own trace."""
+    env = {MARK_A: "1"}
+    chain = ServiceChain(hosts, [env, env, env], sleep=0.5, pooled=True)
+    try:
+        collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
+        time.sleep(1.5)
+        requests, spans = run_requests(chain, receiver, env, [collector])
+    finally:
+        chain.stop()
+    shapes = check_traces(requests, spans, chain.pids)
+    assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    # one connection per hop: B's entries all share A's ephemeral port
+    b_in = [s for s in spans if s["pid"] == chain.pids[1] and s["direction"] == "incoming"]
+    assert len({(s["dst_ip"], s["dst_port"]) for s in b_in}) == 1, b_in
     assert "Traceback" not in collector.log_text()
 
 

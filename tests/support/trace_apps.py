@@ -138,25 +138,37 @@ class TracedApps:
 
 
 # A link of a service chain: GET /chain/<x> -> (when argv has a next URL)
-# GET <next>/chain/<x> on a new connection from the handler's thread, else
-# a pause of `sleep` s (so that concurrent requests overlap in every link),
-# then 200 with "<name>(<what next answered>)". Thread per connection.
-# argv: bind_ip port name sleep [next_base_url]
+# GET <next>/chain/<x> from the handler's thread, on a new connection, or
+# with "pooled" on one kept-alive connection all handler threads share
+# (taking turns), else a pause of `sleep` s (so that concurrent requests
+# overlap in every link); then 200 with "<name>(<what next answered>)".
+# Thread per connection. argv: bind_ip port name sleep [next_base_url [pooled]]
 CHAIN_SERVER = r"""
-import http.client, http.server, sys, time, urllib.parse
+import http.client, http.server, sys, threading, time, urllib.parse
 ip, port, name, sleep = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), float(sys.argv[4])
 nxt = urllib.parse.urlsplit(sys.argv[5]) if len(sys.argv) > 5 else None
+pooled = sys.argv[6:] == ["pooled"]
+turn, shared = threading.Lock(), []
+
+def call_next(path):
+    if not pooled:
+        c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=20)
+        c.request("GET", path)
+        body = c.getresponse().read()
+        c.close()
+        return body
+    with turn:
+        if not shared:
+            shared.append(http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=20))
+        shared[0].request("GET", path)
+        return shared[0].getresponse().read()
 
 class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         body = name
         if nxt is not None:
-            c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=20)
-            c.request("GET", self.path)
-            r = c.getresponse()
-            body += b"(" + r.read() + b")"
-            c.close()
+            body += b"(" + call_next(self.path) + b")"
         else:
             time.sleep(sleep)
         self.send_response(200)
@@ -176,16 +188,17 @@ class ServiceChain:
     hosts; A calls B and B calls C at their namespace addresses, so the
     namespaces must be routed to each other), each with its own
     DKE_SERVICE (`services`) and the variables of `envs[i]` (the test's
-    process-list marks). C answers after `sleep` s."""
+    process-list marks). C answers after `sleep` s. `pooled`: A and B call
+    the next link over one kept-alive connection their threads share."""
 
     PORT = 8080
 
-    def __init__(self, hosts, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0):
+    def __init__(self, hosts, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, pooled=False):
         self.hosts, self.services = hosts, services
         self.procs = []
         try:
             for i in reversed(range(3)):  # C first: each link calls one that listens
-                nxt = [f"http://{hosts[i + 1].peer_ip}:{self.PORT}"] if i < 2 else []
+                nxt = [] if i == 2 else [f"http://{hosts[i + 1].peer_ip}:{self.PORT}", *(["pooled"] * pooled)]
                 env = dict(os.environ, **envs[i], DKE_SERVICE=services[i])
                 p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, hosts[i].peer_ip,
                                       str(self.PORT), services[i], str(sleep), *nxt],
