@@ -2,6 +2,7 @@
 Python HTTP server that calls it on every request (one span per request
 with Redis child spans on the same thread). Loopback only."""
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -137,29 +138,32 @@ class TracedApps:
             stop_process(p, 5)
 
 
-# A link of a service chain: GET /chain/<x> -> (when argv has a next URL)
-# GET <next>/chain/<x> from the handler's thread, on a new connection, or
-# with "pooled" on one kept-alive connection all handler threads share
-# (taking turns), else a pause of `sleep` s (so that concurrent requests
-# overlap in every link); then 200 with "<name>(<what next answered>)".
-# Thread per connection. argv: bind_ip port name sleep [next_base_url [pooled]]
+# A link of a service chain, configured by argv[1] (JSON: ip, port, name,
+# next, pooled, hold, sleep): GET /chain/<x> -> when `next` is set, GET
+# <next>/chain/<x> from the handler's thread, on a new connection, or
+# (`pooled`) on one kept-alive connection all handler threads share, taking
+# turns; else (the last link) the request waits `sleep` s, and requests for
+# /chain/con-* wait until `hold` of them are in (a barrier: concurrent
+# requests overlap at every link however the load delays their clients).
+# Then 200 with "<name>(<what next answered>)". Thread per connection.
 CHAIN_SERVER = r"""
-import http.client, http.server, sys, threading, time, urllib.parse
-ip, port, name, sleep = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), float(sys.argv[4])
-nxt = urllib.parse.urlsplit(sys.argv[5]) if len(sys.argv) > 5 else None
-pooled = sys.argv[6:] == ["pooled"]
+import http.client, http.server, json, sys, threading, time, urllib.parse
+cfg = json.loads(sys.argv[1])
+name = cfg["name"].encode()
+nxt = urllib.parse.urlsplit(cfg["next"]) if cfg.get("next") else None
 turn, shared = threading.Lock(), []
+together = threading.Barrier(cfg["hold"]) if cfg.get("hold") else None
 
 def call_next(path):
-    if not pooled:
-        c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=20)
+    if not cfg.get("pooled"):
+        c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30)
         c.request("GET", path)
         body = c.getresponse().read()
         c.close()
         return body
     with turn:
         if not shared:
-            shared.append(http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=20))
+            shared.append(http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30))
         shared[0].request("GET", path)
         return shared[0].getresponse().read()
 
@@ -170,7 +174,12 @@ class H(http.server.BaseHTTPRequestHandler):
         if nxt is not None:
             body += b"(" + call_next(self.path) + b")"
         else:
-            time.sleep(sleep)
+            time.sleep(cfg.get("sleep", 0))
+            if together is not None and self.path.startswith("/chain/con-"):
+                try:
+                    together.wait(20)
+                except threading.BrokenBarrierError:
+                    pass  # (the test sees no overlap and says so)
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -178,7 +187,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-http.server.ThreadingHTTPServer((ip, port), H).serve_forever()
+http.server.ThreadingHTTPServer((cfg["ip"], cfg["port"]), H).serve_forever()
 """
 
 
@@ -188,21 +197,24 @@ class ServiceChain:
     hosts; A calls B and B calls C at their namespace addresses, so the
     namespaces must be routed to each other), each with its own
     DKE_SERVICE (`services`) and the variables of `envs[i]` (the test's
-    process-list marks). C answers after `sleep` s. `pooled`: A and B call
-    the next link over one kept-alive connection their threads share."""
+    process-list marks). C answers after `sleep` s, and holds requests for
+    /chain/con-* until `hold` of them are in. `pooled`: A and B call the
+    next link over one kept-alive connection their threads share."""
 
     PORT = 8080
 
-    def __init__(self, hosts, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, pooled=False):
+    def __init__(self, hosts, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, hold=0,
+                 pooled=False):
         self.hosts, self.services = hosts, services
         self.procs = []
         try:
             for i in reversed(range(3)):  # C first: each link calls one that listens
-                nxt = [] if i == 2 else [f"http://{hosts[i + 1].peer_ip}:{self.PORT}", *(["pooled"] * pooled)]
+                cfg = {"ip": hosts[i].peer_ip, "port": self.PORT, "name": services[i], "pooled": pooled,
+                       "next": f"http://{hosts[i + 1].peer_ip}:{self.PORT}" if i < 2 else None,
+                       "sleep": sleep, "hold": hold}
                 env = dict(os.environ, **envs[i], DKE_SERVICE=services[i])
-                p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, hosts[i].peer_ip,
-                                      str(self.PORT), services[i], str(sleep), *nxt],
-                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, json.dumps(cfg)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 self.procs.insert(0, p)
                 wait_port(self.PORT, p, services[i], host=hosts[i].peer_ip)
         except BaseException:
