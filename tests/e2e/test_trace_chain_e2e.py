@@ -21,6 +21,7 @@ import os
 import time
 
 import pytest
+import requests as requests_lib
 
 from support.netns import NetNS, routed_through_host
 from support.trace_apps import ServiceChain, running_linker
@@ -37,6 +38,8 @@ SEQUENTIAL = [("/chain/seq-tp", "0af7651916cd43dd8448eb211c80319c"), ("/chain/se
 CONCURRENT = [("/chain/con-tp1", "11111111111111111111111111111111"),
               ("/chain/con-tp2", "22222222222222222222222222222222"),
               ("/chain/con-plain1", None), ("/chain/con-plain2", None)]
+# a request whose traceparent says "not sampled": the linker drops its trace
+UNSAMPLED = ("/chain/seq-unsampled", "33333333333333333333333333333333")
 
 
 @pytest.fixture
@@ -56,16 +59,18 @@ def linker(tmp_path, receiver):
         yield url
 
 
-def run_requests(chain, receiver, env, collectors):
-    """curl each request (SEQUENTIAL one after the other, then CONCURRENT at
-    once) and wait for their spans; returns ({curl pid: (path, trace id)},
-    spans as dicts of the chain's and the curls' processes)."""
+def run_requests(chain, receiver, env, collectors, unsampled=False):
+    """curl each request (SEQUENTIAL one after the other, the UNSAMPLED one
+    first if asked, then CONCURRENT at once) and wait for their spans;
+    returns ({curl pid: (path, trace id)} of the sampled requests, spans as
+    dicts of the chain's and those curls' processes)."""
     requests = {}
-    for path, trace in SEQUENTIAL:
-        curl = chain.curl(path, env, headers=_traceparent(trace))
+    for path, trace in [UNSAMPLED] * unsampled + SEQUENTIAL:
+        curl = chain.curl(path, env, headers=_traceparent(trace, sampled=(path, trace) != UNSAMPLED))
         assert curl.wait(40) == 0
         assert curl.stdout.read() == b"chain-a(chain-b(chain-c))"
-        requests[str(curl.pid)] = (path, trace)
+        if (path, trace) != UNSAMPLED:
+            requests[str(curl.pid)] = (path, trace)
     curls = [(chain.curl(path, env, headers=_traceparent(trace)), path, trace) for path, trace in CONCURRENT]
     for curl, path, trace in curls:
         assert curl.wait(40) == 0
@@ -83,8 +88,8 @@ def run_requests(chain, receiver, env, collectors):
     return requests, mine()
 
 
-def _traceparent(trace):
-    return [f"traceparent: 00-{trace}-00f067aa0ba902b7-01"] if trace else []
+def _traceparent(trace, sampled=True):
+    return [f"traceparent: 00-{trace}-00f067aa0ba902b7-{'01' if sampled else '00'}"] if trace else []
 
 
 def check_traces(requests, spans, pids, overlapping=True):
@@ -150,11 +155,15 @@ def test_chain_one_collector(collector, receiver, linker, hosts):
     try:
         collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
         time.sleep(1.5)  # attached, the chain's processes found
-        requests, spans = run_requests(chain, receiver, env, [collector])
+        requests, spans = run_requests(chain, receiver, env, [collector], unsampled=True)
     finally:
         chain.stop()
     shapes = check_traces(requests, spans, chain.pids)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    # the unsampled request's six spans were linked and dropped, whole
+    assert not [p for p in receiver.points("dketrace") if {**p.fields, **p.tags}.get("trace_id") == UNSAMPLED[1]]
+    metrics = requests_lib.get(linker + "/metrics", timeout=5).text
+    assert f"dkebpf_linker_spans_sampled_out_total {SPANS_PER_REQUEST}" in metrics.splitlines(), metrics
     assert "Traceback" not in collector.log_text()
 
 
