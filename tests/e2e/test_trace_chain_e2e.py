@@ -38,6 +38,7 @@ SEQUENTIAL = [("/chain/seq-tp", "0af7651916cd43dd8448eb211c80319c"), ("/chain/se
 CONCURRENT = [("/chain/con-tp1", "11111111111111111111111111111111"),
               ("/chain/con-tp2", "22222222222222222222222222222222"),
               ("/chain/con-plain1", None), ("/chain/con-plain2", None)]
+APP_PARENT = "00f067aa0ba902b7"  # the parent span id in every traceparent sent
 # a request whose traceparent says "not sampled": the linker drops its trace
 UNSAMPLED = ("/chain/seq-unsampled", "33333333333333333333333333333333")
 
@@ -89,7 +90,7 @@ def run_requests(chain, receiver, env, collectors, unsampled=False):
 
 
 def _traceparent(trace, sampled=True):
-    return [f"traceparent: 00-{trace}-00f067aa0ba902b7-{'01' if sampled else '00'}"] if trace else []
+    return [f"traceparent: 00-{trace}-{APP_PARENT}-{'01' if sampled else '00'}"] if trace else []
 
 
 def check_traces(requests, spans, pids, overlapping=True):
@@ -128,6 +129,11 @@ def check_traces(requests, spans, pids, overlapping=True):
             assert s["resource"] == f"GET {path}", (path, s)
             assert s["http_status_code"] == "200"  # a string field (spec/measurements.json)
         assert {s["trace_id"] for s in chain} == {trace or chain[0]["ebpf_trace_id"]}, (path, chain)
+        # parent_id: the app's parent span where the span carried the app's
+        # context (curl's request and A's side of it), else the eBPF parent
+        carried = 2 if trace else 0
+        assert [s["parent_id"] for s in chain] == [APP_PARENT] * carried + [s["ebpf_parent_id"]
+                                                                          for s in chain[carried:]], (path, chain)
         shapes[path] = [(s["service"], s["direction"], by_id[s["ebpf_parent_id"]]["service"] if
                          s["ebpf_parent_id"] != "0" else None) for s in chain]
     if overlapping:  # (C held them until all had come)
