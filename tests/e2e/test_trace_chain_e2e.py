@@ -1,7 +1,6 @@
 """ebpf-trace across services and hosts, end to end: a Python threaded
 chain A -> B -> C over HTTP, each service a real threaded HTTP server in its
-own network namespace (a test host; veth pairs, routed through the host, no
-NAT) with its own DKE_SERVICE, called by curl from the host. Through the
+own network namespace (a test host; veth pairs, no NAT) with its own DKE_SERVICE, called by curl from the host. Through the
 real pipeline: `dkebpf run --enabled ebpf-trace` -> `dkebpf linker` -> the
 DataKit stand-in.
 
@@ -19,11 +18,12 @@ only B and C (by --trace-env-list), posting to one linker: the same traces.
 """
 import os
 import time
+import uuid
 
 import pytest
 import requests as requests_lib
 
-from support.netns import NetNS, routed_through_host
+from support.netns import NetNS, sh
 from support.trace_apps import ServiceChain, running_linker
 
 from .conftest import Collector, dkebpf_cmd
@@ -43,15 +43,27 @@ APP_PARENT = "00f067aa0ba902b7"  # the parent span id in every traceparent sent
 UNSAMPLED = ("/chain/seq-unsampled", "33333333333333333333333333333333")
 
 
+def _wire(x, y, subnet):
+    """A veth pair straight from namespace x (<subnet>.1) to namespace y
+    (<subnet>.2), gone with them; returns y's address."""
+    tag = uuid.uuid4().hex[:6]
+    sh("ip", "link", "add", f"dkx{tag}", "netns", x.name, "type", "veth", "peer", "name", f"dky{tag}", "netns", y.name)
+    for ns, dev, ip in ((x, f"dkx{tag}", f"{subnet}.1"), (y, f"dky{tag}", f"{subnet}.2")):
+        ns.exec("ip", "addr", "add", f"{ip}/24", "dev", dev)
+        ns.exec("ip", "link", "set", dev, "up")
+    return f"{subnet}.2"
+
+
 @pytest.fixture
 def hosts():
-    """Three namespaces A, B, C; A reaches B and B reaches C through the
-    host. Subnets 10.213.221-253.x: away from NetNS's default range used by
-    other tests."""
+    """Three namespaces A, B, C (hosts): the host reaches A on its veth
+    (10.213.221-253.x: away from NetNS's default range other tests use); A
+    is wired straight to B and B to C (10.214.x.x, inside the namespaces
+    only: no forwarding through the host, no system setting touched).
+    Yields ([a, b, c], [B's address seen by A, C's seen by B])."""
     base = 221 + (os.getpid() % 11) * 3
     with NetNS(base) as a, NetNS(base + 1) as b, NetNS(base + 2) as c:
-        with routed_through_host(a, b), routed_through_host(b, c):
-            yield a, b, c
+        yield [a, b, c], [_wire(a, b, f"10.214.{base}"), _wire(b, c, f"10.214.{base + 1}")]
 
 
 @pytest.fixture
@@ -157,7 +169,7 @@ EXPECTED_SHAPE = [("curl", "outgoing", None), ("chain-a", "incoming", "curl"), (
 
 def test_chain_one_collector(collector, receiver, linker, hosts):
     env = {MARK_A: "1"}
-    chain = ServiceChain(hosts, [env, env, env], hold=len(CONCURRENT))
+    chain = ServiceChain(*hosts, [env, env, env], hold=len(CONCURRENT))
     try:
         collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
         time.sleep(1.5)  # attached, the chain's processes found
@@ -180,7 +192,7 @@ def test_chain_over_pooled_connections(collector, receiver, linker, hosts):
     (The concurrent requests take turns on the connection: C cannot hold
     them together.)"""
     env = {MARK_A: "1"}
-    chain = ServiceChain(hosts, [env, env, env], sleep=0.2, pooled=True)
+    chain = ServiceChain(*hosts, [env, env, env], sleep=0.2, pooled=True)
     try:
         collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
         time.sleep(1.5)
@@ -200,7 +212,7 @@ def test_chain_two_collectors_cross_host(bpf_ok, tmp_path, receiver, linker, hos
     side of the A -> B hop comes from another collector, joined by the
     linker alone."""
     env_a, env_bc = {MARK_A: "1"}, {MARK_BC: "1"}
-    chain = ServiceChain(hosts, [env_a, env_bc, env_bc], hold=len(CONCURRENT))
+    chain = ServiceChain(*hosts, [env_a, env_bc, env_bc], hold=len(CONCURRENT))
     collectors = []
     try:
         for name, mark in (("one", MARK_A), ("two", MARK_BC)):

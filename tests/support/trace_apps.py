@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+from .netns import call_in_netns
+
 # GET /item/<key>: SET <key> <n>, GET <key> on redis (a connection per
 # handler thread, kept), then 200 with the value; GET /missing: 404.
 # argv: port redis_port; prints "ready".
@@ -194,8 +196,9 @@ http.server.ThreadingHTTPServer((cfg["ip"], cfg["port"]), H).serve_forever()
 class ServiceChain:
     """A -> B -> C: three threaded Python HTTP servers (CHAIN_SERVER), each
     in its own network namespace (`hosts`: three entered NetNS, the chain's
-    hosts; A calls B and B calls C at their namespace addresses, so the
-    namespaces must be routed to each other), each with its own
+    hosts; A listens on every address of its namespace, curl calls it at
+    hosts[0].peer_ip; A calls B at next_ips[0], B calls C at next_ips[1]),
+    each with its own
     DKE_SERVICE (`services`) and the variables of `envs[i]` (the test's
     process-list marks). C answers after `sleep` s, and holds requests for
     /chain/con-* until `hold` of them are in. `pooled`: A and B call the
@@ -203,20 +206,21 @@ class ServiceChain:
 
     PORT = 8080
 
-    def __init__(self, hosts, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, hold=0,
+    def __init__(self, hosts, next_ips, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, hold=0,
                  pooled=False):
+
         self.hosts, self.services = hosts, services
         self.procs = []
         try:
             for i in reversed(range(3)):  # C first: each link calls one that listens
-                cfg = {"ip": hosts[i].peer_ip, "port": self.PORT, "name": services[i], "pooled": pooled,
-                       "next": f"http://{hosts[i + 1].peer_ip}:{self.PORT}" if i < 2 else None,
+                cfg = {"ip": "0.0.0.0", "port": self.PORT, "name": services[i], "pooled": pooled,
+                       "next": f"http://{next_ips[i]}:{self.PORT}" if i < 2 else None,
                        "sleep": sleep, "hold": hold}
                 env = dict(os.environ, **envs[i], DKE_SERVICE=services[i])
                 p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, json.dumps(cfg)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 self.procs.insert(0, p)
-                wait_port(self.PORT, p, services[i], host=hosts[i].peer_ip)
+                call_in_netns(hosts[i].name, wait_port, self.PORT, p, services[i], 15)  # (on its loopback)
         except BaseException:
             self.stop()
             raise
