@@ -18,6 +18,11 @@ the windows before it (``History``), whose ids are final. Links:
   unrelated connections do collide; the addresses keep such collisions
   from joining them.
 
+Each join looks its keys up in sorted indexes: the window's own (sorted
+here) and the history's (kept sorted by History as windows come and go);
+among equal keys (only hostile input repeats one) the window's spans win,
+then the oldest history row.
+
 Then: the root of every span (following parents; a cycle, which only
 hostile input makes, is cut and its spans start traces), the eBPF trace id (from the
 root: its span id and a 64-bit mix of it), the app trace id (the nearest
