@@ -11,9 +11,19 @@ to a sink that counts): spans posted by 4 collector threads per second,
 and until all of them are linked and written.
 Targets: the join >= 500k spans/s, the reader >= 1 M spans/s.
 
+The join is timed as the linker runs it per window: link() and the
+History.add() of its result (on a copy of the history, outside the timing).
+BENCH_LINKER_BASELINE=<git revision>: also the join.py of that revision,
+in the same process, rounds alternating (BENCH_LINKER_ROUNDS, default 5),
+medians and the ratio printed.
+
 Prints `name: value` lines.
 """
+import copy
+import importlib.util
 import os
+import statistics
+import subprocess
 import sys
 import time
 
@@ -23,10 +33,41 @@ import pyarrow as pa
 from timing import TESTS_DIR, best_of
 
 from dkebpf.linker.ingest import parse_spans
-from dkebpf.linker.join import History, link
+from dkebpf.linker.join import link
 
 N_CHAINS = int(os.environ.get("BENCH_LINKER_CHAINS", 100_000))
 N_LINES = int(os.environ.get("BENCH_LINKER_LINES", 200_000))
+ROUNDS = int(os.environ.get("BENCH_LINKER_ROUNDS", 5))
+# the long-history case: a window of N_CHAINS / 5 chains against a history
+# of this many such windows (the linker's defaults, --window 20s and
+# --horizon 10m, keep up to 30)
+LONG_HISTORY_WINDOWS = int(os.environ.get("BENCH_LINKER_LONG_HISTORY", 10))
+
+
+def join_module_at(revision):
+    """dkebpf/linker/join.py as it was at `revision` (git), loaded beside
+    the current one (its relative imports resolve in the installed dkebpf)."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    source = subprocess.run(["git", "show", f"{revision}:dkebpf/linker/join.py"], cwd=root, check=True,
+                            capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader("dkebpf.linker.join_baseline", loader=None)
+    mod = importlib.util.module_from_spec(spec)
+    mod.__package__ = "dkebpf.linker"
+    exec(compile(source, f"join.py@{revision}", "exec"), mod.__dict__)
+    return mod
+
+
+def join_seconds(mod, window, older):
+    """(wall seconds, CPU seconds of this thread, result) of one window's
+    join with `mod` (a join module): link() against a history holding
+    `older`, then History.add() of the result."""
+    history = mod.History()
+    history.add(mod.link(older, mod.History())[2])
+    fresh = copy.deepcopy(history)
+    t, c = time.perf_counter(), time.thread_time()
+    out = mod.link(window, fresh)
+    fresh.add(out[2])
+    return time.perf_counter() - t, time.thread_time() - c, out
 
 
 def chains(n, rng):
@@ -104,13 +145,26 @@ def end_to_end(bodies, total, collectors=4):
 def main():
     rng = np.random.default_rng(7)
     window, older = chains(N_CHAINS, rng), chains(N_CHAINS, rng)
-    history = History()
-    _, _, hist, _ = link(older, History())
-    history.add(hist)
     n = window.num_rows
-    out = {}
-    t_join = best_of(lambda: out.update(r=link(window, history)), 3)
-    trees = len(set(out["r"][0]["ebpf_trace_id"].to_pylist()))
+    current = sys.modules[link.__module__]
+    baseline_rev = os.environ.get("BENCH_LINKER_BASELINE")
+    modules = {"current": current}
+    if baseline_rev:
+        modules["baseline"] = join_module_at(baseline_rev)
+    times = {name: [] for name in modules}
+    cpu = {name: [] for name in modules}
+    long_cpu = {name: [] for name in modules}
+    short_window = chains(N_CHAINS // 5, rng)
+    long_history = chains(N_CHAINS // 5 * LONG_HISTORY_WINDOWS, rng)
+    for _ in range(ROUNDS):  # alternating: both see the same load
+        for name, mod in modules.items():
+            t, c, out = join_seconds(mod, window, older)
+            times[name].append(t)
+            cpu[name].append(c)
+            if name == "current":
+                trees = len(set(out[0]["ebpf_trace_id"].to_pylist()))
+            long_cpu[name].append(join_seconds(mod, short_window, long_history)[1])
+    t_join = statistics.median(times["current"])
     lines = "\n".join(
         f'dketrace,service=b,src_ip=10.0.0.2,src_port=8081,dst_ip=10.0.0.1,dst_port={40000 + j % 20000} '
         f'ebpf_span_type="entry",direction="incoming",thread_trace_id={j}i,req_seq={j * 7}i,resp_seq={j * 7 + 1}i,'
@@ -130,9 +184,30 @@ def main():
     small = lines[:lines.index(b"\n", len(lines) // 20)]
     t_py = best_of(lambda: python_reading(small), 2) * N_LINES / (small.count(b"\n") + 1)
     print(f"linker_window_spans: {n}")
-    print(f"linker_history_spans: {len(history)}")
+    print(f"linker_history_spans: {older.num_rows}")
     print(f"linker_traces_found: {trees} (expected {N_CHAINS})")
-    print(f"linker_join_spans_per_s: {n / t_join:.0f}")
+    def rounds(ts):
+        return ", ".join(f"{n / t / 1e6:.2f}" for t in ts)
+
+    for name, label in (("current", ""), ("baseline", f"_baseline")):
+        if name not in modules:
+            continue
+        at = f"join.py at {baseline_rev}; " if name == "baseline" else ""
+        print(f"linker_join{label}_spans_per_s: {n / statistics.median(times[name]):.0f} ({at}median of {ROUNDS}; "
+              f"rounds {rounds(times[name])} M)")
+        print(f"linker_join{label}_spans_per_cpu_s: {n / statistics.median(cpu[name]):.0f} (CPU time of the "
+              f"joining thread; rounds {rounds(cpu[name])} M)")
+    for name, label in (("current", ""), ("baseline", f"_baseline")):
+        if name in modules:
+            print(f"linker_join{label}_long_history_spans_per_cpu_s: "
+                  f"{short_window.num_rows / statistics.median(long_cpu[name]):.0f} (a window of {short_window.num_rows} spans, "
+                  f"history {long_history.num_rows}; rounds "
+                  f"{', '.join(f'{short_window.num_rows / t / 1e6:.2f}' for t in long_cpu[name])} M)")
+    if baseline_rev:
+        print(f"linker_join_long_history_speedup_vs_baseline: "
+              f"{statistics.median(long_cpu['baseline']) / statistics.median(long_cpu['current']):.2f} (CPU)")
+        print(f"linker_join_speedup_vs_baseline: {statistics.median(times['baseline']) / t_join:.2f} (wall), "
+              f"{statistics.median(cpu['baseline']) / statistics.median(cpu['current']):.2f} (CPU)")
     print(f"linker_ingest_lines: {N_LINES} ({len(lines) / N_LINES:.0f} bytes each)")
     print(f"linker_ingest_line_protocol_spans_per_s: {N_LINES / t_ingest:.0f}")
     print(f"linker_ingest_line_protocol_mb_per_s: {len(lines) / t_ingest / 1e6:.0f}")

@@ -18,6 +18,11 @@ the windows before it (``History``), whose ids are final. Links:
   unrelated connections do collide; the addresses keep such collisions
   from joining them.
 
+Each join looks its keys up in sorted indexes: the window's own (sorted
+here) and the history's (kept sorted by History as windows come and go);
+among equal keys (only hostile input repeats one) the window's spans win,
+then the oldest history row.
+
 Then: the root of every span (following parents; a cycle, which only
 hostile input makes, is cut and its spans start traces), the eBPF trace id (from the
 root: its span id and a 64-bit mix of it), the app trace id (the nearest
@@ -46,6 +51,13 @@ def mix64(x):
         return x ^ (x >> U64(31))
 
 
+# every byte pair's four hex digits, as the little-endian uint32 of their
+# ASCII codes: an array of big-endian bytes viewed as uint16 becomes its
+# hex text in one gather
+_HEX_QUADS = np.frombuffer(bytes.fromhex("".join(f"{b & 0xff:02x}{b >> 8:02x}".encode().hex() for b in range(65536))),
+                           "<u4")
+
+
 def hex_column(values, digits=16, zero_as="0"):
     """pyarrow strings: each uint64 as `digits` lowercase hex digits (16 or
     32 from a (hi, lo) pair); 0 as `zero_as` when given."""
@@ -58,38 +70,103 @@ def hex_column(values, digits=16, zero_as="0"):
         raw = np.asarray(values).astype(">u8")
         zero = raw == 0
     n = len(zero)
-    text = np.frombuffer(raw.tobytes().hex().encode(), np.uint8).reshape(n, digits)
+    text = _HEX_QUADS[raw.view("<u2")].view(np.uint8)
+    offsets = np.arange(n + 1, dtype=np.int32) * digits
+    column = pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text))
     if zero_as is None or not zero.any():
-        offsets = np.arange(n + 1, dtype=np.int32) * digits
-        return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text.tobytes()))
-    keep = np.ones((n, digits), bool)
-    keep[zero, len(zero_as):] = False
-    text = text.copy()
-    text[zero, :len(zero_as)] = np.frombuffer(zero_as.encode(), np.uint8)
-    widths = np.where(zero, len(zero_as), digits).astype(np.int32)
-    offsets = np.concatenate(([0], np.cumsum(widths))).astype(np.int32)
-    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(text[keep].tobytes()))
+        return column
+    return pc.if_else(pa.array(zero), pa.scalar(zero_as), column)  # (3x a byte mask's copy)
+
+
+def _join_keys(cols, name):
+    """(keys, rows) of the spans of `cols` (new spans or History.cols) that
+    can be parents in join `name`: entries by thread_trace_id ("thread"),
+    exits by their exchange ("exchange": sequence numbers and addresses;
+    "exchange_seq": sequence numbers only)."""
+    if name == "thread":
+        rows = np.flatnonzero(cols["incoming"])
+        return cols["ttid"][rows], rows
+    rows = np.flatnonzero(~cols["incoming"] & (cols["req_seq"] >= 0))
+    return _exchange_key(cols["req_seq"][rows], cols["resp_seq"][rows], cols["local"][rows], cols["remote"][rows],
+                         name == "exchange"), rows
+
+
+def _exchange_key(req, resp, client, server, with_addresses):
+    """One 64-bit key per exchange, equal at its two ends: the client's
+    (local, remote) is the server's (remote, local)."""
+    with np.errstate(over="ignore"):
+        k = mix64(req.astype(U64)) ^ mix64(resp.astype(U64) + U64(0x9E3779B97F4A7C15))
+        if with_addresses:
+            k ^= mix64(client * U64(0xD6E8FEB86659FD93)) ^ mix64(server * U64(0xA0761D6478BD642F) + U64(2))
+        return k
+
+
+def _sorted_index(keys, rows):
+    """(keys sorted, their rows): stable, so among equal keys the first row
+    comes first."""
+    order = np.argsort(keys, kind="stable")
+    return keys[order], rows[order]
 
 
 class History:
     """Linked spans still able to be parents of later ones: what link()
-    needs of them, as columns (app trace ids as one Arrow string array);
-    older windows are pruned by the caller."""
+    needs of them, as columns (``cols``: numpy views; app trace ids as one
+    chunked Arrow string array), and their join indexes (the keys of each
+    join, sorted, with their rows), kept sorted as windows come (a merge of
+    two sorted runs), so that a window's join sorts only its own spans
+    however long the history. Rows live in buffers with room to grow:
+    adding a window writes its rows only, and pruning the oldest (the
+    caller prunes by window, and windows come in order) moves the start.
+    Costs per window follow the window's size, not the history's (but for
+    the renumbering of the indexes and an occasional compaction)."""
 
     NUMERIC = {"span_id": U64, "incoming": bool, "ttid": np.int64, "req_seq": np.int64, "resp_seq": np.int64,
                "local": U64, "remote": U64, "trace_hi": U64, "trace_lo": U64, "app_dec": np.int8, "keep": bool,
-               "window": np.int64}
+               "has_app": bool, "window": np.int64}
 
     def __init__(self):
-        self.cols = {c: np.zeros(0, t) for c, t in self.NUMERIC.items()}
-        self.app_trace = pa.array([], pa.string())  # the app trace id each span's trace took ("" none)
+        self._buf = {c: np.zeros(0, t) for c, t in self.NUMERIC.items()}
+        self._start = self._end = 0
+        self.cols = {c: b[:0] for c, b in self._buf.items()}
+        # the app trace id each span's trace took ("" none)
+        self.app_trace = pa.chunked_array([], pa.string())
+        self.with_app = 0  # spans whose trace took an app trace id
+        self.indexes = {}  # join name -> (sorted keys, rows)
 
     def __len__(self):
-        return len(self.cols["span_id"])
+        return self._end - self._start
+
+    def _views(self):
+        self.cols = {c: b[self._start:self._end] for c, b in self._buf.items()}
+
+    def index(self, name):
+        """The sorted (keys, rows) of join `name`, built on first use."""
+        if name not in self.indexes:
+            self.indexes[name] = _sorted_index(*_join_keys(self.cols, name))
+        return self.indexes[name]
 
     def add(self, cols):
-        self.cols = {c: np.concatenate([self.cols[c], np.asarray(cols[c], t)]) for c, t in self.NUMERIC.items()}
-        self.app_trace = pa.concat_arrays([self.app_trace, cols["app_trace"]])
+        """Append link()'s history rows; their join indexes (in cols
+        ["indexes"], rows counted from 0) merge into the history's."""
+        base, k = len(self), len(cols["span_id"])
+        for name, (keys, rows) in cols["indexes"].items():
+            if name in self.indexes or not base:
+                old_keys, old_rows = self.indexes.get(name, (keys[:0], rows[:0]))
+                self.indexes[name] = _sorted_index(np.concatenate([old_keys, keys]),
+                                                   np.concatenate([old_rows, rows + base]))
+        if self._end + k > len(self._buf["span_id"]):  # full: compact, with room for as many again
+            room = max(2 * (base + k), 4096)
+            for c, b in self._buf.items():
+                grown = np.empty(room, b.dtype)
+                grown[:base] = b[self._start:self._end]
+                self._buf[c] = grown
+            self._start, self._end = 0, base
+        for c, t in self.NUMERIC.items():
+            self._buf[c][self._end:self._end + k] = cols[c]
+        self._end += k
+        self._views()
+        self.app_trace = pa.chunked_array([*self.app_trace.chunks, cols["app_trace"]], pa.string())
+        self.with_app += int(np.count_nonzero(cols["has_app"]))
 
     def prune(self, before_window, max_spans=None):
         """Forget the spans of windows before `before_window`, then the
@@ -102,9 +179,26 @@ class History:
             # window linked): the oldest come first
             keep[:len(keep) - max_spans] = False
             evicted = int((self.cols["window"][:len(keep) - max_spans] >= before_window).sum())
-        if not keep.all():
-            self.cols = {c: v[keep] for c, v in self.cols.items()}
+        if keep.all():
+            return evicted
+        self.with_app -= int(np.count_nonzero(self.cols["has_app"][~keep]))
+        cut = int(np.argmax(keep)) if keep.any() else len(keep)
+        if keep[cut:].all():  # the oldest rows: the start moves
+            self._start += cut
+            self.app_trace = self.app_trace.slice(cut)
+            for name, (keys, rows) in self.indexes.items():
+                kept = rows >= cut
+                self.indexes[name] = keys[kept], rows[kept] - cut
+        else:  # (not how windows prune; kept right all the same)
+            for c, b in self._buf.items():
+                b[:int(keep.sum())] = b[self._start:self._end][keep]
+            self._start, self._end = 0, int(keep.sum())
             self.app_trace = self.app_trace.filter(pa.array(keep))
+            renumber = np.cumsum(keep) - 1
+            for name, (keys, rows) in self.indexes.items():
+                kept = keep[rows]
+                self.indexes[name] = keys[kept], renumber[rows[kept]]
+        self._views()
         return evicted
 
 
@@ -115,10 +209,15 @@ def _ints(table, name, dtype, fill):
     return table.column(name).cast(wide).fill_null(fill).to_numpy().astype(dtype)
 
 
+def _empty_strings(n):
+    """n "" as an Arrow string array: offsets of zeros, no characters."""
+    return pa.StringArray.from_buffers(n, pa.py_buffer(np.zeros(n + 1, np.int32)), pa.py_buffer(b""))
+
+
 def _strings(table, name):
     """The column as one Arrow string array, nulls as ""."""
     if name not in table.column_names:
-        return pa.array(np.full(table.num_rows, ""), pa.string())
+        return _empty_strings(table.num_rows)
     return pc.fill_null(table.column(name).cast(pa.string()), "").combine_chunks()
 
 
@@ -130,34 +229,56 @@ def _addresses(table):
                 h["dst_ip"] ^ mix64(h["dst_port"] + U64(0x9E3779B97F4A7C15)))
 
 
-def _match(keys_from, keys_to):
-    """For each keys_from[i], an index j with keys_to[j] == keys_from[i],
-    else -1 (first such j in sorted order when several)."""
-    if not len(keys_to) or not len(keys_from):
-        return np.full(len(keys_from), -1, np.int64)
-    order = np.argsort(keys_to, kind="stable")
-    sorted_keys = keys_to[order]
-    pos = np.searchsorted(sorted_keys, keys_from)
-    pos_c = np.minimum(pos, len(sorted_keys) - 1)
-    found = sorted_keys[pos_c] == keys_from
-    return np.where(found, order[pos_c], -1)
+def _match(queries, *indexes):
+    """For each query key, the row of the first equal key in the first of
+    `indexes` ((sorted keys, rows, added to rows) triples) that has one,
+    else -1. The queries
+    are sorted first: searches in key order walk the index forward, several
+    times faster than random ones into a large index."""
+    found = np.full(len(queries), -1, np.int64)
+    if not len(queries):
+        return found
+    order = np.argsort(queries)
+    q = queries[order]
+    got = np.full(len(q), -1, np.int64)
+    for keys, rows, base in reversed(indexes):  # the first index's hits written last: they win
+        if not len(keys):
+            continue
+        pos = np.minimum(np.searchsorted(keys, q), len(keys) - 1)
+        hit = keys[pos] == q
+        got[hit] = rows[pos[hit]] + base
+    found[order] = got
+    return found
 
 
-def _roots(parent):
-    """Root of every node of the forest `parent` (-1 = none), by pointer
-    doubling; returns (root, parent), parent with any cycle cut."""
-    idx = np.arange(len(parent))
+def _roots(parent, n):
+    """Root of each of the n new spans, by pointer doubling: `parent`
+    (-1 = none) points to new spans (< n) or to history spans (>= n), which
+    are final and so roots here. Returns (root, parent), parent with any
+    cycle cut (only hostile input makes one; its spans start traces)."""
+    idx = np.arange(n)
     for attempt in range(2):
         jump = np.where(parent >= 0, parent, idx)
         for _ in range(65):  # 2**64 levels: more than any real trace
-            if (parent[jump] < 0).all():
+            inner = np.flatnonzero(jump < n)
+            open_ = inner[parent[jump[inner]] >= 0]
+            if not len(open_):
                 return jump, parent
-            jump = jump[jump]
+            jump[open_] = jump[jump[open_]]
         # still not at a root: those nodes sit on a cycle or below one,
         # and their jump has landed on the cycle; those become roots
         parent = parent.copy()
-        parent[np.unique(jump[parent[jump] >= 0])] = -1
+        parent[np.unique(jump[open_])] = -1
     raise AssertionError("cycles left after cutting them")  # cannot happen: a cut cycle is a tree
+
+
+def _either(new, old, at, n):
+    """Values at union rows `at`: new[at] below n, else old[at - n]."""
+    out = np.empty(len(at), new.dtype)
+    is_new = at < n
+    out[is_new] = new[at[is_new]]
+    out[~is_new] = old[at[~is_new] - n]
+    return out
 
 
 def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_trace_id=True, window=0):
@@ -182,66 +303,64 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
     has_app = pc.not_equal(app_trace, "").to_numpy(zero_copy_only=False)
     app_dec = _ints(table, "app_span_sampled", np.int8, 0)
 
-    # the union: new spans 0..n-1, history n..n+m-1
-    all_in = np.concatenate([incoming, h["incoming"]])
-    all_ttid = np.concatenate([ttid, h["ttid"]])
-    all_req = np.concatenate([req, h["req_seq"]])
-    all_resp = np.concatenate([resp, h["resp_seq"]])
-    all_local = np.concatenate([local, h["local"]])
-    all_remote = np.concatenate([remote, h["remote"]])
-    parent = np.full(n + m, -1, np.int64)
+    new = {"incoming": incoming, "ttid": ttid, "req_seq": req, "resp_seq": resp, "local": local, "remote": remote}
+    # rows: new spans 0..n-1, history n..n+m-1; parent of each new span
+    parent = np.full(n, -1, np.int64)
+    indexes = {}
 
-    new = np.arange(n)
+    def index_pair(name):
+        """The join's index of the new spans (kept for History.add) and
+        the history's, its rows counted from n."""
+        indexes[name] = _sorted_index(*_join_keys(new, name))
+        keys, rows = history.index(name)
+        return (*indexes[name], 0), (keys, rows, n)
+
     # inside a process: exit -> entry with its thread_trace_id
-    entries = np.flatnonzero(all_in)
-    exits_new = new[~incoming]
-    got = _match(all_ttid[exits_new], all_ttid[entries])
-    parent[exits_new[got >= 0]] = entries[got[got >= 0]]
+    exits_new = np.flatnonzero(~incoming)
+    got = _match(ttid[exits_new], *index_pair("thread"))
+    parent[exits_new] = got
     orphans = int((got < 0).sum())
-    # across hosts: entry -> exit of the same exchange
-    exits = np.flatnonzero(~all_in & (all_req >= 0))
-    entries_new = new[incoming & (req >= 0)]
-
-    def key(r, s, a, b):
-        with np.errstate(over="ignore"):
-            k = mix64(r.astype(U64)) ^ mix64(s.astype(U64) + U64(0x9E3779B97F4A7C15))
-            if match_addresses:
-                k = k ^ mix64(a * U64(0xD6E8FEB86659FD93)) ^ mix64(b * U64(0xA0761D6478BD642F) + U64(2))
-            return k
-
-    got = _match(key(all_req[entries_new], all_resp[entries_new], all_remote[entries_new], all_local[entries_new]),
-                 key(all_req[exits], all_resp[exits], all_local[exits], all_remote[exits]))
-    ok = got >= 0
-    cand = exits[np.where(ok, got, 0)] if len(exits) else np.zeros(len(got), np.int64)
-    ok &= (all_req[cand] == all_req[entries_new]) & (all_resp[cand] == all_resp[entries_new])
+    # across hosts: entry -> exit of the same exchange (the key's hash
+    # checked against the values: a 64-bit collision joins nothing)
+    entries_new = np.flatnonzero(incoming & (req >= 0))
+    exchange = "exchange" if match_addresses else "exchange_seq"
+    cand = _match(_exchange_key(req[entries_new], resp[entries_new], remote[entries_new], local[entries_new],
+                                match_addresses), *index_pair(exchange))
+    found = cand >= 0
+    entries_new, cand = entries_new[found], cand[found]
+    ok = ((_either(req, h["req_seq"], cand, n) == req[entries_new])
+          & (_either(resp, h["resp_seq"], cand, n) == resp[entries_new]))
     if match_addresses:
-        ok &= (all_local[cand] == all_remote[entries_new]) & (all_remote[cand] == all_local[entries_new])
+        ok &= ((_either(local, h["local"], cand, n) == remote[entries_new])
+               & (_either(remote, h["remote"], cand, n) == local[entries_new]))
     parent[entries_new[ok]] = cand[ok]
-    parent[n:] = -1  # history is final
 
-    root, parent = _roots(parent)
-    root_new = root[:n]
+    root, parent = _roots(parent, n)
     # trace id: history roots keep theirs; new roots derive one from the span id
-    sid_all = np.concatenate([span_id, h["span_id"]])
-    trace_hi = np.concatenate([mix64(span_id), h["trace_hi"]])[root_new]
-    trace_lo = np.concatenate([span_id, h["trace_lo"]])[root_new]
+    trace_hi = _either(mix64(span_id), h["trace_hi"], root, n)
+    trace_lo = _either(span_id, h["trace_lo"], root, n)
 
     # app trace: the nearest span on the way to the root that carried one
     # (history spans stand for their whole trace: they are roots here)
-    all_app = np.concatenate([has_app, pc.not_equal(history.app_trace, "").to_numpy(zero_copy_only=False)])
-    sentinel = n + m
-    owner = np.append(np.where(all_app, np.arange(n + m), np.where(parent >= 0, parent, sentinel)), sentinel)
-    settled = np.append(all_app, True)
-    for _ in range(65):
-        step = np.where(settled[owner], owner, owner[owner])
-        if np.array_equal(step, owner):
-            break
-        owner = step
-    own = owner[:n]
-    own_has = own < sentinel
-    all_app_trace = pa.concat_arrays([app_trace, history.app_trace, pa.array([""], pa.string())])
-    own_trace = all_app_trace.take(pa.array(own))
-    own_dec = np.concatenate([app_dec, h["app_dec"], [0]]).astype(np.int8)[own]
+    sentinel = n + m  # none
+    if has_app.any() or history.with_app:
+        at_history = parent >= n
+        hist_has = np.zeros(n, bool)
+        hist_has[at_history] = h["has_app"][parent[at_history] - n]
+        owner = np.where(has_app, np.arange(n), np.where((parent >= 0) & (~at_history | hist_has), parent, sentinel))
+        for _ in range(65):
+            walking = np.flatnonzero(owner < n)
+            walking = walking[~has_app[owner[walking]]]
+            if not len(walking):
+                break
+            owner[walking] = owner[owner[walking]]
+        own_has = owner < sentinel
+        own_trace = pa.chunked_array([app_trace, *history.app_trace.chunks, pa.array([""], pa.string())],
+                                     pa.string()).take(pa.array(owner)).combine_chunks()
+        own_dec = np.zeros(n, np.int8)
+        own_dec[own_has] = _either(app_dec, h["app_dec"], owner[own_has], n)
+    else:  # no app trace id anywhere: nothing to walk
+        own_has, own_trace, own_dec = np.zeros(n, bool), _empty_strings(n), np.zeros(n, np.int8)
 
     # sampling per trace: the app's decision, else the history's, else a hash
     with np.errstate(over="ignore"):
@@ -252,22 +371,25 @@ def link(table, history, *, sampling_rate=1.0, match_addresses=True, use_app_tra
         keep = np.zeros(n, bool)
     else:
         keep = hashed < U64(sampling_rate * 2.0**64)
-    from_history = root_new >= n
-    keep = np.where(from_history, np.concatenate([np.zeros(n, bool), h["keep"]])[root_new], keep)
+    from_history = root >= n
+    keep[from_history] = h["keep"][root[from_history] - n]
     keep = np.where(own_dec != 0, own_dec > 0, keep)
 
-    parent_new = parent[:n]
-    ebpf_parent = np.where(parent_new >= 0, sid_all[np.maximum(parent_new, 0)], U64(0)).astype(U64)
+    ebpf_parent = np.zeros(n, U64)
+    linked = parent >= 0
+    ebpf_parent[linked] = _either(span_id, h["span_id"], parent[linked], n)
     ebpf_trace_id = hex_column((trace_hi, trace_lo), 32, None)
     ebpf_parent_id = hex_column(ebpf_parent)
-    if use_app_trace_id:
-        trace_id = pc.if_else(pa.array(own_has), own_trace, ebpf_trace_id)
-        parent_id = pc.if_else(pa.array(has_app), _strings(table, "app_parent_id"), ebpf_parent_id)
+    if use_app_trace_id:  # (no string work where no span has an app id)
+        trace_id = pc.if_else(pa.array(own_has), own_trace, ebpf_trace_id) if own_has.any() else ebpf_trace_id
+        parent_id = (pc.if_else(pa.array(has_app), _strings(table, "app_parent_id"), ebpf_parent_id)
+                     if has_app.any() else ebpf_parent_id)
     else:
         trace_id, parent_id = ebpf_trace_id, ebpf_parent_id
     out = {"span_id": hex_column(span_id, 16, None), "ebpf_trace_id": ebpf_trace_id,
            "ebpf_parent_id": ebpf_parent_id, "trace_id": trace_id, "parent_id": parent_id}
     hist = {"span_id": span_id, "incoming": incoming, "ttid": ttid, "req_seq": req, "resp_seq": resp,
             "local": local, "remote": remote, "trace_hi": trace_hi, "trace_lo": trace_lo, "app_trace": own_trace,
-            "app_dec": own_dec, "keep": keep, "window": np.full(n, window, np.int64)}
+            "app_dec": own_dec, "keep": keep, "has_app": own_has, "window": np.full(n, window, np.int64),
+            "indexes": indexes}
     return out, keep, hist, {"orphan": orphans}

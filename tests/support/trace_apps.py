@@ -1,11 +1,15 @@
 """Real programs for the ebpf-trace tests: redis-server, and a threaded
 Python HTTP server that calls it on every request (one span per request
 with Redis child spans on the same thread). Loopback only."""
+import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+
+from .netns import call_in_netns
 
 # GET /item/<key>: SET <key> <n>, GET <key> on redis (a connection per
 # handler thread, kept), then 200 with the value; GET /missing: 404.
@@ -63,13 +67,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_port(port, proc, what, timeout=15):
+def wait_port(port, proc, what, timeout=15, host="127.0.0.1"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if proc.poll() is not None:
             raise RuntimeError(f"{what} exited with {proc.returncode}")
         try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            socket.create_connection((host, port), 0.5).close()
             return
         except OSError:
             time.sleep(0.05)
@@ -134,6 +138,128 @@ class TracedApps:
     def stop(self):
         for p in (self.web, self.redis):
             stop_process(p, 5)
+
+
+# A link of a service chain, configured by argv[1] (JSON: ip, port, name,
+# next, pooled, hold, sleep): GET /chain/<x> -> when `next` is set, GET
+# <next>/chain/<x> from the handler's thread, on a new connection, or
+# (`pooled`) on one kept-alive connection all handler threads share, taking
+# turns; else (the last link) the request waits `sleep` s, and requests for
+# /chain/con-* wait until `hold` of them are in (a barrier: concurrent
+# requests overlap at every link however the load delays their clients).
+# Then 200 with "<name>(<what next answered>)". Thread per connection.
+CHAIN_SERVER = r"""
+import http.client, http.server, json, sys, threading, time, urllib.parse
+cfg = json.loads(sys.argv[1])
+name = cfg["name"].encode()
+nxt = urllib.parse.urlsplit(cfg["next"]) if cfg.get("next") else None
+turn, shared = threading.Lock(), []
+together = threading.Barrier(cfg["hold"]) if cfg.get("hold") else None
+
+def call_next(path):
+    if not cfg.get("pooled"):
+        c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30)
+        c.request("GET", path)
+        body = c.getresponse().read()
+        c.close()
+        return body
+    with turn:
+        if not shared:
+            shared.append(http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30))
+        shared[0].request("GET", path)
+        return shared[0].getresponse().read()
+
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = name
+        if nxt is not None:
+            body += b"(" + call_next(self.path) + b")"
+        else:
+            time.sleep(cfg.get("sleep", 0))
+            if together is not None and self.path.startswith("/chain/con-"):
+                try:
+                    together.wait(20)
+                except threading.BrokenBarrierError:
+                    pass  # (the test sees no overlap and says so)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a):
+        pass
+
+http.server.ThreadingHTTPServer((cfg["ip"], cfg["port"]), H).serve_forever()
+"""
+
+
+class ServiceChain:
+    """A -> B -> C: three threaded Python HTTP servers (CHAIN_SERVER), each
+    in its own network namespace (`hosts`: three entered NetNS, the chain's
+    hosts; A listens on every address of its namespace, curl calls it at
+    hosts[0].peer_ip; A calls B at next_ips[0], B calls C at next_ips[1]),
+    each with its own
+    DKE_SERVICE (`services`) and the variables of `envs[i]` (the test's
+    process-list marks). C answers after `sleep` s, and holds requests for
+    /chain/con-* until `hold` of them are in. `pooled`: A and B call the
+    next link over one kept-alive connection their threads share."""
+
+    PORT = 8080
+
+    def __init__(self, hosts, next_ips, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, hold=0,
+                 pooled=False):
+
+        self.hosts, self.services = hosts, services
+        self.procs = []
+        try:
+            for i in reversed(range(3)):  # C first: each link calls one that listens
+                cfg = {"ip": "0.0.0.0", "port": self.PORT, "name": services[i], "pooled": pooled,
+                       "next": f"http://{next_ips[i]}:{self.PORT}" if i < 2 else None,
+                       "sleep": sleep, "hold": hold}
+                env = dict(os.environ, **envs[i], DKE_SERVICE=services[i])
+                p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, json.dumps(cfg)],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                self.procs.insert(0, p)
+                call_in_netns(hosts[i].name, wait_port, self.PORT, p, services[i], 15)  # (on its loopback)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pids(self):
+        """pid of A, B and C (`ip netns exec` exec()s the server: same pid)."""
+        return [str(p.pid) for p in self.procs]
+
+    def url(self, path):
+        return f"http://{self.hosts[0].peer_ip}:{self.PORT}{path}"
+
+    def curl(self, path, env, headers=(), delay=2.5):
+        """curl (from the host's namespace) asking A for `path`, started
+        through a waiting shell (see TracedApps.curl); stdout is piped."""
+        args = ["curl", "-s", "--max-time", "30"]
+        for h in headers:
+            args += ["-H", h]
+        return start_after(delay, [*args, self.url(path)], dict(os.environ, **env), stdout=subprocess.PIPE)
+
+    def stop(self):
+        for p in self.procs:
+            stop_process(p, 5)
+
+
+@contextlib.contextmanager
+def running_linker(cmd, data_dir, datakit_url, cwd):
+    """`cmd linker` (cmd: how the test runs dkebpf) on a free loopback port
+    with 1 s windows and 2 s lateness, writing to `datakit_url`; yields its
+    URL, SIGTERMs it after."""
+    port = free_port()
+    p = subprocess.Popen([*cmd, "linker", "--listen", f"127.0.0.1:{port}", "--datakit", datakit_url,
+                          "--data-dir", str(data_dir), "--window", "1s", "--lateness", "2s"],
+                         cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_port(port, p, "dkebpf linker")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(p, 15)
 
 
 class Postgres:

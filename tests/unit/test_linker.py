@@ -397,3 +397,55 @@ def test_history_is_bounded_oldest_spans_go_first(tmp_path):
     late = span("b", "outgoing", 200, 1, 2, ("10.0.0.2", 1), ("10.0.0.3", 2), BASE_US + 30)
     assert w.add(parse_spans(late, 0)[0])
     assert w.counters["late"] == 1 and w.counters["orphan"] == 1 and w.counters["written"] == 16
+
+
+def _linked_window(history, lines, first_id, window):
+    """link() one window of line-protocol spans (span ids from first_id)
+    and add it to history; returns (ids columns, stats)."""
+    from dkebpf.linker.ingest import parse_spans
+    table, rejected, _ = parse_spans("\n".join(lines), 0)
+    assert rejected == 0
+    table = table.append_column("span_id", pa.array(np.arange(first_id, first_id + table.num_rows, dtype=np.uint64)))
+    out, _, hist, stats = link(table, history, window=window)
+    history.add(hist)
+    return out, stats
+
+
+def _indexes_as_built_from_scratch(history):
+    """The history's kept-sorted join indexes equal ones built from its rows."""
+    from dkebpf.linker.join import _join_keys, _sorted_index
+    for name, (keys, rows) in history.indexes.items():
+        want_keys, want_rows = _sorted_index(*_join_keys(history.cols, name))
+        assert keys.tolist() == want_keys.tolist() and rows.tolist() == want_rows.tolist(), name
+
+
+def test_history_join_indexes_follow_adds_and_prunes():
+    """Windows join to earlier ones through the history's indexes, which
+    stay right as windows are added and pruned (the oldest first: the start
+    moves; or rows in the middle: renumbered)."""
+    A, B = ("10.0.0.1", 8080), ("10.0.0.2", 8081)
+    history = History()
+    # window 0: A serves a request and calls B
+    out0, _ = _linked_window(history, [span("a", "incoming", 11, 1, 2, A, ("9.9.9.9", 1), BASE_US),
+                                       span("a", "outgoing", 11, 70, 80, ("10.0.0.1", 4000), B, BASE_US + 1)], 1, 0)
+    # window 1: B's side of that call, and an exit of B's request
+    out1, stats = _linked_window(history, [span("b", "incoming", 22, 70, 80, B, ("10.0.0.1", 4000), BASE_US + 2),
+                                           span("b", "outgoing", 22, 90, 91, ("10.0.0.2", 4001), A, BASE_US + 3)],
+                                 3, 1)
+    assert out1["ebpf_parent_id"].to_pylist() == ["%016x" % 2, "%016x" % 3] and stats["orphan"] == 0
+    assert out1["ebpf_trace_id"].to_pylist() == [out0["ebpf_trace_id"][0].as_py()] * 2
+    _indexes_as_built_from_scratch(history)
+    assert history.prune(1) == 0 and len(history) == 2  # window 0 goes: the start moves
+    _indexes_as_built_from_scratch(history)
+    # window 2: another exit of A's request (forgotten: an orphan) and of B's (joined)
+    out2, stats = _linked_window(history, [span("a", "outgoing", 11, 5, 6, ("10.0.0.1", 4002), B, BASE_US + 4),
+                                           span("b", "outgoing", 22, 7, 8, ("10.0.0.2", 4003), A, BASE_US + 5)],
+                                 5, 2)
+    assert out2["ebpf_parent_id"].to_pylist() == ["0", "%016x" % 3] and stats["orphan"] == 1
+    # rows out of window order (not how the linker adds them): pruned by a mask
+    _linked_window(history, [span("c", "incoming", 33, 1, 2, A, ("9.9.9.9", 2), BASE_US + 6)], 7, 0)
+    assert history.prune(1) == 0 and history.cols["span_id"].tolist() == [3, 4, 5, 6]
+    _indexes_as_built_from_scratch(history)
+    out3, stats = _linked_window(history, [span("c", "outgoing", 33, 9, 9, A, B, BASE_US + 7),
+                                           span("b", "outgoing", 22, 9, 9, B, A, BASE_US + 8)], 8, 3)
+    assert out3["ebpf_parent_id"].to_pylist() == ["0", "%016x" % 3] and stats["orphan"] == 1
