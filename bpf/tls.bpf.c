@@ -77,7 +77,6 @@ struct ssl_call {
 	__u64 buf;   /* user buffer with (write) or for (read) the plaintext */
 	__u64 lenp;  /* _ex: size_t *written / *readbytes */
 	__u64 sk;    /* struct sock * seen inside this call, 0 until then */
-	__u64 ts_ns; /* entry time */
 	__u8 kind;   /* CALL_* */
 };
 
@@ -154,7 +153,6 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 		.ssl = (__u64)ssl,
 		.buf = (__u64)buf,
 		.lenp = (__u64)lenp,
-		.ts_ns = bpf_ktime_get_ns(),
 		.kind = kind,
 	};
 	if (bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY))

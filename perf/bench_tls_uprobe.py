@@ -2,7 +2,9 @@
 memory BIOs (one SSL_write_ex + one SSL_read_ex per round, no socket, so the
 kernel side stops after its map lookups) with tls.bpf.o's probes detached
 and attached; the difference per call is the price of the uprobe, the
-uretprobe and the programs. Needs root and openssl.
+uretprobe and the programs. Then the floor: empty programs
+(perf/tlsfloor.bpf.c) on the same entry uprobes and uretprobes, and on the
+entry uprobes alone (one probe per call). Needs root, openssl, clang.
 
     python3 perf/bench_tls_uprobe.py
 
@@ -68,12 +70,14 @@ def round_time(cert, key):
 def main():
     from dkebpf import kernel
     from dkebpf.plugins.tls_probes import TlsProbes
+    from bench_httpflow_tls import Floor, build_floor
 
     kernel.ensure_mounts()
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                         "/CN=localhost", "-keyout", key, "-out", cert], check=True, capture_output=True)
+        floor_obj = build_floor(tmp)
         off = min(round_time(cert, key) for _ in range(2))
         cfg = SimpleNamespace(host_proc="/proc", host_root="", ipv6_disabled=False)
         tp = TlsProbes(cfg, logging.getLogger("bench"), os.getpid())
@@ -83,12 +87,18 @@ def main():
             calls = tp.counters()["kernel_drop_tls_socket_unknown"]
         finally:
             tp.stop()
+        floors = []
+        for name, uprobes in (("floor_entry_and_return", "all"), ("floor_entry_only", "entry")):
+            with Floor(floor_obj, False, uprobes):
+                floors.append((name, min(round_time(cert, key) for _ in range(2))))
         split = entry_probe_split(cert, key, off)
     per_round = 2  # SSL_write_ex + SSL_read_ex with data (each counted as socket_unknown)
     print(f"round_off_us: {off * 1e6:.2f}")
     print(f"round_on_us: {on * 1e6:.2f}")
     print(f"round_ratio: {on / off:.2f}")
     print(f"probe_cost_per_ssl_call_us: {(on - off) / per_round * 1e6:.2f}")
+    for name, t in floors:
+        print(f"{name}_cost_per_ssl_call_us: {(t - off) / per_round * 1e6:.2f}")
     print(f"probed_calls_seen: {calls}")
     for name, v in split:
         print(f"{name}: {v:.2f}")
