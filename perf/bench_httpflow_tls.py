@@ -15,15 +15,18 @@ loopback, in the same run, modes alternating within each round:
   floor_tps     empty programs on the three socket tracepoints alone
 
 Prints the median over rounds of wrk's requests/s and mean latency as
-ratios against `off` of the same round; for the collector the CPU per 10k
-requests/s, the requests reported per end against wrk's count and the
+ratios against `off` of the same round, and the CPU efficiency ratio: CPU
+seconds per request of wrk + the nginx worker (+ the collector) off,
+divided by the same with the mode. On a machine that nginx + wrk saturate
+alone that is the throughput ratio; other load on a shared machine inflates
+wall-clock figures but not CPU per request. For the collector: its CPU per
+10k requests/s, the requests reported per end against wrk's count and the
 records lost (kernel_drop_tls_events_ring_full). With
 kernel.bpf_stats_enabled=1 (restored afterwards) the kernel times every
 program: per program hits per request and ns per hit (run_time_ns /
-run_cnt, the BPF code alone), and per floor mode the cost per uprobe hit
-that the throughput implies ((2 cores / rps - 2 cores / rps_off) / hits
-per request: trap, uprobe machinery and program; the machine must be
-saturated by nginx + wrk for that to hold).
+run_cnt, the BPF code alone); per floor mode the CPU per uprobe hit (CPU
+per request above `off` / uprobe hits per request: trap, uprobe machinery
+and the empty program).
 
     python3 perf/bench_httpflow_tls.py
         (BENCH_SECONDS=10, BENCH_CONNS=32, BENCH_ROUNDS=3,
@@ -33,12 +36,13 @@ Needs root, nginx, wrk, openssl, clang. Prints `name: value` lines.
 """
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
 import time
 
-from collector import Collector, prog_stats, wrk as wrk_url
+from collector import Collector, cpu_seconds, prog_stats, wrk as wrk_url
 from support.tls_nginx import TlsNginx
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -52,12 +56,24 @@ TRACEPOINTS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 # floor mode -> (tracepoints attached, which uprobes: "all" entry + return, "entry", None)
 FLOORS = {"floor_tls": (True, "all"), "floor_entry": (False, "entry"), "floor_tps": (True, None)}
 STATS = "/proc/sys/kernel/bpf_stats_enabled"
-CORES = os.cpu_count()
 H = "ebpf-net/httpflow-tls"
 
 
 def wrk(url):
     return wrk_url(url, SECONDS, CONNS)
+
+
+def measured(url, worker, others=()):
+    """wrk against url: {rps, lat, total, cpu_req}; cpu_req is the CPU
+    seconds per request of wrk (a child: RUSAGE_CHILDREN), the nginx worker
+    and the processes in others (the collector), which other load on this
+    shared machine does not inflate as it does wall-clock throughput."""
+    def cpu():
+        ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return ru.ru_utime + ru.ru_stime + sum(cpu_seconds(p) for p in (worker, *others))
+    c0 = cpu()
+    rps, lat, total = wrk(url)
+    return {"rps": rps, "lat": lat, "total": total, "cpu_req": (cpu() - c0) / total}
 
 
 def build_floor(out_dir):
@@ -123,26 +139,28 @@ def stats_delta(before, after):
     return rows
 
 
-def run_collector(tmp, url, port, name, l7):
+def run_collector(tmp, url, srv, name, l7):
     with Collector(tmp, name, ["--enabled", "ebpf-net", "--l7net-enabled", l7]) as c:
         time.sleep(1)
         c0 = c.cpu_seconds()
         s0 = c.prog_stats()
-        rps, lat, total = wrk(url)
+        x = measured(url, srv.worker, (c.pid,))
         s1 = c.prog_stats()
-        cpu = c.cpu_seconds() - c0
+        x["cpu"] = c.cpu_seconds() - c0
         time.sleep(4)  # two more intervals: the last exchanges (connection ends) reported
         m = c.metrics()
-    return {"rps": rps, "lat": lat, "total": total, "cpu": cpu, "reported": c.reported_requests(port),
-            "lost": int(m.get((H, "kernel_drop_tls_events_ring_full"), 0)), "progs": stats_delta(s0, s1)}
+    x.update(reported=c.reported_requests(srv.port), lost=int(m.get((H, "kernel_drop_tls_events_ring_full"), 0)),
+             progs=stats_delta(s0, s1))
+    return x
 
 
-def run_floor(obj, url, mode):
+def run_floor(obj, url, srv, mode):
     with Floor(obj, *FLOORS[mode]):
         s0 = prog_stats(os.getpid())
-        rps, lat, total = wrk(url)
+        x = measured(url, srv.worker)
         s1 = prog_stats(os.getpid())
-    return {"rps": rps, "lat": lat, "total": total, "progs": stats_delta(s0, s1)}
+    x["progs"] = stats_delta(s0, s1)
+    return x
 
 
 def uprobe_hits(progs):
@@ -166,19 +184,20 @@ def main():
                 print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s https, nginx 1 worker TLS, loopback; {ROUNDS} rounds; "
                       f"modes {','.join(MODES)}")
                 for r in range(ROUNDS):
-                    rps, lat, total = wrk(url)
-                    off = {"rps": rps, "lat": lat, "total": total}
+                    off = measured(url, srv.worker)
                     res.setdefault("off", []).append(off)
-                    print(f"round {r} off: {rps:.0f} req/s", flush=True)
+                    print(f"round {r} off: {off['rps']:.0f} req/s, {off['cpu_req'] * 1e6:.1f} us CPU/request",
+                          flush=True)
                     for mode in MODES:
                         if mode in COLLECTOR_MODES:
-                            x = run_collector(tmp, url, srv.port, f"{mode}-{r}", COLLECTOR_MODES[mode])
+                            x = run_collector(tmp, url, srv, f"{mode}-{r}", COLLECTOR_MODES[mode])
                         else:
-                            x = run_floor(obj, url, mode)
+                            x = run_floor(obj, url, srv, mode)
                         x["ratio"], x["lat_ratio"] = x["rps"] / off["rps"], x["lat"] / off["lat"]
-                        x["off_rps"] = off["rps"]
+                        x["cpu_ratio"], x["off"] = off["cpu_req"] / x["cpu_req"], off
                         res.setdefault(mode, []).append(x)
-                        line = f"round {r} {mode}: {x['rps']:.0f} req/s ({x['ratio']:.3f}), latency {x['lat_ratio']:.3f}"
+                        line = (f"round {r} {mode}: {x['rps']:.0f} req/s ({x['ratio']:.3f}), latency "
+                                f"{x['lat_ratio']:.3f}, {x['cpu_req'] * 1e6:.1f} us CPU/request ({x['cpu_ratio']:.3f})")
                         if "reported" in x:
                             line += (f", wrk requests {x['total']}, reported per end {x['reported'] / 2:.0f}, "
                                      f"lost {x['lost']}")
@@ -198,6 +217,7 @@ def report(res):
         runs = res[mode]
         print(f"{mode}_throughput_ratio: {med(x['ratio'] for x in runs):.3f}")
         print(f"{mode}_latency_ratio: {med(x['lat_ratio'] for x in runs):.3f}")
+        print(f"{mode}_cpu_efficiency_ratio: {med(x['cpu_ratio'] for x in runs):.3f}")
         if "cpu" in runs[0]:
             print(f"{mode}_collector_cpu_per_10k_rps: {med(x['cpu'] / SECONDS / (x['rps'] / 1e4) for x in runs):.4f}")
             print(f"{mode}_records_lost: {max(x['lost'] for x in runs)}")
@@ -207,10 +227,10 @@ def report(res):
             ns = med(x["progs"][name][1] / x["progs"][name][0] for x in runs if name in x["progs"])
             print(f"{mode}_prog_{name}: {hits:.2f} hits/request, {ns:.0f} ns/hit (BPF run time)")
         if mode.startswith("floor") and FLOORS[mode][1]:
-            per_hit = [(CORES / x["rps"] - CORES / x["off_rps"]) / (uprobe_hits(x["progs"]) / x["total"]) * 1e9
+            per_hit = [(x["cpu_req"] - x["off"]["cpu_req"]) / (uprobe_hits(x["progs"]) / x["total"]) * 1e9
                        for x in runs]
             print(f"{mode}_uprobe_hits_per_request: {med(uprobe_hits(x['progs']) / x['total'] for x in runs):.2f}")
-            print(f"{mode}_ns_per_uprobe_hit_from_throughput: {med(per_hit):.0f}")
+            print(f"{mode}_ns_per_uprobe_hit: {med(per_hit):.0f}")
     print(f"load_average: {os.getloadavg()}")
 
 
