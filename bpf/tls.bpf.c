@@ -65,6 +65,7 @@ const volatile __u64 settle_ns = 1000000000;
 
 
 /* ssl_call.kind */
+#define CALL_NONE 0 /* the thread is not inside a probed SSL call */
 #define CALL_READ 1
 #define CALL_WRITE 2
 #define CALL_READ_EX 3
@@ -80,9 +81,10 @@ struct ssl_call {
 	__u8 kind;   /* CALL_* */
 };
 
-/* By thread id. LRU: a thread killed inside a blocking SSL_read never
- * returns and leaves its entry behind; the oldest such entries are the ones
- * evicted when the map is full, not calls in progress. */
+/* By thread id, one entry per thread that ever made a probed SSL call
+ * (CALL_NONE between calls). LRU: threads that exited leave their entry
+ * behind; the least recently used ones are evicted when the map is full,
+ * not calls in progress. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
@@ -149,13 +151,26 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 	if (self_tgid && (id >> 32) == self_tgid)
 		return 0;
 	__u32 tid = (__u32)id;
-	struct ssl_call c = {
+	/* A thread's entry stays in the map between its calls (leave() marks
+	 * it CALL_NONE): rewritten in place, a call costs one lookup, not an
+	 * update and a delete (each takes the LRU's locks). Only this thread
+	 * touches its entry. */
+	struct ssl_call *c = bpf_map_lookup_elem(&ssl_calls, &tid);
+	if (c) {
+		c->ssl = (__u64)ssl;
+		c->buf = (__u64)buf;
+		c->lenp = (__u64)lenp;
+		c->sk = 0;
+		c->kind = kind;
+		return 0;
+	}
+	struct ssl_call n = {
 		.ssl = (__u64)ssl,
 		.buf = (__u64)buf,
 		.lenp = (__u64)lenp,
 		.kind = kind,
 	};
-	if (bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY))
+	if (bpf_map_update_elem(&ssl_calls, &tid, &n, BPF_ANY))
 		count_drop(&drops, TLS_DROP_CALLS);
 	return 0;
 }
@@ -167,7 +182,7 @@ static __always_inline void learn_sock(struct sock *sk)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct ssl_call *c = bpf_map_lookup_elem(&ssl_calls, &tid);
-	if (!c || c->sk == (__u64)sk)
+	if (!c || c->kind == CALL_NONE || c->sk == (__u64)sk)
 		return;
 	c->sk = (__u64)sk;
 	struct ssl_key k = {.ssl = c->ssl, .tgid = id >> 32};
@@ -199,10 +214,10 @@ static __always_inline int leave(long ret)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
 	struct ssl_call *cp = bpf_map_lookup_elem(&ssl_calls, &tid);
-	if (!cp)
+	if (!cp || cp->kind == CALL_NONE)
 		return 0;
 	struct ssl_call c = *cp;
-	bpf_map_delete_elem(&ssl_calls, &tid);
+	cp->kind = CALL_NONE; /* the thread is out of SSL_*: its socket calls name nothing */
 
 	__s64 bytes = ret;
 	if (c.kind == CALL_READ_EX || c.kind == CALL_WRITE_EX) {
