@@ -25,6 +25,7 @@ import tempfile
 from types import SimpleNamespace
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 50000))
+SAMPLES = int(os.environ.get("BENCH_SAMPLES", 4))  # per mode, alternating; the best is kept
 
 CHILD = r"""
 import ssl, sys, time
@@ -52,7 +53,7 @@ for _ in range(10):
 n = int(sys.argv[3])
 msg = b"GET / HTTP/1.1\r\n\r\n"
 best = float("inf")
-for _ in range(3):
+for _ in range(2):
     t = time.process_time()
     for _ in range(n):
         c.write(msg)
@@ -80,19 +81,23 @@ def main():
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                         "/CN=localhost", "-keyout", key, "-out", cert], check=True, capture_output=True)
         floor_obj = build_floor(tmp)
-        off = min(round_time(cert, key) for _ in range(2))
         cfg = SimpleNamespace(host_proc="/proc", host_root="", ipv6_disabled=False)
-        tp = TlsProbes(cfg, logging.getLogger("bench"), os.getpid())
-        tp.start()
-        try:
-            on = min(round_time(cert, key) for _ in range(2))
-            calls = tp.counters()["kernel_drop_tls_socket_unknown"]
-        finally:
-            tp.stop()
-        floors = []
-        for name, uprobes in (("floor_entry_and_return", "all"), ("floor_entry_only", "entry")):
-            with Floor(floor_obj, False, uprobes):
-                floors.append((name, min(round_time(cert, key) for _ in range(2))))
+        best = {}
+        calls = 0
+        for _ in range(SAMPLES):  # the modes alternate: a load change hits all of them
+            best["off"] = min(best.get("off", 1.0), round_time(cert, key))
+            tp = TlsProbes(cfg, logging.getLogger("bench"), os.getpid())
+            tp.start()
+            try:
+                best["on"] = min(best.get("on", 1.0), round_time(cert, key))
+                calls += tp.counters()["kernel_drop_tls_socket_unknown"]
+            finally:
+                tp.stop()
+            for name, uprobes in (("floor_entry_and_return", "all"), ("floor_entry_only", "entry")):
+                with Floor(floor_obj, False, uprobes):
+                    best[name] = min(best.get(name, 1.0), round_time(cert, key))
+        off, on = best["off"], best["on"]
+        floors = [(name, best[name]) for name in ("floor_entry_and_return", "floor_entry_only")]
         split = entry_probe_split(cert, key, off)
     per_round = 2  # SSL_write_ex + SSL_read_ex with data (each counted as socket_unknown)
     print(f"round_off_us: {off * 1e6:.2f}")
