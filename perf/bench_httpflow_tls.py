@@ -98,17 +98,8 @@ class Floor:
         try:
             if uprobes:
                 scanner = tls_probes.LibsslScanner()
-                libs = {**scanner.scan_dirs(), **scanner.scan_procs()}
-                for path in libs.values():
-                    _, sites = tls_probes.probe_sites(path)
-                    for prog, func, offset, retprobe, required in sites:
-                        if retprobe and uprobes == "entry":
-                            continue
-                        try:
-                            self.bpf.attach_uprobe(prog, path, func, retprobe=retprobe, offset=offset)
-                        except Exception:
-                            if required:
-                                raise
+                for path in {**scanner.scan_dirs(), **scanner.scan_procs()}.values():
+                    tls_probes.attach_library(self.bpf, path, returns=uprobes == "all")
         except BaseException:
             self.bpf.close()
             raise

@@ -249,18 +249,19 @@ def probe_sites(path):
     return where, out
 
 
-def attach_library(bpf, path):
+def attach_library(bpf, path, returns=True):
     """Attach the programs of a BpfSkeleton (tls.bpf.o, or an object with
     the same program names) to one libssl file: (links, description). A
     required site that does not attach raises KernelError (nothing stays
     attached); an optional one (an older OpenSSL without the _ex functions)
-    is skipped with its return probe."""
+    is skipped with its return probe. returns=False: the entry probes
+    alone (the floor benchmarks)."""
     where, sites = probe_sites(path)
     links = []
     try:
         skip = None
         for prog, func, offset, retprobe, required in sites:
-            if retprobe and skip == (func, offset):
+            if retprobe and (skip == (func, offset) or not returns):
                 continue
             try:
                 links.append(bpf.attach_uprobe(prog, path, func, retprobe=retprobe, offset=offset))
