@@ -65,6 +65,7 @@ const volatile __u64 settle_ns = 1000000000;
 
 
 /* ssl_call.kind */
+#define CALL_NONE 0 /* the thread is not inside a probed SSL call */
 #define CALL_READ 1
 #define CALL_WRITE 2
 #define CALL_READ_EX 3
@@ -77,19 +78,25 @@ struct ssl_call {
 	__u64 buf;   /* user buffer with (write) or for (read) the plaintext */
 	__u64 lenp;  /* _ex: size_t *written / *readbytes */
 	__u64 sk;    /* struct sock * seen inside this call, 0 until then */
-	__u64 ts_ns; /* entry time */
 	__u8 kind;   /* CALL_* */
 };
 
-/* By thread id. LRU: a thread killed inside a blocking SSL_read never
- * returns and leaves its entry behind; the oldest such entries are the ones
- * evicted when the map is full, not calls in progress. */
+/* Per thread (task storage): the call in progress, CALL_NONE between
+ * calls. Found from the task itself, not by hashing its id: the socket
+ * tracepoints, which fire for every socket call of every task, cost one
+ * pointer check for the tasks that never made an SSL call. Freed with the
+ * task (a thread killed inside a blocking SSL_read leaves nothing behind). */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct ssl_call);
 } ssl_calls SEC(".maps");
+
+static __always_inline struct ssl_call *this_call(__u64 flags)
+{
+	return bpf_task_storage_get(&ssl_calls, bpf_get_current_task_btf(), 0, flags);
+}
 
 /* SSL pointers are addresses in one process: the key needs the process. */
 struct ssl_key {
@@ -149,16 +156,17 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (self_tgid && (id >> 32) == self_tgid)
 		return 0;
-	__u32 tid = (__u32)id;
-	struct ssl_call c = {
-		.ssl = (__u64)ssl,
-		.buf = (__u64)buf,
-		.lenp = (__u64)lenp,
-		.ts_ns = bpf_ktime_get_ns(),
-		.kind = kind,
-	};
-	if (bpf_map_update_elem(&ssl_calls, &tid, &c, BPF_ANY))
+	/* the thread's entry stays between its calls, rewritten in place */
+	struct ssl_call *c = this_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
+	if (!c) {
 		count_drop(&drops, TLS_DROP_CALLS);
+		return 0;
+	}
+	c->ssl = (__u64)ssl;
+	c->buf = (__u64)buf;
+	c->lenp = (__u64)lenp;
+	c->sk = 0;
+	c->kind = kind;
 	return 0;
 }
 
@@ -166,13 +174,14 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
  * socket is the SSL object's. */
 static __always_inline void learn_sock(struct sock *sk)
 {
-	__u64 id = bpf_get_current_pid_tgid();
-	__u32 tid = (__u32)id;
-	struct ssl_call *c = bpf_map_lookup_elem(&ssl_calls, &tid);
-	if (!c || c->sk == (__u64)sk)
+	struct ssl_call *c = this_call(0);
+	if (!c || c->kind == CALL_NONE || c->sk == (__u64)sk)
 		return;
 	c->sk = (__u64)sk;
-	struct ssl_key k = {.ssl = c->ssl, .tgid = id >> 32};
+	struct ssl_key k = {.ssl = c->ssl, .tgid = bpf_get_current_pid_tgid() >> 32};
+	__u64 *known = bpf_map_lookup_elem(&ssl_socks, &k);
+	if (known && *known == (__u64)sk)
+		return; /* the usual case: a lookup is cheaper than an update */
 	__u64 v = (__u64)sk;
 	if (bpf_map_update_elem(&ssl_socks, &k, &v, BPF_ANY))
 		count_drop(&drops, TLS_DROP_SOCKS);
@@ -200,11 +209,11 @@ static __always_inline int leave(long ret)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	__u32 tid = (__u32)id;
-	struct ssl_call *cp = bpf_map_lookup_elem(&ssl_calls, &tid);
-	if (!cp)
+	struct ssl_call *cp = this_call(0);
+	if (!cp || cp->kind == CALL_NONE)
 		return 0;
 	struct ssl_call c = *cp;
-	bpf_map_delete_elem(&ssl_calls, &tid);
+	cp->kind = CALL_NONE; /* the thread is out of SSL_*: its socket calls name nothing */
 
 	__s64 bytes = ret;
 	if (c.kind == CALL_READ_EX || c.kind == CALL_WRITE_EX) {

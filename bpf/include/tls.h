@@ -11,7 +11,8 @@
                                               * socket call seen inside any SSL_* call of it) */
 #define TLS_DROP_NOT_TCP (HTTP_DROP_MAX + 1) /* TLS over something else than TCP/IPv4/IPv6
                                               * (a unix socket, or IPv6 with ipv6_disabled) */
-#define TLS_DROP_CALLS (HTTP_DROP_MAX + 2)   /* ssl_calls update failed: an SSL call went unseen */
+#define TLS_DROP_CALLS (HTTP_DROP_MAX + 2)   /* no ssl_calls task storage for the thread (out of
+                                              * memory): an SSL call went unseen */
 #define TLS_DROP_SOCKS (HTTP_DROP_MAX + 3)   /* ssl_socks update failed: a socket stays unknown */
 #define TLS_DROP_MAX (HTTP_DROP_MAX + 4)
 

@@ -226,6 +226,56 @@ class LibsslScanner:
         return found
 
 
+def probe_sites(path):
+    """Where the probes of one libssl file go: (description, [(program,
+    function, file offset, retprobe, required)]); function "" with an offset
+    is a local function found by internal_entries(). Every entry program
+    has a return probe (RETURN_PROG) on the same site. The one list that
+    TlsProbes and perf/bench_httpflow_tls.py's floor attach."""
+    internal = internal_entries(path)
+    sites = []
+    if internal:
+        # the _ex programs: the internal functions have their signature
+        for kind, prog in (("read", "ssl_read_ex_enter"), ("write", "ssl_write_ex_enter")):
+            sites.append((prog, "", internal[kind], True))
+        funcs, where = HANDSHAKE_FUNCS, "ssl_read_internal, ssl_write_internal"
+    else:
+        funcs, where = REQUIRED_FUNCS + OPTIONAL_FUNCS, "SSL_read, SSL_write and _ex"
+    sites.extend((prog, func, 0, (func, prog) in REQUIRED_FUNCS) for func, prog in funcs)
+    out = []
+    for prog, func, offset, required in sites:
+        out.append((prog, func, offset, False, required))
+        out.append((RETURN_PROG, func, offset, True, required))
+    return where, out
+
+
+def attach_library(bpf, path, returns=True):
+    """Attach the programs of a BpfSkeleton (tls.bpf.o, or an object with
+    the same program names) to one libssl file: (links, description). A
+    required site that does not attach raises KernelError (nothing stays
+    attached); an optional one (an older OpenSSL without the _ex functions)
+    is skipped with its return probe. returns=False: the entry probes
+    alone (the floor benchmarks)."""
+    where, sites = probe_sites(path)
+    links = []
+    try:
+        skip = None
+        for prog, func, offset, retprobe, required in sites:
+            if retprobe and (skip == (func, offset) or not returns):
+                continue
+            try:
+                links.append(bpf.attach_uprobe(prog, path, func, retprobe=retprobe, offset=offset))
+            except KernelError:
+                if required:
+                    raise
+                skip = (func, offset)
+    except BaseException:
+        for link in links:
+            link.close()
+        raise
+    return links, where
+
+
 class TlsProbes:
     """The OpenSSL capture source that HttpflowPlugin reads from.
 
@@ -288,7 +338,7 @@ class TlsProbes:
             if fid in self.libraries or fid in self.failed:
                 continue
             try:
-                links, where = self._attach_library(path)
+                links, where = attach_library(self.bpf, path)
             except KernelError as exc:
                 self.failed[fid] = (path, str(exc).splitlines()[0])
                 self.totals["tls_attach_failures"] += 1
@@ -299,36 +349,6 @@ class TlsProbes:
             self.log.info("httpflow-tls: attached %d uprobes to %s (%s)", len(links), path, where)
             n += 1
         return n
-
-    def _attach_library(self, path):
-        """Returns (links, which functions carry the probes)."""
-        links = []
-        internal = internal_entries(path)
-        where = "ssl_read_internal, ssl_write_internal" if internal else "SSL_read, SSL_write and _ex"
-        try:
-            if internal:
-                # the _ex programs: the internal functions have their signature
-                for kind, prog in (("read", "ssl_read_ex_enter"), ("write", "ssl_write_ex_enter")):
-                    links.append(self.bpf.attach_uprobe(prog, path, "", offset=internal[kind]))
-                    links.append(self.bpf.attach_uprobe(RETURN_PROG, path, "", retprobe=True,
-                                                        offset=internal[kind]))
-                funcs = HANDSHAKE_FUNCS
-            else:
-                funcs = REQUIRED_FUNCS + OPTIONAL_FUNCS
-            for i, (func, prog) in enumerate(funcs):
-                try:
-                    entry = self.bpf.attach_uprobe(prog, path, func)
-                except KernelError:
-                    if funcs is not HANDSHAKE_FUNCS and i < len(REQUIRED_FUNCS):
-                        raise
-                    continue  # an older OpenSSL without the _ex functions
-                links.append(entry)
-                links.append(self.bpf.attach_uprobe(RETURN_PROG, path, func, retprobe=True))
-        except BaseException:
-            for link in links:
-                link.close()
-            raise
-        return links, where
 
     def counters(self):
         c = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in self.totals.items()}

@@ -143,3 +143,32 @@ def test_internal_entries_random_bytes_never_crash(tmp_path):
         assert internal_entries(str(f)) == {}
 
     check()
+
+
+def test_probe_sites_internal_or_exported(tmp_path):
+    """Where the probes go: on the internal functions (entry + return each)
+    plus SSL_do_handshake where the library has the shape, else on the four
+    exported functions (SSL_read/SSL_write required) and the handshake."""
+    import pytest
+    from dkebpf.plugins.tls_probes import RETURN_PROG, internal_entries, probe_sites
+
+    if not os.path.exists(SYSTEM_LIBSSL):
+        pytest.skip("no libssl.so.3 here")
+    internal = internal_entries(SYSTEM_LIBSSL)
+    where, sites = probe_sites(SYSTEM_LIBSSL)
+    assert where == "ssl_read_internal, ssl_write_internal"
+    assert sites == [("ssl_read_ex_enter", "", internal["read"], False, True),
+                     (RETURN_PROG, "", internal["read"], True, True),
+                     ("ssl_write_ex_enter", "", internal["write"], False, True),
+                     (RETURN_PROG, "", internal["write"], True, True),
+                     ("ssl_handshake_enter", "SSL_do_handshake", 0, False, False),
+                     (RETURN_PROG, "SSL_do_handshake", 0, True, False)]
+    odd = tmp_path / "libssl.so.3"
+    odd.write_bytes(b"not an elf")
+    where, sites = probe_sites(str(odd))
+    assert where == "SSL_read, SSL_write and _ex"
+    entries = [(prog, func, required) for prog, func, _, ret, required in sites if not ret]
+    assert entries == [("ssl_read_enter", "SSL_read", True), ("ssl_write_enter", "SSL_write", True),
+                       ("ssl_read_ex_enter", "SSL_read_ex", False), ("ssl_write_ex_enter", "SSL_write_ex", False),
+                       ("ssl_handshake_enter", "SSL_do_handshake", False)]
+    assert [s[1:] for s in sites if s[3]] == [(f, 0, True, r) for _, f, r in entries]
