@@ -99,6 +99,12 @@ static __always_inline int traced(__u32 tgid)
 	return v && *v == TRACE_PID_TRACED;
 }
 
+/* Does the payload start with an HTTP/1.x status line ("HTTP/1.")? */
+static __always_inline int is_http1_status(const __u8 *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' && p[6] == '.';
+}
+
 /* Copy up to TRACE_PAYLOAD_MAX - off bytes from src at payload[off]. */
 static __always_inline int copy_at(struct scratch *s, __u32 off, const void *src, __u64 n)
 {
@@ -209,6 +215,11 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
 			ev->cap_len = copy_payload(s, ret);
+			/* an HTTP/1.x response: user space reads its status line
+			 * only; the headers and body after it would only fill the
+			 * ring (include/trace.h: TRACE_STATUS_KEEP) */
+			if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
+				ev->cap_len = TRACE_STATUS_KEEP;
 			__u32 size = SPAN_MSG_MIN_SIZE + (ev->cap_len & (2 * TRACE_PAYLOAD_MAX - 1));
 			__u64 flag = ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
 			if (bpf_ringbuf_output(&events, ev, size, flag))

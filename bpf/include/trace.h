@@ -13,6 +13,10 @@
  * (traceparent and friends sit among them), a Redis command, a SQL text. */
 #define TRACE_PAYLOAD_MAX 1024
 
+/* Payload bytes kept of a message start that is an HTTP/1.x status line:
+ * the span needs its status code (and version) only. */
+#define TRACE_STATUS_KEEP 32
+
 /* trace_event.op */
 #define TRACE_OP_SEND 1  /* the first call of a run of sends on the socket */
 #define TRACE_OP_RECV 2  /* the first call of a run of receives */

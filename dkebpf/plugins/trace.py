@@ -46,7 +46,6 @@ SERVICE_ENV = ("DKE_SERVICE", "DK_BPFTRACE_SERVICE", "DD_SERVICE", "OTEL_SERVICE
 # its first call (a keep-alive connection's last response)
 SETTLE_NS = 1_000_000_000
 EXPIRE_NS = 120_000_000_000        # a request unanswered this long is dropped (counted)
-THREAD_MEMORY_NS = 600_000_000_000  # the original keeps thread entries 10 min
 CONN_MEMORY_NS = 600_000_000_000
 MAX_CARRIED = 16384                 # records waiting for their other half, at most
 RESCAN_S = 1.0                      # /proc rescans for new processes, at most this often
@@ -180,24 +179,24 @@ class SpanBuilder:
         self.max_carried = max_carried
         self.carried = np.zeros(0, _trace.MSG_DTYPE)
         self.conns = np.zeros(0, _trace.CONN_DTYPE)
-        self.threads = np.zeros(0, _trace.THREAD_DTYPE)
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
-                      "expired_requests": 0, "undetected_connections": 0}
+                      "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
+                      "exits_without_entry": 0}
 
     def memory(self):
-        return {"carried_records": self.carried.nbytes, "connections": self.conns.nbytes,
-                "threads": self.threads.nbytes}
+        return {"carried_records": self.carried.nbytes, "connections": self.conns.nbytes}
 
     def step(self, new_msgs, now_mono_ns):
         """Pair what is carried plus new_msgs; returns (msgs, spans)."""
         self.stats["messages"] += len(new_msgs)
         msgs = _records_of(self.carried, new_msgs)
         order = np.lexsort((msgs["ts"], msgs["sk"]))  # records stay in place (~1.2 kB each)
-        role, spans, carry, seen, st = _trace.pair(msgs, order, self.conns, max(0, now_mono_ns - self.settle_ns),
-                                                   max(0, now_mono_ns - self.expire_ns))
+        role, spans, carry, seen, st, until = _trace.pair(msgs, order, self.conns,
+                                                          max(0, now_mono_ns - self.settle_ns),
+                                                          max(0, now_mono_ns - self.expire_ns))
+        st.update(_trace.link_threads(msgs, role, until))
         for k, v in st.items():
             self.stats[k] += v
-        self.threads = _trace.link_threads(msgs, role, self.threads, max(0, now_mono_ns - THREAD_MEMORY_NS))
         self._merge_conns(seen, now_mono_ns)
         kept = msgs[carry]
         if len(kept) > self.max_carried:  # bounded memory: the oldest go
@@ -218,6 +217,7 @@ class SpanBuilder:
         if self.protos is not None:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
         spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
+        spans, pipe = _split_pipelines(msgs, spans)
         n = len(spans)
         # the columns needed, gathered one by one (not whole ~1.2 kB records)
         req = _Gather(msgs, spans["req"])
@@ -226,6 +226,9 @@ class SpanBuilder:
         kind = _choose(incoming, "exit", "entry")
         fam = req["family"]
         start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
+        # one of several pipelined messages: its own length, else the socket's counters
+        req_bytes = np.where(pipe["many"], pipe["req_len"], spans["req_bytes"])
+        resp_bytes = np.where(pipe["many"], pipe["resp_len"], spans["resp_bytes"])
         # the process name from the record (right even for a process gone
         # or exec'd since); the service its environment names, else that name
         names = _records.comm_to_arrow(req["pcomm"])
@@ -234,8 +237,9 @@ class SpanBuilder:
         cols = {
             "ebpf_span_type": kind, "span_type": kind,
             "direction": _choose(incoming, "outgoing", "incoming"),
-            "req_seq": pa.array(req["seq"].astype(np.int64)),
-            "resp_seq": pa.array(resp["seq"].astype(np.int64)),
+            # a pipelined message's sequence number: its call's plus its offset in it
+            "req_seq": pa.array((req["seq"].astype(np.int64) + pipe["req_off"]) & 0xFFFFFFFF),
+            "resp_seq": pa.array((resp["seq"].astype(np.int64) + pipe["resp_off"]) & 0xFFFFFFFF),
             "thread_trace_id": pa.array(req["user"].astype(np.int64)),
             "tid": pa.array(req["tid"].astype(np.int64)),
             "ktime": pa.array(spans["start_ns"].astype(np.int64)),
@@ -248,8 +252,8 @@ class SpanBuilder:
             "dst_port": pc.cast(pa.array(req["rport"]), pa.string()),
             "start": pa.array(start_ns // 1000),
             "duration": pa.array(((spans["end_ns"] - spans["start_ns"]) // 1000).astype(np.int64)),
-            "bytes_read": pa.array(np.where(incoming, spans["req_bytes"], spans["resp_bytes"]).astype(np.int64)),
-            "bytes_written": pa.array(np.where(incoming, spans["resp_bytes"], spans["req_bytes"]).astype(np.int64)),
+            "bytes_read": pa.array(np.where(incoming, req_bytes, resp_bytes).astype(np.int64)),
+            "bytes_written": pa.array(np.where(incoming, resp_bytes, req_bytes).astype(np.int64)),
             "time": pa.array(start_ns),
         }
         per = {}
@@ -257,7 +261,7 @@ class SpanBuilder:
                           (_trace.PROTO["postgresql"], self._pgsql), (_trace.PROTO["mysql"], self._mysql)):
             sel = np.flatnonzero(spans["proto"] == proto)
             if len(sel):
-                per[proto] = (sel, fn(msgs, spans[sel]))
+                per[proto] = (sel, fn(msgs, spans[sel], pipe[sel]))
         for name in sorted({k for _, c in per.values() for k in c}):
             parts, where = [], []
             typ = next(c[name].type for _, c in per.values() if name in c)
@@ -275,7 +279,7 @@ class SpanBuilder:
             table = table.filter(pc.fill_null(cols[KEEP], True)).drop_columns([KEEP])
         return table
 
-    def _http(self, msgs, spans):
+    def _http(self, msgs, spans, pipe):
         req_p = _trace.payloads(msgs, spans["req"])
         q = _trace.http_lines(msgs, spans["req"])
         r = _trace.http_lines(msgs, spans["resp"])
@@ -309,12 +313,15 @@ class SpanBuilder:
                 pa.array(np.where(ctx["sampled"] < 0, -1, 1).astype(np.int64)))
         return cols
 
-    def _redis(self, msgs, spans):
+    def _redis(self, msgs, spans, pipe):
+        """One span per command; pipelined commands (several in one call)
+        are split by _split_pipelines: pipe["sub"] is the command's place
+        in its call, and it gets the reply of the same place."""
         n = len(spans)
         req_p = _trace.payloads(msgs, spans["req"])
         resp_p = _trace.payloads(msgs, spans["resp"])
-        q = _first_rows(_redis.parse(req_p, np.ones(n, bool)), n)
-        r = _first_rows(_redis.parse(resp_p, np.zeros(n, bool)), n)
+        q = _nth_rows(_redis.parse(req_p, np.ones(n, bool)), pipe["sub"])
+        r = _nth_rows(_redis.parse(resp_p, np.zeros(n, bool)), pipe["sub"])
         cmd = pc.utf8_upper(_trace.slices(req_p, q["word_off"], q["word_len"], q["valid"] == 1))
         err = (r["valid"] == 1) & (r["error"] == 1)
         text = _trace.slices(resp_p, r["word_off"], r["word_len"], r["valid"] == 1)
@@ -332,7 +339,7 @@ class SpanBuilder:
         }
 
 
-    def _mysql(self, msgs, spans):
+    def _mysql(self, msgs, spans, pipe):
         """MySQL: COM_QUERY and COM_STMT_PREPARE text normalized; OK, ERR
         with code and message. The handshake and other commands (a
         prepared statement's execution too, for now) are no span."""
@@ -355,7 +362,7 @@ class SpanBuilder:
             "err_msg": pc.if_else(pa.array(err), _trace.slices(resp_p, r["msg_off"], r["msg_len"], err), none),
         }
 
-    def _pgsql(self, msgs, spans):
+    def _pgsql(self, msgs, spans, pipe):
         """PostgreSQL: the query of a simple (Q) or extended (P) request,
         normalized; CommandComplete's tag, ErrorResponse's message. Other
         exchanges (startup, authentication, Sync alone) are no span."""
@@ -431,6 +438,62 @@ def _pick_rows(rows, n, want):
     """The first parser row of each payload 0..n-1 that `want` accepts
     (zeroed where none)."""
     return _first_rows(rows[want(rows)] if len(rows) else rows, n)
+
+
+# per span row of SpanBuilder.table: which of the messages of its calls it is
+PIPE_DTYPE = np.dtype([("sub", "<i8"), ("req_off", "<i8"), ("resp_off", "<i8"), ("req_len", "<u8"),
+                       ("resp_len", "<u8"), ("many", "?")])
+
+
+def _split_pipelines(msgs, spans):
+    """Spans whose request call carried several Redis commands (pipelining)
+    made one span per command: the rows repeated, with PIPE_DTYPE per row:
+    the command's place (`sub`), its and its reply's offsets in their calls
+    (for req_seq/resp_seq: both ends of the connection count the same
+    bytes) and lengths. Other spans stay one row (sub 0, offsets 0)."""
+    n = len(spans)
+    pipe = np.zeros(n, PIPE_DTYPE)
+    sel = np.flatnonzero(spans["proto"] == _trace.PROTO["redis"])
+    if not len(sel):
+        return spans, pipe
+    q = _redis.parse(_trace.payloads(msgs, spans["req"][sel]), np.ones(len(sel), bool))
+    q = q[q["valid"] == 1]
+    counts = np.ones(n, np.int64)
+    counts[sel] = np.maximum(np.bincount(q["ev"], minlength=len(sel)), 1)
+    if (counts == 1).all():
+        return spans, pipe
+    rows = np.repeat(np.arange(n), counts)
+    first = np.cumsum(counts) - counts
+    out = np.zeros(len(rows), PIPE_DTYPE)
+    out["sub"] = np.arange(len(rows)) - first[rows]
+    out["many"] = counts[rows] > 1
+    r = _redis.parse(_trace.payloads(msgs, spans["resp"][sel]), np.zeros(len(sel), bool))
+    r = r[r["valid"] == 1]
+    at = np.full(n, -1, np.int64)
+    at[sel] = np.arange(len(sel))
+    k = at[rows]
+    red = k >= 0
+    qn = _nth_rows(q, out["sub"][red], k[red])
+    rn = _nth_rows(r, out["sub"][red], k[red])
+    out["req_off"][red], out["req_len"][red] = qn["off"], qn["length"]
+    out["resp_off"][red], out["resp_len"][red] = rn["off"], rn["length"]
+    return spans[rows], out
+
+
+def _nth_rows(rows, sub, ev=None):
+    """For each span row i, the parser row number sub[i] of payload ev[i]
+    (default i), zeroed where there is none."""
+    sub = np.asarray(sub, np.int64)
+    ev = np.arange(len(sub)) if ev is None else np.asarray(ev, np.int64)
+    out = np.zeros(len(sub), rows.dtype)
+    if not len(rows) or not len(sub):
+        return out
+    e = rows["ev"].astype(np.int64)
+    start = np.searchsorted(e, np.arange(int(ev.max()) + 1))  # rows come in payload order
+    count = np.bincount(e, minlength=int(ev.max()) + 1)[:int(ev.max()) + 1]
+    ok = sub < count[ev]
+    out[ok] = rows[start[ev[ok]] + sub[ok]]
+    return out
 
 
 def _first_rows(rows, n):
@@ -551,23 +614,16 @@ class TracePlugin(Plugin):
                 for b in kept]
 
     def post(self, batch, now_ns):
-        """Spans as line protocol to the trace server, one body per set of
-        fields present: every line of a body has the same keys, so a
-        reader that takes its first line's keys as the schema (as dkebpf
-        linker's line-protocol reader does today) loses none. (The sink's
-        batch key keeps the sets apart; its URL is the same for all.)"""
+        """Spans as line protocol to the trace server, one body per step: a
+        span's null fields (another protocol's, an absent app trace id) are
+        left out of its line, and the linker's reader
+        (``lineproto.read_points``) takes lines with different field sets
+        in one body."""
         from .._lineproto import encode_batch
 
         tags = {"host": self.cfg.hostname}  # the spec's tags; global tags would reach the linker's fields
-        fields = _fields(batch)
-        valid = np.stack([batch.column(f).is_valid().to_numpy(zero_copy_only=False) for f in fields], axis=1)
-        shapes, which = np.unique(np.packbits(valid, axis=1), axis=0, return_inverse=True)
-        which = which.ravel()
-        for k, shape in enumerate(shapes):
-            rows = batch.filter(pa.array(which == k))
-            present = [f for f, ok in zip(fields, np.unpackbits(shape)[:len(fields)]) if ok]
-            body, skipped = encode_batch(MEASUREMENT, rows, SPAN_TAGS, present, tags, now_ns, "time")
-            self.sink.submit("bpftracing", f"{INPUT}#{shape.tobytes().hex()}", body, rows.num_rows - skipped)
+        body, skipped = encode_batch(MEASUREMENT, batch, SPAN_TAGS, _fields(batch), tags, now_ns, "time")
+        self.sink.submit("bpftracing", INPUT, body, batch.num_rows - skipped)
 
     def memory(self):
         m = self.builder.memory()

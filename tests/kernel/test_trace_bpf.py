@@ -250,3 +250,105 @@ def test_mysql_client_and_server_spans(bpf_ok):
     assert [(r["resource"], r["operation"], r["process_name"]) for r in server] == [
         ("select ? from dual where ? = ?", "MySQL", "mariadbd"), ("drop table nope", "MySQL", "mariadbd")]
     assert [(r["req_seq"], r["resp_seq"]) for r in server] == [(r["req_seq"], r["resp_seq"]) for r in client]
+
+
+# One thread serving two requests at once (asyncio): /a calls redis SET,
+# waits until /b has arrived, calls GET, answers; /b calls SET, waits
+# until /a has answered (and its connection ended), calls GET, answers.
+# Each request has its own redis connection, whose local port it prints
+# ("<path> <port>"), so the test knows which request made each call.
+ASYNC_SERVER = r"""
+import asyncio, sys
+port, rport = int(sys.argv[1]), int(sys.argv[2])
+
+def resp(*words):
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+async def main():
+    b_arrived, a_done = asyncio.Event(), asyncio.Event()
+
+    async def call(r, w, *words):
+        w.write(resp(*words))
+        await w.drain()
+        return await r.read(1024)
+
+    async def handle(reader, writer):
+        line = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        path = line.split()[1].decode()
+        rr, rw = await asyncio.open_connection("127.0.0.1", rport)
+        print(path, rw.get_extra_info("sockname")[1], flush=True)
+        key = path[1:].encode()
+        if path == "/a":
+            await call(rr, rw, b"SET", key, b"1")
+            await b_arrived.wait()
+            await call(rr, rw, b"GET", key)
+        else:
+            b_arrived.set()
+            await call(rr, rw, b"SET", key, b"1")
+            await a_done.wait()
+            await asyncio.sleep(1.0)  # /a's connection has ended: only /b is open
+            await call(rr, rw, b"GET", key)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        rw.close()
+        if path == "/a":
+            a_done.set()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", port)
+    print("ready", flush=True)
+    async with srv:
+        await srv.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_event_loop_serving_two_requests_never_gets_a_wrong_parent(plugin, apps):
+    """A single-threaded asyncio server with two requests open at once:
+    a redis call made while only one request is open on the thread is its
+    child; a call made while both are open has no parent (counted), never
+    the other request's."""
+    import subprocess
+    import sys
+
+    from support.trace_apps import free_port, stop_process, wait_port
+
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-c", ASYNC_SERVER, str(port), str(apps.redis_port)], env=apps.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        wait_port(port, srv, "asyncio server")
+        ca = apps.curl("/a", port=port, delay=2.5)
+        cb = apps.curl("/b", port=port, delay=3.5)
+        sp = str(srv.pid)
+
+        def done(rows):
+            mine = [r for r in rows if r["pid"] == sp]
+            return sum(r["direction"] == "incoming" for r in mine) >= 2 and \
+                sum(r["direction"] == "outgoing" for r in mine) >= 4
+
+        rows = spans_until(plugin, done, timeout=25)
+        assert ca.wait(10) == 0 and cb.wait(10) == 0
+        ports = dict(srv.stdout.readline().split() for _ in range(2))  # path -> its redis connection's port
+    finally:
+        stop_process(srv, 5)
+    mine = [r for r in rows if r["pid"] == sp]
+    entry = {r["http_route"]: r["thread_trace_id"] for r in mine if r["direction"] == "incoming"}
+    calls = {(r["src_port"], r["resource"]): r["thread_trace_id"] for r in mine if r["direction"] == "outgoing"}
+    assert sorted(entry) == ["/a", "/b"] and entry["/a"] != entry["/b"]
+    assert sorted(calls) == sorted((ports[p], c) for p in ("/a", "/b") for c in ("SET", "GET"))
+    # never another request's id
+    for (lport, _), ttid in calls.items():
+        owner = next(p for p, x in ports.items() if x == lport)
+        assert ttid not in {v for p, v in entry.items() if p != owner}
+    # alone on the thread: linked; two open: no parent
+    assert calls[(ports["/a"], "SET")] == entry["/a"]
+    assert calls[(ports["/b"], "GET")] == entry["/b"]
+    assert calls[(ports["/a"], "GET")] not in entry.values()
+    assert calls[(ports["/b"], "SET")] not in entry.values()
+    assert plugin.counters()["trace_exits_ambiguous_parent"] >= 2

@@ -140,8 +140,8 @@ def test_pair_and_threads_agree_with_reference(items, settle, expire):
     dicts = [{k: (bytes(m[k]) if k == "payload" else int(m[k])) for k in ("sk", "op", "ts", "sk_sent", "sk_recv",
               "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user", "more")}
              for m in M[order]]
-    role, spans, carry, seen, _ = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
-    rrole, rspans, rcarry, rseen = trace_ref.pair(dicts, {}, settle, expire)
+    role, spans, carry, seen, _, until = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
+    rrole, rspans, rcarry, rseen, runtil = trace_ref.pair(dicts, {}, settle, expire)
     assert [(d["cap_len"], d["payload"][:d["cap_len"]]) for d in dicts] == \
         [(int(m["cap_len"]), bytes(m["payload"])[:m["cap_len"]]) for m in M[order]]
     # the reference walks the sorted records: its indices are positions in order
@@ -149,12 +149,15 @@ def test_pair_and_threads_agree_with_reference(items, settle, expire):
         sp["req"], sp["resp"] = int(order[sp["req"]]), int(order[sp["resp"]])
         sp["nxt"] = int(order[sp["nxt"]]) if sp["nxt"] >= 0 else -1
     assert role[order].tolist() == rrole and carry[order].tolist() == rcarry
+    req = np.asarray(rrole) == 1
+    assert until[order][req].tolist() == np.asarray(runtil, dtype=np.uint64)[req].tolist()
     assert [{k: int(s[k]) for k in rspans[0]} for s in spans] == rspans if rspans else len(spans) == 0
     assert {int(c["sk"]): (int(c["proto"]), int(c["req_op"]), int(c["closed"])) for c in seen} == \
         {k: (v["proto"], v["req_op"], v["closed"]) for k, v in rseen.items()}
-    _trace.link_threads(M, role, np.zeros(0, _trace.THREAD_DTYPE), 0)
-    owner = {int(order[i]): (kind, int(order[j]) if kind != "table" else j)
-             for i, (kind, j) in trace_ref.link_threads(dicts, rrole, {}).items()}
+    stats = _trace.link_threads(M, role, until)
+    rowner, rstats = trace_ref.link_threads(dicts, rrole, runtil)
+    assert stats == rstats
+    owner = {int(order[i]): (kind, int(order[j])) for i, (kind, j) in rowner.items()}
     entry_ids = {int(M["user"][k]) for k, o in owner.items() if o == ("msg", k)}
     for i, (kind, j) in owner.items():
         assert M["user"][i] > 0
