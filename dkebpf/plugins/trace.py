@@ -164,6 +164,73 @@ def trace_server_base(url):
     return url[: -len("/v1/bpftracing")] if url.endswith("/v1/bpftracing") else url
 
 
+class PreparedStatements:
+    """MySQL statements prepared on each connection: (socket, statement
+    id) -> normalized SQL text and its first word, for the spans of their
+    executions. Columns (numpy keys sorted, pyarrow strings), no Python
+    object per statement; a socket's go when it closes (its memory and the
+    ids are reused), the oldest past MAX_STATEMENTS."""
+
+    MAX_STATEMENTS = 65536
+
+    def __init__(self):
+        self.keys = np.zeros(0, np.uint64)
+        self.sql = pa.array([], pa.string())
+        self.first = pa.array([], pa.string())
+
+    @property
+    def nbytes(self):
+        return self.keys.nbytes + self.sql.nbytes + self.first.nbytes
+
+    ID_BITS = 20  # a connection's ids count from 1: past 2**20 statements on one, two may meet
+
+    @classmethod
+    def _key(cls, sk, stmt_id):
+        """The socket's low 44 bits (kernel memory: the high ones are all
+        ones) and the id's low 20, in one sortable u64."""
+        b = np.uint64(cls.ID_BITS)
+        return (np.asarray(sk, np.uint64) << b) | (np.asarray(stmt_id, np.uint64) & np.uint64((1 << cls.ID_BITS) - 1))
+
+    def add(self, sk, stmt_id, sql, first):
+        if not len(sk):
+            return
+        keys = np.concatenate([self.keys, self._key(sk, stmt_id)])
+        sqls = pa.concat_arrays([self.sql, sql.cast(pa.string())])
+        firsts = pa.concat_arrays([self.first, first.cast(pa.string())])
+        # the latest of equal keys (a re-prepared id), the newest MAX_STATEMENTS
+        order = np.lexsort((np.arange(len(keys)), keys))
+        last = np.ones(len(order), bool)
+        last[:-1] = keys[order][1:] != keys[order][:-1]
+        keep = order[last]
+        if len(keep) > self.MAX_STATEMENTS:
+            keep = np.sort(np.sort(keep)[-self.MAX_STATEMENTS:])
+            keep = keep[np.argsort(keys[keep], kind="stable")]
+        self.keys = keys[keep]
+        self.sql = sqls.take(pa.array(keep))
+        self.first = firsts.take(pa.array(keep))
+
+    def lookup(self, sk, stmt_id):
+        """(sql, first) per row, null where not known."""
+        k = self._key(sk, stmt_id)
+        at = np.searchsorted(self.keys, k)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == k[found]
+        idx = pa.array(np.where(found, at, 0), mask=~found)
+        if not len(self.keys):
+            return pa.nulls(len(k), pa.string()), pa.nulls(len(k), pa.string())
+        return self.sql.take(idx), self.first.take(idx)
+
+    def forget(self, sks):
+        if len(sks) and len(self.keys):
+            b = np.uint64(self.ID_BITS)
+            gone = np.isin(self.keys >> b, self._key(sks, 0) >> b)
+            if gone.any():
+                keep = np.flatnonzero(~gone)
+                self.keys = self.keys[keep]
+                self.sql = self.sql.take(pa.array(keep))
+                self.first = self.first.take(pa.array(keep))
+
+
 class SpanBuilder:
     """Message starts -> span rows (pyarrow Table of dketrace columns),
     keeping what is unfinished between calls. No Python object per
@@ -179,12 +246,15 @@ class SpanBuilder:
         self.max_carried = max_carried
         self.carried = np.zeros(0, _trace.MSG_DTYPE)
         self.conns = np.zeros(0, _trace.CONN_DTYPE)
+        self.statements = PreparedStatements()
+        self.closed_before = np.zeros(0, np.uint64)
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
                       "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
                       "exits_without_entry": 0}
 
     def memory(self):
-        return {"carried_records": self.carried.nbytes, "connections": self.conns.nbytes}
+        return {"carried_records": self.carried.nbytes, "connections": self.conns.nbytes,
+                "prepared_statements": self.statements.nbytes}
 
     def step(self, new_msgs, now_mono_ns):
         """Pair what is carried plus new_msgs; returns (msgs, spans)."""
@@ -198,6 +268,10 @@ class SpanBuilder:
         for k, v in st.items():
             self.stats[k] += v
         self._merge_conns(seen, now_mono_ns)
+        # the statements of sockets closed in the step before (this step's
+        # spans, made after it, may still execute them)
+        self.statements.forget(self.closed_before)
+        self.closed_before = seen["sk"][seen["closed"] == 1]
         kept = msgs[carry]
         if len(kept) > self.max_carried:  # bounded memory: the oldest go
             self.stats["carried_evicted"] += len(kept) - self.max_carried
@@ -340,18 +414,33 @@ class SpanBuilder:
 
 
     def _mysql(self, msgs, spans, pipe):
-        """MySQL: COM_QUERY and COM_STMT_PREPARE text normalized; OK, ERR
-        with code and message. The handshake and other commands (a
-        prepared statement's execution too, for now) are no span."""
+        """MySQL: COM_QUERY and COM_STMT_PREPARE text normalized; a
+        COM_STMT_EXECUTE gets the text of its statement (PreparedStatements
+        below; "EXECUTE" when it was prepared before we watched); OK, ERR
+        with code and message. The handshake and other commands are no
+        span."""
         n = len(spans)
         req_p = _trace.payloads(msgs, spans["req"])
         resp_p = _trace.payloads(msgs, spans["resp"])
         q = _pick_rows(_mysql.parse(req_p, np.ones(n, bool)), n,
-                       lambda r: (r["seq"] == 0) & np.isin(r["kind"], [_mysql.COM_QUERY, _mysql.COM_STMT_PREPARE]))
+                       lambda r: (r["seq"] == 0) & np.isin(r["kind"], [_mysql.COM_QUERY, _mysql.COM_STMT_PREPARE,
+                                                                       _mysql.COM_STMT_EXECUTE]))
         r = _first_rows(_mysql.parse(resp_p, np.zeros(n, bool)), n)
         has_q = q["valid"] == 1
         err = (r["valid"] == 1) & (r["kind"] == _mysql.RESP_ERR)
-        sql, first = _sql_columns(req_p, has_q, q["sql_off"], q["sql_len"])
+        execute = has_q & (q["kind"] == _mysql.COM_STMT_EXECUTE)
+        text = has_q & ~execute
+        sql, first = _sql_columns(req_p, text, q["sql_off"], q["sql_len"])
+        sk = msgs["sk"][spans["req"]]
+        prepared = text & (q["kind"] == _mysql.COM_STMT_PREPARE) & (r["valid"] == 1) & (r["kind"] == _mysql.RESP_OK)
+        self.statements.add(sk[prepared], r["stmt_id"][prepared], sql.filter(pa.array(prepared)),
+                            first.filter(pa.array(prepared)))
+        if execute.any():
+            e_sql, e_first = self.statements.lookup(sk, q["stmt_id"])
+            unknown = _choose(np.zeros(n, np.int8), "EXECUTE")
+            ex = pa.array(execute)
+            sql = pc.if_else(ex, pc.coalesce(e_sql, unknown), sql)
+            first = pc.if_else(ex, pc.coalesce(e_first, unknown), first)
         none = pa.nulls(n, pa.string())
         return {
             KEEP: pa.array(has_q), "resource": sql, "resource_type": first,

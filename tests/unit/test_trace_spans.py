@@ -290,3 +290,63 @@ def test_any_payloads_make_spans_without_error(items):
         assert r["ebpf_span_type"] in ("entry", "exit") and r["direction"] in ("incoming", "outgoing")
         assert r["thread_trace_id"] > 0 and isinstance(r["req_seq"], int) and isinstance(r["resp_seq"], int)
         assert r["status"] and r["operation"]
+
+
+def test_redis_pipeline_in_one_call_is_one_span_per_command():
+    """Three commands in one write and their three replies in one read:
+    three spans, each with its own command, reply, bytes and the sequence
+    numbers of its own first byte (its call's plus its offset)."""
+    cmds = [redis_cmd(b"SET", b"k", b"1"), redis_cmd(b"INCRBY", b"k", b"x"), redis_cmd(b"GET", b"k")]
+    replies = [b"+OK\r\n", b"-ERR value is not an integer\r\n", b"$1\r\n1\r\n"]
+    req, rep = b"".join(cmds), b"".join(replies)
+    rows = build([msg(8, SEND, 100, req, seq=1000, tid=3),
+                  msg(8, RECV, 200, rep, sent=len(req), last_send=100, seq=5000, tid=3),
+                  msg(8, SEND, 300, redis_cmd(b"PING"), sent=len(req), recv=len(rep), last_recv=200,
+                      seq=1000 + len(req)),
+                  msg(8, RECV, 400, b"+PONG\r\n", seq=5000 + len(rep)),
+                  msg(8, CLOSE, 500, sent=len(req) + 14, recv=len(rep) + 7, last_send=300, last_recv=400)])[3]
+    rows.sort(key=lambda r: r["req_seq"])
+    assert [(r["resource"], r["status"]) for r in rows] == \
+        [("SET", "ok"), ("INCRBY", "error"), ("GET", "ok"), ("PING", "ok")]
+    offs = [0, len(cmds[0]), len(cmds[0]) + len(cmds[1])]
+    roffs = [0, len(replies[0]), len(replies[0]) + len(replies[1])]
+    assert [r["req_seq"] for r in rows[:3]] == [1000 + o for o in offs]
+    assert [r["resp_seq"] for r in rows[:3]] == [5000 + o for o in roffs]
+    assert [(r["bytes_written"], r["bytes_read"]) for r in rows[:3]] == \
+        [(len(c), len(x)) for c, x in zip(cmds, replies)]
+    assert rows[1]["err_msg"] == "ERR value is not an integer" and rows[0]["status_msg"] == "OK"
+    assert (rows[3]["req_seq"], rows[3]["bytes_written"]) == (1000 + len(req), 14)
+    # the pipelined commands are one request of a thread serving nothing: one root id
+    assert len({r["thread_trace_id"] for r in rows[:3]}) == 1 and rows[3]["thread_trace_id"] != rows[0]["thread_trace_id"]
+
+
+def test_mysql_prepared_statement_executions_are_spans():
+    """COM_STMT_PREPARE's OK names the statement id; each COM_STMT_EXECUTE
+    of it is a span with the prepared text, across steps of the builder;
+    an id prepared before we watched is an "EXECUTE" span; a closed socket
+    forgets its statements (its memory and ids are reused)."""
+    greeting = my(0, b"\x0a5.5.5-10.11.6-MariaDB\x00" + b"\x01\x00\x00\x00" + b"x" * 40)
+    prep = my(0, b"\x16select name from t where id = ?")
+    prep_ok = my(1, b"\x00" + (7).to_bytes(4, "little") + b"\x01\x00\x01\x00\x00\x00\x00")
+
+    def execute(stmt):
+        return my(0, b"\x17" + stmt.to_bytes(4, "little") + b"\x00\x01\x00\x00\x00")
+
+    result = my(1, b"\x01") + my(2, b"\x03def")
+    err = my(1, b"\xff\x33\x04#42S02Unknown table 't'")
+    b = SpanBuilder(Names(), settle_ns=S)
+    first = [msg(3, RECV, 10, greeting), msg(3, SEND, 20, prep), msg(3, RECV, 30, prep_ok),
+             msg(3, SEND, 40, execute(7)), msg(3, RECV, 50, result)]
+    msgs, spans = b.step(np.concatenate(first), 10 * S)
+    rows = b.table(msgs, spans, 0).to_pylist()
+    msgs, spans = b.step(np.concatenate([msg(3, SEND, 60 * S, execute(7)), msg(3, RECV, 61 * S, err),
+                                         msg(3, SEND, 62 * S, execute(9)), msg(3, RECV, 63 * S, result),
+                                         msg(3, CLOSE, 64 * S)]), 70 * S)
+    rows += b.table(msgs, spans, 0).to_pylist()
+    assert [(r["resource"], r["resource_type"], r["status"]) for r in rows] == [
+        ("select name from t where id = ?", "SELECT", "ok"), ("select name from t where id = ?", "SELECT", "ok"),
+        ("select name from t where id = ?", "SELECT", "error"), ("EXECUTE", "EXECUTE", "ok")]
+    assert rows[2]["err_code"] == 1075
+    assert len(b.statements.keys) == 1
+    b.step(np.zeros(0, _trace.MSG_DTYPE), 71 * S)
+    assert len(b.statements.keys) == 0  # the close forgot them (at the step after it)
