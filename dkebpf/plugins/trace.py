@@ -343,6 +343,9 @@ class SpanBuilder:
                 if name in c:
                     parts.append(c[name])
                     where.append(sel)
+            if len(parts) == 1 and len(where[0]) == n:  # one protocol only (sel is sorted): as it is
+                cols[name] = parts[0]
+                continue
             pos = np.concatenate(where)
             full = pa.concat_arrays([a.cast(typ) for a in parts] + [pa.nulls(1, typ)])
             take = np.full(n, len(full) - 1, np.int64)
