@@ -1,6 +1,6 @@
 """ebpf-trace: one `dketrace` span per request/response exchange a traced
-process makes or serves (HTTP/1.x, Redis; MySQL and PostgreSQL told apart
-but not yet reported), posted to the linker's ``/v1/bpftracing``.
+process makes or serves (HTTP/1.x, Redis, MySQL, PostgreSQL), posted to
+the linker's ``/v1/bpftracing``.
 
 Kernel side: bpf/trace.bpf.c sends one struct span_msg per message start
 on a TCP socket of a traced process, with the TCP sequence number of its
@@ -12,7 +12,7 @@ Each interval: take the ring's records, pair requests and responses per
 connection and give each request its thread_trace_id (ext/trace.pyx),
 then make the span columns with pyarrow (protocol fields from the shared
 Cython parsers: httpflow's HTTP first-line parser, ext/redis.pyx,
-ext/tracectx.pyx for the app's trace ids), and post them as line protocol
+ext/mysql.pyx, ext/pgsql.pyx, ext/tracectx.pyx for the app's trace ids), and post them as line protocol
 to ``<trace_server>/v1/bpftracing?input=ebpf-net%2Fbpftracing`` (the form
 DataKit's own ebpftrace input takes) through the collector's HTTP sink
 (bounded queue, retries, spool)."""

@@ -352,3 +352,43 @@ def test_event_loop_serving_two_requests_never_gets_a_wrong_parent(plugin, apps)
     assert calls[(ports["/a"], "GET")] not in entry.values()
     assert calls[(ports["/b"], "SET")] not in entry.values()
     assert plugin.counters()["trace_exits_ambiguous_parent"] >= 2
+
+
+PIPELINE_CLIENT = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def cmd(*w):
+    return b"*%d\r\n" % len(w) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in w)
+s.sendall(cmd(b"SET", b"pk", b"1") + cmd(b"INCRBY", b"pk", b"x") + cmd(b"GET", b"pk"))
+got = b""
+while got.count(b"\r\n") < 4:  # +OK, -ERR ..., $1 1
+    got += s.recv(4096)
+s.close()
+"""
+
+
+def test_redis_pipeline_one_span_per_command_at_both_ends(plugin, apps):
+    """Three commands in one write to a real redis-server: three client
+    spans and three server spans, each with its own command, status and
+    sequence numbers, the two ends meeting on them."""
+    import sys
+
+    from support.trace_apps import start_after
+
+    cli = start_after(2.5, [sys.executable, "-c", PIPELINE_CLIENT, str(apps.redis_port)], apps.env)
+    cp, rp = str(cli.pid), str(apps.redis.pid)
+    port = str(apps.redis_port)
+
+    def done(rows):
+        return sum(r["pid"] == cp for r in rows) >= 3 and \
+            sum(r["pid"] == rp and r["resource"] == "INCRBY" for r in rows) >= 1
+
+    rows = spans_until(plugin, done, timeout=20)
+    assert cli.wait(10) == 0
+    client = sorted((r for r in rows if r["pid"] == cp and r["dst_port"] == port), key=lambda r: r["req_seq"])
+    assert [(r["resource"], r["status"]) for r in client] == [("SET", "ok"), ("INCRBY", "error"), ("GET", "ok")]
+    seqs = {(r["req_seq"], r["resp_seq"]) for r in client}
+    server = [r for r in rows if r["pid"] == rp and (r["req_seq"], r["resp_seq"]) in seqs]
+    assert sorted((r["req_seq"], r["resource"], r["status"]) for r in server) == \
+        [(r["req_seq"], r["resource"], r["status"]) for r in client]
+    assert len({r["req_seq"] for r in client}) == 3 and len({r["resp_seq"] for r in client}) == 3
