@@ -317,7 +317,8 @@ def test_redis_pipeline_in_one_call_is_one_span_per_command():
     assert rows[1]["err_msg"] == "ERR value is not an integer" and rows[0]["status_msg"] == "OK"
     assert (rows[3]["req_seq"], rows[3]["bytes_written"]) == (1000 + len(req), 14)
     # the pipelined commands are one request of a thread serving nothing: one root id
-    assert len({r["thread_trace_id"] for r in rows[:3]}) == 1 and rows[3]["thread_trace_id"] != rows[0]["thread_trace_id"]
+    ids = [r["thread_trace_id"] for r in rows]
+    assert len(set(ids[:3])) == 1 and ids[3] != ids[0]
 
 
 def test_mysql_prepared_statement_executions_are_spans():
@@ -350,3 +351,29 @@ def test_mysql_prepared_statement_executions_are_spans():
     assert len(b.statements.keys) == 1
     b.step(np.zeros(0, _trace.MSG_DTYPE), 71 * S)
     assert len(b.statements.keys) == 0  # the close forgot them (at the step after it)
+
+
+def test_event_loop_exits_get_the_one_open_request_or_none():
+    """One thread (an event loop) serving requests A (open 0..100) and B
+    (open 50..200) on two connections, calling redis on a third: a call
+    while only A is open is A's, while both are open nobody's (counted),
+    while only B is open B's, after both ended nobody's."""
+    get = b"GET /%s HTTP/1.1\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    recs = [msg(1, RECV, 0, get % b"a"), msg(1, SEND, 100, ok, recv=18, last_recv=0),
+            msg(1, CLOSE, 110, sent=38, recv=18, last_send=100, last_recv=0),
+            msg(2, RECV, 50, get % b"b"), msg(2, SEND, 200, ok, recv=18, last_recv=50),
+            msg(2, CLOSE, 210, sent=38, recv=18, last_send=200, last_recv=50)]
+    t = [10, 60, 150, 250]
+    for k, ts in enumerate(t):
+        recs += [msg(3, SEND, ts, redis_cmd(b"GET", b"%d" % k), sent=14 * k, recv=5 * k, last_send=t[k - 1] if k else 0,
+                     last_recv=t[k - 1] + 1 if k else 0),
+                 msg(3, RECV, ts + 1, b"$-1\r\n", sent=14 * (k + 1), recv=5 * k, last_send=ts)]
+    recs.append(msg(3, CLOSE, 300, sent=56, recv=20, last_send=250, last_recv=251))
+    b, msgs, spans, rows = build(recs)
+    entry = {r["http_route"]: r["thread_trace_id"] for r in rows if r["direction"] == "incoming"}
+    calls = [r["thread_trace_id"] for r in sorted((r for r in rows if r["direction"] == "outgoing"),
+                                                   key=lambda r: r["ktime"])]
+    assert calls[0] == entry["/a"] and calls[2] == entry["/b"]
+    assert calls[1] not in entry.values() and calls[3] not in entry.values()
+    assert (b.stats["exits_ambiguous_parent"], b.stats["exits_without_entry"]) == (1, 1)
