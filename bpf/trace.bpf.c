@@ -20,7 +20,9 @@
  *   the linker joins a client span to the server span across hosts.
  *   Other calls of the run only add to the socket's counters (trace_conns),
  *   but for the second when the first was shorter than TRACE_SHORT_START
- *   (include/trace.h: span_msg.more).
+ *   (include/trace.h: span_msg.more). A connection user space gave up on
+ *   (no protocol it knows in its first message starts: TLS, ssh, ...) is
+ *   flagged `ignored` in trace_conns by it: only counted from then on.
  * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
  *   ends the last message of the socket.
  * tp_btf/sched_process_fork: a new process inherits its parent's entry in
@@ -186,7 +188,9 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 		}
 	}
 	int start = tc->last_op != op;
-	if (start || tc->short_start) { /* a message starts, or its short start goes on */
+	/* a message starts, or its short start goes on (on a connection whose
+	 * protocol user space could tell) */
+	if ((start || tc->short_start) && !tc->ignored) {
 		__u32 zero = 0;
 		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
 		struct sock_tuple t = {};

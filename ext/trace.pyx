@@ -44,13 +44,26 @@ from dkebpf import _records
 cnp.import_array()
 
 __all__ = ["MSG_DTYPE", "MSG_MIN_SIZE", "DROP_NAMES", "SPAN_DTYPE", "CONN_DTYPE",
-           "pair", "link_threads", "payloads", "http_lines", "slices", "PROTO_NAMES"]
+           "pair", "link_threads", "payloads", "http_lines", "slices", "PROTO_NAMES", "TRACE_CONN_DTYPE",
+           "PROTO_GIVEN_UP"]
 
 OP_SEND = TRACE_OP_SEND
 OP_RECV = TRACE_OP_RECV
 OP_CLOSE = TRACE_OP_CLOSE
 PID_TRACED = TRACE_PID_TRACED
 PID_EXCLUDED = TRACE_PID_EXCLUDED
+
+cdef trace_conn _tc
+# the value of the kernel's trace_conns map (TracePlugin sets `ignored`)
+TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
+    ("sent", "<u8", offset_of(&_tc, &_tc.sent)),
+    ("recv", "<u8", offset_of(&_tc, &_tc.recv)),
+    ("ts_last_send", "<u8", offset_of(&_tc, &_tc.ts_last_send)),
+    ("ts_last_recv", "<u8", offset_of(&_tc, &_tc.ts_last_recv)),
+    ("last_op", "u1", offset_of(&_tc, &_tc.last_op)),
+    ("short_start", "u1", offset_of(&_tc, &_tc.short_start)),
+    ("ignored", "u1", offset_of(&_tc, &_tc.ignored)),
+], sizeof(trace_conn))
 PAYLOAD_MAX = TRACE_PAYLOAD_MAX
 MSG_MIN_SIZE = SPAN_MSG_MIN_SIZE
 
@@ -66,6 +79,7 @@ cdef enum:
 
 PROTO_NAMES = {P_HTTP: "http", P_REDIS: "redis", P_MYSQL: "mysql", P_PGSQL: "postgresql", P_HTTP2: "http2"}
 PROTO = {v: k for k, v in PROTO_NAMES.items()}
+PROTO_GIVEN_UP = P_NONE  # CONN_DTYPE.proto of a connection whose protocol was not told
 
 # message starts a connection gets to say what it speaks
 DEF DETECT_TRIES = 4

@@ -85,7 +85,10 @@ struct trace_conn {
 	__u64 ts_last_recv;
 	__u8 last_op; /* TRACE_OP_SEND / TRACE_OP_RECV of the current run */
 	__u8 short_start; /* the run's first call was short: send the next one too */
-	__u8 _pad[6];
+	__u8 ignored;     /* user space could not tell its protocol (TracePlugin
+	                   * sets it): its calls are only counted, no record
+	                   * but the close */
+	__u8 _pad[5];
 };
 
 #endif

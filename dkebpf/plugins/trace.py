@@ -30,7 +30,7 @@ from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
 
 try:
-    from .. import _http, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
+    from .. import _http, _libbpf, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -248,6 +248,7 @@ class SpanBuilder:
         self.conns = np.zeros(0, _trace.CONN_DTYPE)
         self.statements = PreparedStatements()
         self._joined = None  # step()'s buffer of carried + new records
+        self.given_up = np.zeros(0, np.uint64)
         self.closed_before = np.zeros(0, np.uint64)
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
                       "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
@@ -270,6 +271,9 @@ class SpanBuilder:
         for k, v in st.items():
             self.stats[k] += v
         self._merge_conns(seen, now_mono_ns)
+        # connections whose protocol was not told (TLS, ssh, ...): the kernel
+        # is told to stop sending their message starts (TracePlugin)
+        self.given_up = seen["sk"][(seen["proto"] == _trace.PROTO_GIVEN_UP) & (seen["closed"] == 0)]
         # the statements of sockets closed in the step before (this step's
         # spans, made after it, may still execute them)
         self.statements.forget(self.closed_before)
@@ -638,6 +642,7 @@ class TracePlugin(Plugin):
         self.kernel_pids = {}  # pid -> value written to trace_pids
         self.points = 0
         self.early_steps = 0
+        self.ignored = 0  # connections the kernel was told to stop sending
         self.kept = []  # span batches of early steps, for the interval's output (no trace server)
 
     def start(self):
@@ -706,6 +711,7 @@ class TracePlugin(Plugin):
 
     def _step(self, now_ns):
         msgs, spans = self.builder.step(self.take(), time.monotonic_ns())
+        self._ignore(self.builder.given_up)
         if not len(spans):
             return
         table = self.builder.table(msgs, spans, time.time_ns() - time.monotonic_ns())
@@ -717,6 +723,31 @@ class TracePlugin(Plugin):
             self.post(batch, now_ns)
         else:
             self.kept.append(batch)
+
+    def _ignore(self, sks):
+        """Flag these sockets `ignored` in the kernel's trace_conns: their
+        calls are counted, their message starts (1 kB each) no longer sent.
+        One map update per connection given up on (not per message); an
+        entry gone meanwhile (the socket closed) is left alone, so a new
+        socket at that address is not flagged by BPF_EXIST's miss (a socket
+        reused between the step and this update is: a rare miss)."""
+        if not len(sks) or self.bpf is None:
+            return
+        m = self.bpf.maps.trace_conns
+        for sk in sks.tolist():
+            key = np.uint64(sk).tobytes()
+            cur = m.lookup(key)
+            if cur is None:
+                continue
+            v = np.frombuffer(cur, _trace.TRACE_CONN_DTYPE).copy()
+            if v["ignored"][0]:
+                continue
+            v["ignored"] = 1
+            try:
+                m.update(key, v.tobytes(), _libbpf.BPF_EXIST)
+                self.ignored += 1
+            except OSError:  # closed in between: nothing to stop
+                pass
 
     def collect(self, now_ns):
         self.rescan()
@@ -748,6 +779,7 @@ class TracePlugin(Plugin):
         c = {f"trace_{k}": v for k, v in self.builder.stats.items()}
         c["points"] = self.points
         c["early_steps"] = self.early_steps
+        c["trace_connections_ignored"] = self.ignored
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
             c.update(self.bpf.counters())

@@ -392,3 +392,65 @@ def test_redis_pipeline_one_span_per_command_at_both_ends(plugin, apps):
     assert sorted((r["req_seq"], r["resource"], r["status"]) for r in server) == \
         [(r["req_seq"], r["resource"], r["status"]) for r in client]
     assert len({r["req_seq"] for r in client}) == 3 and len({r["resp_seq"] for r in client}) == 3
+
+
+# A TCP echo of 8 junk bytes, 150 round trips 20 ms apart: no protocol the
+# span builder knows. argv: nothing; prints the client's local port.
+JUNK_ECHO = r"""
+import socket, threading, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+def echo():
+    c, _ = srv.accept()
+    while True:
+        b = c.recv(64)
+        if not b:
+            break
+        c.sendall(b)
+threading.Thread(target=echo, daemon=True).start()
+cli = socket.create_connection(srv.getsockname())
+print(cli.getsockname()[1], flush=True)
+for i in range(150):
+    cli.sendall(b"\x16\x03\x01junk")
+    cli.recv(64)
+    time.sleep(0.02)
+cli.close()
+"""
+
+
+def test_connection_of_unknown_protocol_stops_sending_records(plugin, apps):
+    """A traced process speaking no known protocol: after a few message
+    starts the span builder gives the connection up and the kernel is
+    told (trace_conns.ignored): its records stop, both ends of it."""
+    import subprocess
+    import sys
+
+    from support.trace_apps import start_after
+
+    proc = start_after(2.5, [sys.executable, "-c", JUNK_ECHO], apps.env, stdout=subprocess.PIPE, text=True)
+    pid = proc.pid
+    seen = []  # (ts, op) of this process's records, as the plugin takes them
+    take = plugin.take
+
+    def counting_take():
+        msgs = take()
+        mine = msgs[msgs["pid"] == pid]
+        seen.extend(zip(mine["ts"].tolist(), mine["op"].tolist()))
+        return msgs
+
+    plugin.take = counting_take
+    end = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < end:
+        plugin.collect(time.time_ns())
+        time.sleep(0.2)
+    assert proc.wait(10) == 0
+    plugin.collect(time.time_ns())
+    starts = sorted(ts for ts, op in seen if op != 3)
+    # 150 round trips: 600 message starts at the two sockets untold; a few
+    # before the builder gave up (it looks at 4 per connection; a step
+    # every 0.2 s is ~10 round trips)
+    assert 8 <= len(starts) < 150, len(starts)
+    assert plugin.counters()["trace_connections_ignored"] >= 2
+    # the last second of the exchange sent nothing
+    assert not starts or (max(starts) < time.monotonic_ns() - 1_000_000_000)
