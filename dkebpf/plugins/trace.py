@@ -12,8 +12,8 @@ Each interval: take the ring's records, pair requests and responses per
 connection and give each request its thread_trace_id (ext/trace.pyx),
 then make the span columns with pyarrow (protocol fields from the shared
 Cython parsers: httpflow's HTTP first-line parser, ext/redis.pyx,
-ext/mysql.pyx, ext/pgsql.pyx, ext/tracectx.pyx for the app's trace ids), and post them as line protocol
-to ``<trace_server>/v1/bpftracing?input=ebpf-net%2Fbpftracing`` (the form
+ext/mysql.pyx, ext/pgsql.pyx, ext/tracectx.pyx for the app's trace ids),
+and post them as line protocol to ``<trace_server>/v1/bpftracing?input=ebpf-net%2Fbpftracing`` (the form
 DataKit's own ebpftrace input takes) through the collector's HTTP sink
 (bounded queue, retries, spool)."""
 import os
@@ -168,10 +168,11 @@ class PreparedStatements:
     """MySQL statements prepared on each connection: (socket, statement
     id) -> normalized SQL text and its first word, for the spans of their
     executions. Columns (numpy keys sorted, pyarrow strings), no Python
-    object per statement; a socket's go when it closes (its memory and the
-    ids are reused), the oldest past MAX_STATEMENTS."""
+    object per statement; a socket's statements go when it closes (its
+    memory and the ids are reused), the oldest past MAX_STATEMENTS."""
 
     MAX_STATEMENTS = 65536
+    ID_BITS = 20  # a connection's ids count from 1: past 2**20 statements on one, two may meet
 
     def __init__(self):
         self.keys = np.zeros(0, np.uint64)
@@ -181,8 +182,6 @@ class PreparedStatements:
     @property
     def nbytes(self):
         return self.keys.nbytes + self.sql.nbytes + self.first.nbytes
-
-    ID_BITS = 20  # a connection's ids count from 1: past 2**20 statements on one, two may meet
 
     @classmethod
     def _key(cls, sk, stmt_id):
@@ -615,13 +614,7 @@ def _nth_rows(rows, sub, ev=None):
 
 def _first_rows(rows, n):
     """The first parser row of each payload 0..n-1 (zeroed where none)."""
-    out = np.zeros(n, rows.dtype)
-    if len(rows):
-        ev = rows["ev"]
-        first = np.ones(len(rows), bool)
-        first[1:] = ev[1:] != ev[:-1]
-        out[ev[first]] = rows[first]
-    return out
+    return _nth_rows(rows, np.zeros(n, np.int64))
 
 
 class TracePlugin(Plugin):
