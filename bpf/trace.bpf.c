@@ -20,7 +20,9 @@
  *   the linker joins a client span to the server span across hosts.
  *   Other calls of the run only add to the socket's counters (trace_conns),
  *   but for the second when the first was shorter than TRACE_SHORT_START
- *   (include/trace.h: span_msg.more).
+ *   (include/trace.h: span_msg.more). A connection user space gave up on
+ *   (no protocol it knows in its first message starts: TLS, ssh, ...) is
+ *   flagged `ignored` in trace_conns by it: only counted from then on.
  * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
  *   ends the last message of the socket.
  * tp_btf/sched_process_fork: a new process inherits its parent's entry in
@@ -97,6 +99,12 @@ static __always_inline int traced(__u32 tgid)
 	if (trace_all)
 		return !v || *v != TRACE_PID_EXCLUDED;
 	return v && *v == TRACE_PID_TRACED;
+}
+
+/* Does the payload start with an HTTP/1.x status line ("HTTP/1.")? */
+static __always_inline int is_http1_status(const __u8 *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' && p[6] == '.';
 }
 
 /* Copy up to TRACE_PAYLOAD_MAX - off bytes from src at payload[off]. */
@@ -180,7 +188,9 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 		}
 	}
 	int start = tc->last_op != op;
-	if (start || tc->short_start) { /* a message starts, or its short start goes on */
+	/* a message starts, or its short start goes on (on a connection whose
+	 * protocol user space could tell) */
+	if ((start || tc->short_start) && !tc->ignored) {
 		__u32 zero = 0;
 		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
 		struct sock_tuple t = {};
@@ -209,6 +219,11 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
 			ev->cap_len = copy_payload(s, ret);
+			/* an HTTP/1.x response: user space reads its status line
+			 * only; the headers and body after it would only fill the
+			 * ring (include/trace.h: TRACE_STATUS_KEEP) */
+			if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
+				ev->cap_len = TRACE_STATUS_KEEP;
 			__u32 size = SPAN_MSG_MIN_SIZE + (ev->cap_len & (2 * TRACE_PAYLOAD_MAX - 1));
 			__u64 flag = ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
 			if (bpf_ringbuf_output(&events, ev, size, flag))

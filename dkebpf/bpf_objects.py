@@ -136,9 +136,13 @@ TLS = ObjectSpec(
 # ebpf-trace (bpf/trace.bpf.c): one record per message start of a traced
 # process, ending after its payload. The record's dtype and the drop names
 # live with the span builder (ext/trace.pyx), the one module reading them.
+# Its reader gets 4x the common budget: a record slot is ~1.2 kB (its
+# payload's room) and a request 4 records, and the span builder's cost per
+# step is mostly fixed: at 4 MiB a step was ~440 requests and the builder
+# fell behind nginx + wrk (perf/bench_trace_overhead.py).
 TRACE = ObjectSpec(
     "trace", knobs=("ipv6_disabled", "self_tgid", "trace_all"), maps=("trace_pids", "trace_conns"),
-    rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE),),
+    rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE, buffer_bytes=4 * READER_BUFFER_BYTES),),
     drops="drops", drop_names=MappingProxyType(_trace.DROP_NAMES), drop_prefix="kernel_drop_trace_")
 
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE)}

@@ -18,9 +18,10 @@ at its own first call.
 
 ``link_threads()`` gives every request its ``thread_trace_id``: a request a
 process received (an entry span) a new id; a request it sent (an exit
-span) the id of the latest request received by the same thread before it
-(the original's rule, comm.go ThreadTrace), else an id of its own. Done
-on message starts, not on finished spans, because a server's span
+span) the id of the one request its thread has open at that moment (from
+the request's start to its span's end), else an id of its own: with none
+open, or with several (an event loop), where any choice could be wrong.
+Done on message starts, not on finished spans, because a server's span
 finishes after the client calls it made while serving.
 
 ``tests/reference/trace_ref.py`` holds the pairing rules in plain Python.
@@ -42,14 +43,27 @@ from dkebpf import _records
 
 cnp.import_array()
 
-__all__ = ["MSG_DTYPE", "MSG_MIN_SIZE", "DROP_NAMES", "SPAN_DTYPE", "CONN_DTYPE", "THREAD_DTYPE",
-           "pair", "link_threads", "payloads", "http_lines", "slices", "PROTO_NAMES"]
+__all__ = ["MSG_DTYPE", "MSG_MIN_SIZE", "DROP_NAMES", "SPAN_DTYPE", "CONN_DTYPE",
+           "pair", "link_threads", "payloads", "http_lines", "slices", "PROTO_NAMES", "TRACE_CONN_DTYPE",
+           "PROTO_GIVEN_UP"]
 
 OP_SEND = TRACE_OP_SEND
 OP_RECV = TRACE_OP_RECV
 OP_CLOSE = TRACE_OP_CLOSE
 PID_TRACED = TRACE_PID_TRACED
 PID_EXCLUDED = TRACE_PID_EXCLUDED
+
+cdef trace_conn _tc
+# the value of the kernel's trace_conns map (TracePlugin sets `ignored`)
+TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
+    ("sent", "<u8", offset_of(&_tc, &_tc.sent)),
+    ("recv", "<u8", offset_of(&_tc, &_tc.recv)),
+    ("ts_last_send", "<u8", offset_of(&_tc, &_tc.ts_last_send)),
+    ("ts_last_recv", "<u8", offset_of(&_tc, &_tc.ts_last_recv)),
+    ("last_op", "u1", offset_of(&_tc, &_tc.last_op)),
+    ("short_start", "u1", offset_of(&_tc, &_tc.short_start)),
+    ("ignored", "u1", offset_of(&_tc, &_tc.ignored)),
+], sizeof(trace_conn))
 PAYLOAD_MAX = TRACE_PAYLOAD_MAX
 MSG_MIN_SIZE = SPAN_MSG_MIN_SIZE
 
@@ -65,6 +79,7 @@ cdef enum:
 
 PROTO_NAMES = {P_HTTP: "http", P_REDIS: "redis", P_MYSQL: "mysql", P_PGSQL: "postgresql", P_HTTP2: "http2"}
 PROTO = {v: k for k, v in PROTO_NAMES.items()}
+PROTO_GIVEN_UP = P_NONE  # CONN_DTYPE.proto of a connection whose protocol was not told
 
 # message starts a connection gets to say what it speaks
 DEF DETECT_TRIES = 4
@@ -137,9 +152,6 @@ CONN_DTYPE = np.dtype({
                 offset_of(&_c, &_c.proto), offset_of(&_c, &_c.tries), offset_of(&_c, &_c.closed)],
     "itemsize": sizeof(conn_t)})
 
-# the latest request each thread received (link_threads' memory between batches)
-THREAD_DTYPE = np.dtype([("key", "<u8"), ("ts", "<u8"), ("ttid", "<i8")])
-
 # role of a message start (pair()'s first result)
 cdef enum:
     R_OTHER = 0
@@ -207,8 +219,9 @@ cdef inline uint64_t _sub(uint64_t a, uint64_t b) noexcept nogil:
 
 
 cdef void _finish(span_t *s, const span_msg *M, int64_t req, int64_t resp, int64_t nxt, uint8_t req_op,
-                  uint8_t proto) noexcept nogil:
-    """A span from its request, response and what followed (or -1)."""
+                  uint8_t proto, uint64_t *until) noexcept nogil:
+    """A span from its request, response and what followed (or -1); the
+    request is open until the span's end (until[req])."""
     cdef const span_msg *q = &M[req]
     cdef const span_msg *r = &M[resp]
     cdef const span_msg *x
@@ -234,6 +247,7 @@ cdef void _finish(span_t *s, const span_msg *M, int64_t req, int64_t resp, int64
         end = _sub(x.sk_recv, r.sk_recv) if req_op == TRACE_OP_SEND else _sub(x.sk_sent, r.sk_sent)
         if end > s.resp_bytes:
             s.resp_bytes = end
+    until[req] = s.end_ns
 
 
 def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
@@ -241,11 +255,13 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     (what was carried before the new at equal keys: records are large,
     so they are not moved);
     conns: CONN_DTYPE, sorted by sk (the connections' state so far).
-    Returns (role, spans, carry, conns_seen, stats): role per message
+    Returns (role, spans, carry, conns_seen, stats, until): role per message
     (ROLE_*), SPAN_DTYPE rows of the finished exchanges, a bool per message
     to carry to the next batch (a request not answered yet, a response
     still open), the new state of the connections in msgs (sorted by sk;
-    closed ones flagged), and counters. A record that continues a short
+    closed ones flagged), counters, and per request until when it is open
+    (link_threads): its span's end; the next request's or the close's time
+    when it got no answer; UINT64_MAX while it is carried. A record that continues a short
     start (``more``) has its payload appended to the start's, in msgs."""
     cdef cnp.ndarray M_arr = msgs
     if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous or not M_arr.flags.writeable:
@@ -260,6 +276,8 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     carry = np.zeros(n, bool)
     spans = np.zeros(n // 2 + 1, SPAN_DTYPE)
     seen = np.zeros(n, CONN_DTYPE)
+    until_arr = np.zeros(n, np.uint64)
+    cdef uint64_t *U = <uint64_t *>cnp.PyArray_DATA(until_arr)
     cdef uint8_t[::1] R = role
     cdef uint8_t[::1] K = carry.view(np.uint8)
     cdef span_t *S = <span_t *>cnp.PyArray_DATA(spans)
@@ -312,10 +330,11 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
                 st.last_ts = M[i].ts_ns
                 if op == TRACE_OP_CLOSE:
                     if pr >= 0:
-                        _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto)
+                        _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto, U)
                         ns += 1
                     elif pq >= 0:
                         unanswered += 1
+                        U[pq] = M[i].ts_ns
                     pq = pr = -1
                     # the socket is gone; its memory (the key) may carry a
                     # new connection of any protocol and side right after
@@ -343,11 +362,13 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
                 if op == st.req_op:
                     R[i] = R_REQUEST
                     if pr >= 0:
-                        _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto)
+                        _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto, U)
                         ns += 1
                     elif pq >= 0:
                         unanswered += 1
+                        U[pq] = M[i].ts_ns
                     pq = i
+                    U[i] = 0xffffffffffffffffULL
                     pr = -1
                 else:
                     R[i] = R_RESPONSE
@@ -359,7 +380,9 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
             # what is still open at the end of the batch
             if pr >= 0:
                 if M[pr].ts_ns < settle_before:
-                    _finish(&S[ns], M, pq, pr, -1, st.req_op, st.proto)
+                    # ended at its response's start as far as linking goes
+                    # (its last call is not known without a next message)
+                    _finish(&S[ns], M, pq, pr, -1, st.req_op, st.proto, U)
                     ns += 1
                 else:
                     K[pq] = 1
@@ -367,13 +390,14 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
             elif pq >= 0:
                 if M[pq].ts_ns < expire_before:
                     expired += 1
+                    U[pq] = M[pq].ts_ns
                 else:
                     K[pq] = 1
             O[no] = st
             no += 1
     stats = {"unanswered": unanswered, "orphan_responses": orphan_responses, "expired_requests": expired,
              "undetected_connections": undetected}
-    return role, spans[:ns], carry, seen[:no], stats
+    return role, spans[:ns], carry, seen[:no], stats, until_arr
 
 
 cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
@@ -386,70 +410,97 @@ cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     return x
 
 
-def link_threads(msgs, role, threads, uint64_t forget_before):
+# entries open on one thread at once that link_threads keeps apart; past
+# it, the thread's exits get no parent until some close
+DEF OPEN_MAX = 64
+
+
+cdef inline uint64_t _entry_id(const span_msg *m) noexcept nogil:
+    cdef uint64_t id_ = mix64(m.sk ^ mix64(m.ts_ns) ^ (<uint64_t>m.tid << 32)) & 0x7fffffffffffffffULL
+    return id_ if id_ != 0 else 1
+
+
+cdef inline uint64_t _root_id(const span_msg *m) noexcept nogil:
+    cdef uint64_t id_ = mix64(m.sk ^ mix64(m.ts_ns + 1)) & 0x7fffffffffffffffULL
+    return id_ if id_ != 0 else 1
+
+
+def link_threads(msgs, role, until):
     """Give every request of msgs without one (msgs['user'] == 0) its
     thread_trace_id, in msgs['user'] (as uint64 of a positive int64).
-    threads: THREAD_DTYPE, the latest received request per thread so far.
-    Returns the new threads table (entries older than forget_before go)."""
+
+    A request the process received (an entry) gets a new id and is open on
+    its thread (pid, tid) from its start until ``until`` (pair()'s: the end
+    of its span, or of its wait). A request the process sent (an exit)
+    gets the id of the entry open on the same thread at its start when
+    there is exactly one; with none it is a root of its own; with more than
+    one (an event loop serving several requests at once: nginx, asyncio,
+    Node) it is a root of its own too, and counted: which one it serves
+    cannot be told from the thread, and a guess could be a wrong parent.
+    Entries still unanswered or whose response is still open are carried
+    by the caller with their id, so they are open again in the next batch.
+    Returns {"exits_ambiguous_parent": n, "exits_without_entry": n}."""
     cdef cnp.ndarray M_arr = msgs
     if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous:
         raise TypeError("link_threads: msgs must be a contiguous MSG_DTYPE array (it is written)")
-    cdef span_msg *M = <span_msg *>cnp.PyArray_DATA(M_arr)
-    cdef const uint8_t[::1] R = np.ascontiguousarray(role, np.uint8)
-    idx = np.flatnonzero((np.asarray(role) == ROLE_REQUEST) & (msgs["user"] == 0))
-    # time order over all connections: a thread's requests in the order it made them
-    idx = idx[np.argsort(msgs["ts"][idx], kind="stable")]
-    T = np.ascontiguousarray(threads, THREAD_DTYPE)
-    tk = np.concatenate([T["key"], (msgs["pid"][idx].astype(np.uint64) << 32) | msgs["tid"][idx]])
-    tt = np.concatenate([T["ts"], msgs["ts"][idx]])
-    tid = np.concatenate([T["ttid"], np.zeros(len(idx), np.int64)])
-    cdef const int64_t[::1] I = idx.astype(np.int64)
-    cdef Py_ssize_t base = len(T), k, n = len(idx), total = len(tk)
-    # per thread key, in time order: the running latest entry (key order,
-    # then time; entries of the table first at equal keys, they are older)
-    order = np.lexsort((np.arange(total), tt, tk)).astype(np.int64)
-    cdef const int64_t[::1] Ord = order
-    cdef const uint64_t[::1] Key = tk
-    cdef int64_t[::1] Tid = tid
-    cdef uint64_t last_key = 0, id_
-    cdef int64_t last_ttid = 0, pos
+    cdef span_msg *M = <span_msg *>cnp.PyArray_DATA(M_arr) if len(M_arr) else NULL
+    cdef const uint64_t[::1] U = np.ascontiguousarray(until, np.uint64)
+    rq = np.asarray(role) == ROLE_REQUEST
+    if U.shape[0] != len(M_arr) or rq.shape[0] != len(M_arr):
+        raise ValueError(f"link_threads: {len(M_arr)} records but {U.shape[0]} until and {rq.shape[0]} roles")
+    idx = np.flatnonzero(rq)
+    ops = msgs["op"][idx]
+    # per thread, in time order, an entry before an exit at the same time
+    order = np.lexsort((ops != TRACE_OP_RECV, msgs["ts"][idx],
+                        (msgs["pid"][idx].astype(np.uint64) << 32) | msgs["tid"][idx]))
+    cdef const int64_t[::1] I = idx[order].astype(np.int64)
+    cdef Py_ssize_t n = I.shape[0], k, j, live
+    cdef uint64_t open_until[OPEN_MAX]
+    cdef uint64_t open_id[OPEN_MAX]
+    cdef Py_ssize_t nopen = 0
+    cdef uint64_t overflow_until = 0  # an entry not kept (OPEN_MAX): no parent before this
+    cdef uint64_t key = 0, k2, t
     cdef bint have = False
+    cdef int64_t ambiguous = 0, orphan = 0
     cdef span_msg *m
     with nogil:
-        for k in range(total):
-            pos = Ord[k]
-            if not have or Key[pos] != last_key:
-                last_key = Key[pos]
+        for k in range(n):
+            m = &M[I[k]]
+            k2 = (<uint64_t>m.pid << 32) | m.tid
+            if not have or k2 != key:
+                key = k2
                 have = True
-                last_ttid = 0
-            if pos < base:
-                last_ttid = Tid[pos]
-                continue
-            m = &M[I[pos - base]]
-            if m.op == TRACE_OP_RECV:  # an entry: a new id, the thread's latest
-                id_ = mix64(m.sk ^ mix64(m.ts_ns) ^ (<uint64_t>m.tid << 32)) & 0x7fffffffffffffffULL
-                if id_ == 0:
-                    id_ = 1
-                last_ttid = <int64_t>id_
-                Tid[pos] = last_ttid
-            elif last_ttid != 0:  # an exit inside the latest entry's thread
-                id_ = <uint64_t>last_ttid
-            else:  # an exit of a thread that served nothing: its own root
-                id_ = mix64(m.sk ^ mix64(m.ts_ns + 1)) & 0x7fffffffffffffffULL
-                if id_ == 0:
-                    id_ = 1
-            m.user = id_
-    # the table: the latest entry per thread
-    entry = np.concatenate([np.ones(base, bool), msgs["op"][idx] == TRACE_OP_RECV])
-    keep = entry & (tt >= forget_before)
-    ek, et, ei = tk[keep], tt[keep], tid[keep]
-    o = np.lexsort((et, ek))
-    ek, et, ei = ek[o], et[o], ei[o]
-    last = np.ones(len(ek), bool)
-    last[:len(ek) - 1] = ek[1:] != ek[:len(ek) - 1]
-    out = np.zeros(int(last.sum()), THREAD_DTYPE)
-    out["key"], out["ts"], out["ttid"] = ek[last], et[last], ei[last]
-    return out
+                nopen = 0
+                overflow_until = 0
+            t = m.ts_ns
+            # the entries of this thread still open at t
+            live = 0
+            for j in range(nopen):
+                if open_until[j] > t:
+                    open_until[live] = open_until[j]
+                    open_id[live] = open_id[j]
+                    live += 1
+            nopen = live
+            if m.op == TRACE_OP_RECV:
+                if m.user == 0:
+                    m.user = _entry_id(m)
+                if U[I[k]] > t:
+                    if nopen < OPEN_MAX:
+                        open_until[nopen] = U[I[k]]
+                        open_id[nopen] = m.user
+                        nopen += 1
+                    elif overflow_until < U[I[k]]:
+                        overflow_until = U[I[k]]
+            elif m.user == 0:
+                if nopen == 1 and overflow_until <= t:
+                    m.user = open_id[0]
+                else:
+                    m.user = _root_id(m)
+                    if nopen == 0 and overflow_until <= t:
+                        orphan += 1
+                    else:
+                        ambiguous += 1
+    return {"exits_ambiguous_parent": ambiguous, "exits_without_entry": orphan}
 
 
 def payloads(msgs, idx):

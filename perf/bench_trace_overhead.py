@@ -49,8 +49,13 @@ def spans_in(path):
 def main():
     if os.environ.get(MARK) != str(os.getpid()):
         # /proc/<pid>/environ shows the environment a process was started
-        # with (not os.environ's changes): start again with the variable
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, MARK: str(os.getpid())})
+        # with (not os.environ's changes): start again with the variable.
+        # PYTHONPATH made absolute: the collectors run in a temporary
+        # directory, where a relative one (PYTHONPATH=.. from perf/) would
+        # silently give them the installed dkebpf, not this tree's
+        path = os.pathsep.join(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
+        env = {**os.environ, MARK: str(os.getpid()), **({"PYTHONPATH": path} if path else {})}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
     off, on, lat_off, lat_on, cpu, per_req, lost, http = [], [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         wrk(tmp)  # warm-up
@@ -73,6 +78,8 @@ def main():
             per_req.append(spans_in(out) / max(total, 1))
             lost.append({k: int(v) for (p, k), v in m.items()
                          if p == "ebpf-trace" and ("kernel_drop" in k or "evicted" in k or "expired" in k) and v})
+    import dkebpf
+    print(f"dkebpf from {os.path.dirname(dkebpf.__file__)}")
     print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds; traced: "
           f"{'all' if not TRACE_ARGS else 'this benchmark, nginx and wrk'}; load average {os.getloadavg()[0]:.2f}")
     print(f"off_requests_per_s: {statistics.median(off):.0f} {[round(x) for x in off]}")

@@ -13,6 +13,10 @@
  * (traceparent and friends sit among them), a Redis command, a SQL text. */
 #define TRACE_PAYLOAD_MAX 1024
 
+/* Payload bytes kept of a message start that is an HTTP/1.x status line:
+ * the span needs its status code (and version) only. */
+#define TRACE_STATUS_KEEP 32
+
 /* trace_event.op */
 #define TRACE_OP_SEND 1  /* the first call of a run of sends on the socket */
 #define TRACE_OP_RECV 2  /* the first call of a run of receives */
@@ -81,7 +85,10 @@ struct trace_conn {
 	__u64 ts_last_recv;
 	__u8 last_op; /* TRACE_OP_SEND / TRACE_OP_RECV of the current run */
 	__u8 short_start; /* the run's first call was short: send the next one too */
-	__u8 _pad[6];
+	__u8 ignored;     /* user space could not tell its protocol (TracePlugin
+	                   * sets it): its calls are only counted, no record
+	                   * but the close */
+	__u8 _pad[5];
 };
 
 #endif

@@ -1,6 +1,6 @@
 """ebpf-trace: one `dketrace` span per request/response exchange a traced
-process makes or serves (HTTP/1.x, Redis; MySQL and PostgreSQL told apart
-but not yet reported), posted to the linker's ``/v1/bpftracing``.
+process makes or serves (HTTP/1.x, Redis, MySQL, PostgreSQL), posted to
+the linker's ``/v1/bpftracing``.
 
 Kernel side: bpf/trace.bpf.c sends one struct span_msg per message start
 on a TCP socket of a traced process, with the TCP sequence number of its
@@ -12,8 +12,8 @@ Each interval: take the ring's records, pair requests and responses per
 connection and give each request its thread_trace_id (ext/trace.pyx),
 then make the span columns with pyarrow (protocol fields from the shared
 Cython parsers: httpflow's HTTP first-line parser, ext/redis.pyx,
-ext/tracectx.pyx for the app's trace ids), and post them as line protocol
-to ``<trace_server>/v1/bpftracing?input=ebpf-net%2Fbpftracing`` (the form
+ext/mysql.pyx, ext/pgsql.pyx, ext/tracectx.pyx for the app's trace ids),
+and post them as line protocol to ``<trace_server>/v1/bpftracing?input=ebpf-net%2Fbpftracing`` (the form
 DataKit's own ebpftrace input takes) through the collector's HTTP sink
 (bounded queue, retries, spool)."""
 import os
@@ -30,7 +30,7 @@ from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
 
 try:
-    from .. import _http, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
+    from .. import _http, _libbpf, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -46,7 +46,6 @@ SERVICE_ENV = ("DKE_SERVICE", "DK_BPFTRACE_SERVICE", "DD_SERVICE", "OTEL_SERVICE
 # its first call (a keep-alive connection's last response)
 SETTLE_NS = 1_000_000_000
 EXPIRE_NS = 120_000_000_000        # a request unanswered this long is dropped (counted)
-THREAD_MEMORY_NS = 600_000_000_000  # the original keeps thread entries 10 min
 CONN_MEMORY_NS = 600_000_000_000
 MAX_CARRIED = 16384                 # records waiting for their other half, at most
 RESCAN_S = 1.0                      # /proc rescans for new processes, at most this often
@@ -165,6 +164,72 @@ def trace_server_base(url):
     return url[: -len("/v1/bpftracing")] if url.endswith("/v1/bpftracing") else url
 
 
+class PreparedStatements:
+    """MySQL statements prepared on each connection: (socket, statement
+    id) -> normalized SQL text and its first word, for the spans of their
+    executions. Columns (numpy keys sorted, pyarrow strings), no Python
+    object per statement; a socket's statements go when it closes (its
+    memory and the ids are reused), the oldest past MAX_STATEMENTS."""
+
+    MAX_STATEMENTS = 65536
+    ID_BITS = 20  # a connection's ids count from 1: past 2**20 statements on one, two may meet
+
+    def __init__(self):
+        self.keys = np.zeros(0, np.uint64)
+        self.sql = pa.array([], pa.string())
+        self.first = pa.array([], pa.string())
+
+    @property
+    def nbytes(self):
+        return self.keys.nbytes + self.sql.nbytes + self.first.nbytes
+
+    @classmethod
+    def _key(cls, sk, stmt_id):
+        """The socket's low 44 bits (kernel memory: the high ones are all
+        ones) and the id's low 20, in one sortable u64."""
+        b = np.uint64(cls.ID_BITS)
+        return (np.asarray(sk, np.uint64) << b) | (np.asarray(stmt_id, np.uint64) & np.uint64((1 << cls.ID_BITS) - 1))
+
+    def add(self, sk, stmt_id, sql, first):
+        if not len(sk):
+            return
+        keys = np.concatenate([self.keys, self._key(sk, stmt_id)])
+        sqls = pa.concat_arrays([self.sql, sql.cast(pa.string())])
+        firsts = pa.concat_arrays([self.first, first.cast(pa.string())])
+        # the latest of equal keys (a re-prepared id), the newest MAX_STATEMENTS
+        order = np.lexsort((np.arange(len(keys)), keys))
+        last = np.ones(len(order), bool)
+        last[:-1] = keys[order][1:] != keys[order][:-1]
+        keep = order[last]
+        if len(keep) > self.MAX_STATEMENTS:
+            keep = np.sort(np.sort(keep)[-self.MAX_STATEMENTS:])
+            keep = keep[np.argsort(keys[keep], kind="stable")]
+        self.keys = keys[keep]
+        self.sql = sqls.take(pa.array(keep))
+        self.first = firsts.take(pa.array(keep))
+
+    def lookup(self, sk, stmt_id):
+        """(sql, first) per row, null where not known."""
+        k = self._key(sk, stmt_id)
+        at = np.searchsorted(self.keys, k)
+        found = at < len(self.keys)
+        found[found] = self.keys[at[found]] == k[found]
+        idx = pa.array(np.where(found, at, 0), mask=~found)
+        if not len(self.keys):
+            return pa.nulls(len(k), pa.string()), pa.nulls(len(k), pa.string())
+        return self.sql.take(idx), self.first.take(idx)
+
+    def forget(self, sks):
+        if len(sks) and len(self.keys):
+            b = np.uint64(self.ID_BITS)
+            gone = np.isin(self.keys >> b, self._key(sks, 0) >> b)
+            if gone.any():
+                keep = np.flatnonzero(~gone)
+                self.keys = self.keys[keep]
+                self.sql = self.sql.take(pa.array(keep))
+                self.first = self.first.take(pa.array(keep))
+
+
 class SpanBuilder:
     """Message starts -> span rows (pyarrow Table of dketrace columns),
     keeping what is unfinished between calls. No Python object per
@@ -180,25 +245,38 @@ class SpanBuilder:
         self.max_carried = max_carried
         self.carried = np.zeros(0, _trace.MSG_DTYPE)
         self.conns = np.zeros(0, _trace.CONN_DTYPE)
-        self.threads = np.zeros(0, _trace.THREAD_DTYPE)
+        self.statements = PreparedStatements()
+        self._joined = None  # step()'s buffer of carried + new records
+        self.given_up = np.zeros(0, np.uint64)
+        self.closed_before = np.zeros(0, np.uint64)
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
-                      "expired_requests": 0, "undetected_connections": 0}
+                      "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
+                      "exits_without_entry": 0}
 
     def memory(self):
         return {"carried_records": self.carried.nbytes, "connections": self.conns.nbytes,
-                "threads": self.threads.nbytes}
+                "prepared_statements": self.statements.nbytes,
+                "step_buffer": self._joined.nbytes if self._joined is not None else 0}
 
     def step(self, new_msgs, now_mono_ns):
         """Pair what is carried plus new_msgs; returns (msgs, spans)."""
         self.stats["messages"] += len(new_msgs)
-        msgs = _records_of(self.carried, new_msgs)
+        msgs = self._join(new_msgs)
         order = np.lexsort((msgs["ts"], msgs["sk"]))  # records stay in place (~1.2 kB each)
-        role, spans, carry, seen, st = _trace.pair(msgs, order, self.conns, max(0, now_mono_ns - self.settle_ns),
-                                                   max(0, now_mono_ns - self.expire_ns))
+        role, spans, carry, seen, st, until = _trace.pair(msgs, order, self.conns,
+                                                          max(0, now_mono_ns - self.settle_ns),
+                                                          max(0, now_mono_ns - self.expire_ns))
+        st.update(_trace.link_threads(msgs, role, until))
         for k, v in st.items():
             self.stats[k] += v
-        self.threads = _trace.link_threads(msgs, role, self.threads, max(0, now_mono_ns - THREAD_MEMORY_NS))
         self._merge_conns(seen, now_mono_ns)
+        # connections whose protocol was not told (TLS, ssh, ...): the kernel
+        # is told to stop sending their message starts (TracePlugin)
+        self.given_up = seen["sk"][(seen["proto"] == _trace.PROTO_GIVEN_UP) & (seen["closed"] == 0)]
+        # the statements of sockets closed in the step before (this step's
+        # spans, made after it, may still execute them)
+        self.statements.forget(self.closed_before)
+        self.closed_before = seen["sk"][seen["closed"] == 1]
         kept = msgs[carry]
         if len(kept) > self.max_carried:  # bounded memory: the oldest go
             self.stats["carried_evicted"] += len(kept) - self.max_carried
@@ -206,6 +284,25 @@ class SpanBuilder:
         self.carried = kept
         self.stats["spans"] += len(spans)
         return msgs, spans
+
+    def _join(self, new_msgs):
+        """What is carried, then new_msgs, in one writable array. With
+        something carried, in a buffer kept between steps (valid until the
+        next step): a fresh array per step (up to ~17 MB) cost its page
+        faults, 13% of the collector's CPU under nginx + wrk; the buffer
+        goes when a step needs under a quarter of it, so an idle collector
+        does not keep it."""
+        if not len(self.carried):
+            self._joined = None
+            return _records_of(new_msgs)
+        new = np.ascontiguousarray(new_msgs.astype(_trace.MSG_DTYPE, copy=False))
+        nc, n = len(self.carried), len(self.carried) + len(new)
+        if self._joined is None or len(self._joined) < n or len(self._joined) > 4 * n + 1024:
+            self._joined = np.empty(n + n // 4, _RECORD)
+        out = self._joined[:n]
+        out[:nc] = self.carried.view(_RECORD)
+        out[nc:] = new.view(_RECORD)
+        return out.view(_trace.MSG_DTYPE)
 
     def _merge_conns(self, seen, now):
         old = self.conns[~np.isin(self.conns["sk"], seen["sk"])]
@@ -218,6 +315,7 @@ class SpanBuilder:
         if self.protos is not None:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
         spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
+        spans, pipe = _split_pipelines(msgs, spans)
         n = len(spans)
         # the columns needed, gathered one by one (not whole ~1.2 kB records)
         req = _Gather(msgs, spans["req"])
@@ -226,6 +324,9 @@ class SpanBuilder:
         kind = _choose(incoming, "exit", "entry")
         fam = req["family"]
         start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
+        # one of several pipelined messages: its own length, else the socket's counters
+        req_bytes = np.where(pipe["many"], pipe["req_len"], spans["req_bytes"])
+        resp_bytes = np.where(pipe["many"], pipe["resp_len"], spans["resp_bytes"])
         # the process name from the record (right even for a process gone
         # or exec'd since); the service its environment names, else that name
         names = _records.comm_to_arrow(req["pcomm"])
@@ -234,8 +335,9 @@ class SpanBuilder:
         cols = {
             "ebpf_span_type": kind, "span_type": kind,
             "direction": _choose(incoming, "outgoing", "incoming"),
-            "req_seq": pa.array(req["seq"].astype(np.int64)),
-            "resp_seq": pa.array(resp["seq"].astype(np.int64)),
+            # a pipelined message's sequence number: its call's plus its offset in it
+            "req_seq": pa.array((req["seq"].astype(np.int64) + pipe["req_off"]) & 0xFFFFFFFF),
+            "resp_seq": pa.array((resp["seq"].astype(np.int64) + pipe["resp_off"]) & 0xFFFFFFFF),
             "thread_trace_id": pa.array(req["user"].astype(np.int64)),
             "tid": pa.array(req["tid"].astype(np.int64)),
             "ktime": pa.array(spans["start_ns"].astype(np.int64)),
@@ -248,8 +350,8 @@ class SpanBuilder:
             "dst_port": pc.cast(pa.array(req["rport"]), pa.string()),
             "start": pa.array(start_ns // 1000),
             "duration": pa.array(((spans["end_ns"] - spans["start_ns"]) // 1000).astype(np.int64)),
-            "bytes_read": pa.array(np.where(incoming, spans["req_bytes"], spans["resp_bytes"]).astype(np.int64)),
-            "bytes_written": pa.array(np.where(incoming, spans["resp_bytes"], spans["req_bytes"]).astype(np.int64)),
+            "bytes_read": pa.array(np.where(incoming, req_bytes, resp_bytes).astype(np.int64)),
+            "bytes_written": pa.array(np.where(incoming, resp_bytes, req_bytes).astype(np.int64)),
             "time": pa.array(start_ns),
         }
         per = {}
@@ -257,7 +359,7 @@ class SpanBuilder:
                           (_trace.PROTO["postgresql"], self._pgsql), (_trace.PROTO["mysql"], self._mysql)):
             sel = np.flatnonzero(spans["proto"] == proto)
             if len(sel):
-                per[proto] = (sel, fn(msgs, spans[sel]))
+                per[proto] = (sel, fn(msgs, spans[sel], pipe[sel]))
         for name in sorted({k for _, c in per.values() for k in c}):
             parts, where = [], []
             typ = next(c[name].type for _, c in per.values() if name in c)
@@ -265,6 +367,9 @@ class SpanBuilder:
                 if name in c:
                     parts.append(c[name])
                     where.append(sel)
+            if len(parts) == 1 and len(where[0]) == n:  # one protocol only (sel is sorted): as it is
+                cols[name] = parts[0]
+                continue
             pos = np.concatenate(where)
             full = pa.concat_arrays([a.cast(typ) for a in parts] + [pa.nulls(1, typ)])
             take = np.full(n, len(full) - 1, np.int64)
@@ -275,7 +380,7 @@ class SpanBuilder:
             table = table.filter(pc.fill_null(cols[KEEP], True)).drop_columns([KEEP])
         return table
 
-    def _http(self, msgs, spans):
+    def _http(self, msgs, spans, pipe):
         req_p = _trace.payloads(msgs, spans["req"])
         q = _trace.http_lines(msgs, spans["req"])
         r = _trace.http_lines(msgs, spans["resp"])
@@ -309,12 +414,15 @@ class SpanBuilder:
                 pa.array(np.where(ctx["sampled"] < 0, -1, 1).astype(np.int64)))
         return cols
 
-    def _redis(self, msgs, spans):
+    def _redis(self, msgs, spans, pipe):
+        """One span per command; pipelined commands (several in one call)
+        are split by _split_pipelines: pipe["sub"] is the command's place
+        in its call, and it gets the reply of the same place."""
         n = len(spans)
         req_p = _trace.payloads(msgs, spans["req"])
         resp_p = _trace.payloads(msgs, spans["resp"])
-        q = _first_rows(_redis.parse(req_p, np.ones(n, bool)), n)
-        r = _first_rows(_redis.parse(resp_p, np.zeros(n, bool)), n)
+        q = _nth_rows(_redis.parse(req_p, np.ones(n, bool)), pipe["sub"])
+        r = _nth_rows(_redis.parse(resp_p, np.zeros(n, bool)), pipe["sub"])
         cmd = pc.utf8_upper(_trace.slices(req_p, q["word_off"], q["word_len"], q["valid"] == 1))
         err = (r["valid"] == 1) & (r["error"] == 1)
         text = _trace.slices(resp_p, r["word_off"], r["word_len"], r["valid"] == 1)
@@ -332,19 +440,34 @@ class SpanBuilder:
         }
 
 
-    def _mysql(self, msgs, spans):
-        """MySQL: COM_QUERY and COM_STMT_PREPARE text normalized; OK, ERR
-        with code and message. The handshake and other commands (a
-        prepared statement's execution too, for now) are no span."""
+    def _mysql(self, msgs, spans, pipe):
+        """MySQL: COM_QUERY and COM_STMT_PREPARE text normalized; a
+        COM_STMT_EXECUTE gets the text of its statement (PreparedStatements
+        below; "EXECUTE" when it was prepared before we watched); OK, ERR
+        with code and message. The handshake and other commands are no
+        span."""
         n = len(spans)
         req_p = _trace.payloads(msgs, spans["req"])
         resp_p = _trace.payloads(msgs, spans["resp"])
         q = _pick_rows(_mysql.parse(req_p, np.ones(n, bool)), n,
-                       lambda r: (r["seq"] == 0) & np.isin(r["kind"], [_mysql.COM_QUERY, _mysql.COM_STMT_PREPARE]))
+                       lambda r: (r["seq"] == 0) & np.isin(r["kind"], [_mysql.COM_QUERY, _mysql.COM_STMT_PREPARE,
+                                                                       _mysql.COM_STMT_EXECUTE]))
         r = _first_rows(_mysql.parse(resp_p, np.zeros(n, bool)), n)
         has_q = q["valid"] == 1
         err = (r["valid"] == 1) & (r["kind"] == _mysql.RESP_ERR)
-        sql, first = _sql_columns(req_p, has_q, q["sql_off"], q["sql_len"])
+        execute = has_q & (q["kind"] == _mysql.COM_STMT_EXECUTE)
+        text = has_q & ~execute
+        sql, first = _sql_columns(req_p, text, q["sql_off"], q["sql_len"])
+        sk = msgs["sk"][spans["req"]]
+        prepared = text & (q["kind"] == _mysql.COM_STMT_PREPARE) & (r["valid"] == 1) & (r["kind"] == _mysql.RESP_OK)
+        self.statements.add(sk[prepared], r["stmt_id"][prepared], sql.filter(pa.array(prepared)),
+                            first.filter(pa.array(prepared)))
+        if execute.any():
+            e_sql, e_first = self.statements.lookup(sk, q["stmt_id"])
+            unknown = _choose(np.zeros(n, np.int8), "EXECUTE")
+            ex = pa.array(execute)
+            sql = pc.if_else(ex, pc.coalesce(e_sql, unknown), sql)
+            first = pc.if_else(ex, pc.coalesce(e_first, unknown), first)
         none = pa.nulls(n, pa.string())
         return {
             KEEP: pa.array(has_q), "resource": sql, "resource_type": first,
@@ -355,7 +478,7 @@ class SpanBuilder:
             "err_msg": pc.if_else(pa.array(err), _trace.slices(resp_p, r["msg_off"], r["msg_len"], err), none),
         }
 
-    def _pgsql(self, msgs, spans):
+    def _pgsql(self, msgs, spans, pipe):
         """PostgreSQL: the query of a simple (Q) or extended (P) request,
         normalized; CommandComplete's tag, ErrorResponse's message. Other
         exchanges (startup, authentication, Sync alone) are no span."""
@@ -433,15 +556,65 @@ def _pick_rows(rows, n, want):
     return _first_rows(rows[want(rows)] if len(rows) else rows, n)
 
 
+# per span row of SpanBuilder.table: which of the messages of its calls it is
+PIPE_DTYPE = np.dtype([("sub", "<i8"), ("req_off", "<i8"), ("resp_off", "<i8"), ("req_len", "<u8"),
+                       ("resp_len", "<u8"), ("many", "?")])
+
+
+def _split_pipelines(msgs, spans):
+    """Spans whose request call carried several Redis commands (pipelining)
+    made one span per command: the rows repeated, with PIPE_DTYPE per row:
+    the command's place (`sub`), its and its reply's offsets in their calls
+    (for req_seq/resp_seq: both ends of the connection count the same
+    bytes) and lengths. Other spans stay one row (sub 0, offsets 0)."""
+    n = len(spans)
+    pipe = np.zeros(n, PIPE_DTYPE)
+    sel = np.flatnonzero(spans["proto"] == _trace.PROTO["redis"])
+    if not len(sel):
+        return spans, pipe
+    q = _redis.parse(_trace.payloads(msgs, spans["req"][sel]), np.ones(len(sel), bool))
+    q = q[q["valid"] == 1]
+    counts = np.ones(n, np.int64)
+    counts[sel] = np.maximum(np.bincount(q["ev"], minlength=len(sel)), 1)
+    if (counts == 1).all():
+        return spans, pipe
+    rows = np.repeat(np.arange(n), counts)
+    first = np.cumsum(counts) - counts
+    out = np.zeros(len(rows), PIPE_DTYPE)
+    out["sub"] = np.arange(len(rows)) - first[rows]
+    out["many"] = counts[rows] > 1
+    r = _redis.parse(_trace.payloads(msgs, spans["resp"][sel]), np.zeros(len(sel), bool))
+    r = r[r["valid"] == 1]
+    at = np.full(n, -1, np.int64)
+    at[sel] = np.arange(len(sel))
+    k = at[rows]
+    red = k >= 0
+    qn = _nth_rows(q, out["sub"][red], k[red])
+    rn = _nth_rows(r, out["sub"][red], k[red])
+    out["req_off"][red], out["req_len"][red] = qn["off"], qn["length"]
+    out["resp_off"][red], out["resp_len"][red] = rn["off"], rn["length"]
+    return spans[rows], out
+
+
+def _nth_rows(rows, sub, ev=None):
+    """For each span row i, the parser row number sub[i] of payload ev[i]
+    (default i), zeroed where there is none."""
+    sub = np.asarray(sub, np.int64)
+    ev = np.arange(len(sub)) if ev is None else np.asarray(ev, np.int64)
+    out = np.zeros(len(sub), rows.dtype)
+    if not len(rows) or not len(sub):
+        return out
+    e = rows["ev"].astype(np.int64)
+    start = np.searchsorted(e, np.arange(int(ev.max()) + 1))  # rows come in payload order
+    count = np.bincount(e, minlength=int(ev.max()) + 1)[:int(ev.max()) + 1]
+    ok = sub < count[ev]
+    out[ok] = rows[start[ev[ok]] + sub[ok]]
+    return out
+
+
 def _first_rows(rows, n):
     """The first parser row of each payload 0..n-1 (zeroed where none)."""
-    out = np.zeros(n, rows.dtype)
-    if len(rows):
-        ev = rows["ev"]
-        first = np.ones(len(rows), bool)
-        first[1:] = ev[1:] != ev[:-1]
-        out[ev[first]] = rows[first]
-    return out
+    return _nth_rows(rows, np.zeros(n, np.int64))
 
 
 class TracePlugin(Plugin):
@@ -462,6 +635,7 @@ class TracePlugin(Plugin):
         self.kernel_pids = {}  # pid -> value written to trace_pids
         self.points = 0
         self.early_steps = 0
+        self.ignored = 0  # connections the kernel was told to stop sending
         self.kept = []  # span batches of early steps, for the interval's output (no trace server)
 
     def start(self):
@@ -530,6 +704,7 @@ class TracePlugin(Plugin):
 
     def _step(self, now_ns):
         msgs, spans = self.builder.step(self.take(), time.monotonic_ns())
+        self._ignore(self.builder.given_up)
         if not len(spans):
             return
         table = self.builder.table(msgs, spans, time.time_ns() - time.monotonic_ns())
@@ -542,6 +717,31 @@ class TracePlugin(Plugin):
         else:
             self.kept.append(batch)
 
+    def _ignore(self, sks):
+        """Flag these sockets `ignored` in the kernel's trace_conns: their
+        calls are counted, their message starts (1 kB each) no longer sent.
+        One map update per connection given up on (not per message); an
+        entry gone meanwhile (the socket closed) is left alone, so a new
+        socket at that address is not flagged by BPF_EXIST's miss (a socket
+        reused between the step and this update is: a rare miss)."""
+        if not len(sks) or self.bpf is None:
+            return
+        m = self.bpf.maps.trace_conns
+        for sk in sks.tolist():
+            key = np.uint64(sk).tobytes()
+            cur = m.lookup(key)
+            if cur is None:
+                continue
+            v = np.frombuffer(cur, _trace.TRACE_CONN_DTYPE).copy()
+            if v["ignored"][0]:
+                continue
+            v["ignored"] = 1
+            try:
+                m.update(key, v.tobytes(), _libbpf.BPF_EXIST)
+                self.ignored += 1
+            except OSError:  # closed in between: nothing to stop
+                pass
+
     def collect(self, now_ns):
         self.rescan()
         self._step(now_ns)
@@ -551,23 +751,16 @@ class TracePlugin(Plugin):
                 for b in kept]
 
     def post(self, batch, now_ns):
-        """Spans as line protocol to the trace server, one body per set of
-        fields present: every line of a body has the same keys, so a
-        reader that takes its first line's keys as the schema (as dkebpf
-        linker's line-protocol reader does today) loses none. (The sink's
-        batch key keeps the sets apart; its URL is the same for all.)"""
+        """Spans as line protocol to the trace server, one body per step: a
+        span's null fields (another protocol's, an absent app trace id) are
+        left out of its line, and the linker's reader
+        (``lineproto.read_points``) takes lines with different field sets
+        in one body."""
         from .._lineproto import encode_batch
 
         tags = {"host": self.cfg.hostname}  # the spec's tags; global tags would reach the linker's fields
-        fields = _fields(batch)
-        valid = np.stack([batch.column(f).is_valid().to_numpy(zero_copy_only=False) for f in fields], axis=1)
-        shapes, which = np.unique(np.packbits(valid, axis=1), axis=0, return_inverse=True)
-        which = which.ravel()
-        for k, shape in enumerate(shapes):
-            rows = batch.filter(pa.array(which == k))
-            present = [f for f, ok in zip(fields, np.unpackbits(shape)[:len(fields)]) if ok]
-            body, skipped = encode_batch(MEASUREMENT, rows, SPAN_TAGS, present, tags, now_ns, "time")
-            self.sink.submit("bpftracing", f"{INPUT}#{shape.tobytes().hex()}", body, rows.num_rows - skipped)
+        body, skipped = encode_batch(MEASUREMENT, batch, SPAN_TAGS, _fields(batch), tags, now_ns, "time")
+        self.sink.submit("bpftracing", INPUT, body, batch.num_rows - skipped)
 
     def memory(self):
         m = self.builder.memory()
@@ -579,6 +772,7 @@ class TracePlugin(Plugin):
         c = {f"trace_{k}": v for k, v in self.builder.stats.items()}
         c["points"] = self.points
         c["early_steps"] = self.early_steps
+        c["trace_connections_ignored"] = self.ignored
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
             c.update(self.bpf.counters())

@@ -16,6 +16,15 @@ cdef extern from "include/trace.h" nogil:
         SPAN_MSG_MIN_SIZE
         TRACE_SHORT_START
 
+    cdef struct trace_conn:
+        unsigned long long sent
+        unsigned long long recv
+        unsigned long long ts_last_send
+        unsigned long long ts_last_recv
+        unsigned char last_op
+        unsigned char short_start
+        unsigned char ignored
+
     cdef struct span_msg:
         unsigned long long ts_ns
         unsigned long long sk

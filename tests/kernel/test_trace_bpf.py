@@ -250,3 +250,207 @@ def test_mysql_client_and_server_spans(bpf_ok):
     assert [(r["resource"], r["operation"], r["process_name"]) for r in server] == [
         ("select ? from dual where ? = ?", "MySQL", "mariadbd"), ("drop table nope", "MySQL", "mariadbd")]
     assert [(r["req_seq"], r["resp_seq"]) for r in server] == [(r["req_seq"], r["resp_seq"]) for r in client]
+
+
+# One thread serving two requests at once (asyncio): /a calls redis SET,
+# waits until /b has arrived, calls GET, answers; /b calls SET, waits
+# until /a has answered (and its connection ended), calls GET, answers.
+# Each request has its own redis connection, whose local port it prints
+# ("<path> <port>"), so the test knows which request made each call.
+ASYNC_SERVER = r"""
+import asyncio, sys
+port, rport = int(sys.argv[1]), int(sys.argv[2])
+
+def resp(*words):
+    return b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+
+async def main():
+    b_arrived, a_done = asyncio.Event(), asyncio.Event()
+
+    async def call(r, w, *words):
+        w.write(resp(*words))
+        await w.drain()
+        return await r.read(1024)
+
+    async def handle(reader, writer):
+        line = await reader.readline()
+        while (await reader.readline()) not in (b"\r\n", b""):
+            pass
+        path = line.split()[1].decode()
+        rr, rw = await asyncio.open_connection("127.0.0.1", rport)
+        print(path, rw.get_extra_info("sockname")[1], flush=True)
+        key = path[1:].encode()
+        if path == "/a":
+            await call(rr, rw, b"SET", key, b"1")
+            await b_arrived.wait()
+            await call(rr, rw, b"GET", key)
+        else:
+            b_arrived.set()
+            await call(rr, rw, b"SET", key, b"1")
+            await a_done.wait()
+            await asyncio.sleep(1.0)  # /a's connection has ended: only /b is open
+            await call(rr, rw, b"GET", key)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        rw.close()
+        if path == "/a":
+            a_done.set()
+
+    srv = await asyncio.start_server(handle, "127.0.0.1", port)
+    print("ready", flush=True)
+    async with srv:
+        await srv.serve_forever()
+
+asyncio.run(main())
+"""
+
+
+def test_event_loop_serving_two_requests_never_gets_a_wrong_parent(plugin, apps):
+    """A single-threaded asyncio server with two requests open at once:
+    a redis call made while only one request is open on the thread is its
+    child; a call made while both are open has no parent (counted), never
+    the other request's."""
+    import subprocess
+    import sys
+
+    from support.trace_apps import free_port, stop_process, wait_port
+
+    port = free_port()
+    srv = subprocess.Popen([sys.executable, "-c", ASYNC_SERVER, str(port), str(apps.redis_port)], env=apps.env,
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert srv.stdout.readline().strip() == "ready"
+        wait_port(port, srv, "asyncio server")
+        ca = apps.curl("/a", port=port, delay=2.5)
+        cb = apps.curl("/b", port=port, delay=3.5)
+        sp = str(srv.pid)
+
+        def done(rows):
+            mine = [r for r in rows if r["pid"] == sp]
+            return sum(r["direction"] == "incoming" for r in mine) >= 2 and \
+                sum(r["direction"] == "outgoing" for r in mine) >= 4
+
+        rows = spans_until(plugin, done, timeout=25)
+        assert ca.wait(10) == 0 and cb.wait(10) == 0
+        ports = dict(srv.stdout.readline().split() for _ in range(2))  # path -> its redis connection's port
+    finally:
+        stop_process(srv, 5)
+    mine = [r for r in rows if r["pid"] == sp]
+    entry = {r["http_route"]: r["thread_trace_id"] for r in mine if r["direction"] == "incoming"}
+    calls = {(r["src_port"], r["resource"]): r["thread_trace_id"] for r in mine if r["direction"] == "outgoing"}
+    assert sorted(entry) == ["/a", "/b"] and entry["/a"] != entry["/b"]
+    assert sorted(calls) == sorted((ports[p], c) for p in ("/a", "/b") for c in ("SET", "GET"))
+    # never another request's id
+    for (lport, _), ttid in calls.items():
+        owner = next(p for p, x in ports.items() if x == lport)
+        assert ttid not in {v for p, v in entry.items() if p != owner}
+    # alone on the thread: linked; two open: no parent
+    assert calls[(ports["/a"], "SET")] == entry["/a"]
+    assert calls[(ports["/b"], "GET")] == entry["/b"]
+    assert calls[(ports["/a"], "GET")] not in entry.values()
+    assert calls[(ports["/b"], "SET")] not in entry.values()
+    assert plugin.counters()["trace_exits_ambiguous_parent"] >= 2
+
+
+PIPELINE_CLIENT = r"""
+import socket, sys
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+def cmd(*w):
+    return b"*%d\r\n" % len(w) + b"".join(b"$%d\r\n%s\r\n" % (len(x), x) for x in w)
+s.sendall(cmd(b"SET", b"pk", b"1") + cmd(b"INCRBY", b"pk", b"x") + cmd(b"GET", b"pk"))
+got = b""
+while got.count(b"\r\n") < 4:  # +OK, -ERR ..., $1 1
+    got += s.recv(4096)
+s.close()
+"""
+
+
+def test_redis_pipeline_one_span_per_command_at_both_ends(plugin, apps):
+    """Three commands in one write to a real redis-server: three client
+    spans and three server spans, each with its own command, status and
+    sequence numbers, the two ends meeting on them."""
+    import sys
+
+    from support.trace_apps import start_after
+
+    cli = start_after(2.5, [sys.executable, "-c", PIPELINE_CLIENT, str(apps.redis_port)], apps.env)
+    cp, rp = str(cli.pid), str(apps.redis.pid)
+    port = str(apps.redis_port)
+
+    def done(rows):
+        return sum(r["pid"] == cp for r in rows) >= 3 and \
+            sum(r["pid"] == rp and r["resource"] == "INCRBY" for r in rows) >= 1
+
+    rows = spans_until(plugin, done, timeout=20)
+    assert cli.wait(10) == 0
+    client = sorted((r for r in rows if r["pid"] == cp and r["dst_port"] == port), key=lambda r: r["req_seq"])
+    assert [(r["resource"], r["status"]) for r in client] == [("SET", "ok"), ("INCRBY", "error"), ("GET", "ok")]
+    seqs = {(r["req_seq"], r["resp_seq"]) for r in client}
+    server = [r for r in rows if r["pid"] == rp and (r["req_seq"], r["resp_seq"]) in seqs]
+    assert sorted((r["req_seq"], r["resource"], r["status"]) for r in server) == \
+        [(r["req_seq"], r["resource"], r["status"]) for r in client]
+    assert len({r["req_seq"] for r in client}) == 3 and len({r["resp_seq"] for r in client}) == 3
+
+
+# A TCP echo of 8 junk bytes, 150 round trips 20 ms apart: no protocol the
+# span builder knows. argv: nothing; prints the client's local port.
+JUNK_ECHO = r"""
+import socket, threading, time
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+def echo():
+    c, _ = srv.accept()
+    while True:
+        b = c.recv(64)
+        if not b:
+            break
+        c.sendall(b)
+threading.Thread(target=echo, daemon=True).start()
+cli = socket.create_connection(srv.getsockname())
+print(cli.getsockname()[1], flush=True)
+for i in range(150):
+    cli.sendall(b"\x16\x03\x01junk")
+    cli.recv(64)
+    time.sleep(0.02)
+cli.close()
+"""
+
+
+def test_connection_of_unknown_protocol_stops_sending_records(plugin, apps):
+    """A traced process speaking no known protocol: after a few message
+    starts the span builder gives the connection up and the kernel is
+    told (trace_conns.ignored): its records stop, both ends of it."""
+    import subprocess
+    import sys
+
+    from support.trace_apps import start_after
+
+    proc = start_after(2.5, [sys.executable, "-c", JUNK_ECHO], apps.env, stdout=subprocess.PIPE, text=True)
+    pid = proc.pid
+    seen = []  # (ts, op) of this process's records, as the plugin takes them
+    take = plugin.take
+
+    def counting_take():
+        msgs = take()
+        mine = msgs[msgs["pid"] == pid]
+        seen.extend(zip(mine["ts"].tolist(), mine["op"].tolist()))
+        return msgs
+
+    plugin.take = counting_take
+    end = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < end:
+        plugin.collect(time.time_ns())
+        time.sleep(0.2)
+    assert proc.wait(10) == 0
+    plugin.collect(time.time_ns())
+    starts = sorted(ts for ts, op in seen if op != 3)
+    # 150 round trips: 600 message starts at the two sockets untold; a few
+    # before the builder gave up (it looks at 4 per connection; a step
+    # every 0.2 s is ~10 round trips)
+    assert 8 <= len(starts) < 150, len(starts)
+    assert plugin.counters()["trace_connections_ignored"] >= 2
+    # the last second of the exchange sent nothing
+    assert not starts or (max(starts) < time.monotonic_ns() - 1_000_000_000)

@@ -37,7 +37,7 @@ def detect(m):
     return UNKNOWN, 0
 
 
-def finish(M, q, r, x, req_op, proto):
+def finish(M, q, r, x, req_op, proto, until):
     Q, R = M[q], M[r]
     sub = lambda a, b: a - b if a > b else 0  # noqa: E731
     s = {"req": q, "resp": r, "nxt": x, "proto": proto, "incoming": int(req_op == RECV), "start_ns": Q["ts"]}
@@ -51,13 +51,14 @@ def finish(M, q, r, x, req_op, proto):
         s["end_ns"] = max(s["end_ns"], end)
         b = sub(X["sk_recv"], R["sk_recv"]) if req_op == SEND else sub(X["sk_sent"], R["sk_sent"])
         s["resp_bytes"] = max(s["resp_bytes"], b)
+    until[q] = s["end_ns"]
     return s
 
 
 def pair(M, conns, settle_before, expire_before):
     """M sorted by (sk, ts); conns: {sk: state dict}. Returns (role,
-    spans, carry, seen)."""
-    role, carry, spans, seen = [0] * len(M), [False] * len(M), [], {}
+    spans, carry, seen, until)."""
+    role, carry, spans, seen, until = [0] * len(M), [False] * len(M), [], {}, [0] * len(M)
     for i in range(1, len(M)):  # a short start's continuation joins its payload
         m, p = M[i], M[i - 1]
         if m.get("more") and p["sk"] == m["sk"] and p["cap_len"] < PAYLOAD_MAX:
@@ -76,7 +77,9 @@ def pair(M, conns, settle_before, expire_before):
                 continue
             if m["op"] == CLOSE:
                 if pr >= 0:
-                    spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"]))
+                    spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"], until))
+                elif pq >= 0:
+                    until[pq] = m["ts"]
                 pq = pr = -1
                 st.update(closed=1, req_op=0, proto=UNKNOWN, tries=0)  # the key may be reused at once
                 i += 1
@@ -97,8 +100,11 @@ def pair(M, conns, settle_before, expire_before):
             if m["op"] == st["req_op"]:
                 role[i] = 1
                 if pr >= 0:
-                    spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"]))
+                    spans.append(finish(M, pq, pr, i, st["req_op"], st["proto"], until))
+                elif pq >= 0:
+                    until[pq] = m["ts"]
                 pq, pr = i, -1
+                until[i] = M64
             else:
                 role[i] = 2
                 if pq >= 0 and pr < 0:
@@ -106,28 +112,41 @@ def pair(M, conns, settle_before, expire_before):
             i += 1
         if pr >= 0:
             if M[pr]["ts"] < settle_before:
-                spans.append(finish(M, pq, pr, -1, st["req_op"], st["proto"]))
+                spans.append(finish(M, pq, pr, -1, st["req_op"], st["proto"], until))
             else:
                 carry[pq] = carry[pr] = True
-        elif pq >= 0 and M[pq]["ts"] >= expire_before:
-            carry[pq] = True
+        elif pq >= 0:
+            if M[pq]["ts"] >= expire_before:
+                carry[pq] = True
+            else:
+                until[pq] = M[pq]["ts"]
         seen[sk] = st
-    return role, spans, carry, seen
+    return role, spans, carry, seen, until
 
 
-def link_threads(M, role, threads):
-    """threads: {(pid, tid): ttid of the latest received request}. Fills
-    m['user'] of new requests; which ids are equal is what matters (the
-    id values are hashes): returns, per request index, the index of the
-    request (or table key) whose id it shares."""
-    idx = sorted((i for i, r in enumerate(role) if r == 1 and M[i]["user"] == 0), key=lambda i: M[i]["ts"])
-    latest = {k: ("table", k) for k in threads}
-    owner = {}
-    for i in idx:
-        key = (M[i]["pid"], M[i]["tid"])
-        if M[i]["op"] == RECV:
-            latest[key] = ("msg", i)
+def link_threads(M, role, until):
+    """An exit gets the id of the one entry open on its thread at its
+    start (entry start <= t < until); with none or several, one of its
+    own (several: counted as ambiguous). Fills nothing: returns, per
+    request index, ("msg", j) when it carries request j's id (an entry:
+    itself), ("own", i) for a root of its own; and the counters."""
+    reqs = [i for i, r in enumerate(role) if r == 1]
+    # per thread, in time order, an entry before an exit at the same time
+    reqs.sort(key=lambda i: ((M[i]["pid"] << 32) | M[i]["tid"], M[i]["ts"], M[i]["op"] != RECV))
+    owner, stats = {}, {"exits_ambiguous_parent": 0, "exits_without_entry": 0}
+    open_ = {}  # thread -> [(until, entry index)]
+    for i in reqs:
+        m = M[i]
+        key, t = (m["pid"], m["tid"]), m["ts"]
+        live = [e for e in open_.get(key, []) if e[0] > t]
+        open_[key] = live
+        if m["op"] == RECV:
             owner[i] = ("msg", i)
+            if until[i] > t:
+                live.append((until[i], i))
+        elif len(live) == 1:
+            owner[i] = ("msg", live[0][1])
         else:
-            owner[i] = latest.get(key, ("own", i))
-    return owner
+            owner[i] = ("own", i)
+            stats["exits_ambiguous_parent" if live else "exits_without_entry"] += 1
+    return owner, stats

@@ -140,8 +140,8 @@ def test_pair_and_threads_agree_with_reference(items, settle, expire):
     dicts = [{k: (bytes(m[k]) if k == "payload" else int(m[k])) for k in ("sk", "op", "ts", "sk_sent", "sk_recv",
               "ts_last_send", "ts_last_recv", "bytes", "cap_len", "payload", "pid", "tid", "user", "more")}
              for m in M[order]]
-    role, spans, carry, seen, _ = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
-    rrole, rspans, rcarry, rseen = trace_ref.pair(dicts, {}, settle, expire)
+    role, spans, carry, seen, _, until = _trace.pair(M, order, np.zeros(0, _trace.CONN_DTYPE), settle, expire)
+    rrole, rspans, rcarry, rseen, runtil = trace_ref.pair(dicts, {}, settle, expire)
     assert [(d["cap_len"], d["payload"][:d["cap_len"]]) for d in dicts] == \
         [(int(m["cap_len"]), bytes(m["payload"])[:m["cap_len"]]) for m in M[order]]
     # the reference walks the sorted records: its indices are positions in order
@@ -149,12 +149,15 @@ def test_pair_and_threads_agree_with_reference(items, settle, expire):
         sp["req"], sp["resp"] = int(order[sp["req"]]), int(order[sp["resp"]])
         sp["nxt"] = int(order[sp["nxt"]]) if sp["nxt"] >= 0 else -1
     assert role[order].tolist() == rrole and carry[order].tolist() == rcarry
+    req = np.asarray(rrole) == 1
+    assert until[order][req].tolist() == np.asarray(runtil, dtype=np.uint64)[req].tolist()
     assert [{k: int(s[k]) for k in rspans[0]} for s in spans] == rspans if rspans else len(spans) == 0
     assert {int(c["sk"]): (int(c["proto"]), int(c["req_op"]), int(c["closed"])) for c in seen} == \
         {k: (v["proto"], v["req_op"], v["closed"]) for k, v in rseen.items()}
-    _trace.link_threads(M, role, np.zeros(0, _trace.THREAD_DTYPE), 0)
-    owner = {int(order[i]): (kind, int(order[j]) if kind != "table" else j)
-             for i, (kind, j) in trace_ref.link_threads(dicts, rrole, {}).items()}
+    stats = _trace.link_threads(M, role, until)
+    rowner, rstats = trace_ref.link_threads(dicts, rrole, runtil)
+    assert stats == rstats
+    owner = {int(order[i]): (kind, int(order[j])) for i, (kind, j) in rowner.items()}
     entry_ids = {int(M["user"][k]) for k, o in owner.items() if o == ("msg", k)}
     for i, (kind, j) in owner.items():
         assert M["user"][i] > 0
@@ -287,3 +290,90 @@ def test_any_payloads_make_spans_without_error(items):
         assert r["ebpf_span_type"] in ("entry", "exit") and r["direction"] in ("incoming", "outgoing")
         assert r["thread_trace_id"] > 0 and isinstance(r["req_seq"], int) and isinstance(r["resp_seq"], int)
         assert r["status"] and r["operation"]
+
+
+def test_redis_pipeline_in_one_call_is_one_span_per_command():
+    """Three commands in one write and their three replies in one read:
+    three spans, each with its own command, reply, bytes and the sequence
+    numbers of its own first byte (its call's plus its offset)."""
+    cmds = [redis_cmd(b"SET", b"k", b"1"), redis_cmd(b"INCRBY", b"k", b"x"), redis_cmd(b"GET", b"k")]
+    replies = [b"+OK\r\n", b"-ERR value is not an integer\r\n", b"$1\r\n1\r\n"]
+    req, rep = b"".join(cmds), b"".join(replies)
+    rows = build([msg(8, SEND, 100, req, seq=1000, tid=3),
+                  msg(8, RECV, 200, rep, sent=len(req), last_send=100, seq=5000, tid=3),
+                  msg(8, SEND, 300, redis_cmd(b"PING"), sent=len(req), recv=len(rep), last_recv=200,
+                      seq=1000 + len(req)),
+                  msg(8, RECV, 400, b"+PONG\r\n", seq=5000 + len(rep)),
+                  msg(8, CLOSE, 500, sent=len(req) + 14, recv=len(rep) + 7, last_send=300, last_recv=400)])[3]
+    rows.sort(key=lambda r: r["req_seq"])
+    assert [(r["resource"], r["status"]) for r in rows] == \
+        [("SET", "ok"), ("INCRBY", "error"), ("GET", "ok"), ("PING", "ok")]
+    offs = [0, len(cmds[0]), len(cmds[0]) + len(cmds[1])]
+    roffs = [0, len(replies[0]), len(replies[0]) + len(replies[1])]
+    assert [r["req_seq"] for r in rows[:3]] == [1000 + o for o in offs]
+    assert [r["resp_seq"] for r in rows[:3]] == [5000 + o for o in roffs]
+    assert [(r["bytes_written"], r["bytes_read"]) for r in rows[:3]] == \
+        [(len(c), len(x)) for c, x in zip(cmds, replies)]
+    assert rows[1]["err_msg"] == "ERR value is not an integer" and rows[0]["status_msg"] == "OK"
+    assert (rows[3]["req_seq"], rows[3]["bytes_written"]) == (1000 + len(req), 14)
+    # the pipelined commands are one request of a thread serving nothing: one root id
+    ids = [r["thread_trace_id"] for r in rows]
+    assert len(set(ids[:3])) == 1 and ids[3] != ids[0]
+
+
+def test_mysql_prepared_statement_executions_are_spans():
+    """COM_STMT_PREPARE's OK names the statement id; each COM_STMT_EXECUTE
+    of it is a span with the prepared text, across steps of the builder;
+    an id prepared before we watched is an "EXECUTE" span; a closed socket
+    forgets its statements (its memory and ids are reused)."""
+    greeting = my(0, b"\x0a5.5.5-10.11.6-MariaDB\x00" + b"\x01\x00\x00\x00" + b"x" * 40)
+    prep = my(0, b"\x16select name from t where id = ?")
+    prep_ok = my(1, b"\x00" + (7).to_bytes(4, "little") + b"\x01\x00\x01\x00\x00\x00\x00")
+
+    def execute(stmt):
+        return my(0, b"\x17" + stmt.to_bytes(4, "little") + b"\x00\x01\x00\x00\x00")
+
+    result = my(1, b"\x01") + my(2, b"\x03def")
+    err = my(1, b"\xff\x33\x04#42S02Unknown table 't'")
+    b = SpanBuilder(Names(), settle_ns=S)
+    first = [msg(3, RECV, 10, greeting), msg(3, SEND, 20, prep), msg(3, RECV, 30, prep_ok),
+             msg(3, SEND, 40, execute(7)), msg(3, RECV, 50, result)]
+    msgs, spans = b.step(np.concatenate(first), 10 * S)
+    rows = b.table(msgs, spans, 0).to_pylist()
+    msgs, spans = b.step(np.concatenate([msg(3, SEND, 60 * S, execute(7)), msg(3, RECV, 61 * S, err),
+                                         msg(3, SEND, 62 * S, execute(9)), msg(3, RECV, 63 * S, result),
+                                         msg(3, CLOSE, 64 * S)]), 70 * S)
+    rows += b.table(msgs, spans, 0).to_pylist()
+    assert [(r["resource"], r["resource_type"], r["status"]) for r in rows] == [
+        ("select name from t where id = ?", "SELECT", "ok"), ("select name from t where id = ?", "SELECT", "ok"),
+        ("select name from t where id = ?", "SELECT", "error"), ("EXECUTE", "EXECUTE", "ok")]
+    assert rows[2]["err_code"] == 1075
+    assert len(b.statements.keys) == 1
+    b.step(np.zeros(0, _trace.MSG_DTYPE), 71 * S)
+    assert len(b.statements.keys) == 0  # the close forgot them (at the step after it)
+
+
+def test_event_loop_exits_get_the_one_open_request_or_none():
+    """One thread (an event loop) serving requests A (open 0..100) and B
+    (open 50..200) on two connections, calling redis on a third: a call
+    while only A is open is A's, while both are open nobody's (counted),
+    while only B is open B's, after both ended nobody's."""
+    get = b"GET /%s HTTP/1.1\r\n\r\n"
+    ok = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    recs = [msg(1, RECV, 0, get % b"a"), msg(1, SEND, 100, ok, recv=18, last_recv=0),
+            msg(1, CLOSE, 110, sent=38, recv=18, last_send=100, last_recv=0),
+            msg(2, RECV, 50, get % b"b"), msg(2, SEND, 200, ok, recv=18, last_recv=50),
+            msg(2, CLOSE, 210, sent=38, recv=18, last_send=200, last_recv=50)]
+    t = [10, 60, 150, 250]
+    for k, ts in enumerate(t):
+        recs += [msg(3, SEND, ts, redis_cmd(b"GET", b"%d" % k), sent=14 * k, recv=5 * k, last_send=t[k - 1] if k else 0,
+                     last_recv=t[k - 1] + 1 if k else 0),
+                 msg(3, RECV, ts + 1, b"$-1\r\n", sent=14 * (k + 1), recv=5 * k, last_send=ts)]
+    recs.append(msg(3, CLOSE, 300, sent=56, recv=20, last_send=250, last_recv=251))
+    b, msgs, spans, rows = build(recs)
+    entry = {r["http_route"]: r["thread_trace_id"] for r in rows if r["direction"] == "incoming"}
+    calls = [r["thread_trace_id"] for r in sorted((r for r in rows if r["direction"] == "outgoing"),
+                                                   key=lambda r: r["ktime"])]
+    assert calls[0] == entry["/a"] and calls[2] == entry["/b"]
+    assert calls[1] not in entry.values() and calls[3] not in entry.values()
+    assert (b.stats["exits_ambiguous_parent"], b.stats["exits_without_entry"]) == (1, 1)
