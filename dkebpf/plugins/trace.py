@@ -411,7 +411,9 @@ class SpanBuilder:
                 cols[k] = pc.if_else(nul, pa.nulls(len(has), pa.int64()), pa.array(v.view(np.int64)))
             cols["app_span_sampled"] = pc.if_else(
                 nul, pa.nulls(len(has), pa.int64()),
-                pa.array(np.where(ctx["sampled"] < 0, -1, 1).astype(np.int64)))
+                # 1 keep, -1 drop, 0 the app did not decide (B3 without a flag,
+                # Datadog without a priority): the linker's sampling decides then
+                pa.array(ctx["sampled"].astype(np.int64)))
         return cols
 
     def _redis(self, msgs, spans, pipe):
