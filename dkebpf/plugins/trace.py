@@ -28,6 +28,7 @@ from ..enrich.addr import format_addrs
 from ..errors import BuildError
 from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
+from .trace_go import GoTracing
 
 try:
     from .. import _http, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
@@ -181,6 +182,7 @@ class SpanBuilder:
         self.carried = np.zeros(0, _trace.MSG_DTYPE)
         self.conns = np.zeros(0, _trace.CONN_DTYPE)
         self.threads = np.zeros(0, _trace.THREAD_DTYPE)
+        self.go = None  # trace_go.GoTracing: goroutines instead of threads in Go processes
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
                       "expired_requests": 0, "undetected_connections": 0}
 
@@ -197,7 +199,11 @@ class SpanBuilder:
                                                    max(0, now_mono_ns - self.expire_ns))
         for k, v in st.items():
             self.stats[k] += v
+        new_requests = np.flatnonzero((role == _trace.ROLE_REQUEST) & (msgs["user"] == 0))
         self.threads = _trace.link_threads(msgs, role, self.threads, max(0, now_mono_ns - THREAD_MEMORY_NS))
+        if self.go is not None:  # Go processes: by goroutine (dkebpf/plugins/trace_go.py)
+            self.go.link(msgs, new_requests)
+            self.go.forget(now_mono_ns)
         self._merge_conns(seen, now_mono_ns)
         kept = msgs[carry]
         if len(kept) > self.max_carried:  # bounded memory: the oldest go
@@ -238,6 +244,7 @@ class SpanBuilder:
             "resp_seq": pa.array(resp["seq"].astype(np.int64)),
             "thread_trace_id": pa.array(req["user"].astype(np.int64)),
             "tid": pa.array(req["tid"].astype(np.int64)),
+            "tid_usr": self.go.tid_usr(msgs, spans["req"]) if self.go else pa.nulls(n, pa.int64()),
             "ktime": pa.array(spans["start_ns"].astype(np.int64)),
             "source_type": _choose(np.zeros(n, bool), "ebpf"),
             "process_name": names, "service": services,
@@ -469,6 +476,8 @@ class TracePlugin(Plugin):
             "ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid,
             "trace_all": int(not self.selector.whitelist)})
         self.ring = self.bpf.rings.events
+        self.builder.go = GoTracing(self.log, self.cfg.host_proc or "/proc")
+        self.builder.go.start()
         self.step_records = max(1, TRACE.rings[0].max_records // 2)
         self.rescan(force=True)
         server = self.cfg.trace_server or self.cfg.datakit_apiserver
@@ -505,11 +514,14 @@ class TracePlugin(Plugin):
             if self.kernel_pids.get(pid) != v:
                 m.update(np.uint32(pid).tobytes(), np.uint8(v).tobytes())
         self.kernel_pids = want
+        self.builder.go.update(pid for pid, traced in alive.items() if traced)
 
     def fileobjs(self):
-        return [self.ring]
+        return [self.ring] + (self.builder.go.fileobjs() if self.builder.go else [])
 
     def on_readable(self, fileobj):
+        if self.builder.go is not None:
+            self.builder.go.poll()
         self.drain()
         self.rescan()
 
@@ -571,6 +583,8 @@ class TracePlugin(Plugin):
 
     def memory(self):
         m = self.builder.memory()
+        if self.builder.go is not None:
+            m.update(self.builder.go.memory())
         m["ring_events_buffer"] = self.ring.buffer_bytes if self.bpf else 0
         m["kept_spans"] = sum(b.nbytes for b in self.kept)
         return m
@@ -582,11 +596,16 @@ class TracePlugin(Plugin):
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
             c.update(self.bpf.counters())
+        if self.builder.go is not None:
+            c.update(self.builder.go.counters())
         if self.sink is not None:
             c.update({f"trace_sink_{k}": v for k, v in self.sink.stats().items()})
         return c
 
     def stop(self):
+        if self.builder.go is not None:
+            self.builder.go.stop()
+            self.builder.go = None
         if self.bpf is not None:
             self.bpf.close()
             self.bpf = None
