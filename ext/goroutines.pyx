@@ -60,7 +60,7 @@ DROP_NAMES = _records._drop_names("trace_go.bpf.c", {
     GO_DROP_MAPS: "go_maps_full"}, GO_DROP_MAX)
 
 TIMELINE_DTYPE = np.dtype([("key", "<u8"), ("ts", "<u8"), ("goid", "<u8")])  # key: pid << 32 | tid
-REQUEST_MEMORY_NS = 130_000_000_000
+REQUEST_MEMORY_NS = 130_000_000_000  # a request waits up to 120 s for its answer (trace.py EXPIRE_NS)
 REQUEST_DTYPE = np.dtype([("key", "<u8"), ("ts", "<u8"), ("goid", "<u8")])   # key: hash of (sk, ts)
 
 
@@ -333,7 +333,11 @@ cdef class GoroutineLinker:
                         if s != NULL:
                             g = s.val
                             via += 1
-                    s = self.works_for.get(_key(pid, g))
+                            s = self.works_for.get(_key(pid, g))
+                        # (caller unknown: not what the writeLoop's creator
+                        # worked for, which was the first caller's)
+                    else:
+                        s = self.works_for.get(_key(pid, g))
                     if s != NULL:
                         m.user = s.val
                         linked += 1
@@ -369,7 +373,7 @@ cdef class GoroutineLinker:
     def forget(self, uint64_t now_ns):
         """Age the memory: switches older than the horizon (each thread's
         latest stays: the kernel sends a thread's goroutine only when it
-        changes), requests and table entries older than it too."""
+        changes); requests and table entries older than REQUEST_MEMORY_NS."""
         cdef uint64_t before = now_ns - self.horizon_ns if now_ns > self.horizon_ns else 0
         self._fold()
         tl = self.timeline
@@ -387,8 +391,9 @@ cdef class GoroutineLinker:
             rq = rq[np.argsort(rq["ts"], kind="stable")[len(rq) - self.max_entries:]]
             rq = rq[np.argsort(rq["key"], kind="stable")]
         self.requests = rq
+        # what goroutines work for is kept as long as a request may last
         for t in (self.works_for, self.writer_conn, self.conn_caller):
-            t.forget(before)
+            t.forget(now_ns - REQUEST_MEMORY_NS if now_ns > REQUEST_MEMORY_NS else 0)
         if len(self.pending) > self.max_entries:
             self.pending = self.pending[len(self.pending) - self.max_entries:]
 

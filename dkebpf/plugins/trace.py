@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 
 from ..bpf_objects import TRACE, BpfSkeleton
 from ..enrich.addr import format_addrs
-from ..errors import BuildError
+from ..errors import BuildError, KernelError
 from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
 from .trace_go import GoTracing
@@ -476,8 +476,13 @@ class TracePlugin(Plugin):
             "ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid,
             "trace_all": int(not self.selector.whitelist)})
         self.ring = self.bpf.rings.events
-        self.builder.go = GoTracing(self.log, self.cfg.host_proc or "/proc")
-        self.builder.go.start()
+        go = GoTracing(self.log, self.cfg.host_proc or "/proc")
+        try:
+            go.start()
+            self.builder.go = go
+        except KernelError as exc:  # Go programs are then traced by thread
+            go.stop()
+            self.log.warning("ebpf-trace: no goroutine probes: %s", str(exc).splitlines()[0])
         self.step_records = max(1, TRACE.rings[0].max_records // 2)
         self.rescan(force=True)
         server = self.cfg.trace_server or self.cfg.datakit_apiserver
@@ -514,7 +519,8 @@ class TracePlugin(Plugin):
             if self.kernel_pids.get(pid) != v:
                 m.update(np.uint32(pid).tobytes(), np.uint8(v).tobytes())
         self.kernel_pids = want
-        self.builder.go.update(pid for pid, traced in alive.items() if traced)
+        if self.builder.go is not None:
+            self.builder.go.update(pid for pid, traced in alive.items() if traced)
 
     def fileobjs(self):
         return [self.ring] + (self.builder.go.fileobjs() if self.builder.go else [])
