@@ -112,7 +112,7 @@ SEC("uprobe")
 int go_execute(struct pt_regs *ctx)
 {
 	__u64 id = bpf_get_current_pid_tgid();
-	__u64 goid = goid_of(id >> 32, PT_REGS_PARM1(ctx)); /* RAX: gp */
+	__u64 goid = goid_of(id >> 32, ctx->ax); /* RAX: gp */
 	if (!goid)
 		return 0;
 	__u64 *cur = bpf_map_lookup_elem(&go_running, &id);
@@ -159,7 +159,7 @@ int go_roundtrip(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 goid = goid_of(id >> 32, ctx->r14); /* R14: the running g */
 	if (goid)
-		send(id, GO_EV_ROUNDTRIP, goid, PT_REGS_PARM1(ctx)); /* RAX: pc */
+		send(id, GO_EV_ROUNDTRIP, goid, ctx->ax); /* RAX: pc */
 	return 0;
 }
 
@@ -169,6 +169,6 @@ int go_writeloop(struct pt_regs *ctx)
 	__u64 id = bpf_get_current_pid_tgid();
 	__u64 goid = goid_of(id >> 32, ctx->r14);
 	if (goid)
-		send(id, GO_EV_WRITELOOP, goid, PT_REGS_PARM1(ctx));
+		send(id, GO_EV_WRITELOOP, goid, ctx->ax);
 	return 0;
 }

@@ -25,7 +25,7 @@ pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_trace
 
 MARK = "DKEBPF_TRACE_GO_TEST_%d" % os.getpid()
 CHAIN_GO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "go", "chain.go")
-CLIENTS, PER_CLIENT = 4, 6
+CLIENTS, PER_CLIENT = 6, 6
 
 
 def make_cfg():

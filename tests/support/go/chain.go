@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 func goid() uint64 {
@@ -52,6 +53,7 @@ func main() {
 			done := make(chan string)
 			go func() {
 				worker := goid()
+				time.Sleep(time.Millisecond) // parked: resumed on whichever thread is free
 				resp, err := client.Get("http://127.0.0.1:" + back + "/back/" + k)
 				body := "error"
 				if err == nil {
