@@ -24,6 +24,12 @@
  *     space gives a request written by goroutine W at time t to the
  *     goroutine of the latest roundTrip on W's persistConn before t.
  *
+ * Where user space finds them, the execute and creation probes sit on the
+ * `call` of casgstatus(gp, ...) inside execute and of newproc1 / runqput
+ * inside newproc's closure instead of the functions' entries: a probed call
+ * is emulated (one trap), a Go prologue single-stepped (two), and the
+ * registers hold the same arguments (dkebpf/plugins/trace_go.py CALL_SITES).
+ *
  * Go >= 1.17 on amd64 passes arguments in registers (ABIInternal: RAX,
  * RBX, RCX, ...) and keeps the running g in R14 (the user goroutine in
  * roundTrip and writeLoop; g0 in the scheduler functions, which get the

@@ -77,6 +77,23 @@ def load_segments(data):
     return _headers(data)[0] if _is_elf64le(data) else []
 
 
+def call_sites(data, loads, func_vaddr, func_size, target_vaddr):
+    """Virtual addresses of the `call rel32` (e8) instructions in the code
+    of a function that call target_vaddr (found by their bytes: an e8 whose
+    displacement lands exactly on the target)."""
+    off = file_offset(loads, func_vaddr)
+    if off is None:
+        return []
+    body = bytes(data[off:off + func_size])
+    out = []
+    i = body.find(b"\xe8")
+    while 0 <= i <= len(body) - 5:
+        if func_vaddr + i + 5 + struct.unpack_from("<i", body, i + 1)[0] == target_vaddr:
+            out.append(func_vaddr + i)
+        i = body.find(b"\xe8", i + 1)
+    return out
+
+
 def file_offset(loads, vaddr):
     """File offset of a virtual address inside a PT_LOAD segment, or None."""
     for v, off, size in loads:

@@ -103,12 +103,7 @@ def _internal_entries(data):
             return {}
         # the plain wrapper must call the same function (not an inlined copy)
         wv, wsize = syms[wrapper]
-        w_off = _file_offset(loads, wv)
-        if w_off is None:
-            return {}
-        body = data[w_off:w_off + max(wsize, 16)]
-        if not any(body[i] == 0xE8 and wv + i + 5 + struct.unpack_from("<i", body, i + 1)[0] == target
-                   for i in range(len(body) - 4)):
+        if not elf.call_sites(data, loads, wv, max(wsize, 16), target):
             return {}
         out[kind] = t_off
     return out

@@ -48,6 +48,18 @@ NEWPROC = (("runtime.newproc1", "go_newproc1"), ("runtime.runqput", "go_runqput"
 HTTP_CLIENT = (("net/http.(*persistConn).roundTrip", "go_roundtrip"),
                ("net/http.(*persistConn).writeLoop", "go_writeloop"))
 FUNCS = (EXECUTE,) + NEWPROC + HTTP_CLIENT
+# Where the hot probes go. A uprobe on a Go function's first instruction
+# (`cmp 0x10(%r14),%rsp`) is single-stepped: two traps, ~10 us each on a
+# KVM guest; on a `call` it is emulated: one (see tls_probes.py). So
+# execute's probe sits on its call of casgstatus(gp, ...) (gp still in
+# RAX), and the creation probes on the calls of newproc1(fn, callergp, pc)
+# and runqput(pp, newg, next) in newproc's system-stack closure (the same
+# registers as at those functions' entries; runqput's own entry would also
+# fire on every wakeup). Entries are the fallback when the calls are not
+# found.
+CALL_SITES = {"go_execute": ("runtime.execute", "runtime.casgstatus"),
+              "go_newproc1": ("runtime.newproc.func1", "runtime.newproc1"),
+              "go_runqput": ("runtime.newproc.func1", "runtime.runqput")}
 # switches kept this long (and each thread's latest): a request start is
 # looked up in the step it is read, within an interval (10 s) of its time
 HORIZON_NS = 30_000_000_000
@@ -129,22 +141,31 @@ def inspect(path):
         if minor not in GOID_OFFSETS:
             raise NotProbed(f"{version}: goroutine probes know Go 1.{min(GOID_OFFSETS)} to 1.{max(GOID_OFFSETS)}")
         try:
-            syms, loads = elf.symbols(data, elf.SHT_SYMTAB, wanted=[name for name, _ in FUNCS])
+            names = {name for name, _ in FUNCS} | {n for pair in CALL_SITES.values() for n in pair}
+            syms, loads = elf.symbols(data, elf.SHT_SYMTAB, wanted=names)
         except (struct.error, ValueError, IndexError) as exc:
             raise NotProbed(f"{version}: unreadable symbol table ({exc})")
-        offsets = {}
+        offsets, sites = {}, {}
         for name, prog in FUNCS:
-            if name in syms:
-                off = elf.file_offset(loads, syms[name][0])
-                if off is not None:
-                    offsets[prog] = off
+            if name not in syms:
+                continue
+            vaddr = syms[name][0]
+            caller, callee = CALL_SITES.get(prog, (None, None))
+            if caller in syms and callee in syms:
+                calls = elf.call_sites(data, loads, syms[caller][0], syms[caller][1], syms[callee][0])
+                if len(calls) == 1:
+                    vaddr = calls[0]
+                    sites[prog] = f"{caller} calling {callee}"
+            off = elf.file_offset(loads, vaddr)
+            if off is not None:
+                offsets[prog] = off
         if EXECUTE[1] not in offsets:
             raise NotProbed(f"{version}: no runtime.execute in .symtab (stripped?)")
         for group in (NEWPROC, HTTP_CLIENT):  # both of a pair, or neither
             if not all(prog in offsets for _, prog in group):
                 for _, prog in group:
                     offsets.pop(prog, None)
-        return {"version": version, "goid_off": GOID_OFFSETS[minor], "offsets": offsets}
+        return {"version": version, "goid_off": GOID_OFFSETS[minor], "offsets": offsets, "sites": sites}
     finally:
         data.close()
 
@@ -230,7 +251,7 @@ class GoTracing:
         self.links[fid] = links
         self.totals["go_binaries_probed"] += 1
         self.log.info("ebpf-trace: %s (%s, pid %d): goroutine probes on %s", path, info["version"], pid,
-                      ", ".join(n for n, p in FUNCS if p in info["offsets"]))
+                      ", ".join(info["sites"].get(p, n) for n, p in FUNCS if p in info["offsets"]))
 
     def update(self, pids):
         """The traced processes now: their Go ones into go_procs (with

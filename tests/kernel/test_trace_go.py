@@ -58,7 +58,8 @@ def chain_exe(tmp_path_factory):
 def test_go_elf_reading(chain_exe):
     """The collector's own ELF reading of the binary: the Go version of
     the toolchain that built it, the probed functions at their file
-    offsets (cross-checked with `go tool nm` and readelf)."""
+    offsets (cross-checked with `go tool nm`), the hot ones on the call
+    instructions that pass the same registers."""
     from dkebpf import elf
     from dkebpf.plugins import trace_go
 
@@ -70,9 +71,19 @@ def test_go_elf_reading(chain_exe):
     nm = subprocess.run(["go", "tool", "nm", chain_exe], capture_output=True, text=True, check=True).stdout
     addrs = {parts[2]: int(parts[0], 16) for parts in (l.split(None, 2) for l in nm.splitlines()) if len(parts) == 3}
     with open(chain_exe, "rb") as f:
-        loads = elf.load_segments(f.read())
+        data = f.read()
+    loads = elf.load_segments(data)
     for name, prog in trace_go.FUNCS:
-        assert info["offsets"][prog] == elf.file_offset(loads, addrs[name])
+        off = info["offsets"][prog]
+        if prog in trace_go.CALL_SITES:  # on the call of the callee inside the caller
+            caller, callee = trace_go.CALL_SITES[prog]
+            assert info["sites"][prog] == f"{caller} calling {callee}"
+            start = elf.file_offset(loads, addrs[caller])
+            assert start < off < start + 4096 and data[off] == 0xE8
+            rel = int.from_bytes(data[off + 1:off + 5], "little", signed=True)
+            assert off + 5 + rel == elf.file_offset(loads, addrs[callee])
+        else:
+            assert off == elf.file_offset(loads, addrs[name])
     # not Go: None; a Go binary without .symtab: reported, not probed
     assert trace_go.inspect("/bin/sh") is None
     stripped = chain_exe + ".stripped"
