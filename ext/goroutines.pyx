@@ -59,7 +59,6 @@ DROP_NAMES = _records._drop_names("trace_go.bpf.c", {
     GO_DROP_RING: "go_events_ring_full", GO_DROP_READ: "goid_unreadable",
     GO_DROP_MAPS: "go_maps_full"}, GO_DROP_MAX)
 
-TIMELINE_DTYPE = np.dtype([("key", "<u8"), ("ts", "<u8"), ("goid", "<u8")])  # key: pid << 32 | tid
 REQUEST_MEMORY_NS = 130_000_000_000  # a request waits up to 120 s for its answer (trace.py EXPIRE_NS)
 REQUEST_DTYPE = np.dtype([("key", "<u8"), ("ts", "<u8"), ("goid", "<u8")])   # key: hash of (sk, ts)
 
@@ -179,7 +178,9 @@ cdef class GoroutineLinker:
     ``tid_usr``). Memory is bounded: switches older than ``horizon_ns``
     go (a thread's latest stays), the tables keep at most ``max_entries``."""
 
-    cdef public object timeline   # TIMELINE_DTYPE, sorted by (key, ts)
+    # the switches, sorted by (key, ts), key = pid << 32 | tid: three
+    # contiguous arrays (sorted and searched as such)
+    cdef object tl_key, tl_ts, tl_goid
     cdef list fresh               # event batches not yet folded into the timeline and the queue
     cdef public object pending    # GO_EVENT_DTYPE not yet applied (newer than the messages)
     cdef public object requests   # REQUEST_DTYPE sorted by key: logical goroutine of request starts
@@ -193,7 +194,9 @@ cdef class GoroutineLinker:
     def __init__(self, horizon_ns=130_000_000_000, max_entries=1 << 20):
         self.horizon_ns = horizon_ns
         self.max_entries = max_entries
-        self.timeline = np.zeros(0, TIMELINE_DTYPE)
+        self.tl_key = np.zeros(0, np.uint64)
+        self.tl_ts = np.zeros(0, np.uint64)
+        self.tl_goid = np.zeros(0, np.uint64)
         self.fresh = []
         self.pending = np.zeros(0, GO_EVENT_DTYPE)
         self.requests = np.zeros(0, REQUEST_DTYPE)
@@ -204,7 +207,7 @@ cdef class GoroutineLinker:
                       "exits_linked": 0, "exits_via_writeloop": 0, "no_goroutine": 0}
 
     def memory(self):
-        return {"go_timeline": self.timeline.nbytes, "go_pending": self.pending.nbytes,
+        return {"go_timeline": 3 * self.tl_key.nbytes, "go_pending": self.pending.nbytes,
                 "go_fresh": sum(a.nbytes for a in self.fresh),
                 "go_requests": self.requests.nbytes,
                 "go_tables": 24 * (self.works_for.cap + self.writer_conn.cap + self.conn_caller.cap)}
@@ -224,17 +227,26 @@ cdef class GoroutineLinker:
             return
         ev = np.concatenate(self.fresh) if len(self.fresh) > 1 else self.fresh[0]
         self.fresh = []
-        sw = ev[ev["kind"] == GO_EV_SWITCH]
-        self.stats["switches"] += len(sw)
-        if len(sw):
-            add = np.zeros(len(sw), TIMELINE_DTYPE)
-            add["key"] = (sw["pid"].astype(np.uint64) << np.uint64(32)) | sw["tid"]
-            add["ts"], add["goid"] = sw["ts"], sw["goid"]
-            tl = np.concatenate([self.timeline, add])
-            self.timeline = tl[np.lexsort((tl["ts"], tl["key"]))]
-        rest = ev[ev["kind"] != GO_EV_SWITCH]
+        kind = ev["kind"]
+        is_sw = kind == GO_EV_SWITCH
+        nsw = int(is_sw.sum())
+        self.stats["switches"] += nsw
+        if nsw:
+            # columns first (a boolean index of the padded records is slow)
+            key = (ev["pid"][is_sw].astype(np.uint64) << np.uint64(32)) | ev["tid"][is_sw]
+            ts = np.ascontiguousarray(ev["ts"][is_sw])
+            goid = ev["goid"][is_sw]
+            o = np.argsort(ts, kind="stable")  # ring order is nearly time order
+            key, ts, goid = key[o], ts[o], goid[o]
+            self.tl_key, self.tl_ts, self.tl_goid = _merge_timeline(
+                self.tl_key, self.tl_ts, self.tl_goid, key, ts, goid)
+        rest = ev[~is_sw] if nsw < len(ev) else ev[:0]
         if len(rest):
             self.pending = np.concatenate([self.pending, rest])
+
+    @property
+    def timeline_size(self):
+        return len(self.tl_key)
 
     def goroutines(self, pids, tids, ts):
         """The goroutine that ran on each (pid, tid) at kernel time ts; 0
@@ -244,10 +256,7 @@ cdef class GoroutineLinker:
                                     np.asarray(tids).astype(np.uint64))
         qts = np.ascontiguousarray(ts, np.uint64)
         out = np.zeros(len(qkey), np.uint64)
-        tl = self.timeline
-        k = np.ascontiguousarray(tl["key"])
-        t = np.ascontiguousarray(tl["ts"])
-        g = np.ascontiguousarray(tl["goid"])
+        k, t, g = self.tl_key, self.tl_ts, self.tl_goid
         cdef const uint64_t[::1] K = k, T = t, G = g, QK = qkey, QT = qts
         cdef uint64_t[::1] O = out
         if len(qkey) and len(k):
@@ -376,15 +385,17 @@ cdef class GoroutineLinker:
         changes); requests and table entries older than REQUEST_MEMORY_NS."""
         cdef uint64_t before = now_ns - self.horizon_ns if now_ns > self.horizon_ns else 0
         self._fold()
-        tl = self.timeline
-        if len(tl):
-            last = np.ones(len(tl), bool)
-            last[:len(tl) - 1] = tl["key"][1:] != tl["key"][:len(tl) - 1]
-            keep = last | (tl["ts"] >= before)
+        key, ts = self.tl_key, self.tl_ts
+        n = len(key)
+        if n:
+            last = np.ones(n, bool)
+            last[:n - 1] = key[1:] != key[:n - 1]
+            keep = last | (ts >= before)
             if keep.sum() > self.max_entries:  # bounded: the oldest switches go
-                cut = np.sort(tl["ts"][keep & ~last])[int(keep.sum()) - self.max_entries - 1]
-                keep &= last | (tl["ts"] > cut)
-            self.timeline = tl[keep]
+                cut = np.sort(ts[keep & ~last])[int(keep.sum()) - self.max_entries - 1]
+                keep &= last | (ts > cut)
+            if not keep.all():
+                self.tl_key, self.tl_ts, self.tl_goid = key[keep], ts[keep], self.tl_goid[keep]
         rq = self.requests  # (kept longer: a request waits up to 120 s for its answer)
         rq = rq[rq["ts"] + REQUEST_MEMORY_NS >= now_ns]
         if len(rq) > self.max_entries:
@@ -396,6 +407,70 @@ cdef class GoroutineLinker:
             t.forget(now_ns - REQUEST_MEMORY_NS if now_ns > REQUEST_MEMORY_NS else 0)
         if len(self.pending) > self.max_entries:
             self.pending = self.pending[len(self.pending) - self.max_entries:]
+
+
+def _merge_timeline(ok, ot, og, nk, nt, ng):
+    """(key, ts, goid) sorted by (key, ts): the old timeline (so sorted)
+    with new switches (in time order), grouped by key with a counting
+    sort (a batch has few threads) and merged, in C."""
+    nk = np.ascontiguousarray(nk, np.uint64)
+    cdef Py_ssize_t n = len(nk), no = len(ok), i, j, a, b, w
+    # the batch's threads: a dense number each (hash table, in C), then
+    # their rank in key order (a sort of the few distinct keys)
+    cdef _Table dense = _Table(n + 1)
+    pos = np.empty(n, np.int64)
+    distinct = np.empty(n, np.uint64)
+    cdef int64_t[::1] P = pos
+    cdef uint64_t[::1] D = distinct
+    cdef const uint64_t[::1] NK = nk, NT = np.ascontiguousarray(nt, np.uint64), NG = np.ascontiguousarray(ng, np.uint64)
+    cdef Py_ssize_t nd = 0
+    cdef slot_t *e
+    with nogil:
+        for i in range(n):
+            e = dense.get(NK[i] + 1)  # (+1: a nonzero table key; pid << 32 | tid is never all ones)
+            if e == NULL:
+                D[nd] = NK[i]
+                P[i] = nd
+                dense.put(NK[i] + 1, nd, 0)
+                nd += 1
+            else:
+                P[i] = e.val
+    rank = np.empty(nd, np.int64)
+    rank[np.argsort(distinct[:nd])] = np.arange(nd)
+    pos = rank[pos]
+    P = pos
+    counts = np.bincount(pos, minlength=nd).astype(np.int64)
+    start = np.zeros(nd + 1, np.int64)
+    np.cumsum(counts, out=start[1:])
+    gk = np.empty(n, np.uint64)
+    gt = np.empty(n, np.uint64)
+    gg = np.empty(n, np.uint64)
+    cdef int64_t[::1] S = start.copy()
+    cdef uint64_t[::1] GK = gk, GT = gt, GG = gg
+    with nogil:
+        for i in range(n):  # stable: time order kept within a thread
+            j = S[P[i]]
+            S[P[i]] += 1
+            GK[j], GT[j], GG[j] = NK[i], NT[i], NG[i]
+    if not no:
+        return gk, gt, gg
+    mk = np.empty(no + n, np.uint64)
+    mt = np.empty(no + n, np.uint64)
+    mg = np.empty(no + n, np.uint64)
+    cdef const uint64_t[::1] OK = np.ascontiguousarray(ok, np.uint64), OT = np.ascontiguousarray(ot, np.uint64)
+    cdef const uint64_t[::1] OG = np.ascontiguousarray(og, np.uint64)
+    cdef uint64_t[::1] MK = mk, MT = mt, MG = mg
+    a = b = w = 0
+    with nogil:
+        while a < no or b < n:
+            if b >= n or (a < no and (OK[a] < GK[b] or (OK[a] == GK[b] and OT[a] <= GT[b]))):
+                MK[w], MT[w], MG[w] = OK[a], OT[a], OG[a]
+                a += 1
+            else:
+                MK[w], MT[w], MG[w] = GK[b], GT[b], GG[b]
+                b += 1
+            w += 1
+    return mk, mt, mg
 
 
 def _req_keys(sk, ts):

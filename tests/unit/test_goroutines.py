@@ -91,6 +91,30 @@ def test_memory_is_aged():
     L = G.GoroutineLinker(horizon_ns=100, max_entries=1000)
     L.add_events(events(*[(t, SW, t, 0, 1 + t % 3) for t in range(1, 400)]))
     L.forget(500)
-    tl = L.timeline
-    assert len(tl) == 3  # each thread's latest stays
+    assert L.timeline_size == 3  # each thread's latest stays
     assert L.goroutines([PID], [1], [1000]).tolist() == [399]
+
+
+def test_timeline_against_brute_force():
+    """Switches added in several batches (out of order within each) and
+    asked about at random times: the latest switch of the thread at or
+    before the time, as a plain scan finds it."""
+    rng = np.random.default_rng(7)
+    L = G.GoroutineLinker()
+    all_ts = rng.permutation(10**6)[:2000] + 1  # distinct times
+    rows = []
+    for b in range(4):
+        ts = all_ts[b * 500:(b + 1) * 500]
+        tid = rng.integers(1, 9, 500)
+        goid = rng.integers(1, 100, 500)
+        batch = [(int(t), SW, int(g), 0, int(d)) for t, g, d in zip(ts, goid, tid)]
+        rows += batch
+        L.add_events(events(*batch))
+        q_tid = rng.integers(1, 10, 200)
+        q_ts = rng.integers(0, 10**6, 200)
+        got = L.goroutines([PID] * 200, q_tid, q_ts).tolist()
+        want = []
+        for d, t in zip(q_tid, q_ts):
+            seen = [(ts_, g) for (ts_, _, g, _, tid_) in rows if tid_ == d and ts_ <= t]
+            want.append(max(seen)[1] if seen else 0)
+        assert got == want
