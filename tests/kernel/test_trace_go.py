@@ -181,3 +181,31 @@ def test_go_chain_goroutine_parentage(bpf_ok, chain_exe):
     assert counters["go_binaries_probed"] == 1  # one file, two processes
     assert counters["go_exits_via_writeloop"] >= n
     assert counters["kernel_drop_trace_go_go_events_ring_full"] == 0
+
+
+def test_damaged_go_binaries_are_not_probed_and_never_raise(chain_exe, tmp_path):
+    """Truncated or corrupted copies of a Go binary: inspect() says None
+    (not Go as far as it can tell) or NotProbed, nothing else."""
+    import random
+
+    from dkebpf.plugins import trace_go
+
+    with open(chain_exe, "rb") as f:
+        data = f.read()
+    rnd = random.Random(5)
+    cases = [data[:n] for n in (0, 16, 64, 4096, len(data) // 2, len(data) - 1)]
+    for _ in range(20):
+        b = bytearray(data)
+        for _ in range(200):
+            b[rnd.randrange(len(b) if rnd.random() < 0.5 else 4096)] = rnd.randrange(256)
+        cases.append(bytes(b))
+    outcomes = set()
+    for i, case in enumerate(cases):
+        p = tmp_path / f"case{i}"
+        p.write_bytes(case)
+        try:
+            info = trace_go.inspect(str(p))
+            outcomes.add("none" if info is None else "probed")
+        except trace_go.NotProbed:
+            outcomes.add("not probed")
+    assert "none" in outcomes  # the truncated ones at least
