@@ -187,6 +187,7 @@ cdef class GoroutineLinker:
     cdef _Table works_for         # (pid, goid) -> thread_trace_id
     cdef _Table writer_conn       # (pid, writeLoop goid) -> persistConn
     cdef _Table conn_caller       # (pid, persistConn) -> goroutine of its latest roundTrip
+    cdef _Table parent_of         # (pid, goid) -> the goroutine that created it
     cdef public uint64_t horizon_ns
     cdef public Py_ssize_t max_entries
     cdef public dict stats
@@ -203,6 +204,7 @@ cdef class GoroutineLinker:
         self.works_for = _Table(max_entries)
         self.writer_conn = _Table(max_entries)
         self.conn_caller = _Table(max_entries)
+        self.parent_of = _Table(max_entries)
         self.stats = {"switches": 0, "newprocs": 0, "roundtrips": 0, "entries": 0, "exits": 0,
                       "exits_linked": 0, "exits_via_writeloop": 0, "no_goroutine": 0}
 
@@ -210,7 +212,8 @@ cdef class GoroutineLinker:
         return {"go_timeline": 3 * self.tl_key.nbytes, "go_pending": self.pending.nbytes,
                 "go_fresh": sum(a.nbytes for a in self.fresh),
                 "go_requests": self.requests.nbytes,
-                "go_tables": 24 * (self.works_for.cap + self.writer_conn.cap + self.conn_caller.cap)}
+                "go_tables": 24 * (self.works_for.cap + self.writer_conn.cap + self.conn_caller.cap
+                                   + self.parent_of.cap)}
 
     def add_events(self, events):
         """go_event records (any order), kept until the next question (the
@@ -316,6 +319,7 @@ cdef class GoroutineLinker:
                     pid = Ep[e]
                     if Ek[e] == GO_EV_NEWPROC:  # goid created by arg: works for what arg works for
                         newprocs += 1
+                        self.parent_of.put(_key(pid, Eg[e]), Ea[e], Ets[e])
                         s = self.works_for.get(_key(pid, Ea[e]))
                         if s != NULL:
                             self.works_for.put(_key(pid, Eg[e]), s.val, Ets[e])
@@ -365,6 +369,22 @@ cdef class GoroutineLinker:
             rq = np.concatenate([self.requests, add[logical != 0]])
             self.requests = rq[np.argsort(rq["key"], kind="stable")]
 
+    def parents(self, pids, goids):
+        """The goroutine that created each (pid, goid), as far as link()
+        has applied the creations; 0 where not known."""
+        P = np.ascontiguousarray(pids, np.uint64)
+        Q = np.ascontiguousarray(goids, np.uint64)
+        out = np.zeros(len(Q), np.uint64)
+        cdef const uint64_t[::1] Pv = P, Qv = Q
+        cdef uint64_t[::1] O = out
+        cdef Py_ssize_t i
+        cdef slot_t *e
+        for i in range(Qv.shape[0]):
+            e = self.parent_of.get(_key(Pv[i], Qv[i]))
+            if e != NULL:
+                O[i] = e.val
+        return out
+
     def tid_usr(self, msgs, idx):
         """The goroutine of each request message start msgs[idx] (the
         client's caller for a request a writeLoop wrote), 0 where not a
@@ -403,7 +423,7 @@ cdef class GoroutineLinker:
             rq = rq[np.argsort(rq["key"], kind="stable")]
         self.requests = rq
         # what goroutines work for is kept as long as a request may last
-        for t in (self.works_for, self.writer_conn, self.conn_caller):
+        for t in (self.works_for, self.writer_conn, self.conn_caller, self.parent_of):
             t.forget(now_ns - REQUEST_MEMORY_NS if now_ns > REQUEST_MEMORY_NS else 0)
         if len(self.pending) > self.max_entries:
             self.pending = self.pending[len(self.pending) - self.max_entries:]

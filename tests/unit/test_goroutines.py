@@ -54,6 +54,7 @@ def test_parentage_newproc_and_writeloop():
     assert m["user"][4] not in (0, 111, 222)  # goroutine 30 works for nothing: a root
     assert L.tid_usr(m, np.arange(5)).tolist() == [10, 20, 11, 20, 30]
     assert L.stats["exits_via_writeloop"] == 1 and L.stats["exits_linked"] == 2
+    assert L.parents([PID, PID, PID + 1], [11, 10, 11]).tolist() == [10, 0, 0]
 
 
 def test_short_first_read_belongs_to_the_continuations_goroutine():
