@@ -24,7 +24,7 @@ from . import kernel
 from .errors import BuildError
 
 try:
-    from . import _libbpf, _records, _trace
+    from . import _goroutines, _libbpf, _records, _trace
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -145,7 +145,16 @@ TRACE = ObjectSpec(
     rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE, buffer_bytes=4 * READER_BUFFER_BYTES),),
     drops="drops", drop_names=MappingProxyType(_trace.DROP_NAMES), drop_prefix="kernel_drop_trace_")
 
-OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE)}
+# ebpf-trace's Go goroutines (bpf/trace_go.bpf.c): uprobes attached per Go
+# binary by dkebpf/plugins/trace_go.py; records and drop names with their
+# reader, ext/goroutines.pyx
+TRACE_GO = ObjectSpec(
+    "trace_go", attach=(), maps=("go_procs",),
+    programs=("go_execute", "go_newproc1", "go_runqput", "go_roundtrip", "go_writeloop"),
+    rings=(Ring("go_events", _goroutines.GO_EVENT_DTYPE),),
+    drops="go_drops", drop_names=MappingProxyType(_goroutines.DROP_NAMES), drop_prefix="kernel_drop_trace_go_")
+
+OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE, TRACE_GO)}
 
 
 def ring_counters(rings):

@@ -22,6 +22,7 @@ import re
 import struct
 import time
 
+from .. import elf
 from ..bpf_objects import TLS, TLS_RING_BYTES, BpfSkeleton
 from ..errors import KernelError
 
@@ -60,37 +61,10 @@ WAKEUP_BYTES = TLS_RING_BYTES // 32  # the reader is woken per 1 MiB of records,
 def _elf_dynsyms(data):
     """{name: (vaddr, size)} of the dynamic symbols, and the PT_LOAD
     segments [(vaddr, offset, filesz)], of a little-endian ELF64 image."""
-    if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
-        return {}, []
-    e_phoff, e_shoff = struct.unpack_from("<QQ", data, 0x20)
-    e_phentsize, e_phnum, e_shentsize, e_shnum = struct.unpack_from("<HHHH", data, 0x36)
-    loads = []
-    for i in range(e_phnum):
-        p_type, _flags, p_offset, p_vaddr, _paddr, p_filesz = struct.unpack_from(
-            "<IIQQQQ", data, e_phoff + i * e_phentsize)
-        if p_type == 1:  # PT_LOAD
-            loads.append((p_vaddr, p_offset, p_filesz))
-    shdrs = [struct.unpack_from("<IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)]
-    syms = {}
-    for sh in shdrs:
-        if sh[1] != 11:  # SHT_DYNSYM
-            continue
-        _n, _t, _f, _a, off, size, link, _i, _al, entsize = sh
-        str_off = shdrs[link][4]
-        for j in range(size // (entsize or 24)):
-            st_name, _info, _other, _shndx, st_value, st_size = struct.unpack_from("<IBBHQQ", data, off + j * 24)
-            if not st_value:
-                continue
-            end = data.index(b"\0", str_off + st_name)
-            syms[data[str_off + st_name:end].decode("ascii", "replace")] = (st_value, st_size)
-    return syms, loads
+    return elf.symbols(data, elf.SHT_DYNSYM)
 
 
-def _file_offset(loads, vaddr):
-    for v, off, size in loads:
-        if v <= vaddr < v + size:
-            return vaddr - v + off
-    return None
+_file_offset = elf.file_offset
 
 
 def _starts_with_push(code):
@@ -129,12 +103,7 @@ def _internal_entries(data):
             return {}
         # the plain wrapper must call the same function (not an inlined copy)
         wv, wsize = syms[wrapper]
-        w_off = _file_offset(loads, wv)
-        if w_off is None:
-            return {}
-        body = data[w_off:w_off + max(wsize, 16)]
-        if not any(body[i] == 0xE8 and wv + i + 5 + struct.unpack_from("<i", body, i + 1)[0] == target
-                   for i in range(len(body) - 4)):
+        if not elf.call_sites(data, loads, wv, max(wsize, 16), target):
             return {}
         out[kind] = t_off
     return out

@@ -25,9 +25,10 @@ import pyarrow.compute as pc
 
 from ..bpf_objects import TRACE, BpfSkeleton
 from ..enrich.addr import format_addrs
-from ..errors import BuildError
+from ..errors import BuildError, KernelError
 from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
+from .trace_go import GoTracing
 
 try:
     from .. import _http, _libbpf, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
@@ -249,6 +250,7 @@ class SpanBuilder:
         self._joined = None  # step()'s buffer of carried + new records
         self.given_up = np.zeros(0, np.uint64)
         self.closed_before = np.zeros(0, np.uint64)
+        self.go = None  # trace_go.GoTracing: goroutines instead of threads in Go processes
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
                       "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
                       "exits_without_entry": 0}
@@ -266,7 +268,11 @@ class SpanBuilder:
         role, spans, carry, seen, st, until = _trace.pair(msgs, order, self.conns,
                                                           max(0, now_mono_ns - self.settle_ns),
                                                           max(0, now_mono_ns - self.expire_ns))
+        new_requests = np.flatnonzero((role == _trace.ROLE_REQUEST) & (msgs["user"] == 0))
         st.update(_trace.link_threads(msgs, role, until))
+        if self.go is not None:  # Go processes: by goroutine (dkebpf/plugins/trace_go.py)
+            self.go.link(msgs, new_requests)
+            self.go.forget(now_mono_ns)
         for k, v in st.items():
             self.stats[k] += v
         self._merge_conns(seen, now_mono_ns)
@@ -340,6 +346,7 @@ class SpanBuilder:
             "resp_seq": pa.array((resp["seq"].astype(np.int64) + pipe["resp_off"]) & 0xFFFFFFFF),
             "thread_trace_id": pa.array(req["user"].astype(np.int64)),
             "tid": pa.array(req["tid"].astype(np.int64)),
+            "tid_usr": self.go.tid_usr(msgs, spans["req"]) if self.go else pa.nulls(n, pa.int64()),
             "ktime": pa.array(spans["start_ns"].astype(np.int64)),
             "source_type": _choose(np.zeros(n, bool), "ebpf"),
             "process_name": names, "service": services,
@@ -645,6 +652,13 @@ class TracePlugin(Plugin):
             "ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid,
             "trace_all": int(not self.selector.whitelist)})
         self.ring = self.bpf.rings.events
+        go = GoTracing(self.log, self.cfg.host_proc or "/proc")
+        try:
+            go.start()
+            self.builder.go = go
+        except KernelError as exc:  # Go programs are then traced by thread
+            go.stop()
+            self.log.warning("ebpf-trace: no goroutine probes: %s", str(exc).splitlines()[0])
         self.step_records = max(1, TRACE.rings[0].max_records // 2)
         self.rescan(force=True)
         server = self.cfg.trace_server or self.cfg.datakit_apiserver
@@ -681,11 +695,15 @@ class TracePlugin(Plugin):
             if self.kernel_pids.get(pid) != v:
                 m.update(np.uint32(pid).tobytes(), np.uint8(v).tobytes())
         self.kernel_pids = want
+        if self.builder.go is not None:
+            self.builder.go.update(pid for pid, traced in alive.items() if traced)
 
     def fileobjs(self):
-        return [self.ring]
+        return [self.ring] + (self.builder.go.fileobjs() if self.builder.go else [])
 
     def on_readable(self, fileobj):
+        if self.builder.go is not None:
+            self.builder.go.poll()
         self.drain()
         self.rescan()
 
@@ -766,6 +784,8 @@ class TracePlugin(Plugin):
 
     def memory(self):
         m = self.builder.memory()
+        if self.builder.go is not None:
+            m.update(self.builder.go.memory())
         m["ring_events_buffer"] = self.ring.buffer_bytes if self.bpf else 0
         m["kept_spans"] = sum(b.nbytes for b in self.kept)
         return m
@@ -778,11 +798,16 @@ class TracePlugin(Plugin):
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
             c.update(self.bpf.counters())
+        if self.builder.go is not None:
+            c.update(self.builder.go.counters())
         if self.sink is not None:
             c.update({f"trace_sink_{k}": v for k, v in self.sink.stats().items()})
         return c
 
     def stop(self):
+        if self.builder.go is not None:
+            self.builder.go.stop()
+            self.builder.go = None
         if self.bpf is not None:
             self.bpf.close()
             self.bpf = None

@@ -32,3 +32,14 @@ cdef inline uint64_t conn_key_hash(const uint8_t *la, const uint8_t *ra, uint16_
     h = (h ^ (<uint64_t>lp << 16 | rp)) * 1099511628211ULL
     h = (h ^ (<uint64_t>vni << 8 | proto)) * 1099511628211ULL
     return h ^ (h >> 29)
+
+
+cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
+    """splitmix64's finalizer: well-spread ids and hash keys from record
+    fields (ext/goroutines.pyx; ext/trace.pyx has its own copy still)."""
+    x ^= x >> 30
+    x *= 0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= 0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
