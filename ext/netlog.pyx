@@ -190,7 +190,7 @@ cdef struct conn_t:
     uint8_t pos_set          # bit per direction: seq_pos set
     uint8_t macs[MACS_MAX * 6]
     uint32_t seq_pos[2]      # tx_seq_pos, rx_seq_pos: first seq seen (own or acknowledged) - 1
-    uint32_t rst[2]          # RST segments of the chunk per direction
+    uint32_t rst_count[2]    # RST segments of the chunk per direction
     # netflow of the interval: what the chunks counted since the last
     # collect() (flow), and what of the chunk being filled is in it (rep_*)
     l4_chunk flow
@@ -642,7 +642,7 @@ cdef class ConnTable:
         cdef pkt_row *r
         cdef uint8_t sm, dm
         if p.tcp_flags & TH_RST:
-            c.rst[d] += 1
+            c.rst_count[d] += 1
         if p.proto == 6:   # the original's calSeqOffset: each direction's first seq - 1, own or acknowledged
             if not (c.pos_set & (1 << d)):
                 c.seq_pos[d] = p.seq - 1
@@ -790,9 +790,9 @@ cdef class ConnTable:
             o = put(o, b',"rx_retrans":')
             o = put_u(o, c.c.rx_retrans)
             o = put(o, b',"tx_rst":')
-            o = put_u(o, c.rst[0])
+            o = put_u(o, c.rst_count[0])
             o = put(o, b',"rx_rst":')
-            o = put_u(o, c.rst[1])
+            o = put_u(o, c.rst_count[1])
         o = put(o, b',"series_unwritten":')
         o = put_u(o, c.unwritten)
         o = put(o, b'}}')
@@ -821,7 +821,7 @@ cdef class ConnTable:
         self.ndone += 1
         c.series_n = c.unwritten = 0
         c.nmacs = c.pos_set = 0
-        c.rst[0] = c.rst[1] = 0
+        c.rst_count[0] = c.rst_count[1] = 0
         c.c.tx_packets = c.c.rx_packets = c.c.tx_retrans = c.c.rx_retrans = 0
         c.c.tx_bytes = c.c.rx_bytes = c.c.rtt_sum_ns = 0
         c.c.rtt_samples = 0
@@ -1145,8 +1145,8 @@ cdef class ConnTable:
         if self.series:
             # written in chunk order, back to back: offsets are each chunk's start, then the end
             offsets = np.empty(len(out) + 1, np.int32)
-            offsets[:-1] = out["msg_off"]
-            offsets[-1] = self.msg_len
+            offsets[:len(out)] = out["msg_off"]
+            offsets[len(out)] = self.msg_len
             data = np.empty(self.msg_len, np.uint8)
             if self.msg_len:
                 memcpy(cnp.PyArray_DATA(data), self.msg, self.msg_len)

@@ -10,7 +10,10 @@ ACKs, and a close; 1 frame in 8 VLAN-tagged, 1 connection in 16 inside
 VXLAN. Frames are cut at 128 bytes, as a capture ring holds them.
 
 Prints `name: value` lines; the target is >= 1 M packets/s per core for
-decode + L4 state."""
+decode + L4 state. decode_plus_l4 includes the per-packet message series
+and writing every chunk's message JSON (bpf_net_l4_log on, the default);
+l4_state_no_series_mpps is the L4 state alone as with --netlog-metric only,
+so the series' cost is their ratio, measured in the same run."""
 import os
 import sys
 
@@ -86,6 +89,14 @@ def main():
     def l4():
         _netlog.ConnTable(max_conns=4096).add(pkts, payload)
 
+    def l4_no_series():
+        _netlog.ConnTable(max_conns=4096, series=False).add(pkts, payload)
+
+    def l4_messages():
+        t = _netlog.ConnTable(max_conns=4096)
+        t.add(pkts, payload)
+        t.collect(0, True)
+
     def both():
         p, pl, _st = _packets.decode_frames(data, offsets, lengths, ether)
         p["pkttype"][::2] = 4
@@ -93,11 +104,15 @@ def main():
         t.add(p, pl)   # with payload: the HTTP first-line check runs on every data segment
         t.collect(0, True)
 
-    t_copy, t_dec, t_l4, t_both = (best_of(f, 3) for f in (memcpy, decode, l4, both))
+    t_copy, t_dec, t_l4, t_l4ns, t_l4msg, t_both = (best_of(f, 3) for f in (
+        memcpy, decode, l4, l4_no_series, l4_messages, both))
     print(f"packets: {N}")
     print(f"bytes_recorded: {len(data)}")
     print(f"decode_mpps: {N / t_dec / 1e6:.2f}")
     print(f"l4_state_mpps: {N / t_l4 / 1e6:.2f}")
+    print(f"l4_state_no_series_mpps: {N / t_l4ns / 1e6:.2f}")
+    print(f"l4_state_and_messages_mpps: {N / t_l4msg / 1e6:.2f}")
+    print(f"series_and_messages_cost_ratio: {t_l4msg / t_l4ns:.2f}")
     print(f"decode_plus_l4_mpps: {N / t_both / 1e6:.2f}")
     print(f"memcpy_ratio_decode_plus_l4: {t_both / t_copy:.1f}")
 

@@ -259,8 +259,8 @@ def check_line(endpoints=(), host_root=""):
         try:
             n = len(DockerEndpoint(endpoint, path).listed())
         except EndpointError as exc:
-            said.append(f"{endpoint} does not answer the Docker Engine API ({exc}; containerd's and CRI-O's "
-                        "CRI is not spoken): no container names from it")
+            said.append(f"{endpoint} does not answer the Docker Engine API ({exc}): no container names from "
+                        "it (containerd's and CRI-O's CRI is not spoken)")
             continue
         said.append(f"{endpoint} answers the Docker Engine API ({n} running containers)")
     return "container endpoints: " + "; ".join(said)
