@@ -98,6 +98,19 @@ def tcp_payload_len(ip, tcp):
     return ip.len - ip.hl * 4 - tcp.off * 4
 
 
+def connection_packets(pkts, local_ip, local_port):
+    """(direction, eth, ip, tcp) of the pcap's packets of the TCP
+    connection to local_ip:local_port."""
+    import dpkt
+    for _ts, eth, ip, tcp in pkts:
+        if not isinstance(tcp, dpkt.tcp.TCP):
+            continue
+        src = socket.inet_ntop(socket.AF_INET6 if isinstance(ip, dpkt.ip6.IP6) else socket.AF_INET, ip.src)
+        tx = src == local_ip and tcp.sport == local_port
+        if tx or tcp.dport == local_port:
+            yield "tx" if tx else "rx", eth, ip, tcp
+
+
 def expected_from_pcap(pkts, local_ip, local_port):
     """Per-direction packets and payload bytes of the TCP connection to
     local_ip:local_port, as tcpdump saw them; and the client's SYN seq and
@@ -105,14 +118,7 @@ def expected_from_pcap(pkts, local_ip, local_port):
     import dpkt
     e = {"tx_packets": 0, "rx_packets": 0, "tx_bytes": 0, "rx_bytes": 0}
     syn = synack = None
-    for _ts, _eth, ip, tcp in pkts:
-        if not isinstance(tcp, dpkt.tcp.TCP):
-            continue
-        src = socket.inet_ntop(socket.AF_INET6 if isinstance(ip, dpkt.ip6.IP6) else socket.AF_INET, ip.src)
-        tx = src == local_ip and tcp.sport == local_port
-        if not tx and tcp.dport != local_port:
-            continue
-        d = "tx" if tx else "rx"
+    for d, _eth, ip, tcp in connection_packets(pkts, local_ip, local_port):
         e[f"{d}_packets"] += 1
         e[f"{d}_bytes"] += tcp_payload_len(ip, tcp)
         if tcp.flags & dpkt.tcp.TH_SYN:
@@ -132,15 +138,9 @@ def series_from_pcap(pkts, local_ip, local_port):
     seq, ack (0 without ACK), payload size, window)."""
     import dpkt
     out = []
-    for _ts, eth, ip, tcp in pkts:
-        if not isinstance(tcp, dpkt.tcp.TCP):
-            continue
-        src = socket.inet_ntop(socket.AF_INET6 if isinstance(ip, dpkt.ip6.IP6) else socket.AF_INET, ip.src)
-        tx = src == local_ip and tcp.sport == local_port
-        if not tx and tcp.dport != local_port:
-            continue
+    for d, eth, ip, tcp in connection_packets(pkts, local_ip, local_port):
         flags = "|".join(n for b, n in enumerate(TCP_FLAG_NAMES) if tcp.flags & (1 << b))
-        out.append(("tx" if tx else "rx", eth.src.hex(":"), eth.dst.hex(":"), flags, tcp.seq,
+        out.append((d, eth.src.hex(":"), eth.dst.hex(":"), flags, tcp.seq,
                     tcp.ack if tcp.flags & dpkt.tcp.TH_ACK else 0, tcp_payload_len(ip, tcp), tcp.win))
     return out
 
