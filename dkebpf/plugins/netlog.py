@@ -382,6 +382,11 @@ class NetlogPlugin(Plugin):
             self.totals["filter_dropped_packets"] += cap.conn_filter.packets
             self.totals["filter_dropped_connections"] += cap.conn_filter.connections
 
+    def drain(self):
+        # between the steps of the agent's flush: the rings into the connection tables
+        for cap in self.captures.values():
+            cap.drain()
+
     def collect(self, now_ns):
         # [(NicCapture, Collected)]
         parts = self.closed_parts
