@@ -111,7 +111,8 @@ def agent_run(tmp, ns, logs=True):
     sink = started(ns.prefix() + ["python3", "-c", SINK_TCP, ns.peer_ip, str(PORT)])
     try:
         flags = ["--enabled", "bpf-netlog", "--netlog-metric", "--netlog-interfaces", f"^{ns.veth_peer}$"]
-        with Collector(tmp, "netlog", flags + (["--netlog-log"] if logs else [])) as c:
+        # a log file per run: "dkebpf started" of an earlier run must not count
+        with Collector(tmp, "netlog" if logs else "netlog-metric", flags + (["--netlog-log"] if logs else [])) as c:
             end = time.monotonic() + 30
             while f"capturing on {ns.veth_peer}" not in c.log_text():
                 if time.monotonic() > end:
