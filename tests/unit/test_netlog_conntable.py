@@ -60,10 +60,25 @@ KEYS = ("chunk_id", "tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retr
 def test_conntable_agrees_with_the_reference(draws, base):
     pkts, refs = build(draws, base)
     t = _netlog.ConnTable(max_conns=16)
-    # in pieces, as ring reads come
+    # in pieces, as ring reads come, an interval's collect after each (no open chunk is 30 s old)
+    parts = []
     for lo in range(0, len(pkts), 97):
         t.add(pkts[lo:lo + 97])
-    chunks = t.collect(0, True).chunks
+        parts.append(t.collect(0))
+    parts.append(t.collect(0, True))
+    chunks = np.concatenate([p.chunks for p in parts])
+    flows = np.concatenate([p.flows for p in parts])
+    # the flows of the intervals add up to the chunks: netflow sees every packet once
+    for k in ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
+        assert int(flows[k].sum()) == int(chunks[k].sum()), k
+    # one message per chunk, its series every packet of it
+    import json
+    messages = [json.loads(m) for p in parts for m in p.messages.to_pylist()]
+    assert len(messages) == len(chunks)
+    for c, m in zip(chunks, messages):
+        body = m[m["l4_proto"]]
+        assert body["chunk_id"] == int(c["chunk_id"]) and body["series_unwritten"] == 0
+        assert len(body[m["l4_proto"] + "_series"]) == int(c["tx_packets"] + c["rx_packets"])
     got = sorted(((int(c["lport"]), int(c["rport"]), int(c["proto"])), tuple(int(c[k]) for k in KEYS))
                  for c in chunks)
     want = sorted((key, tuple(ch[k] for k in KEYS)) for key, ch in netlog_ref.chunks(refs))
