@@ -1154,6 +1154,13 @@ cdef class ConnTable:
             messages = pa.StringArray.from_buffers(len(out), pa.py_buffer(offsets), pa.py_buffer(data))
         return Collected(out, xs, flows, messages)
 
+    def memory(self):
+        """{holder: bytes} the table keeps allocated."""
+        return {"connections": <uint64_t>self.cap * sizeof(conn_t) + <uint64_t>self.nslots * sizeof(int32_t),
+                "chunks": <uint64_t>(self.done_cap + self.fdone_cap) * sizeof(l4_chunk)
+                + <uint64_t>self.xdone_cap * sizeof(l7_exchange),
+                "series": self.series_rows * sizeof(pkt_row), "messages": self.msg_cap}
+
     def counters(self):
         return {"packets": self.packets, "connections": self.n, "new_connections": self.new_conns,
                 "table_full": self.table_full, "l7_lost": self.l7_lost,

@@ -435,6 +435,14 @@ class NetlogPlugin(Plugin):
                                   const_tags={"source": "httpflow"}))
         return out
 
+    def memory(self):
+        """The connection tables' allocations, summed over the sockets."""
+        m = {}
+        for cap in self.captures.values():
+            for k, v in cap.conns.memory().items():
+                m[f"conn_{k}"] = m.get(f"conn_{k}", 0) + v
+        return m
+
     def counters(self):
         """Totals, and per socket (``<netns>/<interface>``) the ring's and
         the connection table's counters: tp_drops is per socket."""

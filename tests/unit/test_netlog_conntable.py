@@ -252,3 +252,14 @@ def test_open_chunk_goes_out_at_30_s_and_flows_every_interval():
     t = _netlog.ConnTable(chunk_age_ns=0)
     t.add(_tcp_rows([(0, True, 0x18, 1, 1, 3, 1)], t0))
     assert len(t.collect(t0 + 1).chunks) == 1
+
+
+def test_memory_counts_the_series_and_messages():
+    t = _netlog.ConnTable(max_conns=16)
+    before = t.memory()
+    assert before["series"] == 0 and before["messages"] == 0 and before["connections"] > 0
+    t.add(_tcp_rows([(i, True, 0x10, 1000 + i, 5, 0, 100) for i in range(20)]))
+    assert t.memory()["series"] == 32 * 32   # 16 rows, then 32
+    t.collect(0, True)
+    m = t.memory()
+    assert m["series"] == 0 and m["messages"] >= 1 << 16   # the connection ended; the buffer is kept
