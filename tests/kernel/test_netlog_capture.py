@@ -485,11 +485,12 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
             drain_until_quiet(cap)
             pkts = dump.stop()
             drain_until_quiet(cap, 0.3)
-            chunks = cap.conns.collect(time.time_ns(), True).chunks
+            got = cap.conns.collect(time.time_ns(), True)
         finally:
             cap.close()
     finally:
         sh("ip", "link", "del", vx_host, check=False)
+    chunks = got.chunks
     inner = []
     for ts, eth, ip, udp in pkts:
         if isinstance(udp, dpkt.udp.UDP) and udp.dport == port:
@@ -497,9 +498,15 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
             if isinstance(e.data, dpkt.ip.IP) and isinstance(e.data.data, dpkt.tcp.TCP):
                 inner.append((ts, e, e.data, e.data.data))
     exp, syn, synack = expected_from_pcap(inner, inner_peer, srv_port)
-    mine = chunks[(chunks["lport"] == srv_port) & (chunks["vxlan"] == 1)]
+    which = (chunks["lport"] == srv_port) & (chunks["vxlan"] == 1)
+    mine = chunks[which]
     assert len(mine) >= 1 and set(mine["vni"]) == {42}
     assert {k: int(mine[k].sum()) for k in exp} == exp
+    # the series: the inner packets, with the inner frames' MAC addresses (the VXLAN devices')
+    series = series_from_messages(got.messages.filter(pa.array(which)).to_pylist(),
+                                  (int(pkts[0][0] * 1e9) - 10**9, int(pkts[-1][0] * 1e9) + 10**9))
+    assert sorted(series) == sorted(series_from_pcap(inner, inner_peer, srv_port))
+    assert cap.nic.mac not in {r[1] for r in series}
     assert exp["rx_bytes"] == 50000 and exp["tx_bytes"] == 3000
     assert socket.inet_ntoa(bytes(mine[0]["laddr"])[:4]) == inner_peer
     assert int(mine[0]["rx_seq_min"]) == syn and int(mine[0]["tx_seq_min"]) == synack
