@@ -89,7 +89,10 @@ def check_netlog():
             pass
     except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
-    return True, ["packet socket opens inside a namespace (setns, AF_PACKET TPACKET_V3 ring)"]
+    from .enrich.containers import check_line
+    host_root = os.environ.get("HOST_ROOT", "").rstrip("/")
+    return True, ["packet socket opens inside a namespace (setns, AF_PACKET TPACKET_V3 ring)",
+                  check_line((), host_root)]
 
 
 def check_bash():

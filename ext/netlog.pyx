@@ -7,8 +7,20 @@ Connections are keyed (local address, remote address, local port, remote
 port, transport, VNI): an outgoing packet's source is local, any other
 packet's destination is (AF_PACKET pkttype, as the original). A chunk
 closes after CHUNK_PACKETS packets (CHUNK_PACKETS_CLOSING once it holds a
-FIN or RST, so a close is not split from its handshake), and at every
-collect(); chunk_id counts the chunks of one connection record from 1.
+FIN or RST, so a close is not split from its handshake), and at a
+collect() when the connection ends or the chunk is chunk_age_ns old (its
+last packet that old, or its packets spanning that long: the original's
+30 s rule); chunk_id counts the chunks of one connection record from 1.
+A connection's counts also go, at every collect(), into a per-connection
+flow record of the interval (netflow's input), whether or not its chunk
+was emitted.
+
+Each chunk keeps its packets (the original's per-packet series: direction,
+MAC ids, flags, relative seq/ack, payload size, window, time) and, when it
+closes, writes the original's ``message`` JSON for it in C into one
+buffer (no Python object per packet or chunk); a packet that cannot be
+kept (series memory budget, more than MACS_MAX addresses) is counted, in
+the message and in ``series_unwritten``.
 
 Retransmits: per direction the sequence ranges this interface has seen
 (RFC 1982 serial arithmetic, at most SEQ_RANGES disjoint ranges: past
@@ -25,7 +37,10 @@ from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 
+from collections import namedtuple
+
 import numpy as np
+import pyarrow as pa
 cimport numpy as cnp
 
 from dk_packet cimport dk_pkt
@@ -50,6 +65,14 @@ cdef extern from "<linux/if_packet.h>":
 cdef enum:   # packets per chunk (the original's tcpPktLimitPerChunk and its close allowance)
     CHUNK_PACKETS = 256
     CHUNK_PACKETS_CLOSING = 320
+    SERIES_MAX = CHUNK_PACKETS_CLOSING   # a chunk's series holds at most its packets
+    SERIES_FIRST = 16        # rows allocated for a new series (doubled up to SERIES_MAX)
+    MACS_MAX = 8             # distinct MAC addresses per chunk (mac_map)
+    ROW_JSON_MAX = 160       # bytes of one series row in the message, at most
+    CHUNK_JSON_MAX = 1024 + MACS_MAX * 32   # the rest of a message, at most
+
+CHUNK_AGE_NS = 30_000_000_000   # an open chunk is emitted once this old (the original's 30 s)
+SERIES_BUDGET = 1 << 20          # series rows (32 bytes each) one table keeps at most
 
 cdef enum:   # l4_chunk.direction (who opened the connection)
     DIR_UNKNOWN = 0
@@ -79,6 +102,18 @@ cdef struct l4_chunk:
     uint8_t chunk_syn, chunk_fin, closed
     uint8_t seq_seen         # bit 0: tx range set, bit 1: rx range set
     uint8_t l7_http          # an HTTP request was seen on the connection
+    uint64_t msg_off         # its message in the table's message buffer (collect())
+    uint32_t msg_len
+
+
+cdef struct pkt_row:         # one packet of a chunk's message series
+    uint64_t ts_ns
+    uint32_t seq, ack        # raw
+    uint32_t payload         # payload bytes the headers announce
+    uint16_t win             # the header's window field, not scaled
+    uint8_t flags
+    uint8_t tx
+    uint8_t smac, dmac       # 1-based index into conn_t.macs
 
 
 cdef enum:
@@ -147,6 +182,21 @@ cdef struct conn_t:
     # for the per-connection netlog_blacklist verdict and Kubernetes tag
     # id that h12k8s caches on the connection (0: not computed)
     uint32_t filter_slot
+    # the chunk's message series (NULL until its first packet is kept)
+    pkt_row *series
+    uint16_t series_n, series_cap
+    uint16_t unwritten       # packets of the chunk not in its series
+    uint8_t nmacs
+    uint8_t pos_set          # bit per direction: seq_pos set
+    uint8_t macs[MACS_MAX * 6]
+    uint32_t seq_pos[2]      # tx_seq_pos, rx_seq_pos: first seq seen (own or acknowledged) - 1
+    uint32_t rst_count[2]    # RST segments of the chunk per direction
+    # netflow of the interval: what the chunks counted since the last
+    # collect() (flow), and what of the chunk being filled is in it (rep_*)
+    l4_chunk flow
+    uint64_t rep_tx_bytes, rep_rx_bytes, rep_rtt_sum_ns
+    uint32_t rep_tx_packets, rep_rx_packets, rep_tx_retrans, rep_rx_retrans, rep_rtt_samples
+    uint8_t established_counted
 
 
 cdef l4_chunk _c
@@ -185,6 +235,8 @@ CHUNK_DTYPE = _dtype("l4_chunk", [
     ("chunk_fin", "u1", offset_of(&_c, &_c.chunk_fin)),
     ("closed", "u1", offset_of(&_c, &_c.closed)),
     ("l7_http", "u1", offset_of(&_c, &_c.l7_http)),
+    ("msg_off", "<u8", offset_of(&_c, &_c.msg_off)),
+    ("msg_len", "<u4", offset_of(&_c, &_c.msg_len)),
 ], sizeof(l4_chunk))
 DIRECTIONS = ("unknown", "incoming", "outgoing")
 HTTP_PATH_MAX = PATH_MAX
@@ -264,6 +316,76 @@ cdef bint headers_end(const uint8_t *p, uint32_t n) noexcept nogil:
     return False
 
 
+# ---- the message JSON, written in C (every value a number or a fixed
+# token: nothing needs escaping). The caller reserves room first.
+
+cdef const char *FLAG_NAMES[8]
+FLAG_NAMES[:] = [b"FIN", b"SYN", b"RST", b"PSH", b"ACK", b"URG", b"ECE", b"CWR"]   # bits 0..7, the original's order
+cdef const char *HEX = b"0123456789abcdef"
+
+
+cdef inline char *put(char *o, const char *s) noexcept nogil:
+    while s[0]:
+        o[0] = s[0]
+        o += 1
+        s += 1
+    return o
+
+
+cdef inline char *put_u(char *o, uint64_t v) noexcept nogil:
+    cdef char tmp[20]
+    cdef int n = 0
+    while True:
+        tmp[n] = <char>(48 + v % 10)
+        n += 1
+        v //= 10
+        if v == 0:
+            break
+    while n:
+        n -= 1
+        o[0] = tmp[n]
+        o += 1
+    return o
+
+
+cdef inline char *put_i(char *o, int64_t v) noexcept nogil:
+    if v < 0:
+        o[0] = b'-'
+        return put_u(o + 1, <uint64_t>(-v))
+    return put_u(o, <uint64_t>v)
+
+
+cdef inline char *put_mac(char *o, const uint8_t *m) noexcept nogil:
+    cdef int i
+    o[0] = b'"'
+    o += 1
+    for i in range(6):
+        if i:
+            o[0] = b':'
+            o += 1
+        o[0] = HEX[m[i] >> 4]
+        o[1] = HEX[m[i] & 15]
+        o += 2
+    o[0] = b'"'
+    return o + 1
+
+
+cdef inline char *put_flags(char *o, uint8_t f) noexcept nogil:
+    cdef int b
+    cdef bint first = True
+    o[0] = b'"'
+    o += 1
+    for b in range(8):
+        if f & (1 << b):
+            if not first:
+                o[0] = b'|'
+                o += 1
+            o = put(o, FLAG_NAMES[b])
+            first = False
+    o[0] = b'"'
+    return o + 1
+
+
 cdef inline bint seq_lt(uint32_t a, uint32_t b) noexcept nogil:
     """a before b in sequence space (RFC 1982 serial arithmetic)."""
     return <int32_t>(a - b) < 0
@@ -333,25 +455,47 @@ cdef bint seq_cover(seq_ranges *r, uint32_t s, uint32_t e) noexcept nogil:
     return seen
 
 
+Collected = namedtuple("Collected", "chunks exchanges flows messages")
+Collected.__doc__ = """What ConnTable.collect() returns: chunks (CHUNK_DTYPE), the
+finished chunks; exchanges (L7_DTYPE); flows (CHUNK_DTYPE), per
+connection what it counted since the last collect (for netflow); messages,
+the chunks' message JSON (pyarrow string array aligned with chunks, None
+when the table keeps no series)."""
+
+
 cdef class ConnTable:
     """Connections seen on one interface. add() folds a batch of packets
     in; collect() returns the finished chunks (CHUNK_DTYPE) and forgets
     connections that closed or stayed idle idle_ns; at most max_conns
     connections are tracked (a packet of a new connection beyond that is
-    counted in ``table_full``, not tracked)."""
+    counted in ``table_full``, not tracked). chunk_age_ns: an open chunk
+    goes out at a collect() once that old (0: at every collect()); series:
+    keep each chunk's packets and write its message (bpf_net_l4_log on),
+    at most series_budget rows for the whole table."""
     cdef conn_t *conns
     cdef int32_t *slots
     cdef uint32_t n, cap, nslots
     cdef l4_chunk *done
     cdef uint32_t ndone, done_cap
+    cdef l4_chunk *fdone
+    cdef uint32_t nfdone, fdone_cap
     cdef l7_exchange *xdone
     cdef uint32_t nxdone, xdone_cap
-    cdef uint64_t idle_ns, rng
+    cdef char *msg
+    cdef uint64_t msg_len, msg_cap
+    cdef uint64_t idle_ns, rng, chunk_age_ns
+    cdef bint series
+    cdef uint64_t series_rows, series_budget
     cdef readonly uint64_t packets, table_full, not_tcp_udp, new_conns, l7_lost
+    cdef readonly uint64_t series_unwritten, messages_lost, flows_lost
 
-    def __cinit__(self, uint32_t max_conns=65536, uint64_t idle_ns=120_000_000_000, uint64_t seed=0):
+    def __cinit__(self, uint32_t max_conns=65536, uint64_t idle_ns=120_000_000_000, uint64_t seed=0,
+                  uint64_t chunk_age_ns=CHUNK_AGE_NS, bint series=True, uint64_t series_budget=SERIES_BUDGET):
         if max_conns == 0:
             raise ValueError("max_conns must be positive")
+        self.chunk_age_ns = chunk_age_ns
+        self.series = series
+        self.series_budget = series_budget
         self.cap = max_conns
         self.nslots = 1
         while self.nslots < 2 * max_conns:
@@ -362,7 +506,10 @@ cdef class ConnTable:
         self.done = <l4_chunk *>malloc(self.done_cap * sizeof(l4_chunk))
         self.xdone_cap = 256
         self.xdone = <l7_exchange *>malloc(self.xdone_cap * sizeof(l7_exchange))
-        if self.conns == NULL or self.slots == NULL or self.done == NULL or self.xdone == NULL:
+        self.fdone_cap = 1024
+        self.fdone = <l4_chunk *>malloc(self.fdone_cap * sizeof(l4_chunk))
+        if self.conns == NULL or self.slots == NULL or self.done == NULL or self.xdone == NULL \
+                or self.fdone == NULL:
             raise MemoryError()
         memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
         self.idle_ns = idle_ns
@@ -373,10 +520,13 @@ cdef class ConnTable:
         if self.conns != NULL:
             for i in range(self.n):
                 free(self.conns[i].hdr)
+                free(self.conns[i].series)
         free(self.conns)
         free(self.slots)
         free(self.done)
+        free(self.fdone)
         free(self.xdone)
+        free(self.msg)
 
     def __len__(self):
         return self.n
@@ -423,9 +573,235 @@ cdef class ConnTable:
         c.c.inner_lo = self._rand()
         return c
 
+    cdef void _fold(self, conn_t *c) noexcept nogil:
+        """Add what the chunk being filled counted since the last fold to
+        the connection's flow of the interval."""
+        cdef l4_chunk *f = &c.flow
+        f.tx_bytes += c.c.tx_bytes - c.rep_tx_bytes
+        f.rx_bytes += c.c.rx_bytes - c.rep_rx_bytes
+        f.rtt_sum_ns += c.c.rtt_sum_ns - c.rep_rtt_sum_ns
+        f.tx_packets += c.c.tx_packets - c.rep_tx_packets
+        f.rx_packets += c.c.rx_packets - c.rep_rx_packets
+        f.tx_retrans += c.c.tx_retrans - c.rep_tx_retrans
+        f.rx_retrans += c.c.rx_retrans - c.rep_rx_retrans
+        f.rtt_samples += c.c.rtt_samples - c.rep_rtt_samples
+        c.rep_tx_bytes, c.rep_rx_bytes, c.rep_rtt_sum_ns = c.c.tx_bytes, c.c.rx_bytes, c.c.rtt_sum_ns
+        c.rep_tx_packets, c.rep_rx_packets = c.c.tx_packets, c.c.rx_packets
+        c.rep_tx_retrans, c.rep_rx_retrans, c.rep_rtt_samples = c.c.tx_retrans, c.c.rx_retrans, c.c.rtt_samples
+        if c.c.chunk_syn and c.c.hs_cost_ns >= 0 and not c.established_counted:
+            c.established_counted = 1   # tcp_established once per connection record
+            f.chunk_syn = 1
+            f.hs_cost_ns = c.c.hs_cost_ns
+
+    cdef void _emit_flow(self, conn_t *c, bint ending) noexcept nogil:
+        """The connection's flow of the interval to the flow list (when it
+        counted something, established or ends), then zeroed."""
+        cdef l4_chunk *grown
+        cdef l4_chunk *f = &c.flow
+        self._fold(c)
+        if f.tx_packets + f.rx_packets == 0 and not f.chunk_syn and not ending:
+            return
+        if self.nfdone == self.fdone_cap:
+            grown = <l4_chunk *>realloc(self.fdone, 2 * self.fdone_cap * sizeof(l4_chunk))
+            if grown == NULL:
+                self.flows_lost += 1
+                return   # kept for the next collect
+            self.fdone = grown
+            self.fdone_cap *= 2
+        memcpy(f.laddr, c.c.laddr, 16)
+        memcpy(f.raddr, c.c.raddr, 16)
+        f.lport, f.rport, f.proto, f.family = c.c.lport, c.c.rport, c.c.proto, c.c.family
+        f.vxlan, f.vni, f.direction = c.c.vxlan, c.c.vni, c.c.direction
+        f.inner_hi, f.inner_lo, f.chunk_id = c.c.inner_hi, c.c.inner_lo, c.c.chunk_id
+        f.ts_ns = c.last_ts
+        if not f.chunk_syn:
+            f.hs_cost_ns = -1
+        f.closed = ending and (c.rst or c.fin_dir == 3)
+        memcpy(&self.fdone[self.nfdone], f, sizeof(l4_chunk))
+        self.nfdone += 1
+        memset(f, 0, sizeof(l4_chunk))
+
+    cdef uint8_t _mac_id(self, conn_t *c, const uint8_t *mac) noexcept nogil:
+        """mac's 1-based id in the chunk's mac_map (added if new); 0 when
+        the map is full."""
+        cdef uint8_t i
+        for i in range(c.nmacs):
+            if memcmp(&c.macs[6 * i], mac, 6) == 0:
+                return i + 1
+        if c.nmacs == MACS_MAX:
+            return 0
+        memcpy(&c.macs[6 * c.nmacs], mac, 6)
+        c.nmacs += 1
+        return c.nmacs
+
+    cdef void _record(self, conn_t *c, const dk_pkt *p, bint tx) noexcept nogil:
+        """The packet into the chunk's series (after _track counted it)."""
+        cdef int d = 0 if tx else 1
+        cdef uint16_t cap
+        cdef pkt_row *grown
+        cdef pkt_row *r
+        cdef uint8_t sm, dm
+        if p.tcp_flags & TH_RST:
+            c.rst_count[d] += 1
+        if p.proto == 6:   # the original's calSeqOffset: each direction's first seq - 1, own or acknowledged
+            if not (c.pos_set & (1 << d)):
+                c.seq_pos[d] = p.seq - 1
+                c.pos_set |= 1 << d
+            if (p.tcp_flags & TH_ACK) and not (c.pos_set & (2 >> d)):
+                c.seq_pos[1 - d] = p.ack - 1
+                c.pos_set |= 2 >> d
+        if c.series_n == c.series_cap:
+            cap = SERIES_FIRST if c.series_cap == 0 else 2 * c.series_cap
+            if cap > SERIES_MAX:
+                cap = SERIES_MAX
+            grown = NULL
+            if cap > c.series_cap and self.series_rows + cap - c.series_cap <= self.series_budget:
+                grown = <pkt_row *>realloc(c.series, cap * sizeof(pkt_row))
+            if grown == NULL:
+                c.unwritten += 1
+                self.series_unwritten += 1
+                return
+            self.series_rows += cap - c.series_cap
+            c.series = grown
+            c.series_cap = cap
+        sm = self._mac_id(c, p.smac)
+        dm = self._mac_id(c, p.dmac)
+        if sm == 0 or dm == 0:
+            c.unwritten += 1
+            self.series_unwritten += 1
+            return
+        r = &c.series[c.series_n]
+        c.series_n += 1
+        r.ts_ns = p.ts_ns
+        r.seq = p.seq
+        r.ack = p.ack
+        r.payload = p.payload_wire
+        r.win = p.window
+        r.flags = p.tcp_flags
+        r.tx = tx
+        r.smac = sm
+        r.dmac = dm
+
+    cdef void _free_series(self, conn_t *c) noexcept nogil:
+        free(c.series)
+        c.series = NULL
+        self.series_rows -= c.series_cap
+        c.series_cap = c.series_n = 0
+
+    cdef void _write_message(self, conn_t *c, l4_chunk *out) noexcept nogil:
+        """The original's message JSON of the chunk being closed, appended
+        to the message buffer; out.msg_off/msg_len say where."""
+        cdef uint64_t need = CHUNK_JSON_MAX + <uint64_t>c.series_n * ROW_JSON_MAX, cap
+        cdef char *grown
+        cdef char *o
+        cdef pkt_row *r
+        cdef uint32_t i
+        cdef bint tcp = c.c.proto == 6
+        out.msg_off = self.msg_len
+        out.msg_len = 0
+        if self.msg_cap - self.msg_len < need:
+            cap = self.msg_cap * 2 if self.msg_cap else 1 << 16
+            while cap - self.msg_len < need:
+                cap *= 2
+            grown = <char *>realloc(self.msg, cap)
+            if grown == NULL:
+                self.messages_lost += 1
+                return
+            self.msg = grown
+            self.msg_cap = cap
+        o = self.msg + self.msg_len
+        if tcp:
+            o = put(o, b'{"l4_proto":"tcp","tcp":{"chunk_id":')
+        else:
+            o = put(o, b'{"l4_proto":"udp","udp":{"chunk_id":')
+        o = put_u(o, c.c.chunk_id)
+        if tcp:
+            o = put(o, b',"tx_seq_pos":')
+            o = put_u(o, c.seq_pos[0] if c.pos_set & 1 else 0)
+            o = put(o, b',"rx_seq_pos":')
+            o = put_u(o, c.seq_pos[1] if c.pos_set & 2 else 0)
+        o = put(o, b',"time_pos":')
+        o = put_u(o, c.c.ts_ns)
+        o = put(o, b',"mac_map":')
+        if c.nmacs == 0:
+            o = put(o, b'null')
+        else:
+            o[0] = b'{'
+            o += 1
+            for i in range(c.nmacs):
+                if i:
+                    o[0] = b','
+                    o += 1
+                o = put_mac(o, &c.macs[6 * i])
+                o[0] = b':'
+                o[1] = b'"'
+                o = put_u(o + 2, i + 1)
+                o[0] = b'"'
+                o += 1
+            o[0] = b'}'
+            o += 1
+        if tcp:
+            o = put(o, b',"tcp_series_col_name":["txrx","src_mac","dst_mac","flags","seq","ack_seq",'
+                       b'"payload_size","win","ts"],"tcp_series":[')
+        else:
+            o = put(o, b',"udp_series_col_name":["txrx","src_mac","dst_mac","payload_size","ts"],"udp_series":[')
+        for i in range(c.series_n):
+            r = &c.series[i]
+            if i:
+                o[0] = b','
+                o += 1
+            if r.tx:
+                o = put(o, b'["tx","')
+            else:
+                o = put(o, b'["rx","')
+            o = put_u(o, r.smac)
+            o = put(o, b'","')
+            o = put_u(o, r.dmac)
+            o = put(o, b'",')
+            if tcp:
+                o = put_flags(o, r.flags)
+                o[0] = b','
+                o = put_u(o + 1, <uint32_t>(r.seq - c.seq_pos[1 - r.tx]))
+                o[0] = b','
+                o = put_u(o + 1, <uint32_t>(r.ack - c.seq_pos[r.tx]) if r.flags & TH_ACK else 0)
+                o[0] = b','
+                o += 1
+            o = put_u(o, r.payload)
+            o[0] = b','
+            o += 1
+            if tcp:
+                o = put_u(o, r.win)
+                o[0] = b','
+                o += 1
+            o = put_i(o, <int64_t>(r.ts_ns - c.c.ts_ns))
+            o[0] = b']'
+            o += 1
+        o = put(o, b'],"rx_bytes":')
+        o = put_u(o, c.c.rx_bytes)
+        o = put(o, b',"tx_bytes":')
+        o = put_u(o, c.c.tx_bytes)
+        o = put(o, b',"rx_packets":')
+        o = put_u(o, c.c.rx_packets)
+        o = put(o, b',"tx_packets":')
+        o = put_u(o, c.c.tx_packets)
+        if tcp:
+            o = put(o, b',"tx_retrans":')
+            o = put_u(o, c.c.tx_retrans)
+            o = put(o, b',"rx_retrans":')
+            o = put_u(o, c.c.rx_retrans)
+            o = put(o, b',"tx_rst":')
+            o = put_u(o, c.rst_count[0])
+            o = put(o, b',"rx_rst":')
+            o = put_u(o, c.rst_count[1])
+        o = put(o, b',"series_unwritten":')
+        o = put_u(o, c.unwritten)
+        o = put(o, b'}}')
+        out.msg_len = <uint32_t>(o - (self.msg + self.msg_len))
+        self.msg_len += out.msg_len
+
     cdef void _close_chunk(self, conn_t *c) noexcept nogil:
-        """Move the chunk being filled to the finished list; the next packet
-        starts chunk_id + 1."""
+        """Move the chunk being filled to the finished list (its message
+        written); the next packet starts chunk_id + 1."""
         cdef l4_chunk *grown
         if c.c.tx_packets + c.c.rx_packets == 0:
             return
@@ -435,9 +811,17 @@ cdef class ConnTable:
                 return   # keep filling this chunk: nothing is lost, it is only longer
             self.done = grown
             self.done_cap *= 2
+        self._fold(c)
+        c.rep_tx_bytes = c.rep_rx_bytes = c.rep_rtt_sum_ns = 0
+        c.rep_tx_packets = c.rep_rx_packets = c.rep_tx_retrans = c.rep_rx_retrans = c.rep_rtt_samples = 0
         c.c.closed = c.rst or c.fin_dir == 3
         memcpy(&self.done[self.ndone], &c.c, sizeof(l4_chunk))
+        if self.series:
+            self._write_message(c, &self.done[self.ndone])
         self.ndone += 1
+        c.series_n = c.unwritten = 0
+        c.nmacs = c.pos_set = 0
+        c.rst_count[0] = c.rst_count[1] = 0
         c.c.tx_packets = c.c.rx_packets = c.c.tx_retrans = c.c.rx_retrans = 0
         c.c.tx_bytes = c.c.rx_bytes = c.c.rtt_sum_ns = 0
         c.c.rtt_samples = 0
@@ -668,10 +1052,13 @@ cdef class ConnTable:
                 if (c.rst or c.fin_dir == 3) and (p[i].tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN:
                     # the closed port pair is reused by a new connection: a new record
                     self._close_chunk(c)
+                    self._emit_flow(c, True)
                     if c.x.req_ts:
                         self._emit_exchange(c)
                     self._restart(c, &p[i])
                 retrans = self._track(c, &p[i], tx)
+                if self.series:
+                    self._record(c, &p[i], tx)
                 if pay != NULL and p[i].proto == 6 and p[i].payload_len and not retrans \
                         and <Py_ssize_t>p[i].payload_off + p[i].payload_len <= pay_len:
                     self._l7(c, &p[i], pay + p[i].payload_off, tx)
@@ -693,6 +1080,7 @@ cdef class ConnTable:
         cdef l4_chunk key
         memcpy(&key, &c.c, sizeof(l4_chunk))
         free(c.hdr)
+        self._free_series(c)
         memset(c, 0, sizeof(conn_t))
         memcpy(c.c.laddr, key.laddr, 16)
         memcpy(c.c.raddr, key.raddr, 16)
@@ -707,23 +1095,28 @@ cdef class ConnTable:
         self.new_conns += 1
 
     def collect(self, uint64_t now_ns, bint flush_all=False):
-        """(chunks, exchanges): the chunks finished since the last call plus
-        every chunk being filled (CHUNK_DTYPE), and the HTTP exchanges that
-        got their response or whose connection ends (L7_DTYPE). Connections
-        closed, idle for idle_ns, or all of them with flush_all (the
-        interface went away) are forgotten."""
+        """A Collected: the chunks finished since the last call and those
+        being filled that are due (their connection ends, or chunk_age_ns
+        old), with their messages; the HTTP exchanges that got their
+        response or whose connection ends (L7_DTYPE); every connection's
+        flow of the interval. Connections closed, idle for idle_ns, or all
+        of them with flush_all (the interface went away) are forgotten."""
         cdef uint32_t i, kept = 0, s
         cdef conn_t *c
         cdef bint gone
         with nogil:
             for i in range(self.n):
                 c = &self.conns[i]
-                self._close_chunk(c)
                 gone = flush_all or c.rst or c.fin_dir == 3 or c.last_ts + self.idle_ns <= now_ns
+                # the original's rule: its last packet, or its span, chunk_age_ns old
+                if gone or c.last_ts + self.chunk_age_ns <= now_ns or c.last_ts - c.c.ts_ns >= self.chunk_age_ns:
+                    self._close_chunk(c)
+                self._emit_flow(c, gone)
                 if c.x.req_ts and (gone or c.x.has_resp):
                     self._emit_exchange(c)
                 if gone:
                     free(c.hdr)
+                    self._free_series(c)
                     continue
                 if kept != i:
                     memcpy(&self.conns[kept], c, sizeof(conn_t))
@@ -740,15 +1133,39 @@ cdef class ConnTable:
         if self.ndone:
             memcpy(cnp.PyArray_DATA(out), self.done, self.ndone * sizeof(l4_chunk))
         self.ndone = 0
+        flows = np.empty(self.nfdone, CHUNK_DTYPE)
+        if self.nfdone:
+            memcpy(cnp.PyArray_DATA(flows), self.fdone, self.nfdone * sizeof(l4_chunk))
+        self.nfdone = 0
         xs = np.empty(self.nxdone, L7_DTYPE)
         if self.nxdone:
             memcpy(cnp.PyArray_DATA(xs), self.xdone, self.nxdone * sizeof(l7_exchange))
         self.nxdone = 0
-        return out, xs
+        messages = None
+        if self.series:
+            # written in chunk order, back to back: offsets are each chunk's start, then the end
+            offsets = np.empty(len(out) + 1, np.int32)
+            offsets[:len(out)] = out["msg_off"]
+            offsets[len(out)] = self.msg_len
+            data = np.empty(self.msg_len, np.uint8)
+            if self.msg_len:
+                memcpy(cnp.PyArray_DATA(data), self.msg, self.msg_len)
+            self.msg_len = 0
+            messages = pa.StringArray.from_buffers(len(out), pa.py_buffer(offsets), pa.py_buffer(data))
+        return Collected(out, xs, flows, messages)
+
+    def memory(self):
+        """{holder: bytes} the table keeps allocated."""
+        return {"connections": <uint64_t>self.cap * sizeof(conn_t) + <uint64_t>self.nslots * sizeof(int32_t),
+                "chunks": <uint64_t>(self.done_cap + self.fdone_cap) * sizeof(l4_chunk)
+                + <uint64_t>self.xdone_cap * sizeof(l7_exchange),
+                "series": self.series_rows * sizeof(pkt_row), "messages": self.msg_cap}
 
     def counters(self):
         return {"packets": self.packets, "connections": self.n, "new_connections": self.new_conns,
-                "table_full": self.table_full, "l7_lost": self.l7_lost}
+                "table_full": self.table_full, "l7_lost": self.l7_lost,
+                "series_unwritten": self.series_unwritten, "messages_lost": self.messages_lost,
+                "flows_lost": self.flows_lost}
 
 
 cdef extern from "<sched.h>" nogil:

@@ -474,7 +474,9 @@ cdef class VerdictCache:
     double as connections come (an interface of a quiet pod costs a few
     KiB): a batch that might not fit (cached connections + its packets >
     ``capacity``) empties the cache first (counted in ``resets``; the
-    connections are judged again)."""
+    connections are judged again) but for the dropped connections, which
+    keep their verdict so that none counts twice in dropped_connections
+    (all go only when they alone leave no room for the batch)."""
     cdef cache_entry *entries
     cdef int32_t *slots
     cdef uint32_t n, cap, max_cap, nslots
@@ -517,6 +519,17 @@ cdef class VerdictCache:
         self.n = 0
         memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
 
+    cdef void _forget_kept(self) noexcept nogil:
+        """Only the dropped connections stay."""
+        cdef uint32_t i, kept = 0
+        for i in range(self.n):
+            if self.entries[i].verdict >= 0:
+                if kept != i:
+                    memcpy(&self.entries[kept], &self.entries[i], sizeof(cache_entry))
+                kept += 1
+        self.n = kept
+        self._reindex()
+
     cdef void _reindex(self) noexcept nogil:
         cdef uint32_t i, s
         memset(self.slots, 0xFF, self.nslots * sizeof(int32_t))
@@ -537,7 +550,9 @@ cdef class VerdictCache:
                 self._grow(min(self.max_cap, max(2 * self.cap, <uint32_t>(self.n + n))))
             else:
                 self.resets += 1
-                self._clear()
+                self._forget_kept()
+                if self.n + n > self.max_cap:
+                    self._clear()
         cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
         slots_out = np.empty(n, np.int32)
         todo_out = np.empty(n, np.int32)

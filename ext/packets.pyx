@@ -46,6 +46,8 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("window", "<u2", offset_of(&_p, &_p.window)),
     ("vlan", "<u2", offset_of(&_p, &_p.vlan)),
     ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
+    ("smac", "V6", offset_of(&_p, &_p.smac)),
+    ("dmac", "V6", offset_of(&_p, &_p.dmac)),
 ], sizeof(dk_pkt))
 
 PACKET_HOST_TYPE = PACKET_HOST
@@ -219,10 +221,14 @@ cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t ne
         rc = _ethernet(p, n, &off, &ethertype, &vlan)
         if rc != DECODED:
             return rc
+        memcpy(out.dmac, p, 6)
+        memcpy(out.smac, p + 6, 6)
     else:
         if net_off > n:
             return TRUNCATED
         off, ethertype, vlan = net_off, link_proto, 0
+        memset(out.smac, 0, 6)
+        memset(out.dmac, 0, 6)
     rc = decode_network(p + off, n - off, ethertype, out, l4_off)
     if rc != DECODED:
         return rc
@@ -238,10 +244,12 @@ cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t ne
     rc = _ethernet(p + inner, end - inner, &inner_off, &ethertype, &inner_vlan)
     if rc != DECODED:
         return rc
-    inner += inner_off
-    rc = decode_network(p + inner, end - inner, ethertype, out, l4_off)
+    rc = decode_network(p + inner + inner_off, end - inner - inner_off, ethertype, out, l4_off)
     if rc != DECODED:
         return rc
+    memcpy(out.dmac, p + inner, 6)   # the inner frame's, as its addresses
+    memcpy(out.smac, p + inner + 6, 6)
+    inner += inner_off
     l4_off[0] += inner
     out.vlan = vlan
     out.vni = vni
@@ -309,12 +317,20 @@ cdef class PacketRing:
     (0: every interface) of the caller's network namespace, through a
     TPACKET_V3 ring of block_nr blocks of block_size bytes. fileno() is
     readable when a block is ready; read() decodes ready blocks
-    (decode_frame) into numpy and hands them back to the kernel at once."""
+    (decode_frame) into numpy and hands them back to the kernel at once.
+
+    bulk_cut_room: the filter cuts some TCP segments on purpose after their
+    headers plus at most this many bytes (bpf-netlog's bulk cut,
+    dkebpf.packetfilter.netlog_keep); a frame cut so is counted in
+    ``cut_bulk_segments``, not in ``truncated`` (0: every cut frame is
+    truncated)."""
     cdef int fd
     cdef uint8_t *ring
     cdef size_t ring_len
     cdef uint32_t block_size, block_nr, cur
     cdef readonly uint64_t packets, bytes_copied, not_ip, not_tcp_udp, fragments, truncated
+    cdef readonly uint64_t cut_bulk_segments
+    cdef uint32_t bulk_cut_room
     cdef readonly uint64_t kernel_packets, kernel_drops, kernel_freezes
     # read()'s output, allocated at the first read and reused: a fresh
     # multi-MiB numpy buffer per read is an mmap, a page fault per 4 KiB
@@ -323,8 +339,9 @@ cdef class PacketRing:
     cdef uint32_t _max_blocks
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
-                  uint32_t retire_ms=100, int ifindex=0):
+                  uint32_t retire_ms=100, int ifindex=0, uint32_t bulk_cut_room=0):
         self.fd = -1
+        self.bulk_cut_room = bulk_cut_room
         self.ring = NULL
         self.cur = 0
         self.block_size = block_size
@@ -436,8 +453,6 @@ cdef class PacketRing:
                     h = <tpacket3_hdr *>frame
                     sll = <sockaddr_ll *>(frame + sll_off)
                     self.packets += 1
-                    if h.tp_snaplen < h.tp_len:
-                        self.truncated += 1
                     if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
                             hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
                         rc = decode_frame(frame + h.tp_mac, h.tp_snaplen, sll.sll_hatype,
@@ -447,6 +462,12 @@ cdef class PacketRing:
                             out[got].vlan = h.hv1.tp_vlan_tci & 0x0FFF   # the tag the device took off
                     else:
                         rc = NOT_IP
+                    if h.tp_snaplen < h.tp_len and rc != TRUNCATED:   # TRUNCATED: counted below
+                        if rc == DECODED and out[got].proto == 6 and not out[got].vxlan \
+                                and out[got].payload_len <= self.bulk_cut_room:
+                            self.cut_bulk_segments += 1   # the filter kept only the headers, on purpose
+                        else:
+                            self.truncated += 1
                     if rc == DECODED:
                         out[got].ts_ns = <uint64_t>h.tp_sec * 1000000000 + h.tp_nsec
                         out[got].ifindex = sll.sll_ifindex
@@ -497,5 +518,6 @@ cdef class PacketRing:
         return {"packets": self.packets, "payload_bytes": self.bytes_copied,
                 "not_ip": self.not_ip, "not_tcp_udp": self.not_tcp_udp,
                 "fragments": self.fragments, "truncated": self.truncated,
+                "cut_bulk_segments": self.cut_bulk_segments,
                 "kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
                 "kernel_queue_freezes": self.kernel_freezes}

@@ -13,7 +13,9 @@ Two loads, each the most packets/s this machine makes of its kind:
 Then the bulk load once more with the real collector (`dkebpf run
 --enabled bpf-netlog --netlog-log --netlog-metric`, 2 s interval, points
 encoded and written each interval as in production): its socket drops and
-CPU (from /proc) per 100k packets/s.
+CPU (from /proc) per 100k packets/s; and again with --netlog-metric only
+(no bpf_net_l4_log, so no per-packet series and messages): the cost of
+the logs, in the same run.
 
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2)
 
@@ -102,14 +104,15 @@ def run(ns, load, flood, capture):
         (c1.user - c0.user) + (c1.system - c0.system)
 
 
-def agent_run(tmp, ns):
+def agent_run(tmp, ns, logs=True):
     """The bulk load with `dkebpf run` capturing on the namespace's veth:
     (captured packets/s, socket drops, collector CPU s, seconds)."""
     from collector import Collector
     sink = started(ns.prefix() + ["python3", "-c", SINK_TCP, ns.peer_ip, str(PORT)])
     try:
-        with Collector(tmp, "netlog", ["--enabled", "bpf-netlog", "--netlog-log", "--netlog-metric",
-                                       "--netlog-interfaces", f"^{ns.veth_peer}$"]) as c:
+        flags = ["--enabled", "bpf-netlog", "--netlog-metric", "--netlog-interfaces", f"^{ns.veth_peer}$"]
+        # a log file per run: "dkebpf started" of an earlier run must not count
+        with Collector(tmp, "netlog" if logs else "netlog-metric", flags + (["--netlog-log"] if logs else [])) as c:
             end = time.monotonic() + 30
             while f"capturing on {ns.veth_peer}" not in c.log_text():
                 if time.monotonic() > end:
@@ -156,10 +159,11 @@ def main():
             print(f"{load}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
             print(f"{load}_socket_drops: {drops}")
             print(f"{load}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
-        pps, drops, cpu, secs = agent_run(tmp, ns)
-        print(f"agent_bulk_captured_packets_per_s: {pps:.0f}")
-        print(f"agent_bulk_socket_drops: {drops:.0f}")
-        print(f"agent_bulk_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (pps / 1e5) if pps else 0:.1f}")
+        for name, logs in (("agent_bulk", True), ("agent_bulk_metric_only", False)):
+            pps, drops, cpu, secs = agent_run(tmp, ns, logs)
+            print(f"{name}_captured_packets_per_s: {pps:.0f}")
+            print(f"{name}_socket_drops: {drops:.0f}")
+            print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (pps / 1e5) if pps else 0:.1f}")
         print(f"load_average: {os.getloadavg()[0]:.2f}")
 
 

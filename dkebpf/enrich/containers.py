@@ -37,6 +37,9 @@ REFRESH_S = 10.0
 RETRY_S = 60.0
 TIMEOUT_S = 2.0
 DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
+# where `dkebpf check` looks (the original's DefaultEndpoint list)
+KNOWN_SOCKETS = (DEFAULT_DOCKER_SOCKET, "/var/run/containerd/containerd.sock",
+                 "/var/run/k3s/containerd/containerd.sock", "/var/run/crio/crio.sock")
 POD_NAME, POD_NAMESPACE, CONTAINER_NAME = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace",
                                            "io.kubernetes.container.name")
 SANDBOX = "POD"
@@ -107,10 +110,15 @@ class DockerEndpoint:
         except ValueError:
             raise EndpointError(f"GET {url}: the answer is not JSON (not the Docker Engine API?)") from None
 
-    def containers(self):
+    def listed(self):
+        """GET /containers/json: the running containers' summaries."""
         listed = self._get("/containers/json")
         if not isinstance(listed, list):
             raise EndpointError("GET /containers/json: not a list of containers (not the Docker Engine API?)")
+        return listed
+
+    def containers(self):
+        listed = self.listed()
         out = []
         for item in listed:
             cid = item.get("Id") if isinstance(item, dict) else None
@@ -225,3 +233,34 @@ class ContainerRuntimes:
 
     def names(self, netns_inode):
         return self.by_netns.get(netns_inode, {})
+
+
+def check_line(endpoints=(), host_root=""):
+    """`dkebpf check`'s line: which runtime sockets (endpoints, else the
+    known ones that exist under host_root) answer the Docker Engine API."""
+    if endpoints:
+        paths = []
+        for e in endpoints:
+            try:
+                paths.append((e, socket_path(e)))
+            except ValueError as exc:
+                paths.append((e, exc))
+    else:
+        paths = [("unix://" + p, socket_path("unix://" + p, host_root)) for p in KNOWN_SOCKETS]
+        paths = [(e, p) for e, p in paths if os.path.exists(p)]
+        if not paths:
+            return ("container endpoints: no runtime socket found (" + ", ".join(KNOWN_SOCKETS) +
+                    "): namespaces still come from /proc, pods from the Kubernetes API; no container names")
+    said = []
+    for endpoint, path in paths:
+        if isinstance(path, Exception):
+            said.append(f"{endpoint}: {path}")
+            continue
+        try:
+            n = len(DockerEndpoint(endpoint, path).listed())
+        except EndpointError as exc:
+            said.append(f"{endpoint} does not answer the Docker Engine API ({exc}): no container names from "
+                        "it (containerd's and CRI-O's CRI is not spoken)")
+            continue
+        said.append(f"{endpoint} answers the Docker Engine API ({n} running containers)")
+    return "container endpoints: " + "; ".join(said)

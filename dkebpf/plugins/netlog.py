@@ -26,8 +26,10 @@ but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
 Packets are decoded in Cython (dkebpf._packets: Ethernet, VLAN, IPv4,
 IPv6 extension headers, TCP, UDP, VXLAN) and folded into per-connection
-chunks (dkebpf._netlog.ConnTable); each interval the chunks become
-points."""
+chunks (dkebpf._netlog.ConnTable, which also writes each chunk's message
+JSON with its per-packet series); each interval the finished chunks (an
+open one once it is chunk_age_ns old) become bpf_net_l4_log points and
+every connection's flow of the interval becomes netflow."""
 import fcntl
 import json
 import os
@@ -53,6 +55,7 @@ from ..netlog.conn_filter import ConnFilter
 from ..netlog.filter import parse_rules
 from ..netlog.filter_cbpf import socket_filter
 from ..netlog.k8s import NetlogK8s
+from ..packetfilter import LINK_ROOM as BULK_CUT_ROOM
 from ..packetfilter import NETLOG_SNAPLEN, netlog_filter
 from .base import Plugin, PointBatch
 from .httpflow import (_METHODS, _VERSIONS, HTTPFLOW_FIELDS, HTTPFLOW_TAGS, PARTIAL_SUMS, RAW_KEYS, _fixed16,
@@ -189,20 +192,24 @@ def choose_nics(nics, host_network, pattern, virtual_names):
 
 
 class NicCapture:
-    """One interface of one namespace: its packet ring and connections."""
+    """One interface of one namespace: its packet ring and connections.
+    series: keep each chunk's packets for its message (bpf_net_l4_log on);
+    chunk_age_ns: an open chunk goes out once that old."""
 
-    def __init__(self, ring, nic, netns, host_network, follow_http, conn_filter=None):
+    def __init__(self, ring, nic, netns, host_network, follow_http, conn_filter=None, series=True,
+                 chunk_age_ns=_netlog.CHUNK_AGE_NS):
         self.ring = ring
         self.follow_http = follow_http
         self.nic = nic
         self.netns = netns
         self.host_network = host_network
-        self.conns = _netlog.ConnTable()
+        self.conns = _netlog.ConnTable(chunk_age_ns=chunk_age_ns, series=series)
         self.conn_filter = conn_filter
         self.listening = set()   # TCP ports listening in the namespace, refreshed at each rescan
 
     @classmethod
-    def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None):
+    def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None, series=True,
+             chunk_age_ns=_netlog.CHUNK_AGE_NS):
         """rules: the parsed netlog_blacklist, or None for no filter; pods:
         the NetlogK8s its k8s_* fields are looked up in."""
         conn_filter = None
@@ -218,8 +225,8 @@ class NicCapture:
             ifindex = socket.if_nametoindex(nic.name)
             ring = _packets.PacketRing(code, block_size=BLOCK_SIZE,
                                        block_nr=HOST_BLOCKS if host_network else OTHER_BLOCKS,
-                                       retire_ms=RETIRE_MS, ifindex=ifindex)
-        return cls(ring, nic, netns, host_network, follow_http, conn_filter)
+                                       retire_ms=RETIRE_MS, ifindex=ifindex, bulk_cut_room=BULK_CUT_ROOM)
+        return cls(ring, nic, netns, host_network, follow_http, conn_filter, series, chunk_age_ns)
 
     def drain(self):
         while True:
@@ -233,11 +240,12 @@ class NicCapture:
                 return
 
     def collect(self, now_ns, ephemeral_port, flush_all=False):
-        """(self, chunks, exchanges) of ConnTable.collect, the direction of
+        """(self, ConnTable.collect's Collected), the direction of
         connections seen mid-stream settled (settle_direction)."""
-        chunks, exchanges = self.conns.collect(now_ns, flush_all)
-        settle_direction(chunks, self.listening, ephemeral_port)
-        return self, chunks, exchanges
+        got = self.conns.collect(now_ns, flush_all)
+        settle_direction(got.chunks, self.listening, ephemeral_port)
+        settle_direction(got.flows, self.listening, ephemeral_port)
+        return self, got
 
     def flush(self):
         """Everything the socket holds, the partly filled block included:
@@ -253,8 +261,11 @@ class NicCapture:
 class NetlogPlugin(Plugin):
     name = "bpf-netlog"
 
-    def __init__(self, ctx):
+    def __init__(self, ctx, chunk_age_ns=_netlog.CHUNK_AGE_NS):
+        """chunk_age_ns: an open chunk is emitted once this old (the
+        original's 30 s; tests lower it)."""
         self.ctx = ctx
+        self.chunk_age_ns = chunk_age_ns
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.proc = self.cfg.host_proc
@@ -272,7 +283,7 @@ class NetlogPlugin(Plugin):
         self.by_fd = {}
         self.own_netns = netns_inode("/proc/self/ns/net")
         self.next_scan = 0.0
-        self.closed_parts = []      # (capture, chunks, exchanges) of captures closed since the last collect
+        self.closed_parts = []      # (capture, Collected) of captures closed since the last collect
         # filter_*: dropped in user space by netlog_blacklist, of the captures closed so far (open
         # ones are added in counters()); what the socket programs drop in the kernel is never seen
         self.totals = {"opened": 0, "closed": 0, "open_errors": 0,
@@ -345,7 +356,8 @@ class NetlogPlugin(Plugin):
                 self.captures[key].listening = listening
                 continue
             try:
-                cap = NicCapture.open(path, key[0], nic, host, self.rules, self.follow_http, self.pods)
+                cap = NicCapture.open(path, key[0], nic, host, self.rules, self.follow_http, self.pods,
+                                      series=self.cfg.netlog_log, chunk_age_ns=self.chunk_age_ns)
             except OSError as exc:
                 self.totals["open_errors"] += 1
                 self.log.warning("netlog: cannot capture on %s in netns %s: %s", nic.name, key[0], exc)
@@ -370,7 +382,13 @@ class NetlogPlugin(Plugin):
             self.totals["filter_dropped_packets"] += cap.conn_filter.packets
             self.totals["filter_dropped_connections"] += cap.conn_filter.connections
 
+    def drain(self):
+        # between the steps of the agent's flush: the rings into the connection tables
+        for cap in self.captures.values():
+            cap.drain()
+
     def collect(self, now_ns):
+        # [(NicCapture, Collected)]
         parts = self.closed_parts
         self.closed_parts = []
         for cap in self.captures.values():
@@ -383,12 +401,12 @@ class NetlogPlugin(Plugin):
             out += self.metrics(parts)
         if not self.cfg.netlog_log:
             return out
-        l4 = self.pods.log_tags(l4_batch([(c, chunks) for c, chunks, _x in parts]))
+        l4 = self.pods.log_tags(l4_batch([(c, got.chunks, got.messages) for c, got in parts]))
         if l4 is not None:
             out.append(PointBatch("bpf_net_l4_log", "logging", "bpf-netlog/netlog", l4,
                                   L4_TAGS + self.pods.tag_names(), L4_FIELDS,
                                   const_tags={"source": "bpf_net_l4_log"}, timestamp_column="time"))
-        l7 = self.pods.log_tags(l7_batch([(c, x) for c, _chunks, x in parts]))
+        l7 = self.pods.log_tags(l7_batch([(c, got.exchanges) for c, got in parts]))
         if l7 is not None:
             out.append(PointBatch("bpf_net_l7_log", "logging", "bpf-netlog/netlog", l7,
                                   L7_TAGS + self.pods.tag_names(), L7_FIELDS,
@@ -399,15 +417,15 @@ class NetlogPlugin(Plugin):
         """netflow and httpflow of this interval, from packets: inputs
         bpf-netlog/netflow and bpf-netlog/httpflow."""
         out = []
-        chunks = [ch for _c, ch, _x in parts if len(ch)]
-        if chunks:
-            rows = connection_rows(np.concatenate(chunks))
+        flows = [got.flows for _c, got in parts if len(got.flows)]
+        if flows:
+            rows = connection_rows(np.concatenate(flows))
             nf = netflow_finish([netflow_partial(rows, self.ephemeral_port, self.resolver, self.ctx.domains,
                                                  self.ctx.nat)], self.ctx.k8s)
             out.append(PointBatch("netflow", "network", "bpf-netlog/netflow", nf,
                                   NETFLOW_TAGS + k8s_tag_names(self.ctx.k8s), NETFLOW_FIELDS,
                                   const_tags={"source": "netflow"}))
-        xs = [x[x["has_resp"] == 1] for _c, _ch, x in parts]
+        xs = [got.exchanges[got.exchanges["has_resp"] == 1] for _c, got in parts]
         xs = [x for x in xs if len(x)]
         if xs:
             hf = aggregate_requests(request_rows(np.concatenate(xs)), self.ephemeral_port, self.resolver,
@@ -416,6 +434,14 @@ class NetlogPlugin(Plugin):
                                   HTTPFLOW_TAGS + k8s_tag_names(self.ctx.k8s), HTTPFLOW_FIELDS,
                                   const_tags={"source": "httpflow"}))
         return out
+
+    def memory(self):
+        """The connection tables' allocations, summed over the sockets."""
+        m = {}
+        for cap in self.captures.values():
+            for k, v in cap.conns.memory().items():
+                m[f"conn_{k}"] = m.get(f"conn_{k}", 0) + v
+        return m
 
     def counters(self):
         """Totals, and per socket (``<netns>/<interface>``) the ring's and
@@ -431,7 +457,8 @@ class NetlogPlugin(Plugin):
                     c[k] = c.get(k, 0) + v
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
-            for k in ("packets", "kernel_drops", "fragments", "truncated", "not_ip", "not_tcp_udp"):
+            for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
+                      "not_tcp_udp"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v
@@ -493,12 +520,12 @@ def common_columns(parts, incoming):
 
 
 def l4_batch(parts):
-    """[(NicCapture, CHUNK_DTYPE rows)] -> one RecordBatch of bpf_net_l4_log
-    points, or None when there are none."""
+    """[(NicCapture, CHUNK_DTYPE rows, their messages)] -> one RecordBatch
+    of bpf_net_l4_log points, or None when there are none."""
     parts = [p for p in parts if len(p[1])]
     if not parts:
         return None
-    ch, cols = common_columns(parts, np.concatenate([p[1]["direction"] for p in parts]) == 1)
+    ch, cols = common_columns([p[:2] for p in parts], np.concatenate([p[1]["direction"] for p in parts]) == 1)
     rtt = np.where(ch["rtt_samples"] > 0, ch["rtt_sum_ns"] / np.maximum(ch["rtt_samples"], 1), 0.0)
     cols.update({
         "time": pa.array(ch["ts_ns"].astype(np.int64)),
@@ -516,11 +543,8 @@ def l4_batch(parts):
     })
     for k in ("tx_seq_min", "tx_seq_max", "rx_seq_min", "rx_seq_max") + COUNTS:
         cols[k] = pa.array(ch[k].astype(np.int64))
-    # the original's message without its per-packet series (not built yet)
-    proto = cols["l4_proto"].to_pylist()
-    counts = [ch[k].tolist() for k in ("chunk_id",) + COUNTS]
-    cols["message"] = pa.array([json.dumps({"l4_proto": p, p: dict(zip(("chunk_id",) + COUNTS, row))})
-                                for p, row in zip(proto, zip(*counts))], pa.string())
+    # written by the connection table in C, per-packet series included
+    cols["message"] = pa.concat_arrays([p[2] for p in parts])
     return pa.RecordBatch.from_pydict(cols)
 
 

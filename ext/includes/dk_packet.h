@@ -30,6 +30,8 @@ struct dk_pkt {
 	uint16_t window;       /* TCP: the window field, not scaled */
 	uint16_t vlan;         /* outermost 802.1Q/802.1ad VLAN id in the frame, 0 for none */
 	uint8_t vxlan;         /* 1: addresses, ports and payload are the VXLAN-inner packet's */
+	uint8_t smac[6];       /* Ethernet source and destination (the inner frame's under VXLAN); */
+	uint8_t dmac[6];       /* zero when the device has no Ethernet header */
 };
 
 /* One DNS message: header, first question; its A/AAAA answers (those on

@@ -26,6 +26,8 @@ cdef extern from "dk_packet.h" nogil:
         uint16_t window
         uint16_t vlan
         uint8_t vxlan
+        uint8_t smac[6]
+        uint8_t dmac[6]
 
     struct dk_dns_msg:
         uint64_t ts_ns

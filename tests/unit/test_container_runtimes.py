@@ -75,3 +75,27 @@ def test_endpoint_text():
     assert socket_path("/run/docker.sock", "/host") == "/host/run/docker.sock"
     bad = ContainerRuntimes(["tcp://127.0.0.1:2375"], logger=logging.getLogger("test-runtimes"))
     assert bad.endpoints == []
+
+
+def test_check_line_says_which_runtime_sockets_answer(tmp_path):
+    """`dkebpf check`'s line, the known sockets looked for under HOST_ROOT:
+    a Docker API answers with its count, a socket speaking something else
+    (containerd's CRI here is a stand-in that is not the Docker API) is
+    named as not answering; with none, what still works is said."""
+    from dkebpf.enrich.containers import check_line
+    assert check_line((), str(tmp_path)).startswith("container endpoints: no runtime socket found")
+    os.makedirs(tmp_path / "var/run/containerd")
+    docker, containerd = tmp_path / "var/run/docker.sock", tmp_path / "var/run/containerd/containerd.sock"
+    srv = socketserver.UnixStreamServer(str(containerd), _NotDocker)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        with DockerApi(str(docker), [container("b" * 64, "web", os.getpid()), container("c" * 64, "db", 0)]):
+            line = check_line((), str(tmp_path))
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert line.startswith("container endpoints: ")
+    said = line.removeprefix("container endpoints: ").split("; ")
+    assert said[0] == "unix:///var/run/docker.sock answers the Docker Engine API (2 running containers)"
+    assert said[1].startswith("unix:///var/run/containerd/containerd.sock does not answer the Docker Engine API")
+    assert "not JSON" in said[1] and len(said) == 2

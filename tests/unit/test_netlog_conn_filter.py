@@ -146,7 +146,7 @@ def test_a_dropped_connection_leaves_no_chunk():
                       "eth0").keep(pkts)
     table = _netlog.ConnTable()
     table.add(pkts[keep])
-    chunks, _x = table.collect(10**10, True)
+    chunks = table.collect(10**10, True).chunks
     assert chunks["lport"].tolist() == [80]
     assert int(chunks["rx_bytes"][0]) == 100
     assert table.counters()["new_connections"] == 1
@@ -250,8 +250,11 @@ def test_cache_grows_then_starts_anew_when_full():
     assert flt.keep(pkts[:2]).all() and len(flt.cache) == 2
     assert flt.keep(pkts[2:7]).tolist() == [True] * 4 + [False]    # grown from 2 to 7 entries
     assert (len(flt.cache), flt.cache.resets, flt.cache.evaluations) == (7, 0, 7)
-    # 7 cached + 2 packets might be 9 connections, more than 8: emptied first
+    assert flt.connections == 1   # port 1006
+    # 7 cached + 2 packets might be 9 connections, more than 8: emptied first, but for the dropped
+    # connection, which keeps its verdict: counted once, however often the cache starts anew
     assert flt.keep(pkts[7:9]).tolist() == [False] * 2
-    assert (len(flt.cache), flt.cache.resets) == (2, 1)
+    assert (len(flt.cache), flt.cache.resets, flt.connections) == (3, 1, 3)
+    assert flt.keep(pkts[6:7]).tolist() == [False] and flt.connections == 3
     # a batch longer than the capacity is judged in parts, every packet still
     assert flt.keep(pkts).tolist() == [True] * 6 + [False] * 6

@@ -82,10 +82,16 @@ def test_frame_decode_agrees_with_reference(frames):
 
 
 def test_vxlan_inner_packet_with_qinq_outside():
-    vx = vxlan(4242, ethernet(0x0800, ip_packet(4, 6, *V4, 1234, 80, b"GET / HTTP/1.1\r\n")))
+    inner_src, inner_dst = bytes.fromhex("0a0000000001"), bytes.fromhex("0a0000000002")
+    vx = vxlan(4242, ethernet(0x0800, ip_packet(4, 6, *V4, 1234, 80, b"GET / HTTP/1.1\r\n"), dst=inner_dst,
+                              src=inner_src))
     outer = ethernet(0x86DD, ip_packet(6, 17, *V6, 40000, 8472, vx), ((0x88A8, 7), (0x8100, 100)))
-    pkts, payload, status = decode([(outer, 1)])
-    assert status.tolist() == [0]
+    plain = ethernet(0x0800, ip_packet(4, 6, *V4, 1234, 80, b""))
+    pkts, payload, status = decode([(outer, 1), (plain, 1)])
+    assert status.tolist() == [0, 0]
+    # MAC addresses (bpf-netlog's message series): the inner frame's under VXLAN
+    assert (bytes(pkts[0]["smac"]), bytes(pkts[0]["dmac"])) == (inner_src, inner_dst)
+    assert (bytes(pkts[1]["smac"]), bytes(pkts[1]["dmac"])) == (plain[6:12], plain[:6])
     row = pkts[0]
     assert (row["family"], row["proto"], row["sport"], row["dport"]) == (4, 6, 1234, 80)
     assert (row["vxlan"], row["vni"], row["vlan"]) == (1, 4242, 7)
