@@ -209,7 +209,7 @@ class Agent:
 
     def _last_flush(self):
         try:
-            self.flush()
+            self.flush(last=True)
         except Exception:  # what can still go out must not wait on a bug here
             log.exception("flushing the last interval failed")
 
@@ -299,13 +299,14 @@ class Agent:
                 out.append(Metric(f"limit_measured_{name}", "gauge", f"last measured {name}", [({}, value)]))
         return out
 
-    def flush(self, only=None):
+    def flush(self, only=None, last=False):
         """Collect, sample, encode and submit every plugin's points; with
         ``only`` (a runner), just that plugin's (an early flush it asked
-        for), which does not end the interval."""
+        for), which does not end the interval; ``last``: the one before
+        the collector stops (plugins hand over what they hold back)."""
         now_ns = time.time_ns()
         for r in (self.runners if only is None else [only]):
-            self._submit(r, r.collect(now_ns), now_ns)
+            self._submit(r, r.collect(now_ns, last), now_ns)
             # the loop does not watch the rings meanwhile: let each plugin
             # empty its kernel rings into its bounded buffers, so a fast
             # source does not fill its ring during a long flush

@@ -104,12 +104,13 @@ class PluginRunner:
             self._fail_running("on_readable", exc)
             return False
 
-    def collect(self, now_ns):
-        """The plugin's PointBatches of this interval ([] when not running)."""
+    def collect(self, now_ns, last=False):
+        """The plugin's PointBatches of this interval ([] when not running);
+        ``last``: the collector stops after this one (Plugin.collect_last)."""
         if self.plugin is None:
             return []
         try:
-            return list(self.plugin.collect(now_ns))
+            return list(self.plugin.collect_last(now_ns) if last else self.plugin.collect(now_ns))
         except Exception as exc:
             self._fail_running("collect", exc, salvage=False)
             return []

@@ -61,6 +61,11 @@ class Plugin:
     def collect(self, now_ns):
         return []
 
+    def collect_last(self, now_ns):
+        """The last collect before the collector stops: what a plugin holds
+        back for a later interval (bpf-netlog's open chunks) goes out now."""
+        return self.collect(now_ns)
+
     def drain(self):
         """Move what waits in the kernel into this plugin's own bounded
         buffers, quickly (the agent calls it between the steps of a flush)."""

@@ -387,13 +387,17 @@ class NetlogPlugin(Plugin):
         for cap in self.captures.values():
             cap.drain()
 
-    def collect(self, now_ns):
+    def collect_last(self, now_ns):
+        # open chunks are held up to chunk_age_ns: the last flush takes them all
+        return self.collect(now_ns, flush_all=True)
+
+    def collect(self, now_ns, flush_all=False):
         # [(NicCapture, Collected)]
         parts = self.closed_parts
         self.closed_parts = []
         for cap in self.captures.values():
             cap.drain()
-            parts.append(cap.collect(now_ns, self.ephemeral_port))
+            parts.append(cap.collect(now_ns, self.ephemeral_port, flush_all))
             if cap.conn_filter is not None:
                 cap.conn_filter.interval()
         out = []

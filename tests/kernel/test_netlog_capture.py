@@ -618,5 +618,21 @@ def test_plugin_emits_a_living_connections_chunk_when_it_ages(bpf_ok):
             logs, flows = collect()   # closed: out at once
             assert [(r["chunk_id"], r["tx_bytes"], r["chunk_fin"]) for r in logs] == [(3, 10, True)]
             assert [(f["bytes_written"], f["tcp_closed"]) for f in flows] == [(10, 1)]
+            # a young chunk of a living connection is held, but not past the
+            # collector's last flush (the agent's collect_last at shutdown)
+            srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
+            port = srv.info["port"]
+            c = socket.create_connection((ns.peer_ip, port))
+            c.sendall(b"z" * 300)
+            logs, _flows = collect()
+            assert logs == []
+            time.sleep(0.3)
+            for f in plugin.fileobjs():
+                plugin.on_readable(f)
+            last = {b.measurement: b.batch.to_pylist() for b in plugin.collect_last(time.time_ns())}
+            held = [r for r in last["bpf_net_l4_log"] if r["src_port"] == str(port)]
+            assert [(r["chunk_id"], r["rx_bytes"], r["chunk_syn"]) for r in held] == [(1, 300, True)]
+            c.close()
+            srv.wait(10)
         finally:
             plugin.stop()

@@ -94,3 +94,29 @@ def test_a_batch_without_tags_is_sampled_per_row():
     agent.flush()
     (_cat, _inp, kept), = agent.sink.sent
     assert 800 < len(kept) < 1200 and len(set(kept)) == len(kept)
+
+
+class HoldingSource(Source):
+    """Holds its rows back from interval flushes (as bpf-netlog holds young
+    chunks) and hands them over in the last one."""
+
+    def collect(self, now_ns):
+        self.collects += 1
+        return []
+
+    def collect_last(self, now_ns):
+        return Source.collect(self, now_ns)
+
+
+def test_the_last_flush_takes_what_plugins_hold_back():
+    agent = Agent(load_config(["--enabled", "ebpf-net", "--interval", "10m", "--output", "-"]))
+    agent.sink = Sink()
+    holder, plain = HoldingSource("holder", every=10**9), Source("plain", every=10**9)
+    holder.held, plain.held = [1, 2], [3]
+    agent.runners = [agent.runner(p.name, lambda p=p: p) for p in (holder, plain)]
+    assert all(r.start() for r in agent.runners)
+    agent.flush()
+    assert agent.sink.sent == [("logging", "plain", [3])]
+    plain.held = [4]
+    agent._last_flush()
+    assert agent.sink.sent[1:] == [("logging", "holder", [1, 2]), ("logging", "plain", [4])]
