@@ -13,7 +13,11 @@ latency as ratios against `off` of the same round, the collector's CPU
 (user and system, /proc/<pid>/stat) per 10k requests/s and per request; for
 httpflow every kernel drop counter, and the requests reported in the points
 of each end against wrk's own count (exact: both ends report every request
-wrk made, since wrk's connections close at its end).
+wrk made, since wrk's connections close at its end). Then, unless
+BENCH_PROG_COST=0, one more wrk run per collector mode with
+kernel.bpf_stats_enabled=1 (only then: the stats cost two clock reads per
+program run): runs per request, ns per run and ns per request of each of
+the collector's BPF programs.
 
     python3 perf/bench_httpflow_e2e.py
     BENCH_SECONDS=10 BENCH_ROUNDS=3 BENCH_CONNS=32 BENCH_INTERVALS=10s,60s
@@ -26,7 +30,7 @@ import tempfile
 import time
 
 from bench_tracepoint_floor import attached, build
-from collector import Collector, wrk as wrk_url
+from collector import Collector, bpf_stats, prog_cost, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -79,6 +83,16 @@ def with_collector(tmp, port, name, extra, interval):
     return rps, lat, total, user, system, extra_m
 
 
+def prog_cost_run(tmp, port, name, args, interval="2s"):
+    """(requests/s, requests, prog_cost rows) of one wrk run with the
+    collector (`--enabled ebpf-net` + args); bpf_stats must be on."""
+    with Collector(tmp, name, ["--enabled", "ebpf-net", *args], interval=interval) as c:
+        time.sleep(1)
+        before = c.prog_stats()
+        rps, _, total = wrk(port)
+        return rps, total, prog_cost(before, c.prog_stats(), total)
+
+
 def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
@@ -105,6 +119,14 @@ def main():
                 rps, lat, total, user, system, m = got
                 print(f"round {r} {name}: {rps:.0f} req/s ({rps / off[0]:.3f}), latency {lat / off[1]:.3f}, "
                       f"user {user:.2f} s sys {system:.2f} s {m}", flush=True)
+        if os.environ.get("BENCH_PROG_COST", "1") != "0":
+            with bpf_stats():
+                for name, extra, iv in modes[1:3]:
+                    rps, total, rows = prog_cost_run(tmp, ngx.port, f"{name}-cost", extra, iv)
+                    for prog, per_req, ns_run, ns_req in rows:
+                        print(f"{name}_prog {prog}: {per_req:.2f} runs/request, {ns_run:.0f} ns/run, "
+                              f"{ns_req:.0f} ns/request")
+                    print(f"{name}_bpf_ns_per_request: {sum(r[3] for r in rows):.0f} ({rps:.0f} req/s)", flush=True)
     off = res["off"]
     print(f"off_requests_per_s: {statistics.median(x[0] for x in off):.0f}")
     print(f"off_latency_ms: {statistics.median(x[1] for x in off) * 1e3:.3f}")
