@@ -138,7 +138,9 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 		return 0;
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
-	__u64 ts = bpf_ktime_get_ns();
+	/* the clock only where it is used: a known socket's counters, or a
+	 * message start below (most calls on other sockets end before it) */
+	__u64 ts = hc ? bpf_ktime_get_ns() : 0;
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
 	if (kind != SYSIO_BUF && kind != SYSIO_IOV && kind != SYSIO_MSG) {
@@ -183,8 +185,6 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 	 * io_uring) are told by their number above. */
 	if (!hc && !syscall_io_fd_is(&io, sk)) {
 		count_drop(&http_drops, HTTP_DROP_NOT_COVERED);
-		if (hc)
-			http_count(hc, op, ret, ts);
 		return 0;
 	}
 	if (got < n0 && bpf_probe_read_user(s->buf, n0 & (2 * HTTP_SCAN_MAX - 1), first)) {
@@ -193,9 +193,18 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 			http_count(hc, op, ret, ts);
 		return 0;
 	}
-	__u32 cap = copy_rest(s, vs, iovcnt, n0, ret - len0);
+	/* The iovecs after the first matter for requests (pipelined ones may
+	 * follow) and for a response only when another response may follow
+	 * in this call (http_messages: more requests wait, or an interim one
+	 * is under way); a server's writev of head and body then costs one
+	 * read, not two. The status line must be whole in the first buffer. */
+	__u32 cap = n0;
+	if (!is_response(s->buf) || n0 < 12 || (hc && (hc->tail - hc->head > 1 || hc->state == HTTP_RESP_INTERIM)) ||
+	    s->buf[9] == '1')
+		cap = copy_rest(s, vs, iovcnt, n0, ret - len0);
 	struct http_out o = HTTP_OUT(sc);
 	if (!hc) {
+		ts = bpf_ktime_get_ns();
 		hc = http_conn_new(&http_conns, &http_drops, key, !is_response(s->buf), op, id >> 32, &sc->init);
 		if (!hc)
 			return 0;
