@@ -4,7 +4,6 @@ own, so the source tree, where no extension is built, is never imported.
 Also the load generators and readings they share: wrk, CPU seconds of a
 process, the plugin counters from /metrics. (Benches run as
 `python3 perf/bench_*.py`, so this directory is on sys.path.)"""
-import contextlib
 import json
 import os
 import re
@@ -16,6 +15,7 @@ import urllib.request
 
 # tests/support (servers, namespaces), never the source tree's dkebpf
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from support.netns import sysctl  # noqa: E402
 from support.nginx import free_port  # noqa: E402
 
 START_TIMEOUT_S = 30
@@ -54,23 +54,11 @@ def prog_stats(pid):
     return out
 
 
-STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
-
-
-@contextlib.contextmanager
 def bpf_stats():
     """kernel.bpf_stats_enabled=1 inside the block, the old value after:
     the kernel then counts run_cnt/run_time_ns per program (which costs
     two clock reads per run, so ratios are measured without it)."""
-    with open(STATS_SYSCTL) as f:
-        old = f.read().strip()
-    with open(STATS_SYSCTL, "w") as f:
-        f.write("1")
-    try:
-        yield
-    finally:
-        with open(STATS_SYSCTL, "w") as f:
-            f.write(old)
+    return sysctl("kernel/bpf_stats_enabled", "1")
 
 
 def prog_names(ids):

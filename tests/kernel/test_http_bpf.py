@@ -110,13 +110,18 @@ def test_plain_tcp_sends_nothing(http_bpf):
         c["kernel_drop_payload_unreadable"] == 0
 
 
-KEEP_OPEN = """
-import socket, sys, time
+# the scripts below: a connected TCP pair on loopback, client c, server s
+PAIR = """
+import socket
 ls = socket.socket()
 ls.bind(("127.0.0.1", 0))
 ls.listen(1)
 c = socket.create_connection(ls.getsockname())
 s, _ = ls.accept()
+"""
+
+KEEP_OPEN = PAIR + """
+import sys, time
 c.sendall(b"GET /idle HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
 s.recv(100)
 s.sendall(b"HTTP/1.1 204 No Content\\r\\n\\r\\n")
@@ -174,12 +179,7 @@ class msghdr(ctypes.Structure):
 
 class mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
-
-ls = socket.socket()
-ls.bind(("127.0.0.1", 0))
-ls.listen(1)
-c = socket.create_connection(ls.getsockname())
-s, _ = ls.accept()
+""" + PAIR + """
 req = ctypes.create_string_buffer(b"GET /mmsg HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
 iov = iovec(ctypes.cast(req, ctypes.c_void_p), len(req.raw) - 1)
 m = mmsghdr(msghdr(None, 0, ctypes.pointer(iov), 1, None, 0, 0), 0)
@@ -213,13 +213,8 @@ def test_sendmmsg_is_counted_not_covered_never_misread(http_bpf):
     assert ev["status"][0] == 204
 
 
-NOT_HTTP_FIRST = """
-import socket, sys
-ls = socket.socket()
-ls.bind(("127.0.0.1", 0))
-ls.listen(1)
-c = socket.create_connection(ls.getsockname())
-s, _ = ls.accept()
+NOT_HTTP_FIRST = PAIR + """
+import sys
 c.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")  # a Redis command: the stream is not HTTP
 s.recv(100)
 if sys.argv[1] == "wait":  # the test loads the program now
