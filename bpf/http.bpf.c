@@ -10,7 +10,9 @@
  *     for a send the bytes are still there, for a receive already there.
  *     - on a socket not known yet, the first 8 bytes are peeked: an
  *       HTTP/1.x request or status line starts a message and the socket
- *       enters `http_conns`; anything else costs that peek and one lookup;
+ *       enters `http_conns`; anything else costs that peek and one lookup,
+ *       and when it is the stream's first read the socket is marked
+ *       (`not_http`): its later calls end after one lookup more;
  *     - on a known socket the first 8 bytes tell a message start, the
  *       pairing (include/http_msg.bpf.h) takes it; anything else (headers,
  *       bodies in more calls, sendfile/splice, which move no user buffer)
@@ -73,6 +75,18 @@ struct {
 
 DROP_COUNTERS(http_drops, HTTP_DROP_MAX);
 
+/* Sockets whose stream did not start with an HTTP message: their first
+ * received bytes (the first read of the connection, told by the socket's
+ * own counters) were something else (TLS, Redis, PostgreSQL, ...). Their
+ * later calls end at this lookup, before the registers and the payload
+ * peek. Freed with the socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} not_http SEC(".maps");
+
 struct scratch {
 	struct http_scratch h;
 	struct http_conn init; /* a new entry, too big for the stack */
@@ -119,6 +133,18 @@ static __always_inline __u32 copy_rest(struct http_scratch *s, const struct iove
 
 HTTP_IDLE_FLUSH(http_conns, scratch_buf, scratch, HTTP_OUT)
 
+/* Is this receive of `ret` bytes the first read of the TCP stream? What
+ * the owner has read so far is what arrived (bytes_received, which counts
+ * rcv_nxt's moves) less what still waits (rcv_nxt - copied_seq). A
+ * connection that was under way before we loaded is never marked: its
+ * next message start is seen as before. */
+static __always_inline int first_read(struct sock *sk, int ret)
+{
+	const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+	__u32 unread = tp->rcv_nxt - tp->copied_seq;
+	return tp->bytes_received - unread == (__u64)ret;
+}
+
 static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 {
 	if (ret <= 0)
@@ -138,7 +164,11 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 		return 0;
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
-	__u64 ts = bpf_ktime_get_ns();
+	if (!hc && bpf_sk_storage_get(&not_http, sk, 0, 0))
+		return 0;
+	/* the clock only where it is used: a known socket's counters, or a
+	 * message start below (most calls on other sockets end before it) */
+	__u64 ts = hc ? bpf_ktime_get_ns() : 0;
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
 	if (kind != SYSIO_BUF && kind != SYSIO_IOV && kind != SYSIO_MSG) {
@@ -169,17 +199,26 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 	 * are read at once there (one helper call less per message). */
 	__u32 n0 = len0 < HTTP_SCAN_MAX ? len0 : HTTP_SCAN_MAX;
 	__u32 got = hc ? n0 : 8;
-	if (!first || len0 < 8 || bpf_probe_read_user(s->buf, got & (2 * HTTP_SCAN_MAX - 1), first) ||
-	    !looks_like_http(s->buf)) {
-		if (hc)
-			http_count(hc, op, ret, ts);
-		return 0;
+	if (!first || len0 < 8 || bpf_probe_read_user(s->buf, got & (2 * HTTP_SCAN_MAX - 1), first))
+		goto not_a_start;
+	if (!looks_like_http(s->buf)) {
+		/* a stream that starts otherwise is not HTTP/1.x (the other end's
+		 * first bytes, from a request's client, are a status line) */
+		if (!hc && op == HTTP_OP_RECV && first_read(sk, ret)) {
+			__u8 *mark = bpf_sk_storage_get(&not_http, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+			if (mark)
+				*mark = 1;
+		}
+		goto not_a_start;
 	}
-	/* a message starts, if the registers describe this socket's call */
-	if (!syscall_io_fd_is(&io, sk)) {
+	/* A message starts, if the registers describe this socket's call. Asked
+	 * (one fd table walk, ~150 ns) only before a socket's first message:
+	 * the calls the kernel makes inside another syscall go to its own
+	 * sockets (NFS, iSCSI: no fd, so never an entry), and the other
+	 * syscalls that move a user socket's bytes (sendfile, splice,
+	 * io_uring) are told by their number above. */
+	if (!hc && !syscall_io_fd_is(&io, sk)) {
 		count_drop(&http_drops, HTTP_DROP_NOT_COVERED);
-		if (hc)
-			http_count(hc, op, ret, ts);
 		return 0;
 	}
 	if (got < n0 && bpf_probe_read_user(s->buf, n0 & (2 * HTTP_SCAN_MAX - 1), first)) {
@@ -188,14 +227,27 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 			http_count(hc, op, ret, ts);
 		return 0;
 	}
-	__u32 cap = copy_rest(s, vs, iovcnt, n0, ret - len0);
+	/* The iovecs after the first matter for requests (pipelined ones may
+	 * follow) and for a response only when another response may follow
+	 * in this call (http_messages: more requests wait, or an interim one
+	 * is under way); a server's writev of head and body then costs one
+	 * read, not two. The status line must be whole in the first buffer. */
+	__u32 cap = n0;
+	if (!is_response(s->buf) || n0 < 12 || (hc && (hc->tail - hc->head > 1 || hc->state == HTTP_RESP_INTERIM)) ||
+	    s->buf[9] == '1')
+		cap = copy_rest(s, vs, iovcnt, n0, ret - len0);
 	struct http_out o = HTTP_OUT(sc);
 	if (!hc) {
+		ts = bpf_ktime_get_ns();
 		hc = http_conn_new(&http_conns, &http_drops, key, !is_response(s->buf), op, id >> 32, &sc->init);
 		if (!hc)
 			return 0;
 	}
 	http_messages(hc, key, s, cap, op, ret, ts, (__u32)id, &o);
+	return 0;
+not_a_start:
+	if (hc)
+		http_count(hc, op, ret, ts);
 	return 0;
 }
 

@@ -21,9 +21,8 @@ import statistics
 import time
 
 from bench_netflow_cost import compare_spec
-from collector import prog_stats
+from collector import bpf_stats, prog_stats
 
-STATS = "/proc/sys/kernel/bpf_stats_enabled"
 N = int(os.environ.get("BENCH_N", 50000))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")  # read by compare_spec too
@@ -97,13 +96,10 @@ def run(mode):
 def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
-    old = open(STATS).read().strip()
-    with open(STATS, "w") as f:
-        f.write("1")
     ratios = {m: [] for m in MODES[1:]}
     bpf_ns = {m: [] for m in MODES[1:]}
     last = {}
-    try:
+    with bpf_stats():
         round_trips()  # warm-up
         for r in range(ROUNDS):
             order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
@@ -113,9 +109,6 @@ def main():
                 bpf_ns[m].append(sum(ns for _, ns in got[m][1].values()) / N)
                 last[m] = got[m][1]
             print(f"round {r}: " + ", ".join(f"{m} {got[m][0]:.0f}/s" for m in MODES), flush=True)
-    finally:
-        with open(STATS, "w") as f:
-            f.write(old)
     for m in MODES[1:]:
         for name, (cnt, ns) in sorted(last[m].items(), key=lambda kv: -kv[1][1]):
             print(f"{m} {name}: {cnt / N:.2f}/round trip {ns / cnt:.0f} ns/run")

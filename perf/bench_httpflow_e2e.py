@@ -13,20 +13,29 @@ latency as ratios against `off` of the same round, the collector's CPU
 (user and system, /proc/<pid>/stat) per 10k requests/s and per request; for
 httpflow every kernel drop counter, and the requests reported in the points
 of each end against wrk's own count (exact: both ends report every request
-wrk made, since wrk's connections close at its end).
+wrk made, since wrk's connections close at its end). Then, unless
+BENCH_PROG_COST=0, one more wrk run per collector mode with
+kernel.bpf_stats_enabled=1 (only then: the stats cost two clock reads per
+program run): runs per request, ns per run and ns per request of each of
+the collector's BPF programs.
 
     python3 perf/bench_httpflow_e2e.py
     BENCH_SECONDS=10 BENCH_ROUNDS=3 BENCH_CONNS=32 BENCH_INTERVALS=10s,60s
+    BENCH_COMPARE_HTTP_OBJ=/path/old/http.bpf.o   adds mode httpflow_compare:
+        httpflow with that object in place of the installed one (swapped in
+        for its runs only), to compare two builds in the same run
 
 Prints `name: value` lines.
 """
+import contextlib
 import os
+import shutil
 import statistics
 import tempfile
 import time
 
 from bench_tracepoint_floor import attached, build
-from collector import Collector, wrk as wrk_url
+from collector import Collector, bpf_stats, prog_cost, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -79,6 +88,38 @@ def with_collector(tmp, port, name, extra, interval):
     return rps, lat, total, user, system, extra_m
 
 
+def prog_cost_run(tmp, port, name, args, interval="2s"):
+    """(requests/s, requests, prog_cost rows) of one wrk run with the
+    collector (`--enabled ebpf-net` + args); bpf_stats must be on."""
+    with Collector(tmp, name, ["--enabled", "ebpf-net", *args], interval=interval) as c:
+        time.sleep(1)
+        before = c.prog_stats()
+        rps, _, total = wrk(port)
+        return rps, total, prog_cost(before, c.prog_stats(), total)
+
+
+COMPARE_HTTP_OBJ = os.environ.get("BENCH_COMPARE_HTTP_OBJ")
+COST_MODES = ("netflow_only", f"httpflow_{INTERVALS[0]}", "httpflow_compare")
+
+
+@contextlib.contextmanager
+def http_object(path):
+    """The collector that starts inside loads `path` as its http.bpf.o
+    (copied over the installed one, which is put back after)."""
+    if path is None:
+        yield
+        return
+    from dkebpf.bpf_objects import BPF_DIR
+    installed = os.path.join(BPF_DIR, "http.bpf.o")
+    saved = installed + ".bench-saved"
+    shutil.copy2(installed, saved)
+    try:
+        shutil.copy2(path, installed)
+        yield
+    finally:
+        os.replace(saved, installed)
+
+
 def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
@@ -89,10 +130,13 @@ def main():
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
         modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
+        if COMPARE_HTTP_OBJ:
+            modes.append(("httpflow_compare", [], INTERVALS[0]))
         for r in range(ROUNDS):
             off = wrk(ngx.port)
             res.setdefault("off", []).append((off[0], off[1], off[2], 0, 0, {}))
-            for name, extra, iv in modes:
+            # a rotating order: no mode always runs right after off
+            for name, extra, iv in modes[r % len(modes):] + modes[:r % len(modes)]:
                 if name == "floor":
                     bpf = attached(floor_obj, "httpflow_hooks")
                     try:
@@ -100,11 +144,21 @@ def main():
                     finally:
                         bpf.close()
                 else:
-                    got = with_collector(tmp, ngx.port, f"{name}-{r}", extra, iv)
+                    with http_object(COMPARE_HTTP_OBJ if name == "httpflow_compare" else None):
+                        got = with_collector(tmp, ngx.port, f"{name}-{r}", extra, iv)
                 res.setdefault(name, []).append(got)
                 rps, lat, total, user, system, m = got
                 print(f"round {r} {name}: {rps:.0f} req/s ({rps / off[0]:.3f}), latency {lat / off[1]:.3f}, "
                       f"user {user:.2f} s sys {system:.2f} s {m}", flush=True)
+        if os.environ.get("BENCH_PROG_COST", "1") != "0":
+            with bpf_stats():
+                for name, extra, iv in [m for m in modes if m[0] in COST_MODES]:
+                    with http_object(COMPARE_HTTP_OBJ if name == "httpflow_compare" else None):
+                        rps, total, rows = prog_cost_run(tmp, ngx.port, f"{name}-cost", extra, iv)
+                    for prog, per_req, ns_run, ns_req in rows:
+                        print(f"{name}_prog {prog}: {per_req:.2f} runs/request, {ns_run:.0f} ns/run, "
+                              f"{ns_req:.0f} ns/request")
+                    print(f"{name}_bpf_ns_per_request: {sum(r[3] for r in rows):.0f} ({rps:.0f} req/s)", flush=True)
     off = res["off"]
     print(f"off_requests_per_s: {statistics.median(x[0] for x in off):.0f}")
     print(f"off_latency_ms: {statistics.median(x[1] for x in off) * 1e3:.3f}")

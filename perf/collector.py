@@ -4,6 +4,7 @@ own, so the source tree, where no extension is built, is never imported.
 Also the load generators and readings they share: wrk, CPU seconds of a
 process, the plugin counters from /metrics. (Benches run as
 `python3 perf/bench_*.py`, so this directory is on sys.path.)"""
+import json
 import os
 import re
 import signal
@@ -14,6 +15,7 @@ import urllib.request
 
 # tests/support (servers, namespaces), never the source tree's dkebpf
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+from support.netns import sysctl  # noqa: E402
 from support.nginx import free_port  # noqa: E402
 
 START_TIMEOUT_S = 30
@@ -50,6 +52,42 @@ def prog_stats(pid):
         out[int(info["prog_id"])] = (int(info["run_cnt"]), int(info["run_time_ns"]),
                                      int(info.get("recursion_misses", 0)))
     return out
+
+
+def bpf_stats():
+    """kernel.bpf_stats_enabled=1 inside the block, the old value after:
+    the kernel then counts run_cnt/run_time_ns per program (which costs
+    two clock reads per run, so ratios are measured without it)."""
+    return sysctl("kernel/bpf_stats_enabled", "1")
+
+
+def prog_names(ids):
+    """prog_id -> "object:name" for the ids given, the object told by the
+    maps a program uses (bpftool)."""
+    def bpftool(*args):
+        return json.loads(subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True,
+                                         check=True).stdout)
+    maps = {m["id"]: m.get("name", "") for m in bpftool("map", "show")}
+    names = {}
+    for p in bpftool("prog", "show"):
+        if p["id"] in ids:
+            used = {maps.get(i, "") for i in p.get("map_ids", [])}
+            obj = "http" if used & {"http_conns", "calls"} else "tls" if any("tls" in u for u in used) else "netflow"
+            names[p["id"]] = f"{obj}:{p.get('name', p['id'])}"
+    return names
+
+
+def prog_cost(before, after, requests):
+    """[(object:name, runs per request, ns per run, ns per request)] of the
+    programs that ran between two prog_stats() readings, costliest first."""
+    names = prog_names(set(after))
+    rows = []
+    for pid_, (cnt, ns, _) in after.items():
+        c0, n0, _ = before.get(pid_, (0, 0, 0))
+        if cnt > c0:
+            rows.append((names.get(pid_, str(pid_)), (cnt - c0) / requests, (ns - n0) / (cnt - c0),
+                         (ns - n0) / requests))
+    return sorted(rows, key=lambda r: -r[3])
 
 
 def wrk(url, seconds, conns=32):

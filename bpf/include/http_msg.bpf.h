@@ -340,9 +340,29 @@ struct http_scan {
 	__u32 pos;   /* scan_header_end: where the next step looks */
 };
 
-/* Offset just past a CRLF CRLF: the end of a header block. The scan
- * moves 8 bytes at a time over words without LF (most of a header line),
- * one byte at a time through a word with one. */
+/* Index (0..7) of the lowest flagged byte of a haszero() mask (bits 7,
+ * 15, .. 63): three tests where BPF has no count-trailing-zeros. */
+static __always_inline __u32 lowest_flagged_byte(__u64 m)
+{
+	__u32 k = 0;
+	if (!(m & 0xffffffffULL)) {
+		k += 4;
+		m >>= 32;
+	}
+	if (!(m & 0xffffULL)) {
+		k += 2;
+		m >>= 16;
+	}
+	if (!(m & 0xffULL))
+		k += 1;
+	return k;
+}
+
+/* Offset just past a CRLF CRLF: the end of a header block. One step per
+ * 8-byte word without LF (most of a header line) and one per LF: the
+ * step jumps to the word's first LF (the lowest flagged byte of the
+ * zero-byte test is exact; the borrow only flags bytes above a zero one)
+ * and looks at the 3 bytes before it. */
 static long scan_header_end(__u32 i, struct http_scan *c)
 {
 	__u32 at = c->pos;
@@ -351,16 +371,20 @@ static long scan_header_end(__u32 i, struct http_scan *c)
 	/* buf has HTTP_HEAD_MAX bytes of slack past HTTP_SCAN_MAX */
 	const __u8 *p = buf_at(c->s, at);
 	__u64 x = *(const __u64 *)p ^ 0x0a0a0a0a0a0a0a0aULL; /* a zero byte where there is '\n' */
-	if (!((x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL)) {
+	__u64 m = (x - 0x0101010101010101ULL) & ~x & 0x8080808080808080ULL;
+	if (!m) {
 		c->pos = at + 8;
 		return 0;
 	}
-	c->pos = at + 1;
-	if (p[0] != '\n' || at < c->from + 3)
+	__u32 lf = at + lowest_flagged_byte(m);
+	if (lf >= c->cap) /* past the call's bytes: stale scratch memory */
+		return 1;
+	c->pos = lf + 1;
+	if (lf < c->from + 3)
 		return 0;
-	const __u8 *q = buf_at(c->s, at - 3);
+	const __u8 *q = buf_at(c->s, lf - 3);
 	if (q[0] == '\r' && q[1] == '\n' && q[2] == '\r') {
-		c->found = at + 1;
+		c->found = lf + 1;
 		return 1;
 	}
 	return 0;

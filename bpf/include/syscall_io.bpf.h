@@ -126,7 +126,9 @@ static __always_inline int syscall_io_get(struct syscall_io *io)
  * for socket calls the kernel makes inside another syscall of the task
  * (an NFS or iSCSI transfer in a read() of a file, a splice): then the
  * registers describe another buffer. One fd table walk, so a caller does
- * it only before it interprets the bytes (a message start), not per call.
+ * it only before it interprets the bytes (http.bpf.c: before a socket's
+ * first message; those kernel-made calls go to kernel sockets, which so
+ * never get an entry), not per call.
  * For sendfile/splice the fd is not the socket's in general: SYSIO_BYTES
  * callers count bytes only and need not ask. */
 static __always_inline int syscall_io_fd_is(const struct syscall_io *io, struct sock *sk_any)

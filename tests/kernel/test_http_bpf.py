@@ -110,13 +110,18 @@ def test_plain_tcp_sends_nothing(http_bpf):
         c["kernel_drop_payload_unreadable"] == 0
 
 
-KEEP_OPEN = """
-import socket, sys, time
+# the scripts below: a connected TCP pair on loopback, client c, server s
+PAIR = """
+import socket
 ls = socket.socket()
 ls.bind(("127.0.0.1", 0))
 ls.listen(1)
 c = socket.create_connection(ls.getsockname())
 s, _ = ls.accept()
+"""
+
+KEEP_OPEN = PAIR + """
+import sys, time
 c.sendall(b"GET /idle HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
 s.recv(100)
 s.sendall(b"HTTP/1.1 204 No Content\\r\\n\\r\\n")
@@ -174,12 +179,7 @@ class msghdr(ctypes.Structure):
 
 class mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", msghdr), ("len", ctypes.c_uint)]
-
-ls = socket.socket()
-ls.bind(("127.0.0.1", 0))
-ls.listen(1)
-c = socket.create_connection(ls.getsockname())
-s, _ = ls.accept()
+""" + PAIR + """
 req = ctypes.create_string_buffer(b"GET /mmsg HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
 iov = iovec(ctypes.cast(req, ctypes.c_void_p), len(req.raw) - 1)
 m = mmsghdr(msghdr(None, 0, ctypes.pointer(iov), 1, None, 0, 0), 0)
@@ -211,3 +211,60 @@ def test_sendmmsg_is_counted_not_covered_never_misread(http_bpf):
     assert len(ev) == 1  # the server's end only
     assert ev["direction"][0] == R.DIR_INCOMING and head(ev[0]).startswith(b"GET /mmsg HTTP/1.1")
     assert ev["status"][0] == 204
+
+
+NOT_HTTP_FIRST = PAIR + """
+import sys
+c.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")  # a Redis command: the stream is not HTTP
+s.recv(100)
+if sys.argv[1] == "wait":  # the test loads the program now
+    print("ready", flush=True)
+    sys.stdin.readline()
+    c.sendall(b"*1\\r\\n$4\\r\\nPING\\r\\n")
+    s.recv(100)
+c.sendall(b"GET /late HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n")
+s.recv(100)
+s.sendall(b"HTTP/1.1 204 No Content\\r\\n\\r\\n")
+c.recv(100)
+c.close()
+s.close()
+"""
+
+
+def test_stream_that_starts_otherwise_is_not_http_on_its_receiving_end(http_bpf):
+    """A connection whose first received bytes are not an HTTP message
+    start is marked at that first read and not looked at again on that
+    end: a later request on it is seen only by the end that sent it (whose
+    socket entered the connection map with that send)."""
+    from dkebpf import _records as R
+    bpf, ring = http_bpf
+    p = subprocess.Popen([sys.executable, "-c", NOT_HTTP_FIRST, "go"], stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    ev = records_of(ring, [p.pid], want=2, timeout=1.5)
+    assert len(ev) == 1
+    assert ev["direction"][0] == R.DIR_OUTGOING and head(ev[0]).startswith(b"GET /late HTTP/1.1")
+    assert ev["status"][0] == 204
+
+
+def test_stream_under_way_before_load_is_watched(bpf_ok):
+    """The mark needs the stream's first read: on a connection that moved
+    other bytes before the program was loaded, a later HTTP exchange is
+    reported by both ends."""
+    from dkebpf import _records as R
+    from dkebpf.bpf_objects import HTTP, BpfSkeleton
+    p = subprocess.Popen([sys.executable, "-c", NOT_HTTP_FIRST, "wait"], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        with BpfSkeleton(HTTP).start(knobs={"self_tgid": os.getpid(), "ipv6_disabled": 0}) as bpf:
+            p.stdin.write("\n")
+            p.stdin.flush()
+            assert p.wait(30) == 0
+            ev = records_of(bpf.rings.events, [p.pid], want=2, timeout=2)
+        assert sorted(ev["direction"].tolist()) == [R.DIR_OUTGOING, R.DIR_INCOMING]
+        assert all(head(e).startswith(b"GET /late HTTP/1.1") for e in ev)
+        assert set(ev["status"].tolist()) == {204}
+    finally:
+        if p.poll() is None:
+            p.kill()

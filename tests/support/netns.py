@@ -89,6 +89,21 @@ def call_in_netns(name, fn, *args):
 
 
 @contextlib.contextmanager
+def sysctl(name, value):
+    """/proc/sys/<name> set to value inside the block, its old value after."""
+    path = os.path.join("/proc/sys", name)
+    with open(path) as fh:
+        before = fh.read().strip()
+    with open(path, "w") as fh:
+        fh.write(value)
+    try:
+        yield
+    finally:
+        with open(path, "w") as fh:
+            fh.write(before)
+
+
+@contextlib.contextmanager
 def routed_through_host(a, b):
     """Namespaces a and b reach each other's subnets (IPv4) through the
     host: routes via the host side of each veth, net.ipv4.ip_forward on.
@@ -96,13 +111,5 @@ def routed_through_host(a, b):
     namespaces."""
     a.exec("ip", "route", "add", b.peer_ip.rsplit(".", 1)[0] + ".0/24", "via", a.host_ip)
     b.exec("ip", "route", "add", a.peer_ip.rsplit(".", 1)[0] + ".0/24", "via", b.host_ip)
-    path = "/proc/sys/net/ipv4/ip_forward"
-    with open(path) as fh:
-        before = fh.read().strip()
-    with open(path, "w") as fh:
-        fh.write("1")
-    try:
+    with sysctl("net/ipv4/ip_forward", "1"):
         yield
-    finally:
-        with open(path, "w") as fh:
-            fh.write(before)
