@@ -42,11 +42,9 @@ import subprocess
 import tempfile
 import time
 
-from collector import Collector, cpu_seconds, prog_stats, wrk as wrk_url
+from collector import Collector, build_bpf, cpu_seconds, prog_stats, wrk as wrk_url
 from support.tls_nginx import TlsNginx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 CONNS = int(os.environ.get("BENCH_CONNS", 32))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
@@ -74,13 +72,6 @@ def measured(url, worker, others=()):
     c0 = cpu()
     rps, lat, total = wrk(url)
     return {"rps": rps, "lat": lat, "total": total, "cpu_req": (cpu() - c0) / total}
-
-
-def build_floor(out_dir):
-    obj = os.path.join(out_dir, "tlsfloor.bpf.o")
-    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                           "-I", os.path.join(ROOT, "bpf"), "-c", os.path.join(HERE, "tlsfloor.bpf.c"), "-o", obj])
-    return obj
 
 
 class Floor:
@@ -170,7 +161,7 @@ def main():
     res = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            obj = build_floor(tmp)
+            obj = build_bpf("tlsfloor", tmp)
             srv = TlsNginx(tmp).start()
             try:
                 url = srv.url("/tls/ok")

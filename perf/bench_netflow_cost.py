@@ -38,15 +38,12 @@ Prints `name: value` lines.
 import os
 import resource
 import statistics
-import subprocess
 import tempfile
 
-from collector import Collector
+from collector import Collector, build_bpf
 from bench_httpflow_e2e import wrk
 from support.nginx import Nginx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")
@@ -63,14 +60,6 @@ def compare_spec():
         names = {p.name for p in obj.programs()}
     return ObjectSpec("netflow", knobs=("self_tgid",), maps=("conns",),
                       cgroup=tuple(n for n in NETFLOW.cgroup if n in names))
-
-
-def build_floor(out_dir):
-    obj = os.path.join(out_dir, "netflow_floor.bpf.o")
-    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                           "-I", os.path.join(ROOT, "bpf"), "-c", os.path.join(HERE, "netflow_floor.bpf.c"),
-                           "-o", obj])
-    return obj
 
 
 def family_of(pid):
@@ -152,7 +141,7 @@ def calls_part():
     kernel.ensure_mounts()
     slices, trips = int(os.environ.get("BENCH_SLICES", 60)), int(os.environ.get("BENCH_TRIPS", 2000))
     with tempfile.TemporaryDirectory() as tmp:
-        specs = {"floor": (ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), build_floor(tmp), None),
+        specs = {"floor": (ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), build_bpf("netflow_floor", tmp), None),
                  "bpf_new": (NETFLOW, None, {"self_tgid": 0})}
         if COMPARE_OBJ:
             specs["bpf_old"] = (compare_spec(), COMPARE_OBJ, {"self_tgid": 0})
@@ -217,7 +206,7 @@ def main():
     ratios = {m: {"rps": [], "lat": [], "cpu": []} for m in MODES[1:]}
     cpu = []
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
-        floor_obj = build_floor(tmp)
+        floor_obj = build_bpf("netflow_floor", tmp)
         server_pids = family_of(ngx.proc.pid)
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c32 -d{SECONDS}s, nginx 1 worker, loopback, {ROUNDS} rounds", flush=True)

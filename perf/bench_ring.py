@@ -9,25 +9,15 @@ consumer alone is timed. Needs root. Prints `name: value` lines.
 """
 import os
 import struct
-import subprocess
 import sys
 import tempfile
 import time
 
 import numpy as np
 
+from collector import build_bpf
 from timing import best_of
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-
-
-def build_producer(out_dir):
-    obj = os.path.join(out_dir, "ringbench.bpf.o")
-    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                           "-I", os.path.join(ROOT, "bpf"), "-c",
-                           os.path.join(HERE, "ringbench.bpf.c"), "-o", obj])
-    return obj
 
 
 
@@ -41,7 +31,7 @@ def main():
     ring = Ring("ring", _records.EVENT_DTYPE, buffer_bytes=n_target * _records.EVENT_DTYPE.itemsize)
     producer = ObjectSpec("ringbench", knobs=("target_tgid", "per_call"), rings=(ring,))
     with tempfile.TemporaryDirectory() as tmp:
-        bpf = BpfSkeleton(producer, path=build_producer(tmp)).start(
+        bpf = BpfSkeleton(producer, path=build_bpf("ringbench", tmp)).start(
             knobs={"target_tgid": os.getpid(), "per_call": 64})
         reader = bpf.rings.ring
         times = []

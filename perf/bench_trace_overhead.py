@@ -49,12 +49,10 @@ def spans_in(path):
 def main():
     if os.environ.get(MARK) != str(os.getpid()):
         # /proc/<pid>/environ shows the environment a process was started
-        # with (not os.environ's changes): start again with the variable.
-        # PYTHONPATH made absolute: the collectors run in a temporary
-        # directory, where a relative one (PYTHONPATH=.. from perf/) would
-        # silently give them the installed dkebpf, not this tree's
-        path = os.pathsep.join(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
-        env = {**os.environ, MARK: str(os.getpid()), **({"PYTHONPATH": path} if path else {})}
+        # with (not os.environ's changes): start again with the variable
+        # (perf/collector.py makes a relative PYTHONPATH absolute for the
+        # collectors it starts in the temporary directory)
+        env = {**os.environ, MARK: str(os.getpid())}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     off, on, lat_off, lat_on, cpu, per_req, lost, http = [], [], [], [], [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:

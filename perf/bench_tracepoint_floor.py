@@ -7,14 +7,11 @@ by number, and with empty programs on the hooks httpflow uses now. Rounds altern
     python3 perf/bench_tracepoint_floor.py    (BENCH_SECONDS=5, BENCH_ROUNDS=2)
 """
 import os
-import subprocess
 import tempfile
 
-from collector import wrk as wrk_url
+from collector import build_bpf, wrk as wrk_url
 from support.nginx import Nginx
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 2))
 CALLS = ("read", "write", "readv", "writev", "sendto", "recvfrom", "sendmsg", "recvmsg")  # EMPTY_PAIR()s
 # the programs each mode attaches (all are loaded)
@@ -27,13 +24,6 @@ def wrk(port):
     return wrk_url(f"http://127.0.0.1:{port}/ok", int(os.environ.get("BENCH_SECONDS", 5)))
 
 
-def build(out_dir):
-    obj = os.path.join(out_dir, "tpfloor.bpf.o")
-    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                           "-I", os.path.join(ROOT, "bpf"), "-c", os.path.join(HERE, "tpfloor.bpf.c"), "-o", obj])
-    return obj
-
-
 def attached(path, mode):
     from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec
     return BpfSkeleton(ObjectSpec("tpfloor", attach=MODES[mode]), path=path).start()
@@ -43,7 +33,7 @@ def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
-        path = build(tmp)
+        path = build_bpf("tpfloor", tmp)
         wrk(ngx.port)
         for r in range(ROUNDS):
             for mode in ("none", *MODES):

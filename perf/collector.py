@@ -100,6 +100,20 @@ def wrk(url, seconds, conns=32):
     return rps, float(lat) * {"us": 1e-6, "ms": 1e-3, "s": 1.0}[unit], total
 
 
+PERF_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def build_bpf(name, out_dir):
+    """Compile perf/<name>.bpf.c (a benchmark's own BPF program: a floor of
+    empty programs, a ring producer) as setup.py compiles the collector's,
+    with the project's bpf/ headers; returns the object's path."""
+    obj = os.path.join(out_dir, f"{name}.bpf.o")
+    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
+                           "-I", os.path.join(os.path.dirname(PERF_DIR), "bpf"), "-c",
+                           os.path.join(PERF_DIR, f"{name}.bpf.c"), "-o", obj])
+    return obj
+
+
 class Collector:
     """``with Collector(tmp, "name", ["--enabled", "ebpf-net"]) as c:`` runs
     `dkebpf run` with those flags, a 2 s interval, points to ``c.out``, log
@@ -122,7 +136,13 @@ class Collector:
         return open(self.log).read() if os.path.exists(self.log) else ""
 
     def __enter__(self):
-        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # PYTHONPATH made absolute: the collector runs in the temporary
+        # directory, where a relative one (PYTHONPATH=. from the tree) would
+        # silently give it the installed dkebpf instead of the tree's
+        path = os.pathsep.join(os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)
+        env = {**os.environ, **({"PYTHONPATH": path} if path else {})}
+        self.proc = subprocess.Popen(self.cmd, cwd=self.cwd, env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
         end = time.monotonic() + START_TIMEOUT_S
         while "dkebpf started" not in self.log_text():
             if self.proc.poll() is not None or time.monotonic() > end:
