@@ -33,7 +33,7 @@ import numpy as np
 cimport numpy as cnp
 
 from trace_go cimport *
-from trace cimport span_msg, TRACE_OP_RECV, TRACE_OP_SEND
+from trace cimport span_msg, span_root_id, TRACE_OP_RECV, TRACE_OP_SEND
 from dk_common cimport offset_of, mix64
 
 from dkebpf import _records, _trace
@@ -311,7 +311,7 @@ cdef class GoroutineLinker:
         cdef slot_t *s
         cdef slot_t *w
         cdef span_msg *m
-        cdef uint64_t g, pid, id_
+        cdef uint64_t g, pid
         cdef int64_t newprocs = 0, roundtrips = 0, entries = 0, exits = 0, linked = 0, via = 0, nogo = 0
         with nogil:
             while e < ne or r < nr:
@@ -355,8 +355,7 @@ cdef class GoroutineLinker:
                         m.user = s.val
                         linked += 1
                     else:  # works for no request known: a root of its own
-                        id_ = mix64(m.sk ^ mix64(m.ts_ns + 1)) & 0x7fffffffffffffffULL
-                        m.user = id_ if id_ else 1
+                        m.user = span_root_id(m)
                 L[r] = g
                 r += 1
         for k, v in (("newprocs", newprocs), ("roundtrips", roundtrips), ("entries", entries), ("exits", exits),

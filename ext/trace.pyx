@@ -34,7 +34,7 @@ import pyarrow as pa
 cimport numpy as cnp
 
 from trace cimport *
-from dk_common cimport offset_of, be32
+from dk_common cimport offset_of, be32, mix64
 from utf8 cimport utf8_replace_invalid
 from payloads cimport payload_view, view_payloads, payload_start
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
@@ -400,16 +400,6 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     return role, spans[:ns], carry, seen[:no], stats, until_arr
 
 
-cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
-    """splitmix64's finalizer: ids from record fields, well spread."""
-    x ^= x >> 30
-    x *= 0xbf58476d1ce4e5b9ULL
-    x ^= x >> 27
-    x *= 0x94d049bb133111ebULL
-    x ^= x >> 31
-    return x
-
-
 # entries open on one thread at once that link_threads keeps apart; past
 # it, the thread's exits get no parent until some close
 DEF OPEN_MAX = 64
@@ -417,11 +407,6 @@ DEF OPEN_MAX = 64
 
 cdef inline uint64_t _entry_id(const span_msg *m) noexcept nogil:
     cdef uint64_t id_ = mix64(m.sk ^ mix64(m.ts_ns) ^ (<uint64_t>m.tid << 32)) & 0x7fffffffffffffffULL
-    return id_ if id_ != 0 else 1
-
-
-cdef inline uint64_t _root_id(const span_msg *m) noexcept nogil:
-    cdef uint64_t id_ = mix64(m.sk ^ mix64(m.ts_ns + 1)) & 0x7fffffffffffffffULL
     return id_ if id_ != 0 else 1
 
 
@@ -495,7 +480,7 @@ def link_threads(msgs, role, until):
                 if nopen == 1 and overflow_until <= t:
                     m.user = open_id[0]
                 else:
-                    m.user = _root_id(m)
+                    m.user = span_root_id(m)
                     if nopen == 0 and overflow_until <= t:
                         orphan += 1
                     else:

@@ -36,7 +36,7 @@ cdef inline uint64_t conn_key_hash(const uint8_t *la, const uint8_t *ra, uint16_
 
 cdef inline uint64_t mix64(uint64_t x) noexcept nogil:
     """splitmix64's finalizer: well-spread ids and hash keys from record
-    fields (ext/goroutines.pyx; ext/trace.pyx has its own copy still)."""
+    fields (ext/trace.pyx, ext/goroutines.pyx)."""
     x ^= x >> 30
     x *= 0xbf58476d1ce4e5b9ULL
     x ^= x >> 27

@@ -48,3 +48,15 @@ cdef extern from "include/trace.h" nogil:
         char comm[16]
         char pcomm[16]
         unsigned char payload[TRACE_PAYLOAD_MAX]
+
+
+from libc.stdint cimport uint64_t
+from dk_common cimport mix64
+
+
+cdef inline uint64_t span_root_id(const span_msg *m) noexcept nogil:
+    """thread_trace_id of an outgoing request linked to no incoming one (a
+    root of its own), from its socket and time; never 0 (0 means unset).
+    ext/trace.pyx (threads) and ext/goroutines.pyx (goroutines) both give it."""
+    cdef uint64_t id_ = mix64(m.sk ^ mix64(m.ts_ns + 1)) & 0x7fffffffffffffffULL
+    return id_ if id_ != 0 else 1
