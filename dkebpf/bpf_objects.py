@@ -57,9 +57,10 @@ READER_BUFFER_BYTES = 4 << 20
 # one loop gets back to draining it. That wait is the longest step of the
 # loop: a plugin's step or flush (one httpflow step took up to 0.34 s of wall
 # time at load average 12 on the 2-core test VM) plus being scheduled back
-# in; with 3 MiB of headroom httpflow lost records at ~6 MB/s, with 7 MiB it
-# lost none (perf/bench_memory.py, README "Resources"). Whatever still does
-# not fit is counted by the BPF program (kernel_drop_*_ring_full).
+# in. httpflow at ~6 MB/s of records (perf/bench_memory.py, README
+# "Resources"): 3 MiB of headroom lost records within 60 s, 7 MiB none in
+# 60 s at load average 8-12 but 0.1-0.3 % over 5 minutes at 11-14. Whatever
+# still does not fit is counted by the BPF program (kernel_drop_*_ring_full).
 DRAIN_STALL_S = 0.5
 RING_MARGIN = 2
 RINGBUF_RECORD_HEADER = 8   # the kernel's per-record header; records are 8-byte aligned
@@ -139,10 +140,11 @@ NETFLOW = ObjectSpec(
 
 # httpflow and httpflow-tls: one record per finished exchange, 120 bytes +
 # the request's first bytes (wrk's GET: 40); the highest rate this 2-core
-# machine makes is ~20k requests/s under nginx + wrk, each seen at both ends
+# machine made is 26.4k requests/s under nginx + wrk, each seen at both ends.
 HTTP_RECORD_BYTES = _records.HTTP_EXCHANGE_MIN + 40
-HTTP_RECORDS_PER_S = 40_000
-# 8 MiB (was 16): bpf/http.bpf.c wakes the reader once 1 MiB waits (EVENTS_WAKE_BYTES)
+HTTP_RECORDS_PER_S = 55_000
+# 16 MiB: bpf/http.bpf.c wakes the reader once 1 MiB waits (EVENTS_WAKE_BYTES).
+# At 8 MiB the 5-minute runs at load average 11-14 lost 0.14-0.3 % of records.
 HTTP_RING_BYTES = ring_bytes(HTTP_RECORD_BYTES, HTTP_RECORDS_PER_S, wake=lambda size: 1 << 20)
 HTTP = ObjectSpec(
     "http", knobs=("ipv6_disabled", "self_tgid", "settle_ns"), maps=("http_conns",),
@@ -156,9 +158,9 @@ BASH = ObjectSpec(
     rings=(Ring("lines", _records.BASH_LINE_DTYPE),),
     drops="drops", drop_names=MappingProxyType(_records.BASH_DROP_NAMES))
 
-# 4 MiB (was 16): HTTPS reaches half of httpflow's rate here (~10k requests/s);
-# tls_probes.py wakes the reader once a 32nd of the ring waits
-TLS_RING_BYTES = ring_bytes(HTTP_RECORD_BYTES, HTTP_RECORDS_PER_S // 2, wake=lambda size: size // 32)
+# 4 MiB (was 16): HTTPS through OpenSSL reaches ~10k requests/s here (20k
+# records/s); tls_probes.py wakes the reader once a 32nd of the ring waits
+TLS_RING_BYTES = ring_bytes(HTTP_RECORD_BYTES, 20_000, wake=lambda size: size // 32)
 TLS = ObjectSpec(
     "tls", knobs=("ipv6_disabled", "self_tgid", "wakeup_bytes", "settle_ns"),
     attach=("tls_sock_send", "tls_sock_recv", "tls_sock_destroy"),
