@@ -49,28 +49,27 @@ INTERVALS = os.environ.get("BENCH_INTERVALS", "10s,60s").split(",")
 MB = 1 << 20
 
 
+def parse_status(text):
+    """VmRSS, VmHWM, RssAnon, RssFile in bytes from the text of /proc/<pid>/status."""
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
 def status(pid):
     """VmRSS, VmHWM, RssAnon, RssFile of a process in bytes."""
-    out = {}
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
+        return parse_status(f.read())
 
 
 def baseline():
     """status() of a process that only imports numpy and pyarrow, read
     while it is alive: the floor under the collector's VmRSS."""
-    code = ("import numpy, pyarrow, sys; sys.stdout.write(open('/proc/self/status').read())")
-    text = subprocess.check_output([sys.executable, "-c", code], text=True)
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "RssAnon", "RssFile"):
-            out[key] = int(rest.split()[0]) * 1024
-    return out
+    code = "import numpy, pyarrow, sys; sys.stdout.write(open('/proc/self/status').read())"
+    return parse_status(subprocess.check_output([sys.executable, "-c", code], text=True))
 
 
 def breakdown(port):
