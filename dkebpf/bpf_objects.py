@@ -50,6 +50,37 @@ def bpf_object_path(name):
 READER_BUFFER_BYTES = 4 << 20
 
 
+# Kernel ring sizes: a fixed budget per ring, never the event rate times the
+# interval. A ring must hold what arrives from the moment its reader is due
+# to be woken (wake_bytes waiting, plus up to a sixteenth of that per CPU
+# that has not asked the ring yet: include/ring_wake.bpf.h) until the agent's
+# one loop gets back to draining it. That wait is the longest step of the
+# loop: a plugin's step or flush (one httpflow step took up to 0.34 s of wall
+# time at load average 12 on the 2-core test VM) plus being scheduled back
+# in. httpflow at ~6 MB/s of records (perf/bench_memory.py, README
+# "Resources"): 3 MiB of headroom lost records within 60 s, 7 MiB none in
+# 60 s at load average 8-12 but 0.1-0.3 % over 5 minutes at 11-14. Whatever
+# still does not fit is counted by the BPF program (kernel_drop_*_ring_full).
+DRAIN_STALL_S = 0.5
+RING_MARGIN = 2
+RINGBUF_RECORD_HEADER = 8   # the kernel's per-record header; records are 8-byte aligned
+PAGE_BYTES = 4096
+
+
+def ring_bytes(record_bytes, records_per_s, wake, ncpus=None, stall_s=DRAIN_STALL_S, margin=RING_MARGIN):
+    """The smallest ring (a power of two of pages, the kernel's rule) that
+    holds, beyond the point where its reader is woken, ``margin`` times
+    what ``records_per_s`` records of ``record_bytes`` bring in
+    ``stall_s``. ``wake(size)``: the bytes waiting when the BPF program
+    wakes the reader of a ring of that size."""
+    ncpus = ncpus or os.cpu_count() or 1
+    burst = margin * records_per_s * stall_s * (-(-(record_bytes + RINGBUF_RECORD_HEADER) // 8) * 8)
+    size = PAGE_BYTES
+    while size < wake(size) * (1 + ncpus / 16) + burst:
+        size *= 2
+    return size
+
+
 @dataclass(frozen=True)
 class Ring:
     """A BPF_MAP_TYPE_RINGBUF map read by a RingReader."""
@@ -98,16 +129,23 @@ class ObjectSpec:
         return tuple(self.maps) + tuple(r.map for r in self.rings) + ((self.drops,) if self.drops else ())
 
 
+# closed connections' last counters: 120-byte records at up to 20k closes/s
+# (a busy proxy); bpf/netflow.bpf.c wakes the reader once 256 KiB wait: 4 MiB
+NETFLOW_CLOSED_RING_BYTES = ring_bytes(_records.EVENT_DTYPE.itemsize, 20_000, wake=lambda size: 1 << 18)
 NETFLOW = ObjectSpec(
     "netflow", knobs=("ipv6_disabled", "self_tgid"), maps=("conns", "bound_ports"),
     cgroup=("peer_sendmsg4", "peer_sendmsg6", "peer_recvmsg4", "peer_recvmsg6"),
-    rings=(Ring("closed", _records.EVENT_DTYPE),),
+    rings=(Ring("closed", _records.EVENT_DTYPE, max_bytes=NETFLOW_CLOSED_RING_BYTES),),
     drops="drops", drop_names=MappingProxyType(_records.DROP_NAMES))
 
-# 16 MiB: one record per finished exchange (~150 bytes + the request's
-# first bytes), ~80k records, about 0.4 s of 100k requests/s seen at both
-# ends; the reader is woken every 1 MiB (EVENTS_WAKE_BYTES in bpf/http.bpf.c)
-HTTP_RING_BYTES = 1 << 24
+# httpflow and httpflow-tls: one record per finished exchange, 120 bytes +
+# the request's first bytes (wrk's GET: 40); the highest rate this 2-core
+# machine made is 26.4k requests/s under nginx + wrk, each seen at both ends.
+HTTP_RECORD_BYTES = _records.HTTP_EXCHANGE_MIN + 40
+HTTP_RECORDS_PER_S = 55_000
+# 16 MiB: bpf/http.bpf.c wakes the reader once 1 MiB waits (EVENTS_WAKE_BYTES).
+# At 8 MiB the 5-minute runs at load average 11-14 lost 0.14-0.3 % of records.
+HTTP_RING_BYTES = ring_bytes(HTTP_RECORD_BYTES, HTTP_RECORDS_PER_S, wake=lambda size: 1 << 20)
 HTTP = ObjectSpec(
     "http", knobs=("ipv6_disabled", "self_tgid", "settle_ns"), maps=("http_conns",),
     rings=(Ring("events", _records.HTTP_EXCHANGE_DTYPE, min_size=_records.HTTP_EXCHANGE_MIN,
@@ -120,8 +158,9 @@ BASH = ObjectSpec(
     rings=(Ring("lines", _records.BASH_LINE_DTYPE),),
     drops="drops", drop_names=MappingProxyType(_records.BASH_DROP_NAMES))
 
-# 16 MiB, as httpflow's: one record per finished exchange
-TLS_RING_BYTES = 1 << 24
+# 4 MiB (was 16): HTTPS through OpenSSL reaches ~10k requests/s here (20k
+# records/s); tls_probes.py wakes the reader once a 32nd of the ring waits
+TLS_RING_BYTES = ring_bytes(HTTP_RECORD_BYTES, 20_000, wake=lambda size: size // 32)
 TLS = ObjectSpec(
     "tls", knobs=("ipv6_disabled", "self_tgid", "wakeup_bytes", "settle_ns"),
     attach=("tls_sock_send", "tls_sock_recv", "tls_sock_destroy"),

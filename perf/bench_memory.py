@@ -12,6 +12,12 @@ sampling. "Flat" is anonymous memory at the end minus at the first fifth
 of the load (minute 1 of a 5-minute run): no growth means no
 accumulation.
 
+The libraries' resident pages depend on the page cache (how large the
+folios of libarrow's file are: the same build reads 50 or 80 MiB for
+`import numpy, pyarrow`), so each run first measures that baseline, a
+process that only imports numpy and pyarrow, and prints the collector's
+idle VmRSS over it too: what is the collector's own.
+
     python3 perf/bench_memory.py                 (BENCH_SECONDS=300: the 5-minute runs)
     BENCH_SECONDS=30 BENCH_GROUPS=net BENCH_INTERVALS=10s python3 perf/bench_memory.py
 
@@ -19,6 +25,8 @@ Prints `name: value` lines (MB = 2^20 bytes).
 """
 import os
 import re
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -41,15 +49,27 @@ INTERVALS = os.environ.get("BENCH_INTERVALS", "10s,60s").split(",")
 MB = 1 << 20
 
 
+def parse_status(text):
+    """VmRSS, VmHWM, RssAnon, RssFile in bytes from the text of /proc/<pid>/status."""
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
 def status(pid):
     """VmRSS, VmHWM, RssAnon, RssFile of a process in bytes."""
-    out = {}
     with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
+        return parse_status(f.read())
+
+
+def baseline():
+    """status() of a process that only imports numpy and pyarrow, read
+    while it is alive: the floor under the collector's VmRSS."""
+    code = "import numpy, pyarrow, sys; sys.stdout.write(open('/proc/self/status').read())"
+    return parse_status(subprocess.check_output([sys.executable, "-c", code], text=True))
 
 
 def breakdown(port):
@@ -61,7 +81,7 @@ def breakdown(port):
     return out
 
 
-def run(tmp, group, interval, url):
+def run(tmp, group, interval, url, base):
     name = f"{group}_{interval}"
     with Collector(tmp, name, GROUPS[group], interval=interval) as c:
         time.sleep(IDLE_S)
@@ -84,6 +104,7 @@ def run(tmp, group, interval, url):
     print(f"{name}_idle_rss_mb: {idle['VmRSS'] / MB:.1f}")
     print(f"{name}_idle_anon_mb: {idle['RssAnon'] / MB:.1f}")
     print(f"{name}_idle_file_mb: {idle['RssFile'] / MB:.1f}")
+    print(f"{name}_idle_rss_over_baseline_mb: {(idle['VmRSS'] - base['VmRSS']) / MB:.1f}")
     print(f"{name}_load_requests_per_s: {result.get('rps', 0):.0f}")
     print(f"{name}_load_cpu_cores: {cpu / SECONDS:.3f}")
     print(f"{name}_load_rss_max_mb: {max(s['VmRSS'] for _, s in samples) / MB:.1f}")
@@ -99,6 +120,10 @@ def run(tmp, group, interval, url):
 
 def main():
     print(f"load: wrk -t2 -c{CONNS} for {SECONDS}s, nginx 1 worker, loopback; idle read after {IDLE_S}s")
+    base = baseline()
+    print(f"baseline_numpy_pyarrow_rss_mb: {base['VmRSS'] / MB:.1f}")
+    print(f"baseline_numpy_pyarrow_anon_mb: {base['RssAnon'] / MB:.1f}")
+    print(f"loadavg: {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
         tls = TlsNginx(os.path.join(tmp, "tls"))
         os.makedirs(tls.tmp)
@@ -109,7 +134,8 @@ def main():
                 for group in SELECTED:
                     url = tls.url("/tls/ok") if group == "net_tls" else f"http://127.0.0.1:{ngx.port}/ok"
                     for interval in INTERVALS:
-                        run(tmp, group, interval, url)
+                        run(tmp, group, interval, url, base)
+                        print(f"loadavg: {os.getloadavg()[0]:.1f}")
             finally:
                 tls.stop()
 

@@ -25,6 +25,7 @@ from ..enrich.dns_cache import DnsCache
 from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..enrich.local_addrs import address_keys, local_address_keys
 from ..errors import BuildError
+from ..groupby import group_by
 from ..packetfilter import port_filter
 from .base import Plugin, PointBatch
 
@@ -208,14 +209,14 @@ def partial(pairs, ephemeral_port, local):
         "rcode": pa.array(pairs["rcode"].astype(np.int64)),
         "latency": pa.array(pairs["latency_ns"].astype(np.int64)),
     }
-    agg = pa.table(cols).group_by(GROUP_KEYS, use_threads=False).aggregate([
+    agg = group_by(pa.table(cols), GROUP_KEYS, [
         ("latency", "count"), ("latency", "sum"), ("latency", "max")])
     return agg.rename_columns(GROUP_KEYS + PARTIAL_SUMS)
 
 
 def combine(parts):
     """Per-point sums of several steps -> one row per point."""
-    g = pa.concat_tables(parts).group_by(GROUP_KEYS, use_threads=False).aggregate([
+    g = group_by(pa.concat_tables(parts), GROUP_KEYS, [
         ("count", "sum"), ("latency_sum", "sum"), ("latency_max", "max")])
     return g.rename_columns(GROUP_KEYS + PARTIAL_SUMS)
 

@@ -11,7 +11,7 @@ User space (no Python per record): the readers copy records into numpy in
 batches; HttpPipeline.collect parses the request lines in Cython
 (dkebpf._http.exchange_columns) and makes one arrow table of them;
 HttpflowPlugin.partial sums them per connection and request key (pyarrow
-group_by), during the interval whenever the readers hold STEP_RECORDS.
+group_by()), during the interval whenever the readers hold STEP_RECORDS.
 Each interval the plugin first triggers the kernel's idle flush (a send of
 HTTP_FLUSH_BYTES on its own AF_UNIX socket pair): exchanges whose response
 has been quiet for SETTLE_S are reported from the kernel then, not only at
@@ -29,6 +29,7 @@ from ..bpf_objects import HTTP, READER_BUFFER_BYTES, BpfSkeleton
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
+from ..groupby import group_by
 from .base import Plugin, PointBatch
 
 try:
@@ -135,7 +136,7 @@ def merge_partials(partials):
     per raw key."""
     g = pa.concat_tables(partials)
     if len(partials) > 1:
-        g = g.group_by(RAW_KEYS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+        g = group_by(g, RAW_KEYS, [(k, "sum") for k in PARTIAL_SUMS])
         g = g.rename_columns(RAW_KEYS + PARTIAL_SUMS)
     return g
 
@@ -286,7 +287,7 @@ def aggregate_requests(g, ephemeral_port, resolver, domains, nat, k8s):
     for k in REQUEST_KEYS + PARTIAL_SUMS:
         cols[k] = g.column(k)
     keys = CONNECTION_TAGS + REQUEST_KEYS
-    agg = pa.table(cols).group_by(keys, use_threads=False).aggregate([
+    agg = group_by(pa.table(cols), keys, [
         ("latency_count", "sum"), ("latency_sum", "sum"), ("bytes_read_sum", "sum"),
         ("bytes_written_sum", "sum")])
     out = {k: agg.column(k) for k in keys}

@@ -18,6 +18,7 @@ from ..bpf_objects import NETFLOW, BpfSkeleton
 from ..enrich.conntags import CONNECTION_TAGS, IP_TYPE_TAGS, add_ip_types, connection_tags
 from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..errors import BuildError
+from ..groupby import group_by
 from .base import Plugin, PointBatch
 
 try:
@@ -227,7 +228,7 @@ def netflow_partial(rb, ephemeral_port, resolver, domains, nat):
         "tcp_closed": pc.if_else(is_tcp, rb.column("closed"), pa.scalar(0, pa.uint8())),
         "tcp_established": pc.if_else(is_tcp, rb.column("established"), pa.scalar(0, pa.uint8())),
     })
-    agg = pa.table(cols).group_by(CONNECTION_TAGS, use_threads=False).aggregate([
+    agg = group_by(pa.table(cols), CONNECTION_TAGS, [
         ("bytes_read", "sum"), ("bytes_written", "sum"), ("retransmits", "sum"),
         ("tcp_closed", "sum"), ("tcp_established", "sum"),
         ("rtt", "sum"), ("rtt", "count"), ("rtt_var", "sum"),
@@ -239,7 +240,7 @@ def netflow_finish(partials, k8s):
     """An interval's partial sums (netflow_partial) -> one point per netflow key."""
     g = pa.concat_tables(partials)
     if len(partials) > 1:
-        g = g.group_by(CONNECTION_TAGS, use_threads=False).aggregate([(k, "sum") for k in PARTIAL_SUMS])
+        g = group_by(g, CONNECTION_TAGS, [(k, "sum") for k in PARTIAL_SUMS])
         g = g.rename_columns(CONNECTION_TAGS + PARTIAL_SUMS)
     out = {k: g.column(k) for k in CONNECTION_TAGS}
     for f in ("bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established"):

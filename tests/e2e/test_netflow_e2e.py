@@ -256,15 +256,15 @@ def test_metrics_endpoint_scrapes_as_prometheus_text(collector, receiver):
     merged = fams["dkebpf_plugin_connections_merged"].samples[0]
     assert merged.labels == {"plugin": "ebpf-net/netflow"} and merged.value > 0
     assert "dkebpf_plugin_kernel_drop_conns_map_full" in fams
-    # what holds the memory: the kernel rings (netflow's 4 MiB closed ring,
-    # httpflow's 16 MiB events ring, each mapped once) and the readers'
-    # buffers, within their fixed budget
-    from dkebpf.bpf_objects import READER_BUFFER_BYTES
+    # what holds the memory: the kernel rings (netflow's closed ring,
+    # httpflow's events ring, each mapped once; sized in bpf_objects.py) and
+    # the readers' buffers, within their fixed budget
+    from dkebpf.bpf_objects import HTTP_RING_BYTES, NETFLOW_CLOSED_RING_BYTES, READER_BUFFER_BYTES
     held = {s.labels["holder"]: s.value for s in fams["dkebpf_memory_bytes"].samples}
-    rings = (4 << 20) + (16 << 20)
+    rings = NETFLOW_CLOSED_RING_BYTES + HTTP_RING_BYTES
     assert rings <= held["bpf_ring_buffers"] < 2 * rings, held
     assert held["anonymous"] > 1 << 20 and held["lib_pyarrow"] > 1 << 20, held
-    assert held["bpf_kernel"] >= (4 << 20) + (16 << 20), held  # the rings, once, plus the maps
+    assert held["bpf_kernel"] >= rings, held  # the rings, once, plus the maps
     buffers = {(s.labels["plugin"], s.labels["holder"]): s.value for s in fams["dkebpf_plugin_memory_bytes"].samples}
     assert 0 < buffers[("ebpf-net/netflow", "ring_closed_buffer")] <= READER_BUFFER_BYTES, buffers
     assert 0 < buffers[("ebpf-net/httpflow", "ring_events_buffer")] <= READER_BUFFER_BYTES, buffers

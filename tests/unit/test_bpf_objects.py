@@ -71,3 +71,26 @@ def test_tls_probe_tables_name_declared_programs():
     tables = tls_probes.REQUIRED_FUNCS + tls_probes.OPTIONAL_FUNCS + tls_probes.HANDSHAKE_FUNCS
     used = {prog for _, prog in tables} | {tls_probes.RETURN_PROG}
     assert used <= set(OBJECTS["tls"].programs)
+
+
+def test_ring_budgets_hold_the_wakeup_point_plus_the_stall_at_the_rate():
+    from dkebpf.bpf_objects import DRAIN_STALL_S, PAGE_BYTES, RING_MARGIN, ring_bytes
+
+    one_mib = lambda size: 1 << 20  # noqa: E731
+    for ncpus in (1, 2, 8, 64):
+        for rate in (0, 1000, 40_000, 400_000):
+            size = ring_bytes(160, rate, one_mib, ncpus=ncpus)
+            need = (1 << 20) * (1 + ncpus / 16) + RING_MARGIN * rate * DRAIN_STALL_S * 168
+            assert size & (size - 1) == 0 and size % PAGE_BYTES == 0  # the kernel's rule
+            assert need <= size < 2 * need  # the smallest that holds it
+    # a reader woken at a fraction of the ring (httpflow-tls) still gets the stall's room
+    size = ring_bytes(160, 20_000, lambda s: s // 32, ncpus=2)
+    assert size - size // 32 * (1 + 2 / 16) >= RING_MARGIN * 20_000 * DRAIN_STALL_S * 168
+
+
+def test_every_ring_is_sized_by_a_budget_not_by_its_declaration():
+    # the sizes user space sets before load (Ring.max_bytes); bash's 1 MiB
+    # ring and ebpf-trace's keep the .bpf.c's declaration
+    sized = {(name, r.map): r.max_bytes for name, spec in OBJECTS.items() for r in spec.rings if r.max_bytes}
+    assert set(sized) == {("netflow", "closed"), ("http", "events"), ("tls", "events")}
+    assert all(b & (b - 1) == 0 and b <= 16 << 20 for b in sized.values())

@@ -1,15 +1,23 @@
 """What `dkebpf run` imports costs resident memory (README "Resources"):
 modules a run without Kubernetes tags, an HTTP output or the debug server
 does not use stay unimported. Each costs MiBs: requests + urllib3 ~14,
-http.client/ssl (OpenSSL's libcrypto) ~6, http.server ~7."""
+http.client/ssl (OpenSSL's libcrypto) ~6, http.server ~7, pyarrow.dataset
+(pulled in by Table.group_by through pyarrow.acero: the S3/GCS/Azure
+filesystems, parquet, csv, ssl) ~17."""
 import subprocess
 import sys
 
+import pyarrow as pa
+import pytest
+
 HEAVY = ("requests", "urllib3", "charset_normalizer", "ssl", "http", "email", "hashlib")
+HEAVY_ARROW = ("pyarrow.acero", "pyarrow.dataset", "pyarrow.fs", "pyarrow._s3fs", "pyarrow.parquet",
+               "pyarrow._parquet", "pyarrow._csv")
 
 
-def imported_after(code):
-    probe = f"{code}; import sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r})))"
+def imported_after(code, names=HEAVY):
+    probe = (f"{code}; import sys; print(sorted({{m.split('.')[0] for m in sys.modules}} & set({names!r}) "
+             f"| set(sys.modules) & set({names!r})))")
     return subprocess.check_output([sys.executable, "-c", probe], text=True).strip()
 
 
@@ -23,3 +31,36 @@ def test_a_run_imports_none_of_the_heavy_modules_it_does_not_use():
 def test_the_http_output_imports_http_client_only_when_it_sends():
     code = "from dkebpf.output.sink import open_sink; s = open_sink(None, '127.0.0.1:9'); s.close(0.1)"
     assert imported_after(code) == "[]"
+
+
+def test_kubernetes_tags_without_a_token_import_no_api_client(tmp_path):
+    # the default configuration outside a pod: no token file, so no
+    # requests/urllib3/ssl for an API that will never be called
+    code = ("import logging; from types import SimpleNamespace as N; "
+            "from dkebpf.enrich.k8s import K8sEnrichment; "
+            f"cfg = N(bearer_token={str(tmp_path / 'no-token')!r}, bearer_token_string=''); "
+            "assert K8sEnrichment.from_config(cfg, logging.getLogger('t')) is None")
+    assert imported_after(code) == "[]"
+
+
+def test_the_plugins_aggregations_import_no_dataset_or_filesystem_module():
+    # the plugins' own merges of two steps' partial sums (two equal rows -> one)
+    code = ("import pyarrow as pa; from dkebpf.plugins import httpflow as h, dnsflow as d; "
+            "row = lambda names: pa.table({n: [1] for n in names}); "
+            "assert h.merge_partials([row(h.RAW_KEYS + h.PARTIAL_SUMS)] * 2).num_rows == 1; "
+            "assert d.combine([row(d.GROUP_KEYS + ['count', 'latency_sum', 'latency_max'])] * 2).num_rows == 1")
+    assert imported_after(code, HEAVY_ARROW) == "[]"
+
+
+@pytest.mark.parametrize("keys", [["k"], ["k", "j"], []])
+def test_group_by_gives_what_table_group_by_gives(keys):
+    t = pa.table({"k": ["a", "b", "a", None, "b"], "j": [1, 1, 2, 2, 1],
+                  "v": pa.array([1, 2, 3, None, 5], pa.uint64()), "w": [0.5, 1.0, 2.0, 4.0, 8.0]})
+    aggs = [("v", "sum"), ("v", "count"), ("w", "max"), ("w", "sum")]
+    from dkebpf.groupby import group_by
+
+    got = group_by(t, keys, aggs)
+    want = t.group_by(keys, use_threads=False).aggregate(aggs)
+    assert got.column_names == want.column_names
+    order = [(k, "ascending") for k in keys]
+    assert got.sort_by(order).equals(want.sort_by(order)) if keys else got.equals(want)

@@ -77,12 +77,13 @@ class K8sEnrichment:
     def from_config(cls, cfg, logger):
         """The enrichment the configuration asks for, or None, having said
         why there will be no Kubernetes tags."""
-        from .api import ApiError, KubeApi, Token  # requests + urllib3, ~8 MiB: only when watched
         token_path = cfg.bearer_token
         if not cfg.bearer_token_string and not (token_path and os.path.exists(token_path)):
             logger.info("kubernetes: no pod, service or workload tags: no token (bearer_token %s does not "
                         "exist and bearer_token_string is empty; not running in a pod?)", token_path or "-")
             return None
+        # requests + urllib3 + ssl, ~14 MiB: only when there is a cluster to watch
+        from .api import ApiError, KubeApi, Token
         try:
             api = KubeApi(cfg.kubernetes_url, Token(token_path, cfg.bearer_token_string),
                           ca_path=cfg.kubernetes_ca, verify=not cfg.kubernetes_insecure_skip_verify)

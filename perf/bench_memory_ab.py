@@ -1,0 +1,56 @@
+"""Idle memory of two builds of the collector, started alternately (A/B,
+same machine state): VmRSS, RssAnon, RssFile 16 s after start (`ebpf-net`,
+--interval 10s; 2 s of light HTTP at 5 s so that the first flush
+aggregates), and the numpy + pyarrow floor, per round and as medians.
+
+    BENCH_BEFORE=/path/to/old/site-packages BENCH_AFTER=. python3 perf/bench_memory_ab.py
+
+Each side runs `python -m dkebpf` with its directory first on PYTHONPATH
+(empty: the installed package). Needs root, nginx, wrk.
+"""
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench_memory import MB, baseline, status
+from support.nginx import Nginx
+
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
+SIDES = {"before": os.environ.get("BENCH_BEFORE", ""), "after": os.environ.get("BENCH_AFTER", "")}
+
+
+def idle(tmp, tag, pythonpath, url):
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(pythonpath) if pythonpath else "")
+    p = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--interval", "10s", "--output",
+                          os.path.join(tmp, f"{tag}.lp"), "--log", os.path.join(tmp, f"{tag}.log"),
+                          "--enabled", "ebpf-net"], cwd=tmp, env=env)
+    try:
+        time.sleep(5)
+        subprocess.run(["wrk", "-t1", "-c4", "-d2s", url], capture_output=True, check=True)
+        time.sleep(9)
+        return status(p.pid)
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+def main():
+    res = {"floor": [], "before": [], "after": []}
+    with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
+        url = f"http://127.0.0.1:{ngx.port}/ok"
+        for r in range(ROUNDS):
+            res["floor"].append(baseline())
+            for side, path in SIDES.items():
+                res[side].append(idle(tmp, f"{side}{r}", path, url))
+            print(f"round {r}: " + " ".join(f"{k}={v[-1]['VmRSS'] / MB:.1f}" for k, v in res.items())
+                  + f" loadavg={os.getloadavg()[0]:.1f}", flush=True)
+    for side, rows in res.items():
+        for key in ("VmRSS", "RssAnon", "RssFile"):
+            print(f"{side}_idle_{key}_mb: {statistics.median(x[key] for x in rows) / MB:.1f}")
+
+
+if __name__ == "__main__":
+    main()
