@@ -595,11 +595,13 @@ cdef class ConnTable:
 
     cdef void _emit_flow(self, conn_t *c, bint ending) noexcept nogil:
         """The connection's flow of the interval to the flow list (when it
-        counted something, established or ends), then zeroed."""
+        counted something, was established or closed), then zeroed. A
+        connection that ends silently (idle, or dropped by a filter verdict
+        after a Kubernetes change) with nothing new gives no empty flow."""
         cdef l4_chunk *grown
         cdef l4_chunk *f = &c.flow
         self._fold(c)
-        if f.tx_packets + f.rx_packets == 0 and not f.chunk_syn and not ending:
+        if f.tx_packets + f.rx_packets == 0 and not f.chunk_syn and not (ending and (c.rst or c.fin_dir == 3)):
             return
         if self.nfdone == self.fdone_cap:
             grown = <l4_chunk *>realloc(self.fdone, 2 * self.fdone_cap * sizeof(l4_chunk))

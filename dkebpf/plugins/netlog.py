@@ -263,9 +263,13 @@ class NetlogPlugin(Plugin):
 
     def __init__(self, ctx, chunk_age_ns=_netlog.CHUNK_AGE_NS):
         """chunk_age_ns: an open chunk is emitted once this old (the
-        original's 30 s; tests lower it)."""
+        original's 30 s; tests lower it). With Kubernetes tags, open chunks
+        go out every interval instead: pod names are resolved when a chunk
+        is emitted, and a chunk held 30 s across a pod change (an IP given
+        to a new pod) would carry the new pod's names for the old one's
+        packets."""
         self.ctx = ctx
-        self.chunk_age_ns = chunk_age_ns
+        self.chunk_age_ns = 0 if ctx.k8s is not None else chunk_age_ns
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.proc = self.cfg.host_proc
