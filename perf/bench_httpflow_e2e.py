@@ -34,8 +34,8 @@ import statistics
 import tempfile
 import time
 
-from bench_tracepoint_floor import attached, build
-from collector import Collector, bpf_stats, prog_cost, wrk as wrk_url
+from bench_tracepoint_floor import attached
+from collector import Collector, bpf_stats, build_bpf, prog_cost, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -125,7 +125,7 @@ def main():
     kernel.ensure_mounts()
     res = {}
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
-        floor_obj = build(tmp)
+        floor_obj = build_bpf("tpfloor", tmp)
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
         modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]

@@ -73,14 +73,15 @@ def round_time(cert, key):
 def main():
     from dkebpf import kernel
     from dkebpf.plugins.tls_probes import TlsProbes
-    from bench_httpflow_tls import Floor, build_floor
+    from bench_httpflow_tls import Floor
+    from collector import build_bpf
 
     kernel.ensure_mounts()
     with tempfile.TemporaryDirectory() as tmp:
         cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
         subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                         "/CN=localhost", "-keyout", key, "-out", cert], check=True, capture_output=True)
-        floor_obj = build_floor(tmp)
+        floor_obj = build_bpf("tlsfloor", tmp)
         cfg = SimpleNamespace(host_proc="/proc", host_root="", ipv6_disabled=False)
         best = {}
         calls = 0
