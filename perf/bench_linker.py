@@ -189,7 +189,7 @@ def main():
     def rounds(ts):
         return ", ".join(f"{n / t / 1e6:.2f}" for t in ts)
 
-    for name, label in (("current", ""), ("baseline", f"_baseline")):
+    for name, label in (("current", ""), ("baseline", "_baseline")):
         if name not in modules:
             continue
         at = f"join.py at {baseline_rev}; " if name == "baseline" else ""
@@ -197,7 +197,7 @@ def main():
               f"rounds {rounds(times[name])} M)")
         print(f"linker_join{label}_spans_per_cpu_s: {n / statistics.median(cpu[name]):.0f} (CPU time of the "
               f"joining thread; rounds {rounds(cpu[name])} M)")
-    for name, label in (("current", ""), ("baseline", f"_baseline")):
+    for name, label in (("current", ""), ("baseline", "_baseline")):
         if name in modules:
             print(f"linker_join{label}_long_history_spans_per_cpu_s: "
                   f"{short_window.num_rows / statistics.median(long_cpu[name]):.0f} (a window of {short_window.num_rows} spans, "
