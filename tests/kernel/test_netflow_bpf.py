@@ -300,11 +300,10 @@ def test_retransmits_counted_under_loss(netflow):
 
 
 def _snapshot(bpf, ring):
-    """(map entries, closed records) as they are now."""
-    from dkebpf import _records as R
+    """(map entries of both flow maps, closed records) as they are now."""
+    from dkebpf.plugins.netflow import flow_table
     ring.poll(200)
-    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
-    return (keys, vals.view(R.STATS_DTYPE)), ring.take()
+    return flow_table(bpf), ring.take()
 
 
 def _between(snap, lport, rport):
@@ -407,3 +406,190 @@ def test_knob_and_map_errors_are_clear(bpf_ok):
     with pytest.raises(KernelError, match="No such file") as missing:
         _libbpf.BpfObject("/nonexistent/x.bpf.o")
     assert missing.value.errno == errno.ENOENT
+
+
+# One process holding both ends of loopback TCP connections, moving bytes
+# when told on stdin (so a test can load the programs while a connection
+# is open, or make the client connect again):
+#   send N     the client sends N bytes, the server reads them all
+#   reply N    the server sends N bytes, the client reads them all
+#   reconnect  the client disconnects (connect(AF_UNSPEC), a reset to the
+#              server) and connects to the second listener, which accepts
+#   close      both ends close; the process exits
+# Each command answers a JSON line with the client's and server's ports.
+PAIR = r"""
+import ctypes, json, socket, sys
+libc = ctypes.CDLL(None, use_errno=True)
+host = sys.argv[1]
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+lst = [socket.create_server((host, 0), family=fam) for _ in range(2)]
+c = socket.socket(fam)
+c.connect(lst[0].getsockname()[:2])
+s, _ = lst[0].accept()
+def read(sock, n):
+    while n:
+        got = sock.recv(min(n, 65536))
+        assert got
+        n -= len(got)
+def ports():
+    return {"pid": __import__("os").getpid(), "lport": c.getsockname()[1],
+            "rport": c.getpeername()[1], "sport": s.getsockname()[1]}
+print(json.dumps(ports()), flush=True)
+for line in sys.stdin:
+    cmd, *arg = line.split()
+    if cmd == "send":
+        c.sendall(b"s" * int(arg[0]))
+        read(s, int(arg[0]))
+    elif cmd == "reply":
+        s.sendall(b"r" * int(arg[0]))
+        read(c, int(arg[0]))
+    elif cmd == "reconnect":
+        unspec = ctypes.create_string_buffer(28)  # sa_family 0: AF_UNSPEC
+        assert libc.connect(c.fileno(), unspec, 28) == 0, ctypes.get_errno()
+        c.connect(lst[1].getsockname()[:2])
+        s.close()
+        s, _ = lst[1].accept()
+    elif cmd == "close":
+        c.close()
+        s.close()
+        print(json.dumps({}), flush=True)
+        break
+    print(json.dumps(ports()), flush=True)
+"""
+
+
+class TcpPair:
+    def __init__(self, host):
+        import sys
+        self.p = subprocess.Popen([sys.executable, "-c", PAIR, host], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        self.info = json.loads(self.p.stdout.readline())
+        self.pid = self.info["pid"]
+
+    def do(self, cmd):
+        self.p.stdin.write(cmd + "\n")
+        self.p.stdin.flush()
+        line = self.p.stdout.readline()
+        assert line, f"tcp pair died on {cmd!r}"
+        self.info = json.loads(line) or self.info
+        return self.info
+
+    def close(self):
+        if self.p.poll() is None:
+            self.do("close")
+            self.p.wait(10)
+
+
+def tcp_entries(bpf, pid):
+    """{local port: (remote port, bytes_sent, bytes_recv, flags, direction)}
+    of pid's entries in tcp_flows, read as flow_table gives them."""
+    from dkebpf.plugins.netflow import flow_table
+    keys, stats = flow_table(bpf)
+    mine = (stats["pid"] == pid) & (stats["proto"] == 6)
+    return {int(s["lport"]): (int(k["rport"]), int(s["bytes_sent"]), int(s["bytes_recv"]),
+                              int(s["flags"]), int(s["direction"]))
+            for k, s in zip(keys[mine], stats[mine])}
+
+
+def closed_by_port(ring, pid):
+    ring.poll(200)
+    ev = ring.take()
+    ev = ev[ev["stats"]["pid"] == pid]
+    return {int(e["stats"]["lport"]): (int(e["key"]["rport"]), int(e["stats"]["bytes_sent"]),
+                                       int(e["stats"]["bytes_recv"]), int(e["stats"]["flags"]))
+            for e in ev}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_live_tcp_flows_are_one_entry_per_socket_with_exact_counts(netflow, host):
+    """While both ends are open, tcp_flows holds one entry per socket,
+    keyed by its cookie, with the peer written at the handshake and the
+    bytes that moved, exactly; closing moves each to the ring once."""
+    from dkebpf import _records as R
+    bpf, ring = netflow
+    pair = TcpPair(host)
+    try:
+        for _ in range(3):
+            pair.do("send 12345")
+            pair.do("reply 4321")
+        i = pair.info
+        _, tcp = bpf.maps.tcp_flows.dump(np.uint64, R.EVENT_DTYPE)
+        cookies = tcp["key"]["sk"][tcp["stats"]["pid"] == pair.pid]
+        assert len(cookies) == 2 and len(set(cookies.tolist())) == 2
+        live = tcp_entries(bpf, pair.pid)
+        est = R.F_ESTABLISHED
+        assert live == {i["lport"]: (i["rport"], 3 * 12345, 3 * 4321, est, R.DIR_OUTGOING),
+                        i["sport"]: (i["lport"], 3 * 4321, 3 * 12345, est, R.DIR_INCOMING)}
+        pair.do("send 100")
+        assert tcp_entries(bpf, pair.pid)[i["lport"]][1] == 3 * 12345 + 100
+    finally:
+        pair.close()
+    closed = R.F_ESTABLISHED | R.F_CLOSED
+    assert closed_by_port(ring, pair.pid) == {i["lport"]: (i["rport"], 3 * 12345 + 100, 3 * 4321, closed),
+                                              i["sport"]: (i["lport"], 3 * 4321, 3 * 12345 + 100, closed)}
+    assert tcp_entries(bpf, pair.pid) == {}
+
+
+def test_connection_open_before_load_counts_from_its_first_call(bpf_ok):
+    """A connection that was open before the programs loaded: its first
+    socket call makes its entry (peer and local end read then), which
+    counts what moved from then on, exactly, and its close is reported."""
+    from dkebpf import _records as R
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton
+    pair = TcpPair("127.0.0.1")
+    try:
+        pair.do("send 5000")
+        pair.do("reply 700")  # before load: not counted
+        i = pair.info
+        with BpfSkeleton(NETFLOW).start(knobs={"self_tgid": os.getpid()}) as bpf:
+            assert tcp_entries(bpf, pair.pid) == {}
+            pair.do("send 333")
+            pair.do("reply 4444")
+            live = tcp_entries(bpf, pair.pid)
+            # the handshake was not seen: not established while watched
+            assert {p: v[:4] for p, v in live.items()} == {i["lport"]: (i["rport"], 333, 4444, 0),
+                                                           i["sport"]: (i["lport"], 4444, 333, 0)}
+            assert live[i["lport"]][4] == R.DIR_OUTGOING
+            pair.close()
+            closed = closed_by_port(bpf.rings.closed, pair.pid)
+            assert closed == {i["lport"]: (i["rport"], 333, 4444, R.F_CLOSED),
+                              i["sport"]: (i["lport"], 4444, 333, R.F_CLOSED)}
+    finally:
+        pair.close()
+
+
+def test_reconnect_ends_the_flow_and_starts_a_new_one(netflow):
+    """A client socket that disconnects (connect(AF_UNSPEC)) and connects
+    to another peer: the first connection is closed on the ring with its
+    own totals at the second connect, the second is a new entry under the
+    same cookie with the new peer and only its own bytes."""
+    from dkebpf import _records as R
+    bpf, ring = netflow
+    pair = TcpPair("127.0.0.1")
+    try:
+        pair.do("send 1111")
+        pair.do("reply 222")
+        first = dict(pair.info)
+        _, tcp = bpf.maps.tcp_flows.dump(np.uint64, R.EVENT_DTYPE)
+        row = tcp[(tcp["stats"]["pid"] == pair.pid) & (tcp["stats"]["lport"] == first["lport"])]
+        cookie, ts_first = int(row["key"]["sk"][0]), int(row["stats"]["ts_first"][0])
+        second = pair.do("reconnect")
+        assert second["rport"] != first["rport"]
+        pair.do("send 30000")
+        pair.do("reply 40")
+        est, closed = R.F_ESTABLISHED, R.F_ESTABLISHED | R.F_CLOSED
+        # the first flow, closed at the reconnect; the server's end of it
+        # closed when it took the reset
+        assert closed_by_port(ring, pair.pid) == {first["lport"]: (first["rport"], 1111, 222, closed),
+                                                  first["sport"]: (first["lport"], 222, 1111, closed)}
+        assert tcp_entries(bpf, pair.pid) == {
+            second["lport"]: (second["rport"], 30000, 40, est, R.DIR_OUTGOING),
+            second["sport"]: (second["lport"], 40, 30000, est, R.DIR_INCOMING)}
+        _, tcp = bpf.maps.tcp_flows.dump(np.uint64, R.EVENT_DTYPE)
+        row = tcp[(tcp["stats"]["pid"] == pair.pid) & (tcp["stats"]["lport"] == second["lport"])]
+        assert int(row["key"]["sk"][0]) == cookie and int(row["stats"]["ts_first"][0]) > ts_first
+    finally:
+        pair.close()
+    got = closed_by_port(ring, pair.pid)
+    assert got == {second["lport"]: (second["rport"], 30000, 40, R.F_ESTABLISHED | R.F_CLOSED),
+                   second["sport"]: (second["lport"], 40, 30000, R.F_ESTABLISHED | R.F_CLOSED)}
