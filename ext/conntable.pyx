@@ -1,4 +1,4 @@
-"""Connection-table merge: per-interval deltas of the kernel `conns` map.
+"""Connection-table merge: per-interval deltas of the kernel's flow maps.
 
 Each interval user space dumps the kernel's flow maps, `tcp_flows` and
 `conns` (cumulative counters of every live flow instance, in hash order;
