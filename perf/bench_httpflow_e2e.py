@@ -33,6 +33,7 @@ the collector's BPF programs.
 Prints `name: value` lines.
 """
 import contextlib
+import glob
 import os
 import shutil
 import statistics
@@ -151,6 +152,14 @@ def mode_env(name):
     return python_path(COMPARE_PYTHONPATH if name == "netflow_compare" else None)
 
 
+def check_compare_tree():
+    """A tree without its built extensions would silently give the
+    collector the installed dkebpf instead: stop before any run."""
+    if COMPARE_PYTHONPATH and not glob.glob(os.path.join(COMPARE_PYTHONPATH, "dkebpf", "_conntable*.so")):
+        raise SystemExit(f"BENCH_COMPARE_PYTHONPATH: no built dkebpf in {COMPARE_PYTHONPATH} "
+                         "(build it in place with `make dev`, or give its build/lib.* directory)")
+
+
 def chosen(modes):
     """The modes BENCH_MODES names (all when unset); an unknown name stops."""
     if not CHOSEN_MODES:
@@ -164,6 +173,7 @@ def chosen(modes):
 
 def main():
     from dkebpf import kernel
+    check_compare_tree()
     kernel.ensure_mounts()
     res = {}
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
