@@ -16,9 +16,19 @@
  * the slow path (DESIGN.md, "What hooks cost"). The cgroup hooks run only
  * inside udp_sendmsg/udp_recvmsg for datagrams that carry an address.
  *
- * Cumulative stats live in the `conns` hash map, read by user space each
- * interval; a closed TCP connection is removed from the map and its final
- * totals go out on the `closed` ring buffer, so it is counted exactly once.
+ * Cumulative stats live in two hash maps read by user space each interval:
+ * `tcp_flows`, keyed by the TCP socket's cookie alone (the peer is in the
+ * value, written once when the flow is first seen), and `conns`, UDP flows
+ * keyed by cookie and peer (one unconnected socket talks to many peers).
+ * A socket call on a known TCP flow so costs one hash lookup on the
+ * cookie: no address tuple read, no clock read. A closed TCP connection is
+ * removed from its map and its final totals go out on the `closed` ring
+ * buffer, so it is counted exactly once.
+ *
+ * Why a cookie-keyed hash and not BPF socket storage (which would need no
+ * lookup at all): user space must enumerate the flows each interval, and
+ * this kernel refuses the map iterators that could walk socket storage
+ * (iter/bpf_sk_storage_map, iter/bpf_map_elem: EPERM).
  */
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -48,12 +58,24 @@ const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
 
 #include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 
+/* UDP flows: a socket and one peer */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct nf_conn_key);
 	__type(value, struct nf_conn_stats);
 } conns SEC(".maps");
+
+/* TCP flows: the socket cookie -> the flow's key (its peer) and stats, the
+ * layout of a closed record, so closing one copies the value out as is.
+ * Not preallocated: the memory follows the connections there are. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct nf_conn_event);
+} tcp_flows SEC(".maps");
 
 #define CLOSED_RING_BYTES (1 << 22)
 /* Wake the reader once this much waits, not per closed connection: it
@@ -189,6 +211,97 @@ static __always_inline void read_rtt(const struct sock *sk, struct nf_conn_stats
 	}
 }
 
+/* A new flow's stats: local end, family and protocol from the socket, the
+ * clock read once (ts_first tells instances of one key apart). */
+static __always_inline void init_stats(struct nf_conn_stats *s, const struct sock_tuple *t, __u8 direction)
+{
+	s->ts_first = s->ts_last = bpf_ktime_get_ns();
+	__builtin_memcpy(s->laddr, t->laddr, 16);
+	s->lport = t->lport;
+	s->family = t->family;
+	s->proto = t->proto;
+	s->direction = direction ? direction : port_direction(t->lport, t->proto);
+}
+
+/* connect() moves to SYN_SENT before it picks the local port */
+static __always_inline void fix_local_end(struct nf_conn_stats *s, const struct sock_tuple *t)
+{
+	if (!s->lport && t->lport) {
+		s->lport = t->lport;
+		__builtin_memcpy(s->laddr, t->laddr, 16);
+	}
+}
+
+static __always_inline void add_bytes(struct nf_conn_stats *s, __s64 sent, __s64 recv)
+{
+	if (sent > 0)
+		__sync_fetch_and_add(&s->bytes_sent, sent);
+	if (recv > 0)
+		__sync_fetch_and_add(&s->bytes_recv, recv);
+}
+
+/* ---- TCP flows: tcp_flows, keyed by the socket cookie */
+
+/* The socket's cookie as it stands, read without the helper: 0 while
+ * nothing asked for one, and then the socket has no entry (every entry is
+ * made under bpf_get_socket_cookie, which sets it). */
+static __always_inline __u64 cookie_of(const struct sock *sk)
+{
+	return KERNEL_CAST(struct sock, sk)->__sk_common.skc_cookie.counter;
+}
+
+static __always_inline struct nf_conn_event *tcp_flow_of(const struct sock *sk)
+{
+	__u64 cookie = cookie_of(sk);
+	return cookie ? bpf_map_lookup_elem(&tcp_flows, &cookie) : 0;
+}
+
+/* Start the TCP flow of sk: its peer, written here once, and local end
+ * from the socket now. update_flags: BPF_NOEXIST at first sight, BPF_ANY
+ * for the next connection of a socket that had one (on_state). Returns
+ * NULL when the map is full. */
+static __always_inline struct nf_conn_event *
+new_tcp_flow(const struct sock *sk, const struct sock_tuple *t, __u8 direction, __u64 update_flags)
+{
+	__u64 cookie = bpf_get_socket_cookie((void *)sk);
+	struct nf_conn_event init = {};
+	init.key.sk = cookie;
+	__builtin_memcpy(init.key.raddr, t->raddr, 16);
+	init.key.rport = t->rport;
+	init_stats(&init.stats, t, direction);
+	if (bpf_map_update_elem(&tcp_flows, &cookie, &init, update_flags) &&
+	    bpf_map_lookup_elem(&tcp_flows, &cookie) == 0) {
+		count_drop(&drops, NF_DROP_CONNS);
+		return 0;
+	}
+	return bpf_map_lookup_elem(&tcp_flows, &cookie);
+}
+
+/* The TCP flow of sk, started if new to us (a connection open before the
+ * collector, or whose connect we did not see). */
+static __always_inline struct nf_conn_event *
+get_tcp_flow(const struct sock *sk, const struct sock_tuple *t, __u8 direction)
+{
+	struct nf_conn_event *f = tcp_flow_of(sk);
+	if (f) {
+		fix_local_end(&f->stats, t);
+		return f;
+	}
+	return new_tcp_flow(sk, t, direction, BPF_NOEXIST);
+}
+
+/* A socket call on a TCP flow: no clock read (a TCP flow leaves the map
+ * at tcp_destroy_sock, never idle: ext/conntable.pyx, _tcp_flow; the state
+ * changes stamp ts_last). */
+static __always_inline void count_tcp(const struct sock *sk, struct nf_conn_stats *s, __s64 sent, __s64 recv)
+{
+	set_owner(s);
+	add_bytes(s, sent, recv);
+	read_rtt(sk, s);
+}
+
+/* ---- UDP flows: conns, keyed by socket cookie and peer */
+
 static __always_inline void make_key(struct nf_conn_key *key, const struct sock *sk, const struct sock_tuple *t)
 {
 	__builtin_memset(key, 0, sizeof(*key));
@@ -200,60 +313,41 @@ static __always_inline void make_key(struct nf_conn_key *key, const struct sock 
 	key->rport = t->rport;
 }
 
-/* Find or create the entry of a flow. Returns NULL when the map is full. */
+/* Find or create the entry of a UDP flow. Returns NULL when the map is full. */
 static __always_inline struct nf_conn_stats *
-get_conn(const struct sock *sk, const struct sock_tuple *t, struct nf_conn_key *key, __u8 direction)
+get_udp_flow(const struct sock *sk, const struct sock_tuple *t, __u8 direction)
 {
-	make_key(key, sk, t);
-	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, key);
+	struct nf_conn_key key;
+	make_key(&key, sk, t);
+	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, &key);
 	if (s) {
-		/* connect() moves to SYN_SENT before it picks the local port */
-		if (!s->lport && t->lport) {
-			s->lport = t->lport;
-			__builtin_memcpy(s->laddr, t->laddr, 16);
-		}
+		fix_local_end(s, t);
 		return s;
 	}
-
 	struct nf_conn_stats init = {};
-	init.ts_first = init.ts_last = bpf_ktime_get_ns();
-	__builtin_memcpy(init.laddr, t->laddr, 16);
-	init.lport = t->lport;
-	init.family = t->family;
-	init.proto = t->proto;
-	init.direction = direction ? direction : port_direction(t->lport, t->proto);
-	if (bpf_map_update_elem(&conns, key, &init, BPF_NOEXIST) && bpf_map_lookup_elem(&conns, key) == 0) {
+	init_stats(&init, t, direction);
+	if (bpf_map_update_elem(&conns, &key, &init, BPF_NOEXIST) && bpf_map_lookup_elem(&conns, &key) == 0) {
 		count_drop(&drops, NF_DROP_CONNS);
 		return 0;
 	}
-	return bpf_map_lookup_elem(&conns, key);
+	return bpf_map_lookup_elem(&conns, &key);
 }
 
-static __always_inline void account(const struct sock *sk, struct sock_tuple *t, __s64 sent, __s64 recv)
+static __always_inline void count_udp(const struct sock *sk, struct sock_tuple *t, __s64 sent, __s64 recv)
 {
-	struct nf_conn_key key;
 	/* A UDP flow's first datagram tells who began it, whatever port the
 	 * socket bound: DNS forwarders and resolvers (dnsmasq, unbound) bind
 	 * random source ports for their upstream queries. bound_ports only
 	 * holds UDP servers' ports from before the collector started (user
 	 * space seeds them for its first interval), whose first datagrams it
 	 * missed. */
-	__u8 dir = (t->proto == IPPROTO_UDP && recv > 0) ? NF_DIR_INCOMING : 0;
-	struct nf_conn_stats *s = get_conn(sk, t, &key, dir);
+	struct nf_conn_stats *s = get_udp_flow(sk, t, recv > 0 ? NF_DIR_INCOMING : 0);
 	if (!s)
 		return;
 	set_owner(s);
-	/* ts_last tells idle flows, which leave the map: UDP ones. A TCP flow
-	 * stays until tcp_destroy_sock (ext/conntable.pyx, _tcp_flow), so its
-	 * calls skip the clock read (the state changes still stamp it). */
-	if (t->proto != IPPROTO_TCP)
-		s->ts_last = bpf_ktime_get_ns();
-	if (sent > 0)
-		__sync_fetch_and_add(&s->bytes_sent, sent);
-	if (recv > 0)
-		__sync_fetch_and_add(&s->bytes_recv, recv);
-	if (t->proto == IPPROTO_TCP)
-		read_rtt(sk, s);
+	/* ts_last tells idle flows, which leave the map */
+	s->ts_last = bpf_ktime_get_ns();
+	add_bytes(s, sent, recv);
 }
 
 static __always_inline int unconnected_udp(const struct sock_tuple *t)
@@ -280,28 +374,46 @@ static __always_inline int own_socket(const struct sock *sk)
 	return self_tgid && bpf_sk_storage_get(&own_socks, (struct sock *)sk, 0, 0) != 0;
 }
 
+/* One socket call that moved bytes. */
+static __always_inline void on_call(struct sock *sk, __s64 sent, __s64 recv)
+{
+	/* the common case first: a TCP flow we know, found by the cookie
+	 * alone (the collector's own sockets never get one) */
+	if (KERNEL_CAST(struct sock, sk)->sk_protocol == IPPROTO_TCP) {
+		struct nf_conn_event *f = tcp_flow_of(sk);
+		if (f) {
+			count_tcp(sk, &f->stats, sent, recv);
+			return;
+		}
+	}
+	struct sock_tuple t = {};
+	if (skip_self() || !read_tuple(sk, &t))
+		return;
+	if (t.proto == IPPROTO_TCP) {
+		struct nf_conn_event *f = new_tcp_flow(sk, &t, 0, BPF_NOEXIST);
+		if (f)
+			count_tcp(sk, &f->stats, sent, recv);
+		return;
+	}
+	if (unconnected_udp(&t) && !take_peer(sk, &t))
+		return;
+	count_udp(sk, &t, sent, recv);
+}
+
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(on_send, struct sock *sk, int ret, int flags)
 {
-	struct sock_tuple t = {};
-	if (ret <= 0 || skip_self() || !read_tuple(sk, &t))
-		return 0;
-	if (unconnected_udp(&t) && !take_peer(sk, &t))
-		return 0;
-	account(sk, &t, ret, 0);
+	if (ret > 0)
+		on_call(sk, ret, 0);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(on_recv, struct sock *sk, int ret, int flags)
 {
-	struct sock_tuple t = {};
 	/* a peek is read again; the error queue holds no peer's bytes */
-	if (ret <= 0 || (flags & (MSG_PEEK | MSG_ERRQUEUE)) || skip_self() || !read_tuple(sk, &t))
-		return 0;
-	if (unconnected_udp(&t) && !take_peer(sk, &t))
-		return 0;
-	account(sk, &t, 0, ret);
+	if (ret > 0 && !(flags & (MSG_PEEK | MSG_ERRQUEUE)))
+		on_call(sk, 0, ret);
 	return 0;
 }
 
@@ -359,8 +471,14 @@ int peer_recvmsg4(struct bpf_sock_addr *ctx) { return peer4(ctx); }
 SEC("cgroup/recvmsg6")
 int peer_recvmsg6(struct bpf_sock_addr *ctx) { return peer6(ctx); }
 
-static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf_conn_stats *s)
+/* The end of a TCP flow: its final totals on the ring, when it is a flow
+ * (a connect() that never completed and moved no data is not). The
+ * caller then deletes or replaces the entry. */
+static __always_inline void end_tcp_flow(const struct nf_conn_event *f)
 {
+	const struct nf_conn_stats *s = &f->stats;
+	if (!(s->flags & NF_F_ESTABLISHED) && !s->bytes_sent && !s->bytes_recv)
+		return;
 	__u32 zero = 0;
 	__u32 *unqueried = bpf_map_lookup_elem(&closed_unqueried, &zero);
 	if (!unqueried)
@@ -370,8 +488,7 @@ static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf
 		count_drop(&drops, NF_DROP_RING);
 		return;
 	}
-	ev->key = *key;
-	ev->stats = *s;
+	*ev = *f;
 	ev->stats.flags |= NF_F_CLOSED;
 	bpf_ringbuf_submit(ev, ring_wake_flag(&closed, unqueried, sizeof(*ev), CLOSED_WAKE_BYTES));
 }
@@ -379,8 +496,21 @@ static __always_inline void emit_closed(const struct nf_conn_key *key, struct nf
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 {
+	if (KERNEL_CAST(struct sock, sk)->sk_protocol != IPPROTO_TCP)
+		return 0;
+	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
+		/* close() by the owner, in process context */
+		struct nf_conn_event *f = tcp_flow_of(sk);
+		if (f)
+			set_owner(&f->stats);
+		return 0;
+	}
+	if (newstate != TCP_SYN_SENT && newstate != TCP_ESTABLISHED && newstate != TCP_LISTEN &&
+	    oldstate != TCP_LISTEN)
+		return 0;
+
 	struct sock_tuple t = {};
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP || !read_tuple(sk, &t))
+	if (!read_tuple(sk, &t))
 		return 0;
 	if ((newstate == TCP_SYN_SENT || newstate == TCP_LISTEN) && skip_self()) {
 		mark_own(sk);
@@ -401,32 +531,28 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 		return 0;
 	}
 
-	struct nf_conn_key key;
-	struct nf_conn_stats *s;
+	struct nf_conn_event *f;
 	if (newstate == TCP_SYN_SENT) {
-		/* connect() runs in the caller's context: the owner is known */
-		s = get_conn(sk, &t, &key, NF_DIR_OUTGOING);
-		if (s)
-			set_owner(s);
+		/* A socket that connects again (after connect(AF_UNSPEC) or a
+		 * failed attempt) begins a new connection, to this peer or
+		 * another: its previous flow ends here, as at a close, and the
+		 * new one gets its own entry (a fresh ts_first: a new instance
+		 * for user space). connect() runs in the caller's context: the
+		 * owner is known. */
+		f = tcp_flow_of(sk);
+		if (f)
+			end_tcp_flow(f);
+		f = new_tcp_flow(sk, &t, NF_DIR_OUTGOING, BPF_ANY);
+		if (f)
+			set_owner(&f->stats);
 		return 0;
 	}
-	if (newstate == TCP_ESTABLISHED) {
-		/* runs in softirq: the current task is not the owner */
-		s = get_conn(sk, &t, &key, oldstate == TCP_SYN_RECV ? NF_DIR_INCOMING : NF_DIR_OUTGOING);
-		if (s) {
-			s->flags |= NF_F_ESTABLISHED;
-			s->ts_last = bpf_ktime_get_ns();
-			read_rtt(sk, s);
-		}
-		return 0;
-	}
-
-	if (newstate == TCP_FIN_WAIT1 || newstate == TCP_LAST_ACK) {
-		/* close() by the owner, in process context */
-		make_key(&key, sk, &t);
-		s = bpf_map_lookup_elem(&conns, &key);
-		if (s)
-			set_owner(s);
+	/* ESTABLISHED: runs in softirq, the current task is not the owner */
+	f = get_tcp_flow(sk, &t, oldstate == TCP_SYN_RECV ? NF_DIR_INCOMING : NF_DIR_OUTGOING);
+	if (f) {
+		f->stats.flags |= NF_F_ESTABLISHED;
+		f->stats.ts_last = bpf_ktime_get_ns();
+		read_rtt(sk, &f->stats);
 	}
 	return 0;
 }
@@ -437,32 +563,29 @@ int BPF_PROG(on_state, const struct sock *sk, int oldstate, int newstate)
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(on_destroy, struct sock *sk)
 {
-	struct sock_tuple t = {};
-	if (!read_tuple(sk, &t))
+	__u64 cookie = cookie_of(sk);
+	struct nf_conn_event *f = cookie ? bpf_map_lookup_elem(&tcp_flows, &cookie) : 0;
+	if (!f)
 		return 0;
-	struct nf_conn_key key;
-	make_key(&key, sk, &t);
-	struct nf_conn_stats *s = bpf_map_lookup_elem(&conns, &key);
-	if (!s)
-		return 0;
-	read_rtt(sk, s);
-	s->ts_last = bpf_ktime_get_ns();
-	/* a connect() that never completed and moved no data is not a flow */
-	if ((s->flags & NF_F_ESTABLISHED) || s->bytes_sent || s->bytes_recv)
-		emit_closed(&key, s);
-	bpf_map_delete_elem(&conns, &key);
+	read_rtt(sk, &f->stats);
+	f->stats.ts_last = bpf_ktime_get_ns();
+	end_tcp_flow(f);
+	bpf_map_delete_elem(&tcp_flows, &cookie);
 	return 0;
 }
 
 SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(on_retransmit, const struct sock *sk)
 {
-	struct sock_tuple t = {};
-	struct nf_conn_key key;
-	if (own_socket(sk) || !read_tuple(sk, &t))
-		return 0;
-	struct nf_conn_stats *s = get_conn(sk, &t, &key, 0);
-	if (s)
-		__sync_fetch_and_add(&s->retransmits, 1);
+	struct nf_conn_event *f = tcp_flow_of(sk);
+	if (!f) {
+		struct sock_tuple t = {};
+		if (own_socket(sk) || !read_tuple(sk, &t))
+			return 0;
+		f = new_tcp_flow(sk, &t, 0, BPF_NOEXIST);
+		if (!f)
+			return 0;
+	}
+	__sync_fetch_and_add(&f->stats.retransmits, 1);
 	return 0;
 }

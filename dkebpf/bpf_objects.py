@@ -133,7 +133,7 @@ class ObjectSpec:
 # (a busy proxy); bpf/netflow.bpf.c wakes the reader once 256 KiB wait: 4 MiB
 NETFLOW_CLOSED_RING_BYTES = ring_bytes(_records.EVENT_DTYPE.itemsize, 20_000, wake=lambda size: 1 << 18)
 NETFLOW = ObjectSpec(
-    "netflow", knobs=("ipv6_disabled", "self_tgid"), maps=("conns", "bound_ports"),
+    "netflow", knobs=("ipv6_disabled", "self_tgid"), maps=("conns", "tcp_flows", "bound_ports"),
     cgroup=("peer_sendmsg4", "peer_sendmsg6", "peer_recvmsg4", "peer_recvmsg6"),
     rings=(Ring("closed", _records.EVENT_DTYPE, max_bytes=NETFLOW_CLOSED_RING_BYTES),),
     drops="drops", drop_names=MappingProxyType(_records.DROP_NAMES))

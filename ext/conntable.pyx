@@ -1,9 +1,10 @@
-"""Connection-table merge: per-interval deltas of the kernel `conns` map.
+"""Connection-table merge: per-interval deltas of the kernel's flow maps.
 
-Each interval user space dumps the `conns` hash map (cumulative counters of
-every live flow instance, in hash order) and then drains the `closed` ring
-buffer (final totals of TCP connections the kernel removed from the map, see
-bpf/netflow.bpf.c on_state/emit_closed). Because the dump comes first, a
+Each interval user space dumps the kernel's flow maps, `tcp_flows` and
+`conns` (cumulative counters of every live flow instance, in hash order;
+plugins/netflow.py, flow_table), and then drains the `closed` ring buffer
+(final totals of TCP connections the kernel removed from the map, see
+bpf/netflow.bpf.c end_tcp_flow). Because the dump comes first, a
 connection that closed in between shows up twice: partially in the dump and
 finally in the ring. `merge` joins the previous snapshot, the dump and the
 ring on the flow *instance* (key.sk, key.raddr, key.rport, stats.ts_first) —
@@ -495,7 +496,7 @@ def merge(prev_keys, prev_stats, cur_keys, cur_stats, closed, idle_before_ns):
 
     prev_keys/prev_stats: the snapshot this function returned last interval
     (empty the first time); cur_keys/cur_stats: this interval's dump of the
-    kernel `conns` map, any order; closed: the records drained from the
+    kernel's flow maps (plugins/netflow.py, flow_table), any order; closed: the records drained from the
     `closed` ring after the dump (EVENT_DTYPE); idle_before_ns: instances
     whose ts_last has not moved since the previous snapshot and is older than
     this (bpf_ktime_get_ns() clock) are idle.

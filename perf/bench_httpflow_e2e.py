@@ -24,10 +24,16 @@ the collector's BPF programs.
     BENCH_COMPARE_HTTP_OBJ=/path/old/http.bpf.o   adds mode httpflow_compare:
         httpflow with that object in place of the installed one (swapped in
         for its runs only), to compare two builds in the same run
+    BENCH_COMPARE_PYTHONPATH=/path/old/tree   adds mode netflow_compare:
+        netflow_only with dkebpf imported from that tree (built in place, or
+        a build/lib.* directory), e.g. the main branch's
+    BENCH_MODES=netflow_only,netflow_compare   run only these modes (and off,
+        every round's baseline)
 
 Prints `name: value` lines.
 """
 import contextlib
+import glob
 import os
 import shutil
 import statistics
@@ -99,7 +105,9 @@ def prog_cost_run(tmp, port, name, args, interval="2s"):
 
 
 COMPARE_HTTP_OBJ = os.environ.get("BENCH_COMPARE_HTTP_OBJ")
-COST_MODES = ("netflow_only", f"httpflow_{INTERVALS[0]}", "httpflow_compare")
+COMPARE_PYTHONPATH = os.environ.get("BENCH_COMPARE_PYTHONPATH")
+CHOSEN_MODES = [m for m in os.environ.get("BENCH_MODES", "").split(",") if m]
+COST_MODES = ("netflow_only", f"httpflow_{INTERVALS[0]}", "httpflow_compare", "netflow_compare")
 
 
 @contextlib.contextmanager
@@ -120,8 +128,52 @@ def http_object(path):
         os.replace(saved, installed)
 
 
+@contextlib.contextmanager
+def python_path(path):
+    """The collector that starts inside imports dkebpf from `path`."""
+    if path is None:
+        yield
+        return
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.path.abspath(path)
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def mode_env(name):
+    """What a mode changes for its collector: the http object, or the tree."""
+    if name == "httpflow_compare":
+        return http_object(COMPARE_HTTP_OBJ)
+    return python_path(COMPARE_PYTHONPATH if name == "netflow_compare" else None)
+
+
+def check_compare_tree():
+    """A tree without its built extensions would silently give the
+    collector the installed dkebpf instead: stop before any run."""
+    if COMPARE_PYTHONPATH and not glob.glob(os.path.join(COMPARE_PYTHONPATH, "dkebpf", "_conntable*.so")):
+        raise SystemExit(f"BENCH_COMPARE_PYTHONPATH: no built dkebpf in {COMPARE_PYTHONPATH} "
+                         "(build it in place with `make dev`, or give its build/lib.* directory)")
+
+
+def chosen(modes):
+    """The modes BENCH_MODES names (all when unset); an unknown name stops."""
+    if not CHOSEN_MODES:
+        return modes
+    unknown = set(CHOSEN_MODES) - {m[0] for m in modes} - {"off"}
+    if unknown:
+        raise SystemExit(f"BENCH_MODES: no mode {', '.join(sorted(unknown))} here "
+                         f"(modes: {', '.join(m[0] for m in modes)})")
+    return [m for m in modes if m[0] in CHOSEN_MODES]
+
+
 def main():
     from dkebpf import kernel
+    check_compare_tree()
     kernel.ensure_mounts()
     res = {}
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
@@ -132,6 +184,9 @@ def main():
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
         if COMPARE_HTTP_OBJ:
             modes.append(("httpflow_compare", [], INTERVALS[0]))
+        if COMPARE_PYTHONPATH:
+            modes.append(("netflow_compare", ["--l7net-disabled", "httpflow"], INTERVALS[0]))
+        modes = chosen(modes)
         for r in range(ROUNDS):
             off = wrk(ngx.port)
             res.setdefault("off", []).append((off[0], off[1], off[2], 0, 0, {}))
@@ -144,7 +199,7 @@ def main():
                     finally:
                         bpf.close()
                 else:
-                    with http_object(COMPARE_HTTP_OBJ if name == "httpflow_compare" else None):
+                    with mode_env(name):
                         got = with_collector(tmp, ngx.port, f"{name}-{r}", extra, iv)
                 res.setdefault(name, []).append(got)
                 rps, lat, total, user, system, m = got
@@ -153,7 +208,7 @@ def main():
         if os.environ.get("BENCH_PROG_COST", "1") != "0":
             with bpf_stats():
                 for name, extra, iv in [m for m in modes if m[0] in COST_MODES]:
-                    with http_object(COMPARE_HTTP_OBJ if name == "httpflow_compare" else None):
+                    with mode_env(name):
                         rps, total, rows = prog_cost_run(tmp, ngx.port, f"{name}-cost", extra, iv)
                     for prog, per_req, ns_run, ns_req in rows:
                         print(f"{name}_prog {prog}: {per_req:.2f} runs/request, {ns_run:.0f} ns/run, "

@@ -28,8 +28,13 @@ trip, loopback delivery inline), timed in CPU time of that thread (time
 spent waiting for a CPU does not count), in short slices whose modes
 rotate (off, floor, bpf_new, bpf_old: the objects are loaded once,
 attached and detached per slice; self_tgid 0, so this process's calls are
-the programs' work). Prints per mode the median CPU ns per round trip and
-the median of per-slice ratios against the `off` slice next to it.
+the programs' work). Prints per mode the median CPU ns per round trip, the
+median of per-slice ratios against the `off` slice next to it and the
+median ns per socket call above the `floor` slice next to it (empty
+programs on the same hooks: what the programs' work adds); then, with
+kernel.bpf_stats_enabled=1 for BENCH_STATS_SLICES more slices per object
+(the stats cost two clock reads per run, so the slices above run without),
+each program's runs per round trip and ns per run.
 
     BENCH_PART=calls python3 perf/bench_netflow_cost.py   (BENCH_SLICES=60, BENCH_TRIPS=2000)
 
@@ -40,7 +45,7 @@ import resource
 import statistics
 import tempfile
 
-from collector import Collector, build_bpf
+from collector import Collector, bpf_stats, build_bpf, prog_stats
 from bench_httpflow_e2e import wrk
 from support.nginx import Nginx
 
@@ -133,6 +138,16 @@ def _detach(bpf):
     bpf.links = []
 
 
+def prog_ids(bpf):
+    """{prog_id: program name} of a started skeleton's loaded programs."""
+    out = {}
+    for p in bpf.obj.programs():
+        if p.fd >= 0:
+            with open(f"/proc/self/fdinfo/{p.fd}") as f:
+                out[next(int(line.split()[1]) for line in f if line.startswith("prog_id:"))] = p.name
+    return out
+
+
 def calls_part():
     import socket
     import time
@@ -169,6 +184,7 @@ def calls_part():
             modes = ("off", *objs)
             per = {m: [] for m in modes}
             ratio = {m: [] for m in objs}
+            above = {m: [] for m in objs if m != "floor"}
             slice_ns()  # warm-up
             for k in range(slices):
                 got = {}
@@ -184,6 +200,27 @@ def calls_part():
                     per[m].append(got[m])
                 for m in objs:
                     ratio[m].append(got[m] / got["off"])
+                for m in objs:
+                    if m != "floor":
+                        above[m].append((got[m] - got["floor"]) / 4)
+            # per program, from the kernel's own counters
+            stats_slices = int(os.environ.get("BENCH_STATS_SLICES", 10))
+            runs = {m: {} for m in objs}  # the floor's: what the counting itself costs
+            with bpf_stats():
+                for _ in range(stats_slices):
+                    for m in runs:
+                        before = prog_stats(os.getpid())
+                        _attach(objs[m])
+                        try:
+                            slice_ns()
+                        finally:
+                            _detach(objs[m])
+                        after = prog_stats(os.getpid())
+                        for pid_, name in prog_ids(objs[m]).items():
+                            c = after[pid_][0] - before.get(pid_, (0, 0))[0]
+                            ns = after[pid_][1] - before.get(pid_, (0, 0))[1]
+                            n0, t0 = runs[m].get(name, (0, 0))
+                            runs[m][name] = (n0 + c, t0 + ns)
             a.close()
             b.close()
             lst.close()
@@ -195,6 +232,12 @@ def calls_part():
         print(f"{m}_cpu_ns_per_round_trip_median: {statistics.median(per[m]):.0f}")
     for m in objs:
         print(f"{m}_cpu_per_call_ratio_median: {statistics.median(ratio[m]):.3f}")
+    for m in above:
+        print(f"{m}_ns_per_call_above_floor_median: {statistics.median(above[m]):.0f}")
+    for m, progs in runs.items():
+        for name, (n, ns) in sorted(progs.items()):
+            if n:
+                print(f"{m}_prog {name}: {n / (stats_slices * trips):.2f} runs/round trip, {ns / n:.0f} ns/run")
     print(f"load_average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

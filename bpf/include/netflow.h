@@ -25,7 +25,7 @@
 
 /* index into the per-CPU `drops` array map */
 #define NF_DROP_RING 0   /* closed-connection ring buffer full */
-#define NF_DROP_CONNS 1  /* conns hash map full: a connection went uncounted */
+#define NF_DROP_CONNS 1  /* conns or tcp_flows hash map full: a flow went uncounted */
 #define NF_DROP_BOUND 2  /* bound_ports map full */
 #define NF_DROP_UDP_PEER 3  /* a datagram of an unconnected UDP socket whose
                              * peer no cgroup hook gave: not counted (see
@@ -37,7 +37,10 @@
  * for unconnected UDP sockets, which talk to many peers through one socket.
  * The socket is its cookie (bpf_get_socket_cookie), never reused while the
  * host runs; nf_conn_stats.ts_first tells instances of one key apart (a
- * flow taken out of the map idle that moves data again). */
+ * flow taken out of the map idle that moves data again, a TCP socket that
+ * connects again). The key of the `conns` map (UDP); the `tcp_flows` map
+ * is keyed by the cookie alone and holds this key in its value, an
+ * nf_conn_event (user space: plugins/netflow.py, flow_table). */
 struct nf_conn_key {
 	__u64 sk;       /* socket cookie */
 	__u8 raddr[16]; /* IPv4 in the first 4 bytes; v4-mapped v6 folded to v4 */
@@ -66,7 +69,8 @@ struct nf_conn_stats {
 	char comm[NF_COMM_LEN]; /* process (thread-group leader) name */
 };
 
-/* Closed-connection record on the `closed` ring buffer: final totals. */
+/* Closed-connection record on the `closed` ring buffer (final totals), and
+ * the value of the `tcp_flows` map (live totals). */
 struct nf_conn_event {
 	struct nf_conn_key key;
 	struct nf_conn_stats stats;

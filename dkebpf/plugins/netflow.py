@@ -1,10 +1,12 @@
 """ebpf-net / netflow: TCP and UDP connection statistics.
 
 Kernel side: bpf/netflow.bpf.c keeps cumulative counters per flow instance
-in the `conns` map and sends final totals of closed TCP connections on the
-`closed` ring. Each interval: dump the map, drain the ring, merge with the
-previous snapshot in Cython (dkebpf._conntable.merge) to get per-interval
-deltas, then aggregate per netflow key with pyarrow."""
+in the `tcp_flows` map (TCP, keyed by socket cookie) and the `conns` map
+(UDP, keyed by cookie and peer), and sends final totals of closed TCP
+connections on the `closed` ring. Each interval: dump both maps
+(flow_table), drain the ring, merge with the previous snapshot in Cython
+(dkebpf._conntable.merge) to get per-interval deltas, then aggregate per
+netflow key with pyarrow."""
 import os
 import time
 
@@ -39,6 +41,28 @@ STEP_RECORDS = 8192
 # averaged over the connections that had one at the end
 PARTIAL_SUMS = ["bytes_read", "bytes_written", "retransmits", "tcp_closed", "tcp_established",
                 "rtt_sum", "rtt_count", "rtt_var_sum"]
+
+
+def _rows(arr):
+    """Whole records as bytes rows (padding included: the kernel compares
+    map keys bytewise), for splitting and joining records."""
+    return arr.view(np.uint8).reshape(len(arr), arr.dtype.itemsize)
+
+
+def flow_table(bpf):
+    """Every live flow instance of the kernel side, as (keys, stats)
+    (KEY_DTYPE, STATS_DTYPE rows, _conntable.merge's `cur`): the UDP flows
+    of `conns` and the TCP flows of `tcp_flows`, whose values carry their
+    own key (nf_conn_event)."""
+    keys, stats = bpf.maps.conns.dump(_records.KEY_DTYPE, _records.STATS_DTYPE)
+    _, tcp = bpf.maps.tcp_flows.dump(np.uint64, _records.EVENT_DTYPE)
+    if not len(tcp):
+        return keys, stats
+    ksz = _records.KEY_DTYPE.itemsize
+    raw = _rows(tcp)
+    keys = np.concatenate([_rows(keys), raw[:, :ksz]]).view(_records.KEY_DTYPE).ravel()
+    stats = np.concatenate([_rows(stats), raw[:, ksz:]]).view(_records.STATS_DTYPE).ravel()
+    return keys, stats
 
 
 def listening_ports(proc, ephemeral_start):
@@ -115,16 +139,19 @@ class NetflowPlugin(Plugin):
 
     def _take_idle(self, idle):
         """Take idle flows out of the kernel map (the map stays bounded: UDP
-        flows have no close); their final records, for the next merge."""
+        flows have no close); their final records, for the next merge. Only
+        `conns` has idle flows: a TCP flow ends at its close (merge's
+        idle keys of TCP connections that never were flows find nothing
+        there; tcp_destroy_sock removes them)."""
         if not len(idle):
             return self.evicted[:0]
         keys, vals = self.conns.take_many(idle)
         self.totals["idle_evicted"] += len(keys)
         ev = np.zeros(len(keys), _records.EVENT_DTYPE)
-        raw = ev.view(np.uint8).reshape(len(keys), -1)
+        raw = _rows(ev)
         ksz = _records.KEY_DTYPE.itemsize
-        raw[:, :ksz] = keys.view(np.uint8).reshape(len(keys), -1)
-        raw[:, ksz:ksz + vals.dtype.itemsize] = vals.view(np.uint8).reshape(len(keys), -1)
+        raw[:, :ksz] = _rows(keys)
+        raw[:, ksz:ksz + vals.dtype.itemsize] = _rows(vals)
         return ev
 
     def fileobjs(self):
@@ -157,8 +184,7 @@ class NetflowPlugin(Plugin):
             self.partials.append(self.partial(_conntable.delta_to_arrow(delta)))
 
     def collect(self, now_ns):
-        keys, vals = self.conns.dump(_records.KEY_DTYPE)
-        stats = vals.view(_records.STATS_DTYPE)
+        keys, stats = flow_table(self.bpf)
         self.ring.consume()
         closed = self.ring.take()
         if len(self.evicted):  # whole rows, padding included

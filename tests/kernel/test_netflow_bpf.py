@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from support import traffic
+from support.tcp_pair import TcpPair
 from support.netns import NetNS
 
 pytestmark = [pytest.mark.kernel,
@@ -300,11 +301,10 @@ def test_retransmits_counted_under_loss(netflow):
 
 
 def _snapshot(bpf, ring):
-    """(map entries, closed records) as they are now."""
-    from dkebpf import _records as R
+    """(map entries of both flow maps, closed records) as they are now."""
+    from dkebpf.plugins.netflow import flow_table
     ring.poll(200)
-    keys, vals = bpf.maps.conns.dump(R.KEY_DTYPE)
-    return (keys, vals.view(R.STATS_DTYPE)), ring.take()
+    return flow_table(bpf), ring.take()
 
 
 def _between(snap, lport, rport):
@@ -407,3 +407,118 @@ def test_knob_and_map_errors_are_clear(bpf_ok):
     with pytest.raises(KernelError, match="No such file") as missing:
         _libbpf.BpfObject("/nonexistent/x.bpf.o")
     assert missing.value.errno == errno.ENOENT
+
+
+def tcp_entries(bpf, pid):
+    """{local port: (remote port, bytes_sent, bytes_recv, flags, direction)}
+    of pid's entries in tcp_flows, read as flow_table gives them."""
+    from dkebpf.plugins.netflow import flow_table
+    keys, stats = flow_table(bpf)
+    mine = (stats["pid"] == pid) & (stats["proto"] == 6)
+    return {int(s["lport"]): (int(k["rport"]), int(s["bytes_sent"]), int(s["bytes_recv"]),
+                              int(s["flags"]), int(s["direction"]))
+            for k, s in zip(keys[mine], stats[mine])}
+
+
+def closed_by_port(ring, pid):
+    ring.poll(200)
+    ev = ring.take()
+    ev = ev[ev["stats"]["pid"] == pid]
+    return {int(e["stats"]["lport"]): (int(e["key"]["rport"]), int(e["stats"]["bytes_sent"]),
+                                       int(e["stats"]["bytes_recv"]), int(e["stats"]["flags"]))
+            for e in ev}
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_live_tcp_flows_are_one_entry_per_socket_with_exact_counts(netflow, host):
+    """While both ends are open, tcp_flows holds one entry per socket,
+    keyed by its cookie, with the peer written at the handshake and the
+    bytes that moved, exactly; closing moves each to the ring once."""
+    from dkebpf import _records as R
+    bpf, ring = netflow
+    pair = TcpPair(host)
+    try:
+        for _ in range(3):
+            pair.do("send 12345")
+            pair.do("reply 4321")
+        i = pair.info
+        _, tcp = bpf.maps.tcp_flows.dump(np.uint64, R.EVENT_DTYPE)
+        cookies = tcp["key"]["sk"][tcp["stats"]["pid"] == pair.pid]
+        assert len(cookies) == 2 and len(set(cookies.tolist())) == 2
+        live = tcp_entries(bpf, pair.pid)
+        est = R.F_ESTABLISHED
+        assert live == {i["lport"]: (i["rport"], 3 * 12345, 3 * 4321, est, R.DIR_OUTGOING),
+                        i["sport"]: (i["lport"], 3 * 4321, 3 * 12345, est, R.DIR_INCOMING)}
+        pair.do("send 100")
+        assert tcp_entries(bpf, pair.pid)[i["lport"]][1] == 3 * 12345 + 100
+    finally:
+        pair.close()
+    closed = R.F_ESTABLISHED | R.F_CLOSED
+    assert closed_by_port(ring, pair.pid) == {i["lport"]: (i["rport"], 3 * 12345 + 100, 3 * 4321, closed),
+                                              i["sport"]: (i["lport"], 3 * 4321, 3 * 12345 + 100, closed)}
+    assert tcp_entries(bpf, pair.pid) == {}
+
+
+def test_connection_open_before_load_counts_from_its_first_call(bpf_ok):
+    """A connection that was open before the programs loaded: its first
+    socket call makes its entry (peer and local end read then), which
+    counts what moved from then on, exactly, and its close is reported."""
+    from dkebpf import _records as R
+    from dkebpf.bpf_objects import NETFLOW, BpfSkeleton
+    pair = TcpPair("127.0.0.1")
+    try:
+        pair.do("send 5000")
+        pair.do("reply 700")  # before load: not counted
+        i = pair.info
+        with BpfSkeleton(NETFLOW).start(knobs={"self_tgid": os.getpid()}) as bpf:
+            assert tcp_entries(bpf, pair.pid) == {}
+            pair.do("send 333")
+            pair.do("reply 4444")
+            live = tcp_entries(bpf, pair.pid)
+            # the handshake was not seen: not established while watched
+            assert {p: v[:4] for p, v in live.items()} == {i["lport"]: (i["rport"], 333, 4444, 0),
+                                                           i["sport"]: (i["lport"], 4444, 333, 0)}
+            assert live[i["lport"]][4] == R.DIR_OUTGOING
+            pair.close()
+            closed = closed_by_port(bpf.rings.closed, pair.pid)
+            assert closed == {i["lport"]: (i["rport"], 333, 4444, R.F_CLOSED),
+                              i["sport"]: (i["lport"], 4444, 333, R.F_CLOSED)}
+    finally:
+        pair.close()
+
+
+def test_reconnect_ends_the_flow_and_starts_a_new_one(netflow):
+    """A client socket that disconnects (connect(AF_UNSPEC)) and connects
+    to another peer: the first connection is closed on the ring with its
+    own totals at the second connect, the second is a new entry under the
+    same cookie with the new peer and only its own bytes."""
+    from dkebpf import _records as R
+    bpf, ring = netflow
+    pair = TcpPair("127.0.0.1")
+    try:
+        pair.do("send 1111")
+        pair.do("reply 222")
+        first = dict(pair.info)
+        _, tcp = bpf.maps.tcp_flows.dump(np.uint64, R.EVENT_DTYPE)
+        row = tcp[(tcp["stats"]["pid"] == pair.pid) & (tcp["stats"]["lport"] == first["lport"])]
+        cookie, ts_first = int(row["key"]["sk"][0]), int(row["stats"]["ts_first"][0])
+        second = pair.do("reconnect")
+        assert second["rport"] != first["rport"]
+        pair.do("send 30000")
+        pair.do("reply 40")
+        est, closed = R.F_ESTABLISHED, R.F_ESTABLISHED | R.F_CLOSED
+        # the first flow, closed at the reconnect; the server's end of it
+        # closed when it took the reset
+        assert closed_by_port(ring, pair.pid) == {first["lport"]: (first["rport"], 1111, 222, closed),
+                                                  first["sport"]: (first["lport"], 222, 1111, closed)}
+        assert tcp_entries(bpf, pair.pid) == {
+            second["lport"]: (second["rport"], 30000, 40, est, R.DIR_OUTGOING),
+            second["sport"]: (second["lport"], 40, 30000, est, R.DIR_INCOMING)}
+        _, tcp = bpf.maps.tcp_flows.dump(np.uint64, R.EVENT_DTYPE)
+        row = tcp[(tcp["stats"]["pid"] == pair.pid) & (tcp["stats"]["lport"] == second["lport"])]
+        assert int(row["key"]["sk"][0]) == cookie and int(row["stats"]["ts_first"][0]) > ts_first
+    finally:
+        pair.close()
+    got = closed_by_port(ring, pair.pid)
+    assert got == {second["lport"]: (second["rport"], 30000, 40, R.F_ESTABLISHED | R.F_CLOSED),
+                   second["sport"]: (second["lport"], 40, 30000, R.F_ESTABLISHED | R.F_CLOSED)}

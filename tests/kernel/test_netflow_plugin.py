@@ -9,6 +9,7 @@ from collections import Counter
 import pytest
 
 from support import traffic
+from support.tcp_pair import TcpPair
 
 pytestmark = pytest.mark.kernel
 
@@ -127,3 +128,35 @@ def test_closed_records_wake_the_reader_in_batches(plugin):
     assert wakeups == [], f"woken {len(wakeups)} times"
     plugin.ring.poll(0)
     assert plugin.ring.held >= 60
+
+
+def test_a_socket_that_connects_again_is_two_connections(plugin):
+    """A client socket disconnects (connect(AF_UNSPEC)) and connects to
+    another listener, one interval's read in between each step: the
+    kernel keeps both under one socket cookie, as two instances; the
+    points count two connections per end, established and closed once
+    each, and every byte once."""
+    batches = []
+
+    def collect():
+        time.sleep(0.2)
+        plugin.on_readable(None)
+        batches.extend(plugin.collect(time.time_ns()))
+
+    pair = TcpPair("127.0.0.1")
+    try:
+        pair.do("send 1111")
+        pair.do("reply 222")
+        collect()
+        pair.do("reconnect")
+        pair.do("send 30000")
+        collect()
+        pair.do("reply 40")
+    finally:
+        pair.close()
+    collect()
+    collect()
+    # both ends are this one process: the sums of the client's and server's
+    t = totals(batches, pair.pid)
+    assert (t["bytes_written"], t["bytes_read"], t["tcp_established"], t["tcp_closed"]) == \
+        (31373, 31373, 4, 4)
