@@ -634,6 +634,11 @@ cdef class RingReader:
         return self.ring.n
 
     @property
+    def pending_bytes(self):
+        """Bytes waiting in the kernel ring (records and their headers)."""
+        return dk_ring_pending_bytes(&self.ring) if self.opened else 0
+
+    @property
     def buffer_bytes(self):
         """Size of the C buffer records wait in (it grows up to max_records
         between two take()s)."""

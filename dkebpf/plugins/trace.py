@@ -273,7 +273,9 @@ class SpanBuilder:
         """The records carried to the next step (a copy)."""
         if self._carry is not None:
             return self._carry[0][self._carry[1]]
-        return self.stage[:self.ncarried].copy() if self.ncarried else np.zeros(0, _trace.MSG_DTYPE)
+        if self.stage is None:
+            return np.zeros(0, _trace.MSG_DTYPE)
+        return self.stage[:self.ncarried].copy().view(_trace.MSG_DTYPE)
 
     @property
     def room(self):
@@ -386,7 +388,6 @@ class SpanBuilder:
         resp = _Gather(msgs, spans["resp"])
         incoming = spans["incoming"].astype(bool)
         kind = _choose(incoming, "exit", "entry")
-        fam = req["family"]
         start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
         # one of several pipelined messages: its own length, else the socket's counters
         req_bytes = np.where(pipe["many"], pipe["req_len"], spans["req_bytes"])
@@ -410,9 +411,7 @@ class SpanBuilder:
             "process_name": names, "service": services,
             "thread_name": _records.comm_to_arrow(req["comm"]),
             "pid": pc.cast(pa.array(req["pid"]), pa.string()),
-            "src_ip": format_addrs(req["laddr"], fam), "dst_ip": format_addrs(req["raddr"], fam),
-            "src_port": pc.cast(pa.array(req["lport"]), pa.string()),
-            "dst_port": pc.cast(pa.array(req["rport"]), pa.string()),
+            **_endpoints(msgs, spans["req"]),
             "start": pa.array(start_ns // 1000),
             "duration": pa.array(((spans["end_ns"] - spans["start_ns"]) // 1000).astype(np.int64)),
             "bytes_read": pa.array(np.where(incoming, req_bytes, resp_bytes).astype(np.int64)),
@@ -589,6 +588,26 @@ def _records_of(*parts):
     return np.concatenate([p.view(_RECORD) for p in parts]).view(_trace.MSG_DTYPE)
 
 
+def _endpoints(msgs, idx):
+    """src_ip, dst_ip, src_port, dst_port of the records msgs[idx]: made
+    once per connection (the records of one socket with the same
+    addresses), then taken per span."""
+    sk, laddr, raddr = msgs["sk"][idx], msgs["laddr"][idx], msgs["raddr"][idx]
+    lport, rport, fam = msgs["lport"][idx], msgs["rport"][idx], msgs["family"][idx]
+    _, first, inv = np.unique(sk, return_index=True, return_inverse=True)
+    rep = first[inv.ravel()]
+    # a socket's memory reused in the step by another connection: its own
+    other = ((laddr != laddr[rep]) | (raddr != raddr[rep]) | (lport != lport[rep]) | (rport != rport[rep])
+             | (fam != fam[rep]))
+    rep[other] = np.flatnonzero(other)
+    one, inv = np.unique(rep, return_inverse=True)
+    take = pa.array(inv.ravel().astype(np.int32))
+    return {"src_ip": format_addrs(laddr[one], fam[one]).take(take),
+            "dst_ip": format_addrs(raddr[one], fam[one]).take(take),
+            "src_port": pc.cast(pa.array(lport[one]), pa.string()).take(take),
+            "dst_port": pc.cast(pa.array(rport[one]), pa.string()).take(take)}
+
+
 class _Gather:
     """msgs[field][idx] on demand: a span needs a few fields of its
     request and response records, not the whole records."""
@@ -705,6 +724,7 @@ class TracePlugin(Plugin):
         self.ignored = 0  # connections the kernel was told to stop sending
         self.kept = []  # span batches of early steps, for the interval's output (no trace server)
         self.kept_rows = 0
+        self.ring_peak = 0
 
     def start(self):
         self.bpf = BpfSkeleton(TRACE).start(knobs={
@@ -772,7 +792,7 @@ class TracePlugin(Plugin):
         full, make spans of all of it now (posted at once, or kept for the
         interval's --output), instead of letting the kernel ring fill until
         the interval ends: memory stays the same at any rate."""
-        while self.builder.fill(self.ring) and not self.builder.room:
+        while self._fill() and not self.builder.room:
             self.early_steps += 1
             self._step(time.time_ns())
 
@@ -780,11 +800,16 @@ class TracePlugin(Plugin):
         """Spans of what the stage holds, then of what the ring still has
         beyond it (the stage filled up), until the ring is drained."""
         while True:
-            self.builder.fill(self.ring)
+            self._fill()
             full = not self.builder.room
             self._step_once(now_ns)
             if not full:
                 return
+
+    def _fill(self):
+        # the most the kernel ring held when read: how close it came to full
+        self.ring_peak = max(self.ring_peak, self.ring.pending_bytes)
+        return self.builder.fill(self.ring)
 
     def _step_once(self, now_ns):
         msgs, spans = self.builder.step_staged(time.monotonic_ns())
@@ -859,6 +884,7 @@ class TracePlugin(Plugin):
         c = {f"trace_{k}": v for k, v in self.builder.stats.items()}
         c["points"] = self.points
         c["early_steps"] = self.early_steps
+        c["ring_events_peak_bytes"] = self.ring_peak
         c["trace_connections_ignored"] = self.ignored
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
