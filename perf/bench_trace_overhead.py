@@ -70,7 +70,7 @@ def main():
         if not os.access(runs["baseline"], os.X_OK):
             raise SystemExit(f"BENCH_TRACE_BASELINE: {runs['baseline']} is missing (make install in that tree)")
     off, lat_off, http = [], [], []
-    res = {name: {"rps": [], "lat": [], "cpu": [], "per_req": [], "lost": [], "cost": []} for name in runs}
+    res = {name: {"rps": [], "lat": [], "cpu": [], "per_req": [], "lost": [], "cost": [], "peak": []} for name in runs}
     with tempfile.TemporaryDirectory() as tmp, (bpf_stats() if PROG_COST else _nothing()):
         wrk(tmp)  # warm-up
         for r in range(ROUNDS):
@@ -98,6 +98,8 @@ def main():
         print(f"{name}_collector_cpu_per_10k_rps: {statistics.median(v['cpu']):.3f}")
         print(f"{name}_spans_per_request: {statistics.median(v['per_req']):.3f} {[round(x, 3) for x in v['per_req']]}")
         print(f"{name}_losses (non-zero): {v['lost']}")
+        if any(v["peak"]):  # the most the kernel ring held when read, of its 32 MiB
+            print(f"{name}_ring_peak_mib: {[round(x, 1) for x in v['peak']]}")
         if PROG_COST:
             # the median round's ns per request of each program
             for prog, rows in sorted(_by_prog(v["cost"]).items(), key=lambda kv: -statistics.median(kv[1])):
@@ -146,6 +148,7 @@ def run_trace(tmp, name, python, v):
     v["lat"].append(lat)
     v["cpu"].append(cpu)
     v["per_req"].append(spans_in(out) / max(total, 1))
+    v["peak"].append(m.get(("ebpf-trace", "ring_events_peak_bytes"), 0) / (1 << 20))
     v["lost"].append({k: int(x) for (p, k), x in m.items()
                       if p == "ebpf-trace" and ("kernel_drop" in k or "evicted" in k or "expired" in k) and x})
 

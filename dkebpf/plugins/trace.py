@@ -725,6 +725,7 @@ class TracePlugin(Plugin):
         self.kept = []  # span batches of early steps, for the interval's output (no trace server)
         self.kept_rows = 0
         self.ring_peak = 0
+        self.wakeups = 0
 
     def start(self):
         self.bpf = BpfSkeleton(TRACE).start(knobs={
@@ -781,6 +782,7 @@ class TracePlugin(Plugin):
 
     def on_readable(self, fileobj):
         """Drain; True (flush now) once KEEP_SPANS spans wait for --output."""
+        self.wakeups += 1
         if self.builder.go is not None:
             self.builder.go.poll()
         self.drain()
@@ -885,6 +887,7 @@ class TracePlugin(Plugin):
         c["points"] = self.points
         c["early_steps"] = self.early_steps
         c["ring_events_peak_bytes"] = self.ring_peak
+        c["wakeups"] = self.wakeups
         c["trace_connections_ignored"] = self.ignored
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
