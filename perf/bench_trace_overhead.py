@@ -70,7 +70,7 @@ def main():
         if not os.access(runs["baseline"], os.X_OK):
             raise SystemExit(f"BENCH_TRACE_BASELINE: {runs['baseline']} is missing (make install in that tree)")
     off, lat_off, http = [], [], []
-    res = {name: {"rps": [], "lat": [], "cpu": [], "per_req": [], "lost": [], "cost": [], "peak": []} for name in runs}
+    res = {name: {"rps": [], "lat": [], "cpu": [], "per_req": [], "lost": [], "cost": [], "peak": [], "rss": []} for name in runs}
     with tempfile.TemporaryDirectory() as tmp, (bpf_stats() if PROG_COST else _nothing()):
         wrk(tmp)  # warm-up
         for r in range(ROUNDS):
@@ -98,7 +98,8 @@ def main():
         print(f"{name}_collector_cpu_per_10k_rps: {statistics.median(v['cpu']):.3f}")
         print(f"{name}_spans_per_request: {statistics.median(v['per_req']):.3f} {[round(x, 3) for x in v['per_req']]}")
         print(f"{name}_losses (non-zero): {v['lost']}")
-        if any(v["peak"]):  # the most the kernel ring held when read, of its 32 MiB
+        print(f"{name}_collector_peak_rss_mib: {statistics.median(v['rss']):.0f} {[round(x) for x in v['rss']]}")
+        if any(v["peak"]):  # the most the kernel ring held when read (of TRACE_RING_BYTES)
             print(f"{name}_ring_peak_mib: {[round(x, 1) for x in v['peak']]}")
         if PROG_COST:
             # the median round's ns per request of each program
@@ -127,6 +128,12 @@ def _by_prog(rounds):
     return out
 
 
+def peak_rss_mib(pid):
+    """The collector's peak resident memory (VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def run_trace(tmp, name, python, v):
     """One round of `python -m dkebpf run --enabled ebpf-trace` under wrk:
     throughput, latency, CPU, spans per request, losses (and the programs'
@@ -144,6 +151,7 @@ def run_trace(tmp, name, python, v):
         time.sleep(5)  # the last responses settle and are reported
         m = c.metrics()
         out = c.out
+        v["rss"].append(peak_rss_mib(c.pid))
     v["rps"].append(rps)
     v["lat"].append(lat)
     v["cpu"].append(cpu)
