@@ -58,6 +58,9 @@ GONE_KEEP_S = 60.0                  # what is known of exited processes is kept 
 # spans kept for --output (no trace server) past this many: flushed now, not
 # at the interval's end (memory bounded at any rate and interval)
 KEEP_SPANS = 32768
+# whole-stage steps one drain makes at most (a full 32 MiB ring is ~9): the
+# agent's loop gets back to its flushes and other plugins in between
+MAX_DRAIN_STEPS = 16
 
 _METHODS = pa.array(_http.METHODS, pa.string())
 _VERSIONS = pa.array([None] * 10 + ["1.0", "1.1"], pa.string())
@@ -279,9 +282,9 @@ class SpanBuilder:
 
     @property
     def room(self):
-        """Rows of the stage still free for new records."""
-        self._compact()
-        return self.stage_rows - self.staged
+        """Rows of the stage free for new records (once what is carried is
+        at its front)."""
+        return self.stage_rows - (len(self._carry[1]) if self._carry is not None else self.staged)
 
     def memory(self):
         carried = len(self._carry[1]) if self._carry is not None else self.ncarried
@@ -794,19 +797,24 @@ class TracePlugin(Plugin):
         full, make spans of all of it now (posted at once, or kept for the
         interval's --output), instead of letting the kernel ring fill until
         the interval ends: memory stays the same at any rate."""
-        while self._fill() and not self.builder.room:
+        self._fill()
+        for _ in range(MAX_DRAIN_STEPS):
+            if self.builder.room:
+                return
             self.early_steps += 1
-            self._step(time.time_ns())
+            self._step_once(time.time_ns())
+            self._fill()
 
     def _step(self, now_ns):
         """Spans of what the stage holds, then of what the ring still has
         beyond it (the stage filled up), until the ring is drained."""
+        self._fill()
         while True:
-            self._fill()
             full = not self.builder.room
             self._step_once(now_ns)
             if not full:
                 return
+            self._fill()
 
     def _fill(self):
         # the most the kernel ring held when read: how close it came to full
