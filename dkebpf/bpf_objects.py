@@ -175,13 +175,19 @@ TLS = ObjectSpec(
 # ebpf-trace (bpf/trace.bpf.c): one record per message start of a traced
 # process, ending after its payload. The record's dtype and the drop names
 # live with the span builder (ext/trace.pyx), the one module reading them.
-# Its reader gets 4x the common budget: a record slot is ~1.2 kB (its
-# payload's room) and a request 4 records, and the span builder's cost per
-# step is mostly fixed: at 4 MiB a step was ~440 requests and the builder
-# fell behind nginx + wrk (perf/bench_trace_overhead.py).
+# nginx + wrk traced at both ends: 4 message starts per request at 26.4k
+# requests/s, each the header and ~40 bytes of payload; the reader is woken
+# once 1 MiB waits (EVENTS_WAKE_BYTES): 32 MiB, not the 16 the .bpf.c
+# declares (which lost records at wrk's full rate).
+TRACE_RECORD_BYTES = _trace.MSG_MIN_SIZE + 40
+TRACE_RECORDS_PER_S = 4 * 26_400
+TRACE_RING_BYTES = ring_bytes(TRACE_RECORD_BYTES, TRACE_RECORDS_PER_S, wake=lambda size: 1 << 20)
+# Its records go from the ring straight into the span builder's own 16 MiB
+# stage (RingReader.take_into, plugins/trace.py STAGE_BYTES), not into the
+# reader's buffer.
 TRACE = ObjectSpec(
     "trace", knobs=("ipv6_disabled", "self_tgid", "trace_all"), maps=("trace_pids", "trace_conns"),
-    rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE, buffer_bytes=4 * READER_BUFFER_BYTES),),
+    rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE, max_bytes=TRACE_RING_BYTES),),
     drops="drops", drop_names=MappingProxyType(_trace.DROP_NAMES), drop_prefix="kernel_drop_trace_")
 
 # ebpf-trace's Go goroutines (bpf/trace_go.bpf.c): uprobes attached per Go

@@ -11,7 +11,7 @@ they only count.
 """
 from libc.errno cimport errno
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 from libc.stdint cimport uint32_t, uint64_t
 
 import os
@@ -597,9 +597,46 @@ cdef class RingReader:
         self.ring.n = 0
         return np.frombuffer(block, dtype=self.dtype, count=n)
 
+    def take_into(self, out, Py_ssize_t start=0):
+        """Records into rows start.. of out, a caller's buffer kept between
+        calls (a writable contiguous array of the reader's dtype; the rows
+        before start are the caller's, e.g. records it carries to its next
+        step): first those the reader holds from poll(), then straight from
+        the ring, with the GIL released, up to len(out). What does not fit
+        stays where it is (held, or in the kernel ring) for the next call.
+        Returns the rows of out now filled (start + those copied)."""
+        cdef cnp.ndarray arr = out
+        cdef size_t rec = self.ring.record_size
+        cdef size_t room, first, got = 0
+        cdef char *dest
+        if not self.opened:
+            raise RuntimeError(f"ring buffer {self.name} is closed")
+        if arr.dtype.itemsize != <Py_ssize_t>rec or not arr.flags.c_contiguous or not arr.flags.writeable:
+            raise TypeError(f"ring buffer {self.name}: take_into needs a writable contiguous array "
+                            f"of {rec}-byte records")
+        if start < 0 or start > len(arr):
+            raise ValueError(f"ring buffer {self.name}: take_into at row {start} of {len(arr)}")
+        room = len(arr) - start
+        dest = <char *>cnp.PyArray_DATA(arr) + start * rec
+        with nogil:
+            first = self.ring.n if self.ring.n < room else room
+            if first:
+                memcpy(dest, self.ring.buf, first * rec)
+                self.ring.n -= first
+                if self.ring.n:  # the rest of what was held moves up, in order
+                    memmove(self.ring.buf, self.ring.buf + first * rec, self.ring.n * rec)
+            if first < room and self.ring.n == 0:
+                got = dk_ring_consume_to(&self.ring, dest + first * rec, room - first)
+        return start + first + got
+
     @property
     def held(self):
         return self.ring.n
+
+    @property
+    def pending_bytes(self):
+        """Bytes waiting in the kernel ring (records and their headers)."""
+        return dk_ring_pending_bytes(&self.ring) if self.opened else 0
 
     @property
     def buffer_bytes(self):

@@ -509,8 +509,7 @@ def payloads(msgs, idx):
     cdef uint8_t *D = <uint8_t *>cnp.PyArray_DATA(data)
     with nogil:
         for k in range(n):
-            for L in range(O[k + 1] - O[k]):
-                D[O[k] + L] = M[I[k]].payload[L]
+            memcpy(D + O[k], M[I[k]].payload, O[k + 1] - O[k])
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data[:pos])])
 
 

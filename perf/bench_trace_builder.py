@@ -2,8 +2,10 @@
 ends traced: per request 4 message starts, 2 spans): SpanBuilder.step
 (join, pair, link), SpanBuilder.table (the dketrace columns) and the line
 protocol of the spans, in CPU seconds of this process. Steps of 1750
-messages (what the 4 MiB reader gave) and of 7000 (the 16 MiB one), in
-the same process, BENCH_ROUNDS rounds of 40 steps each; medians.
+messages (what the 4 MiB reader gave), of 7000 (the 16 MiB one) and of
+13,600 (the span builder's whole 16 MiB stage, less what it carries), in
+the same process, BENCH_ROUNDS rounds of 40 steps each; medians. Run it
+with another tree's venv python for that tree's builder, at the same load.
 
     python3 perf/bench_trace_builder.py   (BENCH_ROUNDS=5)
 """
@@ -74,7 +76,7 @@ def run(step):
 
 
 def main():
-    res = {1750: [], 7000: []}
+    res = {1750: [], 7000: [], 13600: []}
     for _ in range(ROUNDS):
         for step in res:
             cpu, n = run(step)
@@ -85,8 +87,11 @@ def main():
         total = statistics.median(sum(c.values()) for _, c in rows)
         split = {k: round(statistics.median(c[k] for _, c in rows) / total, 2) for k in ("step", "table", "encode")}
         print(f"step_{step}_messages_per_cpu_s: {rate:.0f} {[round(r) for r, _ in rows]} share {split}")
-    print(f"step_7000_vs_1750_ratio: "
-          f"{statistics.median(a / b for (a, _), (b, _) in zip(res[7000], res[1750])):.2f}")
+    import dkebpf
+    print(f"dkebpf from {os.path.dirname(dkebpf.__file__)}")
+    for step in (7000, 13600):
+        print(f"step_{step}_vs_1750_ratio: "
+              f"{statistics.median(a / b for (a, _), (b, _) in zip(res[step], res[1750])):.2f}")
 
 
 if __name__ == "__main__":

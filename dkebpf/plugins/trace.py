@@ -49,8 +49,18 @@ SETTLE_NS = 1_000_000_000
 EXPIRE_NS = 120_000_000_000        # a request unanswered this long is dropped (counted)
 CONN_MEMORY_NS = 600_000_000_000
 MAX_CARRIED = 16384                 # records waiting for their other half, at most
+# the span builder's staging buffer (~13.9k records of ~1.2 kB): ring records
+# are copied into it once and a step pairs all of it; half of it at most is
+# what is carried
+STAGE_BYTES = 16 << 20
 RESCAN_S = 1.0                      # /proc rescans for new processes, at most this often
 GONE_KEEP_S = 60.0                  # what is known of exited processes is kept this long
+# spans kept for --output (no trace server) past this many: flushed now, not
+# at the interval's end (memory bounded at any rate and interval)
+KEEP_SPANS = 32768
+# whole-stage steps one drain makes at most (a full 32 MiB ring is ~9): the
+# agent's loop gets back to its flushes and other plugins in between
+MAX_DRAIN_STEPS = 16
 
 _METHODS = pa.array(_http.METHODS, pa.string())
 _VERSIONS = pa.array([None] * 10 + ["1.0", "1.1"], pa.string())
@@ -237,17 +247,23 @@ class SpanBuilder:
     message; per process (names) and per batch only."""
 
     def __init__(self, selector, conv_to_ddtrace=False, protos=None, settle_ns=SETTLE_NS, expire_ns=EXPIRE_NS,
-                 max_carried=MAX_CARRIED):
+                 max_carried=MAX_CARRIED, stage_bytes=STAGE_BYTES):
         self.selector = selector
         self.conv = conv_to_ddtrace
         self.protos = protos  # set of names to report, None: all
         self.settle_ns = settle_ns
         self.expire_ns = expire_ns
         self.max_carried = max_carried
-        self.carried = np.zeros(0, _trace.MSG_DTYPE)
         self.conns = np.zeros(0, _trace.CONN_DTYPE)
         self.statements = PreparedStatements()
-        self._joined = None  # step()'s buffer of carried + new records
+        # the staging buffer: what is carried at its front, then the new
+        # records (fill() copies them in straight from the ring); allocated
+        # on first use, kept: a fresh array per step cost its page faults
+        self.stage_rows = max(2, stage_bytes // _trace.MSG_DTYPE.itemsize)
+        self.stage = None
+        self.staged = 0      # rows of the stage filled
+        self.ncarried = 0    # of which carried from the step before
+        self._carry = None   # (array, indices): to carry, not yet moved to the stage's front
         self.given_up = np.zeros(0, np.uint64)
         self.closed_before = np.zeros(0, np.uint64)
         self.go = None  # trace_go.GoTracing: goroutines instead of threads in Go processes
@@ -255,15 +271,79 @@ class SpanBuilder:
                       "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
                       "exits_without_entry": 0}
 
+    @property
+    def carried(self):
+        """The records carried to the next step (a copy)."""
+        if self._carry is not None:
+            return self._carry[0][self._carry[1]]
+        if self.stage is None:
+            return np.zeros(0, _trace.MSG_DTYPE)
+        return self.stage[:self.ncarried].copy().view(_trace.MSG_DTYPE)
+
+    @property
+    def room(self):
+        """Rows of the stage free for new records (once what is carried is
+        at its front)."""
+        return self.stage_rows - (len(self._carry[1]) if self._carry is not None else self.staged)
+
     def memory(self):
-        return {"carried_records": self.carried.nbytes, "connections": self.conns.nbytes,
+        carried = len(self._carry[1]) if self._carry is not None else self.ncarried
+        return {"carried_records": carried * _RECORD.itemsize, "connections": self.conns.nbytes,
                 "prepared_statements": self.statements.nbytes,
-                "step_buffer": self._joined.nbytes if self._joined is not None else 0}
+                "step_buffer": self.stage.nbytes if self.stage is not None else 0}
+
+    def _compact(self):
+        """The records to carry to the stage's front (moved only now: the
+        step's spans were read from where they were)."""
+        if self.stage is None:
+            self.stage = np.empty(self.stage_rows, _RECORD)
+        if self._carry is None:
+            return
+        src, idx = self._carry
+        self._carry = None
+        n = len(idx)
+        if n > len(self.stage):
+            self.stage = np.empty(n + n // 4, _RECORD)
+        self.stage[:n] = src.view(_RECORD)[idx]  # a gather first: safe where they overlap
+        self.staged = self.ncarried = n
+
+    def fill(self, reader):
+        """Records from a RingReader into the stage, after what is carried,
+        up to its size; the rest stays in the ring. Returns how many came."""
+        self._compact()
+        before = self.staged
+        self.staged = reader.take_into(self.stage, before)
+        return self.staged - before
 
     def step(self, new_msgs, now_mono_ns):
         """Pair what is carried plus new_msgs; returns (msgs, spans)."""
-        self.stats["messages"] += len(new_msgs)
-        msgs = self._join(new_msgs)
+        self._compact()
+        if not self.staged:  # nothing carried: the records as they are
+            out = self._pair(_records_of(new_msgs), len(new_msgs), now_mono_ns)
+            self._compact()  # the carried ones copied now: the caller's array may change
+            return out
+        new = np.ascontiguousarray(new_msgs.astype(_trace.MSG_DTYPE, copy=False))
+        n = self.staged + len(new)
+        if n > len(self.stage):  # a caller's batch larger than the stage
+            grown = np.empty(n + n // 4, _RECORD)
+            grown[:self.staged] = self.stage[:self.staged]
+            self.stage = grown
+        self.stage[self.staged:n] = new.view(_RECORD)
+        self.staged = n
+        return self.step_staged(now_mono_ns)
+
+    def step_staged(self, now_mono_ns):
+        """Pair what the stage holds (carried, then what fill() brought);
+        returns (msgs, spans): msgs is the stage itself, valid until the
+        next fill() or step."""
+        self._compact()
+        msgs = self.stage[:self.staged].view(_trace.MSG_DTYPE)
+        new = self.staged - self.ncarried
+        self.staged = self.ncarried = 0
+        return self._pair(msgs, new, now_mono_ns)
+
+    def _pair(self, msgs, new, now_mono_ns):
+        self.stats["messages"] += new
         order = np.lexsort((msgs["ts"], msgs["sk"]))  # records stay in place (~1.2 kB each)
         role, spans, carry, seen, st, until = _trace.pair(msgs, order, self.conns,
                                                           max(0, now_mono_ns - self.settle_ns),
@@ -283,32 +363,15 @@ class SpanBuilder:
         # spans, made after it, may still execute them)
         self.statements.forget(self.closed_before)
         self.closed_before = seen["sk"][seen["closed"] == 1]
-        kept = msgs[carry]
-        if len(kept) > self.max_carried:  # bounded memory: the oldest go
-            self.stats["carried_evicted"] += len(kept) - self.max_carried
-            kept = kept[np.argsort(kept["ts"], kind="stable")[-self.max_carried:]]
-        self.carried = kept
+        kept = np.flatnonzero(carry)
+        # bounded memory, and half the stage left for new records: the oldest go
+        limit = min(self.max_carried, self.stage_rows // 2)
+        if len(kept) > limit:
+            self.stats["carried_evicted"] += len(kept) - limit
+            kept = np.sort(kept[np.argsort(msgs["ts"][kept], kind="stable")[-limit:]])
+        self._carry = (msgs, kept) if len(kept) else None
         self.stats["spans"] += len(spans)
         return msgs, spans
-
-    def _join(self, new_msgs):
-        """What is carried, then new_msgs, in one writable array. With
-        something carried, in a buffer kept between steps (valid until the
-        next step): a fresh array per step (up to ~17 MB) cost its page
-        faults, 13% of the collector's CPU under nginx + wrk; the buffer
-        goes when a step needs under a quarter of it, so an idle collector
-        does not keep it."""
-        if not len(self.carried):
-            self._joined = None
-            return _records_of(new_msgs)
-        new = np.ascontiguousarray(new_msgs.astype(_trace.MSG_DTYPE, copy=False))
-        nc, n = len(self.carried), len(self.carried) + len(new)
-        if self._joined is None or len(self._joined) < n or len(self._joined) > 4 * n + 1024:
-            self._joined = np.empty(n + n // 4, _RECORD)
-        out = self._joined[:n]
-        out[:nc] = self.carried.view(_RECORD)
-        out[nc:] = new.view(_RECORD)
-        return out.view(_trace.MSG_DTYPE)
 
     def _merge_conns(self, seen, now):
         old = self.conns[~np.isin(self.conns["sk"], seen["sk"])]
@@ -328,7 +391,6 @@ class SpanBuilder:
         resp = _Gather(msgs, spans["resp"])
         incoming = spans["incoming"].astype(bool)
         kind = _choose(incoming, "exit", "entry")
-        fam = req["family"]
         start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
         # one of several pipelined messages: its own length, else the socket's counters
         req_bytes = np.where(pipe["many"], pipe["req_len"], spans["req_bytes"])
@@ -352,9 +414,7 @@ class SpanBuilder:
             "process_name": names, "service": services,
             "thread_name": _records.comm_to_arrow(req["comm"]),
             "pid": pc.cast(pa.array(req["pid"]), pa.string()),
-            "src_ip": format_addrs(req["laddr"], fam), "dst_ip": format_addrs(req["raddr"], fam),
-            "src_port": pc.cast(pa.array(req["lport"]), pa.string()),
-            "dst_port": pc.cast(pa.array(req["rport"]), pa.string()),
+            **_endpoints(msgs, spans["req"]),
             "start": pa.array(start_ns // 1000),
             "duration": pa.array(((spans["end_ns"] - spans["start_ns"]) // 1000).astype(np.int64)),
             "bytes_read": pa.array(np.where(incoming, req_bytes, resp_bytes).astype(np.int64)),
@@ -531,6 +591,26 @@ def _records_of(*parts):
     return np.concatenate([p.view(_RECORD) for p in parts]).view(_trace.MSG_DTYPE)
 
 
+def _endpoints(msgs, idx):
+    """src_ip, dst_ip, src_port, dst_port of the records msgs[idx]: made
+    once per connection (the records of one socket with the same
+    addresses), then taken per span."""
+    sk, laddr, raddr = msgs["sk"][idx], msgs["laddr"][idx], msgs["raddr"][idx]
+    lport, rport, fam = msgs["lport"][idx], msgs["rport"][idx], msgs["family"][idx]
+    _, first, inv = np.unique(sk, return_index=True, return_inverse=True)
+    rep = first[inv.ravel()]
+    # a socket's memory reused in the step by another connection: its own
+    other = ((laddr != laddr[rep]) | (raddr != raddr[rep]) | (lport != lport[rep]) | (rport != rport[rep])
+             | (fam != fam[rep]))
+    rep[other] = np.flatnonzero(other)
+    one, inv = np.unique(rep, return_inverse=True)
+    take = pa.array(inv.ravel().astype(np.int32))
+    return {"src_ip": format_addrs(laddr[one], fam[one]).take(take),
+            "dst_ip": format_addrs(raddr[one], fam[one]).take(take),
+            "src_port": pc.cast(pa.array(lport[one]), pa.string()).take(take),
+            "dst_port": pc.cast(pa.array(rport[one]), pa.string()).take(take)}
+
+
 class _Gather:
     """msgs[field][idx] on demand: a span needs a few fields of its
     request and response records, not the whole records."""
@@ -646,6 +726,9 @@ class TracePlugin(Plugin):
         self.early_steps = 0
         self.ignored = 0  # connections the kernel was told to stop sending
         self.kept = []  # span batches of early steps, for the interval's output (no trace server)
+        self.kept_rows = 0
+        self.ring_peak = 0
+        self.wakeups = 0
 
     def start(self):
         self.bpf = BpfSkeleton(TRACE).start(knobs={
@@ -659,7 +742,6 @@ class TracePlugin(Plugin):
         except KernelError as exc:  # Go programs are then traced by thread
             go.stop()
             self.log.warning("ebpf-trace: no goroutine probes: %s", str(exc).splitlines()[0])
-        self.step_records = max(1, TRACE.rings[0].max_records // 2)
         self.rescan(force=True)
         server = self.cfg.trace_server or self.cfg.datakit_apiserver
         if server:
@@ -702,28 +784,45 @@ class TracePlugin(Plugin):
         return [self.ring] + (self.builder.go.fileobjs() if self.builder.go else [])
 
     def on_readable(self, fileobj):
+        """Drain; True (flush now) once KEEP_SPANS spans wait for --output."""
+        self.wakeups += 1
         if self.builder.go is not None:
             self.builder.go.poll()
         self.drain()
         self.rescan()
+        return self.kept_rows >= KEEP_SPANS
 
     def drain(self):
-        """Records into the reader's buffer; once it holds half its fixed
-        budget, make spans of them now (posted at once, or kept for the
-        interval's --output), instead of letting the kernel ring fill
-        until the interval ends: memory stays the same at any rate."""
-        self.ring.poll(0)
-        if self.ring.held >= self.step_records:
+        """Records straight into the span builder's stage; each time it is
+        full, make spans of all of it now (posted at once, or kept for the
+        interval's --output), instead of letting the kernel ring fill until
+        the interval ends: memory stays the same at any rate."""
+        self._fill()
+        for _ in range(MAX_DRAIN_STEPS):
+            if self.builder.room:
+                return
             self.early_steps += 1
-            self._step(time.time_ns())
-
-    def take(self):
-        self.ring.poll(0)
-        self.ring.consume()
-        return self.ring.take()
+            self._step_once(time.time_ns())
+            self._fill()
 
     def _step(self, now_ns):
-        msgs, spans = self.builder.step(self.take(), time.monotonic_ns())
+        """Spans of what the stage holds, then of what the ring still has
+        beyond it (the stage filled up), until the ring is drained."""
+        self._fill()
+        while True:
+            full = not self.builder.room
+            self._step_once(now_ns)
+            if not full:
+                return
+            self._fill()
+
+    def _fill(self):
+        # the most the kernel ring held when read: how close it came to full
+        self.ring_peak = max(self.ring_peak, self.ring.pending_bytes)
+        return self.builder.fill(self.ring)
+
+    def _step_once(self, now_ns):
+        msgs, spans = self.builder.step_staged(time.monotonic_ns())
         self._ignore(self.builder.given_up)
         if not len(spans):
             return
@@ -736,6 +835,7 @@ class TracePlugin(Plugin):
             self.post(batch, now_ns)
         else:
             self.kept.append(batch)
+            self.kept_rows += batch.num_rows
 
     def _ignore(self, sks):
         """Flag these sockets `ignored` in the kernel's trace_conns: their
@@ -765,7 +865,7 @@ class TracePlugin(Plugin):
     def collect(self, now_ns):
         self.rescan()
         self._step(now_ns)
-        kept, self.kept = self.kept, []
+        kept, self.kept, self.kept_rows = self.kept, [], 0
         # --output: spans go where the other points go (one PointBatch per step's columns)
         return [PointBatch(MEASUREMENT, "bpftracing", INPUT, b, SPAN_TAGS, _fields(b), timestamp_column="time")
                 for b in kept]
@@ -794,6 +894,8 @@ class TracePlugin(Plugin):
         c = {f"trace_{k}": v for k, v in self.builder.stats.items()}
         c["points"] = self.points
         c["early_steps"] = self.early_steps
+        c["ring_events_peak_bytes"] = self.ring_peak
+        c["wakeups"] = self.wakeups
         c["trace_connections_ignored"] = self.ignored
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:

@@ -75,3 +75,54 @@ def test_records_wrapping_the_ring_end_arrive_whole(bpf_ok, producer, how):
     assert (np.diff(seq) == 1).all(), "records lost or out of order"
     assert (recs["pad"] == expected_pad(seq)).all(), "a record's bytes were not copied whole"
     assert counters["bad_size"] == 0
+
+
+@pytest.mark.requires("btf")
+def test_take_into_keeps_the_callers_rows_and_leaves_what_does_not_fit(bpf_ok, producer):
+    """take_into (the span builder's path): records land after the rows the
+    caller carries, which stay as they are; what does not fit waits (held
+    by the reader, or in the kernel ring) and comes next time, in order;
+    every record once, whole, across the ring's end."""
+    from dkebpf.bpf_objects import BpfSkeleton, ObjectSpec, Ring
+
+    spec = ObjectSpec("ring_wrap", knobs=("target_tgid", "per_call"), rings=(Ring("ring", WRAP_DTYPE),))
+    per_call, calls = 32, 400  # 3 calls (96 records of 112 bytes) fit in the 16 KiB ring
+    out = np.zeros(50, WRAP_DTYPE)
+    got, carried, partial = [], 0, 0
+    with BpfSkeleton(spec, path=producer).start(knobs={"target_tgid": os.getpid(), "per_call": per_call}) as bpf:
+        reader = bpf.rings.ring
+        with pytest.raises(TypeError, match="take_into needs a writable contiguous array of 100-byte"):
+            reader.take_into(np.zeros(4, np.uint64))
+        with pytest.raises(ValueError, match="take_into at row 51 of 50"):
+            reader.take_into(out, 51)
+        for call in range(calls):
+            os.getppid()
+            if call % 3 != 2:
+                if call % 6 == 1:
+                    reader.poll(0)  # some wait in the reader's buffer first: they come first
+                continue
+            # the caller's carried rows: marked, and they must stay
+            carried = call % 7
+            out[:carried] = np.zeros(carried, WRAP_DTYPE)
+            out["seq"][:carried] = np.uint64(1 << 63) + np.arange(carried, dtype=np.uint64)
+            while True:
+                n = reader.take_into(out, carried)
+                assert carried <= n <= len(out)
+                assert (out["seq"][:carried] == np.uint64(1 << 63) + np.arange(carried, dtype=np.uint64)).all()
+                got.append(out[carried:n].copy())
+                if n < len(out):
+                    break
+                partial += 1  # the buffer was full: the rest waits for the next call
+        while True:
+            n = reader.take_into(out, 0)
+            got.append(out[:n].copy())
+            if n == 0:
+                break
+        counters = reader.counters()
+    recs = np.concatenate(got)
+    assert partial > 50  # 96 records into a room of 43-50: the rest came later
+    assert len(recs) == per_call * calls, (len(recs), counters)
+    seq = recs["seq"]
+    assert seq[0] == 0 and (np.diff(seq) == 1).all(), "records lost, repeated or out of order"
+    assert (recs["pad"] == expected_pad(seq)).all(), "a record's bytes were not copied whole"
+    assert counters["bad_size"] == 0 and counters["received"] == per_call * calls

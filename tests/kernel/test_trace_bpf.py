@@ -119,7 +119,7 @@ def test_untraced_processes_give_no_spans(bpf_ok, apps):
     try:
         assert apps.curl("/item/x", delay=0).wait(15) == 0
         time.sleep(1)
-        msgs = p.take()
+        msgs = p.ring.take()
         pids = {apps.web.pid, apps.redis.pid}
         assert not any(int(x) in pids for x in msgs["pid"])
         assert p.kernel_pids == {}
@@ -426,20 +426,23 @@ def test_connection_of_unknown_protocol_stops_sending_records(plugin, apps):
     import subprocess
     import sys
 
+    from dkebpf import _trace
     from support.trace_apps import start_after
 
     proc = start_after(2.5, [sys.executable, "-c", JUNK_ECHO], apps.env, stdout=subprocess.PIPE, text=True)
     pid = proc.pid
     seen = []  # (ts, op) of this process's records, as the plugin takes them
-    take = plugin.take
+    fill = plugin.builder.fill
 
-    def counting_take():
-        msgs = take()
+    def counting_fill(reader):
+        n = fill(reader)
+        b = plugin.builder
+        msgs = b.stage[b.staged - n:b.staged].view(_trace.MSG_DTYPE)  # what came
         mine = msgs[msgs["pid"] == pid]
         seen.extend(zip(mine["ts"].tolist(), mine["op"].tolist()))
-        return msgs
+        return n
 
-    plugin.take = counting_take
+    plugin.builder.fill = counting_fill
     end = time.monotonic() + 20
     while proc.poll() is None and time.monotonic() < end:
         plugin.collect(time.time_ns())

@@ -377,3 +377,34 @@ def test_event_loop_exits_get_the_one_open_request_or_none():
     assert calls[0] == entry["/a"] and calls[2] == entry["/b"]
     assert calls[1] not in entry.values() and calls[3] not in entry.values()
     assert (b.stats["exits_ambiguous_parent"], b.stats["exits_without_entry"]) == (1, 1)
+
+
+def test_carried_records_are_bounded_by_half_the_stage():
+    """What is carried (unanswered requests) stays at most half the
+    staging buffer, the newest kept, so new records always find room; the
+    rest counted as evicted."""
+    b = SpanBuilder(Names(), stage_bytes=10 * _trace.MSG_DTYPE.itemsize)
+    reqs = [msg(sk, RECV, S + sk, b"GET /a HTTP/1.1\r\n\r\n") for sk in range(1, 9)]
+    b.step(np.concatenate(reqs), 2 * S)
+    assert sorted(b.carried["sk"].tolist()) == [4, 5, 6, 7, 8] and b.stats["carried_evicted"] == 3
+    # answered in the next step, after the carried ones in the stage
+    msgs, spans = b.step(np.concatenate([msg(sk, SEND, 3 * S + sk, b"HTTP/1.1 204 No\r\n\r\n") for sk in (5, 8)]
+                                        + [msg(sk, CLOSE, 4 * S + sk) for sk in (5, 8)]), 5 * S)
+    assert sorted(msgs["sk"][spans["req"]].tolist()) == [5, 8]
+    assert sorted(b.carried["sk"].tolist()) == [4, 6, 7] and b.memory()["step_buffer"] == 10 * _trace.MSG_DTYPE.itemsize
+
+
+def test_addresses_per_connection_also_for_a_reused_socket():
+    """src/dst ip and port are made once per connection: a socket closed
+    and reused in the same step by another connection keeps its own."""
+    first = [msg(1, RECV, 1000, b"GET /a HTTP/1.1\r\n\r\n"), msg(1, SEND, 1100, b"HTTP/1.1 200 OK\r\n\r\n"),
+             msg(1, CLOSE, 1200)]
+    second = [msg(1, RECV, 2000, b"GET /b HTTP/1.1\r\n\r\n"), msg(1, SEND, 2100, b"HTTP/1.1 200 OK\r\n\r\n"),
+              msg(1, CLOSE, 2200), msg(2, RECV, 2300, b"GET /c HTTP/1.1\r\n\r\n"),
+              msg(2, SEND, 2400, b"HTTP/1.1 200 OK\r\n\r\n"), msg(2, CLOSE, 2500)]
+    for m in second[:3]:
+        m["raddr"], m["rport"] = b"\x0a\0\0\x02" + b"\0" * 12, 50000
+    rows = build(first + second)[3]
+    assert sorted((r["http_route"], r["dst_ip"], r["dst_port"], r["src_port"]) for r in rows) == [
+        ("/a", "127.0.0.1", "40000", "8080"), ("/b", "10.0.0.2", "50000", "8080"),
+        ("/c", "127.0.0.1", "40000", "8080")]
