@@ -24,6 +24,12 @@ collector's own namespace the physical NICs (not listed under
 /sys/devices/virtual/net, as the original), elsewhere every UP interface
 but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
+A reader thread of the plugin drains the rings (PacketRing.read: blocks
+walked and decoded without the GIL, lingering while traffic is heavy, so
+Python runs once per batch) into the connection tables, under a lock the
+agent's thread also takes to collect, open and close: the agent's own work
+(encoding, sending, other plugins) does not leave the rings full.
+
 Packets are decoded in Cython (dkebpf._packets: Ethernet, VLAN, IPv4,
 IPv6 extension headers, TCP, UDP, VXLAN) and folded into per-connection
 chunks (dkebpf._netlog.ConnTable, which also writes each chunk's message
