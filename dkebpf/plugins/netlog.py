@@ -548,6 +548,23 @@ def _strings(values, index):
     return pa.array(np.array(values, dtype=object)[index], pa.string())
 
 
+HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _hex128(hi, lo):
+    """32 lower-case hex digits per row of two uint64 columns (hi first),
+    as "%016x%016x" writes them, column-wise."""
+    n = len(hi)
+    raw = np.empty((n, 16), np.uint8)
+    raw[:, :8] = np.asarray(hi, ">u8").view(np.uint8).reshape(n, 8)
+    raw[:, 8:] = np.asarray(lo, ">u8").view(np.uint8).reshape(n, 8)
+    text = np.empty((n, 32), np.uint8)
+    text[:, 0::2] = HEX_DIGITS[raw >> 4]
+    text[:, 1::2] = HEX_DIGITS[raw & 15]
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+
+
 def common_columns(parts, incoming):
     """The tags every L4 and L7 point carries (the reference's
     buildCommTags), from rows of CHUNK_DTYPE or L7_DTYPE (same key
@@ -562,7 +579,6 @@ def common_columns(parts, incoming):
     lport = pc.cast(pa.array(rows["lport"]), pa.string())
     rport = pc.cast(pa.array(rows["rport"]), pa.string())
     inc = pa.array(incoming)
-    inner = np.char.add(np.char.mod("%016x", rows["inner_hi"]), np.char.mod("%016x", rows["inner_lo"]))
     return rows, {
         "src_ip": local_ip, "dst_ip": remote_ip, "src_port": lport, "dst_port": rport,
         "nic_name": _strings([c.nic.name for c in caps], which),
@@ -572,10 +588,10 @@ def common_columns(parts, incoming):
         "virtual_nic": _strings(["false" if c.host_network else "true" for c in caps], which),
         "vni_id": pc.cast(pa.array(rows["vni"]), pa.string()),
         "vxlan_packet": pa.array(np.where(rows["vxlan"] == 1, "true", "false")),
-        "inner_traceid": pa.array(inner.astype(str)),
+        "inner_traceid": _hex128(rows["inner_hi"], rows["inner_lo"]),
         # the original's undocumented tag: "<SYN seq>_<SYN|ACK seq>", 0 for what was not seen
-        "nic_traceid": pa.array(np.char.add(np.char.add(rows["syn_seq"].astype(str), "_"),
-                                            rows["synack_seq"].astype(str))),
+        "nic_traceid": pc.binary_join_element_wise(pc.cast(pa.array(rows["syn_seq"]), pa.string()),
+                                                   pc.cast(pa.array(rows["synack_seq"]), pa.string()), "_"),
         # the client is the local end unless the connection came in
         "client_ip": pc.if_else(inc, remote_ip, local_ip),
         "client_port": pc.if_else(inc, rport, lport),
@@ -692,20 +708,21 @@ def l7_batch(parts):
     req_seq = x["req_seq"].astype(np.int64)
     paths, paths_plain = _http_paths(x)
     trace_id, parent_id, tp_plain = _traceparent_ids(x)
+    req_text, resp_text = (pc.cast(pa.array(v), pa.string()) for v in (req_seq, resp_seq))
     cols.update({
         "time": pa.array(x["req_ts"].astype(np.int64)),
         "l4_proto": pa.array(np.full(len(x), "tcp", dtype=object), pa.string()),
         "l7_proto": pa.array(np.full(len(x), "http", dtype=object), pa.string()),
         "direction": pa.array(np.where(inc, "incoming", "outgoing")),
         "conn_side": pa.array(np.where(inc, "server", "client")),
-        "l7_traceid": pa.array(np.char.add(np.char.add(req_seq.astype(str), "_"), resp_seq.astype(str))),
+        "l7_traceid": pc.binary_join_element_wise(req_text, resp_text, "_"),
         "trace_id": trace_id,
         "parent_id": parent_id,
         "http_method": _strings(_http.METHODS, x["method"]),
         "http_path": paths,
         "http_status_code": pa.array(np.where(has_resp, x["status"], 0).astype(np.int64)),
-        "req_seq": pc.cast(pa.array(req_seq), pa.string()),
-        "resp_seq": pc.cast(pa.array(resp_seq), pa.string()),
+        "req_seq": req_text,
+        "resp_seq": resp_text,
         # tx: what this interface sent (the response when the request came in)
         "tx_seq": pa.array(np.where(inc, resp_seq, req_seq)),
         "rx_seq": pa.array(np.where(inc, req_seq, resp_seq)),

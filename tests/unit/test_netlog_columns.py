@@ -98,3 +98,16 @@ def test_plain_rows_and_a_real_traceparent():
         "http": {"direction": "incoming", "pkt_chunk_range": [0, 1], "trace_id": "0af7651916cd43dd8448eb211c80319c",
                  "parent_id": "b7ad6b7169203331", "path": "/api/v1?q=1", "method": "GET", "status_code": 200},
         "tcp": dict(zip(COUNTS, [1, 2, 3, 4, 0, 0]))}
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, (1 << 64) - 1), st.integers(0, (1 << 64) - 1),
+                          st.integers(0, (1 << 32) - 1), st.integers(0, (1 << 32) - 1)), min_size=1, max_size=20))
+def test_trace_tags_equal_their_text_formats(ids):
+    x = rows_of([{"path": b"/", "traceparent": b"", "has_traceparent": 0, "has_resp": 0, "incoming": 0,
+                  "method": 1, "status": 0, "counts": [0] * len(COUNTS), "chunks": (0, 0)}] * len(ids))
+    for i, (hi, lo, syn, synack) in enumerate(ids):
+        x[i]["inner_hi"], x[i]["inner_lo"], x[i]["syn_seq"], x[i]["synack_seq"] = hi, lo, syn, synack
+    got = l7_batch([(capture(), x)]).to_pydict()
+    assert got["inner_traceid"] == [f"{hi:016x}{lo:016x}" for hi, lo, _s, _a in ids]
+    assert got["nic_traceid"] == [f"{s}_{a}" for _h, _l, s, a in ids]
