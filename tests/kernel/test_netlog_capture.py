@@ -14,7 +14,7 @@ import pyarrow as pa
 import pytest
 
 from support.netns import NetNS, sh
-from support.traffic import tcp_server
+from support.traffic import tcp_server, wait_until
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 
@@ -633,6 +633,42 @@ def test_plugin_emits_a_living_connections_chunk_when_it_ages(bpf_ok):
             held = [r for r in last["bpf_net_l4_log"] if r["src_port"] == str(port)]
             assert [(r["chunk_id"], r["rx_bytes"], r["chunk_syn"]) for r in held] == [(1, 300, True)]
             c.close()
+            srv.wait(10)
+        finally:
+            plugin.stop()
+
+
+def test_plugin_reader_thread_drains_alone_and_hands_its_failure_over(bpf_ok):
+    """The plugin's reader thread empties the ring while the agent's thread
+    does nothing (no on_readable, no drain, no collect); when folding fails
+    there, the error is raised at the agent's next step, not lost with the
+    thread."""
+    import logging
+
+    from dkebpf.config import load_config
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    with NetNS() as ns:
+        srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
+        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
+                          environ={})
+        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        plugin.start()
+        try:
+            (cap,) = plugin.captures.values()
+            c = socket.create_connection((ns.peer_ip, srv.info["port"]))
+            c.sendall(b"x" * 5000)
+            assert wait_until(lambda: cap.conns.packets >= 3, 5)   # SYN, SYN|ACK, ACK at least
+
+            class Broken:
+                def add(self, pkts, payload):
+                    raise RuntimeError("folding failed")
+            cap.conns = Broken()
+            c.sendall(b"y" * 5000)
+            c.close()
+            assert wait_until(lambda: plugin._reader_error is not None, 5)
+            with pytest.raises(RuntimeError, match="folding failed"):
+                plugin.on_readable(plugin.fileobjs()[0])
             srv.wait(10)
         finally:
             plugin.stop()
