@@ -220,15 +220,18 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
         pkts = dump.stop()
         drain_until_quiet(cap, 0.3)
         got = cap.conns.collect(time.time_ns(), True)
+        ring = cap.ring.counters()
     finally:
         cap.close()
+    # a mismatch seen once under load: these say whether the ring lost packets or tcpdump saw fewer
+    assert ring["kernel_drops"] == 0, ring
     chunks = got.chunks
     exp, syn, synack = expected_from_pcap(pkts, peer, port)
     which = (chunks["lport"] == port) & (chunks["proto"] == 6)
     mine = chunks[which]
     assert len(mine) >= 1
     got_counts = {k: int(mine[k].sum()) for k in exp}
-    assert got_counts == exp
+    assert got_counts == exp, (ring, len(pkts))
     # retransmitted payload counts again, as on the wire
     assert (exp["rx_bytes"] == 1_000_000) if not loss else (exp["rx_bytes"] > 1_000_000)
     assert exp["tx_bytes"] >= 300_000
