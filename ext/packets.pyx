@@ -47,6 +47,7 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("window", "<u2", offset_of(&_p, &_p.window)),
     ("vlan", "<u2", offset_of(&_p, &_p.vlan)),
     ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
+    ("wscale", "u1", offset_of(&_p, &_p.wscale)),
     ("smac", "V6", offset_of(&_p, &_p.smac)),
     ("dmac", "V6", offset_of(&_p, &_p.dmac)),
 ], sizeof(dk_pkt))
@@ -94,6 +95,25 @@ cdef int skip_ipv6_extensions(const uint8_t *p, uint32_t n, uint8_t *proto, uint
         off[0] += hlen
         plen[0] -= hlen
     return NOT_TCP_UDP
+
+
+cdef uint8_t _tcp_wscale(const uint8_t *o, uint32_t n) noexcept nogil:
+    """The window scale shift in the TCP options o[0:n] (kind 3, length 3;
+    RFC 7323 2.2-2.3: a shift over 14 is used as 14), DK_NO_WSCALE when
+    absent or when the options are malformed."""
+    cdef uint32_t i = 0
+    while i < n:
+        if o[i] == 0:          # end of options
+            break
+        if o[i] == 1:          # no-op
+            i += 1
+            continue
+        if i + 1 >= n or o[i + 1] < 2 or i + o[i + 1] > n:
+            break
+        if o[i] == 3 and o[i + 1] == 3:
+            return o[i + 2] if o[i + 2] <= 14 else 14
+        i += o[i + 1]
+    return DK_NO_WSCALE
 
 
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
@@ -144,6 +164,7 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     out.tcp_flags = 0
     out.seq = out.ack = out.vni = 0
     out.window = out.vlan = out.vxlan = 0
+    out.wscale = DK_NO_WSCALE
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
@@ -168,6 +189,8 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         out.window = be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
+        if out.tcp_flags & 0x02:   # SYN: its options may carry the window scale
+            out.wscale = _tcp_wscale(p + off + 20, doff - 20)
         out.payload_wire = plen - doff
         off += doff
     else:

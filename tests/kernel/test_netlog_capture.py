@@ -135,13 +135,24 @@ TCP_FLAG_NAMES = ("FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR")   # bi
 def series_from_pcap(pkts, local_ip, local_port):
     """The connection's packets as tcpdump saw them, as the message's
     series says them once made absolute: (txrx, src mac, dst mac, flags,
-    seq, ack (0 without ACK), payload size, window)."""
+    seq, ack (0 without ACK), payload size, window: scaled by the shift
+    its sender's SYN announced once both SYNs carried one, RFC 7323 2.2)."""
     import dpkt
+    conn = list(connection_packets(pkts, local_ip, local_port))
+    shift = {}
+    for d, _eth, _ip, tcp in conn:
+        if tcp.flags & dpkt.tcp.TH_SYN:
+            ws = [v for k, v in dpkt.tcp.parse_opts(tcp.opts) if k == dpkt.tcp.TCP_OPT_WSCALE]
+            if ws:
+                shift[d] = min(ws[0][0], 14)
     out = []
-    for d, eth, ip, tcp in connection_packets(pkts, local_ip, local_port):
+    for d, eth, ip, tcp in conn:
         flags = "|".join(n for b, n in enumerate(TCP_FLAG_NAMES) if tcp.flags & (1 << b))
+        scaled = len(shift) == 2 and not tcp.flags & dpkt.tcp.TH_SYN
         out.append((d, eth.src.hex(":"), eth.dst.hex(":"), flags, tcp.seq,
-                    tcp.ack if tcp.flags & dpkt.tcp.TH_ACK else 0, tcp_payload_len(ip, tcp), tcp.win))
+                    tcp.ack if tcp.flags & dpkt.tcp.TH_ACK else 0, tcp_payload_len(ip, tcp),
+                    tcp.win << shift[d] if scaled else tcp.win))
+    assert len(shift) == 2 or not conn or not conn[0][3].flags & dpkt.tcp.TH_SYN   # Linux sends the option
     return out
 
 
