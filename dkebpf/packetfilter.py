@@ -135,15 +135,21 @@ NETLOG_SNAPLEN = 4096   # bpf-netlog: enough for HTTP/1 headers; counts come fro
 
 
 # A TCP segment of at least BULK_PAYLOAD bytes whose payload does not start
-# like an HTTP/1 request or status line is cut after its TCP header (+ up to
-# LINK_ROOM bytes: the link header's length is not known to the program):
-# bulk data costs ~200 bytes of ring instead of ~1.6 KiB, so a ring of the
-# same size absorbs a TCP window's burst 8x longer (measured: a 4 MiB ring
-# dropped bursts of a bulk transfer through a veth). The counts come from
-# the headers; header segments of HTTP (shorter, or starting with a token)
-# stay whole.
-BULK_PAYLOAD = 1024
-LINK_ROOM = 64
+# like an HTTP/1 request or status line is cut after its TCP header (+
+# LINK_ROOM bytes: the Ethernet header, which the program does not see):
+# bulk data costs ~150 bytes of ring instead of up to ~1.6 KiB, so a ring of
+# the same size absorbs a TCP window's burst far longer (measured: a 4 MiB
+# ring dropped bursts of a bulk transfer through a veth). 128, not a full
+# segment: on a small MTU (300 in perf/bench_netlog_e2e.py) every bulk
+# segment is still cut. The counts come from the headers; HTTP/1 header
+# segments that start with a token stay whole, the rest of a header block
+# split over segments is kept whole when shorter than BULK_PAYLOAD.
+# LINK_ROOM is exact for Ethernet without a VLAN tag in the frame (the kept
+# path is only taken when skb->protocol is IPv4/IPv6, i.e. the tag, if any,
+# was taken off by the device); a device without a link header keeps up to
+# LINK_ROOM payload bytes more, still counted as cut on purpose.
+BULK_PAYLOAD = 128
+LINK_ROOM = 14
 HTTP_TOKENS = (b"GET ", b"POST", b"PUT ", b"HEAD", b"DELE", b"OPTI", b"PATC", b"CONN", b"TRAC", b"HTTP")
 M_SNAP = BPF_MEMWORDS - 1   # scratch word: IP + TCP header length
 

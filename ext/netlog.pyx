@@ -43,7 +43,7 @@ import numpy as np
 import pyarrow as pa
 cimport numpy as cnp
 
-from dk_packet cimport dk_pkt
+from dk_packet cimport dk_pkt, DK_NO_WSCALE
 from dk_common cimport offset_of, conn_key_hash as key_hash
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
 from dkebpf._packets import PKT_DTYPE
@@ -110,7 +110,7 @@ cdef struct pkt_row:         # one packet of a chunk's message series
     uint64_t ts_ns
     uint32_t seq, ack        # raw
     uint32_t payload         # payload bytes the headers announce
-    uint16_t win             # the header's window field, not scaled
+    uint32_t win             # the window, scaled when both SYNs carried the option (conn_t.wscale)
     uint8_t flags
     uint8_t tx
     uint8_t smac, dmac       # 1-based index into conn_t.macs
@@ -197,6 +197,9 @@ cdef struct conn_t:
     uint64_t rep_tx_bytes, rep_rx_bytes, rep_rtt_sum_ns
     uint32_t rep_tx_packets, rep_rx_packets, rep_tx_retrans, rep_rx_retrans, rep_rtt_samples
     uint8_t established_counted
+    # window scale shift + 1 per direction (0 tx, 1 rx) from its SYN, 0: no option seen; the
+    # scale applies once both directions sent it (RFC 7323 2.2), never to the SYNs themselves
+    uint8_t wscale[2]
 
 
 cdef l4_chunk _c
@@ -645,6 +648,8 @@ cdef class ConnTable:
         cdef uint8_t sm, dm
         if p.tcp_flags & TH_RST:
             c.rst_count[d] += 1
+        if p.proto == 6 and p.tcp_flags & TH_SYN:
+            c.wscale[d] = 0 if p.wscale == DK_NO_WSCALE else p.wscale + 1
         if p.proto == 6:   # the original's calSeqOffset: each direction's first seq - 1, own or acknowledged
             if not (c.pos_set & (1 << d)):
                 c.seq_pos[d] = p.seq - 1
@@ -678,7 +683,10 @@ cdef class ConnTable:
         r.seq = p.seq
         r.ack = p.ack
         r.payload = p.payload_wire
-        r.win = p.window
+        if not (p.tcp_flags & TH_SYN) and c.wscale[0] and c.wscale[1]:
+            r.win = <uint32_t>p.window << (c.wscale[d] - 1)
+        else:
+            r.win = p.window   # a SYN, mid-stream, or a side without the option: no scale
         r.flags = p.tcp_flags
         r.tx = tx
         r.smac = sm

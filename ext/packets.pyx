@@ -10,7 +10,8 @@ so no link header is parsed here. Used by dnsflow; built to be reused by
 bpf-netlog (one ring per network namespace and interface)."""
 from libc.errno cimport errno
 from libc.string cimport memcpy, memset
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 import numpy as np
 cimport numpy as cnp
@@ -46,6 +47,7 @@ PKT_DTYPE = _dtype("dk_pkt", [
     ("window", "<u2", offset_of(&_p, &_p.window)),
     ("vlan", "<u2", offset_of(&_p, &_p.vlan)),
     ("vxlan", "u1", offset_of(&_p, &_p.vxlan)),
+    ("wscale", "u1", offset_of(&_p, &_p.wscale)),
     ("smac", "V6", offset_of(&_p, &_p.smac)),
     ("dmac", "V6", offset_of(&_p, &_p.dmac)),
 ], sizeof(dk_pkt))
@@ -93,6 +95,25 @@ cdef int skip_ipv6_extensions(const uint8_t *p, uint32_t n, uint8_t *proto, uint
         off[0] += hlen
         plen[0] -= hlen
     return NOT_TCP_UDP
+
+
+cdef uint8_t _tcp_wscale(const uint8_t *o, uint32_t n) noexcept nogil:
+    """The window scale shift in the TCP options o[0:n] (kind 3, length 3;
+    RFC 7323 2.2-2.3: a shift over 14 is used as 14), DK_NO_WSCALE when
+    absent or when the options are malformed."""
+    cdef uint32_t i = 0
+    while i < n:
+        if o[i] == 0:          # end of options
+            break
+        if o[i] == 1:          # no-op
+            i += 1
+            continue
+        if i + 1 >= n or o[i + 1] < 2 or i + o[i + 1] > n:
+            break
+        if o[i] == 3 and o[i + 1] == 3:
+            return o[i + 2] if o[i + 2] <= 14 else 14
+        i += o[i + 1]
+    return DK_NO_WSCALE
 
 
 cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt *out,
@@ -143,6 +164,7 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
     out.tcp_flags = 0
     out.seq = out.ack = out.vni = 0
     out.window = out.vlan = out.vxlan = 0
+    out.wscale = DK_NO_WSCALE
     if proto == 17:
         if n < off + 8:
             return TRUNCATED
@@ -167,6 +189,8 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
         out.window = be16(p + off + 14)
         if doff < 20 or n < off + doff or plen < doff:
             return TRUNCATED
+        if out.tcp_flags & 0x02:   # SYN: its options may carry the window scale
+            out.wscale = _tcp_wscale(p + off + 20, doff - 20)
         out.payload_wire = plen - doff
         off += doff
     else:
@@ -410,11 +434,77 @@ cdef class PacketRing:
     def __exit__(self, *exc):
         self.close()
 
-    def read(self, uint32_t max_blocks=8, bint copy=True):
-        """Copy up to max_blocks ready blocks: returns (pkts, payload, more)
-        with ``more`` true when further blocks may be waiting. With
-        copy=False the arrays are views of buffers this ring reuses: valid
-        until the next read() (for a consumer that folds them at once)."""
+    cdef void _walk_block(self, tpacket_block_desc *bd, dk_pkt *out, uint8_t *pay, Py_ssize_t *got,
+                          uint32_t *used) noexcept nogil:
+        """Decode every frame of one ready block into out[*got...] and its
+        payload into pay + *used (the caller made room: num_pkts rows and
+        blk_len bytes)."""
+        cdef uint32_t i, num = bd.hdr.bh1.num_pkts, l4, hdr_off = bd.hdr.bh1.offset_to_first_pkt
+        cdef tpacket3_hdr *h
+        cdef sockaddr_ll *sll
+        cdef uint8_t *frame
+        cdef dk_pkt *o
+        cdef int rc
+        cdef size_t sll_off = TPACKET_ALIGN(sizeof(tpacket3_hdr))
+        for i in range(num):
+            if hdr_off + sizeof(tpacket3_hdr) > self.block_size:
+                break   # a corrupt block: never read outside it
+            frame = <uint8_t *>bd + hdr_off
+            h = <tpacket3_hdr *>frame
+            sll = <sockaddr_ll *>(frame + sll_off)
+            o = &out[got[0]]
+            self.packets += 1
+            if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
+                    hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
+                rc = decode_frame(frame + h.tp_mac, h.tp_snaplen, sll.sll_hatype,
+                                  h.tp_net - h.tp_mac, ntohs(sll.sll_protocol), o, &l4)
+                l4 += h.tp_mac
+                if rc == DECODED and o.vlan == 0 and h.tp_status & TP_STATUS_VLAN_VALID:
+                    o.vlan = h.hv1.tp_vlan_tci & 0x0FFF   # the tag the device took off
+            else:
+                rc = NOT_IP
+            if h.tp_snaplen < h.tp_len and rc != TRUNCATED:   # TRUNCATED: counted below
+                if rc == DECODED and o.proto == 6 and not o.vxlan and o.payload_len <= self.bulk_cut_room:
+                    self.cut_bulk_segments += 1   # the filter kept only the headers, on purpose
+                else:
+                    self.truncated += 1
+            if rc == DECODED:
+                o.ts_ns = <uint64_t>h.tp_sec * 1000000000 + h.tp_nsec
+                o.ifindex = sll.sll_ifindex
+                o.hatype = sll.sll_hatype
+                o.pkttype = sll.sll_pkttype
+                o.payload_off = used[0]
+                memcpy(pay + used[0], frame + l4, o.payload_len)
+                used[0] += o.payload_len
+                self.bytes_copied += o.payload_len
+                got[0] += 1
+            elif rc == NOT_IP:
+                self.not_ip += 1
+            elif rc == NOT_TCP_UDP:
+                self.not_tcp_udp += 1
+            elif rc == FRAGMENT:
+                self.fragments += 1
+            else:
+                self.truncated += 1
+            if h.tp_next_offset == 0:
+                break
+            hdr_off += h.tp_next_offset
+
+    def read(self, uint32_t max_blocks=8, bint copy=True, uint32_t linger_ms=0):
+        """Decode ready blocks into a batch with room for max_blocks full
+        blocks (more blocks of small frames fit: a block is taken while its
+        frames and bytes fit what is left) and hand each back to the kernel
+        at once: returns (pkts, payload, more), ``more`` true when a ready
+        block did not fit. With copy=False the arrays are views of buffers
+        this ring reuses: valid until the next read() (for a consumer that
+        folds them at once).
+
+        linger_ms: while the blocks come full (not handed over by the block
+        timeout: the traffic is heavy), keep polling and decoding for up to
+        that long, all without the GIL, so that a reader thread takes the
+        GIL once per batch instead of once per block (a Python thread
+        waits up to the interpreter's switch interval for it, while the
+        ring fills)."""
         if self.ring == NULL:
             raise RuntimeError("packet ring used after close()")
         if max_blocks == 0:
@@ -422,80 +512,55 @@ cdef class PacketRing:
         # a block holds at most block_size / 48 frames (tpacket3_hdr +
         # sockaddr_ll, aligned, is more than that)
         cdef Py_ssize_t cap_pkts = (self.block_size // 48 + 1) * max_blocks
+        cdef uint64_t cap_bytes = <uint64_t>self.block_size * max_blocks
         if max_blocks > self._max_blocks:
             self._pkts = np.empty(cap_pkts, PKT_DTYPE)
-            self._payload = np.empty(<Py_ssize_t>self.block_size * max_blocks, np.uint8)
+            self._payload = np.empty(cap_bytes, np.uint8)
             self._max_blocks = max_blocks
         pkts = self._pkts
         payload = self._payload
         cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(pkts)
         cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(payload)
         cdef Py_ssize_t got = 0
-        cdef uint32_t used = 0, blocks = 0, i, num, l4, hdr_off
+        cdef uint32_t used = 0, blk_len
+        cdef bint more = False, heavy, lingering = linger_ms > 0
         cdef tpacket_block_desc *bd
-        cdef tpacket3_hdr *h
-        cdef sockaddr_ll *sll
-        cdef uint8_t *frame
-        cdef int rc
-        cdef size_t sll_off = TPACKET_ALIGN(sizeof(tpacket3_hdr))
+        cdef pollfd pfd
+        cdef timespec now
+        cdef int64_t deadline_ns = 0, left_ms
+        pfd.fd = self.fd
+        pfd.events = POLLIN
         with nogil:
-            while blocks < max_blocks:
+            if linger_ms:
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                deadline_ns = now.tv_sec * 1000000000 + now.tv_nsec + <int64_t>linger_ms * 1000000
+            while True:
                 bd = <tpacket_block_desc *>(self.ring + <size_t>self.cur * self.block_size)
-                if not (bd.hdr.bh1.block_status & TP_STATUS_USER):
-                    break
-                __sync_synchronize()
-                num = bd.hdr.bh1.num_pkts
-                hdr_off = bd.hdr.bh1.offset_to_first_pkt
-                for i in range(num):
-                    if hdr_off + sizeof(tpacket3_hdr) > self.block_size:
-                        break   # a corrupt block: never read outside it
-                    frame = <uint8_t *>bd + hdr_off
-                    h = <tpacket3_hdr *>frame
-                    sll = <sockaddr_ll *>(frame + sll_off)
-                    self.packets += 1
-                    if h.tp_net >= h.tp_mac and <uint32_t>(h.tp_net - h.tp_mac) <= h.tp_snaplen and \
-                            hdr_off + h.tp_mac + h.tp_snaplen <= self.block_size:
-                        rc = decode_frame(frame + h.tp_mac, h.tp_snaplen, sll.sll_hatype,
-                                          h.tp_net - h.tp_mac, ntohs(sll.sll_protocol), &out[got], &l4)
-                        l4 += h.tp_mac
-                        if rc == DECODED and out[got].vlan == 0 and h.tp_status & TP_STATUS_VLAN_VALID:
-                            out[got].vlan = h.hv1.tp_vlan_tci & 0x0FFF   # the tag the device took off
-                    else:
-                        rc = NOT_IP
-                    if h.tp_snaplen < h.tp_len and rc != TRUNCATED:   # TRUNCATED: counted below
-                        if rc == DECODED and out[got].proto == 6 and not out[got].vxlan \
-                                and out[got].payload_len <= self.bulk_cut_room:
-                            self.cut_bulk_segments += 1   # the filter kept only the headers, on purpose
-                        else:
-                            self.truncated += 1
-                    if rc == DECODED:
-                        out[got].ts_ns = <uint64_t>h.tp_sec * 1000000000 + h.tp_nsec
-                        out[got].ifindex = sll.sll_ifindex
-                        out[got].hatype = sll.sll_hatype
-                        out[got].pkttype = sll.sll_pkttype
-                        out[got].payload_off = used
-                        memcpy(pay + used, frame + l4, out[got].payload_len)
-                        used += out[got].payload_len
-                        self.bytes_copied += out[got].payload_len
-                        got += 1
-                    elif rc == NOT_IP:
-                        self.not_ip += 1
-                    elif rc == NOT_TCP_UDP:
-                        self.not_tcp_udp += 1
-                    elif rc == FRAGMENT:
-                        self.fragments += 1
-                    else:
-                        self.truncated += 1
-                    if h.tp_next_offset == 0:
+                if bd.hdr.bh1.block_status & TP_STATUS_USER:
+                    __sync_synchronize()
+                    blk_len = bd.hdr.bh1.blk_len
+                    if blk_len == 0 or blk_len > self.block_size:
+                        blk_len = self.block_size
+                    if got + bd.hdr.bh1.num_pkts > cap_pkts or used + blk_len > cap_bytes:
+                        more = True   # no room left: the caller folds this batch first
                         break
-                    hdr_off += h.tp_next_offset
-                __sync_synchronize()
-                bd.hdr.bh1.block_status = TP_STATUS_KERNEL
-                self.cur = (self.cur + 1) % self.block_nr
-                blocks += 1
+                    heavy = not (bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO)
+                    self._walk_block(bd, out, pay, &got, &used)
+                    __sync_synchronize()
+                    bd.hdr.bh1.block_status = TP_STATUS_KERNEL
+                    self.cur = (self.cur + 1) % self.block_nr
+                    if not heavy:
+                        lingering = False   # a block the timeout handed over: the traffic is light
+                    continue
+                if not lingering:
+                    break
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                left_ms = (deadline_ns - now.tv_sec * 1000000000 - now.tv_nsec) // 1000000
+                if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0:
+                    break
         if copy:
-            return pkts[:got].copy(), payload[:used].copy(), blocks == max_blocks
-        return pkts[:got], payload[:used], blocks == max_blocks
+            return pkts[:got].copy(), payload[:used].copy(), more
+        return pkts[:got], payload[:used], more
 
     def wait(self, int timeout_ms):
         """Block up to timeout_ms until a block is ready (tests, tools)."""

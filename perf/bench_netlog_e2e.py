@@ -1,23 +1,27 @@
 """bpf-netlog end to end (root): traffic through a veth pair into a test
 namespace, captured by the plugin's socket inside the namespace (ring,
 socket program, decode, L4 state) while this process drains it as the
-agent does; each round runs the same traffic with capture off first (the
-baseline, same run) and then on.
+plugin's reader thread does (NicCapture.drain with LINGER_MS: the ring read
+without the GIL); each round runs the same traffic with capture off first
+(the baseline, same run) and then on.
 
-Two loads, each the most packets/s this machine makes of its kind:
-  bulk: one TCP transfer, GSO/GRO off on both sides so every MSS-sized
-        segment is a packet (the socket program cuts them after their
-        headers: packetfilter.netlog_keep);
+The veth is set for the most packets/s: TSO, GSO and GRO off on both ends
+(every segment is a packet) and MTU 300 (small segments: the packet rate
+of a bulk transfer is what the CPU makes of per-packet work, not of bytes).
+Loads, each the most packets/s this machine makes of its kind:
+  bulk: BENCH_STREAMS TCP transfers at once (the socket program cuts the
+        segments after their headers: packetfilter.netlog_keep);
+  http: nginx (1 worker) in the namespace, wrk -t2 -c32 from the host side;
   udp:  BENCH_SENDERS C senders (perf/netlog_udpflood.c, sendmmsg) of
         32-byte datagrams to a socket in the namespace.
-Then the bulk load once more with the real collector (`dkebpf run
---enabled bpf-netlog --netlog-log --netlog-metric`, 2 s interval, points
-encoded and written each interval as in production): its socket drops and
-CPU (from /proc) per 100k packets/s; and again with --netlog-metric only
-(no bpf_net_l4_log, so no per-packet series and messages): the cost of
-the logs, in the same run.
+Then the bulk and http loads once more with the real collector (`dkebpf
+run --enabled bpf-netlog --netlog-log --netlog-metric`, 2 s interval,
+points encoded and written each interval as in production): its socket
+drops and CPU (from /proc) per 100k packets/s; and bulk again with
+--netlog-metric only (no bpf_net_l4_log, so no per-packet series and
+messages): the cost of the logs, in the same run.
 
-    python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2)
+    python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4)
 
 Prints `name: value` lines per load, medians of the rounds: packets/s
 delivered to the namespace with capture off and on and their ratio,
@@ -36,19 +40,25 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
 
-from support.netns import NetNS  # noqa: E402
+from support.netns import NetNS, call_in_netns  # noqa: E402
+from support.nginx import Nginx  # noqa: E402
 
-from dkebpf.plugins.netlog import NicCapture, in_netns, list_nics  # noqa: E402
+from dkebpf.plugins.netlog import LINGER_MS, NicCapture, in_netns, list_nics  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 18090
 SECONDS = float(os.environ.get("BENCH_SECONDS", 5))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 SENDERS = int(os.environ.get("BENCH_SENDERS", 2))
+STREAMS = int(os.environ.get("BENCH_STREAMS", 4))
+MTU = 300
+WRK_CONNS = 32
 
-SINK_TCP = ("import socket,sys;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
+# one thread per accepted stream, each reading until its sender closes
+SINK_TCP = ("import socket,sys,threading;s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n"
             "s.bind((sys.argv[1],int(sys.argv[2])));s.listen();print('ready',flush=True)\n"
-            "c,_=s.accept()\nwhile c.recv(1<<20): pass")
+            "def rd(c):\n while c.recv(1<<20): pass\n"
+            "while True: threading.Thread(target=rd,args=(s.accept()[0],),daemon=True).start()")
 SEND_TCP = ("import socket,sys,time;c=socket.create_connection((sys.argv[1],int(sys.argv[2])));b=bytes(1<<20)\n"
             "end=time.monotonic()+float(sys.argv[3])\nwhile time.monotonic()<end: c.sendall(b)\nc.close()")
 # a bound UDP socket nobody reads: datagrams are delivered (and dropped at its full buffer), no ICMP
@@ -66,7 +76,25 @@ def started(cmd):
     return p
 
 
-def run(ns, load, flood, capture):
+def load_procs(ns, load, flood, ngx):
+    """The processes making `load` for SECONDS."""
+    if load == "bulk":
+        return [subprocess.Popen([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS)])
+                for _ in range(STREAMS)]
+    if load == "http":
+        return [subprocess.Popen(["wrk", "-t2", f"-c{WRK_CONNS}", f"-d{SECONDS:g}s", f"http://{ns.peer_ip}:{ngx.port}/ok"],
+                                 stdout=subprocess.DEVNULL)]
+    return [subprocess.Popen([flood, ns.peer_ip, str(PORT), str(SECONDS), "32"], stdout=subprocess.DEVNULL)
+            for _ in range(SENDERS)]
+
+
+def sink_for(ns, load):
+    if load == "http":   # nginx, started once in main()
+        return None
+    return started(ns.prefix() + ["python3", "-c", SINK_TCP if load == "bulk" else SINK_UDP, ns.peer_ip, str(PORT)])
+
+
+def run(ns, load, flood, ngx, capture):
     """One run of `load`: (delivered packets/s, captured packets/s, drops, CPU s)."""
     path = f"/var/run/netns/{ns.name}"
     cap = None
@@ -74,18 +102,14 @@ def run(ns, load, flood, capture):
         with in_netns(path):
             nic = next(n for n in list_nics() if n.name == ns.veth_peer)
         cap = NicCapture.open(path, 0, nic, False)
-    sink = started(ns.prefix() + ["python3", "-c", SINK_TCP if load == "bulk" else SINK_UDP, ns.peer_ip, str(PORT)])
+    sink = sink_for(ns, load)
     try:
         r0, t0, c0 = rx_packets(ns), time.monotonic(), os.times()
-        if load == "bulk":
-            senders = [subprocess.Popen([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS)])]
-        else:
-            senders = [subprocess.Popen([flood, ns.peer_ip, str(PORT), str(SECONDS), "32"], stdout=subprocess.DEVNULL)
-                       for _ in range(SENDERS)]
+        senders = load_procs(ns, load, flood, ngx)
         while any(s.poll() is None for s in senders):
             if cap is not None:
                 cap.ring.wait(20)
-                cap.drain()
+                cap.drain(LINGER_MS)
             else:
                 time.sleep(0.02)
         t1 = time.monotonic()
@@ -94,8 +118,9 @@ def run(ns, load, flood, capture):
             cap.flush()
         c1 = os.times()
     finally:
-        sink.kill()
-        sink.wait()
+        if sink is not None:
+            sink.kill()
+            sink.wait()
     if cap is None:
         return delivered / (t1 - t0), 0, 0, 0.0
     rc = cap.ring.counters()
@@ -104,29 +129,33 @@ def run(ns, load, flood, capture):
         (c1.user - c0.user) + (c1.system - c0.system)
 
 
-def agent_run(tmp, ns, logs=True):
-    """The bulk load with `dkebpf run` capturing on the namespace's veth:
+def agent_run(tmp, ns, load, flood, ngx, logs=True):
+    """`load` with `dkebpf run` capturing on the namespace's veth:
     (captured packets/s, socket drops, collector CPU s, seconds)."""
     from collector import Collector
-    sink = started(ns.prefix() + ["python3", "-c", SINK_TCP, ns.peer_ip, str(PORT)])
+    sink = sink_for(ns, load)
     try:
         flags = ["--enabled", "bpf-netlog", "--netlog-metric", "--netlog-interfaces", f"^{ns.veth_peer}$"]
         # a log file per run: "dkebpf started" of an earlier run must not count
-        with Collector(tmp, "netlog" if logs else "netlog-metric", flags + (["--netlog-log"] if logs else [])) as c:
+        with Collector(tmp, f"netlog-{load}" if logs else f"netlog-{load}-metric",
+                       flags + (["--netlog-log"] if logs else [])) as c:
             end = time.monotonic() + 30
             while f"capturing on {ns.veth_peer}" not in c.log_text():
                 if time.monotonic() > end:
                     raise SystemExit(f"collector never captured: {c.log_text()}")
                 time.sleep(0.1)
             cpu0, t0 = c.cpu_seconds(), time.monotonic()
-            subprocess.run([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS)], check=True)
+            for p in load_procs(ns, load, flood, ngx):
+                if p.wait():
+                    raise SystemExit(f"{load} load failed: {p.args}")
             t1 = time.monotonic()
             time.sleep(0.5)
             cpu1 = c.cpu_seconds()
             text = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
     finally:
-        sink.kill()
-        sink.wait()
+        if sink is not None:
+            sink.kill()
+            sink.wait()
 
     def total(counter):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
         rx = re.compile(r'\w*plugin_\d+_[^_{]+_' + counter + r'\{plugin="bpf-netlog"\} (\S+)$')
@@ -134,37 +163,53 @@ def agent_run(tmp, ns, logs=True):
     return total("packets") / (t1 - t0), total("kernel_drops"), cpu1 - cpu0, t1 - t0
 
 
+def fast_veth(ns):
+    """Every segment a packet, and small ones: TSO/GSO/GRO off, MTU 300, both ends."""
+    for prefix, dev in (([], ns.veth_host), (ns.prefix(), ns.veth_peer)):
+        subprocess.run(prefix + ["ethtool", "-K", dev, "tso", "off", "gso", "off", "gro", "off"], check=True,
+                       capture_output=True)
+        subprocess.run(prefix + ["ip", "link", "set", "dev", dev, "mtu", str(MTU)], check=True)
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp, NetNS() as ns:
         flood = os.path.join(tmp, "udpflood")
         subprocess.run(["cc", "-O2", "-o", flood, os.path.join(HERE, "netlog_udpflood.c")], check=True)
-        for side in (["ip", "link", "set", "dev", ns.veth_host], ns.prefix() + ["ip", "link", "set", "dev",
-                                                                                 ns.veth_peer]):
-            subprocess.run(side + ["gso_max_size", "1500", "gso_max_segs", "1"], check=True)
-        subprocess.run(ns.prefix() + ["ethtool", "-K", ns.veth_peer, "gro", "off"], capture_output=True)
-        print(f"setup: veth into a test namespace, {ROUNDS} rounds x {SECONDS:g} s per load, capture off then on")
-        for load in ("bulk", "udp"):
-            off, on, got, drops, cpu = [], [], [], 0, []
-            for _ in range(ROUNDS):
-                off.append(run(ns, load, flood, False)[0])
-                d, c, dr, s = run(ns, load, flood, True)
-                on.append(d)
-                got.append(c)
-                drops += dr
-                cpu.append(100 * s / SECONDS / (c / 1e5) if c else 0.0)
-            med = statistics.median
-            print(f"{load}_packets_per_s_capture_off: {med(off):.0f}")
-            print(f"{load}_packets_per_s_capture_on: {med(on):.0f}")
-            print(f"{load}_ratio_on_over_off: {med(b / a for a, b in zip(off, on)):.3f}")
-            print(f"{load}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
-            print(f"{load}_socket_drops: {drops}")
-            print(f"{load}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
-        for name, logs in (("agent_bulk", True), ("agent_bulk_metric_only", False)):
-            pps, drops, cpu, secs = agent_run(tmp, ns, logs)
-            print(f"{name}_captured_packets_per_s: {pps:.0f}")
-            print(f"{name}_socket_drops: {drops:.0f}")
-            print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (pps / 1e5) if pps else 0:.1f}")
-        print(f"load_average: {os.getloadavg()[0]:.2f}")
+        fast_veth(ns)
+        # nginx started from a thread in the namespace: it listens there (fork keeps the thread's netns)
+        ngx = call_in_netns(ns.name, lambda: Nginx(tmp, ns.peer_ip).__enter__())
+        try:
+            bench(tmp, ns, flood, ngx)
+        finally:
+            ngx.__exit__()
+
+
+def bench(tmp, ns, flood, ngx):
+    print(f"setup: veth (MTU {MTU}, TSO/GSO/GRO off) into a test namespace, {ROUNDS} rounds x {SECONDS:g} s "
+          f"per load, capture off then on; bulk {STREAMS} streams, http wrk -c{WRK_CONNS} to nginx")
+    for load in ("bulk", "http", "udp"):
+        off, on, got, drops, cpu = [], [], [], 0, []
+        for _ in range(ROUNDS):
+            off.append(run(ns, load, flood, ngx, False)[0])
+            d, c, dr, s = run(ns, load, flood, ngx, True)
+            on.append(d)
+            got.append(c)
+            drops += dr
+            cpu.append(100 * s / SECONDS / (c / 1e5) if c else 0.0)
+        med = statistics.median
+        print(f"{load}_packets_per_s_capture_off: {med(off):.0f}")
+        print(f"{load}_packets_per_s_capture_on: {med(on):.0f}")
+        print(f"{load}_ratio_on_over_off: {med(b / a for a, b in zip(off, on)):.3f}")
+        print(f"{load}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
+        print(f"{load}_socket_drops: {drops}")
+        print(f"{load}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
+    for name, load, logs in (("agent_bulk", "bulk", True), ("agent_http", "http", True),
+                             ("agent_bulk_metric_only", "bulk", False)):
+        pps, drops, cpu, secs = agent_run(tmp, ns, load, flood, ngx, logs)
+        print(f"{name}_captured_packets_per_s: {pps:.0f}")
+        print(f"{name}_socket_drops: {drops:.0f}")
+        print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (pps / 1e5) if pps else 0:.1f}")
+    print(f"load_average: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":

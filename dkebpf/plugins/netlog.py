@@ -24,6 +24,12 @@ collector's own namespace the physical NICs (not listed under
 /sys/devices/virtual/net, as the original), elsewhere every UP interface
 but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
+A reader thread of the plugin drains the rings (PacketRing.read: blocks
+walked and decoded without the GIL, lingering while traffic is heavy, so
+Python runs once per batch) into the connection tables, under a lock the
+agent's thread also takes to collect, open and close: the agent's own work
+(encoding, sending, other plugins) does not leave the rings full.
+
 Packets are decoded in Cython (dkebpf._packets: Ethernet, VLAN, IPv4,
 IPv6 extension headers, TCP, UDP, VXLAN) and folded into per-connection
 chunks (dkebpf._netlog.ConnTable, which also writes each chunk's message
@@ -74,6 +80,12 @@ SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
 BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 8
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
+# the reader thread: a ring with heavy traffic is read for up to LINGER_MS
+# without the GIL before its batch is folded (PacketRing.read's linger_ms);
+# the epoll wait is bounded so that stop() is seen
+LINGER_MS = 10
+READER_POLL_S = 0.2
+READER_NICE = -10
 
 L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "nic_mac", "nic_traceid", "netns",
            "vni_id", "vxlan_packet", "host_network", "virtual_nic", "inner_traceid", "direction",
@@ -228,10 +240,13 @@ class NicCapture:
                                        retire_ms=RETIRE_MS, ifindex=ifindex, bulk_cut_room=BULK_CUT_ROOM)
         return cls(ring, nic, netns, host_network, follow_http, conn_filter, series, chunk_age_ns)
 
-    def drain(self):
+    def drain(self, linger_ms=0):
+        """The ring's ready blocks into the connection table; linger_ms: see
+        PacketRing.read (the first read only)."""
         while True:
             # views of the ring's own buffers: folded into the table before the next read
-            pkts, payload, more = self.ring.read(copy=False)
+            pkts, payload, more = self.ring.read(copy=False, linger_ms=linger_ms)
+            linger_ms = 0
             if len(pkts) and self.conn_filter is not None:
                 pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
@@ -296,13 +311,42 @@ class NetlogPlugin(Plugin):
         self._tick_r.setblocking(False)
         self._stop = threading.Event()
         self._ticker = None
+        # the reader thread drains the rings (self.epoll) into the connection tables, so that the
+        # agent's other work (encoding, sending, other plugins) does not leave them full; it and the
+        # agent's thread take this lock around a ring or a table (reads, collects, opens, closes)
+        self.lock = threading.RLock()
+        self._reader = None
+        self._reader_error = None   # what ended the reader thread: raised to the agent at its next step
 
     def start(self):
-        self.epoll.register(self._tick_r.fileno(), select.EPOLLIN)
         self.pods.start()
         self.rescan()
         self._ticker = threading.Thread(target=self._tick, name="netlog-rescan", daemon=True)
         self._ticker.start()
+        self._reader = threading.Thread(target=self._read_rings, name="netlog-reader", daemon=True)
+        self._reader.start()
+
+    def _read_rings(self):
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)   # this thread only
+        except OSError:
+            pass   # not permitted (no CAP_SYS_NICE): the default priority
+        try:
+            while not self._stop.is_set():
+                for fd, _ev in self.epoll.poll(READER_POLL_S):
+                    with self.lock:
+                        cap = self.by_fd.get(fd)   # None: closed meanwhile
+                        if cap is not None:
+                            cap.drain(LINGER_MS)
+        except BaseException as exc:  # handed to the agent's thread: never lost with the thread
+            if not self._stop.is_set():
+                self._reader_error = exc
+
+    def _check_reader(self):
+        """Raise what ended the reader thread (the supervisor then restarts
+        the plugin): a ring nobody reads must not go unnoticed."""
+        if self._reader_error is not None:
+            raise self._reader_error
 
     def _tick(self):
         # wakes the agent's loop every RESCAN_S even when no packet comes
@@ -313,13 +357,10 @@ class NetlogPlugin(Plugin):
                 return
 
     def fileobjs(self):
-        return [self.epoll]
+        return [self._tick_r]
 
     def on_readable(self, fileobj):
-        for fd, _ev in self.epoll.poll(0):
-            cap = self.by_fd.get(fd)
-            if cap is not None:
-                cap.drain()
+        self._check_reader()
         try:
             self._tick_r.recv(4096)
         except BlockingIOError:
@@ -331,6 +372,10 @@ class NetlogPlugin(Plugin):
     def rescan(self):
         """Open sockets on new (namespace, interface) pairs, flush and close
         those that went away."""
+        with self.lock:
+            self._rescan()
+
+    def _rescan(self):
         self.next_scan = time.monotonic() + RESCAN_S
         try:
             virtual = set(os.listdir(VIRTUAL_NET))
@@ -388,8 +433,10 @@ class NetlogPlugin(Plugin):
 
     def drain(self):
         # between the steps of the agent's flush: the rings into the connection tables
-        for cap in self.captures.values():
-            cap.drain()
+        self._check_reader()
+        with self.lock:
+            for cap in self.captures.values():
+                cap.drain()
 
     def collect_last(self, now_ns):
         # open chunks are held up to chunk_age_ns: the last flush takes them all
@@ -397,13 +444,15 @@ class NetlogPlugin(Plugin):
 
     def collect(self, now_ns, flush_all=False):
         # [(NicCapture, Collected)]
-        parts = self.closed_parts
-        self.closed_parts = []
-        for cap in self.captures.values():
-            cap.drain()
-            parts.append(cap.collect(now_ns, self.ephemeral_port, flush_all))
-            if cap.conn_filter is not None:
-                cap.conn_filter.interval()
+        self._check_reader()
+        with self.lock:   # the points are built after, while the reader goes on
+            parts = self.closed_parts
+            self.closed_parts = []
+            for cap in self.captures.values():
+                cap.drain()
+                parts.append(cap.collect(now_ns, self.ephemeral_port, flush_all))
+                if cap.conn_filter is not None:
+                    cap.conn_filter.interval()
         out = []
         if self.cfg.netlog_metric:
             out += self.metrics(parts)
@@ -446,7 +495,9 @@ class NetlogPlugin(Plugin):
     def memory(self):
         """The connection tables' allocations, summed over the sockets."""
         m = {}
-        for cap in self.captures.values():
+        with self.lock:
+            caps = list(self.captures.values())
+        for cap in caps:
             for k, v in cap.conns.memory().items():
                 m[f"conn_{k}"] = m.get(f"conn_{k}", 0) + v
         return m
@@ -454,6 +505,10 @@ class NetlogPlugin(Plugin):
     def counters(self):
         """Totals, and per socket (``<netns>/<interface>``) the ring's and
         the connection table's counters: tp_drops is per socket."""
+        with self.lock:
+            return self._counters()
+
+    def _counters(self):
         c = dict(self.totals)
         c["sockets"] = len(self.captures)
         c.update(self.pods.counters())
@@ -474,6 +529,8 @@ class NetlogPlugin(Plugin):
 
     def stop(self):
         self._stop.set()
+        if self._reader is not None:
+            self._reader.join()   # within READER_POLL_S + LINGER_MS
         self.pods.stop()
         for key in list(self.captures):
             cap = self.captures.pop(key)
@@ -491,6 +548,23 @@ def _strings(values, index):
     return pa.array(np.array(values, dtype=object)[index], pa.string())
 
 
+HEX_DIGITS = np.frombuffer(b"0123456789abcdef", np.uint8)
+
+
+def _hex128(hi, lo):
+    """32 lower-case hex digits per row of two uint64 columns (hi first),
+    as "%016x%016x" writes them, column-wise."""
+    n = len(hi)
+    raw = np.empty((n, 16), np.uint8)
+    raw[:, :8] = np.asarray(hi, ">u8").view(np.uint8).reshape(n, 8)
+    raw[:, 8:] = np.asarray(lo, ">u8").view(np.uint8).reshape(n, 8)
+    text = np.empty((n, 32), np.uint8)
+    text[:, 0::2] = HEX_DIGITS[raw >> 4]
+    text[:, 1::2] = HEX_DIGITS[raw & 15]
+    offsets = np.arange(0, 32 * (n + 1), 32, dtype=np.int32)
+    return pa.Array.from_buffers(pa.string(), n, [None, pa.py_buffer(offsets), pa.py_buffer(text)])
+
+
 def common_columns(parts, incoming):
     """The tags every L4 and L7 point carries (the reference's
     buildCommTags), from rows of CHUNK_DTYPE or L7_DTYPE (same key
@@ -505,7 +579,6 @@ def common_columns(parts, incoming):
     lport = pc.cast(pa.array(rows["lport"]), pa.string())
     rport = pc.cast(pa.array(rows["rport"]), pa.string())
     inc = pa.array(incoming)
-    inner = np.char.add(np.char.mod("%016x", rows["inner_hi"]), np.char.mod("%016x", rows["inner_lo"]))
     return rows, {
         "src_ip": local_ip, "dst_ip": remote_ip, "src_port": lport, "dst_port": rport,
         "nic_name": _strings([c.nic.name for c in caps], which),
@@ -515,10 +588,10 @@ def common_columns(parts, incoming):
         "virtual_nic": _strings(["false" if c.host_network else "true" for c in caps], which),
         "vni_id": pc.cast(pa.array(rows["vni"]), pa.string()),
         "vxlan_packet": pa.array(np.where(rows["vxlan"] == 1, "true", "false")),
-        "inner_traceid": pa.array(inner.astype(str)),
+        "inner_traceid": _hex128(rows["inner_hi"], rows["inner_lo"]),
         # the original's undocumented tag: "<SYN seq>_<SYN|ACK seq>", 0 for what was not seen
-        "nic_traceid": pa.array(np.char.add(np.char.add(rows["syn_seq"].astype(str), "_"),
-                                            rows["synack_seq"].astype(str))),
+        "nic_traceid": pc.binary_join_element_wise(pc.cast(pa.array(rows["syn_seq"]), pa.string()),
+                                                   pc.cast(pa.array(rows["synack_seq"]), pa.string()), "_"),
         # the client is the local end unless the connection came in
         "client_ip": pc.if_else(inc, remote_ip, local_ip),
         "client_port": pc.if_else(inc, rport, lport),
@@ -556,10 +629,65 @@ def l4_batch(parts):
     return pa.RecordBatch.from_pydict(cols)
 
 
-def _traceparent_part(values, has, index):
-    """trace_id (index 1) or parent_id (2) of W3C traceparent values, "" when absent."""
-    parts = [v.decode("ascii", "replace").split("-") if h else [] for v, h in zip(values, has)]
-    return pa.array([p[index] if len(p) == 4 else "" for p in parts], pa.string())
+def _fixed_text(fixed, lengths):
+    """A fixed-width bytes column (numpy S<n>) cut at per-row lengths ->
+    (its rows as one Arrow binary array, plain): plain rows hold printable
+    ASCII only, no '"' nor '\\', so that they are their own UTF-8 decoding
+    and their own JSON string body. The other rows are rare (a path with
+    escapes or non-ASCII bytes): the callers build those the slow way."""
+    n = len(fixed)
+    width = fixed.dtype.itemsize
+    m = np.ascontiguousarray(fixed).view(np.uint8).reshape(n, width)
+    lengths = np.minimum(np.asarray(lengths, np.int64), width)
+    keep = np.arange(width) < lengths[:, None]
+    offsets = np.zeros(n + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    bad = (m < 0x20) | (m >= 0x7F) | (m == 0x22) | (m == 0x5C)
+    plain = ~(bad & keep).any(axis=1)
+    data = np.ascontiguousarray(m[keep])
+    return pa.Array.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data)]), plain
+
+
+def _with_rows(column, plain, make_row):
+    """column (plain rows right) with each other row i replaced by make_row(i)."""
+    if plain.all():
+        return column
+    slow = np.flatnonzero(~plain)
+    values = np.array(column.to_pylist(), dtype=object)
+    values[slow] = [make_row(i) for i in slow]
+    return pa.array(values, pa.string())
+
+
+def _http_paths(x):
+    """L7_DTYPE rows -> (their paths as one string array, invalid UTF-8
+    replaced; plain, see _fixed_text)."""
+    raw, plain = _fixed_text(x["path"], x["path_len"])
+    fast = pc.if_else(pa.array(plain), raw, pa.scalar(b"", pa.binary())).cast(pa.string())
+    return _with_rows(fast, plain, lambda i: bytes(x["path"][i][:x["path_len"][i]]).decode("utf-8", "replace")), plain
+
+
+def _traceparent_ids(x):
+    """(trace_id, parent_id, plain) of the rows' W3C traceparent values: ""
+    when absent or not of four dash-separated parts."""
+    tp = x["traceparent"]
+    has = x["has_traceparent"] == 1
+    raw, plain = _fixed_text(tp, np.where(has, np.char.str_len(tp), 0))
+    parts = pc.split_pattern(pc.if_else(pa.array(plain), raw, pa.scalar(b"", pa.binary())).cast(pa.string()), "-")
+    four = pc.equal(pc.list_value_length(parts), 4)
+    out = []
+    for index in (1, 2):
+        part = pc.if_else(four, pc.list_element(pc.if_else(four, parts, pa.scalar(["", "", "", ""],
+                                                                                    pa.list_(pa.string()))), index), "")
+
+        def row(i, index=index):
+            p = tp[i].decode("ascii", "replace").split("-")
+            return p[index] if len(p) == 4 else ""
+        out.append(_with_rows(part, plain, row))
+    return out[0], out[1], plain
+
+
+def _json_int(values):
+    return pc.cast(pa.array(np.asarray(values, np.int64)), pa.string())
 
 
 def l7_batch(parts):
@@ -567,7 +695,9 @@ def l7_batch(parts):
     points, or None. Costs in ms: cost_req_sent from the request's first to
     last segment, cost_resp_wait from the request's last segment to the
     response's first, cost_cnt_dl from the response's first to last
-    segment (the original swaps the first and the last)."""
+    segment (the original swaps the first and the last). Built column by
+    column (no Python object per exchange but for paths or traceparent
+    values with bytes JSON escapes)."""
     parts = [p for p in parts if len(p[1])]
     if not parts:
         return None
@@ -576,21 +706,23 @@ def l7_batch(parts):
     has_resp = x["has_resp"] == 1
     resp_seq = np.where(has_resp, x["resp_seq"], 0).astype(np.int64)
     req_seq = x["req_seq"].astype(np.int64)
-    paths = [bytes(p[:n]).decode("utf-8", "replace") for p, n in zip(x["path"], x["path_len"])]
+    paths, paths_plain = _http_paths(x)
+    trace_id, parent_id, tp_plain = _traceparent_ids(x)
+    req_text, resp_text = (pc.cast(pa.array(v), pa.string()) for v in (req_seq, resp_seq))
     cols.update({
         "time": pa.array(x["req_ts"].astype(np.int64)),
         "l4_proto": pa.array(np.full(len(x), "tcp", dtype=object), pa.string()),
         "l7_proto": pa.array(np.full(len(x), "http", dtype=object), pa.string()),
         "direction": pa.array(np.where(inc, "incoming", "outgoing")),
         "conn_side": pa.array(np.where(inc, "server", "client")),
-        "l7_traceid": pa.array(np.char.add(np.char.add(req_seq.astype(str), "_"), resp_seq.astype(str))),
-        "trace_id": _traceparent_part(x["traceparent"], x["has_traceparent"], 1),
-        "parent_id": _traceparent_part(x["traceparent"], x["has_traceparent"], 2),
+        "l7_traceid": pc.binary_join_element_wise(req_text, resp_text, "_"),
+        "trace_id": trace_id,
+        "parent_id": parent_id,
         "http_method": _strings(_http.METHODS, x["method"]),
-        "http_path": pa.array(paths, pa.string()),
+        "http_path": paths,
         "http_status_code": pa.array(np.where(has_resp, x["status"], 0).astype(np.int64)),
-        "req_seq": pc.cast(pa.array(req_seq), pa.string()),
-        "resp_seq": pc.cast(pa.array(resp_seq), pa.string()),
+        "req_seq": req_text,
+        "resp_seq": resp_text,
         # tx: what this interface sent (the response when the request came in)
         "tx_seq": pa.array(np.where(inc, resp_seq, req_seq)),
         "rx_seq": pa.array(np.where(inc, req_seq, resp_seq)),
@@ -600,16 +732,35 @@ def l7_batch(parts):
     })
     for k in COUNTS:
         cols[k] = pa.array(x[k].astype(np.int64))
-    http = zip(cols["direction"].to_pylist(), x["first_chunk"].tolist(), x["last_chunk"].tolist(),
-               cols["trace_id"].to_pylist(), cols["parent_id"].to_pylist(), paths,
-               cols["http_method"].to_pylist(), cols["http_status_code"].to_pylist())
-    counts = zip(*[x[k].tolist() for k in COUNTS])
-    cols["message"] = pa.array([json.dumps({
-        "l4_proto": "tcp", "l7_proto": "http",
-        "http": {"direction": d, "pkt_chunk_range": [a, b], "trace_id": t, "parent_id": pid, "path": path,
-                 "method": m, "status_code": st},
-        "tcp": dict(zip(COUNTS, c))}) for (d, a, b, t, pid, path, m, st), c in zip(http, counts)], pa.string())
+    cols["message"] = l7_messages(x, cols, paths_plain & tp_plain)
     return pa.RecordBatch.from_pydict(cols)
+
+
+def l7_messages(x, cols, plain):
+    """The message JSON of each exchange, as json.dumps writes it (its
+    separators), joined column-wise; rows not plain (see _fixed_text) by
+    json.dumps itself."""
+    tcp = []
+    for k in COUNTS:
+        tcp += [f'{", " if tcp else ""}"{k}": ', _json_int(x[k])]
+    pieces = ['{"l4_proto": "tcp", "l7_proto": "http", "http": {"direction": "', cols["direction"],
+              '", "pkt_chunk_range": [', _json_int(x["first_chunk"]), ", ", _json_int(x["last_chunk"]),
+              '], "trace_id": "', cols["trace_id"], '", "parent_id": "', cols["parent_id"],
+              '", "path": "', cols["http_path"], '", "method": "', cols["http_method"],
+              '", "status_code": ', _json_int(cols["http_status_code"]), '}, "tcp": {', *tcp, "}}"]
+    joined = pc.binary_join_element_wise(*[p if isinstance(p, (pa.Array, pa.ChunkedArray)) else
+                                           pa.scalar(p) for p in pieces], "")
+
+    def row(i):
+        return json.dumps({
+            "l4_proto": "tcp", "l7_proto": "http",
+            "http": {"direction": cols["direction"][i].as_py(),
+                     "pkt_chunk_range": [int(x["first_chunk"][i]), int(x["last_chunk"][i])],
+                     "trace_id": cols["trace_id"][i].as_py(), "parent_id": cols["parent_id"][i].as_py(),
+                     "path": cols["http_path"][i].as_py(), "method": cols["http_method"][i].as_py(),
+                     "status_code": cols["http_status_code"][i].as_py()},
+            "tcp": {k: int(x[k][i]) for k in COUNTS}})
+    return _with_rows(joined, plain, row)
 
 
 NF_DIR_OUTGOING, NF_DIR_INCOMING = 1, 2   # bpf/include/netflow.h, what connection_tags() reads
@@ -655,8 +806,7 @@ def request_rows(x):
     cols.update({
         "comm": _fixed16(np.zeros(n, "V16")),
         "method": _METHODS.take(pa.array(x["method"])),
-        "path": pa.array([bytes(p[:k]).decode("utf-8", "replace") for p, k in zip(x["path"], x["path_len"])],
-                         pa.string()),
+        "path": _http_paths(x)[0],
         "status_code": pa.array(x["status"].astype(np.int64)),
         "http_version": _VERSIONS.take(pa.array(x["version"])),
         "truncated": pa.array(x["path_len"] >= _netlog.HTTP_PATH_MAX),

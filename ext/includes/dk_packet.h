@@ -5,7 +5,8 @@
 #define DK_PACKET_H
 #include <stdint.h>
 
-#define DK_NAME_MAX 256 /* a wire-format name is at most 255 bytes (RFC 1035 3.1) */
+#define DK_NAME_MAX 256
+#define DK_NO_WSCALE 0xFF /* a wire-format name is at most 255 bytes (RFC 1035 3.1) */
 
 /* One captured IP packet with its transport header decoded; the transport
  * payload was copied into the batch's payload buffer at payload_off. */
@@ -30,6 +31,8 @@ struct dk_pkt {
 	uint16_t window;       /* TCP: the window field, not scaled */
 	uint16_t vlan;         /* outermost 802.1Q/802.1ad VLAN id in the frame, 0 for none */
 	uint8_t vxlan;         /* 1: addresses, ports and payload are the VXLAN-inner packet's */
+	uint8_t wscale;        /* TCP SYN: the window scale option's shift (RFC 7323 2.3, capped at 14),
+	                        * DK_NO_WSCALE without the option or on other segments */
 	uint8_t smac[6];       /* Ethernet source and destination (the inner frame's under VXLAN); */
 	uint8_t dmac[6];       /* zero when the device has no Ethernet header */
 };

@@ -4,6 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t
 cdef extern from "dk_packet.h" nogil:
     enum:
         DK_NAME_MAX
+        DK_NO_WSCALE
 
     struct dk_pkt:
         uint64_t ts_ns
@@ -26,6 +27,7 @@ cdef extern from "dk_packet.h" nogil:
         uint16_t window
         uint16_t vlan
         uint8_t vxlan
+        uint8_t wscale
         uint8_t smac[6]
         uint8_t dmac[6]
 

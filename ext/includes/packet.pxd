@@ -46,6 +46,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         TP_STATUS_KERNEL
         TP_STATUS_USER
         TP_STATUS_VLAN_VALID
+        TP_STATUS_BLK_TMO
         PACKET_HOST
         PACKET_OUTGOING
     struct tpacket_req3:
