@@ -1,5 +1,6 @@
 """ebpf-trace: one `dketrace` span per request/response exchange a traced
-process makes or serves (HTTP/1.x, Redis, MySQL, PostgreSQL), posted to
+process makes or serves (HTTP/1.x, Redis, MySQL, PostgreSQL; HTTP/2 and
+gRPC per stream: plugins/trace_h2.py), posted to
 the linker's ``/v1/bpftracing``.
 
 Kernel side: bpf/trace.bpf.c sends one struct span_msg per message start

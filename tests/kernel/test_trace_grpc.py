@@ -16,7 +16,6 @@ from support.trace_apps import start_after, stop_process
 from kernel.test_trace_bpf import MARK, make_cfg, spans_until
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast")]
-grpc = pytest.importorskip("grpc", reason="grpcio is in the [test] extras")
 
 SERVER = r"""
 import sys, time
