@@ -432,7 +432,7 @@ cdef class H2Tracker:
                 off += take
                 d.skip -= <uint32_t>take
                 if d.skip == 0 and d.collect:
-                    self._frame_body(c, w, M, r, R, rr, counts)
+                    self._frame_body(c, w, d.body.p, d.body.n, R, rr, counts)
                 continue
             if off >= cap:      # the next frame header is past the capture
                 self._lose(d, counts)
@@ -468,8 +468,10 @@ cdef class H2Tracker:
             d.collect = ((f.type == H2_HEADERS or f.type == H2_CONTINUATION or f.type == H2_PUSH_PROMISE)
                          and d.hp != NULL and not d.hp.error and f.length <= BLOCK_MAX)
             d.body.n = 0
-            if f.length == 0 and d.collect:
-                self._frame_body(c, w, M, r, R, rr, counts)
+            if d.collect and off + f.length <= cap:
+                # the whole body in this call's capture (the common case): read in place
+                d.collect = 0
+                self._frame_body(c, w, m.payload + off, f.length, R, rr, counts)
 
     cdef stream_t *_stream(self, uint64_t sk, uint32_t id) noexcept nogil:
         cdef int32_t i = _ix_get(&self.streams_ix, sk, id)
@@ -506,12 +508,11 @@ cdef class H2Tracker:
         _ix_del(&self.streams_ix, c.sk, id)
         c.streams -= 1
 
-    cdef void _frame_body(self, conn_t *c, int w, const span_msg *M, int64_t r, uint8_t *R, uint8_t rr,
+    cdef void _frame_body(self, conn_t *c, int w, const uint8_t *p, int64_t n, uint8_t *R, uint8_t rr,
                           int64_t *counts) noexcept nogil:
-        """A header block fragment frame is whole in d.body."""
+        """The body p[0:n] of a header block fragment frame."""
         cdef dir_t *d = &c.d[w]
-        cdef const uint8_t *p = d.body.p
-        cdef int64_t a = 0, b = d.body.n, pad = 0
+        cdef int64_t a = 0, b = n, pad = 0
         if d.ftype != H2_CONTINUATION:
             if d.fflags & H2_FLAG_PADDED:
                 if b < 1:
@@ -535,6 +536,10 @@ cdef class H2Tracker:
             d.block_rec = d.frec
             d.block_ts = d.fts
             d.block_gen = d.fgen
+            if d.fflags & H2_FLAG_END_HEADERS:  # a whole block: decoded where it is
+                d.block_open = 0
+                self._block(c, w, p + a, b - a, R, rr, counts)
+                return
         elif not d.block_open:
             d.hp.error = E_LOST
             counts[5] += 1
@@ -548,9 +553,9 @@ cdef class H2Tracker:
             d.block.n += b - a
         if d.fflags & H2_FLAG_END_HEADERS:
             d.block_open = 0
-            self._block(c, w, M, R, rr, counts)
+            self._block(c, w, d.block.p, d.block.n, R, rr, counts)
 
-    cdef void _block(self, conn_t *c, int w, const span_msg *M, uint8_t *R, uint8_t rr,
+    cdef void _block(self, conn_t *c, int w, const uint8_t *block, int64_t n, uint8_t *R, uint8_t rr,
                      int64_t *counts) noexcept nogil:
         """A whole header block: decoded on the direction's table, then
         a request or a response of its stream."""
@@ -560,7 +565,8 @@ cdef class H2Tracker:
         cdef int32_t si
         cdef bint here = d.block_gen == self.gen  # its record is in this step
         self.arena.n = 0
-        if hpack_fields(d.hp, d.block.p, d.block.n, &h, &self.arena):
+        # the app trace context is a request's (w 0): not looked for in responses
+        if hpack_fields(d.hp, block, n, &h, &self.arena, w == 0):
             counts[5] += 1
             return
         if d.block_stream == 0:   # PUSH_PROMISE: its table changes only
@@ -674,7 +680,8 @@ cdef class H2Tracker:
                 if 0 <= s.req_rec < nm:
                     memcpy(s.head, &M[s.req_rec], SPAN_MSG_MIN_SIZE)
                     s.req_rec = -1
-        out = np.frombuffer((<char *>self.done.p)[:self.done.n], SPAN_DTYPE).copy() if nd else \
-            np.zeros(0, SPAN_DTYPE)
+        out = np.empty(nd, SPAN_DTYPE)
+        if nd:
+            memcpy(cnp.PyArray_DATA(out), self.done.p, self.done.n)
         self.done.n = 0
         return out

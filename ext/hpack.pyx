@@ -587,7 +587,7 @@ cdef void hpack_free(hstate_t *s) noexcept nogil:
     free(s)
 
 
-cdef int hpack_fields(hstate_t *s, const uint8_t *b, int64_t n, hdr_t *rec, bytebuf *arena) noexcept nogil:
+cdef int hpack_fields(hstate_t *s, const uint8_t *b, int64_t n, hdr_t *rec, bytebuf *arena, bint ctx) noexcept nogil:
     cdef sink_t *k = <sink_t *>malloc(sizeof(sink_t))
     cdef int err
     if k == NULL:
@@ -602,7 +602,8 @@ cdef int hpack_fields(hstate_t *s, const uint8_t *b, int64_t n, hdr_t *rec, byte
         rec.error = err
     else:
         rec.state = 1
-        _rec_end(k)
+        if ctx:
+            _rec_end(k)
     free(k)
     return err
 

@@ -45,9 +45,8 @@ def client_records(calls):
     for f in ("sk", "op", "ts", "seq", "bytes", "more"):
         m[f] = [r[f] for r in recs]
     m["cap_len"] = [len(r["payload"]) for r in recs]
-    raw = m["payload"].view(np.uint8).reshape(len(m), -1)
     for i, r in enumerate(recs):
-        raw[i, :len(r["payload"])] = np.frombuffer(r["payload"], np.uint8)
+        m["payload"][i] = r["payload"].ljust(1024, b"\0")
     return m, recs
 
 

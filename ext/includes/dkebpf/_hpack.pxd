@@ -42,6 +42,7 @@ cdef struct hdr_t:
 # A table (max_table_size: the largest size update accepted); NULL when out of memory.
 cdef hstate_t *hpack_new(int64_t max_table_size) noexcept nogil
 cdef void hpack_free(hstate_t *s) noexcept nogil
-# One whole header block on s -> rec (strings appended to arena); 0 or the
-# error (then s is broken and refuses later blocks).
-cdef int hpack_fields(hstate_t *s, const uint8_t *b, int64_t n, hdr_t *rec, bytebuf *arena) noexcept nogil
+# One whole header block on s -> rec (strings appended to arena; the app
+# trace context only with `ctx`, else its fields stay 0); 0 or the error
+# (then s is broken and refuses later blocks).
+cdef int hpack_fields(hstate_t *s, const uint8_t *b, int64_t n, hdr_t *rec, bytebuf *arena, bint ctx) noexcept nogil
