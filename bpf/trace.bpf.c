@@ -159,7 +159,7 @@ static long copy_iov_cb(__u32 i, void *ctx)
 }
 
 /* The call's first bytes (up to TRACE_PAYLOAD_MAX of the `ret` it moved)
- * into the record; with `all_iov` (an HTTP/2 connection) from up to
+ * into the record; with `all_iov` from up to
  * TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP iovecs, else TRACE_MAX_IOV. Returns
  * the bytes copied. */
 static __always_inline __u32 copy_payload(struct scratch *s, long ret, int all_iov)
@@ -281,7 +281,9 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
-			ev->cap_len = copy_payload(s, ret, tc->h2);
+			/* all iovecs on HTTP/2 connections, and for a message start
+			 * (it may be the preface, with a request after it) */
+			ev->cap_len = copy_payload(s, ret, tc->h2 || start);
 			/* the client preface opens the connection: its calls are
 			 * all sent from now on (both ends see it first) */
 			if (start && !tc->h2 && ev->cap_len >= 12 && is_h2_preface(ev->payload))

@@ -96,3 +96,55 @@ def test_grpc_unary_and_concurrent_calls_both_ends(bpf_ok):
     conc = sorted(at_server, key=lambda r: r["start"])[3:]
     assert max(r["start"] for r in conc) < min(r["start"] + r["duration"] for r in conc)
     assert len({r["src_port"] for r in at_client}) == 1  # one connection
+
+
+# An HTTP/2 client writing its preface, SETTINGS and a request's HEADERS
+# as 7 iovecs of one sendmsg (the HEADERS frame's header and block in the
+# 5th to 7th: past the 4 the kernel copies unrolled, reached by its
+# bpf_loop), and a server answering :status 200; one process, both ends.
+RAW_H2 = r"""
+import socket, struct, time
+
+def frame(t, flags, stream, body):
+    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
+
+preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+block = b"\x83\x86" + b"\x04\x0e/iov/past-four"  # :method POST, :scheme http, :path literal (indexed name)
+req = frame(1, 0x5, 1, block)
+resp = frame(4, 0, 0, b"") + frame(1, 0x5, 1, b"\x88")
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen()
+cli = socket.create_connection(srv.getsockname())
+conn, _ = srv.accept()
+parts = [preface[:8], preface[8:16], preface[16:], frame(4, 0, 0, b""), req[:9], req[9:12], req[12:]]
+assert cli.sendmsg(parts) == sum(map(len, parts))
+got = b""
+while len(got) < sum(map(len, parts)):
+    got += conn.recv(4096)
+conn.sendall(resp)
+back = b""
+while len(back) < len(resp):
+    back += cli.recv(4096)
+time.sleep(1.5)
+"""
+
+
+def test_http2_request_in_iovecs_past_the_fourth(bpf_ok):
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    p = TracePlugin(PluginContext(cfg=make_cfg(), logger=logging.getLogger("test"), self_pid=os.getpid()))
+    p.start()
+    proc = None
+    try:
+        proc = start_after(1.5, [sys.executable, "-c", RAW_H2], dict(os.environ, **{MARK: "1"}))
+        rows = spans_until(p, lambda rows: sum(r.get("operation") == "HTTP2" for r in rows) >= 2, timeout=20)
+        assert proc.wait(20) == 0
+    finally:
+        p.stop()
+        stop_process(proc, 5)
+    rows = [r for r in rows if r["pid"] == str(proc.pid) and r.get("operation") == "HTTP2"]
+    assert sorted((r["direction"], r["resource"], r["http_status_code"], r["status"]) for r in rows) == [
+        ("incoming", "POST /iov/past-four", "200", "ok"), ("outgoing", "POST /iov/past-four", "200", "ok")]
+    assert rows[0]["req_seq"] == rows[1]["req_seq"] and rows[0]["resp_seq"] == rows[1]["resp_seq"]
