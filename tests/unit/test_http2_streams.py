@@ -210,3 +210,39 @@ def test_agrees_with_reference(calls, cuts, steps, close):
     if close:
         c.close()
     run(c.recs, steps)
+
+
+def test_span_builder_grpc_entry_parents_a_redis_exit_on_its_thread():
+    """SpanBuilder over one step: a gRPC call served by thread 7 (its
+    request with a traceparent, trailers with grpc-status 0) while that
+    thread calls Redis: the gRPC entry span and the Redis exit span in one
+    table, the exit's thread_trace_id the entry's."""
+    from dkebpf.plugins.trace import SpanBuilder
+    from unit.test_trace_spans import Names, msg, redis_cmd
+
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    req = ref.PREFACE + frame(4, 0, 0, b"") + frame(1, 0x4, 1, request(b"/pkg.Svc/Get", lit(b"traceparent", tp)))
+    req += frame(0, 0x1, 1, b"\0\0\0\0\x01a")
+    resp = frame(1, 0x4, 1, b"\x88") + frame(0, 0, 1, b"\0\0\0\0\x01b") + frame(1, 0x5, 1, trailers(0))
+    records = np.concatenate([
+        msg(1, RECV, 1000, req, seq=100, tid=7),
+        msg(2, SEND, 1100, redis_cmd(b"GET", b"k"), seq=9000, tid=7),
+        msg(2, RECV, 1200, b"$1\r\nv\r\n", tid=7, seq=7000),
+        msg(1, SEND, 1300, resp, seq=500, tid=9),  # answered from another thread
+        msg(2, SEND, 1400, redis_cmd(b"PING"), seq=9020, tid=7, last_recv=1200),
+        msg(2, RECV, 1500, b"+PONG\r\n", tid=7, seq=7010),
+    ])
+    b = SpanBuilder(Names())
+    msgs, spans = b.step(records, 100 * 10**9)
+    rows = b.table(msgs, spans, 0).to_pylist()
+    grpc = [r for r in rows if r["operation"] == "gRPC"]
+    redis = sorted((r for r in rows if r["operation"].startswith("Redis")), key=lambda r: r["ktime"])
+    assert [(r["resource"], r["grpc_status_code"], r["status"], r["direction"], r["http_version"]) for r in grpc] == [
+        ("/pkg.Svc/Get", "0", "ok", "incoming", "2")]
+    g = grpc[0]
+    assert (g["req_seq"], g["resp_seq"], g["ktime"], g["duration"] * 1000 <= 300) == (133, 500, 1000, True)
+    assert g["app_trace_id"] and g["thread_trace_id"] != 0 and g["process_name"] == "srv"
+    # GET while the stream was open: its child; PING after the response: not
+    assert [r["resource"] for r in redis] == ["GET", "PING"]
+    assert redis[0]["thread_trace_id"] == g["thread_trace_id"] != redis[1]["thread_trace_id"]
+    assert b.stats["h2_streams"] == 1 and b.stats["spans"] == 2
