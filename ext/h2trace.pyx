@@ -275,6 +275,7 @@ cdef class H2Tracker:
     cdef bytebuf done      # finished stream_t rows
     cdef bytebuf arena
     cdef uint64_t gen      # feed() calls: record indexes are of one step
+    cdef object out        # spans()'s rows, reused: fresh pages per step cost their faults
     cdef public dict stats
 
     def __cinit__(self):
@@ -670,7 +671,8 @@ cdef class H2Tracker:
         """The streams finished since the last call (SPAN_DTYPE), after
         link_threads gave their records a thread_trace_id: the request
         record's fields (without payload) are copied into ``head`` of
-        every stream that started in this step, finished or not."""
+        every stream that started in this step, finished or not. A view
+        of the tracker's buffer: valid until the next call."""
         cdef cnp.ndarray M_arr = msgs
         cdef const span_msg *M = <const span_msg *>cnp.PyArray_DATA(M_arr) if len(M_arr) else NULL
         cdef int32_t i, nd = <int32_t>(self.done.n // sizeof(stream_t))
@@ -687,8 +689,9 @@ cdef class H2Tracker:
                 if 0 <= s.req_rec < nm:
                     memcpy(s.head, &M[s.req_rec], SPAN_MSG_MIN_SIZE)
                     s.req_rec = -1
-        out = np.empty(nd, SPAN_DTYPE)
+        if self.out is None or len(self.out) < nd:
+            self.out = np.empty(max(nd, 2 * (len(self.out) if self.out is not None else 0), 64), SPAN_DTYPE)
         if nd:
-            memcpy(cnp.PyArray_DATA(out), self.done.p, self.done.n)
+            memcpy(cnp.PyArray_DATA(self.out), self.done.p, self.done.n)
         self.done.n = 0
-        return out
+        return self.out[:nd]

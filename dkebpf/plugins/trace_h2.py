@@ -38,13 +38,18 @@ class H2Spans:
             self.tracker.feed(msgs, idx, role, until, _trace.ROLE_REQUEST)
 
     def collect(self, msgs, expire_before_ns):
-        """After link_threads: the streams finished, kept until take()."""
+        """After link_threads: the streams finished, kept until take() (a
+        view of the tracker's buffer while it is all: copied before the
+        tracker writes it again)."""
         self.tracker.expire(expire_before_ns)
+        if len(self.done) and self.done.base is not None:
+            self.done = self.done.copy()
         new = self.tracker.spans(msgs)
         if len(new):
             self.done = np.concatenate([self.done, new]) if len(self.done) else new
 
     def take(self):
+        """The finished streams' rows, to be used before the next collect()."""
         done, self.done = self.done, np.zeros(0, _h2trace.SPAN_DTYPE)
         return done
 
