@@ -276,6 +276,8 @@ cdef class H2Tracker:
     cdef bytebuf arena
     cdef uint64_t gen      # feed() calls: record indexes are of one step
     cdef object out        # spans()'s rows, reused: fresh pages per step cost their faults
+    cdef uint64_t last_sk  # the connection of the last record (records come by socket)
+    cdef int32_t last_ci
     cdef public dict stats
 
     def __cinit__(self):
@@ -373,7 +375,7 @@ cdef class H2Tracker:
     cdef void _record(self, const span_msg *M, int64_t r, uint8_t *R, uint64_t *U, uint8_t rr,
                       int64_t *counts) noexcept nogil:
         cdef const span_msg *m = &M[r]
-        cdef int32_t ci = _ix_get(&self.conns_ix, m.sk, 0)
+        cdef int32_t ci = self.last_ci if m.sk == self.last_sk else _ix_get(&self.conns_ix, m.sk, 0)
         cdef conn_t *c
         cdef int cap = m.cap_len if m.cap_len < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
         if m.op == TRACE_OP_CLOSE:
@@ -397,6 +399,8 @@ cdef class H2Tracker:
             c.d[0].ftype = 0xFF
             counts[0] += 1
         c = <conn_t *>self.conns.items + ci
+        self.last_sk = m.sk
+        self.last_ci = ci
         self._calls(c, M, r, R, rr, counts)
 
     cdef void _lose(self, dir_t *d, int64_t *counts) noexcept nogil:
@@ -644,6 +648,8 @@ cdef class H2Tracker:
                     _ix_del(&self.streams_ix, c.sk, s.id)
                     c.streams -= 1
         _ix_del(&self.conns_ix, c.sk, 0)
+        if self.last_sk == c.sk:
+            self.last_sk = 0
         self._drop_conn(c)
         _pool_give(&self.conns, ci)
 
