@@ -35,6 +35,12 @@ c.close()
 """
 
 
+def is_ours(r):
+    """A span of the test's statements (the connector's own at its start,
+    SET NAMES and @@ variables, are not ours to assert on)."""
+    return r.get("operation") == "MySQL" and (r["resource"] or "").startswith(("select ?", "select concat"))
+
+
 def test_prepared_statements_both_ends(bpf_ok):
     from dkebpf.plugins.base import PluginContext
     from dkebpf.plugins.trace import TracePlugin
@@ -51,8 +57,9 @@ def test_prepared_statements_both_ends(bpf_ok):
         port = str(db.port)
 
         def done(rows):
-            return sum(r["dst_port"] == port and r["pid"] == str(cli.pid) for r in rows) >= 5 and sum(
-                r["src_port"] == port for r in rows) >= 5
+            ours = [r for r in rows if is_ours(r)]
+            return (sum(r["pid"] == str(cli.pid) for r in ours) >= 5
+                    and sum(r["src_port"] == port and r["direction"] == "incoming" for r in ours) >= 5)
 
         rows = spans_until(p, done, timeout=30)
         assert cli.wait(30) == 0
@@ -60,9 +67,7 @@ def test_prepared_statements_both_ends(bpf_ok):
         p.stop()
         stop_process(cli, 5)
         db.stop()
-    # the connector's own statements at its start (SET NAMES, @@ variables): not ours to assert on
-    mine = [r for r in rows if r.get("operation") == "MySQL" and (r["resource"] or "").startswith(("select ?",
-                                                                                                "select concat"))]
+    mine = [r for r in rows if is_ours(r)]
     client = sorted((r for r in mine if r["pid"] == str(cli.pid)), key=lambda r: r["ktime"])
     server = sorted((r for r in mine if r["src_port"] == port and r["direction"] == "incoming"),
                     key=lambda r: r["ktime"])
