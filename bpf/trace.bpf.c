@@ -51,6 +51,7 @@ const volatile __u8 trace_all = 0;  /* 1: every process but TRACE_PID_EXCLUDED o
 
 #include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 
+#define TRACE_MAX_IOV 4
 #define EVENTS_RING_BYTES (1 << 24)
 /* user space takes records once per interval: wake it only when this much
  * waits (include/ring_wake.bpf.h) */

@@ -36,10 +36,10 @@
 #define TRACE_MORE_SHORT 1
 #define TRACE_MORE_H2_CALL 2
 
-/* iovecs of one writev/sendmsg copied into a payload: the first
- * TRACE_MAX_IOV unrolled, on HTTP/2 connections up to this many more with
- * bpf_loop (gRPC writes each frame header and body as its own iovec). */
-#define TRACE_MAX_IOV 4
+/* iovecs of one writev/sendmsg copied into a payload past the first 4
+ * (trace.bpf.c's TRACE_MAX_IOV, unrolled), with bpf_loop, on HTTP/2
+ * connections and for message starts (gRPC writes each frame header and
+ * body as its own iovec). */
 #define TRACE_MAX_IOV_LOOP 124
 
 /* trace_pids values (key: tgid) */
