@@ -77,6 +77,8 @@ def _strings(spans, field, lens):
 def columns(spans):
     """The protocol columns of HTTP/2 span rows (the app trace context's:
     plugins/trace.py, as for HTTP/1)."""
+    from .trace import _choose  # (imported here: plugins/trace.py imports this module)
+
     n = len(spans)
     method = _strings(spans, "method", spans["method_len"])
     path = _strings(spans, "path", spans["path_len"])
@@ -93,10 +95,10 @@ def columns(spans):
     has_g = grpc & (gstat >= 0)
     cols = {
         "http_method": method, "http_route": path,
-        "http_version": pa.array(["2"] * n, pa.string()),
+        "http_version": _choose(np.zeros(n, np.int8), "2"),
         "http_status_code": pc.if_else(pa.array(has_status), pc.cast(pa.array(status), pa.string()), none),
-        "status": pa.array(np.array(["ok", "warning", "error", "unknown"], object)[level], pa.string()),
-        "operation": pa.array(np.where(grpc, "gRPC", "HTTP2").astype(object), pa.string()),
+        "status": _choose(level, "ok", "warning", "error", "unknown"),
+        "operation": _choose(grpc, "HTTP2", "gRPC"),
         "resource": pc.if_else(pa.array(grpc), path,
                                pc.binary_join_element_wise(method, pc.fill_null(path, ""), " ")),
         "grpc_status_code": pc.if_else(pa.array(has_g), pc.cast(pa.array(gstat), pa.string()), none),
