@@ -258,7 +258,8 @@ HEAD_NAMES = ("ts", "sk", "sk_sent", "sk_recv", "ts_last_send", "ts_last_recv", 
               "tid", "seq", "bytes", "lport", "rport", "cap_len", "family", "op", "more", "comm", "pcomm")
 
 
-cdef inline void _copy_str(char *dst, uint8_t *dlen, int cap, const uint8_t *arena, uint32_t off, uint32_t n) noexcept nogil:
+cdef inline void _copy_str(char *dst, uint8_t *dlen, int cap, const uint8_t *arena, uint32_t off,
+                           uint32_t n) noexcept nogil:
     if n == <uint32_t>0xFFFFFFFF:
         dlen[0] = 0xFF
         return

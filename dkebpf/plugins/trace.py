@@ -38,7 +38,8 @@ except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
 MEASUREMENT = "dketrace"
-REPORTED = ("http", "redis", "postgresql", "mysql")  # protocols pair() makes spans of (of _trace.PROTO; HTTP/2: trace_h2)
+# protocols pair() makes spans of (of _trace.PROTO; HTTP/2's: trace_h2)
+REPORTED = ("http", "redis", "postgresql", "mysql")
 KEEP = "_keep"  # a per-protocol column: False for an exchange that is no span
 INPUT = "ebpf-net/bpftracing"
 # spans.json's tags; everything else is a field (the linker reads both)
