@@ -20,7 +20,10 @@
  *   the linker joins a client span to the server span across hosts.
  *   Other calls of the run only add to the socket's counters (trace_conns),
  *   but for the second when the first was shorter than TRACE_SHORT_START
- *   (include/trace.h: span_msg.more). A connection user space gave up on
+ *   (include/trace.h: span_msg.more). On a connection that opened with
+ *   the HTTP/2 client preface every call is sent (trace_conn.h2, more =
+ *   TRACE_MORE_H2_CALL), with up to TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP
+ *   iovecs copied (bpf_loop). A connection user space gave up on
  *   (no protocol it knows in its first message starts: TLS, ssh, ...) is
  *   flagged `ignored` in trace_conns by it: only counted from then on.
  * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
@@ -125,9 +128,42 @@ static __always_inline int copy_at(struct scratch *s, __u32 off, const void *src
 	return len;
 }
 
+/* bpf_loop's state for the iovecs past the first TRACE_MAX_IOV */
+struct iov_loop {
+	const struct iovec *iov; /* the user array, from its TRACE_MAX_IOV-th */
+	__u32 n;                 /* iovecs there */
+	__u32 off;               /* payload bytes so far */
+	__u64 left;              /* bytes of the call not yet placed */
+};
+
+static long copy_iov_cb(__u32 i, void *ctx)
+{
+	struct iov_loop *l = ctx;
+	__u32 zero = 0;
+	struct iovec v;
+	if (i >= l->n || !l->left || l->off >= TRACE_PAYLOAD_MAX)
+		return 1;
+	/* looked up again: a map value pointer does not survive the trip
+	 * through the loop's context for the verifier */
+	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	if (!s || bpf_probe_read_user(&v, sizeof(v), &l->iov[i]))
+		return 1;
+	__u64 len = v.iov_len < l->left ? v.iov_len : l->left;
+	l->left -= len;
+	int got = copy_at(s, l->off, v.iov_base, len);
+	if (got < 0) {
+		count_drop(&drops, TRACE_DROP_READ);
+		return 1;
+	}
+	l->off += got;
+	return 0;
+}
+
 /* The call's first bytes (up to TRACE_PAYLOAD_MAX of the `ret` it moved)
- * into the record. Returns the bytes copied. */
-static __always_inline __u32 copy_payload(struct scratch *s, long ret)
+ * into the record; with `all_iov` from up to
+ * TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP iovecs, else TRACE_MAX_IOV. Returns
+ * the bytes copied. */
+static __always_inline __u32 copy_payload(struct scratch *s, long ret, int all_iov)
 {
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
@@ -158,7 +194,34 @@ static __always_inline __u32 copy_payload(struct scratch *s, long ret)
 		}
 		off += got;
 	}
+	if (all_iov && n == TRACE_MAX_IOV && left && off < TRACE_PAYLOAD_MAX) {
+		/* the iovec array's place and length again (syscall_io_iovecs
+		 * read at most TRACE_MAX_IOV of them) */
+		struct iov_loop l = {.off = off, .left = left};
+		__u64 cnt = io.count;
+		const struct iovec *base = (const struct iovec *)io.ptr;
+		if (kind == SYSIO_MSG) {
+			struct user_msghdr m = {};
+			if (bpf_probe_read_user(&m, sizeof(m), (void *)io.ptr))
+				return off;
+			base = m.msg_iov;
+			cnt = m.msg_iovlen;
+		}
+		if (cnt > TRACE_MAX_IOV) {
+			l.iov = base + TRACE_MAX_IOV;
+			l.n = cnt - TRACE_MAX_IOV;
+			bpf_loop(TRACE_MAX_IOV_LOOP, copy_iov_cb, &l, 0);
+			off = l.off;
+		}
+	}
 	return off < TRACE_PAYLOAD_MAX ? off : TRACE_PAYLOAD_MAX;
+}
+
+/* Does the payload start with the HTTP/2 client connection preface? */
+static __always_inline int is_h2_preface(const __u8 *p)
+{
+	return p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' &&
+	       p[6] == 'H' && p[7] == 'T' && p[8] == 'T' && p[9] == 'P' && p[10] == '/' && p[11] == '2';
 }
 
 static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
@@ -188,9 +251,10 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 		}
 	}
 	int start = tc->last_op != op;
-	/* a message starts, or its short start goes on (on a connection whose
-	 * protocol user space could tell) */
-	if ((start || tc->short_start) && !tc->ignored) {
+	/* a message starts, or its short start goes on, or any call on an
+	 * HTTP/2 connection (on a connection whose protocol user space could
+	 * tell) */
+	if ((start || tc->short_start || tc->h2) && !tc->ignored) {
 		__u32 zero = 0;
 		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
 		struct sock_tuple t = {};
@@ -214,17 +278,28 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			ev->rport = t.rport;
 			ev->family = t.family;
 			ev->op = op;
-			ev->more = !start;
+			ev->more = start ? 0 : tc->h2 ? TRACE_MORE_H2_CALL : TRACE_MORE_SHORT;
 			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
 			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
 			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
-			ev->cap_len = copy_payload(s, ret);
+			/* all iovecs on HTTP/2 connections, and for a message start
+			 * (it may be the preface, with a request after it) */
+			ev->cap_len = copy_payload(s, ret, tc->h2 || start);
+			/* the client preface opens the connection: its calls are
+			 * all sent from now on (both ends see it first) */
+			if (start && !tc->h2 && ev->cap_len >= 12 && is_h2_preface(ev->payload))
+				tc->h2 = 1;
 			/* an HTTP/1.x response: user space reads its status line
 			 * only; the headers and body after it would only fill the
 			 * ring (include/trace.h: TRACE_STATUS_KEEP) */
 			if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
 				ev->cap_len = TRACE_STATUS_KEEP;
-			__u32 size = SPAN_MSG_MIN_SIZE + (ev->cap_len & (2 * TRACE_PAYLOAD_MAX - 1));
+			/* the mask restated past a barrier: clang would otherwise
+			 * drop it (it knows cap_len's bound, the verifier does not
+			 * after the reloads of cap_len above) */
+			__u32 cap = ev->cap_len;
+			asm volatile("" : "+r"(cap));
+			__u32 size = SPAN_MSG_MIN_SIZE + (cap & (2 * TRACE_PAYLOAD_MAX - 1));
 			__u64 flag = ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
 			if (bpf_ringbuf_output(&events, ev, size, flag))
 				count_drop(&drops, TRACE_DROP_RING);

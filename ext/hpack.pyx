@@ -40,7 +40,7 @@ breaks it the same way.
 ``tests/reference/hpack_ref.py`` holds the same rules in plain Python.
 """
 from libc.stdint cimport int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc, realloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, strlen
 
 import numpy as np
@@ -102,17 +102,7 @@ cdef enum:
 
 STRING_FIELDS = ("method", "path", "authority", "content_type", "grpc_message")
 
-cdef struct hdr_t:
-    uint64_t trace_hi, trace_lo, parent
-    uint32_t str_off[5]   # STRING_FIELDS in the arena
-    uint32_t str_len[5]   # 0xFFFFFFFF: header absent
-    uint16_t status       # :status, 0 absent or not 3 digits
-    int16_t grpc_status   # -1 absent or not a number
-    int8_t sampled
-    uint8_t source
-    uint8_t state         # 0 no block ends at this row, 1 decoded, 2 error
-    uint8_t error         # E_* (ERRORS[error])
-    uint16_t nheaders
+# hdr_t: declared in ext/includes/dkebpf/_hpack.pxd
 
 
 cdef hdr_t _h
@@ -218,21 +208,7 @@ _init_huffman()
 
 # ------------------------------------------------------------------- state
 
-cdef struct entry_t:
-    uint8_t *blob  # name then value
-    int nlen, vlen
-    uint8_t field
-
-
-cdef struct hstate_t:
-    entry_t *ring
-    int cap, head, count  # head: slot of the newest entry
-    int64_t size, max_size, limit
-    int error             # the error that broke the table; 0 while it is known
-    int64_t err_a, err_b  # details for the message
-    bint pending          # a HEADERS block waits for its CONTINUATIONs in frag
-    bytebuf frag
-    bytebuf hname, hvalue   # Huffman-decoded strings of the current header
+# entry_t, hstate_t: declared in ext/includes/dkebpf/_hpack.pxd
 
 
 cdef void _evict(hstate_t *s) noexcept nogil:
@@ -583,6 +559,51 @@ cdef class HpackDecoder:
             free(k.all.p)
             free(k.offs.p)
             free(k)
+
+
+cdef hstate_t *hpack_new(int64_t max_table_size) noexcept nogil:
+    cdef hstate_t *s = <hstate_t *>calloc(1, sizeof(hstate_t))
+    if s == NULL:
+        return NULL
+    s.limit = max_table_size
+    s.max_size = 4096 if max_table_size > 4096 else max_table_size  # SETTINGS_HEADER_TABLE_SIZE's initial value
+    s.cap = <int>(max_table_size // 32 + 1)
+    s.ring = <entry_t *>malloc(s.cap * sizeof(entry_t))
+    if s.ring == NULL:
+        free(s)
+        return NULL
+    return s
+
+
+cdef void hpack_free(hstate_t *s) noexcept nogil:
+    if s == NULL:
+        return
+    while s.count:
+        _evict(s)
+    free(s.ring)
+    free(s.frag.p)
+    free(s.hname.p)
+    free(s.hvalue.p)
+    free(s)
+
+
+cdef int hpack_fields(hstate_t *s, const uint8_t *b, int64_t n, hdr_t *rec, bytebuf *arena, bint ctx) noexcept nogil:
+    cdef sink_t sink  # on the stack (2.4 kB): one per block, no malloc
+    cdef sink_t *k = &sink
+    cdef int err
+    k.every = False
+    k.arena = arena
+    k.rec = rec
+    _rec_start(k)
+    err = _decode_block(s, b, n, k)
+    if err:
+        rec.state = 2
+        rec.error = err
+    else:
+        rec.state = 1
+        if ctx:
+            _rec_end(k)
+    return err
 
 
 cdef str _message(hstate_t *s, int err):

@@ -35,13 +35,13 @@ cimport numpy as cnp
 
 from payloads cimport parse_rows
 from dk_common cimport offset_of
+from h2frame cimport h2_frame_t, h2_frame_header, h2_preface_at
 
 cnp.import_array()
 
 __all__ = ["parse", "ROW_DTYPE", "PREFACE", "HEADERS", "CONTINUATION", "DATA"]
 
 PREFACE, DATA, HEADERS, PUSH_PROMISE, CONTINUATION = 0xFF, 0, 1, 5, 9
-cdef const char *MAGIC = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 cdef struct row_t:
     uint32_t ev, off, length, stream, block_off, block_len
@@ -52,7 +52,9 @@ cdef Py_ssize_t _payload(const uint8_t *p, int64_t n, uint8_t unused, char *rows
     cdef row_t *r
     cdef Py_ssize_t used = 0
     cdef int64_t k = 0, flen, body, end, a, b, pad
-    if n >= 24 and memcmp(p, MAGIC, 24) == 0:
+    cdef h2_frame_t f
+    cdef bint ok
+    if h2_preface_at(p, n):
         if room == 0:
             return -1
         r = <row_t *>rows
@@ -71,13 +73,12 @@ cdef Py_ssize_t _payload(const uint8_t *p, int64_t n, uint8_t unused, char *rows
         if n - k < 9:
             r.valid = 1
             return used
-        flen = (<int64_t>p[k] << 16) | (p[k + 1] << 8) | p[k + 2]
-        r.type = p[k + 3]
-        r.flags = p[k + 4]
-        r.stream = ((<uint32_t>p[k + 5] & 0x7F) << 24) | (p[k + 6] << 16) | (p[k + 7] << 8) | p[k + 8]
-        if ((p[k + 5] & 0x80) or r.type > 0x10
-                or (r.stream == 0 and (r.type <= 3 or r.type == 5 or r.type == 9))
-                or (r.stream != 0 and (r.type == 4 or r.type == 6 or r.type == 7))):
+        ok = h2_frame_header(p + k, &f)
+        flen = f.length
+        r.type = f.type
+        r.flags = f.flags
+        r.stream = f.stream
+        if not ok:
             r.valid = 0
             return used
         r.valid = 1

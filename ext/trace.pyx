@@ -37,6 +37,7 @@ from trace cimport *
 from dk_common cimport offset_of, be32, mix64
 from utf8 cimport utf8_replace_invalid
 from payloads cimport payload_view, view_payloads, payload_start
+from h2frame cimport h2_preface_at
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
 
 from dkebpf import _records
@@ -74,7 +75,7 @@ cdef enum:
     P_REDIS = 2
     P_MYSQL = 3
     P_PGSQL = 4
-    P_HTTP2 = 5   # told apart, not paired: streams interleave (see README)
+    P_HTTP2 = 5   # told apart, not paired here: streams interleave (ext/h2trace.pyx)
     P_NONE = 255  # not a protocol we trace: nothing more is looked at
 
 PROTO_NAMES = {P_HTTP: "http", P_REDIS: "redis", P_MYSQL: "mysql", P_PGSQL: "postgresql", P_HTTP2: "http2"}
@@ -157,7 +158,8 @@ cdef enum:
     R_OTHER = 0
     R_REQUEST = 1
     R_RESPONSE = 2
-ROLE_OTHER, ROLE_REQUEST, ROLE_RESPONSE = R_OTHER, R_REQUEST, R_RESPONSE
+    R_H2 = 3        # a call or the close of an HTTP/2 connection (ext/h2trace.pyx)
+ROLE_OTHER, ROLE_REQUEST, ROLE_RESPONSE, ROLE_H2 = R_OTHER, R_REQUEST, R_RESPONSE, R_H2
 
 
 cdef inline uint8_t _other(uint8_t op) noexcept nogil:
@@ -182,7 +184,7 @@ cdef int detect(const span_msg *m, uint8_t *req_op) noexcept nogil:
     cdef http_msg h
     if n > TRACE_PAYLOAD_MAX:
         n = TRACE_PAYLOAD_MAX
-    if n >= 24 and memcmp(p, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24) == 0:
+    if h2_preface_at(p, n):
         req_op[0] = m.op
         return P_HTTP2
     if n >= 8 and parse_first_line(p, n, &h):
@@ -196,8 +198,12 @@ cdef int detect(const span_msg *m, uint8_t *req_op) noexcept nogil:
     if n >= 8 and be32(p) == <uint32_t>n and (be32(p + 4) == 196608 or be32(p + 4) == 80877103):
         req_op[0] = m.op
         return P_PGSQL
-    # MySQL server greeting: 3-byte length, sequence 0, protocol version 10
-    if n >= 5 and p[3] == 0 and p[4] == 10 and (p[0] | (p[1] << 8) | (p[2] << 16)) + 4 == m.bytes:
+    # MySQL server greeting: 3-byte length, sequence 0, protocol version 10;
+    # its call the whole packet, or its 4-byte header alone with the body
+    # from the next call merged after it (a client that reads the header
+    # first: mysql-connector-python)
+    if n >= 5 and p[3] == 0 and p[4] == 10 and ((p[0] | (p[1] << 8) | (p[2] << 16)) + 4 == m.bytes
+                                                  or (m.bytes == 4 and n > 4)):
         req_op[0] = _other(m.op)
         return P_MYSQL
     return P_UNKNOWN
@@ -298,7 +304,7 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
         for k in range(1, n):
             i = Ord[k]
             prev = Ord[k - 1]
-            if M[i].more and M[prev].sk == M[i].sk and M[prev].cap_len < TRACE_PAYLOAD_MAX:
+            if M[i].more == TRACE_MORE_SHORT and M[prev].sk == M[i].sk and M[prev].cap_len < TRACE_PAYLOAD_MAX:
                 take = M[i].cap_len
                 if take > TRACE_PAYLOAD_MAX - M[prev].cap_len:
                     take = TRACE_PAYLOAD_MAX - M[prev].cap_len
@@ -324,11 +330,13 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
             while k < j:
                 i = Ord[k]
                 op = M[i].op
-                if M[i].more:  # merged above
+                if M[i].more == TRACE_MORE_SHORT:  # merged above
                     k += 1
                     continue
                 st.last_ts = M[i].ts_ns
                 if op == TRACE_OP_CLOSE:
+                    if st.proto == P_HTTP2:
+                        R[i] = R_H2
                     if pr >= 0:
                         _finish(&S[ns], M, pq, pr, i, st.req_op, st.proto, U)
                         ns += 1
@@ -356,6 +364,8 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
                         continue
                     st.proto = proto
                     st.req_op = rop
+                if st.proto == P_HTTP2:  # streams interleave: ext/h2trace.pyx follows them
+                    R[i] = R_H2
                 if st.proto == P_NONE or st.proto == P_HTTP2:
                     k += 1
                     continue

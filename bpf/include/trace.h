@@ -29,6 +29,19 @@
  * byte and its request line comes with the second). */
 #define TRACE_SHORT_START 16
 
+/* span_msg.more on an HTTP/2 connection (trace_conn.h2: the client preface
+ * was seen): every call of a run is sent, not only its start, each with
+ * its first TRACE_PAYLOAD_MAX bytes (frames of many streams interleave in
+ * one direction; user space follows them per stream, ext/h2trace.pyx). */
+#define TRACE_MORE_SHORT 1
+#define TRACE_MORE_H2_CALL 2
+
+/* iovecs of one writev/sendmsg copied into a payload past the first 4
+ * (trace.bpf.c's TRACE_MAX_IOV, unrolled), with bpf_loop, on HTTP/2
+ * connections and for message starts (gRPC writes each frame header and
+ * body as its own iovec). */
+#define TRACE_MAX_IOV_LOOP 124
+
 /* trace_pids values (key: tgid) */
 #define TRACE_PID_TRACED 1
 #define TRACE_PID_EXCLUDED 2
@@ -67,7 +80,9 @@ struct span_msg {
 	__u16 cap_len;      /* valid payload bytes */
 	__u8 family;        /* 4 or 6 */
 	__u8 op;            /* TRACE_OP_* */
-	__u8 more;          /* 1: continues the previous record's payload (above) */
+	__u8 more;          /* TRACE_MORE_SHORT: continues the previous record's
+	                     * payload; TRACE_MORE_H2_CALL: another call of the
+	                     * run on an HTTP/2 connection (above) */
 	char comm[16];      /* the calling thread's name */
 	char pcomm[16];     /* its process's name (the group leader's comm), read
 	                     * here: a short-lived process may be gone, or have
@@ -88,7 +103,8 @@ struct trace_conn {
 	__u8 ignored;     /* user space could not tell its protocol (TracePlugin
 	                   * sets it): its calls are only counted, no record
 	                   * but the close */
-	__u8 _pad[5];
+	__u8 h2;          /* the HTTP/2 client preface was seen: every call is sent */
+	__u8 _pad[4];
 };
 
 #endif

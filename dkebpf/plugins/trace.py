@@ -1,5 +1,6 @@
 """ebpf-trace: one `dketrace` span per request/response exchange a traced
-process makes or serves (HTTP/1.x, Redis, MySQL, PostgreSQL), posted to
+process makes or serves (HTTP/1.x, Redis, MySQL, PostgreSQL; HTTP/2 and
+gRPC per stream: plugins/trace_h2.py), posted to
 the linker's ``/v1/bpftracing``.
 
 Kernel side: bpf/trace.bpf.c sends one struct span_msg per message start
@@ -28,6 +29,7 @@ from ..enrich.addr import format_addrs
 from ..errors import BuildError, KernelError
 from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
+from . import trace_h2
 from .trace_go import GoTracing
 
 try:
@@ -36,7 +38,8 @@ except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
 MEASUREMENT = "dketrace"
-REPORTED = ("http", "redis", "postgresql", "mysql")  # protocols spans are made of (of _trace.PROTO)
+# protocols pair() makes spans of (of _trace.PROTO; HTTP/2's: trace_h2)
+REPORTED = ("http", "redis", "postgresql", "mysql")
 KEEP = "_keep"  # a per-protocol column: False for an exchange that is no span
 INPUT = "ebpf-net/bpftracing"
 # spans.json's tags; everything else is a field (the linker reads both)
@@ -267,6 +270,7 @@ class SpanBuilder:
         self.given_up = np.zeros(0, np.uint64)
         self.closed_before = np.zeros(0, np.uint64)
         self.go = None  # trace_go.GoTracing: goroutines instead of threads in Go processes
+        self.h2 = trace_h2.H2Spans()  # HTTP/2 streams, followed across steps
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
                       "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
                       "exits_without_entry": 0}
@@ -289,7 +293,7 @@ class SpanBuilder:
     def memory(self):
         carried = len(self._carry[1]) if self._carry is not None else self.ncarried
         return {"carried_records": carried * _RECORD.itemsize, "connections": self.conns.nbytes,
-                "prepared_statements": self.statements.nbytes,
+                "prepared_statements": self.statements.nbytes, "http2_streams": self.h2.nbytes,
                 "step_buffer": self.stage.nbytes if self.stage is not None else 0}
 
     def _compact(self):
@@ -348,13 +352,16 @@ class SpanBuilder:
         role, spans, carry, seen, st, until = _trace.pair(msgs, order, self.conns,
                                                           max(0, now_mono_ns - self.settle_ns),
                                                           max(0, now_mono_ns - self.expire_ns))
+        self.h2.feed(msgs, order, role, until)
         new_requests = np.flatnonzero((role == _trace.ROLE_REQUEST) & (msgs["user"] == 0))
         st.update(_trace.link_threads(msgs, role, until))
         if self.go is not None:  # Go processes: by goroutine (dkebpf/plugins/trace_go.py)
             self.go.link(msgs, new_requests)
             self.go.forget(now_mono_ns)
+        self.h2.collect(msgs, max(0, now_mono_ns - self.expire_ns))  # after the threads' ids
         for k, v in st.items():
             self.stats[k] += v
+        self.stats.update(self.h2.tracker.stats)
         self._merge_conns(seen, now_mono_ns)
         # connections whose protocol was not told (TLS, ssh, ...): the kernel
         # is told to stop sending their message starts (TracePlugin)
@@ -380,7 +387,59 @@ class SpanBuilder:
         self.conns = c[np.argsort(c["sk"], kind="stable")]
 
     def table(self, msgs, spans, mono_to_wall_ns):
-        """dketrace columns of the spans (one row each)."""
+        """dketrace columns of the spans (one row each), and of the HTTP/2
+        streams finished since the last table (plugins/trace_h2.py)."""
+        h2 = self.h2.take()
+        if self.protos is not None and not self.protos & set(trace_h2.NAMES):
+            h2 = h2[:0]
+        table = self._table(msgs, spans, mono_to_wall_ns)
+        if not len(h2):
+            return table
+        head = trace_h2.heads(h2)
+        cols = self._common(head, h2["req_seq"], h2["resp_seq"], h2["start_ns"], h2["end_ns"],
+                            h2["incoming"].astype(bool), h2["req_bytes"], h2["resp_bytes"], mono_to_wall_ns,
+                            pa.nulls(len(h2), pa.int64()))
+        cols.update(trace_h2.columns(h2))
+        cols.update(self._app_ids(h2))
+        h2_table = pa.table(cols)
+        if not table.num_rows:
+            return h2_table
+        return pa.concat_tables([table, h2_table], promote_options="default")
+
+    def _common(self, req, req_seq, resp_seq, start, end, incoming, req_bytes, resp_bytes,
+                mono_to_wall_ns, tid_usr):
+        """The columns every protocol's span has, from its request
+        record's fields (req[field]), its times and byte counts."""
+        n = len(start)
+        kind = _choose(incoming, "exit", "entry")
+        start_ns = (start + mono_to_wall_ns).astype(np.int64)
+        # the process name from the record (right even for a process gone
+        # or exec'd since); the service its environment names, else that name
+        names = _records.comm_to_arrow(req["pcomm"])
+        services = self.selector.services(req["pid"])
+        services = pc.if_else(pc.equal(services, ""), names, services)
+        return {
+            "ebpf_span_type": kind, "span_type": kind,
+            "direction": _choose(incoming, "outgoing", "incoming"),
+            "req_seq": pa.array(np.asarray(req_seq).astype(np.int64) & 0xFFFFFFFF),
+            "resp_seq": pa.array(np.asarray(resp_seq).astype(np.int64) & 0xFFFFFFFF),
+            "thread_trace_id": pa.array(req["user"].astype(np.int64)),
+            "tid": pa.array(req["tid"].astype(np.int64)),
+            "tid_usr": tid_usr,
+            "ktime": pa.array(start.astype(np.int64)),
+            "source_type": _choose(np.zeros(n, bool), "ebpf"),
+            "process_name": names, "service": services,
+            "thread_name": _records.comm_to_arrow(req["comm"]),
+            "pid": pc.cast(pa.array(req["pid"]), pa.string()),
+            **_endpoints(req),
+            "start": pa.array(start_ns // 1000),
+            "duration": pa.array(((end - start) // 1000).astype(np.int64)),
+            "bytes_read": pa.array(np.where(incoming, req_bytes, resp_bytes).astype(np.int64)),
+            "bytes_written": pa.array(np.where(incoming, resp_bytes, req_bytes).astype(np.int64)),
+            "time": pa.array(start_ns),
+        }
+
+    def _table(self, msgs, spans, mono_to_wall_ns):
         if self.protos is not None:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
         spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
@@ -389,38 +448,14 @@ class SpanBuilder:
         # the columns needed, gathered one by one (not whole ~1.2 kB records)
         req = _Gather(msgs, spans["req"])
         resp = _Gather(msgs, spans["resp"])
-        incoming = spans["incoming"].astype(bool)
-        kind = _choose(incoming, "exit", "entry")
-        start_ns = (spans["start_ns"] + mono_to_wall_ns).astype(np.int64)
         # one of several pipelined messages: its own length, else the socket's counters
         req_bytes = np.where(pipe["many"], pipe["req_len"], spans["req_bytes"])
         resp_bytes = np.where(pipe["many"], pipe["resp_len"], spans["resp_bytes"])
-        # the process name from the record (right even for a process gone
-        # or exec'd since); the service its environment names, else that name
-        names = _records.comm_to_arrow(req["pcomm"])
-        services = self.selector.services(req["pid"])
-        services = pc.if_else(pc.equal(services, ""), names, services)
-        cols = {
-            "ebpf_span_type": kind, "span_type": kind,
-            "direction": _choose(incoming, "outgoing", "incoming"),
-            # a pipelined message's sequence number: its call's plus its offset in it
-            "req_seq": pa.array((req["seq"].astype(np.int64) + pipe["req_off"]) & 0xFFFFFFFF),
-            "resp_seq": pa.array((resp["seq"].astype(np.int64) + pipe["resp_off"]) & 0xFFFFFFFF),
-            "thread_trace_id": pa.array(req["user"].astype(np.int64)),
-            "tid": pa.array(req["tid"].astype(np.int64)),
-            "tid_usr": self.go.tid_usr(msgs, spans["req"]) if self.go else pa.nulls(n, pa.int64()),
-            "ktime": pa.array(spans["start_ns"].astype(np.int64)),
-            "source_type": _choose(np.zeros(n, bool), "ebpf"),
-            "process_name": names, "service": services,
-            "thread_name": _records.comm_to_arrow(req["comm"]),
-            "pid": pc.cast(pa.array(req["pid"]), pa.string()),
-            **_endpoints(msgs, spans["req"]),
-            "start": pa.array(start_ns // 1000),
-            "duration": pa.array(((spans["end_ns"] - spans["start_ns"]) // 1000).astype(np.int64)),
-            "bytes_read": pa.array(np.where(incoming, req_bytes, resp_bytes).astype(np.int64)),
-            "bytes_written": pa.array(np.where(incoming, resp_bytes, req_bytes).astype(np.int64)),
-            "time": pa.array(start_ns),
-        }
+        # a pipelined message's sequence number: its call's plus its offset in it
+        cols = self._common(req, req["seq"].astype(np.int64) + pipe["req_off"],
+                            resp["seq"].astype(np.int64) + pipe["resp_off"], spans["start_ns"], spans["end_ns"],
+                            spans["incoming"].astype(bool), req_bytes, resp_bytes, mono_to_wall_ns,
+                            self.go.tid_usr(msgs, spans["req"]) if self.go else pa.nulls(n, pa.int64()))
         per = {}
         for proto, fn in ((_trace.PROTO["http"], self._http), (_trace.PROTO["redis"], self._redis),
                           (_trace.PROTO["postgresql"], self._pgsql), (_trace.PROTO["mysql"], self._mysql)):
@@ -465,22 +500,29 @@ class SpanBuilder:
             "operation": _choose(np.zeros(len(spans), np.int8), "HTTP"),
             "resource": pc.binary_join_element_wise(method, pc.fill_null(path, ""), " "),
         }
-        ctx = _tracectx.extract(req_p)
+        cols.update(self._app_ids(_tracectx.extract(req_p)))
+        return cols
+
+    def _app_ids(self, ctx):
+        """app_* columns of the app trace context (tracectx's fields:
+        source, trace_hi, trace_lo, parent, sampled), none without one."""
         has = (ctx["source"] != 0) & (ctx["trace_lo"] | ctx["trace_hi"] != 0) & (ctx["parent"] != 0)
-        if has.any():
-            src = np.where(has, ctx["source"], 0)
-            tid, par = _tracectx.format_ids(ctx["trace_hi"], ctx["trace_lo"], ctx["parent"], src, self.conv)
-            cols["app_trace_id"] = tid
-            cols["app_parent_id"] = par
-            nul = pa.array(~has)
-            for k, v in (("app_trace_id_l", ctx["trace_lo"]), ("app_trace_id_h", ctx["trace_hi"]),
-                         ("app_parent_id_l", ctx["parent"])):
-                cols[k] = pc.if_else(nul, pa.nulls(len(has), pa.int64()), pa.array(v.view(np.int64)))
-            cols["app_span_sampled"] = pc.if_else(
-                nul, pa.nulls(len(has), pa.int64()),
-                # 1 keep, -1 drop, 0 the app did not decide (B3 without a flag,
-                # Datadog without a priority): the linker's sampling decides then
-                pa.array(ctx["sampled"].astype(np.int64)))
+        if not has.any():
+            return {}
+        cols = {}
+        src = np.where(has, ctx["source"], 0)
+        tid, par = _tracectx.format_ids(ctx["trace_hi"], ctx["trace_lo"], ctx["parent"], src, self.conv)
+        cols["app_trace_id"] = tid
+        cols["app_parent_id"] = par
+        nul = pa.array(~has)
+        for k, v in (("app_trace_id_l", ctx["trace_lo"]), ("app_trace_id_h", ctx["trace_hi"]),
+                     ("app_parent_id_l", ctx["parent"])):
+            cols[k] = pc.if_else(nul, pa.nulls(len(has), pa.int64()), pa.array(np.ascontiguousarray(v).view(np.int64)))
+        cols["app_span_sampled"] = pc.if_else(
+            nul, pa.nulls(len(has), pa.int64()),
+            # 1 keep, -1 drop, 0 the app did not decide (B3 without a flag,
+            # Datadog without a priority): the linker's sampling decides then
+            pa.array(ctx["sampled"].astype(np.int64)))
         return cols
 
     def _redis(self, msgs, spans, pipe):
@@ -591,12 +633,12 @@ def _records_of(*parts):
     return np.concatenate([p.view(_RECORD) for p in parts]).view(_trace.MSG_DTYPE)
 
 
-def _endpoints(msgs, idx):
-    """src_ip, dst_ip, src_port, dst_port of the records msgs[idx]: made
-    once per connection (the records of one socket with the same
-    addresses), then taken per span."""
-    sk, laddr, raddr = msgs["sk"][idx], msgs["laddr"][idx], msgs["raddr"][idx]
-    lport, rport, fam = msgs["lport"][idx], msgs["rport"][idx], msgs["family"][idx]
+def _endpoints(req):
+    """src_ip, dst_ip, src_port, dst_port of the request records' fields
+    (req[field]): made once per connection (the records of one socket with
+    the same addresses), then taken per span."""
+    sk, laddr, raddr = req["sk"], req["laddr"], req["raddr"]
+    lport, rport, fam = req["lport"], req["rport"], req["family"]
     _, first, inv = np.unique(sk, return_index=True, return_inverse=True)
     rep = first[inv.ravel()]
     # a socket's memory reused in the step by another connection: its own
@@ -824,7 +866,7 @@ class TracePlugin(Plugin):
     def _step_once(self, now_ns):
         msgs, spans = self.builder.step_staged(time.monotonic_ns())
         self._ignore(self.builder.given_up)
-        if not len(spans):
+        if not len(spans) and not len(self.builder.h2.done):
             return
         table = self.builder.table(msgs, spans, time.time_ns() - time.monotonic_ns())
         if not table.num_rows:

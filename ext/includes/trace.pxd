@@ -15,6 +15,8 @@ cdef extern from "include/trace.h" nogil:
         TRACE_DROP_MAX
         SPAN_MSG_MIN_SIZE
         TRACE_SHORT_START
+        TRACE_MORE_SHORT
+        TRACE_MORE_H2_CALL
 
     cdef struct trace_conn:
         unsigned long long sent
@@ -24,6 +26,7 @@ cdef extern from "include/trace.h" nogil:
         unsigned char last_op
         unsigned char short_start
         unsigned char ignored
+        unsigned char h2
 
     cdef struct span_msg:
         unsigned long long ts_ns
