@@ -96,11 +96,12 @@ def mappings(pid):
 def rss_groups(maps):
     """{group: RSS bytes}: "rings" (BPF map mmaps), "heap_anon" (the heap and
     anonymous mappings: arrays, Python objects, thread stacks), "other"
-    ([stack], [vdso]...) and one "lib:<file>" per mapped file (its
+    ([stack], [vdso]...), "packet_rings" (TPACKET rings) and one "lib:<file>" per mapped file (its
     copy-on-write data included)."""
     out = {}
     for _, _, path, rss in maps:
         group = ("rings" if path == RING_MAPPING else "heap_anon" if path in ("", "[heap]")
+                 else "packet_rings" if path.startswith("socket:")
                  else "lib:" + os.path.basename(path.removesuffix(" (deleted)")) if path.startswith("/")
                  else "other")
         out[group] = out.get(group, 0) + rss
@@ -136,7 +137,7 @@ def print_rss_breakdown(label, pid):
     groups = rss_groups(maps)
     libs = sorted(((v, k) for k, v in groups.items() if k.startswith("lib:")), reverse=True)
     rest = sum(v for v, _ in libs[TOP_LIBRARIES:])
-    shown = [(k, groups.get(k, 0)) for k in ("rings", "heap_anon", "other")]
+    shown = [(k, groups.get(k, 0)) for k in ("rings", "packet_rings", "heap_anon", "other")]
     shown += [(k, v) for v, k in libs[:TOP_LIBRARIES]] + [(f"lib:{len(libs) - TOP_LIBRARIES} others", rest)]
     print(f"{label}_smaps_mb: " + " ".join(f"{k}={v / MB:.1f}" for k, v in shown))
     file_rss, large = file_rss_in_large_folios(pid, maps)

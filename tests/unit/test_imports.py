@@ -86,3 +86,17 @@ def test_the_cli_gives_arrow_the_system_allocator_and_openblas_one_thread():
 
 def test_a_users_own_pool_and_thread_settings_win():
     assert pool_after_cli(ARROW_DEFAULT_MEMORY_POOL="mimalloc", OPENBLAS_NUM_THREADS="2") == ["mimalloc", "2"]
+
+
+def test_the_libraries_pages_released_fault_back_in_unchanged():
+    # after the release, numpy and pyarrow run again from the page cache:
+    # the same results, and only what they used is resident again
+    code = ("import numpy as np, pyarrow as pa; from dkebpf.agent import release_library_pages; "
+            "from dkebpf.groupby import group_by; "
+            "rss = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssFile')); "
+            "t = pa.table({'k': np.arange(100000) % 7, 'v': np.arange(100000)}); "
+            "want = group_by(t, ['k'], [('v', 'sum')]).sort_by('k'); before = rss(); "
+            "released = release_library_pages(); after = rss(); "
+            "got = group_by(t, ['k'], [('v', 'sum')]).sort_by('k'); "
+            "print(released > 0, after < before / 2, got.equals(want), int(np.sort(np.arange(9)[::-1])[0]))")
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).split() == ["True"] * 3 + ["0"]
