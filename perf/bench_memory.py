@@ -166,13 +166,13 @@ def metrics_text(port):
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-def wait_first_flush(port, interval_s):
-    """Until the collector has flushed an interval (and freed what it
-    held for it): its idle memory includes what a flush leaves."""
-    end = time.monotonic() + interval_s + 30
-    while not re.search(r"^dkebpf_flushes_total [1-9]", metrics_text(port), re.M):
+def wait_flushes(port, count, interval_s):
+    """Until the collector has flushed `count` intervals (and freed what it
+    held for them): its idle memory includes what a flush leaves."""
+    end = time.monotonic() + count * interval_s + 30
+    while int(re.search(r"^dkebpf_flushes_total (\d+)", metrics_text(port), re.M).group(1)) < count:
         if time.monotonic() > end:
-            raise SystemExit("bench_memory: the collector did not flush its first interval")
+            raise SystemExit(f"bench_memory: the collector did not flush {count} intervals")
         time.sleep(0.5)
     time.sleep(1)
 
@@ -189,7 +189,7 @@ def breakdown(port):
 def run(tmp, group, interval, url, base):
     name = f"{group}_{interval}"
     with Collector(tmp, name, GROUPS[group], interval=interval) as c:
-        wait_first_flush(c.metrics_port, int(interval[:-1]) * (60 if interval.endswith("m") else 1))
+        wait_flushes(c.metrics_port, 1, int(interval[:-1]) * (60 if interval.endswith("m") else 1))
         idle = status(c.pid)
         idle_breakdown = breakdown(c.metrics_port)
         print_rss_breakdown(f"{name}_idle", c.pid)
