@@ -25,6 +25,16 @@ USAGE = """usage: dkebpf run [flags]      collect (see dkebpf run --help)
 # LOG_MAX_BYTES * (LOG_BACKUPS + 1)
 LOG_MAX_BYTES = 32 << 20
 LOG_BACKUPS = 2
+# Read by numpy's OpenBLAS and by libarrow when they are loaded, so set
+# before any command imports them; a user's own setting wins.
+# - Arrow's C++ default pool serves what pa.set_memory_pool does not reach
+#   (Acero's group-by, compute kernels' scratch): glibc's malloc gives freed
+#   memory back (malloc_trim, the agent's mmap threshold), mimalloc keeps
+#   ~20 MiB after a few group-bys and is no faster here
+#   (perf/bench_arrow_pool.py).
+# - OpenBLAS starts a thread per core at import, each with its own buffers;
+#   the collector does no linear algebra.
+LIBRARY_ENVIRONMENT = {"ARROW_DEFAULT_MEMORY_POOL": "system", "OPENBLAS_NUM_THREADS": "1"}
 
 
 def setup_logging(path, level):
@@ -49,6 +59,8 @@ def _logs_to_file():
 
 
 def main(argv=None):
+    for name, value in LIBRARY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
     argv_is_ours = argv is None  # sys.argv[0] names the program only then
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):

@@ -5,8 +5,8 @@ collector's own breakdown of what holds it (dkebpf_memory_bytes in
 /metrics: ring buffer and map mmaps, reader buffers, carried records,
 caches, libraries). Needs root, nginx, wrk (and openssl for the TLS group).
 
-Per group and interval: start the collector, let it sit IDLE_S, read the
-idle figures; then wrk -t2 -c32 (nginx 1 worker on loopback; HTTPS for the
+Per group and interval: start the collector, read the idle figures once
+it has flushed its first interval (what a flush leaves is part of idle); then wrk -t2 -c32 (nginx 1 worker on loopback; HTTPS for the
 httpflow-tls group, both ends link OpenSSL) for BENCH_SECONDS while
 sampling. "Flat" is anonymous memory at the end minus at the first fifth
 of the load (minute 1 of a 5-minute run): no growth means no
@@ -16,7 +16,14 @@ The libraries' resident pages depend on the page cache (how large the
 folios of libarrow's file are: the same build reads 50 or 80 MiB for
 `import numpy, pyarrow`), so each run first measures that baseline, a
 process that only imports numpy and pyarrow, and prints the collector's
-idle VmRSS over it too: what is the collector's own.
+idle VmRSS over it too: what is the collector's own. For the baseline,
+idle and the end of the load it also prints where the RSS is, from
+/proc/<pid>/smaps: the rings (BPF map mmaps: the kernel maps a ring's
+every page at mmap, touched or not), the heap and anonymous mappings, the
+largest libraries by file; and the share of file-backed RSS in large
+page-cache folios (/proc/<pid>/pagemap + /proc/kpageflags: a fault maps a
+whole folio, up to ~1 MiB, so a library's RSS depends on how its file was
+read into the cache, not on what the process touched).
 
     python3 perf/bench_memory.py                 (BENCH_SECONDS=300: the 5-minute runs)
     BENCH_SECONDS=30 BENCH_GROUPS=net BENCH_INTERVALS=10s python3 perf/bench_memory.py
@@ -25,6 +32,7 @@ Prints `name: value` lines (MB = 2^20 bytes).
 """
 import os
 import re
+import struct
 import subprocess
 import sys
 import tempfile
@@ -38,7 +46,6 @@ from support.tls_nginx import TlsNginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 300))
 CONNS = int(os.environ.get("BENCH_CONNS", 32))
-IDLE_S = 5
 GROUPS = {
     "net": ["--enabled", "ebpf-net"],  # netflow + dnsflow + httpflow
     "net_tls": ["--enabled", "ebpf-net", "--l7net-enabled", "httpflow,httpflow-tls"],
@@ -65,16 +72,114 @@ def status(pid):
         return parse_status(f.read())
 
 
-def baseline():
+RING_MAPPING = "anon_inode:bpf-map"  # ring buffers (and the small mmapable array maps)
+TOP_LIBRARIES = 12
+PAGE = os.sysconf("SC_PAGE_SIZE")
+PM_PRESENT, PFN_MASK = 1 << 63, (1 << 55) - 1  # /proc/PID/pagemap
+KPF_COMPOUND = (1 << 15) | (1 << 16)  # /proc/kpageflags: head or tail of a large folio
+
+
+def mappings(pid):
+    """[(start, end, path, rss bytes)] from /proc/<pid>/smaps (path "" when anonymous)."""
+    out = []
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            head = line.split(None, 5)
+            if "-" in head[0] and not head[0].endswith(":"):
+                start, end = (int(x, 16) for x in head[0].split("-"))
+                out.append([start, end, head[5].strip() if len(head) > 5 else "", 0])
+            elif head[0] == "Rss:":
+                out[-1][3] = int(head[1]) * 1024
+    return out
+
+
+def rss_groups(maps):
+    """{group: RSS bytes}: "rings" (BPF map mmaps), "heap_anon" (the heap and
+    anonymous mappings: arrays, Python objects, thread stacks), "other"
+    ([stack], [vdso]...), "packet_rings" (TPACKET rings) and one "lib:<file>" per mapped file (its
+    copy-on-write data included)."""
+    out = {}
+    for _, _, path, rss in maps:
+        group = ("rings" if path == RING_MAPPING else "heap_anon" if path in ("", "[heap]")
+                 else "packet_rings" if path.startswith("socket:")
+                 else "lib:" + os.path.basename(path.removesuffix(" (deleted)")) if path.startswith("/")
+                 else "other")
+        out[group] = out.get(group, 0) + rss
+    return out
+
+
+def file_rss_in_large_folios(pid, maps):
+    """(bytes of file-backed resident pages, of which in large folios): the
+    kernel maps a whole page-cache folio (up to ~1 MiB here) on a fault, so
+    a library's RSS depends on how its file was read into the cache.
+    Reads /proc/<pid>/pagemap and /proc/kpageflags (root)."""
+    total = large = 0
+    with open(f"/proc/{pid}/pagemap", "rb") as pm, open("/proc/kpageflags", "rb") as kf:
+        for start, end, path, rss in maps:
+            if not path.startswith("/") or not rss:
+                continue
+            pm.seek(start // PAGE * 8)
+            entries = struct.unpack(f"{(end - start) // PAGE}Q", pm.read((end - start) // PAGE * 8))
+            for e in entries:
+                if e & PM_PRESENT:
+                    total += PAGE
+                    kf.seek((e & PFN_MASK) * 8)
+                    if struct.unpack("Q", kf.read(8))[0] & KPF_COMPOUND:
+                        large += PAGE
+    return total, large
+
+
+def print_rss_breakdown(label, pid):
+    """`<label>_smaps_mb: group=MiB ...` (the rings, heap and anonymous, the
+    TOP_LIBRARIES largest files, the rest of the files together) and the
+    share of file-backed RSS that is in large folios."""
+    maps = mappings(pid)
+    groups = rss_groups(maps)
+    libs = sorted(((v, k) for k, v in groups.items() if k.startswith("lib:")), reverse=True)
+    rest = sum(v for v, _ in libs[TOP_LIBRARIES:])
+    shown = [(k, groups.get(k, 0)) for k in ("rings", "packet_rings", "heap_anon", "other")]
+    shown += [(k, v) for v, k in libs[:TOP_LIBRARIES]] + [(f"lib:{len(libs) - TOP_LIBRARIES} others", rest)]
+    print(f"{label}_smaps_mb: " + " ".join(f"{k}={v / MB:.1f}" for k, v in shown))
+    file_rss, large = file_rss_in_large_folios(pid, maps)
+    print(f"{label}_file_rss_mb: {file_rss / MB:.1f}")
+    print(f"{label}_file_rss_in_large_folios_share: {large / file_rss if file_rss else 0:.2f}")
+
+
+def baseline(label=None):
     """status() of a process that only imports numpy and pyarrow, read
-    while it is alive: the floor under the collector's VmRSS."""
-    code = "import numpy, pyarrow, sys; sys.stdout.write(open('/proc/self/status').read())"
-    return parse_status(subprocess.check_output([sys.executable, "-c", code], text=True))
+    while it is alive: the floor under the collector's VmRSS (and its
+    print_rss_breakdown under `label`, when given)."""
+    code = ("import numpy, os, pyarrow, sys; sys.stdout.write(open('/proc/self/status').read()); "
+            "sys.stdout.flush(); os.close(1); sys.stdin.read()")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        out = parse_status(p.stdout.read())
+        if label:
+            print_rss_breakdown(label, p.pid)
+    finally:
+        p.stdin.close()
+        p.wait()
+    return out
+
+
+def metrics_text(port):
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def wait_flushes(port, count, interval_s):
+    """Until the collector has flushed `count` intervals (and freed what it
+    held for them): its idle memory includes what a flush leaves."""
+    end = time.monotonic() + count * interval_s + 30
+    while int(re.search(r"^dkebpf_flushes_total (\d+)", metrics_text(port), re.M).group(1)) < count:
+        if time.monotonic() > end:
+            raise SystemExit(f"bench_memory: the collector did not flush {count} intervals")
+        time.sleep(0.5)
+    time.sleep(1)
 
 
 def breakdown(port):
     """{holder: bytes} from dkebpf_memory_bytes and dkebpf_plugin_memory_bytes in the collector's /metrics."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    text = metrics_text(port)
     out = {}
     for m in re.finditer(r'^dkebpf_(?:plugin_)?memory_bytes\{holder="([^"]+)"(?:,plugin="([^"]+)")?\} (\d+)', text, re.M):
         out[m.group(1) if not m.group(2) else f"{m.group(2)}:{m.group(1)}"] = int(m.group(3))
@@ -84,9 +189,10 @@ def breakdown(port):
 def run(tmp, group, interval, url, base):
     name = f"{group}_{interval}"
     with Collector(tmp, name, GROUPS[group], interval=interval) as c:
-        time.sleep(IDLE_S)
+        wait_flushes(c.metrics_port, 1, int(interval[:-1]) * (60 if interval.endswith("m") else 1))
         idle = status(c.pid)
         idle_breakdown = breakdown(c.metrics_port)
+        print_rss_breakdown(f"{name}_idle", c.pid)
         result = {}
         load = threading.Thread(target=lambda: result.update(rps=wrk(url, SECONDS, CONNS)[0]))
         c0, t0 = c.cpu_seconds(), time.monotonic()
@@ -98,6 +204,7 @@ def run(tmp, group, interval, url, base):
         cpu = c.cpu_seconds() - c0
         end = status(c.pid)
         busy_breakdown = breakdown(c.metrics_port)
+        print_rss_breakdown(f"{name}_end", c.pid)
         lost = {k: int(v) for (p, k), v in c.metrics().items() if v and ("lost" in k or "drop" in k
                                                                             or "evicted" in k)}
     first_fifth = [s for t, s in samples if t <= SECONDS / 5] or [samples[0][1]]
@@ -119,8 +226,8 @@ def run(tmp, group, interval, url, base):
 
 
 def main():
-    print(f"load: wrk -t2 -c{CONNS} for {SECONDS}s, nginx 1 worker, loopback; idle read after {IDLE_S}s")
-    base = baseline()
+    print(f"load: wrk -t2 -c{CONNS} for {SECONDS}s, nginx 1 worker, loopback; idle read after the first flush")
+    base = baseline("baseline_numpy_pyarrow")
     print(f"baseline_numpy_pyarrow_rss_mb: {base['VmRSS'] / MB:.1f}")
     print(f"baseline_numpy_pyarrow_anon_mb: {base['RssAnon'] / MB:.1f}")
     print(f"loadavg: {os.getloadavg()[0]:.1f}")

@@ -1,7 +1,8 @@
 """Idle memory of two builds of the collector, started alternately (A/B,
-same machine state): VmRSS, RssAnon, RssFile 16 s after start (`ebpf-net`,
---interval 10s; 2 s of light HTTP at 5 s so that the first flush
-aggregates), and the numpy + pyarrow floor, per round and as medians.
+same machine state): VmRSS, RssAnon, RssFile 1 s after the second flush
+(`ebpf-net`, --interval 10s; 2 s of light HTTP once it has started, so
+that the first flush aggregates), and the numpy + pyarrow floor, per
+round and as medians.
 
     BENCH_BEFORE=/path/to/old/site-packages BENCH_AFTER=. python3 perf/bench_memory_ab.py
 
@@ -15,8 +16,8 @@ import sys
 import tempfile
 import time
 
-from bench_memory import MB, baseline, status
-from support.nginx import Nginx
+from bench_memory import MB, baseline, status, wait_flushes
+from support.nginx import Nginx, free_port
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 SIDES = {"before": os.environ.get("BENCH_BEFORE", ""), "after": os.environ.get("BENCH_AFTER", "")}
@@ -24,13 +25,17 @@ SIDES = {"before": os.environ.get("BENCH_BEFORE", ""), "after": os.environ.get("
 
 def idle(tmp, tag, pythonpath, url):
     env = dict(os.environ, PYTHONPATH=os.path.abspath(pythonpath) if pythonpath else "")
+    log, port = os.path.join(tmp, f"{tag}.log"), free_port()
     p = subprocess.Popen([sys.executable, "-m", "dkebpf", "run", "--interval", "10s", "--output",
-                          os.path.join(tmp, f"{tag}.lp"), "--log", os.path.join(tmp, f"{tag}.log"),
+                          os.path.join(tmp, f"{tag}.lp"), "--log", log, "--pprof-port", str(port),
                           "--enabled", "ebpf-net"], cwd=tmp, env=env)
     try:
-        time.sleep(5)
+        while not (os.path.exists(log) and "dkebpf started" in open(log).read()):
+            if p.poll() is not None:
+                raise SystemExit(f"bench_memory_ab: {tag} did not start: {open(log).read()}")
+            time.sleep(0.2)
         subprocess.run(["wrk", "-t1", "-c4", "-d2s", url], capture_output=True, check=True)
-        time.sleep(9)
+        wait_flushes(port, 2, 10)
         return status(p.pid)
     finally:
         p.terminate()

@@ -55,9 +55,11 @@ def datakit(bpf_ok, wheel, tmp_path_factory):
     original = externals / "datakit-ebpf"
     original.write_text("#!/bin/sh\necho the original datakit-ebpf\n")
     original.chmod(0o755)
+    # cwd: `python -m` puts it first on sys.path; from the repo root it
+    # would run the tree's dkebpf (no extensions built) instead of the wheel's
     p = subprocess.run(["/usr/bin/python3", "-m", "dkebpf", "install-datakit", "--datakit-dir", str(home)],
                        env={"PYTHONPATH": wheel, "PATH": "/usr/bin:/bin"}, capture_output=True, text=True,
-                       timeout=600)
+                       timeout=600, cwd=home)
     assert p.returncode == 0, p.stdout + p.stderr
     assert (externals / "datakit-ebpf.orig").read_text() == "#!/bin/sh\necho the original datakit-ebpf\n"
     return home
@@ -225,7 +227,7 @@ def test_uninstall_restores_the_original(datakit, wheel, tmp_path):
     home = tmp_path / "dk"
     shutil.copytree(datakit, home, symlinks=True, ignore=shutil.ignore_patterns("dkebpf"))
     p = subprocess.run([sys.executable, "-m", "dkebpf", "install-datakit", "--datakit-dir", str(home),
-                        "--uninstall"], capture_output=True, text=True, timeout=60)
+                        "--uninstall"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     out = subprocess.run([str(home / "externals" / "datakit-ebpf")], capture_output=True, text=True)
     assert out.stdout == "the original datakit-ebpf\n"

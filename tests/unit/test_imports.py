@@ -4,6 +4,7 @@ does not use stay unimported. Each costs MiBs: requests + urllib3 ~14,
 http.client/ssl (OpenSSL's libcrypto) ~6, http.server ~7, pyarrow.dataset
 (pulled in by Table.group_by through pyarrow.acero: the S3/GCS/Azure
 filesystems, parquet, csv, ssl) ~17."""
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,38 @@ def test_group_by_gives_what_table_group_by_gives(keys):
     assert got.column_names == want.column_names
     order = [(k, "ascending") for k in keys]
     assert got.sort_by(order).equals(want.sort_by(order)) if keys else got.equals(want)
+
+
+POOL_AFTER_CLI = ("from dkebpf.cli import main; main(['version']); import os, pyarrow; "
+                  "print(pyarrow.default_memory_pool().backend_name, os.environ['OPENBLAS_NUM_THREADS'])")
+
+
+def pool_after_cli(**env):
+    clean = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "OPENBLAS_NUM_THREADS")}
+    out = subprocess.check_output([sys.executable, "-c", POOL_AFTER_CLI], text=True, env={**clean, **env})
+    return out.split()[-2:]
+
+
+def test_the_cli_gives_arrow_the_system_allocator_and_openblas_one_thread():
+    # Acero's group-by allocates from Arrow's C++ default pool, which
+    # pa.set_memory_pool does not change: only the variable, read when
+    # libarrow loads, keeps mimalloc (and its ~20 MiB kept) out
+    assert pool_after_cli() == ["system", "1"]
+
+
+def test_a_users_own_pool_and_thread_settings_win():
+    assert pool_after_cli(ARROW_DEFAULT_MEMORY_POOL="mimalloc", OPENBLAS_NUM_THREADS="2") == ["mimalloc", "2"]
+
+
+def test_the_libraries_pages_released_fault_back_in_unchanged():
+    # after the release, numpy and pyarrow run again from the page cache:
+    # the same results, and only what they used is resident again
+    code = ("import numpy as np, pyarrow as pa; from dkebpf.agent import release_library_pages; "
+            "from dkebpf.groupby import group_by; "
+            "rss = lambda: next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('RssFile')); "
+            "t = pa.table({'k': np.arange(100000) % 7, 'v': np.arange(100000)}); "
+            "want = group_by(t, ['k'], [('v', 'sum')]).sort_by('k'); before = rss(); "
+            "released = release_library_pages(); after = rss(); "
+            "got = group_by(t, ['k'], [('v', 'sum')]).sort_by('k'); "
+            "print(released > 0, after < before / 2, got.equals(want), int(np.sort(np.arange(9)[::-1])[0]))")
+    assert subprocess.check_output([sys.executable, "-c", code], text=True).split() == ["True"] * 3 + ["0"]
