@@ -289,3 +289,49 @@ def test_stream_under_way_before_load_is_watched(bpf_ok):
     finally:
         if p.poll() is None:
             p.kill()
+
+
+PIPELINED = PAIR + """
+reqs = [f"GET /p{i} HTTP/1.1\\r\\nHost: t\\r\\n\\r\\n".encode() for i in range(4)]
+resps = [f"HTTP/1.1 {200 + i} X\\r\\nContent-Length: {i}\\r\\n\\r\\n{'b' * i}".encode() for i in range(4)]
+c.sendall(b"".join(reqs))
+got = b""
+while len(got) < sum(map(len, reqs)):
+    got += s.recv(4096)
+s.sendall(b"".join(resps))
+got = b""
+while len(got) < sum(map(len, resps)):
+    got += c.recv(4096)
+c.close()
+s.close()
+"""
+
+
+def test_pipelined_requests_keep_their_heads_past_the_inline_slots(http_bpf):
+    """Four pipelined requests in one call, four responses in one call: the
+    first HTTP_HEADS_INLINE heads stay in the connection's entry, the
+    others in the overflow map while they wait; each end reports all four
+    exchanges with their own head, status and bytes, and the overflow map
+    holds nothing of the connection after its end."""
+    bpf, ring = http_bpf
+    p = subprocess.Popen([sys.executable, "-c", PIPELINED], stderr=subprocess.PIPE, text=True)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0, err
+    ev = records_of(ring, [p.pid], want=8)
+    assert len(ev) == 8
+    reqs = [f"GET /p{i} HTTP/1.1\r\nHost: t\r\n\r\n".encode() for i in range(4)]
+    resps = [f"HTTP/1.1 {200 + i} X\r\nContent-Length: {i}\r\n\r\n{'b' * i}".encode() for i in range(4)]
+    for d in np.unique(ev["direction"]):
+        x = ev[ev["direction"] == d]
+        x = x[np.argsort(x["status"])]
+        assert x["status"].tolist() == [200, 201, 202, 203]
+        for i in range(4):
+            rest = b"".join(reqs[i:])[:256]
+            assert head(x[i]) == rest, (d, i)  # the call's bytes from the request's start
+        assert x["req_bytes"].tolist() == [len(r) for r in reqs]
+        assert x["resp_bytes"].tolist() == [len(r) for r in resps]
+    sks = set(ev["sk"].tolist())
+    keys, _ = bpf.obj.map("http_heads").dump(np.dtype([("sk", "<u8"), ("seq", "<u4"), ("pad", "<u4")]))
+    assert not sks & set(keys["sk"].tolist())
+    c = bpf.counters()
+    assert c["kernel_drop_http_conns_map_full"] == 0
