@@ -79,6 +79,19 @@ static __always_inline const __u8 *buf_at(const struct http_scratch *s, __u32 of
 	return &s->buf[off & (HTTP_SCAN_MAX - 1)];
 }
 
+/* The first len (<= HTTP_HEAD_MAX) bytes of a head, in 8-byte words
+ * (rounded up): a request is mostly far shorter than HTTP_HEAD_MAX, and a
+ * record ends after its head_len bytes. src needs no alignment (a memcpy
+ * from an unknown alignment is byte moves; unaligned loads are allowed on
+ * map values here, as in scan_header_end); dst is 8-byte aligned. */
+static __always_inline void copy_head(__u8 *dst, const __u8 *src, __u32 len)
+{
+#pragma unroll
+	for (int i = 0; i < HTTP_HEAD_MAX / 8; i++)
+		if (i * 8 < len) /* no break: clang unrolls only single-exit loops */
+			((__u64 *)dst)[i] = ((const __u64 *)src)[i];
+}
+
 /* Where to report and count: the including program's maps. */
 struct http_out {
 	void *ring;
@@ -209,7 +222,7 @@ static __always_inline void http_fill(struct http_exchange *x, const struct http
 		hd = q->head_at == HTTP_HEAD_OVERFLOW ? bpf_map_lookup_elem(o->heads, &k) : 0;
 	}
 	if (hd)
-		__builtin_memcpy(x->head, hd->b, HTTP_HEAD_MAX);
+		copy_head(x->head, hd->b, q->head_len);
 	else
 		x->head_len = 0;
 }
@@ -315,7 +328,8 @@ struct http_flush_ctx {
 		return 1;                                                                           \
 	}
 
-_Static_assert(__builtin_offsetof(struct http_conn, heads) % 8 == 0, "on_request copies heads in 8-byte words");
+_Static_assert(__builtin_offsetof(struct http_conn, heads) % 8 == 0 &&
+	       __builtin_offsetof(struct http_exchange, head) % 8 == 0, "copy_head writes 8-byte words");
 
 /* A request starts at s->buf[off], stream offset pos. */
 static __always_inline void on_request(struct http_conn *hc, __u64 sk, struct http_scratch *s, __u32 off, __u32 cap,
@@ -336,13 +350,8 @@ static __always_inline void on_request(struct http_conn *hc, __u64 sk, struct ht
 	const __u8 *src = buf_at(s, off);
 	if (seq - hc->head < HTTP_HEADS_INLINE) {
 		/* the slot's last user, request seq - HTTP_HEADS_INLINE, was
-		 * dequeued. In 8-byte words: src has no known alignment, so a
-		 * memcpy is byte moves (512 instructions); unaligned loads are
-		 * allowed on map values here (as in scan_header_end). */
-		__u64 *dst = (__u64 *)hc->heads[seq % HTTP_HEADS_INLINE].b;
-#pragma unroll
-		for (int i = 0; i < HTTP_HEAD_MAX / 8; i++)
-			dst[i] = ((const __u64 *)src)[i];
+		 * dequeued */
+		copy_head(hc->heads[seq % HTTP_HEADS_INLINE].b, src, q->head_len);
 		q->head_at = HTTP_HEAD_INLINE;
 	} else {
 		struct http_head_key k = {.sk = sk, .seq = seq};
