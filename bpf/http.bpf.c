@@ -63,7 +63,7 @@ struct {
 	__uint(max_entries, EVENTS_RING_BYTES);
 } events SEC(".maps");
 
-/* By struct sock *. Not preallocated (an entry is ~1.3 KB, only sockets
+/* By struct sock *. Not preallocated (an entry is ~0.75 KB, only sockets
  * that carried HTTP have one); removed at tcp_destroy_sock; full: counted. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -74,6 +74,7 @@ struct {
 } http_conns SEC(".maps");
 
 DROP_COUNTERS(http_drops, HTTP_DROP_MAX);
+HTTP_OVERFLOW_HEADS(http_heads)
 
 /* Sockets whose stream did not start with an HTTP message: their first
  * received bytes (the first read of the connection, told by the socket's
@@ -99,7 +100,7 @@ struct {
 	__type(value, struct scratch);
 } scratch_buf SEC(".maps");
 
-#define HTTP_OUT(sc) {.ring = &events, .drops = &http_drops, .unqueried = &(sc)->h.unqueried, \
+#define HTTP_OUT(sc) {.ring = &events, .drops = &http_drops, .heads = &http_heads, .unqueried = &(sc)->h.unqueried, \
 		      .wake_bytes = EVENTS_WAKE_BYTES, .source = HTTP_SRC_SYSCALL}
 
 /* Append the bytes of iovecs 1.. (the first is in buf already, `off`

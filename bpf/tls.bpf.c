@@ -145,8 +145,9 @@ struct {
 } scratch SEC(".maps");
 
 DROP_COUNTERS(drops, TLS_DROP_MAX);
+HTTP_OVERFLOW_HEADS(tls_heads)
 
-#define TLS_OUT(sc) {.ring = &events, .drops = &drops, .unqueried = &(sc)->h.unqueried, \
+#define TLS_OUT(sc) {.ring = &events, .drops = &drops, .heads = &tls_heads, .unqueried = &(sc)->h.unqueried, \
 		     .wake_bytes = wakeup_bytes, .source = HTTP_SRC_SSL}
 
 HTTP_IDLE_FLUSH(tls_conns, scratch, tls_scratch, TLS_OUT)

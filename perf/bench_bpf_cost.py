@@ -1,36 +1,98 @@
 """In-kernel cost of the collector's BPF programs under a fixed loopback
 HTTP load: nginx (1 worker) + wrk -t2 -c32 against it, with the collector
-(ebpf-net: netflow only, then netflow + httpflow) attached.
+(ebpf-net: netflow only, then netflow + httpflow) attached, or with the
+ring-write floors of perf/tpfloor.bpf.c (an empty program on httpflow's
+hooks that writes one exchange-sized record per send, to one shared ring
+or a ring per CPU, drained in batches: what the ring write alone costs).
 
-With kernel.bpf_stats_enabled=1 (restored afterwards) the kernel counts
-run_cnt and run_time_ns per program; bpftool shows them. For each program
-of the collector's process this prints ns per invocation, invocations per
-request and ns per request, and the total BPF ns per request per mode.
+Inside bpf_stats() (the BPF_ENABLE_STATS fd) the kernel counts run_cnt
+and run_time_ns per program. For each program this prints ns per
+invocation, invocations per request and ns per request, and the total BPF
+ns per request per mode; with BENCH_COST_ROUNDS > 1 the modes alternate
+and each figure is the median over rounds.
 
-    python3 perf/bench_bpf_cost.py     (BENCH_SECONDS=10, BENCH_MODES=netflow_only,httpflow)
+    python3 perf/bench_bpf_cost.py
+    BENCH_SECONDS=10 BENCH_COST_ROUNDS=1
+    BENCH_MODES=netflow_only,httpflow,floor_record_shared,floor_record_percpu
+    BENCH_COST_CLOSE=1          wrk sends "Connection: close": a connection
+                                per request (prices creating and ending a
+                                connection's entry: http_destroy)
+    BENCH_COMPARE_HTTP_OBJ=/path/old/http.bpf.o   adds mode httpflow_compare
+                                (bench_httpflow_e2e.http_object), same run
 
 Needs root, nginx, wrk, bpftool.
 """
 import os
+import statistics
 import tempfile
+import time
 
-from bench_httpflow_e2e import prog_cost_run, wrk
-from collector import bpf_stats
+from bench_httpflow_e2e import COMPARE_HTTP_OBJ, http_object
+from bench_tracepoint_floor import attached
+from collector import Collector, bpf_stats, build_bpf, prog_cost, prog_stats, wrk as wrk_url
 from support.nginx import Nginx
 
-MODES = {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": []}
+SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
+ROUNDS = int(os.environ.get("BENCH_COST_ROUNDS", 1))
+CLOSE = os.environ.get("BENCH_COST_CLOSE", "0") == "1"
+COLLECTOR_MODES = {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": [], "httpflow_compare": []}
+FLOOR_MODES = ("floor_record_shared", "floor_record_percpu")
+DEFAULT_MODES = ("netflow_only", "httpflow") + (("httpflow_compare",) if COMPARE_HTTP_OBJ else ()) + FLOOR_MODES
+
+
+def wrk(port):
+    return wrk_url(f"http://127.0.0.1:{port}/ok", SECONDS, args=("-H", "Connection: close") if CLOSE else ())
+
+
+def run(tmp, port, mode, floor_obj, r):
+    """(requests/s, requests, prog_cost rows) of one wrk run in `mode`."""
+    if mode in FLOOR_MODES:
+        floor = attached(floor_obj, mode)
+        try:
+            before = prog_stats(os.getpid())
+            rps, _, total = wrk(port)
+            rows = prog_cost(before, prog_stats(os.getpid()), total)
+        finally:
+            floor.close()
+        return rps, total, [(f"tpfloor:{name.split(':', 1)[1]}", *rest) for name, *rest in rows]
+    with http_object(COMPARE_HTTP_OBJ if mode == "httpflow_compare" else None), \
+            Collector(tmp, f"{mode}-{r}", ["--enabled", "ebpf-net", *COLLECTOR_MODES[mode]]) as c:
+        time.sleep(1)
+        before = c.prog_stats()
+        rps, _, total = wrk(port)
+        return rps, total, prog_cost(before, c.prog_stats(), total)
 
 
 def main():
+    from dkebpf import kernel
+    kernel.ensure_mounts()
+    modes = os.environ.get("BENCH_MODES", ",".join(DEFAULT_MODES)).split(",")
+    unknown = [m for m in modes if m not in COLLECTOR_MODES and m not in FLOOR_MODES]
+    if unknown:
+        raise SystemExit(f"BENCH_MODES: unknown modes {unknown}")
+    res = {}
     with bpf_stats(), tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
+        floor_obj = build_bpf("tpfloor", tmp)
         wrk(ngx.port)  # warm-up
-        for mode in os.environ.get("BENCH_MODES", ",".join(MODES)).split(","):
-            rps, total, rows = prog_cost_run(tmp, ngx.port, mode, MODES[mode])
-            print(f"== {mode}: {rps:.0f} req/s, {total} requests")
-            print(f"{'program':28} {'runs/req':>9} {'ns/run':>8} {'ns/req':>8}")
-            for name, per_req, ns_run, ns_req in rows:
-                print(f"{name:28} {per_req:9.2f} {ns_run:8.0f} {ns_req:8.0f}")
-            print(f"{mode}_bpf_ns_per_request: {sum(r[3] for r in rows):.0f}")
+        print(f"wrk -t2 -c32 -d{SECONDS}s{' Connection: close' if CLOSE else ''}, {ROUNDS} rounds")
+        for r in range(ROUNDS):
+            for mode in modes[r % len(modes):] + modes[:r % len(modes)]:
+                rps, total, rows = run(tmp, ngx.port, mode, floor_obj, r)
+                res.setdefault(mode, []).append((rps, total, rows))
+                print(f"round {r} {mode}: {rps:.0f} req/s, {total} requests, "
+                      f"{sum(x[3] for x in rows):.0f} BPF ns/request", flush=True)
+    for mode in modes:
+        runs = res[mode]
+        print(f"== {mode}: median of {len(runs)}: {statistics.median(x[0] for x in runs):.0f} req/s")
+        print(f"{'program':28} {'runs/req':>9} {'ns/run':>8} {'ns/req':>8}")
+        names = sorted({row[0] for x in runs for row in x[2]}, key=lambda n: -max(
+            row[3] for x in runs for row in x[2] if row[0] == n))
+        for name in names:
+            rows = [row for x in runs for row in x[2] if row[0] == name]
+            med = [statistics.median(row[i] for row in rows) for i in (1, 2, 3)]
+            print(f"{name:28} {med[0]:9.2f} {med[1]:8.0f} {med[2]:8.0f}")
+        print(f"{mode}_bpf_ns_per_request: {statistics.median(sum(row[3] for row in x[2]) for x in runs):.0f}")
+    print(f"load_average: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

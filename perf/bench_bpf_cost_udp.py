@@ -9,7 +9,7 @@ process), in rounds, each round running, in a rotating order:
   netflow_old, with BENCH_COMPARE_OBJ=<an older netflow.bpf.o>: that one
              (e.g. with its syscall tracepoints), the same way.
 Prints per mode the round trips/s as a median ratio against `off`, and
-(kernel.bpf_stats_enabled=1 for the run, restored after) ns per run of
+(bpf_stats(): the stats fd held for the run) ns per run of
 each program and the BPF ns per round trip. Each mode checks that the
 flows came out exact (both ends, every byte) before its figures count.
 

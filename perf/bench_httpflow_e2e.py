@@ -14,8 +14,8 @@ latency as ratios against `off` of the same round, the collector's CPU
 httpflow every kernel drop counter, and the requests reported in the points
 of each end against wrk's own count (exact: both ends report every request
 wrk made, since wrk's connections close at its end). Then, unless
-BENCH_PROG_COST=0, one more wrk run per collector mode with
-kernel.bpf_stats_enabled=1 (only then: the stats cost two clock reads per
+BENCH_PROG_COST=0, one more wrk run per collector mode inside
+collector.bpf_stats() (only then: the stats cost two clock reads per
 program run): runs per request, ns per run and ns per request of each of
 the collector's BPF programs.
 

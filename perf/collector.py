@@ -4,10 +4,13 @@ own, so the source tree, where no extension is built, is never imported.
 Also the load generators and readings they share: wrk, CPU seconds of a
 process, the plugin counters from /metrics. (Benches run as
 `python3 perf/bench_*.py`, so this directory is on sys.path.)"""
+import contextlib
+import ctypes
 import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,7 +18,6 @@ import urllib.request
 
 # tests/support (servers, namespaces), never the source tree's dkebpf
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
-from support.netns import sysctl  # noqa: E402
 from support.nginx import free_port  # noqa: E402
 
 START_TIMEOUT_S = 30
@@ -39,7 +41,7 @@ def cpu_times(pid):
 def prog_stats(pid):
     """{prog_id: (run_cnt, run_time_ns, recursion_misses)} of the BPF
     programs whose fds pid holds: the fdinfo of a bpf-prog fd carries the
-    kernel's counters (run_* with kernel.bpf_stats_enabled=1)."""
+    kernel's counters (run_* inside bpf_stats())."""
     out = {}
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
@@ -54,11 +56,28 @@ def prog_stats(pid):
     return out
 
 
+BPF_SYSCALL = 321        # x86_64 __NR_bpf
+BPF_ENABLE_STATS = 32    # enum bpf_cmd
+BPF_STATS_RUN_TIME = 0   # enum bpf_stats_type
+
+
+@contextlib.contextmanager
 def bpf_stats():
-    """kernel.bpf_stats_enabled=1 inside the block, the old value after:
-    the kernel then counts run_cnt/run_time_ns per program (which costs
-    two clock reads per run, so ratios are measured without it)."""
-    return sysctl("kernel/bpf_stats_enabled", "1")
+    """The kernel counts run_cnt/run_time_ns per program inside the block
+    (which costs two clock reads per run, so ratios are measured without
+    it). Held as a bpf(BPF_ENABLE_STATS) fd, not by writing the
+    kernel.bpf_stats_enabled sysctl: the fds are counted, so a benchmark
+    of another user that ends meanwhile and puts the sysctl back cannot
+    stop the counting under this one (and this one's end none of theirs)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(struct.pack("=I", BPF_STATS_RUN_TIME), 8)  # union bpf_attr .enable_stats
+    fd = libc.syscall(BPF_SYSCALL, BPF_ENABLE_STATS, attr, ctypes.sizeof(attr))
+    if fd < 0:
+        raise SystemExit(f"bpf(BPF_ENABLE_STATS) failed: {os.strerror(ctypes.get_errno())}")
+    try:
+        yield
+    finally:
+        os.close(fd)
 
 
 def prog_names(ids):
@@ -90,9 +109,9 @@ def prog_cost(before, after, requests):
     return sorted(rows, key=lambda r: -r[3])
 
 
-def wrk(url, seconds, conns=32):
-    """wrk -t2 against url: (requests/s, mean latency in s, requests)."""
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", url],
+def wrk(url, seconds, conns=32, args=()):
+    """wrk -t2 (and args) against url: (requests/s, mean latency in s, requests)."""
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", *args, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat, unit = re.search(r"Latency\s+([\d.]+)(us|ms|s)", out).groups()

@@ -28,12 +28,21 @@
 /* Requests per connection waiting for their responses (pipelining depth);
  * a request beyond it is counted (HTTP_DROP_FIFO_FULL), not paired. */
 #define HTTP_FIFO 4
+/* Heads kept in the connection's entry: keep-alive needs two (the answered
+ * request, reported when the next response starts, and the next request).
+ * A request that finds HTTP_HEADS_INLINE waiting (pipelining) keeps its
+ * head in the program's overflow map instead, while it waits. So the entry
+ * that every HTTP connection allocates and frees is ~0.75 KB, not ~1.3 KB:
+ * the kernel's allocator pays per connection more the bigger it is. */
+#define HTTP_HEADS_INLINE 2
 
 /* Per-CPU counters of what was not recorded or not paired, indexes of the
  * programs' drops map (shared by http.bpf.c and tls.bpf.c, whose own
  * counters follow from HTTP_DROP_MAX on, include/tls.h). */
 #define HTTP_DROP_RING 0        /* ring buffer full: a finished exchange was lost */
-#define HTTP_DROP_CONNS 1       /* connection map full: a connection went unwatched */
+#define HTTP_DROP_CONNS 1       /* connection map full: a connection went unwatched (or the
+                                 * overflow map of heads: a pipelined request's record
+                                 * came without its head) */
 #define HTTP_DROP_READ 2        /* a message start's bytes could not be read */
 #define HTTP_DROP_NOT_COVERED 3 /* a socket call whose buffer the task's registers do
                                  * not describe (io_uring, sendmmsg/recvmmsg, kernel
@@ -66,13 +75,30 @@
  * whose response has been quiet for settle_ns (dkebpf/plugins/httpflow.py). */
 #define HTTP_FLUSH_BYTES 13
 
+/* http_req.head_at: where its head is */
+#define HTTP_HEAD_INLINE 0   /* http_conn.heads[its sequence number % HTTP_HEADS_INLINE] */
+#define HTTP_HEAD_OVERFLOW 1 /* the overflow map, by struct http_head_key */
+#define HTTP_HEAD_LOST 2     /* the overflow map was full (counted): reported without it */
+
 struct http_req {
 	__u64 ts;  /* its first byte moved (bpf_ktime_get_ns) */
 	__u64 pos; /* stream offset of its first byte (the sent or recv counter) */
 	__u32 tid;
 	__u16 head_len;
-	__u16 _pad;
-	__u8 head[HTTP_HEAD_MAX];
+	__u8 head_at; /* HTTP_HEAD_* */
+	__u8 _pad;
+};
+
+struct http_head {
+	__u8 b[HTTP_HEAD_MAX];
+};
+
+/* Key of the overflow map of heads: the connection's and the request's
+ * sequence number (the FIFO's tail when it came). */
+struct http_head_key {
+	__u64 sk;
+	__u32 seq;
+	__u32 _pad;
 };
 
 /* Value of the connection maps (http_conns, tls_conns), keyed by struct
@@ -104,6 +130,7 @@ struct http_conn {
 	__u8 raddr[16];
 	char comm[NF_COMM_LEN];
 	struct http_req q[HTTP_FIFO];
+	struct http_head heads[HTTP_HEADS_INLINE];
 };
 
 /* One finished request/response exchange (ring record). It may end right

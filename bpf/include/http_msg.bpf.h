@@ -79,10 +79,24 @@ static __always_inline const __u8 *buf_at(const struct http_scratch *s, __u32 of
 	return &s->buf[off & (HTTP_SCAN_MAX - 1)];
 }
 
+/* The first len (<= HTTP_HEAD_MAX) bytes of a head, in 8-byte words
+ * (rounded up): a request is mostly far shorter than HTTP_HEAD_MAX, and a
+ * record ends after its head_len bytes. src needs no alignment (a memcpy
+ * from an unknown alignment is byte moves; unaligned loads are allowed on
+ * map values here, as in scan_header_end); dst is 8-byte aligned. */
+static __always_inline void copy_head(__u8 *dst, const __u8 *src, __u32 len)
+{
+#pragma unroll
+	for (int i = 0; i < HTTP_HEAD_MAX / 8; i++)
+		if (i * 8 < len) /* no break: clang unrolls only single-exit loops */
+			((__u64 *)dst)[i] = ((const __u64 *)src)[i];
+}
+
 /* Where to report and count: the including program's maps. */
 struct http_out {
 	void *ring;
 	void *drops;
+	void *heads; /* its HTTP_OVERFLOW_HEADS map */
 	__u32 *unqueried; /* the CPU's count for ring_wake_flag (its scratch memory) */
 	__u64 wake_bytes;
 	__u8 source; /* HTTP_SRC_* */
@@ -139,6 +153,27 @@ static __always_inline struct http_conn *http_conn_new(void *conns, void *drops,
 	return hc;
 }
 
+/* The overflow map of heads of a program (include/http.h
+ * HTTP_HEADS_INLINE): entries only while a pipelined request waits. */
+#define HTTP_OVERFLOW_HEADS(name)                          \
+	struct {                                           \
+		__uint(type, BPF_MAP_TYPE_HASH);           \
+		__uint(map_flags, BPF_F_NO_PREALLOC);      \
+		__uint(max_entries, 65536);                \
+		__type(key, struct http_head_key);         \
+		__type(value, struct http_head);           \
+	} name SEC(".maps");
+
+/* q[seq]'s head leaves the overflow map with it. */
+static __always_inline void http_dequeue_head(const struct http_conn *hc, __u64 sk, __u32 seq,
+					      const struct http_out *o)
+{
+	if (hc->q[seq % HTTP_FIFO].head_at == HTTP_HEAD_OVERFLOW) {
+		struct http_head_key k = {.sk = sk, .seq = seq};
+		bpf_map_delete_elem(o->heads, &k);
+	}
+}
+
 static __always_inline __u64 req_counter(const struct http_conn *hc)
 {
 	return hc->direction == NF_DIR_OUTGOING ? hc->sent : hc->recv;
@@ -152,7 +187,7 @@ static __always_inline __u64 resp_counter(const struct http_conn *hc)
 /* The record of the exchange of q[head], its response ending at resp_end
  * (stream offset). */
 static __always_inline void http_fill(struct http_exchange *x, const struct http_conn *hc, __u64 sk, __u64 resp_end,
-				      __u8 flags, __u8 source)
+				      __u8 flags, const struct http_out *o)
 {
 	__u32 h = hc->head;
 	const struct http_req *q = &hc->q[h % HTTP_FIFO];
@@ -177,11 +212,19 @@ static __always_inline void http_fill(struct http_exchange *x, const struct http
 	x->family = hc->family;
 	x->proto = hc->proto;
 	x->direction = hc->direction;
-	x->source = source;
+	x->source = o->source;
 	x->resp_version = hc->resp_version;
 	x->flags = flags;
 	__builtin_memcpy(x->comm, hc->comm, NF_COMM_LEN);
-	__builtin_memcpy(x->head, q->head, HTTP_HEAD_MAX);
+	const struct http_head *hd = &hc->heads[h % HTTP_HEADS_INLINE];
+	if (q->head_at != HTTP_HEAD_INLINE) {
+		struct http_head_key k = {.sk = sk, .seq = h};
+		hd = q->head_at == HTTP_HEAD_OVERFLOW ? bpf_map_lookup_elem(o->heads, &k) : 0;
+	}
+	if (hd)
+		copy_head(x->head, hd->b, q->head_len);
+	else
+		x->head_len = 0;
 }
 
 /* Report the exchange of q[head] (unless the idle flush already did) and
@@ -191,7 +234,7 @@ static __always_inline void http_finish(struct http_conn *hc, __u64 sk, __u64 re
 {
 	if (__sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, HTTP_RESP_TAKEN) == HTTP_RESP_FINAL) {
 		struct http_exchange *x = &s->x;
-		http_fill(x, hc, sk, resp_end, flags, o->source);
+		http_fill(x, hc, sk, resp_end, flags, o);
 		/* the record ends after its head bytes (<= HTTP_HEAD_MAX) */
 		__u32 size = HTTP_EXCHANGE_MIN_SIZE + (x->head_len & (2 * HTTP_HEAD_MAX - 1));
 		if (size > sizeof(*x))
@@ -199,6 +242,7 @@ static __always_inline void http_finish(struct http_conn *hc, __u64 sk, __u64 re
 		if (bpf_ringbuf_output(o->ring, x, size, ring_wake_flag(o->ring, o->unqueried, size, o->wake_bytes)))
 			count_drop(o->drops, HTTP_DROP_RING);
 	}
+	http_dequeue_head(hc, sk, hc->head, o);
 	hc->head++;
 	hc->state = HTTP_RESP_NONE;
 }
@@ -213,7 +257,7 @@ static __always_inline void http_report_reserved(const struct http_conn *hc, __u
 		count_drop(o->drops, HTTP_DROP_RING);
 		return;
 	}
-	http_fill(x, hc, sk, resp_end, flags, o->source);
+	http_fill(x, hc, sk, resp_end, flags, o);
 	/* woken like the other records: a load of short connections reports
 	 * every exchange from here */
 	bpf_ringbuf_submit(x, ring_wake_flag(o->ring, o->unqueried, sizeof(*x), o->wake_bytes));
@@ -227,9 +271,13 @@ static __always_inline void http_close(struct http_conn *hc, __u64 sk, const str
 	if (st == HTTP_RESP_FINAL || st == HTTP_RESP_TAKEN) {
 		if (__sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, HTTP_RESP_TAKEN) == HTTP_RESP_FINAL)
 			http_report_reserved(hc, sk, resp_counter(hc), HTTP_X_CLOSED, o);
+		http_dequeue_head(hc, sk, hc->head, o);
 		hc->head++;
 	}
 	__u32 waiting = hc->tail - hc->head;
+	for (__u32 i = 0; i < HTTP_FIFO; i++)
+		if (i < waiting)
+			http_dequeue_head(hc, sk, hc->head + i, o);
 	if (waiting && waiting <= HTTP_FIFO) {
 		__u32 idx = HTTP_DROP_UNANSWERED;
 		__u64 *v = bpf_map_lookup_elem(o->drops, &idx);
@@ -280,22 +328,39 @@ struct http_flush_ctx {
 		return 1;                                                                           \
 	}
 
+_Static_assert(__builtin_offsetof(struct http_conn, heads) % 8 == 0 &&
+	       __builtin_offsetof(struct http_exchange, head) % 8 == 0, "copy_head writes 8-byte words");
+
 /* A request starts at s->buf[off], stream offset pos. */
-static __always_inline void on_request(struct http_conn *hc, struct http_scratch *s, __u32 off, __u32 cap, __u64 pos,
-				       __u64 ts, __u32 tid, const struct http_out *o)
+static __always_inline void on_request(struct http_conn *hc, __u64 sk, struct http_scratch *s, __u32 off, __u32 cap,
+				       __u64 pos, __u64 ts, __u32 tid, const struct http_out *o)
 {
 	if (hc->tail - hc->head >= HTTP_FIFO) {
 		count_drop(o->drops, HTTP_DROP_FIFO_FULL);
 		return;
 	}
-	struct http_req *q = &hc->q[hc->tail % HTTP_FIFO];
+	__u32 seq = hc->tail;
+	struct http_req *q = &hc->q[seq % HTTP_FIFO];
 	q->ts = ts;
 	q->pos = pos;
 	q->tid = tid;
 	__u32 n = cap - off;
 	q->head_len = n < HTTP_HEAD_MAX ? n : HTTP_HEAD_MAX;
 	/* off < HTTP_SCAN_MAX: inside buf with its slack */
-	__builtin_memcpy(q->head, buf_at(s, off), HTTP_HEAD_MAX);
+	const __u8 *src = buf_at(s, off);
+	if (seq - hc->head < HTTP_HEADS_INLINE) {
+		/* the slot's last user, request seq - HTTP_HEADS_INLINE, was
+		 * dequeued */
+		copy_head(hc->heads[seq % HTTP_HEADS_INLINE].b, src, q->head_len);
+		q->head_at = HTTP_HEAD_INLINE;
+	} else {
+		struct http_head_key k = {.sk = sk, .seq = seq};
+		q->head_at = HTTP_HEAD_OVERFLOW;
+		if (bpf_map_update_elem(o->heads, &k, src, BPF_ANY)) {
+			q->head_at = HTTP_HEAD_LOST;
+			count_drop(o->drops, HTTP_DROP_CONNS);
+		}
+	}
 	hc->tail++;
 }
 
@@ -447,7 +512,7 @@ static __always_inline void http_messages(struct http_conn *hc, __u64 sk, struct
 		} else {
 			if (!looks_like_http(p))
 				break;
-			on_request(hc, s, off, cap, base + off, ts, tid, o);
+			on_request(hc, sk, s, off, cap, base + off, ts, tid, o);
 			/* pipelined requests follow a request without a body */
 			next = header_end(s, off + 12, cap);
 			if (next && (next + 8 > cap || !looks_like_http(buf_at(s, next))))
