@@ -193,6 +193,18 @@ TRACE_GO = ObjectSpec(
     rings=(Ring("go_events", _goroutines.GO_EVENT_DTYPE),),
     drops="go_drops", drop_names=MappingProxyType(_goroutines.DROP_NAMES), drop_prefix="kernel_drop_trace_go_")
 
+# ebpf-trace's TLS spans: tls.bpf.c again, with trace_spans set: the
+# plaintext of OpenSSL calls of traced processes as struct span_msg records
+# into trace.bpf.o's ring, on its trace_pids and trace_conns (all three
+# reused from TRACE's loaded object: start(reuse=...)), socket keys tagged
+# TLS_SK_TAG. Its http `events` ring is left at its declared page.
+TLS_TRACE = ObjectSpec(
+    "tls", knobs=("ipv6_disabled", "self_tgid", "trace_spans", "trace_all"),
+    attach=TLS.attach, programs=TLS.programs,
+    maps=("trace_pids", "trace_conns", "trace_events"),
+    drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_trace_tls_",
+    not_losses=_records.HTTP_NOT_LOSSES, count_prefix="kernel_trace_tls_")
+
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE, TRACE_GO)}
 
 
@@ -223,18 +235,25 @@ class BpfSkeleton:
         self.progs = SimpleNamespace()
         self.rings = SimpleNamespace()
 
-    def start(self, knobs=None, setup=None):
+    def start(self, knobs=None, setup=None, reuse=None):
         """Open, set knobs, load, attach, open the rings, then setup(self)
-        (e.g. seed a map, attach uprobes). Returns self. On any failure all
-        of it is undone and the error raised."""
+        (e.g. seed a map, attach uprobes). reuse: {map name: fd} of maps
+        another loaded object owns, shared instead of created (its ring, its
+        hashes). Returns self. On any failure all of it is undone and the
+        error raised."""
         spec = self.spec
         unknown = sorted(set(knobs or ()) - set(spec.knobs))
         if unknown:
             raise LookupError(f"{spec.name}.bpf.o: knobs {unknown} are not declared in its ObjectSpec")
+        unknown = sorted(set(reuse or ()) - set(spec.map_names()))
+        if unknown:
+            raise LookupError(f"{spec.name}.bpf.o: maps {unknown} to reuse are not declared in its ObjectSpec")
         try:
             self.obj = obj = _libbpf.BpfObject(self.path)
             if knobs:
                 obj.set_knobs(**knobs)
+            for name, fd in (reuse or {}).items():
+                obj.map(name).reuse_fd(fd)
             for ring in spec.rings:
                 if ring.max_bytes:
                     obj.map(ring.map).set_max_entries(ring.max_bytes)

@@ -166,7 +166,8 @@ HTTP_NOT_LOSSES = frozenset({"calls_not_covered", "unmatched_responses", "unansw
 # httpflow-tls (bpf/tls.bpf.c): the pairing's counters, then its own
 TLS_DROP_NAMES = _drop_names("tls.bpf.c", {
     **_HTTP_DROPS, TLS_DROP_NO_SOCK: "socket_unknown", TLS_DROP_NOT_TCP: "not_tcp",
-    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full"}, TLS_DROP_MAX)
+    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full",
+    TLS_DROP_SPAN_RING: "span_ring_full", TLS_DROP_SPAN_CONNS: "span_conns_map_full"}, TLS_DROP_MAX)
 
 
 def comm_to_arrow(comm):
