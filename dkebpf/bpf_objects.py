@@ -205,6 +205,16 @@ TLS_TRACE = ObjectSpec(
     drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_trace_tls_",
     not_losses=_records.HTTP_NOT_LOSSES, count_prefix="kernel_trace_tls_")
 
+
+
+def tls_trace_start(trace_bpf, trace_all):
+    """start() arguments of TLS_TRACE on a started TRACE skeleton: its
+    knobs, and the maps it shares (tls.bpf.c's name -> trace.bpf.c's fd)."""
+    m = trace_bpf.maps
+    return {"knobs": {"trace_spans": 1, "trace_all": int(trace_all)},
+            "reuse": {"trace_events": m.events.fd, "trace_pids": m.trace_pids.fd, "trace_conns": m.trace_conns.fd}}
+
+
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE, TRACE_GO)}
 
 

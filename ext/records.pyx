@@ -163,6 +163,9 @@ HTTP_DROP_NAMES = _drop_names("http.bpf.c", _HTTP_DROPS, HTTP_DROP_MAX)
 # as kernel_<name>, not kernel_drop_<name>)
 HTTP_NOT_LOSSES = frozenset({"calls_not_covered", "unmatched_responses", "unanswered_requests_closed"})
 
+# ebpf-trace's key of a TLS connection's plaintext: the socket | this (include/tls.h)
+TLS_SOCKET_TAG = TLS_SK_TAG
+
 # httpflow-tls (bpf/tls.bpf.c): the pairing's counters, then its own
 TLS_DROP_NAMES = _drop_names("tls.bpf.c", {
     **_HTTP_DROPS, TLS_DROP_NO_SOCK: "socket_unknown", TLS_DROP_NOT_TCP: "not_tcp",

@@ -15,6 +15,10 @@ call the next link over one kept-alive connection their threads share.
 
 Cross host: two collectors at once, one tracing only curl and A, the other
 only B and C (by --trace-env-list), posting to one linker: the same traces.
+
+Over HTTPS (every link and curl through OpenSSL: the spans come from
+tls.bpf.c's uprobes, trace_spans): the same traces, with one collector and
+across two.
 """
 import os
 import time
@@ -189,6 +193,25 @@ def test_chain_one_collector(collector, receiver, linker, hosts):
     assert "Traceback" not in collector.log_text()
 
 
+def test_chain_over_https(collector, receiver, linker, hosts, tmp_path):
+    """The chain with TLS between every two services (Python's ssl, curl
+    -k): entry and exit spans from the plaintext of SSL_read/SSL_write,
+    joined across hosts by the sequence numbers of the TLS records; the
+    ciphertext of the same sockets gives no span of its own."""
+    env = {MARK_A: "1"}
+    chain = ServiceChain(*hosts, [env, env, env], hold=len(CONCURRENT), tls=tmp_path / "tls")
+    try:
+        collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
+        time.sleep(1.5)
+        requests, spans = run_requests(chain, receiver, env, [collector])
+    finally:
+        chain.stop()
+    shapes = check_traces(requests, spans, chain.pids)
+    assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    assert "Traceback" not in collector.log_text()
+    assert "no TLS spans" not in collector.log_text()
+
+
 def test_chain_over_pooled_connections(collector, receiver, linker, hosts):
     """A and B call the next link over one kept-alive connection that all
     their threads share: B serves every request of A on one connection
@@ -211,12 +234,13 @@ def test_chain_over_pooled_connections(collector, receiver, linker, hosts):
     assert "Traceback" not in collector.log_text()
 
 
-def test_chain_two_collectors_cross_host(bpf_ok, tmp_path, receiver, linker, hosts):
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_chain_two_collectors_cross_host(bpf_ok, tmp_path, receiver, linker, hosts, tls):
     """Collector 1 sees curl and A (their mark), collector 2 B and C: each
     side of the A -> B hop comes from another collector, joined by the
-    linker alone."""
+    linker alone (over HTTPS too: each collector its own TLS uprobes)."""
     env_a, env_bc = {MARK_A: "1"}, {MARK_BC: "1"}
-    chain = ServiceChain(*hosts, [env_a, env_bc, env_bc], hold=len(CONCURRENT))
+    chain = ServiceChain(*hosts, [env_a, env_bc, env_bc], hold=len(CONCURRENT), tls=tls and tmp_path / "tls")
     collectors = []
     try:
         for name, mark in (("one", MARK_A), ("two", MARK_BC)):
