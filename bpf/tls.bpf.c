@@ -304,9 +304,11 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 			__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq : c->sent ? c->seq : tp->write_seq;
 			span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, !start);
 			__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
-			asm volatile("" : "+r"(cap)); /* keep the bound below for the verifier */
-			if (cap > TRACE_PAYLOAD_MAX)
-				cap = TRACE_PAYLOAD_MAX;
+			/* the mask restates the bound for the verifier (the
+			 * slack takes what it lets through), the barrier keeps
+			 * clang from dropping it */
+			asm volatile("" : "+r"(cap));
+			cap &= 2 * TRACE_PAYLOAD_MAX - 1;
 			if (bpf_probe_read_user(s->ev.payload, cap, (void *)c->buf)) {
 				count_drop(&drops, HTTP_DROP_READ);
 				cap = 0;
@@ -406,7 +408,9 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 	if (trace_spans) {
 		__u32 zero = 0;
 		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
-		span_conn_close(&trace_events, (__u64)sk | TLS_SK_TAG, s ? &s->unqueried : 0, &drops,
+		/* + not |: the verifier allows no bitwise operation on the
+		 * typed pointer (bit 0 is clear: the same) */
+		span_conn_close(&trace_events, (__u64)sk + TLS_SK_TAG, s ? &s->unqueried : 0, &drops,
 				TLS_DROP_SPAN_RING);
 		return 0;
 	}

@@ -262,14 +262,18 @@ class BpfSkeleton:
             self.obj = obj = _libbpf.BpfObject(self.path)
             if knobs:
                 obj.set_knobs(**knobs)
+            # kept as found: libbpf renames a reused map after the one it
+            # reuses (trace_events -> events), so it is not found by name later
+            reused = {}
             for name, fd in (reuse or {}).items():
-                obj.map(name).reuse_fd(fd)
+                reused[name] = obj.map(name)
+                reused[name].reuse_fd(fd)
             for ring in spec.rings:
                 if ring.max_bytes:
                     obj.map(ring.map).set_max_entries(ring.max_bytes)
             obj.load()
             for name in spec.map_names():
-                setattr(self.maps, name, obj.map(name))
+                setattr(self.maps, name, reused.get(name) or obj.map(name))
             for name in spec.programs:
                 setattr(self.progs, name, obj.program(name))
             if spec.attach == ATTACH_ALL:
