@@ -229,6 +229,7 @@ class ServiceChain:
         self.procs = []
         if tls and not os.path.exists(os.path.join(tls, "cert.pem")):
             from .tls_nginx import make_cert
+            os.makedirs(tls, exist_ok=True)
             make_cert(str(tls))
         try:
             for i in reversed(range(3)):  # C first: each link calls one that listens
