@@ -165,20 +165,6 @@ struct {
 	__uint(max_entries, TRACE_EVENTS_RING_BYTES);
 } trace_events SEC(".maps");
 
-/* with trace_spans: the message start under construction, with slack after
- * the payload (as trace.bpf.c's scratch) */
-struct span_scratch {
-	struct span_msg ev;
-	__u8 slack[TRACE_PAYLOAD_MAX];
-	__u32 unqueried; /* include/ring_wake.bpf.h */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct span_scratch);
-} span_buf SEC(".maps");
 
 struct tls_scratch {
 	struct http_scratch h;

@@ -57,24 +57,8 @@ struct {
 
 DROP_COUNTERS(drops, TRACE_DROP_MAX);
 
-/* the record under construction, with slack after the payload so that any
- * copy starting below TRACE_PAYLOAD_MAX of at most TRACE_PAYLOAD_MAX bytes
- * stays inside (what the verifier can prove) */
-struct scratch {
-	struct span_msg ev;
-	__u8 slack[TRACE_PAYLOAD_MAX];
-	__u32 unqueried; /* include/ring_wake.bpf.h */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} scratch_buf SEC(".maps");
-
 /* Copy up to TRACE_PAYLOAD_MAX - off bytes from src at payload[off]. */
-static __always_inline int copy_at(struct scratch *s, __u32 off, const void *src, __u64 n)
+static __always_inline int copy_at(struct span_scratch *s, __u32 off, const void *src, __u64 n)
 {
 	if (off >= TRACE_PAYLOAD_MAX || !n)
 		return 0;
@@ -93,7 +77,7 @@ static __always_inline int copy_at(struct scratch *s, __u32 off, const void *src
 
 /* The call's first bytes (up to TRACE_PAYLOAD_MAX of the `ret` it moved)
  * into the record. Returns the bytes copied. */
-static __always_inline __u32 copy_payload(struct scratch *s, long ret)
+static __always_inline __u32 copy_payload(struct span_scratch *s, long ret)
 {
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
@@ -147,7 +131,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 	 * protocol user space could tell) */
 	if ((start || tc->short_start) && !tc->ignored) {
 		__u32 zero = 0;
-		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
 		struct sock_tuple t = {};
 		if (s && read_tuple(sk, &t)) {
 			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
@@ -182,7 +166,7 @@ SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(trace_destroy, struct sock *sk)
 {
 	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
 	span_conn_close(&events, (__u64)sk, s ? &s->unqueried : 0, &drops, TRACE_DROP_RING);
 	return 0;
 }

@@ -34,6 +34,22 @@ struct {
 	__type(value, struct trace_conn);
 } trace_conns SEC(".maps");
 
+/* The record under construction (per CPU), with slack after the payload
+ * so that any copy starting below TRACE_PAYLOAD_MAX of at most
+ * TRACE_PAYLOAD_MAX bytes stays inside (what the verifier can prove). */
+struct span_scratch {
+	struct span_msg ev;
+	__u8 slack[TRACE_PAYLOAD_MAX];
+	__u32 unqueried; /* include/ring_wake.bpf.h */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct span_scratch);
+} span_buf SEC(".maps");
+
 /* Is this process traced (trace_pids, trace_all)? */
 static __always_inline int traced(__u32 tgid)
 {

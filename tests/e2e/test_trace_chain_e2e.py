@@ -175,16 +175,24 @@ EXPECTED_SHAPE = [("curl", "outgoing", None), ("chain-a", "incoming", "curl"), (
                   ("chain-c", "incoming", "chain-b")]
 
 
-def test_chain_one_collector(collector, receiver, linker, hosts):
+def run_one_collector(collector, receiver, linker, hosts, unsampled=False, **chain_kw):
+    """The chain (ServiceChain(**chain_kw)) traced by one collector posting
+    to the linker; returns (the chain's pids, requests, spans) of
+    run_requests."""
     env = {MARK_A: "1"}
-    chain = ServiceChain(*hosts, [env, env, env], hold=len(CONCURRENT))
+    chain = ServiceChain(*hosts, [env, env, env], **chain_kw)
     try:
         collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
         time.sleep(1.5)  # attached, the chain's processes found
-        requests, spans = run_requests(chain, receiver, env, [collector], unsampled=True)
+        return (chain.pids, *run_requests(chain, receiver, env, [collector], unsampled=unsampled))
     finally:
         chain.stop()
-    shapes = check_traces(requests, spans, chain.pids)
+
+
+def test_chain_one_collector(collector, receiver, linker, hosts):
+    pids, requests, spans = run_one_collector(collector, receiver, linker, hosts, unsampled=True,
+                                              hold=len(CONCURRENT))
+    shapes = check_traces(requests, spans, pids)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
     # the unsampled request's six spans were linked and dropped, whole
     assert not [p for p in receiver.points("dketrace") if {**p.fields, **p.tags}.get("trace_id") == UNSAMPLED[1]]
@@ -198,15 +206,9 @@ def test_chain_over_https(collector, receiver, linker, hosts, tmp_path):
     -k): entry and exit spans from the plaintext of SSL_read/SSL_write,
     joined across hosts by the sequence numbers of the TLS records; the
     ciphertext of the same sockets gives no span of its own."""
-    env = {MARK_A: "1"}
-    chain = ServiceChain(*hosts, [env, env, env], hold=len(CONCURRENT), tls=tmp_path / "tls")
-    try:
-        collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
-        time.sleep(1.5)
-        requests, spans = run_requests(chain, receiver, env, [collector])
-    finally:
-        chain.stop()
-    shapes = check_traces(requests, spans, chain.pids)
+    pids, requests, spans = run_one_collector(collector, receiver, linker, hosts, hold=len(CONCURRENT),
+                                              tls=tmp_path / "tls")
+    shapes = check_traces(requests, spans, pids)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
     assert "Traceback" not in collector.log_text()
     assert "no TLS spans" not in collector.log_text()
@@ -218,18 +220,11 @@ def test_chain_over_pooled_connections(collector, receiver, linker, hosts):
     (one thread), C every request of B; each request still its own trace.
     (The concurrent requests take turns on the connection: C cannot hold
     them together.)"""
-    env = {MARK_A: "1"}
-    chain = ServiceChain(*hosts, [env, env, env], sleep=0.2, pooled=True)
-    try:
-        collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
-        time.sleep(1.5)
-        requests, spans = run_requests(chain, receiver, env, [collector])
-    finally:
-        chain.stop()
-    shapes = check_traces(requests, spans, chain.pids, overlapping=False)
+    pids, requests, spans = run_one_collector(collector, receiver, linker, hosts, sleep=0.2, pooled=True)
+    shapes = check_traces(requests, spans, pids, overlapping=False)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
     # one connection per hop: B's entries all share A's ephemeral port
-    b_in = [s for s in spans if s["pid"] == chain.pids[1] and s["direction"] == "incoming"]
+    b_in = [s for s in spans if s["pid"] == pids[1] and s["direction"] == "incoming"]
     assert len({(s["dst_ip"], s["dst_port"]) for s in b_in}) == 1, b_in
     assert "Traceback" not in collector.log_text()
 

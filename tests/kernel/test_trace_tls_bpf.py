@@ -15,7 +15,7 @@ import types
 import pytest
 
 from support.tls_nginx import ROUTES, TlsNginx
-from support.trace_apps import start_after
+from support.trace_apps import spans_until, start_after
 
 pytestmark = [pytest.mark.kernel,
               pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast", "libssl")]
@@ -55,18 +55,6 @@ def nginx(tmp_path, plugin):
     s.stop()
 
 
-def spans_until(plugin, pred, timeout=20):
-    rows = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for pb in plugin.collect(time.time_ns()):
-            rows += pb.batch.to_pylist()
-        if pred(rows):
-            break
-        time.sleep(0.3)
-    return rows
-
-
 def test_https_client_and_server_spans_linked(plugin, nginx):
     assert plugin.tls is not None and plugin.tls.libraries, "no TLS uprobes attached"
     paths = list(ROUTES)
@@ -82,7 +70,7 @@ def test_https_client_and_server_spans_linked(plugin, nginx):
         return (sum(r["pid"] == curl_pid for r in rows) >= len(paths)
                 and sum(r["pid"] == worker for r in rows) >= len(paths))
 
-    rows = spans_until(plugin, done)
+    rows = spans_until(plugin, done, timeout=20)
     assert curl.wait(10) == 0, curl.stderr.read()
     server = sorted((r for r in rows if r["pid"] == worker), key=lambda r: r["ktime"])
     client = sorted((r for r in rows if r["pid"] == curl_pid), key=lambda r: r["ktime"])

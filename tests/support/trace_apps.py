@@ -61,6 +61,20 @@ s.serve_forever()
 """
 
 
+def spans_until(plugin, pred, timeout=15):
+    """Span rows (dicts) a started TracePlugin collects until pred(rows)
+    holds or timeout s pass."""
+    rows = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for pb in plugin.collect(time.time_ns()):
+            rows += pb.batch.to_pylist()
+        if pred(rows):
+            break
+        time.sleep(0.3)
+    return rows
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
