@@ -210,9 +210,7 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
  * from here, under the tagged key). */
 static __always_inline void trace_ignore_cipher(struct sock *sk)
 {
-	const struct sock *s_ro = KERNEL_CAST(struct sock, sk);
-	if (s_ro->sk_protocol != IPPROTO_TCP || s_ro->sk_type != SOCK_STREAM ||
-	    !traced(bpf_get_current_pid_tgid() >> 32))
+	if (!tcp_stream(sk) || !traced(bpf_get_current_pid_tgid() >> 32))
 		return;
 	struct trace_conn *tc = trace_conn_get((__u64)sk, &drops, TLS_DROP_SPAN_CONNS);
 	if (tc)
@@ -271,8 +269,7 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 {
 	if (!traced(id >> 32))
 		return;
-	struct sock_tuple t = {};
-	if (!read_tuple(sk, &t) || t.proto != IPPROTO_TCP)
+	if (!tcp_stream(sk))
 		return;
 	__u8 op = (c->kind == CALL_READ || c->kind == CALL_READ_EX) ? TRACE_OP_RECV : TRACE_OP_SEND;
 	__u32 n = bytes > 0xffffffffLL ? 0xffffffff : (__u32)bytes;
@@ -285,7 +282,8 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 	if ((start || tc->short_start) && !tc->ignored) {
 		__u32 zero = 0;
 		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
-		if (s) {
+		struct sock_tuple t = {};
+		if (s && read_tuple(sk, &t)) {
 			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
 			__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq : c->sent ? c->seq : tp->write_seq;
 			span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, !start);

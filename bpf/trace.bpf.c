@@ -118,8 +118,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!traced(id >> 32))
 		return;
-	const struct sock *s_ro = KERNEL_CAST(struct sock, sk);
-	if (s_ro->sk_protocol != IPPROTO_TCP || s_ro->sk_type != SOCK_STREAM)
+	if (!tcp_stream(sk))
 		return;
 	__u64 key = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();

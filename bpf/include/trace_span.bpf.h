@@ -7,7 +7,7 @@
  * both, and each record is filled here, the same way for both.
  *
  * The including program defines first: the knobs `self_tgid` and
- * `trace_all`, and (through sock_tuple.bpf.h) `ipv6_disabled`. */
+ * `trace_all`, and includes sock_tuple.bpf.h. */
 #ifndef DKEBPF_TRACE_SPAN_BPF_H
 #define DKEBPF_TRACE_SPAN_BPF_H
 
@@ -49,6 +49,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct span_scratch);
 } span_buf SEC(".maps");
+
+/* A TCP stream socket (what ebpf-trace follows)? */
+static __always_inline int tcp_stream(const struct sock *sk)
+{
+	const struct sock *s = KERNEL_CAST(struct sock, sk);
+	return s->sk_protocol == IPPROTO_TCP && s->sk_type == SOCK_STREAM;
+}
 
 /* Is this process traced (trace_pids, trace_all)? */
 static __always_inline int traced(__u32 tgid)
