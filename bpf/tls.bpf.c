@@ -165,7 +165,6 @@ struct {
 	__uint(max_entries, TRACE_EVENTS_RING_BYTES);
 } trace_events SEC(".maps");
 
-
 struct tls_scratch {
 	struct http_scratch h;
 	struct http_conn init; /* a new entry, too big for the stack */

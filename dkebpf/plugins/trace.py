@@ -9,8 +9,9 @@ thread. TLS through OpenSSL: bpf/tls.bpf.c loaded a second time with
 ``trace_spans`` (bpf_objects.TLS_TRACE, uprobes on every libssl found, as
 httpflow-tls's: tls_probes.TlsProbes) sends the same records for the
 plaintext of SSL_read/SSL_write into the same ring, on the same maps
-(reused), keyed by the socket with TLS_SK_TAG set. Which processes: ProcessSelector below, written into the kernel's
-``trace_pids`` map (children inherit at fork).
+(reused), keyed by the socket with TLS_SK_TAG set. Which processes:
+ProcessSelector below, written into the kernel's ``trace_pids`` map
+(children inherit at fork).
 
 Each interval: take the ring's records, pair requests and responses per
 connection and give each request its thread_trace_id (ext/trace.pyx),
