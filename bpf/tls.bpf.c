@@ -277,8 +277,8 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 	struct trace_conn *tc = trace_conn_get(key, &drops, TLS_DROP_SPAN_CONNS);
 	if (!tc)
 		return;
-	int start = tc->last_op != op;
-	if ((start || tc->short_start) && !tc->ignored) {
+	int start;
+	if (span_due(tc, op, &start)) {
 		__u32 zero = 0;
 		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
 		struct sock_tuple t = {};
@@ -299,8 +299,7 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 			s->ev.cap_len = cap;
 			span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
 		}
-		tc->last_op = op;
-		tc->short_start = start && n < TRACE_SHORT_START;
+		span_run_next(tc, op, start, n);
 	}
 	trace_conn_count(tc, op, n, now);
 }

@@ -125,10 +125,8 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 	struct trace_conn *tc = trace_conn_get(key, &drops, TRACE_DROP_CONNS);
 	if (!tc)
 		return;
-	int start = tc->last_op != op;
-	/* a message starts, or its short start goes on (on a connection whose
-	 * protocol user space could tell) */
-	if ((start || tc->short_start) && !tc->ignored) {
+	int start;
+	if (span_due(tc, op, &start)) {
 		__u32 zero = 0;
 		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
 		struct sock_tuple t = {};
@@ -139,8 +137,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 			s->ev.cap_len = copy_payload(s, ret);
 			span_msg_send(&events, &s->ev, &s->unqueried, &drops, TRACE_DROP_RING);
 		}
-		tc->last_op = op;
-		tc->short_start = start && ret < TRACE_SHORT_START;
+		span_run_next(tc, op, start, ret);
 	}
 	trace_conn_count(tc, op, ret, now);
 }

@@ -84,6 +84,22 @@ static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops,
 	return tc;
 }
 
+/* A call in direction op on the connection tc: does it start a message
+ * (*start: it begins a run of calls in op), or carry on the short start of
+ * one (include/trace.h: span_msg.more), on a connection user space did not
+ * give up on? Then a record is due, and span_run_next() after it. */
+static __always_inline int span_due(const struct trace_conn *tc, __u8 op, int *start)
+{
+	*start = tc->last_op != op;
+	return (*start || tc->short_start) && !tc->ignored;
+}
+
+static __always_inline void span_run_next(struct trace_conn *tc, __u8 op, int start, __u32 bytes)
+{
+	tc->last_op = op;
+	tc->short_start = start && bytes < TRACE_SHORT_START;
+}
+
 /* A call that moved `bytes` in direction op: the connection's counters. */
 static __always_inline void trace_conn_count(struct trace_conn *tc, __u8 op, __u32 bytes, __u64 now)
 {
