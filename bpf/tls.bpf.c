@@ -37,6 +37,25 @@
  *
  * A data call whose socket is still unknown is dropped and counted
  * (TLS_DROP_NO_SOCK): neither its tags nor its counters have a connection.
+ *
+ * With `trace_spans` set (a second load of this object, by ebpf-trace:
+ * dkebpf/bpf_objects.py TLS_TRACE) the pairing is off and the plaintext of
+ * the SSL calls of traced processes becomes ebpf-trace's message starts
+ * instead (struct span_msg, include/trace_span.bpf.h), written into
+ * trace.bpf.o's ring with its process list and connection table (the
+ * maps trace_events, trace_pids, trace_conns are that object's, reused):
+ *   - the key is the socket | TLS_SK_TAG (include/tls.h): the plaintext is
+ *     a connection of its own to user space, never mixed with the
+ *     ciphertext bpf/trace.bpf.c sees on the socket, which is flagged
+ *     `ignored` in trace_conns at the socket's first SSL call (learn_sock)
+ *     so trace.bpf.c only counts it from then on;
+ *   - runs, short starts and counters as trace.bpf.c's, per SSL call;
+ *   - seq: the number both ends of the connection compute for the TLS
+ *     record that carries the start of the message: SSL_write: the
+ *     socket's write_seq after the first send inside the call (the end of
+ *     its first record), SSL_read: copied_seq when it returns (OpenSSL
+ *     reads no further than the record it returns, which ends there).
+ *   - tcp_destroy_sock ends the plaintext connection (TRACE_OP_CLOSE).
  */
 #include "vmlinux/x86/vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -57,11 +76,16 @@ const volatile __u32 self_tgid = 0;
 const volatile __u32 wakeup_bytes = 1 << 19;
 /* the idle flush reports responses quiet this long */
 const volatile __u64 settle_ns = 1000000000;
+/* 1: ebpf-trace's TLS spans instead of httpflow's exchanges (above) */
+const volatile __u8 trace_spans = 0;
+/* with trace_spans: every process but TRACE_PID_EXCLUDED ones (as trace.bpf.c) */
+const volatile __u8 trace_all = 0;
 
 #include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
 #include "include/drops.bpf.h"
 #include "include/ring_wake.bpf.h"
 #include "include/http_msg.bpf.h"
+#include "include/trace_span.bpf.h"
 
 
 /* ssl_call.kind */
@@ -78,7 +102,9 @@ struct ssl_call {
 	__u64 buf;   /* user buffer with (write) or for (read) the plaintext */
 	__u64 lenp;  /* _ex: size_t *written / *readbytes */
 	__u64 sk;    /* struct sock * seen inside this call, 0 until then */
+	__u32 seq;   /* trace_spans, a write: the socket's write_seq after its first send */
 	__u8 kind;   /* CALL_* */
+	__u8 sent;   /* seq is set */
 };
 
 /* Per thread (task storage): the call in progress, CALL_NONE between
@@ -129,8 +155,15 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1 << 25); /* resized by user space (RING_BYTES) */
+	/* resized by user space (bpf_objects.TLS); with trace_spans unused */
+	__uint(max_entries, 1 << 12);
 } events SEC(".maps");
+
+/* with trace_spans: trace.bpf.o's `events` (reused), declared at its size */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, TRACE_EVENTS_RING_BYTES);
+} trace_events SEC(".maps");
 
 struct tls_scratch {
 	struct http_scratch h;
@@ -167,16 +200,36 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 	c->buf = (__u64)buf;
 	c->lenp = (__u64)lenp;
 	c->sk = 0;
+	c->sent = 0;
 	c->kind = kind;
 	return 0;
 }
 
+/* trace_spans: a TCP socket of a traced process carries TLS from now on:
+ * trace.bpf.c is to count its ciphertext only (the plaintext's spans come
+ * from here, under the tagged key). */
+static __always_inline void trace_ignore_cipher(struct sock *sk)
+{
+	if (!tcp_stream(sk) || !traced(bpf_get_current_pid_tgid() >> 32))
+		return;
+	struct trace_conn *tc = trace_conn_get((__u64)sk, &drops, TLS_DROP_SPAN_CONNS);
+	if (tc)
+		tc->ignored = 1;
+}
+
 /* A socket call on this thread: if the thread is inside an SSL call, the
  * socket is the SSL object's. */
-static __always_inline void learn_sock(struct sock *sk)
+static __always_inline void learn_sock(struct sock *sk, int is_send)
 {
 	struct ssl_call *c = this_call(0);
-	if (!c || c->kind == CALL_NONE || c->sk == (__u64)sk)
+	if (!c || c->kind == CALL_NONE)
+		return;
+	if (trace_spans && is_send && !c->sent) {
+		/* the first send of the call: its first record ends here */
+		c->seq = KERNEL_CAST(struct tcp_sock, sk)->write_seq;
+		c->sent = 1;
+	}
+	if (c->sk == (__u64)sk)
 		return;
 	c->sk = (__u64)sk;
 	struct ssl_key k = {.ssl = c->ssl, .tgid = bpf_get_current_pid_tgid() >> 32};
@@ -186,24 +239,70 @@ static __always_inline void learn_sock(struct sock *sk)
 	__u64 v = (__u64)sk;
 	if (bpf_map_update_elem(&ssl_socks, &k, &v, BPF_ANY))
 		count_drop(&drops, TLS_DROP_SOCKS);
+	if (trace_spans)
+		trace_ignore_cipher(sk);
 }
 
 SEC("tp_btf/sock_send_length")
 int BPF_PROG(tls_sock_send, struct sock *sk, int ret, int flags)
 {
 	if (self_tgid && (bpf_get_current_pid_tgid() >> 32) == self_tgid) {
-		http_idle_flush(sk, ret);
+		if (!trace_spans)
+			http_idle_flush(sk, ret);
 		return 0;
 	}
-	learn_sock(sk);
+	learn_sock(sk, 1);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(tls_sock_recv, struct sock *sk, int ret, int flags)
 {
-	learn_sock(sk);
+	learn_sock(sk, 0);
 	return 0;
+}
+
+/* trace_spans: an SSL call of a traced process that moved `bytes` of
+ * plaintext on socket sk: a message start when it begins a run (as
+ * trace.bpf.c's on_call), else counted. */
+static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk, __s64 bytes, __u64 id)
+{
+	if (!traced(id >> 32))
+		return;
+	if (!tcp_stream(sk))
+		return;
+	__u8 op = (c->kind == CALL_READ || c->kind == CALL_READ_EX) ? TRACE_OP_RECV : TRACE_OP_SEND;
+	__u32 n = bytes > 0xffffffffLL ? 0xffffffff : (__u32)bytes;
+	__u64 key = (__u64)sk | TLS_SK_TAG;
+	__u64 now = bpf_ktime_get_ns();
+	struct trace_conn *tc = trace_conn_get(key, &drops, TLS_DROP_SPAN_CONNS);
+	if (!tc)
+		return;
+	int start;
+	if (span_due(tc, op, &start)) {
+		__u32 zero = 0;
+		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
+		struct sock_tuple t = {};
+		if (s && read_tuple(sk, &t)) {
+			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+			__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq : c->sent ? c->seq : tp->write_seq;
+			span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, span_more(tc, start));
+			__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
+			/* the mask restates the bound for the verifier (the
+			 * slack takes what it lets through), the barrier keeps
+			 * clang from dropping it */
+			asm volatile("" : "+r"(cap));
+			cap &= 2 * TRACE_PAYLOAD_MAX - 1;
+			if (bpf_probe_read_user(s->ev.payload, cap, (void *)c->buf)) {
+				count_drop(&drops, HTTP_DROP_READ);
+				cap = 0;
+			}
+			s->ev.cap_len = cap;
+			span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
+		}
+		span_run_next(tc, op, start, n);
+	}
+	trace_conn_count(tc, op, n, now);
 }
 
 static __always_inline int leave(long ret)
@@ -239,6 +338,10 @@ static __always_inline int leave(long ret)
 	}
 	if (!sk) {
 		count_drop(&drops, TLS_DROP_NO_SOCK);
+		return 0;
+	}
+	if (trace_spans) {
+		trace_call(&c, (struct sock *)sk, bytes, id);
 		return 0;
 	}
 
@@ -285,6 +388,15 @@ static __always_inline int leave(long ret)
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(tls_sock_destroy, struct sock *sk)
 {
+	if (trace_spans) {
+		__u32 zero = 0;
+		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
+		/* + not |: the verifier allows no bitwise operation on the
+		 * typed pointer (bit 0 is clear: the same) */
+		span_conn_close(&trace_events, (__u64)sk + TLS_SK_TAG, s ? &s->unqueried : 0, &drops,
+				TLS_DROP_SPAN_RING);
+		return 0;
+	}
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&tls_conns, &key);
 	__u32 zero = 0;

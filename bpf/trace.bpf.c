@@ -37,10 +37,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
-#include "include/drops.bpf.h"
-#include "include/trace.h"
 #include "include/syscall_io.bpf.h"
-#include "include/ring_wake.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -50,68 +47,21 @@ const volatile __u32 self_tgid = 0; /* the collector itself is never traced */
 const volatile __u8 trace_all = 0;  /* 1: every process but TRACE_PID_EXCLUDED ones */
 
 #include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
+/* trace_pids, trace_conns, traced() and the record's fill, shared with
+ * bpf/tls.bpf.c (its TLS spans) */
+#include "include/trace_span.bpf.h"
 
 #define TRACE_MAX_IOV 4
-#define EVENTS_RING_BYTES (1 << 24)
-/* user space takes records once per interval: wake it only when this much
- * waits (include/ring_wake.bpf.h) */
-#define EVENTS_WAKE_BYTES (EVENTS_RING_BYTES / 16)
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, EVENTS_RING_BYTES);
+	__uint(max_entries, TRACE_EVENTS_RING_BYTES);
 } events SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u32);  /* tgid */
-	__type(value, __u8); /* TRACE_PID_* */
-} trace_pids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64); /* struct sock * */
-	__type(value, struct trace_conn);
-} trace_conns SEC(".maps");
 
 DROP_COUNTERS(drops, TRACE_DROP_MAX);
 
-/* the record under construction, with slack after the payload so that any
- * copy starting below TRACE_PAYLOAD_MAX of at most TRACE_PAYLOAD_MAX bytes
- * stays inside (what the verifier can prove) */
-struct scratch {
-	struct span_msg ev;
-	__u8 slack[TRACE_PAYLOAD_MAX];
-	__u32 unqueried; /* include/ring_wake.bpf.h */
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} scratch_buf SEC(".maps");
-
-static __always_inline int traced(__u32 tgid)
-{
-	if (tgid == self_tgid)
-		return 0;
-	__u8 *v = bpf_map_lookup_elem(&trace_pids, &tgid);
-	if (trace_all)
-		return !v || *v != TRACE_PID_EXCLUDED;
-	return v && *v == TRACE_PID_TRACED;
-}
-
-/* Does the payload start with an HTTP/1.x status line ("HTTP/1.")? */
-static __always_inline int is_http1_status(const __u8 *p)
-{
-	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' && p[6] == '.';
-}
-
 /* Copy up to TRACE_PAYLOAD_MAX - off bytes from src at payload[off]. */
-static __always_inline int copy_at(struct scratch *s, __u32 off, const void *src, __u64 n)
+static __always_inline int copy_at(struct span_scratch *s, __u32 off, const void *src, __u64 n)
 {
 	if (off >= TRACE_PAYLOAD_MAX || !n)
 		return 0;
@@ -145,7 +95,7 @@ static long copy_iov_cb(__u32 i, void *ctx)
 		return 1;
 	/* looked up again: a map value pointer does not survive the trip
 	 * through the loop's context for the verifier */
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+	struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
 	if (!s || bpf_probe_read_user(&v, sizeof(v), &l->iov[i]))
 		return 1;
 	__u64 len = v.iov_len < l->left ? v.iov_len : l->left;
@@ -163,7 +113,7 @@ static long copy_iov_cb(__u32 i, void *ctx)
  * into the record; with `all_iov` from up to
  * TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP iovecs, else TRACE_MAX_IOV. Returns
  * the bytes copied. */
-static __always_inline __u32 copy_payload(struct scratch *s, long ret, int all_iov)
+static __always_inline __u32 copy_payload(struct span_scratch *s, long ret, int all_iov)
 {
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
@@ -231,89 +181,34 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (!traced(id >> 32))
 		return;
-	const struct sock *s_ro = KERNEL_CAST(struct sock, sk);
-	if (s_ro->sk_protocol != IPPROTO_TCP || s_ro->sk_type != SOCK_STREAM)
+	if (!tcp_stream(sk))
 		return;
 	__u64 key = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
-	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
-	if (!tc) {
-		struct trace_conn init = {};
-		if (bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST) &&
-		    !bpf_map_lookup_elem(&trace_conns, &key)) {
-			count_drop(&drops, TRACE_DROP_CONNS);
-			return;
-		}
-		tc = bpf_map_lookup_elem(&trace_conns, &key);
-		if (!tc) {
-			count_drop(&drops, TRACE_DROP_CONNS);
-			return;
-		}
-	}
-	int start = tc->last_op != op;
-	/* a message starts, or its short start goes on, or any call on an
-	 * HTTP/2 connection (on a connection whose protocol user space could
-	 * tell) */
-	if ((start || tc->short_start || tc->h2) && !tc->ignored) {
+	struct trace_conn *tc = trace_conn_get(key, &drops, TRACE_DROP_CONNS);
+	if (!tc)
+		return;
+	int start;
+	if (span_due(tc, op, &start)) {
 		__u32 zero = 0;
-		struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
+		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
 		struct sock_tuple t = {};
 		if (s && read_tuple(sk, &t)) {
-			struct span_msg *ev = &s->ev;
 			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
-			ev->ts_ns = now;
-			ev->sk = key;
-			ev->sk_sent = tc->sent;
-			ev->sk_recv = tc->recv;
-			ev->ts_last_send = tc->ts_last_send;
-			ev->ts_last_recv = tc->ts_last_recv;
-			ev->user = 0;
-			__builtin_memcpy(ev->laddr, t.laddr, 16);
-			__builtin_memcpy(ev->raddr, t.raddr, 16);
-			ev->pid = id >> 32;
-			ev->tid = (__u32)id;
-			ev->seq = (op == TRACE_OP_SEND ? tp->write_seq : tp->copied_seq) - (__u32)ret;
-			ev->bytes = ret;
-			ev->lport = t.lport;
-			ev->rport = t.rport;
-			ev->family = t.family;
-			ev->op = op;
-			ev->more = start ? 0 : tc->h2 ? TRACE_MORE_H2_CALL : TRACE_MORE_SHORT;
-			bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-			struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-			BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
+			__u32 seq = (op == TRACE_OP_SEND ? tp->write_seq : tp->copied_seq) - (__u32)ret;
+			span_msg_fill(&s->ev, tc, &t, key, id, now, seq, ret, op, span_more(tc, start));
 			/* all iovecs on HTTP/2 connections, and for a message start
 			 * (it may be the preface, with a request after it) */
-			ev->cap_len = copy_payload(s, ret, tc->h2 || start);
+			s->ev.cap_len = copy_payload(s, ret, tc->h2 || start);
 			/* the client preface opens the connection: its calls are
 			 * all sent from now on (both ends see it first) */
-			if (start && !tc->h2 && ev->cap_len >= 12 && is_h2_preface(ev->payload))
+			if (start && !tc->h2 && s->ev.cap_len >= 12 && is_h2_preface(s->ev.payload))
 				tc->h2 = 1;
-			/* an HTTP/1.x response: user space reads its status line
-			 * only; the headers and body after it would only fill the
-			 * ring (include/trace.h: TRACE_STATUS_KEEP) */
-			if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
-				ev->cap_len = TRACE_STATUS_KEEP;
-			/* the mask restated past a barrier: clang would otherwise
-			 * drop it (it knows cap_len's bound, the verifier does not
-			 * after the reloads of cap_len above) */
-			__u32 cap = ev->cap_len;
-			asm volatile("" : "+r"(cap));
-			__u32 size = SPAN_MSG_MIN_SIZE + (cap & (2 * TRACE_PAYLOAD_MAX - 1));
-			__u64 flag = ring_wake_flag(&events, &s->unqueried, size, EVENTS_WAKE_BYTES);
-			if (bpf_ringbuf_output(&events, ev, size, flag))
-				count_drop(&drops, TRACE_DROP_RING);
+			span_msg_send(&events, &s->ev, &s->unqueried, &drops, TRACE_DROP_RING);
 		}
-		tc->last_op = op;
-		tc->short_start = start && ret < TRACE_SHORT_START;
+		span_run_next(tc, op, start, ret);
 	}
-	if (op == TRACE_OP_SEND) {
-		__sync_fetch_and_add(&tc->sent, ret);
-		tc->ts_last_send = now;
-	} else {
-		__sync_fetch_and_add(&tc->recv, ret);
-		tc->ts_last_recv = now;
-	}
+	trace_conn_count(tc, op, ret, now);
 }
 
 SEC("tp_btf/sock_send_length")
@@ -335,29 +230,9 @@ int BPF_PROG(trace_recv, struct sock *sk, int ret, int flags)
 SEC("tp_btf/tcp_destroy_sock")
 int BPF_PROG(trace_destroy, struct sock *sk)
 {
-	__u64 key = (__u64)sk;
-	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
-	if (!tc)
-		return 0;
 	__u32 zero = 0;
-	struct scratch *s = bpf_map_lookup_elem(&scratch_buf, &zero);
-	struct span_msg *ev = s ? bpf_ringbuf_reserve(&events, SPAN_MSG_MIN_SIZE, 0) : 0;
-	if (ev) {
-		/* possibly softirq context: no process, no tuple (user space
-		 * knows the socket by sk from its earlier records) */
-		__builtin_memset(ev, 0, SPAN_MSG_MIN_SIZE);
-		ev->ts_ns = bpf_ktime_get_ns();
-		ev->sk = key;
-		ev->sk_sent = tc->sent;
-		ev->sk_recv = tc->recv;
-		ev->ts_last_send = tc->ts_last_send;
-		ev->ts_last_recv = tc->ts_last_recv;
-		ev->op = TRACE_OP_CLOSE;
-		bpf_ringbuf_submit(ev, ring_wake_flag(&events, &s->unqueried, SPAN_MSG_MIN_SIZE, EVENTS_WAKE_BYTES));
-	} else {
-		count_drop(&drops, TRACE_DROP_RING);
-	}
-	bpf_map_delete_elem(&trace_conns, &key);
+	struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
+	span_conn_close(&events, (__u64)sk, s ? &s->unqueried : 0, &drops, TRACE_DROP_RING);
 	return 0;
 }
 

@@ -199,6 +199,28 @@ TRACE_GO = ObjectSpec(
     rings=(Ring("go_events", _goroutines.GO_EVENT_DTYPE),),
     drops="go_drops", drop_names=MappingProxyType(_goroutines.DROP_NAMES), drop_prefix="kernel_drop_trace_go_")
 
+# ebpf-trace's TLS spans: tls.bpf.c again, with trace_spans set: the
+# plaintext of OpenSSL calls of traced processes as struct span_msg records
+# into trace.bpf.o's ring, on its trace_pids and trace_conns (all three
+# reused from TRACE's loaded object: start(reuse=...)), socket keys tagged
+# TLS_SK_TAG. Its http `events` ring is left at its declared page.
+TLS_TRACE = ObjectSpec(
+    "tls", knobs=("ipv6_disabled", "self_tgid", "trace_spans", "trace_all"),
+    attach=TLS.attach, programs=TLS.programs,
+    maps=("trace_pids", "trace_conns", "trace_events"),
+    drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_trace_tls_",
+    not_losses=_records.HTTP_NOT_LOSSES, count_prefix="kernel_trace_tls_")
+
+
+
+def tls_trace_start(trace_bpf, trace_all):
+    """start() arguments of TLS_TRACE on a started TRACE skeleton: its
+    knobs, and the maps it shares (tls.bpf.c's name -> trace.bpf.c's fd)."""
+    m = trace_bpf.maps
+    return {"knobs": {"trace_spans": 1, "trace_all": int(trace_all)},
+            "reuse": {"trace_events": m.events.fd, "trace_pids": m.trace_pids.fd, "trace_conns": m.trace_conns.fd}}
+
+
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE, TRACE_GO)}
 
 
@@ -229,24 +251,35 @@ class BpfSkeleton:
         self.progs = SimpleNamespace()
         self.rings = SimpleNamespace()
 
-    def start(self, knobs=None, setup=None):
+    def start(self, knobs=None, setup=None, reuse=None):
         """Open, set knobs, load, attach, open the rings, then setup(self)
-        (e.g. seed a map, attach uprobes). Returns self. On any failure all
-        of it is undone and the error raised."""
+        (e.g. seed a map, attach uprobes). reuse: {map name: fd} of maps
+        another loaded object owns, shared instead of created (its ring, its
+        hashes). Returns self. On any failure all of it is undone and the
+        error raised."""
         spec = self.spec
         unknown = sorted(set(knobs or ()) - set(spec.knobs))
         if unknown:
             raise LookupError(f"{spec.name}.bpf.o: knobs {unknown} are not declared in its ObjectSpec")
+        unknown = sorted(set(reuse or ()) - set(spec.map_names()))
+        if unknown:
+            raise LookupError(f"{spec.name}.bpf.o: maps {unknown} to reuse are not declared in its ObjectSpec")
         try:
             self.obj = obj = _libbpf.BpfObject(self.path)
             if knobs:
                 obj.set_knobs(**knobs)
+            # kept as found: libbpf renames a reused map after the one it
+            # reuses (trace_events -> events), so it is not found by name later
+            reused = {}
+            for name, fd in (reuse or {}).items():
+                reused[name] = obj.map(name)
+                reused[name].reuse_fd(fd)
             for ring in spec.rings:
                 if ring.max_bytes:
                     obj.map(ring.map).set_max_entries(ring.max_bytes)
             obj.load()
             for name in spec.map_names():
-                setattr(self.maps, name, obj.map(name))
+                setattr(self.maps, name, reused.get(name) or obj.map(name))
             for name in spec.programs:
                 setattr(self.progs, name, obj.program(name))
             if spec.attach == ATTACH_ALL:

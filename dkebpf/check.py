@@ -145,7 +145,23 @@ def check_httpflow_tls():
 
 
 def check_trace():
-    return _check_object("trace", "tp_btf sock_send_length/sock_recv_length/tcp_destroy_sock/sched_process_fork")
+    ok, lines = _check_object("trace", "tp_btf sock_send_length/sock_recv_length/tcp_destroy_sock/"
+                              "sched_process_fork")
+    if ok:  # TLS spans are a part the plugin runs without
+        lines.append(_trace_tls_line())
+    return ok, lines
+
+
+def _trace_tls_line():
+    """TLS spans: trace.bpf.o, then tls.bpf.o with trace_spans on its maps
+    and the OpenSSL uprobes (all detached again)."""
+    from .bpf_objects import TLS_TRACE, TRACE, BpfSkeleton, tls_trace_start
+    from .plugins.tls_probes import check_line
+    try:
+        with BpfSkeleton(TRACE).start() as bpf:
+            return check_line(spec=TLS_TRACE, label="TLS spans", **tls_trace_start(bpf, False))
+    except HOST_REFUSED as exc:
+        return f"TLS spans: no: {_first_line(exc)}"
 
 
 def check_conntrack():

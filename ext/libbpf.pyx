@@ -112,6 +112,17 @@ cdef class Map:
         _check(bpf_map__set_max_entries(self.map, n), f"resize map {self.name}")
         self.max_entries = n
 
+    def reuse_fd(self, int fd):
+        """Before load: use the existing map behind fd (another object's)
+        instead of creating this one; its type and sizes are taken from
+        fd. Two objects then share one map (a ring, a hash)."""
+        if self.owner.loaded:
+            raise RuntimeError(f"map {self.name}: reuse_fd must come before load")
+        _check(bpf_map__reuse_fd(self.map, fd), f"reuse fd {fd} for map {self.name}")
+        self.key_size = bpf_map__key_size(self.map)
+        self.value_size = bpf_map__value_size(self.map)
+        self.max_entries = bpf_map__max_entries(self.map)
+
     def lookup(self, key):
         """Value bytes for key, or None when absent."""
         cdef const unsigned char[::1] k = memoryview(key).cast("B")

@@ -163,10 +163,14 @@ HTTP_DROP_NAMES = _drop_names("http.bpf.c", _HTTP_DROPS, HTTP_DROP_MAX)
 # as kernel_<name>, not kernel_drop_<name>)
 HTTP_NOT_LOSSES = frozenset({"calls_not_covered", "unmatched_responses", "unanswered_requests_closed"})
 
+# ebpf-trace's key of a TLS connection's plaintext: the socket | this (include/tls.h)
+TLS_SOCKET_TAG = TLS_SK_TAG
+
 # httpflow-tls (bpf/tls.bpf.c): the pairing's counters, then its own
 TLS_DROP_NAMES = _drop_names("tls.bpf.c", {
     **_HTTP_DROPS, TLS_DROP_NO_SOCK: "socket_unknown", TLS_DROP_NOT_TCP: "not_tcp",
-    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full"}, TLS_DROP_MAX)
+    TLS_DROP_CALLS: "ssl_calls_map_full", TLS_DROP_SOCKS: "ssl_socks_map_full",
+    TLS_DROP_SPAN_RING: "span_ring_full", TLS_DROP_SPAN_CONNS: "span_conns_map_full"}, TLS_DROP_MAX)
 
 
 def comm_to_arrow(comm):

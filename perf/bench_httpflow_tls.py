@@ -6,6 +6,8 @@ loopback, in the same run, modes alternating within each round:
   httpflow      the collector with httpflow alone (socket capture: sees
                 ciphertext only, must report nothing here)
   httpflow_tls  the collector with httpflow + httpflow-tls
+  trace         the collector with ebpf-trace alone, every process traced
+                (trace.bpf.c, and tls.bpf.c with trace_spans: TLS spans)
   floor_tls     empty programs (perf/tlsfloor.bpf.c) on exactly the
                 uprobes, uretprobes and tracepoints httpflow-tls attaches
                 (tls_probes.attach_library)
@@ -49,7 +51,9 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 CONNS = int(os.environ.get("BENCH_CONNS", 32))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 MODES = os.environ.get("BENCH_MODES", "httpflow,httpflow_tls,floor_tls,floor_entry,floor_tps").split(",")
-COLLECTOR_MODES = {"httpflow": "httpflow", "httpflow_tls": "httpflow,httpflow-tls"}
+COLLECTOR_MODES = {"httpflow": ["--enabled", "ebpf-net", "--l7net-enabled", "httpflow"],
+                   "httpflow_tls": ["--enabled", "ebpf-net", "--l7net-enabled", "httpflow,httpflow-tls"],
+                   "trace": ["--enabled", "ebpf-trace"]}
 TRACEPOINTS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 # floor mode -> (tracepoints attached, which uprobes: "all" entry + return, "entry", None)
 FLOORS = {"floor_tls": (True, "all"), "floor_entry": (False, "entry"), "floor_tps": (True, None)}
@@ -121,8 +125,8 @@ def stats_delta(before, after, names):
     return rows
 
 
-def run_collector(tmp, url, srv, name, l7):
-    with Collector(tmp, name, ["--enabled", "ebpf-net", "--l7net-enabled", l7]) as c:
+def run_collector(tmp, url, srv, name, args):
+    with Collector(tmp, name, args) as c:
         time.sleep(1)
         c0 = c.cpu_seconds()
         s0 = c.prog_stats()
@@ -132,8 +136,9 @@ def run_collector(tmp, url, srv, name, l7):
         names = prog_names()
         time.sleep(4)  # two more intervals: the last exchanges (connection ends) reported
         m = c.metrics()
-    x.update(reported=c.reported_requests(srv.port), lost=int(m.get((H, "kernel_drop_tls_events_ring_full"), 0)),
-             progs=stats_delta(s0, s1, names))
+    x["progs"] = stats_delta(s0, s1, names)
+    if "ebpf-net" in args:  # (ebpf-trace's spans are not counted here)
+        x.update(reported=c.reported_requests(srv.port), lost=int(m.get((H, "kernel_drop_tls_events_ring_full"), 0)))
     return x
 
 
@@ -205,6 +210,7 @@ def report(res):
         print(f"{mode}_cpu_efficiency_ratio: {med(x['cpu_ratio'] for x in runs):.3f}")
         if "cpu" in runs[0]:
             print(f"{mode}_collector_cpu_per_10k_rps: {med(x['cpu'] / SECONDS / (x['rps'] / 1e4) for x in runs):.4f}")
+        if "lost" in runs[0]:
             print(f"{mode}_records_lost: {max(x['lost'] for x in runs)}")
         names = sorted({n for x in runs for n in x["progs"]})
         for name in names:

@@ -246,19 +246,23 @@ def attach_library(bpf, path, returns=True):
 
 
 class TlsProbes:
-    """The OpenSSL capture source that HttpflowPlugin reads from.
+    """The OpenSSL capture source that HttpflowPlugin reads from (and,
+    with spec bpf_objects.TLS_TRACE, ebpf-trace's TLS spans: TracePlugin).
 
-    start() loads tls.bpf.o (``bpf``, a BpfSkeleton of bpf_objects.TLS),
+    start() loads tls.bpf.o (``bpf``, a BpfSkeleton of ``spec``),
     attaches the socket tracepoints and the uprobes on every libssl found;
-    ``bpf.rings.events`` is the RingReader of struct http_exchange records;
-    rescan() (called from the plugin's periodic hooks, cheap when not due)
-    covers libssl files that appeared since; counters(); stop()."""
+    with bpf_objects.TLS ``bpf.rings.events`` is the RingReader of struct
+    http_exchange records; rescan() (called from the plugin's periodic
+    hooks, cheap when not due) covers libssl files that appeared since;
+    counters(); stop(). ``label`` names the plugin in log lines."""
 
-    def __init__(self, cfg, logger, self_pid, rescan_s=RESCAN_S):
+    def __init__(self, cfg, logger, self_pid, rescan_s=RESCAN_S, spec=TLS, label="httpflow-tls"):
         self.cfg = cfg
         self.log = logger
         self.self_pid = self_pid
         self.rescan_s = rescan_s
+        self.spec = spec
+        self.label = label
         self.scanner = LibsslScanner(cfg.host_proc, getattr(cfg, "host_root", ""))
         self.bpf = None
         self.libraries = {}    # (dev, ino) -> (path, [links])
@@ -267,19 +271,21 @@ class TlsProbes:
         self.next_scan = 0.0
         self.totals = {"tls_rescans": 0, "tls_attach_failures": 0, "tls_scan_seconds": 0.0}
 
-    def start(self, settle_ns=1_000_000_000):
+    def start(self, settle_ns=1_000_000_000, knobs=None, reuse=None):
         """settle_ns: the idle flush reports responses quiet this long
-        (bpf/include/http.h)."""
-        self.bpf = BpfSkeleton(TLS)
+        (bpf/include/http.h). knobs: instead of httpflow's (another
+        spec's); reuse: maps of another object (BpfSkeleton.start)."""
+        self.bpf = BpfSkeleton(self.spec)
+        if knobs is None:
+            knobs = {"wakeup_bytes": WAKEUP_BYTES, "settle_ns": settle_ns}
         try:
             self.bpf.start(knobs={"ipv6_disabled": int(bool(self.cfg.ipv6_disabled)),
-                                  "self_tgid": self.self_pid, "wakeup_bytes": WAKEUP_BYTES,
-                                  "settle_ns": settle_ns},
-                           setup=self._probe_libraries)
+                                  "self_tgid": self.self_pid, **knobs},
+                           setup=self._probe_libraries, reuse=reuse)
         except BaseException:
             self.stop()
             raise
-        self.log.info("httpflow-tls: uprobes on %d libssl file(s): %s", len(self.libraries),
+        self.log.info("%s: uprobes on %d libssl file(s): %s", self.label, len(self.libraries),
                       ", ".join(p for p, _ in self.libraries.values()) or "none yet")
 
     def _probe_libraries(self, bpf):
@@ -311,11 +317,11 @@ class TlsProbes:
             except KernelError as exc:
                 self.failed[fid] = (path, str(exc).splitlines()[0])
                 self.totals["tls_attach_failures"] += 1
-                self.log.warning("httpflow-tls: cannot probe %s: %s", path, str(exc).splitlines()[0])
+                self.log.warning("%s: cannot probe %s: %s", self.label, path, str(exc).splitlines()[0])
                 continue
             self.libraries[fid] = (path, links)
             self.sites[path] = where
-            self.log.info("httpflow-tls: attached %d uprobes to %s (%s)", len(links), path, where)
+            self.log.info("%s: attached %d uprobes to %s (%s)", self.label, len(links), path, where)
             n += 1
         return n
 
@@ -337,25 +343,26 @@ class TlsProbes:
         self.libraries = {}
 
 
-def check_line(host_proc="/proc", host_root=""):
-    """`dkebpf check`: load tls.bpf.o, attach to every libssl found (then
-    detach); one line saying where libssl is and whether the probes attach."""
+def check_line(host_proc="/proc", host_root="", spec=TLS, label="httpflow-tls", **start):
+    """`dkebpf check`: load tls.bpf.o (of spec, started with **start),
+    attach to every libssl found (then detach); one line saying where
+    libssl is and whether the probes attach."""
     from types import SimpleNamespace
     import logging
 
     cfg = SimpleNamespace(host_proc=host_proc, host_root=host_root, ipv6_disabled=False)
-    probes = TlsProbes(cfg, logging.getLogger("dkebpf.check"), os.getpid())
+    probes = TlsProbes(cfg, logging.getLogger("dkebpf.check"), os.getpid(), spec=spec, label=label)
     try:
-        probes.start()
+        probes.start(**start)
         paths = [f"{p} ({probes.sites[p]})" for p in probes.attached_paths()]
         failed = [f"{p} ({why})" for p, why in probes.failed.values()]
         nprobes = probes.counters()["tls_uprobes_attached"]
     finally:
         probes.stop()
     if not paths and not failed:
-        return ("httpflow-tls: no OpenSSL libssl.so.N in the library directories or in any "
+        return (f"{label}: no OpenSSL libssl.so.N in the library directories or in any "
                 "process; programs started later are found by the periodic rescan")
-    line = f"httpflow-tls: {nprobes} uprobes attach to {len(paths)} libssl file(s): {', '.join(paths) or '-'}"
+    line = f"{label}: {nprobes} uprobes attach to {len(paths)} libssl file(s): {', '.join(paths) or '-'}"
     if failed:
         line += "; cannot probe: " + ", ".join(failed)
     return line

@@ -6,8 +6,13 @@ the linker's ``/v1/bpftracing``.
 Kernel side: bpf/trace.bpf.c sends one struct span_msg per message start
 on a TCP socket of a traced process, with the TCP sequence number of its
 first byte (the linker joins the two ends of an exchange on it) and its
-thread. Which processes: ProcessSelector below, written into the kernel's
-``trace_pids`` map (children inherit at fork).
+thread. TLS through OpenSSL: bpf/tls.bpf.c loaded a second time with
+``trace_spans`` (bpf_objects.TLS_TRACE, uprobes on every libssl found, as
+httpflow-tls's: tls_probes.TlsProbes) sends the same records for the
+plaintext of SSL_read/SSL_write into the same ring, on the same maps
+(reused), keyed by the socket with TLS_SK_TAG set. Which processes:
+ProcessSelector below, written into the kernel's ``trace_pids`` map
+(children inherit at fork).
 
 Each interval: take the ring's records, pair requests and responses per
 connection and give each request its thread_trace_id (ext/trace.pyx),
@@ -24,12 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..bpf_objects import TRACE, BpfSkeleton
+from ..bpf_objects import TLS_TRACE, TRACE, BpfSkeleton, tls_trace_start
 from ..enrich.addr import format_addrs
 from ..errors import BuildError, KernelError
 from ..output.sink import HttpSink
 from .base import Plugin, PointBatch
 from . import trace_h2
+from .tls_probes import TlsProbes
 from .trace_go import GoTracing
 
 try:
@@ -756,6 +762,7 @@ class TracePlugin(Plugin):
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.bpf = None
+        self.tls = None  # TlsProbes of TLS_TRACE: spans of OpenSSL connections
         self.sink = None
         self.selector = ProcessSelector(self.cfg, ctx.self_pid, self.cfg.host_proc or "/proc")
         protos = set(self.cfg.trace_protos or ()) or None
@@ -777,6 +784,7 @@ class TracePlugin(Plugin):
             "ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid,
             "trace_all": int(not self.selector.whitelist)})
         self.ring = self.bpf.rings.events
+        self._start_tls()
         go = GoTracing(self.log, self.cfg.host_proc or "/proc")
         try:
             go.start()
@@ -794,9 +802,24 @@ class TracePlugin(Plugin):
                       len(self.bpf.links), "listed" if self.selector.whitelist else "all but excluded",
                       self.sink.base_url if self.sink else "the output")
 
+    def _start_tls(self):
+        """TLS spans: tls.bpf.o with trace_spans on this object's ring,
+        trace_pids and trace_conns. Without it (no libssl uprobes here)
+        plaintext spans go on and TLS connections give none."""
+        tls = TlsProbes(self.cfg, self.log, self.ctx.self_pid, spec=TLS_TRACE, label="ebpf-trace TLS")
+        try:
+            tls.start(**tls_trace_start(self.bpf, not self.selector.whitelist))
+        except KernelError as exc:
+            self.log.warning("ebpf-trace: no TLS spans: %s", str(exc).splitlines()[0])
+            return
+        self.tls = tls
+
     def rescan(self, force=False):
         """Bring the kernel's trace_pids up to date with /proc (new
-        processes, exec'd names, gone ones)."""
+        processes, exec'd names, gone ones), and the TLS uprobes with the
+        libssl files processes map (at TlsProbes' own pace)."""
+        if self.tls is not None:
+            self.tls.rescan()
         now = time.monotonic()
         if not force and now - self.last_scan < RESCAN_S:
             return
@@ -944,11 +967,16 @@ class TracePlugin(Plugin):
             c.update(self.bpf.counters())
         if self.builder.go is not None:
             c.update(self.builder.go.counters())
+        if self.tls is not None:
+            c.update({(k if k.startswith("kernel_") else f"trace_{k}"): v for k, v in self.tls.counters().items()})
         if self.sink is not None:
             c.update({f"trace_sink_{k}": v for k, v in self.sink.stats().items()})
         return c
 
     def stop(self):
+        if self.tls is not None:
+            self.tls.stop()
+            self.tls = None
         if self.builder.go is not None:
             self.builder.go.stop()
             self.builder.go = None

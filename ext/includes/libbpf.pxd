@@ -43,6 +43,7 @@ cdef extern from "bpf/libbpf.h" nogil:
     uint32_t bpf_map__value_size(const bpf_map *map)
     uint32_t bpf_map__max_entries(const bpf_map *map)
     int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)
+    int bpf_map__reuse_fd(bpf_map *map, int fd)
     const void *bpf_map__initial_value(bpf_map *map, size_t *psize)
 
     int libbpf_num_possible_cpus()

@@ -6,4 +6,7 @@ cdef extern from "include/tls.h" nogil:
         TLS_DROP_NOT_TCP
         TLS_DROP_CALLS
         TLS_DROP_SOCKS
+        TLS_DROP_SPAN_RING
+        TLS_DROP_SPAN_CONNS
+        TLS_SK_TAG
         TLS_DROP_MAX

@@ -15,6 +15,10 @@ call the next link over one kept-alive connection their threads share.
 
 Cross host: two collectors at once, one tracing only curl and A, the other
 only B and C (by --trace-env-list), posting to one linker: the same traces.
+
+Over HTTPS (every link and curl through OpenSSL: the spans come from
+tls.bpf.c's uprobes, trace_spans): the same traces, with one collector and
+across two.
 """
 import os
 import time
@@ -171,16 +175,24 @@ EXPECTED_SHAPE = [("curl", "outgoing", None), ("chain-a", "incoming", "curl"), (
                   ("chain-c", "incoming", "chain-b")]
 
 
-def test_chain_one_collector(collector, receiver, linker, hosts):
+def run_one_collector(collector, receiver, linker, hosts, unsampled=False, **chain_kw):
+    """The chain (ServiceChain(**chain_kw)) traced by one collector posting
+    to the linker; returns (the chain's pids, requests, spans) of
+    run_requests."""
     env = {MARK_A: "1"}
-    chain = ServiceChain(*hosts, [env, env, env], hold=len(CONCURRENT))
+    chain = ServiceChain(*hosts, [env, env, env], **chain_kw)
     try:
         collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
         time.sleep(1.5)  # attached, the chain's processes found
-        requests, spans = run_requests(chain, receiver, env, [collector], unsampled=True)
+        return (chain.pids, *run_requests(chain, receiver, env, [collector], unsampled=unsampled))
     finally:
         chain.stop()
-    shapes = check_traces(requests, spans, chain.pids)
+
+
+def test_chain_one_collector(collector, receiver, linker, hosts):
+    pids, requests, spans = run_one_collector(collector, receiver, linker, hosts, unsampled=True,
+                                              hold=len(CONCURRENT))
+    shapes = check_traces(requests, spans, pids)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
     # the unsampled request's six spans were linked and dropped, whole
     assert not [p for p in receiver.points("dketrace") if {**p.fields, **p.tags}.get("trace_id") == UNSAMPLED[1]]
@@ -189,34 +201,41 @@ def test_chain_one_collector(collector, receiver, linker, hosts):
     assert "Traceback" not in collector.log_text()
 
 
+def test_chain_over_https(collector, receiver, linker, hosts, tmp_path):
+    """The chain with TLS between every two services (Python's ssl, curl
+    -k): entry and exit spans from the plaintext of SSL_read/SSL_write,
+    joined across hosts by the sequence numbers of the TLS records; the
+    ciphertext of the same sockets gives no span of its own."""
+    pids, requests, spans = run_one_collector(collector, receiver, linker, hosts, hold=len(CONCURRENT),
+                                              tls=tmp_path / "tls")
+    shapes = check_traces(requests, spans, pids)
+    assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
+    assert "Traceback" not in collector.log_text()
+    assert "no TLS spans" not in collector.log_text()
+
+
 def test_chain_over_pooled_connections(collector, receiver, linker, hosts):
     """A and B call the next link over one kept-alive connection that all
     their threads share: B serves every request of A on one connection
     (one thread), C every request of B; each request still its own trace.
     (The concurrent requests take turns on the connection: C cannot hold
     them together.)"""
-    env = {MARK_A: "1"}
-    chain = ServiceChain(*hosts, [env, env, env], sleep=0.2, pooled=True)
-    try:
-        collector.start("--trace-server", linker, "--trace-env-list", MARK_A, enabled="ebpf-trace", interval="1s")
-        time.sleep(1.5)
-        requests, spans = run_requests(chain, receiver, env, [collector])
-    finally:
-        chain.stop()
-    shapes = check_traces(requests, spans, chain.pids, overlapping=False)
+    pids, requests, spans = run_one_collector(collector, receiver, linker, hosts, sleep=0.2, pooled=True)
+    shapes = check_traces(requests, spans, pids, overlapping=False)
     assert all(shape == EXPECTED_SHAPE for shape in shapes.values()), shapes
     # one connection per hop: B's entries all share A's ephemeral port
-    b_in = [s for s in spans if s["pid"] == chain.pids[1] and s["direction"] == "incoming"]
+    b_in = [s for s in spans if s["pid"] == pids[1] and s["direction"] == "incoming"]
     assert len({(s["dst_ip"], s["dst_port"]) for s in b_in}) == 1, b_in
     assert "Traceback" not in collector.log_text()
 
 
-def test_chain_two_collectors_cross_host(bpf_ok, tmp_path, receiver, linker, hosts):
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_chain_two_collectors_cross_host(bpf_ok, tmp_path, receiver, linker, hosts, tls):
     """Collector 1 sees curl and A (their mark), collector 2 B and C: each
     side of the A -> B hop comes from another collector, joined by the
-    linker alone."""
+    linker alone (over HTTPS too: each collector its own TLS uprobes)."""
     env_a, env_bc = {MARK_A: "1"}, {MARK_BC: "1"}
-    chain = ServiceChain(*hosts, [env_a, env_bc, env_bc], hold=len(CONCURRENT))
+    chain = ServiceChain(*hosts, [env_a, env_bc, env_bc], hold=len(CONCURRENT), tls=tls and tmp_path / "tls")
     collectors = []
     try:
         for name, mark in (("one", MARK_A), ("two", MARK_BC)):

@@ -11,7 +11,7 @@ import types
 
 import pytest
 
-from support.trace_apps import TracedApps
+from support.trace_apps import TracedApps, spans_until
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("btf", "sock_length_tracepoints", "rdonly_cast")]
 
@@ -45,18 +45,6 @@ def plugin(bpf_ok, apps):
     p.start()
     yield p
     p.stop()
-
-
-def spans_until(plugin, pred, timeout=15):
-    rows = []
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        for pb in plugin.collect(time.time_ns()):
-            rows += pb.batch.to_pylist()
-        if pred(rows):
-            break
-        time.sleep(0.3)
-    return rows
 
 
 def test_http_server_with_redis_children_and_peers(plugin, apps):

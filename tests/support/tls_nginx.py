@@ -63,8 +63,9 @@ def private_libssl(tmp):
 
 
 class TlsNginx:
-    def __init__(self, tmp, host="127.0.0.1", lib_dir=None):
+    def __init__(self, tmp, host="127.0.0.1", lib_dir=None, name=None):
         self.tmp = str(tmp)
+        self.name = name  # run as this name (comm), through a link: chosen by a process list
         self.host = host
         self.lib_dir = lib_dir
         self.port = None
@@ -85,7 +86,12 @@ class TlsNginx:
         env = dict(os.environ)
         if self.lib_dir:
             env["LD_LIBRARY_PATH"] = self.lib_dir
-        self.proc = subprocess.Popen(["nginx", "-c", conf, "-p", self.tmp], env=env,
+        exe = "nginx"
+        if self.name:
+            exe = os.path.join(self.tmp, self.name)
+            if not os.path.exists(exe):
+                os.symlink(shutil.which("nginx") or "/usr/sbin/nginx", exe)
+        self.proc = subprocess.Popen([exe, "-c", conf, "-p", self.tmp], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         fam = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         end = time.monotonic() + 10

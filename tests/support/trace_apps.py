@@ -61,6 +61,20 @@ s.serve_forever()
 """
 
 
+def spans_until(plugin, pred, timeout=15):
+    """Span rows (dicts) a started TracePlugin collects until pred(rows)
+    holds or timeout s pass."""
+    rows = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        for pb in plugin.collect(time.time_ns()):
+            rows += pb.batch.to_pylist()
+        if pred(rows):
+            break
+        time.sleep(0.3)
+    return rows
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -141,31 +155,39 @@ class TracedApps:
 
 
 # A link of a service chain, configured by argv[1] (JSON: ip, port, name,
-# next, pooled, hold, sleep): GET /chain/<x> -> when `next` is set, GET
+# next, pooled, hold, sleep, tls): GET /chain/<x> -> when `next` is set, GET
 # <next>/chain/<x> from the handler's thread, on a new connection, or
 # (`pooled`) on one kept-alive connection all handler threads share, taking
 # turns; else (the last link) the request waits `sleep` s, and requests for
 # /chain/con-* wait until `hold` of them are in (a barrier: concurrent
 # requests overlap at every link however the load delays their clients).
 # Then 200 with "<name>(<what next answered>)". Thread per connection.
+# `tls` (a directory with cert.pem and key.pem): HTTPS served and called
+# (Python's ssl: OpenSSL's libssl), the next link's certificate not checked.
 CHAIN_SERVER = r"""
-import http.client, http.server, json, sys, threading, time, urllib.parse
+import http.client, http.server, json, ssl, sys, threading, time, urllib.parse
 cfg = json.loads(sys.argv[1])
 name = cfg["name"].encode()
 nxt = urllib.parse.urlsplit(cfg["next"]) if cfg.get("next") else None
 turn, shared = threading.Lock(), []
 together = threading.Barrier(cfg["hold"]) if cfg.get("hold") else None
 
+def connect():
+    if cfg.get("tls"):
+        return http.client.HTTPSConnection(nxt.hostname, nxt.port, timeout=30,
+                                           context=ssl._create_unverified_context())
+    return http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30)
+
 def call_next(path):
     if not cfg.get("pooled"):
-        c = http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30)
+        c = connect()
         c.request("GET", path)
         body = c.getresponse().read()
         c.close()
         return body
     with turn:
         if not shared:
-            shared.append(http.client.HTTPConnection(nxt.hostname, nxt.port, timeout=30))
+            shared.append(connect())
         shared[0].request("GET", path)
         return shared[0].getresponse().read()
 
@@ -189,7 +211,12 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a):
         pass
 
-http.server.ThreadingHTTPServer((cfg["ip"], cfg["port"]), H).serve_forever()
+srv = http.server.ThreadingHTTPServer((cfg["ip"], cfg["port"]), H)
+if cfg.get("tls"):
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cfg["tls"] + "/cert.pem", cfg["tls"] + "/key.pem")
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
 """
 
 
@@ -202,20 +229,27 @@ class ServiceChain:
     DKE_SERVICE (`services`) and the variables of `envs[i]` (the test's
     process-list marks). C answers after `sleep` s, and holds requests for
     /chain/con-* until `hold` of them are in. `pooled`: A and B call the
-    next link over one kept-alive connection their threads share."""
+    next link over one kept-alive connection their threads share. `tls`: a
+    directory for a self-signed certificate: every link (and curl) speaks
+    HTTPS."""
 
     PORT = 8080
 
     def __init__(self, hosts, next_ips, envs, services=("chain-a", "chain-b", "chain-c"), sleep=0.0, hold=0,
-                 pooled=False):
+                 pooled=False, tls=None):
 
         self.hosts, self.services = hosts, services
+        self.scheme = "https" if tls else "http"
         self.procs = []
+        if tls and not os.path.exists(os.path.join(tls, "cert.pem")):
+            from .tls_nginx import make_cert
+            os.makedirs(tls, exist_ok=True)
+            make_cert(str(tls))
         try:
             for i in reversed(range(3)):  # C first: each link calls one that listens
                 cfg = {"ip": "0.0.0.0", "port": self.PORT, "name": services[i], "pooled": pooled,
-                       "next": f"http://{next_ips[i]}:{self.PORT}" if i < 2 else None,
-                       "sleep": sleep, "hold": hold}
+                       "next": f"{self.scheme}://{next_ips[i]}:{self.PORT}" if i < 2 else None,
+                       "sleep": sleep, "hold": hold, "tls": str(tls) if tls else None}
                 env = dict(os.environ, **envs[i], DKE_SERVICE=services[i])
                 p = subprocess.Popen([*hosts[i].prefix(), sys.executable, "-c", CHAIN_SERVER, json.dumps(cfg)],
                                      env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -231,12 +265,12 @@ class ServiceChain:
         return [str(p.pid) for p in self.procs]
 
     def url(self, path):
-        return f"http://{self.hosts[0].peer_ip}:{self.PORT}{path}"
+        return f"{self.scheme}://{self.hosts[0].peer_ip}:{self.PORT}{path}"
 
     def curl(self, path, env, headers=(), delay=2.5):
         """curl (from the host's namespace) asking A for `path`, started
         through a waiting shell (see TracedApps.curl); stdout is piped."""
-        args = ["curl", "-s", "--max-time", "30"]
+        args = ["curl", "-s", "-k", "--max-time", "30"]
         for h in headers:
             args += ["-H", h]
         return start_after(delay, [*args, self.url(path)], dict(os.environ, **env), stdout=subprocess.PIPE)

@@ -1,0 +1,202 @@
+/* ebpf-trace's message starts, shared by the two programs that write them
+ * (BPF side only): bpf/trace.bpf.c for plaintext socket calls and
+ * bpf/tls.bpf.c (trace_spans set) for the plaintext of OpenSSL calls. Both
+ * objects hold the same maps (user space loads trace.bpf.o first and hands
+ * its trace_pids, trace_conns and events to tls.bpf.o: BpfSkeleton.start's
+ * reuse), so one process list, one connection table and one ring serve
+ * both, and each record is filled here, the same way for both.
+ *
+ * The including program defines first: the knobs `self_tgid` and
+ * `trace_all`, and includes sock_tuple.bpf.h. */
+#ifndef DKEBPF_TRACE_SPAN_BPF_H
+#define DKEBPF_TRACE_SPAN_BPF_H
+
+#include "trace.h"
+#include "drops.bpf.h"
+#include "ring_wake.bpf.h"
+
+#define TRACE_EVENTS_RING_BYTES (1 << 24)
+/* user space takes records once per interval: wake it only when this much
+ * waits (include/ring_wake.bpf.h) */
+#define TRACE_EVENTS_WAKE_BYTES (TRACE_EVENTS_RING_BYTES / 16)
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);  /* tgid */
+	__type(value, __u8); /* TRACE_PID_* */
+} trace_pids SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock *, | TLS_SK_TAG for the plaintext of its TLS */
+	__type(value, struct trace_conn);
+} trace_conns SEC(".maps");
+
+/* The record under construction (per CPU), with slack after the payload
+ * so that any copy starting below TRACE_PAYLOAD_MAX of at most
+ * TRACE_PAYLOAD_MAX bytes stays inside (what the verifier can prove). */
+struct span_scratch {
+	struct span_msg ev;
+	__u8 slack[TRACE_PAYLOAD_MAX];
+	__u32 unqueried; /* include/ring_wake.bpf.h */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct span_scratch);
+} span_buf SEC(".maps");
+
+/* A TCP stream socket (what ebpf-trace follows)? */
+static __always_inline int tcp_stream(const struct sock *sk)
+{
+	const struct sock *s = KERNEL_CAST(struct sock, sk);
+	return s->sk_protocol == IPPROTO_TCP && s->sk_type == SOCK_STREAM;
+}
+
+/* Is this process traced (trace_pids, trace_all)? */
+static __always_inline int traced(__u32 tgid)
+{
+	if (tgid == self_tgid)
+		return 0;
+	__u8 *v = bpf_map_lookup_elem(&trace_pids, &tgid);
+	if (trace_all)
+		return !v || *v != TRACE_PID_EXCLUDED;
+	return v && *v == TRACE_PID_TRACED;
+}
+
+/* The connection's entry in trace_conns, made when absent (NULL, counted
+ * at drop_idx, when the map cannot take it). */
+static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops, __u32 drop_idx)
+{
+	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
+	if (tc)
+		return tc;
+	struct trace_conn init = {};
+	/* a miss of BPF_NOEXIST is another CPU that made it meanwhile */
+	bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST);
+	tc = bpf_map_lookup_elem(&trace_conns, &key);
+	if (!tc)
+		count_drop(drops, drop_idx);
+	return tc;
+}
+
+/* A call in direction op on the connection tc: does it start a message
+ * (*start: it begins a run of calls in op), or carry on the short start of
+ * one (include/trace.h: span_msg.more), on a connection user space did not
+ * give up on? Then a record is due, and span_run_next() after it. */
+static __always_inline int span_due(const struct trace_conn *tc, __u8 op, int *start)
+{
+	*start = tc->last_op != op;
+	/* on an HTTP/2 connection every call (frames of many streams interleave) */
+	return (*start || tc->short_start || tc->h2) && !tc->ignored;
+}
+
+/* span_msg.more of a due record (include/trace.h) */
+static __always_inline __u8 span_more(const struct trace_conn *tc, int start)
+{
+	return start ? 0 : tc->h2 ? TRACE_MORE_H2_CALL : TRACE_MORE_SHORT;
+}
+
+static __always_inline void span_run_next(struct trace_conn *tc, __u8 op, int start, __u32 bytes)
+{
+	tc->last_op = op;
+	tc->short_start = start && bytes < TRACE_SHORT_START;
+}
+
+/* A call that moved `bytes` in direction op: the connection's counters. */
+static __always_inline void trace_conn_count(struct trace_conn *tc, __u8 op, __u32 bytes, __u64 now)
+{
+	if (op == TRACE_OP_SEND) {
+		__sync_fetch_and_add(&tc->sent, bytes);
+		tc->ts_last_send = now;
+	} else {
+		__sync_fetch_and_add(&tc->recv, bytes);
+		tc->ts_last_recv = now;
+	}
+}
+
+/* Does the payload start with an HTTP/1.x status line ("HTTP/1.")? */
+static __always_inline int is_http1_status(const __u8 *p)
+{
+	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' && p[6] == '.';
+}
+
+/* Everything of a message start but its payload (and cap_len): the
+ * connection's counters before this call, the tuple, the task, `seq`. */
+static __always_inline void span_msg_fill(struct span_msg *ev, const struct trace_conn *tc,
+					  const struct sock_tuple *t, __u64 key, __u64 pid_tgid, __u64 now,
+					  __u32 seq, __u32 bytes, __u8 op, __u8 more)
+{
+	ev->ts_ns = now;
+	ev->sk = key;
+	ev->sk_sent = tc->sent;
+	ev->sk_recv = tc->recv;
+	ev->ts_last_send = tc->ts_last_send;
+	ev->ts_last_recv = tc->ts_last_recv;
+	ev->user = 0;
+	__builtin_memcpy(ev->laddr, t->laddr, 16);
+	__builtin_memcpy(ev->raddr, t->raddr, 16);
+	ev->pid = pid_tgid >> 32;
+	ev->tid = (__u32)pid_tgid;
+	ev->seq = seq;
+	ev->bytes = bytes;
+	ev->lport = t->lport;
+	ev->rport = t->rport;
+	ev->family = t->family;
+	ev->op = op;
+	ev->more = more;
+	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
+}
+
+/* Send a filled record (payload copied, cap_len set) to the ring. An
+ * HTTP/1.x response keeps its status line only: user space reads nothing
+ * else of it, the headers and body would only fill the ring
+ * (include/trace.h: TRACE_STATUS_KEEP). */
+static __always_inline void span_msg_send(void *ring, struct span_msg *ev, __u32 *unqueried, void *drops,
+					  __u32 drop_idx)
+{
+	if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
+		ev->cap_len = TRACE_STATUS_KEEP;
+	/* the mask restated past a barrier: clang would otherwise drop it (it
+	 * knows cap_len's bound, the verifier does not after its reloads) */
+	__u32 cap = ev->cap_len;
+	asm volatile("" : "+r"(cap));
+	__u32 size = SPAN_MSG_MIN_SIZE + (cap & (2 * TRACE_PAYLOAD_MAX - 1));
+	__u64 flag = ring_wake_flag(ring, unqueried, size, TRACE_EVENTS_WAKE_BYTES);
+	if (bpf_ringbuf_output(ring, ev, size, flag))
+		count_drop(drops, drop_idx);
+}
+
+/* The end of a connection in trace_conns (key): a TRACE_OP_CLOSE record
+ * with its final counters, and its entry goes. Possibly softirq context:
+ * no process, no tuple (user space knows the connection by its key from
+ * its earlier records). */
+static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unqueried, void *drops, __u32 drop_idx)
+{
+	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
+	if (!tc)
+		return;
+	struct span_msg *ev = unqueried ? bpf_ringbuf_reserve(ring, SPAN_MSG_MIN_SIZE, 0) : 0;
+	if (ev) {
+		__builtin_memset(ev, 0, SPAN_MSG_MIN_SIZE);
+		ev->ts_ns = bpf_ktime_get_ns();
+		ev->sk = key;
+		ev->sk_sent = tc->sent;
+		ev->sk_recv = tc->recv;
+		ev->ts_last_send = tc->ts_last_send;
+		ev->ts_last_recv = tc->ts_last_recv;
+		ev->op = TRACE_OP_CLOSE;
+		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, TRACE_EVENTS_WAKE_BYTES));
+	} else {
+		count_drop(drops, drop_idx);
+	}
+	bpf_map_delete_elem(&trace_conns, &key);
+}
+
+#endif
