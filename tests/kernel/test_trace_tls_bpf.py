@@ -109,7 +109,7 @@ def test_ciphertext_of_tls_sockets_is_ignored(plugin, nginx):
         time.sleep(0.1)
     assert curl.wait(1) == 0
     time.sleep(1.0)
-    msgs = plugin.take()
+    msgs = plugin.ring.take()
     mine = msgs[msgs["pid"] == curl.pid]
     tagged = mine[(mine["sk"] & tag) == tag]
     plain = mine[(mine["sk"] & tag) == 0]
