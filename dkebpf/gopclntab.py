@@ -1,6 +1,7 @@
 """Function entries of a Go binary from its pclntab (the `.gopclntab`
-section), which Go keeps for its own tracebacks: binaries built with
-`-ldflags=-s -w` or run through `strip` lose their .symtab but not this.
+section, `.data.rel.ro.gopclntab` in PIE binaries), which Go keeps for
+its own tracebacks: binaries built with `-ldflags=-s -w` or run through
+`strip` lose their .symtab but not this.
 
 Layout (Go 1.18 to 1.19: magic 0xfffffff0; 1.20 and later: 0xfffffff1,
 same layout; see Go's src/debug/gosym/pclntab.go and the pcHeader of
@@ -25,6 +26,9 @@ from . import elf
 
 MAGICS = {0xFFFFFFF0: "Go 1.18-1.19", 0xFFFFFFF1: "Go 1.20+"}
 HEADER = struct.Struct("<IBBBB8Q")
+# where Go's linker puts it: in executables, and in position-independent
+# ones (-buildmode=pie: among the data relocated at load time)
+SECTIONS = (".gopclntab", ".data.rel.ro.gopclntab")
 
 
 class PclntabError(ValueError):
@@ -33,11 +37,11 @@ class PclntabError(ValueError):
 
 def functions(data, wanted):
     """{name: (vaddr, size)} of the `wanted` function names found in the
-    .gopclntab of an ELF64 LE image (bytes or mmap); {} when there is no
-    such section. The size runs to the next function's entry (alignment
+    pclntab section of an ELF64 LE image (bytes or mmap); {} when there is
+    no such section. The size runs to the next function's entry (alignment
     padding included). PclntabError for an unknown version or a table
     that does not hold together."""
-    sec = elf.section(data, ".gopclntab")
+    sec = next(filter(None, (elf.section(data, name) for name in SECTIONS)), None)
     if sec is None:
         return {}
     _vaddr, off, size = sec
