@@ -38,7 +38,9 @@ class PclntabError(ValueError):
 def functions(data, wanted):
     """{name: (vaddr, size)} of the `wanted` function names found in the
     pclntab section of an ELF64 LE image (bytes or mmap); {} when there is
-    no such section. The size runs to the next function's entry (alignment
+    no such section. Names two functions share (pclntab leaves out the
+    ABI suffixes of .symtab: `runtime.osyield` and `runtime.osyield.abi0`)
+    are left out. The size runs to the next function's entry (alignment
     padding included). PclntabError for an unknown version or a table
     that does not hold together."""
     sec = next(filter(None, (elf.section(data, name) for name in SECTIONS)), None)
@@ -91,7 +93,7 @@ def lookup(tab, wanted, text_vaddr=0):
         if name_at is None:
             continue
         hit = np.flatnonzero(words[:, 1] == name_at)
-        if not len(hit):
+        if len(hit) != 1:  # absent, or a name with two bodies (an assembly function and its ABI wrapper)
             continue
         i = int(hit[0])
         if words[i, 0] != entries[i]:
