@@ -89,10 +89,10 @@ def lookup(tab, wanted, text_vaddr=0):
     base = text_start or text_vaddr
     out = {}
     for name in wanted:
-        name_at = _name_offset(names, name.encode())
-        if name_at is None:
+        name_at = _name_offsets(names, name.encode())
+        if not name_at:
             continue
-        hit = np.flatnonzero(words[:, 1] == name_at)
+        hit = np.flatnonzero(np.isin(words[:, 1], name_at))
         if len(hit) != 1:  # absent, or a name with two bodies (an assembly function and its ABI wrapper)
             continue
         i = int(hit[0])
@@ -103,10 +103,14 @@ def lookup(tab, wanted, text_vaddr=0):
     return out
 
 
-def _name_offset(names, want):
-    """Offset of the NUL-terminated name `want` in the name table, or None."""
+def _name_offsets(names, want):
+    """Offsets of the NUL-terminated name `want` in the name table (a
+    name is there once per function that has it)."""
     key = want + b"\0"
+    out = []
     i = names.find(key)
-    while i > 0 and names[i - 1] != 0:  # the tail of a longer name
+    while i >= 0:
+        if i == 0 or names[i - 1] == 0:  # not the tail of a longer name
+            out.append(i)
         i = names.find(key, i + 1)
-    return None if i < 0 else i
+    return out
