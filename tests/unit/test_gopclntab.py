@@ -114,3 +114,20 @@ def test_corrupted_tables_raise_a_clear_error_or_give_entries(builds):
             assert "\n" not in str(exc)
             errors += 1
     assert errors and results
+
+
+def test_inspect_names_an_unusable_pclntab_of_a_stripped_binary(builds, tmp_path):
+    """trace_go.inspect() on a stripped Go binary: probed through its
+    .gopclntab, or NotProbed saying what is wrong with it."""
+    stripped = builds["plain_stripped"]
+    good = tmp_path / "good"
+    good.write_bytes(stripped)
+    assert set(trace_go.inspect(str(good))["offsets"]) == {p for _, p in trace_go.FUNCS}
+    _v, off, _size = elf.section(stripped, ".gopclntab")
+    for what, patch, message in (("go116", struct.pack("<I", 0xFFFFFFFA), "magic 0xfffffffa"),
+                                 ("huge_nfunc", struct.pack("<Q", 1 << 40), "function table")):
+        where = off if what == "go116" else off + 8
+        bad = tmp_path / what
+        bad.write_bytes(stripped[:where] + patch + stripped[where + len(patch):])
+        with pytest.raises(trace_go.NotProbed, match=f"no .symtab and an unreadable .gopclntab .*{message}"):
+            trace_go.inspect(str(bad))
