@@ -9,10 +9,10 @@ written by the client transport's writeLoop goroutine belongs to), events
 on their own ring. User side: ext/goroutines.pyx.
 
 Go binaries are found among the traced processes by their build info
-(.go.buildinfo: the Go version) and probed at file offsets of their
-.symtab symbols, or for stripped binaries (`-ldflags=-s -w`, `strip`) of
-the entries of Go's own function table (.gopclntab, dkebpf/gopclntab.py),
-read here (dkebpf/elf.py, no ELF library). A uprobe
+(.go.buildinfo: the Go version) and probed at the file offsets of their
+.symtab symbols (dkebpf/elf.py, no ELF library), or in stripped binaries
+(`-ldflags=-s -w`, `strip`) at the entries of Go's own function table
+(.gopclntab, dkebpf/gopclntab.py). A uprobe
 belongs to a file, so each binary is probed once however many processes
 run it; the programs act only for processes in `go_procs`, with the
 goid offset of their Go version.
