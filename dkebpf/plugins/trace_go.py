@@ -9,8 +9,10 @@ written by the client transport's writeLoop goroutine belongs to), events
 on their own ring. User side: ext/goroutines.pyx.
 
 Go binaries are found among the traced processes by their build info
-(.go.buildinfo: the Go version) and probed at file offsets of their
-.symtab symbols, read here (dkebpf/elf.py, no ELF library). A uprobe
+(.go.buildinfo: the Go version) and probed at the file offsets of their
+.symtab symbols (dkebpf/elf.py, no ELF library), or in stripped binaries
+(`-ldflags=-s -w`, `strip`) at the entries of Go's own function table
+(.gopclntab, dkebpf/gopclntab.py). A uprobe
 belongs to a file, so each binary is probed once however many processes
 run it; the programs act only for processes in `go_procs`, with the
 goid offset of their Go version.
@@ -19,8 +21,9 @@ Go versions: 1.18 to 1.25 on amd64 (register ABI: arguments in RAX, RBX,
 ..., the running g in R14; newproc1's creator in its second argument
 since 1.18); goid at 152 in runtime.g except 160 in 1.23 and 1.24
 (`syscallbp` added before it, gobuf's `ret` removed in 1.25). Tested with
-Debian 12's Go (1.19). Other versions, stripped binaries (no .symtab) and
-Go binaries of other architectures are reported once and traced by thread.
+Debian 12's Go (1.19). Other versions, binaries with neither .symtab nor
+a readable .gopclntab and Go binaries of other architectures are
+reported once and traced by thread.
 """
 import mmap
 import os
@@ -30,7 +33,7 @@ import struct
 import numpy as np
 import pyarrow as pa
 
-from .. import elf
+from .. import elf, gopclntab
 from ..bpf_objects import TRACE_GO, BpfSkeleton
 from ..errors import KernelError
 
@@ -140,11 +143,16 @@ def inspect(path):
         minor = minor_of(version)
         if minor not in GOID_OFFSETS:
             raise NotProbed(f"{version}: goroutine probes know Go 1.{min(GOID_OFFSETS)} to 1.{max(GOID_OFFSETS)}")
+        names = {name for name, _ in FUNCS} | {n for pair in CALL_SITES.values() for n in pair}
         try:
-            names = {name for name, _ in FUNCS} | {n for pair in CALL_SITES.values() for n in pair}
             syms, loads = elf.symbols(data, elf.SHT_SYMTAB, wanted=names)
         except (struct.error, ValueError, IndexError) as exc:
             raise NotProbed(f"{version}: unreadable symbol table ({exc})")
+        if EXECUTE[0] not in syms:  # stripped: Go's own function table
+            try:
+                syms = gopclntab.functions(data, names)
+            except (struct.error, ValueError, IndexError) as exc:
+                raise NotProbed(f"{version}: no .symtab and an unreadable .gopclntab ({exc})")
         offsets, sites = {}, {}
         for name, prog in FUNCS:
             if name not in syms:
@@ -160,7 +168,7 @@ def inspect(path):
             if off is not None:
                 offsets[prog] = off
         if EXECUTE[1] not in offsets:
-            raise NotProbed(f"{version}: no runtime.execute in .symtab (stripped?)")
+            raise NotProbed(f"{version}: no runtime.execute in .symtab or .gopclntab")
         for group in (NEWPROC, HTTP_CLIENT):  # both of a pair, or neither
             if not all(prog in offsets for _, prog in group):
                 for _, prog in group:

@@ -7,7 +7,8 @@ outgoing span must be parented to the incoming request that caused it
 (same thread_trace_id), and tid_usr must be the goroutine ids the Go
 program prints (runtime.Stack): the handler's for an incoming span, the
 worker goroutine's (the client's caller, not the writeLoop) for an
-outgoing one."""
+outgoing one. Run with the binary as built and with a stripped build
+(-ldflags=-s -w: functions found through .gopclntab)."""
 import http.client
 import logging
 import os
@@ -49,17 +50,36 @@ class Lines:
             self.lines.append(line.strip())
 
 
-@pytest.fixture(scope="module")
-def chain_exe(tmp_path_factory):
+def _build_chain(tmp_path_factory, flags=()):
     with open(CHAIN_GO) as f:
-        return build_go(f.read(), str(tmp_path_factory.mktemp("gochain")))
+        return build_go(f.read(), str(tmp_path_factory.mktemp("gochain")), flags)
 
 
-def test_go_elf_reading(chain_exe):
+@pytest.fixture(scope="module")
+def chain_symtab(tmp_path_factory):
+    return _build_chain(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def chain_stripped(tmp_path_factory):
+    """Built as container images often are: no .symtab, no DWARF (the
+    probes' functions then come from Go's own .gopclntab)."""
+    return _build_chain(tmp_path_factory, ["-ldflags=-s -w"])
+
+
+@pytest.fixture(params=["symtab", "stripped"])
+def chain_exe(request):
+    return request.getfixturevalue(f"chain_{request.param}")
+
+
+def test_go_elf_reading(chain_symtab, chain_stripped):
     """The collector's own ELF reading of the binary: the Go version of
     the toolchain that built it, the probed functions at their file
     offsets (cross-checked with `go tool nm`), the hot ones on the call
-    instructions that pass the same registers."""
+    instructions that pass the same registers; the same offsets without
+    .symtab (built with -ldflags=-s -w, or run through strip: read from
+    .gopclntab)."""
+    chain_exe = chain_symtab
     from dkebpf import elf
     from dkebpf.plugins import trace_go
 
@@ -84,12 +104,13 @@ def test_go_elf_reading(chain_exe):
             assert off + 5 + rel == elf.file_offset(loads, addrs[callee])
         else:
             assert off == elf.file_offset(loads, addrs[name])
-    # not Go: None; a Go binary without .symtab: reported, not probed
-    assert trace_go.inspect("/bin/sh") is None
+    assert trace_go.inspect("/bin/sh") is None  # not Go
     stripped = chain_exe + ".stripped"
     subprocess.run(["strip", "-o", stripped, chain_exe], check=True)
-    with pytest.raises(trace_go.NotProbed, match="stripped"):
-        trace_go.inspect(stripped)
+    for exe in (stripped, chain_stripped):
+        with open(exe, "rb") as f:
+            assert not elf.symbols(f.read(), elf.SHT_SYMTAB)[0]
+        assert trace_go.inspect(exe) == info, exe
 
 
 def test_go_chain_goroutine_parentage(bpf_ok, chain_exe):

@@ -401,15 +401,16 @@ func main() {
 """
 
 
-def build_go(source, out_dir):
-    """`go build` of one main package (standard library only, no network)."""
+def build_go(source, out_dir, flags=()):
+    """`go build` of one main package (standard library only, no network),
+    with more of go build's flags ("-ldflags=-s -w": a stripped binary)."""
     src = os.path.join(out_dir, "main.go")
     with open(src, "w") as f:
         f.write(source)
     exe = os.path.join(out_dir, "goweb")
     env = dict(os.environ, GOCACHE=os.path.join(out_dir, "gocache"), GOPATH=os.path.join(out_dir, "gopath"),
                GO111MODULE="off", GOFLAGS="", GOTOOLCHAIN="local")
-    subprocess.run(["go", "build", "-o", exe, src], env=env, cwd=out_dir, check=True, capture_output=True)
+    subprocess.run(["go", "build", *flags, "-o", exe, src], env=env, cwd=out_dir, check=True, capture_output=True)
     return exe
 
 
