@@ -16,7 +16,7 @@ import time
 
 import pyarrow as pa
 
-from . import kernel
+from . import kernel, smaps
 from .config import options_without_effect
 from .debug_server import DebugServer, Metric
 from .errors import DkebpfError, UnsupportedError
@@ -74,7 +74,7 @@ def release_free_memory():
         _malloc_trim(0)
 
 
-def release_library_pages(smaps="/proc/self/smaps"):
+def release_library_pages(path="/proc/self/smaps"):
     """Unmap the resident pages of the libraries' read-only and executable
     mappings; the ones still used fault back in from the page cache on
     their next use. A fault maps a whole page-cache folio (up to ~1 MiB
@@ -86,20 +86,12 @@ def release_library_pages(smaps="/proc/self/smaps"):
     if _madvise is None:
         return 0
     released = 0
-    mapping = None
-    with open(smaps) as f:
-        for line in f:
-            first, _, rest = line.partition(" ")
-            if not first.endswith(":"):  # "start-end perms offset dev inode path"
-                parts = line.split(None, 5)
-                path = parts[5].strip() if len(parts) > 5 else ""
-                private_read_only = parts[1][1] != "w" and parts[1][3] == "p"
-                mapping = [*(int(x, 16) for x in first.split("-")), 0] if private_read_only and path.startswith("/") else None
-            elif mapping is not None and first == "Rss:":
-                mapping[2] = int(rest.split()[0]) * 1024
-            elif mapping is not None and first == "Anonymous:" and rest.split()[0] == "0" and mapping[2]:
-                if _madvise(mapping[0], mapping[1] - mapping[0], MADV_DONTNEED) == 0:
-                    released += mapping[2]
+    for start, end, perms, name, sizes in smaps.mappings(path):
+        private_read_only = perms[1] != "w" and perms[3] == "p"
+        rss = sizes.get("Rss", 0)
+        if private_read_only and name.startswith("/") and rss and sizes.get("Anonymous", 1) == 0:
+            if _madvise(start, end - start, MADV_DONTNEED) == 0:
+                released += rss
     return released
 
 
@@ -122,7 +114,7 @@ def _factory(row, ctx):
     try:
         plugin_class = row.plugin_class()
     except DkebpfError as exc:  # a broken install: that plugin fails to start, alone
-        def broken():
+        def broken(exc=exc):  # bound now: `exc` is unset after the except block
             raise exc
         return row.label.strip("`"), broken
     return plugin_class.name, lambda: plugin_class(ctx)

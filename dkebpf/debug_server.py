@@ -19,6 +19,7 @@ import traceback
 from collections import namedtuple
 from socketserver import StreamRequestHandler, ThreadingTCPServer
 
+from dkebpf import smaps
 from dkebpf.errors import ConfigError
 
 Metric = namedtuple("Metric", "name kind help samples")
@@ -145,22 +146,17 @@ def _mapping_holder(perms, name):
 
 
 def memory_breakdown(path="/proc/self/smaps"):
-    """{holder: resident bytes} over the mappings of /proc/self/smaps: BPF
+    """{holder: resident bytes} over the mappings of an smaps file: BPF
     ring buffers and maps (mmap'd by libbpf), packet rings, anonymous
     memory, and the shared libraries by package (their resident pages)."""
     out = {}
-    holder = None
     try:
-        with open(path) as f:
-            for line in f:
-                first = line.split(None, 1)[0]
-                if first == "Rss:":
-                    out[holder] = out.get(holder, 0) + int(line.split()[1]) * 1024
-                elif not first.endswith(":"):  # a mapping: "addr-addr perms offset dev inode [path]"
-                    parts = line.split(None, 5)
-                    holder = _mapping_holder(parts[1], parts[5].strip() if len(parts) > 5 else "")
+        maps = smaps.mappings(path)
     except (OSError, ValueError, IndexError):
         return {}
+    for _, _, perms, path, sizes in maps:
+        holder = _mapping_holder(perms, path)
+        out[holder] = out.get(holder, 0) + sizes.get("Rss", 0)
     return out
 
 

@@ -41,6 +41,7 @@ import time
 import urllib.request
 
 from collector import Collector, wrk
+from dkebpf import smaps
 from support.nginx import Nginx
 from support.tls_nginx import TlsNginx
 
@@ -80,17 +81,8 @@ KPF_COMPOUND = (1 << 15) | (1 << 16)  # /proc/kpageflags: head or tail of a larg
 
 
 def mappings(pid):
-    """[(start, end, path, rss bytes)] from /proc/<pid>/smaps (path "" when anonymous)."""
-    out = []
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split(None, 5)
-            if "-" in head[0] and not head[0].endswith(":"):
-                start, end = (int(x, 16) for x in head[0].split("-"))
-                out.append([start, end, head[5].strip() if len(head) > 5 else "", 0])
-            elif head[0] == "Rss:":
-                out[-1][3] = int(head[1]) * 1024
-    return out
+    """[(start, end, path, rss bytes)] of the process's mappings (path "" when anonymous)."""
+    return [(start, end, path, sizes.get("Rss", 0)) for start, end, _, path, sizes in smaps.mappings(f"/proc/{pid}/smaps")]
 
 
 def rss_groups(maps):
