@@ -116,7 +116,7 @@ def _factory(row, ctx):
     except DkebpfError as exc:  # a broken install: that plugin fails to start, alone
         def broken(exc=exc):  # bound now: `exc` is unset after the except block
             raise exc
-        return row.label.strip("`"), broken
+        return row.label.replace("`", ""), broken
     return plugin_class.name, lambda: plugin_class(ctx)
 
 
