@@ -275,34 +275,29 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 	__u32 n = bytes > 0xffffffffLL ? 0xffffffff : (__u32)bytes;
 	__u64 key = (__u64)sk | TLS_SK_TAG;
 	__u64 now = bpf_ktime_get_ns();
-	struct trace_conn *tc = trace_conn_get(key, &drops, TLS_DROP_SPAN_CONNS);
+	int due, start;
+	struct sock_tuple t = {};
+	struct span_scratch *s;
+	struct trace_conn *tc = span_call_begin(sk, key, op, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
 	if (!tc)
 		return;
-	int start;
-	if (span_due(tc, op, &start)) {
-		__u32 zero = 0;
-		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
-		struct sock_tuple t = {};
-		if (s && read_tuple(sk, &t)) {
-			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
-			__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq : c->sent ? c->seq : tp->write_seq;
-			span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, span_more(tc, start));
-			__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
-			/* the mask restates the bound for the verifier (the
-			 * slack takes what it lets through), the barrier keeps
-			 * clang from dropping it */
-			asm volatile("" : "+r"(cap));
-			cap &= 2 * TRACE_PAYLOAD_MAX - 1;
-			if (bpf_probe_read_user(s->ev.payload, cap, (void *)c->buf)) {
-				count_drop(&drops, HTTP_DROP_READ);
-				cap = 0;
-			}
-			s->ev.cap_len = cap;
-			span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
+	if (s) {
+		const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+		__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq : c->sent ? c->seq : tp->write_seq;
+		span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, span_more(tc, start));
+		__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
+		/* the mask restates the bound for the verifier (the slack takes
+		 * what it lets through), the barrier keeps clang from dropping it */
+		asm volatile("" : "+r"(cap));
+		cap &= 2 * TRACE_PAYLOAD_MAX - 1;
+		if (bpf_probe_read_user(s->ev.payload, cap, (void *)c->buf)) {
+			count_drop(&drops, HTTP_DROP_READ);
+			cap = 0;
 		}
-		span_run_next(tc, op, start, n);
+		s->ev.cap_len = cap;
+		span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
 	}
-	trace_conn_count(tc, op, n, now);
+	span_call_end(tc, op, due, start, n, now);
 }
 
 static __always_inline int leave(long ret)

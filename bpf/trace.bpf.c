@@ -185,30 +185,26 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 		return;
 	__u64 key = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
-	struct trace_conn *tc = trace_conn_get(key, &drops, TRACE_DROP_CONNS);
+	int due, start;
+	struct sock_tuple t = {};
+	struct span_scratch *s;
+	struct trace_conn *tc = span_call_begin(sk, key, op, &due, &start, &t, &s, &drops, TRACE_DROP_CONNS);
 	if (!tc)
 		return;
-	int start;
-	if (span_due(tc, op, &start)) {
-		__u32 zero = 0;
-		struct span_scratch *s = bpf_map_lookup_elem(&span_buf, &zero);
-		struct sock_tuple t = {};
-		if (s && read_tuple(sk, &t)) {
-			const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
-			__u32 seq = (op == TRACE_OP_SEND ? tp->write_seq : tp->copied_seq) - (__u32)ret;
-			span_msg_fill(&s->ev, tc, &t, key, id, now, seq, ret, op, span_more(tc, start));
-			/* all iovecs on HTTP/2 connections, and for a message start
-			 * (it may be the preface, with a request after it) */
-			s->ev.cap_len = copy_payload(s, ret, tc->h2 || start);
-			/* the client preface opens the connection: its calls are
-			 * all sent from now on (both ends see it first) */
-			if (start && !tc->h2 && s->ev.cap_len >= 12 && is_h2_preface(s->ev.payload))
-				tc->h2 = 1;
-			span_msg_send(&events, &s->ev, &s->unqueried, &drops, TRACE_DROP_RING);
-		}
-		span_run_next(tc, op, start, ret);
+	if (s) {
+		const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
+		__u32 seq = (op == TRACE_OP_SEND ? tp->write_seq : tp->copied_seq) - (__u32)ret;
+		span_msg_fill(&s->ev, tc, &t, key, id, now, seq, ret, op, span_more(tc, start));
+		/* all iovecs on HTTP/2 connections, and for a message start (it
+		 * may be the preface, with a request after it) */
+		s->ev.cap_len = copy_payload(s, ret, tc->h2 || start);
+		/* the client preface opens the connection: its calls are all
+		 * sent from now on (both ends see it first) */
+		if (start && !tc->h2 && s->ev.cap_len >= 12 && is_h2_preface(s->ev.payload))
+			tc->h2 = 1;
+		span_msg_send(&events, &s->ev, &s->unqueried, &drops, TRACE_DROP_RING);
 	}
-	trace_conn_count(tc, op, ret, now);
+	span_call_end(tc, op, due, start, ret, now);
 }
 
 SEC("tp_btf/sock_send_length")

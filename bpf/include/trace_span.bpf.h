@@ -119,6 +119,38 @@ static __always_inline void trace_conn_count(struct trace_conn *tc, __u8 op, __u
 	}
 }
 
+/* The head of a call's handling, the same for a socket call (trace.bpf.c)
+ * and an SSL call (tls.bpf.c): the connection's entry under key (made when
+ * absent; NULL: stop, counted at conns_drop), whether a record is due
+ * (*due, *start: span_due), and when one is, the per-CPU record with the
+ * tuple read (*s; NULL when it could not be had). After the record:
+ * span_call_end(). */
+static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64 key, __u8 op, int *due,
+							  int *start, struct sock_tuple *t,
+							  struct span_scratch **s, void *drops, __u32 conns_drop)
+{
+	*s = 0;
+	struct trace_conn *tc = trace_conn_get(key, drops, conns_drop);
+	if (!tc)
+		return 0;
+	*due = span_due(tc, op, start);
+	if (*due) {
+		__u32 zero = 0;
+		struct span_scratch *sc = bpf_map_lookup_elem(&span_buf, &zero);
+		if (sc && read_tuple(sk, t))
+			*s = sc;
+	}
+	return tc;
+}
+
+static __always_inline void span_call_end(struct trace_conn *tc, __u8 op, int due, int start, __u32 bytes,
+					  __u64 now)
+{
+	if (due)
+		span_run_next(tc, op, start, bytes);
+	trace_conn_count(tc, op, bytes, now);
+}
+
 /* Does the payload start with an HTTP/1.x status line ("HTTP/1.")? */
 static __always_inline int is_http1_status(const __u8 *p)
 {
