@@ -190,6 +190,12 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 	__u64 id = bpf_get_current_pid_tgid();
 	if (self_tgid && (id >> 32) == self_tgid)
 		return 0;
+	/* ebpf-trace's spans: only traced processes (the others' SSL calls
+	 * would make task storage, ssl_socks entries and "socket unknown"
+	 * drops for nothing; their entry, if any, stays CALL_NONE: leave()
+	 * ignores it) */
+	if (trace_spans && !traced(id >> 32))
+		return 0;
 	/* the thread's entry stays between its calls, rewritten in place */
 	struct ssl_call *c = this_call(BPF_LOCAL_STORAGE_GET_F_CREATE);
 	if (!c) {
