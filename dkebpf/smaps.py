@@ -1,6 +1,6 @@
 """The mappings of /proc/<pid>/smaps, read in one place: the `/metrics`
-memory breakdown (debug_server), the release of library pages after the
-first flush (agent) and perf/bench_memory.py all use this reader."""
+memory breakdown (debug_server), the release of library pages after each
+flush (agent) and perf/bench_memory.py all use this reader."""
 
 SIZE_FIELDS = ("Rss", "Anonymous")  # kB fields kept, as bytes
 

@@ -8,7 +8,9 @@ caches, libraries). Needs root, nginx, wrk (and openssl for the TLS group).
 Per group and interval: start the collector, read the idle figures once
 it has flushed its first interval (what a flush leaves is part of idle); then wrk -t2 -c32 (nginx 1 worker on loopback; HTTPS for the
 httpflow-tls group, both ends link OpenSSL) for BENCH_SECONDS while
-sampling. "Flat" is anonymous memory at the end minus at the first fifth
+sampling; then idle again, two flushes after the load (what stays
+resident between flushes in the long run), and the collector's page
+faults per interval under load. "Flat" is anonymous memory at the end minus at the first fifth
 of the load (minute 1 of a 5-minute run): no growth means no
 accumulation.
 
@@ -158,11 +160,24 @@ def metrics_text(port):
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
+def flushes(port):
+    """Intervals the collector has flushed (dkebpf_flushes_total)."""
+    return int(re.search(r"^dkebpf_flushes_total (\d+)", metrics_text(port), re.M).group(1))
+
+
+def page_faults(pid):
+    """Minor + major page faults of a process so far (/proc/<pid>/stat):
+    what the libraries' pages faulting back in after a release cost."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[7]) + int(fields[9])  # minflt, majflt
+
+
 def wait_flushes(port, count, interval_s):
     """Until the collector has flushed `count` intervals (and freed what it
     held for them): its idle memory includes what a flush leaves."""
     end = time.monotonic() + count * interval_s + 30
-    while int(re.search(r"^dkebpf_flushes_total (\d+)", metrics_text(port), re.M).group(1)) < count:
+    while flushes(port) < count:
         if time.monotonic() > end:
             raise SystemExit(f"bench_memory: the collector did not flush {count} intervals")
         time.sleep(0.5)
@@ -180,23 +195,35 @@ def breakdown(port):
 
 def run(tmp, group, interval, url, base):
     name = f"{group}_{interval}"
+    interval_s = int(interval[:-1]) * (60 if interval.endswith("m") else 1)
     with Collector(tmp, name, GROUPS[group], interval=interval) as c:
-        wait_flushes(c.metrics_port, 1, int(interval[:-1]) * (60 if interval.endswith("m") else 1))
+        wait_flushes(c.metrics_port, 1, interval_s)
         idle = status(c.pid)
         idle_breakdown = breakdown(c.metrics_port)
         print_rss_breakdown(f"{name}_idle", c.pid)
         result = {}
         load = threading.Thread(target=lambda: result.update(rps=wrk(url, SECONDS, CONNS)[0]))
-        c0, t0 = c.cpu_seconds(), time.monotonic()
+        c0, t0, f0, n0 = c.cpu_seconds(), time.monotonic(), page_faults(c.pid), flushes(c.metrics_port)
         load.start()
         samples = []
         while load.is_alive():
             samples.append((time.monotonic() - t0, status(c.pid)))
             load.join(1.0)
         cpu = c.cpu_seconds() - c0
+        faults, intervals = page_faults(c.pid) - f0, flushes(c.metrics_port) - n0
         end = status(c.pid)
         busy_breakdown = breakdown(c.metrics_port)
         print_rss_breakdown(f"{name}_end", c.pid)
+        # idle again, two flushes after the load: what stays resident
+        # between flushes in the long run, not only after the first one
+        # (sampled every second: the max includes the flushes themselves)
+        idle_samples, until = [], flushes(c.metrics_port) + 2
+        while flushes(c.metrics_port) < until:
+            idle_samples.append(status(c.pid))
+            time.sleep(1)
+        time.sleep(1)
+        steady = status(c.pid)
+        print_rss_breakdown(f"{name}_idle_after_load", c.pid)
         lost = {k: int(v) for (p, k), v in c.metrics().items() if v and ("lost" in k or "drop" in k
                                                                             or "evicted" in k)}
     first_fifth = [s for t, s in samples if t <= SECONDS / 5] or [samples[0][1]]
@@ -204,8 +231,13 @@ def run(tmp, group, interval, url, base):
     print(f"{name}_idle_anon_mb: {idle['RssAnon'] / MB:.1f}")
     print(f"{name}_idle_file_mb: {idle['RssFile'] / MB:.1f}")
     print(f"{name}_idle_rss_over_baseline_mb: {(idle['VmRSS'] - base['VmRSS']) / MB:.1f}")
+    for key, label in (("VmRSS", "rss"), ("RssAnon", "anon"), ("RssFile", "file")):
+        print(f"{name}_idle_after_load_{label}_mb: {steady[key] / MB:.1f}")
+    print(f"{name}_idle_after_load_rss_median_mb: {sorted(s['VmRSS'] for s in idle_samples)[len(idle_samples) // 2] / MB:.1f}")
+    print(f"{name}_idle_after_load_rss_max_mb: {max(s['VmRSS'] for s in idle_samples) / MB:.1f}")
     print(f"{name}_load_requests_per_s: {result.get('rps', 0):.0f}")
     print(f"{name}_load_cpu_cores: {cpu / SECONDS:.3f}")
+    print(f"{name}_load_page_faults_per_interval: {faults / max(intervals, 1):.0f} ({intervals} flushes)")
     print(f"{name}_load_rss_max_mb: {max(s['VmRSS'] for _, s in samples) / MB:.1f}")
     print(f"{name}_peak_hwm_mb: {end['VmHWM'] / MB:.1f}")
     print(f"{name}_load_anon_max_mb: {max(s['RssAnon'] for _, s in samples) / MB:.1f}")
