@@ -16,7 +16,7 @@ import time
 
 import pyarrow as pa
 
-from . import kernel, smaps
+from . import kernel, procmem
 from .config import options_without_effect
 from .debug_server import DebugServer, Metric
 from .errors import DkebpfError, UnsupportedError
@@ -74,6 +74,18 @@ def release_free_memory():
         _malloc_trim(0)
 
 
+def _loaded_code(name):
+    """A shared object or the executable: mapped until the process ends
+    (CPython never unloads an extension), so the range read from smaps is
+    still that file when madvise runs. A data file some thread maps and
+    unmaps could be replaced meanwhile by anonymous memory, which
+    MADV_DONTNEED would zero."""
+    return name.startswith("/") and (".so" in os.path.basename(name) or name == _EXECUTABLE)
+
+
+_EXECUTABLE = os.path.realpath("/proc/self/exe")
+
+
 def release_library_pages(path="/proc/self/smaps"):
     """Unmap the resident pages of the libraries' read-only and executable
     mappings; the ones still used fault back in from the page cache on
@@ -86,10 +98,10 @@ def release_library_pages(path="/proc/self/smaps"):
     if _madvise is None:
         return 0
     released = 0
-    for start, end, perms, name, sizes in smaps.mappings(path):
+    for start, end, perms, name, sizes in procmem.mappings(path):
         private_read_only = perms[1] != "w" and perms[3] == "p"
         rss = sizes.get("Rss", 0)
-        if private_read_only and name.startswith("/") and rss and sizes.get("Anonymous", 1) == 0:
+        if (private_read_only and _loaded_code(name) and rss and sizes.get("Anonymous", 1) == 0):
             if _madvise(start, end - start, MADV_DONTNEED) == 0:
                 released += rss
     return released

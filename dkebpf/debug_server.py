@@ -19,7 +19,7 @@ import traceback
 from collections import namedtuple
 from socketserver import StreamRequestHandler, ThreadingTCPServer
 
-from dkebpf import smaps
+from dkebpf import procmem
 from dkebpf.errors import ConfigError
 
 Metric = namedtuple("Metric", "name kind help samples")
@@ -108,16 +108,11 @@ _STATUS_METRICS = {
 
 def _status_bytes(path="/proc/self/status"):
     """{VmRSS|VmHWM|RssAnon: bytes} of this process (kB in the file)."""
-    out = {}
     try:
         with open(path) as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in _STATUS_METRICS:
-                    out[key] = int(rest.split()[0]) * 1024
+            return procmem.status_sizes(f.read(), _STATUS_METRICS)
     except (OSError, ValueError, IndexError):
-        pass
-    return out
+        return {}
 
 
 def _mapping_holder(perms, name):
@@ -151,7 +146,7 @@ def memory_breakdown(path="/proc/self/smaps"):
     memory, and the shared libraries by package (their resident pages)."""
     out = {}
     try:
-        maps = smaps.mappings(path)
+        maps = procmem.mappings(path)
     except (OSError, ValueError, IndexError):
         return {}
     for _, _, perms, path, sizes in maps:

@@ -43,7 +43,7 @@ import time
 import urllib.request
 
 from collector import Collector, wrk
-from dkebpf import smaps
+from dkebpf import procmem
 from support.nginx import Nginx
 from support.tls_nginx import TlsNginx
 
@@ -59,20 +59,10 @@ INTERVALS = os.environ.get("BENCH_INTERVALS", "10s,60s").split(",")
 MB = 1 << 20
 
 
-def parse_status(text):
-    """VmRSS, VmHWM, RssAnon, RssFile in bytes from the text of /proc/<pid>/status."""
-    out = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
-            out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
 def status(pid):
     """VmRSS, VmHWM, RssAnon, RssFile of a process in bytes."""
     with open(f"/proc/{pid}/status") as f:
-        return parse_status(f.read())
+        return procmem.status_sizes(f.read())
 
 
 RING_MAPPING = "anon_inode:bpf-map"  # ring buffers (and the small mmapable array maps)
@@ -84,7 +74,7 @@ KPF_COMPOUND = (1 << 15) | (1 << 16)  # /proc/kpageflags: head or tail of a larg
 
 def mappings(pid):
     """[(start, end, path, rss bytes)] of the process's mappings (path "" when anonymous)."""
-    return [(start, end, path, sizes.get("Rss", 0)) for start, end, _, path, sizes in smaps.mappings(f"/proc/{pid}/smaps")]
+    return [(start, end, path, sizes.get("Rss", 0)) for start, end, _, path, sizes in procmem.mappings(f"/proc/{pid}/smaps")]
 
 
 def rss_groups(maps):
@@ -147,7 +137,7 @@ def baseline(label=None):
             "sys.stdout.flush(); os.close(1); sys.stdin.read()")
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
-        out = parse_status(p.stdout.read())
+        out = procmem.status_sizes(p.stdout.read())
         if label:
             print_rss_breakdown(label, p.pid)
     finally:

@@ -1,6 +1,7 @@
-"""The mappings of /proc/<pid>/smaps, read in one place: the `/metrics`
-memory breakdown (debug_server), the release of library pages after each
-flush (agent) and perf/bench_memory.py all use this reader."""
+"""A process's memory as /proc/<pid>/smaps and /proc/<pid>/status give it,
+read in one place: the `/metrics` memory figures (debug_server), the
+release of library pages after each flush (agent) and perf/bench_memory.py
+all use these readers."""
 
 SIZE_FIELDS = ("Rss", "Anonymous")  # kB fields kept, as bytes
 
@@ -20,4 +21,15 @@ def mappings(path="/proc/self/smaps"):
                 out.append((start, end, parts[1], parts[5].strip() if len(parts) > 5 else "", {}))
             elif out and first[:-1] in SIZE_FIELDS:
                 out[-1][4][first[:-1]] = int(rest.split()[0]) * 1024
+    return out
+
+
+def status_sizes(text, keys=("VmRSS", "VmHWM", "RssAnon", "RssFile")):
+    """{key: bytes} of the kB lines named by keys in the text of
+    /proc/<pid>/status."""
+    out = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in keys:
+            out[key] = int(rest.split()[0]) * 1024
     return out
