@@ -112,32 +112,47 @@ static long copy_iov_cb(__u32 i, void *ctx)
 /* The call's first bytes (up to TRACE_PAYLOAD_MAX of the `ret` it moved)
  * into the record; with `all_iov` from up to
  * TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP iovecs, else TRACE_MAX_IOV. Returns
- * the bytes copied. */
+ * the bytes copied. The first TRACE_STATUS_KEEP bytes come first: when
+ * they are an HTTP/1.x status line nothing more is kept of the message
+ * (span_msg_send), so the rest is not copied (a response is most of a
+ * server's and a client's message starts). */
 static __always_inline __u32 copy_payload(struct span_scratch *s, long ret, int all_iov)
 {
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
-	if (kind == SYSIO_BUF) {
-		int got = copy_at(s, 0, (void *)io.ptr, ret);
-		if (got < 0)
-			count_drop(&drops, TRACE_DROP_READ);
-		return got > 0 ? got : 0;
-	}
-	if (kind != SYSIO_IOV && kind != SYSIO_MSG)
-		return 0;
 	struct iovec vs[TRACE_MAX_IOV] = {};
-	int n = syscall_io_iovecs(&io, vs, TRACE_MAX_IOV);
-	if (n <= 0)
+	int n = 1;
+	if (kind == SYSIO_BUF) { /* one buffer: an iovec of its own */
+		vs[0].iov_base = (void *)io.ptr;
+		vs[0].iov_len = ret;
+	} else if (kind == SYSIO_IOV || kind == SYSIO_MSG) {
+		n = syscall_io_iovecs(&io, vs, TRACE_MAX_IOV);
+		if (n <= 0)
+			return 0;
+	} else {
 		return 0;
-	__u32 off = 0;
+	}
 	__u64 left = ret;
+	__u64 head = vs[0].iov_len < left ? vs[0].iov_len : left;
+	int got = copy_at(s, 0, vs[0].iov_base, head < TRACE_STATUS_KEEP ? head : TRACE_STATUS_KEEP);
+	if (got < 0) {
+		count_drop(&drops, TRACE_DROP_READ);
+		return 0;
+	}
+	if (got == TRACE_STATUS_KEEP && is_http1_status(s->ev.payload))
+		return got;
+	/* the rest from where the head ended */
+	vs[0].iov_base += got;
+	vs[0].iov_len -= got;
+	left -= got;
+	__u32 off = got;
 #pragma unroll
 	for (int i = 0; i < TRACE_MAX_IOV; i++) {
 		if (i >= n || !left || off >= TRACE_PAYLOAD_MAX)
 			break;
 		__u64 len = vs[i].iov_len < left ? vs[i].iov_len : left;
 		left -= len;
-		int got = copy_at(s, off, vs[i].iov_base, len);
+		got = copy_at(s, off, vs[i].iov_base, len);
 		if (got < 0) {
 			count_drop(&drops, TRACE_DROP_READ);
 			break;

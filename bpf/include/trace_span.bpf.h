@@ -181,9 +181,16 @@ static __always_inline void span_msg_fill(struct span_msg *ev, const struct trac
 	ev->family = t->family;
 	ev->op = op;
 	ev->more = more;
-	bpf_get_current_comm(ev->comm, sizeof(ev->comm));
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	BPF_CORE_READ_STR_INTO(&ev->pcomm, task, group_leader, comm);
+	/* both names as two 8-byte loads each from the task (BTF pointers),
+	 * not bpf_get_current_comm + a probe-read string copy of the leader's:
+	 * comm is always NUL-padded to its 16 bytes (__set_task_comm) */
+	struct task_struct *task = bpf_get_current_task_btf();
+	const __u64 *c = (const __u64 *)task->comm, *pc = (const __u64 *)task->group_leader->comm;
+	__u64 *dc = (__u64 *)ev->comm, *dpc = (__u64 *)ev->pcomm;
+	dc[0] = c[0];
+	dc[1] = c[1];
+	dpc[0] = pc[0];
+	dpc[1] = pc[1];
 }
 
 /* Send a filled record (payload copied, cap_len set) to the ring. An
