@@ -752,7 +752,7 @@ def test_plugin_stop_returns_when_its_reader_thread_is_stuck(bpf_ok, caplog):
     thread; the reader ends once the lock is free."""
     import logging
 
-    from dkebpf.plugins.netlog import READER_STOP_S
+    from dkebpf.plugins.netlog import READER_STOP_S, RETIRE_MS
     with NetNS() as ns:
         srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
         plugin = netlog_plugin(ns)
@@ -771,7 +771,7 @@ def test_plugin_stop_returns_when_its_reader_thread_is_stuck(bpf_ok, caplog):
             assert taken.wait(5)
             c = socket.create_connection((ns.peer_ip, srv.info["port"]), timeout=10)
             c.sendall(b"x" * 100)
-            time.sleep(2 * 0.064 + 0.2)   # the block timeout: the reader is woken, and waits for the lock
+            time.sleep(2 * RETIRE_MS / 1000 + 0.2)   # the block timeout: the reader is woken, waits for the lock
             with caplog.at_level(logging.ERROR, logger="test-netlog"):
                 t0 = time.monotonic()
                 plugin.stop()
