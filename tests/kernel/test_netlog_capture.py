@@ -657,16 +657,9 @@ def test_plugin_reader_thread_drains_alone_and_hands_its_failure_over(bpf_ok):
     does nothing (no on_readable, no drain, no collect); when folding fails
     there, the error is raised at the agent's next step, not lost with the
     thread."""
-    import logging
-
-    from dkebpf.config import load_config
-    from dkebpf.plugins.base import PluginContext
-    from dkebpf.plugins.netlog import NetlogPlugin
     with NetNS() as ns:
         srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
-        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
-                          environ={})
-        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        plugin = netlog_plugin(ns)
         plugin.start()
         try:
             (cap,) = plugin.captures.values()
