@@ -351,11 +351,15 @@ cdef class PacketRing:
     cdef int fd
     cdef uint8_t *ring
     cdef size_t ring_len
-    cdef uint32_t block_size, block_nr, cur
+    cdef readonly uint32_t block_nr
+    cdef uint32_t block_size, cur
     cdef readonly uint64_t packets, bytes_copied, not_ip, not_tcp_udp, fragments, truncated
     cdef readonly uint64_t cut_bulk_segments
     cdef uint32_t bulk_cut_room
     cdef readonly uint64_t kernel_packets, kernel_drops, kernel_freezes
+    # blocks handed back to the kernel (a reader's budget per drain); errors
+    # the socket reported (take_error: ENETDOWN when the interface went down)
+    cdef readonly uint64_t blocks, socket_errors
     # read()'s output, allocated at the first read and reused: a fresh
     # multi-MiB numpy buffer per read is an mmap, a page fault per 4 KiB
     # touched and a munmap (measured: most of bpf-netlog's cost per packet)
@@ -549,6 +553,7 @@ cdef class PacketRing:
                     __sync_synchronize()
                     bd.hdr.bh1.block_status = TP_STATUS_KERNEL
                     self.cur = (self.cur + 1) % self.block_nr
+                    self.blocks += 1
                     if not heavy:
                         lingering = False   # a block the timeout handed over: the traffic is light
                     continue
@@ -556,7 +561,8 @@ cdef class PacketRing:
                     break
                 clock_gettime(CLOCK_MONOTONIC, &now)
                 left_ms = (deadline_ns - now.tv_sec * 1000000000 - now.tv_nsec) // 1000000
-                if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0:
+                # readable for an error only (take_error's case): no block to wait for
+                if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0 or not (pfd.revents & POLLIN):
                     break
         if copy:
             return pkts[:got].copy(), payload[:used].copy(), more
@@ -570,6 +576,21 @@ cdef class PacketRing:
         with nogil:
             rc = poll(&p, 1, timeout_ms)
         return rc > 0
+
+    def take_error(self):
+        """The error the socket holds (errno, 0 for none), cleared: an
+        error keeps the socket readable (EPOLLERR) until it is read; the
+        kernel sets ENETDOWN when the interface goes down and keeps the
+        socket bound, so that capture resumes once it is up again."""
+        cdef int err = 0
+        cdef socklen_t ln = sizeof(err)
+        if self.fd < 0:
+            raise RuntimeError("packet ring used after close()")
+        if getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &ln) < 0:
+            raise kernel_error("packet socket: SO_ERROR", errno)
+        if err:
+            self.socket_errors += 1
+        return err
 
     def counters(self):
         """Totals since open; the kernel's own counters (PACKET_STATISTICS
@@ -585,4 +606,5 @@ cdef class PacketRing:
                 "fragments": self.fragments, "truncated": self.truncated,
                 "cut_bulk_segments": self.cut_bulk_segments,
                 "kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
-                "kernel_queue_freezes": self.kernel_freezes}
+                "kernel_queue_freezes": self.kernel_freezes, "blocks": self.blocks,
+                "socket_errors": self.socket_errors}

@@ -28,7 +28,14 @@ A reader thread of the plugin drains the rings (PacketRing.read: blocks
 walked and decoded without the GIL, lingering while traffic is heavy, so
 Python runs once per batch) into the connection tables, under a lock the
 agent's thread also takes to collect, open and close: the agent's own work
-(encoding, sending, other plugins) does not leave the rings full.
+(encoding, sending, other plugins) does not leave the rings full. The
+reader takes at most a ring's worth of blocks per turn and, when the
+agent's thread waits for the lock, lets it in before the next turn: a
+ring that never empties (overload) does not hold collect() up. An error
+on a socket (ENETDOWN when its interface goes down, capture resuming
+when it is up again) is read, which clears it, and counted
+(``<netns>/<interface>_socket_errors``): left set, it keeps the socket
+readable and the reader spinning.
 
 Packets are decoded in Cython (dkebpf._packets: Ethernet, VLAN, IPv4,
 IPv6 extension headers, TCP, UDP, VXLAN) and folded into per-connection
@@ -86,6 +93,7 @@ RETIRE_MS = 64   # a partly filled block is handed over after this long (the ori
 LINGER_MS = 10
 READER_POLL_S = 0.2
 READER_NICE = -10
+READER_STOP_S = 2.0   # stop() waits this long for the reader thread, then logs and goes on
 
 L4_TAGS = ["src_ip", "dst_ip", "src_port", "dst_port", "l4_proto", "nic_name", "nic_mac", "nic_traceid", "netns",
            "vni_id", "vxlan_packet", "host_network", "virtual_nic", "inner_traceid", "direction",
@@ -241,8 +249,12 @@ class NicCapture:
         return cls(ring, nic, netns, host_network, follow_http, conn_filter, series, chunk_age_ns)
 
     def drain(self, linger_ms=0):
-        """The ring's ready blocks into the connection table; linger_ms: see
-        PacketRing.read (the first read only)."""
+        """The ring's ready blocks into the connection table, at most a
+        ring's worth (block_nr: a ring the kernel refills as fast, under
+        overload, would keep the caller, and its lock, forever); linger_ms:
+        see PacketRing.read (the first read only). Returns True when ready
+        blocks may be left."""
+        budget_end = self.ring.blocks + self.ring.block_nr
         while True:
             # views of the ring's own buffers: folded into the table before the next read
             pkts, payload, more = self.ring.read(copy=False, linger_ms=linger_ms)
@@ -252,7 +264,9 @@ class NicCapture:
             if len(pkts):
                 self.conns.add(pkts, payload if self.follow_http else None)
             if not more:
-                return
+                return False
+            if self.ring.blocks >= budget_end:
+                return True
 
     def collect(self, now_ns, ephemeral_port, flush_all=False):
         """(self, ConnTable.collect's Collected), the direction of
@@ -315,6 +329,9 @@ class NetlogPlugin(Plugin):
         # agent's other work (encoding, sending, other plugins) does not leave them full; it and the
         # agent's thread take this lock around a ring or a table (reads, collects, opens, closes)
         self.lock = threading.RLock()
+        # the agent's callers waiting for the lock (see locked()): Python's locks are not fair, and the
+        # reader thread, at a higher priority, would otherwise take it again at once under overload
+        self._waiting = []
         self._reader = None
         self._reader_error = None   # what ended the reader thread: raised to the agent at its next step
 
@@ -333,14 +350,40 @@ class NetlogPlugin(Plugin):
             pass   # not permitted (no CAP_SYS_NICE): the default priority
         try:
             while not self._stop.is_set():
-                for fd, _ev in self.epoll.poll(READER_POLL_S):
+                for fd, ev in self.epoll.poll(READER_POLL_S):
                     with self.lock:
                         cap = self.by_fd.get(fd)   # None: closed meanwhile
-                        if cap is not None:
-                            cap.drain(LINGER_MS)
+                        if cap is None:
+                            continue
+                        if ev & select.EPOLLERR:
+                            self._take_error(cap)
+                        # one turn (a ring's worth): the epoll, level-triggered, hands the rest back
+                        left = cap.drain(LINGER_MS) if ev & select.EPOLLIN else False
+                    while left and self._waiting and not self._stop.is_set():
+                        time.sleep(0.0005)   # the agent's thread is let in before the next turn
         except BaseException as exc:  # handed to the agent's thread: never lost with the thread
             if not self._stop.is_set():
                 self._reader_error = exc
+
+    def _take_error(self, cap):
+        err = cap.ring.take_error()
+        if err:
+            self.log.info("netlog: %s in netns %s: %s (capture resumes when it is up)", cap.nic.name, cap.netns,
+                          os.strerror(err))
+
+    @contextmanager
+    def locked(self):
+        """self.lock for the agent's side: the reader thread lets it in
+        between two turns (see _read_rings)."""
+        token = object()
+        self._waiting.append(token)   # list.append/remove: atomic, no lock needed
+        try:
+            with self.lock:
+                self._waiting.remove(token)
+                yield
+        finally:
+            if token in self._waiting:   # interrupted while waiting
+                self._waiting.remove(token)
 
     def _check_reader(self):
         """Raise what ended the reader thread (the supervisor then restarts
@@ -372,7 +415,7 @@ class NetlogPlugin(Plugin):
     def rescan(self):
         """Open sockets on new (namespace, interface) pairs, flush and close
         those that went away."""
-        with self.lock:
+        with self.locked():
             self._rescan()
 
     def _rescan(self):
@@ -434,7 +477,7 @@ class NetlogPlugin(Plugin):
     def drain(self):
         # between the steps of the agent's flush: the rings into the connection tables
         self._check_reader()
-        with self.lock:
+        with self.locked():
             for cap in self.captures.values():
                 cap.drain()
 
@@ -445,7 +488,7 @@ class NetlogPlugin(Plugin):
     def collect(self, now_ns, flush_all=False):
         # [(NicCapture, Collected)]
         self._check_reader()
-        with self.lock:   # the points are built after, while the reader goes on
+        with self.locked():   # the points are built after, while the reader goes on
             parts = self.closed_parts
             self.closed_parts = []
             for cap in self.captures.values():
@@ -495,7 +538,7 @@ class NetlogPlugin(Plugin):
     def memory(self):
         """The connection tables' allocations, summed over the sockets."""
         m = {}
-        with self.lock:
+        with self.locked():
             caps = list(self.captures.values())
         for cap in caps:
             for k, v in cap.conns.memory().items():
@@ -505,7 +548,7 @@ class NetlogPlugin(Plugin):
     def counters(self):
         """Totals, and per socket (``<netns>/<interface>``) the ring's and
         the connection table's counters: tp_drops is per socket."""
-        with self.lock:
+        with self.locked():
             return self._counters()
 
     def _counters(self):
@@ -521,20 +564,33 @@ class NetlogPlugin(Plugin):
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
-                      "not_tcp_udp"):
+                      "not_tcp_udp", "socket_errors"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v
         return c
 
     def stop(self):
+        """Never hangs the collector's shutdown: a reader thread that does
+        not stop in READER_STOP_S is logged and left (a daemon thread)."""
         self._stop.set()
         if self._reader is not None:
-            self._reader.join()   # within READER_POLL_S + LINGER_MS
+            self._reader.join(READER_STOP_S)   # it sees _stop within READER_POLL_S + a turn
+            if self._reader.is_alive():
+                self.log.error("netlog: thread %s did not stop within %.1f s: shutting down without it",
+                               self._reader.name, READER_STOP_S)
         self.pods.stop()
-        for key in list(self.captures):
-            cap = self.captures.pop(key)
-            cap.close()
+        # a ring is read under the lock: unmapped only once the lock is free
+        if not self.lock.acquire(timeout=READER_STOP_S):
+            self.log.error("netlog: the capture lock is still held after %.1f s: %d packet sockets left open",
+                           READER_STOP_S, len(self.captures))
+            return
+        try:
+            self.by_fd.clear()
+            for key in list(self.captures):
+                self.captures.pop(key).close()
+        finally:
+            self.lock.release()
         self.epoll.close()
         self._tick_r.close()
         self._tick_w.close()

@@ -5,8 +5,8 @@
 #define DK_PACKET_H
 #include <stdint.h>
 
-#define DK_NAME_MAX 256
-#define DK_NO_WSCALE 0xFF /* a wire-format name is at most 255 bytes (RFC 1035 3.1) */
+#define DK_NAME_MAX 256   /* a wire-format name is at most 255 bytes (RFC 1035 3.1) */
+#define DK_NO_WSCALE 0xFF /* dk_pkt.wscale without the option: no shift is over 14 */
 
 /* One captured IP packet with its transport header decoded; the transport
  * payload was copied into the batch's payload buffer at payload_off. */

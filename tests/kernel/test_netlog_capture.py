@@ -657,16 +657,9 @@ def test_plugin_reader_thread_drains_alone_and_hands_its_failure_over(bpf_ok):
     does nothing (no on_readable, no drain, no collect); when folding fails
     there, the error is raised at the agent's next step, not lost with the
     thread."""
-    import logging
-
-    from dkebpf.config import load_config
-    from dkebpf.plugins.base import PluginContext
-    from dkebpf.plugins.netlog import NetlogPlugin
     with NetNS() as ns:
         srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
-        cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
-                          environ={})
-        plugin = NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test"), self_pid=0))
+        plugin = netlog_plugin(ns)
         plugin.start()
         try:
             (cap,) = plugin.captures.values()
@@ -686,3 +679,105 @@ def test_plugin_reader_thread_drains_alone_and_hands_its_failure_over(bpf_ok):
             srv.wait(10)
         finally:
             plugin.stop()
+
+
+def thread_cpu_s(native_id):
+    """CPU time (user + system) of one thread of this process."""
+    import os
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def netlog_plugin(ns):
+    import logging
+
+    from dkebpf.config import load_config
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.netlog import NetlogPlugin
+    cfg = load_config(["--enabled", "bpf-netlog", "--netlog-log", "--netlog-interfaces", f"^{ns.veth_peer}$"],
+                      environ={})
+    return NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test-netlog"), self_pid=0))
+
+
+def test_plugin_reader_does_not_spin_after_its_interface_went_down_and_up(bpf_ok):
+    """The interface taken down and up between two scans (the socket kept:
+    no rescan here): the reader thread reads the socket's ENETDOWN once,
+    counts it, does not spin on the error (its CPU time over a second stays
+    small) and the same socket captures the next connection; stop() returns
+    at once."""
+    with NetNS() as ns:
+        srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
+        plugin = netlog_plugin(ns)
+        plugin.start()
+        try:
+            ((ino, name), cap), = plugin.captures.items()
+            ns.exec("ip", "link", "set", ns.veth_peer, "down")
+            ns.exec("ip", "link", "set", ns.veth_peer, "up")
+            assert wait_until(lambda: cap.ring.socket_errors == 1, 5)
+            tid = plugin._reader.native_id
+            before = thread_cpu_s(tid)
+            time.sleep(1.0)
+            spent = thread_cpu_s(tid) - before
+            assert spent < 0.1, f"the reader thread used {spent:.2f} s of CPU in 1 s without traffic"
+            c = socket.create_connection((ns.peer_ip, srv.info["port"]), timeout=10)
+            c.sendall(b"x" * 5000)
+            c.shutdown(socket.SHUT_WR)
+            while c.recv(65536):
+                pass
+            c.close()
+            srv.wait(10)
+            assert wait_until(lambda: cap.conns.packets >= 6, 5)   # the handshake, data, the closes
+            assert list(plugin.captures.values()) == [cap]
+            assert plugin.counters()[f"{ino}/{name}_socket_errors"] == 1
+        finally:
+            t0 = time.monotonic()
+            plugin.stop()
+            stopped_in = time.monotonic() - t0
+    assert stopped_in < 1.0
+    assert not plugin._reader.is_alive()
+
+
+def test_plugin_stop_returns_when_its_reader_thread_is_stuck(bpf_ok, caplog):
+    """stop() never hangs the collector's shutdown: with the reader thread
+    stuck (waiting for the lock another thread holds, with a packet to
+    read), stop() returns within its bounds and logs an error naming the
+    thread; the reader ends once the lock is free."""
+    import logging
+
+    from dkebpf.plugins.netlog import READER_STOP_S, RETIRE_MS
+    with NetNS() as ns:
+        srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
+        plugin = netlog_plugin(ns)
+        plugin.start()
+        (cap,) = plugin.captures.values()
+        taken, release = threading.Event(), threading.Event()
+
+        def hold():
+            with plugin.lock:
+                taken.set()
+                release.wait(30)
+        holder = threading.Thread(target=hold)
+        holder.start()
+        c = None
+        try:
+            assert taken.wait(5)
+            c = socket.create_connection((ns.peer_ip, srv.info["port"]), timeout=10)
+            c.sendall(b"x" * 100)
+            time.sleep(2 * RETIRE_MS / 1000 + 0.2)   # the block timeout: the reader is woken, waits for the lock
+            with caplog.at_level(logging.ERROR, logger="test-netlog"):
+                t0 = time.monotonic()
+                plugin.stop()
+                stopped_in = time.monotonic() - t0
+            assert stopped_in < 2 * READER_STOP_S + 1.0
+            assert plugin._reader.is_alive()
+            assert any("netlog-reader did not stop" in r.getMessage() for r in caplog.records), caplog.records
+        finally:
+            release.set()
+            holder.join(10)
+            plugin._reader.join(10)
+            if c is not None:
+                c.close()
+            srv.wait(10)
+            cap.close()   # left open by stop(): the lock was held
+    assert not plugin._reader.is_alive()

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from support.netns import NetNS
+from support.netns import NetNS, sh
 
 pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 
@@ -84,3 +84,30 @@ def test_veth_ipv6_seen_on_transmit(ring):
         got = read_all(ring, 3, lambda m: bytes(m["daddr"]) == socket.inet_pton(socket.AF_INET6, ns.peer_ip6))
     assert sorted(int(m["id"]) for m in got) == [7, 8, 9]
     assert {(int(m["family"]), int(m["pkttype"])) for m in got} == {(6, 4)}   # PACKET_OUTGOING
+
+
+def test_interface_down_error_taken_once_and_capture_resumes(bpf_ok):
+    """The kernel sets ENETDOWN on a socket bound to an interface that goes
+    down and keeps it readable (POLLERR) until the error is read; the
+    socket stays bound and sees the interface's packets once it is up."""
+    import errno
+    import select
+
+    from dkebpf import _packets
+    from dkebpf.packetfilter import port_filter
+    with NetNS() as ns, _packets.PacketRing(port_filter(53), retire_ms=10,
+                                            ifindex=socket.if_nametoindex(ns.veth_host)) as ring:
+        assert ring.take_error() == 0
+        sh("ip", "link", "set", ns.veth_host, "down")
+        sh("ip", "link", "set", ns.veth_host, "up")
+        p = select.poll()
+        p.register(ring.fileno(), select.POLLIN)
+        assert p.poll(1000) == [(ring.fileno(), select.POLLERR)]
+        assert ring.take_error() == errno.ENETDOWN
+        assert ring.take_error() == 0 and p.poll(0) == []   # cleared: no longer readable
+        assert ring.counters()["socket_errors"] == 1
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.sendto(query(31), (ns.peer_ip, 53))   # the IPv4 address and route came back with the link
+        c.close()
+        got = read_all(ring, 1, lambda m: bytes(m["daddr"])[:4] == socket.inet_aton(ns.peer_ip))
+    assert [int(m["id"]) for m in got] == [31]
