@@ -49,8 +49,14 @@ class H2Spans:
         if len(self.done) and self.done.base is not None:
             self.done = self.done.copy()
         new = self.tracker.spans(msgs)
-        if len(new):
-            self.done = np.concatenate([self.done, new]) if len(self.done) else new
+        if len(new) and len(self.done):
+            # (not np.concatenate: it packs the fields, and heads() views the rows by offset)
+            both = np.empty(len(self.done) + len(new), _h2trace.SPAN_DTYPE)
+            both[:len(self.done)] = self.done
+            both[len(self.done):] = new
+            self.done = both
+        elif len(new):
+            self.done = new
 
     def take(self):
         """The finished streams' rows, to be used before the next collect()."""
@@ -76,7 +82,8 @@ def is_grpc(spans):
     prefix = b"application/grpc"
     n = len(prefix)
     lens = spans["ctype_len"]
-    start = np.ascontiguousarray(spans["ctype"]).view(np.uint8).reshape(len(spans), -1)[:, :n]
+    width = spans.dtype.fields["ctype"][0].itemsize
+    start = np.ascontiguousarray(spans["ctype"]).view(np.uint8).reshape(len(spans), width)[:, :n]
     return (lens != 0xFF) & (lens >= n) & (start == np.frombuffer(prefix, np.uint8)).all(axis=1)
 
 
