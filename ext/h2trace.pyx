@@ -40,11 +40,12 @@ import numpy as np
 cimport numpy as cnp
 
 from trace cimport *
+from tls cimport TLS_SK_TAG
 from dk_common cimport offset_of, mix64
 from bytebuf cimport bytebuf, bytebuf_reserve
 from h2frame cimport h2_frame_t, h2_frame_header, H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_PUSH_PROMISE, \
     H2_CONTINUATION, H2_FLAG_END_STREAM, H2_FLAG_END_HEADERS, H2_FLAG_PADDED, H2_FLAG_PRIORITY, h2_preface_at
-from dkebpf._hpack cimport hstate_t, hdr_t, hpack_new, hpack_free, hpack_fields
+from dkebpf._hpack cimport hstate_t, hdr_t, entry_t, hpack_new, hpack_free, hpack_fields
 
 cdef extern from *:
     void __builtin_prefetch(const void *p) nogil
@@ -76,6 +77,8 @@ cdef struct dir_t:
     uint8_t block_open     # a header block waits for CONTINUATION
     uint8_t block_flags
     uint32_t block_stream, block_seq
+    uint32_t hstream       # the stream of the HEADERS block under way (0: none), its flags
+    uint8_t hflags
     int64_t block_rec      # the record of its HEADERS frame (in the step `block_gen`), its time
     uint64_t block_ts, block_gen
     uint8_t block_head[SPAN_MSG_MIN_SIZE]  # that record without payload (a block may end a step later)
@@ -84,6 +87,7 @@ cdef struct dir_t:
 
 cdef struct conn_t:
     uint64_t sk
+    uint64_t last_ns       # time of its last record (expire(): its close may be lost)
     uint8_t req_op         # TRACE_OP_* of the requests (the preface's)
     int32_t streams        # open streams
     dir_t d[2]             # 0 requests' direction, 1 responses'
@@ -269,6 +273,12 @@ cdef inline void _copy_str(char *dst, uint8_t *dlen, int cap, const uint8_t *are
     dlen[0] = <uint8_t>n
 
 
+# H2Tracker.stats, in the order of the counts[] of feed() and expire()
+_COUNTERS = ("h2_connections", "h2_streams", "h2_unanswered", "h2_expired", "h2_boundary_lost", "h2_header_errors",
+             "h2_tls_unsupported", "h2_restarted", "h2_connections_expired")
+DEF NCOUNTS = 9
+
+
 cdef class H2Tracker:
     """HTTP/2 connections and streams across steps (see the module doc)."""
     cdef index_t conns_ix, streams_ix
@@ -286,8 +296,7 @@ cdef class H2Tracker:
         self.streams.size = sizeof(stream_t)
         if _ix_init(&self.conns_ix, 256) or _ix_init(&self.streams_ix, 1024):
             raise MemoryError()
-        self.stats = {"h2_connections": 0, "h2_streams": 0, "h2_unanswered": 0, "h2_expired": 0,
-                      "h2_boundary_lost": 0, "h2_header_errors": 0}
+        self.stats = {name: 0 for name in _COUNTERS}
 
     def __dealloc__(self):
         cdef int32_t i
@@ -324,8 +333,38 @@ cdef class H2Tracker:
 
     @property
     def nbytes(self):
-        return (self.conns.cap * sizeof(conn_t) + self.streams.cap * sizeof(stream_t) + self.done.cap
-                + (self.conns_ix.mask + self.streams_ix.mask + 2) * sizeof(slot_t))
+        """The bytes it allocated, each allocation once: pools, indexes,
+        buffers, and per connection its HPACK tables and header buffers."""
+        cdef size_t n = ((self.conns.cap * sizeof(conn_t) + self.streams.cap * sizeof(stream_t))
+                         + (self.conns.cap + self.streams.cap) * sizeof(int32_t)
+                         + (self.conns_ix.mask + self.streams_ix.mask + 2) * sizeof(slot_t)
+                         + self.done.cap + self.arena.cap)
+        cdef int32_t i
+        cdef int k
+        cdef conn_t *c
+        cdef hstate_t *hp
+        for i in range(self.conns.used):
+            c = <conn_t *>self.conns.items + i
+            if not c.sk:
+                continue
+            for k in range(2):
+                n += c.d[k].body.cap + c.d[k].block.cap
+                hp = c.d[k].hp
+                if hp != NULL:
+                    # the entries' blobs: their RFC size (name + value + 32) is about their malloc's
+                    n += (sizeof(hstate_t) + hp.cap * sizeof(entry_t) + hp.size + hp.frag.cap + hp.hname.cap
+                          + hp.hvalue.cap)
+        return n
+
+    def following(self, sks):
+        """Per socket of sks (uint64): whether its connection is followed."""
+        cdef const uint64_t[::1] K = np.ascontiguousarray(sks, np.uint64)
+        out = np.zeros(K.shape[0], bool)
+        cdef uint8_t[::1] O = out.view(np.uint8)
+        cdef Py_ssize_t i
+        for i in range(K.shape[0]):
+            O[i] = _ix_get(&self.conns_ix, K[i], 0) >= 0
+        return out
 
     def feed(self, msgs, idx, role, until, int request_role):
         """Take the records msgs[idx] (calls and closes of HTTP/2
@@ -341,7 +380,7 @@ cdef class H2Tracker:
         cdef uint8_t[::1] R = role
         cdef uint64_t[::1] U = until
         cdef Py_ssize_t k, n = I.shape[0]
-        cdef int64_t counts[6]
+        cdef int64_t counts[NCOUNTS]
         cdef uint8_t rr = request_role
         memset(counts, 0, sizeof(counts))
         self.gen += 1
@@ -355,9 +394,13 @@ cdef class H2Tracker:
                     __builtin_prefetch(&M[I[k + 2]].payload[64])
                 self._record(M, I[k], &R[0], &U[0], rr, counts)
             self._untils(&U[0])
-        for k, name in enumerate(("h2_connections", "h2_streams", "h2_unanswered", "h2_expired", "h2_boundary_lost",
-                                  "h2_header_errors")):
-            self.stats[name] += counts[k]
+        self._count(counts)
+
+    cdef int _count(self, const int64_t *counts) except -1:
+        cdef int k
+        for k in range(NCOUNTS):
+            self.stats[_COUNTERS[k]] += counts[k]
+        return 0
 
     cdef void _untils(self, uint64_t *U) noexcept nogil:
         """until of this step's request records: their streams' ends."""
@@ -381,11 +424,22 @@ cdef class H2Tracker:
         cdef int cap = m.cap_len if m.cap_len < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
         if m.op == TRACE_OP_CLOSE:
             if ci >= 0:
-                self._close(<conn_t *>self.conns.items + ci, ci, m, counts)
+                self._close(<conn_t *>self.conns.items + ci, ci, counts)
             return
+        if ci >= 0 and not m.more and h2_preface_at(m.payload, cap):
+            # a new connection on the socket of one whose close was lost
+            # (a full ring, the kernel's LRU): the old one ends here
+            self._close(<conn_t *>self.conns.items + ci, ci, counts)
+            counts[7] += 1
+            ci = -1
         if ci < 0:
             # a connection is followed from its preface on (both ends see it first)
             if m.more or not h2_preface_at(m.payload, cap):
+                return
+            if m.sk & TLS_SK_TAG:
+                # the TLS programs send message starts only, not every
+                # call: its frames could not be followed (wrong paths)
+                counts[6] += 1
                 return
             ci = _pool_take(&self.conns)
             if ci < 0 or _ix_put(&self.conns_ix, m.sk, 0, ci):
@@ -400,19 +454,35 @@ cdef class H2Tracker:
             c.d[0].ftype = 0xFF
             counts[0] += 1
         c = <conn_t *>self.conns.items + ci
+        c.last_ns = m.ts_ns
         self.last_sk = m.sk
         self.last_ci = ci
         self._calls(c, M, r, R, rr, counts)
 
-    cdef void _lose(self, dir_t *d, int64_t *counts) noexcept nogil:
+    cdef void _lose(self, conn_t *c, int w, int64_t *counts) noexcept nogil:
+        cdef dir_t *d = &c.d[w]
+        self._break(c, w)
         d.lost = 1
         d.skip = 0
         d.fhdr_n = 0
         d.block_open = 0
         d.collect = 0
+        counts[4] += 1
+
+    cdef void _break(self, conn_t *c, int w) noexcept nogil:
+        """The direction's HPACK table is unknown from here (a header block
+        missed or not decoded). The response HEADERS block under way, with
+        END_STREAM (gRPC's trailers), still ends its stream (its status
+        unknown): else every later stream of the connection would expire."""
+        cdef dir_t *d = &c.d[w]
+        cdef stream_t *s
         if d.hp != NULL and not d.hp.error:
             d.hp.error = E_LOST
-        counts[4] += 1
+        if w == 1 and d.hstream and d.hflags & H2_FLAG_END_STREAM:
+            s = self._stream(c.sk, d.hstream)
+            if s != NULL:
+                self._finish(c, s, d.fts)
+        d.hstream = 0
 
     cdef void _calls(self, conn_t *c, const span_msg *M, int64_t r, uint8_t *R, uint8_t rr,
                      int64_t *counts) noexcept nogil:
@@ -436,8 +506,7 @@ cdef class H2Tracker:
                     have = cap - off if cap > off else 0
                     if have < take or bytebuf_reserve(&d.body, take) < 0:
                         d.collect = 0   # cut by the capture: the block is lost
-                        if d.hp != NULL and not d.hp.error:
-                            d.hp.error = E_LOST
+                        self._break(c, w)
                         d.block_open = 0
                     else:
                         memcpy(d.body.p + d.body.n, m.payload + off, take)
@@ -448,7 +517,7 @@ cdef class H2Tracker:
                     self._frame_body(c, w, d.body.p, d.body.n, R, rr, counts)
                 continue
             if off >= cap:      # the next frame header is past the capture
-                self._lose(d, counts)
+                self._lose(c, w, counts)
                 return
             if d.fhdr_n == 0:
                 d.fseq = m.seq + <uint32_t>off
@@ -461,11 +530,11 @@ cdef class H2Tracker:
             off += take
             if d.fhdr_n < 9:
                 if off < L:     # cut by the capture, not by the call
-                    self._lose(d, counts)
+                    self._lose(c, w, counts)
                 return
             d.fhdr_n = 0
             if not h2_frame_header(d.fhdr, &f):
-                self._lose(d, counts)
+                self._lose(c, w, counts)
                 return
             d.ftype = f.type
             d.fflags = f.flags
@@ -477,9 +546,13 @@ cdef class H2Tracker:
             d.fgen = self.gen
             if f.type == H2_HEADERS:
                 memcpy(d.block_head, m, SPAN_MSG_MIN_SIZE)
+                d.hstream = f.stream
+                d.hflags = f.flags
             self._frame_start(c, w, m, counts)
-            d.collect = ((f.type == H2_HEADERS or f.type == H2_CONTINUATION or f.type == H2_PUSH_PROMISE)
-                         and d.hp != NULL and not d.hp.error and f.length <= BLOCK_MAX)
+            d.collect = f.type == H2_HEADERS or f.type == H2_CONTINUATION or f.type == H2_PUSH_PROMISE
+            if d.collect and (d.hp == NULL or d.hp.error or f.length > BLOCK_MAX):
+                d.collect = 0
+                self._break(c, w)   # (a HEADERS on a broken table: its END_STREAM still counts)
             d.body.n = 0
             if d.collect and off + f.length <= cap:
                 # the whole body in this call's capture (the common case): read in place
@@ -538,7 +611,7 @@ cdef class H2Tracker:
                 a += 4
             b -= pad
             if a > b:
-                d.hp.error = E_LOST
+                self._break(c, w)
                 counts[5] += 1
                 return
             d.block.n = 0
@@ -554,11 +627,11 @@ cdef class H2Tracker:
                 self._block(c, w, p + a, b - a, R, rr, counts)
                 return
         elif not d.block_open:
-            d.hp.error = E_LOST
+            self._break(c, w)
             counts[5] += 1
             return
         if d.block.n + (b - a) > BLOCK_MAX or bytebuf_reserve(&d.block, b - a) < 0:
-            d.hp.error = E_LOST
+            self._break(c, w)
             d.block_open = 0
             return
         if b > a:
@@ -581,7 +654,9 @@ cdef class H2Tracker:
         # the app trace context is a request's (w 0): not looked for in responses
         if hpack_fields(d.hp, block, n, &h, &self.arena, w == 0):
             counts[5] += 1
+            self._break(c, w)
             return
+        d.hstream = 0
         if d.block_stream == 0:   # PUSH_PROMISE: its table changes only
             return
         s = self._stream(c.sk, d.block_stream)
@@ -630,7 +705,7 @@ cdef class H2Tracker:
         if d.block_flags & H2_FLAG_END_STREAM:
             self._finish(c, s, d.fts)
 
-    cdef void _close(self, conn_t *c, int32_t ci, const span_msg *m, int64_t *counts) noexcept nogil:
+    cdef void _close(self, conn_t *c, int32_t ci, int64_t *counts) noexcept nogil:
         """The socket ended: streams with a response end at it (the
         response's start), the others are dropped; the connection goes."""
         cdef int32_t i
@@ -654,13 +729,23 @@ cdef class H2Tracker:
         self._drop_conn(c)
         _pool_give(&self.conns, ci)
 
-    def expire(self, uint64_t before_ns):
+    def expire(self, uint64_t before_ns, uint64_t conns_before_ns=0):
         """Drop the streams whose request started before before_ns (a
-        response that never came); returns how many."""
+        response that never came), and end the connections without a
+        record since conns_before_ns (as their close would: it may have
+        been lost); returns how many streams were dropped."""
         cdef int32_t i, ci
         cdef stream_t *s
+        cdef conn_t *c
         cdef int64_t n = 0
+        cdef int64_t counts[NCOUNTS]
+        memset(counts, 0, sizeof(counts))
         with nogil:
+            for i in range(self.conns.used):
+                c = <conn_t *>self.conns.items + i
+                if c.sk and c.last_ns < conns_before_ns:
+                    self._close(c, i, counts)
+                    counts[8] += 1
             for i in range(self.streams.used):
                 s = <stream_t *>self.streams.items + i
                 if s.sk and s.start_ns < before_ns:
@@ -671,7 +756,8 @@ cdef class H2Tracker:
                     _pool_give(&self.streams, i)
                     s.sk = 0
                     n += 1
-        self.stats["h2_expired"] += n
+        counts[3] += n
+        self._count(counts)
         return n
 
     def spans(self, msgs):

@@ -218,6 +218,27 @@ cdef void _evict(hstate_t *s) noexcept nogil:
     s.count -= 1
 
 
+cdef int _grow(hstate_t *s) noexcept nogil:
+    """A larger ring (the oldest entry first): allocated as entries come, as
+    a table of the initial 4096 bytes holds ~100 of them and most never
+    grow, while the largest size accepted needs limit / 32 + 1 slots."""
+    cdef int cap = s.cap * 2 if s.cap else 16, i
+    cdef int top = <int>(s.limit // 32 + 1)
+    cdef entry_t *ring
+    if cap > top:
+        cap = top
+    ring = <entry_t *>malloc(cap * sizeof(entry_t))
+    if ring == NULL:
+        return E_NOMEM
+    for i in range(s.count):
+        ring[i] = s.ring[(s.head - s.count + 1 + i + s.cap) % s.cap]
+    free(s.ring)
+    s.ring = ring
+    s.cap = cap
+    s.head = s.count - 1
+    return 0
+
+
 cdef int _add(hstate_t *s, const uint8_t *name, int nlen, const uint8_t *value, int vlen, uint8_t field) noexcept nogil:
     cdef int64_t need = <int64_t>nlen + vlen + 32
     cdef uint8_t *blob = NULL
@@ -232,6 +253,9 @@ cdef int _add(hstate_t *s, const uint8_t *name, int nlen, const uint8_t *value, 
         _evict(s)
     if blob == NULL:
         return 0  # larger than the table: it empties it and is not added (4.4)
+    if s.count == s.cap and _grow(s):
+        free(blob)
+        return E_NOMEM
     s.head = (s.head + 1) % s.cap
     s.ring[s.head].blob = blob
     s.ring[s.head].nlen = nlen
@@ -506,10 +530,6 @@ cdef class HpackDecoder:
     def __cinit__(self, Py_ssize_t max_table_size=65536):
         self.s.limit = max_table_size
         self.s.max_size = min(4096, max_table_size)  # SETTINGS_HEADER_TABLE_SIZE's initial value
-        self.s.cap = max_table_size // 32 + 1
-        self.s.ring = <entry_t *>malloc(self.s.cap * sizeof(entry_t))
-        if self.s.ring == NULL:
-            raise MemoryError()
 
     def __dealloc__(self):
         if self.s.ring != NULL:
@@ -567,12 +587,7 @@ cdef hstate_t *hpack_new(int64_t max_table_size) noexcept nogil:
         return NULL
     s.limit = max_table_size
     s.max_size = 4096 if max_table_size > 4096 else max_table_size  # SETTINGS_HEADER_TABLE_SIZE's initial value
-    s.cap = <int>(max_table_size // 32 + 1)
-    s.ring = <entry_t *>malloc(s.cap * sizeof(entry_t))
-    if s.ring == NULL:
-        free(s)
-        return NULL
-    return s
+    return s  # its ring comes with its first entry (_grow)
 
 
 cdef void hpack_free(hstate_t *s) noexcept nogil:

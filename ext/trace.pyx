@@ -184,7 +184,9 @@ cdef int detect(const span_msg *m, uint8_t *req_op) noexcept nogil:
     cdef http_msg h
     if n > TRACE_PAYLOAD_MAX:
         n = TRACE_PAYLOAD_MAX
-    if h2_preface_at(p, n):
+    if h2_preface_at(p, n) or m.more == TRACE_MORE_H2_CALL:
+        # (the kernel flags every call of a connection that opened with
+        # the preface: one whose state was forgotten while idle is told)
         req_op[0] = m.op
         return P_HTTP2
     if n >= 8 and parse_first_line(p, n, &h):

@@ -297,10 +297,13 @@ class SpanBuilder:
         return self.stage_rows - (len(self._carry[1]) if self._carry is not None else self.staged)
 
     def memory(self):
-        carried = len(self._carry[1]) if self._carry is not None else self.ncarried
-        return {"carried_records": carried * _RECORD.itemsize, "connections": self.conns.nbytes,
+        carried = (len(self._carry[1]) if self._carry is not None else self.ncarried) * _RECORD.itemsize
+        stage = self.stage.nbytes if self.stage is not None else 0
+        if self._carry is None or (self.stage is not None and np.may_share_memory(self._carry[0], self.stage)):
+            stage -= carried  # they are in the stage (its front, or where the drain put them): counted once
+        return {"carried_records": carried, "connections": self.conns.nbytes,
                 "prepared_statements": self.statements.nbytes, "http2_streams": self.h2.nbytes,
-                "step_buffer": self.stage.nbytes if self.stage is not None else 0}
+                "step_buffer": stage}
 
     def _compact(self):
         """The records to carry to the stage's front (moved only now: the
@@ -364,7 +367,7 @@ class SpanBuilder:
         if self.go is not None:  # Go processes: by goroutine (dkebpf/plugins/trace_go.py)
             self.go.link(msgs, new_requests)
             self.go.forget(now_mono_ns)
-        self.h2.collect(msgs, max(0, now_mono_ns - self.expire_ns))  # after the threads' ids
+        self.h2.collect(msgs, max(0, now_mono_ns - self.expire_ns), now_mono_ns)  # after the threads' ids
         for k, v in st.items():
             self.stats[k] += v
         self.stats.update(self.h2.tracker.stats)
@@ -388,16 +391,18 @@ class SpanBuilder:
 
     def _merge_conns(self, seen, now):
         old = self.conns[~np.isin(self.conns["sk"], seen["sk"])]
-        old = old[old["last_ts"] + CONN_MEMORY_NS >= now]
+        # HTTP/2 connections stay while the tracker follows them: one idle
+        # longer than this could not be told again without its preface
+        # (given up, its close not given to the tracker)
+        old = old[(old["last_ts"] + CONN_MEMORY_NS >= now)
+                  | ((old["proto"] == _trace.PROTO["http2"]) & self.h2.tracker.following(old["sk"]))]
         c = np.concatenate([old, seen[seen["closed"] == 0]])
         self.conns = c[np.argsort(c["sk"], kind="stable")]
 
     def table(self, msgs, spans, mono_to_wall_ns):
         """dketrace columns of the spans (one row each), and of the HTTP/2
         streams finished since the last table (plugins/trace_h2.py)."""
-        h2 = self.h2.take()
-        if self.protos is not None and not self.protos & set(trace_h2.NAMES):
-            h2 = h2[:0]
+        h2 = trace_h2.chosen(self.h2.take(), self.protos)
         table = self._table(msgs, spans, mono_to_wall_ns)
         if not len(h2):
             return table
@@ -767,7 +772,7 @@ class TracePlugin(Plugin):
         self.selector = ProcessSelector(self.cfg, ctx.self_pid, self.cfg.host_proc or "/proc")
         protos = set(self.cfg.trace_protos or ()) or None
         if protos is not None or self.cfg.trace_protos_blacklist:
-            protos = (protos or set(_trace.PROTO)) - set(self.cfg.trace_protos_blacklist or ())
+            protos = (protos or set(_trace.PROTO) | set(trace_h2.NAMES)) - set(self.cfg.trace_protos_blacklist or ())
         self.builder = SpanBuilder(self.selector, bool(self.cfg.conv_to_ddtrace), protos)
         self.last_scan = 0.0
         self.kernel_pids = {}  # pid -> value written to trace_pids

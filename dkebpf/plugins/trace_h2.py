@@ -22,7 +22,11 @@ HEAD_VIEW = np.dtype({
     "formats": [_trace.MSG_DTYPE.fields[n][0] for n in _h2trace.HEAD_NAMES],
     "offsets": [_h2trace.HEAD_OFFSET + _trace.MSG_DTYPE.fields[n][1] for n in _h2trace.HEAD_NAMES],
     "itemsize": _h2trace.SPAN_DTYPE.itemsize})
-NAMES = ("http2", "grpc")  # trace_protos names that choose these spans
+NAMES = ("http2", "grpc")  # trace_protos names that choose these spans: plain HTTP/2's, gRPC's
+# a connection without a record this long is ended (its close may have been
+# lost: a full ring, the kernel's LRU); long, as gRPC channels idle for
+# minutes, and its HPACK tables cannot be known again without the preface
+CONN_IDLE_NS = 3600_000_000_000
 
 
 class H2Spans:
@@ -37,16 +41,22 @@ class H2Spans:
         if len(idx):
             self.tracker.feed(msgs, idx, role, until, _trace.ROLE_REQUEST)
 
-    def collect(self, msgs, expire_before_ns):
+    def collect(self, msgs, expire_before_ns, now_ns):
         """After link_threads: the streams finished, kept until take() (a
         view of the tracker's buffer while it is all: copied before the
         tracker writes it again)."""
-        self.tracker.expire(expire_before_ns)
+        self.tracker.expire(expire_before_ns, max(0, now_ns - CONN_IDLE_NS))
         if len(self.done) and self.done.base is not None:
             self.done = self.done.copy()
         new = self.tracker.spans(msgs)
-        if len(new):
-            self.done = np.concatenate([self.done, new]) if len(self.done) else new
+        if len(new) and len(self.done):
+            # (not np.concatenate: it packs the fields, and heads() views the rows by offset)
+            both = np.empty(len(self.done) + len(new), _h2trace.SPAN_DTYPE)
+            both[:len(self.done)] = self.done
+            both[len(self.done):] = new
+            self.done = both
+        elif len(new):
+            self.done = new
 
     def take(self):
         """The finished streams' rows, to be used before the next collect()."""
@@ -56,6 +66,25 @@ class H2Spans:
     @property
     def nbytes(self):
         return self.tracker.nbytes + self.done.nbytes
+
+
+def chosen(spans, protos):
+    """Span rows of the kinds protos (trace_protos names, None: all) choose."""
+    if protos is None or set(NAMES) <= protos:
+        return spans
+    if not protos & set(NAMES):
+        return spans[:0]
+    return spans[is_grpc(spans) == ("grpc" in protos)]
+
+
+def is_grpc(spans):
+    """Per span row: its content-type is gRPC's (application/grpc, +proto...)."""
+    prefix = b"application/grpc"
+    n = len(prefix)
+    lens = spans["ctype_len"]
+    width = spans.dtype.fields["ctype"][0].itemsize
+    start = np.ascontiguousarray(spans["ctype"]).view(np.uint8).reshape(len(spans), width)[:, :n]
+    return (lens != 0xFF) & (lens >= n) & (start == np.frombuffer(prefix, np.uint8)).all(axis=1)
 
 
 def heads(spans):
@@ -83,7 +112,7 @@ def columns(spans):
     method = _strings(spans, "method", spans["method_len"])
     path = _strings(spans, "path", spans["path_len"])
     ctype = _strings(spans, "ctype", spans["ctype_len"])
-    grpc = pc.fill_null(pc.starts_with(ctype, "application/grpc"), False).to_numpy(zero_copy_only=False)
+    grpc = is_grpc(spans)
     status = spans["status"].astype(np.int64)
     gstat = spans["grpc_status"].astype(np.int64)
     reset = spans["reset"].astype(bool)

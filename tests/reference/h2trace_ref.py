@@ -17,6 +17,7 @@ END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 CAPS = {"method": 16, "path": 200, "ctype": 40, "gmsg": 100}
 BLOCK_MAX = 65536
 UINT64_MAX = (1 << 64) - 1
+TLS_SK_TAG = 1
 
 
 def frame_header(b):
@@ -35,7 +36,8 @@ def frame_header(b):
 
 
 class Dir:
-    def __init__(self):
+    def __init__(self, sk, w):
+        self.sk, self.w = sk, w  # its connection, 0 requests' direction, 1 responses'
         self.hp = hpack_ref.Decoder()
         self.broken = False
         self.skip = 0
@@ -47,6 +49,8 @@ class Dir:
         self.block = b""
         self.block_open = False
         self.block_stream = self.block_flags = self.block_seq = self.block_rec = 0
+        self.hstream = self.hflags = 0  # the HEADERS block under way
+        self.fts = 0
 
 
 class Tracker:
@@ -55,6 +59,7 @@ class Tracker:
         self.streams = {}  # (sk, id) -> dict
         self.done = []
         self.requests = {}
+        self.restarted = self.tls_unsupported = 0
 
     def feed(self, records):
         self.records = records
@@ -79,20 +84,34 @@ class Tracker:
             if conn:
                 self._close(m["sk"])
             return
+        if conn is not None and not m["more"] and m["payload"].startswith(PREFACE):
+            self._close(m["sk"])  # a new connection on the socket of one whose close was lost
+            self.restarted += 1
+            conn = None
         if conn is None:
             if m["more"] or not m["payload"].startswith(PREFACE):
                 return
-            conn = self.conns[m["sk"]] = (m["op"], [Dir(), Dir()])
+            if m["sk"] & TLS_SK_TAG:  # not every call is sent: not followed
+                self.tls_unsupported += 1
+                return
+            conn = self.conns[m["sk"]] = (m["op"], [Dir(m["sk"], 0), Dir(m["sk"], 1)])
             conn[1][0].skip = 24
             conn[1][0].ftype = 0xFF
         self._calls(m["sk"], conn, r, m)
 
     def _break(self, d):
+        """The table is unknown from here; a response HEADERS block under
+        way with END_STREAM still ends its stream."""
         d.broken = True
+        if d.w == 1 and d.hstream and d.hflags & END_STREAM:
+            s = self.streams.get((d.sk, d.hstream))
+            if s is not None:
+                self._finish(s, d.fts)
+        d.hstream = 0
 
     def _lose(self, d):
-        d.lost, d.skip, d.hdr, d.block_open, d.collect = True, 0, b"", False, False
         self._break(d)
+        d.lost, d.skip, d.hdr, d.block_open, d.collect = True, 0, b"", False, False
 
     def _calls(self, sk, conn, r, m):
         req_op, dirs = conn
@@ -142,8 +161,14 @@ class Tracker:
             d.flen, d.ftype, d.fflags, d.fstream = f
             d.skip = d.flen
             d.frec = r
+            d.fts = m["ts"]
+            if d.ftype == HEADERS:
+                d.hstream, d.hflags = d.fstream, d.fflags
             self._frame_start(sk, w, d, m)
-            d.collect = d.ftype in (HEADERS, CONTINUATION, PUSH_PROMISE) and not d.broken and d.flen <= BLOCK_MAX
+            d.collect = d.ftype in (HEADERS, CONTINUATION, PUSH_PROMISE)
+            if d.collect and (d.broken or d.flen > BLOCK_MAX):
+                d.collect = False
+                self._break(d)
             d.body = b""
             if d.flen == 0 and d.collect:
                 self._frame_body(sk, conn, w, r)
@@ -201,12 +226,14 @@ class Tracker:
         req_op, dirs = conn
         d = dirs[w]
         if d.broken:
+            self._break(d)
             return
         try:
             h = hpack_ref.span_fields(d.hp.decode(d.block))
         except (hpack_ref.Error, IndexError, ValueError):
             self._break(d)
             return
+        d.hstream = 0
         if d.block_stream == 0:
             return
         s = self.streams.get((sk, d.block_stream))

@@ -149,11 +149,12 @@ def test_frames_cut_between_calls_and_past_the_capture():
     got = run(c.recs)
     # /split's END_STREAM was past the capture: it stays open; the response
     # direction lost its frame boundary (found again at the next call) and
-    # its table is unknown: /after's response headers are not read
-    assert [(s["id"], s["path"]) for s in got] == []
+    # its table is unknown: /after's response headers are not read, but
+    # their END_STREAM ends the stream (status unknown)
+    assert [(s["id"], s["path"], s["have_resp"], s["status"]) for s in got] == [(3, b"/after", 0, 0)]
     c.close()
     got = run(c.recs)
-    assert [(s["id"], s["path"], s["status"]) for s in got] == [(1, b"/split", 200)]
+    assert sorted((s["id"], s["path"], s["status"]) for s in got) == [(1, b"/split", 200), (3, b"/after", 0)]
 
 
 def test_close_ends_answered_streams_and_drops_others_across_steps():
@@ -225,10 +226,10 @@ def test_span_builder_grpc_entry_parents_a_redis_exit_on_its_thread():
     req += frame(0, 0x1, 1, b"\0\0\0\0\x01a")
     resp = frame(1, 0x4, 1, b"\x88") + frame(0, 0, 1, b"\0\0\0\0\x01b") + frame(1, 0x5, 1, trailers(0))
     records = np.concatenate([
-        msg(1, RECV, 1000, req, seq=100, tid=7),
+        msg(4, RECV, 1000, req, seq=100, tid=7),  # (an even socket: an odd one is a TLS one's plaintext)
         msg(2, SEND, 1100, redis_cmd(b"GET", b"k"), seq=9000, tid=7),
         msg(2, RECV, 1200, b"$1\r\nv\r\n", tid=7, seq=7000),
-        msg(1, SEND, 1300, resp, seq=500, tid=9),  # answered from another thread
+        msg(4, SEND, 1300, resp, seq=500, tid=9),  # answered from another thread
         msg(2, SEND, 1400, redis_cmd(b"PING"), seq=9020, tid=7, last_recv=1200),
         msg(2, RECV, 1500, b"+PONG\r\n", tid=7, seq=7010),
     ])
@@ -246,3 +247,153 @@ def test_span_builder_grpc_entry_parents_a_redis_exit_on_its_thread():
     assert [r["resource"] for r in redis] == ["GET", "PING"]
     assert redis[0]["thread_trace_id"] == g["thread_trace_id"] != redis[1]["thread_trace_id"]
     assert b.stats["h2_streams"] == 1 and b.stats["spans"] == 2
+
+
+def _grpc_calls(c, paths, first=1):
+    """Unary gRPC calls on Conn c: request, then HEADERS :status 200, DATA, trailers."""
+    for i, p in enumerate(paths):
+        sid = first + 2 * i
+        c.call(True, frame(1, 0x4, sid, request(p)) + frame(0, 0x1, sid, b"\0\0\0\0\x01a"))
+        c.call(False, frame(1, 0x4, sid, b"\x88") + frame(0, 0, sid, b"\0\0\0\0\x01b") + frame(1, 0x5, sid, trailers(0)))
+
+
+def test_tls_connection_gives_no_http2_spans():
+    """A TLS-tagged socket (its plaintext: the TLS programs send message
+    starts, not every call) that opens with the preface: no spans, counted
+    -- never spans with paths from a drifted HPACK table."""
+    c = Conn(sk=SK | _records_tag())
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
+    _grpc_calls(c, [b"/pkg.Svc/A", b"/pkg.Svc/B"])
+    tr = _h2trace.H2Tracker()
+    m = records(c.recs)
+    tr.feed(m, np.arange(len(m)), np.zeros(len(m), np.uint8), np.zeros(len(m), np.uint64), _trace.ROLE_REQUEST)
+    assert len(tr.spans(m)) == 0 and tr.connections == 0 and tr.stats["h2_tls_unsupported"] == 1
+    assert run(c.recs) == []
+
+
+def _records_tag():
+    from dkebpf import _records
+    return _records.TLS_SOCKET_TAG
+
+
+def test_preface_on_a_followed_socket_restarts_it():
+    """The close of a connection lost (full ring, LRU): a new connection on
+    the same socket starts with the preface (more 0): the old one ends
+    (its answered streams reported, the others dropped) and the new one is
+    followed from a fresh HPACK table."""
+    c = Conn()
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
+    _grpc_calls(c, [b"/old/A"])
+    c.call(True, frame(1, 0x4, 3, request(b"/old/B")))           # never answered
+    c.last_op = 0
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))                # the new connection
+    _grpc_calls(c, [b"/new/A", b"/new/B"])
+    got = run(c.recs, 1)
+    assert [(s["path"], s["grpc_status"]) for s in sorted(got, key=lambda s: s["end_ns"])] == [
+        (b"/old/A", 0), (b"/new/A", 0), (b"/new/B", 0)]
+    for steps in (2, 3):
+        assert len(run(c.recs, steps)) == 3
+
+
+def test_idle_connections_expire():
+    """A connection without records for the given time ends as a close
+    would (its close may be lost): its tables freed, counted."""
+    c = Conn()
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
+    _grpc_calls(c, [b"/a"])
+    tr = _h2trace.H2Tracker()
+    m = records(c.recs)
+    tr.feed(m, np.arange(len(m)), np.zeros(len(m), np.uint8), np.zeros(len(m), np.uint64), _trace.ROLE_REQUEST)
+    assert tr.connections == 1 and tr.following(np.array([SK, SK + 8], np.uint64)).tolist() == [True, False]
+    tr.expire(0, int(m["ts"].max()))        # its last record is not before: kept
+    assert tr.connections == 1
+    tr.expire(0, int(m["ts"].max()) + 1)
+    assert tr.connections == 0 and tr.stats["h2_connections_expired"] == 1
+
+
+def test_streams_after_a_lost_header_block_end_on_their_trailers():
+    """A response header block that cannot be decoded (here an index not in
+    the table) leaves the table unknown: later streams still end on their
+    trailers (HEADERS with END_STREAM), status unknown, instead of all
+    expiring; the reference agrees."""
+    c = Conn()
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
+    c.call(True, frame(1, 0x4, 1, request(b"/a")))
+    c.call(False, frame(1, 0x4, 1, b"\xff\xff\x0f"))  # index 2174: not in the table
+    c.call(False, frame(1, 0x5, 1, trailers(0)))
+    _grpc_calls(c, [b"/b", b"/c"], first=3)
+    got = sorted(run(c.recs, 1), key=lambda s: s["id"])
+    assert [(s["id"], s["have_resp"], s["grpc_status"]) for s in got] == [(1, 0, -1), (3, 0, -1), (5, 0, -1)]
+    assert [s["path"] for s in got] == [b"/a", b"/b", b"/c"]  # the requests' table is known
+    for steps in (2, 4):
+        assert len(run(c.recs, steps)) == 3
+
+
+def test_trace_protos_choose_grpc_or_plain_http2():
+    """trace_protos {"grpc"} reports gRPC streams only, {"http2"} plain
+    HTTP/2 ones only, both or None all."""
+    from dkebpf.plugins import trace_h2
+
+    c = Conn()
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
+    _grpc_calls(c, [b"/pkg.Svc/A"])
+    c.call(True, frame(1, 0x5, 3, b"\x82\x86" + lit(b":path", b"/plain")))  # GET, no content-type
+    c.call(False, frame(1, 0x5, 3, b"\x88"))
+    tr = _h2trace.H2Tracker()
+    m = records(c.recs)
+    tr.feed(m, np.arange(len(m)), np.zeros(len(m), np.uint8), np.zeros(len(m), np.uint64), _trace.ROLE_REQUEST)
+    spans = tr.spans(m).copy()
+    paths = lambda protos: sorted(trace_h2.columns(trace_h2.chosen(spans, protos))["http_route"].to_pylist())  # noqa
+    assert paths(None) == paths({"grpc", "http2", "redis"}) == ["/pkg.Svc/A", "/plain"]
+    assert paths({"grpc"}) == ["/pkg.Svc/A"] and paths({"http2", "http"}) == ["/plain"] and paths({"http"}) == []
+
+
+def test_tracker_memory_counts_tables_as_they_grow():
+    """nbytes counts each allocation once: a connection's HPACK tables are
+    allocated as entries come (not ~49 KiB per direction up front), and
+    their entries and buffers are counted."""
+    tr = _h2trace.H2Tracker()
+    empty = tr.nbytes
+    recs = []
+    for k in range(50):
+        c = Conn(sk=SK + 64 * k)
+        c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
+        recs += c.recs
+    m = records(recs)
+    tr.feed(m, np.arange(len(m)), np.zeros(len(m), np.uint8), np.zeros(len(m), np.uint64), _trace.ROLE_REQUEST)
+    opened = tr.nbytes
+    assert tr.connections == 50 and 0 < opened - empty < 50 * 8192
+    c = Conn(sk=SK + 64 * 50)
+    c.call(True, ref.PREFACE + frame(4, 0, 0, b"") + frame(1, 0x4, 1, request(b"/" + b"p" * 150)))
+    m = records(c.recs)
+    tr.feed(m, np.arange(len(m)), np.zeros(len(m), np.uint8), np.zeros(len(m), np.uint64), _trace.ROLE_REQUEST)
+    assert tr.nbytes - opened >= 150 + 2 * 32  # its two table entries at least
+
+
+def test_idle_http2_connection_stays_known_to_the_builder():
+    """A followed HTTP/2 connection idle longer than the builder's memory
+    of connections is kept (it could not be told again: no preface), so
+    its later calls and its close still reach the tracker; a call the
+    kernel flags as an HTTP/2 one (more 2) is told HTTP/2 by itself."""
+    from dkebpf.plugins.trace import CONN_MEMORY_NS, SpanBuilder
+    from unit.test_trace_spans import Names, msg
+
+    S = 10**9
+    b = SpanBuilder(Names())
+    req = ref.PREFACE + frame(4, 0, 0, b"") + frame(1, 0x4, 1, request(b"/pkg.Svc/A"))
+    resp = frame(1, 0x4, 1, b"\x88") + frame(1, 0x5, 1, trailers(0))
+    b.step(np.concatenate([msg(4, RECV, S, req), msg(4, SEND, S + 100, resp)]), 2 * S)
+    assert b.h2.tracker.connections == 1
+    late = 2 * S + CONN_MEMORY_NS + S
+    b.step(np.zeros(0, _trace.MSG_DTYPE), late)
+    assert b.conns["sk"].tolist() == [4]
+    t = late + S
+    msgs, _ = b.step(np.concatenate([msg(4, RECV, t, frame(1, 0x4, 3, request(b"/pkg.Svc/B"))),
+                                     msg(4, SEND, t + 100, frame(1, 0x4, 3, b"\x88") + frame(1, 0x5, 3, trailers(0))),
+                                     msg(4, CLOSE, t + 200)]), t + 2 * S)
+    assert b.h2.tracker.connections == 0 and len(b.given_up) == 0
+    assert sorted(b.table(msgs, np.zeros(0, _trace.SPAN_DTYPE), 0)["http_route"].to_pylist()) == ["/pkg.Svc/A",
+                                                                                                   "/pkg.Svc/B"]
+    # a forgotten connection: a call flagged more 2 is HTTP/2's
+    role, *_ = _trace.pair(msg(8, SEND, t, b"\0\0\x04\x08\0\0\0\0\0", more=2), np.arange(1), b.conns, 0, 0)
+    assert role.tolist() == [_trace.ROLE_H2]
