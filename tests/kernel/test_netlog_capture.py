@@ -21,6 +21,17 @@ pytestmark = [pytest.mark.kernel, pytest.mark.requires("packet_socket")]
 PORT = 18080
 
 
+def send_and_drain(addr, nbytes, timeout=None):
+    """One TCP connection to addr: nbytes sent, our side shut, the peer's
+    reply read to its end, closed."""
+    c = socket.create_connection(addr, timeout=timeout)
+    c.sendall(b"x" * nbytes)
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(65536):
+        pass
+    c.close()
+
+
 @pytest.fixture
 def ns(bpf_ok):
     if shutil.which("tcpdump") is None:
@@ -335,12 +346,7 @@ def test_plugin_follows_a_namespace_that_comes_and_goes(bpf_ok, tmp_path):
             port = srv.info["port"]
             plugin.rescan()
             assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
-            c = socket.create_connection((ns.peer_ip, port))
-            c.sendall(b"x" * 20000)
-            c.shutdown(socket.SHUT_WR)
-            while c.recv(65536):
-                pass
-            c.close()
+            send_and_drain((ns.peer_ip, port), 20000)
             srv.wait(10)
             plugin.rescan()   # the server exited: no process holds the namespace any more
             assert plugin.captures == {}
@@ -489,12 +495,7 @@ def test_vxlan_inner_connection_equals_tcpdump(ns, tmp_path, port):
         try:
             srv = tcp_server(inner_peer, 3000, prefix=ns.prefix())
             srv_port = srv.info["port"]
-            c = socket.create_connection((inner_peer, srv_port), timeout=5)
-            c.sendall(b"x" * 50000)
-            c.shutdown(socket.SHUT_WR)
-            while c.recv(65536):
-                pass
-            c.close()
+            send_and_drain((inner_peer, srv_port), 50000, timeout=5)
             srv.wait(10)
             drain_until_quiet(cap)
             pkts = dump.stop()
@@ -552,12 +553,7 @@ def test_netlog_blacklist_drops_one_port(bpf_ok, where):
             assert [name for _ino, name in plugin.captures] == [ns.veth_peer]
             ino = next(iter(plugin.captures))[0]
             for port in (kept, blocked):
-                c = socket.create_connection((ns.peer_ip, port))
-                c.sendall(b"x" * 7000)
-                c.shutdown(socket.SHUT_WR)
-                while c.recv(65536):
-                    pass
-                c.close()
+                send_and_drain((ns.peer_ip, port), 7000)
             for s in servers:
                 s.wait(10)
             time.sleep(0.3)
@@ -720,12 +716,7 @@ def test_plugin_reader_does_not_spin_after_its_interface_went_down_and_up(bpf_ok
             time.sleep(1.0)
             spent = thread_cpu_s(tid) - before
             assert spent < 0.1, f"the reader thread used {spent:.2f} s of CPU in 1 s without traffic"
-            c = socket.create_connection((ns.peer_ip, srv.info["port"]), timeout=10)
-            c.sendall(b"x" * 5000)
-            c.shutdown(socket.SHUT_WR)
-            while c.recv(65536):
-                pass
-            c.close()
+            send_and_drain((ns.peer_ip, srv.info["port"]), 5000, timeout=10)
             srv.wait(10)
             assert wait_until(lambda: cap.conns.packets >= 6, 5)   # the handshake, data, the closes
             assert list(plugin.captures.values()) == [cap]
