@@ -397,8 +397,11 @@ def test_vxlan_between_namespaces():
 
 
 def packet_keys(rows):
-    return [(int(r["family"]), int(r["sport"]), int(r["dport"]), int(r["seq"]), int(r["ack"]),
-             int(r["payload_wire"]), int(r["tcp_flags"])) for r in rows]
+    """The packets' headers as a sorted list: two sockets on one interface
+    get the same packets, but a packet leaving on one CPU and one arriving
+    on the other at once may reach them in either order."""
+    return sorted((int(r["family"]), int(r["sport"]), int(r["dport"]), int(r["seq"]), int(r["ack"]),
+                   int(r["payload_wire"]), int(r["tcp_flags"])) for r in rows)
 
 
 def drain_rows(ring, seconds=1.0):
