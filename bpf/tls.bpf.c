@@ -49,12 +49,24 @@
  *     ciphertext bpf/trace.bpf.c sees on the socket, which is flagged
  *     `ignored` in trace_conns at the socket's first SSL call (learn_sock)
  *     so trace.bpf.c only counts it from then on;
- *   - runs, short starts and counters as trace.bpf.c's, per SSL call;
- *   - seq: the number both ends of the connection compute for the TLS
- *     record that carries the start of the message: SSL_write: the
- *     socket's write_seq after the first send inside the call (the end of
- *     its first record), SSL_read: copied_seq when it returns (OpenSSL
- *     reads no further than the record it returns, which ends there).
+ *   - runs, short starts and counters as trace.bpf.c's, per SSL call; a
+ *     connection whose first plaintext is the HTTP/2 client preface has
+ *     every SSL call sent from then on (trace_conn.h2, as trace.bpf.c's:
+ *     span_h2_mark), its buffer's first TRACE_PAYLOAD_MAX bytes (an SSL
+ *     call has one buffer: no iovecs);
+ *   - seq: the number both ends of the connection compute for the first
+ *     byte of the call: where the TLS record carrying it ends + its offset
+ *     in the record's plaintext. SSL_write: the socket's write_seq after
+ *     the first send inside the call (the end of its first record, which
+ *     the call's buffer begins), SSL_read: copied_seq when it returns
+ *     (OpenSSL reads no further than the record it returns, which ends
+ *     there) + what earlier SSL_reads returned of the record when this
+ *     one read nothing from the socket and the one before filled its
+ *     buffer (the record did not fit: trace_conn.rec_off). HTTP/2's frames
+ *     get the call's seq + their offset in it (ext/h2trace.pyx). Not
+ *     covered: OpenSSL's read_ahead (nginx sets it): a read that took
+ *     several records from the socket names them all by the last one's
+ *     end.
  *   - tcp_destroy_sock ends the plaintext connection (TRACE_OP_CLOSE).
  */
 #include "vmlinux/x86/vmlinux.h"
@@ -103,8 +115,10 @@ struct ssl_call {
 	__u64 lenp;  /* _ex: size_t *written / *readbytes */
 	__u64 sk;    /* struct sock * seen inside this call, 0 until then */
 	__u32 seq;   /* trace_spans, a write: the socket's write_seq after its first send */
+	__u32 num;   /* a read: the buffer's size */
 	__u8 kind;   /* CALL_* */
 	__u8 sent;   /* seq is set */
+	__u8 recvd;  /* trace_spans, a read: it read from the socket */
 };
 
 /* Per thread (task storage): the call in progress, CALL_NONE between
@@ -185,7 +199,7 @@ HTTP_OVERFLOW_HEADS(tls_heads)
 
 HTTP_IDLE_FLUSH(tls_conns, scratch, tls_scratch, TLS_OUT)
 
-static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
+static __always_inline int enter(void *ssl, void *buf, __u64 num, void *lenp, __u8 kind)
 {
 	__u64 id = bpf_get_current_pid_tgid();
 	if (self_tgid && (id >> 32) == self_tgid)
@@ -207,6 +221,8 @@ static __always_inline int enter(void *ssl, void *buf, void *lenp, __u8 kind)
 	c->lenp = (__u64)lenp;
 	c->sk = 0;
 	c->sent = 0;
+	c->recvd = 0;
+	c->num = num > 0xffffffff ? 0xffffffff : num;
 	c->kind = kind;
 	return 0;
 }
@@ -225,7 +241,7 @@ static __always_inline void trace_ignore_cipher(struct sock *sk)
 
 /* A socket call on this thread: if the thread is inside an SSL call, the
  * socket is the SSL object's. */
-static __always_inline void learn_sock(struct sock *sk, int is_send)
+static __always_inline void learn_sock(struct sock *sk, int is_send, int ret)
 {
 	struct ssl_call *c = this_call(0);
 	if (!c || c->kind == CALL_NONE)
@@ -235,6 +251,8 @@ static __always_inline void learn_sock(struct sock *sk, int is_send)
 		c->seq = KERNEL_CAST(struct tcp_sock, sk)->write_seq;
 		c->sent = 1;
 	}
+	if (!is_send && ret > 0)
+		c->recvd = 1;
 	if (c->sk == (__u64)sk)
 		return;
 	c->sk = (__u64)sk;
@@ -257,14 +275,14 @@ int BPF_PROG(tls_sock_send, struct sock *sk, int ret, int flags)
 			http_idle_flush(sk, ret);
 		return 0;
 	}
-	learn_sock(sk, 1);
+	learn_sock(sk, 1, ret);
 	return 0;
 }
 
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(tls_sock_recv, struct sock *sk, int ret, int flags)
 {
-	learn_sock(sk, 0);
+	learn_sock(sk, 0, ret);
 	return 0;
 }
 
@@ -287,9 +305,15 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 	struct trace_conn *tc = span_call_begin(sk, key, op, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
 	if (!tc)
 		return;
+	/* a read from OpenSSL's buffer alone goes on with the record an
+	 * earlier read began if that one filled its buffer (else it ended
+	 * the record); a read from the socket starts a record */
+	__u32 rec_off = op == TRACE_OP_RECV && !c->recvd ? tc->rec_off : 0;
+	if (op == TRACE_OP_RECV)
+		tc->rec_off = n == c->num ? rec_off + n : 0;
 	if (s) {
 		const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
-		__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq : c->sent ? c->seq : tp->write_seq;
+		__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq + rec_off : c->sent ? c->seq : tp->write_seq;
 		span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, span_more(tc, start));
 		__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
 		/* the mask restates the bound for the verifier (the slack takes
@@ -301,6 +325,7 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 			cap = 0;
 		}
 		s->ev.cap_len = cap;
+		span_h2_mark(tc, &s->ev, start);
 		span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
 	}
 	span_call_end(tc, op, due, start, n, now);
@@ -417,35 +442,35 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 SEC("uprobe")
 int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf, int num)
 {
-	return enter(ssl, buf, 0, CALL_READ);
+	return enter(ssl, buf, num, 0, CALL_READ);
 }
 
 /* int SSL_write(SSL *ssl, const void *buf, int num) */
 SEC("uprobe")
 int BPF_KPROBE(ssl_write_enter, void *ssl, const void *buf, int num)
 {
-	return enter(ssl, (void *)buf, 0, CALL_WRITE);
+	return enter(ssl, (void *)buf, num, 0, CALL_WRITE);
 }
 
 /* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) */
 SEC("uprobe")
 int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, size_t num, size_t *readbytes)
 {
-	return enter(ssl, buf, readbytes, CALL_READ_EX);
+	return enter(ssl, buf, num, readbytes, CALL_READ_EX);
 }
 
 /* int SSL_write_ex(SSL *s, const void *buf, size_t num, size_t *written) */
 SEC("uprobe")
 int BPF_KPROBE(ssl_write_ex_enter, void *ssl, const void *buf, size_t num, size_t *written)
 {
-	return enter(ssl, (void *)buf, written, CALL_WRITE_EX);
+	return enter(ssl, (void *)buf, num, written, CALL_WRITE_EX);
 }
 
 /* int SSL_do_handshake(SSL *s) */
 SEC("uprobe")
 int BPF_KPROBE(ssl_handshake_enter, void *ssl)
 {
-	return enter(ssl, 0, 0, CALL_HANDSHAKE);
+	return enter(ssl, 0, 0, 0, CALL_HANDSHAKE);
 }
 
 /* One return probe serves every function: the entry recorded the kind. */

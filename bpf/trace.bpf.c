@@ -182,13 +182,6 @@ static __always_inline __u32 copy_payload(struct span_scratch *s, long ret, int 
 	return off < TRACE_PAYLOAD_MAX ? off : TRACE_PAYLOAD_MAX;
 }
 
-/* Does the payload start with the HTTP/2 client connection preface? */
-static __always_inline int is_h2_preface(const __u8 *p)
-{
-	return p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' &&
-	       p[6] == 'H' && p[7] == 'T' && p[8] == 'T' && p[9] == 'P' && p[10] == '/' && p[11] == '2';
-}
-
 static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 {
 	if (ret <= 0)
@@ -213,10 +206,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 		/* all iovecs on HTTP/2 connections, and for a message start (it
 		 * may be the preface, with a request after it) */
 		s->ev.cap_len = copy_payload(s, ret, tc->h2 || start);
-		/* the client preface opens the connection: its calls are all
-		 * sent from now on (both ends see it first) */
-		if (start && !tc->h2 && s->ev.cap_len >= 12 && is_h2_preface(s->ev.payload))
-			tc->h2 = 1;
+		span_h2_mark(tc, &s->ev, start);
 		span_msg_send(&events, &s->ev, &s->unqueried, &drops, TRACE_DROP_RING);
 	}
 	span_call_end(tc, op, due, start, ret, now);

@@ -159,7 +159,10 @@ def _trace_tls_line():
     from .plugins.tls_probes import check_line
     try:
         with BpfSkeleton(TRACE).start() as bpf:
-            return check_line(spec=TLS_TRACE, label="TLS spans", **tls_trace_start(bpf, False))
+            line = check_line(spec=TLS_TRACE, label="TLS spans", **tls_trace_start(bpf, False))
+        # what the libssl probes cannot see, named (HTTP/1.x and HTTP/2 inside are followed)
+        return (line + "; HTTP/1.x and HTTP/2 inside; not covered: grpcio (BoringSSL linked in "
+                "statically: no libssl), Go's crypto/tls, other statically linked TLS")
     except HOST_REFUSED as exc:
         return f"TLS spans: no: {_first_line(exc)}"
 

@@ -30,6 +30,15 @@ may have been missed): no new request of that connection gets a span
 rather than a wrong :path. A connection that opened before the tracker saw
 its preface is not followed.
 
+HTTP/2 inside TLS (bpf/tls.bpf.c: the plaintext of OpenSSL's calls, every
+call once the preface was seen, under the socket's key | TLS_SK_TAG) is
+followed the same way: the kernel's seq of a TLS call is where the TLS
+record carrying its first byte ends + that byte's offset in the record's
+plaintext, so a frame's (seq + its offset in the call) is the same at both
+ends for every frame decoded (a frame header is read only within a call's
+first TRACE_PAYLOAD_MAX bytes, which of an SSL_write lie in its first
+record, the one its seq names).
+
 ``tests/reference/h2trace_ref.py`` holds the same rules in plain Python.
 """
 from libc.stdint cimport int16_t, int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -40,7 +49,6 @@ import numpy as np
 cimport numpy as cnp
 
 from trace cimport *
-from tls cimport TLS_SK_TAG
 from dk_common cimport offset_of, mix64
 from bytebuf cimport bytebuf, bytebuf_reserve
 from h2frame cimport h2_frame_t, h2_frame_header, H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_PUSH_PROMISE, \
@@ -275,8 +283,8 @@ cdef inline void _copy_str(char *dst, uint8_t *dlen, int cap, const uint8_t *are
 
 # H2Tracker.stats, in the order of the counts[] of feed() and expire()
 _COUNTERS = ("h2_connections", "h2_streams", "h2_unanswered", "h2_expired", "h2_boundary_lost", "h2_header_errors",
-             "h2_tls_unsupported", "h2_restarted", "h2_connections_expired")
-DEF NCOUNTS = 9
+             "h2_restarted", "h2_connections_expired")
+DEF NCOUNTS = 8
 
 
 cdef class H2Tracker:
@@ -430,16 +438,11 @@ cdef class H2Tracker:
             # a new connection on the socket of one whose close was lost
             # (a full ring, the kernel's LRU): the old one ends here
             self._close(<conn_t *>self.conns.items + ci, ci, counts)
-            counts[7] += 1
+            counts[6] += 1
             ci = -1
         if ci < 0:
             # a connection is followed from its preface on (both ends see it first)
             if m.more or not h2_preface_at(m.payload, cap):
-                return
-            if m.sk & TLS_SK_TAG:
-                # the TLS programs send message starts only, not every
-                # call: its frames could not be followed (wrong paths)
-                counts[6] += 1
                 return
             ci = _pool_take(&self.conns)
             if ci < 0 or _ix_put(&self.conns_ix, m.sk, 0, ci):
@@ -745,7 +748,7 @@ cdef class H2Tracker:
                 c = <conn_t *>self.conns.items + i
                 if c.sk and c.last_ns < conns_before_ns:
                     self._close(c, i, counts)
-                    counts[8] += 1
+                    counts[7] += 1
             for i in range(self.streams.used):
                 s = <stream_t *>self.streams.items + i
                 if s.sk and s.start_ns < before_ns:

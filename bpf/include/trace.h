@@ -104,7 +104,9 @@ struct trace_conn {
 	                   * sets it): its calls are only counted, no record
 	                   * but the close */
 	__u8 h2;          /* the HTTP/2 client preface was seen: every call is sent */
-	__u8 _pad[4];
+	__u32 rec_off;    /* TLS plaintext (bpf/tls.bpf.c): bytes of the TLS record
+	                   * being read that SSL_reads returned so far (0: the
+	                   * last read ended its record) */
 };
 
 #endif

@@ -157,6 +157,22 @@ static __always_inline int is_http1_status(const __u8 *p)
 	return p[0] == 'H' && p[1] == 'T' && p[2] == 'T' && p[3] == 'P' && p[4] == '/' && p[5] == '1' && p[6] == '.';
 }
 
+/* Does the payload start with the HTTP/2 client connection preface? */
+static __always_inline int is_h2_preface(const __u8 *p)
+{
+	return p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' &&
+	       p[6] == 'H' && p[7] == 'T' && p[8] == 'T' && p[9] == 'P' && p[10] == '/' && p[11] == '2';
+}
+
+/* A message start (payload copied) that is the HTTP/2 client preface opens
+ * an HTTP/2 connection: all its calls are sent from now on (both ends see
+ * the preface first; over TLS, the first plaintext of the connection). */
+static __always_inline void span_h2_mark(struct trace_conn *tc, const struct span_msg *ev, int start)
+{
+	if (start && !tc->h2 && ev->cap_len >= 12 && is_h2_preface(ev->payload))
+		tc->h2 = 1;
+}
+
 /* Everything of a message start but its payload (and cap_len): the
  * connection's counters before this call, the tuple, the task, `seq`. */
 static __always_inline void span_msg_fill(struct span_msg *ev, const struct trace_conn *tc,

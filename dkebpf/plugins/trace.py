@@ -10,7 +10,8 @@ thread. TLS through OpenSSL: bpf/tls.bpf.c loaded a second time with
 ``trace_spans`` (bpf_objects.TLS_TRACE, uprobes on every libssl found, as
 httpflow-tls's: tls_probes.TlsProbes) sends the same records for the
 plaintext of SSL_read/SSL_write into the same ring, on the same maps
-(reused), keyed by the socket with TLS_SK_TAG set. Which processes:
+(reused), keyed by the socket with TLS_SK_TAG set (HTTP/2 inside: every
+SSL call, followed by plugins/trace_h2.py as plaintext h2). Which processes:
 ProcessSelector below, written into the kernel's ``trace_pids`` map
 (children inherit at fork).
 

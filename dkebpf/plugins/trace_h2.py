@@ -1,7 +1,8 @@
 """ebpf-trace's HTTP/2 and gRPC spans: one per stream, from the calls of
-HTTP/2 connections (ext/h2trace.pyx follows frames, HPACK and streams in
-C across steps); SpanBuilder (plugins/trace.py) feeds it each step's
-records and adds its span rows to the table.
+HTTP/2 connections, plaintext and inside OpenSSL's TLS (ext/h2trace.pyx
+follows frames, HPACK and streams in C across steps); SpanBuilder
+(plugins/trace.py) feeds it each step's records and adds its span rows to
+the table.
 
 Columns: ``http_method``, ``http_route`` (``:path``), ``http_version`` "2",
 ``http_status_code``; gRPC (``content-type: application/grpc...``):

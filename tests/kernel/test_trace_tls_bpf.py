@@ -5,10 +5,18 @@ both traced (nginx by a name of its own, curl by this test's environment
 variable, so other engineers' processes are not). Every request gives an
 entry span at nginx and an exit span at curl with the right route and
 status, carrying the same sequence numbers (the linker joins them), and
-the ciphertext on the same sockets gives no span."""
+the ciphertext on the same sockets gives no span. HTTP/2 inside TLS:
+nginx with `listen ... ssl http2` and two OpenSSL clients negotiating h2
+by ALPN: curl --http2 (libcurl + nghttp2), requests one after the other on
+one connection, and Python's ssl with a hand-written HTTP/2 client sending
+them all at once (streams interleave); the kernel flags the plaintext
+connection h2 at the preface and sends every SSL call, ext/h2trace.pyx
+follows it under the TLS-tagged key: a span per stream at each end with
+route and status, both carrying the same sequence numbers."""
 import logging
 import os
 import subprocess
+import sys
 import time
 import types
 
@@ -22,6 +30,69 @@ pytestmark = [pytest.mark.kernel,
 
 MARK = "DKEBPF_TRACE_TLS_TEST_%d" % os.getpid()
 NGINX_NAME = "tlsngx%d" % (os.getpid() % 1000000)  # its comm: at most 15 characters
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+# argv: host port traceparent reads path...; all requests in one SSL_write
+# (streams 1, 3, ...; under the 1024 bytes a call's capture holds), then
+# reads frames until every stream ended (reads "bulk": 64 kB SSL_reads,
+# "frames": a frame header's 9 bytes, then its body: SSL_reads that take a
+# record in pieces); prints the ids of the streams that ended. HPACK: static table entries and literals without indexing,
+# no Huffman (nginx's responses are not decoded: the spans tell their status).
+H2_CLIENT = r"""
+import socket, ssl, struct, sys
+host, port, tp, reads, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
+if s.selected_alpn_protocol() != "h2":
+    sys.exit("ALPN did not choose h2: %r" % s.selected_alpn_protocol())
+
+def frame(t, flags, sid, body):
+    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + body
+
+def lit(name, value):  # a new name, or a static table index
+    if isinstance(name, int):
+        return bytes([name]) + bytes([len(value)]) + value
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+out = b""
+for i, p in enumerate(paths):
+    # :method GET, :scheme https (static 2, 7), :authority, :path (names 1, 4)
+    block = b"\x82\x87" + lit(1, b"localhost") + lit(4, p.encode()) + lit(b"traceparent", tp)
+    out += frame(1, 0x5, 1 + 2 * i, block)
+s.sendall(out)
+buf, open_, ended = b"", set(range(1, 2 * len(paths), 2)), []
+
+def fill(n):
+    global buf
+    while len(buf) < n:
+        got = s.recv(65536 if reads == "bulk" else n - len(buf))
+        if not got:
+            sys.exit("connection closed with streams open: %r" % sorted(open_))
+        buf += got
+
+while open_:
+    fill(9)
+    fill(9 + int.from_bytes(buf[:3], "big"))
+    n = int.from_bytes(buf[:3], "big")
+    t, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
+    body, buf = buf[9:9 + n], buf[9 + n:]
+    if t in (0, 1) and flags & 1 and sid in open_:
+        open_.discard(sid)
+        ended.append(sid)
+    elif t == 3:
+        sys.exit("stream %d reset" % sid)
+# the SETTINGS ACK and GOAWAY at the end: a record sent while nginx has
+# not read the requests' yet would join it in nginx's read-ahead (OpenSSL's
+# read_ahead: both then named by the later one's end, README)
+s.sendall(frame(4, 1, 0, b"") + frame(7, 0, 0, b"\0\0\0\0\0\0\0\0"))
+s.close()
+print(*ended)
+"""
 
 
 def make_cfg(**over):
@@ -45,11 +116,11 @@ def plugin(bpf_ok):
 
 
 @pytest.fixture
-def nginx(tmp_path, plugin):
+def nginx(request, tmp_path, plugin):
     # started after the collector: it sees the master at its rescan, the
     # worker (forked) inherits its trace_pids entry
     plugin.rescan(force=True)
-    s = TlsNginx(tmp_path, name=NGINX_NAME)
+    s = TlsNginx(tmp_path, name=NGINX_NAME, http2=getattr(request, "param", False))
     s.start()
     yield s
     s.stop()
@@ -59,7 +130,7 @@ def test_https_client_and_server_spans_linked(plugin, nginx):
     assert plugin.tls is not None and plugin.tls.libraries, "no TLS uprobes attached"
     paths = list(ROUTES)
     args = ["curl", "-k", "-s", "--http1.1", "-H",
-            "traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"]
+            f"traceparent: {TRACEPARENT}"]
     for p in paths:
         args += ["-o", "/dev/null", nginx.url(p)]
     # through a waiting shell: the collector learns of curl by its variable
@@ -120,3 +191,82 @@ def test_ciphertext_of_tls_sockets_is_ignored(plugin, nginx):
     # flights), never the records of the requests
     assert len(plain) <= 4
     assert all(m["payload"].tobytes()[:1] in (b"\x16", b"\x14") for m in plain if m["cap_len"])
+
+
+def _both_ends(plugin, nginx, proc, paths):
+    """The span rows of proc (the client) and of nginx's worker once each
+    has one per path; checks what both ends share and returns them, each
+    by route and req_seq (so the ends' rows pair up)."""
+    pid, worker = str(proc.pid), str(nginx.worker)
+
+    def done(rows):
+        return (sum(r["pid"] == pid for r in rows) >= len(paths)
+                and sum(r["pid"] == worker for r in rows) >= len(paths))
+
+    rows = spans_until(plugin, done, timeout=25)
+    out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 0, err
+    key = lambda r: (r["http_route"], int(r["req_seq"]))  # noqa: E731
+    client = sorted((r for r in rows if r["pid"] == pid), key=key)
+    server = sorted((r for r in rows if r["pid"] == worker), key=key)
+    paths = sorted(paths)
+    assert [r["http_route"] for r in client] == paths, rows
+    assert [r["http_route"] for r in server] == paths, rows
+    want = [str(ROUTES[p][0]) for p in paths]
+    for end in (client, server):
+        assert [r["http_status_code"] for r in end] == want
+        assert [r["resource"] for r in end] == [f"GET {p}" for p in paths]
+        assert {(r["operation"], r["http_version"], r["http_method"]) for r in end} == {("HTTP2", "2", "GET")}
+        assert all(r["app_trace_id"] == "0af7651916cd43dd8448eb211c80319c" for r in end)
+    assert {(r["direction"], r["ebpf_span_type"], r["src_port"]) for r in server} == \
+        {("incoming", "entry", str(nginx.port))}
+    assert {(r["direction"], r["ebpf_span_type"], r["dst_port"]) for r in client} == \
+        {("outgoing", "exit", str(nginx.port))}
+    # one connection: the client's port is the same for every stream
+    assert len({r["src_port"] for r in client}) == 1 and len({r["dst_port"] for r in server}) == 1
+    # the ends joined: each stream's HEADERS frames carry the same sequence
+    # numbers at both ends (the TLS record's end + the frame's offset in it)
+    assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+    assert len({r["req_seq"] for r in server}) == len(paths)
+    c = plugin.counters()
+    assert c["trace_h2_connections"] >= 2  # the plaintext of the one connection, at each end
+    assert c["trace_h2_boundary_lost"] == 0 and c["trace_h2_header_errors"] == 0
+    assert c["kernel_drop_trace_tls_span_ring_full"] == 0
+    assert c["kernel_drop_trace_events_ring_full"] == 0
+    return client, server, out
+
+
+@pytest.mark.parametrize("nginx", [True], indirect=True)  # listen ... ssl http2
+def test_curl_http2_over_tls_spans_at_both_ends(plugin, nginx):
+    features = subprocess.run(["curl", "-V"], capture_output=True, text=True, check=True).stdout
+    assert "HTTP2" in features and "OpenSSL" in features, features
+    assert plugin.tls is not None and plugin.tls.libraries, "no TLS uprobes attached"
+    paths = list(ROUTES) + ["/tls/ok"]
+    args = ["curl", "-k", "-s", "--http2", "-H", f"traceparent: {TRACEPARENT}", "-w", "%{http_version}\\n"]
+    for p in paths:
+        args += ["-o", "/dev/null", nginx.url(p)]
+    # through a waiting shell: the collector learns of curl by its variable
+    curl = start_after(2.5, args, dict(os.environ, **{MARK: "1"}), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    client, server, out = _both_ends(plugin, nginx, curl, paths)
+    assert out.split() == ["2"] * len(paths)  # curl spoke HTTP/2 each time
+    # one after the other: a request's span starts after the one before ended
+    assert len({r["ktime"] for r in client}) == len(paths)
+
+
+@pytest.mark.parametrize("nginx", [True], indirect=True)
+@pytest.mark.parametrize("reads", ["bulk", "frames"])
+def test_python_ssl_h2_client_concurrent_streams(plugin, nginx, reads):
+    """Python's ssl (libssl's SSL_write_ex/SSL_read_ex): all requests in one
+    SSL_write, responses interleaved by nginx; read in bulk, or a frame at
+    a time (records taken in pieces: the kernel adds what the earlier
+    pieces returned, trace_conn.rec_off, or the numbers would not join)."""
+    assert plugin.tls is not None and plugin.tls.libraries, "no TLS uprobes attached"
+    paths = list(ROUTES) * 2
+    args = [sys.executable, "-c", H2_CLIENT, nginx.host, str(nginx.port), TRACEPARENT, reads, *paths]
+    proc = start_after(2.5, args, dict(os.environ, **{MARK: "1"}), stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, text=True)
+    client, server, out = _both_ends(plugin, nginx, proc, paths)
+    assert sorted(int(sid) for sid in out.split()) == list(range(1, 2 * len(paths), 2))
+    # the requests left in one SSL_write: every stream's HEADERS in one TLS record
+    assert len({r["ktime"] for r in client}) == 1

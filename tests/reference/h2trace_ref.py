@@ -17,7 +17,6 @@ END_STREAM, END_HEADERS, PADDED, PRIORITY = 0x1, 0x4, 0x8, 0x20
 CAPS = {"method": 16, "path": 200, "ctype": 40, "gmsg": 100}
 BLOCK_MAX = 65536
 UINT64_MAX = (1 << 64) - 1
-TLS_SK_TAG = 1
 
 
 def frame_header(b):
@@ -59,7 +58,7 @@ class Tracker:
         self.streams = {}  # (sk, id) -> dict
         self.done = []
         self.requests = {}
-        self.restarted = self.tls_unsupported = 0
+        self.restarted = 0
 
     def feed(self, records):
         self.records = records
@@ -90,9 +89,6 @@ class Tracker:
             conn = None
         if conn is None:
             if m["more"] or not m["payload"].startswith(PREFACE):
-                return
-            if m["sk"] & TLS_SK_TAG:  # not every call is sent: not followed
-                self.tls_unsupported += 1
                 return
             conn = self.conns[m["sk"]] = (m["op"], [Dir(m["sk"], 0), Dir(m["sk"], 1)])
             conn[1][0].skip = 24

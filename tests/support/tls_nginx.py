@@ -33,7 +33,7 @@ http {{
     scgi_temp_path {tmp}/scgi;
     keepalive_requests 1000;
     server {{
-        listen {host}:{port} ssl;
+        listen {host}:{port} ssl{http2};
         ssl_certificate {tmp}/cert.pem;
         ssl_certificate_key {tmp}/key.pem;
         ssl_protocols TLSv1.2 TLSv1.3;
@@ -63,8 +63,9 @@ def private_libssl(tmp):
 
 
 class TlsNginx:
-    def __init__(self, tmp, host="127.0.0.1", lib_dir=None, name=None):
+    def __init__(self, tmp, host="127.0.0.1", lib_dir=None, name=None, http2=False):
         self.tmp = str(tmp)
+        self.http2 = http2  # HTTP/2 offered by ALPN (and HTTP/1.1)
         self.name = name  # run as this name (comm), through a link: chosen by a process list
         self.host = host
         self.lib_dir = lib_dir
@@ -82,7 +83,8 @@ class TlsNginx:
         listen = f"[{self.host}]" if ":" in self.host else self.host
         conf = os.path.join(self.tmp, "nginx.conf")
         with open(conf, "w") as f:
-            f.write(CONF.format(tmp=self.tmp, host=listen, port=self.port, routes="\n".join(routes)))
+            f.write(CONF.format(tmp=self.tmp, host=listen, port=self.port, routes="\n".join(routes),
+                                http2=" http2" if self.http2 else ""))
         env = dict(os.environ)
         if self.lib_dir:
             env["LD_LIBRARY_PATH"] = self.lib_dir

@@ -15,6 +15,7 @@ from reference import hpack_ref
 
 SEND, RECV, CLOSE = 1, 2, 3
 SK = 0xFFFF888812340000
+TLS_RECORD_MAX = 16384  # plaintext bytes of a TLS record at most
 
 
 def frame(t, flags, stream, body):
@@ -257,18 +258,69 @@ def _grpc_calls(c, paths, first=1):
         c.call(False, frame(1, 0x4, sid, b"\x88") + frame(0, 0, sid, b"\0\0\0\0\x01b") + frame(1, 0x5, sid, trailers(0)))
 
 
-def test_tls_connection_gives_no_http2_spans():
-    """A TLS-tagged socket (its plaintext: the TLS programs send message
-    starts, not every call) that opens with the preface: no spans, counted
-    -- never spans with paths from a drifted HPACK table."""
-    c = Conn(sk=SK | _records_tag())
-    c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
-    _grpc_calls(c, [b"/pkg.Svc/A", b"/pkg.Svc/B"])
-    tr = _h2trace.H2Tracker()
-    m = records(c.recs)
-    tr.feed(m, np.arange(len(m)), np.zeros(len(m), np.uint8), np.zeros(len(m), np.uint64), _trace.ROLE_REQUEST)
-    assert len(tr.spans(m)) == 0 and tr.connections == 0 and tr.stats["h2_tls_unsupported"] == 1
-    assert run(c.recs) == []
+class TlsEnds:
+    """The plaintext of one TLS connection at both ends, as bpf/tls.bpf.c
+    sends it: a write is one SSL_write (seq: where its first record ends
+    on the wire), cut into records of at most 16 KiB plaintext (22 bytes
+    more each on the wire: TLS 1.3 AES-GCM); the reader's SSL_reads return
+    one record each, in pieces of at most `read_max` bytes (seq: where the
+    record ends + the piece's offset in it)."""
+
+    def __init__(self, read_max=1 << 20):
+        self.sk = SK | _records_tag()
+        self.recs = {True: [], False: []}   # client's, server's
+        self.wire = {True: 7000, False: 9000000}  # each direction's TCP seq (True: the requests')
+        self.last = {True: 0, False: 0}
+        self.t = 1000
+        self.read_max = read_max
+
+    def _add(self, client, op, seq, data):
+        self.t += 10
+        more = 2 if self.last[client] == op else 0
+        self.last[client] = op
+        self.recs[client].append(dict(sk=self.sk, op=op, ts=self.t, seq=seq & 0xFFFFFFFF, bytes=len(data),
+                                      payload=data[:ref.PAYLOAD_MAX], more=more))
+
+    def write(self, from_client, data):
+        ends = []
+        for a in range(0, len(data), TLS_RECORD_MAX):
+            rec = data[a:a + TLS_RECORD_MAX]
+            self.wire[from_client] += 5 + len(rec) + 17
+            ends.append((self.wire[from_client], rec))
+        self._add(from_client, SEND, ends[0][0], data)
+        for end, rec in ends:
+            for a in range(0, len(rec), self.read_max):
+                self._add(not from_client, RECV, end + a, rec[a:a + self.read_max])
+
+
+def _tls_exchanges(t, paths, body=b"x"):
+    """Requests (HEADERS, END_STREAM) all in one write, then responses
+    (HEADERS :status 200, DATA body with END_STREAM) a write each, on
+    TlsEnds t."""
+    t.write(True, ref.PREFACE + frame(4, 0, 0, b""))
+    t.write(False, frame(4, 0, 0, b""))
+    t.write(True, b"".join(frame(1, 0x5, 1 + 2 * i, request(p)) for i, p in enumerate(paths)))
+    for i in range(len(paths)):
+        t.write(False, frame(1, 0x4, 1 + 2 * i, b"\x88") + frame(0, 0x1, 1 + 2 * i, body))
+
+
+def test_tls_connection_streams_join_at_both_ends():
+    """HTTP/2 inside TLS (the TLS-tagged key): followed as plaintext, every
+    call sent; with the kernel's seq of TLS calls (the record's end + the
+    call's offset in its plaintext) a frame's number is the same at both
+    ends -- also when the reader takes a record in several SSL_reads and
+    after responses longer than a record."""
+    paths = [b"/pkg.Svc/A", b"/pkg.Svc/B", b"/pkg.Svc/C"]
+    # (30: the preface whole in the first read, a later HEADERS inside a read's piece)
+    for read_max, body in ((1 << 20, b"x"), (30, b"x"), (1 << 20, b"y" * 40000), (5000, b"y" * 40000)):
+        t = TlsEnds(read_max)
+        _tls_exchanges(t, paths, body)
+        client, server = (sorted(run(t.recs[c]), key=lambda s: s["id"]) for c in (True, False))
+        assert [s["path"] for s in client] == [s["path"] for s in server] == paths
+        assert [s["incoming"] for s in client + server] == [0] * len(paths) + [1] * len(paths)
+        assert [s["status"] for s in client + server] == [200] * 2 * len(paths)
+        assert [(s["req_seq"], s["resp_seq"]) for s in client] == [(s["req_seq"], s["resp_seq"]) for s in server]
+        assert len({s["req_seq"] for s in client}) == len(paths)
 
 
 def _records_tag():
