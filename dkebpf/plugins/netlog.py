@@ -92,6 +92,15 @@ RETIRE_MS = 64   # a partly filled block is handed over after this long (the ori
 # the epoll wait is bounded so that stop() is seen
 LINGER_MS = 10
 READER_POLL_S = 0.2
+# the reader thread runs SCHED_FIFO at the lowest real-time priority: at
+# nice -10 it was read up to 170 ms after a block was closed on the shared
+# 2-core VM under a bulk transfer (500 ms at nice 0), longer than a 4 MiB
+# ring lasts at 300k packets/s; SCHED_FIFO kept it under 55 ms
+# (perf/bench_netlog_e2e.py, reader_lag_max_ms). It sleeps in poll when the
+# rings are empty, and the kernel's RT throttling (sched_rt_runtime_us)
+# leaves the others 5% even if it did not. Without CAP_SYS_NICE: nice
+# READER_NICE if permitted, else the default.
+READER_RT_PRIORITY = 1
 READER_NICE = -10
 READER_STOP_S = 2.0   # stop() waits this long for the reader thread, then logs and goes on
 
@@ -209,6 +218,22 @@ def choose_nics(nics, host_network, pattern, virtual_names):
     if host_network:
         return [n for n in nics if n.up and n.name not in virtual_names and n.name != "lo"]
     return [n for n in nics if n.up and n.name != "lo"]
+
+
+def raise_reader_priority():
+    """The calling thread (only it) at the ring reader's priority:
+    SCHED_FIFO READER_RT_PRIORITY, else nice READER_NICE, else left; says
+    which."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(READER_RT_PRIORITY))   # 0: this thread
+        return f"SCHED_FIFO {READER_RT_PRIORITY}"
+    except OSError:
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)
+        return f"nice {READER_NICE}"
+    except OSError:
+        return "the default priority (no CAP_SYS_NICE)"
 
 
 class NicCapture:
@@ -344,10 +369,7 @@ class NetlogPlugin(Plugin):
         self._reader.start()
 
     def _read_rings(self):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)   # this thread only
-        except OSError:
-            pass   # not permitted (no CAP_SYS_NICE): the default priority
+        self.log.info("netlog: reader thread at %s", raise_reader_priority())
         try:
             while not self._stop.is_set():
                 for fd, ev in self.epoll.poll(READER_POLL_S):
@@ -564,7 +586,7 @@ class NetlogPlugin(Plugin):
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
-                      "not_tcp_udp", "socket_errors"):
+                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v
