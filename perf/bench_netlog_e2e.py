@@ -22,14 +22,19 @@ drops and CPU (from /proc) per 100k packets/s; and bulk again with
 messages): the cost of the logs, in the same run.
 
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
-                                          BENCH_LOADS=bulk,http,udp, BENCH_PPS=)
+                                          BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
+                                          BENCH_READER_PRIO=)
 
 BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
 rates (data segments/s into the namespace, every stream paced by the
 kernel's TCP pacing, SO_MAX_PACING_RATE) with capture on, in this process
 and with the collector: "0 drops at a rate" measured at a controlled rate
 rather than at whatever the machine makes; prints the highest delivered
-rate whose rounds dropped nothing.
+rate whose rounds dropped nothing. The reader here runs at the plugin's
+priority (reader_priority_held: SCHED_FIFO) unless BENCH_READER_PRIO=default.
+BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
+runs, to see what the reader loses waiting for the GIL held by a thread
+that the machine's other work keeps off the CPU (priority inversion).
 
 Prints `name: value` lines per load, medians of the rounds: packets/s
 delivered to the namespace with capture off and on and their ratio,
@@ -44,8 +49,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
+from contextlib import nullcontext
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
@@ -53,7 +58,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from support.netns import NetNS, call_in_netns  # noqa: E402
 from support.nginx import Nginx  # noqa: E402
 
-from dkebpf.plugins.netlog import LINGER_MS, NicCapture, in_netns, list_nics, raise_reader_priority  # noqa: E402
+from dkebpf.plugins.netlog import LINGER_MS, NicCapture, in_netns, list_nics, reader_priority_held  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 18090
@@ -64,6 +69,7 @@ STREAMS = int(os.environ.get("BENCH_STREAMS", 4))
 # paced bulk rates (data segments/s into the namespace, all streams together), e.g. "200000,300000"
 PACED = [int(r) for r in os.environ.get("BENCH_PPS", "").replace(",", " ").split()]
 LOADS = os.environ.get("BENCH_LOADS", "bulk,http,udp").split(",")
+AGENT_NICE = int(os.environ.get("BENCH_AGENT_NICE", 0))
 MTU = 300
 WRK_CONNS = 32
 
@@ -125,16 +131,13 @@ def run(ns, load, flood, ngx, capture, pps=0):
         senders = load_procs(ns, load, flood, ngx, pps)
         # this thread reads as the plugin's reader thread does, at its priority (once the senders
         # started: they would inherit it); BENCH_READER_PRIO=default: as any other thread
-        if os.environ.get("BENCH_READER_PRIO") != "default":
-            raise_reader_priority()
-        while any(s.poll() is None for s in senders):
-            if cap is not None:
-                cap.ring.wait(20)
-                cap.drain(LINGER_MS)
-            else:
-                time.sleep(0.02)
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 0)
+        with reader_priority_held() if os.environ.get("BENCH_READER_PRIO") != "default" else nullcontext():
+            while any(s.poll() is None for s in senders):
+                if cap is not None:
+                    cap.ring.wait(20)
+                    cap.drain(LINGER_MS)
+                else:
+                    time.sleep(0.02)
         t1 = time.monotonic()
         delivered = rx_packets(ns) - r0
         if cap is not None:
@@ -167,6 +170,11 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
                 if time.monotonic() > end:
                     raise SystemExit(f"collector never captured: {c.log_text()}")
                 time.sleep(0.1)
+            if AGENT_NICE:   # the collector's threads but the reader (SCHED_FIFO already) reniced
+                for tid in os.listdir(f"/proc/{c.proc.pid}/task"):
+                    with open(f"/proc/{c.proc.pid}/task/{tid}/comm") as f:
+                        if f.read().strip() != "netlog-reader":
+                            os.setpriority(os.PRIO_PROCESS, int(tid), AGENT_NICE)
             r0, cpu0, t0 = rx_packets(ns), c.cpu_seconds(), time.monotonic()
             for p in load_procs(ns, load, flood, ngx, pps):
                 if p.wait():
