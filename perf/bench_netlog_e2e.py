@@ -138,10 +138,10 @@ def run(ns, load, flood, ngx, capture, pps=0):
                     cap.drain(LINGER_MS)
                 else:
                     time.sleep(0.02)
-        t1 = time.monotonic()
-        delivered = rx_packets(ns) - r0
-        if cap is not None:
-            cap.flush()
+            t1 = time.monotonic()
+            delivered = rx_packets(ns) - r0
+            if cap is not None:
+                cap.flush()
         c1 = os.times()
     finally:
         if sink is not None:

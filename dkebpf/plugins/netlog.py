@@ -83,9 +83,17 @@ except ImportError as exc:  # pragma: no cover - a broken install
 RESCAN_S = 10
 VIRTUAL_NET = "/sys/devices/virtual/net"
 SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
-# ring sizes as the original: 64 blocks for host NICs, 8 for container NICs
+# Ring sizes from a budget: the ring holds the packets of the reader's
+# worst lag (reader_lag_max_ns: how long after the kernel closed a block it
+# was read). Measured on the shared 2-core VM at load 10, the reader
+# SCHED_FIFO, a bulk transfer through a veth (perf/bench_netlog_e2e.py):
+# up to 120 ms at 375k frames/s, a frame of a cut segment or an ACK
+# ~160 bytes in the ring (tpacket3_hdr + sockaddr_ll + 66 bytes captured):
+# 7.2 MB. Container NICs: 16 blocks of 512 KiB (8 MiB, 52k frames, 140 ms
+# at that rate; the original's 8 dropped at 300k packets/s); host NICs, the
+# original's 64 (32 MiB).
 BLOCK_SIZE = 1 << 19
-HOST_BLOCKS, OTHER_BLOCKS = 64, 8
+HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
 # the reader thread: a ring with heavy traffic is read for up to LINGER_MS
 # without the GIL before its batch is folded (PacketRing.read's linger_ms);
