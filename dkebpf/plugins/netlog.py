@@ -24,11 +24,13 @@ collector's own namespace the physical NICs (not listed under
 /sys/devices/virtual/net, as the original), elsewhere every UP interface
 but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
-A reader thread of the plugin drains the rings (PacketRing.read: blocks
-walked and decoded without the GIL, lingering while traffic is heavy, so
-Python runs once per batch) into the connection tables, under a lock the
-agent's thread also takes to collect, open and close: the agent's own work
-(encoding, sending, other plugins) does not leave the rings full. The
+A reader thread of the plugin, SCHED_FIFO when permitted (see
+READER_RT_PRIORITY), drains the rings (PacketRing.read: blocks walked and
+decoded without the GIL, lingering while traffic is heavy, so Python runs
+once per batch) into the connection tables, under a lock the agent's
+thread also takes, at the reader's priority while it holds it, to
+collect, open and close: the agent's own work (encoding, sending, other
+plugins) does not leave the rings full. The
 reader takes at most a ring's worth of blocks per turn and, when the
 agent's thread waits for the lock, lets it in before the next turn: a
 ring that never empties (overload) does not hold collect() up. An error
