@@ -23,7 +23,7 @@ messages): the cost of the logs, in the same run.
 
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
                                           BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
-                                          BENCH_READER_PRIO=)
+                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0)
 
 BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
 rates (data segments/s into the namespace, every stream paced by the
@@ -32,6 +32,8 @@ and with the collector: "0 drops at a rate" measured at a controlled rate
 rather than at whatever the machine makes; prints the highest delivered
 rate whose rounds dropped nothing. The reader here runs at the plugin's
 priority (reader_priority_held: SCHED_FIFO) unless BENCH_READER_PRIO=default.
+BENCH_BOTH_ENDS=1: the in-process runs capture the host's end of the veth
+too (a second socket, the same packets once more: what it costs the kernel).
 BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
 runs, to see what the reader loses waiting for the GIL held by a thread
 that the machine's other work keeps off the CPU (priority inversion).
@@ -45,6 +47,7 @@ reader's worst lag (how long after the kernel closed a ring block it was
 read: the ring must hold that long's packets) and the load average."""
 import os
 import re
+import select
 import statistics
 import subprocess
 import sys
@@ -70,6 +73,7 @@ STREAMS = int(os.environ.get("BENCH_STREAMS", 4))
 PACED = [int(r) for r in os.environ.get("BENCH_PPS", "").replace(",", " ").split()]
 LOADS = os.environ.get("BENCH_LOADS", "bulk,http,udp").split(",")
 AGENT_NICE = int(os.environ.get("BENCH_AGENT_NICE", 0))
+BOTH_ENDS = int(os.environ.get("BENCH_BOTH_ENDS", 0))   # 1: this process captures the host's veth end too
 MTU = 300
 WRK_CONNS = 32
 
@@ -119,12 +123,14 @@ def sink_for(ns, load):
 
 def run(ns, load, flood, ngx, capture, pps=0):
     """One run of `load`: (delivered packets/s, captured packets/s, drops, CPU s, reader's worst lag ms)."""
-    path = f"/var/run/netns/{ns.name}"
-    cap = None
+    caps = []
     if capture:
-        with in_netns(path):
-            nic = next(n for n in list_nics() if n.name == ns.veth_peer)
-        cap = NicCapture.open(path, 0, nic, False)
+        ends = [(f"/var/run/netns/{ns.name}", ns.veth_peer)] + ([("/proc/self/ns/net", ns.veth_host)] * BOTH_ENDS)
+        for path, name in ends:
+            with in_netns(path):
+                nic = next(n for n in list_nics() if n.name == name)
+            caps.append(NicCapture.open(path, 0, nic, False))
+    by_ring = {c.ring: c for c in caps}
     sink = sink_for(ns, load)
     try:
         r0, t0, c0 = rx_packets(ns), time.monotonic(), os.times()
@@ -133,26 +139,26 @@ def run(ns, load, flood, ngx, capture, pps=0):
         # started: they would inherit it); BENCH_READER_PRIO=default: as any other thread
         with reader_priority_held() if os.environ.get("BENCH_READER_PRIO") != "default" else nullcontext():
             while any(s.poll() is None for s in senders):
-                if cap is not None:
-                    cap.ring.wait(20)
-                    cap.drain(LINGER_MS)
+                if caps:
+                    for ring in select.select(list(by_ring), [], [], 0.02)[0]:
+                        by_ring[ring].drain(LINGER_MS)
                 else:
                     time.sleep(0.02)
             t1 = time.monotonic()
             delivered = rx_packets(ns) - r0
-            if cap is not None:
+            for cap in caps:
                 cap.flush()
         c1 = os.times()
     finally:
         if sink is not None:
             sink.kill()
             sink.wait()
-    if cap is None:
-        return delivered / (t1 - t0), 0, 0, 0.0, 0.0
-    rc = cap.ring.counters()
-    cap.close()
-    return delivered / (t1 - t0), rc["packets"] / (t1 - t0), rc["kernel_drops"], \
-        (c1.user - c0.user) + (c1.system - c0.system), rc["reader_lag_max_ns"] / 1e6
+    rcs = [cap.ring.counters() for cap in caps]
+    for cap in caps:
+        cap.close()
+    secs = t1 - t0
+    return delivered / secs, sum(rc["packets"] for rc in rcs) / secs, sum(rc["kernel_drops"] for rc in rcs), \
+        (c1.user - c0.user) + (c1.system - c0.system), max((rc["reader_lag_max_ns"] / 1e6 for rc in rcs), default=0.0)
 
 
 def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
