@@ -11,7 +11,7 @@ bpf-netlog (one ring per network namespace and interface)."""
 from libc.errno cimport errno
 from libc.string cimport memcpy, memset
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC, CLOCK_REALTIME
 
 import numpy as np
 cimport numpy as cnp
@@ -360,6 +360,10 @@ cdef class PacketRing:
     # blocks handed back to the kernel (a reader's budget per drain); errors
     # the socket reported (take_error: ENETDOWN when the interface went down)
     cdef readonly uint64_t blocks, socket_errors
+    # the reader's worst lag: how long after the kernel closed a block
+    # (its last packet's time) read() took it; the ring must hold that
+    # long's packets, or it drops (the budget for block_nr x block_size)
+    cdef readonly uint64_t max_lag_ns
     # read()'s output, allocated at the first read and reused: a fresh
     # multi-MiB numpy buffer per read is an mmap, a page fault per 4 KiB
     # touched and a munmap (measured: most of bpf-netlog's cost per packet)
@@ -494,6 +498,15 @@ cdef class PacketRing:
                 break
             hdr_off += h.tp_next_offset
 
+    cdef void _note_lag(self, tpacket_block_desc *bd) noexcept nogil:
+        cdef timespec now
+        cdef int64_t lag
+        clock_gettime(CLOCK_REALTIME, &now)   # packet times are CLOCK_REALTIME
+        lag = (now.tv_sec - <int64_t>bd.hdr.bh1.ts_last_pkt.ts_sec) * 1000000000 + \
+            now.tv_nsec - <int64_t>bd.hdr.bh1.ts_last_pkt.ts_nsec
+        if lag > 0 and <uint64_t>lag > self.max_lag_ns:
+            self.max_lag_ns = lag
+
     def read(self, uint32_t max_blocks=8, bint copy=True, uint32_t linger_ms=0):
         """Decode ready blocks into a batch with room for max_blocks full
         blocks (more blocks of small frames fit: a block is taken while its
@@ -549,6 +562,7 @@ cdef class PacketRing:
                         more = True   # no room left: the caller folds this batch first
                         break
                     heavy = not (bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO)
+                    self._note_lag(bd)
                     self._walk_block(bd, out, pay, &got, &used)
                     __sync_synchronize()
                     bd.hdr.bh1.block_status = TP_STATUS_KERNEL
@@ -607,4 +621,5 @@ cdef class PacketRing:
                 "cut_bulk_segments": self.cut_bulk_segments,
                 "kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
                 "kernel_queue_freezes": self.kernel_freezes, "blocks": self.blocks,
+                "reader_lag_max_ns": self.max_lag_ns,
                 "socket_errors": self.socket_errors}

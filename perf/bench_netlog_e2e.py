@@ -21,21 +21,39 @@ drops and CPU (from /proc) per 100k packets/s; and bulk again with
 --netlog-metric only (no bpf_net_l4_log, so no per-packet series and
 messages): the cost of the logs, in the same run.
 
-    python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4)
+    python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
+                                          BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
+                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0)
+
+BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
+rates (data segments/s into the namespace, every stream paced by the
+kernel's TCP pacing, SO_MAX_PACING_RATE) with capture on, in this process
+and with the collector: "0 drops at a rate" measured at a controlled rate
+rather than at whatever the machine makes; prints the highest delivered
+rate whose rounds dropped nothing. The reader here runs at the plugin's
+priority (reader_priority_held: SCHED_FIFO) unless BENCH_READER_PRIO=default.
+BENCH_BOTH_ENDS=1: the in-process runs capture the host's end of the veth
+too (a second socket, the same packets once more: what it costs the kernel).
+BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
+runs, to see what the reader loses waiting for the GIL held by a thread
+that the machine's other work keeps off the CPU (priority inversion).
 
 Prints `name: value` lines per load, medians of the rounds: packets/s
 delivered to the namespace with capture off and on and their ratio,
 packets/s captured, socket drops (tp_drops, must be 0; summed over the
 rounds), this process's CPU (user + system, which includes softirq work
-the kernel happens to run on its time slices) per 100k packets/s, and the
-load average."""
+the kernel happens to run on its time slices) per 100k packets/s, the
+reader's worst lag (how long after the kernel closed a ring block it was
+read: the ring must hold that long's packets) and the load average."""
 import os
 import re
+import select
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
@@ -43,7 +61,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from support.netns import NetNS, call_in_netns  # noqa: E402
 from support.nginx import Nginx  # noqa: E402
 
-from dkebpf.plugins.netlog import LINGER_MS, NicCapture, in_netns, list_nics  # noqa: E402
+from dkebpf.plugins.netlog import LINGER_MS, NicCapture, in_netns, list_nics, reader_priority_held  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 18090
@@ -51,6 +69,11 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", 5))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 SENDERS = int(os.environ.get("BENCH_SENDERS", 2))
 STREAMS = int(os.environ.get("BENCH_STREAMS", 4))
+# paced bulk rates (data segments/s into the namespace, all streams together), e.g. "200000,300000"
+PACED = [int(r) for r in os.environ.get("BENCH_PPS", "").replace(",", " ").split()]
+LOADS = os.environ.get("BENCH_LOADS", "bulk,http,udp").split(",")
+AGENT_NICE = int(os.environ.get("BENCH_AGENT_NICE", 0))
+BOTH_ENDS = int(os.environ.get("BENCH_BOTH_ENDS", 0))   # 1: this process captures the host's veth end too
 MTU = 300
 WRK_CONNS = 32
 
@@ -59,7 +82,11 @@ SINK_TCP = ("import socket,sys,threading;s=socket.socket();s.setsockopt(socket.S
             "s.bind((sys.argv[1],int(sys.argv[2])));s.listen();print('ready',flush=True)\n"
             "def rd(c):\n while c.recv(1<<20): pass\n"
             "while True: threading.Thread(target=rd,args=(s.accept()[0],),daemon=True).start()")
+# argv[4], when not 0: segments/s this stream is paced to (SO_MAX_PACING_RATE, in payload bytes/s: the
+# MSS times the rate; the kernel's TCP pacing spaces the segments, no qdisc needed)
 SEND_TCP = ("import socket,sys,time;c=socket.create_connection((sys.argv[1],int(sys.argv[2])));b=bytes(1<<20)\n"
+            "pps=float(sys.argv[4])\n"
+            "if pps: c.setsockopt(socket.SOL_SOCKET,47,int(pps*c.getsockopt(socket.IPPROTO_TCP,socket.TCP_MAXSEG)))\n"
             "end=time.monotonic()+float(sys.argv[3])\nwhile time.monotonic()<end: c.sendall(b)\nc.close()")
 # a bound UDP socket nobody reads: datagrams are delivered (and dropped at its full buffer), no ICMP
 SINK_UDP = ("import socket,sys,time;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
@@ -76,11 +103,11 @@ def started(cmd):
     return p
 
 
-def load_procs(ns, load, flood, ngx):
-    """The processes making `load` for SECONDS."""
+def load_procs(ns, load, flood, ngx, pps=0):
+    """The processes making `load` for SECONDS; bulk paced to pps data segments/s when not 0."""
     if load == "bulk":
-        return [subprocess.Popen([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS)])
-                for _ in range(STREAMS)]
+        return [subprocess.Popen([sys.executable, "-c", SEND_TCP, ns.peer_ip, str(PORT), str(SECONDS),
+                                  str(pps / STREAMS)]) for _ in range(STREAMS)]
     if load == "http":
         return [subprocess.Popen(["wrk", "-t2", f"-c{WRK_CONNS}", f"-d{SECONDS:g}s", f"http://{ns.peer_ip}:{ngx.port}/ok"],
                                  stdout=subprocess.DEVNULL)]
@@ -94,61 +121,72 @@ def sink_for(ns, load):
     return started(ns.prefix() + ["python3", "-c", SINK_TCP if load == "bulk" else SINK_UDP, ns.peer_ip, str(PORT)])
 
 
-def run(ns, load, flood, ngx, capture):
-    """One run of `load`: (delivered packets/s, captured packets/s, drops, CPU s)."""
-    path = f"/var/run/netns/{ns.name}"
-    cap = None
+def run(ns, load, flood, ngx, capture, pps=0):
+    """One run of `load`: (delivered packets/s, captured packets/s, drops, CPU s, reader's worst lag ms)."""
+    caps = []
     if capture:
-        with in_netns(path):
-            nic = next(n for n in list_nics() if n.name == ns.veth_peer)
-        cap = NicCapture.open(path, 0, nic, False)
+        ends = [(f"/var/run/netns/{ns.name}", ns.veth_peer)] + ([("/proc/self/ns/net", ns.veth_host)] * BOTH_ENDS)
+        for path, name in ends:
+            with in_netns(path):
+                nic = next(n for n in list_nics() if n.name == name)
+            caps.append(NicCapture.open(path, 0, nic, False))
+    by_ring = {c.ring: c for c in caps}
     sink = sink_for(ns, load)
     try:
         r0, t0, c0 = rx_packets(ns), time.monotonic(), os.times()
-        senders = load_procs(ns, load, flood, ngx)
-        while any(s.poll() is None for s in senders):
-            if cap is not None:
-                cap.ring.wait(20)
-                cap.drain(LINGER_MS)
-            else:
-                time.sleep(0.02)
-        t1 = time.monotonic()
-        delivered = rx_packets(ns) - r0
-        if cap is not None:
-            cap.flush()
+        senders = load_procs(ns, load, flood, ngx, pps)
+        # this thread reads as the plugin's reader thread does, at its priority (once the senders
+        # started: they would inherit it); BENCH_READER_PRIO=default: as any other thread
+        with reader_priority_held() if os.environ.get("BENCH_READER_PRIO") != "default" else nullcontext():
+            while any(s.poll() is None for s in senders):
+                if caps:
+                    for ring in select.select(list(by_ring), [], [], 0.02)[0]:
+                        by_ring[ring].drain(LINGER_MS)
+                else:
+                    time.sleep(0.02)
+            t1 = time.monotonic()
+            delivered = rx_packets(ns) - r0
+            for cap in caps:
+                cap.flush()
         c1 = os.times()
     finally:
         if sink is not None:
             sink.kill()
             sink.wait()
-    if cap is None:
-        return delivered / (t1 - t0), 0, 0, 0.0
-    rc = cap.ring.counters()
-    cap.close()
-    return delivered / (t1 - t0), rc["packets"] / (t1 - t0), rc["kernel_drops"], \
-        (c1.user - c0.user) + (c1.system - c0.system)
+    rcs = [cap.ring.counters() for cap in caps]
+    for cap in caps:
+        cap.close()
+    secs = t1 - t0
+    return delivered / secs, sum(rc["packets"] for rc in rcs) / secs, sum(rc["kernel_drops"] for rc in rcs), \
+        (c1.user - c0.user) + (c1.system - c0.system), max((rc["reader_lag_max_ns"] / 1e6 for rc in rcs), default=0.0)
 
 
-def agent_run(tmp, ns, load, flood, ngx, logs=True):
+def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
     """`load` with `dkebpf run` capturing on the namespace's veth:
-    (captured packets/s, socket drops, collector CPU s, seconds)."""
+    (delivered packets/s, captured packets/s, socket drops, collector CPU s, seconds, reader's worst lag ms)."""
     from collector import Collector
     sink = sink_for(ns, load)
     try:
         flags = ["--enabled", "bpf-netlog", "--netlog-metric", "--netlog-interfaces", f"^{ns.veth_peer}$"]
         # a log file per run: "dkebpf started" of an earlier run must not count
-        with Collector(tmp, f"netlog-{load}" if logs else f"netlog-{load}-metric",
+        with Collector(tmp, f"netlog-{load}{pps or ''}" if logs else f"netlog-{load}-metric",
                        flags + (["--netlog-log"] if logs else [])) as c:
             end = time.monotonic() + 30
             while f"capturing on {ns.veth_peer}" not in c.log_text():
                 if time.monotonic() > end:
                     raise SystemExit(f"collector never captured: {c.log_text()}")
                 time.sleep(0.1)
-            cpu0, t0 = c.cpu_seconds(), time.monotonic()
-            for p in load_procs(ns, load, flood, ngx):
+            if AGENT_NICE:   # the collector's threads but the reader (SCHED_FIFO already) reniced
+                for tid in os.listdir(f"/proc/{c.proc.pid}/task"):
+                    with open(f"/proc/{c.proc.pid}/task/{tid}/comm") as f:
+                        if f.read().strip() != "netlog-reader":
+                            os.setpriority(os.PRIO_PROCESS, int(tid), AGENT_NICE)
+            r0, cpu0, t0 = rx_packets(ns), c.cpu_seconds(), time.monotonic()
+            for p in load_procs(ns, load, flood, ngx, pps):
                 if p.wait():
                     raise SystemExit(f"{load} load failed: {p.args}")
             t1 = time.monotonic()
+            delivered = rx_packets(ns) - r0
             time.sleep(0.5)
             cpu1 = c.cpu_seconds()
             text = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
@@ -160,7 +198,9 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True):
     def total(counter):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
         rx = re.compile(r'\w*plugin_\d+_[^_{]+_' + counter + r'\{plugin="bpf-netlog"\} (\S+)$')
         return sum(float(m.group(1)) for m in map(rx.match, text.splitlines()) if m)
-    return total("packets") / (t1 - t0), total("kernel_drops"), cpu1 - cpu0, t1 - t0
+    lag = max(float(m.group(1)) for m in map(re.compile(r'\w*_reader_lag_max_ns\{plugin="bpf-netlog"\} (\S+)$').match,
+                                             text.splitlines()) if m)
+    return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops"), cpu1 - cpu0, t1 - t0, lag / 1e6
 
 
 def fast_veth(ns):
@@ -184,31 +224,60 @@ def main():
             ngx.__exit__()
 
 
+def capture_rounds(ns, load, flood, ngx, pps=0, baseline=False):
+    """ROUNDS runs of `load` with capture on, each after one with capture
+    off when baseline: delivered packets/s with capture off and on,
+    captured packets/s, CPU % per 100k packets/s (lists, per round), drops
+    summed, the reader's worst lag in ms."""
+    off, on, got, cpu, drops, lag = [], [], [], [], 0, 0.0
+    for _ in range(ROUNDS):
+        if baseline:
+            off.append(run(ns, load, flood, ngx, False)[0])
+        d, c, dr, s, lg = run(ns, load, flood, ngx, True, pps)
+        on.append(d)
+        got.append(c)
+        cpu.append(100 * s / SECONDS / (c / 1e5) if c else 0.0)
+        drops += dr
+        lag = max(lag, lg)
+    return off, on, got, cpu, drops, lag
+
+
 def bench(tmp, ns, flood, ngx):
     print(f"setup: veth (MTU {MTU}, TSO/GSO/GRO off) into a test namespace, {ROUNDS} rounds x {SECONDS:g} s "
           f"per load, capture off then on; bulk {STREAMS} streams, http wrk -c{WRK_CONNS} to nginx")
-    for load in ("bulk", "http", "udp"):
-        off, on, got, drops, cpu = [], [], [], 0, []
-        for _ in range(ROUNDS):
-            off.append(run(ns, load, flood, ngx, False)[0])
-            d, c, dr, s = run(ns, load, flood, ngx, True)
-            on.append(d)
-            got.append(c)
-            drops += dr
-            cpu.append(100 * s / SECONDS / (c / 1e5) if c else 0.0)
-        med = statistics.median
+    med = statistics.median
+    for load in LOADS:
+        off, on, got, cpu, drops, lag = capture_rounds(ns, load, flood, ngx, baseline=True)
         print(f"{load}_packets_per_s_capture_off: {med(off):.0f}")
         print(f"{load}_packets_per_s_capture_on: {med(on):.0f}")
         print(f"{load}_ratio_on_over_off: {med(b / a for a, b in zip(off, on)):.3f}")
         print(f"{load}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
         print(f"{load}_socket_drops: {drops}")
         print(f"{load}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
-    for name, load, logs in (("agent_bulk", "bulk", True), ("agent_http", "http", True),
-                             ("agent_bulk_metric_only", "bulk", False)):
-        pps, drops, cpu, secs = agent_run(tmp, ns, load, flood, ngx, logs)
-        print(f"{name}_captured_packets_per_s: {pps:.0f}")
+        print(f"{load}_reader_lag_max_ms: {lag:.1f}")
+    # bulk paced: drops at a controlled rate; the highest rate without any
+    clean = []
+    for pps in PACED:
+        _off, on, got, cpu, drops, lag = capture_rounds(ns, "bulk", flood, ngx, pps)
+        print(f"paced_{pps}_delivered_packets_per_s: {med(on):.0f}")
+        print(f"paced_{pps}_captured_packets_per_s: {med(got):.0f}")
+        print(f"paced_{pps}_socket_drops: {drops}")
+        print(f"paced_{pps}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
+        print(f"paced_{pps}_reader_lag_max_ms: {lag:.1f}")
+        if not drops:
+            clean.append(med(on))
+    if PACED:
+        print(f"paced_highest_delivered_packets_per_s_with_0_drops: {max(clean, default=0):.0f}")
+    agents = [(f"agent_{load}", load, True, 0) for load in ("bulk", "http") if load in LOADS]
+    agents += [("agent_bulk_metric_only", "bulk", False, 0)] if "bulk" in LOADS else []
+    agents += [(f"agent_bulk_paced_{pps}", "bulk", True, pps) for pps in PACED]
+    for name, load, logs, pps in agents:
+        delivered, got, drops, cpu, secs, lag = agent_run(tmp, ns, load, flood, ngx, logs, pps)
+        print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
+        print(f"{name}_captured_packets_per_s: {got:.0f}")
         print(f"{name}_socket_drops: {drops:.0f}")
-        print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (pps / 1e5) if pps else 0:.1f}")
+        print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
+        print(f"{name}_reader_lag_max_ms: {lag:.1f}")
     print(f"load_average: {os.getloadavg()[0]:.2f}")
 
 

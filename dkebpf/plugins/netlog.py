@@ -24,11 +24,13 @@ collector's own namespace the physical NICs (not listed under
 /sys/devices/virtual/net, as the original), elsewhere every UP interface
 but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
-A reader thread of the plugin drains the rings (PacketRing.read: blocks
-walked and decoded without the GIL, lingering while traffic is heavy, so
-Python runs once per batch) into the connection tables, under a lock the
-agent's thread also takes to collect, open and close: the agent's own work
-(encoding, sending, other plugins) does not leave the rings full. The
+A reader thread of the plugin, SCHED_FIFO when permitted (see
+READER_RT_PRIORITY), drains the rings (PacketRing.read: blocks walked and
+decoded without the GIL, lingering while traffic is heavy, so Python runs
+once per batch) into the connection tables, under a lock the agent's
+thread also takes, at the reader's priority while it holds it, to
+collect, open and close: the agent's own work (encoding, sending, other
+plugins) does not leave the rings full. The
 reader takes at most a ring's worth of blocks per turn and, when the
 agent's thread waits for the lock, lets it in before the next turn: a
 ring that never empties (overload) does not hold collect() up. An error
@@ -83,15 +85,32 @@ except ImportError as exc:  # pragma: no cover - a broken install
 RESCAN_S = 10
 VIRTUAL_NET = "/sys/devices/virtual/net"
 SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
-# ring sizes as the original: 64 blocks for host NICs, 8 for container NICs
+# Ring sizes from a budget: the ring holds the packets of the reader's
+# worst lag (reader_lag_max_ns: how long after the kernel closed a block it
+# was read). Measured on the shared 2-core VM at load 10, the reader
+# SCHED_FIFO, a bulk transfer through a veth (perf/bench_netlog_e2e.py):
+# up to 120 ms at 375k frames/s, a frame of a cut segment or an ACK
+# ~160 bytes in the ring (tpacket3_hdr + sockaddr_ll + 66 bytes captured):
+# 7.2 MB. Container NICs: 16 blocks of 512 KiB (8 MiB, 52k frames, 140 ms
+# at that rate; the original's 8 dropped at 300k packets/s); host NICs, the
+# original's 64 (32 MiB).
 BLOCK_SIZE = 1 << 19
-HOST_BLOCKS, OTHER_BLOCKS = 64, 8
+HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
 # the reader thread: a ring with heavy traffic is read for up to LINGER_MS
 # without the GIL before its batch is folded (PacketRing.read's linger_ms);
 # the epoll wait is bounded so that stop() is seen
 LINGER_MS = 10
 READER_POLL_S = 0.2
+# the reader thread runs SCHED_FIFO at the lowest real-time priority: at
+# nice -10 it was read up to 170 ms after a block was closed on the shared
+# 2-core VM under a bulk transfer (500 ms at nice 0), longer than a 4 MiB
+# ring lasts at 300k packets/s; SCHED_FIFO kept it under 55 ms
+# (perf/bench_netlog_e2e.py, reader_lag_max_ms). It sleeps in poll when the
+# rings are empty, and the kernel's RT throttling (sched_rt_runtime_us)
+# leaves the others 5% even if it did not. Without CAP_SYS_NICE: nice
+# READER_NICE if permitted, else the default.
+READER_RT_PRIORITY = 1
 READER_NICE = -10
 READER_STOP_S = 2.0   # stop() waits this long for the reader thread, then logs and goes on
 
@@ -209,6 +228,42 @@ def choose_nics(nics, host_network, pattern, virtual_names):
     if host_network:
         return [n for n in nics if n.up and n.name not in virtual_names and n.name != "lo"]
     return [n for n in nics if n.up and n.name != "lo"]
+
+
+def raise_reader_priority():
+    """The calling thread (only it) at the ring reader's priority:
+    SCHED_FIFO READER_RT_PRIORITY, else nice READER_NICE, else left; says
+    which."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(READER_RT_PRIORITY))   # 0: this thread
+        return f"SCHED_FIFO {READER_RT_PRIORITY}"
+    except OSError:
+        pass
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)
+        return f"nice {READER_NICE}"
+    except OSError:
+        return "the default priority (no CAP_SYS_NICE)"
+
+
+@contextmanager
+def reader_priority_held():
+    """The calling thread at the reader's priority inside the block, its
+    own after: a thread holding what the reader waits for (the lock, the
+    GIL) is not left behind the machine's other work while the reader
+    waits (priority inversion: measured, the reader then read blocks up to
+    1.8 s after the kernel closed them)."""
+    tid = threading.get_native_id()
+    policy, param, nice = os.sched_getscheduler(0), os.sched_getparam(0), os.getpriority(os.PRIO_PROCESS, tid)
+    raise_reader_priority()
+    try:
+        yield
+    finally:
+        try:
+            os.sched_setscheduler(0, policy, param)
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass   # raising it was not permitted either: nothing changed
 
 
 class NicCapture:
@@ -344,10 +399,7 @@ class NetlogPlugin(Plugin):
         self._reader.start()
 
     def _read_rings(self):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICE)   # this thread only
-        except OSError:
-            pass   # not permitted (no CAP_SYS_NICE): the default priority
+        self.log.info("netlog: reader thread at %s", raise_reader_priority())
         try:
             while not self._stop.is_set():
                 for fd, ev in self.epoll.poll(READER_POLL_S):
@@ -380,7 +432,8 @@ class NetlogPlugin(Plugin):
         try:
             with self.lock:
                 self._waiting.remove(token)
-                yield
+                with reader_priority_held():
+                    yield
         finally:
             if token in self._waiting:   # interrupted while waiting
                 self._waiting.remove(token)
@@ -564,7 +617,7 @@ class NetlogPlugin(Plugin):
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
-                      "not_tcp_udp", "socket_errors"):
+                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v

@@ -61,11 +61,15 @@ cdef extern from "<linux/if_packet.h>" nogil:
         unsigned int tp_packets
         unsigned int tp_drops
         unsigned int tp_freeze_q_cnt
+    struct tpacket_bd_ts:
+        unsigned int ts_sec
+        unsigned int ts_nsec   # in a union with ts_usec: nanoseconds for TPACKET_V3
     struct tpacket_hdr_v1:
         uint32_t block_status
         uint32_t num_pkts
         uint32_t offset_to_first_pkt
         uint32_t blk_len
+        tpacket_bd_ts ts_last_pkt   # when the block was closed: its last packet's time (CLOCK_REALTIME)
     union tpacket_bd_header_u:
         tpacket_hdr_v1 bh1
     struct tpacket_block_desc:

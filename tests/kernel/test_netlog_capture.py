@@ -696,6 +696,35 @@ def netlog_plugin(ns):
     return NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test-netlog"), self_pid=0))
 
 
+def test_plugin_reader_is_real_time_and_counts_its_worst_lag(bpf_ok):
+    """The reader thread runs SCHED_FIFO; the agent's thread is raised to
+    it while it holds the plugin's lock (the reader waits for it there) and
+    put back after; a block read late is counted in the socket's
+    reader_lag_max_ns: the lock held 400 ms from before a connection's
+    packets, the block they are in (handed over by the 64 ms block timeout)
+    is read at least ~300 ms after its last packet."""
+    import os
+    with NetNS() as ns:
+        srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
+        plugin = netlog_plugin(ns)
+        plugin.start()
+        try:
+            ((ino, name), cap), = plugin.captures.items()
+            assert wait_until(lambda: os.sched_getscheduler(plugin._reader.native_id) == os.SCHED_FIFO, 5)
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+            with plugin.locked():
+                assert os.sched_getscheduler(0) == os.SCHED_FIFO
+                send_and_drain((ns.peer_ip, srv.info["port"]), 5000, timeout=10)
+                time.sleep(0.4)
+            assert os.sched_getscheduler(0) == os.SCHED_OTHER
+            srv.wait(10)
+            assert wait_until(lambda: cap.conns.packets >= 6, 5)
+            lag = plugin.counters()[f"{ino}/{name}_reader_lag_max_ns"]
+            assert 0.3e9 <= lag < 5e9, lag
+        finally:
+            plugin.stop()
+
+
 def test_plugin_reader_does_not_spin_after_its_interface_went_down_and_up(bpf_ok):
     """The interface taken down and up between two scans (the socket kept:
     no rescan here): the reader thread reads the socket's ENETDOWN once,
