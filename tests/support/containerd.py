@@ -4,10 +4,11 @@ root, state, socket and CNI configuration. No image is pulled: the pods'
 image is built here from Debian's busybox-static (an OCI image archive
 with one layer) and imported with `ctr -n k8s.io images import`.
 
-Pods get their own network namespace (containerd makes it) with one
-interface the test made: CNI's host-device plugin moves the peer end of a
-test veth pair into it as eth0, with a static address; the host end keeps
-the other address of a /24 only this pair has (as support/netns.py)."""
+Pods get their own network namespace (containerd makes it, and needs
+CNI to give it an eth0 with an address: CNI's host-device plugin moves a
+veth end of the test there); the test then moves the peer end of a
+veth pair of its own into it (move_into), the host end keeping the other
+address of a /24 only this pair has (as support/netns.py)."""
 import contextlib
 import gzip
 import hashlib
@@ -37,6 +38,9 @@ state = "{d}/state"
   path = "{d}/opt"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{image}"
+  # the sandbox's oom_score_adj is -998 otherwise: lowering it needs CAP_SYS_RESOURCE, which this VM's
+  # root lacks (runc: "can't get final child's PID from pipe: EOF")
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     default_runtime_name = "runc"
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
@@ -146,14 +150,15 @@ class Containerd:
     def client(self):
         return cri.CriClient(self.socket, 30.0)
 
-    def run_pod(self, name, namespace, device, address, containers):
-        """A pod whose network namespace has `device` (moved there as eth0
-        with `address`, a CIDR) and the running containers {name: command};
-        -> (sandbox id, {container name: id})."""
+    def run_pod(self, name, namespace, device, containers):
+        """A pod with the running containers {name: command}; its eth0 (the
+        one interface containerd's CNI call must give it) is `device` of
+        the test, moved there by CNI's host-device plugin, no traffic on
+        it: -> (sandbox id, {container name: id}, the sandbox's host pid)."""
         with open(os.path.join(self.dir, "cni", "10-dkebpf.conflist"), "w") as f:
             json.dump({"cniVersion": "0.4.0", "name": "dkebpf-test", "plugins": [
                 {"type": "host-device", "device": device,
-                 "ipam": {"type": "static", "addresses": [{"address": address}]}}]}, f)
+                 "ipam": {"type": "static", "addresses": [{"address": "192.0.2.1/32"}]}}]}, f)   # TEST-NET-1
         metadata = pb_bytes(1, pb_bytes(1, name) + pb_bytes(2, str(uuid.uuid4())) + pb_bytes(3, namespace))
         sandbox_config = metadata + pb_bytes(2, name) + pb_bytes(3, os.path.join(self.dir, "logs", name))
         with self.client() as c:
@@ -166,7 +171,7 @@ class Containerd:
                 reply = c.call("CreateContainer", pb_bytes(1, sid) + pb_bytes(2, config) + pb_bytes(3, sandbox_config))
                 ids[cname] = dict(cri.pb_fields(reply))[1].decode()
                 c.call("StartContainer", pb_bytes(1, ids[cname]))
-        return sid, ids
+            return sid, ids, cri.pid(c, "PodSandbox", sid)
 
     def __exit__(self, *exc):
         if self.proc is None:
@@ -186,3 +191,11 @@ class Containerd:
         # the shims outlive containerd by design; those of our pods are gone with them
         subprocess.run(["umount", "-R", os.path.join(self.dir, "root")], capture_output=True)
         subprocess.run(["umount", "-R", os.path.join(self.dir, "state")], capture_output=True)
+
+
+def move_into(pid, device, cidr):
+    """Moves `device` into the network namespace of process `pid`, up with
+    that address."""
+    subprocess.run(["ip", "link", "set", device, "netns", str(pid)], check=True, capture_output=True)
+    for cmd in (["ip", "addr", "add", cidr, "dev", device], ["ip", "link", "set", device, "up"]):
+        subprocess.run(["nsenter", "-t", str(pid), "-n", *cmd], check=True, capture_output=True)
