@@ -27,8 +27,9 @@ HTTP/1 reply to the HTTP/2 preface, or no HTTP/1 reply).
 
 An endpoint that does not answer: one warning, then asked again every
 RETRY_S seconds quietly (an info line when it answers again); the other
-endpoints and all other data are unaffected. Default (option empty): the
-Docker socket under HOST_ROOT when it exists."""
+endpoints and all other data are unaffected. Default (option empty): those
+of KNOWN_SOCKETS (the original's default endpoints) that exist under
+HOST_ROOT."""
 import http.client
 import json
 import logging
@@ -44,9 +45,8 @@ from . import cri
 REFRESH_S = 10.0
 RETRY_S = 60.0
 TIMEOUT_S = 2.0
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-# where `dkebpf check` looks (the original's DefaultEndpoint list)
-KNOWN_SOCKETS = (DEFAULT_DOCKER_SOCKET, "/var/run/containerd/containerd.sock",
+# asked when --container-endpoints is empty, and where `dkebpf check` looks (the original's DefaultEndpoint list)
+KNOWN_SOCKETS = ("/var/run/docker.sock", "/var/run/containerd/containerd.sock",
                  "/var/run/k3s/containerd/containerd.sock", "/var/run/crio/crio.sock")
 # socket names of the CRI runtimes: asked the CRI first
 CRI_SOCKETS = ("containerd.sock", "crio.sock")
@@ -296,14 +296,9 @@ class ContainerRuntimes:
     @classmethod
     def from_config(cls, cfg, logger):
         """The runtimes --container-endpoints names, or by default the
-        Docker socket when there is one; None when there is nothing to ask."""
-        endpoints = list(cfg.container_endpoints)
-        if not endpoints:
-            default = socket_path("unix://" + DEFAULT_DOCKER_SOCKET, cfg.host_root)
-            if not os.path.exists(default):
-                return None
-            endpoints = ["unix://" + default]
-        return cls(endpoints, cfg.host_proc, logger=logger)
+        known sockets that exist; None when there is nothing to ask."""
+        endpoints = list(cfg.container_endpoints) or ["unix://" + path for _, path in known_sockets(cfg.host_root)]
+        return cls(endpoints, cfg.host_proc, logger=logger) if endpoints else None
 
     def start(self):
         # the first answer on the thread too: a socket that hangs delays no start-up
@@ -346,6 +341,13 @@ class ContainerRuntimes:
         return self.by_netns.get(netns_inode, {})
 
 
+def known_sockets(host_root=""):
+    """[(endpoint, path under host_root)] of the KNOWN_SOCKETS that exist:
+    what is asked when --container-endpoints is empty."""
+    paths = [("unix://" + p, socket_path("unix://" + p, host_root)) for p in KNOWN_SOCKETS]
+    return [(e, p) for e, p in paths if os.path.exists(p)]
+
+
 def check_line(endpoints=(), host_root=""):
     """`dkebpf check`'s line: which runtime sockets (endpoints, else the
     known ones that exist under host_root) answer, and which API."""
@@ -357,8 +359,7 @@ def check_line(endpoints=(), host_root=""):
             except ValueError as exc:
                 paths.append((e, exc))
     else:
-        paths = [("unix://" + p, socket_path("unix://" + p, host_root)) for p in KNOWN_SOCKETS]
-        paths = [(e, p) for e, p in paths if os.path.exists(p)]
+        paths = known_sockets(host_root)
         if not paths:
             return ("container endpoints: no runtime socket found (" + ", ".join(KNOWN_SOCKETS) +
                     "): namespaces still come from /proc, pods from the Kubernetes API; no container names")

@@ -11,6 +11,7 @@ import os
 import random
 import socket
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -191,3 +192,27 @@ def test_protobuf_bounds():
                       (b"\x0b", "wire type 3"), (b"\x08", "cut short")):
         with pytest.raises(cri.CriError, match=what):
             cri.pb_fields(bad)
+
+
+def test_runtime_v1alpha2_when_v1_is_unimplemented(tmp_path):
+    """The real containerd's replies to an unknown runtime.v1 method
+    (UNIMPLEMENTED, what a v1alpha2-only runtime answers) and to
+    runtime.v1alpha2's Version: the client asks v1alpha2 next, and keeps it."""
+    sock = str(tmp_path / "containerd.sock")
+    with Replay(sock, captured("v1alpha2")) as replay, cri.CriClient(sock, 5) as c:
+        assert cri.version(c) == ("containerd", "1.6.20~ds1", "v1alpha2") and c.api == "runtime.v1alpha2"
+    paths = [headers(p)[":path"] for kind, _, _, p in frames(bytes(replay.sent[0])) if kind == cri.HEADERS]
+    assert paths == ["/runtime.v1.RuntimeService/Version", "/runtime.v1alpha2.RuntimeService/Version"]
+
+
+def test_by_default_the_known_sockets_that_exist_are_asked(tmp_path):
+    cfg = SimpleNamespace(container_endpoints=(), host_root=str(tmp_path), host_proc="/proc")
+    log = logging.getLogger("test-cri")
+    assert ContainerRuntimes.from_config(cfg, log) is None
+    os.makedirs(tmp_path / "var/run/containerd")
+    sock = str(tmp_path / "var/run/containerd/containerd.sock")
+    with Replay(sock, captured("containers")) as replay:
+        rt = ContainerRuntimes.from_config(cfg, log)
+        rt.refresh()
+    assert [e.endpoint for e in rt.endpoints] == [f"unix://{sock}"] and len(replay.sent) == 1   # the CRI first
+    assert rt.stats == {"runtime_queries": 1, "runtime_errors": 0, "runtime_containers": 1}
