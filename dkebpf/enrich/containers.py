@@ -181,9 +181,10 @@ class CriEndpoint:
             raise EndpointError(str(exc), other_protocol=exc.other_protocol) from None
 
     def _pid(self, c, kind, ident):
-        if ident not in self._pids:
-            self._pids[ident] = cri.pid(c, kind, ident)
-        return self._pids[ident]
+        found = self._pids.get(ident) or cri.pid(c, kind, ident)
+        if found:       # 0 (gone, or no pid yet) asked again next time
+            self._pids[ident] = found
+        return found
 
     def containers(self):
         return self._ask(self._containers)

@@ -45,7 +45,7 @@ MAX_FRAME = 16384           # SETTINGS_MAX_FRAME_SIZE's initial value, which we 
 MAX_REPLY = 16 << 20        # bytes of one reply's header blocks and messages
 DEFAULT_WINDOW = 65535
 APIS = ("runtime.v1", "runtime.v1alpha2")
-UNIMPLEMENTED = 12          # gRPC status code
+NOT_FOUND, UNIMPLEMENTED = 5, 12    # gRPC status codes
 SANDBOX_READY, CONTAINER_RUNNING = 0, 1
 
 
@@ -415,8 +415,13 @@ def running_containers(client):
 def pid(client, kind, ident):
     """The host pid of a container ("Container") or of a pod's sandbox
     ("PodSandbox"), from its verbose status's info["info"] JSON; 0 when it
-    has none (not running any more)."""
-    reply = client.call(f"{kind}Status", pb_bytes(1, ident) + pb_int(2, True))
+    is gone (NOT_FOUND) or has none (not running any more)."""
+    try:
+        reply = client.call(f"{kind}Status", pb_bytes(1, ident) + pb_int(2, True))
+    except CriError as exc:
+        if exc.status == NOT_FOUND:
+            return 0        # gone since it was listed
+        raise
     info = _string_map(pb_fields(reply), 2, f"{kind}StatusResponse info")
     try:
         found = json.loads(info["info"]).get("pid", 0)

@@ -98,8 +98,8 @@ def test_calls_decoded_from_the_real_containerds_replies(tmp_path):
         assert cri.pid(c, "Container", WEB) == 3468
         assert cri.pid(c, "PodSandbox", POD) == 3422
         with pytest.raises(cri.CriError) as err:
-            cri.pid(c, "Container", "0" * 64)
-        assert err.value.status == 5 and str(err.value) == (
+            c.call("ContainerStatus", cri.pb_bytes(1, "0" * 64) + cri.pb_int(2, True))
+        assert err.value.status == cri.NOT_FOUND and str(err.value) == (
             '/runtime.v1.RuntimeService/ContainerStatus: gRPC status 5 an error occurred when try to find '
             'container "0000000000000000000000000000000000000000000000000000000000000000": not found')
     sent = frames(bytes(replay.sent[0]))
@@ -216,3 +216,13 @@ def test_by_default_the_known_sockets_that_exist_are_asked(tmp_path):
         rt.refresh()
     assert [e.endpoint for e in rt.endpoints] == [f"unix://{sock}"] and len(replay.sent) == 1   # the CRI first
     assert rt.stats == {"runtime_queries": 1, "runtime_errors": 0, "runtime_containers": 1}
+
+
+def test_a_container_gone_since_listed_has_no_pid(tmp_path):
+    """containerd's NOT_FOUND to ContainerStatus (the 6th call replayed): pid 0, no error."""
+    sock = str(tmp_path / "containerd.sock")
+    with Replay(sock, captured("calls")), cri.CriClient(sock, 5) as c:
+        for call in (cri.version, cri.ready_sandboxes, cri.running_containers):
+            call(c)
+        assert (cri.pid(c, "Container", WEB), cri.pid(c, "PodSandbox", POD)) == (3468, 3422)
+        assert cri.pid(c, "Container", "0" * 64) == 0
