@@ -222,14 +222,18 @@ class CriClient:
         s.settimeout(self.timeout)
         try:
             s.connect(self.path)
-            settings = (SETTINGS_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big") +
-                        SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + MAX_REPLY.to_bytes(4, "big"))
-            s.sendall(PREFACE + _frame(SETTINGS, 0, 0, settings) +
-                      _frame(WINDOW_UPDATE, 0, 0, (MAX_REPLY - DEFAULT_WINDOW).to_bytes(4, "big")))
         except OSError as exc:
             s.close()
             raise CriError(_os_error(exc)) from None
         self._sock = s
+        settings = (SETTINGS_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big") +
+                    SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + MAX_REPLY.to_bytes(4, "big"))
+        try:
+            self._send(PREFACE + _frame(SETTINGS, 0, 0, settings) +
+                       _frame(WINDOW_UPDATE, 0, 0, (MAX_REPLY - DEFAULT_WINDOW).to_bytes(4, "big")))
+        except CriError:
+            s.close()
+            raise
         return self
 
     def __exit__(self, *exc):
@@ -274,7 +278,18 @@ class CriClient:
         try:
             self._sock.sendall(data)
         except OSError as exc:
-            raise CriError(_os_error(exc)) from None
+            if self._settled or not isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                raise CriError(_os_error(exc)) from None
+            # closed on our preface before any HTTP/2 frame (an HTTP/1 server answers it with an error
+            # status and closes): say what it answered
+            try:
+                self._sock.settimeout(0.2)
+                said = self._sock.recv(32)
+            except OSError:
+                said = b""
+            raise CriError(f"not HTTP/2: the answer starts {said!r}" if said else
+                           "the runtime closed the connection without an HTTP/2 answer (not a CRI socket?)",
+                           other_protocol=True) from None
 
     def call(self, method, request, service="RuntimeService"):
         """The reply message (bytes) of one unary call, e.g.
