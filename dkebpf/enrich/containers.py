@@ -104,8 +104,7 @@ class DockerEndpoint:
     """One Docker-Engine-API socket."""
     api = "the Docker Engine API"
 
-    def __init__(self, endpoint, path, timeout=TIMEOUT_S):
-        self.endpoint = endpoint
+    def __init__(self, path, timeout=TIMEOUT_S):
         self.path = path
         self.timeout = timeout
 
@@ -159,8 +158,7 @@ class CriEndpoint:
     """One CRI socket (containerd, CRI-O): a connection per refresh."""
     api = "the CRI"
 
-    def __init__(self, endpoint, path, timeout=TIMEOUT_S):
-        self.endpoint = endpoint
+    def __init__(self, path, timeout=TIMEOUT_S):
         self.path = path
         self.timeout = timeout
         self.version = cri.APIS[0]     # the one it answered last
@@ -218,7 +216,7 @@ class Endpoint:
 
     def __init__(self, endpoint, path, timeout=TIMEOUT_S):
         self.endpoint = endpoint
-        apis = [DockerEndpoint(endpoint, path, timeout), CriEndpoint(endpoint, path, timeout)]
+        apis = [DockerEndpoint(path, timeout), CriEndpoint(path, timeout)]
         self.apis = apis[::-1] if os.path.basename(path) in CRI_SOCKETS else apis
         self.known = None
 
