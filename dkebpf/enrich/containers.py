@@ -7,8 +7,12 @@ Only adds names: bpf-netlog finds namespaces through /proc without any
 runtime, and pods through the Kubernetes API. An endpoint is asked every
 REFRESH_S seconds on a thread of its own, never on the packet path.
 
-Spoken: the Docker Engine API (HTTP/JSON over a unix socket; Docker,
-cri-dockerd's Docker, Podman's compatible service), the subset
+Spoken: containerd's and CRI-O's CRI (gRPC, enrich/cri.py), asked
+  ListPodSandbox, ListContainers (the READY pods, the RUNNING containers)
+  ContainerStatus / PodSandboxStatus (verbose: the host pid, once per id)
+which names the pod (its sandbox's metadata) and the container (its
+metadata); and the Docker Engine API (HTTP/JSON over a unix socket;
+Docker, cri-dockerd's Docker, Podman's compatible service), the subset
   GET /containers/json              running containers: Id, Names, Labels, Created
   GET /containers/{id}/json         State.Pid, Name, Config.Labels
 (https://docs.docker.com/reference/api/engine/, unversioned paths: the
@@ -16,13 +20,16 @@ daemon's own API version). The kubelet's labels ``io.kubernetes.pod.name``,
 ``io.kubernetes.pod.namespace``, ``io.kubernetes.container.name`` (value
 ``POD`` for the sandbox, which is skipped when the pod has other
 containers) name the pod; a container without them is named by its Docker
-name. containerd's and CRI-O's CRI is gRPC, not spoken here: such a socket
-is reported once as not answering the Docker API.
+name. Which of the two a socket speaks is found on first contact: the CRI
+first for a socket named like containerd's or CRI-O's, else the Docker API
+first; the other only when the first's answer was another protocol (an
+HTTP/1 reply to the HTTP/2 preface, or no HTTP/1 reply).
 
 An endpoint that does not answer: one warning, then asked again every
 RETRY_S seconds quietly (an info line when it answers again); the other
-endpoints and all other data are unaffected. Default (option empty): the
-Docker socket under HOST_ROOT when it exists."""
+endpoints and all other data are unaffected. Default (option empty): those
+of KNOWN_SOCKETS (the original's default endpoints) that exist under
+HOST_ROOT."""
 import http.client
 import json
 import logging
@@ -33,13 +40,16 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Optional
 
+from . import cri
+
 REFRESH_S = 10.0
 RETRY_S = 60.0
 TIMEOUT_S = 2.0
-DEFAULT_DOCKER_SOCKET = "/var/run/docker.sock"
-# where `dkebpf check` looks (the original's DefaultEndpoint list)
-KNOWN_SOCKETS = (DEFAULT_DOCKER_SOCKET, "/var/run/containerd/containerd.sock",
+# asked when --container-endpoints is empty, and where `dkebpf check` looks (the original's DefaultEndpoint list)
+KNOWN_SOCKETS = ("/var/run/docker.sock", "/var/run/containerd/containerd.sock",
                  "/var/run/k3s/containerd/containerd.sock", "/var/run/crio/crio.sock")
+# socket names of the CRI runtimes: asked the CRI first
+CRI_SOCKETS = ("containerd.sock", "crio.sock")
 POD_NAME, POD_NAMESPACE, CONTAINER_NAME = ("io.kubernetes.pod.name", "io.kubernetes.pod.namespace",
                                            "io.kubernetes.container.name")
 SANDBOX = "POD"
@@ -47,7 +57,12 @@ TAGS = ("k8s_namespace", "k8s_pod_name", "k8s_container_name")
 
 
 class EndpointError(Exception):
-    """An endpoint that cannot be asked, with the reason."""
+    """An endpoint that cannot be asked, with the reason. other_protocol:
+    it answered, but in another protocol than the one asked."""
+
+    def __init__(self, message, other_protocol=False):
+        super().__init__(message)
+        self.other_protocol = other_protocol
 
 
 @dataclass(frozen=True)
@@ -87,9 +102,9 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
 
 class DockerEndpoint:
     """One Docker-Engine-API socket."""
+    api = "the Docker Engine API"
 
-    def __init__(self, endpoint, path, timeout=TIMEOUT_S):
-        self.endpoint = endpoint
+    def __init__(self, path, timeout=TIMEOUT_S):
         self.path = path
         self.timeout = timeout
 
@@ -100,7 +115,11 @@ class DockerEndpoint:
             resp = conn.getresponse()
             body = resp.read()
         except (OSError, http.client.HTTPException) as exc:
-            raise EndpointError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__) from None
+            # no HTTP/1 status line, or the connection reset on our request (a gRPC server sends its
+            # SETTINGS, then resets): another protocol
+            raise EndpointError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                                other_protocol=isinstance(exc, (http.client.HTTPException, ConnectionResetError,
+                                                                BrokenPipeError))) from None
         finally:
             conn.close()
         if resp.status != 200:
@@ -130,6 +149,98 @@ class DockerEndpoint:
                 continue   # gone between the list and this (404)
             out.append(_container(cid, item, info))
         return out
+
+    def summary(self):
+        return f"{len(self.listed())} running containers"
+
+
+class CriEndpoint:
+    """One CRI socket (containerd, CRI-O): a connection per refresh."""
+    api = "the CRI"
+
+    def __init__(self, path, timeout=TIMEOUT_S):
+        self.path = path
+        self.timeout = timeout
+        self.version = cri.APIS[0]     # the one it answered last
+        self._pids: Dict[str, int] = {}   # container or sandbox id -> host pid: fixed while it runs
+
+    def _client(self):
+        c = cri.CriClient(self.path, self.timeout)
+        c.api = self.version
+        return c
+
+    def _ask(self, fn):
+        try:
+            with self._client() as c:
+                out = fn(c)
+                self.version = c.api
+                return out
+        except cri.CriError as exc:
+            raise EndpointError(str(exc), other_protocol=exc.other_protocol) from None
+
+    def _pid(self, c, kind, ident):
+        found = self._pids.get(ident) or cri.pid(c, kind, ident)
+        if found:       # 0 (gone, or no pid yet) asked again next time
+            self._pids[ident] = found
+        return found
+
+    def containers(self):
+        return self._ask(self._containers)
+
+    def _containers(self, c):
+        pods = cri.ready_sandboxes(c)
+        running = cri.running_containers(c)
+        out = []
+        for cid, sid, name, created in running:
+            pod, namespace, _ = pods.get(sid, ("", "", 0))
+            out.append(Container(cid, name, pod, namespace, self._pid(c, "Container", cid), created, False))
+        alone = set(pods) - {sid for _, sid, _, _ in running}
+        for sid in sorted(alone):    # a pod without running containers: its sandbox's namespace, no container name
+            pod, namespace, created = pods[sid]
+            out.append(Container(sid, "", pod, namespace, self._pid(c, "PodSandbox", sid), created, True))
+        listed = set(pods) | {cid for cid, _, _, _ in running}
+        self._pids = {k: v for k, v in self._pids.items() if k in listed}
+        return out
+
+    def summary(self):
+        def ask(c):
+            name, version, api = cri.version(c)
+            return (f"{name} {version}, {c.api}: {len(cri.ready_sandboxes(c))} pods, "
+                    f"{len(cri.running_containers(c))} running containers")
+        return self._ask(ask)
+
+
+class Endpoint:
+    """One runtime socket, whichever API it speaks: found on first
+    contact (see the module's comment), then kept."""
+
+    def __init__(self, endpoint, path, timeout=TIMEOUT_S):
+        self.endpoint = endpoint
+        apis = [DockerEndpoint(path, timeout), CriEndpoint(path, timeout)]
+        self.apis = apis[::-1] if os.path.basename(path) in CRI_SOCKETS else apis
+        self.known = None
+
+    def _ask(self, what):
+        errors = []
+        for api in [self.known] if self.known else self.apis:
+            try:
+                out = getattr(api, what)()
+            except EndpointError as exc:
+                errors.append(f"{api.api}: {exc}")
+                if exc.other_protocol:
+                    continue
+                break
+            self.known = api
+            return out
+        raise EndpointError(" nor ".join(errors))
+
+    def containers(self):
+        return self._ask("containers")
+
+    def summary(self):
+        """`dkebpf check`'s words on it: the API that answered, what it runs."""
+        out = self._ask("summary")
+        return f"{self.known.api} ({out})"
 
 
 def _container(cid, item, info):
@@ -172,7 +283,7 @@ class ContainerRuntimes:
         self.endpoints = []
         for e in endpoints:
             try:
-                self.endpoints.append(DockerEndpoint(e, socket_path(e)))
+                self.endpoints.append(Endpoint(e, socket_path(e)))
             except ValueError as exc:
                 self.log.warning("container endpoints: %s; left out", exc)
         self.by_netns: Dict[int, Dict[str, str]] = {}
@@ -184,14 +295,9 @@ class ContainerRuntimes:
     @classmethod
     def from_config(cls, cfg, logger):
         """The runtimes --container-endpoints names, or by default the
-        Docker socket when there is one; None when there is nothing to ask."""
-        endpoints = list(cfg.container_endpoints)
-        if not endpoints:
-            default = socket_path("unix://" + DEFAULT_DOCKER_SOCKET, cfg.host_root)
-            if not os.path.exists(default):
-                return None
-            endpoints = ["unix://" + default]
-        return cls(endpoints, cfg.host_proc, logger=logger)
+        known sockets that exist; None when there is nothing to ask."""
+        endpoints = list(cfg.container_endpoints) or ["unix://" + path for _, path in known_sockets(cfg.host_root)]
+        return cls(endpoints, cfg.host_proc, logger=logger) if endpoints else None
 
     def start(self):
         # the first answer on the thread too: a socket that hangs delays no start-up
@@ -221,9 +327,8 @@ class ContainerRuntimes:
             except EndpointError as exc:
                 self.stats["runtime_errors"] += 1
                 if ep.endpoint not in self._failing:
-                    self.log.warning("container endpoint %s does not answer the Docker Engine API (%s): no "
-                                     "container names from it; asked again every %.0f s", ep.endpoint, exc,
-                                     self.retry_s)
+                    self.log.warning("container endpoint %s does not answer (%s): no container names from it; "
+                                     "asked again every %.0f s", ep.endpoint, exc, self.retry_s)
                 self._failing[ep.endpoint] = now + self.retry_s
                 continue
             if self._failing.pop(ep.endpoint, None) is not None:
@@ -235,9 +340,16 @@ class ContainerRuntimes:
         return self.by_netns.get(netns_inode, {})
 
 
+def known_sockets(host_root=""):
+    """[(endpoint, path under host_root)] of the KNOWN_SOCKETS that exist:
+    what is asked when --container-endpoints is empty."""
+    paths = [("unix://" + p, socket_path("unix://" + p, host_root)) for p in KNOWN_SOCKETS]
+    return [(e, p) for e, p in paths if os.path.exists(p)]
+
+
 def check_line(endpoints=(), host_root=""):
     """`dkebpf check`'s line: which runtime sockets (endpoints, else the
-    known ones that exist under host_root) answer the Docker Engine API."""
+    known ones that exist under host_root) answer, and which API."""
     if endpoints:
         paths = []
         for e in endpoints:
@@ -246,8 +358,7 @@ def check_line(endpoints=(), host_root=""):
             except ValueError as exc:
                 paths.append((e, exc))
     else:
-        paths = [("unix://" + p, socket_path("unix://" + p, host_root)) for p in KNOWN_SOCKETS]
-        paths = [(e, p) for e, p in paths if os.path.exists(p)]
+        paths = known_sockets(host_root)
         if not paths:
             return ("container endpoints: no runtime socket found (" + ", ".join(KNOWN_SOCKETS) +
                     "): namespaces still come from /proc, pods from the Kubernetes API; no container names")
@@ -257,10 +368,7 @@ def check_line(endpoints=(), host_root=""):
             said.append(f"{endpoint}: {path}")
             continue
         try:
-            n = len(DockerEndpoint(endpoint, path).listed())
+            said.append(f"{endpoint} answers {Endpoint(endpoint, path).summary()}")
         except EndpointError as exc:
-            said.append(f"{endpoint} does not answer the Docker Engine API ({exc}): no container names from "
-                        "it (containerd's and CRI-O's CRI is not spoken)")
-            continue
-        said.append(f"{endpoint} answers the Docker Engine API ({n} running containers)")
+            said.append(f"{endpoint} does not answer ({exc}): no container names from it")
     return "container endpoints: " + "; ".join(said)

@@ -80,8 +80,10 @@ def test_endpoint_text():
 def test_check_line_says_which_runtime_sockets_answer(tmp_path):
     """`dkebpf check`'s line, the known sockets looked for under HOST_ROOT:
     a Docker API answers with its count, a socket speaking something else
-    (containerd's CRI here is a stand-in that is not the Docker API) is
-    named as not answering; with none, what still works is said."""
+    (at containerd's path an HTTP/1 server that is neither the CRI nor the
+    Docker API: both tried) is named as not answering; with none, what
+    still works is said. The CRI's line: tests/unit/test_cri.py and
+    tests/e2e/test_netlog_cri_e2e.py."""
     from dkebpf.enrich.containers import check_line
     assert check_line((), str(tmp_path)).startswith("container endpoints: no runtime socket found")
     os.makedirs(tmp_path / "var/run/containerd")
@@ -97,5 +99,6 @@ def test_check_line_says_which_runtime_sockets_answer(tmp_path):
     assert line.startswith("container endpoints: ")
     said = line.removeprefix("container endpoints: ").split("; ")
     assert said[0] == "unix:///var/run/docker.sock answers the Docker Engine API (2 running containers)"
-    assert said[1].startswith("unix:///var/run/containerd/containerd.sock does not answer the Docker Engine API")
-    assert "not JSON" in said[1] and len(said) == 2
+    assert said[1].startswith("unix:///var/run/containerd/containerd.sock does not answer (the CRI: not HTTP/2: "
+                              "the answer starts b'HTTP/1.1 200 OK"), said[1]
+    assert " nor the Docker Engine API: GET /containers/json: the answer is not JSON" in said[1] and len(said) == 2
