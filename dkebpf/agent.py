@@ -86,25 +86,65 @@ def _loaded_code(name):
 _EXECUTABLE = os.path.realpath("/proc/self/exe")
 
 
-def release_library_pages(path="/proc/self/smaps"):
-    """Unmap the resident pages of the libraries' read-only and executable
+class LibraryPages:
+    """Unmaps the resident pages of the libraries' read-only and executable
     mappings; the ones still used fault back in from the page cache on
     their next use. A fault maps a whole page-cache folio (up to ~1 MiB
     on kernel 6.18), so importing numpy and pyarrow leaves ~40 MiB of
     their files resident that the collector never touches again (README
     "Resources"). Only private mappings that are not writable and hold
     no copy-on-write page: their pages are the file's, identical when
-    faulted in again. Returns the resident bytes released."""
-    if _madvise is None:
-        return 0
-    released = 0
-    for start, end, perms, name, sizes in procmem.mappings(path):
-        private_read_only = perms[1] != "w" and perms[3] == "p"
-        rss = sizes.get("Rss", 0)
-        if (private_read_only and _loaded_code(name) and rss and sizes.get("Anonymous", 1) == 0):
-            if _madvise(start, end - start, MADV_DONTNEED) == 0:
-                released += rss
-    return released
+    faulted in again.
+
+    Which mappings qualify is read from smaps, which walks every page
+    table (~10 ms of CPU): only when /proc/self/maps (cheap: no page walk)
+    differs from the last read, i.e. a library was loaded or a mapping's
+    protection changed (relocated data turning read-only). A mapping
+    that stays the same line keeps its pages: a private read-only one
+    gains no copy-on-write page, except from a debugger or a uprobe
+    writing a breakpoint, which the release then drops (harmless for the
+    collector: its own code, as the file holds it)."""
+
+    def __init__(self, smaps="/proc/self/smaps", maps="/proc/self/maps", status="/proc/self/status"):
+        self.smaps, self.maps, self.status = smaps, maps, status
+        self._maps_text = None
+        self._ranges = ()
+        self.smaps_reads = 0
+
+    def _qualifying(self):
+        return tuple((start, end - start) for start, end, perms, name, sizes in procmem.mappings(self.smaps)
+                     if perms[1] != "w" and perms[3] == "p" and _loaded_code(name)
+                     and sizes.get("Anonymous", 1) == 0)
+
+    def _file_rss(self):
+        with open(self.status) as f:
+            return procmem.status_sizes(f.read(), ("RssFile",)).get("RssFile", 0)
+
+    def release(self):
+        """Returns the file-backed resident bytes released (RssFile before
+        minus after: what another thread faults in meanwhile counts
+        against it, so 0 at least)."""
+        if _madvise is None:
+            return 0
+        with open(self.maps) as f:
+            text = f.read()
+        if text != self._maps_text:
+            # read after maps: a change in between is seen at the next call
+            self._ranges = self._qualifying()
+            self._maps_text = text
+            self.smaps_reads += 1
+        before = self._file_rss()
+        for start, length in self._ranges:
+            _madvise(start, length, MADV_DONTNEED)
+        return max(0, before - self._file_rss())
+
+
+_library_pages = LibraryPages()
+
+
+def release_library_pages():
+    """The process's LibraryPages.release(): the bytes released."""
+    return _library_pages.release()
 
 
 def plugin_factories(cfg, ctx):
@@ -355,8 +395,9 @@ class Agent:
         # after every flush, not only the first: a flush faults the library
         # pages it runs back in, a whole page-cache folio (up to ~1 MiB) per
         # fault, and they would stay until the next release (files 29 MiB
-        # after the first, 56 by the second flush). Cheap: one read of smaps
-        # and the next flush's faults (README "Resources")
+        # after the first, 56 by the second flush). Cheap: ~1.5 ms of CPU (a
+        # read of /proc/self/maps, madvise calls) and the next flush's
+        # faults (perf/bench_memory_release.py, README "Resources")
         log.debug("released %d bytes of libraries' resident pages", release_library_pages())
         self.flushes += 1
         self.sink.log_drops_once()

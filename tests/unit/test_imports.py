@@ -105,3 +105,14 @@ def test_the_libraries_pages_released_fault_back_in_unchanged():
             "print(released > 0, rss() <= grown, got.equals(want))")
     out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
     assert out == ["True"] * 3 + ["0"] + ["True"] * 3
+
+
+def test_the_release_reads_smaps_again_only_when_the_mappings_change():
+    # smaps walks every page table (~10 ms a flush); /proc/self/maps tells
+    # whether the qualifying mappings can have changed (a library loaded)
+    code = ("import numpy, pyarrow; from dkebpf.agent import LibraryPages; pages = LibraryPages(); "
+            "first = pages.release(); pages.release(); pages.release(); same = pages.smaps_reads; "
+            "import _sqlite3; numpy.arange(1000).sum(); again = pages.release(); "
+            "print(first > 0, same, pages.smaps_reads, again > 0)")
+    out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
+    assert out == ["True", "1", "2", "True"]
