@@ -116,3 +116,16 @@ def test_the_release_reads_smaps_again_only_when_the_mappings_change():
             "print(first > 0, same, pages.smaps_reads, again > 0)")
     out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
     assert out == ["True", "1", "2", "True"]
+
+
+def test_between_flushes_the_release_waits_for_the_libraries_to_grow():
+    # an idle collector reads /proc/self/status, not its mappings; after
+    # work that faulted library pages back in, it releases them
+    code = ("import numpy, pyarrow, pyarrow.compute as pc; from dkebpf.agent import LibraryPages; "
+            "pages = LibraryPages(); "
+            "pages.release(); idle = pages.release_if_grown(1 << 20); "
+            "a = pyarrow.array(numpy.arange(100000)); [pc.sum(pc.multiply(a, 3)) for _ in range(3)]; "
+            "pyarrow.Table.from_arrays([a], ['x']).sort_by('x'); pc.unique(a); "
+            "grown = pages.release_if_grown(1 << 20); print(idle, grown > 0)")
+    out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
+    assert out == ["0", "True"]
