@@ -103,9 +103,10 @@ class LibraryPages:
     faulted in again.
 
     Which mappings qualify is read from smaps, which walks every page
-    table (~10 ms of CPU): only when /proc/self/maps (cheap: no page walk)
-    differs from the last read, i.e. a library was loaded or a mapping's
-    protection changed (relocated data turning read-only). A mapping
+    table (~10 ms of CPU): only when the files' lines of /proc/self/maps
+    (cheap: no page walk) differ from the last read, i.e. a library was
+    loaded or a mapping's protection changed (relocated data turning
+    read-only). A mapping
     that stays the same line keeps its pages: a private read-only one
     gains no copy-on-write page, except from a debugger or a uprobe
     writing a breakpoint, which the release then drops (harmless for the
@@ -134,7 +135,9 @@ class LibraryPages:
         if _madvise is None:
             return 0
         with open(self.maps) as f:
-            text = f.read()
+            # the files' mappings only: anonymous ones come and go with
+            # every large buffer (glibc maps each block over its threshold)
+            text = [line for line in f if " /" in line]
         if text != self._maps_text:
             # read after maps: a change in between is seen at the next call
             self._ranges = self._qualifying()

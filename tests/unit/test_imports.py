@@ -109,9 +109,11 @@ def test_the_libraries_pages_released_fault_back_in_unchanged():
 
 def test_the_release_reads_smaps_again_only_when_the_mappings_change():
     # smaps walks every page table (~10 ms a flush); /proc/self/maps tells
-    # whether the qualifying mappings can have changed (a library loaded)
+    # whether the qualifying mappings can have changed (a library loaded;
+    # not an anonymous mapping)
     code = ("import numpy, pyarrow; from dkebpf.agent import LibraryPages; pages = LibraryPages(); "
-            "first = pages.release(); pages.release(); pages.release(); same = pages.smaps_reads; "
+            "first = pages.release(); pages.release(); import mmap; buf = mmap.mmap(-1, 1 << 22); "
+            "pages.release(); same = pages.smaps_reads; "
             "import _sqlite3; numpy.arange(1000).sum(); again = pages.release(); "
             "print(first > 0, same, pages.smaps_reads, again > 0)")
     out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
