@@ -111,8 +111,8 @@ def test_the_release_reads_smaps_again_only_when_the_mappings_change():
     # smaps walks every page table (~10 ms a flush); /proc/self/maps tells
     # whether the qualifying mappings can have changed (a library loaded;
     # not an anonymous mapping)
-    code = ("import mmap, numpy, pyarrow; from dkebpf.agent import LibraryPages; pages = LibraryPages(); "
-            "first = pages.release(); pages.release(); buf = mmap.mmap(-1, 1 << 22); "
+    code = ("import numpy, pyarrow; from dkebpf.agent import LibraryPages; pages = LibraryPages(); "
+            "first = pages.release(); pages.release(); buf = numpy.ones(1 << 20); "
             "pages.release(); same = pages.smaps_reads; "
             "import _sqlite3; numpy.arange(1000).sum(); again = pages.release(); "
             "print(first > 0, same, pages.smaps_reads, again > 0)")
