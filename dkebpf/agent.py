@@ -106,8 +106,7 @@ class LibraryPages:
     table (~10 ms of CPU): only when the files' lines of /proc/self/maps
     (cheap: no page walk) differ from the last read, i.e. a library was
     loaded or a mapping's protection changed (relocated data turning
-    read-only). A mapping
-    that stays the same line keeps its pages: a private read-only one
+    read-only). A private read-only mapping whose line stays the same
     gains no copy-on-write page, except from a debugger or a uprobe
     writing a breakpoint, which the release then drops (harmless for the
     collector: its own code, as the file holds it)."""
