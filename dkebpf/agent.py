@@ -44,6 +44,12 @@ SHUTDOWN_FLUSH_DEADLINE_S = 10.0
 # a predecessor may still be in its shutdown flush: wait that long for it
 PIDFILE_WAIT_S = SHUTDOWN_FLUSH_DEADLINE_S + 5.0
 LIMIT_CHECK_S = 5.0  # how often cpu/mem/net limits are measured
+# how often the libraries' pages are released between flushes too: the
+# loop's own work (plugins' steps on whatever traffic the host has) faults
+# them back in a folio (~1 MiB) at a time, so idle RSS crept up between
+# flushes; a release costs ~1.5 ms of CPU (perf/bench_memory_release.py)
+PAGE_RELEASE_S = 5.0
+RELEASE_GROWTH_BYTES = 1 << 20  # a folio or two faulted back: not worth a release
 
 
 def fix_mmap_threshold():
@@ -86,25 +92,83 @@ def _loaded_code(name):
 _EXECUTABLE = os.path.realpath("/proc/self/exe")
 
 
-def release_library_pages(path="/proc/self/smaps"):
-    """Unmap the resident pages of the libraries' read-only and executable
+class LibraryPages:
+    """Unmaps the resident pages of the libraries' read-only and executable
     mappings; the ones still used fault back in from the page cache on
     their next use. A fault maps a whole page-cache folio (up to ~1 MiB
     on kernel 6.18), so importing numpy and pyarrow leaves ~40 MiB of
     their files resident that the collector never touches again (README
     "Resources"). Only private mappings that are not writable and hold
     no copy-on-write page: their pages are the file's, identical when
-    faulted in again. Returns the resident bytes released."""
-    if _madvise is None:
-        return 0
-    released = 0
-    for start, end, perms, name, sizes in procmem.mappings(path):
-        private_read_only = perms[1] != "w" and perms[3] == "p"
-        rss = sizes.get("Rss", 0)
-        if (private_read_only and _loaded_code(name) and rss and sizes.get("Anonymous", 1) == 0):
-            if _madvise(start, end - start, MADV_DONTNEED) == 0:
-                released += rss
-    return released
+    faulted in again.
+
+    Which mappings qualify is read from smaps, which walks every page
+    table (~10 ms of CPU): only when the files' lines of /proc/self/maps
+    (cheap: no page walk) differ from the last read, i.e. a library was
+    loaded or a mapping's protection changed (relocated data turning
+    read-only). A private read-only mapping whose line stays the same
+    gains no copy-on-write page, except from a debugger or a uprobe
+    writing a breakpoint, which the release then drops (harmless for the
+    collector: its own code, as the file holds it)."""
+
+    def __init__(self, smaps="/proc/self/smaps", maps="/proc/self/maps", status="/proc/self/status"):
+        self.smaps, self.maps, self.status = smaps, maps, status
+        self._maps_text = None
+        self._ranges = ()
+        self._file_rss_after = 0  # RssFile right after the last release
+        self.smaps_reads = 0
+
+    def _qualifying(self):
+        return tuple((start, end - start) for start, end, perms, name, sizes in procmem.mappings(self.smaps)
+                     if perms[1] != "w" and perms[3] == "p" and _loaded_code(name)
+                     and sizes.get("Anonymous", 1) == 0)
+
+    def _file_rss(self):
+        with open(self.status) as f:
+            return procmem.status_sizes(f.read(), ("RssFile",)).get("RssFile", 0)
+
+    def release(self):
+        """Returns the file-backed resident bytes released (RssFile before
+        minus after: what another thread faults in meanwhile counts
+        against it, so 0 at least)."""
+        if _madvise is None:
+            return 0
+        with open(self.maps) as f:
+            # the files' mappings only: anonymous ones come and go with
+            # every large buffer (glibc maps each block over its threshold)
+            text = [line for line in f if " /" in line]
+        if text != self._maps_text:
+            # read after maps: a change in between is seen at the next call
+            self._ranges = self._qualifying()
+            self._maps_text = text
+            self.smaps_reads += 1
+        before = self._file_rss()
+        for start, length in self._ranges:
+            _madvise(start, length, MADV_DONTNEED)
+        self._file_rss_after = self._file_rss()
+        return max(0, before - self._file_rss_after)
+
+    def release_if_grown(self, min_bytes):
+        """release() once the file-backed RSS has grown by min_bytes since
+        the last one (a read of /proc/self/status otherwise): an idle
+        collector does not walk its mappings for nothing."""
+        if self._file_rss() - self._file_rss_after < min_bytes:
+            return 0
+        return self.release()
+
+
+_library_pages = LibraryPages()
+
+
+def release_library_pages():
+    """The process's LibraryPages.release(): the bytes released."""
+    return _library_pages.release()
+
+
+def release_library_pages_if_grown():
+    """Between flushes: the process's release once its libraries hold
+    RELEASE_GROWTH_BYTES more than after the last one."""
+    return _library_pages.release_if_grown(RELEASE_GROWTH_BYTES)
 
 
 def plugin_factories(cfg, ctx):
@@ -256,6 +320,7 @@ class Agent:
         interval = self.cfg.interval
         next_flush = time.monotonic() + interval
         next_limit_check = time.monotonic()
+        next_release = time.monotonic() + PAGE_RELEASE_S
         try:
             while not self.stopping:
                 now = time.monotonic()
@@ -278,7 +343,10 @@ class Agent:
                     except Exception as exc:  # a /proc read failed: measured again next time
                         self.errors["limit_check"] += 1
                         log.warning("resource limit check failed: %s: %s", type(exc).__name__, exc)
-                wake_at = min([next_flush] + [r.retry_at for r in self.runners if r.state == WAITING]
+                if now >= next_release:
+                    next_release = now + PAGE_RELEASE_S
+                    release_library_pages_if_grown()
+                wake_at = min([next_flush, next_release] + [r.retry_at for r in self.runners if r.state == WAITING]
                               + ([next_limit_check] if self.limits.enabled else []))
                 timeout = max(0.0, wake_at - time.monotonic())
                 for key, _ in sel.select(timeout):
@@ -355,8 +423,9 @@ class Agent:
         # after every flush, not only the first: a flush faults the library
         # pages it runs back in, a whole page-cache folio (up to ~1 MiB) per
         # fault, and they would stay until the next release (files 29 MiB
-        # after the first, 56 by the second flush). Cheap: one read of smaps
-        # and the next flush's faults (README "Resources")
+        # after the first, 56 by the second flush). Cheap: ~1.5 ms of CPU (a
+        # read of /proc/self/maps, madvise calls) and the next flush's
+        # faults (perf/bench_memory_release.py, README "Resources")
         log.debug("released %d bytes of libraries' resident pages", release_library_pages())
         self.flushes += 1
         self.sink.log_drops_once()

@@ -1,8 +1,10 @@
 """Idle memory of two builds of the collector, started alternately (A/B,
 same machine state): VmRSS, RssAnon, RssFile 1 s after the second flush
 (`ebpf-net`, --interval 10s; 2 s of light HTTP once it has started, so
-that the first flush aggregates), and the numpy + pyarrow floor, per
-round and as medians.
+that the first flush aggregates), VmRSS every second from then until the
+third flush (median and max: what stays resident between flushes, while
+the host's own traffic reaches the collector), and the numpy + pyarrow
+floor, per round and as medians.
 
     BENCH_BEFORE=/path/to/old/site-packages BENCH_AFTER=. python3 perf/bench_memory_ab.py
 
@@ -16,7 +18,7 @@ import sys
 import tempfile
 import time
 
-from bench_memory import MB, baseline, status, wait_flushes
+from bench_memory import MB, baseline, flushes, status, wait_flushes
 from support.nginx import Nginx, free_port
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
@@ -36,7 +38,12 @@ def idle(tmp, tag, pythonpath, url):
             time.sleep(0.2)
         subprocess.run(["wrk", "-t1", "-c4", "-d2s", url], capture_output=True, check=True)
         wait_flushes(port, 2, 10)
-        return status(p.pid)
+        after_flush, between = status(p.pid), []
+        while flushes(port) < 3:
+            between.append(status(p.pid)["VmRSS"])
+            time.sleep(1)
+        between.sort()
+        return dict(after_flush, between_median=between[len(between) // 2], between_max=between[-1])
     finally:
         p.terminate()
         p.wait(30)
@@ -44,6 +51,7 @@ def idle(tmp, tag, pythonpath, url):
 
 def main():
     res = {"floor": [], "before": [], "after": []}
+    print(f"loadavg: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
         url = f"http://127.0.0.1:{ngx.port}/ok"
         for r in range(ROUNDS):
@@ -51,9 +59,11 @@ def main():
             for side, path in SIDES.items():
                 res[side].append(idle(tmp, f"{side}{r}", path, url))
             print(f"round {r}: " + " ".join(f"{k}={v[-1]['VmRSS'] / MB:.1f}" for k, v in res.items())
+                  + " between (median/max) " + " ".join(
+                      f"{k}={res[k][-1]['between_median'] / MB:.1f}/{res[k][-1]['between_max'] / MB:.1f}" for k in SIDES)
                   + f" loadavg={os.getloadavg()[0]:.1f}", flush=True)
     for side, rows in res.items():
-        for key in ("VmRSS", "RssAnon", "RssFile"):
+        for key in ("VmRSS", "RssAnon", "RssFile") + (("between_median", "between_max") if side != "floor" else ()):
             print(f"{side}_idle_{key}_mb: {statistics.median(x[key] for x in rows) / MB:.1f}")
 
 

@@ -1,7 +1,8 @@
 """What releasing the libraries' pages after a flush costs
 (`release_library_pages()` in dkebpf/agent.py): CPU of the release (a
-read of /proc/self/smaps and the madvise calls) and the faults of the
-pages the next round of work uses again. A group-by of 100k rows stands
+read of /proc/self/maps, of smaps only when it changed, and the
+madvise calls) and the faults of the pages the next round of work uses
+again. A group-by of 100k rows stands
 for a flush; rounds with and without a release after each, alternated.
 
     python3 perf/bench_memory_release.py        (BENCH_ROUNDS=50)

@@ -105,3 +105,29 @@ def test_the_libraries_pages_released_fault_back_in_unchanged():
             "print(released > 0, rss() <= grown, got.equals(want))")
     out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
     assert out == ["True"] * 3 + ["0"] + ["True"] * 3
+
+
+def test_the_release_reads_smaps_again_only_when_the_mappings_change():
+    # smaps walks every page table (~10 ms a flush); /proc/self/maps tells
+    # whether the qualifying mappings can have changed (a library loaded;
+    # not an anonymous mapping)
+    code = ("import numpy, pyarrow; from dkebpf.agent import LibraryPages; pages = LibraryPages(); "
+            "first = pages.release(); pages.release(); buf = numpy.ones(1 << 20); "
+            "pages.release(); same = pages.smaps_reads; "
+            "import _sqlite3; numpy.arange(1000).sum(); again = pages.release(); "
+            "print(first > 0, same, pages.smaps_reads, again > 0)")
+    out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
+    assert out == ["True", "1", "2", "True"]
+
+
+def test_between_flushes_the_release_waits_for_the_libraries_to_grow():
+    # an idle collector reads /proc/self/status, not its mappings; after
+    # work that faulted library pages back in, it releases them
+    code = ("import numpy, pyarrow, pyarrow.compute as pc; from dkebpf.agent import LibraryPages; "
+            "pages = LibraryPages(); "
+            "pages.release(); idle = pages.release_if_grown(1 << 20); "
+            "a = pyarrow.array(numpy.arange(100000)); [pc.sum(pc.multiply(a, 3)) for _ in range(3)]; "
+            "pyarrow.Table.from_arrays([a], ['x']).sort_by('x'); pc.unique(a); "
+            "grown = pages.release_if_grown(1 << 20); print(idle, grown > 0)")
+    out = subprocess.check_output([sys.executable, "-c", code], text=True).split()
+    assert out == ["0", "True"]
