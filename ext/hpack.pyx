@@ -55,6 +55,9 @@ cnp.import_array()
 
 __all__ = ["HpackDecoder", "decode_headers", "HEADERS_DTYPE", "ERRORS", "strings"]
 
+cdef extern from *:
+    uint64_t __builtin_bswap64(uint64_t) nogil
+
 cdef extern from "hpack_tables.h":
     const uint32_t HPACK_HUFFMAN_CODE[257]
     const uint8_t HPACK_HUFFMAN_BITS[257]
@@ -205,6 +208,44 @@ def _init_huffman():
 
 _init_huffman()
 
+# fast path: HUFF_FAST[the next HUFF_FAST_BITS bits] = the one or two
+# symbols whose whole codes lie in them (n 0: the first code is longer, the
+# state machine decodes the string); valid strings give the same bytes
+DEF HUFF_FAST_BITS = 12
+cdef struct huff_fast_t:
+    uint8_t s0, s1
+    uint8_t n             # symbols: 0, 1 or 2
+    uint8_t bits0, bits   # bits of the first symbol, of all n
+cdef huff_fast_t HUFF_FAST[1 << HUFF_FAST_BITS]
+
+
+def _init_huffman_fast():
+    codes = {}  # (bit length, code) -> symbol, codes of at most HUFF_FAST_BITS bits
+    for s in range(256):
+        if HPACK_HUFFMAN_BITS[s] <= HUFF_FAST_BITS:
+            codes[(HPACK_HUFFMAN_BITS[s], HPACK_HUFFMAN_CODE[s])] = s
+
+    def first(v, width):  # the code the `width`-bit value v starts with: (symbol, bits) or None
+        for bits in range(5, width + 1):
+            s = codes.get((bits, v >> (width - bits)))
+            if s is not None:
+                return s, bits
+        return None
+
+    for v in range(1 << HUFF_FAST_BITS):
+        HUFF_FAST[v].n = 0
+        a = first(v, HUFF_FAST_BITS)
+        if a is None:
+            continue
+        HUFF_FAST[v].s0, HUFF_FAST[v].bits0, HUFF_FAST[v].n, HUFF_FAST[v].bits = a[0], a[1], 1, a[1]
+        rest = HUFF_FAST_BITS - a[1]
+        b = first(v & ((1 << rest) - 1), rest) if rest >= 5 else None
+        if b is not None:
+            HUFF_FAST[v].s1, HUFF_FAST[v].n, HUFF_FAST[v].bits = b[0], 2, a[1] + b[1]
+
+
+_init_huffman_fast()
+
 
 # ------------------------------------------------------------------- state
 
@@ -325,6 +366,50 @@ cdef inline int _huff_nibble(int state, uint8_t nibble, uint8_t *out, int64_t *k
     return HUFF_NEXT[t]
 
 
+cdef inline uint64_t _load_be64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return __builtin_bswap64(v)
+
+
+cdef int64_t _huff_fast(const uint8_t *b, int64_t n, uint8_t *out) noexcept nogil:
+    """The Huffman string b[0:n] -> out (room for n * 8 // 5 + 2 bytes) by
+    HUFF_FAST, up to two symbols a step; its length, or -1 where it meets
+    a code longer than HUFF_FAST_BITS or an error (the state machine then
+    decodes it, and names the error)."""
+    cdef uint64_t acc = 0   # the next bits, from the top
+    cdef int nb = 0         # how many
+    cdef int64_t i = 0, k = 0
+    cdef huff_fast_t t
+    while True:
+        if nb <= 56 and i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
+            acc |= _load_be64(b + i) >> nb
+            i += (63 - nb) >> 3
+            nb |= 56
+        while nb <= 56 and i < n:
+            acc |= <uint64_t>b[i] << (56 - nb)
+            nb += 8
+            i += 1
+        if nb == 0:
+            return k
+        t = HUFF_FAST[acc >> (64 - HUFF_FAST_BITS)]
+        if t.n and t.bits <= nb:
+            out[k] = t.s0
+            out[k + 1] = t.s1
+            k += t.n
+            acc <<= t.bits
+            nb -= t.bits
+        elif t.n and t.bits0 <= nb:
+            out[k] = t.s0
+            k += 1
+            acc <<= t.bits0
+            nb -= t.bits0
+        elif nb <= 7 and acc >> (64 - nb) == (<uint64_t>1 << nb) - 1:
+            return k    # the padding: fewer than 8 bits, all ones (EOS's first)
+        else:
+            return -1
+
+
 cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, bytebuf *tmp,
                      const uint8_t **out, int *outlen) noexcept nogil:
     """The string literal at b[i] (5.2) -> out (into b, or tmp when Huffman
@@ -347,10 +432,15 @@ cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, bytebu
         outlen[0] = <int>length
         return i + length
     tmp.n = 0
-    if bytebuf_reserve(tmp, length * 8 // 5 + 1) < 0:
+    if bytebuf_reserve(tmp, length * 8 // 5 + 2) < 0:
         return -E_NOMEM
-    k = 0
     e = i + length
+    k = _huff_fast(b + i, length, tmp.p)
+    if k >= 0:
+        out[0] = tmp.p
+        outlen[0] = <int>k
+        return e
+    k = 0
     while i < e:
         state = _huff_nibble(state, b[i] >> 4, tmp.p, &k)
         if state >= 0:
