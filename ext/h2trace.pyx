@@ -36,6 +36,7 @@ from libc.stdint cimport int16_t, int8_t, int32_t, int64_t, uint8_t, uint16_t, u
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
+cimport cython
 import numpy as np
 cimport numpy as cnp
 
@@ -279,6 +280,7 @@ _COUNTERS = ("h2_connections", "h2_streams", "h2_unanswered", "h2_expired", "h2_
 DEF NCOUNTS = 9
 
 
+@cython.final  # its methods called directly, not through a table: inlined where small
 cdef class H2Tracker:
     """HTTP/2 connections and streams across steps (see the module doc)."""
     cdef index_t conns_ix, streams_ix

@@ -209,14 +209,12 @@ def _init_huffman():
 _init_huffman()
 
 # fast path: HUFF_FAST[the next HUFF_FAST_BITS bits] = the one or two
-# symbols whose whole codes lie in them (n 0: the first code is longer, the
-# state machine decodes the string); valid strings give the same bytes
+# symbols whose whole codes lie in them, packed (one load a step): byte 0
+# the first symbol, 1 the second, 2 how many (n, 0..2) << 4 | the first's
+# bits, 3 the bits of all n (n 0: the first code is longer, the state
+# machine decodes the string); valid strings give the same bytes
 DEF HUFF_FAST_BITS = 12
-cdef struct huff_fast_t:
-    uint8_t s0, s1
-    uint8_t n             # symbols: 0, 1 or 2
-    uint8_t bits0, bits   # bits of the first symbol, of all n
-cdef huff_fast_t HUFF_FAST[1 << HUFF_FAST_BITS]
+cdef uint32_t HUFF_FAST[1 << HUFF_FAST_BITS]
 
 
 def _init_huffman_fast():
@@ -233,15 +231,16 @@ def _init_huffman_fast():
         return None
 
     for v in range(1 << HUFF_FAST_BITS):
-        HUFF_FAST[v].n = 0
+        HUFF_FAST[v] = 0
         a = first(v, HUFF_FAST_BITS)
         if a is None:
             continue
-        HUFF_FAST[v].s0, HUFF_FAST[v].bits0, HUFF_FAST[v].n, HUFF_FAST[v].bits = a[0], a[1], 1, a[1]
         rest = HUFF_FAST_BITS - a[1]
         b = first(v & ((1 << rest) - 1), rest) if rest >= 5 else None
-        if b is not None:
-            HUFF_FAST[v].s1, HUFF_FAST[v].n, HUFF_FAST[v].bits = b[0], 2, a[1] + b[1]
+        if b is None:
+            HUFF_FAST[v] = a[0] | (1 << 4 | a[1]) << 16 | a[1] << 24
+        else:
+            HUFF_FAST[v] = a[0] | b[0] << 8 | (2 << 4 | a[1]) << 16 | (a[1] + b[1]) << 24
 
 
 _init_huffman_fast()
@@ -380,7 +379,8 @@ cdef int64_t _huff_fast(const uint8_t *b, int64_t n, uint8_t *out) noexcept nogi
     cdef uint64_t acc = 0   # the next bits, from the top
     cdef int nb = 0         # how many
     cdef int64_t i = 0, k = 0
-    cdef huff_fast_t t
+    cdef uint32_t t
+    cdef int bits
     while True:
         if nb <= 56 and i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
             acc |= _load_be64(b + i) >> nb
@@ -393,17 +393,18 @@ cdef int64_t _huff_fast(const uint8_t *b, int64_t n, uint8_t *out) noexcept nogi
         if nb == 0:
             return k
         t = HUFF_FAST[acc >> (64 - HUFF_FAST_BITS)]
-        if t.n and t.bits <= nb:
-            out[k] = t.s0
-            out[k + 1] = t.s1
-            k += t.n
-            acc <<= t.bits
-            nb -= t.bits
-        elif t.n and t.bits0 <= nb:
-            out[k] = t.s0
+        bits = t >> 24
+        if t and bits <= nb:
+            out[k] = <uint8_t>t
+            out[k + 1] = <uint8_t>(t >> 8)
+            k += (t >> 20) & 3
+            acc <<= bits
+            nb -= bits
+        elif t and <int>((t >> 16) & 15) <= nb:
+            out[k] = <uint8_t>t
             k += 1
-            acc <<= t.bits0
-            nb -= t.bits0
+            acc <<= (t >> 16) & 15
+            nb -= (t >> 16) & 15
         elif nb <= 7 and acc >> (64 - nb) == (<uint64_t>1 << nb) - 1:
             return k    # the padding: fewer than 8 bits, all ones (EOS's first)
         else:
