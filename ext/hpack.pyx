@@ -80,6 +80,7 @@ cdef enum:
     E_CUT_FRAME
     E_CONTINUATION
     E_BROKEN
+    E_UNKNOWN = 100  # (not an error) an entry added before a partial table started
 
 ERRORS = ("", "index not in the tables", "integer cut", "integer too large", "string missing",
           "string longer than the block", "bad Huffman code", "EOS inside a Huffman string",
@@ -98,6 +99,7 @@ cdef enum:  # which span field a header name is; F_CTX + h: tracectx's header h
     F_STATUS
     F_GRPC_STATUS
     F_CTX
+    F_UNKNOWN = 254  # a partial table's entry whose name it did not see
     F_NONE = 255
 cdef enum:
     N_STR_FIELDS = 5  # F_METHOD..F_GRPC_MESSAGE: strings in the arena
@@ -316,6 +318,8 @@ cdef int _lookup(hstate_t *s, int64_t index, const uint8_t **name, int *nlen, co
         vlen[0] = STATIC_VLEN[index]
         field[0] = STATIC_FIELD[index]
         return 0
+    if index >= 62 and index - 62 >= s.count and s.partial:
+        return E_UNKNOWN
     if index < 1 or index - 62 >= s.count:
         s.err_a = index
         s.err_b = s.count
@@ -486,7 +490,7 @@ cdef int _emit(sink_t *k, uint8_t field, const uint8_t *name, int nlen, const ui
     r = k.rec
     if r.nheaders < 0xFFFF:
         r.nheaders += 1
-    if field == F_NONE or k.seen & (1u << field):
+    if field >= F_UNKNOWN or k.seen & (1u << field):
         return 0
     k.seen |= 1u << field
     if field < N_STR_FIELDS:
@@ -568,9 +572,12 @@ cdef int _decode_block(hstate_t *s, const uint8_t *b, int64_t n, sink_t *k) noex
                 err = <int>-i
                 break
             err = _lookup(s, index, &name, &nlen, &value, &vlen, &field)
+            if err == E_UNKNOWN:  # a header that cannot be known: counted only
+                err = _emit(k, F_UNKNOWN, NULL, 0, NULL, 0)
+            elif not err:
+                err = _emit(k, field, name, nlen, value, vlen)
             if err:
                 break
-            err = _emit(k, field, name, nlen, value, vlen)
         elif (c & 0xE0) == 0x20:  # size update
             i = _int(b, i, n, 5, &index)
             if i < 0:
@@ -592,7 +599,15 @@ cdef int _decode_block(hstate_t *s, const uint8_t *b, int64_t n, sink_t *k) noex
                 break
             if index:
                 err = _lookup(s, index, &name, &nlen, &value, &vlen, &field)
-                if err:
+                if err == E_UNKNOWN:
+                    # its name cannot be known: the value is not a field's;
+                    # an entry it adds is known as such (its size too small
+                    # by the name's: kept longer, never referred to wrongly)
+                    err = 0
+                    name = NULL
+                    nlen = 0
+                    field = F_UNKNOWN
+                elif err:
                     break
             else:
                 i = _string(s, b, i, n, &s.hname, &name, &nlen)
@@ -672,13 +687,36 @@ cdef class HpackDecoder:
             free(k)
 
 
-cdef hstate_t *hpack_new(int64_t max_table_size) noexcept nogil:
+cdef hstate_t *hpack_new(int64_t max_table_size, bint partial) noexcept nogil:
     cdef hstate_t *s = <hstate_t *>calloc(1, sizeof(hstate_t))
     if s == NULL:
         return NULL
+    s.partial = partial
     s.limit = max_table_size
     s.max_size = 4096 if max_table_size > 4096 else max_table_size  # SETTINGS_HEADER_TABLE_SIZE's initial value
     return s  # its ring comes with its first entry (_grow)
+
+
+cdef int hpack_block_kind(const uint8_t *b, int64_t n) noexcept nogil:
+    cdef int64_t i = 0, index
+    cdef int prefix
+    while i < n and (b[i] & 0xE0) == 0x20:  # size updates
+        i = _int(b, i, n, 5, &index)
+        if i < 0:
+            return 0
+    if i >= n:
+        return 0
+    prefix = 7 if b[i] & 0x80 else 6 if (b[i] & 0xC0) == 0x40 else 4
+    i = _int(b, i, n, prefix, &index)
+    if i < 0:
+        return 0
+    if 1 <= index <= 7:
+        return 1
+    if 8 <= index <= 14:
+        return 2
+    if index or prefix == 7 or i >= n or b[i] & 0x80 or i + 1 + b[i] > n or b[i] < 5 or b[i + 1] != 58:
+        return 0  # the dynamic table's, or a name Huffman coded or not a pseudo-header
+    return 2 if b[i] == 7 and memcmp(b + i + 1, b":status", 7) == 0 else 1
 
 
 cdef void hpack_free(hstate_t *s) noexcept nogil:
