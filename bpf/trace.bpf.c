@@ -190,6 +190,7 @@ static __always_inline int is_h2_preface(const __u8 *p)
 }
 
 #define H2_DETECT_FRAMES 8
+_Static_assert((TRACE_PAYLOAD_MAX & (TRACE_PAYLOAD_MAX - 1)) == 0, "h2_frames_exact masks offsets");
 
 /* A connection that opened before tracing (its preface not seen): is this
  * message start, captured whole, a run of at most H2_DETECT_FRAMES HTTP/2
@@ -206,7 +207,10 @@ static __always_inline int h2_frames_exact(const __u8 *p, __u32 n)
 	for (int i = 0; i < H2_DETECT_FRAMES; i++) {
 		if (off > TRACE_PAYLOAD_MAX - 9 || off + 9 > n)
 			return 0;
-		const __u8 *h = p + off;
+		/* the bound again where the verifier sees it (a no-op: off is
+		 * below TRACE_PAYLOAD_MAX, a power of two) */
+		barrier_var(off);
+		const __u8 *h = p + (off & (TRACE_PAYLOAD_MAX - 1));
 		__u32 len = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
 		__u8 type = h[3], flags = h[4];
 		__u32 stream = ((__u32)(h[5] & 0x7f) << 24) | ((__u32)h[6] << 16) | ((__u32)h[7] << 8) | h[8];

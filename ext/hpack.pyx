@@ -698,25 +698,33 @@ cdef hstate_t *hpack_new(int64_t max_table_size, bint partial) noexcept nogil:
 
 
 cdef int hpack_block_kind(const uint8_t *b, int64_t n) noexcept nogil:
-    cdef int64_t i = 0, index
-    cdef int prefix
-    while i < n and (b[i] & 0xE0) == 0x20:  # size updates
-        i = _int(b, i, n, 5, &index)
+    cdef int64_t i = 0, index, length
+    cdef int prefix, f
+    while i < n:
+        if (b[i] & 0xE0) == 0x20:  # a size update
+            i = _int(b, i, n, 5, &index)
+            if i < 0:
+                return 0
+            continue
+        prefix = 7 if b[i] & 0x80 else 6 if (b[i] & 0xC0) == 0x40 else 4
+        i = _int(b, i, n, prefix, &index)
         if i < 0:
             return 0
-    if i >= n:
-        return 0
-    prefix = 7 if b[i] & 0x80 else 6 if (b[i] & 0xC0) == 0x40 else 4
-    i = _int(b, i, n, prefix, &index)
-    if i < 0:
-        return 0
-    if 1 <= index <= 7:
-        return 1
-    if 8 <= index <= 14:
-        return 2
-    if index or prefix == 7 or i >= n or b[i] & 0x80 or i + 1 + b[i] > n or b[i] < 5 or b[i + 1] != 58:
-        return 0  # the dynamic table's, or a name Huffman coded or not a pseudo-header
-    return 2 if b[i] == 7 and memcmp(b + i + 1, b":status", 7) == 0 else 1
+        if 1 <= index <= 14:  # the static table's pseudo-headers
+            return 1 if index <= 7 else 2
+        if prefix == 7:
+            continue
+        for f in range(1 if index else 2):  # the literal's name (when new), its value: skipped
+            if i >= n:
+                return 0
+            if f == 0 and not index and not b[i] & 0x80 and i + 1 < n and b[i + 1] == 58:
+                # a pseudo-header's plain name
+                return 2 if b[i] == 7 and i + 8 <= n and memcmp(b + i + 1, b":status", 7) == 0 else 1
+            i = _int(b, i, n, 7, &length)
+            if i < 0 or length > n - i:
+                return 0
+            i += length
+    return 0
 
 
 cdef void hpack_free(hstate_t *s) noexcept nogil:

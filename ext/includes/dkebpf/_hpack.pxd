@@ -44,9 +44,10 @@ cdef struct hdr_t:
 # A table (max_table_size: the largest size update accepted; partial: see
 # hstate_t); NULL when out of memory.
 cdef hstate_t *hpack_new(int64_t max_table_size, bint partial) noexcept nogil
-# What the first header field of the block b[0:n] (after size updates) tells,
-# through the static table or a plain literal name: 1 a request (:method,
-# :path, :scheme, :authority), 2 a response (:status), 0 it does not tell.
+# What the block b[0:n] is, from its first pseudo-header known through the
+# static table or a plain literal name (without its table: those of the
+# dynamic table are skipped): 1 a request (:method, :path, :scheme,
+# :authority), 2 a response (:status), 0 it does not tell.
 cdef int hpack_block_kind(const uint8_t *b, int64_t n) noexcept nogil
 cdef void hpack_free(hstate_t *s) noexcept nogil
 # One whole header block on s -> rec (strings appended to arena; the app
