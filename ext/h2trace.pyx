@@ -285,14 +285,15 @@ DEF NCOUNTS = 10
 
 cdef uint8_t _midstream_req_op(const span_msg *m, int cap) noexcept nogil:
     """A call of an HTTP/2 connection whose preface was not seen (the
-    kernel sends all its calls, TRACE_MORE_H2_CALL): the op of its
+    kernel flagged it, trace.bpf.c: pair() gives its records to the
+    tracker): the op of its
     requests when the call is whole frames (the kernel's rule) with a
     HEADERS frame that tells a request or a response by its first header
     (hpack_block_kind); 0 when it does not tell (a later call may)."""
     cdef int64_t off = 0, a, b
     cdef h2_frame_t f
     cdef int kind
-    if m.more != TRACE_MORE_H2_CALL or <int64_t>m.bytes != cap or not h2_frames_exact(m.payload, cap):
+    if m.more == TRACE_MORE_SHORT or <int64_t>m.bytes != cap or not h2_frames_exact(m.payload, cap):
         return 0
     while off + 9 <= cap:
         h2_frame_header(m.payload + off, &f)
