@@ -45,6 +45,7 @@ from libc.stdint cimport int16_t, int8_t, int32_t, int64_t, uint8_t, uint16_t, u
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
+cimport cython
 import numpy as np
 cimport numpy as cnp
 
@@ -52,8 +53,9 @@ from trace cimport *
 from dk_common cimport offset_of, mix64
 from bytebuf cimport bytebuf, bytebuf_reserve
 from h2frame cimport h2_frame_t, h2_frame_header, H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_PUSH_PROMISE, \
-    H2_CONTINUATION, H2_FLAG_END_STREAM, H2_FLAG_END_HEADERS, H2_FLAG_PADDED, H2_FLAG_PRIORITY, h2_preface_at
-from dkebpf._hpack cimport hstate_t, hdr_t, entry_t, hpack_new, hpack_free, hpack_fields
+    H2_CONTINUATION, H2_FLAG_END_STREAM, H2_FLAG_END_HEADERS, H2_FLAG_PADDED, H2_FLAG_PRIORITY, h2_preface_at, \
+    h2_frames_exact
+from dkebpf._hpack cimport hstate_t, hdr_t, entry_t, hpack_new, hpack_free, hpack_fields, hpack_block_kind
 
 cdef extern from *:
     void __builtin_prefetch(const void *p) nogil
@@ -97,6 +99,7 @@ cdef struct conn_t:
     uint64_t sk
     uint64_t last_ns       # time of its last record (expire(): its close may be lost)
     uint8_t req_op         # TRACE_OP_* of the requests (the preface's)
+    uint8_t midstream      # its preface not seen: HPACK tables partial (hstate_t.partial)
     int32_t streams        # open streams
     dir_t d[2]             # 0 requests' direction, 1 responses'
 
@@ -112,6 +115,7 @@ cdef struct stream_t:
     int16_t grpc_status
     int8_t sampled
     uint8_t source, incoming, have_resp, reset, done
+    uint8_t midstream      # of a connection seen mid-stream: a header it could not know is absent
     uint8_t method_len, path_len, ctype_len, gmsg_len   # 0xFF: absent
     char method[METHOD_CAP]
     char path[PATH_CAP]
@@ -257,7 +261,7 @@ _F = [("sk", "<u8", offset_of(&_s, &_s.sk)), ("start_ns", "<u8", offset_of(&_s, 
       ("status", "<u2", offset_of(&_s, &_s.status)), ("grpc_status", "<i2", offset_of(&_s, &_s.grpc_status)),
       ("sampled", "i1", offset_of(&_s, &_s.sampled)), ("source", "u1", offset_of(&_s, &_s.source)),
       ("incoming", "u1", offset_of(&_s, &_s.incoming)), ("have_resp", "u1", offset_of(&_s, &_s.have_resp)),
-      ("reset", "u1", offset_of(&_s, &_s.reset)),
+      ("reset", "u1", offset_of(&_s, &_s.reset)), ("midstream", "u1", offset_of(&_s, &_s.midstream)),
       ("method_len", "u1", offset_of(&_s, &_s.method_len)), ("path_len", "u1", offset_of(&_s, &_s.path_len)),
       ("ctype_len", "u1", offset_of(&_s, &_s.ctype_len)), ("gmsg_len", "u1", offset_of(&_s, &_s.gmsg_len)),
       ("method", f"S{METHOD_CAP}", offset_of(&_s, &_s.method)), ("path", f"V{PATH_CAP}", offset_of(&_s, &_s.path)),
@@ -283,10 +287,40 @@ cdef inline void _copy_str(char *dst, uint8_t *dlen, int cap, const uint8_t *are
 
 # H2Tracker.stats, in the order of the counts[] of feed() and expire()
 _COUNTERS = ("h2_connections", "h2_streams", "h2_unanswered", "h2_expired", "h2_boundary_lost", "h2_header_errors",
-             "h2_restarted", "h2_connections_expired")
-DEF NCOUNTS = 8
+             "h2_restarted", "h2_connections_expired", "h2_connections_midstream")
+DEF NCOUNTS = 9
 
 
+cdef uint8_t _midstream_req_op(const span_msg *m, int cap) noexcept nogil:
+    """A call of an HTTP/2 connection whose preface was not seen (the
+    kernel flagged it, trace.bpf.c: pair() gives its records to the
+    tracker): the op of its
+    requests when the call is whole frames (the kernel's rule) with a
+    HEADERS frame that tells a request or a response by its first header
+    (hpack_block_kind); 0 when it does not tell (a later call may)."""
+    cdef int64_t off = 0, a, b
+    cdef h2_frame_t f
+    cdef int kind
+    if m.more == TRACE_MORE_SHORT or <int64_t>m.bytes != cap or not h2_frames_exact(m.payload, cap):
+        return 0
+    while off + 9 <= cap:
+        h2_frame_header(m.payload + off, &f)
+        if f.type == H2_HEADERS and f.stream & 1 and off + 9 + f.length <= cap:
+            a = off + 9
+            b = a + f.length
+            if f.flags & H2_FLAG_PADDED:
+                b -= m.payload[a] if a < b else 0
+                a += 1
+            if f.flags & H2_FLAG_PRIORITY:
+                a += 5
+            kind = hpack_block_kind(m.payload + a, b - a) if a < b else 0
+            if kind:
+                return m.op if kind == 1 else (TRACE_OP_RECV if m.op == TRACE_OP_SEND else TRACE_OP_SEND)
+        off += 9 + f.length
+    return 0
+
+
+@cython.final  # its methods called directly, not through a table: inlined where small
 cdef class H2Tracker:
     """HTTP/2 connections and streams across steps (see the module doc)."""
     cdef index_t conns_ix, streams_ix
@@ -430,6 +464,8 @@ cdef class H2Tracker:
         cdef int32_t ci = self.last_ci if m.sk == self.last_sk else _ix_get(&self.conns_ix, m.sk, 0)
         cdef conn_t *c
         cdef int cap = m.cap_len if m.cap_len < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
+        cdef bint preface
+        cdef uint8_t req_op
         if m.op == TRACE_OP_CLOSE:
             if ci >= 0:
                 self._close(<conn_t *>self.conns.items + ci, ci, counts)
@@ -441,8 +477,12 @@ cdef class H2Tracker:
             counts[6] += 1
             ci = -1
         if ci < 0:
-            # a connection is followed from its preface on (both ends see it first)
-            if m.more or not h2_preface_at(m.payload, cap):
+            # a connection is followed from its preface on (both ends see
+            # it first), or from a call of one seen mid-stream (plaintext
+            # only: the TLS programs flag a connection at its preface)
+            preface = not m.more and h2_preface_at(m.payload, cap)
+            req_op = m.op if preface else (0 if m.sk & TLS_SK_TAG else _midstream_req_op(m, cap))
+            if not req_op:
                 return
             ci = _pool_take(&self.conns)
             if ci < 0 or _ix_put(&self.conns_ix, m.sk, 0, ci):
@@ -450,12 +490,19 @@ cdef class H2Tracker:
             c = <conn_t *>self.conns.items + ci
             memset(c, 0, sizeof(conn_t))
             c.sk = m.sk
-            c.req_op = m.op
-            c.d[0].hp = hpack_new(TABLE_LIMIT)
-            c.d[1].hp = hpack_new(TABLE_LIMIT)
-            c.d[0].skip = 24    # the preface: no frame
-            c.d[0].ftype = 0xFF
-            counts[0] += 1
+            c.req_op = req_op
+            c.midstream = not preface
+            c.d[0].hp = hpack_new(TABLE_LIMIT, c.midstream)
+            c.d[1].hp = hpack_new(TABLE_LIMIT, c.midstream)
+            if preface:
+                c.d[0].skip = 24    # the preface: no frame
+                c.d[0].ftype = 0xFF
+                counts[0] += 1
+            else:
+                # this call starts at a frame; the other way's next frame
+                # is found again as after a capture's cut
+                c.d[1 if m.op == req_op else 0].lost = 1
+                counts[8] += 1
         c = <conn_t *>self.conns.items + ci
         c.last_ns = m.ts_ns
         self.last_sk = m.sk
@@ -680,6 +727,7 @@ cdef class H2Tracker:
             s.req_seq = d.block_seq
             s.req_bytes = 9 + d.flen  # counted from its first frame, this one
             s.incoming = c.req_op == TRACE_OP_RECV
+            s.midstream = c.midstream
             s.grpc_status = -1
             s.trace_hi = h.trace_hi
             s.trace_lo = h.trace_lo

@@ -55,6 +55,9 @@ cnp.import_array()
 
 __all__ = ["HpackDecoder", "decode_headers", "HEADERS_DTYPE", "ERRORS", "strings"]
 
+cdef extern from *:
+    uint64_t __builtin_bswap64(uint64_t) nogil
+
 cdef extern from "hpack_tables.h":
     const uint32_t HPACK_HUFFMAN_CODE[257]
     const uint8_t HPACK_HUFFMAN_BITS[257]
@@ -77,6 +80,7 @@ cdef enum:
     E_CUT_FRAME
     E_CONTINUATION
     E_BROKEN
+    E_UNKNOWN = 100  # (not an error) an entry added before a partial table started
 
 ERRORS = ("", "index not in the tables", "integer cut", "integer too large", "string missing",
           "string longer than the block", "bad Huffman code", "EOS inside a Huffman string",
@@ -95,6 +99,7 @@ cdef enum:  # which span field a header name is; F_CTX + h: tracectx's header h
     F_STATUS
     F_GRPC_STATUS
     F_CTX
+    F_UNKNOWN = 254  # a partial table's entry whose name it did not see
     F_NONE = 255
 cdef enum:
     N_STR_FIELDS = 5  # F_METHOD..F_GRPC_MESSAGE: strings in the arena
@@ -205,6 +210,43 @@ def _init_huffman():
 
 _init_huffman()
 
+# fast path: HUFF_FAST[the next HUFF_FAST_BITS bits] = the one or two
+# symbols whose whole codes lie in them, packed (one load a step): byte 0
+# the first symbol, 1 the second, 2 how many (n, 0..2) << 4 | the first's
+# bits, 3 the bits of all n (n 0: the first code is longer, the state
+# machine decodes the string); valid strings give the same bytes
+DEF HUFF_FAST_BITS = 12
+cdef uint32_t HUFF_FAST[1 << HUFF_FAST_BITS]
+
+
+def _init_huffman_fast():
+    codes = {}  # (bit length, code) -> symbol, codes of at most HUFF_FAST_BITS bits
+    for s in range(256):
+        if HPACK_HUFFMAN_BITS[s] <= HUFF_FAST_BITS:
+            codes[(HPACK_HUFFMAN_BITS[s], HPACK_HUFFMAN_CODE[s])] = s
+
+    def first(v, width):  # the code the `width`-bit value v starts with: (symbol, bits) or None
+        for bits in range(5, width + 1):
+            s = codes.get((bits, v >> (width - bits)))
+            if s is not None:
+                return s, bits
+        return None
+
+    for v in range(1 << HUFF_FAST_BITS):
+        HUFF_FAST[v] = 0
+        a = first(v, HUFF_FAST_BITS)
+        if a is None:
+            continue
+        rest = HUFF_FAST_BITS - a[1]
+        b = first(v & ((1 << rest) - 1), rest) if rest >= 5 else None
+        if b is None:
+            HUFF_FAST[v] = a[0] | (1 << 4 | a[1]) << 16 | a[1] << 24
+        else:
+            HUFF_FAST[v] = a[0] | b[0] << 8 | (2 << 4 | a[1]) << 16 | (a[1] + b[1]) << 24
+
+
+_init_huffman_fast()
+
 
 # ------------------------------------------------------------------- state
 
@@ -276,6 +318,8 @@ cdef int _lookup(hstate_t *s, int64_t index, const uint8_t **name, int *nlen, co
         vlen[0] = STATIC_VLEN[index]
         field[0] = STATIC_FIELD[index]
         return 0
+    if index >= 62 and index - 62 >= s.count and s.partial:
+        return E_UNKNOWN
     if index < 1 or index - 62 >= s.count:
         s.err_a = index
         s.err_b = s.count
@@ -325,6 +369,52 @@ cdef inline int _huff_nibble(int state, uint8_t nibble, uint8_t *out, int64_t *k
     return HUFF_NEXT[t]
 
 
+cdef inline uint64_t _load_be64(const uint8_t *p) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, p, 8)
+    return __builtin_bswap64(v)
+
+
+cdef int64_t _huff_fast(const uint8_t *b, int64_t n, uint8_t *out) noexcept nogil:
+    """The Huffman string b[0:n] -> out (room for n * 8 // 5 + 2 bytes) by
+    HUFF_FAST, up to two symbols a step; its length, or -1 where it meets
+    a code longer than HUFF_FAST_BITS or an error (the state machine then
+    decodes it, and names the error)."""
+    cdef uint64_t acc = 0   # the next bits, from the top
+    cdef int nb = 0         # how many
+    cdef int64_t i = 0, k = 0
+    cdef uint32_t t
+    cdef int bits
+    while True:
+        if nb <= 56 and i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
+            acc |= _load_be64(b + i) >> nb
+            i += (63 - nb) >> 3
+            nb |= 56
+        while nb <= 56 and i < n:
+            acc |= <uint64_t>b[i] << (56 - nb)
+            nb += 8
+            i += 1
+        if nb == 0:
+            return k
+        t = HUFF_FAST[acc >> (64 - HUFF_FAST_BITS)]
+        bits = t >> 24
+        if t and bits <= nb:
+            out[k] = <uint8_t>t
+            out[k + 1] = <uint8_t>(t >> 8)
+            k += (t >> 20) & 3
+            acc <<= bits
+            nb -= bits
+        elif t and <int>((t >> 16) & 15) <= nb:
+            out[k] = <uint8_t>t
+            k += 1
+            acc <<= (t >> 16) & 15
+            nb -= (t >> 16) & 15
+        elif nb <= 7 and acc >> (64 - nb) == (<uint64_t>1 << nb) - 1:
+            return k    # the padding: fewer than 8 bits, all ones (EOS's first)
+        else:
+            return -1
+
+
 cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, bytebuf *tmp,
                      const uint8_t **out, int *outlen) noexcept nogil:
     """The string literal at b[i] (5.2) -> out (into b, or tmp when Huffman
@@ -347,10 +437,15 @@ cdef int64_t _string(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, bytebu
         outlen[0] = <int>length
         return i + length
     tmp.n = 0
-    if bytebuf_reserve(tmp, length * 8 // 5 + 1) < 0:
+    if bytebuf_reserve(tmp, length * 8 // 5 + 2) < 0:
         return -E_NOMEM
-    k = 0
     e = i + length
+    k = _huff_fast(b + i, length, tmp.p)
+    if k >= 0:
+        out[0] = tmp.p
+        outlen[0] = <int>k
+        return e
+    k = 0
     while i < e:
         state = _huff_nibble(state, b[i] >> 4, tmp.p, &k)
         if state >= 0:
@@ -395,7 +490,7 @@ cdef int _emit(sink_t *k, uint8_t field, const uint8_t *name, int nlen, const ui
     r = k.rec
     if r.nheaders < 0xFFFF:
         r.nheaders += 1
-    if field == F_NONE or k.seen & (1u << field):
+    if field >= F_UNKNOWN or k.seen & (1u << field):
         return 0
     k.seen |= 1u << field
     if field < N_STR_FIELDS:
@@ -477,9 +572,12 @@ cdef int _decode_block(hstate_t *s, const uint8_t *b, int64_t n, sink_t *k) noex
                 err = <int>-i
                 break
             err = _lookup(s, index, &name, &nlen, &value, &vlen, &field)
+            if err == E_UNKNOWN:  # a header that cannot be known: counted only
+                err = _emit(k, F_UNKNOWN, NULL, 0, NULL, 0)
+            elif not err:
+                err = _emit(k, field, name, nlen, value, vlen)
             if err:
                 break
-            err = _emit(k, field, name, nlen, value, vlen)
         elif (c & 0xE0) == 0x20:  # size update
             i = _int(b, i, n, 5, &index)
             if i < 0:
@@ -501,7 +599,15 @@ cdef int _decode_block(hstate_t *s, const uint8_t *b, int64_t n, sink_t *k) noex
                 break
             if index:
                 err = _lookup(s, index, &name, &nlen, &value, &vlen, &field)
-                if err:
+                if err == E_UNKNOWN:
+                    # its name cannot be known: the value is not a field's;
+                    # an entry it adds is known as such (its size too small
+                    # by the name's: kept longer, never referred to wrongly)
+                    err = 0
+                    name = NULL
+                    nlen = 0
+                    field = F_UNKNOWN
+                elif err:
                     break
             else:
                 i = _string(s, b, i, n, &s.hname, &name, &nlen)
@@ -581,13 +687,44 @@ cdef class HpackDecoder:
             free(k)
 
 
-cdef hstate_t *hpack_new(int64_t max_table_size) noexcept nogil:
+cdef hstate_t *hpack_new(int64_t max_table_size, bint partial) noexcept nogil:
     cdef hstate_t *s = <hstate_t *>calloc(1, sizeof(hstate_t))
     if s == NULL:
         return NULL
+    s.partial = partial
     s.limit = max_table_size
     s.max_size = 4096 if max_table_size > 4096 else max_table_size  # SETTINGS_HEADER_TABLE_SIZE's initial value
     return s  # its ring comes with its first entry (_grow)
+
+
+cdef int hpack_block_kind(const uint8_t *b, int64_t n) noexcept nogil:
+    cdef int64_t i = 0, index, length
+    cdef int prefix, f
+    while i < n:
+        if (b[i] & 0xE0) == 0x20:  # a size update
+            i = _int(b, i, n, 5, &index)
+            if i < 0:
+                return 0
+            continue
+        prefix = 7 if b[i] & 0x80 else 6 if (b[i] & 0xC0) == 0x40 else 4
+        i = _int(b, i, n, prefix, &index)
+        if i < 0:
+            return 0
+        if 1 <= index <= 14:  # the static table's pseudo-headers
+            return 1 if index <= 7 else 2
+        if prefix == 7:
+            continue
+        for f in range(1 if index else 2):  # the literal's name (when new), its value: skipped
+            if i >= n:
+                return 0
+            if f == 0 and not index and not b[i] & 0x80 and i + 1 < n and b[i + 1] == 58:
+                # a pseudo-header's plain name
+                return 2 if b[i] == 7 and i + 8 <= n and memcmp(b + i + 1, b":status", 7) == 0 else 1
+            i = _int(b, i, n, 7, &length)
+            if i < 0 or length > n - i:
+                return 0
+            i += length
+    return 0
 
 
 cdef void hpack_free(hstate_t *s) noexcept nogil:

@@ -9,6 +9,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -148,3 +149,75 @@ def test_http2_request_in_iovecs_past_the_fourth(bpf_ok):
     assert sorted((r["direction"], r["resource"], r["http_status_code"], r["status"]) for r in rows) == [
         ("incoming", "POST /iov/past-four", "200", "ok"), ("outgoing", "POST /iov/past-four", "200", "ok")]
     assert rows[0]["req_seq"] == rows[1]["req_seq"] and rows[0]["resp_seq"] == rows[1]["resp_seq"]
+
+
+# A grpcio client whose channel (one connection) made a call before the
+# collector started, then, told to go on, more calls on that connection:
+# one to the method called before (its :path now in both ends' dynamic
+# tables: referred to by index) and two to a method new to the connection
+# (its :path a literal the first time, then indexed by an entry the
+# collector saw added).
+CLIENT_BEFORE = r"""
+import sys
+import grpc
+
+with grpc.insecure_channel("127.0.0.1:" + sys.argv[1]) as ch:
+    say = ch.unary_unary("/test.Echo/Say")
+    later = ch.unary_unary("/test.Echo/Later")
+    assert say(b"a") == b"ok:a"
+    print("ready", flush=True)
+    sys.stdin.readline()
+    assert say(b"b") == b"ok:b"
+    assert later(b"x") == b"ok:x"
+    assert later(b"y") == b"ok:y"
+"""
+
+
+def test_grpc_connection_opened_before_the_collector(bpf_ok):
+    """Seen mid-stream (no preface): the kernel flags it at its first
+    call, whole frames; spans at both ends for the calls after the start,
+    with what the header blocks allow: the new method's path (literal, then
+    an entry seen added); the old method's path (an entry added before)
+    absent, never another (so are content-type and grpc-status, referred
+    to by index: not told as gRPC); counted as a mid-stream connection."""
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    env = dict(os.environ, **{MARK: "1"})
+    both = SERVER.replace('{"Say": ', '{"Later": grpc.unary_unary_rpc_method_handler(say), "Say": ')
+    server = subprocess.Popen([sys.executable, "-c", both], env=env, stdout=subprocess.PIPE, text=True)
+    client = None
+    p = TracePlugin(PluginContext(cfg=make_cfg(), logger=logging.getLogger("test"), self_pid=os.getpid()))
+    try:
+        port = server.stdout.readline().strip()
+        assert port.isdigit(), "the gRPC server did not start"
+        client = subprocess.Popen([sys.executable, "-c", CLIENT_BEFORE, port], env=env, stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        assert client.stdout.readline().strip() == "ready", "the gRPC client's first call failed"
+        p.start()
+        time.sleep(1.5)
+        client.stdin.write("go\n")
+        client.stdin.flush()
+
+        def done(rows):
+            return sum(r.get("operation") in ("gRPC", "HTTP2") for r in rows) >= 6
+
+        rows = spans_until(p, done, timeout=30)
+        assert client.wait(30) == 0
+        midstream = p.builder.stats["h2_connections_midstream"]
+    finally:
+        p.stop()
+        stop_process(client, 5)
+        stop_process(server, 5)
+    # (content-type, an entry added before: unknown, so gRPC is not told from HTTP/2)
+    rows = [r for r in rows if r.get("operation") in ("gRPC", "HTTP2")]
+    at_client = sorted((r for r in rows if r["pid"] == str(client.pid)), key=lambda r: r["req_seq"])
+    at_server = sorted((r for r in rows if r["pid"] == str(server.pid)), key=lambda r: r["req_seq"])
+    assert len(at_client) == 3 and len(at_server) == 3
+    for side, direction in ((at_client, "outgoing"), (at_server, "incoming")):
+        assert {r["direction"] for r in side} == {direction}
+        assert [r.get("http_route") for r in side] == [None, "/test.Echo/Later", "/test.Echo/Later"]
+        assert all(r.get("http_method") in (None, "POST") for r in side)
+        assert all(r.get("grpc_status_code") in (None, "0") for r in side)
+    assert [(r["req_seq"], r["resp_seq"]) for r in at_client] == [(r["req_seq"], r["resp_seq"]) for r in at_server]
+    assert midstream == 2  # the connection at each end

@@ -96,6 +96,23 @@ def test_fuzz_random_bytes(blocks):
     same(blocks)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=80), st.integers(0, 10**6), st.sampled_from(["keep", "flip", "cut", "pad"]))
+def test_huffman_any_bytes_and_damage(value, at, damage):
+    """Huffman values of any bytes (codes of 5 to 30 bits: the two-symbol
+    table and the state machine it leaves long codes to), intact or
+    damaged (a bit flipped, the last byte cut, a padding byte added)."""
+    data = bytearray(ref.huffman_encode(value))
+    if damage == "flip" and data:
+        data[at % len(data)] ^= 1 << (at % 8)
+    elif damage == "cut" and data:
+        data = data[:-1]
+    elif damage == "pad":
+        data.append(0xFF if at % 2 else 0xFE)
+    s = ref.encode_int(len(data), 7, 0x80) + bytes(data)
+    same([ref.encode_int(0, 4, 0) + ref.encode_str(b"x-v", False) + bytes(s)])
+
+
 # -- decode_headers: the span fields of HTTP/2 frames' header blocks, no Python object per header
 
 def frame(t, flags, stream, body):

@@ -23,6 +23,8 @@ cdef struct hstate_t:
     int error             # the error that broke the table; 0 while it is known
     int64_t err_a, err_b  # details for the message
     bint pending          # a HEADERS block waits for its CONTINUATIONs in frag
+    bint partial          # started mid-connection: a reference past the entries it saw is
+                          # a header it cannot know (no field), not an error
     bytebuf frag
     bytebuf hname, hvalue   # Huffman-decoded strings of the current header
 
@@ -39,8 +41,14 @@ cdef struct hdr_t:
     uint8_t error         # E_* (ERRORS[error])
     uint16_t nheaders
 
-# A table (max_table_size: the largest size update accepted); NULL when out of memory.
-cdef hstate_t *hpack_new(int64_t max_table_size) noexcept nogil
+# A table (max_table_size: the largest size update accepted; partial: see
+# hstate_t); NULL when out of memory.
+cdef hstate_t *hpack_new(int64_t max_table_size, bint partial) noexcept nogil
+# What the block b[0:n] is, from its first pseudo-header known through the
+# static table or a plain literal name (without its table: those of the
+# dynamic table are skipped): 1 a request (:method, :path, :scheme,
+# :authority), 2 a response (:status), 0 it does not tell.
+cdef int hpack_block_kind(const uint8_t *b, int64_t n) noexcept nogil
 cdef void hpack_free(hstate_t *s) noexcept nogil
 # One whole header block on s -> rec (strings appended to arena; the app
 # trace context only with `ctx`, else its fields stay 0); 0 or the error
