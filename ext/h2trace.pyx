@@ -50,6 +50,7 @@ import numpy as np
 cimport numpy as cnp
 
 from trace cimport *
+from tls cimport TLS_SK_TAG
 from dk_common cimport offset_of, mix64
 from bytebuf cimport bytebuf, bytebuf_reserve
 from h2frame cimport h2_frame_t, h2_frame_header, H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_PUSH_PROMISE, \
