@@ -279,7 +279,8 @@ class SpanBuilder:
         self.h2 = trace_h2.H2Spans()  # HTTP/2 streams, followed across steps
         self.stats = {"messages": 0, "spans": 0, "carried_evicted": 0, "unanswered": 0, "orphan_responses": 0,
                       "expired_requests": 0, "undetected_connections": 0, "exits_ambiguous_parent": 0,
-                      "exits_without_entry": 0}
+                      "exits_without_entry": 0, "pipelined_calls": 0, "pipelined_rest_spans": 0,
+                      "pipelined_mismatched": 0}
 
     @property
     def carried(self):
@@ -454,7 +455,9 @@ class SpanBuilder:
         if self.protos is not None:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
         spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
-        spans, pipe = _split_pipelines(msgs, spans)
+        spans, pipe, st = _split_pipelines(msgs, spans)
+        for k, v in st.items():
+            self.stats[k] += v
         n = len(spans)
         # the columns needed, gathered one by one (not whole ~1.2 kB records)
         req = _Gather(msgs, spans["req"])
@@ -494,9 +497,10 @@ class SpanBuilder:
         return table
 
     def _http(self, msgs, spans, pipe):
-        req_p = _trace.payloads(msgs, spans["req"])
-        q = _trace.http_lines(msgs, spans["req"])
-        r = _trace.http_lines(msgs, spans["resp"])
+        # each span's own message (of a pipelined call: pipe's offsets)
+        req_p = _trace.payloads(msgs, spans["req"], pipe["req_off"], pipe["req_len"])
+        q = _trace.http_lines(msgs, spans["req"], pipe["req_off"])
+        r = _trace.http_lines(msgs, spans["resp"], pipe["resp_off"])
         ok = (q["kind"] == 1) & (r["kind"] == 2)
         method = _METHODS.take(pa.array(q["method"]))
         path = _trace.slices(req_p, q["path_off"], q["path_len"], q["kind"] == 1)
@@ -538,13 +542,13 @@ class SpanBuilder:
 
     def _redis(self, msgs, spans, pipe):
         """One span per command; pipelined commands (several in one call)
-        are split by _split_pipelines: pipe["sub"] is the command's place
-        in its call, and it gets the reply of the same place."""
+        are split by _split_pipelines: each span's payloads are its own
+        command and the reply of the same place."""
         n = len(spans)
-        req_p = _trace.payloads(msgs, spans["req"])
-        resp_p = _trace.payloads(msgs, spans["resp"])
-        q = _nth_rows(_redis.parse(req_p, np.ones(n, bool)), pipe["sub"])
-        r = _nth_rows(_redis.parse(resp_p, np.zeros(n, bool)), pipe["sub"])
+        req_p = _trace.payloads(msgs, spans["req"], pipe["req_off"], pipe["req_len"])
+        resp_p = _trace.payloads(msgs, spans["resp"], pipe["resp_off"], pipe["resp_len"])
+        q = _first_rows(_redis.parse(req_p, np.ones(n, bool)), n)
+        r = _first_rows(_redis.parse(resp_p, np.zeros(n, bool)), n)
         cmd = pc.utf8_upper(_trace.slices(req_p, q["word_off"], q["word_len"], q["valid"] == 1))
         err = (r["valid"] == 1) & (r["error"] == 1)
         text = _trace.slices(resp_p, r["word_off"], r["word_len"], r["valid"] == 1)
@@ -698,59 +702,58 @@ def _pick_rows(rows, n, want):
     return _first_rows(rows[want(rows)] if len(rows) else rows, n)
 
 
-# per span row of SpanBuilder.table: which of the messages of its calls it is
-PIPE_DTYPE = np.dtype([("sub", "<i8"), ("req_off", "<i8"), ("resp_off", "<i8"), ("req_len", "<u8"),
-                       ("resp_len", "<u8"), ("many", "?")])
+# protocols whose pipelined calls are split, and their message-bounds
+# parsers (payloads, requests) -> rows with ev, off, length, valid
+_BOUNDS = {_trace.PROTO["http"]: _http.message_bounds, _trace.PROTO["redis"]: _redis.parse}
 
 
 def _split_pipelines(msgs, spans):
-    """Spans whose request call carried several Redis commands (pipelining)
-    made one span per command: the rows repeated, with PIPE_DTYPE per row:
-    the command's place (`sub`), its and its reply's offsets in their calls
-    (for req_seq/resp_seq: both ends of the connection count the same
-    bytes) and lengths. Other spans stay one row (sub 0, offsets 0)."""
+    """Spans whose calls carried several messages (HTTP/1.x or Redis
+    pipelining) made one span per message: the rows repeated, with
+    _trace.PIPE_DTYPE per row: the message's place (`sub`), its and its
+    response's offsets in their calls (for req_seq/resp_seq: both ends of
+    the connection count the same bytes) and lengths
+    (_trace.split_pipelines). Other spans stay one row (sub 0, offsets 0,
+    lengths of their whole runs). Returns (spans, pipe, stats)."""
     n = len(spans)
-    pipe = np.zeros(n, PIPE_DTYPE)
-    sel = np.flatnonzero(spans["proto"] == _trace.PROTO["redis"])
-    if not len(sel):
-        return spans, pipe
-    q = _redis.parse(_trace.payloads(msgs, spans["req"][sel]), np.ones(len(sel), bool))
-    q = q[q["valid"] == 1]
-    counts = np.ones(n, np.int64)
-    counts[sel] = np.maximum(np.bincount(q["ev"], minlength=len(sel)), 1)
-    if (counts == 1).all():
-        return spans, pipe
-    rows = np.repeat(np.arange(n), counts)
-    first = np.cumsum(counts) - counts
-    out = np.zeros(len(rows), PIPE_DTYPE)
-    out["sub"] = np.arange(len(rows)) - first[rows]
-    out["many"] = counts[rows] > 1
-    r = _redis.parse(_trace.payloads(msgs, spans["resp"][sel]), np.zeros(len(sel), bool))
-    r = r[r["valid"] == 1]
-    at = np.full(n, -1, np.int64)
-    at[sel] = np.arange(len(sel))
-    k = at[rows]
-    red = k >= 0
-    qn = _nth_rows(q, out["sub"][red], k[red])
-    rn = _nth_rows(r, out["sub"][red], k[red])
-    out["req_off"][red], out["req_len"][red] = qn["off"], qn["length"]
-    out["resp_off"][red], out["resp_len"][red] = rn["off"], rn["length"]
-    return spans[rows], out
+    parts = [np.flatnonzero(~np.isin(spans["proto"], list(_BOUNDS)))]
+    pipes = [np.zeros(len(parts[0]), _trace.PIPE_DTYPE)]
+    pipes[0]["span"] = parts[0]
+    pipes[0]["req_len"] = spans["req_bytes"][parts[0]]
+    pipes[0]["resp_len"] = spans["resp_bytes"][parts[0]]
+    stats = {}
+    for proto, bounds in _BOUNDS.items():
+        sel = np.flatnonzero(spans["proto"] == proto)
+        if not len(sel):
+            continue
+        s = spans[sel]
+        q = bounds(_trace.payloads(msgs, s["req"]), np.ones(len(sel), bool))
+        r = bounds(_trace.payloads(msgs, s["resp"]), np.zeros(len(sel), bool))
+        pipe, st = _trace.split_pipelines(q, r, s["req_bytes"], s["resp_bytes"], msgs["cap_len"][s["req"]],
+                                          msgs["cap_len"][s["resp"]])
+        pipe["span"] = sel[pipe["span"]]
+        pipes.append(pipe)
+        for k, v in st.items():
+            stats[k] = stats.get(k, 0) + v
+    pipe = np.concatenate(pipes) if len(pipes) > 1 else pipes[0]
+    if len(pipes) > 1:  # back in span order (each part is in its own)
+        pipe = pipe[np.argsort(pipe["span"], kind="stable")]
+    return spans[pipe["span"]], pipe, stats
 
 
-def _nth_rows(rows, sub, ev=None):
-    """For each span row i, the parser row number sub[i] of payload ev[i]
-    (default i), zeroed where there is none."""
+def _nth_rows(rows, sub):
+    """For each span row i, the parser row number sub[i] of payload i,
+    zeroed where there is none."""
     sub = np.asarray(sub, np.int64)
-    ev = np.arange(len(sub)) if ev is None else np.asarray(ev, np.int64)
+    ev = np.arange(len(sub))
     out = np.zeros(len(sub), rows.dtype)
     if not len(rows) or not len(sub):
         return out
     e = rows["ev"].astype(np.int64)
-    start = np.searchsorted(e, np.arange(int(ev.max()) + 1))  # rows come in payload order
-    count = np.bincount(e, minlength=int(ev.max()) + 1)[:int(ev.max()) + 1]
-    ok = sub < count[ev]
-    out[ok] = rows[start[ev[ok]] + sub[ok]]
+    start = np.searchsorted(e, ev)  # rows come in payload order
+    count = np.bincount(e, minlength=len(sub))[:len(sub)]
+    ok = sub < count
+    out[ok] = rows[start[ok] + sub[ok]]
     return out
 
 

@@ -150,3 +150,47 @@ def link_threads(M, role, until):
             owner[i] = ("own", i)
             stats["exits_ambiguous_parent" if live else "exits_without_entry"] += 1
     return owner, stats
+
+
+def split_pipelines(req_msgs, resp_msgs, req_total, resp_total, req_cap, resp_cap):
+    """dkebpf._trace.split_pipelines of one exchange, in plain Python:
+    req_msgs/resp_msgs are its runs' messages as (off, length, valid)
+    tuples in order (a message-bounds parser's rows of its payload).
+    Returns (rows: dicts of PIPE_DTYPE's fields but `span`, outcome: None,
+    "split", "rest" or "mismatched")."""
+
+    def side(msgs, total, cap):
+        known, end, rest = [], 0, None
+        for off, length, valid in msgs:
+            if valid and length > 0 and off == end:
+                known.append((off, length))
+                end = off + length
+            else:
+                rest = off
+                break
+        total = max(total, cap, end)
+        if rest is None and end < total:
+            rest = end
+        return known, rest, total
+
+    qk, qrest, qtot = side(req_msgs, req_total, req_cap)
+    rk, rrest, rtot = side(resp_msgs, resp_total, resp_cap)
+    whole = [{"sub": 0, "req_off": 0, "resp_off": 0, "req_len": qtot, "resp_len": rtot, "many": False,
+              "rest": False}]
+    if len(qk) == len(rk) and qrest is None and rrest is None:
+        if len(qk) <= 1:
+            return whole, None
+        return [{"sub": i, "req_off": q[0], "req_len": q[1], "resp_off": r[0], "resp_len": r[1], "many": True,
+                 "rest": False} for i, (q, r) in enumerate(zip(qk, rk))], "split"
+    m = min(len(qk), len(rk))
+    if not ((m < len(qk) or qrest is not None) and (m < len(rk) or rrest is not None)):
+        return whole, ("mismatched" if max(len(qk), len(rk)) > 1 else None)
+    if m == 0:
+        return whole, None
+    rows = [{"sub": i, "req_off": q[0], "req_len": q[1], "resp_off": r[0], "resp_len": r[1], "many": True,
+             "rest": False} for i, (q, r) in enumerate(zip(qk[:m], rk[:m]))]
+    q_off = qk[m][0] if m < len(qk) else qrest
+    r_off = rk[m][0] if m < len(rk) else rrest
+    rows.append({"sub": m, "req_off": q_off, "req_len": qtot - q_off, "resp_off": r_off, "resp_len": rtot - r_off,
+                 "many": True, "rest": True})
+    return rows, "rest"
