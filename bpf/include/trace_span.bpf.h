@@ -15,10 +15,12 @@
 #include "drops.bpf.h"
 #include "ring_wake.bpf.h"
 
+/* the ring's declared size; user space sets the real one (bpf_objects.TRACE) */
 #define TRACE_EVENTS_RING_BYTES (1 << 24)
 /* user space takes records once per interval: wake it only when this much
- * waits (include/ring_wake.bpf.h) */
-#define TRACE_EVENTS_WAKE_BYTES (TRACE_EVENTS_RING_BYTES / 16)
+ * waits (include/ring_wake.bpf.h); set by user space from the ring's real
+ * size (bpf_objects.TRACE_WAKE_BYTES) */
+const volatile __u32 trace_wake_bytes = 1 << 20;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -207,7 +209,7 @@ static __always_inline void span_msg_send(void *ring, struct span_msg *ev, __u32
 	__u32 cap = ev->cap_len;
 	asm volatile("" : "+r"(cap));
 	__u32 size = SPAN_MSG_MIN_SIZE + (cap & (2 * TRACE_PAYLOAD_MAX - 1));
-	__u64 flag = ring_wake_flag(ring, unqueried, size, TRACE_EVENTS_WAKE_BYTES);
+	__u64 flag = ring_wake_flag(ring, unqueried, size, trace_wake_bytes);
 	if (bpf_ringbuf_output(ring, ev, size, flag))
 		count_drop(drops, drop_idx);
 }
@@ -231,7 +233,7 @@ static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unquer
 		ev->ts_last_send = tc->ts_last_send;
 		ev->ts_last_recv = tc->ts_last_recv;
 		ev->op = TRACE_OP_CLOSE;
-		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, TRACE_EVENTS_WAKE_BYTES));
+		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, trace_wake_bytes));
 	} else {
 		count_drop(drops, drop_idx);
 	}

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ..bpf_objects import TLS_TRACE, TRACE, BpfSkeleton, tls_trace_start
+from ..bpf_objects import TLS_TRACE, TRACE, TRACE_WAKE_BYTES, BpfSkeleton, tls_trace_start
 from ..enrich.addr import format_addrs
 from ..errors import BuildError, KernelError
 from ..output.sink import HttpSink
@@ -790,7 +790,7 @@ class TracePlugin(Plugin):
     def start(self):
         self.bpf = BpfSkeleton(TRACE).start(knobs={
             "ipv6_disabled": int(bool(self.cfg.ipv6_disabled)), "self_tgid": self.ctx.self_pid,
-            "trace_all": int(not self.selector.whitelist)})
+            "trace_all": int(not self.selector.whitelist), "trace_wake_bytes": TRACE_WAKE_BYTES})
         self.ring = self.bpf.rings.events
         self._start_tls()
         go = GoTracing(self.log, self.cfg.host_proc or "/proc")
