@@ -422,7 +422,7 @@ cdef inline uint64_t _entry_id(const span_msg *m) noexcept nogil:
     return id_ if id_ != 0 else 1
 
 
-def link_threads(msgs, role, until):
+def link_threads(msgs, role, until, pipelines=None):
     """Give every request of msgs without one (msgs['user'] == 0) its
     thread_trace_id, in msgs['user'] (as uint64 of a positive int64).
 
@@ -436,6 +436,9 @@ def link_threads(msgs, role, until):
     cannot be told from the thread, and a guess could be a wrong parent.
     Entries still unanswered or whose response is still open are carried
     by the caller with their id, so they are open again in the next batch.
+    `pipelines` (bool per message, optional): entries that are several
+    requests at once (pipelining): which of them an exit serves cannot be
+    told either, so they count as several open.
     Returns {"exits_ambiguous_parent": n, "exits_without_entry": n}."""
     cdef cnp.ndarray M_arr = msgs
     if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous:
@@ -445,6 +448,10 @@ def link_threads(msgs, role, until):
     rq = np.asarray(role) == ROLE_REQUEST
     if U.shape[0] != len(M_arr) or rq.shape[0] != len(M_arr):
         raise ValueError(f"link_threads: {len(M_arr)} records but {U.shape[0]} until and {rq.shape[0]} roles")
+    cdef const uint8_t[::1] P = np.ascontiguousarray(np.zeros(len(M_arr), bool) if pipelines is None else pipelines,
+                                                     np.uint8)
+    if P.shape[0] != len(M_arr):
+        raise ValueError(f"link_threads: {len(M_arr)} records but {P.shape[0]} pipeline flags")
     idx = np.flatnonzero(rq)
     ops = msgs["op"][idx]
     # per thread, in time order, an entry before an exit at the same time
@@ -482,12 +489,13 @@ def link_threads(msgs, role, until):
                 if m.user == 0:
                     m.user = _entry_id(m)
                 if U[I[k]] > t:
-                    if nopen < OPEN_MAX:
-                        open_until[nopen] = U[I[k]]
-                        open_id[nopen] = m.user
-                        nopen += 1
-                    elif overflow_until < U[I[k]]:
-                        overflow_until = U[I[k]]
+                    for j in range(2 if P[I[k]] else 1):  # a pipeline: several requests open
+                        if nopen < OPEN_MAX:
+                            open_until[nopen] = U[I[k]]
+                            open_id[nopen] = m.user
+                            nopen += 1
+                        elif overflow_until < U[I[k]]:
+                            overflow_until = U[I[k]]
             elif m.user == 0:
                 if nopen == 1 and overflow_until <= t:
                     m.user = open_id[0]

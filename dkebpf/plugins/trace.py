@@ -364,7 +364,7 @@ class SpanBuilder:
                                                           max(0, now_mono_ns - self.expire_ns))
         self.h2.feed(msgs, order, role, until)
         new_requests = np.flatnonzero((role == _trace.ROLE_REQUEST) & (msgs["user"] == 0))
-        st.update(_trace.link_threads(msgs, role, until))
+        st.update(_trace.link_threads(msgs, role, until, _pipelines(msgs, new_requests, spans, seen)))
         if self.go is not None:  # Go processes: by goroutine (dkebpf/plugins/trace_go.py)
             self.go.link(msgs, new_requests)
             self.go.forget(now_mono_ns)
@@ -470,6 +470,14 @@ class SpanBuilder:
                             resp["seq"].astype(np.int64) + pipe["resp_off"], spans["start_ns"], spans["end_ns"],
                             spans["incoming"].astype(bool), req_bytes, resp_bytes, mono_to_wall_ns,
                             self.go.tid_usr(msgs, spans["req"]) if self.go else pa.nulls(n, pa.int64()))
+        # the requests of an incoming pipeline after its first: ids of their
+        # own (served one after another, each its own entry; the exits made
+        # meanwhile got none of them: link_threads' pipelines)
+        later = (pipe["sub"] > 0) & spans["incoming"].astype(bool)
+        if later.any():
+            ids = req["user"].astype(np.uint64)
+            ids[later] = _sub_ids(ids[later], pipe["sub"][later])
+            cols["thread_trace_id"] = pa.array(ids.astype(np.int64))
         per = {}
         for proto, fn in ((_trace.PROTO["http"], self._http), (_trace.PROTO["redis"], self._redis),
                           (_trace.PROTO["postgresql"], self._pgsql), (_trace.PROTO["mysql"], self._mysql)):
@@ -705,6 +713,42 @@ def _pick_rows(rows, n, want):
 # protocols whose pipelined calls are split, and their message-bounds
 # parsers (payloads, requests) -> rows with ev, off, length, valid
 _BOUNDS = {_trace.PROTO["http"]: _http.message_bounds, _trace.PROTO["redis"]: _redis.parse}
+
+
+def _sub_ids(ids, sub):
+    """A positive int64 id per (id, place in its pipeline), never 0
+    (splitmix64's finalizer)."""
+    with np.errstate(over="ignore"):
+        z = ids.astype(np.uint64) + np.asarray(sub, np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = (z ^ (z >> np.uint64(31))) & np.uint64(0x7FFFFFFFFFFFFFFF)
+    return np.where(z == 0, np.uint64(1), z)
+
+
+def _pipelines(msgs, requests, spans, conns):
+    """Per message: an incoming request record that holds several
+    requests (HTTP/1.x or Redis pipelining: _BOUNDS), for link_threads
+    (the exits made while it is served have no parent it could tell).
+    The protocol: its span's, else (unanswered yet: its connection is
+    open) its connection's."""
+    out = np.zeros(len(msgs), bool)
+    idx = requests[msgs["op"][requests] == _trace.OP_RECV]
+    if not len(idx):
+        return out
+    proto = np.zeros(len(msgs), np.uint8)
+    if len(conns):
+        at = np.minimum(np.searchsorted(conns["sk"], msgs["sk"][idx]), len(conns) - 1)
+        proto[idx] = np.where(conns["sk"][at] == msgs["sk"][idx], conns["proto"][at], 0)
+    proto[spans["req"]] = spans["proto"]
+    proto = proto[idx]
+    for p, bounds in _BOUNDS.items():
+        sel = idx[proto == p]
+        if len(sel):
+            rows = bounds(_trace.payloads(msgs, sel), np.ones(len(sel), bool))
+            rows = rows[(rows["valid"] == 1) & (rows["length"] > 0)]
+            out[sel] = np.bincount(rows["ev"], minlength=len(sel)) > 1
+    return out
 
 
 def _split_pipelines(msgs, spans):

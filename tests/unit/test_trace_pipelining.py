@@ -238,3 +238,27 @@ def test_redis_and_http_in_one_step():
     got = sorted((x["resource"], x["req_seq"], x["resp_seq"]) for x in rows)
     assert got == [("GET", 10, 20), ("GET", 10 + len(cmds[0]), 27),
                    ("GET /x", 30, 40), ("GET /y", 30 + len(reqs[0]), 40 + len(resps[0]))]
+
+
+def test_pipelined_entries_get_their_own_ids_and_no_child_a_wrong_parent():
+    """A server thread receives two requests in one read and calls Redis
+    while serving them: which of the two a call serves cannot be told, so
+    the call is a root of its own (counted), and the two entry spans have
+    ids of their own; a pipeline of exits keeps its parent's id."""
+    reqs = [b"GET /a HTTP/1.1\r\n\r\n", b"GET /b HTTP/1.1\r\n\r\n"]
+    resps = [http_resp(200, b"a"), http_resp(200, b"b")]
+    q, r = b"".join(reqs), b"".join(resps)
+    cmds = redis_cmd(b"GET", b"a") + redis_cmd(b"GET", b"b")
+    b, _, _, rows = build([msg(1, RECV, 100, q, seq=10, tid=5),
+                           msg(2, SEND, 120, cmds, seq=70, tid=5),
+                           msg(2, RECV, 130, b"$1\r\n1\r\n$1\r\n2\r\n", seq=90, sent=len(cmds), last_send=120, tid=5),
+                           msg(1, SEND, 150, r, seq=20, recv=len(q), last_recv=100, tid=5),
+                           msg(1, CLOSE, 160, sent=len(r), recv=len(q), last_send=150, last_recv=100),
+                           msg(2, CLOSE, 170, sent=len(cmds), recv=14, last_send=120, last_recv=130)])
+    entries = sorted((x for x in rows if x["direction"] == "incoming"), key=lambda x: x["req_seq"])
+    exits = [x for x in rows if x["direction"] == "outgoing"]
+    assert [x["resource"] for x in entries] == ["GET /a", "GET /b"] and len(exits) == 2
+    ids = {x["thread_trace_id"] for x in entries}
+    assert len(ids) == 2 and all(i > 0 for i in ids)
+    assert len({x["thread_trace_id"] for x in exits}) == 1 and not ids & {x["thread_trace_id"] for x in exits}
+    assert b.stats["exits_ambiguous_parent"] == 1
