@@ -64,6 +64,7 @@ TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("last_op", "u1", offset_of(&_tc, &_tc.last_op)),
     ("short_start", "u1", offset_of(&_tc, &_tc.short_start)),
     ("ignored", "u1", offset_of(&_tc, &_tc.ignored)),
+    ("whole", "u1", offset_of(&_tc, &_tc.whole)),
 ], sizeof(trace_conn))
 PAYLOAD_MAX = TRACE_PAYLOAD_MAX
 MSG_MIN_SIZE = SPAN_MSG_MIN_SIZE
@@ -300,18 +301,29 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     cdef int proto
     cdef int64_t unanswered = 0, orphan_responses = 0, expired = 0, undetected = 0
     cdef int64_t prev
+    cdef uint64_t run_bytes
     cdef int take
     with nogil:
-        # a short message start's next call continues its payload (span_msg.more)
-        for k in range(1, n):
+        # the next calls of a run (span_msg.more: of a short start, of a
+        # connection that pipelines) continue its start's payload, while
+        # nothing before them is missing from it
+        prev = -1
+        run_bytes = 0
+        for k in range(n):
             i = Ord[k]
-            prev = Ord[k - 1]
-            if M[i].more == TRACE_MORE_SHORT and M[prev].sk == M[i].sk and M[prev].cap_len < TRACE_PAYLOAD_MAX:
+            if M[i].more != TRACE_MORE_SHORT:
+                prev = i
+                run_bytes = M[i].bytes
+                continue
+            if prev < 0 or M[prev].sk != M[i].sk:
+                continue
+            if M[prev].cap_len == run_bytes and M[prev].cap_len < TRACE_PAYLOAD_MAX:
                 take = M[i].cap_len
                 if take > TRACE_PAYLOAD_MAX - M[prev].cap_len:
                     take = TRACE_PAYLOAD_MAX - M[prev].cap_len
                 memcpy(&M[prev].payload[M[prev].cap_len], M[i].payload, take)
                 M[prev].cap_len += take
+            run_bytes += M[i].bytes
         k = 0
         while k < n:
             # one connection: order[k:j]

@@ -93,8 +93,10 @@ static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops,
 static __always_inline int span_due(const struct trace_conn *tc, __u8 op, int *start)
 {
 	*start = tc->last_op != op;
-	/* on an HTTP/2 connection every call (frames of many streams interleave) */
-	return (*start || tc->short_start || tc->h2) && !tc->ignored;
+	/* on an HTTP/2 connection every call (frames of many streams
+	 * interleave); on one that pipelines (trace_conn.whole) too: the
+	 * messages of a run written call by call continue its start's payload */
+	return (*start || tc->short_start || tc->h2 || tc->whole) && !tc->ignored;
 }
 
 /* span_msg.more of a due record (include/trace.h) */
@@ -195,14 +197,15 @@ static __always_inline void span_msg_fill(struct span_msg *ev, const struct trac
 	dpc[1] = pc[1];
 }
 
-/* Send a filled record (payload copied, cap_len set) to the ring. An
+/* Send a filled record (payload copied, cap_len set) to the ring. With
+ * `trim_status` (a connection not seen pipelining: trace_conn.whole) an
  * HTTP/1.x response keeps its status line only: user space reads nothing
  * else of it, the headers and body would only fill the ring
  * (include/trace.h: TRACE_STATUS_KEEP). */
-static __always_inline void span_msg_send(void *ring, struct span_msg *ev, __u32 *unqueried, void *drops,
-					  __u32 drop_idx)
+static __always_inline void span_msg_send(void *ring, struct span_msg *ev, int trim_status, __u32 *unqueried,
+					  void *drops, __u32 drop_idx)
 {
-	if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
+	if (trim_status && ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
 		ev->cap_len = TRACE_STATUS_KEEP;
 	/* the mask restated past a barrier: clang would otherwise drop it (it
 	 * knows cap_len's bound, the verifier does not after its reloads) */

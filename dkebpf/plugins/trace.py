@@ -274,6 +274,7 @@ class SpanBuilder:
         self.ncarried = 0    # of which carried from the step before
         self._carry = None   # (array, indices): to carry, not yet moved to the stage's front
         self.given_up = np.zeros(0, np.uint64)
+        self.pipelining = np.zeros(0, np.uint64)
         self.closed_before = np.zeros(0, np.uint64)
         self.go = None  # trace_go.GoTracing: goroutines instead of threads in Go processes
         self.h2 = trace_h2.H2Spans()  # HTTP/2 streams, followed across steps
@@ -364,7 +365,11 @@ class SpanBuilder:
                                                           max(0, now_mono_ns - self.expire_ns))
         self.h2.feed(msgs, order, role, until)
         new_requests = np.flatnonzero((role == _trace.ROLE_REQUEST) & (msgs["user"] == 0))
-        st.update(_trace.link_threads(msgs, role, until, _pipelines(msgs, new_requests, spans, seen)))
+        pipes = _pipelines(msgs, new_requests, spans, seen)
+        st.update(_trace.link_threads(msgs, role, until, pipes))
+        # connections seen pipelining: the kernel is told to keep their
+        # responses whole (their lengths split the next pipelines)
+        self.pipelining = np.unique(msgs["sk"][pipes])
         if self.go is not None:  # Go processes: by goroutine (dkebpf/plugins/trace_go.py)
             self.go.link(msgs, new_requests)
             self.go.forget(now_mono_ns)
@@ -727,13 +732,13 @@ def _sub_ids(ids, sub):
 
 
 def _pipelines(msgs, requests, spans, conns):
-    """Per message: an incoming request record that holds several
-    requests (HTTP/1.x or Redis pipelining: _BOUNDS), for link_threads
-    (the exits made while it is served have no parent it could tell).
-    The protocol: its span's, else (unanswered yet: its connection is
-    open) its connection's."""
+    """Per message: a request record that holds several requests
+    (HTTP/1.x or Redis pipelining: _BOUNDS), for link_threads (the exits
+    made while an incoming one is served have no parent it could tell)
+    and the kernel (trace_conn.whole). The protocol: its span's, else
+    (unanswered yet: its connection is open) its connection's."""
     out = np.zeros(len(msgs), bool)
-    idx = requests[msgs["op"][requests] == _trace.OP_RECV]
+    idx = requests
     if not len(idx):
         return out
     proto = np.zeros(len(msgs), np.uint8)
@@ -826,6 +831,7 @@ class TracePlugin(Plugin):
         self.points = 0
         self.early_steps = 0
         self.ignored = 0  # connections the kernel was told to stop sending
+        self.whole = 0  # connections the kernel was told to send whole responses of (pipelining)
         self.kept = []  # span batches of early steps, for the interval's output (no trace server)
         self.kept_rows = 0
         self.ring_peak = 0
@@ -940,7 +946,8 @@ class TracePlugin(Plugin):
 
     def _step_once(self, now_ns):
         msgs, spans = self.builder.step_staged(time.monotonic_ns())
-        self._ignore(self.builder.given_up)
+        self.ignored += self._flag(self.builder.given_up, "ignored")
+        self.whole += self._flag(self.builder.pipelining, "whole")
         if not len(spans) and not len(self.builder.h2.done):
             return
         table = self.builder.table(msgs, spans, time.time_ns() - time.monotonic_ns())
@@ -954,30 +961,34 @@ class TracePlugin(Plugin):
             self.kept.append(batch)
             self.kept_rows += batch.num_rows
 
-    def _ignore(self, sks):
-        """Flag these sockets `ignored` in the kernel's trace_conns: their
-        calls are counted, their message starts (1 kB each) no longer sent.
-        One map update per connection given up on (not per message); an
-        entry gone meanwhile (the socket closed) is left alone, so a new
-        socket at that address is not flagged by BPF_EXIST's miss (a socket
-        reused between the step and this update is: a rare miss)."""
+    def _flag(self, sks, field):
+        """Set `field` in these sockets' entries of the kernel's
+        trace_conns: `ignored` (their calls are counted, their message
+        starts, 1 kB each, no longer sent) or `whole` (their HTTP/1.x
+        responses sent whole: they pipeline). One map update per
+        connection (not per message); an entry gone meanwhile (the socket
+        closed) is left alone, so a new socket at that address is not
+        flagged by BPF_EXIST's miss (a socket reused between the step and
+        this update is: a rare miss). Returns how many were flagged."""
         if not len(sks) or self.bpf is None:
-            return
+            return 0
         m = self.bpf.maps.trace_conns
+        done = 0
         for sk in sks.tolist():
             key = np.uint64(sk).tobytes()
             cur = m.lookup(key)
             if cur is None:
                 continue
             v = np.frombuffer(cur, _trace.TRACE_CONN_DTYPE).copy()
-            if v["ignored"][0]:
+            if v[field][0]:
                 continue
-            v["ignored"] = 1
+            v[field] = 1
             try:
                 m.update(key, v.tobytes(), _libbpf.BPF_EXIST)
-                self.ignored += 1
-            except OSError:  # closed in between: nothing to stop
+                done += 1
+            except OSError:  # closed in between: nothing to flag
                 pass
+        return done
 
     def collect(self, now_ns):
         self.rescan()
@@ -1014,6 +1025,7 @@ class TracePlugin(Plugin):
         c["ring_events_peak_bytes"] = self.ring_peak
         c["wakeups"] = self.wakeups
         c["trace_connections_ignored"] = self.ignored
+        c["trace_connections_pipelining"] = self.whole
         c["trace_pids_in_kernel"] = len(self.kernel_pids)
         if self.bpf is not None:
             c.update(self.bpf.counters())

@@ -59,12 +59,18 @@ def pair(M, conns, settle_before, expire_before):
     """M sorted by (sk, ts); conns: {sk: state dict}. Returns (role,
     spans, carry, seen, until)."""
     role, carry, spans, seen, until = [0] * len(M), [False] * len(M), [], {}, [0] * len(M)
-    for i in range(1, len(M)):  # a short start's continuation joins its payload
-        m, p = M[i], M[i - 1]
-        if m.get("more") and p["sk"] == m["sk"] and p["cap_len"] < PAYLOAD_MAX:
+    p, run = None, 0
+    for m in M:  # a run's next calls join its start's payload while nothing is missing
+        if m.get("more", 0) != 1:  # not TRACE_MORE_SHORT
+            p, run = m, m["bytes"]
+            continue
+        if p is None or p["sk"] != m["sk"]:
+            continue
+        if p["cap_len"] == run and p["cap_len"] < PAYLOAD_MAX:
             add = m["payload"][: min(m["cap_len"], PAYLOAD_MAX - p["cap_len"])]
             p["payload"] = p["payload"][: p["cap_len"]] + add
             p["cap_len"] += len(add)
+        run += m["bytes"]
     i = 0
     while i < len(M):
         sk = M[i]["sk"]
