@@ -205,6 +205,14 @@ cdef bint _name_is(const uint8_t *p, int i, int e, const char *name, int nlen) n
     return 1
 
 
+cdef inline int64_t _eol(const uint8_t *p, int64_t i, int64_t n) noexcept nogil:
+    """Index of the CR of the first CRLF at or after p[i] within p[0:n];
+    -1 when the capture ends first."""
+    while i + 1 < n and not (p[i] == 13 and p[i + 1] == 10):
+        i += 1
+    return i if i + 1 < n else -1
+
+
 cdef int64_t _chunked_end(const uint8_t *p, int64_t i, int64_t n) noexcept nogil:
     """Where a chunked body starting at p[i] ends (after its last chunk and
     trailers) when that is inside p[0:n]; -1 otherwise (cut by the capture,
@@ -229,9 +237,8 @@ cdef int64_t _chunked_end(const uint8_t *p, int64_t i, int64_t n) noexcept nogil
             e += 1
         if digits == 0:
             return -1
-        while e + 1 < n and not (p[e] == 13 and p[e + 1] == 10):
-            e += 1
-        if e + 1 >= n:
+        e = _eol(p, e, n)
+        if e < 0:
             return -1
         i = e + 2
         if size == 0:
@@ -244,15 +251,12 @@ cdef int64_t _chunked_end(const uint8_t *p, int64_t i, int64_t n) noexcept nogil
         i += 2
     # trailer fields, up to an empty line
     while True:
-        if i + 1 >= n:
+        e = _eol(p, i, n)
+        if e < 0:
             return -1
-        if p[i] == 13 and p[i + 1] == 10:
+        if e == i:
             return i + 2
-        while i + 1 < n and not (p[i] == 13 and p[i + 1] == 10):
-            i += 1
-        if i + 1 >= n:
-            return -1
-        i += 2
+        i = e + 2
 
 
 cdef int64_t message_length(const uint8_t *p, int n, const http_msg *m) noexcept nogil:
@@ -262,26 +266,20 @@ cdef int64_t message_length(const uint8_t *p, int n, const http_msg *m) noexcept
     a chunked body whose end is inside p[0:n]. -1 when it cannot be known:
     the block cut, a chunked body past the capture, a body until close, a
     malformed length."""
-    cdef int i = 0, e, c, k
+    cdef int i, e, c, k
     cdef int64_t clen = -1
     cdef bint chunked = 0
-    # skip the first line
-    while i + 1 < n and not (p[i] == 13 and p[i + 1] == 10):
-        i += 1
-    if i + 1 >= n:
+    i = <int>_eol(p, 0, n)  # the first line
+    if i < 0:
         return -1
     i += 2
     while True:
-        if i + 1 >= n:
+        e = <int>_eol(p, i, n)
+        if e < 0:
             return -1
-        if p[i] == 13 and p[i + 1] == 10:
+        if e == i:  # the empty line ending the block
             i += 2
             break
-        e = i
-        while e + 1 < n and not (p[e] == 13 and p[e + 1] == 10):
-            e += 1
-        if e + 1 >= n:
-            return -1
         c = i
         while c < e and p[c] != 0x3a:
             c += 1
