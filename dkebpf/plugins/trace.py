@@ -275,6 +275,7 @@ class SpanBuilder:
         self._carry = None   # (array, indices): to carry, not yet moved to the stage's front
         self.given_up = np.zeros(0, np.uint64)
         self.pipelining = np.zeros(0, np.uint64)
+        self.shapes = np.zeros(0, SHAPE_DTYPE)  # of the last step's records (_request_shapes)
         self.closed_before = np.zeros(0, np.uint64)
         self.go = None  # trace_go.GoTracing: goroutines instead of threads in Go processes
         self.h2 = trace_h2.H2Spans()  # HTTP/2 streams, followed across steps
@@ -365,7 +366,10 @@ class SpanBuilder:
                                                           max(0, now_mono_ns - self.expire_ns))
         self.h2.feed(msgs, order, role, until)
         new_requests = np.flatnonzero((role == _trace.ROLE_REQUEST) & (msgs["user"] == 0))
-        pipes = _pipelines(msgs, new_requests, spans, seen)
+        # how many messages each request record holds (pipelining): for
+        # the links here and the split of the spans (table())
+        self.shapes = _request_shapes(msgs, np.flatnonzero(role == _trace.ROLE_REQUEST), spans, seen)
+        pipes = self.shapes["count"] > 1
         st.update(_trace.link_threads(msgs, role, until, pipes))
         # connections seen pipelining: the kernel is told to keep their
         # responses whole (their lengths split the next pipelines)
@@ -460,7 +464,10 @@ class SpanBuilder:
         if self.protos is not None:
             spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in self.protos if p in _trace.PROTO])]
         spans = spans[np.isin(spans["proto"], [_trace.PROTO[p] for p in REPORTED])]
-        spans, pipe, st = _split_pipelines(msgs, spans)
+        shapes = self.shapes
+        if len(shapes) != len(msgs):  # not the records of the last step
+            shapes = _request_shapes(msgs, np.unique(spans["req"]), spans, self.conns[:0])
+        spans, pipe, st = _split_pipelines(msgs, spans, shapes)
         for k, v in st.items():
             self.stats[k] += v
         n = len(spans)
@@ -731,13 +738,32 @@ def _sub_ids(ids, sub):
     return np.where(z == 0, np.uint64(1), z)
 
 
-def _pipelines(msgs, requests, spans, conns):
-    """Per message: a request record that holds several requests
-    (HTTP/1.x or Redis pipelining: _BOUNDS), for link_threads (the exits
-    made while an incoming one is served have no parent it could tell)
-    and the kernel (trace_conn.whole). The protocol: its span's, else
-    (unanswered yet: its connection is open) its connection's."""
-    out = np.zeros(len(msgs), bool)
+def _delimited(rows, n):
+    """Per payload 0..n-1 of a message-bounds parser's rows: how many
+    messages are delimited, whether something that is not (cut, unknown)
+    follows, and the first one's length."""
+    good = (rows["valid"] == 1) & (rows["length"] > 0)
+    ev = rows["ev"].astype(np.int64)
+    count = np.bincount(ev[good], minlength=n)
+    undelimited = np.bincount(ev[~good], minlength=n) > 0
+    first = np.zeros(n, np.int64)
+    _, at = np.unique(ev[good], return_index=True)  # rows come in payload order
+    first[ev[good][at]] = rows["length"][good][at]
+    return count, undelimited, first
+
+
+# per record: the messages a request record's payload delimits
+# (_request_shapes); zero for other records
+SHAPE_DTYPE = np.dtype([("count", "<i4"), ("undelimited", "?"), ("first", "<i8")])
+
+
+def _request_shapes(msgs, requests, spans, conns):
+    """SHAPE_DTYPE per message: of each request record of a protocol that
+    pipelines (_BOUNDS) how many messages its payload delimits, whether
+    something undelimited follows them, the first one's length. The
+    protocol: its span's, else (unanswered yet: its connection is open)
+    its connection's."""
+    out = np.zeros(len(msgs), SHAPE_DTYPE)
     idx = requests
     if not len(idx):
         return out
@@ -750,29 +776,31 @@ def _pipelines(msgs, requests, spans, conns):
     for p, bounds in _BOUNDS.items():
         sel = idx[proto == p]
         if len(sel):
-            rows = bounds(_trace.payloads(msgs, sel), np.ones(len(sel), bool))
-            rows = rows[(rows["valid"] == 1) & (rows["length"] > 0)]
-            out[sel] = np.bincount(rows["ev"], minlength=len(sel)) > 1
+            count, undelimited, first = _delimited(bounds(_trace.payloads(msgs, sel), np.ones(len(sel), bool)),
+                                                   len(sel))
+            out["count"][sel], out["undelimited"][sel], out["first"][sel] = count, undelimited, first
     return out
 
 
-def _split_pipelines(msgs, spans):
+def _split_pipelines(msgs, spans, shapes):
     """Spans whose calls carried several messages (HTTP/1.x or Redis
     pipelining) made one span per message: the rows repeated, with
     _trace.PIPE_DTYPE per row: the message's place (`sub`), its and its
     response's offsets in their calls (for req_seq/resp_seq: both ends of
     the connection count the same bytes) and lengths
     (_trace.split_pipelines). Other spans stay one row (sub 0, offsets 0,
-    lengths of their whole runs). Returns (spans, pipe, stats)."""
+    lengths of their whole runs): every span whose request run is one
+    message and nothing more (`shapes`, per record: _request_shapes),
+    without parsing its response (one message asked for is one span
+    whatever comes back). Returns (spans, pipe, stats)."""
     n = len(spans)
-    parts = [np.flatnonzero(~np.isin(spans["proto"], list(_BOUNDS)))]
-    pipes = [np.zeros(len(parts[0]), _trace.PIPE_DTYPE)]
-    pipes[0]["span"] = parts[0]
-    pipes[0]["req_len"] = spans["req_bytes"][parts[0]]
-    pipes[0]["resp_len"] = spans["resp_bytes"][parts[0]]
-    stats = {}
+    one = np.ones(n, bool)
+    parts, stats = [], {}
+    sh = shapes[spans["req"]]
+    several = (sh["count"] > 1) | ((sh["count"] == 1) & (sh["undelimited"]
+                                                        | (sh["first"] < spans["req_bytes"].astype(np.int64))))
     for proto, bounds in _BOUNDS.items():
-        sel = np.flatnonzero(spans["proto"] == proto)
+        sel = np.flatnonzero(several & (spans["proto"] == proto))
         if not len(sel):
             continue
         s = spans[sel]
@@ -781,12 +809,18 @@ def _split_pipelines(msgs, spans):
         pipe, st = _trace.split_pipelines(q, r, s["req_bytes"], s["resp_bytes"], msgs["cap_len"][s["req"]],
                                           msgs["cap_len"][s["resp"]])
         pipe["span"] = sel[pipe["span"]]
-        pipes.append(pipe)
+        one[sel] = False
+        parts.append(pipe)
         for k, v in st.items():
             stats[k] = stats.get(k, 0) + v
-    pipe = np.concatenate(pipes) if len(pipes) > 1 else pipes[0]
-    if len(pipes) > 1:  # back in span order (each part is in its own)
-        pipe = pipe[np.argsort(pipe["span"], kind="stable")]
+    whole = np.zeros(int(one.sum()), _trace.PIPE_DTYPE)
+    whole["span"] = np.flatnonzero(one)
+    whole["req_len"] = spans["req_bytes"][one]
+    whole["resp_len"] = spans["resp_bytes"][one]
+    if not parts:
+        return spans, whole, stats
+    pipe = np.concatenate([whole] + parts)
+    pipe = pipe[np.argsort(pipe["span"], kind="stable")]  # back in span order
     return spans[pipe["span"]], pipe, stats
 
 
