@@ -815,8 +815,9 @@ def _split_pipelines(msgs, spans, shapes):
             stats[k] = stats.get(k, 0) + v
     whole = np.zeros(int(one.sum()), _trace.PIPE_DTYPE)
     whole["span"] = np.flatnonzero(one)
-    whole["req_len"] = spans["req_bytes"][one]
-    whole["resp_len"] = spans["resp_bytes"][one]
+    # (the run's bytes, at least what was captured: its payload is whole)
+    whole["req_len"] = np.maximum(spans["req_bytes"][one], msgs["cap_len"][spans["req"][one]])
+    whole["resp_len"] = np.maximum(spans["resp_bytes"][one], msgs["cap_len"][spans["resp"][one]])
     if not parts:
         return spans, whole, stats
     pipe = np.concatenate([whole] + parts)
