@@ -65,7 +65,9 @@ const volatile __u64 settle_ns = 1000000000; /* the idle flush reports responses
 
 #define HTTP_MAX_IOV 8
 
+#ifndef EVENTS_RING_BYTES /* a -D of perf/bench_httpflow_e2e.py's variants */
 #define EVENTS_RING_BYTES (1 << 24)
+#endif
 /* Wake the reader only once this much waits: it drains in batches; a
  * wakeup per record would cost a context switch and a pass of the agent's
  * loop per exchange. */

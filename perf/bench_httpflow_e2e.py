@@ -9,7 +9,10 @@ the same run, rounds alternating between the modes:
 Needs root, nginx and wrk.
 
 Prints, per mode, the median over rounds of wrk's requests/s and mean
-latency as ratios against `off` of the same round, the collector's CPU
+latency as ratios against `off` of the same round, the CPU ratio (CPU
+seconds per request of wrk, the nginx worker and the collector, off's over
+the mode's: what other load on a shared machine leaves intact), the
+collector's CPU
 (user and system, /proc/<pid>/stat) per 10k requests/s and per request; for
 httpflow every kernel drop counter, and the requests reported in the points
 of each end against wrk's own count (exact: both ends report every request
@@ -41,13 +44,14 @@ Prints `name: value` lines.
 import contextlib
 import glob
 import os
+import resource
 import shutil
 import statistics
 import tempfile
 import time
 
 from bench_tracepoint_floor import attached
-from collector import BPF_SRC_DIR, Collector, bpf_stats, build_bpf, prog_cost, wrk as wrk_url
+from collector import BPF_SRC_DIR, Collector, bpf_stats, build_bpf, cpu_seconds, prog_cost, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -79,11 +83,31 @@ def system_counts():
     return got
 
 
-def wrk_counted(port):
-    """wrk(port) and the system counts per request of its run."""
-    before = system_counts()
-    rps, lat, total = wrk(port)
-    return rps, lat, total, {f"{k}_per_req": round((v - before[k]) / total, 3) for k, v in system_counts().items()}
+def nginx_workers(ngx):
+    """The pids of nginx's workers (the master's children)."""
+    pid = ngx.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def load_cpu(workers):
+    """CPU seconds so far of wrk (a child: RUSAGE_CHILDREN) and the nginx
+    workers."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + sum(cpu_seconds(p) for p in workers)
+
+
+def wrk_counted(ngx):
+    """wrk against ngx, and per request of its run the system counts and
+    `cpu_req`: the CPU seconds of wrk and the nginx worker (where the BPF
+    programs run, in their syscalls), which other load on this shared
+    machine does not inflate as it does wall-clock throughput."""
+    workers = nginx_workers(ngx)
+    before, cpu0 = system_counts(), load_cpu(workers)
+    rps, lat, total = wrk(ngx.port)
+    counts = {f"{k}_per_req": round((v - before[k]) / total, 3) for k, v in system_counts().items()}
+    counts["cpu_req"] = (load_cpu(workers) - cpu0) / total
+    return rps, lat, total, counts
 
 
 def reported_each_end(c, port, total):
@@ -101,13 +125,14 @@ def reported_each_end(c, port, total):
     return inc, out
 
 
-def with_collector(tmp, port, name, extra, interval):
+def with_collector(tmp, ngx, name, extra, interval):
     with Collector(tmp, name, ["--enabled", "ebpf-net", *extra], interval=interval) as c:
         time.sleep(1)
         r0 = c.metrics().get((H, "ring_events_received"), 0)
         c0 = c.cpu_times()
-        rps, lat, total, counts = wrk_counted(port)
+        rps, lat, total, counts = wrk_counted(ngx)
         user, system = (b - a for a, b in zip(c0, c.cpu_times()))
+        counts["cpu_req"] += (user + system) / total  # and the collector's
         # the rings are system-wide: the records of the wrk window include
         # other HTTP load on this machine, so CPU is also given per record
         extra_m = {"window_records": int(c.metrics().get((H, "ring_events_received"), 0) - r0), **counts}
@@ -115,11 +140,11 @@ def with_collector(tmp, port, name, extra, interval):
             # the last exchanges come with the connections' ends; the next
             # flush reports them
             deadline = time.monotonic() + float(interval.rstrip("s")) + 5
-            while time.monotonic() < deadline and reported_each_end(c, port, total) != (total, total):
+            while time.monotonic() < deadline and reported_each_end(c, ngx.port, total) != (total, total):
                 time.sleep(0.5)
             m = c.metrics()
             extra_m.update({k: int(v) for (p, k), v in m.items() if p == H and k.startswith("kernel_")})
-            extra_m["reported_incoming"], extra_m["reported_outgoing"] = reported_each_end(c, port, total)
+            extra_m["reported_incoming"], extra_m["reported_outgoing"] = reported_each_end(c, ngx.port, total)
             extra_m["records"] = int(m.get((H, "ring_events_received"), 0))
     return rps, lat, total, user, system, extra_m
 
@@ -238,7 +263,7 @@ def main():
             modes.append(("netflow_compare", ["--l7net-disabled", "httpflow"], INTERVALS[0]))
         modes = chosen(modes)
         for r in range(ROUNDS):
-            off = wrk_counted(ngx.port)
+            off = wrk_counted(ngx)
             res.setdefault("off", []).append((*off[:3], 0, 0, off[3]))
             print(f"round {r} off: {off[0]:.0f} req/s {off[3]}", flush=True)
             # a rotating order: no mode always runs right after off
@@ -246,13 +271,13 @@ def main():
                 if name == "floor":
                     bpf = attached(floor_obj, "httpflow_hooks")
                     try:
-                        rps, lat, total, counts = wrk_counted(ngx.port)
+                        rps, lat, total, counts = wrk_counted(ngx)
                         got = (rps, lat, total, 0, 0, counts)
                     finally:
                         bpf.close()
                 else:
                     with mode_env(name):
-                        got = with_collector(tmp, ngx.port, f"{name}-{r}", extra, iv)
+                        got = with_collector(tmp, ngx, f"{name}-{r}", extra, iv)
                 res.setdefault(name, []).append(got)
                 rps, lat, total, user, system, m = got
                 print(f"round {r} {name}: {rps:.0f} req/s ({rps / off[0]:.3f}), latency {lat / off[1]:.3f}, "
@@ -275,6 +300,11 @@ def main():
             continue
         print(f"{name}_throughput_ratio: {statistics.median(x[0] / o[0] for x, o in zip(runs, off)):.3f}")
         print(f"{name}_latency_ratio: {statistics.median(x[1] / o[1] for x, o in zip(runs, off)):.3f}")
+        # CPU per request of off / of the mode: the throughput ratio of a
+        # machine that wrk + nginx saturate alone, load or not
+        print(f"{name}_cpu_ratio: {statistics.median(o[5]['cpu_req'] / x[5]['cpu_req'] for x, o in zip(runs, off)):.3f} "
+              f"({statistics.median(x[5]['cpu_req'] for x in runs) * 1e6:.2f} us/request, "
+              f"off {statistics.median(o[5]['cpu_req'] for o in off) * 1e6:.2f})")
         for k in (*SYSTEM_COUNTS, "ctxt"):
             print(f"{name}_{k}_per_request: {statistics.median(x[5][f'{k}_per_req'] for x in runs):.3f} "
                   f"(off {statistics.median(o[5][f'{k}_per_req'] for o in off):.3f})")
