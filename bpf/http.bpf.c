@@ -40,6 +40,19 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Ablation, for perf/bench_httpflow_e2e.py only (BENCH_ABLATE builds
+ * variants of this file with -DHTTP_ABLATE=<n>, each stopping or skipping
+ * one stage, to measure in one run what each stage costs); 0, the default,
+ * is the product and compiles none of it:
+ *   1 return at once (hooks and collector, no BPF work)
+ *   2 stop after the map lookups of the socket
+ *   3 stop after the syscall registers and the iovecs (bytes counted)
+ *   4 read the payload and create the entry, but no pairing (bytes counted)
+ *   5 pair, but write no record to the ring
+ *   6 no header scan for pipelined requests
+ *   7 no copy of the request's head
+ * (the default is in include/http_msg.bpf.h, which tls.bpf.c shares) */
+
 /* knobs, set by user space between open and load */
 const volatile __u8 ipv6_disabled = 0;
 const volatile __u32 self_tgid = 0;          /* the collector's own traffic is skipped */
@@ -52,7 +65,9 @@ const volatile __u64 settle_ns = 1000000000; /* the idle flush reports responses
 
 #define HTTP_MAX_IOV 8
 
+#ifndef EVENTS_RING_BYTES /* a -D of perf/bench_httpflow_e2e.py's variants */
 #define EVENTS_RING_BYTES (1 << 24)
+#endif
 /* Wake the reader only once this much waits: it drains in batches; a
  * wakeup per record would cost a context switch and a pass of the agent's
  * loop per exchange. */
@@ -148,7 +163,7 @@ static __always_inline int first_read(struct sock *sk, int ret)
 
 static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 {
-	if (ret <= 0)
+	if (ret <= 0 || HTTP_ABLATE == 1)
 		return 0;
 	__u64 id = bpf_get_current_pid_tgid();
 	__u16 fam = sk->__sk_common.skc_family;
@@ -166,6 +181,8 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 	__u64 key = (__u64)sk;
 	struct http_conn *hc = bpf_map_lookup_elem(&http_conns, &key);
 	if (!hc && bpf_sk_storage_get(&not_http, sk, 0, 0))
+		return 0;
+	if (HTTP_ABLATE == 2)
 		return 0;
 	/* the clock only where it is used: a known socket's counters, or a
 	 * message start below (most calls on other sockets end before it) */
@@ -187,6 +204,8 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 
 	struct iovec vs[HTTP_MAX_IOV] = {};
 	int iovcnt = syscall_io_iovecs(&io, vs, HTTP_MAX_IOV);
+	if (HTTP_ABLATE == 3)
+		goto not_a_start;
 	void *first = (void *)io.ptr;
 	__u64 len0 = ret;
 	if (iovcnt == SYSIO_IOV_NONE) {
@@ -244,6 +263,8 @@ static __always_inline int on_io(struct sock *sk, int ret, int flags, __u8 op)
 		if (!hc)
 			return 0;
 	}
+	if (HTTP_ABLATE == 4)
+		goto not_a_start;
 	http_messages(hc, key, s, cap, op, ret, ts, (__u32)id, &o);
 	return 0;
 not_a_start:

@@ -18,7 +18,8 @@ and each figure is the median over rounds.
                                 per request (prices creating and ending a
                                 connection's entry: http_destroy)
     BENCH_COMPARE_HTTP_OBJ=/path/old/http.bpf.o   adds mode httpflow_compare
-                                (bench_httpflow_e2e.http_object), same run
+                                (bench_httpflow_e2e.http_object), same run;
+                                name=/path/a.bpf.o,...: modes httpflow_<name>
 
 Needs root, nginx, wrk, bpftool.
 """
@@ -27,7 +28,7 @@ import statistics
 import tempfile
 import time
 
-from bench_httpflow_e2e import COMPARE_HTTP_OBJ, http_object
+from bench_httpflow_e2e import COMPARE_HTTP_OBJS, http_object
 from bench_tracepoint_floor import attached
 from collector import Collector, bpf_stats, build_bpf, prog_cost, prog_stats, wrk as wrk_url
 from support.nginx import Nginx
@@ -35,9 +36,10 @@ from support.nginx import Nginx
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 ROUNDS = int(os.environ.get("BENCH_COST_ROUNDS", 1))
 CLOSE = os.environ.get("BENCH_COST_CLOSE", "0") == "1"
-COLLECTOR_MODES = {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": [], "httpflow_compare": []}
+COLLECTOR_MODES = {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": [],
+                   **{name: [] for name in COMPARE_HTTP_OBJS}}
 FLOOR_MODES = ("floor_record_shared", "floor_record_percpu")
-DEFAULT_MODES = ("netflow_only", "httpflow") + (("httpflow_compare",) if COMPARE_HTTP_OBJ else ()) + FLOOR_MODES
+DEFAULT_MODES = ("netflow_only", "httpflow", *COMPARE_HTTP_OBJS, *FLOOR_MODES)
 
 
 def wrk(port):
@@ -55,7 +57,7 @@ def run(tmp, port, mode, floor_obj, r):
         finally:
             floor.close()
         return rps, total, [(f"tpfloor:{name.split(':', 1)[1]}", *rest) for name, *rest in rows]
-    with http_object(COMPARE_HTTP_OBJ if mode == "httpflow_compare" else None), \
+    with http_object(COMPARE_HTTP_OBJS.get(mode)), \
             Collector(tmp, f"{mode}-{r}", ["--enabled", "ebpf-net", *COLLECTOR_MODES[mode]]) as c:
         time.sleep(1)
         before = c.prog_stats()

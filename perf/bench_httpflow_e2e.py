@@ -9,11 +9,16 @@ the same run, rounds alternating between the modes:
 Needs root, nginx and wrk.
 
 Prints, per mode, the median over rounds of wrk's requests/s and mean
-latency as ratios against `off` of the same round, the collector's CPU
+latency as ratios against `off` of the same round, the CPU ratio (CPU
+seconds per request of wrk, the nginx worker and the collector, off's over
+the mode's: what other load on a shared machine leaves intact), the
+collector's CPU
 (user and system, /proc/<pid>/stat) per 10k requests/s and per request; for
 httpflow every kernel drop counter, and the requests reported in the points
 of each end against wrk's own count (exact: both ends report every request
-wrk made, since wrk's connections close at its end). Then, unless
+wrk made, since wrk's connections close at its end), and per request
+the machine's context switches and IPIs (/proc/stat, /proc/interrupts:
+irq work is how a ring's wakeup reaches its reader). Then, unless
 BENCH_PROG_COST=0, one more wrk run per collector mode inside
 collector.bpf_stats() (only then: the stats cost two clock reads per
 program run): runs per request, ns per run and ns per request of each of
@@ -23,7 +28,11 @@ the collector's BPF programs.
     BENCH_SECONDS=10 BENCH_ROUNDS=3 BENCH_CONNS=32 BENCH_INTERVALS=10s,60s
     BENCH_COMPARE_HTTP_OBJ=/path/old/http.bpf.o   adds mode httpflow_compare:
         httpflow with that object in place of the installed one (swapped in
-        for its runs only), to compare two builds in the same run
+        for its runs only), to compare two builds in the same run; or
+        name=/path/a.bpf.o,name2=/path/b.bpf.o: modes httpflow_<name>...
+    BENCH_ABLATE=1,5   adds modes httpflow_ablate<n>: httpflow with
+        bpf/http.bpf.c of this tree built with -DHTTP_ABLATE=<n> (a stage
+        left out, listed in bpf/http.bpf.c), to tell what each stage costs
     BENCH_COMPARE_PYTHONPATH=/path/old/tree   adds mode netflow_compare:
         netflow_only with dkebpf imported from that tree (built in place, or
         a build/lib.* directory), e.g. the main branch's
@@ -35,13 +44,14 @@ Prints `name: value` lines.
 import contextlib
 import glob
 import os
+import resource
 import shutil
 import statistics
 import tempfile
 import time
 
 from bench_tracepoint_floor import attached
-from collector import Collector, bpf_stats, build_bpf, prog_cost, wrk as wrk_url
+from collector import BPF_SRC_DIR, Collector, bpf_stats, build_bpf, cpu_seconds, prog_cost, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -54,6 +64,50 @@ LOST = ("kernel_drop_events_ring_full", "kernel_drop_http_conns_map_full", "kern
 
 def wrk(port):
     return wrk_url(f"http://127.0.0.1:{port}/ok", SECONDS, CONNS)
+
+
+SYSTEM_COUNTS = ("IWI", "RES", "CAL")  # irq work, rescheduling, function call IPIs
+
+
+def system_counts():
+    """{name: count} of the machine: context switches and the IPIs of
+    SYSTEM_COUNTS, summed over CPUs."""
+    got = {}
+    with open("/proc/interrupts") as f:
+        for line in f:
+            name, _, rest = line.partition(":")
+            if name.strip() in SYSTEM_COUNTS:
+                got[name.strip()] = sum(int(x) for x in rest.split() if x.isdigit())
+    with open("/proc/stat") as f:
+        got["ctxt"] = next(int(line.split()[1]) for line in f if line.startswith("ctxt "))
+    return got
+
+
+def nginx_workers(ngx):
+    """The pids of nginx's workers (the master's children)."""
+    pid = ngx.proc.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(x) for x in f.read().split()]
+
+
+def load_cpu(workers):
+    """CPU seconds so far of wrk (a child: RUSAGE_CHILDREN) and the nginx
+    workers."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime + sum(cpu_seconds(p) for p in workers)
+
+
+def wrk_counted(ngx):
+    """wrk against ngx, and per request of its run the system counts and
+    `cpu_req`: the CPU seconds of wrk and the nginx worker (where the BPF
+    programs run, in their syscalls), which other load on this shared
+    machine does not inflate as it does wall-clock throughput."""
+    workers = nginx_workers(ngx)
+    before, cpu0 = system_counts(), load_cpu(workers)
+    rps, lat, total = wrk(ngx.port)
+    counts = {f"{k}_per_req": round((v - before[k]) / total, 3) for k, v in system_counts().items()}
+    counts["cpu_req"] = (load_cpu(workers) - cpu0) / total
+    return rps, lat, total, counts
 
 
 def reported_each_end(c, port, total):
@@ -71,25 +125,26 @@ def reported_each_end(c, port, total):
     return inc, out
 
 
-def with_collector(tmp, port, name, extra, interval):
+def with_collector(tmp, ngx, name, extra, interval):
     with Collector(tmp, name, ["--enabled", "ebpf-net", *extra], interval=interval) as c:
         time.sleep(1)
         r0 = c.metrics().get((H, "ring_events_received"), 0)
         c0 = c.cpu_times()
-        rps, lat, total = wrk(port)
+        rps, lat, total, counts = wrk_counted(ngx)
         user, system = (b - a for a, b in zip(c0, c.cpu_times()))
+        counts["cpu_req"] += (user + system) / total  # and the collector's
         # the rings are system-wide: the records of the wrk window include
         # other HTTP load on this machine, so CPU is also given per record
-        extra_m = {"window_records": int(c.metrics().get((H, "ring_events_received"), 0) - r0)}
-        if name.startswith("httpflow"):
+        extra_m = {"window_records": int(c.metrics().get((H, "ring_events_received"), 0) - r0), **counts}
+        if name.startswith("httpflow") and name not in NO_RECORDS:
             # the last exchanges come with the connections' ends; the next
             # flush reports them
             deadline = time.monotonic() + float(interval.rstrip("s")) + 5
-            while time.monotonic() < deadline and reported_each_end(c, port, total) != (total, total):
+            while time.monotonic() < deadline and reported_each_end(c, ngx.port, total) != (total, total):
                 time.sleep(0.5)
             m = c.metrics()
             extra_m.update({k: int(v) for (p, k), v in m.items() if p == H and k.startswith("kernel_")})
-            extra_m["reported_incoming"], extra_m["reported_outgoing"] = reported_each_end(c, port, total)
+            extra_m["reported_incoming"], extra_m["reported_outgoing"] = reported_each_end(c, ngx.port, total)
             extra_m["records"] = int(m.get((H, "ring_events_received"), 0))
     return rps, lat, total, user, system, extra_m
 
@@ -104,10 +159,23 @@ def prog_cost_run(tmp, port, name, args, interval="2s"):
         return rps, total, prog_cost(before, c.prog_stats(), total)
 
 
-COMPARE_HTTP_OBJ = os.environ.get("BENCH_COMPARE_HTTP_OBJ")
+def compare_objs():
+    """{mode: http.bpf.o path} of BENCH_COMPARE_HTTP_OBJ (one path: mode
+    httpflow_compare; or name=path,...: modes httpflow_<name>)."""
+    value = os.environ.get("BENCH_COMPARE_HTTP_OBJ")
+    if not value:
+        return {}
+    if "=" not in value:
+        return {"httpflow_compare": value}
+    return {f"httpflow_{name}": path for name, _, path in (x.partition("=") for x in value.split(","))}
+
+
+COMPARE_HTTP_OBJS = compare_objs()
+ABLATE = [int(x) for x in os.environ.get("BENCH_ABLATE", "").split(",") if x]
+# the ablations that report no exchange: nothing to wait for
+NO_RECORDS = {f"httpflow_ablate{n}" for n in ABLATE if 1 <= n <= 5}
 COMPARE_PYTHONPATH = os.environ.get("BENCH_COMPARE_PYTHONPATH")
 CHOSEN_MODES = [m for m in os.environ.get("BENCH_MODES", "").split(",") if m]
-COST_MODES = ("netflow_only", f"httpflow_{INTERVALS[0]}", "httpflow_compare", "netflow_compare")
 
 
 @contextlib.contextmanager
@@ -145,10 +213,17 @@ def python_path(path):
             os.environ["PYTHONPATH"] = saved
 
 
+def build_ablations(tmp):
+    """Add to COMPARE_HTTP_OBJS the BENCH_ABLATE builds of bpf/http.bpf.c."""
+    for n in ABLATE:
+        COMPARE_HTTP_OBJS[f"httpflow_ablate{n}"] = build_bpf("http", tmp, src_dir=BPF_SRC_DIR,
+                                                             defines={"HTTP_ABLATE": n}, out=f"http-ablate{n}")
+
+
 def mode_env(name):
     """What a mode changes for its collector: the http object, or the tree."""
-    if name == "httpflow_compare":
-        return http_object(COMPARE_HTTP_OBJ)
+    if name in COMPARE_HTTP_OBJS:
+        return http_object(COMPARE_HTTP_OBJS[name])
     return python_path(COMPARE_PYTHONPATH if name == "netflow_compare" else None)
 
 
@@ -178,36 +253,39 @@ def main():
     res = {}
     with tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
         floor_obj = build_bpf("tpfloor", tmp)
+        build_ablations(tmp)
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
         modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
-        if COMPARE_HTTP_OBJ:
-            modes.append(("httpflow_compare", [], INTERVALS[0]))
+        modes += [(name, [], INTERVALS[0]) for name in COMPARE_HTTP_OBJS]
         if COMPARE_PYTHONPATH:
             modes.append(("netflow_compare", ["--l7net-disabled", "httpflow"], INTERVALS[0]))
         modes = chosen(modes)
         for r in range(ROUNDS):
-            off = wrk(ngx.port)
-            res.setdefault("off", []).append((off[0], off[1], off[2], 0, 0, {}))
+            off = wrk_counted(ngx)
+            res.setdefault("off", []).append((*off[:3], 0, 0, off[3]))
+            print(f"round {r} off: {off[0]:.0f} req/s {off[3]}", flush=True)
             # a rotating order: no mode always runs right after off
             for name, extra, iv in modes[r % len(modes):] + modes[:r % len(modes)]:
                 if name == "floor":
                     bpf = attached(floor_obj, "httpflow_hooks")
                     try:
-                        got = (*wrk(ngx.port), 0, 0, {})
+                        rps, lat, total, counts = wrk_counted(ngx)
+                        got = (rps, lat, total, 0, 0, counts)
                     finally:
                         bpf.close()
                 else:
                     with mode_env(name):
-                        got = with_collector(tmp, ngx.port, f"{name}-{r}", extra, iv)
+                        got = with_collector(tmp, ngx, f"{name}-{r}", extra, iv)
                 res.setdefault(name, []).append(got)
                 rps, lat, total, user, system, m = got
                 print(f"round {r} {name}: {rps:.0f} req/s ({rps / off[0]:.3f}), latency {lat / off[1]:.3f}, "
                       f"user {user:.2f} s sys {system:.2f} s {m}", flush=True)
         if os.environ.get("BENCH_PROG_COST", "1") != "0":
             with bpf_stats():
-                for name, extra, iv in [m for m in modes if m[0] in COST_MODES]:
+                cost_modes = ("netflow_only", f"httpflow_{INTERVALS[0]}", "netflow_compare", *COMPARE_HTTP_OBJS)
+                for name, extra, iv in [m for m in modes if m[0] in cost_modes]:
                     with mode_env(name):
                         rps, total, rows = prog_cost_run(tmp, ngx.port, f"{name}-cost", extra, iv)
                     for prog, per_req, ns_run, ns_req in rows:
@@ -222,6 +300,14 @@ def main():
             continue
         print(f"{name}_throughput_ratio: {statistics.median(x[0] / o[0] for x, o in zip(runs, off)):.3f}")
         print(f"{name}_latency_ratio: {statistics.median(x[1] / o[1] for x, o in zip(runs, off)):.3f}")
+        # CPU per request of off / of the mode: the throughput ratio of a
+        # machine that wrk + nginx saturate alone, load or not
+        print(f"{name}_cpu_ratio: {statistics.median(o[5]['cpu_req'] / x[5]['cpu_req'] for x, o in zip(runs, off)):.3f} "
+              f"({statistics.median(x[5]['cpu_req'] for x in runs) * 1e6:.2f} us/request, "
+              f"off {statistics.median(o[5]['cpu_req'] for o in off) * 1e6:.2f})")
+        for k in (*SYSTEM_COUNTS, "ctxt"):
+            print(f"{name}_{k}_per_request: {statistics.median(x[5][f'{k}_per_req'] for x in runs):.3f} "
+                  f"(off {statistics.median(o[5][f'{k}_per_req'] for o in off):.3f})")
         if name != "floor":
             user = statistics.median(x[3] / SECONDS / (x[0] / 1e4) for x in runs)
             cpu = statistics.median((x[3] + x[4]) / SECONDS / (x[0] / 1e4) for x in runs)

@@ -23,9 +23,9 @@ divided by the same with the mode. On a machine that nginx + wrk saturate
 alone that is the throughput ratio; other load on a shared machine inflates
 wall-clock figures but not CPU per request. For the collector: its CPU per
 10k requests/s, the requests reported per end against wrk's count and the
-records lost (kernel_drop_tls_events_ring_full). With
-kernel.bpf_stats_enabled=1 (restored afterwards) the kernel times every
-program: per program hits per request and ns per hit (run_time_ns /
+records lost (kernel_drop_tls_events_ring_full). Inside collector.bpf_stats() (a held
+BPF_ENABLE_STATS fd: another bench that ends meanwhile cannot stop it) the
+kernel times every program: per program hits per request and ns per hit (run_time_ns /
 run_cnt, the BPF code alone); per floor mode the CPU per uprobe hit (CPU
 per request above `off` / uprobe hits per request: trap, uprobe machinery
 and the empty program).
@@ -44,7 +44,7 @@ import subprocess
 import tempfile
 import time
 
-from collector import Collector, build_bpf, cpu_seconds, prog_stats, wrk as wrk_url
+from collector import Collector, bpf_stats, build_bpf, cpu_seconds, prog_stats, wrk as wrk_url
 from support.tls_nginx import TlsNginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -57,7 +57,6 @@ COLLECTOR_MODES = {"httpflow": ["--enabled", "ebpf-net", "--l7net-enabled", "htt
 TRACEPOINTS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 # floor mode -> (tracepoints attached, which uprobes: "all" entry + return, "entry", None)
 FLOORS = {"floor_tls": (True, "all"), "floor_entry": (False, "entry"), "floor_tps": (True, None)}
-STATS = "/proc/sys/kernel/bpf_stats_enabled"
 H = "ebpf-net/httpflow-tls"
 
 
@@ -160,11 +159,8 @@ def uprobe_hits(progs):
 def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
-    old_stats = open(STATS).read().strip()
-    with open(STATS, "w") as f:
-        f.write("1")
     res = {}
-    try:
+    with bpf_stats():
         with tempfile.TemporaryDirectory() as tmp:
             obj = build_bpf("tlsfloor", tmp)
             srv = TlsNginx(tmp).start()
@@ -194,9 +190,6 @@ def main():
                         print(line, flush=True)
             finally:
                 srv.stop()
-    finally:
-        with open(STATS, "w") as f:
-            f.write(old_stats)
     report(res)
 
 

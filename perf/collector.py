@@ -122,14 +122,19 @@ def wrk(url, seconds, conns=32, args=()):
 PERF_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def build_bpf(name, out_dir):
-    """Compile perf/<name>.bpf.c (a benchmark's own BPF program: a floor of
-    empty programs, a ring producer) as setup.py compiles the collector's,
-    with the project's bpf/ headers; returns the object's path."""
-    obj = os.path.join(out_dir, f"{name}.bpf.o")
+BPF_SRC_DIR = os.path.join(os.path.dirname(PERF_DIR), "bpf")
+
+
+def build_bpf(name, out_dir, src_dir=PERF_DIR, defines=None, out=None):
+    """Compile <src_dir>/<name>.bpf.c (by default a benchmark's own BPF
+    program: a floor of empty programs, a ring producer; or a variant of
+    one of the collector's, with -D defines) as setup.py compiles the
+    collector's, with the project's bpf/ headers; returns the object's
+    path (<out_dir>/<out or name>.bpf.o)."""
+    obj = os.path.join(out_dir, f"{out or name}.bpf.o")
     subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86",
-                           "-I", os.path.join(os.path.dirname(PERF_DIR), "bpf"), "-c",
-                           os.path.join(PERF_DIR, f"{name}.bpf.c"), "-o", obj])
+                           *(f"-D{k}={v}" for k, v in (defines or {}).items()),
+                           "-I", BPF_SRC_DIR, "-c", os.path.join(src_dir, f"{name}.bpf.c"), "-o", obj])
     return obj
 
 

@@ -56,7 +56,13 @@
 #define HTTP_RESP_NONE 0    /* not started */
 #define HTTP_RESP_INTERIM 1 /* a 1xx (not 101) came: its bytes count, the final one follows */
 #define HTTP_RESP_FINAL 2   /* the final response started: finished by the next one or the end */
-#define HTTP_RESP_TAKEN 3   /* the idle flush reported it; the owner only dequeues it */
+#define HTTP_RESP_TAKEN 3   /* reported (by the idle flush): the owner only dequeues it */
+/* The idle flush is filling the record of request `seq`: state is
+ * HTTP_RESP_REPORTING | (__u64)seq << 32. The owner that comes meanwhile
+ * takes the report over (it may go on to overwrite what the flush reads),
+ * and the flush then discards its record (include/http_msg.bpf.h). */
+#define HTTP_RESP_REPORTING 4
+#define HTTP_RESP_MASK 0xff
 
 /* http_exchange.flags */
 #define HTTP_X_CLOSED 1  /* finished by the connection's end */
@@ -113,7 +119,8 @@ struct http_conn {
 	__u64 resp_ts;      /* its final status line moved */
 	__u64 resp_pos;     /* stream offset of its first byte (of the first interim one) */
 	__u64 resp_req_ts;  /* the last request-way call before it */
-	__u64 state;        /* HTTP_RESP_*; claimed with a 64-bit cmpxchg (the idle flush races) */
+	__u64 state;        /* HTTP_RESP_* (and a sequence number); claimed with a 64-bit
+			     * cmpxchg (the idle flush races) */
 	__u32 head;         /* FIFO: q[head % HTTP_FIFO] .. q[(tail - 1) % HTTP_FIFO] */
 	__u32 tail;
 	__u32 pid;          /* tgid that moved the first message */

@@ -25,6 +25,12 @@
 #ifndef DKEBPF_HTTP_MSG_H
 #define DKEBPF_HTTP_MSG_H
 
+/* stages left out for perf/bench_httpflow_e2e.py's ablation (bpf/http.bpf.c
+ * lists them); 0: none, the product */
+#ifndef HTTP_ABLATE
+#define HTTP_ABLATE 0
+#endif
+
 #define W4(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
 
 /* Does the buffer start like an HTTP/1.x request or status line? Four
@@ -221,10 +227,32 @@ static __always_inline void http_fill(struct http_exchange *x, const struct http
 		struct http_head_key k = {.sk = sk, .seq = h};
 		hd = q->head_at == HTTP_HEAD_OVERFLOW ? bpf_map_lookup_elem(o->heads, &k) : 0;
 	}
-	if (hd)
+	if (hd && HTTP_ABLATE != 7)
 		copy_head(x->head, hd->b, q->head_len);
 	else
 		x->head_len = 0;
+}
+
+/* Is q[head]'s final response under way (to be reported, being reported
+ * by the idle flush, or reported)? */
+static __always_inline int resp_final(__u64 state)
+{
+	__u64 st = state & HTTP_RESP_MASK;
+	return st == HTTP_RESP_FINAL || st == HTTP_RESP_TAKEN || st == HTTP_RESP_REPORTING;
+}
+
+/* The owner's claim of q[head]'s report before it dequeues the request:
+ * 1 when it reports it. A flush that is filling the record meanwhile loses
+ * it (the owner may go on to reuse the slots the flush reads: the next
+ * response's fields at once, the head's slot two requests later), and
+ * discards its record (http_settle). */
+static __always_inline int owner_claims(struct http_conn *hc)
+{
+	__u64 st = __sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, HTTP_RESP_TAKEN);
+	if (st == HTTP_RESP_FINAL)
+		return 1;
+	return (st & HTTP_RESP_MASK) == HTTP_RESP_REPORTING &&
+	       __sync_val_compare_and_swap(&hc->state, st, HTTP_RESP_TAKEN) == st;
 }
 
 /* Report the exchange of q[head] (unless the idle flush already did) and
@@ -232,14 +260,15 @@ static __always_inline void http_fill(struct http_exchange *x, const struct http
 static __always_inline void http_finish(struct http_conn *hc, __u64 sk, __u64 resp_end, __u8 flags,
 					const struct http_out *o, struct http_scratch *s)
 {
-	if (__sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, HTTP_RESP_TAKEN) == HTTP_RESP_FINAL) {
+	if (owner_claims(hc)) {
 		struct http_exchange *x = &s->x;
 		http_fill(x, hc, sk, resp_end, flags, o);
 		/* the record ends after its head bytes (<= HTTP_HEAD_MAX) */
 		__u32 size = HTTP_EXCHANGE_MIN_SIZE + (x->head_len & (2 * HTTP_HEAD_MAX - 1));
 		if (size > sizeof(*x))
 			size = sizeof(*x);
-		if (bpf_ringbuf_output(o->ring, x, size, ring_wake_flag(o->ring, o->unqueried, size, o->wake_bytes)))
+		if (HTTP_ABLATE != 5 &&
+		    bpf_ringbuf_output(o->ring, x, size, ring_wake_flag(o->ring, o->unqueried, size, o->wake_bytes)))
 			count_drop(o->drops, HTTP_DROP_RING);
 	}
 	http_dequeue_head(hc, sk, hc->head, o);
@@ -248,16 +277,26 @@ static __always_inline void http_finish(struct http_conn *hc, __u64 sk, __u64 re
 }
 
 /* From a context that may interrupt a program using the scratch memory
- * (tcp_destroy_sock in softirq, the idle flush): a reserved record. */
-static __always_inline void http_report_reserved(const struct http_conn *hc, __u64 sk, __u64 resp_end, __u8 flags,
-						 const struct http_out *o)
+ * (tcp_destroy_sock in softirq, the idle flush): a reserved record.
+ * `claim`: the state the flush set (HTTP_RESP_REPORTING | seq << 32), the
+ * record is sent only if the owner did not take the report over while it
+ * was filled; 0: the owner's own report. */
+static __always_inline void http_report_reserved(struct http_conn *hc, __u64 sk, __u64 resp_end, __u8 flags,
+						 const struct http_out *o, __u64 claim)
 {
-	struct http_exchange *x = bpf_ringbuf_reserve(o->ring, sizeof(*x), 0);
+	struct http_exchange *x = HTTP_ABLATE == 5 ? 0 : bpf_ringbuf_reserve(o->ring, sizeof(*x), 0);
 	if (!x) {
+		if (claim)
+			__sync_val_compare_and_swap(&hc->state, claim, HTTP_RESP_TAKEN);
 		count_drop(o->drops, HTTP_DROP_RING);
 		return;
 	}
 	http_fill(x, hc, sk, resp_end, flags, o);
+	if (claim && __sync_val_compare_and_swap(&hc->state, claim, HTTP_RESP_TAKEN) != claim) {
+		/* the owner reports it (what was read may be the next one's) */
+		bpf_ringbuf_discard(x, BPF_RB_NO_WAKEUP);
+		return;
+	}
 	/* woken like the other records: a load of short connections reports
 	 * every exchange from here */
 	bpf_ringbuf_submit(x, ring_wake_flag(o->ring, o->unqueried, sizeof(*x), o->wake_bytes));
@@ -267,10 +306,9 @@ static __always_inline void http_report_reserved(const struct http_conn *hc, __u
  * are counted. */
 static __always_inline void http_close(struct http_conn *hc, __u64 sk, const struct http_out *o)
 {
-	__u64 st = hc->state;
-	if (st == HTTP_RESP_FINAL || st == HTTP_RESP_TAKEN) {
-		if (__sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, HTTP_RESP_TAKEN) == HTTP_RESP_FINAL)
-			http_report_reserved(hc, sk, resp_counter(hc), HTTP_X_CLOSED, o);
+	if (resp_final(hc->state)) {
+		if (owner_claims(hc))
+			http_report_reserved(hc, sk, resp_counter(hc), HTTP_X_CLOSED, o, 0);
 		http_dequeue_head(hc, sk, hc->head, o);
 		hc->head++;
 	}
@@ -294,9 +332,10 @@ static __always_inline void http_settle(struct http_conn *hc, __u64 sk, __u64 no
 {
 	if (hc->state != HTTP_RESP_FINAL || now - hc->ts_last < settle_ns)
 		return;
-	if (__sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, HTTP_RESP_TAKEN) != HTTP_RESP_FINAL)
+	__u64 claim = HTTP_RESP_REPORTING | (__u64)hc->head << 32;
+	if (__sync_val_compare_and_swap(&hc->state, HTTP_RESP_FINAL, claim) != HTTP_RESP_FINAL)
 		return;
-	http_report_reserved(hc, sk, resp_counter(hc), HTTP_X_SETTLED, o);
+	http_report_reserved(hc, sk, resp_counter(hc), HTTP_X_SETTLED, o, claim);
 }
 
 /* The idle flush of a program: its connection map `conns`, its per-CPU
@@ -351,7 +390,8 @@ static __always_inline void on_request(struct http_conn *hc, __u64 sk, struct ht
 	if (seq - hc->head < HTTP_HEADS_INLINE) {
 		/* the slot's last user, request seq - HTTP_HEADS_INLINE, was
 		 * dequeued */
-		copy_head(hc->heads[seq % HTTP_HEADS_INLINE].b, src, q->head_len);
+		if (HTTP_ABLATE != 7)
+			copy_head(hc->heads[seq % HTTP_HEADS_INLINE].b, src, q->head_len);
 		q->head_at = HTTP_HEAD_INLINE;
 	} else {
 		struct http_head_key k = {.sk = sk, .seq = seq};
@@ -368,8 +408,7 @@ static __always_inline void on_request(struct http_conn *hc, __u64 sk, struct ht
 static __always_inline void on_response(struct http_conn *hc, __u64 sk, __u16 status, __u8 version, __u64 pos,
 					__u64 ts, const struct http_out *o, struct http_scratch *s)
 {
-	__u64 st = hc->state;
-	if (st == HTTP_RESP_FINAL || st == HTTP_RESP_TAKEN)
+	if (resp_final(hc->state))
 		http_finish(hc, sk, pos, 0, o, s); /* the previous response ends here */
 	if (hc->head == hc->tail) {
 		/* no request waiting: it answers one sent before we watched */
@@ -514,7 +553,7 @@ static __always_inline void http_messages(struct http_conn *hc, __u64 sk, struct
 				break;
 			on_request(hc, sk, s, off, cap, base + off, ts, tid, o);
 			/* pipelined requests follow a request without a body */
-			next = header_end(s, off + 12, cap);
+			next = HTTP_ABLATE == 6 ? 0 : header_end(s, off + 12, cap);
 			if (next && (next + 8 > cap || !looks_like_http(buf_at(s, next))))
 				next = 0;
 		}
