@@ -51,7 +51,7 @@ import tempfile
 import time
 
 from bench_tracepoint_floor import attached
-from collector import BPF_SRC_DIR, Collector, bpf_stats, build_bpf, cpu_seconds, prog_cost, wrk as wrk_url
+from collector import BPF_SRC_DIR, Collector, bpf_stats, build_bpf, stats_already_on, cpu_seconds, prog_cost, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -256,6 +256,7 @@ def main():
         build_ablations(tmp)
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
+        stats_already_on()
         modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
         modes += [(name, [], INTERVALS[0]) for name in COMPARE_HTTP_OBJS]

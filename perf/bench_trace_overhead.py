@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 
-from collector import Collector, bpf_stats, prog_cost, wrk as wrk_url
+from collector import Collector, bpf_stats, prog_cost, stats_already_on, wrk as wrk_url
 from support.nginx import Nginx
 
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
@@ -64,6 +64,7 @@ def main():
         # collectors it starts in the temporary directory)
         env = {**os.environ, MARK: str(os.getpid())}
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    stats_already_on()
     runs = {"trace": sys.executable}
     if BASELINE:
         runs["baseline"] = os.path.join(os.path.abspath(BASELINE), ".venv", "bin", "python")

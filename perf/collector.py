@@ -61,6 +61,23 @@ BPF_ENABLE_STATS = 32    # enum bpf_cmd
 BPF_STATS_RUN_TIME = 0   # enum bpf_stats_type
 
 
+def stats_already_on():
+    """Warn when BPF run-time stats are on before a benchmark starts (a
+    `sysctl kernel.bpf_stats_enabled=1` left by hand or by another tool,
+    or another bench's fd): every program run then reads the clock twice,
+    which inflates every cost and ratio measured. Returns the value."""
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+            on = int(f.read().strip() or 0)
+    except OSError:
+        return 0
+    if on:
+        print("warning: kernel.bpf_stats_enabled is 1 before the run: every BPF program reads the clock twice "
+              "per run, costs and ratios below are inflated (sysctl -w kernel.bpf_stats_enabled=0 if nothing "
+              "else needs it)")
+    return on
+
+
 @contextlib.contextmanager
 def bpf_stats():
     """The kernel counts run_cnt/run_time_ns per program inside the block
