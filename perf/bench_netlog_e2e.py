@@ -40,7 +40,7 @@ that the machine's other work keeps off the CPU (priority inversion).
 
 Prints `name: value` lines per load, medians of the rounds: packets/s
 delivered to the namespace with capture off and on and their ratio,
-packets/s captured, socket drops (tp_drops, must be 0; summed over the
+packets/s captured, drops (tp_drops plus the spill's, must be 0; summed over the
 rounds), this process's CPU (user + system, which includes softirq work
 the kernel happens to run on its time slices) per 100k packets/s, the
 reader's worst lag (how long after the kernel closed a ring block it was
@@ -157,13 +157,15 @@ def run(ns, load, flood, ngx, capture, pps=0):
     for cap in caps:
         cap.close()
     secs = t1 - t0
-    return delivered / secs, sum(rc["packets"] for rc in rcs) / secs, sum(rc["kernel_drops"] for rc in rcs), \
+    return delivered / secs, sum(rc["packets"] for rc in rcs) / secs, \
+        sum(rc["kernel_drops"] + rc["spill_drops"] for rc in rcs), \
         (c1.user - c0.user) + (c1.system - c0.system), max((rc["reader_lag_max_ns"] / 1e6 for rc in rcs), default=0.0)
 
 
 def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
     """`load` with `dkebpf run` capturing on the namespace's veth:
-    (delivered packets/s, captured packets/s, socket drops, collector CPU s, seconds, reader's worst lag ms)."""
+    (delivered packets/s, captured packets/s, drops (socket and spill), collector CPU s, seconds,
+    reader's worst lag ms, spill's peak MiB)."""
     from collector import Collector
     sink = sink_for(ns, load)
     try:
@@ -200,7 +202,8 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
         return sum(float(m.group(1)) for m in map(rx.match, text.splitlines()) if m)
     lag = max(float(m.group(1)) for m in map(re.compile(r'\w*_reader_lag_max_ns\{plugin="bpf-netlog"\} (\S+)$').match,
                                              text.splitlines()) if m)
-    return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops"), cpu1 - cpu0, t1 - t0, lag / 1e6
+    return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops") + total("spill_drops"), \
+        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20)
 
 
 def fast_veth(ns):
@@ -272,12 +275,13 @@ def bench(tmp, ns, flood, ngx):
     agents += [("agent_bulk_metric_only", "bulk", False, 0)] if "bulk" in LOADS else []
     agents += [(f"agent_bulk_paced_{pps}", "bulk", True, pps) for pps in PACED]
     for name, load, logs, pps in agents:
-        delivered, got, drops, cpu, secs, lag = agent_run(tmp, ns, load, flood, ngx, logs, pps)
+        delivered, got, drops, cpu, secs, lag, spill = agent_run(tmp, ns, load, flood, ngx, logs, pps)
         print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
         print(f"{name}_captured_packets_per_s: {got:.0f}")
         print(f"{name}_socket_drops: {drops:.0f}")
         print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
         print(f"{name}_reader_lag_max_ms: {lag:.1f}")
+        print(f"{name}_spill_peak_mib: {spill:.1f}")
     print(f"load_average: {os.getloadavg()[0]:.2f}")
 
 
