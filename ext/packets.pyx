@@ -339,7 +339,7 @@ cdef struct Spill:
     # a ring's spiller thread and what it shares with the reader: slots
     # [tail, head) hold copies of ring blocks not decoded yet (head written
     # by the spiller only, tail by the reader only)
-    int fd, notify_fd
+    int fd, notify_fd, stop_fd
     uint8_t *ring
     uint32_t block_size, block_nr, cur
     uint8_t *slots
@@ -370,23 +370,35 @@ cdef void _notify(Spill *s) noexcept nogil:
     write(s.notify_fd, &one, 8)
 
 
+cdef void _free_spill(Spill *s) noexcept nogil:
+    if s.notify_fd >= 0:
+        close(s.notify_fd)
+    if s.stop_fd >= 0:
+        close(s.stop_fd)
+    free(s.slots)
+    free(s)
+
+
 cdef void *_spill_main(void *arg) noexcept nogil:
     """The spiller thread: never takes the GIL. Each block the kernel
     retires is copied into a free slot (or, the spill full, its packets
     counted in drops) and handed back at once; the reader is notified
     (notify_fd) once notify_blocks are waiting, at a block the timeout
-    retired (light traffic) or when poll_ms pass without a block."""
+    retired (light traffic) or when poll_ms pass without a block. Nothing
+    waiting, it sleeps in poll until a block or stop_fd."""
     cdef Spill *s = <Spill *>arg
     cdef tpacket_block_desc *bd
-    cdef pollfd pfd
+    cdef pollfd pfd[2]
     cdef uint64_t head, used, waiting = 0
     cdef uint32_t n
     cdef bint light
     cdef int err, rc
     cdef socklen_t ln
     pthread_setname_np(pthread_self(), "packet-spill")   # as top and /proc show it
-    pfd.fd = s.fd
-    pfd.events = POLLIN
+    pfd[0].fd = s.fd
+    pfd[0].events = POLLIN
+    pfd[1].fd = s.stop_fd
+    pfd[1].events = POLLIN
     while not __atomic_load_n(&s.stop, __ATOMIC_ACQUIRE):
         bd = <tpacket_block_desc *>(s.ring + <size_t>s.cur * s.block_size)
         if bd.hdr.bh1.block_status & TP_STATUS_USER:
@@ -411,11 +423,11 @@ cdef void *_spill_main(void *arg) noexcept nogil:
                 _notify(s)
                 waiting = 0
             continue
-        rc = poll(&pfd, 1, <int>s.poll_ms)
+        rc = poll(pfd, 2, <int>s.poll_ms if waiting else -1)
         if rc == 0 and waiting:
             _notify(s)
             waiting = 0
-        elif rc > 0 and pfd.revents & POLLERR:
+        elif rc > 0 and pfd[0].revents & POLLERR:
             # left set, the error keeps the socket readable: read (cleared) here, handed to take_error()
             err = 0
             ln = sizeof(err)
@@ -539,19 +551,15 @@ cdef class PacketRing:
         s.poll_ms = poll_ms
         s.slots = <uint8_t *>malloc(s.nslots * self.block_size)
         s.notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if s.slots == NULL or s.notify_fd < 0:
+        s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if s.slots == NULL or s.notify_fd < 0 or s.stop_fd < 0:
             err, nslots = errno, s.nslots
-            free(s.slots)
-            if s.notify_fd >= 0:
-                close(s.notify_fd)
-            free(s)
+            _free_spill(s)
             raise kernel_error(f"packet ring spill ({nslots} blocks of {self.block_size} bytes)", err or 12)
         s.fd, s.ring, s.block_size, s.block_nr, s.cur = self.fd, self.ring, self.block_size, self.block_nr, self.cur
         cdef int rc = pthread_create(&self.spiller, NULL, _spill_main, s)
         if rc:
-            free(s.slots)
-            close(s.notify_fd)
-            free(s)
+            _free_spill(s)
             raise kernel_error("packet ring spill: pthread_create", rc)
         self.sp = s
 
@@ -562,19 +570,19 @@ cdef class PacketRing:
 
     cdef void _stop_spill(self) noexcept:
         cdef Spill *s = self.sp
+        cdef uint64_t one = 1
         if s == NULL:
             return
         self.sp = NULL
         __atomic_store_n(&s.stop, 1, __ATOMIC_RELEASE)
         with nogil:
-            pthread_join(self.spiller, NULL)   # it sees stop within poll_ms
+            write(s.stop_fd, &one, 8)   # wakes its poll
+            pthread_join(self.spiller, NULL)
         self.max_lag_ns = max(self.max_lag_ns, s.max_lag_ns)
         self.socket_errors += s.errors
         self.spill_bytes_peak = max(self.spill_bytes_peak, s.peak)
         self.spill_drops += s.drops
-        close(s.notify_fd)
-        free(s.slots)
-        free(s)
+        _free_spill(s)
 
     def close(self):
         self._stop_spill()   # before the ring it reads is unmapped

@@ -1,8 +1,8 @@
 """bpf-netlog end to end (root): traffic through a veth pair into a test
 namespace, captured by the plugin's socket inside the namespace (ring,
 socket program, decode, L4 state) while this process drains it as the
-plugin's reader thread does (NicCapture.drain with LINGER_MS: the ring read
-without the GIL); each round runs the same traffic with capture off first
+plugin's reader thread does (NicCapture.drain of the ring's spill, which
+its spiller thread fills without the GIL); each round runs the same traffic with capture off first
 (the baseline, same run) and then on.
 
 The veth is set for the most packets/s: TSO, GSO and GRO off on both ends
@@ -165,7 +165,7 @@ def run(ns, load, flood, ngx, capture, pps=0):
 def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
     """`load` with `dkebpf run` capturing on the namespace's veth:
     (delivered packets/s, captured packets/s, drops (socket and spill), collector CPU s, seconds,
-    reader's worst lag ms, spill's peak MiB)."""
+    reader's worst lag ms, spill's peak MiB, spill's drops)."""
     from collector import Collector
     sink = sink_for(ns, load)
     try:
@@ -203,7 +203,7 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
     lag = max(float(m.group(1)) for m in map(re.compile(r'\w*_reader_lag_max_ns\{plugin="bpf-netlog"\} (\S+)$').match,
                                              text.splitlines()) if m)
     return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops") + total("spill_drops"), \
-        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20)
+        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops")
 
 
 def fast_veth(ns):
@@ -275,10 +275,10 @@ def bench(tmp, ns, flood, ngx):
     agents += [("agent_bulk_metric_only", "bulk", False, 0)] if "bulk" in LOADS else []
     agents += [(f"agent_bulk_paced_{pps}", "bulk", True, pps) for pps in PACED]
     for name, load, logs, pps in agents:
-        delivered, got, drops, cpu, secs, lag, spill = agent_run(tmp, ns, load, flood, ngx, logs, pps)
+        delivered, got, drops, cpu, secs, lag, spill, spill_drops = agent_run(tmp, ns, load, flood, ngx, logs, pps)
         print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
         print(f"{name}_captured_packets_per_s: {got:.0f}")
-        print(f"{name}_socket_drops: {drops:.0f}")
+        print(f"{name}_socket_drops: {drops:.0f} (the spill's: {spill_drops:.0f})")
         print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
         print(f"{name}_reader_lag_max_ms: {lag:.1f}")
         print(f"{name}_spill_peak_mib: {spill:.1f}")
