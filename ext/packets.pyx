@@ -445,6 +445,8 @@ cdef class PacketRing:
     TPACKET_V3 ring of block_nr blocks of block_size bytes. fileno() is
     readable when a block is ready; read() decodes ready blocks
     (decode_frame) into numpy and hands them back to the kernel at once.
+    start_spill(): a thread of the ring's own empties it without the GIL
+    and read() decodes what it spilled.
 
     bulk_cut_room: the filter cuts some TCP segments on purpose after their
     headers plus at most this many bytes (bpf-netlog's bulk cut,

@@ -23,7 +23,7 @@ messages): the cost of the logs, in the same run.
 
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
                                           BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
-                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0)
+                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0, BENCH_SPILL=1)
 
 BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
 rates (data segments/s into the namespace, every stream paced by the
@@ -32,6 +32,8 @@ and with the collector: "0 drops at a rate" measured at a controlled rate
 rather than at whatever the machine makes; prints the highest delivered
 rate whose rounds dropped nothing. The reader here runs at the plugin's
 priority (reader_priority_held: SCHED_FIFO) unless BENCH_READER_PRIO=default.
+BENCH_SPILL=0: the in-process runs read the rings themselves (no spiller
+thread; read() lingering LINGER_MS while heavy), as the reader did before.
 BENCH_BOTH_ENDS=1: the in-process runs capture the host's end of the veth
 too (a second socket, the same packets once more: what it costs the kernel).
 BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
@@ -74,6 +76,7 @@ PACED = [int(r) for r in os.environ.get("BENCH_PPS", "").replace(",", " ").split
 LOADS = os.environ.get("BENCH_LOADS", "bulk,http,udp").split(",")
 AGENT_NICE = int(os.environ.get("BENCH_AGENT_NICE", 0))
 BOTH_ENDS = int(os.environ.get("BENCH_BOTH_ENDS", 0))   # 1: this process captures the host's veth end too
+SPILL = os.environ.get("BENCH_SPILL") != "0"   # the rings emptied by spiller threads, as the plugin does
 MTU = 300
 WRK_CONNS = 32
 
@@ -129,7 +132,7 @@ def run(ns, load, flood, ngx, capture, pps=0):
         for path, name in ends:
             with in_netns(path):
                 nic = next(n for n in list_nics() if n.name == name)
-            caps.append(NicCapture.open(path, 0, nic, False))
+            caps.append(NicCapture.open(path, 0, nic, False, spill=SPILL))
     by_ring = {c.ring: c for c in caps}
     sink = sink_for(ns, load)
     try:
