@@ -335,6 +335,109 @@ def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_proto
     return pkts[:got], payload[:used], status
 
 
+cdef struct Spill:
+    # a ring's spiller thread and what it shares with the reader: slots
+    # [tail, head) hold copies of ring blocks not decoded yet (head written
+    # by the spiller only, tail by the reader only)
+    int fd, notify_fd, stop_fd
+    uint8_t *ring
+    uint32_t block_size, block_nr, cur
+    uint8_t *slots
+    uint64_t nslots, notify_blocks, poll_ms
+    uint64_t head, tail, used, stop, error
+    # the spiller's counters: its worst lag, bytes held at most, packets of
+    # the blocks dropped because the spill was full, socket errors
+    uint64_t max_lag_ns, peak, drops, errors
+
+
+cdef void _note_lag(tpacket_block_desc *bd, uint64_t *max_lag) noexcept nogil:
+    cdef timespec now
+    cdef int64_t lag
+    clock_gettime(CLOCK_REALTIME, &now)   # packet times are CLOCK_REALTIME
+    lag = (now.tv_sec - <int64_t>bd.hdr.bh1.ts_last_pkt.ts_sec) * 1000000000 + \
+        now.tv_nsec - <int64_t>bd.hdr.bh1.ts_last_pkt.ts_nsec
+    if lag > 0 and <uint64_t>lag > max_lag[0]:
+        max_lag[0] = lag
+
+
+cdef inline uint32_t _blk_len(tpacket_block_desc *bd, uint32_t block_size) noexcept nogil:
+    cdef uint32_t n = bd.hdr.bh1.blk_len   # the header included
+    return block_size if n == 0 or n > block_size else n
+
+
+cdef void _notify(Spill *s) noexcept nogil:
+    cdef uint64_t one = 1
+    write(s.notify_fd, &one, 8)
+
+
+cdef void _free_spill(Spill *s) noexcept nogil:
+    if s.notify_fd >= 0:
+        close(s.notify_fd)
+    if s.stop_fd >= 0:
+        close(s.stop_fd)
+    free(s.slots)
+    free(s)
+
+
+cdef void *_spill_main(void *arg) noexcept nogil:
+    """The spiller thread: never takes the GIL. Each block the kernel
+    retires is copied into a free slot (or, the spill full, its packets
+    counted in drops) and handed back at once; the reader is notified
+    (notify_fd) once notify_blocks are waiting, at a block the timeout
+    retired (light traffic) or when poll_ms pass without a block. Nothing
+    waiting, it sleeps in poll until a block or stop_fd."""
+    cdef Spill *s = <Spill *>arg
+    cdef tpacket_block_desc *bd
+    cdef pollfd pfd[2]
+    cdef uint64_t head, used, waiting = 0
+    cdef uint32_t n
+    cdef bint light
+    cdef int err, rc
+    cdef socklen_t ln
+    pthread_setname_np(pthread_self(), "packet-spill")   # as top and /proc show it
+    pfd[0].fd = s.fd
+    pfd[0].events = POLLIN
+    pfd[1].fd = s.stop_fd
+    pfd[1].events = POLLIN
+    while not __atomic_load_n(&s.stop, __ATOMIC_ACQUIRE):
+        bd = <tpacket_block_desc *>(s.ring + <size_t>s.cur * s.block_size)
+        if bd.hdr.bh1.block_status & TP_STATUS_USER:
+            __sync_synchronize()
+            _note_lag(bd, &s.max_lag_ns)
+            light = bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO
+            n = _blk_len(bd, s.block_size)
+            head = s.head
+            if head - __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE) < s.nslots:
+                memcpy(s.slots + (head % s.nslots) * s.block_size, bd, n)
+                used = __atomic_add_fetch(&s.used, n, __ATOMIC_RELAXED)
+                if used > s.peak:
+                    s.peak = used
+                __atomic_store_n(&s.head, head + 1, __ATOMIC_RELEASE)
+                waiting += 1
+            else:
+                s.drops += bd.hdr.bh1.num_pkts
+            __sync_synchronize()
+            bd.hdr.bh1.block_status = TP_STATUS_KERNEL
+            s.cur = (s.cur + 1) % s.block_nr
+            if waiting and (waiting >= s.notify_blocks or light):
+                _notify(s)
+                waiting = 0
+            continue
+        rc = poll(pfd, 2, <int>s.poll_ms if waiting else -1)
+        if rc == 0 and waiting:
+            _notify(s)
+            waiting = 0
+        elif rc > 0 and pfd[0].revents & POLLERR:
+            # left set, the error keeps the socket readable: read (cleared) here, handed to take_error()
+            err = 0
+            ln = sizeof(err)
+            if getsockopt(s.fd, SOL_SOCKET, SO_ERROR, &err, &ln) == 0 and err:
+                __atomic_store_n(&s.error, err, __ATOMIC_RELEASE)
+                s.errors += 1
+                _notify(s)
+    return NULL
+
+
 cdef class PacketRing:
     """An AF_PACKET socket receiving what ``filter_code`` (classic BPF,
     packed ``struct sock_filter`` array) accepts, on interface ``ifindex``
@@ -342,6 +445,8 @@ cdef class PacketRing:
     TPACKET_V3 ring of block_nr blocks of block_size bytes. fileno() is
     readable when a block is ready; read() decodes ready blocks
     (decode_frame) into numpy and hands them back to the kernel at once.
+    start_spill(): a thread of the ring's own empties it without the GIL
+    and read() decodes what it spilled.
 
     bulk_cut_room: the filter cuts some TCP segments on purpose after their
     headers plus at most this many bytes (bpf-netlog's bulk cut,
@@ -369,10 +474,15 @@ cdef class PacketRing:
     # touched and a munmap (measured: most of bpf-netlog's cost per packet)
     cdef object _pkts, _payload
     cdef uint32_t _max_blocks
+    # start_spill(): the spiller thread owns the ring, read() takes the spill
+    cdef Spill *sp
+    cdef pthread_t spiller
+    cdef readonly uint64_t spill_bytes_peak, spill_drops   # of a spill stopped (close): counters() adds the live one
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
                   uint32_t retire_ms=100, int ifindex=0, uint32_t bulk_cut_room=0):
         self.fd = -1
+        self.sp = NULL
         self.bulk_cut_room = bulk_cut_room
         self.ring = NULL
         self.cur = 0
@@ -420,10 +530,64 @@ cdef class PacketRing:
         self.close()
         raise kernel_error(f"packet socket: {what}", err)
 
+    def start_spill(self, uint32_t spill_blocks=0, uint32_t notify_blocks=0, uint32_t poll_ms=10):
+        """Empty the ring from a thread of its own that never takes the
+        GIL (a Python thread waits for it while another holds it, and the
+        ring fills): each block the kernel retires is copied into a spill
+        of spill_blocks blocks (0: twice the ring; C memory, touched as it
+        fills) and handed back at once; read() then decodes from the spill,
+        and fileno() is readable once notify_blocks (0: an eighth of the
+        ring) are waiting, at a block the timeout retired or after poll_ms
+        without one. The spill full, a block is dropped and its packets
+        counted (spill_drops). The thread inherits the caller's scheduling
+        (policy, priority, nice)."""
+        if self.ring == NULL:
+            raise RuntimeError("packet ring used after close()")
+        if self.sp != NULL:
+            raise RuntimeError("the packet ring is already spilling")
+        cdef Spill *s = <Spill *>calloc(1, sizeof(Spill))
+        if s == NULL:
+            raise MemoryError("packet ring spill")
+        s.nslots = spill_blocks or 2 * self.block_nr
+        s.notify_blocks = notify_blocks or max(1, self.block_nr // 8)
+        s.poll_ms = poll_ms
+        s.slots = <uint8_t *>malloc(s.nslots * self.block_size)
+        s.notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if s.slots == NULL or s.notify_fd < 0 or s.stop_fd < 0:
+            err, nslots = errno, s.nslots
+            _free_spill(s)
+            raise kernel_error(f"packet ring spill ({nslots} blocks of {self.block_size} bytes)", err or 12)
+        s.fd, s.ring, s.block_size, s.block_nr, s.cur = self.fd, self.ring, self.block_size, self.block_nr, self.cur
+        cdef int rc = pthread_create(&self.spiller, NULL, _spill_main, s)
+        if rc:
+            _free_spill(s)
+            raise kernel_error("packet ring spill: pthread_create", rc)
+        self.sp = s
+
     def fileno(self):
-        return self.fd
+        """Readable when read() has something (a ready block, or spilled
+        blocks once start_spill() notified) or the socket an error."""
+        return self.sp.notify_fd if self.sp != NULL else self.fd
+
+    cdef void _stop_spill(self) noexcept:
+        cdef Spill *s = self.sp
+        cdef uint64_t one = 1
+        if s == NULL:
+            return
+        self.sp = NULL
+        __atomic_store_n(&s.stop, 1, __ATOMIC_RELEASE)
+        with nogil:
+            write(s.stop_fd, &one, 8)   # wakes its poll
+            pthread_join(self.spiller, NULL)
+        self.max_lag_ns = max(self.max_lag_ns, s.max_lag_ns)
+        self.socket_errors += s.errors
+        self.spill_bytes_peak = max(self.spill_bytes_peak, s.peak)
+        self.spill_drops += s.drops
+        _free_spill(s)
 
     def close(self):
+        self._stop_spill()   # before the ring it reads is unmapped
         self._pkts = self._payload = None
         self._max_blocks = 0
         if self.ring != NULL:
@@ -498,15 +662,6 @@ cdef class PacketRing:
                 break
             hdr_off += h.tp_next_offset
 
-    cdef void _note_lag(self, tpacket_block_desc *bd) noexcept nogil:
-        cdef timespec now
-        cdef int64_t lag
-        clock_gettime(CLOCK_REALTIME, &now)   # packet times are CLOCK_REALTIME
-        lag = (now.tv_sec - <int64_t>bd.hdr.bh1.ts_last_pkt.ts_sec) * 1000000000 + \
-            now.tv_nsec - <int64_t>bd.hdr.bh1.ts_last_pkt.ts_nsec
-        if lag > 0 and <uint64_t>lag > self.max_lag_ns:
-            self.max_lag_ns = lag
-
     def read(self, uint32_t max_blocks=8, bint copy=True, uint32_t linger_ms=0):
         """Decode ready blocks into a batch with room for max_blocks full
         blocks (more blocks of small frames fit: a block is taken while its
@@ -521,7 +676,8 @@ cdef class PacketRing:
         that long, all without the GIL, so that a reader thread takes the
         GIL once per batch instead of once per block (a Python thread
         waits up to the interpreter's switch interval for it, while the
-        ring fills)."""
+        ring fills). Spilling (start_spill), the spilled blocks are decoded
+        and linger_ms is not used: the spiller thread batches."""
         if self.ring == NULL:
             raise RuntimeError("packet ring used after close()")
         if max_blocks == 0:
@@ -545,47 +701,68 @@ cdef class PacketRing:
         cdef pollfd pfd
         cdef timespec now
         cdef int64_t deadline_ns = 0, left_ms
+        cdef Spill *sp = self.sp
+        cdef uint64_t tail, head, cleared
         pfd.fd = self.fd
         pfd.events = POLLIN
-        with nogil:
-            if linger_ms:
-                clock_gettime(CLOCK_MONOTONIC, &now)
-                deadline_ns = now.tv_sec * 1000000000 + now.tv_nsec + <int64_t>linger_ms * 1000000
-            while True:
-                bd = <tpacket_block_desc *>(self.ring + <size_t>self.cur * self.block_size)
-                if bd.hdr.bh1.block_status & TP_STATUS_USER:
-                    __sync_synchronize()
-                    blk_len = bd.hdr.bh1.blk_len
-                    if blk_len == 0 or blk_len > self.block_size:
-                        blk_len = self.block_size
+        if sp != NULL:
+            with nogil:
+                read(sp.notify_fd, &cleared, 8)   # before the slots: a notification after stays
+                tail = sp.tail
+                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+                while tail != head:
+                    bd = <tpacket_block_desc *>(sp.slots + (tail % sp.nslots) * self.block_size)
+                    blk_len = _blk_len(bd, self.block_size)
                     if got + bd.hdr.bh1.num_pkts > cap_pkts or used + blk_len > cap_bytes:
                         more = True   # no room left: the caller folds this batch first
                         break
-                    heavy = not (bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO)
-                    self._note_lag(bd)
                     self._walk_block(bd, out, pay, &got, &used)
-                    __sync_synchronize()
-                    bd.hdr.bh1.block_status = TP_STATUS_KERNEL
-                    self.cur = (self.cur + 1) % self.block_nr
+                    __atomic_sub_fetch(&sp.used, blk_len, __ATOMIC_RELAXED)
+                    tail += 1
+                    __atomic_store_n(&sp.tail, tail, __ATOMIC_RELEASE)
                     self.blocks += 1
-                    if not heavy:
-                        lingering = False   # a block the timeout handed over: the traffic is light
-                    continue
-                if not lingering:
-                    break
-                clock_gettime(CLOCK_MONOTONIC, &now)
-                left_ms = (deadline_ns - now.tv_sec * 1000000000 - now.tv_nsec) // 1000000
-                # readable for an error only (take_error's case): no block to wait for
-                if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0 or not (pfd.revents & POLLIN):
-                    break
+                    if tail == head:
+                        head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+                if more:
+                    _notify(sp)   # fileno() stays readable for what is left
+        else:
+            with nogil:
+                if linger_ms:
+                    clock_gettime(CLOCK_MONOTONIC, &now)
+                    deadline_ns = now.tv_sec * 1000000000 + now.tv_nsec + <int64_t>linger_ms * 1000000
+                while True:
+                    bd = <tpacket_block_desc *>(self.ring + <size_t>self.cur * self.block_size)
+                    if bd.hdr.bh1.block_status & TP_STATUS_USER:
+                        __sync_synchronize()
+                        blk_len = _blk_len(bd, self.block_size)
+                        if got + bd.hdr.bh1.num_pkts > cap_pkts or used + blk_len > cap_bytes:
+                            more = True   # no room left: the caller folds this batch first
+                            break
+                        heavy = not (bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO)
+                        _note_lag(bd, &self.max_lag_ns)
+                        self._walk_block(bd, out, pay, &got, &used)
+                        __sync_synchronize()
+                        bd.hdr.bh1.block_status = TP_STATUS_KERNEL
+                        self.cur = (self.cur + 1) % self.block_nr
+                        self.blocks += 1
+                        if not heavy:
+                            lingering = False   # a block the timeout handed over: the traffic is light
+                        continue
+                    if not lingering:
+                        break
+                    clock_gettime(CLOCK_MONOTONIC, &now)
+                    left_ms = (deadline_ns - now.tv_sec * 1000000000 - now.tv_nsec) // 1000000
+                    # readable for an error only (take_error's case): no block to wait for
+                    if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0 or not (pfd.revents & POLLIN):
+                        break
         if copy:
             return pkts[:got].copy(), payload[:used].copy(), more
         return pkts[:got], payload[:used], more
 
     def wait(self, int timeout_ms):
-        """Block up to timeout_ms until a block is ready (tests, tools)."""
+        """Block up to timeout_ms until fileno() is readable (tests, tools)."""
         cdef pollfd p
-        p.fd = self.fd
+        p.fd = self.fileno()
         p.events = POLLIN
         with nogil:
             rc = poll(&p, 1, timeout_ms)
@@ -600,6 +777,8 @@ cdef class PacketRing:
         cdef socklen_t ln = sizeof(err)
         if self.fd < 0:
             raise RuntimeError("packet ring used after close()")
+        if self.sp != NULL:   # the spiller read it (counted there)
+            return __atomic_exchange_n(&self.sp.error, 0, __ATOMIC_ACQUIRE)
         if getsockopt(self.fd, SOL_SOCKET, SO_ERROR, &err, &ln) < 0:
             raise kernel_error("packet socket: SO_ERROR", errno)
         if err:
@@ -611,6 +790,7 @@ cdef class PacketRing:
         resets on read, so they are accumulated here)."""
         cdef tpacket_stats_v3 st
         cdef socklen_t ln = sizeof(st)
+        cdef Spill *sp = self.sp
         if self.fd >= 0 and getsockopt(self.fd, SOL_PACKET, PACKET_STATISTICS, &st, &ln) == 0:
             self.kernel_packets += st.tp_packets
             self.kernel_drops += st.tp_drops
@@ -621,5 +801,7 @@ cdef class PacketRing:
                 "cut_bulk_segments": self.cut_bulk_segments,
                 "kernel_packets": self.kernel_packets, "kernel_drops": self.kernel_drops,
                 "kernel_queue_freezes": self.kernel_freezes, "blocks": self.blocks,
-                "reader_lag_max_ns": self.max_lag_ns,
-                "socket_errors": self.socket_errors}
+                "reader_lag_max_ns": max(self.max_lag_ns, sp.max_lag_ns if sp else 0),
+                "socket_errors": self.socket_errors + (sp.errors if sp else 0),
+                "spill_bytes_peak": max(self.spill_bytes_peak, sp.peak if sp else 0),
+                "spill_drops": self.spill_drops + (sp.drops if sp else 0)}

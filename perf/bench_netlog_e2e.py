@@ -1,8 +1,8 @@
 """bpf-netlog end to end (root): traffic through a veth pair into a test
 namespace, captured by the plugin's socket inside the namespace (ring,
 socket program, decode, L4 state) while this process drains it as the
-plugin's reader thread does (NicCapture.drain with LINGER_MS: the ring read
-without the GIL); each round runs the same traffic with capture off first
+plugin's reader thread does (NicCapture.drain of the ring's spill, which
+its spiller thread fills without the GIL); each round runs the same traffic with capture off first
 (the baseline, same run) and then on.
 
 The veth is set for the most packets/s: TSO, GSO and GRO off on both ends
@@ -23,7 +23,7 @@ messages): the cost of the logs, in the same run.
 
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
                                           BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
-                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0)
+                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0, BENCH_SPILL=1)
 
 BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
 rates (data segments/s into the namespace, every stream paced by the
@@ -32,6 +32,8 @@ and with the collector: "0 drops at a rate" measured at a controlled rate
 rather than at whatever the machine makes; prints the highest delivered
 rate whose rounds dropped nothing. The reader here runs at the plugin's
 priority (reader_priority_held: SCHED_FIFO) unless BENCH_READER_PRIO=default.
+BENCH_SPILL=0: the in-process runs read the rings themselves (no spiller
+thread; read() lingering LINGER_MS while heavy), as the reader did before.
 BENCH_BOTH_ENDS=1: the in-process runs capture the host's end of the veth
 too (a second socket, the same packets once more: what it costs the kernel).
 BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
@@ -40,7 +42,7 @@ that the machine's other work keeps off the CPU (priority inversion).
 
 Prints `name: value` lines per load, medians of the rounds: packets/s
 delivered to the namespace with capture off and on and their ratio,
-packets/s captured, socket drops (tp_drops, must be 0; summed over the
+packets/s captured, drops (tp_drops plus the spill's, must be 0; summed over the
 rounds), this process's CPU (user + system, which includes softirq work
 the kernel happens to run on its time slices) per 100k packets/s, the
 reader's worst lag (how long after the kernel closed a ring block it was
@@ -74,6 +76,7 @@ PACED = [int(r) for r in os.environ.get("BENCH_PPS", "").replace(",", " ").split
 LOADS = os.environ.get("BENCH_LOADS", "bulk,http,udp").split(",")
 AGENT_NICE = int(os.environ.get("BENCH_AGENT_NICE", 0))
 BOTH_ENDS = int(os.environ.get("BENCH_BOTH_ENDS", 0))   # 1: this process captures the host's veth end too
+SPILL = os.environ.get("BENCH_SPILL") != "0"   # the rings emptied by spiller threads, as the plugin does
 MTU = 300
 WRK_CONNS = 32
 
@@ -129,7 +132,7 @@ def run(ns, load, flood, ngx, capture, pps=0):
         for path, name in ends:
             with in_netns(path):
                 nic = next(n for n in list_nics() if n.name == name)
-            caps.append(NicCapture.open(path, 0, nic, False))
+            caps.append(NicCapture.open(path, 0, nic, False, spill=SPILL))
     by_ring = {c.ring: c for c in caps}
     sink = sink_for(ns, load)
     try:
@@ -157,13 +160,15 @@ def run(ns, load, flood, ngx, capture, pps=0):
     for cap in caps:
         cap.close()
     secs = t1 - t0
-    return delivered / secs, sum(rc["packets"] for rc in rcs) / secs, sum(rc["kernel_drops"] for rc in rcs), \
+    return delivered / secs, sum(rc["packets"] for rc in rcs) / secs, \
+        sum(rc["kernel_drops"] + rc["spill_drops"] for rc in rcs), \
         (c1.user - c0.user) + (c1.system - c0.system), max((rc["reader_lag_max_ns"] / 1e6 for rc in rcs), default=0.0)
 
 
 def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
     """`load` with `dkebpf run` capturing on the namespace's veth:
-    (delivered packets/s, captured packets/s, socket drops, collector CPU s, seconds, reader's worst lag ms)."""
+    (delivered packets/s, captured packets/s, drops (socket and spill), collector CPU s, seconds,
+    reader's worst lag ms, spill's peak MiB, spill's drops)."""
     from collector import Collector
     sink = sink_for(ns, load)
     try:
@@ -200,7 +205,8 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
         return sum(float(m.group(1)) for m in map(rx.match, text.splitlines()) if m)
     lag = max(float(m.group(1)) for m in map(re.compile(r'\w*_reader_lag_max_ns\{plugin="bpf-netlog"\} (\S+)$').match,
                                              text.splitlines()) if m)
-    return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops"), cpu1 - cpu0, t1 - t0, lag / 1e6
+    return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops") + total("spill_drops"), \
+        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops")
 
 
 def fast_veth(ns):
@@ -272,12 +278,13 @@ def bench(tmp, ns, flood, ngx):
     agents += [("agent_bulk_metric_only", "bulk", False, 0)] if "bulk" in LOADS else []
     agents += [(f"agent_bulk_paced_{pps}", "bulk", True, pps) for pps in PACED]
     for name, load, logs, pps in agents:
-        delivered, got, drops, cpu, secs, lag = agent_run(tmp, ns, load, flood, ngx, logs, pps)
+        delivered, got, drops, cpu, secs, lag, spill, spill_drops = agent_run(tmp, ns, load, flood, ngx, logs, pps)
         print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
         print(f"{name}_captured_packets_per_s: {got:.0f}")
-        print(f"{name}_socket_drops: {drops:.0f}")
+        print(f"{name}_socket_drops: {drops:.0f} (the spill's: {spill_drops:.0f})")
         print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
         print(f"{name}_reader_lag_max_ms: {lag:.1f}")
+        print(f"{name}_spill_peak_mib: {spill:.1f}")
     print(f"load_average: {os.getloadavg()[0]:.2f}")
 
 

@@ -24,20 +24,24 @@ collector's own namespace the physical NICs (not listed under
 /sys/devices/virtual/net, as the original), elsewhere every UP interface
 but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
-A reader thread of the plugin, SCHED_FIFO when permitted (see
-READER_RT_PRIORITY), drains the rings (PacketRing.read: blocks walked and
-decoded without the GIL, lingering while traffic is heavy, so Python runs
-once per batch) into the connection tables, under a lock the agent's
-thread also takes, at the reader's priority while it holds it, to
-collect, open and close: the agent's own work (encoding, sending, other
-plugins) does not leave the rings full. The
+Each ring is emptied by a spiller thread of its own that never takes the
+GIL (PacketRing.start_spill: every block the kernel retires copied into a
+spill of SPILL_RING_MULTIPLE rings in C memory and handed back at once;
+the spill full, its packets are counted in
+``<netns>/<interface>_spill_drops``), SCHED_FIFO when permitted (see
+READER_RT_PRIORITY): the agent's thread holding the GIL while it builds
+and encodes the logs no longer leaves the ring full. A reader thread of
+the plugin, at the same priority, decodes the spilled blocks
+(PacketRing.read, without the GIL) into the connection tables when a
+spill notifies it, under a lock the agent's thread also takes, at the
+reader's priority while it holds it, to collect, open and close. The
 reader takes at most a ring's worth of blocks per turn and, when the
 agent's thread waits for the lock, lets it in before the next turn: a
-ring that never empties (overload) does not hold collect() up. An error
+spill that never empties (overload) does not hold collect() up. An error
 on a socket (ENETDOWN when its interface goes down, capture resuming
-when it is up again) is read, which clears it, and counted
-(``<netns>/<interface>_socket_errors``): left set, it keeps the socket
-readable and the reader spinning.
+when it is up again) is read by the spiller, which clears it, and
+counted (``<netns>/<interface>_socket_errors``): left set, it keeps the
+socket readable and the spiller spinning.
 
 Packets are decoded in Cython (dkebpf._packets: Ethernet, VLAN, IPv4,
 IPv6 extension headers, TCP, UDP, VXLAN) and folded into per-connection
@@ -97,9 +101,13 @@ SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
 BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
-# the reader thread: a ring with heavy traffic is read for up to LINGER_MS
-# without the GIL before its batch is folded (PacketRing.read's linger_ms);
-# the epoll wait is bounded so that stop() is seen
+# the spill: twice the ring (PacketRing.start_spill: C memory, touched as
+# it fills); the spiller notifies the reader once an eighth of the ring is
+# spilled or SPILL_POLL_MS pass without a block; the reader's epoll wait is
+# bounded so that stop() is seen. LINGER_MS: a ring read without a spiller
+# (perf/bench_netlog_e2e.py's comparison) lingers that long while heavy.
+SPILL_RING_MULTIPLE = 2
+SPILL_POLL_MS = 10
 LINGER_MS = 10
 READER_POLL_S = 0.2
 # the reader thread runs SCHED_FIFO at the lowest real-time priority: at
@@ -284,9 +292,11 @@ class NicCapture:
 
     @classmethod
     def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None, series=True,
-             chunk_age_ns=_netlog.CHUNK_AGE_NS):
+             chunk_age_ns=_netlog.CHUNK_AGE_NS, spill=True):
         """rules: the parsed netlog_blacklist, or None for no filter; pods:
-        the NetlogK8s its k8s_* fields are looked up in."""
+        the NetlogK8s its k8s_* fields are looked up in; spill: the ring
+        emptied by a spiller thread at the reader's priority (else read()
+        takes the ring itself)."""
         conn_filter = None
         if rules is None:
             code = netlog_filter()
@@ -301,6 +311,13 @@ class NicCapture:
             ring = _packets.PacketRing(code, block_size=BLOCK_SIZE,
                                        block_nr=HOST_BLOCKS if host_network else OTHER_BLOCKS,
                                        retire_ms=RETIRE_MS, ifindex=ifindex, bulk_cut_room=BULK_CUT_ROOM)
+        if spill:
+            try:
+                with reader_priority_held():   # the spiller thread inherits it
+                    ring.start_spill(spill_blocks=SPILL_RING_MULTIPLE * ring.block_nr, poll_ms=SPILL_POLL_MS)
+            except BaseException:
+                ring.close()
+                raise
         return cls(ring, nic, netns, host_network, follow_http, conn_filter, series, chunk_age_ns)
 
     def drain(self, linger_ms=0):
@@ -407,8 +424,7 @@ class NetlogPlugin(Plugin):
                         cap = self.by_fd.get(fd)   # None: closed meanwhile
                         if cap is None:
                             continue
-                        if ev & select.EPOLLERR:
-                            self._take_error(cap)
+                        self._take_error(cap)   # what the spiller read, if any: no system call
                         # one turn (a ring's worth): the epoll, level-triggered, hands the rest back
                         left = cap.drain(LINGER_MS) if ev & select.EPOLLIN else False
                     while left and self._waiting and not self._stop.is_set():
@@ -617,7 +633,7 @@ class NetlogPlugin(Plugin):
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
-                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns"):
+                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns", "spill_bytes_peak", "spill_drops"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v

@@ -106,3 +106,36 @@ cdef extern from * nogil:
     # full barrier: the block status is read before the frames and written
     # back after them (Documentation/networking/packet_mmap.rst)
     void __sync_synchronize()
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef unsigned long pthread_t
+    int pthread_create(pthread_t *t, const void *attr, void *(*start)(void *) noexcept nogil, void *arg)
+    int pthread_join(pthread_t t, void **ret)
+    pthread_t pthread_self()
+    int pthread_setname_np(pthread_t t, const char *name)
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t n)
+    ssize_t write(int fd, const void *buf, size_t n)
+
+cdef extern from * nogil:
+    # the spill's indices and flags, shared by the spiller thread and the
+    # reader (one writer each): gcc's atomics, acquire/release
+    uint64_t __atomic_load_n(uint64_t *p, int order)
+    void __atomic_store_n(uint64_t *p, uint64_t v, int order)
+    uint64_t __atomic_exchange_n(uint64_t *p, uint64_t v, int order)
+    uint64_t __atomic_add_fetch(uint64_t *p, uint64_t v, int order)
+    uint64_t __atomic_sub_fetch(uint64_t *p, uint64_t v, int order)
+    enum:
+        __ATOMIC_ACQUIRE
+        __ATOMIC_RELEASE
+        __ATOMIC_RELAXED
+
+cdef extern from "<poll.h>" nogil:
+    enum:
+        POLLERR
+
+cdef extern from "<stdlib.h>" nogil:
+    void *malloc(size_t n)
+    void *calloc(size_t n, size_t size)
+    void free(void *p)

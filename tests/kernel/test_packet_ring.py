@@ -18,11 +18,14 @@ def query(qid, name=b"\x04ring\x04test\x00"):
     return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
 
 
-@pytest.fixture
-def ring(bpf_ok):
+@pytest.fixture(params=[False, True], ids=["ring", "spill"])
+def ring(bpf_ok, request):
+    """The ring read by read() itself, or emptied by its spiller thread."""
     from dkebpf import _packets
     from dkebpf.packetfilter import port_filter
     with _packets.PacketRing(port_filter(53), retire_ms=10) as r:
+        if request.param:
+            r.start_spill()
         yield r
 
 
@@ -111,3 +114,52 @@ def test_interface_down_error_taken_once_and_capture_resumes(bpf_ok):
         c.close()
         got = read_all(ring, 1, lambda m: bytes(m["daddr"])[:4] == socket.inet_aton(ns.peer_ip))
     assert [int(m["id"]) for m in got] == [31]
+
+
+def test_spilling_interface_down_error_taken_once_and_capture_resumes(bpf_ok):
+    """The spiller thread reads the socket's error (else the socket stays
+    readable and it spins) and hands it to take_error(), once."""
+    import errno
+
+    from dkebpf import _packets
+    from dkebpf.packetfilter import port_filter
+    with NetNS() as ns, _packets.PacketRing(port_filter(53), retire_ms=10,
+                                            ifindex=socket.if_nametoindex(ns.veth_host)) as ring:
+        ring.start_spill()
+        sh("ip", "link", "set", ns.veth_host, "down")
+        sh("ip", "link", "set", ns.veth_host, "up")
+        assert ring.wait(1000)
+        assert ring.take_error() == errno.ENETDOWN
+        assert ring.take_error() == 0
+        assert ring.counters()["socket_errors"] == 1
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.sendto(query(32), (ns.peer_ip, 53))
+        c.close()
+        got = read_all(ring, 1, lambda m: bytes(m["daddr"])[:4] == socket.inet_aton(ns.peer_ip))
+    assert [int(m["id"]) for m in got] == [32]
+
+
+def test_spill_full_drops_whole_blocks_counted(bpf_ok):
+    """A spill of one block that nobody reads: the spiller keeps handing the
+    ring's blocks back to the kernel, the packets of those that did not fit
+    counted in spill_drops; every packet is read or counted once."""
+    from dkebpf import _dns, _packets
+    from dkebpf.packetfilter import port_filter
+    addr = f"127.78.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    n = 400
+    with _packets.PacketRing(port_filter(53), block_size=4096, block_nr=4, retire_ms=10) as ring:
+        ring.start_spill(spill_blocks=1)
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for qid in range(n):
+            c.sendto(query(qid), (addr, 53))
+            if qid % 10 == 9:
+                time.sleep(0.002)   # the ring (4 blocks) is not what overflows
+        c.close()
+        time.sleep(0.3)   # the last block retired (retire_ms) and spilled or dropped
+        rc = ring.counters()
+        assert rc["spill_drops"] > 0 and 0 < rc["spill_bytes_peak"] <= 4096
+        pkts, payload, _more = ring.read()
+        got = [m for m in _dns.parse_packets(pkts, payload)[0] if bytes(m["daddr"])[:4] == socket.inet_aton(addr)]
+        rc = ring.counters()
+    assert len(got) > 0
+    assert len(got) + rc["spill_drops"] + rc["kernel_drops"] == n
