@@ -40,7 +40,8 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 # record in pieces); prints the ids of the streams that ended. HPACK: static table entries and literals without indexing,
 # no Huffman (nginx's responses are not decoded: the spans tell their status).
 H2_CLIENT = r"""
-import socket, ssl, struct, sys
+import socket, ssl, sys
+from dkebpf._http2 import frame
 host, port, tp, reads, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -49,9 +50,6 @@ ctx.set_alpn_protocols(["h2"])
 s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
 if s.selected_alpn_protocol() != "h2":
     sys.exit("ALPN did not choose h2: %r" % s.selected_alpn_protocol())
-
-def frame(t, flags, sid, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + body
 
 def lit(name, value):  # a new name, or a static table index
     if isinstance(name, int):

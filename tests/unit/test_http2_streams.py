@@ -3,23 +3,19 @@ calls of HTTP/2 connections (as bpf/trace.bpf.c sends them) -> one span per
 stream: interleaved streams, CONTINUATION, padding, RST_STREAM, gRPC
 trailers, frames cut between calls and by the capture, and random
 exchanges cut at random call boundaries (hypothesis)."""
-import struct
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dkebpf import _h2trace, _trace
+from dkebpf._http2 import frame
 from reference import h2trace_ref as ref
 from reference import hpack_ref
 
 SEND, RECV, CLOSE = 1, 2, 3
 SK = 0xFFFF888812340000
 TLS_RECORD_MAX = 16384  # plaintext bytes of a TLS record at most
-
-
-def frame(t, flags, stream, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
 
 
 def lit(name, value, index=False):  # literal, new name, Huffman strings; with incremental indexing
