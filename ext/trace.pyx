@@ -106,6 +106,7 @@ MSG_DTYPE = _records._dtype("span_msg", [
     ("family", "u1", offset_of(&_m, &_m.family)),
     ("op", "u1", offset_of(&_m, &_m.op)),
     ("more", "u1", offset_of(&_m, &_m.more)),
+    ("seq_unknown", "u1", offset_of(&_m, &_m.seq_unknown)),
     ("comm", "S16", offset_of(&_m, &_m.comm)),
     ("pcomm", "S16", offset_of(&_m, &_m.pcomm)),
     ("payload", f"V{TRACE_PAYLOAD_MAX}", offset_of(&_m, &_m.payload)),

@@ -48,6 +48,7 @@ cdef extern from "include/trace.h" nogil:
         unsigned char family
         unsigned char op
         unsigned char more
+        unsigned char seq_unknown
         char comm[16]
         char pcomm[16]
         unsigned char payload[TRACE_PAYLOAD_MAX]
