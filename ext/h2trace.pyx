@@ -545,6 +545,7 @@ cdef class H2Tracker:
         cdef int64_t L = m.bytes, cap = m.cap_len if m.cap_len < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
         cdef int64_t off = 0, take, have
         cdef h2_frame_t f
+        cdef const uint8_t *fh
         if cap > L:
             cap = L
         if d.lost:
@@ -575,18 +576,23 @@ cdef class H2Tracker:
             if d.fhdr_n == 0:
                 d.fseq = m.seq + <uint32_t>off
                 d.frec = r
-            take = 9 - d.fhdr_n
-            if take > cap - off:
-                take = cap - off
-            memcpy(d.fhdr + d.fhdr_n, m.payload + off, take)
-            d.fhdr_n += <uint8_t>take
-            off += take
-            if d.fhdr_n < 9:
-                if off < L:     # cut by the capture, not by the call
-                    self._lose(c, w, counts)
-                return
-            d.fhdr_n = 0
-            if not h2_frame_header(d.fhdr, &f):
+            if d.fhdr_n == 0 and off + 9 <= cap:
+                fh = m.payload + off  # the whole frame header in this call: read in place
+                off += 9
+            else:
+                take = 9 - d.fhdr_n
+                if take > cap - off:
+                    take = cap - off
+                memcpy(d.fhdr + d.fhdr_n, m.payload + off, take)
+                d.fhdr_n += <uint8_t>take
+                off += take
+                if d.fhdr_n < 9:
+                    if off < L:     # cut by the capture, not by the call
+                        self._lose(c, w, counts)
+                    return
+                d.fhdr_n = 0
+                fh = d.fhdr
+            if not h2_frame_header(fh, &f):
                 self._lose(c, w, counts)
                 return
             d.ftype = f.type

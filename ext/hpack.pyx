@@ -461,16 +461,17 @@ cdef int64_t _huff_fast(const uint8_t *b, int64_t n, uint8_t *out) noexcept nogi
     cdef uint32_t t
     cdef int bits
     while True:
-        if nb <= 56 and i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
-            acc |= _load_be64(b + i) >> nb
-            i += (63 - nb) >> 3
-            nb |= 56
-        while nb <= 56 and i < n:
-            acc |= <uint64_t>b[i] << (56 - nb)
-            nb += 8
-            i += 1
-        if nb == 0:
-            return k
+        if nb < HUFF_FAST_BITS:  # refilled only when a step may lack bits (it takes at most HUFF_FAST_BITS)
+            if i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
+                acc |= _load_be64(b + i) >> nb
+                i += (63 - nb) >> 3
+                nb |= 56
+            while nb <= 56 and i < n:
+                acc |= <uint64_t>b[i] << (56 - nb)
+                nb += 8
+                i += 1
+            if nb == 0:
+                return k
         t = HUFF_FAST[acc >> (64 - HUFF_FAST_BITS)]
         bits = t >> 24
         if t and bits <= nb:
