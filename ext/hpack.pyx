@@ -24,10 +24,13 @@ incremental indexing, without indexing, never indexed, and dynamic table
 size updates (up to ``max_table_size``, the largest the decoder accepts).
 The dynamic table is C memory (a ring of entries, each remembering which
 span field its name is, so an indexed header costs no name comparison).
-Huffman strings (Appendix B) are decoded four bits at a time by a state
-machine built at import from the code table (ext/includes/hpack_tables.h):
-one table step per nibble, at most one symbol each (the shortest code has
-five bits).
+Huffman strings (Appendix B) are decoded by a table of the next 12 bits
+(up to two symbols a step), else four bits at a time by a state machine
+built at import from the code table (ext/includes/hpack_tables.h). A
+literal header name Huffman-coded as one of the names spans read or gRPC
+peers send anew on every call (grpc-timeout, traceparent) is known by its
+coding, without decoding it (a string has one coding: its padding is
+fixed).
 
 A decoding error (ValueError naming it from ``decode``; an error code in
 the record from ``decode_headers``) leaves the connection's table unknown:
