@@ -309,7 +309,7 @@ cdef int64_t _name(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, const ui
         j = _int(b, i, n, 7, &length)
         if j >= 0 and length <= n - j and length <= KNOWN_LEN:
             for e in range(KNOWN_FIRST[length], KNOWN_FIRST[length + 1]):
-                if memcmp(KNOWN[e].enc, b + j, length) == 0:
+                if KNOWN[e].enc[0] == b[j] and memcmp(KNOWN[e].enc, b + j, length) == 0:
                     name[0] = KNOWN[e].plain
                     nlen[0] = KNOWN[e].plen
                     field[0] = KNOWN[e].field
