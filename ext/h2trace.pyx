@@ -108,6 +108,8 @@ cdef struct conn_t:
     uint8_t req_op         # TRACE_OP_* of the requests (the preface's)
     uint8_t midstream      # its preface not seen: HPACK tables partial (hstate_t.partial)
     int32_t streams        # open streams
+    uint32_t last_sid      # the stream last looked up (0: none) and its pool index: a call's
+    int32_t last_si        # frames are mostly of one stream, looked up several times each
     dir_t d[2]             # 0 requests' direction, 1 responses'
 
 # one stream: while open in the tracker, and as a span row (SPAN_DTYPE)
@@ -537,7 +539,7 @@ cdef class H2Tracker:
         if d.hp != NULL and not d.hp.error:
             d.hp.error = E_LOST
         if w == 1 and d.hstream and d.hflags & H2_FLAG_END_STREAM:
-            s = self._stream(c.sk, d.hstream)
+            s = self._stream(c, d.hstream)
             if s != NULL:
                 self._finish(c, s, d.fts)
         d.hstream = 0
@@ -550,6 +552,7 @@ cdef class H2Tracker:
         cdef int64_t L = m.bytes, cap = m.cap_len if m.cap_len < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
         cdef int64_t off = 0, take, have
         cdef h2_frame_t f
+        cdef const uint8_t *fh
         if cap > L:
             cap = L
         if d.lost:
@@ -581,18 +584,23 @@ cdef class H2Tracker:
                 d.fseq = m.seq + <uint32_t>off
                 d.fseq_unknown = m.seq_unknown
                 d.frec = r
-            take = 9 - d.fhdr_n
-            if take > cap - off:
-                take = cap - off
-            memcpy(d.fhdr + d.fhdr_n, m.payload + off, take)
-            d.fhdr_n += <uint8_t>take
-            off += take
-            if d.fhdr_n < 9:
-                if off < L:     # cut by the capture, not by the call
-                    self._lose(c, w, counts)
-                return
-            d.fhdr_n = 0
-            if not h2_frame_header(d.fhdr, &f):
+            if d.fhdr_n == 0 and off + 9 <= cap:
+                fh = m.payload + off  # the whole frame header in this call: read in place
+                off += 9
+            else:
+                take = 9 - d.fhdr_n
+                if take > cap - off:
+                    take = cap - off
+                memcpy(d.fhdr + d.fhdr_n, m.payload + off, take)
+                d.fhdr_n += <uint8_t>take
+                off += take
+                if d.fhdr_n < 9:
+                    if off < L:     # cut by the capture, not by the call
+                        self._lose(c, w, counts)
+                    return
+                d.fhdr_n = 0
+                fh = d.fhdr
+            if not h2_frame_header(fh, &f):
                 self._lose(c, w, counts)
                 return
             d.ftype = f.type
@@ -604,7 +612,6 @@ cdef class H2Tracker:
             d.fts = m.ts_ns
             d.fgen = self.gen
             if f.type == H2_HEADERS:
-                memcpy(d.block_head, m, SPAN_MSG_MIN_SIZE)
                 d.hstream = f.stream
                 d.hflags = f.flags
             self._frame_start(c, w, m, counts)
@@ -613,14 +620,25 @@ cdef class H2Tracker:
                 d.collect = 0
                 self._break(c, w)   # (a HEADERS on a broken table: its END_STREAM still counts)
             d.body.n = 0
+            if f.type == H2_HEADERS and d.collect and not (off + f.length <= cap and f.flags & H2_FLAG_END_HEADERS):
+                # its block may end a step later, when this record is gone
+                # (a whole block is decoded below, its record at hand)
+                memcpy(d.block_head, m, SPAN_MSG_MIN_SIZE)
             if d.collect and off + f.length <= cap:
                 # the whole body in this call's capture (the common case): read in place
                 d.collect = 0
                 self._frame_body(c, w, m.payload + off, f.length, R, rr, counts)
 
-    cdef stream_t *_stream(self, uint64_t sk, uint32_t id) noexcept nogil:
-        cdef int32_t i = _ix_get(&self.streams_ix, sk, id)
-        return <stream_t *>self.streams.items + i if i >= 0 else NULL
+    cdef stream_t *_stream(self, conn_t *c, uint32_t id) noexcept nogil:
+        cdef int32_t i
+        if id == c.last_sid and id:
+            return <stream_t *>self.streams.items + c.last_si
+        i = _ix_get(&self.streams_ix, c.sk, id)
+        if i < 0:
+            return NULL
+        c.last_sid = id
+        c.last_si = i
+        return <stream_t *>self.streams.items + i
 
     cdef void _frame_start(self, conn_t *c, int w, const span_msg *m, int64_t *counts) noexcept nogil:
         """A frame header was read: counts, DATA's and RST_STREAM's ends."""
@@ -628,7 +646,7 @@ cdef class H2Tracker:
         cdef stream_t *s
         if d.fstream == 0:
             return
-        s = self._stream(c.sk, d.fstream)
+        s = self._stream(c, d.fstream)
         if s == NULL:
             return
         if w == 0:
@@ -651,6 +669,8 @@ cdef class H2Tracker:
         _pool_give(&self.streams, <int32_t>(<char *>s - self.streams.items) // <int32_t>sizeof(stream_t))
         s.sk = 0
         _ix_del(&self.streams_ix, c.sk, id)
+        if c.last_sid == id:
+            c.last_sid = 0
         c.streams -= 1
 
     cdef void _frame_body(self, conn_t *c, int w, const uint8_t *p, int64_t n, uint8_t *R, uint8_t rr,
@@ -719,15 +739,19 @@ cdef class H2Tracker:
         d.hstream = 0
         if d.block_stream == 0:   # PUSH_PROMISE: its table changes only
             return
-        s = self._stream(c.sk, d.block_stream)
+        s = self._stream(c, d.block_stream)
         if w == 0:
             if s != NULL or not (d.block_stream & 1):
                 return  # the request's trailers; a stream the server opened
             si = _pool_take(&self.streams)
             if si < 0 or _ix_put(&self.streams_ix, c.sk, d.block_stream, si):
                 return
+            c.last_sid = d.block_stream
+            c.last_si = si
             s = <stream_t *>self.streams.items + si
-            memset(s, 0, sizeof(stream_t))
+            # the numbers zeroed; the strings are read to their lengths and
+            # head is written before it is read (a 608-byte memset otherwise)
+            memset(s, 0, offset_of(s, &s.method))
             s.sk = c.sk
             s.id = d.block_stream
             s.req_rec = d.block_rec if here else -1
@@ -783,6 +807,8 @@ cdef class H2Tracker:
                     _pool_give(&self.streams, i)
                     s.sk = 0
                     _ix_del(&self.streams_ix, c.sk, s.id)
+                    if c.last_sid == s.id:
+                        c.last_sid = 0
                     c.streams -= 1
         _ix_del(&self.conns_ix, c.sk, 0)
         if self.last_sk == c.sk:
@@ -813,6 +839,8 @@ cdef class H2Tracker:
                     ci = _ix_get(&self.conns_ix, s.sk, 0)
                     if ci >= 0:
                         (<conn_t *>self.conns.items + ci).streams -= 1
+                        if (<conn_t *>self.conns.items + ci).last_sid == s.id:
+                            (<conn_t *>self.conns.items + ci).last_sid = 0
                     _ix_del(&self.streams_ix, s.sk, s.id)
                     _pool_give(&self.streams, i)
                     s.sk = 0

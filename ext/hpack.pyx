@@ -24,10 +24,13 @@ incremental indexing, without indexing, never indexed, and dynamic table
 size updates (up to ``max_table_size``, the largest the decoder accepts).
 The dynamic table is C memory (a ring of entries, each remembering which
 span field its name is, so an indexed header costs no name comparison).
-Huffman strings (Appendix B) are decoded four bits at a time by a state
-machine built at import from the code table (ext/includes/hpack_tables.h):
-one table step per nibble, at most one symbol each (the shortest code has
-five bits).
+Huffman strings (Appendix B) are decoded by a table of the next 12 bits
+(up to two symbols a step), else four bits at a time by a state machine
+built at import from the code table (ext/includes/hpack_tables.h). A
+literal header name Huffman-coded as one of the names spans read or gRPC
+peers send anew on every call (grpc-timeout, traceparent) is known by its
+coding, without decoding it (a string has one coding: its padding is
+fixed).
 
 A decoding error (ValueError naming it from ``decode``; an error code in
 the record from ``decode_headers``) leaves the connection's table unknown:
@@ -248,13 +251,84 @@ def _init_huffman_fast():
 _init_huffman_fast()
 
 
+# names known Huffman-coded: a literal header name of a block is compared as
+# it is coded (a string has one Huffman coding: the padding is fixed) with
+# the codings of the names a span reads and of common ones, and needs no
+# decoding nor _field_of when it is one of them (gRPC peers send
+# grpc-timeout and traceparent as new literal names on every call)
+DEF KNOWN_MAX = 96
+DEF KNOWN_LEN = 40   # longest coding (and plain name) kept
+
+cdef struct known_t:
+    uint8_t enc[KNOWN_LEN]
+    uint8_t plain[KNOWN_LEN]
+    int plen
+    uint8_t field
+
+cdef known_t KNOWN[KNOWN_MAX]
+cdef int KNOWN_FIRST[KNOWN_LEN + 2]  # KNOWN[KNOWN_FIRST[l]:KNOWN_FIRST[l + 1]]: codings l bytes long
+
+
+def _huffman_encode(bytes name):
+    cdef int c
+    acc = nb = 0
+    for c in name:
+        acc = acc << HPACK_HUFFMAN_BITS[c] | HPACK_HUFFMAN_CODE[c]
+        nb += HPACK_HUFFMAN_BITS[c]
+    pad = -nb % 8
+    return (acc << pad | (1 << pad) - 1).to_bytes((nb + pad) // 8, "big")
+
+
+def _init_known():
+    from dkebpf._tracectx import HEADER_NAMES
+    names = [HPACK_STATIC_NAME[i] for i in range(1, 62)] + list(HEADER_NAMES) + [
+        b"grpc-message", b"grpc-status", b"grpc-timeout", b"grpc-encoding", b"grpc-accept-encoding", b"te"]
+    codings = sorted({(_huffman_encode(nm), nm) for nm in names if len(nm) < KNOWN_LEN})
+    codings = sorted((c for c in codings if len(c[0]) <= KNOWN_LEN), key=lambda c: len(c[0]))[:KNOWN_MAX]
+    for e, (enc, nm) in enumerate(codings):
+        for k in range(len(enc)):
+            KNOWN[e].enc[k] = enc[k]
+        for k in range(len(nm)):
+            KNOWN[e].plain[k] = nm[k]
+        KNOWN[e].plen = len(nm)
+        KNOWN[e].field = _field_of(<const uint8_t *><const char *>nm, len(nm))
+    for length in range(KNOWN_LEN + 2):
+        KNOWN_FIRST[length] = sum(1 for c in codings if len(c[0]) < length)
+
+
+_init_known()
+
+
+cdef int64_t _name(hstate_t *s, const uint8_t *b, int64_t i, int64_t n, const uint8_t **name, int *nlen,
+                   uint8_t *field) noexcept nogil:
+    """The literal name at b[i] -> name (and its field); the index after
+    it, or -E_* (as _string)."""
+    cdef int64_t length, j
+    cdef int e
+    if i < n and b[i] & 0x80:
+        j = _int(b, i, n, 7, &length)
+        if j >= 0 and length <= n - j and length <= KNOWN_LEN:
+            for e in range(KNOWN_FIRST[length], KNOWN_FIRST[length + 1]):
+                if KNOWN[e].enc[0] == b[j] and memcmp(KNOWN[e].enc, b + j, length) == 0:
+                    name[0] = KNOWN[e].plain
+                    nlen[0] = KNOWN[e].plen
+                    field[0] = KNOWN[e].field
+                    return j + length
+    i = _string(s, b, i, n, &s.hname, name, nlen)
+    if i >= 0:
+        field[0] = _field_of(name[0], nlen[0])
+    return i
+
+
 # ------------------------------------------------------------------- state
 
 # entry_t, hstate_t: declared in ext/includes/dkebpf/_hpack.pxd
 
 
 cdef void _evict(hstate_t *s) noexcept nogil:
-    cdef int oldest = (s.head - s.count + 1 + s.cap) % s.cap
+    cdef int oldest = s.head - s.count + 1  # (ring positions wrap by a compare, not a division)
+    if oldest < 0:
+        oldest += s.cap
     s.size -= s.ring[oldest].nlen + s.ring[oldest].vlen + 32
     free(s.ring[oldest].blob)
     s.count -= 1
@@ -298,7 +372,9 @@ cdef int _add(hstate_t *s, const uint8_t *name, int nlen, const uint8_t *value, 
     if s.count == s.cap and _grow(s):
         free(blob)
         return E_NOMEM
-    s.head = (s.head + 1) % s.cap
+    s.head += 1
+    if s.head == s.cap:
+        s.head = 0
     s.ring[s.head].blob = blob
     s.ring[s.head].nlen = nlen
     s.ring[s.head].vlen = vlen
@@ -324,7 +400,9 @@ cdef int _lookup(hstate_t *s, int64_t index, const uint8_t **name, int *nlen, co
         s.err_a = index
         s.err_b = s.count
         return E_INDEX
-    slot = (s.head - <int>(index - 62) + s.cap) % s.cap
+    slot = s.head - <int>(index - 62)  # index - 62 < count <= cap
+    if slot < 0:
+        slot += s.cap
     name[0] = s.ring[slot].blob
     nlen[0] = s.ring[slot].nlen
     value[0] = s.ring[slot].blob + s.ring[slot].nlen
@@ -386,16 +464,17 @@ cdef int64_t _huff_fast(const uint8_t *b, int64_t n, uint8_t *out) noexcept nogi
     cdef uint32_t t
     cdef int bits
     while True:
-        if nb <= 56 and i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
-            acc |= _load_be64(b + i) >> nb
-            i += (63 - nb) >> 3
-            nb |= 56
-        while nb <= 56 and i < n:
-            acc |= <uint64_t>b[i] << (56 - nb)
-            nb += 8
-            i += 1
-        if nb == 0:
-            return k
+        if nb < HUFF_FAST_BITS:  # refilled only when a step may lack bits (it takes at most HUFF_FAST_BITS)
+            if i + 8 <= n:  # eight bytes at once, big-endian, as many as fit
+                acc |= _load_be64(b + i) >> nb
+                i += (63 - nb) >> 3
+                nb |= 56
+            while nb <= 56 and i < n:
+                acc |= <uint64_t>b[i] << (56 - nb)
+                nb += 8
+                i += 1
+            if nb == 0:
+                return k
         t = HUFF_FAST[acc >> (64 - HUFF_FAST_BITS)]
         bits = t >> 24
         if t and bits <= nb:
@@ -610,11 +689,10 @@ cdef int _decode_block(hstate_t *s, const uint8_t *b, int64_t n, sink_t *k) noex
                 elif err:
                     break
             else:
-                i = _string(s, b, i, n, &s.hname, &name, &nlen)
+                i = _name(s, b, i, n, &name, &nlen, &field)
                 if i < 0:
                     err = <int>-i
                     break
-                field = _field_of(name, nlen)
             i = _string(s, b, i, n, &s.hvalue, &value, &vlen)
             if i < 0:
                 err = <int>-i

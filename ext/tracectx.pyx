@@ -34,6 +34,7 @@ id being its low 64 bits (what dd-trace uses for a W3C trace).
 ``tests/reference/tracectx_ref.py`` holds the same rules in plain Python.
 """
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint64_t
+from libc.string cimport memcpy
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +61,7 @@ cdef enum:
 cdef const char *NAMES[CTX_HEADERS]
 NAMES[:] = [b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid", b"x-b3-sampled", b"x-b3-flags",
             b"x-datadog-trace-id", b"x-datadog-parent-id", b"x-datadog-sampling-priority"]
+HEADER_NAMES = tuple(NAMES[h] for h in range(CTX_HEADERS))  # (the HPACK decoder knows them encoded)
 
 cdef const char *HEX = b"0123456789abcdef"
 
@@ -71,12 +73,42 @@ cdef inline int _hexval(uint8_t c) noexcept nogil:
     return HEXVAL[c]
 
 
+cdef inline uint64_t _ge(uint64_t x, uint64_t lo) noexcept nogil:
+    """Per byte of x (each < 0x80): 0x80 where it is >= lo, else 0 (no
+    carry crosses a byte: at most 0x7F + 0x80 - lo)."""
+    return (x + (0x80 - lo) * 0x0101010101010101ULL) & 0x8080808080808080ULL
+
+
+cdef inline bint _hex8(const uint8_t *p, uint64_t *out) noexcept nogil:
+    """The 8 hex digits p[0:8] -> out, all bytes at once (a traceparent
+    has 52 digits, a table lookup and a branch each otherwise)."""
+    cdef uint64_t x, y, digit, alpha, n
+    memcpy(&x, p, 8)  # little-endian: the first digit in the low byte
+    if x & 0x8080808080808080ULL:
+        return False
+    y = x | 0x2020202020202020ULL  # A-F to a-f (digits already have the bit)
+    digit = _ge(x, 0x30) & ~_ge(x, 0x3A)
+    alpha = _ge(y, 0x61) & ~_ge(y, 0x67)
+    if (digit | alpha) != 0x8080808080808080ULL:
+        return False
+    n = (y & 0x0F0F0F0F0F0F0F0FULL) + (alpha >> 7) * 9  # each byte its digit's value
+    n = ((n & 0x000F000F000F000FULL) << 4) | ((n >> 8) & 0x000F000F000F000FULL)  # 16-bit lanes: 2 digits
+    n = ((n & 0x000000FF000000FFULL) << 8) | ((n >> 16) & 0x000000FF000000FFULL)  # 32-bit lanes: 4 digits
+    out[0] = ((n & 0xFFFF) << 16) | ((n >> 32) & 0xFFFF)
+    return True
+
+
 cdef bint _hex(const uint8_t *p, int n, uint64_t *out) noexcept nogil:
     """p[0:n] (1..16 hex digits) -> out; False if not hex."""
-    cdef uint64_t v = 0
+    cdef uint64_t v = 0, lo
     cdef int i, d
     if n < 1 or n > 16:
         return False
+    if n == 16:
+        if not (_hex8(p, &v) and _hex8(p + 8, &lo)):
+            return False
+        out[0] = v << 32 | lo
+        return True
     for i in range(n):
         d = _hexval(p[i])
         if d < 0:
