@@ -326,7 +326,7 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 		}
 		s->ev.cap_len = cap;
 		span_h2_mark(tc, &s->ev, start);
-		span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
+		span_msg_send(&trace_events, &s->ev, !tc->whole, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
 	}
 	span_call_end(tc, op, due, start, n, now);
 }

@@ -26,7 +26,9 @@
  * of a run whose first call moved fewer than TRACE_SHORT_START bytes: its
  * payload continues the start's (Go's net/http server reads one byte
  * ahead to notice a closed connection, so a request's first read is 1
- * byte and its request line comes with the second). */
+ * byte and its request line comes with the second); or any later call of
+ * a run on a connection that pipelines (trace_conn.whole: responses
+ * written one call each). */
 #define TRACE_SHORT_START 16
 
 /* span_msg.more on an HTTP/2 connection (trace_conn.h2: the client preface
@@ -104,6 +106,11 @@ struct trace_conn {
 	                   * sets it): its calls are only counted, no record
 	                   * but the close */
 	__u8 h2;          /* the HTTP/2 client preface was seen: every call is sent */
+	__u8 whole;       /* user space saw it pipeline (TracePlugin sets it): an
+	                   * HTTP/1.x response keeps its payload, not only its
+	                   * status line (TRACE_STATUS_KEEP), for the lengths
+	                   * of the responses in it */
+	__u8 _pad[3];
 	__u32 rec_off;    /* TLS plaintext (bpf/tls.bpf.c): bytes of the TLS record
 	                   * being read that SSL_reads returned so far (0: the
 	                   * last read ended its record) */

@@ -15,10 +15,12 @@
 #include "drops.bpf.h"
 #include "ring_wake.bpf.h"
 
+/* the ring's declared size; user space sets the real one (bpf_objects.TRACE) */
 #define TRACE_EVENTS_RING_BYTES (1 << 24)
 /* user space takes records once per interval: wake it only when this much
- * waits (include/ring_wake.bpf.h) */
-#define TRACE_EVENTS_WAKE_BYTES (TRACE_EVENTS_RING_BYTES / 16)
+ * waits (include/ring_wake.bpf.h); set by user space from the ring's real
+ * size (bpf_objects.TRACE_WAKE_BYTES) */
+const volatile __u32 trace_wake_bytes = 1 << 20;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -91,8 +93,10 @@ static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops,
 static __always_inline int span_due(const struct trace_conn *tc, __u8 op, int *start)
 {
 	*start = tc->last_op != op;
-	/* on an HTTP/2 connection every call (frames of many streams interleave) */
-	return (*start || tc->short_start || tc->h2) && !tc->ignored;
+	/* on an HTTP/2 connection every call (frames of many streams
+	 * interleave); on one that pipelines (trace_conn.whole) too: the
+	 * messages of a run written call by call continue its start's payload */
+	return (*start || tc->short_start || tc->h2 || tc->whole) && !tc->ignored;
 }
 
 /* span_msg.more of a due record (include/trace.h) */
@@ -209,21 +213,22 @@ static __always_inline void span_msg_fill(struct span_msg *ev, const struct trac
 	dpc[1] = pc[1];
 }
 
-/* Send a filled record (payload copied, cap_len set) to the ring. An
+/* Send a filled record (payload copied, cap_len set) to the ring. With
+ * `trim_status` (a connection not seen pipelining: trace_conn.whole) an
  * HTTP/1.x response keeps its status line only: user space reads nothing
  * else of it, the headers and body would only fill the ring
  * (include/trace.h: TRACE_STATUS_KEEP). */
-static __always_inline void span_msg_send(void *ring, struct span_msg *ev, __u32 *unqueried, void *drops,
-					  __u32 drop_idx)
+static __always_inline void span_msg_send(void *ring, struct span_msg *ev, int trim_status, __u32 *unqueried,
+					  void *drops, __u32 drop_idx)
 {
-	if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
+	if (trim_status && ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
 		ev->cap_len = TRACE_STATUS_KEEP;
 	/* the mask restated past a barrier: clang would otherwise drop it (it
 	 * knows cap_len's bound, the verifier does not after its reloads) */
 	__u32 cap = ev->cap_len;
 	asm volatile("" : "+r"(cap));
 	__u32 size = SPAN_MSG_MIN_SIZE + (cap & (2 * TRACE_PAYLOAD_MAX - 1));
-	__u64 flag = ring_wake_flag(ring, unqueried, size, TRACE_EVENTS_WAKE_BYTES);
+	__u64 flag = ring_wake_flag(ring, unqueried, size, trace_wake_bytes);
 	if (bpf_ringbuf_output(ring, ev, size, flag))
 		count_drop(drops, drop_idx);
 }
@@ -247,7 +252,7 @@ static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unquer
 		ev->ts_last_send = tc->ts_last_send;
 		ev->ts_last_recv = tc->ts_last_recv;
 		ev->op = TRACE_OP_CLOSE;
-		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, TRACE_EVENTS_WAKE_BYTES));
+		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, trace_wake_bytes));
 	} else {
 		count_drop(drops, drop_idx);
 	}

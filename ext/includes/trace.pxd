@@ -27,6 +27,7 @@ cdef extern from "include/trace.h" nogil:
         unsigned char short_start
         unsigned char ignored
         unsigned char h2
+        unsigned char whole
 
     cdef struct span_msg:
         unsigned long long ts_ns

@@ -445,3 +445,68 @@ def test_connection_of_unknown_protocol_stops_sending_records(plugin, apps):
     assert plugin.counters()["trace_connections_ignored"] >= 2
     # the last second of the exchange sent nothing
     assert not starts or (max(starts) < time.monotonic_ns() - 1_000_000_000)
+
+
+# Four HTTP/1.1 requests in one write, twice on one connection (2.5 s
+# apart: the collector has seen the first pipeline and told the kernel to
+# keep this connection's responses whole and send each of their calls);
+# each time the four responses read at once. argv: port.
+HTTP_PIPELINE_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for tag in (b"a", b"b"):
+    s.sendall(b"".join(b"GET /item/%s%d HTTP/1.1\r\nHost: t\r\n\r\n" % (tag, i) for i in range(4)))
+    time.sleep(0.5)  # all four answered: one read takes them
+    got = b""
+    while not (got.count(b"\r\n\r\n") == 4 and got.endswith(b"v-%s3" % tag)):
+        got += s.recv(65536)
+    time.sleep(2.5)
+s.close()
+"""
+
+
+def test_http_pipeline_one_span_per_request_at_both_ends(plugin, apps):
+    """A client pipelining four requests to the threaded Python server
+    (which answers each with a header write and a body write, calling
+    redis-server in between): once the connection is known to pipeline,
+    four client spans and four server spans, each with its own path,
+    status and sequence numbers, the two ends meeting on them; the
+    server's Redis calls made while the four were open get no parent
+    (which request they serve cannot be told), never a wrong one."""
+    import sys
+
+    from support.trace_apps import start_after
+
+    cli = start_after(2.5, [sys.executable, "-c", HTTP_PIPELINE_CLIENT, str(apps.web_port)], apps.env)
+    cp, web = str(cli.pid), str(apps.web.pid)
+    second = [f"/item/b{i}" for i in range(4)]
+
+    def done(rows):
+        return sum(r["pid"] == cp and r.get("http_route") in second for r in rows) >= 4 and \
+            sum(r["pid"] == web and r.get("http_route") in second for r in rows) >= 4
+
+    rows = spans_until(plugin, done, timeout=25)
+    assert cli.wait(10) == 0
+    client = sorted((r for r in rows if r["pid"] == cp and r.get("http_route") in second),
+                    key=lambda r: r["req_seq"])
+    server = sorted((r for r in rows if r["pid"] == web and r.get("http_route") in second),
+                    key=lambda r: r["req_seq"])
+    assert [r["http_route"] for r in client] == second and [r["http_route"] for r in server] == second
+    assert [r["http_status_code"] for r in client + server] == ["200"] * 8
+    assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+    assert len({r["req_seq"] for r in client}) == 4 and len({r["resp_seq"] for r in client}) == 4
+    assert [r["direction"] for r in client + server] == ["outgoing"] * 4 + ["incoming"] * 4
+    # each request its own bytes: its line and Host header; its response its own
+    assert [r["bytes_written"] for r in client] == [len(b"GET /item/b0 HTTP/1.1\r\nHost: t\r\n\r\n")] * 4
+    assert len({r["bytes_read"] for r in client}) == 1 and client[0]["bytes_read"] < 300
+    # the server's entries: ids of their own; its Redis calls of the second
+    # round (SET/GET b0..b3, made while the four were open) none of them
+    ids = {r["thread_trace_id"] for r in server}
+    assert len(ids) == 4
+    calls = [r for r in rows if r["pid"] == web and r["direction"] == "outgoing" and r["ktime"] >= server[0]["ktime"]]
+    assert len(calls) == 8 and not ids & {r["thread_trace_id"] for r in calls}
+    c = plugin.counters()
+    assert c["trace_connections_pipelining"] >= 2 and c["trace_pipelined_calls"] >= 2
+    # (the calls after the first response began are past the entry's end as
+    # far as linking knows, with no response after it: roots, not ambiguous)
+    assert c["trace_exits_ambiguous_parent"] >= 2
