@@ -25,7 +25,8 @@
  *   TRACE_MORE_H2_CALL), with up to TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP
  *   iovecs copied (bpf_loop). A connection user space gave up on
  *   (no protocol it knows in its first message starts: TLS, ssh, ...) is
- *   flagged `ignored` in trace_conns by it: only counted from then on.
+ *   flagged `ignored` by it (trace_flags, read at a message start): only
+ *   counted from then on.
  * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
  *   ends the last message of the socket.
  * tp_btf/sched_process_fork: a new process inherits its parent's entry in

@@ -190,7 +190,7 @@ TRACE_WAKE_BYTES = TRACE_RING_BYTES // TRACE_WAKE_SHARE
 # reader's buffer.
 TRACE = ObjectSpec(
     "trace", knobs=("ipv6_disabled", "self_tgid", "trace_all", "trace_wake_bytes"),
-    maps=("trace_pids", "trace_conns"),
+    maps=("trace_pids", "trace_conns", "trace_flags"),
     rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE, max_bytes=TRACE_RING_BYTES),),
     drops="drops", drop_names=MappingProxyType(_trace.DROP_NAMES), drop_prefix="kernel_drop_trace_")
 
@@ -205,13 +205,13 @@ TRACE_GO = ObjectSpec(
 
 # ebpf-trace's TLS spans: tls.bpf.c again, with trace_spans set: the
 # plaintext of OpenSSL calls of traced processes as struct span_msg records
-# into trace.bpf.o's ring, on its trace_pids and trace_conns (all three
+# into trace.bpf.o's ring, on its trace_pids, trace_conns and trace_flags (all four
 # reused from TRACE's loaded object: start(reuse=...)), socket keys tagged
 # TLS_SK_TAG. Its http `events` ring is left at its declared page.
 TLS_TRACE = ObjectSpec(
     "tls", knobs=("ipv6_disabled", "self_tgid", "trace_spans", "trace_all", "trace_wake_bytes"),
     attach=TLS.attach, programs=TLS.programs,
-    maps=("trace_pids", "trace_conns", "trace_events"),
+    maps=("trace_pids", "trace_conns", "trace_flags", "trace_events"),
     drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_trace_tls_",
     not_losses=_records.HTTP_NOT_LOSSES, count_prefix="kernel_trace_tls_")
 
@@ -222,7 +222,8 @@ def tls_trace_start(trace_bpf, trace_all):
     knobs, and the maps it shares (tls.bpf.c's name -> trace.bpf.c's fd)."""
     m = trace_bpf.maps
     return {"knobs": {"trace_spans": 1, "trace_all": int(trace_all), "trace_wake_bytes": TRACE_WAKE_BYTES},
-            "reuse": {"trace_events": m.events.fd, "trace_pids": m.trace_pids.fd, "trace_conns": m.trace_conns.fd}}
+            "reuse": {"trace_events": m.events.fd, "trace_pids": m.trace_pids.fd, "trace_conns": m.trace_conns.fd,
+                      "trace_flags": m.trace_flags.fd}}
 
 
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE, TRACE_GO)}

@@ -46,7 +46,7 @@ cnp.import_array()
 
 __all__ = ["MSG_DTYPE", "MSG_MIN_SIZE", "DROP_NAMES", "SPAN_DTYPE", "CONN_DTYPE",
            "pair", "link_threads", "payloads", "http_lines", "slices", "split_pipelines", "PIPE_DTYPE", "PROTO_NAMES", "TRACE_CONN_DTYPE",
-           "PROTO_GIVEN_UP"]
+           "TRACE_FLAGS_DTYPE", "FLAG_IGNORED", "FLAG_WHOLE", "PROTO_GIVEN_UP"]
 
 OP_SEND = TRACE_OP_SEND
 OP_RECV = TRACE_OP_RECV
@@ -55,7 +55,8 @@ PID_TRACED = TRACE_PID_TRACED
 PID_EXCLUDED = TRACE_PID_EXCLUDED
 
 cdef trace_conn _tc
-# the value of the kernel's trace_conns map (TracePlugin sets `ignored`)
+# the value of the kernel's trace_conns map: read only (TracePlugin reads
+# `born`); never written back from here (include/trace.h)
 TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("sent", "<u8", offset_of(&_tc, &_tc.sent)),
     ("recv", "<u8", offset_of(&_tc, &_tc.recv)),
@@ -64,8 +65,20 @@ TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("last_op", "u1", offset_of(&_tc, &_tc.last_op)),
     ("short_start", "u1", offset_of(&_tc, &_tc.short_start)),
     ("ignored", "u1", offset_of(&_tc, &_tc.ignored)),
+    ("h2", "u1", offset_of(&_tc, &_tc.h2)),
     ("whole", "u1", offset_of(&_tc, &_tc.whole)),
+    ("rec_off", "<u4", offset_of(&_tc, &_tc.rec_off)),
+    ("born", "<u8", offset_of(&_tc, &_tc.born)),
 ], sizeof(trace_conn))
+cdef trace_flags _tf
+# the value of the kernel's trace_flags map, which TracePlugin writes (a
+# value made with np.zeros: its padding is sent too)
+TRACE_FLAGS_DTYPE = _records._dtype("trace_flags", [
+    ("born", "<u8", offset_of(&_tf, &_tf.born)),
+    ("bits", "<u4", offset_of(&_tf, &_tf.bits)),
+], sizeof(trace_flags))
+FLAG_IGNORED = TRACE_FLAG_IGNORED
+FLAG_WHOLE = TRACE_FLAG_WHOLE
 PAYLOAD_MAX = TRACE_PAYLOAD_MAX
 MSG_MIN_SIZE = SPAN_MSG_MIN_SIZE
 

@@ -2,7 +2,7 @@
  * (BPF side only): bpf/trace.bpf.c for plaintext socket calls and
  * bpf/tls.bpf.c (trace_spans set) for the plaintext of OpenSSL calls. Both
  * objects hold the same maps (user space loads trace.bpf.o first and hands
- * its trace_pids, trace_conns and events to tls.bpf.o: BpfSkeleton.start's
+ * its trace_pids, trace_conns, trace_flags and events to tls.bpf.o: BpfSkeleton.start's
  * reuse), so one process list, one connection table and one ring serve
  * both, and each record is filled here, the same way for both.
  *
@@ -35,6 +35,18 @@ struct {
 	__type(key, __u64); /* struct sock *, | TLS_SK_TAG for the plaintext of its TLS */
 	__type(value, struct trace_conn);
 } trace_conns SEC(".maps");
+
+/* User space's flags of a connection (include/trace.h: struct
+ * trace_flags), apart from trace_conns so that user space never writes
+ * the kernel's entries. Few entries (the connections given up on or
+ * pipelining): allocated on demand. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); /* trace_conns' key */
+	__type(value, struct trace_flags);
+} trace_flags SEC(".maps");
 
 /* The record under construction (per CPU), with slack after the payload
  * so that any copy starting below TRACE_PAYLOAD_MAX of at most
@@ -77,13 +89,37 @@ static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops,
 	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
 	if (tc)
 		return tc;
-	struct trace_conn init = {};
+	struct trace_conn init = {.born = bpf_ktime_get_ns()};
 	/* a miss of BPF_NOEXIST is another CPU that made it meanwhile */
 	bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST);
 	tc = bpf_map_lookup_elem(&trace_conns, &key);
 	if (!tc)
 		count_drop(drops, drop_idx);
 	return tc;
+}
+
+/* At a message start: user space's flags of the connection (trace_flags)
+ * into its entry, once they are there (one lookup per message start, none
+ * once the connection is ignored: nothing more can change for it). A flag
+ * whose `born` is not this entry's was written for an earlier socket at
+ * this address (it closed between user space's look at trace_conns and
+ * its write): it goes, unapplied. */
+static __always_inline void span_flags_apply(__u64 key, struct trace_conn *tc)
+{
+	if (tc->ignored)
+		return;
+	struct trace_flags *f = bpf_map_lookup_elem(&trace_flags, &key);
+	if (!f)
+		return;
+	if (f->born != tc->born) {
+		bpf_map_delete_elem(&trace_flags, &key);
+		return;
+	}
+	__u32 bits = f->bits;
+	if (bits & TRACE_FLAG_IGNORED)
+		tc->ignored = 1;
+	if (bits & TRACE_FLAG_WHOLE)
+		tc->whole = 1;
 }
 
 /* A call in direction op on the connection tc: does it start a message
@@ -137,6 +173,8 @@ static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64
 	struct trace_conn *tc = trace_conn_get(key, drops, conns_drop);
 	if (!tc)
 		return 0;
+	if (tc->last_op != op) /* a message start (span_due) */
+		span_flags_apply(key, tc);
 	*due = span_due(tc, op, start);
 	if (*due) {
 		__u32 zero = 0;
@@ -234,7 +272,8 @@ static __always_inline void span_msg_send(void *ring, struct span_msg *ev, int t
 }
 
 /* The end of a connection in trace_conns (key): a TRACE_OP_CLOSE record
- * with its final counters, and its entry goes. Possibly softirq context:
+ * with its final counters, and its entries go (trace_conns, trace_flags:
+ * a later socket at the same address starts unflagged). Possibly softirq context:
  * no process, no tuple (user space knows the connection by its key from
  * its earlier records). */
 static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unqueried, void *drops, __u32 drop_idx)
@@ -257,6 +296,10 @@ static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unquer
 		count_drop(drops, drop_idx);
 	}
 	bpf_map_delete_elem(&trace_conns, &key);
+	/* only a connection user space saw can have flags (a flag written
+	 * after this delete, for a socket closed meanwhile, does not match
+	 * the next entry's `born`: span_flags_apply) */
+	bpf_map_delete_elem(&trace_flags, &key);
 }
 
 #endif

@@ -40,7 +40,7 @@ from .tls_probes import TlsProbes
 from .trace_go import GoTracing
 
 try:
-    from .. import _http, _libbpf, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
+    from .. import _http, _mysql, _pgsql, _records, _redis, _sqlnorm, _trace, _tracectx
 except ImportError as exc:  # pragma: no cover - a broken install
     raise BuildError(f"dkebpf's compiled extensions are missing ({exc}); reinstall with pip") from exc
 
@@ -982,8 +982,8 @@ class TracePlugin(Plugin):
 
     def _step_once(self, now_ns):
         msgs, spans = self.builder.step_staged(time.monotonic_ns())
-        self.ignored += self._flag(self.builder.given_up, "ignored")
-        self.whole += self._flag(self.builder.pipelining, "whole")
+        self.ignored += self._flag(self.builder.given_up, _trace.FLAG_IGNORED)
+        self.whole += self._flag(self.builder.pipelining, _trace.FLAG_WHOLE)
         if not len(spans) and not len(self.builder.h2.done):
             return
         table = self.builder.table(msgs, spans, time.time_ns() - time.monotonic_ns())
@@ -997,34 +997,52 @@ class TracePlugin(Plugin):
             self.kept.append(batch)
             self.kept_rows += batch.num_rows
 
-    def _flag(self, sks, field):
-        """Set `field` in these sockets' entries of the kernel's
-        trace_conns: `ignored` (their calls are counted, their message
-        starts, 1 kB each, no longer sent) or `whole` (their HTTP/1.x
-        responses sent whole: they pipeline). One map update per
-        connection (not per message); an entry gone meanwhile (the socket
-        closed) is left alone, so a new socket at that address is not
-        flagged by BPF_EXIST's miss (a socket reused between the step and
-        this update is: a rare miss). Returns how many were flagged."""
+    def _flag(self, sks, bit):
+        """Flag these connections in the kernel's trace_flags (their BPF
+        program copies the bits at their next message start):
+        _trace.FLAG_IGNORED (their calls are counted, their message starts,
+        1 kB each, no longer sent) or FLAG_WHOLE (their HTTP/1.x responses
+        sent whole: they pipeline). trace_conns is only read, for the
+        entry's `born` (which socket at that address is meant), never
+        written: a whole value written back overwrote the kernel's counters
+        and flags of the socket updated meanwhile (and its h2 byte, which
+        the value's dtype did not cover, with whatever the heap held: the
+        pipelining test failed after the unknown-protocol one). A few
+        syscalls per connection flagged (not per message); none for a
+        connection closed (no entry). Returns how many were flagged."""
         if not len(sks) or self.bpf is None:
             return 0
-        m = self.bpf.maps.trace_conns
+        conns, flags = self.bpf.maps.trace_conns, self.bpf.maps.trace_flags
         done = 0
         for sk in sks.tolist():
             key = np.uint64(sk).tobytes()
-            cur = m.lookup(key)
-            if cur is None:
+            born = self._born(conns, key)
+            if born is None:  # closed: nothing to flag
                 continue
-            v = np.frombuffer(cur, _trace.TRACE_CONN_DTYPE).copy()
-            if v[field][0]:
+            v = np.zeros(1, _trace.TRACE_FLAGS_DTYPE)  # zeros: no stray byte in its padding
+            cur = flags.lookup(key)
+            if cur is not None:
+                old = np.frombuffer(cur, _trace.TRACE_FLAGS_DTYPE)[0]
+                if old["born"] == born:
+                    if old["bits"] & bit:
+                        continue
+                    v["bits"] = old["bits"]
+            v["born"] = born
+            v["bits"] |= bit
+            flags.update(key, v.tobytes())
+            # closed between the look and the write (tcp_destroy_sock's
+            # delete came first): the flag is not left behind (the kernel
+            # would not apply it to a later socket there either: `born`)
+            if self._born(conns, key) != born:
+                flags.delete(key)
                 continue
-            v[field] = 1
-            try:
-                m.update(key, v.tobytes(), _libbpf.BPF_EXIST)
-                done += 1
-            except OSError:  # closed in between: nothing to flag
-                pass
+            done += 1
         return done
+
+    @staticmethod
+    def _born(conns, key):
+        cur = conns.lookup(key)
+        return None if cur is None else int(np.frombuffer(cur, _trace.TRACE_CONN_DTYPE)["born"][0])
 
     def collect(self, now_ns):
         self.rescan()
