@@ -11,6 +11,7 @@
  *       (include/http_msg.bpf.h)
  *   uprobe/uretprobe SSL_do_handshake (SSL_connect and SSL_accept call it):
  *       only to learn the socket of an SSL object before its first read
+ *       (with trace_spans: and that its connection is seen from its start)
  *   tp_btf/sock_send_length, tp_btf/sock_recv_length: the socket. OpenSSL
  *       moves ciphertext through its BIO with write/send/read/recv on the
  *       same thread while inside SSL_*; net/socket.c fires these two
@@ -51,10 +52,11 @@
  *     `ignored` in trace_conns at the socket's first SSL call (learn_sock)
  *     so trace.bpf.c only counts it from then on;
  *   - runs, short starts and counters as trace.bpf.c's, per SSL call; a
- *     connection whose first plaintext is the HTTP/2 client preface has
- *     every SSL call sent from then on (trace_conn.h2, as trace.bpf.c's:
- *     span_h2_mark), its buffer's first TRACE_PAYLOAD_MAX bytes (an SSL
- *     call has one buffer: no iovecs);
+ *     connection whose first plaintext is the HTTP/2 client preface, or,
+ *     one older than the tracing, whose message start is whole HTTP/2
+ *     frames (the same rule as trace.bpf.c's: span_h2_mark), has every
+ *     SSL call sent from then on (trace_conn.h2), its buffer's first
+ *     TRACE_PAYLOAD_MAX bytes (an SSL call has one buffer: no iovecs);
  *   - seq: the number both ends of the connection compute for the first
  *     byte of the call: where the TLS record carrying it ends + its offset
  *     in the record's plaintext. SSL_write: the socket's write_seq after
@@ -63,8 +65,13 @@
  *     (OpenSSL reads no further than the record it returns, which ends
  *     there) + what earlier SSL_reads returned of the record when this
  *     one read nothing from the socket and the one before filled its
- *     buffer (the record did not fit: trace_conn.rec_off). HTTP/2's frames
- *     get the call's seq + their offset in it (ext/h2trace.pyx). Not
+ *     buffer (the record did not fit: trace_conn.rec_off). A connection
+ *     whose handshake was not seen (older than the tracing: its entry is
+ *     made at a data call, not at the handshake) does not know that offset
+ *     (trace_conn.rec_unknown) until a read starts a record (it read from
+ *     the socket) or ends one (it did not fill its buffer: the next starts
+ *     one); reads before carry span_msg.seq_unknown, not a guess. HTTP/2's
+ *     frames get the call's seq + their offset in it (ext/h2trace.pyx). Not
  *     covered: OpenSSL's read_ahead (nginx sets it): a read that took
  *     several records from the socket names them all by the last one's
  *     end.
@@ -235,9 +242,21 @@ static __always_inline void trace_ignore_cipher(struct sock *sk)
 {
 	if (!tcp_stream(sk) || !traced(bpf_get_current_pid_tgid() >> 32))
 		return;
-	struct trace_conn *tc = trace_conn_get((__u64)sk, &drops, TLS_DROP_SPAN_CONNS);
+	struct trace_conn *tc = trace_conn_get((__u64)sk, 0, &drops, TLS_DROP_SPAN_CONNS);
 	if (tc)
 		tc->ignored = 1;
+}
+
+/* trace_spans: a handshake on the socket: its plaintext's entry is made
+ * now, its record state known (rec_unknown 0: the first record read will
+ * start at its start). An entry made later, at a data call, is of a
+ * connection older than the tracing (trace_call). enter() took traced
+ * processes only. + not |: the verifier allows no bitwise operation on
+ * the typed pointer (bit 0 is clear: the same). */
+static __always_inline void trace_handshake(struct sock *sk)
+{
+	if (tcp_stream(sk))
+		trace_conn_get((__u64)sk + TLS_SK_TAG, 0, &drops, TLS_DROP_SPAN_CONNS);
 }
 
 /* A socket call on this thread: if the thread is inside an SSL call, the
@@ -257,6 +276,8 @@ static __always_inline void learn_sock(struct sock *sk, int is_send, int ret)
 	if (c->sk == (__u64)sk)
 		return;
 	c->sk = (__u64)sk;
+	if (trace_spans && c->kind == CALL_HANDSHAKE)
+		trace_handshake(sk);
 	struct ssl_key k = {.ssl = c->ssl, .tgid = bpf_get_current_pid_tgid() >> 32};
 	__u64 *known = bpf_map_lookup_elem(&ssl_socks, &k);
 	if (known && *known == (__u64)sk)
@@ -303,19 +324,37 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 	int due, start;
 	struct sock_tuple t = {};
 	struct span_scratch *s;
-	struct trace_conn *tc = span_call_begin(sk, key, op, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
+	/* an entry made here, not at the handshake (trace_handshake): a
+	 * connection older than the tracing, where the record a read
+	 * continues is not known */
+	struct trace_conn *tc = span_call_begin(sk, key, op, 1, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
 	if (!tc)
 		return;
 	/* a read from OpenSSL's buffer alone goes on with the record an
 	 * earlier read began if that one filled its buffer (else it ended
-	 * the record); a read from the socket starts a record */
-	__u32 rec_off = op == TRACE_OP_RECV && !c->recvd ? tc->rec_off : 0;
-	if (op == TRACE_OP_RECV)
+	 * the record); a read from the socket starts a record. Until a read
+	 * starts one (or ends one: the next starts one) on a connection met
+	 * mid-stream, where a read begins in its record is unknown: its seq
+	 * is not sent (span_msg.seq_unknown) rather than a wrong one. */
+	__u32 rec_off = 0;
+	__u8 unknown = 0;
+	if (op == TRACE_OP_RECV) {
+		if (c->recvd) {
+			tc->rec_unknown = 0;
+		} else {
+			rec_off = tc->rec_off;
+			unknown = tc->rec_unknown;
+		}
 		tc->rec_off = n == c->num ? rec_off + n : 0;
+		if (n != c->num)
+			tc->rec_unknown = 0;
+	}
 	if (s) {
 		const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
-		__u32 seq = op == TRACE_OP_RECV ? tp->copied_seq + rec_off : c->sent ? c->seq : tp->write_seq;
+		__u32 seq = op == TRACE_OP_RECV ? (unknown ? 0 : tp->copied_seq + rec_off)
+						: c->sent ? c->seq : tp->write_seq;
 		span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, span_more(tc, start));
+		s->ev.seq_unknown = unknown;
 		__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
 		/* the mask restates the bound for the verifier (the slack takes
 		 * what it lets through), the barrier keeps clang from dropping it */

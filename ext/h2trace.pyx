@@ -28,7 +28,9 @@ frame boundary is lost: it is found again at a call that starts with a
 valid frame header, but its HPACK table is then unknown (a header block
 may have been missed): no new request of that connection gets a span
 rather than a wrong :path. A connection that opened before the tracker saw
-its preface is not followed.
+its preface is followed from a call the kernel flagged (whole frames,
+include/trace_span.bpf.h span_h2_mark) whose HEADERS tells requests from
+responses, with partial HPACK tables (``midstream``).
 
 HTTP/2 inside TLS (bpf/tls.bpf.c: the plaintext of OpenSSL's calls, every
 call once the preface was seen, under the socket's key | TLS_SK_TAG) is
@@ -37,7 +39,10 @@ record carrying its first byte ends + that byte's offset in the record's
 plaintext, so a frame's (seq + its offset in the call) is the same at both
 ends for every frame decoded (a frame header is read only within a call's
 first TRACE_PAYLOAD_MAX bytes, which of an SSL_write lie in its first
-record, the one its seq names).
+record, the one its seq names). On a TLS connection seen mid-stream the
+kernel does not know where a read begins in its record until a read starts
+one (span_msg.seq_unknown): a HEADERS frame read there gets req_seq /
+resp_seq 0, never a guess (the linker then joins nothing by it).
 
 ``tests/reference/h2trace_ref.py`` holds the same rules in plain Python.
 """
@@ -50,7 +55,6 @@ import numpy as np
 cimport numpy as cnp
 
 from trace cimport *
-from tls cimport TLS_SK_TAG
 from dk_common cimport offset_of, mix64
 from bytebuf cimport bytebuf, bytebuf_reserve
 from h2frame cimport h2_frame_t, h2_frame_header, H2_DATA, H2_HEADERS, H2_RST_STREAM, H2_PUSH_PROMISE, \
@@ -77,6 +81,7 @@ cdef struct dir_t:
     hstate_t *hp
     uint32_t skip          # body bytes of the current frame still to come
     uint32_t fstream, fseq, flen
+    uint8_t fseq_unknown   # fseq is not known (its call's: span_msg.seq_unknown)
     int64_t frec           # record of the current frame's header (in the step `fgen`)
     uint64_t fts           # its time
     uint64_t fgen
@@ -88,6 +93,7 @@ cdef struct dir_t:
     uint8_t block_open     # a header block waits for CONTINUATION
     uint8_t block_flags
     uint32_t block_stream, block_seq
+    uint8_t block_seq_unknown
     uint32_t hstream       # the stream of the HEADERS block under way (0: none), its flags
     uint8_t hflags
     int64_t block_rec      # the record of its HEADERS frame (in the step `block_gen`), its time
@@ -272,7 +278,8 @@ SPAN_DTYPE = np.dtype({"names": [f[0] for f in _F], "formats": [f[1] for f in _F
                        "offsets": [f[2] for f in _F], "itemsize": sizeof(stream_t)})
 HEAD_OFFSET = offset_of(&_s, &_s.head)
 HEAD_NAMES = ("ts", "sk", "sk_sent", "sk_recv", "ts_last_send", "ts_last_recv", "user", "laddr", "raddr", "pid",
-              "tid", "seq", "bytes", "lport", "rport", "cap_len", "family", "op", "more", "comm", "pcomm")
+              "tid", "seq", "bytes", "lport", "rport", "cap_len", "family", "op", "more", "seq_unknown", "comm",
+              "pcomm")
 
 
 cdef inline void _copy_str(char *dst, uint8_t *dlen, int cap, const uint8_t *arena, uint32_t off,
@@ -294,9 +301,9 @@ DEF NCOUNTS = 9
 
 cdef uint8_t _midstream_req_op(const span_msg *m, int cap) noexcept nogil:
     """A call of an HTTP/2 connection whose preface was not seen (the
-    kernel flagged it, trace.bpf.c: pair() gives its records to the
-    tracker): the op of its
-    requests when the call is whole frames (the kernel's rule) with a
+    kernel flagged it, include/trace_span.bpf.h span_h2_mark, for a socket
+    or the plaintext of its TLS: pair() gives its records to the tracker):
+    the op of its requests when the call is whole frames (the kernel's rule) with a
     HEADERS frame that tells a request or a response by its first header
     (hpack_block_kind); 0 when it does not tell (a later call may)."""
     cdef int64_t off = 0, a, b
@@ -479,10 +486,10 @@ cdef class H2Tracker:
             ci = -1
         if ci < 0:
             # a connection is followed from its preface on (both ends see
-            # it first), or from a call of one seen mid-stream (plaintext
-            # only: the TLS programs flag a connection at its preface)
+            # it first), or from a call of one seen mid-stream (h2c and
+            # TLS alike: the kernel's rule is one, trace_span.bpf.h)
             preface = not m.more and h2_preface_at(m.payload, cap)
-            req_op = m.op if preface else (0 if m.sk & TLS_SK_TAG else _midstream_req_op(m, cap))
+            req_op = m.op if preface else _midstream_req_op(m, cap)
             if not req_op:
                 return
             ci = _pool_take(&self.conns)
@@ -572,6 +579,7 @@ cdef class H2Tracker:
                 return
             if d.fhdr_n == 0:
                 d.fseq = m.seq + <uint32_t>off
+                d.fseq_unknown = m.seq_unknown
                 d.frec = r
             take = 9 - d.fhdr_n
             if take > cap - off:
@@ -670,6 +678,7 @@ cdef class H2Tracker:
             d.block_stream = d.fstream if d.ftype == H2_HEADERS else 0
             d.block_flags = d.fflags
             d.block_seq = d.fseq
+            d.block_seq_unknown = d.fseq_unknown
             d.block_rec = d.frec
             d.block_ts = d.fts
             d.block_gen = d.fgen
@@ -725,7 +734,7 @@ cdef class H2Tracker:
             if not here:
                 memcpy(s.head, d.block_head, SPAN_MSG_MIN_SIZE)
             s.start_ns = d.block_ts
-            s.req_seq = d.block_seq
+            s.req_seq = 0 if d.block_seq_unknown else d.block_seq   # 0: not known (no join)
             s.req_bytes = 9 + d.flen  # counted from its first frame, this one
             s.incoming = c.req_op == TRACE_OP_RECV
             s.midstream = c.midstream
@@ -749,7 +758,7 @@ cdef class H2Tracker:
         if not s.have_resp:
             s.have_resp = 1
             s.resp_ns = d.block_ts
-            s.resp_seq = d.block_seq
+            s.resp_seq = 0 if d.block_seq_unknown else d.block_seq
             s.status = h.status
         if h.grpc_status >= 0:
             s.grpc_status = h.grpc_status

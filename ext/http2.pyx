@@ -26,6 +26,10 @@ Row fields: ``ev``, ``off``, ``length`` (frame with header), ``complete``,
 complete).
 
 ``tests/reference/http2_ref.py`` holds the same rules in plain Python.
+
+For Python code (the CRI client, dkebpf/enrich/cri.py; the tests):
+``frame`` writes one frame, ``frame_header`` reads one frame header with
+the parser of the rows (``h2frame.pxd``).
 """
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memcmp
@@ -39,7 +43,7 @@ from h2frame cimport h2_frame_t, h2_frame_header, h2_preface_at
 
 cnp.import_array()
 
-__all__ = ["parse", "ROW_DTYPE", "PREFACE", "HEADERS", "CONTINUATION", "DATA"]
+__all__ = ["parse", "ROW_DTYPE", "PREFACE", "HEADERS", "CONTINUATION", "DATA", "frame", "frame_header"]
 
 PREFACE, DATA, HEADERS, PUSH_PROMISE, CONTINUATION = 0xFF, 0, 1, 5, 9
 
@@ -131,3 +135,38 @@ def parse(payloads):
     """Rows (numpy structured array of ROW_DTYPE) of the frames in
     ``payloads`` (a pyarrow binary array)."""
     return parse_rows(payloads, np.zeros(len(payloads), np.uint8), _payload, ROW_DTYPE)
+
+
+def frame(uint8_t kind, uint8_t flags, uint32_t stream, payload=b""):
+    """One HTTP/2 frame (bytes): the 9-byte header, then ``payload``.
+    ``stream`` is written as given, all 32 bits (a test may set the
+    reserved bit)."""
+    cdef bytes body = bytes(payload)
+    cdef Py_ssize_t n = len(body)
+    cdef uint8_t h[9]
+    if n >= 1 << 24:
+        raise ValueError(f"an HTTP/2 frame payload of {n} bytes (the length field holds 24 bits)")
+    h[0] = <uint8_t>(n >> 16)
+    h[1] = <uint8_t>(n >> 8)
+    h[2] = <uint8_t>n
+    h[3] = kind
+    h[4] = flags
+    h[5] = <uint8_t>(stream >> 24)
+    h[6] = <uint8_t>(stream >> 16)
+    h[7] = <uint8_t>(stream >> 8)
+    h[8] = <uint8_t>stream
+    return (<char *>h)[:9] + body
+
+
+def frame_header(const uint8_t[::1] head):
+    """(length, type, flags, stream) of the frame header at the start of
+    ``head`` (a bytes-like object of at least 9 bytes; ValueError when
+    shorter), the reserved stream bit left out. What h2_frame_header checks
+    for the rows (the reserved bit, the types and streams senders use) is
+    not applied: an endpoint ignores the reserved bit and unknown frame
+    types (RFC 9113 4.1, 5.5)."""
+    cdef h2_frame_t f
+    if head.shape[0] < 9:
+        raise ValueError(f"an HTTP/2 frame header of {head.shape[0]} bytes, 9 needed")
+    h2_frame_header(&head[0], &f)
+    return f.length, f.type, f.flags, f.stream

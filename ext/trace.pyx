@@ -68,6 +68,7 @@ TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("h2", "u1", offset_of(&_tc, &_tc.h2)),
     ("whole", "u1", offset_of(&_tc, &_tc.whole)),
     ("rec_off", "<u4", offset_of(&_tc, &_tc.rec_off)),
+    ("rec_unknown", "u1", offset_of(&_tc, &_tc.rec_unknown)),
     ("born", "<u8", offset_of(&_tc, &_tc.born)),
 ], sizeof(trace_conn))
 cdef trace_flags _tf
@@ -120,6 +121,7 @@ MSG_DTYPE = _records._dtype("span_msg", [
     ("family", "u1", offset_of(&_m, &_m.family)),
     ("op", "u1", offset_of(&_m, &_m.op)),
     ("more", "u1", offset_of(&_m, &_m.more)),
+    ("seq_unknown", "u1", offset_of(&_m, &_m.seq_unknown)),
     ("comm", "S16", offset_of(&_m, &_m.comm)),
     ("pcomm", "S16", offset_of(&_m, &_m.pcomm)),
     ("payload", f"V{TRACE_PAYLOAD_MAX}", offset_of(&_m, &_m.payload)),

@@ -8,6 +8,9 @@ loopback, in the same run, modes alternating within each round:
   httpflow_tls  the collector with httpflow + httpflow-tls
   trace         the collector with ebpf-trace alone, every process traced
                 (trace.bpf.c, and tls.bpf.c with trace_spans: TLS spans)
+  both          httpflow + httpflow-tls and ebpf-trace in one collector
+                (tls.bpf.o loaded twice: two programs on each probe; the
+                per-program lines sum both objects' same-named programs)
   floor_tls     empty programs (perf/tlsfloor.bpf.c) on exactly the
                 uprobes, uretprobes and tracepoints httpflow-tls attaches
                 (tls_probes.attach_library)
@@ -53,7 +56,8 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", 3))
 MODES = os.environ.get("BENCH_MODES", "httpflow,httpflow_tls,floor_tls,floor_entry,floor_tps").split(",")
 COLLECTOR_MODES = {"httpflow": ["--enabled", "ebpf-net", "--l7net-enabled", "httpflow"],
                    "httpflow_tls": ["--enabled", "ebpf-net", "--l7net-enabled", "httpflow,httpflow-tls"],
-                   "trace": ["--enabled", "ebpf-trace"]}
+                   "trace": ["--enabled", "ebpf-trace"],
+                   "both": ["--enabled", "ebpf-net,ebpf-trace", "--l7net-enabled", "httpflow,httpflow-tls"]}
 TRACEPOINTS = ("tls_sock_send", "tls_sock_recv", "tls_sock_destroy")
 # floor mode -> (tracepoints attached, which uprobes: "all" entry + return, "entry", None)
 FLOORS = {"floor_tls": (True, "all"), "floor_entry": (False, "entry"), "floor_tps": (True, None)}
@@ -136,7 +140,7 @@ def run_collector(tmp, url, srv, name, args):
         time.sleep(4)  # two more intervals: the last exchanges (connection ends) reported
         m = c.metrics()
     x["progs"] = stats_delta(s0, s1, names)
-    if "ebpf-net" in args:  # (ebpf-trace's spans are not counted here)
+    if any(a.startswith("ebpf-net") for a in args):  # (ebpf-trace's spans are not counted here)
         x.update(reported=c.reported_requests(srv.port), lost=int(m.get((H, "kernel_drop_tls_events_ring_full"), 0)))
     return x
 

@@ -21,6 +21,7 @@ from timing import best_of
 
 from dkebpf import _http2, _mysql, _pgsql, _redis, _sqlnorm, _tracectx
 from dkebpf._hpack import HpackDecoder, decode_headers
+from dkebpf._http2 import frame as h2_frame
 
 N = int(os.environ.get("BENCH_TRACE_N", 100_000))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -44,10 +45,6 @@ def mysql_packet(seq, body):
 
 def pg_msg(t, body):
     return t + struct.pack(">I", len(body) + 4) + body
-
-
-def h2_frame(t, flags, stream, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
 
 
 # a gRPC call after the first on its connection: header blocks use the dynamic table

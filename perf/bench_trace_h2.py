@@ -20,10 +20,11 @@ import time
 
 import numpy as np
 
-from bench_trace_decode import grpc_calls, h2_frame, load_reference
+from bench_trace_decode import grpc_calls, load_reference
 from timing import best_of
 
 from dkebpf import _h2trace, _trace
+from dkebpf._http2 import frame as h2_frame
 
 CALLS = int(os.environ.get("BENCH_H2_CALLS", 20_000))
 CONNS = 100

@@ -83,13 +83,16 @@ static __always_inline int traced(__u32 tgid)
 }
 
 /* The connection's entry in trace_conns, made when absent (NULL, counted
- * at drop_idx, when the map cannot take it). */
-static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops, __u32 drop_idx)
+ * at drop_idx, when the map cannot take it); a new one with rec_unknown
+ * (trace_conn.rec_unknown: tls.bpf.c, a connection met at a data call,
+ * not at its handshake). */
+static __always_inline struct trace_conn *trace_conn_get(__u64 key, __u8 rec_unknown, void *drops,
+							 __u32 drop_idx)
 {
 	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
 	if (tc)
 		return tc;
-	struct trace_conn init = {.born = bpf_ktime_get_ns()};
+	struct trace_conn init = {.rec_unknown = rec_unknown, .born = bpf_ktime_get_ns()};
 	/* a miss of BPF_NOEXIST is another CPU that made it meanwhile */
 	bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST);
 	tc = bpf_map_lookup_elem(&trace_conns, &key);
@@ -161,16 +164,17 @@ static __always_inline void trace_conn_count(struct trace_conn *tc, __u8 op, __u
 
 /* The head of a call's handling, the same for a socket call (trace.bpf.c)
  * and an SSL call (tls.bpf.c): the connection's entry under key (made when
- * absent; NULL: stop, counted at conns_drop), whether a record is due
+ * absent, with rec_unknown: trace_conn_get; NULL: stop, counted at
+ * conns_drop), whether a record is due
  * (*due, *start: span_due), and when one is, the per-CPU record with the
  * tuple read (*s; NULL when it could not be had). After the record:
  * span_call_end(). */
-static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64 key, __u8 op, int *due,
-							  int *start, struct sock_tuple *t,
+static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64 key, __u8 op, __u8 rec_unknown,
+							  int *due, int *start, struct sock_tuple *t,
 							  struct span_scratch **s, void *drops, __u32 conns_drop)
 {
 	*s = 0;
-	struct trace_conn *tc = trace_conn_get(key, drops, conns_drop);
+	struct trace_conn *tc = trace_conn_get(key, rec_unknown, drops, conns_drop);
 	if (!tc)
 		return 0;
 	if (tc->last_op != op) /* a message start (span_due) */
@@ -206,13 +210,70 @@ static __always_inline int is_h2_preface(const __u8 *p)
 	       p[6] == 'H' && p[7] == 'T' && p[8] == 'T' && p[9] == 'P' && p[10] == '/' && p[11] == '2';
 }
 
-/* A message start (payload copied) that is the HTTP/2 client preface opens
- * an HTTP/2 connection: all its calls are sent from now on (both ends see
- * the preface first; over TLS, the first plaintext of the connection). */
-static __always_inline void span_h2_mark(struct trace_conn *tc, const struct span_msg *ev, int start)
+#define H2_DETECT_FRAMES 8
+_Static_assert((TRACE_PAYLOAD_MAX & (TRACE_PAYLOAD_MAX - 1)) == 0, "h2_frames_exact masks offsets");
+
+/* A connection that opened before tracing (its preface not seen): is this
+ * message start, captured whole, a run of at most H2_DETECT_FRAMES HTTP/2
+ * frames (RFC 9113 4.1, 6) ending exactly at its end? Each header: a
+ * registered type (DATA..CONTINUATION), the reserved bit clear, no flag
+ * the type does not define, the stream rules of the type, the fixed
+ * lengths of PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE. Plain
+ * text (HTTP/1, RESP, SQL) and other binary protocols fail at the first
+ * header (its length past the call), so the check costs one header there.
+ * ext/includes/h2frame.pxd (h2_frames_exact) holds the same rules. */
+static __always_inline int h2_frames_exact(const __u8 *p, __u32 n)
 {
-	if (start && !tc->h2 && ev->cap_len >= 12 && is_h2_preface(ev->payload))
+	__u32 off = 0;
+	for (int i = 0; i < H2_DETECT_FRAMES; i++) {
+		if (off > TRACE_PAYLOAD_MAX - 9 || off + 9 > n)
+			return 0;
+		/* the bound again where the verifier sees it (a no-op: off is
+		 * below TRACE_PAYLOAD_MAX, a power of two) */
+		barrier_var(off);
+		const __u8 *h = p + (off & (TRACE_PAYLOAD_MAX - 1));
+		__u32 len = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
+		__u8 type = h[3], flags = h[4];
+		__u32 stream = ((__u32)(h[5] & 0x7f) << 24) | ((__u32)h[6] << 16) | ((__u32)h[7] << 8) | h[8];
+		if (h[5] & 0x80 || type > 9)
+			return 0;
+		/* the flags each type defines: END_STREAM 0x1, ACK 0x1,
+		 * END_HEADERS 0x4, PADDED 0x8, PRIORITY 0x20 */
+		static const __u8 allowed[10] = {0x09, 0x2d, 0, 0, 0x01, 0x0c, 0x01, 0, 0, 0x04};
+		if (flags & ~allowed[type])
+			return 0;
+		/* stream frames on a stream, connection frames on 0 (WINDOW_UPDATE: either) */
+		if ((type == 4 || type == 6 || type == 7) != (stream == 0) && type != 8)
+			return 0;
+		if ((type == 2 && len != 5) || (type == 3 && len != 4) || (type == 4 && len % 6) ||
+		    (type == 6 && len != 8) || (type == 7 && len < 8) || (type == 8 && len != 4))
+			return 0;
+		off += 9 + len;
+		if (off == n)
+			return 1;
+	}
+	return 0;
+}
+
+/* A message start (payload copied, cap_len and bytes set) of a connection
+ * not flagged HTTP/2 yet flags it (every call is sent from now on) when it
+ * is the HTTP/2 client preface (both ends see the preface first; over TLS,
+ * the first plaintext of the connection), or, on a connection older than
+ * the tracing, when the whole call is HTTP/2 frames (h2_frames_exact):
+ * then the record itself says so (more = TRACE_MORE_H2_CALL) and user
+ * space follows the connection from here as far as its header blocks
+ * allow (ext/h2trace.pyx). The same for socket calls (trace.bpf.c) and
+ * the plaintext of SSL calls (tls.bpf.c). */
+static __always_inline void span_h2_mark(struct trace_conn *tc, struct span_msg *ev, int start)
+{
+	if (!start || tc->h2)
+		return;
+	if (ev->cap_len >= 12 && is_h2_preface(ev->payload)) {
 		tc->h2 = 1;
+	} else if (ev->cap_len >= 9 && ev->bytes == ev->cap_len && h2_frames_exact(ev->payload, ev->cap_len)) {
+		tc->h2 = 1;
+		ev->more = TRACE_MORE_H2_CALL;
+	}
 }
 
 /* Everything of a message start but its payload (and cap_len): the
@@ -239,6 +300,7 @@ static __always_inline void span_msg_fill(struct span_msg *ev, const struct trac
 	ev->family = t->family;
 	ev->op = op;
 	ev->more = more;
+	ev->seq_unknown = 0;
 	/* both names as two 8-byte loads each from the task (BTF pointers),
 	 * not bpf_get_current_comm + a probe-read string copy of the leader's:
 	 * comm is always NUL-padded to its 16 bytes (__set_task_comm) */

@@ -5,7 +5,9 @@ container names). No gRPC library: gRPC is HTTP/2 (RFC 9113) with
 length-prefixed protobuf messages, and a unary call needs little of it:
 
 - the client preface and a SETTINGS frame (no push, a receive window as
-  large as MAX_REPLY), SETTINGS and PING acknowledged;
+  large as MAX_REPLY), SETTINGS and PING acknowledged; frames written and
+  their headers read by dkebpf._http2 (the HTTP/2 tracer's frame parser,
+  ext/includes/h2frame.pxd);
 - per call one HEADERS frame, its fields HPACK literals without indexing
   (RFC 7541 6.2.2: no table state on our side), and one DATA frame with the
   5-byte gRPC prefix; the reply's HEADERS (decoded with dkebpf._hpack, the
@@ -167,10 +169,6 @@ def _metadata(value, what):
 
 # --- HTTP/2 --------------------------------------------------------------
 
-def _frame(kind, flags, stream, payload=b""):
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream.to_bytes(4, "big") + payload
-
-
 def _hpack_int(value, prefix_bits, first=0):
     """RFC 7541 5.1: an integer with an N-bit prefix."""
     limit = (1 << prefix_bits) - 1
@@ -208,6 +206,8 @@ class CriClient:
 
     def __init__(self, path, timeout):
         from .._hpack import HpackDecoder   # the compiled HPACK decoder of the HTTP/2 tracer
+        from .._http2 import frame, frame_header   # and its frame writer and frame header parser
+        self._frame, self._frame_header = frame, frame_header
         self.path = path
         self.timeout = timeout
         self.api = APIS[0]
@@ -229,8 +229,8 @@ class CriClient:
         settings = (SETTINGS_ENABLE_PUSH.to_bytes(2, "big") + (0).to_bytes(4, "big") +
                     SETTINGS_INITIAL_WINDOW_SIZE.to_bytes(2, "big") + MAX_REPLY.to_bytes(4, "big"))
         try:
-            self._send(PREFACE + _frame(SETTINGS, 0, 0, settings) +
-                       _frame(WINDOW_UPDATE, 0, 0, (MAX_REPLY - DEFAULT_WINDOW).to_bytes(4, "big")))
+            self._send(PREFACE + self._frame(SETTINGS, 0, 0, settings) +
+                       self._frame(WINDOW_UPDATE, 0, 0, (MAX_REPLY - DEFAULT_WINDOW).to_bytes(4, "big")))
         except CriError:
             s.close()
             raise
@@ -262,8 +262,7 @@ class CriClient:
 
     def _next_frame(self, deadline):
         head = self._read(9, deadline)
-        length, kind, flags = int.from_bytes(head[:3], "big"), head[3], head[4]
-        stream = int.from_bytes(head[5:9], "big") & 0x7FFFFFFF
+        length, kind, flags, stream = self._frame_header(head)
         if not self._settled:
             if kind != SETTINGS or stream or flags & ACK or length % 6:
                 raise CriError(f"not HTTP/2: the answer starts {(head + bytes(self._buf[:16]))!r}",
@@ -312,7 +311,7 @@ class CriClient:
                   hpack_literal("content-type", "application/grpc") + hpack_literal("te", "trailers") +
                   hpack_literal("grpc-timeout", f"{max(1, int(self.timeout * 1000))}m"))
         message = b"\0" + len(request).to_bytes(4, "big") + request
-        self._send(_frame(HEADERS, END_HEADERS, sid, fields) + _frame(DATA, END_STREAM, sid, message))
+        self._send(self._frame(HEADERS, END_HEADERS, sid, fields) + self._frame(DATA, END_STREAM, sid, message))
         blocks, block, data = [], bytearray(), bytearray()
         received = 0
         ended = False
@@ -320,11 +319,11 @@ class CriClient:
             kind, flags, stream, payload = self._next_frame(deadline)
             if kind == SETTINGS:
                 if not flags & ACK:
-                    self._send(_frame(SETTINGS, ACK, 0))
+                    self._send(self._frame(SETTINGS, ACK, 0))
                 continue
             if kind == PING:
                 if not flags & ACK:
-                    self._send(_frame(PING, ACK, 0, payload))
+                    self._send(self._frame(PING, ACK, 0, payload))
                 continue
             if kind == GOAWAY:
                 code = int.from_bytes(payload[4:8], "big") if len(payload) >= 8 else -1
@@ -353,7 +352,7 @@ class CriClient:
                 data += _unpad(flags, payload, kind)
                 received += len(payload)
                 if len(payload):   # give back what it used of the connection's window
-                    self._send(_frame(WINDOW_UPDATE, 0, 0, len(payload).to_bytes(4, "big")))
+                    self._send(self._frame(WINDOW_UPDATE, 0, 0, len(payload).to_bytes(4, "big")))
             else:
                 continue
             if received > MAX_REPLY:

@@ -479,8 +479,8 @@ class SpanBuilder:
         req_bytes = np.where(pipe["many"], pipe["req_len"], spans["req_bytes"])
         resp_bytes = np.where(pipe["many"], pipe["resp_len"], spans["resp_bytes"])
         # a pipelined message's sequence number: its call's plus its offset in it
-        cols = self._common(req, req["seq"].astype(np.int64) + pipe["req_off"],
-                            resp["seq"].astype(np.int64) + pipe["resp_off"], spans["start_ns"], spans["end_ns"],
+        cols = self._common(req, _seq(req, pipe["req_off"]), _seq(resp, pipe["resp_off"]),
+                            spans["start_ns"], spans["end_ns"],
                             spans["incoming"].astype(bool), req_bytes, resp_bytes, mono_to_wall_ns,
                             self.go.tid_usr(msgs, spans["req"]) if self.go else pa.nulls(n, pa.int64()))
         # the requests of an incoming pipeline after its first: ids of their
@@ -687,6 +687,14 @@ def _endpoints(req):
             "dst_ip": format_addrs(raddr[one], fam[one]).take(take),
             "src_port": pc.cast(pa.array(lport[one]), pa.string()).take(take),
             "dst_port": pc.cast(pa.array(rport[one]), pa.string()).take(take)}
+
+
+def _seq(rec, off):
+    """The sequence numbers of messages at offset off in their calls
+    (rec: _Gather of the records); 0 where the kernel did not know the
+    call's (span_msg.seq_unknown: TLS read mid-record on a connection
+    older than the tracing): no join rather than a wrong one."""
+    return np.where(rec["seq_unknown"] != 0, 0, rec["seq"].astype(np.int64) + off)
 
 
 class _Gather:

@@ -31,6 +31,7 @@ cdef extern from "include/trace.h" nogil:
         unsigned char h2
         unsigned char whole
         unsigned int rec_off
+        unsigned char rec_unknown
         unsigned long long born
 
     cdef struct trace_flags:
@@ -57,6 +58,7 @@ cdef extern from "include/trace.h" nogil:
         unsigned char family
         unsigned char op
         unsigned char more
+        unsigned char seq_unknown
         char comm[16]
         char pcomm[16]
         unsigned char payload[TRACE_PAYLOAD_MAX]

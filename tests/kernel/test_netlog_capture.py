@@ -2,6 +2,7 @@
 test namespace on its veth, real TCP and UDP traffic through the pair, and
 every count compared with what tcpdump captured on the same interface in
 the same run (the pcap read with dpkt, not by hand)."""
+import contextlib
 import shutil
 import signal
 import socket
@@ -707,6 +708,21 @@ def netlog_plugin(ns):
     return NetlogPlugin(PluginContext(cfg=cfg, logger=logging.getLogger("test-netlog"), self_pid=0))
 
 
+@contextlib.contextmanager
+def started_netlog(ns):
+    """A TCP server (10 connections) on ns's peer side and the netlog plugin
+    started on its veth: (srv, plugin, (ino, name), cap) of its one capture;
+    the plugin stopped at the end."""
+    srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
+    plugin = netlog_plugin(ns)
+    plugin.start()
+    try:
+        ((ino, name), cap), = plugin.captures.items()
+        yield srv, plugin, (ino, name), cap
+    finally:
+        plugin.stop()
+
+
 def test_plugin_reader_is_real_time_and_the_ring_emptied_while_the_lock_is_held(bpf_ok):
     """The reader thread and the ring's spiller thread run SCHED_FIFO; the
     agent's thread is raised to it while it holds the plugin's lock (the
@@ -717,11 +733,7 @@ def test_plugin_reader_is_real_time_and_the_ring_emptied_while_the_lock_is_held(
     and decoded once the lock is free."""
     import os
     with NetNS() as ns:
-        srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
-        plugin = netlog_plugin(ns)
-        plugin.start()
-        try:
-            ((ino, name), cap), = plugin.captures.items()
+        with started_netlog(ns) as (srv, plugin, (ino, name), cap):
             assert wait_until(lambda: os.sched_getscheduler(plugin._reader.native_id) == os.SCHED_FIFO, 5)
             (spiller,) = spiller_tids()
             assert os.sched_getscheduler(spiller) == os.SCHED_FIFO
@@ -738,8 +750,6 @@ def test_plugin_reader_is_real_time_and_the_ring_emptied_while_the_lock_is_held(
             lag = counters[f"{ino}/{name}_reader_lag_max_ns"]
             assert 0 < lag < 0.2e9, lag
             assert counters[f"{ino}/{name}_spill_drops"] == 0
-        finally:
-            plugin.stop()
 
 
 def test_plugin_reader_does_not_spin_after_its_interface_went_down_and_up(bpf_ok):
@@ -749,11 +759,7 @@ def test_plugin_reader_does_not_spin_after_its_interface_went_down_and_up(bpf_ok
     over a second stays small) and the same socket captures the next connection; stop() returns
     at once."""
     with NetNS() as ns:
-        srv = tcp_server(ns.peer_ip, 10, prefix=ns.prefix())
-        plugin = netlog_plugin(ns)
-        plugin.start()
-        try:
-            ((ino, name), cap), = plugin.captures.items()
+        with started_netlog(ns) as (srv, plugin, (ino, name), cap):
             ns.exec("ip", "link", "set", ns.veth_peer, "down")
             ns.exec("ip", "link", "set", ns.veth_peer, "up")
             assert wait_until(lambda: cap.ring.counters()["socket_errors"] == 1, 5)
@@ -767,10 +773,8 @@ def test_plugin_reader_does_not_spin_after_its_interface_went_down_and_up(bpf_ok
             assert wait_until(lambda: cap.conns.packets >= 6, 5)   # the handshake, data, the closes
             assert list(plugin.captures.values()) == [cap]
             assert plugin.counters()[f"{ino}/{name}_socket_errors"] == 1
-        finally:
-            t0 = time.monotonic()
-            plugin.stop()
-            stopped_in = time.monotonic() - t0
+            t0 = time.monotonic()   # to the end of plugin.stop() in started_netlog
+        stopped_in = time.monotonic() - t0
     assert stopped_in < 1.0
     assert not plugin._reader.is_alive()
 

@@ -104,10 +104,8 @@ def test_grpc_unary_and_concurrent_calls_both_ends(bpf_ok):
 # 5th to 7th: past the 4 the kernel copies unrolled, reached by its
 # bpf_loop), and a server answering :status 200; one process, both ends.
 RAW_H2 = r"""
-import socket, struct, time
-
-def frame(t, flags, stream, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
+import socket, time
+from dkebpf._http2 import frame
 
 preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 block = b"\x83\x86" + b"\x04\x0e/iov/past-four"  # :method POST, :scheme http, :path literal (indexed name)

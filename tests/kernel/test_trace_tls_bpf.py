@@ -40,7 +40,8 @@ TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 # record in pieces); prints the ids of the streams that ended. HPACK: static table entries and literals without indexing,
 # no Huffman (nginx's responses are not decoded: the spans tell their status).
 H2_CLIENT = r"""
-import socket, ssl, struct, sys
+import socket, ssl, sys
+from dkebpf._http2 import frame
 host, port, tp, reads, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
@@ -49,9 +50,6 @@ ctx.set_alpn_protocols(["h2"])
 s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
 if s.selected_alpn_protocol() != "h2":
     sys.exit("ALPN did not choose h2: %r" % s.selected_alpn_protocol())
-
-def frame(t, flags, sid, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + body
 
 def lit(name, value):  # a new name, or a static table index
     if isinstance(name, int):
@@ -270,3 +268,170 @@ def test_python_ssl_h2_client_concurrent_streams(plugin, nginx, reads):
     assert sorted(int(sid) for sid in out.split()) == list(range(1, 2 * len(paths), 2))
     # the requests left in one SSL_write: every stream's HEADERS in one TLS record
     assert len({r["ktime"] for r in client}) == 1
+
+
+# argv: host port traceparent first_path path...: one connection, frames
+# read one at a time; first_path twice: stream 1 to its end, then stream
+# 3 to its response's HEADERS frame (the DATA after it, in the same TLS
+# record from nginx, stays in OpenSSL's buffer: a record begun before the
+# collector; nginx writes a connection's first response in two records);
+# prints "ready" and waits for a line on stdin (the collector started
+# meanwhile); then the other requests in one SSL_write (streams 5, 7,
+# ...), until all ended; prints the ids of the streams that ended.
+H2_MID_CLIENT = r"""
+import socket, ssl, struct, sys
+host, port, tp, first, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+ctx.set_alpn_protocols(["h2"])
+s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
+if s.selected_alpn_protocol() != "h2":
+    sys.exit("ALPN did not choose h2: %r" % s.selected_alpn_protocol())
+
+def frame(t, flags, sid, body):
+    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + body
+
+def lit(name, value):
+    if isinstance(name, int):
+        return bytes([name]) + bytes([len(value)]) + value
+    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
+
+def request(sid, p):
+    block = b"\x82\x87" + lit(1, b"localhost") + lit(4, p.encode()) + lit(b"traceparent", tp)
+    return frame(1, 0x5, sid, block)
+
+def read(n):
+    buf = b""
+    while len(buf) < n:
+        got = s.recv(n - len(buf))
+        if not got:
+            sys.exit("connection closed")
+        buf += got
+    return buf
+
+def next_frame():
+    h = read(9)
+    n = int.from_bytes(h[:3], "big")
+    return h[3], h[4], int.from_bytes(h[5:9], "big") & 0x7FFFFFFF, read(n) if n else b""
+
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + request(1, first))
+while True:
+    t, flags, sid, body = next_frame()
+    if t in (0, 1) and flags & 1 and sid == 1:
+        break
+s.sendall(request(3, first))
+while True:
+    t, flags, sid, body = next_frame()
+    if t == 1 and sid == 3:
+        break
+print("ready", flush=True)
+sys.stdin.readline()
+s.sendall(b"".join(request(5 + 2 * i, p) for i, p in enumerate(paths)))
+open_, ended = set(range(5, 5 + 2 * len(paths), 2)), []
+while open_:
+    t, flags, sid, body = next_frame()
+    if t in (0, 1) and flags & 1 and sid in open_:
+        open_.discard(sid)
+        ended.append(sid)
+    elif t == 3:
+        sys.exit("stream %d reset" % sid)
+s.sendall(frame(4, 1, 0, b"") + frame(7, 0, 0, b"\0\0\0\0\0\0\0\0"))
+s.close()
+print(*ended, flush=True)
+"""
+
+
+def test_h2_over_tls_connection_older_than_the_collector(tmp_path, bpf_ok):
+    """An HTTP/2-over-TLS connection opened and used before the collector
+    started (no handshake, no preface seen): both ends' kernel programs flag
+    its plaintext h2 at a message start that is whole frames (the rule of
+    trace.bpf.c's h2c, include/trace_span.bpf.h), ext/h2trace.pyx follows it
+    mid-stream: a span per later stream at each end with route and status,
+    the earlier requests none. The client's first reads after the start
+    take the rest of a record begun before it: their sequence number is not
+    known (span_msg.seq_unknown, never a guess); the later streams' numbers
+    are, and the ends join."""
+    import numpy as np
+
+    from dkebpf import _records
+    from dkebpf.plugins.base import PluginContext
+    from dkebpf.plugins.trace import TracePlugin
+
+    tag_bit = _records.TLS_SOCKET_TAG
+    nginx = TlsNginx(tmp_path, name=NGINX_NAME, http2=True)
+    nginx.start()
+    proc = plugin = None
+    try:
+        first, paths = "/tls/ok", ["/tls/created", "/tls/missing", "/tls/broken"]
+        proc = subprocess.Popen([sys.executable, "-c", H2_MID_CLIENT, nginx.host, str(nginx.port), TRACEPARENT,
+                                 first, *paths], env=dict(os.environ, **{MARK: "1"}), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
+        plugin = TracePlugin(PluginContext(cfg=make_cfg(), logger=logging.getLogger("test"), self_pid=os.getpid()))
+        plugin.start()
+        plugin.rescan(force=True)
+        assert plugin.tls is not None and plugin.tls.libraries, "no TLS uprobes attached"
+        # the records of each step (TLS plaintext of the two processes), to
+        # see what the kernel said of their sequence numbers
+        seen = []
+        step = plugin.builder.step_staged
+
+        def watch(now):
+            msgs, spans = step(now)
+            mine = msgs[((msgs["sk"] & tag_bit) == tag_bit) & np.isin(msgs["pid"], [proc.pid, nginx.worker])]
+            seen.extend(zip(mine["pid"].tolist(), mine["op"].tolist(), mine["ts"].tolist(),
+                            mine["seq"].tolist(), mine["seq_unknown"].tolist()))
+            return msgs, spans
+
+        plugin.builder.step_staged = watch
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        pid, worker = str(proc.pid), str(nginx.worker)
+
+        def done(rows):
+            return (sum(r["pid"] == pid for r in rows) >= len(paths)
+                    and sum(r["pid"] == worker for r in rows) >= len(paths))
+
+        rows = spans_until(plugin, done, timeout=25)
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert sorted(int(x) for x in out.split()) == [5, 7, 9]
+        # the earlier requests (streams 1 and 3, before the collector): no span
+        assert not [r for r in rows if r["http_route"] == first], rows
+        key = lambda r: r["http_route"]  # noqa: E731
+        client = sorted((r for r in rows if r["pid"] == pid), key=key)
+        server = sorted((r for r in rows if r["pid"] == worker), key=key)
+        want = sorted(paths)
+        assert [r["http_route"] for r in client] == want, rows
+        assert [r["http_route"] for r in server] == want, rows
+        for end in (client, server):
+            assert [r["http_status_code"] for r in end] == [str(ROUTES[p][0]) for p in want]
+            assert {(r["operation"], r["http_version"], r["http_method"]) for r in end} == {("HTTP2", "2", "GET")}
+            assert all(r["app_trace_id"] == "0af7651916cd43dd8448eb211c80319c" for r in end)
+        assert {r["direction"] for r in client} == {"outgoing"} and {r["direction"] for r in server} == {"incoming"}
+        # no wrong number: the ends join, each stream's numbers its own
+        assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+        assert all(r["req_seq"] != 0 and r["resp_seq"] != 0 for r in client)
+        assert len({r["req_seq"] for r in client}) == len(paths)
+        # the client's first read after the start (the DATA left in
+        # OpenSSL's buffer, of a record begun before): number unknown, sent
+        # as such; its reads from the socket after it known again
+        seen = sorted(set(seen), key=lambda r: r[2])  # (a record carried to a later step comes again)
+        reads = [unknown for p_, op, _ts, _seq, unknown in seen if p_ == proc.pid and op == 2]
+        assert reads[:2] == [1, 1] and 0 in reads, seen  # the DATA's header and body; then known
+        assert all(seq == 0 for _p, _o, _t, seq, unknown in seen if unknown)
+        assert not any(unknown for p_, *_r, unknown in seen if p_ == nginx.worker)  # it read from the socket
+        c = plugin.counters()
+        # followed mid-stream at each end, not from a preface
+        assert c["trace_h2_connections_midstream"] == 2 and c["trace_h2_connections"] == 0, c
+        assert c["trace_h2_header_errors"] == 0
+        assert c["kernel_drop_trace_tls_span_ring_full"] == 0
+        assert c["kernel_drop_trace_events_ring_full"] == 0
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if plugin is not None:
+            plugin.stop()
+        nginx.stop()

@@ -3,7 +3,8 @@ the calls of HTTP/2 connections -> one span per stream.
 
 A record is a dict: ``sk``, ``op`` (1 send, 2 receive, 3 close), ``ts``,
 ``seq``, ``bytes`` (the call's length), ``payload`` (its captured first
-bytes), ``more``. ``Tracker.feed(records)`` takes them by socket then
+bytes), ``more``, optionally ``seq_unknown`` (the kernel did not know
+``seq``: a HEADERS frame starting in the call gets sequence number 0). ``Tracker.feed(records)`` takes them by socket then
 time (their list positions are the record indexes); ``spans()`` the
 finished streams as dicts; ``requests`` maps the index of a record that
 carried a request's HEADERS to its ``until`` (link_threads)."""
@@ -42,6 +43,7 @@ class Dir:
         self.skip = 0
         self.hdr = b""
         self.fseq = self.frec = self.ftype = self.fflags = self.fstream = self.flen = 0
+        self.fseq_unknown = self.block_seq_unknown = 0
         self.collect = False
         self.lost = False
         self.body = b""
@@ -141,6 +143,7 @@ class Tracker:
                 return
             if not d.hdr:
                 d.fseq = (m["seq"] + off) & 0xFFFFFFFF
+                d.fseq_unknown = m.get("seq_unknown", 0)
                 d.frec = r
             take = min(9 - len(d.hdr), cap - off)
             d.hdr += p[off:off + take]
@@ -205,7 +208,7 @@ class Tracker:
                 return
             d.block, d.block_open = b"", True
             d.block_stream = d.fstream if d.ftype == HEADERS else 0
-            d.block_flags, d.block_seq, d.block_rec = d.fflags, d.fseq, d.frec
+            d.block_flags, d.block_seq, d.block_rec = d.fflags, 0 if d.fseq_unknown else d.fseq, d.frec
         elif not d.block_open:
             self._break(d)
             return

@@ -3,7 +3,6 @@ tests/reference/hpack_ref.py (hypothesis: random representations over a
 connection's successive blocks; fuzz: random bytes fail alike); the span
 fields of decode_headers over HTTP/2 frames (blocks split over
 CONTINUATIONs) against the reference's headers and tracectx's rules."""
-import struct
 
 import numpy as np
 import pyarrow as pa
@@ -13,6 +12,7 @@ from hypothesis import strategies as st
 
 from dkebpf import _http2
 from dkebpf._hpack import ERRORS, STRING_FIELDS, HpackDecoder, decode_headers, strings
+from dkebpf._http2 import frame
 from reference import hpack_ref as ref
 from reference import tracectx_ref
 
@@ -114,10 +114,6 @@ def test_huffman_any_bytes_and_damage(value, at, damage):
 
 
 # -- decode_headers: the span fields of HTTP/2 frames' header blocks, no Python object per header
-
-def frame(t, flags, stream, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
-
 
 def frames_of(block, cuts, stream=1):
     """HEADERS + CONTINUATIONs carrying `block` cut at `cuts`, END_HEADERS on the last."""

@@ -1,20 +1,18 @@
 """dkebpf._http2.parse against tests/reference/http2_ref.py (hypothesis,
 fuzz), and a real exchange's frames decoded with dkebpf._hpack, gRPC
-trailers included."""
-import struct
+trailers included; frame and frame_header (the CRI client's, the tests'
+frames) against bytes written out and the reference's rows."""
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dkebpf import _http2
 from dkebpf._hpack import HpackDecoder
+from dkebpf._http2 import frame
 from reference import hpack_ref
 from reference import http2_ref as ref
-
-
-def frame(t, flags, stream, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
 
 
 def literal(name, value):  # literal without indexing, new name, Huffman strings
@@ -50,6 +48,26 @@ def test_grpc_exchange_frames_and_headers():
 def test_not_http2_and_cut():
     rows = parse([b"GET / HTTP/1.1\r\n\r\n", frame(1, 0x4, 1, b"\x82" * 40)[:20]])
     assert [(r["valid"], r["complete"]) for r in rows] == [(0, 0), (1, 0)]
+
+
+def test_frame_written_and_its_header_read():
+    assert frame(1, 0x5, 3, b"abc") == bytes.fromhex("000003 01 05 00000003") + b"abc"
+    assert frame(4, 0x1, 0) == bytes.fromhex("000000 04 01 00000000")
+    assert frame(0, 0, 0x80000001, b"x" * 70000)[:9] == bytes.fromhex("011170 00 00 80000001")
+    assert _http2.frame_header(bytes.fromhex("011170 00 00 80000001") + b"more") == (70000, 0, 0, 1)
+    for short in (b"", b"\0" * 8):
+        with pytest.raises(ValueError):
+            _http2.frame_header(short)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(min_size=9, max_size=9))
+def test_frame_header_reads_what_the_rows_read(head):
+    """Any header, one the rows take as not HTTP/2 too (frame_header makes
+    no sender checks): the type, flags and stream of the reference's row."""
+    row = ref.payload(head)[0]
+    assert _http2.frame_header(bytearray(head)) == (int.from_bytes(head[:3], "big"), row["type"], row["flags"],
+                                                    row["stream"])
 
 
 frames = st.builds(frame, st.integers(0, 0x12), st.integers(0, 255), st.integers(0, 5), st.binary(max_size=30))

@@ -3,23 +3,19 @@ calls of HTTP/2 connections (as bpf/trace.bpf.c sends them) -> one span per
 stream: interleaved streams, CONTINUATION, padding, RST_STREAM, gRPC
 trailers, frames cut between calls and by the capture, and random
 exchanges cut at random call boundaries (hypothesis)."""
-import struct
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dkebpf import _h2trace, _trace
+from dkebpf._http2 import frame
 from reference import h2trace_ref as ref
 from reference import hpack_ref
 
 SEND, RECV, CLOSE = 1, 2, 3
 SK = 0xFFFF888812340000
 TLS_RECORD_MAX = 16384  # plaintext bytes of a TLS record at most
-
-
-def frame(t, flags, stream, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", stream) + body
 
 
 def lit(name, value, index=False):  # literal, new name, Huffman strings; with incremental indexing
@@ -64,6 +60,7 @@ def records(recs):
     for i, r in enumerate(recs):
         for k in ("sk", "op", "ts", "seq", "bytes", "more"):
             m[k][i] = r[k]
+        m["seq_unknown"][i] = r.get("seq_unknown", 0)
         m["cap_len"][i] = len(r["payload"])
         m["tid"][i] = 7
         m["payload"][i] = r["payload"].ljust(ref.PAYLOAD_MAX, b"\0")
@@ -506,7 +503,7 @@ def test_mid_stream_starts_at_a_call_that_tells():
     """Not followed from a call that is not whole frames (a frame cut at
     its end), nor from one without a HEADERS telling requests from
     responses (a response's DATA only): from the next call that does. TLS
-    sockets never."""
+    sockets the same (bpf/tls.bpf.c flags them by the kernel's one rule)."""
     c = Conn()
     c.call(True, ref.PREFACE + frame(4, 0, 0, b""))
     _grpc_calls(c, [b"/pkg.Svc/A", b"/pkg.Svc/C"])
@@ -521,4 +518,30 @@ def test_mid_stream_starts_at_a_call_that_tells():
     tls.call(True, ref.PREFACE + frame(4, 0, 0, b""))
     _grpc_calls(tls, [b"/pkg.Svc/A", b"/pkg.Svc/C"])
     tr, spans = _feed(_seen_from(tls, 3))
-    assert len(spans) == 0 and tr.connections == 0
+    assert [_path(s) for s in spans] == [b"/pkg.Svc/C"] and tr.stats["h2_connections_midstream"] == 1
+    assert spans[0]["midstream"] == 1 and spans[0]["sk"] == SK | _records_tag()
+
+
+def test_tls_seen_mid_stream_unknown_seq_is_zero():
+    """A TLS connection seen mid-stream (bpf/tls.bpf.c): a read that
+    continues a record whose start the kernel did not see carries
+    seq_unknown (and seq 0); a HEADERS frame starting in it gets sequence
+    number 0 (no join), never a guess; the writer's numbers are kept, and
+    the ends join where both know. The reference holds the same rule."""
+    paths = [b"/pkg.Svc/A", b"/pkg.Svc/B", b"/pkg.Svc/C"]
+    t = TlsEnds(30)  # the server takes the requests' record in 30-byte reads
+    _tls_exchanges(t, paths)
+    client = sorted(run(t.recs[True]), key=lambda s: s["id"])
+    server = t.recs[False]
+    # the requests' record: the server's reads after its SETTINGS write
+    first = next(i for i, r in enumerate(server) if r["op"] == SEND) + 1
+    last = next(i for i in range(first, len(server)) if server[i]["op"] == SEND)
+    b_at = len(frame(1, 0x5, 1, request(paths[0])))  # where B's HEADERS begins in the record
+    b_read = first + b_at // 30
+    for unknown, want_zero in ((range(b_read, b_read + 1), [3]), (range(first, last), [1, 3, 5])):
+        marked = [dict(r, seq_unknown=1, seq=0) if i in unknown else r for i, r in enumerate(server)]
+        got = sorted(run(marked), key=lambda s: s["id"])
+        assert [s["path"] for s in got] == paths
+        assert [s["id"] for s in got if s["req_seq"] == 0] == want_zero
+        for c, s in zip(client, got):
+            assert s["resp_seq"] == c["resp_seq"] and s["req_seq"] in (0, c["req_seq"])

@@ -374,3 +374,21 @@ def test_addresses_per_connection_also_for_a_reused_socket():
     assert sorted((r["http_route"], r["dst_ip"], r["dst_port"], r["src_port"]) for r in rows) == [
         ("/a", "127.0.0.1", "40000", "8080"), ("/b", "10.0.0.2", "50000", "8080"),
         ("/c", "127.0.0.1", "40000", "8080")]
+
+
+def test_tls_read_of_unknown_seq_reports_zero():
+    """An HTTPS request read inside a TLS record whose start the kernel
+    did not see (a connection older than the collector: span_msg.seq_unknown;
+    the kernel sends seq 0 then, the flag decides): the span's req_seq is 0,
+    not a number that could be wrong; the response's (a write: always
+    known) is kept."""
+    req = b"GET /old HTTP/1.1\r\nHost: t\r\n\r\n"
+    r = msg(1 | 1, RECV, 1000, req, seq=12345, tid=7)
+    r["seq_unknown"] = 1
+    rows = build([
+        r,
+        msg(1 | 1, SEND, 1500, b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1", recv=len(req), last_recv=1000,
+            tid=7, seq=3000),
+        msg(1 | 1, CLOSE, 1600, sent=39, recv=len(req), last_send=1500, last_recv=1000),
+    ])[3]
+    assert [(x["http_route"], x["req_seq"], x["resp_seq"]) for x in rows] == [("/old", 0, 3000)]
