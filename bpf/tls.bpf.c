@@ -44,7 +44,8 @@
  * the SSL calls of traced processes becomes ebpf-trace's message starts
  * instead (struct span_msg, include/trace_span.bpf.h), written into
  * trace.bpf.o's ring with its process list and connection table (the
- * maps trace_events, trace_pids, trace_conns are that object's, reused):
+ * maps trace_events, trace_pids, trace_conns, trace_flags are that
+ * object's, reused):
  *   - the key is the socket | TLS_SK_TAG (include/tls.h): the plaintext is
  *     a connection of its own to user space, never mixed with the
  *     ciphertext bpf/trace.bpf.c sees on the socket, which is flagged
@@ -365,7 +366,7 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 		}
 		s->ev.cap_len = cap;
 		span_h2_mark(tc, &s->ev, start);
-		span_msg_send(&trace_events, &s->ev, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
+		span_msg_send(&trace_events, &s->ev, !tc->whole, &s->unqueried, &drops, TLS_DROP_SPAN_RING);
 	}
 	span_call_end(tc, op, due, start, n, now);
 }

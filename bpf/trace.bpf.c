@@ -25,7 +25,8 @@
  *   TRACE_MORE_H2_CALL), with up to TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP
  *   iovecs copied (bpf_loop). A connection user space gave up on
  *   (no protocol it knows in its first message starts: TLS, ssh, ...) is
- *   flagged `ignored` in trace_conns by it: only counted from then on.
+ *   flagged `ignored` by it (trace_flags, read at a message start): only
+ *   counted from then on.
  * tp_btf/tcp_destroy_sock: a TRACE_OP_CLOSE record with the final counters
  *   ends the last message of the socket.
  * tp_btf/sched_process_fork: a new process inherits its parent's entry in
@@ -113,10 +114,11 @@ static long copy_iov_cb(__u32 i, void *ctx)
  * into the record; with `all_iov` from up to
  * TRACE_MAX_IOV + TRACE_MAX_IOV_LOOP iovecs, else TRACE_MAX_IOV. Returns
  * the bytes copied. The first TRACE_STATUS_KEEP bytes come first: when
- * they are an HTTP/1.x status line nothing more is kept of the message
+ * they are an HTTP/1.x status line and `trim_status` is set (the
+ * connection was not seen pipelining) nothing more is kept of the message
  * (span_msg_send), so the rest is not copied (a response is most of a
  * server's and a client's message starts). */
-static __always_inline __u32 copy_payload(struct span_scratch *s, long ret, int all_iov)
+static __always_inline __u32 copy_payload(struct span_scratch *s, long ret, int all_iov, int trim_status)
 {
 	struct syscall_io io = {};
 	int kind = syscall_io_get(&io);
@@ -139,7 +141,7 @@ static __always_inline __u32 copy_payload(struct span_scratch *s, long ret, int 
 		count_drop(&drops, TRACE_DROP_READ);
 		return 0;
 	}
-	if (got == TRACE_STATUS_KEEP && is_http1_status(s->ev.payload))
+	if (trim_status && got == TRACE_STATUS_KEEP && is_http1_status(s->ev.payload))
 		return got;
 	/* the rest from where the head ended */
 	vs[0].iov_base += got;
@@ -205,9 +207,9 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 		span_msg_fill(&s->ev, tc, &t, key, id, now, seq, ret, op, span_more(tc, start));
 		/* all iovecs on HTTP/2 connections, and for a message start (it
 		 * may be the preface, with a request after it) */
-		s->ev.cap_len = copy_payload(s, ret, tc->h2 || start);
+		s->ev.cap_len = copy_payload(s, ret, tc->h2 || start, !tc->whole);
 		span_h2_mark(tc, &s->ev, start);
-		span_msg_send(&events, &s->ev, &s->unqueried, &drops, TRACE_DROP_RING);
+		span_msg_send(&events, &s->ev, !tc->whole, &s->unqueried, &drops, TRACE_DROP_RING);
 	}
 	span_call_end(tc, op, due, start, ret, now);
 }

@@ -177,16 +177,20 @@ TLS = ObjectSpec(
 # live with the span builder (ext/trace.pyx), the one module reading them.
 # nginx + wrk traced at both ends: 4 message starts per request at 26.4k
 # requests/s, each the header and ~40 bytes of payload; the reader is woken
-# once 1 MiB waits (EVENTS_WAKE_BYTES): 32 MiB, not the 16 the .bpf.c
-# declares (which lost records at wrk's full rate).
+# once a 32nd of the ring waits (the knob trace_wake_bytes, from the size
+# here: include/trace_span.bpf.h): 32 MiB, not the 16 the .bpf.c declares
+# (which lost records at wrk's full rate), woken per 1 MiB.
 TRACE_RECORD_BYTES = _trace.MSG_MIN_SIZE + 40
 TRACE_RECORDS_PER_S = 4 * 26_400
-TRACE_RING_BYTES = ring_bytes(TRACE_RECORD_BYTES, TRACE_RECORDS_PER_S, wake=lambda size: 1 << 20)
+TRACE_WAKE_SHARE = 32
+TRACE_RING_BYTES = ring_bytes(TRACE_RECORD_BYTES, TRACE_RECORDS_PER_S, wake=lambda size: size // TRACE_WAKE_SHARE)
+TRACE_WAKE_BYTES = TRACE_RING_BYTES // TRACE_WAKE_SHARE
 # Its records go from the ring straight into the span builder's own 16 MiB
 # stage (RingReader.take_into, plugins/trace.py STAGE_BYTES), not into the
 # reader's buffer.
 TRACE = ObjectSpec(
-    "trace", knobs=("ipv6_disabled", "self_tgid", "trace_all"), maps=("trace_pids", "trace_conns"),
+    "trace", knobs=("ipv6_disabled", "self_tgid", "trace_all", "trace_wake_bytes"),
+    maps=("trace_pids", "trace_conns", "trace_flags"),
     rings=(Ring("events", _trace.MSG_DTYPE, min_size=_trace.MSG_MIN_SIZE, max_bytes=TRACE_RING_BYTES),),
     drops="drops", drop_names=MappingProxyType(_trace.DROP_NAMES), drop_prefix="kernel_drop_trace_")
 
@@ -201,13 +205,13 @@ TRACE_GO = ObjectSpec(
 
 # ebpf-trace's TLS spans: tls.bpf.c again, with trace_spans set: the
 # plaintext of OpenSSL calls of traced processes as struct span_msg records
-# into trace.bpf.o's ring, on its trace_pids and trace_conns (all three
+# into trace.bpf.o's ring, on its trace_pids, trace_conns and trace_flags (all four
 # reused from TRACE's loaded object: start(reuse=...)), socket keys tagged
 # TLS_SK_TAG. Its http `events` ring is left at its declared page.
 TLS_TRACE = ObjectSpec(
-    "tls", knobs=("ipv6_disabled", "self_tgid", "trace_spans", "trace_all"),
+    "tls", knobs=("ipv6_disabled", "self_tgid", "trace_spans", "trace_all", "trace_wake_bytes"),
     attach=TLS.attach, programs=TLS.programs,
-    maps=("trace_pids", "trace_conns", "trace_events"),
+    maps=("trace_pids", "trace_conns", "trace_flags", "trace_events"),
     drops="drops", drop_names=MappingProxyType(_records.TLS_DROP_NAMES), drop_prefix="kernel_drop_trace_tls_",
     not_losses=_records.HTTP_NOT_LOSSES, count_prefix="kernel_trace_tls_")
 
@@ -217,8 +221,9 @@ def tls_trace_start(trace_bpf, trace_all):
     """start() arguments of TLS_TRACE on a started TRACE skeleton: its
     knobs, and the maps it shares (tls.bpf.c's name -> trace.bpf.c's fd)."""
     m = trace_bpf.maps
-    return {"knobs": {"trace_spans": 1, "trace_all": int(trace_all)},
-            "reuse": {"trace_events": m.events.fd, "trace_pids": m.trace_pids.fd, "trace_conns": m.trace_conns.fd}}
+    return {"knobs": {"trace_spans": 1, "trace_all": int(trace_all), "trace_wake_bytes": TRACE_WAKE_BYTES},
+            "reuse": {"trace_events": m.events.fd, "trace_pids": m.trace_pids.fd, "trace_conns": m.trace_conns.fd,
+                      "trace_flags": m.trace_flags.fd}}
 
 
 OBJECTS = {spec.name: spec for spec in (NETFLOW, HTTP, BASH, TLS, TRACE, TRACE_GO)}

@@ -4,9 +4,11 @@
 Everything here works on numpy structured arrays through C pointers with
 the GIL released; no Python object is made per record.
 
-parse_first_line / message_end (C, cimported by bpf-netlog and ebpf-trace
-through ext/includes/dkebpf/_http.pxd): one request or status line, where a
-message ends.
+parse_first_line / message_length / message_end (C, cimported by ebpf-trace
+through ext/includes/dkebpf/_http.pxd): one request or status line, how long
+a message is, where it ends.
+message_bounds(payloads, requests) -> the messages of each captured payload
+    (ebpf-trace splits pipelined calls by them, as by ext/redis.pyx's rows).
 exchange_columns(records) -> method, version, truncated codes and the
     path strings (pyarrow) of each record's request head.
 """
@@ -20,6 +22,7 @@ import pyarrow as pa
 
 from http_maps cimport http_exchange, HTTP_HEAD_MAX
 from dk_common cimport offset_of
+from payloads cimport parse_rows
 from dkebpf._records import HTTP_EXCHANGE_DTYPE, _dtype
 
 cnp.import_array()
@@ -202,31 +205,81 @@ cdef bint _name_is(const uint8_t *p, int i, int e, const char *name, int nlen) n
     return 1
 
 
-cdef int message_end(const uint8_t *p, int n, const http_msg *m) noexcept nogil:
-    """Where the message starting at p[0] ends within p[0:n], from its
-    header block and Content-Length (RFC 9112 section 6.3). -1 when that
-    is not inside the capture or cannot be known (chunked body, body until
-    close)."""
-    cdef int i = 0, e, c, k
-    cdef int64_t clen = -1
-    cdef bint chunked = 0
-    # skip the first line
+cdef inline int64_t _eol(const uint8_t *p, int64_t i, int64_t n) noexcept nogil:
+    """Index of the CR of the first CRLF at or after p[i] within p[0:n];
+    -1 when the capture ends first."""
     while i + 1 < n and not (p[i] == 13 and p[i + 1] == 10):
         i += 1
-    if i + 1 >= n:
+    return i if i + 1 < n else -1
+
+
+cdef int64_t _chunked_end(const uint8_t *p, int64_t i, int64_t n) noexcept nogil:
+    """Where a chunked body starting at p[i] ends (after its last chunk and
+    trailers) when that is inside p[0:n]; -1 otherwise (cut by the capture,
+    or not chunked coding)."""
+    cdef int64_t size, e, digits
+    cdef uint8_t c
+    while True:
+        e = i
+        size = 0
+        digits = 0
+        while e < n and p[e] != 13 and p[e] != 0x3b:  # the size, up to CR or a chunk extension
+            c = _lower(p[e])
+            if 0x30 <= c <= 0x39:
+                size = size * 16 + (c - 0x30)
+            elif 0x61 <= c <= 0x66:
+                size = size * 16 + (c - 0x61 + 10)
+            else:
+                return -1
+            digits += 1
+            if size > 0x7fffffff:
+                return -1
+            e += 1
+        if digits == 0:
+            return -1
+        e = _eol(p, e, n)
+        if e < 0:
+            return -1
+        i = e + 2
+        if size == 0:
+            break
+        i += size
+        if i + 2 > n:
+            return -1
+        if p[i] != 13 or p[i + 1] != 10:
+            return -1
+        i += 2
+    # trailer fields, up to an empty line
+    while True:
+        e = _eol(p, i, n)
+        if e < 0:
+            return -1
+        if e == i:
+            return i + 2
+        i = e + 2
+
+
+cdef int64_t message_length(const uint8_t *p, int n, const http_msg *m) noexcept nogil:
+    """Bytes of the message starting at p[0] whose header block is inside
+    p[0:n] (RFC 9112 section 6.3): the block plus its Content-Length body,
+    which may run past n (the capture: the length is still known), or plus
+    a chunked body whose end is inside p[0:n]. -1 when it cannot be known:
+    the block cut, a chunked body past the capture, a body until close, a
+    malformed length."""
+    cdef int i, e, c, k
+    cdef int64_t clen = -1
+    cdef bint chunked = 0
+    i = <int>_eol(p, 0, n)  # the first line
+    if i < 0:
         return -1
     i += 2
     while True:
-        if i + 1 >= n:
+        e = <int>_eol(p, i, n)
+        if e < 0:
             return -1
-        if p[i] == 13 and p[i + 1] == 10:
+        if e == i:  # the empty line ending the block
             i += 2
             break
-        e = i
-        while e + 1 < n and not (p[e] == 13 and p[e + 1] == 10):
-            e += 1
-        if e + 1 >= n:
-            return -1
         c = i
         while c < e and p[c] != 0x3a:
             c += 1
@@ -250,15 +303,23 @@ cdef int message_end(const uint8_t *p, int n, const http_msg *m) noexcept nogil:
             elif _name_is(p, i, c, b"transfer-encoding", 17):
                 chunked = 1
         i = e + 2
+    if m.kind == K_RESPONSE and (m.status < 200 or m.status == 204 or m.status == 304):
+        return i  # no body whatever the headers say
     if chunked:
-        return -1
+        return _chunked_end(p, i, n)
     if clen >= 0:
-        return <int>(i + clen) if i + clen <= n else -1
+        return i + clen
     if m.kind == K_REQUEST:
         return i  # a request without Content-Length has no body
-    if m.status < 200 or m.status == 204 or m.status == 304:
-        return i
     return -1  # the body runs until the connection closes
+
+
+cdef int message_end(const uint8_t *p, int n, const http_msg *m) noexcept nogil:
+    """Where the message starting at p[0] ends within p[0:n]
+    (message_length); -1 when that is not inside the capture or cannot be
+    known."""
+    cdef int64_t end = message_length(p, n, m)
+    return <int>end if 0 <= end <= n else -1
 
 
 cdef Py_ssize_t _parse_messages(const uint8_t *p, int n, uint32_t nbytes, http_msg *out) noexcept nogil:
@@ -299,6 +360,68 @@ def parse_payload(bytes payload, unsigned int nbytes=0):
         d["path"] = payload[m["path_off"]: m["path_off"] + m["path_len"]] if m["kind"] == K_REQUEST else b""
         out.append(d)
     return out
+
+
+# --- message bounds in captured payloads (ebpf-trace's pipelining) -----------
+
+cdef struct bound_t:  # one message of a payload (BOUND_DTYPE)
+    uint32_t ev        # the payload (set by payloads.pxd's driver)
+    uint32_t off       # where the message starts in it
+    uint32_t length    # its bytes (may run past the capture); 0 not known
+    uint8_t complete   # all of it inside the capture
+    uint8_t valid      # a message of the expected kind starts at `off`
+
+
+cdef Py_ssize_t _bounds(const uint8_t *p, int64_t n, uint8_t request, char *rows, Py_ssize_t room) noexcept nogil:
+    """The messages of one payload -> bound_t rows (payload_parser of
+    payloads.pxd): one per message delimited in it, in order; the first
+    that cannot be (cut, no length known, not a request or response as
+    `request` says) is the last row, with length 0 (valid 0 when no
+    message starts there)."""
+    cdef bound_t *out = <bound_t *>rows
+    cdef Py_ssize_t used = 0
+    cdef int64_t off = 0, length
+    cdef http_msg m
+    if n > 0x7fffffff:
+        n = 0x7fffffff
+    while off < n:
+        if used == room:
+            return -1
+        out[used].off = <uint32_t>off
+        out[used].length = 0
+        out[used].complete = 0
+        out[used].valid = 0
+        used += 1
+        if not parse_first_line(p + off, <int>(n - off), &m) or m.kind != (K_REQUEST if request else K_RESPONSE):
+            break
+        out[used - 1].valid = 1
+        length = message_length(p + off, <int>(n - off), &m)
+        if length <= 0:
+            break
+        out[used - 1].length = <uint32_t>length
+        if off + length > n:
+            break
+        out[used - 1].complete = 1
+        off += length
+    return used
+
+
+cdef bound_t _b
+BOUND_DTYPE = np.dtype({
+    "names": ["ev", "off", "length", "complete", "valid"],
+    "formats": ["<u4", "<u4", "<u4", "u1", "u1"],
+    "offsets": [offset_of(&_b, &_b.ev), offset_of(&_b, &_b.off), offset_of(&_b, &_b.length),
+                offset_of(&_b, &_b.complete), offset_of(&_b, &_b.valid)],
+    "itemsize": sizeof(bound_t)})
+
+
+def message_bounds(payloads, requests):
+    """The HTTP/1.x messages of each payload (a pyarrow Binary array of
+    captured bytes, `requests`: one bool per payload, requests or
+    responses): BOUND_DTYPE rows in payload order, with the fields of
+    ext/redis.pyx's rows that ebpf-trace's pipeline splitting reads (ev,
+    off, length, complete, valid)."""
+    return parse_rows(payloads, requests, _bounds, BOUND_DTYPE)
 
 
 def first_lines(payloads, lengths):

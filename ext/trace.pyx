@@ -45,8 +45,8 @@ from dkebpf import _records
 cnp.import_array()
 
 __all__ = ["MSG_DTYPE", "MSG_MIN_SIZE", "DROP_NAMES", "SPAN_DTYPE", "CONN_DTYPE",
-           "pair", "link_threads", "payloads", "http_lines", "slices", "PROTO_NAMES", "TRACE_CONN_DTYPE",
-           "PROTO_GIVEN_UP"]
+           "pair", "link_threads", "payloads", "http_lines", "slices", "split_pipelines", "PIPE_DTYPE", "PROTO_NAMES", "TRACE_CONN_DTYPE",
+           "TRACE_FLAGS_DTYPE", "FLAG_IGNORED", "FLAG_WHOLE", "PROTO_GIVEN_UP"]
 
 OP_SEND = TRACE_OP_SEND
 OP_RECV = TRACE_OP_RECV
@@ -55,7 +55,8 @@ PID_TRACED = TRACE_PID_TRACED
 PID_EXCLUDED = TRACE_PID_EXCLUDED
 
 cdef trace_conn _tc
-# the value of the kernel's trace_conns map (TracePlugin sets `ignored`)
+# the value of the kernel's trace_conns map: read only (TracePlugin reads
+# `born`); never written back from here (include/trace.h)
 TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("sent", "<u8", offset_of(&_tc, &_tc.sent)),
     ("recv", "<u8", offset_of(&_tc, &_tc.recv)),
@@ -64,7 +65,21 @@ TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("last_op", "u1", offset_of(&_tc, &_tc.last_op)),
     ("short_start", "u1", offset_of(&_tc, &_tc.short_start)),
     ("ignored", "u1", offset_of(&_tc, &_tc.ignored)),
+    ("h2", "u1", offset_of(&_tc, &_tc.h2)),
+    ("whole", "u1", offset_of(&_tc, &_tc.whole)),
+    ("rec_off", "<u4", offset_of(&_tc, &_tc.rec_off)),
+    ("rec_unknown", "u1", offset_of(&_tc, &_tc.rec_unknown)),
+    ("born", "<u8", offset_of(&_tc, &_tc.born)),
 ], sizeof(trace_conn))
+cdef trace_flags _tf
+# the value of the kernel's trace_flags map, which TracePlugin writes (a
+# value made with np.zeros: its padding is sent too)
+TRACE_FLAGS_DTYPE = _records._dtype("trace_flags", [
+    ("born", "<u8", offset_of(&_tf, &_tf.born)),
+    ("bits", "<u4", offset_of(&_tf, &_tf.bits)),
+], sizeof(trace_flags))
+FLAG_IGNORED = TRACE_FLAG_IGNORED
+FLAG_WHOLE = TRACE_FLAG_WHOLE
 PAYLOAD_MAX = TRACE_PAYLOAD_MAX
 MSG_MIN_SIZE = SPAN_MSG_MIN_SIZE
 
@@ -301,18 +316,29 @@ def pair(msgs, order, conns, uint64_t settle_before, uint64_t expire_before):
     cdef int proto
     cdef int64_t unanswered = 0, orphan_responses = 0, expired = 0, undetected = 0
     cdef int64_t prev
+    cdef uint64_t run_bytes
     cdef int take
     with nogil:
-        # a short message start's next call continues its payload (span_msg.more)
-        for k in range(1, n):
+        # the next calls of a run (span_msg.more: of a short start, of a
+        # connection that pipelines) continue its start's payload, while
+        # nothing before them is missing from it
+        prev = -1
+        run_bytes = 0
+        for k in range(n):
             i = Ord[k]
-            prev = Ord[k - 1]
-            if M[i].more == TRACE_MORE_SHORT and M[prev].sk == M[i].sk and M[prev].cap_len < TRACE_PAYLOAD_MAX:
+            if M[i].more != TRACE_MORE_SHORT:
+                prev = i
+                run_bytes = M[i].bytes
+                continue
+            if prev < 0 or M[prev].sk != M[i].sk:
+                continue
+            if M[prev].cap_len == run_bytes and M[prev].cap_len < TRACE_PAYLOAD_MAX:
                 take = M[i].cap_len
                 if take > TRACE_PAYLOAD_MAX - M[prev].cap_len:
                     take = TRACE_PAYLOAD_MAX - M[prev].cap_len
                 memcpy(&M[prev].payload[M[prev].cap_len], M[i].payload, take)
                 M[prev].cap_len += take
+            run_bytes += M[i].bytes
         k = 0
         while k < n:
             # one connection: order[k:j]
@@ -423,7 +449,7 @@ cdef inline uint64_t _entry_id(const span_msg *m) noexcept nogil:
     return id_ if id_ != 0 else 1
 
 
-def link_threads(msgs, role, until):
+def link_threads(msgs, role, until, pipelines=None):
     """Give every request of msgs without one (msgs['user'] == 0) its
     thread_trace_id, in msgs['user'] (as uint64 of a positive int64).
 
@@ -437,6 +463,9 @@ def link_threads(msgs, role, until):
     cannot be told from the thread, and a guess could be a wrong parent.
     Entries still unanswered or whose response is still open are carried
     by the caller with their id, so they are open again in the next batch.
+    `pipelines` (bool per message, optional): entries that are several
+    requests at once (pipelining): which of them an exit serves cannot be
+    told either, so they count as several open.
     Returns {"exits_ambiguous_parent": n, "exits_without_entry": n}."""
     cdef cnp.ndarray M_arr = msgs
     if M_arr.dtype != MSG_DTYPE or not M_arr.flags.c_contiguous:
@@ -446,6 +475,10 @@ def link_threads(msgs, role, until):
     rq = np.asarray(role) == ROLE_REQUEST
     if U.shape[0] != len(M_arr) or rq.shape[0] != len(M_arr):
         raise ValueError(f"link_threads: {len(M_arr)} records but {U.shape[0]} until and {rq.shape[0]} roles")
+    cdef const uint8_t[::1] P = np.ascontiguousarray(np.zeros(len(M_arr), bool) if pipelines is None else pipelines,
+                                                     np.uint8)
+    if P.shape[0] != len(M_arr):
+        raise ValueError(f"link_threads: {len(M_arr)} records but {P.shape[0]} pipeline flags")
     idx = np.flatnonzero(rq)
     ops = msgs["op"][idx]
     # per thread, in time order, an entry before an exit at the same time
@@ -483,12 +516,13 @@ def link_threads(msgs, role, until):
                 if m.user == 0:
                     m.user = _entry_id(m)
                 if U[I[k]] > t:
-                    if nopen < OPEN_MAX:
-                        open_until[nopen] = U[I[k]]
-                        open_id[nopen] = m.user
-                        nopen += 1
-                    elif overflow_until < U[I[k]]:
-                        overflow_until = U[I[k]]
+                    for j in range(2 if P[I[k]] else 1):  # a pipeline: several requests open
+                        if nopen < OPEN_MAX:
+                            open_until[nopen] = U[I[k]]
+                            open_id[nopen] = m.user
+                            nopen += 1
+                        elif overflow_until < U[I[k]]:
+                            overflow_until = U[I[k]]
             elif m.user == 0:
                 if nopen == 1 and overflow_until <= t:
                     m.user = open_id[0]
@@ -501,29 +535,197 @@ def link_threads(msgs, role, until):
     return {"exits_ambiguous_parent": ambiguous, "exits_without_entry": orphan}
 
 
-def payloads(msgs, idx):
+def payloads(msgs, idx, off=None, length=None):
     """The captured payloads of msgs[idx] as one pyarrow BinaryArray (for
-    the protocol parsers), copied in one pass."""
+    the protocol parsers), copied in one pass; with `off` and `length`
+    (per row) only those bytes of each, as far as they were captured (one
+    message of a pipelined call: split_pipelines)."""
     cdef cnp.ndarray M_arr = np.ascontiguousarray(msgs, dtype=MSG_DTYPE)
     cdef const span_msg *M = <const span_msg *>cnp.PyArray_DATA(M_arr) if len(M_arr) else NULL
     cdef const int64_t[::1] I = np.ascontiguousarray(idx, np.int64)
     cdef Py_ssize_t n = I.shape[0], k
+    cdef bint part = off is not None
+    cdef const int64_t[::1] Off = np.ascontiguousarray(off if part else np.zeros(0), np.int64)
+    cdef const int64_t[::1] Len = np.ascontiguousarray(length if part else np.zeros(0), np.int64)
+    if part and (Off.shape[0] != n or Len.shape[0] != n):
+        raise ValueError(f"payloads: {n} rows but {Off.shape[0]} offsets and {Len.shape[0]} lengths")
     cdef cnp.ndarray offsets = np.empty(n + 1, np.int32)
     cdef int32_t *O = <int32_t *>cnp.PyArray_DATA(offsets)
+    cdef cnp.ndarray starts = np.zeros(n, np.int32)
+    cdef int32_t *A = <int32_t *>cnp.PyArray_DATA(starts)
     cdef int32_t pos = 0
-    cdef int L
+    cdef int64_t L, a, b
     with nogil:
         for k in range(n):
             O[k] = pos
             L = M[I[k]].cap_len
-            pos += L if L < TRACE_PAYLOAD_MAX else TRACE_PAYLOAD_MAX
+            if L > TRACE_PAYLOAD_MAX:
+                L = TRACE_PAYLOAD_MAX
+            a = 0
+            if part:
+                a = Off[k] if 0 <= Off[k] < L else L
+                b = a + Len[k] if Len[k] >= 0 else a
+                L = b if b < L else L
+            A[k] = <int32_t>a
+            pos += <int32_t>(L - a)
         O[n] = pos
     cdef cnp.ndarray data = np.empty(max(pos, 1), np.uint8)
     cdef uint8_t *D = <uint8_t *>cnp.PyArray_DATA(data)
     with nogil:
         for k in range(n):
-            memcpy(D + O[k], M[I[k]].payload, O[k + 1] - O[k])
+            memcpy(D + O[k], M[I[k]].payload + A[k], O[k + 1] - O[k])
     return pa.BinaryArray.from_buffers(pa.binary(), n, [None, pa.py_buffer(offsets), pa.py_buffer(data[:pos])])
+
+
+# per span of split_pipelines: which message of its calls it is
+PIPE_DTYPE = np.dtype([("span", "<i8"), ("sub", "<i8"), ("req_off", "<i8"), ("resp_off", "<i8"),
+                       ("req_len", "<i8"), ("resp_len", "<i8"), ("many", "?"), ("rest", "?")])
+
+
+cdef struct side_t:   # one side (request or response run) of an exchange
+    int64_t first     # its first parser row
+    int64_t known     # messages delimited, from `first` on
+    int64_t rest      # where what could not be delimited begins; -1 nothing
+    int64_t total     # the run's bytes (at least what was captured and delimited)
+
+
+cdef void _side(const int64_t *ev, const int64_t *off, const int64_t *ln, const uint8_t *valid,
+                Py_ssize_t nrows, Py_ssize_t *at, Py_ssize_t k, int64_t total, int64_t cap,
+                side_t *s) noexcept nogil:
+    """The rows of payload k (from *at on: rows come in payload order):
+    how many messages are delimited one after the other from its start,
+    and where the rest begins."""
+    cdef int64_t end = 0
+    cdef Py_ssize_t i
+    while at[0] < nrows and ev[at[0]] < k:
+        at[0] += 1
+    s.first = at[0]
+    s.known = 0
+    s.rest = -1
+    while at[0] < nrows and ev[at[0]] == k:
+        i = at[0]
+        at[0] += 1
+        if s.rest >= 0:
+            continue
+        if valid[i] and ln[i] > 0 and off[i] == end:
+            s.known += 1
+            end = off[i] + ln[i]
+        else:
+            s.rest = off[i]
+    total = total if total > cap else cap
+    s.total = total if total > end else end
+    if s.rest < 0 and end < s.total:
+        s.rest = end
+
+
+def _row_fields(rows):
+    return (np.ascontiguousarray(rows["ev"], np.int64), np.ascontiguousarray(rows["off"], np.int64),
+            np.ascontiguousarray(rows["length"], np.int64), np.ascontiguousarray(rows["valid"], np.uint8))
+
+
+def split_pipelines(req_rows, resp_rows, req_total, resp_total, req_cap, resp_cap):
+    """Exchanges whose calls carry several messages (pipelining) -> one
+    row per message pair, the same way for every protocol that has a
+    message-bounds parser (ext/http.pyx message_bounds, ext/redis.pyx
+    parse: rows with ev, off, length, valid, in payload order).
+
+    Exchange k: its request run's payload (rows of ev k in req_rows, its
+    run's bytes req_total[k], of which req_cap[k] captured) and its
+    response run's. The i-th request pairs with the i-th response. When
+    both runs delimit into the same number of messages, one row each.
+    When a run goes on past what its capture delimits (the rest of the
+    bytes not captured, a body whose end is not in them), the messages
+    delimited on both sides are rows and one last row (``rest``) stands
+    for everything after them, from the first message not paired on each
+    side (its offsets known: never another message's). When the counts
+    contradict each other (a side with fewer messages and nothing more),
+    the exchange stays one row: no pairing could be trusted.
+
+    Returns (PIPE_DTYPE rows, in exchange order: span = k, sub = the
+    message's place, offsets and lengths in the runs, many = one of
+    several; stats)."""
+    qe, qo, ql, qv = _row_fields(req_rows)
+    re_, ro, rl, rv = _row_fields(resp_rows)
+    cdef const int64_t[::1] QE = qe, QO = qo, QL = ql, RE = re_, RO = ro, RL = rl
+    cdef const uint8_t[::1] QV = qv, RV = rv
+    cdef const int64_t[::1] QT = np.ascontiguousarray(req_total, np.int64)
+    cdef const int64_t[::1] RT = np.ascontiguousarray(resp_total, np.int64)
+    cdef const int64_t[::1] QC = np.ascontiguousarray(req_cap, np.int64)
+    cdef const int64_t[::1] RC = np.ascontiguousarray(resp_cap, np.int64)
+    cdef Py_ssize_t n = QT.shape[0], k, qat = 0, rat = 0, j, total = 0, w = 0, sub
+    cdef Py_ssize_t nq = QE.shape[0], nr = RE.shape[0]
+    if RT.shape[0] != n or QC.shape[0] != n or RC.shape[0] != n:
+        raise ValueError(f"split_pipelines: {n} request totals but {RT.shape[0]} response totals, "
+                         f"{QC.shape[0]} and {RC.shape[0]} captured lengths")
+    if nq and (QE[0] < 0 or QE[nq - 1] >= n) or nr and (RE[0] < 0 or RE[nr - 1] >= n):
+        raise ValueError(f"split_pipelines: parser rows name payloads outside 0..{n - 1}")
+    counts_arr = np.ones(n, np.int64)
+    cdef int64_t[::1] CNT = counts_arr
+    cdef int64_t split = 0, rests = 0, mismatched = 0, m
+    cdef side_t q, r
+    # per exchange: its two sides, kept for the second pass
+    cdef cnp.ndarray SIDES = np.zeros(2 * n * sizeof(side_t) + 1, np.uint8)
+    cdef side_t *S2 = <side_t *>cnp.PyArray_DATA(SIDES)
+    with nogil:
+        for k in range(n):
+            _side(&QE[0] if nq else NULL, &QO[0] if nq else NULL, &QL[0] if nq else NULL, &QV[0] if nq else NULL,
+                  nq, &qat, k, QT[k], QC[k], &q)
+            _side(&RE[0] if nr else NULL, &RO[0] if nr else NULL, &RL[0] if nr else NULL, &RV[0] if nr else NULL,
+                  nr, &rat, k, RT[k], RC[k], &r)
+            S2[2 * k] = q
+            S2[2 * k + 1] = r
+            if q.known == r.known and q.rest < 0 and r.rest < 0:
+                CNT[k] = q.known if q.known > 1 else 1
+            else:
+                m = q.known if q.known < r.known else r.known
+                if (m < q.known or q.rest >= 0) and (m < r.known or r.rest >= 0):
+                    CNT[k] = m + 1
+                    if m > 0:
+                        rests += 1
+                elif q.known > 1 or r.known > 1:
+                    mismatched += 1
+            if CNT[k] > 1:
+                split += 1
+            total += CNT[k]
+    cols = {name: np.zeros(total, np.int64) for name in ("span", "sub", "req_off", "resp_off", "req_len", "resp_len")}
+    cdef int64_t[::1] OS = cols["span"], OB = cols["sub"], OQO = cols["req_off"], ORO = cols["resp_off"]
+    cdef int64_t[::1] OQL = cols["req_len"], ORL = cols["resp_len"]
+    many_arr = np.zeros(total, np.uint8)
+    rest_arr = np.zeros(total, np.uint8)
+    cdef uint8_t[::1] MANY = many_arr, REST = rest_arr
+    with nogil:
+        for k in range(n):
+            q = S2[2 * k]
+            r = S2[2 * k + 1]
+            if CNT[k] == 1:  # one span of the whole calls, as they are
+                OS[w] = k
+                OQL[w] = q.total
+                ORL[w] = r.total
+                w += 1
+                continue
+            m = q.known if q.known < r.known else r.known
+            for sub in range(CNT[k]):
+                OS[w] = k
+                OB[w] = sub
+                MANY[w] = 1
+                if sub < m:
+                    OQO[w] = QO[q.first + sub]
+                    OQL[w] = QL[q.first + sub]
+                    ORO[w] = RO[r.first + sub]
+                    ORL[w] = RL[r.first + sub]
+                else:  # the rest, from the first message not paired on each side
+                    REST[w] = 1
+                    OQO[w] = QO[q.first + sub] if sub < q.known else q.rest
+                    ORO[w] = RO[r.first + sub] if sub < r.known else r.rest
+                    OQL[w] = q.total - OQO[w]
+                    ORL[w] = r.total - ORO[w]
+                w += 1
+    out = np.zeros(total, PIPE_DTYPE)
+    for name, col in cols.items():
+        out[name] = col
+    out["many"] = many_arr.view(bool)
+    out["rest"] = rest_arr.view(bool)
+    return out, {"pipelined_calls": split, "pipelined_rest_spans": rests, "pipelined_mismatched": mismatched}
 
 
 cdef http_msg _h
@@ -536,13 +738,18 @@ HTTP_LINE_DTYPE = np.dtype({
     "itemsize": sizeof(http_msg)})
 
 
-def http_lines(msgs, idx):
+def http_lines(msgs, idx, off=None):
     """HTTP/1.x first line of each msgs[idx] (httpflow's parser,
-    dkebpf._http): HTTP_LINE_DTYPE rows (kind 0 where none)."""
+    dkebpf._http), at `off` bytes into its payload when given (one message
+    of a pipelined call; path_off then counts from there): HTTP_LINE_DTYPE
+    rows (kind 0 where none)."""
     cdef cnp.ndarray M_arr = np.ascontiguousarray(msgs, dtype=MSG_DTYPE)
     cdef const span_msg *M = <const span_msg *>cnp.PyArray_DATA(M_arr) if len(M_arr) else NULL
     cdef const int64_t[::1] I = np.ascontiguousarray(idx, np.int64)
     cdef Py_ssize_t n = I.shape[0], k
+    cdef const int64_t[::1] Off = np.ascontiguousarray(np.zeros(n) if off is None else off, np.int64)
+    if Off.shape[0] != n:
+        raise ValueError(f"http_lines: {n} rows but {Off.shape[0]} offsets")
     out = np.zeros(n, HTTP_LINE_DTYPE)
     cdef http_msg *H = <http_msg *>cnp.PyArray_DATA(out)
     cdef int L
@@ -551,7 +758,7 @@ def http_lines(msgs, idx):
             L = M[I[k]].cap_len
             if L > TRACE_PAYLOAD_MAX:
                 L = TRACE_PAYLOAD_MAX
-            if not parse_first_line(M[I[k]].payload, L, &H[k]):
+            if Off[k] < 0 or Off[k] >= L or not parse_first_line(M[I[k]].payload + Off[k], L - <int>Off[k], &H[k]):
                 H[k].kind = 0
     return out
 

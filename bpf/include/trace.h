@@ -26,7 +26,9 @@
  * of a run whose first call moved fewer than TRACE_SHORT_START bytes: its
  * payload continues the start's (Go's net/http server reads one byte
  * ahead to notice a closed connection, so a request's first read is 1
- * byte and its request line comes with the second). */
+ * byte and its request line comes with the second); or any later call of
+ * a run on a connection that pipelines (trace_conn.whole: responses
+ * written one call each). */
 #define TRACE_SHORT_START 16
 
 /* span_msg.more on an HTTP/2 connection (trace_conn.h2: the client preface
@@ -97,7 +99,11 @@ struct span_msg {
 
 #define SPAN_MSG_MIN_SIZE __builtin_offsetof(struct span_msg, payload)
 
-/* Value of the `trace_conns` LRU map, keyed by struct sock *. */
+/* Value of the `trace_conns` LRU map, keyed by struct sock * (| TLS_SK_TAG).
+ * Written by the BPF programs only; user space reads it (born) and puts
+ * its own word on a connection in `trace_flags`: a whole value written
+ * back would overwrite what the kernel changed meanwhile (counters, run
+ * state, h2) and whatever user space does not know of the value. */
 struct trace_conn {
 	__u64 sent;
 	__u64 recv;
@@ -105,16 +111,42 @@ struct trace_conn {
 	__u64 ts_last_recv;
 	__u8 last_op; /* TRACE_OP_SEND / TRACE_OP_RECV of the current run */
 	__u8 short_start; /* the run's first call was short: send the next one too */
-	__u8 ignored;     /* user space could not tell its protocol (TracePlugin
-	                   * sets it): its calls are only counted, no record
-	                   * but the close */
+	__u8 ignored;     /* its calls are only counted, no record but the close:
+	                   * user space could not tell its protocol
+	                   * (TRACE_FLAG_IGNORED, copied at a message start), or
+	                   * tls.bpf.c saw an SSL call on it (its ciphertext) */
 	__u8 h2;          /* the HTTP/2 client preface was seen: every call is sent */
+	__u8 whole;       /* user space saw it pipeline (TRACE_FLAG_WHOLE, copied
+	                   * at a message start): an HTTP/1.x response keeps its
+	                   * payload, not only its status line (TRACE_STATUS_KEEP),
+	                   * for the lengths of the responses in it */
+	__u8 _pad[3];
 	__u32 rec_off;    /* TLS plaintext (bpf/tls.bpf.c): bytes of the TLS record
 	                   * being read that SSL_reads returned so far (0: the
 	                   * last read ended its record) */
 	__u8 rec_unknown; /* TLS plaintext: rec_off is not known (the connection's
 	                   * handshake was not seen: it was older than the
 	                   * tracing) until a read starts at a record's start */
+	__u8 _pad2[3];
+	__u64 born;       /* bpf_ktime_get_ns() when the entry was made: which
+	                   * socket at this address a trace_flags entry is for */
+};
+
+/* trace_flags.bits */
+#define TRACE_FLAG_IGNORED 1 /* trace_conn.ignored */
+#define TRACE_FLAG_WHOLE 2   /* trace_conn.whole */
+
+/* Value of the `trace_flags` map (key: trace_conns' key): what user space
+ * decided about a connection, written by user space only (TracePlugin).
+ * The BPF programs read it at a message start and copy the bits into
+ * their trace_conn when `born` is that entry's (else it was meant for an
+ * earlier socket at the same address, closed before user space wrote it:
+ * deleted, never applied); tcp_destroy_sock deletes it with the
+ * connection's trace_conns entry. */
+struct trace_flags {
+	__u64 born; /* trace_conn.born of the connection meant */
+	__u32 bits; /* TRACE_FLAG_* */
+	__u32 _pad;
 };
 
 #endif

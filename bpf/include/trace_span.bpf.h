@@ -2,7 +2,7 @@
  * (BPF side only): bpf/trace.bpf.c for plaintext socket calls and
  * bpf/tls.bpf.c (trace_spans set) for the plaintext of OpenSSL calls. Both
  * objects hold the same maps (user space loads trace.bpf.o first and hands
- * its trace_pids, trace_conns and events to tls.bpf.o: BpfSkeleton.start's
+ * its trace_pids, trace_conns, trace_flags and events to tls.bpf.o: BpfSkeleton.start's
  * reuse), so one process list, one connection table and one ring serve
  * both, and each record is filled here, the same way for both.
  *
@@ -15,10 +15,12 @@
 #include "drops.bpf.h"
 #include "ring_wake.bpf.h"
 
+/* the ring's declared size; user space sets the real one (bpf_objects.TRACE) */
 #define TRACE_EVENTS_RING_BYTES (1 << 24)
 /* user space takes records once per interval: wake it only when this much
- * waits (include/ring_wake.bpf.h) */
-#define TRACE_EVENTS_WAKE_BYTES (TRACE_EVENTS_RING_BYTES / 16)
+ * waits (include/ring_wake.bpf.h); set by user space from the ring's real
+ * size (bpf_objects.TRACE_WAKE_BYTES) */
+const volatile __u32 trace_wake_bytes = 1 << 20;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -33,6 +35,18 @@ struct {
 	__type(key, __u64); /* struct sock *, | TLS_SK_TAG for the plaintext of its TLS */
 	__type(value, struct trace_conn);
 } trace_conns SEC(".maps");
+
+/* User space's flags of a connection (include/trace.h: struct
+ * trace_flags), apart from trace_conns so that user space never writes
+ * the kernel's entries. Few entries (the connections given up on or
+ * pipelining): allocated on demand. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, __u64); /* trace_conns' key */
+	__type(value, struct trace_flags);
+} trace_flags SEC(".maps");
 
 /* The record under construction (per CPU), with slack after the payload
  * so that any copy starting below TRACE_PAYLOAD_MAX of at most
@@ -78,13 +92,37 @@ static __always_inline struct trace_conn *trace_conn_get(__u64 key, __u8 rec_unk
 	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
 	if (tc)
 		return tc;
-	struct trace_conn init = {.rec_unknown = rec_unknown};
+	struct trace_conn init = {.rec_unknown = rec_unknown, .born = bpf_ktime_get_ns()};
 	/* a miss of BPF_NOEXIST is another CPU that made it meanwhile */
 	bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST);
 	tc = bpf_map_lookup_elem(&trace_conns, &key);
 	if (!tc)
 		count_drop(drops, drop_idx);
 	return tc;
+}
+
+/* At a message start: user space's flags of the connection (trace_flags)
+ * into its entry, once they are there (one lookup per message start, none
+ * once the connection is ignored: nothing more can change for it). A flag
+ * whose `born` is not this entry's was written for an earlier socket at
+ * this address (it closed between user space's look at trace_conns and
+ * its write): it goes, unapplied. */
+static __always_inline void span_flags_apply(__u64 key, struct trace_conn *tc)
+{
+	if (tc->ignored)
+		return;
+	struct trace_flags *f = bpf_map_lookup_elem(&trace_flags, &key);
+	if (!f)
+		return;
+	if (f->born != tc->born) {
+		bpf_map_delete_elem(&trace_flags, &key);
+		return;
+	}
+	__u32 bits = f->bits;
+	if (bits & TRACE_FLAG_IGNORED)
+		tc->ignored = 1;
+	if (bits & TRACE_FLAG_WHOLE)
+		tc->whole = 1;
 }
 
 /* A call in direction op on the connection tc: does it start a message
@@ -94,8 +132,10 @@ static __always_inline struct trace_conn *trace_conn_get(__u64 key, __u8 rec_unk
 static __always_inline int span_due(const struct trace_conn *tc, __u8 op, int *start)
 {
 	*start = tc->last_op != op;
-	/* on an HTTP/2 connection every call (frames of many streams interleave) */
-	return (*start || tc->short_start || tc->h2) && !tc->ignored;
+	/* on an HTTP/2 connection every call (frames of many streams
+	 * interleave); on one that pipelines (trace_conn.whole) too: the
+	 * messages of a run written call by call continue its start's payload */
+	return (*start || tc->short_start || tc->h2 || tc->whole) && !tc->ignored;
 }
 
 /* span_msg.more of a due record (include/trace.h) */
@@ -137,6 +177,8 @@ static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64
 	struct trace_conn *tc = trace_conn_get(key, rec_unknown, drops, conns_drop);
 	if (!tc)
 		return 0;
+	if (tc->last_op != op) /* a message start (span_due) */
+		span_flags_apply(key, tc);
 	*due = span_due(tc, op, start);
 	if (*due) {
 		__u32 zero = 0;
@@ -271,27 +313,29 @@ static __always_inline void span_msg_fill(struct span_msg *ev, const struct trac
 	dpc[1] = pc[1];
 }
 
-/* Send a filled record (payload copied, cap_len set) to the ring. An
+/* Send a filled record (payload copied, cap_len set) to the ring. With
+ * `trim_status` (a connection not seen pipelining: trace_conn.whole) an
  * HTTP/1.x response keeps its status line only: user space reads nothing
  * else of it, the headers and body would only fill the ring
  * (include/trace.h: TRACE_STATUS_KEEP). */
-static __always_inline void span_msg_send(void *ring, struct span_msg *ev, __u32 *unqueried, void *drops,
-					  __u32 drop_idx)
+static __always_inline void span_msg_send(void *ring, struct span_msg *ev, int trim_status, __u32 *unqueried,
+					  void *drops, __u32 drop_idx)
 {
-	if (ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
+	if (trim_status && ev->cap_len > TRACE_STATUS_KEEP && is_http1_status(ev->payload))
 		ev->cap_len = TRACE_STATUS_KEEP;
 	/* the mask restated past a barrier: clang would otherwise drop it (it
 	 * knows cap_len's bound, the verifier does not after its reloads) */
 	__u32 cap = ev->cap_len;
 	asm volatile("" : "+r"(cap));
 	__u32 size = SPAN_MSG_MIN_SIZE + (cap & (2 * TRACE_PAYLOAD_MAX - 1));
-	__u64 flag = ring_wake_flag(ring, unqueried, size, TRACE_EVENTS_WAKE_BYTES);
+	__u64 flag = ring_wake_flag(ring, unqueried, size, trace_wake_bytes);
 	if (bpf_ringbuf_output(ring, ev, size, flag))
 		count_drop(drops, drop_idx);
 }
 
 /* The end of a connection in trace_conns (key): a TRACE_OP_CLOSE record
- * with its final counters, and its entry goes. Possibly softirq context:
+ * with its final counters, and its entries go (trace_conns, trace_flags:
+ * a later socket at the same address starts unflagged). Possibly softirq context:
  * no process, no tuple (user space knows the connection by its key from
  * its earlier records). */
 static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unqueried, void *drops, __u32 drop_idx)
@@ -309,11 +353,15 @@ static __always_inline void span_conn_close(void *ring, __u64 key, __u32 *unquer
 		ev->ts_last_send = tc->ts_last_send;
 		ev->ts_last_recv = tc->ts_last_recv;
 		ev->op = TRACE_OP_CLOSE;
-		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, TRACE_EVENTS_WAKE_BYTES));
+		bpf_ringbuf_submit(ev, ring_wake_flag(ring, unqueried, SPAN_MSG_MIN_SIZE, trace_wake_bytes));
 	} else {
 		count_drop(drops, drop_idx);
 	}
 	bpf_map_delete_elem(&trace_conns, &key);
+	/* only a connection user space saw can have flags (a flag written
+	 * after this delete, for a socket closed meanwhile, does not match
+	 * the next entry's `born`: span_flags_apply) */
+	bpf_map_delete_elem(&trace_flags, &key);
 }
 
 #endif

@@ -17,6 +17,8 @@ cdef extern from "include/trace.h" nogil:
         TRACE_SHORT_START
         TRACE_MORE_SHORT
         TRACE_MORE_H2_CALL
+        TRACE_FLAG_IGNORED
+        TRACE_FLAG_WHOLE
 
     cdef struct trace_conn:
         unsigned long long sent
@@ -27,6 +29,14 @@ cdef extern from "include/trace.h" nogil:
         unsigned char short_start
         unsigned char ignored
         unsigned char h2
+        unsigned char whole
+        unsigned int rec_off
+        unsigned char rec_unknown
+        unsigned long long born
+
+    cdef struct trace_flags:
+        unsigned long long born
+        unsigned int bits
 
     cdef struct span_msg:
         unsigned long long ts_ns

@@ -350,7 +350,10 @@ def cmd(*w):
 s.sendall(cmd(b"SET", b"pk", b"1") + cmd(b"INCRBY", b"pk", b"x") + cmd(b"GET", b"pk"))
 got = b""
 while got.count(b"\r\n") < 4:  # +OK, -ERR ..., $1 1
-    got += s.recv(4096)
+    b = s.recv(4096)
+    if not b:  # the server closed: fail, not spin
+        sys.exit("closed after %r" % got)
+    got += b
 s.close()
 """
 
@@ -445,3 +448,166 @@ def test_connection_of_unknown_protocol_stops_sending_records(plugin, apps):
     assert plugin.counters()["trace_connections_ignored"] >= 2
     # the last second of the exchange sent nothing
     assert not starts or (max(starts) < time.monotonic_ns() - 1_000_000_000)
+
+
+# Four HTTP/1.1 requests in one write, four times on one connection (2.5 s
+# apart: once the collector has seen a pipeline it tells the kernel to
+# keep this connection's responses whole and send each of their calls;
+# on a loaded machine that may take more than one pause); each time the
+# four responses read at once. argv: port.
+HTTP_PIPELINE_CLIENT = r"""
+import socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for tag in (b"a", b"b", b"c", b"d"):
+    s.sendall(b"".join(b"GET /item/%s%d HTTP/1.1\r\nHost: t\r\n\r\n" % (tag, i) for i in range(4)))
+    time.sleep(0.5)  # all four answered: one read takes them
+    got = b""
+    while not (got.count(b"\r\n\r\n") == 4 and got.endswith(b"v-%s3" % tag)):
+        b = s.recv(65536)
+        if not b:  # the server closed: fail, not spin
+            sys.exit("closed after %r" % got)
+        got += b
+    time.sleep(2.5)
+s.close()
+"""
+
+
+def test_http_pipeline_one_span_per_request_at_both_ends(plugin, apps):
+    """A client pipelining four requests to the threaded Python server
+    (which answers each with a header write and a body write, calling
+    redis-server in between): once the connection is known to pipeline,
+    four client spans and four server spans, each with its own path,
+    status and sequence numbers, the two ends meeting on them; the
+    server's Redis calls made while the four were open get no parent
+    (which request they serve cannot be told), never a wrong one."""
+    import sys
+
+    from support.trace_apps import start_after
+
+    cli = start_after(2.5, [sys.executable, "-c", HTTP_PIPELINE_CLIENT, str(apps.web_port)], apps.env)
+    cp, web = str(cli.pid), str(apps.web.pid)
+    def split(rows, tag):
+        routes = [f"/item/{tag}{i}" for i in range(4)]
+        return sum(r["pid"] == cp and r.get("http_route") in routes for r in rows) >= 4 and \
+            sum(r["pid"] == web and r.get("http_route") in routes for r in rows) >= 4
+
+    # a later pipeline split at both ends (the first one cannot be: the
+    # kernel cut its responses to their status lines)
+    rows = spans_until(plugin, lambda rows: any(split(rows, t) for t in "bcd"), timeout=30)
+    assert cli.wait(15) == 0
+    tag = next(t for t in "bcd" if split(rows, t))
+    second = [f"/item/{tag}{i}" for i in range(4)]
+    client = sorted((r for r in rows if r["pid"] == cp and r.get("http_route") in second),
+                    key=lambda r: r["req_seq"])
+    server = sorted((r for r in rows if r["pid"] == web and r.get("http_route") in second),
+                    key=lambda r: r["req_seq"])
+    assert [r["http_route"] for r in client] == second and [r["http_route"] for r in server] == second
+    assert [r["http_status_code"] for r in client + server] == ["200"] * 8
+    assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+    assert len({r["req_seq"] for r in client}) == 4 and len({r["resp_seq"] for r in client}) == 4
+    assert [r["direction"] for r in client + server] == ["outgoing"] * 4 + ["incoming"] * 4
+    # each request its own bytes: its line and Host header; its response its own
+    assert [r["bytes_written"] for r in client] == [len(b"GET /item/b0 HTTP/1.1\r\nHost: t\r\n\r\n")] * 4
+    assert len({r["bytes_read"] for r in client}) == 1 and client[0]["bytes_read"] < 300
+    # the server's entries: ids of their own; its Redis calls of that
+    # round (SET/GET of its four, made while the four were open) none of them
+    ids = {r["thread_trace_id"] for r in server}
+    assert len(ids) == 4
+    # (this round's: the next one starts 3 s after it; ktime in ns)
+    calls = [r for r in rows if r["pid"] == web and r["direction"] == "outgoing"
+             and server[0]["ktime"] <= r["ktime"] < server[0]["ktime"] + 2_000_000_000]
+    assert len(calls) == 8 and not ids & {r["thread_trace_id"] for r in calls}
+    c = plugin.counters()
+    assert c["trace_connections_pipelining"] >= 2 and c["trace_pipelined_calls"] >= 2
+    # (the calls after the first response began are past the entry's end as
+    # far as linking knows, with no response after it: roots, not ambiguous)
+    assert c["trace_exits_ambiguous_parent"] >= 2
+
+
+# One loopback connection in one process, an exchange on it per line read
+# from stdin (client sends 8 bytes, the server answers them); prints the
+# client's and the server's local ports, and "done" after each exchange.
+ECHO_ON_CUE = r"""
+import socket, sys
+srv = socket.socket()
+srv.bind(("127.0.0.1", 0))
+srv.listen(1)
+cli = socket.create_connection(srv.getsockname())
+peer, _ = srv.accept()
+print(cli.getsockname()[1], srv.getsockname()[1], flush=True)
+for line in sys.stdin:
+    cli.sendall(b"PING 123")
+    peer.sendall(peer.recv(64))
+    cli.recv(64)
+    print("done", flush=True)
+"""
+
+
+def test_flags_leave_the_kernels_connection_entries_alone(plugin, apps):
+    """User space's flags go to trace_flags, never into trace_conns (a
+    whole value written back there once put stray bytes into its h2 flag
+    and overwrote the kernel's counters): the entry is byte for byte what
+    the kernel made until the next message start copies the flag in; a
+    flag written for an earlier socket at the same address (another
+    `born`) is dropped there, not applied; the close removes the flags."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from dkebpf import _trace
+    from support.trace_apps import stop_process
+
+    proc = subprocess.Popen([sys.executable, "-c", ECHO_ON_CUE], env=apps.env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        cport, sport = map(int, proc.stdout.readline().split())
+        plugin.rescan(force=True)
+
+        def exchange():
+            proc.stdin.write("x\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "done"
+
+        exchange()
+        time.sleep(0.3)
+        msgs = plugin.ring.take()
+        mine = msgs[msgs["pid"] == proc.pid]
+        cli_sk = int(mine["sk"][mine["lport"] == cport][0])
+        peer_sk = int(mine["sk"][mine["lport"] == sport][0])
+        conns, flags = plugin.bpf.maps.trace_conns, plugin.bpf.maps.trace_flags
+
+        def key(sk):
+            return np.uint64(sk).tobytes()
+
+        def conn(sk):
+            return np.frombuffer(conns.lookup(key(sk)), _trace.TRACE_CONN_DTYPE)[0]
+
+        before = conns.lookup(key(cli_sk))
+        assert plugin._flag(np.array([cli_sk], np.uint64), _trace.FLAG_WHOLE) == 1
+        assert plugin._flag(np.array([cli_sk], np.uint64), _trace.FLAG_WHOLE) == 0  # already
+        assert conns.lookup(key(cli_sk)) == before
+        f = np.frombuffer(flags.lookup(key(cli_sk)), _trace.TRACE_FLAGS_DTYPE)[0]
+        assert (int(f["born"]), int(f["bits"])) == (int(conn(cli_sk)["born"]), _trace.FLAG_WHOLE)
+        # the peer: a flag meant for an earlier socket at its address
+        stale = np.zeros(1, _trace.TRACE_FLAGS_DTYPE)
+        stale["born"], stale["bits"] = int(conn(peer_sk)["born"]) - 1, _trace.FLAG_IGNORED
+        flags.update(key(peer_sk), stale.tobytes())
+
+        exchange()
+        c, p = conn(cli_sk), conn(peer_sk)
+        assert (c["whole"], c["h2"], c["ignored"]) == (1, 0, 0)
+        assert (p["whole"], p["h2"], p["ignored"]) == (0, 0, 0)
+        assert flags.lookup(key(peer_sk)) is None
+        assert c["sent"] == c["recv"] == p["sent"] == p["recv"] == 16
+        time.sleep(0.3)
+        msgs = plugin.ring.take()
+        assert (msgs["sk"] == peer_sk).sum() == 2  # its records go on: not ignored
+        proc.stdin.close()
+        assert proc.wait(10) == 0
+        end = time.monotonic() + 5  # (the close ends in softirq, on loopback at once)
+        while conns.lookup(key(cli_sk)) is not None and time.monotonic() < end:
+            time.sleep(0.05)
+        assert flags.lookup(key(cli_sk)) is None and conns.lookup(key(cli_sk)) is None
+    finally:
+        stop_process(proc, 5)

@@ -65,9 +65,41 @@ def first_line(p):
     return out
 
 
-def message_end(p, msg):
-    """Length of the message at the start of p when it ends inside p
-    (header block plus Content-Length body), else None."""
+def chunked_end(p, i):
+    """End of a chunked body starting at p[i] (last chunk and trailers)
+    when inside p, else None."""
+    while True:
+        e = i
+        while e < len(p) and p[e:e + 1] not in (b"\r", b";"):
+            e += 1
+        size = p[i:e]
+        if not size or any(c not in b"0123456789abcdefABCDEF" for c in size) or int(size, 16) > 0x7FFFFFFF:
+            return None
+        e = p.find(b"\r\n", e)
+        if e < 0:
+            return None
+        i = e + 2
+        if int(size, 16) == 0:
+            break
+        i += int(size, 16)
+        if i + 2 > len(p) or p[i:i + 2] != b"\r\n":
+            return None
+        i += 2
+    while True:  # trailers, up to an empty line
+        if i + 1 >= len(p):
+            return None
+        if p[i:i + 2] == b"\r\n":
+            return i + 2
+        e = p.find(b"\r\n", i)
+        if e < 0:
+            return None
+        i = e + 2
+
+
+def message_length(p, msg):
+    """Bytes of the message at the start of p whose header block is inside
+    p: the block plus its Content-Length body (which may run past p), or
+    plus a chunked body ending inside p; None when not knowable."""
     eol = p.find(b"\r\n")
     if eol < 0:
         return None
@@ -94,13 +126,41 @@ def message_end(p, msg):
             elif name == b"transfer-encoding":
                 chunked = True
         i = e + 2
+    if msg["kind"] == RESPONSE and (msg["status"] < 200 or msg["status"] in (204, 304)):
+        return i
     if chunked:
-        return None
+        return chunked_end(p, i)
     if clen is not None:
-        return i + clen if i + clen <= len(p) else None
-    if msg["kind"] == REQUEST or msg["status"] < 200 or msg["status"] in (204, 304):
+        return i + clen
+    if msg["kind"] == REQUEST:
         return i
     return None
+
+
+def message_end(p, msg):
+    """Length of the message at the start of p when it ends inside p, else None."""
+    n = message_length(p, msg)
+    return n if n is not None and n <= len(p) else None
+
+
+def message_bounds(p, request):
+    """dkebpf._http.message_bounds of one payload: (off, length, complete,
+    valid) per message delimited, the first that is not the last."""
+    out, off = [], 0
+    while off < len(p):
+        m = first_line(p[off:])
+        if m is None or m["kind"] != (REQUEST if request else RESPONSE):
+            out.append((off, 0, 0, 0))
+            break
+        n = message_length(p[off:], m)
+        if not n:
+            out.append((off, 0, 0, 1))
+            break
+        out.append((off, n, int(off + n <= len(p)), 1))
+        if off + n > len(p):
+            break
+        off += n
+    return out
 
 
 def parse_payload(payload, nbytes=0):

@@ -59,12 +59,18 @@ def pair(M, conns, settle_before, expire_before):
     """M sorted by (sk, ts); conns: {sk: state dict}. Returns (role,
     spans, carry, seen, until)."""
     role, carry, spans, seen, until = [0] * len(M), [False] * len(M), [], {}, [0] * len(M)
-    for i in range(1, len(M)):  # a short start's continuation joins its payload
-        m, p = M[i], M[i - 1]
-        if m.get("more") and p["sk"] == m["sk"] and p["cap_len"] < PAYLOAD_MAX:
+    p, run = None, 0
+    for m in M:  # a run's next calls join its start's payload while nothing is missing
+        if m.get("more", 0) != 1:  # not TRACE_MORE_SHORT
+            p, run = m, m["bytes"]
+            continue
+        if p is None or p["sk"] != m["sk"]:
+            continue
+        if p["cap_len"] == run and p["cap_len"] < PAYLOAD_MAX:
             add = m["payload"][: min(m["cap_len"], PAYLOAD_MAX - p["cap_len"])]
             p["payload"] = p["payload"][: p["cap_len"]] + add
             p["cap_len"] += len(add)
+        run += m["bytes"]
     i = 0
     while i < len(M):
         sk = M[i]["sk"]
@@ -150,3 +156,47 @@ def link_threads(M, role, until):
             owner[i] = ("own", i)
             stats["exits_ambiguous_parent" if live else "exits_without_entry"] += 1
     return owner, stats
+
+
+def split_pipelines(req_msgs, resp_msgs, req_total, resp_total, req_cap, resp_cap):
+    """dkebpf._trace.split_pipelines of one exchange, in plain Python:
+    req_msgs/resp_msgs are its runs' messages as (off, length, valid)
+    tuples in order (a message-bounds parser's rows of its payload).
+    Returns (rows: dicts of PIPE_DTYPE's fields but `span`, outcome: None,
+    "split", "rest" or "mismatched")."""
+
+    def side(msgs, total, cap):
+        known, end, rest = [], 0, None
+        for off, length, valid in msgs:
+            if valid and length > 0 and off == end:
+                known.append((off, length))
+                end = off + length
+            else:
+                rest = off
+                break
+        total = max(total, cap, end)
+        if rest is None and end < total:
+            rest = end
+        return known, rest, total
+
+    qk, qrest, qtot = side(req_msgs, req_total, req_cap)
+    rk, rrest, rtot = side(resp_msgs, resp_total, resp_cap)
+    whole = [{"sub": 0, "req_off": 0, "resp_off": 0, "req_len": qtot, "resp_len": rtot, "many": False,
+              "rest": False}]
+    if len(qk) == len(rk) and qrest is None and rrest is None:
+        if len(qk) <= 1:
+            return whole, None
+        return [{"sub": i, "req_off": q[0], "req_len": q[1], "resp_off": r[0], "resp_len": r[1], "many": True,
+                 "rest": False} for i, (q, r) in enumerate(zip(qk, rk))], "split"
+    m = min(len(qk), len(rk))
+    if not ((m < len(qk) or qrest is not None) and (m < len(rk) or rrest is not None)):
+        return whole, ("mismatched" if max(len(qk), len(rk)) > 1 else None)
+    if m == 0:
+        return whole, None
+    rows = [{"sub": i, "req_off": q[0], "req_len": q[1], "resp_off": r[0], "resp_len": r[1], "many": True,
+             "rest": False} for i, (q, r) in enumerate(zip(qk[:m], rk[:m]))]
+    q_off = qk[m][0] if m < len(qk) else qrest
+    r_off = rk[m][0] if m < len(rk) else rrest
+    rows.append({"sub": m, "req_off": q_off, "req_len": qtot - q_off, "resp_off": r_off, "resp_len": rtot - r_off,
+                 "many": True, "rest": True})
+    return rows, "rest"

@@ -49,9 +49,11 @@ def test_pipelined_responses_stop_at_unknown_length():
     payload = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
                b"HTTP/1.1 204 No Content\r\n\r\n"
                b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
-               b"HTTP/1.1 200 OK\r\n\r\n")
+               b"HTTP/1.1 200 OK\r\n\r\n"
+               b"HTTP/1.1 201 OK\r\n\r\n")
     ms = both(payload)
-    assert [m["status"] for m in ms] == [200, 204, 500]  # a chunked body hides what follows
+    # a chunked body ending inside the capture is walked; a body until close hides what follows
+    assert [m["status"] for m in ms] == [200, 204, 500, 200]
 
 
 def test_long_path_is_truncated():

@@ -2,7 +2,7 @@
 #     from dkebpf._http cimport http_msg, parse_first_line, message_end, K_REQUEST
 # The functions are reached through the module's C-API capsules, so the
 # cimporting module needs dkebpf._http importable at run time.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef enum:  # http_msg.kind
     K_REQUEST = 1
@@ -32,3 +32,7 @@ cdef int parse_first_line(const uint8_t *p, int n, http_msg *m) noexcept nogil
 # Where the message m starting at p[0] ends within p[0:n] (headers and
 # Content-Length); -1 when not inside the capture or not knowable.
 cdef int message_end(const uint8_t *p, int n, const http_msg *m) noexcept nogil
+
+# The bytes of the message m starting at p[0] (its header block inside
+# p[0:n]; the body may run past n); -1 when not knowable.
+cdef int64_t message_length(const uint8_t *p, int n, const http_msg *m) noexcept nogil
