@@ -87,6 +87,8 @@ def main():
 
 
 def measure(tmp, modes, res):
+    """The rounds: res[mode] gets (requests/s, requests, prog_cost rows)
+    of each."""
     with bpf_stats(), Nginx(tmp) as ngx:
         floor_obj = build_bpf("tpfloor", tmp)
         wrk(ngx.port)  # warm-up
@@ -100,6 +102,7 @@ def measure(tmp, modes, res):
 
 
 def report(modes, res):
+    """Per mode the medians over rounds, per program and in all."""
     for mode in modes:
         runs = res[mode]
         print(f"== {mode}: median of {len(runs)}: {statistics.median(x[0] for x in runs):.0f} req/s")

@@ -5,6 +5,8 @@ the same run, rounds alternating between the modes:
                 sock_send_length, sock_recv_length, tcp_destroy_sock;
                 perf/tpfloor.bpf.c), no collector
   netflow_only  the collector, ebpf-net without httpflow
+  netflow_nodns the collector, ebpf-net without httpflow and dnsflow (no
+                packet socket: what netflow's own programs cost)
   httpflow      the collector, ebpf-net with httpflow
 Needs root, nginx and wrk.
 
@@ -273,7 +275,8 @@ def main():
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
         stats_already_on()
-        modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]
+        modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0]),
+                 ("netflow_nodns", ["--l7net-disabled", "httpflow,dnsflow"], INTERVALS[0])]
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
         modes += [(name, [], INTERVALS[0]) for name in COMPARE_HTTP_OBJS]
         modes += [(name, ["--l7net-disabled", "httpflow"], INTERVALS[0]) for name in COMPARE_NETFLOW_OBJS]
