@@ -52,6 +52,18 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Ablation, for perf/bench_httpflow_e2e.py only (BENCH_NETFLOW_ABLATE
+ * builds variants of this file with -DNETFLOW_ABLATE=<n>, each stopping
+ * the socket-call programs (on_send, on_recv) after one stage, to measure
+ * in one run what each stage costs); 0, the default, is the product and
+ * compiles none of it:
+ *   1 return at once (hooks and collector, no BPF work)
+ *   2 the flow lookup only (the TCP flows still start at the handshake)
+ *   3 lookup and byte counters, no owner check and no RTT read */
+#ifndef NETFLOW_ABLATE
+#define NETFLOW_ABLATE 0
+#endif
+
 /* knobs, set by user space between open and load */
 const volatile __u8 ipv6_disabled = 0;
 const volatile __u32 self_tgid = 0; /* the collector's own traffic is skipped */
@@ -295,6 +307,10 @@ get_tcp_flow(const struct sock *sk, const struct sock_tuple *t, __u8 direction)
  * changes stamp ts_last). */
 static __always_inline void count_tcp(const struct sock *sk, struct nf_conn_stats *s, __s64 sent, __s64 recv)
 {
+	if (NETFLOW_ABLATE == 3) {
+		add_bytes(s, sent, recv);
+		return;
+	}
 	set_owner(s);
 	add_bytes(s, sent, recv);
 	read_rtt(sk, s);
@@ -379,8 +395,12 @@ static __always_inline void on_call(struct sock *sk, __s64 sent, __s64 recv)
 {
 	/* the common case first: a TCP flow we know, found by the cookie
 	 * alone (the collector's own sockets never get one) */
+	if (NETFLOW_ABLATE == 1)
+		return;
 	if (KERNEL_CAST(struct sock, sk)->sk_protocol == IPPROTO_TCP) {
 		struct nf_conn_event *f = tcp_flow_of(sk);
+		if (NETFLOW_ABLATE == 2)
+			return;
 		if (f) {
 			count_tcp(sk, &f->stats, sent, recv);
 			return;

@@ -18,8 +18,12 @@ and each figure is the median over rounds.
                                 per request (prices creating and ending a
                                 connection's entry: http_destroy)
     BENCH_COMPARE_HTTP_OBJ=/path/old/http.bpf.o   adds mode httpflow_compare
-                                (bench_httpflow_e2e.http_object), same run;
+                                (bench_httpflow_e2e.installed_object), same run;
                                 name=/path/a.bpf.o,...: modes httpflow_<name>
+    BENCH_COMPARE_NETFLOW_OBJ=name=/path/a.bpf.o,...   modes netflow_<name>
+                                (netflow_only with that netflow.bpf.o)
+    BENCH_ABLATE=1,2 / BENCH_NETFLOW_ABLATE=1,2   modes httpflow_ablate<n> /
+                                netflow_ablate<n> (bench_httpflow_e2e's)
 
 Needs root, nginx, wrk, bpftool.
 """
@@ -28,7 +32,7 @@ import statistics
 import tempfile
 import time
 
-from bench_httpflow_e2e import COMPARE_HTTP_OBJS, http_object
+from bench_httpflow_e2e import COMPARE_HTTP_OBJS, COMPARE_NETFLOW_OBJS, build_ablations, mode_env
 from bench_tracepoint_floor import attached
 from collector import Collector, bpf_stats, build_bpf, prog_cost, prog_stats, wrk as wrk_url
 from support.nginx import Nginx
@@ -36,10 +40,14 @@ from support.nginx import Nginx
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 ROUNDS = int(os.environ.get("BENCH_COST_ROUNDS", 1))
 CLOSE = os.environ.get("BENCH_COST_CLOSE", "0") == "1"
-COLLECTOR_MODES = {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": [],
-                   **{name: [] for name in COMPARE_HTTP_OBJS}}
 FLOOR_MODES = ("floor_record_shared", "floor_record_percpu")
-DEFAULT_MODES = ("netflow_only", "httpflow", *COMPARE_HTTP_OBJS, *FLOOR_MODES)
+
+
+def collector_modes():
+    """{mode: the collector's flags} (after build_ablations)."""
+    return {"netflow_only": ["--l7net-disabled", "httpflow"], "httpflow": [],
+            **{name: [] for name in COMPARE_HTTP_OBJS},
+            **{name: ["--l7net-disabled", "httpflow"] for name in COMPARE_NETFLOW_OBJS}}
 
 
 def wrk(port):
@@ -57,8 +65,7 @@ def run(tmp, port, mode, floor_obj, r):
         finally:
             floor.close()
         return rps, total, [(f"tpfloor:{name.split(':', 1)[1]}", *rest) for name, *rest in rows]
-    with http_object(COMPARE_HTTP_OBJS.get(mode)), \
-            Collector(tmp, f"{mode}-{r}", ["--enabled", "ebpf-net", *COLLECTOR_MODES[mode]]) as c:
+    with mode_env(mode), Collector(tmp, f"{mode}-{r}", ["--enabled", "ebpf-net", *collector_modes()[mode]]) as c:
         time.sleep(1)
         before = c.prog_stats()
         rps, _, total = wrk(port)
@@ -68,12 +75,21 @@ def run(tmp, port, mode, floor_obj, r):
 def main():
     from dkebpf import kernel
     kernel.ensure_mounts()
-    modes = os.environ.get("BENCH_MODES", ",".join(DEFAULT_MODES)).split(",")
-    unknown = [m for m in modes if m not in COLLECTOR_MODES and m not in FLOOR_MODES]
-    if unknown:
-        raise SystemExit(f"BENCH_MODES: unknown modes {unknown}")
     res = {}
-    with bpf_stats(), tempfile.TemporaryDirectory() as tmp, Nginx(tmp) as ngx:
+    with tempfile.TemporaryDirectory() as tmp:
+        build_ablations(tmp)
+        modes = os.environ.get("BENCH_MODES", ",".join((*collector_modes(), *FLOOR_MODES))).split(",")
+        unknown = [m for m in modes if m not in collector_modes() and m not in FLOOR_MODES]
+        if unknown:
+            raise SystemExit(f"BENCH_MODES: unknown modes {unknown}")
+        measure(tmp, modes, res)
+    report(modes, res)
+
+
+def measure(tmp, modes, res):
+    """The rounds: res[mode] gets (requests/s, requests, prog_cost rows)
+    of each."""
+    with bpf_stats(), Nginx(tmp) as ngx:
         floor_obj = build_bpf("tpfloor", tmp)
         wrk(ngx.port)  # warm-up
         print(f"wrk -t2 -c32 -d{SECONDS}s{' Connection: close' if CLOSE else ''}, {ROUNDS} rounds")
@@ -83,6 +99,10 @@ def main():
                 res.setdefault(mode, []).append((rps, total, rows))
                 print(f"round {r} {mode}: {rps:.0f} req/s, {total} requests, "
                       f"{sum(x[3] for x in rows):.0f} BPF ns/request", flush=True)
+
+
+def report(modes, res):
+    """Per mode the medians over rounds, per program and in all."""
     for mode in modes:
         runs = res[mode]
         print(f"== {mode}: median of {len(runs)}: {statistics.median(x[0] for x in runs):.0f} req/s")

@@ -5,6 +5,8 @@ the same run, rounds alternating between the modes:
                 sock_send_length, sock_recv_length, tcp_destroy_sock;
                 perf/tpfloor.bpf.c), no collector
   netflow_only  the collector, ebpf-net without httpflow
+  netflow_nodns the collector, ebpf-net without httpflow and dnsflow (no
+                packet socket: what netflow's own programs cost)
   httpflow      the collector, ebpf-net with httpflow
 Needs root, nginx and wrk.
 
@@ -33,6 +35,12 @@ the collector's BPF programs.
     BENCH_ABLATE=1,5   adds modes httpflow_ablate<n>: httpflow with
         bpf/http.bpf.c of this tree built with -DHTTP_ABLATE=<n> (a stage
         left out, listed in bpf/http.bpf.c), to tell what each stage costs
+    BENCH_NETFLOW_ABLATE=1,2   adds modes netflow_ablate<n>: netflow_only
+        with bpf/netflow.bpf.c of this tree built with -DNETFLOW_ABLATE=<n>
+        (the socket-call programs stopped after a stage, listed there)
+    BENCH_COMPARE_NETFLOW_OBJ=name=/path/a.bpf.o,...   adds modes
+        netflow_<name>: netflow_only with that netflow.bpf.o in place of
+        the installed one (swapped in for its runs only)
     BENCH_COMPARE_PYTHONPATH=/path/old/tree   adds mode netflow_compare:
         netflow_only with dkebpf imported from that tree (built in place, or
         a build/lib.* directory), e.g. the main branch's
@@ -159,19 +167,21 @@ def prog_cost_run(tmp, port, name, args, interval="2s"):
         return rps, total, prog_cost(before, c.prog_stats(), total)
 
 
-def compare_objs():
-    """{mode: http.bpf.o path} of BENCH_COMPARE_HTTP_OBJ (one path: mode
-    httpflow_compare; or name=path,...: modes httpflow_<name>)."""
-    value = os.environ.get("BENCH_COMPARE_HTTP_OBJ")
+def compare_objs(var, plugin):
+    """{mode: object path} of the variable `var` (one path: mode
+    <plugin>_compare; or name=path,...: modes <plugin>_<name>)."""
+    value = os.environ.get(var)
     if not value:
         return {}
     if "=" not in value:
-        return {"httpflow_compare": value}
-    return {f"httpflow_{name}": path for name, _, path in (x.partition("=") for x in value.split(","))}
+        return {f"{plugin}_compare": value}
+    return {f"{plugin}_{name}": path for name, _, path in (x.partition("=") for x in value.split(","))}
 
 
-COMPARE_HTTP_OBJS = compare_objs()
+COMPARE_HTTP_OBJS = compare_objs("BENCH_COMPARE_HTTP_OBJ", "httpflow")
+COMPARE_NETFLOW_OBJS = compare_objs("BENCH_COMPARE_NETFLOW_OBJ", "netflow")
 ABLATE = [int(x) for x in os.environ.get("BENCH_ABLATE", "").split(",") if x]
+NETFLOW_ABLATE = [int(x) for x in os.environ.get("BENCH_NETFLOW_ABLATE", "").split(",") if x]
 # the ablations that report no exchange: nothing to wait for
 NO_RECORDS = {f"httpflow_ablate{n}" for n in ABLATE if 1 <= n <= 5}
 COMPARE_PYTHONPATH = os.environ.get("BENCH_COMPARE_PYTHONPATH")
@@ -179,14 +189,14 @@ CHOSEN_MODES = [m for m in os.environ.get("BENCH_MODES", "").split(",") if m]
 
 
 @contextlib.contextmanager
-def http_object(path):
-    """The collector that starts inside loads `path` as its http.bpf.o
+def installed_object(name, path):
+    """The collector that starts inside loads `path` as its <name>.bpf.o
     (copied over the installed one, which is put back after)."""
     if path is None:
         yield
         return
     from dkebpf.bpf_objects import BPF_DIR
-    installed = os.path.join(BPF_DIR, "http.bpf.o")
+    installed = os.path.join(BPF_DIR, f"{name}.bpf.o")
     saved = installed + ".bench-saved"
     shutil.copy2(installed, saved)
     try:
@@ -214,16 +224,24 @@ def python_path(path):
 
 
 def build_ablations(tmp):
-    """Add to COMPARE_HTTP_OBJS the BENCH_ABLATE builds of bpf/http.bpf.c."""
+    """Add to COMPARE_HTTP_OBJS the BENCH_ABLATE builds of bpf/http.bpf.c,
+    to COMPARE_NETFLOW_OBJS the BENCH_NETFLOW_ABLATE ones of
+    bpf/netflow.bpf.c."""
     for n in ABLATE:
         COMPARE_HTTP_OBJS[f"httpflow_ablate{n}"] = build_bpf("http", tmp, src_dir=BPF_SRC_DIR,
                                                              defines={"HTTP_ABLATE": n}, out=f"http-ablate{n}")
+    for n in NETFLOW_ABLATE:
+        COMPARE_NETFLOW_OBJS[f"netflow_ablate{n}"] = build_bpf("netflow", tmp, src_dir=BPF_SRC_DIR,
+                                                               defines={"NETFLOW_ABLATE": n},
+                                                               out=f"netflow-ablate{n}")
 
 
 def mode_env(name):
-    """What a mode changes for its collector: the http object, or the tree."""
+    """What a mode changes for its collector: an object, or the tree."""
     if name in COMPARE_HTTP_OBJS:
-        return http_object(COMPARE_HTTP_OBJS[name])
+        return installed_object("http", COMPARE_HTTP_OBJS[name])
+    if name in COMPARE_NETFLOW_OBJS:
+        return installed_object("netflow", COMPARE_NETFLOW_OBJS[name])
     return python_path(COMPARE_PYTHONPATH if name == "netflow_compare" else None)
 
 
@@ -257,9 +275,11 @@ def main():
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
         stats_already_on()
-        modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0])]
+        modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0]),
+                 ("netflow_nodns", ["--l7net-disabled", "httpflow,dnsflow"], INTERVALS[0])]
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
         modes += [(name, [], INTERVALS[0]) for name in COMPARE_HTTP_OBJS]
+        modes += [(name, ["--l7net-disabled", "httpflow"], INTERVALS[0]) for name in COMPARE_NETFLOW_OBJS]
         if COMPARE_PYTHONPATH:
             modes.append(("netflow_compare", ["--l7net-disabled", "httpflow"], INTERVALS[0]))
         modes = chosen(modes)
@@ -285,7 +305,8 @@ def main():
                       f"user {user:.2f} s sys {system:.2f} s {m}", flush=True)
         if os.environ.get("BENCH_PROG_COST", "1") != "0":
             with bpf_stats():
-                cost_modes = ("netflow_only", f"httpflow_{INTERVALS[0]}", "netflow_compare", *COMPARE_HTTP_OBJS)
+                cost_modes = ("netflow_only", f"httpflow_{INTERVALS[0]}", "netflow_compare", *COMPARE_HTTP_OBJS,
+                              *COMPARE_NETFLOW_OBJS)
                 for name, extra, iv in [m for m in modes if m[0] in cost_modes]:
                     with mode_env(name):
                         rps, total, rows = prog_cost_run(tmp, ngx.port, f"{name}-cost", extra, iv)

@@ -9,7 +9,10 @@ With BENCH_COMPARE_OBJ=<an older netflow.bpf.o> two more modes compare
 the kernel side alone (objects loaded and attached, nothing read):
   bpf_new  the installed package's netflow.bpf.o;
   bpf_old  that older object (attached by its sections, e.g. with its
-           syscall tracepoints).
+           syscall tracepoints);
+or, with BENCH_COMPARE_OBJ=name=<a.bpf.o>,name2=<b.bpf.o>, modes bpf_<name>
+(e.g. variants of this tree's bpf/netflow.bpf.c, BENCH_NETFLOW_ABLATE of
+perf/bench_httpflow_e2e.py builds them as modes bpf_ablate<n>).
 Per round the requests/s and mean latency of each mode as ratios against
 that round's `off`, and the CPU the traffic itself used per request (nginx's
 processes and wrk, user + system, from /proc/<pid>/task/*/schedstat and
@@ -24,7 +27,9 @@ perf/bench_bpf_cost_udp.py.
 BENCH_PART=calls measures instead what the hooks add to one socket call,
 less exposed to the other load on a shared box: one thread ping-pongs a
 small message over a loopback TCP connection (4 socket calls per round
-trip, loopback delivery inline), timed in CPU time of that thread (time
+trip, loopback delivery inline; with BENCH_CALL_CONNS=n over n connections
+in turn, so that each socket and flow entry has gone cold in the caches
+when its turn comes again, as a server's with many clients has), timed in CPU time of that thread (time
 spent waiting for a CPU does not count), in short slices whose modes
 rotate (off, floor, bpf_new, bpf_old: the objects are loaded once,
 attached and detached per slice; self_tgid 0, so this process's calls are
@@ -36,7 +41,8 @@ kernel.bpf_stats_enabled=1 for BENCH_STATS_SLICES more slices per object
 (the stats cost two clock reads per run, so the slices above run without),
 each program's runs per round trip and ns per run.
 
-    BENCH_PART=calls python3 perf/bench_netflow_cost.py   (BENCH_SLICES=60, BENCH_TRIPS=2000)
+    BENCH_PART=calls python3 perf/bench_netflow_cost.py   (BENCH_SLICES=60, BENCH_TRIPS=2000,
+        BENCH_CALL_CONNS=1)
 
 Prints `name: value` lines.
 """
@@ -52,16 +58,20 @@ from support.nginx import Nginx
 SECONDS = int(os.environ.get("BENCH_SECONDS", 10))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", 5))
 COMPARE_OBJ = os.environ.get("BENCH_COMPARE_OBJ")
-MODES = ("off", "floor", "netflow") + (("bpf_new", "bpf_old") if COMPARE_OBJ else ())
+# name=path,...: several objects, modes bpf_<name> (BENCH_PART=calls)
+COMPARE_OBJS = ({f"bpf_{n}": p for n, _, p in (x.partition("=") for x in COMPARE_OBJ.split(","))}
+                if COMPARE_OBJ and "=" in COMPARE_OBJ else {"bpf_old": COMPARE_OBJ} if COMPARE_OBJ else {})
+MODES = ("off", "floor", "netflow") + (("bpf_new", "bpf_old") if COMPARE_OBJ and "=" not in COMPARE_OBJ else ())
 FLOOR_CGROUP = ("floor_sendmsg4", "floor_sendmsg6", "floor_recvmsg4", "floor_recvmsg6")
 
 
-def compare_spec():
-    """The ObjectSpec of BENCH_COMPARE_OBJ, an older netflow.bpf.o: the
-    cgroup programs it has (none before issue 17) attach to the cgroup."""
+def compare_spec(path=COMPARE_OBJ):
+    """The ObjectSpec of a netflow.bpf.o to compare (BENCH_COMPARE_OBJ):
+    the cgroup programs it has (none before issue 17) attach to the
+    cgroup."""
     from dkebpf import _libbpf
     from dkebpf.bpf_objects import NETFLOW, ObjectSpec
-    with _libbpf.BpfObject(COMPARE_OBJ) as obj:
+    with _libbpf.BpfObject(path) as obj:
         names = {p.name for p in obj.programs()}
     return ObjectSpec("netflow", knobs=("self_tgid",), maps=("conns",),
                       cgroup=tuple(n for n in NETFLOW.cgroup if n in names))
@@ -155,26 +165,37 @@ def calls_part():
     from dkebpf.bpf_objects import NETFLOW, BpfSkeleton, ObjectSpec
     kernel.ensure_mounts()
     slices, trips = int(os.environ.get("BENCH_SLICES", 60)), int(os.environ.get("BENCH_TRIPS", 2000))
+    nconns = int(os.environ.get("BENCH_CALL_CONNS", 1))
     with tempfile.TemporaryDirectory() as tmp:
+        from bench_httpflow_e2e import NETFLOW_ABLATE
+        from collector import BPF_SRC_DIR
+        compare = dict(COMPARE_OBJS)
+        for n in NETFLOW_ABLATE:
+            compare[f"bpf_ablate{n}"] = build_bpf("netflow", tmp, src_dir=BPF_SRC_DIR,
+                                                  defines={"NETFLOW_ABLATE": n}, out=f"netflow-ablate{n}")
         specs = {"floor": (ObjectSpec("netflow_floor", cgroup=FLOOR_CGROUP), build_bpf("netflow_floor", tmp), None),
                  "bpf_new": (NETFLOW, None, {"self_tgid": 0})}
-        if COMPARE_OBJ:
-            specs["bpf_old"] = (compare_spec(), COMPARE_OBJ, {"self_tgid": 0})
+        for m, path in compare.items():
+            specs[m] = (compare_spec(path), path, {"self_tgid": 0})
         objs = {}
         try:
             for m, (spec, path, knobs) in specs.items():
                 objs[m] = BpfSkeleton(spec, path=path).start(knobs=knobs)
                 _detach(objs[m])
-            lst = socket.create_server(("127.0.0.1", 0))
-            a = socket.create_connection(lst.getsockname())
-            b, _ = lst.accept()
-            for s_ in (a, b):
-                s_.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            lst = socket.create_server(("127.0.0.1", 0), backlog=max(nconns, 16))
+            pairs = []
+            for _ in range(nconns):
+                a = socket.create_connection(lst.getsockname())
+                b, _ = lst.accept()
+                for s_ in (a, b):
+                    s_.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                pairs.append((a, b))
             msg = b"x" * 64
 
             def slice_ns():
                 t0 = time.thread_time_ns()
-                for _ in range(trips):
+                for i in range(trips):
+                    a, b = pairs[i % nconns]
                     a.send(msg)
                     b.recv(256)
                     b.send(msg)
@@ -221,13 +242,15 @@ def calls_part():
                             ns = after[pid_][1] - before.get(pid_, (0, 0))[1]
                             n0, t0 = runs[m].get(name, (0, 0))
                             runs[m][name] = (n0 + c, t0 + ns)
-            a.close()
-            b.close()
+            for a, b in pairs:
+                a.close()
+                b.close()
             lst.close()
         finally:
             for bpf in objs.values():
                 bpf.close()
-    print(f"loopback TCP ping-pong, 64 bytes, {slices} slices of {trips} round trips per mode")
+    print(f"loopback TCP ping-pong, 64 bytes, {nconns} connections in turn, "
+          f"{slices} slices of {trips} round trips per mode")
     for m in modes:
         print(f"{m}_cpu_ns_per_round_trip_median: {statistics.median(per[m]):.0f}")
     for m in objs:
