@@ -33,6 +33,26 @@ NGINX_NAME = "tlsngx%d" % (os.getpid() % 1000000)  # its comm: at most 15 charac
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
+# The most a request's number at nginx may lie past the client's: nginx
+# sets OpenSSL's read_ahead, so a request record that reached it in one
+# socket read with the small records the client sent right after it (a
+# SETTINGS ACK: 31 bytes as a TLS 1.3 record, a WINDOW_UPDATE: 35) is named
+# by the end of the last of them (README, ebpf-trace TLS: "read_ahead").
+READ_AHEAD_GAP_MAX = 4 * 35
+
+
+def assert_ends_join(client, server, gap_max=READ_AHEAD_GAP_MAX):
+    """Both ends' rows, paired in order, carry the same numbers: exactly,
+    but for the documented read_ahead case on the request at nginx's end,
+    whose number may only be later, by a few small records (gap_max; 0
+    where the client sends nothing after a request, as HTTP/1.x)."""
+    assert len(client) == len(server)
+    for c, s in zip(client, server):
+        assert c["resp_seq"] == s["resp_seq"], (c, s)
+        gap = (int(s["req_seq"]) - int(c["req_seq"])) % 2**32
+        assert gap <= gap_max, (gap, c, s)
+
+
 # argv: host port traceparent reads path...; all requests in one SSL_write
 # (streams 1, 3, ...; under the 1024 bytes a call's capture holds), then
 # reads frames until every stream ended (reads "bulk": 64 kB SSL_reads,
@@ -50,6 +70,7 @@ ctx.set_alpn_protocols(["h2"])
 s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
 if s.selected_alpn_protocol() != "h2":
     sys.exit("ALPN did not choose h2: %r" % s.selected_alpn_protocol())
+
 
 def lit(name, value):  # a new name, or a static table index
     if isinstance(name, int):
@@ -155,7 +176,7 @@ def test_https_client_and_server_spans_linked(plugin, nginx):
     assert all(r["app_trace_id"] == "0af7651916cd43dd8448eb211c80319c" for r in server + client)
     # both ends of each exchange carry the same sequence numbers (of the
     # TLS records that started the request and the response)
-    assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+    assert_ends_join(client, server, gap_max=0)
     assert len({r["req_seq"] for r in server}) == len(paths)
     c = plugin.counters()
     assert c["kernel_drop_trace_tls_span_ring_full"] == 0
@@ -224,7 +245,7 @@ def _both_ends(plugin, nginx, proc, paths):
     assert len({r["src_port"] for r in client}) == 1 and len({r["dst_port"] for r in server}) == 1
     # the ends joined: each stream's HEADERS frames carry the same sequence
     # numbers at both ends (the TLS record's end + the frame's offset in it)
-    assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+    assert_ends_join(client, server)
     assert len({r["req_seq"] for r in server}) == len(paths)
     c = plugin.counters()
     assert c["trace_h2_connections"] >= 2  # the plaintext of the one connection, at each end
@@ -411,7 +432,7 @@ def test_h2_over_tls_connection_older_than_the_collector(tmp_path, bpf_ok):
             assert all(r["app_trace_id"] == "0af7651916cd43dd8448eb211c80319c" for r in end)
         assert {r["direction"] for r in client} == {"outgoing"} and {r["direction"] for r in server} == {"incoming"}
         # no wrong number: the ends join, each stream's numbers its own
-        assert [(r["req_seq"], r["resp_seq"]) for r in client] == [(r["req_seq"], r["resp_seq"]) for r in server]
+        assert_ends_join(client, server)
         assert all(r["req_seq"] != 0 and r["resp_seq"] != 0 for r in client)
         assert len({r["req_seq"] for r in client}) == len(paths)
         # the client's first read after the start (the DATA left in
