@@ -565,6 +565,11 @@ cdef class PacketRing:
             raise kernel_error("packet ring spill: pthread_create", rc)
         self.sp = s
 
+    @property
+    def spilling(self):
+        """True between start_spill() and close()."""
+        return self.sp != NULL
+
     def fileno(self):
         """Readable when read() has something (a ready block, or spilled
         blocks once start_spill() notified) or the socket an error."""
@@ -662,6 +667,87 @@ cdef class PacketRing:
                 break
             hdr_off += h.tp_next_offset
 
+    cdef Py_ssize_t _cap_pkts(self, uint32_t max_blocks) noexcept:
+        # a block holds at most block_size / 48 frames (tpacket3_hdr +
+        # sockaddr_ll, aligned, is more than that)
+        return (self.block_size // 48 + 1) * max_blocks
+
+    cdef _buffers(self, uint32_t max_blocks):
+        """The decode buffers (read()'s output) with room for max_blocks."""
+        if max_blocks > self._max_blocks:
+            self._pkts = np.empty(self._cap_pkts(max_blocks), PKT_DTYPE)
+            self._payload = np.empty(<uint64_t>self.block_size * max_blocks, np.uint8)
+            self._max_blocks = max_blocks
+
+    cdef bint _drain_spill(self, dk_pkt_sink sink, void *ctx, uint32_t max_blocks, dk_pkt *out, uint8_t *pay,
+                           Py_ssize_t cap_pkts, uint64_t cap_bytes, Py_ssize_t *got,
+                           uint32_t *used, uint32_t linger_ms=0) noexcept nogil:
+        """Decode spilled blocks (at most max_blocks) into out/pay, each
+        slot handed back to the spiller once decoded. The batch full: with
+        a sink, it is handed to sink and refilled (the rest handed over at
+        the end); without, decoding stops there. With a sink and linger_ms,
+        the spill emptied, wait for the spiller's next notification and go
+        on, for up to linger_ms in all. Returns True when spilled blocks
+        are left (fileno() then stays readable)."""
+        cdef Spill *sp = self.sp
+        cdef tpacket_block_desc *bd
+        cdef uint64_t tail, head, cleared
+        cdef uint32_t blk_len, taken = 0
+        cdef bint more = False
+        cdef pollfd pfd
+        cdef timespec now
+        cdef int64_t deadline_ns = 0, left_ms
+        if linger_ms and sink != NULL:
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            deadline_ns = now.tv_sec * 1000000000 + now.tv_nsec + <int64_t>linger_ms * 1000000
+        pfd.fd = sp.notify_fd
+        pfd.events = POLLIN
+        read(sp.notify_fd, &cleared, 8)   # before the slots: a notification after stays
+        tail = sp.tail
+        head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+        while True:
+            if tail == head:
+                if not deadline_ns:
+                    break
+                if got[0]:   # folded before waiting: the table is current when the caller returns
+                    sink(ctx, out, got[0], pay, used[0])
+                    got[0] = 0
+                    used[0] = 0
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                left_ms = (deadline_ns - now.tv_sec * 1000000000 - now.tv_nsec) // 1000000
+                if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0:
+                    break
+                read(sp.notify_fd, &cleared, 8)
+                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+                continue
+            if taken == max_blocks:
+                more = True
+                break
+            bd = <tpacket_block_desc *>(sp.slots + (tail % sp.nslots) * self.block_size)
+            blk_len = _blk_len(bd, self.block_size)
+            if got[0] + bd.hdr.bh1.num_pkts > cap_pkts or used[0] + blk_len > cap_bytes:
+                if sink == NULL or got[0] == 0:
+                    more = True   # no room left: the caller folds this batch first
+                    break
+                sink(ctx, out, got[0], pay, used[0])
+                got[0] = 0
+                used[0] = 0
+            self._walk_block(bd, out, pay, got, used)
+            __atomic_sub_fetch(&sp.used, blk_len, __ATOMIC_RELAXED)
+            tail += 1
+            __atomic_store_n(&sp.tail, tail, __ATOMIC_RELEASE)
+            self.blocks += 1
+            taken += 1
+            if tail == head:
+                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+        if sink != NULL and got[0]:
+            sink(ctx, out, got[0], pay, used[0])
+            got[0] = 0
+            used[0] = 0
+        if more:
+            _notify(sp)   # fileno() stays readable for what is left
+        return more
+
     def read(self, uint32_t max_blocks=8, bint copy=True, uint32_t linger_ms=0):
         """Decode ready blocks into a batch with room for max_blocks full
         blocks (more blocks of small frames fit: a block is taken while its
@@ -682,16 +768,11 @@ cdef class PacketRing:
             raise RuntimeError("packet ring used after close()")
         if max_blocks == 0:
             raise ValueError("max_blocks must be positive")
-        # a block holds at most block_size / 48 frames (tpacket3_hdr +
-        # sockaddr_ll, aligned, is more than that)
-        cdef Py_ssize_t cap_pkts = (self.block_size // 48 + 1) * max_blocks
-        cdef uint64_t cap_bytes = <uint64_t>self.block_size * max_blocks
-        if max_blocks > self._max_blocks:
-            self._pkts = np.empty(cap_pkts, PKT_DTYPE)
-            self._payload = np.empty(cap_bytes, np.uint8)
-            self._max_blocks = max_blocks
+        self._buffers(max_blocks)
         pkts = self._pkts
         payload = self._payload
+        cdef Py_ssize_t cap_pkts = self._cap_pkts(max_blocks)
+        cdef uint64_t cap_bytes = <uint64_t>self.block_size * max_blocks
         cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(pkts)
         cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(payload)
         cdef Py_ssize_t got = 0
@@ -702,29 +783,11 @@ cdef class PacketRing:
         cdef timespec now
         cdef int64_t deadline_ns = 0, left_ms
         cdef Spill *sp = self.sp
-        cdef uint64_t tail, head, cleared
         pfd.fd = self.fd
         pfd.events = POLLIN
         if sp != NULL:
             with nogil:
-                read(sp.notify_fd, &cleared, 8)   # before the slots: a notification after stays
-                tail = sp.tail
-                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
-                while tail != head:
-                    bd = <tpacket_block_desc *>(sp.slots + (tail % sp.nslots) * self.block_size)
-                    blk_len = _blk_len(bd, self.block_size)
-                    if got + bd.hdr.bh1.num_pkts > cap_pkts or used + blk_len > cap_bytes:
-                        more = True   # no room left: the caller folds this batch first
-                        break
-                    self._walk_block(bd, out, pay, &got, &used)
-                    __atomic_sub_fetch(&sp.used, blk_len, __ATOMIC_RELAXED)
-                    tail += 1
-                    __atomic_store_n(&sp.tail, tail, __ATOMIC_RELEASE)
-                    self.blocks += 1
-                    if tail == head:
-                        head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
-                if more:
-                    _notify(sp)   # fileno() stays readable for what is left
+                more = self._drain_spill(NULL, NULL, 0xFFFFFFFF, out, pay, cap_pkts, cap_bytes, &got, &used)
         else:
             with nogil:
                 if linger_ms:
@@ -805,3 +868,32 @@ cdef class PacketRing:
                 "socket_errors": self.socket_errors + (sp.errors if sp else 0),
                 "spill_bytes_peak": max(self.spill_bytes_peak, sp.peak if sp else 0),
                 "spill_drops": self.spill_drops + (sp.drops if sp else 0)}
+
+
+# decode batches of FOLD_BLOCKS blocks: the sink folds each while it is in the cache
+FOLD_BLOCKS = 8
+
+
+cdef tuple ring_fold(object ring, dk_pkt_sink sink, void *ctx, uint32_t max_blocks, uint32_t linger_ms):
+    """See dkebpf/_packets.pxd: PacketRing.read and the caller's fold in one
+    call without the GIL (a thread that must take the GIL back after each
+    read and each fold waits for it as often, behind whatever holds it)."""
+    cdef PacketRing r = <PacketRing?>ring
+    if r.ring == NULL:
+        raise RuntimeError("packet ring used after close()")
+    if r.sp == NULL:
+        raise RuntimeError("ring_fold needs a spilling packet ring (start_spill)")
+    if max_blocks == 0:
+        raise ValueError("max_blocks must be positive")
+    r._buffers(FOLD_BLOCKS)
+    cdef Py_ssize_t cap_pkts = r._cap_pkts(r._max_blocks)
+    cdef uint64_t cap_bytes = <uint64_t>r.block_size * r._max_blocks
+    cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(r._pkts)
+    cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(r._payload)
+    cdef Py_ssize_t got = 0
+    cdef uint32_t used = 0
+    cdef uint64_t blocks0 = r.blocks
+    cdef bint more
+    with nogil:
+        more = r._drain_spill(sink, ctx, max_blocks, out, pay, cap_pkts, cap_bytes, &got, &used, linger_ms)
+    return r.blocks - blocks0, more

@@ -109,6 +109,13 @@ RETIRE_MS = 64   # a partly filled block is handed over after this long (the ori
 SPILL_RING_MULTIPLE = 2
 SPILL_POLL_MS = 10
 LINGER_MS = 10
+# the reader folds a spill and what comes into it for up to FOLD_LINGER_MS
+# per turn without the GIL (ConnTable.fold_ring): each time it takes the
+# GIL back it may wait behind the agent's thread, which the machine's other
+# work keeps off the CPU while it holds the GIL (measured at load 9: turns
+# of 100-200 ms, the spill full at ~600k packets/s); 50 ms: ~20 turns a
+# second, the agent's thread waits for the lock at most that long
+FOLD_LINGER_MS = 50
 READER_POLL_S = 0.2
 # the reader thread runs SCHED_FIFO at the lowest real-time priority: at
 # nice -10 it was read up to 170 ms after a block was closed on the shared
@@ -279,6 +286,11 @@ class NicCapture:
     series: keep each chunk's packets for its message (bpf_net_l4_log on);
     chunk_age_ns: an open chunk goes out once that old."""
 
+    # a spilling ring without a netlog_blacklist evaluated here is read and folded in one call
+    # without the GIL (ConnTable.fold_ring); False: read() and add() apart, as before
+    # (perf/bench_netlog_e2e.py's comparison, BENCH_FOLD=0)
+    fold = True
+
     def __init__(self, ring, nic, netns, host_network, follow_http, conn_filter=None, series=True,
                  chunk_age_ns=_netlog.CHUNK_AGE_NS):
         self.ring = ring
@@ -324,8 +336,13 @@ class NicCapture:
         """The ring's ready blocks into the connection table, at most a
         ring's worth (block_nr: a ring the kernel refills as fast, under
         overload, would keep the caller, and its lock, forever); linger_ms:
-        see PacketRing.read (the first read only). Returns True when ready
-        blocks may be left."""
+        see ConnTable.fold_ring (a spilling ring), else PacketRing.read
+        (the first read only). Returns True when ready blocks may be left."""
+        if self.fold and self.ring.spilling and self.conn_filter is None and type(self.conns) is _netlog.ConnTable:
+            # read and fold in one call without the GIL: the reader thread takes it back once per
+            # turn, not twice per batch (each time behind the agent's thread, which the machine's
+            # other work keeps off the CPU while it holds the GIL: the spill then overflowed)
+            return self.conns.fold_ring(self.ring, self.ring.block_nr, self.follow_http, linger_ms)[1]
         budget_end = self.ring.blocks + self.ring.block_nr
         while True:
             # views of the ring's own buffers: folded into the table before the next read
@@ -426,7 +443,7 @@ class NetlogPlugin(Plugin):
                             continue
                         self._take_error(cap)   # what the spiller read, if any: no system call
                         # one turn (a ring's worth): the epoll, level-triggered, hands the rest back
-                        left = cap.drain(LINGER_MS) if ev & select.EPOLLIN else False
+                        left = cap.drain(FOLD_LINGER_MS) if ev & select.EPOLLIN else False
                     while left and self._waiting and not self._stop.is_set():
                         time.sleep(0.0005)   # the agent's thread is let in before the next turn
         except BaseException as exc:  # handed to the agent's thread: never lost with the thread
@@ -446,10 +463,11 @@ class NetlogPlugin(Plugin):
         token = object()
         self._waiting.append(token)   # list.append/remove: atomic, no lock needed
         try:
-            with self.lock:
+            # raised before waiting: the reader waits (in _read_rings) until this thread took the lock,
+            # which at the default priority on a loaded machine took up to 600 ms to run (the spill full)
+            with reader_priority_held(), self.lock:
                 self._waiting.remove(token)
-                with reader_priority_held():
-                    yield
+                yield
         finally:
             if token in self._waiting:   # interrupted while waiting
                 self._waiting.remove(token)
