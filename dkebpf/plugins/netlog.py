@@ -26,15 +26,18 @@ but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
 Each ring is emptied by a spiller thread of its own that never takes the
 GIL (PacketRing.start_spill: every block the kernel retires copied into a
-spill of SPILL_RING_MULTIPLE rings in C memory and handed back at once;
+spill of SPILL_BYTES in C memory and handed back at once;
 the spill full, its packets are counted in
 ``<netns>/<interface>_spill_drops``), SCHED_FIFO when permitted (see
 READER_RT_PRIORITY): the agent's thread holding the GIL while it builds
 and encodes the logs no longer leaves the ring full. A reader thread of
-the plugin, at the same priority, decodes the spilled blocks
-(PacketRing.read, without the GIL) into the connection tables when a
-spill notifies it, under a lock the agent's thread also takes, at the
-reader's priority while it holds it, to collect, open and close. The
+the plugin, at the same priority, decodes the spilled blocks and folds
+them into the connection tables in one call without the GIL
+(ConnTable.fold_ring; PacketRing.read and ConnTable.add apart when a
+netlog_blacklist is evaluated in user space), going on with what the
+spill gets for up to FOLD_LINGER_MS, when a spill notifies it, under a
+lock the agent's thread also takes, raised to the reader's priority
+while it waits for it and holds it, to collect, open and close. The
 reader takes at most a ring's worth of blocks per turn and, when the
 agent's thread waits for the lock, lets it in before the next turn: a
 spill that never empties (overload) does not hold collect() up. An error
@@ -101,12 +104,17 @@ SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
 BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
-# the spill: twice the ring (PacketRing.start_spill: C memory, touched as
-# it fills); the spiller notifies the reader once an eighth of the ring is
-# spilled or SPILL_POLL_MS pass without a block; the reader's epoll wait is
-# bounded so that stop() is seen. LINGER_MS: a ring read without a spiller
-# (perf/bench_netlog_e2e.py's comparison) lingers that long while heavy.
-SPILL_RING_MULTIPLE = 2
+# the spill (PacketRing.start_spill: C memory, touched as it fills): 64 MiB
+# per socket, the packets of the reader's worst stall: measured at load 8-10
+# on the shared 2-core VM, the reader waited up to 0.9 s for the GIL (held
+# by the agent's thread while the scheduler kept it off the CPU), ~60 MB of
+# frames at 600k packets/s; the twice-the-ring spill before (16 MiB on a
+# container NIC) overflowed at 230k packets/s. The spiller notifies the
+# reader once an eighth of the ring is spilled or SPILL_POLL_MS pass
+# without a block; the reader's epoll wait is bounded so that stop() is
+# seen. LINGER_MS: a ring read without a spiller (perf/bench_netlog_e2e.py's
+# comparison) lingers that long while heavy.
+SPILL_BYTES = 64 << 20
 SPILL_POLL_MS = 10
 LINGER_MS = 10
 # the reader folds a spill and what comes into it for up to FOLD_LINGER_MS
@@ -326,7 +334,7 @@ class NicCapture:
         if spill:
             try:
                 with reader_priority_held():   # the spiller thread inherits it
-                    ring.start_spill(spill_blocks=SPILL_RING_MULTIPLE * ring.block_nr, poll_ms=SPILL_POLL_MS)
+                    ring.start_spill(spill_blocks=SPILL_BYTES // BLOCK_SIZE, poll_ms=SPILL_POLL_MS)
             except BaseException:
                 ring.close()
                 raise
