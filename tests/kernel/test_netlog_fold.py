@@ -60,10 +60,15 @@ def test_fold_ring_folds_what_read_and_add_fold(bpf_ok):
             a.close()
             b.close()
     assert ca["spill_drops"] == cb["spill_drops"] == ca["kernel_drops"] == cb["kernel_drops"] == 0
-    assert ta.packets == tb.packets == ca["packets"] > 5 * 6
+    # the kernel's own packets (IPv6 neighbour discovery...) may come between the two drains: the test's
+    # connections compared
+
+    def port(chunks):
+        return chunks[chunks["rport"] == srv.info["port"]]
+    assert len(port(ga.chunks)) >= 5
     for field in ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
-        assert int(ga.chunks[field].sum()) == int(gb.chunks[field].sum())
-    assert int(ga.chunks["rx_bytes"].sum()) >= 5 * 30000
+        assert int(port(ga.chunks)[field].sum()) == int(port(gb.chunks)[field].sum())
+    assert int(port(ga.chunks)["rx_bytes"].sum()) >= 5 * 30000
     paths = sorted(bytes(x["path"][:x["path_len"]]) for x in ga.exchanges)
     assert paths == sorted(bytes(x["path"][:x["path_len"]]) for x in gb.exchanges)
     assert paths == [f"/fold/{i}".encode() for i in range(5)]
@@ -78,7 +83,7 @@ def udp_burst(addr, n, delay=0.0):
 
 
 def test_fold_ring_lingers_for_what_comes_and_keeps_to_its_budget(bpf_ok):
-    """Nothing spilled: a call with linger_ms returns after about that long;
+    """A call with linger_ms returns after about that long (nothing spilled);
     packets sent meanwhile are folded by the same call. Over the budget,
     more is True and the rest is left for the next call. (The host's end
     of a test veth: no other traffic there.)"""
@@ -93,7 +98,8 @@ def test_fold_ring_lingers_for_what_comes_and_keeps_to_its_budget(bpf_ok):
             while table.fold_ring(ring, 64)[0]:   # what the ring already holds
                 pass
             t0 = time.monotonic()
-            assert table.fold_ring(ring, 64, True, 150) == (0, False)
+            # the kernel's own packets (IPv6 neighbour discovery) may still come: folded too
+            assert not table.fold_ring(ring, 64, True, 150)[1]
             assert 0.12 < time.monotonic() - t0 < 1.0
             sender = threading.Thread(target=udp_burst, args=(ns.peer_ip, 50, 0.05))
             sender.start()
