@@ -336,15 +336,26 @@ def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_proto
 
 
 cdef struct Spill:
-    # a ring's spiller thread and what it shares with the reader: slots
-    # [tail, head) hold copies of ring blocks not decoded yet (head written
-    # by the spiller only, tail by the reader only)
+    # a ring's spiller thread and what it shares with the reader: blocks
+    # [tail, head) are copies of ring blocks not decoded yet, block seq in
+    # slot order[seq % nslots] (head and order written by the spiller only,
+    # tail by the reader only)
     int fd, notify_fd, stop_fd
     uint8_t *ring
     uint32_t block_size, block_nr, cur
-    uint8_t *slots
+    uint8_t *slots   # mmap'd (anonymous): a released slot's pages go back to the kernel
+    uint32_t *order
     uint64_t nslots, notify_blocks, poll_ms
     uint64_t head, tail, used, stop, error
+    # the spiller's own: a bitmap of free slots (it takes the lowest, so
+    # that light traffic reuses the first few and leaves the rest
+    # untouched), of slots touched and not released, the seqs below
+    # `reclaimed` whose slots it has freed, slots [0, hot) never released
+    uint64_t *free_bits
+    uint64_t *touched_bits
+    uint64_t nwords, reclaimed, hot, touched_cold
+    # slots touched and not released (a gauge, read by counters()), bytes released
+    uint64_t touched, released
     # the spiller's counters: its worst lag, bytes held at most, packets of
     # the blocks dropped because the spill was full, socket errors
     uint64_t max_lag_ns, peak, drops, errors
@@ -375,8 +386,59 @@ cdef void _free_spill(Spill *s) noexcept nogil:
         close(s.notify_fd)
     if s.stop_fd >= 0:
         close(s.stop_fd)
-    free(s.slots)
+    if s.slots != NULL:
+        munmap(s.slots, s.nslots * s.block_size)
+    free(s.order)
+    free(s.free_bits)
+    free(s.touched_bits)
     free(s)
+
+
+cdef void _reclaim(Spill *s, uint64_t tail) noexcept nogil:
+    """Free the slots of the blocks the reader decoded (seqs below its tail)."""
+    cdef uint64_t slot
+    while s.reclaimed < tail:
+        slot = s.order[s.reclaimed % s.nslots]
+        s.free_bits[slot >> 6] |= 1ULL << (slot & 63)
+        s.reclaimed += 1
+
+
+cdef uint64_t _take_slot(Spill *s) noexcept nogil:
+    """The lowest free slot, taken (the caller made sure one is free)."""
+    cdef uint64_t w = 0, slot, bit
+    while s.free_bits[w] == 0:
+        w += 1
+    slot = (w << 6) + <uint64_t>__builtin_ctzll(s.free_bits[w])
+    bit = 1ULL << (slot & 63)
+    s.free_bits[w] &= ~bit
+    if not (s.touched_bits[w] & bit):
+        s.touched_bits[w] |= bit
+        __atomic_store_n(&s.touched, s.touched + 1, __ATOMIC_RELAXED)
+        if slot >= s.hot:
+            s.touched_cold += 1
+    return slot
+
+
+cdef void _release_cold(Spill *s) noexcept nogil:
+    """The spill empty: hand the pages of the slots a burst touched beyond
+    the hot region back to the kernel (they read as zeros when touched
+    again), so that a burst does not leave its memory resident for ever."""
+    cdef uint64_t slot, w, n = 0
+    for slot in range(s.hot, s.nslots):
+        w = slot >> 6
+        if s.touched_bits[w] & (1ULL << (slot & 63)):
+            madvise(s.slots + slot * s.block_size, s.block_size, MADV_DONTNEED)
+            s.touched_bits[w] &= ~(1ULL << (slot & 63))
+            n += 1
+    s.touched_cold = 0
+    __atomic_store_n(&s.touched, s.touched - n, __ATOMIC_RELAXED)
+    __atomic_store_n(&s.released, s.released + n * s.block_size, __ATOMIC_RELAXED)
+
+
+# how often an idle spiller looks whether the reader emptied the spill
+# (its slots beyond the hot region then released)
+cdef enum:
+    RELEASE_POLL_MS = 100
 
 
 cdef void *_spill_main(void *arg) noexcept nogil:
@@ -389,7 +451,7 @@ cdef void *_spill_main(void *arg) noexcept nogil:
     cdef Spill *s = <Spill *>arg
     cdef tpacket_block_desc *bd
     cdef pollfd pfd[2]
-    cdef uint64_t head, used, waiting = 0
+    cdef uint64_t head, tail, slot, used, waiting = 0
     cdef uint32_t n
     cdef bint light
     cdef int err, rc
@@ -407,8 +469,12 @@ cdef void *_spill_main(void *arg) noexcept nogil:
             light = bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO
             n = _blk_len(bd, s.block_size)
             head = s.head
-            if head - __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE) < s.nslots:
-                memcpy(s.slots + (head % s.nslots) * s.block_size, bd, n)
+            tail = __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE)
+            _reclaim(s, tail)
+            if head - tail < s.nslots:   # fewer than nslots held: a slot is free
+                slot = _take_slot(s)
+                memcpy(s.slots + slot * s.block_size, bd, n)
+                s.order[head % s.nslots] = <uint32_t>slot   # published by the release of head
                 used = __atomic_add_fetch(&s.used, n, __ATOMIC_RELAXED)
                 if used > s.peak:
                     s.peak = used
@@ -423,7 +489,13 @@ cdef void *_spill_main(void *arg) noexcept nogil:
                 _notify(s)
                 waiting = 0
             continue
-        rc = poll(pfd, 2, <int>s.poll_ms if waiting else -1)
+        if s.touched_cold:
+            tail = __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE)
+            _reclaim(s, tail)
+            if tail == s.head:
+                _release_cold(s)
+        # slots to release once the reader catches up: look again after RELEASE_POLL_MS
+        rc = poll(pfd, 2, <int>s.poll_ms if waiting else (RELEASE_POLL_MS if s.touched_cold else -1))
         if rc == 0 and waiting:
             _notify(s)
             waiting = 0
@@ -477,7 +549,7 @@ cdef class PacketRing:
     # start_spill(): the spiller thread owns the ring, read() takes the spill
     cdef Spill *sp
     cdef pthread_t spiller
-    cdef readonly uint64_t spill_bytes_peak, spill_drops   # of a spill stopped (close): counters() adds the live one
+    cdef readonly uint64_t spill_bytes_peak, spill_drops, spill_released_bytes   # of a spill stopped (close): counters() adds the live one
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
                   uint32_t retire_ms=100, int ifindex=0, uint32_t bulk_cut_room=0):
@@ -545,16 +617,31 @@ cdef class PacketRing:
             raise RuntimeError("packet ring used after close()")
         if self.sp != NULL:
             raise RuntimeError("the packet ring is already spilling")
+        cdef uint64_t i
         cdef Spill *s = <Spill *>calloc(1, sizeof(Spill))
         if s == NULL:
             raise MemoryError("packet ring spill")
         s.nslots = spill_blocks or 2 * self.block_nr
         s.notify_blocks = notify_blocks or max(1, self.block_nr // 8)
         s.poll_ms = poll_ms
-        s.slots = <uint8_t *>malloc(s.nslots * self.block_size)
+        s.block_size = self.block_size
+        # the slots the spill keeps however long idle: twice the ring, at most 16 MiB
+        s.hot = min(s.nslots, 2 * self.block_nr, max(1, (16 << 20) // self.block_size))
+        s.nwords = (s.nslots + 63) // 64
+        s.notify_fd = s.stop_fd = -1
+        cdef void *m = mmap(NULL, s.nslots * self.block_size, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        s.slots = NULL if m == MAP_FAILED else <uint8_t *>m
+        s.order = <uint32_t *>calloc(s.nslots, sizeof(uint32_t))
+        s.free_bits = <uint64_t *>calloc(s.nwords, 8)
+        s.touched_bits = <uint64_t *>calloc(s.nwords, 8)
+        if s.free_bits != NULL:
+            for i in range(s.nslots):
+                s.free_bits[i >> 6] |= 1ULL << (i & 63)
         s.notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if s.slots == NULL or s.notify_fd < 0 or s.stop_fd < 0:
+        if s.slots == NULL or s.order == NULL or s.free_bits == NULL or s.touched_bits == NULL or \
+                s.notify_fd < 0 or s.stop_fd < 0:
             err, nslots = errno, s.nslots
             _free_spill(s)
             raise kernel_error(f"packet ring spill ({nslots} blocks of {self.block_size} bytes)", err or 12)
@@ -589,6 +676,7 @@ cdef class PacketRing:
         self.socket_errors += s.errors
         self.spill_bytes_peak = max(self.spill_bytes_peak, s.peak)
         self.spill_drops += s.drops
+        self.spill_released_bytes += s.released
         _free_spill(s)
 
     def close(self):
@@ -723,7 +811,7 @@ cdef class PacketRing:
             if taken == max_blocks:
                 more = True
                 break
-            bd = <tpacket_block_desc *>(sp.slots + (tail % sp.nslots) * self.block_size)
+            bd = <tpacket_block_desc *>(sp.slots + <uint64_t>sp.order[tail % sp.nslots] * self.block_size)
             blk_len = _blk_len(bd, self.block_size)
             if got[0] + bd.hdr.bh1.num_pkts > cap_pkts or used[0] + blk_len > cap_bytes:
                 if sink == NULL or got[0] == 0:
@@ -867,7 +955,11 @@ cdef class PacketRing:
                 "reader_lag_max_ns": max(self.max_lag_ns, sp.max_lag_ns if sp else 0),
                 "socket_errors": self.socket_errors + (sp.errors if sp else 0),
                 "spill_bytes_peak": max(self.spill_bytes_peak, sp.peak if sp else 0),
-                "spill_drops": self.spill_drops + (sp.drops if sp else 0)}
+                "spill_drops": self.spill_drops + (sp.drops if sp else 0),
+                # slots touched and not released since (resident, at most)
+                "spill_touched_bytes": __atomic_load_n(&sp.touched, __ATOMIC_RELAXED) * sp.block_size if sp else 0,
+                "spill_released_bytes": self.spill_released_bytes +
+                                        (__atomic_load_n(&sp.released, __ATOMIC_RELAXED) if sp else 0)}
 
 
 # decode batches of FOLD_BLOCKS blocks: the sink folds each while it is in the cache

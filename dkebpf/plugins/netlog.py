@@ -659,7 +659,8 @@ class NetlogPlugin(Plugin):
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
-                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns", "spill_bytes_peak", "spill_drops"):
+                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns", "spill_bytes_peak", "spill_drops",
+                      "spill_touched_bytes", "spill_released_bytes"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v
