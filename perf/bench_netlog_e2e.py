@@ -52,7 +52,9 @@ packets/s captured, drops (tp_drops plus the spill's, must be 0; summed over the
 rounds), this process's CPU (user + system, which includes softirq work
 the kernel happens to run on its time slices) per 100k packets/s, the
 reader's worst lag (how long after the kernel closed a ring block it was
-read: the ring must hold that long's packets) and the load average."""
+read: the ring must hold that long's packets) and the load average; after
+each whole-agent run, the collector's VmRSS once it has been idle IDLE_S
+(10 s), with what its spills then hold touched and what they released."""
 import os
 import re
 import select
@@ -87,6 +89,7 @@ SPILL = os.environ.get("BENCH_SPILL") != "0"   # the rings emptied by spiller th
 # NicCapture.fold values to run (e.g. "0,1": before/after in the same run): 1 reads and folds the spill
 # in one call without the GIL (ConnTable.fold_ring), 0 read() and add() apart
 AGENT_ROUNDS = int(os.environ.get("BENCH_AGENT_ROUNDS", 1))   # runs of each whole-agent measurement
+IDLE_S = 10   # the collector idle after each whole-agent run before its VmRSS is read
 FOLDS = [int(f) for f in os.environ.get("BENCH_FOLD", "1").split(",")]
 MTU = 300
 WRK_CONNS = 32
@@ -210,18 +213,24 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0, fold=1, tag=""):
             time.sleep(0.5)
             cpu1 = c.cpu_seconds()
             text = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
+            # then idle: what stays resident (the spill releases what a burst touched once drained)
+            time.sleep(IDLE_S)
+            with open(f"/proc/{c.proc.pid}/status") as f:
+                rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+            idle = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
     finally:
         if sink is not None:
             sink.kill()
             sink.wait()
 
-    def total(counter):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
+    def total(counter, text=text):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
         rx = re.compile(r'\w*plugin_\d+_[^_{]+_' + counter + r'\{plugin="bpf-netlog"\} (\S+)$')
         return sum(float(m.group(1)) for m in map(rx.match, text.splitlines()) if m)
     lag = max(float(m.group(1)) for m in map(re.compile(r'\w*_reader_lag_max_ns\{plugin="bpf-netlog"\} (\S+)$').match,
                                              text.splitlines()) if m)
     return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops") + total("spill_drops"), \
-        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops")
+        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops"), \
+        rss, total("spill_touched_bytes", idle) / (1 << 20), total("spill_released_bytes", idle) / (1 << 20)
 
 
 def fast_veth(ns):
@@ -307,13 +316,15 @@ def bench(tmp, ns, flood, ngx):
 
 
 def agent_print(name, result):
-    delivered, got, drops, cpu, secs, lag, spill, spill_drops = result
+    delivered, got, drops, cpu, secs, lag, spill, spill_drops, rss, touched, released = result
     print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
     print(f"{name}_captured_packets_per_s: {got:.0f}")
     print(f"{name}_socket_drops: {drops:.0f} (the spill's: {spill_drops:.0f})")
     print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
     print(f"{name}_reader_lag_max_ms: {lag:.1f}")
     print(f"{name}_spill_peak_mib: {spill:.1f}")
+    print(f"{name}_collector_rss_idle_mib: {rss:.1f} (after {IDLE_S} s idle; the spill touched {touched:.1f} MiB, "
+          f"released {released:.1f} MiB)")
     print(f"{name}_load_average: {os.getloadavg()[0]:.2f}", flush=True)
 
 
