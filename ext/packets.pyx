@@ -606,8 +606,11 @@ cdef class PacketRing:
         """Empty the ring from a thread of its own that never takes the
         GIL (a Python thread waits for it while another holds it, and the
         ring fills): each block the kernel retires is copied into a spill
-        of spill_blocks blocks (0: twice the ring; C memory, touched as it
-        fills) and handed back at once; read() then decodes from the spill,
+        of spill_blocks blocks (0: twice the ring; anonymous memory, each
+        block in the lowest free slot, so only as much is touched as a
+        backlog reached, and what a burst touched beyond twice the ring
+        or 16 MiB released once the spill is empty: spill_touched_bytes,
+        spill_released_bytes) and handed back at once; read() then decodes from the spill,
         and fileno() is readable once notify_blocks (0: an eighth of the
         ring) are waiting, at a block the timeout retired or after poll_ms
         without one. The spill full, a block is dropped and its packets
