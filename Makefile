@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 ARGS ?= --enabled ebpf-net --interval 10s --output -
 WHEEL_DIR ?= dist
 DEBIAN_PACKAGES := clang llvm libbpf-dev libelf-dev libssl-dev zlib1g-dev pkg-config python3-dev python3-venv \
-	iproute2 iptables kmod curl nginx-light procps \
+	iproute2 iptables kmod curl nginx-light procps ethtool \
 	dnsmasq-base dnsutils openssl wrk passwd bpftool tcpdump redis-server postgresql golang-go mariadb-server \
 	containerd runc containernetworking-plugins busybox-static
 # what the installed package is built from: a change to any of these

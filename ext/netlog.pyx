@@ -46,6 +46,7 @@ cimport numpy as cnp
 from dk_packet cimport dk_pkt, DK_NO_WSCALE
 from dk_common cimport offset_of, conn_key_hash as key_hash
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
+from dkebpf._packets cimport ring_fold
 from dkebpf._packets import PKT_DTYPE
 from dkebpf._records import _dtype
 from dkebpf.errors import kernel_error
@@ -1039,10 +1040,7 @@ cdef class ConnTable:
         are followed too."""
         pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
         cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
-        cdef Py_ssize_t i, n = len(pkts)
-        cdef conn_t *c
-        cdef bint tx, retrans
-        cdef uint32_t limit
+        cdef Py_ssize_t n = len(pkts)
         cdef const uint8_t *pay = NULL
         cdef Py_ssize_t pay_len = 0
         if payload is not None:
@@ -1050,41 +1048,57 @@ cdef class ConnTable:
             pay = <const uint8_t *>cnp.PyArray_DATA(payload)
             pay_len = len(payload)
         with nogil:
-            for i in range(n):
-                self.packets += 1
-                if p[i].proto != 6 and p[i].proto != 17:
-                    self.not_tcp_udp += 1
-                    continue
-                tx = p[i].pkttype == PACKET_OUTGOING
-                c = self._lookup(&p[i], tx)
-                if c == NULL:
-                    continue
-                if (c.rst or c.fin_dir == 3) and (p[i].tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN:
-                    # the closed port pair is reused by a new connection: a new record
-                    self._close_chunk(c)
-                    self._emit_flow(c, True)
-                    if c.x.req_ts:
-                        self._emit_exchange(c)
-                    self._restart(c, &p[i])
-                retrans = self._track(c, &p[i], tx)
-                if self.series:
-                    self._record(c, &p[i], tx)
-                if pay != NULL and p[i].proto == 6 and p[i].payload_len and not retrans \
-                        and <Py_ssize_t>p[i].payload_off + p[i].payload_len <= pay_len:
-                    self._l7(c, &p[i], pay + p[i].payload_off, tx)
+            self._add(p, n, pay, pay_len)
+
+    def fold_ring(self, ring, uint32_t max_blocks, bint http=True, uint32_t linger_ms=0):
+        """What a spilling PacketRing holds (at most max_blocks blocks)
+        decoded and folded into the table in one call without the GIL
+        (dkebpf._packets.ring_fold): add() of each read() batch, its
+        payload only with http; the spill emptied, what it gets within
+        linger_ms too. Returns (blocks taken, more left)."""
+        return ring_fold(ring, _fold_http if http else _fold_headers, <void *>self, max_blocks, linger_ms)
+
+    cdef void _add(self, const dk_pkt *p, Py_ssize_t n, const uint8_t *pay, Py_ssize_t pay_len) noexcept nogil:
+        """add() without the GIL (pay NULL: no HTTP)."""
+        cdef Py_ssize_t i
+        cdef conn_t *c
+        cdef bint tx, retrans
+        cdef uint32_t limit
+        for i in range(n):
+            self.packets += 1
+            if p[i].proto != 6 and p[i].proto != 17:
+                self.not_tcp_udp += 1
+                continue
+            tx = p[i].pkttype == PACKET_OUTGOING
+            c = self._lookup(&p[i], tx)
+            if c == NULL:
+                continue
+            if (c.rst or c.fin_dir == 3) and (p[i].tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN:
+                # the closed port pair is reused by a new connection: a new record
+                self._close_chunk(c)
+                self._emit_flow(c, True)
                 if c.x.req_ts:
-                    c.x.last_chunk = c.c.chunk_id
-                    if tx:
-                        c.x.tx_packets += 1
-                        c.x.tx_bytes += p[i].payload_wire
-                        c.x.tx_retrans += retrans
-                    else:
-                        c.x.rx_packets += 1
-                        c.x.rx_bytes += p[i].payload_wire
-                        c.x.rx_retrans += retrans
-                limit = CHUNK_PACKETS_CLOSING if c.c.chunk_fin else CHUNK_PACKETS
-                if c.c.tx_packets + c.c.rx_packets >= limit:
-                    self._close_chunk(c)
+                    self._emit_exchange(c)
+                self._restart(c, &p[i])
+            retrans = self._track(c, &p[i], tx)
+            if self.series:
+                self._record(c, &p[i], tx)
+            if pay != NULL and p[i].proto == 6 and p[i].payload_len and not retrans \
+                    and <Py_ssize_t>p[i].payload_off + p[i].payload_len <= pay_len:
+                self._l7(c, &p[i], pay + p[i].payload_off, tx)
+            if c.x.req_ts:
+                c.x.last_chunk = c.c.chunk_id
+                if tx:
+                    c.x.tx_packets += 1
+                    c.x.tx_bytes += p[i].payload_wire
+                    c.x.tx_retrans += retrans
+                else:
+                    c.x.rx_packets += 1
+                    c.x.rx_bytes += p[i].payload_wire
+                    c.x.rx_retrans += retrans
+            limit = CHUNK_PACKETS_CLOSING if c.c.chunk_fin else CHUNK_PACKETS
+            if c.c.tx_packets + c.c.rx_packets >= limit:
+                self._close_chunk(c)
 
     cdef void _restart(self, conn_t *c, const dk_pkt *p) noexcept nogil:
         cdef l4_chunk key
@@ -1114,6 +1128,7 @@ cdef class ConnTable:
         cdef uint32_t i, kept = 0, s
         cdef conn_t *c
         cdef bint gone
+        cdef char *dst
         with nogil:
             for i in range(self.n):
                 c = &self.conns[i]
@@ -1158,8 +1173,9 @@ cdef class ConnTable:
             offsets[:len(out)] = out["msg_off"]
             offsets[len(out)] = self.msg_len
             data = np.empty(self.msg_len, np.uint8)
-            if self.msg_len:
-                memcpy(cnp.PyArray_DATA(data), self.msg, self.msg_len)
+            dst = <char *>cnp.PyArray_DATA(data)
+            with nogil:   # up to ~100 MB an interval at 600k packets/s: the reader thread needs the GIL meanwhile
+                memcpy(dst, self.msg, self.msg_len)
             self.msg_len = 0
             messages = pa.StringArray.from_buffers(len(out), pa.py_buffer(offsets), pa.py_buffer(data))
         return Collected(out, xs, flows, messages)
@@ -1176,6 +1192,16 @@ cdef class ConnTable:
                 "table_full": self.table_full, "l7_lost": self.l7_lost,
                 "series_unwritten": self.series_unwritten, "messages_lost": self.messages_lost,
                 "flows_lost": self.flows_lost}
+
+
+cdef void _fold_http(void *table, const dk_pkt *pkts, Py_ssize_t n, const uint8_t *payload,
+                     Py_ssize_t payload_len) noexcept nogil:
+    (<ConnTable>table)._add(pkts, n, payload, payload_len)
+
+
+cdef void _fold_headers(void *table, const dk_pkt *pkts, Py_ssize_t n, const uint8_t *payload,
+                        Py_ssize_t payload_len) noexcept nogil:
+    (<ConnTable>table)._add(pkts, n, NULL, 0)
 
 
 cdef extern from "<sched.h>" nogil:

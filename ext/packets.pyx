@@ -336,15 +336,26 @@ def _decode_batch(bytes data, offsets, lengths, hatypes, net_offsets, link_proto
 
 
 cdef struct Spill:
-    # a ring's spiller thread and what it shares with the reader: slots
-    # [tail, head) hold copies of ring blocks not decoded yet (head written
-    # by the spiller only, tail by the reader only)
+    # a ring's spiller thread and what it shares with the reader: blocks
+    # [tail, head) are copies of ring blocks not decoded yet, block seq in
+    # slot order[seq % nslots] (head and order written by the spiller only,
+    # tail by the reader only)
     int fd, notify_fd, stop_fd
     uint8_t *ring
     uint32_t block_size, block_nr, cur
-    uint8_t *slots
+    uint8_t *slots   # mmap'd (anonymous): a released slot's pages go back to the kernel
+    uint32_t *order
     uint64_t nslots, notify_blocks, poll_ms
     uint64_t head, tail, used, stop, error
+    # the spiller's own: a bitmap of free slots (it takes the lowest, so
+    # that light traffic reuses the first few and leaves the rest
+    # untouched), of slots touched and not released, the seqs below
+    # `reclaimed` whose slots it has freed, slots [0, hot) never released
+    uint64_t *free_bits
+    uint64_t *touched_bits
+    uint64_t nwords, reclaimed, hot, touched_cold
+    # slots touched and not released (a gauge, read by counters()), bytes released
+    uint64_t touched, released
     # the spiller's counters: its worst lag, bytes held at most, packets of
     # the blocks dropped because the spill was full, socket errors
     uint64_t max_lag_ns, peak, drops, errors
@@ -375,8 +386,59 @@ cdef void _free_spill(Spill *s) noexcept nogil:
         close(s.notify_fd)
     if s.stop_fd >= 0:
         close(s.stop_fd)
-    free(s.slots)
+    if s.slots != NULL:
+        munmap(s.slots, s.nslots * s.block_size)
+    free(s.order)
+    free(s.free_bits)
+    free(s.touched_bits)
     free(s)
+
+
+cdef void _reclaim(Spill *s, uint64_t tail) noexcept nogil:
+    """Free the slots of the blocks the reader decoded (seqs below its tail)."""
+    cdef uint64_t slot
+    while s.reclaimed < tail:
+        slot = s.order[s.reclaimed % s.nslots]
+        s.free_bits[slot >> 6] |= 1ULL << (slot & 63)
+        s.reclaimed += 1
+
+
+cdef uint64_t _take_slot(Spill *s) noexcept nogil:
+    """The lowest free slot, taken (the caller made sure one is free)."""
+    cdef uint64_t w = 0, slot, bit
+    while s.free_bits[w] == 0:
+        w += 1
+    slot = (w << 6) + <uint64_t>__builtin_ctzll(s.free_bits[w])
+    bit = 1ULL << (slot & 63)
+    s.free_bits[w] &= ~bit
+    if not (s.touched_bits[w] & bit):
+        s.touched_bits[w] |= bit
+        __atomic_store_n(&s.touched, s.touched + 1, __ATOMIC_RELAXED)
+        if slot >= s.hot:
+            s.touched_cold += 1
+    return slot
+
+
+cdef void _release_cold(Spill *s) noexcept nogil:
+    """The spill empty: hand the pages of the slots a burst touched beyond
+    the hot region back to the kernel (they read as zeros when touched
+    again), so that a burst does not leave its memory resident for ever."""
+    cdef uint64_t slot, w, n = 0
+    for slot in range(s.hot, s.nslots):
+        w = slot >> 6
+        if s.touched_bits[w] & (1ULL << (slot & 63)):
+            madvise(s.slots + slot * s.block_size, s.block_size, MADV_DONTNEED)
+            s.touched_bits[w] &= ~(1ULL << (slot & 63))
+            n += 1
+    s.touched_cold = 0
+    __atomic_store_n(&s.touched, s.touched - n, __ATOMIC_RELAXED)
+    __atomic_store_n(&s.released, s.released + n * s.block_size, __ATOMIC_RELAXED)
+
+
+# how often an idle spiller looks whether the reader emptied the spill
+# (its slots beyond the hot region then released)
+cdef enum:
+    RELEASE_POLL_MS = 100
 
 
 cdef void *_spill_main(void *arg) noexcept nogil:
@@ -389,7 +451,7 @@ cdef void *_spill_main(void *arg) noexcept nogil:
     cdef Spill *s = <Spill *>arg
     cdef tpacket_block_desc *bd
     cdef pollfd pfd[2]
-    cdef uint64_t head, used, waiting = 0
+    cdef uint64_t head, tail, slot, used, waiting = 0
     cdef uint32_t n
     cdef bint light
     cdef int err, rc
@@ -407,8 +469,12 @@ cdef void *_spill_main(void *arg) noexcept nogil:
             light = bd.hdr.bh1.block_status & TP_STATUS_BLK_TMO
             n = _blk_len(bd, s.block_size)
             head = s.head
-            if head - __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE) < s.nslots:
-                memcpy(s.slots + (head % s.nslots) * s.block_size, bd, n)
+            tail = __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE)
+            _reclaim(s, tail)
+            if head - tail < s.nslots:   # fewer than nslots held: a slot is free
+                slot = _take_slot(s)
+                memcpy(s.slots + slot * s.block_size, bd, n)
+                s.order[head % s.nslots] = <uint32_t>slot   # published by the release of head
                 used = __atomic_add_fetch(&s.used, n, __ATOMIC_RELAXED)
                 if used > s.peak:
                     s.peak = used
@@ -423,7 +489,13 @@ cdef void *_spill_main(void *arg) noexcept nogil:
                 _notify(s)
                 waiting = 0
             continue
-        rc = poll(pfd, 2, <int>s.poll_ms if waiting else -1)
+        if s.touched_cold:
+            tail = __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE)
+            _reclaim(s, tail)
+            if tail == s.head:
+                _release_cold(s)
+        # slots to release once the reader catches up: look again after RELEASE_POLL_MS
+        rc = poll(pfd, 2, <int>s.poll_ms if waiting else (RELEASE_POLL_MS if s.touched_cold else -1))
         if rc == 0 and waiting:
             _notify(s)
             waiting = 0
@@ -477,7 +549,7 @@ cdef class PacketRing:
     # start_spill(): the spiller thread owns the ring, read() takes the spill
     cdef Spill *sp
     cdef pthread_t spiller
-    cdef readonly uint64_t spill_bytes_peak, spill_drops   # of a spill stopped (close): counters() adds the live one
+    cdef readonly uint64_t spill_bytes_peak, spill_drops, spill_released_bytes   # of a spill stopped (close): counters() adds the live one
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
                   uint32_t retire_ms=100, int ifindex=0, uint32_t bulk_cut_room=0):
@@ -534,8 +606,11 @@ cdef class PacketRing:
         """Empty the ring from a thread of its own that never takes the
         GIL (a Python thread waits for it while another holds it, and the
         ring fills): each block the kernel retires is copied into a spill
-        of spill_blocks blocks (0: twice the ring; C memory, touched as it
-        fills) and handed back at once; read() then decodes from the spill,
+        of spill_blocks blocks (0: twice the ring; anonymous memory, each
+        block in the lowest free slot, so only as much is touched as a
+        backlog reached, and what a burst touched beyond twice the ring
+        or 16 MiB released once the spill is empty: spill_touched_bytes,
+        spill_released_bytes) and handed back at once; read() then decodes from the spill,
         and fileno() is readable once notify_blocks (0: an eighth of the
         ring) are waiting, at a block the timeout retired or after poll_ms
         without one. The spill full, a block is dropped and its packets
@@ -545,16 +620,31 @@ cdef class PacketRing:
             raise RuntimeError("packet ring used after close()")
         if self.sp != NULL:
             raise RuntimeError("the packet ring is already spilling")
+        cdef uint64_t i
         cdef Spill *s = <Spill *>calloc(1, sizeof(Spill))
         if s == NULL:
             raise MemoryError("packet ring spill")
         s.nslots = spill_blocks or 2 * self.block_nr
         s.notify_blocks = notify_blocks or max(1, self.block_nr // 8)
         s.poll_ms = poll_ms
-        s.slots = <uint8_t *>malloc(s.nslots * self.block_size)
+        s.block_size = self.block_size
+        # the slots the spill keeps however long idle: twice the ring, at most 16 MiB
+        s.hot = min(s.nslots, 2 * self.block_nr, max(1, (16 << 20) // self.block_size))
+        s.nwords = (s.nslots + 63) // 64
+        s.notify_fd = s.stop_fd = -1
+        cdef void *m = mmap(NULL, s.nslots * self.block_size, PROT_READ | PROT_WRITE,
+                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        s.slots = NULL if m == MAP_FAILED else <uint8_t *>m
+        s.order = <uint32_t *>calloc(s.nslots, sizeof(uint32_t))
+        s.free_bits = <uint64_t *>calloc(s.nwords, 8)
+        s.touched_bits = <uint64_t *>calloc(s.nwords, 8)
+        if s.free_bits != NULL:
+            for i in range(s.nslots):
+                s.free_bits[i >> 6] |= 1ULL << (i & 63)
         s.notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if s.slots == NULL or s.notify_fd < 0 or s.stop_fd < 0:
+        if s.slots == NULL or s.order == NULL or s.free_bits == NULL or s.touched_bits == NULL or \
+                s.notify_fd < 0 or s.stop_fd < 0:
             err, nslots = errno, s.nslots
             _free_spill(s)
             raise kernel_error(f"packet ring spill ({nslots} blocks of {self.block_size} bytes)", err or 12)
@@ -564,6 +654,11 @@ cdef class PacketRing:
             _free_spill(s)
             raise kernel_error("packet ring spill: pthread_create", rc)
         self.sp = s
+
+    @property
+    def spilling(self):
+        """True between start_spill() and close()."""
+        return self.sp != NULL
 
     def fileno(self):
         """Readable when read() has something (a ready block, or spilled
@@ -584,6 +679,7 @@ cdef class PacketRing:
         self.socket_errors += s.errors
         self.spill_bytes_peak = max(self.spill_bytes_peak, s.peak)
         self.spill_drops += s.drops
+        self.spill_released_bytes += s.released
         _free_spill(s)
 
     def close(self):
@@ -662,6 +758,87 @@ cdef class PacketRing:
                 break
             hdr_off += h.tp_next_offset
 
+    cdef Py_ssize_t _cap_pkts(self, uint32_t max_blocks) noexcept:
+        # a block holds at most block_size / 48 frames (tpacket3_hdr +
+        # sockaddr_ll, aligned, is more than that)
+        return (self.block_size // 48 + 1) * max_blocks
+
+    cdef _buffers(self, uint32_t max_blocks):
+        """The decode buffers (read()'s output) with room for max_blocks."""
+        if max_blocks > self._max_blocks:
+            self._pkts = np.empty(self._cap_pkts(max_blocks), PKT_DTYPE)
+            self._payload = np.empty(<uint64_t>self.block_size * max_blocks, np.uint8)
+            self._max_blocks = max_blocks
+
+    cdef bint _drain_spill(self, dk_pkt_sink sink, void *ctx, uint32_t max_blocks, dk_pkt *out, uint8_t *pay,
+                           Py_ssize_t cap_pkts, uint64_t cap_bytes, Py_ssize_t *got,
+                           uint32_t *used, uint32_t linger_ms=0) noexcept nogil:
+        """Decode spilled blocks (at most max_blocks) into out/pay, each
+        slot handed back to the spiller once decoded. The batch full: with
+        a sink, it is handed to sink and refilled (the rest handed over at
+        the end); without, decoding stops there. With a sink and linger_ms,
+        the spill emptied, wait for the spiller's next notification and go
+        on, for up to linger_ms in all. Returns True when spilled blocks
+        are left (fileno() then stays readable)."""
+        cdef Spill *sp = self.sp
+        cdef tpacket_block_desc *bd
+        cdef uint64_t tail, head, cleared
+        cdef uint32_t blk_len, taken = 0
+        cdef bint more = False
+        cdef pollfd pfd
+        cdef timespec now
+        cdef int64_t deadline_ns = 0, left_ms
+        if linger_ms and sink != NULL:
+            clock_gettime(CLOCK_MONOTONIC, &now)
+            deadline_ns = now.tv_sec * 1000000000 + now.tv_nsec + <int64_t>linger_ms * 1000000
+        pfd.fd = sp.notify_fd
+        pfd.events = POLLIN
+        read(sp.notify_fd, &cleared, 8)   # before the slots: a notification after stays
+        tail = sp.tail
+        head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+        while True:
+            if tail == head:
+                if not deadline_ns:
+                    break
+                if got[0]:   # folded before waiting: the table is current when the caller returns
+                    sink(ctx, out, got[0], pay, used[0])
+                    got[0] = 0
+                    used[0] = 0
+                clock_gettime(CLOCK_MONOTONIC, &now)
+                left_ms = (deadline_ns - now.tv_sec * 1000000000 - now.tv_nsec) // 1000000
+                if left_ms <= 0 or poll(&pfd, 1, <int>left_ms) <= 0:
+                    break
+                read(sp.notify_fd, &cleared, 8)
+                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+                continue
+            if taken == max_blocks:
+                more = True
+                break
+            bd = <tpacket_block_desc *>(sp.slots + <uint64_t>sp.order[tail % sp.nslots] * self.block_size)
+            blk_len = _blk_len(bd, self.block_size)
+            if got[0] + bd.hdr.bh1.num_pkts > cap_pkts or used[0] + blk_len > cap_bytes:
+                if sink == NULL or got[0] == 0:
+                    more = True   # no room left: the caller folds this batch first
+                    break
+                sink(ctx, out, got[0], pay, used[0])
+                got[0] = 0
+                used[0] = 0
+            self._walk_block(bd, out, pay, got, used)
+            __atomic_sub_fetch(&sp.used, blk_len, __ATOMIC_RELAXED)
+            tail += 1
+            __atomic_store_n(&sp.tail, tail, __ATOMIC_RELEASE)
+            self.blocks += 1
+            taken += 1
+            if tail == head:
+                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
+        if sink != NULL and got[0]:
+            sink(ctx, out, got[0], pay, used[0])
+            got[0] = 0
+            used[0] = 0
+        if more:
+            _notify(sp)   # fileno() stays readable for what is left
+        return more
+
     def read(self, uint32_t max_blocks=8, bint copy=True, uint32_t linger_ms=0):
         """Decode ready blocks into a batch with room for max_blocks full
         blocks (more blocks of small frames fit: a block is taken while its
@@ -682,16 +859,11 @@ cdef class PacketRing:
             raise RuntimeError("packet ring used after close()")
         if max_blocks == 0:
             raise ValueError("max_blocks must be positive")
-        # a block holds at most block_size / 48 frames (tpacket3_hdr +
-        # sockaddr_ll, aligned, is more than that)
-        cdef Py_ssize_t cap_pkts = (self.block_size // 48 + 1) * max_blocks
-        cdef uint64_t cap_bytes = <uint64_t>self.block_size * max_blocks
-        if max_blocks > self._max_blocks:
-            self._pkts = np.empty(cap_pkts, PKT_DTYPE)
-            self._payload = np.empty(cap_bytes, np.uint8)
-            self._max_blocks = max_blocks
+        self._buffers(max_blocks)
         pkts = self._pkts
         payload = self._payload
+        cdef Py_ssize_t cap_pkts = self._cap_pkts(max_blocks)
+        cdef uint64_t cap_bytes = <uint64_t>self.block_size * max_blocks
         cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(pkts)
         cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(payload)
         cdef Py_ssize_t got = 0
@@ -702,29 +874,11 @@ cdef class PacketRing:
         cdef timespec now
         cdef int64_t deadline_ns = 0, left_ms
         cdef Spill *sp = self.sp
-        cdef uint64_t tail, head, cleared
         pfd.fd = self.fd
         pfd.events = POLLIN
         if sp != NULL:
             with nogil:
-                read(sp.notify_fd, &cleared, 8)   # before the slots: a notification after stays
-                tail = sp.tail
-                head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
-                while tail != head:
-                    bd = <tpacket_block_desc *>(sp.slots + (tail % sp.nslots) * self.block_size)
-                    blk_len = _blk_len(bd, self.block_size)
-                    if got + bd.hdr.bh1.num_pkts > cap_pkts or used + blk_len > cap_bytes:
-                        more = True   # no room left: the caller folds this batch first
-                        break
-                    self._walk_block(bd, out, pay, &got, &used)
-                    __atomic_sub_fetch(&sp.used, blk_len, __ATOMIC_RELAXED)
-                    tail += 1
-                    __atomic_store_n(&sp.tail, tail, __ATOMIC_RELEASE)
-                    self.blocks += 1
-                    if tail == head:
-                        head = __atomic_load_n(&sp.head, __ATOMIC_ACQUIRE)
-                if more:
-                    _notify(sp)   # fileno() stays readable for what is left
+                more = self._drain_spill(NULL, NULL, 0xFFFFFFFF, out, pay, cap_pkts, cap_bytes, &got, &used)
         else:
             with nogil:
                 if linger_ms:
@@ -804,4 +958,37 @@ cdef class PacketRing:
                 "reader_lag_max_ns": max(self.max_lag_ns, sp.max_lag_ns if sp else 0),
                 "socket_errors": self.socket_errors + (sp.errors if sp else 0),
                 "spill_bytes_peak": max(self.spill_bytes_peak, sp.peak if sp else 0),
-                "spill_drops": self.spill_drops + (sp.drops if sp else 0)}
+                "spill_drops": self.spill_drops + (sp.drops if sp else 0),
+                # slots touched and not released since (resident, at most)
+                "spill_touched_bytes": __atomic_load_n(&sp.touched, __ATOMIC_RELAXED) * sp.block_size if sp else 0,
+                "spill_released_bytes": self.spill_released_bytes +
+                                        (__atomic_load_n(&sp.released, __ATOMIC_RELAXED) if sp else 0)}
+
+
+# decode batches of FOLD_BLOCKS blocks: the sink folds each while it is in the cache
+FOLD_BLOCKS = 8
+
+
+cdef tuple ring_fold(object ring, dk_pkt_sink sink, void *ctx, uint32_t max_blocks, uint32_t linger_ms):
+    """See dkebpf/_packets.pxd: PacketRing.read and the caller's fold in one
+    call without the GIL (a thread that must take the GIL back after each
+    read and each fold waits for it as often, behind whatever holds it)."""
+    cdef PacketRing r = <PacketRing?>ring
+    if r.ring == NULL:
+        raise RuntimeError("packet ring used after close()")
+    if r.sp == NULL:
+        raise RuntimeError("ring_fold needs a spilling packet ring (start_spill)")
+    if max_blocks == 0:
+        raise ValueError("max_blocks must be positive")
+    r._buffers(FOLD_BLOCKS)
+    cdef Py_ssize_t cap_pkts = r._cap_pkts(r._max_blocks)
+    cdef uint64_t cap_bytes = <uint64_t>r.block_size * r._max_blocks
+    cdef dk_pkt *out = <dk_pkt *>cnp.PyArray_DATA(r._pkts)
+    cdef uint8_t *pay = <uint8_t *>cnp.PyArray_DATA(r._payload)
+    cdef Py_ssize_t got = 0
+    cdef uint32_t used = 0
+    cdef uint64_t blocks0 = r.blocks
+    cdef bint more
+    with nogil:
+        more = r._drain_spill(sink, ctx, max_blocks, out, pay, cap_pkts, cap_bytes, &got, &used, linger_ms)
+    return r.blocks - blocks0, more

@@ -23,7 +23,8 @@ messages): the cost of the logs, in the same run.
 
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
                                           BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
-                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0, BENCH_SPILL=1)
+                                          BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0, BENCH_SPILL=1,
+                                          BENCH_FOLD=1, BENCH_AGENT_ROUNDS=1)
 
 BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
 rates (data segments/s into the namespace, every stream paced by the
@@ -34,6 +35,11 @@ rate whose rounds dropped nothing. The reader here runs at the plugin's
 priority (reader_priority_held: SCHED_FIFO) unless BENCH_READER_PRIO=default.
 BENCH_SPILL=0: the in-process runs read the rings themselves (no spiller
 thread; read() lingering LINGER_MS while heavy), as the reader did before.
+BENCH_FOLD=0,1: every measurement with NicCapture.fold off (the reader
+calls read() and add() apart, taking the GIL back after each) and on (one
+call, ConnTable.fold_ring, reads and folds without the GIL), names ending
+in _fold0 and _fold1: before/after in the same run. BENCH_AGENT_ROUNDS:
+runs of each whole-agent measurement (the folds alternating).
 BENCH_BOTH_ENDS=1: the in-process runs capture the host's end of the veth
 too (a second socket, the same packets once more: what it costs the kernel).
 BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
@@ -46,7 +52,9 @@ packets/s captured, drops (tp_drops plus the spill's, must be 0; summed over the
 rounds), this process's CPU (user + system, which includes softirq work
 the kernel happens to run on its time slices) per 100k packets/s, the
 reader's worst lag (how long after the kernel closed a ring block it was
-read: the ring must hold that long's packets) and the load average."""
+read: the ring must hold that long's packets) and the load average; after
+each whole-agent run, the collector's VmRSS once it has been idle IDLE_S
+(10 s), with what its spills then hold touched and what they released."""
 import os
 import re
 import select
@@ -63,7 +71,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from support.netns import NetNS, call_in_netns  # noqa: E402
 from support.nginx import Nginx  # noqa: E402
 
-from dkebpf.plugins.netlog import LINGER_MS, NicCapture, in_netns, list_nics, reader_priority_held  # noqa: E402
+from dkebpf.plugins.netlog import (FOLD_LINGER_MS, LINGER_MS, NicCapture, in_netns, list_nics,  # noqa: E402
+                                   reader_priority_held)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PORT = 18090
@@ -77,6 +86,11 @@ LOADS = os.environ.get("BENCH_LOADS", "bulk,http,udp").split(",")
 AGENT_NICE = int(os.environ.get("BENCH_AGENT_NICE", 0))
 BOTH_ENDS = int(os.environ.get("BENCH_BOTH_ENDS", 0))   # 1: this process captures the host's veth end too
 SPILL = os.environ.get("BENCH_SPILL") != "0"   # the rings emptied by spiller threads, as the plugin does
+# NicCapture.fold values to run (e.g. "0,1": before/after in the same run): 1 reads and folds the spill
+# in one call without the GIL (ConnTable.fold_ring), 0 read() and add() apart
+AGENT_ROUNDS = int(os.environ.get("BENCH_AGENT_ROUNDS", 1))   # runs of each whole-agent measurement
+IDLE_S = 10   # the collector idle after each whole-agent run before its VmRSS is read
+FOLDS = [int(f) for f in os.environ.get("BENCH_FOLD", "1").split(",")]
 MTU = 300
 WRK_CONNS = 32
 
@@ -144,7 +158,7 @@ def run(ns, load, flood, ngx, capture, pps=0):
             while any(s.poll() is None for s in senders):
                 if caps:
                     for ring in select.select(list(by_ring), [], [], 0.02)[0]:
-                        by_ring[ring].drain(LINGER_MS)
+                        by_ring[ring].drain(FOLD_LINGER_MS if SPILL else LINGER_MS)
                 else:
                     time.sleep(0.02)
             t1 = time.monotonic()
@@ -165,7 +179,7 @@ def run(ns, load, flood, ngx, capture, pps=0):
         (c1.user - c0.user) + (c1.system - c0.system), max((rc["reader_lag_max_ns"] / 1e6 for rc in rcs), default=0.0)
 
 
-def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
+def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0, fold=1, tag=""):
     """`load` with `dkebpf run` capturing on the namespace's veth:
     (delivered packets/s, captured packets/s, drops (socket and spill), collector CPU s, seconds,
     reader's worst lag ms, spill's peak MiB, spill's drops)."""
@@ -174,8 +188,12 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
     try:
         flags = ["--enabled", "bpf-netlog", "--netlog-metric", "--netlog-interfaces", f"^{ns.veth_peer}$"]
         # a log file per run: "dkebpf started" of an earlier run must not count
-        with Collector(tmp, f"netlog-{load}{pps or ''}" if logs else f"netlog-{load}-metric",
-                       flags + (["--netlog-log"] if logs else [])) as c:
+        c = Collector(tmp, (f"netlog-{load}{pps or ''}" if logs else f"netlog-{load}-metric") + f"-fold{fold}{tag}",
+                      flags + (["--netlog-log"] if logs else []))
+        if not fold:   # `dkebpf run` with NicCapture.fold off
+            c.cmd[1:4] = ["-c", "import sys; from dkebpf.plugins.netlog import NicCapture; NicCapture.fold = False; "
+                          "from dkebpf.cli import main; sys.exit(main())", "run"]
+        with c:
             end = time.monotonic() + 30
             while f"capturing on {ns.veth_peer}" not in c.log_text():
                 if time.monotonic() > end:
@@ -195,18 +213,24 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0):
             time.sleep(0.5)
             cpu1 = c.cpu_seconds()
             text = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
+            # then idle: what stays resident (the spill releases what a burst touched once drained)
+            time.sleep(IDLE_S)
+            with open(f"/proc/{c.proc.pid}/status") as f:
+                rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+            idle = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
     finally:
         if sink is not None:
             sink.kill()
             sink.wait()
 
-    def total(counter):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
+    def total(counter, text=text):   # per socket: <netns inode>/<interface>_<counter>, "/" sanitized to "_"
         rx = re.compile(r'\w*plugin_\d+_[^_{]+_' + counter + r'\{plugin="bpf-netlog"\} (\S+)$')
         return sum(float(m.group(1)) for m in map(rx.match, text.splitlines()) if m)
     lag = max(float(m.group(1)) for m in map(re.compile(r'\w*_reader_lag_max_ns\{plugin="bpf-netlog"\} (\S+)$').match,
                                              text.splitlines()) if m)
     return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops") + total("spill_drops"), \
-        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops")
+        cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops"), \
+        rss, total("spill_touched_bytes", idle) / (1 << 20), total("spill_released_bytes", idle) / (1 << 20)
 
 
 def fast_veth(ns):
@@ -230,12 +254,13 @@ def main():
             ngx.__exit__()
 
 
-def capture_rounds(ns, load, flood, ngx, pps=0, baseline=False):
+def capture_rounds(ns, load, flood, ngx, pps=0, baseline=False, fold=1):
     """ROUNDS runs of `load` with capture on, each after one with capture
     off when baseline: delivered packets/s with capture off and on,
     captured packets/s, CPU % per 100k packets/s (lists, per round), drops
     summed, the reader's worst lag in ms."""
     off, on, got, cpu, drops, lag = [], [], [], [], 0, 0.0
+    NicCapture.fold = bool(fold)
     for _ in range(ROUNDS):
         if baseline:
             off.append(run(ns, load, flood, ngx, False)[0])
@@ -252,40 +277,55 @@ def bench(tmp, ns, flood, ngx):
     print(f"setup: veth (MTU {MTU}, TSO/GSO/GRO off) into a test namespace, {ROUNDS} rounds x {SECONDS:g} s "
           f"per load, capture off then on; bulk {STREAMS} streams, http wrk -c{WRK_CONNS} to nginx")
     med = statistics.median
+    # with several BENCH_FOLD values, each name ends in _fold<value>
+    suffixes = [(fold, f"_fold{fold}" if len(FOLDS) > 1 else "") for fold in FOLDS]
     for load in LOADS:
-        off, on, got, cpu, drops, lag = capture_rounds(ns, load, flood, ngx, baseline=True)
-        print(f"{load}_packets_per_s_capture_off: {med(off):.0f}")
-        print(f"{load}_packets_per_s_capture_on: {med(on):.0f}")
-        print(f"{load}_ratio_on_over_off: {med(b / a for a, b in zip(off, on)):.3f}")
-        print(f"{load}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
-        print(f"{load}_socket_drops: {drops}")
-        print(f"{load}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
-        print(f"{load}_reader_lag_max_ms: {lag:.1f}")
+        for fold, sfx in suffixes:
+            off, on, got, cpu, drops, lag = capture_rounds(ns, load, flood, ngx, baseline=True, fold=fold)
+            print(f"{load}{sfx}_packets_per_s_capture_off: {med(off):.0f}")
+            print(f"{load}{sfx}_packets_per_s_capture_on: {med(on):.0f}")
+            print(f"{load}{sfx}_ratio_on_over_off: {med(b / a for a, b in zip(off, on)):.3f}")
+            print(f"{load}{sfx}_captured_packets_per_s: {med(got):.0f} (rounds: {' '.join(f'{x:.0f}' for x in got)})")
+            print(f"{load}{sfx}_socket_drops: {drops}")
+            print(f"{load}{sfx}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
+            print(f"{load}{sfx}_reader_lag_max_ms: {lag:.1f}")
     # bulk paced: drops at a controlled rate; the highest rate without any
-    clean = []
-    for pps in PACED:
-        _off, on, got, cpu, drops, lag = capture_rounds(ns, "bulk", flood, ngx, pps)
-        print(f"paced_{pps}_delivered_packets_per_s: {med(on):.0f}")
-        print(f"paced_{pps}_captured_packets_per_s: {med(got):.0f}")
-        print(f"paced_{pps}_socket_drops: {drops}")
-        print(f"paced_{pps}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
-        print(f"paced_{pps}_reader_lag_max_ms: {lag:.1f}")
-        if not drops:
-            clean.append(med(on))
-    if PACED:
-        print(f"paced_highest_delivered_packets_per_s_with_0_drops: {max(clean, default=0):.0f}")
+    for fold, sfx in suffixes:
+        clean = []
+        for pps in PACED:
+            _off, on, got, cpu, drops, lag = capture_rounds(ns, "bulk", flood, ngx, pps, fold=fold)
+            print(f"paced_{pps}{sfx}_delivered_packets_per_s: {med(on):.0f}")
+            print(f"paced_{pps}{sfx}_captured_packets_per_s: {med(got):.0f}")
+            print(f"paced_{pps}{sfx}_socket_drops: {drops}")
+            print(f"paced_{pps}{sfx}_collector_cpu_percent_per_100k_pps: {med(cpu):.1f}")
+            print(f"paced_{pps}{sfx}_reader_lag_max_ms: {lag:.1f}")
+            if not drops:
+                clean.append(med(on))
+        if PACED:
+            print(f"paced{sfx}_highest_delivered_packets_per_s_with_0_drops: {max(clean, default=0):.0f}")
     agents = [(f"agent_{load}", load, True, 0) for load in ("bulk", "http") if load in LOADS]
     agents += [("agent_bulk_metric_only", "bulk", False, 0)] if "bulk" in LOADS else []
     agents += [(f"agent_bulk_paced_{pps}", "bulk", True, pps) for pps in PACED]
+    # AGENT_ROUNDS runs of each (the folds alternating, so that both see the same load)
     for name, load, logs, pps in agents:
-        delivered, got, drops, cpu, secs, lag, spill, spill_drops = agent_run(tmp, ns, load, flood, ngx, logs, pps)
-        print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
-        print(f"{name}_captured_packets_per_s: {got:.0f}")
-        print(f"{name}_socket_drops: {drops:.0f} (the spill's: {spill_drops:.0f})")
-        print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
-        print(f"{name}_reader_lag_max_ms: {lag:.1f}")
-        print(f"{name}_spill_peak_mib: {spill:.1f}")
+        for rnd in range(AGENT_ROUNDS):
+            for fold, sfx in suffixes:
+                agent_print(f"{name}{sfx}" + (f"_round{rnd + 1}" if AGENT_ROUNDS > 1 else ""),
+                            agent_run(tmp, ns, load, flood, ngx, logs, pps, fold, f"-{rnd}"))
     print(f"load_average: {os.getloadavg()[0]:.2f}")
+
+
+def agent_print(name, result):
+    delivered, got, drops, cpu, secs, lag, spill, spill_drops, rss, touched, released = result
+    print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
+    print(f"{name}_captured_packets_per_s: {got:.0f}")
+    print(f"{name}_socket_drops: {drops:.0f} (the spill's: {spill_drops:.0f})")
+    print(f"{name}_collector_cpu_percent_per_100k_pps: {100 * cpu / secs / (got / 1e5) if got else 0:.1f}")
+    print(f"{name}_reader_lag_max_ms: {lag:.1f}")
+    print(f"{name}_spill_peak_mib: {spill:.1f}")
+    print(f"{name}_collector_rss_idle_mib: {rss:.1f} (after {IDLE_S} s idle; the spill touched {touched:.1f} MiB, "
+          f"released {released:.1f} MiB)")
+    print(f"{name}_load_average: {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,18 @@ but lo; ``netlog_interfaces`` (a regex on names) replaces both rules.
 
 Each ring is emptied by a spiller thread of its own that never takes the
 GIL (PacketRing.start_spill: every block the kernel retires copied into a
-spill of SPILL_RING_MULTIPLE rings in C memory and handed back at once;
+spill of SPILL_BYTES in C memory and handed back at once;
 the spill full, its packets are counted in
 ``<netns>/<interface>_spill_drops``), SCHED_FIFO when permitted (see
 READER_RT_PRIORITY): the agent's thread holding the GIL while it builds
 and encodes the logs no longer leaves the ring full. A reader thread of
-the plugin, at the same priority, decodes the spilled blocks
-(PacketRing.read, without the GIL) into the connection tables when a
-spill notifies it, under a lock the agent's thread also takes, at the
-reader's priority while it holds it, to collect, open and close. The
+the plugin, at the same priority, decodes the spilled blocks and folds
+them into the connection tables in one call without the GIL
+(ConnTable.fold_ring; PacketRing.read and ConnTable.add apart when a
+netlog_blacklist is evaluated in user space), going on with what the
+spill gets for up to FOLD_LINGER_MS, when a spill notifies it, under a
+lock the agent's thread also takes, raised to the reader's priority
+while it waits for it and holds it, to collect, open and close. The
 reader takes at most a ring's worth of blocks per turn and, when the
 agent's thread waits for the lock, lets it in before the next turn: a
 spill that never empties (overload) does not hold collect() up. An error
@@ -101,14 +104,27 @@ SIOCGIFFLAGS, SIOCGIFHWADDR, IFF_UP = 0x8913, 0x8927, 0x1
 BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
-# the spill: twice the ring (PacketRing.start_spill: C memory, touched as
-# it fills); the spiller notifies the reader once an eighth of the ring is
-# spilled or SPILL_POLL_MS pass without a block; the reader's epoll wait is
-# bounded so that stop() is seen. LINGER_MS: a ring read without a spiller
-# (perf/bench_netlog_e2e.py's comparison) lingers that long while heavy.
-SPILL_RING_MULTIPLE = 2
+# the spill (PacketRing.start_spill: anonymous memory, touched only as far as a
+# backlog reaches, a burst's slots released once drained): 64 MiB
+# per socket, the packets of the reader's worst stall: measured at load 8-10
+# on the shared 2-core VM, the reader waited up to 0.9 s for the GIL (held
+# by the agent's thread while the scheduler kept it off the CPU), ~60 MB of
+# frames at 600k packets/s; the twice-the-ring spill before (16 MiB on a
+# container NIC) overflowed at 230k packets/s. The spiller notifies the
+# reader once an eighth of the ring is spilled or SPILL_POLL_MS pass
+# without a block; the reader's epoll wait is bounded so that stop() is
+# seen. LINGER_MS: a ring read without a spiller (perf/bench_netlog_e2e.py's
+# comparison) lingers that long while heavy.
+SPILL_BYTES = 64 << 20
 SPILL_POLL_MS = 10
 LINGER_MS = 10
+# the reader folds a spill and what comes into it for up to FOLD_LINGER_MS
+# per turn without the GIL (ConnTable.fold_ring): each time it takes the
+# GIL back it may wait behind the agent's thread, which the machine's other
+# work keeps off the CPU while it holds the GIL (measured at load 9: turns
+# of 100-200 ms, the spill full at ~600k packets/s); 50 ms: ~20 turns a
+# second, the agent's thread waits for the lock at most that long
+FOLD_LINGER_MS = 50
 READER_POLL_S = 0.2
 # the reader thread runs SCHED_FIFO at the lowest real-time priority: at
 # nice -10 it was read up to 170 ms after a block was closed on the shared
@@ -279,6 +295,11 @@ class NicCapture:
     series: keep each chunk's packets for its message (bpf_net_l4_log on);
     chunk_age_ns: an open chunk goes out once that old."""
 
+    # a spilling ring without a netlog_blacklist evaluated here is read and folded in one call
+    # without the GIL (ConnTable.fold_ring); False: read() and add() apart, as before
+    # (perf/bench_netlog_e2e.py's comparison, BENCH_FOLD=0)
+    fold = True
+
     def __init__(self, ring, nic, netns, host_network, follow_http, conn_filter=None, series=True,
                  chunk_age_ns=_netlog.CHUNK_AGE_NS):
         self.ring = ring
@@ -314,7 +335,7 @@ class NicCapture:
         if spill:
             try:
                 with reader_priority_held():   # the spiller thread inherits it
-                    ring.start_spill(spill_blocks=SPILL_RING_MULTIPLE * ring.block_nr, poll_ms=SPILL_POLL_MS)
+                    ring.start_spill(spill_blocks=SPILL_BYTES // BLOCK_SIZE, poll_ms=SPILL_POLL_MS)
             except BaseException:
                 ring.close()
                 raise
@@ -324,8 +345,13 @@ class NicCapture:
         """The ring's ready blocks into the connection table, at most a
         ring's worth (block_nr: a ring the kernel refills as fast, under
         overload, would keep the caller, and its lock, forever); linger_ms:
-        see PacketRing.read (the first read only). Returns True when ready
-        blocks may be left."""
+        see ConnTable.fold_ring (a spilling ring), else PacketRing.read
+        (the first read only). Returns True when ready blocks may be left."""
+        if self.fold and self.ring.spilling and self.conn_filter is None and type(self.conns) is _netlog.ConnTable:
+            # read and fold in one call without the GIL: the reader thread takes it back once per
+            # turn, not twice per batch (each time behind the agent's thread, which the machine's
+            # other work keeps off the CPU while it holds the GIL: the spill then overflowed)
+            return self.conns.fold_ring(self.ring, self.ring.block_nr, self.follow_http, linger_ms)[1]
         budget_end = self.ring.blocks + self.ring.block_nr
         while True:
             # views of the ring's own buffers: folded into the table before the next read
@@ -426,7 +452,7 @@ class NetlogPlugin(Plugin):
                             continue
                         self._take_error(cap)   # what the spiller read, if any: no system call
                         # one turn (a ring's worth): the epoll, level-triggered, hands the rest back
-                        left = cap.drain(LINGER_MS) if ev & select.EPOLLIN else False
+                        left = cap.drain(FOLD_LINGER_MS) if ev & select.EPOLLIN else False
                     while left and self._waiting and not self._stop.is_set():
                         time.sleep(0.0005)   # the agent's thread is let in before the next turn
         except BaseException as exc:  # handed to the agent's thread: never lost with the thread
@@ -446,10 +472,11 @@ class NetlogPlugin(Plugin):
         token = object()
         self._waiting.append(token)   # list.append/remove: atomic, no lock needed
         try:
-            with self.lock:
+            # raised before waiting: the reader waits (in _read_rings) until this thread took the lock,
+            # which at the default priority on a loaded machine took up to 600 ms to run (the spill full)
+            with reader_priority_held(), self.lock:
                 self._waiting.remove(token)
-                with reader_priority_held():
-                    yield
+                yield
         finally:
             if token in self._waiting:   # interrupted while waiting
                 self._waiting.remove(token)
@@ -633,7 +660,8 @@ class NetlogPlugin(Plugin):
         for (ino, name), cap in self.captures.items():
             rc = cap.ring.counters()
             for k in ("packets", "kernel_drops", "fragments", "truncated", "cut_bulk_segments", "not_ip",
-                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns", "spill_bytes_peak", "spill_drops"):
+                      "not_tcp_udp", "socket_errors", "reader_lag_max_ns", "spill_bytes_peak", "spill_drops",
+                      "spill_touched_bytes", "spill_released_bytes"):
                 c[f"{ino}/{name}_{k}"] = rc[k]
             for k, v in cap.conns.counters().items():
                 c[f"{ino}/{name}_conn_{k}"] = v

@@ -72,3 +72,10 @@ cdef extern from "dk_packet.h" nogil:
         uint8_t family
         uint8_t proto
         uint8_t qname[256]
+
+
+# A consumer of decoded packets called by the packet ring's decoder without
+# the GIL (dkebpf._packets.ring_fold): n PKT_DTYPE rows and the payload
+# buffer their payload_off index, valid during the call only.
+ctypedef void (*dk_pkt_sink)(void *ctx, const dk_pkt *pkts, Py_ssize_t n, const uint8_t *payload,
+                             Py_ssize_t payload_len) noexcept nogil

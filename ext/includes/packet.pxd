@@ -97,15 +97,21 @@ cdef extern from "<sys/mman.h>" nogil:
         PROT_READ
         PROT_WRITE
         MAP_SHARED
+        MAP_PRIVATE
+        MAP_ANONYMOUS
         MAP_LOCKED
+        MADV_DONTNEED
     void *MAP_FAILED
     void *mmap(void *addr, size_t len, int prot, int flags, int fd, long off)
     int munmap(void *addr, size_t len)
+    int madvise(void *addr, size_t len, int advice)
 
 cdef extern from * nogil:
     # full barrier: the block status is read before the frames and written
     # back after them (Documentation/networking/packet_mmap.rst)
     void __sync_synchronize()
+    # the spill's lowest free slot: the lowest bit set of a word of its bitmap
+    int __builtin_ctzll(unsigned long long x)
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef unsigned long pthread_t

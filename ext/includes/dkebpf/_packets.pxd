@@ -5,7 +5,7 @@
 # importable at run time.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t
 
-from dk_packet cimport dk_pkt
+from dk_packet cimport dk_pkt, dk_pkt_sink
 
 cdef enum:  # decode_network() results
     DECODED = 0
@@ -27,3 +27,11 @@ cdef int decode_network(const uint8_t *p, uint32_t n, uint16_t ethertype, dk_pkt
 # the inner packet with vxlan = 1 and vni. *l4_off is relative to p.
 cdef int decode_frame(const uint8_t *p, uint32_t n, uint16_t hatype, uint32_t net_off,
                       uint16_t link_proto, dk_pkt *out, uint32_t *l4_off) noexcept nogil
+
+# The spilled blocks of a spilling PacketRing (start_spill), at most
+# max_blocks, decoded and handed to sink(ctx, ...) batch by batch, all
+# without the GIL; the spill emptied, waits for more up to linger_ms in all
+# (the spiller notifies every eighth of a ring, or 10 ms after a block):
+# (blocks taken, more left). A reader that folds the packets at once takes
+# the GIL once per call, not twice per batch and once per wake-up.
+cdef tuple ring_fold(object ring, dk_pkt_sink sink, void *ctx, uint32_t max_blocks, uint32_t linger_ms)
