@@ -53,16 +53,14 @@ def assert_ends_join(client, server, gap_max=READ_AHEAD_GAP_MAX):
         assert gap <= gap_max, (gap, c, s)
 
 
-# argv: host port traceparent reads path...; all requests in one SSL_write
-# (streams 1, 3, ...; under the 1024 bytes a call's capture holds), then
-# reads frames until every stream ended (reads "bulk": 64 kB SSL_reads,
-# "frames": a frame header's 9 bytes, then its body: SSL_reads that take a
-# record in pieces); prints the ids of the streams that ended. HPACK: static table entries and literals without indexing,
-# no Huffman (nginx's responses are not decoded: the spans tell their status).
-H2_CLIENT = r"""
+# The h2 client scripts' common start: a TLS connection to nginx that ALPN
+# made h2, and their request (HPACK: static table entries and literals
+# without indexing, no Huffman; nginx's responses are not decoded: the spans
+# tell their status). argv: host port traceparent <arg> path...
+H2_CLIENT_START = r"""
 import socket, ssl, sys
 from dkebpf._http2 import frame
-host, port, tp, reads, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
+host, port, tp, arg, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
 ctx = ssl.create_default_context()
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
@@ -77,40 +75,68 @@ def lit(name, value):  # a new name, or a static table index
         return bytes([name]) + bytes([len(value)]) + value
     return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
 
-s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
-out = b""
-for i, p in enumerate(paths):
+
+def request(sid, p):
     # :method GET, :scheme https (static 2, 7), :authority, :path (names 1, 4)
     block = b"\x82\x87" + lit(1, b"localhost") + lit(4, p.encode()) + lit(b"traceparent", tp)
-    out += frame(1, 0x5, 1 + 2 * i, block)
-s.sendall(out)
-buf, open_, ended = b"", set(range(1, 2 * len(paths), 2)), []
+    return frame(1, 0x5, sid, block)
+
+
+buf = b""
+bulk = False  # reads: True 64 kB SSL_reads, else a frame header's 9 bytes, then its body
+
 
 def fill(n):
     global buf
     while len(buf) < n:
-        got = s.recv(65536 if reads == "bulk" else n - len(buf))
+        got = s.recv(65536 if bulk else n - len(buf))
         if not got:
-            sys.exit("connection closed with streams open: %r" % sorted(open_))
+            sys.exit("connection closed")
         buf += got
 
-while open_:
+
+def next_frame():
+    global buf
     fill(9)
-    fill(9 + int.from_bytes(buf[:3], "big"))
     n = int.from_bytes(buf[:3], "big")
+    fill(9 + n)
     t, flags, sid = buf[3], buf[4], int.from_bytes(buf[5:9], "big") & 0x7FFFFFFF
     body, buf = buf[9:9 + n], buf[9 + n:]
-    if t in (0, 1) and flags & 1 and sid in open_:
-        open_.discard(sid)
-        ended.append(sid)
-    elif t == 3:
-        sys.exit("stream %d reset" % sid)
-# the SETTINGS ACK and GOAWAY at the end: a record sent while nginx has
-# not read the requests' yet would join it in nginx's read-ahead (OpenSSL's
-# read_ahead: both then named by the later one's end, README)
-s.sendall(frame(4, 1, 0, b"") + frame(7, 0, 0, b"\0\0\0\0\0\0\0\0"))
-s.close()
-print(*ended)
+    return t, flags, sid, body
+
+
+def until_ended(open_):
+    # frames until every stream of open_ ended: their ids as they ended
+    ended = []
+    while open_:
+        t, flags, sid, body = next_frame()
+        if t in (0, 1) and flags & 1 and sid in open_:
+            open_.discard(sid)
+            ended.append(sid)
+        elif t == 3:
+            sys.exit("stream %d reset" % sid)
+    return ended
+
+
+def goodbye(ended):
+    # the SETTINGS ACK and GOAWAY at the end: a record sent while nginx has
+    # not read the requests' yet would join it in nginx's read-ahead
+    # (OpenSSL's read_ahead: both then named by the later one's end, README)
+    s.sendall(frame(4, 1, 0, b"") + frame(7, 0, 0, b"\0\0\0\0\0\0\0\0"))
+    s.close()
+    print(*ended, flush=True)
+
+"""
+# <arg> reads; all requests in one SSL_write (streams 1, 3, ...; under the
+# 1024 bytes a call's capture holds), then reads frames until every stream
+# ended (reads "bulk": 64 kB SSL_reads, "frames": a frame header's 9 bytes,
+# then its body: SSL_reads that take a record in pieces); prints the ids of
+# the streams that ended.
+H2_CLIENT = H2_CLIENT_START + r"""
+bulk = arg == "bulk"
+s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b""))
+s.sendall(b"".join(request(1 + 2 * i, p) for i, p in enumerate(paths)))
+goodbye(until_ended(set(range(1, 2 * len(paths), 2))))
 """
 
 
@@ -212,10 +238,11 @@ def test_ciphertext_of_tls_sockets_is_ignored(plugin, nginx):
     assert all(m["payload"].tobytes()[:1] in (b"\x16", b"\x14") for m in plain if m["cap_len"])
 
 
-def _both_ends(plugin, nginx, proc, paths):
-    """The span rows of proc (the client) and of nginx's worker once each
-    has one per path; checks what both ends share and returns them, each
-    by route and req_seq (so the ends' rows pair up)."""
+def _rows_of_both(plugin, nginx, proc, paths):
+    """Once proc (the client) and nginx's worker have a span per path each
+    and proc ended: (all rows, the client's, the server's, proc's output),
+    each end's a span per path by route and req_seq (so the ends' rows pair
+    up)."""
     pid, worker = str(proc.pid), str(nginx.worker)
 
     def done(rows):
@@ -228,9 +255,16 @@ def _both_ends(plugin, nginx, proc, paths):
     key = lambda r: (r["http_route"], int(r["req_seq"]))  # noqa: E731
     client = sorted((r for r in rows if r["pid"] == pid), key=key)
     server = sorted((r for r in rows if r["pid"] == worker), key=key)
+    assert [r["http_route"] for r in client] == sorted(paths), rows
+    assert [r["http_route"] for r in server] == sorted(paths), rows
+    return rows, client, server, out
+
+
+def _both_ends(plugin, nginx, proc, paths):
+    """_rows_of_both's client and server rows, with what both ends share
+    checked."""
+    rows, client, server, out = _rows_of_both(plugin, nginx, proc, paths)
     paths = sorted(paths)
-    assert [r["http_route"] for r in client] == paths, rows
-    assert [r["http_route"] for r in server] == paths, rows
     want = [str(ROUTES[p][0]) for p in paths]
     for end in (client, server):
         assert [r["http_status_code"] for r in end] == want
@@ -291,7 +325,7 @@ def test_python_ssl_h2_client_concurrent_streams(plugin, nginx, reads):
     assert len({r["ktime"] for r in client}) == 1
 
 
-# argv: host port traceparent first_path path...: one connection, frames
+# <arg> first_path: one connection, frames
 # read one at a time; first_path twice: stream 1 to its end, then stream
 # 3 to its response's HEADERS frame (the DATA after it, in the same TLS
 # record from nginx, stays in OpenSSL's buffer: a record begun before the
@@ -299,48 +333,10 @@ def test_python_ssl_h2_client_concurrent_streams(plugin, nginx, reads):
 # prints "ready" and waits for a line on stdin (the collector started
 # meanwhile); then the other requests in one SSL_write (streams 5, 7,
 # ...), until all ended; prints the ids of the streams that ended.
-H2_MID_CLIENT = r"""
-import socket, ssl, struct, sys
-host, port, tp, first, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode(), sys.argv[4], sys.argv[5:]
-ctx = ssl.create_default_context()
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-ctx.set_alpn_protocols(["h2"])
-s = ctx.wrap_socket(socket.create_connection((host, port)), server_hostname="localhost")
-if s.selected_alpn_protocol() != "h2":
-    sys.exit("ALPN did not choose h2: %r" % s.selected_alpn_protocol())
-
-def frame(t, flags, sid, body):
-    return struct.pack(">I", len(body))[1:] + bytes([t, flags]) + struct.pack(">I", sid) + body
-
-def lit(name, value):
-    if isinstance(name, int):
-        return bytes([name]) + bytes([len(value)]) + value
-    return b"\x00" + bytes([len(name)]) + name + bytes([len(value)]) + value
-
-def request(sid, p):
-    block = b"\x82\x87" + lit(1, b"localhost") + lit(4, p.encode()) + lit(b"traceparent", tp)
-    return frame(1, 0x5, sid, block)
-
-def read(n):
-    buf = b""
-    while len(buf) < n:
-        got = s.recv(n - len(buf))
-        if not got:
-            sys.exit("connection closed")
-        buf += got
-    return buf
-
-def next_frame():
-    h = read(9)
-    n = int.from_bytes(h[:3], "big")
-    return h[3], h[4], int.from_bytes(h[5:9], "big") & 0x7FFFFFFF, read(n) if n else b""
-
+H2_MID_CLIENT = H2_CLIENT_START + r"""
+first = arg
 s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frame(4, 0, 0, b"") + request(1, first))
-while True:
-    t, flags, sid, body = next_frame()
-    if t in (0, 1) and flags & 1 and sid == 1:
-        break
+until_ended({1})
 s.sendall(request(3, first))
 while True:
     t, flags, sid, body = next_frame()
@@ -349,17 +345,7 @@ while True:
 print("ready", flush=True)
 sys.stdin.readline()
 s.sendall(b"".join(request(5 + 2 * i, p) for i, p in enumerate(paths)))
-open_, ended = set(range(5, 5 + 2 * len(paths), 2)), []
-while open_:
-    t, flags, sid, body = next_frame()
-    if t in (0, 1) and flags & 1 and sid in open_:
-        open_.discard(sid)
-        ended.append(sid)
-    elif t == 3:
-        sys.exit("stream %d reset" % sid)
-s.sendall(frame(4, 1, 0, b"") + frame(7, 0, 0, b"\0\0\0\0\0\0\0\0"))
-s.close()
-print(*ended, flush=True)
+goodbye(until_ended(set(range(5, 5 + 2 * len(paths), 2))))
 """
 
 
@@ -408,24 +394,11 @@ def test_h2_over_tls_connection_older_than_the_collector(tmp_path, bpf_ok):
         plugin.builder.step_staged = watch
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        pid, worker = str(proc.pid), str(nginx.worker)
-
-        def done(rows):
-            return (sum(r["pid"] == pid for r in rows) >= len(paths)
-                    and sum(r["pid"] == worker for r in rows) >= len(paths))
-
-        rows = spans_until(plugin, done, timeout=25)
-        out, err = proc.communicate(timeout=10)
-        assert proc.returncode == 0, err
+        rows, client, server, out = _rows_of_both(plugin, nginx, proc, paths)
         assert sorted(int(x) for x in out.split()) == [5, 7, 9]
         # the earlier requests (streams 1 and 3, before the collector): no span
         assert not [r for r in rows if r["http_route"] == first], rows
-        key = lambda r: r["http_route"]  # noqa: E731
-        client = sorted((r for r in rows if r["pid"] == pid), key=key)
-        server = sorted((r for r in rows if r["pid"] == worker), key=key)
         want = sorted(paths)
-        assert [r["http_route"] for r in client] == want, rows
-        assert [r["http_route"] for r in server] == want, rows
         for end in (client, server):
             assert [r["http_status_code"] for r in end] == [str(ROUTES[p][0]) for p in want]
             assert {(r["operation"], r["http_version"], r["http_method"]) for r in end} == {("HTTP2", "2", "GET")}
