@@ -14,6 +14,7 @@
 #include "trace.h"
 #include "drops.bpf.h"
 #include "ring_wake.bpf.h"
+#include "h2frame.h"
 
 /* the ring's declared size; user space sets the real one (bpf_objects.TRACE) */
 #define TRACE_EVENTS_RING_BYTES (1 << 24)
@@ -208,51 +209,6 @@ static __always_inline int is_h2_preface(const __u8 *p)
 {
 	return p[0] == 'P' && p[1] == 'R' && p[2] == 'I' && p[3] == ' ' && p[4] == '*' && p[5] == ' ' &&
 	       p[6] == 'H' && p[7] == 'T' && p[8] == 'T' && p[9] == 'P' && p[10] == '/' && p[11] == '2';
-}
-
-#define H2_DETECT_FRAMES 8
-_Static_assert((TRACE_PAYLOAD_MAX & (TRACE_PAYLOAD_MAX - 1)) == 0, "h2_frames_exact masks offsets");
-
-/* A connection that opened before tracing (its preface not seen): is this
- * message start, captured whole, a run of at most H2_DETECT_FRAMES HTTP/2
- * frames (RFC 9113 4.1, 6) ending exactly at its end? Each header: a
- * registered type (DATA..CONTINUATION), the reserved bit clear, no flag
- * the type does not define, the stream rules of the type, the fixed
- * lengths of PRIORITY, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE. Plain
- * text (HTTP/1, RESP, SQL) and other binary protocols fail at the first
- * header (its length past the call), so the check costs one header there.
- * ext/includes/h2frame.pxd (h2_frames_exact) holds the same rules. */
-static __always_inline int h2_frames_exact(const __u8 *p, __u32 n)
-{
-	__u32 off = 0;
-	for (int i = 0; i < H2_DETECT_FRAMES; i++) {
-		if (off > TRACE_PAYLOAD_MAX - 9 || off + 9 > n)
-			return 0;
-		/* the bound again where the verifier sees it (a no-op: off is
-		 * below TRACE_PAYLOAD_MAX, a power of two) */
-		barrier_var(off);
-		const __u8 *h = p + (off & (TRACE_PAYLOAD_MAX - 1));
-		__u32 len = ((__u32)h[0] << 16) | ((__u32)h[1] << 8) | h[2];
-		__u8 type = h[3], flags = h[4];
-		__u32 stream = ((__u32)(h[5] & 0x7f) << 24) | ((__u32)h[6] << 16) | ((__u32)h[7] << 8) | h[8];
-		if (h[5] & 0x80 || type > 9)
-			return 0;
-		/* the flags each type defines: END_STREAM 0x1, ACK 0x1,
-		 * END_HEADERS 0x4, PADDED 0x8, PRIORITY 0x20 */
-		static const __u8 allowed[10] = {0x09, 0x2d, 0, 0, 0x01, 0x0c, 0x01, 0, 0, 0x04};
-		if (flags & ~allowed[type])
-			return 0;
-		/* stream frames on a stream, connection frames on 0 (WINDOW_UPDATE: either) */
-		if ((type == 4 || type == 6 || type == 7) != (stream == 0) && type != 8)
-			return 0;
-		if ((type == 2 && len != 5) || (type == 3 && len != 4) || (type == 4 && len % 6) ||
-		    (type == 6 && len != 8) || (type == 7 && len < 8) || (type == 8 && len != 4))
-			return 0;
-		off += 9 + len;
-		if (off == n)
-			return 1;
-	}
-	return 0;
 }
 
 /* A message start (payload copied, cap_len and bytes set) of a connection

@@ -50,31 +50,9 @@ cdef inline bint h2_preface_at(const uint8_t *p, int64_t n) noexcept nogil:
     return n >= 24 and memcmp(p, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 24) == 0
 
 
-cdef inline bint h2_frames_exact(const uint8_t *p, int64_t n) noexcept nogil:
-    """Is p[0:n] a run of at most 8 whole HTTP/2 frames ending at n, each
-    header as h2_frame_header wants, of a type up to CONTINUATION, without
-    a flag its type does not define, with the fixed lengths of PRIORITY,
-    RST_STREAM, SETTINGS, PING, WINDOW_UPDATE and GOAWAY's least? The
-    kernel's rule (bpf/trace.bpf.c h2_frames_exact) for a connection seen
-    mid-stream."""
-    cdef int64_t off = 0
-    cdef int i
-    cdef h2_frame_t f
-    cdef uint8_t allowed
-    for i in range(8):
-        if off + 9 > n or not h2_frame_header(p + off, &f) or f.type > H2_CONTINUATION:
-            return False
-        # END_STREAM/ACK 0x1, END_HEADERS 0x4, PADDED 0x8, PRIORITY 0x20
-        allowed = (0x09 if f.type == H2_DATA else 0x2d if f.type == H2_HEADERS else
-                   0x01 if f.type == H2_SETTINGS or f.type == H2_PING else
-                   0x0c if f.type == H2_PUSH_PROMISE else 0x04 if f.type == H2_CONTINUATION else 0)
-        if f.flags & ~allowed:
-            return False
-        if (f.type == H2_PRIORITY and f.length != 5) or (f.type == H2_RST_STREAM and f.length != 4) \
-                or (f.type == H2_SETTINGS and f.length % 6) or (f.type == H2_PING and f.length != 8) \
-                or (f.type == H2_GOAWAY and f.length < 8) or (f.type == H2_WINDOW_UPDATE and f.length != 4):
-            return False
-        off += 9 + f.length
-        if off == n:
-            return True
-    return False
+cdef extern from "include/h2frame.h" nogil:
+    # Is p[0:n] (n <= TRACE_PAYLOAD_MAX) a run of at most 8 whole HTTP/2
+    # frames ending at n? The rule by which the kernel flags a connection
+    # seen mid-stream (span_h2_mark): one C source, compiled into the BPF
+    # programs and here, so the tracker judges a call as the kernel did.
+    bint h2_frames_exact(const uint8_t *p, uint32_t n)

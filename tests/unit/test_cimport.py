@@ -1,44 +1,20 @@
 """The C-level parsers are reachable from other Cython modules: a test-only
 module (cimport/cimport_probe.pyx) cimports parse_first_line, message_end
 and decode_network through ext/includes/dkebpf/_{http,packets}.pxd, is
-built here with Cython and the C compiler, and its calls go into the
-installed dkebpf._http / dkebpf._packets (their C-API capsules, whose
-signatures Cython checks at import against the .pxd)."""
-import importlib.util
-import os
+built with Cython and the C compiler (support/cimport_probe.py), and its
+calls go into the installed dkebpf._http / dkebpf._packets (their C-API
+capsules, whose signatures Cython checks at import against the .pxd)."""
 import struct
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
 from dkebpf import _http, _packets
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-HERE = os.path.dirname(os.path.abspath(__file__))
+from support import cimport_probe
 
 
 @pytest.fixture(scope="module")
 def probe(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cimport")
-    setup = textwrap.dedent(f"""
-        from setuptools import Extension, setup
-        from Cython.Build import cythonize
-        ext = Extension("cimport_probe", [{os.path.join(HERE, "cimport", "cimport_probe.pyx")!r}],
-                        include_dirs=[{os.path.join(ROOT, "ext", "includes")!r}, {os.path.join(ROOT, "bpf")!r}])
-        setup(ext_modules=cythonize([ext], include_path=[{os.path.join(ROOT, "ext", "includes")!r}],
-                                    build_dir={str(out / "c")!r},
-                                    compiler_directives={{"language_level": 3}}),
-              script_args=["build_ext", "--build-lib", {str(out)!r}, "--build-temp", {str(out / "tmp")!r}])
-    """)
-    r = subprocess.run([sys.executable, "-c", setup], cwd=out, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    path = next(str(out / f) for f in os.listdir(out) if f.startswith("cimport_probe") and f.endswith(".so"))
-    spec = importlib.util.spec_from_file_location("cimport_probe", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return cimport_probe.build(tmp_path_factory.mktemp("cimport"))
 
 
 def test_http_first_line_and_message_end(probe):
