@@ -65,16 +65,27 @@ def check_netflow():
 
 
 def check_dnsflow():
-    """dnsflow needs only a packet socket (no BPF object): open one with the
-    port-53 filter and its ring, then close it."""
+    """dnsflow needs only packet sockets (no BPF object): open its receive
+    socket and a transmit one (on loopback, which it never uses: any
+    interface tells the same), then close them."""
     try:
-        from . import _packets
-        from .packetfilter import port_filter
-        with _packets.PacketRing(port_filter(53), block_nr=2):
-            pass
+        from .plugins.dnsflow import TX_BLOCK_NR, TX_BLOCK_SIZE, receive_ring, transmit_ring
+        ring, split = receive_ring(block_nr=2)
+        with ring:
+            if split:
+                with transmit_ring(1):
+                    pass
     except HOST_REFUSED as exc:
         return False, [_first_line(exc)]
-    return True, ["packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"]
+    lines = ["packet socket opens (AF_PACKET TPACKET_V3 ring, filter udp/tcp port 53)"]
+    if split:
+        lines.append("sockets: one for packets received on every interface (PACKET_IGNORE_OUTGOING: sent "
+                     "packets are not cloned for it), one per interface other than loopback for what it "
+                     f"sends ({TX_BLOCK_NR * TX_BLOCK_SIZE >> 10} KiB ring each), interfaces followed")
+    else:
+        lines.append("no PACKET_IGNORE_OUTGOING (Linux < 4.20): one socket on every interface, received and "
+                     "sent; the kernel clones every packet sent, loopback's too, for it")
+    return True, lines
 
 
 def check_netlog():

@@ -85,15 +85,25 @@ def assemble(program):
     return b"".join(out)
 
 
-def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP)):
+def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP), outgoing_only=False):
     """IPv4 and IPv6 packets of the given transports from or to `port`.
 
     A packet sent on the loopback device reaches packet sockets twice, once
     on transmit (PACKET_OUTGOING) and once on receive (PACKET_HOST); the
-    transmit copy is dropped here so each message is seen once. Not
-    followed: IPv6 extension headers and non-first IPv4 fragments (they
-    carry no transport header)."""
+    transmit copy is dropped here so each message is seen once.
+    outgoing_only: transmitted packets only (PACKET_OUTGOING; for a socket
+    bound to one device that is not loopback). Not followed: IPv6
+    extension headers and non-first IPv4 fragments (they carry no
+    transport header)."""
     net = SKF_NET_OFF
+    if outgoing_only:
+        direction = [(None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE, None, None),
+                     (None, JMP | JEQ | K, PACKET_OUTGOING, None, "drop")]
+    else:
+        direction = [(None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE, None, None),
+                     (None, JMP | JEQ | K, PACKET_OUTGOING, None, "proto"),
+                     (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_HATYPE, None, None),
+                     (None, JMP | JEQ | K, ARPHRD_LOOPBACK, "drop", None)]
 
     def proto_checks(label_ok):
         rows = []
@@ -103,10 +113,7 @@ def port_filter(port, protos=(IPPROTO_UDP, IPPROTO_TCP)):
         return rows
 
     prog = [
-        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_PKTTYPE, None, None),
-        (None, JMP | JEQ | K, PACKET_OUTGOING, None, "proto"),
-        (None, LD | W | ABS, SKF_AD_OFF + SKF_AD_HATYPE, None, None),
-        (None, JMP | JEQ | K, ARPHRD_LOOPBACK, "drop", None),
+        *direction,
         ("proto", LD | W | ABS, SKF_AD_OFF + SKF_AD_PROTOCOL, None, None),
         (None, JMP | JEQ | K, ETH_P_IP, "v4", None),
         (None, JMP | JEQ | K, ETH_P_IPV6, "v6", "drop"),

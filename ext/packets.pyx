@@ -524,7 +524,13 @@ cdef class PacketRing:
     headers plus at most this many bytes (bpf-netlog's bulk cut,
     dkebpf.packetfilter.netlog_keep); a frame cut so is counted in
     ``cut_bulk_segments``, not in ``truncated`` (0: every cut frame is
-    truncated)."""
+    truncated).
+
+    ignore_outgoing: PACKET_IGNORE_OUTGOING (Linux >= 4.20), the socket
+    gets received packets only: the kernel skips it before it clones a
+    transmitted packet, so an unbound socket no longer costs every packet
+    sent on every device a clone (KernelError ENOPROTOOPT on an older
+    kernel)."""
     cdef int fd
     cdef uint8_t *ring
     cdef size_t ring_len
@@ -552,7 +558,7 @@ cdef class PacketRing:
     cdef readonly uint64_t spill_bytes_peak, spill_drops, spill_released_bytes   # of a spill stopped (close): counters() adds the live one
 
     def __cinit__(self, bytes filter_code, uint32_t block_size=1 << 18, uint32_t block_nr=16,
-                  uint32_t retire_ms=100, int ifindex=0, uint32_t bulk_cut_room=0):
+                  uint32_t retire_ms=100, int ifindex=0, uint32_t bulk_cut_room=0, bint ignore_outgoing=False):
         self.fd = -1
         self.sp = NULL
         self.bulk_cut_room = bulk_cut_room
@@ -575,6 +581,9 @@ cdef class PacketRing:
         prog.filter = <sock_filter *><const char *>filter_code
         if setsockopt(self.fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof(prog)) < 0:
             self._fail("SO_ATTACH_FILTER")
+        cdef int one = 1
+        if ignore_outgoing and setsockopt(self.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0:
+            self._fail("PACKET_IGNORE_OUTGOING")
         if setsockopt(self.fd, SOL_PACKET, PACKET_VERSION, &version, sizeof(version)) < 0:
             self._fail("PACKET_VERSION TPACKET_V3")
         memset(&req, 0, sizeof(req))
@@ -912,6 +921,24 @@ cdef class PacketRing:
         if copy:
             return pkts[:got].copy(), payload[:used].copy(), more
         return pkts[:got], payload[:used], more
+
+    def unread_since_ns(self):
+        """0 when the ring holds no packet read() has not taken yet; else
+        the time (CLOCK_REALTIME ns) the kernel opened the block read()
+        takes next: a packet still in it, ready or being filled, is no
+        older (a reader merging several rings by time waits for it).
+        Not for a spilling ring."""
+        if self.ring == NULL:
+            raise RuntimeError("packet ring used after close()")
+        if self.sp != NULL:
+            raise RuntimeError("unread_since_ns: the ring is spilling")
+        cdef tpacket_block_desc *bd = <tpacket_block_desc *>(self.ring + <size_t>self.cur * self.block_size)
+        # num_pkts is set to 0 when the kernel opens the block, before its
+        # open time is written and before any packet goes in
+        if not (bd.hdr.bh1.block_status & TP_STATUS_USER) and bd.hdr.bh1.num_pkts == 0:
+            return 0
+        __sync_synchronize()
+        return <uint64_t>bd.hdr.bh1.ts_first_pkt.ts_sec * 1000000000 + bd.hdr.bh1.ts_first_pkt.ts_nsec
 
     def wait(self, int timeout_ms):
         """Block up to timeout_ms until fileno() is readable (tests, tools)."""

@@ -4,6 +4,14 @@ the same run, rounds alternating between the modes:
   floor         empty BPF programs on the hooks httpflow uses (tp_btf
                 sock_send_length, sock_recv_length, tcp_destroy_sock;
                 perf/tpfloor.bpf.c), no collector
+  pktsock_all   a packet socket alone (no collector): ETH_P_ALL, on no
+                device, its classic BPF filter dropping everything: what
+                the kernel's clone of each packet for it costs
+  pktsock_in    the same with PACKET_IGNORE_OUTGOING (received packets
+                only: the kernel skips it before cloning a sent packet)
+  pktsock_dev   the same as pktsock_all bound to the default route's
+                device (or a dummy device the bench makes): not on
+                loopback's path at all
   netflow_only  the collector, ebpf-net without httpflow
   netflow_nodns the collector, ebpf-net without httpflow and dnsflow (no
                 packet socket: what netflow's own programs cost)
@@ -54,7 +62,9 @@ import glob
 import os
 import resource
 import shutil
+import socket
 import statistics
+import subprocess
 import tempfile
 import time
 
@@ -131,6 +141,44 @@ def reported_each_end(c, port, total):
                 else:
                     out += n
     return inc, out
+
+
+PKTSOCK_MODES = ("pktsock_all", "pktsock_in", "pktsock_dev")
+
+
+def default_route_dev():
+    """The ifindex of the default route's device (/proc/net/route), or None."""
+    with open("/proc/net/route") as f:
+        for line in list(f)[1:]:
+            cols = line.split()
+            if cols[1] == "00000000":
+                return socket.if_nametoindex(cols[0])
+    return None
+
+
+@contextlib.contextmanager
+def drop_all_socket(name):
+    """The packet socket of pktsock_<...> mode `name`, open while inside."""
+    from dkebpf import _packets
+    from dkebpf.packetfilter import RET, K, assemble
+    drop_all = assemble([(None, RET | K, 0, None, None)])
+    made = None
+    ifindex = 0
+    if name == "pktsock_dev":
+        ifindex = default_route_dev()
+        if ifindex is None:
+            made = "dkbench-dummy0"
+            subprocess.run(["ip", "link", "add", made, "type", "dummy"], check=True)
+            subprocess.run(["ip", "link", "set", made, "up"], check=True)
+            ifindex = socket.if_nametoindex(made)
+    ring = _packets.PacketRing(drop_all, block_size=1 << 16, block_nr=2, ifindex=ifindex,
+                               ignore_outgoing=name == "pktsock_in")
+    try:
+        yield
+    finally:
+        ring.close()
+        if made:
+            subprocess.run(["ip", "link", "del", made], check=True)
 
 
 def with_collector(tmp, ngx, name, extra, interval):
@@ -275,7 +323,7 @@ def main():
         wrk(ngx.port)  # warm-up
         print(f"wrk: -t2 -c{CONNS} -d{SECONDS}s, nginx 1 worker, loopback; {ROUNDS} rounds")
         stats_already_on()
-        modes = [("floor", None, None), ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0]),
+        modes = [("floor", None, None), *[(m, None, None) for m in PKTSOCK_MODES], ("netflow_only", ["--l7net-disabled", "httpflow"], INTERVALS[0]),
                  ("netflow_nodns", ["--l7net-disabled", "httpflow,dnsflow"], INTERVALS[0])]
         modes += [(f"httpflow_{iv}", [], iv) for iv in INTERVALS]
         modes += [(name, [], INTERVALS[0]) for name in COMPARE_HTTP_OBJS]
@@ -296,6 +344,10 @@ def main():
                         got = (rps, lat, total, 0, 0, counts)
                     finally:
                         bpf.close()
+                elif name in PKTSOCK_MODES:
+                    with drop_all_socket(name):
+                        rps, lat, total, counts = wrk_counted(ngx)
+                    got = (rps, lat, total, 0, 0, counts)
                 else:
                     with mode_env(name):
                         got = with_collector(tmp, ngx, f"{name}-{r}", extra, iv)
@@ -330,7 +382,7 @@ def main():
         for k in (*SYSTEM_COUNTS, "ctxt"):
             print(f"{name}_{k}_per_request: {statistics.median(x[5][f'{k}_per_req'] for x in runs):.3f} "
                   f"(off {statistics.median(o[5][f'{k}_per_req'] for o in off):.3f})")
-        if name != "floor":
+        if name != "floor" and name not in PKTSOCK_MODES:
             user = statistics.median(x[3] / SECONDS / (x[0] / 1e4) for x in runs)
             cpu = statistics.median((x[3] + x[4]) / SECONDS / (x[0] / 1e4) for x in runs)
             print(f"{name}_collector_user_cpu_per_10k_rps: {user:.4f}")

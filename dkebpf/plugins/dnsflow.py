@@ -1,7 +1,18 @@
-"""ebpf-net / dnsflow: DNS queries and answers of this host, from a packet
-socket (no BPF object to load: an AF_PACKET socket with a classic BPF
+"""ebpf-net / dnsflow: DNS queries and answers of this host, from packet
+sockets (no BPF object to load: AF_PACKET sockets with a classic BPF
 filter for port 53, UDP and TCP, IPv4 and IPv6, in the collector's network
 namespace), asked or answered by this host, or forwarded through it.
+
+Capture: one socket gets every packet RECEIVED on any device
+(PACKET_IGNORE_OUTGOING: the kernel does not clone each transmitted packet
+of every device for it, which an unbound ETH_P_ALL socket costs all
+traffic, loopback's included: a loopback packet is received once anyway);
+one small socket per device other than loopback gets what that device
+TRANSMITS (a query this host sends out, an answer it sends back, a packet
+it forwards), devices followed as they come and go (rtnetlink). The
+sockets' messages are merged by capture time before pairing (see drain()).
+A kernel without PACKET_IGNORE_OUTGOING (< 4.20) gets the one unbound
+socket of old.
 
 Packets are read from the TPACKET_V3 ring and decoded in Cython
 (dkebpf._packets), parsed and paired in Cython (dkebpf._dns): a query and
@@ -15,16 +26,22 @@ per-point sums whenever STEP_PAIRS of them wait (partial()), and those
 sums into the interval's points (finish()) with pyarrow: memory does not
 depend on the interval length; at most MAX_KEYS distinct points are kept
 per interval, and exchanges beyond them are counted, not reported."""
+import errno
+import select
+import socket
+import time
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from .. import kernel
+from .. import links
 from ..enrich.addr import format_addrs, ip_types
 from ..enrich.dns_cache import DnsCache
 from ..enrich.k8s import add_k8s_tags, k8s_tag_names
 from ..enrich.local_addrs import address_keys, local_address_keys
-from ..errors import BuildError
+from ..errors import BuildError, KernelError
 from ..groupby import group_by
 from ..packetfilter import port_filter
 from .base import Plugin, PointBatch
@@ -45,6 +62,35 @@ PARTIAL_SUMS = ["count", "latency_sum", "latency_max"]
 STEP_PAIRS = 8192
 # distinct points (tags + rcode) one interval may hold (~200 B each)
 MAX_KEYS = 100_000
+# a transmit socket's ring, per device: 4 x 16 KiB (64 KiB of kernel
+# memory, mapped; a host with hundreds of veths pays that per veth). DNS
+# messages are small; a TCP segment past 16 KiB is cut (counted truncated,
+# its message tcp_partial)
+TX_BLOCK_SIZE, TX_BLOCK_NR = 16 << 10, 4
+# a packet's capture time may precede its entry into the ring by the
+# kernel's way from timestamp to socket: messages merged from several
+# rings that are this recent wait (see drain())
+MERGE_MARGIN_NS = 2_000_000
+TX_COUNTERS = ("packets", "kernel_packets", "kernel_drops", "truncated", "socket_errors")
+
+
+def receive_ring(**kw):
+    """(ring, split): the socket of every DNS packet received on any
+    interface, split True; on a kernel without PACKET_IGNORE_OUTGOING, the
+    socket of every DNS packet received or sent (loopback's sent copy
+    dropped by its filter), split False. kw: PacketRing's ring size."""
+    try:
+        return _packets.PacketRing(port_filter(_dns.DNS_PORT), ignore_outgoing=True, **kw), True
+    except KernelError as exc:
+        if exc.errno != errno.ENOPROTOOPT:
+            raise
+    return _packets.PacketRing(port_filter(_dns.DNS_PORT), **kw), False
+
+
+def transmit_ring(ifindex):
+    """The socket of the DNS packets interface `ifindex` sends."""
+    return _packets.PacketRing(port_filter(_dns.DNS_PORT, outgoing_only=True), block_size=TX_BLOCK_SIZE,
+                               block_nr=TX_BLOCK_NR, ifindex=ifindex)
 
 
 class DnsflowPlugin(Plugin):
@@ -55,6 +101,15 @@ class DnsflowPlugin(Plugin):
         self.cfg = ctx.cfg
         self.log = ctx.logger
         self.ring = None
+        # the receive-and-transmit split (start()): ifindex -> transmit
+        # ring, their fds, the rtnetlink subscription, one epoll for all
+        self.tx = {}
+        self.tx_fds = {}
+        self.links = None
+        self.poller = None
+        self.tx_totals = dict.fromkeys(TX_COUNTERS, 0)   # of transmit rings closed since
+        self.tx_open_errors = 0
+        self.held = None   # merged messages not yet old enough to be paired (drain())
         self.table = _dns.PairTable(pending_max, DNS_TIMEOUT_NS)
         # entries outlive short TTLs by two intervals: a connection to the
         # address is reported up to one interval after the lookup
@@ -62,36 +117,156 @@ class DnsflowPlugin(Plugin):
         ctx.domains = self.cache
         self.ephemeral_port = self.cfg.ephemeral_port or kernel.local_port_range(self.cfg.host_proc)[0]
         self.totals = {"messages": 0, "malformed": 0, "tcp_partial": 0, "truncated": 0,
-                       "cache_updates": 0, "points": 0, "early_steps": 0, "exchanges_lost_points_full": 0}
+                       "cache_updates": 0, "points": 0, "early_steps": 0, "exchanges_lost_points_full": 0,
+                       "merge_waits": 0}
         self.sums = None  # this interval's per-point sums (partial())
 
     def start(self):
-        self.ring = _packets.PacketRing(port_filter(_dns.DNS_PORT))
-        self.log.info("dnsflow: packet socket open (udp/tcp port 53, all interfaces)")
+        self.ring, split = receive_ring()
+        if not split:
+            self.log.warning("dnsflow: the kernel has no PACKET_IGNORE_OUTGOING (Linux < 4.20): one packet "
+                             "socket on all interfaces, which costs every packet sent a clone")
+            return
+        self.poller = select.epoll()
+        self.poller.register(self.ring.fileno(), select.EPOLLIN)
+        self.links = links.LinkWatch()
+        self.poller.register(self.links.fileno(), select.EPOLLIN)
+        self._follow(links.dump(), full=True)
+        self.log.info("dnsflow: packet sockets open (udp/tcp port 53): received on all interfaces, "
+                      "transmitted on each of %d non-loopback interfaces", len(self.tx))
 
     def fileobjs(self):
+        if self.poller is not None:
+            return [self.poller]
         return [self.ring] if self.ring else []
 
     def on_readable(self, fileobj):
+        if self.poller is not None:
+            for fd, events in self.poller.poll(0):
+                if fd == self.links.fileno():
+                    changes = self.links.changes()
+                    self._follow(links.dump() if changes is None else changes, full=changes is None)
+                elif events & select.EPOLLERR and fd in self.tx_fds:
+                    # ENETDOWN (the device went down; capture resumes when
+                    # it is up): read, else epoll reports it forever
+                    self.tx_fds[fd].take_error()
         self.drain()
 
+    def _follow(self, devices, full):
+        """Open a transmit ring for each new device that is not loopback,
+        close those of devices gone. devices: {ifindex: flags, None when
+        deleted}; full: it lists every device (others are gone)."""
+        gone = [i for i in self.tx if (full and i not in devices) or (i in devices and devices[i] is None)]
+        for ifindex in gone:
+            self._close_tx(ifindex)
+        for ifindex, flags in devices.items():
+            if flags is None or flags & links.IFF_LOOPBACK or ifindex in self.tx:
+                continue
+            try:
+                ring = transmit_ring(ifindex)
+            except KernelError as exc:   # the device went away meanwhile (ENODEV)
+                self.tx_open_errors += 1
+                self.log.debug("dnsflow: no transmit socket on interface %d: %s", ifindex, exc)
+                continue
+            self.log.debug("dnsflow: transmit socket on interface %s (%d)", _ifname(ifindex), ifindex)
+            self.tx[ifindex] = ring
+            self.tx_fds[ring.fileno()] = ring
+            self.poller.register(ring.fileno(), select.EPOLLIN)
+
+    def _close_tx(self, ifindex):
+        ring = self.tx.pop(ifindex)
+        c = ring.counters()
+        for k in TX_COUNTERS:
+            self.tx_totals[k] += c[k]
+        del self.tx_fds[ring.fileno()]
+        self.poller.unregister(ring.fileno())
+        ring.close()
+
     def drain(self):
-        """Everything the ring holds: parse, pair, fill the domain cache."""
+        """Everything the rings hold: parse, pair (in capture order), fill
+        the domain cache.
+
+        With transmit rings, one exchange's messages come from several
+        rings (a query sent on eth0, its answer received), and a ring hands
+        a block over only when it is full or its timer (100 ms) retires
+        it: a query may still sit in its ring when the answer is read from
+        another. So the messages of every ring are merged by capture time,
+        and only those older than every packet still unread are paired;
+        the rest wait (`held`) for the block that keeps them back, whose
+        handing over wakes this reader again. A ring's unread packets are
+        no older than the time its open block was opened
+        (PacketRing.unread_since_ns); with nothing unread, than now, less
+        MERGE_MARGIN_NS (a packet's time is taken just before it is
+        queued). Messages held only for that margin are let out after
+        sleeping it once."""
+        if self.poller is None:   # one ring: its order is capture order
+            for msgs, addrs in self._batches(self.ring):
+                self._feed(msgs, addrs)
+            return
+        for attempt in range(2):
+            now = time.time_ns()
+            parts = list(self._batches(self.ring))
+            for r in self.tx.values():
+                if r.unread_since_ns():
+                    parts += self._batches(r)
+            unread = [t for t in (r.unread_since_ns() for r in (self.ring, *self.tx.values())) if t]
+            self._release(parts, min(unread, default=now) - MERGE_MARGIN_NS)
+            if self.held is None or unread or attempt:
+                return
+            self.totals["merge_waits"] += 1
+            time.sleep(MERGE_MARGIN_NS / 1e9)
+
+    def _batches(self, ring):
+        """(msgs, addrs) of each read of everything `ring` holds."""
         while True:
-            pkts, payload, more = self.ring.read()
+            # a transmit ring is read one block at a time: its read
+            # buffers are sized to that (hundreds of transmit rings)
+            pkts, payload, more = ring.read(max_blocks=8 if ring is self.ring else 1)
             if len(pkts):
                 msgs, addrs, counts = _dns.parse_packets(pkts, payload)
                 for k in ("malformed", "tcp_partial", "truncated"):
                     self.totals[k] += counts[k]
                 self.totals["messages"] += len(msgs)
-                completed = self.table.add(msgs)
-                if len(addrs):
-                    self._fill_cache(msgs, addrs, completed)
-                if self.table.finished >= STEP_PAIRS:
-                    self._fold(self.table.take())
-                    self.totals["early_steps"] += 1
+                yield msgs, addrs
             if not more:
                 return
+
+    def _release(self, parts, watermark):
+        """Pair the messages of parts (and those held) older than
+        watermark, in capture order; hold the rest."""
+        if self.held is not None:
+            parts = [self.held, *parts]
+        msgs, addrs = _concat([p[0] for p in parts], [p[1] for p in parts])
+        if not len(msgs):
+            self.held = None
+            return
+        order = np.argsort(msgs["ts_ns"], kind="stable")
+        msgs = msgs[order]
+        if len(addrs):
+            rank = np.empty(len(order), np.uint32)
+            rank[order] = np.arange(len(order), dtype=np.uint32)
+            addrs = addrs.copy()
+            addrs["msg"] = rank[addrs["msg"]]
+        ready = int(np.searchsorted(msgs["ts_ns"], watermark, "left"))
+        later = addrs["msg"] >= ready
+        self._feed(msgs[:ready], addrs[~later])
+        if ready == len(msgs):
+            self.held = None
+            return
+        rest = addrs[later].copy()
+        rest["msg"] -= ready
+        self.held = (msgs[ready:].copy(), rest)
+
+    def _feed(self, msgs, addrs):
+        """Pair messages (capture order), fill the domain cache."""
+        if not len(msgs):
+            return
+        completed = self.table.add(msgs)
+        if len(addrs):
+            self._fill_cache(msgs, addrs, completed)
+        if self.table.finished >= STEP_PAIRS:
+            self._fold(self.table.take())
+            self.totals["early_steps"] += 1
 
     def _fold(self, pairs):
         """Add finished exchanges to the interval's per-point sums, keeping
@@ -144,12 +319,54 @@ class DnsflowPlugin(Plugin):
         c["domain_cache_evicted"] = self.cache.evicted
         if self.ring is not None:
             c.update({f"ring_{k}": v for k, v in self.ring.counters().items()})
+        if self.poller is not None:
+            tx = dict(self.tx_totals)
+            for ring in self.tx.values():
+                rc = ring.counters()
+                for k in TX_COUNTERS:
+                    tx[k] += rc[k]
+            c.update({f"tx_ring_{k}": v for k, v in tx.items()})
+            c["tx_interfaces"] = len(self.tx)
+            c["tx_open_errors"] = self.tx_open_errors
+            c["link_notifications_lost"] = self.links.overflows
+            c["messages_held"] = 0 if self.held is None else len(self.held[0])
         return c
 
     def stop(self):
+        for ifindex in list(self.tx):
+            self._close_tx(ifindex)
+        if self.links is not None:
+            self.links.close()
+            self.links = None
+        if self.poller is not None:
+            self.poller.close()
+            self.poller = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
+        self.held = None
+
+
+def _ifname(ifindex):
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:   # gone already
+        return "?"
+
+
+def _concat(msgs, addrs):
+    """Several (msgs, addrs) batches as one: each addrs row's msg index
+    shifted to its message's place."""
+    base = 0
+    shifted = []
+    for m, a in zip(msgs, addrs):
+        if len(a):
+            a = a.copy()
+            a["msg"] += base
+            shifted.append(a)
+        base += len(m)
+    return (np.concatenate(msgs) if msgs else np.empty(0, _dns.MSG_DTYPE),
+            np.concatenate(shifted) if shifted else np.empty(0, _dns.ADDR_DTYPE))
 
 
 def forwarded_once(pairs, local):

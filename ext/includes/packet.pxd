@@ -42,6 +42,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         PACKET_RX_RING
         PACKET_VERSION
         PACKET_STATISTICS
+        PACKET_IGNORE_OUTGOING
         TPACKET_V3
         TP_STATUS_KERNEL
         TP_STATUS_USER
@@ -70,6 +71,7 @@ cdef extern from "<linux/if_packet.h>" nogil:
         uint32_t offset_to_first_pkt
         uint32_t blk_len
         tpacket_bd_ts ts_last_pkt   # when the block was closed: its last packet's time (CLOCK_REALTIME)
+        tpacket_bd_ts ts_first_pkt  # when the kernel opened the block (CLOCK_REALTIME): no packet in it is older
     union tpacket_bd_header_u:
         tpacket_hdr_v1 bh1
     struct tpacket_block_desc:

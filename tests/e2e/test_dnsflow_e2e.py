@@ -228,8 +228,42 @@ def test_forwarded_queries_are_reported_once_and_tagged(collector, receiver):
                    own: (server.host_ip, server.peer_ip, "outgoing", "false")}
 
 
+def test_loopback_and_a_veth_made_after_start_count_each_exchange_once(collector, receiver):
+    """dnsflow's split capture: received packets from one socket on every
+    interface, sent ones from a socket per interface, followed as they come.
+    Over loopback (dig to the host's own address; loopback packets are only
+    taken as received) and over a veth made after the collector started
+    (query sent on the veth: its socket was opened when the veth appeared;
+    answer received), UDP and TCP: each exchange paired exactly once, none
+    counted twice, none left unanswered (an answer read before its query
+    would leave the query to time out, rcode -1, 6 s later)."""
+    tag = uuid.uuid4().hex[:8]
+    local, far = f"local.{tag}.test", f"far.{tag}.test"
+    collector.start(interval="1s")
+    assert "received on all interfaces, transmitted on each of" in collector.log_text()
+    with NetNS() as ns:
+        with Dnsmasq(ns, [ns.peer_ip], [f"--host-record={far},10.1.2.4"]), \
+                Dnsmasq(None, [ns.host_ip], [f"--host-record={local},10.1.2.3"]):
+            for tcp in (False, False, True):
+                assert dig(ns.host_ip, local, tcp=tcp)[0] == "NOERROR"
+                assert dig(ns.peer_ip, far, tcp=tcp)[0] == "NOERROR"
+            done = time.monotonic()
+            expect = {(n, 0, t, "IPv4"): c for n in (local, far) for t, c in (("udp", 2), ("tcp", 1))}
+            servers = {ns.host_ip, ns.peer_ip}
+            traffic.wait_until(lambda: tally(mine(receiver, servers)) == expect or None, 15)
+            # a query taken as unanswered would show 6 s on, at the next flush
+            time.sleep(max(0.0, done + 8 - time.monotonic()))
+            pts = mine(receiver, servers)
+    assert tally(pts) == expect
+    assert {p.tags["dst_ip"] for p in pts} == servers
+    assert all(p.fields["latency"] > 0 for p in pts)
+    veth = collector.log_text().split("dnsflow: transmit socket on interface ")
+    assert any(x.startswith(ns.veth_host + " ") for x in veth[1:]), "the veth was followed"
+
+
 def test_check_reports_dnsflow(bpf_ok, tmp_path):
     p = subprocess.run([sys.executable, "-m", "dkebpf", "check"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "dnsflow: packet socket opens" in p.stdout
+    assert "one for packets received on every interface (PACKET_IGNORE_OUTGOING" in p.stdout

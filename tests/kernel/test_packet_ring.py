@@ -245,3 +245,34 @@ def test_spill_backlog_released_once_drained(bpf_ok):
     assert 0 < rc["spill_touched_bytes"] <= 8 * 4096
     assert rc["spill_drops"] == rc["kernel_drops"] == 0
     assert got == n
+
+
+def test_received_only_and_transmitted_only_sockets_split_a_veths_traffic(bpf_ok):
+    """dnsflow's split: an unbound socket with PACKET_IGNORE_OUTGOING gets
+    what the host receives from the namespace, not what it sends there; a
+    socket bound to the host's veth with the outgoing-only filter gets what
+    the host sends, not what it receives. unread_since_ns() tells a packet
+    still in an open block (a long retire timer here) and is never later
+    than its capture time."""
+    from dkebpf import _packets
+    from dkebpf.packetfilter import port_filter
+    with NetNS() as ns, \
+            _packets.PacketRing(port_filter(53), retire_ms=10, ignore_outgoing=True) as rx, \
+            _packets.PacketRing(port_filter(53, outgoing_only=True), block_size=16384, block_nr=4,
+                                retire_ms=2000, ifindex=socket.if_nametoindex(ns.veth_host)) as tx:
+        assert tx.unread_since_ns() == 0
+        before = time.time_ns()
+        c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.sendto(query(41), (ns.peer_ip, 53))      # host -> namespace: sent on the veth
+        c.close()
+        ns.exec("python3", "-c", "import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+                f"s.sendto(bytes.fromhex(sys.argv[1]), ('{ns.host_ip}', 53))", query(42).hex())
+        since = tx.unread_since_ns()
+        assert 0 < since, "the query waits in the transmit ring's open block"
+        peer, host = socket.inet_aton(ns.peer_ip), socket.inet_aton(ns.host_ip)
+        got_tx = read_all(tx, 1, lambda m: bytes(m["daddr"])[:4] in (peer, host), timeout=5)
+        got_rx = read_all(rx, 1, lambda m: bytes(m["daddr"])[:4] in (peer, host))
+        assert tx.unread_since_ns() == 0
+    assert [(int(m["id"]), int(m["pkttype"])) for m in got_tx] == [(41, 4)]   # PACKET_OUTGOING
+    assert [(int(m["id"]), int(m["pkttype"])) for m in got_rx] == [(42, 0)]   # PACKET_HOST
+    assert before - 1_000_000_000 < since <= int(got_tx[0]["ts_ns"])

@@ -183,7 +183,7 @@ class FakeRing:
     def __init__(self, batches):
         self.batches = list(batches)
 
-    def read(self):
+    def read(self, max_blocks=8):
         pkts, payload = self.batches.pop(0)
         return pkts, payload, False
 
@@ -224,6 +224,28 @@ def test_points_per_interval_are_bounded_and_what_does_not_fit_is_counted(monkey
     points = p.collect(0)[0].batch.to_pylist()
     assert sorted((r["dst_domain"], r["count"]) for r in points) == [("a.test", 6), ("b.test", 2)]
     assert p.counters()["exchanges_lost_points_full"] == 4
+
+
+def test_merged_rings_pair_in_capture_order_and_hold_what_may_have_older_company():
+    """Answers read from the receive ring before their queries come from a
+    transmit ring: held while older packets may still be unread (the
+    watermark), then paired with the queries in capture order: every
+    exchange once, none unmatched."""
+    from dkebpf import _dns
+    p = dnsflow_plugin()
+    pkts, payload = dns_packets(6, [b"a.test", b"b.test"])   # query i at 2000 i ns, its answer 1000 ns later
+    msgs, addrs, _ = _dns.parse_packets(pkts, payload)
+    queries, answers = msgs[msgs["qr"] == 0], msgs[msgs["qr"] == 1]
+    none = np.empty(0, _dns.ADDR_DTYPE)
+    p._release([(answers, none)], watermark=0)       # a query may still wait in its ring
+    assert len(p.held[0]) == 6 and p.table.answers == 0
+    p._release([(queries[:3], none)], watermark=int(queries["ts_ns"][3]))
+    assert p.table.paired == 3 and p.table.unmatched == 0 and len(p.held[0]) == 3
+    p._release([(queries[3:], none)], watermark=1 << 62)
+    assert p.held is None
+    assert (p.table.paired, p.table.unmatched, p.table.duplicates) == (6, 0, 0)
+    points = p.collect(0)[0].batch.to_pylist()
+    assert sorted((r["dst_domain"], r["count"], r["rcode"]) for r in points) == [("a.test", 3, 0), ("b.test", 3, 0)]
 
 
 EXCHANGE = st.fixed_dictionaries(dict(
