@@ -240,7 +240,7 @@ struct {
  * its handshake inside SSL_read/SSL_write) has no framing (`sync` 0) until
  * a socket read inside an SSL call begins with an application_data header
  * (17 03 03, length 16..2^14+2048) followed by valid headers only: ciphertext
- * read from inside a record looks so with a chance below 2^-26. A header
+ * read from inside a record looks so about once in 6*10^7 reads. A header
  * that is not one (a socket read the probes missed) drops the framing the
  * same way. Entries go at tcp_destroy_sock. */
 #define TLS_RECS 16 /* queued records (a power of two) */
