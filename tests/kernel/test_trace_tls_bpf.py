@@ -305,7 +305,8 @@ def test_python_ssl_h2_client_concurrent_streams(plugin, nginx, reads):
     """Python's ssl (libssl's SSL_write_ex/SSL_read_ex): all requests in one
     SSL_write, responses interleaved by nginx; read in bulk, or a frame at
     a time (records taken in pieces: the kernel adds what the earlier
-    pieces returned, trace_conn.rec_off, or the numbers would not join)."""
+    pieces returned, bpf/tls.bpf.c's tls_recs.taken, or the numbers would
+    not join)."""
     assert plugin.tls is not None and plugin.tls.libraries, "no TLS uprobes attached"
     paths = list(ROUTES) * 2
     args = [sys.executable, "-c", H2_CLIENT, nginx.host, str(nginx.port), TRACEPARENT, reads, *paths]
