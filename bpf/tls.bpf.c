@@ -61,20 +61,17 @@
  *     byte of the call: where the TLS record carrying it ends + its offset
  *     in the record's plaintext. SSL_write: the socket's write_seq after
  *     the first send inside the call (the end of its first record, which
- *     the call's buffer begins), SSL_read: copied_seq when it returns
- *     (OpenSSL reads no further than the record it returns, which ends
- *     there) + what earlier SSL_reads returned of the record when this
- *     one read nothing from the socket and the one before filled its
- *     buffer (the record did not fit: trace_conn.rec_off). A connection
- *     whose handshake was not seen (older than the tracing: its entry is
- *     made at a data call, not at the handshake) does not know that offset
- *     (trace_conn.rec_unknown) until a read starts a record (it read from
- *     the socket) or ends one (it did not fill its buffer: the next starts
- *     one); reads before carry span_msg.seq_unknown, not a guess. HTTP/2's
- *     frames get the call's seq + their offset in it (ext/h2trace.pyx). Not
- *     covered: OpenSSL's read_ahead (nginx sets it): a read that took
- *     several records from the socket names them all by the last one's
- *     end.
+ *     the call's buffer begins). SSL_read: the record is found among the
+ *     records read from the socket (struct tls_recs below: every socket
+ *     read inside an SSL call has its record headers parsed, the end of
+ *     each application_data record queued), so that OpenSSL's read_ahead
+ *     (nginx sets it: one socket read takes several records) names each
+ *     read by its own record, not by the last one read. Where the record
+ *     cannot be told (rules at tls_recs), and on a connection whose
+ *     handshake was not seen (older than the tracing) until a socket read
+ *     begins with a record header, the read carries span_msg.seq_unknown
+ *     (seq 0), never a guess. HTTP/2's frames get the call's seq + their
+ *     offset in it (ext/h2trace.pyx).
  *   - tcp_destroy_sock ends the plaintext connection (TRACE_OP_CLOSE).
  */
 #include "vmlinux/x86/vmlinux.h"
@@ -102,6 +99,7 @@ const volatile __u8 trace_spans = 0;
 const volatile __u8 trace_all = 0;
 
 #include "include/sock_tuple.bpf.h" /* uses ipv6_disabled */
+#include "include/syscall_io.bpf.h"
 #include "include/drops.bpf.h"
 #include "include/ring_wake.bpf.h"
 #include "include/http_msg.bpf.h"
@@ -126,7 +124,6 @@ struct ssl_call {
 	__u32 num;   /* a read: the buffer's size */
 	__u8 kind;   /* CALL_* */
 	__u8 sent;   /* seq is set */
-	__u8 recvd;  /* trace_spans, a read: it read from the socket */
 };
 
 /* Per thread (task storage): the call in progress, CALL_NONE between
@@ -199,6 +196,83 @@ struct {
 	__type(value, struct tls_scratch);
 } scratch SEC(".maps");
 
+/* trace_spans: the TLS records read on a connection, to name each
+ * SSL_read by the end of the record its plaintext came from.
+ *
+ * Every socket read inside an SSL call (tls_sock_recv) has the record
+ * headers in the bytes it read parsed (5 bytes: type, version, length; a
+ * header or body may straddle reads: `need`, `hdr`), and the end (TCP seq)
+ * of each application_data record queued. Other outer types (handshake,
+ * alert, change_cipher_spec) carry no application data and are not
+ * queued. What OpenSSL does (ssl3_read_bytes, ssl3_read_n; OpenSSL 1.1.1
+ * and 3.x without pipelining, which is off unless an engine asks) makes
+ * the rest a deduction:
+ *   1. it reads from the socket only when the next record it needs is not
+ *      whole in its buffer, so at a socket read every queued record that
+ *      ended before the read's first byte was consumed (popped);
+ *   2. an SSL_read returns bytes of one record, the oldest one still
+ *      holding application data, whole records only (ended in what was
+ *      read: its end <= copied_seq);
+ *   3. an SSL_read that returns fewer bytes than asked ended its record.
+ * Without read_ahead (clients: curl, Python) OpenSSL reads no further than
+ * the record it needs, so one queued record is whole when SSL_read returns:
+ * that one. With read_ahead several are whole, and TLS 1.3 hides records
+ * without application data behind the outer type application_data (the
+ * peer's encrypted Finished when it came with the first request in one
+ * read, a NewSessionTicket, a KeyUpdate): then the record is the first one
+ * whose plaintext can hold the read, plaintext = length - the per-record
+ * overhead (AEAD tag 16 + inner type 1 in TLS 1.3, 8 explicit nonce + 16
+ * tag for TLS 1.2 AES-GCM/CCM, 16 for ChaCha20-Poly1305): equal to its
+ * offset + the bytes read when the read ended the record, at least that
+ * when it filled its buffer. The overhead is learned from the first read
+ * that ended a record which was the only whole one (`ovh`); until then
+ * any of 16, 17, 24 is allowed, and the choice must be the only record
+ * that fits. Not told, so seq_unknown until the next socket read inside an
+ * SSL call (rule 1 makes the queue exact again: `lost`): several records
+ * fit and the overhead is not known (or varies: CBC suites, padding), none
+ * fits, the queue overflowed (more than TLS_RECS application_data records
+ * in OpenSSL's buffer). Known residue: with the overhead known, a TLS 1.3
+ * post-handshake message (ticket, KeyUpdate) that reached the socket
+ * together with application records, in front of them, and whose
+ * plaintext happens to fit the read exactly, would be taken for its record.
+ *
+ * A connection whose handshake was not seen (older than the tracing, or
+ * its handshake inside SSL_read/SSL_write) has no framing (`sync` 0) until
+ * a socket read inside an SSL call begins with an application_data header
+ * (17 03 03, length 16..2^14+2048) followed by valid headers only: ciphertext
+ * read from inside a record looks so about once in 6*10^7 reads. A header
+ * that is not one (a socket read the probes missed) drops the framing the
+ * same way. Entries go at tcp_destroy_sock. */
+#define TLS_RECS 16 /* queued records (a power of two) */
+#define TLS_REC_MAX (16384 + 2048) /* longest ciphertext record (RFC 5246 6.2.3) */
+#define TLS_HDRS_PER_READ 1024     /* headers parsed per socket read (bpf_loop) */
+#define TLS_OVH_VARIES 0xff        /* tls_recs.ovh: records disagreed (CBC, padding) */
+#define TLS_APPLICATION_DATA 23
+
+struct tls_recs {
+	__u32 end[TLS_RECS]; /* TCP seq just past each queued application_data record */
+	__u16 len[TLS_RECS]; /* its length (after the header) */
+	__u32 head, tail;    /* the queue: [head, tail), indices mod TLS_RECS */
+	__u32 taken;         /* plaintext bytes SSL_reads returned of the head record */
+	__u32 need;          /* body bytes of the record being read not read yet */
+	__u16 cur_len;       /* that record's length */
+	__u8 hdr[10];        /* a header split across reads: its first hdr_got bytes
+	                      * (room past the 5: the verifier's bound of a split read) */
+	__u8 hdr_got;
+	__u8 cur_app;        /* that record is application_data */
+	__u8 sync;           /* the framing is known (need, hdr_got) */
+	__u8 lost;           /* the queue is not exact until the next socket read */
+	__u8 ovh;            /* per-record overhead learned (0: not yet; TLS_OVH_VARIES) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct tls_recs);
+} tls_recs SEC(".maps");
+
 DROP_COUNTERS(drops, TLS_DROP_MAX);
 HTTP_OVERFLOW_HEADS(tls_heads)
 
@@ -206,6 +280,239 @@ HTTP_OVERFLOW_HEADS(tls_heads)
 		     .wake_bytes = wakeup_bytes, .source = HTTP_SRC_SSL}
 
 HTTP_IDLE_FLUSH(tls_conns, scratch, tls_scratch, TLS_OUT)
+
+/* A tls_recs entry for the socket, made with `sync` (1: at the handshake,
+ * the framing starts with its first socket read; 0: older than the
+ * tracing). NULL, counted, when the map cannot take it. */
+static __always_inline struct tls_recs *recs_new(__u64 sk, __u8 sync)
+{
+	struct tls_recs init = {.sync = sync};
+	/* a miss of BPF_NOEXIST is another CPU that made it meanwhile */
+	bpf_map_update_elem(&tls_recs, &sk, &init, BPF_NOEXIST);
+	struct tls_recs *st = bpf_map_lookup_elem(&tls_recs, &sk);
+	if (!st)
+		count_drop(&drops, TLS_DROP_SPAN_CONNS);
+	return st;
+}
+
+static __always_inline void recs_push(struct tls_recs *st, __u32 end, __u32 len)
+{
+	if (st->tail - st->head >= TLS_RECS) {
+		st->lost = 1; /* more than the queue holds: not exact until the next read */
+		return;
+	}
+	__u32 i = st->tail & (TLS_RECS - 1);
+	st->end[i] = end;
+	st->len[i] = len;
+	st->tail++;
+}
+
+/* bpf_loop's state: one socket read's bytes, parsed header by header */
+struct recs_parse {
+	__u64 sk;    /* tls_recs' key */
+	__u64 buf;   /* the user buffer the read filled */
+	__u32 pos;   /* bytes of it parsed */
+	__u32 ret;   /* bytes read */
+	__u32 start; /* TCP seq of its first byte */
+};
+
+/* One step: the rest of the current record's body, then the next header
+ * (or what of it the read holds). 1 ends the loop. */
+static long recs_parse_cb(__u32 i, void *ctx)
+{
+	struct recs_parse *x = ctx;
+	/* looked up again: a map value pointer does not survive the trip
+	 * through the loop's context for the verifier */
+	struct tls_recs *st = bpf_map_lookup_elem(&tls_recs, &x->sk);
+	if (!st || !st->sync || x->pos >= x->ret)
+		return 1;
+	__u32 avail = x->ret - x->pos;
+	if (st->need) {
+		__u32 take = st->need < avail ? st->need : avail;
+		st->need -= take;
+		x->pos += take;
+		avail -= take;
+		if (!avail)
+			return 1;
+	}
+	__u32 got = st->hdr_got;
+	if (got > 4) {
+		st->sync = 0;
+		return 1;
+	}
+	__u32 want = 5 - got;
+	if (want > avail)
+		want = avail; /* the header goes on in the next read */
+	/* the size as a 64-bit value past a barrier, bounded where the
+	 * verifier sees it (clang would pass the unbounded register) */
+	__u64 size = want;
+	asm volatile("" : "+r"(size));
+	if (size > 5 || bpf_probe_read_user(st->hdr + got, size, (void *)(x->buf + x->pos))) {
+		st->sync = 0;
+		return 1;
+	}
+	x->pos += want;
+	if (got + want < 5) {
+		st->hdr_got = got + want;
+		return 1;
+	}
+	st->hdr_got = 0;
+	__u8 type = st->hdr[0];
+	__u32 len = ((__u32)st->hdr[3] << 8) | st->hdr[4];
+	/* change_cipher_spec, alert, handshake, application_data, heartbeat;
+	 * SSL 3.0 to TLS 1.3 all say major version 3 */
+	if (type < 20 || type > 24 || st->hdr[1] != 3 || len > TLS_REC_MAX) {
+		st->sync = 0; /* not a header: the framing is lost */
+		return 1;
+	}
+	st->cur_app = type == TLS_APPLICATION_DATA;
+	if (st->cur_app && len)
+		recs_push(st, x->start + x->pos + len, len);
+	st->need = len;
+	st->cur_len = len;
+	return x->pos >= x->ret;
+}
+
+/* A socket read of `ret` bytes inside an SSL call on sk (trace_spans):
+ * rule 1 of tls_recs, then its record headers. */
+static __always_inline void recs_read(struct sock *sk, int ret)
+{
+	if (!tcp_stream(sk))
+		return;
+	__u64 key = (__u64)sk;
+	struct tls_recs *st = bpf_map_lookup_elem(&tls_recs, &key);
+	if (!st)
+		st = recs_new(key, 0); /* no handshake seen: older than the tracing */
+	if (!st)
+		return;
+	struct syscall_io io = {};
+	if (syscall_io_get(&io) != SYSIO_BUF) {
+		/* OpenSSL's socket BIO reads with read(), curl's with recv():
+		 * anything else (readv, recvmsg, io_uring) is not parsed */
+		st->sync = 0;
+		return;
+	}
+	__u32 start = KERNEL_CAST(struct tcp_sock, sk)->copied_seq - (__u32)ret;
+	if (st->lost) {
+		/* every whole record was consumed (rule 1): the queue is the
+		 * record this read goes on with, if any */
+		st->head = st->tail;
+		st->taken = 0;
+		st->lost = 0;
+		if (st->sync && st->need && st->cur_app && !st->hdr_got)
+			recs_push(st, start + st->need, st->cur_len);
+	} else {
+		for (int k = 0; k < TLS_RECS; k++) {
+			if (st->head == st->tail || (__s32)(st->end[st->head & (TLS_RECS - 1)] - start) > 0)
+				break;
+			st->head++;
+			st->taken = 0;
+		}
+	}
+	if (!st->sync) {
+		__u8 h[5];
+		if (ret < 5 || bpf_probe_read_user(h, sizeof(h), (void *)io.ptr))
+			return;
+		__u32 len = ((__u32)h[3] << 8) | h[4];
+		if (h[0] != TLS_APPLICATION_DATA || h[1] != 3 || h[2] != 3 || len < 16 || len > TLS_REC_MAX)
+			return;
+		/* a record starts here (tls_recs: the chance of a false start) */
+		st->sync = 1;
+		st->need = 0;
+		st->hdr_got = 0;
+		st->head = st->tail;
+		st->taken = 0;
+		st->lost = 0;
+	}
+	struct recs_parse x = {.sk = key, .buf = io.ptr, .ret = ret, .start = start};
+	bpf_loop(TLS_HDRS_PER_READ, recs_parse_cb, &x, 0);
+	if (x.pos < x.ret)
+		st->sync = 0; /* more headers than parsed, or not a header */
+}
+
+/* Can a record of `len` bytes have given a read of n bytes at plaintext
+ * offset off (ended: the read ended the record), with the overhead ovh
+ * (tls_recs)? */
+static __always_inline int recs_fits(__u32 len, __u32 off, __u32 n, __u32 ended, __u8 ovh)
+{
+	__u32 used = off + n;
+	if (ovh == 16 || ovh == 17 || ovh == 24)
+		return ended ? len == used + ovh : len >= used + ovh;
+	if (!ovh && ended)
+		return len == used + 16 || len == used + 17 || len == used + 24;
+	return len >= used + 16;
+}
+
+/* bpf_loop's state: the whole records of the queue, and those that fit */
+struct recs_scan {
+	__u64 sk;      /* tls_recs' key */
+	__u32 read_to; /* copied_seq: records ending there or before are whole */
+	__u32 n, ended;
+	__u32 whole;   /* whole records from the head */
+	__u32 fits;    /* of them, those that can have given the read */
+	__u32 at, off; /* the first of those, its offset */
+};
+
+static long recs_scan_cb(__u32 k, void *ctx)
+{
+	struct recs_scan *x = ctx;
+	/* looked up again (recs_parse_cb says why) */
+	struct tls_recs *st = bpf_map_lookup_elem(&tls_recs, &x->sk);
+	if (!st)
+		return 1;
+	__u32 i = st->head + k;
+	if (i == st->tail || (__s32)(st->end[i & (TLS_RECS - 1)] - x->read_to) > 0)
+		return 1; /* rule 2: not whole yet */
+	__u32 o = k ? 0 : st->taken;
+	x->whole++;
+	if (recs_fits(st->len[i & (TLS_RECS - 1)], o, x->n, x->ended, st->ovh)) {
+		if (!x->fits) {
+			x->at = i;
+			x->off = o;
+		}
+		x->fits++;
+	}
+	return 0;
+}
+
+/* An SSL_read that returned n bytes into a buffer of num on sk: 1 and
+ * *seq (the end of their record + their offset in its plaintext) when
+ * its record is known (tls_recs), else 0. Consumes the queue as OpenSSL
+ * did. */
+static __always_inline int recs_seq(struct sock *sk, __u32 n, __u32 num, __u32 *seq)
+{
+	__u64 key = (__u64)sk;
+	struct tls_recs *st = bpf_map_lookup_elem(&tls_recs, &key);
+	if (!st || !st->sync || st->lost)
+		return 0;
+	struct recs_scan x = {.sk = key, .read_to = KERNEL_CAST(struct tcp_sock, sk)->copied_seq, .n = n,
+			      .ended = n < num};
+	/* a loop of its own: unrolled, the verifier's paths through the
+	 * records' cases multiply */
+	bpf_loop(TLS_RECS, recs_scan_cb, &x, 0);
+	__u32 head = st->head, whole = x.whole, fits = x.fits, at = x.at, off = x.off, ended = x.ended;
+	if (whole == 1) {
+		at = head; /* the only record it can be */
+		off = st->taken;
+	} else if (!whole || !fits || (fits > 1 && (!st->ovh || st->ovh == TLS_OVH_VARIES))) {
+		st->lost = 1;
+		return 0;
+	}
+	__u32 idx = at & (TLS_RECS - 1);
+	__u32 len = st->len[idx];
+	*seq = st->end[idx] + off;
+	st->head = at;
+	st->taken = off + n;
+	if (ended) {
+		/* rule 3: the record is done; its overhead is the connection's */
+		__u32 obs = len - st->taken;
+		__u8 o = len >= st->taken && (obs == 16 || obs == 17 || obs == 24) ? obs : TLS_OVH_VARIES;
+		st->ovh = !st->ovh || st->ovh == o ? o : TLS_OVH_VARIES;
+		st->head = at + 1;
+		st->taken = 0;
+	}
+	return 1;
+}
 
 static __always_inline int enter(void *ssl, void *buf, __u64 num, void *lenp, __u8 kind)
 {
@@ -229,7 +536,6 @@ static __always_inline int enter(void *ssl, void *buf, __u64 num, void *lenp, __
 	c->lenp = (__u64)lenp;
 	c->sk = 0;
 	c->sent = 0;
-	c->recvd = 0;
 	c->num = num > 0xffffffff ? 0xffffffff : num;
 	c->kind = kind;
 	return 0;
@@ -248,45 +554,48 @@ static __always_inline void trace_ignore_cipher(struct sock *sk)
 }
 
 /* trace_spans: a handshake on the socket: its plaintext's entry is made
- * now, its record state known (rec_unknown 0: the first record read will
- * start at its start). An entry made later, at a data call, is of a
- * connection older than the tracing (trace_call). enter() took traced
- * processes only. + not |: the verifier allows no bitwise operation on
- * the typed pointer (bit 0 is clear: the same). */
+ * now, and its tls_recs entry with the framing known (the first socket
+ * read of the handshake starts a record). Entries made later, at a data
+ * call or a socket read, are of a connection older than the tracing.
+ * enter() took traced processes only. + not |: the verifier allows no
+ * bitwise operation on the typed pointer (bit 0 is clear: the same). */
 static __always_inline void trace_handshake(struct sock *sk)
 {
-	if (tcp_stream(sk))
-		trace_conn_get((__u64)sk + TLS_SK_TAG, 0, &drops, TLS_DROP_SPAN_CONNS);
+	if (!tcp_stream(sk))
+		return;
+	trace_conn_get((__u64)sk + TLS_SK_TAG, 0, &drops, TLS_DROP_SPAN_CONNS);
+	__u64 key = (__u64)sk;
+	if (!bpf_map_lookup_elem(&tls_recs, &key))
+		recs_new(key, 1);
 }
 
 /* A socket call on this thread: if the thread is inside an SSL call, the
- * socket is the SSL object's. */
-static __always_inline void learn_sock(struct sock *sk, int is_send, int ret)
+ * socket is the SSL object's (then 1). */
+static __always_inline int learn_sock(struct sock *sk, int is_send, int ret)
 {
 	struct ssl_call *c = this_call(0);
 	if (!c || c->kind == CALL_NONE)
-		return;
+		return 0;
 	if (trace_spans && is_send && !c->sent) {
 		/* the first send of the call: its first record ends here */
 		c->seq = KERNEL_CAST(struct tcp_sock, sk)->write_seq;
 		c->sent = 1;
 	}
-	if (!is_send && ret > 0)
-		c->recvd = 1;
 	if (c->sk == (__u64)sk)
-		return;
+		return 1;
 	c->sk = (__u64)sk;
 	if (trace_spans && c->kind == CALL_HANDSHAKE)
 		trace_handshake(sk);
 	struct ssl_key k = {.ssl = c->ssl, .tgid = bpf_get_current_pid_tgid() >> 32};
 	__u64 *known = bpf_map_lookup_elem(&ssl_socks, &k);
 	if (known && *known == (__u64)sk)
-		return; /* the usual case: a lookup is cheaper than an update */
+		return 1; /* the usual case: a lookup is cheaper than an update */
 	__u64 v = (__u64)sk;
 	if (bpf_map_update_elem(&ssl_socks, &k, &v, BPF_ANY))
 		count_drop(&drops, TLS_DROP_SOCKS);
 	if (trace_spans)
 		trace_ignore_cipher(sk);
+	return 1;
 }
 
 SEC("tp_btf/sock_send_length")
@@ -304,7 +613,9 @@ int BPF_PROG(tls_sock_send, struct sock *sk, int ret, int flags)
 SEC("tp_btf/sock_recv_length")
 int BPF_PROG(tls_sock_recv, struct sock *sk, int ret, int flags)
 {
-	learn_sock(sk, 0, ret);
+	/* (a peek's bytes stay queued: read again) */
+	if (learn_sock(sk, 0, ret) && trace_spans && ret > 0 && !(flags & MSG_PEEK))
+		recs_read(sk, ret);
 	return 0;
 }
 
@@ -319,40 +630,22 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 		return;
 	__u8 op = (c->kind == CALL_READ || c->kind == CALL_READ_EX) ? TRACE_OP_RECV : TRACE_OP_SEND;
 	__u32 n = bytes > 0xffffffffLL ? 0xffffffff : (__u32)bytes;
+	/* a read: its record (every read: each consumes the queue) */
+	__u32 rseq = 0;
+	__u8 unknown = op == TRACE_OP_RECV && !recs_seq(sk, n, c->num, &rseq);
 	__u64 key = (__u64)sk | TLS_SK_TAG;
 	__u64 now = bpf_ktime_get_ns();
 	int due, start;
 	struct sock_tuple t = {};
 	struct span_scratch *s;
-	/* an entry made here, not at the handshake (trace_handshake): a
-	 * connection older than the tracing, where the record a read
-	 * continues is not known */
-	struct trace_conn *tc = span_call_begin(sk, key, op, 1, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
+	/* (trace_conn's rec_off/rec_unknown are not used: tls_recs holds the
+	 * record state) */
+	struct trace_conn *tc = span_call_begin(sk, key, op, 0, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
 	if (!tc)
 		return;
-	/* a read from OpenSSL's buffer alone goes on with the record an
-	 * earlier read began if that one filled its buffer (else it ended
-	 * the record); a read from the socket starts a record. Until a read
-	 * starts one (or ends one: the next starts one) on a connection met
-	 * mid-stream, where a read begins in its record is unknown: its seq
-	 * is not sent (span_msg.seq_unknown) rather than a wrong one. */
-	__u32 rec_off = 0;
-	__u8 unknown = 0;
-	if (op == TRACE_OP_RECV) {
-		if (c->recvd) {
-			tc->rec_unknown = 0;
-		} else {
-			rec_off = tc->rec_off;
-			unknown = tc->rec_unknown;
-		}
-		tc->rec_off = n == c->num ? rec_off + n : 0;
-		if (n != c->num)
-			tc->rec_unknown = 0;
-	}
 	if (s) {
 		const struct tcp_sock *tp = KERNEL_CAST(struct tcp_sock, sk);
-		__u32 seq = op == TRACE_OP_RECV ? (unknown ? 0 : tp->copied_seq + rec_off)
-						: c->sent ? c->seq : tp->write_seq;
+		__u32 seq = op == TRACE_OP_RECV ? rseq : c->sent ? c->seq : tp->write_seq;
 		span_msg_fill(&s->ev, tc, &t, key, id, now, seq, n, op, span_more(tc, start));
 		s->ev.seq_unknown = unknown;
 		__u32 cap = n < TRACE_PAYLOAD_MAX ? n : TRACE_PAYLOAD_MAX;
@@ -461,6 +754,8 @@ int BPF_PROG(tls_sock_destroy, struct sock *sk)
 		 * typed pointer (bit 0 is clear: the same) */
 		span_conn_close(&trace_events, (__u64)sk + TLS_SK_TAG, s ? &s->unqueried : 0, &drops,
 				TLS_DROP_SPAN_RING);
+		__u64 key = (__u64)sk;
+		bpf_map_delete_elem(&tls_recs, &key);
 		return 0;
 	}
 	__u64 key = (__u64)sk;

@@ -16,7 +16,7 @@
 #define TLS_DROP_SOCKS (HTTP_DROP_MAX + 3)   /* ssl_socks update failed: a socket stays unknown */
 /* with trace_spans (ebpf-trace's TLS spans, include/trace_span.bpf.h): */
 #define TLS_DROP_SPAN_RING (HTTP_DROP_MAX + 4)  /* trace events ring full: a message start was lost */
-#define TLS_DROP_SPAN_CONNS (HTTP_DROP_MAX + 5) /* trace_conns update failed */
+#define TLS_DROP_SPAN_CONNS (HTTP_DROP_MAX + 5) /* trace_conns or tls_recs update failed */
 #define TLS_DROP_MAX (HTTP_DROP_MAX + 6)
 
 /* ebpf-trace's key of the plaintext of a socket's TLS in trace_conns and
