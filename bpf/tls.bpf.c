@@ -548,7 +548,7 @@ static __always_inline void trace_ignore_cipher(struct sock *sk)
 {
 	if (!tcp_stream(sk) || !traced(bpf_get_current_pid_tgid() >> 32))
 		return;
-	struct trace_conn *tc = trace_conn_get((__u64)sk, 0, &drops, TLS_DROP_SPAN_CONNS);
+	struct trace_conn *tc = trace_conn_get((__u64)sk, &drops, TLS_DROP_SPAN_CONNS);
 	if (tc)
 		tc->ignored = 1;
 }
@@ -563,7 +563,7 @@ static __always_inline void trace_handshake(struct sock *sk)
 {
 	if (!tcp_stream(sk))
 		return;
-	trace_conn_get((__u64)sk + TLS_SK_TAG, 0, &drops, TLS_DROP_SPAN_CONNS);
+	trace_conn_get((__u64)sk + TLS_SK_TAG, &drops, TLS_DROP_SPAN_CONNS);
 	__u64 key = (__u64)sk;
 	if (!bpf_map_lookup_elem(&tls_recs, &key))
 		recs_new(key, 1);
@@ -638,9 +638,7 @@ static __always_inline void trace_call(const struct ssl_call *c, struct sock *sk
 	int due, start;
 	struct sock_tuple t = {};
 	struct span_scratch *s;
-	/* (trace_conn's rec_off/rec_unknown are not used: tls_recs holds the
-	 * record state) */
-	struct trace_conn *tc = span_call_begin(sk, key, op, 0, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
+	struct trace_conn *tc = span_call_begin(sk, key, op, &due, &start, &t, &s, &drops, TLS_DROP_SPAN_CONNS);
 	if (!tc)
 		return;
 	if (s) {

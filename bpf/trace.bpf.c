@@ -198,7 +198,7 @@ static __always_inline void on_call(struct sock *sk, int ret, __u8 op)
 	int due, start;
 	struct sock_tuple t = {};
 	struct span_scratch *s;
-	struct trace_conn *tc = span_call_begin(sk, key, op, 0, &due, &start, &t, &s, &drops, TRACE_DROP_CONNS);
+	struct trace_conn *tc = span_call_begin(sk, key, op, &due, &start, &t, &s, &drops, TRACE_DROP_CONNS);
 	if (!tc)
 		return;
 	if (s) {

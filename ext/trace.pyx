@@ -67,8 +67,6 @@ TRACE_CONN_DTYPE = _records._dtype("trace_conn", [
     ("ignored", "u1", offset_of(&_tc, &_tc.ignored)),
     ("h2", "u1", offset_of(&_tc, &_tc.h2)),
     ("whole", "u1", offset_of(&_tc, &_tc.whole)),
-    ("rec_off", "<u4", offset_of(&_tc, &_tc.rec_off)),
-    ("rec_unknown", "u1", offset_of(&_tc, &_tc.rec_unknown)),
     ("born", "<u8", offset_of(&_tc, &_tc.born)),
 ], sizeof(trace_conn))
 cdef trace_flags _tf

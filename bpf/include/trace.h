@@ -87,8 +87,8 @@ struct span_msg {
 	                     * run on an HTTP/2 connection (above) */
 	__u8 seq_unknown;   /* 1: `seq` is not known (TLS plaintext read from
 	                     * within a record whose start was not seen: a
-	                     * connection older than the tracing,
-	                     * trace_conn.rec_unknown); user space reports no
+	                     * connection older than the tracing: tls.bpf.c
+	                     * tls_recs); user space reports no
 	                     * sequence number from it */
 	char comm[16];      /* the calling thread's name */
 	char pcomm[16];     /* its process's name (the group leader's comm), read
@@ -121,13 +121,6 @@ struct trace_conn {
 	                   * payload, not only its status line (TRACE_STATUS_KEEP),
 	                   * for the lengths of the responses in it */
 	__u8 _pad[3];
-	__u32 rec_off;    /* TLS plaintext (bpf/tls.bpf.c): bytes of the TLS record
-	                   * being read that SSL_reads returned so far (0: the
-	                   * last read ended its record) */
-	__u8 rec_unknown; /* TLS plaintext: rec_off is not known (the connection's
-	                   * handshake was not seen: it was older than the
-	                   * tracing) until a read starts at a record's start */
-	__u8 _pad2[3];
 	__u64 born;       /* bpf_ktime_get_ns() when the entry was made: which
 	                   * socket at this address a trace_flags entry is for */
 };

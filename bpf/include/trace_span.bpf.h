@@ -84,16 +84,14 @@ static __always_inline int traced(__u32 tgid)
 }
 
 /* The connection's entry in trace_conns, made when absent (NULL, counted
- * at drop_idx, when the map cannot take it); a new one with rec_unknown
- * (trace_conn.rec_unknown: tls.bpf.c, a connection met at a data call,
- * not at its handshake). */
-static __always_inline struct trace_conn *trace_conn_get(__u64 key, __u8 rec_unknown, void *drops,
+ * at drop_idx, when the map cannot take it). */
+static __always_inline struct trace_conn *trace_conn_get(__u64 key, void *drops,
 							 __u32 drop_idx)
 {
 	struct trace_conn *tc = bpf_map_lookup_elem(&trace_conns, &key);
 	if (tc)
 		return tc;
-	struct trace_conn init = {.rec_unknown = rec_unknown, .born = bpf_ktime_get_ns()};
+	struct trace_conn init = {.born = bpf_ktime_get_ns()};
 	/* a miss of BPF_NOEXIST is another CPU that made it meanwhile */
 	bpf_map_update_elem(&trace_conns, &key, &init, BPF_NOEXIST);
 	tc = bpf_map_lookup_elem(&trace_conns, &key);
@@ -165,17 +163,17 @@ static __always_inline void trace_conn_count(struct trace_conn *tc, __u8 op, __u
 
 /* The head of a call's handling, the same for a socket call (trace.bpf.c)
  * and an SSL call (tls.bpf.c): the connection's entry under key (made when
- * absent, with rec_unknown: trace_conn_get; NULL: stop, counted at
+ * absent: trace_conn_get; NULL: stop, counted at
  * conns_drop), whether a record is due
  * (*due, *start: span_due), and when one is, the per-CPU record with the
  * tuple read (*s; NULL when it could not be had). After the record:
  * span_call_end(). */
-static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64 key, __u8 op, __u8 rec_unknown,
+static __always_inline struct trace_conn *span_call_begin(struct sock *sk, __u64 key, __u8 op,
 							  int *due, int *start, struct sock_tuple *t,
 							  struct span_scratch **s, void *drops, __u32 conns_drop)
 {
 	*s = 0;
-	struct trace_conn *tc = trace_conn_get(key, rec_unknown, drops, conns_drop);
+	struct trace_conn *tc = trace_conn_get(key, drops, conns_drop);
 	if (!tc)
 		return 0;
 	if (tc->last_op != op) /* a message start (span_due) */

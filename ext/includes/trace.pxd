@@ -30,8 +30,6 @@ cdef extern from "include/trace.h" nogil:
         unsigned char ignored
         unsigned char h2
         unsigned char whole
-        unsigned int rec_off
-        unsigned char rec_unknown
         unsigned long long born
 
     cdef struct trace_flags:
