@@ -50,13 +50,12 @@ def collect_until(plugin, batches, done, timeout=20.0):
     the (generous) timeout passes: a loaded machine may end a closed
     connection's socket late (softirq deferred to ksoftirqd). Counts only
     grow, so a record too many still shows in the asserts after."""
-    end = time.monotonic() + timeout
-    while True:
+    def read():
         plugin.on_readable(None)
-        batches += plugin.collect(time.time_ns())
-        if done() or time.monotonic() > end:
-            return
-        time.sleep(0.1)
+        batches.extend(plugin.collect(time.time_ns()))
+        return done()
+
+    traffic.wait_until(read, timeout, step=0.1)
 
 
 def at_least(t, want):

@@ -16,6 +16,7 @@ from dkebpf.debug_server import render_metrics
 from dkebpf.errors import DkebpfError, UnsupportedError
 from dkebpf.plugins.base import Plugin, PointBatch
 from support.lineproto_parser import parse
+from support.traffic import wait_until
 
 
 class Sink:
@@ -88,12 +89,10 @@ def agent(monkeypatch):
     return a
 
 
-def wait_until(cond, timeout=30.0):
-    """Poll cond() until it holds or ``timeout`` (generous: a loaded machine
-    runs the loop's thread late) has passed; the asserts after tell which."""
-    end = time.monotonic() + timeout
-    while not cond() and time.monotonic() < end:
-        time.sleep(0.01)
+def settle(cond):
+    """Until cond() holds, or 30 s (generous: a loaded machine runs the
+    loop's thread late) have passed: the asserts after tell which."""
+    wait_until(cond, 30.0, step=0.01)
 
 
 def run_loop(agent, feed, until):
@@ -104,7 +103,7 @@ def run_loop(agent, feed, until):
 
     def drive():
         feed()
-        wait_until(until)
+        settle(until)
         agent.stopping = True
         wake_w.send(b"x")
 
@@ -134,7 +133,7 @@ def test_a_failing_readable_handler_restarts_that_plugin_alone(agent):
     def feed():
         good.w.send(b"\x01")
         flaky.w.send(b"\x02\x03\xff")   # 2 and 3 held, then the failure
-        wait_until(lambda: restarted("flaky"))  # backoff 0.05 s
+        settle(lambda: restarted("flaky"))  # backoff 0.05 s
         newest("flaky").w.send(b"\x04")
         good.w.send(b"\x05")
 
@@ -216,7 +215,7 @@ def test_the_loop_ends_when_every_plugin_is_disabled(agent, monkeypatch):
 
     def feed():
         newest("only").w.send(b"\xff")
-        wait_until(lambda: restarted("only"))
+        settle(lambda: restarted("only"))
         newest("only").w.send(b"\xff")
 
     run_loop(agent, feed, until=lambda: agent.exit_error is not None)
