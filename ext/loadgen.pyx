@@ -862,9 +862,13 @@ cdef class Server:
     cdef int _bind(self, sockaddr_in *addr, int stype, int port, str what) except -1:
         cdef int one = 1, bufsz = 4 << 20
         cdef int fd = self._check(socket(AF_INET, stype | SOCK_NONBLOCK | SOCK_CLOEXEC, 0), what + " socket")
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one))
-        if stype == SOCK_DGRAM:  # bursts of many flows at once
-            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz))
+        if stype == SOCK_STREAM:  # a fixed port again while connections of a run before are in TIME_WAIT
+            setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one))
+        else:
+            # no SO_REUSEADDR on UDP: there it lets sockets share a port
+            # (even one the kernel picks for port 0), and another
+            # process's socket on ours would take our datagrams
+            setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bufsz, sizeof(bufsz))  # bursts of many flows at once
         addr.sin_port = htons(<uint16_t>port)
         if bind(fd, <sockaddr *>addr, sizeof(sockaddr_in)) != 0:
             err = errno

@@ -29,18 +29,51 @@ def containerd_cgroup(pod_uid, container_id, qos="besteffort"):
     try:
         yield path
     finally:
-        end = time.monotonic() + 10
-        d = path
-        while d != os.path.dirname(top):
-            while True:
-                try:
-                    os.rmdir(d)
-                    break
-                except OSError:  # EBUSY while a process of the test is still exiting
-                    if time.monotonic() > end:
-                        raise
-                    time.sleep(0.1)
-            d = os.path.dirname(d)
+        _remove(path, top)
+
+
+@contextlib.contextmanager
+def own_cgroup():
+    """A cgroup of the test's own (empty, no controllers needed): what runs
+    in it is accounted there, e.g. its cpu.pressure. Removed again afterwards."""
+    path = os.path.join(cgroup2_root(), f"dkt-{uuid.uuid4().hex[:6]}")
+    os.makedirs(path)
+    try:
+        yield path
+    finally:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            left = f.read().strip()
+        if left:  # a test that failed midway: what it started ends with it
+            with open(os.path.join(path, "cgroup.kill"), "w") as f:
+                f.write("1")
+        _remove(path, path)
+
+
+def cpu_full_stall_s(cgroup):
+    """Seconds during which every runnable task of the cgroup waited for a
+    CPU (cpu.pressure "full"): time the machine's other work took from it,
+    none its own threads took from each other."""
+    with open(os.path.join(cgroup, "cpu.pressure")) as f:
+        for line in f:
+            if line.startswith("full "):
+                return int(line.split("total=")[1]) / 1e6
+    raise RuntimeError(f"no full line in {cgroup}/cpu.pressure")
+
+
+def _remove(path, top):
+    """rmdir path and its parents up to and including top."""
+    end = time.monotonic() + 10
+    d = path
+    while d != os.path.dirname(top):
+        while True:
+            try:
+                os.rmdir(d)
+                break
+            except OSError:  # EBUSY while a process of the test is still exiting
+                if time.monotonic() > end:
+                    raise
+                time.sleep(0.1)
+        d = os.path.dirname(d)
 
 
 def popen_in(cgroup, args, **kw):

@@ -10,6 +10,7 @@ from dkebpf.agent import Agent
 from dkebpf.config import load_config
 from dkebpf.plugins.base import Plugin, PointBatch
 from support.lineproto_parser import parse
+from support.traffic import wait_until
 
 
 class Sink:
@@ -60,12 +61,16 @@ def test_on_readable_true_flushes_that_plugin_only():
     assert all(r.start() for r in agent.runners)
     wake_r, wake_w = socket.socketpair()
 
+    def settle(cond):  # generous: a loaded machine runs the loop late
+        wait_until(cond, 30.0, step=0.01)
+
     def feed():
         lazy.w.send(b"\x07")
-        for b in (1, 2, 3, 4):
+        settle(lambda: lazy.held == [7])
+        for b in (1, 2, 3, 4):  # one byte per read: each read on its own
             eager.w.send(bytes([b]))
-            time.sleep(0.05)
-        time.sleep(0.2)
+            settle(lambda: eager.held[-1:] == [b] or eager.collects)
+        settle(lambda: eager.held == [4])
         agent.stopping = True
         wake_w.send(b"x")
 

@@ -2,6 +2,7 @@
 clients (http.client over TCP and TLS, dnspython, a UDP socket) correctly, and its client
 keeps the asked rate and counts what the server counts. Loopback only."""
 import contextlib
+import errno
 import http.client
 import os
 import socket
@@ -37,7 +38,8 @@ def server():
     t.start()
     yield srv
     srv.stop()
-    t.join(5)
+    t.join(60)  # generous: a loaded machine may be slow to run it; close() under a running loop is unsafe
+    assert not t.is_alive(), "the server loop did not end on stop()"
     srv.close()
 
 
@@ -96,6 +98,18 @@ def test_udp_echo(server):
         s.settimeout(5)
         s.sendto(b"x" * 100, ("127.0.0.1", server.ports["udp"]))
         assert s.recv(2048) == b"x" * 100
+
+
+def test_udp_ports_are_the_servers_alone(server):
+    # a socket with SO_REUSEADDR (as another bench server's once had) may not
+    # share a UDP port of ours: the newer of two sharing sockets receives the
+    # datagrams, so an echo or a DNS answer would go missing
+    for kind in ("udp", "dns", "pkt"):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as exc:
+                s.bind(("127.0.0.1", server.ports[kind]))
+            assert exc.value.errno == errno.EADDRINUSE, kind
 
 
 @pytest.mark.parametrize("kind,port", [("http", "http"), ("conn", "http"), ("udp", "udp"), ("dns", "dns"),

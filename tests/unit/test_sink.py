@@ -298,8 +298,7 @@ def test_server_down_then_back_all_arrive_in_order(server, sinks, caplog):
     time.sleep(1.0)
     for body in second[15:]:
         sink.submit("network", "ebpf-net/netflow", body, 1)
-    time.sleep(1.0)
-    assert sink.stats()["retries"] >= 2  # refused, still retrying
+    assert wait_until(lambda: sink.stats()["retries"] >= 2, timeout=30)  # refused, still retrying
     server.start()  # same port
     assert sink.flush(10.0)
 

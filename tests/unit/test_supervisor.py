@@ -16,6 +16,7 @@ from dkebpf.debug_server import render_metrics
 from dkebpf.errors import DkebpfError, UnsupportedError
 from dkebpf.plugins.base import Plugin, PointBatch
 from support.lineproto_parser import parse
+from support.traffic import wait_until
 
 
 class Sink:
@@ -88,14 +89,21 @@ def agent(monkeypatch):
     return a
 
 
-def run_loop(agent, feed, seconds=1.0):
-    """agent._loop in this thread while ``feed`` runs in another; stops after ``seconds``."""
+def settle(cond):
+    """Until cond() holds, or 30 s (generous: a loaded machine runs the
+    loop's thread late) have passed: the asserts after tell which."""
+    wait_until(cond, 30.0, step=0.01)
+
+
+def run_loop(agent, feed, until):
+    """agent._loop in this thread while ``feed`` runs in another; stops once
+    ``until()`` holds (what the loop was to do is done)."""
     wake_r, wake_w = socket.socketpair()
     wake_r.setblocking(False)
 
     def drive():
         feed()
-        time.sleep(seconds)
+        settle(until)
         agent.stopping = True
         wake_w.send(b"x")
 
@@ -111,6 +119,12 @@ def newest(name):
     return [s for s in Source.instances if s.name == name][-1]
 
 
+def restarted(name, times=1):
+    """The plugin's instance number times + 1 exists and has started."""
+    started = [s for s in Source.instances if s.name == name and s.w is not None]
+    return len(started) > times
+
+
 def test_a_failing_readable_handler_restarts_that_plugin_alone(agent):
     agent.runners = [agent.runner(n, lambda n=n: Source(n)) for n in ("good", "flaky")]
     assert all(r.start() for r in agent.runners)
@@ -119,11 +133,11 @@ def test_a_failing_readable_handler_restarts_that_plugin_alone(agent):
     def feed():
         good.w.send(b"\x01")
         flaky.w.send(b"\x02\x03\xff")   # 2 and 3 held, then the failure
-        time.sleep(0.5)                  # restarted by now (backoff 0.05 s)
+        settle(lambda: restarted("flaky"))  # backoff 0.05 s
         newest("flaky").w.send(b"\x04")
         good.w.send(b"\x05")
 
-    run_loop(agent, feed, seconds=0.3)
+    run_loop(agent, feed, until=lambda: newest("flaky").held == [4] and good.held == [1, 5])
     # what flaky held before failing went out at once (salvage)
     assert agent.sink.sent == [("flaky", [2, 3])]
     agent.flush()
@@ -151,7 +165,7 @@ def test_repeated_failures_disable_the_plugin_and_the_others_go_on(agent):
     assert broken_r.failures_by_stage == {"collect": supervisor.MAX_FAILURES}
     assert good_r.running
     newest("good").w.send(b"\x09")
-    run_loop(agent, lambda: None, seconds=0.2)
+    run_loop(agent, lambda: None, until=lambda: newest("good").held == [9])
     agent.flush()
     assert agent.sink.sent == [("good", [9])]
     assert 'plugin_disabled{plugin="broken"} 1' in render_metrics(agent.metrics())
@@ -201,10 +215,10 @@ def test_the_loop_ends_when_every_plugin_is_disabled(agent, monkeypatch):
 
     def feed():
         newest("only").w.send(b"\xff")
-        time.sleep(0.4)
+        settle(lambda: restarted("only"))
         newest("only").w.send(b"\xff")
 
-    run_loop(agent, feed, seconds=0.5)
+    run_loop(agent, feed, until=lambda: agent.exit_error is not None)
     assert isinstance(agent.exit_error, DkebpfError) and "every plugin failed" in str(agent.exit_error)
 
 
@@ -230,7 +244,8 @@ def test_a_failing_limit_check_is_counted_and_the_loop_goes_on(agent):
     agent.limits = BrokenLimits()
     agent.runners = [agent.runner("src", lambda: Source("src"))]
     assert agent.runners[0].start()
-    run_loop(agent, lambda: newest("src").w.send(b"\x01"), seconds=0.2)
+    run_loop(agent, lambda: newest("src").w.send(b"\x01"),
+             until=lambda: agent.errors["limit_check"] and newest("src").held == [1])
     assert agent.errors["limit_check"] == 1 and agent.exit_error is None
     agent.flush()
     assert agent.sink.sent == [("src", [1])]
