@@ -126,7 +126,9 @@ ctypedef struct Stats:
 
 cdef uint8_t TAG_CLASS[256]
 cdef uint8_t MEAS_CLASS[256]
+cdef uint8_t STR_CLASS[256]     # 1: escaped in a string field value
 cdef char DIGITS2[200]
+cdef uint64_t POW10[20]         # POW10[i] = 10**i
 
 
 cdef void _init_tables() noexcept:
@@ -141,6 +143,14 @@ cdef void _init_tables() noexcept:
     memcpy(MEAS_CLASS, TAG_CLASS, 256)
     # the 1.x parser unescapes only "\," and "\ " in a measurement
     MEAS_CLASS[ord('=')] = C_PLAIN
+    memset(STR_CLASS, 0, 256)
+    STR_CLASS[ord('"')] = 1
+    STR_CLASS[ord('\\')] = 1
+    STR_CLASS[ord('\n')] = 1
+    STR_CLASS[ord('\r')] = 1
+    POW10[0] = 1
+    for i in range(1, 20):
+        POW10[i] = POW10[i - 1] * 10
     for i in range(100):
         DIGITS2[2 * i] = <char>(48 + i // 10)
         DIGITS2[2 * i + 1] = <char>(48 + i % 10)
@@ -203,14 +213,15 @@ cdef size_t _esc_string(const uint8_t* s, size_t n, char* out) noexcept nogil:
     """Escape a string field value; ``out`` has room for 2*n."""
     cdef size_t i, k = 0
     cdef uint8_t c
+    # copied while scanned: most values are a few bytes, and a scan then
+    # a memcpy call cost more than the bytes (a span line has ~15 of them)
     for i in range(n):
         c = s[i]
-        if c == b'"' or c == b'\\' or c == b'\n' or c == b'\r':
+        if STR_CLASS[c]:
             break
+        out[i] = <char>c
     else:
-        memcpy(out, s, n)
         return n
-    memcpy(out, s, i)
     k = i
     for i in range(i, n):
         c = s[i]
@@ -250,23 +261,25 @@ cdef bytes _escape_py(str s, const uint8_t* cls):
 # ------------------------------------------------------------- numbers
 
 cdef inline size_t _fmt_u64(uint64_t v, char* out) noexcept nogil:
-    cdef char tmp[24]
-    cdef int i = 24
+    # the digits counted first, then written from the last one back in
+    # place (not into a scratch buffer and copied by a memcpy call)
+    cdef size_t n = 1
     cdef uint64_t q
-    cdef size_t n
+    cdef char* p
+    while n < 20 and v >= POW10[n]:
+        n += 1
+    p = out + n
     while v >= 100:
         q = v // 100
-        i -= 2
-        memcpy(tmp + i, DIGITS2 + 2 * (v - q * 100), 2)
+        p -= 2
+        memcpy(p, DIGITS2 + 2 * (v - q * 100), 2)
         v = q
     if v >= 10:
-        i -= 2
-        memcpy(tmp + i, DIGITS2 + 2 * v, 2)
+        p -= 2
+        memcpy(p, DIGITS2 + 2 * v, 2)
     else:
-        i -= 1
-        tmp[i] = <char>(48 + v)
-    n = 24 - i
-    memcpy(out, tmp + i, n)
+        p -= 1
+        p[0] = <char>(48 + v)
     return n
 
 

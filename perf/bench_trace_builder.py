@@ -4,13 +4,21 @@ ends traced: per request 4 message starts, 2 spans): SpanBuilder.step
 protocol of the spans, in CPU seconds of this process. Steps of 1750
 messages (what the 4 MiB reader gave), of 7000 (the 16 MiB one) and of
 13,600 (the span builder's whole 16 MiB stage, less what it carries), in
-the same process, BENCH_ROUNDS rounds of 40 steps each; medians. Run it
-with another tree's venv python for that tree's builder, at the same load.
+the same process, BENCH_ROUNDS rounds of 40 steps each; medians.
+
+BENCH_TRACE_BASELINE=<tree>: each round also runs in that tree's installed
+builder (<tree>/.venv's python running this script's round, e.g.
+/work/main), right after this one's: `new/old` lines give the median over
+rounds of this tree's CPU per message over the baseline's, per stage and
+in all (the machine's load is then the same for both).
 
     python3 perf/bench_trace_builder.py   (BENCH_ROUNDS=5)
 """
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -75,12 +83,42 @@ def run(step):
     return cpu, STEPS * step
 
 
+SIZES = (1750, 7000, 13600)
+
+
+def one_round():
+    """{step: (messages per CPU second, {stage: CPU seconds})} of one round."""
+    out = {}
+    for step in SIZES:
+        cpu, n = run(step)
+        out[step] = (n / sum(cpu.values()), cpu)
+    return out
+
+
 def main():
-    res = {1750: [], 7000: [], 13600: []}
-    for _ in range(ROUNDS):
-        for step in res:
-            cpu, n = run(step)
-            res[step].append((n / sum(cpu.values()), cpu))
+    if sys.argv[1:] == ["--round"]:  # one round, for another tree's run (BENCH_TRACE_BASELINE)
+        print(json.dumps(one_round()))
+        return
+    baseline = os.environ.get("BENCH_TRACE_BASELINE")
+    if baseline:
+        python = os.path.join(os.path.abspath(baseline), ".venv", "bin", "python")
+        if not os.access(python, os.X_OK):
+            raise SystemExit(f"BENCH_TRACE_BASELINE: {python} is missing (make install in that tree)")
+    res = {step: [] for step in SIZES}
+    base = {step: [] for step in SIZES}
+    for r in range(ROUNDS):
+        if not baseline:
+            for step, row in one_round().items():
+                res[step].append(row)
+            continue
+        # both trees alike: a process of its own per round (this script,
+        # its directory first on the path, the venv's dkebpf), in turns
+        runs = [(sys.executable, res), (python, base)]
+        for exe, into in (runs if r % 2 == 0 else runs[::-1]):
+            out = subprocess.run([exe, os.path.abspath(__file__), "--round"], capture_output=True, text=True,
+                                 check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout
+            for step, row in json.loads(out).items():
+                into[int(step)].append(tuple(row))
     print(f"{ROUNDS} rounds of {STEPS} steps; load average {os.getloadavg()[0]:.2f}")
     for step, rows in res.items():
         rate = statistics.median(r for r, _ in rows)
@@ -92,6 +130,16 @@ def main():
     for step in (7000, 13600):
         print(f"step_{step}_vs_1750_ratio: "
               f"{statistics.median(a / b for (a, _), (b, _) in zip(res[step], res[1750])):.2f}")
+    if baseline:
+        print(f"baseline: {baseline}")
+        for step in SIZES:
+            rate = statistics.median(r for r, _ in base[step])
+            print(f"baseline_step_{step}_messages_per_cpu_s: {rate:.0f} {[round(r) for r, _ in base[step]]}")
+            # CPU per message, this tree over the baseline, per stage and in all (same rounds)
+            ratios = {k: round(statistics.median(a[1][k] / b[1][k] for a, b in zip(res[step], base[step])), 3)
+                      for k in ("step", "table", "encode")}
+            total = statistics.median(b[0] / a[0] for a, b in zip(res[step], base[step]))
+            print(f"step_{step}_cpu_new/old: {total:.3f} {ratios}")
 
 
 if __name__ == "__main__":
