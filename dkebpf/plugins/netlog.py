@@ -33,8 +33,8 @@ READER_RT_PRIORITY): the agent's thread holding the GIL while it builds
 and encodes the logs no longer leaves the ring full. A reader thread of
 the plugin, at the same priority, decodes the spilled blocks and folds
 them into the connection tables in one call without the GIL
-(ConnTable.fold_ring; PacketRing.read and ConnTable.add apart when a
-netlog_blacklist is evaluated in user space), going on with what the
+(ConnTable.fold_ring; a netlog_blacklist evaluated in user space applied
+in it, the GIL taken only to judge new connections), going on with what the
 spill gets for up to FOLD_LINGER_MS, when a spill notifies it, under a
 lock the agent's thread also takes, raised to the reader's priority
 while it waits for it and holds it, to collect, open and close. The
@@ -295,8 +295,8 @@ class NicCapture:
     series: keep each chunk's packets for its message (bpf_net_l4_log on);
     chunk_age_ns: an open chunk goes out once that old."""
 
-    # a spilling ring without a netlog_blacklist evaluated here is read and folded in one call
-    # without the GIL (ConnTable.fold_ring); False: read() and add() apart, as before
+    # a spilling ring is read and folded in one call without the GIL (ConnTable.fold_ring, a
+    # netlog_blacklist's verdicts applied in it); False: read() and add() apart, as before
     # (perf/bench_netlog_e2e.py's comparison, BENCH_FOLD=0)
     fold = True
 
@@ -347,20 +347,20 @@ class NicCapture:
         overload, would keep the caller, and its lock, forever); linger_ms:
         see ConnTable.fold_ring (a spilling ring), else PacketRing.read
         (the first read only). Returns True when ready blocks may be left."""
-        if self.fold and self.ring.spilling and self.conn_filter is None and type(self.conns) is _netlog.ConnTable:
+        if self.fold and self.ring.spilling and type(self.conns) is _netlog.ConnTable:
             # read and fold in one call without the GIL: the reader thread takes it back once per
             # turn, not twice per batch (each time behind the agent's thread, which the machine's
-            # other work keeps off the CPU while it holds the GIL: the spill then overflowed)
-            return self.conns.fold_ring(self.ring, self.ring.block_nr, self.follow_http, linger_ms)[1]
+            # other work keeps off the CPU while it holds the GIL: the spill then overflowed); a
+            # netlog_blacklist's verdicts applied in it, the GIL taken only to judge new connections
+            return self.conns.fold_ring(self.ring, self.ring.block_nr, self.follow_http, linger_ms,
+                                        self.conn_filter)[1]
         budget_end = self.ring.blocks + self.ring.block_nr
         while True:
             # views of the ring's own buffers: folded into the table before the next read
             pkts, payload, more = self.ring.read(copy=False, linger_ms=linger_ms)
             linger_ms = 0
-            if len(pkts) and self.conn_filter is not None:
-                pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
-                self.conns.add(pkts, payload if self.follow_http else None)
+                self.conns.add(pkts, payload if self.follow_http else None, self.conn_filter)
             if not more:
                 return False
             if self.ring.blocks >= budget_end:
