@@ -310,6 +310,7 @@ class NicCapture:
         self.conns = _netlog.ConnTable(chunk_age_ns=chunk_age_ns, series=series)
         self.conn_filter = conn_filter
         self.listening = set()   # TCP ports listening in the namespace, refreshed at each rescan
+        self._blocks_collected = 0   # ring.blocks at the last collect()
 
     @classmethod
     def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None, series=True,
@@ -370,6 +371,9 @@ class NicCapture:
         """(self, ConnTable.collect's Collected), the direction of
         connections seen mid-stream settled (settle_direction)."""
         got = self.conns.collect(now_ns, flush_all)
+        if self.ring.blocks == self._blocks_collected:
+            self.ring.release_buffers()   # no block for an interval: an idle socket needs no decode buffers
+        self._blocks_collected = self.ring.blocks
         settle_direction(got.chunks, self.listening, ephemeral_port)
         settle_direction(got.flows, self.listening, ephemeral_port)
         return self, got
