@@ -1080,7 +1080,8 @@ cdef class ConnTable:
         """The _Filtered applying conn_filter to this table, made once
         (its scratch arrays reused), at the filter's current generation."""
         if self._filtered is None or self._filtered.owner is not conn_filter:
-            self._filtered = _Filtered(self, conn_filter)
+            self._filtered = _Filtered(conn_filter)
+        self._filtered.table = <void *>self   # borrowed for the call: no reference cycle
         self._filtered.generation = conn_filter.generation
         self._filtered.http = http
         return self._filtered
@@ -1274,7 +1275,7 @@ cdef class _Filtered:
     them (their pod names are Python's); the fold then goes on. An error
     there stops the folding (the rest of the call's packets are not
     folded) and is raised once the call is back (raise_error)."""
-    cdef ConnTable table
+    cdef void *table                  # the ConnTable calling (set by ConnTable._filter for each call)
     cdef VerdictCache cache
     cdef readonly object owner        # the ConnFilter
     cdef object settle                # owner.settle(entries, generation)
@@ -1288,8 +1289,7 @@ cdef class _Filtered:
     cdef object error
     cdef bint failed
 
-    def __cinit__(self, ConnTable table, conn_filter):
-        self.table = table
+    def __cinit__(self, conn_filter):
         self.owner = conn_filter
         self.cache = conn_filter.cache
         self.settle = conn_filter.settle
@@ -1312,7 +1312,7 @@ cdef class _Filtered:
                 if self.failed:
                     return
             self.cache.mark(self.slots, m, self.keep)
-            self.table._add(p + i, m, pay, pay_len, self.keep)
+            (<ConnTable>self.table)._add(p + i, m, pay, pay_len, self.keep)
             i += m
 
     cdef void _settle(self, Py_ssize_t ntodo) noexcept:

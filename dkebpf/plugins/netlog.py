@@ -105,7 +105,8 @@ BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
 # the spill (PacketRing.start_spill: anonymous memory, touched only as far as a
-# backlog reaches, a burst's slots released once drained): 64 MiB
+# backlog reaches, a burst's slots released once drained, all of it after 5 s
+# without a block): 64 MiB
 # per socket, the packets of the reader's worst stall: measured at load 8-10
 # on the shared 2-core VM, the reader waited up to 0.9 s for the GIL (held
 # by the agent's thread while the scheduler kept it off the CPU), ~60 MB of
