@@ -36,6 +36,7 @@ from libc.errno cimport errno
 from libc.stdlib cimport malloc, calloc, realloc, free
 from libc.string cimport memcpy, memset, memcmp
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer
 
 from collections import namedtuple
 
@@ -47,6 +48,7 @@ from dk_packet cimport dk_pkt, DK_NO_WSCALE
 from dk_common cimport offset_of, conn_key_hash as key_hash
 from dkebpf._http cimport http_msg, parse_first_line, K_REQUEST, K_RESPONSE
 from dkebpf._packets cimport ring_fold
+from dkebpf._netlog_filter cimport VerdictCache
 from dkebpf._packets import PKT_DTYPE
 from dkebpf._records import _dtype
 from dkebpf.errors import kernel_error
@@ -492,6 +494,7 @@ cdef class ConnTable:
     cdef uint64_t series_rows, series_budget
     cdef readonly uint64_t packets, table_full, not_tcp_udp, new_conns, l7_lost
     cdef readonly uint64_t series_unwritten, messages_lost, flows_lost
+    cdef _Filtered _filtered   # the netlog_blacklist's verdicts in add() and fold_ring() (_filter())
 
     def __cinit__(self, uint32_t max_conns=65536, uint64_t idle_ns=120_000_000_000, uint64_t seed=0,
                   uint64_t chunk_age_ns=CHUNK_AGE_NS, bint series=True, uint64_t series_budget=SERIES_BUDGET):
@@ -1034,37 +1037,66 @@ cdef class ConnTable:
             c.c.rtt_samples += 1
         return retrans
 
-    def add(self, pkts, payload=None):
+    def add(self, pkts, payload=None, conn_filter=None):
         """Fold PKT_DTYPE rows (in capture order) into the table; with their
         payload bytes (as PacketRing.read returns them), HTTP/1.x exchanges
-        are followed too."""
+        are followed too. conn_filter: a dkebpf.netlog.conn_filter.ConnFilter
+        whose verdicts drop packets first (see _Filtered)."""
         pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
         cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
         cdef Py_ssize_t n = len(pkts)
         cdef const uint8_t *pay = NULL
         cdef Py_ssize_t pay_len = 0
+        cdef _Filtered f
         if payload is not None:
             payload = np.ascontiguousarray(payload, dtype=np.uint8)
             pay = <const uint8_t *>cnp.PyArray_DATA(payload)
             pay_len = len(payload)
+        if conn_filter is None:
+            with nogil:
+                self._add(p, n, pay, pay_len, NULL)
+            return
+        f = self._filter(conn_filter, True)
         with nogil:
-            self._add(p, n, pay, pay_len)
+            f.fold(p, n, pay, pay_len)
+        f.raise_error()
 
-    def fold_ring(self, ring, uint32_t max_blocks, bint http=True, uint32_t linger_ms=0):
+    def fold_ring(self, ring, uint32_t max_blocks, bint http=True, uint32_t linger_ms=0, conn_filter=None):
         """What a spilling PacketRing holds (at most max_blocks blocks)
         decoded and folded into the table in one call without the GIL
         (dkebpf._packets.ring_fold): add() of each read() batch, its
-        payload only with http; the spill emptied, what it gets within
-        linger_ms too. Returns (blocks taken, more left)."""
-        return ring_fold(ring, _fold_http if http else _fold_headers, <void *>self, max_blocks, linger_ms)
+        payload only with http, conn_filter's verdicts applied as add()
+        does; the spill emptied, what it gets within linger_ms too. Returns
+        (blocks taken, more left)."""
+        cdef _Filtered f
+        if conn_filter is None:
+            return ring_fold(ring, _fold_http if http else _fold_headers, <void *>self, max_blocks, linger_ms)
+        f = self._filter(conn_filter, http)
+        got = ring_fold(ring, _fold_filtered, <void *>f, max_blocks, linger_ms)
+        f.raise_error()
+        return got
 
-    cdef void _add(self, const dk_pkt *p, Py_ssize_t n, const uint8_t *pay, Py_ssize_t pay_len) noexcept nogil:
-        """add() without the GIL (pay NULL: no HTTP)."""
+    cdef _Filtered _filter(self, conn_filter, bint http):
+        """The _Filtered applying conn_filter to this table, made once
+        (its scratch arrays reused), at the filter's current generation."""
+        if self._filtered is None or self._filtered.owner is not conn_filter:
+            self._filtered = _Filtered(conn_filter)
+        self._filtered.table = <void *>self   # borrowed for the call: no reference cycle
+        self._filtered.generation = conn_filter.generation
+        self._filtered.http = http
+        return self._filtered
+
+    cdef void _add(self, const dk_pkt *p, Py_ssize_t n, const uint8_t *pay, Py_ssize_t pay_len,
+                   const uint8_t *keep) noexcept nogil:
+        """add() without the GIL (pay NULL: no HTTP); keep: per packet, 0
+        when a filter dropped it (NULL: all kept)."""
         cdef Py_ssize_t i
         cdef conn_t *c
         cdef bint tx, retrans
         cdef uint32_t limit
         for i in range(n):
+            if keep != NULL and not keep[i]:
+                continue
             self.packets += 1
             if p[i].proto != 6 and p[i].proto != 17:
                 self.not_tcp_udp += 1
@@ -1128,7 +1160,6 @@ cdef class ConnTable:
         cdef uint32_t i, kept = 0, s
         cdef conn_t *c
         cdef bint gone
-        cdef char *dst
         with nogil:
             for i in range(self.n):
                 c = &self.conns[i]
@@ -1172,10 +1203,16 @@ cdef class ConnTable:
             offsets = np.empty(len(out) + 1, np.int32)
             offsets[:len(out)] = out["msg_off"]
             offsets[len(out)] = self.msg_len
-            data = np.empty(self.msg_len, np.uint8)
-            dst = <char *>cnp.PyArray_DATA(data)
-            with nogil:   # up to ~100 MB an interval at 600k packets/s: the reader thread needs the GIL meanwhile
-                memcpy(dst, self.msg, self.msg_len)
+            if self.msg_len:
+                # the buffer itself, no copy (up to ~100 MB an interval at 600k packets/s), freed once the
+                # points are sent: a table kept the largest interval's buffer resident for good (an idle
+                # collector's RSS after a bulk load); the next chunk starts a new one, grown by realloc
+                # (mremap past the agent's mmap threshold: no copy either)
+                data = _owned_array(self.msg, self.msg_len)
+                self.msg = NULL
+                self.msg_cap = 0
+            else:
+                data = np.empty(0, np.uint8)
             self.msg_len = 0
             messages = pa.StringArray.from_buffers(len(out), pa.py_buffer(offsets), pa.py_buffer(data))
         return Collected(out, xs, flows, messages)
@@ -1194,14 +1231,104 @@ cdef class ConnTable:
                 "flows_lost": self.flows_lost}
 
 
+cdef void _free_capsule(object capsule) noexcept:
+    free(PyCapsule_GetPointer(capsule, NULL))
+
+
+cdef object _owned_array(char *p, uint64_t n):
+    """The n malloc'ed bytes at p as a numpy uint8 array (no copy) that
+    frees them with its last reference."""
+    cdef cnp.npy_intp dims = <cnp.npy_intp>n
+    arr = cnp.PyArray_SimpleNewFromData(1, &dims, cnp.NPY_UINT8, p)
+    cnp.set_array_base(arr, PyCapsule_New(p, NULL, _free_capsule))
+    return arr
+
+
 cdef void _fold_http(void *table, const dk_pkt *pkts, Py_ssize_t n, const uint8_t *payload,
                      Py_ssize_t payload_len) noexcept nogil:
-    (<ConnTable>table)._add(pkts, n, payload, payload_len)
+    (<ConnTable>table)._add(pkts, n, payload, payload_len, NULL)
 
 
 cdef void _fold_headers(void *table, const dk_pkt *pkts, Py_ssize_t n, const uint8_t *payload,
                         Py_ssize_t payload_len) noexcept nogil:
-    (<ConnTable>table)._add(pkts, n, NULL, 0)
+    (<ConnTable>table)._add(pkts, n, NULL, 0, NULL)
+
+
+cdef void _fold_filtered(void *filtered, const dk_pkt *pkts, Py_ssize_t n, const uint8_t *payload,
+                         Py_ssize_t payload_len) noexcept nogil:
+    (<_Filtered>filtered).fold(pkts, n, payload if (<_Filtered>filtered).http else NULL, payload_len)
+
+
+cdef enum:
+    # packets judged and folded per step (the scratch arrays' rows): 72 KiB of them per
+    # filtered interface, whatever the batch
+    FILTER_STEP = 8192
+
+
+cdef class _Filtered:
+    """A netlog_blacklist evaluated in user space (ConnFilter, dkebpf/
+    netlog/conn_filter.py) applied to a ConnTable's input without the GIL:
+    each step of packets is looked up in the filter's VerdictCache (one
+    hash lookup per packet of a judged connection) and folded but for the
+    dropped ones. Only when connections are new, or judged before the pods
+    last changed, is the GIL taken, once per step, for the filter to judge
+    them (their pod names are Python's); the fold then goes on. An error
+    there stops the folding (the rest of the call's packets are not
+    folded) and is raised once the call is back (raise_error)."""
+    cdef void *table                  # the ConnTable calling (set by ConnTable._filter for each call)
+    cdef VerdictCache cache
+    cdef readonly object owner        # the ConnFilter
+    cdef object settle                # owner.settle(entries, generation)
+    cdef uint32_t generation          # the pods' generation the call judges at
+    cdef bint http                    # fold_ring: payload to the table
+    cdef object _slots, _todo, _keep  # scratch, FILTER_STEP rows (held: the pointers below stay valid)
+    cdef int32_t *slots
+    cdef int32_t *todo
+    cdef uint8_t *keep
+    cdef Py_ssize_t step
+    cdef object error
+    cdef bint failed
+
+    def __cinit__(self, conn_filter):
+        self.owner = conn_filter
+        self.cache = conn_filter.cache
+        self.settle = conn_filter.settle
+        self.step = min(<Py_ssize_t>self.cache.max_cap, FILTER_STEP)
+        self._slots = np.empty(self.step, np.int32)
+        self._todo = np.empty(self.step, np.int32)
+        self._keep = np.empty(self.step, np.uint8)
+        self.slots = <int32_t *>cnp.PyArray_DATA(self._slots)
+        self.todo = <int32_t *>cnp.PyArray_DATA(self._todo)
+        self.keep = <uint8_t *>cnp.PyArray_DATA(self._keep)
+
+    cdef void fold(self, const dk_pkt *p, Py_ssize_t n, const uint8_t *pay, Py_ssize_t pay_len) noexcept nogil:
+        cdef Py_ssize_t i = 0, m, ntodo
+        while i < n and not self.failed:
+            m = n - i if n - i < self.step else self.step
+            ntodo = self.cache.judge(p + i, m, self.generation, self.slots, self.todo)
+            if ntodo:
+                with gil:
+                    self._settle(ntodo)
+                if self.failed:
+                    return
+            self.cache.mark(self.slots, m, self.keep)
+            (<ConnTable>self.table)._add(p + i, m, pay, pay_len, self.keep)
+            i += m
+
+    cdef void _settle(self, Py_ssize_t ntodo) noexcept:
+        try:
+            if ntodo < 0:
+                raise MemoryError("netlog_blacklist: the verdict cache cannot grow")
+            self.settle(self._todo[:ntodo].copy(), self.generation)
+        except BaseException as exc:
+            self.error = exc
+            self.failed = True
+
+    def raise_error(self):
+        """What stopped the last call, raised (once)."""
+        exc, self.error, self.failed = self.error, None, False
+        if exc is not None:
+            raise exc
 
 
 cdef extern from "<sched.h>" nogil:

@@ -24,25 +24,15 @@ cimport numpy as cnp
 from sysio cimport AF_INET, AF_INET6, INET6_ADDRSTRLEN, inet_ntop
 from dk_common cimport conn_key_hash, offset_of
 from dk_packet cimport dk_pkt
-from dkebpf._packets import PACKET_OUTGOING_TYPE, PKT_DTYPE
+from dkebpf._packets import PKT_DTYPE
 from dkebpf._records import _dtype
 from dkebpf.netlog.filter import Call, Field, Lit, Not, network_contains, parse_network
 
 cnp.import_array()
 
-cdef struct nf_conn:
-    uint8_t laddr[16]      # local address (first 4 bytes for IPv4)
-    uint8_t raddr[16]      # remote address
-    uint32_t vni           # 0 when not VXLAN
-    uint32_t nic           # StringTable ids
-    uint32_t src_pod
-    uint32_t dst_pod
-    uint32_t src_ns
-    uint32_t dst_ns
-    uint16_t lport
-    uint16_t rport
-    uint8_t family         # 4 or 6
-    uint8_t proto          # 6 (TCP) or 17 (UDP)
+cdef extern from "<linux/if_packet.h>":
+    enum:
+        PACKET_OUTGOING
 
 cdef nf_conn _c
 CONN_DTYPE = _dtype("nf_conn", [
@@ -445,13 +435,6 @@ cdef enum:
     GEN_MASK = 0x7FFFFFFF    # generations given are taken modulo 2**31 (never GEN_QUEUED)
 
 
-cdef struct cache_entry:
-    nf_conn conn             # the key (addresses, ports, proto, family, vni) and the names it was judged with
-    uint64_t last_ns         # capture time of its last packet
-    uint32_t gen             # the Kubernetes generation of the verdict (GEN_QUEUED: being evaluated)
-    int32_t verdict          # first true statement, -1 keep (also before the first evaluation)
-
-
 cdef inline uint64_t conn_hash(const nf_conn *c) noexcept nogil:
     return conn_key_hash(c.laddr, c.raddr, c.lport, c.rport, c.proto, c.vni)
 
@@ -477,10 +460,7 @@ cdef class VerdictCache:
     connections are judged again) but for the dropped connections, which
     keep their verdict so that none counts twice in dropped_connections
     (all go only when they alone leave no room for the batch)."""
-    cdef cache_entry *entries
-    cdef int32_t *slots
-    cdef uint32_t n, cap, max_cap, nslots
-    cdef readonly uint64_t evaluations, resets, dropped_packets, dropped_connections
+    # attributes: dkebpf/_netlog_filter.pxd
 
     def __cinit__(self, uint32_t capacity=65536, uint32_t initial=256):
         if capacity == 0:
@@ -489,24 +469,26 @@ cdef class VerdictCache:
         self.entries = NULL
         self.slots = NULL
         self.n = 0
-        self._grow(min(initial, capacity))
+        if not self._grow(min(initial, capacity)):
+            raise MemoryError()
 
-    cdef int _grow(self, uint32_t cap) except -1:
-        """Tables for cap entries (2 slots or more each), entries kept."""
+    cdef bint _grow(self, uint32_t cap) noexcept nogil:
+        """Tables for cap entries (2 slots or more each), entries kept;
+        False when out of memory (the tables as they were)."""
         cdef uint32_t nslots = 1
         while nslots < 2 * cap:
             nslots <<= 1
         cdef void *e = realloc(self.entries, cap * sizeof(cache_entry))
         if e == NULL:
-            raise MemoryError()
+            return False
         self.entries = <cache_entry *>e
         cdef void *sl = realloc(self.slots, nslots * sizeof(int32_t))
         if sl == NULL:
-            raise MemoryError()
+            return False
         self.slots = <int32_t *>sl
         self.cap, self.nslots = cap, nslots
         self._reindex()
-        return 0
+        return True
 
     def __dealloc__(self):
         free(self.entries)
@@ -542,64 +524,73 @@ cdef class VerdictCache:
     def lookup(self, pkts, uint32_t generation):
         """(entry per packet, entries to evaluate), both int32 arrays."""
         pkts = np.ascontiguousarray(pkts, dtype=PKT_DTYPE)
-        cdef Py_ssize_t i, n = len(pkts)
+        cdef Py_ssize_t n = len(pkts), ntodo
         if n > self.max_cap:
             raise ValueError(f"a batch of {n} packets is more than the cache holds ({self.max_cap})")
+        slots_out = np.empty(n, np.int32)
+        todo_out = np.empty(n, np.int32)
+        cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
+        cdef int32_t *slot_of = <int32_t *>cnp.PyArray_DATA(slots_out)
+        cdef int32_t *todo = <int32_t *>cnp.PyArray_DATA(todo_out)
+        with nogil:
+            ntodo = self.judge(p, n, generation, slot_of, todo)
+        if ntodo < 0:
+            raise MemoryError()
+        return slots_out, todo_out[:ntodo].copy()
+
+    cdef Py_ssize_t judge(self, const dk_pkt *p, Py_ssize_t n, uint32_t generation, int32_t *slot_of,
+                          int32_t *todo) noexcept nogil:
+        cdef Py_ssize_t i, ntodo = 0
+        cdef nf_conn key
+        cdef cache_entry *e
+        cdef bint tx
+        cdef uint32_t s
+        if n > self.max_cap:
+            return -1
         if self.n + n > self.cap:
             if self.n + n <= self.max_cap:
-                self._grow(min(self.max_cap, max(2 * self.cap, <uint32_t>(self.n + n))))
+                if not self._grow(min(self.max_cap, max(2 * self.cap, <uint32_t>(self.n + n)))):
+                    return -1
             else:
                 self.resets += 1
                 self._forget_kept()
                 if self.n + n > self.max_cap:
                     self._clear()
-        cdef const dk_pkt *p = <const dk_pkt *>cnp.PyArray_DATA(pkts)
-        slots_out = np.empty(n, np.int32)
-        todo_out = np.empty(n, np.int32)
-        cdef int32_t[::1] slot_of = slots_out
-        cdef int32_t[::1] todo = todo_out
-        cdef Py_ssize_t ntodo = 0
-        cdef nf_conn key
-        cdef cache_entry *e
-        cdef bint tx
-        cdef uint32_t s
-        cdef uint8_t out_type = PACKET_OUTGOING_TYPE
         generation &= GEN_MASK
-        with nogil:
-            for i in range(n):
-                tx = p[i].pkttype == out_type
-                memset(&key, 0, sizeof(nf_conn))
-                memcpy(key.laddr, &p[i].saddr[0] if tx else &p[i].daddr[0], 16)
-                memcpy(key.raddr, &p[i].daddr[0] if tx else &p[i].saddr[0], 16)
-                key.lport = p[i].sport if tx else p[i].dport
-                key.rport = p[i].dport if tx else p[i].sport
-                key.vni = p[i].vni if p[i].vxlan else 0
-                key.family = p[i].family
-                key.proto = p[i].proto
-                s = conn_hash(&key) & (self.nslots - 1)
-                while self.slots[s] >= 0 and not same_conn(&self.entries[self.slots[s]].conn, &key):
-                    s = (s + 1) & (self.nslots - 1)
-                if self.slots[s] < 0:
-                    self.slots[s] = self.n
-                    e = &self.entries[self.n]
-                    self.n += 1
-                    memcpy(&e.conn, &key, sizeof(nf_conn))
-                    e.verdict = -1
-                    e.gen = GEN_QUEUED
-                    e.last_ns = 0
-                    todo[ntodo] = self.slots[s]
-                    ntodo += 1
-                else:
-                    e = &self.entries[self.slots[s]]
-                slot_of[i] = self.slots[s]
-                if e.last_ns < p[i].ts_ns:
-                    e.last_ns = p[i].ts_ns
-                if e.gen != generation and e.gen != GEN_QUEUED:
-                    # judged before the pods last changed: again (its verdict stays until settle())
-                    e.gen = GEN_QUEUED
-                    todo[ntodo] = self.slots[s]
-                    ntodo += 1
-        return slots_out, todo_out[:ntodo].copy()
+        for i in range(n):
+            tx = p[i].pkttype == PACKET_OUTGOING
+            memset(&key, 0, sizeof(nf_conn))
+            memcpy(key.laddr, &p[i].saddr[0] if tx else &p[i].daddr[0], 16)
+            memcpy(key.raddr, &p[i].daddr[0] if tx else &p[i].saddr[0], 16)
+            key.lport = p[i].sport if tx else p[i].dport
+            key.rport = p[i].dport if tx else p[i].sport
+            key.vni = p[i].vni if p[i].vxlan else 0
+            key.family = p[i].family
+            key.proto = p[i].proto
+            s = conn_hash(&key) & (self.nslots - 1)
+            while self.slots[s] >= 0 and not same_conn(&self.entries[self.slots[s]].conn, &key):
+                s = (s + 1) & (self.nslots - 1)
+            if self.slots[s] < 0:
+                self.slots[s] = self.n
+                e = &self.entries[self.n]
+                self.n += 1
+                memcpy(&e.conn, &key, sizeof(nf_conn))
+                e.verdict = -1
+                e.gen = GEN_QUEUED
+                e.last_ns = 0
+                todo[ntodo] = self.slots[s]
+                ntodo += 1
+            else:
+                e = &self.entries[self.slots[s]]
+            slot_of[i] = self.slots[s]
+            if e.last_ns < p[i].ts_ns:
+                e.last_ns = p[i].ts_ns
+            if e.gen != generation and e.gen != GEN_QUEUED:
+                # judged before the pods last changed: again (its verdict stays until settle())
+                e.gen = GEN_QUEUED
+                todo[ntodo] = self.slots[s]
+                ntodo += 1
+        return ntodo
 
     def connections(self, entries):
         """CONN_DTYPE rows of these entries, to fill names in and evaluate."""
@@ -639,22 +630,28 @@ cdef class VerdictCache:
     def keep(self, slots):
         """Per packet (its entry from lookup()), True unless its connection
         is dropped; counts the dropped packets."""
-        cdef int32_t[::1] s = np.ascontiguousarray(slots, np.int32)
+        slots = np.ascontiguousarray(slots, np.int32)
+        cdef int32_t[::1] s = slots
         out = np.empty(len(s), np.bool_)
-        cdef cnp.npy_bool[::1] k = out
         cdef Py_ssize_t i
-        cdef uint64_t dropped = 0
-        cdef int32_t verdict
         for i in range(len(s)):
             if not 0 <= s[i] < self.n:
                 raise IndexError(s[i])
+        cdef const int32_t *sp = <const int32_t *>cnp.PyArray_DATA(slots)
+        cdef uint8_t *k = <uint8_t *>cnp.PyArray_DATA(out)
         with nogil:
-            for i in range(len(s)):
-                verdict = self.entries[s[i]].verdict
-                k[i] = verdict < 0
-                dropped += verdict >= 0
-        self.dropped_packets += dropped
+            self.mark(sp, len(s), k)
         return out
+
+    cdef void mark(self, const int32_t *slots, Py_ssize_t n, uint8_t *keep) noexcept nogil:
+        cdef Py_ssize_t i
+        cdef uint64_t dropped = 0
+        cdef int32_t verdict
+        for i in range(n):
+            verdict = self.entries[slots[i]].verdict
+            keep[i] = verdict < 0
+            dropped += verdict >= 0
+        self.dropped_packets += dropped
 
     def expire(self, uint64_t now_ns, uint64_t idle_ns):
         """Forget the connections without a packet for idle_ns."""

@@ -419,12 +419,14 @@ cdef uint64_t _take_slot(Spill *s) noexcept nogil:
     return slot
 
 
-cdef void _release_cold(Spill *s) noexcept nogil:
-    """The spill empty: hand the pages of the slots a burst touched beyond
-    the hot region back to the kernel (they read as zeros when touched
-    again), so that a burst does not leave its memory resident for ever."""
+cdef void _release(Spill *s, uint64_t first) noexcept nogil:
+    """The spill empty: hand the pages of the touched slots from first on
+    back to the kernel (they read as zeros when touched again): from the
+    hot region's end once a burst is drained, so that a burst does not
+    leave its memory resident for ever; from 0 once no block came for
+    IDLE_RELEASE_MS, so that an idle socket holds none."""
     cdef uint64_t slot, w, n = 0
-    for slot in range(s.hot, s.nslots):
+    for slot in range(first, s.nslots):
         w = slot >> 6
         if s.touched_bits[w] & (1ULL << (slot & 63)):
             madvise(s.slots + slot * s.block_size, s.block_size, MADV_DONTNEED)
@@ -436,9 +438,13 @@ cdef void _release_cold(Spill *s) noexcept nogil:
 
 
 # how often an idle spiller looks whether the reader emptied the spill
-# (its slots beyond the hot region then released)
+# (its slots beyond the hot region then released); after how long without
+# a block it releases the hot region too (steady traffic, a block at least
+# every retire timeout, keeps it: the hot slots are reused, not faulted in
+# again)
 cdef enum:
     RELEASE_POLL_MS = 100
+    IDLE_RELEASE_MS = 5000
 
 
 cdef void *_spill_main(void *arg) noexcept nogil:
@@ -454,7 +460,7 @@ cdef void *_spill_main(void *arg) noexcept nogil:
     cdef uint64_t head, tail, slot, used, waiting = 0
     cdef uint32_t n
     cdef bint light
-    cdef int err, rc
+    cdef int err, rc, timeout
     cdef socklen_t ln
     pthread_setname_np(pthread_self(), "packet-spill")   # as top and /proc show it
     pfd[0].fd = s.fd
@@ -493,12 +499,20 @@ cdef void *_spill_main(void *arg) noexcept nogil:
             tail = __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE)
             _reclaim(s, tail)
             if tail == s.head:
-                _release_cold(s)
-        # slots to release once the reader catches up: look again after RELEASE_POLL_MS
-        rc = poll(pfd, 2, <int>s.poll_ms if waiting else (RELEASE_POLL_MS if s.touched_cold else -1))
+                _release(s, s.hot)
+        # slots to release once the reader catches up: look again after RELEASE_POLL_MS; the hot
+        # ones after IDLE_RELEASE_MS without a block
+        timeout = <int>s.poll_ms if waiting else (RELEASE_POLL_MS if s.touched_cold else
+                                                  (IDLE_RELEASE_MS if s.touched else -1))
+        rc = poll(pfd, 2, timeout)
         if rc == 0 and waiting:
             _notify(s)
             waiting = 0
+        elif rc == 0 and timeout == IDLE_RELEASE_MS:
+            tail = __atomic_load_n(&s.tail, __ATOMIC_ACQUIRE)
+            _reclaim(s, tail)
+            if tail == s.head:
+                _release(s, 0)
         elif rc > 0 and pfd[0].revents & POLLERR:
             # left set, the error keeps the socket readable: read (cleared) here, handed to take_error()
             err = 0
@@ -618,7 +632,8 @@ cdef class PacketRing:
         of spill_blocks blocks (0: twice the ring; anonymous memory, each
         block in the lowest free slot, so only as much is touched as a
         backlog reached, and what a burst touched beyond twice the ring
-        or 16 MiB released once the spill is empty: spill_touched_bytes,
+        or 16 MiB released once the spill is empty, the rest once no block
+        came for IDLE_RELEASE_MS: spill_touched_bytes,
         spill_released_bytes) and handed back at once; read() then decodes from the spill,
         and fileno() is readable once notify_blocks (0: an eighth of the
         ring) are waiting, at a block the timeout retired or after poll_ms
@@ -771,6 +786,15 @@ cdef class PacketRing:
         # a block holds at most block_size / 48 frames (tpacket3_hdr +
         # sockaddr_ll, aligned, is more than that)
         return (self.block_size // 48 + 1) * max_blocks
+
+    def release_buffers(self):
+        """Free the decode buffers read() and ring_fold keep between calls
+        (~12 MiB for 8 blocks of 512 KiB, resident as far as a batch
+        filled them): a socket without traffic needs none; the next call
+        allocates them again. Not while a read's copy=False views are
+        still used."""
+        self._pkts = self._payload = None
+        self._max_blocks = 0
 
     cdef _buffers(self, uint32_t max_blocks):
         """The decode buffers (read()'s output) with room for max_blocks."""

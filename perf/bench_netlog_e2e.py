@@ -24,7 +24,7 @@ messages): the cost of the logs, in the same run.
     python3 perf/bench_netlog_e2e.py     (BENCH_SECONDS=5, BENCH_ROUNDS=3, BENCH_SENDERS=2, BENCH_STREAMS=4,
                                           BENCH_LOADS=bulk,http,udp, BENCH_PPS=, BENCH_AGENT_NICE=0,
                                           BENCH_READER_PRIO=, BENCH_BOTH_ENDS=0, BENCH_SPILL=1,
-                                          BENCH_FOLD=1, BENCH_AGENT_ROUNDS=1)
+                                          BENCH_FOLD=1, BENCH_AGENT_ROUNDS=1, BENCH_BLACKLIST=)
 
 BENCH_PPS (e.g. 200000,300000): the bulk load again at each of these
 rates (data segments/s into the namespace, every stream paced by the
@@ -40,6 +40,11 @@ calls read() and add() apart, taking the GIL back after each) and on (one
 call, ConnTable.fold_ring, reads and folds without the GIL), names ending
 in _fold0 and _fold1: before/after in the same run. BENCH_AGENT_ROUNDS:
 runs of each whole-agent measurement (the folds alternating).
+BENCH_BLACKLIST (a netlog_blacklist rule, e.g. 'has_prefix(k8s_dst_pod,
+"datakit-")'): every capture, in this process and the collector's
+(DKE_NETLOG_NET_FILTER), with that filter; statements on pod or namespace
+fields are evaluated in user space for every packet the socket program
+passes (dkebpf/netlog/conn_filter.py).
 BENCH_BOTH_ENDS=1: the in-process runs capture the host's end of the veth
 too (a second socket, the same packets once more: what it costs the kernel).
 BENCH_AGENT_NICE (e.g. -10): the collector's other threads reniced once it
@@ -71,6 +76,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from support.netns import NetNS, call_in_netns  # noqa: E402
 from support.nginx import Nginx  # noqa: E402
 
+from dkebpf.netlog.filter import parse_rules  # noqa: E402
 from dkebpf.plugins.netlog import (FOLD_LINGER_MS, LINGER_MS, NicCapture, in_netns, list_nics,  # noqa: E402
                                    reader_priority_held)
 
@@ -91,6 +97,10 @@ SPILL = os.environ.get("BENCH_SPILL") != "0"   # the rings emptied by spiller th
 AGENT_ROUNDS = int(os.environ.get("BENCH_AGENT_ROUNDS", 1))   # runs of each whole-agent measurement
 IDLE_S = 10   # the collector idle after each whole-agent run before its VmRSS is read
 FOLDS = [int(f) for f in os.environ.get("BENCH_FOLD", "1").split(",")]
+BLACKLIST = os.environ.get("BENCH_BLACKLIST", "")
+RULES = parse_rules(BLACKLIST) if BLACKLIST.strip() else None
+if RULES is not None:
+    os.environ["DKE_NETLOG_NET_FILTER"] = BLACKLIST   # the collectors' netlog_blacklist
 MTU = 300
 WRK_CONNS = 32
 
@@ -146,7 +156,7 @@ def run(ns, load, flood, ngx, capture, pps=0):
         for path, name in ends:
             with in_netns(path):
                 nic = next(n for n in list_nics() if n.name == name)
-            caps.append(NicCapture.open(path, 0, nic, False, spill=SPILL))
+            caps.append(NicCapture.open(path, 0, nic, False, rules=RULES, spill=SPILL))
     by_ring = {c.ring: c for c in caps}
     sink = sink_for(ns, load)
     try:
@@ -218,6 +228,7 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0, fold=1, tag=""):
             with open(f"/proc/{c.proc.pid}/status") as f:
                 rss = next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
             idle = urllib.request.urlopen(f"http://127.0.0.1:{c.metrics_port}/metrics", timeout=5).read().decode()
+            held = idle_memory(c.proc.pid, idle)
     finally:
         if sink is not None:
             sink.kill()
@@ -230,7 +241,26 @@ def agent_run(tmp, ns, load, flood, ngx, logs=True, pps=0, fold=1, tag=""):
                                              text.splitlines()) if m)
     return delivered / (t1 - t0), total("packets") / (t1 - t0), total("kernel_drops") + total("spill_drops"), \
         cpu1 - cpu0, t1 - t0, lag / 1e6, total("spill_bytes_peak") / (1 << 20), total("spill_drops"), \
-        rss, total("spill_touched_bytes", idle) / (1 << 20), total("spill_released_bytes", idle) / (1 << 20)
+        rss, total("spill_touched_bytes", idle) / (1 << 20), total("spill_released_bytes", idle) / (1 << 20), held
+
+
+def idle_memory(pid, metrics):
+    """What the idle collector holds, in MiB: its resident memory by holder
+    (dkebpf_memory_bytes), bpf-netlog's own allocations
+    (plugin_memory_bytes) and its largest resident anonymous mappings
+    (/proc/<pid>/smaps: size/resident)."""
+    from dkebpf import procmem
+    rx = re.compile(r'\w*?(plugin_memory_bytes|memory_bytes)\{(?:plugin="bpf-netlog",)?holder="([^"]+)"\} (\S+)$')
+    parts = []
+    for m in map(rx.match, metrics.splitlines()):
+        if m and float(m.group(3)) >= 1 << 20:
+            parts.append(f"{'netlog_' if m.group(1).startswith('plugin') else ''}{m.group(2)} "
+                         f"{float(m.group(3)) / (1 << 20):.1f}")
+    anon = sorted(((e - s, sizes.get("Rss", 0)) for s, e, _perms, path, sizes in procmem.mappings(f"/proc/{pid}/smaps")
+                   if not path or path.startswith("[heap]")), key=lambda m: -m[1])
+    parts.append("anonymous mappings " + " ".join(f"{size / (1 << 20):.1f}/{rss / (1 << 20):.1f}"
+                                                  for size, rss in anon[:8] if rss >= 1 << 20))
+    return "; ".join(parts)
 
 
 def fast_veth(ns):
@@ -275,7 +305,8 @@ def capture_rounds(ns, load, flood, ngx, pps=0, baseline=False, fold=1):
 
 def bench(tmp, ns, flood, ngx):
     print(f"setup: veth (MTU {MTU}, TSO/GSO/GRO off) into a test namespace, {ROUNDS} rounds x {SECONDS:g} s "
-          f"per load, capture off then on; bulk {STREAMS} streams, http wrk -c{WRK_CONNS} to nginx")
+          f"per load, capture off then on; bulk {STREAMS} streams, http wrk -c{WRK_CONNS} to nginx"
+          + (f"; netlog_blacklist {BLACKLIST!r}" if RULES is not None else ""))
     med = statistics.median
     # with several BENCH_FOLD values, each name ends in _fold<value>
     suffixes = [(fold, f"_fold{fold}" if len(FOLDS) > 1 else "") for fold in FOLDS]
@@ -316,7 +347,7 @@ def bench(tmp, ns, flood, ngx):
 
 
 def agent_print(name, result):
-    delivered, got, drops, cpu, secs, lag, spill, spill_drops, rss, touched, released = result
+    delivered, got, drops, cpu, secs, lag, spill, spill_drops, rss, touched, released, held = result
     print(f"{name}_delivered_packets_per_s: {delivered:.0f}")
     print(f"{name}_captured_packets_per_s: {got:.0f}")
     print(f"{name}_socket_drops: {drops:.0f} (the spill's: {spill_drops:.0f})")
@@ -325,6 +356,7 @@ def agent_print(name, result):
     print(f"{name}_spill_peak_mib: {spill:.1f}")
     print(f"{name}_collector_rss_idle_mib: {rss:.1f} (after {IDLE_S} s idle; the spill touched {touched:.1f} MiB, "
           f"released {released:.1f} MiB)")
+    print(f"{name}_collector_idle_memory_mib: {held}")
     print(f"{name}_load_average: {os.getloadavg()[0]:.2f}", flush=True)
 
 

@@ -48,9 +48,17 @@ class ConnFilter:
         was forgotten idle, or turned from kept to dropped)"""
         return self.cache.dropped_connections
 
+    @property
+    def generation(self):
+        """The pods' generation verdicts are judged at (0 without pods)."""
+        return self.pods.generation if self.pods is not None else 0
+
     def keep(self, pkts):
-        """Per packet, True when no statement drops its connection."""
-        gen = self.pods.generation if self.pods is not None else 0
+        """Per packet, True when no statement drops its connection. The
+        connection table applies the same verdicts while it folds
+        (ConnTable.add/fold_ring with conn_filter: the cache looked up
+        without the GIL, settle() called for the entries to judge)."""
+        gen = self.generation
         if len(pkts) <= self.capacity:
             return self._keep(pkts, gen)
         return np.concatenate([self._keep(pkts[i:i + self.capacity], gen)
@@ -58,17 +66,23 @@ class ConnFilter:
 
     def _keep(self, pkts, gen):
         slots, todo = self.cache.lookup(pkts, gen)
-        if len(todo) and len(self.names) > NAMES_MAX:
+        if len(todo):
+            self.settle(todo, gen)
+        return self.cache.keep(slots)
+
+    def settle(self, todo, gen):
+        """Judge the cache entries lookup() listed (todo) at generation gen:
+        their pod and namespace names looked up once per connection, the
+        evaluator run over them, the verdicts stored."""
+        if len(self.names) > NAMES_MAX:
             # settled verdicts never read their names again: only the ids still to hand out change
             self.names = _netlog_filter.StringTable()
             self.nic_id = self.names.intern(self.nic_name)
-        if len(todo):
-            conns = self.cache.connections(todo)
-            conns["nic"] = self.nic_id
-            if self.pods is not None:
-                self.pods.fill_names(conns, self.names, self.netns, self.host_network)
-            self.cache.settle(todo, conns, self.evaluator.verdicts(conns, self.names), gen)
-        return self.cache.keep(slots)
+        conns = self.cache.connections(todo)
+        conns["nic"] = self.nic_id
+        if self.pods is not None:
+            self.pods.fill_names(conns, self.names, self.netns, self.host_network)
+        self.cache.settle(todo, conns, self.evaluator.verdicts(conns, self.names), gen)
 
     def interval(self, now_ns=None):
         """Forget the connections idle for IDLE_NS (called each interval)."""

@@ -33,8 +33,8 @@ READER_RT_PRIORITY): the agent's thread holding the GIL while it builds
 and encodes the logs no longer leaves the ring full. A reader thread of
 the plugin, at the same priority, decodes the spilled blocks and folds
 them into the connection tables in one call without the GIL
-(ConnTable.fold_ring; PacketRing.read and ConnTable.add apart when a
-netlog_blacklist is evaluated in user space), going on with what the
+(ConnTable.fold_ring; a netlog_blacklist evaluated in user space applied
+in it, the GIL taken only to judge new connections), going on with what the
 spill gets for up to FOLD_LINGER_MS, when a spill notifies it, under a
 lock the agent's thread also takes, raised to the reader's priority
 while it waits for it and holds it, to collect, open and close. The
@@ -105,7 +105,8 @@ BLOCK_SIZE = 1 << 19
 HOST_BLOCKS, OTHER_BLOCKS = 64, 16
 RETIRE_MS = 64   # a partly filled block is handed over after this long (the original's block timeout)
 # the spill (PacketRing.start_spill: anonymous memory, touched only as far as a
-# backlog reaches, a burst's slots released once drained): 64 MiB
+# backlog reaches, a burst's slots released once drained, all of it after 5 s
+# without a block): 64 MiB
 # per socket, the packets of the reader's worst stall: measured at load 8-10
 # on the shared 2-core VM, the reader waited up to 0.9 s for the GIL (held
 # by the agent's thread while the scheduler kept it off the CPU), ~60 MB of
@@ -295,8 +296,8 @@ class NicCapture:
     series: keep each chunk's packets for its message (bpf_net_l4_log on);
     chunk_age_ns: an open chunk goes out once that old."""
 
-    # a spilling ring without a netlog_blacklist evaluated here is read and folded in one call
-    # without the GIL (ConnTable.fold_ring); False: read() and add() apart, as before
+    # a spilling ring is read and folded in one call without the GIL (ConnTable.fold_ring, a
+    # netlog_blacklist's verdicts applied in it); False: read() and add() apart, as before
     # (perf/bench_netlog_e2e.py's comparison, BENCH_FOLD=0)
     fold = True
 
@@ -310,6 +311,7 @@ class NicCapture:
         self.conns = _netlog.ConnTable(chunk_age_ns=chunk_age_ns, series=series)
         self.conn_filter = conn_filter
         self.listening = set()   # TCP ports listening in the namespace, refreshed at each rescan
+        self._blocks_collected = 0   # ring.blocks at the last collect()
 
     @classmethod
     def open(cls, netns_path, netns, nic, host_network, rules=None, follow_http=True, pods=None, series=True,
@@ -347,20 +349,20 @@ class NicCapture:
         overload, would keep the caller, and its lock, forever); linger_ms:
         see ConnTable.fold_ring (a spilling ring), else PacketRing.read
         (the first read only). Returns True when ready blocks may be left."""
-        if self.fold and self.ring.spilling and self.conn_filter is None and type(self.conns) is _netlog.ConnTable:
+        if self.fold and self.ring.spilling and type(self.conns) is _netlog.ConnTable:
             # read and fold in one call without the GIL: the reader thread takes it back once per
             # turn, not twice per batch (each time behind the agent's thread, which the machine's
-            # other work keeps off the CPU while it holds the GIL: the spill then overflowed)
-            return self.conns.fold_ring(self.ring, self.ring.block_nr, self.follow_http, linger_ms)[1]
+            # other work keeps off the CPU while it holds the GIL: the spill then overflowed); a
+            # netlog_blacklist's verdicts applied in it, the GIL taken only to judge new connections
+            return self.conns.fold_ring(self.ring, self.ring.block_nr, self.follow_http, linger_ms,
+                                        self.conn_filter)[1]
         budget_end = self.ring.blocks + self.ring.block_nr
         while True:
             # views of the ring's own buffers: folded into the table before the next read
             pkts, payload, more = self.ring.read(copy=False, linger_ms=linger_ms)
             linger_ms = 0
-            if len(pkts) and self.conn_filter is not None:
-                pkts = pkts[self.conn_filter.keep(pkts)]   # payload_off still indexes payload: left as is
             if len(pkts):
-                self.conns.add(pkts, payload if self.follow_http else None)
+                self.conns.add(pkts, payload if self.follow_http else None, self.conn_filter)
             if not more:
                 return False
             if self.ring.blocks >= budget_end:
@@ -370,6 +372,9 @@ class NicCapture:
         """(self, ConnTable.collect's Collected), the direction of
         connections seen mid-stream settled (settle_direction)."""
         got = self.conns.collect(now_ns, flush_all)
+        if self.ring.blocks == self._blocks_collected:
+            self.ring.release_buffers()   # no block for an interval: an idle socket needs no decode buffers
+        self._blocks_collected = self.ring.blocks
         settle_direction(got.chunks, self.listening, ephemeral_port)
         settle_direction(got.flows, self.listening, ephemeral_port)
         return self, got

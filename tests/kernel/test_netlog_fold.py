@@ -75,6 +75,65 @@ def test_fold_ring_folds_what_read_and_add_fold(bpf_ok):
     assert len(ga.messages) == len(ga.chunks)
 
 
+def test_fold_ring_applies_a_filter_as_keep_and_add_do(bpf_ok):
+    """Two rings on the host's end of a test veth, the same connections to
+    two servers, a netlog_blacklist dropping the second's: fold_ring with
+    the filter gives the table (and the filter's counts) that read(),
+    ConnFilter.keep() and add() give."""
+    from support.netns import NetNS
+    from support.traffic import tcp_server
+
+    from dkebpf import _netlog
+    from dkebpf.netlog.conn_filter import ConnFilter
+    from dkebpf.netlog.filter import parse_rules
+    with NetNS() as ns:
+        a, b = spilling_ring(ns.veth_host), spilling_ring(ns.veth_host)
+        ta, tb = _netlog.ConnTable(), _netlog.ConnTable()
+        try:
+            kept, dropped = (tcp_server(ns.peer_ip, 20000, prefix=ns.prefix(), conns=3) for _ in range(2))
+            rule = parse_rules(f"dst_port == {dropped.info['port']}").statements
+            fa, fb = ConnFilter(rule, ns.veth_host), ConnFilter(rule, ns.veth_host)
+            for i in range(6):
+                srv = (kept, dropped)[i % 2]
+                with socket.create_connection((ns.peer_ip, srv.info["port"]), timeout=10) as c:
+                    c.sendall(f"GET /filtered/{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() + b"y" * 2000)
+                    c.shutdown(socket.SHUT_WR)
+                    while c.recv(65536):
+                        pass
+                if i == 2:   # some connections judged in one call, the others in the next
+                    ta.fold_ring(a, 64, True, 50, fa)
+            kept.wait(10)
+            dropped.wait(10)
+            time.sleep(0.1)   # the last blocks retired (retire_ms 10) and spilled
+            while True:
+                taken, more = ta.fold_ring(a, 2, True, 0, fa)
+                if not taken and not more:
+                    break
+            while True:
+                pkts, payload, more = b.read(max_blocks=1)
+                if len(pkts):
+                    keep = fb.keep(pkts)
+                    tb.add(pkts[keep], payload)
+                if not len(pkts) and not more:
+                    break
+            now = time.time_ns()
+            ga, gb = ta.collect(now, True), tb.collect(now, True)
+        finally:
+            a.close()
+            b.close()
+
+    def port(chunks, srv):
+        return chunks[chunks["rport"] == srv.info["port"]]
+    assert len(port(ga.chunks, kept)) == 3 and len(port(ga.chunks, dropped)) == 0
+    for field in ("tx_packets", "rx_packets", "tx_bytes", "rx_bytes", "tx_retrans", "rx_retrans"):
+        assert int(port(ga.chunks, kept)[field].sum()) == int(port(gb.chunks, kept)[field].sum())
+    paths = sorted(bytes(x["path"][:x["path_len"]]) for x in ga.exchanges)
+    assert paths == sorted(bytes(x["path"][:x["path_len"]]) for x in gb.exchanges)
+    assert paths == [f"/filtered/{i}".encode() for i in (0, 2, 4)]
+    assert fa.connections == fb.connections == 3
+    assert fa.packets == fb.packets > 3 * 6
+
+
 def udp_burst(addr, n, delay=0.0):
     time.sleep(delay)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:

@@ -279,3 +279,34 @@ def test_received_only_and_transmitted_only_sockets_split_a_veths_traffic(bpf_ok
     assert [(int(m["id"]), int(m["pkttype"])) for m in got_tx] == [(41, 4)]   # PACKET_OUTGOING
     assert [(int(m["id"]), int(m["pkttype"])) for m in got_rx] == [(42, 0)]   # PACKET_HOST
     assert before - 1_000_000_000 < since <= int(got_tx[0]["ts_ns"])
+
+
+def test_idle_ring_releases_its_spill_and_decode_buffers(bpf_ok):
+    """No block for IDLE_RELEASE_MS (5 s): the spill's hot slots go back to
+    the kernel too (touched 0); release_buffers() frees the decode buffers
+    and the next read allocates them again: packets still decoded."""
+    addr = f"127.81.{random.randint(1, 254)}.{random.randint(1, 254)}"
+    port = random.randint(20000, 60000)
+    c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    got = 0
+    with _spill_ring(port) as ring:
+        for qid in range(20):
+            c.sendto(query(qid), (addr, port))
+        time.sleep(0.1)   # retired (retire_ms 10) and spilled
+        ring.wait(200)
+        got += _count(ring, addr, port)[0]
+        assert got == 20 and ring.counters()["spill_touched_bytes"] > 0
+        end = time.monotonic() + 15
+        while ring.counters()["spill_touched_bytes"] and time.monotonic() < end:
+            time.sleep(0.2)
+        rc = ring.counters()
+        assert rc["spill_touched_bytes"] == 0 and rc["spill_released_bytes"] > 0
+        ring.release_buffers()
+        for qid in range(20, 30):
+            c.sendto(query(qid), (addr, port))
+        time.sleep(0.1)
+        ring.wait(200)
+        got += _count(ring, addr, port)[0]
+        assert ring.counters()["spill_touched_bytes"] > 0   # touched again
+    c.close()
+    assert got == 30

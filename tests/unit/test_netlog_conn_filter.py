@@ -8,6 +8,7 @@ import random
 import socket
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -141,15 +142,41 @@ def test_verdicts_judged_again_when_the_pods_change(tmp_path):
 
 
 def test_a_dropped_connection_leaves_no_chunk():
+    """The table's own use of the filter (add() with conn_filter: the
+    verdicts applied while it folds, as fold_ring does) and keep() then
+    add() give the same table and the same counts."""
+    rule = parse_rules("has_prefix(ip_saddr, '10.1.') && src_port == 81").statements
     pkts = two_connections()
-    keep = ConnFilter(parse_rules("has_prefix(ip_saddr, '10.1.') && src_port == 81").statements,
-                      "eth0").keep(pkts)
-    table = _netlog.ConnTable()
-    table.add(pkts[keep])
-    chunks = table.collect(10**10, True).chunks
+    apart, inside = ConnFilter(rule, "eth0"), ConnFilter(rule, "eth0")
+    tables = _netlog.ConnTable(seed=1), _netlog.ConnTable(seed=1)
+    tables[0].add(pkts[apart.keep(pkts)])
+    tables[1].add(pkts[:3], None, inside)   # two batches: the second's connection already judged
+    tables[1].add(pkts[3:], None, inside)
+    got = [t.collect(10**10, True).chunks for t in tables]
+    assert got[0].tobytes() == got[1].tobytes()
+    chunks = got[1]
     assert chunks["lport"].tolist() == [80]
     assert int(chunks["rx_bytes"][0]) == 100
-    assert table.counters()["new_connections"] == 1
+    assert tables[0].counters() == tables[1].counters()
+    assert tables[1].counters()["new_connections"] == 1 and tables[1].packets == 4
+    assert (inside.packets, inside.connections, inside.cache.evaluations) == (4, 1, 2)
+    assert (apart.packets, apart.connections, apart.cache.evaluations) == (4, 1, 2)
+
+
+def test_a_filter_that_fails_while_the_table_folds_raises_there():
+    """An error judging connections (in the pods' lookup, say) stops the
+    fold and is raised by add(); the table folded nothing of the batch."""
+    class Failing(ConnFilter):
+        def settle(self, todo, gen):
+            raise OSError("pods unreachable")
+    table = _netlog.ConnTable()
+    flt = Failing(parse_rules("src_port == 81").statements, "eth0")
+    with pytest.raises(OSError, match="pods unreachable"):
+        table.add(two_connections(), None, flt)
+    assert table.packets == 0
+    ok = ConnFilter(parse_rules("src_port == 81").statements, "eth0")
+    table.add(two_connections(), None, ok)   # the next call folds again
+    assert table.packets == 4
 
 
 class _NamesByKey:

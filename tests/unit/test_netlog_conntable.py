@@ -260,6 +260,13 @@ def test_memory_counts_the_series_and_messages():
     assert before["series"] == 0 and before["messages"] == 0 and before["connections"] > 0
     t.add(_tcp_rows([(i, True, 0x10, 1000 + i, 5, 0, 100) for i in range(20)]))
     assert t.memory()["series"] == 32 * 32   # 16 rows, then 32
-    t.collect(0, True)
+    got = t.collect(0, True)
     m = t.memory()
-    assert m["series"] == 0 and m["messages"] >= 1 << 16   # the connection ended; the buffer is kept
+    # the connection ended; the message buffer went with the messages (freed with them)
+    assert m["series"] == 0 and m["messages"] == 0
+    first = got.messages.to_pylist()
+    assert len(first) == 1 and first[0].startswith('{"l4_proto":"tcp"')
+    t.add(_tcp_rows([(100 + i, True, 0x10, 2000 + i, 5, 0, 7) for i in range(20)]))
+    second = t.collect(0, True).messages.to_pylist()   # written into a new buffer
+    assert got.messages.to_pylist() == first != second   # not written over
+    assert t.collect(0, True).messages.to_pylist() == [] and t.memory()["messages"] == 0
