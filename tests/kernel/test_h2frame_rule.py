@@ -9,17 +9,14 @@ h2frame.pxd (support/cimport_probe.py). Every verdict must be equal; the
 cases built to be whole frames or to break one part of the rule must also
 get the verdict they were built for."""
 import ctypes
-import os
 import random
 import struct
-import subprocess
 
 import pytest
 
 from support import cimport_probe
+from support.bpf_build import compile_test_bpf
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "bpf")
 PAYLOAD_MAX = 1024  # include/trace.h TRACE_PAYLOAD_MAX: what a message start carries
 MAX_FRAMES = 8      # include/h2frame.h H2_DETECT_FRAMES
 BPF_SYSCALL = 321   # x86_64 __NR_bpf
@@ -151,9 +148,7 @@ def kernel_rule(bpf_ok, tmp_path_factory):
     """payload -> the kernel build's verdict, from one program run each."""
     from dkebpf._libbpf import BpfObject
 
-    obj = str(tmp_path_factory.mktemp("bpf") / "h2frame_rule.bpf.o")
-    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror",
-                           "-I", BPF_DIR, "-c", os.path.join(HERE, "h2frame_rule.bpf.c"), "-o", obj])
+    obj = compile_test_bpf("h2frame_rule", tmp_path_factory.mktemp("bpf"))
     libc = ctypes.CDLL(None, use_errno=True)
     with BpfObject(obj) as bpf:
         bpf.load()

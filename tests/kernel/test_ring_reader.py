@@ -3,13 +3,12 @@ BPF ring: the data pages are mapped once (not twice in a row as libbpf
 does), so a record that wraps around the ring's end is copied in two
 pieces; every byte must arrive, through poll() and through take()."""
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-BPF_DIR = os.path.join(os.path.dirname(os.path.dirname(HERE)), "bpf")
+from support.bpf_build import compile_test_bpf
+
 RING_BYTES = 1 << 14
 PAD = 92
 WRAP_DTYPE = np.dtype([("seq", "<u8"), ("pad", "u1", PAD)])
@@ -17,10 +16,7 @@ WRAP_DTYPE = np.dtype([("seq", "<u8"), ("pad", "u1", PAD)])
 
 @pytest.fixture(scope="module")
 def producer(tmp_path_factory):
-    obj = str(tmp_path_factory.mktemp("bpf") / "ring_wrap.bpf.o")
-    subprocess.check_call(["clang", "-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I", BPF_DIR,
-                           "-c", os.path.join(HERE, "ring_wrap.bpf.c"), "-o", obj])
-    return obj
+    return compile_test_bpf("ring_wrap", tmp_path_factory.mktemp("bpf"))
 
 
 def ring_mappings():
