@@ -272,8 +272,12 @@ def test_tcp_transfer_counts_equal_tcpdump(ns, tmp_path, family, loss):
     assert len(mine) >= 1
     got_counts = {k: int(mine[k].sum()) for k in exp}
     assert got_counts == exp, (ring, len(pkts))
-    # retransmitted payload counts again, as on the wire
-    assert (exp["rx_bytes"] == nbytes) if not loss else (exp["rx_bytes"] > nbytes)
+    # retransmitted payload counts again, as on the wire; without loss too a segment may go
+    # twice (a tail loss probe or a spurious timeout on a busy machine: CI saw rx_bytes != nbytes
+    # with the counts equal to tcpdump's), so only the loss case must exceed nbytes
+    assert exp["rx_bytes"] >= nbytes, exp
+    if loss:
+        assert exp["rx_bytes"] > nbytes, exp
     assert exp["tx_bytes"] >= 300_000
     assert list(mine["chunk_id"]) == list(range(1, len(mine) + 1))
     # more than one chunk: 256 packets each unless the close is in it
